@@ -1,0 +1,18 @@
+"""The plain autoencoder (Hinton & Salakhutdinov 2006, "Reducing the Dimensionality of Data with Neural Networks")."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from ae_lightning.base import DeterministicAutoencoder
+
+
+class Autoencoder(DeterministicAutoencoder):
+    """An encoder to a ``latent_dim`` code and a decoder back, trained to reconstruct its input.
+
+    Args: see :class:`~ae_lightning.base.DeterministicAutoencoder` and :class:`~ae_lightning.base.AutoencoderModule`.
+    """
+
+    def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
+        recon = self.reconstruction_loss(self.decoder(self.encoder(x)), x).mean()
+        return {"loss": recon, "recon": recon}

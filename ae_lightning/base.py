@@ -1,0 +1,206 @@
+"""The base LightningModule: the shared step, logging, evaluation, prediction and optimizers of every variant."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar, Literal
+
+import lightning as L
+import torch
+import torchmetrics
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from ae_lightning import losses
+from ae_lightning.networks import Network, build_decoder, build_encoder, check_network
+
+Batch = tuple[Tensor, Tensor, Tensor]
+Stage = Literal["train", "val", "test"]
+Reconstruction = Literal["bce", "mse"]
+
+
+class AutoencoderModule(L.LightningModule):
+    """Base of every variant: it owns the shared step, logging, evaluation, prediction and optimizers.
+
+    A variant builds its networks and implements :meth:`loss_terms`, which returns a dict of named per-batch terms
+    with ``loss`` among them; the base logs each as ``train/<term>``, ``val/<term>`` and ``test/<term>``. Every
+    variant offers ``encode(x) -> [B, latent_dim]`` and ``decode(z) -> [B, C, H, W]`` in [0, 1]; generative variants
+    (``is_generative``) also offer ``sample(n)``.
+
+    Args:
+        input_shape: ``(C, H, W)`` of the images; the CLI links it from the datamodule.
+        latent_dim: size of the code.
+        network: ``mlp`` or ``conv`` encoder/decoder.
+        hidden_dims: widths of the MLP's hidden layers, or channels of the convolutions; the decoder mirrors them.
+        optimizer: optimizer factory, called with the parameters (``class_path`` + ``init_args`` in YAML).
+        lr_scheduler: optional scheduler factory, called with the optimizer; stepped every epoch.
+    """
+
+    is_generative: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        input_shape: Sequence[int] = (1, 28, 28),
+        latent_dim: int = 20,
+        network: Network = "mlp",
+        hidden_dims: Sequence[int] = (256, 64),
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        check_network(network, hidden_dims, latent_dim)
+        if len(input_shape) != 3 or any(size <= 0 for size in input_shape):
+            raise ValueError(f"input_shape must be (channels, height, width) of positive sizes, got {input_shape}")
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.input_shape = tuple(input_shape)
+        self.latent_dim = latent_dim
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.test_recon_mse = torchmetrics.MeanSquaredError()
+        self._input_checked = False
+
+    # --- the public API ---------------------------------------------------------------------------------------------
+    def encode(self, x: Tensor) -> Tensor:
+        """Codes ``[B, latent_dim]`` of images ``x``."""
+        return self.encoder(x)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Images ``[B, C, H, W]`` in [0, 1] (pixel means) decoded from codes ``z``."""
+        return torch.sigmoid(self.decoder(z))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Reconstructions of ``x``, in [0, 1]."""
+        return self.decode(self.encode(x))
+
+    def sample(self, n: int) -> Tensor:
+        """``n`` images decoded from prior samples (generative variants only)."""
+        raise NotImplementedError(f"{type(self).__name__} is not a generative model: it has no prior to sample from")
+
+    def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
+        """Named loss terms of one batch, averaged over it; ``loss`` is the one optimized."""
+        raise NotImplementedError
+
+    def anomaly_score(self, x: Tensor) -> Tensor:
+        """Per-sample anomaly score (higher = more anomalous): the reconstruction's mean squared error."""
+        return losses.mean_squared_error(self(x), x)
+
+    # --- steps ------------------------------------------------------------------------------------------------------
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")["loss"]
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+        x = batch[0]
+        self.test_recon_mse(self(x), x)
+        self.log("test/recon_mse", self.test_recon_mse, batch_size=len(x))
+        for name, value in self.test_metrics(x).items():
+            self.log(f"test/{name}", value, batch_size=len(x), sync_dist=True)
+
+    def test_metrics(self, x: Tensor) -> dict[str, Tensor]:
+        """Extra per-batch test metrics of a variant, averaged over the test set (e.g. the VAE's ``nll``)."""
+        return {}
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
+        x, labels, indices = batch
+        z = self.encode(x)
+        return {
+            "z": z,
+            "label": labels,
+            "index": indices,
+            "recon_error": losses.mean_squared_error(self.decode(z), x),
+            "anomaly_score": self.anomaly_score(x),
+        }
+
+    def _shared_step(self, batch: Batch, stage: Stage) -> dict[str, Tensor]:
+        x, labels, indices = batch
+        if not self._input_checked:
+            self.check_input(x)
+            self._input_checked = True
+        terms = self.loss_terms(x, labels, indices)
+        training = stage == "train"
+        # Training terms are logged per step without a cross-rank sync (only every ``log_every_n_steps`` do they
+        # reach the host); validation and test terms are reduced across ranks once per epoch.
+        self.log(f"{stage}/loss", terms["loss"], prog_bar=True, on_step=training, on_epoch=not training,
+                 sync_dist=not training, batch_size=len(x))
+        others = {f"{stage}/{name}": value for name, value in terms.items() if name != "loss"}
+        self.log_dict(others, on_step=training, on_epoch=not training, sync_dist=not training, batch_size=len(x))
+        return terms
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise a ValueError naming the mismatch if ``x`` is not a batch of ``input_shape`` images."""
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(
+                f"{type(self).__name__} expects images of shape {self.input_shape}, got a batch of shape "
+                f"{tuple(x.shape)}; set model input_shape to match the data"
+            )
+
+    # --- optimizers and hooks ---------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        return self.build_optimizer(self.parameters(), self.optimizer_factory, self.lr_scheduler_factory)
+
+    @staticmethod
+    def build_optimizer(
+        parameters: Iterable[nn.Parameter] | Iterable[dict[str, Any]],
+        optimizer: OptimizerCallable,
+        lr_scheduler: LRSchedulerCallable | None,
+    ) -> dict[str, Any]:
+        """One optimizer (and scheduler) configuration; a model with several optimizers returns a list of these."""
+        built = optimizer(parameters)
+        if lr_scheduler is None:
+            return {"optimizer": built}
+        return {"optimizer": built, "lr_scheduler": {"scheduler": lr_scheduler(built), "monitor": "val/loss"}}
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        data_shape = getattr(datamodule, "input_shape", None)
+        if data_shape is not None and tuple(data_shape) != self.input_shape:
+            raise ValueError(
+                f"{type(self).__name__} was built for images of shape {self.input_shape}, but "
+                f"{type(datamodule).__name__} yields {tuple(data_shape)}"
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["ae_lightning_class"] = _class_path(type(self))
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        stored = checkpoint.get("ae_lightning_class")
+        if stored is not None and stored != _class_path(type(self)):
+            raise ValueError(f"the checkpoint holds a {stored}, not a {_class_path(type(self))}")
+
+
+class DeterministicAutoencoder(AutoencoderModule):
+    """Base of the autoencoders with a deterministic code: an encoder to ``latent_dim`` and a decoder back.
+
+    Args:
+        reconstruction: ``bce`` (binary cross-entropy with the pixel intensities, summed per image) or ``mse``
+            (squared error summed per image).
+        dropout: dropout rate after each hidden layer of encoder and decoder, in training only.
+        **kwargs: the :class:`AutoencoderModule` arguments.
+    """
+
+    def __init__(self, reconstruction: Reconstruction = "bce", dropout: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if reconstruction not in ("bce", "mse"):
+            raise ValueError(f"reconstruction must be 'bce' or 'mse', got {reconstruction!r}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        self.reconstruction = reconstruction
+        network, hidden_dims = self.hparams.network, self.hparams.hidden_dims
+        self.encoder = build_encoder(network, self.input_shape, hidden_dims, self.latent_dim, dropout)
+        self.decoder = build_decoder(network, self.latent_dim, hidden_dims, self.input_shape, dropout)
+
+    def reconstruction_loss(self, logits: Tensor, x: Tensor) -> Tensor:
+        """Per-image reconstruction loss of decoder ``logits`` against targets ``x``."""
+        if self.reconstruction == "bce":
+            return -losses.bernoulli_log_likelihood(logits, x)
+        return losses.squared_error(torch.sigmoid(logits), x)
+
+
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+__all__ = ["AutoencoderModule", "DeterministicAutoencoder"]

@@ -1,0 +1,72 @@
+"""Loss terms as pure functions with explicit reductions.
+
+Per-sample functions sum over every dimension but the batch dimensions and return one value per sample; the
+modules average them over the batch. Log-likelihoods are in nats.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def _sum_image_dims(values: Tensor) -> Tensor:
+    """Sum over the trailing ``(C, H, W)`` dimensions, keeping any leading batch/sample dimensions."""
+    return values.flatten(-3).sum(-1)
+
+
+def bernoulli_log_likelihood(logits: Tensor, x: Tensor) -> Tensor:
+    """log p(x | logits) of independent Bernoulli pixels, summed per image.
+
+    Args:
+        logits: ``[..., C, H, W]`` decoder logits.
+        x: ``[..., C, H, W]`` targets in [0, 1] (broadcast against ``logits``).
+    """
+    return -_sum_image_dims(F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none"))
+
+
+def gaussian_log_likelihood(mean: Tensor, x: Tensor, std: float) -> Tensor:
+    """log N(x | mean, std^2 I) summed per image.
+
+    Args:
+        mean: ``[..., C, H, W]`` predicted means.
+        x: ``[..., C, H, W]`` targets (broadcast against ``mean``).
+        std: the fixed standard deviation of every pixel.
+    """
+    per_pixel = -0.5 * ((x - mean) / std) ** 2 - math.log(std) - 0.5 * _LOG_2PI
+    return _sum_image_dims(per_pixel)
+
+
+def kl_divergence_normal(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, diag(exp(logvar))) || N(0, I)) in closed form, summed over the last dimension.
+
+    Args:
+        mu: ``[..., D]`` posterior means.
+        logvar: ``[..., D]`` posterior log-variances.
+    """
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(-1)
+
+
+def standard_normal_log_prob(z: Tensor) -> Tensor:
+    """log N(z | 0, I), summed over the last dimension."""
+    return -0.5 * (z.pow(2) + _LOG_2PI).sum(-1)
+
+
+def squared_error(reconstruction: Tensor, x: Tensor) -> Tensor:
+    """Squared error summed per image: the Gaussian negative log-likelihood up to scale and constant."""
+    return _sum_image_dims((reconstruction - x) ** 2)
+
+
+def mean_squared_error(reconstruction: Tensor, x: Tensor) -> Tensor:
+    """Per-image mean squared error over pixels (the scale of PSNR and of the anomaly score)."""
+    return (reconstruction - x).pow(2).flatten(1).mean(1)
+
+
+def log_mean_exp(values: Tensor, dim: int) -> Tensor:
+    """log(mean(exp(values))) along ``dim``, computed stably."""
+    return torch.logsumexp(values, dim) - math.log(values.shape[dim])

@@ -1,0 +1,155 @@
+"""Encoder and decoder networks: plain ``nn.Module`` building blocks shared by every variant.
+
+Decoders return logits; the LightningModules turn them into pixel means with a sigmoid.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+from torch import Tensor, nn
+
+Network = Literal["mlp", "conv"]
+
+
+def _mlp(sizes: Sequence[int], dropout: float = 0.0) -> list[nn.Module]:
+    """Linear layers with ReLU (and dropout) between them, none after the last."""
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(fan_in, fan_out))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+    return layers
+
+
+class MLPEncoder(nn.Sequential):
+    """Flatten, then fully connected layers ``prod(input_shape) -> *hidden_dims -> out_dim``.
+
+    Args:
+        input_shape: ``(C, H, W)`` of the images.
+        hidden_dims: widths of the hidden layers.
+        out_dim: output features (``latent_dim``, or twice that for a Gaussian posterior).
+        dropout: dropout rate after each hidden layer, active in training only.
+    """
+
+    def __init__(self, input_shape: Sequence[int], hidden_dims: Sequence[int], out_dim: int, dropout: float = 0.0):
+        super().__init__(nn.Flatten(), *_mlp([math.prod(input_shape), *hidden_dims, out_dim], dropout))
+
+
+class MLPDecoder(nn.Sequential):
+    """Fully connected layers ``latent_dim -> *reversed(hidden_dims) -> prod(output_shape)``, returning logits.
+
+    Args:
+        latent_dim: size of the code.
+        hidden_dims: widths of the encoder's hidden layers (the decoder mirrors them).
+        output_shape: ``(C, H, W)`` of the images.
+        dropout: dropout rate after each hidden layer, active in training only.
+    """
+
+    def __init__(self, latent_dim: int, hidden_dims: Sequence[int], output_shape: Sequence[int], dropout: float = 0.0):
+        sizes = [latent_dim, *reversed(hidden_dims), math.prod(output_shape)]
+        super().__init__(*_mlp(sizes, dropout), nn.Unflatten(1, tuple(output_shape)))
+
+
+def _conv_sizes(size: int, depth: int) -> list[int]:
+    """Spatial sizes through ``depth`` stride-2 convolutions with kernel 4 and padding 1."""
+    sizes = [size]
+    for _ in range(depth):
+        sizes.append((sizes[-1] - 2) // 2 + 1)
+    return sizes
+
+
+class ConvEncoder(nn.Module):
+    """Stride-2 convolutions (kernel 4) with ``hidden_dims`` channels, then a linear layer to ``out_dim``.
+
+    Args:
+        input_shape: ``(C, H, W)`` of the images.
+        hidden_dims: channels of each convolution; each halves the spatial size.
+        out_dim: output features.
+        dropout: dropout rate after each convolution, active in training only.
+    """
+
+    def __init__(self, input_shape: Sequence[int], hidden_dims: Sequence[int], out_dim: int, dropout: float = 0.0):
+        super().__init__()
+        channels, height, width = input_shape
+        layers: list[nn.Module] = []
+        for fan_in, fan_out in zip([channels, *hidden_dims[:-1]], hidden_dims):
+            layers += [nn.Conv2d(fan_in, fan_out, 4, stride=2, padding=1), nn.ReLU()]
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        h, w = _conv_sizes(height, len(hidden_dims))[-1], _conv_sizes(width, len(hidden_dims))[-1]
+        if h < 1 or w < 1:
+            raise ValueError(f"{len(hidden_dims)} stride-2 convolutions shrink a {height}x{width} image to nothing")
+        self.head = nn.Linear(hidden_dims[-1] * h * w, out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+class ConvDecoder(nn.Module):
+    """Mirror of :class:`ConvEncoder`: a linear layer, then stride-2 transposed convolutions back to the image size.
+
+    Args:
+        latent_dim: size of the code.
+        hidden_dims: channels of the encoder's convolutions (the decoder mirrors them).
+        output_shape: ``(C, H, W)`` of the images.
+        dropout: dropout rate after each hidden layer, active in training only.
+    """
+
+    def __init__(self, latent_dim: int, hidden_dims: Sequence[int], output_shape: Sequence[int], dropout: float = 0.0):
+        super().__init__()
+        channels, height, width = output_shape
+        heights, widths = _conv_sizes(height, len(hidden_dims)), _conv_sizes(width, len(hidden_dims))
+        self.start_shape = (hidden_dims[-1], heights[-1], widths[-1])
+        self.head = nn.Sequential(nn.Linear(latent_dim, math.prod(self.start_shape)), nn.ReLU())
+        layers: list[nn.Module] = []
+        out_channels = [*reversed(hidden_dims[:-1]), channels]
+        for i, (fan_in, fan_out) in enumerate(zip(reversed(hidden_dims), out_channels)):
+            # A transposed convolution maps size s to 2s; output_padding restores odd sizes such as 7 -> 3 -> 7.
+            level = len(hidden_dims) - i
+            padding = (heights[level - 1] - 2 * heights[level], widths[level - 1] - 2 * widths[level])
+            layers.append(nn.ConvTranspose2d(fan_in, fan_out, 4, stride=2, padding=1, output_padding=padding))
+            if i < len(hidden_dims) - 1:
+                layers.append(nn.ReLU())
+                if dropout:
+                    layers.append(nn.Dropout(dropout))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.body(self.head(z).view(-1, *self.start_shape))
+
+
+def build_encoder(
+    network: Network, input_shape: Sequence[int], hidden_dims: Sequence[int], out_dim: int, dropout: float = 0.0
+) -> nn.Module:
+    """The encoder named by ``network``."""
+    encoder = {"mlp": MLPEncoder, "conv": ConvEncoder}[network]
+    return encoder(input_shape, hidden_dims, out_dim, dropout)
+
+
+def build_decoder(
+    network: Network, latent_dim: int, hidden_dims: Sequence[int], output_shape: Sequence[int], dropout: float = 0.0
+) -> nn.Module:
+    """The decoder named by ``network``."""
+    decoder = {"mlp": MLPDecoder, "conv": ConvDecoder}[network]
+    return decoder(latent_dim, hidden_dims, output_shape, dropout)
+
+
+def check_network(network: str, hidden_dims: Sequence[int], latent_dim: int) -> None:
+    """Raise a ValueError naming the bad value if the network settings cannot build a network."""
+    if network not in ("mlp", "conv"):
+        raise ValueError(f"network must be 'mlp' or 'conv', got {network!r}")
+    if latent_dim <= 0:
+        raise ValueError(f"latent_dim must be a positive integer, got {latent_dim}")
+    if len(hidden_dims) == 0 and network == "conv":
+        raise ValueError("a conv network needs at least one entry in hidden_dims (channels per convolution)")
+    if any(width <= 0 for width in hidden_dims):
+        raise ValueError(f"hidden_dims must be positive, got {list(hidden_dims)}")
+
+
+__all__ = ["ConvDecoder", "ConvEncoder", "MLPDecoder", "MLPEncoder", "build_decoder", "build_encoder"]

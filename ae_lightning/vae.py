@@ -1,0 +1,156 @@
+"""The variational autoencoder (Kingma & Welling 2014, "Auto-Encoding Variational Bayes") and beta-VAE
+(Higgins et al. 2017, "beta-VAE: Learning Basic Visual Concepts with a Constrained Variational Framework"), with the
+importance-weighted bound on the log-likelihood of Burda et al. 2016 ("Importance Weighted Autoencoders") for testing.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+from torch.distributions import Normal
+
+from ae_lightning import losses
+from ae_lightning.base import AutoencoderModule
+from ae_lightning.networks import build_decoder, build_encoder
+
+Likelihood = Literal["bernoulli", "gaussian"]
+
+
+class VAE(AutoencoderModule):
+    """Diagonal-Gaussian posterior, standard-normal prior, Bernoulli or Gaussian pixel likelihood.
+
+    The loss is the negative ELBO with a weighted KL term, ``recon + beta * w * kl``, where ``w`` rises linearly from
+    0 to 1 over ``kl_warmup_steps`` optimizer steps (Bowman et al. 2016) and is 1 without warm-up. ``beta = 1`` is the
+    VAE; ``beta > 1`` the beta-VAE.
+
+    Args:
+        likelihood: ``bernoulli`` (data in [0, 1], ideally binarized) or ``gaussian`` with fixed ``gaussian_std``.
+        beta: weight of the KL term, >= 0.
+        kl_warmup_steps: steps of linear KL warm-up; 0 disables it.
+        gaussian_std: standard deviation of the Gaussian likelihood's pixels.
+        nll_samples: importance samples K of the test-time bound on -log p(x).
+        nll_chunk_size: importance samples decoded at once (trades memory for speed).
+        **kwargs: the :class:`~ae_lightning.base.AutoencoderModule` arguments.
+    """
+
+    is_generative = True
+
+    def __init__(
+        self,
+        likelihood: Likelihood = "bernoulli",
+        beta: float = 1.0,
+        kl_warmup_steps: int = 0,
+        gaussian_std: float = 0.1,
+        nll_samples: int = 1000,
+        nll_chunk_size: int = 100,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if likelihood not in ("bernoulli", "gaussian"):
+            raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")
+        if beta < 0:
+            raise ValueError(f"beta must be >= 0, got {beta}")
+        if kl_warmup_steps < 0:
+            raise ValueError(f"kl_warmup_steps must be >= 0, got {kl_warmup_steps}")
+        if gaussian_std <= 0:
+            raise ValueError(f"gaussian_std must be > 0, got {gaussian_std}")
+        if nll_samples < 1 or nll_chunk_size < 1:
+            raise ValueError(f"nll_samples and nll_chunk_size must be >= 1, got {nll_samples} and {nll_chunk_size}")
+        self.likelihood = likelihood
+        self.beta = beta
+        self.kl_warmup_steps = kl_warmup_steps
+        self.gaussian_std = gaussian_std
+        self.nll_samples = nll_samples
+        self.nll_chunk_size = nll_chunk_size
+        self._warned_gray = False
+        network, hidden_dims = self.hparams.network, self.hparams.hidden_dims
+        self.encoder = build_encoder(network, self.input_shape, hidden_dims, 2 * self.latent_dim)
+        self.decoder = build_decoder(network, self.latent_dim, hidden_dims, self.input_shape)
+
+    def posterior_parameters(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and log-variance ``[B, latent_dim]`` of q(z | x)."""
+        mu, logvar = self.encoder(x).chunk(2, dim=-1)
+        return mu, logvar
+
+    def posterior(self, x: Tensor) -> Normal:
+        """q(z | x) as a ``torch.distributions.Normal`` with batch shape ``[B, latent_dim]``."""
+        mu, logvar = self.posterior_parameters(x)
+        return Normal(mu, torch.exp(0.5 * logvar))
+
+    def encode(self, x: Tensor) -> Tensor:
+        """The posterior mean."""
+        return self.posterior_parameters(x)[0]
+
+    def sample(self, n: int) -> Tensor:
+        return self.decode(torch.randn(n, self.latent_dim, device=self.device))
+
+    def log_likelihood(self, logits: Tensor, x: Tensor) -> Tensor:
+        """log p(x | z) per image from decoder ``logits`` (leading sample dimensions allowed)."""
+        if self.likelihood == "bernoulli":
+            return losses.bernoulli_log_likelihood(logits, x)
+        return losses.gaussian_log_likelihood(torch.sigmoid(logits), x, self.gaussian_std)
+
+    def kl_weight(self) -> float:
+        if self.kl_warmup_steps == 0:
+            return self.beta
+        return self.beta * min(1.0, self.global_step / self.kl_warmup_steps)
+
+    def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
+        mu, logvar = self.posterior_parameters(x)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)  # reparameterization
+        recon = -self.log_likelihood(self.decoder(z), x).mean()
+        kl = losses.kl_divergence_normal(mu, logvar).mean()
+        return {"loss": recon + self.kl_weight() * kl, "recon": recon, "kl": kl}
+
+    def anomaly_score(self, x: Tensor) -> Tensor:
+        """The negative single-sample ELBO per image (with the KL in closed form)."""
+        mu, logvar = self.posterior_parameters(x)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return -self.log_likelihood(self.decoder(z), x) + losses.kl_divergence_normal(mu, logvar)
+
+    @torch.no_grad()
+    def importance_weighted_nll(self, x: Tensor, num_samples: int | None = None) -> Tensor:
+        """The importance-weighted bound on -log p(x) per image, in nats (Burda et al. 2016, eq. 8).
+
+        ``-log (1/K) sum_k p(x, z_k) / q(z_k | x)`` with ``z_k ~ q(z | x)``: an upper bound on -log p(x) that
+        tightens as K grows and equals the negative single-sample ELBO at K = 1.
+
+        Args:
+            x: ``[B, C, H, W]`` images.
+            num_samples: K; ``nll_samples`` when None.
+        """
+        num_samples = num_samples or self.nll_samples
+        mu, logvar = self.posterior_parameters(x)
+        std = torch.exp(0.5 * logvar)
+        log_weights = []
+        for start in range(0, num_samples, self.nll_chunk_size):
+            k = min(self.nll_chunk_size, num_samples - start)
+            eps = torch.randn(k, *mu.shape, device=mu.device, dtype=mu.dtype)
+            z = mu + eps * std  # [k, B, D]
+            logits = self.decoder(z.flatten(0, 1)).unflatten(0, (k, len(x)))
+            log_q = (-0.5 * eps.pow(2) - 0.5 * math.log(2 * math.pi)).sum(-1) - (0.5 * logvar).sum(-1)
+            log_weights.append(self.log_likelihood(logits, x) + losses.standard_normal_log_prob(z) - log_q)
+        return -losses.log_mean_exp(torch.cat(log_weights), dim=0)
+
+    def test_metrics(self, x: Tensor) -> dict[str, Tensor]:
+        if self.likelihood == "bernoulli" and not self._warned_gray and not ((x == 0) | (x == 1)).all():
+            rank_zero_warn(
+                "test/nll uses a Bernoulli likelihood on gray-level images, so it is not a likelihood of the data; "
+                "set data binarize: dynamic or static for the standard binarized-MNIST number."
+            )
+            self._warned_gray = True
+        return {"nll": self.importance_weighted_nll(x).mean()}
+
+    def check_input(self, x: Tensor) -> None:
+        super().check_input(x)
+        if self.likelihood == "bernoulli":
+            low, high = x.min().item(), x.max().item()
+            if low < 0 or high > 1:
+                raise ValueError(
+                    f"a Bernoulli likelihood needs pixels in [0, 1], but the data range over [{low:.3g}, {high:.3g}]; "
+                    "use likelihood: gaussian or data without normalization"
+                )

@@ -1,0 +1,48 @@
+"""Validation of IDX files (the MNIST family's on-disk format).
+
+torchvision reads the files; this module only checks that a file is whole before torchvision reads it, so a
+truncated or foreign file is an error naming the file instead of an obscure reshape failure deep in a loader.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+# IDX header: two zero bytes, a type code (0x08 = unsigned byte), the number of dimensions, then one
+# big-endian uint32 per dimension.
+_UBYTE = 0x08
+
+
+def check_idx_file(path: str | Path, ndim: int) -> tuple[int, ...]:
+    """Check that ``path`` is a complete unsigned-byte IDX file with ``ndim`` dimensions.
+
+    Args:
+        path: the IDX file.
+        ndim: expected number of dimensions (3 for images, 1 for labels).
+
+    Returns:
+        The shape stored in the header.
+
+    Raises:
+        ValueError: the file is not a whole unsigned-byte IDX file of ``ndim`` dimensions.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        header = f.read(4 + 4 * ndim)
+    if len(header) < 4 or header[0] != 0 or header[1] != 0 or header[2] != _UBYTE or header[3] != ndim:
+        raise ValueError(
+            f"{path} is not an unsigned-byte IDX file with {ndim} dimensions: its magic number is "
+            f"{header[:4].hex() or 'missing'}, expected 000008{ndim:02x}. Delete it and download it again."
+        )
+    if len(header) < 4 + 4 * ndim:
+        raise ValueError(f"{path} is truncated: its {size}-byte header is shorter than the {4 + 4 * ndim} bytes expected")
+    shape = tuple(int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = 4 + 4 * ndim + math.prod(shape)
+    if size != expected:
+        raise ValueError(
+            f"{path} is truncated or corrupt: it has {size} bytes, but its header (shape {shape}) needs "
+            f"{expected}. Delete it and download it again."
+        )
+    return shape

@@ -1,0 +1,155 @@
+"""A resumable, DDP-aware batch loader over images held as one uint8 tensor.
+
+MNIST-size images are too small for a per-sample ``Dataset`` + ``DataLoader`` to keep up with a model: the time goes
+into Python calls per sample, PIL and ``ToTensor``. Here a whole split is one ``[N, H, W]`` uint8 tensor and a batch is
+one indexing operation, optionally on the training device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+Batch = tuple[Tensor, Tensor, Tensor]
+
+
+def _mix(*values: int) -> int:
+    """A deterministic 63-bit seed from integers (Python's hash of an int tuple is not salted)."""
+    return hash(tuple(values)) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class TensorBatchLoader:
+    """Yields ``(image, label, index)`` batches from in-memory uint8 tensors.
+
+    Epoch ``e``'s order is a permutation drawn from ``seed`` and ``e`` alone, cut into global batches of
+    ``batch_size * world_size`` samples; rank ``r`` takes every ``world_size``-th sample of each global batch. So the
+    ranks' shards are disjoint and together complete, every rank has the same number of batches (DDP needs that),
+    and the sequence of global batches does not depend on the number of ranks.
+
+    The loader's position (epoch and batches already yielded) is its ``state_dict``: Lightning stores it in
+    checkpoints and a resumed run continues with the next batch of the same permutation. Lightning announces each
+    epoch through ``sampler.set_epoch`` as it does for a ``DistributedSampler``.
+
+    Args:
+        images: ``[N, H, W]`` uint8 images.
+        labels: ``[N]`` integer labels.
+        indices: ``[N]`` index of each sample within its split (carried in the batch, e.g. for per-sample codes).
+        batch_size: samples per rank and step.
+        shuffle: draw a new permutation each epoch; otherwise keep the stored order.
+        seed: seed of the permutations and of dynamic binarization.
+        binarize: ``"dynamic"`` resamples Bernoulli pixels for every batch (deterministic in seed, epoch, batch).
+        rank: this process's rank.
+        world_size: number of processes sharing the data.
+        device: where batches are built; the tensors are moved there once.
+        num_workers: worker processes that build batches (CPU tensors only). 0, the default, builds them in the
+            training process, which is fastest for in-memory 28x28 images; workers pay off only for costly batches.
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        indices: Tensor,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        binarize: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        device: torch.device | str = "cpu",
+        num_workers: int = 0,
+    ) -> None:
+        if len(images) < world_size:
+            raise ValueError(f"a split of {len(images)} images cannot be shared by {world_size} processes")
+        self.device = torch.device(device)
+        self.images = images.to(self.device)
+        self.labels = labels.to(self.device)
+        self.indices = indices.to(self.device)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.binarize = binarize
+        self.rank = rank
+        self.world_size = world_size
+        self.num_workers = num_workers
+        if num_workers and self.device.type != "cpu":
+            raise ValueError(f"num_workers={num_workers} needs the data on the CPU, not on {self.device}")
+        self.epoch = 0
+        self.batches_done = 0
+        # Lightning inspects ``sampler``/``batch_sampler`` like a DataLoader's and calls ``sampler.set_epoch(epoch)``
+        # at the start of each epoch.
+        self.sampler = self
+        self.batch_sampler = None
+        self._generator = torch.Generator(self.device) if binarize else None
+
+    def __len__(self) -> int:
+        return len(self._global_batch_bounds())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` from its first batch, unless the loader is already positioned inside it."""
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self.batches_done = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batches_done": self.batches_done, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state["seed"] != self.seed:
+            raise ValueError(f"the checkpoint's data order comes from seed {state['seed']}, this run's from {self.seed}")
+        self.epoch = state["epoch"]
+        self.batches_done = state["batches_done"]
+
+    def __iter__(self) -> Iterator[Batch]:
+        bounds = self._global_batch_bounds()
+        if self.batches_done >= len(bounds):  # iterated again without ``set_epoch``: move on to the next epoch
+            self.epoch += 1
+            self.batches_done = 0
+        order = self._order()
+        todo = range(self.batches_done, len(bounds))
+        rows = [order[bounds[i][0] + self.rank : bounds[i][1] : self.world_size] for i in todo]
+        if self.num_workers:
+            batches = DataLoader(_Batches(self, rows, todo.start), batch_size=None, num_workers=self.num_workers)
+        else:
+            batches = map(self._make_batch, rows, todo)
+        for batch in batches:
+            self.batches_done += 1
+            yield batch
+
+    def _global_batch_bounds(self) -> list[tuple[int, int]]:
+        n, step = len(self.images), self.batch_size * self.world_size
+        bounds = [(start, min(start + step, n)) for start in range(0, n, step)]
+        # A last global batch with fewer samples than ranks would leave some rank an empty batch: fold it into the
+        # one before, so that every rank gets at least one sample.
+        if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < self.world_size:
+            bounds[-2:] = [(bounds[-2][0], n)]
+        return bounds
+
+    def _order(self) -> Tensor:
+        if not self.shuffle:
+            return torch.arange(len(self.images), device=self.device)
+        generator = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
+        return torch.randperm(len(self.images), generator=generator).to(self.device)
+
+    def _make_batch(self, rows: Tensor, batch_index: int) -> Batch:
+        x = self.images[rows].unsqueeze(1).float().div_(255)
+        if self.binarize:
+            self._generator.manual_seed(_mix(self.seed, self.epoch, batch_index, self.rank))
+            x = torch.bernoulli(x, generator=self._generator)
+        return x, self.labels[rows], self.indices[rows]
+
+
+class _Batches(Dataset):
+    """The rest of an epoch's batches as a map-style dataset, for worker processes."""
+
+    def __init__(self, loader: TensorBatchLoader, rows: list[Tensor], first: int) -> None:
+        self.loader, self.rows, self.first = loader, rows, first
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Batch:
+        return self.loader._make_batch(self.rows[i], self.first + i)
