@@ -123,8 +123,15 @@ class AutoencoderModule(L.LightningModule):
         training = stage == "train"
         # Training terms are logged per step without a cross-rank sync (only every ``log_every_n_steps`` do they
         # reach the host); validation and test terms are reduced across ranks once per epoch.
-        self.log(f"{stage}/loss", terms["loss"], prog_bar=True, on_step=training, on_epoch=not training,
-                 sync_dist=not training, batch_size=len(x))
+        self.log(
+            f"{stage}/loss",
+            terms["loss"],
+            prog_bar=True,
+            on_step=training,
+            on_epoch=not training,
+            sync_dist=not training,
+            batch_size=len(x),
+        )
         others = {f"{stage}/{name}": value for name, value in terms.items() if name != "loss"}
         self.log_dict(others, on_step=training, on_epoch=not training, sync_dist=not training, batch_size=len(x))
         return terms

