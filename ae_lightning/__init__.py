@@ -1,7 +1,26 @@
 """ae-lightning: the autoencoder family as PyTorch Lightning modules."""
 
+from ae_lightning.adversarial import AdversarialAutoencoder
+from ae_lightning.autodecoder import AutoDecoder
 from ae_lightning.autoencoder import Autoencoder
 from ae_lightning.base import AutoencoderModule, DeterministicAutoencoder
+from ae_lightning.contractive import ContractiveAutoencoder
+from ae_lightning.cvae import ConditionalVAE
+from ae_lightning.denoising import DenoisingAutoencoder
+from ae_lightning.dropout import DropoutAutoencoder
+from ae_lightning.sparse import SparseAutoencoder
 from ae_lightning.vae import VAE
 
-__all__ = ["VAE", "Autoencoder", "AutoencoderModule", "DeterministicAutoencoder"]
+__all__ = [
+    "VAE",
+    "Autoencoder",
+    "AutoencoderModule",
+    "DeterministicAutoencoder",
+    "AdversarialAutoencoder",
+    "AutoDecoder",
+    "ConditionalVAE",
+    "ContractiveAutoencoder",
+    "DenoisingAutoencoder",
+    "DropoutAutoencoder",
+    "SparseAutoencoder",
+]

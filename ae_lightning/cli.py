@@ -8,30 +8,42 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities import rank_zero_warn
 
 import datamodules  # noqa: F401  (registers the datamodules for ``--data <ClassName>``)
 from ae_lightning import AutoencoderModule
+from ae_lightning.callbacks import ImageLogger, SaveConfigToRun
+from ae_lightning.fault_tolerance import AtomicCheckpointIO, NonFiniteGuard, RandomStateCheckpoint
 from ae_lightning.prediction import PredictionWriter
 from datamodules.base import ImageDataModule
 
 # ``--ckpt_path`` values that Lightning resolves itself rather than reading a file.
 _SPECIAL_CKPT_PATHS = {"last", "best", "hpc", "registry"}
+PROGRESS_BAR_REFRESH_STEPS = 25
 
 
 class AutoencoderCLI(LightningCLI):
     """LightningCLI for the autoencoder family.
 
     Adds: the datamodule's ``input_shape`` linked into the model; a ``checkpoint`` section (``ModelCheckpoint``
-    keeping ``last.ckpt`` and the best by ``val/loss``); a ``predictions`` section (:class:`PredictionWriter`); and an
-    early, clear error for a ``--ckpt_path`` that is missing or holds another model class.
+    keeping ``last.ckpt`` and the best by ``val/loss``); a ``predictions`` section (:class:`PredictionWriter`); an
+    ``images`` section (:class:`~ae_lightning.callbacks.ImageLogger`: pictures for W&B, TensorBoard or PNG files);
+    W&B runs that write under ``default_root_dir`` and keep ``config.yaml`` among their files; and an early, clear
+    error for a ``--ckpt_path`` that is missing or holds another model class.
     """
 
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": False})
+        kwargs.setdefault("save_config_callback", SaveConfigToRun)
+        # Callbacks in ``trainer_defaults`` are added to every trainer, whatever --trainer.callbacks says.
+        kwargs.setdefault("trainer_defaults", {"callbacks": [RandomStateCheckpoint()]})
         super().__init__(
             AutoencoderModule,
             ImageDataModule,
@@ -53,10 +65,38 @@ class AutoencoderCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(PredictionWriter, "predictions")
+        parser.add_lightning_class_args(ImageLogger, "images")
+        parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
+
+    def before_instantiate_classes(self) -> None:
+        subcommand = self.config.get("subcommand")
+        _default_wandb_save_dir(self.config[subcommand] if subcommand else self.config)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        kwargs["plugins"] = _with_atomic_checkpoint_io(config.get("plugins"))
+        if config.get("strategy") == "ddp" and not getattr(self.model, "automatic_optimization", True):
+            # Each backward of a manual-optimization step may reach only part of the weights (the adversarial AE's
+            # discriminator phase only the discriminator's), which DDP accepts only when it looks for unused ones.
+            kwargs["strategy"] = "ddp_find_unused_parameters_true"
+        return super().instantiate_trainer(**kwargs)
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        # Lightning's default progress bar refreshes, and reads every logged value from the device, on every step;
+        # at MNIST scale that costs a large share of the step time, so the default bar refreshes less often.
+        wants_bar = config.get("enable_progress_bar") is not False
+        has_bar = any(isinstance(c, ProgressBar) for c in [*(config.get("callbacks") or []), *callbacks])
+        if wants_bar and not has_bar:
+            callbacks = [*callbacks, TQDMProgressBar(refresh_rate=PROGRESS_BAR_REFRESH_STEPS)]
+        return super()._instantiate_trainer(config, callbacks)
 
     def _parse_ckpt_path(self) -> None:
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path == "last":
+            ckpt_path = self.config[subcommand].ckpt_path = _newest_checkpoint(self.config[subcommand])
+        if subcommand == "fit" and ckpt_path:  # a resumed run may write its config where it wrote it before
+            self.save_config_kwargs = {**self.save_config_kwargs, "overwrite": True}
         if ckpt_path and ckpt_path not in _SPECIAL_CKPT_PATHS:
             path = Path(ckpt_path)
             if not path.is_file():
@@ -70,6 +110,48 @@ class AutoencoderCLI(LightningCLI):
                     "use that model's config or a checkpoint of this model"
                 )
         super()._parse_ckpt_path()
+
+
+def _newest_checkpoint(config: Any) -> str | None:
+    """``--ckpt_path last``: the newest ``last*.ckpt`` of this run's folder, or SLURM ``hpc_ckpt_*.ckpt``.
+
+    Lightning looks for ``last`` only in the checkpoint folder of the new run, which is a new ``version_<N>`` of the
+    logger unless ``--checkpoint.dirpath`` is set, so it would never find the interrupted run's checkpoint. Here the
+    candidates are the set ``dirpath``, or ``checkpoints/`` folders up to two levels below ``default_root_dir``, and
+    the HPC checkpoints that Lightning's SLURM requeue writes into ``default_root_dir``. None (with a warning) when
+    there is none yet, so the same command starts a run and resumes it.
+    """
+    root = Path(config.trainer.get("default_root_dir") or ".")
+    dirpath = config.checkpoint.get("dirpath") if config.get("checkpoint") else None
+    if dirpath:
+        folders = [Path(dirpath)]
+    else:  # <root>/checkpoints without a logger, <root>/<name>/<version>/checkpoints with one
+        folders = [root / "checkpoints", *root.glob("*/checkpoints"), *root.glob("*/*/checkpoints")]
+    candidates = [path for folder in folders for path in folder.glob("last*.ckpt")]
+    candidates += root.glob("hpc_ckpt_*.ckpt")
+    if not candidates:
+        rank_zero_warn(f"--ckpt_path last: no checkpoint under {dirpath or root} yet, starting from scratch")
+        return None
+    return str(max(candidates, key=lambda path: path.stat().st_mtime))
+
+
+def _default_wandb_save_dir(config: Any) -> None:
+    """A WandbLogger given no ``save_dir`` writes under ``default_root_dir``, like every other output of a run."""
+    loggers = config.trainer.get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        if not hasattr(logger, "class_path") or not logger.class_path.endswith("WandbLogger"):
+            continue
+        init_args = logger.get("init_args")
+        if init_args is not None and init_args.get("save_dir") in (None, ".") and not init_args.get("dir"):
+            init_args.save_dir = config.trainer.get("default_root_dir") or "."
+
+
+def _with_atomic_checkpoint_io(plugins: Any) -> list[Any]:
+    """``plugins`` with :class:`AtomicCheckpointIO` added, unless they already name a checkpoint writer."""
+    plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+        plugins.append(AtomicCheckpointIO())
+    return plugins
 
 
 def _resolve(class_path: str) -> type:

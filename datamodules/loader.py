@@ -65,7 +65,9 @@ class TensorBatchLoader:
         if len(images) < world_size:
             raise ValueError(f"a split of {len(images)} images cannot be shared by {world_size} processes")
         self.device = torch.device(device)
-        self.images = images.to(self.device)
+        # Pixels are scaled to float once, here, so that a batch is a single gather (4x the memory of uint8: 172 MB
+        # for the 55,000 MNIST training images, which buys a cheaper step).
+        self.images = images.to(self.device).unsqueeze(1).float().div_(255)
         self.labels = labels.to(self.device)
         self.indices = indices.to(self.device)
         self.batch_size = batch_size
@@ -137,7 +139,7 @@ class TensorBatchLoader:
         return torch.randperm(len(self.images), generator=generator).to(self.device)
 
     def _make_batch(self, rows: Tensor, batch_index: int) -> Batch:
-        x = self.images[rows].unsqueeze(1).float().div_(255)
+        x = self.images[rows]
         if self.binarize:
             self._generator.manual_seed(_mix(self.seed, self.epoch, batch_index, self.rank))
             x = torch.bernoulli(x, generator=self._generator)

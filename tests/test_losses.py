@@ -27,6 +27,10 @@ def test_likelihoods_match_torch_distributions() -> None:
     torch.testing.assert_close(
         losses.bernoulli_log_likelihood(logits, x), Bernoulli(logits=logits).log_prob(x).flatten(1).sum(1)
     )
+    samples = torch.randn(3, 4, 1, 28, 28)  # several decodings per image, as in importance sampling
+    torch.testing.assert_close(
+        losses.bernoulli_log_likelihood(samples, x), Bernoulli(logits=samples).log_prob(x).flatten(2).sum(2)
+    )
     mean = torch.rand(4, 1, 28, 28)
     torch.testing.assert_close(
         losses.gaussian_log_likelihood(mean, x, 0.3), Normal(mean, 0.3).log_prob(x).flatten(1).sum(1)

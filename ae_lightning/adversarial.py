@@ -1,0 +1,271 @@
+"""The adversarial autoencoder (Makhzani et al. 2015, "Adversarial Autoencoders"): a discriminator on the code space
+makes the aggregated posterior of the encoder match a chosen prior.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+from ae_lightning.base import Batch, DeterministicAutoencoder
+
+Prior = Literal["normal", "mixture"]
+
+
+class Discriminator(nn.Sequential):
+    """An MLP ``latent_dim -> *hidden_dims -> 1`` with LeakyReLU(0.2): the logit that a code is a prior sample.
+
+    Args:
+        latent_dim: size of the code.
+        hidden_dims: widths of the hidden layers.
+    """
+
+    def __init__(self, latent_dim: int, hidden_dims: Sequence[int]) -> None:
+        layers: list[nn.Module] = []
+        for fan_in, fan_out in zip([latent_dim, *hidden_dims[:-1]], hidden_dims):
+            layers += [nn.Linear(fan_in, fan_out), nn.LeakyReLU(0.2)]
+        super().__init__(*layers, nn.Linear(hidden_dims[-1] if hidden_dims else latent_dim, 1))
+
+
+class AdversarialAutoencoder(DeterministicAutoencoder):
+    """A deterministic autoencoder whose codes a discriminator cannot tell from samples of the prior.
+
+    Each training batch runs three phases with manual optimization (Makhzani et al. 2015, section 2):
+
+    1. reconstruction: the autoencoder optimizer steps encoder and decoder on the reconstruction loss;
+    2. discriminator: the discriminator optimizer steps the discriminator on telling prior samples (label 1) from
+       the encoder's codes (label 0), binary cross-entropy;
+    3. generator (regularization): the generator optimizer steps the encoder alone on fooling the discriminator
+       (the non-saturating loss ``-log D(E(x))``, times ``adversarial_weight``), with decoder and discriminator
+       frozen.
+
+    The generator phase has an optimizer of its own over the encoder's parameters (by default a second instance of
+    ``optimizer``): sharing the autoencoder's Adam would fill its moments with the much larger reconstruction
+    gradients, so that the regularization step would be mostly another reconstruction step along the momentum.
+
+    Steps and ``global_step``: Lightning counts every ``optimizer.step()`` of manual optimization in
+    ``trainer.global_step`` (``fit_loop.epoch_loop.manual_optimization.optim_step_progress``), which would make it
+    three per batch. Here only the reconstruction step goes through the Lightning optimizer wrapper and is counted;
+    the discriminator and generator steps go through ``trainer.strategy.optimizer_step``, the same call minus the
+    count (precision plugin, gradient scaler and ``on_before_optimizer_step`` hooks included). So ``global_step``
+    counts batches, as for every other variant: ``max_steps``, ``ModelCheckpoint(every_n_train_steps=...)`` and
+    ``log_every_n_steps`` mean training batches, and a checkpoint restores the count exactly.
+
+    Mixed precision: the backward passes use ``manual_backward``, so ``16-mixed`` scales them with the gradient
+    scaler and every step unscales before stepping; ``bf16-mixed`` and ``32`` need no scaler. The Trainer's
+    ``gradient_clip_val`` is not available under manual optimization: set this model's ``gradient_clip_val``, which
+    clips each step's gradients (after unscaling) in ``on_before_optimizer_step``.
+
+    Learning-rate schedulers are optional: ``lr_scheduler`` for the autoencoder and the generator optimizers,
+    ``discriminator_lr_scheduler`` for the discriminator's; they are stepped once per epoch, a ``ReduceLROnPlateau``
+    with ``val/loss``. Validation and test use the shared step of the base: ``loss`` is the reconstruction loss, and
+    the discriminator's loss and accuracy are logged beside it.
+
+    Args:
+        prior: ``normal`` (standard normal) or ``mixture``: an equal-weight mixture of ``mixture_components``
+            isotropic Gaussians with std ``mixture_std``, whose means lie evenly spaced on a circle of radius
+            ``mixture_radius`` in the plane of the first two code dimensions (on a line for a 1-D code). With a 2-D
+            code and 10 components that is the paper's 10-component mixture.
+        mixture_components: number of mixture components, >= 1.
+        mixture_radius: distance of the component means from the origin, >= 0.
+        mixture_std: std of each component, > 0.
+        discriminator_hidden_dims: widths of the discriminator's hidden layers.
+        adversarial_weight: weight of the generator loss in the regularization phase, >= 0.
+        discriminator_optimizer: optimizer factory for the discriminator (``class_path`` + ``init_args`` in YAML).
+        discriminator_lr_scheduler: optional scheduler factory for the discriminator optimizer.
+        generator_optimizer: optimizer factory for the encoder in the regularization phase; None uses
+            ``optimizer`` (a separate instance, with its own state).
+        gradient_clip_val: clip every step's gradients to this norm (or value); None or 0 disables clipping.
+        gradient_clip_algorithm: ``norm`` or ``value``.
+        **kwargs: the :class:`~ae_lightning.base.DeterministicAutoencoder` arguments; ``optimizer`` and
+            ``lr_scheduler`` are the autoencoder's.
+    """
+
+    is_generative = True
+
+    def __init__(
+        self,
+        prior: Prior = "normal",
+        mixture_components: int = 10,
+        mixture_radius: float = 4.0,
+        mixture_std: float = 0.5,
+        discriminator_hidden_dims: Sequence[int] = (256, 256),
+        adversarial_weight: float = 1.0,
+        discriminator_optimizer: OptimizerCallable = torch.optim.Adam,
+        discriminator_lr_scheduler: LRSchedulerCallable | None = None,
+        generator_optimizer: OptimizerCallable | None = None,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: Literal["norm", "value"] = "norm",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        # The base keeps the optimizer factories out of the hyperparameters (a checkpoint must load without them);
+        # do the same for the discriminator's and the generator's.
+        for name in ("discriminator_optimizer", "discriminator_lr_scheduler", "generator_optimizer"):
+            self.hparams.pop(name, None)
+            self._hparams_initial.pop(name, None)
+        if prior not in ("normal", "mixture"):
+            raise ValueError(f"prior must be 'normal' or 'mixture', got {prior!r}")
+        if mixture_components < 1:
+            raise ValueError(f"mixture_components must be >= 1, got {mixture_components}")
+        if mixture_radius < 0:
+            raise ValueError(f"mixture_radius must be >= 0, got {mixture_radius}")
+        if mixture_std <= 0:
+            raise ValueError(f"mixture_std must be > 0, got {mixture_std}")
+        if adversarial_weight < 0:
+            raise ValueError(f"adversarial_weight must be >= 0, got {adversarial_weight}")
+        if any(width <= 0 for width in discriminator_hidden_dims):
+            raise ValueError(f"discriminator_hidden_dims must be positive, got {list(discriminator_hidden_dims)}")
+        if gradient_clip_val is not None and gradient_clip_val < 0:
+            raise ValueError(f"gradient_clip_val must be >= 0, got {gradient_clip_val}")
+        if gradient_clip_algorithm not in ("norm", "value"):
+            raise ValueError(f"gradient_clip_algorithm must be 'norm' or 'value', got {gradient_clip_algorithm!r}")
+        self.automatic_optimization = False
+        self.prior = prior
+        self.mixture_std = mixture_std
+        self.adversarial_weight = adversarial_weight
+        self.discriminator_optimizer_factory = discriminator_optimizer
+        self.discriminator_lr_scheduler_factory = discriminator_lr_scheduler
+        self.generator_optimizer_factory = generator_optimizer or self.optimizer_factory
+        self.gradient_clip_val = gradient_clip_val
+        self.gradient_clip_algorithm = gradient_clip_algorithm
+        self.discriminator = Discriminator(self.latent_dim, discriminator_hidden_dims)
+        means = _mixture_means(mixture_components, self.latent_dim, mixture_radius)
+        self.register_buffer("mixture_means", means, persistent=False)
+
+    def sample_prior(self, n: int) -> Tensor:
+        """``n`` codes ``[n, latent_dim]`` drawn from the prior."""
+        z = torch.randn(n, self.latent_dim, device=self.mixture_means.device)
+        if self.prior == "normal":
+            return z
+        components = torch.randint(len(self.mixture_means), (n,), device=z.device)
+        return self.mixture_means[components] + self.mixture_std * z
+
+    def sample(self, n: int) -> Tensor:
+        return self.decode(self.sample_prior(n))
+
+    # --- training: three phases per batch ---------------------------------------------------------------------------
+    def training_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
+        x = batch[0]
+        if not self._input_checked:
+            self.check_input(x)
+            self._input_checked = True
+        autoencoder_optimizer, discriminator_optimizer, generator_optimizer = self.optimizers()
+        recon = self.reconstruction_phase(x, autoencoder_optimizer)
+        d_loss, d_accuracy = self.discriminator_phase(x, discriminator_optimizer)
+        g_loss = self.generator_phase(x, generator_optimizer)
+        terms = {"loss": recon, "recon": recon, "d_loss": d_loss, "g_loss": g_loss, "d_accuracy": d_accuracy}
+        self.log_terms(terms, "train", batch_size=len(x))
+        return terms  # as the base does: callbacks (the non-finite guard) see the terms as ``outputs``
+
+    def reconstruction_phase(self, x: Tensor, optimizer: Optimizer) -> Tensor:
+        """One step of encoder and decoder on the reconstruction loss (the step ``global_step`` counts)."""
+        optimizer.zero_grad()
+        recon = self.reconstruction_loss(self.decoder(self.encoder(x)), x).mean()
+        self.manual_backward(recon)
+        optimizer.step()
+        return recon.detach()
+
+    def discriminator_phase(self, x: Tensor, optimizer: Optimizer) -> tuple[Tensor, Tensor]:
+        """One step of the discriminator on prior samples against (fixed) codes; returns its loss and accuracy."""
+        with torch.no_grad():
+            codes = self.encoder(x)
+        optimizer.zero_grad()
+        d_loss, d_accuracy = self.discriminator_terms(codes)
+        self.manual_backward(d_loss)
+        self._uncounted_step(optimizer)
+        return d_loss.detach(), d_accuracy
+
+    def generator_phase(self, x: Tensor, optimizer: Optimizer) -> Tensor:
+        """One step of the encoder alone on fooling the (frozen) discriminator; returns the generator loss."""
+        optimizer.zero_grad()
+        with self.toggled_optimizer(optimizer):  # freezes decoder and discriminator, whose parameters are not in it
+            g_loss = self.generator_loss(self.encoder(x))
+            self.manual_backward(self.adversarial_weight * g_loss)
+        self._uncounted_step(optimizer)
+        return g_loss.detach()
+
+    def _uncounted_step(self, optimizer: Optimizer) -> None:
+        """``optimizer.step()`` through the strategy and precision plugin, without a ``global_step`` count."""
+        raw = getattr(optimizer, "optimizer", optimizer)  # the optimizer inside Lightning's wrapper
+        self.trainer.strategy.optimizer_step(raw, closure=lambda: None)
+
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
+        if self.gradient_clip_val:
+            self.clip_gradients(optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
+
+    def on_train_epoch_end(self) -> None:
+        schedulers = self.lr_schedulers()
+        if schedulers is None:
+            return
+        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+            if isinstance(scheduler, ReduceLROnPlateau):
+                if "val/loss" in self.trainer.callback_metrics:
+                    scheduler.step(self.trainer.callback_metrics["val/loss"])
+            else:
+                scheduler.step()
+
+    # --- losses -----------------------------------------------------------------------------------------------------
+    def discriminator_terms(self, codes: Tensor) -> tuple[Tensor, Tensor]:
+        """The discriminator's binary cross-entropy on prior samples (1) and ``codes`` (0), and its accuracy."""
+        real = self.sample_prior(len(codes)).to(codes.dtype)
+        logits = self.discriminator(torch.cat([real, codes])).squeeze(-1).float()
+        targets = torch.cat([torch.ones(len(real)), torch.zeros(len(codes))]).to(logits.device)
+        d_loss = F.binary_cross_entropy_with_logits(logits, targets)
+        d_accuracy = ((logits > 0).float() == targets).float().mean()
+        return d_loss, d_accuracy
+
+    def generator_loss(self, codes: Tensor) -> Tensor:
+        """``-log D(codes)`` averaged over the batch: small when the discriminator takes the codes for prior samples."""
+        logits = self.discriminator(codes).squeeze(-1).float()
+        return F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+
+    def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
+        codes = self.encoder(x)
+        recon = self.reconstruction_loss(self.decoder(codes), x).mean()
+        d_loss, d_accuracy = self.discriminator_terms(codes)
+        g_loss = self.generator_loss(codes)
+        return {"loss": recon, "recon": recon, "d_loss": d_loss, "g_loss": g_loss, "d_accuracy": d_accuracy}
+
+    # --- optimizers -------------------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> list[dict[str, Any]]:
+        """The autoencoder's, the discriminator's and the generator's (encoder) optimizers, in this order."""
+        autoencoder = [*self.encoder.parameters(), *self.decoder.parameters()]
+        return [
+            _optimizer_config(autoencoder, self.optimizer_factory, self.lr_scheduler_factory),
+            _optimizer_config(
+                self.discriminator.parameters(),
+                self.discriminator_optimizer_factory,
+                self.discriminator_lr_scheduler_factory,
+            ),
+            _optimizer_config(self.encoder.parameters(), self.generator_optimizer_factory, self.lr_scheduler_factory),
+        ]
+
+
+def _optimizer_config(
+    parameters: Any, optimizer: OptimizerCallable, lr_scheduler: LRSchedulerCallable | None
+) -> dict[str, Any]:
+    # Manual optimization steps the schedulers itself (``on_train_epoch_end``): no ``monitor`` or ``interval`` here.
+    built = optimizer(parameters)
+    if lr_scheduler is None:
+        return {"optimizer": built}
+    return {"optimizer": built, "lr_scheduler": {"scheduler": lr_scheduler(built)}}
+
+
+def _mixture_means(components: int, latent_dim: int, radius: float) -> Tensor:
+    """``[components, latent_dim]`` means evenly spaced on a circle in the first two dimensions (a line in 1-D)."""
+    means = torch.zeros(components, latent_dim)
+    if latent_dim == 1:
+        means[:, 0] = torch.linspace(-radius, radius, components) if components > 1 else 0.0
+        return means
+    angles = 2 * math.pi * torch.arange(components) / components
+    means[:, 0], means[:, 1] = radius * torch.cos(angles), radius * torch.sin(angles)
+    return means

@@ -1,0 +1,175 @@
+"""The auto-decoder: a decoder trained jointly with one free code per training image, without an encoder
+(Bojanowski et al. 2018, "Optimizing the Latent Space of Generative Networks" (GLO); Park et al. 2019, "DeepSDF:
+Learning Continuous Signed Distance Functions for Shape Representation").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ae_lightning.base import DeterministicAutoencoder
+
+
+class AutoDecoder(DeterministicAutoencoder):
+    """A decoder and a table of per-image codes, optimized together; unseen images get codes by optimization.
+
+    Training: the batch's sample indices (its position in the training split) look up their codes in an
+    ``nn.Embedding`` of ``num_codes`` rows; the loss is ``recon + code_prior_weight * ||z||^2``, the negative log of
+    a Gaussian prior on the codes up to a constant (``code_prior_weight = 0.5`` is the standard normal). One
+    optimizer holds two parameter groups: the decoder at the optimizer's learning rate and the codes at ``code_lr``.
+
+    Unseen images (validation, test, predict, and :meth:`encode` in general): their codes start at the prior mean
+    and are fitted to the same loss with Adam (``inference_lr``) for ``inference_steps`` steps, all images of a batch
+    at once, while the decoder stays frozen: only the codes receive gradients, so the decoder's parameters and
+    their ``.grad`` are untouched. This runs with gradients enabled even inside Lightning's ``inference_mode``.
+    Validation and test then report the reconstruction error of these codes. It is also how new images join a
+    trained model without retraining its decoder.
+
+    ``num_codes`` must equal the number of training images. Left unset, it is taken from the datamodule's training
+    split when ``fit`` starts (and from the checkpoint when one is loaded); set, it is checked against both.
+
+    Args:
+        num_codes: number of training images, or None to take it from the datamodule.
+        code_prior_weight: weight of the Gaussian prior penalty ``||z||^2``, >= 0.
+        code_lr: learning rate of the codes in training (the decoder's is the optimizer's).
+        code_init_std: std of the codes' normal initialization.
+        inference_steps: optimization steps that fit the codes of unseen images.
+        inference_lr: Adam learning rate of those steps.
+        **kwargs: the :class:`~ae_lightning.base.DeterministicAutoencoder` arguments (the encoder's are unused).
+    """
+
+    def __init__(
+        self,
+        num_codes: int | None = None,
+        code_prior_weight: float = 0.5,
+        code_lr: float = 0.01,
+        code_init_std: float = 0.01,
+        inference_steps: int = 50,
+        inference_lr: float = 0.1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.encoder = None  # built by the base, not used: codes are parameters (training) or fitted (inference)
+        if code_prior_weight < 0:
+            raise ValueError(f"code_prior_weight must be >= 0, got {code_prior_weight}")
+        if code_lr <= 0 or inference_lr <= 0:
+            raise ValueError(f"code_lr and inference_lr must be > 0, got {code_lr} and {inference_lr}")
+        if code_init_std < 0:
+            raise ValueError(f"code_init_std must be >= 0, got {code_init_std}")
+        if inference_steps < 0:
+            raise ValueError(f"inference_steps must be >= 0, got {inference_steps}")
+        self.code_prior_weight = code_prior_weight
+        self.code_lr = code_lr
+        self.code_init_std = code_init_std
+        self.inference_steps = inference_steps
+        self.inference_lr = inference_lr
+        self.codes: nn.Embedding | None = None
+        self._last_inference: tuple[tuple, Tensor, Tensor] | None = None
+        if num_codes is not None:
+            self.build_codes(num_codes)
+
+    @property
+    def num_codes(self) -> int | None:
+        """Number of training codes; None until known."""
+        return None if self.codes is None else self.codes.num_embeddings
+
+    def build_codes(self, num_codes: int) -> None:
+        """Create the table of ``num_codes`` training codes (and record its size in the hyperparameters)."""
+        if num_codes < 1:
+            raise ValueError(f"num_codes must be >= 1, got {num_codes}")
+        self.codes = nn.Embedding(num_codes, self.latent_dim)
+        nn.init.normal_(self.codes.weight, std=self.code_init_std)
+        self.hparams["num_codes"] = num_codes
+
+    # --- the public API ---------------------------------------------------------------------------------------------
+    def encode(self, x: Tensor, steps: int | None = None) -> Tensor:
+        """Codes of images ``x`` fitted with the decoder frozen; ``steps`` defaults to ``inference_steps``.
+
+        The codes of the last batch are kept, so test and predict, which encode the same batch twice, fit it once.
+        """
+        steps = self.inference_steps if steps is None else steps
+        # Keyed by the images, the steps and the decoder parameters' version counters (bumped by every update).
+        key = (steps, tuple(p._version for p in self.decoder.parameters()))
+        last = self._last_inference
+        if last is not None and last[0] == key and last[1].shape == x.shape and torch.equal(last[1], x):
+            return last[2]
+        codes = self.fit_codes(x, steps)
+        self._last_inference = (key, x, codes)
+        return codes
+
+    def fit_codes(self, x: Tensor, steps: int) -> Tensor:
+        """Fit codes to images ``x`` for ``steps`` Adam steps from the prior mean, the decoder frozen."""
+        with torch.inference_mode(False), torch.enable_grad():
+            target = x.detach().clone()  # a normal tensor, which autograd can save, even if x is an inference tensor
+            z = torch.zeros(len(x), self.latent_dim, device=x.device, requires_grad=True)
+            optimizer = torch.optim.Adam([z], lr=self.inference_lr)
+            for _ in range(steps):
+                loss = self.code_loss(z, target).sum()  # a sum: each image's code gets its own gradient
+                (z.grad,) = torch.autograd.grad(loss, [z])  # gradients for the codes only, not the decoder
+                optimizer.step()
+        return z.detach()
+
+    def code_loss(self, z: Tensor, x: Tensor) -> Tensor:
+        """Per image, the reconstruction loss of code ``z`` plus the prior penalty."""
+        return self.reconstruction_loss(self.decoder(z), x) + self.code_prior_weight * z.float().pow(2).sum(-1)
+
+    # --- steps ------------------------------------------------------------------------------------------------------
+    def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
+        if self.training:
+            if self.codes is None:
+                raise ValueError("AutoDecoder has no training codes: set num_codes or train with a datamodule")
+            if indices.max() >= self.num_codes or indices.min() < 0:
+                raise ValueError(
+                    f"a training batch holds sample index {indices.max().item()}, but AutoDecoder has "
+                    f"num_codes={self.num_codes} codes; num_codes must equal the number of training images"
+                )
+            z = self.codes(indices)
+        else:
+            z = self.encode(x)
+        recon = self.reconstruction_loss(self.decoder(z), x).mean()
+        prior = self.code_prior_weight * z.float().pow(2).sum(-1).mean()
+        return {"loss": recon + prior, "recon": recon, "code_prior": prior}
+
+    # --- optimizers and hooks ---------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        groups = [
+            {"params": list(self.decoder.parameters())},
+            {"params": list(self.codes.parameters()), "lr": self.code_lr},
+        ]
+        return self.build_optimizer(groups, self.optimizer_factory, self.lr_scheduler_factory)
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage != "fit":
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        size = datamodule.split_size("train") if hasattr(datamodule, "split_size") else None
+        if self.codes is None:
+            if size is None:
+                raise ValueError(
+                    "AutoDecoder needs num_codes (the number of training images) when the data do not come from a "
+                    "datamodule with split_size"
+                )
+            self.build_codes(size)
+        elif size is not None and size != self.num_codes:
+            raise ValueError(
+                f"AutoDecoder has num_codes={self.num_codes} codes, but the training set of "
+                f"{type(datamodule).__name__} has {size} images; they must be equal (leave num_codes unset to take "
+                "it from the data)"
+            )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        stored = checkpoint["state_dict"].get("codes.weight")
+        if stored is None:
+            return
+        if self.codes is None:
+            self.build_codes(len(stored))
+        elif len(stored) != self.num_codes:
+            raise ValueError(
+                f"the checkpoint holds {len(stored)} codes, but this AutoDecoder has num_codes={self.num_codes} "
+                "(the size of its training set)"
+            )

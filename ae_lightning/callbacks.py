@@ -1,0 +1,222 @@
+"""Callbacks of the ``ae-lightning`` command: pictures of the model for any logger, and the config saved into W&B runs.
+
+:class:`ImageLogger` sends images to W&B (``wandb.Image``), to TensorBoard (``add_image``), or, with a CSV logger or
+none, writes PNG files to ``<log_dir>/images/``. The command adds one as the ``images`` section
+(``--images.every_n_epochs``, ``--images.views``); more can be added from YAML::
+
+    trainer:
+      callbacks:
+        - class_path: ae_lightning.callbacks.ImageLogger
+          init_args: {views: [latent_map], every_n_epochs: 5, latent_map_size: 5000}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+from torchvision.utils import save_image
+
+from ae_lightning import visualization
+from ae_lightning.base import AutoencoderModule
+from ae_lightning.visualization import View
+
+
+class ImageLogger(Callback):
+    """Logs pictures of the model at the end of every ``every_n_epochs``-th validation epoch (and of the last).
+
+    Views: ``reconstructions`` (rows of validation images, each above its reconstructions), ``samples`` (decoded
+    prior samples; generative models only), ``interpolations`` (decodings along the line between the codes of two
+    validation images) and ``latent_map`` (codes of validation images projected to 2-D by PCA, coloured by label).
+
+    The validation images are the first ones the validation loop yields, kept once (on the CPU) and reused at every
+    epoch, so consecutive pictures are comparable; samples use the same seeded noise every time, drawn without
+    touching the global random state. Between firings the only work per validation step is a dictionary look-up.
+    Nothing is drawn in sanity checks or ``fast_dev_run``, and under DDP only rank 0 draws.
+
+    Args:
+        every_n_epochs: draw after every n-th validation epoch (and after the last epoch); 0 disables the callback.
+        views: the pictures to draw; None draws every view that applies to the model (``samples`` only for
+            generative models). Naming ``samples`` for a model that is not generative is an error.
+        num_images: validation images in the reconstruction grid.
+        num_samples: prior samples in the sample grid.
+        num_interpolations: pairs of validation images interpolated (one row each).
+        interpolation_steps: decoded points per interpolation, both ends included.
+        latent_map_size: validation images whose codes are plotted.
+        nrow: images per row of the reconstruction and sample grids.
+        seed: seed of the prior samples.
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        views: Sequence[View] | None = None,
+        num_images: int = 16,
+        num_samples: int = 64,
+        num_interpolations: int = 6,
+        interpolation_steps: int = 8,
+        latent_map_size: int = 2000,
+        nrow: int = 8,
+        seed: int = 0,
+    ) -> None:
+        if every_n_epochs < 0:
+            raise ValueError(f"every_n_epochs must be >= 0 (0 disables the images), got {every_n_epochs}")
+        visualization.check_view_names(views or ())
+        sizes = {"num_images": num_images, "num_samples": num_samples, "num_interpolations": num_interpolations}
+        sizes |= {"latent_map_size": latent_map_size, "nrow": nrow}
+        for name, value in sizes.items():
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if interpolation_steps < 2:
+            raise ValueError(f"interpolation_steps must be >= 2 (the two ends), got {interpolation_steps}")
+        self.every_n_epochs = every_n_epochs
+        self.views = list(views) if views is not None else None
+        self.num_images = num_images
+        self.num_samples = num_samples
+        self.num_interpolations = num_interpolations
+        self.interpolation_steps = interpolation_steps
+        self.latent_map_size = latent_map_size
+        self.nrow = nrow
+        self.seed = seed
+        self.active_views: list[str] = []
+        self.image_dir: Path | None = None
+        self.class_names: list[str] | None = None
+        self._batches: dict[int, tuple[Tensor, Tensor]] = {}
+        self._kept = 0
+        self._needed = 0  # validation images to keep, set in setup
+        self._announced = False
+
+    # --- hooks ------------------------------------------------------------------------------------------------------
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit" or self.every_n_epochs == 0:
+            return
+        if self.views is None:
+            self.active_views = visualization.applicable_views(pl_module)
+        else:
+            self.active_views = visualization.check_views(pl_module, self.views)
+        needs = {"reconstructions": self.num_images, "interpolations": 2 * self.num_interpolations}
+        needs["latent_map"] = self.latent_map_size
+        # at least one batch, even for samples alone: it tells the device and the labels
+        self._needed = max([1, *(needs.get(view, 0) for view in self.active_views)]) if self.active_views else 0
+        # trainer.log_dir is a collective call under DDP, so every rank asks for it here, not only rank 0 later.
+        log_dir = trainer.log_dir or trainer.default_root_dir
+        self.image_dir = None if any(_image_sink(logger) for logger in trainer.loggers) else Path(log_dir) / "images"
+        dataset_class = getattr(getattr(trainer, "datamodule", None), "dataset_class", None)
+        self.class_names = getattr(dataset_class, "classes", None)
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if (
+            self._kept >= self._needed
+            or dataloader_idx != 0
+            or batch_idx in self._batches
+            or not trainer.is_global_zero
+        ):
+            return
+        images, labels = batch[0], batch[1]
+        self._batches[batch_idx] = images.detach().cpu(), labels.detach().cpu()
+        self._kept += len(images)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._due(trainer) or not trainer.is_global_zero or not self._batches:
+            return
+        images = self.draw(pl_module)
+        for view, image in images.items():
+            self.log_image(trainer, f"images/{view}", image)
+
+    # --- drawing and logging ---------------------------------------------------------------------------------------
+    def draw(self, pl_module: AutoencoderModule) -> dict[str, Tensor]:
+        """The pictures of ``active_views`` for the kept validation images, each ``[3, H, W]`` in [0, 1]."""
+        ordered = [self._batches[i] for i in sorted(self._batches)]
+        return visualization.draw_views(
+            pl_module,
+            torch.cat([images for images, _ in ordered]),
+            torch.cat([labels for _, labels in ordered]),
+            self.active_views,
+            num_images=self.num_images,
+            num_samples=self.num_samples,
+            num_interpolations=self.num_interpolations,
+            interpolation_steps=self.interpolation_steps,
+            latent_map_size=self.latent_map_size,
+            nrow=self.nrow,
+            projection="pca",
+            class_names=self.class_names,
+            title=f"{type(pl_module).__name__}, epoch {pl_module.current_epoch}",
+            seed=self.seed,
+        )
+
+    def log_image(self, trainer: L.Trainer, key: str, image: Tensor) -> None:
+        """Send ``image`` ``[3, H, W]`` to every logger that takes images, or write a PNG when none does."""
+        step, epoch = trainer.global_step, trainer.current_epoch
+        sent = False
+        for logger in trainer.loggers:
+            sink = _image_sink(logger)
+            if sink == "wandb":
+                array = (image.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
+                logger.log_image(key=key, images=[array], step=step, caption=[f"epoch {epoch}"])
+            elif sink == "tensorboard":
+                logger.experiment.add_image(key, image, global_step=step)
+            sent = sent or sink is not None
+        if not sent and self.image_dir is not None:
+            self.image_dir.mkdir(parents=True, exist_ok=True)
+            path = self.image_dir / f"{key.rpartition('/')[2]}-epoch={epoch}-step={step}.png"
+            save_image(image, path)
+            if not self._announced:
+                rank_zero_info(f"ImageLogger: no logger takes images, so they are written to {self.image_dir}")
+                self._announced = True
+
+    # --- helpers ----------------------------------------------------------------------------------------------------
+    def _due(self, trainer: L.Trainer) -> bool:
+        if self.every_n_epochs == 0 or trainer.sanity_checking or trainer.fast_dev_run or not self.active_views:
+            return False
+        epoch = trainer.current_epoch + 1
+        return epoch % self.every_n_epochs == 0 or epoch == trainer.max_epochs
+
+
+def _image_sink(logger: Logger) -> Literal["wandb", "tensorboard"] | None:
+    """How ``logger`` takes images: W&B's ``log_image``, a TensorBoard-style ``add_image``, or not at all."""
+    if isinstance(logger, WandbLogger):
+        return "wandb"
+    # TensorBoardLogger's experiment is a SummaryWriter; checking for add_image also covers tensorboardX and the like
+    # without importing TensorBoard, which is optional here.
+    if hasattr(getattr(logger, "experiment", None), "add_image"):
+        return "tensorboard"
+    return None
+
+
+class SaveConfigToRun(SaveConfigCallback):
+    """LightningCLI's config saving, with W&B runs getting ``config.yaml`` among their files.
+
+    With a W&B logger first, ``trainer.log_dir`` is the logger's ``save_dir``, shared by every run, so the stock
+    callback would find the previous run's ``config.yaml`` there and refuse to start. Here the file goes into the run's
+    own files folder (``wandb/<run>/files/``), which W&B uploads with the run (``wandb sync`` for offline runs).
+    """
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if isinstance(trainer.logger, WandbLogger):
+            self.save_to_log_dir = False
+        super().setup(trainer, pl_module, stage)
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        logger = trainer.logger
+        if isinstance(logger, WandbLogger):
+            path = Path(logger.experiment.dir) / self.config_filename
+            self.parser.save(self.config, path, skip_none=False, overwrite=True, multifile=self.multifile)
+
+
+__all__ = ["ImageLogger", "SaveConfigToRun"]

@@ -1,0 +1,410 @@
+"""Evaluation of trained autoencoders: reconstruction, likelihood, sample quality, representation, anomaly detection.
+
+Metrics come from torchmetrics and scikit-learn. :func:`evaluate` computes any of :data:`METRICS` for a model and
+its datamodule; ``scripts/benchmark.py`` and ``scripts/evaluate.py`` are thin commands around it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from pkgutil import resolve_name
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+from torchmetrics.functional.classification import binary_auroc
+
+from ae_lightning.base import AutoencoderModule
+from ae_lightning.metrics import FrechetDistance, ReconstructionMetrics
+from datamodules.base import ImageDataModule, Split
+from datamodules.loader import TensorBatchLoader
+
+METRICS: dict[str, str] = {
+    "mse": "mean squared error of the test reconstructions, per pixel",
+    "bce": "binary cross-entropy of the test reconstructions, per pixel, in nats",
+    "psnr": "peak signal-to-noise ratio of the test reconstructions, dB, averaged over images",
+    "ssim": "structural similarity of the test reconstructions",
+    "nll": "importance-weighted bound on -log p(x) of the test images, nats per image (VAE family)",
+    "fid": "Frechet distance between test images and prior samples in a dataset classifier's features "
+    "(generative models)",
+    "linear_probe": "test accuracy of logistic regression fitted on the codes of the training images",
+    "knn": "test accuracy of k-nearest neighbours on the codes of the training images",
+    "auroc": "AUROC of the anomaly score separating held-out classes from the trained ones (test images; model "
+    "trained with data classes = all but the held-out ones)",
+}
+RECONSTRUCTION_METRICS = ("mse", "bce", "psnr", "ssim")
+
+
+def check_metric_names(names: Sequence[str]) -> list[str]:
+    """``names`` as a list, or a ValueError naming each unknown metric and listing the known ones."""
+    unknown = [name for name in names if name not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric {', '.join(map(repr, unknown))}; the metrics are {', '.join(METRICS)}")
+    return list(names)
+
+
+def metric_applies(model: AutoencoderModule, datamodule: ImageDataModule, name: str) -> bool:
+    """Whether metric ``name`` can be computed for this model and data (else :func:`evaluate` raises)."""
+    if name == "nll":
+        return callable(getattr(model, "importance_weighted_nll", None))
+    if name == "fid":
+        return bool(getattr(model, "is_generative", False))
+    if name == "auroc":
+        return datamodule.hparams.classes is not None
+    return True
+
+
+def require_generative(model: nn.Module, purpose: str) -> None:
+    """Raise a ValueError naming the model if it cannot ``sample`` (it is not ``is_generative``)."""
+    if not getattr(model, "is_generative", False):
+        raise ValueError(
+            f"{purpose} needs a generative model, but {type(model).__name__} is not one (is_generative = False): it "
+            "has no prior to sample from. Use a checkpoint of a generative variant such as the VAE."
+        )
+
+
+def split_loader(
+    datamodule: ImageDataModule,
+    split: Split,
+    batch_size: int | None = None,
+    max_images: int | None = None,
+    seed: int = 0,
+) -> TensorBatchLoader:
+    """The split's images in stored order, binarized as the datamodule binarizes validation and test images.
+
+    Args:
+        datamodule: the data.
+        split: ``train``, ``val`` or ``test``.
+        batch_size: images per batch; the datamodule's when None.
+        max_images: keep a seeded random subset of at most this many images (in stored order); None keeps all.
+        seed: seed of that subset.
+    """
+    datamodule.setup()
+    images, labels = datamodule.splits[split]
+    rows = torch.arange(len(images))
+    if max_images is not None and len(rows) > max_images:
+        rows = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:max_images].sort().values
+    return TensorBatchLoader(
+        images[rows],
+        labels[rows],
+        rows,
+        batch_size=batch_size or datamodule.hparams.batch_size,
+        shuffle=False,
+        seed=datamodule.hparams.seed,
+        binarize=datamodule.hparams.binarize == "dynamic",
+    )
+
+
+def first_images(datamodule: ImageDataModule, split: Split, count: int) -> tuple[Tensor, Tensor]:
+    """The first ``count`` images ``[count, C, H, W]`` of the split (as :func:`split_loader` yields them) and labels."""
+    images, labels, _ = next(iter(split_loader(datamodule, split, batch_size=count)))
+    return images, labels
+
+
+def conditioned(model: nn.Module, labels: Tensor) -> contextlib.AbstractContextManager:
+    """The model conditioned on the batch's ``labels`` if it is a conditional model (``conditioned_on``, the CVAE).
+
+    Every call of ``encode``, ``decode``, ``forward``, ``anomaly_score`` and the likelihood inside it sees the labels.
+    """
+    condition = getattr(model, "conditioned_on", None)
+    return condition(labels) if condition is not None else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module, seed: int | None = 0) -> Iterator[None]:
+    """Eval mode without gradients, seeded, restoring the mode and the global random state afterwards.
+
+    ``torch.no_grad`` rather than ``torch.inference_mode``: a model may need autograd to encode.
+    """
+    was_training = model.training
+    device = next(model.parameters()).device
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            if seed is not None:
+                torch.manual_seed(seed)
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _batches(loader: TensorBatchLoader, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+    for x, labels, _ in loader:
+        yield x.to(device), labels.to(device)
+
+
+def reconstruction_scores(model: AutoencoderModule, loader: TensorBatchLoader) -> dict[str, float]:
+    """``mse``, ``bce``, ``psnr`` and ``ssim`` of the model's reconstructions of the loader's images."""
+    metrics = ReconstructionMetrics().to(model.device)
+    with evaluating(model):
+        for x, labels in _batches(loader, model.device):
+            with conditioned(model, labels):
+                metrics.update(model(x).float(), x)
+    values = {name: float(value) for name, value in metrics.compute().items()}
+    return {"mse": values["recon_mse"], "bce": values["recon_bce"], "psnr": values["psnr"], "ssim": values["ssim"]}
+
+
+def negative_log_likelihood(model: AutoencoderModule, loader: TensorBatchLoader, num_samples: int | None) -> float:
+    """Mean importance-weighted bound on -log p(x) in nats per image (``model.importance_weighted_nll``).
+
+    Args:
+        model: a VAE-family model.
+        loader: the images.
+        num_samples: importance samples per image; the model's ``nll_samples`` when None.
+    """
+    if not callable(getattr(model, "importance_weighted_nll", None)):
+        name = type(model).__name__
+        raise ValueError(f"{name} has no likelihood (importance_weighted_nll): nll is for the VAE family")
+    mean = MeanMetric().to(model.device)
+    with evaluating(model):
+        for x, labels in _batches(loader, model.device):
+            with conditioned(model, labels):
+                mean.update(model.importance_weighted_nll(x, num_samples))
+    return float(mean.compute())
+
+
+def encode_split(model: AutoencoderModule, loader: TensorBatchLoader) -> tuple[Tensor, Tensor]:
+    """Codes ``[N, latent_dim]`` and labels ``[N]`` of the loader's images, on the CPU."""
+    codes, labels = [], []
+    with evaluating(model):
+        for x, y in _batches(loader, model.device):
+            with conditioned(model, y):
+                codes.append(model.encode(x).float().cpu())
+            labels.append(y.cpu())
+    return torch.cat(codes), torch.cat(labels)
+
+
+def probe_accuracies(
+    train_codes: Tensor,
+    train_labels: Tensor,
+    test_codes: Tensor,
+    test_labels: Tensor,
+    neighbors: int = 5,
+) -> dict[str, float]:
+    """Test accuracy of a linear probe and of k-NN, both fitted on the training codes.
+
+    The linear probe is scikit-learn's ``LogisticRegression`` on standardized codes; k-NN is ``KNeighborsClassifier``
+    with Euclidean distance on the raw codes.
+
+    Args:
+        train_codes: ``[N, D]`` codes the classifiers are fitted on.
+        train_labels: ``[N]`` their labels.
+        test_codes: ``[M, D]`` codes they are scored on.
+        test_labels: ``[M]`` their labels.
+        neighbors: k of k-NN.
+    """
+    # scikit-learn is imported here: it is slow to import, and the training callbacks import this module.
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x_train, y_train = train_codes.double().numpy(), train_labels.numpy()
+    x_test, y_test = test_codes.double().numpy(), test_labels.numpy()
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    knn = KNeighborsClassifier(n_neighbors=min(neighbors, len(x_train)))
+    return {
+        "linear_probe": float(probe.fit(x_train, y_train).score(x_test, y_test)),
+        "knn": float(knn.fit(x_train, y_train).score(x_test, y_test)),
+    }
+
+
+def frechet_distance(
+    model: AutoencoderModule,
+    classifier: nn.Module,
+    real: TensorBatchLoader,
+    num_samples: int = 10000,
+    batch_size: int = 500,
+    seed: int = 0,
+) -> float:
+    """Frechet distance between the real images and ``num_samples`` prior samples, in the classifier's features.
+
+    Args:
+        model: a generative model (``sample``).
+        classifier: network with ``features`` and ``num_features`` (see :class:`~ae_lightning.metrics.FrechetDistance`).
+        real: loader of the real images.
+        num_samples: prior samples drawn.
+        batch_size: samples drawn at once.
+        seed: seed of the samples.
+    """
+    require_generative(model, "the Frechet distance of samples (fid)")
+    metric = FrechetDistance(classifier).to(model.device)
+    with torch.no_grad():
+        for x, _ in _batches(real, model.device):
+            metric.update(x, real=True)
+    with evaluating(model, seed):
+        for start in range(0, num_samples, batch_size):
+            metric.update(model.sample(min(batch_size, num_samples - start)).float(), real=False)
+    return float(metric.compute())
+
+
+def real_frechet_distance(classifier: nn.Module, first: TensorBatchLoader, second: TensorBatchLoader) -> float:
+    """Frechet distance between two sets of real images (e.g. train and test): the floor a model can reach."""
+    device = next(classifier.parameters()).device
+    metric = FrechetDistance(classifier).to(device)
+    with torch.no_grad():
+        for loader, real in ((first, True), (second, False)):
+            for x, _ in _batches(loader, device):
+                metric.update(x, real=real)
+    return float(metric.compute())
+
+
+def anomaly_scores(model: AutoencoderModule, loader: TensorBatchLoader, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Per-image ``model.anomaly_score`` ``[N]`` (higher = more anomalous) and labels ``[N]``, on the CPU."""
+    scores, labels = [], []
+    with evaluating(model, seed):
+        for x, y in _batches(loader, model.device):
+            with conditioned(model, y):
+                scores.append(model.anomaly_score(x).float().cpu())
+            labels.append(y.cpu())
+    return torch.cat(scores), torch.cat(labels)
+
+
+def anomaly_auroc(scores: Tensor, labels: Tensor, normal_classes: Sequence[int]) -> float:
+    """AUROC of ``scores`` for telling images of classes outside ``normal_classes`` (the anomalies) from the rest."""
+    is_anomaly = ~torch.isin(labels, torch.as_tensor(list(normal_classes), dtype=labels.dtype))
+    if is_anomaly.all() or not is_anomaly.any():
+        raise ValueError("AUROC needs both normal and anomalous images among the labels")
+    # torchmetrics reads scores outside [0, 1] as logits and squashes them with a sigmoid, which saturates scores such
+    # as a negative ELBO of hundreds of nats into ties; a min-max rescaling keeps their order, and AUROC needs no more.
+    scores = scores.double()
+    spread = (scores.max() - scores.min()).clamp_min(torch.finfo(torch.float64).tiny)
+    return float(binary_auroc((scores - scores.min()) / spread, is_anomaly.long()))
+
+
+def evaluate(
+    model: AutoencoderModule,
+    datamodule: ImageDataModule,
+    metrics: Sequence[str] = tuple(METRICS),
+    *,
+    classifier: nn.Module | None = None,
+    nll_samples: int | None = None,
+    fid_samples: int = 10000,
+    probe_max_train: int | None = None,
+    knn_neighbors: int = 5,
+    seed: int = 0,
+) -> dict[str, float]:
+    """The named metrics of a trained model on its datamodule's test split (probes fit on the training split).
+
+    Args:
+        model: the trained model, on the device to evaluate on.
+        datamodule: its data; test images are binarized as the datamodule binarizes them.
+        metrics: names from :data:`METRICS`. Each must apply to the model (:func:`metric_applies`): ``nll`` needs
+            the VAE family, ``fid`` a generative model and a ``classifier``, ``auroc`` a model trained on a subset of
+            the classes (``data.classes``).
+        classifier: the feature classifier of ``fid`` (``load_feature_classifier(path).network``).
+        nll_samples: importance samples of ``nll``; the model's ``nll_samples`` when None.
+        fid_samples: prior samples of ``fid``.
+        probe_max_train: fit the probes on the codes of at most this many training images, a seeded random
+            subset (None: all); encoding is the costly part for a model that fits codes by optimization.
+        knn_neighbors: k of the k-NN probe.
+        seed: seed of samples, probes and stochastic scores.
+    """
+    metrics = check_metric_names(metrics)
+    for name in metrics:
+        if name == "fid":
+            require_generative(model, "the Frechet distance of samples (fid)")
+            if classifier is None:
+                raise ValueError("fid needs the feature classifier (classifier=...)")
+        elif name == "auroc" and not metric_applies(model, datamodule, name):
+            raise ValueError(
+                "auroc follows the one-class-held-out protocol: it needs a model trained with data classes = all "
+                "but the held-out ones, and this datamodule keeps every class"
+            )
+        elif not metric_applies(model, datamodule, name):
+            raise ValueError(f"metric {name!r} does not apply to {type(model).__name__}: {METRICS[name]}")
+    test = split_loader(datamodule, "test")
+    results: dict[str, float] = {}
+    if any(name in RECONSTRUCTION_METRICS for name in metrics):
+        scores = reconstruction_scores(model, test)
+        results |= {name: value for name, value in scores.items() if name in metrics}
+    if "nll" in metrics:
+        results["nll"] = negative_log_likelihood(model, test, nll_samples)
+    if "fid" in metrics:
+        classifier = classifier.to(model.device)
+        results["fid"] = frechet_distance(model, classifier, gray_loader(datamodule, "test"), fid_samples, seed=seed)
+    if "linear_probe" in metrics or "knn" in metrics:
+        train = split_loader(datamodule, "train", max_images=probe_max_train, seed=seed)
+        train_codes, train_labels = encode_split(model, train)
+        test_codes, test_labels = encode_split(model, test)
+        probes = probe_accuracies(train_codes, train_labels, test_codes, test_labels, knn_neighbors)
+        results |= {name: value for name, value in probes.items() if name in metrics}
+    if "auroc" in metrics:
+        scores, labels = anomaly_scores(model, test, seed)
+        results["auroc"] = anomaly_auroc(scores, labels, datamodule.hparams.classes)
+    return {name: results[name] for name in metrics}
+
+
+def gray_loader(datamodule: ImageDataModule, split: Split) -> TensorBatchLoader:
+    """The split's gray-level images: the Frechet distance compares samples with the real images, never binarized."""
+    images, labels = datamodule.splits[split]
+    return TensorBatchLoader(images, labels, torch.arange(len(images)), batch_size=500, shuffle=False, seed=0)
+
+
+def datamodule_class(name: str) -> type[ImageDataModule]:
+    """The datamodule class named ``name``: a class of the ``datamodules`` package, or an import path."""
+    import datamodules
+
+    found = resolve_name(name) if "." in name else getattr(datamodules, name, None)
+    if not (isinstance(found, type) and issubclass(found, ImageDataModule)):
+        known = [n for n in datamodules.__all__ if n.endswith("DataModule") and n != "ImageDataModule"]
+        raise ValueError(f"unknown datamodule {name!r}; the datamodules are {', '.join(known)} (or an import path)")
+    return found
+
+
+def load_checkpoint(
+    path: str | Path, data_dir: str | Path | None = None, **data_overrides: Any
+) -> tuple[AutoencoderModule, ImageDataModule]:
+    """A model and its datamodule, rebuilt from a checkpoint written by ``ae-lightning fit``.
+
+    Args:
+        path: the checkpoint.
+        data_dir: where the data are now (the checkpoint's ``data_dir`` when None).
+        **data_overrides: other datamodule arguments to change, e.g. ``batch_size``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist (or is not a file)")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    class_path = checkpoint.get("ae_lightning_class") or checkpoint.get("hyper_parameters", {}).get("_class_path")
+    if class_path is None:
+        raise ValueError(f"{path} is not an ae-lightning checkpoint: it names no model class")
+    model_class = resolve_name(class_path)
+    model = model_class.load_from_checkpoint(path, map_location="cpu")
+    data_hparams = dict(checkpoint.get("datamodule_hyper_parameters") or {})
+    data_class_path = data_hparams.pop("_class_path", None)
+    if data_class_path is None:
+        raise ValueError(f"{path} does not record its datamodule (trained without LightningCLI?)")
+    for key in ("_instantiator", "data_source"):
+        data_hparams.pop(key, None)
+    if data_dir is not None:
+        data_hparams["data_dir"] = str(data_dir)
+    data_hparams |= data_overrides
+    return model, resolve_name(data_class_path)(**data_hparams)
+
+
+__all__ = [
+    "METRICS",
+    "anomaly_auroc",
+    "anomaly_scores",
+    "check_metric_names",
+    "conditioned",
+    "datamodule_class",
+    "encode_split",
+    "evaluate",
+    "evaluating",
+    "first_images",
+    "frechet_distance",
+    "gray_loader",
+    "load_checkpoint",
+    "metric_applies",
+    "negative_log_likelihood",
+    "probe_accuracies",
+    "real_frechet_distance",
+    "reconstruction_scores",
+    "require_generative",
+    "split_loader",
+]

@@ -1,0 +1,242 @@
+"""A small CNN classifier of the dataset, whose features define the Frechet distance of generated samples.
+
+Trained once per dataset by ``scripts/train_feature_classifier.py`` (or on first use by ``scripts/benchmark.py``) and
+cached as one file holding the weights and how they were obtained, test accuracy included, so that every score
+computed with it can name the classifier and its accuracy.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from datamodules.base import ImageDataModule
+
+
+class ClassifierCNN(nn.Module):
+    """Two conv-pool blocks (32 and 64 channels) and a ``num_features``-wide hidden layer before the class logits.
+
+    Args:
+        input_shape: ``(C, H, W)`` of the images.
+        num_classes: number of labels.
+        num_features: width of the penultimate layer, the feature space of the Frechet distance.
+    """
+
+    def __init__(self, input_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10, num_features: int = 128):
+        super().__init__()
+        channels, height, width = input_shape
+        self.input_shape = tuple(input_shape)
+        self.num_classes = num_classes
+        self.num_features = num_features
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64 * (height // 4) * (width // 4), num_features),
+            nn.ReLU(),
+        )
+        self.head = nn.Linear(num_features, num_classes)
+
+    def features(self, x: Tensor) -> Tensor:
+        """Penultimate-layer features ``[B, num_features]`` of images ``[B, C, H, W]`` in [0, 1]."""
+        return self.body(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Class logits ``[B, num_classes]``."""
+        return self.head(self.features(x))
+
+
+class FeatureClassifier(L.LightningModule):
+    """Trains a :class:`ClassifierCNN` with cross-entropy and reports ``val/accuracy`` and ``test/accuracy``.
+
+    Args:
+        input_shape: ``(C, H, W)`` of the images.
+        num_classes: number of labels.
+        num_features: width of the penultimate layer.
+        lr: Adam learning rate.
+    """
+
+    def __init__(
+        self,
+        input_shape: tuple[int, int, int] = (1, 28, 28),
+        num_classes: int = 10,
+        num_features: int = 128,
+        lr: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.network = ClassifierCNN(tuple(input_shape), num_classes, num_features)
+        self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
+        self.test_accuracy = MulticlassAccuracy(num_classes, average="micro")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.network(x)
+
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, labels, _ = batch
+        loss = F.cross_entropy(self.network(x), labels)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+        x, labels, _ = batch
+        self.val_accuracy(self.network(x), labels)
+        self.log("val/accuracy", self.val_accuracy, prog_bar=True, batch_size=len(x))
+
+    def test_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+        x, labels, _ = batch
+        self.test_accuracy(self.network(x), labels)
+        self.log("test/accuracy", self.test_accuracy, batch_size=len(x))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+
+@dataclass
+class ClassifierRecord:
+    """A trained feature classifier and how it was obtained.
+
+    Args:
+        network: the trained classifier (in eval mode).
+        path: the file it was loaded from or saved to.
+        test_accuracy: accuracy on the dataset's test split.
+        dataset: torchvision class name of the dataset, e.g. ``FashionMNIST``.
+        data_source: the datamodule's ``data_source`` (``torchvision`` or the offline fallback sample).
+        train_images: number of images it was trained on.
+        epochs: training epochs.
+        seed: seed of the training run.
+    """
+
+    network: ClassifierCNN
+    path: Path
+    test_accuracy: float
+    dataset: str
+    data_source: str
+    train_images: int
+    epochs: int
+    seed: int
+
+    def metadata(self) -> dict[str, Any]:
+        """Everything but the network, for reports."""
+        info = asdict(self)
+        del info["network"]
+        info["path"] = str(self.path)
+        return info
+
+
+def default_classifier_path(datamodule: ImageDataModule) -> Path:
+    """``$AE_LIGHTNING_CACHE`` (default ``~/.cache/ae-lightning``) ``/feature-classifier-<Dataset>-<source>.pt``."""
+    cache = Path(os.environ.get("AE_LIGHTNING_CACHE", Path.home() / ".cache" / "ae-lightning"))
+    return cache / f"feature-classifier-{datamodule.dataset_class.__name__}-{datamodule.data_source}.pt"
+
+
+def train_feature_classifier(
+    datamodule: ImageDataModule,
+    path: str | Path | None = None,
+    epochs: int = 3,
+    seed: int = 0,
+    accelerator: str = "auto",
+    progress_bar: bool = True,
+) -> ClassifierRecord:
+    """Train a :class:`ClassifierCNN` on the datamodule's training split, test it, and save it to ``path``.
+
+    The datamodule should yield gray-level images (``binarize: none``): the features must describe real images.
+
+    Args:
+        datamodule: the dataset (its ``classes`` must be unset: the classifier needs every label).
+        path: where to save; :func:`default_classifier_path` when None.
+        epochs: training epochs.
+        seed: seed of the weights and batch order.
+        accelerator: Lightning accelerator.
+        progress_bar: show Lightning's progress bar.
+    """
+    if datamodule.hparams.classes is not None:
+        kept = datamodule.hparams.classes
+        raise ValueError(f"the feature classifier needs every label, but the datamodule keeps only classes {kept}")
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    path = Path(path) if path is not None else default_classifier_path(datamodule)
+    L.seed_everything(seed, verbose=False)
+    system = FeatureClassifier(datamodule.input_shape, datamodule.num_classes)
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator=accelerator,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=progress_bar,
+        enable_model_summary=False,
+        default_root_dir=path.parent,
+    )
+    trainer.fit(system, datamodule=datamodule)
+    accuracy = float(trainer.test(system, datamodule=datamodule, verbose=False)[0]["test/accuracy"])
+    record = ClassifierRecord(
+        network=system.network.cpu().eval(),
+        path=path,
+        test_accuracy=accuracy,
+        dataset=datamodule.dataset_class.__name__,
+        data_source=datamodule.data_source,
+        train_images=datamodule.split_size("train"),
+        epochs=epochs,
+        seed=seed,
+    )
+    save_feature_classifier(record)
+    return record
+
+
+def save_feature_classifier(record: ClassifierRecord) -> None:
+    """Write ``record`` to ``record.path`` (through a temporary file, so a reader never sees half a file)."""
+    record.path.parent.mkdir(parents=True, exist_ok=True)
+    network = record.network
+    payload = {
+        "state_dict": network.state_dict(),
+        "input_shape": network.input_shape,
+        "num_classes": network.num_classes,
+        "num_features": network.num_features,
+        **{key: value for key, value in record.metadata().items() if key != "path"},
+    }
+    partial = record.path.with_name(record.path.name + ".partial")
+    torch.save(payload, partial)
+    os.replace(partial, record.path)
+
+
+def load_feature_classifier(path: str | Path) -> ClassifierRecord:
+    """Load a classifier saved by :func:`train_feature_classifier`.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist; the message says how to create it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no feature classifier at {path}; train one with `python scripts/train_feature_classifier.py "
+            f"--output {path}` (scripts/benchmark.py trains it on first use)"
+        )
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    network = ClassifierCNN(tuple(payload["input_shape"]), payload["num_classes"], payload["num_features"])
+    network.load_state_dict(payload["state_dict"])
+    fields = ("test_accuracy", "dataset", "data_source", "train_images", "epochs", "seed")
+    return ClassifierRecord(network=network.eval(), path=path, **{key: payload[key] for key in fields})
+
+
+__all__ = [
+    "ClassifierCNN",
+    "ClassifierRecord",
+    "FeatureClassifier",
+    "default_classifier_path",
+    "load_feature_classifier",
+    "save_feature_classifier",
+    "train_feature_classifier",
+]

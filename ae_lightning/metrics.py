@@ -1,0 +1,82 @@
+"""Image metrics built from torchmetrics, shared by ``ae-lightning test`` and the evaluation of trained models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric, MeanSquaredError, MetricCollection
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+from torchmetrics.image.fid import FrechetInceptionDistance
+
+
+class PixelBinaryCrossEntropy(MeanMetric):
+    """Binary cross-entropy of reconstructed pixel intensities against the targets, averaged over pixels, in nats.
+
+    torchmetrics has no cross-entropy between two images, so this is a :class:`~torchmetrics.MeanMetric` of
+    ``torch.nn.functional.binary_cross_entropy`` per pixel (which clamps the logarithms at -100).
+    """
+
+    def update(self, preds: Tensor, target: Tensor) -> None:  # type: ignore[override]
+        super().update(F.binary_cross_entropy(preds, target, reduction="none"))
+
+
+class ReconstructionMetrics(MetricCollection):
+    """``recon_mse`` and ``recon_bce`` (per pixel), ``psnr`` (in dB, averaged over images) and ``ssim``.
+
+    Update with ``(reconstructions, images)``, both ``[B, C, H, W]`` in [0, 1].
+
+    Args:
+        prefix: put before every name, e.g. ``test/``.
+    """
+
+    def __init__(self, prefix: str | None = None, **kwargs: Any) -> None:
+        super().__init__(
+            {
+                "recon_mse": MeanSquaredError(),
+                "recon_bce": PixelBinaryCrossEntropy(),
+                # PSNR per image (dim), then averaged: the usual figure, rather than the PSNR of the pooled error.
+                "psnr": PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3)),
+                "ssim": StructuralSimilarityIndexMeasure(data_range=1.0),
+            },
+            prefix=prefix,
+            compute_groups=False,
+            **kwargs,
+        )
+
+
+class FeatureExtractor(nn.Module):
+    """The penultimate layer of a classifier as the feature space of :class:`FrechetDistance`.
+
+    Args:
+        classifier: a network with ``features(x) -> [B, num_features]`` and a ``num_features`` attribute, such as
+            :class:`~ae_lightning.feature_classifier.ClassifierCNN`.
+    """
+
+    def __init__(self, classifier: nn.Module) -> None:
+        super().__init__()
+        self.classifier = classifier.eval()
+        self.num_features = int(classifier.num_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier.features(x)
+
+
+class FrechetDistance(FrechetInceptionDistance):
+    """torchmetrics' FID with a classifier of the dataset in place of Inception-v3.
+
+    Inception weights cannot be downloaded offline and are a poor fit for 28x28 grayscale images anyway; the
+    Frechet distance between Gaussians fitted to the features of real and generated images is the same formula.
+    Update with float images ``[B, C, H, W]`` in [0, 1] and ``real=True`` or ``False``.
+
+    Args:
+        classifier: see :class:`FeatureExtractor`.
+    """
+
+    def __init__(self, classifier: nn.Module, **kwargs: Any) -> None:
+        # normalize=True: the images are floats in [0, 1]; with a custom extractor torchmetrics passes them unchanged.
+        super().__init__(feature=FeatureExtractor(classifier), normalize=True, **kwargs)
+
+
+__all__ = ["FeatureExtractor", "FrechetDistance", "PixelBinaryCrossEntropy", "ReconstructionMetrics"]

@@ -1,0 +1,67 @@
+"""The sparse autoencoder: an activity penalty on the code, either L1 or the KL sparsity penalty of Ng's notes
+(A. Ng, "Sparse autoencoder", CS294A lecture notes, 2011).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from ae_lightning import losses
+from ae_lightning.base import DeterministicAutoencoder
+
+Sparsity = Literal["l1", "kl"]
+
+
+class SparseAutoencoder(DeterministicAutoencoder):
+    """An autoencoder whose code units are pushed to be mostly inactive.
+
+    The loss is ``recon + sparsity_weight * penalty`` with, per batch:
+
+    - ``l1``: the code's L1 norm ``sum_j |z_j|``, averaged over the images; the code is the encoder's linear output.
+    - ``kl``: ``sum_j KL(rho || rho_hat_j)``, where ``rho_hat_j`` is unit j's mean activation over the batch and
+      ``rho`` the ``sparsity_target``; the code is the encoder's output through a sigmoid, so activations lie in
+      (0, 1) as the penalty needs.
+
+    Each stage also logs ``mean_activation``, the mean of ``|z|`` over images and units.
+
+    Args:
+        sparsity: ``l1`` or ``kl``.
+        sparsity_weight: weight of the penalty, >= 0.
+        sparsity_target: the target mean activation rho of the ``kl`` penalty, in (0, 1).
+        **kwargs: the :class:`~ae_lightning.base.DeterministicAutoencoder` arguments.
+    """
+
+    def __init__(
+        self, sparsity: Sparsity = "kl", sparsity_weight: float = 1.0, sparsity_target: float = 0.05, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        if sparsity not in ("l1", "kl"):
+            raise ValueError(f"sparsity must be 'l1' or 'kl', got {sparsity!r}")
+        if sparsity_weight < 0:
+            raise ValueError(f"sparsity_weight must be >= 0, got {sparsity_weight}")
+        if not 0 < sparsity_target < 1:
+            raise ValueError(f"sparsity_target must lie in (0, 1), got {sparsity_target}")
+        self.sparsity = sparsity
+        self.sparsity_weight = sparsity_weight
+        self.sparsity_target = sparsity_target
+
+    def encode(self, x: Tensor) -> Tensor:
+        z = self.encoder(x)
+        return torch.sigmoid(z) if self.sparsity == "kl" else z
+
+    def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
+        z = self.encode(x)
+        recon = self.reconstruction_loss(self.decoder(z), x).mean()
+        if self.sparsity == "kl":
+            penalty = losses.kl_divergence_bernoulli(self.sparsity_target, z.float().mean(0))
+        else:
+            penalty = z.abs().sum(-1).mean()
+        return {
+            "loss": recon + self.sparsity_weight * penalty,
+            "recon": recon,
+            "sparsity": penalty,
+            "mean_activation": z.detach().abs().mean(),
+        }

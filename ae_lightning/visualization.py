@@ -1,0 +1,266 @@
+"""Pictures of what an autoencoder learned: reconstruction grids, prior samples, latent interpolations, latent maps.
+
+Every function returns an image tensor ``[3, H, W]`` in [0, 1], so the same picture can go to W&B, TensorBoard or a
+PNG file. Figures are drawn with matplotlib's Agg canvas directly, so importing this module never changes the
+pyplot backend of the caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torch import Tensor
+from torchvision.utils import make_grid
+
+from ae_lightning.base import AutoencoderModule
+from ae_lightning.evaluation import conditioned, evaluating, require_generative
+
+Projection = Literal["pca", "tsne", "none"]
+View = Literal["reconstructions", "samples", "interpolations", "latent_map"]
+VIEWS: tuple[str, ...] = ("reconstructions", "samples", "interpolations", "latent_map")
+
+
+def applicable_views(model: AutoencoderModule) -> list[str]:
+    """Every view that applies to the model: ``samples`` only for generative models."""
+    return [view for view in VIEWS if view != "samples" or getattr(model, "is_generative", False)]
+
+
+def check_view_names(views: Sequence[str]) -> list[str]:
+    """``views`` as a list, or a ValueError naming each unknown view and listing the views."""
+    unknown = [view for view in views if view not in VIEWS]
+    if unknown:
+        raise ValueError(f"unknown image view {', '.join(map(repr, unknown))}; the views are {', '.join(VIEWS)}")
+    return list(views)
+
+
+def check_views(model: AutoencoderModule, views: Sequence[str]) -> list[str]:
+    """``views`` as a list, or a ValueError for an unknown view or ``samples`` of a model that cannot sample."""
+    views = check_view_names(views)
+    if "samples" in views:
+        require_generative(model, "the 'samples' view")
+    return list(views)
+
+
+def draw_views(
+    model: AutoencoderModule,
+    images: Tensor,
+    labels: Tensor,
+    views: Sequence[str] | None = None,
+    *,
+    num_images: int = 16,
+    num_samples: int = 64,
+    num_interpolations: int = 6,
+    interpolation_steps: int = 8,
+    latent_map_size: int = 2000,
+    nrow: int = 8,
+    projection: Projection = "pca",
+    class_names: Sequence[str] | None = None,
+    title: str | None = None,
+    seed: int = 0,
+) -> dict[str, Tensor]:
+    """The named pictures of a model, each ``[3, H, W]`` in [0, 1], drawn from the given images.
+
+    ``reconstructions``: the first ``num_images`` images, rows of ``nrow`` each above its reconstructions.
+    ``samples``: ``num_samples`` decoded prior samples (generative models). ``interpolations``: the first
+    ``num_interpolations`` images paired with the next ones, interpolated in latent space. ``latent_map``: codes of
+    the first ``latent_map_size`` images projected to 2-D, coloured by label.
+
+    Runs in eval mode without gradients and with seeded randomness; the model's mode and the global random state
+    are restored afterwards.
+
+    Args:
+        model: the autoencoder.
+        images: ``[N, C, H, W]`` images in [0, 1].
+        labels: ``[N]`` their labels.
+        views: names from :data:`VIEWS`; None for :func:`applicable_views`.
+        num_images: see above.
+        num_samples: see above.
+        num_interpolations: see above.
+        interpolation_steps: decoded points per interpolation, both ends included.
+        latent_map_size: see above.
+        nrow: images per row of the reconstruction and sample grids.
+        projection: of the latent map, see :func:`project_2d`.
+        class_names: legend of the latent map.
+        title: title of the latent map.
+        seed: seed of the samples and of t-SNE.
+    """
+    views = check_views(model, views) if views is not None else applicable_views(model)
+    images, labels = images.to(model.device), labels.to(model.device)
+    drawn: dict[str, Tensor] = {}
+    with evaluating(model, seed):
+        if "reconstructions" in views:
+            shown = images[:num_images]
+            with conditioned(model, labels[:num_images]):
+                drawn["reconstructions"] = reconstruction_grid(shown, model(shown), nrow)
+        if "samples" in views:
+            drawn["samples"] = image_grid(model.sample(num_samples), nrow)
+        pairs = min(num_interpolations, len(images) // 2)
+        if "interpolations" in views and pairs > 0:
+            drawn["interpolations"] = interpolation_grid(
+                model,
+                images[:pairs],
+                images[pairs : 2 * pairs],
+                interpolation_steps,
+                labels[:pairs],
+                labels[pairs : 2 * pairs],
+            )
+        if "latent_map" in views:
+            codes = []
+            for chunk, chunk_labels in zip(images[:latent_map_size].split(500), labels[:latent_map_size].split(500)):
+                with conditioned(model, chunk_labels):
+                    codes.append(model.encode(chunk))
+            codes = torch.cat(codes)
+            drawn["latent_map"] = latent_map(
+                codes, labels[:latent_map_size], projection, class_names=class_names, title=title, seed=seed
+            )
+    return drawn
+
+
+def image_grid(images: Tensor, nrow: int = 8) -> Tensor:
+    """A grid ``[3, H, W]`` of images ``[N, C, H, W]`` in [0, 1], ``nrow`` per row, with white gaps."""
+    return make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=2, pad_value=1.0)
+
+
+def reconstruction_grid(images: Tensor, reconstructions: Tensor, nrow: int = 8) -> Tensor:
+    """Rows of ``nrow`` inputs, each followed by the row of their reconstructions.
+
+    Args:
+        images: ``[N, C, H, W]`` inputs; only the first ``nrow * (N // nrow)`` are shown when N > nrow.
+        reconstructions: ``[N, C, H, W]`` reconstructions of ``images``.
+        nrow: images per row.
+    """
+    nrow = min(nrow, len(images))
+    n = nrow * (len(images) // nrow)
+    shape = (-1, nrow, *images.shape[1:])
+    rows = torch.stack([images[:n].reshape(shape), reconstructions[:n].reshape(shape).to(images.dtype)], 1)
+    return image_grid(rows.flatten(0, 2), nrow=nrow)
+
+
+@torch.no_grad()
+def interpolation_grid(
+    model: AutoencoderModule,
+    starts: Tensor,
+    ends: Tensor,
+    steps: int = 8,
+    start_labels: Tensor | None = None,
+    end_labels: Tensor | None = None,
+) -> Tensor:
+    """One row per pair: the start image, ``steps`` decodings of codes on the line between the pair's codes, the end.
+
+    Args:
+        model: the autoencoder (``encode`` and ``decode``).
+        starts: ``[P, C, H, W]`` first images of the pairs.
+        ends: ``[P, C, H, W]`` second images.
+        steps: decoded points from the start code to the end code, both included.
+        start_labels: labels of ``starts``, for a conditional model, which decodes the whole row with them.
+        end_labels: labels of ``ends``, for a conditional model.
+    """
+    if steps < 2:
+        raise ValueError(f"an interpolation needs steps >= 2 (its two ends), got {steps}")
+    with _maybe_conditioned(model, start_labels):
+        z_start = model.encode(starts)
+    with _maybe_conditioned(model, end_labels):
+        z_end = model.encode(ends)
+    weights = torch.linspace(0, 1, steps, device=z_start.device).view(1, steps, 1)
+    z = torch.lerp(z_start.unsqueeze(1), z_end.unsqueeze(1), weights)  # [P, steps, D]
+    row_labels = None if start_labels is None else start_labels.repeat_interleave(steps)
+    with _maybe_conditioned(model, row_labels):
+        decoded = model.decode(z.flatten(0, 1)).unflatten(0, (len(starts), steps))
+    rows = torch.cat([starts.unsqueeze(1), decoded.to(starts.dtype), ends.unsqueeze(1)], 1)
+    return image_grid(rows.flatten(0, 1), nrow=steps + 2)
+
+
+def _maybe_conditioned(model: AutoencoderModule, labels: Tensor | None):
+    return conditioned(model, labels) if labels is not None else contextlib.nullcontext()
+
+
+def project_2d(codes: Tensor, method: Projection = "pca", seed: int = 0) -> Tensor:
+    """Codes ``[N, D]`` mapped to 2-D: PCA (``torch.pca_lowrank``), t-SNE (scikit-learn), or ``none`` for D <= 2."""
+    codes = codes.detach().float().cpu()
+    if codes.shape[1] <= 2 or method == "none":
+        if codes.shape[1] > 2:
+            raise ValueError(f"projection 'none' needs codes of at most 2 dimensions, got {codes.shape[1]}")
+        return torch.nn.functional.pad(codes, (0, 2 - codes.shape[1]))
+    if method == "pca":
+        _, _, components = torch.pca_lowrank(codes, q=2, center=True)
+        return (codes - codes.mean(0)) @ components
+    if method == "tsne":
+        from sklearn.manifold import TSNE  # imported here: it is slow to import and only evaluation uses it
+        from threadpoolctl import threadpool_limits
+
+        perplexity = min(30.0, (len(codes) - 1) / 3)
+        tsne = TSNE(2, perplexity=perplexity, init="pca", random_state=seed)
+        # One OpenMP thread: on a shared, busy machine spinning OpenMP threads make t-SNE many times slower, and at a
+        # few thousand points one thread takes seconds.
+        with threadpool_limits(1, user_api="openmp"):
+            embedding = tsne.fit_transform(codes.numpy())
+        return torch.from_numpy(embedding).float()
+    raise ValueError(f"projection must be 'pca', 'tsne' or 'none', got {method!r}")
+
+
+def latent_map(
+    codes: Tensor,
+    labels: Tensor,
+    method: Projection = "pca",
+    class_names: Sequence[str] | None = None,
+    title: str | None = None,
+    seed: int = 0,
+) -> Tensor:
+    """A scatter plot ``[3, H, W]`` of the codes projected to 2-D, coloured by label.
+
+    Args:
+        codes: ``[N, D]`` latent codes.
+        labels: ``[N]`` integer labels.
+        method: see :func:`project_2d`.
+        class_names: legend names of the labels (label ``i`` is ``class_names[i]``).
+        title: figure title.
+        seed: seed of t-SNE.
+    """
+    points = project_2d(codes, method, seed).numpy()
+    labels = labels.detach().cpu().numpy()
+    figure = Figure(figsize=(5, 4.5), dpi=100)
+    canvas = FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    colours = _tab10()
+    size = float(np.clip(4000 / max(len(points), 1), 4, 40))  # dots shrink as they get many
+    for label in np.unique(labels):
+        chosen = labels == label
+        name = class_names[label] if class_names is not None and label < len(class_names) else str(label)
+        axes.scatter(*points[chosen].T, s=size, alpha=0.7, color=colours[label % 10], label=name, linewidths=0)
+    axes.set_xticks([])
+    axes.set_yticks([])
+    axes.set_xlabel(f"{method.upper()} 1" if method != "none" else "z1")
+    axes.set_ylabel(f"{method.upper()} 2" if method != "none" else "z2")
+    if title:
+        axes.set_title(title, fontsize=10)
+    axes.legend(markerscale=3, fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5), frameon=False)
+    figure.tight_layout()
+    canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba())
+    return torch.from_numpy(rgba[..., :3].copy()).permute(2, 0, 1).float() / 255
+
+
+def _tab10() -> list[tuple[float, float, float]]:
+    from matplotlib import colormaps
+
+    return [colormaps["tab10"](i)[:3] for i in range(10)]
+
+
+__all__ = [
+    "VIEWS",
+    "applicable_views",
+    "check_view_names",
+    "check_views",
+    "draw_views",
+    "image_grid",
+    "interpolation_grid",
+    "latent_map",
+    "project_2d",
+    "reconstruction_grid",
+]

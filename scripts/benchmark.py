@@ -1,0 +1,482 @@
+"""Train every variant config with the same data, epochs and seed, evaluate them all, and write a results table.
+
+    python scripts/benchmark.py --data FashionMNISTDataModule --data_dir ../shared/data --epochs 10
+    python scripts/benchmark.py --configs ae vae --metrics mse psnr fid --anomaly_classes 0 --epochs 2
+
+Each config in ``configs/`` (or each named with ``--configs``) is trained exactly as ``ae-lightning fit --config
+<config> --data <data> --data.data_dir <dir> --seed_everything <seed> --trainer.max_epochs <epochs>`` would train it,
+with outputs under ``--root``. The trained model is then scored on the test split with every metric of
+``ae_lightning.evaluation.METRICS`` that applies to it (``--metrics`` picks some). For ``auroc`` each config is trained
+again once per held-out class (``--anomaly_classes``) on the other classes, and the AUROC of its anomaly score for
+the held-out class, over all test images, is averaged over the held-out classes.
+
+Writes ``--output`` (default ``docs/results.md``: a markdown table, one row per variant, with the command, the
+machine and the date), ``results.json`` beside the plots, and for each variant
+``<plots>/<variant>_reconstructions.png``, ``_samples.png`` (generative variants), ``_interpolations.png`` and
+``_latent_tsne.png``. The table is rewritten after every variant, so an interrupted run keeps what it finished. Bad
+input (an unknown config, metric, datamodule or held-out class) is an error before anything trains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from torchvision.utils import save_image
+
+from ae_lightning import evaluation, visualization
+from ae_lightning.cli import AutoencoderCLI
+from ae_lightning.feature_classifier import (
+    ClassifierRecord,
+    default_classifier_path,
+    load_feature_classifier,
+    train_feature_classifier,
+)
+from datamodules.base import ImageDataModule
+
+ROOT = Path(__file__).resolve().parents[1]
+# How each metric is shown: column title (arrow: which direction is better) and number format.
+COLUMNS: dict[str, tuple[str, str]] = {
+    "mse": ("MSE ↓", "{:.4f}"),
+    "bce": ("BCE ↓", "{:.4f}"),
+    "psnr": ("PSNR dB ↑", "{:.2f}"),
+    "ssim": ("SSIM ↑", "{:.3f}"),
+    "nll": ("NLL nats ↓", "{:.1f}"),
+    "fid": ("FID ↓", "{:.2f}"),
+    "linear_probe": ("linear probe ↑", "{:.3f}"),
+    "knn": ("k-NN ↑", "{:.3f}"),
+    "auroc": ("AUROC ↑", "{:.3f}"),
+}
+PICTURE_FILES = {
+    "reconstructions": "reconstructions",
+    "samples": "samples",
+    "interpolations": "interpolations",
+    "latent_map": "latent_tsne",
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--configs", nargs="+", default=None, help="config names or paths (default: all)")
+    parser.add_argument("--config_dir", type=Path, default=ROOT / "configs", help="where config names are looked up")
+    parser.add_argument("--data", default="MNISTDataModule", help="datamodule class name or import path")
+    parser.add_argument("--data_dir", default="data", help="root holding <ClassName>/raw/")
+    parser.add_argument("--epochs", type=int, default=10, help="training epochs of every variant")
+    parser.add_argument("--seed", type=int, default=42, help="seed of every run (weights, data order, split)")
+    parser.add_argument("--metrics", nargs="+", default=list(evaluation.METRICS), help="metrics to compute")
+    parser.add_argument(
+        "--anomaly_classes", nargs="*", type=int, default=None, help="held-out classes of auroc (default: all)"
+    )
+    parser.add_argument("--anomaly_epochs", type=int, default=None, help="epochs of each auroc run (default: --epochs)")
+    parser.add_argument("--nll_samples", type=int, default=None, help="importance samples of nll (default: config's)")
+    parser.add_argument("--fid_samples", type=int, default=10000, help="prior samples of fid")
+    parser.add_argument("--probe_max_train", type=int, default=None, help="fit probes on at most this many codes")
+    parser.add_argument("--tsne_points", type=int, default=2000, help="test codes in the t-SNE latent map")
+    parser.add_argument("--classifier", type=Path, default=None, help="feature classifier (default: the cache path)")
+    parser.add_argument("--classifier_epochs", type=int, default=3, help="epochs if the classifier must be trained")
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "results.md", help="the markdown table")
+    parser.add_argument("--plots", type=Path, default=None, help="plot folder (default: <output without .md>/)")
+    parser.add_argument("--root", type=Path, default=ROOT / "runs" / "benchmark", help="training outputs")
+    parser.add_argument("--accelerator", default="auto", help="Lightning accelerator of every run")
+    parser.add_argument(
+        "--torch_threads", type=int, default=None, help="CPU threads of torch (1 is faster on a busy, shared machine)"
+    )
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.epochs < 1 or (args.anomaly_epochs is not None and args.anomaly_epochs < 1):
+        parser.error("--epochs and --anomaly_epochs must be >= 1")
+    args.anomaly_epochs = args.anomaly_epochs or args.epochs
+    args.plots = args.plots or args.output.with_suffix("")
+    return args
+
+
+@dataclass
+class Row:
+    """One variant's results."""
+
+    name: str
+    config: Path
+    model: str = ""
+    test_images: str = ""
+    fit_seconds: float = 0.0
+    scores: dict[str, float] = field(default_factory=dict)
+    auroc_per_class: dict[int, float] = field(default_factory=dict)
+    pictures: dict[str, str] = field(default_factory=dict)
+
+
+class Progress:
+    """Timestamped progress lines on stdout."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+
+    def __call__(self, message: str) -> None:
+        elapsed = int(time.monotonic() - self.start)
+        print(f"[{elapsed // 3600:d}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d}] {message}", flush=True)
+
+
+class EpochReport(Callback):
+    """Prints each finished epoch's validation loss, so a long benchmark shows progress without a progress bar."""
+
+    def __init__(self, progress: Progress, label: str) -> None:
+        self.progress, self.label = progress, label
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        loss = trainer.callback_metrics.get("val/loss")
+        shown = f"val/loss {float(loss):.4g}" if loss is not None else "no val/loss"
+        self.progress(f"    {self.label}: epoch {trainer.current_epoch + 1}/{trainer.max_epochs}, {shown}")
+
+
+def resolve_configs(names: list[str] | None, config_dir: Path) -> dict[str, Path]:
+    """Variant name -> config file; a ValueError naming every config that does not exist."""
+    available = sorted(path.stem for path in config_dir.glob("*.yaml"))
+    if names is None:
+        return {name: config_dir / f"{name}.yaml" for name in available}
+    configs, missing = {}, []
+    for name in names:
+        path = Path(name) if name.endswith((".yaml", ".yml")) else config_dir / f"{name}.yaml"
+        if path.is_file():
+            configs[path.stem] = path
+        else:
+            missing.append(name)
+    if missing:
+        raise ValueError(
+            f"no config {', '.join(map(repr, missing))} in {config_dir}; the configs are {', '.join(available)}"
+        )
+    return configs
+
+
+def build_cli(config: Path, args: argparse.Namespace, root: Path, epochs: int, *extra: str) -> AutoencoderCLI:
+    """The model, datamodule and trainer of ``ae-lightning fit`` for this config and the benchmark's settings."""
+    cli_args = [
+        "--config", str(config),
+        "--data", args.data, "--data.data_dir", str(args.data_dir),
+        "--seed_everything", str(args.seed), "--data.seed", str(args.seed),
+        "--trainer.max_epochs", str(epochs), "--trainer.default_root_dir", str(root),
+        "--trainer.accelerator", args.accelerator, "--trainer.devices", "1",
+        "--trainer.enable_progress_bar", str(sys.stderr.isatty()).lower(),
+        "--trainer.enable_model_summary", "false",
+        *extra,
+    ]  # fmt: skip
+    with mock.patch("sys.argv", ["ae-lightning"]):  # the CLI must read only these arguments
+        return AutoencoderCLI(args=cli_args, run=False)
+
+
+def fit(cli: AutoencoderCLI, progress: Progress, label: str) -> float:
+    """Train as ``ae-lightning fit`` does; returns the seconds it took."""
+    cli.trainer.callbacks.append(EpochReport(progress, label))
+    start = time.monotonic()
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return time.monotonic() - start
+
+
+def get_classifier(args: argparse.Namespace, datamodule: ImageDataModule, progress: Progress) -> ClassifierRecord:
+    path = args.classifier or default_classifier_path(datamodule)
+    if Path(path).is_file():
+        record = load_feature_classifier(path)
+        progress(f"feature classifier {record.path} (test accuracy {record.test_accuracy:.4f})")
+        return record
+    progress(f"training the feature classifier ({args.classifier_epochs} epochs) -> {path}")
+    record = train_feature_classifier(
+        datamodule, path, args.classifier_epochs, 0, args.accelerator, progress_bar=sys.stderr.isatty()
+    )
+    progress(f"feature classifier test accuracy {record.test_accuracy:.4f}")
+    return record
+
+
+def main(argv: list[str] | None = None) -> list[Row]:
+    args = parse_args(argv)
+    progress = Progress()
+    if args.torch_threads is not None:
+        torch.set_num_threads(args.torch_threads)
+    # Everything that can be wrong with the input fails here, before anything trains.
+    metrics = evaluation.check_metric_names(args.metrics)
+    configs = resolve_configs(args.configs, args.config_dir)
+    data_class = evaluation.datamodule_class(args.data)
+    reference = data_class(data_dir=str(args.data_dir), seed=args.seed)
+    reference.setup()
+    anomaly_classes = list(range(reference.num_classes)) if args.anomaly_classes is None else args.anomaly_classes
+    if "auroc" in metrics:
+        bad = sorted(set(anomaly_classes) - set(range(reference.num_classes)))
+        if bad or not anomaly_classes:
+            raise ValueError(
+                f"--anomaly_classes must name labels 0..{reference.num_classes - 1}, got {anomaly_classes}"
+            )
+    for name, config in configs.items():
+        try:
+            build_cli(config, args, args.root / name, args.epochs)
+        except (Exception, SystemExit) as error:
+            raise ValueError(f"config {name} ({config}) does not build with these settings: {error}") from error
+    progress(f"benchmark of {len(configs)} configs: {', '.join(configs)}; metrics {', '.join(metrics)}")
+
+    classifier = get_classifier(args, reference, progress) if "fid" in metrics else None
+    context = describe_run(args, reference, metrics, anomaly_classes, classifier)
+    if classifier is not None:
+        floor = evaluation.real_frechet_distance(
+            classifier.network, evaluation.gray_loader(reference, "train"), evaluation.gray_loader(reference, "test")
+        )
+        context["fid_train_vs_test"] = floor
+        progress(f"Frechet distance between the real train and test images: {floor:.3f}")
+
+    rows: list[Row] = []
+    for index, (name, config) in enumerate(configs.items(), 1):
+        label = f"[{index}/{len(configs)} {name}]"
+        progress(f"{label} training {args.epochs} epochs")
+        row = Row(name, config)
+        cli = build_cli(config, args, args.root / name, args.epochs)
+        row.fit_seconds = fit(cli, progress, name)
+        model, datamodule = cli.model.to(cli.trainer.strategy.root_device), cli.datamodule
+        row.model = type(model).__name__
+        row.test_images = "binarized" if datamodule.hparams.binarize != "none" else "gray"
+        wanted = [m for m in metrics if m != "auroc" and evaluation.metric_applies(model, datamodule, m)]
+        progress(f"{label} evaluating {', '.join(wanted)}")
+        row.scores = evaluation.evaluate(
+            model,
+            datamodule,
+            wanted,
+            classifier=classifier.network if classifier is not None else None,
+            nll_samples=args.nll_samples,
+            fid_samples=args.fid_samples,
+            probe_max_train=args.probe_max_train,
+            seed=args.seed,
+        )
+        progress(f"{label} " + ", ".join(f"{m} {v:.4g}" for m, v in row.scores.items()))
+        row.pictures = save_pictures(model, datamodule, args, name)
+        if "auroc" in metrics:
+            for held_out in anomaly_classes:
+                normal = [c for c in range(reference.num_classes) if c != held_out]
+                progress(f"{label} anomaly detection: class {held_out} held out, {args.anomaly_epochs} epochs")
+                extra = ("--data.classes", json.dumps(normal), "--images.every_n_epochs", "0")
+                anomaly_cli = build_cli(
+                    config, args, args.root / name / f"anomaly-{held_out}", args.anomaly_epochs, *extra
+                )
+                fit(anomaly_cli, progress, f"{name} without class {held_out}")
+                anomaly_model = anomaly_cli.model.to(anomaly_cli.trainer.strategy.root_device)
+                score = evaluation.evaluate(anomaly_model, anomaly_cli.datamodule, ["auroc"], seed=args.seed)
+                row.auroc_per_class[held_out] = score["auroc"]
+                progress(f"{label} AUROC with class {held_out} held out: {score['auroc']:.4f}")
+            row.scores["auroc"] = sum(row.auroc_per_class.values()) / len(row.auroc_per_class)
+        rows.append(row)
+        write_results(args, context, metrics, rows, total=len(configs))
+        progress(f"{label} done; {args.output} updated")
+    progress(f"finished: {args.output}")
+    return rows
+
+
+def save_pictures(model: Any, datamodule: ImageDataModule, args: argparse.Namespace, name: str) -> dict[str, str]:
+    """The variant's pictures from test images (t-SNE latent map), saved as PNGs; view -> file path."""
+    images, labels = evaluation.first_images(datamodule, "test", args.tsne_points)
+    pictures = visualization.draw_views(
+        model,
+        images,
+        labels,
+        latent_map_size=args.tsne_points,
+        projection="tsne",
+        class_names=getattr(datamodule.dataset_class, "classes", None),
+        title=f"{name}: t-SNE of {len(images)} test codes",
+        seed=args.seed,
+    )
+    args.plots.mkdir(parents=True, exist_ok=True)
+    saved = {}
+    for view, image in pictures.items():
+        path = args.plots / f"{name}_{PICTURE_FILES[view]}.png"
+        save_image(image, path)
+        saved[view] = str(path)
+    return saved
+
+
+def describe_run(
+    args: argparse.Namespace,
+    datamodule: ImageDataModule,
+    metrics: list[str],
+    anomaly_classes: list[int],
+    classifier: ClassifierRecord | None,
+) -> dict[str, Any]:
+    """The command, machine, date, data and budget of this benchmark, for the report."""
+    device = "cuda" if args.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu"
+    return {
+        "command": "python scripts/benchmark.py " + shlex.join(args.argv),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpu": _cpu_name(),
+            "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "lightning": L.__version__,
+            "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        },
+        "data": {
+            "datamodule": type(datamodule).__name__,
+            "data_dir": str(args.data_dir),
+            "data_source": datamodule.data_source,
+            "split_sizes": {split: datamodule.split_size(split) for split in ("train", "val", "test")},
+        },
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "metrics": metrics,
+        "anomaly_classes": anomaly_classes if "auroc" in metrics else [],
+        "anomaly_epochs": args.anomaly_epochs,
+        "nll_samples": args.nll_samples,
+        "fid_samples": args.fid_samples,
+        "probe_max_train": args.probe_max_train,
+        "tsne_points": args.tsne_points,
+        "classifier": classifier.metadata() if classifier is not None else None,
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def write_results(
+    args: argparse.Namespace, context: dict[str, Any], metrics: list[str], rows: list[Row], total: int
+) -> None:
+    """Write the markdown report and ``results.json`` (after every variant, so partial results survive)."""
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.plots.mkdir(parents=True, exist_ok=True)
+    results = {**context, "variants": [_row_json(row) for row in rows], "complete": len(rows) == total}
+    (args.plots / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    args.output.write_text(render_markdown(args, context, metrics, rows, total))
+
+
+def _row_json(row: Row) -> dict[str, Any]:
+    return {
+        "variant": row.name,
+        "config": _relative(row.config, ROOT),
+        "model": row.model,
+        "test_images": row.test_images,
+        "fit_seconds": round(row.fit_seconds, 1),
+        "scores": row.scores,
+        "auroc_per_held_out_class": row.auroc_per_class,
+        "pictures": {view: _relative(Path(path), ROOT) for view, path in row.pictures.items()},
+    }
+
+
+def render_markdown(
+    args: argparse.Namespace, context: dict[str, Any], metrics: list[str], rows: list[Row], total: int
+) -> str:
+    machine, data = context["machine"], context["data"]
+    sizes = data["split_sizes"]
+    lines = [
+        "# Benchmark results",
+        "",
+        "Every variant config trained with the same data, epochs and seed, then scored on the test split. Written by",
+        "`scripts/benchmark.py`; rerun it rather than editing this file.",
+        "",
+    ]
+    if len(rows) < total:
+        lines += [f"**Partial: {len(rows)} of {total} variants finished.**", ""]
+    lines += [
+        f"- **Command**: `{context['command']}`",
+        f"- **Date**: {context['date']}",
+        f"- **Machine**: {machine['platform']}, {machine['cpu']}, {machine['cpu_cores_usable']} usable CPU cores "
+        f"({machine['torch_threads']} torch threads), device {machine['device']}; Python {machine['python']}, "
+        f"torch {machine['torch']}, Lightning {machine['lightning']}",
+        f"- **Data**: {data['datamodule']} from `{data['data_dir']}` ({data['data_source']}): "
+        f"{sizes['train']:,} train / {sizes['val']:,} validation / {sizes['test']:,} test images",
+        f"- **Budget**: {context['epochs']} epoch(s) per variant, seed {context['seed']}, each config's own model, "
+        "optimizer and batch size",
+    ]
+    if "nll" in metrics:
+        samples = context["nll_samples"]
+        shown = f"K = {samples} importance samples" if samples else "each config's `nll_samples` importance samples"
+        lines.append(f"- **NLL**: {shown} per test image")
+    if "fid" in metrics and context["classifier"]:
+        info = context["classifier"]
+        lines.append(
+            f"- **FID**: {context['fid_samples']:,} prior samples against the {sizes['test']:,} gray-level test "
+            f"images, in the penultimate-layer features of a CNN classifier with **test accuracy "
+            f"{info['test_accuracy']:.2%}** ({info['dataset']}, {info['epochs']} epoch(s), seed {info['seed']}, "
+            f"`{info['path']}`). The same distance between the real train and test images is "
+            f"{context.get('fid_train_vs_test', float('nan')):.3f}: the floor a perfect model would reach."
+        )
+    if "linear_probe" in metrics or "knn" in metrics:
+        subset = f"at most {context['probe_max_train']:,}" if context["probe_max_train"] else "all"
+        lines.append(
+            f"- **Probes**: logistic regression (standardized codes) and 5-NN fitted on the codes of {subset} "
+            "training images, accuracy on the test codes"
+        )
+    if "auroc" in metrics:
+        held = ", ".join(map(str, context["anomaly_classes"]))
+        lines.append(
+            f"- **AUROC**: one-class-held-out protocol, each config retrained for {context['anomaly_epochs']} "
+            f"epoch(s) on all classes but one, for held-out classes {held}; all test images scored with the model's "
+            "anomaly score (reconstruction error, or the negative ELBO for the VAE family); mean over held-out classes"
+        )
+    lines += [
+        "- Test images are binarized where the config binarizes its data (`binarize: dynamic`, the VAE configs): "
+        "their reconstruction metrics and NLL are on the binarized test set, the others' on gray levels.",
+        "",
+    ]
+    shown = [m for m in metrics if any(m in row.scores for row in rows)]
+    header = ["variant", "model", "test images", *(COLUMNS[m][0] for m in shown), "fit time"]
+    lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for row in rows:
+        cells = [f"`{row.name}`", row.model, row.test_images]
+        cells += [COLUMNS[m][1].format(row.scores[m]) if m in row.scores else "—" for m in shown]
+        cells.append(f"{row.fit_seconds / 60:.1f} min")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines += ["Metrics (↓ lower is better, ↑ higher is better; — does not apply):", ""]
+    lines += [f"- `{m}`: {evaluation.METRICS[m]}" for m in shown]
+    lines.append("")
+    if any(row.auroc_per_class for row in rows):
+        classes = sorted({c for row in rows for c in row.auroc_per_class})
+        names = getattr(evaluation.datamodule_class(args.data).dataset_class, "classes", None)
+        titles = [f"{c} ({names[c]})" if names and c < len(names) else str(c) for c in classes]
+        lines += ["## AUROC per held-out class", ""]
+        lines += ["| variant | " + " | ".join(titles) + " |", "|" + " --- |" * (len(classes) + 1)]
+        for row in rows:
+            values = [f"{row.auroc_per_class[c]:.3f}" if c in row.auroc_per_class else "—" for c in classes]
+            lines.append(f"| `{row.name}` | " + " | ".join(values) + " |")
+        lines.append("")
+    lines += [
+        "## Pictures",
+        "",
+        "Test images (top of each pair of rows) and reconstructions; samples from the prior (generative variants); "
+        "decodings along the line between the codes of two test images (the real images at both ends); t-SNE of "
+        "the test codes coloured by class.",
+        "",
+        "| variant | reconstructions | samples | interpolations | latent map (t-SNE) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        cells = []
+        for view in ("reconstructions", "samples", "interpolations", "latent_map"):
+            path = row.pictures.get(view)
+            cells.append(f"![{row.name} {view}]({_relative(Path(path), args.output.parent)})" if path else "—")
+        lines.append(f"| `{row.name}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _relative(path: Path, start: Path) -> str:
+    return os.path.relpath(Path(path).resolve(), Path(start).resolve())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Train the small CNN classifier whose features define the Frechet distance (FID) of generated samples.
+
+    python scripts/train_feature_classifier.py --data FashionMNISTDataModule --data_dir ../shared/data
+
+Trains on the dataset's gray-level training split, reports the test accuracy, and caches the classifier (weights,
+accuracy, dataset and training settings) at ``--output``, by default
+``$AE_LIGHTNING_CACHE/feature-classifier-<Dataset>-<source>.pt`` (``AE_LIGHTNING_CACHE`` defaults to
+``~/.cache/ae-lightning``), where ``scripts/benchmark.py`` and ``scripts/evaluate.py`` look for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ae_lightning.evaluation import datamodule_class
+from ae_lightning.feature_classifier import ClassifierRecord, default_classifier_path, train_feature_classifier
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default="MNISTDataModule", help="datamodule class name or import path")
+    parser.add_argument("--data_dir", default="data", help="root holding <ClassName>/raw/")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--output", default=None, help="where to save (default: the cache path above)")
+    parser.add_argument("--accelerator", default="auto")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> ClassifierRecord:
+    args = parse_args(argv)
+    datamodule = datamodule_class(args.data)(data_dir=args.data_dir, batch_size=args.batch_size, seed=args.seed)
+    path = args.output or default_classifier_path(datamodule)
+    print(f"Training the feature classifier on {args.data} from {args.data_dir} for {args.epochs} epochs")
+    record = train_feature_classifier(
+        datamodule, path, args.epochs, args.seed, args.accelerator, progress_bar=sys.stderr.isatty()
+    )
+    print(f"Test accuracy {record.test_accuracy:.4f}; saved to {record.path}")
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""The image callback: what it draws, where it sends it (TensorBoard-style logger or PNG files), when, from YAML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger, Logger
+from torchvision.io import read_image
+
+from ae_lightning import VAE, Autoencoder
+from ae_lightning.callbacks import ImageLogger
+from ae_lightning.cli import AutoencoderCLI
+from datamodules import MNISTDataModule
+
+ALL_VIEWS = {"reconstructions", "samples", "interpolations", "latent_map"}
+
+
+def fit(model: L.LightningModule, data_dir: Path, root: Path, epochs: int, callback: ImageLogger, **trainer: Any):
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        default_root_dir=root,
+        callbacks=[callback],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        **trainer,
+    )
+    trainer.fit(model, datamodule=MNISTDataModule(data_dir=str(data_dir), batch_size=128))
+    return trainer
+
+
+def png_views(folder: Path) -> dict[str, list[int]]:
+    """view -> epochs of the PNG files the callback wrote."""
+    written: dict[str, list[int]] = {}
+    for path in sorted(folder.glob("*.png")):
+        view, epoch = path.stem.split("-epoch=")
+        written.setdefault(view, []).append(int(epoch.split("-")[0]))
+    return written
+
+
+def test_without_an_image_logger_pngs_go_to_the_run_directory_every_n_epochs(data_dir: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    trainer = fit(
+        VAE(latent_dim=4, hidden_dims=[32]), data_dir, tmp_path, 3, ImageLogger(every_n_epochs=2),
+        logger=CSVLogger(tmp_path),
+    )  # fmt: skip
+    images = Path(trainer.log_dir) / "images"
+    # epoch index 1 is the 2nd epoch; index 2 the last one, which always draws
+    assert png_views(images) == {view: [1, 2] for view in ALL_VIEWS}
+    grid = read_image(str(next(images.glob("reconstructions-epoch=2-*.png"))))
+    assert grid.shape == (3, 4 * 30 + 2, 8 * 30 + 2)  # 16 images: 2 x (a row of inputs, a row of reconstructions)
+    interpolations = read_image(str(next(images.glob("interpolations-epoch=2-*.png"))))
+    assert interpolations.shape == (3, 6 * 30 + 2, 10 * 30 + 2)  # 6 pairs: both images and 8 steps each
+    latent_map = read_image(str(next(images.glob("latent_map-epoch=2-*.png"))))
+    assert latent_map.shape[0] == 3 and latent_map.float().std() > 0
+
+
+def test_a_model_that_cannot_sample_gets_no_samples_and_naming_them_is_an_error(data_dir: Path, tmp_path: Path) -> None:
+    fit(Autoencoder(latent_dim=2, hidden_dims=[32]), data_dir, tmp_path, 1, ImageLogger(), logger=False)
+    assert set(png_views(tmp_path / "images")) == ALL_VIEWS - {"samples"}  # no logger: under default_root_dir
+    with pytest.raises(ValueError, match="'samples' view needs a generative model, but Autoencoder is not one"):
+        fit(Autoencoder(), data_dir, tmp_path / "again", 1, ImageLogger(views=["samples"]), logger=False)
+
+
+class RecordingWriter:
+    """Stands in for TensorBoard's SummaryWriter (TensorBoard itself is optional)."""
+
+    def __init__(self) -> None:
+        self.images: list[tuple[str, torch.Tensor, int]] = []
+
+    def add_image(self, tag: str, image: torch.Tensor, global_step: int) -> None:
+        self.images.append((tag, image, global_step))
+
+
+class TensorBoardLikeLogger(Logger):
+    name, version = "tb", 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._writer = RecordingWriter()
+
+    @property
+    def experiment(self) -> RecordingWriter:
+        return self._writer
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def test_loggers_with_add_image_get_the_images_and_no_pngs_are_written(data_dir: Path, tmp_path: Path) -> None:
+    logger = TensorBoardLikeLogger()
+    fit(VAE(latent_dim=4, hidden_dims=[32]), data_dir, tmp_path, 2, ImageLogger(views=["samples"]), logger=logger)
+    assert [(tag, step) for tag, _, step in logger.experiment.images] == [("images/samples", 2), ("images/samples", 4)]
+    image = logger.experiment.images[0][1]
+    assert image.shape == (3, 8 * 30 + 2, 8 * 30 + 2) and 0 <= image.min() and image.max() <= 1
+    assert not list(tmp_path.rglob("*.png"))
+
+
+def test_images_leave_the_training_randomness_alone(data_dir: Path, tmp_path: Path) -> None:
+    weights = []
+    for every_n_epochs in (0, 1):  # 0 disables the callback
+        torch.manual_seed(0)
+        model = VAE(latent_dim=4, hidden_dims=[32])
+        fit(model, data_dir, tmp_path / str(every_n_epochs), 2, ImageLogger(every_n_epochs), logger=False)
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    torch.testing.assert_close(weights[0], weights[1])
+    assert (tmp_path / "1" / "images").is_dir() and not (tmp_path / "0" / "images").exists()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"views": ["recon"]}, r"unknown image view 'recon'; the views are reconstructions, samples"),
+        ({"every_n_epochs": -1}, "every_n_epochs must be >= 0"),
+        ({"interpolation_steps": 1}, "interpolation_steps must be >= 2"),
+        ({"num_images": 0}, "num_images must be >= 1"),
+    ],
+)
+def test_bad_arguments_are_errors(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ImageLogger(**kwargs)
+
+
+def run_cli(*args: str) -> AutoencoderCLI:
+    with mock.patch("sys.argv", ["ae-lightning"]):
+        return AutoencoderCLI(args=list(args))
+
+
+def test_the_command_draws_images_by_default_and_takes_more_image_loggers_from_yaml(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    common = ["--data.data_dir", str(data_dir), "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false"]
+    cli = run_cli("fit", "--config", "configs/vae.yaml", *common, "--trainer.default_root_dir", str(tmp_path / "a"))
+    assert set(png_views(Path(cli.trainer.log_dir) / "images")) == ALL_VIEWS
+
+    config = tmp_path / "latent_only.yaml"
+    config.write_text(
+        "trainer:\n"
+        "  callbacks:\n"
+        "    - class_path: ae_lightning.callbacks.ImageLogger\n"
+        "      init_args: {views: [latent_map], latent_map_size: 10}\n"
+    )
+    cli = run_cli(
+        "fit", "--config", "configs/ae.yaml", "--config", str(config), *common,
+        "--trainer.default_root_dir", str(tmp_path / "b"), "--images.every_n_epochs", "0",
+    )  # fmt: skip
+    assert set(png_views(Path(cli.trainer.log_dir) / "images")) == {"latent_map"}
+
+    cli = run_cli("fit", "--config", "configs/ae.yaml", *common[:2], "--trainer.fast_dev_run", "true",
+                  "--trainer.default_root_dir", str(tmp_path / "c"))  # fmt: skip
+    assert not list((tmp_path / "c").rglob("*.png"))  # nothing is drawn in fast_dev_run

@@ -1,0 +1,119 @@
+"""DDP on the CPU: 2 processes (gloo) train every kind of variant through the CLI.
+
+Each rank sees a disjoint shard of the data, the ranks end with identical weights, the auto-decoder's per-sample
+codes are updated exactly where some rank saw their sample, and test metrics reduced across ranks equal those of
+one process on the same data.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_runs import ROOT, last_checkpoint, run_cli, subprocess_env, tiny_args
+
+DDP = ["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2"]
+VARIANTS = ["ae", "vae", "aae", "autodecoder"]
+TRAIN_SIZE = 220  # the tiny data set's training split
+# The auto-decoder trains on 3 global batches of 2 x 16 images only, so that some codes are never seen.
+AUTODECODER_BATCHES = 3
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One 2-process DDP launch that fits every variant for an epoch, then tests the plain autoencoder."""
+    from conftest import write_dataset
+
+    root = tmp_path_factory.mktemp("ddp")
+    data_dir = write_dataset(root / "data", "MNIST")
+    runs = []
+    for variant in VARIANTS:
+        folder = str(root / variant / "ranks")
+        record = ["--trainer.callbacks+=tiny_runs.RecordRank", "--trainer.callbacks.folder", folder]
+        limit = ["--trainer.limit_train_batches", str(AUTODECODER_BATCHES)] if variant == "autodecoder" else []
+        runs.append(
+            ["fit", *tiny_args(variant, data_dir, root / variant, *DDP, *record, *limit, "--trainer.max_epochs", "1")]
+        )
+    fitted = root / "ae" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    runs.append(["test", *tiny_args("ae", data_dir, root / "ae-test", *DDP, "--ckpt_path", str(fitted))])
+    runs_file = root / "runs.json"
+    runs_file.write_text(json.dumps(runs))
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "tiny_runs.py"), str(runs_file)],
+        env=subprocess_env(),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, so that a hung rank can be killed with it
+    )
+    try:
+        output, _ = process.communicate(timeout=400)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"the DDP runs did not finish in time:\n{output[-5000:]}")
+    assert process.returncode == 0, output[-5000:]
+    (root / "data_dir").write_text(str(data_dir))
+    return root
+
+
+def ranks(root: Path, variant: str) -> list[dict]:
+    return [torch.load(root / variant / "ranks" / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_ranks_train_disjoint_shards_to_identical_weights(ddp_runs: Path, variant: str) -> None:
+    rank0, rank1 = ranks(ddp_runs, variant)
+    seen0 = [i for batch in rank0["indices"] for i in batch]
+    seen1 = [i for batch in rank1["indices"] for i in batch]
+    assert len(rank0["indices"]) == len(rank1["indices"])  # DDP needs the same number of steps on every rank
+    assert not set(seen0) & set(seen1)
+    assert len(set(seen0)) == len(seen0) and len(set(seen1)) == len(seen1)
+    if variant != "autodecoder":
+        assert sorted(seen0 + seen1) == list(range(TRAIN_SIZE))  # together one whole epoch
+    for name, value in rank0["final"].items():
+        assert torch.equal(value, rank1["final"][name]), f"{name} differs between the ranks"
+    changed = [name for name, value in rank0["final"].items() if not torch.equal(value, rank0["initial"][name])]
+    assert changed, "training changed no weight"
+    checkpoint = last_checkpoint(ddp_runs / variant)
+    for name, value in rank0["final"].items():
+        assert torch.equal(checkpoint["state_dict"][name], value), name
+    assert len(checkpoint["random_states"]) == 2  # each rank's generators, for an exact resume
+
+
+def test_autodecoder_codes_change_exactly_where_some_rank_saw_their_sample(ddp_runs: Path) -> None:
+    rank0, rank1 = ranks(ddp_runs, "autodecoder")
+    initial, final = rank0["initial"]["codes.weight"], rank0["final"]["codes.weight"]
+    assert final.shape[0] == TRAIN_SIZE
+    seen = {rank: {i for batch in record["indices"] for i in batch} for rank, record in enumerate([rank0, rank1])}
+    assert len(seen[0]) == len(seen[1]) == AUTODECODER_BATCHES * 16
+    changed = {i for i in range(TRAIN_SIZE) if not torch.equal(final[i], initial[i])}
+    # Gradients are averaged across ranks, so a code moves on every rank when any rank saw its sample, and a code
+    # no rank saw keeps its initial value (zero gradient, zero Adam moments).
+    assert changed == seen[0] | seen[1]
+    assert torch.equal(rank1["final"]["codes.weight"], final)
+    assert torch.equal(last_checkpoint(ddp_runs / "autodecoder")["state_dict"]["codes.weight"], final)
+
+
+def test_test_metrics_reduced_across_ranks_equal_one_process(ddp_runs: Path) -> None:
+    with open(ddp_runs / "ae-test" / "lightning_logs" / "version_0" / "metrics.csv") as file:
+        rows = list(csv.DictReader(file))
+    under_ddp = {
+        name: float(value) for row in rows for name, value in row.items() if name.startswith("test/") and value
+    }
+    data_dir = Path((ddp_runs / "data_dir").read_text())
+    fitted = ddp_runs / "ae" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    single = run_cli("test", *tiny_args("ae", data_dir, ddp_runs / "single", "--ckpt_path", str(fitted)))
+    one_process = {name: value.item() for name, value in single.trainer.callback_metrics.items()}
+    assert {"test/loss", "test/recon", "test/recon_mse"} <= set(under_ddp)
+    assert set(under_ddp) == {name for name in one_process if name.startswith("test/")}
+    for name, value in under_ddp.items():
+        assert value == pytest.approx(one_process[name], rel=1e-5), name

@@ -1,0 +1,228 @@
+"""Evaluation metrics, the feature classifier, and the benchmark and evaluate commands, on tiny data."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+from types import ModuleType
+from unittest import mock
+
+import pytest
+import torch
+from conftest import write_dataset
+
+from ae_lightning import VAE, Autoencoder, evaluation, visualization
+from ae_lightning.cli import AutoencoderCLI
+from ae_lightning.feature_classifier import ClassifierCNN, load_feature_classifier
+from ae_lightning.metrics import FrechetDistance, ReconstructionMetrics
+from datamodules import MNISTDataModule
+
+ROOT = Path(__file__).parents[1]
+
+
+def load_script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_reconstruction_metrics_match_closed_form() -> None:
+    x, x_hat = torch.full((4, 1, 28, 28), 0.5), torch.full((4, 1, 28, 28), 0.25)
+    metrics = ReconstructionMetrics(prefix="test/")
+    metrics.update(x_hat, x)
+    values = {name: float(value) for name, value in metrics.compute().items()}
+    assert values["test/recon_mse"] == pytest.approx(0.0625)
+    assert values["test/recon_bce"] == pytest.approx(-(0.5 * math.log(0.25) + 0.5 * math.log(0.75)), rel=1e-5)
+    assert values["test/psnr"] == pytest.approx(10 * math.log10(1 / 0.0625), rel=1e-5)
+    same = ReconstructionMetrics()
+    images = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    same.update(images, images)
+    assert float(same.compute()["ssim"]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_probes_read_labels_from_codes_that_carry_them() -> None:
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(400) % 4
+    codes = torch.nn.functional.one_hot(labels, 4).float() * 5 + torch.randn(400, 4, generator=generator)
+    scores = evaluation.probe_accuracies(codes[:300], labels[:300], codes[300:], labels[300:])
+    assert scores == {"linear_probe": 1.0, "knn": 1.0}
+    shuffled = labels[torch.randperm(400, generator=generator)]
+    chance = evaluation.probe_accuracies(codes[:300], shuffled[:300], codes[300:], shuffled[300:])
+    assert chance["linear_probe"] < 0.5 and chance["knn"] < 0.5
+
+
+def test_auroc_ranks_large_scores_by_their_order() -> None:
+    # negative ELBOs of hundreds of nats: torchmetrics would squash them into ties with a sigmoid
+    labels = torch.arange(100) % 10
+    scores = 500.0 + (labels == 3).double() + torch.linspace(0, 0.5, 100, dtype=torch.float64)
+    normal = [c for c in range(10) if c != 3]
+    assert evaluation.anomaly_auroc(scores, labels, normal) == 1.0
+    assert evaluation.anomaly_auroc(-scores, labels, normal) == 0.0
+    with pytest.raises(ValueError, match="both normal and anomalous"):
+        evaluation.anomaly_auroc(scores, labels, list(range(10)))
+
+
+class FirstTwoPixels(torch.nn.Module):
+    """A stand-in feature classifier whose features are the first two pixels, for closed-form Frechet distances."""
+
+    num_features = 2
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, :2]
+
+
+def test_frechet_distance_matches_closed_form() -> None:
+    images = torch.rand(256, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 0.5
+    distances = []
+    for fake in (images, images + 0.5):
+        metric = FrechetDistance(FirstTwoPixels())
+        metric.update(images, real=True)
+        metric.update(fake, real=False)
+        distances.append(float(metric.compute()))
+    # same covariance, means 0.5 apart in both features: the distance is the squared mean difference, 2 * 0.5^2
+    assert distances == pytest.approx([0.0, 0.5], abs=1e-4)
+
+
+def test_sampling_metrics_of_a_model_that_cannot_sample_are_clear_errors(data_dir: Path) -> None:
+    datamodule = MNISTDataModule(data_dir=str(data_dir))
+    model = Autoencoder(latent_dim=4, hidden_dims=[16])
+    with pytest.raises(ValueError, match="needs a generative model, but Autoencoder is not one"):
+        evaluation.frechet_distance(model, ClassifierCNN(), evaluation.split_loader(datamodule, "test"))
+    with pytest.raises(ValueError, match="needs a generative model, but Autoencoder is not one"):
+        evaluation.evaluate(model, datamodule, ["fid"], classifier=ClassifierCNN())
+    with pytest.raises(ValueError, match="'nll' does not apply to Autoencoder"):
+        evaluation.evaluate(model, datamodule, ["nll"])
+    with pytest.raises(ValueError, match="one-class-held-out protocol"):
+        evaluation.evaluate(model, datamodule, ["auroc"])
+
+
+def test_unknown_metric_names_are_errors_that_list_the_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"unknown metric 'psnr2', 'fd'; the metrics are mse, bce, psnr, ssim, nll"):
+        evaluation.check_metric_names(["mse", "psnr2", "fd"])
+
+
+def test_evaluate_computes_every_metric_of_a_vae(data_dir: Path) -> None:
+    torch.manual_seed(0)
+    datamodule = MNISTDataModule(data_dir=str(data_dir), classes=list(range(1, 10)), binarize="dynamic")
+    model = VAE(latent_dim=4, hidden_dims=[16], nll_samples=4)
+    scores = evaluation.evaluate(model, datamodule, classifier=ClassifierCNN(num_features=8), fid_samples=50)
+    assert list(scores) == list(evaluation.METRICS)
+    assert all(math.isfinite(value) for value in scores.values())
+    assert 0 <= scores["mse"] <= 1 and 0 <= scores["ssim"] <= 1 and scores["nll"] > 0 and scores["fid"] >= 0
+    assert 0 <= scores["linear_probe"] <= 1 and 0 <= scores["knn"] <= 1 and 0 <= scores["auroc"] <= 1
+    assert model.training  # evaluation restores the model's mode
+
+
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_every_variant_gets_every_metric_and_picture_that_applies(config: Path, data_dir: Path) -> None:
+    with mock.patch("sys.argv", ["ae-lightning"]):
+        cli = AutoencoderCLI(args=["--config", str(config), "--data.data_dir", str(data_dir)], run=False)
+    model, datamodule = cli.model, cli.datamodule
+    if hasattr(model, "inference_steps"):  # the auto-decoder fits codes by optimization: a few steps will do here
+        model.inference_steps = 3
+    metrics = [name for name in evaluation.METRICS if name != "auroc"]
+    metrics = [name for name in metrics if evaluation.metric_applies(model, datamodule, name)]
+    scores = evaluation.evaluate(
+        model, datamodule, metrics, classifier=FirstTwoPixels(), nll_samples=2, fid_samples=20, probe_max_train=50
+    )
+    assert all(math.isfinite(value) for value in scores.values()), scores
+    assert ("fid" in scores) == model.is_generative and ("nll" in scores) == hasattr(model, "importance_weighted_nll")
+    images, labels = evaluation.first_images(datamodule, "test", 40)
+    pictures = visualization.draw_views(model, images, labels, latent_map_size=40, projection="pca")
+    assert set(pictures) == set(visualization.applicable_views(model))
+    assert all(picture.shape[0] == 3 and picture.min() >= 0 and picture.max() <= 1 for picture in pictures.values())
+
+
+def test_feature_classifier_script_trains_caches_and_reloads(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("AE_LIGHTNING_CACHE", str(tmp_path / "cache"))
+    script = load_script("train_feature_classifier")
+    record = script.main(["--data", "MNISTDataModule", "--data_dir", str(data_dir), "--epochs", "1"])
+    assert record.path == tmp_path / "cache" / "feature-classifier-MNIST-torchvision.pt"
+    assert 0 <= record.test_accuracy <= 1 and record.train_images == 220 and record.dataset == "MNIST"
+    loaded = load_feature_classifier(record.path)
+    assert loaded.metadata() == record.metadata()
+    images = torch.rand(3, 1, 28, 28)
+    torch.testing.assert_close(loaded.network(images), record.network(images))
+    with pytest.raises(FileNotFoundError, match="train one with `python scripts/train_feature_classifier.py"):
+        load_feature_classifier(tmp_path / "missing.pt")
+
+
+@pytest.fixture(scope="module")
+def benchmark_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
+    """One tiny benchmark of ae and vae (1 epoch, held-out class 0); returns its folder and rows."""
+    folder = tmp_path_factory.mktemp("benchmark")
+    write_dataset(folder / "data", "MNIST")
+    rows = load_script("benchmark").main(
+        [
+            "--configs", "ae", "vae",
+            "--data", "MNISTDataModule", "--data_dir", str(folder / "data"),
+            "--epochs", "1", "--anomaly_classes", "0",
+            "--nll_samples", "4", "--fid_samples", "100", "--tsne_points", "40",
+            "--classifier", str(folder / "classifier.pt"), "--classifier_epochs", "1",
+            "--output", str(folder / "docs" / "results.md"), "--root", str(folder / "runs"),
+        ]
+    )  # fmt: skip
+    return folder, rows
+
+
+def test_benchmark_writes_one_row_per_variant_and_the_plots(benchmark_run: tuple[Path, list]) -> None:
+    folder, rows = benchmark_run
+    report = (folder / "docs" / "results.md").read_text()
+    assert "python scripts/benchmark.py --configs ae vae" in report and "usable CPU cores" in report
+    assert "test accuracy" in report and "K = 4 importance samples" in report
+    table = [line for line in report.splitlines() if line.startswith("| `")]
+    ae_row, vae_row = table[0].split(" | "), table[1].split(" | ")
+    assert ae_row[:3] == ["| `ae`", "Autoencoder", "gray"] and vae_row[:3] == ["| `vae`", "VAE", "binarized"]
+    assert ae_row.count("—") == 2 and "—" not in vae_row  # the plain autoencoder has no nll and no fid
+    assert {row.name: set(row.scores) for row in rows} == {
+        "ae": {"mse", "bce", "psnr", "ssim", "linear_probe", "knn", "auroc"},
+        "vae": set(evaluation.METRICS),
+    }
+    assert set(rows[1].auroc_per_class) == {0}
+    plots = sorted(path.name for path in (folder / "docs" / "results").glob("*.png"))
+    assert plots == [
+        "ae_interpolations.png", "ae_latent_tsne.png", "ae_reconstructions.png",
+        "vae_interpolations.png", "vae_latent_tsne.png", "vae_reconstructions.png", "vae_samples.png",
+    ]  # fmt: skip
+    assert "](results/vae_samples.png)" in report
+    saved = json.loads((folder / "docs" / "results" / "results.json").read_text())
+    assert saved["complete"] and [v["variant"] for v in saved["variants"]] == ["ae", "vae"]
+    assert saved["classifier"]["path"] == str(folder / "classifier.pt")  # trained on first use, path recorded
+
+
+def test_evaluate_script_scores_a_checkpoint_and_refuses_sampling_a_plain_autoencoder(
+    benchmark_run: tuple[Path, list], tmp_path: Path
+) -> None:
+    folder, _ = benchmark_run
+    script = load_script("evaluate")
+    ae_checkpoint = next((folder / "runs" / "ae" / "lightning_logs").glob("*/checkpoints/last.ckpt"))
+    scores = script.main(
+        [str(ae_checkpoint), "--metrics", "mse", "ssim", "--plots", str(tmp_path), "--tsne_points", "30"]
+    )
+    assert set(scores) == {"mse", "ssim"}
+    assert sorted(path.name for path in tmp_path.glob("*.png")) == [
+        "interpolations.png", "latent_map.png", "reconstructions.png"
+    ]  # fmt: skip
+    for option in (["--metrics", "fid"], ["--views", "samples"]):
+        with pytest.raises(ValueError, match="needs a generative model, but Autoencoder is not one"):
+            script.main([str(ae_checkpoint), *option])
+
+
+def test_benchmark_bad_input_fails_before_anything_trains(tmp_path: Path) -> None:
+    script = load_script("benchmark")
+    common = ["--root", str(tmp_path / "runs"), "--output", str(tmp_path / "results.md")]
+    with pytest.raises(ValueError, match=r"no config 'nope' in .*configs; the configs are .*ae, .*vae"):
+        script.main(["--configs", "ae", "nope", *common])
+    with pytest.raises(ValueError, match="unknown metric 'accuracy'; the metrics are mse, bce"):
+        script.main(["--metrics", "mse", "accuracy", *common])
+    with pytest.raises(ValueError, match="unknown datamodule 'CIFARDataModule'; the datamodules are"):
+        script.main(["--data", "CIFARDataModule", *common])
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results.md").exists()

@@ -1,0 +1,80 @@
+"""The non-finite guard: a diverging run stops with an error naming the step and the terms, or skips such batches;
+either way no checkpoint is ever written from non-finite weights."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_runs import build_cli, last_checkpoint, tiny_args
+
+from ae_lightning.fault_tolerance import NonFiniteGuard, NonFiniteLossError
+
+DIVERGING_SGD = json.dumps({"class_path": "torch.optim.SGD", "init_args": {"lr": 1e6}})
+# A checkpoint after every step, so that the last one written before the failure is the step before it.
+EVERY_STEP = ["--checkpoint.every_n_train_steps", "1", "--checkpoint.monitor", "null"]
+POISONED = ["--model.class_path", "tiny_runs.PoisonedAutoencoder", "--model.init_args.poisoned_steps", "[3,5]"]
+
+
+def fit(*args: str):
+    cli = build_cli(*args)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return cli
+
+
+def assert_finite_weights(checkpoint: dict) -> None:
+    for name, value in checkpoint["state_dict"].items():
+        assert torch.isfinite(value.float()).all(), f"{name} is not finite in the checkpoint"
+
+
+@pytest.mark.parametrize("variant", ["ae", "aae"])  # automatic and manual optimization
+def test_diverging_learning_rate_stops_training_naming_the_step_and_terms(
+    variant: str, data_dir: Path, tmp_path: Path
+) -> None:
+    diverging = ["--model.init_args.optimizer", DIVERGING_SGD, *EVERY_STEP]
+    with pytest.raises(NonFiniteLossError) as error:
+        fit(*tiny_args(variant, data_dir, tmp_path, *diverging))
+    found = re.search(r"at global step (\d+) \(epoch 0, batch \d+\): ([a-z_, ]+) (is|are) not finite", str(error.value))
+    assert found, str(error.value)
+    assert "loss" in found[2].split(", ")
+    last = last_checkpoint(tmp_path)
+    assert last["global_step"] == int(found[1]) >= 1  # the last step before the bad one, and not the bad one
+    assert_finite_weights(last)
+
+
+def test_deferred_check_names_the_first_bad_step_and_keeps_the_last_good_checkpoint(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # As on a GPU: the device-side record is read only every 10 steps, and before each checkpoint is written.
+    deferred = ["--nonfinite.check_every_n_steps", "10", *EVERY_STEP]
+    with pytest.raises(NonFiniteLossError) as error:
+        fit(*tiny_args("ae", data_dir, tmp_path, *POISONED, *deferred))
+    assert re.search(
+        r"at global step 3 \(epoch 0, batch 3\): loss is not finite \(loss=nan, recon=\d", str(error.value)
+    )
+    assert error.traceback[-2].name == "on_save_checkpoint"  # read when the checkpoint due after step 3 was saved
+    last = last_checkpoint(tmp_path)
+    assert last["global_step"] == 3  # written before step 3; the save after it raised instead of writing NaN weights
+    assert_finite_weights(last)
+
+
+def test_skip_leaves_weights_and_optimizer_untouched_on_bad_batches_and_counts_them(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    cli = fit(*tiny_args("ae", data_dir, tmp_path, *POISONED, "--nonfinite.action", "skip"))
+    assert cli.trainer.state.finished and cli.trainer.global_step == 28
+    assert cli.trainer.callback_metrics["train/skipped_batches"] == 2
+    last = last_checkpoint(tmp_path)
+    assert_finite_weights(last)
+    # Adam counts the steps it took per parameter: the two poisoned batches were not among them.
+    steps = {int(state["step"]) for state in last["optimizer_states"][0]["state"].values()}
+    assert steps == {26}
+    assert last["callbacks"]["NonFiniteGuard"] == {"skipped_batches": 2}
+
+
+def test_guard_rejects_unknown_actions() -> None:
+    with pytest.raises(ValueError, match="action must be 'error' or 'skip', got 'ignore'"):
+        NonFiniteGuard(action="ignore")

@@ -1,0 +1,105 @@
+"""Exact resume: a fit killed with SIGKILL, even while writing a checkpoint, and resumed with ``--ckpt_path last``
+ends with the weights and optimizer states of an uninterrupted run, bit for bit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from jsonargparse import Namespace
+from tiny_runs import command, last_checkpoint, run_cli, subprocess_env, tiny_args
+
+from ae_lightning.cli import _newest_checkpoint
+from ae_lightning.fault_tolerance import AtomicCheckpointIO
+
+EVERY_4 = ["--checkpoint.every_n_train_steps", "4"]
+STEPS = 28  # 2 epochs of 14 batches
+
+# Each case: the variant, the fit's extra arguments, the callback that kills the run, the step of the last checkpoint
+# it leaves, and the loader position stored in that. With the default checkpointing, killed at the start of step 15,
+# it leaves the end-of-epoch checkpoint of step 14. Every 4 steps, it leaves the mid-epoch one of step 20, six batches
+# into epoch 1 (none in epoch 0: Lightning defers step checkpoints until val/loss exists, then drops them at the
+# epoch's end).
+END_OF_EPOCH_0 = {"epoch": 0, "batches_done": 14}
+MID_EPOCH_1 = {"epoch": 1, "batches_done": 6}
+CASES = [
+    ("ae", [], ["tiny_runs.KillAtStep", "--trainer.callbacks.step", "15"], 14, END_OF_EPOCH_0),
+    # sampling noise and dynamic binarization; killed halfway through writing the last.ckpt of step 24
+    ("vae", EVERY_4, ["tiny_runs.KillWhileWriting", "--trainer.callbacks.step", "24"], 20, MID_EPOCH_1),
+    # manual optimization, several optimizers
+    ("aae", EVERY_4, ["tiny_runs.KillAtStep", "--trainer.callbacks.step", "22"], 20, MID_EPOCH_1),
+]
+
+
+@pytest.mark.parametrize("variant, extra, killer, checkpoint_step, position", CASES, ids=[c[0] for c in CASES])
+def test_sigkilled_run_resumes_to_the_uninterrupted_weights(
+    variant: str,
+    extra: list[str],
+    killer: list[str],
+    checkpoint_step: int,
+    position: dict,
+    data_dir: Path,
+    tmp_path: Path,
+) -> None:
+    killed_root, reference_root = tmp_path / "killed", tmp_path / "reference"
+    kill = ["--trainer.callbacks+=" + killer[0], *killer[1:]]
+    killed = subprocess.Popen(
+        command("fit", *tiny_args(variant, data_dir, killed_root, *extra, *kill)),
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    reference = run_cli("fit", *tiny_args(variant, data_dir, reference_root, *extra))  # meanwhile, here
+    assert isinstance(reference.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    output, _ = killed.communicate(timeout=240)
+    assert killed.returncode == -signal.SIGKILL, output
+
+    interrupted = last_checkpoint(killed_root)  # whole, even where the run died writing the next one
+    assert interrupted["global_step"] == checkpoint_step
+    assert interrupted["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{**position, "seed": 42}]
+    assert len(interrupted["random_states"]) == 1
+    # the dead writer's half file, under a hidden name that no checkpoint search matches
+    assert len(list(killed_root.rglob(".last.ckpt.*.tmp"))) == (killer[0] == "tiny_runs.KillWhileWriting")
+
+    run_cli("fit", *tiny_args(variant, data_dir, killed_root, *extra, "--ckpt_path", "last"))
+    resumed, expected = last_checkpoint(killed_root), last_checkpoint(reference_root)
+    assert resumed["global_step"] == expected["global_step"] == STEPS
+    for name, value in expected["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], value), f"{name} differs after the resume"
+    assert len(resumed["optimizer_states"]) == len(expected["optimizer_states"]) >= (2 if variant == "aae" else 1)
+    for got, want in zip(resumed["optimizer_states"], expected["optimizer_states"]):
+        for index, state in want["state"].items():
+            for key, value in state.items():
+                assert torch.equal(got["state"][index][key], value), f"optimizer state {index}/{key} differs"
+
+
+def test_ckpt_path_last_finds_the_newest_checkpoint_of_any_version_or_slurm_requeue(tmp_path: Path) -> None:
+    config = Namespace(trainer=Namespace(default_root_dir=str(tmp_path)), checkpoint=Namespace(dirpath=None))
+    assert _newest_checkpoint(config) is None  # nothing yet: the run starts from scratch
+    older = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    newer = tmp_path / "lightning_logs" / "version_1" / "checkpoints" / "last.ckpt"
+    hpc = tmp_path / "hpc_ckpt_1.ckpt"
+    for age, path in enumerate([hpc, newer, older]):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+        os.utime(path, (1_000_000 - 10 * age, 1_000_000 - 10 * age))
+    assert _newest_checkpoint(config) == str(hpc)
+    hpc.unlink()
+    assert _newest_checkpoint(config) == str(newer)
+    config.checkpoint.dirpath = str(older.parent)
+    assert _newest_checkpoint(config) == str(older)
+
+
+def test_a_checkpoint_write_replaces_the_file_whole_and_clears_dead_writers_files(tmp_path: Path) -> None:
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"step": 1}, path)
+    dead = tmp_path / ".last.ckpt.12345.tmp"  # as a process killed while writing leaves it
+    dead.write_bytes(b"PK\x03\x04")
+    AtomicCheckpointIO().save_checkpoint({"step": 2}, path)
+    assert torch.load(path, weights_only=True) == {"step": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]

@@ -1,0 +1,158 @@
+"""The sbatch templates on a real single-node SLURM cluster, started by ``tests/slurm/start_cluster.sh``.
+
+The CPU template runs a 2-task DDP fit through ``srun``; SIGUSR1, as SLURM sends it before the time limit, makes
+Lightning write an HPC checkpoint and requeue the job, which resumes from it and finishes under the same W&B run id.
+
+These need root and Debian's slurm packages (the script installs them if missing). Where the cluster cannot start,
+they skip, unless ``AE_LIGHTNING_REQUIRE_SLURM=1`` (set by ``.ci/run``), which makes that a failure.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_dataset
+from tiny_runs import ROOT, TINY_MODEL, subprocess_env
+
+pytestmark = pytest.mark.slurm
+
+REQUIRED = os.environ.get("AE_LIGHTNING_REQUIRE_SLURM") == "1"
+START = ROOT / "tests" / "slurm" / "start_cluster.sh"
+TEMPLATE = ROOT / "scripts" / "slurm" / "cpu.sbatch"
+STEPS_PER_EPOCH = 14  # 220 training images in global batches of 2 ranks x 8
+
+
+def unavailable(reason: str) -> None:
+    if REQUIRED:
+        pytest.fail(f"SLURM is required here (AE_LIGHTNING_REQUIRE_SLURM=1) but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The environment of a running single-node cluster (``SLURM_CONF`` set), stopped after the module."""
+    if os.name != "posix" or os.geteuid() != 0:
+        unavailable("the test cluster needs root")
+    state = tmp_path_factory.mktemp("slurm")
+    try:
+        started = subprocess.run(["bash", str(START), str(state)], capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        unavailable(f"start_cluster.sh failed: {error}")
+    if started.returncode != 0:
+        unavailable(f"start_cluster.sh failed:\n{started.stderr[-3000:]}")
+    env = {**subprocess_env(), "SLURM_CONF": started.stdout.strip().splitlines()[-1]}
+    yield env
+    subprocess.run(["bash", str(START), "stop", str(state)], timeout=60)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("slurm-data"), "MNIST")
+
+
+def submit(env: dict[str, str], run_dir: Path, logger: str, *fit_args: str) -> str:
+    """Submit the CPU template for a tiny 2-rank fit of the plain autoencoder; returns the job id."""
+    job_env = {**env, "CONFIG": "configs/ae.yaml", "RUN_DIR": str(run_dir), "LOGGER": logger}
+    command = ["sbatch", "--parsable", f"--output={run_dir}/slurm-%j.out", str(TEMPLATE), *TINY_MODEL, *fit_args]
+    submitted = subprocess.run(command, env=job_env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert submitted.returncode == 0, submitted.stderr
+    return submitted.stdout.strip().split(";")[0]
+
+
+def job(env: dict[str, str], job_id: str) -> dict[str, str]:
+    """``scontrol show job`` as a dict (JobState, Restarts, ExitCode, ...)."""
+    shown = subprocess.run(["scontrol", "-o", "show", "job", job_id], env=env, capture_output=True, text=True)
+    return dict(field.split("=", 1) for field in shown.stdout.split() if "=" in field)
+
+
+def wait_until(condition, timeout: float, what: str, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            text = log.read_text() if log.exists() else "(no job output)"
+            pytest.fail(f"timed out waiting for {what}; job output:\n{text[-5000:]}")
+        time.sleep(1)
+
+
+def finished(env: dict[str, str], job_id: str) -> bool:
+    return job(env, job_id).get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL")
+
+
+def fit_args(data_dir: Path, epochs: int, *extra: str) -> list[str]:
+    return [
+        "--data.data_dir",
+        str(data_dir),
+        "--data.batch_size",
+        "8",
+        "--trainer.max_epochs",
+        str(epochs),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--trainer.log_every_n_steps",
+        "1",
+        *extra,
+    ]
+
+
+def test_cpu_template_trains_with_two_slurm_ranks(slurm: dict[str, str], data_dir: Path, tmp_path: Path) -> None:
+    job_id = submit(slurm, tmp_path, "csv", *fit_args(data_dir, 2))
+    log = tmp_path / f"slurm-{job_id}.out"
+    wait_until(lambda: finished(slurm, job_id), 300, f"job {job_id}", log)
+    output = log.read_text()
+    assert job(slurm, job_id)["JobState"] == "COMPLETED", output[-5000:]
+    # Lightning found the SLURM environment: the two srun tasks are the two DDP ranks.
+    assert "GLOBAL_RANK: 0, MEMBER: 1/2" in output and "GLOBAL_RANK: 1, MEMBER: 2/2" in output
+    assert "no checkpoint under" in output  # --ckpt_path last on a first start: from scratch
+    checkpoint = torch.load(next(tmp_path.rglob("last.ckpt")), map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 2 * STEPS_PER_EPOCH
+    assert len(checkpoint["random_states"]) == 2
+    with open(next(tmp_path.rglob("metrics.csv"))) as file:
+        rows = list(csv.DictReader(file))
+    val_losses = [float(row["val/loss"]) for row in rows if row.get("val/loss")]
+    assert len(val_losses) == 2 and all(loss == loss for loss in val_losses)  # one per epoch, not NaN
+    assert val_losses[1] < val_losses[0]
+
+
+def test_sigusr1_checkpoints_requeues_and_the_job_resumes_to_the_end(
+    slurm: dict[str, str], data_dir: Path, tmp_path: Path
+) -> None:
+    epochs = 3
+    slow = ["--trainer.callbacks+=tiny_runs.SlowDown", "--trainer.callbacks.seconds", "0.2"]  # time to signal it
+    job_id = submit(slurm, tmp_path, "wandb", *fit_args(data_dir, epochs, *slow))
+    log = tmp_path / f"slurm-{job_id}.out"
+    # Signal once training is under way: after the first epoch's checkpoint.
+    wait_until(lambda: any(tmp_path.rglob("last.ckpt")), 300, "the first checkpoint", log)
+    signalled = subprocess.run(["scancel", "--signal=USR1", job_id], env=slurm, capture_output=True, text=True)
+    assert signalled.returncode == 0, signalled.stderr
+    requeued = lambda: job(slurm, job_id).get("Restarts") == "1" and job(slurm, job_id)["JobState"] == "PENDING"  # noqa: E731
+    wait_until(requeued, 120, "the requeue", log)
+    # SLURM holds a requeued job back for two minutes (its BeginTime); a test need not wait for that.
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=slurm, capture_output=True)
+    wait_until(lambda: finished(slurm, job_id), 300, f"job {job_id} after its requeue", log)
+
+    output = log.read_text()  # both starts: the template appends
+    assert job(slurm, job_id)["JobState"] == "COMPLETED", output[-5000:]
+    assert job(slurm, job_id)["Restarts"] == "1"
+    assert "Handling auto-requeue signal" in output
+    hpc = tmp_path / "hpc_ckpt_1.ckpt"
+    assert hpc.is_file()
+    saved_step = torch.load(hpc, map_location="cpu", weights_only=True)["global_step"]
+    assert 0 < saved_step < epochs * STEPS_PER_EPOCH
+    second_start = output.split(f"job {job_id}, start 2")[1]
+    resumed = re.search(r"Restoring states from the checkpoint path at (\S+)", second_start)
+    assert resumed and Path(resumed[1]).resolve() == hpc.resolve(), second_start[-3000:]
+    final = torch.load(next(tmp_path.rglob("last.ckpt")), map_location="cpu", weights_only=True)
+    assert final["global_step"] == epochs * STEPS_PER_EPOCH
+    # The requeued job logged to the same W&B run: both starts' offline runs carry the id from the job id.
+    runs = sorted(path.name for path in (tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(name.endswith(f"-slurm-aelightning-{job_id}") for name in runs), runs

@@ -1,0 +1,512 @@
+"""The autoencoder family: one suite parametrized over every variant, then what is particular to each.
+
+Tiny networks and the tiny IDX data of ``conftest.py`` (220 training images), CPU only.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+
+from ae_lightning import (
+    VAE,
+    AdversarialAutoencoder,
+    AutoDecoder,
+    Autoencoder,
+    ConditionalVAE,
+    ContractiveAutoencoder,
+    DenoisingAutoencoder,
+    DropoutAutoencoder,
+    SparseAutoencoder,
+    losses,
+)
+from ae_lightning.base import AutoencoderModule
+from ae_lightning.contractive import encode_with_contraction
+from ae_lightning.denoising import corrupt
+from ae_lightning.networks import ConvEncoder, MLPEncoder
+from datamodules import MNISTDataModule
+
+TINY = {"latent_dim": 4, "hidden_dims": [16]}
+VARIANTS = [
+    (Autoencoder, {}),
+    (VAE, {"nll_samples": 4, "nll_chunk_size": 2}),
+    (DenoisingAutoencoder, {"corruption": "gaussian", "corruption_level": 0.3}),
+    (DenoisingAutoencoder, {"corruption": "salt_and_pepper", "corruption_level": 0.2}),
+    (DropoutAutoencoder, {"input_dropout": 0.2, "dropout": 0.1}),
+    (SparseAutoencoder, {"sparsity": "kl", "sparsity_target": 0.1}),
+    (SparseAutoencoder, {"sparsity": "l1", "sparsity_weight": 0.1}),
+    (ContractiveAutoencoder, {"contractive_weight": 0.1}),
+    (ContractiveAutoencoder, {"contractive_weight": 0.1, "network": "conv", "hidden_dims": [4]}),
+    (AdversarialAutoencoder, {"discriminator_hidden_dims": [8]}),
+    (AdversarialAutoencoder, {"discriminator_hidden_dims": [8], "prior": "mixture", "mixture_components": 3}),
+    (AutoDecoder, {"inference_steps": 3}),
+    (ConditionalVAE, {"nll_samples": 4, "nll_chunk_size": 2}),
+    (ConditionalVAE, {"nll_samples": 4, "nll_chunk_size": 2, "network": "conv", "hidden_dims": [4]}),
+]
+IDS = [f"{cls.__name__}-{i}" for i, (cls, _) in enumerate(VARIANTS)]
+
+
+def build(cls: type[AutoencoderModule], kwargs: dict) -> AutoencoderModule:
+    torch.manual_seed(0)
+    return cls(**{**TINY, **kwargs})
+
+
+def label_kwargs(model: AutoencoderModule, labels: torch.Tensor) -> dict:
+    """The labels argument of the conditional variant's public API."""
+    return {"labels": labels} if isinstance(model, ConditionalVAE) else {}
+
+
+def make_trainer(root: Path, **kwargs) -> L.Trainer:
+    settings = {
+        "accelerator": "cpu",
+        "max_epochs": 1,
+        "limit_train_batches": 2,
+        "limit_val_batches": 1,
+        "log_every_n_steps": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": root,
+    }
+    return L.Trainer(**{**settings, **kwargs})
+
+
+def tiny_data(data_dir: Path) -> MNISTDataModule:
+    return MNISTDataModule(data_dir=str(data_dir), batch_size=16)
+
+
+def images(n: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    return torch.rand(n, 1, 28, 28, generator=generator), torch.arange(n) % 10
+
+
+# --- the suite over every variant -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("cls, kwargs", VARIANTS, ids=IDS)
+def test_public_api_shapes(cls: type[AutoencoderModule], kwargs: dict) -> None:
+    model = build(cls, kwargs).eval()
+    x, labels = images()
+    extra = label_kwargs(model, labels)
+    z = model.encode(x, **extra)
+    assert z.shape == (5, 4)
+    decoded = model.decode(z, **extra)
+    assert decoded.shape == (5, 1, 28, 28) and 0 <= decoded.min() and decoded.max() <= 1
+    assert model(x, **extra).shape == (5, 1, 28, 28)
+    terms = model.loss_terms(x, labels, torch.arange(5)) if not isinstance(model, AutoDecoder) else None
+    if terms is not None:
+        assert all(torch.isfinite(value) for value in terms.values()), terms
+    if model.is_generative:
+        samples = model.sample(3)
+        assert samples.shape == (3, 1, 28, 28) and 0 <= samples.min() and samples.max() <= 1
+    else:
+        with pytest.raises(NotImplementedError):
+            model.sample(3)
+
+
+@pytest.mark.parametrize("cls, kwargs", VARIANTS, ids=IDS)
+def test_training_updates_every_parameter_and_checkpoint_round_trips(
+    cls: type[AutoencoderModule], kwargs: dict, data_dir: Path, tmp_path: Path
+) -> None:
+    model = build(cls, kwargs)
+    trainer = make_trainer(tmp_path)
+    trainer.fit(model, datamodule=tiny_data(data_dir))
+    before = build(cls, kwargs).state_dict()  # the same seed: the initial parameters
+    metrics = trainer.callback_metrics
+    assert torch.isfinite(metrics["train/loss"]) and torch.isfinite(metrics["val/loss"])
+    assert trainer.global_step == 2
+    for name, parameter in model.named_parameters():
+        if name in before:  # an auto-decoder's codes are built in setup
+            assert not torch.equal(parameter.detach(), before[name]), f"{name} did not change"
+
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = cls.load_from_checkpoint(path)
+    assert type(loaded) is cls
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], value)
+    x, labels = images()
+    model.eval()
+    loaded.eval()
+    extra = label_kwargs(model, labels)
+    torch.testing.assert_close(loaded(x, **extra), model(x, **extra))
+
+
+@pytest.mark.parametrize("cls, kwargs", VARIANTS, ids=IDS)
+def test_test_and_predict_steps_run(cls: type[AutoencoderModule], kwargs: dict, data_dir: Path, tmp_path: Path) -> None:
+    model = build(cls, kwargs)
+    data = tiny_data(data_dir)
+    trainer = make_trainer(tmp_path, limit_test_batches=1, limit_predict_batches=1)
+    trainer.test(model, datamodule=data, verbose=False)
+    assert torch.isfinite(trainer.callback_metrics["test/loss"])
+    (predictions,) = trainer.predict(model, datamodule=data)
+    assert predictions["z"].shape == (16, 4) and torch.isfinite(predictions["recon_error"]).all()
+
+
+# --- losses and corruption ------------------------------------------------------------------------------------------
+def test_kl_divergence_bernoulli_matches_hand_value() -> None:
+    # 0.5 ln(0.5 / 0.25) + 0.5 ln(0.5 / 0.75) = 0.5 ln(4 / 3)
+    value = losses.kl_divergence_bernoulli(0.5, torch.tensor([0.25]))
+    assert value.item() == pytest.approx(0.5 * math.log(4 / 3))
+    assert losses.kl_divergence_bernoulli(0.1, torch.full((3, 7), 0.1)).abs().max() < 1e-6
+    assert losses.kl_divergence_bernoulli(0.1, torch.tensor([[0.1, 0.3]])).shape == (1,)
+
+
+def test_corruptions() -> None:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 1, 28, 28, generator=generator) * 0.8 + 0.1  # no pixel is exactly 0 or 1
+    torch.testing.assert_close(corrupt(x, "gaussian", 0.0), x)
+    noisy = corrupt(x, "gaussian", 0.5, generator)
+    assert noisy.min() >= 0 and noisy.max() <= 1 and (noisy - x).abs().mean() > 0.1
+    masked = corrupt(x, "masking", 0.3, generator)
+    assert (masked == 0).float().mean().item() == pytest.approx(0.3, abs=0.01)
+    assert torch.equal(masked[masked != 0], x[masked != 0])
+    salted = corrupt(x, "salt_and_pepper", 0.2, generator)
+    hit = salted != x
+    assert hit.float().mean().item() == pytest.approx(0.2, abs=0.01)
+    assert ((salted[hit] == 0) | (salted[hit] == 1)).all()
+    assert (salted[hit] == 1).float().mean().item() == pytest.approx(0.5, abs=0.03)
+
+
+def test_denoising_test_metrics_compare_denoised_and_noisy_with_clean() -> None:
+    model = build(DenoisingAutoencoder, {"corruption": "masking", "corruption_level": 0.5})
+    x, _ = images(8)
+    torch.manual_seed(0)
+    metrics = model.test_metrics(x)
+    assert set(metrics) == {"psnr_denoised", "ssim_denoised", "psnr_noisy", "ssim_noisy"}
+    torch.manual_seed(0)
+    noisy = model.corrupt(x)
+    expected = (-10 * torch.log10((noisy - x).pow(2).flatten(1).mean(1))).mean()
+    torch.testing.assert_close(metrics["psnr_noisy"], expected)
+    assert all(torch.isfinite(value) for value in metrics.values())
+
+
+def test_denoising_loss_targets_the_clean_image() -> None:
+    model = build(DenoisingAutoencoder, {"corruption": "masking", "corruption_level": 0.5})
+    x, labels = images()
+    torch.manual_seed(3)
+    terms = model.loss_terms(x, labels, torch.arange(5))
+    torch.manual_seed(3)
+    expected = model.reconstruction_loss(model.decoder(model.encoder(model.corrupt(x))), x).mean()
+    torch.testing.assert_close(terms["recon"], expected)
+
+
+def test_dropout_autoencoder_drops_input_in_training_only() -> None:
+    model = build(DropoutAutoencoder, {"input_dropout": 0.5, "dropout": 0.0})
+    x, _ = images()
+    model.eval()
+    torch.testing.assert_close(model.encode(x), model.encoder[1](x))
+    model.train()
+    assert not torch.allclose(model.encode(x), model.encoder[1](x))
+
+
+def test_sparse_autoencoder_kl_code_lies_in_unit_interval_and_logs_mean_activation() -> None:
+    model = build(SparseAutoencoder, {"sparsity": "kl", "sparsity_target": 0.05})
+    x, labels = images()
+    z = model.encode(x)
+    assert (z > 0).all() and (z < 1).all()
+    terms = model.loss_terms(x, labels, torch.arange(5))
+    torch.testing.assert_close(terms["mean_activation"], z.mean())
+    torch.testing.assert_close(terms["sparsity"], losses.kl_divergence_bernoulli(0.05, z.mean(0)))
+
+
+# --- contractive ----------------------------------------------------------------------------------------------------
+def jacobian_norms(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Per image, ``||J||_F^2`` from ``torch.autograd.functional.jacobian``."""
+    norms = []
+    for image in x:
+        jacobian = torch.autograd.functional.jacobian(lambda t: encoder(t.unsqueeze(0)).squeeze(0), image)
+        norms.append(jacobian.pow(2).sum())
+    return torch.stack(norms)
+
+
+@pytest.mark.parametrize(
+    "encoder",
+    [
+        MLPEncoder((1, 6, 6), [8, 5], 3),  # ReLU, closed form
+        nn.Sequential(nn.Flatten(), nn.Linear(36, 7), nn.Sigmoid(), nn.Linear(7, 3), nn.Tanh()),  # closed form
+        nn.Sequential(nn.Flatten(), nn.Linear(36, 3)),  # linear: the same norm for every image
+        ConvEncoder((1, 6, 6), [4], 3),  # torch.func fallback
+    ],
+    ids=["relu-mlp", "sigmoid-tanh-mlp", "linear", "conv"],
+)
+def test_contractive_penalty_matches_autograd_jacobian(encoder: nn.Module) -> None:
+    torch.manual_seed(0)
+    x = torch.rand(6, 1, 6, 6)
+    z, penalty = encode_with_contraction(encoder, x)
+    torch.testing.assert_close(z, encoder(x))
+    torch.testing.assert_close(penalty, jacobian_norms(encoder, x), rtol=1e-4, atol=1e-6)
+
+
+def test_contractive_penalty_gram_route_and_gradient() -> None:
+    # a batch large enough that the closed form goes through W_1 W_1^T; gradients agree with the autodiff route
+    torch.manual_seed(0)
+    encoder = MLPEncoder((1, 28, 28), [16, 8], 3)
+    x = torch.rand(64, 1, 28, 28)
+    _, penalty = encode_with_contraction(encoder, x)
+    torch.testing.assert_close(penalty[:3], jacobian_norms(encoder, x[:3]), rtol=1e-4, atol=1e-6)
+    fallback = nn.Sequential(nn.Identity(), *encoder)  # not a chain the closed form recognizes
+    assert torch.allclose(encode_with_contraction(fallback, x)[1], penalty, rtol=1e-4)
+    closed = torch.autograd.grad(penalty.sum(), encoder[1].weight)[0]
+    autodiff = torch.autograd.grad(encode_with_contraction(fallback, x)[1].sum(), encoder[1].weight)[0]
+    torch.testing.assert_close(closed, autodiff, rtol=1e-4, atol=1e-6)
+
+
+# --- adversarial ----------------------------------------------------------------------------------------------------
+AAE_TINY = {**TINY, "discriminator_hidden_dims": [8]}
+
+
+def parameters_of(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in module.named_parameters()}
+
+
+def changed(before: dict[str, torch.Tensor], module: nn.Module) -> bool:
+    return any(not torch.equal(before[name], p) for name, p in module.named_parameters())
+
+
+def test_aae_steps_every_optimizer_every_batch_and_counts_batches(data_dir: Path, tmp_path: Path) -> None:
+    model = AdversarialAutoencoder(**AAE_TINY)
+    trainer = make_trainer(tmp_path, limit_train_batches=3)
+    trainer.fit(model, datamodule=tiny_data(data_dir))
+    assert trainer.global_step == 3  # batches, not optimizer steps
+    owners = [
+        [*model.encoder.parameters(), *model.decoder.parameters()],  # reconstruction phase
+        list(model.discriminator.parameters()),  # discriminator phase
+        list(model.encoder.parameters()),  # generator phase
+    ]
+    assert len(trainer.optimizers) == 3
+    for optimizer, parameters in zip(trainer.optimizers, owners):
+        assert [id(p) for p in optimizer.param_groups[0]["params"]] == [id(p) for p in parameters]
+        assert {optimizer.state[p]["step"].item() for p in parameters} == {3}  # one step per batch
+    for name in ("train/recon", "train/d_loss", "train/g_loss", "train/d_accuracy", "train/loss"):
+        assert torch.isfinite(trainer.callback_metrics[name]), name
+
+
+def test_aae_phases_touch_only_their_own_networks(data_dir: Path, tmp_path: Path) -> None:
+    model = AdversarialAutoencoder(**AAE_TINY)
+    seen = []
+
+    def watch(phase_name: str, moves: set[str]) -> None:
+        phase = getattr(model, phase_name)
+
+        def watched(*args):
+            before = {part: parameters_of(getattr(model, part)) for part in ("encoder", "decoder", "discriminator")}
+            result = phase(*args)
+            moved = {part for part, params in before.items() if changed(params, getattr(model, part))}
+            assert moved == moves, f"{phase_name} changed {moved}, expected {moves}"
+            seen.append(phase_name)
+            return result
+
+        setattr(model, phase_name, watched)
+
+    watch("reconstruction_phase", {"encoder", "decoder"})
+    watch("discriminator_phase", {"discriminator"})
+    watch("generator_phase", {"encoder"})
+    make_trainer(tmp_path).fit(model, datamodule=tiny_data(data_dir))
+    assert seen == ["reconstruction_phase", "discriminator_phase", "generator_phase"] * 2
+
+
+def test_aae_trains_under_bf16_mixed_on_cpu(data_dir: Path, tmp_path: Path) -> None:
+    model = AdversarialAutoencoder(**AAE_TINY)
+    before = {part: parameters_of(getattr(model, part)) for part in ("encoder", "decoder", "discriminator")}
+    trainer = make_trainer(tmp_path, precision="bf16-mixed")
+    trainer.fit(model, datamodule=tiny_data(data_dir))
+    for name in ("train/recon", "train/d_loss", "train/g_loss", "val/loss"):
+        assert torch.isfinite(trainer.callback_metrics[name]), name
+    for part, params in before.items():
+        assert changed(params, getattr(model, part)), part
+        assert all(torch.isfinite(p).all() for p in getattr(model, part).parameters())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_aae_trains_under_16_mixed_on_gpu(data_dir: Path, tmp_path: Path) -> None:
+    model = AdversarialAutoencoder(**AAE_TINY, gradient_clip_val=1.0)
+    trainer = make_trainer(tmp_path, accelerator="gpu", devices=1, precision="16-mixed", limit_train_batches=5)
+    trainer.fit(model, datamodule=tiny_data(data_dir))
+    assert trainer.global_step == 5
+    for name in ("train/recon", "train/d_loss", "train/g_loss", "val/loss"):
+        assert torch.isfinite(trainer.callback_metrics[name]), name
+
+
+def test_aae_clips_every_step_by_hand(data_dir: Path, tmp_path: Path) -> None:
+    # plain SGD with lr 1: a step moves each parameter tensor by its (clipped) gradient
+    clip = 1e-4
+    model = AdversarialAutoencoder(
+        **AAE_TINY,
+        optimizer=lambda params: torch.optim.SGD(params, lr=1.0),
+        discriminator_optimizer=lambda params: torch.optim.SGD(params, lr=1.0),
+        gradient_clip_val=clip,
+        gradient_clip_algorithm="value",
+    )
+    before = {part: parameters_of(getattr(model, part)) for part in ("encoder", "decoder", "discriminator")}
+    make_trainer(tmp_path, limit_train_batches=1, limit_val_batches=0).fit(model, datamodule=tiny_data(data_dir))
+    for part, params in before.items():
+        for name, p in getattr(model, part).named_parameters():
+            # at most two steps (the encoder's reconstruction and generator steps) of at most ``clip`` each
+            assert (p.detach() - params[name]).abs().max() <= 2 * clip + 1e-7, f"{part}.{name}"
+        assert changed(params, getattr(model, part))
+
+
+class OptimizerStateAtStart(Callback):
+    """Keeps copies of every optimizer's and scheduler's state when training starts (right after a restore)."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.optimizers = [copy.deepcopy(opt.state_dict()) for opt in trainer.optimizers]
+        self.schedulers = [copy.deepcopy(config.scheduler.state_dict()) for config in trainer.lr_scheduler_configs]
+        self.global_step = trainer.global_step
+
+
+def aae_with_schedulers() -> AdversarialAutoencoder:
+    def step_lr(optimizer):
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+
+    torch.manual_seed(0)
+    return AdversarialAutoencoder(**AAE_TINY, lr_scheduler=step_lr, discriminator_lr_scheduler=step_lr)
+
+
+def test_aae_checkpoint_restores_both_optimizers_and_schedulers_exactly(data_dir: Path, tmp_path: Path) -> None:
+    model = aae_with_schedulers()
+    trainer = make_trainer(tmp_path, max_epochs=2, limit_train_batches=3)
+    trainer.fit(model, datamodule=tiny_data(data_dir))
+    path = tmp_path / "aae.ckpt"
+    trainer.save_checkpoint(path)
+    saved = torch.load(path, weights_only=False)
+    assert len(saved["optimizer_states"]) == 3 and len(saved["lr_schedulers"]) == 3
+    assert saved["lr_schedulers"][0]["last_epoch"] == 2  # stepped once per epoch
+    assert saved["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1e-3 * 0.25)
+
+    watcher = OptimizerStateAtStart()
+    resumed = make_trainer(tmp_path, max_epochs=3, limit_train_batches=3, callbacks=[watcher])
+    resumed.fit(aae_with_schedulers(), datamodule=tiny_data(data_dir), ckpt_path=path)
+    assert watcher.global_step == 6
+    for restored, stored in zip(watcher.optimizers, saved["optimizer_states"]):
+        assert restored["param_groups"] == stored["param_groups"]
+        assert restored["state"].keys() == stored["state"].keys()
+        for key in stored["state"]:
+            for name, value in stored["state"][key].items():
+                torch.testing.assert_close(restored["state"][key][name], value, rtol=0, atol=0)
+    assert watcher.schedulers == saved["lr_schedulers"]
+    assert resumed.global_step == 9
+
+
+def test_aae_mixture_prior_samples_cluster_at_the_component_means() -> None:
+    model = AdversarialAutoencoder(
+        **{**AAE_TINY, "latent_dim": 2}, prior="mixture", mixture_components=10, mixture_radius=4.0, mixture_std=0.1
+    )
+    means = model.mixture_means
+    assert means.shape == (10, 2)
+    torch.testing.assert_close(means.norm(dim=1), torch.full((10,), 4.0))
+    z = model.sample_prior(2000)
+    nearest = torch.cdist(z, means).min(1)
+    assert nearest.values.max() < 0.7  # within 7 std of a mean
+    assert len(nearest.indices.unique()) == 10
+
+
+# --- auto-decoder ---------------------------------------------------------------------------------------------------
+@pytest.fixture
+def trained_autodecoder(data_dir: Path, tmp_path: Path) -> AutoDecoder:
+    torch.manual_seed(0)
+    model = AutoDecoder(**TINY, inference_steps=3)
+    make_trainer(tmp_path, max_epochs=2, limit_train_batches=1.0, limit_val_batches=0).fit(
+        model, datamodule=tiny_data(data_dir)
+    )
+    return model.eval()
+
+
+def test_autodecoder_takes_num_codes_from_the_training_split(trained_autodecoder: AutoDecoder) -> None:
+    assert trained_autodecoder.num_codes == 220 == trained_autodecoder.hparams.num_codes
+    assert trained_autodecoder.codes.weight.shape == (220, 4)
+
+
+def test_autodecoder_codes_of_unseen_images_improve_with_inference_steps(trained_autodecoder: AutoDecoder) -> None:
+    x, _ = images(8)
+    model = trained_autodecoder
+    losses_by_steps = [model.code_loss(model.encode(x, steps=steps), x).mean().item() for steps in (0, 5, 50)]
+    assert losses_by_steps[0] > losses_by_steps[1] > losses_by_steps[2]
+
+
+def test_autodecoder_inference_leaves_the_decoder_alone(trained_autodecoder: AutoDecoder) -> None:
+    model = trained_autodecoder
+    before = parameters_of(model.decoder)
+    model.decoder.zero_grad(set_to_none=True)
+    x, _ = images(8)
+    with torch.inference_mode():  # as in Lightning's validation, test and predict loops
+        z = model.encode(x, steps=10)
+    assert z.shape == (8, 4) and not z.requires_grad
+    assert not changed(before, model.decoder)
+    assert all(p.grad is None for p in model.decoder.parameters())
+
+
+def test_autodecoder_num_codes_must_match_the_training_set(data_dir: Path, tmp_path: Path) -> None:
+    model = AutoDecoder(**TINY, num_codes=7)
+    with pytest.raises(ValueError, match=r"num_codes=7 codes, but the training set of MNISTDataModule has 220 images"):
+        make_trainer(tmp_path).fit(model, datamodule=tiny_data(data_dir))
+
+
+def test_autodecoder_checkpoint_with_other_number_of_codes_is_an_error(trained_autodecoder: AutoDecoder) -> None:
+    checkpoint = {"state_dict": {"codes.weight": torch.zeros(5, 4)}}
+    with pytest.raises(ValueError, match=r"checkpoint holds 5 codes, but this AutoDecoder has num_codes=220"):
+        trained_autodecoder.on_load_checkpoint(checkpoint)
+
+
+# --- conditional VAE ------------------------------------------------------------------------------------------------
+def test_cvae_samples_and_decodes_per_label() -> None:
+    model = build(ConditionalVAE, {}).eval()
+    samples = model.sample(4, labels=torch.tensor([3, 3, 7, 7]))
+    assert samples.shape == (4, 1, 28, 28)
+    z = torch.randn(1, 4).expand(2, 4)
+    decoded = model.decode(z, labels=torch.tensor([0, 1]))
+    assert not torch.allclose(decoded[0], decoded[1])  # the same code, two labels: two images
+    with pytest.raises(ValueError, match="needs labels"):
+        model.encode(images()[0])
+    with pytest.raises(ValueError, match=r"labels must lie in 0\.\.9 \(num_classes=10\), got labels from 0 to 12"):
+        model.sample(2, labels=torch.tensor([0, 12]))
+
+
+def test_cvae_importance_weighted_bound_is_conditioned() -> None:
+    model = build(ConditionalVAE, {"nll_samples": 6, "nll_chunk_size": 3}).eval()
+    x, labels = images(4)
+    with model.conditioned_on(labels):
+        nll = model.importance_weighted_nll(x)
+    assert nll.shape == (4,) and torch.isfinite(nll).all()
+
+
+# --- bad input ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "cls, kwargs, message",
+    [
+        (
+            DenoisingAutoencoder,
+            {"corruption": "gaussian", "corruption_level": -0.1},
+            "noise std must be >= 0, got -0.1",
+        ),
+        (DenoisingAutoencoder, {"corruption": "masking", "corruption_level": 1.0}, r"masking fraction .* got 1.0"),
+        (DenoisingAutoencoder, {"corruption": "salt_and_pepper", "corruption_level": -0.2}, r"got -0.2"),
+        (DenoisingAutoencoder, {"corruption": "blur"}, "got 'blur'"),
+        (DropoutAutoencoder, {"input_dropout": 1.0}, r"input_dropout must lie in \[0, 1\), got 1.0"),
+        (DropoutAutoencoder, {"dropout": -0.1}, r"dropout must lie in \[0, 1\), got -0.1"),
+        (SparseAutoencoder, {"sparsity_target": 0.0}, r"sparsity_target must lie in \(0, 1\), got 0.0"),
+        (SparseAutoencoder, {"sparsity_target": 1.5}, r"sparsity_target must lie in \(0, 1\), got 1.5"),
+        (SparseAutoencoder, {"sparsity_weight": -1.0}, "sparsity_weight must be >= 0, got -1.0"),
+        (ContractiveAutoencoder, {"contractive_weight": -0.5}, "contractive_weight must be >= 0, got -0.5"),
+        (
+            AdversarialAutoencoder,
+            {"prior": "mixture", "mixture_components": 0},
+            "mixture_components must be >= 1, got 0",
+        ),
+        (AdversarialAutoencoder, {"adversarial_weight": -1.0}, "adversarial_weight must be >= 0, got -1.0"),
+        (AutoDecoder, {"code_prior_weight": -0.1}, "code_prior_weight must be >= 0, got -0.1"),
+        (AutoDecoder, {"num_codes": 0}, "num_codes must be >= 1, got 0"),
+        (ConditionalVAE, {"num_classes": 0}, "num_classes must be >= 1, got 0"),
+    ],
+)
+def test_bad_arguments_are_errors_naming_the_value(cls: type, kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        cls(**{**TINY, **kwargs})

@@ -1,0 +1,224 @@
+"""Helpers of the DDP, resume, precision and SLURM tests: tiny runs of ``ae-lightning``, in this process or in
+subprocesses, and test-only callbacks that those runs put on their command line (this folder is on their PYTHONPATH):
+
+    ae-lightning fit ... --trainer.callbacks+=tiny_runs.KillAtStep --trainer.callbacks.step 6
+
+``python tests/tiny_runs.py RUNS.json`` runs several ``ae-lightning`` commands in one process (see :func:`main`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from unittest import mock
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from ae_lightning import Autoencoder
+from ae_lightning.cli import AutoencoderCLI
+
+ROOT = Path(__file__).parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+# Small networks, 2 epochs of 14 batches on the tiny data set (220 training images), cheap evaluation.
+TINY_MODEL = ["--model.init_args.hidden_dims", "[32,16]", "--model.init_args.latent_dim", "4"]
+TINY_EXTRA = {
+    "vae": ["--model.init_args.nll_samples", "4"],
+    "beta_vae": ["--model.init_args.nll_samples", "4"],
+    "cvae": ["--model.init_args.nll_samples", "4"],
+    "aae": ["--model.init_args.discriminator_hidden_dims", "[16]"],
+    "autodecoder": ["--model.init_args.inference_steps", "2"],
+}
+
+
+def tiny_args(config: str, data_dir: Path, root: Path, *extra: str) -> list[str]:
+    """``fit``/``test`` arguments of a tiny run of ``configs/<config>.yaml`` writing under ``root``."""
+    return [
+        "--config",
+        str(ROOT / "configs" / f"{config}.yaml"),
+        *TINY_MODEL,
+        *TINY_EXTRA.get(config, []),
+        "--data.data_dir",
+        str(data_dir),
+        "--data.batch_size",
+        "16",
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        *extra,
+    ]
+
+
+def run_cli(*args: str) -> AutoencoderCLI:
+    """``ae-lightning <args>`` in this process."""
+    with mock.patch("sys.argv", ["ae-lightning"]):  # pytest's own arguments are not the CLI's
+        return AutoencoderCLI(args=list(args))
+
+
+def build_cli(*args: str) -> AutoencoderCLI:
+    """The model, datamodule and trainer of ``ae-lightning fit <args>``, not run: quicker than :func:`run_cli`, which
+    builds a parser for every subcommand."""
+    with mock.patch("sys.argv", ["ae-lightning"]):
+        return AutoencoderCLI(args=list(args), run=False)
+
+
+def subprocess_env() -> dict[str, str]:
+    """This environment, with this folder importable (for the callbacks below) and W&B offline."""
+    path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "WANDB_MODE": "offline"}
+
+
+def command(*args: str) -> list[str]:
+    """The command line of ``ae-lightning <args>``, for a subprocess."""
+    return [sys.executable, "-m", "ae_lightning.cli", *args]
+
+
+def run_subprocess(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    """``ae-lightning <args>`` in a subprocess (DDP launches its other ranks from it); output captured."""
+    return subprocess.run(
+        command(*args), env=subprocess_env(), capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
+
+
+def last_checkpoint(root: Path) -> dict:
+    """The newest ``last.ckpt`` under ``root``, loaded on the CPU."""
+    path = max(root.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class KillAtStep(Callback):
+    """SIGKILLs its own process when training is about to run global step ``step``.
+
+    Every checkpoint due after step ``step - 1`` has been written by then (they are written at the end of a batch or
+    of the epoch), so the run dies right after that checkpoint, with no chance to clean up.
+
+    Args:
+        step: the global step at whose start the process dies.
+    """
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        if trainer.global_step >= self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillWhileWriting(Callback):
+    """SIGKILLs its own process halfway through writing ``<name>`` at global step ``step``: half a checkpoint has
+    reached the disk when the process dies.
+
+    Args:
+        step: the global step of the checkpoint whose writing is cut short.
+        name: the file name of that checkpoint.
+    """
+
+    def __init__(self, step: int, name: str = "last.ckpt") -> None:
+        self.step = step
+        self.name = name
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        writer = trainer.strategy.checkpoint_io
+        save = writer.save_checkpoint
+
+        def save_or_die(checkpoint: dict, path, storage_options=None) -> None:
+            if Path(path).name == self.name and checkpoint["global_step"] == self.step:
+                torch.save = _save_half_and_die
+            save(checkpoint, path, storage_options)
+
+        writer.save_checkpoint = save_or_die
+
+
+def _save_half_and_die(checkpoint: dict, file) -> None:
+    file.write(b"PK\x03\x04" + bytes(100_000))  # the start of a zip archive, as torch.save writes, and no end
+    file.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class RecordRank(Callback):
+    """Writes ``<folder>/rank<R>.pt`` at the end of fit: this rank's initial and final weights, and the sample
+    indices of every training batch it saw.
+
+    Args:
+        folder: where to write.
+    """
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+        self.indices: list[list[int]] = []
+        self.initial: dict[str, torch.Tensor] = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.initial = _cpu_state(pl_module)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        self.indices.append(batch[2].tolist())
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        record = {"indices": self.indices, "initial": self.initial, "final": _cpu_state(pl_module)}
+        torch.save(record, self.folder / f"rank{trainer.global_rank}.pt")
+
+
+def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.detach().cpu().clone() for name, value in module.state_dict().items()}
+
+
+class SlowDown(Callback):
+    """Sleeps ``seconds`` after every training batch, so that a test can signal a run while it is still training.
+
+    Args:
+        seconds: pause per batch.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        time.sleep(self.seconds)
+
+
+class PoisonedAutoencoder(Autoencoder):
+    """The plain autoencoder, with a NaN training loss at the global steps ``poisoned_steps``.
+
+    Args:
+        poisoned_steps: global steps whose ``loss`` is NaN (``recon`` stays finite).
+        **kwargs: the :class:`~ae_lightning.Autoencoder` arguments.
+    """
+
+    def __init__(self, poisoned_steps: list[int] | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.poisoned_steps = set(poisoned_steps or [])
+
+    def loss_terms(self, x: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> dict[str, torch.Tensor]:
+        terms = super().loss_terms(x, labels, indices)
+        if self.training and self.trainer.global_step in self.poisoned_steps:
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+
+def main(runs_file: str) -> None:
+    """Run each argument list of the JSON list in ``runs_file`` as one ``ae-lightning`` command, in order.
+
+    Under ``strategy: ddp`` the first run launches the other ranks with this same command line, and every rank then
+    goes through all runs together: several DDP runs pay for one start of the ranks (importing torch and Lightning
+    takes most of a tiny run's time).
+    """
+    for args in json.loads(Path(runs_file).read_text()):
+        AutoencoderCLI(args=args)  # with this script's own sys.argv, which DDP's launcher repeats for the ranks
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
