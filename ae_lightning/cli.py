@@ -20,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 import datamodules  # noqa: F401  (registers the datamodules for ``--data <ClassName>``)
 from ae_lightning import AutoencoderModule
 from ae_lightning.callbacks import ImageLogger, SaveConfigToRun
-from ae_lightning.fault_tolerance import AtomicCheckpointIO, NonFiniteGuard, RandomStateCheckpoint
+from ae_lightning.fault_tolerance import AtomicCheckpointIO, NonFiniteGuard, RandomStateCheckpoint, SlurmRequeue
 from ae_lightning.prediction import PredictionWriter
 from datamodules.base import ImageDataModule
 
@@ -37,13 +37,18 @@ class AutoencoderCLI(LightningCLI):
     ``images`` section (:class:`~ae_lightning.callbacks.ImageLogger`: pictures for W&B, TensorBoard or PNG files);
     W&B runs that write under ``default_root_dir`` and keep ``config.yaml`` among their files; and an early, clear
     error for a ``--ckpt_path`` that is missing or holds another model class.
+
+    For fault tolerance (:mod:`ae_lightning.fault_tolerance`): a ``nonfinite`` section (:class:`NonFiniteGuard`);
+    random generators in checkpoints and SLURM requeues at a step boundary on every trainer; checkpoints written
+    atomically; ``--ckpt_path last`` resolved to the newest checkpoint of the run folder, whatever its logger version;
+    and, for models with manual optimization, ``strategy: ddp`` with DDP's unused-parameter detection.
     """
 
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": False})
         kwargs.setdefault("save_config_callback", SaveConfigToRun)
         # Callbacks in ``trainer_defaults`` are added to every trainer, whatever --trainer.callbacks says.
-        kwargs.setdefault("trainer_defaults", {"callbacks": [RandomStateCheckpoint()]})
+        kwargs.setdefault("trainer_defaults", {"callbacks": [RandomStateCheckpoint(), SlurmRequeue()]})
         super().__init__(
             AutoencoderModule,
             ImageDataModule,

@@ -1,25 +1,31 @@
-"""Surviving faults: crash-safe checkpoint files, random generators in checkpoints, and a guard on non-finite losses.
+"""Surviving faults: crash-safe checkpoint files, random generators in checkpoints, SLURM requeues at a step
+boundary, and a guard on non-finite losses.
 
-The ``ae-lightning`` command installs all three (see :mod:`ae_lightning.cli`); from Python, pass
-``plugins=[AtomicCheckpointIO()]`` and ``callbacks=[RandomStateCheckpoint(), NonFiniteGuard()]`` to the Trainer.
+The ``ae-lightning`` command installs all of them (see :mod:`ae_lightning.cli`); from Python, pass
+``plugins=[AtomicCheckpointIO()]`` and ``callbacks=[RandomStateCheckpoint(), SlurmRequeue(), NonFiniteGuard()]`` to
+the Trainer.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import signal
+import subprocess
+import threading
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 NonFiniteAction = Literal["error", "skip"]
@@ -134,6 +140,107 @@ def _restore_random_states(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+class SlurmRequeue(Callback):
+    """Handles SLURM's requeue signal at a step boundary, on all ranks together: writes the HPC checkpoint, requeues
+    the job, and exits.
+
+    Lightning's own handler writes ``hpc_ckpt_<n>.ckpt`` inside the signal handler, wherever the signal finds each
+    rank. Under DDP that can be inside different collectives on different ranks (a gradient all-reduce on one, the
+    checkpoint's barrier on another), and then they wait for each other until the job is killed. Here the handler only
+    notes the signal. Every ``check_every_n_steps`` training batches the ranks agree, with one all-reduce (a host sync
+    on GPUs), whether any of them got it (a single process looks at every batch). If so, at the end of that batch they
+    write ``<default_root_dir>/hpc_ckpt_<n>.ckpt`` together, at the point where ``ModelCheckpoint`` writes its step
+    checkpoints, so the resumed run continues exactly; rank 0 requeues the job with ``scontrol requeue``; and every
+    rank exits (SystemExit 0), ignoring the SIGTERM with which SLURM ends the requeued job. Should the requeue fail,
+    training goes on.
+
+    Active in ``fit`` under SLURM with Lightning's auto-requeue on (``SLURMEnvironment(auto_requeue=True)``, the
+    default); as its handler is installed first, Lightning leaves that signal to it.
+
+    Args:
+        check_every_n_steps: how often, in training batches, the ranks agree on whether the signal came.
+    """
+
+    def __init__(self, check_every_n_steps: int = 10) -> None:
+        if check_every_n_steps < 1:
+            raise ValueError(f"check_every_n_steps must be a positive integer, got {check_every_n_steps}")
+        self.check_every_n_steps = check_every_n_steps
+        self._signum: int | None = None
+        self._previous_handler: Any = None
+        self._signalled = False
+        self._batches = 0
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # The cluster environment Lightning's own signal handling reads (also for a single device under SLURM).
+        environment = trainer._accelerator_connector.cluster_environment
+        wanted = isinstance(environment, SLURMEnvironment) and environment.auto_requeue and stage == "fit"
+        if not wanted or threading.current_thread() is not threading.main_thread():
+            return
+        self._signum = environment.requeue_signal
+        self._previous_handler = signal.signal(self._signum, self._note_signal)
+        self._signalled, self._batches = False, 0
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._signum is not None:
+            signal.signal(self._signum, self._previous_handler)
+            self._signum = None
+
+    def _note_signal(self, signum: int, frame: Any) -> None:
+        self._signalled = True
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._signum is None:
+            return
+        if trainer.world_size == 1:  # nothing to agree on: the flag is read every step, for free
+            if self._signalled:
+                self._requeue(trainer)
+            return
+        self._batches += 1
+        if self._batches % self.check_every_n_steps == 0:
+            signalled = torch.tensor(int(self._signalled), device=pl_module.device)
+            if trainer.strategy.reduce(signalled, reduce_op="max").item():
+                self._requeue(trainer)
+
+    def _requeue(self, trainer: L.Trainer) -> None:
+        rank_zero_info(f"SLURM's signal {self._signum} came: writing the HPC checkpoint and requeuing the job")
+        path = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)  # Lightning's naming
+        trainer.save_checkpoint(path)
+        # The requeue ends this job with SIGTERM, whose Lightning handler would want all ranks at one point again.
+        sigterm_handler = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        requeued = trainer.is_global_zero and _requeue_slurm_job()
+        if trainer.world_size > 1:
+            requeued = trainer.strategy.broadcast(requeued, src=0)
+        if requeued:
+            for logger in trainer.loggers:
+                logger.finalize("success")
+            raise SystemExit(0)
+        signal.signal(signal.SIGTERM, sigterm_handler)
+        self._signalled = False
+        rank_zero_warn(f"requeuing SLURM job {_slurm_job_id()} failed: training goes on; {path} is written")
+
+
+def _slurm_job_id() -> str:
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if array_job is not None:
+        return f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ["SLURM_JOB_ID"]
+
+
+def _requeue_slurm_job() -> bool:
+    try:
+        result = subprocess.run(["scontrol", "requeue", _slurm_job_id()], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        rank_zero_warn(f"scontrol requeue failed: {error}")
+        return False
+    if result.returncode != 0:
+        rank_zero_warn(f"scontrol requeue failed: {result.stderr.strip()}")
+    else:
+        rank_zero_info(f"requeued SLURM job {_slurm_job_id()}")
+    return result.returncode == 0
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -308,4 +415,4 @@ def _loss_terms(outputs: Any) -> dict[str, Tensor]:
     return {}
 
 
-__all__ = ["AtomicCheckpointIO", "NonFiniteGuard", "NonFiniteLossError", "RandomStateCheckpoint"]
+__all__ = ["AtomicCheckpointIO", "NonFiniteGuard", "NonFiniteLossError", "RandomStateCheckpoint", "SlurmRequeue"]

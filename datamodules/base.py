@@ -142,7 +142,10 @@ class ImageDataModule(L.LightningDataModule):
             train_pool, test = self._load_torchvision(train=True), self._load_torchvision(train=False)
         else:
             train_pool, test = self._load_fallback()
-        self.hparams.data_source = source
+        self.hparams.data_source = source  # saved with the datamodule's hyperparameters in checkpoints
+        # Lightning logs the hyperparameters the datamodule was built with, which predate this decision: log it too.
+        for logger in self.trainer.loggers if self.trainer is not None else []:
+            logger.log_hyperparams({"data_source": source})
 
         generator = torch.Generator().manual_seed(self.hparams.seed)
         if self.hparams.binarize == "static":

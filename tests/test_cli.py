@@ -62,6 +62,7 @@ def trained_vae(data_dir: Path, tmp_path: Path) -> Path:
 def test_fit_keeps_last_and_best_checkpoints_that_load_without_the_cli(trained_vae: Path) -> None:
     checkpoints = sorted(p.name for p in (trained_vae / "checkpoints").iterdir())
     assert "last.ckpt" in checkpoints and any(name.startswith("best-") for name in checkpoints)
+    assert "data_source: torchvision" in (trained_vae / "hparams.yaml").read_text()
     model = VAE.load_from_checkpoint(trained_vae / "checkpoints" / "last.ckpt", map_location="cpu")
     state = torch.load(trained_vae / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     for name, value in model.state_dict().items():

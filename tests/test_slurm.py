@@ -28,6 +28,7 @@ REQUIRED = os.environ.get("AE_LIGHTNING_REQUIRE_SLURM") == "1"
 START = ROOT / "tests" / "slurm" / "start_cluster.sh"
 TEMPLATE = ROOT / "scripts" / "slurm" / "cpu.sbatch"
 STEPS_PER_EPOCH = 14  # 220 training images in global batches of 2 ranks x 8
+EPOCHS = 3
 
 
 def unavailable(reason: str) -> None:
@@ -104,31 +105,37 @@ def fit_args(data_dir: Path, epochs: int, *extra: str) -> list[str]:
     ]
 
 
-def test_cpu_template_trains_with_two_slurm_ranks(slurm: dict[str, str], data_dir: Path, tmp_path: Path) -> None:
-    job_id = submit(slurm, tmp_path, "csv", *fit_args(data_dir, 2))
-    log = tmp_path / f"slurm-{job_id}.out"
+@pytest.fixture(scope="module")
+def uninterrupted(slurm: dict[str, str], data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run folder of a job of the CPU template that trains for EPOCHS epochs without interruption."""
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    job_id = submit(slurm, run_dir, "csv", *fit_args(data_dir, EPOCHS))
+    log = run_dir / f"slurm-{job_id}.out"
     wait_until(lambda: finished(slurm, job_id), 300, f"job {job_id}", log)
-    output = log.read_text()
-    assert job(slurm, job_id)["JobState"] == "COMPLETED", output[-5000:]
+    assert job(slurm, job_id)["JobState"] == "COMPLETED", log.read_text()[-5000:]
+    return run_dir
+
+
+def test_cpu_template_trains_with_two_slurm_ranks(uninterrupted: Path) -> None:
+    output = next(uninterrupted.glob("slurm-*.out")).read_text()
     # Lightning found the SLURM environment: the two srun tasks are the two DDP ranks.
     assert "GLOBAL_RANK: 0, MEMBER: 1/2" in output and "GLOBAL_RANK: 1, MEMBER: 2/2" in output
     assert "no checkpoint under" in output  # --ckpt_path last on a first start: from scratch
-    checkpoint = torch.load(next(tmp_path.rglob("last.ckpt")), map_location="cpu", weights_only=True)
-    assert checkpoint["global_step"] == 2 * STEPS_PER_EPOCH
+    checkpoint = torch.load(next(uninterrupted.rglob("last.ckpt")), map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == EPOCHS * STEPS_PER_EPOCH
     assert len(checkpoint["random_states"]) == 2
-    with open(next(tmp_path.rglob("metrics.csv"))) as file:
+    with open(next(uninterrupted.rglob("metrics.csv"))) as file:
         rows = list(csv.DictReader(file))
     val_losses = [float(row["val/loss"]) for row in rows if row.get("val/loss")]
-    assert len(val_losses) == 2 and all(loss == loss for loss in val_losses)  # one per epoch, not NaN
-    assert val_losses[1] < val_losses[0]
+    assert len(val_losses) == EPOCHS and all(loss == loss for loss in val_losses)  # one per epoch, not NaN
+    assert val_losses[-1] < val_losses[0]
 
 
-def test_sigusr1_checkpoints_requeues_and_the_job_resumes_to_the_end(
-    slurm: dict[str, str], data_dir: Path, tmp_path: Path
+def test_sigusr1_checkpoints_requeues_and_the_job_resumes_to_the_uninterrupted_weights(
+    slurm: dict[str, str], data_dir: Path, uninterrupted: Path, tmp_path: Path
 ) -> None:
-    epochs = 3
     slow = ["--trainer.callbacks+=tiny_runs.SlowDown", "--trainer.callbacks.seconds", "0.2"]  # time to signal it
-    job_id = submit(slurm, tmp_path, "wandb", *fit_args(data_dir, epochs, *slow))
+    job_id = submit(slurm, tmp_path, "wandb", *fit_args(data_dir, EPOCHS, *slow))
     log = tmp_path / f"slurm-{job_id}.out"
     # Signal once training is under way: after the first epoch's checkpoint.
     wait_until(lambda: any(tmp_path.rglob("last.ckpt")), 300, "the first checkpoint", log)
@@ -143,16 +150,20 @@ def test_sigusr1_checkpoints_requeues_and_the_job_resumes_to_the_end(
     output = log.read_text()  # both starts: the template appends
     assert job(slurm, job_id)["JobState"] == "COMPLETED", output[-5000:]
     assert job(slurm, job_id)["Restarts"] == "1"
-    assert "Handling auto-requeue signal" in output
+    assert "SLURM's signal 10 came" in output and f"requeued SLURM job {job_id}" in output
     hpc = tmp_path / "hpc_ckpt_1.ckpt"
-    assert hpc.is_file()
     saved_step = torch.load(hpc, map_location="cpu", weights_only=True)["global_step"]
-    assert 0 < saved_step < epochs * STEPS_PER_EPOCH
+    assert 0 < saved_step < EPOCHS * STEPS_PER_EPOCH
     second_start = output.split(f"job {job_id}, start 2")[1]
     resumed = re.search(r"Restoring states from the checkpoint path at (\S+)", second_start)
     assert resumed and Path(resumed[1]).resolve() == hpc.resolve(), second_start[-3000:]
+    # Written at a step boundary with the loader position and each rank's generators, the HPC checkpoint resumes
+    # exactly: the requeued job ends with the uninterrupted job's weights.
     final = torch.load(next(tmp_path.rglob("last.ckpt")), map_location="cpu", weights_only=True)
-    assert final["global_step"] == epochs * STEPS_PER_EPOCH
+    expected = torch.load(next(uninterrupted.rglob("last.ckpt")), map_location="cpu", weights_only=True)
+    assert final["global_step"] == expected["global_step"] == EPOCHS * STEPS_PER_EPOCH
+    for name, value in expected["state_dict"].items():
+        assert torch.equal(final["state_dict"][name], value), f"{name} differs from the uninterrupted job's"
     # The requeued job logged to the same W&B run: both starts' offline runs carry the id from the job id.
     runs = sorted(path.name for path in (tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and all(name.endswith(f"-slurm-aelightning-{job_id}") for name in runs), runs

@@ -11,6 +11,16 @@ set -euo pipefail
 
 if [ "${1:-}" = stop ]; then
     dir=$2
+    # End the jobs first (all their processes, hung ones too), or they outlive the daemons that would kill them.
+    if [ -f "$dir/slurmctld.pid" ] && kill -0 "$(cat "$dir/slurmctld.pid")" 2>/dev/null; then
+        export SLURM_CONF=$dir/slurm.conf
+        jobs=$(squeue -h -o %i 2>/dev/null || true)
+        if [ -n "$jobs" ]; then
+            # shellcheck disable=SC2086
+            scancel $jobs 2>/dev/null || true  # SIGTERM, then SIGKILL after KillWait
+            for _ in $(seq 30); do [ -z "$(squeue -h -o %i 2>/dev/null)" ] && break; sleep 1; done
+        fi
+    fi
     for pidfile in "$dir/slurmd.pid" "$dir/slurmctld.pid" "$dir/munged.pid"; do
         [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
     done
