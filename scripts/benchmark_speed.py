@@ -180,8 +180,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    config = args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config
     lines = [
-        f"Training throughput, images/s; `{args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config}`, "
+        f"Training throughput, images/s; `{config}`, "
         f"{args.data}, precision {args.precision}, {args.steps} steps after {args.warmup} warm-up steps, best of "
         f"{args.repeats} rounds.",
         "",
