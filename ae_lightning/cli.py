@@ -21,6 +21,7 @@ import datamodules  # noqa: F401  (registers the datamodules for ``--data <Class
 from ae_lightning import AutoencoderModule
 from ae_lightning.callbacks import ImageLogger, SaveConfigToRun
 from ae_lightning.fault_tolerance import AtomicCheckpointIO, NonFiniteGuard, RandomStateCheckpoint, SlurmRequeue
+from ae_lightning.overhead import NoProfiler
 from ae_lightning.prediction import PredictionWriter
 from datamodules.base import ImageDataModule
 
@@ -93,6 +94,8 @@ class AutoencoderCLI(LightningCLI):
         has_bar = any(isinstance(c, ProgressBar) for c in [*(config.get("callbacks") or []), *callbacks])
         if wants_bar and not has_bar:
             callbacks = [*callbacks, TQDMProgressBar(refresh_rate=PROGRESS_BAR_REFRESH_STEPS)]
+        if config.get("profiler") is None:  # Lightning's pass-through profiler costs a context manager per hook call
+            config = {**config, "profiler": NoProfiler()}
         return super()._instantiate_trainer(config, callbacks)
 
     def _parse_ckpt_path(self) -> None:

@@ -254,12 +254,13 @@ class NonFiniteGuard(Callback):
     It reads the named loss terms that the training step returns (every variant returns its ``loss_terms`` dict).
 
     ``action: error`` raises :class:`NonFiniteLossError` naming the global step, the epoch and batch, and the terms
-    that were non-finite, with their values. Reading a flag from a GPU stalls the host until the GPU catches up, so
-    the check costs no sync per step there: each step only updates a device-side record of the first non-finite step
-    (a few tiny kernels), and the record is read every ``check_every_n_steps`` steps (default: the trainer's
-    ``log_every_n_steps``, when Lightning syncs for logging anyway), before validation, at the end of each epoch and
-    of training, and before every checkpoint is written. On the CPU there is nothing to stall: by default every step
-    is read. Under DDP the ranks agree at each read (one all-reduce), so all of them stop together.
+    that were non-finite, with their values. Reading a value from a GPU stalls the host until the GPU catches up, and
+    on a CPU every tensor operation costs microseconds that a small model's step notices, so no step reads or computes
+    anything: each step only keeps its (detached) loss terms, and the kept terms are checked together, with one read,
+    every ``check_every_n_steps`` steps (default: the trainer's ``log_every_n_steps``, when Lightning reads the logged
+    values anyway), before validation, at the end of each epoch and of training, and before every checkpoint is
+    written. The error names the first non-finite step among them. Under DDP the ranks agree at each read (one
+    all-reduce), so all of them stop together.
 
     ``action: skip`` skips the optimizer steps whose gradients are NaN or infinite instead: it drops the gradients, so
     the optimizer leaves weights and moments as they were, and counts the skipped batches (logged at the end of each
@@ -273,8 +274,8 @@ class NonFiniteGuard(Callback):
 
     Args:
         action: ``error`` (stop training) or ``skip`` (skip the batch, count it).
-        check_every_n_steps: how often, in training batches, the record is read; ``None``: every batch on the CPU,
-            the trainer's ``log_every_n_steps`` on an accelerator.
+        check_every_n_steps: how often, in training batches, the kept terms are checked; ``None``: the trainer's
+            ``log_every_n_steps``.
     """
 
     def __init__(self, action: NonFiniteAction = "error", check_every_n_steps: int | None = None) -> None:
@@ -287,18 +288,15 @@ class NonFiniteGuard(Callback):
         self.skipped_batches = 0
         self._skipped_this_batch = False
         self._step_at_batch_start = 0
-        self._reset_record()
-
-    def _reset_record(self) -> None:
-        self._names: tuple[str, ...] = ()
-        self._positions: list[tuple[int, int, int]] = []  # (global step, epoch, batch) of each step since the check
-        self._first_bad: Tensor | None = None  # index into ``_positions`` of the first non-finite step, or -1
-        self._bad_values: Tensor | None = None  # the terms' values at that step
+        # Per training batch since the last check: its (global step, epoch, batch) and its detached loss terms.
+        self._positions: list[tuple[int, int, int]] = []
+        self._terms: list[dict[str, Tensor]] = []
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._reset_record()
+        self._positions.clear()
+        self._terms.clear()
 
-    # --- error: record on the device, read now and then --------------------------------------------------------------
+    # --- error: keep the terms, check them now and then --------------------------------------------------------------
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
@@ -314,39 +312,23 @@ class NonFiniteGuard(Callback):
         terms = _loss_terms(outputs)
         if not terms:
             return
-        if tuple(terms) != self._names:  # the first step, or one that returns other terms
-            self._check(trainer)  # settle the record of the old terms before starting one for the new
-            self._names, self._first_bad = tuple(terms), None
-        values = torch.stack([value.detach().float().reshape(()) for value in terms.values()])
-        if self._first_bad is None:
-            self._first_bad = torch.full((), -1, dtype=torch.long, device=values.device)
-            self._bad_values = torch.zeros_like(values)
-        # Only the first non-finite step is kept. ``torch.where`` takes the Python int as a kernel argument: no copy
-        # to the device, no sync.
-        first = (self._first_bad < 0) & ~torch.isfinite(values).all()
-        self._first_bad = torch.where(first, len(self._positions), self._first_bad)
-        self._bad_values = torch.where(first, values, self._bad_values)
+        self._terms.append(terms)
         self._positions.append((self._step_at_batch_start, trainer.current_epoch, batch_idx))
-        every = self.check_every_n_steps
-        if every is None:  # reading a flag costs nothing on the CPU, a stall of the host on an accelerator
-            every = 1 if pl_module.device.type == "cpu" else trainer.log_every_n_steps
-        if len(self._positions) >= every:
+        if len(self._positions) >= (self.check_every_n_steps or trainer.log_every_n_steps):
             self._check(trainer)
 
     def _check(self, trainer: L.Trainer) -> None:
-        if self._first_bad is None or not self._positions:
+        if not self._positions:  # the same on every rank: they run the same number of batches
             return
-        bad = self._first_bad >= 0
-        if trainer.world_size > 1:  # every rank must stop at the same check, not only the one that saw it
-            bad = trainer.strategy.reduce(bad.long(), reduce_op="max")
-        if not bad.item():
+        first_bad = self._first_non_finite(trainer)
+        if first_bad is None:
             self._positions.clear()
+            self._terms.clear()
             return
-        index = int(self._first_bad.item())
-        if index < 0:
+        if first_bad < 0:
             raise NonFiniteLossError("a training loss term went non-finite on another rank; see its error")
-        step, epoch, batch = self._positions[index]
-        values = dict(zip(self._names, self._bad_values.tolist()))
+        step, epoch, batch = self._positions[first_bad]
+        values = {name: value.item() for name, value in self._terms[first_bad].items()}
         bad_names = [name for name, value in values.items() if not np.isfinite(value)]
         shown = ", ".join(f"{name}={value:.4g}" for name, value in values.items())
         raise NonFiniteLossError(
@@ -355,6 +337,21 @@ class NonFiniteGuard(Callback):
             "The last checkpoint written before that step is kept. Lower the learning rate, clip gradients "
             "(--trainer.gradient_clip_val) or skip such batches (--nonfinite.action skip)."
         )
+
+    def _first_non_finite(self, trainer: L.Trainer) -> int | None:
+        """Index of the first kept batch with a non-finite term; -1 if only another rank has one; None if none has."""
+        kept = len(self._terms)
+        # One stack of every kept value and one read (the batches' terms may differ in number and names).
+        values = torch.stack([value.float().reshape(()) for terms in self._terms for value in terms.values()])
+        owner = torch.tensor([i for i, terms in enumerate(self._terms) for _ in terms], device=values.device)
+        first = torch.where(torch.isfinite(values), kept, owner).min()  # ``kept`` where all are finite
+        if trainer.world_size > 1:  # every rank must stop at the same check, not only the one that saw it
+            if not trainer.strategy.reduce((first < kept).long(), reduce_op="max").item():
+                return None
+            first_bad = int(first.item())
+            return first_bad if first_bad < kept else -1
+        first_bad = int(first.item())
+        return first_bad if first_bad < kept else None
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._check(trainer)
@@ -407,11 +404,11 @@ class NonFiniteGuard(Callback):
 
 
 def _loss_terms(outputs: Any) -> dict[str, Tensor]:
-    """The scalar tensors of a training step's output: the loss terms dict, or a bare loss."""
+    """The scalar tensors of a training step's output (the loss terms dict, or a bare loss), detached."""
     if isinstance(outputs, Tensor):
-        return {"loss": outputs} if outputs.numel() == 1 else {}
+        return {"loss": outputs.detach()} if outputs.numel() == 1 else {}
     if isinstance(outputs, dict):
-        return {k: v for k, v in outputs.items() if isinstance(v, Tensor) and v.numel() == 1}
+        return {k: v.detach() for k, v in outputs.items() if isinstance(v, Tensor) and v.numel() == 1}
     return {}
 
 

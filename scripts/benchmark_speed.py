@@ -1,18 +1,26 @@
 """Training throughput of ae-lightning against a hand-written PyTorch loop, measured side by side in one process.
 
-For one model config, batch size and device, three pipelines train the same model with the same optimizer for the
-same number of steps after a warm-up, and report images per second:
+For one model config, batch size and device, three pipelines train copies of the same model with the same optimizer
+and report images per second:
 
 1. ``hand-written``: a plain PyTorch loop over a preloaded float tensor on the device (the reference);
-2. ``ae-lightning``: ``ae-lightning fit``'s own path (the CLI's trainer, callbacks, progress bar, datamodule);
+2. ``ae-lightning``: ``ae-lightning fit``'s own path (the CLI's trainer with its default callbacks, logger, progress
+   bar and profiler, and the datamodule's loader);
 3. ``torchvision``: torchvision's dataset class with ``ToTensor`` through a ``DataLoader``, in a plain loop (the
    pipeline most tutorials start from).
+
+The three run interleaved, in segments of ``--steps`` batches: ``ae-lightning fit`` runs ``--segments`` segments, and
+before each of them the other two run one segment each, from inside the fit (a callback), so that all three meet the
+same machine. A shared or throttled machine drifts by tens of percent within minutes, which would decide a comparison
+of runs made one after the other. Each pipeline warms up for ``--warmup`` batches first. The table reports each
+pipeline's median segment throughput and the median over segments of the ratio to the hand-written loop.
 
 Optionally (``--nll``) it also times the VAE's test-time bound on -log p(x) with 1000 importance samples over the
 10,000-image test set.
 
     python scripts/benchmark_speed.py                                  # CPU (and CUDA if present), batch 32/128/1024
     python scripts/benchmark_speed.py --config configs/vae.yaml --batch-sizes 128 --devices cpu
+    python scripts/benchmark_speed.py --devices cuda --precision bf16-mixed --batch-sizes 1024
     python scripts/benchmark_speed.py --nll --batch-sizes                # only the nll timing
 """
 
@@ -22,20 +30,25 @@ import argparse
 import copy
 import datetime
 import platform
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
 import lightning as L
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader
 from torchvision.transforms import ToTensor
 
+from ae_lightning import AutoencoderModule
 from ae_lightning.cli import AutoencoderCLI
 
 ROOT = Path(__file__).resolve().parents[1]
+Batches = Iterator[tuple[Tensor, Tensor, Tensor]]
 
 
 def build(args: argparse.Namespace, batch_size: int, device: str, root_dir: str, max_steps: int) -> AutoencoderCLI:
@@ -51,47 +64,45 @@ def build(args: argparse.Namespace, batch_size: int, device: str, root_dir: str,
         return AutoencoderCLI(args=cli_args, run=False)
 
 
-class StepTimer(L.Callback):
-    """Wall time from the start of step ``warmup`` to the end of training."""
-
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.start, self.seconds = warmup, None, None
-
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        if self.start is None and trainer.fit_loop.epoch_loop._batches_that_stepped == self.warmup:
-            synchronize(pl_module.device)
-            self.start = time.perf_counter()
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        synchronize(pl_module.device)
-        self.seconds = time.perf_counter() - self.start
-
-
 def synchronize(device: torch.device | str) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
 
 
-def plain_loop(model, optimizer, batches, steps: int, warmup: int, device: str, precision: str) -> float:
-    """Images per second of a hand-written training loop over ``batches`` (an iterator of (x, y, index))."""
-    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
-    model.train()
-    for step in range(warmup + steps):
-        if step == warmup:
-            synchronize(device)
-            start = time.perf_counter()
-        x, labels, indices = next(batches)
-        x, labels, indices = x.to(device, non_blocking=True), labels.to(device), indices.to(device)
-        with autocast:
-            loss = model.loss_terms(x, labels, indices)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    synchronize(device)
-    return steps * len(x) / (time.perf_counter() - start)
+class PlainLoop:
+    """A hand-written training loop: the model's loss, ``zero_grad``, ``backward``, ``step``; nothing else.
+
+    Args:
+        model: a copy of the model, on ``device``, with one optimizer and automatic optimization.
+        batches: endless ``(image, label, index)`` batches.
+        device: where the model lives; batches are moved there.
+        precision: ``32`` or ``bf16-mixed`` (autocast around the loss, as Lightning does).
+    """
+
+    def __init__(self, model: AutoencoderModule, batches: Batches, device: str, precision: str) -> None:
+        model.train()
+        self.model, self.batches, self.device = model, batches, device
+        self.optimizer = model.configure_optimizers()["optimizer"]
+        self.autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision != "32")
+
+    def run(self, steps: int) -> float:
+        """Train ``steps`` batches; images per second."""
+        synchronize(self.device)
+        start, images = time.perf_counter(), 0
+        for _ in range(steps):
+            x, labels, indices = next(self.batches)
+            x, labels, indices = x.to(self.device, non_blocking=True), labels.to(self.device), indices.to(self.device)
+            with self.autocast:
+                loss = self.model.loss_terms(x, labels, indices)["loss"]
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            images += len(x)
+        synchronize(self.device)
+        return images / (time.perf_counter() - start)
 
 
-def preloaded_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int):
+def preloaded_batches(images: Tensor, labels: Tensor, batch_size: int) -> Batches:
     """Endless shuffled batches by indexing a preloaded tensor (what a careful hand-written loop does)."""
     while True:
         order = torch.randperm(len(images), device=images.device)
@@ -100,43 +111,82 @@ def preloaded_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: in
             yield images[rows], labels[rows], rows
 
 
-def torchvision_batches(dataset_class, data_dir: Path, batch_size: int):
+def torchvision_batches(dataset_class: type, data_dir: Path, batch_size: int) -> Batches:
+    """Endless batches of torchvision's dataset with ``ToTensor`` through a shuffling ``DataLoader``."""
     dataset = dataset_class(str(data_dir), train=True, transform=ToTensor())
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True)
+    positions = torch.arange(batch_size)  # stands in for sample indices (only the auto-decoder reads them)
     while True:
-        for index, (x, labels) in enumerate(loader):
-            yield x, labels, torch.full_like(labels, index)
+        for x, labels in loader:
+            yield x, labels, positions
 
 
-def measure(args: argparse.Namespace, batch_size: int, device: str) -> dict[str, float]:
-    steps, warmup = args.steps, args.warmup
+class Interleave(L.Callback):
+    """Times ``ae-lightning fit`` in segments of ``steps`` batches and runs the other pipelines between them."""
+
+    def __init__(self, others: dict[str, PlainLoop], steps: int, warmup: int, segments: int) -> None:
+        self.others, self.steps, self.warmup, self.segments = others, steps, warmup, segments
+        self.rates: dict[str, list[float]] = {"ae-lightning": [], **{name: [] for name in others}}
+        self._start: float | None = None
+        self._batch_size = 0
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        done = trainer.global_step - self.warmup
+        if done < 0 or done % self.steps:
+            return
+        self._batch_size = len(batch[0])
+        self._close_segment(pl_module.device)
+        if done == 0:
+            for pipeline in self.others.values():
+                pipeline.run(self.warmup)
+        for name, pipeline in self.others.items():
+            self.rates[name].append(pipeline.run(self.steps))
+        synchronize(pl_module.device)
+        self._start = time.perf_counter()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._close_segment(pl_module.device)
+
+    def _close_segment(self, device: torch.device) -> None:
+        if self._start is not None:
+            synchronize(device)
+            self.rates["ae-lightning"].append(self.steps * self._batch_size / (time.perf_counter() - self._start))
+            self._start = None
+
+
+def measure(args: argparse.Namespace, batch_size: int, device: str) -> dict[str, list[float]]:
+    """Images per second of each pipeline, one value per segment."""
     with tempfile.TemporaryDirectory() as root:
-        cli = build(args, batch_size, device, root, max_steps=warmup + steps)
-        torch.manual_seed(0)
-        reference_model = copy.deepcopy(cli.model).to(device)
-        torchvision_model = copy.deepcopy(cli.model).to(device)
-        datamodule = cli.datamodule
+        cli = build(args, batch_size, device, root, max_steps=args.warmup + args.segments * args.steps)
+        model, datamodule = cli.model, cli.datamodule
+        if not model.automatic_optimization:
+            raise SystemExit(
+                f"--config {args.config}: {type(model).__name__} trains with manual optimization (several "
+                "optimizers), which the hand-written reference loop does not implement; pick a config with one "
+                "optimizer"
+            )
         datamodule.setup("fit")
         images, labels = datamodule.splits["train"]
         images = images.to(device).unsqueeze(1).float().div_(255)
-        results = {}
-        optimizer = reference_model.configure_optimizers()["optimizer"]
-        results["hand-written"] = plain_loop(
-            reference_model, optimizer, preloaded_batches(images, labels.to(device), batch_size), steps, warmup,
-            device, args.precision,
-        )  # fmt: skip
-
-        timer = StepTimer(warmup)
-        cli.trainer.callbacks.append(timer)
-        cli.trainer.fit(cli.model, datamodule=datamodule)
-        results["ae-lightning"] = steps * batch_size / timer.seconds
-
-        optimizer = torchvision_model.configure_optimizers()["optimizer"]
-        batches = torchvision_batches(datamodule.dataset_class, datamodule.data_dir, batch_size)
-        results["torchvision"] = plain_loop(
-            torchvision_model, optimizer, batches, steps, warmup, device, args.precision
-        )
-    return results
+        # Copies of the untrained model, so that all three start from the same weights.
+        others = {
+            "hand-written": PlainLoop(
+                copy.deepcopy(model).to(device),
+                preloaded_batches(images, labels.to(device), batch_size),
+                device,
+                args.precision,
+            ),
+            "torchvision": PlainLoop(
+                copy.deepcopy(model).to(device),
+                torchvision_batches(datamodule.dataset_class, datamodule.data_dir, batch_size),
+                device,
+                args.precision,
+            ),
+        }
+        interleave = Interleave(others, args.steps, args.warmup, args.segments)
+        cli.trainer.callbacks.append(interleave)
+        cli.trainer.fit(model, datamodule=datamodule)
+        return interleave.rates
 
 
 def time_nll(args: argparse.Namespace) -> tuple[float, int, int]:
@@ -167,38 +217,46 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="*", default=[32, 128, 1024])
     parser.add_argument("--devices", nargs="+", default=["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     parser.add_argument("--precision", default="32", choices=["32", "bf16-mixed"])
-    parser.add_argument("--steps", type=int, default=300, help="timed steps per pipeline")
-    parser.add_argument("--warmup", type=int, default=30, help="untimed steps first")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds per setting; the best of each is reported")
+    parser.add_argument("--steps", type=int, default=100, help="batches per segment")
+    parser.add_argument("--segments", type=int, default=8, help="timed segments per pipeline")
+    parser.add_argument("--warmup", type=int, default=50, help="untimed batches first, per pipeline")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--nll", action="store_true", help="also time the VAE's test/nll over the test set (CPU)")
     parser.add_argument("--nll-config", type=Path, default=ROOT / "configs" / "vae.yaml")
     parser.add_argument("--out", type=Path, default=None, help="write the table as markdown here")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     args = parser.parse_args()
-    if not args.config.is_file():
-        parser.error(f"--config {args.config} does not exist")
+    for name in ("config", "nll_config"):
+        if not getattr(args, name).is_file():
+            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)} does not exist")
+    for name in ("steps", "segments", "warmup", *(["threads"] if args.threads is not None else [])):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    if "cuda" in args.devices and not torch.cuda.is_available():
+        parser.error("--devices cuda: no CUDA device is available here")
+    if args.out is not None and args.out.exists() and not args.overwrite:
+        parser.error(f"--out {args.out} exists; name another file, or pass --overwrite to replace it")
     if args.threads:
         torch.set_num_threads(args.threads)
 
     config = args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config
     lines = [
-        f"Training throughput, images/s; `{config}`, "
-        f"{args.data}, precision {args.precision}, {args.steps} steps after {args.warmup} warm-up steps, best of "
-        f"{args.repeats} rounds.",
+        f"Training throughput in images/s: `{config}`, {args.data}, precision {args.precision}. Median of "
+        f"{args.segments} interleaved segments of {args.steps} batches after {args.warmup} warm-up batches; each ratio "
+        "is the median of the per-segment ratios to the hand-written loop.",
         "",
         "| device | batch | hand-written loop | ae-lightning | ratio | torchvision DataLoader + ToTensor | ratio |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for device in args.devices:
         for batch_size in args.batch_sizes:
-            # Best of several interleaved rounds: on a shared machine, the fastest round is the least disturbed one.
-            rounds = [measure(args, batch_size, device) for _ in range(args.repeats)]
-            r = {name: max(round_[name] for round_ in rounds) for name in rounds[0]}
-            ref = r["hand-written"]
-            lines.append(
-                f"| {device} | {batch_size} | {ref:,.0f} | {r['ae-lightning']:,.0f} | {r['ae-lightning'] / ref:.2f} "
-                f"| {r['torchvision']:,.0f} | {r['torchvision'] / ref:.2f} |"
-            )
+            rates = measure(args, batch_size, device)
+            reference = rates["hand-written"]
+            cells = [f"{statistics.median(reference):,.0f}"]
+            for name in ("ae-lightning", "torchvision"):
+                ratio = statistics.median(rate / ref for rate, ref in zip(rates[name], reference))
+                cells += [f"{statistics.median(rates[name]):,.0f}", f"{ratio:.2f}"]
+            lines.append(f"| {device} | {batch_size} | {' | '.join(cells)} |")
             print(lines[-1], file=sys.stderr, flush=True)
     if args.nll:
         seconds, samples, images = time_nll(args)
@@ -208,7 +266,9 @@ def main() -> None:
     print(table)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table + "\n")
+        temporary = args.out.with_name(f".{args.out.name}.tmp")
+        temporary.write_text(table + "\n")
+        temporary.replace(args.out)
 
 
 if __name__ == "__main__":

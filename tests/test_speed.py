@@ -1,0 +1,126 @@
+"""The fast path changes nothing a user relies on: profiling on request, CUDA detection, module attributes, batches on
+the device, compiled networks' checkpoints; and the speed benchmark writes its table."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch.profilers import SimpleProfiler
+from tiny_runs import ROOT, build_cli, last_checkpoint, tiny_args
+from torch import nn
+
+from ae_lightning import Autoencoder
+from ae_lightning import overhead as overhead_module
+from ae_lightning.overhead import NoProfiler, skip_nvml_check_without_nvml
+from datamodules import FashionMNISTDataModule
+
+
+def test_the_command_uses_the_cheap_profiler_unless_one_is_asked_for(data_dir: Path, tmp_path: Path) -> None:
+    assert isinstance(build_cli(*tiny_args("ae", data_dir, tmp_path)).trainer.profiler, NoProfiler)
+    asked = build_cli(*tiny_args("ae", data_dir, tmp_path, "--trainer.profiler", "simple"))
+    assert isinstance(asked.trainer.profiler, SimpleProfiler)
+
+
+def test_no_profiler_context_runs_the_block_and_lets_errors_through() -> None:
+    ran = []
+    with NoProfiler().profile("step"):
+        ran.append(True)
+    assert ran == [True]
+    with pytest.raises(KeyError), NoProfiler().profile("step"):
+        raise KeyError("inside")
+
+
+@pytest.mark.parametrize("nvml_loads", [True, False])
+def test_nvml_check_is_dropped_only_where_nvml_is_missing(nvml_loads: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    def load(name: str):
+        if not nvml_loads:
+            raise OSError(f"{name}: cannot open shared object file")
+        return object()
+
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: True)
+    monkeypatch.setattr(overhead_module.ctypes, "CDLL", load)
+    assert skip_nvml_check_without_nvml() is (not nvml_loads)
+    assert ("PYTORCH_NVML_BASED_CUDA_CHECK" in os.environ) is nvml_loads
+
+
+def test_cuda_detection_answers_the_same_without_the_nvml_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    with_check = torch.cuda.is_available()
+    monkeypatch.delenv("PYTORCH_NVML_BASED_CUDA_CHECK")
+    assert torch.cuda.is_available() == with_check
+
+
+def test_module_attributes_still_register_weights_next_to_the_cheap_hook_name() -> None:
+    model = Autoencoder(hidden_dims=[8], latent_dim=2)
+    model._current_fx_name = "training_step"
+    model.head = nn.Linear(2, 3)
+    model.scale = nn.Parameter(torch.ones(1))
+    assert model._current_fx_name == "training_step"
+    assert {"head.weight", "head.bias", "scale"} <= set(model.state_dict())
+    assert "_current_fx_name" not in dict(model.named_modules())
+
+
+def test_batches_already_on_the_device_pass_through_and_others_are_moved() -> None:
+    datamodule = FashionMNISTDataModule()
+    batch = (torch.rand(2, 1, 28, 28), torch.zeros(2, dtype=torch.long), torch.arange(2))
+    assert datamodule.transfer_batch_to_device(batch, torch.device("cpu"), 0) is batch
+    moved = datamodule.transfer_batch_to_device(list(batch), torch.device("cpu"), 0)
+    assert all(torch.equal(a, b) for a, b in zip(moved, batch))
+    meta = datamodule.transfer_batch_to_device(batch, torch.device("meta"), 0)
+    assert all(item.device.type == "meta" for item in meta)
+
+
+@pytest.mark.slow
+def test_compiled_networks_train_and_write_checkpoints_that_load_into_an_eager_model(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    cli = build_cli(*tiny_args("ae", data_dir, tmp_path, "--model.init_args.compile_networks", "true",
+                               "--trainer.max_epochs", "1"))  # fmt: skip
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert all(hasattr(network, "_compiled_call_impl") for network in cli.model.networks())
+    state = last_checkpoint(tmp_path)["state_dict"]
+    assert not any("_orig_mod" in name for name in state)
+    eager = Autoencoder(hidden_dims=[32, 16], latent_dim=4)
+    eager.load_state_dict(state)
+    x = cli.datamodule.splits["val"][0][:4].unsqueeze(1).float() / 255
+    torch.testing.assert_close(eager(x), cli.model.eval()(x), rtol=1e-4, atol=1e-5)
+
+
+def run_benchmark(data_dir: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable, str(ROOT / "scripts" / "benchmark_speed.py"), "--data-dir", str(data_dir),
+        "--batch-sizes", "8", "16", "--steps", "3", "--segments", "2", "--warmup", "2", "--devices", "cpu",
+        "--out", str(out), *extra,
+    ]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+def test_speed_benchmark_writes_a_table_of_all_three_pipelines_and_keeps_an_existing_file(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "speed.md"
+    result = run_benchmark(data_dir, out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    cells = r" \| ".join([r"([\d,.]+)"] * 5)
+    rows = re.findall(r"^\| cpu \| (\d+) \| " + cells + r" \|$", out.read_text(), re.MULTILINE)
+    assert [row[0] for row in rows] == ["8", "16"]
+    for row in rows:
+        assert all(float(cell.replace(",", "")) > 0 for cell in row[1:])
+    written = out.read_text()
+    again = run_benchmark(data_dir, out)
+    assert again.returncode != 0 and f"--out {out} exists" in again.stderr
+    assert out.read_text() == written
+
+
+def test_speed_benchmark_refuses_a_model_the_reference_loop_cannot_train(data_dir: Path, tmp_path: Path) -> None:
+    result = run_benchmark(data_dir, tmp_path / "speed.md", "--config", str(ROOT / "configs" / "aae.yaml"))
+    assert result.returncode != 0
+    assert "AdversarialAutoencoder trains with manual optimization" in result.stderr
+    assert not (tmp_path / "speed.md").exists()
