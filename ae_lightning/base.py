@@ -36,7 +36,7 @@ class AutoencoderModule(L.LightningModule):
         lr_scheduler: optional scheduler factory, called with the optimizer; stepped every epoch.
         compile_networks: ``torch.compile`` the networks (:meth:`networks`) in place when fit, validate, test or
             predict starts; the weights' names stay the same, so checkpoints load either way. Off by default: on a
-            2-core CPU it made the 784-256-64-20 MLP's training step slower and took 25 s to compile (docs/speed.md).
+            2-core CPU it made the 784-256-64-20 MLP's training slower (``scripts/benchmark_speed.py --compile``).
     """
 
     is_generative: ClassVar[bool] = False

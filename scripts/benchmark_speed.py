@@ -60,6 +60,8 @@ def build(args: argparse.Namespace, batch_size: int, device: str, root_dir: str,
         "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0",
         "--trainer.accelerator", device, "--trainer.devices", "1", "--trainer.precision", args.precision,
     ]  # fmt: skip
+    if getattr(args, "compile", False):
+        cli_args += ["--model.init_args.compile_networks", "true"]
     with mock.patch("sys.argv", ["ae-lightning"]):
         return AutoencoderCLI(args=cli_args, run=False)
 
@@ -184,8 +186,15 @@ def measure(args: argparse.Namespace, batch_size: int, device: str) -> dict[str,
             ),
         }
         interleave = Interleave(others, args.steps, args.warmup, args.segments)
-        cli.trainer.callbacks.append(interleave)
-        cli.trainer.fit(model, datamodule=datamodule)
+        trainer = cli.trainer
+        if args.bare:  # the floor that Lightning's own loop sets: no logger, callbacks, progress bar or checkpoints
+            trainer = L.Trainer(
+                accelerator=device, devices=1, precision=args.precision, max_steps=trainer.max_steps,
+                limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+                enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
+            )  # fmt: skip
+        trainer.callbacks.append(interleave)
+        trainer.fit(model, datamodule=datamodule)
         return interleave.rates
 
 
@@ -217,6 +226,8 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="*", default=[32, 128, 1024])
     parser.add_argument("--devices", nargs="+", default=["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     parser.add_argument("--precision", default="32", choices=["32", "bf16-mixed"])
+    parser.add_argument("--compile", action="store_true", help="ae-lightning with compile_networks (the others eager)")
+    parser.add_argument("--bare", action="store_true", help="a bare Lightning Trainer in ae-lightning's place")
     parser.add_argument("--steps", type=int, default=50, help="batches per segment")
     parser.add_argument("--segments", type=int, default=16, help="timed segments per pipeline")
     parser.add_argument("--warmup", type=int, default=50, help="untimed batches first, per pipeline")
@@ -241,7 +252,9 @@ def main() -> None:
 
     config = args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config
     lines = [
-        f"Training throughput in images/s: `{config}`, {args.data}, precision {args.precision}. Median of "
+        f"Training throughput in images/s: `{config}`, {args.data}, precision {args.precision}"
+        f"{', ae-lightning with compile_networks' if args.compile else ''}"
+        f"{', a bare Lightning Trainer in the ae-lightning column' if args.bare else ''}. Median of "
         f"{args.segments} interleaved segments of {args.steps} batches after {args.warmup} warm-up batches; each ratio "
         "is the median of the per-segment ratios to the hand-written loop.",
         "",

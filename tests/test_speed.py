@@ -102,11 +102,12 @@ def run_benchmark(data_dir: Path, out: Path, *extra: str) -> subprocess.Complete
     return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
 
 
+@pytest.mark.parametrize("trainer", [[], ["--bare"]], ids=["command", "bare"])
 def test_speed_benchmark_writes_a_table_of_all_three_pipelines_and_keeps_an_existing_file(
-    data_dir: Path, tmp_path: Path
+    trainer: list[str], data_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "speed.md"
-    result = run_benchmark(data_dir, out)
+    result = run_benchmark(data_dir, out, *trainer)
     assert result.returncode == 0, result.stderr[-3000:]
     cells = r" \| ".join([r"([\d,.]+)"] * 5)
     rows = re.findall(r"^\| cpu \| (\d+) \| " + cells + r" \|$", out.read_text(), re.MULTILINE)
