@@ -15,18 +15,24 @@ same machine. A shared or throttled machine drifts by tens of percent within min
 of runs made one after the other. Each pipeline warms up for ``--warmup`` batches first. The table reports each
 pipeline's median segment throughput and the median over segments of the ratio to the hand-written loop.
 
+With ``--phases`` it also splits each pipeline's step into the model's arithmetic (the forward pass with the loss,
+and the backward pass: the same code in every pipeline) and everything else (the batch, ``zero_grad``, the optimizer's
+update, and the loop around them), to show where ae-lightning's step spends the time the hand-written loop does not.
+
 Optionally (``--nll``) it also times the VAE's test-time bound on -log p(x) with 1000 importance samples over the
 10,000-image test set.
 
     python scripts/benchmark_speed.py                                  # CPU (and CUDA if present), batch 32/128/1024
     python scripts/benchmark_speed.py --config configs/vae.yaml --batch-sizes 128 --devices cpu
     python scripts/benchmark_speed.py --devices cuda --precision bf16-mixed --batch-sizes 1024
+    python scripts/benchmark_speed.py --batch-sizes 32 128 --phases   # also where each step's time goes
     python scripts/benchmark_speed.py --nll --batch-sizes                # only the nll timing
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime
 import platform
@@ -34,7 +40,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
 
@@ -49,6 +56,7 @@ from ae_lightning.cli import AutoencoderCLI
 
 ROOT = Path(__file__).resolve().parents[1]
 Batches = Iterator[tuple[Tensor, Tensor, Tensor]]
+TRAINED_BY = {False: "ae-lightning", True: "bare Lightning Trainer"}  # what trains in the fit, by --bare
 
 
 def build(args: argparse.Namespace, batch_size: int, device: str, root_dir: str, max_steps: int) -> AutoencoderCLI:
@@ -66,6 +74,44 @@ def build(args: argparse.Namespace, batch_size: int, device: str, root_dir: str,
         return AutoencoderCLI(args=cli_args, run=False)
 
 
+@dataclass
+class Segment:
+    """One timed segment of a pipeline: images trained, seconds, and seconds spent in the model's arithmetic."""
+
+    images: int
+    seconds: float
+    model_seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.seconds
+
+
+class ModelClock:
+    """Adds up the seconds spent in the functions it wraps (--phases: the models' forward with the loss, and backward).
+
+    The pipelines run one after another, never at once, so one clock serves all three: each reads and resets it at
+    the start and the end of its segment. Without --phases nothing is wrapped and it reads 0.
+    """
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def take(self) -> float:
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds
+
+    def timed(self, function: Callable) -> Callable:
+        def timed_function(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+
+        return timed_function
+
+
 def synchronize(device: torch.device | str) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
@@ -81,15 +127,18 @@ class PlainLoop:
         precision: ``32`` or ``bf16-mixed`` (autocast around the loss, as Lightning does).
     """
 
-    def __init__(self, model: AutoencoderModule, batches: Batches, device: str, precision: str) -> None:
+    def __init__(
+        self, model: AutoencoderModule, batches: Batches, device: str, precision: str, clock: ModelClock
+    ) -> None:
         model.train()
-        self.model, self.batches, self.device = model, batches, device
+        self.model, self.batches, self.device, self.clock = model, batches, device, clock
         self.optimizer = model.configure_optimizers()["optimizer"]
         self.autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision != "32")
 
-    def run(self, steps: int) -> float:
-        """Train ``steps`` batches; images per second."""
+    def run(self, steps: int) -> Segment:
+        """Train ``steps`` batches."""
         synchronize(self.device)
+        self.clock.take()
         start, images = time.perf_counter(), 0
         for _ in range(steps):
             x, labels, indices = next(self.batches)
@@ -101,7 +150,7 @@ class PlainLoop:
             self.optimizer.step()
             images += len(x)
         synchronize(self.device)
-        return images / (time.perf_counter() - start)
+        return Segment(images, time.perf_counter() - start, self.clock.take())
 
 
 def preloaded_batches(images: Tensor, labels: Tensor, batch_size: int) -> Batches:
@@ -126,9 +175,9 @@ def torchvision_batches(dataset_class: type, data_dir: Path, batch_size: int) ->
 class Interleave(L.Callback):
     """Times ``ae-lightning fit`` in segments of ``steps`` batches and runs the other pipelines between them."""
 
-    def __init__(self, others: dict[str, PlainLoop], steps: int, warmup: int, segments: int) -> None:
-        self.others, self.steps, self.warmup, self.segments = others, steps, warmup, segments
-        self.rates: dict[str, list[float]] = {"ae-lightning": [], **{name: [] for name in others}}
+    def __init__(self, others: dict[str, PlainLoop], steps: int, warmup: int, clock: ModelClock) -> None:
+        self.others, self.steps, self.warmup, self.clock = others, steps, warmup, clock
+        self.segments: dict[str, list[Segment]] = {"ae-lightning": [], **{name: [] for name in others}}
         self._start: float | None = None
         self._batch_size = 0
 
@@ -142,8 +191,9 @@ class Interleave(L.Callback):
             for pipeline in self.others.values():
                 pipeline.run(self.warmup)
         for name, pipeline in self.others.items():
-            self.rates[name].append(pipeline.run(self.steps))
+            self.segments[name].append(pipeline.run(self.steps))
         synchronize(pl_module.device)
+        self.clock.take()
         self._start = time.perf_counter()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -152,12 +202,13 @@ class Interleave(L.Callback):
     def _close_segment(self, device: torch.device) -> None:
         if self._start is not None:
             synchronize(device)
-            self.rates["ae-lightning"].append(self.steps * self._batch_size / (time.perf_counter() - self._start))
+            seconds = time.perf_counter() - self._start
+            self.segments["ae-lightning"].append(Segment(self.steps * self._batch_size, seconds, self.clock.take()))
             self._start = None
 
 
-def measure(args: argparse.Namespace, batch_size: int, device: str) -> dict[str, list[float]]:
-    """Images per second of each pipeline, one value per segment."""
+def measure(args: argparse.Namespace, batch_size: int, device: str) -> dict[str, list[Segment]]:
+    """The timed segments of each pipeline."""
     with tempfile.TemporaryDirectory() as root:
         cli = build(args, batch_size, device, root, max_steps=args.warmup + args.segments * args.steps)
         model, datamodule = cli.model, cli.datamodule
@@ -171,21 +222,21 @@ def measure(args: argparse.Namespace, batch_size: int, device: str) -> dict[str,
         images, labels = datamodule.splits["train"]
         images = images.to(device).unsqueeze(1).float().div_(255)
         # Copies of the untrained model, so that all three start from the same weights.
+        hand_written, torchvision = copy.deepcopy(model).to(device), copy.deepcopy(model).to(device)
+        clock = ModelClock()
         others = {
             "hand-written": PlainLoop(
-                copy.deepcopy(model).to(device),
-                preloaded_batches(images, labels.to(device), batch_size),
-                device,
-                args.precision,
+                hand_written, preloaded_batches(images, labels.to(device), batch_size), device, args.precision, clock
             ),
             "torchvision": PlainLoop(
-                copy.deepcopy(model).to(device),
+                torchvision,
                 torchvision_batches(datamodule.dataset_class, datamodule.data_dir, batch_size),
                 device,
                 args.precision,
+                clock,
             ),
         }
-        interleave = Interleave(others, args.steps, args.warmup, args.segments)
+        interleave = Interleave(others, args.steps, args.warmup, clock)
         trainer = cli.trainer
         if args.bare:  # the floor that Lightning's own loop sets: no logger, callbacks, progress bar or checkpoints
             trainer = L.Trainer(
@@ -194,8 +245,31 @@ def measure(args: argparse.Namespace, batch_size: int, device: str) -> dict[str,
                 enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
             )  # fmt: skip
         trainer.callbacks.append(interleave)
-        trainer.fit(model, datamodule=datamodule)
-        return interleave.rates
+        timed_backward = contextlib.nullcontext()
+        if args.phases:  # after the copies: a copy would share the original's wrapped method
+            for timed_model in (model, hand_written, torchvision):
+                timed_model.loss_terms = clock.timed(timed_model.loss_terms)
+            timed_backward = mock.patch.object(torch.Tensor, "backward", clock.timed(torch.Tensor.backward))
+        with timed_backward:
+            trainer.fit(model, datamodule=datamodule)
+        return interleave.segments
+
+
+def phase_rows(device: str, batch_size: int, segments: dict[str, list[Segment]], bare: bool) -> list[str]:
+    """Markdown rows of microseconds per step: whole step, the model's arithmetic, the rest, and the rest's excess."""
+    reference = segments["hand-written"]
+    rows = []
+    for name, timed in segments.items():
+        steps = [segment.images / batch_size for segment in timed]
+        step = [segment.seconds / n * 1e6 for segment, n in zip(timed, steps)]
+        model = [segment.model_seconds / n * 1e6 for segment, n in zip(timed, steps)]
+        rest = [whole - arithmetic for whole, arithmetic in zip(step, model)]
+        reference_rest = [(segment.seconds - segment.model_seconds) / n * 1e6 for segment, n in zip(reference, steps)]
+        excess = "" if timed is reference else f"{statistics.median(r - h for r, h in zip(rest, reference_rest)):,.0f}"
+        label = TRAINED_BY[bare] if name == "ae-lightning" else name
+        cells = [f"{statistics.median(values):,.0f}" for values in (step, model, rest)]
+        rows.append(f"| {device} | {batch_size} | {label} | {' | '.join(cells)} | {excess} |")
+    return rows
 
 
 def time_nll(args: argparse.Namespace) -> tuple[float, int, int]:
@@ -228,6 +302,7 @@ def main() -> None:
     parser.add_argument("--precision", default="32", choices=["32", "bf16-mixed"])
     parser.add_argument("--compile", action="store_true", help="ae-lightning with compile_networks (the others eager)")
     parser.add_argument("--bare", action="store_true", help="a bare Lightning Trainer in ae-lightning's place")
+    parser.add_argument("--phases", action="store_true", help="also split each step into arithmetic and the rest")
     parser.add_argument("--steps", type=int, default=50, help="batches per segment")
     parser.add_argument("--segments", type=int, default=16, help="timed segments per pipeline")
     parser.add_argument("--warmup", type=int, default=50, help="untimed batches first, per pipeline")
@@ -254,23 +329,39 @@ def main() -> None:
     lines = [
         f"Training throughput in images/s: `{config}`, {args.data}, precision {args.precision}"
         f"{', ae-lightning with compile_networks' if args.compile else ''}"
-        f"{', a bare Lightning Trainer in the ae-lightning column' if args.bare else ''}. Median of "
+        f"{', a bare Lightning Trainer in place of ae-lightning' if args.bare else ''}. Median of "
         f"{args.segments} interleaved segments of {args.steps} batches after {args.warmup} warm-up batches; each ratio "
         "is the median of the per-segment ratios to the hand-written loop.",
         "",
-        "| device | batch | hand-written loop | ae-lightning | ratio | torchvision DataLoader + ToTensor | ratio |",
+        f"| device | batch | hand-written loop | {TRAINED_BY[args.bare]} | ratio "
+        "| torchvision DataLoader + ToTensor | ratio |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    phases = []
     for device in args.devices:
         for batch_size in args.batch_sizes:
-            rates = measure(args, batch_size, device)
-            reference = rates["hand-written"]
+            segments = measure(args, batch_size, device)
+            reference = [segment.rate for segment in segments["hand-written"]]
             cells = [f"{statistics.median(reference):,.0f}"]
             for name in ("ae-lightning", "torchvision"):
-                ratio = statistics.median(rate / ref for rate, ref in zip(rates[name], reference))
-                cells += [f"{statistics.median(rates[name]):,.0f}", f"{ratio:.2f}"]
+                rates = [segment.rate for segment in segments[name]]
+                ratio = statistics.median(rate / ref for rate, ref in zip(rates, reference))
+                cells += [f"{statistics.median(rates):,.0f}", f"{ratio:.2f}"]
             lines.append(f"| {device} | {batch_size} | {' | '.join(cells)} |")
             print(lines[-1], file=sys.stderr, flush=True)
+            phases += phase_rows(device, batch_size, segments, args.bare)
+    if args.phases:
+        lines += [
+            "",
+            "Where a training step's time goes, in microseconds per step (medians over the same segments): the model's "
+            "arithmetic (the forward pass with the loss, and the backward pass: the same code in every pipeline) and "
+            "everything else (the batch, zero_grad, the optimizer's update and the loop around them). The last column "
+            "is the median over segments of the difference to the hand-written loop's everything-else.",
+            "",
+            "| device | batch | pipeline | step | forward + backward | everything else | excess over hand-written |",
+            "| --- | ---: | --- | ---: | ---: | ---: | ---: |",
+            *phases,
+        ]
     if args.nll:
         seconds, samples, images = time_nll(args)
         lines += ["", f"VAE test/nll ({samples} importance samples, {images:,} test images, CPU): {seconds:.1f} s"]

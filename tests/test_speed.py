@@ -102,7 +102,7 @@ def run_benchmark(data_dir: Path, out: Path, *extra: str) -> subprocess.Complete
     return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
 
 
-@pytest.mark.parametrize("trainer", [[], ["--bare"]], ids=["command", "bare"])
+@pytest.mark.parametrize("trainer", [[], ["--bare", "--phases"]], ids=["command", "bare-phases"])
 def test_speed_benchmark_writes_a_table_of_all_three_pipelines_and_keeps_an_existing_file(
     trainer: list[str], data_dir: Path, tmp_path: Path
 ) -> None:
@@ -115,9 +115,28 @@ def test_speed_benchmark_writes_a_table_of_all_three_pipelines_and_keeps_an_exis
     for row in rows:
         assert all(float(cell.replace(",", "")) > 0 for cell in row[1:])
     written = out.read_text()
+    assert ("Where a training step's time goes" in written) == ("--phases" in trainer)
+    trained_by = "bare Lightning Trainer" if "--bare" in trainer else "ae-lightning"
+    assert f"| hand-written loop | {trained_by} | ratio |" in written
     again = run_benchmark(data_dir, out)
     assert again.returncode != 0 and f"--out {out} exists" in again.stderr
     assert out.read_text() == written
+
+
+def test_speed_benchmark_phases_split_each_step_into_arithmetic_and_the_rest(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "speed.md"
+    result = run_benchmark(data_dir, out, "--phases")
+    assert result.returncode == 0, result.stderr[-3000:]
+    cells = r" \| ".join([r"([\d,.]+)"] * 3)
+    rows = re.findall(r"^\| cpu \| (\d+) \| ([a-z -]+) \| " + cells + r" \| ([\d,.-]*) \|$", out.read_text(), re.M)
+    assert sorted((batch, name) for batch, name, *_ in rows) == [
+        (batch, name) for batch in ("16", "8") for name in ("ae-lightning", "hand-written", "torchvision")
+    ]
+    for _, name, step, arithmetic, rest, excess in rows:
+        step, arithmetic, rest = (float(cell.replace(",", "")) for cell in (step, arithmetic, rest))
+        assert 0 < arithmetic < step  # every pipeline's forward and backward were timed, and they are part of a step
+        assert 0 < rest < step
+        assert (excess == "") == (name == "hand-written")
 
 
 def test_speed_benchmark_refuses_a_model_the_reference_loop_cannot_train(data_dir: Path, tmp_path: Path) -> None:
