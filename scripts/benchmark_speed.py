@@ -318,6 +318,8 @@ def main() -> None:
     for name in ("steps", "segments", "warmup", *(["threads"] if args.threads is not None else [])):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    if args.phases and args.devices != ["cpu"]:  # CUDA kernels run asynchronously: the clock would time their launch
+        parser.error(f"--phases times the CPU's work and needs --devices cpu, got --devices {' '.join(args.devices)}")
     if "cuda" in args.devices and not torch.cuda.is_available():
         parser.error("--devices cuda: no CUDA device is available here")
     if args.out is not None and args.out.exists() and not args.overwrite:

@@ -139,6 +139,13 @@ def test_speed_benchmark_phases_split_each_step_into_arithmetic_and_the_rest(dat
         assert (excess == "") == (name == "hand-written")
 
 
+def test_speed_benchmark_phases_refuse_a_gpu_whose_kernels_it_cannot_time(data_dir: Path, tmp_path: Path) -> None:
+    result = run_benchmark(data_dir, tmp_path / "speed.md", "--phases", "--devices", "cuda")
+    assert result.returncode != 0
+    assert "--phases times the CPU's work and needs --devices cpu, got --devices cuda" in result.stderr
+    assert not (tmp_path / "speed.md").exists()
+
+
 def test_speed_benchmark_refuses_a_model_the_reference_loop_cannot_train(data_dir: Path, tmp_path: Path) -> None:
     result = run_benchmark(data_dir, tmp_path / "speed.md", "--config", str(ROOT / "configs" / "aae.yaml"))
     assert result.returncode != 0
