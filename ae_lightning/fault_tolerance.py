@@ -345,13 +345,13 @@ class NonFiniteGuard(Callback):
         values = torch.stack([value.float().reshape(()) for terms in self._terms for value in terms.values()])
         owner = torch.tensor([i for i, terms in enumerate(self._terms) for _ in terms], device=values.device)
         first = torch.where(torch.isfinite(values), kept, owner).min()  # ``kept`` where all are finite
+        any_bad = (first < kept).long()
         if trainer.world_size > 1:  # every rank must stop at the same check, not only the one that saw it
-            if not trainer.strategy.reduce((first < kept).long(), reduce_op="max").item():
-                return None
-            first_bad = int(first.item())
-            return first_bad if first_bad < kept else -1
+            any_bad = trainer.strategy.reduce(any_bad, reduce_op="max")
+        if not any_bad.item():
+            return None
         first_bad = int(first.item())
-        return first_bad if first_bad < kept else None
+        return first_bad if first_bad < kept else -1
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._check(trainer)
