@@ -19,14 +19,17 @@ With ``--phases`` it also splits each pipeline's step into the model's arithmeti
 and the backward pass: the same code in every pipeline) and everything else (the batch, ``zero_grad``, the optimizer's
 update, and the loop around them), to show where ae-lightning's step spends the time the hand-written loop does not.
 
-Optionally (``--nll``) it also times the VAE's test-time bound on -log p(x) with 1000 importance samples over the
-10,000-image test set.
+Optionally it also times the VAE's test-time bound on -log p(x) with 1000 importance samples over the 10,000-image
+test set (``--nll``), and a whole epoch of ``ae-lightning fit`` with the VAE config at batch 128 on each device
+(``--epoch``): the training split and the validation split, together all 60,000 training images of the dataset, with
+the command's callbacks, logger and checkpoints; the second of two epochs, so that start-up is not counted.
 
     python scripts/benchmark_speed.py                                  # CPU (and CUDA if present), batch 32/128/1024
     python scripts/benchmark_speed.py --config configs/vae.yaml --batch-sizes 128 --devices cpu
     python scripts/benchmark_speed.py --devices cuda --precision bf16-mixed --batch-sizes 1024
     python scripts/benchmark_speed.py --batch-sizes 32 128 --phases   # also where each step's time goes
     python scripts/benchmark_speed.py --nll --batch-sizes                # only the nll timing
+    python scripts/benchmark_speed.py --epoch --batch-sizes --devices cuda   # only the VAE epoch on the GPU
 """
 
 from __future__ import annotations
@@ -57,10 +60,16 @@ from ae_lightning.cli import AutoencoderCLI
 ROOT = Path(__file__).resolve().parents[1]
 Batches = Iterator[tuple[Tensor, Tensor, Tensor]]
 TRAINED_BY = {False: "ae-lightning", True: "bare Lightning Trainer"}  # what trains in the fit, by --bare
+EPOCH_BATCH_SIZE = 128  # --epoch: the batch size of issue 6's epoch target
 
 
-def build(args: argparse.Namespace, batch_size: int, device: str, root_dir: str, max_steps: int) -> AutoencoderCLI:
-    """The CLI's model, datamodule and trainer, exactly as ``ae-lightning fit`` builds them (without running)."""
+def build(
+    args: argparse.Namespace, batch_size: int, device: str, root_dir: str, max_steps: int, *extra: str
+) -> AutoencoderCLI:
+    """The CLI's model, datamodule and trainer, exactly as ``ae-lightning fit`` builds them (without running).
+
+    It trains ``max_steps`` batches without validation, unless ``extra`` command-line arguments say otherwise.
+    """
     cli_args = [
         "--config", str(args.config),
         "--data", args.data, "--data.data_dir", str(args.data_dir), "--data.batch_size", str(batch_size),
@@ -70,6 +79,7 @@ def build(args: argparse.Namespace, batch_size: int, device: str, root_dir: str,
     ]  # fmt: skip
     if getattr(args, "compile", False):
         cli_args += ["--model.init_args.compile_networks", "true"]
+    cli_args += extra
     with mock.patch("sys.argv", ["ae-lightning"]):
         return AutoencoderCLI(args=cli_args, run=False)
 
@@ -284,6 +294,49 @@ def time_nll(args: argparse.Namespace) -> tuple[float, int, int]:
         return time.perf_counter() - start, model.nll_samples, cli.datamodule.split_size("test")
 
 
+class EpochTimer(L.Callback):
+    """Start, start of validation and end of a fit's last epoch (each epoch overwrites the one before)."""
+
+    def __init__(self) -> None:
+        self.start = self.validation_start = self.end = 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.start = self._now(pl_module)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.validation_start = self._now(pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.end = self._now(pl_module)  # after the last epoch's validation and checkpoints
+
+    @staticmethod
+    def _now(pl_module: L.LightningModule) -> float:
+        synchronize(pl_module.device)
+        return time.perf_counter()
+
+
+def time_epoch(args: argparse.Namespace, device: str) -> str:
+    """A line on the second of two epochs of ``ae-lightning fit`` with ``--epoch-config`` at batch 128 on ``device``."""
+    with tempfile.TemporaryDirectory() as root:
+        epoch_args = argparse.Namespace(**{**vars(args), "config": args.epoch_config})
+        cli = build(
+            epoch_args, EPOCH_BATCH_SIZE, device, root, -1,
+            "--trainer.max_epochs", "2", "--trainer.limit_val_batches", "1.0",
+        )  # fmt: skip
+        timer = EpochTimer()
+        cli.trainer.callbacks.append(timer)
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        training, validation = (cli.datamodule.split_size(split) for split in ("train", "val"))
+    epoch, train_seconds = timer.end - timer.start, timer.validation_start - timer.start
+    config = args.epoch_config.relative_to(ROOT) if args.epoch_config.is_relative_to(ROOT) else args.epoch_config
+    return (
+        f"{type(cli.model).__name__} epoch (`{config}`, batch {EPOCH_BATCH_SIZE}, {device}, precision "
+        f"{args.precision}): {epoch:.3f} s for {training + validation:,} images ({training:,} training and "
+        f"{validation:,} validation, with the command's callbacks, logger and checkpoints), of which the training "
+        f"pass took {train_seconds:.3f} s ({training / train_seconds:,.0f} images/s); the second of two epochs"
+    )
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     text = f"{platform.system()} {cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
@@ -292,41 +345,8 @@ def machine() -> str:
     return text
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "ae.yaml", help="model config to train")
-    parser.add_argument("--data", default="FashionMNISTDataModule", help="datamodule class")
-    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--batch-sizes", type=int, nargs="*", default=[32, 128, 1024])
-    parser.add_argument("--devices", nargs="+", default=["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
-    parser.add_argument("--precision", default="32", choices=["32", "bf16-mixed"])
-    parser.add_argument("--compile", action="store_true", help="ae-lightning with compile_networks (the others eager)")
-    parser.add_argument("--bare", action="store_true", help="a bare Lightning Trainer in ae-lightning's place")
-    parser.add_argument("--phases", action="store_true", help="also split each step into arithmetic and the rest")
-    parser.add_argument("--steps", type=int, default=50, help="batches per segment")
-    parser.add_argument("--segments", type=int, default=16, help="timed segments per pipeline")
-    parser.add_argument("--warmup", type=int, default=50, help="untimed batches first, per pipeline")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
-    parser.add_argument("--nll", action="store_true", help="also time the VAE's test/nll over the test set (CPU)")
-    parser.add_argument("--nll-config", type=Path, default=ROOT / "configs" / "vae.yaml")
-    parser.add_argument("--out", type=Path, default=None, help="write the table as markdown here")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    args = parser.parse_args()
-    for name in ("config", "nll_config"):
-        if not getattr(args, name).is_file():
-            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)} does not exist")
-    for name in ("steps", "segments", "warmup", *(["threads"] if args.threads is not None else [])):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be a positive integer, got {getattr(args, name)}")
-    if args.phases and args.devices != ["cpu"]:  # CUDA kernels run asynchronously: the clock would time their launch
-        parser.error(f"--phases times the CPU's work and needs --devices cpu, got --devices {' '.join(args.devices)}")
-    if "cuda" in args.devices and not torch.cuda.is_available():
-        parser.error("--devices cuda: no CUDA device is available here")
-    if args.out is not None and args.out.exists() and not args.overwrite:
-        parser.error(f"--out {args.out} exists; name another file, or pass --overwrite to replace it")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
+def throughput_lines(args: argparse.Namespace) -> list[str]:
+    """The throughput table (and with --phases the table of where each step's time goes), measured."""
     config = args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config
     lines = [
         f"Training throughput in images/s: `{config}`, {args.data}, precision {args.precision}"
@@ -364,11 +384,56 @@ def main() -> None:
             "| --- | ---: | --- | ---: | ---: | ---: | ---: |",
             *phases,
         ]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "ae.yaml", help="model config to train")
+    parser.add_argument("--data", default="FashionMNISTDataModule", help="datamodule class")
+    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--batch-sizes", type=int, nargs="*", default=[32, 128, 1024])
+    parser.add_argument("--devices", nargs="+", default=["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    parser.add_argument("--precision", default="32", choices=["32", "bf16-mixed"])
+    parser.add_argument("--compile", action="store_true", help="ae-lightning with compile_networks (the others eager)")
+    parser.add_argument("--bare", action="store_true", help="a bare Lightning Trainer in ae-lightning's place")
+    parser.add_argument("--phases", action="store_true", help="also split each step into arithmetic and the rest")
+    parser.add_argument("--steps", type=int, default=50, help="batches per segment")
+    parser.add_argument("--segments", type=int, default=16, help="timed segments per pipeline")
+    parser.add_argument("--warmup", type=int, default=50, help="untimed batches first, per pipeline")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--nll", action="store_true", help="also time the VAE's test/nll over the test set (CPU)")
+    parser.add_argument("--nll-config", type=Path, default=ROOT / "configs" / "vae.yaml")
+    parser.add_argument("--epoch", action="store_true", help="also time a whole epoch of fit at batch 128, per device")
+    parser.add_argument("--epoch-config", type=Path, default=ROOT / "configs" / "vae.yaml")
+    parser.add_argument("--out", type=Path, default=None, help="write the table as markdown here")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    args = parser.parse_args()
+    for name in ("config", "nll_config", "epoch_config"):
+        if not getattr(args, name).is_file():
+            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)} does not exist")
+    for name in ("steps", "segments", "warmup", *(["threads"] if args.threads is not None else [])):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    if args.phases and args.devices != ["cpu"]:  # CUDA kernels run asynchronously: the clock would time their launch
+        parser.error(f"--phases times the CPU's work and needs --devices cpu, got --devices {' '.join(args.devices)}")
+    if "cuda" in args.devices and not torch.cuda.is_available():
+        parser.error("--devices cuda: no CUDA device is available here")
+    if not (args.batch_sizes or args.nll or args.epoch):
+        parser.error("nothing to measure: give --batch-sizes, --nll or --epoch")
+    if args.out is not None and args.out.exists() and not args.overwrite:
+        parser.error(f"--out {args.out} exists; name another file, or pass --overwrite to replace it")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    lines = throughput_lines(args) if args.batch_sizes else []
     if args.nll:
         seconds, samples, images = time_nll(args)
         lines += ["", f"VAE test/nll ({samples} importance samples, {images:,} test images, CPU): {seconds:.1f} s"]
+    for device in args.devices if args.epoch else []:
+        lines += ["", time_epoch(args, device)]
     lines += ["", f"Machine: {machine()}. Date: {datetime.date.today()}. Command: `python {' '.join(sys.argv)}`"]
-    table = "\n".join(lines)
+    table = "\n".join(lines).lstrip("\n")
     print(table)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

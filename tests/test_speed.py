@@ -151,3 +151,33 @@ def test_speed_benchmark_refuses_a_model_the_reference_loop_cannot_train(data_di
     assert result.returncode != 0
     assert "AdversarialAutoencoder trains with manual optimization" in result.stderr
     assert not (tmp_path / "speed.md").exists()
+
+
+def test_speed_benchmark_times_a_whole_epoch_of_fit_with_validation(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "epoch.md"
+    command = [
+        sys.executable, str(ROOT / "scripts" / "benchmark_speed.py"), "--data-dir", str(data_dir), "--batch-sizes",
+        "--devices", "cpu", "--epoch", "--out", str(out),
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = out.read_text()
+    assert "| device | batch |" not in written  # no batch sizes: no throughput table
+    # the tiny dataset's 240 training images: 220 to train on and 20 held out for validation, all in the epoch
+    found = re.search(
+        r"^VAE epoch \(`configs/vae.yaml`, batch 128, cpu, precision 32\): ([\d.]+) s for 240 images \(220 training "
+        r"and 20 validation, .*\), of which the training pass took ([\d.]+) s \(([\d,]+) images/s\)",
+        written,
+        re.MULTILINE,
+    )
+    assert found, written
+    epoch, training, rate = (float(value.replace(",", "")) for value in found.groups())
+    assert 0 < training < epoch
+    assert 220 / (training + 0.0005) <= rate + 0.5 and rate - 0.5 <= 220 / (training - 0.0005)  # seconds to 3 places
+
+
+def test_speed_benchmark_refuses_to_run_with_nothing_to_measure(data_dir: Path, tmp_path: Path) -> None:
+    result = run_benchmark(data_dir, tmp_path / "speed.md", "--batch-sizes")
+    assert result.returncode != 0
+    assert "nothing to measure: give --batch-sizes, --nll or --epoch" in result.stderr
+    assert not (tmp_path / "speed.md").exists()
