@@ -155,11 +155,7 @@ def test_speed_benchmark_refuses_a_model_the_reference_loop_cannot_train(data_di
 
 def test_speed_benchmark_times_a_whole_epoch_of_fit_with_validation(data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "epoch.md"
-    command = [
-        sys.executable, str(ROOT / "scripts" / "benchmark_speed.py"), "--data-dir", str(data_dir), "--batch-sizes",
-        "--devices", "cpu", "--epoch", "--out", str(out),
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    result = run_benchmark(data_dir, out, "--batch-sizes", "--epoch")  # the last --batch-sizes wins: none
     assert result.returncode == 0, result.stderr[-3000:]
     written = out.read_text()
     assert "| device | batch |" not in written  # no batch sizes: no throughput table
