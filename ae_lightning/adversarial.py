@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from ae_lightning.base import Batch, DeterministicAutoencoder
 
@@ -56,8 +55,9 @@ class AdversarialAutoencoder(DeterministicAutoencoder):
     three per batch. Here only the reconstruction step goes through the Lightning optimizer wrapper and is counted;
     the discriminator and generator steps go through ``trainer.strategy.optimizer_step``, the same call minus the
     count (precision plugin, gradient scaler and ``on_before_optimizer_step`` hooks included). So ``global_step``
-    counts batches, as for every other variant: ``max_steps``, ``ModelCheckpoint(every_n_train_steps=...)`` and
-    ``log_every_n_steps`` mean training batches, and a checkpoint restores the count exactly.
+    counts batches of ``batch_size`` images, as for every other variant: ``max_steps`` and
+    ``ModelCheckpoint(every_n_train_steps=...)`` mean such batches, and a checkpoint restores the count exactly.
+    With ``steps_per_batch`` K > 1 each Lightning batch runs the three phases on each of its K batches.
 
     Mixed precision: the backward passes use ``manual_backward``, so ``16-mixed`` scales them with the gradient
     scaler and every step unscales before stepping; ``bf16-mixed`` and ``32`` need no scaler. The Trainer's
@@ -153,18 +153,14 @@ class AdversarialAutoencoder(DeterministicAutoencoder):
         return self.decode(self.sample_prior(n))
 
     # --- training: three phases per batch ---------------------------------------------------------------------------
-    def training_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
+    def optimization_step(self, batch: Batch) -> dict[str, Tensor]:
+        """The three phases on one batch (the base's ``training_step`` calls this for each batch it gets)."""
         x = batch[0]
-        if not self._input_checked:
-            self.check_input(x)
-            self._input_checked = True
         autoencoder_optimizer, discriminator_optimizer, generator_optimizer = self.optimizers()
         recon = self.reconstruction_phase(x, autoencoder_optimizer)
         d_loss, d_accuracy = self.discriminator_phase(x, discriminator_optimizer)
         g_loss = self.generator_phase(x, generator_optimizer)
-        terms = {"loss": recon, "recon": recon, "d_loss": d_loss, "g_loss": g_loss, "d_accuracy": d_accuracy}
-        self.log_terms(terms, "train", batch_size=len(x))
-        return terms  # as the base does: callbacks (the non-finite guard) see the terms as ``outputs``
+        return {"loss": recon, "recon": recon, "d_loss": d_loss, "g_loss": g_loss, "d_accuracy": d_accuracy}
 
     def reconstruction_phase(self, x: Tensor, optimizer: Optimizer) -> Tensor:
         """One step of encoder and decoder on the reconstruction loss (the step ``global_step`` counts)."""
@@ -202,17 +198,6 @@ class AdversarialAutoencoder(DeterministicAutoencoder):
         if self.gradient_clip_val:
             self.clip_gradients(optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
 
-    def on_train_epoch_end(self) -> None:
-        schedulers = self.lr_schedulers()
-        if schedulers is None:
-            return
-        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
-            if isinstance(scheduler, ReduceLROnPlateau):
-                if "val/loss" in self.trainer.callback_metrics:
-                    scheduler.step(self.trainer.callback_metrics["val/loss"])
-            else:
-                scheduler.step()
-
     # --- losses -----------------------------------------------------------------------------------------------------
     def discriminator_terms(self, codes: Tensor) -> tuple[Tensor, Tensor]:
         """The discriminator's binary cross-entropy on prior samples (1) and ``codes`` (0), and its accuracy."""
@@ -240,24 +225,16 @@ class AdversarialAutoencoder(DeterministicAutoencoder):
         """The autoencoder's, the discriminator's and the generator's (encoder) optimizers, in this order."""
         autoencoder = [*self.encoder.parameters(), *self.decoder.parameters()]
         return [
-            _optimizer_config(autoencoder, self.optimizer_factory, self.lr_scheduler_factory),
-            _optimizer_config(
+            self.build_optimizer(autoencoder, self.optimizer_factory, self.lr_scheduler_factory),
+            self.build_optimizer(
                 self.discriminator.parameters(),
                 self.discriminator_optimizer_factory,
                 self.discriminator_lr_scheduler_factory,
             ),
-            _optimizer_config(self.encoder.parameters(), self.generator_optimizer_factory, self.lr_scheduler_factory),
+            self.build_optimizer(
+                self.encoder.parameters(), self.generator_optimizer_factory, self.lr_scheduler_factory
+            ),
         ]
-
-
-def _optimizer_config(
-    parameters: Any, optimizer: OptimizerCallable, lr_scheduler: LRSchedulerCallable | None
-) -> dict[str, Any]:
-    # Manual optimization steps the schedulers itself (``on_train_epoch_end``): no ``monitor`` or ``interval`` here.
-    built = optimizer(parameters)
-    if lr_scheduler is None:
-        return {"optimizer": built}
-    return {"optimizer": built, "lr_scheduler": {"scheduler": lr_scheduler(built)}}
 
 
 def _mixture_means(components: int, latent_dim: int, radius: float) -> Tensor:

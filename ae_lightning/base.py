@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar, Literal
 
@@ -9,6 +10,7 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from ae_lightning import losses
 from ae_lightning.metrics import ReconstructionMetrics
@@ -33,10 +35,24 @@ class AutoencoderModule(L.LightningModule):
         network: ``mlp`` or ``conv`` encoder/decoder.
         hidden_dims: widths of the MLP's hidden layers, or channels of the convolutions; the decoder mirrors them.
         optimizer: optimizer factory, called with the parameters (``class_path`` + ``init_args`` in YAML).
-        lr_scheduler: optional scheduler factory, called with the optimizer; stepped every epoch.
+        lr_scheduler: optional scheduler factory, called with the optimizer; stepped every epoch (a
+            ``ReduceLROnPlateau`` with ``val/loss``).
         compile_networks: ``torch.compile`` the networks (:meth:`networks`) in place when fit, validate, test or
             predict starts; the weights' names stay the same, so checkpoints load either way. Off by default: on a
             2-core CPU it made the 784-256-64-20 MLP's training slower (``scripts/benchmark_speed.py --compile``).
+        steps_per_batch: optimizer steps per Lightning training batch. With 1, the default, each batch is one step of
+            Lightning's automatic optimization (its manual optimization for the adversarial autoencoder). With
+            ``K > 1`` ae-lightning's datamodules deliver ``K`` consecutive batches of ``batch_size`` images per
+            Lightning batch and the model takes one optimizer step on each, under manual optimization: the same
+            steps on the same batches (the same weights, to the bit on a CPU), with Lightning's per-batch work (its
+            loop, hooks and callbacks, several hundred microseconds) paid once per ``K`` steps. ``global_step``,
+            ``max_steps`` and ``ModelCheckpoint(every_n_train_steps=N)`` count optimizer steps (fit refuses to
+            start unless ``K`` divides ``N`` and the steps of an epoch, as the step would jump over multiples of
+            ``N``). The settings that count training batches (``log_every_n_steps``, an integer
+            ``val_check_interval`` or ``limit_train_batches``, the loggers' step axis, the progress bar) count
+            Lightning batches of ``K`` steps, and each logged training term is the mean over its ``K`` steps.
+            Schedulers step every epoch, as with 1. The Trainer's ``gradient_clip_val`` and
+            ``accumulate_grad_batches`` need automatic optimization, so ``K = 1``. See ``docs/speed.md``.
     """
 
     is_generative: ClassVar[bool] = False
@@ -50,9 +66,12 @@ class AutoencoderModule(L.LightningModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         compile_networks: bool = False,
+        steps_per_batch: int = 1,
     ) -> None:
         super().__init__()
         check_network(network, hidden_dims, latent_dim)
+        if isinstance(steps_per_batch, bool) or not isinstance(steps_per_batch, int) or steps_per_batch < 1:
+            raise ValueError(f"steps_per_batch must be a positive integer, got {steps_per_batch!r}")
         if len(input_shape) != 3 or any(size <= 0 for size in input_shape):
             raise ValueError(f"input_shape must be (channels, height, width) of positive sizes, got {input_shape}")
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
@@ -61,6 +80,9 @@ class AutoencoderModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.compile_networks = compile_networks
+        self.steps_per_batch = steps_per_batch
+        # Several optimizer steps per Lightning batch need manual optimization (``training_step`` takes them).
+        self.automatic_optimization = steps_per_batch == 1
         self.test_reconstruction = ReconstructionMetrics(prefix="test/")
         self._input_checked = False
 
@@ -104,9 +126,37 @@ class AutoencoderModule(L.LightningModule):
         return losses.mean_squared_error(self(x), x)
 
     # --- steps ------------------------------------------------------------------------------------------------------
-    def training_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
+    def training_step(self, batch: Batch | list[Batch], batch_idx: int) -> dict[str, Tensor]:
         # All named terms, not only ``loss``: callbacks (the non-finite guard) see them as ``outputs``.
-        return self._shared_step(batch, "train")
+        if self.automatic_optimization:
+            return self._shared_step(batch, "train")  # Lightning's automatic optimization steps on ``loss``
+        # Manual optimization: one step per batch of the group (``steps_per_batch``); another loader's plain batch
+        # (a sequence of tensors) is a group of one.
+        group = [batch] if isinstance(batch[0], Tensor) else batch
+        trainer = self.trainer
+        steps = []
+        for step_batch in group:
+            if trainer.should_stop or 0 <= trainer.max_steps <= trainer.global_step:
+                break  # a group may hold more steps than max_steps leaves
+            if not self._input_checked:
+                self.check_input(step_batch[0])
+                self._input_checked = True
+            steps.append(self.optimization_step(step_batch))
+        if len(steps) <= 1:
+            terms = steps[0] if steps else {}
+        else:
+            terms = {name: torch.stack([step[name] for step in steps]).mean() for name in steps[0]}
+        self.log_terms(terms, "train", batch_size=sum(len(step_batch[0]) for step_batch in group))
+        return terms
+
+    def optimization_step(self, batch: Batch) -> dict[str, Tensor]:
+        """One optimizer step on ``batch`` under manual optimization; returns the batch's loss terms, detached."""
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        terms = self.loss_terms(*batch)
+        self.manual_backward(terms["loss"])
+        optimizer.step()
+        return {name: value.detach() for name, value in terms.items()}
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._shared_step(batch, "val")
@@ -171,8 +221,8 @@ class AutoencoderModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         return self.build_optimizer(self.parameters(), self.optimizer_factory, self.lr_scheduler_factory)
 
-    @staticmethod
     def build_optimizer(
+        self,
         parameters: Iterable[nn.Parameter] | Iterable[dict[str, Any]],
         optimizer: OptimizerCallable,
         lr_scheduler: LRSchedulerCallable | None,
@@ -181,7 +231,21 @@ class AutoencoderModule(L.LightningModule):
         built = optimizer(parameters)
         if lr_scheduler is None:
             return {"optimizer": built}
-        return {"optimizer": built, "lr_scheduler": {"scheduler": lr_scheduler(built), "monitor": "val/loss"}}
+        scheduler = {"scheduler": lr_scheduler(built)}
+        if self.automatic_optimization:  # under manual optimization ``on_train_epoch_end`` steps it
+            scheduler["monitor"] = "val/loss"
+        return {"optimizer": built, "lr_scheduler": scheduler}
+
+    def on_train_epoch_end(self) -> None:
+        if self.automatic_optimization:
+            return  # Lightning steps the schedulers
+        schedulers = self.lr_schedulers() or []
+        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+            if isinstance(scheduler, ReduceLROnPlateau):
+                if "val/loss" in self.trainer.callback_metrics:  # validation at the epoch's end has run by now
+                    scheduler.step(self.trainer.callback_metrics["val/loss"])
+            else:
+                scheduler.step()
 
     def configure_model(self) -> None:
         if self.compile_networks:
@@ -196,6 +260,34 @@ class AutoencoderModule(L.LightningModule):
                 f"{type(self).__name__} was built for images of shape {self.input_shape}, but "
                 f"{type(datamodule).__name__} yields {tuple(data_shape)}"
             )
+
+    def on_train_start(self) -> None:
+        if self.steps_per_batch > 1:
+            self._check_step_checkpoints()
+
+    def _check_step_checkpoints(self) -> None:
+        """Refuse a ``ModelCheckpoint(every_n_train_steps=N)`` that the global step would jump over.
+
+        It saves when ``global_step % N == 0`` at the end of a Lightning batch, which advances the step by
+        ``steps_per_batch`` K, and by less at an epoch's last batch when K does not divide the epoch's steps.
+        """
+        trainer, steps = self.trainer, self.steps_per_batch
+        loader = trainer.train_dataloader
+        epoch_steps = getattr(loader, "batches_per_epoch", None)
+        if epoch_steps is not None and trainer.num_training_batches < len(loader):  # limit_train_batches: whole Ks
+            epoch_steps = trainer.num_training_batches * steps
+        for callback in trainer.checkpoint_callbacks:
+            every = getattr(callback, "_every_n_train_steps", 0)
+            if not every:
+                continue
+            if every % steps or (epoch_steps is not None and epoch_steps % steps):
+                fits = math.gcd(every, epoch_steps) if epoch_steps is not None else every
+                raise ValueError(
+                    f"ModelCheckpoint(every_n_train_steps={every}) saves when the global step is a multiple of "
+                    f"{every}, but with steps_per_batch={steps} the step advances {steps} at a time"
+                    + (f" within epochs of {epoch_steps} steps" if epoch_steps is not None else "")
+                    + f" and would pass over some multiples. Set steps_per_batch to a divisor of {fits}, e.g. 1"
+                )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ae_lightning_class"] = _class_path(type(self))

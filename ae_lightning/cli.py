@@ -81,6 +81,7 @@ class AutoencoderCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         kwargs["plugins"] = _with_atomic_checkpoint_io(config.get("plugins"))
+        _check_steps_per_batch(self.model, config)
         if config.get("strategy") == "ddp" and not getattr(self.model, "automatic_optimization", True):
             # Each backward of a manual-optimization step may reach only part of the weights (the adversarial AE's
             # discriminator phase only the discriminator's), which DDP accepts only when it looks for unused ones.
@@ -141,6 +142,20 @@ def _newest_checkpoint(config: Any) -> str | None:
         rank_zero_warn(f"--ckpt_path last: no checkpoint under {dirpath or root} yet, starting from scratch")
         return None
     return str(max(candidates, key=lambda path: path.stat().st_mtime))
+
+
+def _check_steps_per_batch(model: Any, trainer_config: dict[str, Any]) -> None:
+    """Name the model setting that rules out the Trainer's gradient clipping or accumulation, instead of Lightning's
+    "not supported for manual optimization"."""
+    steps = getattr(model, "steps_per_batch", 1)
+    if steps == 1:
+        return
+    for name, off in (("gradient_clip_val", (None, 0, 0.0)), ("accumulate_grad_batches", (None, 1))):
+        if trainer_config.get(name) not in off:
+            raise ValueError(
+                f"--trainer.{name} {trainer_config[name]} needs one optimizer step per Lightning batch, but the model "
+                f"takes steps_per_batch={steps}: set --model.init_args.steps_per_batch 1"
+            )
 
 
 def _default_wandb_save_dir(config: Any) -> None:

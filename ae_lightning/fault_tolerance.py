@@ -149,7 +149,7 @@ class SlurmRequeue(Callback):
     Lightning's own handler writes ``hpc_ckpt_<n>.ckpt`` inside the signal handler, wherever the signal finds each
     rank. Under DDP that can be inside different collectives on different ranks (a gradient all-reduce on one, the
     checkpoint's barrier on another), and then they wait for each other until the job is killed. Here the handler only
-    notes the signal. Every ``check_every_n_steps`` training batches the ranks agree, with one all-reduce (a host sync
+    notes the signal. Every ``check_every_n_steps`` optimizer steps the ranks agree, with one all-reduce (a host sync
     on GPUs), whether any of them got it (a single process looks at every batch). If so, at the end of that batch they
     write ``<default_root_dir>/hpc_ckpt_<n>.ckpt`` together, at the point where ``ModelCheckpoint`` writes its step
     checkpoints, so the resumed run continues exactly; rank 0 requeues the job with ``scontrol requeue``; and every
@@ -160,7 +160,9 @@ class SlurmRequeue(Callback):
     default); as its handler is installed first, Lightning leaves that signal to it.
 
     Args:
-        check_every_n_steps: how often, in training batches, the ranks agree on whether the signal came.
+        check_every_n_steps: how often, in optimizer steps, the ranks agree on whether the signal came (at the end
+            of the first training batch that reaches it: with a model's ``steps_per_batch`` K, every
+            ``max(K, check_every_n_steps)`` steps or so).
     """
 
     def __init__(self, check_every_n_steps: int = 10) -> None:
@@ -170,7 +172,7 @@ class SlurmRequeue(Callback):
         self._signum: int | None = None
         self._previous_handler: Any = None
         self._signalled = False
-        self._batches = 0
+        self._checked_at_step = 0
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # The cluster environment Lightning's own signal handling reads (also for a single device under SLURM).
@@ -180,7 +182,7 @@ class SlurmRequeue(Callback):
             return
         self._signum = environment.requeue_signal
         self._previous_handler = signal.signal(self._signum, self._note_signal)
-        self._signalled, self._batches = False, 0
+        self._signalled, self._checked_at_step = False, trainer.global_step
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self._signum is not None:
@@ -199,8 +201,8 @@ class SlurmRequeue(Callback):
             if self._signalled:
                 self._requeue(trainer)
             return
-        self._batches += 1
-        if self._batches % self.check_every_n_steps == 0:
+        if trainer.global_step - self._checked_at_step >= self.check_every_n_steps:
+            self._checked_at_step = trainer.global_step
             signalled = torch.tensor(int(self._signalled), device=pl_module.device)
             if trainer.strategy.reduce(signalled, reduce_op="max").item():
                 self._requeue(trainer)
@@ -273,7 +275,9 @@ class NonFiniteGuard(Callback):
     ``last.ckpt`` stays the last good one.
 
     Args:
-        action: ``error`` (stop training) or ``skip`` (skip the batch, count it).
+        action: ``error`` (stop training) or ``skip`` (skip the batch, count it). With a model's
+            ``steps_per_batch`` K > 1 a training batch holds K optimizer steps: ``train/skipped_batches`` counts the
+            batches in which any step was skipped, and an error names the batch's first global step.
         check_every_n_steps: how often, in training batches, the kept terms are checked; ``None``: the trainer's
             ``log_every_n_steps``.
     """

@@ -79,6 +79,8 @@ def build(
     ]  # fmt: skip
     if getattr(args, "compile", False):
         cli_args += ["--model.init_args.compile_networks", "true"]
+    if getattr(args, "steps_per_batch", None) is not None:
+        cli_args += ["--model.init_args.steps_per_batch", str(args.steps_per_batch)]
     cli_args += extra
     with mock.patch("sys.argv", ["ae-lightning"]):
         return AutoencoderCLI(args=cli_args, run=False)
@@ -183,50 +185,62 @@ def torchvision_batches(dataset_class: type, data_dir: Path, batch_size: int) ->
 
 
 class Interleave(L.Callback):
-    """Times ``ae-lightning fit`` in segments of ``steps`` batches and runs the other pipelines between them."""
+    """Times ``ae-lightning fit`` in segments of ``steps`` batches and runs the other pipelines between them.
 
-    def __init__(self, others: dict[str, PlainLoop], steps: int, warmup: int, clock: ModelClock) -> None:
-        self.others, self.steps, self.warmup, self.clock = others, steps, warmup, clock
+    Segments start and end between Lightning batches, which hold ``steps_per_batch`` optimizer steps each: a segment
+    counts the optimizer steps (batches of ``batch_size`` images) that ``global_step`` says it took.
+    """
+
+    def __init__(
+        self, others: dict[str, PlainLoop], batch_size: int, steps: int, warmup: int, clock: ModelClock
+    ) -> None:
+        self.others, self.batch_size, self.steps, self.warmup, self.clock = others, batch_size, steps, warmup, clock
         self.segments: dict[str, list[Segment]] = {"ae-lightning": [], **{name: [] for name in others}}
         self._start: float | None = None
-        self._batch_size = 0
+        self._start_step = 0
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        done = trainer.global_step - self.warmup
-        if done < 0 or done % self.steps:
+        step = trainer.global_step
+        if step < self.warmup or (self._start is not None and step - self._start_step < self.steps):
             return
-        self._batch_size = len(batch[0])
-        self._close_segment(pl_module.device)
-        if done == 0:
+        if self._start is None and not self.segments["ae-lightning"]:
             for pipeline in self.others.values():
                 pipeline.run(self.warmup)
+        self._close_segment(trainer)
         for name, pipeline in self.others.items():
             self.segments[name].append(pipeline.run(self.steps))
         synchronize(pl_module.device)
         self.clock.take()
-        self._start = time.perf_counter()
+        self._start, self._start_step = time.perf_counter(), step
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._close_segment(pl_module.device)
+        self._close_segment(trainer)
 
-    def _close_segment(self, device: torch.device) -> None:
+    def _close_segment(self, trainer: L.Trainer) -> None:
         if self._start is not None:
-            synchronize(device)
+            synchronize(trainer.lightning_module.device)
             seconds = time.perf_counter() - self._start
-            self.segments["ae-lightning"].append(Segment(self.steps * self._batch_size, seconds, self.clock.take()))
+            images = (trainer.global_step - self._start_step) * self.batch_size
+            self.segments["ae-lightning"].append(Segment(images, seconds, self.clock.take()))
             self._start = None
 
 
-def measure(args: argparse.Namespace, batch_size: int, device: str) -> dict[str, list[Segment]]:
-    """The timed segments of each pipeline."""
+def measure(args: argparse.Namespace, batch_size: int, device: str) -> tuple[dict[str, list[Segment]], int]:
+    """The timed segments of each pipeline, and the model's ``steps_per_batch``."""
     with tempfile.TemporaryDirectory() as root:
         cli = build(args, batch_size, device, root, max_steps=args.warmup + args.segments * args.steps)
         model, datamodule = cli.model, cli.datamodule
-        if not model.automatic_optimization:
+        if not isinstance(model.configure_optimizers(), dict):
             raise SystemExit(
-                f"--config {args.config}: {type(model).__name__} trains with manual optimization (several "
-                "optimizers), which the hand-written reference loop does not implement; pick a config with one "
-                "optimizer"
+                f"--config {args.config}: {type(model).__name__} trains with several optimizers, which the "
+                "hand-written reference loop does not implement; pick a config with one optimizer"
+            )
+        steps_per_batch = model.steps_per_batch
+        if args.steps % steps_per_batch or args.warmup % steps_per_batch:
+            raise SystemExit(
+                f"--steps {args.steps} and --warmup {args.warmup} must be multiples of the model's steps_per_batch "
+                f"{steps_per_batch} (optimizer steps per Lightning batch), so that segments start and end between "
+                "Lightning batches; or set --steps-per-batch"
             )
         datamodule.setup("fit")
         images, labels = datamodule.splits["train"]
@@ -246,7 +260,7 @@ def measure(args: argparse.Namespace, batch_size: int, device: str) -> dict[str,
                 clock,
             ),
         }
-        interleave = Interleave(others, args.steps, args.warmup, clock)
+        interleave = Interleave(others, batch_size, args.steps, args.warmup, clock)
         trainer = cli.trainer
         if args.bare:  # the floor that Lightning's own loop sets: no logger, callbacks, progress bar or checkpoints
             trainer = L.Trainer(
@@ -262,7 +276,7 @@ def measure(args: argparse.Namespace, batch_size: int, device: str) -> dict[str,
             timed_backward = mock.patch.object(torch.Tensor, "backward", clock.timed(torch.Tensor.backward))
         with timed_backward:
             trainer.fit(model, datamodule=datamodule)
-        return interleave.segments
+        return interleave.segments, steps_per_batch
 
 
 def phase_rows(device: str, batch_size: int, segments: dict[str, list[Segment]], bare: bool) -> list[str]:
@@ -349,11 +363,6 @@ def throughput_lines(args: argparse.Namespace) -> list[str]:
     """The throughput table (and with --phases the table of where each step's time goes), measured."""
     config = args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config
     lines = [
-        f"Training throughput in images/s: `{config}`, {args.data}, precision {args.precision}"
-        f"{', ae-lightning with compile_networks' if args.compile else ''}"
-        f"{', a bare Lightning Trainer in place of ae-lightning' if args.bare else ''}. Median of "
-        f"{args.segments} interleaved segments of {args.steps} batches after {args.warmup} warm-up batches; each ratio "
-        "is the median of the per-segment ratios to the hand-written loop.",
         "",
         f"| device | batch | hand-written loop | {TRAINED_BY[args.bare]} | ratio "
         "| torchvision DataLoader + ToTensor | ratio |",
@@ -362,7 +371,7 @@ def throughput_lines(args: argparse.Namespace) -> list[str]:
     phases = []
     for device in args.devices:
         for batch_size in args.batch_sizes:
-            segments = measure(args, batch_size, device)
+            segments, steps_per_batch = measure(args, batch_size, device)
             reference = [segment.rate for segment in segments["hand-written"]]
             cells = [f"{statistics.median(reference):,.0f}"]
             for name in ("ae-lightning", "torchvision"):
@@ -372,6 +381,15 @@ def throughput_lines(args: argparse.Namespace) -> list[str]:
             lines.append(f"| {device} | {batch_size} | {' | '.join(cells)} |")
             print(lines[-1], file=sys.stderr, flush=True)
             phases += phase_rows(device, batch_size, segments, args.bare)
+    lines.insert(
+        0,
+        f"Training throughput in images/s: `{config}` with steps_per_batch {steps_per_batch} (optimizer steps per "
+        f"Lightning batch), {args.data}, precision {args.precision}"
+        f"{', ae-lightning with compile_networks' if args.compile else ''}"
+        f"{', a bare Lightning Trainer in place of ae-lightning' if args.bare else ''}. Median of "
+        f"{args.segments} interleaved segments of {args.steps} optimizer steps after {args.warmup} warm-up steps; each "
+        "ratio is the median of the per-segment ratios to the hand-written loop.",
+    )
     if args.phases:
         lines += [
             "",
@@ -398,6 +416,9 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="ae-lightning with compile_networks (the others eager)")
     parser.add_argument("--bare", action="store_true", help="a bare Lightning Trainer in ae-lightning's place")
     parser.add_argument("--phases", action="store_true", help="also split each step into arithmetic and the rest")
+    parser.add_argument(
+        "--steps-per-batch", type=int, default=None, help="the model's steps_per_batch (default: the config's)"
+    )
     parser.add_argument("--steps", type=int, default=50, help="batches per segment")
     parser.add_argument("--segments", type=int, default=16, help="timed segments per pipeline")
     parser.add_argument("--warmup", type=int, default=50, help="untimed batches first, per pipeline")
@@ -412,9 +433,10 @@ def main() -> None:
     for name in ("config", "nll_config", "epoch_config"):
         if not getattr(args, name).is_file():
             parser.error(f"--{name.replace('_', '-')} {getattr(args, name)} does not exist")
-    for name in ("steps", "segments", "warmup", *(["threads"] if args.threads is not None else [])):
+    optional = [name for name in ("threads", "steps_per_batch") if getattr(args, name) is not None]
+    for name in ("steps", "segments", "warmup", *optional):
         if getattr(args, name) < 1:
-            parser.error(f"--{name} must be a positive integer, got {getattr(args, name)}")
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
     if args.phases and args.devices != ["cpu"]:  # CUDA kernels run asynchronously: the clock would time their launch
         parser.error(f"--phases times the CPU's work and needs --devices cpu, got --devices {' '.join(args.devices)}")
     if "cuda" in args.devices and not torch.cuda.is_available():

@@ -22,7 +22,7 @@ from tiny_runs import ROOT, last_checkpoint, run_cli, subprocess_env, tiny_args
 DDP = ["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2"]
 VARIANTS = ["ae", "vae", "aae", "autodecoder"]
 TRAIN_SIZE = 220  # the tiny data set's training split
-# The auto-decoder trains on 3 global batches of 2 x 16 images only, so that some codes are never seen.
+# The auto-decoder trains 3 steps on global batches of 2 x 16 images only, so that some codes are never seen.
 AUTODECODER_BATCHES = 3
 
 
@@ -37,7 +37,7 @@ def ddp_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for variant in VARIANTS:
         folder = str(root / variant / "ranks")
         record = ["--trainer.callbacks+=tiny_runs.RecordRank", "--trainer.callbacks.folder", folder]
-        limit = ["--trainer.limit_train_batches", str(AUTODECODER_BATCHES)] if variant == "autodecoder" else []
+        limit = ["--trainer.max_steps", str(AUTODECODER_BATCHES)] if variant == "autodecoder" else []
         runs.append(
             ["fit", *tiny_args(variant, data_dir, root / variant, *DDP, *record, *limit, "--trainer.max_epochs", "1")]
         )

@@ -14,8 +14,10 @@ from tiny_runs import build_cli, last_checkpoint, tiny_args
 from ae_lightning.fault_tolerance import NonFiniteGuard, NonFiniteLossError
 
 DIVERGING_SGD = json.dumps({"class_path": "torch.optim.SGD", "init_args": {"lr": 1e6}})
-# A checkpoint after every step, so that the last one written before the failure is the step before it.
-EVERY_STEP = ["--checkpoint.every_n_train_steps", "1", "--checkpoint.monitor", "null"]
+# One optimizer step per Lightning batch (the configs take 10), so that the guard sees each step's terms, and a
+# checkpoint after every step, so that the last one written before the failure is the step before it.
+ONE_STEP = ["--model.init_args.steps_per_batch", "1"]
+EVERY_STEP = [*ONE_STEP, "--checkpoint.every_n_train_steps", "1", "--checkpoint.monitor", "null"]
 POISONED = ["--model.class_path", "tiny_runs.PoisonedAutoencoder", "--model.init_args.poisoned_steps", "[3,5]"]
 
 
@@ -64,7 +66,7 @@ def test_deferred_check_names_the_first_bad_step_and_keeps_the_last_good_checkpo
 def test_skip_leaves_weights_and_optimizer_untouched_on_bad_batches_and_counts_them(
     data_dir: Path, tmp_path: Path
 ) -> None:
-    cli = fit(*tiny_args("ae", data_dir, tmp_path, *POISONED, "--nonfinite.action", "skip"))
+    cli = fit(*tiny_args("ae", data_dir, tmp_path, *POISONED, *ONE_STEP, "--nonfinite.action", "skip"))
     assert cli.trainer.state.finished and cli.trainer.global_step == 28
     assert cli.trainer.callback_metrics["train/skipped_batches"] == 2
     last = last_checkpoint(tmp_path)

@@ -75,6 +75,10 @@ def test_batches_already_on_the_device_pass_through_and_others_are_moved() -> No
     assert all(torch.equal(a, b) for a, b in zip(moved, batch))
     meta = datamodule.transfer_batch_to_device(batch, torch.device("meta"), 0)
     assert all(item.device.type == "meta" for item in meta)
+    group = [batch, batch]  # the batches of a model with steps_per_batch 2
+    assert datamodule.transfer_batch_to_device(group, torch.device("cpu"), 0) is group
+    moved_group = datamodule.transfer_batch_to_device(group, torch.device("meta"), 0)
+    assert [item.device.type for step_batch in moved_group for item in step_batch] == ["meta"] * 6
 
 
 @pytest.mark.slow
@@ -96,13 +100,16 @@ def test_compiled_networks_train_and_write_checkpoints_that_load_into_an_eager_m
 def run_benchmark(data_dir: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     command = [
         sys.executable, str(ROOT / "scripts" / "benchmark_speed.py"), "--data-dir", str(data_dir),
-        "--batch-sizes", "8", "16", "--steps", "3", "--segments", "2", "--warmup", "2", "--devices", "cpu",
+        "--batch-sizes", "8", "16", "--steps", "4", "--segments", "2", "--warmup", "2", "--devices", "cpu",
+        "--steps-per-batch", "2",
         "--out", str(out), *extra,
     ]  # fmt: skip
     return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
 
 
-@pytest.mark.parametrize("trainer", [[], ["--bare", "--phases"]], ids=["command", "bare-phases"])
+@pytest.mark.parametrize(
+    "trainer", [[], ["--bare", "--phases", "--steps-per-batch", "1"]], ids=["command", "bare-phases-one-step"]
+)
 def test_speed_benchmark_writes_a_table_of_all_three_pipelines_and_keeps_an_existing_file(
     trainer: list[str], data_dir: Path, tmp_path: Path
 ) -> None:
@@ -118,6 +125,7 @@ def test_speed_benchmark_writes_a_table_of_all_three_pipelines_and_keeps_an_exis
     assert ("Where a training step's time goes" in written) == ("--phases" in trainer)
     trained_by = "bare Lightning Trainer" if "--bare" in trainer else "ae-lightning"
     assert f"| hand-written loop | {trained_by} | ratio |" in written
+    assert f"`configs/ae.yaml` with steps_per_batch {1 if '--bare' in trainer else 2} (optimizer steps" in written
     again = run_benchmark(data_dir, out)
     assert again.returncode != 0 and f"--out {out} exists" in again.stderr
     assert out.read_text() == written
@@ -139,6 +147,13 @@ def test_speed_benchmark_phases_split_each_step_into_arithmetic_and_the_rest(dat
         assert (excess == "") == (name == "hand-written")
 
 
+def test_speed_benchmark_refuses_segments_that_end_inside_a_lightning_batch(data_dir: Path, tmp_path: Path) -> None:
+    result = run_benchmark(data_dir, tmp_path / "speed.md", "--steps-per-batch", "3")
+    assert result.returncode != 0
+    assert "--steps 4 and --warmup 2 must be multiples of the model's steps_per_batch 3" in result.stderr
+    assert not (tmp_path / "speed.md").exists()
+
+
 def test_speed_benchmark_phases_refuse_a_gpu_whose_kernels_it_cannot_time(data_dir: Path, tmp_path: Path) -> None:
     result = run_benchmark(data_dir, tmp_path / "speed.md", "--phases", "--devices", "cuda")
     assert result.returncode != 0
@@ -149,7 +164,7 @@ def test_speed_benchmark_phases_refuse_a_gpu_whose_kernels_it_cannot_time(data_d
 def test_speed_benchmark_refuses_a_model_the_reference_loop_cannot_train(data_dir: Path, tmp_path: Path) -> None:
     result = run_benchmark(data_dir, tmp_path / "speed.md", "--config", str(ROOT / "configs" / "aae.yaml"))
     assert result.returncode != 0
-    assert "AdversarialAutoencoder trains with manual optimization" in result.stderr
+    assert "AdversarialAutoencoder trains with several optimizers" in result.stderr
     assert not (tmp_path / "speed.md").exists()
 
 

@@ -149,7 +149,7 @@ def _save_half_and_die(checkpoint: dict, file) -> None:
 
 class RecordRank(Callback):
     """Writes ``<folder>/rank<R>.pt`` at the end of fit: this rank's initial and final weights, and the sample
-    indices of every training batch it saw.
+    indices of every training batch it trained on (one per optimizer step).
 
     Args:
         folder: where to write.
@@ -159,12 +159,20 @@ class RecordRank(Callback):
         self.folder = Path(folder)
         self.indices: list[list[int]] = []
         self.initial: dict[str, torch.Tensor] = {}
+        self._step_at_batch_start = 0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.initial = _cpu_state(pl_module)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        self.indices.append(batch[2].tolist())
+        self._step_at_batch_start = trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        # A Lightning batch of a model with steps_per_batch > 1 is a list of (image, label, index) batches, of which
+        # the model trained on as many as global_step advanced (fewer where max_steps cut the list short).
+        step_batches = batch if isinstance(batch, list) else [batch]
+        for step_batch in step_batches[: trainer.global_step - self._step_at_batch_start]:
+            self.indices.append(step_batch[2].tolist())
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -177,17 +185,22 @@ def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 class SlowDown(Callback):
-    """Sleeps ``seconds`` after every training batch, so that a test can signal a run while it is still training.
+    """Sleeps ``seconds`` per optimizer step after every training batch, so that a test can signal a run while it is
+    still training.
 
     Args:
-        seconds: pause per batch.
+        seconds: pause per optimizer step (a training batch holds the model's ``steps_per_batch`` steps).
     """
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
+        self._step_at_batch_start = 0
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        self._step_at_batch_start = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
-        time.sleep(self.seconds)
+        time.sleep(self.seconds * (trainer.global_step - self._step_at_batch_start))
 
 
 class PoisonedAutoencoder(Autoencoder):
