@@ -133,11 +133,10 @@ class AutoencoderModule(L.LightningModule):
         # Manual optimization: one step per batch of the group (``steps_per_batch``); another loader's plain batch
         # (a sequence of tensors) is a group of one.
         group = [batch] if isinstance(batch[0], Tensor) else batch
-        trainer = self.trainer
+        if self.trainer.max_steps >= 0:  # a group may hold more steps than max_steps leaves
+            group = group[: self.trainer.max_steps - self.trainer.global_step]
         steps = []
         for step_batch in group:
-            if trainer.should_stop or 0 <= trainer.max_steps <= trainer.global_step:
-                break  # a group may hold more steps than max_steps leaves
             if not self._input_checked:
                 self.check_input(step_batch[0])
                 self._input_checked = True
