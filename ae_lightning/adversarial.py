@@ -90,6 +90,7 @@ class AdversarialAutoencoder(DeterministicAutoencoder):
     """
 
     is_generative = True
+    partial_backward = True  # the discriminator phase reaches only the discriminator, the generator phase the encoder
 
     def __init__(
         self,

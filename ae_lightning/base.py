@@ -56,6 +56,9 @@ class AutoencoderModule(L.LightningModule):
     """
 
     is_generative: ClassVar[bool] = False
+    # Whether some backward pass of a training step reaches only part of the weights (DDP must then look for unused
+    # parameters, an extra walk over the autograd graph per backward).
+    partial_backward: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -135,14 +138,14 @@ class AutoencoderModule(L.LightningModule):
         group = [batch] if isinstance(batch[0], Tensor) else batch
         if self.trainer.max_steps >= 0:  # a group may hold more steps than max_steps leaves
             group = group[: self.trainer.max_steps - self.trainer.global_step]
-        steps = []
-        for step_batch in group:
-            if not self._input_checked:
-                self.check_input(step_batch[0])
-                self._input_checked = True
-            steps.append(self.optimization_step(step_batch))
-        if len(steps) <= 1:
-            terms = steps[0] if steps else {}
+        if not group:
+            return {}
+        if not self._input_checked:
+            self.check_input(group[0][0])
+            self._input_checked = True
+        steps = [self.optimization_step(step_batch) for step_batch in group]
+        if len(steps) == 1:
+            terms = steps[0]
         else:
             terms = {name: torch.stack([step[name] for step in steps]).mean() for name in steps[0]}
         self.log_terms(terms, "train", batch_size=sum(len(step_batch[0]) for step_batch in group))

@@ -82,9 +82,9 @@ class AutoencoderCLI(LightningCLI):
         config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         kwargs["plugins"] = _with_atomic_checkpoint_io(config.get("plugins"))
         _check_steps_per_batch(self.model, config)
-        if config.get("strategy") == "ddp" and not getattr(self.model, "automatic_optimization", True):
-            # Each backward of a manual-optimization step may reach only part of the weights (the adversarial AE's
-            # discriminator phase only the discriminator's), which DDP accepts only when it looks for unused ones.
+        if config.get("strategy") == "ddp" and getattr(self.model, "partial_backward", False):
+            # A backward that reaches only part of the weights (the adversarial AE's discriminator phase only the
+            # discriminator's) is one DDP accepts only when it looks for unused parameters.
             kwargs["strategy"] = "ddp_find_unused_parameters_true"
         return super().instantiate_trainer(**kwargs)
 

@@ -133,7 +133,7 @@ class PlainLoop:
     """A hand-written training loop: the model's loss, ``zero_grad``, ``backward``, ``step``; nothing else.
 
     Args:
-        model: a copy of the model, on ``device``, with one optimizer and automatic optimization.
+        model: a copy of the model, on ``device``, with one optimizer (the loop steps it itself).
         batches: endless ``(image, label, index)`` batches.
         device: where the model lives; batches are moved there.
         precision: ``32`` or ``bf16-mixed`` (autocast around the loss, as Lightning does).
@@ -419,9 +419,9 @@ def main() -> None:
     parser.add_argument(
         "--steps-per-batch", type=int, default=None, help="the model's steps_per_batch (default: the config's)"
     )
-    parser.add_argument("--steps", type=int, default=50, help="batches per segment")
+    parser.add_argument("--steps", type=int, default=50, help="optimizer steps per segment")
     parser.add_argument("--segments", type=int, default=16, help="timed segments per pipeline")
-    parser.add_argument("--warmup", type=int, default=50, help="untimed batches first, per pipeline")
+    parser.add_argument("--warmup", type=int, default=50, help="untimed optimizer steps first, per pipeline")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--nll", action="store_true", help="also time the VAE's test/nll over the test set (CPU)")
     parser.add_argument("--nll-config", type=Path, default=ROOT / "configs" / "vae.yaml")

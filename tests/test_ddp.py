@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_runs import ROOT, last_checkpoint, run_cli, subprocess_env, tiny_args
+from tiny_runs import ROOT, build_cli, last_checkpoint, run_cli, subprocess_env, tiny_args
 
 DDP = ["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2"]
 VARIANTS = ["ae", "vae", "aae", "autodecoder"]
@@ -117,3 +117,13 @@ def test_test_metrics_reduced_across_ranks_equal_one_process(ddp_runs: Path) -> 
     assert set(under_ddp) == {name for name in one_process if name.startswith("test/")}
     for name, value in under_ddp.items():
         assert value == pytest.approx(one_process[name], rel=1e-5), name
+
+
+@pytest.mark.parametrize("variant, finds_unused", [("aae", True), ("ae", False)])
+def test_ddp_looks_for_unused_parameters_only_for_partial_backward_passes(
+    variant: str, finds_unused: bool, tmp_path: Path
+) -> None:
+    # The adversarial AE's discriminator and generator phases reach only part of the weights; the other variants'
+    # backward passes, several per Lightning batch with steps_per_batch 10, reach all of them.
+    cli = build_cli(*tiny_args(variant, tmp_path / "data", tmp_path, *DDP))
+    assert cli.trainer.strategy._ddp_kwargs.get("find_unused_parameters", False) is finds_unused
