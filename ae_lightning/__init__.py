@@ -8,12 +8,8 @@ from ae_lightning.contractive import ContractiveAutoencoder
 from ae_lightning.cvae import ConditionalVAE
 from ae_lightning.denoising import DenoisingAutoencoder
 from ae_lightning.dropout import DropoutAutoencoder
-from ae_lightning.overhead import skip_nvml_check_without_nvml
 from ae_lightning.sparse import SparseAutoencoder
 from ae_lightning.vae import VAE
-
-# Lightning (imported above) sets this variable; see ae_lightning.overhead.
-skip_nvml_check_without_nvml()
 
 __all__ = [
     "VAE",

@@ -57,7 +57,6 @@ class AdversarialAutoencoder(DeterministicAutoencoder):
     count (precision plugin, gradient scaler and ``on_before_optimizer_step`` hooks included). So ``global_step``
     counts batches of ``batch_size`` images, as for every other variant: ``max_steps`` and
     ``ModelCheckpoint(every_n_train_steps=...)`` mean such batches, and a checkpoint restores the count exactly.
-    With ``steps_per_batch`` K > 1 each Lightning batch runs the three phases on each of its K batches.
 
     Mixed precision: the backward passes use ``manual_backward``, so ``16-mixed`` scales them with the gradient
     scaler and every step unscales before stepping; ``bf16-mixed`` and ``32`` need no scaler. The Trainer's
@@ -108,11 +107,6 @@ class AdversarialAutoencoder(DeterministicAutoencoder):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        # The base keeps the optimizer factories out of the hyperparameters (a checkpoint must load without them);
-        # do the same for the discriminator's and the generator's.
-        for name in ("discriminator_optimizer", "discriminator_lr_scheduler", "generator_optimizer"):
-            self.hparams.pop(name, None)
-            self._hparams_initial.pop(name, None)
         if prior not in ("normal", "mixture"):
             raise ValueError(f"prior must be 'normal' or 'mixture', got {prior!r}")
         if mixture_components < 1:
@@ -155,7 +149,7 @@ class AdversarialAutoencoder(DeterministicAutoencoder):
 
     # --- training: three phases per batch ---------------------------------------------------------------------------
     def optimization_step(self, batch: Batch) -> dict[str, Tensor]:
-        """The three phases on one batch (the base's ``training_step`` calls this for each batch it gets)."""
+        """The three phases on one batch."""
         x = batch[0]
         autoencoder_optimizer, discriminator_optimizer, generator_optimizer = self.optimizers()
         recon = self.reconstruction_phase(x, autoencoder_optimizer)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import inspect
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar, Literal
 
@@ -37,22 +37,8 @@ class AutoencoderModule(L.LightningModule):
         optimizer: optimizer factory, called with the parameters (``class_path`` + ``init_args`` in YAML).
         lr_scheduler: optional scheduler factory, called with the optimizer; stepped every epoch (a
             ``ReduceLROnPlateau`` with ``val/loss``).
-        compile_networks: ``torch.compile`` the networks (:meth:`networks`) in place when fit, validate, test or
-            predict starts; the weights' names stay the same, so checkpoints load either way. Off by default: on a
-            2-core CPU it made the 784-256-64-20 MLP's training slower (``scripts/benchmark_speed.py --compile``).
-        steps_per_batch: optimizer steps per Lightning training batch. With 1, the default, each batch is one step of
-            Lightning's automatic optimization (its manual optimization for the adversarial autoencoder). With
-            ``K > 1`` ae-lightning's datamodules deliver ``K`` consecutive batches of ``batch_size`` images per
-            Lightning batch and the model takes one optimizer step on each, under manual optimization: the same
-            steps on the same batches (the same weights, to the bit on a CPU), with Lightning's per-batch work (its
-            loop, hooks and callbacks, several hundred microseconds) paid once per ``K`` steps. ``global_step``,
-            ``max_steps`` and ``ModelCheckpoint(every_n_train_steps=N)`` count optimizer steps (fit refuses to
-            start unless ``K`` divides ``N`` and the steps of an epoch, as the step would jump over multiples of
-            ``N``). The settings that count training batches (``log_every_n_steps``, an integer
-            ``val_check_interval`` or ``limit_train_batches``, the loggers' step axis, the progress bar) count
-            Lightning batches of ``K`` steps, and each logged training term is the mean over its ``K`` steps.
-            Schedulers step every epoch, as with 1. The Trainer's ``gradient_clip_val`` and
-            ``accumulate_grad_batches`` need automatic optimization, so ``K = 1``. See ``docs/speed.md``.
+        compile_networks: ``torch.compile`` the networks in place when fit, validate, test or predict starts (the
+            weights keep their names, so checkpoints load either way).
     """
 
     is_generative: ClassVar[bool] = False
@@ -69,34 +55,20 @@ class AutoencoderModule(L.LightningModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         compile_networks: bool = False,
-        steps_per_batch: int = 1,
     ) -> None:
         super().__init__()
         check_network(network, hidden_dims, latent_dim)
-        if isinstance(steps_per_batch, bool) or not isinstance(steps_per_batch, int) or steps_per_batch < 1:
-            raise ValueError(f"steps_per_batch must be a positive integer, got {steps_per_batch!r}")
         if len(input_shape) != 3 or any(size <= 0 for size in input_shape):
             raise ValueError(f"input_shape must be (channels, height, width) of positive sizes, got {input_shape}")
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        # Optimizer and scheduler factories are not hyperparameters: a checkpoint must load without them.
+        self.save_hyperparameters(ignore=_factory_arguments(type(self)))
         self.input_shape = tuple(input_shape)
         self.latent_dim = latent_dim
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.compile_networks = compile_networks
-        self.steps_per_batch = steps_per_batch
-        # Several optimizer steps per Lightning batch need manual optimization (``training_step`` takes them).
-        self.automatic_optimization = steps_per_batch == 1
         self.test_reconstruction = ReconstructionMetrics(prefix="test/")
         self._input_checked = False
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        # Lightning sets ``_current_fx_name`` (a str or None) around every hook call, about 45 times a step. It is
-        # never a parameter, buffer or module, so the bookkeeping of ``nn.Module.__setattr__`` (ten times the cost
-        # of a plain attribute) buys nothing for it; see ae_lightning.overhead.
-        if name == "_current_fx_name":
-            self.__dict__[name] = value
-        else:
-            super().__setattr__(name, value)
 
     # --- the public API ---------------------------------------------------------------------------------------------
     def encode(self, x: Tensor) -> Tensor:
@@ -129,26 +101,13 @@ class AutoencoderModule(L.LightningModule):
         return losses.mean_squared_error(self(x), x)
 
     # --- steps ------------------------------------------------------------------------------------------------------
-    def training_step(self, batch: Batch | list[Batch], batch_idx: int) -> dict[str, Tensor]:
+    def training_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         # All named terms, not only ``loss``: callbacks (the non-finite guard) see them as ``outputs``.
         if self.automatic_optimization:
             return self._shared_step(batch, "train")  # Lightning's automatic optimization steps on ``loss``
-        # Manual optimization: one step per batch of the group (``steps_per_batch``); another loader's plain batch
-        # (a sequence of tensors) is a group of one.
-        group = [batch] if isinstance(batch[0], Tensor) else batch
-        if self.trainer.max_steps >= 0:  # a group may hold more steps than max_steps leaves
-            group = group[: self.trainer.max_steps - self.trainer.global_step]
-        if not group:
-            return {}
-        if not self._input_checked:
-            self.check_input(group[0][0])
-            self._input_checked = True
-        steps = [self.optimization_step(step_batch) for step_batch in group]
-        if len(steps) == 1:
-            terms = steps[0]
-        else:
-            terms = {name: torch.stack([step[name] for step in steps]).mean() for name in steps[0]}
-        self.log_terms(terms, "train", batch_size=sum(len(step_batch[0]) for step_batch in group))
+        self._check_input_once(batch[0])
+        terms = self.optimization_step(batch)
+        self.log_terms(terms, "train", batch_size=len(batch[0]))
         return terms
 
     def optimization_step(self, batch: Batch) -> dict[str, Tensor]:
@@ -189,27 +148,23 @@ class AutoencoderModule(L.LightningModule):
 
     def _shared_step(self, batch: Batch, stage: Stage) -> dict[str, Tensor]:
         x, labels, indices = batch
-        if not self._input_checked:
-            self.check_input(x)
-            self._input_checked = True
+        self._check_input_once(x)
         terms = self.loss_terms(x, labels, indices)
         self.log_terms(terms, stage, batch_size=len(x))
         return terms
 
     def log_terms(self, terms: dict[str, Tensor], stage: Stage, batch_size: int) -> None:
-        """Log each term as ``<stage>/<name>``, ``loss`` also in the progress bar.
-
-        Validation and test terms are averaged over the epoch and reduced across ranks once at its end. Training
-        terms are logged per step, without a cross-rank sync, and only on the steps whose logs Lightning writes
-        (every ``log_every_n_steps``): each ``self.log`` call costs about a millisecond of Python, which at MNIST
-        scale is a large share of a step.
-        """
+        """Log each term as ``<stage>/<name>`` (``loss`` also in the progress bar): training terms per step,
+        validation and test terms averaged over the epoch and reduced across ranks."""
         training = stage == "train"
-        if training and self._trainer is not None and not self.trainer._logger_connector.should_update_logs:
-            return
         for name, value in terms.items():
             self.log(f"{stage}/{name}", value, prog_bar=name == "loss", on_step=training, on_epoch=not training,
                      sync_dist=not training, batch_size=batch_size)
+
+    def _check_input_once(self, x: Tensor) -> None:
+        if not self._input_checked:
+            self.check_input(x)
+            self._input_checked = True
 
     def check_input(self, x: Tensor) -> None:
         """Raise a ValueError naming the mismatch if ``x`` is not a batch of ``input_shape`` images."""
@@ -263,34 +218,6 @@ class AutoencoderModule(L.LightningModule):
                 f"{type(datamodule).__name__} yields {tuple(data_shape)}"
             )
 
-    def on_train_start(self) -> None:
-        if self.steps_per_batch > 1:
-            self._check_step_checkpoints()
-
-    def _check_step_checkpoints(self) -> None:
-        """Refuse a ``ModelCheckpoint(every_n_train_steps=N)`` that the global step would jump over.
-
-        It saves when ``global_step % N == 0`` at the end of a Lightning batch, which advances the step by
-        ``steps_per_batch`` K, and by less at an epoch's last batch when K does not divide the epoch's steps.
-        """
-        trainer, steps = self.trainer, self.steps_per_batch
-        loader = trainer.train_dataloader
-        epoch_steps = getattr(loader, "batches_per_epoch", None)
-        if epoch_steps is not None and trainer.num_training_batches < len(loader):  # limit_train_batches: whole Ks
-            epoch_steps = trainer.num_training_batches * steps
-        for callback in trainer.checkpoint_callbacks:
-            every = getattr(callback, "_every_n_train_steps", 0)
-            if not every:
-                continue
-            if every % steps or (epoch_steps is not None and epoch_steps % steps):
-                fits = math.gcd(every, epoch_steps) if epoch_steps is not None else every
-                raise ValueError(
-                    f"ModelCheckpoint(every_n_train_steps={every}) saves when the global step is a multiple of "
-                    f"{every}, but with steps_per_batch={steps} the step advances {steps} at a time"
-                    + (f" within epochs of {epoch_steps} steps" if epoch_steps is not None else "")
-                    + f" and would pass over some multiples. Set steps_per_batch to a divisor of {fits}, e.g. 1"
-                )
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ae_lightning_class"] = _class_path(type(self))
 
@@ -326,6 +253,13 @@ class DeterministicAutoencoder(AutoencoderModule):
         if self.reconstruction == "bce":
             return -losses.bernoulli_log_likelihood(logits, x)
         return losses.squared_error(torch.sigmoid(logits), x)
+
+
+def _factory_arguments(cls: type) -> list[str]:
+    """The ``__init__`` arguments of ``cls`` and its bases that take optimizer or scheduler factories."""
+    inits = [base.__init__ for base in cls.__mro__ if "__init__" in vars(base)]
+    names = {name for init in inits for name in inspect.signature(init).parameters}
+    return sorted(name for name in names if name.endswith(("optimizer", "lr_scheduler")))
 
 
 def _class_path(cls: type) -> str:

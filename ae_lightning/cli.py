@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
@@ -20,8 +20,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 import datamodules  # noqa: F401  (registers the datamodules for ``--data <ClassName>``)
 from ae_lightning import AutoencoderModule
 from ae_lightning.callbacks import ImageLogger, SaveConfigToRun
+from ae_lightning.fast import StepsPerBatch
 from ae_lightning.fault_tolerance import AtomicCheckpointIO, NonFiniteGuard, RandomStateCheckpoint, SlurmRequeue
-from ae_lightning.overhead import NoProfiler
 from ae_lightning.prediction import PredictionWriter
 from datamodules.base import ImageDataModule
 
@@ -50,6 +50,7 @@ class AutoencoderCLI(LightningCLI):
         kwargs.setdefault("save_config_callback", SaveConfigToRun)
         # Callbacks in ``trainer_defaults`` are added to every trainer, whatever --trainer.callbacks says.
         kwargs.setdefault("trainer_defaults", {"callbacks": [RandomStateCheckpoint(), SlurmRequeue()]})
+        kwargs.setdefault("seed_everything_default", 42)
         super().__init__(
             AutoencoderModule,
             ImageDataModule,
@@ -73,31 +74,27 @@ class AutoencoderCLI(LightningCLI):
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.add_lightning_class_args(ImageLogger, "images")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
+        parser.add_lightning_class_args(StepsPerBatch, "fast")  # steps: 1 (the default) trains as Lightning does
 
     def before_instantiate_classes(self) -> None:
         subcommand = self.config.get("subcommand")
         _default_wandb_save_dir(self.config[subcommand] if subcommand else self.config)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        config = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
         kwargs["plugins"] = _with_atomic_checkpoint_io(config.get("plugins"))
-        _check_steps_per_batch(self.model, config)
+        callbacks = config.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+        # Lightning's default bar redraws, reading every logged value from the device, on every step; at MNIST
+        # scale that is a large share of a step, so the command's default bar redraws every 25 steps.
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            callbacks.append(TQDMProgressBar(refresh_rate=PROGRESS_BAR_REFRESH_STEPS))
+        kwargs["callbacks"] = callbacks
         if config.get("strategy") == "ddp" and getattr(self.model, "partial_backward", False):
             # A backward that reaches only part of the weights (the adversarial AE's discriminator phase only the
             # discriminator's) is one DDP accepts only when it looks for unused parameters.
             kwargs["strategy"] = "ddp_find_unused_parameters_true"
         return super().instantiate_trainer(**kwargs)
-
-    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
-        # Lightning's default progress bar refreshes, and reads every logged value from the device, on every step;
-        # at MNIST scale that costs a large share of the step time, so the default bar refreshes less often.
-        wants_bar = config.get("enable_progress_bar") is not False
-        has_bar = any(isinstance(c, ProgressBar) for c in [*(config.get("callbacks") or []), *callbacks])
-        if wants_bar and not has_bar:
-            callbacks = [*callbacks, TQDMProgressBar(refresh_rate=PROGRESS_BAR_REFRESH_STEPS)]
-        if config.get("profiler") is None:  # Lightning's pass-through profiler costs a context manager per hook call
-            config = {**config, "profiler": NoProfiler()}
-        return super()._instantiate_trainer(config, callbacks)
 
     def _parse_ckpt_path(self) -> None:
         subcommand = self.config.get("subcommand")
@@ -142,20 +139,6 @@ def _newest_checkpoint(config: Any) -> str | None:
         rank_zero_warn(f"--ckpt_path last: no checkpoint under {dirpath or root} yet, starting from scratch")
         return None
     return str(max(candidates, key=lambda path: path.stat().st_mtime))
-
-
-def _check_steps_per_batch(model: Any, trainer_config: dict[str, Any]) -> None:
-    """Name the model setting that rules out the Trainer's gradient clipping or accumulation, instead of Lightning's
-    "not supported for manual optimization"."""
-    steps = getattr(model, "steps_per_batch", 1)
-    if steps == 1:
-        return
-    for name, off in (("gradient_clip_val", (None, 0, 0.0)), ("accumulate_grad_batches", (None, 1))):
-        if trainer_config.get(name) not in off:
-            raise ValueError(
-                f"--trainer.{name} {trainer_config[name]} needs one optimizer step per Lightning batch, but the model "
-                f"takes steps_per_batch={steps}: set --model.init_args.steps_per_batch 1"
-            )
 
 
 def _default_wandb_save_dir(config: Any) -> None:

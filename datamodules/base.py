@@ -196,7 +196,7 @@ class ImageDataModule(L.LightningDataModule):
     def _binarize_once(images: Tensor, generator: torch.Generator) -> Tensor:
         return (torch.rand(images.shape, generator=generator) * 255 < images).to(torch.uint8) * 255
 
-    def _loader(self, split: Split, shuffle: bool, steps_per_batch: int = 1) -> TensorBatchLoader:
+    def _loader(self, split: Split, shuffle: bool) -> TensorBatchLoader:
         if not self.splits:
             self.setup()
         images, labels = self.splits[split]
@@ -214,13 +214,10 @@ class ImageDataModule(L.LightningDataModule):
             world_size=trainer.world_size if trainer is not None else 1,
             device=trainer.strategy.root_device if on_device else "cpu",
             num_workers=self.hparams.num_workers,
-            steps_per_batch=steps_per_batch,
         )
 
     def train_dataloader(self) -> TensorBatchLoader:
-        # A model that takes several optimizer steps per Lightning batch (``steps_per_batch``) gets that many batches.
-        model = self.trainer.lightning_module if self.trainer is not None else None
-        return self._loader("train", shuffle=True, steps_per_batch=getattr(model, "steps_per_batch", 1))
+        return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> TensorBatchLoader:
         return self._loader("val", shuffle=False)
@@ -240,7 +237,5 @@ class ImageDataModule(L.LightningDataModule):
 
 
 def _built_on(device: torch.device, batch: Any) -> bool:
-    """Whether ``batch``, a loader's ``(image, label, index)`` tuple or a list of them, lies on ``device`` already."""
-    if isinstance(batch, list):
-        return all(_built_on(device, item) for item in batch)
+    """Whether ``batch``, a loader's ``(image, label, index)`` tuple, lies on ``device`` already."""
     return isinstance(batch, tuple) and all(isinstance(item, Tensor) and item.device == device for item in batch)

@@ -79,8 +79,8 @@ def build(
     ]  # fmt: skip
     if getattr(args, "compile", False):
         cli_args += ["--model.init_args.compile_networks", "true"]
-    if getattr(args, "steps_per_batch", None) is not None:
-        cli_args += ["--model.init_args.steps_per_batch", str(args.steps_per_batch)]
+    if getattr(args, "fast_steps", 1) > 1:  # the fast path, configs/fast.yaml; logs at least once per batch
+        cli_args += ["--fast.steps", str(args.fast_steps), "--trainer.log_every_n_steps", str(50 * args.fast_steps)]
     cli_args += extra
     with mock.patch("sys.argv", ["ae-lightning"]):
         return AutoencoderCLI(args=cli_args, run=False)
@@ -235,12 +235,12 @@ def measure(args: argparse.Namespace, batch_size: int, device: str) -> tuple[dic
                 f"--config {args.config}: {type(model).__name__} trains with several optimizers, which the "
                 "hand-written reference loop does not implement; pick a config with one optimizer"
             )
-        steps_per_batch = model.steps_per_batch
+        steps_per_batch = args.fast_steps
         if args.steps % steps_per_batch or args.warmup % steps_per_batch:
             raise SystemExit(
-                f"--steps {args.steps} and --warmup {args.warmup} must be multiples of the model's steps_per_batch "
+                f"--steps {args.steps} and --warmup {args.warmup} must be multiples of --fast-steps "
                 f"{steps_per_batch} (optimizer steps per Lightning batch), so that segments start and end between "
-                "Lightning batches; or set --steps-per-batch"
+                "Lightning batches"
             )
         datamodule.setup("fit")
         images, labels = datamodule.splits["train"]
@@ -383,7 +383,7 @@ def throughput_lines(args: argparse.Namespace) -> list[str]:
             phases += phase_rows(device, batch_size, segments, args.bare)
     lines.insert(
         0,
-        f"Training throughput in images/s: `{config}` with steps_per_batch {steps_per_batch} (optimizer steps per "
+        f"Training throughput in images/s: `{config}` with fast.steps {steps_per_batch} (optimizer steps per "
         f"Lightning batch), {args.data}, precision {args.precision}"
         f"{', ae-lightning with compile_networks' if args.compile else ''}"
         f"{', a bare Lightning Trainer in place of ae-lightning' if args.bare else ''}. Median of "
@@ -417,7 +417,7 @@ def main() -> None:
     parser.add_argument("--bare", action="store_true", help="a bare Lightning Trainer in ae-lightning's place")
     parser.add_argument("--phases", action="store_true", help="also split each step into arithmetic and the rest")
     parser.add_argument(
-        "--steps-per-batch", type=int, default=None, help="the model's steps_per_batch (default: the config's)"
+        "--fast-steps", type=int, default=1, help="optimizer steps per Lightning batch (configs/fast.yaml: 10)"
     )
     parser.add_argument("--steps", type=int, default=50, help="optimizer steps per segment")
     parser.add_argument("--segments", type=int, default=16, help="timed segments per pipeline")
@@ -433,7 +433,7 @@ def main() -> None:
     for name in ("config", "nll_config", "epoch_config"):
         if not getattr(args, name).is_file():
             parser.error(f"--{name.replace('_', '-')} {getattr(args, name)} does not exist")
-    optional = [name for name in ("threads", "steps_per_batch") if getattr(args, name) is not None]
+    optional = [name for name in ("threads", "fast_steps") if getattr(args, name) is not None]
     for name in ("steps", "segments", "warmup", *optional):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")

@@ -16,7 +16,7 @@ from ae_lightning.fault_tolerance import NonFiniteGuard, NonFiniteLossError
 DIVERGING_SGD = json.dumps({"class_path": "torch.optim.SGD", "init_args": {"lr": 1e6}})
 # One optimizer step per Lightning batch (the configs take 10), so that the guard sees each step's terms, and a
 # checkpoint after every step, so that the last one written before the failure is the step before it.
-ONE_STEP = ["--model.init_args.steps_per_batch", "1"]
+ONE_STEP: list[str] = []
 EVERY_STEP = [*ONE_STEP, "--checkpoint.every_n_train_steps", "1", "--checkpoint.monitor", "null"]
 POISONED = ["--model.class_path", "tiny_runs.PoisonedAutoencoder", "--model.init_args.poisoned_steps", "[3,5]"]
 

@@ -17,7 +17,7 @@ from ae_lightning.cli import _newest_checkpoint
 from ae_lightning.fault_tolerance import AtomicCheckpointIO
 
 # 2 steps per Lightning batch (the configs take 10), which divides both 4 and the 14 steps of an epoch.
-EVERY_4 = ["--checkpoint.every_n_train_steps", "4", "--model.init_args.steps_per_batch", "2"]
+EVERY_4 = ["--checkpoint.every_n_train_steps", "4"]
 STEPS = 28  # 2 epochs of 14 batches
 
 # Each case: the variant, the fit's extra arguments, the callback that kills the run, the step of the last checkpoint

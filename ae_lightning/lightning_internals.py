@@ -1,0 +1,32 @@
+"""The few Lightning internals ae-lightning relies on, where Lightning offers no public route.
+
+Each use has a test in ``tests/test_lightning_internals.py`` that fails with a clear message when a Lightning release
+changes it; ``pyproject.toml`` bounds Lightning to the releases the suite ran on.
+"""
+
+from __future__ import annotations
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+
+def every_n_train_steps(checkpoint: ModelCheckpoint) -> int:
+    """The ``every_n_train_steps`` a ``ModelCheckpoint`` was built with (0 when it saves by epoch or time).
+
+    ModelCheckpoint keeps its constructor argument only as the private ``_every_n_train_steps``.
+    """
+    try:
+        return int(checkpoint._every_n_train_steps or 0)
+    except AttributeError:
+        raise RuntimeError(_changed("ModelCheckpoint no longer keeps `_every_n_train_steps`")) from None
+
+
+def _changed(what: str) -> str:
+    import lightning
+
+    return (
+        f"Lightning {lightning.__version__} changed an internal that ae-lightning uses: {what}. Install a Lightning "
+        "release within the bounds of ae-lightning's pyproject.toml, or report this with the Lightning version"
+    )
+
+
+__all__ = ["every_n_train_steps"]
