@@ -96,6 +96,10 @@ class AutoencoderModule(L.LightningModule):
         found = (getattr(self, name, None) for name in ("encoder", "decoder", "discriminator"))
         return [network for network in found if isinstance(network, nn.Module)]
 
+    def reconstruction_rows(self, x: Tensor) -> tuple[Tensor, ...]:
+        """The rows of the reconstruction picture of images ``x``: the images and their reconstructions."""
+        return x, self(x)
+
     def anomaly_score(self, x: Tensor) -> Tensor:
         """Per-sample anomaly score (higher = more anomalous): the reconstruction's mean squared error."""
         return losses.mean_squared_error(self(x), x)

@@ -7,13 +7,17 @@ Models and datamodules are chosen by import path (``class_path: ae_lightning.VAE
 from __future__ import annotations
 
 import importlib
+import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+from jsonargparse import lazy_instance
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -21,13 +25,44 @@ import datamodules  # noqa: F401  (registers the datamodules for ``--data <Class
 from ae_lightning import AutoencoderModule
 from ae_lightning.callbacks import ImageLogger, SaveConfigToRun
 from ae_lightning.fast import StepsPerBatch
-from ae_lightning.fault_tolerance import AtomicCheckpointIO, NonFiniteGuard, RandomStateCheckpoint, SlurmRequeue
+from ae_lightning.fault_tolerance import (
+    AtomicCheckpointIO,
+    NonFiniteGuard,
+    RandomStateCheckpoint,
+    RunCheckpoint,
+    SlurmRequeue,
+)
 from ae_lightning.prediction import PredictionWriter
 from datamodules.base import ImageDataModule
 
 # ``--ckpt_path`` values that Lightning resolves itself rather than reading a file.
 _SPECIAL_CKPT_PATHS = {"last", "best", "hpc", "registry"}
 PROGRESS_BAR_REFRESH_STEPS = 25
+# A logger's ``save_dir`` that stands for the run's ``default_root_dir``.
+ROOT_DIR = "<default_root_dir>"
+
+
+class CommandTrainer(Trainer):
+    """Lightning's Trainer with the ``limit_*_batches`` typed integer-first, so that the command reads ``1`` as one
+    batch and ``1.0`` as all of them, as Lightning documents (its own ``float | int`` annotation reads both as 1.0)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        limit_train_batches: int | float | None = None,
+        limit_val_batches: int | float | None = None,
+        limit_test_batches: int | float | None = None,
+        limit_predict_batches: int | float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            *args,
+            limit_train_batches=limit_train_batches,
+            limit_val_batches=limit_val_batches,
+            limit_test_batches=limit_test_batches,
+            limit_predict_batches=limit_predict_batches,
+            **kwargs,
+        )
 
 
 class AutoencoderCLI(LightningCLI):
@@ -46,11 +81,13 @@ class AutoencoderCLI(LightningCLI):
     """
 
     def __init__(self, **kwargs) -> None:
+        _quiet_known_noise()
         kwargs.setdefault("save_config_kwargs", {"overwrite": False})
         kwargs.setdefault("save_config_callback", SaveConfigToRun)
         # Callbacks in ``trainer_defaults`` are added to every trainer, whatever --trainer.callbacks says.
         kwargs.setdefault("trainer_defaults", {"callbacks": [RandomStateCheckpoint(), SlurmRequeue()]})
         kwargs.setdefault("seed_everything_default", 42)
+        kwargs.setdefault("trainer_class", CommandTrainer)
         super().__init__(
             AutoencoderModule,
             ImageDataModule,
@@ -62,7 +99,7 @@ class AutoencoderCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.input_shape", "model.init_args.input_shape", apply_on="instantiate")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/loss",
@@ -71,6 +108,8 @@ class AutoencoderCLI(LightningCLI):
                 "checkpoint.filename": "best-{epoch}-{step}",
             }
         )
+        # Lightning's default logger, made explicit so that ``--trainer.logger TensorBoardLogger`` needs no save_dir.
+        parser.set_defaults({"trainer.logger": lazy_instance(TensorBoardLogger, save_dir=ROOT_DIR)})
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.add_lightning_class_args(ImageLogger, "images")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
@@ -78,7 +117,7 @@ class AutoencoderCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         subcommand = self.config.get("subcommand")
-        _default_wandb_save_dir(self.config[subcommand] if subcommand else self.config)
+        _default_save_dirs(self.config[subcommand] if subcommand else self.config)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
@@ -118,6 +157,32 @@ class AutoencoderCLI(LightningCLI):
         super()._parse_ckpt_path()
 
 
+# Messages that say nothing about the user's run, each filtered by its text and the module that issues it.
+_NOISE = [
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", r"lightning\.pytorch\.utilities\._pytree"),
+    (r"The `srun` command is available on your system but is not used", r"lightning\.fabric\.plugins\.environments"),
+    (r"The number of training batches \(\d+\) is smaller than the logging interval", r"lightning\.pytorch\.loops"),
+    (r"Lightning couldn't infer the indices fetched for your dataloader", r"lightning\.pytorch\.loops"),
+    (r"Using ModelCheckpoint with manual optimization and every_n_train_steps", r"lightning\.pytorch\.callbacks"),
+]
+
+
+class _DropTips(logging.Filter):
+    """Drops Lightning's advertising tips (``💡 Tip: ...``) from its console log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip: For seamless cloud logging" not in record.getMessage()
+
+
+def _quiet_known_noise() -> None:
+    for message, module in _NOISE:
+        warnings.filterwarnings("ignore", message=message, module=module)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch"):
+        target = logging.getLogger(name)
+        if not any(isinstance(f, _DropTips) for f in target.filters):
+            target.addFilter(_DropTips())
+
+
 def _newest_checkpoint(config: Any) -> str | None:
     """``--ckpt_path last``: the newest ``last*.ckpt`` of this run's folder, or SLURM ``hpc_ckpt_*.ckpt``.
 
@@ -141,15 +206,20 @@ def _newest_checkpoint(config: Any) -> str | None:
     return str(max(candidates, key=lambda path: path.stat().st_mtime))
 
 
-def _default_wandb_save_dir(config: Any) -> None:
-    """A WandbLogger given no ``save_dir`` writes under ``default_root_dir``, like every other output of a run."""
+def _default_save_dirs(config: Any) -> None:
+    """Loggers without a ``save_dir`` of their own write under ``default_root_dir``, like every other output of a run:
+    the default TensorBoard logger, and a WandbLogger given no ``save_dir`` or ``dir``."""
+    root = config.trainer.get("default_root_dir") or "."
     loggers = config.trainer.get("logger")
     for logger in loggers if isinstance(loggers, list) else [loggers]:
-        if not hasattr(logger, "class_path") or not logger.class_path.endswith("WandbLogger"):
+        init_args = logger.get("init_args") if hasattr(logger, "class_path") else None
+        if init_args is None:
             continue
-        init_args = logger.get("init_args")
-        if init_args is not None and init_args.get("save_dir") in (None, ".") and not init_args.get("dir"):
-            init_args.save_dir = config.trainer.get("default_root_dir") or "."
+        if init_args.get("save_dir") == ROOT_DIR:
+            init_args.save_dir = root
+        elif logger.class_path.endswith("WandbLogger") and init_args.get("save_dir") in (None, "."):
+            if not init_args.get("dir"):
+                init_args.save_dir = root
 
 
 def _with_atomic_checkpoint_io(plugins: Any) -> list[Any]:

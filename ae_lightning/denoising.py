@@ -79,6 +79,11 @@ class DenoisingAutoencoder(DeterministicAutoencoder):
         """``x`` corrupted with this model's corruption."""
         return corrupt(x, self.corruption, self.corruption_level)
 
+    def reconstruction_rows(self, x: Tensor) -> tuple[Tensor, ...]:
+        """The corrupted images, their denoised outputs and the clean images."""
+        noisy = self.corrupt(x)
+        return noisy, self(noisy), x
+
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
         recon = self.reconstruction_loss(self.decoder(self.encoder(self.corrupt(x))), x).mean()
         return {"loss": recon, "recon": recon}

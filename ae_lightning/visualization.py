@@ -8,6 +8,7 @@ pyplot backend of the caller.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -97,9 +98,11 @@ def draw_views(
         if "reconstructions" in views:
             shown = images[:num_images]
             with conditioned(model, labels[:num_images]):
-                drawn["reconstructions"] = reconstruction_grid(shown, model(shown), nrow)
+                drawn["reconstructions"] = reconstruction_grid(*model.reconstruction_rows(shown), nrow=nrow)
         if "samples" in views:
-            drawn["samples"] = image_grid(model.sample(num_samples), nrow)
+            # A conditional model samples the classes in turn: one column per class.
+            per_row = getattr(model, "num_classes", None) or nrow
+            drawn["samples"] = image_grid(model.sample(per_row * math.ceil(num_samples / per_row)), per_row)
         pairs = min(num_interpolations, len(images) // 2)
         if "interpolations" in views and pairs > 0:
             drawn["interpolations"] = interpolation_grid(
@@ -127,19 +130,21 @@ def image_grid(images: Tensor, nrow: int = 8) -> Tensor:
     return make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=2, pad_value=1.0)
 
 
-def reconstruction_grid(images: Tensor, reconstructions: Tensor, nrow: int = 8) -> Tensor:
-    """Rows of ``nrow`` inputs, each followed by the row of their reconstructions.
+def reconstruction_grid(*rows: Tensor, nrow: int = 8) -> Tensor:
+    """Rows of ``nrow`` images: each row of inputs followed by the matching rows of the other tensors (e.g. their
+    reconstructions; for a restoration model the degraded input, the output and the original).
 
     Args:
-        images: ``[N, C, H, W]`` inputs; only the first ``nrow * (N // nrow)`` are shown when N > nrow.
-        reconstructions: ``[N, C, H, W]`` reconstructions of ``images``.
+        rows: ``[N, C, H, W]`` tensors of matching images; only the first ``nrow * (N // nrow)`` are shown when
+            N > nrow.
         nrow: images per row.
     """
+    images = rows[0]
     nrow = min(nrow, len(images))
     n = nrow * (len(images) // nrow)
     shape = (-1, nrow, *images.shape[1:])
-    rows = torch.stack([images[:n].reshape(shape), reconstructions[:n].reshape(shape).to(images.dtype)], 1)
-    return image_grid(rows.flatten(0, 2), nrow=nrow)
+    stacked = torch.stack([row[:n].reshape(shape).to(images.dtype) for row in rows], 1)
+    return image_grid(stacked.flatten(0, 2), nrow=nrow)
 
 
 @torch.no_grad()

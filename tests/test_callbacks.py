@@ -10,6 +10,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger, Logger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torchvision.io import read_image
 
 from ae_lightning import VAE, Autoencoder
@@ -139,7 +140,13 @@ def test_the_command_draws_images_by_default_and_takes_more_image_loggers_from_y
 ) -> None:
     common = ["--data.data_dir", str(data_dir), "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false"]
     cli = run_cli("fit", "--config", "configs/vae.yaml", *common, "--trainer.default_root_dir", str(tmp_path / "a"))
-    assert set(png_views(Path(cli.trainer.log_dir) / "images")) == ALL_VIEWS
+    # TensorBoard, the default logger, takes the pictures.
+    events = EventAccumulator(str(cli.trainer.log_dir))
+    events.Reload()
+    assert {tag.split("/")[-1] for tag in events.Tags()["images"]} == ALL_VIEWS
+    csv_logger = ["--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", str(tmp_path / "csv")]
+    cli = run_cli("fit", "--config", "configs/vae.yaml", *common, *csv_logger)
+    assert set(png_views(Path(cli.trainer.log_dir) / "images")) == ALL_VIEWS  # a logger without images: PNG files
 
     config = tmp_path / "latent_only.yaml"
     config.write_text(
@@ -150,7 +157,7 @@ def test_the_command_draws_images_by_default_and_takes_more_image_loggers_from_y
     )
     cli = run_cli(
         "fit", "--config", "configs/ae.yaml", "--config", str(config), *common,
-        "--trainer.default_root_dir", str(tmp_path / "b"), "--images.every_n_epochs", "0",
+        "--trainer.default_root_dir", str(tmp_path / "b"), "--images.every_n_epochs", "0", *csv_logger,
     )  # fmt: skip
     assert set(png_views(Path(cli.trainer.log_dir) / "images")) == {"latent_map"}
 

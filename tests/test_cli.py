@@ -8,12 +8,11 @@ from unittest import mock
 import lightning as L
 import pytest
 import torch
+from tiny_runs import CONFIGS, ROOT
 
 from ae_lightning import VAE, Autoencoder
 from ae_lightning.cli import AutoencoderCLI
 from datamodules import MNISTDataModule
-
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 
 
 def run_cli(*args: str) -> AutoencoderCLI:
@@ -36,11 +35,44 @@ def common(data_dir: Path, root: Path) -> list[str]:
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_every_config_fits_with_fast_dev_run(config: Path, data_dir: Path, tmp_path: Path) -> None:
-    cli = run_cli("fit", "--config", str(config), *common(data_dir, tmp_path), "--trainer.fast_dev_run", "true",
+    cli = run_cli("fit", "--config", str(config), *common(data_dir, tmp_path / "run"), "--trainer.fast_dev_run", "true",
                   "--trainer.log_every_n_steps", "1")
     assert cli.trainer.state.finished
     logged = cli.trainer.callback_metrics
     assert torch.isfinite(logged["train/loss"]) and torch.isfinite(logged["val/loss"])
+    assert not [path for path in (tmp_path / "run").rglob("*") if path.is_file()]  # a dry run writes nothing
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_every_config_trains_with_the_fast_path_stacked(config: Path, data_dir: Path, tmp_path: Path) -> None:
+    fast = ["--config", str(ROOT / "configs" / "fast.yaml"), "--trainer.log_every_n_steps", "10"]
+    cli = run_cli("fit", "--config", str(config), *fast, *common(data_dir, tmp_path), "--trainer.max_steps", "20",
+                  "--trainer.max_epochs", "-1", "--trainer.limit_val_batches", "1", "--images.every_n_epochs", "0",
+                  )  # fmt: skip
+    assert cli.trainer.global_step == 20 and torch.isfinite(cli.trainer.callback_metrics["val/loss"])
+
+
+def test_an_integer_batch_limit_of_one_is_one_batch(data_dir: Path, tmp_path: Path) -> None:
+    """Lightning's ``float | int`` annotation made ``--trainer.limit_val_batches 1`` all batches (1.0)."""
+    for value, expected in (("1", 1), ("1.0", 1.0), ("0.5", 0.5), ("3", 3)):
+        cli = build(*common(data_dir, tmp_path), "--trainer.limit_val_batches", value,
+                    "--trainer.limit_train_batches", value)  # fmt: skip
+        assert cli.trainer.limit_val_batches == expected and type(cli.trainer.limit_val_batches) is type(expected)
+        assert cli.trainer.limit_train_batches == expected
+
+
+def test_tensorboard_is_the_default_logger_and_needs_no_save_dir(data_dir: Path, tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    for extra in ([], ["--trainer.logger", "TensorBoardLogger"]):
+        cli = build(*common(data_dir, tmp_path), *extra)
+        assert isinstance(cli.trainer.logger, TensorBoardLogger)
+        assert Path(cli.trainer.logger.save_dir) == tmp_path
+
+
+def build(*args: str) -> AutoencoderCLI:
+    with mock.patch("sys.argv", ["ae-lightning"]):
+        return AutoencoderCLI(args=["--config", str(ROOT / "configs" / "ae.yaml"), *args], run=False)
 
 
 @pytest.fixture

@@ -42,7 +42,8 @@ def ddp_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
             ["fit", *tiny_args(variant, data_dir, root / variant, *DDP, *record, *limit, "--trainer.max_epochs", "1")]
         )
     fitted = root / "ae" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
-    runs.append(["test", *tiny_args("ae", data_dir, root / "ae-test", *DDP, "--ckpt_path", str(fitted))])
+    csv_logger = ["--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", str(root / "ae-test")]
+    runs.append(["test", *tiny_args("ae", data_dir, root / "ae-test", *DDP, *csv_logger, "--ckpt_path", str(fitted))])
     runs_file = root / "runs.json"
     runs_file.write_text(json.dumps(runs))
     process = subprocess.Popen(

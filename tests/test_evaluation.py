@@ -13,6 +13,7 @@ from unittest import mock
 import pytest
 import torch
 from conftest import write_dataset
+from tiny_runs import CONFIGS
 
 from ae_lightning import VAE, Autoencoder, evaluation, visualization
 from ae_lightning.cli import AutoencoderCLI
@@ -118,7 +119,6 @@ def test_evaluate_computes_every_metric_of_a_vae(data_dir: Path) -> None:
     assert model.training  # evaluation restores the model's mode
 
 
-CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])

@@ -1,0 +1,68 @@
+"""Crash-safe checkpoint files: written to a temporary file, synced and renamed into place."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a checkpoint to a hidden temporary file next to its target, syncs it and renames it into place.
+
+    A process that dies while writing leaves the previous file intact and at most a ``.<name>.<pid>.tmp`` file.
+    Paths that are not local (``s3://`` ...) keep Lightning's writer. Why: ``docs/fault_tolerance.md``.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+        if storage_options is not None or get_filesystem(path).protocol not in ("file", ("file", "local")):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(temporary, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)  # atomic on POSIX: readers see the old file or the new one, never a mix
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        _fsync_directory(path.parent)
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by processes that died while writing
+            stale.unlink(missing_ok=True)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (a no-op where directories cannot be opened)."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """The command's ``checkpoint`` section: Lightning's ModelCheckpoint, writing nothing under ``fast_dev_run`` (as
+    Lightning documents; its ``save_last`` at the end of training would write ``last.ckpt``)."""
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.fast_dev_run:
+            super().on_train_end(trainer, pl_module)
+
+
+__all__ = ["AtomicCheckpointIO", "RunCheckpoint"]

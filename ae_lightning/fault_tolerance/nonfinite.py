@@ -1,0 +1,175 @@
+"""A guard on non-finite losses, gradients and weights."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+
+NonFiniteAction = Literal["error", "skip"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training loss term went NaN or infinite."""
+
+
+class NonFiniteGuard(Callback):
+    """Stops training when a training loss term goes non-finite, or skips the steps whose gradients are not finite,
+    and never writes a checkpoint from non-finite weights (the save raises, the last good ``last.ckpt`` stays).
+
+    ``error`` keeps each step's detached loss terms and checks them together every ``check_every_n_steps`` training
+    batches, before validation, at the end of each epoch and of training, and before every checkpoint; the
+    :class:`NonFiniteLossError` names the first bad step, its epoch and batch and the bad terms. ``skip`` drops the
+    non-finite gradients before the optimizer steps and counts such batches as ``train/skipped_batches``. Under DDP
+    the ranks agree at each check. Why it checks this way: ``docs/fault_tolerance.md``.
+
+    Args:
+        action: ``error`` (stop training) or ``skip`` (skip the step, count the batch).
+        check_every_n_steps: how often, in training batches, ``error`` checks; ``None``: ``log_every_n_steps``.
+    """
+
+    def __init__(self, action: NonFiniteAction = "error", check_every_n_steps: int | None = None) -> None:
+        if action not in ("error", "skip"):
+            raise ValueError(f"action must be 'error' or 'skip', got {action!r}")
+        if check_every_n_steps is not None and check_every_n_steps < 1:
+            raise ValueError(f"check_every_n_steps must be a positive integer, got {check_every_n_steps}")
+        self.action = action
+        self.check_every_n_steps = check_every_n_steps
+        self.skipped_batches = 0
+        self._skipped_this_batch = False
+        self._step_at_batch_start = 0
+        # Per training batch since the last check: its (global step, epoch, batch) and its detached loss terms.
+        self._positions: list[tuple[int, int, int]] = []
+        self._terms: list[dict[str, Tensor]] = []
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._positions.clear()
+        self._terms.clear()
+
+    # --- error: keep the terms, check them now and then --------------------------------------------------------------
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._step_at_batch_start = trainer.global_step  # the step whose loss the batch computes, before its update
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self.action == "skip":
+            self.skipped_batches += self._skipped_this_batch
+            self._skipped_this_batch = False
+            return
+        terms = _loss_terms(outputs)
+        if not terms:
+            return
+        self._terms.append(terms)
+        self._positions.append((self._step_at_batch_start, trainer.current_epoch, batch_idx))
+        if len(self._positions) >= (self.check_every_n_steps or trainer.log_every_n_steps):
+            self._check(trainer)
+
+    def _check(self, trainer: L.Trainer) -> None:
+        if not self._positions:  # the same on every rank: they run the same number of batches
+            return
+        first_bad = self._first_non_finite(trainer)
+        if first_bad is None:
+            self._positions.clear()
+            self._terms.clear()
+            return
+        if first_bad < 0:
+            raise NonFiniteLossError("a training loss term went non-finite on another rank; see its error")
+        step, epoch, batch = self._positions[first_bad]
+        values = {name: value.item() for name, value in self._terms[first_bad].items()}
+        bad_names = [name for name, value in values.items() if not np.isfinite(value)]
+        shown = ", ".join(f"{name}={value:.4g}" for name, value in values.items())
+        raise NonFiniteLossError(
+            f"non-finite training loss at global step {step} (epoch {epoch}, batch {batch}): "
+            f"{', '.join(bad_names)} {'is' if len(bad_names) == 1 else 'are'} not finite ({shown}). "
+            "The last checkpoint written before that step is kept. Lower the learning rate, clip gradients "
+            "(--trainer.gradient_clip_val) or skip such batches (--nonfinite.action skip)."
+        )
+
+    def _first_non_finite(self, trainer: L.Trainer) -> int | None:
+        """Index of the first kept batch with a non-finite term; -1 if only another rank has one; None if none has."""
+        kept = len(self._terms)
+        # One stack of every kept value and one read (the batches' terms may differ in number and names).
+        values = torch.stack([value.float().reshape(()) for terms in self._terms for value in terms.values()])
+        owner = torch.tensor([i for i, terms in enumerate(self._terms) for _ in terms], device=values.device)
+        first = torch.where(torch.isfinite(values), kept, owner).min()  # ``kept`` where all are finite
+        any_bad = (first < kept).long()
+        if trainer.world_size > 1:  # every rank must stop at the same check, not only the one that saw it
+            any_bad = trainer.strategy.reduce(any_bad, reduce_op="max")
+        if not any_bad.item():
+            return None
+        first_bad = int(first.item())
+        return first_bad if first_bad < kept else -1
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check(trainer)
+        if self.action == "skip":
+            pl_module.log("train/skipped_batches", float(self.skipped_batches))
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check(trainer)
+
+    # --- skip: decide before each optimizer step ----------------------------------------------------------------------
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if self.action != "skip":
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        # The largest absolute gradient is finite exactly when all gradients are (a sum of squares could overflow).
+        largest = _largest_magnitudes([p.grad for p in params])
+        if torch.isfinite(largest).all():
+            return
+        for p in params:  # optimizers step only parameters with a gradient: weights and moments stay as they were
+            p.grad = None
+        if not self._skipped_this_batch and self.skipped_batches == 0:
+            rank_zero_warn(
+                f"non-finite gradients at global step {trainer.global_step}: skipping the batch (nonfinite.action "
+                "is 'skip'); train/skipped_batches counts such batches"
+            )
+        self._skipped_this_batch = True
+
+    # --- both: no checkpoint from non-finite weights ------------------------------------------------------------------
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._check(trainer)
+        weights = [p.detach() for p in pl_module.parameters()]
+        if weights and not torch.isfinite(_largest_magnitudes(weights)).all():
+            raise NonFiniteLossError(
+                f"the weights are not finite at global step {trainer.global_step}: not writing a checkpoint, so the "
+                "last one written stays the last good one"
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped_batches": self.skipped_batches}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.skipped_batches = state_dict.get("skipped_batches", 0)
+
+
+def _largest_magnitudes(tensors: list[Tensor]) -> Tensor:
+    """The largest absolute value of each tensor: finite exactly when all its values are (a norm could overflow)."""
+    return torch.stack([torch.linalg.vector_norm(tensor, float("inf")) for tensor in tensors])
+
+
+def _loss_terms(outputs: Any) -> dict[str, Tensor]:
+    """The scalar tensors of a training step's output (the loss terms dict, or a bare loss), detached."""
+    if isinstance(outputs, Tensor):
+        return {"loss": outputs.detach()} if outputs.numel() == 1 else {}
+    if isinstance(outputs, dict):
+        return {k: v.detach() for k, v in outputs.items() if isinstance(v, Tensor) and v.numel() == 1}
+    return {}
+
+
+__all__ = ["NonFiniteGuard", "NonFiniteLossError"]
