@@ -1,13 +1,12 @@
-"""A resumable, DDP-aware batch loader over images held as one uint8 tensor.
+"""A resumable, DDP-aware batch loader over a split held as one tensor (uint8 images or float vectors).
 
 MNIST-size images are too small for a per-sample ``Dataset`` + ``DataLoader`` to keep up with a model: the time goes
-into Python calls per sample, PIL and ``ToTensor``. Here a whole split is one ``[N, H, W]`` uint8 tensor and a batch is
-one indexing operation, optionally on the training device.
+into Python calls per sample, PIL and ``ToTensor``. Here a whole split is one ``[N, C, H, W]`` uint8 tensor (or one
+``[N, D]`` float tensor of feature vectors) and a batch is one indexing operation, optionally on the training device.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 import torch
@@ -30,12 +29,13 @@ class TensorBatchLoader:
     ranks' shards are disjoint and together complete, every rank has the same number of batches (DDP needs that),
     and the sequence of global batches does not depend on the number of ranks.
 
-    The loader's position (epoch and batches already yielded) is its ``state_dict``: Lightning stores it in
-    checkpoints and a resumed run continues with the next batch of the same permutation. Lightning announces each
-    epoch through ``sampler.set_epoch`` as it does for a ``DistributedSampler``.
+    A ``resumable`` loader's position (epoch and batches already yielded) is its ``state_dict``: Lightning stores it
+    in checkpoints and a resumed run continues with the next batch of the same permutation. Any other loader (the
+    validation, test and predict loaders) starts every pass at its first batch. Lightning announces each epoch
+    through ``sampler.set_epoch`` as it does for a ``DistributedSampler``.
 
     Args:
-        images: ``[N, H, W]`` uint8 images.
+        images: ``[N, C, H, W]`` uint8 images (scaled to [0, 1]) or ``[N, D]`` float vectors (kept as they are).
         labels: ``[N]`` integer labels.
         indices: ``[N]`` index of each sample within its split (carried in the batch, e.g. for per-sample codes).
         batch_size: samples per rank and step.
@@ -47,10 +47,7 @@ class TensorBatchLoader:
         device: where batches are built; the tensors are moved there once.
         num_workers: worker processes that build batches (CPU tensors only). 0, the default, builds them in the
             training process, which is fastest for in-memory 28x28 images; workers pay off only for costly batches.
-        steps_per_batch: with ``K > 1`` it yields lists of ``K`` consecutive batches (the last of an epoch may hold
-            fewer), for a model that takes an optimizer step on each (``AutoencoderModule.steps_per_batch``); its
-            length counts those lists. The batches and their order are the same for every ``K``, and the position
-            in ``state_dict`` counts batches, so a run may resume with another ``K``.
+        resumable: keep the position across passes and in ``state_dict`` (the training loader).
     """
 
     def __init__(
@@ -66,16 +63,17 @@ class TensorBatchLoader:
         world_size: int = 1,
         device: torch.device | str = "cpu",
         num_workers: int = 0,
-        steps_per_batch: int = 1,
+        resumable: bool = True,
     ) -> None:
         if len(images) < world_size:
             raise ValueError(f"a split of {len(images)} images cannot be shared by {world_size} processes")
-        if steps_per_batch < 1:
-            raise ValueError(f"steps_per_batch must be a positive integer, got {steps_per_batch}")
         self.device = torch.device(device)
         # Pixels are scaled to float once, here, so that a batch is a single gather (4x the memory of uint8: 172 MB
         # for the 55,000 MNIST training images, which buys a cheaper step).
-        self.images = images.to(self.device).unsqueeze(1).float().div_(255)
+        if images.dtype == torch.uint8:
+            self.images = images.to(self.device).float().div_(255)
+        else:
+            self.images = images.to(self.device, torch.float32)
         self.labels = labels.to(self.device)
         self.indices = indices.to(self.device)
         self.batch_size = batch_size
@@ -85,7 +83,7 @@ class TensorBatchLoader:
         self.rank = rank
         self.world_size = world_size
         self.num_workers = num_workers
-        self.steps_per_batch = steps_per_batch
+        self.resumable = resumable
         if num_workers and self.device.type != "cpu":
             raise ValueError(f"num_workers={num_workers} needs the data on the CPU, not on {self.device}")
         self.epoch = 0
@@ -97,11 +95,6 @@ class TensorBatchLoader:
         self._generator = torch.Generator(self.device) if binarize else None
 
     def __len__(self) -> int:
-        return math.ceil(self.batches_per_epoch / self.steps_per_batch)
-
-    @property
-    def batches_per_epoch(self) -> int:
-        """Batches of ``batch_size`` (or fewer) images per epoch on each rank, whatever ``steps_per_batch`` is."""
         return len(self._global_batch_bounds())
 
     def set_epoch(self, epoch: int) -> None:
@@ -121,9 +114,11 @@ class TensorBatchLoader:
         self.epoch = state["epoch"]
         self.batches_done = state["batches_done"]
 
-    def __iter__(self) -> Iterator[Batch | list[Batch]]:
+    def __iter__(self) -> Iterator[Batch]:
         bounds = self._global_batch_bounds()
-        if self.batches_done >= len(bounds):  # iterated again without ``set_epoch``: move on to the next epoch
+        if not self.resumable:
+            self.batches_done = 0
+        elif self.batches_done >= len(bounds):  # iterated again without ``set_epoch``: move on to the next epoch
             self.epoch += 1
             self.batches_done = 0
         order = self._order()
@@ -133,18 +128,9 @@ class TensorBatchLoader:
             batches = DataLoader(_Batches(self, rows, todo.start), batch_size=None, num_workers=self.num_workers)
         else:
             batches = map(self._make_batch, rows, todo)
-        if self.steps_per_batch == 1:
-            for batch in batches:
-                self.batches_done += 1
-                yield batch
-            return
-        group: list[Batch] = []
         for batch in batches:
-            group.append(batch)
-            if len(group) == self.steps_per_batch or self.batches_done + len(group) == len(bounds):
-                self.batches_done += len(group)
-                yield group
-                group = []
+            self.batches_done += 1
+            yield batch
 
     def _global_batch_bounds(self) -> list[tuple[int, int]]:
         n, step = len(self.images), self.batch_size * self.world_size
