@@ -12,7 +12,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from ae_lightning import losses
+from ae_lightning import losses, networks
 from ae_lightning.metrics import ReconstructionMetrics
 from ae_lightning.networks import Network, build_decoder, build_encoder, check_network
 
@@ -30,7 +30,7 @@ class AutoencoderModule(L.LightningModule):
     (``is_generative``) also offer ``sample(n)``.
 
     Args:
-        input_shape: ``(C, H, W)`` of the images; the CLI links it from the datamodule.
+        input_shape: ``(C, H, W)`` of images or ``(D,)`` of feature vectors; the CLI links it from the datamodule.
         latent_dim: size of the code.
         network: ``mlp`` or ``conv`` encoder/decoder.
         hidden_dims: widths of the MLP's hidden layers, or channels of the convolutions; the decoder mirrors them.
@@ -75,8 +75,7 @@ class AutoencoderModule(L.LightningModule):
         check_network(network, hidden_dims, latent_dim)
         if isinstance(steps_per_batch, bool) or not isinstance(steps_per_batch, int) or steps_per_batch < 1:
             raise ValueError(f"steps_per_batch must be a positive integer, got {steps_per_batch!r}")
-        if len(input_shape) != 3 or any(size <= 0 for size in input_shape):
-            raise ValueError(f"input_shape must be (channels, height, width) of positive sizes, got {input_shape}")
+        networks.check_input_shape(input_shape, network)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.input_shape = tuple(input_shape)
         self.latent_dim = latent_dim
@@ -86,7 +85,7 @@ class AutoencoderModule(L.LightningModule):
         self.steps_per_batch = steps_per_batch
         # Several optimizer steps per Lightning batch need manual optimization (``training_step`` takes them).
         self.automatic_optimization = steps_per_batch == 1
-        self.test_reconstruction = ReconstructionMetrics(prefix="test/")
+        self.test_reconstruction = ReconstructionMetrics(prefix="test/", images=len(self.input_shape) == 3)
         self._input_checked = False
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -105,7 +104,7 @@ class AutoencoderModule(L.LightningModule):
 
     def decode(self, z: Tensor) -> Tensor:
         """Images ``[B, C, H, W]`` in [0, 1] (pixel means) decoded from codes ``z``."""
-        return torch.sigmoid(self.decoder(z))
+        return networks.decoder_mean(self.decoder(z), self.input_shape)
 
     def forward(self, x: Tensor) -> Tensor:
         """Reconstructions of ``x``, in [0, 1]."""
@@ -316,6 +315,11 @@ class DeterministicAutoencoder(AutoencoderModule):
             raise ValueError(f"reconstruction must be 'bce' or 'mse', got {reconstruction!r}")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        if reconstruction == "bce" and len(self.input_shape) == 1:
+            raise ValueError(
+                f"reconstruction: bce needs pixels in [0, 1], but input_shape {self.input_shape} is feature vectors; "
+                "use reconstruction: mse"
+            )
         self.reconstruction = reconstruction
         network, hidden_dims = self.hparams.network, self.hparams.hidden_dims
         self.encoder = build_encoder(network, self.input_shape, hidden_dims, self.latent_dim, dropout)
@@ -325,7 +329,8 @@ class DeterministicAutoencoder(AutoencoderModule):
         """Per-image reconstruction loss of decoder ``logits`` against targets ``x``."""
         if self.reconstruction == "bce":
             return -losses.bernoulli_log_likelihood(logits, x)
-        return losses.squared_error(torch.sigmoid(logits), x)
+        mean = networks.decoder_mean(logits, self.input_shape)
+        return losses.squared_error(mean, x, event_ndim=len(self.input_shape))
 
 
 def _class_path(cls: type) -> str:

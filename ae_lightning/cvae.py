@@ -4,6 +4,7 @@ Conditional Generative Models"): the VAE with encoder and decoder conditioned on
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
@@ -66,13 +67,13 @@ class ConditionalVAE(VAE):
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
         network, hidden_dims = self.hparams.network, self.hparams.hidden_dims
-        channels, height, width = self.input_shape
         # The VAE's unconditioned networks are replaced by ones with room for the label.
         if network == "conv":
+            channels, height, width = self.input_shape
             encoder = build_encoder(network, (channels + num_classes, height, width), hidden_dims, 2 * self.latent_dim)
         else:
             encoder = build_encoder(
-                network, (channels * height * width + num_classes,), hidden_dims, 2 * self.latent_dim
+                network, (math.prod(self.input_shape) + num_classes,), hidden_dims, 2 * self.latent_dim
             )
         self.encoder = Conditioned(encoder, "channels" if network == "conv" else "flat")
         decoder = build_decoder(network, self.latent_dim + num_classes, hidden_dims, self.input_shape)

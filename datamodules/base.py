@@ -180,8 +180,9 @@ class ImageDataModule(L.LightningDataModule):
                 )
             keep = torch.isin(labels, torch.tensor(self.hparams.classes))
             images, labels = images[keep], labels[keep]
-        train_rows, val_rows = _draw(labels, self.hparams.val_fraction, self.hparams.seed, "val", "val_fraction",
-                                     arrays.sources)
+        train_rows, val_rows = _draw(
+            labels, self.hparams.val_fraction, self.hparams.seed, "val", "val_fraction", arrays.sources
+        )
         self.splits = {
             "train": (images[train_rows], labels[train_rows]),
             "val": (images[val_rows], labels[val_rows]),
@@ -250,8 +251,10 @@ def check_arrays(arrays: Arrays) -> None:
         where = arrays.sources.get(split, f"the {split} split")
         if data.ndim == 4:
             if data.dtype != torch.uint8 or data.shape[1] not in (1, 3):
-                raise ValueError(f"{where}: images must be uint8 [N, C, H, W] with 1 or 3 channels, got "
-                                 f"{data.dtype} {tuple(data.shape)}")
+                raise ValueError(
+                    f"{where}: images must be uint8 [N, C, H, W] with 1 or 3 channels, got "
+                    f"{data.dtype} {tuple(data.shape)}"
+                )
         elif data.ndim != 2 or not data.dtype.is_floating_point:
             raise ValueError(f"{where}: expected images [N, C, H, W] or vectors [N, D], got shape {tuple(data.shape)}")
         if len(data) == 0:

@@ -69,8 +69,15 @@ class ImageFolderDataModule(ImageDataModule):
         files, labels, class_names = list_images(folder, class_names)
         size, mode = self.hparams.image_size, "L" if self.hparams.channels == 1 else "RGB"
         with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # PIL releases the GIL while decoding
-            decoded = list(tqdm(pool.map(lambda f: decode_image(f, mode, size), files), total=len(files),
-                                desc=f"Decoding {folder}", unit="img", disable=len(files) < 1000))
+            decoded = list(
+                tqdm(
+                    pool.map(lambda f: decode_image(f, mode, size), files),
+                    total=len(files),
+                    desc=f"Decoding {folder}",
+                    unit="img",
+                    disable=len(files) < 1000,
+                )
+            )
         sizes = {image.shape[1:]: file for image, file in zip(decoded, files)}
         if len(sizes) > 1:
             (first, a), (second, b) = list(sizes.items())[:2]

