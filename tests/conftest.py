@@ -37,3 +37,51 @@ def data_dir(tmp_path: Path) -> Path:
     write_dataset(root, "MNIST", seed=0)
     write_dataset(root, "FashionMNIST", seed=1)
     return root
+
+
+def write_image_folder(
+    root: Path, classes: tuple[str, ...] = ("cat", "dog"), per_class: int = 12, size: int = 12, mode: str = "RGB"
+) -> Path:
+    """Write PNG images, one subfolder per class (none for ``classes=()``: a flat folder); returns ``root``."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(classes or ("",)):
+        folder = root / name if name else root
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            shape = (size, size, 3) if mode == "RGB" else (size, size)
+            pixels = rng.integers(0, 100, size=shape) + 100 * label
+            Image.fromarray(pixels.astype(np.uint8), mode).save(folder / f"{i:03d}.png")
+    return root
+
+
+def write_cifar10(root: Path, n_train: int = 20, n_test: int = 10) -> Path:
+    """Tiny CIFAR-10 in its real format: pickled ``data_batch_1..5``, ``test_batch`` and ``batches.meta``."""
+    import pickle
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        n = n_test if name == "test_batch" else n_train // 5
+        batch = {"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8), "labels": list(range(n))}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    meta = {"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta))
+    return root
+
+
+def write_svhn(root: Path, n_train: int = 12, n_test: int = 6) -> Path:
+    """Tiny SVHN in its real format: ``train_32x32.mat`` and ``test_32x32.mat`` with X [32, 32, 3, N], y in 1..10."""
+    from scipy.io import savemat
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name, n in (("train", n_train), ("test", n_test)):
+        images = rng.integers(0, 256, size=(32, 32, 3, n), dtype=np.uint8)
+        digits = np.arange(n) % 10
+        labels = np.where(digits == 0, 10, digits).reshape(n, 1)  # SVHN stores the digit 0 as label 10
+        savemat(root / f"{name}_32x32.mat", {"X": images, "y": labels})
+    return root
