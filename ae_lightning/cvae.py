@@ -122,6 +122,16 @@ class ConditionalVAE(VAE):
     def _maybe_conditioned(self, labels: Tensor | None) -> AbstractContextManager:
         return self.conditioned_on(labels) if labels is not None else nullcontext()
 
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        splits = getattr(getattr(self.trainer, "datamodule", None), "splits", None) or {}
+        for split, (_, labels) in splits.items():
+            if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
+                raise ValueError(
+                    f"ConditionalVAE is conditioned on labels 0..{self.num_classes - 1} (num_classes), but the "
+                    f"{split} split's labels range over {labels.min().item()}..{labels.max().item()} (-1: no labels)"
+                )
+
     # --- steps: the VAE's, conditioned on the batch's labels --------------------------------------------------------
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
         with self.conditioned_on(labels):

@@ -48,10 +48,15 @@ def check_metric_names(names: Sequence[str]) -> list[str]:
 
 def metric_applies(model: AutoencoderModule, datamodule: ImageDataModule, name: str) -> bool:
     """Whether metric ``name`` can be computed for this model and data (else :func:`evaluate` raises)."""
+    images = len(datamodule.input_shape) == 3
+    if name in ("bce", "psnr", "ssim"):
+        return images
     if name == "nll":
         return callable(getattr(model, "importance_weighted_nll", None))
     if name == "fid":
-        return bool(getattr(model, "is_generative", False))
+        return bool(getattr(model, "is_generative", False)) and images
+    if name in ("linear_probe", "knn"):
+        return datamodule.has_labels
     if name == "auroc":
         return datamodule.hparams.classes is not None
     return True
@@ -137,14 +142,15 @@ def _batches(loader: TensorBatchLoader, device: torch.device) -> Iterator[tuple[
 
 
 def reconstruction_scores(model: AutoencoderModule, loader: TensorBatchLoader) -> dict[str, float]:
-    """``mse``, ``bce``, ``psnr`` and ``ssim`` of the model's reconstructions of the loader's images."""
-    metrics = ReconstructionMetrics().to(model.device)
+    """``mse``, ``bce``, ``psnr`` and ``ssim`` of the model's reconstructions of the loader's images (``mse`` only
+    for feature vectors)."""
+    metrics = ReconstructionMetrics(images=len(model.input_shape) == 3).to(model.device)
     with evaluating(model):
         for x, labels in _batches(loader, model.device):
             with conditioned(model, labels):
                 metrics.update(model(x).float(), x)
-    values = {name: float(value) for name, value in metrics.compute().items()}
-    return {"mse": values["recon_mse"], "bce": values["recon_bce"], "psnr": values["psnr"], "ssim": values["ssim"]}
+    values = {name.removeprefix("recon_"): float(value) for name, value in metrics.compute().items()}
+    return {name: values[name] for name in RECONSTRUCTION_METRICS if name in values}
 
 
 def negative_log_likelihood(model: AutoencoderModule, loader: TensorBatchLoader, num_samples: int | None) -> float:
@@ -307,6 +313,8 @@ def evaluate(
     for name in metrics:
         if name == "fid":
             require_generative(model, "the Frechet distance of samples (fid)")
+            if len(datamodule.input_shape) != 3:
+                raise ValueError(f"fid compares images, but the data are feature vectors of shape {model.input_shape}")
             if classifier is None:
                 raise ValueError("fid needs the feature classifier (classifier=...)")
         elif name == "auroc" and not metric_applies(model, datamodule, name):

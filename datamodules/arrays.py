@@ -100,6 +100,10 @@ class ArrayDataModule(ImageDataModule):
     def dataset_name(self) -> str:
         return self.path.stem
 
+    def source_paths(self) -> list[str]:
+        labels = self.hparams.labels
+        return [str(self.path)] + ([labels] if labels and Path(labels).suffix in SUFFIXES else [])
+
     def load_arrays(self) -> Arrays:
         contents = _read(self.path)
         label_key = self.hparams.labels

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import lightning as L
@@ -105,8 +107,13 @@ class ImageDataModule(L.LightningDataModule):
 
     @property
     def data_source(self) -> str:
-        """Where the data come from, as recorded in checkpoints and reports."""
-        return "files"
+        """Where the data come from, as recorded in checkpoints and reports: ``files-<hash of the resolved paths>``."""
+        paths = "|".join(str(Path(value).resolve()) for value in self.source_paths())
+        return f"files-{hashlib.sha1(paths.encode()).hexdigest()[:8]}"
+
+    def source_paths(self) -> list[str]:
+        """The files or folders the data are read from."""
+        return []
 
     @property
     def dataset_name(self) -> str:

@@ -52,6 +52,9 @@ class ImageFolderDataModule(ImageDataModule):
     def dataset_name(self) -> str:
         return self.data_dir.name
 
+    def source_paths(self) -> list[str]:
+        return [str(self.data_dir)] + ([self.hparams.test_dir] if self.hparams.test_dir else [])
+
     @property
     def input_shape(self) -> tuple[int, ...]:
         size = self.hparams.image_size
