@@ -55,8 +55,9 @@ def metric_applies(model: AutoencoderModule, datamodule: ImageDataModule, name: 
         return callable(getattr(model, "importance_weighted_nll", None))
     if name == "fid":
         return bool(getattr(model, "is_generative", False)) and images
-    if name in ("linear_probe", "knn"):
-        return datamodule.has_labels
+    if name in ("linear_probe", "knn"):  # classifiers of at least two of the data's labels
+        classes = datamodule.hparams.classes
+        return datamodule.has_labels and (classes is None or len(classes) > 1)
     if name == "auroc":
         return datamodule.hparams.classes is not None
     return True

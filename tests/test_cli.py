@@ -8,6 +8,7 @@ from unittest import mock
 import lightning as L
 import pytest
 import torch
+from tiny_runs import data_args
 
 from ae_lightning import VAE, Autoencoder
 from ae_lightning.cli import AutoencoderCLI
@@ -36,8 +37,8 @@ def common(data_dir: Path, root: Path) -> list[str]:
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_every_config_fits_with_fast_dev_run(config: Path, data_dir: Path, tmp_path: Path) -> None:
-    cli = run_cli("fit", "--config", str(config), *common(data_dir, tmp_path), "--trainer.fast_dev_run", "true",
-                  "--trainer.log_every_n_steps", "1")
+    cli = run_cli("fit", "--config", str(config), *common(data_dir, tmp_path)[2:], *data_args(config.stem, data_dir),
+                  "--trainer.fast_dev_run", "true", "--trainer.log_every_n_steps", "1")
     assert cli.trainer.state.finished
     logged = cli.trainer.callback_metrics
     assert torch.isfinite(logged["train/loss"]) and torch.isfinite(logged["val/loss"])

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_cifar10, write_idx, write_image_folder, write_svhn
+from conftest import trust_tiny_cifar10, write_cifar10, write_idx, write_image_folder, write_svhn
 from PIL import Image
 from torchvision.datasets import CIFAR10, SVHN, ImageFolder
 
@@ -26,16 +26,7 @@ def md5(path: Path) -> str:
 
 @pytest.fixture
 def cifar_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Tiny CIFAR-10 files; torchvision's CIFAR10 checks every file's MD5 against its public ``train_list``,
-    ``test_list`` and ``meta`` attributes, which are pointed at the tiny files' sums for the test."""
-    root = write_cifar10(tmp_path / "cifar")
-    folder = root / CIFAR10.base_folder
-    monkeypatch.setattr(
-        CIFAR10, "train_list", [[f"data_batch_{i}", md5(folder / f"data_batch_{i}")] for i in range(1, 6)]
-    )
-    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5(folder / "test_batch")]])
-    monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": md5(folder / "batches.meta")})
-    return root
+    return trust_tiny_cifar10(write_cifar10(tmp_path / "cifar"), monkeypatch)
 
 
 def first_batch(dm) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -339,3 +330,25 @@ def test_model_whose_input_shape_disagrees_with_the_data_is_an_error(tmp_path: P
         ValueError, match=r"built for images of shape \(1, 28, 28\), but ImageFolderDataModule yields \(3, 8, 8\)"
     ):
         trainer.fit(Autoencoder(latent_dim=2, hidden_dims=[4]), datamodule=ImageFolderDataModule(str(root)))
+
+
+# --- the command line -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("module", ["ImageFolderDataModule", "ArrayDataModule"])
+def test_own_data_on_top_of_a_shipped_config(module: str, tmp_path: Path) -> None:
+    from tiny_runs import run_cli
+
+    if module == "ImageFolderDataModule":
+        root = write_image_folder(tmp_path / "photos", per_class=15, size=20)
+        data = ["--data.data_dir", str(root), "--data.image_size", "16", "--data.channels", "3"]
+        shape = (3, 16, 16)
+    else:
+        np.save(tmp_path / "x.npy", np.random.default_rng(0).integers(0, 256, (40, 8, 8), dtype=np.uint8))
+        np.save(tmp_path / "y.npy", np.arange(40) % 4)
+        data = ["--data.path", str(tmp_path / "x.npy"), "--data.labels", str(tmp_path / "y.npy")]
+        shape = (1, 8, 8)
+    cli = run_cli(
+        "fit", "--config", "configs/ae.yaml", "--data", module, *data, "--trainer.fast_dev_run", "true",
+        "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.enable_progress_bar", "false",
+    )  # fmt: skip
+    assert cli.model.input_shape == shape and type(cli.datamodule).__name__ == module
+    assert torch.isfinite(cli.trainer.callback_metrics["val/loss"])
