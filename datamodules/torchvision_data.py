@@ -17,8 +17,8 @@ from datamodules.base import Arrays, ImageDataModule
 class TorchvisionDataModule(ImageDataModule):
     """A torchvision dataset's train and test splits, read once from its ``data`` and ``targets`` (or ``labels``).
 
-    Downloaded in ``prepare_data`` when the files are missing; offline, the error names the files torchvision
-    reads and where. The split is chosen with ``train=`` or ``split="train"/"test"``, as the class takes it.
+    Downloaded in ``prepare_data`` (or when :attr:`input_shape` is first read) when the files are missing; offline,
+    the error names the files torchvision reads and where. The split is chosen with ``train=`` or ``split="train"/"test"``, as the class takes it.
 
     Args:
         dataset: a class of ``torchvision.datasets`` (``CIFAR10``, ``SVHN``, ``EMNIST``, ...) or an import path.
@@ -36,6 +36,7 @@ class TorchvisionDataModule(ImageDataModule):
             raise ValueError(f"dataset {dataset!r} is not a torchvision dataset class (e.g. CIFAR10, SVHN, EMNIST)")
         self.dataset_class = found
         self.data_dir = Path(data_dir)
+        self._prepared = False
 
     @property
     def dataset_name(self) -> str:
@@ -57,11 +58,14 @@ class TorchvisionDataModule(ImageDataModule):
         return kwargs
 
     def prepare_data(self) -> None:
+        if self._prepared:
+            return
         for part in ("train", "test"):
             try:
                 self._open(part, download=False)
             except RuntimeError:  # torchvision's "Dataset not found or corrupted"
                 self._download(part)
+        self._prepared = True
 
     def _download(self, part: str) -> None:
         try:
@@ -94,6 +98,8 @@ class TorchvisionDataModule(ImageDataModule):
         return self.dataset_class(str(self.data_dir), download=download, **self._split_kwargs(part))
 
     def load_arrays(self) -> Arrays:
+        # The command line reads input_shape before Lightning calls prepare_data, so the data are fetched here too.
+        self.prepare_data()
         parts: dict[str, tuple[Tensor, Tensor]] = {}
         name = self.dataset_class.__name__
         for part in ("train", "test"):
