@@ -390,6 +390,8 @@ def load_checkpoint(
     for key in ("_instantiator", "data_source"):
         data_hparams.pop(key, None)
     if data_dir is not None:
+        if "data_dir" not in data_hparams:
+            raise ValueError(f"{data_class_path} reads no data_dir; pass its own arguments, e.g. path=...")
         data_hparams["data_dir"] = str(data_dir)
     data_hparams |= data_overrides
     return model, resolve_name(data_class_path)(**data_hparams)
