@@ -28,7 +28,7 @@ class Arrays:
         train: images ``[N, C, H, W]`` uint8 or vectors ``[N, D]`` float32, and labels ``[N]`` int64.
         test: the data's own test split, or None (the base holds out ``test_fraction`` of ``train``).
         class_names: name of each label, or None.
-        sources: the file (or folder) each split came from, for error messages.
+        sources: the file (or folder) each split came from, for error messages (``<split>_labels``: their labels).
     """
 
     train: tuple[Tensor, Tensor]
@@ -274,6 +274,7 @@ def check_arrays(arrays: Arrays) -> None:
         if len(labelled) and (labelled.min() < 0 or (names is not None and labelled.max() >= len(names))):
             known = f"0..{len(names) - 1}" if names is not None else "non-negative"
             bad = labelled[(labelled < 0) | (labelled >= (len(names) if names is not None else math.inf))][0]
+            where = arrays.sources.get(f"{split}_labels", where)
             raise ValueError(f"{where}: label {bad.item()} is not one of the dataset's classes (labels {known})")
         if shape is not None and tuple(data.shape[1:]) != shape:
             raise ValueError(

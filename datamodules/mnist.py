@@ -102,9 +102,10 @@ class IDXDataModule(ImageDataModule):
         for part in ("train", "t10k"):  # every file checked before torchvision reads any
             self._check_files(part)
         parts = {"train": self._load_torchvision(train=True), "test": self._load_torchvision(train=False)}
-        sources = {
-            part: str(self.raw_folder / f"{'t10k' if part == 'test' else 'train'}-images-idx3-ubyte") for part in parts
-        }
+        sources = {}
+        for part, prefix in (("train", "train"), ("test", "t10k")):
+            sources[part] = str(self.raw_folder / f"{prefix}-images-idx3-ubyte")
+            sources[f"{part}_labels"] = str(self.raw_folder / f"{prefix}-labels-idx1-ubyte")
         return Arrays(parts["train"], parts["test"], self.class_names, sources)
 
     def _check_files(self, part: str) -> None:

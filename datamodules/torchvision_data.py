@@ -18,7 +18,8 @@ class TorchvisionDataModule(ImageDataModule):
     """A torchvision dataset's train and test splits, read once from its ``data`` and ``targets`` (or ``labels``).
 
     Downloaded in ``prepare_data`` (or when :attr:`input_shape` is first read) when the files are missing; offline,
-    the error names the files torchvision reads and where. The split is chosen with ``train=`` or ``split="train"/"test"``, as the class takes it.
+    the error names the files torchvision reads and where. The split is chosen with ``train=`` or
+    ``split="train"/"test"``, as the class takes it.
 
     Args:
         dataset: a class of ``torchvision.datasets`` (``CIFAR10``, ``SVHN``, ``EMNIST``, ...) or an import path.

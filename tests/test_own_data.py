@@ -284,7 +284,7 @@ BAD_INPUTS = [
     (
         "label outside classes",
         lambda tmp: _idx_pair(tmp, 40, 40, labels_value=12),
-        r"label 12 is not one of the dataset's classes \(labels 0..9\)",
+        r"train-labels-idx1-ubyte: label 12 is not one of the dataset's classes \(labels 0..9\)",
     ),
     (
         "32x32 test file",
