@@ -60,7 +60,9 @@ def runs(out: Path, epochs: int) -> dict[str, list[str]]:
             "--data.batch_size", "32", "--model.init_args.latent_dim", "32", "--model.init_args.hidden_dims",
             "[32,64,128]", "--model.init_args.nll_samples", "100",
         ],
-        "breast_cancer_ae": ["--config", "configs/tabular_anomaly_ae.yaml", "--data.path", str(out / "breast_cancer.npz")],
+        "breast_cancer_ae": [
+            "--config", "configs/tabular_anomaly_ae.yaml", "--data.path", str(out / "breast_cancer.npz"),
+        ],
     }  # fmt: skip
 
 
