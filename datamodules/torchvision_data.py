@@ -50,7 +50,7 @@ class TorchvisionDataModule(ImageDataModule):
     def _split_kwargs(self, part: str) -> dict[str, Any]:
         kwargs = dict(self.hparams.dataset_kwargs or {})
         parameters = inspect.signature(self.dataset_class).parameters
-        if "train" in parameters:
+        if "train" in parameters or "split" in kwargs:  # EMNIST's split names its variant; train= its part
             kwargs["train"] = part == "train"
         elif "split" in parameters:
             kwargs["split"] = part
@@ -82,7 +82,8 @@ class TorchvisionDataModule(ImageDataModule):
         cls = self.dataset_class
         names = [entry[0] for entry in getattr(cls, "train_list", []) + getattr(cls, "test_list", [])]
         names += [entry[1] for key, entry in getattr(cls, "split_list", {}).items() if key in ("train", "test")]
-        names += [entry[0] for entry in getattr(cls, "resources", [])]
+        if "resources" in vars(cls):  # a subclass such as EMNIST inherits MNIST's list but reads other files
+            names += [entry[0] for entry in cls.resources]
         meta = getattr(cls, "meta", None)
         if isinstance(meta, dict) and "filename" in meta:
             names.append(meta["filename"])
@@ -90,9 +91,11 @@ class TorchvisionDataModule(ImageDataModule):
         if hasattr(cls, "resources"):  # the MNIST family reads <root>/<ClassName>/raw/
             folder = self.data_dir / cls.__name__ / "raw"
         files = f"its files ({', '.join(names)})" if names else "its files"
+        url = getattr(cls, "url", None)
+        fetched = f", fetched from {url}" if isinstance(url, str) else ""
         return (
-            f"Put {files} in {folder} as torchvision's {cls.__name__} reads them (with their published MD5 sums), "
-            "or point data_dir at a folder that holds them."
+            f"Put {files} in {folder} as torchvision's {cls.__name__} reads them (with their published MD5 sums"
+            f"{fetched}), or point data_dir at a folder that holds them."
         )
 
     def _open(self, part: str, download: bool) -> Any:

@@ -352,3 +352,42 @@ def test_own_data_on_top_of_a_shipped_config(module: str, tmp_path: Path) -> Non
     )  # fmt: skip
     assert cli.model.input_shape == shape and type(cli.datamodule).__name__ == module
     assert torch.isfinite(cli.trainer.callback_metrics["val/loss"])
+
+
+# --- models on own data ---------------------------------------------------------------------------------------------
+def _trainer(root: Path, **kwargs):
+    import lightning as L
+
+    settings = dict(accelerator="cpu", max_epochs=1, limit_train_batches=2, limit_val_batches=2, logger=False,
+                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                    default_root_dir=root)  # fmt: skip
+    return L.Trainer(**{**settings, **kwargs})
+
+
+def test_vectors_draw_only_the_latent_map_and_refuse_image_views(tmp_path: Path) -> None:
+    from ae_lightning import Autoencoder
+    from ae_lightning.callbacks import ImageLogger
+
+    np.savez(
+        tmp_path / "t.npz", x=np.random.default_rng(0).normal(size=(80, 5)).astype(np.float32), y=np.arange(80) % 2
+    )
+    data = ArrayDataModule(str(tmp_path / "t.npz"), labels="y", batch_size=16)
+    model = Autoencoder(input_shape=(5,), latent_dim=2, hidden_dims=[8], reconstruction="mse")
+    _trainer(tmp_path, callbacks=[ImageLogger(latent_map_size=20)]).fit(model, datamodule=data)
+    assert [p.name.split("-")[0] for p in (tmp_path / "images").glob("*.png")] == ["latent_map"]
+    explicit = ImageLogger(views=["reconstructions", "latent_map"])
+    with pytest.raises(
+        ValueError, match=r"reconstructions are pictures of images, but Autoencoder models feature vectors"
+    ):
+        _trainer(tmp_path, callbacks=[explicit]).fit(model, datamodule=data)
+
+
+def test_conditional_vae_refuses_data_without_labels(tmp_path: Path) -> None:
+    from ae_lightning import ConditionalVAE
+
+    root = write_image_folder(tmp_path / "flat", classes=(), per_class=20, size=8)
+    model = ConditionalVAE(input_shape=(3, 8, 8), latent_dim=2, hidden_dims=[8])
+    with pytest.raises(
+        ValueError, match=r"labels 0..9 \(num_classes\), but the train split's labels range over -1..-1"
+    ):
+        _trainer(tmp_path).fit(model, datamodule=ImageFolderDataModule(str(root)))
