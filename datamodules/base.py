@@ -237,9 +237,16 @@ class ImageDataModule(L.LightningDataModule):
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         # With ``data_on_device`` the loader builds batches on the training device already, and Lightning's generic
         # walk over the batch would cost a few dozen Python calls per step for nothing.
-        if isinstance(batch, tuple) and all(isinstance(item, Tensor) and item.device == device for item in batch):
+        if _built_on(device, batch):
             return batch
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+
+def _built_on(device: torch.device, batch: Any) -> bool:
+    """Whether ``batch``, a loader's ``(image, label, index)`` tuple or a list of them, lies on ``device`` already."""
+    if isinstance(batch, list):
+        return all(_built_on(device, item) for item in batch)
+    return isinstance(batch, tuple) and all(isinstance(item, Tensor) and item.device == device for item in batch)
 
 
 def check_arrays(arrays: Arrays) -> None:
