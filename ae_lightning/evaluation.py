@@ -359,7 +359,8 @@ def datamodule_class(name: str) -> type[ImageDataModule]:
 
     found = resolve_name(name) if "." in name else getattr(datamodules, name, None)
     if not (isinstance(found, type) and issubclass(found, ImageDataModule)):
-        known = [n for n in datamodules.__all__ if n.endswith("DataModule") and n != "ImageDataModule"]
+        bases = ("ImageDataModule", "IDXDataModule")
+        known = [n for n in datamodules.__all__ if n.endswith("DataModule") and n not in bases]
         raise ValueError(f"unknown datamodule {name!r}; the datamodules are {', '.join(known)} (or an import path)")
     return found
 
