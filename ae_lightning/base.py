@@ -12,7 +12,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from ae_lightning import losses
+from ae_lightning import losses, networks
 from ae_lightning.metrics import ReconstructionMetrics
 from ae_lightning.networks import Network, build_decoder, build_encoder, check_network
 
@@ -30,7 +30,7 @@ class AutoencoderModule(L.LightningModule):
     (``is_generative``) also offer ``sample(n)``.
 
     Args:
-        input_shape: ``(C, H, W)`` of the images; the CLI links it from the datamodule.
+        input_shape: ``(C, H, W)`` of images or ``(D,)`` of feature vectors; the CLI links it from the datamodule.
         latent_dim: size of the code.
         network: ``mlp`` or ``conv`` encoder/decoder.
         hidden_dims: widths of the MLP's hidden layers, or channels of the convolutions; the decoder mirrors them.
@@ -58,8 +58,7 @@ class AutoencoderModule(L.LightningModule):
     ) -> None:
         super().__init__()
         check_network(network, hidden_dims, latent_dim)
-        if len(input_shape) != 3 or any(size <= 0 for size in input_shape):
-            raise ValueError(f"input_shape must be (channels, height, width) of positive sizes, got {input_shape}")
+        networks.check_input_shape(input_shape, network)
         # Optimizer and scheduler factories are not hyperparameters: a checkpoint must load without them.
         self.save_hyperparameters(ignore=_factory_arguments(type(self)))
         self.input_shape = tuple(input_shape)
@@ -67,7 +66,7 @@ class AutoencoderModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.compile_networks = compile_networks
-        self.test_reconstruction = ReconstructionMetrics(prefix="test/")
+        self.test_reconstruction = ReconstructionMetrics(prefix="test/", images=len(self.input_shape) == 3)
         self._input_checked = False
 
     # --- the public API ---------------------------------------------------------------------------------------------
@@ -77,7 +76,7 @@ class AutoencoderModule(L.LightningModule):
 
     def decode(self, z: Tensor) -> Tensor:
         """Images ``[B, C, H, W]`` in [0, 1] (pixel means) decoded from codes ``z``."""
-        return torch.sigmoid(self.decoder(z))
+        return networks.decoder_mean(self.decoder(z), self.input_shape)
 
     def forward(self, x: Tensor) -> Tensor:
         """Reconstructions of ``x``, in [0, 1]."""
@@ -247,6 +246,11 @@ class DeterministicAutoencoder(AutoencoderModule):
             raise ValueError(f"reconstruction must be 'bce' or 'mse', got {reconstruction!r}")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        if reconstruction == "bce" and len(self.input_shape) == 1:
+            raise ValueError(
+                f"reconstruction: bce needs pixels in [0, 1], but input_shape {self.input_shape} is feature vectors; "
+                "use reconstruction: mse"
+            )
         self.reconstruction = reconstruction
         network, hidden_dims = self.hparams.network, self.hparams.hidden_dims
         self.encoder = build_encoder(network, self.input_shape, hidden_dims, self.latent_dim, dropout)
@@ -256,7 +260,8 @@ class DeterministicAutoencoder(AutoencoderModule):
         """Per-image reconstruction loss of decoder ``logits`` against targets ``x``."""
         if self.reconstruction == "bce":
             return -losses.bernoulli_log_likelihood(logits, x)
-        return losses.squared_error(torch.sigmoid(logits), x)
+        mean = networks.decoder_mean(logits, self.input_shape)
+        return losses.squared_error(mean, x, event_ndim=len(self.input_shape))
 
 
 def _factory_arguments(cls: type) -> list[str]:

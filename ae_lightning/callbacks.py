@@ -100,6 +100,11 @@ class ImageLogger(Callback):
             return
         if self.views is None:
             self.active_views = visualization.applicable_views(pl_module)
+            if len(pl_module.input_shape) == 1:
+                rank_zero_info(
+                    f"ImageLogger: the data are feature vectors of shape {pl_module.input_shape}, so it draws only the "
+                    "latent map (reconstructions, samples and interpolations are pictures of images)"
+                )
         else:
             self.active_views = visualization.check_views(pl_module, self.views)
         needs = {"reconstructions": self.num_images, "interpolations": 2 * self.num_interpolations}
@@ -109,8 +114,7 @@ class ImageLogger(Callback):
         # trainer.log_dir is a collective call under DDP, so every rank asks for it here, not only rank 0 later.
         log_dir = trainer.log_dir or trainer.default_root_dir
         self.image_dir = None if any(_image_sink(logger) for logger in trainer.loggers) else Path(log_dir) / "images"
-        dataset_class = getattr(getattr(trainer, "datamodule", None), "dataset_class", None)
-        self.class_names = getattr(dataset_class, "classes", None)
+        self.class_names = getattr(getattr(trainer, "datamodule", None), "class_names", None)
 
     def on_validation_batch_end(
         self,

@@ -4,6 +4,7 @@ Conditional Generative Models"): the VAE with encoder and decoder conditioned on
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
@@ -66,13 +67,13 @@ class ConditionalVAE(VAE):
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
         network, hidden_dims = self.hparams.network, self.hparams.hidden_dims
-        channels, height, width = self.input_shape
         # The VAE's unconditioned networks are replaced by ones with room for the label.
         if network == "conv":
+            channels, height, width = self.input_shape
             encoder = build_encoder(network, (channels + num_classes, height, width), hidden_dims, 2 * self.latent_dim)
         else:
             encoder = build_encoder(
-                network, (channels * height * width + num_classes,), hidden_dims, 2 * self.latent_dim
+                network, (math.prod(self.input_shape) + num_classes,), hidden_dims, 2 * self.latent_dim
             )
         self.encoder = Conditioned(encoder, "channels" if network == "conv" else "flat")
         decoder = build_decoder(network, self.latent_dim + num_classes, hidden_dims, self.input_shape)
@@ -120,6 +121,16 @@ class ConditionalVAE(VAE):
 
     def _maybe_conditioned(self, labels: Tensor | None) -> AbstractContextManager:
         return self.conditioned_on(labels) if labels is not None else nullcontext()
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        splits = getattr(getattr(self.trainer, "datamodule", None), "splits", None) or {}
+        for split, (_, labels) in splits.items():
+            if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
+                raise ValueError(
+                    f"ConditionalVAE is conditioned on labels 0..{self.num_classes - 1} (num_classes), but the "
+                    f"{split} split's labels range over {labels.min().item()}..{labels.max().item()} (-1: no labels)"
+                )
 
     # --- steps: the VAE's, conditioned on the batch's labels --------------------------------------------------------
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:

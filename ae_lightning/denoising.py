@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
@@ -27,8 +28,10 @@ def check_corruption(corruption: str, level: float) -> None:
         raise ValueError(f"corruption must be 'gaussian', 'masking' or 'salt_and_pepper', got {corruption!r}")
 
 
-def corrupt(x: Tensor, corruption: Corruption, level: float, generator: torch.Generator | None = None) -> Tensor:
-    """A corrupted copy of images ``x`` in [0, 1].
+def corrupt(
+    x: Tensor, corruption: Corruption, level: float, generator: torch.Generator | None = None, clip: bool = True
+) -> Tensor:
+    """A corrupted copy of images ``x`` in [0, 1] (or of feature vectors, with ``clip=False``).
 
     Args:
         x: ``[B, C, H, W]`` images in [0, 1].
@@ -37,6 +40,7 @@ def corrupt(x: Tensor, corruption: Corruption, level: float, generator: torch.Ge
             0 or 1 (equally likely).
         level: the noise std (``gaussian``) or the fraction of pixels hit (``masking``, ``salt_and_pepper``).
         generator: random generator on ``x``'s device, for a reproducible corruption; the global one when None.
+        clip: clip Gaussian noise to [0, 1] (False for feature vectors).
     """
     check_corruption(corruption, level)
 
@@ -45,7 +49,7 @@ def corrupt(x: Tensor, corruption: Corruption, level: float, generator: torch.Ge
 
     if corruption == "gaussian":
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        return (x + level * noise).clamp(0, 1)
+        return (x + level * noise).clamp(0, 1) if clip else x + level * noise
     if corruption == "masking":
         return x * (uniform() >= level)
     hit, salt = uniform() < level, uniform() < 0.5
@@ -72,12 +76,17 @@ class DenoisingAutoencoder(DeterministicAutoencoder):
     def __init__(self, corruption: Corruption = "gaussian", corruption_level: float = 0.3, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         check_corruption(corruption, corruption_level)
+        if corruption == "salt_and_pepper" and len(self.input_shape) == 1:
+            raise ValueError(
+                f"corruption: salt_and_pepper sets pixels to 0 or 1, which means nothing for the feature vectors of "
+                f"input_shape {self.input_shape}; use corruption: gaussian or masking"
+            )
         self.corruption = corruption
         self.corruption_level = corruption_level
 
     def corrupt(self, x: Tensor) -> Tensor:
         """``x`` corrupted with this model's corruption."""
-        return corrupt(x, self.corruption, self.corruption_level)
+        return corrupt(x, self.corruption, self.corruption_level, clip=len(self.input_shape) == 3)
 
     def reconstruction_rows(self, x: Tensor) -> tuple[Tensor, ...]:
         """The corrupted images, their denoised outputs and the clean images."""
@@ -91,6 +100,8 @@ class DenoisingAutoencoder(DeterministicAutoencoder):
     def test_metrics(self, x: Tensor) -> dict[str, Tensor]:
         noisy = self.corrupt(x)
         denoised = self(noisy).float()
+        if len(self.input_shape) == 1:  # feature vectors: PSNR and SSIM are image measures
+            return {"mse_denoised": F.mse_loss(denoised, x), "mse_noisy": F.mse_loss(noisy, x)}
         per_image = {"data_range": 1.0, "reduction": "elementwise_mean", "dim": (1, 2, 3)}
         return {
             "psnr_denoised": peak_signal_noise_ratio(denoised, x, **per_image),

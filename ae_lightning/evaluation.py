@@ -48,10 +48,16 @@ def check_metric_names(names: Sequence[str]) -> list[str]:
 
 def metric_applies(model: AutoencoderModule, datamodule: ImageDataModule, name: str) -> bool:
     """Whether metric ``name`` can be computed for this model and data (else :func:`evaluate` raises)."""
+    images = len(datamodule.input_shape) == 3
+    if name in ("bce", "psnr", "ssim"):
+        return images
     if name == "nll":
         return callable(getattr(model, "importance_weighted_nll", None))
     if name == "fid":
-        return bool(getattr(model, "is_generative", False))
+        return bool(getattr(model, "is_generative", False)) and images
+    if name in ("linear_probe", "knn"):  # classifiers of at least two of the data's labels
+        classes = datamodule.hparams.classes
+        return datamodule.has_labels and (classes is None or len(classes) > 1)
     if name == "auroc":
         return datamodule.hparams.classes is not None
     return True
@@ -137,14 +143,15 @@ def _batches(loader: TensorBatchLoader, device: torch.device) -> Iterator[tuple[
 
 
 def reconstruction_scores(model: AutoencoderModule, loader: TensorBatchLoader) -> dict[str, float]:
-    """``mse``, ``bce``, ``psnr`` and ``ssim`` of the model's reconstructions of the loader's images."""
-    metrics = ReconstructionMetrics().to(model.device)
+    """``mse``, ``bce``, ``psnr`` and ``ssim`` of the model's reconstructions of the loader's images (``mse`` only
+    for feature vectors)."""
+    metrics = ReconstructionMetrics(images=len(model.input_shape) == 3).to(model.device)
     with evaluating(model):
         for x, labels in _batches(loader, model.device):
             with conditioned(model, labels):
                 metrics.update(model(x).float(), x)
-    values = {name: float(value) for name, value in metrics.compute().items()}
-    return {"mse": values["recon_mse"], "bce": values["recon_bce"], "psnr": values["psnr"], "ssim": values["ssim"]}
+    values = {name.removeprefix("recon_"): float(value) for name, value in metrics.compute().items()}
+    return {name: values[name] for name in RECONSTRUCTION_METRICS if name in values}
 
 
 def negative_log_likelihood(model: AutoencoderModule, loader: TensorBatchLoader, num_samples: int | None) -> float:
@@ -307,6 +314,8 @@ def evaluate(
     for name in metrics:
         if name == "fid":
             require_generative(model, "the Frechet distance of samples (fid)")
+            if len(datamodule.input_shape) != 3:
+                raise ValueError(f"fid compares images, but the data are feature vectors of shape {model.input_shape}")
             if classifier is None:
                 raise ValueError("fid needs the feature classifier (classifier=...)")
         elif name == "auroc" and not metric_applies(model, datamodule, name):
@@ -350,7 +359,8 @@ def datamodule_class(name: str) -> type[ImageDataModule]:
 
     found = resolve_name(name) if "." in name else getattr(datamodules, name, None)
     if not (isinstance(found, type) and issubclass(found, ImageDataModule)):
-        known = [n for n in datamodules.__all__ if n.endswith("DataModule") and n != "ImageDataModule"]
+        bases = ("ImageDataModule", "IDXDataModule")
+        known = [n for n in datamodules.__all__ if n.endswith("DataModule") and n not in bases]
         raise ValueError(f"unknown datamodule {name!r}; the datamodules are {', '.join(known)} (or an import path)")
     return found
 
@@ -381,6 +391,8 @@ def load_checkpoint(
     for key in ("_instantiator", "data_source"):
         data_hparams.pop(key, None)
     if data_dir is not None:
+        if "data_dir" not in data_hparams:
+            raise ValueError(f"{data_class_path} reads no data_dir; pass its own arguments, e.g. path=...")
         data_hparams["data_dir"] = str(data_dir)
     data_hparams |= data_overrides
     return model, resolve_name(data_class_path)(**data_hparams)

@@ -136,10 +136,26 @@ class ClassifierRecord:
         return info
 
 
+def check_classifiable(datamodule: ImageDataModule) -> None:
+    """Raise a ValueError saying why unless the data are labelled images, which a feature classifier can learn."""
+    if len(datamodule.input_shape) != 3:
+        raise ValueError(
+            f"the Frechet distance compares images, but {type(datamodule).__name__} holds feature vectors of shape "
+            f"{datamodule.input_shape}"
+        )
+    datamodule.setup()
+    if not bool((datamodule.splits["train"][1] >= 0).all()):
+        raise ValueError(
+            f"the Frechet distance's feature classifier is trained on the dataset's labels, but "
+            f"{type(datamodule).__name__} ({datamodule.dataset_name}) has none: use a folder with one subfolder per "
+            "class, or array labels"
+        )
+
+
 def default_classifier_path(datamodule: ImageDataModule) -> Path:
     """``$AE_LIGHTNING_CACHE`` (default ``~/.cache/ae-lightning``) ``/feature-classifier-<Dataset>-<source>.pt``."""
     cache = Path(os.environ.get("AE_LIGHTNING_CACHE", Path.home() / ".cache" / "ae-lightning"))
-    return cache / f"feature-classifier-{datamodule.dataset_class.__name__}-{datamodule.data_source}.pt"
+    return cache / f"feature-classifier-{datamodule.dataset_name}-{datamodule.data_source}.pt"
 
 
 def train_feature_classifier(
@@ -167,9 +183,12 @@ def train_feature_classifier(
         raise ValueError(f"the feature classifier needs every label, but the datamodule keeps only classes {kept}")
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
+    check_classifiable(datamodule)
     path = Path(path) if path is not None else default_classifier_path(datamodule)
     L.seed_everything(seed, verbose=False)
-    system = FeatureClassifier(datamodule.input_shape, datamodule.num_classes)
+    datamodule.setup()
+    num_classes = len(datamodule.class_names or []) or int(datamodule.splits["train"][1].max()) + 1
+    system = FeatureClassifier(datamodule.input_shape, num_classes)
     trainer = L.Trainer(
         max_epochs=epochs,
         accelerator=accelerator,
@@ -186,7 +205,7 @@ def train_feature_classifier(
         network=system.network.cpu().eval(),
         path=path,
         test_accuracy=accuracy,
-        dataset=datamodule.dataset_class.__name__,
+        dataset=datamodule.dataset_name,
         data_source=datamodule.data_source,
         train_images=datamodule.split_size("train"),
         epochs=epochs,
@@ -237,6 +256,7 @@ __all__ = [
     "FeatureClassifier",
     "default_classifier_path",
     "load_feature_classifier",
+    "check_classifiable",
     "save_feature_classifier",
     "train_feature_classifier",
 ]

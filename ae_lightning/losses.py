@@ -11,13 +11,14 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.distributions import ContinuousBernoulli
 
 _LOG_2PI = math.log(2 * math.pi)
 
 
-def _sum_image_dims(values: Tensor) -> Tensor:
-    """Sum over the trailing ``(C, H, W)`` dimensions, keeping any leading batch/sample dimensions."""
-    return values.flatten(-3).sum(-1)
+def _sum_image_dims(values: Tensor, event_ndim: int = 3) -> Tensor:
+    """Sum over the trailing ``(C, H, W)`` (or ``event_ndim``) dimensions, keeping leading batch/sample dimensions."""
+    return values.flatten(-event_ndim).sum(-1)
 
 
 def bernoulli_log_likelihood(logits: Tensor, x: Tensor) -> Tensor:
@@ -34,16 +35,69 @@ def bernoulli_log_likelihood(logits: Tensor, x: Tensor) -> Tensor:
     return -_sum_image_dims(F.binary_cross_entropy_with_logits(logits, x, reduction="none"))
 
 
-def gaussian_log_likelihood(mean: Tensor, x: Tensor, std: float) -> Tensor:
-    """log N(x | mean, std^2 I) summed per image.
+def gaussian_log_likelihood(mean: Tensor, x: Tensor, std: float | Tensor, event_ndim: int = 3) -> Tensor:
+    """log N(x | mean, diag(std^2)) summed per image (or per sample of ``event_ndim`` dimensions).
 
     Args:
         mean: ``[..., C, H, W]`` predicted means.
         x: ``[..., C, H, W]`` targets (broadcast against ``mean``).
-        std: the fixed standard deviation of every pixel.
+        std: the standard deviation of every pixel, or a tensor of them (e.g. learned, ``[C, H, W]``).
+        event_ndim: the trailing dimensions of one sample: 3 for images, 1 for vectors ``[..., D]``.
     """
-    per_pixel = -0.5 * ((x - mean) / std) ** 2 - math.log(std) - 0.5 * _LOG_2PI
-    return _sum_image_dims(per_pixel)
+    log_std = torch.log(std) if isinstance(std, Tensor) else math.log(std)
+    per_pixel = -0.5 * ((x - mean) / std) ** 2 - log_std - 0.5 * _LOG_2PI
+    return _sum_image_dims(per_pixel, event_ndim)
+
+
+def continuous_bernoulli_log_likelihood(logits: Tensor, x: Tensor, event_ndim: int = 3) -> Tensor:
+    """log CB(x | lambda) of independent continuous-Bernoulli pixels (Loaiza-Ganem & Cunningham 2019), summed.
+
+    ``CB(x | lambda) = C(lambda) lambda^x (1 - lambda)^(1 - x)`` on [0, 1], a density; see
+    :func:`continuous_bernoulli_log_normalizer` for ``C``.
+
+    Args:
+        logits: ``[..., C, H, W]`` decoder logits, ``lambda = sigmoid(logits)``.
+        x: ``[..., C, H, W]`` targets in [0, 1] (broadcast against ``logits``).
+        event_ndim: the trailing dimensions of one sample.
+    """
+    # lambda^x (1 - lambda)^(1 - x) is the Bernoulli likelihood of x, exactly as for binary pixels.
+    log_kernel = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none")
+    return _sum_image_dims(log_kernel + continuous_bernoulli_log_normalizer(logits), event_ndim)
+
+
+def continuous_bernoulli_log_normalizer(logits: Tensor, eps: float = 1e-3) -> Tensor:
+    """log C(lambda) per pixel of the continuous Bernoulli with ``lambda = sigmoid(logits)``.
+
+    ``C(lambda) = 2 artanh(1 - 2 lambda) / (1 - 2 lambda)``, which in the logit ``l`` is ``l / tanh(l / 2)``
+    (``1 - 2 lambda = -tanh(l / 2)``, ``artanh(1 - 2 lambda) = -l / 2``). Its limit 2 at ``l = 0`` is a 0/0 form,
+    so for ``|l| < eps`` it is the Taylor expansion ``log 2 + l^2 / 12``.
+    """
+    small = logits.abs() < eps
+    safe = torch.where(small, torch.ones_like(logits), logits)
+    exact = torch.log(safe.abs()) - torch.log(torch.tanh(safe.abs() / 2))
+    return torch.where(small, math.log(2) + logits.pow(2) / 12, exact)
+
+
+def continuous_bernoulli_mean(logits: Tensor) -> Tensor:
+    """E[x] of the continuous Bernoulli, ``lambda / (2 lambda - 1) + 1 / (2 artanh(1 - 2 lambda))``: its
+    reconstruction, which differs from ``lambda`` (Loaiza-Ganem & Cunningham 2019, section 3)."""
+    return ContinuousBernoulli(logits=logits, validate_args=False).mean
+
+
+def uniform_dequantize(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """8-bit images ``k / 255`` in [0, 1] as ``(k + u) / 256`` with ``u ~ U[0, 1)``, a density's data on [0, 1)."""
+    noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return ((x * 255).round() + noise) / 256
+
+
+def bits_per_dim(nll: Tensor, num_dims: int) -> Tensor:
+    """Bits per dimension of 8-bit data from the nll (nats) of a density on [0, 1]^D of dequantized data.
+
+    ``(nll + D log 256) / (D log 2)``: the density on [0, 256)^D of ``256 x`` is ``p(x) / 256^D`` (hence
+    ``+ D log 256``), and by Jensen its nll on uniformly dequantized data bounds the discrete model's ``-log P(k)``
+    from above (Theis et al. 2016); dividing by ``D log 2`` turns nats per image into bits per dimension.
+    """
+    return (nll + num_dims * math.log(256)) / (num_dims * math.log(2))
 
 
 def kl_divergence_normal(mu: Tensor, logvar: Tensor) -> Tensor:
@@ -61,9 +115,10 @@ def standard_normal_log_prob(z: Tensor) -> Tensor:
     return -0.5 * (z.pow(2) + _LOG_2PI).sum(-1)
 
 
-def squared_error(reconstruction: Tensor, x: Tensor) -> Tensor:
-    """Squared error summed per image: the Gaussian negative log-likelihood up to scale and constant."""
-    return _sum_image_dims((reconstruction - x) ** 2)
+def squared_error(reconstruction: Tensor, x: Tensor, event_ndim: int = 3) -> Tensor:
+    """Squared error summed per image (or sample of ``event_ndim`` dimensions): the Gaussian negative log-likelihood
+    up to scale and constant."""
+    return _sum_image_dims((reconstruction - x) ** 2, event_ndim)
 
 
 def mean_squared_error(reconstruction: Tensor, x: Tensor) -> Tensor:

@@ -25,21 +25,25 @@ class PixelBinaryCrossEntropy(MeanMetric):
 class ReconstructionMetrics(MetricCollection):
     """``recon_mse`` and ``recon_bce`` (per pixel), ``psnr`` (in dB, averaged over images) and ``ssim``.
 
-    Update with ``(reconstructions, images)``, both ``[B, C, H, W]`` in [0, 1].
+    Update with ``(reconstructions, images)``, both ``[B, C, H, W]`` in [0, 1]; for feature vectors ``[B, D]``
+    (``images=False``) only ``recon_mse`` (per feature) applies.
 
     Args:
         prefix: put before every name, e.g. ``test/``.
+        images: whether the data are images; False for feature vectors.
     """
 
-    def __init__(self, prefix: str | None = None, **kwargs: Any) -> None:
-        super().__init__(
-            {
-                "recon_mse": MeanSquaredError(),
+    def __init__(self, prefix: str | None = None, images: bool = True, **kwargs: Any) -> None:
+        metrics: dict[str, Any] = {"recon_mse": MeanSquaredError()}
+        if images:
+            metrics |= {
                 "recon_bce": PixelBinaryCrossEntropy(),
                 # PSNR per image (dim), then averaged: the usual figure, rather than the PSNR of the pooled error.
                 "psnr": PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3)),
                 "ssim": StructuralSimilarityIndexMeasure(data_range=1.0),
-            },
+            }
+        super().__init__(
+            metrics,
             prefix=prefix,
             compute_groups=False,
             **kwargs,

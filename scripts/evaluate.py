@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             args.views,
             latent_map_size=args.tsne_points,
             projection="tsne",
-            class_names=getattr(datamodule.dataset_class, "classes", None),
+            class_names=datamodule.class_names,
             seed=args.seed,
         )
         args.plots.mkdir(parents=True, exist_ok=True)

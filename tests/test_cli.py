@@ -8,7 +8,7 @@ from unittest import mock
 import lightning as L
 import pytest
 import torch
-from tiny_runs import CONFIGS, ROOT
+from tiny_runs import CONFIGS, ROOT, data_args
 
 from ae_lightning import VAE, Autoencoder
 from ae_lightning.cli import AutoencoderCLI
@@ -35,8 +35,9 @@ def common(data_dir: Path, root: Path) -> list[str]:
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_every_config_fits_with_fast_dev_run(config: Path, data_dir: Path, tmp_path: Path) -> None:
-    cli = run_cli("fit", "--config", str(config), *common(data_dir, tmp_path / "run"), "--trainer.fast_dev_run", "true",
-                  "--trainer.log_every_n_steps", "1")
+    cli = run_cli("fit", "--config", str(config), *common(data_dir, tmp_path / "run")[2:],
+                  *data_args(config.stem, data_dir), "--trainer.fast_dev_run", "true",
+                  "--trainer.log_every_n_steps", "1")  # fmt: skip
     assert cli.trainer.state.finished
     logged = cli.trainer.callback_metrics
     assert torch.isfinite(logged["train/loss"]) and torch.isfinite(logged["val/loss"])
@@ -46,7 +47,8 @@ def test_every_config_fits_with_fast_dev_run(config: Path, data_dir: Path, tmp_p
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_every_config_trains_with_the_fast_path_stacked(config: Path, data_dir: Path, tmp_path: Path) -> None:
     fast = ["--config", str(ROOT / "configs" / "fast.yaml"), "--trainer.log_every_n_steps", "10"]
-    cli = run_cli("fit", "--config", str(config), *fast, *common(data_dir, tmp_path), "--trainer.max_steps", "20",
+    cli = run_cli("fit", "--config", str(config), *fast, *common(data_dir, tmp_path)[2:],
+                  *data_args(config.stem, data_dir), "--trainer.max_steps", "20",
                   "--trainer.max_epochs", "-1", "--trainer.limit_val_batches", "1", "--images.every_n_epochs", "0",
                   )  # fmt: skip
     assert cli.trainer.global_step == 20 and torch.isfinite(cli.trainer.callback_metrics["val/loss"])
@@ -173,7 +175,7 @@ def test_checkpoint_of_another_model_is_an_error(trained_vae: Path, data_dir: Pa
     [
         ({"latent_dim": 0}, "latent_dim must be a positive integer, got 0"),
         ({"beta": -1.0}, "beta must be >= 0, got -1.0"),
-        ({"likelihood": "poisson"}, "likelihood must be 'bernoulli' or 'gaussian', got 'poisson'"),
+        ({"likelihood": "poisson"}, "likelihood must be 'bernoulli', 'gaussian' or 'continuous_bernoulli', got 'poi"),
         ({"hidden_dims": [64, -3]}, r"hidden_dims must be positive, got \[64, -3\]"),
     ],
 )

@@ -13,7 +13,7 @@ from unittest import mock
 import pytest
 import torch
 from conftest import write_dataset
-from tiny_runs import CONFIGS
+from tiny_runs import CONFIGS, data_args
 
 from ae_lightning import VAE, Autoencoder, evaluation, visualization
 from ae_lightning.cli import AutoencoderCLI
@@ -124,7 +124,7 @@ def test_evaluate_computes_every_metric_of_a_vae(data_dir: Path) -> None:
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_every_variant_gets_every_metric_and_picture_that_applies(config: Path, data_dir: Path) -> None:
     with mock.patch("sys.argv", ["ae-lightning"]):
-        cli = AutoencoderCLI(args=["--config", str(config), "--data.data_dir", str(data_dir)], run=False)
+        cli = AutoencoderCLI(args=["--config", str(config), *data_args(config.stem, data_dir)], run=False)
     model, datamodule = cli.model, cli.datamodule
     if hasattr(model, "inference_steps"):  # the auto-decoder fits codes by optimization: a few steps will do here
         model.inference_steps = 3

@@ -51,11 +51,24 @@ VARIANTS = [
     (ConditionalVAE, {"nll_samples": 4, "nll_chunk_size": 2, "network": "conv", "hidden_dims": [4]}),
 ]
 IDS = [f"{cls.__name__}-{i}" for i, (cls, _) in enumerate(VARIANTS)]
+# Gray and RGB images, a size no stride-2 convolution halves evenly, and feature vectors.
+SHAPES = [(1, 28, 28), (3, 32, 32), (3, 9, 11), (13,)]
 
 
 def build(cls: type[AutoencoderModule], kwargs: dict) -> AutoencoderModule:
     torch.manual_seed(0)
     return cls(**{**TINY, **kwargs})
+
+
+def for_shape(cls: type[AutoencoderModule], kwargs: dict, shape: tuple[int, ...]) -> dict:
+    """The variant's arguments for data of ``shape``: on vectors, the Gaussian or squared error (pixels' Bernoulli
+    likelihood and salt and pepper mean nothing there)."""
+    kwargs = {**kwargs, "input_shape": shape}
+    if len(shape) == 1:
+        kwargs |= {"likelihood": "gaussian"} if issubclass(cls, VAE) else {"reconstruction": "mse"}
+        if kwargs.get("corruption") == "salt_and_pepper":
+            kwargs["corruption"] = "masking"
+    return kwargs
 
 
 def label_kwargs(model: AutoencoderModule, labels: torch.Tensor) -> dict:
@@ -89,22 +102,30 @@ def images(n: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # --- the suite over every variant -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda shape: "x".join(map(str, shape)))
 @pytest.mark.parametrize("cls, kwargs", VARIANTS, ids=IDS)
-def test_public_api_shapes(cls: type[AutoencoderModule], kwargs: dict) -> None:
-    model = build(cls, kwargs).eval()
-    x, labels = images()
+def test_public_api_shapes(cls: type[AutoencoderModule], kwargs: dict, shape: tuple[int, ...]) -> None:
+    if len(shape) == 1 and kwargs.get("network") == "conv":
+        with pytest.raises(
+            ValueError, match=r"a conv network needs images .* \(13,\) \(feature vectors\): use network: mlp"
+        ):
+            build(cls, for_shape(cls, kwargs, shape))
+        return
+    model = build(cls, for_shape(cls, kwargs, shape)).eval()
+    x, labels = torch.rand(5, *shape, generator=torch.Generator().manual_seed(1)), torch.arange(5) % 10
+    bounded = len(shape) == 3  # images in [0, 1]; vectors unbounded
     extra = label_kwargs(model, labels)
     z = model.encode(x, **extra)
     assert z.shape == (5, 4)
     decoded = model.decode(z, **extra)
-    assert decoded.shape == (5, 1, 28, 28) and 0 <= decoded.min() and decoded.max() <= 1
-    assert model(x, **extra).shape == (5, 1, 28, 28)
+    assert decoded.shape == (5, *shape) and (not bounded or (0 <= decoded.min() and decoded.max() <= 1))
+    assert model(x, **extra).shape == (5, *shape)
     terms = model.loss_terms(x, labels, torch.arange(5)) if not isinstance(model, AutoDecoder) else None
     if terms is not None:
         assert all(torch.isfinite(value) for value in terms.values()), terms
     if model.is_generative:
         samples = model.sample(3)
-        assert samples.shape == (3, 1, 28, 28) and 0 <= samples.min() and samples.max() <= 1
+        assert samples.shape == (3, *shape) and (not bounded or (0 <= samples.min() and samples.max() <= 1))
     else:
         with pytest.raises(NotImplementedError):
             model.sample(3)
@@ -147,6 +168,38 @@ def test_test_and_predict_steps_run(cls: type[AutoencoderModule], kwargs: dict, 
     assert torch.isfinite(trainer.callback_metrics["test/loss"])
     (predictions,) = trainer.predict(model, datamodule=data)
     assert predictions["z"].shape == (16, 4) and torch.isfinite(predictions["recon_error"]).all()
+
+
+@pytest.mark.parametrize("data", ["rgb_folder", "vectors"])
+@pytest.mark.parametrize("cls, kwargs", VARIANTS, ids=IDS)
+def test_training_and_test_on_own_data(cls: type[AutoencoderModule], kwargs: dict, data: str, tmp_path: Path) -> None:
+    if data == "vectors" and kwargs.get("network") == "conv":
+        pytest.skip("conv networks refuse vectors (test_public_api_shapes)")
+    datamodule = own_data(data, tmp_path)
+    model = build(cls, for_shape(cls, kwargs, datamodule.input_shape))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    trainer = make_trainer(tmp_path, limit_test_batches=1)
+    trainer.fit(model, datamodule=datamodule)
+    assert trainer.global_step == 2 and torch.isfinite(trainer.callback_metrics["val/loss"])
+    assert any(not torch.equal(p.detach(), before[name]) for name, p in model.named_parameters() if name in before)
+    trainer.test(model, datamodule=datamodule, verbose=False)
+    assert torch.isfinite(trainer.callback_metrics["test/loss"]) and torch.isfinite(
+        trainer.callback_metrics["test/recon_mse"]
+    )
+
+
+def own_data(kind: str, root: Path) -> L.LightningDataModule:
+    """A tiny RGB PNG folder (3x10x10, two classes) or tiny standardized feature vectors (13 features, 3 classes)."""
+    import numpy as np
+    from conftest import write_image_folder
+
+    from datamodules import ArrayDataModule, ImageFolderDataModule
+
+    if kind == "rgb_folder":
+        return ImageFolderDataModule(str(write_image_folder(root / "images", per_class=20, size=10)), batch_size=8)
+    rng = np.random.default_rng(0)
+    np.savez(root / "table.npz", x=rng.normal(size=(60, 13)).astype(np.float32), y=np.arange(60) % 3)
+    return ArrayDataModule(str(root / "table.npz"), labels="y", standardize=True, batch_size=8)
 
 
 # --- losses and corruption ------------------------------------------------------------------------------------------

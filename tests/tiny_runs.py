@@ -34,9 +34,17 @@ TINY_EXTRA = {
     "vae": ["--model.init_args.nll_samples", "4"],
     "beta_vae": ["--model.init_args.nll_samples", "4"],
     "cvae": ["--model.init_args.nll_samples", "4"],
+    "cifar10_conv_vae": ["--model.init_args.nll_samples", "4"],
     "aae": ["--model.init_args.discriminator_hidden_dims", "[16]"],
     "autodecoder": ["--model.init_args.inference_steps", "2"],
 }
+
+
+def data_args(config: str, data_dir: Path) -> list[str]:
+    """The data arguments of ``configs/<config>.yaml`` on the tiny data of ``conftest.data_dir``."""
+    if config == "tabular_anomaly_ae":
+        return ["--data.path", str(data_dir / "table.npz")]
+    return ["--data.data_dir", str(data_dir)]
 
 
 def tiny_args(config: str, data_dir: Path, root: Path, *extra: str) -> list[str]:
@@ -46,8 +54,7 @@ def tiny_args(config: str, data_dir: Path, root: Path, *extra: str) -> list[str]
         str(ROOT / "configs" / f"{config}.yaml"),
         *TINY_MODEL,
         *TINY_EXTRA.get(config, []),
-        "--data.data_dir",
-        str(data_dir),
+        *data_args(config, data_dir),
         "--data.batch_size",
         "16",
         "--trainer.default_root_dir",

@@ -1,0 +1,164 @@
+"""Array files (``.npy``, ``.npz``, ``.pt``) of images or feature vectors, and the conversion every datamodule uses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from datamodules.base import UNLABELED, Arrays, ImageDataModule
+
+SUFFIXES = (".npy", ".npz", ".pt")
+
+
+def as_samples(array: Any, where: str) -> Tensor:
+    """Images as ``[N, C, H, W]`` uint8 or vectors as ``[N, D]`` float32, from an array of any of the layouts below.
+
+    Args:
+        array: ``[N, D]`` vectors, ``[N, H, W]``, ``[N, H, W, C]`` or ``[N, C, H, W]`` images (C = 1 or 3), as a
+            numpy array or tensor; images uint8 0-255 (or integers in that range) or float in [0, 1].
+        where: the file or dataset it came from, for error messages.
+
+    Raises:
+        ValueError: naming ``where`` and what is wrong: rank, channels, dtype, the first NaN or infinite sample,
+            or float images outside [0, 1].
+    """
+    data = torch.as_tensor(np.asarray(array)) if not isinstance(array, Tensor) else array
+    if data.dtype == torch.bool or data.is_complex() or not (data.is_floating_point() or _is_integer(data)):
+        raise ValueError(f"{where}: expected a numeric array, got dtype {data.dtype}")
+    if data.ndim not in (2, 3, 4):
+        raise ValueError(
+            f"{where}: an array of rank {data.ndim} (shape {tuple(data.shape)}); expected [N, D] vectors or "
+            "[N, H, W], [N, H, W, C], [N, C, H, W] images"
+        )
+    if data.is_floating_point():
+        finite = torch.isfinite(data.flatten(1)).all(1)
+        if not finite.all():
+            first = int((~finite).nonzero()[0])
+            raise ValueError(f"{where}: sample {first} holds NaN or infinite values; every value must be finite")
+    if data.ndim == 2:
+        return data.to(torch.float32).contiguous()
+    if data.ndim == 3:
+        data = data.unsqueeze(1)
+    elif data.shape[-1] in (1, 3) and data.shape[1] not in (1, 3):
+        data = data.permute(0, 3, 1, 2)  # [N, H, W, C] -> [N, C, H, W]
+    elif data.shape[1] not in (1, 3):
+        raise ValueError(
+            f"{where}: images of shape {tuple(data.shape)} have neither 1 nor 3 channels first or last; "
+            "expected [N, H, W, C] or [N, C, H, W] with C = 1 (gray) or 3 (RGB)"
+        )
+    if data.is_floating_point():
+        low, high = data.min().item(), data.max().item()
+        if low < 0 or high > 1:
+            bad = int(((data < 0) | (data > 1)).flatten(1).any(1).nonzero()[0])
+            raise ValueError(
+                f"{where}: float images must lie in [0, 1] (or be uint8 0-255), but they range over "
+                f"[{low:.4g}, {high:.4g}] (first outside: sample {bad})"
+            )
+        return data.mul(255).round_().to(torch.uint8).contiguous()
+    if data.dtype != torch.uint8 and (data.min() < 0 or data.max() > 255):
+        raise ValueError(f"{where}: integer images must lie in 0..255, got {data.min().item()}..{data.max().item()}")
+    return data.to(torch.uint8).contiguous()
+
+
+def as_labels(array: Any, where: str) -> Tensor:
+    """Labels ``[N]`` int64 from an integer array, or a ValueError naming ``where``."""
+    labels = torch.as_tensor(np.asarray(array)) if not isinstance(array, Tensor) else array
+    if labels.ndim != 1 or not _is_integer(labels):
+        raise ValueError(f"{where}: labels must be a 1-D integer array, got {labels.dtype} {tuple(labels.shape)}")
+    return labels.to(torch.int64)
+
+
+def _is_integer(data: Tensor) -> bool:
+    return not data.is_floating_point() and not data.is_complex() and data.dtype != torch.bool
+
+
+class ArrayDataModule(ImageDataModule):
+    """Images or feature vectors from one ``.npy``, ``.npz`` or ``.pt`` file (see :func:`as_samples` for layouts).
+
+    Args:
+        path: the data file; in an ``.npz`` or a ``.pt`` dict, the array under ``key``.
+        labels: a second file with the labels ``[N]``, or a key of the data file; None: unlabeled (label -1).
+        key: the data's key in an ``.npz``/``.pt`` dict; None takes the only array that is not the labels.
+        standardize: feature vectors only: shift and scale each feature to mean 0 and std 1 with the statistics of
+            the training split (features constant there are only shifted).
+        **kwargs: the :class:`~datamodules.base.ImageDataModule` arguments.
+    """
+
+    def __init__(
+        self, path: str, labels: str | None = None, key: str | None = None, standardize: bool = False, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.path = Path(path)
+        if self.path.suffix not in SUFFIXES:
+            raise ValueError(f"path {path}: expected a {', '.join(SUFFIXES)} file")
+
+    @property
+    def dataset_name(self) -> str:
+        return self.path.stem
+
+    def source_paths(self) -> list[str]:
+        labels = self.hparams.labels
+        return [str(self.path)] + ([labels] if labels and Path(labels).suffix in SUFFIXES else [])
+
+    def load_arrays(self) -> Arrays:
+        contents = _read(self.path)
+        label_key = self.hparams.labels
+        if isinstance(contents, dict):
+            others = [name for name in contents if name != label_key]
+            key = self.hparams.key
+            if key is None and len(others) != 1:
+                raise ValueError(f"{self.path} holds the arrays {sorted(contents)}: name the data with key")
+            key = key or others[0]
+            if key not in contents:
+                raise ValueError(f"{self.path} has no array {key!r}; it holds {sorted(contents)}")
+            data = contents[key]
+        elif self.hparams.key is not None:
+            raise ValueError(f"key={self.hparams.key!r} names an array of a dict, but {self.path} holds one array")
+        else:
+            data = contents
+        samples = as_samples(data, str(self.path))
+        if label_key is None:
+            labels = torch.full((len(samples),), UNLABELED)
+        elif isinstance(contents, dict) and label_key in contents:
+            labels = as_labels(contents[label_key], f"{self.path} [{label_key}]")
+        elif Path(label_key).suffix in SUFFIXES:
+            labels = as_labels(_read(Path(label_key)), label_key)
+        else:
+            raise ValueError(f"labels={label_key!r} is neither a key of {self.path} nor a {'/'.join(SUFFIXES)} file")
+        if labels.min() < 0 and label_key is not None:
+            raise ValueError(f"labels {label_key}: label {labels.min().item()} is negative; labels must be 0, 1, ...")
+        return Arrays((samples, labels), sources={"train": str(self.path)})
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        if self.hparams.standardize and self.is_image_data:
+            raise ValueError(
+                f"standardize applies to feature vectors, but {self.path} holds images of shape {self.input_shape}"
+            )
+        super().setup(stage)
+        if self.hparams.standardize:
+            train = self.splits["train"][0]
+            mean, std = train.mean(0), train.std(0)
+            std = torch.where(std > 0, std, torch.ones_like(std))
+            self.splits = {split: ((x - mean) / std, y) for split, (x, y) in self.splits.items()}
+
+
+def _read(path: Path) -> Any:
+    """The array (or dict of arrays) in ``path``."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist (or is not a file)")
+    try:
+        if path.suffix == ".pt":
+            return torch.load(path, map_location="cpu", weights_only=True)
+        loaded = np.load(path, allow_pickle=False)
+        return dict(loaded) if isinstance(loaded, np.lib.npyio.NpzFile) else loaded
+    except Exception as error:
+        raise ValueError(f"{path} is not a readable {path.suffix} file ({error})") from error
+
+
+__all__ = ["ArrayDataModule", "as_labels", "as_samples"]

@@ -1,0 +1,138 @@
+"""A folder of image files, flat or with one subfolder per class, decoded once into one uint8 tensor."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.transforms.v2 import functional as TF
+from tqdm.auto import tqdm
+
+from datamodules.base import UNLABELED, Arrays, ImageDataModule
+
+
+class ImageFolderDataModule(ImageDataModule):
+    """PNG, JPEG, BMP (any of torchvision's ``IMG_EXTENSIONS``) images from a folder, decoded with PIL.
+
+    With one subfolder per class, labels are assigned as torchvision's ``ImageFolder`` assigns them (sorted folder
+    names); a flat folder has no labels (label -1). Images are converted to ``channels`` and, with ``image_size``,
+    resized (shorter side) and centre-cropped to ``image_size x image_size``; without it they must all have one size.
+
+    Args:
+        data_dir: the folder.
+        image_size: side of the square images; None keeps the images' own (common) size.
+        channels: 1 (gray) or 3 (RGB).
+        test_dir: a second folder, laid out alike, as test split; None holds out ``test_fraction`` of ``data_dir``.
+        **kwargs: the :class:`~datamodules.base.ImageDataModule` arguments.
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        image_size: int | None = None,
+        channels: Literal[1, 3] = 3,
+        test_dir: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (gray) or 3 (RGB), got {channels!r}")
+        if image_size is not None and image_size < 1:
+            raise ValueError(f"image_size must be a positive integer, got {image_size}")
+        self.data_dir = Path(data_dir)
+
+    @property
+    def dataset_name(self) -> str:
+        return self.data_dir.name
+
+    def source_paths(self) -> list[str]:
+        return [str(self.data_dir)] + ([self.hparams.test_dir] if self.hparams.test_dir else [])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        size = self.hparams.image_size
+        return (self.hparams.channels, size, size) if size is not None else super().input_shape
+
+    def load_arrays(self) -> Arrays:
+        train, class_names = self._decode_folder(self.data_dir, None)
+        test = None
+        if self.hparams.test_dir is not None:
+            test, _ = self._decode_folder(Path(self.hparams.test_dir), class_names)
+        sources = {"train": str(self.data_dir), "test": str(self.hparams.test_dir)}
+        return Arrays(train, test, class_names, sources)
+
+    def _decode_folder(self, folder: Path, class_names: list[str] | None) -> tuple[tuple[Tensor, Tensor], list | None]:
+        files, labels, class_names = list_images(folder, class_names)
+        size, mode = self.hparams.image_size, "L" if self.hparams.channels == 1 else "RGB"
+        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # PIL releases the GIL while decoding
+            decoded = list(
+                tqdm(
+                    pool.map(lambda f: decode_image(f, mode, size), files),
+                    total=len(files),
+                    desc=f"Decoding {folder}",
+                    unit="img",
+                    disable=len(files) < 1000,
+                )
+            )
+        sizes = {image.shape[1:]: file for image, file in zip(decoded, files)}
+        if len(sizes) > 1:
+            (first, a), (second, b) = list(sizes.items())[:2]
+            raise ValueError(
+                f"{folder} holds images of different sizes, e.g. {a} ({first[1]}x{first[0]}) and {b} "
+                f"({second[1]}x{second[0]}); set image_size to resize them to one"
+            )
+        return (torch.stack(decoded), torch.tensor(labels, dtype=torch.int64)), class_names
+
+
+def list_images(folder: Path, class_names: list[str] | None = None) -> tuple[list[str], list[int], list[str] | None]:
+    """Image files of ``folder`` and their labels: ``ImageFolder``'s for class subfolders, -1 for a flat folder.
+
+    Args:
+        folder: the folder.
+        class_names: the classes a test folder must use (those of the training folder), or None.
+
+    Raises:
+        FileNotFoundError: the folder does not exist. ValueError: it holds no images, or both images and folders.
+    """
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} does not exist (or is not a folder)")
+    flat = sorted(str(p) for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+    has_folders = any(p.is_dir() for p in folder.iterdir())
+    if flat and has_folders:
+        raise ValueError(f"{folder} holds both image files and subfolders: use one subfolder per class, or none")
+    if not has_folders:
+        if not flat:
+            raise ValueError(f"{folder} holds no images (files ending in {', '.join(IMG_EXTENSIONS)})")
+        return flat, [UNLABELED] * len(flat), class_names
+    names, class_to_idx = find_classes(str(folder))
+    if class_names is not None:
+        if names != class_names:
+            raise ValueError(f"{folder} has the classes {names}, but the training folder has {class_names}")
+    try:
+        samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS)
+    except FileNotFoundError as error:  # torchvision: a class folder without images
+        raise ValueError(f"{folder}: {error}") from error
+    return [path for path, _ in samples], [label for _, label in samples], names
+
+
+def decode_image(path: str, mode: str, size: int | None) -> Tensor:
+    """One image file as a ``[C, H, W]`` uint8 tensor in PIL ``mode``, resized and centre-cropped to ``size``."""
+    try:
+        with Image.open(path) as image:
+            image = image.convert(mode)
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise ValueError(f"{path} is not an image PIL can read ({error})") from error
+    if size is not None:
+        image = TF.center_crop(TF.resize(image, size), size)
+    array = np.asarray(image)
+    return torch.from_numpy(array.copy()).reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1).contiguous()
+
+
+__all__ = ["ImageFolderDataModule", "decode_image", "list_images"]

@@ -1,0 +1,130 @@
+"""Any torchvision dataset class that holds its data as arrays (CIFAR-10, SVHN, EMNIST, ...), by name."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from pkgutil import resolve_name
+from typing import Any
+
+import torchvision.datasets
+from torch import Tensor
+
+from datamodules.arrays import as_labels, as_samples
+from datamodules.base import Arrays, ImageDataModule
+
+
+class TorchvisionDataModule(ImageDataModule):
+    """A torchvision dataset's train and test splits, read once from its ``data`` and ``targets`` (or ``labels``).
+
+    Downloaded in ``prepare_data`` (or when :attr:`input_shape` is first read) when the files are missing; offline,
+    the error names the files torchvision reads and where. The split is chosen with ``train=`` or
+    ``split="train"/"test"``, as the class takes it.
+
+    Args:
+        dataset: a class of ``torchvision.datasets`` (``CIFAR10``, ``SVHN``, ``EMNIST``, ...) or an import path.
+        data_dir: the ``root`` torchvision reads from and downloads to.
+        dataset_kwargs: more arguments of the class, e.g. ``{split: balanced}`` for EMNIST.
+        **kwargs: the :class:`~datamodules.base.ImageDataModule` arguments.
+    """
+
+    def __init__(
+        self, dataset: str, data_dir: str = "data", dataset_kwargs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        found = resolve_name(dataset) if "." in dataset else getattr(torchvision.datasets, dataset, None)
+        if not (isinstance(found, type) and issubclass(found, torchvision.datasets.VisionDataset)):
+            raise ValueError(f"dataset {dataset!r} is not a torchvision dataset class (e.g. CIFAR10, SVHN, EMNIST)")
+        self.dataset_class = found
+        self.data_dir = Path(data_dir)
+        self._prepared = False
+
+    @property
+    def dataset_name(self) -> str:
+        return self.dataset_class.__name__
+
+    @property
+    def data_source(self) -> str:
+        return "torchvision"
+
+    def _split_kwargs(self, part: str) -> dict[str, Any]:
+        kwargs = dict(self.hparams.dataset_kwargs or {})
+        parameters = inspect.signature(self.dataset_class).parameters
+        if "train" in parameters or "split" in kwargs:  # EMNIST's split names its variant; train= its part
+            kwargs["train"] = part == "train"
+        elif "split" in parameters:
+            kwargs["split"] = part
+        else:
+            raise ValueError(f"{self.dataset_class.__name__} takes neither train= nor split=: no train and test splits")
+        return kwargs
+
+    def prepare_data(self) -> None:
+        if self._prepared:
+            return
+        for part in ("train", "test"):
+            try:
+                self._open(part, download=False)
+            except RuntimeError:  # torchvision's "Dataset not found or corrupted"
+                self._download(part)
+        self._prepared = True
+
+    def _download(self, part: str) -> None:
+        try:
+            self._open(part, download=True)
+        except Exception as error:  # RuntimeError, URLError, OSError, depending on where it fails
+            reason = " ".join(str(error).split())
+            raise FileNotFoundError(
+                f"{self.dataset_class.__name__} is not in {self.data_dir} and could not be downloaded ({reason}). "
+                f"{self._where_to_put_files()}"
+            ) from error
+
+    def _where_to_put_files(self) -> str:
+        cls = self.dataset_class
+        names = [entry[0] for entry in getattr(cls, "train_list", []) + getattr(cls, "test_list", [])]
+        names += [entry[1] for key, entry in getattr(cls, "split_list", {}).items() if key in ("train", "test")]
+        if "resources" in vars(cls):  # a subclass such as EMNIST inherits MNIST's list but reads other files
+            names += [entry[0] for entry in cls.resources]
+        meta = getattr(cls, "meta", None)
+        if isinstance(meta, dict) and "filename" in meta:
+            names.append(meta["filename"])
+        folder = self.data_dir / getattr(cls, "base_folder", "")
+        if hasattr(cls, "resources"):  # the MNIST family reads <root>/<ClassName>/raw/
+            folder = self.data_dir / cls.__name__ / "raw"
+        files = f"its files ({', '.join(names)})" if names else "its files"
+        url = getattr(cls, "url", None)
+        fetched = f", fetched from {url}" if isinstance(url, str) else ""
+        return (
+            f"Put {files} in {folder} as torchvision's {cls.__name__} reads them (with their published MD5 sums"
+            f"{fetched}), or point data_dir at a folder that holds them."
+        )
+
+    def _open(self, part: str, download: bool) -> Any:
+        return self.dataset_class(str(self.data_dir), download=download, **self._split_kwargs(part))
+
+    def load_arrays(self) -> Arrays:
+        # The command line reads input_shape before Lightning calls prepare_data, so the data are fetched here too.
+        self.prepare_data()
+        parts: dict[str, tuple[Tensor, Tensor]] = {}
+        name = self.dataset_class.__name__
+        for part in ("train", "test"):
+            try:
+                dataset = self._open(part, download=False)
+            except RuntimeError as error:
+                raise FileNotFoundError(f"{name}: {error}. {self._where_to_put_files()}") from error
+            if not hasattr(dataset, "data"):
+                raise ValueError(
+                    f"{name} reads its images one file at a time (it has no data array): use ImageFolderDataModule"
+                )
+            targets = getattr(dataset, "targets", getattr(dataset, "labels", None))
+            where = f"{name} {part} split in {self.data_dir}"
+            samples = as_samples(dataset.data, where)
+            if samples.ndim != 4:
+                raise ValueError(f"{where}: expected images, got an array of shape {tuple(samples.shape)}")
+            parts[part] = samples, as_labels(targets, f"{where} (labels)")
+        classes = getattr(dataset, "classes", None)
+        names = [str(c) for c in classes] if classes else None
+        sources = {part: f"{name} {part} split in {self.data_dir}" for part in parts}
+        return Arrays(parts["train"], parts["test"], names, sources)
+
+
+__all__ = ["TorchvisionDataModule"]

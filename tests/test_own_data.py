@@ -1,0 +1,393 @@
+"""Bring your own data: image folders, array files and torchvision datasets, and the checks on what they hold.
+
+Every file is written by the test itself, tiny and in its real format (PNG, .npy/.npz/.pt, CIFAR-10's pickled
+batches, SVHN's .mat).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import trust_tiny_cifar10, write_cifar10, write_idx, write_image_folder, write_svhn
+from PIL import Image
+from torchvision.datasets import CIFAR10, SVHN, ImageFolder
+
+from datamodules import ArrayDataModule, ImageFolderDataModule, MNISTDataModule, TorchvisionDataModule
+from datamodules.base import UNLABELED
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def cifar_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return trust_tiny_cifar10(write_cifar10(tmp_path / "cifar"), monkeypatch)
+
+
+def first_batch(dm) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dm.setup()
+    return next(iter(dm.train_dataloader()))
+
+
+# --- image folders --------------------------------------------------------------------------------------------------
+def test_image_folder_labels_as_torchvision_image_folder(tmp_path: Path) -> None:
+    root = write_image_folder(tmp_path / "pets", classes=("dog", "cat"), per_class=12, size=12)
+    dm = ImageFolderDataModule(str(root), batch_size=8, val_fraction=0.25, test_fraction=0.25)
+    assert dm.input_shape == (3, 12, 12) and dm.class_names == ["cat", "dog"]
+    x, labels, indices = first_batch(dm)
+    assert x.shape == (8, 3, 12, 12) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    reference = ImageFolder(str(root))
+    assert dm.arrays.train[1].tolist() == reference.targets
+    # the first reference image, decoded by torchvision's class, is the first row of the pool
+    first = torch.from_numpy(np.array(reference[0][0])).permute(2, 0, 1)
+    assert torch.equal(dm.arrays.train[0][0], first)
+    assert (dm.split_size("train"), dm.split_size("val"), dm.split_size("test")) == (
+        14,
+        4,
+        6,
+    )  # 6 of 24 held out, then round(0.25 * 18) = 4
+    assert set(dm.splits["test"][1].tolist()) == {0, 1}  # stratified
+
+
+def test_image_folder_resizes_converts_and_reads_a_test_folder(tmp_path: Path) -> None:
+    root = write_image_folder(tmp_path / "train", size=20)
+    test = write_image_folder(tmp_path / "test", per_class=3, size=9)
+    dm = ImageFolderDataModule(str(root), image_size=8, channels=1, test_dir=str(test), batch_size=4)
+    assert dm.input_shape == (1, 8, 8)
+    x, _, _ = first_batch(dm)
+    assert x.shape == (4, 1, 8, 8) and dm.split_size("test") == 6
+
+
+def test_flat_folder_has_no_labels(tmp_path: Path) -> None:
+    root = write_image_folder(tmp_path / "flat", classes=(), per_class=20, size=8)
+    dm = ImageFolderDataModule(str(root), batch_size=4)
+    _, labels, _ = first_batch(dm)
+    assert (labels == UNLABELED).all() and not dm.has_labels and dm.class_names is None
+
+
+# --- array files ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "layout, make",
+    [
+        ("NHW uint8", lambda rng: rng.integers(0, 256, (30, 9, 7), dtype=np.uint8)),
+        ("NHWC uint8", lambda rng: rng.integers(0, 256, (30, 9, 7, 3), dtype=np.uint8)),
+        ("NCHW float", lambda rng: rng.random((30, 3, 9, 7), dtype=np.float32)),
+    ],
+)
+def test_array_file_image_layouts(layout: str, make, tmp_path: Path) -> None:
+    data = make(np.random.default_rng(0))
+    np.save(tmp_path / "x.npy", data)
+    dm = ArrayDataModule(str(tmp_path / "x.npy"), batch_size=5)
+    channels = 1 if data.ndim == 3 else 3
+    assert dm.input_shape == (channels, 9, 7)
+    stored = dm.arrays.train[0]
+    expected = torch.from_numpy(data)
+    if layout == "NHW uint8":
+        expected = expected.unsqueeze(1)
+    elif layout == "NHWC uint8":
+        expected = expected.permute(0, 3, 1, 2)
+    else:
+        expected = (expected * 255).round().to(torch.uint8)
+    assert torch.equal(stored, expected)
+
+
+def test_array_labels_from_a_key_or_a_second_file(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (40, 8, 8), dtype=np.uint8), np.arange(40) % 4
+    np.savez(tmp_path / "d.npz", images=x, targets=y)
+    by_key = ArrayDataModule(str(tmp_path / "d.npz"), labels="targets")
+    assert by_key.arrays.train[1].tolist() == y.tolist()
+    torch.save({"x": torch.from_numpy(x)}, tmp_path / "d.pt")
+    np.save(tmp_path / "y.npy", y)
+    by_file = ArrayDataModule(str(tmp_path / "d.pt"), labels=str(tmp_path / "y.npy"))
+    assert torch.equal(by_file.arrays.train[0], by_key.arrays.train[0])
+    assert by_file.arrays.train[1].tolist() == y.tolist()
+
+
+def test_vectors_standardized_with_training_statistics_only(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(5.0, 3.0, (200, 6)).astype(np.float32)
+    vectors[:, 2] = 1.0  # a constant feature: shifted, not divided by 0
+    np.save(tmp_path / "v.npy", vectors)
+    dm = ArrayDataModule(str(tmp_path / "v.npy"), standardize=True, batch_size=16)
+    assert dm.input_shape == (6,)
+    x, _, _ = first_batch(dm)
+    assert x.shape == (16, 6)
+    train, val = dm.splits["train"][0], dm.splits["val"][0]
+    torch.testing.assert_close(train.mean(0), torch.zeros(6), atol=1e-5, rtol=0)
+    torch.testing.assert_close(train[:, [0, 1, 3, 4, 5]].std(0), torch.ones(5), atol=1e-5, rtol=0)
+    assert (val.mean(0).abs() > 1e-3).any()  # val's own statistics were not used
+    assert torch.isfinite(train).all()
+
+
+def test_binarize_and_standardize_are_refused_where_they_mean_nothing(tmp_path: Path) -> None:
+    np.save(tmp_path / "v.npy", np.zeros((20, 4), np.float32))
+    with pytest.raises(ValueError, match=r"binarize: dynamic applies to images.*vectors of shape \(4,\)"):
+        ArrayDataModule(str(tmp_path / "v.npy"), binarize="dynamic").setup()
+    np.save(tmp_path / "i.npy", np.zeros((20, 4, 4), np.uint8))
+    with pytest.raises(ValueError, match=r"standardize applies to feature vectors.*i.npy holds images"):
+        ArrayDataModule(str(tmp_path / "i.npy"), standardize=True).setup()
+
+
+# --- torchvision datasets -------------------------------------------------------------------------------------------
+def test_cifar10_from_its_real_file_format(cifar_root: Path) -> None:
+    dm = TorchvisionDataModule("CIFAR10", data_dir=str(cifar_root), batch_size=4, val_fraction=0.25)
+    dm.prepare_data()  # the files are there: nothing to download
+    assert dm.input_shape == (3, 32, 32) and dm.class_names[:2] == ["airplane", "automobile"]
+    x, _, _ = first_batch(dm)
+    assert x.shape == (4, 3, 32, 32)
+    assert (dm.split_size("train") + dm.split_size("val"), dm.split_size("test")) == (20, 10)
+    reference = CIFAR10(str(cifar_root), train=False)
+    assert torch.equal(dm.splits["test"][0], torch.from_numpy(reference.data).permute(0, 3, 1, 2))
+
+
+def test_svhn_from_its_real_file_format(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = write_svhn(tmp_path / "svhn")
+    split_list = {
+        part: [url, name, md5(root / name)] for part, (url, name, _) in SVHN.split_list.items() if part != "extra"
+    }
+    monkeypatch.setattr(SVHN, "split_list", split_list)
+    dm = TorchvisionDataModule("SVHN", data_dir=str(root), batch_size=4, val_fraction=0.25)
+    assert dm.input_shape == (3, 32, 32)
+    dm.setup()
+    assert dm.split_size("test") == 6 and sorted(dm.splits["test"][1].tolist()) == [0, 1, 2, 3, 4, 5]
+
+
+def test_torchvision_offline_error_says_which_files_go_where(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(CIFAR10, "url", "http://127.0.0.1:9/cifar-10-python.tar.gz")  # fails fast
+    dm = TorchvisionDataModule("CIFAR10", data_dir=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"data_batch_1.*test_batch.*batches.meta.*cifar-10-batches-py"):
+        dm.prepare_data()
+
+
+def test_unknown_torchvision_dataset_is_an_error() -> None:
+    with pytest.raises(ValueError, match="'CIFAR11' is not a torchvision dataset class"):
+        TorchvisionDataModule("CIFAR11")
+
+
+# --- issue 15: evaluation passes and the offline fallback -----------------------------------------------------------
+def test_evaluation_loaders_always_start_at_their_first_batch(data_dir: Path) -> None:
+    dm = MNISTDataModule(data_dir=str(data_dir), batch_size=8)
+    dm.setup()
+    train, val = dm.train_dataloader(), dm.val_dataloader()
+    for loader in (val, dm.test_dataloader()):
+        iterator = iter(loader)
+        next(iterator), next(iterator)  # a sanity check's two batches
+        assert next(iter(loader))[2].tolist() == list(range(8))
+    iterator = iter(train)
+    next(iterator)
+    assert train.state_dict()["batches_done"] == 1  # only the training loader carries a position
+
+
+def test_offline_fallback_test_and_val_splits_mix_classes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchvision.datasets import MNIST
+
+    monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])
+    dm = MNISTDataModule(data_dir=str(tmp_path), batch_size=16)
+    with pytest.warns(UserWarning):
+        dm.prepare_data()
+    dm.setup()
+    for split in ("val", "test"):
+        labels = dm.splits[split][1]
+        assert len(set(labels[:16].tolist())) >= 5, split  # the first grid shows many digits
+        counts = torch.bincount(labels, minlength=10)
+        assert counts.max() - counts.min() <= 1, split  # stratified
+
+
+# --- bad input ------------------------------------------------------------------------------------------------------
+def _png(path: Path, size: tuple[int, int]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (10, 20, 30)).save(path)
+
+
+def _folder_empty(tmp: Path):
+    (tmp / "empty").mkdir()
+    return ImageFolderDataModule(str(tmp / "empty"))
+
+
+def _folder_corrupt(tmp: Path):
+    write_image_folder(tmp / "f", per_class=3, size=8)
+    (tmp / "f" / "cat" / "broken.png").write_bytes(b"not a png at all")
+    return ImageFolderDataModule(str(tmp / "f"))
+
+
+def _folder_two_sizes(tmp: Path):
+    _png(tmp / "f" / "a.png", (8, 8))
+    _png(tmp / "f" / "b.png", (10, 6))
+    return ImageFolderDataModule(str(tmp / "f"))
+
+
+def _array(tmp: Path, data: np.ndarray, **kwargs):
+    np.save(tmp / "x.npy", data)
+    return ArrayDataModule(str(tmp / "x.npy"), **kwargs)
+
+
+def _labels_too_short(tmp: Path):
+    np.save(tmp / "y.npy", np.arange(9))
+    return _array(tmp, np.zeros((10, 4), np.float32), labels=str(tmp / "y.npy"))
+
+
+def _nan(tmp: Path):
+    data = np.zeros((10, 4), np.float32)
+    data[7, 2] = np.nan
+    return _array(tmp, data)
+
+
+def _idx_pair(tmp: Path, n_images: int, n_labels: int, labels_value: int = 0, size: int = 28, part: str = "train"):
+    root = tmp / "data"
+    from conftest import write_dataset
+
+    write_dataset(root, "MNIST", n_train=40, n_test=20)
+    raw = root / "MNIST" / "raw"
+    write_idx(raw / f"{part}-images-idx3-ubyte", np.zeros((n_images, size, size)))
+    write_idx(raw / f"{part}-labels-idx1-ubyte", np.full(n_labels, labels_value))
+    return MNISTDataModule(data_dir=str(root))
+
+
+def _idx_directory(tmp: Path):
+    dm = _idx_pair(tmp, 40, 40)
+    path = dm.raw_folder / "t10k-images-idx3-ubyte"
+    path.unlink()
+    path.mkdir()
+    return dm
+
+
+BAD_INPUTS = [
+    ("empty folder", _folder_empty, r"empty holds no images"),
+    ("corrupt file", _folder_corrupt, r"broken.png is not an image PIL can read"),
+    ("two sizes", _folder_two_sizes, r"different sizes, e\.g\. .*a.png \(8x8\) and .*b.png \(10x6\); set image_size"),
+    ("wrong rank", lambda tmp: _array(tmp, np.zeros((2, 3, 4, 5, 6), np.uint8)), r"x.npy: an array of rank 5"),
+    ("NaN", _nan, r"x.npy: sample 7 holds NaN or infinite values"),
+    ("inf", lambda tmp: _array(tmp, np.array([[0.0], [np.inf]], np.float32)), r"sample 1 holds NaN or infinite"),
+    (
+        "float images outside [0, 1]",
+        lambda tmp: _array(tmp, np.full((4, 5, 5), 2.0, np.float32)),
+        r"float images must lie in \[0, 1\].*\[2, 2\]",
+    ),
+    ("labels too short", _labels_too_short, r"x.npy: 9 labels for 10 samples"),
+    (
+        "channels",
+        lambda tmp: ImageFolderDataModule(str(tmp), channels=4),
+        r"channels must be 1 \(gray\) or 3 \(RGB\), got 4",
+    ),
+    (
+        "too many IDX labels",
+        lambda tmp: _idx_pair(tmp, 40, 50),
+        r"train-labels-idx1-ubyte holds 50 labels, but .* 40 images",
+    ),
+    ("too few IDX labels", lambda tmp: _idx_pair(tmp, 40, 30), r"holds 30 labels, but .* 40 images"),
+    (
+        "label outside classes",
+        lambda tmp: _idx_pair(tmp, 40, 40, labels_value=12),
+        r"train-labels-idx1-ubyte: label 12 is not one of the dataset's classes \(labels 0..9\)",
+    ),
+    (
+        "32x32 test file",
+        lambda tmp: _idx_pair(tmp, 20, 20, size=32, part="t10k"),
+        r"t10k-images-idx3-ubyte holds 32x32 images, expected 28x28",
+    ),
+    ("directory for a file", _idx_directory, r"t10k-images-idx3-ubyte is a directory, expected an IDX file"),
+    (
+        "IDX count 0",
+        lambda tmp: _idx_pair(tmp, 0, 0),
+        r"train-images-idx3-ubyte holds no samples: the count in its header is 0",
+    ),
+    (
+        "empty val split",
+        lambda tmp: _array(tmp, np.zeros((100, 3), np.float32), val_fraction=0.0001),
+        r"val_fraction=0.0001 of 90 samples .*x.npy\) leaves the val split empty",
+    ),
+]
+
+
+@pytest.mark.parametrize("make, message", [case[1:] for case in BAD_INPUTS], ids=[case[0] for case in BAD_INPUTS])
+def test_bad_input_is_an_error_before_training(make, message: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=message):
+        make(tmp_path).setup()
+
+
+def test_model_whose_input_shape_disagrees_with_the_data_is_an_error(tmp_path: Path) -> None:
+    import lightning as L
+
+    from ae_lightning import Autoencoder
+
+    root = write_image_folder(tmp_path / "f", size=8)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    with pytest.raises(
+        ValueError, match=r"built for images of shape \(1, 28, 28\), but ImageFolderDataModule yields \(3, 8, 8\)"
+    ):
+        trainer.fit(Autoencoder(latent_dim=2, hidden_dims=[4]), datamodule=ImageFolderDataModule(str(root)))
+
+
+# --- the command line -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("module", ["ImageFolderDataModule", "ArrayDataModule"])
+def test_own_data_on_top_of_a_shipped_config(module: str, tmp_path: Path) -> None:
+    from tiny_runs import run_cli
+
+    if module == "ImageFolderDataModule":
+        root = write_image_folder(tmp_path / "photos", per_class=15, size=20)
+        data = ["--data.data_dir", str(root), "--data.image_size", "16", "--data.channels", "3"]
+        shape = (3, 16, 16)
+    else:
+        np.save(tmp_path / "x.npy", np.random.default_rng(0).integers(0, 256, (40, 8, 8), dtype=np.uint8))
+        np.save(tmp_path / "y.npy", np.arange(40) % 4)
+        data = ["--data.path", str(tmp_path / "x.npy"), "--data.labels", str(tmp_path / "y.npy")]
+        shape = (1, 8, 8)
+    cli = run_cli(
+        "fit", "--config", "configs/ae.yaml", "--data", module, *data, "--trainer.fast_dev_run", "true",
+        "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.enable_progress_bar", "false",
+    )  # fmt: skip
+    assert cli.model.input_shape == shape and type(cli.datamodule).__name__ == module
+    assert torch.isfinite(cli.trainer.callback_metrics["val/loss"])
+
+
+# --- models on own data ---------------------------------------------------------------------------------------------
+def _trainer(root: Path, **kwargs):
+    import lightning as L
+
+    settings = dict(accelerator="cpu", max_epochs=1, limit_train_batches=2, limit_val_batches=2, logger=False,
+                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                    default_root_dir=root)  # fmt: skip
+    return L.Trainer(**{**settings, **kwargs})
+
+
+def test_vectors_draw_only_the_latent_map_and_refuse_image_views(tmp_path: Path) -> None:
+    from ae_lightning import Autoencoder
+    from ae_lightning.callbacks import ImageLogger
+
+    np.savez(
+        tmp_path / "t.npz", x=np.random.default_rng(0).normal(size=(80, 5)).astype(np.float32), y=np.arange(80) % 2
+    )
+    data = ArrayDataModule(str(tmp_path / "t.npz"), labels="y", batch_size=16)
+    model = Autoencoder(input_shape=(5,), latent_dim=2, hidden_dims=[8], reconstruction="mse")
+    _trainer(tmp_path, callbacks=[ImageLogger(latent_map_size=20)]).fit(model, datamodule=data)
+    assert [p.name.split("-")[0] for p in (tmp_path / "images").glob("*.png")] == ["latent_map"]
+    explicit = ImageLogger(views=["reconstructions", "latent_map"])
+    with pytest.raises(
+        ValueError, match=r"reconstructions are pictures of images, but Autoencoder models feature vectors"
+    ):
+        _trainer(tmp_path, callbacks=[explicit]).fit(model, datamodule=data)
+
+
+def test_conditional_vae_refuses_data_without_labels(tmp_path: Path) -> None:
+    from ae_lightning import ConditionalVAE
+
+    root = write_image_folder(tmp_path / "flat", classes=(), per_class=20, size=8)
+    model = ConditionalVAE(input_shape=(3, 8, 8), latent_dim=2, hidden_dims=[8])
+    with pytest.raises(
+        ValueError, match=r"labels 0..9 \(num_classes\), but the train split's labels range over -1..-1"
+    ):
+        _trainer(tmp_path).fit(model, datamodule=ImageFolderDataModule(str(root)))
