@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, ClassVar, Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
@@ -123,9 +125,14 @@ class AutoencoderModule(L.LightningModule):
         return {name: value.detach() for name, value in terms.items()}
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._shared_step(batch, "val")
+        with self.evaluation_randomness(batch_idx):
+            self._shared_step(batch, "val")
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
+        with self.evaluation_randomness(batch_idx):
+            self._test_step(batch)
+
+    def _test_step(self, batch: Batch) -> None:
         self._shared_step(batch, "test")
         x = batch[0]
         # test/recon_mse, test/recon_bce (per pixel), test/psnr and test/ssim, computed over the whole test set
@@ -139,6 +146,10 @@ class AutoencoderModule(L.LightningModule):
         return {}
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
+        with self.evaluation_randomness(batch_idx):
+            return self._predict_step(batch)
+
+    def _predict_step(self, batch: Batch) -> dict[str, Tensor]:
         x, labels, indices = batch
         z = self.encode(x)
         return {
@@ -148,6 +159,16 @@ class AutoencoderModule(L.LightningModule):
             "recon_error": losses.mean_squared_error(self.decode(z), x),
             "anomaly_score": self.anomaly_score(x),
         }
+
+    @contextlib.contextmanager
+    def evaluation_randomness(self, batch_idx: int) -> Iterator[None]:
+        """Random draws of validation, test and predict from a generator seeded by the step, batch and rank, with the
+        global generators restored afterwards: evaluation never shifts the training noise, and repeats exactly."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            rank = self.trainer.global_rank if self._trainer is not None else 0
+            torch.manual_seed(hash((self.global_step, batch_idx, rank)) & 0x7FFF_FFFF_FFFF_FFFF)
+            yield
 
     def _shared_step(self, batch: Batch, stage: Stage) -> dict[str, Tensor]:
         x, labels, indices = batch
@@ -161,8 +182,15 @@ class AutoencoderModule(L.LightningModule):
         validation and test terms averaged over the epoch and reduced across ranks."""
         training = stage == "train"
         for name, value in terms.items():
-            self.log(f"{stage}/{name}", value, prog_bar=name == "loss", on_step=training, on_epoch=not training,
-                     sync_dist=not training, batch_size=batch_size)
+            self.log(
+                f"{stage}/{name}",
+                value,
+                prog_bar=name == "loss",
+                on_step=training,
+                on_epoch=not training,
+                sync_dist=not training,
+                batch_size=batch_size,
+            )
 
     def _check_input_once(self, x: Tensor) -> None:
         if not self._input_checked:
@@ -223,11 +251,44 @@ class AutoencoderModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ae_lightning_class"] = _class_path(type(self))
+        if self._trainer is not None:
+            checkpoint["ae_lightning_optimizers"] = [_optimizer_settings(opt) for opt in self.trainer.optimizers]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         stored = checkpoint.get("ae_lightning_class")
         if stored is not None and stored != _class_path(type(self)):
             raise ValueError(f"the checkpoint holds a {stored}, not a {_class_path(type(self))}")
+        self._resumed_optimizers = checkpoint.get("ae_lightning_optimizers")
+
+    def on_train_start(self) -> None:
+        # Lightning has restored the optimizers' state: the run's own optimizer settings apply from here on.
+        resumed, self._resumed_optimizers = getattr(self, "_resumed_optimizers", None), None
+        if not resumed:
+            return
+        schedulers = self.trainer.lr_scheduler_configs
+        for i, (optimizer, before) in enumerate(zip(self.trainer.optimizers, resumed)):
+            now = _optimizer_settings(optimizer)
+            if now["class"] != before["class"]:
+                raise ValueError(
+                    f"the checkpoint's optimizer {i} is a {before['class']}, this run's a {now['class']}: its state "
+                    "cannot carry over. Resume with the checkpoint's optimizer, or start afresh without --ckpt_path"
+                )
+            for name, value in now["defaults"].items():
+                if before["defaults"].get(name, value) == value:
+                    continue
+                for group in optimizer.param_groups:
+                    group[name] = value
+                    if name == "lr" and "initial_lr" in group:
+                        group["initial_lr"] = value
+                for config in schedulers:
+                    if (
+                        name == "lr"
+                        and config.scheduler.optimizer is optimizer
+                        and hasattr(config.scheduler, "base_lrs")
+                    ):
+                        config.scheduler.base_lrs = [value] * len(optimizer.param_groups)
+                previous = before["defaults"][name]
+                rank_zero_info(f"optimizer {i}: {name} is {value} from here on (the checkpoint's run had {previous})")
 
 
 class DeterministicAutoencoder(AutoencoderModule):
@@ -262,6 +323,16 @@ class DeterministicAutoencoder(AutoencoderModule):
             return -losses.bernoulli_log_likelihood(logits, x)
         mean = networks.decoder_mean(logits, self.input_shape)
         return losses.squared_error(mean, x, event_ndim=len(self.input_shape))
+
+
+def _optimizer_settings(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The class and the constructor settings (plain values only) of an optimizer, as stored in checkpoints."""
+    plain = (bool, int, float, str, type(None))
+    def is_plain(value: Any) -> bool:
+        return isinstance(value, plain) or (isinstance(value, tuple) and all(isinstance(v, plain) for v in value))
+
+    defaults = {name: value for name, value in optimizer.defaults.items() if is_plain(value)}
+    return {"class": _class_path(type(optimizer)), "defaults": defaults}
 
 
 def _factory_arguments(cls: type) -> list[str]:

@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 import datamodules  # noqa: F401  (registers the datamodules for ``--data <ClassName>``)
 from ae_lightning import AutoencoderModule
@@ -136,25 +136,80 @@ class AutoencoderCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     def _parse_ckpt_path(self) -> None:
+        # LightningCLI's own version overwrites the config's model settings with the checkpoint's hyperparameters;
+        # here the user's settings stand, and what the weights cannot take is refused once the model is built.
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path == "last":
-            ckpt_path = self.config[subcommand].ckpt_path = _newest_checkpoint(self.config[subcommand])
+            ckpt_path = self.config[subcommand].ckpt_path = _furthest_checkpoint(self.config[subcommand])
         if subcommand == "fit" and ckpt_path:  # a resumed run may write its config where it wrote it before
             self.save_config_kwargs = {**self.save_config_kwargs, "overwrite": True}
         if ckpt_path and ckpt_path not in _SPECIAL_CKPT_PATHS:
-            path = Path(ckpt_path)
-            if not path.is_file():
-                raise FileNotFoundError(f"--ckpt_path {ckpt_path} does not exist (or is not a file)")
-            stored = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
-            stored_class = stored.get("_class_path")
+            self._checkpoint = read_checkpoint(ckpt_path)
+            stored_class = self._checkpoint.get("hyper_parameters", {}).get("_class_path")
             wanted = self.config[subcommand].model.class_path
             if stored_class and _resolve(stored_class) is not _resolve(wanted):
                 raise ValueError(
                     f"--ckpt_path {ckpt_path} holds a {stored_class} checkpoint, but the config's model is {wanted}; "
                     "use that model's config or a checkpoint of this model"
                 )
-        super()._parse_ckpt_path()
+
+    def _check_checkpoint_fits(self) -> None:
+        """Refuse model settings that the checkpoint's weights contradict, naming both values."""
+        checkpoint = getattr(self, "_checkpoint", None)
+        if checkpoint is None:
+            return
+        weights, built = checkpoint.get("state_dict", {}), self.model.state_dict()
+        # Weights only in the checkpoint may belong to a module the model builds later (the auto-decoder's codes).
+        mismatched = sorted(
+            name for name in built if name not in weights or tuple(weights[name].shape) != tuple(built[name].shape)
+        )
+        if not mismatched:
+            return
+        stored = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
+        mine = dict(self.model.hparams)
+        differing = [f"{name}={stored[name]!r} (this run: {mine.get(name)!r})" for name in stored
+                     if name in mine and _plain(stored[name]) != _plain(mine[name])]  # fmt: skip
+        path = self.config[self.subcommand].ckpt_path
+        raise ValueError(
+            f"--ckpt_path {path} holds weights that this run's model cannot take ({', '.join(mismatched[:3])} differ)"
+            + (f"; the checkpoint was trained with {', '.join(differing)}" if differing else "")
+            + ". Set those values, or pass the run's own config.yaml with --config"
+        )
+
+    def before_fit(self) -> None:
+        self._check_checkpoint_fits()
+
+    def before_validate(self) -> None:
+        self._check_checkpoint_fits()
+
+    def before_test(self) -> None:
+        self._check_checkpoint_fits()
+
+    def before_predict(self) -> None:
+        self._check_checkpoint_fits()
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint at ``path``, loaded on the CPU; a ValueError naming the file and what is wrong otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"--ckpt_path {path} {what}; expected a checkpoint file (.ckpt)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ... depending on the damage
+        reason = " ".join(str(error).split())[:200] or type(error).__name__
+        raise ValueError(f"--ckpt_path {path} is not a readable checkpoint (truncated or corrupt?): {reason}") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise ValueError(f"--ckpt_path {path} is not a Lightning checkpoint: it holds no state_dict")
+    if "global_step" not in checkpoint or "pytorch-lightning_version" not in checkpoint:
+        raise ValueError(f"--ckpt_path {path} is not a Lightning checkpoint: it has no global_step or version")
+    return checkpoint
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, (tuple, list)) else value
 
 
 # Messages that say nothing about the user's run, each filtered by its text and the module that issues it.
@@ -183,14 +238,13 @@ def _quiet_known_noise() -> None:
             target.addFilter(_DropTips())
 
 
-def _newest_checkpoint(config: Any) -> str | None:
-    """``--ckpt_path last``: the newest ``last*.ckpt`` of this run's folder, or SLURM ``hpc_ckpt_*.ckpt``.
+def _furthest_checkpoint(config: Any) -> str | None:
+    """``--ckpt_path last``: the furthest trained (global step, then newest) ``last*.ckpt`` of this run's folder, or
+    SLURM ``hpc_ckpt_*.ckpt``; None (with a warning) when there is none yet, so one command starts and resumes a run.
 
-    Lightning looks for ``last`` only in the checkpoint folder of the new run, which is a new ``version_<N>`` of the
-    logger unless ``--checkpoint.dirpath`` is set, so it would never find the interrupted run's checkpoint. Here the
-    candidates are the set ``dirpath``, or ``checkpoints/`` folders up to two levels below ``default_root_dir``, and
-    the HPC checkpoints that Lightning's SLURM requeue writes into ``default_root_dir``. None (with a warning) when
-    there is none yet, so the same command starts a run and resumes it.
+    Lightning looks for ``last`` only in the new run's checkpoint folder, a new ``version_<N>`` of the logger, so it
+    would never find the interrupted run's. The candidates are the set ``dirpath``, or ``checkpoints/`` folders up to
+    two levels below ``default_root_dir``, and the HPC checkpoints in ``default_root_dir``.
     """
     root = Path(config.trainer.get("default_root_dir") or ".")
     dirpath = config.checkpoint.get("dirpath") if config.get("checkpoint") else None
@@ -203,7 +257,17 @@ def _newest_checkpoint(config: Any) -> str | None:
     if not candidates:
         rank_zero_warn(f"--ckpt_path last: no checkpoint under {dirpath or root} yet, starting from scratch")
         return None
-    return str(max(candidates, key=lambda path: path.stat().st_mtime))
+
+    def progress(path: Path) -> tuple[int, float]:
+        try:
+            return int(read_checkpoint(path)["global_step"]), path.stat().st_mtime
+        except ValueError as error:
+            rank_zero_warn(f"--ckpt_path last: skipping {path}: {error}")
+            return -1, path.stat().st_mtime
+
+    chosen = max(candidates, key=progress)
+    rank_zero_info(f"--ckpt_path last: resuming from {chosen} (global step {progress(chosen)[0]})")
+    return str(chosen)
 
 
 def _default_save_dirs(config: Any) -> None:

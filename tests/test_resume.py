@@ -11,12 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 from jsonargparse import Namespace
-from tiny_runs import command, last_checkpoint, run_cli, subprocess_env, tiny_args
+from tiny_runs import ROOT, command, last_checkpoint, run_cli, subprocess_env, tiny_args
 
-from ae_lightning.cli import _newest_checkpoint
+from ae_lightning.cli import _furthest_checkpoint
 from ae_lightning.fault_tolerance import AtomicCheckpointIO
 
-# 2 steps per Lightning batch (the configs take 10), which divides both 4 and the 14 steps of an epoch.
 EVERY_4 = ["--checkpoint.every_n_train_steps", "4"]
 STEPS = 28  # 2 epochs of 14 batches
 
@@ -62,7 +61,8 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_weights(
 
     interrupted = last_checkpoint(killed_root)  # whole, even where the run died writing the next one
     assert interrupted["global_step"] == checkpoint_step
-    assert interrupted["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{**position, "seed": 42}]
+    (loader,) = interrupted["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    assert {key: loader[key] for key in (*position, "seed", "batch_size")} == {**position, "seed": 42, "batch_size": 16}
     assert len(interrupted["random_states"]) == 1
     # the dead writer's half file, under a hidden name that no checkpoint search matches
     assert len(list(killed_root.rglob(".last.ckpt.*.tmp"))) == (killer[0] == "tiny_runs.KillWhileWriting")
@@ -79,21 +79,57 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_weights(
                 assert torch.equal(got["state"][index][key], value), f"optimizer state {index}/{key} differs"
 
 
-def test_ckpt_path_last_finds_the_newest_checkpoint_of_any_version_or_slurm_requeue(tmp_path: Path) -> None:
+def test_ckpt_path_last_finds_the_furthest_checkpoint_of_any_version_or_slurm_requeue(tmp_path: Path) -> None:
     config = Namespace(trainer=Namespace(default_root_dir=str(tmp_path)), checkpoint=Namespace(dirpath=None))
-    assert _newest_checkpoint(config) is None  # nothing yet: the run starts from scratch
+    assert _furthest_checkpoint(config) is None  # nothing yet: the run starts from scratch
     older = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     newer = tmp_path / "lightning_logs" / "version_1" / "checkpoints" / "last.ckpt"
     hpc = tmp_path / "hpc_ckpt_1.ckpt"
-    for age, path in enumerate([hpc, newer, older]):
+    for age, (path, step) in enumerate([(hpc, 30), (newer, 30), (older, 40)]):
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch()
+        torch.save({"state_dict": {}, "global_step": step, "pytorch-lightning_version": "2.6"}, path)
         os.utime(path, (1_000_000 - 10 * age, 1_000_000 - 10 * age))
-    assert _newest_checkpoint(config) == str(hpc)
+    assert _furthest_checkpoint(config) == str(older)  # the furthest state, though written first
+    older.write_bytes(b"not a checkpoint")  # unreadable: skipped with a warning
+    with pytest.warns(UserWarning, match=f"skipping {older}"):
+        assert _furthest_checkpoint(config) == str(hpc)  # the same step: the newest
     hpc.unlink()
-    assert _newest_checkpoint(config) == str(newer)
-    config.checkpoint.dirpath = str(older.parent)
-    assert _newest_checkpoint(config) == str(older)
+    config.checkpoint.dirpath = str(newer.parent)
+    assert _furthest_checkpoint(config) == str(newer)
+
+
+# Resuming from any step checkpoint: validation (which draws random numbers in the VAE and AAE) at steps aligned
+# with the checkpoints (every 4) or not (every 6) must not shift the training noise.
+EXACT_CASES = [
+    ("ae", "6", []),
+    ("vae", "6", []),
+    ("vae", "4", []),
+    ("aae", "6", []),
+    ("autodecoder", "6", []),
+    ("vae", "6", ["--config", str(ROOT / "configs" / "fast.yaml"), "--fast.steps", "2"]),
+]
+
+
+@pytest.mark.parametrize(
+    "variant, every, extra", EXACT_CASES, ids=[f"{v}-val{e}{'-fast' if x else ''}" for v, e, x in EXACT_CASES]
+)
+def test_every_step_checkpoint_resumes_to_the_uninterrupted_weights(
+    variant: str, every: str, extra: list[str], data_dir: Path, tmp_path: Path
+) -> None:
+    settings = [*EVERY_4, "--checkpoint.monitor", "null", "--checkpoint.save_top_k", "-1", "--checkpoint.filename",
+                "{step}", "--trainer.val_check_interval", every, "--trainer.limit_val_batches", "2",
+                "--trainer.log_every_n_steps", "4", *extra]  # fmt: skip
+    run_cli("fit", *tiny_args(variant, data_dir, tmp_path / "reference", *settings))
+    saved = {int(path.stem.split("=")[1]): path for path in (tmp_path / "reference").rglob("step=*.ckpt")}
+    expected = last_checkpoint(tmp_path / "reference")
+    for step in (8, 20):  # the 2nd checkpoint and a later one, mid-epoch
+        root = tmp_path / f"from-{step}"
+        run_cli("fit", *tiny_args(variant, data_dir, root, *settings, "--ckpt_path", str(saved[step])))
+        resumed = last_checkpoint(root)
+        assert resumed["global_step"] == expected["global_step"] == STEPS
+        differing = [name for name, value in expected["state_dict"].items()
+                     if not torch.equal(resumed["state_dict"][name], value)]  # fmt: skip
+        assert not differing, f"resumed from step {step}: {len(differing)} of {len(expected['state_dict'])} differ"
 
 
 def test_a_checkpoint_write_replaces_the_file_whole_and_clears_dead_writers_files(tmp_path: Path) -> None:

@@ -1,0 +1,82 @@
+"""No setting silently changed by a checkpoint: the run's settings apply where the checkpoint can honour them, and
+are refused, naming both values, where it cannot; unreadable checkpoints are errors naming the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_runs import run_cli, tiny_args
+
+STEP_CHECKPOINTS = ["--checkpoint.every_n_train_steps", "4", "--checkpoint.monitor", "null",
+                    "--checkpoint.save_top_k", "-1", "--checkpoint.filename", "{step}"]  # fmt: skip
+
+
+@pytest.fixture
+def vae_run(data_dir: Path, tmp_path: Path) -> Path:
+    """A tiny VAE fit with a mid-epoch checkpoint at step 8; returns that checkpoint."""
+    run_cli("fit", *tiny_args("vae", data_dir, tmp_path / "run", *STEP_CHECKPOINTS, "--trainer.max_steps", "8"))
+    return next((tmp_path / "run").rglob("step=8.ckpt"))
+
+
+def test_test_takes_the_runs_evaluation_settings_and_refuses_other_shapes(
+    vae_run: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    cli = run_cli("test", *tiny_args("vae", data_dir, tmp_path / "t", "--ckpt_path", str(vae_run),
+                                     "--model.init_args.nll_samples", "3", "--model.init_args.beta", "4"))  # fmt: skip
+    assert cli.model.nll_samples == 3 and cli.model.beta == 4  # not the checkpoint's 4 and 1
+    with pytest.raises(ValueError, match=r"holds weights that this run's model cannot take .* trained with "
+                                         r"latent_dim=4 \(this run: 8\)"):  # fmt: skip
+        run_cli("test", *tiny_args("vae", data_dir, tmp_path / "t", "--ckpt_path", str(vae_run),
+                                   "--model.init_args.latent_dim", "8"))  # fmt: skip
+
+
+def test_a_resumed_fit_takes_the_new_learning_rate_and_records_it(
+    vae_run: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "resumed"
+    lr = ["--model.init_args.optimizer.init_args.lr", "0.01"]
+    cli = run_cli("fit", *tiny_args("vae", data_dir, root, "--ckpt_path", str(vae_run), *lr, "--trainer.max_steps", "10"))
+    assert cli.trainer.global_step == 10
+    assert [group["lr"] for group in cli.trainer.optimizers[0].param_groups] == [0.01]
+    assert "lr: 0.01" in next(root.rglob("config.yaml")).read_text()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (
+            ["--model.init_args.optimizer", "torch.optim.SGD", "--model.init_args.optimizer.init_args.lr", "0.1"],
+            r"optimizer 0 is a torch.optim.adam.Adam, this run's a torch.optim.sgd.SGD",
+        ),
+        (["--data.batch_size", "32"], r"reached with --data.batch_size 16, this run has 32"),
+        (["--data", "FashionMNISTDataModule"], r"reached with the training data's content \(fingerprint\) \d+"),
+        (["--data.seed", "7"], r"reached with --data.seed 42, this run has 7"),
+    ],
+    ids=["optimizer-class", "batch-size", "dataset", "data-seed"],
+)
+def test_a_resumed_fit_refuses_what_the_checkpoints_state_cannot_honour(
+    extra: list[str], message: str, vae_run: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        run_cli("fit", *tiny_args("vae", data_dir, tmp_path / "resumed", "--ckpt_path", str(vae_run), *extra))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random bytes", "not Lightning", "a directory"])
+def test_an_unreadable_checkpoint_is_an_error_naming_it(
+    damage: str, vae_run: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.ckpt"
+    if damage == "truncated":
+        bad.write_bytes(vae_run.read_bytes()[: vae_run.stat().st_size // 2])
+    elif damage == "random bytes":
+        bad.write_bytes(torch.randint(0, 256, (5000,), dtype=torch.uint8).numpy().tobytes())
+    elif damage == "not Lightning":
+        torch.save({"weights": torch.zeros(2)}, bad)
+    else:
+        bad.mkdir()
+    expected = {"truncated": "is not a readable checkpoint", "random bytes": "is not a readable checkpoint",
+                "not Lightning": "is not a Lightning checkpoint", "a directory": "is a directory"}[damage]  # fmt: skip
+    with pytest.raises((ValueError, FileNotFoundError), match=f"--ckpt_path {bad} {expected}"):
+        run_cli("test", *tiny_args("vae", data_dir, tmp_path / "t", "--ckpt_path", str(bad)))
