@@ -36,8 +36,8 @@ def test_a_resumed_fit_takes_the_new_learning_rate_and_records_it(
     vae_run: Path, data_dir: Path, tmp_path: Path
 ) -> None:
     root = tmp_path / "resumed"
-    lr = ["--model.init_args.optimizer.init_args.lr", "0.01"]
-    cli = run_cli("fit", *tiny_args("vae", data_dir, root, "--ckpt_path", str(vae_run), *lr, "--trainer.max_steps", "10"))
+    lr = ["--model.init_args.optimizer.init_args.lr", "0.01", "--trainer.max_steps", "10"]
+    cli = run_cli("fit", *tiny_args("vae", data_dir, root, "--ckpt_path", str(vae_run), *lr))
     assert cli.trainer.global_step == 10
     assert [group["lr"] for group in cli.trainer.optimizers[0].param_groups] == [0.01]
     assert "lr: 0.01" in next(root.rglob("config.yaml")).read_text()
