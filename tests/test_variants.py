@@ -49,6 +49,7 @@ VARIANTS = [
     (AutoDecoder, {"inference_steps": 3}),
     (ConditionalVAE, {"nll_samples": 4, "nll_chunk_size": 2}),
     (ConditionalVAE, {"nll_samples": 4, "nll_chunk_size": 2, "network": "conv", "hidden_dims": [4]}),
+    (VAE, {"nll_samples": 4, "nll_chunk_size": 2, "iw_samples": 3}),
 ]
 IDS = [f"{cls.__name__}-{i}" for i, (cls, _) in enumerate(VARIANTS)]
 
