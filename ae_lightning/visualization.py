@@ -20,6 +20,7 @@ from torchvision.utils import make_grid
 
 from ae_lightning.base import AutoencoderModule
 from ae_lightning.evaluation import conditioned, evaluating, require_generative
+from ae_lightning.restoration import RestorationAutoencoder
 
 Projection = Literal["pca", "tsne", "none"]
 View = Literal["reconstructions", "samples", "interpolations", "latent_map"]
@@ -97,7 +98,11 @@ def draw_views(
         if "reconstructions" in views:
             shown = images[:num_images]
             with conditioned(model, labels[:num_images]):
-                drawn["reconstructions"] = reconstruction_grid(shown, model(shown), nrow)
+                if isinstance(model, RestorationAutoencoder):  # degraded inputs, their restorations, the originals
+                    degraded = model.degrade(shown)
+                    drawn["reconstructions"] = reconstruction_grid(degraded, model(degraded), nrow, shown)
+                else:
+                    drawn["reconstructions"] = reconstruction_grid(shown, model(shown), nrow)
         if "samples" in views:
             drawn["samples"] = image_grid(model.sample(num_samples), nrow)
         pairs = min(num_interpolations, len(images) // 2)
@@ -127,18 +132,22 @@ def image_grid(images: Tensor, nrow: int = 8) -> Tensor:
     return make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=2, pad_value=1.0)
 
 
-def reconstruction_grid(images: Tensor, reconstructions: Tensor, nrow: int = 8) -> Tensor:
-    """Rows of ``nrow`` inputs, each followed by the row of their reconstructions.
+def reconstruction_grid(
+    images: Tensor, reconstructions: Tensor, nrow: int = 8, originals: Tensor | None = None
+) -> Tensor:
+    """Rows of ``nrow`` inputs, each followed by the row of their reconstructions (and of the ``originals``).
 
     Args:
         images: ``[N, C, H, W]`` inputs; only the first ``nrow * (N // nrow)`` are shown when N > nrow.
         reconstructions: ``[N, C, H, W]`` reconstructions of ``images``.
         nrow: images per row.
+        originals: ``[N, C, H, W]`` clean images that degraded ``images`` came from, shown below the outputs.
     """
     nrow = min(nrow, len(images))
     n = nrow * (len(images) // nrow)
     shape = (-1, nrow, *images.shape[1:])
-    rows = torch.stack([images[:n].reshape(shape), reconstructions[:n].reshape(shape).to(images.dtype)], 1)
+    parts = [images, reconstructions] if originals is None else [images, reconstructions, originals]
+    rows = torch.stack([part[:n].reshape(shape).to(images.dtype) for part in parts], 1)
     return image_grid(rows.flatten(0, 2), nrow=nrow)
 
 

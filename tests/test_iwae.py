@@ -65,8 +65,10 @@ def test_gradient_is_finite_and_the_loss_does_not_increase_with_k() -> None:
     for name, parameter in model.named_parameters():
         assert torch.isfinite(parameter.grad).all() and parameter.grad.abs().sum() > 0, name
     with torch.no_grad():
-        means = [torch.stack([model.importance_weighted_terms(x, k)["loss"] for _ in range(300)]).mean()
-                 for k in (1, 2, 5, 20)]
+        means = [
+            torch.stack([model.importance_weighted_terms(x, k)["loss"] for _ in range(300)]).mean()
+            for k in (1, 2, 5, 20)
+        ]
     assert all(later < earlier for earlier, later in zip(means, means[1:])), means
 
 

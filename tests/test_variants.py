@@ -22,9 +22,11 @@ from ae_lightning import (
     Autoencoder,
     ConditionalVAE,
     ContractiveAutoencoder,
+    DeepBeliefAutoencoder,
     DenoisingAutoencoder,
     DropoutAutoencoder,
     SparseAutoencoder,
+    SuperResolutionAutoencoder,
     losses,
 )
 from ae_lightning.base import AutoencoderModule
@@ -50,6 +52,9 @@ VARIANTS = [
     (ConditionalVAE, {"nll_samples": 4, "nll_chunk_size": 2}),
     (ConditionalVAE, {"nll_samples": 4, "nll_chunk_size": 2, "network": "conv", "hidden_dims": [4]}),
     (VAE, {"nll_samples": 4, "nll_chunk_size": 2, "iw_samples": 3}),
+    (SuperResolutionAutoencoder, {"scale": 2}),
+    (SuperResolutionAutoencoder, {"scale": 4, "network": "conv", "hidden_dims": [4], "reconstruction": "mse"}),
+    (DeepBeliefAutoencoder, {"pretrain": "none"}),
 ]
 IDS = [f"{cls.__name__}-{i}" for i, (cls, _) in enumerate(VARIANTS)]
 
