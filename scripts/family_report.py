@@ -24,6 +24,7 @@ from ae_lightning import visualization
 from ae_lightning.cli import AutoencoderCLI
 
 ROOT = Path(__file__).parents[1]
+SMOKE: list[str] = []  # --smoke: two batches per split, to try the script
 
 
 def fit_and_test(name: str, config: str, out: Path, *args: str, keep: bool = False) -> dict:
@@ -32,7 +33,7 @@ def fit_and_test(name: str, config: str, out: Path, *args: str, keep: bool = Fal
     run = [
         "--config", str(ROOT / "configs" / f"{config}.yaml"), "--trainer.default_root_dir", str(out / name),
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-        "--images.every_n_epochs", "0", *args,
+        "--images.every_n_epochs", "0", *SMOKE, *args,
     ]
     with mock.patch("sys.argv", ["ae-lightning"]):
         cli = AutoencoderCLI(args=run, run=False)
@@ -129,7 +130,10 @@ def main() -> None:
     parser.add_argument("--pretrain-epochs", type=int, default=10, help="epochs per RBM on Fashion-MNIST")
     parser.add_argument("--mnist-epochs", type=int, default=None, help="fine-tuning epochs on the MNIST sample")
     parser.add_argument("--mnist-pretrain-epochs", type=int, default=None, help="epochs per RBM on the MNIST sample")
+    parser.add_argument("--smoke", action="store_true", help="two batches per split and epoch, to try the script")
     args = parser.parse_args()
+    if args.smoke:
+        SMOKE.extend(f"--trainer.limit_{split}_batches=2" for split in ("train", "val", "test"))
     args.out.mkdir(parents=True, exist_ok=True)
     fashion = ["--data", "FashionMNISTDataModule", "--data.data_dir", args.data_dir]
     if "iwae" in args.sections:
