@@ -94,9 +94,12 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     path.write_bytes(header + array.tobytes())
 
 
-def deep_ae(out: Path, data: dict[str, list[str]], epochs: dict[str, int], pretrain_epochs: dict[str, int]) -> None:
-    """With and without RBM pretraining, the same fine-tuning epochs; the 2-D code on MNIST with its map and PCA's."""
-    for dataset, data_args in data.items():
+def deep_ae(
+    out: Path, data: dict[str, list[str]], epochs: dict[str, int], pretrain_epochs: dict[str, int], compare: bool = True
+) -> None:
+    """With and without RBM pretraining (unless not ``compare``), the same fine-tuning epochs; then the 2-D code on
+    MNIST with its map and PCA's."""
+    for dataset, data_args in data.items() if compare else ():
         for pretrain in ("rbm", "none"):
             total = epochs[dataset] + (4 * pretrain_epochs[dataset] if pretrain == "rbm" else 0)
             args = [*data_args, "--model.init_args.pretrain", pretrain, "--trainer.max_epochs", str(total),
@@ -130,6 +133,7 @@ def main() -> None:
     parser.add_argument("--pretrain-epochs", type=int, default=10, help="epochs per RBM on Fashion-MNIST")
     parser.add_argument("--mnist-epochs", type=int, default=None, help="fine-tuning epochs on the MNIST sample")
     parser.add_argument("--mnist-pretrain-epochs", type=int, default=None, help="epochs per RBM on the MNIST sample")
+    parser.add_argument("--only-2d", action="store_true", help="deep_ae: only the 2-D code and its map")
     parser.add_argument("--smoke", action="store_true", help="two batches per split and epoch, to try the script")
     args = parser.parse_args()
     if args.smoke:
@@ -145,7 +149,7 @@ def main() -> None:
                  "--data.offline_fallback", "false"]
         epochs = {"fashion": args.epochs, "mnist": args.mnist_epochs or args.epochs}
         pretrain = {"fashion": args.pretrain_epochs, "mnist": args.mnist_pretrain_epochs or args.pretrain_epochs}
-        deep_ae(args.out, {"mnist": mnist, "fashion": fashion}, epochs, pretrain)
+        deep_ae(args.out, {"mnist": mnist, "fashion": fashion}, epochs, pretrain, compare=not args.only_2d)
 
 
 if __name__ == "__main__":
