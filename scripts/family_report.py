@@ -31,9 +31,18 @@ def fit_and_test(name: str, config: str, out: Path, *args: str, keep: bool = Fal
     """Fit ``configs/<config>.yaml`` with ``args``, test the final weights; the test metrics and ``fit_seconds``
     (with ``keep``: a dict of those ``metrics``, the ``model`` and the ``datamodule``)."""
     run = [
-        "--config", str(ROOT / "configs" / f"{config}.yaml"), "--trainer.default_root_dir", str(out / name),
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-        "--images.every_n_epochs", "0", *SMOKE, *args,
+        "--config",
+        str(ROOT / "configs" / f"{config}.yaml"),
+        "--trainer.default_root_dir",
+        str(out / name),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--images.every_n_epochs",
+        "0",
+        *SMOKE,
+        *args,
     ]
     with mock.patch("sys.argv", ["ae-lightning"]):
         cli = AutoencoderCLI(args=run, run=False)
@@ -57,8 +66,16 @@ def save(out: Path, section: str, results: dict) -> None:
 
 def iwae(out: Path, data: list[str], epochs: int, ks: list[int]) -> None:
     for k in ks:
-        result = fit_and_test(f"iwae_k{k}", "iwae", out, *data, "--model.init_args.iw_samples", str(k),
-                              "--trainer.max_epochs", str(epochs))
+        result = fit_and_test(
+            f"iwae_k{k}",
+            "iwae",
+            out,
+            *data,
+            "--model.init_args.iw_samples",
+            str(k),
+            "--trainer.max_epochs",
+            str(epochs),
+        )
         save(out, "iwae", {f"k{k}": result})
 
 
@@ -102,14 +119,28 @@ def deep_ae(
     for dataset, data_args in data.items() if compare else ():
         for pretrain in ("rbm", "none"):
             total = epochs[dataset] + (4 * pretrain_epochs[dataset] if pretrain == "rbm" else 0)
-            args = [*data_args, "--model.init_args.pretrain", pretrain, "--trainer.max_epochs", str(total),
-                    "--model.init_args.pretrain_epochs", str(pretrain_epochs[dataset])]
+            args = [
+                *data_args,
+                "--model.init_args.pretrain",
+                pretrain,
+                "--trainer.max_epochs",
+                str(total),
+                "--model.init_args.pretrain_epochs",
+                str(pretrain_epochs[dataset]),
+            ]
             result = fit_and_test(f"deep_ae_{pretrain}_{dataset}", "deep_ae_rbm", out, *args)
             save(out, "deep_ae", {f"{pretrain}_{dataset}": result})
     dataset = "mnist" if "mnist" in data else next(iter(data))
     total = epochs[dataset] + 4 * pretrain_epochs[dataset]
-    args = [*data[dataset], "--model.init_args.latent_dim", "2", "--trainer.max_epochs", str(total),
-            "--model.init_args.pretrain_epochs", str(pretrain_epochs[dataset])]
+    args = [
+        *data[dataset],
+        "--model.init_args.latent_dim",
+        "2",
+        "--trainer.max_epochs",
+        str(total),
+        "--model.init_args.pretrain_epochs",
+        str(pretrain_epochs[dataset]),
+    ]
     result = fit_and_test(f"deep_ae_2d_{dataset}", "deep_ae_rbm", out, *args, keep=True)
     save(out, "deep_ae", {f"rbm_2d_{dataset}": result.pop("metrics")})
     model, datamodule = result["model"].eval(), result["datamodule"]
@@ -145,8 +176,14 @@ def main() -> None:
     if "superres" in args.sections:
         superres(args.out, fashion, args.epochs)
     if "deep_ae" in args.sections:
-        mnist = ["--data", "MNISTDataModule", "--data.data_dir", str(mnist_sample(args.out, args.data_dir)),
-                 "--data.offline_fallback", "false"]
+        mnist = [
+            "--data",
+            "MNISTDataModule",
+            "--data.data_dir",
+            str(mnist_sample(args.out, args.data_dir)),
+            "--data.offline_fallback",
+            "false",
+        ]
         epochs = {"fashion": args.epochs, "mnist": args.mnist_epochs or args.epochs}
         pretrain = {"fashion": args.pretrain_epochs, "mnist": args.mnist_pretrain_epochs or args.pretrain_epochs}
         deep_ae(args.out, {"mnist": mnist, "fashion": fashion}, epochs, pretrain, compare=not args.only_2d)
