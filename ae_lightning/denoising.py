@@ -7,11 +7,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from ae_lightning.base import DeterministicAutoencoder
+from ae_lightning.restoration import RestorationAutoencoder
 
 Corruption = Literal["gaussian", "masking", "salt_and_pepper"]
 
@@ -56,15 +54,12 @@ def corrupt(
     return torch.where(hit, salt.to(x.dtype), x)
 
 
-class DenoisingAutoencoder(DeterministicAutoencoder):
-    """Reconstructs the clean input from a corrupted copy; the loss compares the reconstruction with the clean image.
+class DenoisingAutoencoder(RestorationAutoencoder):
+    """Reconstructs the clean input from a corrupted copy (:class:`~ae_lightning.restoration.RestorationAutoencoder`).
 
-    The corruption is applied in training, validation and test alike, so ``val/loss`` measures denoising;
-    ``forward``, ``encode`` and ``predict`` see the images as given (so the base's ``test/psnr`` and ``test/ssim``
-    are those of reconstructing clean images). ``test`` also reports the mean per-image PSNR (dB) and SSIM
-    (``data_range`` 1) of the denoised corrupted test images against the clean ones (``test/psnr_denoised``,
-    ``test/ssim_denoised``) and of the corrupted images themselves (``test/psnr_noisy``, ``test/ssim_noisy``): the
-    gain of denoising is the difference.
+    ``test`` reports the mean per-image PSNR (dB) and SSIM of the denoised corrupted test images against the clean
+    ones (``test/psnr_denoised``, ``test/ssim_denoised``) and of the corrupted images themselves
+    (``test/psnr_noisy``, ``test/ssim_noisy``): the gain of denoising is the difference.
 
     Args:
         corruption: ``gaussian``, ``masking`` or ``salt_and_pepper`` (see :func:`corrupt`).
@@ -72,6 +67,9 @@ class DenoisingAutoencoder(DeterministicAutoencoder):
             in [0, 1).
         **kwargs: the :class:`~ae_lightning.base.DeterministicAutoencoder` arguments.
     """
+
+    restored_name = "denoised"
+    degraded_name = "noisy"
 
     def __init__(self, corruption: Corruption = "gaussian", corruption_level: float = 0.3, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -88,24 +86,5 @@ class DenoisingAutoencoder(DeterministicAutoencoder):
         """``x`` corrupted with this model's corruption."""
         return corrupt(x, self.corruption, self.corruption_level, clip=len(self.input_shape) == 3)
 
-    def reconstruction_rows(self, x: Tensor) -> tuple[Tensor, ...]:
-        """The corrupted images, their denoised outputs and the clean images."""
-        noisy = self.corrupt(x)
-        return noisy, self(noisy), x
-
-    def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
-        recon = self.reconstruction_loss(self.decoder(self.encoder(self.corrupt(x))), x).mean()
-        return {"loss": recon, "recon": recon}
-
-    def test_metrics(self, x: Tensor) -> dict[str, Tensor]:
-        noisy = self.corrupt(x)
-        denoised = self(noisy).float()
-        if len(self.input_shape) == 1:  # feature vectors: PSNR and SSIM are image measures
-            return {"mse_denoised": F.mse_loss(denoised, x), "mse_noisy": F.mse_loss(noisy, x)}
-        per_image = {"data_range": 1.0, "reduction": "elementwise_mean", "dim": (1, 2, 3)}
-        return {
-            "psnr_denoised": peak_signal_noise_ratio(denoised, x, **per_image),
-            "ssim_denoised": structural_similarity_index_measure(denoised, x, data_range=1.0),
-            "psnr_noisy": peak_signal_noise_ratio(noisy, x, **per_image),
-            "ssim_noisy": structural_similarity_index_measure(noisy, x, data_range=1.0),
-        }
+    def degrade(self, x: Tensor) -> Tensor:
+        return self.corrupt(x)

@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from torch import Tensor
 
+from ae_lightning.base import AutoencoderModule
 from ae_lightning.lightning_internals import every_n_train_steps
 
 
@@ -55,6 +56,11 @@ class StepsPerBatch(Callback):
             return
         self._refuse_unsupported(trainer)
         datamodule = trainer.datamodule
+        if type(pl_module).training_step is not AutoencoderModule.training_step:
+            raise ValueError(
+                f"{type(pl_module).__name__} has a training_step of its own, which StepsPerBatch cannot group: "
+                "train it without configs/fast.yaml"
+            )
         if datamodule is None or not hasattr(pl_module, "optimization_step"):
             raise ValueError(
                 f"StepsPerBatch(steps={self.steps}) needs an ae-lightning model and a datamodule, got "

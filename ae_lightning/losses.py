@@ -131,6 +131,24 @@ def log_mean_exp(values: Tensor, dim: int) -> Tensor:
     return torch.logsumexp(values, dim) - math.log(values.shape[dim])
 
 
+def importance_weighted_bound(
+    log_likelihood: Tensor, log_prior: Tensor, log_posterior: Tensor, kl_weight: float = 1.0
+) -> Tensor:
+    """The importance-weighted bound of Burda et al. 2016 (eq. 8) per sample, in float32.
+
+    ``log (1/K) sum_k exp(log p(x | z_k) + w (log p(z_k) - log q(z_k | x)))`` over the leading dimension of K
+    samples; with ``w = 1`` a lower bound on log p(x) that tightens as K grows, and at K = 1 the single-sample ELBO.
+
+    Args:
+        log_likelihood: ``[K, ...]`` log p(x | z_k).
+        log_prior: ``[K, ...]`` log p(z_k).
+        log_posterior: ``[K, ...]`` log q(z_k | x).
+        kl_weight: ``w``, the weight of the log-density ratio (the VAE's ``beta`` times its KL warm-up).
+    """
+    log_weights = log_likelihood.float() + kl_weight * (log_prior.float() - log_posterior.float())
+    return log_mean_exp(log_weights, dim=0)
+
+
 def kl_divergence_bernoulli(rho: float, rho_hat: Tensor, eps: float = 1e-6) -> Tensor:
     """KL(Bernoulli(rho) || Bernoulli(rho_hat)) summed over the last dimension: the sparsity penalty of Ng's notes.
 

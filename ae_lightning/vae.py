@@ -9,6 +9,7 @@ import math
 from typing import Any, Literal
 
 import torch
+from jsonargparse.typing import PositiveInt
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.distributions import Normal
@@ -41,6 +42,8 @@ class VAE(AutoencoderModule):
         gaussian_std: the Gaussian's standard deviation: a fixed value, ``learned`` (one parameter shared by every
             pixel) or ``learned_per_pixel`` (one per pixel or feature); learned ones start at 0.1 for images and 1
             for vectors and stay above 1e-3.
+        iw_samples: importance samples k of the training objective: 1 trains on the ELBO (KL in closed form), k > 1
+            on the IWAE bound (Burda et al. 2016), logged as the term ``neg_iwae_<k>`` (``docs/family.md``).
         nll_samples: importance samples K of the test-time bound on -log p(x).
         nll_chunk_size: importance samples decoded at once (trades memory for speed).
         **kwargs: the :class:`~ae_lightning.base.AutoencoderModule` arguments.
@@ -56,6 +59,7 @@ class VAE(AutoencoderModule):
         gaussian_std: float | LearnedStd = 0.1,
         nll_samples: int = 1000,
         nll_chunk_size: int = 100,
+        iw_samples: PositiveInt = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -79,7 +83,10 @@ class VAE(AutoencoderModule):
             raise ValueError(f"gaussian_std must be > 0, got {gaussian_std}")
         if nll_samples < 1 or nll_chunk_size < 1:
             raise ValueError(f"nll_samples and nll_chunk_size must be >= 1, got {nll_samples} and {nll_chunk_size}")
+        if isinstance(iw_samples, bool) or not isinstance(iw_samples, int) or iw_samples < 1:
+            raise ValueError(f"iw_samples must be a positive integer (1 = the ELBO), got {iw_samples!r}")
         self.likelihood = likelihood
+        self.iw_samples = iw_samples
         self.beta = beta
         self.kl_warmup_steps = kl_warmup_steps
         self.gaussian_std = gaussian_std
@@ -140,6 +147,8 @@ class VAE(AutoencoderModule):
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
         if self.dequantizes:
             x = losses.uniform_dequantize(x)
+        if self.iw_samples > 1:
+            return self.importance_weighted_terms(x, self.iw_samples)
         mu, logvar = self.posterior_parameters(x)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)  # reparameterization
         recon = -self.log_likelihood(self.decoder(z), x).mean()
@@ -151,6 +160,26 @@ class VAE(AutoencoderModule):
         mu, logvar = self.posterior_parameters(x)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
         return -self.log_likelihood(self.decoder(z), x) + losses.kl_divergence_normal(mu, logvar)
+
+    def importance_weighted_terms(self, x: Tensor, num_samples: int) -> dict[str, Tensor]:
+        """The negative IWAE bound with ``num_samples`` samples as ``loss`` (and ``neg_iwae_<k>``), batch-averaged;
+        ``recon`` (averaged over the samples) and the closed-form ``kl`` beside it for comparison with the ELBO."""
+        mu, logvar = self.posterior_parameters(x)
+        log_likelihood, log_prior, log_posterior = self.log_densities(x, mu, logvar, num_samples)
+        loss = -losses.importance_weighted_bound(log_likelihood, log_prior, log_posterior, self.kl_weight()).mean()
+        recon = -log_likelihood.float().mean()
+        kl = losses.kl_divergence_normal(mu, logvar).mean()
+        return {"loss": loss, f"neg_iwae_{num_samples}": loss.detach(), "recon": recon.detach(), "kl": kl.detach()}
+
+    def log_densities(self, x: Tensor, mu: Tensor, logvar: Tensor, num_samples: int) -> tuple[Tensor, Tensor, Tensor]:
+        """log p(x | z_k), log p(z_k) and log q(z_k | x), each ``[num_samples, B]`` in float32, for
+        ``num_samples`` reparameterized samples ``z_k ~ q(z | x)`` decoded in one batched pass."""
+        std = torch.exp(0.5 * logvar)
+        eps = torch.randn(num_samples, *mu.shape, device=mu.device, dtype=mu.dtype)
+        z = mu + eps * std  # [k, B, D]
+        logits = self.decoder(z.flatten(0, 1)).unflatten(0, (num_samples, len(x)))
+        log_q = (-0.5 * eps.float().pow(2) - 0.5 * math.log(2 * math.pi)).sum(-1) - (0.5 * logvar.float()).sum(-1)
+        return self.log_likelihood(logits.float(), x), losses.standard_normal_log_prob(z.float()), log_q
 
     @torch.no_grad()
     def importance_weighted_nll(self, x: Tensor, num_samples: int | None = None) -> Tensor:
@@ -165,16 +194,9 @@ class VAE(AutoencoderModule):
         """
         num_samples = num_samples or self.nll_samples
         mu, logvar = self.posterior_parameters(x)
-        std = torch.exp(0.5 * logvar)
-        log_weights = []
-        for start in range(0, num_samples, self.nll_chunk_size):
-            k = min(self.nll_chunk_size, num_samples - start)
-            eps = torch.randn(k, *mu.shape, device=mu.device, dtype=mu.dtype)
-            z = mu + eps * std  # [k, B, D]
-            logits = self.decoder(z.flatten(0, 1)).unflatten(0, (k, len(x)))
-            log_q = (-0.5 * eps.pow(2) - 0.5 * math.log(2 * math.pi)).sum(-1) - (0.5 * logvar).sum(-1)
-            log_weights.append(self.log_likelihood(logits, x) + losses.standard_normal_log_prob(z) - log_q)
-        return -losses.log_mean_exp(torch.cat(log_weights), dim=0)
+        chunks = [min(self.nll_chunk_size, num_samples - start) for start in range(0, num_samples, self.nll_chunk_size)]
+        densities = [self.log_densities(x, mu, logvar, k) for k in chunks]
+        return -losses.importance_weighted_bound(*(torch.cat(parts) for parts in zip(*densities)))
 
     def test_metrics(self, x: Tensor) -> dict[str, Tensor]:
         if self.likelihood == "bernoulli" and not self._warned_gray and not ((x == 0) | (x == 1)).all():

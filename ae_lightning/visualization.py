@@ -146,6 +146,7 @@ def reconstruction_grid(*rows: Tensor, nrow: int = 8) -> Tensor:
         rows: ``[N, C, H, W]`` tensors of matching images; only the first ``nrow * (N // nrow)`` are shown when
             N > nrow.
         nrow: images per row.
+        originals: ``[N, C, H, W]`` clean images that degraded ``images`` came from, shown below the outputs.
     """
     images = rows[0]
     nrow = min(nrow, len(images))

@@ -20,7 +20,7 @@ import torch
 from tiny_runs import ROOT, build_cli, last_checkpoint, run_cli, subprocess_env, tiny_args
 
 DDP = ["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2"]
-VARIANTS = ["ae", "vae", "aae", "autodecoder"]
+VARIANTS = ["ae", "vae", "aae", "autodecoder", "deep_ae_rbm", "iwae"]
 TRAIN_SIZE = 220  # the tiny data set's training split
 # The auto-decoder trains 3 steps on global batches of 2 x 16 images only, so that some codes are never seen.
 AUTODECODER_BATCHES = 3

@@ -22,9 +22,11 @@ from ae_lightning import (
     Autoencoder,
     ConditionalVAE,
     ContractiveAutoencoder,
+    DeepBeliefAutoencoder,
     DenoisingAutoencoder,
     DropoutAutoencoder,
     SparseAutoencoder,
+    SuperResolutionAutoencoder,
     losses,
 )
 from ae_lightning.base import AutoencoderModule
@@ -49,6 +51,10 @@ VARIANTS = [
     (AutoDecoder, {"inference_steps": 3}),
     (ConditionalVAE, {"nll_samples": 4, "nll_chunk_size": 2}),
     (ConditionalVAE, {"nll_samples": 4, "nll_chunk_size": 2, "network": "conv", "hidden_dims": [4]}),
+    (VAE, {"nll_samples": 4, "nll_chunk_size": 2, "iw_samples": 3}),
+    (SuperResolutionAutoencoder, {"scale": 2}),
+    (SuperResolutionAutoencoder, {"scale": 4, "network": "conv", "hidden_dims": [4], "reconstruction": "mse"}),
+    (DeepBeliefAutoencoder, {"pretrain": "none"}),
 ]
 IDS = [f"{cls.__name__}-{i}" for i, (cls, _) in enumerate(VARIANTS)]
 # Gray and RGB images, a size no stride-2 convolution halves evenly, and feature vectors.

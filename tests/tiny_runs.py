@@ -37,6 +37,8 @@ TINY_EXTRA = {
     "cifar10_conv_vae": ["--model.init_args.nll_samples", "4"],
     "aae": ["--model.init_args.discriminator_hidden_dims", "[16]"],
     "autodecoder": ["--model.init_args.inference_steps", "2"],
+    "deep_ae_rbm": ["--model.init_args.pretrain_epochs", "1"],
+    "iwae": ["--model.init_args.nll_samples", "4"],
 }
 
 

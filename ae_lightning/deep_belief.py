@@ -1,0 +1,233 @@
+"""The deep autoencoder pretrained as a stack of RBMs (Hinton & Salakhutdinov 2006, "Reducing the Dimensionality of
+Data with Neural Networks"): greedy layer-wise contrastive divergence, then the stack unrolled and fine-tuned.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from ae_lightning import losses, rbm
+from ae_lightning.base import Batch, DeterministicAutoencoder
+
+Pretrain = Literal["rbm", "none"]
+
+
+def logistic_stack(sizes: list[int]) -> nn.Sequential:
+    """Linear layers ``sizes[0] -> ... -> sizes[-1]`` with logistic units between them and none after the last."""
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(fan_in, fan_out))
+        if i < len(sizes) - 2:
+            layers.append(nn.Sigmoid())
+    return nn.Sequential(*layers)
+
+
+class DeepBeliefAutoencoder(DeterministicAutoencoder):
+    """A logistic MLP autoencoder whose encoder is pretrained greedily as a stack of RBMs, then fine-tuned end to end.
+
+    Epochs ``[i P, (i + 1) P)`` (``P = pretrain_epochs``) train RBM ``i + 1`` with CD-k on the hidden means of the
+    layers below (Bernoulli-Bernoulli; the code layer's units are linear with unit-variance Gaussian noise); the
+    encoder's weights and hidden biases are the RBMs' weights and hidden biases. At the first fine-tuning epoch the
+    stack is unrolled: each decoder layer gets the transposed weights and the visible biases of its RBM, and the
+    whole network is fine-tuned on ``reconstruction`` with ``optimizer``. Until then ``decode`` uses these tied
+    weights, so ``val/loss`` is the unrolled network's loss throughout. ``pretrain: none`` fine-tunes the same
+    network, randomly initialized, from the first epoch. Manual optimization: one optimizer step per batch (SGD with
+    momentum on the negated CD estimate, or ``optimizer``), so ``global_step`` counts batches. Pretraining logs
+    ``pretrain/rbm<i>/recon`` (squared error of p(v | h) summed per image) and ``pretrain/rbm<i>/free_energy``
+    (mean over the epoch). See ``docs/family.md``.
+
+    Args:
+        pretrain: ``rbm`` or ``none``.
+        pretrain_epochs: epochs per RBM.
+        cd_steps: k of CD-k.
+        pretrain_lr: SGD learning rate of the logistic RBMs.
+        code_pretrain_lr: SGD learning rate of the top RBM, whose hidden units are linear.
+        pretrain_momentum: SGD momentum of the pretraining.
+        pretrain_weight_decay: L2 penalty on the RBMs' weights (not biases).
+        gradient_clip_val: clip the fine-tuning gradients to this norm (or value); None or 0 disables clipping.
+        gradient_clip_algorithm: ``norm`` or ``value``.
+        **kwargs: the :class:`~ae_lightning.base.DeterministicAutoencoder` arguments; ``hidden_dims`` are the widths
+            of the RBM stack below the code (``network: mlp`` only).
+    """
+
+    partial_backward = True  # the visible biases get no gradient in fine-tuning
+
+    def __init__(
+        self,
+        pretrain: Pretrain = "rbm",
+        pretrain_epochs: int = 10,
+        cd_steps: int = 1,
+        pretrain_lr: float = 0.1,
+        code_pretrain_lr: float = 0.001,
+        pretrain_momentum: float = 0.9,
+        pretrain_weight_decay: float = 2e-4,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: Literal["norm", "value"] = "norm",
+        **kwargs: Any,
+    ) -> None:
+        for name, default in (("network", "mlp"), ("dropout", 0.0)):
+            if kwargs.get(name, default) != default:
+                raise ValueError(f"DeepBeliefAutoencoder takes only {name}={default!r}, got {kwargs[name]!r}")
+        super().__init__(**kwargs)
+        if pretrain not in ("rbm", "none"):
+            raise ValueError(f"pretrain must be 'rbm' or 'none', got {pretrain!r}")
+        for name, value in (("pretrain_epochs", pretrain_epochs), ("cd_steps", cd_steps)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "cd_steps" else 0):
+                raise ValueError(f"{name} must be an integer >= {int(name == 'cd_steps')}, got {value!r}")
+        for name, value in (("pretrain_lr", pretrain_lr), ("code_pretrain_lr", code_pretrain_lr)):
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        if not 0 <= pretrain_momentum < 1:
+            raise ValueError(f"pretrain_momentum must lie in [0, 1), got {pretrain_momentum}")
+        if pretrain_weight_decay < 0:
+            raise ValueError(f"pretrain_weight_decay must be >= 0, got {pretrain_weight_decay}")
+        if gradient_clip_val is not None and gradient_clip_val < 0:
+            raise ValueError(f"gradient_clip_val must be >= 0, got {gradient_clip_val}")
+        self.automatic_optimization = False
+        self.pretrain = pretrain
+        self.pretrain_epochs = pretrain_epochs if pretrain == "rbm" else 0
+        self.cd_steps = cd_steps
+        self.pretrain_lr, self.code_pretrain_lr = pretrain_lr, code_pretrain_lr
+        self.pretrain_momentum, self.pretrain_weight_decay = pretrain_momentum, pretrain_weight_decay
+        self.gradient_clip_val, self.gradient_clip_algorithm = gradient_clip_val, gradient_clip_algorithm
+        sizes = [math.prod(self.input_shape), *self.hparams.hidden_dims, self.latent_dim]
+        self.encoder = nn.Sequential(nn.Flatten(), *logistic_stack(sizes))
+        self.decoder = nn.Sequential(*logistic_stack(sizes[::-1]), nn.Unflatten(1, self.input_shape))
+        self.visible_biases = nn.ParameterList()
+        if pretrain == "rbm":
+            for layer in self.rbm_layers():
+                nn.init.normal_(layer.weight, std=0.01)  # Hinton's "practical guide": small random weights
+                nn.init.zeros_(layer.bias)
+                self.visible_biases.append(nn.Parameter(torch.zeros(layer.in_features)))
+        self.register_buffer("unrolled", torch.tensor(pretrain == "none"))
+
+    # --- the network ------------------------------------------------------------------------------------------------
+    def rbm_layers(self) -> list[nn.Linear]:
+        """The encoder's linear layers, bottom up: RBM ``i``'s weights and hidden biases."""
+        return [layer for layer in self.encoder if isinstance(layer, nn.Linear)]
+
+    def decoder_logits(self, z: Tensor) -> Tensor:
+        """The decoder's logits; before the stack is unrolled, through the tied (transposed) RBM weights."""
+        if self.unrolled:
+            return self.decoder(z)
+        h = z
+        for i, layer in reversed(list(enumerate(self.rbm_layers()))):
+            h = F.linear(h, layer.weight.t(), self.visible_biases[i])
+            h = torch.sigmoid(h) if i > 0 else h
+        return h.unflatten(1, self.input_shape)
+
+    def decode(self, z: Tensor) -> Tensor:
+        return torch.sigmoid(self.decoder_logits(z))
+
+    @torch.no_grad()
+    def unroll(self) -> None:
+        """Give each decoder layer the transposed weights and the visible biases of its RBM; fine-tuning unties them."""
+        decoder_layers = [layer for layer in self.decoder if isinstance(layer, nn.Linear)]
+        for encoder_layer, decoder_layer, visible_bias in zip(
+            reversed(self.rbm_layers()), decoder_layers, reversed(self.visible_biases)
+        ):
+            decoder_layer.weight.copy_(encoder_layer.weight.t())
+            decoder_layer.bias.copy_(visible_bias)
+        self.unrolled.fill_(True)
+
+    def rbm_index(self, epoch: int) -> int | None:
+        """The RBM (from 0, bottom up) that epoch ``epoch`` pretrains, or None for a fine-tuning epoch."""
+        index = epoch // self.pretrain_epochs if self.pretrain_epochs else None
+        return index if index is not None and index < len(self.rbm_layers()) else None
+
+    # --- steps ------------------------------------------------------------------------------------------------------
+    def training_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
+        x = batch[0]
+        self.check_input(x)
+        index = self.rbm_index(self.current_epoch)
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        if index is not None:
+            terms = self.pretraining_step(x, index, optimizers[1])
+            self.log_terms(terms, f"pretrain/rbm{index + 1}", batch_size=len(x))  # type: ignore[arg-type]
+            return terms
+        optimizers[0].zero_grad()
+        terms = self.loss_terms(*batch)
+        self.manual_backward(terms["loss"])
+        optimizers[0].step()
+        terms = {name: value.detach() for name, value in terms.items()}
+        self.log_terms(terms, "train", batch_size=len(x))
+        return terms
+
+    @torch.no_grad()
+    def pretraining_step(self, x: Tensor, index: int, optimizer: Optimizer) -> dict[str, Tensor]:
+        """One CD-k step of RBM ``index`` on the hidden means that batch ``x`` gives the layers below it."""
+        layers = self.rbm_layers()
+        with torch.autocast(self.device.type, enabled=False):  # the CD statistics in float32
+            v = x.flatten(1).float()
+            for layer in layers[:index]:
+                v = torch.sigmoid(layer(v))
+            layer, visible_bias = layers[index], self.visible_biases[index]
+            hidden = "gaussian" if index == len(layers) - 1 else "bernoulli"
+            update = rbm.contrastive_divergence(v, layer.weight, visible_bias, layer.bias, self.cd_steps, hidden)
+            gradient = update.gradient()
+            if self.trainer.world_size > 1:  # no backward, so no DDP all-reduce: average the estimates here
+                flat = self.trainer.strategy.reduce(torch.cat([g.flatten() for g in gradient]), reduce_op="mean")
+                parts = flat.split([g.numel() for g in gradient])
+                gradient = rbm.Statistics(*(part.view_as(g) for part, g in zip(parts, gradient)))
+            optimizer.zero_grad()
+            for parameter, ascent in zip((layer.weight, visible_bias, layer.bias), gradient):
+                parameter.grad = -ascent  # the optimizer descends; CD estimates the log-likelihood's ascent
+            optimizer.step()
+            recon = (v - update.reconstruction).pow(2).sum(1).mean()
+            energy = rbm.free_energy(v, layer.weight, visible_bias, layer.bias, hidden).mean()
+        return {"recon": recon, "free_energy": energy}
+
+    def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
+        recon = self.reconstruction_loss(self.decoder_logits(self.encoder(x)), x).mean()
+        return {"loss": recon, "recon": recon}
+
+    def test_metrics(self, x: Tensor) -> dict[str, Tensor]:
+        """``squared_error``: the reconstruction's squared error summed per image (the paper's measure)."""
+        return {"squared_error": losses.squared_error(self(x).float(), x).mean()}
+
+    # --- optimizers and hooks ---------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> list[dict[str, Any]]:
+        """The fine-tuning optimizer over encoder and decoder, then (with ``pretrain: rbm``) the RBMs' SGD."""
+        fine_tuning = [*self.encoder.parameters(), *self.decoder.parameters()]
+        configured = [self.build_optimizer(fine_tuning, self.optimizer_factory, self.lr_scheduler_factory)]
+        if self.pretrain == "rbm":
+            layers, groups = self.rbm_layers(), []
+            for i, (layer, visible_bias) in enumerate(zip(layers, self.visible_biases)):
+                lr = self.code_pretrain_lr if i == len(layers) - 1 else self.pretrain_lr
+                groups += [
+                    {"params": [layer.weight], "lr": lr, "weight_decay": self.pretrain_weight_decay},
+                    {"params": [visible_bias, layer.bias], "lr": lr, "weight_decay": 0.0},
+                ]
+            configured.append({"optimizer": torch.optim.SGD(groups, momentum=self.pretrain_momentum)})
+        return configured
+
+    def on_fit_start(self) -> None:
+        if self.pretrain_epochs and self.trainer.precision == "16-mixed":
+            raise ValueError("RBM pretraining has no gradient scaler: use 32 or bf16-mixed precision or pretrain: none")
+        pretraining = self.pretrain_epochs * len(self.rbm_layers())
+        max_epochs = self.trainer.max_epochs
+        if pretraining and max_epochs is not None and 0 <= max_epochs <= pretraining:
+            rank_zero_warn(
+                f"max_epochs={max_epochs} leaves no fine-tuning epoch after the {pretraining} pretraining epochs "
+                f"({len(self.rbm_layers())} RBMs x pretrain_epochs={self.pretrain_epochs})"
+            )
+
+    def on_train_epoch_start(self) -> None:
+        if self.rbm_index(self.current_epoch) is None and not self.unrolled:
+            self.unroll()
+
+    def on_train_epoch_end(self) -> None:
+        if self.rbm_index(self.current_epoch) is None:  # the fine-tuning schedulers count fine-tuning epochs
+            super().on_train_epoch_end()
+
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
+        if self.gradient_clip_val and optimizer is self.trainer.optimizers[0]:
+            self.clip_gradients(optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)

@@ -1,0 +1,120 @@
+"""Restricted Boltzmann machines with binary visible units and contrastive divergence, as pure functions (Hinton
+2002, "Training Products of Experts by Minimizing Contrastive Divergence"; Hinton & Salakhutdinov 2006, "Reducing the
+Dimensionality of Data with Neural Networks", whose code layer has linear hidden units with unit-variance Gaussian
+noise).
+
+An RBM is ``weight`` ``[H, V]`` (the layout of ``nn.Linear(V, H)``), ``visible_bias`` ``[V]`` and ``hidden_bias``
+``[H]``, with energy ``E(v, h) = -v . b_v - h . b_h - h W v`` (plus ``|h|^2 / 2`` for Gaussian hidden units).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Hidden = Literal["bernoulli", "gaussian"]
+
+
+def hidden_mean(v: Tensor, weight: Tensor, hidden_bias: Tensor, hidden: Hidden = "bernoulli") -> Tensor:
+    """E[h | v] ``[B, H]``: ``sigmoid(W v + b_h)`` for Bernoulli units, ``W v + b_h`` for Gaussian ones."""
+    pre = F.linear(v, weight, hidden_bias)
+    return torch.sigmoid(pre) if hidden == "bernoulli" else pre
+
+
+def visible_mean(h: Tensor, weight: Tensor, visible_bias: Tensor) -> Tensor:
+    """p(v = 1 | h) ``[B, V]`` = ``sigmoid(W^T h + b_v)``."""
+    return torch.sigmoid(F.linear(h, weight.t(), visible_bias))
+
+
+def sample_hidden(mean: Tensor, hidden: Hidden = "bernoulli", generator: torch.Generator | None = None) -> Tensor:
+    """h ~ p(h | v) from its mean: Bernoulli draws, or the mean plus N(0, 1) noise for Gaussian units."""
+    if hidden == "bernoulli":
+        return torch.bernoulli(mean, generator=generator)
+    return mean + torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+
+
+def free_energy(
+    v: Tensor, weight: Tensor, visible_bias: Tensor, hidden_bias: Tensor, hidden: Hidden = "bernoulli"
+) -> Tensor:
+    """F(v) per row, with ``p(v) = exp(-F(v)) / Z``: ``-v . b_v - sum softplus(W v + b_h)`` for Bernoulli hidden
+    units, ``-v . b_v - |W v + b_h|^2 / 2`` for Gaussian ones (dropping the constant ``H/2 log 2 pi``)."""
+    pre = F.linear(v, weight, hidden_bias)
+    hidden_term = F.softplus(pre).sum(-1) if hidden == "bernoulli" else 0.5 * pre.pow(2).sum(-1)
+    return -v @ visible_bias - hidden_term
+
+
+class Statistics(NamedTuple):
+    """Batch means of the sufficient statistics: ``<h v^T>`` ``[H, V]``, ``<v>`` ``[V]`` and ``<h>`` ``[H]``."""
+
+    weight: Tensor
+    visible_bias: Tensor
+    hidden_bias: Tensor
+
+
+def statistics(v: Tensor, h: Tensor) -> Statistics:
+    """The sufficient statistics of visible states ``v`` ``[B, V]`` and hidden means ``h`` ``[B, H]``."""
+    return Statistics(h.t() @ v / len(v), v.mean(0), h.mean(0))
+
+
+class ContrastiveDivergence(NamedTuple):
+    """The two phases of CD-k and the mean reconstruction p(v | h_0) of the data."""
+
+    positive: Statistics
+    negative: Statistics
+    reconstruction: Tensor
+
+    def gradient(self) -> Statistics:
+        """The CD-k estimate of the gradient of the mean log-likelihood: positive minus negative statistics."""
+        return Statistics(*(p - n for p, n in zip(self.positive, self.negative)))
+
+
+def contrastive_divergence(
+    v: Tensor,
+    weight: Tensor,
+    visible_bias: Tensor,
+    hidden_bias: Tensor,
+    k: int = 1,
+    hidden: Hidden = "bernoulli",
+    generator: torch.Generator | None = None,
+) -> ContrastiveDivergence:
+    """CD-k on data ``v`` ``[B, V]`` (binary, or intensities in [0, 1] read as probabilities).
+
+    Positive phase: the data with their exact hidden means E[h | v]. Negative phase: ``k`` steps of block Gibbs
+    sampling from the data (h ~ p(h | v), then binary v ~ p(v | h)), with the hidden means of the last visible
+    state. As ``k`` grows the negative phase tends to the model's statistics, and the update to the exact gradient.
+
+    Args:
+        v: the data.
+        weight: ``[H, V]``.
+        visible_bias: ``[V]``.
+        hidden_bias: ``[H]``.
+        k: Gibbs steps, >= 1.
+        hidden: ``bernoulli`` or ``gaussian`` (linear units with unit-variance noise) hidden units.
+        generator: random generator on ``v``'s device; the global one when None.
+    """
+    if k < 1:
+        raise ValueError(f"contrastive divergence needs k >= 1 Gibbs steps, got {k}")
+    data_hidden = hidden_mean(v, weight, hidden_bias, hidden)
+    h = sample_hidden(data_hidden, hidden, generator)
+    reconstruction = visible_mean(h, weight, visible_bias)
+    for step in range(k):
+        mean = reconstruction if step == 0 else visible_mean(h, weight, visible_bias)
+        visible = torch.bernoulli(mean, generator=generator)
+        model_hidden = hidden_mean(visible, weight, hidden_bias, hidden)
+        h = sample_hidden(model_hidden, hidden, generator)
+    return ContrastiveDivergence(statistics(v, data_hidden), statistics(visible, model_hidden), reconstruction)
+
+
+__all__ = [
+    "ContrastiveDivergence",
+    "Statistics",
+    "contrastive_divergence",
+    "free_energy",
+    "hidden_mean",
+    "sample_hidden",
+    "statistics",
+    "visible_mean",
+]

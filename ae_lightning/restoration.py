@@ -1,0 +1,61 @@
+"""Restoration autoencoders: the input is a degraded copy of the image and the target the image itself. The shared
+base of the denoising autoencoder and of super-resolution, with their test metrics."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+from ae_lightning.base import DeterministicAutoencoder
+
+
+def restoration_metrics(output: Tensor, x: Tensor, name: str) -> dict[str, Tensor]:
+    """``psnr_<name>`` (mean per-image PSNR, dB) and ``ssim_<name>`` of ``output`` against ``x``, data range 1."""
+    output = output.float()
+    return {
+        f"psnr_{name}": peak_signal_noise_ratio(output, x, data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3)),
+        f"ssim_{name}": structural_similarity_index_measure(output, x, data_range=1.0),
+    }
+
+
+class RestorationAutoencoder(DeterministicAutoencoder):
+    """Reconstructs the image from ``degrade(x)``; the loss compares the output with the clean image.
+
+    The degradation is applied in training, validation and test alike, so ``val/loss`` measures restoration;
+    ``forward``, ``encode`` and ``predict`` see the images as given (so the base's ``test/psnr`` and ``test/ssim``
+    are those of reconstructing clean images). ``test`` also reports PSNR and SSIM of the restored degraded test
+    images (``test/psnr_<restored_name>``, ``test/ssim_<restored_name>``) and of the degraded images themselves, the
+    baseline (``test/psnr_<degraded_name>``, ...). Subclasses implement :meth:`degrade`.
+    """
+
+    restored_name: ClassVar[str] = "restored"
+    degraded_name: ClassVar[str] = "degraded"
+
+    def degrade(self, x: Tensor) -> Tensor:
+        """The degraded copy of images ``x`` that the model learns to restore, of the same shape."""
+        raise NotImplementedError
+
+    def reconstruction_rows(self, x: Tensor) -> tuple[Tensor, ...]:
+        """The degraded images, their restorations and the originals."""
+        degraded = self.degrade(x)
+        return degraded, self(degraded), x
+
+    def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
+        recon = self.reconstruction_loss(self.decoder(self.encoder(self.degrade(x))), x).mean()
+        return {"loss": recon, "recon": recon}
+
+    def test_metrics(self, x: Tensor) -> dict[str, Tensor]:
+        degraded = self.degrade(x)
+        if len(self.input_shape) == 1:  # feature vectors: PSNR and SSIM are image measures
+            restored = self(degraded).float()
+            return {
+                f"mse_{self.restored_name}": F.mse_loss(restored, x),
+                f"mse_{self.degraded_name}": F.mse_loss(degraded, x),
+            }
+        return {
+            **restoration_metrics(self(degraded), x, self.restored_name),
+            **restoration_metrics(degraded, x, self.degraded_name),
+        }

@@ -1,0 +1,51 @@
+"""Super-resolution with an autoencoder: the input is the image downsampled by ``scale`` (area averaging) and
+brought back to full size by bicubic interpolation, the target the original (the setting of Dong et al. 2014,
+"Learning a Deep Convolutional Network for Image Super-Resolution"; Vincent et al. 2008 for restoration by
+autoencoders)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from ae_lightning.restoration import RestorationAutoencoder
+
+
+def downsample(x: Tensor, scale: int) -> Tensor:
+    """Images ``[B, C, H, W]`` averaged over ``scale x scale`` blocks: ``[B, C, H / scale, W / scale]``."""
+    return F.avg_pool2d(x, scale)
+
+
+def bicubic_upsample(x: Tensor, scale: int) -> Tensor:
+    """Images upsampled ``scale`` times by bicubic interpolation, clipped to [0, 1]."""
+    return F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+class SuperResolutionAutoencoder(RestorationAutoencoder):
+    """Restores images from their ``scale``-times downsampled, bicubic-upsampled copies.
+
+    ``test`` reports ``test/psnr_superres`` and ``test/ssim_superres`` of the output against the original, and
+    ``test/psnr_bicubic`` and ``test/ssim_bicubic`` of the bicubic-upsampled input, the baseline. The picture grid
+    shows rows of inputs, outputs and originals.
+
+    Args:
+        scale: the downsampling factor, >= 2; it must divide the images' height and width.
+        **kwargs: the :class:`~ae_lightning.base.DeterministicAutoencoder` arguments.
+    """
+
+    restored_name = "superres"
+    degraded_name = "bicubic"
+
+    def __init__(self, scale: int = 2, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if isinstance(scale, bool) or not isinstance(scale, int) or scale < 2:
+            raise ValueError(f"scale must be an integer >= 2, got {scale!r}")
+        height, width = self.input_shape[1:]
+        if height % scale or width % scale:
+            raise ValueError(f"scale={scale} must divide the image size {height}x{width}; use a divisor such as 2")
+        self.scale = scale
+
+    def degrade(self, x: Tensor) -> Tensor:
+        return bicubic_upsample(downsample(x, self.scale), self.scale)

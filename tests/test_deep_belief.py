@@ -1,0 +1,200 @@
+"""The RBM maths on an RBM small enough to enumerate, and the deep belief autoencoder's pretraining schedule."""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import subprocess
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from test_variants import make_trainer, tiny_data
+from tiny_runs import command, last_checkpoint, run_cli, subprocess_env, tiny_args
+
+from ae_lightning import DeepBeliefAutoencoder, rbm
+
+TINY_DBN = {"hidden_dims": [16], "latent_dim": 4}
+
+
+def tiny_rbm() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    # large weights: the chain mixes slowly, so CD-1 is visibly biased
+    shapes = ((3, 4), (4,), (3,))  # float64: sums over 100,000 chains stay exact to float precision
+    weight, visible_bias, hidden_bias = (
+        torch.randn(*shape, generator=generator, dtype=torch.float64) for shape in shapes
+    )
+    return 2 * weight, visible_bias, hidden_bias
+
+
+def exact_statistics(weight: torch.Tensor, visible_bias: torch.Tensor, hidden_bias: torch.Tensor) -> rbm.Statistics:
+    """The model's ``<h v^T>``, ``<v>``, ``<h>`` by summing over all 2^4 x 2^3 joint states."""
+    v = torch.tensor(list(itertools.product([0.0, 1.0], repeat=4)), dtype=torch.float64)
+    h = torch.tensor(list(itertools.product([0.0, 1.0], repeat=3)), dtype=torch.float64)
+    energy = -(v @ visible_bias)[:, None] - (h @ hidden_bias)[None, :] - v @ weight.t() @ h.t()
+    p = torch.softmax(-energy.flatten(), 0).view(16, 8)
+    return rbm.Statistics(torch.einsum("vh,hi,vj->ij", p, h, v), p.sum(1) @ v, p.sum(0) @ h)
+
+
+DATA = torch.tensor([[0.0, 0, 0, 1], [0, 1, 1, 0], [1, 0, 0, 1], [1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.float64)
+
+
+def test_the_exact_gradient_by_enumeration_is_the_free_energy_gradient() -> None:
+    weight, visible_bias, hidden_bias = tiny_rbm()
+    states = torch.tensor(list(itertools.product([0.0, 1.0], repeat=4)), dtype=torch.float64)
+    parameters = [p.clone().requires_grad_() for p in (weight, visible_bias, hidden_bias)]
+    log_z = torch.logsumexp(-rbm.free_energy(states, *parameters), 0)
+    log_likelihood = (-rbm.free_energy(DATA, *parameters)).mean() - log_z
+    gradients = torch.autograd.grad(log_likelihood, parameters)
+    data = rbm.statistics(DATA, rbm.hidden_mean(DATA, weight, hidden_bias))
+    model = exact_statistics(weight, visible_bias, hidden_bias)
+    for gradient, data_term, model_term in zip(gradients, data, model):
+        torch.testing.assert_close(gradient, data_term - model_term)
+
+
+def test_cd_positive_phase_is_the_data_term_and_cd_k_tends_to_the_exact_gradient() -> None:
+    weight, visible_bias, hidden_bias = tiny_rbm()
+    data_term = rbm.statistics(DATA, rbm.hidden_mean(DATA, weight, hidden_bias))
+    exact = [d - m for d, m in zip(data_term, exact_statistics(weight, visible_bias, hidden_bias))]
+    chains = DATA.repeat(20_000, 1)  # 100,000 chains: Monte Carlo noise about 0.003
+    generator = torch.Generator().manual_seed(0)
+    errors = []
+    for k in (1, 3, 10, 30):
+        update = rbm.contrastive_divergence(chains, weight, visible_bias, hidden_bias, k, generator=generator)
+        for positive, expected in zip(update.positive, data_term):
+            torch.testing.assert_close(positive, expected)  # exact: no sampling in the positive phase
+        errors.append(max((g - e).abs().max().item() for g, e in zip(update.gradient(), exact)))
+    assert errors[0] > 0.1 and errors[0] > errors[1] > errors[2], errors
+    assert errors[3] < 0.01, errors
+    with pytest.raises(ValueError, match="k >= 1 Gibbs steps, got 0"):
+        rbm.contrastive_divergence(DATA, weight, visible_bias, hidden_bias, 0)
+
+
+def test_gaussian_hidden_units_are_linear_with_unit_variance() -> None:
+    weight, visible_bias, hidden_bias = tiny_rbm()
+    mean = rbm.hidden_mean(DATA, weight, hidden_bias, "gaussian")
+    torch.testing.assert_close(mean, DATA @ weight.t() + hidden_bias)
+    samples = rbm.sample_hidden(mean.repeat(20_000, 1), "gaussian", torch.Generator().manual_seed(0))
+    assert (samples - mean.repeat(20_000, 1)).std().item() == pytest.approx(1.0, abs=0.01)
+    # F(v) = -v.b - |Wv + c|^2 / 2: p(v) from integrating the Gaussian h out
+    pre = DATA @ weight.t() + hidden_bias
+    expected = -(DATA @ visible_bias) - 0.5 * pre.pow(2).sum(1)
+    torch.testing.assert_close(rbm.free_energy(DATA, weight, visible_bias, hidden_bias, "gaussian"), expected)
+
+
+def deterministic_recon_error(model: DeepBeliefAutoencoder, v: torch.Tensor) -> float:
+    layer = model.rbm_layers()[0]
+    reconstruction = rbm.visible_mean(
+        rbm.hidden_mean(v, layer.weight, layer.bias), layer.weight, model.visible_biases[0]
+    )
+    return (v - reconstruction).pow(2).sum(1).mean().item()
+
+
+def test_pretraining_lowers_the_rbm_reconstruction_error(data_dir: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = DeepBeliefAutoencoder(**TINY_DBN, pretrain_epochs=3)
+    data = tiny_data(data_dir)
+    data.setup("fit")
+    v = data.splits["val"][0][:64].flatten(1).float() / 255
+    before = deterministic_recon_error(model, v)
+    trainer = make_trainer(tmp_path, max_epochs=3, limit_train_batches=None)
+    trainer.fit(model, datamodule=data)
+    assert trainer.global_step == 3 * 14 and not model.unrolled  # three epochs of RBM 1, one step per batch
+    with torch.no_grad():
+        after = deterministic_recon_error(model, v)
+    assert after < 0.6 * before, (before, after)
+    assert torch.isfinite(trainer.callback_metrics["pretrain/rbm1/free_energy"])
+    assert "train/loss" not in trainer.callback_metrics and "pretrain/rbm2/recon" not in trainer.callback_metrics
+
+
+class RecordUnrolling(Callback):
+    """Keeps the weights at the end of the last pretraining epoch and at the first fine-tuning batch."""
+
+    def __init__(self, pretraining_epochs: int) -> None:
+        self.pretraining_epochs = pretraining_epochs
+        self.pretrained: dict[str, torch.Tensor] = {}
+        self.unrolled: dict[str, torch.Tensor] = {}
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == self.pretraining_epochs - 1:
+            self.pretrained = {k: v.clone() for k, v in pl_module.state_dict().items()}
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        if trainer.current_epoch == self.pretraining_epochs and batch_idx == 0:
+            self.unrolled = {k: v.clone() for k, v in pl_module.state_dict().items()}
+
+
+def test_the_unrolled_decoder_starts_from_the_transposed_pretrained_weights(data_dir: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = DeepBeliefAutoencoder(**TINY_DBN, pretrain_epochs=1)
+    x = torch.rand(5, 1, 28, 28)
+    record = RecordUnrolling(pretraining_epochs=2)
+    trainer = make_trainer(tmp_path, max_epochs=3, limit_train_batches=3, callbacks=[record])
+    trainer.fit(model, datamodule=tiny_data(data_dir))
+    pretrained, unrolled = record.pretrained, record.unrolled
+    assert not pretrained["unrolled"] and unrolled["unrolled"] and model.unrolled
+    # encoder.1/.3 are the RBMs' weights; decoder.0 mirrors encoder.3 and decoder.2 mirrors encoder.1
+    for encoder, decoder, visible in (
+        ("encoder.3", "decoder.0", "visible_biases.1"),
+        ("encoder.1", "decoder.2", "visible_biases.0"),
+    ):
+        torch.testing.assert_close(unrolled[f"{decoder}.weight"], pretrained[f"{encoder}.weight"].t(), rtol=0, atol=0)
+        torch.testing.assert_close(unrolled[f"{decoder}.bias"], pretrained[visible], rtol=0, atol=0)
+        assert torch.equal(unrolled[f"{encoder}.weight"], pretrained[f"{encoder}.weight"])
+        assert not torch.equal(model.state_dict()[f"{decoder}.weight"], unrolled[f"{decoder}.weight"])  # fine-tuned
+    tied = DeepBeliefAutoencoder(**TINY_DBN, pretrain_epochs=1)
+    tied.load_state_dict(pretrained)
+    untied = DeepBeliefAutoencoder(**TINY_DBN, pretrain_epochs=1)
+    untied.load_state_dict(pretrained)
+    untied.unroll()
+    torch.testing.assert_close(untied(x), tied(x))  # unrolling changes no output
+
+
+def test_a_run_killed_mid_pretraining_resumes_exactly(data_dir: Path, tmp_path: Path) -> None:
+    # 3 RBMs (784-32-16-4) of one epoch each, then one fine-tuning epoch; 14 steps per epoch. Killed at the start of
+    # step 22, the run leaves the checkpoint of step 20, six batches into RBM 2's epoch.
+    extra = ["--trainer.max_epochs", "4", "--checkpoint.every_n_train_steps", "4"]
+    killed_root, reference_root = tmp_path / "killed", tmp_path / "reference"
+    kill = ["--trainer.callbacks+=tiny_runs.KillAtStep", "--trainer.callbacks.step", "22"]
+    killed = subprocess.Popen(
+        command("fit", *tiny_args("deep_ae_rbm", data_dir, killed_root, *extra, *kill)),
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    run_cli("fit", *tiny_args("deep_ae_rbm", data_dir, reference_root, *extra))
+    output, _ = killed.communicate(timeout=240)
+    assert killed.returncode == -signal.SIGKILL, output
+    interrupted = last_checkpoint(killed_root)
+    assert interrupted["global_step"] == 20 and interrupted["epoch"] == 1
+    assert not interrupted["state_dict"]["unrolled"]
+    run_cli("fit", *tiny_args("deep_ae_rbm", data_dir, killed_root, *extra, "--ckpt_path", "last"))
+    resumed, expected = last_checkpoint(killed_root), last_checkpoint(reference_root)
+    assert resumed["global_step"] == expected["global_step"] == 56
+    for name, value in expected["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], value), f"{name} differs after the resume"
+    assert len(resumed["optimizer_states"]) == 2
+    for got, want in zip(resumed["optimizer_states"], expected["optimizer_states"]):
+        for index, state in want["state"].items():
+            for key, value in state.items():
+                assert torch.equal(got["state"][index][key], value), f"optimizer state {index}/{key} differs"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"network": "conv"}, "takes only network='mlp', got 'conv'"),
+        ({"dropout": 0.2}, "takes only dropout=0.0, got 0.2"),
+        ({"pretrain": "dbn"}, "pretrain must be 'rbm' or 'none', got 'dbn'"),
+        ({"cd_steps": 0}, "cd_steps must be an integer >= 1, got 0"),
+        ({"pretrain_epochs": -1}, "pretrain_epochs must be an integer >= 0, got -1"),
+        ({"pretrain_lr": 0.0}, "pretrain_lr must be > 0, got 0.0"),
+        ({"pretrain_momentum": 1.0}, r"pretrain_momentum must lie in \[0, 1\), got 1.0"),
+    ],
+)
+def test_bad_arguments_are_errors_naming_the_value(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        DeepBeliefAutoencoder(**{**TINY_DBN, **kwargs})
