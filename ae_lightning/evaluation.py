@@ -1,7 +1,7 @@
 """Evaluation of trained autoencoders: reconstruction, likelihood, sample quality, representation, anomaly detection.
 
 Metrics come from torchmetrics and scikit-learn. :func:`evaluate` computes any of :data:`METRICS` for a model and
-its datamodule; ``scripts/benchmark.py`` and ``scripts/evaluate.py`` are thin commands around it.
+its datamodule; ``benchmarks/variants.py`` and ``scripts/evaluate.py`` are thin commands around it.
 """
 
 from __future__ import annotations

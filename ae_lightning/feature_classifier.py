@@ -1,6 +1,6 @@
 """A small CNN classifier of the dataset, whose features define the Frechet distance of generated samples.
 
-Trained once per dataset by ``scripts/train_feature_classifier.py`` (or on first use by ``scripts/benchmark.py``) and
+Trained once per dataset by ``scripts/train_feature_classifier.py`` (or on first use by ``benchmarks/variants.py``) and
 cached as one file holding the weights and how they were obtained, test accuracy included, so that every score
 computed with it can name the classifier and its accuracy.
 """
@@ -241,7 +241,7 @@ def load_feature_classifier(path: str | Path) -> ClassifierRecord:
     if not path.is_file():
         raise FileNotFoundError(
             f"no feature classifier at {path}; train one with `python scripts/train_feature_classifier.py "
-            f"--output {path}` (scripts/benchmark.py trains it on first use)"
+            f"--output {path}` (benchmarks/variants.py trains it on first use)"
         )
     payload = torch.load(path, map_location="cpu", weights_only=True)
     network = ClassifierCNN(tuple(payload["input_shape"]), payload["num_classes"], payload["num_features"])

@@ -5,7 +5,7 @@
 Trains on the dataset's gray-level training split, reports the test accuracy, and caches the classifier (weights,
 accuracy, dataset and training settings) at ``--output``, by default
 ``$AE_LIGHTNING_CACHE/feature-classifier-<Dataset>-<source>.pt`` (``AE_LIGHTNING_CACHE`` defaults to
-``~/.cache/ae-lightning``), where ``scripts/benchmark.py`` and ``scripts/evaluate.py`` look for it.
+``~/.cache/ae-lightning``), where ``benchmarks/variants.py`` and ``scripts/evaluate.py`` look for it.
 """
 
 from __future__ import annotations

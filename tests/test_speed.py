@@ -52,7 +52,7 @@ def test_compiled_networks_train_and_write_checkpoints_that_load_into_an_eager_m
 
 def run_benchmark(data_dir: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     command = [
-        sys.executable, str(ROOT / "scripts" / "benchmark_speed.py"), "--data-dir", str(data_dir),
+        sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--data-dir", str(data_dir),
         "--batch-sizes", "8", "16", "--steps", "4", "--segments", "2", "--warmup", "2", "--devices", "cpu",
         "--fast-steps", "2",
         "--out", str(out), *extra,

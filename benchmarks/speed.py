@@ -24,12 +24,12 @@ test set (``--nll``), and a whole epoch of ``ae-lightning fit`` with the VAE con
 (``--epoch``): the training split and the validation split, together all 60,000 training images of the dataset, with
 the command's callbacks, logger and checkpoints; the second of two epochs, so that start-up is not counted.
 
-    python scripts/benchmark_speed.py                                  # CPU (and CUDA if present), batch 32/128/1024
-    python scripts/benchmark_speed.py --config configs/vae.yaml --batch-sizes 128 --devices cpu
-    python scripts/benchmark_speed.py --devices cuda --precision bf16-mixed --batch-sizes 1024
-    python scripts/benchmark_speed.py --batch-sizes 32 128 --phases   # also where each step's time goes
-    python scripts/benchmark_speed.py --nll --batch-sizes                # only the nll timing
-    python scripts/benchmark_speed.py --epoch --batch-sizes --devices cuda   # only the VAE epoch on the GPU
+    python benchmarks/speed.py                                  # CPU (and CUDA if present), batch 32/128/1024
+    python benchmarks/speed.py --config configs/vae.yaml --batch-sizes 128 --devices cpu
+    python benchmarks/speed.py --devices cuda --precision bf16-mixed --batch-sizes 1024
+    python benchmarks/speed.py --batch-sizes 32 128 --phases   # also where each step's time goes
+    python benchmarks/speed.py --nll --batch-sizes                # only the nll timing
+    python benchmarks/speed.py --epoch --batch-sizes --devices cuda   # only the VAE epoch on the GPU
 """
 
 from __future__ import annotations

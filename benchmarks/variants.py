@@ -1,7 +1,7 @@
 """Train every variant config with the same data, epochs and seed, evaluate them all, and write a results table.
 
-    python scripts/benchmark.py --data FashionMNISTDataModule --data_dir ../shared/data --epochs 10
-    python scripts/benchmark.py --configs ae vae --metrics mse psnr fid --anomaly_classes 0 --epochs 2
+    python benchmarks/variants.py --data FashionMNISTDataModule --data_dir ../shared/data --epochs 10
+    python benchmarks/variants.py --configs ae vae --metrics mse psnr fid --anomaly_classes 0 --epochs 2
 
 Each config in ``configs/`` (or each named with ``--configs``) is trained exactly as ``ae-lightning fit --config
 <config> --data <data> --data.data_dir <dir> --seed_everything <seed> --trainer.max_epochs <epochs>`` would train it,
@@ -10,8 +10,9 @@ with outputs under ``--root``. The trained model is then scored on the test spli
 again once per held-out class (``--anomaly_classes``) on the other classes, and the AUROC of its anomaly score for
 the held-out class, over all test images, is averaged over the held-out classes.
 
-Writes ``--output`` (default ``docs/results.md``: a markdown table, one row per variant, with the command, the
-machine and the date), ``results.json`` beside the plots, and for each variant
+Writes ``--output`` (default ``runs/benchmark/results.md``; pass ``--output docs/results.md`` to refresh the published
+table: a markdown table, one row per variant, with the command, the machine and the date), ``results.json`` beside
+the plots, and for each variant
 ``<plots>/<variant>_reconstructions.png``, ``_samples.png`` (generative variants), ``_interpolations.png`` and
 ``_latent_tsne.png``. The table is rewritten after every variant, so an interrupted run keeps what it finished. Bad
 input (an unknown config, metric, datamodule or held-out class) is an error before anything trains.
@@ -89,7 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tsne_points", type=int, default=2000, help="test codes in the t-SNE latent map")
     parser.add_argument("--classifier", type=Path, default=None, help="feature classifier (default: the cache path)")
     parser.add_argument("--classifier_epochs", type=int, default=3, help="epochs if the classifier must be trained")
-    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "results.md", help="the markdown table")
+    parser.add_argument(
+        "--output", type=Path, default=ROOT / "runs" / "benchmark" / "results.md", help="the markdown table"
+    )
     parser.add_argument("--plots", type=Path, default=None, help="plot folder (default: <output without .md>/)")
     parser.add_argument("--root", type=Path, default=ROOT / "runs" / "benchmark", help="training outputs")
     parser.add_argument("--accelerator", default="auto", help="Lightning accelerator of every run")
@@ -312,7 +315,7 @@ def describe_run(
     """The command, machine, date, data and budget of this benchmark, for the report."""
     device = "cuda" if args.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu"
     return {
-        "command": "python scripts/benchmark.py " + shlex.join(args.argv),
+        "command": "python benchmarks/variants.py " + shlex.join(args.argv),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": {
             "platform": platform.platform(),
@@ -386,7 +389,7 @@ def render_markdown(
         "# Benchmark results",
         "",
         "Every variant config trained with the same data, epochs and seed, then scored on the test split. Written by",
-        "`scripts/benchmark.py`; rerun it rather than editing this file.",
+        "`benchmarks/variants.py`; rerun it rather than editing this file.",
         "",
     ]
     if len(rows) < total:
