@@ -1,7 +1,11 @@
 """The few Lightning internals ae-lightning relies on, where Lightning offers no public route.
 
 Each use has a test in ``tests/test_lightning_internals.py`` that fails with a clear message when a Lightning release
-changes it; ``pyproject.toml`` bounds Lightning to the releases the suite ran on.
+changes it; ``pyproject.toml`` bounds Lightning to the releases the suite ran on. The uses:
+
+* :func:`every_n_train_steps` reads ``ModelCheckpoint._every_n_train_steps`` (the fast path checks it);
+* ``AutoencoderCLI._parse_ckpt_path`` (:mod:`ae_lightning.cli`) overrides LightningCLI's private step that would
+  overwrite the user's model settings with a checkpoint's hyperparameters.
 """
 
 from __future__ import annotations

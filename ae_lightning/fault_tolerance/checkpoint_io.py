@@ -9,7 +9,6 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
-from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -21,7 +20,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     Paths that are not local (``s3://`` ...) keep Lightning's writer. Why: ``docs/fault_tolerance.md``.
     """
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
         if storage_options is not None or get_filesystem(path).protocol not in ("file", ("file", "local")):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
