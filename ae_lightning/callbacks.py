@@ -204,12 +204,11 @@ def _image_sink(logger: Logger) -> Literal["wandb", "tensorboard"] | None:
 
 
 class SaveConfigToRun(SaveConfigCallback):
-    """LightningCLI's config saving, with W&B runs getting ``config.yaml`` among their files.
+    """LightningCLI's config saving; with a W&B logger the run's ``config.yaml`` goes into its own run folder
+    ``<save_dir>/<project>/<run id>/`` (beside ``checkpoints/``) and, as ``ae_lightning_config.yaml``, among the W&B
+    run's files (W&B keeps its own ``config.yaml`` there)."""
 
-    With a W&B logger first, ``trainer.log_dir`` is the logger's ``save_dir``, shared by every run, so the stock
-    callback would find the previous run's ``config.yaml`` there and refuse to start. Here the file goes into the run's
-    own files folder (``wandb/<run>/files/``), which W&B uploads with the run (``wandb sync`` for offline runs).
-    """
+    W_AND_B_NAME = "ae_lightning_config.yaml"
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if isinstance(trainer.logger, WandbLogger):
@@ -219,8 +218,10 @@ class SaveConfigToRun(SaveConfigCallback):
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         logger = trainer.logger
         if isinstance(logger, WandbLogger):
-            path = Path(logger.experiment.dir) / self.config_filename
-            self.parser.save(self.config, path, skip_none=False, overwrite=True, multifile=self.multifile)
+            run_folder = Path(logger.save_dir or trainer.default_root_dir) / str(logger.name) / str(logger.version)
+            for path in (run_folder / self.config_filename, Path(logger.experiment.dir) / self.W_AND_B_NAME):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.parser.save(self.config, path, skip_none=False, overwrite=True, multifile=self.multifile)
 
 
 __all__ = ["ImageLogger", "SaveConfigToRun"]

@@ -78,7 +78,12 @@ def test_a_wandb_run_gets_hyperparameters_metrics_images_and_config(
 
     assert run_dir.parent == root / "wandb"  # without save_dir, W&B writes under default_root_dir
     assert not (root / "config.yaml").exists()  # so a second run in the same root does not collide with it
-    assert "latent_dim: 20" in (run_dir / "files" / "config.yaml").read_text()
+    run_folder = root / "ae-lightning-test" / cli.trainer.logger.version  # the documented layout
+    assert (run_folder / "checkpoints" / "last.ckpt").is_file()
+    assert "latent_dim: 20" in (run_folder / "config.yaml").read_text()
+    assert "latent_dim: 20" in (run_dir / "files" / "ae_lightning_config.yaml").read_text()
+    own = run_dir / "files" / "config.yaml"
+    assert not own.exists() or "ckpt_path" not in own.read_text()  # W&B's own config.yaml is W&B's
     images = sorted((run_dir / "files" / "media" / "images").rglob("*.png"))
     assert {path.name.split("_")[0] for path in images} == {"reconstructions", "samples"}
     assert len(images) == 4 and all(path.stat().st_size > 100 for path in images)  # 2 views x 2 epochs
