@@ -30,6 +30,7 @@ from ae_lightning.fault_tolerance import (
     NonFiniteGuard,
     RandomStateCheckpoint,
     RunCheckpoint,
+    SigtermCheckpoint,
     SlurmRequeue,
 )
 from ae_lightning.prediction import PredictionWriter
@@ -85,7 +86,8 @@ class AutoencoderCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": False})
         kwargs.setdefault("save_config_callback", SaveConfigToRun)
         # Callbacks in ``trainer_defaults`` are added to every trainer, whatever --trainer.callbacks says.
-        kwargs.setdefault("trainer_defaults", {"callbacks": [RandomStateCheckpoint(), SlurmRequeue()]})
+        callbacks = [RandomStateCheckpoint(), SlurmRequeue(), SigtermCheckpoint()]
+        kwargs.setdefault("trainer_defaults", {"callbacks": callbacks})
         kwargs.setdefault("seed_everything_default", 42)
         kwargs.setdefault("trainer_class", CommandTrainer)
         super().__init__(

@@ -80,3 +80,17 @@ def test_skip_leaves_weights_and_optimizer_untouched_on_bad_batches_and_counts_t
 def test_guard_rejects_unknown_actions() -> None:
     with pytest.raises(ValueError, match="action must be 'error' or 'skip', got 'ignore'"):
         NonFiniteGuard(action="ignore")
+
+
+def test_skip_fails_when_an_epoch_skips_more_than_max_skipped(data_dir: Path, tmp_path: Path) -> None:
+    every_step_of_epoch_0 = ["--model.init_args.poisoned_steps", json.dumps(list(range(14)))]
+    with pytest.raises(NonFiniteLossError, match=r"14 of the 14 training batches of epoch 0 .* max_skipped=0.5"):
+        fit(*tiny_args("ae", data_dir, tmp_path, *POISONED, *every_step_of_epoch_0, "--nonfinite.action", "skip"))
+
+
+def test_a_non_finite_val_loss_is_never_the_best_checkpoint() -> None:
+    from ae_lightning.fault_tolerance import RunCheckpoint
+
+    checkpoint = RunCheckpoint(monitor="val/loss", save_top_k=1)
+    for value in (float("nan"), float("inf")):
+        assert checkpoint.check_monitor_top_k(None, torch.tensor(value)) is False

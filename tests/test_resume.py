@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,47 @@ def test_a_checkpoint_write_replaces_the_file_whole_and_clears_dead_writers_file
     AtomicCheckpointIO().save_checkpoint({"step": 2}, path)
     assert torch.load(path, weights_only=True) == {"step": 2}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+def test_sigterm_writes_the_final_step_and_exits_non_zero(data_dir: Path, tmp_path: Path) -> None:
+    slow = [
+        "--trainer.max_epochs",
+        "50",
+        "--trainer.callbacks+=tiny_runs.SlowDown",
+        "--trainer.callbacks.seconds",
+        "0.05",
+    ]
+    process = subprocess.Popen(
+        command("fit", *tiny_args("ae", data_dir, tmp_path, *slow)),
+        env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 200
+    while not list(tmp_path.rglob("last.ckpt")) and time.monotonic() < deadline:  # epoch 0 is done
+        time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 143, output[-3000:]
+    last = last_checkpoint(tmp_path)
+    assert (
+        last["global_step"] > 14
+        and f"wrote {next(tmp_path.rglob('last.ckpt'))} at global step {last['global_step']}" in output
+    )
+
+
+def test_the_final_step_is_saved_when_max_steps_ends_inside_an_epoch(data_dir: Path, tmp_path: Path) -> None:
+    limits = ["--trainer.max_steps", "25", "--trainer.max_epochs", "-1", "--trainer.limit_train_batches", "10"]
+    run_cli("fit", *tiny_args("ae", data_dir, tmp_path, *limits))
+    assert last_checkpoint(tmp_path)["global_step"] == 25
+
+
+def test_temporary_files_of_dead_writers_are_removed_when_the_run_folder_is_used_again(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    run_cli("fit", *tiny_args("ae", data_dir, tmp_path, "--trainer.max_steps", "2"))
+    folder = next(tmp_path.rglob("last.ckpt")).parent
+    dead, alive = folder / ".last.ckpt.999999999.tmp", folder / f".best.ckpt.{os.getpid()}.tmp"
+    dead.write_bytes(b"PK")
+    alive.write_bytes(b"PK")  # a writer that is still running keeps its file
+    run_cli("fit", *tiny_args("ae", data_dir, tmp_path, "--trainer.max_steps", "4", "--ckpt_path", "last",
+                              "--checkpoint.dirpath", str(folder)))  # fmt: skip
+    assert not dead.exists() and alive.exists()

@@ -1,6 +1,6 @@
 """Surviving faults, one concern per module: crash-safe checkpoint files (:mod:`.checkpoint_io`), random generators
 in checkpoints (:mod:`.random_state`), SLURM requeues at a step boundary (:mod:`.slurm`) and a guard on non-finite
-losses (:mod:`.nonfinite`).
+losses (:mod:`.nonfinite`) and the final state saved on SIGTERM (:mod:`.sigterm`).
 
 The ``ae-lightning`` command installs all of them; from Python, pass ``plugins=[AtomicCheckpointIO()]`` and
 ``callbacks=[RandomStateCheckpoint(), SlurmRequeue(), NonFiniteGuard()]`` to the Trainer.
@@ -9,6 +9,7 @@ The ``ae-lightning`` command installs all of them; from Python, pass ``plugins=[
 from ae_lightning.fault_tolerance.checkpoint_io import AtomicCheckpointIO, RunCheckpoint
 from ae_lightning.fault_tolerance.nonfinite import NonFiniteGuard, NonFiniteLossError
 from ae_lightning.fault_tolerance.random_state import RandomStateCheckpoint
+from ae_lightning.fault_tolerance.sigterm import SigtermCheckpoint
 from ae_lightning.fault_tolerance.slurm import SlurmRequeue
 
 __all__ = [
@@ -17,5 +18,6 @@ __all__ = [
     "NonFiniteLossError",
     "RandomStateCheckpoint",
     "RunCheckpoint",
+    "SigtermCheckpoint",
     "SlurmRequeue",
 ]

@@ -55,13 +55,46 @@ def _fsync_directory(directory: Path) -> None:
         os.close(descriptor)
 
 
+def remove_dead_writers_files(folder: Path) -> list[Path]:
+    """Remove the ``.<name>.<pid>.tmp`` files in ``folder`` whose writing process is gone; returns them."""
+    removed = []
+    for path in folder.glob(".*.tmp"):
+        pid = path.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not _alive(int(pid)):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 class RunCheckpoint(ModelCheckpoint):
     """The command's ``checkpoint`` section: Lightning's ModelCheckpoint, writing nothing under ``fast_dev_run`` (as
-    Lightning documents; its ``save_last`` at the end of training would write ``last.ckpt``)."""
+    Lightning documents; its ``save_last`` at the end of training would write ``last.ckpt``), and never keeping a
+    checkpoint as the best on a non-finite monitored value."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if trainer.is_global_zero and self.dirpath and Path(self.dirpath).is_dir():
+            remove_dead_writers_files(Path(self.dirpath))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.fast_dev_run:
             super().on_train_end(trainer, pl_module)
+
+    def check_monitor_top_k(self, trainer: L.Trainer, current: torch.Tensor | None = None) -> bool:
+        # A NaN or infinite val/loss is never "the best".
+        if current is not None and not torch.isfinite(current).all():
+            return False
+        return super().check_monitor_top_k(trainer, current)
 
 
 __all__ = ["AtomicCheckpointIO", "RunCheckpoint"]

@@ -31,9 +31,17 @@ class NonFiniteGuard(Callback):
     Args:
         action: ``error`` (stop training) or ``skip`` (skip the step, count the batch).
         check_every_n_steps: how often, in training batches, ``error`` checks; ``None``: ``log_every_n_steps``.
+        max_skipped: ``skip`` fails (a :class:`NonFiniteLossError`) when an epoch skips more than this share of its
+            training batches.
     """
 
-    def __init__(self, action: NonFiniteAction = "error", check_every_n_steps: int | None = None) -> None:
+    def __init__(
+        self, action: NonFiniteAction = "error", check_every_n_steps: int | None = None, max_skipped: float = 0.5
+    ) -> None:
+        if not 0 <= max_skipped < 1:
+            raise ValueError(f"max_skipped must lie in [0, 1), got {max_skipped}")
+        self.max_skipped = max_skipped
+        self._epoch_batches = self._epoch_skipped = 0
         if action not in ("error", "skip"):
             raise ValueError(f"action must be 'error' or 'skip', got {action!r}")
         if check_every_n_steps is not None and check_every_n_steps < 1:
@@ -62,6 +70,8 @@ class NonFiniteGuard(Callback):
     ) -> None:
         if self.action == "skip":
             self.skipped_batches += self._skipped_this_batch
+            self._epoch_skipped += self._skipped_this_batch
+            self._epoch_batches += 1
             self._skipped_this_batch = False
             return
         terms = _loss_terms(outputs)
@@ -115,6 +125,14 @@ class NonFiniteGuard(Callback):
         self._check(trainer)
         if self.action == "skip":
             pl_module.log("train/skipped_batches", float(self.skipped_batches))
+            skipped, batches = self._epoch_skipped, self._epoch_batches
+            self._epoch_skipped = self._epoch_batches = 0
+            if batches and skipped / batches > self.max_skipped:
+                raise NonFiniteLossError(
+                    f"{skipped} of the {batches} training batches of epoch {trainer.current_epoch} had non-finite "
+                    f"gradients and were skipped, more than max_skipped={self.max_skipped}: the run is not training. "
+                    "Lower the learning rate or clip gradients"
+                )
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._check(trainer)
