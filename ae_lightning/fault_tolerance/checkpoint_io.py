@@ -87,8 +87,22 @@ class RunCheckpoint(ModelCheckpoint):
             remove_dead_writers_files(Path(self.dirpath))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.fast_dev_run:
-            super().on_train_end(trainer, pl_module)
+        if trainer.fast_dev_run:
+            return
+        super().on_train_end(trainer, pl_module)
+        # Lightning saves ``last`` at the end only if it saved none before: a run stopped by max_steps inside an
+        # epoch would keep the last epoch's state.
+        if self.save_last and self.dirpath:
+            last = Path(
+                self.last_model_path or Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
+            )
+            step = (
+                torch.load(last, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+                if last.is_file()
+                else None
+            )
+            if step != trainer.global_step:
+                trainer.save_checkpoint(last)
 
     def check_monitor_top_k(self, trainer: L.Trainer, current: torch.Tensor | None = None) -> bool:
         # A NaN or infinite val/loss is never "the best".
