@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import inspect
 from collections.abc import Iterable, Iterator, Sequence
@@ -23,7 +24,7 @@ Stage = Literal["train", "val", "test"]
 Reconstruction = Literal["bce", "mse"]
 
 
-class AutoencoderModule(L.LightningModule):
+class AutoencoderModule(L.LightningModule, abc.ABC):
     """Base of every variant: it owns the shared step, logging, evaluation, prediction and optimizers.
 
     A variant builds its networks and implements :meth:`loss_terms`, which returns a dict of named per-batch terms
@@ -88,9 +89,9 @@ class AutoencoderModule(L.LightningModule):
         """``n`` images decoded from prior samples (generative variants only)."""
         raise NotImplementedError(f"{type(self).__name__} is not a generative model: it has no prior to sample from")
 
+    @abc.abstractmethod
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
         """Named loss terms of one batch, averaged over it; ``loss`` is the one optimized."""
-        raise NotImplementedError
 
     def networks(self) -> list[nn.Module]:
         """The model's networks: its ``encoder``, ``decoder`` and ``discriminator``, those it has."""

@@ -7,7 +7,9 @@ Models and datamodules are chosen by import path (``class_path: ae_lightning.VAE
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -117,6 +119,12 @@ class AutoencoderCLI(LightningCLI):
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
         parser.add_lightning_class_args(StepsPerBatch, "fast")  # steps: 1 (the default) trains as Lightning does
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        argv = sys.argv[1:] if args is None else args
+        if isinstance(argv, (list, tuple)):
+            _check_class_names(parser, list(argv))
+        super().parse_arguments(parser, args)
+
     def before_instantiate_classes(self) -> None:
         subcommand = self.config.get("subcommand")
         _default_save_dirs(self.config[subcommand] if subcommand else self.config)
@@ -190,6 +198,32 @@ class AutoencoderCLI(LightningCLI):
 
     def before_predict(self) -> None:
         self._check_checkpoint_fits()
+
+
+def _check_class_names(parser: LightningArgumentParser, argv: list[str]) -> None:
+    """A ``--model``/``--data`` value that names no known class is an error listing the known ones (jsonargparse
+    would say only that it expected an import path)."""
+    bases = {"--model": AutoencoderModule, "--data": ImageDataModule}
+    for i, arg in enumerate(argv):
+        option, _, value = arg.partition("=")
+        if option not in bases:
+            continue
+        value = value or (argv[i + 1] if i + 1 < len(argv) else "")
+        if not value or "." in value or "/" in value or value.lstrip().startswith(("{", "[")):
+            continue  # an import path, a config file or inline YAML: jsonargparse checks those
+        known = sorted({cls.__name__ for cls in _concrete_subclasses(bases[option])})
+        if value not in known:
+            parser.error(f"{option} {value} is not a known class; the known ones are {', '.join(known)} "
+                         "(or give an import path such as mypackage.MyModel)")  # fmt: skip
+
+
+def _concrete_subclasses(base: type) -> list[type]:
+    found = []
+    for cls in base.__subclasses__():
+        found += _concrete_subclasses(cls)
+        if not inspect.isabstract(cls):
+            found.append(cls)
+    return found
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -3,6 +3,7 @@ base of the denoising autoencoder and of super-resolution, with their test metri
 
 from __future__ import annotations
 
+import abc
 from typing import ClassVar
 
 import torch.nn.functional as F
@@ -34,9 +35,9 @@ class RestorationAutoencoder(DeterministicAutoencoder):
     restored_name: ClassVar[str] = "restored"
     degraded_name: ClassVar[str] = "degraded"
 
+    @abc.abstractmethod
     def degrade(self, x: Tensor) -> Tensor:
         """The degraded copy of images ``x`` that the model learns to restore, of the same shape."""
-        raise NotImplementedError
 
     def reconstruction_rows(self, x: Tensor) -> tuple[Tensor, ...]:
         """The degraded images, their restorations and the originals."""

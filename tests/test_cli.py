@@ -224,3 +224,17 @@ def test_switching_the_dataset_from_the_command_line(data_dir: Path, tmp_path: P
     )
     assert type(cli.datamodule).__name__ == "FashionMNISTDataModule"
     assert cli.datamodule.raw_folder.parent.name == "FashionMNIST"
+
+
+def test_an_unknown_class_name_lists_the_known_variants_and_help_offers_no_abstract_base(capsys) -> None:
+    with pytest.raises(SystemExit):
+        run_cli("fit", "--model", "VAEE")
+    error = capsys.readouterr().err
+    assert "--model VAEE is not a known class; the known ones are AdversarialAutoencoder" in error
+    assert "VAE" in error.split("known ones are")[1] and "AutoencoderModule" not in error
+    with pytest.raises(SystemExit):
+        run_cli("fit", "--help")
+    offered = capsys.readouterr().out.split("known subclasses:")[1].split(")")[0]
+    assert "ae_lightning.VAE" in offered
+    for abstract in ("AutoencoderModule", "DeterministicAutoencoder", "RestorationAutoencoder"):
+        assert abstract not in offered
