@@ -234,7 +234,9 @@ def test_an_unknown_class_name_lists_the_known_variants_and_help_offers_no_abstr
     assert "VAE" in error.split("known ones are")[1] and "AutoencoderModule" not in error
     with pytest.raises(SystemExit):
         run_cli("fit", "--help")
-    offered = capsys.readouterr().out.split("known subclasses:")[1].split(")")[0]
+    help_text = capsys.readouterr().out
+    start = help_text.index("known subclasses: ae_lightning.")
+    offered = help_text[start : help_text.index(")", start)]
     assert "ae_lightning.VAE" in offered
     for abstract in ("AutoencoderModule", "DeterministicAutoencoder", "RestorationAutoencoder"):
         assert abstract not in offered
