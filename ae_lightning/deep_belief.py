@@ -76,6 +76,11 @@ class DeepBeliefAutoencoder(DeterministicAutoencoder):
             if kwargs.get(name, default) != default:
                 raise ValueError(f"DeepBeliefAutoencoder takes only {name}={default!r}, got {kwargs[name]!r}")
         super().__init__(**kwargs)
+        if len(self.input_shape) != 3:
+            raise ValueError(
+                f"DeepBeliefAutoencoder's Bernoulli RBMs model pixels in [0, 1], got input_shape {self.input_shape} "
+                "(feature vectors): use another variant for vectors"
+            )
         if pretrain not in ("rbm", "none"):
             raise ValueError(f"pretrain must be 'rbm' or 'none', got {pretrain!r}")
         for name, value in (("pretrain_epochs", pretrain_epochs), ("cd_steps", cd_steps)):

@@ -42,6 +42,11 @@ class SuperResolutionAutoencoder(RestorationAutoencoder):
         super().__init__(**kwargs)
         if isinstance(scale, bool) or not isinstance(scale, int) or scale < 2:
             raise ValueError(f"scale must be an integer >= 2, got {scale!r}")
+        if len(self.input_shape) != 3:
+            raise ValueError(
+                f"super-resolution needs images (channels, height, width), got input_shape {self.input_shape} "
+                "(feature vectors): use another variant for vectors"
+            )
         height, width = self.input_shape[1:]
         if height % scale or width % scale:
             raise ValueError(f"scale={scale} must divide the image size {height}x{width}; use a divisor such as 2")
