@@ -7,6 +7,7 @@ its datamodule; ``benchmarks/variants.py`` and ``scripts/evaluate.py`` are thin 
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from pkgutil import resolve_name
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.functional.classification import binary_auroc
+from tqdm.auto import tqdm
 
 from ae_lightning.base import AutoencoderModule
 from ae_lightning.metrics import FrechetDistance, ReconstructionMetrics
@@ -138,7 +140,7 @@ def evaluating(model: nn.Module, seed: int | None = 0) -> Iterator[None]:
 
 
 def _batches(loader: TensorBatchLoader, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
-    for x, labels, _ in loader:
+    for x, labels, _ in tqdm(loader, desc="evaluating", unit="batch", leave=False, file=sys.stderr):
         yield x.to(device), labels.to(device)
 
 

@@ -25,13 +25,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--data_dir", default=None, help="where the data are (default: the checkpoint's)")
-    parser.add_argument("--metrics", nargs="+", default=None, help="metrics (default: all that apply)")
+    parser.add_argument(
+        "--metrics", nargs="+", default=None, help=f"metrics (default: all that apply): {', '.join(evaluation.METRICS)}"
+    )
     parser.add_argument("--nll_samples", type=int, default=None, help="importance samples (default: the model's)")
     parser.add_argument("--fid_samples", type=int, default=10000)
     parser.add_argument("--classifier", type=Path, default=None, help="feature classifier (default: the cache path)")
     parser.add_argument("--probe_max_train", type=int, default=None)
     parser.add_argument("--plots", type=Path, default=None, help="folder for PNG pictures of the model")
-    parser.add_argument("--views", nargs="+", default=None, help="pictures to save (default: all that apply)")
+    parser.add_argument(
+        "--views", nargs="+", default=None, help=f"pictures (default: all that apply): {', '.join(visualization.VIEWS)}"
+    )
     parser.add_argument("--tsne_points", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the scores to this JSON file")

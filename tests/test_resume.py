@@ -123,7 +123,7 @@ def test_every_step_checkpoint_resumes_to_the_uninterrupted_weights(
     run_cli("fit", *tiny_args(variant, data_dir, tmp_path / "reference", *settings))
     saved = {int(path.stem.split("=")[1]): path for path in (tmp_path / "reference").rglob("step=*.ckpt")}
     expected = last_checkpoint(tmp_path / "reference")
-    for step in (8, 20):  # the 2nd checkpoint and a later one, mid-epoch
+    for step in (4, 8, 20):  # the 1st, the 2nd and a later checkpoint, mid-epoch
         root = tmp_path / f"from-{step}"
         run_cli("fit", *tiny_args(variant, data_dir, root, *settings, "--ckpt_path", str(saved[step])))
         resumed = last_checkpoint(root)
