@@ -37,36 +37,11 @@ class Discriminator(nn.Sequential):
 class AdversarialAutoencoder(DeterministicAutoencoder):
     """A deterministic autoencoder whose codes a discriminator cannot tell from samples of the prior.
 
-    Each training batch runs three phases with manual optimization (Makhzani et al. 2015, section 2):
-
-    1. reconstruction: the autoencoder optimizer steps encoder and decoder on the reconstruction loss;
-    2. discriminator: the discriminator optimizer steps the discriminator on telling prior samples (label 1) from
-       the encoder's codes (label 0), binary cross-entropy;
-    3. generator (regularization): the generator optimizer steps the encoder alone on fooling the discriminator
-       (the non-saturating loss ``-log D(E(x))``, times ``adversarial_weight``), with decoder and discriminator
-       frozen.
-
-    The generator phase has an optimizer of its own over the encoder's parameters (by default a second instance of
-    ``optimizer``): sharing the autoencoder's Adam would fill its moments with the much larger reconstruction
-    gradients, so that the regularization step would be mostly another reconstruction step along the momentum.
-
-    Steps and ``global_step``: Lightning counts every ``optimizer.step()`` of manual optimization in
-    ``trainer.global_step`` (``fit_loop.epoch_loop.manual_optimization.optim_step_progress``), which would make it
-    three per batch. Here only the reconstruction step goes through the Lightning optimizer wrapper and is counted;
-    the discriminator and generator steps go through ``trainer.strategy.optimizer_step``, the same call minus the
-    count (precision plugin, gradient scaler and ``on_before_optimizer_step`` hooks included). So ``global_step``
-    counts batches of ``batch_size`` images, as for every other variant: ``max_steps`` and
-    ``ModelCheckpoint(every_n_train_steps=...)`` mean such batches, and a checkpoint restores the count exactly.
-
-    Mixed precision: the backward passes use ``manual_backward``, so ``16-mixed`` scales them with the gradient
-    scaler and every step unscales before stepping; ``bf16-mixed`` and ``32`` need no scaler. The Trainer's
-    ``gradient_clip_val`` is not available under manual optimization: set this model's ``gradient_clip_val``, which
-    clips each step's gradients (after unscaling) in ``on_before_optimizer_step``.
-
-    Learning-rate schedulers are optional: ``lr_scheduler`` for the autoencoder and the generator optimizers,
-    ``discriminator_lr_scheduler`` for the discriminator's; they are stepped once per epoch, a ``ReduceLROnPlateau``
-    with ``val/loss``. Validation and test use the shared step of the base: ``loss`` is the reconstruction loss, and
-    the discriminator's loss and accuracy are logged beside it.
+    Each training batch runs three phases with manual optimization (Makhzani et al. 2015, section 2): reconstruction
+    (encoder and decoder), discriminator (prior samples against codes, binary cross-entropy), and generator (the
+    encoder alone on ``-log D(E(x))``, times ``adversarial_weight``). ``global_step`` counts batches, as for every
+    other variant. Gradient clipping is this model's ``gradient_clip_val`` (the Trainer's needs automatic
+    optimization). Schedulers step once per epoch. Why these choices: ``docs/adversarial.md``.
 
     Args:
         prior: ``normal`` (standard normal) or ``mixture``: an equal-weight mixture of ``mixture_components``

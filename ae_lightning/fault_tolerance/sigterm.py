@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
+
+from ae_lightning.fault_tolerance.slurm import any_rank
 
 SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports a process ended by the signal
 
@@ -31,8 +32,7 @@ class SigtermCheckpoint(Callback):
         if trainer.world_size == 1:
             stop = trainer.received_sigterm
         elif trainer.global_step % self.check_every_n_steps == 0:
-            flag = torch.tensor(int(trainer.received_sigterm), device=pl_module.device)
-            stop = bool(trainer.strategy.reduce(flag, reduce_op="max").item())
+            stop = any_rank(trainer, pl_module, trainer.received_sigterm)
         else:
             return
         if not stop:

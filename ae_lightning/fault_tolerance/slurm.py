@@ -70,8 +70,7 @@ class SlurmRequeue(Callback):
             return
         if trainer.global_step - self._checked_at_step >= self.check_every_n_steps:
             self._checked_at_step = trainer.global_step
-            signalled = torch.tensor(int(self._signalled), device=pl_module.device)
-            if trainer.strategy.reduce(signalled, reduce_op="max").item():
+            if any_rank(trainer, pl_module, self._signalled):
                 self._requeue(trainer)
 
     def _requeue(self, trainer: L.Trainer) -> None:
@@ -90,6 +89,11 @@ class SlurmRequeue(Callback):
         signal.signal(signal.SIGTERM, sigterm_handler)
         self._signalled = False
         rank_zero_warn(f"requeuing SLURM job {_slurm_job_id()} failed: training goes on; {path} is written")
+
+
+def any_rank(trainer: L.Trainer, pl_module: L.LightningModule, flag: bool) -> bool:
+    """Whether ``flag`` is true on any rank: one all-reduce (a host sync on GPUs), so call it now and then."""
+    return bool(trainer.strategy.reduce(torch.tensor(int(flag), device=pl_module.device), reduce_op="max").item())
 
 
 def hpc_checkpoint_path(folder: str | Path) -> Path:
@@ -119,4 +123,4 @@ def _requeue_slurm_job() -> bool:
     return result.returncode == 0
 
 
-__all__ = ["SlurmRequeue"]
+__all__ = ["SlurmRequeue", "any_rank", "hpc_checkpoint_path"]
