@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ae_lightning.base import Batch, DeterministicAutoencoder
+from ae_lightning.checks import check_number, check_numbers
 
 Prior = Literal["normal", "mixture"]
 
@@ -84,18 +85,13 @@ class AdversarialAutoencoder(DeterministicAutoencoder):
         super().__init__(**kwargs)
         if prior not in ("normal", "mixture"):
             raise ValueError(f"prior must be 'normal' or 'mixture', got {prior!r}")
-        if mixture_components < 1:
-            raise ValueError(f"mixture_components must be >= 1, got {mixture_components}")
-        if mixture_radius < 0:
-            raise ValueError(f"mixture_radius must be >= 0, got {mixture_radius}")
-        if mixture_std <= 0:
-            raise ValueError(f"mixture_std must be > 0, got {mixture_std}")
-        if adversarial_weight < 0:
-            raise ValueError(f"adversarial_weight must be >= 0, got {adversarial_weight}")
-        if any(width <= 0 for width in discriminator_hidden_dims):
-            raise ValueError(f"discriminator_hidden_dims must be positive, got {list(discriminator_hidden_dims)}")
-        if gradient_clip_val is not None and gradient_clip_val < 0:
-            raise ValueError(f"gradient_clip_val must be >= 0, got {gradient_clip_val}")
+        check_number("mixture_components", mixture_components, "[1, inf)", integer=True)
+        check_number("mixture_radius", mixture_radius, "[0, inf)")
+        check_number("mixture_std", mixture_std, "(0, inf)")
+        check_number("adversarial_weight", adversarial_weight, "[0, inf)")
+        check_numbers("discriminator_hidden_dims", discriminator_hidden_dims, "[1, inf)", integer=True)
+        if gradient_clip_val is not None:
+            check_number("gradient_clip_val", gradient_clip_val, "[0, inf)")
         if gradient_clip_algorithm not in ("norm", "value"):
             raise ValueError(f"gradient_clip_algorithm must be 'norm' or 'value', got {gradient_clip_algorithm!r}")
         self.automatic_optimization = False

@@ -11,25 +11,15 @@ import torch
 from torch import Tensor, nn
 
 from ae_lightning.base import DeterministicAutoencoder
+from ae_lightning.checks import check_number
 
 
 class AutoDecoder(DeterministicAutoencoder):
     """A decoder and a table of per-image codes, optimized together; unseen images get codes by optimization.
 
-    Training: the batch's sample indices (its position in the training split) look up their codes in an
-    ``nn.Embedding`` of ``num_codes`` rows; the loss is ``recon + code_prior_weight * ||z||^2``, the negative log of
-    a Gaussian prior on the codes up to a constant (``code_prior_weight = 0.5`` is the standard normal). One
-    optimizer holds two parameter groups: the decoder at the optimizer's learning rate and the codes at ``code_lr``.
-
-    Unseen images (validation, test, predict, and :meth:`encode` in general): their codes start at the prior mean
-    and are fitted to the same loss with Adam (``inference_lr``) for ``inference_steps`` steps, all images of a batch
-    at once, while the decoder stays frozen: only the codes receive gradients, so the decoder's parameters and
-    their ``.grad`` are untouched. This runs with gradients enabled even inside Lightning's ``inference_mode``.
-    Validation and test then report the reconstruction error of these codes. It is also how new images join a
-    trained model without retraining its decoder.
-
-    ``num_codes`` must equal the number of training images. Left unset, it is taken from the datamodule's training
-    split when ``fit`` starts (and from the checkpoint when one is loaded); set, it is checked against both.
+    Training looks the batch's sample indices up in ``num_codes`` codes; the loss is
+    ``recon + code_prior_weight * ||z||^2``. Unseen images (validation, test, predict, :meth:`encode`) get codes
+    fitted to the same loss with the decoder frozen (``docs/internals.md``).
 
     Args:
         num_codes: number of training images, or None to take it from the datamodule.
@@ -53,14 +43,11 @@ class AutoDecoder(DeterministicAutoencoder):
     ) -> None:
         super().__init__(**kwargs)
         self.encoder = None  # built by the base, not used: codes are parameters (training) or fitted (inference)
-        if code_prior_weight < 0:
-            raise ValueError(f"code_prior_weight must be >= 0, got {code_prior_weight}")
-        if code_lr <= 0 or inference_lr <= 0:
-            raise ValueError(f"code_lr and inference_lr must be > 0, got {code_lr} and {inference_lr}")
-        if code_init_std < 0:
-            raise ValueError(f"code_init_std must be >= 0, got {code_init_std}")
-        if inference_steps < 0:
-            raise ValueError(f"inference_steps must be >= 0, got {inference_steps}")
+        check_number("code_prior_weight", code_prior_weight, "[0, inf)")
+        check_number("code_lr", code_lr, "(0, inf)")
+        check_number("inference_lr", inference_lr, "(0, inf)")
+        check_number("code_init_std", code_init_std, "[0, inf)")
+        check_number("inference_steps", inference_steps, "[0, inf)", integer=True)
         self.code_prior_weight = code_prior_weight
         self.code_lr = code_lr
         self.code_init_std = code_init_std
@@ -78,8 +65,7 @@ class AutoDecoder(DeterministicAutoencoder):
 
     def build_codes(self, num_codes: int) -> None:
         """Create the table of ``num_codes`` training codes (and record its size in the hyperparameters)."""
-        if num_codes < 1:
-            raise ValueError(f"num_codes must be >= 1, got {num_codes}")
+        check_number("num_codes", num_codes, "[1, inf)", integer=True)
         self.codes = nn.Embedding(num_codes, self.latent_dim)
         nn.init.normal_(self.codes.weight, std=self.code_init_std)
         self.hparams["num_codes"] = num_codes

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from ae_lightning import losses, networks
+from ae_lightning.checks import check_number
 from ae_lightning.metrics import ReconstructionMetrics
 from ae_lightning.networks import Network, build_decoder, build_encoder, check_network
 
@@ -306,8 +307,7 @@ class DeterministicAutoencoder(AutoencoderModule):
         super().__init__(**kwargs)
         if reconstruction not in ("bce", "mse"):
             raise ValueError(f"reconstruction must be 'bce' or 'mse', got {reconstruction!r}")
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        check_number("dropout", dropout, "[0, 1)")
         if reconstruction == "bce" and len(self.input_shape) == 1:
             raise ValueError(
                 f"reconstruction: bce needs pixels in [0, 1], but input_shape {self.input_shape} is feature vectors; "
@@ -329,6 +329,7 @@ class DeterministicAutoencoder(AutoencoderModule):
 def _optimizer_settings(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """The class and the constructor settings (plain values only) of an optimizer, as stored in checkpoints."""
     plain = (bool, int, float, str, type(None))
+
     def is_plain(value: Any) -> bool:
         return isinstance(value, plain) or (isinstance(value, tuple) and all(isinstance(v, plain) for v in value))
 

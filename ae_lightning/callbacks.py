@@ -27,6 +27,7 @@ from torchvision.utils import save_image
 
 from ae_lightning import visualization
 from ae_lightning.base import AutoencoderModule
+from ae_lightning.checks import check_number
 from ae_lightning.visualization import View
 
 
@@ -37,10 +38,8 @@ class ImageLogger(Callback):
     prior samples; generative models only), ``interpolations`` (decodings along the line between the codes of two
     validation images) and ``latent_map`` (codes of validation images projected to 2-D by PCA, coloured by label).
 
-    The validation images are the first ones the validation loop yields, kept once (on the CPU) and reused at every
-    epoch, so consecutive pictures are comparable; samples use the same seeded noise every time, drawn without
-    touching the global random state. Between firings the only work per validation step is a dictionary look-up.
-    Nothing is drawn in sanity checks or ``fast_dev_run``, and under DDP only rank 0 draws.
+    The same first validation images and the same seeded prior noise every time (``docs/internals.md``); nothing is
+    drawn in sanity checks or ``fast_dev_run``, and under DDP only rank 0 draws.
 
     Args:
         every_n_epochs: draw after every n-th validation epoch (and after the last epoch); 0 disables the callback.
@@ -67,16 +66,13 @@ class ImageLogger(Callback):
         nrow: int = 8,
         seed: int = 0,
     ) -> None:
-        if every_n_epochs < 0:
-            raise ValueError(f"every_n_epochs must be >= 0 (0 disables the images), got {every_n_epochs}")
+        check_number("every_n_epochs", every_n_epochs, "[0, inf)", integer=True)  # 0: no images
         visualization.check_view_names(views or ())
         sizes = {"num_images": num_images, "num_samples": num_samples, "num_interpolations": num_interpolations}
         sizes |= {"latent_map_size": latent_map_size, "nrow": nrow}
         for name, value in sizes.items():
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if interpolation_steps < 2:
-            raise ValueError(f"interpolation_steps must be >= 2 (the two ends), got {interpolation_steps}")
+            check_number(name, value, "[1, inf)", integer=True)
+        check_number("interpolation_steps", interpolation_steps, "[2, inf)", integer=True)
         self.every_n_epochs = every_n_epochs
         self.views = list(views) if views is not None else None
         self.num_images = num_images

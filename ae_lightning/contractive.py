@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ae_lightning.base import DeterministicAutoencoder
+from ae_lightning.checks import check_number
 
 # Elementwise activations whose derivative the closed form computes from the activation's output.
 _DERIVATIVES = {
@@ -22,16 +23,8 @@ _DERIVATIVES = {
 def encode_with_contraction(encoder: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
     """The codes ``encoder(x)`` and, per image, the squared Frobenius norm of the encoder's Jacobian at it.
 
-    For an MLP (an ``nn.Sequential`` of ``Flatten``, ``Linear`` layers and ReLU, sigmoid or tanh activations, and
-    dropout in evaluation mode) the norm comes in closed form from the one forward pass that also yields the codes.
-    The Jacobian is a product ``J = W_L D_{L-1} W_{L-1} ... D_1 W_1`` of the weight matrices and the diagonal
-    matrices ``D_l`` of the activations' derivatives. Multiplying from the code side keeps every intermediate
-    ``A = W_L D_{L-1} ... W_2 D_1`` of size ``latent_dim x hidden_1`` per image; the last factor, the wide
-    ``hidden_1 x input_dim`` matrix ``W_1``, enters only through its Gram matrix:
-    ``||A W_1||_F^2 = sum((A G) * A)`` with ``G = W_1 W_1^T`` computed once per batch. That costs about
-    ``latent_dim * hidden_1^2`` multiply-adds per image instead of the ``latent_dim * hidden_1 * input_dim`` of
-    forming the Jacobian (or ``latent_dim`` backward passes of autograd). Any other encoder (convolutions, dropout
-    in training mode) falls back to an exact ``torch.func.vmap(torch.func.jacrev(...))``, which is much slower.
+    An MLP encoder (``Flatten``, ``Linear``, ReLU/sigmoid/tanh, dropout in eval mode) gets the norm in closed form
+    from the forward pass; any other encoder an exact, slower ``vmap(jacrev)`` (``docs/internals.md``).
 
     Args:
         encoder: the encoder network.
@@ -119,8 +112,7 @@ class ContractiveAutoencoder(DeterministicAutoencoder):
 
     def __init__(self, contractive_weight: float = 0.1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if contractive_weight < 0:
-            raise ValueError(f"contractive_weight must be >= 0, got {contractive_weight}")
+        check_number("contractive_weight", contractive_weight, "[0, inf)")
         self.contractive_weight = contractive_weight
 
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:

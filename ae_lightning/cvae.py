@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ae_lightning.base import Batch
+from ae_lightning.checks import check_number
 from ae_lightning.networks import build_decoder, build_encoder
 from ae_lightning.vae import VAE
 
@@ -63,8 +64,7 @@ class ConditionalVAE(VAE):
 
     def __init__(self, num_classes: int = 10, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        check_number("num_classes", num_classes, "[1, inf)", integer=True)
         self.num_classes = num_classes
         network, hidden_dims = self.hparams.network, self.hparams.hidden_dims
         # The VAE's unconditioned networks are replaced by ones with room for the label.

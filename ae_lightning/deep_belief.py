@@ -15,6 +15,7 @@ from torch.optim import Optimizer
 
 from ae_lightning import losses, rbm
 from ae_lightning.base import Batch, DeterministicAutoencoder
+from ae_lightning.checks import check_number
 
 Pretrain = Literal["rbm", "none"]
 
@@ -32,16 +33,10 @@ def logistic_stack(sizes: list[int]) -> nn.Sequential:
 class DeepBeliefAutoencoder(DeterministicAutoencoder):
     """A logistic MLP autoencoder whose encoder is pretrained greedily as a stack of RBMs, then fine-tuned end to end.
 
-    Epochs ``[i P, (i + 1) P)`` (``P = pretrain_epochs``) train RBM ``i + 1`` with CD-k on the hidden means of the
-    layers below (Bernoulli-Bernoulli; the code layer's units are linear with unit-variance Gaussian noise); the
-    encoder's weights and hidden biases are the RBMs' weights and hidden biases. At the first fine-tuning epoch the
-    stack is unrolled: each decoder layer gets the transposed weights and the visible biases of its RBM, and the
-    whole network is fine-tuned on ``reconstruction`` with ``optimizer``. Until then ``decode`` uses these tied
-    weights, so ``val/loss`` is the unrolled network's loss throughout. ``pretrain: none`` fine-tunes the same
-    network, randomly initialized, from the first epoch. Manual optimization: one optimizer step per batch (SGD with
-    momentum on the negated CD estimate, or ``optimizer``), so ``global_step`` counts batches. Pretraining logs
-    ``pretrain/rbm<i>/recon`` (squared error of p(v | h) summed per image) and ``pretrain/rbm<i>/free_energy``
-    (mean over the epoch). See ``docs/family.md``.
+    Epochs ``[i P, (i + 1) P)`` (``P = pretrain_epochs``) train RBM ``i + 1`` with CD-k, logged as
+    ``pretrain/rbm<i>/recon`` and ``pretrain/rbm<i>/free_energy``; then the stack is unrolled (tied, transposed) and
+    fine-tuned on ``reconstruction`` with ``optimizer``. ``pretrain: none`` fine-tunes the same network from a random
+    start. One optimizer step per batch throughout (``docs/family.md``).
 
     Args:
         pretrain: ``rbm`` or ``none``.
@@ -83,18 +78,14 @@ class DeepBeliefAutoencoder(DeterministicAutoencoder):
             )
         if pretrain not in ("rbm", "none"):
             raise ValueError(f"pretrain must be 'rbm' or 'none', got {pretrain!r}")
-        for name, value in (("pretrain_epochs", pretrain_epochs), ("cd_steps", cd_steps)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "cd_steps" else 0):
-                raise ValueError(f"{name} must be an integer >= {int(name == 'cd_steps')}, got {value!r}")
-        for name, value in (("pretrain_lr", pretrain_lr), ("code_pretrain_lr", code_pretrain_lr)):
-            if not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value}")
-        if not 0 <= pretrain_momentum < 1:
-            raise ValueError(f"pretrain_momentum must lie in [0, 1), got {pretrain_momentum}")
-        if pretrain_weight_decay < 0:
-            raise ValueError(f"pretrain_weight_decay must be >= 0, got {pretrain_weight_decay}")
-        if gradient_clip_val is not None and gradient_clip_val < 0:
-            raise ValueError(f"gradient_clip_val must be >= 0, got {gradient_clip_val}")
+        check_number("pretrain_epochs", pretrain_epochs, "[0, inf)", integer=True)
+        check_number("cd_steps", cd_steps, "[1, inf)", integer=True)
+        check_number("pretrain_lr", pretrain_lr, "(0, inf)")
+        check_number("code_pretrain_lr", code_pretrain_lr, "(0, inf)")
+        check_number("pretrain_momentum", pretrain_momentum, "[0, 1)")
+        check_number("pretrain_weight_decay", pretrain_weight_decay, "[0, inf)")
+        if gradient_clip_val is not None:
+            check_number("gradient_clip_val", gradient_clip_val, "[0, inf)")
         self.automatic_optimization = False
         self.pretrain = pretrain
         self.pretrain_epochs = pretrain_epochs if pretrain == "rbm" else 0

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from ae_lightning.checks import check_number
 from ae_lightning.restoration import RestorationAutoencoder
 
 Corruption = Literal["gaussian", "masking", "salt_and_pepper"]
@@ -17,11 +18,9 @@ Corruption = Literal["gaussian", "masking", "salt_and_pepper"]
 def check_corruption(corruption: str, level: float) -> None:
     """Raise a ValueError naming the bad value if ``corruption`` at ``level`` is not a valid corruption."""
     if corruption == "gaussian":
-        if level < 0:
-            raise ValueError(f"gaussian noise std must be >= 0, got {level}")
+        check_number("gaussian noise std", level, "[0, inf)")
     elif corruption in ("masking", "salt_and_pepper"):
-        if not 0 <= level < 1:
-            raise ValueError(f"{corruption} fraction must lie in [0, 1), got {level}")
+        check_number(f"{corruption} fraction", level, "[0, 1)")
     else:
         raise ValueError(f"corruption must be 'gaussian', 'masking' or 'salt_and_pepper', got {corruption!r}")
 

@@ -9,6 +9,7 @@ from typing import Any
 from torch import nn
 
 from ae_lightning.autoencoder import Autoencoder
+from ae_lightning.checks import check_number
 
 
 class DropoutAutoencoder(Autoencoder):
@@ -26,6 +27,5 @@ class DropoutAutoencoder(Autoencoder):
 
     def __init__(self, input_dropout: float = 0.2, dropout: float = 0.2, **kwargs: Any) -> None:
         super().__init__(dropout=dropout, **kwargs)
-        if not 0 <= input_dropout < 1:
-            raise ValueError(f"input_dropout must lie in [0, 1), got {input_dropout}")
+        check_number("input_dropout", input_dropout, "[0, 1)")
         self.encoder = nn.Sequential(nn.Dropout(input_dropout), self.encoder)

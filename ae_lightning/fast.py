@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from torch import Tensor
 
 from ae_lightning.base import AutoencoderModule
+from ae_lightning.checks import check_number
 from ae_lightning.lightning_internals import every_n_train_steps
 
 
@@ -36,8 +37,7 @@ class StepsPerBatch(Callback):
     """
 
     def __init__(self, steps: int = 1) -> None:
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        check_number("steps", steps, "[1, inf)", integer=True)
         self.steps = steps
         self._restore: list[tuple[Any, str, Any]] = []
         self._grouped: GroupedBatches | None = None
@@ -123,8 +123,10 @@ class StepsPerBatch(Callback):
         for name in ("limit_train_batches", "val_check_interval"):
             value = getattr(trainer, name)
             if isinstance(value, float) and value != 1.0:
-                raise ValueError(f"--trainer.{name} {value} is a fraction of an epoch, which StepsPerBatch cannot "
-                                 f"keep exact: give a number of steps that is a multiple of {steps}, or {fix}")
+                raise ValueError(
+                    f"--trainer.{name} {value} is a fraction of an epoch, which StepsPerBatch cannot "
+                    f"keep exact: give a number of steps that is a multiple of {steps}, or {fix}"
+                )
 
     def _in_batches(self, name: str, steps: int) -> int:
         if steps % self.steps:

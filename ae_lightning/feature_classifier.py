@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from ae_lightning.checks import check_number
 from datamodules.base import ImageDataModule
 
 
@@ -181,8 +182,7 @@ def train_feature_classifier(
     if datamodule.hparams.classes is not None:
         kept = datamodule.hparams.classes
         raise ValueError(f"the feature classifier needs every label, but the datamodule keeps only classes {kept}")
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    check_number("epochs", epochs, "[1, inf)", integer=True)
     check_classifiable(datamodule)
     path = Path(path) if path is not None else default_classifier_path(datamodule)
     L.seed_everything(seed, verbose=False)

@@ -13,6 +13,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ae_lightning.checks import check_number, check_numbers
+
 Network = Literal["mlp", "conv"]
 
 
@@ -144,8 +146,7 @@ def build_decoder(
 
 def check_input_shape(input_shape: Sequence[int], network: str = "mlp") -> None:
     """Raise a ValueError naming the shape unless it is ``(C, H, W)`` images or, for an MLP, ``(D,)`` vectors."""
-    if any(isinstance(size, bool) or not isinstance(size, int) or size <= 0 for size in input_shape):
-        raise ValueError(f"input_shape must hold positive integers, got {tuple(input_shape)}")
+    check_numbers("input_shape", input_shape, "[1, inf)", integer=True)
     if len(input_shape) == 1 and network == "conv":
         raise ValueError(
             f"a conv network needs images (channels, height, width), but input_shape is {tuple(input_shape)} "
@@ -167,12 +168,10 @@ def check_network(network: str, hidden_dims: Sequence[int], latent_dim: int) -> 
     """Raise a ValueError naming the bad value if the network settings cannot build a network."""
     if network not in ("mlp", "conv"):
         raise ValueError(f"network must be 'mlp' or 'conv', got {network!r}")
-    if latent_dim <= 0:
-        raise ValueError(f"latent_dim must be a positive integer, got {latent_dim}")
+    check_number("latent_dim", latent_dim, "[1, inf)", integer=True)
     if len(hidden_dims) == 0 and network == "conv":
         raise ValueError("a conv network needs at least one entry in hidden_dims (channels per convolution)")
-    if any(width <= 0 for width in hidden_dims):
-        raise ValueError(f"hidden_dims must be positive, got {list(hidden_dims)}")
+    check_numbers("hidden_dims", hidden_dims, "[1, inf)", integer=True)
 
 
 __all__ = [

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ae_lightning.checks import check_number
+
 Hidden = Literal["bernoulli", "gaussian"]
 
 
@@ -95,8 +97,7 @@ def contrastive_divergence(
         hidden: ``bernoulli`` or ``gaussian`` (linear units with unit-variance noise) hidden units.
         generator: random generator on ``v``'s device; the global one when None.
     """
-    if k < 1:
-        raise ValueError(f"contrastive divergence needs k >= 1 Gibbs steps, got {k}")
+    check_number("k (Gibbs steps of contrastive divergence)", k, "[1, inf)", integer=True)
     data_hidden = hidden_mean(v, weight, hidden_bias, hidden)
     h = sample_hidden(data_hidden, hidden, generator)
     reconstruction = visible_mean(h, weight, visible_bias)

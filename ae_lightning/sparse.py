@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ae_lightning import losses
 from ae_lightning.base import DeterministicAutoencoder
+from ae_lightning.checks import check_number
 
 Sparsity = Literal["l1", "kl"]
 
@@ -40,10 +41,8 @@ class SparseAutoencoder(DeterministicAutoencoder):
         super().__init__(**kwargs)
         if sparsity not in ("l1", "kl"):
             raise ValueError(f"sparsity must be 'l1' or 'kl', got {sparsity!r}")
-        if sparsity_weight < 0:
-            raise ValueError(f"sparsity_weight must be >= 0, got {sparsity_weight}")
-        if not 0 < sparsity_target < 1:
-            raise ValueError(f"sparsity_target must lie in (0, 1), got {sparsity_target}")
+        check_number("sparsity_weight", sparsity_weight, "[0, inf)")
+        check_number("sparsity_target", sparsity_target, "(0, 1)")
         self.sparsity = sparsity
         self.sparsity_weight = sparsity_weight
         self.sparsity_target = sparsity_target

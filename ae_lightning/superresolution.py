@@ -10,6 +10,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
+from ae_lightning.checks import check_number
 from ae_lightning.restoration import RestorationAutoencoder
 
 
@@ -40,8 +41,7 @@ class SuperResolutionAutoencoder(RestorationAutoencoder):
 
     def __init__(self, scale: int = 2, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if isinstance(scale, bool) or not isinstance(scale, int) or scale < 2:
-            raise ValueError(f"scale must be an integer >= 2, got {scale!r}")
+        check_number("scale", scale, "[2, inf)", integer=True)
         if len(self.input_shape) != 3:
             raise ValueError(
                 f"super-resolution needs images (channels, height, width), got input_shape {self.input_shape} "

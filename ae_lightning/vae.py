@@ -16,6 +16,7 @@ from torch.distributions import Normal
 
 from ae_lightning import losses
 from ae_lightning.base import AutoencoderModule
+from ae_lightning.checks import check_number
 from ae_lightning.networks import build_decoder, build_encoder, decoder_mean
 
 Likelihood = Literal["bernoulli", "gaussian", "continuous_bernoulli"]
@@ -72,19 +73,16 @@ class VAE(AutoencoderModule):
                 f"likelihood: {likelihood} needs data in [0, 1], but input_shape {self.input_shape} is feature "
                 "vectors; use likelihood: gaussian"
             )
-        if beta < 0:
-            raise ValueError(f"beta must be >= 0, got {beta}")
-        if kl_warmup_steps < 0:
-            raise ValueError(f"kl_warmup_steps must be >= 0, got {kl_warmup_steps}")
+        check_number("beta", beta, "[0, inf)")
+        check_number("kl_warmup_steps", kl_warmup_steps, "[0, inf)", integer=True)
         if isinstance(gaussian_std, str):
             if gaussian_std not in ("learned", "learned_per_pixel"):
                 raise ValueError(f"gaussian_std must be > 0, 'learned' or 'learned_per_pixel', got {gaussian_std!r}")
-        elif gaussian_std <= 0:
-            raise ValueError(f"gaussian_std must be > 0, got {gaussian_std}")
-        if nll_samples < 1 or nll_chunk_size < 1:
-            raise ValueError(f"nll_samples and nll_chunk_size must be >= 1, got {nll_samples} and {nll_chunk_size}")
-        if isinstance(iw_samples, bool) or not isinstance(iw_samples, int) or iw_samples < 1:
-            raise ValueError(f"iw_samples must be a positive integer (1 = the ELBO), got {iw_samples!r}")
+        else:
+            check_number("gaussian_std", gaussian_std, "(0, inf)")
+        check_number("nll_samples", nll_samples, "[1, inf)", integer=True)
+        check_number("nll_chunk_size", nll_chunk_size, "[1, inf)", integer=True)
+        check_number("iw_samples", iw_samples, "[1, inf)", integer=True)  # 1: the ELBO
         self.likelihood = likelihood
         self.iw_samples = iw_samples
         self.beta = beta

@@ -20,6 +20,7 @@ from torch import Tensor
 from torchvision.utils import make_grid
 
 from ae_lightning.base import AutoencoderModule
+from ae_lightning.checks import check_number
 from ae_lightning.evaluation import conditioned, evaluating, require_generative
 
 Projection = Literal["pca", "tsne", "none"]
@@ -75,11 +76,6 @@ def draw_views(
 ) -> dict[str, Tensor]:
     """The named pictures of a model, each ``[3, H, W]`` in [0, 1], drawn from the given images.
 
-    ``reconstructions``: the first ``num_images`` images, rows of ``nrow`` each above its reconstructions.
-    ``samples``: ``num_samples`` decoded prior samples (generative models). ``interpolations``: the first
-    ``num_interpolations`` images paired with the next ones, interpolated in latent space. ``latent_map``: codes of
-    the first ``latent_map_size`` images projected to 2-D, coloured by label.
-
     Runs in eval mode without gradients and with seeded randomness; the model's mode and the global random state
     are restored afterwards.
 
@@ -88,11 +84,11 @@ def draw_views(
         images: ``[N, C, H, W]`` images in [0, 1].
         labels: ``[N]`` their labels.
         views: names from :data:`VIEWS`; None for :func:`applicable_views`.
-        num_images: see above.
-        num_samples: see above.
-        num_interpolations: see above.
+        num_images: images in ``reconstructions`` (rows of ``nrow``, each above its reconstructions).
+        num_samples: decoded prior samples in ``samples`` (generative models).
+        num_interpolations: images interpolated, each with the next, in latent space (``interpolations``).
         interpolation_steps: decoded points per interpolation, both ends included.
-        latent_map_size: see above.
+        latent_map_size: images whose codes ``latent_map`` projects to 2-D, coloured by label.
         nrow: images per row of the reconstruction and sample grids.
         projection: of the latent map, see :func:`project_2d`.
         class_names: legend of the latent map.
@@ -175,8 +171,7 @@ def interpolation_grid(
         start_labels: labels of ``starts``, for a conditional model, which decodes the whole row with them.
         end_labels: labels of ``ends``, for a conditional model.
     """
-    if steps < 2:
-        raise ValueError(f"an interpolation needs steps >= 2 (its two ends), got {steps}")
+    check_number("interpolation steps", steps, "[2, inf)", integer=True)  # the two ends and what lies between
     with _maybe_conditioned(model, start_labels):
         z_start = model.encode(starts)
     with _maybe_conditioned(model, end_labels):

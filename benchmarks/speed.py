@@ -144,6 +144,7 @@ class PlainLoop:
     ) -> None:
         model.train()
         self.model, self.batches, self.device, self.clock = model, batches, device, clock
+        model.check_input(next(batches)[0])  # a wrong shape would broadcast in the loss instead of failing
         self.optimizer = model.configure_optimizers()["optimizer"]
         self.autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision != "32")
 
@@ -244,7 +245,7 @@ def measure(args: argparse.Namespace, batch_size: int, device: str) -> tuple[dic
             )
         datamodule.setup("fit")
         images, labels = datamodule.splits["train"]
-        images = images.to(device).unsqueeze(1).float().div_(255)
+        images = images.to(device).float().div_(255)
         # Copies of the untrained model, so that all three start from the same weights.
         hand_written, torchvision = copy.deepcopy(model).to(device), copy.deepcopy(model).to(device)
         clock = ModelClock()
@@ -376,8 +377,9 @@ def throughput_lines(args: argparse.Namespace) -> list[str]:
             cells = [f"{statistics.median(reference):,.0f}"]
             for name in ("ae-lightning", "torchvision"):
                 rates = [segment.rate for segment in segments[name]]
-                ratio = statistics.median(rate / ref for rate, ref in zip(rates, reference))
-                cells += [f"{statistics.median(rates):,.0f}", f"{ratio:.2f}"]
+                ratios = [rate / ref for rate, ref in zip(rates, reference)]
+                low, middle, high = statistics.quantiles(ratios, n=4)
+                cells += [f"{statistics.median(rates):,.0f}", f"{middle:.2f} ({low:.2f}-{high:.2f})"]
             lines.append(f"| {device} | {batch_size} | {' | '.join(cells)} |")
             print(lines[-1], file=sys.stderr, flush=True)
             phases += phase_rows(device, batch_size, segments, args.bare)
@@ -388,7 +390,8 @@ def throughput_lines(args: argparse.Namespace) -> list[str]:
         f"{', ae-lightning with compile_networks' if args.compile else ''}"
         f"{', a bare Lightning Trainer in place of ae-lightning' if args.bare else ''}. Median of "
         f"{args.segments} interleaved segments of {args.steps} optimizer steps after {args.warmup} warm-up steps; each "
-        "ratio is the median of the per-segment ratios to the hand-written loop.",
+        "ratio is the median of the per-segment ratios to the hand-written loop, with their interquartile range in "
+        "brackets (how noisy the figure is).",
     )
     if args.phases:
         lines += [

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ae_lightning.checks import check_number
 from datamodules.loader import TensorBatchLoader
 
 Split = Literal["train", "val", "test"]
@@ -75,14 +76,11 @@ class ImageDataModule(L.LightningDataModule):
         predict_split: Split = "test",
     ) -> None:
         super().__init__()
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
-        if not 0 < val_fraction < 1:
-            raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
-        if test_fraction is not None and not 0 < test_fraction < 1:
-            raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        check_number("batch_size", batch_size, "[1, inf)", integer=True)
+        check_number("val_fraction", val_fraction, "(0, 1)")
+        if test_fraction is not None:
+            check_number("test_fraction", test_fraction, "(0, 1)")
+        check_number("num_workers", num_workers, "[0, inf)", integer=True)
         if binarize not in ("none", "dynamic", "static"):
             raise ValueError(f"binarize must be one of 'none', 'dynamic', 'static', got {binarize!r}")
         if predict_split not in ("train", "val", "test"):

@@ -15,6 +15,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
+from ae_lightning.checks import check_number
 from datamodules.base import UNLABELED, Arrays, ImageDataModule
 
 
@@ -44,8 +45,8 @@ class ImageFolderDataModule(ImageDataModule):
         super().__init__(**kwargs)
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 (gray) or 3 (RGB), got {channels!r}")
-        if image_size is not None and image_size < 1:
-            raise ValueError(f"image_size must be a positive integer, got {image_size}")
+        if image_size is not None:
+            check_number("image_size", image_size, "[1, inf)", integer=True)
         self.data_dir = Path(data_dir)
 
     @property

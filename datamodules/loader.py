@@ -34,15 +34,9 @@ _RESUME_SETTINGS = {
 class TensorBatchLoader:
     """Yields ``(image, label, index)`` batches from in-memory uint8 tensors.
 
-    Epoch ``e``'s order is a permutation drawn from ``seed`` and ``e`` alone, cut into global batches of
-    ``batch_size * world_size`` samples; rank ``r`` takes every ``world_size``-th sample of each global batch. So the
-    ranks' shards are disjoint and together complete, every rank has the same number of batches (DDP needs that),
-    and the sequence of global batches does not depend on the number of ranks.
-
-    A ``resumable`` loader's position (epoch and batches already yielded) is its ``state_dict``: Lightning stores it
-    in checkpoints and a resumed run continues with the next batch of the same permutation. Any other loader (the
-    validation, test and predict loaders) starts every pass at its first batch. Lightning announces each epoch
-    through ``sampler.set_epoch`` as it does for a ``DistributedSampler``.
+    Epoch ``e``'s order depends on ``seed`` and ``e`` only; the ranks take disjoint, equal shards of each global
+    batch. A ``resumable`` loader's position is its ``state_dict``; the others start every pass at their first batch
+    (``docs/internals.md``).
 
     Args:
         images: ``[N, C, H, W]`` uint8 images (scaled to [0, 1]) or ``[N, D]`` float vectors (kept as they are).
@@ -55,8 +49,7 @@ class TensorBatchLoader:
         rank: this process's rank.
         world_size: number of processes sharing the data.
         device: where batches are built; the tensors are moved there once.
-        num_workers: worker processes that build batches (CPU tensors only). 0, the default, builds them in the
-            training process, which is fastest for in-memory 28x28 images; workers pay off only for costly batches.
+        num_workers: worker processes that build batches (CPU tensors only); 0 builds them in the training process.
         resumable: keep the position across passes and in ``state_dict`` (the training loader).
     """
 

@@ -120,9 +120,9 @@ def test_images_leave_the_training_randomness_alone(data_dir: Path, tmp_path: Pa
     "kwargs, message",
     [
         ({"views": ["recon"]}, r"unknown image view 'recon'; the views are reconstructions, samples"),
-        ({"every_n_epochs": -1}, "every_n_epochs must be >= 0"),
-        ({"interpolation_steps": 1}, "interpolation_steps must be >= 2"),
-        ({"num_images": 0}, "num_images must be >= 1"),
+        ({"every_n_epochs": -1}, "every_n_epochs must be an integer >= 0, got -1"),
+        ({"interpolation_steps": 1}, "interpolation_steps must be an integer >= 2, got 1"),
+        ({"num_images": 0}, "num_images must be an integer >= 1, got 0"),
     ],
 )
 def test_bad_arguments_are_errors(kwargs: dict, message: str) -> None:

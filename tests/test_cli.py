@@ -178,10 +178,10 @@ def test_checkpoint_of_another_model_is_an_error(trained_vae: Path, data_dir: Pa
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"latent_dim": 0}, "latent_dim must be a positive integer, got 0"),
+        ({"latent_dim": 0}, "latent_dim must be an integer >= 1, got 0"),
         ({"beta": -1.0}, "beta must be >= 0, got -1.0"),
         ({"likelihood": "poisson"}, "likelihood must be 'bernoulli', 'gaussian' or 'continuous_bernoulli', got 'poi"),
-        ({"hidden_dims": [64, -3]}, r"hidden_dims must be positive, got \[64, -3\]"),
+        ({"hidden_dims": [64, -3]}, r"each of hidden_dims must be an integer >= 1, got \[64, -3\]"),
     ],
 )
 def test_bad_model_arguments_are_errors(kwargs: dict, message: str) -> None:

@@ -68,7 +68,7 @@ def test_cd_positive_phase_is_the_data_term_and_cd_k_tends_to_the_exact_gradient
         errors.append(max((g - e).abs().max().item() for g, e in zip(update.gradient(), exact)))
     assert errors[0] > 0.1 and errors[0] > errors[1] > errors[2], errors
     assert errors[3] < 0.01, errors
-    with pytest.raises(ValueError, match="k >= 1 Gibbs steps, got 0"):
+    with pytest.raises(ValueError, match=r"k \(Gibbs steps of contrastive divergence\) must be an integer >= 1, got 0"):
         rbm.contrastive_divergence(DATA, weight, visible_bias, hidden_bias, 0)
 
 

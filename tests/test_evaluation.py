@@ -120,8 +120,6 @@ def test_evaluate_computes_every_metric_of_a_vae(data_dir: Path) -> None:
     assert model.training  # evaluation restores the model's mode
 
 
-
-
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_every_variant_gets_every_metric_and_picture_that_applies(config: Path, data_dir: Path) -> None:
     with mock.patch("sys.argv", ["ae-lightning"]):

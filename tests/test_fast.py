@@ -112,8 +112,12 @@ def test_progress_bar_counts_steps(data_dir: Path, tmp_path: Path) -> None:
         ("log_every_n_steps", "3", r"--trainer.log_every_n_steps 3 is less than a Lightning batch .*steps=4"),
         ("val_check_interval", "6", r"--trainer.val_check_interval 6 counts optimizer steps"),
         ("checkpoint.every_n_train_steps", "6", r"ModelCheckpoint\(every_n_train_steps=6\) saves every 6 steps"),
-        ("data.batch_size", "16", r"an epoch has 14 steps, which ModelCheckpoint\(every_n_train_steps\) and "
-         r"val_check_interval need, not a multiple of 4"),
+        (
+            "data.batch_size",
+            "16",
+            r"an epoch has 14 steps, which ModelCheckpoint\(every_n_train_steps\) and "
+            r"val_check_interval need, not a multiple of 4",
+        ),
     ],
 )
 def test_settings_that_cannot_keep_their_meaning_are_refused(
@@ -169,7 +173,7 @@ def test_grouped_batches_are_the_same_batches_and_resume_with_another_group_size
 
 def test_bad_steps_is_an_error_naming_it() -> None:
     for bad in (0, -2, 1.5, True):
-        with pytest.raises(ValueError, match=f"steps must be a positive integer, got {bad!r}"):
+        with pytest.raises(ValueError, match=f"steps must be an integer >= 1, got {bad!r}"):
             StepsPerBatch(bad)
 
 

@@ -559,7 +559,7 @@ def test_cvae_importance_weighted_bound_is_conditioned() -> None:
         (
             DenoisingAutoencoder,
             {"corruption": "gaussian", "corruption_level": -0.1},
-            "noise std must be >= 0, got -0.1",
+            "gaussian noise std must be >= 0, got -0.1",
         ),
         (DenoisingAutoencoder, {"corruption": "masking", "corruption_level": 1.0}, r"masking fraction .* got 1.0"),
         (DenoisingAutoencoder, {"corruption": "salt_and_pepper", "corruption_level": -0.2}, r"got -0.2"),
@@ -573,12 +573,12 @@ def test_cvae_importance_weighted_bound_is_conditioned() -> None:
         (
             AdversarialAutoencoder,
             {"prior": "mixture", "mixture_components": 0},
-            "mixture_components must be >= 1, got 0",
+            "mixture_components must be an integer >= 1, got 0",
         ),
         (AdversarialAutoencoder, {"adversarial_weight": -1.0}, "adversarial_weight must be >= 0, got -1.0"),
         (AutoDecoder, {"code_prior_weight": -0.1}, "code_prior_weight must be >= 0, got -0.1"),
-        (AutoDecoder, {"num_codes": 0}, "num_codes must be >= 1, got 0"),
-        (ConditionalVAE, {"num_classes": 0}, "num_classes must be >= 1, got 0"),
+        (AutoDecoder, {"num_codes": 0}, "num_codes must be an integer >= 1, got 0"),
+        (ConditionalVAE, {"num_classes": 0}, "num_classes must be an integer >= 1, got 0"),
     ],
 )
 def test_bad_arguments_are_errors_naming_the_value(cls: type, kwargs: dict, message: str) -> None:

@@ -11,6 +11,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from ae_lightning.checks import check_number
+
 NonFiniteAction = Literal["error", "skip"]
 
 
@@ -38,14 +40,13 @@ class NonFiniteGuard(Callback):
     def __init__(
         self, action: NonFiniteAction = "error", check_every_n_steps: int | None = None, max_skipped: float = 0.5
     ) -> None:
-        if not 0 <= max_skipped < 1:
-            raise ValueError(f"max_skipped must lie in [0, 1), got {max_skipped}")
+        check_number("max_skipped", max_skipped, "[0, 1)")
         self.max_skipped = max_skipped
         self._epoch_batches = self._epoch_skipped = 0
         if action not in ("error", "skip"):
             raise ValueError(f"action must be 'error' or 'skip', got {action!r}")
-        if check_every_n_steps is not None and check_every_n_steps < 1:
-            raise ValueError(f"check_every_n_steps must be a positive integer, got {check_every_n_steps}")
+        if check_every_n_steps is not None:
+            check_number("check_every_n_steps", check_every_n_steps, "[1, inf)", integer=True)
         self.action = action
         self.check_every_n_steps = check_every_n_steps
         self.skipped_batches = 0

@@ -8,6 +8,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
+from ae_lightning.checks import check_number
 from ae_lightning.fault_tolerance.slurm import any_rank
 
 SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports a process ended by the signal
@@ -24,8 +25,7 @@ class SigtermCheckpoint(Callback):
     """
 
     def __init__(self, check_every_n_steps: int = 10) -> None:
-        if check_every_n_steps < 1:
-            raise ValueError(f"check_every_n_steps must be a positive integer, got {check_every_n_steps}")
+        check_number("check_every_n_steps", check_every_n_steps, "[1, inf)", integer=True)
         self.check_every_n_steps = check_every_n_steps
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:

@@ -15,6 +15,8 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from ae_lightning.checks import check_number
+
 
 class SlurmRequeue(Callback):
     """Handles SLURM's requeue signal at a step boundary, on all ranks together: writes the HPC checkpoint
@@ -31,8 +33,7 @@ class SlurmRequeue(Callback):
     """
 
     def __init__(self, check_every_n_steps: int = 10) -> None:
-        if check_every_n_steps < 1:
-            raise ValueError(f"check_every_n_steps must be a positive integer, got {check_every_n_steps}")
+        check_number("check_every_n_steps", check_every_n_steps, "[1, inf)", integer=True)
         self.check_every_n_steps = check_every_n_steps
         self._signum: int | None = None
         self._previous_handler: Any = None
