@@ -24,7 +24,7 @@ from ae_lightning import visualization
 from ae_lightning.cli import AutoencoderCLI
 
 ROOT = Path(__file__).parents[1]
-SMOKE: list[str] = []  # --smoke: two batches per split, to try the script
+EXTRA: list[str] = []  # --smoke and --set: arguments added to every run
 
 
 def fit_and_test(name: str, config: str, out: Path, *args: str, keep: bool = False) -> dict:
@@ -41,7 +41,7 @@ def fit_and_test(name: str, config: str, out: Path, *args: str, keep: bool = Fal
         "false",
         "--images.every_n_epochs",
         "0",
-        *SMOKE,
+        *EXTRA,
         *args,
     ]
     with mock.patch("sys.argv", ["ae-lightning"]):
@@ -166,9 +166,17 @@ def main() -> None:
     parser.add_argument("--mnist-pretrain-epochs", type=int, default=None, help="epochs per RBM on the MNIST sample")
     parser.add_argument("--only-2d", action="store_true", help="deep_ae: only the 2-D code and its map")
     parser.add_argument("--smoke", action="store_true", help="two batches per split and epoch, to try the script")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="ARG=VALUE",
+        help="ae-lightning arguments for every run, e.g. --set model.init_args.code_pretrain_lr=0.01",
+    )
     args = parser.parse_args()
     if args.smoke:
-        SMOKE.extend(f"--trainer.limit_{split}_batches=2" for split in ("train", "val", "test"))
+        EXTRA.extend(f"--trainer.limit_{split}_batches=2" for split in ("train", "val", "test"))
+    EXTRA.extend(f"--{setting}" for setting in args.set)
     args.out.mkdir(parents=True, exist_ok=True)
     fashion = ["--data", "FashionMNISTDataModule", "--data.data_dir", args.data_dir]
     if "iwae" in args.sections:
