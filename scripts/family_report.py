@@ -86,7 +86,7 @@ def superres(out: Path, data: list[str], epochs: int) -> None:
         result = fit_and_test(f"superres_x{scale}", "superres_ae", out, *args, keep=True)
         save(out, "superres", {f"x{scale}": result["metrics"]})
         images, labels = result["datamodule"].splits["test"]
-        x = images[:16].unsqueeze(1).float().div(255)
+        x = images[:16].float().div(255)
         grid = visualization.draw_views(result["model"], x, labels[:16], ["reconstructions"])["reconstructions"]
         save_image(grid, out / f"superres_x{scale}.png")
 
@@ -145,7 +145,7 @@ def deep_ae(
     save(out, "deep_ae", {f"rbm_2d_{dataset}": result.pop("metrics")})
     model, datamodule = result["model"].eval(), result["datamodule"]
     images, labels = datamodule.splits["test"]
-    x, labels = images[:5000].unsqueeze(1).float().div(255), labels[:5000]
+    x, labels = images[:5000].float().div(255), labels[:5000]
     with torch.no_grad():
         codes = model.encode(x)
     pca = visualization.project_2d(x.flatten(1), "pca")

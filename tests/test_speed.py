@@ -46,7 +46,7 @@ def test_compiled_networks_train_and_write_checkpoints_that_load_into_an_eager_m
     assert not any("_orig_mod" in name for name in state)
     eager = Autoencoder(hidden_dims=[32, 16], latent_dim=4)
     eager.load_state_dict(state)
-    x = cli.datamodule.splits["val"][0][:4].unsqueeze(1).float() / 255
+    x = cli.datamodule.splits["val"][0][:4].float() / 255
     torch.testing.assert_close(eager(x), cli.model.eval()(x), rtol=1e-4, atol=1e-5)
 
 
