@@ -378,7 +378,9 @@ def throughput_lines(args: argparse.Namespace) -> list[str]:
             for name in ("ae-lightning", "torchvision"):
                 rates = [segment.rate for segment in segments[name]]
                 ratios = [rate / ref for rate, ref in zip(rates, reference)]
-                low, middle, high = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+                low, middle, high = (
+                    statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
+                )
                 cells += [f"{statistics.median(rates):,.0f}", f"{middle:.2f} ({low:.2f}-{high:.2f})"]
             lines.append(f"| {device} | {batch_size} | {' | '.join(cells)} |")
             print(lines[-1], file=sys.stderr, flush=True)
