@@ -38,30 +38,23 @@ class Discriminator(nn.Sequential):
 class AdversarialAutoencoder(DeterministicAutoencoder):
     """A deterministic autoencoder whose codes a discriminator cannot tell from samples of the prior.
 
-    Each training batch runs three phases with manual optimization (Makhzani et al. 2015, section 2): reconstruction
-    (encoder and decoder), discriminator (prior samples against codes, binary cross-entropy), and generator (the
-    encoder alone on ``-log D(E(x))``, times ``adversarial_weight``). ``global_step`` counts batches, as for every
-    other variant. Gradient clipping is this model's ``gradient_clip_val`` (the Trainer's needs automatic
-    optimization). Schedulers step once per epoch. Why these choices: ``docs/adversarial.md``.
+    Each batch runs, under manual optimization, a reconstruction, a discriminator and a generator phase (Makhzani et al.
+    2015); ``global_step`` counts batches; gradient clipping is the model's ``gradient_clip_val`` (docs/adversarial.md).
 
     Args:
-        prior: ``normal`` (standard normal) or ``mixture``: an equal-weight mixture of ``mixture_components``
-            isotropic Gaussians with std ``mixture_std``, whose means lie evenly spaced on a circle of radius
-            ``mixture_radius`` in the plane of the first two code dimensions (on a line for a 1-D code). With a 2-D
-            code and 10 components that is the paper's 10-component mixture.
+        prior: ``normal``, or ``mixture`` of ``mixture_components`` Gaussians (std ``mixture_std``) with means evenly
+            on a circle of radius ``mixture_radius`` in the first two code dimensions.
         mixture_components: number of mixture components, >= 1.
-        mixture_radius: distance of the component means from the origin, >= 0.
+        mixture_radius: distance of the means from the origin, >= 0.
         mixture_std: std of each component, > 0.
         discriminator_hidden_dims: widths of the discriminator's hidden layers.
-        adversarial_weight: weight of the generator loss in the regularization phase, >= 0.
-        discriminator_optimizer: optimizer factory for the discriminator (``class_path`` + ``init_args`` in YAML).
-        discriminator_lr_scheduler: optional scheduler factory for the discriminator optimizer.
-        generator_optimizer: optimizer factory for the encoder in the regularization phase; None uses
-            ``optimizer`` (a separate instance, with its own state).
+        adversarial_weight: weight of the generator loss, >= 0.
+        discriminator_optimizer: the discriminator's optimizer factory.
+        discriminator_lr_scheduler: optional scheduler factory for it.
+        generator_optimizer: the encoder's optimizer in the generator phase; None: a separate ``optimizer``.
         gradient_clip_val: clip every step's gradients to this norm (or value); None or 0 disables clipping.
         gradient_clip_algorithm: ``norm`` or ``value``.
-        **kwargs: the :class:`~ae_lightning.base.DeterministicAutoencoder` arguments; ``optimizer`` and
-            ``lr_scheduler`` are the autoencoder's.
+        **kwargs: the :class:`~ae_lightning.base.DeterministicAutoencoder` arguments.
     """
 
     is_generative = True

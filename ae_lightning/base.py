@@ -28,21 +28,18 @@ Reconstruction = Literal["bce", "mse"]
 class AutoencoderModule(L.LightningModule, abc.ABC):
     """Base of every variant: it owns the shared step, logging, evaluation, prediction and optimizers.
 
-    A variant builds its networks and implements :meth:`loss_terms`, which returns a dict of named per-batch terms
-    with ``loss`` among them; the base logs each as ``train/<term>``, ``val/<term>`` and ``test/<term>``. Every
-    variant offers ``encode(x) -> [B, latent_dim]`` and ``decode(z) -> [B, C, H, W]`` in [0, 1]; generative variants
-    (``is_generative``) also offer ``sample(n)``.
+    A variant builds its networks and implements :meth:`loss_terms` (a dict of per-batch terms with ``loss``), logged as
+    ``train/``, ``val/`` and ``test/<term>``. Every variant offers ``encode(x) -> [B, latent_dim]`` and
+    ``decode(z)`` in [0, 1]; generative ones (``is_generative``) also ``sample(n)``.
 
     Args:
-        input_shape: ``(C, H, W)`` of images or ``(D,)`` of feature vectors; the CLI links it from the datamodule.
+        input_shape: ``(C, H, W)`` images or ``(D,)`` feature vectors; the CLI links it from the datamodule.
         latent_dim: size of the code.
         network: ``mlp`` or ``conv`` encoder/decoder.
         hidden_dims: widths of the MLP's hidden layers, or channels of the convolutions; the decoder mirrors them.
         optimizer: optimizer factory, called with the parameters (``class_path`` + ``init_args`` in YAML).
-        lr_scheduler: optional scheduler factory, called with the optimizer; stepped every epoch (a
-            ``ReduceLROnPlateau`` with ``val/loss``).
-        compile_networks: ``torch.compile`` the networks in place when fit, validate, test or predict starts (the
-            weights keep their names, so checkpoints load either way).
+        lr_scheduler: optional scheduler factory, stepped every epoch (``ReduceLROnPlateau`` on ``val/loss``).
+        compile_networks: ``torch.compile`` the networks in place when a stage starts (checkpoints load either way).
     """
 
     is_generative: ClassVar[bool] = False

@@ -32,19 +32,16 @@ from ae_lightning.visualization import View
 
 
 class ImageLogger(Callback):
-    """Logs pictures of the model at the end of every ``every_n_epochs``-th validation epoch (and of the last).
+    """Logs pictures of the model after every ``every_n_epochs``-th validation epoch (and the last).
 
-    Views: ``reconstructions`` (rows of validation images, each above its reconstructions), ``samples`` (decoded
-    prior samples; generative models only), ``interpolations`` (decodings along the line between the codes of two
-    validation images) and ``latent_map`` (codes of validation images projected to 2-D by PCA, coloured by label).
-
-    The same first validation images and the same seeded prior noise every time (``docs/internals.md``); nothing is
-    drawn in sanity checks or ``fast_dev_run``, and under DDP only rank 0 draws.
+    Views: ``reconstructions``, ``samples`` (generative models), ``interpolations`` and ``latent_map`` (PCA of codes),
+    of the same first validation images and seeded prior noise every time (``docs/internals.md``). Nothing is drawn in
+    sanity checks or ``fast_dev_run``; under DDP only rank 0 draws.
 
     Args:
-        every_n_epochs: draw after every n-th validation epoch (and after the last epoch); 0 disables the callback.
-        views: the pictures to draw; None draws every view that applies to the model (``samples`` only for
-            generative models). Naming ``samples`` for a model that is not generative is an error.
+        every_n_epochs: draw after every n-th validation epoch; 0 disables the callback.
+        views: the pictures to draw; None: every view that applies (naming ``samples`` for a non-generative model
+            is an error).
         num_images: validation images in the reconstruction grid.
         num_samples: prior samples in the sample grid.
         num_interpolations: pairs of validation images interpolated (one row each).

@@ -33,10 +33,9 @@ def logistic_stack(sizes: list[int]) -> nn.Sequential:
 class DeepBeliefAutoencoder(DeterministicAutoencoder):
     """A logistic MLP autoencoder whose encoder is pretrained greedily as a stack of RBMs, then fine-tuned end to end.
 
-    Epochs ``[i P, (i + 1) P)`` (``P = pretrain_epochs``) train RBM ``i + 1`` with CD-k, logged as
-    ``pretrain/rbm<i>/recon`` and ``pretrain/rbm<i>/free_energy``; then the stack is unrolled (tied, transposed) and
-    fine-tuned on ``reconstruction`` with ``optimizer``. ``pretrain: none`` fine-tunes the same network from a random
-    start. One optimizer step per batch throughout (``docs/family.md``).
+    Epochs ``[i P, (i + 1) P)`` (``P = pretrain_epochs``) train RBM ``i + 1`` with CD-k (logs ``pretrain/rbm<i>/``);
+    then the stack is unrolled (tied, transposed) and fine-tuned on ``reconstruction`` with ``optimizer``.
+    ``pretrain: none`` fine-tunes the same network from a random start. One step per batch (``docs/family.md``).
 
     Args:
         pretrain: ``rbm`` or ``none``.

@@ -17,21 +17,18 @@ Sparsity = Literal["l1", "kl"]
 
 
 class SparseAutoencoder(DeterministicAutoencoder):
-    """An autoencoder whose code units are pushed to be mostly inactive.
+    """An autoencoder whose code units are pushed to be mostly inactive: ``recon + sparsity_weight * penalty``.
 
-    The loss is ``recon + sparsity_weight * penalty`` with, per batch:
+    - ``l1``: the code's L1 norm ``sum_j |z_j|`` per image, on the encoder's linear output.
+    - ``kl``: ``sum_j KL(rho || rho_hat_j)``, with ``rho_hat_j`` unit j's mean activation over the batch and ``rho`` the
+      ``sparsity_target``, on the encoder's output through a sigmoid.
 
-    - ``l1``: the code's L1 norm ``sum_j |z_j|``, averaged over the images; the code is the encoder's linear output.
-    - ``kl``: ``sum_j KL(rho || rho_hat_j)``, where ``rho_hat_j`` is unit j's mean activation over the batch and
-      ``rho`` the ``sparsity_target``; the code is the encoder's output through a sigmoid, so activations lie in
-      (0, 1) as the penalty needs.
-
-    Each stage also logs ``mean_activation``, the mean of ``|z|`` over images and units.
+    Each stage also logs ``mean_activation``, the mean of ``|z|``.
 
     Args:
         sparsity: ``l1`` or ``kl``.
         sparsity_weight: weight of the penalty, >= 0.
-        sparsity_target: the target mean activation rho of the ``kl`` penalty, in (0, 1).
+        sparsity_target: the target mean activation rho of ``kl``, in (0, 1).
         **kwargs: the :class:`~ae_lightning.base.DeterministicAutoencoder` arguments.
     """
 

@@ -28,23 +28,17 @@ MIN_STD = 1e-3
 class VAE(AutoencoderModule):
     """Diagonal-Gaussian posterior, standard-normal prior, Bernoulli, Gaussian or continuous-Bernoulli likelihood.
 
-    The loss is the negative ELBO with a weighted KL term, ``recon + beta * w * kl``, where ``w`` rises linearly from
-    0 to 1 over ``kl_warmup_steps`` optimizer steps (Bowman et al. 2016) and is 1 without warm-up. ``beta = 1`` is the
-    VAE; ``beta > 1`` the beta-VAE.
-
-    The continuous likelihoods (``gaussian``, ``continuous_bernoulli``) are densities; on images they see pixels
-    uniformly dequantized, ``(k + u) / 256``, and ``test`` also reports ``test/bpd`` (see ``docs/own_data.md``).
+    The loss is ``recon + beta * w * kl``, ``w`` rising from 0 to 1 over ``kl_warmup_steps``; ``beta > 1`` is the
+    beta-VAE. Continuous likelihoods see dequantized pixels; ``test`` then reports ``test/bpd`` (``docs/own_data.md``).
 
     Args:
-        likelihood: ``bernoulli`` (data in [0, 1], ideally binarized), ``gaussian`` (images or vectors) or
-            ``continuous_bernoulli`` (Loaiza-Ganem & Cunningham 2019; data in [0, 1]).
+        likelihood: ``bernoulli``, ``gaussian`` (images or vectors) or ``continuous_bernoulli`` (data in [0, 1]).
         beta: weight of the KL term, >= 0.
         kl_warmup_steps: steps of linear KL warm-up; 0 disables it.
-        gaussian_std: the Gaussian's standard deviation: a fixed value, ``learned`` (one parameter shared by every
-            pixel) or ``learned_per_pixel`` (one per pixel or feature); learned ones start at 0.1 for images and 1
-            for vectors and stay above 1e-3.
-        iw_samples: importance samples k of the training objective: 1 trains on the ELBO (KL in closed form), k > 1
-            on the IWAE bound (Burda et al. 2016), logged as the term ``neg_iwae_<k>`` (``docs/family.md``).
+        gaussian_std: a fixed std, ``learned`` (one, shared) or ``learned_per_pixel``; learned ones start at 0.1 for
+            images and 1 for vectors and stay above 1e-3.
+        iw_samples: importance samples k of training: 1 trains on the ELBO, k > 1 on the IWAE bound (Burda et al.
+            2016), logged as ``neg_iwae_<k>`` (``docs/family.md``).
         nll_samples: importance samples K of the test-time bound on -log p(x).
         nll_chunk_size: importance samples decoded at once (trades memory for speed).
         **kwargs: the :class:`~ae_lightning.base.AutoencoderModule` arguments.

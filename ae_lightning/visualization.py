@@ -80,19 +80,12 @@ def draw_views(
     are restored afterwards.
 
     Args:
-        model: the autoencoder.
-        images: ``[N, C, H, W]`` images in [0, 1].
-        labels: ``[N]`` their labels.
+        model: the autoencoder; images: ``[N, C, H, W]`` in [0, 1]; labels: ``[N]``.
         views: names from :data:`VIEWS`; None for :func:`applicable_views`.
-        num_images: images in ``reconstructions`` (rows of ``nrow``, each above its reconstructions).
+        num_images, nrow: images in ``reconstructions`` (each above its reconstruction), images per grid row.
         num_samples: decoded prior samples in ``samples`` (generative models).
-        num_interpolations: images interpolated, each with the next, in latent space (``interpolations``).
-        interpolation_steps: decoded points per interpolation, both ends included.
-        latent_map_size: images whose codes ``latent_map`` projects to 2-D, coloured by label.
-        nrow: images per row of the reconstruction and sample grids.
-        projection: of the latent map, see :func:`project_2d`.
-        class_names: legend of the latent map.
-        title: title of the latent map.
+        num_interpolations, interpolation_steps: image pairs (each with the next) and decoded points per pair.
+        latent_map_size, projection, class_names, title: the codes ``latent_map`` plots and how (:func:`project_2d`).
         seed: seed of the samples and of t-SNE.
     """
     views = check_views(model, views) if views is not None else applicable_views(model)

@@ -39,24 +39,20 @@ class Arrays:
 
 
 class ImageDataModule(L.LightningDataModule):
-    """Base of every datamodule: it owns the checks, the splits and the loaders.
+    """Base of every datamodule, owning the checks, splits and loaders; a subclass implements :meth:`load_arrays`.
 
-    A subclass implements :meth:`load_arrays`. Each split is one tensor and a batch is one indexing operation (see
-    :class:`~datamodules.loader.TensorBatchLoader`), on the training device by default. Batches are
-    ``(image, label, index)``: float images ``[B, C, H, W]`` in [0, 1] (or float vectors ``[B, D]``), int64 labels
-    (-1 for data without labels), and each sample's index within its split.
+    A batch is ``(image, label, index)``: float images ``[B, C, H, W]`` in [0, 1] (or vectors ``[B, D]``), int64 labels
+    (-1 without labels) and each sample's index in its split, cut by :class:`~datamodules.loader.TensorBatchLoader`.
 
     Args:
         batch_size: samples per step and process.
-        val_fraction: share of the training pool held out for validation (a seeded, stratified draw).
-        test_fraction: share of the data held out as test split, for data without one (default 0.1); an error for
-            data with a test split of their own.
+        val_fraction: share of the training pool held out for validation (seeded, stratified).
+        test_fraction: share held out as test split for data without one (default 0.1); an error for data with one.
         seed: seed of the splits, the epoch orders and binarization.
         num_workers: worker processes building batches; 0 (fastest for in-memory data) builds them in-process.
-        binarize: images only. ``none`` keeps gray levels; ``dynamic`` resamples Bernoulli pixels for every batch;
-            ``static`` draws one fixed binarization of every split.
+        binarize: images only: ``none``, ``dynamic`` (Bernoulli pixels per batch) or ``static`` (one fixed draw).
         classes: keep only these labels in train/val (test keeps all), e.g. for one-class anomaly detection.
-        data_on_device: keep the tensors on the training device (a GPU), so no batch crosses the bus.
+        data_on_device: keep the tensors on the training device, so no batch crosses the bus.
         predict_split: the split that ``predict`` runs on.
     """
 

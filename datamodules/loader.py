@@ -32,24 +32,18 @@ _RESUME_SETTINGS = {
 
 
 class TensorBatchLoader:
-    """Yields ``(image, label, index)`` batches from in-memory uint8 tensors.
+    """Yields ``(image, label, index)`` batches from in-memory tensors.
 
     Epoch ``e``'s order depends on ``seed`` and ``e`` only; the ranks take disjoint, equal shards of each global
-    batch. A ``resumable`` loader's position is its ``state_dict``; the others start every pass at their first batch
-    (``docs/internals.md``).
+    batch. A ``resumable`` loader's position is its ``state_dict`` (``docs/internals.md``).
 
     Args:
-        images: ``[N, C, H, W]`` uint8 images (scaled to [0, 1]) or ``[N, D]`` float vectors (kept as they are).
-        labels: ``[N]`` integer labels.
-        indices: ``[N]`` index of each sample within its split (carried in the batch, e.g. for per-sample codes).
-        batch_size: samples per rank and step.
-        shuffle: draw a new permutation each epoch; otherwise keep the stored order.
-        seed: seed of the permutations and of dynamic binarization.
+        images, labels, indices: ``[N, C, H, W]`` uint8 images (scaled to [0, 1]) or ``[N, D]`` float vectors, their
+            ``[N]`` labels, and each sample's index within its split.
+        batch_size, shuffle, seed: samples per rank and step; a new permutation each epoch; its seed.
         binarize: ``"dynamic"`` resamples Bernoulli pixels for every batch (deterministic in seed, epoch, batch).
-        rank: this process's rank.
-        world_size: number of processes sharing the data.
-        device: where batches are built; the tensors are moved there once.
-        num_workers: worker processes that build batches (CPU tensors only); 0 builds them in the training process.
+        rank, world_size: this process's rank and the number of processes sharing the data.
+        device: where batches are built (the tensors move there once); num_workers: worker processes (CPU only).
         resumable: keep the position across passes and in ``state_dict`` (the training loader).
     """
 
