@@ -1,30 +1,45 @@
-"""ae-lightning: the autoencoder family as PyTorch Lightning modules."""
+"""ae-lightning: the autoencoder family as PyTorch Lightning modules.
 
-from ae_lightning.adversarial import AdversarialAutoencoder
-from ae_lightning.autodecoder import AutoDecoder
-from ae_lightning.autoencoder import Autoencoder
-from ae_lightning.base import AutoencoderModule, DeterministicAutoencoder
-from ae_lightning.contractive import ContractiveAutoencoder
-from ae_lightning.cvae import ConditionalVAE
-from ae_lightning.deep_belief import DeepBeliefAutoencoder
-from ae_lightning.denoising import DenoisingAutoencoder
-from ae_lightning.dropout import DropoutAutoencoder
-from ae_lightning.sparse import SparseAutoencoder
-from ae_lightning.superresolution import SuperResolutionAutoencoder
-from ae_lightning.vae import VAE
+Layout: :mod:`ae_lightning.models` (the variants), :mod:`ae_lightning.blocks` (networks, losses and other building
+blocks), :mod:`ae_lightning.training` (callbacks: fault tolerance, the fast path, pictures, prediction files),
+:mod:`ae_lightning.evaluation` (metrics, pictures, the evaluation driver); the core is :mod:`ae_lightning.base`,
+:mod:`ae_lightning.checks` and :mod:`ae_lightning.cli`. The variants are importable from here
+(``ae_lightning.VAE``); each is imported on first use, so importing one does not import the others.
+"""
 
-__all__ = [
-    "VAE",
-    "Autoencoder",
-    "AutoencoderModule",
-    "DeterministicAutoencoder",
-    "AdversarialAutoencoder",
-    "AutoDecoder",
-    "ConditionalVAE",
-    "DeepBeliefAutoencoder",
-    "ContractiveAutoencoder",
-    "DenoisingAutoencoder",
-    "DropoutAutoencoder",
-    "SparseAutoencoder",
-    "SuperResolutionAutoencoder",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "AutoencoderModule": "ae_lightning.base",
+    "DeterministicAutoencoder": "ae_lightning.base",
+    "AdversarialAutoencoder": "ae_lightning.models.adversarial",
+    "AutoDecoder": "ae_lightning.models.autodecoder",
+    "Autoencoder": "ae_lightning.models.autoencoder",
+    "ConditionalVAE": "ae_lightning.models.cvae",
+    "ContractiveAutoencoder": "ae_lightning.models.contractive",
+    "DeepBeliefAutoencoder": "ae_lightning.models.deep_belief",
+    "DenoisingAutoencoder": "ae_lightning.models.denoising",
+    "DropoutAutoencoder": "ae_lightning.models.dropout",
+    "SparseAutoencoder": "ae_lightning.models.sparse",
+    "SuperResolutionAutoencoder": "ae_lightning.models.superresolution",
+    "VAE": "ae_lightning.models.vae",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'ae_lightning' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+__all__ = sorted(_EXPORTS)

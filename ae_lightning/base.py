@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import importlib
 import inspect
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, ClassVar, Literal
@@ -15,10 +16,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from ae_lightning import losses, networks
+from ae_lightning.blocks import losses, networks
+from ae_lightning.blocks.networks import Network, build_decoder, build_encoder, check_network
 from ae_lightning.checks import check_number
-from ae_lightning.metrics import ReconstructionMetrics
-from ae_lightning.networks import Network, build_decoder, build_encoder, check_network
+from ae_lightning.evaluation.metrics import ReconstructionMetrics
 
 Batch = tuple[Tensor, Tensor, Tensor]
 Stage = Literal["train", "val", "test"]
@@ -255,7 +256,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         stored = checkpoint.get("ae_lightning_class")
-        if stored is not None and stored != _class_path(type(self)):
+        if stored is not None and resolve_class_path(stored) is not type(self):
             raise ValueError(f"the checkpoint holds a {stored}, not a {_class_path(type(self))}")
         self._resumed_optimizers = checkpoint.get("ae_lightning_optimizers")
 
@@ -345,4 +346,16 @@ def _class_path(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-__all__ = ["AutoencoderModule", "DeterministicAutoencoder"]
+def resolve_class_path(class_path: str) -> type | None:
+    """The class named by ``class_path``; ``ae_lightning.<module>.<Name>`` of releases before the subpackages
+    (``ae_lightning.vae.VAE``) resolves to ``ae_lightning.<Name>``; None when nothing by that name exists."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        if class_path.startswith("ae_lightning."):
+            return getattr(importlib.import_module("ae_lightning"), name, None)
+        return None
+
+
+__all__ = ["AutoencoderModule", "DeterministicAutoencoder", "resolve_class_path"]

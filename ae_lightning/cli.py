@@ -24,10 +24,11 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 import datamodules  # noqa: F401  (registers the datamodules for ``--data <ClassName>``)
-from ae_lightning import AutoencoderModule
-from ae_lightning.callbacks import ImageLogger, SaveConfigToRun
-from ae_lightning.fast import StepsPerBatch
-from ae_lightning.fault_tolerance import (
+from ae_lightning import _EXPORTS
+from ae_lightning.base import AutoencoderModule, resolve_class_path
+from ae_lightning.training.callbacks import ImageLogger, SaveConfigToRun
+from ae_lightning.training.fast import StepsPerBatch
+from ae_lightning.training.fault_tolerance import (
     AtomicCheckpointIO,
     NonFiniteGuard,
     RandomStateCheckpoint,
@@ -35,9 +36,11 @@ from ae_lightning.fault_tolerance import (
     SigtermCheckpoint,
     SlurmRequeue,
 )
-from ae_lightning.prediction import PredictionWriter
+from ae_lightning.training.prediction import PredictionWriter
 from datamodules.base import ImageDataModule
 
+for _module in sorted(set(_EXPORTS.values())):  # registers the variants for ``--model <ClassName>``
+    importlib.import_module(_module)
 # ``--ckpt_path`` values that Lightning resolves itself rather than reading a file.
 _SPECIAL_CKPT_PATHS = {"last", "best", "hpc", "registry"}
 PROGRESS_BAR_REFRESH_STEPS = 25
@@ -73,14 +76,14 @@ class AutoencoderCLI(LightningCLI):
 
     Adds: the datamodule's ``input_shape`` linked into the model; a ``checkpoint`` section (``ModelCheckpoint``
     keeping ``last.ckpt`` and the best by ``val/loss``); a ``predictions`` section (:class:`PredictionWriter`); an
-    ``images`` section (:class:`~ae_lightning.callbacks.ImageLogger`: pictures for W&B, TensorBoard or PNG files);
+    ``images`` section (:class:`ImageLogger`: pictures for W&B, TensorBoard or PNG files);
     W&B runs that write under ``default_root_dir`` and keep ``config.yaml`` among their files; and an early, clear
     error for a ``--ckpt_path`` that is missing or holds another model class.
 
-    For fault tolerance (:mod:`ae_lightning.fault_tolerance`): a ``nonfinite`` section (:class:`NonFiniteGuard`);
-    random generators in checkpoints and SLURM requeues at a step boundary on every trainer; checkpoints written
-    atomically; ``--ckpt_path last`` resolved to the newest checkpoint of the run folder, whatever its logger version;
-    and, for models with manual optimization, ``strategy: ddp`` with DDP's unused-parameter detection.
+    For fault tolerance (:mod:`~ae_lightning.training.fault_tolerance`): a ``nonfinite`` section
+    (:class:`NonFiniteGuard`); random generators in checkpoints and SLURM requeues at a step boundary on every trainer;
+    checkpoints written atomically; ``--ckpt_path last`` resolved to the newest checkpoint of the run folder, whatever
+    its logger version; and, for models with manual optimization, ``strategy: ddp`` with DDP's unused-parameter detection.
     """
 
     def __init__(self, **kwargs) -> None:
@@ -158,7 +161,7 @@ class AutoencoderCLI(LightningCLI):
             self._checkpoint = read_checkpoint(ckpt_path)
             stored_class = self._checkpoint.get("hyper_parameters", {}).get("_class_path")
             wanted = self.config[subcommand].model.class_path
-            if stored_class and _resolve(stored_class) is not _resolve(wanted):
+            if stored_class and resolve_class_path(stored_class) is not resolve_class_path(wanted):
                 raise ValueError(
                     f"--ckpt_path {ckpt_path} holds a {stored_class} checkpoint, but the config's model is {wanted}; "
                     "use that model's config or a checkpoint of this model"
@@ -328,11 +331,6 @@ def _with_atomic_checkpoint_io(plugins: Any) -> list[Any]:
     if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
         plugins.append(AtomicCheckpointIO())
     return plugins
-
-
-def _resolve(class_path: str) -> type:
-    module, _, name = class_path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
 
 
 def main() -> None:

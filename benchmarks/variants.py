@@ -6,9 +6,9 @@
 Each config in ``configs/`` (or each named with ``--configs``) is trained exactly as ``ae-lightning fit --config
 <config> --data <data> --data.data_dir <dir> --seed_everything <seed> --trainer.max_epochs <epochs>`` would train it,
 with outputs under ``--root``. The trained model is then scored on the test split with every metric of
-``ae_lightning.evaluation.METRICS`` that applies to it (``--metrics`` picks some). For ``auroc`` each config is trained
-again once per held-out class (``--anomaly_classes``) on the other classes, and the AUROC of its anomaly score for
-the held-out class, over all test images, is averaged over the held-out classes.
+``ae_lightning.evaluation.driver.METRICS`` that applies to it (``--metrics`` picks some). For ``auroc`` each config
+is trained again once per held-out class (``--anomaly_classes``) on the other classes, and the AUROC of its anomaly
+score for the held-out class, over all test images, is averaged over the held-out classes.
 
 Writes ``--output`` (default ``runs/benchmark/results.md``; pass ``--output docs/results.md`` to refresh the published
 table: a markdown table, one row per variant, with the command, the machine and the date), ``results.json`` beside
@@ -38,9 +38,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torchvision.utils import save_image
 
-from ae_lightning import evaluation, visualization
 from ae_lightning.cli import AutoencoderCLI
-from ae_lightning.feature_classifier import (
+from ae_lightning.evaluation import driver as evaluation
+from ae_lightning.evaluation import visualization
+from ae_lightning.evaluation.feature_classifier import (
     ClassifierRecord,
     default_classifier_path,
     load_feature_classifier,

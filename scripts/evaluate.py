@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 from torchvision.utils import save_image
 
-from ae_lightning import evaluation, visualization
-from ae_lightning.feature_classifier import default_classifier_path, load_feature_classifier
+from ae_lightning.evaluation import driver as evaluation
+from ae_lightning.evaluation import visualization
+from ae_lightning.evaluation.feature_classifier import default_classifier_path, load_feature_classifier
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

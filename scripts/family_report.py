@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torchvision.utils import save_image
 
-from ae_lightning import visualization
 from ae_lightning.cli import AutoencoderCLI
+from ae_lightning.evaluation import visualization
 
 ROOT = Path(__file__).parents[1]
 EXTRA: list[str] = []  # --smoke and --set: arguments added to every run

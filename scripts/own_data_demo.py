@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ae_lightning import evaluation
 from ae_lightning.cli import AutoencoderCLI
+from ae_lightning.evaluation import driver as evaluation
 
 
 def write_files(out: Path) -> None:

@@ -13,8 +13,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ae_lightning.evaluation import datamodule_class
-from ae_lightning.feature_classifier import ClassifierRecord, default_classifier_path, train_feature_classifier
+from ae_lightning.evaluation.driver import datamodule_class
+from ae_lightning.evaluation.feature_classifier import (
+    ClassifierRecord,
+    default_classifier_path,
+    train_feature_classifier,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

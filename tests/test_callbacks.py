@@ -14,8 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torchvision.io import read_image
 
 from ae_lightning import VAE, Autoencoder
-from ae_lightning.callbacks import ImageLogger
 from ae_lightning.cli import AutoencoderCLI
+from ae_lightning.training.callbacks import ImageLogger
 from datamodules import MNISTDataModule
 
 ALL_VIEWS = {"reconstructions", "samples", "interpolations", "latent_map"}
@@ -152,7 +152,7 @@ def test_the_command_draws_images_by_default_and_takes_more_image_loggers_from_y
     config.write_text(
         "trainer:\n"
         "  callbacks:\n"
-        "    - class_path: ae_lightning.callbacks.ImageLogger\n"
+        "    - class_path: ae_lightning.training.callbacks.ImageLogger\n"
         "      init_args: {views: [latent_map], latent_map_size: 10}\n"
     )
     cli = run_cli(

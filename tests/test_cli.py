@@ -170,7 +170,7 @@ def test_checkpoint_of_another_model_is_an_error(trained_vae: Path, data_dir: Pa
     ckpt = trained_vae / "checkpoints" / "last.ckpt"
     with pytest.raises(ValueError, match=r"holds a ae_lightning.VAE checkpoint, but the config's model is "):
         run_cli("test", "--config", "configs/ae.yaml", *common(data_dir, tmp_path), "--ckpt_path", str(ckpt))
-    with pytest.raises(ValueError, match="holds a ae_lightning.vae.VAE, not a ae_lightning.autoencoder.Autoencoder"):
+    with pytest.raises(ValueError, match="holds a ae_lightning.models.vae.VAE, not a ae_lightning.models.autoencoder"):
         model = Autoencoder()
         model.on_load_checkpoint(torch.load(ckpt, weights_only=False))
 

@@ -14,7 +14,8 @@ from lightning.pytorch.callbacks import Callback
 from test_variants import make_trainer, tiny_data
 from tiny_runs import command, last_checkpoint, run_cli, subprocess_env, tiny_args
 
-from ae_lightning import DeepBeliefAutoencoder, rbm
+from ae_lightning import DeepBeliefAutoencoder
+from ae_lightning.blocks import rbm
 
 TINY_DBN = {"hidden_dims": [16], "latent_dim": 4}
 

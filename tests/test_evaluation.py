@@ -15,10 +15,12 @@ import torch
 from conftest import write_dataset
 from tiny_runs import CONFIGS, data_args
 
-from ae_lightning import VAE, Autoencoder, evaluation, visualization
+from ae_lightning import VAE, Autoencoder
 from ae_lightning.cli import AutoencoderCLI
-from ae_lightning.feature_classifier import ClassifierCNN, load_feature_classifier
-from ae_lightning.metrics import FrechetDistance, ReconstructionMetrics
+from ae_lightning.evaluation import driver as evaluation
+from ae_lightning.evaluation import visualization
+from ae_lightning.evaluation.feature_classifier import ClassifierCNN, load_feature_classifier
+from ae_lightning.evaluation.metrics import FrechetDistance, ReconstructionMetrics
 from datamodules import MNISTDataModule
 
 ROOT = Path(__file__).parents[1]

@@ -1,4 +1,4 @@
-"""The opt-in fast path (``configs/fast.yaml``, :class:`ae_lightning.fast.StepsPerBatch`): the same training, the
+"""The opt-in fast path (``configs/fast.yaml``, :class:`StepsPerBatch`): the same training, the
 same logs and checkpoints, and a clear refusal of what it cannot keep exact."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from torch.optim.lr_scheduler import StepLR
 
 from ae_lightning import VAE, AdversarialAutoencoder, AutoDecoder, Autoencoder, DenoisingAutoencoder
 from ae_lightning.base import AutoencoderModule
-from ae_lightning.fast import GroupedBatches, StepsPerBatch
+from ae_lightning.training.fast import GroupedBatches, StepsPerBatch
 from datamodules import MNISTDataModule, TensorBatchLoader
 
 TINY = {"hidden_dims": [32, 16], "latent_dim": 4}

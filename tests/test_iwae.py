@@ -10,7 +10,8 @@ import torch
 from test_variants import TINY, images, make_trainer, tiny_data
 from torch.distributions import Bernoulli, Normal
 
-from ae_lightning import VAE, ConditionalVAE, losses
+from ae_lightning import VAE, ConditionalVAE
+from ae_lightning.blocks import losses
 
 
 def test_bound_is_the_log_mean_of_the_weights_and_stable() -> None:

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch.distributions import ContinuousBernoulli, Normal
 
-from ae_lightning import VAE, losses
+from ae_lightning import VAE
+from ae_lightning.blocks import losses
 
 
 def test_continuous_bernoulli_normalizer_matches_numerical_integration() -> None:

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
-from ae_lightning import VAE, losses
+from ae_lightning import VAE
+from ae_lightning.blocks import losses
 
 
 def test_kl_divergence_normal_matches_closed_form() -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from tiny_runs import build_cli, last_checkpoint, tiny_args
 
-from ae_lightning.fault_tolerance import NonFiniteGuard, NonFiniteLossError
+from ae_lightning.training.fault_tolerance import NonFiniteGuard, NonFiniteLossError
 
 DIVERGING_SGD = json.dumps({"class_path": "torch.optim.SGD", "init_args": {"lr": 1e6}})
 # One optimizer step per Lightning batch (the configs take 10), so that the guard sees each step's terms, and a
@@ -89,7 +89,7 @@ def test_skip_fails_when_an_epoch_skips_more_than_max_skipped(data_dir: Path, tm
 
 
 def test_a_non_finite_val_loss_is_never_the_best_checkpoint() -> None:
-    from ae_lightning.fault_tolerance import RunCheckpoint
+    from ae_lightning.training.fault_tolerance import RunCheckpoint
 
     checkpoint = RunCheckpoint(monitor="val/loss", save_top_k=1)
     for value in (float("nan"), float("inf")):

@@ -366,7 +366,7 @@ def _trainer(root: Path, **kwargs):
 
 def test_vectors_draw_only_the_latent_map_and_refuse_image_views(tmp_path: Path) -> None:
     from ae_lightning import Autoencoder
-    from ae_lightning.callbacks import ImageLogger
+    from ae_lightning.training.callbacks import ImageLogger
 
     np.savez(
         tmp_path / "t.npz", x=np.random.default_rng(0).normal(size=(80, 5)).astype(np.float32), y=np.arange(80) % 2

@@ -6,8 +6,9 @@ import pytest
 import torch
 from test_variants import images
 
-from ae_lightning import DenoisingAutoencoder, SuperResolutionAutoencoder, visualization
-from ae_lightning.superresolution import bicubic_upsample, downsample
+from ae_lightning import DenoisingAutoencoder, SuperResolutionAutoencoder
+from ae_lightning.evaluation import visualization
+from ae_lightning.models.superresolution import bicubic_upsample, downsample
 
 TINY = {"latent_dim": 4, "hidden_dims": [16]}
 

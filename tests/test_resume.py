@@ -15,7 +15,7 @@ from jsonargparse import Namespace
 from tiny_runs import ROOT, command, last_checkpoint, run_cli, subprocess_env, tiny_args
 
 from ae_lightning.cli import _furthest_checkpoint
-from ae_lightning.fault_tolerance import AtomicCheckpointIO
+from ae_lightning.training.fault_tolerance import AtomicCheckpointIO
 
 EVERY_4 = ["--checkpoint.every_n_train_steps", "4"]
 STEPS = 28  # 2 epochs of 14 batches

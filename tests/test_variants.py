@@ -27,12 +27,12 @@ from ae_lightning import (
     DropoutAutoencoder,
     SparseAutoencoder,
     SuperResolutionAutoencoder,
-    losses,
 )
 from ae_lightning.base import AutoencoderModule
-from ae_lightning.contractive import encode_with_contraction
-from ae_lightning.denoising import corrupt
-from ae_lightning.networks import ConvEncoder, MLPEncoder
+from ae_lightning.blocks import losses
+from ae_lightning.blocks.networks import ConvEncoder, MLPEncoder
+from ae_lightning.models.contractive import encode_with_contraction
+from ae_lightning.models.denoising import corrupt
 from datamodules import MNISTDataModule
 
 TINY = {"latent_dim": 4, "hidden_dims": [16]}

@@ -20,7 +20,7 @@ from torchmetrics.functional.classification import binary_auroc
 from tqdm.auto import tqdm
 
 from ae_lightning.base import AutoencoderModule
-from ae_lightning.metrics import FrechetDistance, ReconstructionMetrics
+from ae_lightning.evaluation.metrics import FrechetDistance, ReconstructionMetrics
 from datamodules.base import ImageDataModule, Split
 from datamodules.loader import TensorBatchLoader
 
@@ -233,7 +233,7 @@ def frechet_distance(
 
     Args:
         model: a generative model (``sample``).
-        classifier: network with ``features`` and ``num_features`` (see :class:`~ae_lightning.metrics.FrechetDistance`).
+        classifier: network with ``features`` and ``num_features`` (see :class:`FrechetDistance`).
         real: loader of the real images.
         num_samples: prior samples drawn.
         batch_size: samples drawn at once.

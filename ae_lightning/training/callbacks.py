@@ -6,7 +6,7 @@ none, writes PNG files to ``<log_dir>/images/``. The command adds one as the ``i
 
     trainer:
       callbacks:
-        - class_path: ae_lightning.callbacks.ImageLogger
+        - class_path: ae_lightning.training.callbacks.ImageLogger
           init_args: {views: [latent_map], every_n_epochs: 5, latent_map_size: 5000}
 """
 
@@ -25,10 +25,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torchvision.utils import save_image
 
-from ae_lightning import visualization
 from ae_lightning.base import AutoencoderModule
 from ae_lightning.checks import check_number
-from ae_lightning.visualization import View
+from ae_lightning.evaluation import visualization
+from ae_lightning.evaluation.visualization import View
 
 
 class ImageLogger(Callback):

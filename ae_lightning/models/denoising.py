@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ae_lightning.checks import check_number
-from ae_lightning.restoration import RestorationAutoencoder
+from ae_lightning.models.restoration import RestorationAutoencoder
 
 Corruption = Literal["gaussian", "masking", "salt_and_pepper"]
 
@@ -54,7 +54,7 @@ def corrupt(
 
 
 class DenoisingAutoencoder(RestorationAutoencoder):
-    """Reconstructs the clean input from a corrupted copy (:class:`~ae_lightning.restoration.RestorationAutoencoder`).
+    """Reconstructs the clean input from a corrupted copy (:class:`RestorationAutoencoder`).
 
     ``test`` reports the mean per-image PSNR (dB) and SSIM of the denoised corrupted test images against the clean
     ones (``test/psnr_denoised``, ``test/ssim_denoised``) and of the corrupted images themselves

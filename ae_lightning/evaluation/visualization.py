@@ -21,7 +21,7 @@ from torchvision.utils import make_grid
 
 from ae_lightning.base import AutoencoderModule
 from ae_lightning.checks import check_number
-from ae_lightning.evaluation import conditioned, evaluating, require_generative
+from ae_lightning.evaluation.driver import conditioned, evaluating, require_generative
 
 Projection = Literal["pca", "tsne", "none"]
 View = Literal["reconstructions", "samples", "interpolations", "latent_map"]

@@ -8,8 +8,8 @@ from typing import Any
 
 from torch import nn
 
-from ae_lightning.autoencoder import Autoencoder
 from ae_lightning.checks import check_number
+from ae_lightning.models.autoencoder import Autoencoder
 
 
 class DropoutAutoencoder(Autoencoder):
@@ -22,7 +22,7 @@ class DropoutAutoencoder(Autoencoder):
     Args:
         input_dropout: dropout rate on the input pixels, in [0, 1).
         dropout: dropout rate after each hidden layer of encoder and decoder, in [0, 1).
-        **kwargs: the :class:`~ae_lightning.autoencoder.Autoencoder` arguments.
+        **kwargs: the :class:`~ae_lightning.models.autoencoder.Autoencoder` arguments.
     """
 
     def __init__(self, input_dropout: float = 0.2, dropout: float = 0.2, **kwargs: Any) -> None:

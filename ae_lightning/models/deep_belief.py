@@ -13,8 +13,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from ae_lightning import losses, rbm
 from ae_lightning.base import Batch, DeterministicAutoencoder
+from ae_lightning.blocks import losses, rbm
 from ae_lightning.checks import check_number
 
 Pretrain = Literal["rbm", "none"]

@@ -55,7 +55,7 @@ class FeatureExtractor(nn.Module):
 
     Args:
         classifier: a network with ``features(x) -> [B, num_features]`` and a ``num_features`` attribute, such as
-            :class:`~ae_lightning.feature_classifier.ClassifierCNN`.
+            :class:`~ae_lightning.evaluation.feature_classifier.ClassifierCNN`.
     """
 
     def __init__(self, classifier: nn.Module) -> None:

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ae_lightning.base import Batch
+from ae_lightning.blocks.networks import build_decoder, build_encoder
 from ae_lightning.checks import check_number
-from ae_lightning.networks import build_decoder, build_encoder
-from ae_lightning.vae import VAE
+from ae_lightning.models.vae import VAE
 
 
 class Conditioned(nn.Module):
@@ -50,7 +50,7 @@ class Conditioned(nn.Module):
 
 
 class ConditionalVAE(VAE):
-    """The VAE of :class:`~ae_lightning.vae.VAE` with q(z | x, y) and p(x | z, y) for the label y.
+    """The VAE of :class:`~ae_lightning.models.vae.VAE` with q(z | x, y) and p(x | z, y) for the label y.
 
     The label enters as a one-hot vector joined to the decoder's code and to the encoder's input (to the flattened
     image for the MLP, as constant channels for the convolutional encoder). Loss, KL warm-up, test-time bound and
@@ -59,7 +59,7 @@ class ConditionalVAE(VAE):
 
     Args:
         num_classes: number of labels; labels lie in ``0 .. num_classes - 1``.
-        **kwargs: the :class:`~ae_lightning.vae.VAE` arguments.
+        **kwargs: the :class:`~ae_lightning.models.vae.VAE` arguments.
     """
 
     def __init__(self, num_classes: int = 10, **kwargs: Any) -> None:

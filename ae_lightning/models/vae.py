@@ -14,10 +14,10 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.distributions import Normal
 
-from ae_lightning import losses
 from ae_lightning.base import AutoencoderModule
+from ae_lightning.blocks import losses
+from ae_lightning.blocks.networks import build_decoder, build_encoder, decoder_mean
 from ae_lightning.checks import check_number
-from ae_lightning.networks import build_decoder, build_encoder, decoder_mean
 
 Likelihood = Literal["bernoulli", "gaussian", "continuous_bernoulli"]
 LearnedStd = Literal["learned", "learned_per_pixel"]

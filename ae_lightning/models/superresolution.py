@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ae_lightning.checks import check_number
-from ae_lightning.restoration import RestorationAutoencoder
+from ae_lightning.models.restoration import RestorationAutoencoder
 
 
 def downsample(x: Tensor, scale: int) -> Tensor:

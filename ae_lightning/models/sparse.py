@@ -9,8 +9,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from ae_lightning import losses
 from ae_lightning.base import DeterministicAutoencoder
+from ae_lightning.blocks import losses
 from ae_lightning.checks import check_number
 
 Sparsity = Literal["l1", "kl"]

@@ -9,7 +9,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
 from ae_lightning.checks import check_number
-from ae_lightning.fault_tolerance.slurm import any_rank
+from ae_lightning.training.fault_tolerance.slurm import any_rank
 
 SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports a process ended by the signal
 

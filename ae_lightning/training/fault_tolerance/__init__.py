@@ -6,11 +6,11 @@ The ``ae-lightning`` command installs all of them; from Python, pass ``plugins=[
 ``callbacks=[RandomStateCheckpoint(), SlurmRequeue(), NonFiniteGuard()]`` to the Trainer.
 """
 
-from ae_lightning.fault_tolerance.checkpoint_io import AtomicCheckpointIO, RunCheckpoint
-from ae_lightning.fault_tolerance.nonfinite import NonFiniteGuard, NonFiniteLossError
-from ae_lightning.fault_tolerance.random_state import RandomStateCheckpoint
-from ae_lightning.fault_tolerance.sigterm import SigtermCheckpoint
-from ae_lightning.fault_tolerance.slurm import SlurmRequeue
+from ae_lightning.training.fault_tolerance.checkpoint_io import AtomicCheckpointIO, RunCheckpoint
+from ae_lightning.training.fault_tolerance.nonfinite import NonFiniteGuard, NonFiniteLossError
+from ae_lightning.training.fault_tolerance.random_state import RandomStateCheckpoint
+from ae_lightning.training.fault_tolerance.sigterm import SigtermCheckpoint
+from ae_lightning.training.fault_tolerance.slurm import SlurmRequeue
 
 __all__ = [
     "AtomicCheckpointIO",

@@ -1,0 +1,1 @@
+"""Building blocks of the variants: networks, losses, RBMs (and quantizers, discriminators, perceptual features)."""

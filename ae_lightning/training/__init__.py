@@ -1,0 +1,1 @@
+"""Training policies as callbacks: fault tolerance, the fast path, pictures, prediction files."""
