@@ -83,7 +83,8 @@ class AutoencoderCLI(LightningCLI):
     For fault tolerance (:mod:`~ae_lightning.training.fault_tolerance`): a ``nonfinite`` section
     (:class:`NonFiniteGuard`); random generators in checkpoints and SLURM requeues at a step boundary on every trainer;
     checkpoints written atomically; ``--ckpt_path last`` resolved to the newest checkpoint of the run folder, whatever
-    its logger version; and, for models with manual optimization, ``strategy: ddp`` with DDP's unused-parameter detection.
+    its logger version; and, for models with manual optimization, ``strategy: ddp`` with DDP's unused-parameter
+    detection.
     """
 
     def __init__(self, **kwargs) -> None:
