@@ -6,6 +6,7 @@ import abc
 import contextlib
 import importlib
 import inspect
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, ClassVar, Literal
 
@@ -17,9 +18,9 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from ae_lightning.blocks import losses, networks
-from ae_lightning.blocks.networks import Network, build_decoder, build_encoder, check_network
-from ae_lightning.checks import check_number
+from ae_lightning.blocks.networks import Network, check_network
 from ae_lightning.evaluation.metrics import ReconstructionMetrics
+from datamodules.checks import Fraction, PositiveInt, check_init_arguments
 
 Batch = tuple[Tensor, Tensor, Tensor]
 Stage = Literal["train", "val", "test"]
@@ -29,15 +30,22 @@ Reconstruction = Literal["bce", "mse"]
 class AutoencoderModule(L.LightningModule, abc.ABC):
     """Base of every variant: it owns the shared step, logging, evaluation, prediction and optimizers.
 
-    A variant builds its networks and implements :meth:`loss_terms` (a dict of per-batch terms with ``loss``), logged as
-    ``train/``, ``val/`` and ``test/<term>``. Every variant offers ``encode(x) -> [B, latent_dim]`` and
-    ``decode(z)`` in [0, 1]; generative ones (``is_generative``) also ``sample(n)``.
+    A variant implements :meth:`loss_terms` (a dict of per-batch terms with ``loss``), logged as ``train/``, ``val/``
+    and ``test/<term>``, and may change its networks' sizes in :meth:`build_encoder` and :meth:`build_decoder`. Every
+    variant offers ``encode(x, y) -> [B, latent_dim]`` and ``decode(z, y)`` in [0, 1]; generative ones
+    (``is_generative``) also ``sample(n, y)``. The labels ``y`` condition a conditional model; the others ignore them.
+    Argument ranges and choices are the signatures' types (:mod:`datamodules.checks`), checked for every variant here.
 
     Args:
         input_shape: ``(C, H, W)`` images or ``(D,)`` feature vectors; the CLI links it from the datamodule.
         latent_dim: size of the code.
         network: ``mlp`` or ``conv`` encoder/decoder.
         hidden_dims: widths of the MLP's hidden layers, or channels of the convolutions; the decoder mirrors them.
+        encoder: a ready encoder (``class_path`` in YAML) instead of the built one; it takes the variant's input
+            ``[B, *input_shape]`` and returns what its ``build_encoder`` network returns (``[B, 2 * latent_dim]``
+            for the VAE family). A module given from Python is saved with the weights, not among the hyperparameters.
+        decoder: a ready decoder: codes ``[B, latent_dim]`` to logits ``[B, *input_shape]`` (the data's means for
+            feature vectors).
         optimizer: optimizer factory, called with the parameters (``class_path`` + ``init_args`` in YAML).
         lr_scheduler: optional scheduler factory, stepped every epoch (``ReduceLROnPlateau`` on ``val/loss``).
         compile_networks: ``torch.compile`` the networks in place when a stage starts (checkpoints load either way).
@@ -47,22 +55,32 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
     # Whether some backward pass of a training step reaches only part of the weights (DDP must then look for unused
     # parameters, an extra walk over the autograd graph per backward).
     partial_backward: ClassVar[bool] = False
+    # Weight-name prefixes of earlier releases' layouts and this release's, for checkpoints (:meth:`upgrade_weights`).
+    renamed_weights: ClassVar[dict[str, str]] = {}
 
     def __init__(
         self,
-        input_shape: Sequence[int] = (1, 28, 28),
-        latent_dim: int = 20,
+        input_shape: Sequence[PositiveInt] = (1, 28, 28),
+        latent_dim: PositiveInt = 20,
         network: Network = "mlp",
-        hidden_dims: Sequence[int] = (256, 64),
+        hidden_dims: Sequence[PositiveInt] = (256, 64),
+        encoder: nn.Module | None = None,
+        decoder: nn.Module | None = None,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         compile_networks: bool = False,
     ) -> None:
         super().__init__()
-        check_network(network, hidden_dims, latent_dim)
-        networks.check_input_shape(input_shape, network)
         # Optimizer and scheduler factories are not hyperparameters: a checkpoint must load without them.
-        self.save_hyperparameters(ignore=_factory_arguments(type(self)))
+        with warnings.catch_warnings():  # a module given from Python is dropped from the hyperparameters just below
+            warnings.filterwarnings("ignore", r"Attribute '(en|de)coder' is an instance of `nn.Module`")
+            self.save_hyperparameters(ignore=_factory_arguments(type(self)))
+        for name in ("encoder", "decoder"):  # the command's (a class_path dict) stay: checkpoints rebuild it
+            if isinstance(self.hparams.get(name), nn.Module):
+                del self.hparams[name]
+        check_init_arguments(type(self), self.hparams)
+        check_network(network, hidden_dims)
+        networks.check_input_shape(input_shape, network)
         self.input_shape = tuple(input_shape)
         self.latent_dim = latent_dim
         self.optimizer_factory = optimizer
@@ -70,22 +88,40 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         self.compile_networks = compile_networks
         self.test_reconstruction = ReconstructionMetrics(prefix="test/", images=len(self.input_shape) == 3)
         self._input_checked = False
+        self.encoder = encoder if encoder is not None else self.build_encoder()
+        self.decoder = decoder if decoder is not None else self.build_decoder()
+
+    # --- the networks -----------------------------------------------------------------------------------------------
+    def build_encoder(self) -> nn.Module | None:
+        """The encoder when none is given: inputs ``[B, *input_shape]`` to codes ``[B, latent_dim]``."""
+        hp, dropout = self.hparams, self.hparams.get("dropout", 0.0)
+        return networks.build_encoder(hp.network, self.input_shape, hp.hidden_dims, self.latent_dim, dropout)
+
+    def build_decoder(self) -> nn.Module:
+        """The decoder when none is given: codes ``[B, latent_dim]`` to logits ``[B, *input_shape]``."""
+        hp, dropout = self.hparams, self.hparams.get("dropout", 0.0)
+        return networks.build_decoder(hp.network, self.latent_dim, hp.hidden_dims, self.input_shape, dropout)
 
     # --- the public API ---------------------------------------------------------------------------------------------
-    def encode(self, x: Tensor) -> Tensor:
-        """Codes ``[B, latent_dim]`` of images ``x``."""
+    def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """Codes ``[B, latent_dim]`` of images ``x`` (with labels ``y``, which a conditional model needs)."""
         return self.encoder(x)
 
-    def decode(self, z: Tensor) -> Tensor:
-        """Images ``[B, C, H, W]`` in [0, 1] (pixel means) decoded from codes ``z``."""
-        return networks.decoder_mean(self.decoder(z), self.input_shape)
+    def decoder_logits(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """The decoder's output for codes ``z`` (and labels ``y``): logits for images, the means for vectors."""
+        return self.decoder(z)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Reconstructions of ``x``, in [0, 1]."""
-        return self.decode(self.encode(x))
+    def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """Images ``[B, C, H, W]`` in [0, 1] (pixel means) decoded from codes ``z`` (and labels ``y``)."""
+        return networks.decoder_mean(self.decoder_logits(z, y), self.input_shape)
 
-    def sample(self, n: int) -> Tensor:
-        """``n`` images decoded from prior samples (generative variants only)."""
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """Reconstructions of ``x`` (with labels ``y``), in [0, 1]."""
+        return self.decode(self.encode(x, y), y)
+
+    def sample(self, n: int, y: Tensor | None = None) -> Tensor:
+        """``n`` images decoded from prior samples (of classes ``y``, for a conditional model); generative variants
+        only."""
         raise NotImplementedError(f"{type(self).__name__} is not a generative model: it has no prior to sample from")
 
     @abc.abstractmethod
@@ -97,13 +133,13 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         found = (getattr(self, name, None) for name in ("encoder", "decoder", "discriminator"))
         return [network for network in found if isinstance(network, nn.Module)]
 
-    def reconstruction_rows(self, x: Tensor) -> tuple[Tensor, ...]:
+    def reconstruction_rows(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, ...]:
         """The rows of the reconstruction picture of images ``x``: the images and their reconstructions."""
-        return x, self(x)
+        return x, self(x, y)
 
-    def anomaly_score(self, x: Tensor) -> Tensor:
+    def anomaly_score(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Per-sample anomaly score (higher = more anomalous): the reconstruction's mean squared error."""
-        return losses.mean_squared_error(self(x), x)
+        return losses.mean_squared_error(self(x, y), x)
 
     # --- steps ------------------------------------------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
@@ -134,14 +170,14 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
 
     def _test_step(self, batch: Batch) -> None:
         self._shared_step(batch, "test")
-        x = batch[0]
+        x, y = batch[0], batch[1]
         # test/recon_mse, test/recon_bce (per pixel), test/psnr and test/ssim, computed over the whole test set
-        self.test_reconstruction.update(self(x).float(), x)
+        self.test_reconstruction.update(self(x, y).float(), x)
         self.log_dict(self.test_reconstruction, batch_size=len(x))
-        for name, value in self.test_metrics(x).items():
+        for name, value in self.test_metrics(x, y).items():
             self.log(f"test/{name}", value, batch_size=len(x), sync_dist=True)
 
-    def test_metrics(self, x: Tensor) -> dict[str, Tensor]:
+    def test_metrics(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
         """Extra per-batch test metrics of a variant, averaged over the test set (e.g. the VAE's ``nll``)."""
         return {}
 
@@ -151,13 +187,13 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
 
     def _predict_step(self, batch: Batch) -> dict[str, Tensor]:
         x, labels, indices = batch
-        z = self.encode(x)
+        z = self.encode(x, labels)
         return {
             "z": z,
             "label": labels,
             "index": indices,
-            "recon_error": losses.mean_squared_error(self.decode(z), x),
-            "anomaly_score": self.anomaly_score(x),
+            "recon_error": losses.mean_squared_error(self.decode(z, labels), x),
+            "anomaly_score": self.anomaly_score(x, labels),
         }
 
     @contextlib.contextmanager
@@ -259,6 +295,18 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         if stored is not None and resolve_class_path(stored) is not type(self):
             raise ValueError(f"the checkpoint holds a {stored}, not a {_class_path(type(self))}")
         self._resumed_optimizers = checkpoint.get("ae_lightning_optimizers")
+        checkpoint["state_dict"] = self.upgrade_weights(checkpoint["state_dict"])
+
+    def upgrade_weights(self, weights: dict[str, Tensor]) -> dict[str, Tensor]:
+        """A checkpoint's weights with the names of an earlier release's layout (:attr:`renamed_weights`) renamed to
+        this model's; a name this model has is never renamed."""
+        own = self.state_dict().keys()
+        renamed = {}
+        for name, value in weights.items():
+            old = next((old for old in self.renamed_weights if name.startswith(old) and name not in own), None)
+            new = None if old is None else self.renamed_weights[old] + name[len(old) :]
+            renamed[new if new in own else name] = value
+        return renamed
 
     def on_train_start(self) -> None:
         # Lightning has restored the optimizers' state: the run's own optimizer settings apply from here on.
@@ -301,20 +349,14 @@ class DeterministicAutoencoder(AutoencoderModule):
         **kwargs: the :class:`AutoencoderModule` arguments.
     """
 
-    def __init__(self, reconstruction: Reconstruction = "bce", dropout: float = 0.0, **kwargs: Any) -> None:
+    def __init__(self, reconstruction: Reconstruction = "bce", dropout: Fraction = 0.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if reconstruction not in ("bce", "mse"):
-            raise ValueError(f"reconstruction must be 'bce' or 'mse', got {reconstruction!r}")
-        check_number("dropout", dropout, "[0, 1)")
         if reconstruction == "bce" and len(self.input_shape) == 1:
             raise ValueError(
                 f"reconstruction: bce needs pixels in [0, 1], but input_shape {self.input_shape} is feature vectors; "
                 "use reconstruction: mse"
             )
         self.reconstruction = reconstruction
-        network, hidden_dims = self.hparams.network, self.hparams.hidden_dims
-        self.encoder = build_encoder(network, self.input_shape, hidden_dims, self.latent_dim, dropout)
-        self.decoder = build_decoder(network, self.latent_dim, hidden_dims, self.input_shape, dropout)
 
     def reconstruction_loss(self, logits: Tensor, x: Tensor) -> Tensor:
         """Per-image reconstruction loss of decoder ``logits`` against targets ``x``."""

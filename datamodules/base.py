@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ae_lightning.checks import check_number
+from datamodules.checks import NonNegativeInt, OpenUnitInterval, PositiveInt, check_init_arguments
 from datamodules.loader import TensorBatchLoader
 
 Split = Literal["train", "val", "test"]
@@ -61,26 +61,19 @@ class ImageDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        batch_size: int = 128,
-        val_fraction: float = 1 / 12,
-        test_fraction: float | None = None,
+        batch_size: PositiveInt = 128,
+        val_fraction: OpenUnitInterval = 1 / 12,
+        test_fraction: OpenUnitInterval | None = None,
         seed: int = 42,
-        num_workers: int = 0,
+        num_workers: NonNegativeInt = 0,
         binarize: Literal["none", "dynamic", "static"] = "none",
         classes: list[int] | None = None,
         data_on_device: bool = True,
         predict_split: Split = "test",
     ) -> None:
         super().__init__()
-        check_number("batch_size", batch_size, "[1, inf)", integer=True)
-        check_number("val_fraction", val_fraction, "(0, 1)")
-        if test_fraction is not None:
-            check_number("test_fraction", test_fraction, "(0, 1)")
-        check_number("num_workers", num_workers, "[0, inf)", integer=True)
-        if binarize not in ("none", "dynamic", "static"):
-            raise ValueError(f"binarize must be one of 'none', 'dynamic', 'static', got {binarize!r}")
-        if predict_split not in ("train", "val", "test"):
-            raise ValueError(f"predict_split must be one of 'train', 'val', 'test', got {predict_split!r}")
+        self.save_hyperparameters()
+        check_init_arguments(type(self), self.hparams)
         if classes is not None:
             if len(classes) == 0:
                 raise ValueError("classes is an empty list: name at least one label to keep, or leave it unset")
@@ -90,7 +83,6 @@ class ImageDataModule(L.LightningDataModule):
                 raise ValueError(
                     f"classes {unknown} are not labels of {type(self).__name__}, which has labels 0..{known - 1}"
                 )
-        self.save_hyperparameters()
         self.splits: dict[Split, tuple[Tensor, Tensor]] = {}
         self._arrays: Arrays | None = None
 

@@ -15,8 +15,8 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
-from ae_lightning.checks import check_number
 from datamodules.base import UNLABELED, Arrays, ImageDataModule
+from datamodules.checks import PositiveInt
 
 
 class ImageFolderDataModule(ImageDataModule):
@@ -37,16 +37,12 @@ class ImageFolderDataModule(ImageDataModule):
     def __init__(
         self,
         data_dir: str,
-        image_size: int | None = None,
+        image_size: PositiveInt | None = None,
         channels: Literal[1, 3] = 3,
         test_dir: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 (gray) or 3 (RGB), got {channels!r}")
-        if image_size is not None:
-            check_number("image_size", image_size, "[1, inf)", integer=True)
         self.data_dir = Path(data_dir)
 
     @property

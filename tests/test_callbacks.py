@@ -119,7 +119,7 @@ def test_images_leave_the_training_randomness_alone(data_dir: Path, tmp_path: Pa
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"views": ["recon"]}, r"unknown image view 'recon'; the views are reconstructions, samples"),
+        ({"views": ["recon"]}, r"each of views must be one of 'reconstructions', 'samples', .* got \['recon'\]"),
         ({"every_n_epochs": -1}, "every_n_epochs must be an integer >= 0, got -1"),
         ({"interpolation_steps": 1}, "interpolation_steps must be an integer >= 2, got 1"),
         ({"num_images": 0}, "num_images must be an integer >= 1, got 0"),

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from ae_lightning.checks import check_number, check_numbers
+from datamodules.checks import check_number, check_numbers
 
 
 @pytest.mark.parametrize(

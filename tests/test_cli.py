@@ -180,7 +180,7 @@ def test_checkpoint_of_another_model_is_an_error(trained_vae: Path, data_dir: Pa
     [
         ({"latent_dim": 0}, "latent_dim must be an integer >= 1, got 0"),
         ({"beta": -1.0}, "beta must be >= 0, got -1.0"),
-        ({"likelihood": "poisson"}, "likelihood must be 'bernoulli', 'gaussian' or 'continuous_bernoulli', got 'poi"),
+        ({"likelihood": "poisson"}, "likelihood must be one of 'bernoulli', 'gaussian', 'continuous_bernoulli', got"),
         ({"hidden_dims": [64, -3]}, r"each of hidden_dims must be an integer >= 1, got \[64, -3\]"),
     ],
 )

@@ -189,7 +189,7 @@ def test_a_run_killed_mid_pretraining_resumes_exactly(data_dir: Path, tmp_path: 
     [
         ({"network": "conv"}, "takes only network='mlp', got 'conv'"),
         ({"dropout": 0.2}, "takes only dropout=0.0, got 0.2"),
-        ({"pretrain": "dbn"}, "pretrain must be 'rbm' or 'none', got 'dbn'"),
+        ({"pretrain": "dbn"}, "pretrain must be one of 'rbm', 'none', got 'dbn'"),
         ({"cd_steps": 0}, "cd_steps must be an integer >= 1, got 0"),
         ({"pretrain_epochs": -1}, "pretrain_epochs must be an integer >= 0, got -1"),
         ({"pretrain_lr": 0.0}, "pretrain_lr must be > 0, got 0.0"),

@@ -13,8 +13,6 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ae_lightning.checks import check_number, check_numbers
-
 Network = Literal["mlp", "conv"]
 
 
@@ -146,7 +144,6 @@ def build_decoder(
 
 def check_input_shape(input_shape: Sequence[int], network: str = "mlp") -> None:
     """Raise a ValueError naming the shape unless it is ``(C, H, W)`` images or, for an MLP, ``(D,)`` vectors."""
-    check_numbers("input_shape", input_shape, "[1, inf)", integer=True)
     if len(input_shape) == 1 and network == "conv":
         raise ValueError(
             f"a conv network needs images (channels, height, width), but input_shape is {tuple(input_shape)} "
@@ -164,14 +161,10 @@ def decoder_mean(output: Tensor, input_shape: Sequence[int]) -> Tensor:
     return torch.sigmoid(output) if len(input_shape) == 3 else output
 
 
-def check_network(network: str, hidden_dims: Sequence[int], latent_dim: int) -> None:
-    """Raise a ValueError naming the bad value if the network settings cannot build a network."""
-    if network not in ("mlp", "conv"):
-        raise ValueError(f"network must be 'mlp' or 'conv', got {network!r}")
-    check_number("latent_dim", latent_dim, "[1, inf)", integer=True)
+def check_network(network: str, hidden_dims: Sequence[int]) -> None:
+    """Raise a ValueError if a conv network has no convolution (the ranges are the signatures' types)."""
     if len(hidden_dims) == 0 and network == "conv":
         raise ValueError("a conv network needs at least one entry in hidden_dims (channels per convolution)")
-    check_numbers("hidden_dims", hidden_dims, "[1, inf)", integer=True)
 
 
 __all__ = [

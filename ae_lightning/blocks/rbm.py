@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ae_lightning.checks import check_number
+from datamodules.checks import check_number
 
 Hidden = Literal["bernoulli", "gaussian"]
 

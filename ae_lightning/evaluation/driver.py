@@ -112,15 +112,6 @@ def first_images(datamodule: ImageDataModule, split: Split, count: int) -> tuple
     return images, labels
 
 
-def conditioned(model: nn.Module, labels: Tensor) -> contextlib.AbstractContextManager:
-    """The model conditioned on the batch's ``labels`` if it is a conditional model (``conditioned_on``, the CVAE).
-
-    Every call of ``encode``, ``decode``, ``forward``, ``anomaly_score`` and the likelihood inside it sees the labels.
-    """
-    condition = getattr(model, "conditioned_on", None)
-    return condition(labels) if condition is not None else contextlib.nullcontext()
-
-
 @contextlib.contextmanager
 def evaluating(model: nn.Module, seed: int | None = 0) -> Iterator[None]:
     """Eval mode without gradients, seeded, restoring the mode and the global random state afterwards.
@@ -150,8 +141,7 @@ def reconstruction_scores(model: AutoencoderModule, loader: TensorBatchLoader) -
     metrics = ReconstructionMetrics(images=len(model.input_shape) == 3).to(model.device)
     with evaluating(model):
         for x, labels in _batches(loader, model.device):
-            with conditioned(model, labels):
-                metrics.update(model(x).float(), x)
+            metrics.update(model(x, labels).float(), x)
     values = {name.removeprefix("recon_"): float(value) for name, value in metrics.compute().items()}
     return {name: values[name] for name in RECONSTRUCTION_METRICS if name in values}
 
@@ -170,8 +160,7 @@ def negative_log_likelihood(model: AutoencoderModule, loader: TensorBatchLoader,
     mean = MeanMetric().to(model.device)
     with evaluating(model):
         for x, labels in _batches(loader, model.device):
-            with conditioned(model, labels):
-                mean.update(model.importance_weighted_nll(x, num_samples))
+            mean.update(model.importance_weighted_nll(x, num_samples, labels))
     return float(mean.compute())
 
 
@@ -180,8 +169,7 @@ def encode_split(model: AutoencoderModule, loader: TensorBatchLoader) -> tuple[T
     codes, labels = [], []
     with evaluating(model):
         for x, y in _batches(loader, model.device):
-            with conditioned(model, y):
-                codes.append(model.encode(x).float().cpu())
+            codes.append(model.encode(x, y).float().cpu())
             labels.append(y.cpu())
     return torch.cat(codes), torch.cat(labels)
 
@@ -266,8 +254,7 @@ def anomaly_scores(model: AutoencoderModule, loader: TensorBatchLoader, seed: in
     scores, labels = [], []
     with evaluating(model, seed):
         for x, y in _batches(loader, model.device):
-            with conditioned(model, y):
-                scores.append(model.anomaly_score(x).float().cpu())
+            scores.append(model.anomaly_score(x, y).float().cpu())
             labels.append(y.cpu())
     return torch.cat(scores), torch.cat(labels)
 
@@ -405,7 +392,6 @@ __all__ = [
     "anomaly_auroc",
     "anomaly_scores",
     "check_metric_names",
-    "conditioned",
     "datamodule_class",
     "encode_split",
     "evaluate",

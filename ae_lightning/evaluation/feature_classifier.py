@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from ae_lightning.checks import check_number
 from datamodules.base import ImageDataModule
+from datamodules.checks import PositiveInt, check_arguments
 
 
 class ClassifierCNN(nn.Module):
@@ -162,7 +162,7 @@ def default_classifier_path(datamodule: ImageDataModule) -> Path:
 def train_feature_classifier(
     datamodule: ImageDataModule,
     path: str | Path | None = None,
-    epochs: int = 3,
+    epochs: PositiveInt = 3,
     seed: int = 0,
     accelerator: str = "auto",
     progress_bar: bool = True,
@@ -182,7 +182,7 @@ def train_feature_classifier(
     if datamodule.hparams.classes is not None:
         kept = datamodule.hparams.classes
         raise ValueError(f"the feature classifier needs every label, but the datamodule keeps only classes {kept}")
-    check_number("epochs", epochs, "[1, inf)", integer=True)
+    check_arguments({"epochs": epochs}, train_feature_classifier)
     check_classifiable(datamodule)
     path = Path(path) if path is not None else default_classifier_path(datamodule)
     L.seed_everything(seed, verbose=False)

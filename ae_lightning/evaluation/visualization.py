@@ -7,7 +7,6 @@ pyplot backend of the caller.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Sequence
 from typing import Literal
@@ -20,8 +19,8 @@ from torch import Tensor
 from torchvision.utils import make_grid
 
 from ae_lightning.base import AutoencoderModule
-from ae_lightning.checks import check_number
-from ae_lightning.evaluation.driver import conditioned, evaluating, require_generative
+from ae_lightning.evaluation.driver import evaluating, require_generative
+from datamodules.checks import check_number
 
 Projection = Literal["pca", "tsne", "none"]
 View = Literal["reconstructions", "samples", "interpolations", "latent_map"]
@@ -94,8 +93,8 @@ def draw_views(
     with evaluating(model, seed):
         if "reconstructions" in views:
             shown = images[:num_images]
-            with conditioned(model, labels[:num_images]):
-                drawn["reconstructions"] = reconstruction_grid(*model.reconstruction_rows(shown), nrow=nrow)
+            rows = model.reconstruction_rows(shown, labels[:num_images])
+            drawn["reconstructions"] = reconstruction_grid(*rows, nrow=nrow)
         if "samples" in views:
             # A conditional model samples the classes in turn: one column per class.
             per_row = getattr(model, "num_classes", None) or nrow
@@ -113,8 +112,7 @@ def draw_views(
         if "latent_map" in views:
             codes = []
             for chunk, chunk_labels in zip(images[:latent_map_size].split(500), labels[:latent_map_size].split(500)):
-                with conditioned(model, chunk_labels):
-                    codes.append(model.encode(chunk))
+                codes.append(model.encode(chunk, chunk_labels))
             codes = torch.cat(codes)
             drawn["latent_map"] = latent_map(
                 codes, labels[:latent_map_size], projection, class_names=class_names, title=title, seed=seed
@@ -165,21 +163,13 @@ def interpolation_grid(
         end_labels: labels of ``ends``, for a conditional model.
     """
     check_number("interpolation steps", steps, "[2, inf)", integer=True)  # the two ends and what lies between
-    with _maybe_conditioned(model, start_labels):
-        z_start = model.encode(starts)
-    with _maybe_conditioned(model, end_labels):
-        z_end = model.encode(ends)
+    z_start, z_end = model.encode(starts, start_labels), model.encode(ends, end_labels)
     weights = torch.linspace(0, 1, steps, device=z_start.device).view(1, steps, 1)
     z = torch.lerp(z_start.unsqueeze(1), z_end.unsqueeze(1), weights)  # [P, steps, D]
     row_labels = None if start_labels is None else start_labels.repeat_interleave(steps)
-    with _maybe_conditioned(model, row_labels):
-        decoded = model.decode(z.flatten(0, 1)).unflatten(0, (len(starts), steps))
+    decoded = model.decode(z.flatten(0, 1), row_labels).unflatten(0, (len(starts), steps))
     rows = torch.cat([starts.unsqueeze(1), decoded.to(starts.dtype), ends.unsqueeze(1)], 1)
     return image_grid(rows.flatten(0, 1), nrow=steps + 2)
-
-
-def _maybe_conditioned(model: AutoencoderModule, labels: Tensor | None):
-    return conditioned(model, labels) if labels is not None else contextlib.nullcontext()
 
 
 def project_2d(codes: Tensor, method: Projection = "pca", seed: int = 0) -> Tensor:

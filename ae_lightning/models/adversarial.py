@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ae_lightning.base import Batch, DeterministicAutoencoder
-from ae_lightning.checks import check_number, check_numbers
+from datamodules.checks import NonNegativeFloat, PositiveFloat, PositiveInt
 
 Prior = Literal["normal", "mixture"]
 
@@ -63,30 +63,19 @@ class AdversarialAutoencoder(DeterministicAutoencoder):
     def __init__(
         self,
         prior: Prior = "normal",
-        mixture_components: int = 10,
-        mixture_radius: float = 4.0,
-        mixture_std: float = 0.5,
-        discriminator_hidden_dims: Sequence[int] = (256, 256),
-        adversarial_weight: float = 1.0,
+        mixture_components: PositiveInt = 10,
+        mixture_radius: NonNegativeFloat = 4.0,
+        mixture_std: PositiveFloat = 0.5,
+        discriminator_hidden_dims: Sequence[PositiveInt] = (256, 256),
+        adversarial_weight: NonNegativeFloat = 1.0,
         discriminator_optimizer: OptimizerCallable = torch.optim.Adam,
         discriminator_lr_scheduler: LRSchedulerCallable | None = None,
         generator_optimizer: OptimizerCallable | None = None,
-        gradient_clip_val: float | None = None,
+        gradient_clip_val: NonNegativeFloat | None = None,
         gradient_clip_algorithm: Literal["norm", "value"] = "norm",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if prior not in ("normal", "mixture"):
-            raise ValueError(f"prior must be 'normal' or 'mixture', got {prior!r}")
-        check_number("mixture_components", mixture_components, "[1, inf)", integer=True)
-        check_number("mixture_radius", mixture_radius, "[0, inf)")
-        check_number("mixture_std", mixture_std, "(0, inf)")
-        check_number("adversarial_weight", adversarial_weight, "[0, inf)")
-        check_numbers("discriminator_hidden_dims", discriminator_hidden_dims, "[1, inf)", integer=True)
-        if gradient_clip_val is not None:
-            check_number("gradient_clip_val", gradient_clip_val, "[0, inf)")
-        if gradient_clip_algorithm not in ("norm", "value"):
-            raise ValueError(f"gradient_clip_algorithm must be 'norm' or 'value', got {gradient_clip_algorithm!r}")
         self.automatic_optimization = False
         self.prior = prior
         self.mixture_std = mixture_std
@@ -108,7 +97,7 @@ class AdversarialAutoencoder(DeterministicAutoencoder):
         components = torch.randint(len(self.mixture_means), (n,), device=z.device)
         return self.mixture_means[components] + self.mixture_std * z
 
-    def sample(self, n: int) -> Tensor:
+    def sample(self, n: int, y: Tensor | None = None) -> Tensor:
         return self.decode(self.sample_prior(n))
 
     # --- training: three phases per batch ---------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ae_lightning.base import DeterministicAutoencoder
-from ae_lightning.checks import check_number
+from datamodules.checks import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, check_arguments
 
 
 class AutoDecoder(DeterministicAutoencoder):
@@ -28,26 +28,22 @@ class AutoDecoder(DeterministicAutoencoder):
         code_init_std: std of the codes' normal initialization.
         inference_steps: optimization steps that fit the codes of unseen images.
         inference_lr: Adam learning rate of those steps.
-        **kwargs: the :class:`~ae_lightning.base.DeterministicAutoencoder` arguments (the encoder's are unused).
+        **kwargs: the :class:`~ae_lightning.base.DeterministicAutoencoder` arguments (no ``encoder``: it has none).
     """
 
     def __init__(
         self,
-        num_codes: int | None = None,
-        code_prior_weight: float = 0.5,
-        code_lr: float = 0.01,
-        code_init_std: float = 0.01,
-        inference_steps: int = 50,
-        inference_lr: float = 0.1,
+        num_codes: PositiveInt | None = None,
+        code_prior_weight: NonNegativeFloat = 0.5,
+        code_lr: PositiveFloat = 0.01,
+        code_init_std: NonNegativeFloat = 0.01,
+        inference_steps: NonNegativeInt = 50,
+        inference_lr: PositiveFloat = 0.1,
         **kwargs: Any,
     ) -> None:
+        if kwargs.get("encoder") is not None:
+            raise ValueError("AutoDecoder has no encoder (codes are parameters, or fitted): give only a decoder")
         super().__init__(**kwargs)
-        self.encoder = None  # built by the base, not used: codes are parameters (training) or fitted (inference)
-        check_number("code_prior_weight", code_prior_weight, "[0, inf)")
-        check_number("code_lr", code_lr, "(0, inf)")
-        check_number("inference_lr", inference_lr, "(0, inf)")
-        check_number("code_init_std", code_init_std, "[0, inf)")
-        check_number("inference_steps", inference_steps, "[0, inf)", integer=True)
         self.code_prior_weight = code_prior_weight
         self.code_lr = code_lr
         self.code_init_std = code_init_std
@@ -58,6 +54,9 @@ class AutoDecoder(DeterministicAutoencoder):
         if num_codes is not None:
             self.build_codes(num_codes)
 
+    def build_encoder(self) -> None:
+        return None  # codes are parameters in training and fitted to unseen images
+
     @property
     def num_codes(self) -> int | None:
         """Number of training codes; None until known."""
@@ -65,13 +64,13 @@ class AutoDecoder(DeterministicAutoencoder):
 
     def build_codes(self, num_codes: int) -> None:
         """Create the table of ``num_codes`` training codes (and record its size in the hyperparameters)."""
-        check_number("num_codes", num_codes, "[1, inf)", integer=True)
+        check_arguments({"num_codes": num_codes}, AutoDecoder.__init__)
         self.codes = nn.Embedding(num_codes, self.latent_dim)
         nn.init.normal_(self.codes.weight, std=self.code_init_std)
         self.hparams["num_codes"] = num_codes
 
     # --- the public API ---------------------------------------------------------------------------------------------
-    def encode(self, x: Tensor, steps: int | None = None) -> Tensor:
+    def encode(self, x: Tensor, y: Tensor | None = None, steps: int | None = None) -> Tensor:
         """Codes of images ``x`` fitted with the decoder frozen; ``steps`` defaults to ``inference_steps``.
 
         The codes of the last batch are kept, so test and predict, which encode the same batch twice, fit it once.

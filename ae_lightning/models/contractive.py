@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ae_lightning.base import DeterministicAutoencoder
-from ae_lightning.checks import check_number
+from datamodules.checks import NonNegativeFloat
 
 # Elementwise activations whose derivative the closed form computes from the activation's output.
 _DERIVATIVES = {
@@ -110,9 +110,8 @@ class ContractiveAutoencoder(DeterministicAutoencoder):
         **kwargs: the :class:`~ae_lightning.base.DeterministicAutoencoder` arguments.
     """
 
-    def __init__(self, contractive_weight: float = 0.1, **kwargs: Any) -> None:
+    def __init__(self, contractive_weight: NonNegativeFloat = 0.1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        check_number("contractive_weight", contractive_weight, "[0, inf)")
         self.contractive_weight = contractive_weight
 
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:

@@ -5,48 +5,15 @@ Conditional Generative Models"): the VAE with encoder and decoder conditioned on
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ae_lightning.base import Batch
-from ae_lightning.blocks.networks import build_decoder, build_encoder
-from ae_lightning.checks import check_number
+from ae_lightning.blocks import networks
 from ae_lightning.models.vae import VAE
-
-
-class Conditioned(nn.Module):
-    """Wraps a network so that its input is joined with the one-hot label set in ``condition``.
-
-    ``flat`` joins the label to the flattened input (an MLP's input, or a decoder's code); ``channels`` appends it
-    as constant image channels (a convolutional encoder's input). An input with k times as many rows as the
-    condition (k samples per image, flattened sample-major as in the importance-weighted bound) repeats it k times.
-
-    Args:
-        network: the wrapped network.
-        join: ``flat`` or ``channels``.
-    """
-
-    def __init__(self, network: nn.Module, join: str) -> None:
-        super().__init__()
-        self.network = network
-        self.join = join
-        self.condition: Tensor | None = None
-
-    def forward(self, inputs: Tensor) -> Tensor:
-        if self.condition is None:
-            raise ValueError("the conditional VAE needs labels: pass labels= or run inside conditioned_on(labels)")
-        condition = self.condition.to(inputs.dtype)
-        if len(inputs) != len(condition):
-            condition = condition.repeat(len(inputs) // len(condition), 1)
-        if self.join == "channels":
-            maps = condition[:, :, None, None].expand(-1, -1, *inputs.shape[2:])
-            return self.network(torch.cat([inputs, maps], 1))
-        return self.network(torch.cat([inputs.flatten(1), condition], 1))
+from datamodules.checks import PositiveInt
 
 
 class ConditionalVAE(VAE):
@@ -54,73 +21,68 @@ class ConditionalVAE(VAE):
 
     The label enters as a one-hot vector joined to the decoder's code and to the encoder's input (to the flattened
     image for the MLP, as constant channels for the convolutional encoder). Loss, KL warm-up, test-time bound and
-    anomaly score are the VAE's, each conditioned on the batch's labels; the prior p(z) stays the standard normal.
-    ``encode``, ``decode`` and ``forward`` take the labels; ``sample(n, labels)`` draws images of given classes.
+    anomaly score are the VAE's, each given the batch's labels; the prior p(z) stays the standard normal.
+    ``encode(x, y)``, ``decode(z, y)`` and ``forward(x, y)`` need the labels; ``sample(n, y)`` draws images of
+    classes ``y`` (by default the classes in turn).
 
     Args:
         num_classes: number of labels; labels lie in ``0 .. num_classes - 1``.
-        **kwargs: the :class:`~ae_lightning.models.vae.VAE` arguments.
+        **kwargs: the :class:`~ae_lightning.models.vae.VAE` arguments; a given ``encoder`` takes the input with the
+            label joined as above, a given ``decoder`` codes ``[B, latent_dim + num_classes]``.
     """
 
-    def __init__(self, num_classes: int = 10, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        check_number("num_classes", num_classes, "[1, inf)", integer=True)
-        self.num_classes = num_classes
-        network, hidden_dims = self.hparams.network, self.hparams.hidden_dims
-        # The VAE's unconditioned networks are replaced by ones with room for the label.
-        if network == "conv":
-            channels, height, width = self.input_shape
-            encoder = build_encoder(network, (channels + num_classes, height, width), hidden_dims, 2 * self.latent_dim)
-        else:
-            encoder = build_encoder(
-                network, (math.prod(self.input_shape) + num_classes,), hidden_dims, 2 * self.latent_dim
-            )
-        self.encoder = Conditioned(encoder, "channels" if network == "conv" else "flat")
-        decoder = build_decoder(network, self.latent_dim + num_classes, hidden_dims, self.input_shape)
-        self.decoder = Conditioned(decoder, "flat")
+    # Releases before 0.2 wrapped each network in a module that held the labels.
+    renamed_weights: ClassVar[dict[str, str]] = {"encoder.network.": "encoder.", "decoder.network.": "decoder."}
 
-    @contextmanager
-    def conditioned_on(self, labels: Tensor) -> Iterator[None]:
-        """Within this context, the networks are conditioned on ``labels`` ``[B]``."""
-        if labels.min() < 0 or labels.max() >= self.num_classes:
+    def __init__(self, num_classes: PositiveInt = 10, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+
+    def build_encoder(self) -> nn.Module:
+        hp, classes = self.hparams, self.hparams.num_classes
+        if hp.network == "conv":
+            channels, height, width = self.input_shape
+            shape: tuple[int, ...] = (channels + classes, height, width)
+        else:
+            shape = (math.prod(self.input_shape) + classes,)
+        return networks.build_encoder(hp.network, shape, hp.hidden_dims, 2 * self.latent_dim)
+
+    def build_decoder(self) -> nn.Module:
+        hp = self.hparams
+        return networks.build_decoder(hp.network, self.latent_dim + hp.num_classes, hp.hidden_dims, self.input_shape)
+
+    def one_hot(self, y: Tensor | None, rows: int) -> Tensor:
+        """One-hot labels ``[rows, num_classes]``; ``rows`` may be k times ``len(y)`` (k samples per image,
+        sample-major, as in the importance-weighted bound)."""
+        if y is None:
+            raise ValueError("the conditional VAE needs labels: pass y (the images' classes)")
+        if y.min() < 0 or y.max() >= self.num_classes:
             raise ValueError(
                 f"labels must lie in 0..{self.num_classes - 1} (num_classes={self.num_classes}), got labels from "
-                f"{labels.min().item()} to {labels.max().item()}"
+                f"{y.min().item()} to {y.max().item()}"
             )
-        previous = self.encoder.condition, self.decoder.condition
-        one_hot = F.one_hot(labels.long(), self.num_classes).float()
-        self.encoder.condition = self.decoder.condition = one_hot
-        try:
-            yield
-        finally:
-            self.encoder.condition, self.decoder.condition = previous
+        one_hot = F.one_hot(y.long(), self.num_classes)
+        return one_hot.repeat(rows // len(y), 1) if rows != len(y) else one_hot
 
-    # --- the public API ---------------------------------------------------------------------------------------------
-    def encode(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
-        """The posterior mean given images ``x`` and their ``labels``."""
-        with self._maybe_conditioned(labels):
-            return super().encode(x)
+    def posterior_parameters(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        condition = self.one_hot(y, len(x)).to(x.dtype)
+        if self.hparams.network == "conv":
+            joined = torch.cat([x, condition[:, :, None, None].expand(-1, -1, *x.shape[2:])], 1)
+        else:
+            joined = torch.cat([x.flatten(1), condition], 1)
+        mu, logvar = self.encoder(joined).chunk(2, dim=-1)
+        return mu, logvar
 
-    def decode(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
-        """Images in [0, 1] decoded from codes ``z`` for ``labels``."""
-        with self._maybe_conditioned(labels):
-            return super().decode(z)
+    def decoder_logits(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        return self.decoder(torch.cat([z, self.one_hot(y, len(z)).to(z.dtype)], 1))
 
-    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
-        """Reconstructions of images ``x`` with ``labels``."""
-        with self._maybe_conditioned(labels):
-            return super().forward(x)
-
-    def sample(self, n: int, labels: Tensor | None = None) -> Tensor:
-        """``n`` images of the classes ``labels`` ``[n]``; by default the classes in turn, 0, 1, 2, ..."""
-        if labels is None:
-            labels = torch.arange(n, device=self.device) % self.num_classes
-        if len(labels) != n:
-            raise ValueError(f"sample(n={n}) needs n labels, got {len(labels)}")
-        return self.decode(torch.randn(n, self.latent_dim, device=self.device), labels.to(self.device))
-
-    def _maybe_conditioned(self, labels: Tensor | None) -> AbstractContextManager:
-        return self.conditioned_on(labels) if labels is not None else nullcontext()
+    def sample(self, n: int, y: Tensor | None = None) -> Tensor:
+        """``n`` images of the classes ``y`` ``[n]``; by default the classes in turn, 0, 1, 2, ..."""
+        if y is None:
+            y = torch.arange(n, device=self.device) % self.num_classes
+        if len(y) != n:
+            raise ValueError(f"sample(n={n}) needs n labels, got {len(y)}")
+        return super().sample(n, y.to(self.device))
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
@@ -131,16 +93,3 @@ class ConditionalVAE(VAE):
                     f"ConditionalVAE is conditioned on labels 0..{self.num_classes - 1} (num_classes), but the "
                     f"{split} split's labels range over {labels.min().item()}..{labels.max().item()} (-1: no labels)"
                 )
-
-    # --- steps: the VAE's, conditioned on the batch's labels --------------------------------------------------------
-    def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
-        with self.conditioned_on(labels):
-            return super().loss_terms(x, labels, indices)
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        with self.conditioned_on(batch[1]):
-            super().test_step(batch, batch_idx)
-
-    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
-        with self.conditioned_on(batch[1]):
-            return super().predict_step(batch, batch_idx)

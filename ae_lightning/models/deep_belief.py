@@ -15,7 +15,7 @@ from torch.optim import Optimizer
 
 from ae_lightning.base import Batch, DeterministicAutoencoder
 from ae_lightning.blocks import losses, rbm
-from ae_lightning.checks import check_number
+from datamodules.checks import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 Pretrain = Literal["rbm", "none"]
 
@@ -56,17 +56,17 @@ class DeepBeliefAutoencoder(DeterministicAutoencoder):
     def __init__(
         self,
         pretrain: Pretrain = "rbm",
-        pretrain_epochs: int = 10,
-        cd_steps: int = 1,
-        pretrain_lr: float = 0.1,
-        code_pretrain_lr: float = 0.001,
-        pretrain_momentum: float = 0.9,
-        pretrain_weight_decay: float = 2e-4,
-        gradient_clip_val: float | None = None,
+        pretrain_epochs: NonNegativeInt = 10,
+        cd_steps: PositiveInt = 1,
+        pretrain_lr: PositiveFloat = 0.1,
+        code_pretrain_lr: PositiveFloat = 0.001,
+        pretrain_momentum: Fraction = 0.9,
+        pretrain_weight_decay: NonNegativeFloat = 2e-4,
+        gradient_clip_val: NonNegativeFloat | None = None,
         gradient_clip_algorithm: Literal["norm", "value"] = "norm",
         **kwargs: Any,
     ) -> None:
-        for name, default in (("network", "mlp"), ("dropout", 0.0)):
+        for name, default in (("network", "mlp"), ("dropout", 0.0), ("encoder", None), ("decoder", None)):
             if kwargs.get(name, default) != default:
                 raise ValueError(f"DeepBeliefAutoencoder takes only {name}={default!r}, got {kwargs[name]!r}")
         super().__init__(**kwargs)
@@ -75,16 +75,6 @@ class DeepBeliefAutoencoder(DeterministicAutoencoder):
                 f"DeepBeliefAutoencoder's Bernoulli RBMs model pixels in [0, 1], got input_shape {self.input_shape} "
                 "(feature vectors): use another variant for vectors"
             )
-        if pretrain not in ("rbm", "none"):
-            raise ValueError(f"pretrain must be 'rbm' or 'none', got {pretrain!r}")
-        check_number("pretrain_epochs", pretrain_epochs, "[0, inf)", integer=True)
-        check_number("cd_steps", cd_steps, "[1, inf)", integer=True)
-        check_number("pretrain_lr", pretrain_lr, "(0, inf)")
-        check_number("code_pretrain_lr", code_pretrain_lr, "(0, inf)")
-        check_number("pretrain_momentum", pretrain_momentum, "[0, 1)")
-        check_number("pretrain_weight_decay", pretrain_weight_decay, "[0, inf)")
-        if gradient_clip_val is not None:
-            check_number("gradient_clip_val", gradient_clip_val, "[0, inf)")
         self.automatic_optimization = False
         self.pretrain = pretrain
         self.pretrain_epochs = pretrain_epochs if pretrain == "rbm" else 0
@@ -92,9 +82,6 @@ class DeepBeliefAutoencoder(DeterministicAutoencoder):
         self.pretrain_lr, self.code_pretrain_lr = pretrain_lr, code_pretrain_lr
         self.pretrain_momentum, self.pretrain_weight_decay = pretrain_momentum, pretrain_weight_decay
         self.gradient_clip_val, self.gradient_clip_algorithm = gradient_clip_val, gradient_clip_algorithm
-        sizes = [math.prod(self.input_shape), *self.hparams.hidden_dims, self.latent_dim]
-        self.encoder = nn.Sequential(nn.Flatten(), *logistic_stack(sizes))
-        self.decoder = nn.Sequential(*logistic_stack(sizes[::-1]), nn.Unflatten(1, self.input_shape))
         self.visible_biases = nn.ParameterList()
         if pretrain == "rbm":
             for layer in self.rbm_layers():
@@ -104,11 +91,23 @@ class DeepBeliefAutoencoder(DeterministicAutoencoder):
         self.register_buffer("unrolled", torch.tensor(pretrain == "none"))
 
     # --- the network ------------------------------------------------------------------------------------------------
+    def layer_sizes(self) -> list[int]:
+        """The widths from the pixels up to the code."""
+        return [math.prod(self.input_shape), *self.hparams.hidden_dims, self.latent_dim]
+
+    def build_encoder(self) -> nn.Module:
+        """The RBM stack, bottom up: logistic layers to a linear code."""
+        return nn.Sequential(nn.Flatten(), *logistic_stack(self.layer_sizes()))
+
+    def build_decoder(self) -> nn.Module:
+        """The stack unrolled: logistic layers from the code back to pixel logits."""
+        return nn.Sequential(*logistic_stack(self.layer_sizes()[::-1]), nn.Unflatten(1, self.input_shape))
+
     def rbm_layers(self) -> list[nn.Linear]:
         """The encoder's linear layers, bottom up: RBM ``i``'s weights and hidden biases."""
         return [layer for layer in self.encoder if isinstance(layer, nn.Linear)]
 
-    def decoder_logits(self, z: Tensor) -> Tensor:
+    def decoder_logits(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """The decoder's logits; before the stack is unrolled, through the tied (transposed) RBM weights."""
         if self.unrolled:
             return self.decoder(z)
@@ -117,9 +116,6 @@ class DeepBeliefAutoencoder(DeterministicAutoencoder):
             h = F.linear(h, layer.weight.t(), self.visible_biases[i])
             h = torch.sigmoid(h) if i > 0 else h
         return h.unflatten(1, self.input_shape)
-
-    def decode(self, z: Tensor) -> Tensor:
-        return torch.sigmoid(self.decoder_logits(z))
 
     @torch.no_grad()
     def unroll(self) -> None:
@@ -184,7 +180,7 @@ class DeepBeliefAutoencoder(DeterministicAutoencoder):
         recon = self.reconstruction_loss(self.decoder_logits(self.encoder(x)), x).mean()
         return {"loss": recon, "recon": recon}
 
-    def test_metrics(self, x: Tensor) -> dict[str, Tensor]:
+    def test_metrics(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
         """``squared_error``: the reconstruction's squared error summed per image (the paper's measure)."""
         return {"squared_error": losses.squared_error(self(x).float(), x).mean()}
 

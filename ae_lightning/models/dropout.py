@@ -4,12 +4,12 @@ Prevent Neural Networks from Overfitting") on its input and hidden layers at tra
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
-from torch import nn
+from torch import Tensor, nn
 
-from ae_lightning.checks import check_number
 from ae_lightning.models.autoencoder import Autoencoder
+from datamodules.checks import Fraction
 
 
 class DropoutAutoencoder(Autoencoder):
@@ -25,7 +25,12 @@ class DropoutAutoencoder(Autoencoder):
         **kwargs: the :class:`~ae_lightning.models.autoencoder.Autoencoder` arguments.
     """
 
-    def __init__(self, input_dropout: float = 0.2, dropout: float = 0.2, **kwargs: Any) -> None:
+    # Releases before 0.2 wrapped the encoder as ``Sequential(Dropout, encoder)``.
+    renamed_weights: ClassVar[dict[str, str]] = {"encoder.1.": "encoder."}
+
+    def __init__(self, input_dropout: Fraction = 0.2, dropout: Fraction = 0.2, **kwargs: Any) -> None:
         super().__init__(dropout=dropout, **kwargs)
-        check_number("input_dropout", input_dropout, "[0, 1)")
-        self.encoder = nn.Sequential(nn.Dropout(input_dropout), self.encoder)
+        self.input_dropout = nn.Dropout(input_dropout)
+
+    def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        return self.encoder(self.input_dropout(x))

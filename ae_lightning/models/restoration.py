@@ -39,24 +39,24 @@ class RestorationAutoencoder(DeterministicAutoencoder):
     def degrade(self, x: Tensor) -> Tensor:
         """The degraded copy of images ``x`` that the model learns to restore, of the same shape."""
 
-    def reconstruction_rows(self, x: Tensor) -> tuple[Tensor, ...]:
+    def reconstruction_rows(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, ...]:
         """The degraded images, their restorations and the originals."""
         degraded = self.degrade(x)
-        return degraded, self(degraded), x
+        return degraded, self(degraded, y), x
 
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
         recon = self.reconstruction_loss(self.decoder(self.encoder(self.degrade(x))), x).mean()
         return {"loss": recon, "recon": recon}
 
-    def test_metrics(self, x: Tensor) -> dict[str, Tensor]:
+    def test_metrics(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
         degraded = self.degrade(x)
         if len(self.input_shape) == 1:  # feature vectors: PSNR and SSIM are image measures
-            restored = self(degraded).float()
+            restored = self(degraded, y).float()
             return {
                 f"mse_{self.restored_name}": F.mse_loss(restored, x),
                 f"mse_{self.degraded_name}": F.mse_loss(degraded, x),
             }
         return {
-            **restoration_metrics(self(degraded), x, self.restored_name),
+            **restoration_metrics(self(degraded, y), x, self.restored_name),
             **restoration_metrics(degraded, x, self.degraded_name),
         }

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ae_lightning.base import DeterministicAutoencoder
 from ae_lightning.blocks import losses
-from ae_lightning.checks import check_number
+from datamodules.checks import NonNegativeFloat, OpenUnitInterval
 
 Sparsity = Literal["l1", "kl"]
 
@@ -33,18 +33,18 @@ class SparseAutoencoder(DeterministicAutoencoder):
     """
 
     def __init__(
-        self, sparsity: Sparsity = "kl", sparsity_weight: float = 1.0, sparsity_target: float = 0.05, **kwargs: Any
+        self,
+        sparsity: Sparsity = "kl",
+        sparsity_weight: NonNegativeFloat = 1.0,
+        sparsity_target: OpenUnitInterval = 0.05,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if sparsity not in ("l1", "kl"):
-            raise ValueError(f"sparsity must be 'l1' or 'kl', got {sparsity!r}")
-        check_number("sparsity_weight", sparsity_weight, "[0, inf)")
-        check_number("sparsity_target", sparsity_target, "(0, 1)")
         self.sparsity = sparsity
         self.sparsity_weight = sparsity_weight
         self.sparsity_target = sparsity_target
 
-    def encode(self, x: Tensor) -> Tensor:
+    def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         z = self.encoder(x)
         return torch.sigmoid(z) if self.sparsity == "kl" else z
 

@@ -10,8 +10,8 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
-from ae_lightning.checks import check_number
 from ae_lightning.models.restoration import RestorationAutoencoder
+from datamodules.checks import AtLeastTwo
 
 
 def downsample(x: Tensor, scale: int) -> Tensor:
@@ -39,9 +39,8 @@ class SuperResolutionAutoencoder(RestorationAutoencoder):
     restored_name = "superres"
     degraded_name = "bicubic"
 
-    def __init__(self, scale: int = 2, **kwargs: Any) -> None:
+    def __init__(self, scale: AtLeastTwo = 2, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        check_number("scale", scale, "[2, inf)", integer=True)
         if len(self.input_shape) != 3:
             raise ValueError(
                 f"super-resolution needs images (channels, height, width), got input_shape {self.input_shape} "

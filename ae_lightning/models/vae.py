@@ -9,15 +9,14 @@ import math
 from typing import Any, Literal
 
 import torch
-from jsonargparse.typing import PositiveInt
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.distributions import Normal
 
 from ae_lightning.base import AutoencoderModule
-from ae_lightning.blocks import losses
-from ae_lightning.blocks.networks import build_decoder, build_encoder, decoder_mean
-from ae_lightning.checks import check_number
+from ae_lightning.blocks import losses, networks
+from ae_lightning.blocks.networks import decoder_mean
+from datamodules.checks import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 Likelihood = Literal["bernoulli", "gaussian", "continuous_bernoulli"]
 LearnedStd = Literal["learned", "learned_per_pixel"]
@@ -49,34 +48,20 @@ class VAE(AutoencoderModule):
     def __init__(
         self,
         likelihood: Likelihood = "bernoulli",
-        beta: float = 1.0,
-        kl_warmup_steps: int = 0,
-        gaussian_std: float | LearnedStd = 0.1,
-        nll_samples: int = 1000,
-        nll_chunk_size: int = 100,
+        beta: NonNegativeFloat = 1.0,
+        kl_warmup_steps: NonNegativeInt = 0,
+        gaussian_std: PositiveFloat | LearnedStd = 0.1,
+        nll_samples: PositiveInt = 1000,
+        nll_chunk_size: PositiveInt = 100,
         iw_samples: PositiveInt = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if likelihood not in ("bernoulli", "gaussian", "continuous_bernoulli"):
-            raise ValueError(
-                f"likelihood must be 'bernoulli', 'gaussian' or 'continuous_bernoulli', got {likelihood!r}"
-            )
         if likelihood != "gaussian" and len(self.input_shape) == 1:
             raise ValueError(
                 f"likelihood: {likelihood} needs data in [0, 1], but input_shape {self.input_shape} is feature "
                 "vectors; use likelihood: gaussian"
             )
-        check_number("beta", beta, "[0, inf)")
-        check_number("kl_warmup_steps", kl_warmup_steps, "[0, inf)", integer=True)
-        if isinstance(gaussian_std, str):
-            if gaussian_std not in ("learned", "learned_per_pixel"):
-                raise ValueError(f"gaussian_std must be > 0, 'learned' or 'learned_per_pixel', got {gaussian_std!r}")
-        else:
-            check_number("gaussian_std", gaussian_std, "(0, inf)")
-        check_number("nll_samples", nll_samples, "[1, inf)", integer=True)
-        check_number("nll_chunk_size", nll_chunk_size, "[1, inf)", integer=True)
-        check_number("iw_samples", iw_samples, "[1, inf)", integer=True)  # 1: the ELBO
         self.likelihood = likelihood
         self.iw_samples = iw_samples
         self.beta = beta
@@ -85,36 +70,38 @@ class VAE(AutoencoderModule):
         self.nll_samples = nll_samples
         self.nll_chunk_size = nll_chunk_size
         self._warned_gray = False
-        network, hidden_dims = self.hparams.network, self.hparams.hidden_dims
-        self.encoder = build_encoder(network, self.input_shape, hidden_dims, 2 * self.latent_dim)
-        self.decoder = build_decoder(network, self.latent_dim, hidden_dims, self.input_shape)
         if isinstance(gaussian_std, str) and likelihood == "gaussian":
             start = math.log(0.1 if len(self.input_shape) == 3 else 1.0)
             shape = self.input_shape if gaussian_std == "learned_per_pixel" else ()
             self.log_std = nn.Parameter(torch.full(shape, start))
 
-    def posterior_parameters(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def build_encoder(self) -> nn.Module:
+        """Mean and log-variance of q(z | x) side by side, ``[B, 2 * latent_dim]``."""
+        hp = self.hparams
+        return networks.build_encoder(hp.network, self.input_shape, hp.hidden_dims, 2 * self.latent_dim)
+
+    def posterior_parameters(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Mean and log-variance ``[B, latent_dim]`` of q(z | x)."""
         mu, logvar = self.encoder(x).chunk(2, dim=-1)
         return mu, logvar
 
-    def posterior(self, x: Tensor) -> Normal:
+    def posterior(self, x: Tensor, y: Tensor | None = None) -> Normal:
         """q(z | x) as a ``torch.distributions.Normal`` with batch shape ``[B, latent_dim]``."""
-        mu, logvar = self.posterior_parameters(x)
+        mu, logvar = self.posterior_parameters(x, y)
         return Normal(mu, torch.exp(0.5 * logvar))
 
-    def encode(self, x: Tensor) -> Tensor:
+    def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The posterior mean."""
-        return self.posterior_parameters(x)[0]
+        return self.posterior_parameters(x, y)[0]
 
-    def decode(self, z: Tensor) -> Tensor:
+    def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """The likelihood's mean: for the continuous Bernoulli, its mean rather than ``sigmoid(logits)``."""
         if self.likelihood == "continuous_bernoulli":
-            return losses.continuous_bernoulli_mean(self.decoder(z))
-        return super().decode(z)
+            return losses.continuous_bernoulli_mean(self.decoder_logits(z, y))
+        return super().decode(z, y)
 
-    def sample(self, n: int) -> Tensor:
-        return self.decode(torch.randn(n, self.latent_dim, device=self.device))
+    def sample(self, n: int, y: Tensor | None = None) -> Tensor:
+        return self.decode(torch.randn(n, self.latent_dim, device=self.device), y)
 
     def log_likelihood(self, logits: Tensor, x: Tensor) -> Tensor:
         """log p(x | z) per image from decoder ``logits`` (leading sample dimensions allowed)."""
@@ -140,41 +127,44 @@ class VAE(AutoencoderModule):
         if self.dequantizes:
             x = losses.uniform_dequantize(x)
         if self.iw_samples > 1:
-            return self.importance_weighted_terms(x, self.iw_samples)
-        mu, logvar = self.posterior_parameters(x)
+            return self.importance_weighted_terms(x, self.iw_samples, labels)
+        mu, logvar = self.posterior_parameters(x, labels)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)  # reparameterization
-        recon = -self.log_likelihood(self.decoder(z), x).mean()
+        recon = -self.log_likelihood(self.decoder_logits(z, labels), x).mean()
         kl = losses.kl_divergence_normal(mu, logvar).mean()
         return {"loss": recon + self.kl_weight() * kl, "recon": recon, "kl": kl}
 
-    def anomaly_score(self, x: Tensor) -> Tensor:
+    def anomaly_score(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The negative single-sample ELBO per image (with the KL in closed form)."""
-        mu, logvar = self.posterior_parameters(x)
+        mu, logvar = self.posterior_parameters(x, y)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        return -self.log_likelihood(self.decoder(z), x) + losses.kl_divergence_normal(mu, logvar)
+        return -self.log_likelihood(self.decoder_logits(z, y), x) + losses.kl_divergence_normal(mu, logvar)
 
-    def importance_weighted_terms(self, x: Tensor, num_samples: int) -> dict[str, Tensor]:
+    def importance_weighted_terms(self, x: Tensor, num_samples: int, y: Tensor | None = None) -> dict[str, Tensor]:
         """The negative IWAE bound with ``num_samples`` samples as ``loss`` (and ``neg_iwae_<k>``), batch-averaged;
         ``recon`` (averaged over the samples) and the closed-form ``kl`` beside it for comparison with the ELBO."""
-        mu, logvar = self.posterior_parameters(x)
-        log_likelihood, log_prior, log_posterior = self.log_densities(x, mu, logvar, num_samples)
+        mu, logvar = self.posterior_parameters(x, y)
+        log_likelihood, log_prior, log_posterior = self.log_densities(x, mu, logvar, num_samples, y)
         loss = -losses.importance_weighted_bound(log_likelihood, log_prior, log_posterior, self.kl_weight()).mean()
         recon = -log_likelihood.float().mean()
         kl = losses.kl_divergence_normal(mu, logvar).mean()
         return {"loss": loss, f"neg_iwae_{num_samples}": loss.detach(), "recon": recon.detach(), "kl": kl.detach()}
 
-    def log_densities(self, x: Tensor, mu: Tensor, logvar: Tensor, num_samples: int) -> tuple[Tensor, Tensor, Tensor]:
+    def log_densities(
+        self, x: Tensor, mu: Tensor, logvar: Tensor, num_samples: int, y: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """log p(x | z_k), log p(z_k) and log q(z_k | x), each ``[num_samples, B]`` in float32, for
         ``num_samples`` reparameterized samples ``z_k ~ q(z | x)`` decoded in one batched pass."""
         std = torch.exp(0.5 * logvar)
         eps = torch.randn(num_samples, *mu.shape, device=mu.device, dtype=mu.dtype)
         z = mu + eps * std  # [k, B, D]
-        logits = self.decoder(z.flatten(0, 1)).unflatten(0, (num_samples, len(x)))
+        labels = None if y is None else y.repeat(num_samples)  # sample-major, as z is flattened
+        logits = self.decoder_logits(z.flatten(0, 1), labels).unflatten(0, (num_samples, len(x)))
         log_q = (-0.5 * eps.float().pow(2) - 0.5 * math.log(2 * math.pi)).sum(-1) - (0.5 * logvar.float()).sum(-1)
         return self.log_likelihood(logits.float(), x), losses.standard_normal_log_prob(z.float()), log_q
 
     @torch.no_grad()
-    def importance_weighted_nll(self, x: Tensor, num_samples: int | None = None) -> Tensor:
+    def importance_weighted_nll(self, x: Tensor, num_samples: int | None = None, y: Tensor | None = None) -> Tensor:
         """The importance-weighted bound on -log p(x) per image, in nats (Burda et al. 2016, eq. 8).
 
         ``-log (1/K) sum_k p(x, z_k) / q(z_k | x)`` with ``z_k ~ q(z | x)``: an upper bound on -log p(x) that
@@ -183,14 +173,15 @@ class VAE(AutoencoderModule):
         Args:
             x: ``[B, C, H, W]`` images.
             num_samples: K; ``nll_samples`` when None.
+            y: the labels, for a conditional model.
         """
         num_samples = num_samples or self.nll_samples
-        mu, logvar = self.posterior_parameters(x)
+        mu, logvar = self.posterior_parameters(x, y)
         chunks = [min(self.nll_chunk_size, num_samples - start) for start in range(0, num_samples, self.nll_chunk_size)]
-        densities = [self.log_densities(x, mu, logvar, k) for k in chunks]
+        densities = [self.log_densities(x, mu, logvar, k, y) for k in chunks]
         return -losses.importance_weighted_bound(*(torch.cat(parts) for parts in zip(*densities)))
 
-    def test_metrics(self, x: Tensor) -> dict[str, Tensor]:
+    def test_metrics(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
         if self.likelihood == "bernoulli" and not self._warned_gray and not ((x == 0) | (x == 1)).all():
             rank_zero_warn(
                 "test/nll uses a Bernoulli likelihood on gray-level images, so it is not a likelihood of the data; "
@@ -198,8 +189,8 @@ class VAE(AutoencoderModule):
             )
             self._warned_gray = True
         if not self.dequantizes:
-            return {"nll": self.importance_weighted_nll(x).mean()}
-        nll = self.importance_weighted_nll(losses.uniform_dequantize(x)).mean()
+            return {"nll": self.importance_weighted_nll(x, y=y).mean()}
+        nll = self.importance_weighted_nll(losses.uniform_dequantize(x), y=y).mean()
         return {"nll": nll, "bpd": losses.bits_per_dim(nll, math.prod(self.input_shape))}
 
     def check_input(self, x: Tensor) -> None:

@@ -26,9 +26,9 @@ from torch import Tensor
 from torchvision.utils import save_image
 
 from ae_lightning.base import AutoencoderModule
-from ae_lightning.checks import check_number
 from ae_lightning.evaluation import visualization
 from ae_lightning.evaluation.visualization import View
+from datamodules.checks import AtLeastTwo, NonNegativeInt, PositiveInt, check_arguments
 
 
 class ImageLogger(Callback):
@@ -53,23 +53,17 @@ class ImageLogger(Callback):
 
     def __init__(
         self,
-        every_n_epochs: int = 1,
+        every_n_epochs: NonNegativeInt = 1,
         views: Sequence[View] | None = None,
-        num_images: int = 16,
-        num_samples: int = 64,
-        num_interpolations: int = 6,
-        interpolation_steps: int = 8,
-        latent_map_size: int = 2000,
-        nrow: int = 8,
+        num_images: PositiveInt = 16,
+        num_samples: PositiveInt = 64,
+        num_interpolations: PositiveInt = 6,
+        interpolation_steps: AtLeastTwo = 8,
+        latent_map_size: PositiveInt = 2000,
+        nrow: PositiveInt = 8,
         seed: int = 0,
     ) -> None:
-        check_number("every_n_epochs", every_n_epochs, "[0, inf)", integer=True)  # 0: no images
-        visualization.check_view_names(views or ())
-        sizes = {"num_images": num_images, "num_samples": num_samples, "num_interpolations": num_interpolations}
-        sizes |= {"latent_map_size": latent_map_size, "nrow": nrow}
-        for name, value in sizes.items():
-            check_number(name, value, "[1, inf)", integer=True)
-        check_number("interpolation_steps", interpolation_steps, "[2, inf)", integer=True)
+        check_arguments(locals(), ImageLogger.__init__)
         self.every_n_epochs = every_n_epochs
         self.views = list(views) if views is not None else None
         self.num_images = num_images

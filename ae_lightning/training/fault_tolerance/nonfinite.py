@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from ae_lightning.checks import check_number
+from datamodules.checks import check_number
 
 NonFiniteAction = Literal["error", "skip"]
 

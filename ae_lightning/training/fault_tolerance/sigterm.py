@@ -8,8 +8,8 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
-from ae_lightning.checks import check_number
 from ae_lightning.training.fault_tolerance.slurm import any_rank
+from datamodules.checks import check_number
 
 SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports a process ended by the signal
 

@@ -15,7 +15,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from ae_lightning.checks import check_number
+from datamodules.checks import check_number
 
 
 class SlurmRequeue(Callback):

@@ -1,0 +1,164 @@
+"""Argument constraints, declared once in the signatures and enforced for the command and for Python callers alike.
+
+A constrained argument is annotated with one of the number types below (jsonargparse's restricted types, so that the
+command checks them and ``--help`` names them) or a ``Literal`` of choices; :func:`check_arguments` enforces the same
+annotations for Python callers, raising a ValueError that names the argument, the value and what was expected. Both
+``datamodules`` and ``ae_lightning`` use it; it imports neither.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import re
+import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from numbers import Real
+from typing import Any, Literal
+
+from jsonargparse.typing import register_type
+
+# Each constrained number type and its interval, integer or not.
+INTERVALS: dict[type, tuple[str, bool]] = {}
+
+
+def number_type(interval: str, integer: bool = False) -> type:
+    """A number type for signatures, e.g. ``number_type("[0, 1)")``: the command (jsonargparse) checks its values and
+    ``--help`` names it by its range (``float in [0, 1)``); :func:`check_arguments` checks Python callers' values.
+    Parsed values are plain ``int``/``float``, so they pickle into checkpoints like any number."""
+    base = int if integer else float
+    cls = type(f"{base.__name__} {_describe(interval, False).removeprefix('be ').removeprefix('lie ')}", (base,), {})
+
+    def parse(value: Any) -> int | float:
+        value = base(value) if isinstance(value, str) else value  # from the command line
+        check_number("the value", value, interval, integer=integer)
+        return base(value)
+
+    register_type(cls, serializer=base, deserializer=parse, type_check=lambda value, _: False)
+    INTERVALS[cls] = (interval, integer)
+    return cls
+
+_INTERVAL = re.compile(r"^([\[(])\s*(-?inf|-?[\d.]+)\s*,\s*(-?inf|-?[\d.]+)\s*([\])])$")
+
+
+def check_number(name: str, value: object, interval: str, *, integer: bool = False) -> None:
+    """Raise a ValueError unless ``value`` is a number (an ``int`` if ``integer``; never a bool) in ``interval``.
+
+    Args:
+        name: the argument as the user writes it, e.g. ``"beta"``.
+        value: the value given.
+        interval: the allowed range in interval notation, ``inf`` for no bound: ``"[0, 1)"``, ``"(0, inf)"``.
+        integer: whether only integers are allowed.
+    """
+    low, high, low_closed, high_closed = _parse(interval)
+    kind = int if integer else Real
+    ok = isinstance(value, kind) and not isinstance(value, bool)
+    if ok:
+        ok = (low <= value if low_closed else low < value) and (value <= high if high_closed else value < high)
+    if not ok:
+        raise ValueError(f"{name} must {_describe(interval, integer)}, got {value!r}")
+
+
+def check_numbers(name: str, values: Iterable[object], interval: str, *, integer: bool = False) -> None:
+    """:func:`check_number` for every item of ``values``; the message shows the whole list."""
+    values = list(values)
+    try:
+        for value in values:
+            check_number(name, value, interval, integer=integer)
+    except ValueError:
+        raise ValueError(f"each of {name} must {_describe(interval, integer)}, got {values!r}") from None
+
+
+def _parse(interval: str) -> tuple[float, float, bool, bool]:
+    match = _INTERVAL.match(interval)
+    if match is None:
+        raise ValueError(f"interval must look like '[0, 1)' or '(0, inf)', got {interval!r}")
+    opening, low, high, closing = match.groups()
+    return float(low), float(high), opening == "[", closing == "]"
+
+
+def _describe(interval: str, integer: bool) -> str:
+    low, high, low_closed, high_closed = _parse(interval)
+    prefix = "be an integer " if integer else "be "
+    if math.isinf(high):
+        return f"{prefix}{'>=' if low_closed else '>'} {low:g}"
+    if math.isinf(low):
+        return f"{prefix}{'<=' if high_closed else '<'} {high:g}"
+    return f"be an integer in {interval}" if integer else f"lie in {interval}"
+
+
+def check_arguments(values: Mapping[str, Any], *functions: Callable) -> None:
+    """Raise a ValueError for the first of ``values`` that breaks the constraint its parameter declares in one of
+    ``functions`` (a number type of :data:`INTERVALS`, a ``Literal``, a ``Sequence`` or ``Optional`` of them)."""
+    for function in functions:
+        for name, annotation in _annotations(function).items():
+            if name in values:
+                _check(name, values[name], annotation)
+
+
+def check_init_arguments(cls: type, values: Mapping[str, Any]) -> None:
+    """:func:`check_arguments` against the ``__init__`` of ``cls`` and of each of its bases."""
+    check_arguments(values, *(base.__init__ for base in cls.__mro__ if "__init__" in vars(base)))
+
+
+@functools.cache
+def _annotations(function: Callable) -> dict[str, Any]:
+    try:
+        hints = typing.get_type_hints(function)
+    except (NameError, TypeError):  # an annotation this module cannot resolve constrains nothing here
+        return {}
+    names = inspect.signature(function).parameters
+    return {name: hint for name, hint in hints.items() if name in names and _constrains(hint)}
+
+
+def _constrains(annotation: Any) -> bool:
+    if isinstance(annotation, type) and annotation in INTERVALS or typing.get_origin(annotation) is Literal:
+        return True
+    return any(_constrains(arg) for arg in typing.get_args(annotation) if not isinstance(arg, list))
+
+
+def _check(name: str, value: Any, annotation: Any) -> None:
+    expected = _expected(value, annotation)
+    if expected is not None:
+        subject = f"each of {name}" if expected.startswith("each ") else name
+        raise ValueError(f"{subject} must {expected.removeprefix('each ')}, got {value!r}")
+
+
+def _expected(value: Any, annotation: Any) -> str | None:
+    """None if ``value`` fits ``annotation``'s constraints, else what was expected, e.g. ``"be >= 0"``."""
+    if isinstance(annotation, type) and annotation in INTERVALS:
+        interval, integer = INTERVALS[annotation]
+        try:
+            check_number("", value, interval, integer=integer)
+        except ValueError:
+            return _describe(interval, integer)
+        return None
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return None if value in args else "be one of " + ", ".join(map(repr, args))
+    if origin in (Sequence, list, tuple) or (isinstance(origin, type) and issubclass(origin, Sequence)):
+        if isinstance(value, Sequence) and not isinstance(value, str):
+            expected = next((e for item in value if (e := _expected(item, args[0])) is not None), None)
+            return None if expected is None else f"each {expected}"
+        return None  # not a sequence: jsonargparse or the code using it says so
+    expectations = []
+    for member in args:  # a union: the value fits one of its members
+        if member is type(None) or not _constrains(member):
+            if value is None if member is type(None) else isinstance(member, type) and isinstance(value, member):
+                return None
+        elif (expected := _expected(value, member)) is None:
+            return None
+        else:
+            expectations.append(expected)
+    return " or ".join(e.removeprefix("be ") if i else e for i, e in enumerate(expectations)) or None
+
+
+PositiveInt = number_type("[1, inf)", integer=True)
+NonNegativeInt = number_type("[0, inf)", integer=True)
+AtLeastTwo = number_type("[2, inf)", integer=True)
+PositiveFloat = number_type("(0, inf)")
+NonNegativeFloat = number_type("[0, inf)")
+OpenUnitInterval = number_type("(0, 1)")
+ClosedUnitInterval = number_type("[0, 1]")
+Fraction = number_type("[0, 1)")

@@ -1,0 +1,126 @@
+"""The base's contract: networks from builder methods or given modules, labels as arguments, constraints declared in
+the signatures, checkpoints of the previous layout, and the one-way dependency of ``datamodules`` on nothing of ours."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_runs import ROOT, run_cli, tiny_args
+from torch import nn
+
+from ae_lightning import VAE, AutoDecoder, Autoencoder, ConditionalVAE, DeepBeliefAutoencoder, DropoutAutoencoder
+from ae_lightning.blocks.networks import MLPDecoder, MLPEncoder
+from datamodules import MNISTDataModule
+
+TINY = {"latent_dim": 4, "hidden_dims": [16]}
+
+
+class Recorder(MLPEncoder):
+    """An encoder that counts its calls: the model must use the module it was given."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls = getattr(self, "calls", 0) + 1
+        return super().forward(x)
+
+
+def test_a_given_encoder_and_decoder_are_used_and_none_is_built_beside_them() -> None:
+    encoder, decoder = Recorder((1, 28, 28), [8], 2 * 4), MLPDecoder(4, [8], (1, 28, 28))
+    model = VAE(**TINY, encoder=encoder, decoder=decoder)
+    assert model.encoder is encoder and model.decoder is decoder
+    assert {name.split(".")[0] for name, _ in model.named_parameters()} == {"encoder", "decoder"}
+    terms = model.loss_terms(torch.rand(3, 1, 28, 28), torch.zeros(3), torch.arange(3))
+    assert encoder.calls == 1 and torch.isfinite(terms["loss"])
+    assert "encoder" not in model.hparams  # saved with the weights; load_from_checkpoint takes it again
+
+
+def test_a_variant_changes_its_networks_in_the_builders_and_builds_nothing_it_discards() -> None:
+    assert VAE(**TINY).encoder(torch.rand(2, 1, 28, 28)).shape == (2, 8)  # mean and log-variance
+    assert AutoDecoder(**TINY).encoder is None
+    cvae = ConditionalVAE(**TINY, num_classes=3)
+    assert cvae.encoder[1].in_features == 28 * 28 + 3 and cvae.decoder[0].in_features == 4 + 3
+    deep = DeepBeliefAutoencoder(**TINY)
+    assert [type(m) for m in deep.encoder] == [nn.Flatten, nn.Linear, nn.Sigmoid, nn.Linear]
+    with pytest.raises(ValueError, match="takes only encoder=None"):
+        DeepBeliefAutoencoder(**TINY, encoder=nn.Identity())
+
+
+def test_a_given_encoder_comes_from_yaml_and_the_checkpoint_rebuilds_it(data_dir: Path, tmp_path: Path) -> None:
+    encoder = '{"class_path": "ae_lightning.blocks.networks.MLPEncoder", "init_args": {"input_shape": [1, 28, 28], ' \
+              '"hidden_dims": [7], "out_dim": 4}}'  # fmt: skip
+    extra = ["--model.init_args.encoder", encoder, "--trainer.max_steps", "2"]
+    cli = run_cli("fit", *tiny_args("ae", data_dir, tmp_path, *extra))
+    assert cli.model.encoder[1].out_features == 7  # not the config's hidden_dims [32, 16]
+    loaded = Autoencoder.load_from_checkpoint(next(tmp_path.rglob("last.ckpt")))
+    assert loaded.encoder[1].out_features == 7
+    x = torch.rand(2, 1, 28, 28)
+    torch.testing.assert_close(loaded.eval()(x), cli.model.eval()(x))
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, old_name",
+    [
+        (ConditionalVAE, {}, lambda name: name.replace("coder.", "coder.network.")),
+        (ConditionalVAE, {"network": "conv", "hidden_dims": [4]}, lambda n: n.replace("coder.", "coder.network.")),
+        (DropoutAutoencoder, {}, lambda name: name.replace("encoder.", "encoder.1.")),
+        (DropoutAutoencoder, {"network": "conv", "hidden_dims": [4]}, lambda n: n.replace("encoder.", "encoder.1.")),
+    ],
+    ids=["cvae-mlp", "cvae-conv", "dropout-mlp", "dropout-conv"],
+)  # fmt: skip
+def test_a_checkpoint_of_the_previous_layout_loads_with_the_same_outputs(cls, kwargs, old_name, tmp_path: Path) -> None:
+    # The previous release wrapped these networks (CVAE: a module holding the labels; dropout AE: Sequential(Dropout,
+    # encoder)), so its weight names carried one more level.
+    torch.manual_seed(0)
+    model = cls(**{**TINY, **kwargs}).eval()
+    old_weights = {old_name(name): value for name, value in model.state_dict().items()}
+    assert old_weights.keys() != model.state_dict().keys()
+    path = tmp_path / "old.ckpt"
+    checkpoint = {"state_dict": old_weights, "hyper_parameters": dict(model.hparams)}
+    torch.save({**checkpoint, "pytorch-lightning_version": "2.6.0"}, path)
+    loaded = cls.load_from_checkpoint(path).eval()
+    x, y = torch.rand(3, 1, 28, 28), torch.tensor([1, 2, 3])
+    torch.testing.assert_close(loaded(x, y), model(x, y))
+
+
+def test_labels_are_arguments_of_encode_decode_and_sample() -> None:
+    model = ConditionalVAE(**TINY).eval()
+    x, y = torch.rand(2, 1, 28, 28), torch.tensor([0, 1])
+    assert not torch.allclose(model.encode(x, y), model.encode(x, 1 - y))
+    with pytest.raises(ValueError, match="needs labels: pass y"):
+        model.encode(x)
+    plain = VAE(**TINY).eval()
+    torch.testing.assert_close(plain.encode(x, y), plain.encode(x))  # an unconditional model ignores them
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, message",
+    [
+        (VAE, {"latent_dim": 0}, "latent_dim must be an integer >= 1, got 0"),
+        (VAE, {"gaussian_std": -1.0}, "gaussian_std must be > 0 or one of 'learned', 'learned_per_pixel', got -1.0"),
+        (Autoencoder, {"network": "rnn"}, "network must be one of 'mlp', 'conv', got 'rnn'"),
+        (MNISTDataModule, {"val_fraction": 1.0}, r"val_fraction must lie in \(0, 1\), got 1.0"),
+        (MNISTDataModule, {"binarize": "yes"}, "binarize must be one of 'none', 'dynamic', 'static', got 'yes'"),
+    ],
+)
+def test_a_constraint_in_the_signature_holds_for_python_callers(cls, kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        cls(**kwargs)
+
+
+def test_help_shows_the_ranges_and_choices_of_the_signatures() -> None:
+    result = subprocess.run([sys.executable, "-m", "ae_lightning.cli", "fit", "--model.help", "VAE"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    help_text = " ".join(result.stdout.split())
+    assert "(type: float >= 0, default: 1.0)" in help_text  # beta
+    assert "(type: int >= 1, default: 20)" in help_text  # latent_dim
+    assert "Literal['bernoulli', 'gaussian', 'continuous_bernoulli']" in help_text
+
+
+def test_datamodules_import_nothing_of_ae_lightning() -> None:
+    code = "import sys, datamodules; print(sorted(m for m in sys.modules if m.startswith('ae_lightning')))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
