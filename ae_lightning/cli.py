@@ -173,7 +173,7 @@ class AutoencoderCLI(LightningCLI):
         checkpoint = getattr(self, "_checkpoint", None)
         if checkpoint is None:
             return
-        weights, built = checkpoint.get("state_dict", {}), self.model.state_dict()
+        weights, built = self.model.upgrade_weights(checkpoint.get("state_dict", {})), self.model.state_dict()
         # Weights only in the checkpoint may belong to a module the model builds later (the auto-decoder's codes).
         mismatched = sorted(
             name for name in built if name not in weights or tuple(weights[name].shape) != tuple(built[name].shape)
