@@ -13,8 +13,8 @@ from typing import Any, ClassVar, Literal
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
+from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from ae_lightning.blocks import losses, networks
@@ -202,8 +202,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         global generators restored afterwards: evaluation never shifts the training noise, and repeats exactly."""
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            rank = self.trainer.global_rank if self._trainer is not None else 0
-            torch.manual_seed(hash((self.global_step, batch_idx, rank)) & 0x7FFF_FFFF_FFFF_FFFF)
+            torch.manual_seed(hash((self.global_step, batch_idx, self.global_rank)) & 0x7FFF_FFFF_FFFF_FFFF)
             yield
 
     def _shared_step(self, batch: Batch, stage: Stage) -> dict[str, Tensor]:
@@ -285,16 +284,24 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
                 f"{type(datamodule).__name__} yields {tuple(data_shape)}"
             )
 
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
+        # The Trainer's gradient clipping does not apply under manual optimization: a variant that optimizes manually
+        # takes ``gradient_clip_val`` and ``gradient_clip_algorithm`` as arguments, applied here to every step.
+        clip = getattr(self, "gradient_clip_val", None)
+        if clip and not self.automatic_optimization and self.clips(optimizer):
+            self.clip_gradients(optimizer, clip, self.gradient_clip_algorithm)
+
+    def clips(self, optimizer: Optimizer) -> bool:
+        """Whether the manual gradient clipping applies to ``optimizer``'s steps (to every optimizer's by default)."""
+        return True
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ae_lightning_class"] = _class_path(type(self))
-        if self._trainer is not None:
-            checkpoint["ae_lightning_optimizers"] = [_optimizer_settings(opt) for opt in self.trainer.optimizers]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         stored = checkpoint.get("ae_lightning_class")
         if stored is not None and resolve_class_path(stored) is not type(self):
             raise ValueError(f"the checkpoint holds a {stored}, not a {_class_path(type(self))}")
-        self._resumed_optimizers = checkpoint.get("ae_lightning_optimizers")
         checkpoint["state_dict"] = self.upgrade_weights(checkpoint["state_dict"])
 
     def upgrade_weights(self, weights: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -307,36 +314,6 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
             new = None if old is None else self.renamed_weights[old] + name[len(old) :]
             renamed[new if new in own else name] = value
         return renamed
-
-    def on_train_start(self) -> None:
-        # Lightning has restored the optimizers' state: the run's own optimizer settings apply from here on.
-        resumed, self._resumed_optimizers = getattr(self, "_resumed_optimizers", None), None
-        if not resumed:
-            return
-        schedulers = self.trainer.lr_scheduler_configs
-        for i, (optimizer, before) in enumerate(zip(self.trainer.optimizers, resumed)):
-            now = _optimizer_settings(optimizer)
-            if now["class"] != before["class"]:
-                raise ValueError(
-                    f"the checkpoint's optimizer {i} is a {before['class']}, this run's a {now['class']}: its state "
-                    "cannot carry over. Resume with the checkpoint's optimizer, or start afresh without --ckpt_path"
-                )
-            for name, value in now["defaults"].items():
-                if before["defaults"].get(name, value) == value:
-                    continue
-                for group in optimizer.param_groups:
-                    group[name] = value
-                    if name == "lr" and "initial_lr" in group:
-                        group["initial_lr"] = value
-                for config in schedulers:
-                    if (
-                        name == "lr"
-                        and config.scheduler.optimizer is optimizer
-                        and hasattr(config.scheduler, "base_lrs")
-                    ):
-                        config.scheduler.base_lrs = [value] * len(optimizer.param_groups)
-                previous = before["defaults"][name]
-                rank_zero_info(f"optimizer {i}: {name} is {value} from here on (the checkpoint's run had {previous})")
 
 
 class DeterministicAutoencoder(AutoencoderModule):
@@ -364,17 +341,6 @@ class DeterministicAutoencoder(AutoencoderModule):
             return -losses.bernoulli_log_likelihood(logits, x)
         mean = networks.decoder_mean(logits, self.input_shape)
         return losses.squared_error(mean, x, event_ndim=len(self.input_shape))
-
-
-def _optimizer_settings(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """The class and the constructor settings (plain values only) of an optimizer, as stored in checkpoints."""
-    plain = (bool, int, float, str, type(None))
-
-    def is_plain(value: Any) -> bool:
-        return isinstance(value, plain) or (isinstance(value, tuple) and all(isinstance(v, plain) for v in value))
-
-    defaults = {name: value for name, value in optimizer.defaults.items() if is_plain(value)}
-    return {"class": _class_path(type(optimizer)), "defaults": defaults}
 
 
 def _factory_arguments(cls: type) -> list[str]:

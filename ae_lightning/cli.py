@@ -30,13 +30,14 @@ from ae_lightning.training.callbacks import ImageLogger, SaveConfigToRun
 from ae_lightning.training.fast import StepsPerBatch
 from ae_lightning.training.fault_tolerance import (
     AtomicCheckpointIO,
-    NonFiniteGuard,
     RandomStateCheckpoint,
     RunCheckpoint,
     SigtermCheckpoint,
     SlurmRequeue,
+    non_finite_guard,
 )
 from ae_lightning.training.prediction import PredictionWriter
+from ae_lightning.training.resume import OptimizerSettingsOnResume
 from datamodules.base import ImageDataModule
 
 for _module in sorted(set(_EXPORTS.values())):  # registers the variants for ``--model <ClassName>``
@@ -92,7 +93,7 @@ class AutoencoderCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": False})
         kwargs.setdefault("save_config_callback", SaveConfigToRun)
         # Callbacks in ``trainer_defaults`` are added to every trainer, whatever --trainer.callbacks says.
-        callbacks = [RandomStateCheckpoint(), SlurmRequeue(), SigtermCheckpoint()]
+        callbacks = [RandomStateCheckpoint(), SlurmRequeue(), SigtermCheckpoint(), OptimizerSettingsOnResume()]
         kwargs.setdefault("trainer_defaults", {"callbacks": callbacks})
         kwargs.setdefault("seed_everything_default", 42)
         kwargs.setdefault("trainer_class", CommandTrainer)
@@ -120,7 +121,7 @@ class AutoencoderCLI(LightningCLI):
         parser.set_defaults({"trainer.logger": lazy_instance(TensorBoardLogger, save_dir=ROOT_DIR)})
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.add_lightning_class_args(ImageLogger, "images")
-        parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
+        parser.add_lightning_class_args(non_finite_guard, "nonfinite")
         parser.add_lightning_class_args(StepsPerBatch, "fast")  # steps: 1 (the default) trains as Lightning does
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:

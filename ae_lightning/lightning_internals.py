@@ -4,13 +4,20 @@ Each use has a test in ``tests/test_lightning_internals.py`` that fails with a c
 changes it; ``pyproject.toml`` bounds Lightning to the releases the suite ran on. The uses:
 
 * :func:`every_n_train_steps` reads ``ModelCheckpoint._every_n_train_steps`` (the fast path checks it);
+* :func:`uncounted_optimizer_step` steps an optimizer through ``Strategy.optimizer_step`` without the
+  ``global_step`` count of ``LightningOptimizer.step`` (the adversarial AE's three phases are one step);
+* ``datamodules.loader.TensorBatchLoader`` is no ``DataLoader`` but names itself its ``sampler``, whose ``set_epoch``
+  Lightning calls at each epoch's start, as for a DataLoader's sampler (``datamodules`` imports nothing of ours, so
+  only its test lives here);
 * ``AutoencoderCLI._parse_ckpt_path`` (:mod:`ae_lightning.cli`) overrides LightningCLI's private step that would
   overwrite the user's model settings with a checkpoint's hyperparameters.
 """
 
 from __future__ import annotations
 
+import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.optim import Optimizer
 
 
 def every_n_train_steps(checkpoint: ModelCheckpoint) -> int:
@@ -24,6 +31,14 @@ def every_n_train_steps(checkpoint: ModelCheckpoint) -> int:
         raise RuntimeError(_changed("ModelCheckpoint no longer keeps `_every_n_train_steps`")) from None
 
 
+def uncounted_optimizer_step(trainer: L.Trainer, optimizer: Optimizer) -> None:
+    """``optimizer.step()`` through the strategy and precision plugin (gradient scaling, the
+    ``on_before_optimizer_step`` hooks), without counting a ``global_step``: under manual optimization Lightning counts
+    every ``LightningOptimizer.step()``."""
+    raw = getattr(optimizer, "optimizer", optimizer)  # the optimizer inside Lightning's wrapper
+    trainer.strategy.optimizer_step(raw, closure=lambda: None)
+
+
 def _changed(what: str) -> str:
     import lightning
 
@@ -33,4 +48,4 @@ def _changed(what: str) -> str:
     )
 
 
-__all__ = ["every_n_train_steps"]
+__all__ = ["every_n_train_steps", "uncounted_optimizer_step"]

@@ -6,12 +6,15 @@ from __future__ import annotations
 import inspect
 
 import lightning
+import lightning as L
 import pytest
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from ae_lightning.cli import AutoencoderCLI
-from ae_lightning.lightning_internals import every_n_train_steps
+from ae_lightning.lightning_internals import every_n_train_steps, uncounted_optimizer_step
+from datamodules.loader import TensorBatchLoader
 
 
 def test_model_checkpoint_keeps_every_n_train_steps() -> None:
@@ -38,3 +41,54 @@ def test_lightning_cli_still_parses_checkpoint_hyperparameters_in_the_step_we_ov
     source = inspect.getsource(LightningCLI)
     assert "self._parse_ckpt_path()" in source, "LightningCLI no longer calls _parse_ckpt_path"
     assert AutoencoderCLI._parse_ckpt_path is not LightningCLI._parse_ckpt_path
+
+
+class TwoUncountedSteps(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.layer = torch.nn.Linear(3, 1)
+
+    def training_step(self, batch, batch_idx):
+        for _ in range(2):
+            self.optimizers().zero_grad()
+            self.manual_backward(self.layer(batch[0]).pow(2).mean())
+            uncounted_optimizer_step(self.trainer, self.optimizers())
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters())
+
+
+def quiet_trainer(tmp_path, **kwargs) -> L.Trainer:
+    return L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, default_root_dir=tmp_path, **kwargs)  # fmt: skip
+
+
+def test_strategy_optimizer_step_steps_without_counting_a_global_step(tmp_path) -> None:
+    model = TwoUncountedSteps()
+    before = model.layer.weight.detach().clone()
+    loader = TensorBatchLoader(
+        torch.rand(12, 3), torch.zeros(12), torch.arange(12), batch_size=4, shuffle=False, seed=0
+    )
+    trainer = quiet_trainer(tmp_path, max_epochs=1)
+    trainer.fit(model, loader)
+    assert not torch.equal(before, model.layer.weight), "Strategy.optimizer_step no longer steps the optimizer"
+    assert trainer.global_step == 0, (
+        f"Lightning {lightning.__version__} counts Strategy.optimizer_step in global_step: the adversarial AE would "
+        "count three steps per batch; see ae_lightning/lightning_internals.py"
+    )
+    assert {int(state["step"]) for state in trainer.optimizers[0].state.values()} == {6}
+
+
+def test_lightning_calls_set_epoch_on_the_loaders_sampler(tmp_path) -> None:
+    class Recorder(TensorBatchLoader):
+        def set_epoch(self, epoch: int) -> None:
+            self.epochs = [*getattr(self, "epochs", []), epoch]
+            super().set_epoch(epoch)
+
+    loader = Recorder(torch.rand(12, 3), torch.zeros(12), torch.arange(12), batch_size=4, shuffle=True, seed=0)
+    quiet_trainer(tmp_path, max_epochs=3, limit_train_batches=1).fit(TwoUncountedSteps(), loader)
+    assert getattr(loader, "epochs", []) == [0, 1, 2], (
+        f"Lightning {lightning.__version__} no longer calls set_epoch on a loader's `sampler` at each epoch: "
+        "TensorBatchLoader (datamodules/loader.py) must start each epoch some other way"
+    )

@@ -11,7 +11,7 @@ import pytest
 import torch
 from tiny_runs import build_cli, last_checkpoint, tiny_args
 
-from ae_lightning.training.fault_tolerance import NonFiniteGuard, NonFiniteLossError
+from ae_lightning.training.fault_tolerance import NonFiniteLossError, non_finite_guard
 
 DIVERGING_SGD = json.dumps({"class_path": "torch.optim.SGD", "init_args": {"lr": 1e6}})
 # One optimizer step per Lightning batch (the configs take 10), so that the guard sees each step's terms, and a
@@ -78,8 +78,8 @@ def test_skip_leaves_weights_and_optimizer_untouched_on_bad_batches_and_counts_t
 
 
 def test_guard_rejects_unknown_actions() -> None:
-    with pytest.raises(ValueError, match="action must be 'error' or 'skip', got 'ignore'"):
-        NonFiniteGuard(action="ignore")
+    with pytest.raises(ValueError, match="action must be one of 'error', 'skip', got 'ignore'"):
+        non_finite_guard(action="ignore")
 
 
 def test_skip_fails_when_an_epoch_skips_more_than_max_skipped(data_dir: Path, tmp_path: Path) -> None:

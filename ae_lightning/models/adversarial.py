@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ae_lightning.base import Batch, DeterministicAutoencoder
+from ae_lightning.lightning_internals import uncounted_optimizer_step
 from datamodules.checks import NonNegativeFloat, PositiveFloat, PositiveInt
 
 Prior = Literal["normal", "mixture"]
@@ -125,7 +126,7 @@ class AdversarialAutoencoder(DeterministicAutoencoder):
         optimizer.zero_grad()
         d_loss, d_accuracy = self.discriminator_terms(codes)
         self.manual_backward(d_loss)
-        self._uncounted_step(optimizer)
+        uncounted_optimizer_step(self.trainer, optimizer)
         return d_loss.detach(), d_accuracy
 
     def generator_phase(self, x: Tensor, optimizer: Optimizer) -> Tensor:
@@ -134,17 +135,8 @@ class AdversarialAutoencoder(DeterministicAutoencoder):
         with self.toggled_optimizer(optimizer):  # freezes decoder and discriminator, whose parameters are not in it
             g_loss = self.generator_loss(self.encoder(x))
             self.manual_backward(self.adversarial_weight * g_loss)
-        self._uncounted_step(optimizer)
+        uncounted_optimizer_step(self.trainer, optimizer)
         return g_loss.detach()
-
-    def _uncounted_step(self, optimizer: Optimizer) -> None:
-        """``optimizer.step()`` through the strategy and precision plugin, without a ``global_step`` count."""
-        raw = getattr(optimizer, "optimizer", optimizer)  # the optimizer inside Lightning's wrapper
-        self.trainer.strategy.optimizer_step(raw, closure=lambda: None)
-
-    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
-        if self.gradient_clip_val:
-            self.clip_gradients(optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
 
     # --- losses -----------------------------------------------------------------------------------------------------
     def discriminator_terms(self, codes: Tensor) -> tuple[Tensor, Tensor]:

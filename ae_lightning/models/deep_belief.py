@@ -219,6 +219,5 @@ class DeepBeliefAutoencoder(DeterministicAutoencoder):
         if self.rbm_index(self.current_epoch) is None:  # the fine-tuning schedulers count fine-tuning epochs
             super().on_train_epoch_end()
 
-    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
-        if self.gradient_clip_val and optimizer is self.trainer.optimizers[0]:
-            self.clip_gradients(optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
+    def clips(self, optimizer: Optimizer) -> bool:
+        return optimizer is self.trainer.optimizers[0]  # fine-tuning's: pretraining sets its gradients itself

@@ -1,23 +1,35 @@
 """Surviving faults, one concern per module: crash-safe checkpoint files (:mod:`.checkpoint_io`), random generators
 in checkpoints (:mod:`.random_state`), SLURM requeues at a step boundary (:mod:`.slurm`) and a guard on non-finite
-losses (:mod:`.nonfinite`) and the final state saved on SIGTERM (:mod:`.sigterm`).
+losses (:mod:`.nonfinite`) and the final state saved on SIGTERM (:mod:`.sigterm`); SIGTERM and SLURM act on all ranks
+together (:mod:`.agreement`).
 
 The ``ae-lightning`` command installs all of them; from Python, pass ``plugins=[AtomicCheckpointIO()]`` and
-``callbacks=[RandomStateCheckpoint(), SlurmRequeue(), NonFiniteGuard()]`` to the Trainer.
+``callbacks=[RandomStateCheckpoint(), SlurmRequeue(), StopOnNonFinite()]`` to the Trainer.
 """
 
+from ae_lightning.training.fault_tolerance.agreement import AgreedSignal
 from ae_lightning.training.fault_tolerance.checkpoint_io import AtomicCheckpointIO, RunCheckpoint
-from ae_lightning.training.fault_tolerance.nonfinite import NonFiniteGuard, NonFiniteLossError
+from ae_lightning.training.fault_tolerance.nonfinite import (
+    NonFiniteGuard,
+    NonFiniteLossError,
+    SkipNonFinite,
+    StopOnNonFinite,
+    non_finite_guard,
+)
 from ae_lightning.training.fault_tolerance.random_state import RandomStateCheckpoint
 from ae_lightning.training.fault_tolerance.sigterm import SigtermCheckpoint
 from ae_lightning.training.fault_tolerance.slurm import SlurmRequeue
 
 __all__ = [
+    "AgreedSignal",
     "AtomicCheckpointIO",
     "NonFiniteGuard",
     "NonFiniteLossError",
     "RandomStateCheckpoint",
     "RunCheckpoint",
     "SigtermCheckpoint",
+    "SkipNonFinite",
     "SlurmRequeue",
+    "StopOnNonFinite",
+    "non_finite_guard",
 ]

@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from datamodules.checks import check_number
+from datamodules.checks import Fraction, PositiveInt, check_arguments
 
 NonFiniteAction = Literal["error", "skip"]
 
@@ -20,37 +20,52 @@ class NonFiniteLossError(FloatingPointError):
     """A training loss term went NaN or infinite."""
 
 
-class NonFiniteGuard(Callback):
-    """Stops training when a training loss term goes non-finite, or skips the steps whose gradients are not finite,
-    and never writes a checkpoint from non-finite weights (the save raises, the last good ``last.ckpt`` stays).
-
-    ``error`` keeps each step's detached loss terms and checks them together every ``check_every_n_steps`` training
-    batches, before validation, at the end of each epoch and of training, and before every checkpoint; the
-    :class:`NonFiniteLossError` names the first bad step, its epoch and batch and the bad terms. ``skip`` drops the
-    non-finite gradients before the optimizer steps and counts such batches as ``train/skipped_batches``. Under DDP
-    the ranks agree at each check. Why it checks this way: ``docs/fault_tolerance.md``.
+def non_finite_guard(
+    action: NonFiniteAction = "error", check_every_n_steps: PositiveInt | None = None, max_skipped: Fraction = 0.5
+) -> NonFiniteGuard:
+    """The command's ``nonfinite`` section: the guard of ``action`` (why it checks so: ``docs/fault_tolerance.md``).
 
     Args:
-        action: ``error`` (stop training) or ``skip`` (skip the step, count the batch).
+        action: ``error`` (stop training, :class:`StopOnNonFinite`) or ``skip`` (skip the step and count the batch,
+            :class:`SkipNonFinite`).
         check_every_n_steps: how often, in training batches, ``error`` checks; ``None``: ``log_every_n_steps``.
         max_skipped: ``skip`` fails (a :class:`NonFiniteLossError`) when an epoch skips more than this share of its
             training batches.
     """
+    check_arguments(locals(), non_finite_guard)
+    return StopOnNonFinite(check_every_n_steps) if action == "error" else SkipNonFinite(max_skipped)
 
-    def __init__(
-        self, action: NonFiniteAction = "error", check_every_n_steps: int | None = None, max_skipped: float = 0.5
-    ) -> None:
-        check_number("max_skipped", max_skipped, "[0, 1)")
-        self.max_skipped = max_skipped
-        self._epoch_batches = self._epoch_skipped = 0
-        if action not in ("error", "skip"):
-            raise ValueError(f"action must be 'error' or 'skip', got {action!r}")
-        if check_every_n_steps is not None:
-            check_number("check_every_n_steps", check_every_n_steps, "[1, inf)", integer=True)
-        self.action = action
+
+class NonFiniteGuard(Callback):
+    """Never writes a checkpoint from non-finite weights (the save raises, the last good ``last.ckpt`` stays); the
+    base of the two guards on non-finite losses, :class:`StopOnNonFinite` and :class:`SkipNonFinite`."""
+
+    @property
+    def state_key(self) -> str:
+        return "NonFiniteGuard"  # one key for either mode, as checkpoints before the split wrote it
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        weights = [p.detach() for p in pl_module.parameters()]
+        if weights and not torch.isfinite(_largest_magnitudes(weights)).all():
+            raise NonFiniteLossError(
+                f"the weights are not finite at global step {trainer.global_step}: not writing a checkpoint, so the "
+                "last one written stays the last good one"
+            )
+
+
+class StopOnNonFinite(NonFiniteGuard):
+    """``action: error``: keeps each step's detached loss terms and checks them together every
+    ``check_every_n_steps`` training batches, before validation, at the end of each epoch and of training, and before
+    every checkpoint; the :class:`NonFiniteLossError` names the first bad step, its epoch and batch and the bad terms.
+    Under DDP the ranks agree at each check.
+
+    Args:
+        check_every_n_steps: how often, in training batches, it checks; ``None``: ``log_every_n_steps``.
+    """
+
+    def __init__(self, check_every_n_steps: PositiveInt | None = None) -> None:
+        check_arguments(locals(), StopOnNonFinite.__init__)
         self.check_every_n_steps = check_every_n_steps
-        self.skipped_batches = 0
-        self._skipped_this_batch = False
         self._step_at_batch_start = 0
         # Per training batch since the last check: its (global step, epoch, batch) and its detached loss terms.
         self._positions: list[tuple[int, int, int]] = []
@@ -60,7 +75,6 @@ class NonFiniteGuard(Callback):
         self._positions.clear()
         self._terms.clear()
 
-    # --- error: keep the terms, check them now and then --------------------------------------------------------------
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
@@ -69,12 +83,6 @@ class NonFiniteGuard(Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self.action == "skip":
-            self.skipped_batches += self._skipped_this_batch
-            self._epoch_skipped += self._skipped_this_batch
-            self._epoch_batches += 1
-            self._skipped_this_batch = False
-            return
         terms = _loss_terms(outputs)
         if not terms:
             return
@@ -124,32 +132,38 @@ class NonFiniteGuard(Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._check(trainer)
-        if self.action == "skip":
-            pl_module.log("train/skipped_batches", float(self.skipped_batches))
-            skipped, batches = self._epoch_skipped, self._epoch_batches
-            self._epoch_skipped = self._epoch_batches = 0
-            if batches and skipped / batches > self.max_skipped:
-                raise NonFiniteLossError(
-                    f"{skipped} of the {batches} training batches of epoch {trainer.current_epoch} had non-finite "
-                    f"gradients and were skipped, more than max_skipped={self.max_skipped}: the run is not training. "
-                    "Lower the learning rate or clip gradients"
-                )
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._check(trainer)
 
-    # --- skip: decide before each optimizer step ----------------------------------------------------------------------
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._check(trainer)
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+
+
+class SkipNonFinite(NonFiniteGuard):
+    """``action: skip``: drops the non-finite gradients before the optimizer steps, so weights and optimizer state
+    stay as they were, and counts such batches as ``train/skipped_batches``.
+
+    Args:
+        max_skipped: fail (a :class:`NonFiniteLossError`) when an epoch skips more than this share of its batches.
+    """
+
+    def __init__(self, max_skipped: Fraction = 0.5) -> None:
+        check_arguments(locals(), SkipNonFinite.__init__)
+        self.max_skipped = max_skipped
+        self.skipped_batches = 0
+        self._skipped_this_batch = False
+        self._epoch_batches = self._epoch_skipped = 0
+
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        if self.action != "skip":
-            return
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if not params:
             return
         # The largest absolute gradient is finite exactly when all gradients are (a sum of squares could overflow).
-        largest = _largest_magnitudes([p.grad for p in params])
-        if torch.isfinite(largest).all():
+        if torch.isfinite(_largest_magnitudes([p.grad for p in params])).all():
             return
         for p in params:  # optimizers step only parameters with a gradient: weights and moments stay as they were
             p.grad = None
@@ -160,14 +174,23 @@ class NonFiniteGuard(Callback):
             )
         self._skipped_this_batch = True
 
-    # --- both: no checkpoint from non-finite weights ------------------------------------------------------------------
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        self._check(trainer)
-        weights = [p.detach() for p in pl_module.parameters()]
-        if weights and not torch.isfinite(_largest_magnitudes(weights)).all():
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.skipped_batches += self._skipped_this_batch
+        self._epoch_skipped += self._skipped_this_batch
+        self._epoch_batches += 1
+        self._skipped_this_batch = False
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.log("train/skipped_batches", float(self.skipped_batches))
+        skipped, batches = self._epoch_skipped, self._epoch_batches
+        self._epoch_skipped = self._epoch_batches = 0
+        if batches and skipped / batches > self.max_skipped:
             raise NonFiniteLossError(
-                f"the weights are not finite at global step {trainer.global_step}: not writing a checkpoint, so the "
-                "last one written stays the last good one"
+                f"{skipped} of the {batches} training batches of epoch {trainer.current_epoch} had non-finite "
+                f"gradients and were skipped, more than max_skipped={self.max_skipped}: the run is not training. "
+                "Lower the learning rate or clip gradients"
             )
 
     def state_dict(self) -> dict[str, Any]:
@@ -191,4 +214,4 @@ def _loss_terms(outputs: Any) -> dict[str, Tensor]:
     return {}
 
 
-__all__ = ["NonFiniteGuard", "NonFiniteLossError"]
+__all__ = ["NonFiniteGuard", "NonFiniteLossError", "SkipNonFinite", "StopOnNonFinite", "non_finite_guard"]

@@ -10,20 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from datamodules.checks import check_number
+from ae_lightning.training.fault_tolerance.agreement import AgreedSignal
+from datamodules.checks import PositiveInt
 
 
-class SlurmRequeue(Callback):
+class SlurmRequeue(AgreedSignal):
     """Handles SLURM's requeue signal at a step boundary, on all ranks together: writes the HPC checkpoint
     ``<default_root_dir>/hpc_ckpt_<n>.ckpt``, requeues the job with ``scontrol requeue`` and exits.
 
     The signal handler only notes the signal; at the end of a training batch (under DDP every
-    ``check_every_n_steps`` optimizer steps, agreed with one all-reduce) the ranks write the checkpoint where
+    ``check_every_n_steps`` optimizer steps, agreed as :class:`AgreedSignal` does) the ranks write the checkpoint where
     ``ModelCheckpoint`` writes its step checkpoints, so the requeued run resumes exactly. Should the requeue fail,
     training goes on. Active in ``fit`` under SLURM with auto-requeue on (``SLURMEnvironment(auto_requeue=True)``,
     the default). Why not Lightning's own handler: ``docs/fault_tolerance.md``.
@@ -32,15 +31,14 @@ class SlurmRequeue(Callback):
         check_every_n_steps: how often, in optimizer steps, the ranks agree on whether the signal came (DDP only).
     """
 
-    def __init__(self, check_every_n_steps: int = 10) -> None:
-        check_number("check_every_n_steps", check_every_n_steps, "[1, inf)", integer=True)
-        self.check_every_n_steps = check_every_n_steps
+    def __init__(self, check_every_n_steps: PositiveInt = 10) -> None:
+        super().__init__(check_every_n_steps)
         self._signum: int | None = None
         self._previous_handler: Any = None
         self._signalled = False
-        self._checked_at_step = 0
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
         # A multi-process strategy holds the cluster environment; a single process under SLURM has the default one.
         environment = getattr(trainer.strategy, "cluster_environment", None)
         if environment is None and SLURMEnvironment.detect():
@@ -50,7 +48,7 @@ class SlurmRequeue(Callback):
             return
         self._signum = environment.requeue_signal
         self._previous_handler = signal.signal(self._signum, self._note_signal)
-        self._signalled, self._checked_at_step = False, trainer.global_step
+        self._signalled = False
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self._signum is not None:
@@ -60,21 +58,10 @@ class SlurmRequeue(Callback):
     def _note_signal(self, signum: int, frame: Any) -> None:
         self._signalled = True
 
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        if self._signum is None:
-            return
-        if trainer.world_size == 1:  # nothing to agree on: the flag is read every step, for free
-            if self._signalled:
-                self._requeue(trainer)
-            return
-        if trainer.global_step - self._checked_at_step >= self.check_every_n_steps:
-            self._checked_at_step = trainer.global_step
-            if any_rank(trainer, pl_module, self._signalled):
-                self._requeue(trainer)
+    def signalled(self, trainer: L.Trainer) -> bool | None:
+        return None if self._signum is None else self._signalled
 
-    def _requeue(self, trainer: L.Trainer) -> None:
+    def act(self, trainer: L.Trainer) -> None:
         rank_zero_info(f"SLURM's signal {self._signum} came: writing the HPC checkpoint and requeuing the job")
         path = hpc_checkpoint_path(trainer.default_root_dir)
         trainer.save_checkpoint(path)
@@ -90,11 +77,6 @@ class SlurmRequeue(Callback):
         signal.signal(signal.SIGTERM, sigterm_handler)
         self._signalled = False
         rank_zero_warn(f"requeuing SLURM job {_slurm_job_id()} failed: training goes on; {path} is written")
-
-
-def any_rank(trainer: L.Trainer, pl_module: L.LightningModule, flag: bool) -> bool:
-    """Whether ``flag`` is true on any rank: one all-reduce (a host sync on GPUs), so call it now and then."""
-    return bool(trainer.strategy.reduce(torch.tensor(int(flag), device=pl_module.device), reduce_op="max").item())
 
 
 def hpc_checkpoint_path(folder: str | Path) -> Path:
@@ -124,4 +106,4 @@ def _requeue_slurm_job() -> bool:
     return result.returncode == 0
 
 
-__all__ = ["SlurmRequeue", "any_rank", "hpc_checkpoint_path"]
+__all__ = ["SlurmRequeue", "hpc_checkpoint_path"]
