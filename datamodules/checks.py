@@ -1,9 +1,10 @@
 """Argument constraints, declared once in the signatures and enforced for the command and for Python callers alike.
 
-A constrained argument is annotated with one of the number types below (jsonargparse's restricted types, so that the
-command checks them and ``--help`` names them) or a ``Literal`` of choices; :func:`check_arguments` enforces the same
-annotations for Python callers, raising a ValueError that names the argument, the value and what was expected. Both
-``datamodules`` and ``ae_lightning`` use it; it imports neither.
+A constrained argument is annotated with one of the number types at the end of this module (registered with
+jsonargparse, so that the command checks them and ``--help`` shows their range) or a ``Literal`` of choices, alone or in
+a ``Sequence`` or an ``Optional``; :func:`check_arguments` enforces the same annotations for Python callers, raising a
+ValueError that names the argument, the value and what was expected. Both ``datamodules`` and ``ae_lightning`` use
+this module, which imports neither.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import inspect
 import math
 import re
 import typing
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from numbers import Real
 from typing import Any, Literal
 
@@ -39,6 +40,7 @@ def number_type(interval: str, integer: bool = False) -> type:
     INTERVALS[cls] = (interval, integer)
     return cls
 
+
 _INTERVAL = re.compile(r"^([\[(])\s*(-?inf|-?[\d.]+)\s*,\s*(-?inf|-?[\d.]+)\s*([\])])$")
 
 
@@ -58,16 +60,6 @@ def check_number(name: str, value: object, interval: str, *, integer: bool = Fal
         ok = (low <= value if low_closed else low < value) and (value <= high if high_closed else value < high)
     if not ok:
         raise ValueError(f"{name} must {_describe(interval, integer)}, got {value!r}")
-
-
-def check_numbers(name: str, values: Iterable[object], interval: str, *, integer: bool = False) -> None:
-    """:func:`check_number` for every item of ``values``; the message shows the whole list."""
-    values = list(values)
-    try:
-        for value in values:
-            check_number(name, value, interval, integer=integer)
-    except ValueError:
-        raise ValueError(f"each of {name} must {_describe(interval, integer)}, got {values!r}") from None
 
 
 def _parse(interval: str) -> tuple[float, float, bool, bool]:
@@ -160,5 +152,4 @@ AtLeastTwo = number_type("[2, inf)", integer=True)
 PositiveFloat = number_type("(0, inf)")
 NonNegativeFloat = number_type("[0, inf)")
 OpenUnitInterval = number_type("(0, 1)")
-ClosedUnitInterval = number_type("[0, 1]")
 Fraction = number_type("[0, 1)")
