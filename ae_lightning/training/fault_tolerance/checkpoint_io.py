@@ -78,31 +78,38 @@ def _alive(pid: int) -> bool:
 
 class RunCheckpoint(ModelCheckpoint):
     """The command's ``checkpoint`` section: Lightning's ModelCheckpoint, writing nothing under ``fast_dev_run`` (as
-    Lightning documents; its ``save_last`` at the end of training would write ``last.ckpt``), and never keeping a
-    checkpoint as the best on a non-finite monitored value."""
+    Lightning documents; its ``save_last`` at the end of training would write ``last.ckpt``), never keeping a
+    checkpoint as the best on a non-finite monitored value, and with ``save_last`` always holding the final step in a
+    state that resumes exactly: a run stopped by ``max_steps`` inside an epoch saves it at that batch's end, before
+    Lightning closes the epoch (a checkpoint written after would mark the epoch done and skip its other batches)."""
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
+        self._step_saved: int | None = None
         if trainer.is_global_zero and self.dirpath and Path(self.dirpath).is_dir():
             remove_dead_writers_files(Path(self.dirpath))
 
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # Any checkpoint of this step (top-k, every-n, SIGTERM's) comes with ``last`` when ``save_last`` is set.
+        self._step_saved = trainer.global_step
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if 0 <= trainer.max_steps <= trainer.global_step:  # Lightning's own test for the last step
+            self._save_final_step(trainer)
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.fast_dev_run:
+        # Instead of Lightning's, which writes ``last`` here, after the epoch is closed, if it wrote none yet: right
+        # only for a run that ended with its epoch (max_epochs).
+        self._save_final_step(trainer)
+
+    def _save_final_step(self, trainer: L.Trainer) -> None:
+        if trainer.fast_dev_run or not self.save_last or not self.dirpath or self._step_saved == trainer.global_step:
             return
-        super().on_train_end(trainer, pl_module)
-        # Lightning saves ``last`` at the end only if it saved none before: a run stopped by max_steps inside an
-        # epoch would keep the last epoch's state.
-        if self.save_last and self.dirpath:
-            last = Path(
-                self.last_model_path or Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
-            )
-            step = (
-                torch.load(last, map_location="cpu", weights_only=True, mmap=True)["global_step"]
-                if last.is_file()
-                else None
-            )
-            if step != trainer.global_step:
-                trainer.save_checkpoint(last)
+        last = self.last_model_path or str(Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}")
+        trainer.save_checkpoint(last, weights_only=self.save_weights_only)
 
     def check_monitor_top_k(self, trainer: L.Trainer, current: torch.Tensor | None = None) -> bool:
         # A NaN or infinite val/loss is never "the best".
