@@ -3,9 +3,12 @@ ends with the weights and optimizer states of an uninterrupted run, bit for bit.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -186,6 +189,31 @@ def test_temporary_files_of_dead_writers_are_removed_when_the_run_folder_is_used
     run_cli("fit", *tiny_args("ae", data_dir, tmp_path, "--trainer.max_steps", "4", "--ckpt_path", "last",
                               "--checkpoint.dirpath", str(folder)))  # fmt: skip
     assert not dead.exists() and alive.exists()
+    # without a dirpath the resumed run writes to version_1: the dead writer's file in version_0 goes all the same
+    dead = folder / f".last.ckpt.999999999@{socket.gethostname()}.tmp"
+    dead.write_bytes(b"PK")
+    run_cli("fit", *tiny_args("ae", data_dir, tmp_path, "--trainer.max_steps", "6", "--ckpt_path", "last"))
+    assert not dead.exists() and alive.exists() and (folder.parents[1] / "version_1").is_dir()
+
+
+def test_a_full_disk_names_the_checkpoint_and_keeps_the_previous_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"step": 1}, path)
+
+    def disk_full(checkpoint: dict, file) -> None:  # what torch raises when the disk fills during a write
+        file.write(b"PK" * 100)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: shutil._ntuple_diskusage(10**9, 10**9, 0))
+    with pytest.raises(OSError, match=rf"no space left on device while writing the checkpoint {path} \(0 MiB free\); "
+                                      r"the previous last.ckpt is kept") as error:  # fmt: skip
+        AtomicCheckpointIO().save_checkpoint({"step": 2}, path)
+    assert error.value.errno == errno.ENOSPC
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
 
 
 # Extending a finished run ("train 30 more steps/epochs") resumes from the final checkpoint of the first command.

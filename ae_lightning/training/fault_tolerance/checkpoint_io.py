@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import re
+import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +20,10 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes a checkpoint to a hidden temporary file next to its target, syncs it and renames it into place.
 
-    A process that dies while writing leaves the previous file intact and at most a ``.<name>.<pid>.tmp`` file.
-    Paths that are not local (``s3://`` ...) keep Lightning's writer. Why: ``docs/fault_tolerance.md``.
+    A process that dies while writing leaves the previous file intact and at most a ``.<name>.<pid>@<host>.tmp``
+    file, removed when the run folder is used again; a full disk raises an OSError (ENOSPC) naming the file and
+    saying that the previous one is kept. Paths that are not local (``s3://`` ...) keep Lightning's writer. Why:
+    ``docs/fault_tolerance.md``.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
@@ -26,19 +32,41 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary = path.with_name(f".{path.name}.{os.getpid()}@{socket.gethostname()}.tmp")
         try:
             with open(temporary, "wb") as file:
                 torch.save(checkpoint, file)
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(temporary, path)  # atomic on POSIX: readers see the old file or the new one, never a mix
-        except BaseException:
+        except BaseException as error:
+            written = temporary.stat().st_size if temporary.exists() else 0
             temporary.unlink(missing_ok=True)
+            if _disk_full(error, path.parent, written):
+                kept = f"the previous {path.name} is kept" if path.exists() else f"no {path.name} was written before"
+                raise OSError(
+                    errno.ENOSPC,
+                    f"no space left on device while writing the checkpoint {path} "
+                    f"({shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free); {kept}. Free some space and "
+                    "resume with --ckpt_path last",
+                ) from error
             raise
         _fsync_directory(path.parent)
         for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by processes that died while writing
             stale.unlink(missing_ok=True)
+
+
+def _disk_full(error: BaseException, folder: Path, written: int) -> bool:
+    """Whether a failed write ran out of space: torch reports it as ``RuntimeError: [enforce fail at
+    inline_container.cc ...]``, so a write error with less free space left than it had written counts too."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    if not isinstance(error, (OSError, RuntimeError)):
+        return False
+    try:
+        return shutil.disk_usage(folder).free <= max(written, 1 << 20)
+    except OSError:
+        return False
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -55,12 +83,16 @@ def _fsync_directory(directory: Path) -> None:
         os.close(descriptor)
 
 
+_TEMPORARY = re.compile(r"^\..+\.(?P<pid>\d+)(?:@(?P<host>.+))?\.tmp$")
+
+
 def remove_dead_writers_files(folder: Path) -> list[Path]:
-    """Remove the ``.<name>.<pid>.tmp`` files in ``folder`` whose writing process is gone; returns them."""
-    removed = []
+    """Remove the ``.<name>.<pid>@<host>.tmp`` files in ``folder`` whose writer on this host is gone (and the
+    ``.<name>.<pid>.tmp`` of earlier releases whose pid is gone); returns them."""
+    removed, host = [], socket.gethostname()
     for path in folder.glob(".*.tmp"):
-        pid = path.name.rsplit(".", 2)[-2]
-        if pid.isdigit() and not _alive(int(pid)):
+        match = _TEMPORARY.match(path.name)
+        if match and match["host"] in (None, host) and not _alive(int(match["pid"])):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
