@@ -37,10 +37,26 @@ def fingerprint(images: Tensor) -> int:
     return int(images[::step].to(torch.float64).sum().mul(1000).round().item())
 
 
+def global_batch_bounds(n: int, batch_size: int, world_size: int) -> list[tuple[int, int]]:
+    """The ``[start, end)`` sample ranges of an epoch's global batches (``batch_size`` per rank)."""
+    step = batch_size * world_size
+    bounds = [(start, min(start + step, n)) for start in range(0, n, step)]
+    # A last global batch with fewer samples than ranks would leave some rank an empty batch: fold it into the one
+    # before, so that every rank gets at least one sample.
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < world_size:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
 def check_resume_state(stored: dict, mine: dict) -> None:
     """Raise a ValueError naming the setting if a loader position ``stored`` was reached with other data settings than
-    ``mine`` (both as :meth:`TensorBatchLoader.state_dict` gives them; ``source`` names the data where known)."""
+    ``mine`` (both as :meth:`TensorBatchLoader.state_dict` gives them; ``source`` names the data where known). At the
+    end of an epoch only the data and the seed must match: another batch size or process count starts a new epoch."""
+    sizes = [stored.get(key) for key in ("samples", "batch_size", "world_size")]
+    at_epoch_end = None not in sizes and stored.get("batches_done", 0) >= len(global_batch_bounds(*sizes))
     for key, setting in _RESUME_SETTINGS.items():
+        if at_epoch_end and key in ("batch_size", "world_size"):
+            continue  # the next epoch starts afresh: only the data and their seed must be the same
         if key in stored and stored[key] != mine[key]:
             data = ""
             if key in ("samples", "fingerprint") and stored.get("source", mine.get("source")) != mine.get("source"):
@@ -157,13 +173,7 @@ class TensorBatchLoader:
             yield batch
 
     def _global_batch_bounds(self) -> list[tuple[int, int]]:
-        n, step = len(self.images), self.batch_size * self.world_size
-        bounds = [(start, min(start + step, n)) for start in range(0, n, step)]
-        # A last global batch with fewer samples than ranks would leave some rank an empty batch: fold it into the
-        # one before, so that every rank gets at least one sample.
-        if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < self.world_size:
-            bounds[-2:] = [(bounds[-2][0], n)]
-        return bounds
+        return global_batch_bounds(len(self.images), self.batch_size, self.world_size)
 
     def _order(self) -> Tensor:
         if not self.shuffle:

@@ -111,3 +111,13 @@ def test_an_unreadable_checkpoint_is_an_error_naming_it(
                 "not Lightning": "is not a Lightning checkpoint", "a directory": "is a directory"}[damage]  # fmt: skip
     with pytest.raises((ValueError, FileNotFoundError), match=f"--ckpt_path {bad} {expected}"):
         run_cli("test", *tiny_args("vae", data_dir, tmp_path / "t", "--ckpt_path", str(bad)))
+
+
+def test_at_an_epoch_end_another_batch_size_is_taken_but_other_data_are_not(data_dir: Path, tmp_path: Path) -> None:
+    run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "run", "--trainer.max_epochs", "1"))
+    checkpoint = next((tmp_path / "run").rglob("last.ckpt"))
+    more = ["--trainer.max_epochs", "2", "--ckpt_path", str(checkpoint)]
+    with pytest.raises(ValueError, match=r"reached with --data.seed 42, this run has 7"):  # another validation split
+        run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "seed", *more, "--data.seed", "7"))
+    cli = run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "bigger", *more, "--data.batch_size", "32"))
+    assert cli.trainer.current_epoch == 2 and cli.trainer.global_step == 14 + 7
