@@ -84,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=10, help="training epochs of every variant")
     parser.add_argument("--seed", type=int, default=42, help="seed of every run (weights, data order, split)")
     parser.add_argument(
-        "--seeds", type=int, nargs="+", default=None, help="train each config once per seed; mean ± std (default: --seed)"
+        "--seeds", type=int, nargs="+", default=None, help="one run per seed, then mean ± std (default: --seed)"
     )
     parser.add_argument("--metrics", nargs="+", default=list(evaluation.METRICS), help="metrics to compute")
     parser.add_argument(
