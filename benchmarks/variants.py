@@ -178,8 +178,9 @@ class EpochReport(Callback):
 def resolve_configs(names: list[str] | None, config_dir: Path) -> dict[str, Path]:
     """Variant name -> config file; a ValueError naming every config that does not exist."""
     available = sorted(path.stem for path in config_dir.glob("*.yaml"))
-    if names is None:
-        return {name: config_dir / f"{name}.yaml" for name in available}
+    if names is None:  # every config of image data: the recommenders' (interactions files) have their own benchmark
+        configs = {name: config_dir / f"{name}.yaml" for name in available}
+        return {name: path for name, path in configs.items() if "InteractionsDataModule" not in path.read_text()}
     configs, missing = {}, []
     for name in names:
         path = Path(name) if name.endswith((".yaml", ".yml")) else config_dir / f"{name}.yaml"

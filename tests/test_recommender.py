@@ -11,6 +11,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 from scipy import sparse
+from tiny_runs import ROOT, build_cli
 
 from ae_lightning import MultDAE, MultVAE
 from ae_lightning.blocks import losses
@@ -184,3 +185,21 @@ def test_recommend_leaves_out_clicked_items() -> None:
 def test_bad_model_arguments_name_the_value(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         MultVAE(**{"input_shape": (10,), **kwargs})
+
+
+@pytest.mark.parametrize("config", ["mult_vae", "mult_dae"])
+def test_configs_fit_from_the_command_line_and_test_their_best_checkpoint(config: str, tmp_path: Path) -> None:
+    path = write_interactions(tmp_path / "ratings.csv", header="userId,movieId,rating,timestamp")
+    cli = build_cli(
+        "--config", str(ROOT / "configs" / f"{config}.yaml"), "--data.path", str(path),
+        "--data.val_users", "20", "--data.test_users", "20", "--data.batch_size", "32",
+        "--model.init_args.latent_dim", "4", "--model.init_args.hidden_dims", "[8]",
+        "--trainer.max_epochs", "2", "--trainer.default_root_dir", str(tmp_path / "run"),
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+    )  # fmt: skip
+    assert cli.model.input_shape == cli.datamodule.input_shape  # linked by the command
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert "best-epoch" in cli.trainer.checkpoint_callback.best_model_path  # chosen by val/ndcg_100
+    (results,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)
+    assert {"test/recall_20", "test/ndcg_100", "test/popularity_ndcg_100"} <= set(results)
+    assert (tmp_path / "run" / "lightning_logs" / "version_0" / "config.yaml").is_file()
