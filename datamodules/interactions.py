@@ -57,6 +57,9 @@ class InteractionsDataModule(ImageDataModule):
         val_users: validation users: a count, or a fraction of the users if below 1.
         test_users: test users: a count, or a fraction of the users if below 1.
         held_out_fraction: share of each validation/test user's items held out to rank.
+        test_path: a second file of the test users' held-out interactions (e.g. MovieLens-100K's ``u1.test`` beside
+            ``u1.base``); their interactions in ``path`` are then folded in and also trained on (weak generalization),
+            and ``test_users`` does not apply. Its users must have interactions in ``path``.
         header: whether the first line names the columns; None: it does when none of its fields is a number.
         batch_size: users per step and process.
         seed: seed of the user split, the held-out draw and the epoch orders.
@@ -71,6 +74,7 @@ class InteractionsDataModule(ImageDataModule):
         val_users: int | float = 0.1,
         test_users: int | float = 0.1,
         held_out_fraction: float = 0.2,
+        test_path: str | None = None,
         header: bool | None = None,
         batch_size: int = 500,
         seed: int = 42,
@@ -89,7 +93,9 @@ class InteractionsDataModule(ImageDataModule):
     def interactions(self) -> Interactions:
         """The split click matrices, read and split on first use."""
         if self._interactions is None:
-            self._interactions = self.split(read_interactions(self.path, self.hparams.header, self.hparams.min_rating))
+            header, min_rating, test_path = self.hparams.header, self.hparams.min_rating, self.hparams.test_path
+            test = read_interactions(Path(test_path), header, min_rating) if test_path else None
+            self._interactions = self.split(read_interactions(self.path, header, min_rating), test)
         return self._interactions
 
     @property
@@ -119,15 +125,22 @@ class InteractionsDataModule(ImageDataModule):
         return self.path.stem
 
     def source_paths(self) -> list[str]:
-        return [str(self.path)]
+        return [str(self.path)] + ([self.hparams.test_path] if self.hparams.test_path else [])
 
     # --- the split --------------------------------------------------------------------------------------------------
-    def split(self, frame: pd.DataFrame) -> Interactions:
-        """The strong-generalization split of ``frame`` (columns ``user``, ``item``)."""
+    def split(self, frame: pd.DataFrame, test: pd.DataFrame | None = None) -> Interactions:
+        """The strong-generalization split of ``frame`` (columns ``user``, ``item``), or with ``test`` the held-out
+        interactions of its test users."""
+        first_line = frame.attrs.get("first_line", 1)
         counts = frame["user"].value_counts()
         frame = frame[frame["user"].isin(counts.index[counts >= self.hparams.min_user_items])]
         users = np.sort(frame["user"].unique())
-        n_val, n_test = (_count(self.hparams[name], len(users)) for name in ("val_users", "test_users"))
+        test_users = np.sort(test["user"].unique()) if test is not None else np.array([], dtype=users.dtype)
+        if test is not None:
+            self.check_test_file(frame, first_line, test)
+            users = users[~np.isin(users, test_users)]  # validation users are drawn from the others
+        n_val = _count(self.hparams.val_users, len(users))
+        n_test = 0 if test is not None else _count(self.hparams.test_users, len(users))
         if n_val + n_test >= len(users):
             raise ValueError(
                 f"{self.path}: {len(users)} users with at least min_user_items={self.hparams.min_user_items} "
@@ -137,19 +150,26 @@ class InteractionsDataModule(ImageDataModule):
         rng = np.random.default_rng(self.hparams.seed)
         users = users[rng.permutation(len(users))]
         groups = {"test": users[:n_test], "val": users[n_test : n_test + n_val], "train": users[n_test + n_val :]}
+        if test is not None:  # weak generalization: the test users are training users too
+            groups["test"], groups["train"] = test_users, np.concatenate([groups["train"], test_users])
         groups = {name: np.sort(group) for name, group in groups.items()}  # rows in id order
         train = frame[frame["user"].isin(groups["train"])]
         items = np.sort(train["item"].unique())
         fold_in, held_out, kept = {}, {}, {"train": groups["train"]}
         for name in ("val", "test"):
             part = frame[frame["user"].isin(groups[name])]
+            if name == "test" and test is not None:
+                part = pd.concat([part, test], keys=["fold_in", "held_out"])
             known = part[part["item"].isin(items)]
             if len(known) < len(part):
                 rank_zero_info(
                     f"{self.path}: {len(part) - len(known)} interactions of {name} users with items no training user "
                     "has are left out (the model has no output for them)"
                 )
-            held = _draw_held_out(known, self.hparams.held_out_fraction, rng)
+            if name == "test" and test is not None:
+                held = pd.Series(known.index.get_level_values(0) == "held_out", index=known.index)
+            else:
+                held = _draw_held_out(known, self.hparams.held_out_fraction, rng)
             evaluated = np.sort(known.loc[held, "user"].unique())
             kept_rows = known["user"].isin(evaluated)
             known, held = known[kept_rows], held[kept_rows]
@@ -162,6 +182,27 @@ class InteractionsDataModule(ImageDataModule):
             held_out[name] = _click_matrix(known[held], evaluated, items)
             kept[name] = evaluated
         return Interactions(items, _click_matrix(train, groups["train"], items), fold_in, held_out, kept)
+
+    def check_test_file(self, frame: pd.DataFrame, frame_first_line: int, test: pd.DataFrame) -> None:
+        """Raise a ValueError naming the line of ``test_path`` whose user is unknown or whose pair is in ``path``."""
+        test_path, first_line = Path(self.hparams.test_path), test.attrs.get("first_line", 1)
+        unknown = ~test["user"].isin(frame["user"])
+        if unknown.any():
+            row = test.index[unknown.to_numpy()][0]
+            raise ValueError(
+                f"{test_path} line {line_of(test_path, row, first_line)}: user {test['user'][row]} has no "
+                f"interactions in {self.path} (after min_rating and min_user_items={self.hparams.min_user_items}), so "
+                "the model has nothing to recommend from; every test user must be a user of path"
+            )
+        both = test.reset_index().merge(frame.reset_index(), on=["user", "item"], suffixes=("_test", ""))
+        if len(both):
+            first = both.iloc[0]
+            line = line_of(self.path, first["index"], frame_first_line)
+            test_line = line_of(test_path, first["index_test"], first_line)
+            raise ValueError(
+                f"{test_path} line {test_line} and {self.path} line {line} both hold user {first['user']}, item "
+                f"{first['item']}; a held-out interaction must not be in the training file"
+            )
 
     def setup(self, stage: str | None = None) -> None:
         self.hparams.data_source = self.data_source
@@ -208,7 +249,7 @@ class DenseRows:
 
 def read_interactions(path: Path, header: bool | None = None, min_rating: float | None = None) -> pd.DataFrame:
     """The ``user``, ``item`` (and ``rating``) columns of an interactions file, checked, with ratings below
-    ``min_rating`` dropped.
+    ``min_rating`` dropped; the index is the data row of each line (see :func:`line_of`).
 
     Raises:
         ValueError: naming the file and line of a missing field, a non-numeric rating or a duplicate (user, item)
@@ -239,7 +280,7 @@ def read_interactions(path: Path, header: bool | None = None, min_rating: float 
     first_line = 2 if header else 1
     missing = frame[["user", "item"]].isna().any(axis=1)
     if missing.any():
-        line = _line_of(path, int(np.flatnonzero(missing)[0]), first_line)
+        line = line_of(path, int(np.flatnonzero(missing)[0]), first_line)
         raise ValueError(f"{path} line {line}: no user or no item; every line must hold user, item[, rating]")
     twice = frame.duplicated(["user", "item"], keep=False).to_numpy()
     if twice.any():
@@ -247,7 +288,7 @@ def read_interactions(path: Path, header: bool | None = None, min_rating: float 
         first_row = rows[0]
         user, item = frame["user"].iloc[first_row], frame["item"].iloc[first_row]
         same = rows[(frame["user"].iloc[rows] == user).to_numpy() & (frame["item"].iloc[rows] == item).to_numpy()]
-        line_a, line_b = (_line_of(path, int(r), first_line) for r in same[:2])
+        line_a, line_b = (line_of(path, int(r), first_line) for r in same[:2])
         raise ValueError(
             f"{path} lines {line_a} and {line_b} both hold user {user}, item {item}; each (user, item) pair must "
             "appear once (aggregate repeated interactions first)"
@@ -257,14 +298,15 @@ def read_interactions(path: Path, header: bool | None = None, min_rating: float 
         bad = ratings.isna().to_numpy()
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            line = _line_of(path, row, first_line)
+            line = line_of(path, row, first_line)
             raise ValueError(f"{path} line {line}: rating {frame['rating'].iloc[row]!r} is not a number")
         frame["rating"] = ratings
         if min_rating is not None:
             frame = frame[frame["rating"] >= min_rating]
     elif min_rating is not None:
         raise ValueError(f"min_rating={min_rating}, but {path} has no rating column (user, item only)")
-    return frame.reset_index(drop=True)
+    frame.attrs["first_line"] = first_line  # with the index (data rows), the file's line numbers
+    return frame
 
 
 def _is_number(text: str) -> bool:
@@ -275,7 +317,7 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _line_of(path: Path, row: int, first_line: int) -> int:
+def line_of(path: Path, row: int, first_line: int) -> int:
     """The file's line number of data row ``row`` (pandas skips blank lines, so they are counted here)."""
     seen = -1
     with path.open() as file:

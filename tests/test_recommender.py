@@ -203,3 +203,35 @@ def test_configs_fit_from_the_command_line_and_test_their_best_checkpoint(config
     (results,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)
     assert {"test/recall_20", "test/ndcg_100", "test/popularity_ndcg_100"} <= set(results)
     assert (tmp_path / "run" / "lightning_logs" / "version_0" / "config.yaml").is_file()
+
+
+def test_a_test_file_holds_out_its_interactions_of_training_users(tmp_path: Path) -> None:
+    base = write_interactions(tmp_path / "u1.base")
+    lines = base.read_text().splitlines()
+    of = {user: [line for line in lines if line.startswith(f"{user},")] for user in ("u1", "u2")}
+    held = of["u1"][:2] + of["u2"][:2]
+    base.write_text("\n".join(line for line in lines if line not in held) + "\n")
+    test = tmp_path / "u1.test"
+    test.write_text("\n".join(held) + "\n")
+    split = data(base, test_path=str(test), min_rating=None).interactions
+    assert set(split.users["test"]) == {"u1", "u2"}
+    assert {"u1", "u2"} <= set(split.users["train"]) and not {"u1", "u2"} & set(split.users["val"])
+    assert split.held_out["test"].sum(1).ravel().tolist() == [[2, 2]]  # the test file's lines
+    assert split.fold_in["test"].sum(1).ravel().tolist() == [[len(of["u1"]) - 2, len(of["u2"]) - 2]]  # u1.base's
+
+
+@pytest.mark.parametrize(
+    "test_lines, message",
+    [
+        (["u1,3,5", "nobody,4,5"], r"u1.test line 2: user nobody has no interactions in .*u1.base"),
+        (["u1,{item},5"], r"u1.test line 1 and .*u1.base line \d+ both hold user u1, item \d+"),
+    ],
+    ids=["unknown-user", "also-in-training"],
+)
+def test_bad_test_files_are_named_with_the_line(tmp_path: Path, test_lines: list[str], message: str) -> None:
+    base = write_interactions(tmp_path / "u1.base")
+    item = next(line for line in base.read_text().splitlines() if line.startswith("u1,")).split(",")[1]
+    test = tmp_path / "u1.test"
+    test.write_text("\n".join(line.format(item=item) for line in test_lines) + "\n")
+    with pytest.raises(ValueError, match=message):
+        _ = data(base, test_path=str(test), min_rating=None).interactions
