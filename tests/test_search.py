@@ -98,6 +98,16 @@ def test_a_locked_storage_is_named(tmp_path: Path, data_dir: Path) -> None:
         holder.close()
 
 
+def test_trials_are_pruned_through_the_lightning_callback(tmp_path: Path, data_dir: Path, monkeypatch) -> None:
+    # a pruner that stops every trial at its first report: the validation after epoch 1
+    monkeypatch.setitem(search.PRUNERS, "always", lambda: optuna.pruners.ThresholdPruner(upper=0.0))
+    study = search.main(search_args(tmp_path, data_dir, "--n_trials", "2", "--pruner", "always",
+                                    "--trainer.max_epochs", "5"))  # fmt: skip
+    pruned = study.get_trials(states=(optuna.trial.TrialState.PRUNED,))
+    assert len(pruned) == 2 and all(list(t.intermediate_values) == [0] for t in pruned)
+    assert not (tmp_path / "trials" / "best.yaml").exists()  # no finished trial to write
+
+
 def trials(storage: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name="ae", storage=storage).get_trials(deepcopy=False)
 
