@@ -24,6 +24,8 @@ _EXPORTS = {
     "DeepBeliefAutoencoder": "ae_lightning.models.deep_belief",
     "DenoisingAutoencoder": "ae_lightning.models.denoising",
     "DropoutAutoencoder": "ae_lightning.models.dropout",
+    "MultDAE": "ae_lightning.models.recommender",
+    "MultVAE": "ae_lightning.models.recommender",
     "SparseAutoencoder": "ae_lightning.models.sparse",
     "SuperResolutionAutoencoder": "ae_lightning.models.superresolution",
     "VAE": "ae_lightning.models.vae",

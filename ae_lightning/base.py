@@ -81,6 +81,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         check_init_arguments(type(self), self.hparams)
         check_network(network, hidden_dims)
         networks.check_input_shape(input_shape, network)
+        networks.check_network_size(network, input_shape, hidden_dims, latent_dim)
         self.input_shape = tuple(input_shape)
         self.latent_dim = latent_dim
         self.optimizer_factory = optimizer
@@ -298,11 +299,21 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ae_lightning_class"] = _class_path(type(self))
 
+    def check_resume(self, checkpoint: dict[str, Any]) -> None:
+        """Raise a ValueError naming both values if this model's settings cannot continue the checkpoint's training
+        (the command calls it before it creates anything; ``fit`` from Python when it loads the checkpoint)."""
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         stored = checkpoint.get("ae_lightning_class")
         if stored is not None and resolve_class_path(stored) is not type(self):
             raise ValueError(f"the checkpoint holds a {stored}, not a {_class_path(type(self))}")
         checkpoint["state_dict"] = self.upgrade_weights(checkpoint["state_dict"])
+        try:
+            fitting = self.trainer.state.fn == "fit"
+        except RuntimeError:  # not attached to a Trainer: load_from_checkpoint
+            fitting = False
+        if fitting:
+            self.check_resume(checkpoint)
 
     def upgrade_weights(self, weights: dict[str, Tensor]) -> dict[str, Tensor]:
         """A checkpoint's weights with the names of an earlier release's layout (:attr:`renamed_weights`) renamed to
@@ -343,6 +354,16 @@ class DeterministicAutoencoder(AutoencoderModule):
         return losses.squared_error(mean, x, event_ndim=len(self.input_shape))
 
 
+def check_optimizer_class(index: int, stored: str, optimizer: torch.optim.Optimizer) -> None:
+    """Raise a ValueError if ``optimizer`` is not of the class ``stored`` of a checkpoint's optimizer ``index``."""
+    now = _class_path(type(optimizer))
+    if now != stored:
+        raise ValueError(
+            f"the checkpoint's optimizer {index} is a {stored}, this run's a {now}: its state cannot carry over. "
+            "Resume with the checkpoint's optimizer, or start afresh without --ckpt_path"
+        )
+
+
 def _factory_arguments(cls: type) -> list[str]:
     """The ``__init__`` arguments of ``cls`` and its bases that take optimizer or scheduler factories."""
     inits = [base.__init__ for base in cls.__mro__ if "__init__" in vars(base)]
@@ -366,4 +387,4 @@ def resolve_class_path(class_path: str) -> type | None:
         return None
 
 
-__all__ = ["AutoencoderModule", "DeterministicAutoencoder", "resolve_class_path"]
+__all__ = ["AutoencoderModule", "DeterministicAutoencoder", "check_optimizer_class", "resolve_class_path"]

@@ -9,11 +9,15 @@ changes it; ``pyproject.toml`` bounds Lightning to the releases the suite ran on
 * ``datamodules.loader.TensorBatchLoader`` is no ``DataLoader`` but names itself its ``sampler``, whose ``set_epoch``
   Lightning calls at each epoch's start, as for a DataLoader's sampler (``datamodules`` imports nothing of ours, so
   only its test lives here);
+* :func:`stored_loader_states` reads where a checkpoint keeps the training loader's state (the command refuses a
+  resume on other data before it creates anything);
 * ``AutoencoderCLI._parse_ckpt_path`` (:mod:`ae_lightning.cli`) overrides LightningCLI's private step that would
   overwrite the user's model settings with a checkpoint's hyperparameters.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -39,6 +43,21 @@ def uncounted_optimizer_step(trainer: L.Trainer, optimizer: Optimizer) -> None:
     trainer.strategy.optimizer_step(raw, closure=lambda: None)
 
 
+def stored_loader_states(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
+    """The training loaders' ``state_dict``s in a checkpoint of ``fit`` (empty if it holds none).
+
+    Lightning keeps them under ``loops/fit_loop/state_dict/combined_loader``, a layout it does not document.
+    """
+    loops = checkpoint.get("loops")
+    if loops is None:
+        return []
+    try:
+        states = loops["fit_loop"]["state_dict"].get("combined_loader", [])
+    except (KeyError, TypeError, AttributeError):
+        raise RuntimeError(_changed("checkpoints no longer keep loops/fit_loop/state_dict")) from None
+    return [state for state in states if isinstance(state, dict)]
+
+
 def _changed(what: str) -> str:
     import lightning
 
@@ -48,4 +67,4 @@ def _changed(what: str) -> str:
     )
 
 
-__all__ = ["every_n_train_steps", "uncounted_optimizer_step"]
+__all__ = ["every_n_train_steps", "stored_loader_states", "uncounted_optimizer_step"]

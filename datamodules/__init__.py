@@ -1,8 +1,10 @@
-"""LightningDataModules: the MNIST family, torchvision datasets, image folders and array files."""
+"""LightningDataModules: the MNIST family, torchvision datasets, image folders, array files and user-item
+interactions."""
 
 from datamodules.arrays import ArrayDataModule
 from datamodules.base import ImageDataModule
 from datamodules.folder import ImageFolderDataModule
+from datamodules.interactions import InteractionsDataModule
 from datamodules.loader import TensorBatchLoader
 from datamodules.mnist import FashionMNISTDataModule, IDXDataModule, KMNISTDataModule, MNISTDataModule
 from datamodules.torchvision_data import TorchvisionDataModule
@@ -13,6 +15,7 @@ __all__ = [
     "IDXDataModule",
     "ImageDataModule",
     "ImageFolderDataModule",
+    "InteractionsDataModule",
     "KMNISTDataModule",
     "MNISTDataModule",
     "TensorBatchLoader",

@@ -9,6 +9,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
+from ae_lightning.base import check_optimizer_class
+
 
 class OptimizerSettingsOnResume(Callback):
     """Records each optimizer's class and settings in checkpoints; on resume, after Lightning has restored the
@@ -32,12 +34,8 @@ class OptimizerSettingsOnResume(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         resumed, self._resumed = self._resumed, None
         for i, (optimizer, before) in enumerate(zip(trainer.optimizers, resumed or [])):
+            check_optimizer_class(i, before["class"], optimizer)
             now = optimizer_settings(optimizer)
-            if now["class"] != before["class"]:
-                raise ValueError(
-                    f"the checkpoint's optimizer {i} is a {before['class']}, this run's a {now['class']}: its state "
-                    "cannot carry over. Resume with the checkpoint's optimizer, or start afresh without --ckpt_path"
-                )
             for name, value in now["defaults"].items():
                 previous = before["defaults"].get(name, value)
                 if previous == value:
