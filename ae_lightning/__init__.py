@@ -2,8 +2,8 @@
 
 Layout: :mod:`ae_lightning.models` (the variants), :mod:`ae_lightning.blocks` (networks, losses and other building
 blocks), :mod:`ae_lightning.training` (callbacks: fault tolerance, the fast path, pictures, prediction files),
-:mod:`ae_lightning.evaluation` (metrics, pictures, the evaluation driver); the core is :mod:`ae_lightning.base`,
-:mod:`ae_lightning.checks` and :mod:`ae_lightning.cli`. The variants are importable from here
+:mod:`ae_lightning.evaluation` (metrics, pictures, the evaluation driver); the core is :mod:`ae_lightning.base` and
+:mod:`ae_lightning.cli`, with argument constraints from :mod:`datamodules.checks`. The variants are importable from here
 (``ae_lightning.VAE``); each is imported on first use, so importing one does not import the others.
 """
 

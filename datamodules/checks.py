@@ -1,7 +1,7 @@
 """Argument constraints, declared once in the signatures and enforced for the command and for Python callers alike.
 
 A constrained argument is annotated with one of the number types at the end of this module (registered with
-jsonargparse, so that the command checks them and ``--help`` shows their range) or a ``Literal`` of choices, alone or in
+jsonargparse, so that ``--help`` shows their range) or a ``Literal`` of choices, alone or in
 a ``Sequence`` or an ``Optional``; :func:`check_arguments` enforces the same annotations for Python callers, raising a
 ValueError that names the argument, the value and what was expected. Both ``datamodules`` and ``ae_lightning`` use
 this module, which imports neither.
@@ -25,15 +25,16 @@ INTERVALS: dict[type, tuple[str, bool]] = {}
 
 
 def number_type(interval: str, integer: bool = False) -> type:
-    """A number type for signatures, e.g. ``number_type("[0, 1)")``: the command (jsonargparse) checks its values and
-    ``--help`` names it by its range (``float in [0, 1)``); :func:`check_arguments` checks Python callers' values.
-    Parsed values are plain ``int``/``float``, so they pickle into checkpoints like any number."""
+    """A number type for signatures, e.g. ``number_type("[0, 1)")``: ``--help`` names it by its range
+    (``float in [0, 1)``) and :func:`check_arguments` checks it when the class is built, from the command or from
+    Python (the command parses only the kind of number, so that a refusal names the class). Parsed values are plain
+    ``int``/``float``, so they pickle into checkpoints like any number."""
     base = int if integer else float
     cls = type(f"{base.__name__} {_describe(interval, False).removeprefix('be ').removeprefix('lie ')}", (base,), {})
 
     def parse(value: Any) -> int | float:
         value = base(value) if isinstance(value, str) else value  # from the command line
-        check_number("the value", value, interval, integer=integer)
+        check_number("the value", value, "[-inf, inf]", integer=integer)
         return base(value)
 
     register_type(cls, serializer=base, deserializer=parse, type_check=lambda value, _: False)
