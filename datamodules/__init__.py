@@ -1,7 +1,8 @@
-"""LightningDataModules: the MNIST family, torchvision datasets, image folders and array files."""
+"""LightningDataModules: the MNIST family, torchvision datasets, image folders, array files and dSprites."""
 
 from datamodules.arrays import ArrayDataModule
 from datamodules.base import ImageDataModule
+from datamodules.dsprites import DSpritesDataModule
 from datamodules.folder import ImageFolderDataModule
 from datamodules.loader import TensorBatchLoader
 from datamodules.mnist import FashionMNISTDataModule, IDXDataModule, KMNISTDataModule, MNISTDataModule
@@ -9,6 +10,7 @@ from datamodules.torchvision_data import TorchvisionDataModule
 
 __all__ = [
     "ArrayDataModule",
+    "DSpritesDataModule",
     "FashionMNISTDataModule",
     "IDXDataModule",
     "ImageDataModule",
