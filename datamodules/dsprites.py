@@ -218,6 +218,20 @@ class DSpritesDataModule(ImageDataModule):
         self.setup()
         return index_to_factors(self.grid_indices[split])
 
+    factor_names = FACTORS
+
+    def sample_factors(self, n: int, generator: torch.Generator) -> Tensor:
+        """``[n, 5]`` grid indices drawn uniformly from the grid (``fixed_factors`` kept fixed), for the
+        disentanglement metrics."""
+        factors = torch.stack([torch.randint(size, (n,), generator=generator) for size in GRID], dim=1)
+        for name, value in (self.hparams.fixed_factors or {}).items():
+            factors[:, FACTORS.index(name)] = value
+        return factors
+
+    def images_of(self, factors: Tensor) -> Tensor:
+        """The images ``[n, 1, 64, 64]`` of ``[n, 5]`` grid indices (see :func:`render`)."""
+        return render(factors)
+
     def images(self, split: str, rows: Tensor) -> Tensor:
         """The images ``[len(rows), 1, 64, 64]`` of ``split``'s samples ``rows``."""
         self.setup()
