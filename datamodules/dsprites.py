@@ -9,7 +9,7 @@ file), so nothing is downloaded and no memory is held beyond a batch and the spl
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -137,8 +137,11 @@ class DSpritesDataModule(ImageDataModule):
         num_workers: worker processes drawing batches; 0 draws them in-process (on the training device).
         data_on_device: draw batches on the training device.
         predict_split: the split that ``predict`` runs on.
+        binarize: accepted as by every datamodule; the images are binary, so every setting gives the same images.
+        classes: keep only these shapes in train and val (test keeps all), e.g. for one-class anomaly detection.
     """
 
+    num_classes = len(SHAPES)
     input_shape = (1, SIZE, SIZE)
     class_names = list(SHAPES)
     has_labels = True
@@ -157,6 +160,8 @@ class DSpritesDataModule(ImageDataModule):
         num_workers: int = 0,
         data_on_device: bool = True,
         predict_split: Split = "test",
+        binarize: Literal["none", "dynamic", "static"] = "none",
+        classes: list[int] | None = None,
     ) -> None:
         super().__init__(
             batch_size=batch_size,
@@ -166,10 +171,9 @@ class DSpritesDataModule(ImageDataModule):
             num_workers=num_workers,
             data_on_device=data_on_device,
             predict_split=predict_split,
+            binarize=binarize,
+            classes=classes,
         )
-        # The base's settings this datamodule does not take, as its users read them: binary images, every shape.
-        self.hparams.setdefault("binarize", "none")
-        self.hparams.setdefault("classes", None)
         if val_fraction + test_fraction >= 1:
             raise ValueError(
                 f"val_fraction + test_fraction must be < 1 to leave training images, got {val_fraction} + "
@@ -203,11 +207,11 @@ class DSpritesDataModule(ImageDataModule):
             index = index[: self.hparams.num_samples]
         n_val = max(1, round(len(index) * self.hparams.val_fraction))
         n_test = max(1, round(len(index) * self.hparams.test_fraction))
-        self.grid_indices = {
-            "val": index[:n_val].sort().values,
-            "test": index[n_val : n_val + n_test].sort().values,
-            "train": index[n_val + n_test :].sort().values,
-        }
+        val, test, train = index[:n_val], index[n_val : n_val + n_test], index[n_val + n_test :]
+        if self.hparams.classes is not None:
+            kept = torch.tensor(self.hparams.classes)
+            val, train = (part[torch.isin(index_to_factors(part)[:, 0], kept)] for part in (val, train))
+        self.grid_indices = {"val": val.sort().values, "test": test.sort().values, "train": train.sort().values}
 
     def split_size(self, split: str) -> int:
         """Number of samples in ``split`` (after ``setup``)."""

@@ -117,3 +117,41 @@ def test_a_model_trains_and_tests_on_it(tmp_path: Path) -> None:
     assert model.dataset_size == 160  # read from the training split
     trainer.test(model, datamodule=data, verbose=False)
     assert torch.isfinite(trainer.callback_metrics["test/tc"])
+
+
+def test_ae_lightning_test_reports_disentanglement_on_dsprites(tmp_path: Path) -> None:
+    from tiny_runs import run_cli
+
+    ckpt_args = ["--config", "configs/beta_tcvae.yaml", "--data.num_samples", "300", "--data.val_fraction", "0.1",
+                 "--data.test_fraction", "0.1", "--model.init_args.hidden_dims", "[16]", "--model.init_args.latent_dim",
+                 "3", "--model.init_args.nll_samples", "2", "--trainer.default_root_dir", str(tmp_path),
+                 "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+                 "--trainer.callbacks.num_points", "300", "--trainer.callbacks.num_votes", "20"]  # fmt: skip
+    fit = run_cli("fit", *ckpt_args, "--trainer.max_steps", "3")
+    checkpoint = next(Path(fit.trainer.log_dir).rglob("*.ckpt"))
+    tested = run_cli("test", *ckpt_args, "--ckpt_path", str(checkpoint))
+    logged = tested.trainer.callback_metrics
+    for name in ("mig", "sap", "dci_disentanglement", "dci_completeness", "dci_informativeness", "beta_vae"):
+        assert 0 <= logged[f"test/{name}"] <= 1, name
+    assert (Path(tested.trainer.log_dir) / "traversals.png").is_file()
+
+
+def test_evaluate_script_reports_disentanglement_and_draws_traversals(tmp_path: Path) -> None:
+    import importlib.util
+
+    from tiny_runs import ROOT, run_cli
+
+    fit = run_cli("fit", "--config", "configs/dip_vae.yaml", "--data.num_samples", "300", "--data.val_fraction", "0.1",
+                  "--data.test_fraction", "0.1", "--data.classes", "[1, 2]", "--model.init_args.hidden_dims", "[16]",
+                  "--model.init_args.latent_dim", "3", "--trainer.default_root_dir", str(tmp_path),
+                  "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false")  # fmt: skip
+    assert (fit.datamodule.factors("train")[:, 0] > 0).all() and (fit.datamodule.factors("test")[:, 0] == 0).any()
+    checkpoint = next(Path(fit.trainer.log_dir).rglob("*.ckpt"))
+    spec = importlib.util.spec_from_file_location("evaluate", ROOT / "scripts" / "evaluate.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    scores = script.main([str(checkpoint), "--metrics", "mse", "--disentanglement", "mig", "dci",
+                          "--disentanglement_points", "300", "--plots", str(tmp_path / "pictures"),
+                          "--views", "reconstructions", "--tsne_points", "8"])  # fmt: skip
+    assert set(scores) == {"mse", "mig", "dci_disentanglement", "dci_completeness", "dci_informativeness"}
+    assert (tmp_path / "pictures" / "traversals.png").is_file()
