@@ -4,6 +4,7 @@ whose Frechet distance the driver computes."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -72,3 +73,28 @@ def test_a_plain_autoencoder_generates_through_a_sampler_and_gets_frechet_distan
     scores = frechet_distances(model, codes, classifier, real, num_samples=64, components=2, two_stage_steps=20)
     assert set(scores) == {"fid_gmm", "fid_two_stage"} and all(math.isfinite(v) and v >= 0 for v in scores.values())
     assert math.isfinite(driver.frechet_distance(generator, classifier, real, 64))
+
+
+def test_evaluate_script_gives_a_plain_autoencoder_frechet_distances_through_samplers(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    import importlib.util
+
+    from tiny_runs import ROOT, run_cli, tiny_args
+
+    from ae_lightning.evaluation.feature_classifier import train_feature_classifier
+    from datamodules import MNISTDataModule
+
+    fit = run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "run", "--trainer.max_epochs", "1"))
+    checkpoint = next(Path(fit.trainer.log_dir).rglob("*.ckpt"))
+    classifier = train_feature_classifier(
+        MNISTDataModule(data_dir=str(data_dir)), tmp_path / "classifier.pt", epochs=1, accelerator="cpu",
+        progress_bar=False,
+    )  # fmt: skip
+    spec = importlib.util.spec_from_file_location("evaluate", ROOT / "scripts" / "evaluate.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    scores = script.main([str(checkpoint), "--metrics", "mse", "--samplers", "--classifier", str(classifier.path),
+                          "--fid_samples", "60", "--probe_max_train", "100", "--two_stage_steps", "30"])  # fmt: skip
+    assert set(scores) == {"mse", "fid_gmm", "fid_two_stage"}
+    assert all(math.isfinite(value) and value >= 0 for value in scores.values())
