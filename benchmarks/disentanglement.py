@@ -6,7 +6,8 @@
 
 ``mig``: the VAE, beta-TCVAE (``tc_weight`` 6) and FactorVAE (``tc_weight`` 35) trained on dSprites drawn from its
 factors for ``--steps`` steps of batch 64 per seed, each scored by MIG (and DCI disentanglement) on ``--points``
-random samples of the grid; printed per seed and as mean +- sample std over the seeds.
+random samples of the grid; printed per seed and as mean +- sample std over the seeds. The latent traversals of the
+first seed's models go to ``<root>/<model>.png``.
 
 ``nll``: every VAE of the family trained with the shared 784-200-200-50 protocol of ``docs/family.md`` (MLP, latent
 50, Adam lr 1e-3 eps 1e-4, batch 128, dynamically binarized Fashion-MNIST, seed 42) for ``--epochs`` epochs, then
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from torchvision.utils import save_image
 
 from ae_lightning import DIPVAE, IAFVAE, VAE, BetaTCVAE, FactorVAE, InfoVAE, VampPriorVAE
 from ae_lightning.evaluation import disentanglement
@@ -93,6 +95,10 @@ def mig_part(args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
                 disentanglement.model_encoder(model), data, ["mig", "dci"], num_points=args.points, seed=seed
             )
             row = {"mig": scores["mig"], "dci_disentanglement": scores["dci_disentanglement"], "seconds": seconds}
+            if seed == args.seeds[0]:  # a look at what each code dimension does
+                factors = data.sample_factors(2, torch.Generator().manual_seed(seed))
+                args.root.mkdir(parents=True, exist_ok=True)
+                save_image(disentanglement.latent_traversals(model, data.images_of(factors)), args.root / f"{name}.png")
             results[name].append(row)
             print(f"seed {seed} {name:<11} MIG {row['mig']:.4f}  DCI-D {row['dci_disentanglement']:.4f}  "
                   f"({seconds:.0f} s)", flush=True)  # fmt: skip
