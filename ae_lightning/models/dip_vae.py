@@ -11,8 +11,7 @@ from torch import Tensor
 
 from ae_lightning.blocks import losses
 from ae_lightning.blocks.divergences import DipType, dip_regularizer
-from ae_lightning.checks import check_number
-from ae_lightning.models.tcvae import check_single_sample
+from ae_lightning.checks import check_number, check_single_sample
 from ae_lightning.models.vae import VAE
 
 

@@ -16,8 +16,7 @@ from torch.optim import Optimizer
 from ae_lightning.base import Batch
 from ae_lightning.blocks import losses
 from ae_lightning.blocks.divergences import permute_dims
-from ae_lightning.checks import check_number, check_numbers
-from ae_lightning.models.tcvae import check_single_sample
+from ae_lightning.checks import check_number, check_numbers, check_single_sample
 from ae_lightning.models.vae import VAE
 
 

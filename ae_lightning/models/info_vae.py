@@ -12,8 +12,7 @@ from torch import Tensor
 
 from ae_lightning.blocks import losses
 from ae_lightning.blocks.divergences import Kernel, maximum_mean_discrepancy
-from ae_lightning.checks import check_number
-from ae_lightning.models.tcvae import check_single_sample
+from ae_lightning.checks import check_number, check_single_sample
 from ae_lightning.models.vae import VAE
 
 

@@ -12,17 +12,8 @@ from torch import Tensor
 
 from ae_lightning.blocks import losses
 from ae_lightning.blocks.divergences import total_correlation_terms
-from ae_lightning.checks import check_number
+from ae_lightning.checks import check_number, check_single_sample
 from ae_lightning.models.vae import VAE
-
-
-def check_single_sample(model: VAE) -> None:
-    """Raise a ValueError if a VAE with its own objective was asked to train on the IWAE bound."""
-    if model.iw_samples != 1:
-        raise ValueError(
-            f"{type(model).__name__} trains on its own objective, not on the IWAE bound: iw_samples must be 1, got "
-            f"{model.iw_samples}"
-        )
 
 
 class BetaTCVAE(VAE):
