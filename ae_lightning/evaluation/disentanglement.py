@@ -141,7 +141,6 @@ def dci(
         test_codes, test_factors: the same to score on.
         seed: the forests' seed.
     """
-    from scipy.stats import entropy
     from sklearn.ensemble import RandomForestClassifier
 
     keep = varying(train_factors)
@@ -155,13 +154,19 @@ def dci(
         accuracies.append(forest.score(test_codes, test_factors[:, k]))
     total = importance.sum()
     code_share, factor_share = importance.sum(1) / total, importance.sum(0) / total
-    per_code = 1 - entropy(importance.T + 1e-11, base=num_factors) if num_factors > 1 else np.ones(num_codes)
-    per_factor = 1 - entropy(importance + 1e-11, base=num_codes) if num_codes > 1 else np.ones(num_factors)
+    per_code = 1 - _entropy(importance, axis=1, base=num_factors) if num_factors > 1 else np.ones(num_codes)
+    per_factor = 1 - _entropy(importance, axis=0, base=num_codes) if num_codes > 1 else np.ones(num_factors)
     return {
         "dci_disentanglement": float(np.sum(code_share * per_code)),
         "dci_completeness": float(np.sum(factor_share * per_factor)),
         "dci_informativeness": float(np.mean(accuracies)),
     }
+
+
+def _entropy(weights: np.ndarray, axis: int, base: int) -> np.ndarray:
+    """The entropy, in base ``base``, of ``weights`` normalized along ``axis`` (0 log 0 = 0)."""
+    p = (weights + 1e-11) / (weights + 1e-11).sum(axis, keepdims=True)
+    return -(p * np.log(p)).sum(axis) / np.log(base)
 
 
 # --- scores that draw their own batches with one factor fixed -------------------------------------------------------
