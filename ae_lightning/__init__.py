@@ -29,6 +29,8 @@ _EXPORTS = {
     "FactorVAE": "ae_lightning.models.factor_vae",
     "IAFVAE": "ae_lightning.models.iaf_vae",
     "InfoVAE": "ae_lightning.models.info_vae",
+    "MultDAE": "ae_lightning.models.recommender",
+    "MultVAE": "ae_lightning.models.recommender",
     "SparseAutoencoder": "ae_lightning.models.sparse",
     "SuperResolutionAutoencoder": "ae_lightning.models.superresolution",
     "VAE": "ae_lightning.models.vae",

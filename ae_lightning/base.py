@@ -61,6 +61,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         super().__init__()
         check_network(network, hidden_dims, latent_dim)
         networks.check_input_shape(input_shape, network)
+        networks.check_network_size(network, input_shape, hidden_dims, latent_dim)
         # Optimizer and scheduler factories are not hyperparameters: a checkpoint must load without them.
         self.save_hyperparameters(ignore=_factory_arguments(type(self)))
         self.input_shape = tuple(input_shape)
@@ -254,10 +255,16 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         if self._trainer is not None:
             checkpoint["ae_lightning_optimizers"] = [_optimizer_settings(opt) for opt in self.trainer.optimizers]
 
+    def check_resume(self, checkpoint: dict[str, Any]) -> None:
+        """Raise a ValueError naming both values if this model's settings cannot continue the checkpoint's training
+        (the command calls it before it creates anything; ``fit`` from Python when it loads the checkpoint)."""
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         stored = checkpoint.get("ae_lightning_class")
         if stored is not None and resolve_class_path(stored) is not type(self):
             raise ValueError(f"the checkpoint holds a {stored}, not a {_class_path(type(self))}")
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            self.check_resume(checkpoint)
         self._resumed_optimizers = checkpoint.get("ae_lightning_optimizers")
 
     def on_train_start(self) -> None:
@@ -267,12 +274,8 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
             return
         schedulers = self.trainer.lr_scheduler_configs
         for i, (optimizer, before) in enumerate(zip(self.trainer.optimizers, resumed)):
+            check_optimizer_class(i, before["class"], optimizer)
             now = _optimizer_settings(optimizer)
-            if now["class"] != before["class"]:
-                raise ValueError(
-                    f"the checkpoint's optimizer {i} is a {before['class']}, this run's a {now['class']}: its state "
-                    "cannot carry over. Resume with the checkpoint's optimizer, or start afresh without --ckpt_path"
-                )
             for name, value in now["defaults"].items():
                 if before["defaults"].get(name, value) == value:
                     continue
@@ -324,6 +327,16 @@ class DeterministicAutoencoder(AutoencoderModule):
         return losses.squared_error(mean, x, event_ndim=len(self.input_shape))
 
 
+def check_optimizer_class(index: int, stored: str, optimizer: torch.optim.Optimizer) -> None:
+    """Raise a ValueError if ``optimizer`` is not of the class ``stored`` of a checkpoint's optimizer ``index``."""
+    now = _class_path(type(optimizer))
+    if now != stored:
+        raise ValueError(
+            f"the checkpoint's optimizer {index} is a {stored}, this run's a {now}: its state cannot carry over. "
+            "Resume with the checkpoint's optimizer, or start afresh without --ckpt_path"
+        )
+
+
 def _optimizer_settings(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """The class and the constructor settings (plain values only) of an optimizer, as stored in checkpoints."""
     plain = (bool, int, float, str, type(None))
@@ -358,4 +371,4 @@ def resolve_class_path(class_path: str) -> type | None:
         return None
 
 
-__all__ = ["AutoencoderModule", "DeterministicAutoencoder", "resolve_class_path"]
+__all__ = ["AutoencoderModule", "DeterministicAutoencoder", "check_optimizer_class", "resolve_class_path"]

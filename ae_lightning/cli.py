@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -25,27 +27,36 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 import datamodules  # noqa: F401  (registers the datamodules for ``--data <ClassName>``)
 from ae_lightning import _EXPORTS
-from ae_lightning.base import AutoencoderModule, resolve_class_path
+from ae_lightning.base import AutoencoderModule, check_optimizer_class, resolve_class_path
+from ae_lightning.lightning_internals import stored_loader_states
 from ae_lightning.training.callbacks import ImageLogger, SaveConfigToRun
 from ae_lightning.training.fast import StepsPerBatch
 from ae_lightning.training.fault_tolerance import (
     AtomicCheckpointIO,
     NonFiniteGuard,
+    NonFiniteLossError,
     RandomStateCheckpoint,
     RunCheckpoint,
     SigtermCheckpoint,
     SlurmRequeue,
 )
+from ae_lightning.training.fault_tolerance.checkpoint_io import remove_dead_writers_files
 from ae_lightning.training.prediction import PredictionWriter
 from datamodules.base import ImageDataModule
 
 for _module in sorted(set(_EXPORTS.values())):  # registers the variants for ``--model <ClassName>``
     importlib.import_module(_module)
+# Lightning's older spellings of a precision and the setting each stands for.
+_PRECISION_ALIASES = {"16": "16-mixed", "bf16": "bf16-mixed", "32": "32-true", "64": "64-true"}
 # ``--ckpt_path`` values that Lightning resolves itself rather than reading a file.
 _SPECIAL_CKPT_PATHS = {"last", "best", "hpc", "registry"}
 PROGRESS_BAR_REFRESH_STEPS = 25
 # A logger's ``save_dir`` that stands for the run's ``default_root_dir``.
 ROOT_DIR = "<default_root_dir>"
+
+
+class ConfigError(ValueError):
+    """A setting the command refuses, named in the message; ``ae-lightning`` prints it alone and exits with 2."""
 
 
 class CommandTrainer(Trainer):
@@ -129,6 +140,25 @@ class AutoencoderCLI(LightningCLI):
             _check_class_names(parser, list(argv))
         super().parse_arguments(parser, args)
 
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            cause = error
+            while cause.__cause__ is not None:
+                cause = cause.__cause__
+            if cause is error:
+                raise
+            # jsonargparse wraps a constructor's error in "Does not validate against any of the Union subtypes ...":
+            # name the section and the class, then the constructor's own message.
+            found = re.search(r"class_path='([^']+)'", str(error))
+            where = found.group(1) if found else "a class of the config"
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            for section in ("model", "data"):
+                if found and (config.get(section) or {}).get("class_path") == where:
+                    where = f"--{section} {where}"
+            raise ConfigError(f"{where}: {cause}") from cause
+
     def before_instantiate_classes(self) -> None:
         subcommand = self.config.get("subcommand")
         _default_save_dirs(self.config[subcommand] if subcommand else self.config)
@@ -147,7 +177,15 @@ class AutoencoderCLI(LightningCLI):
             # A backward that reaches only part of the weights (the adversarial AE's discriminator phase only the
             # discriminator's) is one DDP accepts only when it looks for unused parameters.
             kwargs["strategy"] = "ddp_find_unused_parameters_true"
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        requested = config.get("precision")
+        if requested is not None and _PRECISION_ALIASES.get(str(requested), str(requested)) != trainer.precision:
+            raise ConfigError(
+                f"--trainer.precision {requested} is not available on {type(trainer.accelerator).__name__}: Lightning "
+                f"would train in {trainer.precision} instead. Set --trainer.precision {trainer.precision} to train "
+                "that way, or run on a CUDA GPU"
+            )
+        return trainer
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI's own version overwrites the config's model settings with the checkpoint's hyperparameters;
@@ -191,8 +229,28 @@ class AutoencoderCLI(LightningCLI):
             + ". Set those values, or pass the run's own config.yaml with --config"
         )
 
+    def _check_resume(self) -> None:
+        """Refuse, before the run creates any file, a resume that the checkpoint's progress cannot honour: model
+        settings (:meth:`AutoencoderModule.check_resume`), other data or data settings, another optimizer class."""
+        checkpoint = getattr(self, "_checkpoint", None)
+        if checkpoint is None:
+            return
+        self.model.check_resume(checkpoint)
+        check_data = getattr(self.datamodule, "check_resume", None)
+        for state in stored_loader_states(checkpoint)[:1]:
+            if check_data is not None:
+                check_data(state, world_size=self.trainer.world_size)
+        stored = checkpoint.get("ae_lightning_optimizers") or []
+        try:
+            built = _optimizers(self.model.configure_optimizers())
+        except RuntimeError:  # a model whose optimizers need the running Trainer: checked when training starts
+            return
+        for i, (before, optimizer) in enumerate(zip(stored, built)):
+            check_optimizer_class(i, before["class"], optimizer)
+
     def before_fit(self) -> None:
         self._check_checkpoint_fits()
+        self._check_resume()
 
     def before_validate(self) -> None:
         self._check_checkpoint_fits()
@@ -202,6 +260,19 @@ class AutoencoderCLI(LightningCLI):
 
     def before_predict(self) -> None:
         self._check_checkpoint_fits()
+
+
+def _optimizers(configured: Any) -> list[torch.optim.Optimizer]:
+    """The optimizers in what ``configure_optimizers`` returned, in Lightning's order."""
+    if isinstance(configured, torch.optim.Optimizer):
+        return [configured]
+    if isinstance(configured, dict):
+        return _optimizers(configured.get("optimizer"))
+    if isinstance(configured, (list, tuple)):
+        if len(configured) == 2 and isinstance(configured[0], (list, tuple)):  # ([optimizers], [schedulers])
+            return _optimizers(configured[0])
+        return [optimizer for item in configured for optimizer in _optimizers(item)]
+    return []
 
 
 def _check_class_names(parser: LightningArgumentParser, argv: list[str]) -> None:
@@ -292,6 +363,9 @@ def _furthest_checkpoint(config: Any) -> str | None:
         folders = [Path(dirpath)]
     else:  # <root>/checkpoints without a logger, <root>/<name>/<version>/checkpoints with one
         folders = [root / "checkpoints", *root.glob("*/checkpoints"), *root.glob("*/*/checkpoints")]
+    for folder in [root, *folders]:  # temporary files of writers killed mid-write, in any earlier version's folder
+        if folder.is_dir():
+            remove_dead_writers_files(folder)
     candidates = [path for folder in folders for path in folder.glob("last*.ckpt")]
     candidates += root.glob("hpc_ckpt_*.ckpt")
     if not candidates:
@@ -334,8 +408,24 @@ def _with_atomic_checkpoint_io(plugins: Any) -> list[Any]:
     return plugins
 
 
+# Errors that say what is wrong with the user's settings, data or files; the command prints them without a traceback.
+_USER_ERRORS = (ValueError, OSError, NonFiniteLossError)  # OSError: missing, unreadable or unwritable files
+TRACEBACK_FLAG = "--print_traceback"
+
+
 def main() -> None:
-    AutoencoderCLI()
+    """``ae-lightning``: a refused setting or bad data prints its message alone (exit status 2 for settings, 1 for
+    data and files); ``--print_traceback`` (or ``AE_LIGHTNING_TRACEBACK=1``) shows the traceback instead."""
+    if TRACEBACK_FLAG in sys.argv:
+        sys.argv.remove(TRACEBACK_FLAG)
+        os.environ["AE_LIGHTNING_TRACEBACK"] = "1"  # DDP's processes run this command again: they inherit it
+    try:
+        AutoencoderCLI()
+    except Exception as error:
+        if os.environ.get("AE_LIGHTNING_TRACEBACK") == "1" or not isinstance(error, _USER_ERRORS):
+            raise
+        sys.stderr.write(f"ae-lightning: error: {error}\n(add {TRACEBACK_FLAG} for the traceback)\n")
+        sys.exit(2 if isinstance(error, ConfigError) else 1)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""Train every variant config with the same data, epochs and seed, evaluate them all, and write a results table.
+"""Train every variant config with the same data, epochs and seeds, evaluate them all, and write a results table.
 
     python benchmarks/variants.py --data FashionMNISTDataModule --data_dir ../shared/data --epochs 10
     python benchmarks/variants.py --configs ae vae --metrics mse psnr fid --anomaly_classes 0 --epochs 2
+    python benchmarks/variants.py --configs ae vae --seeds 1 2 3   # each cell: mean ± std over 3 seeds
 
 Each config in ``configs/`` (or each named with ``--configs``) is trained exactly as ``ae-lightning fit --config
 <config> --data <data> --data.data_dir <dir> --seed_everything <seed> --trainer.max_epochs <epochs>`` would train it,
@@ -26,8 +27,10 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +83,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data_dir", default="data", help="root holding <ClassName>/raw/")
     parser.add_argument("--epochs", type=int, default=10, help="training epochs of every variant")
     parser.add_argument("--seed", type=int, default=42, help="seed of every run (weights, data order, split)")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=None, help="one run per seed, then mean ± std (default: --seed)"
+    )
     parser.add_argument("--metrics", nargs="+", default=list(evaluation.METRICS), help="metrics to compute")
     parser.add_argument(
         "--anomaly_classes", nargs="*", type=int, default=None, help="held-out classes of auroc (default: all)"
@@ -105,6 +111,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.epochs < 1 or (args.anomaly_epochs is not None and args.anomaly_epochs < 1):
         parser.error("--epochs and --anomaly_epochs must be >= 1")
     args.anomaly_epochs = args.anomaly_epochs or args.epochs
+    if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds must be distinct, got {args.seeds}")
+    args.seeds = args.seeds or [args.seed]
+    args.seed = args.seeds[0]  # the split of the reference data, the feature classifier's data and the pictures
     args.plots = args.plots or args.output.with_suffix("")
     return args
 
@@ -117,10 +127,27 @@ class Row:
     config: Path
     model: str = ""
     test_images: str = ""
-    fit_seconds: float = 0.0
-    scores: dict[str, float] = field(default_factory=dict)
-    auroc_per_class: dict[int, float] = field(default_factory=dict)
-    pictures: dict[str, str] = field(default_factory=dict)
+    fit_seconds: float = 0.0  # mean over the seeds
+    scores: dict[str, float] = field(default_factory=dict)  # mean over the seeds
+    spread: dict[str, float] = field(default_factory=dict)  # sample standard deviation over the seeds (0 for one)
+    per_seed: dict[int, dict[str, float]] = field(default_factory=dict)
+    auroc_per_class: dict[int, float] = field(default_factory=dict)  # mean over the seeds
+    auroc_per_seed: dict[int, dict[int, float]] = field(default_factory=dict)
+    pictures: dict[str, str] = field(default_factory=dict)  # of the first seed's model
+
+    def summarize(self) -> None:
+        """Means and standard deviations over the seeds of every score and of the AUROC per held-out class."""
+        self.scores, self.spread = _mean_and_spread(self.per_seed.values())
+        self.auroc_per_class, _ = _mean_and_spread(self.auroc_per_seed.values())
+
+
+def _mean_and_spread(runs: Iterable[dict[Any, float]]) -> tuple[dict[Any, float], dict[Any, float]]:
+    """Per key, the mean and sample standard deviation of its values over ``runs`` (0 for a single run)."""
+    runs = list(runs)
+    keys = [key for key in runs[0] if all(key in run for run in runs)] if runs else []
+    means = {key: statistics.fmean(run[key] for run in runs) for key in keys}
+    spreads = {key: statistics.stdev([run[key] for run in runs]) if len(runs) > 1 else 0.0 for key in keys}
+    return means, spreads
 
 
 class Progress:
@@ -151,8 +178,9 @@ class EpochReport(Callback):
 def resolve_configs(names: list[str] | None, config_dir: Path) -> dict[str, Path]:
     """Variant name -> config file; a ValueError naming every config that does not exist."""
     available = sorted(path.stem for path in config_dir.glob("*.yaml"))
-    if names is None:
-        return {name: config_dir / f"{name}.yaml" for name in available}
+    if names is None:  # every config of image data: the recommenders' (interactions files) have their own benchmark
+        configs = {name: config_dir / f"{name}.yaml" for name in available}
+        return {name: path for name, path in configs.items() if "InteractionsDataModule" not in path.read_text()}
     configs, missing = {}, []
     for name in names:
         path = Path(name) if name.endswith((".yaml", ".yml")) else config_dir / f"{name}.yaml"
@@ -167,12 +195,16 @@ def resolve_configs(names: list[str] | None, config_dir: Path) -> dict[str, Path
     return configs
 
 
-def build_cli(config: Path, args: argparse.Namespace, root: Path, epochs: int, *extra: str) -> AutoencoderCLI:
-    """The model, datamodule and trainer of ``ae-lightning fit`` for this config and the benchmark's settings."""
+def build_cli(
+    config: Path, args: argparse.Namespace, root: Path, epochs: int, *extra: str, seed: int | None = None
+) -> AutoencoderCLI:
+    """The model, datamodule and trainer of ``ae-lightning fit`` for this config, the benchmark's settings and
+    ``seed`` (default ``--seed``)."""
+    seed = args.seed if seed is None else seed
     cli_args = [
         "--config", str(config),
         "--data", args.data, "--data.data_dir", str(args.data_dir),
-        "--seed_everything", str(args.seed), "--data.seed", str(args.seed),
+        "--seed_everything", str(seed), "--data.seed", str(seed),
         "--trainer.max_epochs", str(epochs), "--trainer.default_root_dir", str(root),
         "--trainer.accelerator", args.accelerator, "--trainer.devices", "1",
         "--trainer.enable_progress_bar", str(sys.stderr.isatty()).lower(),
@@ -241,45 +273,51 @@ def main(argv: list[str] | None = None) -> list[Row]:
 
     rows: list[Row] = []
     for index, (name, config) in enumerate(configs.items(), 1):
-        label = f"[{index}/{len(configs)} {name}]"
-        progress(f"{label} training {args.epochs} epochs")
         row = Row(name, config)
-        cli = build_cli(config, args, args.root / name, args.epochs)
-        row.fit_seconds = fit(cli, progress, name)
-        model, datamodule = cli.model.to(cli.trainer.strategy.root_device), cli.datamodule
-        row.model = type(model).__name__
-        row.test_images = "binarized" if datamodule.hparams.binarize != "none" else "gray"
-        wanted = [m for m in metrics if m != "auroc" and evaluation.metric_applies(model, datamodule, m)]
-        progress(f"{label} evaluating {', '.join(wanted)}")
-        row.scores = evaluation.evaluate(
-            model,
-            datamodule,
-            wanted,
-            classifier=classifier.network if classifier is not None else None,
-            nll_samples=args.nll_samples,
-            fid_samples=args.fid_samples,
-            probe_max_train=args.probe_max_train,
-            seed=args.seed,
-        )
-        progress(f"{label} " + ", ".join(f"{m} {v:.4g}" for m, v in row.scores.items()))
-        row.pictures = save_pictures(model, datamodule, args, name)
-        if "auroc" in metrics:
-            for held_out in anomaly_classes:
-                normal = [c for c in range(reference.num_classes) if c != held_out]
-                progress(f"{label} anomaly detection: class {held_out} held out, {args.anomaly_epochs} epochs")
-                extra = ("--data.classes", json.dumps(normal), "--images.every_n_epochs", "0")
-                anomaly_cli = build_cli(
-                    config, args, args.root / name / f"anomaly-{held_out}", args.anomaly_epochs, *extra
-                )
-                fit(anomaly_cli, progress, f"{name} without class {held_out}")
-                anomaly_model = anomaly_cli.model.to(anomaly_cli.trainer.strategy.root_device)
-                score = evaluation.evaluate(anomaly_model, anomaly_cli.datamodule, ["auroc"], seed=args.seed)
-                row.auroc_per_class[held_out] = score["auroc"]
-                progress(f"{label} AUROC with class {held_out} held out: {score['auroc']:.4f}")
-            row.scores["auroc"] = sum(row.auroc_per_class.values()) / len(row.auroc_per_class)
+        for seed in args.seeds:
+            label = f"[{index}/{len(configs)} {name}" + (f" seed {seed}]" if len(args.seeds) > 1 else "]")
+            root = args.root / name / (f"seed-{seed}" if len(args.seeds) > 1 else "")
+            progress(f"{label} training {args.epochs} epochs")
+            cli = build_cli(config, args, root, args.epochs, seed=seed)
+            row.fit_seconds += fit(cli, progress, name) / len(args.seeds)
+            model, datamodule = cli.model.to(cli.trainer.strategy.root_device), cli.datamodule
+            row.model = type(model).__name__
+            row.test_images = "binarized" if datamodule.hparams.binarize != "none" else "gray"
+            wanted = [m for m in metrics if m != "auroc" and evaluation.metric_applies(model, datamodule, m)]
+            progress(f"{label} evaluating {', '.join(wanted)}")
+            scores = evaluation.evaluate(
+                model,
+                datamodule,
+                wanted,
+                classifier=classifier.network if classifier is not None else None,
+                nll_samples=args.nll_samples,
+                fid_samples=args.fid_samples,
+                probe_max_train=args.probe_max_train,
+                seed=seed,
+            )
+            progress(f"{label} " + ", ".join(f"{m} {v:.4g}" for m, v in scores.items()))
+            if seed == args.seeds[0]:
+                row.pictures = save_pictures(model, datamodule, args, name)
+            if "auroc" in metrics:
+                per_class = row.auroc_per_seed.setdefault(seed, {})
+                for held_out in anomaly_classes:
+                    normal = [c for c in range(reference.num_classes) if c != held_out]
+                    progress(f"{label} anomaly detection: class {held_out} held out, {args.anomaly_epochs} epochs")
+                    extra = ("--data.classes", json.dumps(normal), "--images.every_n_epochs", "0")
+                    anomaly_cli = build_cli(
+                        config, args, root / f"anomaly-{held_out}", args.anomaly_epochs, *extra, seed=seed
+                    )
+                    fit(anomaly_cli, progress, f"{name} without class {held_out}")
+                    anomaly_model = anomaly_cli.model.to(anomaly_cli.trainer.strategy.root_device)
+                    score = evaluation.evaluate(anomaly_model, anomaly_cli.datamodule, ["auroc"], seed=seed)
+                    per_class[held_out] = score["auroc"]
+                    progress(f"{label} AUROC with class {held_out} held out: {score['auroc']:.4f}")
+                scores["auroc"] = sum(per_class.values()) / len(per_class)
+            row.per_seed[seed] = scores
+        row.summarize()
         rows.append(row)
         write_results(args, context, metrics, rows, total=len(configs))
-        progress(f"{label} done; {args.output} updated")
+        progress(f"[{index}/{len(configs)} {name}] done; {args.output} updated")
     progress(f"finished: {args.output}")
     return rows
 
@@ -336,6 +374,7 @@ def describe_run(
         },
         "epochs": args.epochs,
         "seed": args.seed,
+        "seeds": args.seeds,
         "metrics": metrics,
         "anomaly_classes": anomaly_classes if "auroc" in metrics else [],
         "anomaly_epochs": args.anomaly_epochs,
@@ -376,6 +415,9 @@ def _row_json(row: Row) -> dict[str, Any]:
         "test_images": row.test_images,
         "fit_seconds": round(row.fit_seconds, 1),
         "scores": row.scores,
+        "scores_std": row.spread,
+        "scores_per_seed": row.per_seed,
+        "auroc_per_seed": row.auroc_per_seed,
         "auroc_per_held_out_class": row.auroc_per_class,
         "pictures": {view: _relative(Path(path), ROOT) for view, path in row.pictures.items()},
     }
@@ -389,7 +431,7 @@ def render_markdown(
     lines = [
         "# Benchmark results",
         "",
-        "Every variant config trained with the same data, epochs and seed, then scored on the test split. Written by",
+        "Every variant config trained with the same data, epochs and seeds, then scored on the test split. Written by",
         "`benchmarks/variants.py`; rerun it rather than editing this file.",
         "",
     ]
@@ -403,7 +445,7 @@ def render_markdown(
         f"torch {machine['torch']}, Lightning {machine['lightning']}",
         f"- **Data**: {data['datamodule']} from `{data['data_dir']}` ({data['data_source']}): "
         f"{sizes['train']:,} train / {sizes['val']:,} validation / {sizes['test']:,} test images",
-        f"- **Budget**: {context['epochs']} epoch(s) per variant, seed {context['seed']}, each config's own model, "
+        f"- **Budget**: {context['epochs']} epoch(s) per variant, {_seeds(context['seeds'])}, each config's own model, "
         "optimizer and batch size",
     ]
     if "nll" in metrics:
@@ -442,7 +484,7 @@ def render_markdown(
     lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for row in rows:
         cells = [f"`{row.name}`", row.model, row.test_images]
-        cells += [COLUMNS[m][1].format(row.scores[m]) if m in row.scores else "—" for m in shown]
+        cells += [_score(m, row.scores, row.spread, len(row.per_seed)) if m in row.scores else "—" for m in shown]
         cells.append(f"{row.fit_seconds / 60:.1f} min")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
@@ -476,6 +518,17 @@ def render_markdown(
             cells.append(f"![{row.name} {view}]({_relative(Path(path), args.output.parent)})" if path else "—")
         lines.append(f"| `{row.name}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _seeds(seeds: list[int]) -> str:
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}"
+    return f"{len(seeds)} seeds ({', '.join(map(str, seeds))}): each cell the mean ± the standard deviation over them"
+
+
+def _score(metric: str, means: dict[str, float], spreads: dict[str, float], runs: int) -> str:
+    shown = COLUMNS[metric][1].format(means[metric])
+    return shown + " ± " + COLUMNS[metric][1].format(spreads[metric]) if runs > 1 else shown
 
 
 def _relative(path: Path, start: Path) -> str:

@@ -1,9 +1,11 @@
-"""LightningDataModules: the MNIST family, torchvision datasets, image folders, array files and dSprites."""
+"""LightningDataModules: the MNIST family, torchvision datasets, image folders, array files, user-item interactions
+and dSprites."""
 
 from datamodules.arrays import ArrayDataModule
 from datamodules.base import ImageDataModule
 from datamodules.dsprites import DSpritesDataModule
 from datamodules.folder import ImageFolderDataModule
+from datamodules.interactions import InteractionsDataModule
 from datamodules.loader import TensorBatchLoader
 from datamodules.mnist import FashionMNISTDataModule, IDXDataModule, KMNISTDataModule, MNISTDataModule
 from datamodules.torchvision_data import TorchvisionDataModule
@@ -15,6 +17,7 @@ __all__ = [
     "IDXDataModule",
     "ImageDataModule",
     "ImageFolderDataModule",
+    "InteractionsDataModule",
     "KMNISTDataModule",
     "MNISTDataModule",
     "TensorBatchLoader",

@@ -29,6 +29,8 @@ def as_samples(array: Any, where: str) -> Tensor:
     data = torch.as_tensor(np.asarray(array)) if not isinstance(array, Tensor) else array
     if data.dtype == torch.bool or data.is_complex() or not (data.is_floating_point() or _is_integer(data)):
         raise ValueError(f"{where}: expected a numeric array, got dtype {data.dtype}")
+    if data.ndim == 0 or len(data) == 0:
+        raise ValueError(f"{where} holds no samples (an array of shape {tuple(data.shape)})")
     if data.ndim not in (2, 3, 4):
         raise ValueError(
             f"{where}: an array of rank {data.ndim} (shape {tuple(data.shape)}); expected [N, D] vectors or "

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ae_lightning.checks import check_number
-from datamodules.loader import TensorBatchLoader
+from datamodules.loader import TensorBatchLoader, check_resume_state, fingerprint
 
 Split = Literal["train", "val", "test"]
 DEFAULT_TEST_FRACTION = 0.1
@@ -113,6 +113,11 @@ class ImageDataModule(L.LightningDataModule):
     def dataset_name(self) -> str:
         """A name of the dataset, e.g. for the feature classifier's cache file."""
         return type(self).__name__.removesuffix("DataModule")
+
+    @property
+    def data_description(self) -> str:
+        """The dataset and its source in words, e.g. ``FashionMNIST (torchvision)``, for messages."""
+        return f"{self.dataset_name} ({self.data_source})"
 
     # --- what the data are ------------------------------------------------------------------------------------------
     @property
@@ -214,7 +219,19 @@ class ImageDataModule(L.LightningDataModule):
             device=trainer.strategy.root_device if on_device else "cpu",
             num_workers=self.hparams.num_workers,
             resumable=split == "train" and shuffle,
+            source=self.data_description,
         )
+
+    def check_resume(self, loader_state: dict[str, Any], world_size: int) -> None:
+        """Raise a ValueError naming the setting (and both datasets) if the checkpoint's training position
+        ``loader_state`` was reached on other data or with other data settings; called before anything is created."""
+        self.setup("fit")
+        images = self.splits["train"][0]
+        mine = {
+            "seed": self.hparams.seed, "batch_size": self.hparams.batch_size, "world_size": world_size,
+            "samples": len(images), "fingerprint": fingerprint(images), "source": self.data_description,
+        }  # fmt: skip
+        check_resume_state(loader_state, mine)
 
     def train_dataloader(self) -> TensorBatchLoader:
         return self._loader("train", shuffle=True)

@@ -72,6 +72,8 @@ class ImageFolderDataModule(ImageDataModule):
     def _decode_folder(self, folder: Path, class_names: list[str] | None) -> tuple[tuple[Tensor, Tensor], list | None]:
         files, labels, class_names = list_images(folder, class_names)
         size, mode = self.hparams.image_size, "L" if self.hparams.channels == 1 else "RGB"
+        if size is None:
+            check_memory(files, self.hparams.channels)
         with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # PIL releases the GIL while decoding
             decoded = list(
                 tqdm(
@@ -90,6 +92,24 @@ class ImageFolderDataModule(ImageDataModule):
                 f"({second[1]}x{second[0]}); set image_size to resize them to one"
             )
         return (torch.stack(decoded), torch.tensor(labels, dtype=torch.int64)), class_names
+
+
+def check_memory(files: list[str], channels: int) -> None:
+    """Raise a ValueError suggesting ``image_size`` if decoding ``files`` at the first one's size would take more than
+    half of this machine's memory (pixels as uint8, plus the loaders' float copy); reads one header only."""
+    try:
+        with Image.open(files[0]) as image:
+            width, height = image.size
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise ValueError(f"{files[0]} is not an image PIL can read ({error})") from error
+    needed = len(files) * channels * width * height * (1 + 4)
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > available / 2:
+        raise ValueError(
+            f"{len(files)} images of {width}x{height} ({files[0]}, ...) need about {needed / 1e9:.1f} GB of memory "
+            f"once decoded, more than half of this machine's {available / 1e9:.0f} GB: set --data.image_size (e.g. "
+            "64) to resize them"
+        )
 
 
 def list_images(folder: Path, class_names: list[str] | None = None) -> tuple[list[str], list[int], list[str] | None]:
@@ -123,13 +143,24 @@ def list_images(folder: Path, class_names: list[str] | None = None) -> tuple[lis
     return [path for path, _ in samples], [label for _, label in samples], names
 
 
+# PIL modes of images deeper than 8 bits per channel, which ``Image.convert`` clips rather than scales.
+_DEEP_MODES = {"I;16": "16-bit", "I;16B": "16-bit", "I;16L": "16-bit", "I;16N": "16-bit", "I": "32-bit integer",
+               "F": "32-bit float"}  # fmt: skip
+
+
 def decode_image(path: str, mode: str, size: int | None) -> Tensor:
     """One image file as a ``[C, H, W]`` uint8 tensor in PIL ``mode``, resized and centre-cropped to ``size``."""
     try:
         with Image.open(path) as image:
-            image = image.convert(mode)
+            source_mode = image.mode
+            image = image.convert(mode) if source_mode not in _DEEP_MODES else None
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise ValueError(f"{path} is not an image PIL can read ({error})") from error
+    if image is None:  # convert() would clip it to 8 bits
+        raise ValueError(
+            f"{path} is a {_DEEP_MODES[source_mode]} image (PIL mode {source_mode}); image folders hold 8-bit images, "
+            "and converting would clip it: convert it to 8 bits per channel first"
+        )
     if size is not None:
         image = TF.center_crop(TF.resize(image, size), size)
     array = np.asarray(image)

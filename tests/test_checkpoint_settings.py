@@ -51,7 +51,11 @@ def test_a_resumed_fit_takes_the_new_learning_rate_and_records_it(
             r"optimizer 0 is a torch.optim.adam.Adam, this run's a torch.optim.sgd.SGD",
         ),
         (["--data.batch_size", "32"], r"reached with --data.batch_size 16, this run has 32"),
-        (["--data", "FashionMNISTDataModule"], r"reached with the training data's content \(fingerprint\) \d+"),
+        (
+            ["--data", "FashionMNISTDataModule"],
+            r"reached with the training data's content \(fingerprint\) \d+, this run has \d+ \(the checkpoint's "
+            r"data: MNIST \(torchvision\); this run's: FashionMNIST \(torchvision\)\)",
+        ),
         (["--data.seed", "7"], r"reached with --data.seed 42, this run has 7"),
     ],
     ids=["optimizer-class", "batch-size", "dataset", "data-seed"],
@@ -61,6 +65,33 @@ def test_a_resumed_fit_refuses_what_the_checkpoints_state_cannot_honour(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         run_cli("fit", *tiny_args("vae", data_dir, tmp_path / "resumed", "--ckpt_path", str(vae_run), *extra))
+    assert not (tmp_path / "resumed").exists(), "a refused resume left files that look like a run"
+
+
+def test_a_fine_tuned_deep_ae_refuses_a_pretraining_schedule_that_would_pretrain_it_again(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    run = ["--model.init_args.hidden_dims", "[16,8]", "--trainer.max_epochs", "4"]  # 3 RBMs x 1 epoch, then fine-tune
+    run_cli("fit", *tiny_args("deep_ae_rbm", data_dir, tmp_path / "run", *run))
+    checkpoint = next((tmp_path / "run").rglob("last.ckpt"))
+    more = ["--trainer.max_epochs", "6", "--ckpt_path", str(checkpoint)]
+    with pytest.raises(ValueError, match=r"trained with pretrain='rbm', pretrain_epochs=1 and has reached epoch 3; "
+                                         r"this run's pretrain='rbm', pretrain_epochs=3 would give epoch 1 another "
+                                         r"phase than it had \(the checkpoint is fine-tuning\)"):  # fmt: skip
+        run_cli("fit", *tiny_args("deep_ae_rbm", data_dir, tmp_path / "resumed", *run, *more,
+                                  "--model.init_args.pretrain_epochs", "3"))  # fmt: skip
+    assert not (tmp_path / "resumed").exists()
+    cli = run_cli("fit", *tiny_args("deep_ae_rbm", data_dir, tmp_path / "resumed", *run, *more))  # the same schedule
+    assert cli.trainer.current_epoch == 6 and cli.model.unrolled
+
+
+def test_a_precision_lightning_would_replace_is_refused(data_dir: Path, tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("16-mixed runs as asked on a GPU")
+    with pytest.raises(ValueError, match=r"--trainer.precision 16-mixed is not available on CPUAccelerator: Lightning "
+                                         r"would train in bf16-mixed instead"):  # fmt: skip
+        run_cli("fit", *tiny_args("ae", data_dir, tmp_path, "--trainer.precision", "16-mixed",
+                                  "--trainer.accelerator", "cpu"))  # fmt: skip
 
 
 @pytest.mark.parametrize("damage", ["truncated", "random bytes", "not Lightning", "a directory"])
@@ -80,3 +111,13 @@ def test_an_unreadable_checkpoint_is_an_error_naming_it(
                 "not Lightning": "is not a Lightning checkpoint", "a directory": "is a directory"}[damage]  # fmt: skip
     with pytest.raises((ValueError, FileNotFoundError), match=f"--ckpt_path {bad} {expected}"):
         run_cli("test", *tiny_args("vae", data_dir, tmp_path / "t", "--ckpt_path", str(bad)))
+
+
+def test_at_an_epoch_end_another_batch_size_is_taken_but_other_data_are_not(data_dir: Path, tmp_path: Path) -> None:
+    run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "run", "--trainer.max_epochs", "1"))
+    checkpoint = next((tmp_path / "run").rglob("last.ckpt"))
+    more = ["--trainer.max_epochs", "2", "--ckpt_path", str(checkpoint)]
+    with pytest.raises(ValueError, match=r"reached with --data.seed 42, this run has 7"):  # another validation split
+        run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "seed", *more, "--data.seed", "7"))
+    cli = run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "bigger", *more, "--data.batch_size", "32"))
+    assert cli.trainer.current_epoch == 2 and cli.trainer.global_step == 14 + 7

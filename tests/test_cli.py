@@ -6,9 +6,10 @@ from pathlib import Path
 from unittest import mock
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
-from tiny_runs import CONFIGS, ROOT, data_args
+from tiny_runs import CONFIGS, ROOT, data_args, run_subprocess
 
 from ae_lightning import VAE, Autoencoder
 from ae_lightning.cli import AutoencoderCLI
@@ -240,3 +241,30 @@ def test_an_unknown_class_name_lists_the_known_variants_and_help_offers_no_abstr
     assert "ae_lightning.VAE" in offered
     for abstract in ("AutoencoderModule", "DeterministicAutoencoder", "RestorationAutoencoder"):
         assert abstract not in offered
+
+
+@pytest.mark.parametrize(
+    "args, status, message",
+    [
+        (
+            ["vae", "--model.init_args.latent_dim", "0"],
+            2,
+            "--model ae_lightning.VAE: latent_dim must be an integer >= 1",
+        ),
+        (["vae", "--data.val_fraction", "1"], 2, "--data datamodules.MNISTDataModule: val_fraction must lie in (0, 1)"),
+        (["tabular_anomaly_ae", "--data.path", "EMPTY"], 1, "empty.npz holds no samples"),
+    ],
+    ids=["model-setting", "data-setting", "data-file"],
+)
+def test_the_command_prints_a_refusal_alone_and_the_traceback_on_request(
+    args: list[str], status: int, message: str, tmp_path: Path
+) -> None:
+    np.savez(tmp_path / "empty.npz", x=np.zeros((0, 4), np.float32), y=np.zeros(0, np.int64))
+    config, *args = [arg.replace("EMPTY", str(tmp_path / "empty.npz")) for arg in args]
+    fit = ["fit", "--config", f"configs/{config}.yaml", "--trainer.default_root_dir", str(tmp_path), *args]
+    result = run_subprocess(*fit)
+    assert result.returncode == status, result.stderr[-2000:]
+    assert "ae-lightning: error: " in result.stderr and message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 4, result.stderr
+    detailed = run_subprocess(*fit, "--print_traceback")
+    assert "Traceback" in detailed.stderr and message.split(": ")[-1] in detailed.stderr

@@ -7,6 +7,7 @@ batches, SVHN's .mat).
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -238,6 +239,19 @@ def _nan(tmp: Path):
     return _array(tmp, data)
 
 
+def _folder_16_bit(tmp: Path):
+    write_image_folder(tmp / "f", per_class=3, size=8)
+    Image.fromarray(np.full((8, 8), 40_000, np.uint16)).save(tmp / "f" / "cat" / "deep.png")  # PIL mode I;16
+    return ImageFolderDataModule(str(tmp / "f"), channels=1)
+
+
+def _folder_huge(tmp: Path, monkeypatch: pytest.MonkeyPatch):
+    for i in range(3):  # 4000x4000 photographs would need 48 MB each decoded; their headers are what is read
+        _png(tmp / "f" / f"{i}.png", (4000, 4000))
+    monkeypatch.setattr(os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 2**16}[name])  # 256 MiB
+    return ImageFolderDataModule(str(tmp / "f"))
+
+
 def _idx_pair(tmp: Path, n_images: int, n_labels: int, labels_value: int = 0, size: int = 28, part: str = "train"):
     root = tmp / "data"
     from conftest import write_dataset
@@ -297,6 +311,13 @@ BAD_INPUTS = [
         lambda tmp: _idx_pair(tmp, 0, 0),
         r"train-images-idx3-ubyte holds no samples: the count in its header is 0",
     ),
+    ("16-bit PNG", _folder_16_bit, r"deep.png is a 16-bit image \(PIL mode I;16\).*convert it to 8 bits"),
+    ("empty array file", lambda tmp: _array(tmp, np.zeros((0, 4), np.float32)), r"x.npy holds no samples"),
+    (
+        "huge images without image_size",
+        _folder_huge,
+        r"3 images of 4000x4000 .* need about 0.7 GB of memory .* set --data.image_size",
+    ),
     (
         "empty val split",
         lambda tmp: _array(tmp, np.zeros((100, 3), np.float32), val_fraction=0.0001),
@@ -306,9 +327,27 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("make, message", [case[1:] for case in BAD_INPUTS], ids=[case[0] for case in BAD_INPUTS])
-def test_bad_input_is_an_error_before_training(make, message: str, tmp_path: Path) -> None:
+def test_bad_input_is_an_error_before_training(
+    make, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with pytest.raises(ValueError, match=message):
-        make(tmp_path).setup()
+        (make(tmp_path, monkeypatch) if "monkeypatch" in make.__code__.co_varnames else make(tmp_path)).setup()
+
+
+def test_16_bit_pngs_would_have_been_clipped(tmp_path: Path) -> None:
+    """What the refusal prevents: PIL's conversion of a 16-bit image to 8 bits clips instead of scaling."""
+    path = tmp_path / "deep.png"
+    Image.fromarray(np.full((4, 4), 40_000, np.uint16)).save(path)
+    with Image.open(path) as image:
+        assert np.asarray(image.convert("L")).max() == 255  # 40,000 / 65,535 would be 156
+
+
+def test_a_network_too_large_for_the_input_is_refused_before_any_allocation() -> None:
+    from ae_lightning import Autoencoder
+
+    with pytest.raises(ValueError, match=r"mlp network on inputs of shape \(3, 4000, 4000\) needs about 98 GB .*"
+                                         r"--data.image_size 64"):  # fmt: skip
+        Autoencoder(input_shape=(3, 4000, 4000), hidden_dims=[256, 64])
 
 
 def test_model_whose_input_shape_disagrees_with_the_data_is_an_error(tmp_path: Path) -> None:

@@ -3,8 +3,12 @@ ends with the weights and optimizer states of an uninterrupted run, bit for bit.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -185,3 +189,75 @@ def test_temporary_files_of_dead_writers_are_removed_when_the_run_folder_is_used
     run_cli("fit", *tiny_args("ae", data_dir, tmp_path, "--trainer.max_steps", "4", "--ckpt_path", "last",
                               "--checkpoint.dirpath", str(folder)))  # fmt: skip
     assert not dead.exists() and alive.exists()
+    # without a dirpath the resumed run writes to version_1: the dead writer's file in version_0 goes all the same
+    dead = folder / f".last.ckpt.999999999@{socket.gethostname()}.tmp"
+    dead.write_bytes(b"PK")
+    run_cli("fit", *tiny_args("ae", data_dir, tmp_path, "--trainer.max_steps", "6", "--ckpt_path", "last"))
+    assert not dead.exists() and alive.exists() and (folder.parents[1] / "version_1").is_dir()
+
+
+def test_a_full_disk_names_the_checkpoint_and_keeps_the_previous_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"step": 1}, path)
+
+    def disk_full(checkpoint: dict, file) -> None:  # what torch raises when the disk fills during a write
+        file.write(b"PK" * 100)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: shutil._ntuple_diskusage(10**9, 10**9, 0))
+    with pytest.raises(OSError, match=rf"no space left on device while writing the checkpoint {path} \(0 MiB free\); "
+                                      r"the previous last.ckpt is kept") as error:  # fmt: skip
+        AtomicCheckpointIO().save_checkpoint({"step": 2}, path)
+    assert error.value.errno == errno.ENOSPC
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+# Extending a finished run ("train 30 more steps/epochs") resumes from the final checkpoint of the first command.
+EXTEND_CASES = [
+    # stopped by max_steps 9 inside epoch 0; step checkpoints (every 4) and validation (every 6) at other steps
+    ("vae", ["--trainer.max_steps", "9", "--trainer.max_epochs", "-1"], ["--trainer.max_steps", "20"],
+     [*EVERY_4, "--trainer.val_check_interval", "6"]),
+    ("ae", ["--trainer.max_steps", "5", "--trainer.max_epochs", "-1"], ["--trainer.max_steps", "20"], []),
+    ("ae", ["--trainer.max_epochs", "1"], ["--trainer.max_epochs", "2"], []),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("variant, first, then, extra", EXTEND_CASES, ids=["vae-steps", "ae-steps", "ae-epochs"])
+def test_extending_a_finished_run_trains_on_the_batches_of_an_uninterrupted_one(
+    variant: str, first: list[str], then: list[str], extra: list[str], data_dir: Path, tmp_path: Path
+) -> None:
+    longer = then if "--trainer.max_epochs" in then else [*then, "--trainer.max_epochs", "-1"]
+    run_cli("fit", *tiny_args(variant, data_dir, tmp_path / "reference", *extra, *longer))
+    run_cli("fit", *tiny_args(variant, data_dir, tmp_path / "extended", *extra, *first))
+    run_cli("fit", *tiny_args(variant, data_dir, tmp_path / "extended", *extra, *longer, "--ckpt_path", "last"))
+    resumed, expected = last_checkpoint(tmp_path / "extended"), last_checkpoint(tmp_path / "reference")
+    assert resumed["global_step"] == expected["global_step"]
+    differing = [name for name, value in expected["state_dict"].items()
+                 if not torch.equal(resumed["state_dict"][name], value)]  # fmt: skip
+    assert not differing, f"{len(differing)} of {len(expected['state_dict'])} weights differ after extending the run"
+    for got, want in zip(resumed["optimizer_states"], expected["optimizer_states"]):
+        for index, state in want["state"].items():
+            for key, value in state.items():
+                assert torch.equal(got["state"][index][key], value), f"optimizer state {index}/{key} differs"
+
+
+def test_the_final_checkpoint_is_written_with_an_explicit_weights_only(data_dir: Path, tmp_path: Path) -> None:
+    records: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("lightning.pytorch")
+    level, logger.level = logger.level, logging.INFO
+    logger.addHandler(handler)
+    try:  # a step checkpoint at 4, so that the final step 5 is written by the run's last-checkpoint logic
+        run_cli("fit", *tiny_args("ae", data_dir, tmp_path, *EVERY_4, "--checkpoint.monitor", "null",
+                                  "--trainer.max_steps", "5"))  # fmt: skip
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert any("max_steps=5" in message for message in records)  # the handler sees Lightning's messages
+    assert not [message for message in records if "`weights_only` was not set" in message]
+    assert last_checkpoint(tmp_path)["global_step"] == 5

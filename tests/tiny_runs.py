@@ -25,8 +25,13 @@ from ae_lightning import Autoencoder
 from ae_lightning.cli import AutoencoderCLI
 
 ROOT = Path(__file__).parents[1]
-# The variant configs; configs/fast.yaml is a profile stacked on one of them.
-CONFIGS = sorted(path for path in (ROOT / "configs").glob("*.yaml") if path.stem != "fast")
+# The variant configs of image or vector data; configs/fast.yaml is a profile stacked on one of them, and the
+# recommender configs, which read an interactions file, have tests/test_recommender.py.
+CONFIGS = sorted(
+    path
+    for path in (ROOT / "configs").glob("*.yaml")
+    if path.stem != "fast" and "InteractionsDataModule" not in path.read_text()
+)
 
 # Small networks, 2 epochs of 14 batches on the tiny data set (220 training images), cheap evaluation.
 TINY_MODEL = ["--model.init_args.hidden_dims", "[32,16]", "--model.init_args.latent_dim", "4"]

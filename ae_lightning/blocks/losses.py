@@ -160,3 +160,14 @@ def kl_divergence_bernoulli(rho: float, rho_hat: Tensor, eps: float = 1e-6) -> T
     """
     rho_hat = rho_hat.clamp(eps, 1 - eps)
     return (rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))).sum(-1)
+
+
+def multinomial_log_likelihood(logits: Tensor, counts: Tensor) -> Tensor:
+    """log Mult(counts | softmax(logits)) up to the multinomial coefficient, summed per sample: ``sum_i x_i log pi_i``
+    (Liang et al. 2018, eq. 2), the likelihood of the items a user clicked.
+
+    Args:
+        logits: ``[..., I]`` unnormalized scores of the items.
+        counts: ``[..., I]`` click counts (0/1 for implicit feedback), broadcast against ``logits``.
+    """
+    return (F.log_softmax(logits, dim=-1) * counts).sum(-1)

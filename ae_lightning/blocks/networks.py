@@ -159,6 +159,29 @@ def check_input_shape(input_shape: Sequence[int], network: str = "mlp") -> None:
         )
 
 
+MAX_WEIGHT_BYTES = 8 * 2**30  # a network this large on one input is a missing resize, not a model
+
+
+def check_network_size(network: str, input_shape: Sequence[int], hidden_dims: Sequence[int], latent_dim: int) -> None:
+    """Raise a ValueError, before any allocation, if the encoder and decoder's largest layers alone would take more
+    than :data:`MAX_WEIGHT_BYTES` of float32 weights on ``input_shape`` (e.g. an MLP on 4000x4000 photographs)."""
+    if network == "mlp":
+        largest = math.prod(input_shape) * (hidden_dims[0] if hidden_dims else latent_dim)
+    elif network == "conv":
+        *_, height, width = input_shape
+        h, w = _conv_sizes(height, len(hidden_dims))[-1], _conv_sizes(width, len(hidden_dims))[-1]
+        largest = max(hidden_dims[-1] * max(h, 1) * max(w, 1) * latent_dim, 1)
+    else:
+        return
+    needed = 2 * 4 * largest  # the encoder's layer and the decoder's mirror of it, float32
+    if needed > MAX_WEIGHT_BYTES:
+        raise ValueError(
+            f"a {network} network on inputs of shape {tuple(input_shape)} needs about {needed / 1e9:.0f} GB of "
+            f"weights in its largest layers alone: resize the images (an image folder: --data.image_size 64) or "
+            "use smaller inputs"
+        )
+
+
 def decoder_mean(output: Tensor, input_shape: Sequence[int]) -> Tensor:
     """The data's mean from a decoder's output: a sigmoid of the logits for images, the output itself for vectors."""
     return torch.sigmoid(output) if len(input_shape) == 3 else output

@@ -30,6 +30,12 @@ def logistic_stack(sizes: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def rbm_phase(epoch: int, pretrain_epochs: int, rbms: int) -> int | None:
+    """The RBM (from 0, bottom up) that ``epoch`` pretrains with ``pretrain_epochs`` per RBM, or None: fine-tuning."""
+    index = epoch // pretrain_epochs if pretrain_epochs else None
+    return index if index is not None and index < rbms else None
+
+
 class DeepBeliefAutoencoder(DeterministicAutoencoder):
     """A logistic MLP autoencoder whose encoder is pretrained greedily as a stack of RBMs, then fine-tuned end to end.
 
@@ -134,8 +140,24 @@ class DeepBeliefAutoencoder(DeterministicAutoencoder):
 
     def rbm_index(self, epoch: int) -> int | None:
         """The RBM (from 0, bottom up) that epoch ``epoch`` pretrains, or None for a fine-tuning epoch."""
-        index = epoch // self.pretrain_epochs if self.pretrain_epochs else None
-        return index if index is not None and index < len(self.rbm_layers()) else None
+        return rbm_phase(epoch, self.pretrain_epochs, len(self.rbm_layers()))
+
+    def check_resume(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a ``pretrain``/``pretrain_epochs`` that would give the checkpoint's epochs other phases (e.g. pretrain
+        a fine-tuned encoder again), naming both values; a change that only moves phases still to come is taken."""
+        stored = checkpoint.get("hyper_parameters", {})
+        mode, per_rbm = stored.get("pretrain", self.pretrain), stored.get("pretrain_epochs", self.pretrain_epochs)
+        epoch, rbms = int(checkpoint.get("epoch", 0)), len(self.rbm_layers())
+        before = [rbm_phase(e, per_rbm if mode == "rbm" else 0, rbms) for e in range(epoch + 1)]
+        changed = [e for e in range(epoch + 1) if before[e] != self.rbm_index(e)]
+        if changed:
+            phase = "fine-tuning" if before[epoch] is None else f"pretraining RBM {before[epoch] + 1}"
+            raise ValueError(
+                f"the checkpoint was trained with pretrain={mode!r}, pretrain_epochs={per_rbm} and has reached epoch "
+                f"{epoch}; this run's pretrain={self.pretrain!r}, pretrain_epochs={self.hparams.pretrain_epochs} "
+                f"would give epoch {changed[0]} another phase than it had (the checkpoint is {phase}). Resume with "
+                f"pretrain_epochs={per_rbm}, or start afresh without --ckpt_path"
+            )
 
     # --- steps ------------------------------------------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:

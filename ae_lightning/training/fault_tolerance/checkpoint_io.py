@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import re
+import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +20,10 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes a checkpoint to a hidden temporary file next to its target, syncs it and renames it into place.
 
-    A process that dies while writing leaves the previous file intact and at most a ``.<name>.<pid>.tmp`` file.
-    Paths that are not local (``s3://`` ...) keep Lightning's writer. Why: ``docs/fault_tolerance.md``.
+    A process that dies while writing leaves the previous file intact and at most a ``.<name>.<pid>@<host>.tmp``
+    file, removed when the run folder is used again; a full disk raises an OSError (ENOSPC) naming the file and
+    saying that the previous one is kept. Paths that are not local (``s3://`` ...) keep Lightning's writer. Why:
+    ``docs/fault_tolerance.md``.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
@@ -26,19 +32,41 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary = path.with_name(f".{path.name}.{os.getpid()}@{socket.gethostname()}.tmp")
         try:
             with open(temporary, "wb") as file:
                 torch.save(checkpoint, file)
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(temporary, path)  # atomic on POSIX: readers see the old file or the new one, never a mix
-        except BaseException:
+        except BaseException as error:
+            written = temporary.stat().st_size if temporary.exists() else 0
             temporary.unlink(missing_ok=True)
+            if _disk_full(error, path.parent, written):
+                kept = f"the previous {path.name} is kept" if path.exists() else f"no {path.name} was written before"
+                raise OSError(
+                    errno.ENOSPC,
+                    f"no space left on device while writing the checkpoint {path} "
+                    f"({shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free); {kept}. Free some space and "
+                    "resume with --ckpt_path last",
+                ) from error
             raise
         _fsync_directory(path.parent)
         for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by processes that died while writing
             stale.unlink(missing_ok=True)
+
+
+def _disk_full(error: BaseException, folder: Path, written: int) -> bool:
+    """Whether a failed write ran out of space: torch reports it as ``RuntimeError: [enforce fail at
+    inline_container.cc ...]``, so a write error with less free space left than it had written counts too."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    if not isinstance(error, (OSError, RuntimeError)):
+        return False
+    try:
+        return shutil.disk_usage(folder).free <= max(written, 1 << 20)
+    except OSError:
+        return False
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -55,12 +83,16 @@ def _fsync_directory(directory: Path) -> None:
         os.close(descriptor)
 
 
+_TEMPORARY = re.compile(r"^\..+\.(?P<pid>\d+)(?:@(?P<host>.+))?\.tmp$")
+
+
 def remove_dead_writers_files(folder: Path) -> list[Path]:
-    """Remove the ``.<name>.<pid>.tmp`` files in ``folder`` whose writing process is gone; returns them."""
-    removed = []
+    """Remove the ``.<name>.<pid>@<host>.tmp`` files in ``folder`` whose writer on this host is gone (and the
+    ``.<name>.<pid>.tmp`` of earlier releases whose pid is gone); returns them."""
+    removed, host = [], socket.gethostname()
     for path in folder.glob(".*.tmp"):
-        pid = path.name.rsplit(".", 2)[-2]
-        if pid.isdigit() and not _alive(int(pid)):
+        match = _TEMPORARY.match(path.name)
+        if match and match["host"] in (None, host) and not _alive(int(match["pid"])):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
@@ -78,31 +110,38 @@ def _alive(pid: int) -> bool:
 
 class RunCheckpoint(ModelCheckpoint):
     """The command's ``checkpoint`` section: Lightning's ModelCheckpoint, writing nothing under ``fast_dev_run`` (as
-    Lightning documents; its ``save_last`` at the end of training would write ``last.ckpt``), and never keeping a
-    checkpoint as the best on a non-finite monitored value."""
+    Lightning documents; its ``save_last`` at the end of training would write ``last.ckpt``), never keeping a
+    checkpoint as the best on a non-finite monitored value, and with ``save_last`` always holding the final step in a
+    state that resumes exactly: a run stopped by ``max_steps`` inside an epoch saves it at that batch's end, before
+    Lightning closes the epoch (a checkpoint written after would mark the epoch done and skip its other batches)."""
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
+        self._step_saved: int | None = None
         if trainer.is_global_zero and self.dirpath and Path(self.dirpath).is_dir():
             remove_dead_writers_files(Path(self.dirpath))
 
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # Any checkpoint of this step (top-k, every-n, SIGTERM's) comes with ``last`` when ``save_last`` is set.
+        self._step_saved = trainer.global_step
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if 0 <= trainer.max_steps <= trainer.global_step:  # Lightning's own test for the last step
+            self._save_final_step(trainer)
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.fast_dev_run:
+        # Instead of Lightning's, which writes ``last`` here, after the epoch is closed, if it wrote none yet: right
+        # only for a run that ended with its epoch (max_epochs).
+        self._save_final_step(trainer)
+
+    def _save_final_step(self, trainer: L.Trainer) -> None:
+        if trainer.fast_dev_run or not self.save_last or not self.dirpath or self._step_saved == trainer.global_step:
             return
-        super().on_train_end(trainer, pl_module)
-        # Lightning saves ``last`` at the end only if it saved none before: a run stopped by max_steps inside an
-        # epoch would keep the last epoch's state.
-        if self.save_last and self.dirpath:
-            last = Path(
-                self.last_model_path or Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
-            )
-            step = (
-                torch.load(last, map_location="cpu", weights_only=True, mmap=True)["global_step"]
-                if last.is_file()
-                else None
-            )
-            if step != trainer.global_step:
-                trainer.save_checkpoint(last)
+        last = self.last_model_path or str(Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}")
+        trainer.save_checkpoint(last, weights_only=self.save_weights_only)
 
     def check_monitor_top_k(self, trainer: L.Trainer, current: torch.Tensor | None = None) -> bool:
         # A NaN or infinite val/loss is never "the best".

@@ -40,7 +40,7 @@ class SigtermCheckpoint(Callback):
         for callback in trainer.checkpoint_callbacks:
             if isinstance(callback, ModelCheckpoint) and callback.save_last and callback.dirpath:
                 path = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
-                trainer.save_checkpoint(path)
+                trainer.save_checkpoint(path, weights_only=False)
                 rank_zero_info(f"SIGTERM: wrote {path} at global step {trainer.global_step}; exiting")
         raise SystemExit(SIGTERM_EXIT_CODE)
 

@@ -77,7 +77,7 @@ class SlurmRequeue(Callback):
     def _requeue(self, trainer: L.Trainer) -> None:
         rank_zero_info(f"SLURM's signal {self._signum} came: writing the HPC checkpoint and requeuing the job")
         path = hpc_checkpoint_path(trainer.default_root_dir)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)
         # The requeue ends this job with SIGTERM, whose Lightning handler would want all ranks at one point again.
         sigterm_handler = signal.signal(signal.SIGTERM, signal.SIG_IGN)
         requeued = trainer.is_global_zero and _requeue_slurm_job()

@@ -1,0 +1,48 @@
+"""Top-k ranking metrics of recommenders, per user, as defined by Liang et al. (2018, section 4.2).
+
+Each function takes ``scores [B, I]`` of every item (items to leave out of the ranking, such as those a user's
+profile already holds, set to ``-inf``) and ``held_out [B, I]``, nonzero at the user's held-out items, and returns one
+value per user; users without held-out items get NaN.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _top_k_hits(scores: Tensor, held_out: Tensor, k: int) -> Tensor:
+    """``[B, k]``: whether the item at rank 1..k is held out."""
+    top = scores.topk(min(k, scores.shape[-1]), dim=-1).indices
+    return (held_out.gather(-1, top) > 0).float()
+
+
+def recall_at_k(scores: Tensor, held_out: Tensor, k: int) -> Tensor:
+    """Recall@k normalized by ``min(k, n_held_out)``: the held-out items among the top k, over the most that
+    could be there, so 1 is a perfect ranking however many items were held out."""
+    n_held_out = (held_out > 0).sum(-1).float()
+    hits = _top_k_hits(scores, held_out, k).sum(-1)
+    return hits / n_held_out.clamp(max=k).masked_fill(n_held_out == 0, float("nan"))
+
+
+def ndcg_at_k(scores: Tensor, held_out: Tensor, k: int) -> Tensor:
+    """NDCG@k with binary relevance: ``sum_r hit_r / log2(r + 1)`` over ranks r = 1..k, over the same sum for the
+    ideal ranking (all ``min(k, n_held_out)`` held-out items first)."""
+    hits = _top_k_hits(scores, held_out, k)
+    discounts = 1.0 / torch.log2(torch.arange(2, hits.shape[-1] + 2, device=scores.device, dtype=torch.float32))
+    dcg = (hits * discounts).sum(-1)
+    n_ideal = (held_out > 0).sum(-1).clamp(max=hits.shape[-1])
+    idcg = discounts.cumsum(0)[(n_ideal - 1).clamp(min=0)]
+    return dcg / idcg.masked_fill(n_ideal == 0, float("nan"))
+
+
+def ranking_metrics(scores: Tensor, held_out: Tensor) -> dict[str, Tensor]:
+    """Per-user ``recall_20``, ``recall_50`` and ``ndcg_100``, the paper's three numbers."""
+    return {
+        "recall_20": recall_at_k(scores, held_out, 20),
+        "recall_50": recall_at_k(scores, held_out, 50),
+        "ndcg_100": ndcg_at_k(scores, held_out, 100),
+    }
+
+
+__all__ = ["ndcg_at_k", "ranking_metrics", "recall_at_k"]

@@ -1,0 +1,187 @@
+"""Autoencoders for collaborative filtering: Mult-VAE and Mult-DAE (Liang, Krishnan, Hoffman & Jebara 2018,
+"Variational Autoencoders for Collaborative Filtering").
+
+A user is the vector of the items they clicked; the model encodes it and decodes a multinomial distribution over all
+items, whose most probable unclicked items are the recommendations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ae_lightning.base import AutoencoderModule, Batch, Stage
+from ae_lightning.blocks import losses
+from ae_lightning.checks import check_number
+from ae_lightning.evaluation.ranking import ranking_metrics
+
+
+def tanh_mlp(sizes: Sequence[int], tanh_last: bool = False) -> nn.Sequential:
+    """Linear layers with tanh between them (the paper's activation), and after the last if ``tanh_last``."""
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(fan_in, fan_out))
+        if i < len(sizes) - 2 or tanh_last:
+            layers.append(nn.Tanh())
+    return nn.Sequential(*layers)
+
+
+class MultinomialAutoencoder(AutoencoderModule):
+    """Base of Mult-VAE and Mult-DAE: the click vector, L2-normalized and dropped out at the input, is encoded and
+    decoded to logits over every item, scored by the multinomial log-likelihood of the clicks.
+
+    Batches are ``(clicks [B, I], held_out [B, I], user [B])`` from :class:`~datamodules.InteractionsDataModule`.
+    Validation and test rank the items a user has not clicked against their held-out items and log ``recall_20``,
+    ``recall_50`` and ``ndcg_100`` (:mod:`~ae_lightning.evaluation.ranking`); ``test`` logs the same metrics of the
+    popularity ranking (items by their number of training users) as ``test/popularity_<metric>``.
+
+    Args:
+        input_shape: ``(num_items,)``; the CLI links it from the datamodule.
+        latent_dim: size of the user's code (the paper's 200).
+        hidden_dims: widths of the encoder's hidden layers (the paper's [600]); the decoder mirrors them.
+        input_dropout: dropout rate on the normalized click vector, in training only (the paper's 0.5).
+        **kwargs: the other :class:`~ae_lightning.base.AutoencoderModule` arguments.
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int] = (1,),
+        latent_dim: int = 200,
+        hidden_dims: Sequence[int] = (600,),
+        input_dropout: float = 0.5,
+        **kwargs: Any,
+    ) -> None:
+        if len(input_shape) != 1:
+            raise ValueError(
+                f"{type(self).__name__} takes click vectors, input_shape (num_items,), got input_shape "
+                f"{tuple(input_shape)}; use an InteractionsDataModule, which sets it"
+            )
+        if kwargs.get("network", "mlp") != "mlp":
+            raise ValueError(f"{type(self).__name__} has an MLP encoder and decoder, got network {kwargs['network']!r}")
+        super().__init__(input_shape=input_shape, latent_dim=latent_dim, hidden_dims=hidden_dims, **kwargs)
+        check_number("input_dropout", input_dropout, "[0, 1)")
+        self.input_dropout = input_dropout
+        self.num_items = self.input_shape[0]
+        # Training users per item, filled from the datamodule (and kept in checkpoints): the popularity baseline.
+        self.register_buffer("item_popularity", torch.zeros(self.num_items))
+
+    def normalize(self, clicks: Tensor) -> Tensor:
+        """The encoder's input: each click vector scaled to unit L2 norm, then dropped out in training."""
+        return F.dropout(F.normalize(clicks, dim=-1), self.input_dropout, training=self.training)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Item probabilities ``[B, I]`` (each row sums to 1) decoded from codes ``z``."""
+        return self.decoder(z).softmax(-1)
+
+    def item_scores(self, clicks: Tensor) -> Tensor:
+        """Logits ``[B, I]`` of every item for the users with ``clicks``, from their mean code."""
+        return self.decoder(self.encode(clicks))
+
+    def recommend(self, clicks: Tensor, k: int) -> Tensor:
+        """The ``k`` items ``[B, k]`` most likely under the model that each user has not clicked, best first."""
+        scores = self.item_scores(clicks).masked_fill(clicks > 0, float("-inf"))
+        return scores.topk(k, dim=-1).indices
+
+    def anomaly_score(self, x: Tensor) -> Tensor:
+        """The negative multinomial log-likelihood of each user's clicks (higher: a less typical user)."""
+        return -losses.multinomial_log_likelihood(self.item_scores(x), x)
+
+    # --- steps ------------------------------------------------------------------------------------------------------
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        with self.evaluation_randomness(batch_idx):
+            self.evaluate_ranking(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        with self.evaluation_randomness(batch_idx):
+            self.evaluate_ranking(batch, "test")
+
+    def evaluate_ranking(self, batch: Batch, stage: Stage) -> None:
+        """Log the loss terms of the fold-in clicks and the ranking metrics of the held-out items."""
+        clicks, held_out, _ = batch
+        self._shared_step(batch, stage)
+        rankings = {"": self.item_scores(clicks)}
+        if stage == "test" and self.item_popularity.any():
+            rankings["popularity_"] = self.item_popularity.expand_as(clicks)
+        for prefix, scores in rankings.items():
+            scores = scores.float().masked_fill(clicks > 0, float("-inf"))  # recommend only unclicked items
+            for name, values in ranking_metrics(scores, held_out).items():
+                self.log(f"{stage}/{prefix}{name}", values.mean(), batch_size=len(clicks), sync_dist=True)
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        counts = getattr(getattr(self.trainer, "datamodule", None), "item_counts", None)
+        if counts is not None:
+            self.item_popularity.copy_(torch.as_tensor(counts, dtype=torch.float32))
+
+
+class MultVAE(MultinomialAutoencoder):
+    """Mult-VAE: a Gaussian posterior over the user's code, a standard-normal prior, and the KL term weighted by
+    ``beta = min(anneal_cap, step / anneal_steps)`` (the paper's partially regularized objective, eq. 6-7).
+
+    Args:
+        anneal_cap: the largest KL weight (the paper's best: 0.2 on MovieLens-20M).
+        anneal_steps: steps over which the KL weight rises linearly from 0 to 1, capped at ``anneal_cap``; 0: the
+            weight is ``anneal_cap`` from the start.
+        **kwargs: the :class:`MultinomialAutoencoder` arguments.
+    """
+
+    def __init__(self, anneal_cap: float = 0.2, anneal_steps: int = 200_000, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        check_number("anneal_cap", anneal_cap, "[0, inf)")
+        check_number("anneal_steps", anneal_steps, "[0, inf)", integer=True)
+        self.anneal_cap = anneal_cap
+        self.anneal_steps = anneal_steps
+        hidden = list(self.hparams.hidden_dims)
+        self.encoder = tanh_mlp([self.num_items, *hidden, 2 * self.latent_dim])
+        self.decoder = tanh_mlp([self.latent_dim, *reversed(hidden), self.num_items])
+
+    def posterior_parameters(self, clicks: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and log-variance ``[B, latent_dim]`` of q(z | clicks)."""
+        mu, logvar = self.encoder(self.normalize(clicks)).chunk(2, dim=-1)
+        return mu, logvar
+
+    def encode(self, x: Tensor) -> Tensor:
+        """The posterior mean."""
+        return self.posterior_parameters(x)[0]
+
+    def kl_weight(self) -> float:
+        if self.anneal_steps == 0:
+            return self.anneal_cap
+        return min(self.anneal_cap, self.global_step / self.anneal_steps)
+
+    def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
+        mu, logvar = self.posterior_parameters(x)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
+        recon = -losses.multinomial_log_likelihood(self.decoder(z), x).mean()
+        kl = losses.kl_divergence_normal(mu, logvar).mean()
+        beta = self.kl_weight()
+        terms = {"loss": recon + beta * kl, "recon": recon, "kl": kl}
+        return terms | {"beta": torch.tensor(beta)} if self.training else terms
+
+
+class MultDAE(MultinomialAutoencoder):
+    """Mult-DAE: the same network with a deterministic tanh code and no KL term; the input dropout is its noise.
+
+    Args:
+        **kwargs: the :class:`MultinomialAutoencoder` arguments.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        hidden = list(self.hparams.hidden_dims)
+        self.encoder = tanh_mlp([self.num_items, *hidden, self.latent_dim], tanh_last=True)
+        self.decoder = tanh_mlp([self.latent_dim, *reversed(hidden), self.num_items])
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.encoder(self.normalize(x))
+
+    def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
+        recon = -losses.multinomial_log_likelihood(self.decoder(self.encode(x)), x).mean()
+        return {"loss": recon, "recon": recon}
+
+
+__all__ = ["MultDAE", "MultVAE", "MultinomialAutoencoder", "tanh_mlp"]

@@ -1,0 +1,317 @@
+"""The ``ae-lightning-search`` command: hyperparameter search with Optuna over any config's arguments.
+
+    ae-lightning-search --config configs/vae.yaml --space configs/search/vae.yaml \\
+        --storage sqlite:///runs/search/vae.db --n_trials 40 --root runs/search/vae [fit arguments ...]
+
+Each trial is an ordinary ``ae-lightning fit`` run of the config with the trial's values (``--<name> <value>``) in
+its own folder ``<root>/trial-<number>`` with its own logger, checkpoints and ``config.yaml``; Optuna's Lightning
+callback reports the search metric after every validation and prunes unpromising trials. The study lives in
+``--storage`` (SQLite or any RDB URL), so several processes or SLURM array tasks share it
+(``scripts/slurm/search_array.sbatch``) and a rerun of the same command resumes it: a trial whose process died is
+marked failed once its heartbeat stops and is retried with the same values, resuming from its last checkpoint.
+``<root>/best.yaml`` is the best trial's full config, ready for ``ae-lightning fit --config``. ``docs/search.md``
+describes the search-space file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import hashlib
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import optuna
+import yaml
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
+from optuna_integration import PyTorchLightningPruningCallback
+from sqlalchemy.exc import OperationalError
+
+from ae_lightning.cli import AutoencoderCLI
+
+PRUNERS = {
+    "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+    "hyperband": lambda: optuna.pruners.HyperbandPruner(),
+    "none": lambda: optuna.pruners.NopPruner(),
+}
+# Trials that count towards --n_trials; failed ones are retried instead.
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
+SPEC_KEYS = {"type", "low", "high", "log", "step", "choices"}
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(
+        prog="ae-lightning-search",
+        description=__doc__.split("\n\n")[0],
+        epilog="Other arguments go to every trial's `ae-lightning fit` (e.g. --trainer.max_epochs 5).",
+    )
+    parser.add_argument("--config", required=True, type=Path, help="the config each trial fits")
+    parser.add_argument("--space", required=True, type=Path, help="the search-space YAML (docs/search.md)")
+    parser.add_argument("--storage", required=True, help="study storage: sqlite:///path.db or any RDB URL")
+    parser.add_argument("--study_name", default=None, help="study name (default: the config's file name)")
+    parser.add_argument("--n_trials", type=int, required=True, help="trials of the study in all, across processes")
+    parser.add_argument("--root", type=Path, default=None, help="trial folders (default: runs/search/<study>)")
+    parser.add_argument("--metric", default=None, help="metric to optimize (default: the space's, or val/loss)")
+    parser.add_argument("--direction", choices=["minimize", "maximize"], default=None, help="(default: the space's)")
+    parser.add_argument("--pruner", choices=sorted(PRUNERS), default="median")
+    parser.add_argument("--sampler_seed", type=int, default=None, help="seed of the TPE sampler")
+    parser.add_argument("--heartbeat", type=int, default=60, help="seconds between a running trial's heartbeats")
+    parser.add_argument("--max_retry", type=int, default=2, help="retries of a trial whose process died")
+    parser.add_argument("--lock_timeout", type=float, default=60.0, help="seconds to wait for a locked SQLite file")
+    args, fit_args = parser.parse_known_args(argv)
+    if args.n_trials < 1:
+        parser.error(f"--n_trials must be >= 1, got {args.n_trials}")
+    if args.heartbeat < 1:
+        parser.error(f"--heartbeat must be >= 1 second, got {args.heartbeat}")
+    args.study_name = args.study_name or args.config.stem
+    args.root = args.root or Path("runs") / "search" / args.study_name
+    return args, fit_args
+
+
+# --- the search space -----------------------------------------------------------------------------------------------
+def read_space(path: Path) -> dict[str, Any]:
+    """The search-space file: ``parameters`` (name -> spec), and optionally ``metric`` and ``direction``.
+
+    Raises:
+        ValueError: naming the file and parameter of an unknown type or key, an empty or inverted range, a log
+            range that includes 0, or empty choices.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"search space {path} does not exist")
+    space = yaml.safe_load(path.read_text()) or {}
+    unknown = set(space) - {"parameters", "metric", "direction"}
+    if unknown or not isinstance(space.get("parameters"), dict) or not space["parameters"]:
+        raise ValueError(
+            f"search space {path}: expected a mapping with 'parameters' (name -> {{type, low, high, ...}}) and "
+            f"optionally 'metric' and 'direction'; got keys {sorted(space)}"
+        )
+    if space.get("direction", "minimize") not in ("minimize", "maximize"):
+        raise ValueError(f"search space {path}: direction must be minimize or maximize, got {space['direction']!r}")
+    for name, spec in space["parameters"].items():
+        check_spec(f"search space {path}: {name}", spec)
+    return space
+
+
+def check_spec(where: str, spec: Any) -> None:
+    """Raise a ValueError starting with ``where`` unless ``spec`` is a float, int or categorical range."""
+    if not isinstance(spec, dict) or spec.get("type") not in ("float", "int", "categorical"):
+        raise ValueError(f"{where}: expected {{type: float|int|categorical, ...}}, got {spec!r}")
+    if set(spec) - SPEC_KEYS:
+        raise ValueError(f"{where}: unknown keys {sorted(set(spec) - SPEC_KEYS)}; the keys are {sorted(SPEC_KEYS)}")
+    if spec["type"] == "categorical":
+        if not isinstance(spec.get("choices"), list) or not spec["choices"]:
+            raise ValueError(f"{where}: a categorical parameter needs a non-empty list of choices, got {spec!r}")
+        return
+    low, high = spec.get("low"), spec.get("high")
+    kind = int if spec["type"] == "int" else (int, float)
+    if not isinstance(low, kind) or not isinstance(high, kind) or isinstance(low, bool) or isinstance(high, bool):
+        raise ValueError(f"{where}: a {spec['type']} parameter needs {spec['type']} low and high, got {spec!r}")
+    if low > high:
+        raise ValueError(f"{where}: the range is inverted, low {low} > high {high}")
+    if low == high:
+        raise ValueError(f"{where}: the range is empty, low = high = {low}; fix the value in the config instead")
+    if spec.get("log") and low <= 0:
+        raise ValueError(f"{where}: a log range needs low > 0, got low {low}")
+
+
+def suggest(trial: optuna.Trial, name: str, spec: dict[str, Any]) -> Any:
+    """The trial's value of parameter ``name``."""
+    if spec["type"] == "categorical":
+        return trial.suggest_categorical(name, spec["choices"])
+    suggest_number = trial.suggest_int if spec["type"] == "int" else trial.suggest_float
+    options = {"log": bool(spec.get("log", False))}
+    if "step" in spec:
+        options["step"] = spec["step"]
+    return suggest_number(name, spec["low"], spec["high"], **options)
+
+
+class ConfigOnly(AutoencoderCLI):
+    """The command's parser applied to a config, without building anything: what arguments the config has."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def check_names(space: dict[str, Any], space_path: Path, config: Path, fit_args: list[str]) -> None:
+    """Raise a ValueError naming each search-space parameter that is not an argument of the config."""
+    with mock.patch("sys.argv", ["ae-lightning"]):
+        parsed = ConfigOnly(args=["--config", str(config), *fit_args], run=False).config
+    known = [key for key in parsed.keys() if not key.startswith("__")]
+    missing = [name for name in space["parameters"] if name not in parsed]
+    if missing:
+        hints = [f"{name} (did you mean {', '.join(difflib.get_close_matches(name, known, 3, 0.5)) or '?'})"
+                 for name in missing]  # fmt: skip
+        raise ValueError(
+            f"search space {space_path} names arguments that {config} does not have: {'; '.join(hints)}. Names are "
+            "the config's keys as `ae-lightning fit` takes them, e.g. model.init_args.beta"
+        )
+
+
+# --- the study ------------------------------------------------------------------------------------------------------
+def open_study(args: argparse.Namespace, space: dict[str, Any], direction: str, metric: str) -> optuna.Study:
+    """Create or load the study, with heartbeats and retries of dead trials; a ValueError naming the storage if it
+    is locked or holds this study for another config or search space."""
+    engine = {"connect_args": {"timeout": args.lock_timeout}} if args.storage.startswith("sqlite") else {}
+    if args.storage.startswith("sqlite:///"):
+        Path(args.storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    identity = {"config": str(args.config.resolve()), "space": _digest(space["parameters"]), "metric": metric}
+    try:
+        storage = RDBStorage(
+            args.storage,
+            engine_kwargs=engine,
+            heartbeat_interval=args.heartbeat,
+            grace_period=2 * args.heartbeat,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=args.max_retry),
+        )
+        study = optuna.create_study(
+            storage=storage,
+            study_name=args.study_name,
+            direction=direction,
+            sampler=optuna.samplers.TPESampler(seed=args.sampler_seed),
+            pruner=PRUNERS[args.pruner](),
+            load_if_exists=True,
+        )
+        stored = study.user_attrs
+        if not stored:
+            for key, value in identity.items():
+                study.set_user_attr(key, value)
+    except OperationalError as error:
+        if "locked" in str(error):
+            raise ValueError(
+                f"study storage {args.storage} is locked: another process has held its write lock for more than "
+                f"--lock_timeout {args.lock_timeout} s. Wait for it, raise --lock_timeout, or use a server database "
+                "(postgresql://...) for many workers"
+            ) from None
+        raise
+    if stored and stored != identity:
+        differs = [f"{key} {stored.get(key)!r} (this run: {identity[key]!r})" for key in identity
+                   if stored.get(key) != identity[key]]  # fmt: skip
+        raise ValueError(
+            f"study {args.study_name!r} in {args.storage} belongs to another search: {'; '.join(differs)}. Resume it "
+            "with its own config, search space and metric, or give another --study_name or --storage"
+        )
+    if study.direction.name.lower() != direction:
+        raise ValueError(
+            f"study {args.study_name!r} in {args.storage} is set to {study.direction.name.lower()}, not {direction}"
+        )
+    return study
+
+
+def _digest(parameters: dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(parameters, sort_keys=True).encode()).hexdigest()[:12]
+
+
+class TrialCLI(AutoencoderCLI):
+    """The ``fit`` command with one more callback on its trainer (a trial's pruning), beside the config's.
+
+    Args:
+        callback: the callback to add.
+        **kwargs: the :class:`AutoencoderCLI` arguments.
+    """
+
+    def __init__(self, callback: Any, **kwargs: Any) -> None:
+        self.extra_callback = callback
+        super().__init__(**kwargs)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks.append(self.extra_callback)
+        return trainer
+
+
+def objective(
+    trial: optuna.Trial, args: argparse.Namespace, space: dict[str, Any], metric: str, fit_args: list[str]
+) -> float:
+    """Fit the config with the trial's values; the best ``metric`` of its validations (its best checkpoint's)."""
+    values = {name: suggest(trial, name, spec) for name, spec in space["parameters"].items()}
+    # A retry inherits the user attributes of the trial whose process died: it continues in its folder, from its
+    # last checkpoint (``--ckpt_path last``).
+    folder = Path(trial.user_attrs.get("folder", args.root / f"trial-{trial.number}"))
+    mode = "min" if trial.study.direction == optuna.study.StudyDirection.MINIMIZE else "max"
+    cli_args = [
+        "fit", "--config", str(args.config), *fit_args,
+        *(f"--{name}={_cli_value(value)}" for name, value in values.items()),
+        "--trainer.default_root_dir", str(folder),
+        "--checkpoint.monitor", metric, "--checkpoint.mode", mode,
+        "--ckpt_path", "last",
+    ]  # fmt: skip
+    trial.set_user_attr("folder", str(folder))
+    pruning = PyTorchLightningPruningCallback(trial, monitor=metric)
+    with mock.patch("sys.argv", ["ae-lightning"]):  # the CLI must read only these arguments
+        cli = TrialCLI(pruning, args=cli_args)
+    trial.set_user_attr("config_file", str(Path(cli.trainer.log_dir) / "config.yaml"))
+    best = cli.trainer.checkpoint_callback.best_model_score
+    if best is None or not math.isfinite(float(best)):
+        raise ValueError(f"trial {trial.number} logged no finite {metric}; is it a metric of this model?")
+    return float(best)
+
+
+def _cli_value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def write_best_config(study: optuna.Study, root: Path) -> Path | None:
+    """``<root>/best.yaml``: the best trial's saved config, set to train afresh in ``<root>/best``."""
+    try:
+        best = study.best_trial
+    except ValueError:  # no trial completed yet
+        return None
+    config = yaml.safe_load(Path(best.user_attrs["config_file"]).read_text())
+    config["ckpt_path"] = None
+    # The trial's folder, wherever it appears (root dir, logger, checkpoint folder), becomes the new run's.
+    config = _replace_prefix(config, best.user_attrs["folder"], str(root / "best"))
+    values = ", ".join(f"{name}={value}" for name, value in best.params.items())
+    header = (
+        f"# The best trial of study {study.study_name!r}: trial {best.number}, value {best.value:.6g}\n"
+        f"# ({values}). Trained in {best.user_attrs['folder']}; train it afresh with\n"
+        f"#   ae-lightning fit --config {root / 'best.yaml'}\n"
+    )
+    path = root / "best.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".yaml.tmp")  # several workers may write it at once
+    temporary.write_text(header + yaml.safe_dump(config, sort_keys=False))
+    temporary.replace(path)
+    return path
+
+
+def _replace_prefix(value: Any, old: str, new: str) -> Any:
+    if isinstance(value, dict):
+        return {key: _replace_prefix(item, old, new) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_replace_prefix(item, old, new) for item in value]
+    if isinstance(value, str) and (value == old or value.startswith(old + "/")):
+        return new + value[len(old) :]
+    return value
+
+
+def main(argv: list[str] | None = None) -> optuna.Study:
+    args, fit_args = parse_args(sys.argv[1:] if argv is None else argv)
+    space = read_space(args.space)
+    metric = args.metric or space.get("metric", "val/loss")
+    direction = args.direction or space.get("direction", "minimize")
+    check_names(space, args.space, args.config, fit_args)
+    study = open_study(args, space, direction, metric)
+    done = len(study.get_trials(deepcopy=False, states=COUNTED))
+    if done < args.n_trials:
+        print(f"study {args.study_name!r}: {done} of {args.n_trials} trials done; running the rest", flush=True)
+        study.optimize(
+            lambda trial: objective(trial, args, space, metric, fit_args),
+            callbacks=[MaxTrialsCallback(args.n_trials, states=COUNTED)],
+            catch=(),
+        )
+    path = write_best_config(study, args.root)
+    counts = {state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,))) for state in TrialState}
+    print(f"study {args.study_name!r}: " + ", ".join(f"{n} {state}" for state, n in counts.items() if n), flush=True)
+    if path is not None:
+        print(f"best trial {study.best_trial.number}: {metric} {study.best_value:.6g}, {study.best_params}; {path}")
+    return study
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,357 @@
+"""User-item interactions (MovieLens ``ratings.csv``/``u.data``/``ratings.dat`` or any CSV of user, item[, rating])
+split for collaborative filtering as Liang et al. (2018) split them: strong generalization over held-out users."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from scipy import sparse
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from ae_lightning.checks import check_number
+from datamodules.base import ImageDataModule, Split
+
+# The paper's rule: a held-out user with fewer items than this keeps them all as fold-in (and is not evaluated).
+MIN_ITEMS_TO_HOLD_OUT = 5
+
+
+@dataclass
+class Interactions:
+    """The split click matrices (users x items, CSR, 1 at a click) and the ids behind their rows and columns.
+
+    Args:
+        items: the item id of each column (the items of the training users, sorted).
+        train: the training users' clicks.
+        fold_in: per evaluated split, the clicks the model sees (80% of each user's by default).
+        held_out: per evaluated split, the clicks it must rank (the rest).
+        users: the user id of each row, per split.
+    """
+
+    items: np.ndarray
+    train: sparse.csr_matrix
+    fold_in: dict[str, sparse.csr_matrix]
+    held_out: dict[str, sparse.csr_matrix]
+    users: dict[str, np.ndarray]
+
+
+class InteractionsDataModule(ImageDataModule):
+    """Users' click vectors from an interactions file, under the strong-generalization split of Liang et al. (2018).
+
+    Users are drawn into training, validation and test users. Items are those of the training users. Of each
+    validation and test user with at least 5 such items, a random ``held_out_fraction`` is held out to rank and the
+    rest folded in (seen by the model); the others are dropped. The data stay sparse; a batch
+    ``(clicks, held_out, user)`` holds dense ``[B, num_items]`` rows (``held_out`` is ``[B, 0]`` in training).
+
+    Args:
+        path: a file of one interaction per line: user, item[, rating[, anything]], separated by commas, tabs,
+            ``::`` or spaces.
+        min_rating: keep only interactions rated at least this (the paper: 3.5 on MovieLens); None keeps all.
+        min_user_items: keep only users with at least this many interactions after the rating filter (the paper: 5).
+        val_users: validation users: a count, or a fraction of the users if below 1.
+        test_users: test users: a count, or a fraction of the users if below 1.
+        held_out_fraction: share of each validation/test user's items held out to rank.
+        test_path: a second file of the test users' held-out interactions (e.g. MovieLens-100K's ``u1.test`` beside
+            ``u1.base``); their interactions in ``path`` are then folded in and also trained on (weak generalization),
+            and ``test_users`` does not apply. Its users must have interactions in ``path``.
+        header: whether the first line names the columns; None: it does when none of its fields is a number.
+        batch_size: users per step and process.
+        seed: seed of the user split, the held-out draw and the epoch orders.
+        num_workers: worker processes building batches.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        min_rating: float | None = None,
+        min_user_items: int = 5,
+        val_users: int | float = 0.1,
+        test_users: int | float = 0.1,
+        held_out_fraction: float = 0.2,
+        test_path: str | None = None,
+        header: bool | None = None,
+        batch_size: int = 500,
+        seed: int = 42,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers)
+        check_number("min_user_items", min_user_items, "[1, inf)", integer=True)
+        for name, value in (("val_users", val_users), ("test_users", test_users)):
+            check_number(name, value, "(0, 1)" if isinstance(value, float) else "[1, inf)")
+        check_number("held_out_fraction", held_out_fraction, "(0, 1)")
+        self.path = Path(path)
+        self._interactions: Interactions | None = None
+
+    # --- what the data are ------------------------------------------------------------------------------------------
+    @property
+    def interactions(self) -> Interactions:
+        """The split click matrices, read and split on first use."""
+        if self._interactions is None:
+            header, min_rating, test_path = self.hparams.header, self.hparams.min_rating, self.hparams.test_path
+            test = read_interactions(Path(test_path), header, min_rating) if test_path else None
+            self._interactions = self.split(read_interactions(self.path, header, min_rating), test)
+        return self._interactions
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """``(num_items,)``: the items of the training users."""
+        return (len(self.interactions.items),)
+
+    @property
+    def item_counts(self) -> Tensor:
+        """The number of training users who clicked each item: the popularity baseline's scores."""
+        return torch.from_numpy(np.asarray(self.interactions.train.sum(0)).ravel().astype(np.float32))
+
+    @property
+    def is_image_data(self) -> bool:
+        return False
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return None
+
+    @property
+    def has_labels(self) -> bool:
+        return False
+
+    @property
+    def dataset_name(self) -> str:
+        return self.path.stem
+
+    def source_paths(self) -> list[str]:
+        return [str(self.path)] + ([self.hparams.test_path] if self.hparams.test_path else [])
+
+    # --- the split --------------------------------------------------------------------------------------------------
+    def split(self, frame: pd.DataFrame, test: pd.DataFrame | None = None) -> Interactions:
+        """The strong-generalization split of ``frame`` (columns ``user``, ``item``), or with ``test`` the held-out
+        interactions of its test users."""
+        first_line = frame.attrs.get("first_line", 1)
+        counts = frame["user"].value_counts()
+        frame = frame[frame["user"].isin(counts.index[counts >= self.hparams.min_user_items])]
+        users = np.sort(frame["user"].unique())
+        test_users = np.sort(test["user"].unique()) if test is not None else np.array([], dtype=users.dtype)
+        if test is not None:
+            self.check_test_file(frame, first_line, test)
+            users = users[~np.isin(users, test_users)]  # validation users are drawn from the others
+        n_val = _count(self.hparams.val_users, len(users))
+        n_test = 0 if test is not None else _count(self.hparams.test_users, len(users))
+        if n_val + n_test >= len(users):
+            raise ValueError(
+                f"{self.path}: {len(users)} users with at least min_user_items={self.hparams.min_user_items} "
+                f"interactions, too few for {n_val} validation and {n_test} test users and at least one training "
+                "user; lower val_users/test_users or min_user_items"
+            )
+        rng = np.random.default_rng(self.hparams.seed)
+        users = users[rng.permutation(len(users))]
+        groups = {"test": users[:n_test], "val": users[n_test : n_test + n_val], "train": users[n_test + n_val :]}
+        if test is not None:  # weak generalization: the test users are training users too
+            groups["test"], groups["train"] = test_users, np.concatenate([groups["train"], test_users])
+        groups = {name: np.sort(group) for name, group in groups.items()}  # rows in id order
+        train = frame[frame["user"].isin(groups["train"])]
+        items = np.sort(train["item"].unique())
+        fold_in, held_out, kept = {}, {}, {"train": groups["train"]}
+        for name in ("val", "test"):
+            part = frame[frame["user"].isin(groups[name])]
+            if name == "test" and test is not None:
+                part = pd.concat([part, test], keys=["fold_in", "held_out"])
+            known = part[part["item"].isin(items)]
+            if len(known) < len(part):
+                rank_zero_info(
+                    f"{self.path}: {len(part) - len(known)} interactions of {name} users with items no training user "
+                    "has are left out (the model has no output for them)"
+                )
+            if name == "test" and test is not None:
+                held = pd.Series(known.index.get_level_values(0) == "held_out", index=known.index)
+            else:
+                held = _draw_held_out(known, self.hparams.held_out_fraction, rng)
+            evaluated = np.sort(known.loc[held, "user"].unique())
+            kept_rows = known["user"].isin(evaluated)
+            known, held = known[kept_rows], held[kept_rows]
+            if len(evaluated) == 0:
+                raise ValueError(
+                    f"{self.path}: no {name} user has {MIN_ITEMS_TO_HOLD_OUT} or more items that training users have; "
+                    f"raise {name}_users or use a larger file"
+                )
+            fold_in[name] = _click_matrix(known[~held], evaluated, items)
+            held_out[name] = _click_matrix(known[held], evaluated, items)
+            kept[name] = evaluated
+        return Interactions(items, _click_matrix(train, groups["train"], items), fold_in, held_out, kept)
+
+    def check_test_file(self, frame: pd.DataFrame, frame_first_line: int, test: pd.DataFrame) -> None:
+        """Raise a ValueError naming the line of ``test_path`` whose user is unknown or whose pair is in ``path``."""
+        test_path, first_line = Path(self.hparams.test_path), test.attrs.get("first_line", 1)
+        unknown = ~test["user"].isin(frame["user"])
+        if unknown.any():
+            row = test.index[unknown.to_numpy()][0]
+            raise ValueError(
+                f"{test_path} line {line_of(test_path, row, first_line)}: user {test['user'][row]} has no "
+                f"interactions in {self.path} (after min_rating and min_user_items={self.hparams.min_user_items}), so "
+                "the model has nothing to recommend from; every test user must be a user of path"
+            )
+        both = test.reset_index().merge(frame.reset_index(), on=["user", "item"], suffixes=("_test", ""))
+        if len(both):
+            first = both.iloc[0]
+            line = line_of(self.path, first["index"], frame_first_line)
+            test_line = line_of(test_path, first["index_test"], first_line)
+            raise ValueError(
+                f"{test_path} line {test_line} and {self.path} line {line} both hold user {first['user']}, item "
+                f"{first['item']}; a held-out interaction must not be in the training file"
+            )
+
+    def setup(self, stage: str | None = None) -> None:
+        self.hparams.data_source = self.data_source
+        _ = self.interactions  # read and split now, not in the first loader
+
+    def split_size(self, split: Split) -> int:
+        return len(self.interactions.users[split])
+
+    # --- loaders ----------------------------------------------------------------------------------------------------
+    def _loader(self, split: Split, shuffle: bool) -> DataLoader:
+        data = self.interactions
+        clicks = data.train if split == "train" else data.fold_in[split]
+        held_out = None if split == "train" else data.held_out[split]
+        return DataLoader(
+            np.arange(clicks.shape[0]),
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            generator=torch.Generator().manual_seed(self.hparams.seed) if shuffle else None,
+            num_workers=self.hparams.num_workers,
+            collate_fn=DenseRows(clicks, held_out),
+        )
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+
+class DenseRows:
+    """Collates user rows into the batch ``(clicks [B, I], held_out [B, I] or [B, 0], rows [B])``.
+
+    Args:
+        clicks: the split's clicks (CSR).
+        held_out: its held-out clicks, or None for training users.
+    """
+
+    def __init__(self, clicks: sparse.csr_matrix, held_out: sparse.csr_matrix | None) -> None:
+        self.clicks, self.held_out = clicks, held_out
+
+    def __call__(self, rows: list[np.int64]) -> tuple[Tensor, Tensor, Tensor]:
+        index = np.asarray(rows)
+        clicks = torch.from_numpy(self.clicks[index].toarray())
+        held_out = torch.from_numpy(self.held_out[index].toarray()) if self.held_out is not None else clicks[:, :0]
+        return clicks, held_out, torch.from_numpy(index)
+
+
+def read_interactions(path: Path, header: bool | None = None, min_rating: float | None = None) -> pd.DataFrame:
+    """The ``user``, ``item`` (and ``rating``) columns of an interactions file, checked, with ratings below
+    ``min_rating`` dropped; the index is the data row of each line (see :func:`line_of`).
+
+    Raises:
+        ValueError: naming the file and line of a missing field, a non-numeric rating or a duplicate (user, item)
+            pair; or a ``min_rating`` for a file without ratings.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"interactions file {path} does not exist")
+    with path.open() as file:
+        first = file.readline().strip()
+    if not first:
+        raise ValueError(f"{path}: the first line is empty; expected user, item[, rating] per line")
+    separator = "::" if "::" in first else "\t" if "\t" in first else "," if "," in first else r"\s+"
+    fields = re.split(separator, first)
+    if len(fields) < 2:
+        raise ValueError(f"{path} line 1: {first!r} has one field; expected user, item[, rating]")
+    if header is None:
+        header = not any(_is_number(field) for field in fields)
+    names = ["user", "item", "rating"][: min(len(fields), 3)]
+    frame = pd.read_csv(
+        path,
+        sep=separator,
+        header=None,
+        skiprows=1 if header else 0,
+        usecols=range(len(names)),
+        names=names,
+        engine="python" if len(separator) > 1 else "c",
+    )
+    first_line = 2 if header else 1
+    missing = frame[["user", "item"]].isna().any(axis=1)
+    if missing.any():
+        line = line_of(path, int(np.flatnonzero(missing)[0]), first_line)
+        raise ValueError(f"{path} line {line}: no user or no item; every line must hold user, item[, rating]")
+    twice = frame.duplicated(["user", "item"], keep=False).to_numpy()
+    if twice.any():
+        rows = np.flatnonzero(twice)
+        first_row = rows[0]
+        user, item = frame["user"].iloc[first_row], frame["item"].iloc[first_row]
+        same = rows[(frame["user"].iloc[rows] == user).to_numpy() & (frame["item"].iloc[rows] == item).to_numpy()]
+        line_a, line_b = (line_of(path, int(r), first_line) for r in same[:2])
+        raise ValueError(
+            f"{path} lines {line_a} and {line_b} both hold user {user}, item {item}; each (user, item) pair must "
+            "appear once (aggregate repeated interactions first)"
+        )
+    if "rating" in frame:
+        ratings = pd.to_numeric(frame["rating"], errors="coerce")
+        bad = ratings.isna().to_numpy()
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            line = line_of(path, row, first_line)
+            raise ValueError(f"{path} line {line}: rating {frame['rating'].iloc[row]!r} is not a number")
+        frame["rating"] = ratings
+        if min_rating is not None:
+            frame = frame[frame["rating"] >= min_rating]
+    elif min_rating is not None:
+        raise ValueError(f"min_rating={min_rating}, but {path} has no rating column (user, item only)")
+    frame.attrs["first_line"] = first_line  # with the index (data rows), the file's line numbers
+    return frame
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def line_of(path: Path, row: int, first_line: int) -> int:
+    """The file's line number of data row ``row`` (pandas skips blank lines, so they are counted here)."""
+    seen = -1
+    with path.open() as file:
+        for number, text in enumerate(file, 1):
+            if number < first_line or not text.strip():
+                continue
+            seen += 1
+            if seen == row:
+                return number
+    return first_line + row
+
+
+def _count(value: int | float, total: int) -> int:
+    return round(value * total) if isinstance(value, float) else value
+
+
+def _click_matrix(frame: pd.DataFrame, users: np.ndarray, items: np.ndarray) -> sparse.csr_matrix:
+    """The ``len(users) x len(items)`` CSR matrix with a 1 at each (user, item) of ``frame``."""
+    rows = np.searchsorted(users, frame["user"].to_numpy())
+    columns = np.searchsorted(items, frame["item"].to_numpy())
+    ones = np.ones(len(rows), dtype=np.float32)
+    return sparse.csr_matrix((ones, (rows, columns)), shape=(len(users), len(items)))
+
+
+def _draw_held_out(frame: pd.DataFrame, fraction: float, rng: np.random.Generator) -> pd.Series:
+    """Which interactions of ``frame`` are held out: a random ``int(fraction * n)`` of each user's n items, for users
+    with at least :data:`MIN_ITEMS_TO_HOLD_OUT` items (the paper's rule), none for the others."""
+    order = rng.permutation(len(frame))
+    shuffled = frame["user"].iloc[order]
+    position = np.empty(len(frame), dtype=np.int64)
+    position[order] = shuffled.groupby(shuffled, sort=False).cumcount().to_numpy()
+    n_items = frame.groupby("user")["user"].transform("size").to_numpy()
+    n_held = np.where(n_items >= MIN_ITEMS_TO_HOLD_OUT, (fraction * n_items).astype(np.int64), 0)
+    return pd.Series(position < n_held, index=frame.index)
+
+
+__all__ = ["DenseRows", "Interactions", "InteractionsDataModule", "read_interactions"]

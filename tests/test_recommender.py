@@ -1,0 +1,237 @@
+"""Mult-VAE and Mult-DAE, the interactions datamodule and the ranking metrics, on small files the tests write."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from scipy import sparse
+from tiny_runs import ROOT, build_cli
+
+from ae_lightning import MultDAE, MultVAE
+from ae_lightning.blocks import losses
+from ae_lightning.evaluation.ranking import ndcg_at_k, recall_at_k
+from datamodules import InteractionsDataModule
+
+
+def write_interactions(path: Path, n_users: int = 120, n_items: int = 60, seed: int = 0, header: str = "") -> Path:
+    """A ratings file with structure: each user likes one of 4 item groups (rating 4-5 there, 1-2 elsewhere)."""
+    rng = np.random.default_rng(seed)
+    lines = [header] if header else []
+    for user in range(n_users):
+        group = user % 4
+        liked = [i for i in range(n_items) if i % 4 == group]
+        items = rng.choice(liked, size=8, replace=False).tolist() + rng.choice(n_items, size=3, replace=False).tolist()
+        for item in dict.fromkeys(items):  # unique, in order
+            rating = rng.integers(4, 6) if item % 4 == group else rng.integers(1, 3)
+            lines.append(f"u{user},{item},{rating}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def data(path: Path, **kwargs) -> InteractionsDataModule:
+    settings = {"val_users": 20, "test_users": 20, "batch_size": 32, "min_rating": 3.5}
+    return InteractionsDataModule(str(path), **{**settings, **kwargs})
+
+
+def make_trainer(root: Path, **kwargs) -> L.Trainer:
+    settings = {"accelerator": "cpu", "max_epochs": 1, "logger": False, "enable_checkpointing": False}
+    settings |= {"enable_progress_bar": False, "enable_model_summary": False, "default_root_dir": root}
+    return L.Trainer(**{**settings, **kwargs})
+
+
+# --- metrics and loss -----------------------------------------------------------------------------------------------
+def test_ranking_metrics_match_values_worked_by_hand() -> None:
+    scores = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0]])  # ranks items 0, 1, 2, 3, 4
+    held_out = torch.tensor([[0.0, 1.0, 0.0, 1.0, 1.0]])
+    # top 2 = {0, 1}: one hit of min(2, 3) possible
+    assert recall_at_k(scores, held_out, 2).item() == pytest.approx(1 / 2)
+    # top 3 = {0, 1, 2}: one hit of min(3, 3)
+    assert recall_at_k(scores, held_out, 3).item() == pytest.approx(1 / 3)
+    # DCG@3: the hit at rank 2 -> 1/log2(3); ideal: hits at ranks 1, 2, 3
+    ideal = 1 + 1 / math.log2(3) + 1 / math.log2(4)
+    assert ndcg_at_k(scores, held_out, 3).item() == pytest.approx((1 / math.log2(3)) / ideal)
+    # k beyond the number of items: all three hits, at ranks 2, 4, 5, over the ideal ranks 1, 2, 3
+    dcg = 1 / math.log2(3) + 1 / math.log2(5) + 1 / math.log2(6)
+    assert ndcg_at_k(scores, held_out, 100).item() == pytest.approx(dcg / ideal)
+    assert recall_at_k(scores, held_out, 100).item() == 1.0
+
+
+def test_multinomial_log_likelihood_by_hand() -> None:
+    logits = torch.zeros(1, 4)  # uniform over 4 items
+    counts = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    assert losses.multinomial_log_likelihood(logits, counts).item() == pytest.approx(2 * math.log(1 / 4))
+
+
+# --- the datamodule -------------------------------------------------------------------------------------------------
+def test_strong_generalization_split(tmp_path: Path) -> None:
+    path = write_interactions(tmp_path / "ratings.csv", header="userId,movieId,rating,timestamp")
+    module = data(path)
+    split = module.interactions
+    assert isinstance(split.train, sparse.csr_matrix)  # no dense users x items matrix
+    assert module.input_shape == (len(split.items),) == (split.train.shape[1],)
+    users = {name: set(ids) for name, ids in split.users.items()}
+    assert users["train"].isdisjoint(users["val"]) and users["val"].isdisjoint(users["test"])
+    assert len(users["val"]) == len(users["test"]) == 20 and len(users["train"]) == 80
+    assert set(np.flatnonzero(np.asarray(split.train.sum(0)).ravel())) == set(range(len(split.items)))
+    for name in ("val", "test"):
+        fold_in, held_out = split.fold_in[name], split.held_out[name]
+        assert fold_in.multiply(held_out).nnz == 0  # disjoint
+        n = np.asarray((fold_in + held_out).sum(1)).ravel()
+        np.testing.assert_array_equal(np.asarray(held_out.sum(1)).ravel(), (0.2 * n).astype(int))
+    # only ratings >= 3.5 are clicks: every user keeps 8 liked items (+ the random ones in their group)
+    assert (np.asarray(split.train.sum(1)).ravel() >= 8).all()
+    module.setup("fit")
+    clicks, held, rows = next(iter(module.val_dataloader()))
+    assert clicks.shape == held.shape == (20, len(split.items)) and rows.tolist() == list(range(20))
+    clicks, held, _ = next(iter(module.train_dataloader()))
+    assert clicks.shape == (32, len(split.items)) and held.shape == (32, 0)
+
+
+def test_movielens_u_data_layout_reads_the_same(tmp_path: Path) -> None:
+    text = write_interactions(tmp_path / "ratings.csv").read_text().replace("u", "")  # numeric user ids
+    csv, tabbed = tmp_path / "numeric.csv", tmp_path / "u.data"
+    csv.write_text(text)
+    tabbed.write_text(text.replace(",", "\t"))  # u.data: user item rating time, tab-separated, no header
+    a, b = data(csv).interactions, data(tabbed).interactions
+    assert a.train.nnz == b.train.nnz and len(a.items) == len(b.items)
+
+
+@pytest.mark.parametrize(
+    "lines, kwargs, message",
+    [
+        (["1,10,4", "2,10,5", "1,11,3", "1,10,2"], {}, r"lines 1 and 4 both hold user 1, item 10"),
+        (["user,item,rating", "1,10,4", "", "2,10,five"], {}, r"line 4: rating 'five' is not a number"),
+        (["1,10", "2,10"], {"min_rating": 3.5}, r"min_rating=3.5, but .* has no rating column"),
+        (
+            ["1,10,4", "2,11,5"],
+            {"min_rating": None, "min_user_items": 1},
+            r"2 users .* too few for 20 validation and 20 test users",
+        ),
+    ],
+    ids=["duplicate", "non-numeric", "no-ratings", "too-few-users"],
+)
+def test_bad_interactions_files_are_named_with_the_line(tmp_path: Path, lines, kwargs, message) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=message):
+        _ = data(path, **kwargs).interactions
+
+
+# --- the models -----------------------------------------------------------------------------------------------------
+class Outputs(Callback):
+    def __init__(self) -> None:
+        self.betas: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.betas.append(float(outputs["beta"]))
+
+
+def test_mult_vae_anneals_the_kl_weight_to_its_cap(tmp_path: Path) -> None:
+    module = data(write_interactions(tmp_path / "r.csv"), batch_size=16)
+    model = MultVAE(input_shape=module.input_shape, latent_dim=4, hidden_dims=[8], anneal_cap=0.5, anneal_steps=4)
+    seen = Outputs()
+    make_trainer(tmp_path, limit_train_batches=4, limit_val_batches=0, callbacks=[seen]).fit(model, datamodule=module)
+    assert seen.betas == [0.0, 0.25, 0.5, 0.5]
+
+
+@pytest.mark.parametrize("cls", [MultVAE, MultDAE])
+def test_mult_models_train_and_beat_chance_and_report_beside_popularity(cls, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module = data(write_interactions(tmp_path / "r.csv"), batch_size=16)
+    extra = {"anneal_steps": 0} if cls is MultVAE else {}  # the KL weight at its cap from the start
+    model = cls(input_shape=module.input_shape, latent_dim=8, hidden_dims=[16], input_dropout=0.2, **extra)
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = make_trainer(tmp_path, max_epochs=30, limit_val_batches=0)
+    trainer.fit(model, datamodule=module)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    (results,) = trainer.test(model, datamodule=module, verbose=False)
+    for name in ("recall_20", "recall_50", "ndcg_100"):
+        assert 0 <= results[f"test/{name}"] <= 1 and 0 <= results[f"test/popularity_{name}"] <= 1
+    assert ("test/kl" in results) == (cls is MultVAE)
+    # a user likes one group of 15 items: a model that learnt the groups ranks the held-out liked items high,
+    # where popularity (all groups alike) cannot tell the groups apart
+    assert results["test/ndcg_100"] > results["test/popularity_ndcg_100"]
+    assert results["test/recall_20"] > results["test/popularity_recall_20"]
+
+
+def test_recommend_leaves_out_clicked_items() -> None:
+    torch.manual_seed(0)
+    model = MultDAE(input_shape=(12,), latent_dim=3, hidden_dims=[5]).eval()
+    clicks = (torch.rand(4, 12) < 0.5).float()
+    top = model.recommend(clicks, k=3)
+    assert top.shape == (4, 3)
+    assert clicks.gather(1, top).sum() == 0
+    assert torch.allclose(model(clicks).sum(-1), torch.ones(4))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            {"input_shape": (1, 28, 28)},
+            r"takes click vectors, input_shape \(num_items,\), got input_shape \(1, 28, 28\)",
+        ),
+        ({"input_dropout": 1.0}, r"input_dropout must lie in \[0, 1\), got 1.0"),
+        ({"anneal_cap": -0.1}, r"anneal_cap must be >= 0, got -0.1"),
+        ({"network": "conv"}, r"has an MLP encoder and decoder, got network 'conv'"),
+    ],
+)
+def test_bad_model_arguments_name_the_value(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        MultVAE(**{"input_shape": (10,), **kwargs})
+
+
+@pytest.mark.parametrize("config", ["mult_vae", "mult_dae"])
+def test_configs_fit_from_the_command_line_and_test_their_best_checkpoint(config: str, tmp_path: Path) -> None:
+    path = write_interactions(tmp_path / "ratings.csv", header="userId,movieId,rating,timestamp")
+    cli = build_cli(
+        "--config", str(ROOT / "configs" / f"{config}.yaml"), "--data.path", str(path),
+        "--data.val_users", "20", "--data.test_users", "20", "--data.batch_size", "32",
+        "--model.init_args.latent_dim", "4", "--model.init_args.hidden_dims", "[8]",
+        "--trainer.max_epochs", "2", "--trainer.default_root_dir", str(tmp_path / "run"),
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+    )  # fmt: skip
+    assert cli.model.input_shape == cli.datamodule.input_shape  # linked by the command
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert "best-epoch" in cli.trainer.checkpoint_callback.best_model_path  # chosen by val/ndcg_100
+    (results,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)
+    assert {"test/recall_20", "test/ndcg_100", "test/popularity_ndcg_100"} <= set(results)
+    assert (tmp_path / "run" / "lightning_logs" / "version_0" / "config.yaml").is_file()
+
+
+def test_a_test_file_holds_out_its_interactions_of_training_users(tmp_path: Path) -> None:
+    base = write_interactions(tmp_path / "u1.base")
+    lines = base.read_text().splitlines()
+    of = {user: [line for line in lines if line.startswith(f"{user},")] for user in ("u1", "u2")}
+    held = of["u1"][:2] + of["u2"][:2]
+    base.write_text("\n".join(line for line in lines if line not in held) + "\n")
+    test = tmp_path / "u1.test"
+    test.write_text("\n".join(held) + "\n")
+    split = data(base, test_path=str(test), min_rating=None).interactions
+    assert set(split.users["test"]) == {"u1", "u2"}
+    assert {"u1", "u2"} <= set(split.users["train"]) and not {"u1", "u2"} & set(split.users["val"])
+    assert split.held_out["test"].sum(1).ravel().tolist() == [[2, 2]]  # the test file's lines
+    assert split.fold_in["test"].sum(1).ravel().tolist() == [[len(of["u1"]) - 2, len(of["u2"]) - 2]]  # u1.base's
+
+
+@pytest.mark.parametrize(
+    "test_lines, message",
+    [
+        (["u1,3,5", "nobody,4,5"], r"u1.test line 2: user nobody has no interactions in .*u1.base"),
+        (["u1,{item},5"], r"u1.test line 1 and .*u1.base line \d+ both hold user u1, item \d+"),
+    ],
+    ids=["unknown-user", "also-in-training"],
+)
+def test_bad_test_files_are_named_with_the_line(tmp_path: Path, test_lines: list[str], message: str) -> None:
+    base = write_interactions(tmp_path / "u1.base")
+    item = next(line for line in base.read_text().splitlines() if line.startswith("u1,")).split(",")[1]
+    test = tmp_path / "u1.test"
+    test.write_text("\n".join(line.format(item=item) for line in test_lines) + "\n")
+    with pytest.raises(ValueError, match=message):
+        _ = data(base, test_path=str(test), min_rating=None).interactions

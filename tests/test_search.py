@@ -1,0 +1,158 @@
+"""``ae-lightning-search``: the search space's checks, the study storage's checks, and a study that survives
+``kill -9`` of its process (tiny trials of configs/ae.yaml on the tiny data the tests write)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from unittest import mock
+
+import optuna
+import pytest
+import yaml
+
+from ae_lightning import search
+from ae_lightning.cli import AutoencoderCLI
+
+ROOT = Path(__file__).parents[1]
+AE = ROOT / "configs" / "ae.yaml"
+SPACE = {
+    "metric": "val/loss",
+    "parameters": {
+        "model.init_args.latent_dim": {"type": "int", "low": 2, "high": 6},
+        "model.init_args.dropout": {"type": "float", "low": 0.0, "high": 0.3},
+    },
+}
+
+
+def write_space(folder: Path, parameters: dict | None = None) -> Path:
+    path = folder / "space.yaml"
+    path.write_text(yaml.safe_dump({**SPACE, "parameters": parameters or SPACE["parameters"]}))
+    return path
+
+
+def search_args(tmp_path: Path, data_dir: Path, *extra: str, config: Path = AE) -> list[str]:
+    return [
+        "--config", str(config), "--space", str(write_space(tmp_path)),
+        "--storage", f"sqlite:///{tmp_path / 'study.db'}", "--study_name", "ae", "--root", str(tmp_path / "trials"),
+        "--data.data_dir", str(data_dir), "--model.init_args.hidden_dims", "[8]",
+        "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--images.every_n_epochs", "0", *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "parameters, message",
+    [
+        ({"model.init_args.beta": {"type": "float", "low": 0.5, "high": 4.0}}, r"does not have: model.init_args.beta"),
+        ({"model.init_args.latent_dim": {"type": "int", "low": 8, "high": 2}}, r"inverted, low 8 > high 2"),
+        ({"model.init_args.dropout": {"type": "float", "low": 0.1, "high": 0.1}}, r"empty, low = high = 0.1"),
+        ({"model.init_args.dropout": {"type": "float", "low": 0.0, "high": 0.5, "log": True}}, r"log range .* low 0"),
+        ({"data.init_args.batch_size": {"type": "categorical", "choices": []}}, r"non-empty list of choices"),
+        ({"model.init_args.latent_dim": {"type": "uniform", "low": 1, "high": 2}}, r"type: float\|int\|categorical"),
+        ({"model.init_args.latent_dim": {"type": "int", "low": 1.5, "high": 4}}, r"needs int low and high"),
+    ],
+    ids=["unknown-argument", "inverted", "empty", "log-zero", "no-choices", "unknown-type", "float-bounds-for-int"],
+)
+def test_bad_search_spaces_are_named(tmp_path: Path, data_dir: Path, parameters: dict, message: str) -> None:
+    args = search_args(tmp_path, data_dir, "--n_trials", "1")
+    write_space(tmp_path, parameters)
+    with pytest.raises(ValueError, match=message):
+        search.main(args)
+
+
+def test_unknown_argument_error_suggests_the_close_names(tmp_path: Path, data_dir: Path) -> None:
+    write_space(tmp_path, {"model.init_args.latent_dims": {"type": "int", "low": 2, "high": 4}})
+    with pytest.raises(ValueError, match=r"latent_dims \(did you mean model.init_args.latent_dim"):
+        search.check_names(search.read_space(tmp_path / "space.yaml"), tmp_path / "space.yaml", AE, [])
+
+
+def open_study(tmp_path: Path, data_dir: Path, *extra: str, config: Path = AE) -> optuna.Study:
+    args, _ = search.parse_args(search_args(tmp_path, data_dir, "--n_trials", "1", *extra, config=config))
+    space = search.read_space(args.space)
+    return search.open_study(args, space, "minimize", "val/loss")
+
+
+def test_a_study_of_another_config_is_refused(tmp_path: Path, data_dir: Path) -> None:
+    open_study(tmp_path, data_dir)
+    other = ROOT / "configs" / "dropout_ae.yaml"
+    with pytest.raises(ValueError, match=r"study 'ae' in sqlite:///.* belongs to another search: config .*ae.yaml"):
+        open_study(tmp_path, data_dir, config=other)
+
+
+def test_a_locked_storage_is_named(tmp_path: Path, data_dir: Path) -> None:
+    open_study(tmp_path, data_dir)
+    holder = sqlite3.connect(tmp_path / "study.db")
+    holder.execute("BEGIN EXCLUSIVE")  # another process in the middle of a long write
+    try:
+        with pytest.raises(ValueError, match=r"study storage sqlite:///.*study.db is locked: .* --lock_timeout 0.2"):
+            open_study(tmp_path, data_dir, "--lock_timeout", "0.2")
+    finally:
+        holder.rollback()
+        holder.close()
+
+
+def test_trials_are_pruned_through_the_lightning_callback(tmp_path: Path, data_dir: Path, monkeypatch) -> None:
+    # a pruner that stops every trial at its first report: the validation after epoch 1
+    monkeypatch.setitem(search.PRUNERS, "always", lambda: optuna.pruners.ThresholdPruner(upper=0.0))
+    study = search.main(search_args(tmp_path, data_dir, "--n_trials", "2", "--pruner", "always",
+                                    "--trainer.max_epochs", "5"))  # fmt: skip
+    pruned = study.get_trials(states=(optuna.trial.TrialState.PRUNED,))
+    assert len(pruned) == 2 and all(list(t.intermediate_values) == [0] for t in pruned)
+    assert not (tmp_path / "trials" / "best.yaml").exists()  # no finished trial to write
+
+
+def trials(storage: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name="ae", storage=storage).get_trials(deepcopy=False)
+
+
+def test_a_killed_study_resumes_and_retries_the_dead_trial(tmp_path: Path, data_dir: Path) -> None:
+    command = [sys.executable, "-m", "ae_lightning.search", *search_args(tmp_path, data_dir)]
+    command += ["--n_trials", "3", "--heartbeat", "1", "--pruner", "none", "--trainer.max_epochs", "30"]
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    try:
+        # kill -9 once trial 0 is complete and trial 1 is running with a checkpoint written
+        while time.monotonic() < deadline and process.poll() is None:
+            states = [t.state for t in trials(storage)] if (tmp_path / "study.db").exists() else []
+            checkpoints = list((tmp_path / "trials" / "trial-1").glob("**/last.ckpt"))
+            if states[:2] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING] and checkpoints:
+                break
+            time.sleep(0.2)
+        assert process.poll() is None, "the search ended before it could be killed mid-trial"
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    before = trials(storage)
+    assert [t.state for t in before[:2]] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING]
+    time.sleep(2.5)  # the dead trial's heartbeat is stale after 2 heartbeats
+    subprocess.run(command, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    after = trials(storage)
+    assert after[0].state == optuna.trial.TrialState.COMPLETE and after[0].value == before[0].value  # kept
+    assert after[1].state == optuna.trial.TrialState.FAIL  # the dead process's trial
+    retry = next(t for t in after[2:] if t.params == after[1].params)
+    assert retry.state == optuna.trial.TrialState.COMPLETE
+    assert retry.user_attrs["folder"] == str(tmp_path / "trials" / "trial-1")  # resumed in the dead trial's folder
+    assert len(list((tmp_path / "trials" / "trial-1" / "lightning_logs").iterdir())) == 2
+    counted = [t for t in after if t.state in search.COUNTED]
+    assert len(counted) == 3
+
+    best = tmp_path / "trials" / "best.yaml"
+    config = yaml.safe_load(best.read_text())
+    best_trial = min(counted, key=lambda t: t.value)
+    assert config["model"]["init_args"]["latent_dim"] == best_trial.params["model.init_args.latent_dim"]
+    assert config["trainer"]["default_root_dir"] == str(tmp_path / "trials" / "best") and config["ckpt_path"] is None
+    with mock.patch("sys.argv", ["ae-lightning"]):
+        cli = AutoencoderCLI(args=["fit", "--config", str(best), "--trainer.max_epochs", "1"])
+    assert cli.trainer.global_step == 1 and cli.trainer.log_dir.startswith(str(tmp_path / "trials" / "best"))
