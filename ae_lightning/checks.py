@@ -38,6 +38,16 @@ def check_numbers(name: str, values: Iterable[object], interval: str, *, integer
         raise ValueError(f"each of {name} must {_describe(interval, integer)}, got {values!r}") from None
 
 
+def check_single_sample(model: object) -> None:
+    """Raise a ValueError if a VAE with an objective of its own (not the IWAE bound) has ``iw_samples`` other than 1."""
+    iw_samples = getattr(model, "iw_samples", 1)
+    if iw_samples != 1:
+        raise ValueError(
+            f"{type(model).__name__} trains on its own objective, not on the IWAE bound: iw_samples must be 1, got "
+            f"{iw_samples}"
+        )
+
+
 def _parse(interval: str) -> tuple[float, float, bool, bool]:
     match = _INTERVAL.match(interval)
     if match is None:

@@ -1,8 +1,9 @@
-"""LightningDataModules: the MNIST family, torchvision datasets, image folders, array files and user-item
-interactions."""
+"""LightningDataModules: the MNIST family, torchvision datasets, image folders, array files, user-item interactions
+and dSprites."""
 
 from datamodules.arrays import ArrayDataModule
 from datamodules.base import ImageDataModule
+from datamodules.dsprites import DSpritesDataModule
 from datamodules.folder import ImageFolderDataModule
 from datamodules.interactions import InteractionsDataModule
 from datamodules.loader import TensorBatchLoader
@@ -11,6 +12,7 @@ from datamodules.torchvision_data import TorchvisionDataModule
 
 __all__ = [
     "ArrayDataModule",
+    "DSpritesDataModule",
     "FashionMNISTDataModule",
     "IDXDataModule",
     "ImageDataModule",
