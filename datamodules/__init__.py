@@ -1,4 +1,4 @@
-"""LightningDataModules: the MNIST family, torchvision datasets, image folders, array files and user-item
+"""LightningDataModules: the MNIST family, torchvision datasets, image folders, array files, streams and user-item
 interactions."""
 
 from datamodules.arrays import ArrayDataModule
@@ -7,6 +7,7 @@ from datamodules.folder import ImageFolderDataModule
 from datamodules.interactions import InteractionsDataModule
 from datamodules.loader import TensorBatchLoader
 from datamodules.mnist import FashionMNISTDataModule, IDXDataModule, KMNISTDataModule, MNISTDataModule
+from datamodules.streaming import StreamingDataModule
 from datamodules.torchvision_data import TorchvisionDataModule
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "InteractionsDataModule",
     "KMNISTDataModule",
     "MNISTDataModule",
+    "StreamingDataModule",
     "TensorBatchLoader",
     "TorchvisionDataModule",
 ]
