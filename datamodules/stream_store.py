@@ -75,8 +75,16 @@ class StreamLocation:
     def _provider(self) -> Any:
         from litdata.streaming.fs_provider import GCPFsProvider, R2FsProvider, S3FsProvider
 
-        provider = {"s3": S3FsProvider, "gs": GCPFsProvider, "r2": R2FsProvider}[self.uri.split("://", 1)[0]]
-        return provider(storage_options=self.storage_options)
+        scheme = self.uri.split("://", 1)[0]
+        provider = {"s3": S3FsProvider, "gs": GCPFsProvider, "r2": R2FsProvider}[scheme]
+        options = self.storage_options
+        if scheme == "s3" and "config" not in options:
+            # litdata's client retries up to 1000 times, for minutes, which suits a training run's reads; the checks
+            # before training should say at once that a bucket cannot be reached.
+            from botocore.config import Config
+
+            options = {"config": Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=10), **options}
+        return provider(storage_options=options)
 
     def _remote(self, action: str, call: Any, *args: Any) -> Any:
         try:

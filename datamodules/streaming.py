@@ -64,7 +64,7 @@ class ImageStream(StreamingDataset):
             image = decode(item["image"], self.channels)
         except RuntimeError as error:
             reason = " ".join(str(error).split())[:200]
-            raise ValueError(f"{self.where}: sample {i} is not a readable image ({reason}); a chunk is corrupt") from None
+            raise ValueError(f"{self.where}: sample {i} is not a readable image ({reason}); corrupt chunk") from None
         if tuple(image.shape) != (self.channels, *self.shape):
             raise ValueError(
                 f"{self.where}: sample {i} has shape {tuple(image.shape)}, the manifest records "
