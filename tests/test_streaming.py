@@ -172,13 +172,19 @@ class IndexRecorder(L.LightningModule):
         return [optimizer], [torch.optim.lr_scheduler.OneCycleLR(optimizer, 0.1, total_steps=total)]
 
 
+class Interrupted(Exception):
+    pass
+
+
 class StopAt(Callback):
+    """Interrupts training at the start of global step ``step``, after the checkpoints of the steps before."""
+
     def __init__(self, step: int) -> None:
         self.step = step
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if trainer.global_step >= self.step:
-            raise KeyboardInterrupt  # Lightning's graceful stop: what an interruption leaves, the checkpoints
+            raise Interrupted
 
 
 class PlainItems(StreamingDataset):
@@ -209,7 +215,11 @@ def _fit(datamodule, tmp_path: Path, one_cycle: bool, stop: int | None = None, c
         num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=tmp_path,
     )  # fmt: skip
     torch.manual_seed(0)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt)
+    if stop is None:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt)
+    else:
+        with pytest.raises(Interrupted):
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt)
     return model.seen
 
 
@@ -226,12 +236,14 @@ def test_a_resumed_datamodule_continues_at_the_next_sample(stream: Path, tmp_pat
     _fit(module(), tmp_path / "stopped", one_cycle, stop=stop)
     resumed = _fit(module(), tmp_path / "resumed", one_cycle, ckpt=tmp_path / "stopped" / "last.ckpt")
     assert resumed == reference[stop:]
-    if one_cycle and stop == 5:  # the same resume with litdata's loader returned as it is loses the position
+    # The same resumes with litdata's loader returned as it is lose the position: Lightning skips its restore when
+    # configure_optimizers built it early, and at an epoch's end, where litdata's epoch count starts afresh.
+    if one_cycle == (stop == 5):
         plain = _fit(PlainLitdata(stream), tmp_path / "plain", one_cycle)
         _fit(PlainLitdata(stream), tmp_path / "plain-stopped", one_cycle, stop=stop)
         stopped = tmp_path / "plain-stopped" / "last.ckpt"
         plain_resumed = _fit(PlainLitdata(stream), tmp_path / "plain-resumed", one_cycle, ckpt=stopped)
-        assert plain_resumed != plain[stop:], "Lightning #20550 is fixed: the datamodule's own restore may go"
+        assert plain_resumed != plain[stop:], "the trap is gone upstream: the datamodule's own restore may go"
 
 
 # --- resuming after kill -9, with workers and with DDP ranks ----------------------------------------------------------
