@@ -13,6 +13,7 @@ import torch
 from litdata import StreamingDataLoader, StreamingDataset
 from litdata.streaming.sampler import ChunkedIndex
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from ae_lightning.checks import check_number
@@ -77,21 +78,54 @@ class ImageStream(StreamingDataset):
         return {"x": image.float().div_(255), "label": item["label"], "index": i}
 
 
+class EvaluationShard(Dataset):
+    """Every ``world_size``-th sample of a split from ``rank`` on, read by index: each sample once across the ranks,
+    and at least one per rank (litdata deals whole chunks to ranks, which leaves a small split's ranks empty).
+
+    Args:
+        dataset: the split; rank, world_size: this process and the number of processes.
+    """
+
+    def __init__(self, dataset: ImageStream, rank: int, world_size: int) -> None:
+        if len(dataset) < world_size:
+            raise ValueError(f"{dataset.where}: {len(dataset)} samples cannot be shared by {world_size} processes")
+        self.dataset, self.rows = dataset, range(rank, len(dataset), world_size)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.dataset[self.rows[i]]
+
+
 class StreamLoader:
-    """Yields ``(image, label, index)`` batches of an :class:`ImageStream` through litdata's loader.
+    """Yields ``(image, label, index)`` batches of an :class:`ImageStream`: shuffled and sharded by litdata's loader
+    for training, read in order by an :class:`EvaluationShard` otherwise.
 
     Lightning calls ``sampler.set_epoch(epoch)`` (as on a DataLoader's sampler) at each epoch's start; a ``resumable``
-    loader keeps its position across passes and in ``state_dict``.
+    (training) loader keeps its position across passes and in ``state_dict``.
 
     Args:
         dataset: the split; batch_size: samples per rank and step; num_workers: worker processes.
-        resumable: keep the position (the training loader); fingerprint: the stream's, kept with the position.
+        resumable: the training loader; fingerprint: the stream's, kept with the position.
+        rank, world_size: this process and the number of processes (for evaluation; litdata finds them itself).
     """
 
     def __init__(
-        self, dataset: ImageStream, batch_size: int, num_workers: int, resumable: bool, fingerprint: str
+        self,
+        dataset: ImageStream,
+        batch_size: int,
+        num_workers: int,
+        resumable: bool,
+        fingerprint: str,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
-        self.loader = StreamingDataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+        if resumable:
+            self.loader = StreamingDataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+        else:
+            shard = EvaluationShard(dataset, rank, world_size)
+            self.loader = DataLoader(shard, batch_size=batch_size, num_workers=num_workers)
         self.batch_size, self.resumable, self.fingerprint = batch_size, resumable, fingerprint
         self.epoch = 0
         self.batches_done = 0
@@ -108,8 +142,9 @@ class StreamLoader:
             self.epoch, self.batches_done, self._stream_state = epoch, 0, None
 
     def state_dict(self) -> dict[str, Any]:
+        stream = self.loader.state_dict() if self.resumable else None
         return {"epoch": self.epoch, "batches_done": self.batches_done, "batch_size": self.batch_size,
-                "fingerprint": self.fingerprint, "stream": self.loader.state_dict()}  # fmt: skip
+                "fingerprint": self.fingerprint, "stream": stream}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume at ``state``'s position (applied when iteration starts; loading the same state twice is harmless)."""
@@ -124,8 +159,9 @@ class StreamLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         if not self.resumable:
-            self.epoch, self.batches_done, self._stream_state = 0, 0, None
-        elif self.batches_done >= len(self):  # iterated again without ``set_epoch``: move on to the next epoch
+            yield from ((batch["x"], batch["label"], batch["index"]) for batch in self.loader)
+            return
+        if self.batches_done >= len(self):  # iterated again without ``set_epoch``: move on to the next epoch
             self.epoch, self.batches_done, self._stream_state = self.epoch + 1, 0, None
         if self._stream_state is not None and self.batches_done > 0:
             self.loader.load_state_dict(self._stream_state)
@@ -278,8 +314,16 @@ class StreamingDataModule(ImageDataModule):
             self.location, split, self.manifest, self._transform(train), shuffle=train, seed=self.hparams.seed,
             cache_dir=self.hparams.cache_dir,
         )  # fmt: skip
+        trainer = self.trainer
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         loader = StreamLoader(
-            dataset, self.hparams.batch_size, self.hparams.num_workers, train, self.manifest.fingerprint
+            dataset,
+            self.hparams.batch_size,
+            self.hparams.num_workers,
+            train,
+            self.manifest.fingerprint,
+            rank,
+            world_size,
         )
         self._loaders[split] = loader
         return loader
@@ -324,4 +368,4 @@ class StreamingDataModule(ImageDataModule):
             self._resume_state = None
 
 
-__all__ = ["ImageStream", "StreamLoader", "StreamingDataModule"]
+__all__ = ["EvaluationShard", "ImageStream", "StreamLoader", "StreamingDataModule"]

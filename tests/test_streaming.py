@@ -258,11 +258,11 @@ def _stream_args(stream: Path, root: Path, *extra: str) -> list[str]:
 
 DDP = ["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2"]
 # (extra arguments, checkpoint interval, step at whose start the run dies, steps in all): with 2 workers the epochs
-# have 7 batches and the run dies after the checkpoint of step 12, 5 batches into epoch 1; with 2 ranks of 49 images,
-# 4 batches per epoch, after that of step 6.
+# have 7 batches and the run dies after the checkpoint of step 12, 5 batches into epoch 1; with 2 ranks, litdata deals
+# each 48 images (3 batches), and the run dies after the checkpoint of step 4, 1 batch into epoch 1.
 KILL_CASES = {
     "2-workers": (["--data.num_workers", "2"], 4, 13, 2 * TRAIN_BATCHES),
-    "2-ddp-ranks": ([*DDP, "--data.num_workers", "1"], 2, 7, 8),
+    "2-ddp-ranks": ([*DDP, "--data.num_workers", "1"], 2, 5, 6),
 }
 
 
