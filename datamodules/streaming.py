@@ -149,8 +149,9 @@ class StreamLoader:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume at ``state``'s position (applied when iteration starts; loading the same state twice is harmless)."""
+        mid_epoch = 0 < state["batches_done"] < len(self)  # at an epoch's end the next epoch starts afresh anyway
         for key, setting in (("fingerprint", "stream (fingerprint)"), ("batch_size", "--data.batch_size")):
-            if state[key] != getattr(self, key):
+            if state[key] != getattr(self, key) and (key == "fingerprint" or mid_epoch):
                 raise ValueError(
                     f"the checkpoint's data position was reached with {setting} {state[key]}, this run has "
                     f"{getattr(self, key)}: it would resume at other samples. Resume with the checkpoint's data, or "
