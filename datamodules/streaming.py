@@ -347,6 +347,18 @@ class StreamingDataModule(ImageDataModule):
         return self._loader(self.hparams.predict_split, train=False)
 
     # --- resuming ---------------------------------------------------------------------------------------------------
+    def check_resume(self, loader_state: dict[str, Any], world_size: int) -> None:
+        """Refuse, before the run creates anything, a checkpoint whose position was reached on another stream."""
+        self._check_fingerprint(loader_state["fingerprint"])
+
+    def _check_fingerprint(self, theirs: str) -> None:
+        if theirs != self.manifest.fingerprint:
+            raise ValueError(
+                f"the checkpoint was trained on a stream with fingerprint {theirs}, but {self.location.uri} has "
+                f"fingerprint {self.manifest.fingerprint}: another dataset (or another prepare of it). Resume on the "
+                "checkpoint's stream, or start a fresh run without --ckpt_path"
+            )
+
     # The training position is kept here too, not only in Lightning's loop state: Lightning restores a loader's state
     # only when it resumes inside an epoch, and not at all when ``configure_optimizers`` builds the loaders early
     # (``trainer.estimated_stepping_batches``, Lightning #20550); a datamodule's state is restored before either.
@@ -358,12 +370,7 @@ class StreamingDataModule(ImageDataModule):
         fitting = self.trainer is None or self.trainer.state.fn == "fit"
         if not fitting:  # a checkpoint may be evaluated on any data
             return
-        if state["fingerprint"] != self.manifest.fingerprint:
-            raise ValueError(
-                f"the checkpoint was trained on a stream with fingerprint {state['fingerprint']}, but "
-                f"{self.location.uri} has fingerprint {self.manifest.fingerprint}: another dataset (or another "
-                "prepare of it). Resume on the checkpoint's stream, or start a fresh run without --ckpt_path"
-            )
+        self._check_fingerprint(state["fingerprint"])
         self._resume_state = state["train_loader"]
         if self._resume_state is not None and "train" in self._loaders:  # built already (the loaders were set up
             self._loaders["train"].load_state_dict(self._resume_state)  # before the checkpoint was restored)

@@ -141,8 +141,11 @@ def test_resuming_on_another_dataset_is_refused_naming_both_fingerprints(stream:
     saved = StreamingDataModule(str(stream)).state_dict()
     other = StreamingDataModule(str(tmp_path / "other"))
     theirs, ours = saved["fingerprint"], other.manifest.fingerprint
-    with pytest.raises(ValueError, match=f"fingerprint {theirs}, but {tmp_path / 'other'} has fingerprint {ours}"):
+    refusal = f"fingerprint {theirs}, but {tmp_path / 'other'} has fingerprint {ours}"
+    with pytest.raises(ValueError, match=refusal):
         other.load_state_dict(saved)
+    with pytest.raises(ValueError, match=refusal):  # the command's check, before the run creates anything
+        other.check_resume({"fingerprint": theirs}, world_size=1)
 
 
 # --- resuming: the litdata traps -------------------------------------------------------------------------------------
