@@ -1,5 +1,5 @@
-"""LightningDataModules: the MNIST family, torchvision datasets, image folders, array files, user-item interactions
-and dSprites."""
+"""LightningDataModules: the MNIST family, torchvision datasets, image folders, array files, streams (litdata),
+user-item interactions and dSprites."""
 
 from datamodules.arrays import ArrayDataModule
 from datamodules.base import ImageDataModule
@@ -8,6 +8,7 @@ from datamodules.folder import ImageFolderDataModule
 from datamodules.interactions import InteractionsDataModule
 from datamodules.loader import TensorBatchLoader
 from datamodules.mnist import FashionMNISTDataModule, IDXDataModule, KMNISTDataModule, MNISTDataModule
+from datamodules.streaming import StreamingDataModule
 from datamodules.torchvision_data import TorchvisionDataModule
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "InteractionsDataModule",
     "KMNISTDataModule",
     "MNISTDataModule",
+    "StreamingDataModule",
     "TensorBatchLoader",
     "TorchvisionDataModule",
 ]
