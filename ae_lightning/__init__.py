@@ -19,16 +19,22 @@ _EXPORTS = {
     "AdversarialAutoencoder": "ae_lightning.models.adversarial",
     "AutoDecoder": "ae_lightning.models.autodecoder",
     "Autoencoder": "ae_lightning.models.autoencoder",
+    "BetaTCVAE": "ae_lightning.models.tcvae",
     "ConditionalVAE": "ae_lightning.models.cvae",
     "ContractiveAutoencoder": "ae_lightning.models.contractive",
     "DeepBeliefAutoencoder": "ae_lightning.models.deep_belief",
     "DenoisingAutoencoder": "ae_lightning.models.denoising",
+    "DIPVAE": "ae_lightning.models.dip_vae",
     "DropoutAutoencoder": "ae_lightning.models.dropout",
+    "FactorVAE": "ae_lightning.models.factor_vae",
+    "IAFVAE": "ae_lightning.models.iaf_vae",
+    "InfoVAE": "ae_lightning.models.info_vae",
     "MultDAE": "ae_lightning.models.recommender",
     "MultVAE": "ae_lightning.models.recommender",
     "SparseAutoencoder": "ae_lightning.models.sparse",
     "SuperResolutionAutoencoder": "ae_lightning.models.superresolution",
     "VAE": "ae_lightning.models.vae",
+    "VampPriorVAE": "ae_lightning.models.vampprior",
 }
 
 

@@ -6,6 +6,9 @@
 The model and its datamodule are rebuilt from the checkpoint (``--data_dir`` says where the data are now). Without
 ``--metrics`` every metric that applies to the model is computed; naming one that does not apply (``fid`` or the
 ``samples`` view for a model that is not generative, ``nll`` outside the VAE family) is an error that says why.
+On data with known factors (dSprites) the disentanglement metrics are printed too (``--disentanglement``), and
+``--plots`` also writes the latent traversals. ``--samplers`` fits post-hoc samplers on the training codes, so that
+deterministic autoencoders get a Frechet distance too.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from pathlib import Path
 import torch
 from torchvision.utils import save_image
 
+from ae_lightning.evaluation import disentanglement, samplers, visualization
 from ae_lightning.evaluation import driver as evaluation
-from ae_lightning.evaluation import visualization
 from ae_lightning.evaluation.feature_classifier import default_classifier_path, load_feature_classifier
 
 
@@ -40,6 +43,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tsne_points", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the scores to this JSON file")
+    parser.add_argument(
+        "--disentanglement",
+        nargs="*",
+        default=None,
+        help="disentanglement metrics on data with known factors (default there: all; none elsewhere): "
+        f"{', '.join(disentanglement.DISENTANGLEMENT_METRICS)}",
+    )
+    parser.add_argument("--disentanglement_points", type=int, default=10000, help="codes seen by MIG, SAP and DCI")
+    parser.add_argument(
+        "--samplers",
+        action="store_true",
+        help="also fid_gmm and fid_two_stage: the Frechet distance of samples decoded from a Gaussian mixture and a "
+        "second VAE fitted on the training codes (any autoencoder; --probe_max_train codes)",
+    )
+    parser.add_argument("--two_stage_steps", type=int, default=2000, help="training steps of the second VAE")
     return parser.parse_args(argv)
 
 
@@ -56,8 +74,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         name for name in evaluation.METRICS if evaluation.metric_applies(model, datamodule, name)
     ]
     classifier = None
-    if "fid" in metrics:
-        evaluation.require_generative(model, "the Frechet distance of samples (fid)")
+    if "fid" in metrics or args.samplers:
+        if "fid" in metrics:
+            evaluation.require_generative(model, "the Frechet distance of samples (fid)")
         record = load_feature_classifier(args.classifier or default_classifier_path(datamodule))
         print(f"Feature classifier {record.path}: test accuracy {record.test_accuracy:.4f}")
         classifier = record.network
@@ -71,6 +90,23 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         probe_max_train=args.probe_max_train,
         seed=args.seed,
     )
+    if args.samplers:
+        train = evaluation.split_loader(datamodule, "train", max_images=args.probe_max_train, seed=args.seed)
+        train_codes, _ = evaluation.encode_split(model, train)
+        real = evaluation.gray_loader(datamodule, "test")
+        found = samplers.frechet_distances(
+            model, train_codes, classifier, real, args.fid_samples, two_stage_steps=args.two_stage_steps, seed=args.seed
+        )
+        scores |= {name: value for name, value in found.items() if name != "fid_prior"}
+    has_factors = hasattr(datamodule, "sample_factors")
+    if args.disentanglement and not has_factors:
+        raise ValueError(f"--disentanglement needs data with known factors (dSprites), not {type(datamodule).__name__}")
+    if has_factors and args.disentanglement != []:
+        names = args.disentanglement or list(disentanglement.DISENTANGLEMENT_METRICS)
+        encode = disentanglement.model_encoder(model)
+        scores |= disentanglement.disentanglement_metrics(
+            encode, datamodule, names, num_points=args.disentanglement_points, seed=args.seed
+        )
     width = max(map(len, scores))
     for name, value in scores.items():
         print(f"{name:<{width}}  {value:.6g}")
@@ -89,6 +125,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             seed=args.seed,
         )
         args.plots.mkdir(parents=True, exist_ok=True)
+        if has_factors:
+            factors = datamodule.sample_factors(4, torch.Generator().manual_seed(args.seed))
+            pictures["traversals"] = disentanglement.latent_traversals(model, datamodule.images_of(factors))
         for view, image in pictures.items():
             save_image(image, args.plots / f"{view}.png")
         print(f"Pictures ({', '.join(pictures)}) written to {args.plots}")

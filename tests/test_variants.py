@@ -16,17 +16,23 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from ae_lightning import (
+    DIPVAE,
+    IAFVAE,
     VAE,
     AdversarialAutoencoder,
     AutoDecoder,
     Autoencoder,
+    BetaTCVAE,
     ConditionalVAE,
     ContractiveAutoencoder,
     DeepBeliefAutoencoder,
     DenoisingAutoencoder,
     DropoutAutoencoder,
+    FactorVAE,
+    InfoVAE,
     SparseAutoencoder,
     SuperResolutionAutoencoder,
+    VampPriorVAE,
 )
 from ae_lightning.base import AutoencoderModule
 from ae_lightning.blocks import losses
@@ -55,6 +61,15 @@ VARIANTS = [
     (SuperResolutionAutoencoder, {"scale": 2}),
     (SuperResolutionAutoencoder, {"scale": 4, "network": "conv", "hidden_dims": [4], "reconstruction": "mse"}),
     (DeepBeliefAutoencoder, {"pretrain": "none"}),
+    (BetaTCVAE, {"nll_samples": 4, "nll_chunk_size": 2}),
+    (DIPVAE, {"nll_samples": 4, "nll_chunk_size": 2, "dip_type": "i"}),
+    (DIPVAE, {"nll_samples": 4, "nll_chunk_size": 2, "dip_type": "ii"}),
+    (InfoVAE, {"nll_samples": 4, "nll_chunk_size": 2, "kernel": "rbf"}),
+    (InfoVAE, {"nll_samples": 4, "nll_chunk_size": 2, "alpha": 1.0, "deterministic": True}),
+    (FactorVAE, {"nll_samples": 4, "nll_chunk_size": 2, "discriminator_hidden_dims": [8]}),
+    (VampPriorVAE, {"nll_samples": 4, "nll_chunk_size": 2, "num_pseudo_inputs": 3}),
+    (VampPriorVAE, {"nll_samples": 4, "nll_chunk_size": 2, "num_pseudo_inputs": 3, "iw_samples": 2}),
+    (IAFVAE, {"nll_samples": 4, "nll_chunk_size": 2, "flow_hidden_dims": [8]}),
 ]
 IDS = [f"{cls.__name__}-{i}" for i, (cls, _) in enumerate(VARIANTS)]
 # Gray and RGB images, a size no stride-2 convolution halves evenly, and feature vectors.

@@ -44,13 +44,23 @@ TINY_EXTRA = {
     "autodecoder": ["--model.init_args.inference_steps", "2"],
     "deep_ae_rbm": ["--model.init_args.pretrain_epochs", "1"],
     "iwae": ["--model.init_args.nll_samples", "4"],
+    "beta_tcvae": ["--model.init_args.nll_samples", "4"],
+    "dip_vae": ["--model.init_args.nll_samples", "4"],
+    "factor_vae": ["--model.init_args.nll_samples", "4", "--model.init_args.discriminator_hidden_dims", "[16]"],
+    "info_vae": ["--model.init_args.nll_samples", "4"],
+    "vampprior": ["--model.init_args.nll_samples", "4", "--model.init_args.num_pseudo_inputs", "5"],
+    "iaf_vae": ["--model.init_args.nll_samples", "4", "--model.init_args.flow_hidden_dims", "[16]"],
 }
+# Configs on dSprites, which is drawn from its factors: no data_dir, a small subset of the grid.
+DSPRITES_CONFIGS = ("beta_tcvae", "dip_vae", "factor_vae")
 
 
 def data_args(config: str, data_dir: Path) -> list[str]:
     """The data arguments of ``configs/<config>.yaml`` on the tiny data of ``conftest.data_dir``."""
     if config == "tabular_anomaly_ae":
         return ["--data.path", str(data_dir / "table.npz")]
+    if config in DSPRITES_CONFIGS:
+        return ["--data.num_samples", "400", "--data.val_fraction", "0.1", "--data.test_fraction", "0.1"]
     return ["--data.data_dir", str(data_dir)]
 
 

@@ -90,6 +90,9 @@ def split_loader(
         max_images: keep a seeded random subset of at most this many images (in stored order); None keeps all.
         seed: seed of that subset.
     """
+    own = getattr(datamodule, "evaluation_loader", None)
+    if own is not None:  # images drawn when their batch is built (dSprites): the datamodule makes the loader
+        return own(split, batch_size=batch_size, max_images=max_images, seed=seed)
     datamodule.setup()
     images, labels = datamodule.splits[split]
     rows = torch.arange(len(images))
@@ -338,6 +341,9 @@ def evaluate(
 
 def gray_loader(datamodule: ImageDataModule, split: Split) -> TensorBatchLoader:
     """The split's gray-level images: the Frechet distance compares samples with the real images, never binarized."""
+    own = getattr(datamodule, "evaluation_loader", None)
+    if own is not None:
+        return own(split, batch_size=500)
     images, labels = datamodule.splits[split]
     return TensorBatchLoader(images, labels, torch.arange(len(images)), batch_size=500, shuffle=False, seed=0)
 

@@ -101,7 +101,15 @@ class VAE(AutoencoderModule):
         return super().decode(z, y)
 
     def sample(self, n: int, y: Tensor | None = None) -> Tensor:
-        return self.decode(torch.randn(n, self.latent_dim, device=self.device), y)
+        return self.decode(self.sample_prior(n), y)
+
+    def sample_prior(self, n: int) -> Tensor:
+        """``n`` codes ``[n, latent_dim]`` drawn from the prior p(z), here the standard normal."""
+        return torch.randn(n, self.latent_dim, device=self.device)
+
+    def prior_log_prob(self, z: Tensor) -> Tensor:
+        """log p(z) of codes ``[..., latent_dim]``, here the standard normal's."""
+        return losses.standard_normal_log_prob(z)
 
     def log_likelihood(self, logits: Tensor, x: Tensor) -> Tensor:
         """log p(x | z) per image from decoder ``logits`` (leading sample dimensions allowed)."""
@@ -161,7 +169,7 @@ class VAE(AutoencoderModule):
         labels = None if y is None else y.repeat(num_samples)  # sample-major, as z is flattened
         logits = self.decoder_logits(z.flatten(0, 1), labels).unflatten(0, (num_samples, len(x)))
         log_q = (-0.5 * eps.float().pow(2) - 0.5 * math.log(2 * math.pi)).sum(-1) - (0.5 * logvar.float()).sum(-1)
-        return self.log_likelihood(logits.float(), x), losses.standard_normal_log_prob(z.float()), log_q
+        return self.log_likelihood(logits.float(), x), self.prior_log_prob(z.float()), log_q
 
     @torch.no_grad()
     def importance_weighted_nll(self, x: Tensor, num_samples: int | None = None, y: Tensor | None = None) -> Tensor:

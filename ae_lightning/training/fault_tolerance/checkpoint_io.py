@@ -40,9 +40,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.fsync(file.fileno())
             os.replace(temporary, path)  # atomic on POSIX: readers see the old file or the new one, never a mix
         except BaseException as error:
-            written = temporary.stat().st_size if temporary.exists() else 0
+            full = _disk_full(error, temporary)
             temporary.unlink(missing_ok=True)
-            if _disk_full(error, path.parent, written):
+            if full:
                 kept = f"the previous {path.name} is kept" if path.exists() else f"no {path.name} was written before"
                 raise OSError(
                     errno.ENOSPC,
@@ -56,15 +56,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             stale.unlink(missing_ok=True)
 
 
-def _disk_full(error: BaseException, folder: Path, written: int) -> bool:
-    """Whether a failed write ran out of space: torch reports it as ``RuntimeError: [enforce fail at
-    inline_container.cc ...]``, so a write error with less free space left than it had written counts too."""
+def _disk_full(error: BaseException, temporary: Path) -> bool:
+    """Whether a failed write to ``temporary`` ran out of space: torch reports it as ``RuntimeError: [enforce fail at
+    inline_container.cc ...]``, so a write error with less free space left than the part it wrote counts too."""
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:
         return True
     if not isinstance(error, (OSError, RuntimeError)):
         return False
     try:
-        return shutil.disk_usage(folder).free <= max(written, 1 << 20)
+        written = temporary.stat().st_size if temporary.exists() else 0
+        return shutil.disk_usage(temporary.parent).free <= max(written, 1 << 20)
     except OSError:
         return False
 

@@ -1,0 +1,151 @@
+"""The regularizers of the VAEs beyond the closed-form KL, as pure functions with explicit reductions.
+
+Each returns one value (a batch estimate) or one value per sample, as its docstring says; codes are ``[B, D]``.
+Densities are in nats.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from ae_lightning.blocks.losses import standard_normal_log_prob
+
+_LOG_2PI = math.log(2 * math.pi)
+Kernel = Literal["rbf", "imq"]
+DipType = Literal["i", "ii"]
+
+
+def gaussian_log_density(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    """log N(z | mu, exp(logvar)) per dimension (nothing summed); the arguments broadcast."""
+    return -0.5 * ((z - mu).pow(2) * torch.exp(-logvar) + logvar + _LOG_2PI)
+
+
+def total_correlation_terms(z: Tensor, mu: Tensor, logvar: Tensor, dataset_size: int) -> dict[str, Tensor]:
+    """The decomposition of the ELBO's KL term of Chen et al. 2018 ("Isolating Sources of Disentanglement in VAEs"),
+    estimated on a minibatch by minibatch-weighted sampling, each term averaged over the batch.
+
+    With ``M`` codes ``z_i ~ q(z | x_i)`` from a dataset of ``N`` samples, ``log q(z_i)`` is estimated by
+    ``logsumexp_j log q(z_i | x_j) - log(N M)`` and each marginal ``log q(z_id)`` likewise per dimension. Then
+    ``mi = E[log q(z | x) - log q(z)]`` (index-code mutual information), ``tc = E[log q(z) - sum_d log q(z_d)]``
+    (total correlation) and ``dwkl = E[sum_d log q(z_d) - log p(z)]`` (dimension-wise KL to the standard normal).
+
+    Args:
+        z: ``[M, D]`` codes, one sample of each posterior.
+        mu: ``[M, D]`` posterior means.
+        logvar: ``[M, D]`` posterior log-variances.
+        dataset_size: ``N``, the number of samples the minibatch is drawn from (>= 1).
+    """
+    if dataset_size < 1:
+        raise ValueError(f"dataset_size must be >= 1, got {dataset_size}")
+    batch = len(z)
+    # [M, M, D]: log q(z_i,d | x_j) for every pair of a code i and a posterior j
+    pairwise = gaussian_log_density(z[:, None, :], mu[None, :, :], logvar[None, :, :])
+    log_norm = math.log(dataset_size * batch)
+    log_q_z = torch.logsumexp(pairwise.sum(-1), dim=1) - log_norm
+    log_prod_marginals = (torch.logsumexp(pairwise, dim=1) - log_norm).sum(-1)
+    log_q_z_given_x = gaussian_log_density(z, mu, logvar).sum(-1)
+    log_p_z = standard_normal_log_prob(z)
+    return {
+        "mi": (log_q_z_given_x - log_q_z).mean(),
+        "tc": (log_q_z - log_prod_marginals).mean(),
+        "dwkl": (log_prod_marginals - log_p_z).mean(),
+    }
+
+
+def dip_regularizer(
+    mu: Tensor, logvar: Tensor, dip_type: DipType, off_diagonal_weight: float, diagonal_weight: float
+) -> Tensor:
+    """The DIP-VAE penalty of Kumar et al. 2018 ("Variational Inference of Disentangled Latent Concepts from Unlabeled
+    Observations") on one batch: ``lambda_od sum_{i != j} C_ij^2 + lambda_d sum_i (C_ii - 1)^2``.
+
+    ``C`` is the covariance over the batch (divided by ``M``) of the posterior means (``i``: DIP-VAE-I), or of the
+    codes ``z ~ q(z)``, that covariance plus the mean posterior variance on the diagonal (``ii``: DIP-VAE-II).
+
+    Args:
+        mu: ``[M, D]`` posterior means.
+        logvar: ``[M, D]`` posterior log-variances (used by ``ii``).
+        dip_type: ``i`` or ``ii``.
+        off_diagonal_weight: ``lambda_od``.
+        diagonal_weight: ``lambda_d``.
+    """
+    if dip_type not in ("i", "ii"):
+        raise ValueError(f"dip_type must be 'i' or 'ii', got {dip_type!r}")
+    centered = mu - mu.mean(0, keepdim=True)
+    covariance = centered.T @ centered / len(mu)
+    if dip_type == "ii":
+        covariance = covariance + torch.diag(logvar.exp().mean(0))
+    diagonal = torch.diagonal(covariance)
+    off_diagonal = covariance - torch.diag(diagonal)
+    return off_diagonal_weight * off_diagonal.pow(2).sum() + diagonal_weight * (diagonal - 1).pow(2).sum()
+
+
+def kernel_matrix(a: Tensor, b: Tensor, kernel: Kernel, scale: float) -> Tensor:
+    """``[len(a), len(b)]`` kernel values: ``rbf`` ``exp(-||a - b||^2 / scale)`` or ``imq``
+    ``scale / (scale + ||a - b||^2)`` (the inverse multiquadratic of Tolstikhin et al. 2018)."""
+    distances = torch.cdist(a, b).pow(2)
+    if kernel == "rbf":
+        return torch.exp(-distances / scale)
+    if kernel == "imq":
+        return scale / (scale + distances)
+    raise ValueError(f"kernel must be 'rbf' or 'imq', got {kernel!r}")
+
+
+def maximum_mean_discrepancy(x: Tensor, y: Tensor, kernel: Kernel = "imq", scale: float | None = None) -> Tensor:
+    """The unbiased estimate of MMD^2 between the samples ``x`` and ``y`` (Gretton et al. 2012, eq. 3).
+
+    ``mean_{i != j} k(x_i, x_j) + mean_{i != j} k(y_i, y_j) - 2 mean_{i, j} k(x_i, y_j)``: zero in expectation when
+    both come from one distribution; it can come out slightly negative.
+
+    Args:
+        x: ``[M, D]`` samples (e.g. codes of q(z)), M >= 2.
+        y: ``[N, D]`` samples (e.g. prior draws), N >= 2.
+        kernel: ``rbf`` or ``imq``.
+        scale: the kernel's scale; None: ``2 D``, i.e. ``2 D sigma^2`` for a standard-normal prior (Tolstikhin et
+            al. 2018, section 4).
+    """
+    if len(x) < 2 or len(y) < 2:
+        raise ValueError(f"the MMD estimate needs at least 2 samples on each side, got {len(x)} and {len(y)}")
+    scale = 2.0 * x.shape[-1] if scale is None else scale
+    m, n = len(x), len(y)
+    k_xx, k_yy, k_xy = (kernel_matrix(a, b, kernel, scale) for a, b in ((x, x), (y, y), (x, y)))
+    within_x = (k_xx.sum() - k_xx.diagonal().sum()) / (m * (m - 1))
+    within_y = (k_yy.sum() - k_yy.diagonal().sum()) / (n * (n - 1))
+    return within_x + within_y - 2 * k_xy.mean()
+
+
+def gaussian_mixture_log_prob(z: Tensor, means: Tensor, logvars: Tensor) -> Tensor:
+    """log of the equally weighted mixture ``1/K sum_k N(z | means_k, diag(exp(logvars_k)))``, summed over ``D``.
+
+    Computed with matrix products, so memory grows with ``[..., K]`` and never with ``[..., K, D]``.
+
+    Args:
+        z: ``[..., D]`` points.
+        means: ``[K, D]`` component means.
+        logvars: ``[K, D]`` component log-variances.
+    """
+    precision = torch.exp(-logvars)  # [K, D]
+    quadratic = z.pow(2) @ precision.T - 2 * z @ (means * precision).T + (means.pow(2) * precision).sum(-1)
+    log_components = -0.5 * (quadratic + logvars.sum(-1) + z.shape[-1] * _LOG_2PI)  # [..., K]
+    return torch.logsumexp(log_components, dim=-1) - math.log(len(means))
+
+
+def permute_dims(z: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Codes with each dimension shuffled independently across the batch (Kim & Mnih 2018, Algorithm 1): samples of
+    the product of the marginals ``prod_d q(z_d)`` when ``z`` are samples of q(z)."""
+    columns = [z[torch.randperm(len(z), generator=generator, device=z.device), d] for d in range(z.shape[1])]
+    return torch.stack(columns, dim=1)
+
+
+__all__ = [
+    "dip_regularizer",
+    "gaussian_log_density",
+    "gaussian_mixture_log_prob",
+    "kernel_matrix",
+    "maximum_mean_discrepancy",
+    "permute_dims",
+    "total_correlation_terms",
+]

@@ -1,0 +1,108 @@
+"""Inverse autoregressive flow (Kingma et al. 2016, "Improved Variational Inference with Inverse Autoregressive
+Flow") built from MADE networks (Germain et al. 2015, "MADE: Masked Autoencoder for Distribution Estimation").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class MaskedLinear(nn.Linear):
+    """A linear layer whose weight is multiplied by a fixed 0/1 ``mask`` ``[out_features, in_features]``.
+
+    Args:
+        mask: the connectivity; entry ``[o, i]`` is 1 where output ``o`` may see input ``i``.
+    """
+
+    def __init__(self, mask: Tensor) -> None:
+        super().__init__(mask.shape[1], mask.shape[0])
+        self.register_buffer("mask", mask.float(), persistent=False)
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        return F.linear(inputs, self.weight * self.mask, self.bias)
+
+
+class MADE(nn.Module):
+    """An autoregressive MLP ``D -> *hidden_dims -> 2 D``: outputs ``m_i`` and ``s_i`` depend on ``z_{<i}`` only.
+
+    Hidden unit degrees cycle through ``1 .. D - 1`` (Germain et al. 2015, section 4); output ``i`` sees the hidden
+    units of degree < ``i`` (degrees counted from 1), so output 1 is a learned constant.
+
+    Args:
+        dim: ``D``, the size of the input.
+        hidden_dims: widths of the hidden layers (ReLU).
+    """
+
+    def __init__(self, dim: int, hidden_dims: Sequence[int]) -> None:
+        super().__init__()
+        degrees = [torch.arange(1, dim + 1)]
+        for width in hidden_dims:
+            degrees.append(torch.arange(width) % max(1, dim - 1) + 1)
+        layers: list[nn.Module] = []
+        for fan_in, fan_out in zip(degrees[:-1], degrees[1:]):
+            layers += [MaskedLinear(fan_out[:, None] >= fan_in[None, :]), nn.ReLU()]
+        output_degrees = torch.arange(1, dim + 1).repeat(2)
+        layers.append(MaskedLinear(output_degrees[:, None] > degrees[-1][None, :]))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """The shift ``m`` and the pre-gate ``s``, each ``[..., D]``."""
+        m, s = self.net(z).chunk(2, dim=-1)
+        return m, s
+
+
+class IAFStep(nn.Module):
+    """One numerically stable IAF step (Kingma et al. 2016, eq. 14): ``sigma = sigmoid(s + forget_bias)``,
+    ``z' = sigma * z + (1 - sigma) * m`` with ``[m, s] = MADE(z)``; ``log |det dz'/dz| = sum log sigma``.
+
+    Args:
+        dim: the size of the code.
+        hidden_dims: widths of the MADE's hidden layers.
+        forget_bias: added to ``s`` so that the step starts close to the identity (the paper's 1 to 2).
+    """
+
+    def __init__(self, dim: int, hidden_dims: Sequence[int], forget_bias: float = 1.5) -> None:
+        super().__init__()
+        self.made = MADE(dim, hidden_dims)
+        self.forget_bias = forget_bias
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """The transformed codes ``[..., D]`` and ``log |det|`` per code ``[...]``."""
+        m, s = self.made(z)
+        log_sigma = F.logsigmoid(s + self.forget_bias)
+        sigma = log_sigma.exp()
+        return sigma * z + (1 - sigma) * m, log_sigma.sum(-1)
+
+
+class InverseAutoregressiveFlow(nn.Module):
+    """``num_steps`` IAF steps, the order of the code's dimensions reversed between consecutive steps.
+
+    Args:
+        dim: the size of the code.
+        num_steps: the number of steps (>= 1).
+        hidden_dims: widths of each MADE's hidden layers.
+        forget_bias: each step's gate bias (see :class:`IAFStep`).
+    """
+
+    def __init__(self, dim: int, num_steps: int, hidden_dims: Sequence[int], forget_bias: float = 1.5) -> None:
+        super().__init__()
+        self.steps = nn.ModuleList(IAFStep(dim, hidden_dims, forget_bias) for _ in range(num_steps))
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """The flowed codes ``[..., D]`` and the summed ``log |det|`` of all steps ``[...]``."""
+        log_det = torch.zeros(z.shape[:-1], device=z.device, dtype=z.dtype)
+        for i, step in enumerate(self.steps):
+            if i:
+                z = z.flip(-1)
+            z, step_log_det = step(z)
+            log_det = log_det + step_log_det
+        if len(self.steps) % 2 == 0:
+            z = z.flip(-1)  # each dimension back in its place
+        return z, log_det
+
+
+__all__ = ["IAFStep", "InverseAutoregressiveFlow", "MADE", "MaskedLinear"]

@@ -1,0 +1,372 @@
+"""Disentanglement metrics on data with known factors of variation (dSprites), with scikit-learn, and latent
+traversal pictures.
+
+The BetaVAE score (Higgins et al. 2017), the FactorVAE score (Kim & Mnih 2018), the mutual information gap MIG
+(Chen et al. 2018), the separated attribute predictability SAP (Kumar et al. 2018) and DCI disentanglement,
+completeness and informativeness (Eastwood & Williams 2018), computed as in disentanglement_lib (Locatello et al.
+2019, "Challenging Common Assumptions in the Unsupervised Learning of Disentangled Representations") with smaller
+default sample sizes. Every factor is treated as discrete (its grid index); factors that do not vary are left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+DISENTANGLEMENT_METRICS: dict[str, str] = {
+    "beta_vae": "BetaVAE score: accuracy of a linear classifier naming the fixed factor from mean code differences",
+    "factor_vae": "FactorVAE score: accuracy of a majority vote naming the fixed factor from the least varying code",
+    "mig": "mutual information gap: gap between the two codes most informative of a factor, over its entropy",
+    "sap": "separated attribute predictability: gap between the two codes that best predict a factor alone",
+    "dci": "DCI disentanglement, completeness and informativeness from random-forest feature importances",
+}
+Encoder = Callable[[Tensor], np.ndarray]
+
+
+class FactorSource(Protocol):
+    """Data with known factors, as :class:`~datamodules.dsprites.DSpritesDataModule` offers them."""
+
+    factor_names: Sequence[str]
+
+    def sample_factors(self, n: int, generator: torch.Generator) -> Tensor:
+        """``[n, K]`` grid indices of ``n`` random samples of the data."""
+
+    def images_of(self, factors: Tensor) -> Tensor:
+        """The images ``[n, C, H, W]`` of ``[n, K]`` grid indices."""
+
+
+def model_encoder(model: nn.Module, batch_size: int = 512) -> Encoder:
+    """A function from images to the model's codes ``[N, D]`` (numpy, float64): ``model.encode`` in eval mode without
+    gradients, in batches, on the model's device."""
+
+    def encode(images: Tensor) -> np.ndarray:
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                parts = [model.encode(part.to(device)).float().cpu() for part in images.split(batch_size)]
+        finally:
+            model.train(was_training)
+        return torch.cat(parts).double().numpy()
+
+    return encode
+
+
+def sample_codes(
+    encode: Encoder, source: FactorSource, num_points: int, generator: torch.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Codes ``[num_points, D]`` and factors ``[num_points, K]`` of random samples of ``source``."""
+    factors = source.sample_factors(num_points, generator)
+    codes = np.concatenate([encode(source.images_of(part)) for part in factors.split(1024)])
+    return codes, factors.numpy()
+
+
+def varying(factors: np.ndarray) -> np.ndarray:
+    """The columns of the factors ``[N, K]`` that take more than one value."""
+    return np.array([len(np.unique(column)) > 1 for column in factors.T])
+
+
+# --- scores of codes and factors ------------------------------------------------------------------------------------
+def discretize(codes: np.ndarray, bins: int = 20) -> np.ndarray:
+    """Each code dimension ``[N, D]`` cut into ``bins`` equal-width bins over its range, as bin indices."""
+    columns = [np.digitize(column, np.histogram(column, bins)[1][:-1]) for column in codes.T]
+    return np.stack(columns, axis=1)
+
+
+def mutual_information_gap(codes: np.ndarray, factors: np.ndarray, bins: int = 20) -> float:
+    """MIG (Chen et al. 2018): ``mean_k (I(z_a; v_k) - I(z_b; v_k)) / H(v_k)`` with ``z_a``, ``z_b`` the two code
+    dimensions sharing the most information with factor ``v_k``, codes discretized into ``bins`` bins.
+
+    Args:
+        codes: ``[N, D]`` codes, D >= 2.
+        factors: ``[N, K]`` discrete factors.
+        bins: bins per code dimension.
+    """
+    from sklearn.metrics import mutual_info_score
+
+    if codes.shape[1] < 2:
+        raise ValueError(f"MIG compares the two most informative code dimensions: it needs >= 2, got {codes.shape[1]}")
+    factors = factors[:, varying(factors)]
+    binned = discretize(codes, bins)
+    information = np.array([[mutual_info_score(f, z) for f in factors.T] for z in binned.T])  # [D, K]
+    entropy = np.array([mutual_info_score(f, f) for f in factors.T])
+    top = np.sort(information, axis=0)[::-1]
+    return float(np.mean((top[0] - top[1]) / entropy))
+
+
+def separated_attribute_predictability(
+    train_codes: np.ndarray, train_factors: np.ndarray, test_codes: np.ndarray, test_factors: np.ndarray
+) -> float:
+    """SAP (Kumar et al. 2018): for each factor, the test accuracy of a linear SVM on each code dimension alone; the
+    gap between the two best, averaged over the factors.
+
+    Args:
+        train_codes, train_factors: ``[N, D]`` codes and ``[N, K]`` discrete factors to fit on.
+        test_codes, test_factors: the same to score on.
+    """
+    from sklearn.svm import LinearSVC
+
+    keep = varying(train_factors)
+    train_factors, test_factors = train_factors[:, keep], test_factors[:, keep]
+    accuracy = np.zeros((train_codes.shape[1], train_factors.shape[1]))
+    for i in range(train_codes.shape[1]):
+        for k in range(train_factors.shape[1]):
+            classifier = LinearSVC(C=0.01, class_weight="balanced")
+            classifier.fit(train_codes[:, i : i + 1], train_factors[:, k])
+            accuracy[i, k] = classifier.score(test_codes[:, i : i + 1], test_factors[:, k])
+    top = np.sort(accuracy, axis=0)[::-1]
+    return float(np.mean(top[0] - top[1])) if len(top) > 1 else 0.0
+
+
+def dci(
+    train_codes: np.ndarray,
+    train_factors: np.ndarray,
+    test_codes: np.ndarray,
+    test_factors: np.ndarray,
+    seed: int = 0,
+) -> dict[str, float]:
+    """DCI (Eastwood & Williams 2018) from the feature importances ``R [D, K]`` of one random forest per factor.
+
+    ``dci_disentanglement``: ``sum_i rho_i (1 - H_K(P_i))``, ``P_i`` code ``i``'s row of ``R`` normalized and ``rho_i``
+    its share of the total importance; ``dci_completeness``: the same per factor over the codes (``H_D``), weighted by
+    the factor's share; ``dci_informativeness``: the forests' mean test accuracy.
+
+    Args:
+        train_codes, train_factors: ``[N, D]`` codes and ``[N, K]`` discrete factors to fit on.
+        test_codes, test_factors: the same to score on.
+        seed: the forests' seed.
+    """
+    from sklearn.ensemble import RandomForestClassifier
+
+    keep = varying(train_factors)
+    train_factors, test_factors = train_factors[:, keep], test_factors[:, keep]
+    num_codes, num_factors = train_codes.shape[1], train_factors.shape[1]
+    importance, accuracies = np.zeros((num_codes, num_factors)), []
+    for k in range(num_factors):
+        forest = RandomForestClassifier(n_estimators=30, max_depth=8, random_state=seed, n_jobs=1)
+        forest.fit(train_codes, train_factors[:, k])
+        importance[:, k] = forest.feature_importances_
+        accuracies.append(forest.score(test_codes, test_factors[:, k]))
+    total = importance.sum()
+    code_share, factor_share = importance.sum(1) / total, importance.sum(0) / total
+    per_code = 1 - _entropy(importance, axis=1, base=num_factors) if num_factors > 1 else np.ones(num_codes)
+    per_factor = 1 - _entropy(importance, axis=0, base=num_codes) if num_codes > 1 else np.ones(num_factors)
+    return {
+        "dci_disentanglement": float(np.sum(code_share * per_code)),
+        "dci_completeness": float(np.sum(factor_share * per_factor)),
+        "dci_informativeness": float(np.mean(accuracies)),
+    }
+
+
+def _entropy(weights: np.ndarray, axis: int, base: int) -> np.ndarray:
+    """The entropy, in base ``base``, of ``weights`` normalized along ``axis`` (0 log 0 = 0)."""
+    p = (weights + 1e-11) / (weights + 1e-11).sum(axis, keepdims=True)
+    return -(p * np.log(p)).sum(axis) / np.log(base)
+
+
+# --- scores that draw their own batches with one factor fixed -------------------------------------------------------
+def _fixed_factor_batch(
+    source: FactorSource, batch_size: int, factor: int, generator: torch.Generator, pairs: bool
+) -> tuple[Tensor, Tensor | None]:
+    """``batch_size`` random factors sharing factor ``factor``'s value (``pairs``: two such batches, paired)."""
+    first = source.sample_factors(batch_size, generator)
+    if pairs:
+        second = source.sample_factors(batch_size, generator)
+        second[:, factor] = first[:, factor]
+        return first, second
+    first[:, factor] = first[0, factor]
+    return first, None
+
+
+def beta_vae_score(
+    encode: Encoder,
+    source: FactorSource,
+    generator: torch.Generator,
+    batch_size: int = 64,
+    num_train: int = 500,
+    num_eval: int = 300,
+) -> float:
+    """The BetaVAE score (Higgins et al. 2017): each point is ``mean |z(x1) - z(x2)|`` over ``batch_size`` pairs
+    sharing one random factor; the score is a logistic regression's test accuracy at naming that factor.
+
+    Args:
+        encode: images -> codes.
+        source: the data with known factors.
+        generator: the draws' generator.
+        batch_size: pairs per point.
+        num_train: points to fit on.
+        num_eval: points to score on.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    variable = _variable_factors(source, generator)
+
+    def points(n: int) -> tuple[np.ndarray, np.ndarray]:
+        features, targets = [], []
+        for _ in range(n):
+            factor = int(variable[torch.randint(len(variable), (1,), generator=generator)])
+            first, second = _fixed_factor_batch(source, batch_size, factor, generator, pairs=True)
+            codes = encode(source.images_of(torch.cat([first, second])))
+            features.append(np.abs(codes[:batch_size] - codes[batch_size:]).mean(0))
+            targets.append(factor)
+        return np.stack(features), np.array(targets)
+
+    train, test = points(num_train), points(num_eval)
+    classifier = LogisticRegression(max_iter=2000).fit(*train)
+    return float(classifier.score(*test))
+
+
+def factor_vae_score(
+    encode: Encoder,
+    source: FactorSource,
+    generator: torch.Generator,
+    batch_size: int = 64,
+    num_train: int = 500,
+    num_eval: int = 300,
+    num_variance_estimate: int = 5000,
+) -> float:
+    """The FactorVAE score (Kim & Mnih 2018): codes scaled by their std over the data; each vote pairs the code
+    dimension of least variance over ``batch_size`` samples sharing one random factor with that factor; each dimension
+    predicts its most voted factor, scored on held-out votes. Dimensions of zero std are left out.
+
+    Args:
+        encode: images -> codes.
+        source: the data with known factors.
+        generator: the draws' generator.
+        batch_size: samples per vote.
+        num_train: votes to fit the majority classifier on.
+        num_eval: votes to score it on.
+        num_variance_estimate: samples of the codes' std.
+    """
+    variable = _variable_factors(source, generator)
+    codes, _ = sample_codes(encode, source, num_variance_estimate, generator)
+    scale = codes.std(0)
+    active = scale > 0
+    if not active.any():
+        return 0.0
+    num_factors = len(source.factor_names)
+
+    def votes(n: int) -> np.ndarray:
+        counts = np.zeros((int(active.sum()), num_factors), dtype=np.int64)
+        for _ in range(n):
+            factor = int(variable[torch.randint(len(variable), (1,), generator=generator)])
+            batch, _ = _fixed_factor_batch(source, batch_size, factor, generator, pairs=False)
+            spread = (encode(source.images_of(batch))[:, active] / scale[active]).var(0)
+            counts[np.argmin(spread), factor] += 1
+        return counts
+
+    train, test = votes(num_train), votes(num_eval)
+    predicted = train.argmax(1)
+    return float(test[np.arange(len(test)), predicted].sum() / test.sum())
+
+
+def _variable_factors(source: FactorSource, generator: torch.Generator) -> Tensor:
+    """The indices of the factors that vary in ``source``."""
+    probe = source.sample_factors(512, generator).numpy()
+    return torch.from_numpy(np.flatnonzero(varying(probe)))
+
+
+# --- all of them ----------------------------------------------------------------------------------------------------
+def check_disentanglement_metrics(names: Sequence[str]) -> list[str]:
+    """``names`` as a list, or a ValueError naming each unknown one and listing the known ones."""
+    unknown = [name for name in names if name not in DISENTANGLEMENT_METRICS]
+    if unknown:
+        raise ValueError(
+            f"unknown disentanglement metric {', '.join(map(repr, unknown))}; they are "
+            f"{', '.join(DISENTANGLEMENT_METRICS)}"
+        )
+    return list(names)
+
+
+def disentanglement_metrics(
+    encode: Encoder,
+    source: FactorSource,
+    metrics: Sequence[str] = tuple(DISENTANGLEMENT_METRICS),
+    num_points: int = 10000,
+    num_votes: int = 500,
+    seed: int = 0,
+) -> dict[str, float]:
+    """The named metrics of the codes of ``source``'s data (``dci`` gives its three numbers).
+
+    Args:
+        encode: images -> codes, e.g. :func:`model_encoder` of a model.
+        source: data with known factors (``sample_factors``, ``images_of``, ``factor_names``).
+        metrics: names from :data:`DISENTANGLEMENT_METRICS`.
+        num_points: samples whose codes MIG, SAP and DCI see (SAP and DCI fit on 80%, score on 20%).
+        num_votes: training points of the BetaVAE and FactorVAE scores (and 60% as many to score them on).
+        seed: seed of every draw.
+    """
+    metrics = check_disentanglement_metrics(metrics)
+    generator = torch.Generator().manual_seed(seed)
+    results: dict[str, float] = {}
+    if {"mig", "sap", "dci"} & set(metrics):
+        codes, factors = sample_codes(encode, source, num_points, generator)
+        split = int(0.8 * num_points)
+        if "mig" in metrics:
+            results["mig"] = mutual_information_gap(codes, factors)
+        if "sap" in metrics:
+            results["sap"] = separated_attribute_predictability(
+                codes[:split], factors[:split], codes[split:], factors[split:]
+            )
+        if "dci" in metrics:
+            results |= dci(codes[:split], factors[:split], codes[split:], factors[split:], seed)
+    evaluation = max(1, round(0.6 * num_votes))
+    if "beta_vae" in metrics:
+        results["beta_vae"] = beta_vae_score(encode, source, generator, num_train=num_votes, num_eval=evaluation)
+    if "factor_vae" in metrics:
+        results["factor_vae"] = factor_vae_score(encode, source, generator, num_train=num_votes, num_eval=evaluation)
+    return results
+
+
+# --- pictures -------------------------------------------------------------------------------------------------------
+def latent_traversals(model: nn.Module, images: Tensor, span: float = 2.5, steps: int = 9) -> Tensor:
+    """A picture ``[3, H', W']`` in [0, 1]: for each image, one row per code dimension, that dimension of its code
+    swept over ``[-span, span]`` in ``steps`` steps (the others kept), decoded.
+
+    Args:
+        model: a model with ``encode`` and ``decode``.
+        images: ``[N, C, H, W]`` images to start from.
+        span: the sweep's half-width (in prior standard deviations for the VAEs).
+        steps: pictures per row.
+    """
+    from torchvision.utils import make_grid
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            codes = model.encode(images.to(device)).float()
+            values = torch.linspace(-span, span, steps, device=device)
+            rows = []
+            for code in codes:
+                for dim in range(len(code)):
+                    swept = code.repeat(steps, 1)
+                    swept[:, dim] = values
+                    rows.append(model.decode(swept).float().cpu())
+    finally:
+        model.train(was_training)
+    grid = make_grid(torch.cat(rows), nrow=steps, pad_value=0.5)
+    return grid.expand(3, -1, -1) if grid.shape[0] == 1 else grid
+
+
+__all__ = [
+    "DISENTANGLEMENT_METRICS",
+    "FactorSource",
+    "beta_vae_score",
+    "check_disentanglement_metrics",
+    "dci",
+    "disentanglement_metrics",
+    "discretize",
+    "factor_vae_score",
+    "latent_traversals",
+    "model_encoder",
+    "mutual_information_gap",
+    "sample_codes",
+    "separated_attribute_predictability",
+]

@@ -1,0 +1,198 @@
+"""Post-hoc samplers: a density fitted on a trained model's codes, so that any autoencoder (deterministic ones too)
+can generate by decoding its samples; compared with the prior by the Frechet distance of the evaluation driver.
+
+:class:`GaussianMixtureSampler` is scikit-learn's Gaussian mixture on the codes (as in Ghosh et al. 2020, "From
+Variational to Deterministic Autoencoders"); :class:`TwoStageSampler` is a second, small VAE on the codes (Dai & Wipf
+2019, "Diagnosing and Enhancing VAE Models").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ae_lightning.base import AutoencoderModule
+from ae_lightning.blocks import losses
+from ae_lightning.blocks.networks import MLPDecoder, MLPEncoder
+from ae_lightning.checks import check_number
+
+
+class GaussianMixtureSampler:
+    """A Gaussian mixture fitted on codes by scikit-learn's EM.
+
+    Args:
+        components: mixture components (at most the number of codes).
+        covariance_type: ``full``, ``tied``, ``diag`` or ``spherical``.
+        seed: seed of the fit and of the samples.
+    """
+
+    def __init__(self, components: int = 10, covariance_type: str = "full", seed: int = 0) -> None:
+        check_number("components", components, "[1, inf)", integer=True)
+        if covariance_type not in ("full", "tied", "diag", "spherical"):
+            raise ValueError(f"covariance_type must be 'full', 'tied', 'diag' or 'spherical', got {covariance_type!r}")
+        self.components = components
+        self.covariance_type = covariance_type
+        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+        self.mixture = None
+
+    def fit(self, codes: Tensor) -> GaussianMixtureSampler:
+        """Fit on ``[N, D]`` codes; returns itself."""
+        from sklearn.mixture import GaussianMixture
+
+        components = min(self.components, len(codes))
+        self.mixture = GaussianMixture(components, covariance_type=self.covariance_type, random_state=self.seed)
+        self.mixture.fit(codes.double().cpu().numpy())
+        return self
+
+    def sample(self, n: int) -> Tensor:
+        """``[n, D]`` codes drawn from the fitted mixture, in random order."""
+        if self.mixture is None:
+            raise RuntimeError("fit the sampler on codes before sampling")
+        self.mixture.random_state = int(self.rng.integers(2**31))
+        codes, _ = self.mixture.sample(n)  # grouped by component
+        return torch.from_numpy(codes[self.rng.permutation(n)]).float()
+
+
+class TwoStageSampler(nn.Module):
+    """A second VAE on codes: MLP encoder and decoder, standard-normal prior, Gaussian likelihood with a learned
+    scalar std ``gamma`` (Dai & Wipf 2019, section 4); codes are standardized before it sees them.
+
+    Args:
+        latent_dim: the codes' size ``D``.
+        hidden_dims: widths of its MLPs.
+        steps: Adam steps of its fit.
+        batch_size: codes per step.
+        lr: Adam's learning rate.
+        seed: seed of the fit.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int,
+        hidden_dims: Sequence[int] = (256, 256),
+        steps: int = 2000,
+        batch_size: int = 256,
+        lr: float = 1e-3,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        check_number("steps", steps, "[1, inf)", integer=True)
+        check_number("batch_size", batch_size, "[1, inf)", integer=True)
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        self.encoder = MLPEncoder((latent_dim,), hidden_dims, 2 * latent_dim)
+        self.decoder = MLPDecoder(latent_dim, hidden_dims, (latent_dim,))
+        torch.random.set_rng_state(generator_state)
+        self.log_gamma = nn.Parameter(torch.zeros(()))
+        self.register_buffer("mean", torch.zeros(latent_dim))
+        self.register_buffer("std", torch.ones(latent_dim))
+        self.latent_dim, self.steps, self.batch_size, self.lr, self.seed = latent_dim, steps, batch_size, lr, seed
+        self.sample_generator = torch.Generator().manual_seed(seed)
+
+    def negative_elbo(self, u: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The negative ELBO per standardized code ``[B]``."""
+        mu, logvar = self.encoder(u).chunk(2, dim=-1)
+        noise = torch.randn(mu.shape, generator=generator, device=mu.device)
+        mean = self.decoder(mu + noise * torch.exp(0.5 * logvar))
+        recon = -losses.gaussian_log_likelihood(mean, u, self.log_gamma.exp(), event_ndim=1)
+        return recon + losses.kl_divergence_normal(mu, logvar)
+
+    def fit(self, codes: Tensor) -> TwoStageSampler:
+        """Fit on ``[N, D]`` codes; returns itself."""
+        codes = codes.float().to(self.log_gamma.device)
+        self.mean.copy_(codes.mean(0))
+        self.std.copy_(codes.std(0).clamp_min(1e-6))
+        standardized = (codes - self.mean) / self.std
+        generator = torch.Generator(codes.device).manual_seed(self.seed)
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
+        self.train()
+        for _ in range(self.steps):
+            rows = torch.randint(
+                len(codes), (min(self.batch_size, len(codes)),), generator=generator, device=codes.device
+            )
+            optimizer.zero_grad()
+            self.negative_elbo(standardized[rows], generator).mean().backward()
+            optimizer.step()
+        self.eval()
+        return self
+
+    @torch.no_grad()
+    def sample(self, n: int) -> Tensor:
+        """``[n, D]`` codes drawn from the second VAE, ``decoder(z) + gamma * eps``, in the codes' scale (the paper
+        decodes the mean, its limit as ``gamma -> 0``; with the noise the samples keep the codes' spread before)."""
+        z = torch.randn(n, self.latent_dim, generator=self.sample_generator).to(self.log_gamma.device)
+        noise = torch.randn(n, self.latent_dim, generator=self.sample_generator).to(self.log_gamma.device)
+        return ((self.decoder(z) + self.log_gamma.exp() * noise) * self.std + self.mean).cpu()
+
+
+class PosthocGenerator(nn.Module):
+    """A trained model that generates by decoding a post-hoc sampler's codes: ``sample(n)`` as the driver's
+    :func:`~ae_lightning.evaluation.driver.frechet_distance` draws it.
+
+    Args:
+        model: the trained autoencoder (``decode``).
+        sampler: a fitted :class:`GaussianMixtureSampler` or :class:`TwoStageSampler`.
+    """
+
+    is_generative = True
+
+    def __init__(self, model: AutoencoderModule, sampler: GaussianMixtureSampler | TwoStageSampler) -> None:
+        super().__init__()
+        self.model = model
+        self.sampler = sampler
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def sample(self, n: int) -> Tensor:
+        codes = self.sampler.sample(n).to(self.model.device)
+        return self.model.decode(codes)
+
+
+def frechet_distances(
+    model: AutoencoderModule,
+    train_codes: Tensor,
+    classifier: nn.Module,
+    real: object,
+    num_samples: int = 10000,
+    components: int = 10,
+    two_stage_steps: int = 2000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """The Frechet distance of samples from the prior (generative models only), from a Gaussian mixture and from a
+    two-stage VAE fitted on ``train_codes``, each against the ``real`` images (see the driver's
+    :func:`~ae_lightning.evaluation.driver.frechet_distance`).
+
+    Args:
+        model: the trained model.
+        train_codes: ``[N, D]`` codes of its training images (``driver.encode_split``).
+        classifier: the feature classifier.
+        real: loader of the real images (``driver.gray_loader``).
+        num_samples: samples of each sampler.
+        components: components of the mixture.
+        two_stage_steps: steps of the second VAE's fit.
+        seed: seed of the fits and the samples.
+    """
+    from ae_lightning.evaluation.driver import frechet_distance
+
+    results = {}
+    if getattr(model, "is_generative", False):
+        results["fid_prior"] = frechet_distance(model, classifier, real, num_samples, seed=seed)
+    samplers = {
+        "fid_gmm": GaussianMixtureSampler(components, seed=seed),
+        "fid_two_stage": TwoStageSampler(train_codes.shape[1], steps=two_stage_steps, seed=seed),
+    }
+    for name, sampler in samplers.items():
+        if isinstance(sampler, nn.Module):
+            sampler.to(model.device)
+        sampler.fit(train_codes)
+        results[name] = frechet_distance(PosthocGenerator(model, sampler), classifier, real, num_samples, seed=seed)
+    return results
+
+
+__all__ = ["GaussianMixtureSampler", "PosthocGenerator", "TwoStageSampler", "frechet_distances"]

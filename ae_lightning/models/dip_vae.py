@@ -1,0 +1,52 @@
+"""DIP-VAE I and II (Kumar et al. 2018, "Variational Inference of Disentangled Latent Concepts from Unlabeled
+Observations"): the VAE with a penalty moving the covariance of the aggregated posterior towards the identity.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ae_lightning.blocks import losses
+from ae_lightning.blocks.divergences import DipType, dip_regularizer
+from ae_lightning.checks import check_number, check_single_sample
+from ae_lightning.models.vae import VAE
+
+
+class DIPVAE(VAE):
+    """The VAE trained on ``recon + w * kl + dip``, logged with ``dip`` (see
+    :func:`~ae_lightning.blocks.divergences.dip_regularizer`); ``w`` is ``beta`` times the KL warm-up.
+
+    Args:
+        dip_type: ``i`` (covariance of the posterior means) or ``ii`` (covariance of the codes).
+        lambda_od: weight of the off-diagonal entries, >= 0.
+        lambda_d: weight of the diagonal's distance from 1, >= 0; None: the paper's ``10 * lambda_od`` for ``i`` and
+            ``lambda_od`` for ``ii``.
+        **kwargs: the :class:`~ae_lightning.models.vae.VAE` arguments.
+    """
+
+    def __init__(
+        self, dip_type: DipType = "ii", lambda_od: float = 10.0, lambda_d: float | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        check_single_sample(self)
+        if dip_type not in ("i", "ii"):
+            raise ValueError(f"dip_type must be 'i' or 'ii', got {dip_type!r}")
+        check_number("lambda_od", lambda_od, "[0, inf)")
+        if lambda_d is not None:
+            check_number("lambda_d", lambda_d, "[0, inf)")
+        self.dip_type = dip_type
+        self.lambda_od = lambda_od
+        self.lambda_d = lambda_d if lambda_d is not None else (10 * lambda_od if dip_type == "i" else lambda_od)
+
+    def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
+        if self.dequantizes:
+            x = losses.uniform_dequantize(x)
+        mu, logvar = self.posterior_parameters(x)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        recon = -self.log_likelihood(self.decoder(z), x).mean()
+        kl = losses.kl_divergence_normal(mu, logvar).mean()
+        dip = dip_regularizer(mu.float(), logvar.float(), self.dip_type, self.lambda_od, self.lambda_d)
+        return {"loss": recon + self.kl_weight() * kl + dip, "recon": recon, "kl": kl, "dip": dip}

@@ -1,0 +1,123 @@
+"""FactorVAE (Kim & Mnih 2018, "Disentangling by Factorising"): the VAE with a total-correlation penalty estimated by
+a discriminator that tells codes of q(z) from codes whose dimensions were shuffled across the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from ae_lightning.base import Batch
+from ae_lightning.blocks import losses
+from ae_lightning.blocks.divergences import permute_dims
+from ae_lightning.checks import check_number, check_numbers, check_single_sample
+from ae_lightning.models.vae import VAE
+
+
+def code_discriminator(latent_dim: int, hidden_dims: Sequence[int]) -> nn.Sequential:
+    """An MLP ``latent_dim -> *hidden_dims -> 1`` with LeakyReLU(0.2): the logit that a code comes from q(z) rather
+    than from the product of its marginals."""
+    layers: list[nn.Module] = []
+    for fan_in, fan_out in zip([latent_dim, *hidden_dims[:-1]], hidden_dims):
+        layers += [nn.Linear(fan_in, fan_out), nn.LeakyReLU(0.2)]
+    return nn.Sequential(*layers, nn.Linear(hidden_dims[-1] if hidden_dims else latent_dim, 1))
+
+
+class FactorVAE(VAE):
+    """The VAE trained on ``recon + w * kl + tc_weight * tc`` with ``tc``, the batch mean of the discriminator's
+    logit ``log D(z) / (1 - D(z))``, a density-ratio estimate of the total correlation of q(z).
+
+    Each batch takes, under manual optimization, a step of encoder and decoder (the discriminator frozen), then a step
+    of the discriminator on the batch's codes (label 1) against the same codes with every dimension permuted across
+    the batch (label 0), as in Kim & Mnih's Algorithm 1 (which permutes a second batch); ``global_step`` counts
+    batches. Logged: ``recon``, ``kl``, ``tc``, ``d_loss`` and ``d_accuracy``.
+
+    Args:
+        tc_weight: weight of the total correlation (the paper's gamma; 35 on dSprites), >= 0.
+        discriminator_hidden_dims: widths of the discriminator's hidden layers (the paper: 5 of 1000).
+        discriminator_optimizer: the discriminator's optimizer factory (the paper: Adam, lr 1e-4, betas 0.5, 0.9).
+        discriminator_lr_scheduler: optional scheduler factory for it.
+        **kwargs: the :class:`~ae_lightning.models.vae.VAE` arguments.
+    """
+
+    partial_backward = True  # the discriminator's step reaches the discriminator only
+
+    def __init__(
+        self,
+        tc_weight: float = 35.0,
+        discriminator_hidden_dims: Sequence[int] = (1000, 1000, 1000, 1000, 1000),
+        discriminator_optimizer: OptimizerCallable = torch.optim.Adam,
+        discriminator_lr_scheduler: LRSchedulerCallable | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        check_single_sample(self)
+        check_number("tc_weight", tc_weight, "[0, inf)")
+        check_numbers("discriminator_hidden_dims", discriminator_hidden_dims, "[1, inf)", integer=True)
+        self.automatic_optimization = False
+        self.tc_weight = tc_weight
+        self.discriminator_optimizer_factory = discriminator_optimizer
+        self.discriminator_lr_scheduler_factory = discriminator_lr_scheduler
+        self.discriminator = code_discriminator(self.latent_dim, discriminator_hidden_dims)
+
+    def vae_terms(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """The VAE's terms on ``x`` (``loss`` with the discriminator's total correlation) and the batch's codes."""
+        if self.dequantizes:
+            x = losses.uniform_dequantize(x)
+        mu, logvar = self.posterior_parameters(x)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        recon = -self.log_likelihood(self.decoder(z), x).mean()
+        kl = losses.kl_divergence_normal(mu, logvar).mean()
+        tc = self.discriminator(z).float().mean()
+        return {"loss": recon + self.kl_weight() * kl + self.tc_weight * tc, "recon": recon, "kl": kl, "tc": tc}, z
+
+    def discriminator_terms(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """The discriminator's binary cross-entropy on codes ``z`` (1) and their permutation (0), and its accuracy."""
+        codes = torch.cat([z, permute_dims(z)])
+        logits = self.discriminator(codes).squeeze(-1).float()
+        targets = torch.cat([torch.ones(len(z)), torch.zeros(len(z))]).to(logits.device)
+        d_loss = F.binary_cross_entropy_with_logits(logits, targets)
+        return d_loss, ((logits > 0).float() == targets).float().mean()
+
+    def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
+        terms, z = self.vae_terms(x)
+        d_loss, d_accuracy = self.discriminator_terms(z)
+        return {**terms, "d_loss": d_loss, "d_accuracy": d_accuracy}
+
+    def optimization_step(self, batch: Batch) -> dict[str, Tensor]:
+        """A step of the VAE, then one of the discriminator, on one batch."""
+        vae_optimizer, discriminator_optimizer = self.optimizers()
+        vae_optimizer.zero_grad()
+        with self.toggled_optimizer(vae_optimizer):  # the discriminator, not in it, is frozen
+            terms, z = self.vae_terms(batch[0])
+            self.manual_backward(terms["loss"])
+        vae_optimizer.step()
+        discriminator_optimizer.zero_grad()
+        d_loss, d_accuracy = self.discriminator_terms(z.detach())
+        self.manual_backward(d_loss)
+        self._uncounted_step(discriminator_optimizer)
+        detached = {name: value.detach() for name, value in terms.items()}
+        return {**detached, "d_loss": d_loss.detach(), "d_accuracy": d_accuracy}
+
+    def _uncounted_step(self, optimizer: Optimizer) -> None:
+        """``optimizer.step()`` through the strategy and precision plugin, without a ``global_step`` count."""
+        raw = getattr(optimizer, "optimizer", optimizer)  # the optimizer inside Lightning's wrapper
+        self.trainer.strategy.optimizer_step(raw, closure=lambda: None)
+
+    def configure_optimizers(self) -> list[dict[str, Any]]:
+        """The VAE's (every parameter but the discriminator's) and the discriminator's optimizers, in this order."""
+        vae = [p for name, p in self.named_parameters() if not name.startswith("discriminator.")]
+        return [
+            self.build_optimizer(vae, self.optimizer_factory, self.lr_scheduler_factory),
+            self.build_optimizer(
+                self.discriminator.parameters(),
+                self.discriminator_optimizer_factory,
+                self.discriminator_lr_scheduler_factory,
+            ),
+        ]

@@ -1,0 +1,81 @@
+"""InfoVAE (Zhao et al. 2017, "InfoVAE: Balancing Learning and Inference in Variational Autoencoders") with the
+MMD divergence, and the Wasserstein autoencoder WAE-MMD (Tolstikhin et al. 2018, "Wasserstein Auto-Encoders") as its
+case with a deterministic encoder and no KL term.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ae_lightning.blocks import losses
+from ae_lightning.blocks.divergences import Kernel, maximum_mean_discrepancy
+from ae_lightning.checks import check_number, check_single_sample
+from ae_lightning.models.vae import VAE
+
+
+class InfoVAE(VAE):
+    """The VAE trained on ``recon + (1 - alpha) w kl + (alpha + lambda_weight - 1) mmd`` (Zhao et al. 2017, eq. 6
+    with D = MMD), ``mmd`` the unbiased MMD^2 between the batch's codes and as many standard-normal draws; ``w`` is
+    ``beta`` times the KL warm-up. ``alpha: 1`` drops the KL (the MMD-VAE); with ``deterministic: true`` the code is
+    the encoder's mean, the WAE-MMD of Tolstikhin et al. 2018 (there ``test/nll`` means little: the posterior's
+    variance is never trained).
+
+    Args:
+        alpha: the paper's alpha, <= 1: the KL term's weight is ``1 - alpha``.
+        lambda_weight: the paper's lambda, > 0: the MMD's weight is ``alpha + lambda_weight - 1``, >= 0.
+        kernel: ``imq`` (inverse multiquadratic, as in the WAE) or ``rbf`` (as in the InfoVAE).
+        kernel_scale: the kernel's scale; None: ``2 * latent_dim``.
+        deterministic: code = the posterior mean (the WAE); needs ``alpha: 1``.
+        **kwargs: the :class:`~ae_lightning.models.vae.VAE` arguments.
+    """
+
+    def __init__(
+        self,
+        alpha: float = 0.0,
+        lambda_weight: float = 1000.0,
+        kernel: Kernel = "imq",
+        kernel_scale: float | None = None,
+        deterministic: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        check_single_sample(self)
+        check_number("alpha", alpha, "(-inf, 1]")
+        check_number("lambda_weight", lambda_weight, "(0, inf)")
+        if alpha + lambda_weight - 1 < 0:
+            raise ValueError(
+                f"the MMD weight alpha + lambda_weight - 1 must be >= 0, got alpha={alpha}, "
+                f"lambda_weight={lambda_weight}"
+            )
+        if kernel not in ("rbf", "imq"):
+            raise ValueError(f"kernel must be 'rbf' or 'imq', got {kernel!r}")
+        if kernel_scale is not None:
+            check_number("kernel_scale", kernel_scale, "(0, inf)")
+        if deterministic and alpha != 1:
+            raise ValueError(
+                f"deterministic: true has no posterior variance, so no KL term: set alpha: 1 (the WAE-MMD), got "
+                f"alpha={alpha}"
+            )
+        self.alpha = alpha
+        self.lambda_weight = lambda_weight
+        self.kernel = kernel
+        self.kernel_scale = kernel_scale
+        self.deterministic = deterministic
+
+    def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
+        if self.dequantizes:
+            x = losses.uniform_dequantize(x)
+        mu, logvar = self.posterior_parameters(x)
+        z = mu if self.deterministic else mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        recon = -self.log_likelihood(self.decoder(z), x).mean()
+        kl = losses.kl_divergence_normal(mu, logvar).mean()
+        if len(z) >= 2:
+            prior = torch.randn_like(z, dtype=torch.float32)
+            mmd = maximum_mean_discrepancy(z.float(), prior, self.kernel, self.kernel_scale)
+        else:  # one sample: no estimate
+            mmd = torch.zeros((), device=z.device)
+        loss = recon + (1 - self.alpha) * self.kl_weight() * kl + (self.alpha + self.lambda_weight - 1) * mmd
+        return {"loss": loss, "recon": recon, "kl": kl if self.alpha != 1 else kl.detach(), "mmd": mmd}

@@ -1,0 +1,70 @@
+"""The disentanglement metrics of :mod:`ae_lightning.evaluation.disentanglement` reported by ``ae-lightning test``,
+and latent traversal pictures written beside them, when the datamodule knows its factors (dSprites).
+
+The dSprites configs carry the callback; on another config add it with
+``--trainer.callbacks+=ae_lightning.training.disentanglement.DisentanglementMetrics``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+from torchvision.utils import save_image
+
+from ae_lightning.checks import check_number
+from ae_lightning.evaluation import disentanglement
+
+
+class DisentanglementMetrics(Callback):
+    """At the end of ``test``, logs ``test/<metric>`` for each disentanglement metric (``dci`` as
+    ``test/dci_disentanglement``, ``test/dci_completeness``, ``test/dci_informativeness``) and writes
+    ``<log_dir>/traversals.png``; does nothing if the datamodule has no ``sample_factors`` (no known factors).
+
+    Args:
+        metrics: names from ``beta_vae``, ``factor_vae``, ``mig``, ``sap``, ``dci``.
+        num_points: samples whose codes MIG, SAP and DCI see.
+        num_votes: training points of the BetaVAE and FactorVAE scores.
+        traversal_images: images whose traversals are drawn; 0 draws none.
+        seed: seed of every draw.
+    """
+
+    def __init__(
+        self,
+        metrics: Sequence[str] = tuple(disentanglement.DISENTANGLEMENT_METRICS),
+        num_points: int = 10000,
+        num_votes: int = 500,
+        traversal_images: int = 2,
+        seed: int = 0,
+    ) -> None:
+        self.metrics = disentanglement.check_disentanglement_metrics(metrics)
+        check_number("num_points", num_points, "[10, inf)", integer=True)
+        check_number("num_votes", num_votes, "[2, inf)", integer=True)
+        check_number("traversal_images", traversal_images, "[0, inf)", integer=True)
+        self.num_points = num_points
+        self.num_votes = num_votes
+        self.traversal_images = traversal_images
+        self.seed = seed
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        source = trainer.datamodule
+        if not hasattr(source, "sample_factors"):
+            return
+        encode = disentanglement.model_encoder(pl_module)
+        with torch.random.fork_rng(devices=[]):
+            scores = disentanglement.disentanglement_metrics(
+                encode, source, self.metrics, self.num_points, self.num_votes, self.seed
+            )
+        for name, value in scores.items():
+            pl_module.log(f"test/{name}", value, rank_zero_only=True)
+        if self.traversal_images and trainer.is_global_zero:
+            factors = source.sample_factors(self.traversal_images, torch.Generator().manual_seed(self.seed))
+            picture = disentanglement.latent_traversals(pl_module, source.images_of(factors))
+            path = Path(trainer.log_dir or trainer.default_root_dir) / "traversals.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_image(picture, path)
+            rank_zero_info(f"latent traversals: {path}")

@@ -1,0 +1,136 @@
+"""The data path: streaming loader vs the in-memory image folder vs torchvision's ImageFolder + DataLoader.
+
+    python benchmarks/data_speed.py --out /tmp/data_speed --images 2000 --large 20000 --seconds 8
+
+Writes ``--images`` PNG files at 72 and at 288 px (random crops of scikit-learn's two sample photographs, scaled),
+and prints, for 64 and 256 px (random crop + horizontal flip, batch 64), images per second of:
+``StreamingDataModule`` with 0 and 2 workers (decode, crop, flip), ``ImageFolderDataModule``'s in-memory loader
+(after decoding all files; crops are not its job, it serves the stored size), and torchvision's ``ImageFolder`` +
+``DataLoader`` with the same ``transforms.v2`` crop and flip. Then, on ``--large`` 72 px files: the time to the first
+training batch streaming (after ``ae-lightning-prepare``, timed apart) vs the in-memory folder, and the process's
+resident memory while streaming through the whole set (it should stay flat). Numbers only; no assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision.datasets import ImageFolder
+from torchvision.transforms import v2
+
+from datamodules import ImageFolderDataModule, StreamingDataModule
+from datamodules.stream_prepare import prepare_stream
+
+BATCH = 64
+
+
+def write_pngs(folder: Path, count: int, side: int, seed: int = 0) -> Path:
+    """``count`` ``side``-pixel crops of the two sample photographs (scaled to a random size first), in one class."""
+    from sklearn.datasets import load_sample_images
+
+    target = folder / "all"
+    if target.is_dir() and len(list(target.glob("*.png"))) >= count:
+        return folder
+    target.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    photos = [Image.fromarray(p) for p in load_sample_images().images]
+    for i in range(count):
+        photo = photos[i % 2]
+        scale = rng.uniform(side / min(photo.size), 1.0) if side < min(photo.size) else side / min(photo.size)
+        scaled = photo.resize((max(side, round(photo.width * scale)), max(side, round(photo.height * scale))))
+        left, top = rng.integers(0, scaled.width - side + 1), rng.integers(0, scaled.height - side + 1)
+        scaled.crop((int(left), int(top), int(left) + side, int(top) + side)).save(target / f"{i:06d}.png")
+    return folder
+
+
+def images_per_second(loader, seconds: float, set_epoch: bool = False) -> float:
+    images, start, epoch = 0, time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        if set_epoch:
+            loader.set_epoch(epoch)
+        for batch in loader:
+            images += len(batch[0])
+            if time.perf_counter() - start >= seconds:
+                break
+        epoch += 1
+    return images / (time.perf_counter() - start)
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as file:
+        return int(file.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="/tmp/data_speed")
+    parser.add_argument("--images", type=int, default=2000, help="files per size for the throughput table")
+    parser.add_argument("--large", type=int, default=20000, help="files of the time-to-first-step and memory runs")
+    parser.add_argument("--seconds", type=float, default=8.0, help="per throughput measurement")
+    args = parser.parse_args()
+    out = Path(args.out)
+    torch.set_num_threads(1)
+    print(f"CPU cores: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f} (a shared machine: numbers are noisy)")
+
+    print(f"\nimages/s, batch {BATCH}, random crop + flip ({args.images} files per size)")
+    print(f"{'size':>5} {'stream 0w':>10} {'stream 2w':>10} {'in-memory':>10} {'IF+DL 0w':>10} {'IF+DL 2w':>10}")
+    for size in (64, 256):
+        stored = size * 9 // 8
+        folder = write_pngs(out / f"png{stored}", args.images, stored)
+        stream = out / f"stream{stored}"
+        if not (stream / "manifest.json").exists():
+            prepare_stream(str(folder), str(stream), chunk_bytes="16MB", num_workers=2, overwrite=True)
+        row = []
+        for workers in (0, 2):
+            dm = StreamingDataModule(str(stream), image_size=size, batch_size=BATCH, num_workers=workers)
+            row.append(images_per_second(dm.train_dataloader(), args.seconds, set_epoch=True))
+        memory = ImageFolderDataModule(str(folder), batch_size=BATCH, data_on_device=False)
+        memory.setup()
+        row.append(images_per_second(memory.train_dataloader(), args.seconds, set_epoch=True))
+        transform = v2.Compose([v2.ToImage(), v2.RandomCrop(size), v2.RandomHorizontalFlip(),
+                                v2.ToDtype(torch.float32, scale=True)])  # fmt: skip
+        for workers in (0, 2):
+            loader = DataLoader(ImageFolder(str(folder), transform), BATCH, shuffle=True, num_workers=workers)
+            row.append(images_per_second(loader, args.seconds))
+        print(f"{size:>5} " + " ".join(f"{value:>10.0f}" for value in row))
+
+    print(f"\ntime to the first training batch, {args.large} files of 72 px (64 px crops)")
+    folder = write_pngs(out / "large72", args.large, 72, seed=1)
+    stream = out / "large-stream"
+    start = time.perf_counter()
+    if not (stream / "manifest.json").exists():
+        prepare_stream(str(folder), str(stream), chunk_bytes="16MB", num_workers=2, overwrite=True)
+    print(f"  ae-lightning-prepare (once per data set): {time.perf_counter() - start:.1f} s")
+    start = time.perf_counter()
+    dm = StreamingDataModule(str(stream), image_size=64, batch_size=BATCH, num_workers=2)
+    dm.setup("fit")
+    next(iter(dm.train_dataloader()))
+    print(f"  streaming, 2 workers: {time.perf_counter() - start:.1f} s")
+    start = time.perf_counter()
+    memory = ImageFolderDataModule(str(folder), batch_size=BATCH, data_on_device=False)
+    memory.setup()
+    next(iter(memory.train_dataloader()))
+    print(f"  in-memory image folder: {time.perf_counter() - start:.1f} s")
+    del memory
+
+    print(f"\nresident memory of this process while streaming the {args.large} images once (0 workers)")
+    dm = StreamingDataModule(str(stream), image_size=64, batch_size=BATCH, num_workers=0)
+    loader = dm.train_dataloader()
+    marks = {int(len(loader) * f) for f in (0.01, 0.25, 0.5, 0.75, 0.99)}
+    for i, _ in enumerate(loader):
+        if i in marks:
+            print(f"  after {i * BATCH:>7} images: {rss_mb():.0f} MB")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"  peak of the process (including the in-memory run above): {peak:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

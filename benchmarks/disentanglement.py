@@ -1,0 +1,166 @@
+"""The quality benchmark of the VAEs of issue 26: MIG on dSprites over seeds, and test NLL on Fashion-MNIST.
+
+    python benchmarks/disentanglement.py                                   # both parts, the defaults below
+    python benchmarks/disentanglement.py --part mig --steps 3000 --seeds 0 1 2
+    python benchmarks/disentanglement.py --part nll --data_dir ../shared/data --epochs 30 --nll_samples 1000
+
+``mig``: the VAE, beta-TCVAE (``tc_weight`` 6) and FactorVAE (``tc_weight`` 35) trained on dSprites drawn from its
+factors for ``--steps`` steps of batch 64 per seed, each scored by MIG (and DCI disentanglement) on ``--points``
+random samples of the grid; printed per seed and as mean +- sample std over the seeds. The latent traversals of the
+first seed's models go to ``<root>/<model>.png``.
+
+``nll``: every VAE of the family trained with the shared 784-200-200-50 protocol of ``docs/family.md`` (MLP, latent
+50, Adam lr 1e-3 eps 1e-4, batch 128, dynamically binarized Fashion-MNIST, seed 42) for ``--epochs`` epochs, then
+``test/nll``: the importance-weighted bound with ``--nll_samples`` samples on the test images (the first
+``--test_images`` of them), nats per image. The default sizes are CPU-sized; the published protocol is 30 epochs and
+1000 samples on all 10,000 test images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from torchvision.utils import save_image
+
+from ae_lightning import DIPVAE, IAFVAE, VAE, BetaTCVAE, FactorVAE, InfoVAE, VampPriorVAE
+from ae_lightning.evaluation import disentanglement
+from datamodules import DSpritesDataModule, FashionMNISTDataModule
+
+ROOT = Path(__file__).parents[1]
+DISENTANGLING = {
+    "vae": (VAE, {}),
+    "beta_tcvae": (BetaTCVAE, {"tc_weight": 6.0}),
+    "factor_vae": (FactorVAE, {"tc_weight": 35.0, "discriminator_hidden_dims": [256, 256]}),
+}
+LIKELIHOOD = {
+    "vae": (VAE, {}),
+    "beta_tcvae": (BetaTCVAE, {"tc_weight": 6.0}),
+    "factor_vae": (FactorVAE, {"tc_weight": 6.0, "discriminator_hidden_dims": [256, 256]}),
+    "dip_vae_i": (DIPVAE, {"dip_type": "i"}),
+    "dip_vae_ii": (DIPVAE, {"dip_type": "ii"}),
+    "info_vae": (InfoVAE, {}),
+    "vampprior": (VampPriorVAE, {"num_pseudo_inputs": 500}),
+    "iaf_vae": (IAFVAE, {"flow_steps": 2, "flow_hidden_dims": [256, 256]}),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", choices=["mig", "nll", "both"], default="both")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the dSprites runs")
+    parser.add_argument("--steps", type=int, default=3000, help="training steps (batch 64) per dSprites run")
+    parser.add_argument("--latent_dim", type=int, default=10, help="code size on dSprites")
+    parser.add_argument("--hidden_dims", type=int, nargs="+", default=[512, 256], help="MLP widths on dSprites")
+    parser.add_argument("--points", type=int, default=10000, help="samples MIG sees")
+    parser.add_argument("--models", nargs="+", default=None, help="models of the nll part (default: all)")
+    parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data"), help="Fashion-MNIST's root")
+    parser.add_argument("--epochs", type=float, default=1.0, help="epochs of the nll part (fractions allowed)")
+    parser.add_argument("--nll_samples", type=int, default=100)
+    parser.add_argument("--test_images", type=int, default=1000)
+    parser.add_argument("--root", type=Path, default=ROOT / "runs" / "disentanglement")
+    return parser.parse_args(argv)
+
+
+def trainer(root: Path, **kwargs: object) -> L.Trainer:
+    return L.Trainer(
+        accelerator="auto",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+        **kwargs,
+    )
+
+
+def mig_part(args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in DISENTANGLING}
+    for seed in args.seeds:
+        for name, (cls, extra) in DISENTANGLING.items():
+            L.seed_everything(seed, verbose=False)
+            data = DSpritesDataModule(batch_size=64, seed=seed)
+            model = cls(input_shape=(1, 64, 64), latent_dim=args.latent_dim, hidden_dims=args.hidden_dims, **extra)
+            start = time.perf_counter()
+            trainer(args.root, max_steps=args.steps, limit_val_batches=0).fit(model, datamodule=data)
+            seconds = time.perf_counter() - start
+            scores = disentanglement.disentanglement_metrics(
+                disentanglement.model_encoder(model), data, ["mig", "dci"], num_points=args.points, seed=seed
+            )
+            row = {"mig": scores["mig"], "dci_disentanglement": scores["dci_disentanglement"], "seconds": seconds}
+            if seed == args.seeds[0]:  # a look at what each code dimension does
+                factors = data.sample_factors(2, torch.Generator().manual_seed(seed))
+                args.root.mkdir(parents=True, exist_ok=True)
+                save_image(disentanglement.latent_traversals(model, data.images_of(factors)), args.root / f"{name}.png")
+            results[name].append(row)
+            print(f"seed {seed} {name:<11} MIG {row['mig']:.4f}  DCI-D {row['dci_disentanglement']:.4f}  "
+                  f"({seconds:.0f} s)", flush=True)  # fmt: skip
+    print(f"\n### MIG on dSprites ({args.steps} steps of batch 64, seeds {args.seeds}, {args.points} points)\n")
+    print("| model | MIG mean +- std | DCI disentanglement mean +- std | per seed MIG |")
+    print("| --- | --- | --- | --- |")
+    for name, rows in results.items():
+        migs, dcis = [row["mig"] for row in rows], [row["dci_disentanglement"] for row in rows]
+        per_seed = ", ".join(f"{value:.4f}" for value in migs)
+        print(f"| {name} | {_spread(migs)} | {_spread(dcis)} | {per_seed} |")
+    return results
+
+
+def nll_part(args: argparse.Namespace) -> dict[str, float]:
+    names = args.models or list(LIKELIHOOD)
+    unknown = [name for name in names if name not in LIKELIHOOD]
+    if unknown:
+        raise ValueError(f"unknown model {', '.join(unknown)}; the models are {', '.join(LIKELIHOOD)}")
+    results = {}
+    for name in names:
+        cls, extra = LIKELIHOOD[name]
+        L.seed_everything(42, verbose=False)
+        data = FashionMNISTDataModule(data_dir=args.data_dir, batch_size=128, binarize="dynamic")
+        optimizer = lambda parameters: torch.optim.Adam(parameters, lr=1e-3, eps=1e-4)  # noqa: E731
+        model = cls(latent_dim=50, hidden_dims=[200, 200], nll_samples=args.nll_samples, optimizer=optimizer, **extra)
+        whole, part = int(args.epochs), args.epochs - int(args.epochs)
+        limits = {"max_epochs": max(1, whole + (part > 0))}
+        if whole == 0:
+            limits["limit_train_batches"] = part
+        start = time.perf_counter()
+        run = trainer(args.root, limit_val_batches=0, **limits)
+        run.fit(model, datamodule=data)
+        batches = max(1, args.test_images // 128)
+        test = trainer(args.root, limit_test_batches=batches).test(model, datamodule=data, verbose=False)[0]
+        results[name] = test["test/nll"]
+        print(f"{name:<11} test/nll {test['test/nll']:.2f}  ({time.perf_counter() - start:.0f} s)", flush=True)
+    print(f"\n### Test NLL on Fashion-MNIST (784-200-200-50, {args.epochs} epochs, K = {args.nll_samples}, "
+          f"{args.test_images} test images)\n")  # fmt: skip
+    print("| model | test/nll (nats) | minus the VAE's |")
+    print("| --- | --- | --- |")
+    for name, value in results.items():
+        relative = f"{value - results['vae']:+.2f}" if "vae" in results else ""
+        print(f"| {name} | {value:.2f} | {relative} |")
+    return results
+
+
+def _spread(values: list[float]) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return f"{statistics.mean(values):.4f} +- {std:.4f}"
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    args = parse_args(argv)
+    print("command: python benchmarks/disentanglement.py " + shlex.join(argv if argv is not None else sys.argv[1:]))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d %H:%M UTC')}")
+    results: dict[str, object] = {}
+    if args.part in ("mig", "both"):
+        results["mig"] = mig_part(args)
+    if args.part in ("nll", "both"):
+        results["nll"] = nll_part(args)
+    return results
+
+
+if __name__ == "__main__":
+    main()

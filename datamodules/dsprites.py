@@ -1,0 +1,308 @@
+"""dSprites (Matthey et al. 2017, "dSprites: Disentanglement testing Sprites dataset") rendered from its factors.
+
+The published factor grid: 3 shapes (square, ellipse, heart) x 6 scales in [0.5, 1] x 40 orientations in [0, 2 pi]
+x 32 x-positions x 32 y-positions in [0, 1], one binary 64x64 image each, 737,280 in all. Every image here is drawn
+from its factors when its batch is built (the shapes are drawn by this module, not copied from the published
+file), so nothing is downloaded and no memory is held beyond a batch and the splits' grid indices.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from datamodules.base import ImageDataModule, Split
+from datamodules.checks import check_number
+from datamodules.loader import Batch, TensorBatchLoader
+
+FACTORS = ("shape", "scale", "orientation", "position_x", "position_y")
+GRID = (3, 6, 40, 32, 32)
+SHAPES = ("square", "ellipse", "heart")
+SIZE = 64
+NUM_IMAGES = math.prod(GRID)  # 737,280
+# Factor values: scale in [0.5, 1], orientation in [0, 2 pi], positions in [0, 1] (as in the published file).
+VALUES = (
+    torch.arange(3.0),
+    torch.linspace(0.5, 1.0, 6),
+    torch.linspace(0.0, 2 * math.pi, 40),
+    torch.linspace(0.0, 1.0, 32),
+    torch.linspace(0.0, 1.0, 32),
+)
+_STRIDES = torch.tensor([math.prod(GRID[i + 1 :]) for i in range(len(GRID))])
+
+
+def check_factors(factors: Tensor) -> None:
+    """Raise a ValueError naming the factor, its value and the grid if a row of ``factors`` lies outside the grid.
+
+    Args:
+        factors: ``[N, 5]`` integer grid indices in the order of ``FACTORS``.
+    """
+    if factors.ndim != 2 or factors.shape[1] != len(FACTORS):
+        raise ValueError(
+            f"dSprites factors must be [N, {len(FACTORS)}] ({', '.join(FACTORS)}), got {tuple(factors.shape)}"
+        )
+    if factors.dtype.is_floating_point:
+        raise ValueError(f"dSprites factors are integer grid indices, got {factors.dtype}")
+    for column, (name, size) in enumerate(zip(FACTORS, GRID)):
+        outside = (factors[:, column] < 0) | (factors[:, column] >= size)
+        if outside.any():
+            row = int(outside.nonzero()[0])
+            raise ValueError(
+                f"dSprites factor {name}={int(factors[row, column])} (row {row}) is outside the grid: {name} takes "
+                f"0..{size - 1}"
+            )
+
+
+def factors_to_index(factors: Tensor) -> Tensor:
+    """The index ``[N]`` in the 737,280-image grid (row-major in ``FACTORS``) of ``[N, 5]`` grid indices."""
+    check_factors(factors)
+    return (factors.long() * _STRIDES.to(factors.device)).sum(-1)
+
+
+def index_to_factors(index: Tensor) -> Tensor:
+    """The ``[N, 5]`` grid indices of grid positions ``index`` ``[N]``."""
+    index = index.long()
+    if len(index) and (index.min() < 0 or index.max() >= NUM_IMAGES):
+        bad = index[(index < 0) | (index >= NUM_IMAGES)][0]
+        raise ValueError(f"dSprites image index {int(bad)} is outside the grid 0..{NUM_IMAGES - 1}")
+    strides, sizes = _STRIDES.to(index.device), torch.tensor(GRID, device=index.device)
+    return index[:, None] // strides % sizes
+
+
+def render(factors: Tensor) -> Tensor:
+    """Binary images ``[N, 1, 64, 64]`` (float, 0 or 1) of ``[N, 5]`` grid indices, on their device.
+
+    A shape of scale ``s`` spans about ``2 * 10 s`` pixels, centred at ``12.8 + 38.4 p`` pixels for the position
+    ``p`` in [0, 1] (x: columns, y: rows), rotated counterclockwise by the orientation: a square, an ellipse with axes
+    1 and 0.5, and the heart ``(x^2 + y^2 - 1)^3 <= x^2 y^3``.
+
+    Args:
+        factors: ``[N, 5]`` integer grid indices (shape, scale, orientation, position_x, position_y).
+    """
+    check_factors(factors)
+    device = factors.device
+    shape, scale, angle, px, py = (VALUES[i].to(device)[factors[:, i]][:, None, None] for i in range(len(FACTORS)))
+    centers = torch.arange(SIZE, device=device, dtype=torch.float32) + 0.5
+    dx = centers[None, None, :] - (0.2 + 0.6 * px) * SIZE
+    dy = centers[None, :, None] - (0.2 + 0.6 * py) * SIZE
+    radius = 0.16 * SIZE * scale
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    u = (cos * dx - sin * dy) / radius  # the pixel in the shape's frame (rows grow downwards: -dy is up)
+    v = (-sin * dx - cos * dy) / radius
+    square = torch.maximum(u.abs(), v.abs()) <= 0.8
+    ellipse = u.pow(2) + (v / 0.5).pow(2) <= 1
+    hx, hy = 1.15 * u, 1.15 * v + 0.1
+    heart = (hx.pow(2) + hy.pow(2) - 1).pow(3) <= hx.pow(2) * hy.pow(3)
+    inside = torch.where(shape == 0, square, torch.where(shape == 1, ellipse, heart))
+    return inside.float().unsqueeze(1)
+
+
+class RenderingBatchLoader(TensorBatchLoader):
+    """:class:`~datamodules.loader.TensorBatchLoader` over the grid indices of a split, drawing each batch's images
+    from their factors: ``(image [B, 1, 64, 64], shape label [B], index in the split [B])``, resumable and sharded
+    across ranks alike.
+
+    Args:
+        grid_indices: ``[N]`` positions in the 737,280-image grid of the split's samples.
+        indices: ``[N]`` each sample's index in its split; None: ``0 .. N - 1``.
+        **kwargs: the :class:`~datamodules.loader.TensorBatchLoader` arguments but images, labels and indices.
+    """
+
+    def __init__(self, grid_indices: Tensor, indices: Tensor | None = None, **kwargs: Any) -> None:
+        labels = index_to_factors(grid_indices)[:, 0]
+        indices = torch.arange(len(grid_indices)) if indices is None else indices
+        super().__init__(grid_indices[:, None].float(), labels, indices, **kwargs)
+
+    def _make_batch(self, rows: Tensor, batch_index: int) -> Batch:
+        factors = index_to_factors(self.images[rows, 0].round().long())
+        return render(factors), self.labels[rows], self.indices[rows]
+
+
+class DSpritesDataModule(ImageDataModule):
+    """dSprites drawn on the fly: batches ``(image, label, index)`` as every datamodule's, the label the shape
+    (0 square, 1 ellipse, 2 heart) and the index the sample's position in its split; :meth:`factors` gives the five
+    factors of a split for disentanglement metrics, :func:`render` draws any factors. The splits hold grid indices
+    (``grid_indices``), not images: ``splits`` stays empty.
+
+    Args:
+        batch_size: samples per step and process.
+        val_fraction: share of the images held out for validation (seeded).
+        test_fraction: share held out for testing (seeded).
+        seed: seed of the splits and the epoch orders.
+        num_samples: use a seeded random subset of this many images of the grid (after ``fixed_factors``); None: all.
+        fixed_factors: keep only the images with these factors at these grid indices, e.g. ``{shape: 2}`` for hearts.
+        num_workers: worker processes drawing batches; 0 draws them in-process (on the training device).
+        data_on_device: draw batches on the training device.
+        predict_split: the split that ``predict`` runs on.
+        binarize: accepted as by every datamodule; the images are binary, so every setting gives the same images.
+        classes: keep only these shapes in train and val (test keeps all), e.g. for one-class anomaly detection.
+    """
+
+    num_classes = len(SHAPES)
+    input_shape = (1, SIZE, SIZE)
+    class_names = list(SHAPES)
+    has_labels = True
+    dataset_name = "dSprites"
+    data_source = "dsprites-rendered"
+    is_image_data = True
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        val_fraction: float = 0.01,
+        test_fraction: float = 0.01,
+        seed: int = 42,
+        num_samples: int | None = None,
+        fixed_factors: dict[str, int] | None = None,
+        num_workers: int = 0,
+        data_on_device: bool = True,
+        predict_split: Split = "test",
+        binarize: Literal["none", "dynamic", "static"] = "none",
+        classes: list[int] | None = None,
+    ) -> None:
+        super().__init__(
+            batch_size=batch_size,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            seed=seed,
+            num_workers=num_workers,
+            data_on_device=data_on_device,
+            predict_split=predict_split,
+            binarize=binarize,
+            classes=classes,
+        )
+        if val_fraction + test_fraction >= 1:
+            raise ValueError(
+                f"val_fraction + test_fraction must be < 1 to leave training images, got {val_fraction} + "
+                f"{test_fraction}"
+            )
+        for name, value in (fixed_factors or {}).items():
+            if name not in FACTORS:
+                raise ValueError(f"fixed_factors names {name!r}, which is not a dSprites factor ({', '.join(FACTORS)})")
+            size = GRID[FACTORS.index(name)]
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < size:
+                raise ValueError(f"dSprites factor {name}={value!r} is outside the grid: {name} takes 0..{size - 1}")
+        available = NUM_IMAGES // math.prod(GRID[FACTORS.index(name)] for name in fixed_factors or {})
+        if num_samples is not None:
+            check_number("num_samples", num_samples, f"[3, {available}]", integer=True)
+        self.grid_indices: dict[str, Tensor] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.grid_indices:
+            return
+        index = torch.arange(NUM_IMAGES)
+        fixed = self.hparams.fixed_factors or {}
+        if fixed:
+            factors = index_to_factors(index)
+            keep = torch.ones(NUM_IMAGES, dtype=torch.bool)
+            for name, value in fixed.items():
+                keep &= factors[:, FACTORS.index(name)] == value
+            index = index[keep]
+        generator = torch.Generator().manual_seed(self.hparams.seed)
+        index = index[torch.randperm(len(index), generator=generator)]
+        if self.hparams.num_samples is not None:
+            index = index[: self.hparams.num_samples]
+        n_val = max(1, round(len(index) * self.hparams.val_fraction))
+        n_test = max(1, round(len(index) * self.hparams.test_fraction))
+        val, test, train = index[:n_val], index[n_val : n_val + n_test], index[n_val + n_test :]
+        if self.hparams.classes is not None:
+            kept = torch.tensor(self.hparams.classes)
+            val, train = (part[torch.isin(index_to_factors(part)[:, 0], kept)] for part in (val, train))
+        self.grid_indices = {"val": val.sort().values, "test": test.sort().values, "train": train.sort().values}
+
+    def split_size(self, split: str) -> int:
+        """Number of samples in ``split`` (after ``setup``)."""
+        return len(self.grid_indices[split])
+
+    def factors(self, split: str) -> Tensor:
+        """The ``[N, 5]`` grid indices of the factors (``FACTORS`` order) of ``split``'s samples, in split order."""
+        self.setup()
+        return index_to_factors(self.grid_indices[split])
+
+    factor_names = FACTORS
+
+    def sample_factors(self, n: int, generator: torch.Generator) -> Tensor:
+        """``[n, 5]`` grid indices drawn uniformly from the grid (``fixed_factors`` kept fixed), for the
+        disentanglement metrics."""
+        factors = torch.stack([torch.randint(size, (n,), generator=generator) for size in GRID], dim=1)
+        for name, value in (self.hparams.fixed_factors or {}).items():
+            factors[:, FACTORS.index(name)] = value
+        return factors
+
+    def images_of(self, factors: Tensor) -> Tensor:
+        """The images ``[n, 1, 64, 64]`` of ``[n, 5]`` grid indices (see :func:`render`)."""
+        return render(factors)
+
+    def images(self, split: str, rows: Tensor) -> Tensor:
+        """The images ``[len(rows), 1, 64, 64]`` of ``split``'s samples ``rows``."""
+        self.setup()
+        return render(index_to_factors(self.grid_indices[split][rows]))
+
+    def _loader(self, split: str, shuffle: bool) -> RenderingBatchLoader:
+        self.setup()
+        trainer = self.trainer
+        on_device = self.hparams.data_on_device and trainer is not None and self.hparams.num_workers == 0
+        return RenderingBatchLoader(
+            self.grid_indices[split],
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            seed=self.hparams.seed,
+            rank=trainer.global_rank if trainer is not None else 0,
+            world_size=trainer.world_size if trainer is not None else 1,
+            device=trainer.strategy.root_device if on_device else "cpu",
+            num_workers=self.hparams.num_workers,
+            resumable=split == "train" and shuffle,
+        )
+
+    def evaluation_loader(
+        self, split: str, batch_size: int | None = None, max_images: int | None = None, seed: int = 0
+    ) -> RenderingBatchLoader:
+        """The split's images in split order, as the evaluation driver reads them (``split_loader``).
+
+        Args:
+            split: ``train``, ``val`` or ``test``.
+            batch_size: images per batch; the datamodule's when None.
+            max_images: keep a seeded random subset of at most this many images (in split order); None keeps all.
+            seed: seed of that subset.
+        """
+        self.setup()
+        rows = torch.arange(self.split_size(split))
+        if max_images is not None and len(rows) > max_images:
+            rows = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:max_images].sort().values
+        return RenderingBatchLoader(
+            self.grid_indices[split][rows],
+            rows,
+            batch_size=batch_size or self.hparams.batch_size,
+            shuffle=False,
+            seed=self.hparams.seed,
+            resumable=False,
+        )
+
+    def train_dataloader(self) -> RenderingBatchLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> RenderingBatchLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> RenderingBatchLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> RenderingBatchLoader:
+        return self._loader(self.hparams.predict_split, shuffle=False)
+
+
+__all__ = [
+    "FACTORS",
+    "GRID",
+    "NUM_IMAGES",
+    "SHAPES",
+    "DSpritesDataModule",
+    "RenderingBatchLoader",
+    "check_factors",
+    "factors_to_index",
+    "index_to_factors",
+    "render",
+]

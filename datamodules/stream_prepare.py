@@ -1,0 +1,343 @@
+"""``ae-lightning-prepare``: an image folder, an array file or a torchvision dataset as a stream of litdata chunks.
+
+    ae-lightning-prepare photos/ data/photos-64 --size 64
+    ae-lightning-prepare digits.npz data/digits --labels y
+    ae-lightning-prepare torchvision:CIFAR10 s3://bucket/cifar10 --data-dir data
+
+Each split (``train``, ``val``, ``test``) becomes one litdata-optimized folder; ``manifest.json`` records the images'
+shape and encoding, the split sizes, every chunk's size and sha256, and a fingerprint of them all. The stream is
+written into a local staging folder and published at the end: renamed into place, or uploaded with the manifest last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision.io import decode_image as decode_bytes
+from torchvision.io import encode_jpeg, encode_png
+from torchvision.transforms.v2 import functional as TF
+
+from datamodules.stream_store import (
+    MANIFEST,
+    SPLITS,
+    StreamLocation,
+    StreamManifest,
+    file_sha256,
+    partial_folder,
+)
+
+Encoding = Literal["png", "jpeg", "raw"]
+SUFFIXES = (".npy", ".npz", ".pt")
+
+
+class ImageEncoder:
+    """Turns one source record into a stored item ``{"image": ..., "label": int}`` (run in threads).
+
+    Args:
+        kind: ``folder`` (records are file paths), ``array`` (row numbers of ``payload``, a ``[N, C, H, W]`` uint8
+            tensor) or ``torchvision`` (indices into ``payload``, a torchvision dataset).
+        payload: the array or dataset; None for folders.
+        channels: 1 (gray) or 3 (RGB).
+        size: side of the square images (shorter side resized, then centre-cropped); None keeps the sources' size.
+        encoding: ``png`` (lossless), ``jpeg`` (``quality``) or ``raw`` (uint8 arrays, no decoding when read).
+        quality: JPEG quality.
+        shape: the ``(H, W)`` every image must have (that of the first), checked here; None skips the check.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        payload: Any,
+        channels: int,
+        size: int | None,
+        encoding: Encoding,
+        quality: int = 90,
+        shape: tuple[int, int] | None = None,
+    ) -> None:
+        self.kind, self.payload, self.channels, self.size = kind, payload, channels, size
+        self.encoding, self.quality, self.shape = encoding, quality, shape
+
+    def pixels(self, record: Any) -> tuple[Tensor, str]:
+        """The record's image as ``[C, H, W]`` uint8, and where it came from."""
+        from datamodules.folder import decode_image
+
+        mode = "L" if self.channels == 1 else "RGB"
+        if self.kind == "folder":
+            return decode_image(record, mode, self.size), record
+        if self.kind == "array":
+            image = self.payload[record]
+            if image.shape[0] != self.channels:
+                image = TF.rgb_to_grayscale(image) if self.channels == 1 else image.expand(3, -1, -1)
+            where = f"row {record}"
+        else:
+            image = TF.pil_to_tensor(self.payload[record][0].convert(mode))
+            where = f"sample {record} of {type(self.payload).__name__}"
+        if self.size is not None:
+            image = TF.center_crop(TF.resize(image, self.size, antialias=True), self.size)
+        return image.contiguous(), where
+
+    def __call__(self, record: tuple[Any, int]) -> dict[str, Any]:
+        source, label = record
+        image, where = self.pixels(source)
+        if self.shape is not None and tuple(image.shape[1:]) != self.shape:
+            raise ValueError(
+                f"{where}: an image of {image.shape[2]}x{image.shape[1]}, the first is {self.shape[1]}x"
+                f"{self.shape[0]}; set --size to resize every image to one size"
+            )
+        return {"image": encode(image, self.encoding, self.quality), "label": int(label)}
+
+
+def encode(image: Tensor, encoding: Encoding, quality: int = 90) -> Any:
+    """``[C, H, W]`` uint8 pixels as stored: PNG or JPEG bytes, or the array itself."""
+    if encoding == "raw":
+        return image.numpy()
+    data = encode_png(image) if encoding == "png" else encode_jpeg(image, quality=quality)
+    return data.numpy().tobytes()
+
+
+def decode(stored: Any, channels: int) -> Tensor:
+    """The ``[C, H, W]`` uint8 pixels of a stored image (see :func:`encode`)."""
+    if isinstance(stored, np.ndarray):
+        return torch.from_numpy(stored)
+    from torchvision.io import ImageReadMode
+
+    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+    return decode_bytes(torch.frombuffer(bytearray(stored), dtype=torch.uint8), mode=mode)
+
+
+def _records(
+    source: str, test_dir: str | None, labels: str | None, key: str | None, data_dir: str, dataset_kwargs: dict
+) -> tuple[str, Any, dict[str, list[tuple[Any, int]]], list[str] | None]:
+    """The source's kind, payload, ``(record, label)`` lists of its train (and test) parts, and class names."""
+    if source.startswith("torchvision:"):
+        from datamodules.torchvision_data import TorchvisionDataModule
+
+        module = TorchvisionDataModule(source.split(":", 1)[1], data_dir=data_dir, dataset_kwargs=dataset_kwargs)
+        module.prepare_data()
+        parts, payloads = {}, {}
+        for part in ("train", "test"):
+            dataset = module._open(part, download=False)
+            targets = getattr(dataset, "targets", getattr(dataset, "labels", None))
+            targets = [-1] * len(dataset) if targets is None else [int(t) for t in targets]
+            payloads[part] = dataset
+            parts[part] = [(i, t) for i, t in enumerate(targets)]
+        names = getattr(payloads["train"], "classes", None)
+        return "torchvision", payloads, parts, [str(n) for n in names] if names else None
+    path = Path(source)
+    if path.suffix in SUFFIXES:
+        from datamodules.arrays import ArrayDataModule
+
+        arrays = ArrayDataModule(str(path), labels=labels, key=key).load_arrays()
+        images, targets = arrays.train
+        if images.ndim != 4:
+            raise ValueError(f"{source} holds feature vectors {tuple(images.shape)}; a stream holds images")
+        return "array", {"train": images}, {"train": list(enumerate(targets.tolist()))}, None
+    from datamodules.folder import list_images
+
+    files, targets, names = list_images(path)
+    parts = {"train": list(zip(files, targets))}
+    if test_dir is not None:
+        test_files, test_targets, _ = list_images(Path(test_dir), names)
+        parts["test"] = list(zip(test_files, test_targets))
+    return "folder", {}, parts, names
+
+
+def prepare_stream(
+    source: str,
+    output: str,
+    size: int | None = None,
+    channels: Literal[1, 3] = 3,
+    encoding: Encoding = "png",
+    quality: int = 90,
+    val_fraction: float = 1 / 12,
+    test_fraction: float = 0.1,
+    test_dir: str | None = None,
+    labels: str | None = None,
+    key: str | None = None,
+    data_dir: str = "data",
+    dataset_kwargs: dict[str, Any] | None = None,
+    seed: int = 42,
+    chunk_bytes: str | int | None = "64MB",
+    chunk_size: int | None = None,
+    num_workers: int = 1,
+    overwrite: bool = False,
+    storage_options: dict[str, Any] | None = None,
+) -> StreamManifest:
+    """Write ``source`` as a stream at ``output`` (a folder or an object-store URI) and return its manifest.
+
+    Args:
+        source: an image folder (flat, or one subfolder per class), a ``.npy``/``.npz``/``.pt`` array file of images,
+            or ``torchvision:<Class>`` (e.g. ``torchvision:CIFAR10``).
+        output: the stream's folder, or an ``s3://``/``gs://`` URI.
+        size: side of the square stored images; None keeps the sources' (common) size.
+        channels: 1 (gray) or 3 (RGB).
+        encoding: ``png``, ``jpeg`` or ``raw``.
+        quality: JPEG quality.
+        val_fraction: share of the training pool held out as validation split (seeded, stratified).
+        test_fraction: share held out as test split when the source has none.
+        test_dir: a folder source's test folder.
+        labels, key: an array source's labels (a key or a file) and data key, as ``ArrayDataModule`` takes them.
+        data_dir, dataset_kwargs: a torchvision source's root and extra arguments.
+        seed: seed of the split draws.
+        chunk_bytes, chunk_size: litdata's chunk limits (bytes, or samples: set one).
+        num_workers: threads decoding and encoding the images.
+        overwrite: replace a stream already at ``output``.
+        storage_options: the object store client's options.
+    """
+    from datamodules.base import draw_split
+
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (gray) or 3 (RGB), got {channels!r}")
+    if encoding not in ("png", "jpeg", "raw"):
+        raise ValueError(f"encoding must be png, jpeg or raw, got {encoding!r}")
+    location = StreamLocation(output, storage_options)
+    _check_free(location, overwrite)
+    kind, payloads, parts, class_names = _records(source, test_dir, labels, key, data_dir, dataset_kwargs or {})
+    train = parts["train"]
+    targets = torch.tensor([label for _, label in train])
+    sources = {"train": source}
+    splits: dict[str, tuple[str, list[tuple[Any, int]]]] = {}
+    if "test" in parts:
+        splits["test"] = ("test", parts["test"])
+    else:
+        pool, held = draw_split(targets, test_fraction, seed, "test", "--test-fraction", sources)
+        splits["test"] = ("train", [train[i] for i in held.tolist()])
+        train, targets = [train[i] for i in pool.tolist()], targets[pool]
+    kept, drawn = draw_split(targets, val_fraction, seed, "val", "--val-fraction", sources)
+    splits["train"] = ("train", [train[i] for i in kept.tolist()])
+    splits["val"] = ("train", [train[i] for i in drawn.tolist()])
+
+    first = ImageEncoder(kind, payloads.get("train"), channels, size, "raw")(splits["train"][1][0])["image"]
+    height, width = first.shape[1:]
+    settings = {"size": size, "channels": channels, "encoding": encoding, "quality": quality, "seed": seed,
+                "val_fraction": val_fraction, "test_fraction": None if "test" in parts else test_fraction}  # fmt: skip
+
+    staging = partial_folder(Path(output)) if not location.is_remote else Path(tempfile.mkdtemp(prefix="stream-"))
+    if staging.exists():
+        shutil.rmtree(staging)  # what an interrupted prepare left
+    staging.mkdir(parents=True)
+    chunks: dict[str, dict[str, dict[str, Any]]] = {}
+    for split in SPLITS:
+        part, records = splits[split]
+        encoder = ImageEncoder(kind, payloads.get(part), channels, size, encoding, quality, (height, width))
+        names = _write_split(encoder, records, staging / split, chunk_bytes, chunk_size, num_workers)
+        chunks[split] = {
+            name: {"bytes": (staging / split / name).stat().st_size, "sha256": file_sha256(staging / split / name)}
+            for name in names
+        }
+    fingerprint = hashlib.sha256(json.dumps([settings, chunks], sort_keys=True).encode()).hexdigest()
+    manifest = StreamManifest(
+        height=int(height),
+        width=int(width),
+        channels=channels,
+        encoding=encoding,
+        counts={split: len(records) for split, (_, records) in splits.items()},
+        chunks=chunks,
+        class_names=class_names,
+        fingerprint=fingerprint,
+        source=source,
+        settings=settings,
+    )
+    (staging / MANIFEST).write_text(manifest.to_json())
+    _publish(staging, location)
+    return manifest
+
+
+def _write_split(
+    encoder: ImageEncoder,
+    records: list[tuple[Any, int]],
+    folder: Path,
+    chunk_bytes: str | int | None,
+    chunk_size: int | None,
+    num_threads: int,
+) -> list[str]:
+    """Encode ``records`` (in threads: decoding, resizing and encoding release the GIL) and write them in order as
+    one litdata-optimized folder; returns its chunk files. One writer keeps the chunk layout independent of threads."""
+    from litdata.streaming.writer import BinaryWriter
+
+    folder.mkdir(parents=True)
+    writer = BinaryWriter(str(folder), chunk_size=chunk_size, chunk_bytes=None if chunk_size else chunk_bytes)
+    with ThreadPoolExecutor(max(1, num_threads)) as pool:
+        for index, item in enumerate(pool.map(encoder, records)):  # map keeps the order; it runs ahead by a pool
+            writer[index] = item
+    writer.done()
+    writer.merge()
+    return [chunk["filename"] for chunk in json.loads((folder / "index.json").read_text())["chunks"]]
+
+
+def _check_free(location: StreamLocation, overwrite: bool) -> None:
+    if location.is_remote:
+        if location.exists(MANIFEST) and not overwrite:
+            raise FileExistsError(f"{location.uri} holds a stream already; pass --overwrite to replace it")
+        return
+    path = Path(location.uri)
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise FileExistsError(f"{path} exists and is not empty; pass --overwrite to replace it")
+
+
+def _publish(staging: Path, location: StreamLocation) -> None:
+    """Make the staged stream visible at once: a rename, or uploads with the manifest last."""
+    if not location.is_remote:
+        target = Path(location.uri)
+        if target.exists():
+            old = target.parent / f".{target.name}.old"
+            os.replace(target, old)
+            os.replace(staging, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(staging, target)
+        return
+    files = sorted(p for p in staging.rglob("*") if p.is_file() and p.name != MANIFEST)
+    for path in [*files, staging / MANIFEST]:
+        location.upload(str(path), *path.relative_to(staging).parts)
+    shutil.rmtree(staging)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``ae-lightning-prepare`` command (see the module docstring)."""
+    parser = argparse.ArgumentParser(prog="ae-lightning-prepare", description=__doc__.split("\n")[0])
+    parser.add_argument("source", help="image folder, .npy/.npz/.pt file, or torchvision:<Class>")
+    parser.add_argument("output", help="the stream's folder or s3:// / gs:// URI")
+    parser.add_argument("--size", type=int, help="side of the square stored images (default: the sources' size)")
+    parser.add_argument("--channels", type=int, default=3, choices=(1, 3))
+    parser.add_argument("--encoding", default="png", choices=("png", "jpeg", "raw"))
+    parser.add_argument("--quality", type=int, default=90, help="JPEG quality")
+    parser.add_argument("--val-fraction", type=float, default=1 / 12)
+    parser.add_argument("--test-fraction", type=float, default=0.1, help="for sources without a test split")
+    parser.add_argument("--test-dir", help="a folder source's test folder")
+    parser.add_argument("--labels", help="an array source's labels: a key of the file, or a second file")
+    parser.add_argument("--key", help="an array source's data key")
+    parser.add_argument("--data-dir", default="data", help="a torchvision source's root")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--chunk-bytes", default="64MB")
+    parser.add_argument("--chunk-size", type=int, help="samples per chunk (instead of --chunk-bytes)")
+    parser.add_argument("--num-workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    manifest = prepare_stream(
+        args.source, args.output, size=args.size, channels=args.channels, encoding=args.encoding,
+        quality=args.quality, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+        test_dir=args.test_dir, labels=args.labels, key=args.key, data_dir=args.data_dir, seed=args.seed,
+        chunk_bytes=args.chunk_bytes, chunk_size=args.chunk_size, num_workers=args.num_workers,
+        overwrite=args.overwrite,
+    )  # fmt: skip
+    counts = ", ".join(f"{split} {n}" for split, n in manifest.counts.items())
+    print(
+        f"wrote {args.output}: {manifest.channels}x{manifest.height}x{manifest.width} {manifest.encoding} images "
+        f"({counts}); fingerprint {manifest.fingerprint[:16]}"
+    )
+
+
+if __name__ == "__main__":
+    main()

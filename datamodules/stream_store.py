@@ -1,0 +1,200 @@
+"""Where a prepared stream lives: a local folder or an object-store URI, its manifest, and the checks on both.
+
+A stream is a folder (or URI prefix) holding ``manifest.json`` and one litdata-optimized folder per split
+(``train/``, ``val/``, ``test/``: ``index.json`` and ``chunk-*.bin``). ``manifest.json`` is written last, so a folder
+without it is a prepare that did not finish; a local prepare also writes into ``.<name>.partial`` and renames it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+SPLITS = ("train", "val", "test")
+REMOTE_SCHEMES = ("s3://", "gs://", "r2://")
+FORMAT_VERSION = 1
+
+
+@dataclass
+class StreamManifest:
+    """What ``ae-lightning-prepare`` wrote: the images' shape and encoding, split sizes, chunks and a fingerprint.
+
+    Args:
+        height, width, channels: the stored images' shape (every sample has it).
+        encoding: ``png``, ``jpeg`` or ``raw`` (uint8 arrays).
+        counts: samples per split.
+        chunks: per split, each chunk file's size in bytes and sha256.
+        class_names: name of each label, or None (labels -1).
+        fingerprint: sha256 over the settings and every chunk's sha256: the stream's content and layout.
+        source: what was prepared (a folder, array file or torchvision dataset), for messages.
+    """
+
+    height: int
+    width: int
+    channels: int
+    encoding: str
+    counts: dict[str, int]
+    chunks: dict[str, dict[str, dict[str, Any]]]
+    class_names: list[str] | None = None
+    fingerprint: str = ""
+    source: str = ""
+    format_version: int = FORMAT_VERSION
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+
+class StreamLocation:
+    """A local folder or an ``s3://``/``gs://`` URI prefix, read through litdata's storage providers.
+
+    Args:
+        uri: the stream's folder or URI.
+        storage_options: options of the object store's client (e.g. ``{"endpoint_url": ...}``).
+    """
+
+    def __init__(self, uri: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.uri = uri.rstrip("/")
+        self.storage_options = storage_options or {}
+        self.is_remote = "://" in uri
+        if self.is_remote and not uri.startswith(REMOTE_SCHEMES):
+            scheme = uri.split("://", 1)[0]
+            raise ValueError(
+                f"stream {uri}: unknown scheme {scheme}://; a stream is a local folder or an "
+                f"{', '.join(REMOTE_SCHEMES)} URI"
+            )
+
+    def join(self, *parts: str) -> str:
+        return "/".join([self.uri, *parts]) if self.is_remote else str(Path(self.uri, *parts))
+
+    def _provider(self) -> Any:
+        from litdata.streaming.fs_provider import GCPFsProvider, R2FsProvider, S3FsProvider
+
+        scheme = self.uri.split("://", 1)[0]
+        provider = {"s3": S3FsProvider, "gs": GCPFsProvider, "r2": R2FsProvider}[scheme]
+        options = self.storage_options
+        if scheme == "s3" and "config" not in options:
+            # litdata's client retries up to 1000 times, for minutes, which suits a training run's reads; the checks
+            # before training should say at once that a bucket cannot be reached.
+            from botocore.config import Config
+
+            options = {"config": Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=10), **options}
+        return provider(storage_options=options)
+
+    def _remote(self, action: str, call: Any, *args: Any) -> Any:
+        try:
+            return call(*args)
+        except Exception as error:  # botocore, obstore and google clients raise their own error types
+            reason = " ".join(str(error).split())[:300] or type(error).__name__
+            raise ConnectionError(
+                f"stream {self.uri}: could not {action} ({reason}); check the URI's spelling, the credentials and the "
+                "endpoint (storage_options)"
+            ) from error
+
+    def exists(self, *parts: str) -> bool:
+        if not self.is_remote:
+            return Path(self.join(*parts)).exists()
+        return bool(self._remote(f"reach {self.join(*parts)}", self._provider().exists, self.join(*parts)))
+
+    def read_text(self, *parts: str) -> str:
+        if not self.is_remote:
+            return Path(self.join(*parts)).read_text()
+        with tempfile.TemporaryDirectory() as folder:
+            local = os.path.join(folder, parts[-1])
+            self._remote(f"read {self.join(*parts)}", self._provider().download_file, self.join(*parts), local)
+            return Path(local).read_text()
+
+    def upload(self, local: str, *parts: str) -> None:
+        self._remote(f"write {self.join(*parts)}", self._provider().upload_file, local, self.join(*parts))
+
+    def sizes(self, split: str) -> dict[str, int] | None:
+        """Size of each file of a split's folder; None for remote streams (their files are checked on download)."""
+        if self.is_remote:
+            return None
+        folder = Path(self.join(split))
+        return {path.name: path.stat().st_size for path in folder.iterdir()} if folder.is_dir() else {}
+
+
+def partial_folder(path: Path) -> Path:
+    """Where a local prepare writes before it publishes ``path`` by renaming."""
+    return path.parent / f".{path.name}.partial"
+
+
+def read_manifest(location: StreamLocation) -> StreamManifest:
+    """The manifest of the stream at ``location``, or an error naming the stream and what is wrong with it.
+
+    Raises:
+        FileNotFoundError: no stream there, or an interrupted prepare (named). ValueError: an unreadable manifest.
+        ConnectionError: an object store that cannot be reached.
+    """
+    uri = location.uri
+    if not location.is_remote:
+        path = Path(uri)
+        if not path.exists():
+            partial = partial_folder(path)
+            if partial.exists():
+                raise FileNotFoundError(
+                    f"stream {uri} does not exist: a prepare of it was interrupted and left {partial} half-written; "
+                    "run ae-lightning-prepare again (it starts that folder afresh)"
+                )
+            raise FileNotFoundError(f"stream {uri} does not exist; write it with ae-lightning-prepare")
+    if not location.exists(MANIFEST):
+        written = [split for split in SPLITS if location.exists(split, "index.json")]
+        if written:
+            raise FileNotFoundError(
+                f"stream {uri} has no {MANIFEST} but holds the split(s) {', '.join(written)}: its prepare was "
+                "interrupted before it finished; run ae-lightning-prepare again"
+            )
+        raise FileNotFoundError(f"{location.join(MANIFEST)} does not exist: {uri} is not a prepared stream")
+    try:
+        stored = json.loads(location.read_text(MANIFEST))
+        manifest = StreamManifest(**stored)
+    except (json.JSONDecodeError, TypeError) as error:
+        raise ValueError(f"{location.join(MANIFEST)} is not a stream manifest ({error})") from error
+    if manifest.format_version != FORMAT_VERSION:
+        raise ValueError(
+            f"{location.join(MANIFEST)} has format version {manifest.format_version}; this ae-lightning reads "
+            f"version {FORMAT_VERSION}: prepare the stream again"
+        )
+    return manifest
+
+
+def check_chunks(location: StreamLocation, manifest: StreamManifest, split: str, content: bool = False) -> None:
+    """Raise naming the first chunk of ``split`` that is missing, or has another size (or sha256) than recorded.
+
+    Remote chunks are checked when litdata downloads them; ``content`` hashes local chunks (reads them all).
+    """
+    sizes = location.sizes(split)
+    if sizes is None:
+        return
+    for name, expected in manifest.chunks[split].items():
+        path = location.join(split, name)
+        if name not in sizes:
+            raise FileNotFoundError(f"chunk {path} is missing from stream {location.uri}; prepare the stream again")
+        if sizes[name] != expected["bytes"]:
+            raise ValueError(
+                f"chunk {path} is corrupt: {sizes[name]} bytes, the manifest records {expected['bytes']}; prepare the "
+                "stream again"
+            )
+        if content and file_sha256(Path(path)) != expected["sha256"]:
+            raise ValueError(
+                f"chunk {path} is corrupt: its content differs from the sha256 in {MANIFEST}; prepare the stream again"
+            )
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+__all__ = ["MANIFEST", "SPLITS", "StreamLocation", "StreamManifest", "check_chunks", "read_manifest"]

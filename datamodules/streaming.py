@@ -1,0 +1,380 @@
+"""Images streamed from litdata chunks (written by ``ae-lightning-prepare``), never held in memory as a whole.
+
+Workers decode and augment samples; litdata shards the chunks across DDP ranks and workers and keeps each rank's
+position, which checkpoints carry so that a resumed run continues at the next sample (``docs/streaming.md``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
+
+import torch
+from litdata import StreamingDataLoader, StreamingDataset
+from litdata.streaming.sampler import ChunkedIndex
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from datamodules.base import Arrays, ImageDataModule, Split
+from datamodules.checks import check_number
+from datamodules.loader import Batch, _mix
+from datamodules.stream_prepare import decode
+from datamodules.stream_store import MANIFEST, StreamLocation, StreamManifest, check_chunks, read_manifest
+
+
+class ImageStream(StreamingDataset):
+    """One split of a stream: samples ``{"x": float [C, H, W] in [0, 1], "label": int, "index": int}``.
+
+    ``augment`` runs with the random generator seeded from ``seed``, the epoch and the sample's index, so that a
+    sample's crop and flip do not depend on which worker or rank reads it, nor on an interruption.
+
+    Args:
+        location: the stream; split: which split.
+        manifest: the stream's manifest (shape and encoding of the images).
+        augment: a ``torchvision.transforms.v2`` transform of uint8 ``[C, H, W]`` pixels, or None.
+        shuffle, seed: litdata's chunk-and-sample shuffle, and the seed of it and of ``augment``.
+        cache_dir: where litdata caches remote chunks; None: its default.
+    """
+
+    def __init__(
+        self,
+        location: StreamLocation,
+        split: Split,
+        manifest: StreamManifest,
+        augment: Callable[[Tensor], Tensor] | None,
+        shuffle: bool,
+        seed: int,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__(
+            location.join(split),
+            cache_dir=cache_dir,
+            shuffle=shuffle,
+            seed=seed,
+            storage_options=location.storage_options or None,
+        )
+        self.where = location.join(split)
+        self.channels, self.shape = manifest.channels, (manifest.height, manifest.width)
+        self.augment, self.augment_seed = augment, seed
+
+    def __getitem__(self, index: ChunkedIndex | int) -> dict[str, Any]:
+        item = super().__getitem__(index)
+        i = index.index if isinstance(index, ChunkedIndex) else int(index)
+        try:
+            image = decode(item["image"], self.channels)
+        except RuntimeError as error:
+            reason = " ".join(str(error).split())[:200]
+            raise ValueError(f"{self.where}: sample {i} is not a readable image ({reason}); corrupt chunk") from None
+        if tuple(image.shape) != (self.channels, *self.shape):
+            raise ValueError(
+                f"{self.where}: sample {i} has shape {tuple(image.shape)}, the manifest records "
+                f"{(self.channels, *self.shape)}; the chunk is corrupt"
+            )
+        if self.augment is not None:
+            with torch.random.fork_rng(devices=[]):
+                # the CPU generator only: torch.manual_seed also queues seeds for every device type, at ~1 ms a call
+                torch.default_generator.manual_seed(_mix(self.augment_seed, self.current_epoch, i))
+                image = self.augment(image)
+        return {"x": image.float().div_(255), "label": item["label"], "index": i}
+
+
+class EvaluationShard(Dataset):
+    """Every ``world_size``-th sample of a split from ``rank`` on, read by index: each sample once across the ranks,
+    and at least one per rank (litdata deals whole chunks to ranks, which leaves a small split's ranks empty).
+
+    Args:
+        dataset: the split; rank, world_size: this process and the number of processes.
+    """
+
+    def __init__(self, dataset: ImageStream, rank: int, world_size: int) -> None:
+        if len(dataset) < world_size:
+            raise ValueError(f"{dataset.where}: {len(dataset)} samples cannot be shared by {world_size} processes")
+        self.dataset, self.rows = dataset, range(rank, len(dataset), world_size)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.dataset[self.rows[i]]
+
+
+class StreamLoader:
+    """Yields ``(image, label, index)`` batches of an :class:`ImageStream`: shuffled and sharded by litdata's loader
+    for training, read in order by an :class:`EvaluationShard` otherwise.
+
+    Lightning calls ``sampler.set_epoch(epoch)`` (as on a DataLoader's sampler) at each epoch's start; a ``resumable``
+    (training) loader keeps its position across passes and in ``state_dict``.
+
+    Args:
+        dataset: the split; batch_size: samples per rank and step; num_workers: worker processes.
+        resumable: the training loader; fingerprint: the stream's, kept with the position.
+        rank, world_size: this process and the number of processes (for evaluation; litdata finds them itself).
+    """
+
+    def __init__(
+        self,
+        dataset: ImageStream,
+        batch_size: int,
+        num_workers: int,
+        resumable: bool,
+        fingerprint: str,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if resumable:
+            self.loader = StreamingDataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+        else:
+            shard = EvaluationShard(dataset, rank, world_size)
+            self.loader = DataLoader(shard, batch_size=batch_size, num_workers=num_workers)
+        self.batch_size, self.resumable, self.fingerprint = batch_size, resumable, fingerprint
+        self.epoch = 0
+        self.batches_done = 0
+        self._stream_state: dict[str, Any] | None = None
+        self.sampler = self
+        self.batch_sampler = None
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` from its first batch, unless the loader is already positioned inside it."""
+        if epoch != self.epoch:
+            self.epoch, self.batches_done, self._stream_state = epoch, 0, None
+
+    def state_dict(self) -> dict[str, Any]:
+        stream = self.loader.state_dict() if self.resumable else None
+        return {"epoch": self.epoch, "batches_done": self.batches_done, "batch_size": self.batch_size,
+                "fingerprint": self.fingerprint, "stream": stream}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume at ``state``'s position (applied when iteration starts; loading the same state twice is harmless)."""
+        mid_epoch = 0 < state["batches_done"] < len(self)  # at an epoch's end the next epoch starts afresh anyway
+        for key, setting in (("fingerprint", "stream (fingerprint)"), ("batch_size", "--data.batch_size")):
+            if state[key] != getattr(self, key) and (key == "fingerprint" or mid_epoch):
+                raise ValueError(
+                    f"the checkpoint's data position was reached with {setting} {state[key]}, this run has "
+                    f"{getattr(self, key)}: it would resume at other samples. Resume with the checkpoint's data, or "
+                    "start a fresh run without --ckpt_path"
+                )
+        self.epoch, self.batches_done, self._stream_state = state["epoch"], state["batches_done"], state["stream"]
+
+    def __iter__(self) -> Iterator[Batch]:
+        if not self.resumable:
+            yield from ((batch["x"], batch["label"], batch["index"]) for batch in self.loader)
+            return
+        if self.batches_done >= len(self):  # iterated again without ``set_epoch``: move on to the next epoch
+            self.epoch, self.batches_done, self._stream_state = self.epoch + 1, 0, None
+        if self._stream_state is not None and self.batches_done > 0:
+            self.loader.load_state_dict(self._stream_state)
+        else:
+            # litdata counts epochs from 1 and adds one when iteration starts; ``restore`` may be left set by a pass
+            # that stopped early (limit_train_batches), which would replay a stale position (litData #770).
+            self.loader.current_epoch, self.loader.restore = self.epoch, False
+        self._stream_state = None
+        for batch in self.loader:
+            self.batches_done += 1
+            yield batch["x"], batch["label"], batch["index"]
+
+
+class StreamingDataModule(ImageDataModule):
+    """Images from a stream written by ``ae-lightning-prepare`` (a folder or an ``s3://``/``gs://`` URI).
+
+    Training batches are augmented: a random ``image_size`` crop (``augment: crop``; evaluation takes the centre
+    crop) or a resize to ``image_size`` (``augment: resize``), and a horizontal flip. The checks (shape, chunks,
+    fingerprint on resume) run before training.
+
+    Args:
+        input_dir: the stream's folder or URI.
+        image_size: side of the square images the model sees; None: the stored images whole.
+        augment: ``crop`` (random crop for training, centre crop otherwise) or ``resize``.
+        hflip: flip training images horizontally with probability 1/2.
+        resolution: the stored side the stream must have (refused otherwise); None accepts the stream's.
+        channels: the channel count the stream must have (1 or 3); None accepts the stream's.
+        batch_size: samples per step and process.
+        seed: seed of the shuffle and the augmentation.
+        num_workers: worker processes reading, decoding and augmenting.
+        predict_split: the split that ``predict`` runs on.
+        verify_chunks: hash every local chunk against the manifest at setup (reads the whole stream once).
+        cache_dir: where litdata caches remote chunks; None: its default.
+        storage_options: the object store client's options (``endpoint_url``, ...).
+    """
+
+    def __init__(
+        self,
+        input_dir: str,
+        image_size: int | None = None,
+        augment: Literal["crop", "resize"] = "crop",
+        hflip: bool = True,
+        resolution: int | None = None,
+        channels: Literal[1, 3] | None = None,
+        batch_size: int = 128,
+        seed: int = 42,
+        num_workers: int = 2,
+        predict_split: Split = "test",
+        verify_chunks: bool = False,
+        cache_dir: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            batch_size=batch_size, seed=seed, num_workers=num_workers, predict_split=predict_split, data_on_device=False
+        )
+        if image_size is not None:
+            check_number("image_size", image_size, "[1, inf)", integer=True)
+        if augment not in ("crop", "resize"):
+            raise ValueError(f"augment must be 'crop' or 'resize', got {augment!r}")
+        self.location = StreamLocation(input_dir, storage_options)
+        self._manifest: StreamManifest | None = None
+        self._loaders: dict[Split, StreamLoader] = {}
+        self._resume_state: dict[str, Any] | None = None
+
+    # --- what the data are ------------------------------------------------------------------------------------------
+    @property
+    def manifest(self) -> StreamManifest:
+        """The stream's manifest, checked against ``resolution``, ``channels`` and ``image_size`` (read once)."""
+        if self._manifest is None:
+            manifest = read_manifest(self.location)
+            where = self.location.join(MANIFEST)
+            stored = (manifest.height, manifest.width)
+            wanted = self.hparams.resolution
+            if wanted is not None and stored != (wanted, wanted):
+                raise ValueError(
+                    f"stream {self.location.uri} holds {manifest.width}x{manifest.height} images ({where}), but "
+                    f"resolution={wanted} was asked for; prepare the stream at --size {wanted} or set resolution: "
+                    f"{manifest.height if manifest.height == manifest.width else 'null'}"
+                )
+            if self.hparams.channels is not None and manifest.channels != self.hparams.channels:
+                raise ValueError(
+                    f"stream {self.location.uri} holds {manifest.channels}-channel images ({where}), but channels="
+                    f"{self.hparams.channels} was asked for; prepare it with --channels {self.hparams.channels} or "
+                    f"set channels: {manifest.channels}"
+                )
+            size = self.hparams.image_size
+            if size is not None and self.hparams.augment == "crop" and size > min(stored):
+                raise ValueError(
+                    f"image_size={size} crops from stream {self.location.uri}'s {manifest.width}x{manifest.height} "
+                    "images, which are smaller; use augment: resize, a smaller image_size, or a stream prepared larger"
+                )
+            self._manifest = manifest
+        return self._manifest
+
+    def load_arrays(self) -> Arrays:
+        raise TypeError(f"{type(self).__name__} streams its data from {self.location.uri}; it holds no arrays")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        manifest, size = self.manifest, self.hparams.image_size
+        return (manifest.channels, size, size) if size is not None else (manifest.channels, manifest.height,
+                                                                           manifest.width)  # fmt: skip
+
+    @property
+    def data_source(self) -> str:
+        return f"stream-{self.manifest.fingerprint[:12]}"
+
+    def source_paths(self) -> list[str]:
+        return [self.location.uri]
+
+    @property
+    def dataset_name(self) -> str:
+        return self.location.uri.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.manifest.class_names
+
+    @property
+    def has_labels(self) -> bool:
+        return self.manifest.class_names is not None
+
+    # --- splits -----------------------------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        manifest = self.manifest
+        self.hparams.data_source = self.data_source
+        for logger in self.trainer.loggers if self.trainer is not None else []:
+            logger.log_hyperparams({"data_source": self.data_source})
+        predict = (self.hparams.predict_split,)
+        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": predict}
+        for split in needed.get(stage, ("train", "val", "test")):
+            check_chunks(self.location, manifest, split, content=self.hparams.verify_chunks)
+
+    def split_size(self, split: Split) -> int:
+        return self.manifest.counts[split]
+
+    def _transform(self, train: bool) -> v2.Transform | None:
+        size, steps = self.hparams.image_size, []
+        if size is not None and self.hparams.augment == "resize":
+            steps += [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
+        elif size is not None:
+            steps.append(v2.RandomCrop(size) if train else v2.CenterCrop(size))
+        if train and self.hparams.hflip:
+            steps.append(v2.RandomHorizontalFlip())
+        return v2.Compose(steps) if steps else None
+
+    # --- loaders ----------------------------------------------------------------------------------------------------
+    def _loader(self, split: Split, train: bool) -> StreamLoader:
+        dataset = ImageStream(
+            self.location, split, self.manifest, self._transform(train), shuffle=train, seed=self.hparams.seed,
+            cache_dir=self.hparams.cache_dir,
+        )  # fmt: skip
+        trainer = self.trainer
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        loader = StreamLoader(
+            dataset,
+            self.hparams.batch_size,
+            self.hparams.num_workers,
+            train,
+            self.manifest.fingerprint,
+            rank,
+            world_size,
+        )
+        self._loaders[split] = loader
+        return loader
+
+    def train_dataloader(self) -> StreamLoader:
+        loader = self._loader("train", train=True)
+        if self._resume_state is not None:
+            loader.load_state_dict(self._resume_state)
+            self._resume_state = None
+        return loader
+
+    def val_dataloader(self) -> StreamLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> StreamLoader:
+        return self._loader("test", train=False)
+
+    def predict_dataloader(self) -> StreamLoader:
+        return self._loader(self.hparams.predict_split, train=False)
+
+    # --- resuming ---------------------------------------------------------------------------------------------------
+    def check_resume(self, loader_state: dict[str, Any], world_size: int) -> None:
+        """Refuse, before the run creates anything, a checkpoint whose position was reached on another stream."""
+        self._check_fingerprint(loader_state["fingerprint"])
+
+    def _check_fingerprint(self, theirs: str) -> None:
+        if theirs != self.manifest.fingerprint:
+            raise ValueError(
+                f"the checkpoint was trained on a stream with fingerprint {theirs}, but {self.location.uri} has "
+                f"fingerprint {self.manifest.fingerprint}: another dataset (or another prepare of it). Resume on the "
+                "checkpoint's stream, or start a fresh run without --ckpt_path"
+            )
+
+    # The training position is kept here too, not only in Lightning's loop state: Lightning restores a loader's state
+    # only when it resumes inside an epoch, and not at all when ``configure_optimizers`` builds the loaders early
+    # (``trainer.estimated_stepping_batches``, Lightning #20550); a datamodule's state is restored before either.
+    def state_dict(self) -> dict[str, Any]:
+        loader = self._loaders.get("train")
+        return {"fingerprint": self.manifest.fingerprint, "train_loader": loader.state_dict() if loader else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        fitting = self.trainer is None or self.trainer.state.fn == "fit"
+        if not fitting:  # a checkpoint may be evaluated on any data
+            return
+        self._check_fingerprint(state["fingerprint"])
+        self._resume_state = state["train_loader"]
+        if self._resume_state is not None and "train" in self._loaders:  # built already (the loaders were set up
+            self._loaders["train"].load_state_dict(self._resume_state)  # before the checkpoint was restored)
+            self._resume_state = None
+
+
+__all__ = ["EvaluationShard", "ImageStream", "StreamLoader", "StreamingDataModule"]

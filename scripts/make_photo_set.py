@@ -1,0 +1,117 @@
+"""A training set of crops of real photographs, and a held-out set from other photographs, all available offline.
+
+Sources: the nature photographs of Debian's ``mate-backgrounds`` (its ``abstract``/``desktop`` renders are left out)
+and the photographs bundled with scikit-image and scikit-learn (drawings, charts, scans and synthetic images left out).
+Whole photographs are held out, so no held-out crop shares a pixel with a training crop.
+
+    python scripts/make_photo_set.py data/photos --crop 256 --crops-per-photo 40 --install
+    python scripts/make_photo_set.py data/photos --crop 256 --stream data/photos-64 --stream-size 64
+
+Writes ``<out>/train/*.png``, ``<out>/heldout/*.png`` and ``<out>/photos.json`` (which photograph went where), and
+with ``--stream`` a stream of them (``ae-lightning-prepare``, the held-out crops as its test split).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+MATE_NATURE = Path("/usr/share/backgrounds/mate/nature")
+# scikit-image's bundled photographs (its other images are drawings, scans, microscopy or synthetic).
+SKIMAGE_PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
+                  "motorcycle_right.png", "hubble_deep_field.jpg"]  # fmt: skip
+HELD_OUT_EVERY = 4  # every 4th photograph of the sorted list is held out
+
+
+def install(missing_apt: list[str], missing_pip: list[str], run: bool) -> None:
+    """Install the missing packages, or exit with the commands that would."""
+    commands = []
+    if missing_apt:
+        commands += [["apt-get", "update"], ["apt-get", "install", "-y", *missing_apt]]
+    if missing_pip:
+        commands.append([sys.executable, "-m", "pip", "install", *missing_pip])
+    if not commands:
+        return
+    if not run:
+        listed = "\n  ".join(" ".join(c) for c in commands)
+        sys.exit(f"missing photo sources; install them with\n  {listed}\nor pass --install")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in commands:
+        subprocess.run(command, check=True, env=env)
+
+
+def find_photos(run_install: bool) -> list[Path]:
+    missing_apt = [] if MATE_NATURE.is_dir() else ["mate-backgrounds"]
+    missing_pip = [] if importlib.util.find_spec("skimage") else ["scikit-image"]
+    install(missing_apt, missing_pip, run_install)
+    import skimage
+    import sklearn.datasets
+
+    photos = sorted(MATE_NATURE.glob("*.jpg")) + sorted(MATE_NATURE.glob("*.png"))
+    photos += [Path(skimage.__file__).parent / "data" / name for name in SKIMAGE_PHOTOS]
+    photos += sorted((Path(sklearn.datasets.__file__).parent / "images").glob("*.jpg"))  # china.jpg, flower.jpg
+    return [p for p in photos if p.is_file()]
+
+
+def crops(path: Path, crop: int, count: int, side: int, rng: np.random.Generator) -> list[Image.Image]:
+    """``count`` random ``crop``-pixel squares of the photograph at ``path``, its shorter side scaled to ``side``."""
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+    scale = max(side, crop) / min(image.size)
+    image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
+    out = []
+    for _ in range(count):
+        left = int(rng.integers(0, image.width - crop + 1))
+        top = int(rng.integers(0, image.height - crop + 1))
+        out.append(image.crop((left, top, left + crop, top + crop)))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("out", help="folder to write")
+    parser.add_argument("--crop", type=int, default=256, help="side of the square crops")
+    parser.add_argument("--crops-per-photo", type=int, default=40)
+    parser.add_argument("--photo-side", type=int, default=768, help="shorter side each photo is scaled to first")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--install", action="store_true", help="apt-get/pip install missing photo sources")
+    parser.add_argument("--stream", help="also write a stream of the crops here (a folder or s3:// URI)")
+    parser.add_argument("--stream-size", type=int, help="side of the stream's stored images (default: --crop)")
+    args = parser.parse_args()
+
+    photos = find_photos(args.install)
+    out = Path(args.out)
+    if out.exists():
+        shutil.rmtree(out)
+    rng = np.random.default_rng(args.seed)
+    record = {"train": [], "heldout": []}
+    for i, photo in enumerate(photos):
+        part = "heldout" if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1 else "train"
+        (out / part).mkdir(parents=True, exist_ok=True)
+        for j, image in enumerate(crops(photo, args.crop, args.crops_per_photo, args.photo_side, rng)):
+            image.save(out / part / f"{photo.stem}-{j:03d}.png")
+        record[part].append(str(photo))
+    (out / "photos.json").write_text(json.dumps(record, indent=1))
+    print(f"{out}: {len(record['train'])} photos for training, {len(record['heldout'])} held out, "
+          f"{args.crops_per_photo} crops of {args.crop}px each")  # fmt: skip
+    if args.stream:
+        from datamodules.stream_prepare import prepare_stream
+
+        manifest = prepare_stream(
+            str(out / "train"), args.stream, size=args.stream_size or args.crop, test_dir=str(out / "heldout"),
+            overwrite=True, num_workers=os.cpu_count() or 1,
+        )  # fmt: skip
+        print(f"stream {args.stream}: {manifest.counts}, fingerprint {manifest.fingerprint[:16]}")
+
+
+if __name__ == "__main__":
+    main()

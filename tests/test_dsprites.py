@@ -1,0 +1,157 @@
+"""dSprites drawn from its factors: the grid, the pictures, the splits and batches, and factors outside the grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from ae_lightning import BetaTCVAE
+from datamodules import DSpritesDataModule
+from datamodules.dsprites import FACTORS, NUM_IMAGES, factors_to_index, index_to_factors, render
+
+
+def factors(**values: int) -> torch.Tensor:
+    """One row of grid indices, mid-grid unless given."""
+    row = {"shape": 0, "scale": 5, "orientation": 0, "position_x": 16, "position_y": 16} | values
+    return torch.tensor([[row[name] for name in FACTORS]])
+
+
+def center_of_mass(image: torch.Tensor) -> tuple[float, float]:
+    rows, cols = image[0].nonzero(as_tuple=True)
+    return cols.float().mean().item(), rows.float().mean().item()
+
+
+def test_the_published_grid_and_its_indices() -> None:
+    assert NUM_IMAGES == 737_280 == 3 * 6 * 40 * 32 * 32
+    index = torch.tensor([0, 1, 32, 1024, 40 * 1024, NUM_IMAGES - 1])
+    grid = index_to_factors(index)
+    assert grid[1].tolist() == [0, 0, 0, 0, 1] and grid[2].tolist() == [0, 0, 0, 1, 0]
+    assert grid[3].tolist() == [0, 0, 1, 0, 0] and grid[4].tolist() == [0, 1, 0, 0, 0]
+    assert grid[-1].tolist() == [2, 5, 39, 31, 31]
+    assert torch.equal(factors_to_index(grid), index)
+
+
+def test_pictures_follow_their_factors() -> None:
+    images = render(torch.cat([factors(shape=s) for s in range(3)]))
+    assert images.shape == (3, 1, 64, 64) and set(images.unique().tolist()) == {0.0, 1.0}
+    areas = images.sum((1, 2, 3))
+    assert len(set(areas.tolist())) == 3  # three different shapes
+    left, right = render(torch.cat([factors(position_x=0), factors(position_x=31)]))
+    assert center_of_mass(right)[0] - center_of_mass(left)[0] == pytest.approx(0.6 * 64, abs=1.0)
+    top, bottom = render(torch.cat([factors(position_y=0), factors(position_y=31)]))
+    assert center_of_mass(bottom)[1] > center_of_mass(top)[1] + 30
+    small, large = render(torch.cat([factors(scale=0), factors(scale=5)])).sum((1, 2, 3))
+    assert large / small == pytest.approx(4.0, rel=0.15)  # twice the scale, four times the area
+    # an ellipse turned by about 90 degrees: its long axis goes from the columns to the rows
+    flat, upright = render(torch.cat([factors(shape=1), factors(shape=1, orientation=10)]))
+    assert flat.sum(1).count_nonzero() > upright.sum(1).count_nonzero()
+    assert torch.equal(*render(torch.cat([factors(shape=2), factors(shape=2, orientation=39)])))  # 0 and 2 pi
+    assert render(torch.tensor([[2, 5, 20, 0, 31]]))[..., [0, -1], :].sum() == 0  # nothing leaves the picture
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"orientation": 40}, r"dSprites factor orientation=40 \(row 0\) is outside the grid: orientation takes 0..39"),
+        ({"shape": 3}, r"dSprites factor shape=3 \(row 0\) is outside the grid: shape takes 0..2"),
+        ({"position_y": -1}, r"dSprites factor position_y=-1 .* position_y takes 0..31"),
+    ],
+)
+def test_a_factor_outside_the_grid_is_refused_naming_it(row: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        render(factors(**row))
+    with pytest.raises(ValueError, match=message):
+        factors_to_index(factors(**row))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"fixed_factors": {"scale": 6}}, r"dSprites factor scale=6 is outside the grid: scale takes 0..5"),
+        ({"fixed_factors": {"colour": 0}}, r"fixed_factors names 'colour', which is not a dSprites factor"),
+        ({"num_samples": 1_000_000}, r"num_samples must be an integer in \[3, 737280\], got 1000000"),
+        ({"fixed_factors": {"shape": 2}, "num_samples": 300_000}, r"num_samples must be an integer in \[3, 245760\]"),
+        ({"val_fraction": 0.6, "test_fraction": 0.5}, r"val_fraction \+ test_fraction must be < 1"),
+    ],
+)
+def test_bad_settings_are_refused_naming_them(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        DSpritesDataModule(**kwargs)
+
+
+def test_splits_cover_the_grid_without_overlap() -> None:
+    data = DSpritesDataModule(val_fraction=0.01, test_fraction=0.02)
+    data.setup()
+    sizes = {split: data.split_size(split) for split in ("train", "val", "test")}
+    assert sum(sizes.values()) == NUM_IMAGES and sizes["val"] == 7373 and sizes["test"] == 14746
+    every = torch.cat(list(data.grid_indices.values()))
+    assert len(every.unique()) == NUM_IMAGES
+    hearts = DSpritesDataModule(fixed_factors={"shape": 2}, num_samples=500)
+    assert (hearts.factors("train")[:, 0] == 2).all() and hearts.factors("train").shape == (490, 5)
+
+
+def test_batches_are_the_pictures_of_the_split_factors() -> None:
+    data = DSpritesDataModule(batch_size=32, num_samples=400, val_fraction=0.1, test_fraction=0.1)
+    x, labels, indices = next(iter(data.train_dataloader()))
+    assert x.shape == (32, 1, 64, 64) and labels.dtype == torch.int64
+    grid = data.factors("train")[indices]
+    assert torch.equal(labels, grid[:, 0])  # the label is the shape
+    assert torch.equal(x, render(grid))
+    first, again = next(iter(data.test_dataloader())), next(iter(data.test_dataloader()))
+    assert torch.equal(first[0], again[0])  # evaluation batches repeat
+
+
+def test_a_model_trains_and_tests_on_it(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    data = DSpritesDataModule(batch_size=16, num_samples=200, val_fraction=0.1, test_fraction=0.1)
+    model = BetaTCVAE(input_shape=data.input_shape, latent_dim=4, hidden_dims=[16], nll_samples=2)
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=1, limit_train_batches=3, limit_val_batches=1, limit_test_batches=1,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(model, datamodule=data)
+    assert model.dataset_size == 160  # read from the training split
+    trainer.test(model, datamodule=data, verbose=False)
+    assert torch.isfinite(trainer.callback_metrics["test/tc"])
+
+
+def test_ae_lightning_test_reports_disentanglement_on_dsprites(tmp_path: Path) -> None:
+    from tiny_runs import run_cli
+
+    ckpt_args = ["--config", "configs/beta_tcvae.yaml", "--data.num_samples", "300", "--data.val_fraction", "0.1",
+                 "--data.test_fraction", "0.1", "--model.init_args.hidden_dims", "[16]", "--model.init_args.latent_dim",
+                 "3", "--model.init_args.nll_samples", "2", "--trainer.default_root_dir", str(tmp_path),
+                 "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+                 "--trainer.callbacks.num_points", "300", "--trainer.callbacks.num_votes", "20"]  # fmt: skip
+    fit = run_cli("fit", *ckpt_args, "--trainer.max_steps", "3")
+    checkpoint = next(Path(fit.trainer.log_dir).rglob("*.ckpt"))
+    tested = run_cli("test", *ckpt_args, "--ckpt_path", str(checkpoint))
+    logged = tested.trainer.callback_metrics
+    for name in ("mig", "sap", "dci_disentanglement", "dci_completeness", "dci_informativeness", "beta_vae"):
+        assert 0 <= logged[f"test/{name}"] <= 1, name
+    assert (Path(tested.trainer.log_dir) / "traversals.png").is_file()
+
+
+def test_evaluate_script_reports_disentanglement_and_draws_traversals(tmp_path: Path) -> None:
+    import importlib.util
+
+    from tiny_runs import ROOT, run_cli
+
+    fit = run_cli("fit", "--config", "configs/dip_vae.yaml", "--data.num_samples", "300", "--data.val_fraction", "0.1",
+                  "--data.test_fraction", "0.1", "--data.classes", "[1, 2]", "--model.init_args.hidden_dims", "[16]",
+                  "--model.init_args.latent_dim", "3", "--trainer.default_root_dir", str(tmp_path),
+                  "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false")  # fmt: skip
+    assert (fit.datamodule.factors("train")[:, 0] > 0).all() and (fit.datamodule.factors("test")[:, 0] == 0).any()
+    checkpoint = next(Path(fit.trainer.log_dir).rglob("*.ckpt"))
+    spec = importlib.util.spec_from_file_location("evaluate", ROOT / "scripts" / "evaluate.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    scores = script.main([str(checkpoint), "--metrics", "mse", "--disentanglement", "mig", "dci",
+                          "--disentanglement_points", "300", "--plots", str(tmp_path / "pictures"),
+                          "--views", "reconstructions", "--tsne_points", "8"])  # fmt: skip
+    assert set(scores) == {"mse", "mig", "dci_disentanglement", "dci_completeness", "dci_informativeness"}
+    assert (tmp_path / "pictures" / "traversals.png").is_file()

@@ -1,0 +1,100 @@
+"""Post-hoc samplers: fitted on codes, they reproduce the codes' distribution, and give a plain autoencoder samples
+whose Frechet distance the driver computes."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from ae_lightning import Autoencoder
+from ae_lightning.evaluation import driver
+from ae_lightning.evaluation.samplers import (
+    GaussianMixtureSampler,
+    PosthocGenerator,
+    TwoStageSampler,
+    frechet_distances,
+)
+from datamodules.loader import TensorBatchLoader
+
+
+class FirstPixels(torch.nn.Module):
+    """A stand-in feature classifier: the first three pixels are the features."""
+
+    num_features = 3
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, :3]
+
+
+def correlated_codes(n: int = 2000) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    mean = torch.tensor([3.0, -1.0])
+    covariance = torch.tensor([[1.0, 0.8], [0.8, 1.0]])
+    codes = mean + torch.randn(n, 2, generator=generator) @ torch.linalg.cholesky(covariance).T
+    return codes, mean, covariance
+
+
+def test_gaussian_mixture_sampler_reproduces_clusters() -> None:
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[-5.0, 0.0], [5.0, 0.0]])
+    codes = centres[torch.arange(1000) % 2] + 0.1 * torch.randn(1000, 2, generator=generator)
+    samples = GaussianMixtureSampler(components=2).fit(codes).sample(500)
+    nearest = torch.cdist(samples, centres).min(1)
+    assert nearest.values.max() < 0.6 and nearest.indices.float().mean().item() == pytest.approx(0.5, abs=0.1)
+    assert (nearest.indices[:250] == 0).float().mean() < 0.8  # samples come shuffled, not grouped by component
+    with pytest.raises(ValueError, match="covariance_type must be 'full', 'tied', 'diag' or 'spherical', got 'x'"):
+        GaussianMixtureSampler(covariance_type="x")
+    with pytest.raises(RuntimeError, match="fit the sampler"):
+        GaussianMixtureSampler().sample(2)
+
+
+def test_two_stage_sampler_learns_a_correlated_gaussian() -> None:
+    codes, mean, covariance = correlated_codes()
+    sampler = TwoStageSampler(2, hidden_dims=[32], steps=600, lr=3e-3).fit(codes)
+    samples = sampler.sample(4000)
+    torch.testing.assert_close(samples.mean(0), mean, atol=0.15, rtol=0)
+    torch.testing.assert_close(torch.cov(samples.T), covariance, atol=0.2, rtol=0)
+    assert sampler.log_gamma.exp() < 0.9  # the second stage's variance shrinks from its start at 1
+
+
+def test_a_plain_autoencoder_generates_through_a_sampler_and_gets_frechet_distances() -> None:
+    torch.manual_seed(0)
+    model = Autoencoder(input_shape=(1, 8, 8), latent_dim=2, hidden_dims=[8]).eval()
+    images = torch.rand(64, 1, 8, 8)
+    codes = model.encode(images).detach()
+    generator = PosthocGenerator(model, GaussianMixtureSampler(2).fit(codes))
+    assert generator.sample(5).shape == (5, 1, 8, 8)
+    classifier = FirstPixels()
+    real = TensorBatchLoader((images * 255).to(torch.uint8), torch.zeros(64, dtype=torch.long), torch.arange(64),
+                             batch_size=32, shuffle=False, seed=0)  # fmt: skip
+    scores = frechet_distances(model, codes, classifier, real, num_samples=64, components=2, two_stage_steps=20)
+    assert set(scores) == {"fid_gmm", "fid_two_stage"} and all(math.isfinite(v) and v >= 0 for v in scores.values())
+    assert math.isfinite(driver.frechet_distance(generator, classifier, real, 64))
+
+
+def test_evaluate_script_gives_a_plain_autoencoder_frechet_distances_through_samplers(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    import importlib.util
+
+    from tiny_runs import ROOT, run_cli, tiny_args
+
+    from ae_lightning.evaluation.feature_classifier import train_feature_classifier
+    from datamodules import MNISTDataModule
+
+    fit = run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "run", "--trainer.max_epochs", "1"))
+    checkpoint = next(Path(fit.trainer.log_dir).rglob("*.ckpt"))
+    classifier = train_feature_classifier(
+        MNISTDataModule(data_dir=str(data_dir)), tmp_path / "classifier.pt", epochs=1, accelerator="cpu",
+        progress_bar=False,
+    )  # fmt: skip
+    spec = importlib.util.spec_from_file_location("evaluate", ROOT / "scripts" / "evaluate.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    scores = script.main([str(checkpoint), "--metrics", "mse", "--samplers", "--classifier", str(classifier.path),
+                          "--fid_samples", "60", "--probe_max_train", "100", "--two_stage_steps", "30"])  # fmt: skip
+    assert set(scores) == {"mse", "fid_gmm", "fid_two_stage"}
+    assert all(math.isfinite(value) and value >= 0 for value in scores.values())

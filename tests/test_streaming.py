@@ -1,0 +1,300 @@
+"""Streams: ``ae-lightning-prepare`` and ``StreamingDataModule`` on tiny image folders the tests write.
+
+The resume tests check the two traps of litdata under Lightning: a loader position that is not restored when a
+datamodule resumes (litData #775; Lightning restores loader states only inside an epoch), and one skipped when
+``configure_optimizers`` reads ``trainer.estimated_stepping_batches`` (Lightning #20550).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from conftest import write_image_folder
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from litdata import StreamingDataLoader, StreamingDataset
+from tiny_runs import ROOT, TINY_MODEL, command, last_checkpoint, run_cli, run_subprocess, subprocess_env
+
+from datamodules import StreamingDataModule
+from datamodules.stream_prepare import decode, prepare_stream
+
+TRAIN_BATCHES = 7  # 99 training images of the 120 (12 test, 9 val), batches of 16
+
+
+@pytest.fixture(scope="module")
+def stream(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("stream")
+    write_image_folder(root / "images", per_class=60, size=20)
+    prepare_stream(str(root / "images"), str(root / "stream"), size=16, chunk_size=16, num_workers=2)
+    return root / "stream"
+
+
+def test_prepare_writes_seeded_splits_that_the_datamodule_serves_as_batches(stream: Path) -> None:
+    manifest = json.loads((stream / "manifest.json").read_text())
+    assert manifest["counts"] == {"train": 99, "val": 9, "test": 12}
+    assert (manifest["height"], manifest["width"], manifest["channels"]) == (16, 16, 3)
+    assert manifest["class_names"] == ["cat", "dog"]
+    dm = StreamingDataModule(str(stream), image_size=12, batch_size=16, num_workers=0)
+    assert dm.input_shape == (3, 12, 12)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert len(loader) == TRAIN_BATCHES
+    epochs = []
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        batches = list(loader)
+        x, labels, indices = batches[0]
+        assert x.shape == (16, 3, 12, 12) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+        assert labels.dtype == torch.int64 and set(labels.tolist()) <= {0, 1}
+        epochs.append(torch.cat([index for _, _, index in batches]))
+        assert sorted(epochs[-1].tolist()) == list(range(99))  # one pass over the split
+    assert not torch.equal(epochs[0], epochs[1])  # reshuffled
+    # validation: every image whole (centre crop), in stored order, no flip
+    x, labels, indices = next(iter(dm.val_dataloader()))
+    assert indices.tolist() == list(range(9)) and torch.equal(x, next(iter(dm.val_dataloader()))[0])
+
+
+def test_augmentation_depends_on_seed_epoch_and_sample_only(stream: Path) -> None:
+    def by_index(num_workers: int, epoch: int) -> dict[int, torch.Tensor]:
+        loader = StreamingDataModule(str(stream), image_size=12, batch_size=16, num_workers=num_workers)
+        loader = loader.train_dataloader()
+        loader.set_epoch(epoch)
+        return {int(i): image for x, _, indices in loader for i, image in zip(indices, x)}
+
+    in_process, workers = by_index(0, 0), by_index(2, 0)
+    assert all(torch.equal(in_process[i], workers[i]) for i in in_process)
+    next_epoch = by_index(0, 1)
+    assert sum(not torch.equal(in_process[i], next_epoch[i]) for i in in_process) > 50  # new crops and flips
+
+
+# --- bad input ------------------------------------------------------------------------------------------------------
+def test_a_stream_read_at_another_resolution_or_channel_count_is_refused(stream: Path) -> None:
+    with pytest.raises(ValueError, match=r"holds 16x16 images .*manifest.json.*resolution=32"):
+        _ = StreamingDataModule(str(stream), resolution=32).input_shape
+    with pytest.raises(ValueError, match=r"holds 3-channel images .*channels=1"):
+        _ = StreamingDataModule(str(stream), channels=1).input_shape
+    with pytest.raises(ValueError, match=r"image_size=24 crops .* 16x16 images"):
+        _ = StreamingDataModule(str(stream), image_size=24).input_shape
+    assert StreamingDataModule(str(stream), image_size=24, augment="resize").input_shape == (3, 24, 24)
+
+
+def test_a_missing_or_corrupt_chunk_is_named(stream: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(stream, copy)
+    chunk = copy / "train" / "chunk-0-2.bin"
+    data = chunk.read_bytes()
+    chunk.write_bytes(data[:-10])
+    with pytest.raises(ValueError, match=f"chunk {chunk} is corrupt: {len(data) - 10} bytes"):
+        StreamingDataModule(str(copy)).setup("fit")
+    chunk.write_bytes(data[:-10] + bytes(10))  # same size, other content: found by hashing
+    StreamingDataModule(str(copy)).setup("fit")
+    with pytest.raises(ValueError, match=f"chunk {chunk} is corrupt: its content differs"):
+        StreamingDataModule(str(copy), verify_chunks=True).setup("fit")
+    chunk.unlink()
+    with pytest.raises(FileNotFoundError, match=f"chunk {chunk} is missing"):
+        StreamingDataModule(str(copy)).setup("fit")
+    StreamingDataModule(str(copy)).setup("test")  # the test split is whole
+
+
+def test_a_misspelt_or_unreachable_uri_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match=r"stream s4://bucket/photos: unknown scheme s4://"):
+        StreamingDataModule("s4://bucket/photos")
+    with pytest.raises(FileNotFoundError, match=f"stream {tmp_path / 'photso'} does not exist"):
+        _ = StreamingDataModule(str(tmp_path / "photso")).input_shape
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")  # any credentials: the endpoint answers no one
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    unreachable = StreamingDataModule("s3://bucket/photos", storage_options={"endpoint_url": "http://127.0.0.1:9"})
+    with pytest.raises(ConnectionError, match=r"stream s3://bucket/photos: could not reach"):
+        _ = unreachable.input_shape
+
+
+def test_an_interrupted_prepare_is_detected_and_named(stream: Path, tmp_path: Path) -> None:
+    import shutil
+
+    # a local prepare killed before it published: only the staging folder exists
+    (tmp_path / ".photos.partial" / "train").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"prepare of it was interrupted and left .*\.photos\.partial"):
+        _ = StreamingDataModule(str(tmp_path / "photos")).input_shape
+    # an upload cut short: splits without the manifest, which is written last
+    shutil.copytree(stream, tmp_path / "uploaded")
+    (tmp_path / "uploaded" / "manifest.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"no manifest.json but holds the split\(s\) train, val, test"):
+        _ = StreamingDataModule(str(tmp_path / "uploaded")).input_shape
+    # preparing again replaces what the interrupted one left
+    write_image_folder(tmp_path / "images", per_class=20, size=16)
+    prepare_stream(str(tmp_path / "images"), str(tmp_path / "photos"), chunk_size=8)
+    assert StreamingDataModule(str(tmp_path / "photos")).input_shape == (3, 16, 16)
+    assert not (tmp_path / ".photos.partial").exists()
+
+
+def test_resuming_on_another_dataset_is_refused_naming_both_fingerprints(stream: Path, tmp_path: Path) -> None:
+    write_image_folder(tmp_path / "images", per_class=20, size=16)
+    prepare_stream(str(tmp_path / "images"), str(tmp_path / "other"), chunk_size=8)
+    saved = StreamingDataModule(str(stream)).state_dict()
+    other = StreamingDataModule(str(tmp_path / "other"))
+    theirs, ours = saved["fingerprint"], other.manifest.fingerprint
+    refusal = f"fingerprint {theirs}, but {tmp_path / 'other'} has fingerprint {ours}"
+    with pytest.raises(ValueError, match=refusal):
+        other.load_state_dict(saved)
+    with pytest.raises(ValueError, match=refusal):  # the command's check, before the run creates anything
+        other.check_resume({"fingerprint": theirs}, world_size=1)
+
+
+# --- resuming: the litdata traps -------------------------------------------------------------------------------------
+class IndexRecorder(L.LightningModule):
+    """A linear autoencoder that records the sample indices it trains on; optionally a step-count schedule.
+
+    Args:
+        one_cycle: schedule the learning rate with ``OneCycleLR`` over ``trainer.estimated_stepping_batches``.
+    """
+
+    def __init__(self, one_cycle: bool = False) -> None:
+        super().__init__()
+        self.net = torch.nn.Linear(3 * 12 * 12, 3 * 12 * 12)
+        self.one_cycle = one_cycle
+        self.seen: list[list[int]] = []
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, _, indices = batch
+        self.seen.append(indices.tolist())
+        return torch.nn.functional.mse_loss(self.net(x.flatten(1)), x.flatten(1))
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.01)
+        if not self.one_cycle:
+            return optimizer
+        total = self.trainer.estimated_stepping_batches  # builds the training loader before the checkpoint loads
+        return [optimizer], [torch.optim.lr_scheduler.OneCycleLR(optimizer, 0.1, total_steps=total)]
+
+
+class Interrupted(Exception):
+    pass
+
+
+class StopAt(Callback):
+    """Interrupts training at the start of global step ``step``, after the checkpoints of the steps before."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if trainer.global_step >= self.step:
+            raise Interrupted
+
+
+class PlainItems(StreamingDataset):
+    """Stream items as ``(image, label, index)``, read by litdata's own dataset and loader (as its README shows)."""
+
+    def __getitem__(self, index):
+        stored = super().__getitem__(index)
+        return decode(stored["image"], 3)[:, :12, :12].float() / 255, stored["label"], index.index
+
+
+class PlainLitdata(L.LightningDataModule):
+    """litdata's loader returned as it is, to show that the tests meet the traps."""
+
+    def __init__(self, stream: Path) -> None:
+        super().__init__()
+        self.stream = stream
+
+    def train_dataloader(self) -> StreamingDataLoader:
+        return StreamingDataLoader(PlainItems(str(self.stream / "train"), shuffle=True, seed=42), batch_size=16)
+
+
+def _fit(datamodule, tmp_path: Path, one_cycle: bool, stop: int | None = None, ckpt: Path | None = None) -> list:
+    model = IndexRecorder(one_cycle)
+    callbacks = [ModelCheckpoint(tmp_path, save_last=True, every_n_train_steps=1, save_top_k=0)]
+    callbacks += [StopAt(stop)] if stop is not None else []
+    trainer = L.Trainer(
+        max_epochs=2, callbacks=callbacks, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=tmp_path,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    if stop is None:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt)
+    else:
+        with pytest.raises(Interrupted):
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt)
+    return model.seen
+
+
+# Stopped at step 5 the last checkpoint is mid-epoch (5 of 7 batches); at step 7, at the epoch's end, where Lightning
+# does not restore loader states at all.
+@pytest.mark.parametrize("one_cycle", [False, True], ids=["constant-lr", "one-cycle-lr"])
+@pytest.mark.parametrize("stop", [5, 7], ids=["mid-epoch", "epoch-end"])
+def test_a_resumed_datamodule_continues_at_the_next_sample(stream: Path, tmp_path: Path, one_cycle, stop) -> None:
+    def module() -> StreamingDataModule:
+        return StreamingDataModule(str(stream), image_size=12, batch_size=16, num_workers=0)
+
+    reference = _fit(module(), tmp_path / "reference", one_cycle)
+    assert len(reference) == 2 * TRAIN_BATCHES
+    _fit(module(), tmp_path / "stopped", one_cycle, stop=stop)
+    resumed = _fit(module(), tmp_path / "resumed", one_cycle, ckpt=tmp_path / "stopped" / "last.ckpt")
+    assert resumed == reference[stop:]
+    # The same resume with litdata's loader returned as it is loses the position: Lightning skips its restore when
+    # configure_optimizers built the loader early.
+    if one_cycle and stop == 5:
+        plain = _fit(PlainLitdata(stream), tmp_path / "plain", one_cycle)
+        _fit(PlainLitdata(stream), tmp_path / "plain-stopped", one_cycle, stop=stop)
+        stopped = tmp_path / "plain-stopped" / "last.ckpt"
+        plain_resumed = _fit(PlainLitdata(stream), tmp_path / "plain-resumed", one_cycle, ckpt=stopped)
+        assert plain_resumed != plain[stop:], "the trap is gone upstream: the datamodule's own restore may go"
+
+
+# --- resuming after kill -9, with workers and with DDP ranks ----------------------------------------------------------
+def _stream_args(stream: Path, root: Path, *extra: str) -> list[str]:
+    return [
+        "--config", str(ROOT / "configs" / "ae.yaml"), *TINY_MODEL, "--data", "StreamingDataModule",
+        "--data.input_dir", str(stream), "--data.image_size", "12", "--data.batch_size", "16",
+        "--trainer.default_root_dir", str(root), "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false", *extra,
+    ]  # fmt: skip
+
+
+DDP = ["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2"]
+# (extra arguments, checkpoint interval, step at whose start the run dies, steps in all): with 2 workers the epochs
+# have 7 batches and the run dies after the checkpoint of step 12, 5 batches into epoch 1; with 2 ranks, litdata deals
+# each 48 images (3 batches), and the run dies after the checkpoint of step 4, 1 batch into epoch 1.
+KILL_CASES = {
+    "2-workers": (["--data.num_workers", "2"], 4, 13, 2 * TRAIN_BATCHES),
+    "2-ddp-ranks": ([*DDP, "--data.num_workers", "1"], 2, 5, 6),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(KILL_CASES))
+def test_a_sigkilled_streaming_run_resumes_to_the_uninterrupted_weights(stream: Path, tmp_path: Path, case) -> None:
+    extra, every, kill_step, steps = KILL_CASES[case]
+    extra = [*extra, "--checkpoint.every_n_train_steps", str(every)]
+    kill = ["--trainer.callbacks+=tiny_runs.KillAtStep", "--trainer.callbacks.step", str(kill_step)]
+    killed = subprocess.Popen(
+        command("fit", *_stream_args(stream, tmp_path / "killed", *extra, *kill)), env=subprocess_env(), cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    if "--trainer.strategy" in extra:
+        reference = run_subprocess("fit", *_stream_args(stream, tmp_path / "reference", *extra), timeout=400)
+        assert reference.returncode == 0, reference.stdout[-3000:] + reference.stderr[-3000:]
+    else:
+        run_cli("fit", *_stream_args(stream, tmp_path / "reference", *extra))
+    output, _ = killed.communicate(timeout=400)
+    assert killed.returncode == -signal.SIGKILL, output[-3000:]
+    assert last_checkpoint(tmp_path / "killed")["global_step"] == kill_step - 1
+
+    resume = ["--ckpt_path", "last"]
+    if "--trainer.strategy" in extra:
+        resumed_run = run_subprocess("fit", *_stream_args(stream, tmp_path / "killed", *extra, *resume), timeout=400)
+        assert resumed_run.returncode == 0, resumed_run.stdout[-3000:] + resumed_run.stderr[-3000:]
+    else:
+        run_cli("fit", *_stream_args(stream, tmp_path / "killed", *extra, *resume))
+    resumed, expected = last_checkpoint(tmp_path / "killed"), last_checkpoint(tmp_path / "reference")
+    assert resumed["global_step"] == expected["global_step"] == steps
+    for name, value in expected["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], value), f"{name} differs after the resume"

@@ -1,0 +1,237 @@
+"""The VAEs of issue 26: their loss terms against values worked out by hand or in closed form, and what each model
+promises beyond the shared suite of ``test_variants.py``."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
+
+from ae_lightning import DIPVAE, IAFVAE, VAE, BetaTCVAE, FactorVAE, InfoVAE, VampPriorVAE
+from ae_lightning.blocks import divergences, losses
+from ae_lightning.blocks.flows import MADE, IAFStep, InverseAutoregressiveFlow
+
+TINY = {"latent_dim": 4, "hidden_dims": [16], "input_shape": (1, 8, 8)}
+
+
+# --- total correlation (Chen et al. 2018) ---------------------------------------------------------------------------
+def test_total_correlation_of_identical_posteriors_is_the_log_dataset_size_closed_form() -> None:
+    # Every posterior the same: log q(z_i) = log q(z_i | x) + log M - log(N M) = log q(z_i | x) - log N, and each
+    # marginal likewise, so mi = log N, tc = (D - 1) log N and dwkl = E[sum_d log q(z_d | x)] - log N - E[log p(z)].
+    torch.manual_seed(0)
+    m, d, n = 6, 3, 1000
+    mu, logvar = torch.full((m, d), 0.3), torch.full((m, d), math.log(0.25))
+    z = mu + 0.5 * torch.randn(m, d)
+    terms = divergences.total_correlation_terms(z, mu, logvar, dataset_size=n)
+    assert terms["mi"].item() == pytest.approx(math.log(n), rel=1e-5)
+    assert terms["tc"].item() == pytest.approx((d - 1) * math.log(n), rel=1e-5)
+    log_q = Normal(mu, 0.5).log_prob(z).sum(-1)
+    expected_dwkl = (log_q - d * math.log(n) - Normal(0.0, 1.0).log_prob(z).sum(-1)).mean()
+    assert terms["dwkl"].item() == pytest.approx(expected_dwkl.item(), rel=1e-5)
+
+
+def test_total_correlation_terms_sum_to_the_monte_carlo_kl() -> None:
+    # mi + tc + dwkl = E[log q(z | x) - log p(z)] exactly, whatever the posteriors
+    torch.manual_seed(1)
+    mu, logvar = torch.randn(8, 5), torch.randn(8, 5) * 0.3
+    z = mu + torch.randn(8, 5) * torch.exp(0.5 * logvar)
+    terms = divergences.total_correlation_terms(z, mu, logvar, dataset_size=100)
+    expected = (Normal(mu, torch.exp(0.5 * logvar)).log_prob(z).sum(-1) - Normal(0.0, 1.0).log_prob(z).sum(-1)).mean()
+    torch.testing.assert_close(terms["mi"] + terms["tc"] + terms["dwkl"], expected)
+
+
+def test_far_apart_posteriors_have_mutual_information_log_nm() -> None:
+    # each code's density comes from its own posterior only: log q(z_i) = log q(z_i | x_i) - log(N M)
+    mu = torch.tensor([[0.0, 0.0], [100.0, 100.0], [-100.0, 100.0]])
+    logvar = torch.full((3, 2), math.log(0.01))
+    terms = divergences.total_correlation_terms(mu.clone(), mu, logvar, dataset_size=10)
+    assert terms["mi"].item() == pytest.approx(math.log(30), rel=1e-5)
+
+
+# --- DIP-VAE --------------------------------------------------------------------------------------------------------
+def test_dip_regularizer_hand_values() -> None:
+    # means (1, 1) and (-1, -1): covariance [[1, 1], [1, 1]] (divided by M = 2)
+    mu, logvar = torch.tensor([[1.0, 1.0], [-1.0, -1.0]]), torch.full((2, 2), math.log(3.0))
+    # i: off-diagonal 1^2 + 1^2 = 2, diagonal (1 - 1)^2 = 0
+    assert divergences.dip_regularizer(mu, logvar, "i", 10.0, 100.0).item() == pytest.approx(20.0)
+    # ii: the mean variance 3 joins the diagonal: 2 * (4 - 1)^2 = 18
+    assert divergences.dip_regularizer(mu, logvar, "ii", 10.0, 1.0).item() == pytest.approx(20.0 + 18.0)
+    with pytest.raises(ValueError, match="dip_type must be 'i' or 'ii', got 'iii'"):
+        divergences.dip_regularizer(mu, logvar, "iii", 1.0, 1.0)
+
+
+# --- MMD ------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kernel, scale, cross", [("imq", 1.0, 0.5), ("imq", 3.0, 0.75), ("rbf", 2.0, math.exp(-0.5))])
+def test_mmd_hand_value(kernel: str, scale: float, cross: float) -> None:
+    # x = {0, 0}, y = {1, 1} in 1-D: within-sample kernels are k(0) = 1, across k(1) = cross; MMD^2 = 2 - 2 cross
+    x, y = torch.zeros(2, 1), torch.ones(2, 1)
+    value = divergences.maximum_mean_discrepancy(x, y, kernel, scale)
+    assert value.item() == pytest.approx(2 - 2 * cross)
+
+
+def test_mmd_tells_shifted_from_matching_samples() -> None:
+    generator = torch.Generator().manual_seed(0)
+    prior = torch.randn(400, 3, generator=generator)
+    same = divergences.maximum_mean_discrepancy(torch.randn(400, 3, generator=generator), prior)
+    shifted = divergences.maximum_mean_discrepancy(torch.randn(400, 3, generator=generator) + 1.0, prior)
+    assert abs(same.item()) < 0.01 < shifted.item()
+    with pytest.raises(ValueError, match="at least 2 samples on each side, got 1 and 400"):
+        divergences.maximum_mean_discrepancy(prior[:1], prior)
+    with pytest.raises(ValueError, match="kernel must be 'rbf' or 'imq', got 'cauchy'"):
+        divergences.maximum_mean_discrepancy(prior, prior, "cauchy")
+
+
+# --- mixture prior --------------------------------------------------------------------------------------------------
+def test_gaussian_mixture_log_prob_matches_closed_form_and_torch() -> None:
+    z = torch.tensor([[0.5, -1.0]])
+    # one component N(0, diag(1, 4)): by hand -0.5 (0.25 + 1/4 + log 4 + 2 log 2 pi)
+    one = divergences.gaussian_mixture_log_prob(z, torch.zeros(1, 2), torch.tensor([[0.0, math.log(4.0)]]))
+    assert one.item() == pytest.approx(-0.5 * (0.25 + 0.25 + math.log(4) + 2 * math.log(2 * math.pi)))
+    torch.manual_seed(0)
+    means, logvars, points = torch.randn(7, 3), torch.randn(7, 3) * 0.5, torch.randn(5, 4, 3)
+    mixture = MixtureSameFamily(
+        Categorical(logits=torch.zeros(7)), Independent(Normal(means, torch.exp(0.5 * logvars)), 1)
+    )
+    torch.testing.assert_close(divergences.gaussian_mixture_log_prob(points, means, logvars), mixture.log_prob(points))
+
+
+def test_permute_dims_shuffles_each_dimension_separately() -> None:
+    z = torch.arange(200.0).reshape(100, 2)
+    z[:, 1] = z[:, 0]  # two identical dimensions
+    permuted = divergences.permute_dims(z, torch.Generator().manual_seed(0))
+    for d in range(2):  # each column keeps its values
+        assert torch.equal(permuted[:, d].sort().values, z[:, d].sort().values)
+    assert (permuted[:, 0] != permuted[:, 1]).float().mean() > 0.9  # the pairing is broken
+
+
+# --- IAF ------------------------------------------------------------------------------------------------------------
+def test_made_is_autoregressive() -> None:
+    torch.manual_seed(0)
+    made = MADE(5, [16, 16])
+    z = torch.randn(5)
+    jacobian_m = torch.autograd.functional.jacobian(lambda t: made(t)[0], z)
+    jacobian_s = torch.autograd.functional.jacobian(lambda t: made(t)[1], z)
+    upper = torch.ones(5, 5).triu()  # output i may depend on inputs j < i only
+    assert (jacobian_m * upper).abs().max() == 0 and (jacobian_s * upper).abs().max() == 0
+    assert (jacobian_m.tril(-1) != 0).any()
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3])
+def test_iaf_log_det_matches_the_jacobian(steps: int) -> None:
+    torch.manual_seed(0)
+    flow = InverseAutoregressiveFlow(4, steps, [12])
+    for step in flow.steps:  # away from the identity
+        torch.nn.init.normal_(step.made.net[-1].weight, std=0.5)
+    z = torch.randn(4)
+    jacobian = torch.autograd.functional.jacobian(lambda t: flow(t)[0], z)
+    _, log_det = flow(z)
+    assert log_det.item() == pytest.approx(torch.linalg.slogdet(jacobian)[1].item(), abs=1e-5)
+    assert isinstance(flow.steps[0], IAFStep)
+
+
+# --- the models -----------------------------------------------------------------------------------------------------
+def batch(n: int = 16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(2)
+    return (
+        (torch.rand(n, 1, 8, 8, generator=generator) > 0.5).float(),
+        torch.zeros(n, dtype=torch.long),
+        torch.arange(n),
+    )
+
+
+def test_beta_tcvae_with_unit_weights_is_the_vae_in_expectation() -> None:
+    torch.manual_seed(0)
+    model = BetaTCVAE(**TINY, tc_weight=1.0, dataset_size=50)
+    x, labels, indices = batch(64)
+    terms = model.loss_terms(x, labels, indices)
+    assert {"mi", "tc", "dwkl", "kl", "recon"} <= set(terms)
+    decomposed = terms["mi"] + terms["tc"] + terms["dwkl"]
+    assert decomposed.item() == pytest.approx(terms["kl"].item(), rel=0.3)
+
+
+def test_dip_vae_lambda_d_defaults_follow_the_paper() -> None:
+    assert DIPVAE(**TINY, dip_type="i", lambda_od=5.0).lambda_d == 50.0
+    assert DIPVAE(**TINY, dip_type="ii", lambda_od=5.0).lambda_d == 5.0
+
+
+def test_info_vae_weights_and_wae_code() -> None:
+    model = InfoVAE(**TINY, alpha=1.0, lambda_weight=10.0, deterministic=True)
+    x, labels, indices = batch()
+    torch.manual_seed(0)
+    terms = model.loss_terms(x, labels, indices)
+    # alpha = 1: no KL in the loss, the MMD weighted by lambda
+    torch.testing.assert_close(terms["loss"], terms["recon"] + 10.0 * terms["mmd"])
+    mu = model.posterior_parameters(x)[0]
+    torch.testing.assert_close(terms["recon"], -model.log_likelihood(model.decoder(mu), x).mean())
+
+
+def test_factor_vae_discriminator_learns_a_correlated_code(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = FactorVAE(**TINY, discriminator_hidden_dims=[32])
+    optimizer = torch.optim.Adam(model.discriminator.parameters(), lr=1e-2)
+    shared = torch.randn(256, 1)
+    z = torch.cat([shared, shared, torch.randn(256, 2)], 1)  # dimensions 0 and 1 equal: high total correlation
+    for _ in range(200):
+        optimizer.zero_grad()
+        d_loss, _ = model.discriminator_terms(z)
+        d_loss.backward()
+        optimizer.step()
+    _, accuracy = model.discriminator_terms(z)
+    assert accuracy > 0.8
+    assert model.discriminator(z).mean() > 1.0  # the total-correlation estimate is clearly positive
+
+
+def test_vampprior_prior_is_the_mixture_of_pseudo_input_posteriors() -> None:
+    torch.manual_seed(0)
+    model = VampPriorVAE(**TINY, num_pseudo_inputs=3)
+    means, logvars = model.posterior_parameters(model.pseudo_input_images())
+    z = torch.randn(5, 4)
+    components = Normal(means, torch.exp(0.5 * logvars)).log_prob(z[:, None, :]).sum(-1)  # [5, 3]
+    expected = torch.logsumexp(components, 1) - math.log(3)
+    torch.testing.assert_close(model.prior_log_prob(z), expected)
+    assert model.pseudo_input_images().min() >= 0 and model.pseudo_input_images().max() <= 1
+
+
+@pytest.mark.parametrize("cls", [VampPriorVAE, IAFVAE])
+def test_importance_weighted_nll_at_one_sample_is_the_negative_elbo(cls: type[VAE]) -> None:
+    # K = 1: the bound is the single-sample negative ELBO, the same draw as the anomaly score's
+    model = cls(**TINY, **({"num_pseudo_inputs": 3} if cls is VampPriorVAE else {})).eval()
+    x, labels, indices = batch(4)
+    torch.manual_seed(5)
+    nll = model.importance_weighted_nll(x, num_samples=1)
+    torch.manual_seed(5)
+    torch.testing.assert_close(nll, model.anomaly_score(x))
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, message",
+    [
+        (BetaTCVAE, {"iw_samples": 3}, "BetaTCVAE trains on its own objective, not on the IWAE bound: iw_samples must"),
+        (BetaTCVAE, {"tc_weight": -1.0}, "tc_weight must be >= 0, got -1.0"),
+        (BetaTCVAE, {"dataset_size": 0}, "dataset_size must be an integer >= 1, got 0"),
+        (DIPVAE, {"dip_type": "iii"}, "dip_type must be 'i' or 'ii', got 'iii'"),
+        (DIPVAE, {"lambda_od": -1.0}, "lambda_od must be >= 0, got -1.0"),
+        (InfoVAE, {"alpha": 1.5}, r"alpha must be <= 1, got 1.5"),
+        (InfoVAE, {"deterministic": True}, "set alpha: 1 \\(the WAE-MMD\\), got alpha=0.0"),
+        (InfoVAE, {"kernel": "cauchy"}, "kernel must be 'rbf' or 'imq', got 'cauchy'"),
+        (InfoVAE, {"alpha": -5.0, "lambda_weight": 2.0}, "MMD weight alpha \\+ lambda_weight - 1 must be >= 0"),
+        (FactorVAE, {"tc_weight": -2.0}, "tc_weight must be >= 0, got -2.0"),
+        (FactorVAE, {"discriminator_hidden_dims": [0]}, "discriminator_hidden_dims"),
+        (VampPriorVAE, {"num_pseudo_inputs": 0}, "num_pseudo_inputs must be an integer >= 1, got 0"),
+        (IAFVAE, {"flow_steps": 0}, "flow_steps must be an integer >= 1, got 0"),
+    ],
+)
+def test_bad_arguments_are_errors_naming_the_value(cls: type, kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        cls(**{**TINY, **kwargs})
+
+
+def test_standard_normal_helpers_agree() -> None:
+    z = torch.randn(3, 4)
+    torch.testing.assert_close(
+        divergences.gaussian_log_density(z, torch.zeros(()), torch.zeros(())).sum(-1),
+        losses.standard_normal_log_prob(z),
+    )
