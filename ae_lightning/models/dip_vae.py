@@ -32,8 +32,6 @@ class DIPVAE(VAE):
     ) -> None:
         super().__init__(**kwargs)
         check_single_sample(self)
-        if dip_type not in ("i", "ii"):
-            raise ValueError(f"dip_type must be 'i' or 'ii', got {dip_type!r}")
         check_number("lambda_od", lambda_od, "[0, inf)")
         if lambda_d is not None:
             check_number("lambda_d", lambda_d, "[0, inf)")

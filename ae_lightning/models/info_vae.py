@@ -50,8 +50,6 @@ class InfoVAE(VAE):
                 f"the MMD weight alpha + lambda_weight - 1 must be >= 0, got alpha={alpha}, "
                 f"lambda_weight={lambda_weight}"
             )
-        if kernel not in ("rbf", "imq"):
-            raise ValueError(f"kernel must be 'rbf' or 'imq', got {kernel!r}")
         if kernel_scale is not None:
             check_number("kernel_scale", kernel_scale, "(0, inf)")
         if deterministic and alpha != 1:
