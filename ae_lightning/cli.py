@@ -244,8 +244,8 @@ class AutoencoderCLI(LightningCLI):
         stored = checkpoint.get("ae_lightning_optimizers") or []
         try:
             built = _optimizers(self.model.configure_optimizers())
-        except RuntimeError:  # a model whose optimizers need the running Trainer: checked when training starts
-            return
+        except (RuntimeError, AttributeError):  # optimizers that need the running Trainer, or what ``setup`` builds
+            return  # (the auto-decoder's codes): checked when training starts
         for i, (before, optimizer) in enumerate(zip(stored, built)):
             check_optimizer_class(i, before["class"], optimizer)
 
