@@ -20,6 +20,7 @@ from ae_lightning.blocks import losses, networks
 from ae_lightning.blocks.networks import Network, build_decoder, build_encoder, check_network
 from ae_lightning.checks import check_number
 from ae_lightning.evaluation.metrics import ReconstructionMetrics
+from ae_lightning.training import fast
 
 Batch = tuple[Tensor, Tensor, Tensor]
 Stage = Literal["train", "val", "test"]
@@ -41,6 +42,8 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         optimizer: optimizer factory, called with the parameters (``class_path`` + ``init_args`` in YAML).
         lr_scheduler: optional scheduler factory, stepped every epoch (``ReduceLROnPlateau`` on ``val/loss``).
         compile_networks: ``torch.compile`` the networks in place when a stage starts (checkpoints load either way).
+        steps_per_batch: optimizer steps per Lightning batch, under manual optimization, for a datamodule with the
+            same ``steps_per_batch`` (the fast path, docs/speed.md); 1 trains as Lightning does.
     """
 
     is_generative: ClassVar[bool] = False
@@ -57,6 +60,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         compile_networks: bool = False,
+        steps_per_batch: int = 1,
     ) -> None:
         super().__init__()
         check_network(network, hidden_dims, latent_dim)
@@ -69,6 +73,10 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.compile_networks = compile_networks
+        check_number("steps_per_batch", steps_per_batch, "[1, inf)", integer=True)
+        fast.check_model(type(self), steps_per_batch)
+        self.steps_per_batch = steps_per_batch
+        self.automatic_optimization = steps_per_batch == 1
         self.test_reconstruction = ReconstructionMetrics(prefix="test/", images=len(self.input_shape) == 3)
         self._input_checked = False
 
@@ -107,14 +115,18 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         return losses.mean_squared_error(self(x), x)
 
     # --- steps ------------------------------------------------------------------------------------------------------
-    def training_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
+    def training_step(self, batch: Batch | list[Batch], batch_idx: int) -> dict[str, Tensor]:
         # All named terms, not only ``loss``: callbacks (the non-finite guard) see them as ``outputs``.
         if self.automatic_optimization:
             return self._shared_step(batch, "train")  # Lightning's automatic optimization steps on ``loss``
-        self._check_input_once(batch[0])
-        terms = self.optimization_step(batch)
-        self.log_terms(terms, "train", batch_size=len(batch[0]))
-        return terms
+        # On the fast path the batch is a list of batches: one optimizer step on each.
+        batches = fast.batches_to_step(batch, self.trainer)
+        steps = []
+        for one in batches:
+            self._check_input_once(one[0])
+            steps.append(self.optimization_step(one))
+        self.log_terms(steps[-1], "train", batch_size=len(batches[-1][0]))
+        return steps[0] if len(steps) == 1 else fast.mean_terms(steps)
 
     def optimization_step(self, batch: Batch) -> dict[str, Tensor]:
         """One optimizer step on ``batch`` under manual optimization; returns the batch's loss terms, detached."""
@@ -195,10 +207,12 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         # step costs a measurable share of a small step) when the batches that stepped so far are a multiple of
         # log_every_n_steps, when the run stops, and in a fast_dev_run. Every model here takes one counted optimizer
         # step per batch, so those batches are ``global_step`` by now; this hook runs after the callbacks' (which may
-        # stop the run) and before Lightning writes.
+        # stop the run) and before Lightning writes. On the fast path, whose Lightning batches are several steps, the
+        # terms of each batch's last step are logged.
         unlogged, self._unlogged_terms = getattr(self, "_unlogged_terms", None), None
         trainer, every = self.trainer, self.trainer.log_every_n_steps
         written = trainer.fast_dev_run or (every > 0 and (self.global_step % every == 0 or trainer.should_stop))
+        written = written or fast.is_group(batch)
         if unlogged is None or not written:
             return
         terms, batch_size = unlogged
@@ -247,6 +261,13 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
             scheduler["monitor"] = "val/loss"
         return {"optimizer": built, "lr_scheduler": scheduler}
 
+    def on_fit_start(self) -> None:
+        fast.check_fit(self.trainer, self.steps_per_batch)
+
+    def on_train_epoch_start(self) -> None:
+        if self.steps_per_batch > 1:
+            fast.check_epoch(self.trainer, self.steps_per_batch)
+
     def on_train_epoch_end(self) -> None:
         if self.automatic_optimization:
             return  # Lightning steps the schedulers
@@ -288,6 +309,8 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         if self._trainer is not None and self.trainer.state.fn == "fit":
             self.check_resume(checkpoint)
         self._resumed_optimizers = checkpoint.get("ae_lightning_optimizers")
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            fast.check_resume(checkpoint, self.steps_per_batch)
 
     def on_train_start(self) -> None:
         # Lightning has restored the optimizers' state: the run's own optimizer settings apply from here on.

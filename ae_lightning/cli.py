@@ -30,7 +30,6 @@ from ae_lightning import _EXPORTS
 from ae_lightning.base import AutoencoderModule, check_optimizer_class, resolve_class_path
 from ae_lightning.lightning_internals import stored_loader_states
 from ae_lightning.training.callbacks import ImageLogger, SaveConfigToRun
-from ae_lightning.training.fast import StepsPerBatch
 from ae_lightning.training.fault_tolerance import (
     AtomicCheckpointIO,
     NonFiniteGuard,
@@ -132,7 +131,11 @@ class AutoencoderCLI(LightningCLI):
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.add_lightning_class_args(ImageLogger, "images")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
-        parser.add_lightning_class_args(StepsPerBatch, "fast")  # steps: 1 (the default) trains as Lightning does
+        # The fast path (configs/fast.yaml, docs/speed.md): the datamodule groups batches, the model steps through them.
+        parser.add_argument("--fast.steps", type=int, default=1, help="optimizer steps per Lightning batch "
+                            "(the fast path, docs/speed.md); 1 trains as Lightning does")  # fmt: skip
+        parser.link_arguments("fast.steps", "model.init_args.steps_per_batch")
+        parser.link_arguments("fast.steps", "data.init_args.steps_per_batch")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         argv = sys.argv[1:] if args is None else args

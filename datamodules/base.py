@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ae_lightning.checks import check_number
-from datamodules.loader import TensorBatchLoader, check_resume_state, fingerprint
+from datamodules.loader import GroupedBatches, TensorBatchLoader, check_resume_state, fingerprint
 
 Split = Literal["train", "val", "test"]
 DEFAULT_TEST_FRACTION = 0.1
@@ -54,6 +54,8 @@ class ImageDataModule(L.LightningDataModule):
         classes: keep only these labels in train/val (test keeps all), e.g. for one-class anomaly detection.
         data_on_device: keep the tensors on the training device, so no batch crosses the bus.
         predict_split: the split that ``predict`` runs on.
+        steps_per_batch: training batches per Lightning batch: more than 1 yields lists of that many consecutive
+            batches, for a model with the same ``steps_per_batch`` (the fast path, docs/speed.md).
     """
 
     # Set by subclasses whose data have a fixed number of labels, so that ``classes`` is checked at construction.
@@ -70,9 +72,11 @@ class ImageDataModule(L.LightningDataModule):
         classes: list[int] | None = None,
         data_on_device: bool = True,
         predict_split: Split = "test",
+        steps_per_batch: int = 1,
     ) -> None:
         super().__init__()
         check_number("batch_size", batch_size, "[1, inf)", integer=True)
+        check_number("steps_per_batch", steps_per_batch, "[1, inf)", integer=True)
         check_number("val_fraction", val_fraction, "(0, 1)")
         if test_fraction is not None:
             check_number("test_fraction", test_fraction, "(0, 1)")
@@ -233,8 +237,9 @@ class ImageDataModule(L.LightningDataModule):
         }  # fmt: skip
         check_resume_state(loader_state, mine)
 
-    def train_dataloader(self) -> TensorBatchLoader:
-        return self._loader("train", shuffle=True)
+    def train_dataloader(self) -> TensorBatchLoader | GroupedBatches:
+        loader = self._loader("train", shuffle=True)
+        return GroupedBatches(loader, self.hparams.steps_per_batch) if self.hparams.steps_per_batch > 1 else loader
 
     def val_dataloader(self) -> TensorBatchLoader:
         return self._loader("val", shuffle=False)
