@@ -15,6 +15,7 @@ from torch.optim.lr_scheduler import StepLR
 
 from ae_lightning import VAE, AdversarialAutoencoder, AutoDecoder, Autoencoder, DenoisingAutoencoder
 from ae_lightning.base import AutoencoderModule
+from ae_lightning.training.fast import check_resume
 from datamodules import MNISTDataModule, TensorBatchLoader
 from datamodules.loader import GroupedBatches
 
@@ -172,3 +173,10 @@ def test_step_checkpoints_on_multiples_are_all_written(data_dir: Path, tmp_path:
     datamodule = MNISTDataModule(data_dir=str(data_dir), batch_size=11, steps_per_batch=4)
     trainer.fit(Autoencoder(**TINY, steps_per_batch=4), datamodule=datamodule)
     assert sorted(int(path.stem.split("=")[1]) for path in tmp_path.glob("step=*.ckpt")) == list(range(8, 41, 8))
+
+
+def test_a_checkpoint_of_the_previous_fast_path_resumes_only_with_its_steps() -> None:
+    previous = {"global_step": 8, "hyper_parameters": {}, "callbacks": {"StepsPerBatch{'steps': 4}": {"steps": 4}}}
+    check_resume(previous, 4)
+    with pytest.raises(ValueError, match=r"trained with fast.steps=4 and this run has fast.steps=1"):
+        check_resume(previous, 1)

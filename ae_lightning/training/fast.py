@@ -78,6 +78,9 @@ def check_epoch(trainer: L.Trainer, steps: int) -> None:
 def check_resume(checkpoint: dict[str, Any], steps: int) -> None:
     """Refuse to resume a run trained with other ``steps_per_batch``, or stopped inside a group."""
     stored = checkpoint.get("hyper_parameters", {}).get("steps_per_batch", 1)
+    for key, state in checkpoint.get("callbacks", {}).items():  # written by the previous fast path's callback
+        if key.startswith("StepsPerBatch") and isinstance(state, dict):
+            stored = state.get("steps", stored)
     # Lightning counts automatic and manual optimization's steps apart (global_step would restart), and its position
     # in an epoch in Lightning batches (another group size would skip or repeat batches).
     if stored != steps:
