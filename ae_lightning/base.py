@@ -301,6 +301,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
     def check_resume(self, checkpoint: dict[str, Any]) -> None:
         """Raise a ValueError naming both values if this model's settings cannot continue the checkpoint's training
         (the command calls it before it creates anything; ``fit`` from Python when it loads the checkpoint)."""
+        fast.check_resume(checkpoint, self.steps_per_batch)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         stored = checkpoint.get("ae_lightning_class")
@@ -309,8 +310,6 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         if self._trainer is not None and self.trainer.state.fn == "fit":
             self.check_resume(checkpoint)
         self._resumed_optimizers = checkpoint.get("ae_lightning_optimizers")
-        if self._trainer is not None and self.trainer.state.fn == "fit":
-            fast.check_resume(checkpoint, self.steps_per_batch)
 
     def on_train_start(self) -> None:
         # Lightning has restored the optimizers' state: the run's own optimizer settings apply from here on.
