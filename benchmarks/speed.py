@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the project of this checkout, not another one installed in the environment
 PIPELINES = ("PyTorch loop", "LightningModule", "ae-lightning fit", "fast path")
 LR = 1e-3  # torch.optim.Adam's default, which configs/ae.yaml keeps
 
