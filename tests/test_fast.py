@@ -180,3 +180,14 @@ def test_a_checkpoint_of_the_previous_fast_path_resumes_only_with_its_steps() ->
     check_resume(previous, 4)
     with pytest.raises(ValueError, match=r"trained with fast.steps=4 and this run has fast.steps=1"):
         check_resume(previous, 1)
+
+
+def test_a_datamodule_with_a_training_loader_of_its_own_is_refused_by_the_command() -> None:
+    from jsonargparse import Namespace
+
+    from ae_lightning.cli import _fast_path
+
+    data = Namespace(class_path="datamodules.DSpritesDataModule", init_args=Namespace())
+    config = Namespace(fast=Namespace(steps=4), data=data, model=Namespace(class_path="ae_lightning.VAE", init_args={}))
+    with pytest.raises(ValueError, match=r"--fast.steps 4: DSpritesDataModule builds its own training loader"):
+        _fast_path(config)
