@@ -395,9 +395,9 @@ def _fast_path(config: Any) -> None:
     data_class = resolve_class_path(config.data.class_path)
     parameters = inspect.signature(data_class).parameters.values() if data_class is not None else []
     takes = any(p.name == "steps_per_batch" or p.kind is p.VAR_KEYWORD for p in parameters)
-    if data_class is not None and (data_class.train_dataloader is not ImageDataModule.train_dataloader or not takes):
-        raise ValueError(f"--fast.steps {steps}: {data_class.__name__} builds its own training loader, which the fast "
-                         "path cannot group; train without configs/fast.yaml")  # fmt: skip
+    if data_class is not None and not takes:
+        raise ValueError(f"--fast.steps {steps}: {data_class.__name__} takes no steps_per_batch (its training loader "
+                         "cannot be grouped); train without configs/fast.yaml")  # fmt: skip
     config.data.init_args.steps_per_batch = steps
     config.model.init_args.steps_per_batch = steps
 

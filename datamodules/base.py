@@ -238,8 +238,12 @@ class ImageDataModule(L.LightningDataModule):
         check_resume_state(loader_state, mine)
 
     def train_dataloader(self) -> TensorBatchLoader | GroupedBatches:
-        loader = self._loader("train", shuffle=True)
-        return GroupedBatches(loader, self.hparams.steps_per_batch) if self.hparams.steps_per_batch > 1 else loader
+        return self.grouped(self._loader("train", shuffle=True))
+
+    def grouped(self, loader: Any) -> Any:
+        """The training ``loader``, in lists of ``steps_per_batch`` batches when that is more than 1 (the fast path)."""
+        steps = self.hparams.get("steps_per_batch", 1)
+        return GroupedBatches(loader, steps) if steps > 1 else loader
 
     def val_dataloader(self) -> TensorBatchLoader:
         return self._loader("val", shuffle=False)

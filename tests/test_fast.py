@@ -187,7 +187,7 @@ def test_a_datamodule_with_a_training_loader_of_its_own_is_refused_by_the_comman
 
     from ae_lightning.cli import _fast_path
 
-    data = Namespace(class_path="datamodules.DSpritesDataModule", init_args=Namespace())
+    data = Namespace(class_path="datamodules.StreamingDataModule", init_args=Namespace())
     config = Namespace(fast=Namespace(steps=4), data=data, model=Namespace(class_path="ae_lightning.VAE", init_args={}))
-    with pytest.raises(ValueError, match=r"--fast.steps 4: DSpritesDataModule builds its own training loader"):
+    with pytest.raises(ValueError, match=r"--fast.steps 4: StreamingDataModule takes no steps_per_batch"):
         _fast_path(config)
