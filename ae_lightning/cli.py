@@ -30,7 +30,6 @@ from ae_lightning import _EXPORTS
 from ae_lightning.base import AutoencoderModule, check_optimizer_class, resolve_class_path
 from ae_lightning.lightning_internals import stored_loader_states
 from ae_lightning.training.callbacks import ImageLogger, SaveConfigToRun
-from ae_lightning.training.fast import StepsPerBatch
 from ae_lightning.training.fault_tolerance import (
     AtomicCheckpointIO,
     NonFiniteLossError,
@@ -133,7 +132,9 @@ class AutoencoderCLI(LightningCLI):
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.add_lightning_class_args(ImageLogger, "images")
         parser.add_lightning_class_args(non_finite_guard, "nonfinite")
-        parser.add_lightning_class_args(StepsPerBatch, "fast")  # steps: 1 (the default) trains as Lightning does
+        # The fast path (configs/fast.yaml, docs/speed.md): the datamodule groups batches, the model steps through them.
+        parser.add_argument("--fast.steps", type=int, default=1, help="optimizer steps per Lightning batch "
+                            "(the fast path, docs/speed.md); 1 trains as Lightning does")  # fmt: skip
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         argv = sys.argv[1:] if args is None else args
@@ -163,6 +164,7 @@ class AutoencoderCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         subcommand = self.config.get("subcommand")
         _default_save_dirs(self.config[subcommand] if subcommand else self.config)
+        _fast_path(self.config[subcommand] if subcommand else self.config)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
@@ -383,6 +385,22 @@ def _furthest_checkpoint(config: Any) -> str | None:
     chosen = max(candidates, key=progress)
     rank_zero_info(f"--ckpt_path last: resuming from {chosen} (global step {progress(chosen)[0]})")
     return str(chosen)
+
+
+def _fast_path(config: Any) -> None:
+    """``--fast.steps`` N > 1 (configs/fast.yaml): the model's and the datamodule's ``steps_per_batch`` (set here, not
+    linked, so that a datamodule without the argument still runs without the fast path)."""
+    steps = config.get("fast.steps", 1)
+    if steps == 1 or config.get("data") is None or config.get("model") is None:
+        return
+    data_class = resolve_class_path(config.data.class_path)
+    parameters = inspect.signature(data_class).parameters.values() if data_class is not None else []
+    takes = any(p.name == "steps_per_batch" or p.kind is p.VAR_KEYWORD for p in parameters)
+    if data_class is not None and not takes:
+        raise ValueError(f"--fast.steps {steps}: {data_class.__name__} takes no steps_per_batch (its training loader "
+                         "cannot be grouped); train without configs/fast.yaml")  # fmt: skip
+    config.data.init_args.steps_per_batch = steps
+    config.model.init_args.steps_per_batch = steps
 
 
 def _default_save_dirs(config: Any) -> None:

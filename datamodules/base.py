@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from datamodules.checks import NonNegativeInt, OpenUnitInterval, PositiveInt, check_init_arguments
-from datamodules.loader import TensorBatchLoader, check_resume_state, fingerprint
+from datamodules.loader import GroupedBatches, TensorBatchLoader, check_resume_state, fingerprint
 
 Split = Literal["train", "val", "test"]
 DEFAULT_TEST_FRACTION = 0.1
@@ -54,6 +54,8 @@ class ImageDataModule(L.LightningDataModule):
         classes: keep only these labels in train/val (test keeps all), e.g. for one-class anomaly detection.
         data_on_device: keep the tensors on the training device, so no batch crosses the bus.
         predict_split: the split that ``predict`` runs on.
+        steps_per_batch: training batches per Lightning batch: more than 1 yields lists of that many consecutive
+            batches, for a model with the same ``steps_per_batch`` (the fast path, docs/speed.md).
     """
 
     # Set by subclasses whose data have a fixed number of labels, so that ``classes`` is checked at construction.
@@ -70,6 +72,7 @@ class ImageDataModule(L.LightningDataModule):
         classes: list[int] | None = None,
         data_on_device: bool = True,
         predict_split: Split = "test",
+        steps_per_batch: PositiveInt = 1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -225,8 +228,13 @@ class ImageDataModule(L.LightningDataModule):
         }  # fmt: skip
         check_resume_state(loader_state, mine)
 
-    def train_dataloader(self) -> TensorBatchLoader:
-        return self._loader("train", shuffle=True)
+    def train_dataloader(self) -> TensorBatchLoader | GroupedBatches:
+        return self.grouped(self._loader("train", shuffle=True))
+
+    def grouped(self, loader: Any) -> Any:
+        """The training ``loader``, in lists of ``steps_per_batch`` batches when that is more than 1 (the fast path)."""
+        steps = self.hparams.get("steps_per_batch", 1)
+        return GroupedBatches(loader, steps) if steps > 1 else loader
 
     def val_dataloader(self) -> TensorBatchLoader:
         return self._loader("val", shuffle=False)

@@ -162,8 +162,10 @@ class DSpritesDataModule(ImageDataModule):
         predict_split: Split = "test",
         binarize: Literal["none", "dynamic", "static"] = "none",
         classes: list[int] | None = None,
+        steps_per_batch: int = 1,
     ) -> None:
         super().__init__(
+            steps_per_batch=steps_per_batch,
             batch_size=batch_size,
             val_fraction=val_fraction,
             test_fraction=test_fraction,
@@ -282,7 +284,7 @@ class DSpritesDataModule(ImageDataModule):
         )
 
     def train_dataloader(self) -> RenderingBatchLoader:
-        return self._loader("train", shuffle=True)
+        return self.grouped(self._loader("train", shuffle=True))
 
     def val_dataloader(self) -> RenderingBatchLoader:
         return self._loader("val", shuffle=False)

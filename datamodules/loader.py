@@ -200,3 +200,35 @@ class _Batches(Dataset):
 
     def __getitem__(self, i: int) -> Batch:
         return self.loader._make_batch(self.rows[i], self.first + i)
+
+
+class GroupedBatches:
+    """Lists of ``steps`` consecutive batches of ``loader`` (the last of an epoch may hold fewer): one Lightning batch
+    each on the fast path (``steps_per_batch``, docs/speed.md), where the model takes one optimizer step per batch.
+
+    Its length counts lists; epochs (``sampler.set_epoch``) and the position (``state_dict``, counted in batches) are
+    the wrapped loader's.
+    """
+
+    def __init__(self, loader: TensorBatchLoader, steps: int) -> None:
+        self.loader, self.steps = loader, steps
+        self.sampler, self.batch_sampler = loader.sampler, None
+
+    def __len__(self) -> int:
+        return -(-len(self.loader) // self.steps)
+
+    def __iter__(self) -> Iterator[list[Batch]]:
+        group: list[Batch] = []
+        for batch in self.loader:
+            group.append(batch)
+            if len(group) == self.steps:
+                yield group
+                group = []
+        if group:
+            yield group
+
+    def state_dict(self) -> dict[str, int]:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.loader.load_state_dict(state)

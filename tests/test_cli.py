@@ -50,7 +50,7 @@ def test_every_config_fits_with_fast_dev_run(config: Path, data_dir: Path, tmp_p
 def test_every_config_trains_with_the_fast_path_stacked(config: Path, data_dir: Path, tmp_path: Path) -> None:
     fast = ["--config", str(ROOT / "configs" / "fast.yaml"), "--trainer.log_every_n_steps", "10"]
     if config.stem == "deep_ae_rbm":  # pretraining and fine-tuning in a training_step of its own
-        with pytest.raises(ValueError, match="has a training_step of its own, which StepsPerBatch cannot group"):
+        with pytest.raises(ValueError, match="has a training_step of its own, which cannot take steps_per_batch=10"):
             run_cli("fit", "--config", str(config), *fast, *common(data_dir, tmp_path), "--trainer.max_steps", "20")
         return
     cli = run_cli("fit", "--config", str(config), *fast, *common(data_dir, tmp_path)[2:],

@@ -1,1 +1,1 @@
-"""Training policies as callbacks: fault tolerance, the fast path, pictures, prediction files."""
+"""Training policies: fault tolerance, pictures and prediction files (callbacks), and the fast path's steps (fast)."""

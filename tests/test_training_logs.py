@@ -1,0 +1,98 @@
+"""Training terms cost one ``self.log`` per step, yet the loggers get what logging every term at every step gave them:
+``log_every_n_steps`` decides, as Lightning documents it."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger
+from test_variants import TINY
+
+from ae_lightning import VAE, AdversarialAutoencoder
+from ae_lightning.base import AutoencoderModule
+from datamodules import MNISTDataModule
+
+
+class StopAt(Callback):
+    """Stops the run in ``on_train_batch_end`` of the batch that reaches ``step`` (as ``max_time`` does)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            trainer.should_stop = True
+
+
+def counting(cls: type[AutoencoderModule]) -> type[AutoencoderModule]:
+    """``cls`` counting its ``self.log`` calls of training terms per step."""
+
+    class Counting(cls):  # type: ignore[misc, valid-type]
+        def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+            self.train_logs[len(self.train_logs)] = 0
+
+        def log(self, name: str, *args: Any, **kwargs: Any) -> None:
+            if name.startswith("train/"):
+                self.train_logs[len(self.train_logs) - 1] += 1
+            super().log(name, *args, **kwargs)
+
+    return Counting
+
+
+def every_term_every_step(cls: type[AutoencoderModule]) -> type[AutoencoderModule]:
+    """``cls`` logging each training term at every step: what the loggers got before."""
+
+    class EveryStep(cls):  # type: ignore[misc, valid-type]
+        def log_terms(self, terms: dict, stage: Any, batch_size: int) -> None:
+            if stage != "train":
+                return super().log_terms(terms, stage, batch_size)
+            for name, value in terms.items():
+                self.log(f"train/{name}", value, prog_bar=name == "loss", on_step=True, on_epoch=False,
+                         batch_size=batch_size)  # fmt: skip
+
+    return EveryStep
+
+
+CASES = {
+    "every-3-steps": (VAE, {"nll_samples": 2}, {"log_every_n_steps": 3, "max_steps": 26}),
+    "accumulating": (VAE, {"nll_samples": 2}, {"log_every_n_steps": 2, "max_steps": 7, "accumulate_grad_batches": 2}),
+    "stopped-by-a-callback": (AdversarialAutoencoder, {"discriminator_hidden_dims": [8]},
+                              {"log_every_n_steps": 4, "max_steps": 20, "callbacks": [StopAt(10)]}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_metrics_csv_holds_every_term_at_the_steps_log_every_n_steps_names(
+    case: str, data_dir: Path, tmp_path: Path
+) -> None:
+    cls, kwargs, settings = CASES[case]
+    written = {}
+    for name, model_class in (("default", counting(cls)), ("every term every step", every_term_every_step(cls))):
+        torch.manual_seed(0)
+        model = model_class(**TINY, **kwargs)
+        model.train_logs = {}
+        trainer = L.Trainer(
+            accelerator="cpu", limit_val_batches=1, enable_progress_bar=False, enable_checkpointing=False,
+            enable_model_summary=False, logger=CSVLogger(tmp_path, name=name.replace(" ", "_")), **settings,
+        )  # fmt: skip
+        trainer.fit(model, datamodule=MNISTDataModule(data_dir=str(data_dir), batch_size=11))
+        with open(next((tmp_path / name.replace(" ", "_")).rglob("metrics.csv"))) as file:
+            written[name] = list(csv.DictReader(file))
+        if name == "default":
+            calls = model.train_logs
+    rows = written["default"]
+    terms = {"loss", "recon", "kl"} if cls is VAE else {"loss", "recon", "d_loss", "g_loss", "d_accuracy"}
+    assert {f"train/{term}" for term in terms} <= set(rows[0])
+    assert len([row for row in rows if row["train/recon"]]) >= 3
+    assert rows == written["every term every step"]
+    # One self.log per training batch, and all the terms where logs are written (also on accumulating batches that
+    # share the step of a written one: Lightning writes none of those, so they cost but cannot change what is written).
+    assert set(calls.values()) == {1, len(terms)}
+    if "accumulate_grad_batches" not in settings:
+        assert sum(n > 1 for n in calls.values()) == len([row for row in rows if row["train/recon"]])
