@@ -24,6 +24,8 @@ _EXPORTS = {
     "DeepBeliefAutoencoder": "ae_lightning.models.deep_belief",
     "DenoisingAutoencoder": "ae_lightning.models.denoising",
     "DropoutAutoencoder": "ae_lightning.models.dropout",
+    "KLAutoencoder": "ae_lightning.models.kl_autoencoder",
+    "QuantizedAutoencoder": "ae_lightning.models.quantized",
     "SparseAutoencoder": "ae_lightning.models.sparse",
     "SuperResolutionAutoencoder": "ae_lightning.models.superresolution",
     "VAE": "ae_lightning.models.vae",
