@@ -18,6 +18,7 @@ _EXPORTS = {
     "DeterministicAutoencoder": "ae_lightning.base",
     "AdversarialAutoencoder": "ae_lightning.models.adversarial",
     "AutoDecoder": "ae_lightning.models.autodecoder",
+    "CodePrior": "ae_lightning.models.prior",
     "Autoencoder": "ae_lightning.models.autoencoder",
     "ConditionalVAE": "ae_lightning.models.cvae",
     "ContractiveAutoencoder": "ae_lightning.models.contractive",
