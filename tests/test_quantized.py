@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
 from test_variants import make_trainer, tiny_data
 
-from ae_lightning import CodePrior, KLAutoencoder, QuantizedAutoencoder
+from ae_lightning import KLAutoencoder, QuantizedAutoencoder
 from ae_lightning.blocks import losses
 from ae_lightning.blocks.perceptual import LPIPSDistance, trunk_weights_path
 from ae_lightning.blocks.quantizers import CodebookUsage
@@ -220,57 +220,3 @@ def test_lpips_random_weights_and_offline_error(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(lpips.pretrained_networks.tv, "alexnet", offline)  # where the lpips package downloads it
     with pytest.raises(FileNotFoundError, match=rf"alexnet-owt-7be5be79.pth.*put it at {path}"):
         LPIPSDistance("alex", pretrained=True)
-
-
-# --- the prior over codes -------------------------------------------------------------------------------------------
-@pytest.fixture
-def tokenizer_path(data_dir: Path, tmp_path: Path) -> Path:
-    model = quantized(hidden_dims=[8, 8])  # 7x7 codes
-    trainer = make_trainer(tmp_path / "tokenizer", limit_val_batches=0)
-    trainer.fit(model, datamodule=tiny_data(data_dir))
-    trainer.save_checkpoint(tmp_path / "tokenizer.ckpt")
-    return tmp_path / "tokenizer.ckpt"
-
-
-def tiny_prior(path: Path) -> CodePrior:
-    torch.manual_seed(0)
-    return CodePrior(str(path), embed_dim=16, num_layers=1, num_heads=2)
-
-
-def test_prior_trains_on_frozen_codes_samples_and_reports_bits(
-    tokenizer_path: Path, data_dir: Path, tmp_path: Path
-) -> None:
-    prior = tiny_prior(tokenizer_path)
-    tokenizer_before = {name: value.clone() for name, value in prior.tokenizer.state_dict().items()}
-    trainer = make_trainer(tmp_path, limit_test_batches=1)
-    trainer.fit(prior, datamodule=tiny_data(data_dir))
-    for name, value in prior.tokenizer.state_dict().items():
-        assert torch.equal(value, tokenizer_before[name]), f"the frozen tokenizer's {name} changed"
-    trainer.test(prior, datamodule=tiny_data(data_dir), verbose=False)
-    bits = trainer.callback_metrics["test/bits_per_image"].item()
-    assert 0 < bits < 2 * 49 * math.log2(16)  # well under twice a uniform code of 49 tokens of 4 bits
-    assert trainer.callback_metrics["test/bits_per_pixel"].item() == pytest.approx(bits / 784, rel=1e-5)
-    prior.eval()
-    assert prior.sample(2).shape == (2, 1, 28, 28)
-    x = images(3)
-    tokens = prior.encode(x)
-    assert tokens.shape == (3, 49)
-    # the chain rule: the sequence's probability is the product of the next-token probabilities
-    chained = sum(
-        prior.next_token_probabilities(tokens, i).gather(1, tokens[:, i : i + 1]).log().squeeze(1) for i in range(49)
-    )
-    torch.testing.assert_close(-chained.float(), prior.token_nll(tokens), rtol=1e-4, atol=1e-3)
-
-
-def test_prior_refuses_another_tokenizers_codes(tokenizer_path: Path, data_dir: Path, tmp_path: Path) -> None:
-    prior = tiny_prior(tokenizer_path)
-    trainer = make_trainer(tmp_path / "prior", limit_val_batches=0)
-    trainer.fit(prior, datamodule=tiny_data(data_dir))
-    trainer.save_checkpoint(tmp_path / "prior.ckpt")
-    other = quantized(hidden_dims=[8, 8], ema_decay=0.5)  # another tokenizer of the same shapes
-    make_trainer(tmp_path / "other", limit_val_batches=0).fit(other, datamodule=tiny_data(data_dir))
-    with pytest.raises(ValueError, match=rf"models the codes of tokenizer {prior.fingerprint} .* is tokenizer"):
-        prior.check_tokenizer(other)
-    torch.save(torch.load(tokenizer_path, weights_only=False) | {"state_dict": other.state_dict()}, tokenizer_path)
-    with pytest.raises(ValueError, match=rf"trained on the codes of tokenizer {prior.fingerprint}, but .* now holds"):
-        CodePrior.load_from_checkpoint(tmp_path / "prior.ckpt")
