@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.error import URLError
 
 import lpips
@@ -20,6 +21,8 @@ from ae_lightning import KLAutoencoder, QuantizedAutoencoder
 from ae_lightning.blocks import losses
 from ae_lightning.blocks.perceptual import LPIPSDistance, trunk_weights_path
 from ae_lightning.blocks.quantizers import CodebookUsage
+from ae_lightning.evaluation import driver as evaluation
+from datamodules import TensorBatchLoader
 
 TINY = {"latent_dim": 4, "hidden_dims": [8], "residual_blocks": 1}
 ADVERSARIAL = {
@@ -220,3 +223,23 @@ def test_lpips_random_weights_and_offline_error(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(lpips.pretrained_networks.tv, "alexnet", offline)  # where the lpips package downloads it
     with pytest.raises(FileNotFoundError, match=rf"alexnet-owt-7be5be79.pth.*put it at {path}"):
         LPIPSDistance("alex", pretrained=True)
+
+
+# --- evaluation -----------------------------------------------------------------------------------------------------
+def test_evaluation_reports_codebook_usage_rate_and_ms_ssim() -> None:
+    model = quantized(hidden_dims=[8, 8])
+    model.loss_terms(images(), None, None)  # k-means initialization
+    model.eval()
+    x = images(8)
+    labels = torch.zeros(8, dtype=torch.long)
+    loader = TensorBatchLoader(x, labels, torch.arange(8), batch_size=3, shuffle=False, seed=0)
+    data = SimpleNamespace(input_shape=(1, 28, 28))
+    assert all(evaluation.metric_applies(model, data, name) for name in evaluation.CODE_METRICS)
+    scores = evaluation.code_scores(model, loader)
+    used = len(model.encode_indices(x).unique())
+    assert scores["codes_used"] == pytest.approx(used / 16) and scores["dead_codes"] == 16 - used
+    assert scores["bpp"] == pytest.approx(7 * 7 * 4 / 784)  # 49 codes of log2(16) bits per 28x28 image
+    (ms_ssim,) = evaluation.perceptual_scores(model, loader, ["ms_ssim"]).values()
+    assert 0 < ms_ssim < 1
+    terms = model.test_metrics(x)
+    assert set(terms) == {"ms_ssim", "bits_per_pixel"} and 0 < terms["ms_ssim"] < 1

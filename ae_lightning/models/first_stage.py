@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
+from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
 
 from ae_lightning.base import AutoencoderModule, Batch
 from ae_lightning.blocks import losses
@@ -26,6 +27,7 @@ from ae_lightning.blocks.networks import decoder_mean
 from ae_lightning.blocks.perceptual import LPIPSDistance, PerceptualNetwork
 from ae_lightning.blocks.residual_conv import ResidualConvDecoder, ResidualConvEncoder
 from ae_lightning.checks import check_number
+from ae_lightning.evaluation.metrics import ms_ssim_betas
 
 PixelLoss = Literal["l1", "mse", "bce"]
 AdversarialLoss = Literal["hinge", "non_saturating"]
@@ -245,9 +247,18 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
 
     # --- evaluation -------------------------------------------------------------------------------------------------
     def test_metrics(self, x: Tensor) -> dict[str, Tensor]:
-        if self.perceptual is None:
-            return {}
-        return {"lpips": self.perceptual(self(x).float(), x.float()).mean()}
+        """``ms_ssim`` of the reconstructions (with the scales the image size allows) and, with a perceptual loss,
+        their ``lpips``."""
+        reconstruction = self(x).float()
+        betas = ms_ssim_betas(self.input_shape[1:])
+        metrics = {
+            "ms_ssim": multiscale_structural_similarity_index_measure(
+                reconstruction, x.float(), betas=betas, data_range=1.0
+            )
+        }
+        if self.perceptual is not None:
+            metrics["lpips"] = self.perceptual(reconstruction, x.float()).mean()
+        return metrics
 
 
 __all__ = ["FirstStageAutoencoder"]
