@@ -243,3 +243,44 @@ def test_evaluation_reports_codebook_usage_rate_and_ms_ssim() -> None:
     assert 0 < ms_ssim < 1
     terms = model.test_metrics(x)
     assert set(terms) == {"ms_ssim", "bits_per_pixel"} and 0 < terms["ms_ssim"] < 1
+
+
+# --- the configs that need photos (and pretrained LPIPS weights) ----------------------------------------------------
+@pytest.mark.parametrize("config", ["vqgan_f8", "kl_f8"])
+def test_photo_configs_fit_on_a_tiny_folder_with_random_lpips(config: str, tmp_path: Path) -> None:
+    from conftest import write_image_folder
+    from tiny_runs import ROOT, run_cli
+
+    photos = write_image_folder(tmp_path / "photos", per_class=4, size=16)
+    cli = run_cli(
+        "fit",
+        "--config",
+        str(ROOT / "configs" / "photos" / f"{config}.yaml"),
+        "--data.init_args.data_dir",
+        str(photos),
+        "--data.init_args.image_size",
+        "16",
+        "--data.init_args.batch_size",
+        "4",
+        "--model.init_args.hidden_dims",
+        "[8,8,8]",
+        "--model.init_args.perceptual_pretrained",
+        "false",
+        "--model.init_args.disc_start",
+        "0",
+        "--model.init_args.discriminator_channels",
+        "4",
+        "--model.init_args.discriminator_layers",
+        "1",
+        "--trainer.default_root_dir",
+        str(tmp_path / "run"),
+        "--trainer.fast_dev_run",
+        "true",
+        "--trainer.enable_progress_bar",
+        "false",
+    )
+    logged = cli.trainer.callback_metrics
+    assert (
+        cli.trainer.global_step == 1 and torch.isfinite(logged["train/g_loss"]) and torch.isfinite(logged["val/loss"])
+    )
+    assert any(type(callback).__name__ == "EMAWeightAveraging" for callback in cli.trainer.callbacks)

@@ -36,6 +36,11 @@ METRICS: dict[str, str] = {
     "knn": "test accuracy of k-nearest neighbours on the codes of the training images",
     "auroc": "AUROC of the anomaly score separating held-out classes from the trained ones (test images; model "
     "trained with data classes = all but the held-out ones)",
+}
+RECONSTRUCTION_METRICS = ("mse", "bce", "psnr", "ssim")
+# The metrics of image tokenizers and codecs, computed by :func:`first_stage_scores` (``scripts/evaluate.py`` adds
+# those that apply; ``lpips`` only when asked, since it needs pretrained weights).
+FIRST_STAGE_METRICS: dict[str, str] = {
     "ms_ssim": "multi-scale SSIM of the test reconstructions, with the scales the image size allows",
     "lpips": "LPIPS (AlexNet) distance of the test reconstructions; needs torchvision's AlexNet weights",
     "codes_used": "share of the codebook the test images' codes use (quantized models)",
@@ -44,7 +49,6 @@ METRICS: dict[str, str] = {
     "bpp": "bits per pixel of the test images' codes: their information under the prior (CodePrior), else the "
     "fixed-length rate (quantized models)",
 }
-RECONSTRUCTION_METRICS = ("mse", "bce", "psnr", "ssim")
 PERCEPTUAL_METRICS = ("ms_ssim", "lpips")
 CODE_METRICS = ("codes_used", "perplexity", "dead_codes", "bpp")
 
@@ -214,6 +218,24 @@ def code_scores(model: AutoencoderModule, loader: TensorBatchLoader) -> dict[str
     return {**{name: float(value) for name, value in usage.compute().items()}, "bpp": float(bits.compute())}
 
 
+def first_stage_scores(model: AutoencoderModule, datamodule: ImageDataModule, names: Sequence[str]) -> dict[str, float]:
+    """The :data:`FIRST_STAGE_METRICS` ``names`` of the model on the test split; a ValueError naming one that does not
+    apply (``ms_ssim`` and ``lpips`` need images, the code metrics a quantized model or a prior)."""
+    unknown = [name for name in names if name not in FIRST_STAGE_METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric {', '.join(map(repr, unknown))}; these are {', '.join(FIRST_STAGE_METRICS)}")
+    for name in names:
+        if not metric_applies(model, datamodule, name):
+            raise ValueError(f"metric {name!r} does not apply to {type(model).__name__}: {FIRST_STAGE_METRICS[name]}")
+    test = split_loader(datamodule, "test")
+    results: dict[str, float] = {}
+    if any(name in PERCEPTUAL_METRICS for name in names):
+        results |= perceptual_scores(model, test, names)
+    if any(name in CODE_METRICS for name in names):
+        results |= code_scores(model, test)
+    return {name: results[name] for name in names}
+
+
 def negative_log_likelihood(model: AutoencoderModule, loader: TensorBatchLoader, num_samples: int | None) -> float:
     """Mean importance-weighted bound on -log p(x) in nats per image (``model.importance_weighted_nll``).
 
@@ -234,12 +256,12 @@ def negative_log_likelihood(model: AutoencoderModule, loader: TensorBatchLoader,
 
 
 def encode_split(model: AutoencoderModule, loader: TensorBatchLoader) -> tuple[Tensor, Tensor]:
-    """Codes ``[N, latent_dim]`` and labels ``[N]`` of the loader's images, on the CPU."""
+    """Codes ``[N, latent_dim]`` (spatial codes flattened) and labels ``[N]`` of the loader's images, on the CPU."""
     codes, labels = [], []
     with evaluating(model):
         for x, y in _batches(loader, model.device):
             with conditioned(model, y):
-                codes.append(model.encode(x).float().cpu())
+                codes.append(model.encode(x).float().flatten(1).cpu())  # spatial codes as vectors
             labels.append(y.cpu())
     return torch.cat(codes), torch.cat(labels)
 
@@ -390,10 +412,6 @@ def evaluate(
     if any(name in RECONSTRUCTION_METRICS for name in metrics):
         scores = reconstruction_scores(model, test)
         results |= {name: value for name, value in scores.items() if name in metrics}
-    if any(name in PERCEPTUAL_METRICS for name in metrics):
-        results |= perceptual_scores(model, test, metrics)
-    if any(name in CODE_METRICS for name in metrics):
-        results |= code_scores(model, test)
     if "nll" in metrics:
         results["nll"] = negative_log_likelihood(model, test, nll_samples)
     if "fid" in metrics:
@@ -473,6 +491,7 @@ __all__ = [
     "encode_split",
     "evaluate",
     "evaluating",
+    "first_stage_scores",
     "first_images",
     "frechet_distance",
     "gray_loader",

@@ -115,7 +115,7 @@ def draw_views(
             for chunk, chunk_labels in zip(images[:latent_map_size].split(500), labels[:latent_map_size].split(500)):
                 with conditioned(model, chunk_labels):
                     codes.append(model.encode(chunk))
-            codes = torch.cat(codes)
+            codes = torch.cat(codes).flatten(1)  # spatial codes as vectors
             drawn["latent_map"] = latent_map(
                 codes, labels[:latent_map_size], projection, class_names=class_names, title=title, seed=seed
             )
@@ -169,8 +169,8 @@ def interpolation_grid(
         z_start = model.encode(starts)
     with _maybe_conditioned(model, end_labels):
         z_end = model.encode(ends)
-    weights = torch.linspace(0, 1, steps, device=z_start.device).view(1, steps, 1)
-    z = torch.lerp(z_start.unsqueeze(1), z_end.unsqueeze(1), weights)  # [P, steps, D]
+    weights = torch.linspace(0, 1, steps, device=z_start.device).view(1, steps, *[1] * (z_start.dim() - 1))
+    z = torch.lerp(z_start.unsqueeze(1), z_end.unsqueeze(1), weights)  # [P, steps, D] (or [P, steps, C, h, w])
     row_labels = None if start_labels is None else start_labels.repeat_interleave(steps)
     with _maybe_conditioned(model, row_labels):
         decoded = model.decode(z.flatten(0, 1)).unflatten(0, (len(starts), steps))

@@ -193,6 +193,8 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
     # --- training with a discriminator: two steps per batch ---------------------------------------------------------
     def optimization_step(self, batch: Batch) -> dict[str, Tensor]:
         """A step of the autoencoder (counted in ``global_step``), then one of the discriminator from ``disc_start``."""
+        if not self.adversarial_weight:
+            return super().optimization_step(batch)  # one optimizer (the fast path's manual optimization)
         x = batch[0]
         autoencoder_optimizer, discriminator_optimizer = self.optimizers()
         adversarial = self.global_step >= self.disc_start
