@@ -49,6 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--webp_qualities", nargs="+", type=int, default=[1, 5, 10, 25, 50, 75, 90])
     parser.add_argument("--out", type=Path, default=Path("runs/rate_distortion"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reuse", action="store_true", help="reuse the autoencoders an earlier run saved under --out")
     return parser.parse_args(argv)
 
 
@@ -122,10 +123,13 @@ def learned_codec(args: argparse.Namespace, factor: int, codebook_size: int, cro
         optimizer=lambda params: torch.optim.Adam(params, lr=1e-3),
     )
     root = args.out / f"f{factor}_k{codebook_size}"
-    start = time.perf_counter()
-    trainer = fit(tokenizer, loader(crops, args.batch_size), args.steps, root)
-    trainer.save_checkpoint(root / "tokenizer.ckpt")
-    print(f"f{factor} K{codebook_size}: autoencoder {args.steps} steps in {time.perf_counter() - start:.0f} s")
+    if args.reuse and (root / "tokenizer.ckpt").is_file():
+        print(f"f{factor} K{codebook_size}: autoencoder of an earlier run, {root / 'tokenizer.ckpt'}")
+    else:
+        start = time.perf_counter()
+        trainer = fit(tokenizer, loader(crops, args.batch_size), args.steps, root)
+        trainer.save_checkpoint(root / "tokenizer.ckpt")
+        print(f"f{factor} K{codebook_size}: autoencoder {args.steps} steps in {time.perf_counter() - start:.0f} s")
     torch.manual_seed(args.seed)
     prior = CodePrior(
         str(root / "tokenizer.ckpt"),
