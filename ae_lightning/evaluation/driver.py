@@ -20,7 +20,7 @@ from torchmetrics.functional.classification import binary_auroc
 from tqdm.auto import tqdm
 
 from ae_lightning.base import AutoencoderModule
-from ae_lightning.evaluation.metrics import FrechetDistance, ReconstructionMetrics, multiscale_ssim
+from ae_lightning.evaluation.metrics import FrechetDistance, ReconstructionMetrics, ms_ssim_applies, multiscale_ssim
 from datamodules.base import ImageDataModule, Split
 from datamodules.loader import TensorBatchLoader
 
@@ -64,6 +64,8 @@ def check_metric_names(names: Sequence[str]) -> list[str]:
 def metric_applies(model: AutoencoderModule, datamodule: ImageDataModule, name: str) -> bool:
     """Whether metric ``name`` can be computed for this model and data (else :func:`evaluate` raises)."""
     images = len(datamodule.input_shape) == 3
+    if name == "ms_ssim":
+        return images and ms_ssim_applies(datamodule.input_shape[1:])
     if name in ("bce", "psnr", "ssim", *PERCEPTUAL_METRICS):
         return images
     if name in CODE_METRICS:

@@ -59,6 +59,11 @@ class ReconstructionMetrics(MetricCollection):
 MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
 
+def ms_ssim_applies(image_size: Sequence[int], kernel_size: int = 11) -> bool:
+    """Whether MS-SSIM (at least its first scale) can be computed on images of ``image_size`` ``(H, W)``."""
+    return min(image_size) > kernel_size - 1
+
+
 def ms_ssim_betas(image_size: Sequence[int], kernel_size: int = 11) -> tuple[float, ...]:
     """The weights of as many of MS-SSIM's five scales as images of ``image_size`` ``(H, W)`` allow by torchmetrics'
     rule (all five from 176 pixels a side; two at 28x28), renormalized to sum to 1."""
@@ -121,6 +126,7 @@ __all__ = [
     "MS_SSIM_BETAS",
     "PixelBinaryCrossEntropy",
     "ReconstructionMetrics",
+    "ms_ssim_applies",
     "ms_ssim_betas",
     "multiscale_ssim",
 ]

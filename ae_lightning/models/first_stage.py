@@ -27,7 +27,7 @@ from ae_lightning.blocks.networks import decoder_mean
 from ae_lightning.blocks.perceptual import LPIPSDistance, PerceptualNetwork
 from ae_lightning.blocks.residual_conv import ResidualConvDecoder, ResidualConvEncoder
 from ae_lightning.checks import check_number
-from ae_lightning.evaluation.metrics import ms_ssim_betas
+from ae_lightning.evaluation.metrics import ms_ssim_applies, ms_ssim_betas
 
 PixelLoss = Literal["l1", "mse", "bce"]
 AdversarialLoss = Literal["hinge", "non_saturating"]
@@ -249,15 +249,15 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
 
     # --- evaluation -------------------------------------------------------------------------------------------------
     def test_metrics(self, x: Tensor) -> dict[str, Tensor]:
-        """``ms_ssim`` of the reconstructions (with the scales the image size allows) and, with a perceptual loss,
-        their ``lpips``."""
+        """``ms_ssim`` of the reconstructions (with the scales the image size allows; none under 11 pixels) and,
+        with a perceptual loss, their ``lpips``."""
         reconstruction = self(x).float()
-        betas = ms_ssim_betas(self.input_shape[1:])
-        metrics = {
-            "ms_ssim": multiscale_structural_similarity_index_measure(
+        metrics = {}
+        if ms_ssim_applies(self.input_shape[1:]):
+            betas = ms_ssim_betas(self.input_shape[1:])
+            metrics["ms_ssim"] = multiscale_structural_similarity_index_measure(
                 reconstruction, x.float(), betas=betas, data_range=1.0
             )
-        }
         if self.perceptual is not None:
             metrics["lpips"] = self.perceptual(reconstruction, x.float()).mean()
         return metrics
