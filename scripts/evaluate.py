@@ -32,6 +32,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--metrics", nargs="+", default=None, help=f"metrics (default: all that apply): {', '.join(evaluation.METRICS)}"
     )
+    parser.add_argument(
+        "--first_stage_metrics",
+        nargs="+",
+        default=None,
+        help=f"tokenizer and codec metrics: {', '.join(evaluation.FIRST_STAGE_METRICS)} (default without --metrics: "
+        "those that apply but lpips, which needs torchvision's AlexNet weights)",
+    )
     parser.add_argument("--nll_samples", type=int, default=None, help="importance samples (default: the model's)")
     parser.add_argument("--fid_samples", type=int, default=10000)
     parser.add_argument("--classifier", type=Path, default=None, help="feature classifier (default: the cache path)")
@@ -107,6 +114,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         scores |= disentanglement.disentanglement_metrics(
             encode, datamodule, names, num_points=args.disentanglement_points, seed=args.seed
         )
+    first_stage = args.first_stage_metrics
+    if first_stage is None and args.metrics is None:
+        first_stage = [
+            name
+            for name in evaluation.FIRST_STAGE_METRICS
+            if name != "lpips" and evaluation.metric_applies(model, datamodule, name)
+        ]
+    if first_stage:
+        scores |= evaluation.first_stage_scores(model, datamodule, first_stage)
     width = max(map(len, scores))
     for name, value in scores.items():
         print(f"{name:<{width}}  {value:.6g}")

@@ -30,6 +30,8 @@ from ae_lightning import (
     DropoutAutoencoder,
     FactorVAE,
     InfoVAE,
+    KLAutoencoder,
+    QuantizedAutoencoder,
     SparseAutoencoder,
     SuperResolutionAutoencoder,
     VampPriorVAE,
@@ -39,6 +41,7 @@ from ae_lightning.blocks import losses
 from ae_lightning.blocks.networks import ConvEncoder, MLPEncoder
 from ae_lightning.models.contractive import encode_with_contraction
 from ae_lightning.models.denoising import corrupt
+from ae_lightning.models.first_stage import FirstStageAutoencoder
 from datamodules import MNISTDataModule
 
 TINY = {"latent_dim": 4, "hidden_dims": [16]}
@@ -70,6 +73,18 @@ VARIANTS = [
     (VampPriorVAE, {"nll_samples": 4, "nll_chunk_size": 2, "num_pseudo_inputs": 3}),
     (VampPriorVAE, {"nll_samples": 4, "nll_chunk_size": 2, "num_pseudo_inputs": 3, "iw_samples": 2}),
     (IAFVAE, {"nll_samples": 4, "nll_chunk_size": 2, "flow_hidden_dims": [8]}),
+    (QuantizedAutoencoder, {"codebook_size": 16}),
+    (QuantizedAutoencoder, {"quantizer": "fsq", "fsq_levels": [8, 5]}),
+    (QuantizedAutoencoder, {"quantizer": "residual_vq", "codebook_size": 8, "num_quantizers": 2}),
+    (
+        KLAutoencoder,
+        {
+            "perceptual_weight": 1.0,
+            "perceptual_pretrained": False,
+            "adversarial_weight": 0.5,
+            "discriminator_layers": 1,
+        },
+    ),
 ]
 IDS = [f"{cls.__name__}-{i}" for i, (cls, _) in enumerate(VARIANTS)]
 # Gray and RGB images, a size no stride-2 convolution halves evenly, and feature vectors.
@@ -86,7 +101,10 @@ def for_shape(cls: type[AutoencoderModule], kwargs: dict, shape: tuple[int, ...]
     likelihood and salt and pepper mean nothing there)."""
     kwargs = {**kwargs, "input_shape": shape}
     if len(shape) == 1:
-        kwargs |= {"likelihood": "gaussian"} if issubclass(cls, VAE) else {"reconstruction": "mse"}
+        if issubclass(cls, VAE):
+            kwargs |= {"likelihood": "gaussian"}
+        elif not issubclass(cls, FirstStageAutoencoder):  # whose default is the squared error already
+            kwargs |= {"reconstruction": "mse"}
         if kwargs.get("corruption") == "salt_and_pepper":
             kwargs["corruption"] = "masking"
     return kwargs
@@ -94,10 +112,12 @@ def for_shape(cls: type[AutoencoderModule], kwargs: dict, shape: tuple[int, ...]
 
 def refusal(cls: type[AutoencoderModule], kwargs: dict, shape: tuple[int, ...]) -> str | None:
     """The error a variant gives, before training, for data it cannot take; None where it takes them."""
-    if len(shape) == 1 and kwargs.get("network") == "conv":
+    if len(shape) == 1 and (kwargs.get("network") == "conv" or issubclass(cls, FirstStageAutoencoder)):
         return r"a conv network needs images .* \(13,\) \(feature vectors\): use network: mlp"
     if len(shape) == 1 and cls in (SuperResolutionAutoencoder, DeepBeliefAutoencoder):
         return r"got input_shape \(13,\) \(feature vectors\): use another variant for vectors"
+    if issubclass(cls, FirstStageAutoencoder) and (shape[1] % 2 or shape[2] % 2):
+        return rf"the image size {shape[1]}x{shape[2]} is not divisible by the downsampling factor 2"
     scale = kwargs.get("scale")
     if cls is SuperResolutionAutoencoder and (shape[1] % scale or shape[2] % scale):
         return rf"scale={scale} must divide the image size {shape[1]}x{shape[2]}"
@@ -148,7 +168,7 @@ def test_public_api_shapes(cls: type[AutoencoderModule], kwargs: dict, shape: tu
     bounded = len(shape) == 3  # images in [0, 1]; vectors unbounded
     extra = label_kwargs(model, labels)
     z = model.encode(x, **extra)
-    assert z.shape == (5, 4)
+    assert z.shape[:2] == (5, 4)  # [B, latent_dim], or [B, latent_dim, h, w] for spatial codes
     decoded = model.decode(z, **extra)
     assert decoded.shape == (5, *shape) and (not bounded or (0 <= decoded.min() and decoded.max() <= 1))
     assert model(x, **extra).shape == (5, *shape)
@@ -175,7 +195,7 @@ def test_training_updates_every_parameter_and_checkpoint_round_trips(
     assert torch.isfinite(metrics["train/loss"]) and torch.isfinite(metrics["val/loss"])
     assert trainer.global_step == 2
     for name, parameter in model.named_parameters():
-        if name in before:  # an auto-decoder's codes are built in setup
+        if name in before and parameter.requires_grad:  # an auto-decoder's codes are built in setup; LPIPS is frozen
             assert not torch.equal(parameter.detach(), before[name]), f"{name} did not change"
 
     path = tmp_path / "model.ckpt"
@@ -199,7 +219,7 @@ def test_test_and_predict_steps_run(cls: type[AutoencoderModule], kwargs: dict, 
     trainer.test(model, datamodule=data, verbose=False)
     assert torch.isfinite(trainer.callback_metrics["test/loss"])
     (predictions,) = trainer.predict(model, datamodule=data)
-    assert predictions["z"].shape == (16, 4) and torch.isfinite(predictions["recon_error"]).all()
+    assert predictions["z"].shape[:2] == (16, 4) and torch.isfinite(predictions["recon_error"]).all()
 
 
 @pytest.mark.parametrize("data", ["rgb_folder", "vectors"])

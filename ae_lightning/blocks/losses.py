@@ -171,3 +171,35 @@ def multinomial_log_likelihood(logits: Tensor, counts: Tensor) -> Tensor:
         counts: ``[..., I]`` click counts (0/1 for implicit feedback), broadcast against ``logits``.
     """
     return (F.log_softmax(logits, dim=-1) * counts).sum(-1)
+
+
+def hinge_discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """``(mean(relu(1 - D(x))) + mean(relu(1 + D(x_hat)))) / 2`` over every logit (every patch of a PatchGAN)."""
+    return 0.5 * (F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean())
+
+
+def non_saturating_discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """``(mean(-log sigmoid(D(x))) + mean(-log(1 - sigmoid(D(x_hat))))) / 2``: binary cross-entropy, averaged."""
+    return 0.5 * (F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean())
+
+
+def generator_adversarial_loss(fake_logits: Tensor, kind: str = "hinge") -> Tensor:
+    """The generator's loss on the discriminator's logits of reconstructions, averaged over every logit:
+    ``-mean(D(x_hat))`` for ``hinge`` (Lim & Ye 2017), ``mean(-log sigmoid(D(x_hat)))`` for ``non_saturating``."""
+    if kind == "hinge":
+        return -fake_logits.mean()
+    if kind == "non_saturating":
+        return F.softplus(-fake_logits).mean()
+    raise ValueError(f"adversarial loss must be 'hinge' or 'non_saturating', got {kind!r}")
+
+
+def adaptive_adversarial_weight(
+    reconstruction_loss: Tensor, generator_loss: Tensor, last_layer_weight: Tensor, max_weight: float = 1e4
+) -> Tensor:
+    """``||grad_w L_rec|| / (||grad_w L_G|| + 1e-4)`` at the decoder's last weight ``w``, clamped to ``[0, max_weight]``
+    and detached (Esser et al. 2021, eq. 7): the adversarial term then pulls on the decoder as hard as the
+    reconstruction does. Both losses keep their graphs."""
+    reconstruction_grad = torch.autograd.grad(reconstruction_loss, last_layer_weight, retain_graph=True)[0]
+    generator_grad = torch.autograd.grad(generator_loss, last_layer_weight, retain_graph=True)[0]
+    weight = reconstruction_grad.norm() / (generator_grad.norm() + 1e-4)
+    return weight.clamp(0.0, max_weight).detach()

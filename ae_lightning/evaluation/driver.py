@@ -20,7 +20,7 @@ from torchmetrics.functional.classification import binary_auroc
 from tqdm.auto import tqdm
 
 from ae_lightning.base import AutoencoderModule
-from ae_lightning.evaluation.metrics import FrechetDistance, ReconstructionMetrics
+from ae_lightning.evaluation.metrics import FrechetDistance, ReconstructionMetrics, ms_ssim_applies, multiscale_ssim
 from datamodules.base import ImageDataModule, Split
 from datamodules.loader import TensorBatchLoader
 
@@ -38,6 +38,19 @@ METRICS: dict[str, str] = {
     "trained with data classes = all but the held-out ones)",
 }
 RECONSTRUCTION_METRICS = ("mse", "bce", "psnr", "ssim")
+# The metrics of image tokenizers and codecs, computed by :func:`first_stage_scores` (``scripts/evaluate.py`` adds
+# those that apply; ``lpips`` only when asked, since it needs pretrained weights).
+FIRST_STAGE_METRICS: dict[str, str] = {
+    "ms_ssim": "multi-scale SSIM of the test reconstructions, with the scales the image size allows",
+    "lpips": "LPIPS (AlexNet) distance of the test reconstructions; needs torchvision's AlexNet weights",
+    "codes_used": "share of the codebook the test images' codes use (quantized models)",
+    "perplexity": "perplexity of the test images' code frequencies (quantized models)",
+    "dead_codes": "codes no test image uses (quantized models)",
+    "bpp": "bits per pixel of the test images' codes: their information under the prior (CodePrior), else the "
+    "fixed-length rate (quantized models)",
+}
+PERCEPTUAL_METRICS = ("ms_ssim", "lpips")
+CODE_METRICS = ("codes_used", "perplexity", "dead_codes", "bpp")
 
 
 def check_metric_names(names: Sequence[str]) -> list[str]:
@@ -51,8 +64,12 @@ def check_metric_names(names: Sequence[str]) -> list[str]:
 def metric_applies(model: AutoencoderModule, datamodule: ImageDataModule, name: str) -> bool:
     """Whether metric ``name`` can be computed for this model and data (else :func:`evaluate` raises)."""
     images = len(datamodule.input_shape) == 3
-    if name in ("bce", "psnr", "ssim"):
+    if name == "ms_ssim":
+        return images and ms_ssim_applies(datamodule.input_shape[1:])
+    if name in ("bce", "psnr", "ssim", *PERCEPTUAL_METRICS):
         return images
+    if name in CODE_METRICS:
+        return quantizer_of(model) is not None
     if name == "nll":
         return callable(getattr(model, "importance_weighted_nll", None))
     if name == "fid":
@@ -149,6 +166,70 @@ def reconstruction_scores(model: AutoencoderModule, loader: TensorBatchLoader) -
     return {name: values[name] for name in RECONSTRUCTION_METRICS if name in values}
 
 
+def perceptual_scores(model: AutoencoderModule, loader: TensorBatchLoader, names: Sequence[str]) -> dict[str, float]:
+    """``ms_ssim`` and ``lpips`` (those in ``names``) of the model's reconstructions of the loader's images."""
+    from ae_lightning.blocks.perceptual import LPIPSDistance
+
+    metrics: dict[str, Any] = {}
+    if "ms_ssim" in names:
+        metrics["ms_ssim"] = multiscale_ssim(model.input_shape[1:]).to(model.device)
+    if "lpips" in names:
+        distance = LPIPSDistance("alex").to(model.device)
+        metrics["lpips"] = MeanMetric().to(model.device)
+    with evaluating(model):
+        for x, labels in _batches(loader, model.device):
+            reconstruction = model(x, labels).float()
+            if "ms_ssim" in metrics:
+                metrics["ms_ssim"].update(reconstruction, x.float())
+            if "lpips" in metrics:
+                metrics["lpips"].update(distance(reconstruction, x.float()))
+    return {name: float(metric.compute()) for name, metric in metrics.items()}
+
+
+def quantizer_of(model: nn.Module) -> nn.Module | None:
+    """The quantized autoencoder behind ``model`` (itself, or a prior's tokenizer); None for other models."""
+    tokenizer = getattr(model, "tokenizer", model)
+    return tokenizer if callable(getattr(tokenizer, "encode_indices", None)) else None
+
+
+def code_scores(model: AutoencoderModule, loader: TensorBatchLoader) -> dict[str, float]:
+    """Codebook usage of the test images' codes (``codes_used``, ``perplexity``, ``dead_codes``) and their ``bpp``:
+    under the prior for a :class:`~ae_lightning.models.prior.CodePrior`, else the fixed-length rate."""
+    from ae_lightning.blocks.quantizers import CodebookUsage
+
+    tokenizer = quantizer_of(model)
+    usage = CodebookUsage(tokenizer.codebook_size, tokenizer.quantizer.num_codebooks).to(model.device)
+    bits = MeanMetric().to(model.device)
+    pixels = model.input_shape[1] * model.input_shape[2]
+    with evaluating(model):
+        for x, _ in _batches(loader, model.device):
+            indices = tokenizer.encode_indices(x)
+            usage.update(indices)
+            if callable(getattr(model, "bits_per_image", None)):
+                bits.update(model.bits_per_image(x) / pixels)
+            else:
+                bits.update(torch.full((len(x),), tokenizer.bits_per_pixel(indices.shape[1:]), device=x.device))
+    return {**{name: float(value) for name, value in usage.compute().items()}, "bpp": float(bits.compute())}
+
+
+def first_stage_scores(model: AutoencoderModule, datamodule: ImageDataModule, names: Sequence[str]) -> dict[str, float]:
+    """The :data:`FIRST_STAGE_METRICS` ``names`` of the model on the test split; a ValueError naming one that does not
+    apply (``ms_ssim`` and ``lpips`` need images, the code metrics a quantized model or a prior)."""
+    unknown = [name for name in names if name not in FIRST_STAGE_METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric {', '.join(map(repr, unknown))}; these are {', '.join(FIRST_STAGE_METRICS)}")
+    for name in names:
+        if not metric_applies(model, datamodule, name):
+            raise ValueError(f"metric {name!r} does not apply to {type(model).__name__}: {FIRST_STAGE_METRICS[name]}")
+    test = split_loader(datamodule, "test")
+    results: dict[str, float] = {}
+    if any(name in PERCEPTUAL_METRICS for name in names):
+        results |= perceptual_scores(model, test, names)
+    if any(name in CODE_METRICS for name in names):
+        results |= code_scores(model, test)
+    return {name: results[name] for name in names}
+
+
 def negative_log_likelihood(model: AutoencoderModule, loader: TensorBatchLoader, num_samples: int | None) -> float:
     """Mean importance-weighted bound on -log p(x) in nats per image (``model.importance_weighted_nll``).
 
@@ -168,11 +249,11 @@ def negative_log_likelihood(model: AutoencoderModule, loader: TensorBatchLoader,
 
 
 def encode_split(model: AutoencoderModule, loader: TensorBatchLoader) -> tuple[Tensor, Tensor]:
-    """Codes ``[N, latent_dim]`` and labels ``[N]`` of the loader's images, on the CPU."""
+    """Codes ``[N, latent_dim]`` (spatial codes flattened) and labels ``[N]`` of the loader's images, on the CPU."""
     codes, labels = [], []
     with evaluating(model):
         for x, y in _batches(loader, model.device):
-            codes.append(model.encode(x, y).float().cpu())
+            codes.append(model.encode(x, y).float().flatten(1).cpu())  # spatial codes as vectors
             labels.append(y.cpu())
     return torch.cat(codes), torch.cat(labels)
 
@@ -398,17 +479,21 @@ __all__ = [
     "anomaly_auroc",
     "anomaly_scores",
     "check_metric_names",
+    "code_scores",
     "datamodule_class",
     "encode_split",
     "evaluate",
     "evaluating",
+    "first_stage_scores",
     "first_images",
     "frechet_distance",
     "gray_loader",
     "load_checkpoint",
     "metric_applies",
     "negative_log_likelihood",
+    "perceptual_scores",
     "probe_accuracies",
+    "quantizer_of",
     "real_frechet_distance",
     "reconstruction_scores",
     "require_generative",

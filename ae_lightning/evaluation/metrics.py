@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MeanSquaredError, MetricCollection
-from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+from torchmetrics.image import (
+    MultiScaleStructuralSimilarityIndexMeasure,
+    PeakSignalNoiseRatio,
+    StructuralSimilarityIndexMeasure,
+)
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 
@@ -50,6 +55,38 @@ class ReconstructionMetrics(MetricCollection):
         )
 
 
+# The weights of the five scales of Wang et al. 2003, "Multiscale structural similarity for image quality assessment".
+MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def ms_ssim_applies(image_size: Sequence[int], kernel_size: int = 11) -> bool:
+    """Whether MS-SSIM (at least its first scale) can be computed on images of ``image_size`` ``(H, W)``."""
+    return min(image_size) > kernel_size - 1
+
+
+def ms_ssim_betas(image_size: Sequence[int], kernel_size: int = 11) -> tuple[float, ...]:
+    """The weights of as many of MS-SSIM's five scales as images of ``image_size`` ``(H, W)`` allow by torchmetrics'
+    rule (all five from 176 pixels a side; two at 28x28), renormalized to sum to 1."""
+    side = min(image_size)
+    # torchmetrics' size rule for s scales: side // max(1, s - 1) ** 2 > kernel_size - 1 and side >= 2 ** s
+    fits = [s for s in range(1, 6) if side // max(1, s - 1) ** 2 > kernel_size - 1 and side >= 2**s]
+    if not fits:
+        raise ValueError(f"MS-SSIM with an {kernel_size}-pixel window needs images over {kernel_size} pixels a side")
+    betas = MS_SSIM_BETAS[: max(fits)]
+    return tuple(beta / sum(betas) for beta in betas)
+
+
+def multiscale_ssim(image_size: Sequence[int], kernel_size: int = 11) -> MultiScaleStructuralSimilarityIndexMeasure:
+    """torchmetrics' MS-SSIM for images in [0, 1] of ``image_size`` with the scales of :func:`ms_ssim_betas`.
+
+    Args:
+        image_size: ``(H, W)``.
+        kernel_size: the Gaussian window of each scale.
+    """
+    betas = ms_ssim_betas(image_size, kernel_size)
+    return MultiScaleStructuralSimilarityIndexMeasure(data_range=1.0, kernel_size=kernel_size, betas=betas)
+
+
 class FeatureExtractor(nn.Module):
     """The penultimate layer of a classifier as the feature space of :class:`FrechetDistance`.
 
@@ -83,4 +120,13 @@ class FrechetDistance(FrechetInceptionDistance):
         super().__init__(feature=FeatureExtractor(classifier), normalize=True, **kwargs)
 
 
-__all__ = ["FeatureExtractor", "FrechetDistance", "PixelBinaryCrossEntropy", "ReconstructionMetrics"]
+__all__ = [
+    "FeatureExtractor",
+    "FrechetDistance",
+    "MS_SSIM_BETAS",
+    "PixelBinaryCrossEntropy",
+    "ReconstructionMetrics",
+    "ms_ssim_applies",
+    "ms_ssim_betas",
+    "multiscale_ssim",
+]

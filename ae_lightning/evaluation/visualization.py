@@ -113,7 +113,7 @@ def draw_views(
             codes = []
             for chunk, chunk_labels in zip(images[:latent_map_size].split(500), labels[:latent_map_size].split(500)):
                 codes.append(model.encode(chunk, chunk_labels))
-            codes = torch.cat(codes)
+            codes = torch.cat(codes).flatten(1)  # spatial codes as vectors
             drawn["latent_map"] = latent_map(
                 codes, labels[:latent_map_size], projection, class_names=class_names, title=title, seed=seed
             )
@@ -164,8 +164,8 @@ def interpolation_grid(
     """
     check_number("interpolation steps", steps, "[2, inf)", integer=True)  # the two ends and what lies between
     z_start, z_end = model.encode(starts, start_labels), model.encode(ends, end_labels)
-    weights = torch.linspace(0, 1, steps, device=z_start.device).view(1, steps, 1)
-    z = torch.lerp(z_start.unsqueeze(1), z_end.unsqueeze(1), weights)  # [P, steps, D]
+    weights = torch.linspace(0, 1, steps, device=z_start.device).view(1, steps, *[1] * (z_start.dim() - 1))
+    z = torch.lerp(z_start.unsqueeze(1), z_end.unsqueeze(1), weights)  # [P, steps, D] (or [P, steps, C, h, w])
     row_labels = None if start_labels is None else start_labels.repeat_interleave(steps)
     decoded = model.decode(z.flatten(0, 1), row_labels).unflatten(0, (len(starts), steps))
     rows = torch.cat([starts.unsqueeze(1), decoded.to(starts.dtype), ends.unsqueeze(1)], 1)

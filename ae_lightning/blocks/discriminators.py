@@ -1,0 +1,48 @@
+"""Image discriminators for the perceptual-adversarial recipe."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ae_lightning.checks import check_number
+
+
+class PatchDiscriminator(nn.Sequential):
+    """The PatchGAN of pix2pix (Isola et al. 2017), as VQGAN uses it: stride-2 4x4 convolutions with LeakyReLU(0.2),
+    one logit per overlapping patch ``[B, 1, h, w]``. GroupNorm in place of BatchNorm: the logits of one image do not
+    depend on the rest of the batch, and there are no running statistics for weight averaging to mix.
+
+    Args:
+        in_channels: channels of the images.
+        channels: channels of the first convolution; each further layer doubles them (up to 8 times).
+        num_layers: stride-2 convolutions after the first; each halves the receptive field's stride.
+    """
+
+    def __init__(self, in_channels: int = 3, channels: int = 64, num_layers: int = 3) -> None:
+        check_number("channels", channels, "[1, inf)", integer=True)
+        check_number("num_layers", num_layers, "[0, inf)", integer=True)
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+        width = channels
+        for layer in range(1, num_layers + 1):
+            wider = channels * min(2**layer, 8)
+            stride = 2 if layer < num_layers else 1
+            layers += [
+                nn.Conv2d(width, wider, 4, stride=stride, padding=1, bias=False),
+                nn.GroupNorm(_groups(wider), wider),
+                nn.LeakyReLU(0.2),
+            ]
+            width = wider
+        layers.append(nn.Conv2d(width, 1, 4, stride=1, padding=1))
+        super().__init__(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Patch logits ``[B, 1, h, w]`` that images ``x`` in [0, 1] are real."""
+        return super().forward(2 * x - 1)
+
+
+def _groups(channels: int) -> int:
+    """The largest of 32, 16, ..., 1 that divides ``channels``."""
+    return next(groups for groups in (32, 16, 8, 4, 2, 1) if channels % groups == 0)
+
+
+__all__ = ["PatchDiscriminator"]

@@ -1,0 +1,83 @@
+"""The LPIPS perceptual distance (Zhang et al. 2018, "The Unreasonable Effectiveness of Deep Features as a Perceptual
+Metric") from the ``lpips`` package, as a frozen loss network and a test metric.
+
+LPIPS needs two sets of weights: its linear calibration layers, which ship inside the ``lpips`` package, and the
+ImageNet trunk (AlexNet, VGG-16 or SqueezeNet), which torchvision downloads into ``torch.hub.get_dir()/checkpoints``.
+Offline, put the trunk's file there (:func:`trunk_weights_path` names it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import lpips
+import torch
+import torch.nn.functional as F
+import torchvision.models as tv
+from torch import Tensor, nn
+
+PerceptualNetwork = Literal["alex", "vgg", "squeeze"]
+_TRUNK_WEIGHTS = {
+    "alex": tv.AlexNet_Weights.IMAGENET1K_V1,
+    "vgg": tv.VGG16_Weights.IMAGENET1K_V1,
+    "squeeze": tv.SqueezeNet1_1_Weights.IMAGENET1K_V1,
+}
+# AlexNet's stride-4 stem and three max-pools leave nothing of images much smaller than this.
+MIN_SIZE = 64
+
+
+def trunk_weights_path(network: PerceptualNetwork) -> Path:
+    """Where torchvision keeps (and looks for) the ImageNet weights of the LPIPS trunk ``network``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(_TRUNK_WEIGHTS[network].url).name
+
+
+class LPIPSDistance(nn.Module):
+    """Frozen LPIPS distance per image between images in [0, 1]; gray images are repeated to three channels and
+    images smaller than 64 pixels upsampled (bilinear) to 64.
+
+    Args:
+        network: the trunk, ``alex`` (as VQGAN's evaluation), ``vgg`` (as its loss) or ``squeeze``.
+        pretrained: load the trunk's ImageNet weights and the calibrated linear layers; False leaves every weight
+            randomly initialized (tests, or a run without the weights where only the code path matters).
+    """
+
+    def __init__(self, network: PerceptualNetwork = "alex", pretrained: bool = True) -> None:
+        super().__init__()
+        if network not in _TRUNK_WEIGHTS:
+            raise ValueError(f"perceptual network must be 'alex', 'vgg' or 'squeeze', got {network!r}")
+        self.network = network
+        if pretrained:
+            self.lpips = _pretrained_lpips(network)
+        else:
+            self.lpips = lpips.LPIPS(net=network, pretrained=False, pnet_rand=True, verbose=False)
+        self.lpips.eval().requires_grad_(False)
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        """LPIPS distances ``[B]`` between images ``x`` and ``y`` ``[B, C, H, W]`` in [0, 1]; differentiable."""
+        if x.shape[1] == 1:
+            x, y = x.expand(-1, 3, -1, -1), y.expand(-1, 3, -1, -1)
+        if min(x.shape[-2:]) < MIN_SIZE:
+            scale = MIN_SIZE / min(x.shape[-2:])
+            x, y = (F.interpolate(t, scale_factor=scale, mode="bilinear", align_corners=False) for t in (x, y))
+        return self.lpips(x, y, normalize=True).flatten()
+
+    def train(self, mode: bool = True) -> LPIPSDistance:
+        super().train(mode)
+        self.lpips.eval()  # a fixed metric: its dropout never runs
+        return self
+
+
+def _pretrained_lpips(network: PerceptualNetwork) -> nn.Module:
+    path = trunk_weights_path(network)
+    try:
+        return lpips.LPIPS(net=network, pretrained=True, pnet_rand=False, verbose=False)
+    except (OSError, RuntimeError) as error:  # urllib's URLError is an OSError
+        raise FileNotFoundError(
+            f"LPIPS ({network}) needs torchvision's ImageNet weights {path.name}, which are not in {path.parent} and "
+            f"could not be downloaded ({type(error).__name__}: {error}). Download {_TRUNK_WEIGHTS[network].url} "
+            f"on a machine with internet and put it at {path}, or set perceptual_pretrained: false"
+        ) from error
+
+
+__all__ = ["LPIPSDistance", "trunk_weights_path"]

@@ -1,0 +1,163 @@
+"""Quantizers of spatial codes, from ``vector-quantize-pytorch``, behind one interface; and codebook-usage statistics.
+
+:class:`SpatialQuantizer` wraps the library's ``VectorQuantize`` (van den Oord et al. 2017; EMA codebook updates,
+k-means initialization, dead-code replacement), ``FSQ`` (Mentzer et al. 2023, "Finite Scalar Quantization") and
+``ResidualVQ`` (Zeghidour et al. 2021): codes ``[B, C, h, w]`` in, quantized codes, indices ``[B, Q, h, w]`` (``Q``
+codebooks: 1, or the residual levels) and the library's auxiliary loss out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import Metric
+from vector_quantize_pytorch import FSQ, ResidualVQ, VectorQuantize
+
+from ae_lightning.checks import check_number, check_numbers
+
+QuantizerKind = Literal["vq", "fsq", "residual_vq"]
+# FSQ's indices are int32 in the library; a prior over more symbols than this could not be trained anyway.
+MAX_FSQ_CODEBOOK = 2**20
+
+
+def check_quantizer(kind: str, codebook_size: int, fsq_levels: Sequence[int], num_quantizers: int) -> None:
+    """Raise a ValueError naming the setting if this quantizer cannot work."""
+    if kind not in ("vq", "fsq", "residual_vq"):
+        raise ValueError(f"quantizer must be 'vq', 'fsq' or 'residual_vq', got {kind!r}")
+    if kind == "fsq":
+        # One level is a constant; two break FSQ's symmetric rounding (the library needs preserve_symmetry there).
+        check_numbers("fsq_levels", fsq_levels, "[3, inf)", integer=True)
+        if not fsq_levels:
+            raise ValueError("fsq_levels must name at least one level, got []")
+        if math.prod(fsq_levels) > MAX_FSQ_CODEBOOK:
+            raise ValueError(
+                f"fsq_levels {list(fsq_levels)} make a codebook of {math.prod(fsq_levels)} codes, more than "
+                f"{MAX_FSQ_CODEBOOK}; use fewer or smaller levels"
+            )
+        return
+    check_number("codebook_size", codebook_size, "[2, inf)", integer=True)
+    if kind == "residual_vq":
+        check_number("num_quantizers", num_quantizers, "[1, inf)", integer=True)
+
+
+class SpatialQuantizer(nn.Module):
+    """One of the library's quantizers applied at every position of a code map ``[B, C, h, w]``.
+
+    Args:
+        kind: ``vq``, ``fsq`` or ``residual_vq``.
+        channels: channels ``C`` of the codes.
+        codebook_size: codes per codebook (``vq``, ``residual_vq``); at least 2.
+        fsq_levels: levels per FSQ dimension, each at least 3; the codebook has their product of codes.
+        num_quantizers: residual levels of ``residual_vq``.
+        commitment_weight: weight of the commitment loss ``||z - sg(e)||^2`` (``vq``, ``residual_vq``).
+        ema_decay: decay of the EMA codebook updates.
+        kmeans_init: initialize the codebook by k-means on the first batch.
+        dead_code_threshold: a code whose EMA cluster size falls below this is replaced by a code vector of the
+            batch; 0 disables replacement.
+    """
+
+    def __init__(
+        self,
+        kind: QuantizerKind = "vq",
+        channels: int = 64,
+        codebook_size: int = 512,
+        fsq_levels: Sequence[int] = (8, 5, 5, 5),
+        num_quantizers: int = 4,
+        commitment_weight: float = 0.25,
+        ema_decay: float = 0.99,
+        kmeans_init: bool = True,
+        dead_code_threshold: float = 2.0,
+    ) -> None:
+        super().__init__()
+        check_quantizer(kind, codebook_size, fsq_levels, num_quantizers)
+        check_number("commitment_weight", commitment_weight, "[0, inf)")
+        check_number("ema_decay", ema_decay, "[0, 1)")
+        check_number("dead_code_threshold", dead_code_threshold, "[0, inf)")
+        self.kind = kind
+        # rotation_trick=False: the plain straight-through estimator of the VQ-VAE paper.
+        vq = {
+            "dim": channels,
+            "codebook_size": codebook_size,
+            "decay": ema_decay,
+            "commitment_weight": commitment_weight,
+            "kmeans_init": kmeans_init,
+            "threshold_ema_dead_code": dead_code_threshold,
+            "rotation_trick": False,
+        }
+        if kind == "vq":
+            self.quantizer = VectorQuantize(**vq)
+            self.codebook_size, self.num_codebooks = codebook_size, 1
+        elif kind == "residual_vq":
+            self.quantizer = ResidualVQ(num_quantizers=num_quantizers, **vq)
+            self.codebook_size, self.num_codebooks = codebook_size, num_quantizers
+        else:
+            self.quantizer = FSQ(levels=list(fsq_levels), dim=channels)
+            self.codebook_size, self.num_codebooks = math.prod(fsq_levels), 1
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Quantize codes ``z [B, C, h, w]``: returns the quantized codes (gradients pass straight through to
+        ``z``), the indices ``[B, Q, h, w]`` and the auxiliary loss (commitment; 0 for FSQ and in evaluation)."""
+        batch, _, height, width = z.shape
+        sequence = z.flatten(2).transpose(1, 2)  # [B, h*w, C]
+        if self.kind == "fsq":
+            quantized, indices = self.quantizer(sequence)
+            aux = z.new_zeros(())
+        else:
+            quantized, indices, aux = self.quantizer(sequence)
+            aux = aux.sum()  # residual VQ: one commitment loss per level
+        indices = indices.reshape(batch, height, width, self.num_codebooks).permute(0, 3, 1, 2)
+        return quantized.transpose(1, 2).reshape_as(z).contiguous(), indices, aux
+
+    def decode_indices(self, indices: Tensor) -> Tensor:
+        """Quantized codes ``[B, C, h, w]`` of indices ``[B, Q, h, w]``."""
+        batch, _, height, width = indices.shape
+        sequence = indices.permute(0, 2, 3, 1).reshape(batch, height * width, self.num_codebooks)
+        if self.kind == "fsq":
+            codes = self.quantizer.indices_to_codes(sequence[..., 0])
+        elif self.kind == "vq":
+            codes = self.quantizer.get_output_from_indices(sequence[..., 0])
+        else:
+            codes = self.quantizer.get_output_from_indices(sequence)
+        return codes.transpose(1, 2).reshape(batch, -1, height, width).contiguous()
+
+
+class CodebookUsage(Metric):
+    """How the codebooks are used over an epoch: ``codes_used`` (share of codes chosen at least once), ``perplexity``
+    (``exp`` of the entropy of the code frequencies: the number of equally used codes it equals) and ``dead_codes``
+    (codes never chosen); averaged over the codebooks (residual levels) but ``dead_codes``, summed.
+
+    Update with indices ``[B, Q, h, w]``.
+
+    Args:
+        codebook_size: codes per codebook.
+        num_codebooks: codebooks ``Q``.
+    """
+
+    full_state_update = False
+
+    def __init__(self, codebook_size: int, num_codebooks: int = 1) -> None:
+        super().__init__()
+        self.codebook_size = codebook_size
+        self.add_state("counts", torch.zeros(num_codebooks, codebook_size, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, indices: Tensor) -> None:  # type: ignore[override]
+        for level, level_indices in enumerate(indices.transpose(0, 1)):
+            self.counts[level] += torch.bincount(level_indices.flatten().long(), minlength=self.codebook_size)
+
+    def compute(self) -> dict[str, Tensor]:
+        counts = self.counts.double()
+        frequencies = counts / counts.sum(1, keepdim=True).clamp_min(1)
+        entropy = -torch.special.xlogy(frequencies, frequencies).sum(1)
+        used = (self.counts > 0).double()
+        return {
+            "codes_used": used.mean(1).mean().float(),
+            "perplexity": entropy.exp().mean().float(),
+            "dead_codes": (1 - used).sum().float(),
+        }
+
+
+__all__ = ["CodebookUsage", "QuantizerKind", "SpatialQuantizer", "check_quantizer"]

@@ -1,0 +1,110 @@
+"""A small convolutional encoder and decoder with spatial codes, after the VQ-VAE paper (van den Oord et al. 2017,
+"Neural Discrete Representation Learning", section 4.1): stride-2 convolutions and residual blocks.
+
+The encoder maps images ``[B, C, H, W]`` to codes ``[B, code_channels, H / f, W / f]`` with ``f = 2 **
+len(hidden_dims)``; the decoder maps codes back to pixel logits. Any pair of modules with these shapes can take
+their place in the models of :mod:`ae_lightning.models.first_stage`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from ae_lightning.checks import check_number, check_numbers
+
+
+class ResidualBlock(nn.Module):
+    """``x + conv1x1(relu(conv3x3(relu(x))))``, as in the VQ-VAE paper.
+
+    Args:
+        channels: channels in and out.
+        hidden_channels: channels of the 3x3 convolution.
+    """
+
+    def __init__(self, channels: int, hidden_channels: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.ReLU(),
+            nn.Conv2d(channels, hidden_channels, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(hidden_channels, channels, 1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.block(x)
+
+
+def _check(hidden_dims: Sequence[int], residual_blocks: int) -> None:
+    if not hidden_dims:
+        raise ValueError("hidden_dims must name the channels of at least one stride-2 convolution, got []")
+    check_numbers("hidden_dims", hidden_dims, "[1, inf)", integer=True)
+    check_number("residual_blocks", residual_blocks, "[0, inf)", integer=True)
+
+
+class ResidualConvEncoder(nn.Sequential):
+    """Stride-2 convolutions (kernel 4), a 3x3 convolution, residual blocks and a 1x1 projection to the code.
+
+    Args:
+        in_channels: channels of the images.
+        code_channels: channels of the code.
+        hidden_dims: channels of each stride-2 convolution; the code is ``2 ** len(hidden_dims)`` times smaller.
+        residual_blocks: residual blocks after the convolutions.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        code_channels: int = 64,
+        hidden_dims: Sequence[int] = (128, 128),
+        residual_blocks: int = 2,
+    ) -> None:
+        _check(hidden_dims, residual_blocks)
+        layers: list[nn.Module] = []
+        for fan_in, fan_out in zip([in_channels, *hidden_dims[:-1]], hidden_dims):
+            layers += [nn.Conv2d(fan_in, fan_out, 4, stride=2, padding=1), nn.ReLU()]
+        channels = hidden_dims[-1]
+        layers.append(nn.Conv2d(channels, channels, 3, padding=1))
+        layers += [ResidualBlock(channels, max(channels // 4, 1)) for _ in range(residual_blocks)]
+        layers += [nn.ReLU(), nn.Conv2d(channels, code_channels, 1)]
+        super().__init__(*layers)
+        self.downsampling_factor = 2 ** len(hidden_dims)
+
+
+class ResidualConvDecoder(nn.Sequential):
+    """The encoder's mirror: a 3x3 convolution, residual blocks, stride-2 transposed convolutions; pixel logits.
+
+    Args:
+        out_channels: channels of the images.
+        code_channels: channels of the code.
+        hidden_dims: the encoder's channels of each stride-2 convolution (the decoder mirrors them).
+        residual_blocks: residual blocks before the transposed convolutions.
+    """
+
+    def __init__(
+        self,
+        out_channels: int = 1,
+        code_channels: int = 64,
+        hidden_dims: Sequence[int] = (128, 128),
+        residual_blocks: int = 2,
+    ) -> None:
+        _check(hidden_dims, residual_blocks)
+        channels = list(reversed(hidden_dims))
+        layers: list[nn.Module] = [nn.Conv2d(code_channels, channels[0], 3, padding=1)]
+        layers += [ResidualBlock(channels[0], max(channels[0] // 4, 1)) for _ in range(residual_blocks)]
+        layers.append(nn.ReLU())
+        for i, (fan_in, fan_out) in enumerate(zip(channels, [*channels[1:], out_channels])):
+            layers.append(nn.ConvTranspose2d(fan_in, fan_out, 4, stride=2, padding=1))
+            if i < len(channels) - 1:
+                layers.append(nn.ReLU())
+        super().__init__(*layers)
+        self.downsampling_factor = 2 ** len(hidden_dims)
+
+    @property
+    def last_layer(self) -> nn.Module:
+        """The layer whose weight the adaptive adversarial weight compares gradients at."""
+        return self[-1]
+
+
+__all__ = ["ResidualBlock", "ResidualConvDecoder", "ResidualConvEncoder"]

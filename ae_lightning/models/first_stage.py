@@ -1,0 +1,266 @@
+"""Autoencoders with spatial codes and the perceptual-adversarial training recipe of VQGAN (Esser et al. 2021,
+"Taming Transformers for High-Resolution Image Synthesis") and of latent diffusion's first stage (Rombach et al. 2022,
+"High-Resolution Image Synthesis with Latent Diffusion Models").
+
+The loss is a pixel reconstruction term, ``perceptual_weight`` times LPIPS, the bottleneck's own term (commitment,
+KL) and, from step ``disc_start`` on, ``adversarial_weight`` times an adaptive weight times the generator loss of a
+PatchGAN. With a discriminator, each batch takes one step of the autoencoder (the step ``global_step`` counts), then
+one of the discriminator, under manual optimization; validation and test losses leave the adversarial term out.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
+
+from ae_lightning.base import AutoencoderModule, Batch
+from ae_lightning.blocks import losses
+from ae_lightning.blocks.discriminators import PatchDiscriminator
+from ae_lightning.blocks.networks import decoder_mean
+from ae_lightning.blocks.perceptual import LPIPSDistance, PerceptualNetwork
+from ae_lightning.blocks.residual_conv import ResidualConvDecoder, ResidualConvEncoder
+from ae_lightning.checks import check_number
+from ae_lightning.evaluation.metrics import ms_ssim_applies, ms_ssim_betas
+
+PixelLoss = Literal["l1", "mse", "bce"]
+AdversarialLoss = Literal["hinge", "non_saturating"]
+
+
+class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
+    """Base of the autoencoders whose codes are feature maps ``[B, latent_dim, H / f, W / f]``.
+
+    A variant implements :meth:`bottleneck` (quantization, or a Gaussian posterior) and may widen the encoder's
+    output with :attr:`encoder_channels`. The networks are ``encoder`` and ``decoder`` modules from YAML
+    (``class_path``) or, by default, :class:`~ae_lightning.blocks.residual_conv.ResidualConvEncoder` and its decoder.
+
+    Args:
+        encoder: a module mapping images ``[B, C, H, W]`` to ``[B, encoder_channels, H / f, W / f]``; None builds
+            the default from ``hidden_dims`` (``f = 2 ** len(hidden_dims)``) and ``residual_blocks``.
+        decoder: a module mapping codes ``[B, latent_dim, H / f, W / f]`` to pixel logits ``[B, C, H, W]``.
+        residual_blocks: residual blocks of the default networks.
+        pixel_loss: ``l1``, ``mse`` (on the pixel means) or ``bce`` (on the logits), averaged over pixels.
+        perceptual_weight: weight of the LPIPS distance; 0 builds no LPIPS network.
+        perceptual_network: the LPIPS trunk: ``alex``, ``vgg`` or ``squeeze``.
+        perceptual_pretrained: load LPIPS's pretrained weights (False: random weights, for tests).
+        adversarial_weight: weight of the generator loss; 0 builds no discriminator.
+        adversarial_loss: ``hinge`` or ``non_saturating``.
+        adaptive_weight: scale the generator loss by the ratio of gradient norms at the decoder's last layer.
+        disc_start: the step from which the adversarial term and discriminator steps apply.
+        discriminator_channels: channels of the PatchGAN's first layer.
+        discriminator_layers: stride-2 layers of the PatchGAN after its first.
+        discriminator_optimizer: the discriminator's optimizer factory.
+        discriminator_lr_scheduler: optional scheduler factory for it.
+        network: ``conv`` only.
+        hidden_dims: channels of each stride-2 convolution of the default networks.
+        **kwargs: the :class:`~ae_lightning.base.AutoencoderModule` arguments; ``latent_dim`` is the code's
+            channels.
+    """
+
+    is_generative = False
+
+    def __init__(
+        self,
+        encoder: nn.Module | None = None,
+        decoder: nn.Module | None = None,
+        residual_blocks: int = 2,
+        pixel_loss: PixelLoss = "mse",
+        perceptual_weight: float = 0.0,
+        perceptual_network: PerceptualNetwork = "alex",
+        perceptual_pretrained: bool = True,
+        adversarial_weight: float = 0.0,
+        adversarial_loss: AdversarialLoss = "hinge",
+        adaptive_weight: bool = True,
+        disc_start: int = 0,
+        discriminator_channels: int = 64,
+        discriminator_layers: int = 3,
+        discriminator_optimizer: OptimizerCallable = torch.optim.Adam,
+        discriminator_lr_scheduler: LRSchedulerCallable | None = None,
+        network: Literal["conv"] = "conv",
+        hidden_dims: Sequence[int] = (128, 128),
+        **kwargs: Any,
+    ) -> None:
+        if network != "conv":
+            raise ValueError(
+                f"{type(self).__name__} has convolutional networks: network must be 'conv', got {network!r}"
+            )
+        super().__init__(network=network, hidden_dims=hidden_dims, **kwargs)
+        if pixel_loss not in ("l1", "mse", "bce"):
+            raise ValueError(f"pixel_loss must be 'l1', 'mse' or 'bce', got {pixel_loss!r}")
+        if adversarial_loss not in ("hinge", "non_saturating"):
+            raise ValueError(f"adversarial_loss must be 'hinge' or 'non_saturating', got {adversarial_loss!r}")
+        check_number("perceptual_weight", perceptual_weight, "[0, inf)")
+        check_number("adversarial_weight", adversarial_weight, "[0, inf)")
+        check_number("disc_start", disc_start, "[0, inf)", integer=True)
+        channels, height, width = self.input_shape
+        hidden_dims = list(self.hparams.hidden_dims)
+        if encoder is None:
+            factor = 2 ** len(hidden_dims)
+            if height % factor or width % factor:
+                raise ValueError(
+                    f"the image size {height}x{width} is not divisible by the downsampling factor {factor} "
+                    f"(2 ** len(hidden_dims) = 2 ** {len(hidden_dims)}); crop or pad the images, or change hidden_dims"
+                )
+            encoder = ResidualConvEncoder(channels, self.encoder_channels, hidden_dims, residual_blocks)
+        if decoder is None:
+            decoder = ResidualConvDecoder(channels, self.latent_dim, hidden_dims, residual_blocks)
+        self.encoder, self.decoder = encoder, decoder
+        self.pixel_loss = pixel_loss
+        self.perceptual_weight = perceptual_weight
+        self.adversarial_weight = adversarial_weight
+        self.adversarial_loss = adversarial_loss
+        self.adaptive_weight = adaptive_weight
+        self.disc_start = disc_start
+        self.discriminator_optimizer_factory = discriminator_optimizer
+        self.discriminator_lr_scheduler_factory = discriminator_lr_scheduler
+        self.perceptual = LPIPSDistance(perceptual_network, perceptual_pretrained) if perceptual_weight else None
+        if adversarial_weight:
+            self.discriminator = PatchDiscriminator(channels, discriminator_channels, discriminator_layers)
+            self.automatic_optimization = False
+
+    # --- what a variant supplies ------------------------------------------------------------------------------------
+    @property
+    def encoder_channels(self) -> int:
+        """Channels of the encoder's output (``latent_dim``; twice that for a Gaussian posterior)."""
+        return self.latent_dim
+
+    @abc.abstractmethod
+    def bottleneck(self, h: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """The decoder's input from the encoder's output ``h``, the term added to the loss, and terms to log."""
+
+    # --- the public API ---------------------------------------------------------------------------------------------
+    def encode(self, x: Tensor) -> Tensor:
+        """Codes ``[B, latent_dim, H / f, W / f]`` of images ``x``: what the decoder takes."""
+        return self.bottleneck(self.encoder(x))[0]
+
+    def decode(self, z: Tensor) -> Tensor:
+        return decoder_mean(self.decoder(z), self.input_shape)
+
+    def code_shape(self) -> tuple[int, int, int]:
+        """``(latent_dim, h, w)`` of the codes of one image."""
+        with torch.no_grad():
+            probe = torch.zeros(1, *self.input_shape, device=self.device)
+            return tuple(self.encode(probe).shape[1:])  # type: ignore[return-value]
+
+    # --- losses -----------------------------------------------------------------------------------------------------
+    def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
+        terms, reconstruction = self.autoencoder_terms(x)
+        if self.adversarial_weight:
+            logits_fake = self.discriminator(reconstruction)
+            terms["g_loss"] = losses.generator_adversarial_loss(logits_fake, self.adversarial_loss)
+            terms["d_loss"] = self.discriminator_loss(x, reconstruction)
+        return terms
+
+    def autoencoder_terms(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """The named terms of the autoencoder's loss without the adversarial term, and the reconstruction in [0, 1]."""
+        z, penalty, logged = self.bottleneck(self.encoder(x))
+        logits = self.decoder(z)
+        reconstruction = decoder_mean(logits, self.input_shape)
+        if self.pixel_loss == "bce":
+            recon = -losses.bernoulli_log_likelihood(logits, x).mean() / x[0].numel()
+        elif self.pixel_loss == "l1":
+            recon = (reconstruction - x).abs().mean()
+        else:
+            recon = (reconstruction - x).pow(2).mean()
+        terms = {"recon": recon, **logged}
+        loss = recon + penalty
+        if self.perceptual is not None:
+            terms["perceptual"] = self.perceptual(reconstruction.float(), x.float()).mean()
+            loss = loss + self.perceptual_weight * terms["perceptual"]
+        return {"loss": loss, **terms}, reconstruction
+
+    def discriminator_loss(self, x: Tensor, reconstruction: Tensor) -> Tensor:
+        """The discriminator's loss on images ``x`` (real) and reconstructions (fake, detached)."""
+        real, fake = self.discriminator(x), self.discriminator(reconstruction.detach())
+        if self.adversarial_loss == "hinge":
+            return losses.hinge_discriminator_loss(real, fake)
+        return losses.non_saturating_discriminator_loss(real, fake)
+
+    def last_layer_weight(self) -> Tensor:
+        """The weight of the decoder's last layer (its ``last_layer`` if it names one, else its last weight matrix or
+        kernel), where the adaptive weight compares gradients."""
+        last = getattr(self.decoder, "last_layer", None)
+        if isinstance(last, nn.Module) and isinstance(getattr(last, "weight", None), Tensor):
+            return last.weight
+        return [p for p in self.decoder.parameters() if p.ndim >= 2][-1]
+
+    # --- training with a discriminator: two steps per batch ---------------------------------------------------------
+    def optimization_step(self, batch: Batch) -> dict[str, Tensor]:
+        """A step of the autoencoder (counted in ``global_step``), then one of the discriminator from ``disc_start``."""
+        if not self.adversarial_weight:
+            return super().optimization_step(batch)  # one optimizer (the fast path's manual optimization)
+        x = batch[0]
+        autoencoder_optimizer, discriminator_optimizer = self.optimizers()
+        adversarial = self.global_step >= self.disc_start
+        terms, reconstruction = self.autoencoder_terms(x)
+        loss = terms["loss"]
+        if adversarial:
+            # The generator's view of the discriminator; its gradients reach the discriminator's weights but are
+            # zeroed before the discriminator's own step.
+            g_loss = losses.generator_adversarial_loss(self.discriminator(reconstruction), self.adversarial_loss)
+            weight = torch.ones((), device=x.device)
+            if self.adaptive_weight:
+                weight = losses.adaptive_adversarial_weight(loss, g_loss, self.last_layer_weight())
+            loss = loss + self.adversarial_weight * weight * g_loss
+            terms |= {"g_loss": g_loss, "adaptive_weight": weight}
+        autoencoder_optimizer.zero_grad()
+        self.manual_backward(loss)
+        autoencoder_optimizer.step()
+        if adversarial:
+            discriminator_optimizer.zero_grad()
+            d_loss = self.discriminator_loss(x, reconstruction)
+            self.manual_backward(d_loss)
+            raw = getattr(discriminator_optimizer, "optimizer", discriminator_optimizer)
+            self.trainer.strategy.optimizer_step(raw, closure=lambda: None)  # a step that global_step does not count
+            terms["d_loss"] = d_loss
+        terms["loss"] = loss
+        return {name: value.detach() for name, value in terms.items()}
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        if self.adversarial_weight and self.disc_start >= self.trainer.estimated_stepping_batches:
+            rank_zero_warn(
+                f"disc_start={self.disc_start} is at or beyond the run's {self.trainer.estimated_stepping_batches} "
+                "steps: the discriminator never trains and no adversarial term applies; lower disc_start"
+            )
+
+    def configure_optimizers(self) -> Any:
+        frozen = {id(p) for p in self.perceptual.parameters()} if self.perceptual is not None else set()
+        discriminator = getattr(self, "discriminator", None)
+        frozen |= {id(p) for p in discriminator.parameters()} if discriminator is not None else set()
+        autoencoder = [p for p in self.parameters() if id(p) not in frozen]
+        built = self.build_optimizer(autoencoder, self.optimizer_factory, self.lr_scheduler_factory)
+        if discriminator is None:
+            return built
+        return [
+            built,
+            self.build_optimizer(
+                discriminator.parameters(),
+                self.discriminator_optimizer_factory,
+                self.discriminator_lr_scheduler_factory,
+            ),
+        ]
+
+    # --- evaluation -------------------------------------------------------------------------------------------------
+    def test_metrics(self, x: Tensor) -> dict[str, Tensor]:
+        """``ms_ssim`` of the reconstructions (with the scales the image size allows; none under 11 pixels) and,
+        with a perceptual loss, their ``lpips``."""
+        reconstruction = self(x).float()
+        metrics = {}
+        if ms_ssim_applies(self.input_shape[1:]):
+            betas = ms_ssim_betas(self.input_shape[1:])
+            metrics["ms_ssim"] = multiscale_structural_similarity_index_measure(
+                reconstruction, x.float(), betas=betas, data_range=1.0
+            )
+        if self.perceptual is not None:
+            metrics["lpips"] = self.perceptual(reconstruction, x.float()).mean()
+        return metrics
+
+
+__all__ = ["FirstStageAutoencoder"]

@@ -1,0 +1,208 @@
+"""A prior over the codes of a frozen quantized autoencoder: the second stage of VQ-VAE (van den Oord et al. 2017,
+section 3.2, there a PixelCNN) and VQGAN (Esser et al. 2021, a transformer), here a small causal transformer over
+the code indices in raster order.
+
+With its tokenizer the prior is a generative model of images (``sample(n)``) and a probability model of their codes:
+``test`` reports the codes' negative log-likelihood in bits per image and per pixel, the size an entropy coder
+reaches (``scripts/compress.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ae_lightning.base import AutoencoderModule
+from ae_lightning.checks import check_number
+from ae_lightning.models.quantized import QuantizedAutoencoder
+
+
+def tokenizer_fingerprint(autoencoder: QuantizedAutoencoder) -> str:
+    """A hash of the weights and buffers that map images to codes and codes to images (encoder, quantizer,
+    decoder): two tokenizers with the same fingerprint produce the same codes."""
+    digest = hashlib.sha256()
+    for name, value in sorted(autoencoder.state_dict().items()):
+        if name.split(".")[0] in ("encoder", "quantizer", "decoder"):
+            digest.update(name.encode())
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class CodePrior(AutoencoderModule):
+    """An autoregressive prior ``p(c) = prod_i p(c_i | c_<i)`` over the ``L = Q h w`` code indices of a frozen
+    :class:`~ae_lightning.models.quantized.QuantizedAutoencoder` (the tokenizer), in raster order with the residual
+    levels of one position adjacent.
+
+    ``encode`` gives the tokens ``[B, L]``, ``decode`` the tokenizer's images of them, ``sample(n)`` images of
+    sampled tokens. The loss is the tokens' cross-entropy (nats per token); ``bits_per_image`` and
+    ``bits_per_pixel`` are logged beside it. The tokenizer is part of the checkpoint; a checkpoint whose tokenizer
+    differs from the one at ``tokenizer`` now is refused.
+
+    Args:
+        tokenizer: checkpoint of the trained quantized autoencoder whose codes are modelled.
+        embed_dim: width of the transformer.
+        num_layers: transformer layers.
+        num_heads: attention heads.
+        dropout: dropout in the transformer, in training only.
+        **kwargs: the :class:`~ae_lightning.base.AutoencoderModule` arguments (``optimizer``, ``lr_scheduler``);
+            ``input_shape`` must be the tokenizer's; ``latent_dim``, ``network`` and ``hidden_dims`` are ignored.
+    """
+
+    is_generative = True
+
+    def __init__(
+        self,
+        tokenizer: str,
+        embed_dim: int = 128,
+        num_layers: int = 4,
+        num_heads: int = 4,
+        dropout: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        check_number("embed_dim", embed_dim, "[1, inf)", integer=True)
+        check_number("num_layers", num_layers, "[1, inf)", integer=True)
+        check_number("num_heads", num_heads, "[1, inf)", integer=True)
+        check_number("dropout", dropout, "[0, 1)")
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim={embed_dim} must be a multiple of num_heads={num_heads}")
+        autoencoder = load_tokenizer(tokenizer)
+        input_shape = tuple(kwargs.pop("input_shape", autoencoder.input_shape))
+        if input_shape != autoencoder.input_shape:
+            raise ValueError(
+                f"the tokenizer {tokenizer} takes images of shape {autoencoder.input_shape}, but input_shape is "
+                f"{input_shape}"
+            )
+        kwargs |= {"latent_dim": autoencoder.latent_dim, "network": "conv", "hidden_dims": [1]}
+        super().__init__(input_shape=input_shape, **kwargs)
+        self.tokenizer = autoencoder.requires_grad_(False).eval()
+        self.fingerprint = tokenizer_fingerprint(autoencoder)
+        self.levels, height, width = self.tokenizer.encode_indices(torch.zeros(1, *input_shape)).shape[1:]
+        self.code_grid = (height, width)
+        self.num_tokens = self.levels * height * width
+        self.vocabulary = autoencoder.codebook_size
+        self.token_embedding = nn.Embedding(self.vocabulary + 1, embed_dim)  # the last token starts every sequence
+        self.position_embedding = nn.Parameter(torch.zeros(self.num_tokens, embed_dim))
+        nn.init.normal_(self.position_embedding, std=0.02)
+        layer = nn.TransformerEncoderLayer(
+            embed_dim, num_heads, 4 * embed_dim, dropout, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.transformer = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.head = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, self.vocabulary))
+        self.register_buffer("causal_mask", nn.Transformer.generate_square_subsequent_mask(self.num_tokens), False)
+
+    # --- the public API ---------------------------------------------------------------------------------------------
+    def encode(self, x: Tensor) -> Tensor:
+        """The tokenizer's code indices of images ``x`` as tokens ``[B, L]`` (int64)."""
+        indices = self.tokenizer.encode_indices(x)  # [B, Q, h, w]
+        return indices.permute(0, 2, 3, 1).flatten(1).long()
+
+    def decode(self, tokens: Tensor) -> Tensor:
+        """Images in [0, 1] of tokens ``[B, L]``."""
+        height, width = self.code_grid
+        indices = tokens.reshape(len(tokens), height, width, self.levels).permute(0, 3, 1, 2)
+        return self.tokenizer.decode_indices(indices)
+
+    def logits(self, tokens: Tensor) -> Tensor:
+        """Logits ``[B, L, K]`` of each token given the tokens before it (the future is masked)."""
+        start = torch.full_like(tokens[:, :1], self.vocabulary)
+        inputs = torch.cat([start, tokens[:, :-1]], 1)
+        h = self.token_embedding(inputs) + self.position_embedding
+        h = self.transformer(h, mask=self.causal_mask, is_causal=True)
+        return self.head(h)
+
+    @torch.no_grad()
+    def next_token_probabilities(self, tokens: Tensor, position: int) -> Tensor:
+        """``p(c_position | c_<position)`` ``[B, K]`` in float64. ``tokens [B, L]`` may hold anything at and after
+        ``position``: the computation sees the same full-length input whether the later tokens are known (encoding)
+        or not yet (decoding, sampling), so both sides of an entropy coder get identical numbers."""
+        known = tokens.clone()
+        known[:, position:] = 0
+        return F.softmax(self.logits(known)[:, position].double(), dim=-1)
+
+    @torch.no_grad()
+    def sample_tokens(self, n: int, temperature: float = 1.0) -> Tensor:
+        """``n`` token sequences ``[n, L]`` drawn from the prior, one position at a time."""
+        check_number("temperature", temperature, "(0, inf)")
+        tokens = torch.zeros(n, self.num_tokens, dtype=torch.long, device=self.device)
+        for position in range(self.num_tokens):
+            probabilities = self.next_token_probabilities(tokens, position).pow(1 / temperature)
+            tokens[:, position] = torch.multinomial(probabilities.float(), 1).squeeze(1)
+        return tokens
+
+    def sample(self, n: int, temperature: float = 1.0) -> Tensor:
+        return self.decode(self.sample_tokens(n, temperature))
+
+    def token_nll(self, tokens: Tensor) -> Tensor:
+        """``-log p(tokens)`` per sequence, in nats ``[B]``."""
+        logits = self.logits(tokens).float()
+        return F.cross_entropy(logits.transpose(1, 2), tokens, reduction="none").sum(1)
+
+    def bits_per_image(self, x: Tensor) -> Tensor:
+        """The codes' negative log-likelihood per image of ``x``, in bits ``[B]``."""
+        return self.token_nll(self.encode(x)) / math.log(2)
+
+    def anomaly_score(self, x: Tensor) -> Tensor:
+        """The codes' bits per image."""
+        return self.bits_per_image(x)
+
+    def check_tokenizer(self, autoencoder: QuantizedAutoencoder, name: str = "the given autoencoder") -> None:
+        """Raise a ValueError naming both if ``autoencoder`` is not the tokenizer this prior was trained on."""
+        other = tokenizer_fingerprint(autoencoder)
+        if other != self.fingerprint:
+            raise ValueError(
+                f"this prior models the codes of tokenizer {self.fingerprint} ({self.hparams.tokenizer}), but {name} "
+                f"is tokenizer {other}: its codes mean something else. Train a prior on {name}'s codes"
+            )
+
+    # --- training ---------------------------------------------------------------------------------------------------
+    def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
+        with torch.no_grad():
+            tokens = self.encode(x)
+        nll = self.token_nll(tokens)
+        bits = nll.mean() / math.log(2)
+        pixels = self.input_shape[1] * self.input_shape[2]
+        return {"loss": nll.mean() / self.num_tokens, "bits_per_image": bits.detach(), "bits_per_pixel": bits / pixels}
+
+    def train(self, mode: bool = True) -> CodePrior:
+        super().train(mode)
+        self.tokenizer.eval()  # frozen: its codebook must not move with EMA updates
+        return self
+
+    def configure_optimizers(self) -> Any:
+        frozen = {id(p) for p in self.tokenizer.parameters()}
+        trainable = [p for p in self.parameters() if id(p) not in frozen]
+        return self.build_optimizer(trainable, self.optimizer_factory, self.lr_scheduler_factory)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["ae_lightning_tokenizer"] = self.fingerprint
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        stored = checkpoint.get("ae_lightning_tokenizer")
+        if stored is not None and stored != self.fingerprint:
+            raise ValueError(
+                f"the checkpoint's prior was trained on the codes of tokenizer {stored}, but {self.hparams.tokenizer} "
+                f"now holds tokenizer {self.fingerprint}; point tokenizer at the checkpoint the prior was trained on"
+            )
+
+
+def load_tokenizer(path: str | Path) -> QuantizedAutoencoder:
+    """The quantized autoencoder of checkpoint ``path``, on the CPU, frozen; a ValueError naming the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"tokenizer checkpoint {path} does not exist; train one with configs/vqvae.yaml")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    stored = checkpoint.get("ae_lightning_class", "?")
+    if not stored.endswith(".QuantizedAutoencoder"):
+        raise ValueError(f"a prior needs a QuantizedAutoencoder's codes, but {path} holds a {stored}")
+    return QuantizedAutoencoder.load_from_checkpoint(path, map_location="cpu").requires_grad_(False).eval()
+
+
+__all__ = ["CodePrior", "load_tokenizer", "tokenizer_fingerprint"]

@@ -1,0 +1,120 @@
+"""The vector-quantized autoencoder (van den Oord et al. 2017, "Neural Discrete Representation Learning"), with
+finite scalar quantization (Mentzer et al. 2023, "Finite Scalar Quantization: VQ-VAE Made Simple") and residual VQ
+(Zeghidour et al. 2021, "SoundStream") as alternatives; the quantizers are ``vector-quantize-pytorch``'s.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor
+
+from ae_lightning.blocks.quantizers import CodebookUsage, QuantizerKind, SpatialQuantizer
+from ae_lightning.models.first_stage import FirstStageAutoencoder
+
+
+class QuantizedAutoencoder(FirstStageAutoencoder):
+    """Spatial codes quantized to a codebook: VQ-VAE, FSQ or residual VQ, with the optional VQGAN recipe.
+
+    Each position of the code map ``[B, latent_dim, h, w]`` becomes one of ``codebook_size`` codes (``Q`` of them,
+    one per level, for residual VQ); :meth:`encode_indices` and :meth:`decode_indices` map images to the indices
+    ``[B, Q, h, w]`` and back. Validation and test log the codebooks' health: ``codes_used``, ``perplexity`` and
+    ``dead_codes`` over the epoch's codes, and test the fixed-length rate ``bits_per_pixel``.
+
+    Args:
+        quantizer: ``vq``, ``fsq`` or ``residual_vq``.
+        codebook_size: codes per codebook (``vq``, ``residual_vq``); at least 2.
+        fsq_levels: levels per FSQ dimension, each at least 3; the codebook has their product of codes.
+        num_quantizers: residual levels of ``residual_vq``.
+        commitment_weight: weight of the commitment loss (``vq``, ``residual_vq``).
+        ema_decay: decay of the EMA codebook updates.
+        kmeans_init: initialize the codebook by k-means on the first training batch.
+        dead_code_threshold: replace a code whose EMA cluster size falls below this; 0 never replaces.
+        **kwargs: the :class:`~ae_lightning.models.first_stage.FirstStageAutoencoder` arguments.
+    """
+
+    def __init__(
+        self,
+        quantizer: QuantizerKind = "vq",
+        codebook_size: int = 512,
+        fsq_levels: Sequence[int] = (8, 5, 5, 5),
+        num_quantizers: int = 4,
+        commitment_weight: float = 0.25,
+        ema_decay: float = 0.99,
+        kmeans_init: bool = True,
+        dead_code_threshold: float = 2.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.quantizer = SpatialQuantizer(
+            quantizer,
+            self.latent_dim,
+            codebook_size,
+            fsq_levels,
+            num_quantizers,
+            commitment_weight,
+            ema_decay,
+            kmeans_init,
+            dead_code_threshold,
+        )
+        self.codebook_usage = CodebookUsage(self.quantizer.codebook_size, self.quantizer.num_codebooks)
+
+    def bottleneck(self, h: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        quantized, indices, commitment = self.quantizer(h)
+        if not self.training:
+            self.codebook_usage.update(indices)
+        logged = {"quantization_error": (quantized.detach() - h.detach()).pow(2).mean()}
+        if self.quantizer.kind != "fsq":
+            logged["commitment"] = commitment.detach()
+        return quantized, commitment, logged
+
+    # --- codes as indices -------------------------------------------------------------------------------------------
+    def encode_indices(self, x: Tensor) -> Tensor:
+        """Code indices ``[B, Q, h, w]`` of images ``x`` (``Q`` = 1 but for residual VQ)."""
+        return self.quantizer(self.encoder(x))[1]
+
+    def decode_indices(self, indices: Tensor) -> Tensor:
+        """Images in [0, 1] decoded from code indices ``[B, Q, h, w]``."""
+        return self.decode(self.quantizer.decode_indices(indices))
+
+    @property
+    def codebook_size(self) -> int:
+        """Codes per codebook."""
+        return self.quantizer.codebook_size
+
+    def bits_per_pixel(self, code_shape: Sequence[int]) -> float:
+        """The fixed-length rate: ``log2(codebook_size)`` bits per index, per pixel of an image."""
+        height, width = self.input_shape[1:]
+        return math.prod(code_shape) * math.log2(self.codebook_size) / (height * width)
+
+    # --- codebook health --------------------------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self.codebook_usage.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_codebook_usage("val")
+
+    def on_test_epoch_start(self) -> None:
+        self.codebook_usage.reset()
+
+    def on_test_epoch_end(self) -> None:
+        self._log_codebook_usage("test")
+
+    def _log_codebook_usage(self, stage: str) -> None:
+        if self.codebook_usage.update_count:
+            for name, value in self.codebook_usage.compute().items():
+                self.log(f"{stage}/{name}", value)
+        self.codebook_usage.reset()
+
+    def test_metrics(self, x: Tensor) -> dict[str, Tensor]:
+        indices = self.encode_indices(x)
+        rate = self.bits_per_pixel(indices.shape[1:])
+        return {**super().test_metrics(x), "bits_per_pixel": x.new_tensor(rate)}
+
+    def _predict_step(self, batch: Any) -> dict[str, Tensor]:
+        return {**super()._predict_step(batch), "indices": self.encode_indices(batch[0])}
+
+
+__all__ = ["QuantizedAutoencoder"]

@@ -1,0 +1,214 @@
+"""Rate-distortion of the learned codec against JPEG and WebP (Pillow) on held-out photographs.
+
+    python benchmarks/rate_distortion.py --steps 300 --prior_steps 300 --out runs/rate_distortion
+
+For each ``(downsampling factor, codebook size)`` a small VQ autoencoder is trained on random 32x32 crops of
+scikit-learn's two sample photographs (``china.jpg``, ``flower.jpg``), then a :class:`~ae_lightning.CodePrior` over
+its codes; the held-out photograph (matplotlib's ``grace_hopper.jpg``, 512x600) is compressed with
+``ae_lightning.codec`` (sizes are the files' real bytes, header included) and decoded back, and JPEG and WebP encode
+it at several qualities. Prints bits per pixel, PSNR and MS-SSIM (on 8-bit RGB) of each, writes ``results.json`` and
+``rate_distortion.png`` under ``--out``. The training photographs are few: the learned points show the pipeline
+working, not what the method reaches with a real training set and a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+from pathlib import Path
+
+import lightning as L
+import matplotlib
+import numpy as np
+import sklearn.datasets
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, TensorDataset
+from torchmetrics.functional.image import multiscale_structural_similarity_index_measure, peak_signal_noise_ratio
+
+from ae_lightning import CodePrior, QuantizedAutoencoder
+from ae_lightning.codec import compress, decompress
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+TRAIN_PHOTOS = [Path(sklearn.datasets.__file__).parent / "images" / name for name in ("china.jpg", "flower.jpg")]
+HELD_OUT = [Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"]
+TILE = 32
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--points", nargs="+", default=["8:64", "8:512", "4:256"], help="factor:codebook_size pairs")
+    parser.add_argument("--steps", type=int, default=300, help="training steps of each autoencoder")
+    parser.add_argument("--prior_steps", type=int, default=300, help="training steps of each prior")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--jpeg_qualities", nargs="+", type=int, default=[5, 10, 20, 30, 50, 75, 90])
+    parser.add_argument("--webp_qualities", nargs="+", type=int, default=[1, 5, 10, 25, 50, 75, 90])
+    parser.add_argument("--out", type=Path, default=Path("runs/rate_distortion"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reuse", action="store_true", help="reuse the autoencoders an earlier run saved under --out")
+    return parser.parse_args(argv)
+
+
+def load_photo(path: Path) -> torch.Tensor:
+    with Image.open(path) as image:
+        return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255
+
+
+def random_crops(photos: list[torch.Tensor], count: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    crops = []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        top = torch.randint(photo.shape[1] - TILE + 1, (), generator=generator).item()
+        left = torch.randint(photo.shape[2] - TILE + 1, (), generator=generator).item()
+        crops.append(photo[:, top : top + TILE, left : left + TILE])
+    return torch.stack(crops)
+
+
+def loader(crops: torch.Tensor, batch_size: int) -> DataLoader:
+    dataset = TensorDataset(crops, torch.zeros(len(crops), dtype=torch.long), torch.arange(len(crops)))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True)
+
+
+def fit(model: L.LightningModule, data: DataLoader, steps: int, root: Path) -> L.Trainer:
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="auto",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+    )
+    trainer.fit(model, train_dataloaders=data)
+    return trainer
+
+
+def scores(original: torch.Tensor, decoded: torch.Tensor, size: int) -> dict[str, float]:
+    """Bits per pixel of ``size`` bytes, PSNR (dB) and MS-SSIM of ``decoded`` rounded to 8 bits."""
+    decoded = (decoded.clamp(0, 1) * 255).round() / 255
+    x, y = decoded[None].double(), original[None].double()
+    return {
+        "bpp": 8 * size / (original.shape[1] * original.shape[2]),
+        "psnr": peak_signal_noise_ratio(x, y, data_range=1.0).item(),
+        "ms_ssim": multiscale_structural_similarity_index_measure(x, y, data_range=1.0).item(),
+    }
+
+
+def pillow_codec(photo: torch.Tensor, kind: str, quality: int) -> dict[str, float]:
+    pixels = (photo * 255).round().byte().permute(1, 2, 0).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=kind, quality=quality)
+    size = buffer.tell()
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        decoded = torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1).float() / 255
+    return {"codec": kind, "quality": quality, **scores(photo, decoded, size)}
+
+
+def learned_codec(args: argparse.Namespace, factor: int, codebook_size: int, crops: torch.Tensor) -> CodePrior:
+    torch.manual_seed(args.seed)
+    steps = int(np.log2(factor))
+    tokenizer = QuantizedAutoencoder(
+        input_shape=(3, TILE, TILE),
+        latent_dim=32,
+        hidden_dims=[64] * steps,
+        residual_blocks=1,
+        codebook_size=codebook_size,
+        optimizer=lambda params: torch.optim.Adam(params, lr=1e-3),
+    )
+    root = args.out / f"f{factor}_k{codebook_size}"
+    if args.reuse and (root / "tokenizer.ckpt").is_file():
+        print(f"f{factor} K{codebook_size}: autoencoder of an earlier run, {root / 'tokenizer.ckpt'}")
+    else:
+        start = time.perf_counter()
+        trainer = fit(tokenizer, loader(crops, args.batch_size), args.steps, root)
+        trainer.save_checkpoint(root / "tokenizer.ckpt")
+        print(f"f{factor} K{codebook_size}: autoencoder {args.steps} steps in {time.perf_counter() - start:.0f} s")
+    torch.manual_seed(args.seed)
+    prior = CodePrior(
+        str(root / "tokenizer.ckpt"),
+        embed_dim=64,
+        num_layers=2,
+        num_heads=4,
+        optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3),
+    )
+    start = time.perf_counter()
+    fit(prior, loader(crops, args.batch_size), args.prior_steps, root)
+    print(f"f{factor} K{codebook_size}: prior {args.prior_steps} steps in {time.perf_counter() - start:.0f} s")
+    return prior.cpu().eval()
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    crops = random_crops([load_photo(path) for path in TRAIN_PHOTOS], 8192, args.seed)
+    results = []
+    for photo_path in HELD_OUT:
+        photo = load_photo(photo_path)
+        for quality in args.jpeg_qualities:
+            results.append({"photo": photo_path.name, **pillow_codec(photo, "JPEG", quality)})
+        for quality in args.webp_qualities:
+            results.append({"photo": photo_path.name, **pillow_codec(photo, "WEBP", quality)})
+    for point in args.points:
+        factor, codebook_size = map(int, point.split(":"))
+        prior = learned_codec(args, factor, codebook_size, crops)
+        for photo_path in HELD_OUT:
+            photo = load_photo(photo_path)
+            start = time.perf_counter()
+            data = compress(prior, photo)
+            encode_seconds = time.perf_counter() - start
+            start = time.perf_counter()
+            decoded = decompress(prior, data)
+            decode_seconds = time.perf_counter() - start
+            results.append(
+                {
+                    "photo": photo_path.name,
+                    "codec": f"learned f{factor} K{codebook_size}",
+                    "quality": None,
+                    **scores(photo, decoded, len(data)),
+                    "encode_s": encode_seconds,
+                    "decode_s": decode_seconds,
+                }
+            )
+    print(f"{'photo':<18} {'codec':<20} {'quality':>7} {'bpp':>7} {'PSNR':>7} {'MS-SSIM':>8}")
+    for row in results:
+        quality = "" if row["quality"] is None else row["quality"]
+        print(
+            f"{row['photo']:<18} {row['codec']:<20} {quality:>7} {row['bpp']:>7.4f} {row['psnr']:>7.2f} "
+            f"{row['ms_ssim']:>8.4f}"
+            + (f"  enc {row['encode_s']:.2f} s, dec {row['decode_s']:.2f} s" if "encode_s" in row else "")
+        )
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, args.out / "rate_distortion.png")
+    return results
+
+
+def plot(results: list[dict], path: Path) -> None:
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for codec, marker in (("JPEG", "o-"), ("WEBP", "s-")):
+        rows = sorted((row for row in results if row["codec"] == codec), key=lambda row: row["bpp"])
+        for axis, metric in zip(axes, ("psnr", "ms_ssim")):
+            axis.plot([row["bpp"] for row in rows], [row[metric] for row in rows], marker, label=codec)
+    learned = [row for row in results if row["codec"].startswith("learned")]
+    for axis, metric in zip(axes, ("psnr", "ms_ssim")):
+        axis.plot(
+            [row["bpp"] for row in learned], [row[metric] for row in learned], "r*", markersize=12, label="learned"
+        )
+        axis.set_xlabel("bits per pixel (file bytes)")
+        axis.set_ylabel({"psnr": "PSNR (dB)", "ms_ssim": "MS-SSIM"}[metric])
+        axis.set_xlim(0, 1.0)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.suptitle("held-out photograph: " + ", ".join(sorted({row["photo"] for row in results})))
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,286 @@
+"""Quantized and KL first-stage autoencoders: quantizers, codebook health, the perceptual-adversarial recipe, EMA.
+
+The shared suite in ``test_variants.py`` covers shapes, training, checkpoints, test and predict; this file what is
+particular to them. Tiny networks and the tiny IDX data of ``conftest.py``, random LPIPS weights, CPU only.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+from urllib.error import URLError
+
+import lpips
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
+from test_variants import make_trainer, tiny_data
+
+from ae_lightning import KLAutoencoder, QuantizedAutoencoder
+from ae_lightning.blocks import losses
+from ae_lightning.blocks.perceptual import LPIPSDistance, trunk_weights_path
+from ae_lightning.blocks.quantizers import CodebookUsage
+from ae_lightning.evaluation import driver as evaluation
+from datamodules import TensorBatchLoader
+
+TINY = {"latent_dim": 4, "hidden_dims": [8], "residual_blocks": 1}
+ADVERSARIAL = {
+    "perceptual_weight": 1.0,
+    "perceptual_pretrained": False,
+    "adversarial_weight": 0.5,
+    "discriminator_channels": 4,
+    "discriminator_layers": 1,
+}
+
+
+def quantized(**kwargs) -> QuantizedAutoencoder:
+    torch.manual_seed(0)
+    return QuantizedAutoencoder(**{**TINY, "codebook_size": 16, **kwargs})
+
+
+def images(n: int = 6) -> torch.Tensor:
+    return torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+
+
+# --- quantizers -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kwargs, levels",
+    [({}, 1), ({"quantizer": "fsq", "fsq_levels": [5, 3]}, 1), ({"quantizer": "residual_vq", "num_quantizers": 3}, 3)],
+    ids=["vq", "fsq", "residual_vq"],
+)
+def test_indices_decode_to_the_same_reconstruction(kwargs: dict, levels: int) -> None:
+    model = quantized(**kwargs)
+    model.train()
+    model.loss_terms(images(), None, None)  # k-means initialization of the codebooks
+    model.eval()
+    x = images()
+    indices = model.encode_indices(x)
+    size = 15 if kwargs.get("quantizer") == "fsq" else 16
+    assert indices.shape == (6, levels, 14, 14) and 0 <= indices.min() and indices.max() < size
+    torch.testing.assert_close(model.decode_indices(indices), model(x))
+
+
+def test_vq_gradients_pass_straight_through_to_the_encoder() -> None:
+    model = quantized(commitment_weight=0.0)
+    model.train()
+    model.loss_terms(images(), None, None)["loss"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+
+
+def test_codebook_usage_counts_codes() -> None:
+    usage = CodebookUsage(codebook_size=4, num_codebooks=2)
+    # level 0 uses codes 0 and 1 equally (perplexity 2); level 1 uses code 3 only (perplexity 1)
+    usage.update(torch.tensor([[[[0, 1]], [[3, 3]]]]))
+    usage.update(torch.tensor([[[[1, 0]], [[3, 3]]]]))
+    stats = usage.compute()
+    assert stats["codes_used"].item() == pytest.approx((2 / 4 + 1 / 4) / 2)
+    assert stats["perplexity"].item() == pytest.approx((2 + 1) / 2)
+    assert stats["dead_codes"].item() == 2 + 3
+
+
+def test_validation_logs_codebook_health(data_dir: Path, tmp_path: Path) -> None:
+    model = quantized()
+    trainer = make_trainer(tmp_path)
+    trainer.fit(model, datamodule=tiny_data(data_dir))
+    metrics = trainer.callback_metrics
+    used, perplexity, dead = (metrics[f"val/{name}"].item() for name in ("codes_used", "perplexity", "dead_codes"))
+    assert 0 < used <= 1 and 1 <= perplexity <= 16 and dead == pytest.approx(16 * (1 - used))
+    trainer.test(model, datamodule=tiny_data(data_dir), verbose=False)
+    assert trainer.callback_metrics["test/bits_per_pixel"].item() == pytest.approx(14 * 14 * 4 / (28 * 28))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"codebook_size": 1}, "codebook_size must be an integer >= 2, got 1"),
+        ({"quantizer": "fsq", "fsq_levels": [8, 1]}, r"each of fsq_levels must be an integer >= 3, got \[8, 1\]"),
+        ({"quantizer": "fsq", "fsq_levels": []}, r"fsq_levels must name at least one level, got \[\]"),
+        (
+            {"quantizer": "fsq", "fsq_levels": [1024, 1024, 3]},
+            r"fsq_levels \[1024, 1024, 3\] make a codebook of 3145728",
+        ),
+        ({"quantizer": "residual_vq", "num_quantizers": 0}, "num_quantizers must be an integer >= 1, got 0"),
+        ({"quantizer": "lfq"}, "quantizer must be 'vq', 'fsq' or 'residual_vq', got 'lfq'"),
+        ({"input_shape": (1, 28, 30), "hidden_dims": [8, 8, 8]}, "image size 28x30 is not divisible by .* factor 8"),
+        ({"network": "mlp"}, "network must be 'conv', got 'mlp'"),
+    ],
+)
+def test_quantizer_settings_that_cannot_work_are_refused(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        quantized(**kwargs)
+
+
+# --- adversarial losses ---------------------------------------------------------------------------------------------
+def test_adversarial_losses_match_hand_values() -> None:
+    real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.0])
+    # hinge: relu(1 - real) = [0, 0.5], relu(1 + fake) = [0, 1]
+    assert losses.hinge_discriminator_loss(real, fake).item() == pytest.approx(0.5 * (0.25 + 0.5))
+    expected = 0.5 * (math.log1p(math.exp(-2)) + math.log1p(math.exp(-0.5))) / 2
+    expected += 0.5 * (math.log1p(math.exp(-2)) + math.log(2)) / 2
+    assert losses.non_saturating_discriminator_loss(real, fake).item() == pytest.approx(expected)
+    assert losses.generator_adversarial_loss(fake, "hinge").item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="got 'wasserstein'"):
+        losses.generator_adversarial_loss(fake, "wasserstein")
+
+
+def test_adaptive_weight_is_the_ratio_of_gradient_norms() -> None:
+    w = torch.tensor([3.0, 4.0], requires_grad=True)
+    # grad of (w . w) is 2w (norm 10); grad of 5 sum(w) is [5, 5] (norm 5 sqrt 2)
+    weight = losses.adaptive_adversarial_weight((w * w).sum(), 5 * w.sum(), w)
+    assert weight.item() == pytest.approx(10 / (5 * math.sqrt(2) + 1e-4))
+    assert not weight.requires_grad
+    assert losses.adaptive_adversarial_weight(1e9 * (w * w).sum(), w.sum(), w, max_weight=7.0).item() == 7.0
+
+
+# --- the perceptual-adversarial recipe ------------------------------------------------------------------------------
+@pytest.mark.parametrize("cls", [QuantizedAutoencoder, KLAutoencoder])
+def test_recipe_steps_each_network_once_per_batch(cls: type, data_dir: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = cls(**TINY, **ADVERSARIAL)
+    lpips_before = [p.detach().clone() for p in model.perceptual.parameters()]
+    trainer = make_trainer(tmp_path, limit_train_batches=3)
+    trainer.fit(model, datamodule=tiny_data(data_dir))
+    assert trainer.global_step == 3  # batches, not optimizer steps
+    autoencoder, discriminator = trainer.optimizers
+    assert {autoencoder.state[p]["step"].item() for p in model.decoder.parameters()} == {3}
+    assert {discriminator.state[p]["step"].item() for p in model.discriminator.parameters()} == {3}
+    assert not any(p in autoencoder.state for p in model.discriminator.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(lpips_before, model.perceptual.parameters()))
+    for name in ("train/g_loss", "train/d_loss", "train/adaptive_weight", "train/perceptual", "val/loss"):
+        assert torch.isfinite(trainer.callback_metrics[name]), name
+
+
+def test_no_adversarial_term_or_discriminator_step_before_disc_start(data_dir: Path, tmp_path: Path) -> None:
+    model = quantized(**ADVERSARIAL, disc_start=2)
+    before = [p.detach().clone() for p in model.discriminator.parameters()]
+    logged = []
+
+    class Watch(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            logged.append(set(outputs))
+            moved = any(not torch.equal(a, b) for a, b in zip(before, pl_module.discriminator.parameters()))
+            assert moved == (trainer.global_step > 2), trainer.global_step
+
+    make_trainer(tmp_path, limit_train_batches=3, limit_val_batches=0, callbacks=[Watch()]).fit(
+        model, datamodule=tiny_data(data_dir)
+    )
+    assert ["g_loss" in terms for terms in logged] == [False, False, True]
+
+
+def test_disc_start_beyond_the_run_is_warned(data_dir: Path, tmp_path: Path) -> None:
+    model = quantized(**ADVERSARIAL, disc_start=10)
+    with pytest.warns(UserWarning, match=r"disc_start=10 is at or beyond the run's 2 steps"):
+        make_trainer(tmp_path, limit_val_batches=0).fit(model, datamodule=tiny_data(data_dir))
+
+
+def test_ema_weights_are_validated_and_saved(data_dir: Path, tmp_path: Path) -> None:
+    model = quantized(**ADVERSARIAL)
+    seen = {}
+
+    class Watch(Callback):
+        def on_validation_epoch_start(self, trainer, pl_module) -> None:
+            seen["validated"] = pl_module.decoder.last_layer.weight.detach().clone()
+
+    trainer = make_trainer(
+        tmp_path, limit_train_batches=4, callbacks=[EMAWeightAveraging(decay=0.5), Watch()], enable_checkpointing=True
+    )
+    trainer.fit(model, datamodule=tiny_data(data_dir))
+    (path,) = (tmp_path / "checkpoints").glob("*.ckpt")  # saved by ModelCheckpoint during training
+    saved = torch.load(path, weights_only=False)
+    name = "decoder.3.weight"  # the last layer of the default decoder with one downsampling step
+    assert model.decoder.last_layer.weight is model.get_parameter(name)
+    averaged, current = saved["state_dict"][name], saved["current_model_state"][name]
+    assert not torch.equal(averaged, current)  # the average is not the last step's weights
+    torch.testing.assert_close(averaged, seen["validated"])  # the validated weights were the average
+    torch.testing.assert_close(model.get_parameter(name).detach(), averaged)  # and are the model's after fit
+    loaded = QuantizedAutoencoder.load_from_checkpoint(path)
+    torch.testing.assert_close(loaded.get_parameter(name).detach(), averaged)
+
+
+def test_kl_autoencoder_encodes_the_mean_and_weighs_the_kl_per_pixel() -> None:
+    torch.manual_seed(0)
+    model = KLAutoencoder(**TINY, kl_weight=0.5).eval()
+    x = images()
+    h = model.encoder(x)
+    torch.testing.assert_close(model.encode(x), h[:, :4])
+    terms = model.loss_terms(x, None, None)
+    torch.testing.assert_close(terms["loss"], terms["recon"] + 0.5 * terms["kl"] / (28 * 28))
+    assert terms["kl"] > 0
+
+
+def test_lpips_random_weights_and_offline_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    distance = LPIPSDistance(pretrained=False)
+    x = images(2)
+    assert torch.allclose(distance(x, x), torch.zeros(2), atol=1e-6) and (distance(x, 1 - x).abs() > 1e-4).all()
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    path = trunk_weights_path("alex")
+    assert path == tmp_path / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
+
+    def offline(*args, **kwargs):
+        raise URLError("no network")
+
+    monkeypatch.setattr(lpips.pretrained_networks.tv, "alexnet", offline)  # where the lpips package downloads it
+    with pytest.raises(FileNotFoundError, match=rf"alexnet-owt-7be5be79.pth.*put it at {path}"):
+        LPIPSDistance("alex", pretrained=True)
+
+
+# --- evaluation -----------------------------------------------------------------------------------------------------
+def test_evaluation_reports_codebook_usage_rate_and_ms_ssim() -> None:
+    model = quantized(hidden_dims=[8, 8])
+    model.loss_terms(images(), None, None)  # k-means initialization
+    model.eval()
+    x = images(8)
+    labels = torch.zeros(8, dtype=torch.long)
+    loader = TensorBatchLoader(x, labels, torch.arange(8), batch_size=3, shuffle=False, seed=0)
+    data = SimpleNamespace(input_shape=(1, 28, 28))
+    assert all(evaluation.metric_applies(model, data, name) for name in evaluation.CODE_METRICS)
+    scores = evaluation.code_scores(model, loader)
+    used = len(model.encode_indices(x).unique())
+    assert scores["codes_used"] == pytest.approx(used / 16) and scores["dead_codes"] == 16 - used
+    assert scores["bpp"] == pytest.approx(7 * 7 * 4 / 784)  # 49 codes of log2(16) bits per 28x28 image
+    (ms_ssim,) = evaluation.perceptual_scores(model, loader, ["ms_ssim"]).values()
+    assert 0 < ms_ssim < 1
+    terms = model.test_metrics(x)
+    assert set(terms) == {"ms_ssim", "bits_per_pixel"} and 0 < terms["ms_ssim"] < 1
+
+
+# --- the configs that need photos (and pretrained LPIPS weights) ----------------------------------------------------
+@pytest.mark.parametrize("config", ["vqgan_f8", "kl_f8"])
+def test_photo_configs_fit_on_a_tiny_folder_with_random_lpips(config: str, tmp_path: Path) -> None:
+    from conftest import write_image_folder
+    from tiny_runs import ROOT, run_cli
+
+    photos = write_image_folder(tmp_path / "photos", per_class=4, size=16)
+    cli = run_cli(
+        "fit",
+        "--config",
+        str(ROOT / "configs" / "photos" / f"{config}.yaml"),
+        "--data.init_args.data_dir",
+        str(photos),
+        "--data.init_args.image_size",
+        "16",
+        "--data.init_args.batch_size",
+        "4",
+        "--model.init_args.hidden_dims",
+        "[8,8,8]",
+        "--model.init_args.perceptual_pretrained",
+        "false",
+        "--model.init_args.disc_start",
+        "0",
+        "--model.init_args.discriminator_channels",
+        "4",
+        "--model.init_args.discriminator_layers",
+        "1",
+        "--trainer.default_root_dir",
+        str(tmp_path / "run"),
+        "--trainer.fast_dev_run",
+        "true",
+        "--trainer.enable_progress_bar",
+        "false",
+    )
+    logged = cli.trainer.callback_metrics
+    assert (
+        cli.trainer.global_step == 1 and torch.isfinite(logged["train/g_loss"]) and torch.isfinite(logged["val/loss"])
+    )
+    assert any(type(callback).__name__ == "EMAWeightAveraging" for callback in cli.trainer.callbacks)
