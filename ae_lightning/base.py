@@ -18,6 +18,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from ae_lightning.blocks import losses, networks
 from ae_lightning.blocks.networks import Network, build_decoder, build_encoder, check_network
+from ae_lightning.blocks.spatial import SpatialOptions
 from ae_lightning.checks import check_number
 from ae_lightning.evaluation.metrics import ReconstructionMetrics
 
@@ -30,14 +31,17 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
     """Base of every variant: it owns the shared step, logging, evaluation, prediction and optimizers.
 
     A variant builds its networks and implements :meth:`loss_terms` (a dict of per-batch terms with ``loss``), logged as
-    ``train/``, ``val/`` and ``test/<term>``. Every variant offers ``encode(x) -> [B, latent_dim]`` and
-    ``decode(z)`` in [0, 1]; generative ones (``is_generative``) also ``sample(n)``.
+    ``train/``, ``val/`` and ``test/<term>``. Every variant offers ``encode(x) -> [B, *latent_shape]`` and
+    ``decode(z)`` in [0, 1]; generative ones (``is_generative``) also ``sample(n)``. ``latent_shape`` is
+    ``(latent_dim,)``, or ``(latent_dim, H / f, W / f)`` for ``network: spatial`` (``docs/spatial.md``).
 
     Args:
         input_shape: ``(C, H, W)`` images or ``(D,)`` feature vectors; the CLI links it from the datamodule.
-        latent_dim: size of the code.
-        network: ``mlp`` or ``conv`` encoder/decoder.
-        hidden_dims: widths of the MLP's hidden layers, or channels of the convolutions; the decoder mirrors them.
+        latent_dim: size of the code; for ``network: spatial``, its channels.
+        network: ``mlp``, ``conv`` or ``spatial`` (ResNet levels to codes ``[latent_dim, H / f, W / f]``).
+        hidden_dims: widths of the MLP's hidden layers, or channels of the convolutions (of each resolution level for
+            ``spatial``: f = 2^(levels - 1)); the decoder mirrors them.
+        spatial: ``num_res_blocks`` (default 2) and ``attention`` (default true) of ``network: spatial``.
         optimizer: optimizer factory, called with the parameters (``class_path`` + ``init_args`` in YAML).
         lr_scheduler: optional scheduler factory, stepped every epoch (``ReduceLROnPlateau`` on ``val/loss``).
         compile_networks: ``torch.compile`` the networks in place when a stage starts (checkpoints load either way).
@@ -47,6 +51,8 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
     # Whether some backward pass of a training step reaches only part of the weights (DDP must then look for unused
     # parameters, an extra walk over the autograd graph per backward).
     partial_backward: ClassVar[bool] = False
+    # Why a variant needs flat codes ``[latent_dim]``, if it does: ``network: spatial`` is then refused with it.
+    flat_codes_only: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -54,18 +60,26 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         latent_dim: int = 20,
         network: Network = "mlp",
         hidden_dims: Sequence[int] = (256, 64),
+        spatial: SpatialOptions | None = None,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         compile_networks: bool = False,
     ) -> None:
         super().__init__()
         check_network(network, hidden_dims, latent_dim)
+        if network == "spatial" and self.flat_codes_only:
+            raise ValueError(
+                f"{type(self).__name__} cannot use network: spatial: {self.flat_codes_only}; use network: mlp or conv"
+            )
+        if spatial is not None and network != "spatial":
+            raise ValueError(f"the spatial settings {dict(spatial)} are for network: spatial, but network is {network!r}")
         networks.check_input_shape(input_shape, network)
         networks.check_network_size(network, input_shape, hidden_dims, latent_dim)
         # Optimizer and scheduler factories are not hyperparameters: a checkpoint must load without them.
         self.save_hyperparameters(ignore=_factory_arguments(type(self)))
         self.input_shape = tuple(input_shape)
         self.latent_dim = latent_dim
+        self.latent_shape = networks.latent_shape(network, input_shape, latent_dim, hidden_dims)
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.compile_networks = compile_networks
@@ -74,7 +88,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
 
     # --- the public API ---------------------------------------------------------------------------------------------
     def encode(self, x: Tensor) -> Tensor:
-        """Codes ``[B, latent_dim]`` of images ``x``."""
+        """Codes ``[B, *latent_shape]`` of images ``x`` (spatial codes of other sizes divisible by f too)."""
         return self.encoder(x)
 
     def decode(self, z: Tensor) -> Tensor:
@@ -315,9 +329,9 @@ class DeterministicAutoencoder(AutoencoderModule):
                 "use reconstruction: mse"
             )
         self.reconstruction = reconstruction
-        network, hidden_dims = self.hparams.network, self.hparams.hidden_dims
-        self.encoder = build_encoder(network, self.input_shape, hidden_dims, self.latent_dim, dropout)
-        self.decoder = build_decoder(network, self.latent_dim, hidden_dims, self.input_shape, dropout)
+        network, hidden_dims, spatial = self.hparams.network, self.hparams.hidden_dims, self.hparams.spatial
+        self.encoder = build_encoder(network, self.input_shape, hidden_dims, self.latent_dim, dropout, spatial)
+        self.decoder = build_decoder(network, self.latent_dim, hidden_dims, self.input_shape, dropout, spatial)
 
     def reconstruction_loss(self, logits: Tensor, x: Tensor) -> Tensor:
         """Per-image reconstruction loss of decoder ``logits`` against targets ``x``."""

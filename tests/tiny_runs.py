@@ -39,13 +39,22 @@ TINY_EXTRA = {
     "autodecoder": ["--model.init_args.inference_steps", "2"],
     "deep_ae_rbm": ["--model.init_args.pretrain_epochs", "1"],
     "iwae": ["--model.init_args.nll_samples", "4"],
+    "photo_vae_f8_64": ["--model.init_args.nll_samples", "4"],
+    "photo_vae_f8_256": ["--model.init_args.nll_samples", "4"],
 }
 
 
 def data_args(config: str, data_dir: Path) -> list[str]:
-    """The data arguments of ``configs/<config>.yaml`` on the tiny data of ``conftest.data_dir``."""
+    """The data arguments of ``configs/<config>.yaml`` on the tiny data of ``conftest.data_dir``; for the photo configs
+    a folder of 16x16 RGB images written here, and spatial networks small enough for them."""
     if config == "tabular_anomaly_ae":
         return ["--data.path", str(data_dir / "table.npz")]
+    if config.startswith("photo_"):
+        from conftest import write_image_folder
+
+        folder = write_image_folder(data_dir / "photos", per_class=20, size=16)
+        tiny_network = ["--model.init_args.hidden_dims", "[8,8,8,16]", "--model.init_args.spatial", "{num_res_blocks: 1}"]
+        return ["--data.data_dir", str(folder), "--data.image_size", "16", "--data.batch_size", "8", *tiny_network]
     return ["--data.data_dir", str(data_dir)]
 
 

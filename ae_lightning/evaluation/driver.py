@@ -176,12 +176,13 @@ def negative_log_likelihood(model: AutoencoderModule, loader: TensorBatchLoader,
 
 
 def encode_split(model: AutoencoderModule, loader: TensorBatchLoader) -> tuple[Tensor, Tensor]:
-    """Codes ``[N, latent_dim]`` and labels ``[N]`` of the loader's images, on the CPU."""
+    """Codes ``[N, D]`` and labels ``[N]`` of the loader's images, on the CPU; spatial codes ``[C, h, w]`` are
+    flattened to ``D = C * h * w`` features (for the linear probe and k-NN)."""
     codes, labels = [], []
     with evaluating(model):
         for x, y in _batches(loader, model.device):
             with conditioned(model, y):
-                codes.append(model.encode(x).float().cpu())
+                codes.append(model.encode(x).float().cpu().flatten(1))
             labels.append(y.cpu())
     return torch.cat(codes), torch.cat(labels)
 

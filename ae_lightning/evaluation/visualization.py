@@ -169,8 +169,9 @@ def interpolation_grid(
         z_start = model.encode(starts)
     with _maybe_conditioned(model, end_labels):
         z_end = model.encode(ends)
-    weights = torch.linspace(0, 1, steps, device=z_start.device).view(1, steps, 1)
-    z = torch.lerp(z_start.unsqueeze(1), z_end.unsqueeze(1), weights)  # [P, steps, D]
+    # one weight per step, broadcast over every code dimension (flat [D] or spatial [C, h, w])
+    weights = torch.linspace(0, 1, steps, device=z_start.device).view(1, steps, *[1] * (z_start.dim() - 1))
+    z = torch.lerp(z_start.unsqueeze(1), z_end.unsqueeze(1), weights)  # [P, steps, *latent_shape]
     row_labels = None if start_labels is None else start_labels.repeat_interleave(steps)
     with _maybe_conditioned(model, row_labels):
         decoded = model.decode(z.flatten(0, 1)).unflatten(0, (len(starts), steps))
@@ -183,8 +184,11 @@ def _maybe_conditioned(model: AutoencoderModule, labels: Tensor | None):
 
 
 def project_2d(codes: Tensor, method: Projection = "pca", seed: int = 0) -> Tensor:
-    """Codes ``[N, D]`` mapped to 2-D: PCA (``torch.pca_lowrank``), t-SNE (scikit-learn), or ``none`` for D <= 2."""
-    codes = codes.detach().float().cpu()
+    """Codes ``[N, D]`` mapped to 2-D: PCA (``torch.pca_lowrank``), t-SNE (scikit-learn), or ``none`` for D <= 2.
+
+    Spatial codes ``[N, C, h, w]`` are flattened to ``[N, C * h * w]`` vectors first.
+    """
+    codes = codes.detach().float().cpu().flatten(1)
     if codes.shape[1] <= 2 or method == "none":
         if codes.shape[1] > 2:
             raise ValueError(f"projection 'none' needs codes of at most 2 dimensions, got {codes.shape[1]}")
@@ -217,7 +221,7 @@ def latent_map(
     """A scatter plot ``[3, H, W]`` of the codes projected to 2-D, coloured by label.
 
     Args:
-        codes: ``[N, D]`` latent codes.
+        codes: ``[N, D]`` latent codes, or spatial ones ``[N, C, h, w]`` (flattened, see :func:`project_2d`).
         labels: ``[N]`` integer labels.
         method: see :func:`project_2d`.
         class_names: legend names of the labels (label ``i`` is ``class_names[i]``).

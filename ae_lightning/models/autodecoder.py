@@ -31,6 +31,8 @@ class AutoDecoder(DeterministicAutoencoder):
         **kwargs: the :class:`~ae_lightning.base.DeterministicAutoencoder` arguments (the encoder's are unused).
     """
 
+    flat_codes_only = "its per-image codes are rows of an embedding table [num_codes, latent_dim]"
+
     def __init__(
         self,
         num_codes: int | None = None,

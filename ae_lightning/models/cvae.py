@@ -62,6 +62,8 @@ class ConditionalVAE(VAE):
         **kwargs: the :class:`~ae_lightning.models.vae.VAE` arguments.
     """
 
+    flat_codes_only = "the label joins the decoder's input as a flat one-hot vector beside the code"
+
     def __init__(self, num_classes: int = 10, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         check_number("num_classes", num_classes, "[1, inf)", integer=True)

@@ -85,21 +85,22 @@ class VAE(AutoencoderModule):
         self.nll_samples = nll_samples
         self.nll_chunk_size = nll_chunk_size
         self._warned_gray = False
-        network, hidden_dims = self.hparams.network, self.hparams.hidden_dims
-        self.encoder = build_encoder(network, self.input_shape, hidden_dims, 2 * self.latent_dim)
-        self.decoder = build_decoder(network, self.latent_dim, hidden_dims, self.input_shape)
+        network, hidden_dims, spatial = self.hparams.network, self.hparams.hidden_dims, self.hparams.spatial
+        # A spatial encoder's 2 * latent_dim output channels are the means and log-variances of every code element.
+        self.encoder = build_encoder(network, self.input_shape, hidden_dims, 2 * self.latent_dim, spatial=spatial)
+        self.decoder = build_decoder(network, self.latent_dim, hidden_dims, self.input_shape, spatial=spatial)
         if isinstance(gaussian_std, str) and likelihood == "gaussian":
             start = math.log(0.1 if len(self.input_shape) == 3 else 1.0)
             shape = self.input_shape if gaussian_std == "learned_per_pixel" else ()
             self.log_std = nn.Parameter(torch.full(shape, start))
 
     def posterior_parameters(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean and log-variance ``[B, latent_dim]`` of q(z | x)."""
-        mu, logvar = self.encoder(x).chunk(2, dim=-1)
+        """Mean and log-variance ``[B, *latent_shape]`` of q(z | x)."""
+        mu, logvar = self.encoder(x).chunk(2, dim=1)
         return mu, logvar
 
     def posterior(self, x: Tensor) -> Normal:
-        """q(z | x) as a ``torch.distributions.Normal`` with batch shape ``[B, latent_dim]``."""
+        """q(z | x) as a ``torch.distributions.Normal`` with batch shape ``[B, *latent_shape]``."""
         mu, logvar = self.posterior_parameters(x)
         return Normal(mu, torch.exp(0.5 * logvar))
 
@@ -114,7 +115,9 @@ class VAE(AutoencoderModule):
         return super().decode(z)
 
     def sample(self, n: int) -> Tensor:
-        return self.decode(torch.randn(n, self.latent_dim, device=self.device))
+        """``n`` images of ``input_shape`` decoded from prior codes of ``latent_shape``; a spatial model decodes
+        other sizes from ``torch.randn(n, latent_dim, H / f, W / f)`` with :meth:`decode`."""
+        return self.decode(torch.randn(n, *self.latent_shape, device=self.device))
 
     def log_likelihood(self, logits: Tensor, x: Tensor) -> Tensor:
         """log p(x | z) per image from decoder ``logits`` (leading sample dimensions allowed)."""
@@ -144,14 +147,18 @@ class VAE(AutoencoderModule):
         mu, logvar = self.posterior_parameters(x)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)  # reparameterization
         recon = -self.log_likelihood(self.decoder(z), x).mean()
-        kl = losses.kl_divergence_normal(mu, logvar).mean()
+        kl = self.kl_divergence(mu, logvar).mean()
         return {"loss": recon + self.kl_weight() * kl, "recon": recon, "kl": kl}
+
+    def kl_divergence(self, mu: Tensor, logvar: Tensor) -> Tensor:
+        """KL(q(z | x) || p(z)) per image, summed over every element of the code (each position of a spatial one)."""
+        return losses.kl_divergence_normal(mu, logvar, len(self.latent_shape))
 
     def anomaly_score(self, x: Tensor) -> Tensor:
         """The negative single-sample ELBO per image (with the KL in closed form)."""
         mu, logvar = self.posterior_parameters(x)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        return -self.log_likelihood(self.decoder(z), x) + losses.kl_divergence_normal(mu, logvar)
+        return -self.log_likelihood(self.decoder(z), x) + self.kl_divergence(mu, logvar)
 
     def importance_weighted_terms(self, x: Tensor, num_samples: int) -> dict[str, Tensor]:
         """The negative IWAE bound with ``num_samples`` samples as ``loss`` (and ``neg_iwae_<k>``), batch-averaged;
@@ -160,7 +167,7 @@ class VAE(AutoencoderModule):
         log_likelihood, log_prior, log_posterior = self.log_densities(x, mu, logvar, num_samples)
         loss = -losses.importance_weighted_bound(log_likelihood, log_prior, log_posterior, self.kl_weight()).mean()
         recon = -log_likelihood.float().mean()
-        kl = losses.kl_divergence_normal(mu, logvar).mean()
+        kl = self.kl_divergence(mu, logvar).mean()
         return {"loss": loss, f"neg_iwae_{num_samples}": loss.detach(), "recon": recon.detach(), "kl": kl.detach()}
 
     def log_densities(self, x: Tensor, mu: Tensor, logvar: Tensor, num_samples: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -168,10 +175,13 @@ class VAE(AutoencoderModule):
         ``num_samples`` reparameterized samples ``z_k ~ q(z | x)`` decoded in one batched pass."""
         std = torch.exp(0.5 * logvar)
         eps = torch.randn(num_samples, *mu.shape, device=mu.device, dtype=mu.dtype)
-        z = mu + eps * std  # [k, B, D]
+        z = mu + eps * std  # [k, B, *latent_shape]
         logits = self.decoder(z.flatten(0, 1)).unflatten(0, (num_samples, len(x)))
-        log_q = (-0.5 * eps.float().pow(2) - 0.5 * math.log(2 * math.pi)).sum(-1) - (0.5 * logvar.float()).sum(-1)
-        return self.log_likelihood(logits.float(), x), losses.standard_normal_log_prob(z.float()), log_q
+        event_ndim = len(self.latent_shape)
+        # log q(z | x) = log N(eps | 0, I) - sum(log std)
+        log_q = losses.standard_normal_log_prob(eps.float(), event_ndim) - (0.5 * logvar.float()).flatten(1).sum(-1)
+        log_prior = losses.standard_normal_log_prob(z.float(), event_ndim)
+        return self.log_likelihood(logits.float(), x), log_prior, log_q
 
     @torch.no_grad()
     def importance_weighted_nll(self, x: Tensor, num_samples: int | None = None) -> Tensor:
