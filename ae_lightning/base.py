@@ -72,7 +72,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
                 f"{type(self).__name__} cannot use network: spatial: {self.flat_codes_only}; use network: mlp or conv"
             )
         if spatial is not None and network != "spatial":
-            raise ValueError(f"the spatial settings {dict(spatial)} are for network: spatial, but network is {network!r}")
+            raise ValueError(f"the spatial settings {dict(spatial)} are for network: spatial, not {network!r}")
         networks.check_input_shape(input_shape, network)
         networks.check_network_size(network, input_shape, hidden_dims, latent_dim)
         # Optimizer and scheduler factories are not hyperparameters: a checkpoint must load without them.

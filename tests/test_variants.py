@@ -36,6 +36,8 @@ from ae_lightning.models.denoising import corrupt
 from datamodules import MNISTDataModule
 
 TINY = {"latent_dim": 4, "hidden_dims": [16]}
+# f2 spatial codes [4, H / 2, W / 2]
+SPATIAL = {"network": "spatial", "hidden_dims": [4, 8], "spatial": {"num_res_blocks": 1}}
 VARIANTS = [
     (Autoencoder, {}),
     (VAE, {"nll_samples": 4, "nll_chunk_size": 2}),
@@ -55,6 +57,12 @@ VARIANTS = [
     (SuperResolutionAutoencoder, {"scale": 2}),
     (SuperResolutionAutoencoder, {"scale": 4, "network": "conv", "hidden_dims": [4], "reconstruction": "mse"}),
     (DeepBeliefAutoencoder, {"pretrain": "none"}),
+    (Autoencoder, SPATIAL),
+    (VAE, {"nll_samples": 4, "nll_chunk_size": 2, **SPATIAL}),
+    (VAE, {"nll_samples": 4, "nll_chunk_size": 2, "iw_samples": 3, "likelihood": "gaussian", **SPATIAL}),
+    (DenoisingAutoencoder, {"corruption": "masking", "corruption_level": 0.3, **SPATIAL}),
+    (SuperResolutionAutoencoder, {"scale": 2, "reconstruction": "mse", **SPATIAL}),
+    (SparseAutoencoder, {"sparsity": "kl", "sparsity_target": 0.1, **SPATIAL}),
 ]
 IDS = [f"{cls.__name__}-{i}" for i, (cls, _) in enumerate(VARIANTS)]
 # Gray and RGB images, a size no stride-2 convolution halves evenly, and feature vectors.
@@ -79,8 +87,11 @@ def for_shape(cls: type[AutoencoderModule], kwargs: dict, shape: tuple[int, ...]
 
 def refusal(cls: type[AutoencoderModule], kwargs: dict, shape: tuple[int, ...]) -> str | None:
     """The error a variant gives, before training, for data it cannot take; None where it takes them."""
-    if len(shape) == 1 and kwargs.get("network") == "conv":
-        return r"a conv network needs images .* \(13,\) \(feature vectors\): use network: mlp"
+    network = kwargs.get("network", "mlp")
+    if len(shape) == 1 and network != "mlp":
+        return rf"a {network} network needs images .* \(13,\) \(feature vectors\): use network: mlp"
+    if network == "spatial" and (shape[1] % 2 or shape[2] % 2):
+        return rf"downsampling factor f=2 .* got an image of {shape[1]}x{shape[2]}"
     if len(shape) == 1 and cls in (SuperResolutionAutoencoder, DeepBeliefAutoencoder):
         return r"got input_shape \(13,\) \(feature vectors\): use another variant for vectors"
     scale = kwargs.get("scale")
@@ -133,7 +144,8 @@ def test_public_api_shapes(cls: type[AutoencoderModule], kwargs: dict, shape: tu
     bounded = len(shape) == 3  # images in [0, 1]; vectors unbounded
     extra = label_kwargs(model, labels)
     z = model.encode(x, **extra)
-    assert z.shape == (5, 4)
+    spatial = kwargs.get("network") == "spatial"
+    assert z.shape == ((5, 4, shape[1] // 2, shape[2] // 2) if spatial else (5, 4))
     decoded = model.decode(z, **extra)
     assert decoded.shape == (5, *shape) and (not bounded or (0 <= decoded.min() and decoded.max() <= 1))
     assert model(x, **extra).shape == (5, *shape)
@@ -184,7 +196,7 @@ def test_test_and_predict_steps_run(cls: type[AutoencoderModule], kwargs: dict, 
     trainer.test(model, datamodule=data, verbose=False)
     assert torch.isfinite(trainer.callback_metrics["test/loss"])
     (predictions,) = trainer.predict(model, datamodule=data)
-    assert predictions["z"].shape == (16, 4) and torch.isfinite(predictions["recon_error"]).all()
+    assert predictions["z"].shape == (16, *model.latent_shape) and torch.isfinite(predictions["recon_error"]).all()
 
 
 @pytest.mark.parametrize("data", ["rgb_folder", "vectors"])

@@ -53,7 +53,8 @@ def data_args(config: str, data_dir: Path) -> list[str]:
         from conftest import write_image_folder
 
         folder = write_image_folder(data_dir / "photos", per_class=20, size=16)
-        tiny_network = ["--model.init_args.hidden_dims", "[8,8,8,16]", "--model.init_args.spatial", "{num_res_blocks: 1}"]
+        tiny_network = ["--model.init_args.hidden_dims", "[8,8,8,16]"]
+        tiny_network += ["--model.init_args.spatial", "{num_res_blocks: 1}"]
         return ["--data.data_dir", str(folder), "--data.image_size", "16", "--data.batch_size", "8", *tiny_network]
     return ["--data.data_dir", str(data_dir)]
 

@@ -2,8 +2,8 @@
 
 Data are images ``(C, H, W)`` or feature vectors ``(D,)`` (MLP only). Decoders return logits for images, which the
 LightningModules turn into pixel means with a sigmoid (:func:`decoder_mean`), and the vectors' means themselves.
-``mlp`` and ``conv`` networks have flat codes ``[latent_dim]``; ``spatial`` networks (:mod:`ae_lightning.blocks.spatial`)
-have codes ``[latent_dim, H / f, W / f]`` (:func:`latent_shape`).
+``mlp`` and ``conv`` networks have flat codes ``[latent_dim]``; ``spatial`` networks
+(:mod:`ae_lightning.blocks.spatial`) have codes ``[latent_dim, H / f, W / f]`` (:func:`latent_shape`).
 """
 
 from __future__ import annotations

@@ -180,7 +180,7 @@ class SpatialDecoder(nn.Module):
         _check_settings(channels, num_res_blocks, dropout)
         self.factor = downsampling_factor(channels)
         previous = channels[-1]
-        layers: list[nn.Module] = [nn.Conv2d(z_channels, previous, 3, padding=1), *_middle(previous, attention, dropout)]
+        layers = [nn.Conv2d(z_channels, previous, 3, padding=1), *_middle(previous, attention, dropout)]
         for level in reversed(range(len(channels))):
             for _ in range(num_res_blocks + 1):
                 layers.append(ResnetBlock(previous, channels[level], dropout))
