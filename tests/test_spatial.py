@@ -18,7 +18,8 @@ from torch.distributions import Normal, kl_divergence
 from ae_lightning import VAE, Autoencoder
 from ae_lightning.blocks.spatial import SpatialDecoder, SpatialEncoder
 from ae_lightning.evaluation.driver import encode_split
-from ae_lightning.evaluation.visualization import VIEWS, draw_views
+from ae_lightning.evaluation.visualization import VIEWS, applicable_views, draw_views
+from ae_lightning.training.callbacks import ImageLogger
 from datamodules import ImageFolderDataModule
 from datamodules.loader import TensorBatchLoader
 
@@ -83,7 +84,10 @@ def photo_folder(root: Path) -> ImageFolderDataModule:
 @pytest.mark.parametrize("cls", [Autoencoder, VAE], ids=["ae", "vae"])
 def test_trained_on_16x16_it_encodes_and_decodes_64x64(cls: type, tmp_path: Path) -> None:
     model = spatial_model(cls)
-    make_trainer(tmp_path).fit(model, datamodule=photo_folder(tmp_path))
+    pictures = ImageLogger(num_images=4, num_samples=4, num_interpolations=2, interpolation_steps=3, nrow=4)
+    make_trainer(tmp_path, callbacks=[pictures]).fit(model, datamodule=photo_folder(tmp_path))
+    drawn = {path.name.partition("-")[0] for path in (tmp_path / "images").glob("*.png")}
+    assert drawn == set(applicable_views(model))
     model.eval()
     with torch.no_grad():
         z = model.encode(rgb(2, 64))
