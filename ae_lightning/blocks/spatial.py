@@ -46,8 +46,12 @@ def check_spatial_size(height: int, width: int, factor: int) -> None:
 
 
 def _norm(channels: int) -> nn.GroupNorm:
-    # 32 groups as in latent diffusion where the channels allow it; fewer (a divisor) in narrow test networks.
-    return nn.GroupNorm(math.gcd(32, channels), channels, eps=1e-6)
+    # 32 groups as in latent diffusion where the channels allow it, but at least 4 channels per group: a group of one
+    # channel normalizes away each image's mean of that channel, and with it the output's brightness and colour.
+    groups = math.gcd(32, channels)
+    while groups > 1 and channels // groups < 4:
+        groups //= 2
+    return nn.GroupNorm(groups, channels, eps=1e-6)
 
 
 class ResnetBlock(nn.Module):
