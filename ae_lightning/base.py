@@ -19,6 +19,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from ae_lightning.blocks import losses, networks
 from ae_lightning.blocks.networks import Network, check_network
+from ae_lightning.blocks.spatial import SpatialOptions
 from ae_lightning.evaluation.metrics import ReconstructionMetrics
 from ae_lightning.training import fast
 from datamodules.checks import Fraction, PositiveInt, check_init_arguments
@@ -33,15 +34,19 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
 
     A variant implements :meth:`loss_terms` (a dict of per-batch terms with ``loss``), logged as ``train/``, ``val/``
     and ``test/<term>``, and may change its networks' sizes in :meth:`build_encoder` and :meth:`build_decoder`. Every
-    variant offers ``encode(x, y) -> [B, latent_dim]`` and ``decode(z, y)`` in [0, 1]; generative ones
-    (``is_generative``) also ``sample(n, y)``. The labels ``y`` condition a conditional model; the others ignore them.
-    Argument ranges and choices are the signatures' types (:mod:`datamodules.checks`), checked for every variant here.
+    variant offers ``encode(x, y) -> [B, *latent_shape]`` and ``decode(z, y)`` in [0, 1]; generative ones
+    (``is_generative``) also ``sample(n, y)``. ``latent_shape`` is ``(latent_dim,)``, or ``(latent_dim, H / f, W / f)``
+    for ``network: spatial`` (``docs/spatial.md``). The labels ``y`` condition a conditional model; the others ignore
+    them. Argument ranges and choices are the signatures' types (:mod:`datamodules.checks`), checked for every variant
+    here.
 
     Args:
         input_shape: ``(C, H, W)`` images or ``(D,)`` feature vectors; the CLI links it from the datamodule.
-        latent_dim: size of the code.
-        network: ``mlp`` or ``conv`` encoder/decoder.
-        hidden_dims: widths of the MLP's hidden layers, or channels of the convolutions; the decoder mirrors them.
+        latent_dim: size of the code; for ``network: spatial``, its channels.
+        network: ``mlp``, ``conv`` or ``spatial`` (ResNet levels to codes ``[latent_dim, H / f, W / f]``).
+        hidden_dims: widths of the MLP's hidden layers, or channels of the convolutions (of each resolution level for
+            ``spatial``: f = 2^(levels - 1)); the decoder mirrors them.
+        spatial: ``num_res_blocks`` (default 2) and ``attention`` (default true) of ``network: spatial``.
         encoder: a ready encoder (``class_path`` in YAML) instead of the built one; it takes the variant's input
             ``[B, *input_shape]`` and returns what its ``build_encoder`` network returns (``[B, 2 * latent_dim]``
             for the VAE family). A module given from Python is saved with the weights, not among the hyperparameters.
@@ -60,6 +65,8 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
     partial_backward: ClassVar[bool] = False
     # Weight-name prefixes of earlier releases' layouts and this release's, for checkpoints (:meth:`upgrade_weights`).
     renamed_weights: ClassVar[dict[str, str]] = {}
+    # Why a variant needs flat codes ``[latent_dim]``, if it does: ``network: spatial`` is then refused with it.
+    flat_codes_only: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -69,6 +76,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         hidden_dims: Sequence[PositiveInt] = (256, 64),
         encoder: nn.Module | None = None,
         decoder: nn.Module | None = None,
+        spatial: SpatialOptions | None = None,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         compile_networks: bool = False,
@@ -84,10 +92,17 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
                 del self.hparams[name]
         check_init_arguments(type(self), self.hparams)
         check_network(network, hidden_dims)
+        if network == "spatial" and self.flat_codes_only:
+            raise ValueError(
+                f"{type(self).__name__} cannot use network: spatial: {self.flat_codes_only}; use network: mlp or conv"
+            )
+        if spatial is not None and network != "spatial":
+            raise ValueError(f"the spatial settings {dict(spatial)} are for network: spatial, not {network!r}")
         networks.check_input_shape(input_shape, network)
         networks.check_network_size(network, input_shape, hidden_dims, latent_dim)
         self.input_shape = tuple(input_shape)
         self.latent_dim = latent_dim
+        self.latent_shape = networks.latent_shape(network, input_shape, latent_dim, hidden_dims)
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.compile_networks = compile_networks
@@ -101,18 +116,22 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
 
     # --- the networks -----------------------------------------------------------------------------------------------
     def build_encoder(self) -> nn.Module | None:
-        """The encoder when none is given: inputs ``[B, *input_shape]`` to codes ``[B, latent_dim]``."""
+        """The encoder when none is given: inputs ``[B, *input_shape]`` to codes ``[B, *latent_shape]``."""
         hp, dropout = self.hparams, self.hparams.get("dropout", 0.0)
-        return networks.build_encoder(hp.network, self.input_shape, hp.hidden_dims, self.latent_dim, dropout)
+        return networks.build_encoder(
+            hp.network, self.input_shape, hp.hidden_dims, self.latent_dim, dropout, hp.get("spatial")
+        )
 
     def build_decoder(self) -> nn.Module:
-        """The decoder when none is given: codes ``[B, latent_dim]`` to logits ``[B, *input_shape]``."""
+        """The decoder when none is given: codes ``[B, *latent_shape]`` to logits ``[B, *input_shape]``."""
         hp, dropout = self.hparams, self.hparams.get("dropout", 0.0)
-        return networks.build_decoder(hp.network, self.latent_dim, hp.hidden_dims, self.input_shape, dropout)
+        return networks.build_decoder(
+            hp.network, self.latent_dim, hp.hidden_dims, self.input_shape, dropout, hp.get("spatial")
+        )
 
     # --- the public API ---------------------------------------------------------------------------------------------
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """Codes ``[B, latent_dim]`` of images ``x`` (with labels ``y``, which a conditional model needs)."""
+        """Codes ``[B, *latent_shape]`` of images ``x`` (with labels ``y``, which a conditional model needs)."""
         return self.encoder(x)
 
     def decoder_logits(self, z: Tensor, y: Tensor | None = None) -> Tensor:

@@ -45,6 +45,8 @@ from ae_lightning.models.first_stage import FirstStageAutoencoder
 from datamodules import MNISTDataModule
 
 TINY = {"latent_dim": 4, "hidden_dims": [16]}
+# f2 spatial codes [4, H / 2, W / 2]
+SPATIAL = {"network": "spatial", "hidden_dims": [4, 8], "spatial": {"num_res_blocks": 1}}
 VARIANTS = [
     (Autoencoder, {}),
     (VAE, {"nll_samples": 4, "nll_chunk_size": 2}),
@@ -85,6 +87,12 @@ VARIANTS = [
             "discriminator_layers": 1,
         },
     ),
+    (Autoencoder, SPATIAL),
+    (VAE, {"nll_samples": 4, "nll_chunk_size": 2, **SPATIAL}),
+    (VAE, {"nll_samples": 4, "nll_chunk_size": 2, "iw_samples": 3, "likelihood": "gaussian", **SPATIAL}),
+    (DenoisingAutoencoder, {"corruption": "masking", "corruption_level": 0.3, **SPATIAL}),
+    (SuperResolutionAutoencoder, {"scale": 2, "reconstruction": "mse", **SPATIAL}),
+    (SparseAutoencoder, {"sparsity": "kl", "sparsity_target": 0.1, **SPATIAL}),
 ]
 IDS = [f"{cls.__name__}-{i}" for i, (cls, _) in enumerate(VARIANTS)]
 # Gray and RGB images, a size no stride-2 convolution halves evenly, and feature vectors.
@@ -112,8 +120,13 @@ def for_shape(cls: type[AutoencoderModule], kwargs: dict, shape: tuple[int, ...]
 
 def refusal(cls: type[AutoencoderModule], kwargs: dict, shape: tuple[int, ...]) -> str | None:
     """The error a variant gives, before training, for data it cannot take; None where it takes them."""
-    if len(shape) == 1 and (kwargs.get("network") == "conv" or issubclass(cls, FirstStageAutoencoder)):
+    network = kwargs.get("network", "mlp")
+    if len(shape) == 1 and issubclass(cls, FirstStageAutoencoder):
         return r"a conv network needs images .* \(13,\) \(feature vectors\): use network: mlp"
+    if len(shape) == 1 and network != "mlp":
+        return rf"a {network} network needs images .* \(13,\) \(feature vectors\): use network: mlp"
+    if network == "spatial" and (shape[1] % 2 or shape[2] % 2):
+        return rf"downsampling factor f=2 .* got an image of {shape[1]}x{shape[2]}"
     if len(shape) == 1 and cls in (SuperResolutionAutoencoder, DeepBeliefAutoencoder):
         return r"got input_shape \(13,\) \(feature vectors\): use another variant for vectors"
     if issubclass(cls, FirstStageAutoencoder) and (shape[1] % 2 or shape[2] % 2):
@@ -169,6 +182,8 @@ def test_public_api_shapes(cls: type[AutoencoderModule], kwargs: dict, shape: tu
     extra = label_kwargs(model, labels)
     z = model.encode(x, **extra)
     assert z.shape[:2] == (5, 4)  # [B, latent_dim], or [B, latent_dim, h, w] for spatial codes
+    if kwargs.get("network") == "spatial":
+        assert z.shape == (5, 4, shape[1] // 2, shape[2] // 2)
     decoded = model.decode(z, **extra)
     assert decoded.shape == (5, *shape) and (not bounded or (0 <= decoded.min() and decoded.max() <= 1))
     assert model(x, **extra).shape == (5, *shape)

@@ -50,17 +50,27 @@ TINY_EXTRA = {
     "info_vae": ["--model.init_args.nll_samples", "4"],
     "vampprior": ["--model.init_args.nll_samples", "4", "--model.init_args.num_pseudo_inputs", "5"],
     "iaf_vae": ["--model.init_args.nll_samples", "4", "--model.init_args.flow_hidden_dims", "[16]"],
+    "photo_vae_f8_64": ["--model.init_args.nll_samples", "4"],
+    "photo_vae_f8_256": ["--model.init_args.nll_samples", "4"],
 }
 # Configs on dSprites, which is drawn from its factors: no data_dir, a small subset of the grid.
 DSPRITES_CONFIGS = ("beta_tcvae", "dip_vae", "factor_vae")
 
 
 def data_args(config: str, data_dir: Path) -> list[str]:
-    """The data arguments of ``configs/<config>.yaml`` on the tiny data of ``conftest.data_dir``."""
+    """The data arguments of ``configs/<config>.yaml`` on the tiny data of ``conftest.data_dir``; for the photo configs
+    a folder of 16x16 RGB images written here, and spatial networks small enough for them."""
     if config == "tabular_anomaly_ae":
         return ["--data.path", str(data_dir / "table.npz")]
     if config in DSPRITES_CONFIGS:
         return ["--data.num_samples", "400", "--data.val_fraction", "0.1", "--data.test_fraction", "0.1"]
+    if config.startswith("photo_"):
+        from conftest import write_image_folder
+
+        folder = write_image_folder(data_dir / "photos", per_class=20, size=16)
+        tiny_network = ["--model.init_args.hidden_dims", "[8,8,8,16]"]
+        tiny_network += ["--model.init_args.spatial", "{num_res_blocks: 1}"]
+        return ["--data.data_dir", str(folder), "--data.image_size", "16", "--data.batch_size", "8", *tiny_network]
     return ["--data.data_dir", str(data_dir)]
 
 

@@ -100,19 +100,20 @@ def bits_per_dim(nll: Tensor, num_dims: int) -> Tensor:
     return (nll + num_dims * math.log(256)) / (num_dims * math.log(2))
 
 
-def kl_divergence_normal(mu: Tensor, logvar: Tensor) -> Tensor:
-    """KL(N(mu, diag(exp(logvar))) || N(0, I)) in closed form, summed over the last dimension.
+def kl_divergence_normal(mu: Tensor, logvar: Tensor, event_ndim: int = 1) -> Tensor:
+    """KL(N(mu, diag(exp(logvar))) || N(0, I)) in closed form, summed over the last ``event_ndim`` dimensions.
 
     Args:
-        mu: ``[..., D]`` posterior means.
-        logvar: ``[..., D]`` posterior log-variances.
+        mu: ``[..., D]`` posterior means (``[..., C, h, w]`` for spatial codes, with ``event_ndim=3``).
+        logvar: log-variances of the same shape.
+        event_ndim: the trailing dimensions of one code: 1 for flat codes, 3 for spatial ones.
     """
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(-1)
+    return _sum_image_dims(0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar), event_ndim)
 
 
-def standard_normal_log_prob(z: Tensor) -> Tensor:
-    """log N(z | 0, I), summed over the last dimension."""
-    return -0.5 * (z.pow(2) + _LOG_2PI).sum(-1)
+def standard_normal_log_prob(z: Tensor, event_ndim: int = 1) -> Tensor:
+    """log N(z | 0, I), summed over the last ``event_ndim`` dimensions (1 for flat codes, 3 for spatial ones)."""
+    return _sum_image_dims(-0.5 * (z.pow(2) + _LOG_2PI), event_ndim)
 
 
 def squared_error(reconstruction: Tensor, x: Tensor, event_ndim: int = 3) -> Tensor:

@@ -2,6 +2,8 @@
 
 Data are images ``(C, H, W)`` or feature vectors ``(D,)`` (MLP only). Decoders return logits for images, which the
 LightningModules turn into pixel means with a sigmoid (:func:`decoder_mean`), and the vectors' means themselves.
+``mlp`` and ``conv`` networks have flat codes ``[latent_dim]``; ``spatial`` networks
+(:mod:`ae_lightning.blocks.spatial`) have codes ``[latent_dim, H / f, W / f]`` (:func:`latent_shape`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,15 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-Network = Literal["mlp", "conv"]
+from ae_lightning.blocks.spatial import (
+    SpatialDecoder,
+    SpatialEncoder,
+    SpatialOptions,
+    check_spatial_size,
+    downsampling_factor,
+)
+
+Network = Literal["mlp", "conv", "spatial"]
 
 
 def _mlp(sizes: Sequence[int], dropout: float = 0.0) -> list[nn.Module]:
@@ -127,26 +137,53 @@ class ConvDecoder(nn.Module):
 
 
 def build_encoder(
-    network: Network, input_shape: Sequence[int], hidden_dims: Sequence[int], out_dim: int, dropout: float = 0.0
+    network: Network,
+    input_shape: Sequence[int],
+    hidden_dims: Sequence[int],
+    out_dim: int,
+    dropout: float = 0.0,
+    spatial: SpatialOptions | None = None,
 ) -> nn.Module:
-    """The encoder named by ``network``."""
+    """The encoder named by ``network``; ``out_dim`` is the output's features (channels for ``spatial``)."""
+    if network == "spatial":
+        return SpatialEncoder(input_shape[0], hidden_dims, out_dim, dropout=dropout, **(spatial or {}))
     encoder = {"mlp": MLPEncoder, "conv": ConvEncoder}[network]
     return encoder(input_shape, hidden_dims, out_dim, dropout)
 
 
 def build_decoder(
-    network: Network, latent_dim: int, hidden_dims: Sequence[int], output_shape: Sequence[int], dropout: float = 0.0
+    network: Network,
+    latent_dim: int,
+    hidden_dims: Sequence[int],
+    output_shape: Sequence[int],
+    dropout: float = 0.0,
+    spatial: SpatialOptions | None = None,
 ) -> nn.Module:
-    """The decoder named by ``network``."""
+    """The decoder named by ``network``; ``latent_dim`` is the code's features (channels for ``spatial``)."""
+    if network == "spatial":
+        return SpatialDecoder(latent_dim, hidden_dims, output_shape[0], dropout=dropout, **(spatial or {}))
     decoder = {"mlp": MLPDecoder, "conv": ConvDecoder}[network]
     return decoder(latent_dim, hidden_dims, output_shape, dropout)
 
 
+def latent_shape(
+    network: Network, input_shape: Sequence[int], latent_dim: int, hidden_dims: Sequence[int]
+) -> tuple[int, ...]:
+    """The shape of one code: ``(latent_dim,)``, or ``(latent_dim, H / f, W / f)`` for a ``spatial`` network with
+    ``f = 2^(len(hidden_dims) - 1)`` (a ValueError naming the size and f unless f divides H and W)."""
+    if network != "spatial":
+        return (latent_dim,)
+    factor = downsampling_factor(hidden_dims)
+    height, width = input_shape[1:]
+    check_spatial_size(height, width, factor)
+    return (latent_dim, height // factor, width // factor)
+
+
 def check_input_shape(input_shape: Sequence[int], network: str = "mlp") -> None:
     """Raise a ValueError naming the shape unless it is ``(C, H, W)`` images or, for an MLP, ``(D,)`` vectors."""
-    if len(input_shape) == 1 and network == "conv":
+    if len(input_shape) == 1 and network != "mlp":
         raise ValueError(
-            f"a conv network needs images (channels, height, width), but input_shape is {tuple(input_shape)} "
+            f"a {network} network needs images (channels, height, width), but input_shape is {tuple(input_shape)} "
             "(feature vectors): use network: mlp"
         )
     if len(input_shape) not in (1, 3):
@@ -185,9 +222,9 @@ def decoder_mean(output: Tensor, input_shape: Sequence[int]) -> Tensor:
 
 
 def check_network(network: str, hidden_dims: Sequence[int]) -> None:
-    """Raise a ValueError if a conv network has no convolution (the ranges are the signatures' types)."""
-    if len(hidden_dims) == 0 and network == "conv":
-        raise ValueError("a conv network needs at least one entry in hidden_dims (channels per convolution)")
+    """Raise a ValueError if a convolutional network has no convolution (the ranges are the signatures' types)."""
+    if len(hidden_dims) == 0 and network != "mlp":
+        raise ValueError(f"a {network} network needs at least one entry in hidden_dims (channels per convolution)")
 
 
 __all__ = [
@@ -199,4 +236,5 @@ __all__ = [
     "build_encoder",
     "check_input_shape",
     "decoder_mean",
+    "latent_shape",
 ]

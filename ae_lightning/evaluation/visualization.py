@@ -173,8 +173,11 @@ def interpolation_grid(
 
 
 def project_2d(codes: Tensor, method: Projection = "pca", seed: int = 0) -> Tensor:
-    """Codes ``[N, D]`` mapped to 2-D: PCA (``torch.pca_lowrank``), t-SNE (scikit-learn), or ``none`` for D <= 2."""
-    codes = codes.detach().float().cpu()
+    """Codes ``[N, D]`` mapped to 2-D: PCA (``torch.pca_lowrank``), t-SNE (scikit-learn), or ``none`` for D <= 2.
+
+    Spatial codes ``[N, C, h, w]`` are flattened to ``[N, C * h * w]`` vectors first.
+    """
+    codes = codes.detach().float().cpu().flatten(1)
     if codes.shape[1] <= 2 or method == "none":
         if codes.shape[1] > 2:
             raise ValueError(f"projection 'none' needs codes of at most 2 dimensions, got {codes.shape[1]}")
@@ -207,7 +210,7 @@ def latent_map(
     """A scatter plot ``[3, H, W]`` of the codes projected to 2-D, coloured by label.
 
     Args:
-        codes: ``[N, D]`` latent codes.
+        codes: ``[N, D]`` latent codes, or spatial ones ``[N, C, h, w]`` (flattened, see :func:`project_2d`).
         labels: ``[N]`` integer labels.
         method: see :func:`project_2d`.
         class_names: legend names of the labels (label ``i`` is ``class_names[i]``).

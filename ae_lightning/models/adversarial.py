@@ -60,6 +60,7 @@ class AdversarialAutoencoder(DeterministicAutoencoder):
 
     is_generative = True
     partial_backward = True  # the discriminator phase reaches only the discriminator, the generator phase the encoder
+    flat_codes_only = "its discriminator and its prior act on flat codes [latent_dim]"
 
     def __init__(
         self,

@@ -31,6 +31,8 @@ class AutoDecoder(DeterministicAutoencoder):
         **kwargs: the :class:`~ae_lightning.base.DeterministicAutoencoder` arguments (no ``encoder``: it has none).
     """
 
+    flat_codes_only = "its per-image codes are rows of an embedding table [num_codes, latent_dim]"
+
     def __init__(
         self,
         num_codes: PositiveInt | None = None,

@@ -110,6 +110,10 @@ class ContractiveAutoencoder(DeterministicAutoencoder):
         **kwargs: the :class:`~ae_lightning.base.DeterministicAutoencoder` arguments.
     """
 
+    flat_codes_only = (
+        "the Jacobian of a spatial code (every code element by every pixel) is too large to form per image"
+    )
+
     def __init__(self, contractive_weight: NonNegativeFloat = 0.1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.contractive_weight = contractive_weight

@@ -33,6 +33,7 @@ class ConditionalVAE(VAE):
 
     # Releases before 0.2 wrapped each network in a module that held the labels.
     renamed_weights: ClassVar[dict[str, str]] = {"encoder.network.": "encoder.", "decoder.network.": "decoder."}
+    flat_codes_only = "the label joins the decoder's input as a flat one-hot vector beside the code"
 
     def __init__(self, num_classes: PositiveInt = 10, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -27,6 +27,8 @@ class DIPVAE(VAE):
         **kwargs: the :class:`~ae_lightning.models.vae.VAE` arguments.
     """
 
+    flat_codes_only = "its covariance penalty is over flat codes [latent_dim]"
+
     def __init__(
         self, dip_type: DipType = "ii", lambda_od: float = 10.0, lambda_d: float | None = None, **kwargs: Any
     ) -> None:

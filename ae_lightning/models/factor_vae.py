@@ -46,6 +46,8 @@ class FactorVAE(VAE):
         **kwargs: the :class:`~ae_lightning.models.vae.VAE` arguments.
     """
 
+    flat_codes_only = "its discriminator reads flat codes [latent_dim]"
+
     partial_backward = True  # the discriminator's step reaches the discriminator only
 
     def __init__(

@@ -30,6 +30,8 @@ class IAFVAE(VAE):
         **kwargs: the :class:`~ae_lightning.models.vae.VAE` arguments.
     """
 
+    flat_codes_only = "its autoregressive flow orders the elements of a flat code [latent_dim]"
+
     def __init__(
         self,
         flow_steps: int = 2,

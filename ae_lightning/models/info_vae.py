@@ -32,6 +32,8 @@ class InfoVAE(VAE):
         **kwargs: the :class:`~ae_lightning.models.vae.VAE` arguments.
     """
 
+    flat_codes_only = "its MMD kernel compares flat codes [latent_dim]"
+
     def __init__(
         self,
         alpha: float = 0.0,

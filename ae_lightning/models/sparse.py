@@ -23,6 +23,8 @@ class SparseAutoencoder(DeterministicAutoencoder):
     - ``kl``: ``sum_j KL(rho || rho_hat_j)``, with ``rho_hat_j`` unit j's mean activation over the batch and ``rho`` the
       ``sparsity_target``, on the encoder's output through a sigmoid.
 
+    Units ``j`` are the code's elements: each channel at each position of a spatial code.
+
     Each stage also logs ``mean_activation``, the mean of ``|z|``.
 
     Args:
@@ -52,9 +54,9 @@ class SparseAutoencoder(DeterministicAutoencoder):
         z = self.encode(x)
         recon = self.reconstruction_loss(self.decoder(z), x).mean()
         if self.sparsity == "kl":
-            penalty = losses.kl_divergence_bernoulli(self.sparsity_target, z.float().mean(0))
+            penalty = losses.kl_divergence_bernoulli(self.sparsity_target, z.float().flatten(1).mean(0))
         else:
-            penalty = z.abs().sum(-1).mean()
+            penalty = z.abs().flatten(1).sum(-1).mean()
         return {
             "loss": recon + self.sparsity_weight * penalty,
             "recon": recon,

@@ -33,6 +33,8 @@ class BetaTCVAE(VAE):
         **kwargs: the :class:`~ae_lightning.models.vae.VAE` arguments.
     """
 
+    flat_codes_only = "its total-correlation estimate treats the code as one vector [latent_dim]"
+
     def __init__(
         self,
         mi_weight: float = 1.0,

@@ -76,17 +76,20 @@ class VAE(AutoencoderModule):
             self.log_std = nn.Parameter(torch.full(shape, start))
 
     def build_encoder(self) -> nn.Module:
-        """Mean and log-variance of q(z | x) side by side, ``[B, 2 * latent_dim]``."""
+        """Mean and log-variance of q(z | x) side by side on the channel axis, ``[B, 2 * latent_dim, ...]``."""
         hp = self.hparams
-        return networks.build_encoder(hp.network, self.input_shape, hp.hidden_dims, 2 * self.latent_dim)
+        # A spatial encoder's 2 * latent_dim output channels: the mean and log-variance of every code element.
+        return networks.build_encoder(
+            hp.network, self.input_shape, hp.hidden_dims, 2 * self.latent_dim, spatial=hp.get("spatial")
+        )
 
     def posterior_parameters(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Mean and log-variance ``[B, latent_dim]`` of q(z | x)."""
-        mu, logvar = self.encoder(x).chunk(2, dim=-1)
+        """Mean and log-variance ``[B, *latent_shape]`` of q(z | x)."""
+        mu, logvar = self.encoder(x).chunk(2, dim=1)
         return mu, logvar
 
     def posterior(self, x: Tensor, y: Tensor | None = None) -> Normal:
-        """q(z | x) as a ``torch.distributions.Normal`` with batch shape ``[B, latent_dim]``."""
+        """q(z | x) as a ``torch.distributions.Normal`` with batch shape ``[B, *latent_shape]``."""
         mu, logvar = self.posterior_parameters(x, y)
         return Normal(mu, torch.exp(0.5 * logvar))
 
@@ -101,15 +104,17 @@ class VAE(AutoencoderModule):
         return super().decode(z, y)
 
     def sample(self, n: int, y: Tensor | None = None) -> Tensor:
+        """``n`` images of ``input_shape`` decoded from prior codes of ``latent_shape``; a spatial model decodes
+        other sizes from ``torch.randn(n, latent_dim, H / f, W / f)`` with :meth:`decode`."""
         return self.decode(self.sample_prior(n), y)
 
     def sample_prior(self, n: int) -> Tensor:
-        """``n`` codes ``[n, latent_dim]`` drawn from the prior p(z), here the standard normal."""
-        return torch.randn(n, self.latent_dim, device=self.device)
+        """``n`` codes ``[n, *latent_shape]`` drawn from the prior p(z), here the standard normal."""
+        return torch.randn(n, *self.latent_shape, device=self.device)
 
     def prior_log_prob(self, z: Tensor) -> Tensor:
-        """log p(z) of codes ``[..., latent_dim]``, here the standard normal's."""
-        return losses.standard_normal_log_prob(z)
+        """log p(z) of codes ``[..., *latent_shape]``, here the standard normal's (summed over every element)."""
+        return losses.standard_normal_log_prob(z, len(self.latent_shape))
 
     def log_likelihood(self, logits: Tensor, x: Tensor) -> Tensor:
         """log p(x | z) per image from decoder ``logits`` (leading sample dimensions allowed)."""
@@ -139,14 +144,18 @@ class VAE(AutoencoderModule):
         mu, logvar = self.posterior_parameters(x, labels)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)  # reparameterization
         recon = -self.log_likelihood(self.decoder_logits(z, labels), x).mean()
-        kl = losses.kl_divergence_normal(mu, logvar).mean()
+        kl = self.kl_divergence(mu, logvar).mean()
         return {"loss": recon + self.kl_weight() * kl, "recon": recon, "kl": kl}
+
+    def kl_divergence(self, mu: Tensor, logvar: Tensor) -> Tensor:
+        """KL(q(z | x) || p(z)) per image, summed over every element of the code (each position of a spatial one)."""
+        return losses.kl_divergence_normal(mu, logvar, len(self.latent_shape))
 
     def anomaly_score(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The negative single-sample ELBO per image (with the KL in closed form)."""
         mu, logvar = self.posterior_parameters(x, y)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        return -self.log_likelihood(self.decoder_logits(z, y), x) + losses.kl_divergence_normal(mu, logvar)
+        return -self.log_likelihood(self.decoder_logits(z, y), x) + self.kl_divergence(mu, logvar)
 
     def importance_weighted_terms(self, x: Tensor, num_samples: int, y: Tensor | None = None) -> dict[str, Tensor]:
         """The negative IWAE bound with ``num_samples`` samples as ``loss`` (and ``neg_iwae_<k>``), batch-averaged;
@@ -155,7 +164,7 @@ class VAE(AutoencoderModule):
         log_likelihood, log_prior, log_posterior = self.log_densities(x, mu, logvar, num_samples, y)
         loss = -losses.importance_weighted_bound(log_likelihood, log_prior, log_posterior, self.kl_weight()).mean()
         recon = -log_likelihood.float().mean()
-        kl = losses.kl_divergence_normal(mu, logvar).mean()
+        kl = self.kl_divergence(mu, logvar).mean()
         return {"loss": loss, f"neg_iwae_{num_samples}": loss.detach(), "recon": recon.detach(), "kl": kl.detach()}
 
     def log_densities(
@@ -165,10 +174,13 @@ class VAE(AutoencoderModule):
         ``num_samples`` reparameterized samples ``z_k ~ q(z | x)`` decoded in one batched pass."""
         std = torch.exp(0.5 * logvar)
         eps = torch.randn(num_samples, *mu.shape, device=mu.device, dtype=mu.dtype)
-        z = mu + eps * std  # [k, B, D]
+        z = mu + eps * std  # [k, B, *latent_shape]
         labels = None if y is None else y.repeat(num_samples)  # sample-major, as z is flattened
         logits = self.decoder_logits(z.flatten(0, 1), labels).unflatten(0, (num_samples, len(x)))
-        log_q = (-0.5 * eps.float().pow(2) - 0.5 * math.log(2 * math.pi)).sum(-1) - (0.5 * logvar.float()).sum(-1)
+        # log q(z | x) = log N(eps | 0, I) - sum(log std), over every code element
+        log_q = losses.standard_normal_log_prob(eps.float(), len(self.latent_shape)) - (0.5 * logvar.float()).flatten(
+            -len(self.latent_shape)
+        ).sum(-1)
         return self.log_likelihood(logits.float(), x), self.prior_log_prob(z.float()), log_q
 
     @torch.no_grad()

@@ -29,6 +29,8 @@ class VampPriorVAE(VAE):
         **kwargs: the :class:`~ae_lightning.models.vae.VAE` arguments.
     """
 
+    flat_codes_only = "its mixture prior is over flat codes [latent_dim]"
+
     def __init__(self, num_pseudo_inputs: int = 500, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         check_number("num_pseudo_inputs", num_pseudo_inputs, "[1, inf)", integer=True)

@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 class PredictionWriter(BasePredictionWriter):
     """Saves the predictions of all batches as one dict of tensors, ``torch.load``-able.
 
-    The file holds ``z`` ``[N, latent_dim]``, ``label`` ``[N]``, ``index`` ``[N]`` (position in the predicted split),
+    The file holds ``z`` ``[N, *latent_shape]``, ``label`` ``[N]``, ``index`` ``[N]`` (position in the predicted split),
     ``recon_error`` ``[N]`` (per-image mean squared error of the reconstruction) and ``anomaly_score`` ``[N]``.
     With several processes, each writes ``predictions-rank<R>.pt`` with its shard. The file is written to a temporary
     name and renamed, so an interrupted run never leaves a partial file, and an existing file is never overwritten.
