@@ -100,7 +100,7 @@ def test_labels_are_arguments_of_encode_decode_and_sample() -> None:
     [
         (VAE, {"latent_dim": 0}, "latent_dim must be an integer >= 1, got 0"),
         (VAE, {"gaussian_std": -1.0}, "gaussian_std must be > 0 or one of 'learned', 'learned_per_pixel', got -1.0"),
-        (Autoencoder, {"network": "rnn"}, "network must be one of 'mlp', 'conv', got 'rnn'"),
+        (Autoencoder, {"network": "rnn"}, "network must be one of 'mlp', 'conv', 'spatial', got 'rnn'"),
         (MNISTDataModule, {"val_fraction": 1.0}, r"val_fraction must lie in \(0, 1\), got 1.0"),
         (MNISTDataModule, {"binarize": "yes"}, "binarize must be one of 'none', 'dynamic', 'static', got 'yes'"),
     ],
