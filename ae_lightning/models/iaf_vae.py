@@ -11,7 +11,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ae_lightning.blocks import losses
 from ae_lightning.blocks.flows import InverseAutoregressiveFlow
 from ae_lightning.checks import check_number, check_numbers
 from ae_lightning.models.vae import VAE
@@ -30,6 +29,7 @@ class IAFVAE(VAE):
         **kwargs: the :class:`~ae_lightning.models.vae.VAE` arguments.
     """
 
+    closed_form_kl = False  # the KL is estimated from the posterior sample
     flat_codes_only = "its autoregressive flow orders the elements of a flat code [latent_dim]"
 
     def __init__(
@@ -58,20 +58,3 @@ class IAFVAE(VAE):
         log_q = (-0.5 * eps.float().pow(2) - 0.5 * math.log(2 * math.pi)).sum(-1) - (0.5 * logvar.float()).sum(-1)
         log_q = log_q - log_det.float()
         return self.log_likelihood(logits.float(), x), self.prior_log_prob(z.float()), log_q
-
-    def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
-        if self.dequantizes:
-            x = losses.uniform_dequantize(x)
-        if self.iw_samples > 1:
-            return self.importance_weighted_terms(x, self.iw_samples)
-        mu, logvar = self.posterior_parameters(x)
-        log_likelihood, log_prior, log_posterior = (t[0] for t in self.log_densities(x, mu, logvar, 1))
-        recon = -log_likelihood.mean()
-        kl = (log_posterior - log_prior).mean()
-        return {"loss": recon + self.kl_weight() * kl, "recon": recon, "kl": kl}
-
-    def anomaly_score(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """The negative single-sample ELBO per image with the flow posterior."""
-        mu, logvar = self.posterior_parameters(x)
-        log_likelihood, log_prior, log_posterior = (t[0] for t in self.log_densities(x, mu, logvar, 1))
-        return log_posterior - log_prior - log_likelihood

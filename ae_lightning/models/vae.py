@@ -6,7 +6,7 @@ importance-weighted bound on the log-likelihood of Burda et al. 2016 ("Importanc
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
@@ -44,6 +44,8 @@ class VAE(AutoencoderModule):
     """
 
     is_generative = True
+    # Whether KL(q(z | x) || p(z)) is that of two diagonal normals, in closed form (see :meth:`elbo_terms`).
+    closed_form_kl: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -141,21 +143,28 @@ class VAE(AutoencoderModule):
             x = losses.uniform_dequantize(x)
         if self.iw_samples > 1:
             return self.importance_weighted_terms(x, self.iw_samples, labels)
-        mu, logvar = self.posterior_parameters(x, labels)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)  # reparameterization
-        recon = -self.log_likelihood(self.decoder_logits(z, labels), x).mean()
-        kl = self.kl_divergence(mu, logvar).mean()
+        recon, kl = (term.mean() for term in self.elbo_terms(x, labels))
         return {"loss": recon + self.kl_weight() * kl, "recon": recon, "kl": kl}
+
+    def elbo_terms(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The negative log-likelihood of one posterior sample and the KL, per image: the KL in closed form, or
+        estimated from the same sample (``log q(z | x) - log p(z)``) for a variant whose ``closed_form_kl`` is False
+        (another prior or posterior than two normals)."""
+        mu, logvar = self.posterior_parameters(x, y)
+        if not self.closed_form_kl:
+            log_likelihood, log_prior, log_posterior = (t[0] for t in self.log_densities(x, mu, logvar, 1, y))
+            return -log_likelihood, log_posterior - log_prior
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)  # reparameterization
+        return -self.log_likelihood(self.decoder_logits(z, y), x), self.kl_divergence(mu, logvar)
 
     def kl_divergence(self, mu: Tensor, logvar: Tensor) -> Tensor:
         """KL(q(z | x) || p(z)) per image, summed over every element of the code (each position of a spatial one)."""
         return losses.kl_divergence_normal(mu, logvar, len(self.latent_shape))
 
     def anomaly_score(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """The negative single-sample ELBO per image (with the KL in closed form)."""
-        mu, logvar = self.posterior_parameters(x, y)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        return -self.log_likelihood(self.decoder_logits(z, y), x) + self.kl_divergence(mu, logvar)
+        """The negative single-sample ELBO per image."""
+        recon, kl = self.elbo_terms(x, y)
+        return recon + kl
 
     def importance_weighted_terms(self, x: Tensor, num_samples: int, y: Tensor | None = None) -> dict[str, Tensor]:
         """The negative IWAE bound with ``num_samples`` samples as ``loss`` (and ``neg_iwae_<k>``), batch-averaged;

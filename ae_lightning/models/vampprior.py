@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ae_lightning.blocks import losses
 from ae_lightning.blocks.divergences import gaussian_mixture_log_prob
 from ae_lightning.checks import check_number
 from ae_lightning.models.vae import VAE
@@ -29,6 +28,7 @@ class VampPriorVAE(VAE):
         **kwargs: the :class:`~ae_lightning.models.vae.VAE` arguments.
     """
 
+    closed_form_kl = False  # the KL is estimated from the posterior sample
     flat_codes_only = "its mixture prior is over flat codes [latent_dim]"
 
     def __init__(self, num_pseudo_inputs: int = 500, **kwargs: Any) -> None:
@@ -57,20 +57,3 @@ class VampPriorVAE(VAE):
         means, logvars = self.prior_components()
         chosen = torch.randint(len(means), (n,), device=means.device)
         return means[chosen] + torch.randn_like(means[chosen]) * torch.exp(0.5 * logvars[chosen])
-
-    def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
-        if self.dequantizes:
-            x = losses.uniform_dequantize(x)
-        if self.iw_samples > 1:
-            return self.importance_weighted_terms(x, self.iw_samples)
-        mu, logvar = self.posterior_parameters(x)
-        log_likelihood, log_prior, log_posterior = (t[0] for t in self.log_densities(x, mu, logvar, 1))
-        recon = -log_likelihood.mean()
-        kl = (log_posterior - log_prior).mean()
-        return {"loss": recon + self.kl_weight() * kl, "recon": recon, "kl": kl}
-
-    def anomaly_score(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """The negative single-sample ELBO per image under the VampPrior."""
-        mu, logvar = self.posterior_parameters(x)
-        log_likelihood, log_prior, log_posterior = (t[0] for t in self.log_densities(x, mu, logvar, 1))
-        return log_posterior - log_prior - log_likelihood
