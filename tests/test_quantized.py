@@ -101,9 +101,9 @@ def test_validation_logs_codebook_health(data_dir: Path, tmp_path: Path) -> None
             r"fsq_levels \[1024, 1024, 3\] make a codebook of 3145728",
         ),
         ({"quantizer": "residual_vq", "num_quantizers": 0}, "num_quantizers must be an integer >= 1, got 0"),
-        ({"quantizer": "lfq"}, "quantizer must be 'vq', 'fsq' or 'residual_vq', got 'lfq'"),
+        ({"quantizer": "lfq"}, "quantizer must be one of 'vq', 'fsq', 'residual_vq', got 'lfq'"),
         ({"input_shape": (1, 28, 30), "hidden_dims": [8, 8, 8]}, "image size 28x30 is not divisible by .* factor 8"),
-        ({"network": "mlp"}, "network must be 'conv', got 'mlp'"),
+        ({"network": "mlp"}, "network must be one of 'conv', got 'mlp'"),
     ],
 )
 def test_quantizer_settings_that_cannot_work_are_refused(kwargs: dict, message: str) -> None:
