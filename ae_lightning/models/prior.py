@@ -40,8 +40,9 @@ class CodePrior(AutoencoderModule):
     levels of one position adjacent.
 
     ``encode`` gives the tokens ``[B, L]``, ``decode`` the tokenizer's images of them, ``sample(n)`` images of
-    sampled tokens; the tokenizer is the prior's encoder and decoder, so it builds none of its own (nor takes any). The loss is the tokens' cross-entropy (nats per token); ``bits_per_image`` and
-    ``bits_per_pixel`` are logged beside it. The tokenizer is part of the checkpoint; a checkpoint whose tokenizer
+    sampled tokens; the tokenizer is the prior's encoder and decoder, so it builds none of its own (nor takes any).
+    The loss is the tokens' cross-entropy (nats per token); ``bits_per_image`` and ``bits_per_pixel`` are logged
+    beside it. The tokenizer is part of the checkpoint; a checkpoint whose tokenizer
     differs from the one at ``tokenizer`` now is refused.
 
     Args:
