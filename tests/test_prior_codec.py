@@ -47,6 +47,8 @@ def test_prior_trains_on_frozen_codes_samples_and_reports_bits(
     assert trainer.callback_metrics["test/bits_per_pixel"].item() == pytest.approx(bits / 784, rel=1e-5)
     prior.eval()
     assert prior.sample(2).shape == (2, 1, 28, 28)
+    with pytest.raises(ValueError, match="temperature must be > 0, got 0"):
+        prior.sample(1, temperature=0)
     x = images(3)
     tokens = prior.encode(x)
     assert tokens.shape == (3, 49)

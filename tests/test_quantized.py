@@ -16,6 +16,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
 from test_variants import make_trainer, tiny_data
+from torch import nn
 
 from ae_lightning import KLAutoencoder, QuantizedAutoencoder
 from ae_lightning.blocks import losses
@@ -101,14 +102,31 @@ def test_validation_logs_codebook_health(data_dir: Path, tmp_path: Path) -> None
             r"fsq_levels \[1024, 1024, 3\] make a codebook of 3145728",
         ),
         ({"quantizer": "residual_vq", "num_quantizers": 0}, "num_quantizers must be an integer >= 1, got 0"),
-        ({"quantizer": "lfq"}, "quantizer must be 'vq', 'fsq' or 'residual_vq', got 'lfq'"),
+        ({"quantizer": "lfq"}, "quantizer must be one of 'vq', 'fsq', 'residual_vq', got 'lfq'"),
         ({"input_shape": (1, 28, 30), "hidden_dims": [8, 8, 8]}, "image size 28x30 is not divisible by .* factor 8"),
-        ({"network": "mlp"}, "network must be 'conv', got 'mlp'"),
+        ({"network": "mlp"}, "network must be one of 'conv', got 'mlp'"),
     ],
 )
 def test_quantizer_settings_that_cannot_work_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         quantized(**kwargs)
+
+
+def test_networks_come_from_the_builders_or_are_given_and_labels_are_ignored() -> None:
+    class TransposedDecoder(QuantizedAutoencoder):
+        def build_decoder(self) -> nn.Module:
+            return nn.ConvTranspose2d(self.latent_dim, 1, 2, stride=2)
+
+    model = TransposedDecoder(**TINY, codebook_size=16).eval()
+    assert isinstance(model.decoder, nn.ConvTranspose2d)
+    assert model(images()).shape == (6, 1, 28, 28)
+    given = nn.Conv2d(1, 4, 2, stride=2)
+    model = quantized(encoder=given, kmeans_init=False).eval()
+    assert model.encoder is given
+    assert model.encode(images()).shape == (6, 4, 14, 14)
+    labels = torch.arange(6)
+    torch.testing.assert_close(model(images(), labels), model(images()))
+    assert set(model.test_metrics(images(), labels)) == {"bits_per_pixel", "ms_ssim"}
 
 
 # --- adversarial losses ---------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ae_lightning.checks import check_number
+from datamodules.checks import NonNegativeInt, PositiveInt, check_arguments
 
 
 class PatchDiscriminator(nn.Sequential):
@@ -18,9 +18,10 @@ class PatchDiscriminator(nn.Sequential):
         num_layers: stride-2 convolutions after the first; each halves the receptive field's stride.
     """
 
-    def __init__(self, in_channels: int = 3, channels: int = 64, num_layers: int = 3) -> None:
-        check_number("channels", channels, "[1, inf)", integer=True)
-        check_number("num_layers", num_layers, "[0, inf)", integer=True)
+    def __init__(
+        self, in_channels: PositiveInt = 3, channels: PositiveInt = 64, num_layers: NonNegativeInt = 3
+    ) -> None:
+        check_arguments(locals(), PatchDiscriminator.__init__)
         layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
         width = channels
         for layer in range(1, num_layers + 1):

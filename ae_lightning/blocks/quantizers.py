@@ -17,31 +17,27 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from vector_quantize_pytorch import FSQ, ResidualVQ, VectorQuantize
 
-from ae_lightning.checks import check_number, check_numbers
+from datamodules.checks import AtLeastTwo, Fraction, NonNegativeFloat, PositiveInt, check_arguments, number_type
 
 QuantizerKind = Literal["vq", "fsq", "residual_vq"]
+# One level is a constant; two break FSQ's symmetric rounding (the library needs preserve_symmetry there).
+FSQLevel = number_type("[3, inf)", integer=True)
 # FSQ's indices are int32 in the library; a prior over more symbols than this could not be trained anyway.
 MAX_FSQ_CODEBOOK = 2**20
 
 
-def check_quantizer(kind: str, codebook_size: int, fsq_levels: Sequence[int], num_quantizers: int) -> None:
-    """Raise a ValueError naming the setting if this quantizer cannot work."""
-    if kind not in ("vq", "fsq", "residual_vq"):
-        raise ValueError(f"quantizer must be 'vq', 'fsq' or 'residual_vq', got {kind!r}")
-    if kind == "fsq":
-        # One level is a constant; two break FSQ's symmetric rounding (the library needs preserve_symmetry there).
-        check_numbers("fsq_levels", fsq_levels, "[3, inf)", integer=True)
-        if not fsq_levels:
-            raise ValueError("fsq_levels must name at least one level, got []")
-        if math.prod(fsq_levels) > MAX_FSQ_CODEBOOK:
-            raise ValueError(
-                f"fsq_levels {list(fsq_levels)} make a codebook of {math.prod(fsq_levels)} codes, more than "
-                f"{MAX_FSQ_CODEBOOK}; use fewer or smaller levels"
-            )
+def check_quantizer(kind: QuantizerKind, fsq_levels: Sequence[int]) -> None:
+    """Raise a ValueError naming the setting if FSQ's levels cannot work together (the signatures' types say what
+    each single argument takes)."""
+    if kind != "fsq":
         return
-    check_number("codebook_size", codebook_size, "[2, inf)", integer=True)
-    if kind == "residual_vq":
-        check_number("num_quantizers", num_quantizers, "[1, inf)", integer=True)
+    if not fsq_levels:
+        raise ValueError("fsq_levels must name at least one level, got []")
+    if math.prod(fsq_levels) > MAX_FSQ_CODEBOOK:
+        raise ValueError(
+            f"fsq_levels {list(fsq_levels)} make a codebook of {math.prod(fsq_levels)} codes, more than "
+            f"{MAX_FSQ_CODEBOOK}; use fewer or smaller levels"
+        )
 
 
 class SpatialQuantizer(nn.Module):
@@ -63,20 +59,18 @@ class SpatialQuantizer(nn.Module):
     def __init__(
         self,
         kind: QuantizerKind = "vq",
-        channels: int = 64,
-        codebook_size: int = 512,
-        fsq_levels: Sequence[int] = (8, 5, 5, 5),
-        num_quantizers: int = 4,
-        commitment_weight: float = 0.25,
-        ema_decay: float = 0.99,
+        channels: PositiveInt = 64,
+        codebook_size: AtLeastTwo = 512,
+        fsq_levels: Sequence[FSQLevel] = (8, 5, 5, 5),
+        num_quantizers: PositiveInt = 4,
+        commitment_weight: NonNegativeFloat = 0.25,
+        ema_decay: Fraction = 0.99,
         kmeans_init: bool = True,
-        dead_code_threshold: float = 2.0,
+        dead_code_threshold: NonNegativeFloat = 2.0,
     ) -> None:
         super().__init__()
-        check_quantizer(kind, codebook_size, fsq_levels, num_quantizers)
-        check_number("commitment_weight", commitment_weight, "[0, inf)")
-        check_number("ema_decay", ema_decay, "[0, 1)")
-        check_number("dead_code_threshold", dead_code_threshold, "[0, inf)")
+        check_arguments(locals(), SpatialQuantizer.__init__)
+        check_quantizer(kind, fsq_levels)
         self.kind = kind
         # rotation_trick=False: the plain straight-through estimator of the VQ-VAE paper.
         vq = {
@@ -160,4 +154,4 @@ class CodebookUsage(Metric):
         }
 
 
-__all__ = ["CodebookUsage", "QuantizerKind", "SpatialQuantizer", "check_quantizer"]
+__all__ = ["CodebookUsage", "FSQLevel", "QuantizerKind", "SpatialQuantizer", "check_quantizer"]

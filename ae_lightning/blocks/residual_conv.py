@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from ae_lightning.checks import check_number, check_numbers
+from datamodules.checks import NonNegativeInt, PositiveInt, check_arguments
 
 
 class ResidualBlock(nn.Module):
@@ -36,11 +36,9 @@ class ResidualBlock(nn.Module):
         return x + self.block(x)
 
 
-def _check(hidden_dims: Sequence[int], residual_blocks: int) -> None:
+def _check(hidden_dims: Sequence[int]) -> None:
     if not hidden_dims:
         raise ValueError("hidden_dims must name the channels of at least one stride-2 convolution, got []")
-    check_numbers("hidden_dims", hidden_dims, "[1, inf)", integer=True)
-    check_number("residual_blocks", residual_blocks, "[0, inf)", integer=True)
 
 
 class ResidualConvEncoder(nn.Sequential):
@@ -55,12 +53,13 @@ class ResidualConvEncoder(nn.Sequential):
 
     def __init__(
         self,
-        in_channels: int = 1,
-        code_channels: int = 64,
-        hidden_dims: Sequence[int] = (128, 128),
-        residual_blocks: int = 2,
+        in_channels: PositiveInt = 1,
+        code_channels: PositiveInt = 64,
+        hidden_dims: Sequence[PositiveInt] = (128, 128),
+        residual_blocks: NonNegativeInt = 2,
     ) -> None:
-        _check(hidden_dims, residual_blocks)
+        check_arguments(locals(), ResidualConvEncoder.__init__)
+        _check(hidden_dims)
         layers: list[nn.Module] = []
         for fan_in, fan_out in zip([in_channels, *hidden_dims[:-1]], hidden_dims):
             layers += [nn.Conv2d(fan_in, fan_out, 4, stride=2, padding=1), nn.ReLU()]
@@ -84,12 +83,13 @@ class ResidualConvDecoder(nn.Sequential):
 
     def __init__(
         self,
-        out_channels: int = 1,
-        code_channels: int = 64,
-        hidden_dims: Sequence[int] = (128, 128),
-        residual_blocks: int = 2,
+        out_channels: PositiveInt = 1,
+        code_channels: PositiveInt = 64,
+        hidden_dims: Sequence[PositiveInt] = (128, 128),
+        residual_blocks: NonNegativeInt = 2,
     ) -> None:
-        _check(hidden_dims, residual_blocks)
+        check_arguments(locals(), ResidualConvDecoder.__init__)
+        _check(hidden_dims)
         channels = list(reversed(hidden_dims))
         layers: list[nn.Module] = [nn.Conv2d(code_channels, channels[0], 3, padding=1)]
         layers += [ResidualBlock(channels[0], max(channels[0] // 4, 1)) for _ in range(residual_blocks)]

@@ -26,8 +26,9 @@ from ae_lightning.blocks.discriminators import PatchDiscriminator
 from ae_lightning.blocks.networks import decoder_mean
 from ae_lightning.blocks.perceptual import LPIPSDistance, PerceptualNetwork
 from ae_lightning.blocks.residual_conv import ResidualConvDecoder, ResidualConvEncoder
-from ae_lightning.checks import check_number
 from ae_lightning.evaluation.metrics import ms_ssim_applies, ms_ssim_betas
+from ae_lightning.lightning_internals import uncounted_optimizer_step
+from datamodules.checks import NonNegativeFloat, NonNegativeInt, PositiveInt
 
 PixelLoss = Literal["l1", "mse", "bce"]
 AdversarialLoss = Literal["hinge", "non_saturating"]
@@ -38,12 +39,12 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
 
     A variant implements :meth:`bottleneck` (quantization, or a Gaussian posterior) and may widen the encoder's
     output with :attr:`encoder_channels`. The networks are ``encoder`` and ``decoder`` modules from YAML
-    (``class_path``) or, by default, :class:`~ae_lightning.blocks.residual_conv.ResidualConvEncoder` and its decoder.
+    (``class_path``; the encoder maps images ``[B, C, H, W]`` to ``[B, encoder_channels, H / f, W / f]``, the
+    decoder codes ``[B, latent_dim, H / f, W / f]`` to pixel logits ``[B, C, H, W]``) or, by default,
+    :class:`~ae_lightning.blocks.residual_conv.ResidualConvEncoder` and its decoder, built from ``hidden_dims``
+    (``f = 2 ** len(hidden_dims)``) and ``residual_blocks``.
 
     Args:
-        encoder: a module mapping images ``[B, C, H, W]`` to ``[B, encoder_channels, H / f, W / f]``; None builds
-            the default from ``hidden_dims`` (``f = 2 ** len(hidden_dims)``) and ``residual_blocks``.
-        decoder: a module mapping codes ``[B, latent_dim, H / f, W / f]`` to pixel logits ``[B, C, H, W]``.
         residual_blocks: residual blocks of the default networks.
         pixel_loss: ``l1``, ``mse`` (on the pixel means) or ``bce`` (on the logits), averaged over pixels.
         perceptual_weight: weight of the LPIPS distance; 0 builds no LPIPS network.
@@ -59,58 +60,32 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
         discriminator_lr_scheduler: optional scheduler factory for it.
         network: ``conv`` only.
         hidden_dims: channels of each stride-2 convolution of the default networks.
-        **kwargs: the :class:`~ae_lightning.base.AutoencoderModule` arguments; ``latent_dim`` is the code's
-            channels.
+        **kwargs: the :class:`~ae_lightning.base.AutoencoderModule` arguments (``encoder``, ``decoder`` among them);
+            ``latent_dim`` is the code's channels.
     """
 
     is_generative = False
 
     def __init__(
         self,
-        encoder: nn.Module | None = None,
-        decoder: nn.Module | None = None,
-        residual_blocks: int = 2,
+        residual_blocks: NonNegativeInt = 2,
         pixel_loss: PixelLoss = "mse",
-        perceptual_weight: float = 0.0,
+        perceptual_weight: NonNegativeFloat = 0.0,
         perceptual_network: PerceptualNetwork = "alex",
         perceptual_pretrained: bool = True,
-        adversarial_weight: float = 0.0,
+        adversarial_weight: NonNegativeFloat = 0.0,
         adversarial_loss: AdversarialLoss = "hinge",
         adaptive_weight: bool = True,
-        disc_start: int = 0,
-        discriminator_channels: int = 64,
-        discriminator_layers: int = 3,
+        disc_start: NonNegativeInt = 0,
+        discriminator_channels: PositiveInt = 64,
+        discriminator_layers: NonNegativeInt = 3,
         discriminator_optimizer: OptimizerCallable = torch.optim.Adam,
         discriminator_lr_scheduler: LRSchedulerCallable | None = None,
         network: Literal["conv"] = "conv",
-        hidden_dims: Sequence[int] = (128, 128),
+        hidden_dims: Sequence[PositiveInt] = (128, 128),
         **kwargs: Any,
     ) -> None:
-        if network != "conv":
-            raise ValueError(
-                f"{type(self).__name__} has convolutional networks: network must be 'conv', got {network!r}"
-            )
         super().__init__(network=network, hidden_dims=hidden_dims, **kwargs)
-        if pixel_loss not in ("l1", "mse", "bce"):
-            raise ValueError(f"pixel_loss must be 'l1', 'mse' or 'bce', got {pixel_loss!r}")
-        if adversarial_loss not in ("hinge", "non_saturating"):
-            raise ValueError(f"adversarial_loss must be 'hinge' or 'non_saturating', got {adversarial_loss!r}")
-        check_number("perceptual_weight", perceptual_weight, "[0, inf)")
-        check_number("adversarial_weight", adversarial_weight, "[0, inf)")
-        check_number("disc_start", disc_start, "[0, inf)", integer=True)
-        channels, height, width = self.input_shape
-        hidden_dims = list(self.hparams.hidden_dims)
-        if encoder is None:
-            factor = 2 ** len(hidden_dims)
-            if height % factor or width % factor:
-                raise ValueError(
-                    f"the image size {height}x{width} is not divisible by the downsampling factor {factor} "
-                    f"(2 ** len(hidden_dims) = 2 ** {len(hidden_dims)}); crop or pad the images, or change hidden_dims"
-                )
-            encoder = ResidualConvEncoder(channels, self.encoder_channels, hidden_dims, residual_blocks)
-        if decoder is None:
-            decoder = ResidualConvDecoder(channels, self.latent_dim, hidden_dims, residual_blocks)
-        self.encoder, self.decoder = encoder, decoder
         self.pixel_loss = pixel_loss
         self.perceptual_weight = perceptual_weight
         self.adversarial_weight = adversarial_weight
@@ -121,8 +96,27 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
         self.discriminator_lr_scheduler_factory = discriminator_lr_scheduler
         self.perceptual = LPIPSDistance(perceptual_network, perceptual_pretrained) if perceptual_weight else None
         if adversarial_weight:
-            self.discriminator = PatchDiscriminator(channels, discriminator_channels, discriminator_layers)
+            self.discriminator = PatchDiscriminator(self.input_shape[0], discriminator_channels, discriminator_layers)
             self.automatic_optimization = False
+            self.partial_backward = True  # the discriminator's step reaches the discriminator only
+
+    # --- the networks -----------------------------------------------------------------------------------------------
+    def build_encoder(self) -> nn.Module:
+        """The residual convolutional encoder: images to ``[B, encoder_channels, H / f, W / f]``."""
+        channels, height, width = self.input_shape
+        hidden_dims = list(self.hparams.hidden_dims)
+        factor = 2 ** len(hidden_dims)
+        if height % factor or width % factor:
+            raise ValueError(
+                f"the image size {height}x{width} is not divisible by the downsampling factor {factor} "
+                f"(2 ** len(hidden_dims) = 2 ** {len(hidden_dims)}); crop or pad the images, or change hidden_dims"
+            )
+        return ResidualConvEncoder(channels, self.encoder_channels, hidden_dims, self.hparams.residual_blocks)
+
+    def build_decoder(self) -> nn.Module:
+        """The residual convolutional decoder: codes ``[B, latent_dim, H / f, W / f]`` to pixel logits."""
+        hidden_dims = list(self.hparams.hidden_dims)
+        return ResidualConvDecoder(self.input_shape[0], self.latent_dim, hidden_dims, self.hparams.residual_blocks)
 
     # --- what a variant supplies ------------------------------------------------------------------------------------
     @property
@@ -135,12 +129,9 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
         """The decoder's input from the encoder's output ``h``, the term added to the loss, and terms to log."""
 
     # --- the public API ---------------------------------------------------------------------------------------------
-    def encode(self, x: Tensor) -> Tensor:
-        """Codes ``[B, latent_dim, H / f, W / f]`` of images ``x``: what the decoder takes."""
+    def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """Codes ``[B, latent_dim, H / f, W / f]`` of images ``x``: what the decoder takes (labels ``y`` unused)."""
         return self.bottleneck(self.encoder(x))[0]
-
-    def decode(self, z: Tensor) -> Tensor:
-        return decoder_mean(self.decoder(z), self.input_shape)
 
     def code_shape(self) -> tuple[int, int, int]:
         """``(latent_dim, h, w)`` of the codes of one image."""
@@ -216,8 +207,7 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
             discriminator_optimizer.zero_grad()
             d_loss = self.discriminator_loss(x, reconstruction)
             self.manual_backward(d_loss)
-            raw = getattr(discriminator_optimizer, "optimizer", discriminator_optimizer)
-            self.trainer.strategy.optimizer_step(raw, closure=lambda: None)  # a step that global_step does not count
+            uncounted_optimizer_step(self.trainer, discriminator_optimizer)
             terms["d_loss"] = d_loss
         terms["loss"] = loss
         return {name: value.detach() for name, value in terms.items()}
@@ -248,10 +238,10 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
         ]
 
     # --- evaluation -------------------------------------------------------------------------------------------------
-    def test_metrics(self, x: Tensor) -> dict[str, Tensor]:
+    def test_metrics(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
         """``ms_ssim`` of the reconstructions (with the scales the image size allows; none under 11 pixels) and,
         with a perceptual loss, their ``lpips``."""
-        reconstruction = self(x).float()
+        reconstruction = self(x, y).float()
         metrics = {}
         if ms_ssim_applies(self.input_shape[1:]):
             betas = ms_ssim_betas(self.input_shape[1:])

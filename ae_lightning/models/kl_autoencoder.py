@@ -12,8 +12,8 @@ import torch
 from torch import Tensor
 
 from ae_lightning.blocks import losses
-from ae_lightning.checks import check_number
 from ae_lightning.models.first_stage import FirstStageAutoencoder
+from datamodules.checks import NonNegativeFloat
 
 
 class KLAutoencoder(FirstStageAutoencoder):
@@ -28,8 +28,7 @@ class KLAutoencoder(FirstStageAutoencoder):
         **kwargs: the :class:`~ae_lightning.models.first_stage.FirstStageAutoencoder` arguments.
     """
 
-    def __init__(self, kl_weight: float = 1e-6, **kwargs: Any) -> None:
-        check_number("kl_weight", kl_weight, "[0, inf)")
+    def __init__(self, kl_weight: NonNegativeFloat = 1e-6, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.kl_weight = kl_weight
 

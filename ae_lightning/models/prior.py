@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ae_lightning.base import AutoencoderModule
-from ae_lightning.checks import check_number
 from ae_lightning.models.quantized import QuantizedAutoencoder
+from datamodules.checks import Fraction, PositiveFloat, PositiveInt, check_arguments
 
 
 def tokenizer_fingerprint(autoencoder: QuantizedAutoencoder) -> str:
@@ -40,8 +40,9 @@ class CodePrior(AutoencoderModule):
     levels of one position adjacent.
 
     ``encode`` gives the tokens ``[B, L]``, ``decode`` the tokenizer's images of them, ``sample(n)`` images of
-    sampled tokens. The loss is the tokens' cross-entropy (nats per token); ``bits_per_image`` and
-    ``bits_per_pixel`` are logged beside it. The tokenizer is part of the checkpoint; a checkpoint whose tokenizer
+    sampled tokens; the tokenizer is the prior's encoder and decoder, so it builds none of its own (nor takes any).
+    The loss is the tokens' cross-entropy (nats per token); ``bits_per_image`` and ``bits_per_pixel`` are logged
+    beside it. The tokenizer is part of the checkpoint; a checkpoint whose tokenizer
     differs from the one at ``tokenizer`` now is refused.
 
     Args:
@@ -51,7 +52,8 @@ class CodePrior(AutoencoderModule):
         num_heads: attention heads.
         dropout: dropout in the transformer, in training only.
         **kwargs: the :class:`~ae_lightning.base.AutoencoderModule` arguments (``optimizer``, ``lr_scheduler``);
-            ``input_shape`` must be the tokenizer's; ``latent_dim``, ``network`` and ``hidden_dims`` are ignored.
+            ``input_shape`` must be the tokenizer's; ``latent_dim``, ``network`` and ``hidden_dims`` are ignored,
+            ``encoder`` and ``decoder`` refused.
     """
 
     is_generative = True
@@ -59,18 +61,18 @@ class CodePrior(AutoencoderModule):
     def __init__(
         self,
         tokenizer: str,
-        embed_dim: int = 128,
-        num_layers: int = 4,
-        num_heads: int = 4,
-        dropout: float = 0.0,
+        embed_dim: PositiveInt = 128,
+        num_layers: PositiveInt = 4,
+        num_heads: PositiveInt = 4,
+        dropout: Fraction = 0.0,
         **kwargs: Any,
     ) -> None:
-        check_number("embed_dim", embed_dim, "[1, inf)", integer=True)
-        check_number("num_layers", num_layers, "[1, inf)", integer=True)
-        check_number("num_heads", num_heads, "[1, inf)", integer=True)
-        check_number("dropout", dropout, "[0, 1)")
+        check_arguments(locals(), CodePrior.__init__)  # before the tokenizer loads
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim={embed_dim} must be a multiple of num_heads={num_heads}")
+        for name in ("encoder", "decoder"):
+            if kwargs.get(name) is not None:
+                raise ValueError(f"{type(self).__name__} encodes and decodes with its tokenizer: it takes no {name}")
         autoencoder = load_tokenizer(tokenizer)
         input_shape = tuple(kwargs.pop("input_shape", autoencoder.input_shape))
         if input_shape != autoencoder.input_shape:
@@ -96,14 +98,23 @@ class CodePrior(AutoencoderModule):
         self.head = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, self.vocabulary))
         self.register_buffer("causal_mask", nn.Transformer.generate_square_subsequent_mask(self.num_tokens), False)
 
+    # --- the networks -----------------------------------------------------------------------------------------------
+    def build_encoder(self) -> None:
+        """None: the tokenizer encodes."""
+        return None
+
+    def build_decoder(self) -> None:  # type: ignore[override]
+        """None: the tokenizer decodes."""
+        return None
+
     # --- the public API ---------------------------------------------------------------------------------------------
-    def encode(self, x: Tensor) -> Tensor:
-        """The tokenizer's code indices of images ``x`` as tokens ``[B, L]`` (int64)."""
+    def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """The tokenizer's code indices of images ``x`` as tokens ``[B, L]`` (int64); labels ``y`` unused."""
         indices = self.tokenizer.encode_indices(x)  # [B, Q, h, w]
         return indices.permute(0, 2, 3, 1).flatten(1).long()
 
-    def decode(self, tokens: Tensor) -> Tensor:
-        """Images in [0, 1] of tokens ``[B, L]``."""
+    def decode(self, tokens: Tensor, y: Tensor | None = None) -> Tensor:
+        """Images in [0, 1] of tokens ``[B, L]``; labels ``y`` unused."""
         height, width = self.code_grid
         indices = tokens.reshape(len(tokens), height, width, self.levels).permute(0, 3, 1, 2)
         return self.tokenizer.decode_indices(indices)
@@ -126,16 +137,17 @@ class CodePrior(AutoencoderModule):
         return F.softmax(self.logits(known)[:, position].double(), dim=-1)
 
     @torch.no_grad()
-    def sample_tokens(self, n: int, temperature: float = 1.0) -> Tensor:
+    def sample_tokens(self, n: int, temperature: PositiveFloat = 1.0) -> Tensor:
         """``n`` token sequences ``[n, L]`` drawn from the prior, one position at a time."""
-        check_number("temperature", temperature, "(0, inf)")
+        check_arguments({"temperature": temperature}, CodePrior.sample_tokens)
         tokens = torch.zeros(n, self.num_tokens, dtype=torch.long, device=self.device)
         for position in range(self.num_tokens):
             probabilities = self.next_token_probabilities(tokens, position).pow(1 / temperature)
             tokens[:, position] = torch.multinomial(probabilities.float(), 1).squeeze(1)
         return tokens
 
-    def sample(self, n: int, temperature: float = 1.0) -> Tensor:
+    def sample(self, n: int, y: Tensor | None = None, temperature: PositiveFloat = 1.0) -> Tensor:
+        """``n`` images of token sequences drawn from the prior at ``temperature``; labels ``y`` unused."""
         return self.decode(self.sample_tokens(n, temperature))
 
     def token_nll(self, tokens: Tensor) -> Tensor:
@@ -147,7 +159,7 @@ class CodePrior(AutoencoderModule):
         """The codes' negative log-likelihood per image of ``x``, in bits ``[B]``."""
         return self.token_nll(self.encode(x)) / math.log(2)
 
-    def anomaly_score(self, x: Tensor) -> Tensor:
+    def anomaly_score(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The codes' bits per image."""
         return self.bits_per_image(x)
 

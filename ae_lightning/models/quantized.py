@@ -11,8 +11,9 @@ from typing import Any
 
 from torch import Tensor
 
-from ae_lightning.blocks.quantizers import CodebookUsage, QuantizerKind, SpatialQuantizer
+from ae_lightning.blocks.quantizers import CodebookUsage, FSQLevel, QuantizerKind, SpatialQuantizer
 from ae_lightning.models.first_stage import FirstStageAutoencoder
+from datamodules.checks import AtLeastTwo, Fraction, NonNegativeFloat, PositiveInt
 
 
 class QuantizedAutoencoder(FirstStageAutoencoder):
@@ -38,13 +39,13 @@ class QuantizedAutoencoder(FirstStageAutoencoder):
     def __init__(
         self,
         quantizer: QuantizerKind = "vq",
-        codebook_size: int = 512,
-        fsq_levels: Sequence[int] = (8, 5, 5, 5),
-        num_quantizers: int = 4,
-        commitment_weight: float = 0.25,
-        ema_decay: float = 0.99,
+        codebook_size: AtLeastTwo = 512,
+        fsq_levels: Sequence[FSQLevel] = (8, 5, 5, 5),
+        num_quantizers: PositiveInt = 4,
+        commitment_weight: NonNegativeFloat = 0.25,
+        ema_decay: Fraction = 0.99,
         kmeans_init: bool = True,
-        dead_code_threshold: float = 2.0,
+        dead_code_threshold: NonNegativeFloat = 2.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -108,10 +109,10 @@ class QuantizedAutoencoder(FirstStageAutoencoder):
                 self.log(f"{stage}/{name}", value)
         self.codebook_usage.reset()
 
-    def test_metrics(self, x: Tensor) -> dict[str, Tensor]:
+    def test_metrics(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
         indices = self.encode_indices(x)
         rate = self.bits_per_pixel(indices.shape[1:])
-        return {**super().test_metrics(x), "bits_per_pixel": x.new_tensor(rate)}
+        return {**super().test_metrics(x, y), "bits_per_pixel": x.new_tensor(rate)}
 
     def _predict_step(self, batch: Any) -> dict[str, Tensor]:
         return {**super()._predict_step(batch), "indices": self.encode_indices(batch[0])}
