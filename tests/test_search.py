@@ -122,7 +122,9 @@ def test_a_killed_study_resumes_and_retries_the_dead_trial(tmp_path: Path, data_
     try:
         # kill -9 once trial 0 is complete and trial 1 is running with a checkpoint written
         while time.monotonic() < deadline and process.poll() is None:
-            states = [t.state for t in trials(storage)] if (tmp_path / "study.db").exists() else []
+            # read the study only once the search made it (a reader that came first would race it creating the tables)
+            started = (tmp_path / "trials" / "trial-0").exists()
+            states = [t.state for t in trials(storage)] if started else []
             checkpoints = list((tmp_path / "trials" / "trial-1").glob("**/last.ckpt"))
             if states[:2] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING] and checkpoints:
                 break
