@@ -30,28 +30,21 @@ Reconstruction = Literal["bce", "mse"]
 
 
 class AutoencoderModule(L.LightningModule, abc.ABC):
-    """Base of every variant: it owns the shared step, logging, evaluation, prediction and optimizers.
+    """Base of every variant: the shared step, logging, evaluation, prediction and optimizers.
 
-    A variant implements :meth:`loss_terms` (a dict of per-batch terms with ``loss``), logged as ``train/``, ``val/``
-    and ``test/<term>``, and may change its networks' sizes in :meth:`build_encoder` and :meth:`build_decoder`. Every
-    variant offers ``encode(x, y) -> [B, *latent_shape]`` and ``decode(z, y)`` in [0, 1]; generative ones
-    (``is_generative``) also ``sample(n, y)``. ``latent_shape`` is ``(latent_dim,)``, or ``(latent_dim, H / f, W / f)``
-    for ``network: spatial`` (``docs/spatial.md``). The labels ``y`` condition a conditional model; the others ignore
-    them. Argument ranges and choices are the signatures' types (:mod:`datamodules.checks`), checked for every variant
-    here.
+    A variant implements :meth:`loss_terms` (named per-batch terms with ``loss``, logged as ``<stage>/<term>``) and may
+    override :meth:`build_encoder`/:meth:`build_decoder`. Every variant offers ``encode(x, y) -> [B, *latent_shape]``
+    and ``decode(z, y)`` in [0, 1], generative ones ``sample(n, y)``; only conditional models use ``y``. Ranges and
+    choices are the signatures' types, checked here for every variant (``docs/internals.md``).
 
     Args:
         input_shape: ``(C, H, W)`` images or ``(D,)`` feature vectors; the CLI links it from the datamodule.
         latent_dim: size of the code; for ``network: spatial``, its channels.
         network: ``mlp``, ``conv`` or ``spatial`` (ResNet levels to codes ``[latent_dim, H / f, W / f]``).
-        hidden_dims: widths of the MLP's hidden layers, or channels of the convolutions (of each resolution level for
-            ``spatial``: f = 2^(levels - 1)); the decoder mirrors them.
+        hidden_dims: MLP widths, or channels per convolution (per resolution level for ``spatial``: f = 2^(levels - 1)).
         spatial: ``num_res_blocks`` (default 2) and ``attention`` (default true) of ``network: spatial``.
-        encoder: a ready encoder (``class_path`` in YAML) instead of the built one; it takes the variant's input
-            ``[B, *input_shape]`` and returns what its ``build_encoder`` network returns (``[B, 2 * latent_dim]``
-            for the VAE family). A module given from Python is saved with the weights, not among the hyperparameters.
-        decoder: a ready decoder: codes ``[B, latent_dim]`` to logits ``[B, *input_shape]`` (the data's means for
-            feature vectors).
+        encoder: a ready encoder (``class_path`` in YAML) with the output of the variant's ``build_encoder``.
+        decoder: a ready decoder: codes to logits ``[B, *input_shape]`` (the means, for feature vectors).
         optimizer: optimizer factory, called with the parameters (``class_path`` + ``init_args`` in YAML).
         lr_scheduler: optional scheduler factory, stepped every epoch (``ReduceLROnPlateau`` on ``val/loss``).
         compile_networks: ``torch.compile`` the networks in place when a stage starts (checkpoints load either way).
