@@ -1,23 +1,7 @@
-"""Argument checks of the variants that do not declare their constraints in their signatures yet; the number checks
-live in :mod:`datamodules.checks` (ae_lightning depends on datamodules, never the reverse)."""
+"""Checks that no signature type can state: constraints between a variant's arguments and its base's. The number
+and choice constraints live in the signatures (:mod:`datamodules.checks`)."""
 
 from __future__ import annotations
-
-from collections.abc import Iterable
-
-from datamodules.checks import check_number
-
-
-def check_numbers(name: str, values: Iterable[object], interval: str, *, integer: bool = False) -> None:
-    """:func:`check_number` for every item of ``values``; the message shows the whole list."""
-    values = list(values)
-    try:
-        for value in values:
-            check_number(name, value, interval, integer=integer)
-    except ValueError as error:
-        raise ValueError(
-            f"each of {name} must {str(error).split(' must ', 1)[1].rsplit(', got', 1)[0]}, got {values!r}"
-        ) from None
 
 
 def check_single_sample(model: object) -> None:
@@ -30,4 +14,4 @@ def check_single_sample(model: object) -> None:
         )
 
 
-__all__ = ["check_number", "check_numbers", "check_single_sample"]
+__all__ = ["check_single_sample"]

@@ -8,7 +8,9 @@ and prints, for 64 and 256 px (random crop + horizontal flip, batch 64), images 
 (after decoding all files; crops are not its job, it serves the stored size), and torchvision's ``ImageFolder`` +
 ``DataLoader`` with the same ``transforms.v2`` crop and flip. Then, on ``--large`` 72 px files: the time to the first
 training batch streaming (after ``ae-lightning-prepare``, timed apart) vs the in-memory folder, and the process's
-resident memory while streaming through the whole set (it should stay flat). Numbers only; no assertions.
+resident memory while streaming through the whole set (it should stay flat; measured first, before any other run).
+Last, the training throughput (images/s) of ``configs/photo_ae_f8_64.yaml``'s f8 autoencoder on 64 px batches held in
+memory, with torch's default threads: the loader must deliver at least twice that. Numbers only; no assertions.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from datamodules import ImageFolderDataModule, StreamingDataModule
 from datamodules.stream_prepare import prepare_stream
 
 BATCH = 64
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_pngs(folder: Path, count: int, side: int, seed: int = 0) -> Path:
@@ -69,6 +72,29 @@ def rss_mb() -> float:
         return int(file.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def ae_images_per_second(seconds: float) -> float:
+    """Training images/s of the f8 autoencoder of ``configs/photo_ae_f8_64.yaml`` (its network, loss and optimizer)."""
+    import yaml
+
+    from ae_lightning import Autoencoder
+
+    config = yaml.safe_load((ROOT / "configs" / "photo_ae_f8_64.yaml").read_text())["model"]["init_args"]
+    lr = config.pop("optimizer")["init_args"]["lr"]
+    model = Autoencoder(input_shape=[3, 64, 64], **config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    x = torch.rand(BATCH, 3, 64, 64)
+    images, start = 0, None
+    while start is None or time.perf_counter() - start < seconds:
+        optimizer.zero_grad()
+        model.loss_terms(x, torch.zeros(BATCH, dtype=torch.long), torch.arange(BATCH))["loss"].backward()
+        optimizer.step()
+        if start is None:  # the first step allocates: not counted
+            start = time.perf_counter()
+        else:
+            images += BATCH
+    return images / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="/tmp/data_speed")
@@ -79,6 +105,23 @@ def main() -> None:
     out = Path(args.out)
     torch.set_num_threads(1)
     print(f"CPU cores: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f} (a shared machine: numbers are noisy)")
+
+    large_folder = write_pngs(out / "large72", args.large, 72, seed=1)
+    large_stream = out / "large-stream"
+    start = time.perf_counter()
+    if not (large_stream / "manifest.json").exists():
+        prepare_stream(str(large_folder), str(large_stream), chunk_bytes="16MB", num_workers=2, overwrite=True)
+    print(f"\nae-lightning-prepare of {args.large} files of 72 px (once per data set): "
+          f"{time.perf_counter() - start:.1f} s")  # fmt: skip
+    print(f"\nresident memory of this process while streaming the {args.large} images once (0 workers)")
+    dm = StreamingDataModule(str(large_stream), image_size=64, batch_size=BATCH, num_workers=0)
+    loader = dm.train_dataloader()
+    marks = {int(len(loader) * f) for f in (0.01, 0.25, 0.5, 0.75, 0.99)}
+    for i, _ in enumerate(loader):
+        if i in marks:
+            print(f"  after {i * BATCH:>7} images: {rss_mb():.0f} MB")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"  peak of the process so far: {peak:.0f} MB")
 
     print(f"\nimages/s, batch {BATCH}, random crop + flip ({args.images} files per size)")
     print(f"{'size':>5} {'stream 0w':>10} {'stream 2w':>10} {'in-memory':>10} {'IF+DL 0w':>10} {'IF+DL 2w':>10}")
@@ -103,33 +146,21 @@ def main() -> None:
         print(f"{size:>5} " + " ".join(f"{value:>10.0f}" for value in row))
 
     print(f"\ntime to the first training batch, {args.large} files of 72 px (64 px crops)")
-    folder = write_pngs(out / "large72", args.large, 72, seed=1)
-    stream = out / "large-stream"
     start = time.perf_counter()
-    if not (stream / "manifest.json").exists():
-        prepare_stream(str(folder), str(stream), chunk_bytes="16MB", num_workers=2, overwrite=True)
-    print(f"  ae-lightning-prepare (once per data set): {time.perf_counter() - start:.1f} s")
-    start = time.perf_counter()
-    dm = StreamingDataModule(str(stream), image_size=64, batch_size=BATCH, num_workers=2)
+    dm = StreamingDataModule(str(large_stream), image_size=64, batch_size=BATCH, num_workers=2)
     dm.setup("fit")
     next(iter(dm.train_dataloader()))
     print(f"  streaming, 2 workers: {time.perf_counter() - start:.1f} s")
     start = time.perf_counter()
-    memory = ImageFolderDataModule(str(folder), batch_size=BATCH, data_on_device=False)
+    memory = ImageFolderDataModule(str(large_folder), batch_size=BATCH, data_on_device=False)
     memory.setup()
     next(iter(memory.train_dataloader()))
     print(f"  in-memory image folder: {time.perf_counter() - start:.1f} s")
     del memory
 
-    print(f"\nresident memory of this process while streaming the {args.large} images once (0 workers)")
-    dm = StreamingDataModule(str(stream), image_size=64, batch_size=BATCH, num_workers=0)
-    loader = dm.train_dataloader()
-    marks = {int(len(loader) * f) for f in (0.01, 0.25, 0.5, 0.75, 0.99)}
-    for i, _ in enumerate(loader):
-        if i in marks:
-            print(f"  after {i * BATCH:>7} images: {rss_mb():.0f} MB")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"  peak of the process (including the in-memory run above): {peak:.0f} MB")
+    print("\ntraining throughput of configs/photo_ae_f8_64.yaml's f8 autoencoder, 64 px batches in memory")
+    torch.set_num_threads(os.cpu_count() or 1)
+    print(f"  {ae_images_per_second(args.seconds):.1f} images/s (batch {BATCH}, {torch.get_num_threads()} threads)")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from datamodules.base import ImageDataModule, Split
-from datamodules.checks import check_number
+from datamodules.checks import OpenUnitInterval, PositiveInt
 
 # The paper's rule: a held-out user with fewer items than this keeps them all as fold-in (and is not evaluated).
 MIN_ITEMS_TO_HOLD_OUT = 5
@@ -70,10 +70,10 @@ class InteractionsDataModule(ImageDataModule):
         self,
         path: str,
         min_rating: float | None = None,
-        min_user_items: int = 5,
-        val_users: int | float = 0.1,
-        test_users: int | float = 0.1,
-        held_out_fraction: float = 0.2,
+        min_user_items: PositiveInt = 5,
+        val_users: PositiveInt | OpenUnitInterval = 0.1,
+        test_users: PositiveInt | OpenUnitInterval = 0.1,
+        held_out_fraction: OpenUnitInterval = 0.2,
         test_path: str | None = None,
         header: bool | None = None,
         batch_size: int = 500,
@@ -81,10 +81,6 @@ class InteractionsDataModule(ImageDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers)
-        check_number("min_user_items", min_user_items, "[1, inf)", integer=True)
-        for name, value in (("val_users", val_users), ("test_users", test_users)):
-            check_number(name, value, "(0, 1)" if isinstance(value, float) else "[1, inf)")
-        check_number("held_out_fraction", held_out_fraction, "(0, 1)")
         self.path = Path(path)
         self._interactions: Interactions | None = None
 

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from datamodules.base import Arrays, ImageDataModule, Split
-from datamodules.checks import check_number
+from datamodules.checks import PositiveInt
 from datamodules.loader import Batch, _mix
 from datamodules.stream_prepare import decode
 from datamodules.stream_store import MANIFEST, StreamLocation, StreamManifest, check_chunks, read_manifest
@@ -203,7 +203,7 @@ class StreamingDataModule(ImageDataModule):
     def __init__(
         self,
         input_dir: str,
-        image_size: int | None = None,
+        image_size: PositiveInt | None = None,
         augment: Literal["crop", "resize"] = "crop",
         hflip: bool = True,
         resolution: int | None = None,
@@ -219,10 +219,6 @@ class StreamingDataModule(ImageDataModule):
         super().__init__(
             batch_size=batch_size, seed=seed, num_workers=num_workers, predict_split=predict_split, data_on_device=False
         )
-        if image_size is not None:
-            check_number("image_size", image_size, "[1, inf)", integer=True)
-        if augment not in ("crop", "resize"):
-            raise ValueError(f"augment must be 'crop' or 'resize', got {augment!r}")
         self.location = StreamLocation(input_dir, storage_options)
         self._manifest: StreamManifest | None = None
         self._loaders: dict[Split, StreamLoader] = {}

@@ -4,7 +4,11 @@ from typing import Literal
 
 import pytest
 
+import ae_lightning
+from ae_lightning.blocks.spatial import SpatialEncoder
+from ae_lightning.training.disentanglement import DisentanglementMetrics
 from datamodules.checks import Fraction, PositiveInt, check_arguments, check_number
+from datamodules.interactions import InteractionsDataModule
 
 
 @pytest.mark.parametrize(
@@ -56,3 +60,23 @@ def test_a_signature_constraint_is_an_error_naming_the_argument(values: dict, me
     with pytest.raises(ValueError, match=f"^{message}$"):
         check_arguments(values, constrained)
     check_arguments({"rate": 0.0, "sizes": [2], "mode": None}, constrained)  # the bounds and None are allowed
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: ae_lightning.InfoVAE(input_shape=[1, 8, 8], alpha=2.0), r"alpha must be <= 1, got 2.0"),
+        (lambda: ae_lightning.BetaTCVAE(input_shape=[1, 8, 8], dataset_size=0),
+         r"dataset_size must be an integer >= 1, got 0"),
+        (lambda: ae_lightning.IAFVAE(input_shape=[1, 8, 8], flow_hidden_dims=[8, 0]),
+         r"each of flow_hidden_dims must be an integer >= 1, got \[8, 0\]"),
+        (lambda: SpatialEncoder(3, [8], dropout=1.0), r"dropout must lie in \[0, 1\), got 1.0"),
+        (lambda: InteractionsDataModule("ratings.csv", val_users=0),
+         r"val_users must be an integer >= 1 or lie in \(0, 1\), got 0"),
+        (lambda: DisentanglementMetrics(num_points=5), r"num_points must be an integer >= 10, got 5"),
+    ],
+)  # fmt: skip
+def test_the_variants_and_their_parts_refuse_what_their_signatures_exclude(build, message: str) -> None:
+    """From Python as from the command (whose --help shows the same ranges): the signature is the one check."""
+    with pytest.raises(ValueError, match=message):
+        build()

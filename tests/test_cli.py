@@ -268,3 +268,30 @@ def test_the_command_prints_a_refusal_alone_and_the_traceback_on_request(
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 4, result.stderr
     detailed = run_subprocess(*fit, "--print_traceback")
     assert "Traceback" in detailed.stderr and message.split(": ")[-1] in detailed.stderr
+
+
+def test_a_new_variant_needs_only_its_module_and_its_config(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """A variant is a module with ``loss_terms`` and a config naming it: fit, test and reloading need nothing else
+    (inside the package, one line in ``ae_lightning._EXPORTS`` adds the short name ``ae_lightning.<Class>``)."""
+    (tmp_path / "l1_variant.py").write_text(
+        "from ae_lightning import DeterministicAutoencoder\n\n\n"
+        "class L1Autoencoder(DeterministicAutoencoder):\n"
+        "    def loss_terms(self, x, labels, indices):\n"
+        "        recon = (self.decode(self.encode(x)) - x).abs().flatten(1).sum(1).mean()\n"
+        "        return {'loss': recon, 'recon': recon}\n"
+    )
+    config = tmp_path / "l1.yaml"
+    config.write_text(
+        "model:\n  class_path: l1_variant.L1Autoencoder\n  init_args: {latent_dim: 4, hidden_dims: [16]}\n"
+        "data:\n  class_path: datamodules.MNISTDataModule\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = ["--config", str(config), *common(data_dir, tmp_path / "run")]
+    fit = run_cli("fit", *args, "--trainer.max_steps", "4", "--trainer.max_epochs", "-1")
+    assert type(fit.model).__name__ == "L1Autoencoder" and fit.trainer.global_step == 4
+    tested = run_cli("test", *args, "--ckpt_path", "last", "--trainer.limit_test_batches", "1")
+    x = next(iter(tested.datamodule.test_dataloader()))[0]
+    with torch.no_grad():  # the variant's own loss, with the checkpoint's weights
+        l1 = (tested.model.decode(tested.model.encode(x)) - x).abs().flatten(1).sum(1).mean()
+    assert type(tested.model).__name__ == "L1Autoencoder"
+    assert torch.allclose(tested.trainer.callback_metrics["test/loss"], l1)

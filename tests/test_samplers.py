@@ -45,7 +45,7 @@ def test_gaussian_mixture_sampler_reproduces_clusters() -> None:
     nearest = torch.cdist(samples, centres).min(1)
     assert nearest.values.max() < 0.6 and nearest.indices.float().mean().item() == pytest.approx(0.5, abs=0.1)
     assert (nearest.indices[:250] == 0).float().mean() < 0.8  # samples come shuffled, not grouped by component
-    with pytest.raises(ValueError, match="covariance_type must be 'full', 'tied', 'diag' or 'spherical', got 'x'"):
+    with pytest.raises(ValueError, match="covariance_type must be one of 'full', 'tied', 'diag', 'spherical', got 'x'"):
         GaussianMixtureSampler(covariance_type="x")
     with pytest.raises(RuntimeError, match="fit the sampler"):
         GaussianMixtureSampler().sample(2)

@@ -17,7 +17,7 @@ from typing import TypedDict
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ae_lightning.checks import check_number, check_numbers
+from datamodules.checks import Fraction, PositiveInt, check_arguments
 
 
 class SpatialOptions(TypedDict, total=False):
@@ -25,7 +25,7 @@ class SpatialOptions(TypedDict, total=False):
     (channels of the code): ``num_res_blocks`` per level (default 2) and ``attention`` at the lowest resolution
     (default true)."""
 
-    num_res_blocks: int
+    num_res_blocks: PositiveInt
     attention: bool
 
 
@@ -107,12 +107,10 @@ def _middle(channels: int, attention: bool, dropout: float) -> list[nn.Module]:
     return [ResnetBlock(channels, channels, dropout), *attend, ResnetBlock(channels, channels, dropout)]
 
 
-def _check_settings(channels: Sequence[int], num_res_blocks: int, dropout: float) -> None:
-    if len(channels) == 0:
+def _check_settings(network: type, values: dict) -> None:
+    if len(values["channels"]) == 0:
         raise ValueError("a spatial network needs at least one entry in hidden_dims (channels per resolution level)")
-    check_numbers("hidden_dims", channels, "[1, inf)", integer=True)
-    check_number("num_res_blocks", num_res_blocks, "[1, inf)", integer=True)
-    check_number("dropout", dropout, "[0, 1)")
+    check_arguments(values, network.__init__)
 
 
 class SpatialEncoder(nn.Module):
@@ -132,14 +130,14 @@ class SpatialEncoder(nn.Module):
     def __init__(
         self,
         in_channels: int,
-        channels: Sequence[int] = (128, 256, 512, 512),
+        channels: Sequence[PositiveInt] = (128, 256, 512, 512),
         out_channels: int = 4,
-        num_res_blocks: int = 2,
+        num_res_blocks: PositiveInt = 2,
         attention: bool = True,
-        dropout: float = 0.0,
+        dropout: Fraction = 0.0,
     ) -> None:
+        _check_settings(SpatialEncoder, locals())
         super().__init__()
-        _check_settings(channels, num_res_blocks, dropout)
         self.factor = downsampling_factor(channels)
         layers: list[nn.Module] = [nn.Conv2d(in_channels, channels[0], 3, padding=1)]
         previous = channels[0]
@@ -174,14 +172,14 @@ class SpatialDecoder(nn.Module):
     def __init__(
         self,
         z_channels: int,
-        channels: Sequence[int] = (128, 256, 512, 512),
+        channels: Sequence[PositiveInt] = (128, 256, 512, 512),
         out_channels: int = 3,
-        num_res_blocks: int = 2,
+        num_res_blocks: PositiveInt = 2,
         attention: bool = True,
-        dropout: float = 0.0,
+        dropout: Fraction = 0.0,
     ) -> None:
+        _check_settings(SpatialDecoder, locals())
         super().__init__()
-        _check_settings(channels, num_res_blocks, dropout)
         self.factor = downsampling_factor(channels)
         previous = channels[-1]
         layers = [nn.Conv2d(z_channels, previous, 3, padding=1), *_middle(previous, attention, dropout)]

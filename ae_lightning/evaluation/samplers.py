@@ -9,6 +9,7 @@ Variational to Deterministic Autoencoders"); :class:`TwoStageSampler` is a secon
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ from torch import Tensor, nn
 from ae_lightning.base import AutoencoderModule
 from ae_lightning.blocks import losses
 from ae_lightning.blocks.networks import MLPDecoder, MLPEncoder
-from ae_lightning.checks import check_number
+from datamodules.checks import PositiveInt, check_arguments
 
 
 class GaussianMixtureSampler:
@@ -29,10 +30,13 @@ class GaussianMixtureSampler:
         seed: seed of the fit and of the samples.
     """
 
-    def __init__(self, components: int = 10, covariance_type: str = "full", seed: int = 0) -> None:
-        check_number("components", components, "[1, inf)", integer=True)
-        if covariance_type not in ("full", "tied", "diag", "spherical"):
-            raise ValueError(f"covariance_type must be 'full', 'tied', 'diag' or 'spherical', got {covariance_type!r}")
+    def __init__(
+        self,
+        components: PositiveInt = 10,
+        covariance_type: Literal["full", "tied", "diag", "spherical"] = "full",
+        seed: int = 0,
+    ) -> None:
+        check_arguments(locals(), GaussianMixtureSampler.__init__)
         self.components = components
         self.covariance_type = covariance_type
         self.rng = np.random.default_rng(seed)
@@ -74,14 +78,13 @@ class TwoStageSampler(nn.Module):
         self,
         latent_dim: int,
         hidden_dims: Sequence[int] = (256, 256),
-        steps: int = 2000,
-        batch_size: int = 256,
+        steps: PositiveInt = 2000,
+        batch_size: PositiveInt = 256,
         lr: float = 1e-3,
         seed: int = 0,
     ) -> None:
         super().__init__()
-        check_number("steps", steps, "[1, inf)", integer=True)
-        check_number("batch_size", batch_size, "[1, inf)", integer=True)
+        check_arguments(locals(), TwoStageSampler.__init__)
         generator_state = torch.random.get_rng_state()
         torch.manual_seed(seed)
         self.encoder = MLPEncoder((latent_dim,), hidden_dims, 2 * latent_dim)

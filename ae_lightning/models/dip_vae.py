@@ -11,8 +11,9 @@ from torch import Tensor
 
 from ae_lightning.blocks import losses
 from ae_lightning.blocks.divergences import DipType, dip_regularizer
-from ae_lightning.checks import check_number, check_single_sample
+from ae_lightning.checks import check_single_sample
 from ae_lightning.models.vae import VAE
+from datamodules.checks import NonNegativeFloat
 
 
 class DIPVAE(VAE):
@@ -30,13 +31,14 @@ class DIPVAE(VAE):
     flat_codes_only = "its covariance penalty is over flat codes [latent_dim]"
 
     def __init__(
-        self, dip_type: DipType = "ii", lambda_od: float = 10.0, lambda_d: float | None = None, **kwargs: Any
+        self,
+        dip_type: DipType = "ii",
+        lambda_od: NonNegativeFloat = 10.0,
+        lambda_d: NonNegativeFloat | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         check_single_sample(self)
-        check_number("lambda_od", lambda_od, "[0, inf)")
-        if lambda_d is not None:
-            check_number("lambda_d", lambda_d, "[0, inf)")
         self.dip_type = dip_type
         self.lambda_od = lambda_od
         self.lambda_d = lambda_d if lambda_d is not None else (10 * lambda_od if dip_type == "i" else lambda_od)

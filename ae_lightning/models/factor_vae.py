@@ -16,8 +16,9 @@ from torch.optim import Optimizer
 from ae_lightning.base import Batch
 from ae_lightning.blocks import losses
 from ae_lightning.blocks.divergences import permute_dims
-from ae_lightning.checks import check_number, check_numbers, check_single_sample
+from ae_lightning.checks import check_single_sample
 from ae_lightning.models.vae import VAE
+from datamodules.checks import NonNegativeFloat, PositiveInt
 
 
 def code_discriminator(latent_dim: int, hidden_dims: Sequence[int]) -> nn.Sequential:
@@ -52,16 +53,14 @@ class FactorVAE(VAE):
 
     def __init__(
         self,
-        tc_weight: float = 35.0,
-        discriminator_hidden_dims: Sequence[int] = (1000, 1000, 1000, 1000, 1000),
+        tc_weight: NonNegativeFloat = 35.0,
+        discriminator_hidden_dims: Sequence[PositiveInt] = (1000, 1000, 1000, 1000, 1000),
         discriminator_optimizer: OptimizerCallable = torch.optim.Adam,
         discriminator_lr_scheduler: LRSchedulerCallable | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         check_single_sample(self)
-        check_number("tc_weight", tc_weight, "[0, inf)")
-        check_numbers("discriminator_hidden_dims", discriminator_hidden_dims, "[1, inf)", integer=True)
         self.automatic_optimization = False
         self.tc_weight = tc_weight
         self.discriminator_optimizer_factory = discriminator_optimizer

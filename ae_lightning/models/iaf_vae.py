@@ -12,8 +12,8 @@ import torch
 from torch import Tensor
 
 from ae_lightning.blocks.flows import InverseAutoregressiveFlow
-from ae_lightning.checks import check_number, check_numbers
 from ae_lightning.models.vae import VAE
+from datamodules.checks import PositiveInt
 
 
 class IAFVAE(VAE):
@@ -34,14 +34,12 @@ class IAFVAE(VAE):
 
     def __init__(
         self,
-        flow_steps: int = 2,
-        flow_hidden_dims: Sequence[int] = (256, 256),
+        flow_steps: PositiveInt = 2,
+        flow_hidden_dims: Sequence[PositiveInt] = (256, 256),
         forget_bias: float = 1.5,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        check_number("flow_steps", flow_steps, "[1, inf)", integer=True)
-        check_numbers("flow_hidden_dims", flow_hidden_dims, "[1, inf)", integer=True)
         self.flow = InverseAutoregressiveFlow(self.latent_dim, flow_steps, flow_hidden_dims, forget_bias)
 
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:

@@ -12,8 +12,11 @@ from torch import Tensor
 
 from ae_lightning.blocks import losses
 from ae_lightning.blocks.divergences import Kernel, maximum_mean_discrepancy
-from ae_lightning.checks import check_number, check_single_sample
+from ae_lightning.checks import check_single_sample
 from ae_lightning.models.vae import VAE
+from datamodules.checks import PositiveFloat, number_type
+
+AtMostOne = number_type("(-inf, 1]")
 
 
 class InfoVAE(VAE):
@@ -36,24 +39,20 @@ class InfoVAE(VAE):
 
     def __init__(
         self,
-        alpha: float = 0.0,
-        lambda_weight: float = 1000.0,
+        alpha: AtMostOne = 0.0,
+        lambda_weight: PositiveFloat = 1000.0,
         kernel: Kernel = "imq",
-        kernel_scale: float | None = None,
+        kernel_scale: PositiveFloat | None = None,
         deterministic: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         check_single_sample(self)
-        check_number("alpha", alpha, "(-inf, 1]")
-        check_number("lambda_weight", lambda_weight, "(0, inf)")
         if alpha + lambda_weight - 1 < 0:
             raise ValueError(
                 f"the MMD weight alpha + lambda_weight - 1 must be >= 0, got alpha={alpha}, "
                 f"lambda_weight={lambda_weight}"
             )
-        if kernel_scale is not None:
-            check_number("kernel_scale", kernel_scale, "(0, inf)")
         if deterministic and alpha != 1:
             raise ValueError(
                 f"deterministic: true has no posterior variance, so no KL term: set alpha: 1 (the WAE-MMD), got "

@@ -12,8 +12,9 @@ from torch import Tensor
 
 from ae_lightning.blocks import losses
 from ae_lightning.blocks.divergences import total_correlation_terms
-from ae_lightning.checks import check_number, check_single_sample
+from ae_lightning.checks import check_single_sample
 from ae_lightning.models.vae import VAE
+from datamodules.checks import NonNegativeFloat, PositiveInt
 
 
 class BetaTCVAE(VAE):
@@ -37,19 +38,14 @@ class BetaTCVAE(VAE):
 
     def __init__(
         self,
-        mi_weight: float = 1.0,
-        tc_weight: float = 6.0,
-        dwkl_weight: float = 1.0,
-        dataset_size: int | None = None,
+        mi_weight: NonNegativeFloat = 1.0,
+        tc_weight: NonNegativeFloat = 6.0,
+        dwkl_weight: NonNegativeFloat = 1.0,
+        dataset_size: PositiveInt | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         check_single_sample(self)
-        check_number("mi_weight", mi_weight, "[0, inf)")
-        check_number("tc_weight", tc_weight, "[0, inf)")
-        check_number("dwkl_weight", dwkl_weight, "[0, inf)")
-        if dataset_size is not None:
-            check_number("dataset_size", dataset_size, "[1, inf)", integer=True)
         self.mi_weight = mi_weight
         self.tc_weight = tc_weight
         self.dwkl_weight = dwkl_weight

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ae_lightning.blocks.divergences import gaussian_mixture_log_prob
-from ae_lightning.checks import check_number
 from ae_lightning.models.vae import VAE
+from datamodules.checks import PositiveInt
 
 
 class VampPriorVAE(VAE):
@@ -31,9 +31,8 @@ class VampPriorVAE(VAE):
     closed_form_kl = False  # the KL is estimated from the posterior sample
     flat_codes_only = "its mixture prior is over flat codes [latent_dim]"
 
-    def __init__(self, num_pseudo_inputs: int = 500, **kwargs: Any) -> None:
+    def __init__(self, num_pseudo_inputs: PositiveInt = 500, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        check_number("num_pseudo_inputs", num_pseudo_inputs, "[1, inf)", integer=True)
         self.num_pseudo_inputs = num_pseudo_inputs
         images = len(self.input_shape) == 3
         start = torch.randn(num_pseudo_inputs, *self.input_shape) * (0.01 if images else 1.0) + (0.05 if images else 0)

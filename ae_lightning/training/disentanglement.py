@@ -16,8 +16,10 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torchvision.utils import save_image
 
-from ae_lightning.checks import check_number
 from ae_lightning.evaluation import disentanglement
+from datamodules.checks import AtLeastTwo, NonNegativeInt, check_arguments, number_type
+
+AtLeastTen = number_type("[10, inf)", integer=True)
 
 
 class DisentanglementMetrics(Callback):
@@ -36,15 +38,13 @@ class DisentanglementMetrics(Callback):
     def __init__(
         self,
         metrics: Sequence[str] = tuple(disentanglement.DISENTANGLEMENT_METRICS),
-        num_points: int = 10000,
-        num_votes: int = 500,
-        traversal_images: int = 2,
+        num_points: AtLeastTen = 10000,
+        num_votes: AtLeastTwo = 500,
+        traversal_images: NonNegativeInt = 2,
         seed: int = 0,
     ) -> None:
+        check_arguments(locals(), DisentanglementMetrics.__init__)
         self.metrics = disentanglement.check_disentanglement_metrics(metrics)
-        check_number("num_points", num_points, "[10, inf)", integer=True)
-        check_number("num_votes", num_votes, "[2, inf)", integer=True)
-        check_number("traversal_images", traversal_images, "[0, inf)", integer=True)
         self.num_points = num_points
         self.num_votes = num_votes
         self.traversal_images = traversal_images
