@@ -165,6 +165,8 @@ class AutoencoderCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         _default_save_dirs(self.config[subcommand] if subcommand else self.config)
         _fast_path(self.config[subcommand] if subcommand else self.config)
+        if subcommand == "predict":
+            _streamed_predictions(self.config.predict)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
@@ -401,6 +403,19 @@ def _fast_path(config: Any) -> None:
                          "cannot be grouped); train without configs/fast.yaml")  # fmt: skip
     config.data.init_args.steps_per_batch = steps
     config.model.init_args.steps_per_batch = steps
+
+
+def _streamed_predictions(config: Any) -> None:
+    """``--predictions.format stream`` writes each batch as it comes: Lightning must not also keep every prediction
+    in memory, so ``return_predictions`` defaults to false there, and an explicit true is refused."""
+    if config.get("predictions.format") != "stream":
+        return
+    if config.get("return_predictions") is True:
+        raise ConfigError(
+            "--return_predictions true keeps every prediction in memory, which --predictions.format stream exists to "
+            "avoid: leave it unset (false) or use --predictions.format file"
+        )
+    config.return_predictions = False
 
 
 def _default_save_dirs(config: Any) -> None:

@@ -162,6 +162,29 @@ def test_predict_writes_codes_labels_and_errors(trained_vae: Path, data_dir: Pat
     assert predictions["anomaly_score"].shape == (60,)
 
 
+def test_predict_can_write_the_codes_as_a_stream(trained_vae: Path, data_dir: Path, tmp_path: Path) -> None:
+    """``--predictions.format stream``: the same items as the file, as a litdata stream a downstream model reads."""
+    from litdata import StreamingDataset
+
+    args = ["--config", "configs/vae.yaml", "--ckpt_path", str(trained_vae / "checkpoints" / "last.ckpt")]
+    args += ["--data.batch_size", "16"]
+    file = run_cli("predict", *args, *common(data_dir, tmp_path / "file"))
+    expected = torch.load(Path(file.trainer.log_dir) / "predictions.pt")
+    streamed = run_cli("predict", *args, *common(data_dir, tmp_path / "stream"), "--predictions.format", "stream",
+                       "--predictions.chunk_bytes", "2kB")  # fmt: skip
+    assert streamed.trainer.predict_loop.return_predictions is False  # nothing gathered in memory
+    path = Path(streamed.trainer.log_dir) / "predictions"
+    assert len(list(path.glob("*.bin"))) > 1 and not list(path.parent.glob(".*partial"))
+    items = sorted(StreamingDataset(str(path)), key=lambda item: item["index"])
+    assert [item["index"] for item in items] == expected["index"].tolist()
+    assert [item["label"] for item in items] == expected["label"].tolist()
+    assert torch.equal(torch.stack([item["z"] for item in items]), expected["z"])
+    assert torch.tensor([item["recon_error"] for item in items]).allclose(expected["recon_error"])
+    with pytest.raises(ValueError, match="--return_predictions true keeps every prediction in memory"):
+        run_cli("predict", *args, *common(data_dir, tmp_path / "again"), "--predictions.format", "stream",
+                "--return_predictions", "true")  # fmt: skip
+
+
 def test_missing_checkpoint_is_an_error(data_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nowhere.ckpt does not exist"):
         run_cli("test", "--config", "configs/vae.yaml", *common(data_dir, tmp_path), "--ckpt_path", "nowhere.ckpt")

@@ -47,6 +47,8 @@ def ddp_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     fitted = root / "ae" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     csv_logger = ["--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", str(root / "ae-test")]
     runs.append(["test", *tiny_args("ae", data_dir, root / "ae-test", *DDP, *csv_logger, "--ckpt_path", str(fitted))])
+    stream = ["--predictions.format", "stream", "--predictions.chunk_bytes", "4kB", "--ckpt_path", str(fitted)]
+    runs.append(["predict", *tiny_args("ae", data_dir, root / "ae-predict", *DDP, *stream)])
     runs_file = root / "runs.json"
     runs_file.write_text(json.dumps(runs))
     process = subprocess.Popen(
@@ -121,6 +123,20 @@ def test_test_metrics_reduced_across_ranks_equal_one_process(ddp_runs: Path) -> 
     assert set(under_ddp) == {name for name in one_process if name.startswith("test/")}
     for name, value in under_ddp.items():
         assert value == pytest.approx(one_process[name], rel=1e-5), name
+
+
+def test_ranks_predict_into_one_stream_of_every_image_once(ddp_runs: Path) -> None:
+    from litdata import StreamingDataset
+
+    stream = next((ddp_runs / "ae-predict").rglob("predictions"))
+    items = sorted(StreamingDataset(str(stream)), key=lambda item: item["index"])
+    data_dir = Path((ddp_runs / "data_dir").read_text())
+    fitted = ddp_runs / "ae" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    single = run_cli("predict", *tiny_args("ae", data_dir, ddp_runs / "single-predict", "--ckpt_path", str(fitted)))
+    expected = torch.load(Path(single.trainer.log_dir) / "predictions.pt")
+    assert [item["index"] for item in items] == expected["index"].tolist()  # each image once, none padded in
+    assert torch.allclose(torch.stack([item["z"] for item in items]), expected["z"], atol=1e-6)
+    assert {path.name.split("-")[1] for path in stream.glob("chunk-*.bin")} == {"0", "1"}  # both ranks wrote
 
 
 @pytest.mark.parametrize("variant, finds_unused", [("aae", True), ("ae", False)])

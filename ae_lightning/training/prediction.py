@@ -1,33 +1,108 @@
-"""Writes what ``predict`` returns to one ``predictions.pt`` file in the run directory."""
+"""Writes what ``predict`` returns: one ``predictions.pt`` file, or a litdata stream of per-image items."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from datamodules.checks import check_arguments
+
 
 class PredictionWriter(BasePredictionWriter):
-    """Saves the predictions of all batches as one dict of tensors, ``torch.load``-able.
+    """Saves the predictions: per image ``z`` ``[*latent_shape]``, ``label``, ``index`` (position in the predicted
+    split), ``recon_error`` (mean squared error of the reconstruction) and ``anomaly_score``.
 
-    The file holds ``z`` ``[N, *latent_shape]``, ``label`` ``[N]``, ``index`` ``[N]`` (position in the predicted split),
-    ``recon_error`` ``[N]`` (per-image mean squared error of the reconstruction) and ``anomaly_score`` ``[N]``.
-    With several processes, each writes ``predictions-rank<R>.pt`` with its shard. The file is written to a temporary
-    name and renamed, so an interrupted run never leaves a partial file, and an existing file is never overwritten.
+    ``format: file`` (the default) writes one ``torch.load``-able dict of stacked tensors (``z`` ``[N, *latent_shape]``,
+    the others ``[N]``), gathered in memory at the end; with several processes each writes ``<name>-rank<R>.pt``.
+    ``format: stream`` writes each batch as it comes into a litdata stream (chunks of at most ``chunk_bytes``), the
+    ranks of a DDP run into one stream, so that memory stays flat on any split size and a downstream model trains on
+    the cached codes with ``litdata.StreamingDataset(<run dir>/<name>)``, whose items are dicts of those five keys; it
+    needs ``return_predictions`` false (the command sets it; an explicit true is refused). Either is written under a
+    temporary name and renamed when complete, so an interrupted run never leaves a partial one, and an existing one is
+    never overwritten.
 
     Args:
-        filename: file name inside the run directory (``trainer.log_dir``, else ``default_root_dir``).
+        filename: name inside the run directory (``trainer.log_dir``, else ``default_root_dir``); ``predictions.pt``
+            for a file, ``predictions`` (a folder) for a stream when left at the default.
+        format: ``file`` or ``stream``.
+        chunk_bytes: the stream's chunk size limit (litdata's ``chunk_bytes``, e.g. ``"64MB"``).
     """
 
-    def __init__(self, filename: str = "predictions.pt") -> None:
-        super().__init__(write_interval="epoch")
-        self.filename = filename
+    def __init__(
+        self, filename: str = "predictions.pt", format: Literal["file", "stream"] = "file", chunk_bytes: str = "64MB"
+    ) -> None:
+        check_arguments(locals(), PredictionWriter.__init__)
+        super().__init__(write_interval="batch" if format == "stream" else "epoch")
+        self.format = format
+        self.filename = "predictions" if format == "stream" and filename == "predictions.pt" else filename
+        self.chunk_bytes = chunk_bytes
         self.path: Path | None = None
+        self._writer: Any = None
+        self._staging: Path | None = None
+        self._written = 0
 
+    # --- format: stream ---------------------------------------------------------------------------------------------
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.format != "stream":
+            return
+        from litdata.streaming.writer import BinaryWriter
+
+        path = self._target(trainer)
+        if path.exists():
+            raise FileExistsError(f"{path} already exists; predictions are never overwritten")
+        staging = path.with_name(f".{path.name}.partial")
+        if trainer.is_global_zero and staging.exists():  # left by an interrupted run
+            shutil.rmtree(staging)
+        trainer.strategy.barrier()
+        staging.mkdir(parents=True, exist_ok=True)
+        self._writer, self._staging, self._written = (
+            BinaryWriter(str(staging), chunk_bytes=self.chunk_bytes),
+            staging,
+            0,
+        )
+
+    def write_on_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        prediction: Any,
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if dataloader_idx:  # several predict dataloaders: only the first is ours
+            return
+        columns = {key: value.detach().cpu() for key, value in prediction.items()}
+        for i in range(len(columns["index"])):
+            item = {key: value[i] if value.dim() > 1 else value[i].item() for key, value in columns.items()}
+            self._writer[self._written] = item
+            self._written += 1
+
+    def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.format != "stream":
+            return super().on_predict_epoch_end(trainer, pl_module)
+        self._writer.done()
+        self._writer.merge()  # rank 0 waits for every rank's index and writes the stream's index.json
+        trainer.strategy.barrier()
+        path = self._target(trainer)
+        if trainer.is_global_zero:
+            os.replace(self._staging, path)
+            count = sum(chunk["chunk_size"] for chunk in _index(path)["chunks"])
+            print(f"Predictions for {count} images written to {path} (a litdata stream)")
+        trainer.strategy.barrier()
+        self.path, self._writer = path, None
+
+    def _target(self, trainer: L.Trainer) -> Path:
+        return Path(trainer.log_dir or trainer.default_root_dir) / self.filename
+
+    # --- format: file -----------------------------------------------------------------------------------------------
     def write_on_epoch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: Any, batch_indices: Any
     ) -> None:
@@ -36,7 +111,7 @@ class PredictionWriter(BasePredictionWriter):
         if isinstance(predictions[0], list):  # several predict dataloaders: only the first is ours
             predictions = predictions[0]
         merged = {key: torch.cat([p[key] for p in predictions]).cpu() for key in predictions[0]}
-        path = Path(trainer.log_dir or trainer.default_root_dir) / self.filename
+        path = self._target(trainer)
         if trainer.world_size > 1:
             path = path.with_name(f"{path.stem}-rank{trainer.global_rank}{path.suffix}")
         if path.exists():
@@ -48,3 +123,9 @@ class PredictionWriter(BasePredictionWriter):
         self.path = path
         if trainer.is_global_zero:
             print(f"Predictions for {len(merged['index'])} images written to {path}")
+
+
+def _index(stream: Path) -> dict[str, Any]:
+    import json
+
+    return json.loads((stream / "index.json").read_text())
