@@ -6,7 +6,7 @@ position, which checkpoints carry so that a resumed run continues at the next sa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import torch
@@ -80,17 +80,20 @@ class ImageStream(StreamingDataset):
 
 
 class EvaluationShard(Dataset):
-    """Every ``world_size``-th sample of a split from ``rank`` on, read by index: each sample once across the ranks,
-    and at least one per rank (litdata deals whole chunks to ranks, which leaves a small split's ranks empty).
+    """Every ``world_size``-th sample of a split (or of its ``rows``) from ``rank`` on, read by index: each sample once
+    across the ranks, and at least one per rank (litdata deals whole chunks to ranks, which leaves a small split's
+    ranks empty).
 
     Args:
         dataset: the split; rank, world_size: this process and the number of processes.
+        rows: the samples to read, in this order; None: all of them.
     """
 
-    def __init__(self, dataset: ImageStream, rank: int, world_size: int) -> None:
-        if len(dataset) < world_size:
-            raise ValueError(f"{dataset.where}: {len(dataset)} samples cannot be shared by {world_size} processes")
-        self.dataset, self.rows = dataset, range(rank, len(dataset), world_size)
+    def __init__(self, dataset: ImageStream, rank: int, world_size: int, rows: Sequence[int] | None = None) -> None:
+        rows = range(len(dataset)) if rows is None else rows
+        if len(rows) < world_size:
+            raise ValueError(f"{dataset.where}: {len(rows)} samples cannot be shared by {world_size} processes")
+        self.dataset, self.rows = dataset, rows[rank::world_size]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -110,6 +113,7 @@ class StreamLoader:
         dataset: the split; batch_size: samples per rank and step; num_workers: worker processes.
         resumable: the training loader; fingerprint: the stream's, kept with the position.
         rank, world_size: this process and the number of processes (for evaluation; litdata finds them itself).
+        rows: the samples an evaluation loader reads; None: all of them.
     """
 
     def __init__(
@@ -121,11 +125,12 @@ class StreamLoader:
         fingerprint: str,
         rank: int = 0,
         world_size: int = 1,
+        rows: Sequence[int] | None = None,
     ) -> None:
         if resumable:
             self.loader = StreamingDataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
         else:
-            shard = EvaluationShard(dataset, rank, world_size)
+            shard = EvaluationShard(dataset, rank, world_size, rows)
             self.loader = DataLoader(shard, batch_size=batch_size, num_workers=num_workers)
         self.batch_size, self.resumable, self.fingerprint = batch_size, resumable, fingerprint
         self.epoch = 0
@@ -325,6 +330,27 @@ class StreamingDataModule(ImageDataModule):
         )
         self._loaders[split] = loader
         return loader
+
+    def evaluation_loader(
+        self, split: Split, batch_size: int | None = None, max_images: int | None = None, seed: int = 0
+    ) -> StreamLoader:
+        """The split's images in stored order, as evaluation sees them (centre crop, no flip), for the evaluation
+        driver (``split_loader``): read from the stream batch by batch, never held whole.
+
+        Args:
+            split: ``train``, ``val`` or ``test``.
+            batch_size: images per batch; the datamodule's when None.
+            max_images: keep a seeded random subset of at most this many images (in stored order); None keeps all.
+            seed: seed of that subset.
+        """
+        check_chunks(self.location, self.manifest, split, content=self.hparams.verify_chunks)
+        rows = torch.arange(self.split_size(split))
+        if max_images is not None and len(rows) > max_images:
+            rows = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:max_images].sort().values
+        dataset = ImageStream(self.location, split, self.manifest, self._transform(train=False), shuffle=False,
+                              seed=self.hparams.seed, cache_dir=self.hparams.cache_dir)  # fmt: skip
+        return StreamLoader(dataset, batch_size or self.hparams.batch_size, self.hparams.num_workers, False,
+                            self.manifest.fingerprint, rows=rows.tolist())  # fmt: skip
 
     def train_dataloader(self) -> StreamLoader:
         loader = self._loader("train", train=True)

@@ -18,8 +18,10 @@ import torch
 from conftest import write_image_folder
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from litdata import StreamingDataLoader, StreamingDataset
+from test_evaluation import load_script
 from tiny_runs import ROOT, TINY_MODEL, command, last_checkpoint, run_cli, run_subprocess, subprocess_env
 
+from ae_lightning.evaluation import driver as evaluation
 from datamodules import StreamingDataModule
 from datamodules.stream_prepare import decode, prepare_stream
 
@@ -57,6 +59,26 @@ def test_prepare_writes_seeded_splits_that_the_datamodule_serves_as_batches(stre
     # validation: every image whole (centre crop), in stored order, no flip
     x, labels, indices = next(iter(dm.val_dataloader()))
     assert indices.tolist() == list(range(9)) and torch.equal(x, next(iter(dm.val_dataloader()))[0])
+
+
+def test_a_checkpoint_trained_on_a_stream_is_scored_and_pictured_from_the_stream(stream: Path, tmp_path: Path) -> None:
+    run_cli("fit", *_stream_args(stream, tmp_path, "--trainer.max_epochs", "1", "--data.num_workers", "0"))
+    checkpoint = next(tmp_path.rglob("last.ckpt"))
+    model, dm = evaluation.load_checkpoint(checkpoint)
+    # the driver reads the stream in stored order, centre-cropped; a subset is seeded and kept in order
+    everything = torch.cat([index for _, _, index in evaluation.split_loader(dm, "test", batch_size=5)])
+    assert everything.tolist() == list(range(12))
+    subset = [
+        torch.cat([i for _, _, i in evaluation.split_loader(dm, "train", max_images=10, seed=s)]) for s in (0, 0, 1)
+    ]
+    assert len(subset[0]) == 10 and torch.equal(subset[0], subset[1]) and not torch.equal(subset[0], subset[2])
+    assert subset[0].tolist() == sorted(subset[0].tolist())
+    x, _ = evaluation.first_images(dm, "test", 4)
+    assert x.shape == (4, 3, 12, 12)
+    scores = load_script("evaluate").main([str(checkpoint), "--plots", str(tmp_path / "plots"), "--tsne_points", "12"])
+    assert {"mse", "psnr", "ssim", "linear_probe", "knn"} <= set(scores)
+    assert all(torch.isfinite(torch.tensor(value)) for value in scores.values())
+    assert (tmp_path / "plots" / "reconstructions.png").is_file()
 
 
 def test_augmentation_depends_on_seed_epoch_and_sample_only(stream: Path) -> None:
