@@ -37,8 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         default=None,
         help=f"tokenizer and codec metrics: {', '.join(evaluation.FIRST_STAGE_METRICS)} (default without --metrics: "
-        "those that apply but lpips, which needs torchvision's AlexNet weights)",
+        "those that apply but lpips, rfid and rfid_classifier, which need pretrained weights)",
     )
+    parser.add_argument("--rfid_images", type=int, default=None, help="test images of rfid (default: all)")
     parser.add_argument("--nll_samples", type=int, default=None, help="importance samples (default: the model's)")
     parser.add_argument("--fid_samples", type=int, default=10000)
     parser.add_argument("--classifier", type=Path, default=None, help="feature classifier (default: the cache path)")
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         name for name in evaluation.METRICS if evaluation.metric_applies(model, datamodule, name)
     ]
     classifier = None
-    if "fid" in metrics or args.samplers:
+    if "fid" in metrics or args.samplers or "rfid_classifier" in (args.first_stage_metrics or []):
         if "fid" in metrics:
             evaluation.require_generative(model, "the Frechet distance of samples (fid)")
         record = load_feature_classifier(args.classifier or default_classifier_path(datamodule))
@@ -119,10 +120,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         first_stage = [
             name
             for name in evaluation.FIRST_STAGE_METRICS
-            if name != "lpips" and evaluation.metric_applies(model, datamodule, name)
+            if name not in ("lpips", "rfid", "rfid_classifier") and evaluation.metric_applies(model, datamodule, name)
         ]
     if first_stage:
-        scores |= evaluation.first_stage_scores(model, datamodule, first_stage)
+        scores |= evaluation.first_stage_scores(
+            model, datamodule, first_stage, classifier=classifier, frechet_images=args.rfid_images, seed=args.seed
+        )
     width = max(map(len, scores))
     for name, value in scores.items():
         print(f"{name:<{width}}  {value:.6g}")

@@ -14,6 +14,7 @@ from urllib.error import URLError
 import lpips
 import pytest
 import torch
+import torchvision
 from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
 from test_variants import make_trainer, tiny_data
 from torch import nn
@@ -23,6 +24,7 @@ from ae_lightning.blocks import losses
 from ae_lightning.blocks.perceptual import LPIPSDistance, trunk_weights_path
 from ae_lightning.blocks.quantizers import CodebookUsage
 from ae_lightning.evaluation import driver as evaluation
+from ae_lightning.evaluation.metrics import InceptionFeatures, inception_weights_path
 from datamodules import TensorBatchLoader
 
 TINY = {"latent_dim": 4, "hidden_dims": [8], "residual_blocks": 1}
@@ -261,6 +263,48 @@ def test_evaluation_reports_codebook_usage_rate_and_ms_ssim() -> None:
     assert 0 < ms_ssim < 1
     terms = model.test_metrics(x)
     assert set(terms) == {"ms_ssim", "bits_per_pixel"} and 0 < terms["ms_ssim"] < 1
+
+
+def test_reconstruction_fid_grows_with_the_reconstruction_error_and_names_missing_inception_weights(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    class Blur(nn.Module):  # reconstructs each image as itself plus a chosen amount of noise
+        def __init__(self, noise: float) -> None:
+            super().__init__()
+            self.noise, self.weight = noise, nn.Parameter(torch.zeros(1))
+
+        device = property(lambda self: self.weight.device)
+
+        def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            return (x + self.noise * torch.randn_like(x)).clamp(0, 1)
+
+    class Pooled(nn.Module):  # a feature network of the right interface, small enough for 49 features
+        num_features = 49
+
+        def features(self, x: torch.Tensor) -> torch.Tensor:
+            return nn.functional.adaptive_avg_pool2d(x, 7).flatten(1)
+
+    x = images(64)
+    loader = TensorBatchLoader(x, torch.zeros(64, dtype=torch.long), torch.arange(64), batch_size=16, shuffle=False,
+                               seed=0)  # fmt: skip
+    torch.manual_seed(0)
+    distances = [evaluation.reconstruction_frechet_distance(Blur(noise), Pooled(), loader) for noise in (0, 0.1, 0.5)]
+    assert distances[0] == pytest.approx(0, abs=1e-6) and 0 < distances[1] < distances[2]
+    features = InceptionFeatures(pretrained=False).features(x[:2])  # the real network and resizing, random weights
+    assert features.shape == (2, 2048) and torch.isfinite(features).all()
+    data = SimpleNamespace(input_shape=(1, 28, 28))
+    with pytest.raises(ValueError, match="rfid_classifier needs the feature classifier"):
+        evaluation.first_stage_scores(quantized(), data, ["rfid_classifier"])
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    path = inception_weights_path()
+    assert path == tmp_path / "hub" / "checkpoints" / "inception_v3_google-0cc3c7bd.pth"
+
+    def offline(*args, **kwargs):
+        raise URLError("no network")
+
+    monkeypatch.setattr(torchvision.models, "inception_v3", offline)
+    with pytest.raises(FileNotFoundError, match=rf"inception_v3_google-0cc3c7bd.pth.*put it at {path}"):
+        InceptionFeatures()
 
 
 # --- the configs that need photos (and pretrained LPIPS weights) ----------------------------------------------------

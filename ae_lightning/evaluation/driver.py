@@ -20,7 +20,13 @@ from torchmetrics.functional.classification import binary_auroc
 from tqdm.auto import tqdm
 
 from ae_lightning.base import AutoencoderModule
-from ae_lightning.evaluation.metrics import FrechetDistance, ReconstructionMetrics, ms_ssim_applies, multiscale_ssim
+from ae_lightning.evaluation.metrics import (
+    FrechetDistance,
+    InceptionFeatures,
+    ReconstructionMetrics,
+    ms_ssim_applies,
+    multiscale_ssim,
+)
 from datamodules.base import ImageDataModule, Split
 from datamodules.loader import TensorBatchLoader
 
@@ -39,10 +45,13 @@ METRICS: dict[str, str] = {
 }
 RECONSTRUCTION_METRICS = ("mse", "bce", "psnr", "ssim")
 # The metrics of image tokenizers and codecs, computed by :func:`first_stage_scores` (``scripts/evaluate.py`` adds
-# those that apply; ``lpips`` only when asked, since it needs pretrained weights).
+# those that apply; ``lpips``, ``rfid`` and ``rfid_classifier`` only when asked: they need pretrained weights).
 FIRST_STAGE_METRICS: dict[str, str] = {
     "ms_ssim": "multi-scale SSIM of the test reconstructions, with the scales the image size allows",
     "lpips": "LPIPS (AlexNet) distance of the test reconstructions; needs torchvision's AlexNet weights",
+    "rfid": "reconstruction FID: Frechet distance between the test images and their reconstructions in Inception-v3 "
+    "features; needs torchvision's Inception weights (not comparable with published FIDs, computed in TensorFlow's)",
+    "rfid_classifier": "the same distance in the dataset classifier's features (scripts/train_feature_classifier.py)",
     "codes_used": "share of the codebook the test images' codes use (quantized models)",
     "perplexity": "perplexity of the test images' code frequencies (quantized models)",
     "dead_codes": "codes no test image uses (quantized models)",
@@ -50,6 +59,7 @@ FIRST_STAGE_METRICS: dict[str, str] = {
     "fixed-length rate (quantized models)",
 }
 PERCEPTUAL_METRICS = ("ms_ssim", "lpips")
+FRECHET_METRICS = ("rfid", "rfid_classifier")
 CODE_METRICS = ("codes_used", "perplexity", "dead_codes", "bpp")
 
 
@@ -66,7 +76,7 @@ def metric_applies(model: AutoencoderModule, datamodule: ImageDataModule, name: 
     images = len(datamodule.input_shape) == 3
     if name == "ms_ssim":
         return images and ms_ssim_applies(datamodule.input_shape[1:])
-    if name in ("bce", "psnr", "ssim", *PERCEPTUAL_METRICS):
+    if name in ("bce", "psnr", "ssim", *PERCEPTUAL_METRICS, *FRECHET_METRICS):
         return images
     if name in CODE_METRICS:
         return quantizer_of(model) is not None
@@ -212,21 +222,54 @@ def code_scores(model: AutoencoderModule, loader: TensorBatchLoader) -> dict[str
     return {**{name: float(value) for name, value in usage.compute().items()}, "bpp": float(bits.compute())}
 
 
-def first_stage_scores(model: AutoencoderModule, datamodule: ImageDataModule, names: Sequence[str]) -> dict[str, float]:
+def reconstruction_frechet_distance(model: AutoencoderModule, network: nn.Module, loader: TensorBatchLoader) -> float:
+    """Frechet distance between the loader's images and their reconstructions in ``network``'s features (a classifier
+    or :class:`~ae_lightning.evaluation.metrics.InceptionFeatures`; see :class:`FrechetDistance`)."""
+    metric = FrechetDistance(network).to(model.device)
+    with evaluating(model):
+        for x, labels in _batches(loader, model.device):
+            metric.update(x.float(), real=True)
+            metric.update(model(x, labels).float(), real=False)
+    return float(metric.compute())
+
+
+def first_stage_scores(
+    model: AutoencoderModule,
+    datamodule: ImageDataModule,
+    names: Sequence[str],
+    *,
+    classifier: nn.Module | None = None,
+    frechet_images: int | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
     """The :data:`FIRST_STAGE_METRICS` ``names`` of the model on the test split; a ValueError naming one that does not
-    apply (``ms_ssim`` and ``lpips`` need images, the code metrics a quantized model or a prior)."""
+    apply (``ms_ssim``, ``lpips`` and the ``rfid`` pair need images, the code metrics a quantized model or a prior).
+
+    Args:
+        classifier: the feature classifier of ``rfid_classifier``.
+        frechet_images: the ``rfid`` pair on a seeded subset of at most this many test images; None: all.
+        seed: seed of that subset.
+    """
     unknown = [name for name in names if name not in FIRST_STAGE_METRICS]
     if unknown:
         raise ValueError(f"unknown metric {', '.join(map(repr, unknown))}; these are {', '.join(FIRST_STAGE_METRICS)}")
     for name in names:
         if not metric_applies(model, datamodule, name):
             raise ValueError(f"metric {name!r} does not apply to {type(model).__name__}: {FIRST_STAGE_METRICS[name]}")
+    if "rfid_classifier" in names and classifier is None:
+        raise ValueError("rfid_classifier needs the feature classifier (classifier=...)")
     test = split_loader(datamodule, "test")
     results: dict[str, float] = {}
     if any(name in PERCEPTUAL_METRICS for name in names):
         results |= perceptual_scores(model, test, names)
     if any(name in CODE_METRICS for name in names):
         results |= code_scores(model, test)
+    if any(name in FRECHET_METRICS for name in names):
+        subset = split_loader(datamodule, "test", max_images=frechet_images, seed=seed)
+    if "rfid" in names:
+        results["rfid"] = reconstruction_frechet_distance(model, InceptionFeatures().to(model.device), subset)
+    if "rfid_classifier" in names:
+        results["rfid_classifier"] = reconstruction_frechet_distance(model, classifier.to(model.device), subset)
     return {name: results[name] for name in names}
 
 
@@ -495,6 +538,7 @@ __all__ = [
     "probe_accuracies",
     "quantizer_of",
     "real_frechet_distance",
+    "reconstruction_frechet_distance",
     "reconstruction_scores",
     "require_generative",
     "split_loader",

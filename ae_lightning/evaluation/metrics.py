@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn.functional as F
+import torchvision.models as tv
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MeanSquaredError, MetricCollection
 from torchmetrics.image import (
@@ -104,12 +107,60 @@ class FeatureExtractor(nn.Module):
         return self.classifier.features(x)
 
 
-class FrechetDistance(FrechetInceptionDistance):
-    """torchmetrics' FID with a classifier of the dataset in place of Inception-v3.
+_INCEPTION_WEIGHTS = tv.Inception_V3_Weights.IMAGENET1K_V1
 
-    Inception weights cannot be downloaded offline and are a poor fit for 28x28 grayscale images anyway; the
-    Frechet distance between Gaussians fitted to the features of real and generated images is the same formula.
-    Update with float images ``[B, C, H, W]`` in [0, 1] and ``real=True`` or ``False``.
+
+def inception_weights_path() -> Path:
+    """Where torchvision keeps (and looks for) the ImageNet weights of :class:`InceptionFeatures`."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(_INCEPTION_WEIGHTS.url).name
+
+
+class InceptionFeatures(nn.Module):
+    """The 2048 pool features of torchvision's Inception-v3, for :class:`FrechetDistance`: images in [0, 1], gray
+    ones repeated to three channels, resized to 299x299 (bilinear) and normalized as ImageNet's.
+
+    These are torchvision's ImageNet weights, not the TensorFlow graph of the published FID implementations: a
+    distance in them ranks models of one dataset, and is not comparable with published FID values.
+
+    Args:
+        pretrained: load the ImageNet weights (downloaded by torchvision into :func:`inception_weights_path`); False
+            leaves them random (tests, or only the code path).
+    """
+
+    num_features = 2048
+
+    def __init__(self, pretrained: bool = True) -> None:
+        super().__init__()
+        if pretrained:
+            try:
+                network = tv.inception_v3(weights=_INCEPTION_WEIGHTS)
+            except (OSError, RuntimeError) as error:  # urllib's URLError is an OSError
+                path = inception_weights_path()
+                raise FileNotFoundError(
+                    f"the Inception features need torchvision's ImageNet weights {path.name}, which are not in "
+                    f"{path.parent} and could not be downloaded ({type(error).__name__}: {error}). Download "
+                    f"{_INCEPTION_WEIGHTS.url} on a machine with internet and put it at {path}, or use the dataset "
+                    "classifier's features (rfid_classifier)"
+                ) from error
+        else:
+            network = tv.inception_v3(weights=None, aux_logits=False, init_weights=False, transform_input=True)
+        network.fc = nn.Identity()
+        self.network = network.eval().requires_grad_(False)
+        mean, std = _INCEPTION_WEIGHTS.transforms().mean, _INCEPTION_WEIGHTS.transforms().std
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def features(self, x: Tensor) -> Tensor:
+        """Features ``[B, 2048]`` of images ``[B, C, H, W]`` in [0, 1] (C = 1 or 3)."""
+        x = x.float().expand(-1, 3, -1, -1) if x.shape[1] == 1 else x.float()
+        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+        return self.network((x - self.mean) / self.std)
+
+
+class FrechetDistance(FrechetInceptionDistance):
+    """torchmetrics' FID in the features of a given network: a classifier of the dataset (Inception weights cannot be
+    downloaded offline and are a poor fit for 28x28 gray images) or :class:`InceptionFeatures`. Update with float
+    images ``[B, C, H, W]`` in [0, 1] and ``real=True`` or ``False``.
 
     Args:
         classifier: see :class:`FeatureExtractor`.
@@ -123,9 +174,11 @@ class FrechetDistance(FrechetInceptionDistance):
 __all__ = [
     "FeatureExtractor",
     "FrechetDistance",
+    "InceptionFeatures",
     "MS_SSIM_BETAS",
     "PixelBinaryCrossEntropy",
     "ReconstructionMetrics",
+    "inception_weights_path",
     "ms_ssim_applies",
     "ms_ssim_betas",
     "multiscale_ssim",
