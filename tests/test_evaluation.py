@@ -28,6 +28,8 @@ ROOT = Path(__file__).parents[1]
 
 def load_script(name: str) -> ModuleType:
     path = ROOT / "benchmarks" / "variants.py" if name == "benchmark" else ROOT / "scripts" / f"{name}.py"
+    if not path.is_file():
+        path = ROOT / "benchmarks" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up there
@@ -215,6 +217,21 @@ def test_evaluate_script_scores_a_checkpoint_and_refuses_sampling_a_plain_autoen
     for option in (["--metrics", "fid"], ["--views", "samples"]):
         with pytest.raises(ValueError, match="needs a generative model, but Autoencoder is not one"):
             script.main([str(ae_checkpoint), *option])
+
+
+def test_samplers_benchmark_scores_every_sampler_of_each_run_and_names_a_missing_run(
+    benchmark_run: tuple[Path, list], tmp_path: Path
+) -> None:
+    folder, _ = benchmark_run
+    script = load_script("samplers")
+    common = ["--root", str(folder / "runs"), "--seeds", "42", "--classifier", str(folder / "classifier.pt")]
+    sizes = ["--train_codes", "50", "--samples", "60", "--two_stage_steps", "5"]
+    results = script.main([*common, "--variants", "ae", "vae", *sizes])
+    assert set(results["ae"]) == {"fid_gmm", "fid_two_stage"}  # a plain autoencoder has no prior to sample
+    assert set(results["vae"]) == {"fid_prior", "fid_gmm", "fid_two_stage"}
+    assert all(value > 0 for scores in results.values() for values in scores.values() for value in values)
+    with pytest.raises(FileNotFoundError, match="no last.ckpt under .*sparse_ae"):
+        script.main([*common, "--variants", "ae", "sparse_ae", *sizes])
 
 
 def test_benchmark_bad_input_fails_before_anything_trains(tmp_path: Path) -> None:

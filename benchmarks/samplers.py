@@ -1,0 +1,84 @@
+"""The Frechet distance of post-hoc samplers beside the prior's, over the seeds of a ``benchmarks/variants.py`` run.
+
+    python benchmarks/variants.py --configs ae aae vae --seeds 0 1 2 --root runs/benchmark ...
+    python benchmarks/samplers.py --root runs/benchmark --variants ae aae vae --seeds 0 1 2 --data_dir ../shared/data
+
+For each variant and seed, the run's ``last.ckpt`` (``<root>/<variant>/seed-<seed>/``) is loaded; a Gaussian mixture
+and a two-stage VAE are fitted on the codes of ``--train_codes`` training images, and ``--samples`` samples of each
+(and of the prior, for generative models) are scored against the test images in the dataset classifier's features.
+Printed per seed and as a markdown table of mean +- sample std over the seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+import torch
+
+from ae_lightning.evaluation import driver as evaluation
+from ae_lightning.evaluation import samplers
+from ae_lightning.evaluation.feature_classifier import default_classifier_path, load_feature_classifier
+
+NAMES = {"fid_prior": "prior", "fid_gmm": "Gaussian mixture (10)", "fid_two_stage": "two-stage VAE"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", type=Path, required=True, help="the --root of the variants run")
+    parser.add_argument("--variants", nargs="+", required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="the variants run's --seeds")
+    parser.add_argument("--data_dir", default=None, help="where the data are (default: the checkpoint's)")
+    parser.add_argument("--train_codes", type=int, default=10000, help="training images whose codes are fitted")
+    parser.add_argument("--samples", type=int, default=10000, help="samples of each sampler")
+    parser.add_argument("--two_stage_steps", type=int, default=2000)
+    parser.add_argument("--classifier", type=Path, default=None, help="feature classifier (default: the cache path)")
+    return parser.parse_args(argv)
+
+
+def checkpoint_of(root: Path, variant: str, seed: int, seeds: int) -> Path:
+    """The ``last.ckpt`` of the variant's run with ``seed`` among ``seeds`` seeds (one seed has no ``seed-`` folder);
+    a FileNotFoundError naming the folder searched."""
+    folder = root / variant / (f"seed-{seed}" if seeds > 1 else "") / "lightning_logs"
+    found = sorted(folder.glob("version_*/checkpoints/last.ckpt"))
+    if not found:
+        raise FileNotFoundError(f"no last.ckpt under {folder}: run benchmarks/variants.py with --root {root} first")
+    return found[-1]
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, list[float]]]:
+    args = parse_args(argv)
+    paths = {(v, s): checkpoint_of(args.root, v, s, len(args.seeds)) for v in args.variants for s in args.seeds}
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    results: dict[str, dict[str, list[float]]] = {}
+    classifier = None
+    for (variant, seed), path in paths.items():
+        model, datamodule = evaluation.load_checkpoint(path, args.data_dir)
+        model.to(device)
+        if classifier is None:
+            record = load_feature_classifier(args.classifier or default_classifier_path(datamodule))
+            print(f"feature classifier {record.path}: test accuracy {record.test_accuracy:.4f}", flush=True)
+            classifier = record.network.to(device)
+        train = evaluation.split_loader(datamodule, "train", max_images=args.train_codes, seed=seed)
+        codes, _ = evaluation.encode_split(model, train)
+        real = evaluation.gray_loader(datamodule, "test")
+        found = samplers.frechet_distances(
+            model, codes, classifier, real, args.samples, two_stage_steps=args.two_stage_steps, seed=seed
+        )
+        for name, value in found.items():
+            results.setdefault(variant, {}).setdefault(name, []).append(value)
+        print(f"{variant} seed {seed}: " + ", ".join(f"{n} {v:.2f}" for n, v in found.items()), flush=True)
+    print(f"\n| variant | {' | '.join(NAMES.values())} |\n| --- |" + " --- |" * len(NAMES))
+    for variant, scores in results.items():
+        cells = []
+        for name in NAMES:
+            values = scores.get(name)
+            spread = f" +- {statistics.stdev(values):.2f}" if values and len(values) > 1 else ""
+            cells.append(f"{statistics.mean(values):.2f}{spread}" if values else "—")
+        print(f"| `{variant}` | {' | '.join(cells)} |")
+    return results
+
+
+if __name__ == "__main__":
+    main()
