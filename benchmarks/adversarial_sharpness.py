@@ -1,0 +1,90 @@
+"""Does the adversarial term sharpen reconstructions? The VQ-VAE of ``configs/vqvae.yaml`` trained with and without
+its PatchGAN term, scored by PSNR, MS-SSIM and the reconstruction FID in the dataset classifier's features.
+
+    python benchmarks/adversarial_sharpness.py --data_dir ../shared/data --out runs/sharpness --steps 1500
+
+Both runs share data, seed, steps and every setting but ``adversarial_weight`` (hinge loss, adaptive weight, switched
+on at ``--disc_start``); LPIPS is off in both (its pretrained weights are not needed). The reconstruction FID
+(``rfid_classifier``) uses the cached Fashion-MNIST feature classifier (``scripts/train_feature_classifier.py``).
+Writes ``<out>/sharpness.png``: test images (top), reconstructions without (middle) and with (bottom) the term.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torchvision.utils import save_image
+
+from ae_lightning.evaluation import driver as evaluation
+from ae_lightning.evaluation.feature_classifier import default_classifier_path, load_feature_classifier
+
+ROOT = Path(__file__).parents[1]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data_dir", required=True, help="root holding FashionMNIST/raw")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--disc_start", type=int, default=500)
+    parser.add_argument("--adversarial_weight", type=float, default=0.8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--rfid_images", type=int, default=None, help="test images of the FID (default: all)")
+    return parser.parse_args(argv)
+
+
+def fit(args: argparse.Namespace, name: str, *extra: str) -> Path:
+    """Train one arm with ``ae-lightning fit``; its ``last.ckpt``."""
+    root = args.out / name
+    command = [
+        sys.executable, "-m", "ae_lightning.cli", "fit", "--config", str(ROOT / "configs" / "vqvae.yaml"),
+        "--data.init_args.data_dir", args.data_dir, "--data.init_args.batch_size", str(args.batch_size),
+        "--trainer.max_steps", str(args.steps), "--trainer.max_epochs", "-1", "--trainer.limit_val_batches", "0",
+        "--trainer.logger", "false", "--images.every_n_epochs", "0", "--trainer.enable_progress_bar", "false",
+        "--seed_everything", str(args.seed), "--trainer.default_root_dir", str(root), *extra,
+    ]  # fmt: skip
+    start = time.perf_counter()
+    with open(args.out / f"{name}.log", "w") as log:
+        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    print(f"{name}: {args.steps} steps in {time.perf_counter() - start:.0f} s", flush=True)
+    return next(root.rglob("last.ckpt"))
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    arms = {
+        "without": fit(args, "without"),
+        "with": fit(args, "with", "--model.init_args.adversarial_weight", str(args.adversarial_weight),
+                    "--model.init_args.disc_start", str(args.disc_start), "--model.init_args.discriminator_layers",
+                    "2"),
+    }  # fmt: skip
+    results, rows = {}, []
+    for name, path in arms.items():
+        model, datamodule = evaluation.load_checkpoint(path, args.data_dir)
+        classifier = load_feature_classifier(default_classifier_path(datamodule)).network
+        test = evaluation.split_loader(datamodule, "test")
+        scores = {"psnr": evaluation.reconstruction_scores(model, test)["psnr"]}
+        scores |= evaluation.first_stage_scores(
+            model, datamodule, ["ms_ssim", "rfid_classifier"], classifier=classifier, frechet_images=args.rfid_images
+        )
+        results[name] = scores
+        images, labels = evaluation.first_images(datamodule, "test", 12)
+        with evaluation.evaluating(model):
+            rows.append(model(images, labels).clamp(0, 1))
+        print(f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()), flush=True)
+    save_image(torch.cat([images, *rows]), args.out / "sharpness.png", nrow=12, padding=1)
+    print("\n| adversarial term | PSNR dB | MS-SSIM | rFID (classifier features) |\n| --- | ---: | ---: | ---: |")
+    for name, s in results.items():
+        print(f"| {name} | {s['psnr']:.2f} | {s['ms_ssim']:.4f} | {s['rfid_classifier']:.2f} |")
+    return results
+
+
+if __name__ == "__main__":
+    main()
