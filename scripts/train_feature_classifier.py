@@ -1,6 +1,7 @@
 """Train the small CNN classifier whose features define the Frechet distance (FID) of generated samples.
 
     python scripts/train_feature_classifier.py --data FashionMNISTDataModule --data_dir ../shared/data
+    python scripts/train_feature_classifier.py --data StreamingDataModule --input_dir data/photos-72 --image_size 64
 
 Trains on the dataset's gray-level training split, reports the test accuracy, and caches the classifier (weights,
 accuracy, dataset and training settings) at ``--output``, by default
@@ -11,6 +12,7 @@ accuracy, dataset and training settings) at ``--output``, by default
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 
 from ae_lightning.evaluation.driver import datamodule_class
@@ -25,6 +27,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="MNISTDataModule", help="datamodule class name or import path")
     parser.add_argument("--data_dir", default="data", help="root holding <ClassName>/raw/")
+    parser.add_argument("--input_dir", default=None, help="the stream of StreamingDataModule (folder or URI)")
+    parser.add_argument("--image_size", type=int, default=None, help="StreamingDataModule's image_size")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch_size", type=int, default=128)
@@ -35,9 +39,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> ClassifierRecord:
     args = parse_args(argv)
-    datamodule = datamodule_class(args.data)(data_dir=args.data_dir, batch_size=args.batch_size, seed=args.seed)
+    cls = datamodule_class(args.data)
+    if "input_dir" in inspect.signature(cls).parameters:  # a stream
+        if args.input_dir is None:
+            raise ValueError(f"--data {args.data} reads a stream: give it with --input_dir")
+        where = {"input_dir": args.input_dir, "image_size": args.image_size}
+    else:
+        where = {"data_dir": args.data_dir}
+    datamodule = cls(**where, batch_size=args.batch_size, seed=args.seed)
     path = args.output or default_classifier_path(datamodule)
-    print(f"Training the feature classifier on {args.data} from {args.data_dir} for {args.epochs} epochs")
+    print(f"Training the feature classifier on {args.data} from {next(iter(where.values()))} for {args.epochs} epochs")
     record = train_feature_classifier(
         datamodule, path, args.epochs, args.seed, args.accelerator, progress_bar=sys.stderr.isatty()
     )

@@ -94,6 +94,12 @@ def test_frechet_distance_matches_closed_form() -> None:
     assert distances == pytest.approx([0.0, 0.5], abs=1e-4)
 
 
+def test_a_feature_classifier_of_another_image_size_is_named_not_a_shape_error() -> None:
+    metric = FrechetDistance(ClassifierCNN((1, 28, 28)))
+    with pytest.raises(ValueError, match=r"trained on images of shape \(1, 28, 28\), these have shape \(1, 32, 32\)"):
+        metric.update(torch.rand(2, 1, 32, 32), real=True)
+
+
 def test_sampling_metrics_of_a_model_that_cannot_sample_are_clear_errors(data_dir: Path) -> None:
     datamodule = MNISTDataModule(data_dir=str(data_dir))
     model = Autoencoder(latent_dim=4, hidden_dims=[16])

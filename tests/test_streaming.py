@@ -61,7 +61,10 @@ def test_prepare_writes_seeded_splits_that_the_datamodule_serves_as_batches(stre
     assert indices.tolist() == list(range(9)) and torch.equal(x, next(iter(dm.val_dataloader()))[0])
 
 
-def test_a_checkpoint_trained_on_a_stream_is_scored_and_pictured_from_the_stream(stream: Path, tmp_path: Path) -> None:
+def test_a_checkpoint_trained_on_a_stream_is_scored_and_pictured_from_the_stream(
+    stream: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AE_LIGHTNING_CACHE", str(tmp_path / "cache"))
     run_cli("fit", *_stream_args(stream, tmp_path, "--trainer.max_epochs", "1", "--data.num_workers", "0"))
     checkpoint = next(tmp_path.rglob("last.ckpt"))
     model, dm = evaluation.load_checkpoint(checkpoint)
@@ -79,6 +82,15 @@ def test_a_checkpoint_trained_on_a_stream_is_scored_and_pictured_from_the_stream
     assert {"mse", "psnr", "ssim", "linear_probe", "knn"} <= set(scores)
     assert all(torch.isfinite(torch.tensor(value)) for value in scores.values())
     assert (tmp_path / "plots" / "reconstructions.png").is_file()
+    # a labelled stream trains the feature classifier of the Frechet distances, found by evaluate.py by default
+    trained = load_script("train_feature_classifier").main(
+        ["--data", "StreamingDataModule", "--input_dir", str(stream), "--image_size", "12", "--epochs", "1"]
+    )
+    assert trained.network.input_shape == (3, 12, 12) and trained.train_images == 99
+    scores = load_script("evaluate").main(
+        [str(checkpoint), "--metrics", "mse", "--first_stage_metrics", "rfid_classifier"]
+    )
+    assert scores["rfid_classifier"] > 0
 
 
 def test_augmentation_depends_on_seed_epoch_and_sample_only(stream: Path) -> None:

@@ -145,7 +145,8 @@ def check_classifiable(datamodule: ImageDataModule) -> None:
             f"{datamodule.input_shape}"
         )
     datamodule.setup()
-    if not bool((datamodule.splits["train"][1] >= 0).all()):
+    train = datamodule.splits.get("train")  # a stream holds no split in memory: its manifest knows the labels
+    if not (bool((train[1] >= 0).all()) if train is not None else datamodule.has_labels):
         raise ValueError(
             f"the Frechet distance's feature classifier is trained on the dataset's labels, but "
             f"{type(datamodule).__name__} ({datamodule.dataset_name}) has none: use a folder with one subfolder per "

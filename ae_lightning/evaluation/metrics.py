@@ -104,6 +104,12 @@ class FeatureExtractor(nn.Module):
         self.num_features = int(classifier.num_features)
 
     def forward(self, x: Tensor) -> Tensor:
+        expected = getattr(self.classifier, "input_shape", None)  # a dataset classifier knows its image size
+        if expected is not None and tuple(x.shape[1:]) != tuple(expected):
+            raise ValueError(
+                f"the feature classifier was trained on images of shape {tuple(expected)}, these have shape "
+                f"{tuple(x.shape[1:])}: train one on this data at this size (scripts/train_feature_classifier.py)"
+            )
         return self.classifier.features(x)
 
 
