@@ -2,13 +2,13 @@
 
     python benchmarks/rate_distortion.py --steps 300 --prior_steps 300 --out runs/rate_distortion
 
-For each ``(downsampling factor, codebook size)`` a small VQ autoencoder is trained on random 32x32 crops of
-scikit-learn's two sample photographs (``china.jpg``, ``flower.jpg``), then a :class:`~ae_lightning.CodePrior` over
-its codes; the held-out photograph (matplotlib's ``grace_hopper.jpg``, 512x600) is compressed with
-``ae_lightning.codec`` (sizes are the files' real bytes, header included) and decoded back, and JPEG and WebP encode
-it at several qualities. Prints bits per pixel, PSNR and MS-SSIM (on 8-bit RGB) of each, writes ``results.json`` and
-``rate_distortion.png`` under ``--out``. The training photographs are few: the learned points show the pipeline
-working, not what the method reaches with a real training set and a GPU.
+For each ``(downsampling factor, codebook size)`` a small VQ autoencoder is trained on 8192 random 32x32 crops of
+scikit-learn's two sample photographs (``china.jpg``, ``flower.jpg``) or of the photographs in ``--photos``, then a
+:class:`~ae_lightning.CodePrior` over its codes; the held-out photograph (matplotlib's ``grace_hopper.jpg``, 512x600)
+is compressed with ``ae_lightning.codec`` (sizes are the files' real bytes, header included) and decoded back, and
+JPEG and WebP encode it at several qualities. Prints bits per pixel, PSNR and MS-SSIM (on 8-bit RGB) of each, writes
+``results.json`` and ``rate_distortion.png`` under ``--out``. The training photographs are few: the learned points
+show the pipeline working, not what the method reaches with a real training set and a GPU.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=300, help="training steps of each autoencoder")
     parser.add_argument("--prior_steps", type=int, default=300, help="training steps of each prior")
     parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--photos", type=Path, default=None, help="folder of training photographs (default: "
+                        "scikit-learn's two); e.g. /usr/share/backgrounds/mate/nature")  # fmt: skip
     parser.add_argument("--jpeg_qualities", nargs="+", type=int, default=[5, 10, 20, 30, 50, 75, 90])
     parser.add_argument("--webp_qualities", nargs="+", type=int, default=[1, 5, 10, 25, 50, 75, 90])
     parser.add_argument("--out", type=Path, default=Path("runs/rate_distortion"))
@@ -147,7 +149,12 @@ def learned_codec(args: argparse.Namespace, factor: int, codebook_size: int, cro
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    crops = random_crops([load_photo(path) for path in TRAIN_PHOTOS], 8192, args.seed)
+    train_photos = TRAIN_PHOTOS
+    if args.photos is not None:
+        train_photos = sorted(p for p in args.photos.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        if not train_photos:
+            raise ValueError(f"--photos {args.photos} holds no .jpg, .jpeg or .png file")
+    crops = random_crops([load_photo(path) for path in train_photos], 8192, args.seed)
     results = []
     for photo_path in HELD_OUT:
         photo = load_photo(photo_path)
