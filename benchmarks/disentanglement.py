@@ -60,6 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hidden_dims", type=int, nargs="+", default=[512, 256], help="MLP widths on dSprites")
     parser.add_argument("--points", type=int, default=10000, help="samples MIG sees")
     parser.add_argument("--models", nargs="+", default=None, help="models of the nll part (default: all)")
+    parser.add_argument("--flow_steps", type=int, default=2, help="IAF steps of the nll part's iaf_vae")
     parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data"), help="Fashion-MNIST's root")
     parser.add_argument("--epochs", type=float, default=1.0, help="epochs of the nll part (fractions allowed)")
     parser.add_argument("--nll_samples", type=int, default=100)
@@ -120,6 +121,7 @@ def nll_part(args: argparse.Namespace) -> dict[str, float]:
     results = {}
     for name in names:
         cls, extra = LIKELIHOOD[name]
+        extra = {**extra, "flow_steps": args.flow_steps} if name == "iaf_vae" else extra
         L.seed_everything(42, verbose=False)
         data = FashionMNISTDataModule(data_dir=args.data_dir, batch_size=128, binarize="dynamic")
         optimizer = lambda parameters: torch.optim.Adam(parameters, lr=1e-3, eps=1e-4)  # noqa: E731
