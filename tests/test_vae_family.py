@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
@@ -130,6 +131,39 @@ def test_iaf_log_det_matches_the_jacobian(steps: int) -> None:
     _, log_det = flow(z)
     assert log_det.item() == pytest.approx(torch.linalg.slogdet(jacobian)[1].item(), abs=1e-5)
     assert isinstance(flow.steps[0], IAFStep)
+
+
+def test_a_flow_with_context_is_each_images_own_and_its_log_det_still_matches_the_jacobian() -> None:
+    torch.manual_seed(0)
+    flow = InverseAutoregressiveFlow(4, 2, [12], context_dim=3)
+    for step in flow.steps:  # away from the identity
+        torch.nn.init.normal_(step.made.net[-1].weight, std=0.5)
+    z, context = torch.randn(4), torch.randn(3)
+    jacobian = torch.autograd.functional.jacobian(lambda t: flow(t, context)[0], z)
+    out, log_det = flow(z, context)
+    assert log_det.item() == pytest.approx(torch.linalg.slogdet(jacobian)[1].item(), abs=1e-5)
+    assert not torch.allclose(out, flow(z, torch.randn(3))[0])  # another image's context, another flow
+    made = flow.steps[0].made  # still autoregressive in z
+    jacobian_m = torch.autograd.functional.jacobian(lambda t: made(t, context)[0], z)
+    assert (jacobian_m * torch.ones(4, 4).triu()).abs().max() == 0
+    with pytest.raises(ValueError, match="this MADE takes a context vector"):
+        made(z)
+
+
+def test_an_iaf_checkpoint_without_the_flow_context_is_refused_by_name_and_loads_without_it(tmp_path: Path) -> None:
+    old = IAFVAE(**TINY, flow_context=False)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_epochs=0)
+    trainer.strategy.connect(old)
+    path = tmp_path / "old.ckpt"
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=False)
+    del checkpoint["hyper_parameters"]["flow_context"]  # as an earlier release saved it
+    torch.save(checkpoint, path)
+    with pytest.raises(ValueError, match="trained before the flow took the encoder's context.*flow_context=False"):
+        IAFVAE.load_from_checkpoint(path)
+    loaded = IAFVAE.load_from_checkpoint(path, flow_context=False)
+    x = batch(4)[0]
+    torch.testing.assert_close(loaded.eval().encode(x), old.eval().encode(x))
 
 
 # --- the models -----------------------------------------------------------------------------------------------------

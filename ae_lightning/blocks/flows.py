@@ -27,18 +27,23 @@ class MaskedLinear(nn.Linear):
 
 
 class MADE(nn.Module):
-    """An autoregressive MLP ``D -> *hidden_dims -> 2 D``: outputs ``m_i`` and ``s_i`` depend on ``z_{<i}`` only.
+    """An autoregressive MLP ``D -> *hidden_dims -> 2 D``: outputs ``m_i`` and ``s_i`` depend on ``z_{<i}`` only
+    (and on a context vector, which every hidden unit of the first layer sees).
 
     Hidden unit degrees cycle through ``1 .. D - 1`` (Germain et al. 2015, section 4); output ``i`` sees the hidden
-    units of degree < ``i`` (degrees counted from 1), so output 1 is a learned constant.
+    units of degree < ``i`` (degrees counted from 1), so output 1 is a function of the context alone.
 
     Args:
         dim: ``D``, the size of the input.
-        hidden_dims: widths of the hidden layers (ReLU).
+        hidden_dims: widths of the hidden layers (ReLU), at least one.
+        context_dim: size of the context vector; 0 takes none.
     """
 
-    def __init__(self, dim: int, hidden_dims: Sequence[int]) -> None:
+    def __init__(self, dim: int, hidden_dims: Sequence[int], context_dim: int = 0) -> None:
         super().__init__()
+        if context_dim and not hidden_dims:
+            raise ValueError("a MADE that takes a context needs at least one hidden layer (hidden_dims is empty)")
+        self.context = nn.Linear(context_dim, hidden_dims[0], bias=False) if context_dim else None
         degrees = [torch.arange(1, dim + 1)]
         for width in hidden_dims:
             degrees.append(torch.arange(width) % max(1, dim - 1) + 1)
@@ -49,9 +54,12 @@ class MADE(nn.Module):
         layers.append(MaskedLinear(output_degrees[:, None] > degrees[-1][None, :]))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """The shift ``m`` and the pre-gate ``s``, each ``[..., D]``."""
-        m, s = self.net(z).chunk(2, dim=-1)
+    def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The shift ``m`` and the pre-gate ``s``, each ``[..., D]``, of codes ``z`` and their ``context``."""
+        if (context is None) != (self.context is None):
+            raise ValueError("this MADE takes a context vector" if context is None else "this MADE takes no context")
+        hidden = self.net[0](z) + (self.context(context) if context is not None else 0)
+        m, s = self.net[1:](hidden).chunk(2, dim=-1)
         return m, s
 
 
@@ -63,16 +71,17 @@ class IAFStep(nn.Module):
         dim: the size of the code.
         hidden_dims: widths of the MADE's hidden layers.
         forget_bias: added to ``s`` so that the step starts close to the identity (the paper's 1 to 2).
+        context_dim: size of the context vector the MADE also sees; 0 takes none.
     """
 
-    def __init__(self, dim: int, hidden_dims: Sequence[int], forget_bias: float = 1.5) -> None:
+    def __init__(self, dim: int, hidden_dims: Sequence[int], forget_bias: float = 1.5, context_dim: int = 0) -> None:
         super().__init__()
-        self.made = MADE(dim, hidden_dims)
+        self.made = MADE(dim, hidden_dims, context_dim)
         self.forget_bias = forget_bias
 
-    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The transformed codes ``[..., D]`` and ``log |det|`` per code ``[...]``."""
-        m, s = self.made(z)
+        m, s = self.made(z, context)
         log_sigma = F.logsigmoid(s + self.forget_bias)
         sigma = log_sigma.exp()
         return sigma * z + (1 - sigma) * m, log_sigma.sum(-1)
@@ -86,19 +95,23 @@ class InverseAutoregressiveFlow(nn.Module):
         num_steps: the number of steps (>= 1).
         hidden_dims: widths of each MADE's hidden layers.
         forget_bias: each step's gate bias (see :class:`IAFStep`).
+        context_dim: size of the context vector every step sees (the encoder's ``h`` in Kingma et al.); 0: none.
     """
 
-    def __init__(self, dim: int, num_steps: int, hidden_dims: Sequence[int], forget_bias: float = 1.5) -> None:
+    def __init__(
+        self, dim: int, num_steps: int, hidden_dims: Sequence[int], forget_bias: float = 1.5, context_dim: int = 0
+    ) -> None:
         super().__init__()
-        self.steps = nn.ModuleList(IAFStep(dim, hidden_dims, forget_bias) for _ in range(num_steps))
+        self.steps = nn.ModuleList(IAFStep(dim, hidden_dims, forget_bias, context_dim) for _ in range(num_steps))
 
-    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """The flowed codes ``[..., D]`` and the summed ``log |det|`` of all steps ``[...]``."""
+    def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The flowed codes ``[..., D]`` and the summed ``log |det|`` of all steps ``[...]``, given ``context``
+        ``[..., context_dim]`` if the flow takes one."""
         log_det = torch.zeros(z.shape[:-1], device=z.device, dtype=z.dtype)
         for i, step in enumerate(self.steps):
             if i:
                 z = z.flip(-1)
-            z, step_log_det = step(z)
+            z, step_log_det = step(z, context)
             log_det = log_det + step_log_det
         if len(self.steps) % 2 == 0:
             z = z.flip(-1)  # each dimension back in its place

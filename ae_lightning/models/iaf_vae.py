@@ -21,11 +21,15 @@ class IAFVAE(VAE):
     ``log q(z | x) = log N(eps) - sum log sigma - sum_t log |det df_t|``; trained on ``recon + w * kl`` with the
     single-sample ``kl = log q(z | x) - log p(z)`` (``iw_samples: k``: the IWAE bound); ``test/nll`` is the
     importance-weighted bound with this posterior as proposal. ``encode`` gives the flow of the Gaussian's mean.
+    Each step also sees the image's context ``h = [mu, log sigma^2]``, so that the flow is the image's own, as the
+    encoder's ``h`` of Kingma et al. makes it.
 
     Args:
         flow_steps: the number of IAF steps T, >= 1.
         flow_hidden_dims: widths of each step's MADE hidden layers.
         forget_bias: each step's gate bias (the paper: 1 to 2), so that the flow starts near the identity.
+        flow_context: give the steps the context ``h``; False: one flow for every image (the checkpoints of
+            releases before the context).
         **kwargs: the :class:`~ae_lightning.models.vae.VAE` arguments.
     """
 
@@ -37,21 +41,39 @@ class IAFVAE(VAE):
         flow_steps: PositiveInt = 2,
         flow_hidden_dims: Sequence[PositiveInt] = (256, 256),
         forget_bias: float = 1.5,
+        flow_context: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.flow = InverseAutoregressiveFlow(self.latent_dim, flow_steps, flow_hidden_dims, forget_bias)
+        context_dim = 2 * self.latent_dim if flow_context else 0
+        self.flow = InverseAutoregressiveFlow(self.latent_dim, flow_steps, flow_hidden_dims, forget_bias, context_dim)
+
+    def _context(self, mu: Tensor, logvar: Tensor) -> Tensor | None:
+        return torch.cat([mu, logvar], dim=-1) if self.hparams.flow_context else None
 
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The flow of the Gaussian's mean."""
-        return self.flow(self.posterior_parameters(x)[0])[0]
+        mu, logvar = self.posterior_parameters(x)
+        return self.flow(mu, self._context(mu, logvar))[0]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        has_context = any(".made.context." in name for name in checkpoint.get("state_dict", {}))
+        if self.hparams.flow_context and not has_context:
+            raise ValueError(
+                "this IAF VAE checkpoint was trained before the flow took the encoder's context (flow_context): its "
+                "steps have no context weights. Load it with flow_context=False (--model.init_args.flow_context "
+                "false), which builds the flow it was trained with"
+            )
 
     def log_densities(
         self, x: Tensor, mu: Tensor, logvar: Tensor, num_samples: int, y: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
         """log p(x | z_k), log p(z_k) and log q(z_k | x) ``[num_samples, B]`` for ``z_k`` drawn through the flow."""
         eps = torch.randn(num_samples, *mu.shape, device=mu.device, dtype=mu.dtype)
-        z, log_det = self.flow(mu + eps * torch.exp(0.5 * logvar))
+        context = self._context(mu, logvar)
+        context = context.expand(num_samples, *context.shape) if context is not None else None
+        z, log_det = self.flow(mu + eps * torch.exp(0.5 * logvar), context)
         logits = self.decoder(z.flatten(0, 1)).unflatten(0, (num_samples, len(x)))
         log_q = (-0.5 * eps.float().pow(2) - 0.5 * math.log(2 * math.pi)).sum(-1) - (0.5 * logvar.float()).sum(-1)
         log_q = log_q - log_det.float()
