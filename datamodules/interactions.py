@@ -42,12 +42,9 @@ class Interactions:
 
 
 class InteractionsDataModule(ImageDataModule):
-    """Users' click vectors from an interactions file, under the strong-generalization split of Liang et al. (2018).
-
-    Users are drawn into training, validation and test users. Items are those of the training users. Of each
-    validation and test user with at least 5 such items, a random ``held_out_fraction`` is held out to rank and the
-    rest folded in (seen by the model); the others are dropped. The data stay sparse; a batch
-    ``(clicks, held_out, user)`` holds dense ``[B, num_items]`` rows (``held_out`` is ``[B, 0]`` in training).
+    """Users' click vectors from an interactions file, under the strong-generalization split of Liang et al. (2018)
+    (README, "Recommendation"): batches ``(clicks, held_out, user)`` of dense ``[B, num_items]`` rows from sparse data
+    (``held_out`` is ``[B, 0]`` in training).
 
     Args:
         path: a file of one interaction per line: user, item[, rating[, anything]], separated by commas, tabs,

@@ -264,12 +264,12 @@ def first_stage_scores(
         results |= perceptual_scores(model, test, names)
     if any(name in CODE_METRICS for name in names):
         results |= code_scores(model, test)
-    if any(name in FRECHET_METRICS for name in names):
+    frechet = [name for name in FRECHET_METRICS if name in names]
+    if frechet:
         subset = split_loader(datamodule, "test", max_images=frechet_images, seed=seed)
-    if "rfid" in names:
-        results["rfid"] = reconstruction_frechet_distance(model, InceptionFeatures().to(model.device), subset)
-    if "rfid_classifier" in names:
-        results["rfid_classifier"] = reconstruction_frechet_distance(model, classifier.to(model.device), subset)
+    for name in frechet:
+        network = InceptionFeatures() if name == "rfid" else classifier
+        results[name] = reconstruction_frechet_distance(model, network.to(model.device), subset)
     return {name: results[name] for name in names}
 
 

@@ -35,14 +35,9 @@ AdversarialLoss = Literal["hinge", "non_saturating"]
 
 
 class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
-    """Base of the autoencoders whose codes are feature maps ``[B, latent_dim, H / f, W / f]``.
-
-    A variant implements :meth:`bottleneck` (quantization, or a Gaussian posterior) and may widen the encoder's
-    output with :attr:`encoder_channels`. The networks are ``encoder`` and ``decoder`` modules from YAML
-    (``class_path``; the encoder maps images ``[B, C, H, W]`` to ``[B, encoder_channels, H / f, W / f]``, the
-    decoder codes ``[B, latent_dim, H / f, W / f]`` to pixel logits ``[B, C, H, W]``) or, by default,
-    :class:`~ae_lightning.blocks.residual_conv.ResidualConvEncoder` and its decoder, built from ``hidden_dims``
-    (``f = 2 ** len(hidden_dims)``) and ``residual_blocks``.
+    """Base of the autoencoders whose codes are feature maps ``[B, latent_dim, H / f, W / f]``: a variant implements
+    :meth:`bottleneck` and may widen the encoder's output (:attr:`encoder_channels`). Networks: ``encoder``/``decoder``
+    from YAML, else the residual ones of ``hidden_dims`` (``f = 2 ** len(hidden_dims)``); see ``docs/quantized.md``.
 
     Args:
         residual_blocks: residual blocks of the default networks.
