@@ -5,11 +5,12 @@
 
 Trains the plain autoencoder (squared error) twice per data set, once with spatial codes ``[z, H / f, W / f]`` and
 once with ``network: conv`` and a flat code of as many floats, with the same optimizer, steps and batches, and prints
-the mean per-image PSNR (dB) of held-out images. The data: 32x32 crops of photographs (``--photos DIR``: every photo
-but the last few is cut into training crops, the last ``--held-out-photos`` into held-out crops; by default
-scikit-learn's two sample photographs, ``china.jpg`` for training and ``flower.jpg`` held out) and Fashion-MNIST from
+the mean per-image PSNR (dB) of held-out images. The data: square crops (``--crop-size``, 32 by default) of
+photographs (``--photos DIR``: every photo but the last few is cut into training crops, the last
+``--held-out-photos`` into held-out crops; by default scikit-learn's two sample photographs, ``china.jpg`` for
+training and ``flower.jpg`` held out) and Fashion-MNIST from
 ``--data-dir`` (``FashionMNIST/raw``, e.g. ``../shared/data``; train and test images). ``--picture PATH`` also writes
-held-out 256x256 crops above their reconstructions by the spatial model trained on 32x32 crops (it is fully
+held-out 256x256 crops above their reconstructions by the spatial model trained on the crops (it is fully
 convolutional; the conv network's linear layer fixes its input size). Numbers only: no assertions.
 """
 
@@ -27,8 +28,6 @@ from torchmetrics.functional.image import peak_signal_noise_ratio
 from torchvision.utils import save_image
 
 from ae_lightning import Autoencoder
-
-PHOTO_SIZE = 32
 
 
 def photo_arrays(folder: str | None, held_out: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -127,6 +126,7 @@ def main() -> None:
     parser.add_argument("--photos", help="a folder of photographs; default: scikit-learn's two sample photographs")
     parser.add_argument("--held-out-photos", type=int, default=1, help="photos (last by name) kept for testing")
     parser.add_argument("--data-dir", default="../shared/data", help="root holding FashionMNIST/raw")
+    parser.add_argument("--crop-size", type=int, default=32, help="side of the photo crops, divisible by 2 ** levels")
     parser.add_argument("--train-images", type=int, default=20000, help="training crops / Fashion-MNIST images")
     parser.add_argument("--test-images", type=int, default=1000, help="held-out crops / Fashion-MNIST test images")
     parser.add_argument("--steps", type=int, default=2000)
@@ -145,8 +145,8 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- |")
     if "photos" not in args.skip:
         train_photos, held_out = photo_arrays(args.photos, args.held_out_photos)
-        crops = random_crops(train_photos, args.train_images, PHOTO_SIZE, seed=0)
-        compare("photos", crops, random_crops(held_out, args.test_images, PHOTO_SIZE, seed=1), args)
+        crops = random_crops(train_photos, args.train_images, args.crop_size, seed=0)
+        compare("photos", crops, random_crops(held_out, args.test_images, args.crop_size, seed=1), args)
     if "fashion" not in args.skip:
         compare("Fashion-MNIST", *fashion_mnist(args.data_dir, args.train_images, args.test_images), args)
 

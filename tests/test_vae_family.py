@@ -157,13 +157,42 @@ def test_an_iaf_checkpoint_without_the_flow_context_is_refused_by_name_and_loads
     path = tmp_path / "old.ckpt"
     trainer.save_checkpoint(path)
     checkpoint = torch.load(path, weights_only=False)
-    del checkpoint["hyper_parameters"]["flow_context"]  # as an earlier release saved it
+    del checkpoint["hyper_parameters"]["flow_context"]  # as an earlier release saved it: no context, no masks
+    checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.endswith(".mask")}
     torch.save(checkpoint, path)
     with pytest.raises(ValueError, match="trained before the flow took the encoder's context.*flow_context=False"):
         IAFVAE.load_from_checkpoint(path)
     loaded = IAFVAE.load_from_checkpoint(path, flow_context=False)
     x = batch(4)[0]
     torch.testing.assert_close(loaded.eval().encode(x), old.eval().encode(x))
+
+
+def test_the_context_reaches_every_output_of_a_made_and_a_checkpoint_keeps_the_masks_it_was_trained_with(
+    tmp_path: Path,
+) -> None:
+    torch.manual_seed(0)
+    made, z = MADE(4, [12, 12], context_dim=3), torch.randn(4)
+    first = torch.autograd.functional.jacobian(lambda c: made(z, c)[0][0], torch.randn(3))
+    assert first.abs().sum() > 0  # output 1 sees no code element, but the context
+    # A context checkpoint of the release that saved no masks (its MADEs masked as MADEs without a context) loads with
+    # those masks, so that it computes what it was trained to.
+    old = IAFVAE(**TINY, flow_context=True)
+    for step in old.flow.steps:
+        for mine, legacy in zip(step.made.net, MADE(old.latent_dim, old.hparams.flow_hidden_dims).net):
+            if hasattr(mine, "mask"):
+                mine.mask.copy_(legacy.mask)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_epochs=0)
+    trainer.strategy.connect(old)
+    path = tmp_path / "old.ckpt"
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=False)
+    checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.endswith(".mask")}
+    torch.save(checkpoint, path)
+    x = batch(4)[0]
+    torch.testing.assert_close(IAFVAE.load_from_checkpoint(path).eval().encode(x), old.eval().encode(x))
+    assert not torch.allclose(
+        IAFVAE(**TINY, flow_context=True).flow.steps[0].made.net[0].mask, old.flow.steps[0].made.net[0].mask
+    )
 
 
 # --- the models -----------------------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ from torch import Tensor, nn
 
 
 class MaskedLinear(nn.Linear):
-    """A linear layer whose weight is multiplied by a fixed 0/1 ``mask`` ``[out_features, in_features]``.
+    """A linear layer whose weight is multiplied by a fixed 0/1 ``mask`` ``[out_features, in_features]``, which its
+    state dict holds (so that a checkpoint keeps the connectivity it was trained with).
 
     Args:
         mask: the connectivity; entry ``[o, i]`` is 1 where output ``o`` may see input ``i``.
@@ -20,7 +21,7 @@ class MaskedLinear(nn.Linear):
 
     def __init__(self, mask: Tensor) -> None:
         super().__init__(mask.shape[1], mask.shape[0])
-        self.register_buffer("mask", mask.float(), persistent=False)
+        self.register_buffer("mask", mask.float())
 
     def forward(self, inputs: Tensor) -> Tensor:
         return F.linear(inputs, self.weight * self.mask, self.bias)
@@ -30,8 +31,10 @@ class MADE(nn.Module):
     """An autoregressive MLP ``D -> *hidden_dims -> 2 D``: outputs ``m_i`` and ``s_i`` depend on ``z_{<i}`` only
     (and on a context vector, which every hidden unit of the first layer sees).
 
-    Hidden unit degrees cycle through ``1 .. D - 1`` (Germain et al. 2015, section 4); output ``i`` sees the hidden
-    units of degree < ``i`` (degrees counted from 1), so output 1 is a function of the context alone.
+    Hidden unit degrees cycle through ``1 .. D - 1`` (Germain et al. 2015, section 4), and through ``0 .. D - 1``
+    with a context: a unit of degree 0 sees the context alone. Output ``i`` sees the hidden units of degree < ``i``
+    (degrees counted from 1), so output 1 is a constant without a context and a function of the context alone with
+    one.
 
     Args:
         dim: ``D``, the size of the input.
@@ -46,7 +49,7 @@ class MADE(nn.Module):
         self.context = nn.Linear(context_dim, hidden_dims[0], bias=False) if context_dim else None
         degrees = [torch.arange(1, dim + 1)]
         for width in hidden_dims:
-            degrees.append(torch.arange(width) % max(1, dim - 1) + 1)
+            degrees.append(torch.arange(width) % dim if context_dim else torch.arange(width) % max(1, dim - 1) + 1)
         layers: list[nn.Module] = []
         for fan_in, fan_out in zip(degrees[:-1], degrees[1:]):
             layers += [MaskedLinear(fan_out[:, None] >= fan_in[None, :]), nn.ReLU()]

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ae_lightning.blocks.flows import InverseAutoregressiveFlow
+from ae_lightning.blocks.flows import MADE, InverseAutoregressiveFlow
 from ae_lightning.models.vae import VAE
 from datamodules.checks import PositiveInt
 
@@ -58,13 +58,19 @@ class IAFVAE(VAE):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        has_context = any(".made.context." in name for name in checkpoint.get("state_dict", {}))
+        state = checkpoint.get("state_dict", {})
+        has_context = any(".made.context." in name for name in state)
         if self.hparams.flow_context and not has_context:
             raise ValueError(
                 "this IAF VAE checkpoint was trained before the flow took the encoder's context (flow_context): its "
                 "steps have no context weights. Load it with flow_context=False (--model.init_args.flow_context "
                 "false), which builds the flow it was trained with"
             )
+        # Releases before the masks were saved built every MADE's masks as a MADE without a context builds them.
+        legacy = MADE(self.latent_dim, self.hparams.flow_hidden_dims)
+        for i in range(len(self.flow.steps)):
+            for name, mask in legacy.named_buffers():
+                state.setdefault(f"flow.steps.{i}.made.{name}", mask)
 
     def log_densities(
         self, x: Tensor, mu: Tensor, logvar: Tensor, num_samples: int, y: Tensor | None = None
