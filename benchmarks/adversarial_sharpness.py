@@ -7,6 +7,10 @@ Both runs share data, seed, steps and every setting but ``adversarial_weight`` (
 on at ``--disc_start``); LPIPS is off in both (its pretrained weights are not needed). The reconstruction FID
 (``rfid_classifier``) uses the cached Fashion-MNIST feature classifier (``scripts/train_feature_classifier.py``).
 Writes ``<out>/sharpness.png``: test images (top), reconstructions without (middle) and with (bottom) the term.
+
+The term costs PSNR, so the two final models are not at equal PSNR. ``--every N`` also keeps the arm without the term
+every ``N`` steps and scores each of those checkpoints: its rFID where its PSNR first reaches the PSNR of the arm with
+the term is the comparison at equal PSNR budget.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--rfid_images", type=int, default=None, help="test images of the FID (default: all)")
+    parser.add_argument("--every", type=int, default=0, help="also score the arm without the term every N steps")
     return parser.parse_args(argv)
 
 
@@ -59,8 +64,10 @@ def fit(args: argparse.Namespace, name: str, *extra: str) -> Path:
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    keep = ["--checkpoint.every_n_train_steps", str(args.every), "--checkpoint.save_top_k", "-1",
+            "--checkpoint.monitor", "null", "--checkpoint.filename", "{step}"] if args.every else []  # fmt: skip
     arms = {
-        "without": fit(args, "without"),
+        "without": fit(args, "without", *keep),
         "with": fit(args, "with", "--model.init_args.adversarial_weight", str(args.adversarial_weight),
                     "--model.init_args.disc_start", str(args.disc_start), "--model.init_args.discriminator_layers",
                     "2"),
@@ -68,13 +75,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     results, rows = {}, []
     for name, path in arms.items():
         model, datamodule = evaluation.load_checkpoint(path, args.data_dir)
-        classifier = load_feature_classifier(default_classifier_path(datamodule)).network
-        test = evaluation.split_loader(datamodule, "test")
-        scores = {"psnr": evaluation.reconstruction_scores(model, test)["psnr"]}
-        scores |= evaluation.first_stage_scores(
-            model, datamodule, ["ms_ssim", "rfid_classifier"], classifier=classifier, frechet_images=args.rfid_images
-        )
-        results[name] = scores
+        results[name] = scores = score(model, datamodule, args)
         images, labels = evaluation.first_images(datamodule, "test", 12)
         with evaluation.evaluating(model):
             rows.append(model(images, labels).clamp(0, 1))
@@ -83,7 +84,27 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     print("\n| adversarial term | PSNR dB | MS-SSIM | rFID (classifier features) |\n| --- | ---: | ---: | ---: |")
     for name, s in results.items():
         print(f"| {name} | {s['psnr']:.2f} | {s['ms_ssim']:.4f} | {s['rfid_classifier']:.2f} |")
+    if args.every:
+        print("\n| without the term, step | PSNR dB | MS-SSIM | rFID (classifier features) |")
+        print("| ---: | ---: | ---: | ---: |")
+        kept = sorted(arms["without"].parent.glob("step=*.ckpt"), key=lambda p: int(p.stem.split("=")[1]))
+        for path in kept:
+            results[path.stem] = s = score(*evaluation.load_checkpoint(path, args.data_dir), args)
+            print(f"| {path.stem.split('=')[1]} | {s['psnr']:.2f} | {s['ms_ssim']:.4f} | {s['rfid_classifier']:.2f} |",
+                  flush=True)  # fmt: skip
+            if s["psnr"] >= results["with"]["psnr"]:
+                break
     return results
+
+
+def score(model: torch.nn.Module, datamodule: object, args: argparse.Namespace) -> dict[str, float]:
+    """PSNR, MS-SSIM and the reconstruction FID in the dataset classifier's features, on the test images."""
+    classifier = load_feature_classifier(default_classifier_path(datamodule)).network
+    test = evaluation.split_loader(datamodule, "test")
+    scores = {"psnr": evaluation.reconstruction_scores(model, test)["psnr"]}
+    return scores | evaluation.first_stage_scores(
+        model, datamodule, ["ms_ssim", "rfid_classifier"], classifier=classifier, frechet_images=args.rfid_images
+    )
 
 
 if __name__ == "__main__":

@@ -141,7 +141,7 @@ def learned_codec(args: argparse.Namespace, factor: int, codebook_size: int, cro
         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3),
     )
     start = time.perf_counter()
-    fit(prior, loader(crops, args.batch_size), args.prior_steps, root)
+    fit(prior, loader(crops, args.batch_size), args.prior_steps, root).save_checkpoint(root / "prior.ckpt")
     print(f"f{factor} K{codebook_size}: prior {args.prior_steps} steps in {time.perf_counter() - start:.0f} s")
     return prior.cpu().eval()
 

@@ -57,4 +57,15 @@ for config in photo_ae_f8 photo_vae_f8; do
             --ckpt_path last 2>&1 | tee "$OUT/$config-$size-bf16-test.txt"
     done
 done
+
+# 5. the compression command's encode and decode throughput on the GPU and on the CPU: an f8 tokenizer and its prior
+# trained briefly (the rate, not the quality, is what this times), the held-out photograph of rate_distortion.py
+python benchmarks/rate_distortion.py --points 8:256 --steps 200 --prior_steps 100 --out "$OUT/rd" \
+    --jpeg_qualities 10 --webp_qualities 10
+photo=$(python -c "import matplotlib; print(matplotlib.get_data_path())")/sample_data/grace_hopper.jpg
+for device in cuda cpu; do
+    python scripts/compress.py encode "$OUT/rd/f8_k256/prior.ckpt" "$photo" "$OUT/rd/photo-$device.aelc" --device "$device"
+    python scripts/compress.py decode "$OUT/rd/f8_k256/prior.ckpt" "$OUT/rd/photo-$device.aelc" \
+        "$OUT/rd/photo-$device.png" --device "$device"
+done 2>&1 | tee "$OUT/codec_speed.txt"
 echo "GPU check done: $OUT"
