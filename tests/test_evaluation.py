@@ -240,6 +240,20 @@ def test_samplers_benchmark_scores_every_sampler_of_each_run_and_names_a_missing
         script.main([*common, "--variants", "ae", "sparse_ae", *sizes])
 
 
+def test_the_likelihood_benchmark_gives_one_nll_per_seed_and_seeds_change_the_run(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    script = load_script("disentanglement")
+    sizes = ["--epochs", "0.5", "--nll_samples", "3", "--test_images", "128", "--root", str(tmp_path)]
+    results = script.main(
+        ["--part", "nll", "--data_dir", str(data_dir), "--models", "vae", "--nll_seeds", "0", "1", *sizes]
+    )
+    first, second = results["nll"]["vae"]
+    assert first > 0 and second > 0 and first != second
+    again = script.main(["--part", "nll", "--data_dir", str(data_dir), "--models", "vae", "--nll_seeds", "1", *sizes])
+    assert again["nll"]["vae"] == [second]  # a seed's run repeats
+
+
 def test_benchmark_bad_input_fails_before_anything_trains(tmp_path: Path) -> None:
     script = load_script("benchmark")
     common = ["--root", str(tmp_path / "runs"), "--output", str(tmp_path / "results.md")]
