@@ -150,6 +150,19 @@ def test_a_flow_with_context_is_each_images_own_and_its_log_det_still_matches_th
         made(z)
 
 
+def test_the_iaf_encoder_learns_from_its_sample_not_through_the_flows_context() -> None:
+    torch.manual_seed(0)
+    model = IAFVAE(**TINY)
+    x = batch(4)[0]
+    mu, logvar = model.posterior_parameters(x)
+    _, log_det = model.flow(torch.zeros_like(mu), model._context(mu, logvar))  # the flow's own terms, at z = 0
+    assert torch.autograd.grad(log_det.sum(), [mu, logvar], allow_unused=True) == (None, None)  # none via the context
+    recon, kl = model.elbo_terms(x)
+    (recon + kl).mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+    assert all(p.grad is not None for p in model.flow.parameters())
+
+
 def test_an_iaf_checkpoint_without_the_flow_context_is_refused_by_name_and_loads_without_it(tmp_path: Path) -> None:
     old = IAFVAE(**TINY, flow_context=False)
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_epochs=0)

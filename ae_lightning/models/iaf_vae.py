@@ -22,7 +22,8 @@ class IAFVAE(VAE):
     single-sample ``kl = log q(z | x) - log p(z)`` (``iw_samples: k``: the IWAE bound); ``test/nll`` is the
     importance-weighted bound with this posterior as proposal. ``encode`` gives the flow of the Gaussian's mean.
     Each step also sees the image's context ``h = [mu, log sigma^2]``, so that the flow is the image's own, as the
-    encoder's ``h`` of Kingma et al. makes it.
+    encoder's ``h`` of Kingma et al. makes it; the flow reads the context without passing a gradient back to the
+    encoder (``docs/disentanglement.md`` compares both).
 
     Args:
         flow_steps: the number of IAF steps T, >= 1.
@@ -49,7 +50,7 @@ class IAFVAE(VAE):
         self.flow = InverseAutoregressiveFlow(self.latent_dim, flow_steps, flow_hidden_dims, forget_bias, context_dim)
 
     def _context(self, mu: Tensor, logvar: Tensor) -> Tensor | None:
-        return torch.cat([mu, logvar], dim=-1) if self.hparams.flow_context else None
+        return torch.cat([mu, logvar], dim=-1).detach() if self.hparams.flow_context else None
 
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The flow of the Gaussian's mean."""
