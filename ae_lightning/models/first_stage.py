@@ -35,9 +35,8 @@ AdversarialLoss = Literal["hinge", "non_saturating"]
 
 
 class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
-    """Base of the autoencoders whose codes are feature maps ``[B, latent_dim, H / f, W / f]``: a variant implements
-    :meth:`bottleneck` and may widen the encoder's output (:attr:`encoder_channels`). Networks: ``encoder``/``decoder``
-    from YAML, else the residual ones of ``hidden_dims`` (``f = 2 ** len(hidden_dims)``); see ``docs/quantized.md``.
+    """Base of the autoencoders with codes ``[B, latent_dim, H / f, W / f]``, f = 2 ** len(hidden_dims); a variant
+    implements :meth:`bottleneck` and may widen :attr:`encoder_channels` (``docs/quantized.md``).
 
     Args:
         residual_blocks: residual blocks of the default networks.
@@ -54,9 +53,8 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
         discriminator_optimizer: the discriminator's optimizer factory.
         discriminator_lr_scheduler: optional scheduler factory for it.
         network: ``conv`` only.
-        hidden_dims: channels of each stride-2 convolution of the default networks.
-        **kwargs: the :class:`~ae_lightning.base.AutoencoderModule` arguments (``encoder``, ``decoder`` among them);
-            ``latent_dim`` is the code's channels.
+        hidden_dims: channels of each stride-2 convolution of the default (residual) networks.
+        **kwargs: the :class:`~ae_lightning.base.AutoencoderModule` arguments; ``latent_dim`` is the code's channels.
     """
 
     is_generative = False
