@@ -163,6 +163,33 @@ def test_the_iaf_encoder_learns_from_its_sample_not_through_the_flows_context() 
     assert all(p.grad is not None for p in model.flow.parameters())
 
 
+def test_the_iaf_kl_is_the_closed_form_at_the_identity_flow_and_the_sampled_kl_with_less_noise_elsewhere() -> None:
+    torch.manual_seed(0)
+    model = IAFVAE(**TINY, forget_bias=50.0)  # gates at 1: z_T = z_0 whatever the MADEs say
+    for step in model.flow.steps:
+        torch.nn.init.zeros_(step.made.net[-1].weight)
+    x = batch(4)[0]
+    mu, logvar = model.posterior_parameters(x)
+    for _ in range(3):  # every draw, not only on average
+        torch.testing.assert_close(model.elbo_terms(x)[1], model.kl_divergence(mu, logvar))
+    # Away from the identity, the same expectation as log q(z_T | x) - log p(z_T), with a smaller spread where the
+    # code is informative (here every image's posterior N(1, 0.1^2), as a trained encoder's active dimensions).
+    model = IAFVAE(**TINY)
+    for step in model.flow.steps:
+        torch.nn.init.normal_(step.made.net[-1].weight, std=0.05)
+    last = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Linear)][-1]
+    torch.nn.init.zeros_(last.weight)
+    last.bias.data = torch.tensor([1.0] * 4 + [math.log(0.01)] * 4)
+    many = batch(1)[0].expand(20000, -1, -1, -1)
+    with torch.no_grad():
+        kl = model.elbo_terms(many)[1]
+        mu, logvar = model.posterior_parameters(many[:1])
+        _, log_p, log_q = model.log_densities(many[:1], mu, logvar, 20000)
+    plain = (log_q - log_p).flatten()
+    assert abs(kl.mean() - plain.mean()) < 4 * (plain.std() / math.sqrt(len(plain)))
+    assert kl.std() < 0.5 * plain.std()
+
+
 def test_an_iaf_checkpoint_without_the_flow_context_is_refused_by_name_and_loads_without_it(tmp_path: Path) -> None:
     old = IAFVAE(**TINY, flow_context=False)
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_epochs=0)
@@ -271,9 +298,10 @@ def test_vampprior_prior_is_the_mixture_of_pseudo_input_posteriors() -> None:
     assert model.pseudo_input_images().min() >= 0 and model.pseudo_input_images().max() <= 1
 
 
-@pytest.mark.parametrize("cls", [VampPriorVAE, IAFVAE])
+@pytest.mark.parametrize("cls", [VampPriorVAE])
 def test_importance_weighted_nll_at_one_sample_is_the_negative_elbo(cls: type[VAE]) -> None:
-    # K = 1: the bound is the single-sample negative ELBO, the same draw as the anomaly score's
+    # K = 1: the bound is the single-sample negative ELBO, the same draw as the anomaly score's (the IAF's ELBO
+    # estimate has a lower-noise KL, equal in expectation: tested above)
     model = cls(**TINY, **({"num_pseudo_inputs": 3} if cls is VampPriorVAE else {})).eval()
     x, labels, indices = batch(4)
     torch.manual_seed(5)

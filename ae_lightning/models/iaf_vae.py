@@ -18,8 +18,8 @@ from datamodules.checks import PositiveInt
 
 class IAFVAE(VAE):
     """The VAE with ``z = f_T(... f_1(mu + sigma * eps))``, each ``f_t`` an IAF step, and
-    ``log q(z | x) = log N(eps) - sum log sigma - sum_t log |det df_t|``; trained on ``recon + w * kl`` with the
-    single-sample ``kl = log q(z | x) - log p(z)`` (``iw_samples: k``: the IWAE bound); ``test/nll`` is the
+    ``log q(z | x) = log N(eps) - sum log sigma - sum_t log |det df_t|``; trained on ``recon + w * kl`` with ``kl``
+    the single-sample estimate of :meth:`elbo_terms` (``iw_samples: k``: the IWAE bound); ``test/nll`` is the
     importance-weighted bound with this posterior as proposal. ``encode`` gives the flow of the Gaussian's mean.
     Each step also sees the image's context ``h = [mu, log sigma^2]``, so that the flow is the image's own, as the
     encoder's ``h`` of Kingma et al. makes it; the flow reads the context without passing a gradient back to the
@@ -72,6 +72,17 @@ class IAFVAE(VAE):
         for i in range(len(self.flow.steps)):
             for name, mask in legacy.named_buffers():
                 state.setdefault(f"flow.steps.{i}.made.{name}", mask)
+
+    def elbo_terms(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The negative log-likelihood of one sample ``z_T`` of the flow and its KL estimated as ``KL(q_0 || p)`` in
+        closed form plus ``log p(z_0) - log p(z_T) - log |det|`` (``q_0`` the Gaussian the flow starts from): the
+        expectation of ``log q(z_T | x) - log p(z_T)``, with none of its sampling noise where the flow is the identity
+        (``docs/disentanglement.md`` measures what that noise cost)."""
+        mu, logvar = self.posterior_parameters(x, y)
+        z_0 = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        z, log_det = self.flow(z_0, self._context(mu, logvar))
+        log_ratio = self.prior_log_prob(z_0.float()) - self.prior_log_prob(z.float()) - log_det.float()
+        return -self.log_likelihood(self.decoder_logits(z, y).float(), x), self.kl_divergence(mu, logvar) + log_ratio
 
     def log_densities(
         self, x: Tensor, mu: Tensor, logvar: Tensor, num_samples: int, y: Tensor | None = None
