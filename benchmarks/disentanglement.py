@@ -35,6 +35,15 @@ from ae_lightning.evaluation import disentanglement
 from datamodules import DSpritesDataModule, FashionMNISTDataModule
 
 ROOT = Path(__file__).parents[1]
+
+
+class SampledKLVAE(VAE):
+    """The VAE trained on the single-sample KL ``log q(z | x) - log p(z)`` instead of the closed form: what the
+    sampling noise of a KL estimate costs (the ``vae_sampled_kl`` row of the nll part)."""
+
+    closed_form_kl = False
+
+
 DISENTANGLING = {
     "vae": (VAE, {}),
     "beta_tcvae": (BetaTCVAE, {"tc_weight": 6.0}),
@@ -49,6 +58,7 @@ LIKELIHOOD = {
     "info_vae": (InfoVAE, {}),
     "vampprior": (VampPriorVAE, {"num_pseudo_inputs": 500}),
     "iaf_vae": (IAFVAE, {"flow_steps": 2, "flow_hidden_dims": [256, 256]}),
+    "vae_sampled_kl": (SampledKLVAE, {}),
 }
 
 
