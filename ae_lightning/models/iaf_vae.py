@@ -34,7 +34,7 @@ class IAFVAE(VAE):
         **kwargs: the :class:`~ae_lightning.models.vae.VAE` arguments.
     """
 
-    closed_form_kl = False  # the KL is estimated from the posterior sample
+    closed_form_kl = False  # no closed form: :meth:`elbo_terms` estimates the KL from the posterior sample
     flat_codes_only = "its autoregressive flow orders the elements of a flat code [latent_dim]"
 
     def __init__(
