@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio
+from torchvision.transforms.v2.functional import resize
 from torchvision.utils import save_image
 
 from ae_lightning import Autoencoder
@@ -44,15 +45,20 @@ def photo_arrays(folder: str | None, held_out: int) -> tuple[list[np.ndarray], l
     return photos[:-held_out], photos[-held_out:]
 
 
-def random_crops(photos: list[np.ndarray], count: int, size: int, seed: int) -> Tensor:
-    """``count`` crops ``[count, 3, size, size]`` in [0, 1] at seeded random places of the photos, in turn."""
+def random_crops(photos: list[np.ndarray], count: int, size: int, seed: int, downscale: int = 1) -> Tensor:
+    """``count`` crops ``[count, 3, size, size]`` in [0, 1] at seeded random places of the photos, in turn; each cut
+    ``downscale`` times larger and resized down to ``size`` (antialiased), as a data set of whole photos resized to a
+    low resolution (ImageNet 64x64) holds more detail per pixel than native-resolution crops."""
     rng = np.random.default_rng(seed)
-    crops = []
+    crops, side = [], size * downscale
     for i in range(count):
         photo = photos[i % len(photos)]
-        top, left = rng.integers(0, photo.shape[0] - size + 1), rng.integers(0, photo.shape[1] - size + 1)
-        crops.append(photo[top : top + size, left : left + size])
-    return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255
+        top, left = rng.integers(0, photo.shape[0] - side + 1), rng.integers(0, photo.shape[1] - side + 1)
+        crops.append(photo[top : top + side, left : left + side])
+    images = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)
+    if downscale > 1:
+        images = resize(images, [size, size], antialias=True)
+    return images.float() / 255
 
 
 def fashion_mnist(data_dir: str, train: int, test: int) -> tuple[Tensor, Tensor]:
@@ -65,10 +71,14 @@ def fashion_mnist(data_dir: str, train: int, test: int) -> tuple[Tensor, Tensor]
     return images(True, train), images(False, test)
 
 
-def train(model: Autoencoder, images: Tensor, steps: int, batch_size: int, lr: float, device: str) -> float:
-    """Adam on seeded random batches; returns the seconds it took."""
+def train(
+    model: Autoencoder, images: Tensor, steps: int, batch_size: int, lr: float, device: str, cosine: bool
+) -> float:
+    """Adam on seeded random batches, its learning rate constant or decayed to 0 on a cosine; returns the seconds it
+    took."""
     model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps) if cosine else None
     generator = torch.Generator().manual_seed(0)
     start = time.perf_counter()
     for _ in range(steps):
@@ -77,6 +87,8 @@ def train(model: Autoencoder, images: Tensor, steps: int, batch_size: int, lr: f
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if schedule is not None:
+            schedule.step()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return time.perf_counter() - start
@@ -93,26 +105,35 @@ def psnr(model: Autoencoder, images: Tensor, device: str) -> float:
 
 
 def compare(name: str, train_images: Tensor, test_images: Tensor, args: argparse.Namespace) -> list[str]:
-    """Table rows: each network's PSNR on the held-out images, code size, parameters and training time."""
+    """Table rows: each network's PSNR on the held-out images, code size, parameters and training time; the conv
+    network once per learning rate and schedule of ``--conv-lrs`` and ``--conv-schedules`` (a baseline given its
+    best of a grid), the spatial one at ``--lr`` and ``--schedule``."""
     shape = tuple(train_images.shape[1:])
     spatial = {"network": "spatial", "hidden_dims": args.spatial_dims, "latent_dim": args.z_channels}
     spatial["spatial"] = {"num_res_blocks": args.num_res_blocks, "attention": True}
     torch.manual_seed(0)
     spatial_model = Autoencoder(input_shape=shape, reconstruction="mse", **spatial)
     code_floats = int(np.prod(spatial_model.latent_shape))
-    torch.manual_seed(0)
-    conv_model = Autoencoder(
-        input_shape=shape, reconstruction="mse", network="conv", hidden_dims=args.conv_dims, latent_dim=code_floats
-    )
+    runs = []
+    if "conv" in args.networks:
+        for lr, schedule in (
+            (lr, schedule) for lr in args.conv_lrs or [args.lr] for schedule in args.conv_schedules or [args.schedule]
+        ):
+            torch.manual_seed(0)
+            conv = {"network": "conv", "hidden_dims": args.conv_dims, "latent_dim": code_floats}
+            runs.append(("conv", Autoencoder(input_shape=shape, reconstruction="mse", **conv), lr, schedule))
+    if "spatial" in args.networks:
+        runs.append(("spatial", spatial_model, args.lr, args.schedule))
     rows = []
-    for label, model in (("conv", conv_model), ("spatial", spatial_model)):
-        seconds = train(model, train_images, args.steps, args.batch_size, args.lr, args.device)
+    for label, model, lr, schedule in runs:
+        seconds = train(model, train_images, args.steps, args.batch_size, lr, args.device, schedule == "cosine")
         parameters = sum(p.numel() for p in model.parameters())
         code = "x".join(map(str, model.latent_shape))
         score = psnr(model, test_images, args.device)
-        rows.append(f"| {name} | {label} | {code} ({code_floats}) | {parameters:,} | {seconds:.0f} | {score:.2f} |")
+        rows.append(f"| {name} | {label} | {code} ({code_floats}) | {parameters:,} | {lr:g} {schedule} | "
+                    f"{seconds:.0f} | {score:.2f} |")  # fmt: skip
         print(rows[-1], flush=True)
-    if args.picture and name == "photos":
+    if args.picture and name == "photos" and "spatial" in args.networks:
         held_out = photo_arrays(args.photos, args.held_out_photos)[1]
         large = random_crops(held_out, 4, 256, seed=2).to(args.device)
         with torch.no_grad():
@@ -127,26 +148,41 @@ def main() -> None:
     parser.add_argument("--held-out-photos", type=int, default=1, help="photos (last by name) kept for testing")
     parser.add_argument("--data-dir", default="../shared/data", help="root holding FashionMNIST/raw")
     parser.add_argument("--crop-size", type=int, default=32, help="side of the photo crops, divisible by 2 ** levels")
+    parser.add_argument("--downscale", type=int, default=1, help="cut crops this many times larger, resize them down")
     parser.add_argument("--train-images", type=int, default=20000, help="training crops / Fashion-MNIST images")
     parser.add_argument("--test-images", type=int, default=1000, help="held-out crops / Fashion-MNIST test images")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument(
+        "--schedule",
+        choices=["cosine", "constant"],
+        default="cosine",
+        help="learning rate: decayed to 0 on a cosine over the steps (less end-point noise), or constant",
+    )
     parser.add_argument("--spatial-dims", type=int, nargs="+", default=[64, 128, 256], help="channels per level")
     parser.add_argument("--num-res-blocks", type=int, default=1)
     parser.add_argument("--z-channels", type=int, default=4, help="channels of the spatial code")
     parser.add_argument("--conv-dims", type=int, nargs="+", default=[64, 128, 256], help="conv network's channels")
+    parser.add_argument("--networks", nargs="+", choices=["conv", "spatial"], default=["conv", "spatial"])
+    parser.add_argument("--conv-lrs", type=float, nargs="+", help="the conv network's learning rates (default: --lr)")
+    parser.add_argument(
+        "--conv-schedules",
+        nargs="+",
+        choices=["cosine", "constant"],
+        help="the conv network's schedules (default: --schedule)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--picture", help="PNG path for held-out 256x256 photo crops and their reconstructions")
     parser.add_argument("--skip", choices=["photos", "fashion"], action="append", default=[])
     args = parser.parse_args()
-    print(f"device {args.device}, {args.steps} steps at batch {args.batch_size}, Adam lr {args.lr}")
-    print("| data | network | code (floats) | parameters | train s | held-out PSNR dB |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print(f"device {args.device}, {args.steps} steps at batch {args.batch_size}, Adam lr {args.lr} ({args.schedule})")
+    print("| data | network | code (floats) | parameters | lr, schedule | train s | held-out PSNR dB |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     if "photos" not in args.skip:
         train_photos, held_out = photo_arrays(args.photos, args.held_out_photos)
-        crops = random_crops(train_photos, args.train_images, args.crop_size, seed=0)
-        compare("photos", crops, random_crops(held_out, args.test_images, args.crop_size, seed=1), args)
+        crops = random_crops(train_photos, args.train_images, args.crop_size, 0, args.downscale)
+        compare("photos", crops, random_crops(held_out, args.test_images, args.crop_size, 1, args.downscale), args)
     if "fashion" not in args.skip:
         compare("Fashion-MNIST", *fashion_mnist(args.data_dir, args.train_images, args.test_images), args)
 
