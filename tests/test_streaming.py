@@ -307,6 +307,8 @@ KILL_CASES = {
 @pytest.mark.parametrize("case", list(KILL_CASES))
 def test_a_sigkilled_streaming_run_resumes_to_the_uninterrupted_weights(stream: Path, tmp_path: Path, case) -> None:
     extra, every, kill_step, steps = KILL_CASES[case]
+    # The timeouts leave headroom for a loaded 2-core CI machine: two runs with 2 ranks and their workers share it (a
+    # case that takes 40 s alone once ran past 400 s there).
     extra = [*extra, "--checkpoint.every_n_train_steps", str(every)]
     kill = ["--trainer.callbacks+=tiny_runs.KillAtStep", "--trainer.callbacks.step", str(kill_step)]
     killed = subprocess.Popen(
@@ -314,17 +316,17 @@ def test_a_sigkilled_streaming_run_resumes_to_the_uninterrupted_weights(stream: 
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     if "--trainer.strategy" in extra:
-        reference = run_subprocess("fit", *_stream_args(stream, tmp_path / "reference", *extra), timeout=400)
+        reference = run_subprocess("fit", *_stream_args(stream, tmp_path / "reference", *extra), timeout=900)
         assert reference.returncode == 0, reference.stdout[-3000:] + reference.stderr[-3000:]
     else:
         run_cli("fit", *_stream_args(stream, tmp_path / "reference", *extra))
-    output, _ = killed.communicate(timeout=400)
+    output, _ = killed.communicate(timeout=900)
     assert killed.returncode == -signal.SIGKILL, output[-3000:]
     assert last_checkpoint(tmp_path / "killed")["global_step"] == kill_step - 1
 
     resume = ["--ckpt_path", "last"]
     if "--trainer.strategy" in extra:
-        resumed_run = run_subprocess("fit", *_stream_args(stream, tmp_path / "killed", *extra, *resume), timeout=400)
+        resumed_run = run_subprocess("fit", *_stream_args(stream, tmp_path / "killed", *extra, *resume), timeout=900)
         assert resumed_run.returncode == 0, resumed_run.stdout[-3000:] + resumed_run.stderr[-3000:]
     else:
         run_cli("fit", *_stream_args(stream, tmp_path / "killed", *extra, *resume))
