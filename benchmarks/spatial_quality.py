@@ -3,15 +3,17 @@
     python benchmarks/spatial_quality.py --steps 2000 --device cuda              # the figures
     python benchmarks/spatial_quality.py --steps 60 --train-images 512 --test-images 128   # a quick look on a CPU
 
-Trains the plain autoencoder (squared error) twice per data set, once with spatial codes ``[z, H / f, W / f]`` and
-once with ``network: conv`` and a flat code of as many floats, with the same optimizer, steps and batches, and prints
-the mean per-image PSNR (dB) of held-out images. The data: square crops (``--crop-size``, 32 by default) of
-photographs (``--photos DIR``: every photo but the last few is cut into training crops, the last
-``--held-out-photos`` into held-out crops; by default scikit-learn's two sample photographs, ``china.jpg`` for
-training and ``flower.jpg`` held out) and Fashion-MNIST from
-``--data-dir`` (``FashionMNIST/raw``, e.g. ``../shared/data``; train and test images). ``--picture PATH`` also writes
-held-out 256x256 crops above their reconstructions by the spatial model trained on the crops (it is fully
-convolutional; the conv network's linear layer fixes its input size). Numbers only: no assertions.
+Trains the plain autoencoder (squared error) twice per data set, once with spatial codes ``[z, H / f, W / f]`` and once
+with ``network: conv`` and a flat code of as many floats, with the same optimizer (Adam, its rate decayed on a cosine
+unless ``--schedule constant``), steps and batches, and prints the mean per-image PSNR (dB) of held-out images.
+``--conv-lrs`` and ``--conv-schedules`` train the conv network once per rate and schedule (the baseline's best of a
+grid); ``--downscale N`` cuts photo crops N times larger and resizes them down. The data: square crops (``--crop-size``,
+32 by default) of photographs (``--photos DIR``: every photo but the last few is cut into training crops, the last
+``--held-out-photos`` into held-out crops; by default scikit-learn's two sample photographs, ``china.jpg`` for training
+and ``flower.jpg`` held out) and Fashion-MNIST from ``--data-dir`` (``FashionMNIST/raw``, e.g. ``../shared/data``; train
+and test images). ``--picture PATH`` also writes held-out 256x256 crops above their reconstructions by the spatial model
+trained on the crops (it is fully convolutional; the conv network's linear layer fixes its input size). Numbers only: no
+assertions.
 """
 
 from __future__ import annotations
