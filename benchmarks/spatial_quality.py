@@ -19,6 +19,7 @@ assertions.
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from pathlib import Path
 
@@ -116,13 +117,11 @@ def compare(name: str, train_images: Tensor, test_images: Tensor, args: argparse
     torch.manual_seed(0)
     spatial_model = Autoencoder(input_shape=shape, reconstruction="mse", **spatial)
     code_floats = int(np.prod(spatial_model.latent_shape))
+    conv = {"network": "conv", "hidden_dims": args.conv_dims, "latent_dim": code_floats}
     runs = []
     if "conv" in args.networks:
-        for lr, schedule in (
-            (lr, schedule) for lr in args.conv_lrs or [args.lr] for schedule in args.conv_schedules or [args.schedule]
-        ):
+        for lr, schedule in itertools.product(args.conv_lrs or [args.lr], args.conv_schedules or [args.schedule]):
             torch.manual_seed(0)
-            conv = {"network": "conv", "hidden_dims": args.conv_dims, "latent_dim": code_floats}
             runs.append(("conv", Autoencoder(input_shape=shape, reconstruction="mse", **conv), lr, schedule))
     if "spatial" in args.networks:
         runs.append(("spatial", spatial_model, args.lr, args.schedule))
