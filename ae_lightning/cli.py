@@ -129,7 +129,8 @@ class AutoencoderCLI(LightningCLI):
         )
         # Lightning's default logger, made explicit so that ``--trainer.logger TensorBoardLogger`` needs no save_dir.
         parser.set_defaults({"trainer.logger": lazy_instance(TensorBoardLogger, save_dir=ROOT_DIR)})
-        parser.add_lightning_class_args(PredictionWriter, "predictions")
+        # Not a callback key: the writer joins the trainer only where it can act (instantiate_trainer).
+        parser.add_class_arguments(PredictionWriter, "predictions", fail_untyped=False, sub_configs=True)
         parser.add_lightning_class_args(ImageLogger, "images")
         parser.add_lightning_class_args(non_finite_guard, "nonfinite")
         # The fast path (configs/fast.yaml, docs/speed.md): the datamodule groups batches, the model steps through them.
@@ -169,10 +170,15 @@ class AutoencoderCLI(LightningCLI):
             _streamed_predictions(self.config.predict)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        config = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
+        section = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        config = section["trainer"]
         kwargs["plugins"] = _with_atomic_checkpoint_io(config.get("plugins"))
         callbacks = config.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+        # Lightning visits every callback on every hook of every step: the prediction writer, which acts in predict
+        # alone, joins only a predict trainer (or one built without a subcommand, which may predict).
+        if self.subcommand in (None, "predict"):
+            callbacks.append(section["predictions"])
         # Lightning's default bar redraws, reading every logged value from the device, on every step; at MNIST
         # scale that is a large share of a step, so the command's default bar redraws every 25 steps.
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):

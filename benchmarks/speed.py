@@ -5,8 +5,10 @@ the mirrored decoder, binary cross-entropy summed per image, Adam at lr 1e-3) on
 read here from the IDX files:
 
 1. ``PyTorch loop``: a plain loop over the images as one float tensor on the device, shuffled each epoch;
-2. ``LightningModule``: a minimal ``LightningModule`` written in this file (one ``self.log`` of the loss per step,
-   Lightning's default progress bar, no logger, no checkpoints) on the same batches;
+2. ``LightningModule``: a minimal ``LightningModule`` written in this file (one ``self.log`` of the loss per step)
+   on the same batches, trained by Lightning's ``Trainer`` with its defaults but the logger (off), as issue 23
+   defines the reference: default progress bar, model summary and end-of-epoch checkpoint;
+   ``LightningModule, bare``: the same with the checkpoint and the summary off too (a stricter reference);
 3. ``ae-lightning fit``: the command's default path, built by the command's own classes (``AutoencoderCLI``) with its
    callbacks, logger, progress bar and checkpoints, validation switched off;
 4. ``fast path``: the same with ``--config configs/fast.yaml`` stacked on it.
@@ -42,7 +44,7 @@ from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the project of this checkout, not another one installed in the environment
-PIPELINES = ("PyTorch loop", "LightningModule", "ae-lightning fit", "fast path")
+PIPELINES = ("PyTorch loop", "LightningModule", "LightningModule, bare", "ae-lightning fit", "fast path")
 LR = 1e-3  # torch.optim.Adam's default, which configs/ae.yaml keeps
 
 
@@ -123,12 +125,13 @@ class MinimalModule(L.LightningModule):
         return adam(list(self.parameters()))
 
 
-def lightning_module(images: Tensor, batch_size: int, steps: int) -> None:
-    trainer = L.Trainer(
-        accelerator=images.device.type, devices=1, max_steps=steps, max_epochs=-1, logger=False,
-        enable_checkpointing=False, enable_model_summary=False,
-    )  # fmt: skip
-    trainer.fit(MinimalModule(), train_dataloaders=Batches(images, batch_size))
+def lightning_module(images: Tensor, batch_size: int, steps: int, bare: bool) -> None:
+    """Lightning's defaults but the logger; ``bare``: no checkpoint and no model summary either."""
+    off = {"enable_checkpointing": False, "enable_model_summary": False} if bare else {}
+    with tempfile.TemporaryDirectory() as root:
+        trainer = L.Trainer(accelerator=images.device.type, devices=1, max_steps=steps, max_epochs=-1, logger=False,
+                            default_root_dir=root, **off)  # fmt: skip
+        trainer.fit(MinimalModule(), train_dataloaders=Batches(images, batch_size))
 
 
 # --- the project, as the command runs it ---------------------------------------------------------------------------
@@ -155,7 +158,8 @@ def runners(args: argparse.Namespace, batch_size: int, device: str) -> dict[str,
     fast = ["--config", str(ROOT / "configs" / "fast.yaml")]
     return {
         "PyTorch loop": lambda steps: pytorch_loop(images, batch_size, steps),
-        "LightningModule": lambda steps: lightning_module(images, batch_size, steps),
+        "LightningModule": lambda steps: lightning_module(images, batch_size, steps, bare=False),
+        "LightningModule, bare": lambda steps: lightning_module(images, batch_size, steps, bare=True),
         "ae-lightning fit": lambda steps: ae_lightning_fit(args, batch_size, device, steps),
         "fast path": lambda steps: ae_lightning_fit(args, batch_size, device, steps, *fast),
     }
@@ -194,9 +198,14 @@ def table(args: argparse.Namespace) -> list[str]:
         + "".join(f"{name}: images/s | ratio | " for name in others).rstrip(),
         ("| --- | ---: | ---: | " + "---: | ---: | " * len(others)).rstrip(),
     ]
+    against: list[str] = []  # the issue's target: the default path against the LightningModules, round by round
     for device in args.devices:
         for batch_size in args.batch_sizes:
             per_step = measure(args, batch_size, device)
+            for name in ("LightningModule", "LightningModule, bare"):
+                ratios = [lm / mine for lm, mine in zip(per_step[name], per_step["ae-lightning fit"])]
+                against.append(f"- {device}, batch {batch_size}: `ae-lightning fit` over `{name}`: "
+                               f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})")  # fmt: skip
             reference = per_step["PyTorch loop"]
             cells = [f"{batch_size / statistics.median(reference):,.0f}"]
             for name in others:
@@ -210,7 +219,9 @@ def table(args: argparse.Namespace) -> list[str]:
     cpu = platform.processor() or platform.machine()
     machine = f"{platform.system()} {cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
     machine += f", Lightning {L.__version__}" + (f", {torch.cuda.get_device_name()}" if "cuda" in args.devices else "")
-    return [*lines, "", f"Machine: {machine}. Date: {datetime.date.today()}. Command: `python {' '.join(sys.argv)}`"]
+    lines += ["", "The default path's throughput over each minimal LightningModule's, median (range) over rounds:", ""]
+    command = f"Command: `python {' '.join(sys.argv)}`"
+    return [*lines, *against, "", f"Machine: {machine}. Date: {datetime.date.today()}. {command}"]
 
 
 def main() -> None:

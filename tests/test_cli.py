@@ -13,6 +13,7 @@ from tiny_runs import CONFIGS, ROOT, data_args, run_subprocess
 
 from ae_lightning import VAE, Autoencoder
 from ae_lightning.cli import AutoencoderCLI
+from ae_lightning.training.prediction import PredictionWriter
 from datamodules import MNISTDataModule
 
 
@@ -160,6 +161,19 @@ def test_predict_writes_codes_labels_and_errors(trained_vae: Path, data_dir: Pat
     assert predictions["index"].tolist() == list(range(60))
     assert predictions["recon_error"].shape == (60,) and (predictions["recon_error"] >= 0).all()
     assert predictions["anomaly_score"].shape == (60,)
+
+
+def test_the_prediction_writer_joins_a_predict_trainer_alone(trained_vae: Path, data_dir: Path, tmp_path: Path) -> None:
+    """Lightning visits every callback on every hook of every training step: fit does without the writer, which acts
+    in predict alone, and a predict run has it."""
+    fit = run_cli("fit", "--config", "configs/vae.yaml", *common(data_dir, tmp_path / "fit"), "--trainer.fast_dev_run",
+                  "true", "--predictions.format", "stream")  # fmt: skip
+    assert not any(isinstance(callback, PredictionWriter) for callback in fit.trainer.callbacks)
+    last = str(trained_vae / "checkpoints" / "last.ckpt")
+    predict = run_cli("predict", "--config", "configs/vae.yaml", *common(data_dir, tmp_path / "predict"),
+                      "--ckpt_path", last, "--predictions.format", "stream")  # fmt: skip
+    writers = [callback for callback in predict.trainer.callbacks if isinstance(callback, PredictionWriter)]
+    assert len(writers) == 1 and writers[0].format == "stream"
 
 
 def test_predict_can_write_the_codes_as_a_stream(trained_vae: Path, data_dir: Path, tmp_path: Path) -> None:

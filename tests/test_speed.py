@@ -66,15 +66,18 @@ def test_speed_benchmark_writes_a_table_of_every_pipeline_against_the_pytorch_lo
     result = run_benchmark(data_dir, out)
     assert result.returncode == 0, result.stderr[-3000:]
     written = out.read_text()
-    header = "| PyTorch loop, images/s | LightningModule: images/s | ratio | ae-lightning fit: images/s | ratio "
-    assert header + "| fast path: images/s | ratio |" in written
+    header = "| PyTorch loop, images/s | LightningModule: images/s | ratio | LightningModule, bare: images/s | ratio "
+    assert header + "| ae-lightning fit: images/s | ratio | fast path: images/s | ratio |" in written
     # Runs this short time mostly noise, which may even be negative: the test checks the table, not the machine.
     rate, ratio = r"(-?[\d,.]+)", r"(-?[\d.]+) \((-?[\d.]+)-(-?[\d.]+)\)"  # a ratio carries its range over rounds
-    rows = re.findall(r"^\| cpu \| (\d+) \| " + r" \| ".join([rate] + [rate, ratio] * 3) + r" \|$", written, re.M)
+    rows = re.findall(r"^\| cpu \| (\d+) \| " + r" \| ".join([rate] + [rate, ratio] * 4) + r" \|$", written, re.M)
     assert [row[0] for row in rows] == ["8"], written
     for row in rows:
-        for middle, low, high in (row[3:6], row[7:10], row[11:14]):
+        for middle, low, high in (row[3:6], row[7:10], row[11:14], row[15:18]):
             assert float(low) <= float(middle) <= float(high)
+    for name in ("LightningModule", "LightningModule, bare"):  # the target, read off directly
+        found = re.search(rf"cpu, batch 8: `ae-lightning fit` over `{name}`: {ratio}$", written, re.M)
+        assert found and float(found[2]) <= float(found[1]) <= float(found[3]), written
     assert "2 interleaved rounds" in written
     again = run_benchmark(data_dir, out)
     assert again.returncode != 0 and f"--out {out} exists" in again.stderr
