@@ -96,7 +96,8 @@ class Batches:
             yield self.images[order[start : start + self.batch_size]]
 
 
-def pytorch_loop(images: Tensor, batch_size: int, steps: int) -> None:
+def pytorch_loop(images: Tensor, batch_size: int, steps: int, seed: int) -> None:
+    torch.manual_seed(seed)
     model = network().to(images.device)
     optimizer = adam(list(model.parameters()))
     done = 0
@@ -125,8 +126,9 @@ class MinimalModule(L.LightningModule):
         return adam(list(self.parameters()))
 
 
-def lightning_module(images: Tensor, batch_size: int, steps: int, bare: bool) -> None:
+def lightning_module(images: Tensor, batch_size: int, steps: int, seed: int, bare: bool) -> None:
     """Lightning's defaults but the logger; ``bare``: no checkpoint and no model summary either."""
+    torch.manual_seed(seed)
     off = {"enable_checkpointing": False, "enable_model_summary": False} if bare else {}
     with tempfile.TemporaryDirectory() as root:
         trainer = L.Trainer(accelerator=images.device.type, devices=1, max_steps=steps, max_epochs=-1, logger=False,
@@ -135,12 +137,14 @@ def lightning_module(images: Tensor, batch_size: int, steps: int, bare: bool) ->
 
 
 # --- the project, as the command runs it ---------------------------------------------------------------------------
-def ae_lightning_fit(args: argparse.Namespace, batch_size: int, device: str, steps: int, *extra: str) -> None:
+def ae_lightning_fit(
+    args: argparse.Namespace, batch_size: int, device: str, steps: int, seed: int, *extra: str
+) -> None:
     from ae_lightning.cli import AutoencoderCLI  # imported once, before the first timed run (see main)
 
     with tempfile.TemporaryDirectory() as root:
         cli_args = [
-            "--config", str(args.config), *extra,
+            "fit", "--config", str(args.config), *extra, "--seed_everything", str(seed),
             "--data", "FashionMNISTDataModule", "--data.data_dir", str(args.data_dir),
             "--data.batch_size", str(batch_size), "--trainer.default_root_dir", root,
             "--trainer.max_steps", str(steps), "--trainer.max_epochs", "-1",
@@ -148,38 +152,40 @@ def ae_lightning_fit(args: argparse.Namespace, batch_size: int, device: str, ste
             "--trainer.accelerator", device, "--trainer.devices", "1",
         ]  # fmt: skip
         with mock.patch("sys.argv", ["ae-lightning"]):
-            cli = AutoencoderCLI(args=cli_args, run=False)
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+            AutoencoderCLI(args=cli_args)  # runs `fit` as the command does, with a fit trainer's callbacks
 
 
 # --- measuring -----------------------------------------------------------------------------------------------------
-def runners(args: argparse.Namespace, batch_size: int, device: str) -> dict[str, Callable[[int], None]]:
+def runners(args: argparse.Namespace, batch_size: int, device: str) -> dict[str, Callable[[int, int], None]]:
+    """Each pipeline as a function of its steps and a seed, from which every pipeline builds the same weights."""
     images = read_images(args.data_dir).to(device).float() / 255
     fast = ["--config", str(ROOT / "configs" / "fast.yaml")]
     return {
-        "PyTorch loop": lambda steps: pytorch_loop(images, batch_size, steps),
-        "LightningModule": lambda steps: lightning_module(images, batch_size, steps, bare=False),
-        "LightningModule, bare": lambda steps: lightning_module(images, batch_size, steps, bare=True),
-        "ae-lightning fit": lambda steps: ae_lightning_fit(args, batch_size, device, steps),
-        "fast path": lambda steps: ae_lightning_fit(args, batch_size, device, steps, *fast),
+        "PyTorch loop": lambda steps, seed: pytorch_loop(images, batch_size, steps, seed),
+        "LightningModule": lambda steps, seed: lightning_module(images, batch_size, steps, seed, bare=False),
+        "LightningModule, bare": lambda steps, seed: lightning_module(images, batch_size, steps, seed, bare=True),
+        "ae-lightning fit": lambda steps, seed: ae_lightning_fit(args, batch_size, device, steps, seed),
+        "fast path": lambda steps, seed: ae_lightning_fit(args, batch_size, device, steps, seed, *fast),
     }
 
 
-def seconds(run: Callable[[int], None], steps: int) -> float:
+def seconds(run: Callable[[int, int], None], steps: int, seed: int) -> float:
     start = time.perf_counter()
-    run(steps)
+    run(steps, seed)
     return time.perf_counter() - start
 
 
 def measure(args: argparse.Namespace, batch_size: int, device: str) -> dict[str, list[float]]:
-    """Seconds per step of each pipeline, one figure per round."""
+    """Seconds per step of each pipeline, one figure per round. Round ``r``'s pipelines all start from the weights
+    of seed ``r``: the arithmetic of a step depends on the weights' history (Adam on the CPU slows several-fold on
+    denormal values, which always-zero pixels leave in its state), so every pipeline of a round starts alike."""
     run = runners(args, batch_size, device)
     for name in PIPELINES:  # warm-up: imports, first allocations, kernels
-        run[name](args.short)
+        run[name](args.short, 0)
     per_step: dict[str, list[float]] = {name: [] for name in PIPELINES}
     for round_ in range(args.rounds):
         for name in PIPELINES[round_ % len(PIPELINES) :] + PIPELINES[: round_ % len(PIPELINES)]:
-            short, long = seconds(run[name], args.short), seconds(run[name], args.long)
+            short, long = seconds(run[name], args.short, round_), seconds(run[name], args.long, round_)
             per_step[name].append((long - short) / (args.long - args.short))
             print(f"batch {batch_size} round {round_ + 1}: {name} {per_step[name][-1] * 1e3:.3f} ms/step",
                   file=sys.stderr, flush=True)  # fmt: skip
@@ -217,7 +223,8 @@ def table(args: argparse.Namespace) -> list[str]:
             lines.append(f"| {device} | {batch_size} | {' | '.join(cells)} |")
             print(lines[-1], file=sys.stderr, flush=True)
     cpu = platform.processor() or platform.machine()
-    machine = f"{platform.system()} {cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    flushed = ", denormals flushed" if args.flush_denormal else ""
+    machine = f"{platform.system()} {cpu}, {torch.get_num_threads()} torch threads{flushed}, torch {torch.__version__}"
     machine += f", Lightning {L.__version__}" + (f", {torch.cuda.get_device_name()}" if "cuda" in args.devices else "")
     lines += ["", "The default path's throughput over each minimal LightningModule's, median (range) over rounds:", ""]
     command = f"Command: `python {' '.join(sys.argv)}`"
@@ -235,6 +242,12 @@ def main() -> None:
     parser.add_argument("--long", type=int, default=1500, help="optimizer steps of the long run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (one short and one long run each)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    parser.add_argument(
+        "--flush-denormal",
+        action="store_true",
+        help="flush denormal floats to zero in every "
+        "pipeline (torch.set_flush_denormal): the CPU step's cost no longer depends on the weights",
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the table here (markdown)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     args = parser.parse_args()
@@ -250,6 +263,8 @@ def main() -> None:
         parser.error(f"--out {args.out} exists; name another file, or pass --overwrite to replace it")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.flush_denormal and not torch.set_flush_denormal(True):
+        parser.error("--flush-denormal: this CPU cannot flush denormals (torch.set_flush_denormal needs SSE3)")
     import ae_lightning.cli  # noqa: F401  (the project's import time is start-up, not training)
 
     text = "\n".join(table(args))
