@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Literal
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -407,6 +408,14 @@ class DeterministicAutoencoder(AutoencoderModule):
             return -losses.bernoulli_log_likelihood(logits, x)
         mean = networks.decoder_mean(logits, self.input_shape)
         return losses.squared_error(mean, x, event_ndim=len(self.input_shape))
+
+    def mean_reconstruction_loss(self, logits: Tensor, x: Tensor) -> Tensor:
+        """:meth:`reconstruction_loss` averaged over the batch ``[B, *input_shape]``, as one fused reduction."""
+        if logits.shape != x.shape:
+            return self.reconstruction_loss(logits, x).mean()
+        if self.reconstruction == "bce":
+            return F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / len(x)
+        return F.mse_loss(networks.decoder_mean(logits, self.input_shape), x, reduction="sum") / len(x)
 
 
 def check_optimizer_class(index: int, stored: str, optimizer: torch.optim.Optimizer) -> None:

@@ -127,3 +127,16 @@ def test_the_optimizer_is_fused_where_pytorch_has_it_and_an_explicit_choice_stan
     for extra, fused in (([], True), (["--model.init_args.optimizer.init_args.foreach", "false"], None)):
         cli = build_cli(*tiny_args("ae", data_dir, tmp_path, "--model.init_args.optimizer", "torch.optim.Adam", *extra))
         assert cli.model.configure_optimizers()["optimizer"].defaults["fused"] is fused
+
+
+@pytest.mark.parametrize(("reconstruction", "input_shape"), [("bce", (1, 6, 6)), ("mse", (1, 6, 6)), ("mse", (5,))])
+def test_the_fused_training_loss_is_the_batch_mean_of_the_per_sample_loss(
+    reconstruction: str, input_shape: tuple[int, ...]
+) -> None:
+    # Training takes the batch mean in one fused reduction (fewer kernels per step); scores stay per sample.
+    model = Autoencoder(hidden_dims=[8], latent_dim=2, input_shape=input_shape, reconstruction=reconstruction)
+    x = torch.rand(7, *input_shape)
+    logits = model.decoder_logits(model.encode(x))
+    per_sample = model.reconstruction_loss(logits, x)
+    assert per_sample.shape == (7,)
+    torch.testing.assert_close(model.mean_reconstruction_loss(logits, x), per_sample.mean())

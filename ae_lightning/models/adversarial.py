@@ -115,7 +115,7 @@ class AdversarialAutoencoder(DeterministicAutoencoder):
     def reconstruction_phase(self, x: Tensor, optimizer: Optimizer) -> Tensor:
         """One step of encoder and decoder on the reconstruction loss (the step ``global_step`` counts)."""
         optimizer.zero_grad()
-        recon = self.reconstruction_loss(self.decoder(self.encoder(x)), x).mean()
+        recon = self.mean_reconstruction_loss(self.decoder(self.encoder(x)), x)
         self.manual_backward(recon)
         optimizer.step()
         return recon.detach()
@@ -156,7 +156,7 @@ class AdversarialAutoencoder(DeterministicAutoencoder):
 
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
         codes = self.encoder(x)
-        recon = self.reconstruction_loss(self.decoder(codes), x).mean()
+        recon = self.mean_reconstruction_loss(self.decoder(codes), x)
         d_loss, d_accuracy = self.discriminator_terms(codes)
         g_loss = self.generator_loss(codes)
         return {"loss": recon, "recon": recon, "d_loss": d_loss, "g_loss": g_loss, "d_accuracy": d_accuracy}

@@ -116,7 +116,7 @@ class AutoDecoder(DeterministicAutoencoder):
             z = self.codes(indices)
         else:
             z = self.encode(x)
-        recon = self.reconstruction_loss(self.decoder(z), x).mean()
+        recon = self.mean_reconstruction_loss(self.decoder(z), x)
         prior = self.code_prior_weight * z.float().pow(2).sum(-1).mean()
         return {"loss": recon + prior, "recon": recon, "code_prior": prior}
 

@@ -14,5 +14,5 @@ class Autoencoder(DeterministicAutoencoder):
     """
 
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
-        recon = self.reconstruction_loss(self.decoder(self.encode(x)), x).mean()
+        recon = self.mean_reconstruction_loss(self.decoder(self.encode(x)), x)
         return {"loss": recon, "recon": recon}

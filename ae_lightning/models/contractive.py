@@ -120,6 +120,6 @@ class ContractiveAutoencoder(DeterministicAutoencoder):
 
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
         z, contraction = encode_with_contraction(self.encoder, x)
-        recon = self.reconstruction_loss(self.decoder(z), x).mean()
+        recon = self.mean_reconstruction_loss(self.decoder(z), x)
         contraction = contraction.mean()
         return {"loss": recon + self.contractive_weight * contraction, "recon": recon, "contraction": contraction}

@@ -199,7 +199,7 @@ class DeepBeliefAutoencoder(DeterministicAutoencoder):
         return {"recon": recon, "free_energy": energy}
 
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
-        recon = self.reconstruction_loss(self.decoder_logits(self.encoder(x)), x).mean()
+        recon = self.mean_reconstruction_loss(self.decoder_logits(self.encoder(x)), x)
         return {"loss": recon, "recon": recon}
 
     def test_metrics(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:

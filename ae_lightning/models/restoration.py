@@ -45,7 +45,7 @@ class RestorationAutoencoder(DeterministicAutoencoder):
         return degraded, self(degraded, y), x
 
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
-        recon = self.reconstruction_loss(self.decoder(self.encoder(self.degrade(x))), x).mean()
+        recon = self.mean_reconstruction_loss(self.decoder(self.encoder(self.degrade(x))), x)
         return {"loss": recon, "recon": recon}
 
     def test_metrics(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:

@@ -52,7 +52,7 @@ class SparseAutoencoder(DeterministicAutoencoder):
 
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
         z = self.encode(x)
-        recon = self.reconstruction_loss(self.decoder(z), x).mean()
+        recon = self.mean_reconstruction_loss(self.decoder(z), x)
         if self.sparsity == "kl":
             penalty = losses.kl_divergence_bernoulli(self.sparsity_target, z.float().flatten(1).mean(0))
         else:
