@@ -16,8 +16,9 @@ read here from the IDX files:
 Both references take the optimizer the project picks for the device (``fused`` Adam where PyTorch has it), so that
 the comparison is of everything around the arithmetic. Each pipeline's time per step is (a long run - a short run) /
 (the difference in steps), so that start-up (imports aside: they happen once) cancels. The pipelines run interleaved,
-one short and one long run each per round, so that a drifting machine affects them alike; the table gives the median
-over rounds and, in brackets, the range (lowest-highest) of each ratio to the PyTorch loop's throughput.
+one short and one long run each per round, so that a drifting machine affects them alike, and every pipeline of round
+``r`` starts from the weights of seed ``r``; the table gives the median over rounds and, in brackets, the range
+(lowest-highest) of each ratio to the PyTorch loop's throughput.
 
     python benchmarks/speed.py                                   # batch 32, 128 and 1024 on the CPU (and CUDA)
     python benchmarks/speed.py --batch-sizes 128 --rounds 5 --out speed.md
