@@ -254,7 +254,10 @@ class ImageDataModule(L.LightningDataModule):
 
 
 def _built_on(device: torch.device, batch: Any) -> bool:
-    """Whether ``batch``, a loader's ``(image, label, index)`` tuple, lies on ``device`` already."""
+    """Whether ``batch``, a loader's ``(image, label, index)`` tuple or the fast path's list of them, lies on
+    ``device`` already."""
+    if isinstance(batch, list):
+        return len(batch) > 0 and all(isinstance(one, tuple) and _built_on(device, one) for one in batch)
     return isinstance(batch, tuple) and all(isinstance(item, Tensor) and item.device == device for item in batch)
 
 

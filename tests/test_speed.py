@@ -29,6 +29,10 @@ def test_batches_already_on_the_device_pass_through_and_others_are_moved() -> No
     datamodule = FashionMNISTDataModule()
     batch = (torch.rand(2, 1, 28, 28), torch.zeros(2, dtype=torch.long), torch.arange(2))
     assert datamodule.transfer_batch_to_device(batch, torch.device("cpu"), 0) is batch
+    group = [batch, batch]  # the fast path's Lightning batch
+    assert datamodule.transfer_batch_to_device(group, torch.device("cpu"), 0) is group
+    meta_group = datamodule.transfer_batch_to_device(group, torch.device("meta"), 0)
+    assert all(item.device.type == "meta" for one in meta_group for item in one)
     moved = datamodule.transfer_batch_to_device(list(batch), torch.device("cpu"), 0)
     assert all(torch.equal(a, b) for a, b in zip(moved, batch))
     meta = datamodule.transfer_batch_to_device(batch, torch.device("meta"), 0)
