@@ -12,7 +12,6 @@ from typing import Any, ClassVar, Literal
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -414,8 +413,8 @@ class DeterministicAutoencoder(AutoencoderModule):
         if logits.shape != x.shape:
             return self.reconstruction_loss(logits, x).mean()
         if self.reconstruction == "bce":
-            return F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / len(x)
-        return F.mse_loss(networks.decoder_mean(logits, self.input_shape), x, reduction="sum") / len(x)
+            return losses.bernoulli_nll_batch_mean(logits, x)
+        return losses.squared_error_batch_mean(networks.decoder_mean(logits, self.input_shape), x)
 
 
 def check_optimizer_class(index: int, stored: str, optimizer: torch.optim.Optimizer) -> None:

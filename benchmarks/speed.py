@@ -243,12 +243,8 @@ def main() -> None:
     parser.add_argument("--long", type=int, default=1500, help="optimizer steps of the long run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (one short and one long run each)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
-    parser.add_argument(
-        "--flush-denormal",
-        action="store_true",
-        help="flush denormal floats to zero in every "
-        "pipeline (torch.set_flush_denormal): the CPU step's cost no longer depends on the weights",
-    )
+    parser.add_argument("--flush-denormal", action="store_true", help="flush denormal floats to zero in every pipeline "
+                        "(torch.set_flush_denormal): the CPU step's cost no longer depends on the weights")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="also write the table here (markdown)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     args = parser.parse_args()

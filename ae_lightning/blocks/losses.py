@@ -127,6 +127,17 @@ def mean_squared_error(reconstruction: Tensor, x: Tensor) -> Tensor:
     return (reconstruction - x).pow(2).flatten(1).mean(1)
 
 
+def bernoulli_nll_batch_mean(logits: Tensor, x: Tensor) -> Tensor:
+    """``-bernoulli_log_likelihood(logits, x).mean()`` of a batch ``[B, ...]`` of equal shapes, as one fused
+    reduction (the training objective: fewer kernels per step)."""
+    return F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / len(x)
+
+
+def squared_error_batch_mean(reconstruction: Tensor, x: Tensor) -> Tensor:
+    """``squared_error(reconstruction, x).mean()`` of a batch ``[B, ...]`` of equal shapes, as one fused reduction."""
+    return F.mse_loss(reconstruction, x, reduction="sum") / len(x)
+
+
 def log_mean_exp(values: Tensor, dim: int) -> Tensor:
     """log(mean(exp(values))) along ``dim``, computed stably."""
     return torch.logsumexp(values, dim) - math.log(values.shape[dim])
