@@ -9,6 +9,9 @@ read here from the IDX files:
    on the same batches, trained by Lightning's ``Trainer`` with its defaults but the logger (off), as issue 23
    defines the reference: default progress bar, model summary and end-of-epoch checkpoint;
    ``LightningModule, bare``: the same with the checkpoint and the summary off too (a stricter reference);
+   ``LightningModule, manual``: the same as ``LightningModule`` but stepping through lists of ``configs/fast.yaml``'s
+   number of consecutive batches under manual optimization, one optimizer step per batch (the fast path's design in
+   Lightning alone: what its public route costs);
 3. ``ae-lightning fit``: the command's default path, built by the command's own classes (``AutoencoderCLI``) with its
    callbacks, logger, progress bar and checkpoints, validation switched off;
 4. ``fast path``: the same with ``--config configs/fast.yaml`` stacked on it.
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import platform
 import statistics
 import sys
@@ -41,11 +45,15 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the project of this checkout, not another one installed in the environment
-PIPELINES = ("PyTorch loop", "LightningModule", "LightningModule, bare", "ae-lightning fit", "fast path")
+PIPELINES = (
+    "PyTorch loop", "LightningModule", "LightningModule, bare", "LightningModule, manual", "ae-lightning fit",
+    "fast path",
+)  # fmt: skip
 LR = 1e-3  # torch.optim.Adam's default, which configs/ae.yaml keeps
 
 
@@ -127,14 +135,50 @@ class MinimalModule(L.LightningModule):
         return adam(list(self.parameters()))
 
 
-def lightning_module(images: Tensor, batch_size: int, steps: int, seed: int, bare: bool) -> None:
-    """Lightning's defaults but the logger; ``bare``: no checkpoint and no model summary either."""
+class ManualModule(MinimalModule):
+    """One optimizer step per batch of a list of batches, under manual optimization (``max_steps`` cuts a list)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batches: list[Tensor], batch_idx: int) -> None:
+        optimizer = self.optimizers()
+        for x in batches[: self.trainer.max_steps - self.trainer.global_step]:
+            optimizer.zero_grad()
+            loss = bce_loss(self.model, x)
+            self.manual_backward(loss)
+            optimizer.step()
+        self.log("train/loss", loss, prog_bar=True)
+
+
+class Lists:
+    """``batches`` in lists of ``size`` consecutive ones (the last of an epoch may be shorter)."""
+
+    def __init__(self, batches: Batches, size: int) -> None:
+        self.batches, self.size = batches, size
+
+    def __len__(self) -> int:
+        return -(-len(self.batches) // self.size)
+
+    def __iter__(self) -> Iterator[list[Tensor]]:
+        batches = iter(self.batches)
+        while group := list(itertools.islice(batches, self.size)):
+            yield group
+
+
+def lightning_module(images: Tensor, batch_size: int, steps: int, seed: int, bare: bool = False, group: int = 0) -> int:
+    """Lightning's defaults but the logger; ``bare``: no checkpoint and no model summary either; ``group``: steps
+    through lists of that many batches under manual optimization. Returns the optimizer steps taken."""
     torch.manual_seed(seed)
     off = {"enable_checkpointing": False, "enable_model_summary": False} if bare else {}
+    module, batches = (ManualModule(), Lists(Batches(images, batch_size), group)) if group else (
+        MinimalModule(), Batches(images, batch_size))  # fmt: skip
     with tempfile.TemporaryDirectory() as root:
         trainer = L.Trainer(accelerator=images.device.type, devices=1, max_steps=steps, max_epochs=-1, logger=False,
                             default_root_dir=root, **off)  # fmt: skip
-        trainer.fit(MinimalModule(), train_dataloaders=Batches(images, batch_size))
+        trainer.fit(module, train_dataloaders=batches)
+    return trainer.global_step
 
 
 # --- the project, as the command runs it ---------------------------------------------------------------------------
@@ -161,10 +205,12 @@ def runners(args: argparse.Namespace, batch_size: int, device: str) -> dict[str,
     """Each pipeline as a function of its steps and a seed, from which every pipeline builds the same weights."""
     images = read_images(args.data_dir).to(device).float() / 255
     fast = ["--config", str(ROOT / "configs" / "fast.yaml")]
+    group = yaml.safe_load(Path(fast[1]).read_text())["fast"]["steps"]
     return {
         "PyTorch loop": lambda steps, seed: pytorch_loop(images, batch_size, steps, seed),
-        "LightningModule": lambda steps, seed: lightning_module(images, batch_size, steps, seed, bare=False),
+        "LightningModule": lambda steps, seed: lightning_module(images, batch_size, steps, seed),
         "LightningModule, bare": lambda steps, seed: lightning_module(images, batch_size, steps, seed, bare=True),
+        "LightningModule, manual": lambda steps, seed: lightning_module(images, batch_size, steps, seed, group=group),
         "ae-lightning fit": lambda steps, seed: ae_lightning_fit(args, batch_size, device, steps, seed),
         "fast path": lambda steps, seed: ae_lightning_fit(args, batch_size, device, steps, seed, *fast),
     }
@@ -209,9 +255,11 @@ def table(args: argparse.Namespace) -> list[str]:
     for device in args.devices:
         for batch_size in args.batch_sizes:
             per_step = measure(args, batch_size, device)
-            for name in ("LightningModule", "LightningModule, bare"):
-                ratios = [lm / mine for lm, mine in zip(per_step[name], per_step["ae-lightning fit"])]
-                against.append(f"- {device}, batch {batch_size}: `ae-lightning fit` over `{name}`: "
+            pairs = [("ae-lightning fit", "LightningModule"), ("ae-lightning fit", "LightningModule, bare"),
+                     ("fast path", "LightningModule, manual")]  # fmt: skip
+            for ours, name in pairs:
+                ratios = [lm / mine for lm, mine in zip(per_step[name], per_step[ours])]
+                against.append(f"- {device}, batch {batch_size}: `{ours}` over `{name}`: "
                                f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})")  # fmt: skip
             reference = per_step["PyTorch loop"]
             cells = [f"{batch_size / statistics.median(reference):,.0f}"]
@@ -227,7 +275,7 @@ def table(args: argparse.Namespace) -> list[str]:
     flushed = ", denormals flushed" if args.flush_denormal else ""
     machine = f"{platform.system()} {cpu}, {torch.get_num_threads()} torch threads{flushed}, torch {torch.__version__}"
     machine += f", Lightning {L.__version__}" + (f", {torch.cuda.get_device_name()}" if "cuda" in args.devices else "")
-    lines += ["", "The default path's throughput over each minimal LightningModule's, median (range) over rounds:", ""]
+    lines += ["", "Each path's throughput over its minimal LightningModule's, median (range) over rounds:", ""]
     command = f"Command: `python {' '.join(sys.argv)}`"
     return [*lines, *against, "", f"Machine: {machine}. Date: {datetime.date.today()}. {command}"]
 

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -55,6 +56,15 @@ def test_compiled_networks_train_and_write_checkpoints_that_load_into_an_eager_m
     torch.testing.assert_close(eager(x), cli.model.eval()(x), rtol=1e-4, atol=1e-5)
 
 
+def import_benchmark() -> ModuleType:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import speed
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return speed
+
+
 def run_benchmark(data_dir: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     command = [
         sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--data-dir", str(data_dir), "--batch-sizes", "8",
@@ -72,16 +82,19 @@ def test_speed_benchmark_writes_a_table_of_every_pipeline_against_the_pytorch_lo
     written = out.read_text()
     assert "torch threads, denormals flushed" in written
     header = "| PyTorch loop, images/s | LightningModule: images/s | ratio | LightningModule, bare: images/s | ratio "
+    header += "| LightningModule, manual: images/s | ratio "
     assert header + "| ae-lightning fit: images/s | ratio | fast path: images/s | ratio |" in written
     # Runs this short time mostly noise, which may even be negative: the test checks the table, not the machine.
     rate, ratio = r"(-?[\d,.]+)", r"(-?[\d.]+) \((-?[\d.]+)-(-?[\d.]+)\)"  # a ratio carries its range over rounds
-    rows = re.findall(r"^\| cpu \| (\d+) \| " + r" \| ".join([rate] + [rate, ratio] * 4) + r" \|$", written, re.M)
+    rows = re.findall(r"^\| cpu \| (\d+) \| " + r" \| ".join([rate] + [rate, ratio] * 5) + r" \|$", written, re.M)
     assert [row[0] for row in rows] == ["8"], written
     for row in rows:
-        for middle, low, high in (row[3:6], row[7:10], row[11:14], row[15:18]):
+        for middle, low, high in (row[i : i + 3] for i in (3, 7, 11, 15, 19)):
             assert float(low) <= float(middle) <= float(high)
-    for name in ("LightningModule", "LightningModule, bare"):  # the issue's target, read off directly
-        found = re.search(rf"cpu, batch 8: `ae-lightning fit` over `{name}`: {ratio}$", written, re.M)
+    pairs = [("ae-lightning fit", "LightningModule"), ("ae-lightning fit", "LightningModule, bare"),
+             ("fast path", "LightningModule, manual")]  # fmt: skip
+    for ours, name in pairs:  # each path against its own minimal reference, read off directly
+        found = re.search(rf"cpu, batch 8: `{ours}` over `{name}`: {ratio}$", written, re.M)
         assert found and float(found[2]) <= float(found[1]) <= float(found[3]), written
     assert "2 interleaved rounds" in written
     again = run_benchmark(data_dir, out)
@@ -92,11 +105,7 @@ def test_speed_benchmark_writes_a_table_of_every_pipeline_against_the_pytorch_lo
 def test_every_benchmark_pipeline_starts_from_the_weights_of_its_round_seed(data_dir: Path, tmp_path: Path) -> None:
     # A CPU step's cost depends on the weights' history (Adam slows several-fold on denormals), so the benchmark's
     # rounds compare pipelines started alike: the references seed torch, the command takes --seed_everything.
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import speed
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    speed = import_benchmark()
     args = ["--config", str(ROOT / "configs" / "ae.yaml"), "--data", "FashionMNISTDataModule", "--data.data_dir",
             str(data_dir), "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
     for seed in (0, 3):
@@ -105,6 +114,13 @@ def test_every_benchmark_pipeline_starts_from_the_weights_of_its_round_seed(data
         reference = speed.network()
         pairs = list(zip(ours.parameters(), reference.parameters(), strict=True))
         assert len(pairs) == 12 and all(torch.equal(a, b) for a, b in pairs)
+
+
+def test_the_minimal_lightning_modules_take_the_steps_asked_for_with_or_without_lists_of_batches() -> None:
+    speed = import_benchmark()
+    images = torch.rand(50, 1, 28, 28)  # 7 batches of 8 an epoch: lists of 3 end an epoch with a shorter one
+    for group in (0, 3):
+        assert speed.lightning_module(images, 8, 17, seed=0, bare=True, group=group) == 17
 
 
 def test_speed_benchmark_refuses_runs_whose_difference_is_no_step(data_dir: Path, tmp_path: Path) -> None:
