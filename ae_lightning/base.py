@@ -21,6 +21,7 @@ from ae_lightning.blocks import losses, networks
 from ae_lightning.blocks.networks import Network, check_network
 from ae_lightning.blocks.spatial import SpatialOptions
 from ae_lightning.evaluation.metrics import ReconstructionMetrics
+from ae_lightning.lightning_internals import batches_that_stepped
 from ae_lightning.training import fast
 from datamodules.checks import Fraction, PositiveInt, check_init_arguments
 
@@ -253,12 +254,12 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         # step costs a measurable share of a small step) when the batches that stepped so far are a multiple of
         # log_every_n_steps, when the run stops, and in a fast_dev_run. Every model here takes one counted optimizer
         # step per batch, so those batches are ``global_step`` by now; this hook runs after the callbacks' (which may
-        # stop the run) and before Lightning writes. On the fast path, whose Lightning batches are several steps, the
-        # terms of each batch's last step are logged.
+        # stop the run) and before Lightning writes. On the fast path, whose Lightning batches are several steps, only
+        # Lightning's own count of batches tells, and the terms of the batch's last step are logged.
         unlogged, self._unlogged_terms = getattr(self, "_unlogged_terms", None), None
         trainer, every = self.trainer, self.trainer.log_every_n_steps
-        written = trainer.fast_dev_run or (every > 0 and (self.global_step % every == 0 or trainer.should_stop))
-        written = written or fast.is_group(batch)
+        stepped = batches_that_stepped(trainer) + 1 if fast.is_group(batch) else self.global_step
+        written = trainer.fast_dev_run or (every > 0 and (stepped % every == 0 or trainer.should_stop))
         if unlogged is None or not written:
             return
         terms, batch_size = unlogged

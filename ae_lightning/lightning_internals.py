@@ -9,6 +9,8 @@ changes it; ``pyproject.toml`` bounds Lightning to the releases the suite ran on
 * ``datamodules.loader.TensorBatchLoader`` is no ``DataLoader`` but names itself its ``sampler``, whose ``set_epoch``
   Lightning calls at each epoch's start, as for a DataLoader's sampler (``datamodules`` imports nothing of ours, so
   only its test lives here);
+* :func:`batches_that_stepped` reads the fit loop's count of training batches that stepped, on which Lightning
+  decides whether a step's logs are written (the fast path logs its other terms only then);
 * :func:`stored_loader_states` reads where a checkpoint keeps the training loader's state (the command refuses a
   resume on other data before it creates anything);
 * ``AutoencoderCLI._parse_ckpt_path`` (:mod:`ae_lightning.cli`) overrides LightningCLI's private step that would
@@ -43,6 +45,18 @@ def uncounted_optimizer_step(trainer: L.Trainer, optimizer: Optimizer) -> None:
     trainer.strategy.optimizer_step(raw, closure=lambda: None)
 
 
+def batches_that_stepped(trainer: L.Trainer) -> int:
+    """The training batches of ``fit`` that stepped before the current one: Lightning writes a training step's logs
+    when this plus one is a multiple of ``log_every_n_steps`` (or the run stops).
+
+    Lightning keeps the count only as the training epoch loop's private ``_batches_that_stepped``.
+    """
+    try:
+        return int(trainer.fit_loop.epoch_loop._batches_that_stepped)
+    except AttributeError:
+        raise RuntimeError(_changed("the training epoch loop no longer counts `_batches_that_stepped`")) from None
+
+
 def stored_loader_states(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
     """The training loaders' ``state_dict``s in a checkpoint of ``fit`` (empty if it holds none).
 
@@ -67,4 +81,4 @@ def _changed(what: str) -> str:
     )
 
 
-__all__ = ["every_n_train_steps", "stored_loader_states", "uncounted_optimizer_step"]
+__all__ = ["batches_that_stepped", "every_n_train_steps", "stored_loader_states", "uncounted_optimizer_step"]

@@ -3,6 +3,7 @@ with a message naming what changed when a Lightning release changes it."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from unittest import mock
 
@@ -11,9 +12,10 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 
 from ae_lightning.cli import AutoencoderCLI
-from ae_lightning.lightning_internals import every_n_train_steps, uncounted_optimizer_step
+from ae_lightning.lightning_internals import batches_that_stepped, every_n_train_steps, uncounted_optimizer_step
 from datamodules.loader import TensorBatchLoader
 
 
@@ -72,8 +74,8 @@ class TwoUncountedSteps(L.LightningModule):
 
 
 def quiet_trainer(tmp_path, **kwargs) -> L.Trainer:
-    return L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                     enable_model_summary=False, default_root_dir=tmp_path, **kwargs)  # fmt: skip
+    return L.Trainer(accelerator="cpu", **{"logger": False, **kwargs}, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
 
 
 def test_strategy_optimizer_step_steps_without_counting_a_global_step(tmp_path) -> None:
@@ -104,3 +106,31 @@ def test_lightning_calls_set_epoch_on_the_loaders_sampler(tmp_path) -> None:
         f"Lightning {lightning.__version__} no longer calls set_epoch on a loader's `sampler` at each epoch: "
         "TensorBatchLoader (datamodules/loader.py) must start each epoch some other way"
     )
+
+
+def test_lightning_writes_a_steps_logs_when_the_batches_that_stepped_plus_one_are_a_multiple_of_the_interval(
+    tmp_path,
+) -> None:
+    class TwoCountedSteps(TwoUncountedSteps):  # global_step runs at twice the batches
+        def training_step(self, batch, batch_idx):
+            for _ in range(2):
+                self.optimizers().zero_grad()
+                self.manual_backward(self.layer(batch[0]).pow(2).mean())
+                self.optimizers().step()
+            self.log("batch", float(batch_idx))
+
+        def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+            self.counts = [*getattr(self, "counts", []), batches_that_stepped(self.trainer)]
+
+    model = TwoCountedSteps()
+    loader = TensorBatchLoader(torch.rand(12, 3), torch.zeros(12), torch.arange(12), batch_size=4, shuffle=False,
+                               seed=0)  # fmt: skip
+    trainer = quiet_trainer(tmp_path, logger=CSVLogger(tmp_path), log_every_n_steps=3, max_epochs=3)
+    trainer.fit(model, loader)
+    with open(next(tmp_path.rglob("metrics.csv"))) as file:
+        written = [float(row["batch"]) for row in csv.DictReader(file) if row["batch"]]
+    assert model.counts == list(range(9)), (
+        f"Lightning {lightning.__version__}'s training epoch loop no longer counts `_batches_that_stepped` as before: "
+        "the fast path decides from it which steps' logs are written; see ae_lightning/lightning_internals.py"
+    )
+    assert written == [2.0, 2.0, 2.0], "Lightning no longer writes where the batches that stepped + 1 are a multiple"

@@ -64,6 +64,9 @@ CASES = {
     "accumulating": (VAE, {"nll_samples": 2}, {"log_every_n_steps": 2, "max_steps": 7, "accumulate_grad_batches": 2}),
     "stopped-by-a-callback": (AdversarialAutoencoder, {"discriminator_hidden_dims": [8]},
                               {"log_every_n_steps": 4, "max_steps": 20, "callbacks": [StopAt(10)]}),
+    "fast-path": (VAE, {"nll_samples": 2, "steps_per_batch": 3}, {"log_every_n_steps": 2, "max_steps": 40}),
+    "fast-path-stopped": (VAE, {"nll_samples": 2, "steps_per_batch": 3},
+                          {"log_every_n_steps": 2, "max_steps": 40, "callbacks": [StopAt(15)]}),
 }  # fmt: skip
 
 
@@ -81,7 +84,8 @@ def test_metrics_csv_holds_every_term_at_the_steps_log_every_n_steps_names(
             accelerator="cpu", limit_val_batches=1, enable_progress_bar=False, enable_checkpointing=False,
             enable_model_summary=False, logger=CSVLogger(tmp_path, name=name.replace(" ", "_")), **settings,
         )  # fmt: skip
-        trainer.fit(model, datamodule=MNISTDataModule(data_dir=str(data_dir), batch_size=11))
+        steps = kwargs.get("steps_per_batch", 1)
+        trainer.fit(model, datamodule=MNISTDataModule(data_dir=str(data_dir), batch_size=11, steps_per_batch=steps))
         with open(next((tmp_path / name.replace(" ", "_")).rglob("metrics.csv"))) as file:
             written[name] = list(csv.DictReader(file))
         if name == "default":
