@@ -6,6 +6,7 @@ Models and datamodules are chosen by import path (``class_path: ae_lightning.VAE
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 import inspect
 import logging
@@ -107,7 +108,11 @@ class AutoencoderCLI(LightningCLI):
         kwargs.setdefault("trainer_defaults", {"callbacks": callbacks})
         kwargs.setdefault("seed_everything_default", 42)
         kwargs.setdefault("trainer_class", CommandTrainer)
-        super().__init__(
+        # In a context of its own: jsonargparse leaves its last subclass parser in a context variable, which holds the
+        # parser, this CLI and so the run's model, data and trainer alive in the caller's context after the run (a
+        # search running its trials in one process kept every trial's data).
+        contextvars.copy_context().run(
+            super().__init__,
             AutoencoderModule,
             ImageDataModule,
             subclass_mode_model=True,

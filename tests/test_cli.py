@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from pathlib import Path
 from unittest import mock
 
@@ -59,6 +61,18 @@ def test_every_config_trains_with_the_fast_path_stacked(config: Path, data_dir: 
                   "--trainer.max_epochs", "-1", "--trainer.limit_val_batches", "1", "--images.every_n_epochs", "0",
                   )  # fmt: skip
     assert cli.trainer.global_step == 20 and torch.isfinite(cli.trainer.callback_metrics["val/loss"])
+
+
+def test_a_run_in_this_process_leaves_nothing_of_itself_alive_once_the_caller_drops_it(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # A search (ae_lightning.search) runs its trials in one process: each trial's data and model must go with it.
+    cli = run_cli("fit", "--config", str(ROOT / "configs" / "ae.yaml"), *common(data_dir, tmp_path),
+                  "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1")  # fmt: skip
+    left = [weakref.ref(obj) for obj in (cli, cli.model, cli.datamodule, cli.trainer)]
+    del cli
+    gc.collect()
+    assert [ref() for ref in left] == [None] * 4
 
 
 def test_an_integer_batch_limit_of_one_is_one_batch(data_dir: Path, tmp_path: Path) -> None:
