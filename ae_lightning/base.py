@@ -251,14 +251,13 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Lightning writes a training step's logs (and only then do other terms need logging: one ``self.log`` per
-        # step costs a measurable share of a small step) when the batches that stepped so far are a multiple of
-        # log_every_n_steps, when the run stops, and in a fast_dev_run. Every model here takes one counted optimizer
-        # step per batch, so those batches are ``global_step`` by now; this hook runs after the callbacks' (which may
-        # stop the run) and before Lightning writes. On the fast path, whose Lightning batches are several steps, only
-        # Lightning's own count of batches tells, and the terms of the batch's last step are logged.
+        # step costs a measurable share of a small step) when the batches that stepped so far, plus this one, are a
+        # multiple of log_every_n_steps, when the run stops, and in a fast_dev_run; this hook runs after the
+        # callbacks' (which may stop the run) and before Lightning writes. On the fast path the terms of the Lightning
+        # batch's last step are logged.
         unlogged, self._unlogged_terms = getattr(self, "_unlogged_terms", None), None
         trainer, every = self.trainer, self.trainer.log_every_n_steps
-        stepped = batches_that_stepped(trainer) + 1 if fast.is_group(batch) else self.global_step
+        stepped = batches_that_stepped(trainer) + 1
         written = trainer.fast_dev_run or (every > 0 and (stepped % every == 0 or trainer.should_stop))
         if unlogged is None or not written:
             return

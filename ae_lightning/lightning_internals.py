@@ -10,7 +10,7 @@ changes it; ``pyproject.toml`` bounds Lightning to the releases the suite ran on
   Lightning calls at each epoch's start, as for a DataLoader's sampler (``datamodules`` imports nothing of ours, so
   only its test lives here);
 * :func:`batches_that_stepped` reads the fit loop's count of training batches that stepped, on which Lightning
-  decides whether a step's logs are written (the fast path logs its other terms only then);
+  decides whether a step's logs are written (the model logs its terms other than the loss only then);
 * :func:`stored_loader_states` reads where a checkpoint keeps the training loader's state (the command refuses a
   resume on other data before it creates anything);
 * ``AutoencoderCLI._parse_ckpt_path`` (:mod:`ae_lightning.cli`) overrides LightningCLI's private step that would
