@@ -21,7 +21,8 @@ the comparison is of everything around the arithmetic. Each pipeline's time per 
 (the difference in steps), so that start-up (imports aside: they happen once) cancels. The pipelines run interleaved,
 one short and one long run each per round, so that a drifting machine affects them alike, and every pipeline of round
 ``r`` starts from the weights of seed ``r``; the table gives the median over rounds and, in brackets, the range
-(lowest-highest) of each ratio to the PyTorch loop's throughput.
+(lowest-highest) of each ratio to the PyTorch loop's throughput. Each run's time per step and minor page faults per
+step (memory the C allocator took anew from the kernel) go to stderr, round by round.
 
     python benchmarks/speed.py                                   # batch 32, 128 and 1024 on the CPU (and CUDA)
     python benchmarks/speed.py --batch-sizes 128 --rounds 5 --out speed.md
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import itertools
+import os
 import platform
 import statistics
 import sys
@@ -118,7 +120,8 @@ def pytorch_loop(images: Tensor, batch_size: int, steps: int, seed: int) -> None
             done += 1
             if done == steps:
                 break
-    float(bce_loss(model, x))  # wait for the device
+    with torch.no_grad():
+        float(bce_loss(model, x))  # wait for the device
 
 
 class MinimalModule(L.LightningModule):
@@ -216,10 +219,21 @@ def runners(args: argparse.Namespace, batch_size: int, device: str) -> dict[str,
     }
 
 
-def seconds(run: Callable[[int, int], None], steps: int, seed: int) -> float:
+def seconds(run: Callable[[int, int], None], steps: int, seed: int) -> tuple[float, int]:
+    """The run's wall-clock seconds and the minor page faults it took (memory the allocator got anew from the
+    kernel; 0 where the platform does not count them)."""
+    faults = _minor_faults()
     start = time.perf_counter()
     run(steps, seed)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, _minor_faults() - faults
+
+
+def _minor_faults() -> int:
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def measure(args: argparse.Namespace, batch_size: int, device: str) -> dict[str, list[float]]:
@@ -232,10 +246,12 @@ def measure(args: argparse.Namespace, batch_size: int, device: str) -> dict[str,
     per_step: dict[str, list[float]] = {name: [] for name in PIPELINES}
     for round_ in range(args.rounds):
         for name in PIPELINES[round_ % len(PIPELINES) :] + PIPELINES[: round_ % len(PIPELINES)]:
-            short, long = seconds(run[name], args.short, round_), seconds(run[name], args.long, round_)
+            (short, short_faults), (long, long_faults) = (seconds(run[name], steps, round_)
+                                                          for steps in (args.short, args.long))  # fmt: skip
             per_step[name].append((long - short) / (args.long - args.short))
-            print(f"batch {batch_size} round {round_ + 1}: {name} {per_step[name][-1] * 1e3:.3f} ms/step",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            faults = (long_faults - short_faults) / (args.long - args.short)
+            print(f"batch {batch_size} round {round_ + 1}: {name} {per_step[name][-1] * 1e3:.3f} ms/step, "
+                  f"{faults:.0f} page faults/step", file=sys.stderr, flush=True)  # fmt: skip
     return per_step
 
 
@@ -275,6 +291,8 @@ def table(args: argparse.Namespace) -> list[str]:
     flushed = ", denormals flushed" if args.flush_denormal else ""
     machine = f"{platform.system()} {cpu}, {torch.get_num_threads()} torch threads{flushed}, torch {torch.__version__}"
     machine += f", Lightning {L.__version__}" + (f", {torch.cuda.get_device_name()}" if "cuda" in args.devices else "")
+    allocator = [f"{name}={value}" for name, value in sorted(os.environ.items()) if name.startswith("MALLOC_")]
+    machine += f", glibc malloc settings {' '.join(allocator)}" if allocator else ""
     lines += ["", "Each path's throughput over its minimal LightningModule's, median (range) over rounds:", ""]
     command = f"Command: `python {' '.join(sys.argv)}`"
     return [*lines, *against, "", f"Machine: {machine}. Date: {datetime.date.today()}. {command}"]
