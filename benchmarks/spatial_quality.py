@@ -7,19 +7,20 @@ Trains the plain autoencoder (squared error) twice per data set, once with spati
 with ``network: conv`` and a flat code of as many floats, with the same optimizer (Adam, its rate decayed on a cosine
 unless ``--schedule constant``), steps and batches, and prints the mean per-image PSNR (dB) of held-out images.
 ``--conv-lrs`` and ``--conv-schedules`` train the conv network once per rate and schedule (the baseline's best of a
-grid); ``--downscale N`` cuts photo crops N times larger and resizes them down. The data: square crops (``--crop-size``,
-32 by default) of photographs (``--photos DIR``: every photo but the last few is cut into training crops, the last
+grid), ``--spatial-lrs`` the spatial one once per rate; ``--downscale N`` cuts photo crops N times larger and resizes
+them down. The data: square crops (``--crop-size``, 32 by default) of photographs (``--photos DIR``: the split of a
+folder ``scripts/make_photo_set.py`` wrote, or every photo but the last few cut into training crops, the last
 ``--held-out-photos`` into held-out crops; by default scikit-learn's two sample photographs, ``china.jpg`` for training
 and ``flower.jpg`` held out) and Fashion-MNIST from ``--data-dir`` (``FashionMNIST/raw``, e.g. ``../shared/data``; train
 and test images). ``--picture PATH`` also writes held-out 256x256 crops above their reconstructions by the spatial model
-trained on the crops (it is fully convolutional; the conv network's linear layer fixes its input size). Numbers only: no
-assertions.
+of the best rate, trained on the crops (it is fully convolutional; the conv network's linear layer fixes its input
+size). Numbers only: no assertions.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
+import json
 import time
 from pathlib import Path
 
@@ -35,12 +36,19 @@ from ae_lightning import Autoencoder
 
 
 def photo_arrays(folder: str | None, held_out: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """RGB arrays of the training photos and of the held-out ones (the last ``held_out`` files in name order)."""
+    """RGB arrays of the training photos and of the held-out ones: those ``photos.json`` names in a folder that
+    ``scripts/make_photo_set.py`` wrote, else the last ``held_out`` files of the folder in name order."""
     if folder is None:
         from sklearn.datasets import load_sample_images
 
         china, flower = load_sample_images().images
         return [china], [flower]
+    record = Path(folder) / "photos.json"
+    if record.is_file():
+        split = json.loads(record.read_text())
+        return tuple(
+            [np.asarray(Image.open(path).convert("RGB")) for path in split[part]] for part in ("train", "heldout")
+        )
     files = sorted(path for path in Path(folder).rglob("*") if path.suffix.lower() in {".jpg", ".jpeg", ".png"})
     if len(files) <= held_out:
         raise ValueError(f"{folder} holds {len(files)} photos; at least {held_out + 1} are needed")
@@ -110,23 +118,26 @@ def psnr(model: Autoencoder, images: Tensor, device: str) -> float:
 def compare(name: str, train_images: Tensor, test_images: Tensor, args: argparse.Namespace) -> list[str]:
     """Table rows: each network's PSNR on the held-out images, code size, parameters and training time; the conv
     network once per learning rate and schedule of ``--conv-lrs`` and ``--conv-schedules`` (a baseline given its
-    best of a grid), the spatial one at ``--lr`` and ``--schedule``."""
+    best of a grid), the spatial one once per rate of ``--spatial-lrs`` at ``--schedule``; every run starts from the
+    weights of seed 0."""
     shape = tuple(train_images.shape[1:])
     spatial = {"network": "spatial", "hidden_dims": args.spatial_dims, "latent_dim": args.z_channels}
     spatial["spatial"] = {"num_res_blocks": args.num_res_blocks, "attention": True}
-    torch.manual_seed(0)
-    spatial_model = Autoencoder(input_shape=shape, reconstruction="mse", **spatial)
-    code_floats = int(np.prod(spatial_model.latent_shape))
+    code_floats = int(np.prod(Autoencoder(input_shape=shape, reconstruction="mse", **spatial).latent_shape))
     conv = {"network": "conv", "hidden_dims": args.conv_dims, "latent_dim": code_floats}
     runs = []
     if "conv" in args.networks:
-        for lr, schedule in itertools.product(args.conv_lrs or [args.lr], args.conv_schedules or [args.schedule]):
-            torch.manual_seed(0)
-            runs.append(("conv", Autoencoder(input_shape=shape, reconstruction="mse", **conv), lr, schedule))
+        runs += [
+            ("conv", lr, schedule)
+            for lr in args.conv_lrs or [args.lr]
+            for schedule in args.conv_schedules or [args.schedule]
+        ]
     if "spatial" in args.networks:
-        runs.append(("spatial", spatial_model, args.lr, args.schedule))
-    rows = []
-    for label, model, lr, schedule in runs:
+        runs += [("spatial", lr, args.schedule) for lr in args.spatial_lrs or [args.lr]]
+    rows, best = [], None
+    for label, lr, schedule in runs:
+        torch.manual_seed(0)
+        model = Autoencoder(input_shape=shape, reconstruction="mse", **(conv if label == "conv" else spatial))
         seconds = train(model, train_images, args.steps, args.batch_size, lr, args.device, schedule == "cosine")
         parameters = sum(p.numel() for p in model.parameters())
         code = "x".join(map(str, model.latent_shape))
@@ -134,18 +145,24 @@ def compare(name: str, train_images: Tensor, test_images: Tensor, args: argparse
         rows.append(f"| {name} | {label} | {code} ({code_floats}) | {parameters:,} | {lr:g} {schedule} | "
                     f"{seconds:.0f} | {score:.2f} |")  # fmt: skip
         print(rows[-1], flush=True)
-    if args.picture and name == "photos" and "spatial" in args.networks:
+        if label == "spatial" and (best is None or score > best[0]):
+            best = score, model
+    if args.picture and name == "photos" and best is not None:  # the spatial model of the best rate
         held_out = photo_arrays(args.photos, args.held_out_photos)[1]
         large = random_crops(held_out, 4, 256, seed=2).to(args.device)
         with torch.no_grad():
-            save_image(torch.cat([large, spatial_model.eval()(large).float()]), args.picture, nrow=4, padding=2)
+            save_image(torch.cat([large, best[1].eval()(large).float()]), args.picture, nrow=4, padding=2)
         print(f"wrote {args.picture}: held-out 256x256 crops (top) and their reconstructions (bottom)")
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--photos", help="a folder of photographs; default: scikit-learn's two sample photographs")
+    parser.add_argument(
+        "--photos",
+        help="a folder of photographs, or one scripts/make_photo_set.py wrote (its split); default: scikit-learn's two "
+        "sample photographs",
+    )
     parser.add_argument("--held-out-photos", type=int, default=1, help="photos (last by name) kept for testing")
     parser.add_argument("--data-dir", default="../shared/data", help="root holding FashionMNIST/raw")
     parser.add_argument("--crop-size", type=int, default=32, help="side of the photo crops, divisible by 2 ** levels")
@@ -167,6 +184,7 @@ def main() -> None:
     parser.add_argument("--conv-dims", type=int, nargs="+", default=[64, 128, 256], help="conv network's channels")
     parser.add_argument("--networks", nargs="+", choices=["conv", "spatial"], default=["conv", "spatial"])
     parser.add_argument("--conv-lrs", type=float, nargs="+", help="the conv network's learning rates (default: --lr)")
+    parser.add_argument("--spatial-lrs", type=float, nargs="+", help="the spatial network's rates (default: --lr)")
     parser.add_argument(
         "--conv-schedules",
         nargs="+",

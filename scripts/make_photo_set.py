@@ -1,8 +1,9 @@
 """A training set of crops of real photographs, and a held-out set from other photographs, all available offline.
 
-Sources: the nature photographs of Debian's ``mate-backgrounds`` (its ``abstract``/``desktop`` renders are left out)
-and the photographs bundled with scikit-image and scikit-learn (drawings, charts, scans and synthetic images left out).
-Whole photographs are held out, so no held-out crop shares a pixel with a training crop.
+Sources: the nature photographs of Debian's ``mate-backgrounds`` (its ``abstract``/``desktop`` renders are left out),
+the photographs bundled with scikit-image and scikit-learn (drawings, charts, scans and synthetic images left out) and
+those of Debian's ``lomiri-wallpapers-16.04`` and ``-20.04`` (their renders left out). Whole photographs are held out,
+so no held-out crop shares a pixel with a training crop.
 
     python scripts/make_photo_set.py data/photos --crop 256 --crops-per-photo 40 --install
     python scripts/make_photo_set.py data/photos --crop 256 --stream data/photos-64 --stream-size 64
@@ -29,6 +30,19 @@ MATE_NATURE = Path("/usr/share/backgrounds/mate/nature")
 # scikit-image's bundled photographs (its other images are drawings, scans, microscopy or synthetic).
 SKIMAGE_PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
                   "motorcycle_right.png", "hubble_deep_field.jpg"]  # fmt: skip
+# The photographs of lomiri-wallpapers-16.04 and -20.04 (their other files, umang, Fossa, Infinite-Sea and
+# Painting-Colors, are renders), listed last so that the earlier sources keep their places in the split.
+LOMIRI = Path("/usr/share/backgrounds")
+LOMIRI_PHOTOS = {
+    "lomiri-wallpapers-16.04": [
+        "Bridge_by_Sander_Klootwijk.jpg", "Dragonfly_by_Bolly.jpg", "Picture_0B_by_freespace.jpg",
+        "Picture_1A_by_freespace.jpg", "Wine_by_Jakkub_Mede.jpg", "aitzgorri_by_Aitzol_Berasategi.jpg",
+        "analogpattern_by_Peter_Nerlich.jpg", "free_by_Peter_Nerlich.jpg", "friends_by_Aitzol_Berasategi.jpg",
+        "greentock_by_Peter_Nerlich.jpg", "life_by_Aitzol_Berasategi.jpg", "picosdeeuropa_by_Aitzol_Berasategi.jpg",
+        "seeding_by_Clements_Engelhardt.jpg", "sunset_by_Aitzol_Berasategi.jpg",
+    ],
+    "lomiri-wallpapers-20.04": ["Kleiber_by_Lukas_Baubkus.jpg"],
+}  # fmt: skip
 HELD_OUT_EVERY = 4  # every 4th photograph of the sorted list is held out
 
 
@@ -51,6 +65,7 @@ def install(missing_apt: list[str], missing_pip: list[str], run: bool) -> None:
 
 def find_photos(run_install: bool) -> list[Path]:
     missing_apt = [] if MATE_NATURE.is_dir() else ["mate-backgrounds"]
+    missing_apt += [package for package, names in LOMIRI_PHOTOS.items() if not (LOMIRI / names[0]).is_file()]
     missing_pip = [] if importlib.util.find_spec("skimage") else ["scikit-image"]
     install(missing_apt, missing_pip, run_install)
     import skimage
@@ -59,6 +74,7 @@ def find_photos(run_install: bool) -> list[Path]:
     photos = sorted(MATE_NATURE.glob("*.jpg")) + sorted(MATE_NATURE.glob("*.png"))
     photos += [Path(skimage.__file__).parent / "data" / name for name in SKIMAGE_PHOTOS]
     photos += sorted((Path(sklearn.datasets.__file__).parent / "images").glob("*.jpg"))  # china.jpg, flower.jpg
+    photos += [LOMIRI / name for names in LOMIRI_PHOTOS.values() for name in names]
     return [p for p in photos if p.is_file()]
 
 
