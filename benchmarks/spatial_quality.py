@@ -3,18 +3,20 @@
     python benchmarks/spatial_quality.py --steps 2000 --device cuda              # the figures
     python benchmarks/spatial_quality.py --steps 60 --train-images 512 --test-images 128   # a quick look on a CPU
 
-Trains the plain autoencoder (squared error) twice per data set, once with spatial codes ``[z, H / f, W / f]`` and once
-with ``network: conv`` and a flat code of as many floats, with the same optimizer (Adam, its rate decayed on a cosine
-unless ``--schedule constant``), steps and batches, and prints the mean per-image PSNR (dB) of held-out images.
+Trains the plain autoencoder (squared error) twice per data set, once with spatial codes ``[z, H / f, W / f]`` and
+once with ``network: conv`` and a flat code of as many floats, with the same optimizer (Adam, its rate decayed on a
+cosine unless ``--schedule constant``), steps and batches, and prints the mean per-image PSNR (dB) of held-out images.
 ``--conv-lrs`` and ``--conv-schedules`` train the conv network once per rate and schedule (the baseline's best of a
 grid), ``--spatial-lrs`` the spatial one once per rate; ``--downscale N`` cuts photo crops N times larger and resizes
-them down. The data: square crops (``--crop-size``, 32 by default) of photographs (``--photos DIR``: the split of a
-folder ``scripts/make_photo_set.py`` wrote, or every photo but the last few cut into training crops, the last
-``--held-out-photos`` into held-out crops; by default scikit-learn's two sample photographs, ``china.jpg`` for training
-and ``flower.jpg`` held out) and Fashion-MNIST from ``--data-dir`` (``FashionMNIST/raw``, e.g. ``../shared/data``; train
-and test images). ``--picture PATH`` also writes held-out 256x256 crops above their reconstructions by the spatial model
-of the best rate, trained on the crops (it is fully convolutional; the conv network's linear layer fixes its input
-size). Numbers only: no assertions.
+them down, and ``--photo-side S`` first scales each photo's shorter side to S (``--photo-side 768 --crop-size 64
+--downscale 4``: the 256-pixel crops of ``scripts/make_photo_set.py`` resized to 64, the photo configs' data). The
+data: square crops (``--crop-size``, 32 by default) of photographs (``--photos DIR``: the split of a folder
+``scripts/make_photo_set.py`` wrote, or every photo but the last few cut into training crops, the last
+``--held-out-photos`` into held-out crops; by default scikit-learn's two sample photographs, ``china.jpg`` for
+training and ``flower.jpg`` held out) and Fashion-MNIST from ``--data-dir`` (``FashionMNIST/raw``, e.g.
+``../shared/data``; train and test images). ``--picture PATH`` also writes held-out 256x256 crops above their
+reconstructions by the spatial model of the best rate, trained on the crops (it is fully convolutional; the conv
+network's linear layer fixes its input size). Numbers only: no assertions.
 """
 
 from __future__ import annotations
@@ -35,9 +37,12 @@ from torchvision.utils import save_image
 from ae_lightning import Autoencoder
 
 
-def photo_arrays(folder: str | None, held_out: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def photo_arrays(
+    folder: str | None, held_out: int, side: int | None = None
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """RGB arrays of the training photos and of the held-out ones: those ``photos.json`` names in a folder that
-    ``scripts/make_photo_set.py`` wrote, else the last ``held_out`` files of the folder in name order."""
+    ``scripts/make_photo_set.py`` wrote, else the last ``held_out`` files of the folder in name order; each scaled
+    (Lanczos) so that its shorter side is ``side`` pixels, as that script scales them, if ``side`` is given."""
     if folder is None:
         from sklearn.datasets import load_sample_images
 
@@ -46,14 +51,21 @@ def photo_arrays(folder: str | None, held_out: int) -> tuple[list[np.ndarray], l
     record = Path(folder) / "photos.json"
     if record.is_file():
         split = json.loads(record.read_text())
-        return tuple(
-            [np.asarray(Image.open(path).convert("RGB")) for path in split[part]] for part in ("train", "heldout")
-        )
-    files = sorted(path for path in Path(folder).rglob("*") if path.suffix.lower() in {".jpg", ".jpeg", ".png"})
-    if len(files) <= held_out:
-        raise ValueError(f"{folder} holds {len(files)} photos; at least {held_out + 1} are needed")
-    photos = [np.asarray(Image.open(path).convert("RGB")) for path in files]
-    return photos[:-held_out], photos[-held_out:]
+        train, test = [list(map(Path, split[part])) for part in ("train", "heldout")]
+    else:
+        files = sorted(path for path in Path(folder).rglob("*") if path.suffix.lower() in {".jpg", ".jpeg", ".png"})
+        if len(files) <= held_out:
+            raise ValueError(f"{folder} holds {len(files)} photos; at least {held_out + 1} are needed")
+        train, test = files[:-held_out], files[-held_out:]
+
+    def read(path: Path) -> np.ndarray:
+        image = Image.open(path).convert("RGB")
+        if side is not None:
+            scale = side / min(image.size)
+            image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
+        return np.asarray(image)
+
+    return [read(path) for path in train], [read(path) for path in test]
 
 
 def random_crops(photos: list[np.ndarray], count: int, size: int, seed: int, downscale: int = 1) -> Tensor:
@@ -148,7 +160,7 @@ def compare(name: str, train_images: Tensor, test_images: Tensor, args: argparse
         if label == "spatial" and (best is None or score > best[0]):
             best = score, model
     if args.picture and name == "photos" and best is not None:  # the spatial model of the best rate
-        held_out = photo_arrays(args.photos, args.held_out_photos)[1]
+        held_out = photo_arrays(args.photos, args.held_out_photos, args.photo_side)[1]
         large = random_crops(held_out, 4, 256, seed=2).to(args.device)
         with torch.no_grad():
             save_image(torch.cat([large, best[1].eval()(large).float()]), args.picture, nrow=4, padding=2)
@@ -166,6 +178,7 @@ def main() -> None:
     parser.add_argument("--held-out-photos", type=int, default=1, help="photos (last by name) kept for testing")
     parser.add_argument("--data-dir", default="../shared/data", help="root holding FashionMNIST/raw")
     parser.add_argument("--crop-size", type=int, default=32, help="side of the photo crops, divisible by 2 ** levels")
+    parser.add_argument("--photo-side", type=int, help="scale each photo's shorter side to this first (default: as is)")
     parser.add_argument("--downscale", type=int, default=1, help="cut crops this many times larger, resize them down")
     parser.add_argument("--train-images", type=int, default=20000, help="training crops / Fashion-MNIST images")
     parser.add_argument("--test-images", type=int, default=1000, help="held-out crops / Fashion-MNIST test images")
@@ -199,7 +212,7 @@ def main() -> None:
     print("| data | network | code (floats) | parameters | lr, schedule | train s | held-out PSNR dB |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     if "photos" not in args.skip:
-        train_photos, held_out = photo_arrays(args.photos, args.held_out_photos)
+        train_photos, held_out = photo_arrays(args.photos, args.held_out_photos, args.photo_side)
         crops = random_crops(train_photos, args.train_images, args.crop_size, 0, args.downscale)
         compare("photos", crops, random_crops(held_out, args.test_images, args.crop_size, 1, args.downscale), args)
     if "fashion" not in args.skip:
