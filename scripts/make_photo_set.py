@@ -75,7 +75,10 @@ def find_photos(run_install: bool) -> list[Path]:
     photos += [Path(skimage.__file__).parent / "data" / name for name in SKIMAGE_PHOTOS]
     photos += sorted((Path(sklearn.datasets.__file__).parent / "images").glob("*.jpg"))  # china.jpg, flower.jpg
     photos += [LOMIRI / name for names in LOMIRI_PHOTOS.values() for name in names]
-    return [p for p in photos if p.is_file()]
+    missing = [str(path) for path in photos if not path.is_file()]
+    if missing:  # another package version: the split would shift silently
+        sys.exit(f"listed photographs not found: {', '.join(missing)}; this script names the files it expects")
+    return photos
 
 
 def crops(path: Path, crop: int, count: int, side: int, rng: np.random.Generator) -> list[Image.Image]:
