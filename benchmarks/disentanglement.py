@@ -32,6 +32,8 @@ import torch
 from torchvision.utils import save_image
 
 from ae_lightning import DIPVAE, IAFVAE, VAE, BetaTCVAE, FactorVAE, InfoVAE, VampPriorVAE
+from ae_lightning.blocks import networks
+from ae_lightning.blocks.flows import InverseAutoregressiveFlow
 from ae_lightning.evaluation import disentanglement
 from datamodules import DSpritesDataModule, FashionMNISTDataModule
 
@@ -43,6 +45,34 @@ class SampledKLVAE(VAE):
     sampling noise of a KL estimate costs (the ``vae_sampled_kl`` row of the nll part)."""
 
     closed_form_kl = False
+
+
+class OwnContextIAFVAE(IAFVAE):
+    """The IAF VAE whose flow reads an encoder output ``h`` of its own (``CONTEXT_DIM`` more encoder outputs beside
+    the mean and log-variance), with the gradient flowing back through it, as in Kingma et al. 2016: the
+    ``iaf_own_context`` row of the nll part, a diagnostic (the shipped model reads ``[mu, log sigma^2]``, detached)."""
+
+    CONTEXT_DIM = 100
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        hp = self.hparams
+        self.flow = InverseAutoregressiveFlow(
+            self.latent_dim, hp.flow_steps, hp.flow_hidden_dims, hp.forget_bias, self.CONTEXT_DIM
+        )
+
+    def build_encoder(self) -> torch.nn.Module:
+        hp = self.hparams
+        return networks.build_encoder(
+            hp.network, self.input_shape, hp.hidden_dims, 2 * self.latent_dim + self.CONTEXT_DIM
+        )
+
+    def posterior_parameters(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar, self._h = self.encoder(x).split([self.latent_dim, self.latent_dim, self.CONTEXT_DIM], dim=1)
+        return mu, logvar
+
+    def _context(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        return self._h  # the h of the images whose mu and logvar these are: every caller reads them together
 
 
 DISENTANGLING = {
@@ -60,6 +90,7 @@ LIKELIHOOD = {
     "vampprior": (VampPriorVAE, {"num_pseudo_inputs": 500}),
     "iaf_vae": (IAFVAE, {"flow_steps": 2, "flow_hidden_dims": [256, 256]}),
     "vae_sampled_kl": (SampledKLVAE, {}),
+    "iaf_own_context": (OwnContextIAFVAE, {"flow_steps": 2, "flow_hidden_dims": [256, 256]}),
 }
 
 
