@@ -5,7 +5,9 @@
 
 Trains the plain autoencoder (squared error) twice per data set, once with spatial codes ``[z, H / f, W / f]`` and
 once with ``network: conv`` and a flat code of as many floats, with the same optimizer (Adam, its rate decayed on a
-cosine unless ``--schedule constant``), steps and batches, and prints the mean per-image PSNR (dB) of held-out images.
+cosine unless ``--schedule constant``), steps and batches, and prints the mean per-image PSNR (dB) of held-out images
+(beside it, of as many training images, and of the held-out ones with each reconstruction's channels shifted by
+their mean error: what is left when colour and brightness offsets cost nothing).
 ``--conv-lrs`` and ``--conv-schedules`` train the conv network once per rate and schedule (the baseline's best of a
 grid), ``--spatial-lrs`` the spatial one once per rate; ``--downscale N`` cuts photo crops N times larger and resizes
 them down, and ``--photo-side S`` first scales each photo's shorter side to S (``--photo-side 768 --crop-size 64
@@ -118,12 +120,17 @@ def train(
 
 
 @torch.no_grad()
-def psnr(model: Autoencoder, images: Tensor, device: str) -> float:
+def psnr(model: Autoencoder, images: Tensor, device: str, colour_matched: bool = False) -> float:
+    """The mean per-image PSNR of the reconstructions; ``colour_matched``: after shifting each reconstruction's
+    channels by their mean error, so that an offset of colour or brightness costs nothing (a diagnostic)."""
     model.eval()
     scores = []
     for x in images.split(256):
         x = x.to(device)
-        scores.append(peak_signal_noise_ratio(model(x).float(), x, data_range=1.0, reduction="none", dim=(1, 2, 3)))
+        recon = model(x).float()
+        if colour_matched:
+            recon = recon - (recon - x).mean(dim=(2, 3), keepdim=True)
+        scores.append(peak_signal_noise_ratio(recon, x, data_range=1.0, reduction="none", dim=(1, 2, 3)))
     return torch.cat(scores).mean().item()
 
 
@@ -154,8 +161,10 @@ def compare(name: str, train_images: Tensor, test_images: Tensor, args: argparse
         parameters = sum(p.numel() for p in model.parameters())
         code = "x".join(map(str, model.latent_shape))
         score = psnr(model, test_images, args.device)
+        seen = psnr(model, train_images[: len(test_images)], args.device)
+        matched = psnr(model, test_images, args.device, colour_matched=True)
         rows.append(f"| {name} | {label} | {code} ({code_floats}) | {parameters:,} | {lr:g} {schedule} | "
-                    f"{seconds:.0f} | {score:.2f} |")  # fmt: skip
+                    f"{seconds:.0f} | {seen:.2f} | {score:.2f} | {matched:.2f} |")  # fmt: skip
         print(rows[-1], flush=True)
         if label == "spatial" and (best is None or score > best[0]):
             best = score, model
@@ -209,8 +218,9 @@ def main() -> None:
     parser.add_argument("--skip", choices=["photos", "fashion"], action="append", default=[])
     args = parser.parse_args()
     print(f"device {args.device}, {args.steps} steps at batch {args.batch_size}, Adam lr {args.lr} ({args.schedule})")
-    print("| data | network | code (floats) | parameters | lr, schedule | train s | held-out PSNR dB |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| data | network | code (floats) | parameters | lr, schedule | train s | PSNR dB on training images | "
+          "held-out PSNR dB | held-out, colour-matched |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | ---: | ---: | ---: |")
     if "photos" not in args.skip:
         train_photos, held_out = photo_arrays(args.photos, args.held_out_photos, args.photo_side)
         crops = random_crops(train_photos, args.train_images, args.crop_size, 0, args.downscale)
