@@ -120,18 +120,17 @@ def train(
 
 
 @torch.no_grad()
-def psnr(model: Autoencoder, images: Tensor, device: str, colour_matched: bool = False) -> float:
-    """The mean per-image PSNR of the reconstructions; ``colour_matched``: after shifting each reconstruction's
-    channels by their mean error, so that an offset of colour or brightness costs nothing (a diagnostic)."""
+def psnr(model: Autoencoder, images: Tensor, device: str) -> tuple[float, float]:
+    """The mean per-image PSNR of the reconstructions, and the same after shifting each reconstruction's channels by
+    their mean error (colour-matched: an offset of colour or brightness costs nothing; a diagnostic)."""
     model.eval()
-    scores = []
+    plain, matched = [], []
     for x in images.split(256):
         x = x.to(device)
         recon = model(x).float()
-        if colour_matched:
-            recon = recon - (recon - x).mean(dim=(2, 3), keepdim=True)
-        scores.append(peak_signal_noise_ratio(recon, x, data_range=1.0, reduction="none", dim=(1, 2, 3)))
-    return torch.cat(scores).mean().item()
+        for scores, y in ((plain, recon), (matched, recon - (recon - x).mean(dim=(2, 3), keepdim=True))):
+            scores.append(peak_signal_noise_ratio(y, x, data_range=1.0, reduction="none", dim=(1, 2, 3)))
+    return torch.cat(plain).mean().item(), torch.cat(matched).mean().item()
 
 
 def compare(name: str, train_images: Tensor, test_images: Tensor, args: argparse.Namespace) -> list[str]:
@@ -160,9 +159,8 @@ def compare(name: str, train_images: Tensor, test_images: Tensor, args: argparse
         seconds = train(model, train_images, args.steps, args.batch_size, lr, args.device, schedule == "cosine")
         parameters = sum(p.numel() for p in model.parameters())
         code = "x".join(map(str, model.latent_shape))
-        score = psnr(model, test_images, args.device)
-        seen = psnr(model, train_images[: len(test_images)], args.device)
-        matched = psnr(model, test_images, args.device, colour_matched=True)
+        score, matched = psnr(model, test_images, args.device)
+        seen = psnr(model, train_images[: len(test_images)], args.device)[0]
         rows.append(f"| {name} | {label} | {code} ({code_floats}) | {parameters:,} | {lr:g} {schedule} | "
                     f"{seconds:.0f} | {seen:.2f} | {score:.2f} | {matched:.2f} |")  # fmt: skip
         print(rows[-1], flush=True)
