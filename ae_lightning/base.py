@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Literal
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.plugins import MixedPrecision
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
@@ -293,19 +294,33 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
 
         Where the optimizer has a fused variant for the parameters' device and neither ``fused`` nor ``foreach`` was
         chosen, the fused one is built: the same update, several times faster for small networks (PyTorch's own
-        default is ``foreach`` on CUDA and a loop over the tensors elsewhere). An explicit choice stands.
+        default is ``foreach`` on CUDA and a loop over the tensors elsewhere). An explicit choice stands, and so does
+        PyTorch's default under mixed precision (``16-mixed``, ``bf16-mixed``), where Lightning refuses to clip the
+        gradients of a fused optimizer.
         """
         parameters = list(parameters)
-        built = optimizer(parameters)
-        if "fused" in built.defaults and built.defaults["fused"] is None and built.defaults.get("foreach") is None:
+
+        def build(**kwargs: Any) -> torch.optim.Optimizer:  # torch fills in the groups' settings: give it copies
+            return optimizer([dict(p) if isinstance(p, dict) else p for p in parameters], **kwargs)
+
+        built = build()
+        choose = "fused" in built.defaults and built.defaults["fused"] is None and built.defaults.get("foreach") is None
+        if choose and not self._mixed_precision():
             with contextlib.suppress(RuntimeError, TypeError, ValueError):  # no fused kernel for this device or dtype
-                built = optimizer(parameters, fused=True)
+                built = build(fused=True)
         if lr_scheduler is None:
             return {"optimizer": built}
         scheduler = {"scheduler": lr_scheduler(built)}
         if self.automatic_optimization:  # under manual optimization ``on_train_epoch_end`` steps it
             scheduler["monitor"] = "val/loss"
         return {"optimizer": built, "lr_scheduler": scheduler}
+
+    def _mixed_precision(self) -> bool:
+        """Whether the trainer runs Lightning's mixed precision (``16-mixed``, ``bf16-mixed``)."""
+        try:
+            return isinstance(self.trainer.precision_plugin, MixedPrecision)
+        except RuntimeError:  # not attached to a trainer
+            return False
 
     def on_fit_start(self) -> None:
         fast.check_fit(self.trainer, self.steps_per_batch)

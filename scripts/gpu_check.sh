@@ -1,32 +1,37 @@
 #!/usr/bin/env bash
 # Every GPU-only check, in one run of under 10 minutes on one GPU. Run it whenever a GPU is lent; its figures go to
-# docs/speed.md (the tables land in $OUT, default runs/gpu_check).
+# docs/speed.md (the tables land in $OUT, default runs/gpu_check). A failing check is reported and the others still run;
+# the exit status is 1 if any failed. The speed tables come last, one per batch size, as they take the longest.
 #   bash scripts/gpu_check.sh                     # DATA_DIR: a folder with FashionMNIST/raw (default ../shared/data)
-set -euo pipefail
+set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_check}
 DATA_DIR=${DATA_DIR:-../shared/data}
 mkdir -p "$OUT"
-python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())"
+python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())" || exit 1
+failed=()
+check() {  # check NAME COMMAND...: run it, and remember NAME if it fails
+    local name=$1 start=$SECONDS
+    shift
+    "$@" || { failed+=("$name"); echo "gpu_check: $name FAILED"; }
+    echo "gpu_check: $name took $((SECONDS - start)) s"
+}
 
 # 1. the tests marked gpu (16-mixed for every variant, and the other CUDA-only tests)
-python -m pytest -q -m gpu 2>&1 | tee "$OUT/tests.txt"
+check "gpu tests" eval 'python -m pytest -q -m gpu 2>&1 | tee "$OUT/tests.txt"'
 
-# 2. bf16-mixed fit and test of the VAE and the adversarial AE, with their metrics
+# 2. bf16-mixed fit (one epoch) and test of the VAE and the adversarial AE, with their metrics
 data=(--data FashionMNISTDataModule --data.data_dir "$DATA_DIR")
 gpu=(--trainer.accelerator gpu --trainer.devices 1 --trainer.precision bf16-mixed --trainer.enable_progress_bar false)
 for config in vae aae; do
     root="$OUT/$config-bf16"
-    ae-lightning fit --config "configs/$config.yaml" "${data[@]}" "${gpu[@]}" --trainer.max_epochs 2 \
+    check "$config fit" ae-lightning fit --config "configs/$config.yaml" "${data[@]}" "${gpu[@]}" --trainer.max_epochs 1 \
         --trainer.default_root_dir "$root"
-    ae-lightning test --config "configs/$config.yaml" "${data[@]}" "${gpu[@]}" --trainer.default_root_dir "$root" \
-        --ckpt_path last 2>&1 | tee "$OUT/$config-bf16-test.txt"
+    check "$config test" eval 'ae-lightning test --config "configs/$config.yaml" "${data[@]}" "${gpu[@]}" \
+        --trainer.default_root_dir "$root" --ckpt_path last 2>&1 | tee "$OUT/$config-bf16-test.txt"'
 done
 
-# 3. the speed table on CUDA: both references, the default path and the fast path (fp32)
-python benchmarks/speed.py --devices cuda --data-dir "$DATA_DIR" --batch-sizes 128 1024 --out "$OUT/speed.md"
-
-# 4. the f8 spatial autoencoder and VAE on photos in bf16-mixed at 64 and 256 px: 20 steps, validation and test each.
+# 3. the f8 spatial autoencoder and VAE on photos in bf16-mixed at 64 and 256 px: 20 steps, validation and test each.
 # PHOTO_DIR: a folder of photo crops (default data/photos/train); without one, 256x256 crops of scikit-learn's two
 # sample photographs are written to $OUT/photos.
 PHOTO_DIR=${PHOTO_DIR:-data/photos/train}
@@ -51,21 +56,34 @@ for config in photo_ae_f8 photo_vae_f8; do
     for size in 64 256; do
         root="$OUT/$config-$size-bf16"
         photos=(--config "configs/${config}_$size.yaml" --data.data_dir "$PHOTO_DIR" "${gpu[@]}")
-        ae-lightning fit "${photos[@]}" --trainer.max_steps 20 --trainer.limit_val_batches 2 \
-            --trainer.default_root_dir "$root"
-        ae-lightning test "${photos[@]}" --trainer.limit_test_batches 2 --trainer.default_root_dir "$root" \
-            --ckpt_path last 2>&1 | tee "$OUT/$config-$size-bf16-test.txt"
+        check "$config-$size fit" ae-lightning fit "${photos[@]}" --trainer.max_steps 20 \
+            --trainer.limit_val_batches 2 --trainer.default_root_dir "$root"
+        check "$config-$size test" eval 'ae-lightning test "${photos[@]}" --trainer.limit_test_batches 2 \
+            --trainer.default_root_dir "$root" --ckpt_path last 2>&1 | tee "$OUT/$config-$size-bf16-test.txt"'
     done
 done
 
-# 5. the compression command's encode and decode throughput on the GPU and on the CPU: an f8 tokenizer and its prior
+# 4. the compression command's encode and decode throughput on the GPU and on the CPU: an f8 tokenizer and its prior
 # trained briefly (the rate, not the quality, is what this times), the held-out photograph of rate_distortion.py
-python benchmarks/rate_distortion.py --points 8:256 --steps 200 --prior_steps 100 --out "$OUT/rd" \
-    --jpeg_qualities 10 --webp_qualities 10
+check "rate_distortion" python benchmarks/rate_distortion.py --points 8:256 --steps 200 --prior_steps 100 \
+    --out "$OUT/rd" --jpeg_qualities 10 --webp_qualities 10
 photo=$(python -c "import matplotlib; print(matplotlib.get_data_path())")/sample_data/grace_hopper.jpg
 for device in cuda cpu; do
-    python scripts/compress.py encode "$OUT/rd/f8_k256/prior.ckpt" "$photo" "$OUT/rd/photo-$device.aelc" --device "$device"
-    python scripts/compress.py decode "$OUT/rd/f8_k256/prior.ckpt" "$OUT/rd/photo-$device.aelc" \
-        "$OUT/rd/photo-$device.png" --device "$device"
-done 2>&1 | tee "$OUT/codec_speed.txt"
+    check "encode on $device" python scripts/compress.py encode "$OUT/rd/f8_k256/prior.ckpt" "$photo" \
+        "$OUT/rd/photo-$device.aelc" --device "$device"
+    check "decode on $device" python scripts/compress.py decode "$OUT/rd/f8_k256/prior.ckpt" \
+        "$OUT/rd/photo-$device.aelc" "$OUT/rd/photo-$device.png" --device "$device"
+done > >(tee "$OUT/codec_speed.txt") 2>&1
+
+# 5. the speed table on CUDA: both references, the default path and the fast path (fp32), one table per batch size
+# (800-step long runs: on an H200 on 2026-12-04 the whole script ran past 10 minutes with 1,500)
+for batch_size in 128 1024; do
+    check "speed $batch_size" python benchmarks/speed.py --devices cuda --data-dir "$DATA_DIR" \
+        --batch-sizes "$batch_size" --long 800 --out "$OUT/speed-$batch_size.md"
+done
+
+if [ ${#failed[@]} -gt 0 ]; then
+    printf 'gpu_check: FAILED: %s\n' "${failed[*]}"
+    exit 1
+fi
 echo "GPU check done: $OUT"

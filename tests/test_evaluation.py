@@ -51,6 +51,29 @@ def test_reconstruction_metrics_match_closed_form() -> None:
     assert float(same.compute()["ssim"]) == pytest.approx(1.0, abs=1e-4)
 
 
+def test_reconstruction_metrics_under_mixed_precision_equal_those_in_float32() -> None:
+    # A GPU run of `ae-lightning test` under bf16-mixed failed: CUDA's autocast refuses binary cross-entropy. On the
+    # CPU, autocast would run SSIM's convolutions in bfloat16.
+    generator = torch.Generator().manual_seed(0)
+    images, reconstructions = torch.rand(2, 4, 3, 32, 32, generator=generator)
+    plain, mixed = ReconstructionMetrics(), ReconstructionMetrics()
+    plain.update(reconstructions, images)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed.update(reconstructions, images)
+    assert {k: float(v) for k, v in mixed.compute().items()} == {k: float(v) for k, v in plain.compute().items()}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_reconstruction_metrics_update_under_cuda_autocast() -> None:
+    images = torch.rand(2, 1, 28, 28, device="cuda")
+    metrics = ReconstructionMetrics().cuda()
+    for dtype in (torch.bfloat16, torch.float16):
+        with torch.autocast("cuda", dtype=dtype):
+            metrics.update(images.clamp(0.1, 0.9), images)
+    assert all(torch.isfinite(v) for v in metrics.compute().values())
+
+
 def test_probes_read_labels_from_codes_that_carry_them() -> None:
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(400) % 4

@@ -34,7 +34,8 @@ class ReconstructionMetrics(MetricCollection):
     """``recon_mse`` and ``recon_bce`` (per pixel), ``psnr`` (in dB, averaged over images) and ``ssim``.
 
     Update with ``(reconstructions, images)``, both ``[B, C, H, W]`` in [0, 1]; for feature vectors ``[B, D]``
-    (``images=False``) only ``recon_mse`` (per feature) applies.
+    (``images=False``) only ``recon_mse`` (per feature) applies. Updates run in float32 outside autocast, so a test
+    under mixed precision measures what one in ``32`` would (CUDA's autocast also refuses binary cross-entropy).
 
     Args:
         prefix: put before every name, e.g. ``test/``.
@@ -56,6 +57,10 @@ class ReconstructionMetrics(MetricCollection):
             compute_groups=False,
             **kwargs,
         )
+
+    def update(self, preds: Tensor, target: Tensor) -> None:  # type: ignore[override]
+        with torch.autocast(preds.device.type, enabled=False):
+            super().update(preds.float(), target.float())
 
 
 # The weights of the five scales of Wang et al. 2003, "Multiscale structural similarity for image quality assessment".
