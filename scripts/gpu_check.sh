@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU-only check, meant to fit in 10 minutes on one GPU (not yet timed whole). Run it whenever a GPU is lent;
 # its figures go to docs/speed.md (the tables land in $OUT, default runs/gpu_check). A failing check is reported and
-# the others still run; the exit status is 1 if any failed. The speed tables come last, one per batch size, as they take the longest.
+# the others still run; the exit status is 1 if any failed. The speed tables come last, one per batch size, as they
+# take the longest.
 #   bash scripts/gpu_check.sh                     # DATA_DIR: a folder with FashionMNIST/raw (default ../shared/data)
 set -uo pipefail
 cd "$(dirname "$0")/.."
