@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_check}
 DATA_DIR=${DATA_DIR:-../shared/data}
 mkdir -p "$OUT"
-python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())" || exit 1
+python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())" ||
+    exit 1
 failed=()
 check() {  # check NAME COMMAND...: run it, and remember NAME if it fails
     local name=$1 start=$SECONDS
@@ -26,8 +27,8 @@ data=(--data FashionMNISTDataModule --data.data_dir "$DATA_DIR")
 gpu=(--trainer.accelerator gpu --trainer.devices 1 --trainer.precision bf16-mixed --trainer.enable_progress_bar false)
 for config in vae aae; do
     root="$OUT/$config-bf16"
-    check "$config fit" ae-lightning fit --config "configs/$config.yaml" "${data[@]}" "${gpu[@]}" --trainer.max_epochs 1 \
-        --trainer.default_root_dir "$root"
+    check "$config fit" ae-lightning fit --config "configs/$config.yaml" "${data[@]}" "${gpu[@]}" \
+        --trainer.max_epochs 1 --trainer.default_root_dir "$root"
     check "$config test" eval 'ae-lightning test --config "configs/$config.yaml" "${data[@]}" "${gpu[@]}" \
         --trainer.default_root_dir "$root" --ckpt_path last 2>&1 | tee "$OUT/$config-bf16-test.txt"'
 done
