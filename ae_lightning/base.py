@@ -13,7 +13,6 @@ from typing import Any, ClassVar, Literal
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.plugins import MixedPrecision
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
@@ -298,9 +297,11 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         PyTorch's default under mixed precision (``16-mixed``, ``bf16-mixed``), where Lightning refuses to clip the
         gradients of a fused optimizer.
         """
-        parameters = list(parameters)
+        # Each build gets copies of the groups, which torch fills in, and their parameters as lists (an iterator
+        # would be used up by the first build).
+        parameters = [_materialized_group(p) if isinstance(p, dict) else p for p in parameters]
 
-        def build(**kwargs: Any) -> torch.optim.Optimizer:  # torch fills in the groups' settings: give it copies
+        def build(**kwargs: Any) -> torch.optim.Optimizer:
             return optimizer([dict(p) if isinstance(p, dict) else p for p in parameters], **kwargs)
 
         built = build()
@@ -316,9 +317,9 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         return {"optimizer": built, "lr_scheduler": scheduler}
 
     def _mixed_precision(self) -> bool:
-        """Whether the trainer runs Lightning's mixed precision (``16-mixed``, ``bf16-mixed``)."""
+        """Whether the trainer runs mixed precision (``16-mixed``, ``bf16-mixed``), under any strategy."""
         try:
-            return isinstance(self.trainer.precision_plugin, MixedPrecision)
+            return self.trainer.precision in ("16-mixed", "bf16-mixed")
         except RuntimeError:  # not attached to a trainer
             return False
 
@@ -440,6 +441,12 @@ def check_optimizer_class(index: int, stored: str, optimizer: torch.optim.Optimi
             f"the checkpoint's optimizer {index} is a {stored}, this run's a {now}: its state cannot carry over. "
             "Resume with the checkpoint's optimizer, or start afresh without --ckpt_path"
         )
+
+
+def _materialized_group(group: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a parameter group, its ``params`` a list if they came as an iterator (``module.parameters()``)."""
+    params = group["params"]
+    return {**group, "params": list(params)} if isinstance(params, Iterator) else dict(group)
 
 
 def _factory_arguments(cls: type) -> list[str]:

@@ -4,10 +4,13 @@ are refused, naming both values, where it cannot; unreadable checkpoints are err
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from tiny_runs import run_cli, tiny_args
+
+from ae_lightning.training.resume import OptimizerSettingsOnResume
 
 STEP_CHECKPOINTS = ["--checkpoint.every_n_train_steps", "4", "--checkpoint.monitor", "null",
                     "--checkpoint.save_top_k", "-1", "--checkpoint.filename", "{step}"]  # fmt: skip
@@ -121,3 +124,41 @@ def test_at_an_epoch_end_another_batch_size_is_taken_but_other_data_are_not(data
         run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "seed", *more, "--data.seed", "7"))
     cli = run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "bigger", *more, "--data.batch_size", "32"))
     assert cli.trainer.current_epoch == 2 and cli.trainer.global_step == 14 + 7
+
+
+def test_a_resume_that_turns_fused_on_places_the_step_counts_where_the_fused_optimizer_needs_them() -> None:
+    # A run with an unfused Adam (bf16-mixed, or fused: false) keeps its step counts as such an Adam does: on the CPU,
+    # in the default dtype. Resumed with the fused default, the fused kernel needs them float32 on the parameters'
+    # device (on CUDA a CPU count is an error); here a float64 count stands for the count in the wrong place.
+    weight = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    unfused = torch.optim.Adam([weight], fused=False)
+    torch.set_default_dtype(torch.float64)
+    try:
+        weight.grad = torch.ones_like(weight)
+        unfused.step()
+    finally:
+        torch.set_default_dtype(torch.float32)
+    checkpoint: dict = {}
+    callback = OptimizerSettingsOnResume()
+    callback.on_save_checkpoint(SimpleNamespace(optimizers=[unfused]), None, checkpoint)
+    fused = torch.optim.Adam([weight], fused=True)
+    fused.load_state_dict(unfused.state_dict())  # as Lightning restores it
+    assert fused.state[weight]["step"].dtype == torch.float64
+    callback.on_load_checkpoint(None, None, checkpoint)
+    callback.on_train_start(SimpleNamespace(optimizers=[fused], lr_scheduler_configs=[]), None)
+    assert fused.param_groups[0]["fused"] is True
+    assert fused.state[weight]["step"].dtype == torch.float32
+    assert fused.state[weight]["step"].item() == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_bf16_mixed_run_resumes_in_32_with_the_fused_optimizer_on_gpu(data_dir: Path, tmp_path: Path) -> None:
+    gpu = ["--trainer.accelerator", "gpu", "--trainer.devices", "1", "--trainer.limit_val_batches", "1"]
+    run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "run", *gpu, "--trainer.precision", "bf16-mixed",
+                              "--trainer.max_steps", "2"))  # fmt: skip
+    checkpoint = next((tmp_path / "run").rglob("last.ckpt"))
+    cli = run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "resumed", *gpu, "--trainer.max_steps", "4",
+                                    "--ckpt_path", str(checkpoint)))  # fmt: skip
+    assert cli.trainer.global_step == 4
+    assert cli.trainer.optimizers[0].param_groups[0]["fused"] is True

@@ -13,7 +13,7 @@ from types import ModuleType
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.plugins import MixedPrecision
+from lightning.pytorch.plugins import FSDPPrecision, MixedPrecision
 from tiny_runs import ROOT, build_cli, last_checkpoint, tiny_args
 
 from ae_lightning import AutoDecoder, Autoencoder
@@ -156,6 +156,11 @@ def test_every_parameter_group_of_the_fused_optimizer_is_fused() -> None:
     optimizer = AutoDecoder(hidden_dims=[8], latent_dim=2, num_codes=4).configure_optimizers()["optimizer"]
     assert [group["fused"] for group in optimizer.param_groups] == [True, True]
     assert optimizer.param_groups[1]["lr"] == 0.01  # the codes' own rate
+    # Groups whose parameters come as iterators (module.parameters()) keep them through both builds.
+    model = Autoencoder(hidden_dims=[8], latent_dim=2)
+    groups = [{"params": model.decoder.parameters()}, {"params": model.encoder.parameters(), "lr": 0.01}]
+    optimizer = model.build_optimizer(groups, torch.optim.Adam, None)["optimizer"]
+    assert [(len(g["params"]), g["fused"]) for g in optimizer.param_groups] == [(4, True), (4, True)]
 
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
@@ -173,6 +178,14 @@ def test_under_mixed_precision_the_default_optimizer_is_one_lightning_clips(
     trainer.fit(model, datamodule=FashionMNISTDataModule(data_dir=str(data_dir), batch_size=16))
     assert trainer.global_step == 2
     assert not trainer.optimizers[0].defaults["fused"]
+
+
+def test_under_fsdp_mixed_precision_the_default_optimizer_is_not_fused_either() -> None:
+    # FSDP's precision plugin is no MixedPrecision, and with a fused optimizer it skips unscaling before clipping.
+    for plugin, fused in ((FSDPPrecision("bf16-mixed"), None), (FSDPPrecision("32-true"), True)):
+        model = Autoencoder(hidden_dims=[8], latent_dim=2)
+        model.trainer = L.Trainer(accelerator="cpu", plugins=[plugin], logger=False)
+        assert model.configure_optimizers()["optimizer"].defaults["fused"] is fused, plugin.precision
 
 
 @pytest.mark.parametrize(("reconstruction", "input_shape"), [("bce", (1, 6, 6)), ("mse", (1, 6, 6)), ("mse", (5,))])

@@ -14,8 +14,9 @@ from ae_lightning.base import check_optimizer_class
 
 class OptimizerSettingsOnResume(Callback):
     """Records each optimizer's class and settings in checkpoints; on resume, after Lightning has restored the
-    optimizers' state, applies this run's settings (``lr``, ``weight_decay``, ...) where they differ, to every param
-    group and to the schedulers' ``base_lrs``, and refuses another optimizer class, whose state cannot carry over.
+    optimizers' state, applies this run's settings (``lr``, ``weight_decay``, ``fused``, ...) where they differ, to
+    every param group and to the schedulers' ``base_lrs`` (the state's ``step`` counts then lie where this run's
+    settings need them), and refuses another optimizer class, whose state cannot carry over.
 
     The ``ae-lightning`` command installs it; without it a resumed run keeps the checkpoint's settings.
     """
@@ -36,10 +37,12 @@ class OptimizerSettingsOnResume(Callback):
         for i, (optimizer, before) in enumerate(zip(trainer.optimizers, resumed or [])):
             check_optimizer_class(i, before["class"], optimizer)
             now = optimizer_settings(optimizer)
+            changed = False
             for name, value in now["defaults"].items():
                 previous = before["defaults"].get(name, value)
                 if previous == value:
                     continue
+                changed = True
                 for group in optimizer.param_groups:
                     group[name] = value
                     if name == "lr" and "initial_lr" in group:
@@ -49,6 +52,8 @@ class OptimizerSettingsOnResume(Callback):
                     if name == "lr" and scheduler.optimizer is optimizer and hasattr(scheduler, "base_lrs"):
                         scheduler.base_lrs = [value] * len(optimizer.param_groups)
                 rank_zero_info(f"optimizer {i}: {name} is {value} from here on (the checkpoint's run had {previous})")
+            if changed:  # torch places each ``step`` by its group's ``fused`` and ``capturable``: place it anew
+                optimizer.load_state_dict(optimizer.state_dict())
 
 
 def optimizer_settings(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
