@@ -170,7 +170,7 @@ class AutoencoderCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         subcommand = self.config.get("subcommand")
         _default_save_dirs(self.config[subcommand] if subcommand else self.config)
-        _fast_path(self.config[subcommand] if subcommand else self.config)
+        _fast_path(self.config[subcommand] if subcommand else self.config, fit=subcommand in ("fit", None))
         if subcommand == "predict":
             _streamed_predictions(self.config.predict)
 
@@ -210,6 +210,12 @@ class AutoencoderCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path == "last":
             ckpt_path = self.config[subcommand].ckpt_path = _furthest_checkpoint(self.config[subcommand])
+            if ckpt_path is None and subcommand != "fit":
+                root = self.config[subcommand].trainer.get("default_root_dir") or "."
+                raise FileNotFoundError(
+                    f"--ckpt_path last: no checkpoint under {root} to {subcommand}; give the trained run's folder "
+                    "as --trainer.default_root_dir or its checkpoint as --ckpt_path"
+                )
         if subcommand == "fit" and ckpt_path:  # a resumed run may write its config where it wrote it before
             self.save_config_kwargs = {**self.save_config_kwargs, "overwrite": True}
         if ckpt_path and ckpt_path not in _SPECIAL_CKPT_PATHS:
@@ -367,7 +373,8 @@ def _quiet_known_noise() -> None:
 
 def _furthest_checkpoint(config: Any) -> str | None:
     """``--ckpt_path last``: the furthest trained (global step, then newest) ``last*.ckpt`` of this run's folder, or
-    SLURM ``hpc_ckpt_*.ckpt``; None (with a warning) when there is none yet, so one command starts and resumes a run.
+    SLURM ``hpc_ckpt_*.ckpt``; None (with a warning) when there is none yet, so that one ``fit`` command starts and
+    resumes a run (the other subcommands refuse None).
 
     Lightning looks for ``last`` only in the new run's checkpoint folder, a new ``version_<N>`` of the logger, so it
     would never find the interrupted run's. The candidates are the set ``dirpath``, or ``checkpoints/`` folders up to
@@ -400,12 +407,20 @@ def _furthest_checkpoint(config: Any) -> str | None:
     return str(chosen)
 
 
-def _fast_path(config: Any) -> None:
+def _fast_path(config: Any, fit: bool) -> None:
     """``--fast.steps`` N > 1 (configs/fast.yaml): the model's and the datamodule's ``steps_per_batch`` (set here, not
-    linked, so that a datamodule without the argument still runs without the fast path)."""
+    linked, so that a datamodule without the argument still runs without the fast path); a ``fit`` with the trainer's
+    gradient clipping or accumulation is refused."""
     steps = config.get("fast.steps", 1)
     if steps == 1 or config.get("data") is None or config.get("model") is None:
         return
+    trainer = config.get("trainer") or {}
+    for name, off in (("gradient_clip_val", (None, 0)), ("accumulate_grad_batches", (1,))):
+        value = trainer.get(name, off[0])
+        if fit and value not in off:  # what Lightning's manual optimization refuses
+            raise ConfigError(f"--trainer.{name} {value}: the fast path (--fast.steps {steps}) steps the optimizer "
+                              "itself under manual optimization, which has no gradient clipping or accumulation; "
+                              "train without configs/fast.yaml to use it")  # fmt: skip
     data_class = resolve_class_path(config.data.class_path)
     parameters = inspect.signature(data_class).parameters.values() if data_class is not None else []
     takes = any(p.name == "steps_per_batch" or p.kind is p.VAR_KEYWORD for p in parameters)

@@ -95,11 +95,12 @@ def test_checkpoints_count_optimizer_steps_and_logs_count_lightning_batches(data
 @pytest.mark.parametrize(
     "option, value, message",
     [
-        ("trainer.gradient_clip_val", "1.0", r"gradient clipping is not supported for manual optimization"),
+        ("trainer.gradient_clip_val", "1.0", r"--trainer.gradient_clip_val 1.0: the fast path \(--fast.steps 4\)"),
         (
             "trainer.accumulate_grad_batches",
             "2",
-            r"accumulation is not supported for manual optimization. Remove `Trainer\(accumulate_grad_batches=2\)`",
+            r"--trainer.accumulate_grad_batches 2: the fast path .* no gradient "
+            r"clipping or accumulation; train without configs/fast.yaml",
         ),
         ("checkpoint.every_n_train_steps", "6", r"ModelCheckpoint\(every_n_train_steps=6\) saves every 6 optimizer"),
         ("data.batch_size", "16", r"an epoch has 14 optimizer steps, not a multiple of the fast path's 4"),
@@ -190,4 +191,4 @@ def test_a_datamodule_with_a_training_loader_of_its_own_is_refused_by_the_comman
     data = Namespace(class_path="datamodules.StreamingDataModule", init_args=Namespace())
     config = Namespace(fast=Namespace(steps=4), data=data, model=Namespace(class_path="ae_lightning.VAE", init_args={}))
     with pytest.raises(ValueError, match=r"--fast.steps 4: StreamingDataModule takes no steps_per_batch"):
-        _fast_path(config)
+        _fast_path(config, fit=True)

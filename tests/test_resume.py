@@ -103,6 +103,17 @@ def test_ckpt_path_last_finds_the_furthest_checkpoint_of_any_version_or_slurm_re
     assert _furthest_checkpoint(config) == str(newer)
 
 
+@pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+def test_ckpt_path_last_without_a_checkpoint_is_refused_outside_fit(
+    subcommand: str, data_dir: Path, tmp_path: Path
+) -> None:
+    # fit starts from scratch; the others would evaluate an untrained model and exit 0.
+    root = tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match=f"--ckpt_path last: no checkpoint under {root} to {subcommand}"):
+        run_cli(subcommand, *tiny_args("ae", data_dir, root, "--ckpt_path", "last"))
+    assert not root.exists(), "a refused run wrote files"
+
+
 # Resuming from any step checkpoint: validation (which draws random numbers in the VAE and AAE) at steps aligned
 # with the checkpoints (every 4) or not (every 6) must not shift the training noise.
 EXACT_CASES = [
