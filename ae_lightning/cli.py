@@ -21,8 +21,8 @@ import torch
 from jsonargparse import lazy_instance
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
@@ -201,7 +201,25 @@ class AutoencoderCLI(LightningCLI):
                 f"would train in {trainer.precision} instead. Set --trainer.precision {trainer.precision} to train "
                 "that way, or run on a CUDA GPU"
             )
+        self._refuse_an_earlier_runs_folder(trainer)
         return trainer
+
+    def _refuse_an_earlier_runs_folder(self, trainer: Trainer) -> None:
+        """Refuse a new run in the folder of an earlier one (a logger's ``version`` given anew): Lightning's loggers
+        would clear that run's logs (CSVLogger deletes its ``metrics.csv``) before LightningCLI refuses to overwrite
+        its ``config.yaml``. A resumed ``fit`` may write where it wrote before."""
+        if self.subcommand == "fit" and self.config.fit.get("ckpt_path"):
+            return
+        for callback in trainer.callbacks:
+            if not isinstance(callback, SaveConfigCallback) or not callback.save_to_log_dir or callback.overwrite:
+                continue
+            path = Path(trainer.log_dir or ".") / callback.config_filename
+            if not isinstance(trainer.logger, WandbLogger) and path.is_file():
+                raise ConfigError(
+                    f"{path} exists: this {self.subcommand or 'run'} would write into the folder of an earlier run, "
+                    "whose logs its logger would overwrite. Give the logger another version (or none) or another "
+                    "--trainer.default_root_dir"
+                )
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI's own version overwrites the config's model settings with the checkpoint's hyperparameters;

@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 from test_variants import TINY
+from tiny_runs import run_cli, tiny_args
 
 from ae_lightning import VAE, AdversarialAutoencoder
 from ae_lightning.base import AutoencoderModule
@@ -100,3 +101,23 @@ def test_metrics_csv_holds_every_term_at_the_steps_log_every_n_steps_names(
     assert set(calls.values()) == {1, len(terms)}
     if "accumulate_grad_batches" not in settings:
         assert sum(n > 1 for n in calls.values()) == len([row for row in rows if row["train/recon"]])
+
+
+def test_a_run_given_an_earlier_runs_folder_is_refused_before_it_touches_its_logs(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # Lightning's CSVLogger deleted the earlier run's metrics.csv before LightningCLI refused its config.yaml.
+    logger = ["--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", str(tmp_path / "logs")]
+    run_cli(
+        "fit",
+        *tiny_args("ae", data_dir, tmp_path, *logger, "--trainer.max_steps", "2", "--trainer.log_every_n_steps", "1"),
+    )
+    folder = tmp_path / "logs" / "lightning_logs" / "version_0"
+    before = {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()}
+    assert "metrics.csv" in before and "config.yaml" in before
+    checkpoint = str(next(folder.rglob("last.ckpt")))
+    for subcommand, extra in (("fit", []), ("test", ["--ckpt_path", checkpoint])):
+        again = tiny_args("ae", data_dir, tmp_path, *logger, "--trainer.logger.version", "0", *extra)
+        with pytest.raises(ValueError, match=f"{folder / 'config.yaml'} exists: this {subcommand} would write into"):
+            run_cli(subcommand, *again)
+    assert {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()} == before
