@@ -288,8 +288,18 @@ class AutoencoderCLI(LightningCLI):
         for i, (before, optimizer) in enumerate(zip(stored, built)):
             check_optimizer_class(i, before["class"], optimizer)
 
+    def _check_optimizers(self) -> None:
+        """Refuse, before the run creates any file, optimizer or scheduler settings that torch refuses."""
+        try:
+            self.model.configure_optimizers()
+        except ValueError as error:  # e.g. torch's "Invalid learning rate: -0.001"
+            raise ConfigError(f"the model's optimizer or lr_scheduler settings: {error}") from error
+        except (RuntimeError, AttributeError):  # optimizers that need the running Trainer: checked when it runs them
+            pass
+
     def before_fit(self) -> None:
         self._check_checkpoint_fits()
+        self._check_optimizers()
         self._check_resume()
 
     def before_validate(self) -> None:

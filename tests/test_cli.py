@@ -303,9 +303,14 @@ def test_an_unknown_class_name_lists_the_known_variants_and_help_offers_no_abstr
             "--model ae_lightning.VAE: latent_dim must be an integer >= 1",
         ),
         (["vae", "--data.val_fraction", "1"], 2, "--data datamodules.MNISTDataModule: val_fraction must lie in (0, 1)"),
+        (
+            ["vae", "--model.init_args.optimizer.init_args.lr", "-0.001"],
+            2,
+            "the model's optimizer or lr_scheduler settings: Invalid learning rate: -0.001",
+        ),
         (["tabular_anomaly_ae", "--data.path", "EMPTY"], 1, "empty.npz holds no samples"),
     ],
-    ids=["model-setting", "data-setting", "data-file"],
+    ids=["model-setting", "data-setting", "optimizer-setting", "data-file"],
 )
 def test_the_command_prints_a_refusal_alone_and_the_traceback_on_request(
     args: list[str], status: int, message: str, tmp_path: Path
@@ -316,7 +321,8 @@ def test_the_command_prints_a_refusal_alone_and_the_traceback_on_request(
     result = run_subprocess(*fit)
     assert result.returncode == status, result.stderr[-2000:]
     assert "ae-lightning: error: " in result.stderr and message in result.stderr
-    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 4, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 6, result.stderr
+    assert not list(tmp_path.rglob("config.yaml")), "a refused run wrote its config"
     detailed = run_subprocess(*fit, "--print_traceback")
     assert "Traceback" in detailed.stderr and message.split(": ")[-1] in detailed.stderr
 
