@@ -54,6 +54,8 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
     """
 
     is_generative: ClassVar[bool] = False
+    # Whether ``encode`` gives token indices rather than continuous codes (no interpolations or latent maps of them).
+    discrete_codes: ClassVar[bool] = False
     # Whether some backward pass of a training step reaches only part of the weights (DDP must then look for unused
     # parameters, an extra walk over the autograd graph per backward).
     partial_backward: ClassVar[bool] = False

@@ -5,31 +5,66 @@
 
 The prior's checkpoint holds its tokenizer. Images of any size are coded in tiles of the tokenizer's input size; a
 gray model reads images as gray. Decoding refuses, naming the problem, a file that is truncated, corrupted or
-written with another model. Both print the size (bytes, bits per pixel) and the time taken.
+written with another model. Both print the size (bytes, bits per pixel) and the time taken. An existing output file
+is replaced only with ``--overwrite``, and never left half-written; a bad input is a one-line error (exit status 2).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-from ae_lightning.codec import compress, decompress
+from ae_lightning.codec import CompressedFileError, compress, decompress
 from ae_lightning.models.prior import CodePrior
+from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["encode", "decode"])
     parser.add_argument("prior", type=Path, help="checkpoint of a trained CodePrior")
     parser.add_argument("source", type=Path, help="the image (encode) or the compressed file (decode)")
     parser.add_argument("target", type=Path, help="the compressed file (encode) or the image (decode)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    return parser.parse_args(argv)
+    parser.add_argument("--overwrite", action="store_true", help="replace target if it exists")
+    return parser
+
+
+def check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit through ``parser.error``, naming the path, unless the source exists and the target may be written."""
+    expected = "an image" if args.command == "encode" else "a file written by `compress.py encode`"
+    if not args.source.is_file():
+        parser.error(f"source {args.source} does not exist (or is not a file); expected {expected}")
+    if not args.target.parent.is_dir():
+        parser.error(f"target {args.target}: its folder {args.target.parent} does not exist; create it first")
+    if args.target.exists() and not args.overwrite:
+        parser.error(f"target {args.target} exists; name another file, or pass --overwrite to replace it")
+    if args.command == "decode" and Image.registered_extensions().get(args.target.suffix.lower()) not in Image.SAVE:
+        parser.error(f"target {args.target}: expected an image name whose suffix Pillow can write (.png, .bmp, ...)")
+
+
+def load_prior(parser: argparse.ArgumentParser, path: Path, device: str) -> CodePrior:
+    """The CodePrior of checkpoint ``path`` in eval mode; ``parser.error`` naming the file if it holds none."""
+    expected = "expected a CodePrior checkpoint (trained with configs/second_stage/prior.yaml)"
+    if not path.is_file():
+        parser.error(f"prior {path} does not exist (or is not a file); {expected}")
+    try:  # mmap: reads the model's class without reading its weights
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except RuntimeError:
+        parser.error(f"prior {path} is not a PyTorch checkpoint; {expected}")
+    stored = checkpoint.get("ae_lightning_class", "") if isinstance(checkpoint, dict) else ""
+    if not stored.endswith(".CodePrior"):
+        parser.error(f"prior {path} holds {stored or 'no ae-lightning model'}; {expected}")
+    try:
+        return CodePrior.load_from_checkpoint(path, map_location=device).eval()
+    except (FileNotFoundError, ValueError) as error:  # its tokenizer is missing or has changed
+        parser.error(f"prior {path}: {error}")
 
 
 def load_image(path: Path, channels: int) -> torch.Tensor:
@@ -39,25 +74,37 @@ def load_image(path: Path, channels: int) -> torch.Tensor:
     return torch.from_numpy(pixels.reshape(*pixels.shape[:2], channels).copy()).permute(2, 0, 1).float() / 255
 
 
-def save_image(image: torch.Tensor, path: Path) -> None:
+def image_bytes(image: torch.Tensor, suffix: str) -> bytes:
+    """``image`` (``[C, H, W]`` in [0, 1]) encoded in the format Pillow names for ``suffix`` (``.png`` ...)."""
     pixels = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-    Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels).save(path)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels).save(
+        buffer, format=Image.registered_extensions()[suffix.lower()]
+    )
+    return buffer.getvalue()
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    prior = CodePrior.load_from_checkpoint(args.prior, map_location=args.device).eval()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_paths(parser, args)
+    prior = load_prior(parser, args.prior, args.device)
     start = time.perf_counter()
     if args.command == "encode":
-        image = load_image(args.source, prior.input_shape[0])
+        try:
+            image = load_image(args.source, prior.input_shape[0])
+        except UnidentifiedImageError:
+            parser.error(f"source {args.source} is not an image Pillow can read; expected a PNG, JPEG, BMP ...")
         data = compress(prior, image)
-        args.target.write_bytes(data)
-        pixels = image.shape[1] * image.shape[2]
+        write_atomically(args.target, data)
     else:
         data = args.source.read_bytes()
-        image = decompress(prior, data, name=str(args.source))
-        save_image(image, args.target)
-        pixels = image.shape[1] * image.shape[2]
+        try:
+            image = decompress(prior, data, name=str(args.source))
+        except CompressedFileError as error:
+            parser.error(str(error))
+        write_atomically(args.target, image_bytes(image, args.target.suffix))
+    pixels = image.shape[1] * image.shape[2]
     seconds = time.perf_counter() - start
     print(
         f"{args.command}d {image.shape[2]}x{image.shape[1]} image: {len(data)} bytes, {8 * len(data) / pixels:.4f} "

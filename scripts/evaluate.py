@@ -8,12 +8,14 @@ The model and its datamodule are rebuilt from the checkpoint (``--data_dir`` say
 ``samples`` view for a model that is not generative, ``nll`` outside the VAE family) is an error that says why.
 On data with known factors (dSprites) the disentanglement metrics are printed too (``--disentanglement``), and
 ``--plots`` also writes the latent traversals. ``--samplers`` fits post-hoc samplers on the training codes, so that
-deterministic autoencoders get a Frechet distance too.
+deterministic autoencoders get a Frechet distance too. An existing ``--json`` file or picture is replaced only with
+``--overwrite`` (checked before anything is computed), and never left half-written.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from torchvision.utils import save_image
 from ae_lightning.evaluation import disentanglement, samplers, visualization
 from ae_lightning.evaluation import driver as evaluation
 from ae_lightning.evaluation.feature_classifier import default_classifier_path, load_feature_classifier
+from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tsne_points", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the scores to this JSON file")
+    parser.add_argument("--overwrite", action="store_true", help="replace the --json file and --plots pictures")
     parser.add_argument(
         "--disentanglement",
         nargs="*",
@@ -66,7 +70,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "second VAE fitted on the training codes (any autoencoder; --probe_max_train codes)",
     )
     parser.add_argument("--two_stage_steps", type=int, default=2000, help="training steps of the second VAE")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.json is not None and args.json.exists() and not args.overwrite:
+        parser.error(f"--json {args.json} exists; name another file, or pass --overwrite to replace it")
+    if args.plots is not None and not args.overwrite:
+        # every picture this command may write: the model decides which views apply only once it is loaded
+        names = [f"{view}.png" for view in (*(args.views or visualization.VIEWS), "traversals")]
+        if held := [name for name in names if (args.plots / name).exists()]:
+            parser.error(
+                f"--plots {args.plots} already holds {', '.join(held)}; name another folder, or pass --overwrite "
+                "to replace them"
+            )
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -130,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for name, value in scores.items():
         print(f"{name:<{width}}  {value:.6g}")
     if args.json is not None:
-        args.json.write_text(json.dumps(scores, indent=2) + "\n")
+        write_atomically(args.json, (json.dumps(scores, indent=2) + "\n").encode())
     if args.plots is not None:
         images, labels = evaluation.first_images(datamodule, "test", args.tsne_points)
         pictures = visualization.draw_views(
@@ -148,7 +163,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             factors = datamodule.sample_factors(4, torch.Generator().manual_seed(args.seed))
             pictures["traversals"] = disentanglement.latent_traversals(model, datamodule.images_of(factors))
         for view, image in pictures.items():
-            save_image(image, args.plots / f"{view}.png")
+            png = io.BytesIO()
+            save_image(image, png, format="png")
+            write_atomically(args.plots / f"{view}.png", png.getvalue())
         print(f"Pictures ({', '.join(pictures)}) written to {args.plots}")
     return scores
 

@@ -37,6 +37,15 @@ def load_script(name: str) -> ModuleType:
     return module
 
 
+def refused(script: ModuleType, argv: list[str], capsys: pytest.CaptureFixture) -> str:
+    """The one-line message of a command that exits as argparse does on a bad argument (status 2)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err.splitlines()[-1].split(": error: ", 1)[1]
+
+
 def test_reconstruction_metrics_match_closed_form() -> None:
     x, x_hat = torch.full((4, 1, 28, 28), 0.5), torch.full((4, 1, 28, 28), 0.25)
     metrics = ReconstructionMetrics(prefix="test/")
@@ -231,7 +240,7 @@ def test_benchmark_writes_one_row_per_variant_and_the_plots(benchmark_run: tuple
 
 
 def test_evaluate_script_scores_a_checkpoint_and_refuses_sampling_a_plain_autoencoder(
-    benchmark_run: tuple[Path, list], tmp_path: Path
+    benchmark_run: tuple[Path, list], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     folder, _ = benchmark_run
     script = load_script("evaluate")
@@ -243,6 +252,26 @@ def test_evaluate_script_scores_a_checkpoint_and_refuses_sampling_a_plain_autoen
     assert sorted(path.name for path in tmp_path.glob("*.png")) == [
         "interpolations.png", "latent_map.png", "reconstructions.png"
     ]  # fmt: skip
+    # existing outputs: refused before anything is computed or written, replaced with --overwrite
+    (tmp_path / "scores.json").write_text("{}")
+    (tmp_path / "reconstructions.png").write_bytes(b"old")
+    argv = [str(ae_checkpoint), "--metrics", "mse", "--views", "reconstructions", "--tsne_points", "30"]
+    assert refused(script, [*argv, "--json", str(tmp_path / "scores.json")], capsys) == (
+        f"--json {tmp_path / 'scores.json'} exists; name another file, or pass --overwrite to replace it"
+    )
+    assert refused(script, [*argv, "--json", str(tmp_path / "new.json"), "--plots", str(tmp_path)], capsys) == (
+        f"--plots {tmp_path} already holds reconstructions.png; name another folder, or pass --overwrite to replace "
+        "them"
+    )
+    assert not (tmp_path / "new.json").exists() and (tmp_path / "scores.json").read_text() == "{}"
+    assert (tmp_path / "reconstructions.png").read_bytes() == b"old"
+    with mock.patch("os.fsync", side_effect=OSError(28, "No space left on device")), pytest.raises(OSError):
+        script.main([*argv, "--json", str(tmp_path / "scores.json"), "--overwrite"])
+    assert (tmp_path / "scores.json").read_text() == "{}"  # a failed write keeps the old file
+    script.main([*argv, "--json", str(tmp_path / "scores.json"), "--plots", str(tmp_path), "--overwrite"])
+    assert set(json.loads((tmp_path / "scores.json").read_text())) == {"mse"}
+    assert (tmp_path / "reconstructions.png").read_bytes().startswith(b"\x89PNG")
+    assert not list(tmp_path.glob(".*.tmp"))
     for option in (["--metrics", "fid"], ["--views", "samples"]):
         with pytest.raises(ValueError, match="needs a generative model, but Autoencoder is not one"):
             script.main([str(ae_checkpoint), *option])

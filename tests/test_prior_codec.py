@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
 from test_quantized import images, quantized
 from test_variants import make_trainer, tiny_data
+from tiny_runs import run_cli, tiny_args
 
 from ae_lightning import CodePrior, codec
 from ae_lightning.codec import CompressedFileError, compress, decompress
@@ -73,6 +75,32 @@ def test_prior_refuses_another_tokenizers_codes(tokenizer_path: Path, data_dir: 
         CodePrior.load_from_checkpoint(tmp_path / "prior.ckpt")
 
 
+def test_prior_config_trains_on_a_vqvae_run_through_the_command(data_dir: Path, tmp_path: Path) -> None:
+    # The command builds the prior inside LightningCLI's instantiation, which once gave the tokenizer loaded there the
+    # prior's hyperparameters (network: mlp) and refused it.
+    short = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
+    run_cli("fit", *tiny_args("vqvae", data_dir, tmp_path / "vqvae", *short))
+    tokenizer = tmp_path / "vqvae" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"  # as the config says
+    tiny_prior_args = ["--model.init_args.embed_dim", "16", "--model.init_args.num_layers", "1"]
+    tiny_prior_args += ["--model.init_args.num_heads", "2", "--model.init_args.tokenizer", str(tokenizer)]
+    cli = run_cli("fit", *tiny_args("second_stage/prior", data_dir, tmp_path / "prior", *short, *tiny_prior_args))
+    stored = torch.load(tokenizer, map_location="cpu", weights_only=False)["hyper_parameters"]
+    assert cli.model.tokenizer.hparams["network"] == stored["network"] == "conv"
+    assert list(cli.model.tokenizer.hparams["hidden_dims"]) == list(stored["hidden_dims"]) == [32, 16]
+    assert cli.trainer.global_step == 2
+    prior_checkpoint = tmp_path / "prior" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    assert CodePrior.load_from_checkpoint(prior_checkpoint).fingerprint == cli.model.fingerprint
+
+
+def test_the_priors_token_codes_get_no_views_of_continuous_codes(tokenizer_path: Path) -> None:
+    from ae_lightning.evaluation import visualization
+
+    prior = tiny_prior(tokenizer_path)
+    assert visualization.applicable_views(prior) == ["reconstructions", "samples"]  # the image logger's default
+    with pytest.raises(ValueError, match=r"the views interpolations draw continuous codes, but CodePrior's codes are"):
+        visualization.check_views(prior, ["samples", "interpolations"])
+
+
 # --- the codec ------------------------------------------------------------------------------------------------------
 @pytest.fixture
 def trained_prior(tokenizer_path: Path, data_dir: Path, tmp_path: Path) -> CodePrior:
@@ -124,7 +152,7 @@ def test_codec_refuses_truncated_foreign_and_other_models_files(
 
 def test_compress_command_round_trip(trained_prior: CodePrior, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from PIL import Image
-    from test_evaluation import load_script
+    from test_evaluation import load_script, refused
 
     script = load_script("compress")
     checkpoint = str(tmp_path / "prior.ckpt")  # written by the fixture
@@ -136,3 +164,55 @@ def test_compress_command_round_trip(trained_prior: CodePrior, tmp_path: Path, c
     assert printed[0].startswith(f"encoded 30x30 image: {size} bytes, {8 * size / 900:.4f} bits per pixel")
     with Image.open(tmp_path / "out.png") as image:
         assert image.size == (30, 30)
+    # existing outputs: refused, untouched, unless --overwrite; a failed write keeps the old file
+    Image.fromarray((torch.rand(20, 20) * 255).byte().numpy()).save(tmp_path / "other.png")
+    encoded, decoded = (tmp_path / "in.aelc").read_bytes(), (tmp_path / "out.png").read_bytes()
+    encode = ["encode", checkpoint, str(tmp_path / "other.png"), str(tmp_path / "in.aelc"), "--device", "cpu"]
+    decode = ["decode", checkpoint, str(tmp_path / "in.aelc"), str(tmp_path / "out.png"), "--device", "cpu"]
+    for argv in (encode, decode):
+        message = f"target {argv[3]} exists; name another file, or pass --overwrite to replace it"
+        assert refused(script, argv, capsys) == message
+    assert (tmp_path / "in.aelc").read_bytes() == encoded and (tmp_path / "out.png").read_bytes() == decoded
+    with mock.patch("os.fsync", side_effect=OSError(28, "No space left on device")), pytest.raises(OSError):
+        script.main([*encode, "--overwrite"])
+    assert (tmp_path / "in.aelc").read_bytes() == encoded
+    script.main([*encode, "--overwrite"])
+    script.main([*decode, "--overwrite"])
+    assert (tmp_path / "in.aelc").read_bytes() != encoded
+    with Image.open(tmp_path / "out.png") as image:
+        assert image.size == (20, 20)
+    assert not [path.name for path in tmp_path.iterdir() if path.name.endswith(".tmp")]
+
+
+def test_compress_command_names_each_bad_input(
+    trained_prior: CodePrior, tokenizer_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from PIL import Image
+    from test_evaluation import load_script, refused
+
+    script = load_script("compress")
+    prior, image, missing = tmp_path / "prior.ckpt", tmp_path / "in.png", tmp_path / "missing"
+    Image.fromarray((torch.rand(28, 28) * 255).byte().numpy()).save(image)
+    (tmp_path / "text.png").write_text("not an image")
+    (tmp_path / "in.aelc").write_bytes(compress(trained_prior, torch.rand(1, 28, 28)))
+    expected_prior = "expected a CodePrior checkpoint (trained with configs/second_stage/prior.yaml)"
+    cases = {
+        ("encode", prior, tmp_path / "text.png", tmp_path / "x.aelc"):
+            f"source {tmp_path / 'text.png'} is not an image Pillow can read; expected a PNG, JPEG, BMP ...",
+        ("encode", prior, missing / "in.png", tmp_path / "x.aelc"):
+            f"source {missing / 'in.png'} does not exist (or is not a file); expected an image",
+        ("encode", prior, image, missing / "x.aelc"):
+            f"target {missing / 'x.aelc'}: its folder {missing} does not exist; create it first",
+        ("decode", prior, image, tmp_path / "x.png"):
+            f"{image} is not an ae-lightning compressed file (no AELC header)",
+        ("decode", prior, tmp_path / "in.aelc", tmp_path / "x.aelc"):
+            f"target {tmp_path / 'x.aelc'}: expected an image name whose suffix Pillow can write (.png, .bmp, ...)",
+        ("encode", tokenizer_path, image, tmp_path / "x.aelc"):
+            f"prior {tokenizer_path} holds ae_lightning.models.quantized.QuantizedAutoencoder; {expected_prior}",
+        ("encode", image, image, tmp_path / "x.aelc"): f"prior {image} is not a PyTorch checkpoint; {expected_prior}",
+        ("encode", missing / "prior.ckpt", image, tmp_path / "x.aelc"):
+            f"prior {missing / 'prior.ckpt'} does not exist (or is not a file); {expected_prior}",
+    }  # fmt: skip
+    for argv, message in cases.items():
+        assert refused(script, [*map(str, argv), "--device", "cpu"], capsys) == message, argv
+    assert not (tmp_path / "x.aelc").exists() and not (tmp_path / "x.png").exists()

@@ -27,11 +27,21 @@ View = Literal["reconstructions", "samples", "interpolations", "latent_map"]
 VIEWS: tuple[str, ...] = ("reconstructions", "samples", "interpolations", "latent_map")
 
 
+# Views of continuous codes: a line between two images' codes, a projection of them.
+CODE_VIEWS = ("interpolations", "latent_map")
+
+
 def applicable_views(model: AutoencoderModule) -> list[str]:
-    """Every view that applies to the model: ``samples`` only for generative models, ``latent_map`` only for vectors."""
+    """Every view that applies to the model: ``samples`` only for generative models, ``latent_map`` only for vectors,
+    neither ``interpolations`` nor ``latent_map`` for discrete codes (a model whose ``discrete_codes`` is True)."""
     if len(getattr(model, "input_shape", ())) == 1:
         return ["latent_map"]
-    return [view for view in VIEWS if view != "samples" or getattr(model, "is_generative", False)]
+    discrete = getattr(model, "discrete_codes", False)
+    return [
+        view
+        for view in VIEWS
+        if (view != "samples" or getattr(model, "is_generative", False)) and not (discrete and view in CODE_VIEWS)
+    ]
 
 
 def check_view_names(views: Sequence[str]) -> list[str]:
@@ -47,6 +57,10 @@ def check_views(model: AutoencoderModule, views: Sequence[str]) -> list[str]:
     views = check_view_names(views)
     if "samples" in views:
         require_generative(model, "the 'samples' view")
+    continuous = [view for view in views if view in CODE_VIEWS]
+    if continuous and getattr(model, "discrete_codes", False):
+        raise ValueError(f"the views {', '.join(continuous)} draw continuous codes, but {type(model).__name__}'s codes "
+                         "are token indices; use reconstructions and samples")  # fmt: skip
     pictures = [view for view in views if view != "latent_map"]
     if pictures and len(getattr(model, "input_shape", ())) == 1:
         raise ValueError(

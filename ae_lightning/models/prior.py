@@ -9,6 +9,7 @@ reaches (``scripts/compress.py``).
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import math
 from pathlib import Path
@@ -57,6 +58,7 @@ class CodePrior(AutoencoderModule):
     """
 
     is_generative = True
+    discrete_codes = True
 
     def __init__(
         self,
@@ -214,7 +216,11 @@ def load_tokenizer(path: str | Path) -> QuantizedAutoencoder:
     stored = checkpoint.get("ae_lightning_class", "?")
     if not stored.endswith(".QuantizedAutoencoder"):
         raise ValueError(f"a prior needs a QuantizedAutoencoder's codes, but {path} holds a {stored}")
-    return QuantizedAutoencoder.load_from_checkpoint(path, map_location="cpu").requires_grad_(False).eval()
+    # Loaded in an empty context: ``ae-lightning`` builds the prior while a context variable of LightningCLI holds the
+    # prior's settings, and a LightningModule created meanwhile (this tokenizer) would take those as its own
+    # hyperparameters (network: mlp, the prior's hidden_dims) instead of its checkpoint's.
+    load = contextvars.Context().run
+    return load(QuantizedAutoencoder.load_from_checkpoint, path, map_location="cpu").requires_grad_(False).eval()
 
 
 __all__ = ["CodePrior", "load_tokenizer", "tokenizer_fingerprint"]

@@ -56,6 +56,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             stale.unlink(missing_ok=True)
 
 
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file next to ``path``, sync it and rename it into place: a reader, or a crash,
+    sees the old file or the new one, never part of one."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def _disk_full(error: BaseException, temporary: Path) -> bool:
     """Whether a failed write to ``temporary`` ran out of space: torch reports it as ``RuntimeError: [enforce fail at
     inline_container.cc ...]``, so a write error with less free space left than the part it wrote counts too."""
@@ -151,4 +165,4 @@ class RunCheckpoint(ModelCheckpoint):
         return super().check_monitor_top_k(trainer, current)
 
 
-__all__ = ["AtomicCheckpointIO", "RunCheckpoint"]
+__all__ = ["AtomicCheckpointIO", "RunCheckpoint", "write_atomically"]
