@@ -169,7 +169,7 @@ class AutoencoderCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         subcommand = self.config.get("subcommand")
-        _default_save_dirs(self.config[subcommand] if subcommand else self.config)
+        self._resolved_save_dirs = _default_save_dirs(self.config[subcommand] if subcommand else self.config)
         _fast_path(self.config[subcommand] if subcommand else self.config, fit=subcommand in ("fit", None))
         if subcommand == "predict":
             _streamed_predictions(self.config.predict)
@@ -202,6 +202,9 @@ class AutoencoderCLI(LightningCLI):
                 "that way, or run on a CUDA GPU"
             )
         self._refuse_an_earlier_runs_folder(trainer)
+        for callback in trainer.callbacks:
+            if isinstance(callback, SaveConfigCallback):
+                callback.config = _as_given(callback.config, getattr(self, "_resolved_save_dirs", {}))
         return trainer
 
     def _refuse_an_earlier_runs_folder(self, trainer: Trainer) -> None:
@@ -472,20 +475,36 @@ def _streamed_predictions(config: Any) -> None:
     config.return_predictions = False
 
 
-def _default_save_dirs(config: Any) -> None:
+def _default_save_dirs(config: Any) -> dict[int, Any]:
     """Loggers without a ``save_dir`` of their own write under ``default_root_dir``, like every other output of a run:
-    the default TensorBoard logger, and a WandbLogger given no ``save_dir`` or ``dir``."""
+    the default TensorBoard logger, and a WandbLogger given no ``save_dir`` or ``dir``. Returns the ``save_dir`` each
+    resolved logger (by position) had, which the run's saved config keeps (:func:`_as_given`)."""
     root = config.trainer.get("default_root_dir") or "."
-    loggers = config.trainer.get("logger")
-    for logger in loggers if isinstance(loggers, list) else [loggers]:
+    given = {}
+    for i, logger in enumerate(_loggers(config)):
         init_args = logger.get("init_args") if hasattr(logger, "class_path") else None
         if init_args is None:
             continue
-        if init_args.get("save_dir") == ROOT_DIR:
-            init_args.save_dir = root
-        elif logger.class_path.endswith("WandbLogger") and init_args.get("save_dir") in (None, "."):
-            if not init_args.get("dir"):
-                init_args.save_dir = root
+        save_dir = init_args.get("save_dir")
+        wandb = logger.class_path.endswith("WandbLogger") and save_dir in (None, ".") and not init_args.get("dir")
+        if save_dir == ROOT_DIR or wandb:
+            given[i], init_args.save_dir = save_dir, root
+    return given
+
+
+def _loggers(config: Any) -> list[Any]:
+    loggers = config.trainer.get("logger")
+    return loggers if isinstance(loggers, list) else [loggers]
+
+
+def _as_given(config: Any, given: dict[int, Any]) -> Any:
+    """A copy of ``config`` whose loggers have the ``save_dir`` they were given before :func:`_default_save_dirs`, so
+    that the run's ``config.yaml``, given again with another ``--trainer.default_root_dir``, writes there."""
+    config = config.clone()
+    for i, logger in enumerate(_loggers(config)):
+        if i in given:
+            logger.init_args.save_dir = given[i]
+    return config
 
 
 def _with_atomic_checkpoint_io(plugins: Any) -> list[Any]:

@@ -121,3 +121,12 @@ def test_a_run_given_an_earlier_runs_folder_is_refused_before_it_touches_its_log
         with pytest.raises(ValueError, match=f"{folder / 'config.yaml'} exists: this {subcommand} would write into"):
             run_cli(subcommand, *again)
     assert {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()} == before
+
+
+def test_a_runs_saved_config_given_another_root_dir_logs_there(data_dir: Path, tmp_path: Path) -> None:
+    # The saved config pinned the logger's save_dir, so the new run logged into the old run's folder.
+    run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "first", "--trainer.max_steps", "1"))
+    saved = tmp_path / "first" / "lightning_logs" / "version_0" / "config.yaml"
+    run_cli("fit", "--config", str(saved), "--trainer.default_root_dir", str(tmp_path / "second"))
+    assert (tmp_path / "second" / "lightning_logs" / "version_0" / "config.yaml").is_file()
+    assert [path.name for path in (tmp_path / "first" / "lightning_logs").iterdir()] == ["version_0"]
