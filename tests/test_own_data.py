@@ -161,9 +161,10 @@ def test_svhn_from_its_real_file_format(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_torchvision_offline_error_says_which_files_go_where(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(CIFAR10, "url", "http://127.0.0.1:9/cifar-10-python.tar.gz")  # fails fast
-    dm = TorchvisionDataModule("CIFAR10", data_dir=str(tmp_path))
+    dm = TorchvisionDataModule("CIFAR10", data_dir=str(tmp_path / "cifar"))
     with pytest.raises(FileNotFoundError, match=r"data_batch_1.*test_batch.*batches.meta.*cifar-10-batches-py"):
         dm.prepare_data()
+    assert not (tmp_path / "cifar").exists()  # the failed download leaves no empty folders behind
 
 
 def test_unknown_torchvision_dataset_is_an_error() -> None:
