@@ -133,7 +133,11 @@ class ArrayDataModule(ImageDataModule):
             raise ValueError(f"labels={label_key!r} is neither a key of {self.path} nor a {'/'.join(SUFFIXES)} file")
         if labels.min() < 0 and label_key is not None:
             raise ValueError(f"labels {label_key}: label {labels.min().item()} is negative; labels must be 0, 1, ...")
-        return Arrays((samples, labels), sources={"train": str(self.path)})
+        sources = {"train": str(self.path)}
+        if label_key is not None:
+            in_file = isinstance(contents, dict) and label_key in contents
+            sources["train_labels"] = f"{self.path} [{label_key}]" if in_file else label_key
+        return Arrays((samples, labels), sources=sources)
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:

@@ -302,8 +302,10 @@ def check_arrays(arrays: Arrays) -> None:
         if len(data) == 0:
             raise ValueError(f"{where} holds no samples")
         if labels.ndim != 1 or len(labels) != len(data):
+            labels_where = arrays.sources.get(f"{split}_labels")
+            of = f"the {len(data)} samples of {where}" if labels_where else f"{len(data)} samples"
             raise ValueError(
-                f"{where}: {len(labels)} labels for {len(data)} samples; there must be exactly one label per sample"
+                f"{labels_where or where}: {len(labels)} labels for {of}; there must be exactly one label per sample"
             )
         labelled = labels[labels != UNLABELED]
         if len(labelled) and (labelled.min() < 0 or (names is not None and labelled.max() >= len(names))):

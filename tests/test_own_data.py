@@ -284,7 +284,7 @@ BAD_INPUTS = [
         lambda tmp: _array(tmp, np.full((4, 5, 5), 2.0, np.float32)),
         r"float images must lie in \[0, 1\].*\[2, 2\]",
     ),
-    ("labels too short", _labels_too_short, r"x.npy: 9 labels for 10 samples"),
+    ("labels too short", _labels_too_short, r"y.npy: 9 labels for the 10 samples of .*x.npy"),
     (
         "channels",
         lambda tmp: ImageFolderDataModule(str(tmp), channels=4),
