@@ -67,7 +67,7 @@ class QuantizedAutoencoder(FirstStageAutoencoder):
         if not self.training:
             self.codebook_usage.update(indices)
         logged = {"quantization_error": (quantized.detach() - h.detach()).pow(2).mean()}
-        if self.quantizer.kind != "fsq":
+        if self.quantizer.kind != "fsq" and self.training:  # vector-quantize-pytorch computes it in training only
             logged["commitment"] = commitment.detach()
         return quantized, commitment, logged
 
