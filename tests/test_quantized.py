@@ -46,7 +46,6 @@ def images(n: int = 6) -> torch.Tensor:
     return torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(1))
 
 
-
 def test_commitment_is_logged_in_training_only_and_the_quantization_error_always() -> None:
     # The quantizer computes no commitment loss in evaluation: val/ and test/commitment read 0 where it was large.
     model = quantized()
@@ -57,6 +56,7 @@ def test_commitment_is_logged_in_training_only_and_the_quantization_error_always
         assert ("commitment" in terms) is training
         if training:
             assert terms["commitment"] > 0
+
 
 # --- quantizers -----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
