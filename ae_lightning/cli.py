@@ -211,13 +211,13 @@ class AutoencoderCLI(LightningCLI):
         """Refuse a new run in the folder of an earlier one (a logger's ``version`` given anew): Lightning's loggers
         would clear that run's logs (CSVLogger deletes its ``metrics.csv``) before LightningCLI refuses to overwrite
         its ``config.yaml``. A resumed ``fit`` may write where it wrote before."""
-        if self.subcommand == "fit" and self.config.fit.get("ckpt_path"):
-            return
+        if (self.subcommand == "fit" and self.config.fit.get("ckpt_path")) or isinstance(trainer.logger, WandbLogger):
+            return  # SaveConfigToRun writes a W&B run's config into that run's own folder
         for callback in trainer.callbacks:
             if not isinstance(callback, SaveConfigCallback) or not callback.save_to_log_dir or callback.overwrite:
                 continue
             path = Path(trainer.log_dir or ".") / callback.config_filename
-            if not isinstance(trainer.logger, WandbLogger) and path.is_file():
+            if path.is_file():
                 raise ConfigError(
                     f"{path} exists: this {self.subcommand or 'run'} would write into the folder of an earlier run, "
                     "whose logs its logger would overwrite. Give the logger another version (or none) or another "
