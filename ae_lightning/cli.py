@@ -381,7 +381,7 @@ _NOISE = [
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", r"lightning\.pytorch\.utilities\._pytree"),
     (r"The `srun` command is available on your system but is not used", r"lightning\.fabric\.plugins\.environments"),
     (r"The number of training batches \(\d+\) is smaller than the logging interval", r"lightning\.pytorch\.loops"),
-    (r"Lightning couldn't infer the indices fetched for your dataloader", r"lightning\.pytorch\.loops"),
+    (r"(Lightning c|C)ouldn't infer the (batch )?indices fetched", r"lightning\.pytorch\.loops"),  # 2.5 and 2.6
     (r"Using ModelCheckpoint with manual optimization and every_n_train_steps", r"lightning\.pytorch\.callbacks"),
 ]
 
