@@ -306,13 +306,21 @@ class AutoencoderCLI(LightningCLI):
         self._check_resume()
 
     def before_validate(self) -> None:
-        self._check_checkpoint_fits()
+        self._before_evaluation()
 
     def before_test(self) -> None:
-        self._check_checkpoint_fits()
+        self._before_evaluation()
 
     def before_predict(self) -> None:
+        self._before_evaluation()
+
+    def _before_evaluation(self) -> None:
         self._check_checkpoint_fits()
+        # Lightning restores the checkpoint's ModelCheckpoint state for evaluation too, which writes no checkpoint:
+        # its warning that the run's checkpoint folder differs from the checkpoint's is noise here.
+        warnings.filterwarnings(
+            "ignore", message="The dirpath has changed from", module=r"lightning\.pytorch\.callbacks"
+        )
 
 
 def _optimizers(configured: Any) -> list[torch.optim.Optimizer]:
