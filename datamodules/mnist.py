@@ -78,6 +78,8 @@ class IDXDataModule(ImageDataModule):
 
     def prepare_data(self) -> None:
         if all((self.raw_folder / name).exists() for name in self.idx_files):
+            for part in ("train", "t10k"):  # here, before Lightning starts the loggers: a bad file leaves no run folder
+                self._check_files(part)
             return
         try:
             with no_empty_folders_left(self.raw_folder):

@@ -2,10 +2,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from torchvision.datasets import MNIST
 
+from ae_lightning import Autoencoder
 from datamodules import FashionMNISTDataModule, MNISTDataModule, TensorBatchLoader
 from datamodules.idx import check_idx_file
 
@@ -24,13 +26,17 @@ def test_loads_idx_files_into_splits(data_dir: Path) -> None:
     assert torch.equal(dm.splits["train"][1][indices], labels)
 
 
-def test_truncated_file_is_an_error_naming_it(data_dir: Path) -> None:
+def test_truncated_file_is_an_error_naming_it_before_the_run_writes_anything(data_dir: Path, tmp_path: Path) -> None:
     path = data_dir / "MNIST" / "raw" / "train-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:-100])
     dm = MNISTDataModule(data_dir=str(data_dir))
-    dm.prepare_data()  # files exist: no download, no fallback
+    for step in (dm.prepare_data, dm.setup):  # files exist: no download, no fallback; setup checks on every rank
+        with pytest.raises(ValueError, match=r"train-images-idx3-ubyte is truncated"):
+            step()
+    trainer = L.Trainer(default_root_dir=tmp_path / "run", max_steps=1, enable_progress_bar=False)
     with pytest.raises(ValueError, match=r"train-images-idx3-ubyte is truncated"):
-        dm.setup()
+        trainer.fit(Autoencoder(hidden_dims=[8], latent_dim=2), datamodule=dm)
+    assert not (tmp_path / "run").exists()  # found before the logger made its folder
 
 
 def test_wrong_magic_is_an_error_naming_it(data_dir: Path) -> None:
