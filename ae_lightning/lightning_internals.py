@@ -13,13 +13,18 @@ changes it; ``pyproject.toml`` bounds Lightning to the releases the suite ran on
   decides whether a step's logs are written (the model logs its terms other than the loss only then);
 * :func:`stored_loader_states` reads where a checkpoint keeps the training loader's state (the command refuses a
   resume on other data before it creates anything);
+* :func:`without_cli_hyperparameters` builds a LightningModule outside the context variable in which LightningCLI
+  hands the model it instantiates its settings, which ``save_hyperparameters`` of any module created meanwhile reads
+  as its own (the prior loads its tokenizer from a checkpoint in ``__init__``);
 * ``AutoencoderCLI._parse_ckpt_path`` (:mod:`ae_lightning.cli`) overrides LightningCLI's private step that would
   overwrite the user's model settings with a checkpoint's hyperparameters.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import contextvars
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -72,6 +77,15 @@ def stored_loader_states(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
     return [state for state in states if isinstance(state, dict)]
 
 
+T = TypeVar("T")
+
+
+def without_cli_hyperparameters(build: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``build(*args, **kwargs)`` in an empty ``contextvars`` context: a LightningModule it creates saves its own
+    hyperparameters, not those LightningCLI is handing the model it instantiates at the time."""
+    return contextvars.Context().run(build, *args, **kwargs)
+
+
 def _changed(what: str) -> str:
     import lightning
 
@@ -81,4 +95,10 @@ def _changed(what: str) -> str:
     )
 
 
-__all__ = ["batches_that_stepped", "every_n_train_steps", "stored_loader_states", "uncounted_optimizer_step"]
+__all__ = [
+    "batches_that_stepped",
+    "every_n_train_steps",
+    "stored_loader_states",
+    "uncounted_optimizer_step",
+    "without_cli_hyperparameters",
+]

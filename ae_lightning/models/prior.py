@@ -9,7 +9,6 @@ reaches (``scripts/compress.py``).
 
 from __future__ import annotations
 
-import contextvars
 import hashlib
 import math
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ae_lightning.base import AutoencoderModule
+from ae_lightning.lightning_internals import without_cli_hyperparameters
 from ae_lightning.models.quantized import QuantizedAutoencoder
 from datamodules.checks import Fraction, PositiveFloat, PositiveInt, check_arguments
 
@@ -216,11 +216,9 @@ def load_tokenizer(path: str | Path) -> QuantizedAutoencoder:
     stored = checkpoint.get("ae_lightning_class", "?")
     if not stored.endswith(".QuantizedAutoencoder"):
         raise ValueError(f"a prior needs a QuantizedAutoencoder's codes, but {path} holds a {stored}")
-    # Loaded in an empty context: ``ae-lightning`` builds the prior while a context variable of LightningCLI holds the
-    # prior's settings, and a LightningModule created meanwhile (this tokenizer) would take those as its own
-    # hyperparameters (network: mlp, the prior's hidden_dims) instead of its checkpoint's.
-    load = contextvars.Context().run
-    return load(QuantizedAutoencoder.load_from_checkpoint, path, map_location="cpu").requires_grad_(False).eval()
+    # Under ``ae-lightning`` the tokenizer would otherwise take the prior's settings as its hyperparameters.
+    load = QuantizedAutoencoder.load_from_checkpoint
+    return without_cli_hyperparameters(load, path, map_location="cpu").requires_grad_(False).eval()
 
 
 __all__ = ["CodePrior", "load_tokenizer", "tokenizer_fingerprint"]
