@@ -145,6 +145,13 @@ class ImageDataModule(L.LightningDataModule):
         return bool((self.arrays.train[1] != UNLABELED).any())
 
     # --- splits -----------------------------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Raise a FileNotFoundError naming the first local file or folder of :meth:`source_paths` that does not exist:
+        Lightning calls this before it starts the loggers, so a wrong path leaves no run folder behind."""
+        for source in self.source_paths():
+            if "://" not in source and not Path(source).exists():
+                raise FileNotFoundError(f"{type(self).__name__}: {source} does not exist")
+
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return

@@ -431,3 +431,22 @@ def test_conditional_vae_refuses_data_without_labels(tmp_path: Path) -> None:
         ValueError, match=r"labels 0..9 \(num_classes\), but the train split's labels range over -1..-1"
     ):
         _trainer(tmp_path).fit(model, datamodule=ImageFolderDataModule(str(root)))
+
+
+@pytest.mark.parametrize(
+    "config, path_argument, name",
+    [
+        ("configs/photo_ae_f8_64.yaml", "--data.init_args.data_dir", "photos"),
+        ("configs/tabular_anomaly_ae.yaml", "--data.init_args.path", "table.npz"),
+        ("configs/mult_vae.yaml", "--data.init_args.path", "ratings.csv"),
+    ],
+)
+def test_a_missing_data_path_is_named_and_leaves_no_run_folder(
+    config: str, path_argument: str, name: str, tmp_path: Path
+) -> None:
+    from tiny_runs import run_cli
+
+    missing = tmp_path / name
+    with pytest.raises(Exception, match=f"{missing} does not exist"):
+        run_cli("fit", "--config", config, path_argument, str(missing), "--trainer.default_root_dir", str(tmp_path))
+    assert [path.name for path in tmp_path.iterdir()] == []
