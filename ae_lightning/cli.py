@@ -292,13 +292,19 @@ class AutoencoderCLI(LightningCLI):
             check_optimizer_class(i, before["class"], optimizer)
 
     def _check_optimizers(self) -> None:
-        """Refuse, before the run creates any file, optimizer or scheduler settings that torch refuses."""
+        """Refuse, before the run creates any file, optimizer or scheduler settings that torch refuses; warn of an
+        optimizer whose lr is 0 everywhere."""
         try:
-            self.model.configure_optimizers()
+            configured = self.model.configure_optimizers()
         except ValueError as error:  # e.g. torch's "Invalid learning rate: -0.001"
             raise ConfigError(f"the model's optimizer or lr_scheduler settings: {error}") from error
         except (RuntimeError, AttributeError):  # optimizers that need the running Trainer: checked when it runs them
-            pass
+            return
+        for optimizer in _optimizers(configured):
+            # A scheduler keeps the lr the optimizer was given as ``initial_lr`` (and may start from 0 above it).
+            if all(group.get("initial_lr", group["lr"]) == 0 for group in optimizer.param_groups):
+                name = type(optimizer).__name__
+                rank_zero_warn(f"{name}'s lr is 0 in every parameter group: its weights will not train")
 
     def before_fit(self) -> None:
         self._check_checkpoint_fits()

@@ -358,3 +358,15 @@ def test_a_new_variant_needs_only_its_module_and_its_config(data_dir: Path, tmp_
         l1 = (tested.model.decode(tested.model.encode(x)) - x).abs().flatten(1).sum(1).mean()
     assert type(tested.model).__name__ == "L1Autoencoder"
     assert torch.allclose(tested.trainer.callback_metrics["test/loss"], l1)
+
+
+@pytest.mark.parametrize("lr, warns", [("0", True), ("0.001", False)])
+def test_an_lr_of_zero_everywhere_is_warned_of_before_training(
+    lr: str, warns: bool, data_dir: Path, tmp_path: Path
+) -> None:
+    args = ["--config", "configs/ae.yaml", *common(data_dir, tmp_path), "--model.init_args.optimizer.init_args.lr", lr]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_cli("fit", *args, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0")
+    said = [str(warning.message) for warning in caught if "will not train" in str(warning.message)]
+    assert said == (["Adam's lr is 0 in every parameter group: its weights will not train"] if warns else [])
