@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -534,19 +535,25 @@ _USER_ERRORS = (ValueError, OSError, NonFiniteLossError)  # OSError: missing, un
 TRACEBACK_FLAG = "--print_traceback"
 
 
-def main() -> None:
-    """``ae-lightning``: a refused setting or bad data prints its message alone (exit status 2 for settings, 1 for
-    data and files); ``--print_traceback`` (or ``AE_LIGHTNING_TRACEBACK=1``) shows the traceback instead."""
+def run_command(prog: str, command: Callable[[], object]) -> None:
+    """Run ``command``: a refused setting or bad data prints ``<prog>: error: <message>`` alone (exit status 2 for
+    settings, 1 for data and files); ``--print_traceback`` (or ``AE_LIGHTNING_TRACEBACK=1``) shows the traceback
+    instead."""
     if TRACEBACK_FLAG in sys.argv:
         sys.argv.remove(TRACEBACK_FLAG)
         os.environ["AE_LIGHTNING_TRACEBACK"] = "1"  # DDP's processes run this command again: they inherit it
     try:
-        AutoencoderCLI()
+        command()
     except Exception as error:
         if os.environ.get("AE_LIGHTNING_TRACEBACK") == "1" or not isinstance(error, _USER_ERRORS):
             raise
-        sys.stderr.write(f"ae-lightning: error: {error}\n(add {TRACEBACK_FLAG} for the traceback)\n")
+        sys.stderr.write(f"{prog}: error: {error}\n(add {TRACEBACK_FLAG} for the traceback)\n")
         sys.exit(2 if isinstance(error, ConfigError) else 1)
+
+
+def main() -> None:
+    """``ae-lightning`` (see :func:`run_command`)."""
+    run_command("ae-lightning", AutoencoderCLI)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from optuna.trial import TrialState
 from optuna_integration import PyTorchLightningPruningCallback
 from sqlalchemy.exc import OperationalError
 
-from ae_lightning.cli import AutoencoderCLI
+from ae_lightning.cli import AutoencoderCLI, run_command
 
 PRUNERS = {
     "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
@@ -167,7 +167,9 @@ def open_study(args: argparse.Namespace, space: dict[str, Any], direction: str, 
             engine_kwargs=engine,
             heartbeat_interval=args.heartbeat,
             grace_period=2 * args.heartbeat,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=args.max_retry),
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                args.max_retry, inherit_intermediate_values=True
+            ),
         )
         study = optuna.create_study(
             storage=storage,
@@ -246,10 +248,20 @@ def objective(
     with mock.patch("sys.argv", ["ae-lightning"]):  # the CLI must read only these arguments
         cli = TrialCLI(pruning, args=cli_args)
     trial.set_user_attr("config_file", str(Path(cli.trainer.log_dir) / "config.yaml"))
+    # A retry resumes in a new version folder, where Lightning's checkpoint callback starts its best afresh; the
+    # validations before the kill are the dead trial's reports, which the retry inherits.
     best = cli.trainer.checkpoint_callback.best_model_score
-    if best is None or not math.isfinite(float(best)):
-        raise ValueError(f"trial {trial.number} logged no finite {metric}; is it a metric of this model?")
-    return float(best)
+    reported = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number).intermediate_values
+    values = [v for v in [*reported.values(), *([float(best)] if best is not None else [])] if math.isfinite(v)]
+    if not values:
+        logged = sorted(name for name in cli.trainer.callback_metrics if name.startswith("val/"))
+        if not logged:
+            raise ValueError(
+                f"trial {trial.number} ran no validation, so it has no {metric}: give its fit a validation (more "
+                "--trainer.max_steps or --trainer.max_epochs, or a smaller --trainer.val_check_interval)"
+            )
+        raise ValueError(f"trial {trial.number} logged no finite {metric}; its validation logged {', '.join(logged)}")
+    return min(values) if mode == "min" else max(values)
 
 
 def _cli_value(value: Any) -> str:
@@ -290,7 +302,8 @@ def _replace_prefix(value: Any, old: str, new: str) -> Any:
     return value
 
 
-def main(argv: list[str] | None = None) -> optuna.Study:
+def run(argv: list[str] | None = None) -> optuna.Study:
+    """The search the command line's (or ``argv``'s) arguments ask for, its study once done."""
     args, fit_args = parse_args(sys.argv[1:] if argv is None else argv)
     space = read_space(args.space)
     metric = args.metric or space.get("metric", "val/loss")
@@ -311,6 +324,12 @@ def main(argv: list[str] | None = None) -> optuna.Study:
     if path is not None:
         print(f"best trial {study.best_trial.number}: {metric} {study.best_value:.6g}, {study.best_params}; {path}")
     return study
+
+
+def main() -> None:
+    """``ae-lightning-search``: exit status 0 once the study is done; a bad search space, storage or setting prints
+    its message alone (:func:`~ae_lightning.cli.run_command`)."""
+    run_command("ae-lightning-search", run)
 
 
 if __name__ == "__main__":

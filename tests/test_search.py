@@ -64,7 +64,7 @@ def test_bad_search_spaces_are_named(tmp_path: Path, data_dir: Path, parameters:
     args = search_args(tmp_path, data_dir, "--n_trials", "1")
     write_space(tmp_path, parameters)
     with pytest.raises(ValueError, match=message):
-        search.main(args)
+        search.run(args)
 
 
 def test_unknown_argument_error_suggests_the_close_names(tmp_path: Path, data_dir: Path) -> None:
@@ -77,6 +77,28 @@ def open_study(tmp_path: Path, data_dir: Path, *extra: str, config: Path = AE) -
     args, _ = search.parse_args(search_args(tmp_path, data_dir, "--n_trials", "1", *extra, config=config))
     space = search.read_space(args.space)
     return search.open_study(args, space, "minimize", "val/loss")
+
+
+def test_a_trials_value_is_its_best_validation_those_it_inherited_from_a_dead_run_included(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    # A retry resumes in a new version folder, whose checkpoint callback knows only the validations after the kill.
+    args, fit_args = search.parse_args(search_args(tmp_path, data_dir, "--n_trials", "1", "--trainer.max_epochs", "1"))
+    space = search.read_space(args.space)
+    study = search.open_study(args, space, "minimize", "val/loss")
+    trial = study.ask()
+    trial.report(-1.0, step=0)  # as a retry inherits it: a validation of the dead run, better than any to come
+    assert search.objective(trial, args, space, "val/loss", fit_args) == -1.0
+    trial = study.ask()
+    value = search.objective(trial, args, space, "val/loss", fit_args)
+    assert value == study.trials[-1].intermediate_values[0] > 0  # a trial of one run: its own validation
+
+
+def test_a_trial_without_validation_says_so(tmp_path: Path, data_dir: Path) -> None:
+    # The run stops at its first step, before the end of its 3-batch epoch, where it would validate.
+    args = search_args(tmp_path, data_dir, "--n_trials", "1", "--trainer.limit_train_batches", "3")
+    with pytest.raises(ValueError, match="trial 0 ran no validation, so it has no val/loss: give its fit a validation"):
+        search.run([*args, "--trainer.max_steps", "1"])
 
 
 def test_a_study_of_another_config_is_refused(tmp_path: Path, data_dir: Path) -> None:
@@ -101,7 +123,7 @@ def test_a_locked_storage_is_named(tmp_path: Path, data_dir: Path) -> None:
 def test_trials_are_pruned_through_the_lightning_callback(tmp_path: Path, data_dir: Path, monkeypatch) -> None:
     # a pruner that stops every trial at its first report: the validation after epoch 1
     monkeypatch.setitem(search.PRUNERS, "always", lambda: optuna.pruners.ThresholdPruner(upper=0.0))
-    study = search.main(search_args(tmp_path, data_dir, "--n_trials", "2", "--pruner", "always",
+    study = search.run(search_args(tmp_path, data_dir, "--n_trials", "2", "--pruner", "always",
                                     "--trainer.max_epochs", "5"))  # fmt: skip
     pruned = study.get_trials(states=(optuna.trial.TrialState.PRUNED,))
     assert len(pruned) == 2 and all(list(t.intermediate_values) == [0] for t in pruned)
@@ -138,7 +160,9 @@ def test_a_killed_study_resumes_and_retries_the_dead_trial(tmp_path: Path, data_
     before = trials(storage)
     assert [t.state for t in before[:2]] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING]
     time.sleep(2.5)  # the dead trial's heartbeat is stale after 2 heartbeats
-    subprocess.run(command, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    installed = [str(Path(sys.executable).parent / "ae-lightning-search"), *command[3:]]  # as users run it
+    rerun = subprocess.run(installed, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
 
     after = trials(storage)
     assert after[0].state == optuna.trial.TrialState.COMPLETE and after[0].value == before[0].value  # kept
@@ -146,6 +170,9 @@ def test_a_killed_study_resumes_and_retries_the_dead_trial(tmp_path: Path, data_
     retry = next(t for t in after[2:] if t.params == after[1].params)
     assert retry.state == optuna.trial.TrialState.COMPLETE
     assert retry.user_attrs["folder"] == str(tmp_path / "trials" / "trial-1")  # resumed in the dead trial's folder
+    # Its value is the best validation of the whole trial, those before the kill included.
+    assert before[1].intermediate_values and before[1].intermediate_values.items() <= retry.intermediate_values.items()
+    assert retry.value == min(retry.intermediate_values.values())
     assert len(list((tmp_path / "trials" / "trial-1" / "lightning_logs").iterdir())) == 2
     counted = [t for t in after if t.state in search.COUNTED]
     assert len(counted) == 3
