@@ -57,7 +57,8 @@ class InteractionsDataModule(ImageDataModule):
         test_path: a second file of the test users' held-out interactions (e.g. MovieLens-100K's ``u1.test`` beside
             ``u1.base``); their interactions in ``path`` are then folded in and also trained on (weak generalization),
             and ``test_users`` does not apply. Its users must have interactions in ``path``.
-        header: whether the first line names the columns; None: it does when none of its fields is a number.
+        header: whether the first line names the columns; None: it does when none of its fields is a number and
+            the second line holds one (a file whose first two lines hold no number must say).
         batch_size: users per step and process.
         seed: seed of the user split, the held-out draw and the epoch orders.
         num_workers: worker processes building batches.
@@ -251,15 +252,20 @@ def read_interactions(path: Path, header: bool | None = None, min_rating: float 
     if not path.is_file():
         raise FileNotFoundError(f"interactions file {path} does not exist")
     with path.open() as file:
-        first = file.readline().strip()
+        first, second = file.readline().strip(), file.readline().strip()
     if not first:
         raise ValueError(f"{path}: the first line is empty; expected user, item[, rating] per line")
     separator = "::" if "::" in first else "\t" if "\t" in first else "," if "," in first else r"\s+"
     fields = re.split(separator, first)
     if len(fields) < 2:
         raise ValueError(f"{path} line 1: {first!r} has one field; expected user, item[, rating]")
-    if header is None:
-        header = not any(_is_number(field) for field in fields)
+    if header is None and not any(_is_number(field) for field in fields):
+        if not any(_is_number(field) for field in re.split(separator, second)):
+            raise ValueError(
+                f"{path}: lines 1 and 2 hold no number, so whether line 1 ({first!r}) names the columns cannot be "
+                "told; set header: true or false"
+            )
+        header = True
     names = ["user", "item", "rating"][: min(len(fields), 3)]
     frame = pd.read_csv(
         path,

@@ -235,3 +235,16 @@ def test_bad_test_files_are_named_with_the_line(tmp_path: Path, test_lines: list
     test.write_text("\n".join(line.format(item=item) for line in test_lines) + "\n")
     with pytest.raises(ValueError, match=message):
         _ = data(base, test_path=str(test), min_rating=None).interactions
+
+
+def test_a_file_of_text_only_lines_must_say_whether_it_has_a_header(tmp_path: Path) -> None:
+    from datamodules.interactions import read_interactions
+
+    path = tmp_path / "clicks.csv"
+    path.write_text("alice,book1\nalice,book2\nbob,book1\n")  # text ids, no ratings: line 1 may be data or names
+    with pytest.raises(ValueError, match=r"clicks.csv: lines 1 and 2 hold no number, .* set header: true or false"):
+        read_interactions(path)
+    assert list(read_interactions(path, header=False)["user"]) == ["alice", "alice", "bob"]
+    assert list(read_interactions(path, header=True)["user"]) == ["alice", "bob"]
+    path.write_text("user,item,rating\nalice,book1,4\nbob,book1,5\n")  # a number below names: a header
+    assert list(read_interactions(path)["rating"]) == [4, 5]
