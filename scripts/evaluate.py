@@ -59,8 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--disentanglement",
         nargs="*",
         default=None,
-        help="disentanglement metrics on data with known factors (default there: all; none elsewhere): "
-        f"{', '.join(disentanglement.DISENTANGLEMENT_METRICS)}",
+        help="disentanglement metrics on data with known factors (default there, or the flag alone: all; none "
+        f"elsewhere; 'none': off): {', '.join(disentanglement.DISENTANGLEMENT_METRICS)}",
     )
     parser.add_argument("--disentanglement_points", type=int, default=10000, help="codes seen by MIG, SAP and DCI")
     parser.add_argument(
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if "fid" in metrics or args.samplers or "rfid_classifier" in (args.first_stage_metrics or []):
         if "fid" in metrics:
             evaluation.require_generative(model, "the Frechet distance of samples (fid)")
-        record = load_feature_classifier(args.classifier or default_classifier_path(datamodule))
+        record = load_feature_classifier(args.classifier or default_classifier_path(datamodule), datamodule)
         print(f"Feature classifier {record.path}: test accuracy {record.test_accuracy:.4f}")
         classifier = record.network
     scores = evaluation.evaluate(
@@ -121,11 +121,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             model, train_codes, classifier, real, args.fid_samples, two_stage_steps=args.two_stage_steps, seed=args.seed
         )
         scores |= {name: value for name, value in found.items() if name != "fid_prior"}
-    has_factors = hasattr(datamodule, "sample_factors")
-    if args.disentanglement and not has_factors:
+    has_factors, asked = hasattr(datamodule, "sample_factors"), args.disentanglement
+    if asked is not None and asked != ["none"] and not has_factors:
         raise ValueError(f"--disentanglement needs data with known factors (dSprites), not {type(datamodule).__name__}")
-    if has_factors and args.disentanglement != []:
-        names = args.disentanglement or list(disentanglement.DISENTANGLEMENT_METRICS)
+    if has_factors and asked != ["none"]:
+        names = asked or list(disentanglement.DISENTANGLEMENT_METRICS)
         encode = disentanglement.model_encoder(model)
         scores |= disentanglement.disentanglement_metrics(
             encode, datamodule, names, num_points=args.disentanglement_points, seed=args.seed

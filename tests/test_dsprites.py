@@ -155,3 +155,6 @@ def test_evaluate_script_reports_disentanglement_and_draws_traversals(tmp_path: 
                           "--views", "reconstructions", "--tsne_points", "8"])  # fmt: skip
     assert set(scores) == {"mse", "mig", "dci_disentanglement", "dci_completeness", "dci_informativeness"}
     assert (tmp_path / "pictures" / "traversals.png").is_file()
+    common = [str(checkpoint), "--metrics", "mse", "--disentanglement_points", "300"]
+    assert {"mig", "sap", "dci_disentanglement"} <= set(script.main([*common, "--disentanglement"]))  # the flag alone
+    assert set(script.main([*common, "--disentanglement", "none"])) == {"mse"}
