@@ -41,7 +41,7 @@ from ae_lightning.training.fault_tolerance import (
     SlurmRequeue,
     non_finite_guard,
 )
-from ae_lightning.training.fault_tolerance.checkpoint_io import remove_dead_writers_files
+from ae_lightning.training.fault_tolerance.checkpoint_io import read_checkpoint, remove_dead_writers_files
 from ae_lightning.training.prediction import PredictionWriter
 from ae_lightning.training.resume import OptimizerSettingsOnResume
 from datamodules.base import ImageDataModule
@@ -367,24 +367,6 @@ def _concrete_subclasses(base: type) -> list[type]:
         if not inspect.isabstract(cls):
             found.append(cls)
     return found
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint at ``path``, loaded on the CPU; a ValueError naming the file and what is wrong otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        what = "is a directory" if path.is_dir() else "does not exist"
-        raise FileNotFoundError(f"--ckpt_path {path} {what}; expected a checkpoint file (.ckpt)")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ... depending on the damage
-        reason = " ".join(str(error).split())[:200] or type(error).__name__
-        raise ValueError(f"--ckpt_path {path} is not a readable checkpoint (truncated or corrupt?): {reason}") from None
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
-        raise ValueError(f"--ckpt_path {path} is not a Lightning checkpoint: it holds no state_dict")
-    if "global_step" not in checkpoint or "pytorch-lightning_version" not in checkpoint:
-        raise ValueError(f"--ckpt_path {path} is not a Lightning checkpoint: it has no global_step or version")
-    return checkpoint
 
 
 def _plain(value: Any) -> Any:

@@ -22,10 +22,12 @@ from pathlib import Path
 import torch
 from torchvision.utils import save_image
 
+from ae_lightning.cli import run_command
 from ae_lightning.evaluation import disentanglement, samplers, visualization
 from ae_lightning.evaluation import driver as evaluation
 from ae_lightning.evaluation.feature_classifier import default_classifier_path, load_feature_classifier
 from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
+from datamodules import InteractionsDataModule
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -89,6 +91,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if args.metrics is not None:
         evaluation.check_metric_names(args.metrics)
     model, datamodule = evaluation.load_checkpoint(args.checkpoint, args.data_dir)
+    if isinstance(datamodule, InteractionsDataModule):
+        raise ValueError(
+            f"{args.checkpoint} holds a recommender ({type(model).__name__}), which this script does not score: "
+            f"`ae-lightning test --config <its run's config.yaml> --ckpt_path {args.checkpoint}` gives its Recall@k "
+            "and NDCG@100"
+        )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     if args.views is not None:
@@ -171,4 +179,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    run_command("evaluate.py", main)

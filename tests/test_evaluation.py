@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -324,3 +326,14 @@ def test_benchmark_bad_input_fails_before_anything_trains(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="unknown datamodule 'CIFARDataModule'; the datamodules are"):
         script.main(["--data", "CIFARDataModule", *common])
     assert not (tmp_path / "runs").exists() and not (tmp_path / "results.md").exists()
+
+
+def test_the_evaluate_script_names_a_corrupt_checkpoint_in_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"garbage\n")
+    script = [sys.executable, str(ROOT / "scripts" / "evaluate.py"), str(bad), "--metrics", "mse"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(script, capture_output=True, text=True, cwd=ROOT, env=env)
+    assert result.returncode == 1
+    assert f"evaluate.py: error: checkpoint {bad} is not a readable checkpoint (truncated or corrupt?)" in result.stderr
+    assert "Traceback" not in result.stderr

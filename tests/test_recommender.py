@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from pathlib import Path
 
@@ -203,6 +204,11 @@ def test_configs_fit_from_the_command_line_and_test_their_best_checkpoint(config
     (results,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)
     assert {"test/recall_20", "test/ndcg_100", "test/popularity_ndcg_100"} <= set(results)
     assert (tmp_path / "run" / "lightning_logs" / "version_0" / "config.yaml").is_file()
+    spec = importlib.util.spec_from_file_location("evaluate", ROOT / "scripts" / "evaluate.py")
+    evaluate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evaluate)
+    with pytest.raises(ValueError, match=r"holds a recommender \(Mult.AE\), which this script does not score: `ae-l"):
+        evaluate.main([cli.trainer.checkpoint_callback.best_model_path])
 
 
 def test_a_test_file_holds_out_its_interactions_of_training_users(tmp_path: Path) -> None:

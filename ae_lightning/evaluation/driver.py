@@ -27,6 +27,7 @@ from ae_lightning.evaluation.metrics import (
     ms_ssim_applies,
     multiscale_ssim,
 )
+from ae_lightning.training.fault_tolerance.checkpoint_io import read_checkpoint
 from datamodules.base import ImageDataModule, Split
 from datamodules.loader import TensorBatchLoader
 
@@ -494,10 +495,7 @@ def load_checkpoint(
         data_dir: where the data are now (the checkpoint's ``data_dir`` when None).
         **data_overrides: other datamodule arguments to change, e.g. ``batch_size``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist (or is not a file)")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = read_checkpoint(path, name="checkpoint")
     class_path = checkpoint.get("ae_lightning_class") or checkpoint.get("hyper_parameters", {}).get("_class_path")
     if class_path is None:
         raise ValueError(f"{path} is not an ae-lightning checkpoint: it names no model class")

@@ -165,4 +165,23 @@ class RunCheckpoint(ModelCheckpoint):
         return super().check_monitor_top_k(trainer, current)
 
 
-__all__ = ["AtomicCheckpointIO", "RunCheckpoint", "write_atomically"]
+def read_checkpoint(path: str | Path, name: str = "--ckpt_path") -> dict[str, Any]:
+    """The checkpoint at ``path``, loaded on the CPU; an error naming it (as ``name``, the option that gave it) and
+    what is wrong otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"{name} {path} {what}; expected a checkpoint file (.ckpt)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ... depending on the damage
+        reason = " ".join(str(error).split())[:200] or type(error).__name__
+        raise ValueError(f"{name} {path} is not a readable checkpoint (truncated or corrupt?): {reason}") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise ValueError(f"{name} {path} is not a Lightning checkpoint: it holds no state_dict")
+    if "global_step" not in checkpoint or "pytorch-lightning_version" not in checkpoint:
+        raise ValueError(f"{name} {path} is not a Lightning checkpoint: it has no global_step or version")
+    return checkpoint
+
+
+__all__ = ["AtomicCheckpointIO", "RunCheckpoint", "read_checkpoint", "write_atomically"]
