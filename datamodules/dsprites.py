@@ -187,6 +187,11 @@ class DSpritesDataModule(ImageDataModule):
             size = GRID[FACTORS.index(name)]
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < size:
                 raise ValueError(f"dSprites factor {name}={value!r} is outside the grid: {name} takes 0..{size - 1}")
+        shape = (fixed_factors or {}).get("shape")
+        if classes is not None and shape is not None and shape not in classes:
+            raise ValueError(
+                f"fixed_factors fixes shape={shape}, which classes {classes} leave out: no image would be trained on"
+            )
         available = NUM_IMAGES // math.prod(GRID[FACTORS.index(name)] for name in fixed_factors or {})
         if num_samples is not None:
             check_number("num_samples", num_samples, f"[3, {available}]", integer=True)
@@ -213,6 +218,13 @@ class DSpritesDataModule(ImageDataModule):
         if self.hparams.classes is not None:
             kept = torch.tensor(self.hparams.classes)
             val, train = (part[torch.isin(index_to_factors(part)[:, 0], kept)] for part in (val, train))
+            if not len(val) or not len(train):
+                empty = "validation" if not len(val) else "training"
+                raise ValueError(
+                    f"classes {self.hparams.classes} leave the {empty} split empty (num_samples "
+                    f"{self.hparams.num_samples}, val_fraction {self.hparams.val_fraction}): keep more classes or "
+                    "images"
+                )
         self.grid_indices = {"val": val.sort().values, "test": test.sort().values, "train": train.sort().values}
 
     def split_size(self, split: str) -> int:

@@ -298,7 +298,9 @@ def read_interactions(path: Path, header: bool | None = None, min_rating: float 
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
             line = line_of(path, row, first_line)
-            raise ValueError(f"{path} line {line}: rating {frame['rating'].iloc[row]!r} is not a number")
+            given = frame["rating"].iloc[row]
+            what = "has no rating" if pd.isna(given) else f"rating {given!r} is not a number"
+            raise ValueError(f"{path} line {line}: {what}")
         frame["rating"] = ratings
         if min_rating is not None:
             frame = frame[frame["rating"] >= min_rating]

@@ -75,11 +75,18 @@ def test_a_factor_outside_the_grid_is_refused_naming_it(row: dict, message: str)
         ({"num_samples": 1_000_000}, r"num_samples must be an integer in \[3, 737280\], got 1000000"),
         ({"fixed_factors": {"shape": 2}, "num_samples": 300_000}, r"num_samples must be an integer in \[3, 245760\]"),
         ({"val_fraction": 0.6, "test_fraction": 0.5}, r"val_fraction \+ test_fraction must be < 1"),
+        ({"fixed_factors": {"shape": 2}, "classes": [0]}, r"fixes shape=2, which classes \[0\] leave out"),
     ],
 )
 def test_bad_settings_are_refused_naming_them(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         DSpritesDataModule(**kwargs)
+
+
+def test_classes_that_leave_a_split_empty_are_named() -> None:
+    data = DSpritesDataModule(num_samples=20, val_fraction=0.05, test_fraction=0.05, classes=[2], seed=0)
+    with pytest.raises(ValueError, match=r"classes \[2\] leave the (validation|training) split empty \(num_samples 20"):
+        data.setup("fit")
 
 
 def test_splits_cover_the_grid_without_overlap() -> None:

@@ -108,6 +108,7 @@ def test_movielens_u_data_layout_reads_the_same(tmp_path: Path) -> None:
     [
         (["1,10,4", "2,10,5", "1,11,3", "1,10,2"], {}, r"lines 1 and 4 both hold user 1, item 10"),
         (["user,item,rating", "1,10,4", "", "2,10,five"], {}, r"line 4: rating 'five' is not a number"),
+        (["1,10,4", "2,10,5", "3,998"], {}, r"line 3: has no rating"),
         (["1,10", "2,10"], {"min_rating": 3.5}, r"min_rating=3.5, but .* has no rating column"),
         (
             ["1,10,4", "2,11,5"],
@@ -115,7 +116,7 @@ def test_movielens_u_data_layout_reads_the_same(tmp_path: Path) -> None:
             r"2 users .* too few for 20 validation and 20 test users",
         ),
     ],
-    ids=["duplicate", "non-numeric", "no-ratings", "too-few-users"],
+    ids=["duplicate", "non-numeric", "missing-rating", "no-ratings", "too-few-users"],
 )
 def test_bad_interactions_files_are_named_with_the_line(tmp_path: Path, lines, kwargs, message) -> None:
     path = tmp_path / "bad.csv"
