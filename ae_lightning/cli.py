@@ -219,10 +219,10 @@ class AutoencoderCLI(LightningCLI):
                 continue
             path = Path(trainer.log_dir or ".") / callback.config_filename
             if path.is_file():
+                advice = "give the logger another version (or none) or" if trainer.logger else "give"
                 raise ConfigError(
                     f"{path} exists: this {self.subcommand or 'run'} would write into the folder of an earlier run, "
-                    "whose logs its logger would overwrite. Give the logger another version (or none) or another "
-                    "--trainer.default_root_dir"
+                    f"whose logs and config it would overwrite; {advice} another --trainer.default_root_dir"
                 )
 
     def _parse_ckpt_path(self) -> None:

@@ -121,6 +121,11 @@ def test_a_run_given_an_earlier_runs_folder_is_refused_before_it_touches_its_log
         with pytest.raises(ValueError, match=f"{folder / 'config.yaml'} exists: this {subcommand} would write into"):
             run_cli(subcommand, *again)
     assert {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()} == before
+    # Without a logger the run's folder is the root dir itself, which is all there is to change.
+    alone = tiny_args("ae", data_dir, tmp_path / "alone", "--trainer.logger", "false", "--ckpt_path", checkpoint)
+    run_cli("test", *alone)
+    with pytest.raises(ValueError, match=r"would overwrite; give another --trainer.default_root_dir$"):
+        run_cli("test", *alone)
 
 
 def test_a_runs_saved_config_given_another_root_dir_logs_there(data_dir: Path, tmp_path: Path) -> None:
