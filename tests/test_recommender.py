@@ -204,6 +204,9 @@ def test_configs_fit_from_the_command_line_and_test_their_best_checkpoint(config
     assert "best-epoch" in cli.trainer.checkpoint_callback.best_model_path  # chosen by val/ndcg_100
     (results,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)
     assert {"test/recall_20", "test/ndcg_100", "test/popularity_ndcg_100"} <= set(results)
+    if config == "mult_vae":  # the annealed weight's cap, not its value at the test run's step 0
+        expected = results["test/recon"] + cli.model.anneal_cap * results["test/kl"]
+        assert results["test/loss"] == pytest.approx(expected, rel=1e-5) and results["test/kl"] > 0
     assert (tmp_path / "run" / "lightning_logs" / "version_0" / "config.yaml").is_file()
     spec = importlib.util.spec_from_file_location("evaluate", ROOT / "scripts" / "evaluate.py")
     evaluate = importlib.util.module_from_spec(spec)

@@ -338,3 +338,19 @@ def test_standard_normal_helpers_agree() -> None:
         divergences.gaussian_log_density(z, torch.zeros(()), torch.zeros(())).sum(-1),
         losses.standard_normal_log_prob(z),
     )
+
+
+def test_a_warmed_up_vae_is_evaluated_on_its_full_objective(data_dir: Path, tmp_path: Path) -> None:
+    # val/loss used the warm-up's weight, so that a ModelCheckpoint on it favoured early, lightly weighted steps, and
+    # test/loss was the reconstruction alone (a test run starts at step 0).
+    from tiny_runs import run_cli, tiny_args
+
+    args = tiny_args(
+        "beta_vae", data_dir, tmp_path, "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false"
+    )
+    cli = run_cli("fit", *args)
+    assert 0 < cli.trainer.global_step < cli.model.kl_warmup_steps  # still warming up
+    val = cli.trainer.callback_metrics
+    torch.testing.assert_close(val["val/loss"], val["val/recon"] + 4.0 * val["val/kl"])
+    (test,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
+    assert test["test/loss"] == pytest.approx(test["test/recon"] + 4.0 * test["test/kl"], rel=1e-5)

@@ -151,7 +151,8 @@ class MultVAE(MultinomialAutoencoder):
         return self.posterior_parameters(x)[0]
 
     def kl_weight(self) -> float:
-        if self.anneal_steps == 0:
+        """Annealed to ``anneal_cap`` in training; ``anneal_cap`` in evaluation (as the VAE's warm-up)."""
+        if self.anneal_steps == 0 or not self.training:
             return self.anneal_cap
         return min(self.anneal_cap, self.global_step / self.anneal_steps)
 

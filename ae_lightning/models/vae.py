@@ -134,7 +134,10 @@ class VAE(AutoencoderModule):
         return self.likelihood != "bernoulli" and len(self.input_shape) == 3
 
     def kl_weight(self) -> float:
-        if self.kl_warmup_steps == 0:
+        """``beta``, warmed up over ``kl_warmup_steps`` in training; evaluation weighs the KL fully, so that
+        ``val/loss`` and ``test/loss`` are the objective the warm-up leads to, comparable across steps (a best
+        checkpoint is no artefact of the warm-up) and the same in a ``test`` run, which starts at step 0."""
+        if self.kl_warmup_steps == 0 or not self.training:
             return self.beta
         return self.beta * min(1.0, self.global_step / self.kl_warmup_steps)
 
