@@ -204,6 +204,15 @@ def test_configs_fit_from_the_command_line_and_test_their_best_checkpoint(config
     assert "best-epoch" in cli.trainer.checkpoint_callback.best_model_path  # chosen by val/ndcg_100
     (results,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)
     assert {"test/recall_20", "test/ndcg_100", "test/popularity_ndcg_100"} <= set(results)
+    # predict: each user's ranking, not the held-out click matrix as the label of an image
+    data = cli.datamodule
+    batch = next(iter(data.predict_dataloader()))
+    predicted = cli.model.eval().predict_step(batch, 0)
+    top = predicted["top_items"]
+    assert set(predicted) == {"z", "index", "top_items"} and top.shape == (len(batch[0]), 100)
+    unclicked = (batch[0] == 0).sum(1)  # of the 60 items: those ranked, best first, then -1
+    assert ((top >= 0).sum(1) == unclicked).all() and (top[:, 60:] == -1).all()
+    assert not batch[0].gather(1, top.clamp(min=0))[top >= 0].any()  # none of them clicked already
     if config == "mult_vae":  # the annealed weight's cap, not its value at the test run's step 0
         expected = results["test/recon"] + cli.model.anneal_cap * results["test/kl"]
         assert results["test/loss"] == pytest.approx(expected, rel=1e-5) and results["test/kl"] > 0

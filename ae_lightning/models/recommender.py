@@ -93,6 +93,16 @@ class MultinomialAutoencoder(AutoencoderModule):
         return -losses.multinomial_log_likelihood(self.item_scores(x), x)
 
     # --- steps ------------------------------------------------------------------------------------------------------
+    def _predict_step(self, batch: Batch) -> dict[str, Tensor]:
+        """Each user's code ``z``, row ``index`` in the split and ``top_items`` ``[B, 100]``, the unclicked items it
+        ranks first (columns: the datamodule's ``interactions.items`` holds their ids, ``interactions.users`` the
+        users'), -1 past the last unclicked one."""
+        clicks, _, rows = batch
+        scores = self.item_scores(clicks).masked_fill(clicks > 0, float("-inf"))
+        top = scores.topk(min(100, clicks.shape[1]), dim=-1)
+        items = top.indices.masked_fill(top.values == float("-inf"), -1)
+        return {"z": self.encode(clicks), "index": rows, "top_items": F.pad(items, (0, 100 - items.shape[1]), value=-1)}
+
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         with self.evaluation_randomness(batch_idx):
             self.evaluate_ranking(batch, "val")
