@@ -133,6 +133,16 @@ def test_iaf_log_det_matches_the_jacobian(steps: int) -> None:
     assert isinstance(flow.steps[0], IAFStep)
 
 
+def test_a_new_flow_is_one_scaling_of_every_code_whatever_the_context() -> None:
+    torch.manual_seed(0)
+    flow = InverseAutoregressiveFlow(4, 3, [12], forget_bias=1.5, context_dim=3)
+    z, context = torch.randn(5, 4), torch.randn(5, 3)
+    out, log_det = flow(z, context)
+    gate = torch.sigmoid(torch.tensor(1.5))
+    torch.testing.assert_close(out, gate**3 * z)
+    torch.testing.assert_close(log_det, torch.full((5,), 3 * 4 * gate.log().item()))
+
+
 def test_a_flow_with_context_is_each_images_own_and_its_log_det_still_matches_the_jacobian() -> None:
     torch.manual_seed(0)
     flow = InverseAutoregressiveFlow(4, 2, [12], context_dim=3)

@@ -68,7 +68,8 @@ class MADE(nn.Module):
 
 class IAFStep(nn.Module):
     """One numerically stable IAF step (Kingma et al. 2016, eq. 14): ``sigma = sigmoid(s + forget_bias)``,
-    ``z' = sigma * z + (1 - sigma) * m`` with ``[m, s] = MADE(z)``; ``log |det dz'/dz| = sum log sigma``.
+    ``z' = sigma * z + (1 - sigma) * m`` with ``[m, s] = MADE(z)``; ``log |det dz'/dz| = sum log sigma``. The MADE's
+    output layer starts at zero, so that a new step is ``z' = sigmoid(forget_bias) z`` for every code and context.
 
     Args:
         dim: the size of the code.
@@ -80,6 +81,8 @@ class IAFStep(nn.Module):
     def __init__(self, dim: int, hidden_dims: Sequence[int], forget_bias: float = 1.5, context_dim: int = 0) -> None:
         super().__init__()
         self.made = MADE(dim, hidden_dims, context_dim)
+        nn.init.zeros_(self.made.net[-1].weight)
+        nn.init.zeros_(self.made.net[-1].bias)
         self.forget_bias = forget_bias
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
