@@ -294,7 +294,7 @@ class AutoencoderCLI(LightningCLI):
 
     def _check_optimizers(self) -> None:
         """Refuse, before the run creates any file, optimizer or scheduler settings that torch refuses; warn of an
-        optimizer whose lr is 0 everywhere."""
+        optimizer whose lr is 0 everywhere, with no scheduler to change it."""
         try:
             configured = self.model.configure_optimizers()
         except ValueError as error:  # e.g. torch's "Invalid learning rate: -0.001"
@@ -302,8 +302,9 @@ class AutoencoderCLI(LightningCLI):
         except (RuntimeError, AttributeError):  # optimizers that need the running Trainer: checked when it runs them
             return
         for optimizer in _optimizers(configured):
-            # A scheduler keeps the lr the optimizer was given as ``initial_lr`` (and may start from 0 above it).
-            if all(group.get("initial_lr", group["lr"]) == 0 for group in optimizer.param_groups):
+            # A scheduler (which marks each group's ``initial_lr``) may raise an lr of 0, e.g. CyclicLR's base_lr.
+            groups = optimizer.param_groups
+            if all(group["lr"] == 0 and "initial_lr" not in group for group in groups):
                 name = type(optimizer).__name__
                 rank_zero_warn(f"{name}'s lr is 0 in every parameter group: its weights will not train")
 

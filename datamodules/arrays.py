@@ -97,6 +97,7 @@ class ArrayDataModule(ImageDataModule):
         self.path = Path(path)
         if self.path.suffix not in SUFFIXES:
             raise ValueError(f"path {path}: expected a {', '.join(SUFFIXES)} file")
+        self.check_sources_exist()
 
     @property
     def dataset_name(self) -> str:

@@ -106,6 +106,14 @@ class ImageDataModule(L.LightningDataModule):
         """The files or folders the data are read from."""
         return []
 
+    def check_sources_exist(self) -> None:
+        """Raise a FileNotFoundError naming the first local file or folder of :meth:`source_paths` that does not exist;
+        datamodules of files the user provides call it on construction, so that every process of a run stops there,
+        before the trainer starts its loggers (Lightning runs ``prepare_data`` on one process per node only)."""
+        for source in self.source_paths():
+            if "://" not in source and not Path(source).exists():
+                raise FileNotFoundError(f"{source} does not exist")
+
     @property
     def dataset_name(self) -> str:
         """A name of the dataset, e.g. for the feature classifier's cache file."""
@@ -145,13 +153,6 @@ class ImageDataModule(L.LightningDataModule):
         return bool((self.arrays.train[1] != UNLABELED).any())
 
     # --- splits -----------------------------------------------------------------------------------------------------
-    def prepare_data(self) -> None:
-        """Raise a FileNotFoundError naming the first local file or folder of :meth:`source_paths` that does not exist:
-        Lightning calls this before it starts the loggers, so a wrong path leaves no run folder behind."""
-        for source in self.source_paths():
-            if "://" not in source and not Path(source).exists():
-                raise FileNotFoundError(f"{type(self).__name__}: {source} does not exist")
-
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return

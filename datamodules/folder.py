@@ -44,6 +44,7 @@ class ImageFolderDataModule(ImageDataModule):
     ) -> None:
         super().__init__(**kwargs)
         self.data_dir = Path(data_dir)
+        self.check_sources_exist()
 
     @property
     def dataset_name(self) -> str:

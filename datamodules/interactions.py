@@ -81,6 +81,7 @@ class InteractionsDataModule(ImageDataModule):
         super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers)
         self.path = Path(path)
         self._interactions: Interactions | None = None
+        self.check_sources_exist()
 
     # --- what the data are ------------------------------------------------------------------------------------------
     @property

@@ -288,10 +288,6 @@ class StreamingDataModule(ImageDataModule):
         return self.manifest.class_names is not None
 
     # --- splits -----------------------------------------------------------------------------------------------------
-    def prepare_data(self) -> None:
-        """Read the manifest, before Lightning starts the loggers: a missing or foreign stream leaves no run folder."""
-        _ = self.manifest
-
     def setup(self, stage: str | None = None) -> None:
         manifest = self.manifest
         self.hparams.data_source = self.data_source

@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if "fid" in metrics or args.samplers or "rfid_classifier" in (args.first_stage_metrics or []):
         if "fid" in metrics:
             evaluation.require_generative(model, "the Frechet distance of samples (fid)")
-        record = load_feature_classifier(args.classifier or default_classifier_path(datamodule), datamodule)
+        data = f"--checkpoint {args.checkpoint}" + (f" --data_dir {args.data_dir}" if args.data_dir else "")
+        record = load_feature_classifier(args.classifier or default_classifier_path(datamodule), data)
         print(f"Feature classifier {record.path}: test accuracy {record.test_accuracy:.4f}")
         classifier = record.network
     scores = evaluation.evaluate(

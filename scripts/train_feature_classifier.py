@@ -2,6 +2,7 @@
 
     python scripts/train_feature_classifier.py --data FashionMNISTDataModule --data_dir ../shared/data
     python scripts/train_feature_classifier.py --data StreamingDataModule --input_dir data/photos-72 --image_size 64
+    python scripts/train_feature_classifier.py --checkpoint runs/vae/lightning_logs/version_0/checkpoints/last.ckpt
 
 Trains on the dataset's gray-level training split, reports the test accuracy, and caches the classifier (weights,
 accuracy, dataset and training settings) at ``--output``, by default
@@ -15,7 +16,8 @@ import argparse
 import inspect
 import sys
 
-from ae_lightning.evaluation.driver import datamodule_class
+from ae_lightning.cli import run_command
+from ae_lightning.evaluation.driver import datamodule_class, load_checkpoint
 from ae_lightning.evaluation.feature_classifier import (
     ClassifierRecord,
     default_classifier_path,
@@ -26,7 +28,10 @@ from ae_lightning.evaluation.feature_classifier import (
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="MNISTDataModule", help="datamodule class name or import path")
-    parser.add_argument("--data_dir", default="data", help="root holding <ClassName>/raw/")
+    parser.add_argument("--checkpoint", default=None, help="the data of this ae-lightning checkpoint, as it trained")
+    parser.add_argument(
+        "--data_dir", default=None, help="root holding <ClassName>/raw/ (default: data, or the checkpoint's)"
+    )
     parser.add_argument("--input_dir", default=None, help="the stream of StreamingDataModule (folder or URI)")
     parser.add_argument("--image_size", type=int, default=None, help="StreamingDataModule's image_size")
     parser.add_argument("--epochs", type=int, default=3)
@@ -39,16 +44,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> ClassifierRecord:
     args = parse_args(argv)
-    cls = datamodule_class(args.data)
-    if "input_dir" in inspect.signature(cls).parameters:  # a stream
-        if args.input_dir is None:
-            raise ValueError(f"--data {args.data} reads a stream: give it with --input_dir")
-        where = {"input_dir": args.input_dir, "image_size": args.image_size}
+    if args.checkpoint is not None:  # the checkpoint's data, every label kept (the classifier learns them all)
+        datamodule = load_checkpoint(args.checkpoint, args.data_dir, batch_size=args.batch_size, classes=None)[1]
     else:
-        where = {"data_dir": args.data_dir}
-    datamodule = cls(**where, batch_size=args.batch_size, seed=args.seed)
+        cls = datamodule_class(args.data)
+        if "input_dir" in inspect.signature(cls).parameters:  # a stream
+            if args.input_dir is None:
+                raise ValueError(f"--data {args.data} reads a stream: give it with --input_dir")
+            where = {"input_dir": args.input_dir, "image_size": args.image_size}
+        else:
+            where = {"data_dir": args.data_dir or "data"}
+        datamodule = cls(**where, batch_size=args.batch_size, seed=args.seed)
     path = args.output or default_classifier_path(datamodule)
-    print(f"Training the feature classifier on {args.data} from {next(iter(where.values()))} for {args.epochs} epochs")
+    print(f"Training the feature classifier on {datamodule.data_description} for {args.epochs} epochs")
     record = train_feature_classifier(
         datamodule, path, args.epochs, args.seed, args.accelerator, progress_bar=sys.stderr.isatty()
     )
@@ -57,4 +65,4 @@ def main(argv: list[str] | None = None) -> ClassifierRecord:
 
 
 if __name__ == "__main__":
-    main()
+    run_command("train_feature_classifier.py", main)

@@ -360,11 +360,18 @@ def test_a_new_variant_needs_only_its_module_and_its_config(data_dir: Path, tmp_
     assert torch.allclose(tested.trainer.callback_metrics["test/loss"], l1)
 
 
-@pytest.mark.parametrize("lr, warns", [("0", True), ("0.001", False)])
+CYCLIC = "{class_path: torch.optim.lr_scheduler.CyclicLR, init_args: {base_lr: 0.0, max_lr: 0.01, step_size_up: 4}}"
+
+
+@pytest.mark.parametrize(
+    "lr, scheduler, warns",
+    [("0", [], True), ("0.001", [], False), ("0", ["--model.init_args.lr_scheduler", CYCLIC], False)],
+)
 def test_an_lr_of_zero_everywhere_is_warned_of_before_training(
-    lr: str, warns: bool, data_dir: Path, tmp_path: Path
+    lr: str, scheduler: list[str], warns: bool, data_dir: Path, tmp_path: Path
 ) -> None:
     args = ["--config", "configs/ae.yaml", *common(data_dir, tmp_path), "--model.init_args.optimizer.init_args.lr", lr]
+    args += scheduler  # a scheduler that raises the lr from 0
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         run_cli("fit", *args, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import lightning as L
@@ -143,7 +144,7 @@ def test_ae_lightning_test_reports_disentanglement_on_dsprites(tmp_path: Path) -
     assert (Path(tested.trainer.log_dir) / "traversals.png").is_file()
 
 
-def test_evaluate_script_reports_disentanglement_and_draws_traversals(tmp_path: Path) -> None:
+def test_evaluate_script_reports_disentanglement_and_draws_traversals(tmp_path: Path, monkeypatch) -> None:
     import importlib.util
 
     from tiny_runs import ROOT, run_cli
@@ -165,3 +166,14 @@ def test_evaluate_script_reports_disentanglement_and_draws_traversals(tmp_path: 
     common = [str(checkpoint), "--metrics", "mse", "--disentanglement_points", "300"]
     assert {"mig", "sap", "dci_disentanglement"} <= set(script.main([*common, "--disentanglement"]))  # the flag alone
     assert set(script.main([*common, "--disentanglement", "none"])) == {"mse"}
+    # fid needs a feature classifier of these data: the error's command trains it where the script looks for it.
+    monkeypatch.setenv("AE_LIGHTNING_CACHE", str(tmp_path / "cache"))
+    fid = [str(checkpoint), "--metrics", "fid", "--fid_samples", "40", "--disentanglement", "none"]
+    with pytest.raises(FileNotFoundError) as error:
+        script.main(fid)
+    hint = re.search(r"`python scripts/train_feature_classifier.py (.*)`", str(error.value)).group(1).split()
+    spec = importlib.util.spec_from_file_location("train", ROOT / "scripts" / "train_feature_classifier.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    assert train.main([*hint, "--epochs", "1", "--accelerator", "cpu"]).dataset == "dSprites"
+    assert set(script.main(fid)) == {"fid"}

@@ -232,26 +232,23 @@ def save_feature_classifier(record: ClassifierRecord) -> None:
     os.replace(partial, record.path)
 
 
-def load_feature_classifier(path: str | Path, datamodule: ImageDataModule | None = None) -> ClassifierRecord:
+def load_feature_classifier(path: str | Path, data_arguments: str = "") -> ClassifierRecord:
     """Load a classifier saved by :func:`train_feature_classifier`.
 
     Args:
         path: the saved classifier.
-        datamodule: the data it is for, named in the message that says how to train it if it is missing.
+        data_arguments: the arguments of ``scripts/train_feature_classifier.py`` that name its data (e.g.
+            ``--checkpoint <ckpt>``), for the message that says how to train it if it is missing.
 
     Raises:
         FileNotFoundError: ``path`` does not exist; the message says how to create it.
     """
     path = Path(path)
     if not path.is_file():
-        data = ""
-        if datamodule is not None:
-            data = f"--data {type(datamodule).__name__} "
-            if "data_dir" in datamodule.hparams:
-                data += f"--data_dir {datamodule.hparams.data_dir} "
         raise FileNotFoundError(
             f"no feature classifier at {path}; train one with `python scripts/train_feature_classifier.py "
-            f"{data}--output {path}` (benchmarks/variants.py trains it on first use)"
+            f"{data_arguments + ' ' if data_arguments else ''}--output {path}` (benchmarks/variants.py trains it on "
+            "first use)"
         )
     payload = torch.load(path, map_location="cpu", weights_only=True)
     network = ClassifierCNN(tuple(payload["input_shape"]), payload["num_classes"], payload["num_features"])
