@@ -38,6 +38,9 @@ class IDXDataModule(ImageDataModule):
     def __init__(self, data_dir: str = "data", offline_fallback: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.data_dir = Path(data_dir)
+        if all((self.raw_folder / name).exists() for name in self.idx_files):
+            for part in ("train", "t10k"):  # here, on every process, before any trainer starts its loggers
+                self._check_files(part)
 
     @property
     def raw_folder(self) -> Path:
@@ -78,9 +81,7 @@ class IDXDataModule(ImageDataModule):
 
     def prepare_data(self) -> None:
         if all((self.raw_folder / name).exists() for name in self.idx_files):
-            for part in ("train", "t10k"):  # here, before Lightning starts the loggers: a bad file leaves no run folder
-                self._check_files(part)
-            return
+            return  # checked on construction, and again by setup
         try:
             with no_empty_folders_left(self.raw_folder):
                 for train in (True, False):

@@ -28,15 +28,14 @@ def test_loads_idx_files_into_splits(data_dir: Path) -> None:
 
 def test_truncated_file_is_an_error_naming_it_before_the_run_writes_anything(data_dir: Path, tmp_path: Path) -> None:
     path = data_dir / "MNIST" / "raw" / "train-images-idx3-ubyte"
-    path.write_bytes(path.read_bytes()[:-100])
     dm = MNISTDataModule(data_dir=str(data_dir))
-    for step in (dm.prepare_data, dm.setup):  # files exist: no download, no fallback; setup checks on every rank
-        with pytest.raises(ValueError, match=r"train-images-idx3-ubyte is truncated"):
-            step()
+    path.write_bytes(path.read_bytes()[:-100])
     trainer = L.Trainer(default_root_dir=tmp_path / "run", max_steps=1, enable_progress_bar=False)
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte is truncated"):  # damaged after construction
+        trainer.fit(Autoencoder(hidden_dims=[8], latent_dim=2), datamodule=dm)  # setup checks, on every process
+    # Found on construction, on every process of a run (prepare_data runs on one per node), before any logger starts.
     with pytest.raises(ValueError, match=r"train-images-idx3-ubyte is truncated"):
-        trainer.fit(Autoencoder(hidden_dims=[8], latent_dim=2), datamodule=dm)
-    assert not (tmp_path / "run").exists()  # found before the logger made its folder
+        MNISTDataModule(data_dir=str(data_dir))
 
 
 def test_wrong_magic_is_an_error_naming_it(data_dir: Path) -> None:
