@@ -34,6 +34,7 @@ from optuna_integration import PyTorchLightningPruningCallback
 from sqlalchemy.exc import OperationalError
 
 from ae_lightning.cli import AutoencoderCLI, run_command
+from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
 
 PRUNERS = {
     "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
@@ -286,9 +287,7 @@ def write_best_config(study: optuna.Study, root: Path) -> Path | None:
     )
     path = root / "best.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".yaml.tmp")  # several workers may write it at once
-    temporary.write_text(header + yaml.safe_dump(config, sort_keys=False))
-    temporary.replace(path)
+    write_atomically(path, (header + yaml.safe_dump(config, sort_keys=False)).encode())  # workers may write it at once
     return path
 
 

@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ae_lightning.codec import CompressedFileError, compress, decompress
 from ae_lightning.models.prior import CodePrior
-from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
+from ae_lightning.training.fault_tolerance.checkpoint_io import read_checkpoint, write_atomically
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,11 +54,11 @@ def load_prior(parser: argparse.ArgumentParser, path: Path, device: str) -> Code
     expected = "expected a CodePrior checkpoint (trained with configs/second_stage/prior.yaml)"
     if not path.is_file():
         parser.error(f"prior {path} does not exist (or is not a file); {expected}")
-    try:  # mmap: reads the model's class without reading its weights
-        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    except RuntimeError:
-        parser.error(f"prior {path} is not a PyTorch checkpoint; {expected}")
-    stored = checkpoint.get("ae_lightning_class", "") if isinstance(checkpoint, dict) else ""
+    try:
+        checkpoint = read_checkpoint(path, name="prior")
+    except ValueError as error:
+        parser.error(f"{error}; {expected}")
+    stored = checkpoint.get("ae_lightning_class", "")
     if not stored.endswith(".CodePrior"):
         parser.error(f"prior {path} holds {stored or 'no ae-lightning model'}; {expected}")
     try:

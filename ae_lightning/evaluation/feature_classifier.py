@@ -7,6 +7,7 @@ computed with it can name the classifier and its accuracy.
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
 from datamodules.base import ImageDataModule
 from datamodules.checks import PositiveInt, check_arguments
 
@@ -227,9 +229,9 @@ def save_feature_classifier(record: ClassifierRecord) -> None:
         "num_features": network.num_features,
         **{key: value for key, value in record.metadata().items() if key != "path"},
     }
-    partial = record.path.with_name(record.path.name + ".partial")
-    torch.save(payload, partial)
-    os.replace(partial, record.path)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_atomically(record.path, buffer.getvalue())
 
 
 def load_feature_classifier(path: str | Path, data_arguments: str = "") -> ClassifierRecord:
