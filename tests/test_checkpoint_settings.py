@@ -46,6 +46,28 @@ def test_a_resumed_fit_takes_the_new_learning_rate_and_records_it(
     assert "lr: 0.01" in next(root.rglob("config.yaml")).read_text()
 
 
+def test_a_new_learning_rate_on_resume_goes_on_with_the_schedule_and_other_scheduler_settings_are_refused(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    schedule = ["--model.init_args.lr_scheduler", "torch.optim.lr_scheduler.StepLR",
+                "--model.init_args.lr_scheduler.init_args.step_size", "1",
+                "--model.init_args.lr_scheduler.init_args.gamma", "0.5",
+                "--trainer.limit_train_batches", "2"]  # fmt: skip
+    lr = "--model.init_args.optimizer.init_args.lr"
+    run_cli("fit", *tiny_args("vae", data_dir, tmp_path / "run", *schedule, lr, "0.01"))  # two epochs: 0.01 / 4
+    last = next((tmp_path / "run").rglob("last.ckpt"))
+    with pytest.raises(ValueError, match=r"StepLR\) was built with gamma=0.5 in the checkpoint's run and with "
+                                         r"gamma=0.9 in this one"):  # fmt: skip
+        gamma = ["--model.init_args.lr_scheduler.init_args.gamma", "0.9", "--trainer.max_epochs", "3"]
+        run_cli("fit", *tiny_args("vae", data_dir, tmp_path / "other", *schedule, lr, "0.01", "--ckpt_path", str(last),
+                                  *gamma))  # fmt: skip
+    assert not (tmp_path / "other").exists(), "a refused resume left files that look like a run"
+    cli = run_cli("fit", *tiny_args("vae", data_dir, tmp_path / "resumed", *schedule, lr, "0.001",
+                                    "--ckpt_path", str(last), "--trainer.max_epochs", "3"))  # fmt: skip
+    # The third epoch's decay applies to the new base where the schedule stood: 0.001 / 8, not 0.001 / 2.
+    assert cli.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.001 / 8)
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
