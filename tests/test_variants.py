@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from pathlib import Path
 
 import lightning as L
@@ -619,6 +620,17 @@ def test_cvae_samples_and_decodes_per_label() -> None:
         model.encode(images()[0])
     with pytest.raises(ValueError, match=r"labels must lie in 0\.\.9 \(num_classes=10\), got labels from 0 to 12"):
         model.sample(2, y=torch.tensor([0, 12]))
+    # Labels that do not name one class per image are refused, not repeated, cut or broadcast.
+    x = images(6)[0]
+    with pytest.raises(ValueError, match=r"one per image: 4 images \(or codes\), got 2 labels"):
+        model.decode(torch.randn(4, 4), y=torch.tensor([7, 3]))
+    with pytest.raises(ValueError, match=r"one per image: 6 images \(or codes\), got 3 labels"):
+        model.encode(x, y=torch.tensor([0, 1, 2]))
+    for bad, found in [(torch.tensor([2.7] * 6), "torch.float32 tensor of shape [6]"),
+                       (torch.ones(6, 1, dtype=torch.long), "torch.int64 tensor of shape [6, 1]"),
+                       (torch.ones(6, dtype=torch.bool), "torch.bool"), ([0] * 6, "list")]:  # fmt: skip
+        with pytest.raises(ValueError, match=rf"one integer class per image, a tensor \[6\]; got .*{re.escape(found)}"):
+            model.encode(x, y=bad)
 
 
 def test_cvae_importance_weighted_bound_is_conditioned() -> None:

@@ -53,17 +53,21 @@ class ConditionalVAE(VAE):
         return networks.build_decoder(hp.network, self.latent_dim + hp.num_classes, hp.hidden_dims, self.input_shape)
 
     def one_hot(self, y: Tensor | None, rows: int) -> Tensor:
-        """One-hot labels ``[rows, num_classes]``; ``rows`` may be k times ``len(y)`` (k samples per image,
-        sample-major, as in the importance-weighted bound)."""
+        """One-hot labels ``[rows, num_classes]`` of the integer labels ``y`` ``[rows]``."""
         if y is None:
             raise ValueError("the conditional VAE needs labels: pass y (the images' classes)")
-        if y.min() < 0 or y.max() >= self.num_classes:
+        integer = isinstance(y, Tensor) and not (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool)
+        if not integer or y.dim() != 1:
+            found = f"a {y.dtype} tensor of shape {list(y.shape)}" if isinstance(y, Tensor) else type(y).__name__
+            raise ValueError(f"the labels y must be one integer class per image, a tensor [{rows}]; got {found}")
+        if len(y) != rows:
+            raise ValueError(f"the labels y must be one per image: {rows} images (or codes), got {len(y)} labels")
+        if rows and (y.min() < 0 or y.max() >= self.num_classes):
             raise ValueError(
                 f"labels must lie in 0..{self.num_classes - 1} (num_classes={self.num_classes}), got labels from "
                 f"{y.min().item()} to {y.max().item()}"
             )
-        one_hot = F.one_hot(y.long(), self.num_classes)
-        return one_hot.repeat(rows // len(y), 1) if rows != len(y) else one_hot
+        return F.one_hot(y.long(), self.num_classes)
 
     def posterior_parameters(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         condition = self.one_hot(y, len(x)).to(x.dtype)
