@@ -9,8 +9,7 @@ blocks), :mod:`ae_lightning.training` (callbacks: fault tolerance, the fast path
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from datamodules.lazy import lazy_exports
 
 # Public name -> the module that defines it.
 _EXPORTS = {
@@ -41,16 +40,6 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'ae_lightning' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
-
+__getattr__, __dir__ = lazy_exports("ae_lightning", _EXPORTS)
 
 __all__ = sorted(_EXPORTS)

@@ -109,6 +109,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         self._input_checked = False
         self.encoder = encoder if encoder is not None else self.build_encoder()
         self.decoder = decoder if decoder is not None else self.build_decoder()
+        self._unchecked_networks = [name for name, given in (("encoder", encoder), ("decoder", decoder)) if given]
 
     # --- the networks -----------------------------------------------------------------------------------------------
     def build_encoder(self) -> nn.Module | None:
@@ -281,6 +282,33 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
                 f"{tuple(x.shape)}; set model input_shape to match the data"
             )
 
+    def check_given_networks(self) -> None:
+        """Refuse a given ``encoder`` or ``decoder`` that does not fit the model: two zero inputs (and labels 0) must
+        encode to codes ``[2, *latent_shape]`` and decode to ``[2, *input_shape]``. Runs once, before training or
+        evaluation starts (the command runs it before the run writes any file)."""
+        given, self._unchecked_networks = " and ".join(self._unchecked_networks), []
+        if not given:
+            return
+        x = torch.zeros(2, *self.input_shape, device=self.device)
+        y = torch.zeros(2, dtype=torch.long, device=self.device)
+        name, training, shape = type(self).__name__, self.training, ", ".join(map(str, self.input_shape))
+        self.eval()
+        try:
+            with torch.no_grad():
+                z = self.encode(x, y)
+                if tuple(z.shape[1:]) != self.latent_shape:
+                    raise ValueError(f"the codes have shape {list(z.shape)}, {name} needs [2, "
+                                     f"{', '.join(map(str, self.latent_shape))}]")  # fmt: skip
+                out = self.decode(z, y)
+                if tuple(out.shape[1:]) != self.input_shape:
+                    raise ValueError(f"the reconstructions have shape {list(out.shape)}, {name} needs [2, {shape}]")
+        except (RuntimeError, ValueError, IndexError, TypeError) as error:
+            raise ValueError(
+                f"the given {given} of {name} do not fit: two inputs [2, {shape}] through encode and decode: {error}"
+            ) from error
+        finally:
+            self.train(training)
+
     # --- optimizers and hooks ---------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         return self.build_optimizer(self.parameters(), self.optimizer_factory, self.lr_scheduler_factory)
@@ -349,6 +377,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
                 network.compile()  # in place: ``torch.compile(network)`` would rename every weight ``_orig_mod.*``
 
     def setup(self, stage: str) -> None:
+        self.check_given_networks()
         datamodule = getattr(self.trainer, "datamodule", None)
         data_shape = getattr(datamodule, "input_shape", None)
         if data_shape is not None and tuple(data_shape) != self.input_shape:

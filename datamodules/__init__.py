@@ -1,27 +1,29 @@
 """LightningDataModules: the MNIST family, torchvision datasets, image folders, array files, streams (litdata),
-user-item interactions and dSprites."""
+user-item interactions and dSprites. Each is imported on first use (``datamodules.MNISTDataModule``), so that
+importing one, or :mod:`datamodules.checks`, does not import the others and their libraries.
+"""
 
-from datamodules.arrays import ArrayDataModule
-from datamodules.base import ImageDataModule
-from datamodules.dsprites import DSpritesDataModule
-from datamodules.folder import ImageFolderDataModule
-from datamodules.interactions import InteractionsDataModule
-from datamodules.loader import TensorBatchLoader
-from datamodules.mnist import FashionMNISTDataModule, IDXDataModule, KMNISTDataModule, MNISTDataModule
-from datamodules.streaming import StreamingDataModule
-from datamodules.torchvision_data import TorchvisionDataModule
+from __future__ import annotations
 
-__all__ = [
-    "ArrayDataModule",
-    "DSpritesDataModule",
-    "FashionMNISTDataModule",
-    "IDXDataModule",
-    "ImageDataModule",
-    "ImageFolderDataModule",
-    "InteractionsDataModule",
-    "KMNISTDataModule",
-    "MNISTDataModule",
-    "StreamingDataModule",
-    "TensorBatchLoader",
-    "TorchvisionDataModule",
-]
+from datamodules.lazy import lazy_exports
+
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "ArrayDataModule": "datamodules.arrays",
+    "DSpritesDataModule": "datamodules.dsprites",
+    "FashionMNISTDataModule": "datamodules.mnist",
+    "IDXDataModule": "datamodules.mnist",
+    "ImageDataModule": "datamodules.base",
+    "ImageFolderDataModule": "datamodules.folder",
+    "InteractionsDataModule": "datamodules.interactions",
+    "KMNISTDataModule": "datamodules.mnist",
+    "MNISTDataModule": "datamodules.mnist",
+    "StreamingDataModule": "datamodules.streaming",
+    "TensorBatchLoader": "datamodules.loader",
+    "TorchvisionDataModule": "datamodules.torchvision_data",
+}
+
+
+__getattr__, __dir__ = lazy_exports("datamodules", _EXPORTS)
+
+__all__ = sorted(_EXPORTS)

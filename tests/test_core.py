@@ -60,6 +60,23 @@ def test_a_given_encoder_comes_from_yaml_and_the_checkpoint_rebuilds_it(data_dir
     torch.testing.assert_close(loaded.eval()(x), cli.model.eval()(x))
 
 
+def test_a_given_network_that_does_not_fit_is_refused_naming_the_shapes_before_the_run_writes_files(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    half = MLPEncoder((1, 28, 28), [8], 4)  # a VAE of latent_dim 4 needs 8 outputs: the mean and the log-variance
+    with pytest.raises(ValueError, match=r"given encoder of VAE do not fit: .*codes have shape \[2, 2\], VAE needs "
+                                         r"\[2, 4\]"):  # fmt: skip
+        VAE(**TINY, encoder=half).check_given_networks()
+    flat = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 784))  # no Unflatten: [B, 784], not images
+    with pytest.raises(ValueError, match=r"given decoder of VAE .*reconstructions have shape \[2, 784\], VAE needs "
+                                         r"\[2, 1, 28, 28\]"):  # fmt: skip
+        VAE(**TINY, decoder=flat).check_given_networks()
+    linear = '{"class_path": "torch.nn.Linear", "init_args": {"in_features": 784, "out_features": 8}}'
+    with pytest.raises(ValueError, match=r"given encoder of VAE do not fit: two inputs \[2, 1, 28, 28\] .*mat1"):
+        run_cli("fit", *tiny_args("vae", data_dir, tmp_path / "run", "--model.init_args.encoder", linear))
+    assert not (tmp_path / "run").exists(), "a refused run left files"
+
+
 @pytest.mark.parametrize(
     "cls, kwargs, old_name",
     [
@@ -124,3 +141,11 @@ def test_datamodules_import_nothing_of_ae_lightning() -> None:
     code = "import sys, datamodules; print(sorted(m for m in sys.modules if m.startswith('ae_lightning')))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_importing_one_variant_imports_no_other_variant_and_no_datamodule() -> None:
+    code = ("import sys, ae_lightning.models.vae; print(sorted(m for m in sys.modules if m.startswith("
+            "('ae_lightning.models.', 'datamodules.', 'litdata'))))")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    imported = "['ae_lightning.models.vae', 'datamodules.checks', 'datamodules.lazy']"
+    assert result.stdout.strip() == imported, result.stdout + result.stderr
