@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jsonargparse import lazy_instance
+from jsonargparse import ArgumentError, lazy_instance
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -27,7 +27,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-import datamodules  # noqa: F401  (registers the datamodules for ``--data <ClassName>``)
+import datamodules
 from ae_lightning import _EXPORTS
 from ae_lightning.base import AutoencoderModule, check_optimizer_class, resolve_class_path
 from ae_lightning.lightning_internals import stored_loader_states
@@ -43,10 +43,11 @@ from ae_lightning.training.fault_tolerance import (
 )
 from ae_lightning.training.fault_tolerance.checkpoint_io import read_checkpoint, remove_dead_writers_files
 from ae_lightning.training.prediction import PredictionWriter
-from ae_lightning.training.resume import OptimizerSettingsOnResume
+from ae_lightning.training.resume import OptimizerSettingsOnResume, check_scheduler_settings
 from datamodules.base import ImageDataModule
 
-for _module in sorted(set(_EXPORTS.values())):  # registers the variants for ``--model <ClassName>``
+# Registers the variants for ``--model <ClassName>`` and the datamodules for ``--data <ClassName>``.
+for _module in sorted({*_EXPORTS.values(), *datamodules._EXPORTS.values()}):
     importlib.import_module(_module)
 # Lightning's older spellings of a precision and the setting each stands for.
 _PRECISION_ALIASES = {"16": "16-mixed", "bf16": "bf16-mixed", "32": "32-true", "64": "64-true"}
@@ -121,6 +122,11 @@ class AutoencoderCLI(LightningCLI):
             auto_configure_optimizers=False,
             **kwargs,
         )
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        # A bad value raises (run_command prints it as one error) instead of printing the whole usage and exiting.
+        kwargs.setdefault("exit_on_error", False)
+        return super().init_parser(**kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.input_shape", "model.init_args.input_shape", apply_on="instantiate")
@@ -242,7 +248,9 @@ class AutoencoderCLI(LightningCLI):
             self.save_config_kwargs = {**self.save_config_kwargs, "overwrite": True}
         if ckpt_path and ckpt_path not in _SPECIAL_CKPT_PATHS:
             self._checkpoint = read_checkpoint(ckpt_path)
-            stored_class = self._checkpoint.get("hyper_parameters", {}).get("_class_path")
+            # The command's config names the class as it was given; the model writes its class into any checkpoint.
+            hyperparameters = self._checkpoint.get("hyper_parameters", {})
+            stored_class = hyperparameters.get("_class_path") or self._checkpoint.get("ae_lightning_class")
             wanted = self.config[subcommand].model.class_path
             if stored_class and resolve_class_path(stored_class) is not resolve_class_path(wanted):
                 raise ValueError(
@@ -286,11 +294,13 @@ class AutoencoderCLI(LightningCLI):
                 check_data(state, world_size=self.trainer.world_size)
         stored = checkpoint.get("ae_lightning_optimizers") or []
         try:
-            built = _optimizers(self.model.configure_optimizers())
+            configured = self.model.configure_optimizers()
         except (RuntimeError, AttributeError):  # optimizers that need the running Trainer, or what ``setup`` builds
             return  # (the auto-decoder's codes): checked when training starts
-        for i, (before, optimizer) in enumerate(zip(stored, built)):
+        for i, (before, optimizer) in enumerate(zip(stored, _optimizers(configured))):
             check_optimizer_class(i, before["class"], optimizer)
+        for i, (state, scheduler) in enumerate(zip(checkpoint.get("lr_schedulers") or [], _schedulers(configured))):
+            check_scheduler_settings(i, state, scheduler)
 
     def _check_optimizers(self) -> None:
         """Refuse, before the run creates any file, optimizer or scheduler settings that torch refuses; warn of an
@@ -309,6 +319,7 @@ class AutoencoderCLI(LightningCLI):
                 rank_zero_warn(f"{name}'s lr is 0 in every parameter group: its weights will not train")
 
     def before_fit(self) -> None:
+        self.model.check_given_networks()
         self._check_checkpoint_fits()
         self._check_optimizers()
         self._check_resume()
@@ -323,6 +334,7 @@ class AutoencoderCLI(LightningCLI):
         self._before_evaluation()
 
     def _before_evaluation(self) -> None:
+        self.model.check_given_networks()
         self._check_checkpoint_fits()
         # Lightning restores the checkpoint's ModelCheckpoint state for evaluation too, which writes no checkpoint:
         # its warning that the run's checkpoint folder differs from the checkpoint's is noise here.
@@ -341,6 +353,19 @@ def _optimizers(configured: Any) -> list[torch.optim.Optimizer]:
         if len(configured) == 2 and isinstance(configured[0], (list, tuple)):  # ([optimizers], [schedulers])
             return _optimizers(configured[0])
         return [optimizer for item in configured for optimizer in _optimizers(item)]
+    return []
+
+
+def _schedulers(configured: Any) -> list[Any]:
+    """The lr schedulers in what ``configure_optimizers`` returned, in Lightning's order."""
+    if isinstance(configured, dict):
+        scheduler = configured.get("lr_scheduler")
+        scheduler = scheduler.get("scheduler") if isinstance(scheduler, dict) else scheduler
+        return [] if scheduler is None else [scheduler]
+    if isinstance(configured, (list, tuple)):
+        if len(configured) == 2 and isinstance(configured[0], (list, tuple)):  # ([optimizers], [schedulers])
+            return [s.get("scheduler") if isinstance(s, dict) else s for s in configured[1]]
+        return [scheduler for item in configured for scheduler in _schedulers(item)]
     return []
 
 
@@ -528,10 +553,29 @@ def run_command(prog: str, command: Callable[[], object]) -> None:
     try:
         command()
     except Exception as error:
-        if os.environ.get("AE_LIGHTNING_TRACEBACK") == "1" or not isinstance(error, _USER_ERRORS):
+        if os.environ.get("AE_LIGHTNING_TRACEBACK") == "1" or not isinstance(error, (*_USER_ERRORS, ArgumentError)):
             raise
-        sys.stderr.write(f"{prog}: error: {error}\n(add {TRACEBACK_FLAG} for the traceback)\n")
-        sys.exit(2 if isinstance(error, ConfigError) else 1)
+        message = _one_line(str(error)) if isinstance(error, ArgumentError) else error
+        sys.stderr.write(f"{prog}: error: {message}\n(add {TRACEBACK_FLAG} for the traceback)\n")
+        sys.exit(2 if isinstance(error, (ConfigError, ArgumentError)) else 1)
+
+
+def _one_line(message: str) -> str:
+    """jsonargparse's error for a value on one line, without the alternatives of a Union that were not meant (a
+    class's error reads ``--model <class>: <argument>: <what was wrong>``)."""
+    key = re.match(r'Parser key "([^"]+)":', message)
+    given = re.search(r"Problem with given class_path '([^']+)':\n(.*?)(?=\n\s*- |\Z)", message, re.S)
+    if key and given:
+        inner = given.group(2)
+        names = ".".join(re.findall(r'Parser key "([^"]+)":', inner))
+        message = f"--{key.group(1)} {given.group(1)}: {names}: {inner.strip().splitlines()[-1]}"
+    elif key and "Union subtypes" in message:
+        value = re.search(r"Given value: (.*)", message)
+        expected = " or ".join(re.sub(r"^Expected an? ", "", e) for e in re.findall(r"^\s*- (.*)$", message, re.M))
+        message = f"--{key.group(1)}: expected {expected}. Got value: {value.group(1) if value else '?'}"
+    else:
+        message = re.sub(r'Parser key "([^"]+)":', r"--\1:", message)
+    return " ".join(re.sub(r"<class '([^']+)'>", r"\1", message).split())
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import warnings
 import weakref
+from argparse import ArgumentError
 from pathlib import Path
 from unittest import mock
 
@@ -228,6 +229,13 @@ def test_checkpoint_of_another_model_is_an_error(trained_vae: Path, data_dir: Pa
     ckpt = trained_vae / "checkpoints" / "last.ckpt"
     with pytest.raises(ValueError, match=r"holds a ae_lightning.VAE checkpoint, but the config's model is "):
         run_cli("test", "--config", "configs/ae.yaml", *common(data_dir, tmp_path), "--ckpt_path", str(ckpt))
+    written_by_python = torch.load(ckpt, weights_only=False)  # as a Trainer without the command writes it
+    del written_by_python["hyper_parameters"]["_class_path"]
+    torch.save(written_by_python, tmp_path / "python.ckpt")
+    with pytest.raises(ValueError, match=r"python.ckpt holds a ae_lightning.models.vae.VAE checkpoint, but the config"):
+        run_cli("fit", "--config", "configs/ae.yaml", *common(data_dir, tmp_path / "refused"),
+                "--ckpt_path", str(tmp_path / "python.ckpt"))  # fmt: skip
+    assert not (tmp_path / "refused").exists()
     with pytest.raises(ValueError, match="holds a ae_lightning.models.vae.VAE, not a ae_lightning.models.autoencoder"):
         model = Autoencoder()
         model.on_load_checkpoint(torch.load(ckpt, weights_only=False))
@@ -285,9 +293,9 @@ def test_switching_the_dataset_from_the_command_line(data_dir: Path, tmp_path: P
 
 
 def test_an_unknown_class_name_lists_the_known_variants_and_help_offers_no_abstract_base(capsys) -> None:
-    with pytest.raises(SystemExit):
+    with pytest.raises(ArgumentError) as refused:
         run_cli("fit", "--model", "VAEE")
-    error = capsys.readouterr().err
+    error = str(refused.value)
     assert "--model VAEE is not a known class; the known ones are AdversarialAutoencoder" in error
     assert "VAE" in error.split("known ones are")[1] and "AutoencoderModule" not in error
     with pytest.raises(SystemExit):
@@ -315,8 +323,15 @@ def test_an_unknown_class_name_lists_the_known_variants_and_help_offers_no_abstr
             "the model's optimizer or lr_scheduler settings: Invalid learning rate: -0.001",
         ),
         (["tabular_anomaly_ae", "--data.path", "EMPTY"], 1, "empty.npz holds no samples"),
+        (
+            ["vae", "--model.init_args.likelihood", "bernouli"],
+            2,
+            "--model ae_lightning.VAE: likelihood: Expected a typing.Literal['bernoulli', 'gaussian', "
+            "'continuous_bernoulli']. Got value: bernouli",
+        ),
+        (["vae", "--trainer.max_epochs", "x"], 2, "--trainer.max_epochs: expected int or NoneType. Got value: x"),
     ],
-    ids=["model-setting", "data-setting", "optimizer-setting", "data-file"],
+    ids=["model-setting", "data-setting", "optimizer-setting", "data-file", "model-choice", "trainer-type"],
 )
 def test_the_command_prints_a_refusal_alone_and_the_traceback_on_request(
     args: list[str], status: int, message: str, tmp_path: Path
