@@ -189,6 +189,13 @@ def test_the_final_step_is_saved_when_max_steps_ends_inside_an_epoch(data_dir: P
     assert last_checkpoint(tmp_path)["global_step"] == 25
 
 
+def test_a_final_step_that_ends_an_epoch_leaves_one_last_checkpoint(data_dir: Path, tmp_path: Path) -> None:
+    limits = ["--trainer.max_steps", "10", "--trainer.max_epochs", "-1", "--trainer.limit_train_batches", "10"]
+    run_cli("fit", *tiny_args("ae", data_dir, tmp_path, *limits))
+    assert sorted(path.name for path in tmp_path.rglob("last*.ckpt")) == ["last.ckpt"]
+    assert last_checkpoint(tmp_path)["global_step"] == 10
+
+
 def test_temporary_files_of_dead_writers_are_removed_when_the_run_folder_is_used_again(
     data_dir: Path, tmp_path: Path
 ) -> None:
@@ -234,10 +241,14 @@ EXTEND_CASES = [
      [*EVERY_4, "--trainer.val_check_interval", "6"]),
     ("ae", ["--trainer.max_steps", "5", "--trainer.max_epochs", "-1"], ["--trainer.max_steps", "20"], []),
     ("ae", ["--trainer.max_epochs", "1"], ["--trainer.max_epochs", "2"], []),
+    # stopped by max_steps at the end of epoch 0: last.ckpt is written at the batch's end, then again after validation
+    ("ae", ["--trainer.max_steps", "10", "--trainer.max_epochs", "-1"], ["--trainer.max_steps", "20"],
+     ["--trainer.limit_train_batches", "10"]),
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("variant, first, then, extra", EXTEND_CASES, ids=["vae-steps", "ae-steps", "ae-epochs"])
+@pytest.mark.parametrize("variant, first, then, extra", EXTEND_CASES,
+                         ids=["vae-steps", "ae-steps", "ae-epochs", "ae-steps-at-epoch-end"])  # fmt: skip
 def test_extending_a_finished_run_trains_on_the_batches_of_an_uninterrupted_one(
     variant: str, first: list[str], then: list[str], extra: list[str], data_dir: Path, tmp_path: Path
 ) -> None:

@@ -157,6 +157,8 @@ class RunCheckpoint(ModelCheckpoint):
             return
         last = self.last_model_path or str(Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}")
         trainer.save_checkpoint(last, weights_only=self.save_weights_only)
+        # A step that also ends the epoch is saved again after its validation: into this file, not a ``last-v1``.
+        self.last_model_path = last
 
     def check_monitor_top_k(self, trainer: L.Trainer, current: torch.Tensor | None = None) -> bool:
         # A NaN or infinite val/loss is never "the best".
