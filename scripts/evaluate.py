@@ -168,7 +168,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             seed=args.seed,
         )
         args.plots.mkdir(parents=True, exist_ok=True)
-        if has_factors:
+        if has_factors and not disentanglement.has_flat_codes(model):
+            print(f"Latent traversals not drawn: {type(model).__name__}'s codes are not flat [latent_dim]")
+        elif has_factors:
             factors = datamodule.sample_factors(4, torch.Generator().manual_seed(args.seed))
             pictures["traversals"] = disentanglement.latent_traversals(model, datamodule.images_of(factors))
         for view, image in pictures.items():

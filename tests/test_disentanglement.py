@@ -79,3 +79,16 @@ def test_every_metric_of_a_model_on_dsprites_and_its_traversals() -> None:
     picture = metrics.latent_traversals(model, data.images_of(data.sample_factors(2, torch.Generator())), steps=5)
     # 2 images x 3 code dimensions rows of 5 pictures of 64x64, 2 pixels of padding around each
     assert picture.shape == (3, 6 * 66 + 2, 5 * 66 + 2) and 0 <= picture.min() and picture.max() <= 1
+
+
+def test_spatial_codes_are_scored_flattened_and_their_traversals_refused() -> None:
+    torch.manual_seed(0)
+    data = DSpritesDataModule(fixed_factors={"shape": 2})
+    model = VAE(input_shape=(1, 64, 64), network="spatial", hidden_dims=[4, 4, 4, 4], latent_dim=1,
+                spatial={"num_res_blocks": 1})  # fmt: skip
+    encode = metrics.model_encoder(model)
+    assert encode(data.images_of(data.sample_factors(3, torch.Generator()))).shape == (3, 8 * 8)
+    assert 0 <= metrics.disentanglement_metrics(encode, data, ["mig"], num_points=200)["mig"] <= 1
+    assert not metrics.has_flat_codes(model) and metrics.has_flat_codes(VAE(latent_dim=2, hidden_dims=[4]))
+    with pytest.raises(ValueError, match=r"flat codes \[latent_dim\]; VAE's codes have shape \[1, 8, 8\]"):
+        metrics.latent_traversals(model, data.images_of(data.sample_factors(1, torch.Generator())))

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from ae_lightning import Autoencoder
+from ae_lightning import VAE, Autoencoder, ConditionalVAE
 from ae_lightning.evaluation import driver
 from ae_lightning.evaluation.samplers import (
     GaussianMixtureSampler,
@@ -73,6 +74,19 @@ def test_a_plain_autoencoder_generates_through_a_sampler_and_gets_frechet_distan
     scores = frechet_distances(model, codes, classifier, real, num_samples=64, components=2, two_stage_steps=20)
     assert set(scores) == {"fid_gmm", "fid_two_stage"} and all(math.isfinite(v) and v >= 0 for v in scores.values())
     assert math.isfinite(driver.frechet_distance(generator, classifier, real, 64))
+
+
+def test_a_sampler_generates_for_spatial_codes_and_for_a_conditional_model_with_its_classes_in_turn() -> None:
+    torch.manual_seed(0)
+    spatial = VAE(input_shape=(1, 16, 16), network="spatial", hidden_dims=[4, 8], latent_dim=2,
+                  spatial={"num_res_blocks": 1}).eval()  # fmt: skip
+    codes = spatial.encode(torch.rand(32, 1, 16, 16)).detach().flatten(1)  # as driver.encode_split gives them
+    assert PosthocGenerator(spatial, GaussianMixtureSampler(2).fit(codes)).sample(3).shape == (3, 1, 16, 16)
+    cvae = ConditionalVAE(input_shape=(1, 8, 8), latent_dim=2, hidden_dims=[8], num_classes=3).eval()
+    codes = torch.randn(6, 2)
+    fixed = SimpleNamespace(sample=lambda n: codes[:n])  # a sampler whose draw is known
+    expected = cvae.decode(codes, torch.tensor([0, 1, 2, 0, 1, 2]))
+    torch.testing.assert_close(PosthocGenerator(cvae, fixed).sample(6), expected)
 
 
 def test_evaluate_script_gives_a_plain_autoencoder_frechet_distances_through_samplers(

@@ -40,8 +40,8 @@ class FactorSource(Protocol):
 
 
 def model_encoder(model: nn.Module, batch_size: int = 512) -> Encoder:
-    """A function from images to the model's codes ``[N, D]`` (numpy, float64): ``model.encode`` in eval mode without
-    gradients, in batches, on the model's device."""
+    """A function from images to the model's codes ``[N, D]`` (numpy, float64; spatial codes flattened):
+    ``model.encode`` in eval mode without gradients, in batches, on the model's device."""
 
     def encode(images: Tensor) -> np.ndarray:
         device = next(model.parameters()).device
@@ -49,7 +49,7 @@ def model_encoder(model: nn.Module, batch_size: int = 512) -> Encoder:
         model.eval()
         try:
             with torch.no_grad():
-                parts = [model.encode(part.to(device)).float().cpu() for part in images.split(batch_size)]
+                parts = [model.encode(part.to(device)).float().flatten(1).cpu() for part in images.split(batch_size)]
         finally:
             model.train(was_training)
         return torch.cat(parts).double().numpy()
@@ -324,9 +324,15 @@ def disentanglement_metrics(
 
 
 # --- pictures -------------------------------------------------------------------------------------------------------
+def has_flat_codes(model: nn.Module) -> bool:
+    """Whether ``model``'s codes are vectors ``[latent_dim]``, whose dimensions :func:`latent_traversals` sweeps."""
+    return len(getattr(model, "latent_shape", (0,))) == 1
+
+
 def latent_traversals(model: nn.Module, images: Tensor, span: float = 2.5, steps: int = 9) -> Tensor:
     """A picture ``[3, H', W']`` in [0, 1]: for each image, one row per code dimension, that dimension of its code
-    swept over ``[-span, span]`` in ``steps`` steps (the others kept), decoded.
+    swept over ``[-span, span]`` in ``steps`` steps (the others kept), decoded. Flat codes ``[latent_dim]`` only
+    (:func:`has_flat_codes`).
 
     Args:
         model: a model with ``encode`` and ``decode``.
@@ -342,6 +348,9 @@ def latent_traversals(model: nn.Module, images: Tensor, span: float = 2.5, steps
     try:
         with torch.no_grad():
             codes = model.encode(images.to(device)).float()
+            if codes.dim() != 2:
+                raise ValueError(f"latent traversals sweep each dimension of flat codes [latent_dim]; "
+                                 f"{type(model).__name__}'s codes have shape {list(codes.shape[1:])}")  # fmt: skip
             values = torch.linspace(-span, span, steps, device=device)
             rows = []
             for code in codes:

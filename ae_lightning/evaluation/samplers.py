@@ -153,8 +153,12 @@ class PosthocGenerator(nn.Module):
         return self.model.device
 
     def sample(self, n: int) -> Tensor:
-        codes = self.sampler.sample(n).to(self.model.device)
-        return self.model.decode(codes)
+        """``n`` images decoded from the sampler's codes (as ``[n, *latent_shape]``); a conditional model decodes them
+        with the classes in turn, as its own ``sample`` does."""
+        device = self.model.device
+        codes = self.sampler.sample(n).to(device).reshape(n, *self.model.latent_shape)
+        classes = getattr(self.model, "num_classes", None)
+        return self.model.decode(codes, None if classes is None else torch.arange(n, device=device) % classes)
 
 
 def frechet_distances(

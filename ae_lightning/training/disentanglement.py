@@ -61,7 +61,9 @@ class DisentanglementMetrics(Callback):
             )
         for name, value in scores.items():
             pl_module.log(f"test/{name}", value, rank_zero_only=True)
-        if self.traversal_images and trainer.is_global_zero:
+        if self.traversal_images and trainer.is_global_zero and not disentanglement.has_flat_codes(pl_module):
+            rank_zero_info(f"latent traversals: not drawn, {type(pl_module).__name__}'s codes are not flat")
+        elif self.traversal_images and trainer.is_global_zero:
             factors = source.sample_factors(self.traversal_images, torch.Generator().manual_seed(self.seed))
             picture = disentanglement.latent_traversals(pl_module, source.images_of(factors))
             path = Path(trainer.log_dir or trainer.default_root_dir) / "traversals.png"
