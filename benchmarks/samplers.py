@@ -1,9 +1,10 @@
 """The Frechet distance of post-hoc samplers beside the prior's, over the seeds of a ``benchmarks/variants.py`` run.
 
     python benchmarks/variants.py --configs ae aae vae --seeds 0 1 2 --root runs/benchmark ...
-    python benchmarks/samplers.py --root runs/benchmark --variants ae aae vae --seeds 0 1 2 --data_dir ../shared/data
+    python benchmarks/samplers.py --root runs/benchmark --variants ae aae vae --data_dir ../shared/data
 
-For each variant and seed, the run's ``last.ckpt`` (``<root>/<variant>/seed-<seed>/``) is loaded; a Gaussian mixture
+For each variant and seed (``--seeds``; by default every seed of the run), the run's ``last.ckpt``
+(``<root>/<variant>/seed-<seed>/``, or ``<root>/<variant>/`` for a run of one seed) is loaded; a Gaussian mixture
 and a two-stage VAE are fitted on the codes of ``--train_codes`` training images, and ``--samples`` samples of each
 (and of the prior, for generative models) are scored against the test images in the dataset classifier's features.
 Printed per seed and as a markdown table of mean +- sample std over the seeds.
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ae_lightning.cli import run_command
 from ae_lightning.evaluation import driver as evaluation
 from ae_lightning.evaluation import samplers
 from ae_lightning.evaluation.feature_classifier import default_classifier_path, load_feature_classifier
@@ -28,7 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, required=True, help="the --root of the variants run")
     parser.add_argument("--variants", nargs="+", required=True)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="the variants run's --seeds")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds of the variants run (default: all)")
     parser.add_argument("--data_dir", default=None, help="where the data are (default: the checkpoint's)")
     parser.add_argument("--train_codes", type=int, default=10000, help="training images whose codes are fitted")
     parser.add_argument("--samples", type=int, default=10000, help="samples of each sampler")
@@ -37,19 +39,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def checkpoint_of(root: Path, variant: str, seed: int, seeds: int) -> Path:
-    """The ``last.ckpt`` of the variant's run with ``seed`` among ``seeds`` seeds (one seed has no ``seed-`` folder);
-    a FileNotFoundError naming the folder searched."""
-    folder = root / variant / (f"seed-{seed}" if seeds > 1 else "") / "lightning_logs"
-    found = sorted(folder.glob("version_*/checkpoints/last.ckpt"))
-    if not found:
-        raise FileNotFoundError(f"no last.ckpt under {folder}: run benchmarks/variants.py with --root {root} first")
-    return found[-1]
+def checkpoints(root: Path, variant: str, seeds: list[int] | None) -> dict[int | None, Path]:
+    """The ``last.ckpt`` of the variant's run per seed: ``<root>/<variant>/seed-<seed>/`` of a run over several seeds
+    (all it has where ``seeds`` is None), or ``<root>/<variant>/`` of a run of one seed (the one seed asked, or None);
+    a FileNotFoundError naming what is there."""
+    folder = root / variant
+    present = sorted(int(path.name.removeprefix("seed-")) for path in folder.glob("seed-*"))
+    wanted: list[int | None] = list(seeds) if seeds is not None else list(present) or [None]
+    found = {}
+    for seed in wanted:
+        single = not present and len(wanted) == 1  # a run of one seed: no seed- folder
+        run = folder if single else folder / f"seed-{seed}"
+        runs = sorted(run.glob("lightning_logs/version_*/checkpoints/last.ckpt"))
+        if not runs:
+            there = f"its seeds are {present}" if present else "it holds a run of one seed, asked for with no --seeds"
+            advice = f"give --seeds of the run or run benchmarks/variants.py --configs {variant} --root {root} first"
+            raise FileNotFoundError(f"no last.ckpt of seed {seed} under {folder} ({there}): {advice}")
+        found[seed] = runs[-1]
+    return found
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, list[float]]]:
     args = parse_args(argv)
-    paths = {(v, s): checkpoint_of(args.root, v, s, len(args.seeds)) for v in args.variants for s in args.seeds}
+    paths = {(v, s): path for v in args.variants for s, path in checkpoints(args.root, v, args.seeds).items()}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     results: dict[str, dict[str, list[float]]] = {}
     classifier = None
@@ -60,6 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, list[float]]]:
             record = load_feature_classifier(args.classifier or default_classifier_path(datamodule))
             print(f"feature classifier {record.path}: test accuracy {record.test_accuracy:.4f}", flush=True)
             classifier = record.network.to(device)
+        seed = seed if seed is not None else 0  # a run of one seed: the fits' seed
         train = evaluation.split_loader(datamodule, "train", max_images=args.train_codes, seed=seed)
         codes, _ = evaluation.encode_split(model, train)
         real = evaluation.gray_loader(datamodule, "test")
@@ -81,4 +94,4 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, list[float]]]:
 
 
 if __name__ == "__main__":
-    main()
+    run_command("samplers.py", main)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import inspect
 import json
 import os
 import platform
@@ -41,7 +42,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torchvision.utils import save_image
 
-from ae_lightning.cli import AutoencoderCLI
+from ae_lightning.cli import AutoencoderCLI, run_command
 from ae_lightning.evaluation import driver as evaluation
 from ae_lightning.evaluation import visualization
 from ae_lightning.evaluation.feature_classifier import (
@@ -246,6 +247,11 @@ def main(argv: list[str] | None = None) -> list[Row]:
     metrics = evaluation.check_metric_names(args.metrics)
     configs = resolve_configs(args.configs, args.config_dir)
     data_class = evaluation.datamodule_class(args.data)
+    if "data_dir" not in inspect.signature(data_class).parameters:
+        raise ValueError(
+            f"--data {args.data} reads no files (it takes no data_dir): this benchmark trains every config on the "
+            "images of --data_dir. The disentangling VAEs on dSprites: python benchmarks/disentanglement.py --part mig"
+        )
     reference = data_class(data_dir=str(args.data_dir), seed=args.seed)
     reference.setup()
     anomaly_classes = list(range(reference.num_classes)) if args.anomaly_classes is None else args.anomaly_classes
@@ -536,4 +542,4 @@ def _relative(path: Path, start: Path) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_command("variants.py", main)

@@ -6,6 +6,7 @@ import json
 import statistics
 from pathlib import Path
 
+import pytest
 from conftest import write_dataset
 from test_evaluation import load_script
 
@@ -31,3 +32,10 @@ def test_benchmark_over_seeds_reports_mean_and_spread(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "results" / "results.json").read_text())
     assert saved["seeds"] == [1, 2] and set(saved["variants"][0]["scores_per_seed"]) == {"1", "2"}
     assert sorted(path.name for path in (tmp_path / "runs" / "ae").iterdir()) == ["seed-1", "seed-2"]
+
+
+def test_a_datamodule_that_reads_no_files_is_refused_naming_the_dsprites_benchmark(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"--data DSpritesDataModule reads no files .*disentanglement.py --part mig"):
+        load_script("benchmark").main(["--configs", "beta_tcvae", "--data", "DSpritesDataModule",
+                                       "--output", str(tmp_path / "results.md"), "--root", str(tmp_path)])  # fmt: skip
+    assert not list(tmp_path.iterdir())

@@ -290,8 +290,14 @@ def test_samplers_benchmark_scores_every_sampler_of_each_run_and_names_a_missing
     assert set(results["ae"]) == {"fid_gmm", "fid_two_stage"}  # a plain autoencoder has no prior to sample
     assert set(results["vae"]) == {"fid_prior", "fid_gmm", "fid_two_stage"}
     assert all(value > 0 for scores in results.values() for values in scores.values() for value in values)
-    with pytest.raises(FileNotFoundError, match="no last.ckpt under .*sparse_ae"):
+    with pytest.raises(FileNotFoundError, match="no last.ckpt of seed 42 under .*sparse_ae"):
         script.main([*common, "--variants", "ae", "sparse_ae", *sizes])
+    # Without --seeds, every seed of the run: here its one seed, in <root>/<variant>/ (several: seed-<seed>/).
+    found = script.checkpoints(folder / "runs", "vae", None)
+    assert list(found) == [None] and found[None].name == "last.ckpt"
+    (tmp_path / "vae" / "seed-0").mkdir(parents=True)  # a run over seeds whose seed 0 left no checkpoint
+    with pytest.raises(FileNotFoundError, match=r"no last.ckpt of seed 0 under .*vae \(its seeds are \[0\]\)"):
+        script.checkpoints(tmp_path, "vae", None)
 
 
 def test_the_likelihood_benchmark_gives_one_nll_per_seed_and_seeds_change_the_run(
