@@ -225,7 +225,9 @@ class DSpritesDataModule(ImageDataModule):
                     f"{self.hparams.num_samples}, val_fraction {self.hparams.val_fraction}): keep more classes or "
                     "images"
                 )
-        self.grid_indices = {"val": val.sort().values, "test": test.sort().values, "train": train.sort().values}
+        # Validation and test in their random order, so that any first batches (limit_test_batches, pictures) are
+        # a sample of the grid, not its first shape at its smallest scales; the loader shuffles the training split.
+        self.grid_indices = {"val": val, "test": test, "train": train.sort().values}
 
     def split_size(self, split: str) -> int:
         """Number of samples in ``split`` (after ``setup``)."""

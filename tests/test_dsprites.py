@@ -110,6 +110,10 @@ def test_batches_are_the_pictures_of_the_split_factors() -> None:
     assert torch.equal(x, render(grid))
     first, again = next(iter(data.test_dataloader())), next(iter(data.test_dataloader()))
     assert torch.equal(first[0], again[0])  # evaluation batches repeat
+    # A first test batch samples the grid (several shapes), not the first shape at its smallest scales.
+    eight = DSpritesDataModule(batch_size=8, num_samples=400, val_fraction=0.1, test_fraction=0.1)
+    shapes = eight.factors("test")[next(iter(eight.test_dataloader()))[2]][:, 0]
+    assert len(shapes.unique()) > 1, shapes
 
 
 def test_a_model_trains_and_tests_on_it(tmp_path: Path) -> None:
