@@ -6,6 +6,7 @@ Models and datamodules are chosen by import path (``class_path: ae_lightning.VAE
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import importlib
 import inspect
@@ -14,7 +15,7 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -253,7 +254,7 @@ class AutoencoderCLI(LightningCLI):
             stored_class = hyperparameters.get("_class_path") or self._checkpoint.get("ae_lightning_class")
             wanted = self.config[subcommand].model.class_path
             if stored_class and resolve_class_path(stored_class) is not resolve_class_path(wanted):
-                raise ValueError(
+                raise ConfigError(
                     f"--ckpt_path {ckpt_path} holds a {stored_class} checkpoint, but the config's model is {wanted}; "
                     "use that model's config or a checkpoint of this model"
                 )
@@ -319,10 +320,11 @@ class AutoencoderCLI(LightningCLI):
                 rank_zero_warn(f"{name}'s lr is 0 in every parameter group: its weights will not train")
 
     def before_fit(self) -> None:
-        self.model.check_given_networks()
-        self._check_checkpoint_fits()
-        self._check_optimizers()
-        self._check_resume()
+        with _settings_refused():
+            self.model.check_given_networks()
+            self._check_checkpoint_fits()
+            self._check_optimizers()
+            self._check_resume()
 
     def before_validate(self) -> None:
         self._before_evaluation()
@@ -334,8 +336,9 @@ class AutoencoderCLI(LightningCLI):
         self._before_evaluation()
 
     def _before_evaluation(self) -> None:
-        self.model.check_given_networks()
-        self._check_checkpoint_fits()
+        with _settings_refused():
+            self.model.check_given_networks()
+            self._check_checkpoint_fits()
         # Lightning restores the checkpoint's ModelCheckpoint state for evaluation too, which writes no checkpoint:
         # its warning that the run's checkpoint folder differs from the checkpoint's is noise here.
         warnings.filterwarnings(
@@ -354,6 +357,17 @@ def _optimizers(configured: Any) -> list[torch.optim.Optimizer]:
             return _optimizers(configured[0])
         return [optimizer for item in configured for optimizer in _optimizers(item)]
     return []
+
+
+@contextlib.contextmanager
+def _settings_refused() -> Iterator[None]:
+    """The checks' ValueErrors as :class:`ConfigError`: settings that the checkpoint or the networks contradict."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
 
 
 def _schedulers(configured: Any) -> list[Any]:
