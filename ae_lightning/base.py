@@ -284,14 +284,15 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
 
     def check_given_networks(self) -> None:
         """Refuse a given ``encoder`` or ``decoder`` that does not fit the model: two zero inputs (and labels 0) must
-        encode to codes ``[2, *latent_shape]`` and decode to ``[2, *input_shape]``. Runs once, before training or
-        evaluation starts (the command runs it before the run writes any file)."""
+        encode to codes ``[2, *latent_shape]`` and decode to ``[2, *input_shape]``; the model's state is left as it was.
+        Runs once, before training or evaluation starts (the command runs it before the run writes any file)."""
         given, self._unchecked_networks = " and ".join(self._unchecked_networks), []
         if not given:
             return
         x = torch.zeros(2, *self.input_shape, device=self.device)
         y = torch.zeros(2, dtype=torch.long, device=self.device)
         name, training, shape = type(self).__name__, self.training, ", ".join(map(str, self.input_shape))
+        state = {key: value.clone() for key, value in self.state_dict().items()}  # e.g. a codebook's k-means init
         self.eval()
         try:
             with torch.no_grad():
@@ -307,6 +308,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
                 f"the given {given} of {name} do not fit: two inputs [2, {shape}] through encode and decode: {error}"
             ) from error
         finally:
+            self.load_state_dict(state)
             self.train(training)
 
     # --- optimizers and hooks ---------------------------------------------------------------------------------------

@@ -141,6 +141,13 @@ def test_networks_come_from_the_builders_or_are_given_and_labels_are_ignored() -
     labels = torch.arange(6)
     torch.testing.assert_close(model(images(), labels), model(images()))
     assert set(model.test_metrics(images(), labels)) == {"bits_per_pixel", "ms_ssim"}
+    # Its latent_shape is its codes' shape, and probing the given network leaves the codebook's k-means init to data.
+    probed = quantized(encoder=nn.Conv2d(1, 4, 2, stride=2))
+    assert probed.latent_shape == (4, 14, 14) == tuple(probed.encode(images()).shape[1:])
+    probed = quantized(encoder=nn.Conv2d(1, 4, 2, stride=2))
+    before = {name: value.clone() for name, value in probed.state_dict().items()}
+    probed.check_given_networks()
+    assert all(torch.equal(value, probed.state_dict()[name]) for name, value in before.items())
 
 
 # --- adversarial losses ---------------------------------------------------------------------------------------------

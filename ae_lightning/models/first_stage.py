@@ -79,6 +79,8 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
         **kwargs: Any,
     ) -> None:
         super().__init__(network=network, hidden_dims=hidden_dims, **kwargs)
+        factor = 2 ** len(hidden_dims)
+        self.latent_shape = (self.latent_dim, self.input_shape[1] // factor, self.input_shape[2] // factor)
         self.pixel_loss = pixel_loss
         self.perceptual_weight = perceptual_weight
         self.adversarial_weight = adversarial_weight
@@ -125,12 +127,6 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Codes ``[B, latent_dim, H / f, W / f]`` of images ``x``: what the decoder takes (labels ``y`` unused)."""
         return self.bottleneck(self.encoder(x))[0]
-
-    def code_shape(self) -> tuple[int, int, int]:
-        """``(latent_dim, h, w)`` of the codes of one image."""
-        with torch.no_grad():
-            probe = torch.zeros(1, *self.input_shape, device=self.device)
-            return tuple(self.encode(probe).shape[1:])  # type: ignore[return-value]
 
     # --- losses -----------------------------------------------------------------------------------------------------
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
