@@ -581,8 +581,8 @@ def _one_line(message: str) -> str:
     given = re.search(r"Problem with given class_path '([^']+)':\n(.*?)(?=\n\s*- |\Z)", message, re.S)
     if key and given:
         inner = given.group(2)
-        names = ".".join(re.findall(r'Parser key "([^"]+)":', inner))
-        message = f"--{key.group(1)} {given.group(1)}: {names}: {inner.strip().splitlines()[-1]}"
+        names = "".join(f"{name}: " for name in re.findall(r'Parser key "([^"]+)":', inner))
+        message = f"--{key.group(1)} {given.group(1)}: {names}{inner.strip().splitlines()[-1]}"
     elif key and "Union subtypes" in message:
         value = re.search(r"Given value: (.*)", message)
         expected = " or ".join(re.sub(r"^Expected an? ", "", e) for e in re.findall(r"^\s*- (.*)$", message, re.M))

@@ -16,7 +16,7 @@ import torch
 from tiny_runs import CONFIGS, ROOT, data_args, run_subprocess
 
 from ae_lightning import VAE, Autoencoder
-from ae_lightning.cli import AutoencoderCLI
+from ae_lightning.cli import AutoencoderCLI, _one_line
 from ae_lightning.training.prediction import PredictionWriter
 from datamodules import MNISTDataModule
 
@@ -346,6 +346,22 @@ def test_the_command_prints_a_refusal_alone_and_the_traceback_on_request(
     assert not list(tmp_path.rglob("config.yaml")), "a refused run wrote its config"
     detailed = run_subprocess(*fit, "--print_traceback")
     assert "Traceback" in detailed.stderr and message.split(": ")[-1] in detailed.stderr
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--model.init_args.latent_dimm", "3"], "--model ae_lightning.VAE: Option 'latent_dimm' is not accepted"),
+        (["--data.batch_size", "abc"], "--data datamodules.MNISTDataModule: batch_size: Not of type int >= 1: invalid "
+                                       "literal for int() with base 10: 'abc'"),
+        (["--nosuch", "1"], "unrecognized arguments: --nosuch 1"),
+    ],
+    ids=["unknown-argument", "not-an-integer", "unknown-option"],
+)  # fmt: skip
+def test_a_value_the_parser_rejects_is_one_line_naming_the_argument(argv: list[str], expected: str) -> None:
+    with pytest.raises(ArgumentError) as refused:
+        run_cli("fit", "--config", "configs/vae.yaml", *argv)
+    assert _one_line(str(refused.value)) == expected
 
 
 def test_a_new_variant_needs_only_its_module_and_its_config(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
