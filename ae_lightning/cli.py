@@ -44,7 +44,12 @@ from ae_lightning.training.fault_tolerance import (
 )
 from ae_lightning.training.fault_tolerance.checkpoint_io import read_checkpoint, remove_dead_writers_files
 from ae_lightning.training.prediction import PredictionWriter
-from ae_lightning.training.resume import OptimizerSettingsOnResume, check_scheduler_settings
+from ae_lightning.training.resume import (
+    OptimizerSettingsOnResume,
+    check_lr_change,
+    check_scheduled_groups,
+    check_scheduler_settings,
+)
 from datamodules.base import ImageDataModule
 
 # Registers the variants for ``--model <ClassName>`` and the datamodules for ``--data <ClassName>``.
@@ -298,9 +303,14 @@ class AutoencoderCLI(LightningCLI):
             configured = self.model.configure_optimizers()
         except (RuntimeError, AttributeError):  # optimizers that need the running Trainer, or what ``setup`` builds
             return  # (the auto-decoder's codes): checked when training starts
+        schedulers = _schedulers(configured)
         for i, (before, optimizer) in enumerate(zip(stored, _optimizers(configured))):
             check_optimizer_class(i, before["class"], optimizer)
-        for i, (state, scheduler) in enumerate(zip(checkpoint.get("lr_schedulers") or [], _schedulers(configured))):
+            lr, previous = optimizer.defaults.get("lr"), before["defaults"].get("lr")
+            check_lr_change(i, previous, lr, [s for s in schedulers if getattr(s, "optimizer", None) is optimizer])
+            states = checkpoint.get("optimizer_states") or []
+            check_scheduled_groups(i, states[i].get("param_groups", []) if i < len(states) else [], optimizer)
+        for i, (state, scheduler) in enumerate(zip(checkpoint.get("lr_schedulers") or [], schedulers)):
             check_scheduler_settings(i, state, scheduler)
 
     def _check_optimizers(self) -> None:

@@ -9,9 +9,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 from tiny_runs import run_cli, tiny_args
+from torch.optim import lr_scheduler
 
 from ae_lightning.cli import ConfigError
-from ae_lightning.training.resume import OptimizerSettingsOnResume
+from ae_lightning.training.resume import (
+    OptimizerSettingsOnResume,
+    check_lr_change,
+    check_scheduled_groups,
+    check_scheduler_settings,
+)
 
 STEP_CHECKPOINTS = ["--checkpoint.every_n_train_steps", "4", "--checkpoint.monitor", "null",
                     "--checkpoint.save_top_k", "-1", "--checkpoint.filename", "{step}"]  # fmt: skip
@@ -67,6 +73,56 @@ def test_a_new_learning_rate_on_resume_goes_on_with_the_schedule_and_other_sched
                                     "--ckpt_path", str(last), "--trainer.max_epochs", "3"))  # fmt: skip
     # The third epoch's decay applies to the new base where the schedule stood: 0.001 / 8, not 0.001 / 2.
     assert cli.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.001 / 8)
+
+
+def sgd() -> torch.optim.Optimizer:
+    return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
+
+
+SCHEDULERS = {
+    "sequential": lambda o, t=3, m=3: lr_scheduler.SequentialLR(
+        o, [lr_scheduler.LinearLR(o, 0.1, total_iters=t), lr_scheduler.CosineAnnealingLR(o, T_max=10)], [m]
+    ),
+    "plateau": lambda o, patience=10: lr_scheduler.ReduceLROnPlateau(o, patience=patience),
+    "warm-restarts": lambda o, t=5: lr_scheduler.CosineAnnealingWarmRestarts(o, T_0=t),
+}
+
+
+@pytest.mark.parametrize(
+    "kind, changed, message",
+    [
+        ("sequential", {"m": 4}, r"milestones=\[3\] in the checkpoint's run and with milestones=\[4\]"),
+        ("sequential", {"t": 5}, r"schedulers\[0\].total_iters=3 in the checkpoint's run and with .*total_iters=5"),
+        ("plateau", {"patience": 3}, "patience=10 in the checkpoint's run and with patience=3"),
+        ("warm-restarts", {"t": 7}, "T_0=5 in the checkpoint's run and with T_0=7"),
+    ],
+)
+def test_a_schedulers_settings_and_its_childrens_are_compared_after_steps_and_changes_refused(
+    kind: str, changed: dict, message: str
+) -> None:
+    trained = SCHEDULERS[kind](sgd())
+    for _ in range(5):  # progress (last_epoch, T_cur, best, ...) is not a setting
+        trained.optimizer.step()
+        trained.step(1.0) if kind == "plateau" else trained.step()
+    check_scheduler_settings(0, trained.state_dict(), SCHEDULERS[kind](sgd()))
+    with pytest.raises(ValueError, match=message):
+        check_scheduler_settings(0, trained.state_dict(), SCHEDULERS[kind](sgd(), **changed))
+
+
+def test_a_new_lr_is_refused_where_a_schedule_cannot_move_and_one_cycles_max_lr_is_compared() -> None:
+    with pytest.raises(ValueError, match=r"lr 0.2 on resume \(the checkpoint's run had 0.1\) cannot move SequentialLR"):
+        check_lr_change(0, 0.1, 0.2, [SCHEDULERS["sequential"](sgd())])
+    check_lr_change(0, 0.1, 0.2, [lr_scheduler.StepLR(sgd(), 2)])  # rescaled from where it stands
+
+    def one_cycle(max_lr: float) -> torch.optim.Optimizer:
+        optimizer = sgd()
+        lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=100)
+        return optimizer
+
+    stored = one_cycle(1.0).state_dict()["param_groups"]
+    check_scheduled_groups(0, stored, one_cycle(1.0))
+    with pytest.raises(ValueError, match="scheduler set max_lr=1.0 in the checkpoint's run and max_lr=2.0 in this one"):
+        check_scheduled_groups(0, stored, one_cycle(2.0))
 
 
 @pytest.mark.parametrize(

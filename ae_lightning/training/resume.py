@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
+from torch.optim.lr_scheduler import ChainedScheduler, CyclicLR, OneCycleLR, SequentialLR
 
 from ae_lightning.base import check_optimizer_class
 
@@ -72,21 +72,71 @@ def _rescale_lr(trainer: L.Trainer, optimizer: torch.optim.Optimizer, lr: float,
             scheduler.base_lrs = [scaled(base) for base in scheduler.base_lrs]
 
 
+# What a scheduler's state holds about its progress rather than its settings (a new lr rescales ``base_lrs``).
+_PROGRESS = {"base_lrs", "last_epoch", "T_cur", "T_i", "best", "num_bad_epochs", "cooldown_counter", "verbose"}
+# Schedules that a new lr cannot rescale from where they stand: their lrs come from settings of their own or from
+# children that :func:`_rescale_lr` does not reach.
+_NOT_RESCALABLE = (OneCycleLR, CyclicLR, SequentialLR, ChainedScheduler)
+
+
 def check_scheduler_settings(i: int, state: dict[str, Any], scheduler: Any) -> None:
-    """Refuse a resume whose scheduler ``i`` is built with other constructor settings than the checkpoint's
-    (``state``, its ``state_dict``): Lightning restores the checkpoint's, so the new ones would be ignored."""
-    skip = {"self", "optimizer", "last_epoch", "verbose"}
-    names = [name for name in inspect.signature(type(scheduler).__init__).parameters if name not in skip]
-    for name in names:
-        if name not in state or not hasattr(scheduler, name) or callable(state[name]):
-            continue
-        if state[name] == getattr(scheduler, name):
-            continue
+    """Refuse a resume whose scheduler ``i`` is built with other settings than the checkpoint's (``state``, its
+    ``state_dict``), those of a SequentialLR's or ChainedScheduler's schedulers too: Lightning restores the
+    checkpoint's, so the new ones would be ignored. Compared: the state's plain values other than its progress."""
+    differing = _differing_settings(state, scheduler.state_dict())
+    if differing:
+        name, (before, now) = differing
         raise ValueError(
-            f"lr scheduler {i} ({type(scheduler).__name__}) was built with {name}={state[name]!r} in the checkpoint's "
-            f"run and with {name}={getattr(scheduler, name)!r} in this one: a resumed run restores the checkpoint's "
-            f"schedule, so resume with {name}={state[name]!r}, or start a new run from the weights"
+            f"lr scheduler {i} ({type(scheduler).__name__}) was built with {name}={before!r} in the checkpoint's run "
+            f"and with {name}={now!r} in this one: a resumed run restores the checkpoint's schedule, so resume with "
+            f"{name}={before!r}, or start a new run from the weights"
         )
+
+
+def check_lr_change(i: int, previous: float, lr: float, schedulers: list[Any]) -> None:
+    """Refuse a new lr (``previous`` in the checkpoint's run) for optimizer ``i`` driven by a scheduler whose
+    schedule a new base cannot rescale (OneCycleLR, CyclicLR, SequentialLR, ChainedScheduler)."""
+    fixed = [type(scheduler).__name__ for scheduler in schedulers if isinstance(scheduler, _NOT_RESCALABLE)]
+    if previous is not None and previous != lr and fixed:
+        raise ValueError(
+            f"optimizer {i}: lr {lr} on resume (the checkpoint's run had {previous}) cannot move {fixed[0]}'s "
+            f"schedule, which sets the lr from settings of its own: resume with lr {previous}, or start a new run "
+            "from the weights"
+        )
+
+
+def check_scheduled_groups(i: int, groups: list[dict[str, Any]], optimizer: torch.optim.Optimizer) -> None:
+    """Refuse a resume whose optimizer ``i``'s param groups hold other scheduler settings (keys a scheduler adds, such
+    as OneCycleLR's ``max_lr``) than the checkpoint's ``groups``, which Lightning restores."""
+    own = {"params", "lr", "initial_lr", *optimizer.defaults}
+    for before, now in zip(groups, optimizer.param_groups):
+        for key in sorted(set(now) - own):
+            if key in before and _plain(before[key]) and before[key] != now[key]:
+                raise ValueError(
+                    f"optimizer {i}'s scheduler set {key}={before[key]!r} in the checkpoint's run and "
+                    f"{key}={now[key]!r} in this one: a resumed run restores the checkpoint's, so resume with "
+                    f"{key}={before[key]!r}, or start a new run from the weights"
+                )
+
+
+def _differing_settings(before: dict[str, Any], now: dict[str, Any], prefix: str = "") -> tuple[str, tuple] | None:
+    for key, value in before.items():
+        if key not in now or key in _PROGRESS or (key.startswith("_") and key not in ("_milestones", "_schedulers")):
+            continue
+        if key == "_schedulers" and isinstance(value, list) and isinstance(now[key], list):
+            for j, (child, fresh) in enumerate(zip(value, now[key])):
+                found = _differing_settings(child, fresh, f"{prefix}schedulers[{j}].")
+                if found:
+                    return found
+        elif _plain(value) and value != now[key]:
+            return f"{prefix}{key.removeprefix('_')}", (value, now[key])
+    return None
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_plain(item) for item in value)
+    return isinstance(value, (bool, int, float, str, type(None)))
 
 
 def optimizer_settings(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -101,4 +151,10 @@ def optimizer_settings(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     return {"class": f"{cls.__module__}.{cls.__qualname__}", "defaults": defaults}
 
 
-__all__ = ["OptimizerSettingsOnResume", "check_scheduler_settings", "optimizer_settings"]
+__all__ = [
+    "OptimizerSettingsOnResume",
+    "check_lr_change",
+    "check_scheduled_groups",
+    "check_scheduler_settings",
+    "optimizer_settings",
+]
