@@ -586,20 +586,44 @@ def run_command(prog: str, command: Callable[[], object]) -> None:
 
 def _one_line(message: str) -> str:
     """jsonargparse's error for a value on one line, without the alternatives of a Union that were not meant (a
-    class's error reads ``--model <class>: <argument>: <what was wrong>``)."""
+    class's error reads ``--model <class>: <argument>: ...: <what was wrong>``)."""
+    message = re.sub(r"<class '([^']+)'>", r"\1", message)
+    lines = message.splitlines()
     key = re.match(r'Parser key "([^"]+)":', message)
-    given = re.search(r"Problem with given class_path '([^']+)':\n(.*?)(?=\n\s*- |\Z)", message, re.S)
-    if key and given:
-        inner = given.group(2)
-        names = "".join(f"{name}: " for name in re.findall(r'Parser key "([^"]+)":', inner))
-        message = f"--{key.group(1)} {given.group(1)}: {names}{inner.strip().splitlines()[-1]}"
+    start = next((i for i, line in enumerate(lines) if "- Problem with given class_path" in line), None)
+    if key and start is not None:
+        indent = len(lines[start]) - len(lines[start].lstrip())
+        block = []
+        for line in lines[start + 1 :]:
+            if line.strip() and len(line) - len(line.lstrip()) <= indent:
+                break
+            block.append(line.strip())
+        names = re.findall(r'Parser key "([^"]+)":|Problem with given class_path \'([^\']+)\':', "\n".join(block))
+        causes = []
+        for line in block:
+            line = re.sub(_WRAPPERS, "", line).strip()
+            if line and not _UNION_LINES.match(line):
+                causes.append(line)
+        where = "".join(f"{a or b}: " for a, b in names)
+        cause = "; ".join(causes) or " ".join(message.split())
+        given = lines[start].split("'")[1]  # - Problem with given class_path '<class>':
+        message = f"--{key.group(1)} {given}: {where}{cause}"
     elif key and "Union subtypes" in message:
         value = re.search(r"Given value: (.*)", message)
         expected = " or ".join(re.sub(r"^Expected an? ", "", e) for e in re.findall(r"^\s*- (.*)$", message, re.M))
         message = f"--{key.group(1)}: expected {expected}. Got value: {value.group(1) if value else '?'}"
     else:
         message = re.sub(r'Parser key "([^"]+)":', r"--\1:", message)
-    return " ".join(re.sub(r"<class '([^']+)'>", r"\1", message).split())
+    return " ".join(message.split())
+
+
+# What jsonargparse wraps a value's error in, and its lines about the other alternatives of a Union.
+_WRAPPERS = re.compile(
+    r'^- |Type typing\.Callable.*? a callable class: |Parser key "[^"]+":|\. Got value: Namespace\(.*$'
+)
+_UNION_LINES = re.compile(
+    r"Does not validate|Subtypes:|Errors:|Given value|Expected a NoneType|Expected a path but|Problem with given"
+)
 
 
 def main() -> None:
