@@ -292,23 +292,31 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         x = torch.zeros(2, *self.input_shape, device=self.device)
         y = torch.zeros(2, dtype=torch.long, device=self.device)
         name, training, shape = type(self).__name__, self.training, ", ".join(map(str, self.input_shape))
-        state = {key: value.clone() for key, value in self.state_dict().items()}  # e.g. a codebook's k-means init
+        # Left as it was (e.g. a codebook's k-means init); lazy modules' parameters take their shapes, as they would.
+        state = {
+            k: v.clone() for k, v in self.state_dict().items() if not isinstance(v, nn.parameter.UninitializedParameter)
+        }
         self.eval()
         try:
             with torch.no_grad():
                 z = self.encode(x, y)
+                if not isinstance(z, Tensor):
+                    raise ValueError(f"encode returns a {type(z).__name__}, not a tensor of codes")
                 if tuple(z.shape[1:]) != self.latent_shape:
                     raise ValueError(f"the codes have shape {list(z.shape)}, {name} needs [2, "
-                                     f"{', '.join(map(str, self.latent_shape))}]")  # fmt: skip
+                                     f"{', '.join(map(str, self.latent_shape))}] (its latent_shape, from latent_dim, "
+                                     "network and hidden_dims)")  # fmt: skip
                 out = self.decode(z, y)
+                if not isinstance(out, Tensor):
+                    raise ValueError(f"decode returns a {type(out).__name__}, not a tensor of images")
                 if tuple(out.shape[1:]) != self.input_shape:
                     raise ValueError(f"the reconstructions have shape {list(out.shape)}, {name} needs [2, {shape}]")
-        except (RuntimeError, ValueError, IndexError, TypeError) as error:
+        except (RuntimeError, ValueError, IndexError, TypeError, AttributeError) as error:
             raise ValueError(
                 f"the given {given} of {name} do not fit: two inputs [2, {shape}] through encode and decode: {error}"
             ) from error
         finally:
-            self.load_state_dict(state)
+            self.load_state_dict(state, strict=False)
             self.train(training)
 
     # --- optimizers and hooks ---------------------------------------------------------------------------------------

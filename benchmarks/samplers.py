@@ -44,7 +44,7 @@ def checkpoints(root: Path, variant: str, seeds: list[int] | None) -> dict[int |
     (all it has where ``seeds`` is None), or ``<root>/<variant>/`` of a run of one seed (the one seed asked, or None);
     a FileNotFoundError naming what is there."""
     folder = root / variant
-    present = sorted(int(path.name.removeprefix("seed-")) for path in folder.glob("seed-*"))
+    present = sorted(int(path.name[5:]) for path in folder.glob("seed-*") if path.name[5:].isdigit())
     wanted: list[int | None] = list(seeds) if seeds is not None else list(present) or [None]
     found = {}
     for seed in wanted:
@@ -52,8 +52,9 @@ def checkpoints(root: Path, variant: str, seeds: list[int] | None) -> dict[int |
         run = folder if single else folder / f"seed-{seed}"
         runs = sorted(run.glob("lightning_logs/version_*/checkpoints/last.ckpt"))
         if not runs:
-            there = f"its seeds are {present}" if present else "it holds a run of one seed, asked for with no --seeds"
-            advice = f"give --seeds of the run or run benchmarks/variants.py --configs {variant} --root {root} first"
+            there = f"its seeds are {present}" if present else "a run of one seed" if folder.is_dir() else "no folder"
+            advice = f"run benchmarks/variants.py --configs {variant} --root {root} first" + (
+                ", or give --seeds of the run" if present else "")  # fmt: skip
             raise FileNotFoundError(f"no last.ckpt of seed {seed} under {folder} ({there}): {advice}")
         found[seed] = runs[-1]
     return found

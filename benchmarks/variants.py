@@ -247,10 +247,11 @@ def main(argv: list[str] | None = None) -> list[Row]:
     metrics = evaluation.check_metric_names(args.metrics)
     configs = resolve_configs(args.configs, args.config_dir)
     data_class = evaluation.datamodule_class(args.data)
-    if "data_dir" not in inspect.signature(data_class).parameters:
+    parameters = inspect.signature(data_class).parameters
+    if "data_dir" not in parameters and not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
         raise ValueError(
-            f"--data {args.data} reads no files (it takes no data_dir): this benchmark trains every config on the "
-            "images of --data_dir. The disentangling VAEs on dSprites: python benchmarks/disentanglement.py --part mig"
+            f"--data {args.data} takes no data_dir: this benchmark trains every config on the images of --data_dir. "
+            "The disentangling VAEs on dSprites: python benchmarks/disentanglement.py --part mig"
         )
     reference = data_class(data_dir=str(args.data_dir), seed=args.seed)
     reference.setup()

@@ -34,8 +34,8 @@ def test_benchmark_over_seeds_reports_mean_and_spread(tmp_path: Path) -> None:
     assert sorted(path.name for path in (tmp_path / "runs" / "ae").iterdir()) == ["seed-1", "seed-2"]
 
 
-def test_a_datamodule_that_reads_no_files_is_refused_naming_the_dsprites_benchmark(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"--data DSpritesDataModule reads no files .*disentanglement.py --part mig"):
+def test_a_datamodule_without_data_dir_is_refused_naming_the_dsprites_benchmark(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"--data DSpritesDataModule takes no data_dir: .*disentanglement.py --part"):
         load_script("benchmark").main(["--configs", "beta_tcvae", "--data", "DSpritesDataModule",
                                        "--output", str(tmp_path / "results.md"), "--root", str(tmp_path)])  # fmt: skip
     assert not list(tmp_path.iterdir())

@@ -71,6 +71,13 @@ def test_a_given_network_that_does_not_fit_is_refused_naming_the_shapes_before_t
     with pytest.raises(ValueError, match=r"given decoder of VAE .*reconstructions have shape \[2, 784\], VAE needs "
                                          r"\[2, 1, 28, 28\]"):  # fmt: skip
         VAE(**TINY, decoder=flat).check_given_networks()
+    pair = nn.Sequential(nn.Flatten(), nn.Linear(784, 4), nn.Unflatten(1, (4,)))
+    pair.forward = lambda x: (nn.Sequential.forward(pair, x), None)  # an encoder returning (codes, extra)
+    with pytest.raises(ValueError, match=r"given encoder of Autoencoder .*encode returns a tuple, not a tensor"):
+        Autoencoder(**TINY, encoder=pair).check_given_networks()
+    lazy = VAE(**TINY, encoder=nn.Sequential(nn.Flatten(), nn.LazyLinear(8)))
+    lazy.check_given_networks()  # a lazy module takes its shapes, as at the first batch
+    assert lazy.encoder[1].weight.shape == (8, 784)
     linear = '{"class_path": "torch.nn.Linear", "init_args": {"in_features": 784, "out_features": 8}}'
     with pytest.raises(ValueError, match=r"given encoder of VAE do not fit: two inputs \[2, 1, 28, 28\] .*mat1"):
         run_cli("fit", *tiny_args("vae", data_dir, tmp_path / "run", "--model.init_args.encoder", linear))
