@@ -48,6 +48,19 @@ def global_batch_bounds(n: int, batch_size: int, world_size: int) -> list[tuple[
     return bounds
 
 
+def announced_epoch(current: int, announced: int, batches_done: int, positioned: bool) -> int | None:
+    """The epoch a loader in epoch ``current`` starts when Lightning's ``set_epoch`` announces ``announced`` (None:
+    it stays where it is). A resumable loader that has a position (loaded or iterated) moves on by one epoch at
+    most before its next batch: Lightning 2.6, resuming from a checkpoint written at an epoch's end, announces the
+    epoch after the next one before any batch of the next one is drawn (``tests/test_resume.py``, the
+    ``ae-steps-at-epoch-end`` case)."""
+    if announced == current:
+        return None
+    if not positioned:
+        return announced
+    return current + 1 if batches_done else None
+
+
 def check_resume_state(stored: dict, mine: dict) -> None:
     """Raise a ValueError naming the setting if a loader position ``stored`` was reached with other data settings than
     ``mine`` (both as :meth:`TensorBatchLoader.state_dict` gives them; ``source`` names the data where known). At the
@@ -137,16 +150,11 @@ class TensorBatchLoader:
         return len(self._global_batch_bounds())
 
     def set_epoch(self, epoch: int) -> None:
-        """Start epoch ``epoch`` from its first batch, unless the loader is already positioned inside it. A resumable
-        loader that has a position (loaded or iterated) moves on to its next epoch, however far ``epoch`` lies:
-        Lightning 2.6, resuming from a checkpoint written at an epoch's end, announces the epoch after the next one
-        before any batch of the next one is drawn (``tests/test_resume.py``, the ``ae-steps-at-epoch-end`` case)."""
-        if epoch == self.epoch:
-            return
-        if not self.resumable or not self._positioned:
-            self.epoch, self.batches_done = epoch, 0
-        elif self.batches_done:
-            self.epoch, self.batches_done = self.epoch + 1, 0
+        """Start epoch ``epoch`` from its first batch, unless the loader is already positioned inside it (see
+        :func:`announced_epoch`)."""
+        started = announced_epoch(self.epoch, epoch, self.batches_done, self.resumable and self._positioned)
+        if started is not None:
+            self.epoch, self.batches_done = started, 0
 
     def state_dict(self) -> dict[str, int | str]:
         return {

@@ -18,7 +18,7 @@ from torchvision.transforms import v2
 
 from datamodules.base import Arrays, ImageDataModule, Split
 from datamodules.checks import PositiveInt
-from datamodules.loader import Batch, _mix
+from datamodules.loader import Batch, _mix, announced_epoch
 from datamodules.stream_prepare import decode
 from datamodules.stream_store import MANIFEST, StreamLocation, StreamManifest, check_chunks, read_manifest
 
@@ -136,6 +136,7 @@ class StreamLoader:
         self.epoch = 0
         self.batches_done = 0
         self._stream_state: dict[str, Any] | None = None
+        self._positioned = False  # a position loaded or reached by iterating
         self.sampler = self
         self.batch_sampler = None
 
@@ -143,9 +144,11 @@ class StreamLoader:
         return len(self.loader)
 
     def set_epoch(self, epoch: int) -> None:
-        """Start epoch ``epoch`` from its first batch, unless the loader is already positioned inside it."""
-        if epoch != self.epoch:
-            self.epoch, self.batches_done, self._stream_state = epoch, 0, None
+        """Start epoch ``epoch`` from its first batch, unless the loader is already positioned inside it (see
+        :func:`~datamodules.loader.announced_epoch`)."""
+        started = announced_epoch(self.epoch, epoch, self.batches_done, self.resumable and self._positioned)
+        if started is not None:
+            self.epoch, self.batches_done, self._stream_state = started, 0, None
 
     def state_dict(self) -> dict[str, Any]:
         stream = self.loader.state_dict() if self.resumable else None
@@ -163,6 +166,7 @@ class StreamLoader:
                     "start a fresh run without --ckpt_path"
                 )
         self.epoch, self.batches_done, self._stream_state = state["epoch"], state["batches_done"], state["stream"]
+        self._positioned = True
 
     def __iter__(self) -> Iterator[Batch]:
         if not self.resumable:
@@ -170,6 +174,7 @@ class StreamLoader:
             return
         if self.batches_done >= len(self):  # iterated again without ``set_epoch``: move on to the next epoch
             self.epoch, self.batches_done, self._stream_state = self.epoch + 1, 0, None
+        self._positioned = True
         if self._stream_state is not None and self.batches_done > 0:
             self.loader.load_state_dict(self._stream_state)
         else:

@@ -293,6 +293,20 @@ def _stream_args(stream: Path, root: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+def test_a_run_extended_from_its_last_checkpoint_at_an_epochs_end_trains_the_next_epochs_batches(
+    stream: Path, tmp_path: Path
+) -> None:
+    # last.ckpt written after the epoch's validation: Lightning resumes it announcing the epoch after next.
+    steps = ["--trainer.max_epochs", "-1", "--trainer.max_steps"]
+    run_cli("fit", *_stream_args(stream, tmp_path / "reference", *steps, str(2 * TRAIN_BATCHES)))
+    run_cli("fit", *_stream_args(stream, tmp_path / "extended", *steps, str(TRAIN_BATCHES)))
+    run_cli("fit", *_stream_args(stream, tmp_path / "extended", *steps, str(2 * TRAIN_BATCHES), "--ckpt_path", "last"))
+    resumed, expected = last_checkpoint(tmp_path / "extended"), last_checkpoint(tmp_path / "reference")
+    assert resumed["global_step"] == expected["global_step"] == 2 * TRAIN_BATCHES
+    for name, value in expected["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], value), f"{name} differs after extending the run"
+
+
 DDP = ["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2"]
 # (extra arguments, checkpoint interval, step at whose start the run dies, steps in all): with 2 workers the epochs
 # have 7 batches and the run dies after the checkpoint of step 12, 5 batches into epoch 1; with 2 ranks, litdata deals
