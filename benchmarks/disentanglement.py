@@ -3,6 +3,7 @@
     python benchmarks/disentanglement.py                                   # both parts, the defaults below
     python benchmarks/disentanglement.py --part mig --steps 3000 --seeds 0 1 2
     python benchmarks/disentanglement.py --part nll --data_dir ../shared/data --epochs 30 --nll_samples 1000
+    python benchmarks/disentanglement.py --part gap --data_dir ../shared/data --epochs 30 --gap_epochs 10
 
 ``mig``: the VAE, beta-TCVAE (``tc_weight`` 6) and FactorVAE (``tc_weight`` 35) trained on dSprites drawn from its
 factors for ``--steps`` steps of batch 64 per seed, each scored by MIG (and DCI disentanglement) on ``--points``
@@ -16,6 +17,11 @@ first seed's models go to ``<root>/<model>.png``.
 (``test/loss``, one posterior sample per image, the KL fully weighed under ``--kl_warmup_steps`` too; for the IAF VAE
 with the flow's KL estimate). The default sizes are
 CPU-sized; the published protocol is 30 epochs and 1000 samples on all 10,000 test images.
+
+``gap``: the inference gap on a fixed decoder (Cremer et al. 2018): a VAE trained as in ``nll``, then its decoder
+frozen while a posterior trains ``--gap_epochs`` more epochs, its own Gaussian encoder and the IAF posterior
+(``--flow_steps``, ``--flow_hidden_dims``, ``--forget_bias``) started from it; each one's NLL, -ELBO and their
+difference, per seed of ``--nll_seeds``.
 """
 
 from __future__ import annotations
@@ -96,7 +102,7 @@ LIKELIHOOD = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=["mig", "nll", "both"], default="both")
+    parser.add_argument("--part", choices=["mig", "nll", "gap", "both"], default="both")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the dSprites runs")
     parser.add_argument("--steps", type=int, default=3000, help="training steps (batch 64) per dSprites run")
     parser.add_argument("--latent_dim", type=int, default=10, help="code size on dSprites")
@@ -106,10 +112,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--nll_seeds", type=int, nargs="+", default=[42], help="seeds of the nll part")
     parser.add_argument("--flow_steps", type=int, default=2, help="IAF steps of the nll part's iaf_vae")
     parser.add_argument("--flow_hidden_dims", type=int, nargs="+", default=[256, 256], help="its MADEs' widths")
+    parser.add_argument("--forget_bias", type=float, default=1.5, help="its IAF steps' gate bias")
     parser.add_argument("--kl_warmup_steps", type=int, default=0, help="the nll part's KL warm-up, for every model "
                         "(0: none, the shared protocol)")  # fmt: skip
     parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data"), help="Fashion-MNIST's root")
     parser.add_argument("--epochs", type=float, default=1.0, help="epochs of the nll part (fractions allowed)")
+    parser.add_argument("--gap_epochs", type=float, default=10.0, help="epochs of the gap part's posteriors "
+                        "on the frozen decoder")  # fmt: skip
     parser.add_argument("--nll_samples", type=int, default=100)
     parser.add_argument("--test_images", type=int, default=1000)
     parser.add_argument("--root", type=Path, default=ROOT / "runs" / "disentanglement")
@@ -160,6 +169,25 @@ def mig_part(args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
     return results
 
 
+def protocol_model(cls: type, extra: dict[str, object], args: argparse.Namespace) -> VAE:
+    """A model of the shared 784-200-200-50 protocol (Adam lr 1e-3 eps 1e-4)."""
+    optimizer = lambda parameters: torch.optim.Adam(parameters, lr=1e-3, eps=1e-4)  # noqa: E731
+    return cls(latent_dim=50, hidden_dims=[200, 200], nll_samples=args.nll_samples, optimizer=optimizer,
+               kl_warmup_steps=args.kl_warmup_steps, **extra)  # fmt: skip
+
+
+def fit_and_test(model: VAE, epochs: float, args: argparse.Namespace) -> dict[str, float]:
+    """Train ``model`` for ``epochs`` on dynamically binarized Fashion-MNIST; its ``test/nll`` and ``test/loss``."""
+    data = FashionMNISTDataModule(data_dir=args.data_dir, batch_size=128, binarize="dynamic")
+    whole, part = int(epochs), epochs - int(epochs)
+    limits = {"max_epochs": max(1, whole + (part > 0))}
+    if whole == 0:
+        limits["limit_train_batches"] = part
+    trainer(args.root, limit_val_batches=0, **limits).fit(model, datamodule=data)
+    batches = max(1, args.test_images // 128)
+    return trainer(args.root, limit_test_batches=batches).test(model, datamodule=data, verbose=False)[0]
+
+
 def nll_part(args: argparse.Namespace) -> dict[str, list[float]]:
     names = args.models or list(LIKELIHOOD)
     unknown = [name for name in names if name not in LIKELIHOOD]
@@ -170,21 +198,11 @@ def nll_part(args: argparse.Namespace) -> dict[str, list[float]]:
     for seed, name in ((seed, name) for seed in args.nll_seeds for name in names):
         cls, extra = LIKELIHOOD[name]
         if name == "iaf_vae":
-            extra = {**extra, "flow_steps": args.flow_steps, "flow_hidden_dims": args.flow_hidden_dims}
+            extra = {**extra, "flow_steps": args.flow_steps, "flow_hidden_dims": args.flow_hidden_dims,
+                     "forget_bias": args.forget_bias}  # fmt: skip
         L.seed_everything(seed, verbose=False)
-        data = FashionMNISTDataModule(data_dir=args.data_dir, batch_size=128, binarize="dynamic")
-        optimizer = lambda parameters: torch.optim.Adam(parameters, lr=1e-3, eps=1e-4)  # noqa: E731
-        model = cls(latent_dim=50, hidden_dims=[200, 200], nll_samples=args.nll_samples, optimizer=optimizer,
-                    kl_warmup_steps=args.kl_warmup_steps, **extra)  # fmt: skip
-        whole, part = int(args.epochs), args.epochs - int(args.epochs)
-        limits = {"max_epochs": max(1, whole + (part > 0))}
-        if whole == 0:
-            limits["limit_train_batches"] = part
         start = time.perf_counter()
-        run = trainer(args.root, limit_val_batches=0, **limits)
-        run.fit(model, datamodule=data)
-        batches = max(1, args.test_images // 128)
-        test = trainer(args.root, limit_test_batches=batches).test(model, datamodule=data, verbose=False)[0]
+        test = fit_and_test(protocol_model(cls, extra, args), args.epochs, args)
         results[name].append(test["test/nll"])
         elbos[name].append(test["test/loss"])
         print(f"seed {seed} {name:<11} test/nll {test['test/nll']:.2f}  -ELBO {elbos[name][-1]:.2f}  "
@@ -198,6 +216,36 @@ def nll_part(args: argparse.Namespace) -> dict[str, list[float]]:
         per_seed = ", ".join(f"{v:.2f}" for v in values)
         print(f"| {name} | {_spread(values, 2)} | {relative} | {per_seed} | {_spread(elbos[name], 2)} |")
     return results
+
+
+def gap_part(args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
+    """The inference gap on a fixed decoder (Cremer et al. 2018): a VAE trained with the protocol, then its decoder
+    frozen while a posterior trains ``--gap_epochs`` more epochs: the VAE's own Gaussian encoder, and the IAF
+    posterior (``--flow_steps``, ``--flow_hidden_dims``) started from that encoder."""
+    rows: dict[str, list[dict[str, float]]] = {"trained": [], "gaussian": [], "iaf": []}
+    flow = {"flow_steps": args.flow_steps, "flow_hidden_dims": args.flow_hidden_dims, "forget_bias": args.forget_bias}
+    for seed in args.nll_seeds:
+        L.seed_everything(seed, verbose=False)
+        vae = protocol_model(VAE, {}, args)
+        rows["trained"].append(fit_and_test(vae, args.epochs, args))
+        for name, cls, extra in (("gaussian", VAE, {}), ("iaf", IAFVAE, flow)):
+            L.seed_everything(seed, verbose=False)
+            model = protocol_model(cls, extra, args)
+            model.load_state_dict(vae.state_dict(), strict=False)  # the flow's weights are new
+            model.decoder.requires_grad_(False)
+            rows[name].append(fit_and_test(model, args.gap_epochs, args))
+        for name, tests in rows.items():
+            print(f"seed {seed} {name:<9} test/nll {tests[-1]['test/nll']:.2f}  -ELBO {tests[-1]['test/loss']:.2f}  "
+                  f"gap {tests[-1]['test/loss'] - tests[-1]['test/nll']:.2f}", flush=True)  # fmt: skip
+    print(f"\n### The inference gap on a fixed decoder ({args.epochs} epochs, then {args.gap_epochs} with the decoder "
+          f"frozen; K = {args.nll_samples}, {args.test_images} test images, seeds {args.nll_seeds})\n")  # fmt: skip
+    print("| posterior | test/nll mean +- std | -ELBO mean +- std | -ELBO minus NLL, per seed |")
+    print("| --- | --- | --- | --- |")
+    for name, tests in rows.items():
+        gaps = ", ".join(f"{t['test/loss'] - t['test/nll']:.2f}" for t in tests)
+        nlls, losses = [t["test/nll"] for t in tests], [t["test/loss"] for t in tests]
+        print(f"| {name} | {_spread(nlls, 2)} | {_spread(losses, 2)} | {gaps} |")
+    return rows
 
 
 def _spread(values: list[float], digits: int = 4) -> str:
@@ -214,6 +262,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         results["mig"] = mig_part(args)
     if args.part in ("nll", "both"):
         results["nll"] = nll_part(args)
+    if args.part == "gap":
+        results["gap"] = gap_part(args)
     return results
 
 

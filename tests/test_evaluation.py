@@ -335,3 +335,13 @@ def test_the_evaluate_script_names_a_corrupt_checkpoint_in_one_line(tmp_path: Pa
     assert result.returncode == 1
     assert f"evaluate.py: error: checkpoint {bad} is not a readable checkpoint (truncated or corrupt?)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_gap_benchmark_trains_posteriors_on_the_frozen_decoder_of_one_vae(data_dir: Path, tmp_path: Path) -> None:
+    script = load_script("disentanglement")
+    sizes = ["--epochs", "0.5", "--gap_epochs", "0.5", "--nll_samples", "3", "--test_images", "128"]
+    rows = script.main(["--part", "gap", "--data_dir", str(data_dir), "--nll_seeds", "0", "--root", str(tmp_path),
+                        *sizes])["gap"]  # fmt: skip
+    assert set(rows) == {"trained", "gaussian", "iaf"}
+    losses = [rows[name][0]["test/loss"] for name in rows]
+    assert all(math.isfinite(value) for value in losses) and len(set(losses)) == 3
