@@ -341,7 +341,9 @@ def test_the_gap_benchmark_trains_posteriors_on_the_frozen_decoder_of_one_vae(da
     script = load_script("disentanglement")
     sizes = ["--epochs", "0.5", "--gap_epochs", "0.5", "--nll_samples", "3", "--test_images", "128"]
     rows = script.main(["--part", "gap", "--data_dir", str(data_dir), "--nll_seeds", "0", "--root", str(tmp_path),
-                        *sizes])["gap"]  # fmt: skip
-    assert set(rows) == {"trained", "gaussian", "iaf"}
-    losses = [rows[name][0]["test/loss"] for name in rows]
+                        "--optimal_images", "16", *sizes])["gap"]  # fmt: skip
+    assert set(rows) == {"trained", "gaussian", "iaf", "split"}
+    losses = [rows[name][0]["test/loss"] for name in ("trained", "gaussian", "iaf")]
     assert all(math.isfinite(value) for value in losses) and len(set(losses)) == 3
+    (split,) = rows["split"]  # the best Gaussian per image is a tighter bound than the encoder's
+    assert math.isfinite(split["nll"]) and split["optimal_gaussian"] < split["amortized_gaussian"]
