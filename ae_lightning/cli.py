@@ -108,7 +108,6 @@ class AutoencoderCLI(LightningCLI):
     """
 
     def __init__(self, **kwargs) -> None:
-        _quiet_known_noise()
         kwargs.setdefault("save_config_kwargs", {"overwrite": False})
         kwargs.setdefault("save_config_callback", SaveConfigToRun)
         # Callbacks in ``trainer_defaults`` are added to every trainer, whatever --trainer.callbacks says.
@@ -119,15 +118,18 @@ class AutoencoderCLI(LightningCLI):
         # In a context of its own: jsonargparse leaves its last subclass parser in a context variable, which holds the
         # parser, this CLI and so the run's model, data and trainer alive in the caller's context after the run (a
         # search running its trials in one process kept every trial's data).
-        contextvars.copy_context().run(
-            super().__init__,
-            AutoencoderModule,
-            ImageDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            auto_configure_optimizers=False,
-            **kwargs,
-        )
+        # Known noise is silenced for this command's run alone: the caller's warning and logging filters are left as
+        # they were.
+        with warnings.catch_warnings(), _quiet_known_noise():
+            contextvars.copy_context().run(
+                super().__init__,
+                AutoencoderModule,
+                ImageDataModule,
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                auto_configure_optimizers=False,
+                **kwargs,
+            )
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         # A bad value raises (run_command prints it as one error) instead of printing the whole usage and exiting.
@@ -440,13 +442,23 @@ class _DropTips(logging.Filter):
         return "Tip: For seamless cloud logging" not in record.getMessage()
 
 
-def _quiet_known_noise() -> None:
+@contextlib.contextmanager
+def _quiet_known_noise() -> Iterator[None]:
+    """Ignore the known noise (inside ``warnings.catch_warnings``, which restores the filters) and drop Lightning's
+    tips from its loggers until the context ends."""
     for message, module in _NOISE:
         warnings.filterwarnings("ignore", message=message, module=module)
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch"):
-        target = logging.getLogger(name)
-        if not any(isinstance(f, _DropTips) for f in target.filters):
-            target.addFilter(_DropTips())
+    loggers, tips = (
+        [logging.getLogger(name) for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch")],
+        _DropTips(),
+    )
+    for target in loggers:
+        target.addFilter(tips)
+    try:
+        yield
+    finally:
+        for target in loggers:
+            target.removeFilter(tips)
 
 
 def _furthest_checkpoint(config: Any) -> str | None:

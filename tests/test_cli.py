@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import warnings
 import weakref
 from argparse import ArgumentError
@@ -416,3 +417,11 @@ def test_an_lr_of_zero_everywhere_is_warned_of_before_training(
         run_cli("fit", *args, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0")
     said = [str(warning.message) for warning in caught if "will not train" in str(warning.message)]
     assert said == (["Adam's lr is 0 in every parameter group: its weights will not train"] if warns else [])
+
+
+def test_the_command_leaves_the_callers_warning_and_logging_filters_as_they_were(data_dir: Path, tmp_path) -> None:
+    warning_filters = list(warnings.filters)
+    logger_filters = {name: list(logging.getLogger(name).filters) for name in ("lightning.pytorch", "lightning")}
+    run_cli("fit", "--config", "configs/ae.yaml", *common(data_dir, tmp_path), "--trainer.fast_dev_run", "true")
+    assert warnings.filters == warning_filters
+    assert {name: list(logging.getLogger(name).filters) for name in logger_filters} == logger_filters
