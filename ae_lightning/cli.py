@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from jsonargparse import ArgumentError, lazy_instance
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -32,7 +32,7 @@ import datamodules
 from ae_lightning import _EXPORTS
 from ae_lightning.base import AutoencoderModule, check_optimizer_class, resolve_class_path
 from ae_lightning.lightning_internals import stored_loader_states
-from ae_lightning.training.callbacks import ImageLogger, SaveConfigToRun
+from ae_lightning.training.callbacks import ClosingProgressBar, ImageLogger, SaveConfigToRun
 from ae_lightning.training.fault_tolerance import (
     AtomicCheckpointIO,
     NonFiniteLossError,
@@ -202,7 +202,7 @@ class AutoencoderCLI(LightningCLI):
         # Lightning's default bar redraws, reading every logged value from the device, on every step; at MNIST
         # scale that is a large share of a step, so the command's default bar redraws every 25 steps.
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
-            callbacks.append(TQDMProgressBar(refresh_rate=PROGRESS_BAR_REFRESH_STEPS))
+            callbacks.append(ClosingProgressBar(refresh_rate=PROGRESS_BAR_REFRESH_STEPS))
         kwargs["callbacks"] = callbacks
         if config.get("strategy") == "ddp" and getattr(self.model, "partial_backward", False):
             # A backward that reaches only part of the weights (the adversarial AE's discriminator phase only the

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
-from tiny_runs import build_cli, last_checkpoint, tiny_args
+from tiny_runs import build_cli, command, last_checkpoint, subprocess_env, tiny_args
 
 from ae_lightning.training.fault_tolerance import NonFiniteLossError, non_finite_guard
 
@@ -94,3 +95,16 @@ def test_a_non_finite_val_loss_is_never_the_best_checkpoint() -> None:
     checkpoint = RunCheckpoint(monitor="val/loss", save_top_k=1)
     for value in (float("nan"), float("inf")):
         assert checkpoint.check_monitor_top_k(None, torch.tensor(value)) is False
+
+
+def test_the_command_error_of_a_failing_run_starts_a_line_after_the_progress_bar(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    args = tiny_args("ae", data_dir, tmp_path, *POISONED, "--model.init_args.poisoned_steps", "[17]")
+    args[args.index("--trainer.enable_progress_bar") + 1] = "true"
+    # stdout (the bar) and stderr (the error) in one pipe, as in a terminal or a job's log
+    done = subprocess.run(command("fit", *args), env=subprocess_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=240)  # fmt: skip
+    assert done.returncode == 1
+    assert "Epoch 1" in done.stdout
+    assert "\nae-lightning: error: non-finite training loss at global step 17" in done.stdout, done.stdout[-600:]

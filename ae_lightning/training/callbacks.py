@@ -1,4 +1,5 @@
-"""Callbacks of the ``ae-lightning`` command: pictures of the model for any logger, and the config saved into W&B runs.
+"""Callbacks of the ``ae-lightning`` command: pictures of the model for any logger, the config saved into W&B runs,
+and a progress bar that ends its line when a run fails.
 
 :class:`ImageLogger` sends images to W&B (``wandb.Image``), to TensorBoard (``add_image``), or, with a CSV logger or
 none, writes PNG files to ``<log_dir>/images/``. The command adds one as the ``images`` section
@@ -12,13 +13,14 @@ none, writes PNG files to ``<log_dir>/images/``. The command adds one as the ``i
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
@@ -211,4 +213,17 @@ class SaveConfigToRun(SaveConfigCallback):
                 self.parser.save(self.config, path, skip_none=False, overwrite=True, multifile=self.multifile)
 
 
-__all__ = ["ImageLogger", "SaveConfigToRun"]
+class ClosingProgressBar(TQDMProgressBar):
+    """Lightning's TQDM bar, whose open bars are closed (ending their lines) and flushed when the run fails, so that
+    the command's error starts a line of its own in a terminal or a log."""
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        for name in ("val_progress_bar", "test_progress_bar", "predict_progress_bar", "train_progress_bar"):
+            try:
+                getattr(self, name).close()
+            except TypeError:  # that bar was never opened
+                pass
+        sys.stdout.flush()
+
+
+__all__ = ["ClosingProgressBar", "ImageLogger", "SaveConfigToRun"]
