@@ -231,12 +231,17 @@ class ImageDataModule(L.LightningDataModule):
         """Raise a ValueError naming the setting (and both datasets) if the checkpoint's training position
         ``loader_state`` was reached on other data or with other data settings; called before anything is created."""
         self.setup("fit")
-        images = self.splits["train"][0]
+        samples, content = self.training_content()
         mine = {
             "seed": self.hparams.seed, "batch_size": self.hparams.batch_size, "world_size": world_size,
-            "samples": len(images), "fingerprint": fingerprint(images), "source": self.data_description,
+            "samples": samples, "fingerprint": content, "source": self.data_description,
         }  # fmt: skip
         check_resume_state(loader_state, mine)
+
+    def training_content(self) -> tuple[int, int]:
+        """The training split's size and content fingerprint, as its loader records them (after ``setup``)."""
+        images = self.splits["train"][0]
+        return len(images), fingerprint(images)
 
     def train_dataloader(self) -> TensorBatchLoader | GroupedBatches:
         return self.grouped(self._loader("train", shuffle=True))

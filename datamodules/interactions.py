@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -13,10 +14,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from scipy import sparse
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from datamodules.base import ImageDataModule, Split
 from datamodules.checks import OpenUnitInterval, PositiveInt
+from datamodules.loader import TensorBatchLoader, fingerprint
 
 # The paper's rule: a held-out user with fewer items than this keeps them all as fold-in (and is not evaluated).
 MIN_ITEMS_TO_HOLD_OUT = 5
@@ -207,20 +208,25 @@ class InteractionsDataModule(ImageDataModule):
         return len(self.interactions.users[split])
 
     # --- loaders ----------------------------------------------------------------------------------------------------
-    def _loader(self, split: Split, shuffle: bool) -> DataLoader:
-        data = self.interactions
+    def _loader(self, split: Split, shuffle: bool) -> UserRows:
+        data, trainer = self.interactions, self.trainer
         clicks = data.train if split == "train" else data.fold_in[split]
-        held_out = None if split == "train" else data.held_out[split]
-        return DataLoader(
-            np.arange(clicks.shape[0]),
+        return UserRows(
+            DenseRows(clicks, None if split == "train" else data.held_out[split]),
             batch_size=self.hparams.batch_size,
             shuffle=shuffle,
-            generator=torch.Generator().manual_seed(self.hparams.seed) if shuffle else None,
+            seed=self.hparams.seed,
+            rank=trainer.global_rank if trainer is not None else 0,
+            world_size=trainer.world_size if trainer is not None else 1,
             num_workers=self.hparams.num_workers,
-            collate_fn=DenseRows(clicks, held_out),
+            resumable=split == "train" and shuffle,
+            source=self.data_description,
         )
 
-    def predict_dataloader(self) -> DataLoader:
+    def training_content(self) -> tuple[int, int]:
+        return self.interactions.train.shape[0], click_fingerprint(self.interactions.train)
+
+    def predict_dataloader(self) -> UserRows:
         return self._loader("test", shuffle=False)
 
 
@@ -240,6 +246,25 @@ class DenseRows:
         clicks = torch.from_numpy(self.clicks[index].toarray())
         held_out = torch.from_numpy(self.held_out[index].toarray()) if self.held_out is not None else clicks[:, :0]
         return clicks, held_out, torch.from_numpy(index)
+
+
+class UserRows(TensorBatchLoader):
+    """:class:`~datamodules.loader.TensorBatchLoader`'s epochs, rank shards and resumable position over the users
+    (rows) of ``rows.clicks``, each batch made dense by ``rows``; the other arguments are that loader's."""
+
+    def __init__(self, rows: DenseRows, **kwargs: Any) -> None:
+        users = torch.arange(rows.clicks.shape[0])
+        super().__init__(users, users, users, **kwargs)
+        self.rows = rows
+        self.fingerprint = click_fingerprint(rows.clicks)
+
+    def _make_batch(self, rows: Tensor, batch_index: int) -> tuple[Tensor, Tensor, Tensor]:
+        return self.rows(rows.cpu().numpy())
+
+
+def click_fingerprint(clicks: sparse.csr_matrix) -> int:
+    """A cheap fingerprint of a click matrix's content (its clicks' columns, row by row)."""
+    return fingerprint(torch.from_numpy(clicks.indices.astype(np.int64)))
 
 
 def read_interactions(path: Path, header: bool | None = None, min_rating: float | None = None) -> pd.DataFrame:
@@ -356,4 +381,4 @@ def _draw_held_out(frame: pd.DataFrame, fraction: float, rng: np.random.Generato
     return pd.Series(position < n_held, index=frame.index)
 
 
-__all__ = ["DenseRows", "Interactions", "InteractionsDataModule", "read_interactions"]
+__all__ = ["DenseRows", "Interactions", "InteractionsDataModule", "UserRows", "read_interactions"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 from scipy import sparse
-from tiny_runs import ROOT, build_cli
+from tiny_runs import ROOT, build_cli, last_checkpoint, run_cli
 
 from ae_lightning import MultDAE, MultVAE
 from ae_lightning.blocks import losses
@@ -222,6 +222,46 @@ def test_configs_fit_from_the_command_line_and_test_their_best_checkpoint(config
     spec.loader.exec_module(evaluate)
     with pytest.raises(ValueError, match=r"holds a recommender \(Mult.AE\), which this script does not score: `ae-l"):
         evaluate.main([cli.trainer.checkpoint_callback.best_model_path])
+
+
+def test_a_mult_vae_resumed_mid_epoch_or_at_an_epoch_end_ends_with_the_uninterrupted_weights(tmp_path: Path) -> None:
+    path = write_interactions(tmp_path / "ratings.csv")
+    settings = [
+        "--config",
+        str(ROOT / "configs" / "mult_vae.yaml"),
+        "--data.path",
+        str(path),
+        "--data.val_users",
+        "20",
+        "--data.test_users",
+        "20",
+        "--data.batch_size",
+        "32",
+        "--model.init_args.latent_dim",
+        "4",
+        "--model.init_args.hidden_dims",
+        "[8]",
+        "--model.init_args.anneal_steps",
+        "10",
+        "--trainer.max_epochs",
+        "4",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+    ]  # fmt: skip  (80 training users: 3 batches an epoch, 12 steps)
+    run_cli("fit", *settings, "--trainer.default_root_dir", str(tmp_path / "reference"))
+    expected = last_checkpoint(tmp_path / "reference")
+    for stop in ("4", "6"):  # inside epoch 1, and at the end of epoch 1
+        root = str(tmp_path / f"stopped-{stop}")
+        run_cli("fit", *settings, "--trainer.default_root_dir", root, "--trainer.max_steps", stop)
+        run_cli("fit", *settings, "--trainer.default_root_dir", root, "--ckpt_path", "last")
+        resumed = last_checkpoint(Path(root))
+        assert resumed["global_step"] == expected["global_step"] == 12
+        for name, value in expected["state_dict"].items():
+            assert torch.equal(resumed["state_dict"][name], value), f"stopped at {stop}: {name} differs"
+    with pytest.raises(ValueError, match=r"reached with --data.seed 42, this run has 7"):
+        run_cli("fit", *settings, "--trainer.default_root_dir", root, "--ckpt_path", "last", "--data.seed", "7")
 
 
 def test_a_test_file_holds_out_its_interactions_of_training_users(tmp_path: Path) -> None:
