@@ -133,6 +133,9 @@ class InteractionsDataModule(ImageDataModule):
         users = np.sort(frame["user"].unique())
         test_users = np.sort(test["user"].unique()) if test is not None else np.array([], dtype=users.dtype)
         if test is not None:
+            for column in ("user", "item"):  # ids read as numbers in one file and as text in the other
+                if frame[column].dtype != test[column].dtype:
+                    frame[column], test[column] = frame[column].astype(str), test[column].astype(str)
             self.check_test_file(frame, first_line, test)
             users = users[~np.isin(users, test_users)]  # validation users are drawn from the others
         n_val = _count(self.hparams.val_users, len(users))
@@ -281,7 +284,7 @@ def read_interactions(path: Path, header: bool | None = None, min_rating: float 
         first, second = file.readline().strip(), file.readline().strip()
     if not first:
         raise ValueError(f"{path}: the first line is empty; expected user, item[, rating] per line")
-    separator = "::" if "::" in first else "\t" if "\t" in first else "," if "," in first else r"\s+"
+    separator = _separator(first)
     fields = re.split(separator, first)
     if len(fields) < 2:
         raise ValueError(f"{path} line 1: {first!r} has one field; expected user, item[, rating]")
@@ -303,6 +306,9 @@ def read_interactions(path: Path, header: bool | None = None, min_rating: float 
         engine="python" if len(separator) > 1 else "c",
     )
     first_line = 2 if header else 1
+    for column in ("user", "item"):  # a blank id (a field of spaces) is a missing one
+        if not pd.api.types.is_numeric_dtype(frame[column]):
+            frame[column] = frame[column].str.strip().replace("", None)
     missing = frame[["user", "item"]].isna().any(axis=1)
     if missing.any():
         line = line_of(path, int(np.flatnonzero(missing)[0]), first_line)
@@ -344,12 +350,20 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def _separator(line: str) -> str:
+    """The field separator of an interactions file whose first line is ``line``."""
+    return "::" if "::" in line else "\t" if "\t" in line else "," if "," in line else r"\s+"
+
+
 def line_of(path: Path, row: int, first_line: int) -> int:
-    """The file's line number of data row ``row`` (pandas skips blank lines, so they are counted here)."""
+    """The file's line number of data row ``row`` (pandas skips blank lines, those without a separator, so they
+    are counted here)."""
     seen = -1
     with path.open() as file:
+        separator = _separator(file.readline())
+        file.seek(0)
         for number, text in enumerate(file, 1):
-            if number < first_line or not text.strip():
+            if number < first_line or (not text.strip() and (separator == r"\s+" or separator not in text)):
                 continue
             seen += 1
             if seen == row:

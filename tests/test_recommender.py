@@ -115,8 +115,10 @@ def test_movielens_u_data_layout_reads_the_same(tmp_path: Path) -> None:
             {"min_rating": None, "min_user_items": 1},
             r"2 users .* too few for 20 validation and 20 test users",
         ),
+        (["1,10,4", "2, ,5", "3,11,4"], {}, r"line 2: no user or no item"),
+        (["1\t10", " \t ", "2\t11"], {"min_rating": None}, r"line 2: no user or no item"),
     ],
-    ids=["duplicate", "non-numeric", "missing-rating", "no-ratings", "too-few-users"],
+    ids=["duplicate", "non-numeric", "missing-rating", "no-ratings", "too-few-users", "blank-id", "blank-tabbed"],
 )
 def test_bad_interactions_files_are_named_with_the_line(tmp_path: Path, lines, kwargs, message) -> None:
     path = tmp_path / "bad.csv"
@@ -170,6 +172,11 @@ def test_recommend_leaves_out_clicked_items() -> None:
     assert top.shape == (4, 3)
     assert clicks.gather(1, top).sum() == 0
     assert torch.allclose(model(clicks).sum(-1), torch.ones(4))
+    # more than a user's unclicked items: those, then -1; never an item clicked already
+    crowded = torch.zeros(1, 12).index_fill_(1, torch.arange(10), 1.0)
+    assert sorted(model.recommend(crowded, k=5)[0].tolist()) == [-1, -1, -1, 10, 11]
+    with pytest.raises(ValueError, match=r"k=13: expected 1 to 12 \(the number of items\)"):
+        model.recommend(clicks, k=13)
 
 
 @pytest.mark.parametrize(
@@ -293,6 +300,16 @@ def test_bad_test_files_are_named_with_the_line(tmp_path: Path, test_lines: list
     test = tmp_path / "u1.test"
     test.write_text("\n".join(line.format(item=item) for line in test_lines) + "\n")
     with pytest.raises(ValueError, match=message):
+        _ = data(base, test_path=str(test), min_rating=None).interactions
+
+
+def test_a_test_file_of_numeric_items_beside_text_items_compares_them_as_ids(tmp_path: Path) -> None:
+    base = write_interactions(tmp_path / "u1.base")
+    base.write_text(base.read_text() + "u5,12a,4\n")  # one text item: the base file's items are read as text
+    item = next(line for line in base.read_text().splitlines() if line.startswith("u1,")).split(",")[1]
+    test = tmp_path / "u1.test"
+    test.write_text(f"u1,{item},5\n")  # numbers only
+    with pytest.raises(ValueError, match=rf"u1.test line 1 and .*u1.base line \d+ both hold user u1, item {item}"):
         _ = data(base, test_path=str(test), min_rating=None).interactions
 
 

@@ -84,9 +84,13 @@ class MultinomialAutoencoder(AutoencoderModule):
         return self.decoder(self.encode(clicks))
 
     def recommend(self, clicks: Tensor, k: int) -> Tensor:
-        """The ``k`` items ``[B, k]`` most likely under the model that each user has not clicked, best first."""
+        """The ``k`` items ``[B, k]`` most likely under the model that each user has not clicked, best first; -1 past
+        a user's last unclicked item. Raises a ValueError for ``k`` outside 1 .. the number of items."""
+        if not 1 <= k <= clicks.shape[-1]:
+            raise ValueError(f"k={k}: expected 1 to {clicks.shape[-1]} (the number of items)")
         scores = self.item_scores(clicks).masked_fill(clicks > 0, float("-inf"))
-        return scores.topk(k, dim=-1).indices
+        top = scores.topk(k, dim=-1)
+        return top.indices.masked_fill(top.values == float("-inf"), -1)
 
     def anomaly_score(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The negative multinomial log-likelihood of each user's clicks (higher: a less typical user)."""
@@ -98,9 +102,7 @@ class MultinomialAutoencoder(AutoencoderModule):
         ranks first (columns: the datamodule's ``interactions.items`` holds their ids, ``interactions.users`` the
         users'), -1 past the last unclicked one."""
         clicks, _, rows = batch
-        scores = self.item_scores(clicks).masked_fill(clicks > 0, float("-inf"))
-        top = scores.topk(min(100, clicks.shape[1]), dim=-1)
-        items = top.indices.masked_fill(top.values == float("-inf"), -1)
+        items = self.recommend(clicks, min(100, clicks.shape[1]))
         return {"z": self.encode(clicks), "index": rows, "top_items": F.pad(items, (0, 100 - items.shape[1]), value=-1)}
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
