@@ -172,11 +172,15 @@ class InteractionsDataModule(ImageDataModule):
             evaluated = np.sort(known.loc[held, "user"].unique())
             kept_rows = known["user"].isin(evaluated)
             known, held = known[kept_rows], held[kept_rows]
+            drawn, fraction = len(groups[name]), self.hparams.held_out_fraction
+            why = (f"{MIN_ITEMS_TO_HOLD_OUT} or more items that training users have, and held_out_fraction={fraction}"
+                   f" of them at least 1")  # fmt: skip
             if len(evaluated) == 0:
-                raise ValueError(
-                    f"{self.path}: no {name} user has {MIN_ITEMS_TO_HOLD_OUT} or more items that training users have; "
-                    f"raise {name}_users or use a larger file"
-                )
+                raise ValueError(f"{self.path}: none of the {drawn} {name} users has {why}; raise {name}_users or "
+                                 "held_out_fraction, or use a larger file")  # fmt: skip
+            if len(evaluated) < drawn:
+                rank_zero_info(f"{self.path}: {drawn - len(evaluated)} of the {drawn} {name} users are not evaluated: "
+                               f"each needs {why}")  # fmt: skip
             fold_in[name] = _click_matrix(known[~held], evaluated, items)
             held_out[name] = _click_matrix(known[held], evaluated, items)
             kept[name] = evaluated
@@ -279,9 +283,13 @@ def read_interactions(path: Path, header: bool | None = None, min_rating: float 
             pair; or a ``min_rating`` for a file without ratings.
     """
     if not path.is_file():
-        raise FileNotFoundError(f"interactions file {path} does not exist")
-    with path.open() as file:
-        first, second = file.readline().strip(), file.readline().strip()
+        raise FileNotFoundError(f"interactions file {path} " + ("is a folder" if path.is_dir() else "does not exist"))
+    try:
+        with path.open() as file:
+            first, second = file.readline().strip(), file.readline().strip()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not a text file ({error.reason}); expected user, item[, rating] per line "
+                         "(decompress a .gz or .zip first)") from error  # fmt: skip
     if not first:
         raise ValueError(f"{path}: the first line is empty; expected user, item[, rating] per line")
     separator = _separator(first)
@@ -289,12 +297,14 @@ def read_interactions(path: Path, header: bool | None = None, min_rating: float 
     if len(fields) < 2:
         raise ValueError(f"{path} line 1: {first!r} has one field; expected user, item[, rating]")
     if header is None and not any(_is_number(field) for field in fields):
-        if not any(_is_number(field) for field in re.split(separator, second)):
+        if second and not any(_is_number(field) for field in re.split(separator, second)):
             raise ValueError(
                 f"{path}: lines 1 and 2 hold no number, so whether line 1 ({first!r}) names the columns cannot be "
                 "told; set header: true or false"
             )
         header = True
+    if header and not second:
+        raise ValueError(f"{path}: no interactions after line 1 ({first!r}), its header")
     names = ["user", "item", "rating"][: min(len(fields), 3)]
     frame = pd.read_csv(
         path,
@@ -344,7 +354,7 @@ def read_interactions(path: Path, header: bool | None = None, min_rating: float 
 
 def _is_number(text: str) -> bool:
     try:
-        float(text)
+        float(text.strip().strip('"'))
     except ValueError:
         return False
     return True

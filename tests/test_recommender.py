@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import math
 from pathlib import Path
@@ -117,8 +118,24 @@ def test_movielens_u_data_layout_reads_the_same(tmp_path: Path) -> None:
         ),
         (["1,10,4", "2, ,5", "3,11,4"], {}, r"line 2: no user or no item"),
         (["1\t10", " \t ", "2\t11"], {"min_rating": None}, r"line 2: no user or no item"),
+        (["userId,movieId,rating"], {}, r"no interactions after line 1 \('userId,movieId,rating'\), its header"),
+        (
+            [f"u{u},{i},5" for u in range(30) for i in range(8)],
+            {"held_out_fraction": 0.1, "val_users": 5, "test_users": 5},
+            r"none of the 5 val users has 5 or more items .* held_out_fraction=0.1 of them at least 1; raise val_us",
+        ),
     ],
-    ids=["duplicate", "non-numeric", "missing-rating", "no-ratings", "too-few-users", "blank-id", "blank-tabbed"],
+    ids=[
+        "duplicate",
+        "non-numeric",
+        "missing-rating",
+        "no-ratings",
+        "too-few-users",
+        "blank-id",
+        "blank-tabbed",
+        "header-only",
+        "nothing-held-out",
+    ],  # fmt: skip
 )
 def test_bad_interactions_files_are_named_with_the_line(tmp_path: Path, lines, kwargs, message) -> None:
     path = tmp_path / "bad.csv"
@@ -301,6 +318,20 @@ def test_bad_test_files_are_named_with_the_line(tmp_path: Path, test_lines: list
     test.write_text("\n".join(line.format(item=item) for line in test_lines) + "\n")
     with pytest.raises(ValueError, match=message):
         _ = data(base, test_path=str(test), min_rating=None).interactions
+
+
+def test_a_folder_a_compressed_file_and_a_quoted_csv(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=f"interactions file {tmp_path} is a folder"):
+        _ = data(tmp_path).interactions
+    packed = tmp_path / "ratings.csv.gz"
+    packed.write_bytes(gzip.compress(b"1,10,4\n"))
+    with pytest.raises(ValueError, match=r"ratings.csv.gz is not a text file .*decompress a .gz"):
+        _ = data(packed).interactions
+    plain = write_interactions(tmp_path / "plain.csv")
+    quoted = tmp_path / "quoted.csv"
+    quoted.write_text("".join(",".join(f'"{field}"' for field in line.split(",")) + "\n"
+                              for line in plain.read_text().splitlines()))  # fmt: skip
+    assert data(quoted).interactions.train.nnz == data(plain).interactions.train.nnz
 
 
 def test_a_test_file_of_numeric_items_beside_text_items_compares_them_as_ids(tmp_path: Path) -> None:
