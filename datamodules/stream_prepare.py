@@ -148,7 +148,7 @@ def _records(
     files, targets, names = list_images(path)
     parts = {"train": list(zip(files, targets))}
     if test_dir is not None:
-        test_files, test_targets, _ = list_images(Path(test_dir), names)
+        test_files, test_targets, _ = list_images(Path(test_dir), names, test=True)
         parts["test"] = list(zip(test_files, test_targets))
     return "folder", {}, parts, names
 
@@ -189,10 +189,12 @@ def prepare_stream(
         test_dir: a folder source's test folder.
         labels, key: an array source's labels (a key or a file) and data key, as ``ArrayDataModule`` takes them.
         data_dir, dataset_kwargs: a torchvision source's root and extra arguments.
-        seed: seed of the split draws.
+        seed: seed of the split draws and of the train split's stored order (a random permutation, so that
+            litdata's chunk-level shuffle gives batches close to i.i.d.; val and test keep the source order).
         chunk_bytes, chunk_size: litdata's chunk limits (bytes, or samples: set one).
         num_workers: threads decoding and encoding the images.
-        overwrite: replace a stream already at ``output``.
+        overwrite: replace a stream already at ``output`` (a folder with its manifest); any other non-empty folder,
+            or one holding the source, is refused.
         storage_options: the object store client's options.
     """
     from datamodules.base import draw_split
@@ -202,7 +204,7 @@ def prepare_stream(
     if encoding not in ("png", "jpeg", "raw"):
         raise ValueError(f"encoding must be png, jpeg or raw, got {encoding!r}")
     location = StreamLocation(output, storage_options)
-    _check_free(location, overwrite)
+    _check_free(location, overwrite, [source] if test_dir is None else [source, test_dir])
     kind, payloads, parts, class_names = _records(source, test_dir, labels, key, data_dir, dataset_kwargs or {})
     train = parts["train"]
     targets = torch.tensor([label for _, label in train])
@@ -215,6 +217,9 @@ def prepare_stream(
         splits["test"] = ("train", [train[i] for i in held.tolist()])
         train, targets = [train[i] for i in pool.tolist()], targets[pool]
     kept, drawn = draw_split(targets, val_fraction, seed, "val", "--val-fraction", sources)
+    # litdata shuffles chunks and a window of samples only: a train split in source order (class by class) would give
+    # batches of a few classes, so it is stored in a seeded random order
+    kept = kept[torch.randperm(len(kept), generator=torch.Generator().manual_seed(seed))]
     splits["train"] = ("train", [train[i] for i in kept.tolist()])
     splits["val"] = ("train", [train[i] for i in drawn.tolist()])
 
@@ -276,14 +281,26 @@ def _write_split(
     return [chunk["filename"] for chunk in json.loads((folder / "index.json").read_text())["chunks"]]
 
 
-def _check_free(location: StreamLocation, overwrite: bool) -> None:
+def _check_free(location: StreamLocation, overwrite: bool, sources: list[str]) -> None:
+    """Refuse an output that would destroy anything but a stream: a local output must be missing, an empty folder,
+    or (with ``overwrite``) a stream (a folder with its manifest); it must not hold or be one of the ``sources``."""
     if location.is_remote:
         if location.exists(MANIFEST) and not overwrite:
             raise FileExistsError(f"{location.uri} holds a stream already; pass --overwrite to replace it")
         return
-    path = Path(location.uri)
-    if path.exists() and any(path.iterdir()) and not overwrite:
-        raise FileExistsError(f"{path} exists and is not empty; pass --overwrite to replace it")
+    path = Path(location.uri).resolve()
+    for source in sources:
+        if not source.startswith("torchvision:") and path in (Path(source).resolve(), *Path(source).resolve().parents):
+            raise FileExistsError(f"output {location.uri} holds the source {source}; write the stream elsewhere")
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return
+    if not (path / MANIFEST).is_file():
+        raise FileExistsError(
+            f"output {location.uri} is not a stream (no {MANIFEST}) and is not empty; refusing to replace it, even "
+            "with --overwrite: give a new or empty folder"
+        )
+    if not overwrite:
+        raise FileExistsError(f"{location.uri} holds a stream already; pass --overwrite to replace it")
 
 
 def _publish(staging: Path, location: StreamLocation) -> None:

@@ -153,11 +153,15 @@ class StreamLoader:
     def state_dict(self) -> dict[str, Any]:
         stream = self.loader.state_dict() if self.resumable else None
         return {"epoch": self.epoch, "batches_done": self.batches_done, "batch_size": self.batch_size,
-                "fingerprint": self.fingerprint, "stream": stream}  # fmt: skip
+                "epoch_batches": len(self), "fingerprint": self.fingerprint, "stream": stream}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume at ``state``'s position (applied when iteration starts; loading the same state twice is harmless)."""
-        mid_epoch = 0 < state["batches_done"] < len(self)  # at an epoch's end the next epoch starts afresh anyway
+        """Resume at ``state``'s position (applied when iteration starts; loading the same state twice is harmless).
+
+        A position inside an epoch (of the checkpoint's epoch length, ``epoch_batches``; this run's for checkpoints
+        without it) needs the same batch size; at an epoch's end the next epoch starts afresh with any batch size."""
+        length = state.get("epoch_batches", len(self))
+        mid_epoch = 0 < state["batches_done"] < length
         for key, setting in (("fingerprint", "stream (fingerprint)"), ("batch_size", "--data.batch_size")):
             if state[key] != getattr(self, key) and (key == "fingerprint" or mid_epoch):
                 raise ValueError(
@@ -165,7 +169,8 @@ class StreamLoader:
                     f"{getattr(self, key)}: it would resume at other samples. Resume with the checkpoint's data, or "
                     "start a fresh run without --ckpt_path"
                 )
-        self.epoch, self.batches_done, self._stream_state = state["epoch"], state["batches_done"], state["stream"]
+        done = state["batches_done"] if state["batches_done"] < length else max(state["batches_done"], len(self))
+        self.epoch, self.batches_done, self._stream_state = state["epoch"], done, state["stream"]
         self._positioned = True
 
     def __iter__(self) -> Iterator[Batch]:
@@ -192,7 +197,8 @@ class StreamingDataModule(ImageDataModule):
 
     Training batches are augmented: a random ``image_size`` crop (``augment: crop``; evaluation takes the centre
     crop) or a resize to ``image_size`` (``augment: resize``), and a horizontal flip. The checks (shape, chunks,
-    fingerprint on resume) run before training.
+    fingerprint on resume, and under DDP a ``batch_size`` that leaves the processes no whole batch) run before
+    training.
 
     Args:
         input_dir: the stream's folder or URI.
@@ -302,6 +308,14 @@ class StreamingDataModule(ImageDataModule):
         needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": predict}
         for split in needed.get(stage, ("train", "val", "test")):
             check_chunks(self.location, manifest, split, content=self.hparams.verify_chunks)
+        world = self.trainer.world_size if self.trainer is not None else 1
+        batch, samples = self.hparams.batch_size, manifest.counts["train"]
+        if stage == "fit" and world > 1 and batch * world > samples:
+            raise ValueError(
+                f"--data.batch_size {batch} x {world} processes exceeds the {samples} samples of the train split of "
+                f"{self.location.uri}: under DDP litdata gives each process only whole batches of its share, so no "
+                f"process would train; use --data.batch_size {samples // world} or less, or fewer processes"
+            )
 
     def split_size(self, split: Split) -> int:
         return self.manifest.counts[split]

@@ -95,6 +95,18 @@ def crops(path: Path, crop: int, count: int, side: int, rng: np.random.Generator
     return out
 
 
+def clear_photo_set(out: Path) -> None:
+    """Remove what an earlier run wrote at ``out`` (``train/``, ``heldout/``, ``photos.json``; anything else there
+    stays); exit naming ``out`` if it is a non-empty folder without ``photos.json``, i.e. not a photo set."""
+    if out.exists() and not (out / "photos.json").is_file() and (not out.is_dir() or any(out.iterdir())):
+        sys.exit(
+            f"{out} is not a photo set written by this script (no photos.json) and is not empty: give a new folder"
+        )
+    for part in ("train", "heldout"):
+        shutil.rmtree(out / part, ignore_errors=True)
+    (out / "photos.json").unlink(missing_ok=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out", help="folder to write")
@@ -103,14 +115,15 @@ def main() -> None:
     parser.add_argument("--photo-side", type=int, default=768, help="shorter side each photo is scaled to first")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--install", action="store_true", help="apt-get/pip install missing photo sources")
-    parser.add_argument("--stream", help="also write a stream of the crops here (a folder or s3:// URI)")
+    parser.add_argument(
+        "--stream", help="also write a stream of the crops here (a folder or s3:// URI); replaces a stream only"
+    )
     parser.add_argument("--stream-size", type=int, help="side of the stream's stored images (default: --crop)")
     args = parser.parse_args()
 
     photos = find_photos(args.install)
     out = Path(args.out)
-    if out.exists():
-        shutil.rmtree(out)
+    clear_photo_set(out)
     rng = np.random.default_rng(args.seed)
     record = {"train": [], "heldout": []}
     for i, photo in enumerate(photos):
@@ -127,7 +140,7 @@ def main() -> None:
 
         manifest = prepare_stream(
             str(out / "train"), args.stream, size=args.stream_size or args.crop, test_dir=str(out / "heldout"),
-            overwrite=True, num_workers=os.cpu_count() or 1,
+            overwrite=True, num_workers=os.cpu_count() or 1,  # replaces a stream only (see prepare_stream)
         )  # fmt: skip
         print(f"stream {args.stream}: {manifest.counts}, fingerprint {manifest.fingerprint[:16]}")
 

@@ -8,9 +8,11 @@ datamodule resumes (litData #775; Lightning restores loader states only inside a
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -24,6 +26,7 @@ from tiny_runs import ROOT, TINY_MODEL, command, last_checkpoint, run_cli, run_s
 from ae_lightning.evaluation import driver as evaluation
 from datamodules import StreamingDataModule
 from datamodules.stream_prepare import decode, prepare_stream
+from datamodules.streaming import StreamLoader
 
 TRAIN_BATCHES = 7  # 99 training images of the 120 (12 test, 9 val), batches of 16
 
@@ -59,6 +62,17 @@ def test_prepare_writes_seeded_splits_that_the_datamodule_serves_as_batches(stre
     # validation: every image whole (centre crop), in stored order, no flip
     x, labels, indices = next(iter(dm.val_dataloader()))
     assert indices.tolist() == list(range(9)) and torch.equal(x, next(iter(dm.val_dataloader()))[0])
+
+
+def test_training_batches_of_a_class_folder_stream_mix_the_classes(tmp_path: Path) -> None:
+    # the train split is stored in a seeded random order: litdata's chunk-and-window shuffle alone, over chunks of
+    # one class each, gave batches of one or two classes
+    classes = ("a", "b", "c", "d")
+    write_image_folder(tmp_path / "images", classes=classes, per_class=16, size=8)
+    prepare_stream(str(tmp_path / "images"), str(tmp_path / "stream"), chunk_size=8, encoding="raw")
+    loader = StreamingDataModule(str(tmp_path / "stream"), batch_size=8, num_workers=0, hflip=False)
+    distinct = [len(set(labels.tolist())) for _, labels, _ in loader.train_dataloader()]
+    assert sum(distinct) / len(distinct) >= 3, distinct  # a uniform shuffle: 3.6 classes in a batch of 8
 
 
 def test_a_checkpoint_trained_on_a_stream_is_scored_and_pictured_from_the_stream(
@@ -115,6 +129,53 @@ def test_a_stream_read_at_another_resolution_or_channel_count_is_refused(stream:
     with pytest.raises(ValueError, match=r"image_size=24 crops .* 16x16 images"):
         _ = StreamingDataModule(str(stream), image_size=24).input_shape
     assert StreamingDataModule(str(stream), image_size=24, augment="resize").input_shape == (3, 24, 24)
+
+
+def test_overwrite_replaces_only_a_stream_never_the_source_or_other_files(tmp_path: Path) -> None:
+    images = write_image_folder(tmp_path / "work" / "images", per_class=12, size=8)
+    (tmp_path / "work" / "notes.txt").write_text("thesis")
+    for output in (tmp_path / "work", images):
+        with pytest.raises(FileExistsError, match=re.escape(f"output {output} holds the source {images}")):
+            prepare_stream(str(images), str(output), chunk_size=8, overwrite=True)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("thesis")
+    with pytest.raises(FileExistsError, match=re.escape(f"output {other} is not a stream (no manifest.json)")):
+        prepare_stream(str(images), str(other), chunk_size=8, overwrite=True)
+    assert (tmp_path / "work" / "notes.txt").read_text() == (other / "notes.txt").read_text() == "thesis"
+    assert len(list(images.rglob("*.png"))) == 24
+    # an empty folder is written; a stream is replaced with --overwrite only
+    (tmp_path / "empty").mkdir()
+    first = prepare_stream(str(images), str(tmp_path / "empty"), chunk_size=8)
+    with pytest.raises(FileExistsError, match="holds a stream already; pass --overwrite"):
+        prepare_stream(str(images), str(tmp_path / "empty"), chunk_size=4)
+    second = prepare_stream(str(images), str(tmp_path / "empty"), chunk_size=4, overwrite=True)
+    assert first.fingerprint != second.fingerprint == StreamingDataModule(str(tmp_path / "empty")).manifest.fingerprint
+
+
+def test_make_photo_set_replaces_only_a_photo_set_and_a_stream_it_wrote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = load_script("make_photo_set")
+    photos = write_image_folder(tmp_path / "photos", classes=(), per_class=4, size=20)
+    monkeypatch.setattr(script, "find_photos", lambda install: sorted(photos.glob("*.png")))
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "thesis.txt").write_text("thesis")
+
+    def run(out: Path, *stream: str) -> None:
+        monkeypatch.setattr("sys.argv", ["make_photo_set.py", str(out), "--crop", "8", "--crops-per-photo", "6",
+                                         "--photo-side", "16", *stream])  # fmt: skip
+        script.main()
+
+    with pytest.raises(SystemExit, match=re.escape(f"{notes} is not a photo set written by this script")):
+        run(notes)
+    with pytest.raises(FileExistsError, match=re.escape(f"output {notes} is not a stream")):
+        run(tmp_path / "set", "--stream", str(notes))
+    assert (notes / "thesis.txt").read_text() == "thesis"
+    run(tmp_path / "set", "--stream", str(tmp_path / "set" / "stream"))  # a photo set and its stream: written again
+    assert len(list((tmp_path / "set" / "train").glob("*.png"))) == 18
+    assert StreamingDataModule(str(tmp_path / "set" / "stream")).manifest.counts["test"] == 6
 
 
 def test_a_missing_or_corrupt_chunk_is_named(stream: Path, tmp_path: Path) -> None:
@@ -180,6 +241,38 @@ def test_resuming_on_another_dataset_is_refused_naming_both_fingerprints(stream:
         other.load_state_dict(saved)
     with pytest.raises(ValueError, match=refusal):  # the command's check, before the run creates anything
         other.check_resume({"fingerprint": theirs}, world_size=1)
+
+
+def test_a_batch_size_that_leaves_ddp_ranks_no_batch_is_refused(stream: Path) -> None:
+    # litdata gives each DDP rank whole batches of its share only: 2 x 64 > 99 samples left both ranks empty
+    def setup(batch_size: int) -> None:
+        dm = StreamingDataModule(str(stream), batch_size=batch_size)
+        dm.trainer = SimpleNamespace(world_size=2, global_rank=0, loggers=[])
+        dm.setup("fit")
+
+    with pytest.raises(ValueError, match=r"--data.batch_size 64 x 2 processes exceeds the 99 samples of the train"):
+        setup(64)
+    setup(49)
+
+
+def test_a_resume_keeps_the_batch_size_inside_the_checkpoints_epoch_and_frees_it_at_its_end(stream: Path) -> None:
+    def loader(batch_size: int) -> StreamLoader:
+        return StreamingDataModule(str(stream), image_size=12, batch_size=batch_size, num_workers=0).train_dataloader()
+
+    saved = loader(16)
+    saved.set_epoch(0)
+    batches = iter(saved)
+    for _ in range(3):
+        next(batches)
+    with pytest.raises(ValueError, match="reached with --data.batch_size 16, this run has 64"):
+        loader(64).load_state_dict(saved.state_dict())  # 3 of 7 batches: the larger batch would skip the rest
+    list(batches)
+    resumed, fresh = loader(8), loader(8)  # at the epoch's end, the next epoch starts afresh with any batch size
+    resumed.load_state_dict(saved.state_dict())
+    for epoch_loader in (resumed, fresh):
+        epoch_loader.set_epoch(1)
+    indices = [torch.cat([i for _, _, i in epoch_loader]) for epoch_loader in (resumed, fresh)]
+    assert len(indices[0]) == 99 and torch.equal(indices[0], indices[1])
 
 
 # --- resuming: the litdata traps -------------------------------------------------------------------------------------
