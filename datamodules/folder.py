@@ -62,12 +62,14 @@ class ImageFolderDataModule(ImageDataModule):
         train, class_names = self._decode_folder(self.data_dir, None)
         test = None
         if self.hparams.test_dir is not None:
-            test, _ = self._decode_folder(Path(self.hparams.test_dir), class_names)
+            test, _ = self._decode_folder(Path(self.hparams.test_dir), class_names, test=True)
         sources = {"train": str(self.data_dir), "test": str(self.hparams.test_dir)}
         return Arrays(train, test, class_names, sources)
 
-    def _decode_folder(self, folder: Path, class_names: list[str] | None) -> tuple[tuple[Tensor, Tensor], list | None]:
-        files, labels, class_names = list_images(folder, class_names)
+    def _decode_folder(
+        self, folder: Path, class_names: list[str] | None, test: bool = False
+    ) -> tuple[tuple[Tensor, Tensor], list | None]:
+        files, labels, class_names = list_images(folder, class_names, test)
         size, mode = self.hparams.image_size, "L" if self.hparams.channels == 1 else "RGB"
         if size is None:
             check_memory(files, self.hparams.channels)
@@ -109,15 +111,19 @@ def check_memory(files: list[str], channels: int) -> None:
         )
 
 
-def list_images(folder: Path, class_names: list[str] | None = None) -> tuple[list[str], list[int], list[str] | None]:
+def list_images(
+    folder: Path, class_names: list[str] | None = None, test: bool = False
+) -> tuple[list[str], list[int], list[str] | None]:
     """Image files of ``folder`` and their labels: ``ImageFolder``'s for class subfolders, -1 for a flat folder.
 
     Args:
         folder: the folder.
-        class_names: the classes a test folder must use (those of the training folder), or None.
+        class_names: the training folder's classes (None: it is flat), which a ``test`` folder must have.
+        test: whether ``folder`` is the test folder of a training folder with ``class_names``.
 
     Raises:
-        FileNotFoundError: the folder does not exist. ValueError: it holds no images, or both images and folders.
+        FileNotFoundError: the folder does not exist. ValueError: it holds no images, or both images and folders, or
+        (``test``) not the training folder's classes.
     """
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist (or is not a folder)")
@@ -128,11 +134,14 @@ def list_images(folder: Path, class_names: list[str] | None = None) -> tuple[lis
     if not has_folders:
         if not flat:
             raise ValueError(f"{folder} holds no images (files ending in {', '.join(IMG_EXTENSIONS)})")
+        if test and class_names is not None:
+            raise ValueError(f"{folder} has no class subfolders, but the training folder has the classes "
+                             f"{class_names}: give the test folder the same subfolders")  # fmt: skip
         return flat, [UNLABELED] * len(flat), class_names
     names, class_to_idx = find_classes(str(folder))
-    if class_names is not None:
-        if names != class_names:
-            raise ValueError(f"{folder} has the classes {names}, but the training folder has {class_names}")
+    if test and names != class_names:
+        training = f"has {class_names}" if class_names is not None else "is flat (no classes)"
+        raise ValueError(f"{folder} has the classes {names}, but the training folder {training}")
     try:
         samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS)
     except FileNotFoundError as error:  # torchvision: a class folder without images

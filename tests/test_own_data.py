@@ -25,6 +25,7 @@ from datamodules import (
     TorchvisionDataModule,
 )
 from datamodules.base import UNLABELED
+from datamodules.stream_prepare import prepare_stream
 
 
 def md5(path: Path) -> str:
@@ -75,6 +76,19 @@ def test_flat_folder_has_no_labels(tmp_path: Path) -> None:
     dm = ImageFolderDataModule(str(root), batch_size=4)
     _, labels, _ = first_batch(dm)
     assert (labels == UNLABELED).all() and not dm.has_labels and dm.class_names is None
+
+
+@pytest.mark.parametrize("train_classes, test_classes, message", [
+    (("cat", "dog"), (), r"test has no class subfolders, but the training folder has the classes \['cat', 'dog'\]"),
+    ((), ("cat", "dog"), r"test has the classes \['cat', 'dog'\], but the training folder is flat \(no classes\)"),
+], ids=["flat-test", "flat-training"])  # fmt: skip
+def test_a_test_folder_must_have_the_training_folders_layout(train_classes, test_classes, message, tmp_path) -> None:
+    root = write_image_folder(tmp_path / "train", classes=train_classes, size=8)
+    test = write_image_folder(tmp_path / "test", classes=test_classes, per_class=3, size=8)
+    with pytest.raises(ValueError, match=message):
+        ImageFolderDataModule(str(root), test_dir=str(test), batch_size=4).setup()
+    with pytest.raises(ValueError, match=message):  # a stream of the same folders
+        prepare_stream(str(root), str(tmp_path / "stream"), test_dir=str(test))
 
 
 # --- array files ----------------------------------------------------------------------------------------------------
