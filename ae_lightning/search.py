@@ -8,7 +8,9 @@ its own folder ``<root>/trial-<number>`` with its own logger, checkpoints and ``
 callback reports the search metric after every validation and prunes unpromising trials. The study lives in
 ``--storage`` (SQLite or any RDB URL), so several processes or SLURM array tasks share it
 (``scripts/slurm/search_array.sbatch``) and a rerun of the same command resumes it: a trial whose process died is
-marked failed once its heartbeat stops and is retried with the same values, resuming from its last checkpoint.
+marked failed once its heartbeat stops and is retried with the same values, resuming from its last checkpoint. A
+trial whose loss diverges (:class:`NonFiniteLossError`) is recorded as failed and the search goes on; a bad setting
+stops it.
 ``<root>/best.yaml`` is the best trial's full config, ready for ``ae-lightning fit --config``. ``docs/search.md``
 describes the search-space file.
 """
@@ -20,6 +22,7 @@ import difflib
 import hashlib
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,12 +31,12 @@ from unittest import mock
 import optuna
 import yaml
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 from optuna_integration import PyTorchLightningPruningCallback
 from sqlalchemy.exc import OperationalError
 
-from ae_lightning.cli import AutoencoderCLI, run_command
+from ae_lightning.cli import AutoencoderCLI, ConfigError, run_command
+from ae_lightning.training.fault_tolerance import NonFiniteLossError
 from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
 
 PRUNERS = {
@@ -41,8 +44,11 @@ PRUNERS = {
     "hyperband": lambda: optuna.pruners.HyperbandPruner(),
     "none": lambda: optuna.pruners.NopPruner(),
 }
-# Trials that count towards --n_trials; failed ones are retried instead.
+# Trials that count towards --n_trials, with the failed ones whose loss diverged (user attribute ``diverged``); those
+# whose process died are retried instead.
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
+# Fit arguments that the search sets itself for each trial: its folder, checkpoint folder, monitor and mode, resume.
+OWN_ARGS = ("trainer.default_root_dir", "checkpoint.dirpath", "checkpoint.monitor", "checkpoint.mode", "ckpt_path")
 SPEC_KEYS = {"type", "low", "high", "log", "step", "choices"}
 
 
@@ -61,7 +67,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--metric", default=None, help="metric to optimize (default: the space's, or val/loss)")
     parser.add_argument("--direction", choices=["minimize", "maximize"], default=None, help="(default: the space's)")
     parser.add_argument("--pruner", choices=sorted(PRUNERS), default="median")
-    parser.add_argument("--sampler_seed", type=int, default=None, help="seed of the TPE sampler")
+    parser.add_argument(
+        "--sampler_seed",
+        type=int,
+        default=None,
+        help="seed of the TPE sampler: a process that starts a new study alone uses it as is (a fresh search is "
+        "reproducible); any other mixes it with the study's number of trials and $SLURM_ARRAY_TASK_ID, so that "
+        "reruns and array tasks draw other values",
+    )
     parser.add_argument("--heartbeat", type=int, default=60, help="seconds between a running trial's heartbeats")
     parser.add_argument("--max_retry", type=int, default=2, help="retries of a trial whose process died")
     parser.add_argument("--lock_timeout", type=float, default=60.0, help="seconds to wait for a locked SQLite file")
@@ -139,10 +152,28 @@ class ConfigOnly(AutoencoderCLI):
         pass
 
 
-def check_names(space: dict[str, Any], space_path: Path, config: Path, fit_args: list[str]) -> None:
-    """Raise a ValueError naming each search-space parameter that is not an argument of the config."""
+def resolve_config(config: Path, fit_args: list[str]) -> Any:
+    """The config with the fit arguments, as ``ae-lightning fit`` resolves it (a jsonargparse Namespace)."""
     with mock.patch("sys.argv", ["ae-lightning"]):
-        parsed = ConfigOnly(args=["--config", str(config), *fit_args], run=False).config
+        return ConfigOnly(args=["--config", str(config), *fit_args], run=False).config
+
+
+def check_fit_args(space: dict[str, Any], fit_args: list[str]) -> None:
+    """Raise a ConfigError naming a fit argument that the search sets itself (``OWN_ARGS``) or searches."""
+    given = [arg.removeprefix("--").split("=", 1)[0] for arg in fit_args if arg.startswith("--")]
+    for name in given:
+        if name in OWN_ARGS:
+            raise ConfigError(
+                f"--{name} is set by the search for each trial (its own folder <root>/trial-<n>, the search metric "
+                "and direction, and a resume only for a retry); leave it out of the search's fit arguments"
+            )
+        if name in space["parameters"]:
+            raise ConfigError(f"--{name} is a parameter of the search space: each trial sets it; leave it out")
+
+
+def check_names(space: dict[str, Any], space_path: Path, config: Path, parsed: Any) -> None:
+    """Raise a ValueError naming each search-space parameter that is not an argument of the config (``parsed``,
+    :func:`resolve_config`), and a ConfigError for a checkpoint folder set in it, which all trials would share."""
     known = [key for key in parsed.keys() if not key.startswith("__")]
     missing = [name for name in space["parameters"] if name not in parsed]
     if missing:
@@ -152,12 +183,40 @@ def check_names(space: dict[str, Any], space_path: Path, config: Path, fit_args:
             f"search space {space_path} names arguments that {config} does not have: {'; '.join(hints)}. Names are "
             "the config's keys as `ae-lightning fit` takes them, e.g. model.init_args.beta"
         )
+    if parsed.get("checkpoint.dirpath"):
+        raise ConfigError(
+            f"checkpoint.dirpath {parsed['checkpoint.dirpath']} (of {config} or the fit arguments) would be the "
+            "checkpoint folder of every trial; leave it unset: each trial keeps its checkpoints in its own folder"
+        )
+
+
+def fit_settings(parsed: Any, space: dict[str, Any]) -> dict[str, Any]:
+    """What makes trials comparable: every resolved fit setting (dotted name -> value) but the searched ones, those
+    the search sets per trial and the config's path."""
+    skip = (*space["parameters"], *OWN_ARGS, "config")
+    flat: dict[str, Any] = {}
+
+    def walk(value: Any, prefix: str) -> None:
+        if isinstance(value, dict) and value:
+            for key, item in value.items():
+                walk(item, f"{prefix}.{key}" if prefix else key)
+        elif not any(prefix == name or prefix.startswith(name + ".") for name in skip):
+            flat[prefix] = value
+
+    walk(json.loads(json.dumps(parsed.as_dict(), default=str)), "")
+    return flat
 
 
 # --- the study ------------------------------------------------------------------------------------------------------
-def open_study(args: argparse.Namespace, space: dict[str, Any], direction: str, metric: str) -> optuna.Study:
+def open_study(
+    args: argparse.Namespace, space: dict[str, Any], direction: str, metric: str, settings: dict[str, Any]
+) -> optuna.Study:
     """Create or load the study, with heartbeats and retries of dead trials; a ValueError naming the storage if it
-    is locked or holds this study for another config or search space."""
+    is locked or holds this study for another config path, search space, metric or fit ``settings``
+    (:func:`fit_settings`), naming what differs. A study stored without its settings (by an earlier version) opens
+    and records this run's. The sampler's seed is ``--sampler_seed`` as is for a process that starts a new study
+    outside a SLURM array, and otherwise mixed with the study's number of trials and ``$SLURM_ARRAY_TASK_ID``, so
+    that reruns and array tasks draw other values than the first process."""
     engine = {"connect_args": {"timeout": args.lock_timeout}} if args.storage.startswith("sqlite") else {}
     if args.storage.startswith("sqlite:///"):
         Path(args.storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -173,17 +232,29 @@ def open_study(args: argparse.Namespace, space: dict[str, Any], direction: str, 
             ),
         )
         study = optuna.create_study(
-            storage=storage,
-            study_name=args.study_name,
-            direction=direction,
-            sampler=optuna.samplers.TPESampler(seed=args.sampler_seed),
-            pruner=PRUNERS[args.pruner](),
-            load_if_exists=True,
+            storage=storage, study_name=args.study_name, direction=direction, load_if_exists=True
         )
         stored = study.user_attrs
         if not stored:
             for key, value in identity.items():
                 study.set_user_attr(key, value)
+        if "settings" not in stored and (not stored or stored == identity):
+            if stored:
+                print(
+                    f"study {args.study_name!r} was stored without its fit settings; recording this run's", flush=True
+                )
+            study.set_user_attr("settings", settings)
+            stored = {**identity, "settings": settings}
+        seed = args.sampler_seed
+        trials, task = len(study.get_trials(deepcopy=False)), os.environ.get("SLURM_ARRAY_TASK_ID")
+        if seed is not None and (trials or task is not None):
+            seed = int(hashlib.sha256(json.dumps([seed, trials, task]).encode()).hexdigest()[:8], 16)
+        study = optuna.load_study(
+            study_name=args.study_name,
+            storage=storage,
+            sampler=optuna.samplers.TPESampler(seed=seed),
+            pruner=PRUNERS[args.pruner](),
+        )
     except OperationalError as error:
         if "locked" in str(error):
             raise ValueError(
@@ -192,12 +263,19 @@ def open_study(args: argparse.Namespace, space: dict[str, Any], direction: str, 
                 "(postgresql://...) for many workers"
             ) from None
         raise
-    if stored and stored != identity:
-        differs = [f"{key} {stored.get(key)!r} (this run: {identity[key]!r})" for key in identity
-                   if stored.get(key) != identity[key]]  # fmt: skip
+    differs = [f"{key} {stored.get(key)!r} (this run: {identity[key]!r})" for key in identity
+               if stored.get(key) != identity[key]]  # fmt: skip
+    old, unset = stored.get("settings", settings), "(unset)"
+    changed = [f"{key} {old.get(key, unset)!r} (this run: {settings.get(key, unset)!r})"
+               for key in sorted({*old, *settings}) if old.get(key, unset) != settings.get(key, unset)]  # fmt: skip
+    if changed:
+        differs.append(
+            f"fit settings {'; '.join(changed[:8])}" + (f" and {len(changed) - 8} more" if changed[8:] else "")
+        )
+    if differs:
         raise ValueError(
             f"study {args.study_name!r} in {args.storage} belongs to another search: {'; '.join(differs)}. Resume it "
-            "with its own config, search space and metric, or give another --study_name or --storage"
+            "with its own config, search space, metric and fit arguments, or give another --study_name or --storage"
         )
     if study.direction.name.lower() != direction:
         raise ValueError(
@@ -231,23 +309,40 @@ class TrialCLI(AutoencoderCLI):
 def objective(
     trial: optuna.Trial, args: argparse.Namespace, space: dict[str, Any], metric: str, fit_args: list[str]
 ) -> float:
-    """Fit the config with the trial's values; the best ``metric`` of its validations (its best checkpoint's)."""
+    """Fit the config with the trial's values; the best ``metric`` of its validations (its best checkpoint's).
+
+    A new trial trains afresh in ``<root>/trial-<number>``, and a ConfigError naming that folder refuses it if the
+    folder already holds something (a run of another study with this ``--root``). Only a retry (which inherits the
+    dead trial's ``folder``) resumes there, from its last checkpoint if any. A diverging loss
+    (:class:`NonFiniteLossError`) is raised with the trial's user attribute ``diverged`` set to its message.
+    """
     values = {name: suggest(trial, name, spec) for name, spec in space["parameters"].items()}
     # A retry inherits the user attributes of the trial whose process died: it continues in its folder, from its
-    # last checkpoint (``--ckpt_path last``).
+    # last checkpoint (``--ckpt_path last``), and may write its config where the dead run wrote it.
+    retry = "folder" in trial.user_attrs
     folder = Path(trial.user_attrs.get("folder", args.root / f"trial-{trial.number}"))
+    if not retry and folder.exists() and any(folder.iterdir()):
+        raise ConfigError(
+            f"{folder}, the folder of new trial {trial.number}, already holds a run (of another study, or of one "
+            f"whose storage is gone, with --root {args.root}); remove or move it, or give another --root"
+        )
     mode = "min" if trial.study.direction == optuna.study.StudyDirection.MINIMIZE else "max"
     cli_args = [
         "fit", "--config", str(args.config), *fit_args,
         *(f"--{name}={_cli_value(value)}" for name, value in values.items()),
         "--trainer.default_root_dir", str(folder),
         "--checkpoint.monitor", metric, "--checkpoint.mode", mode,
-        "--ckpt_path", "last",
+        *(["--ckpt_path", "last"] if retry else []),
     ]  # fmt: skip
     trial.set_user_attr("folder", str(folder))
     pruning = PyTorchLightningPruningCallback(trial, monitor=metric)
-    with mock.patch("sys.argv", ["ae-lightning"]):  # the CLI must read only these arguments
-        cli = TrialCLI(pruning, args=cli_args)
+    overwrite = {"save_config_kwargs": {"overwrite": True}} if retry else {}
+    try:
+        with mock.patch("sys.argv", ["ae-lightning"]):  # the CLI must read only these arguments
+            cli = TrialCLI(pruning, args=cli_args, **overwrite)
+    except NonFiniteLossError as error:
+        trial.set_user_attr("diverged", str(error))
+        raise
     trial.set_user_attr("config_file", str(Path(cli.trainer.log_dir) / "config.yaml"))
     # A retry resumes in a new version folder, where Lightning's checkpoint callback starts its best afresh; the
     # validations before the kill are the dead trial's reports, which the retry inherits.
@@ -301,21 +396,30 @@ def _replace_prefix(value: Any, old: str, new: str) -> Any:
     return value
 
 
+def finished(study: optuna.Study) -> int:
+    """The study's trials that count towards ``--n_trials``: complete, pruned, or failed by a diverging loss."""
+    trials = study.get_trials(deepcopy=False, states=(*COUNTED, TrialState.FAIL))
+    return sum(t.state in COUNTED or "diverged" in t.user_attrs for t in trials)
+
+
 def run(argv: list[str] | None = None) -> optuna.Study:
-    """The search the command line's (or ``argv``'s) arguments ask for, its study once done."""
+    """The search the command line's (or ``argv``'s) arguments ask for, its study once done. A trial whose loss
+    diverges is recorded as failed, with its reason in the log, and the search goes on; other errors stop it."""
     args, fit_args = parse_args(sys.argv[1:] if argv is None else argv)
     space = read_space(args.space)
     metric = args.metric or space.get("metric", "val/loss")
     direction = args.direction or space.get("direction", "minimize")
-    check_names(space, args.space, args.config, fit_args)
-    study = open_study(args, space, direction, metric)
-    done = len(study.get_trials(deepcopy=False, states=COUNTED))
+    check_fit_args(space, fit_args)
+    parsed = resolve_config(args.config, fit_args)
+    check_names(space, args.space, args.config, parsed)
+    study = open_study(args, space, direction, metric, fit_settings(parsed, space))
+    done = finished(study)
     if done < args.n_trials:
         print(f"study {args.study_name!r}: {done} of {args.n_trials} trials done; running the rest", flush=True)
         study.optimize(
             lambda trial: objective(trial, args, space, metric, fit_args),
-            callbacks=[MaxTrialsCallback(args.n_trials, states=COUNTED)],
-            catch=(),
+            callbacks=[lambda study, _: study.stop() if finished(study) >= args.n_trials else None],
+            catch=(NonFiniteLossError,),
         )
     path = write_best_config(study, args.root)
     counts = {state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,))) for state in TrialState}

@@ -70,13 +70,16 @@ def test_bad_search_spaces_are_named(tmp_path: Path, data_dir: Path, parameters:
 def test_unknown_argument_error_suggests_the_close_names(tmp_path: Path, data_dir: Path) -> None:
     write_space(tmp_path, {"model.init_args.latent_dims": {"type": "int", "low": 2, "high": 4}})
     with pytest.raises(ValueError, match=r"latent_dims \(did you mean model.init_args.latent_dim"):
-        search.check_names(search.read_space(tmp_path / "space.yaml"), tmp_path / "space.yaml", AE, [])
+        search.check_names(
+            search.read_space(tmp_path / "space.yaml"), tmp_path / "space.yaml", AE, search.resolve_config(AE, [])
+        )
 
 
 def open_study(tmp_path: Path, data_dir: Path, *extra: str, config: Path = AE) -> optuna.Study:
-    args, _ = search.parse_args(search_args(tmp_path, data_dir, "--n_trials", "1", *extra, config=config))
+    args, fit_args = search.parse_args(search_args(tmp_path, data_dir, "--n_trials", "1", *extra, config=config))
     space = search.read_space(args.space)
-    return search.open_study(args, space, "minimize", "val/loss")
+    settings = search.fit_settings(search.resolve_config(args.config, fit_args), space)
+    return search.open_study(args, space, "minimize", "val/loss", settings)
 
 
 def test_a_trials_value_is_its_best_validation_those_it_inherited_from_a_dead_run_included(
@@ -85,7 +88,7 @@ def test_a_trials_value_is_its_best_validation_those_it_inherited_from_a_dead_ru
     # A retry resumes in a new version folder, whose checkpoint callback knows only the validations after the kill.
     args, fit_args = search.parse_args(search_args(tmp_path, data_dir, "--n_trials", "1", "--trainer.max_epochs", "1"))
     space = search.read_space(args.space)
-    study = search.open_study(args, space, "minimize", "val/loss")
+    study = open_study(tmp_path, data_dir, "--trainer.max_epochs", "1")
     trial = study.ask()
     trial.report(-1.0, step=0)  # as a retry inherits it: a validation of the dead run, better than any to come
     assert search.objective(trial, args, space, "val/loss", fit_args) == -1.0
@@ -106,6 +109,116 @@ def test_a_study_of_another_config_is_refused(tmp_path: Path, data_dir: Path) ->
     other = ROOT / "configs" / "dropout_ae.yaml"
     with pytest.raises(ValueError, match=r"study 'ae' in sqlite:///.* belongs to another search: config .*ae.yaml"):
         open_study(tmp_path, data_dir, config=other)
+
+
+def test_a_study_of_other_fit_settings_is_refused_naming_them(tmp_path: Path, data_dir: Path) -> None:
+    open_study(tmp_path, data_dir, "--trainer.max_epochs", "1")
+    with pytest.raises(ValueError, match=r"belongs to another search: fit settings model.init_args.reconstruction "
+                       r"'bce' \(this run: 'mse'\); trainer.max_epochs 1 \(this run: 3\)\. Resume"):  # fmt: skip
+        open_study(tmp_path, data_dir, "--trainer.max_epochs", "3", "--model.init_args.reconstruction", "mse")
+    open_study(tmp_path, data_dir, "--trainer.max_epochs", "1")  # the same settings open it
+    # the config file edited in place, at the same path
+    config, folder = tmp_path / "ae.yaml", tmp_path / "edited"
+    config.write_text(AE.read_text())
+    folder.mkdir()
+    open_study(folder, data_dir, config=config)
+    config.write_text(AE.read_text().replace("reconstruction: bce", "reconstruction: mse"))
+    with pytest.raises(ValueError, match=r"settings model.init_args.reconstruction 'bce' \(this run: 'mse'\)\. Resume"):
+        open_study(folder, data_dir, config=config)
+
+
+def test_a_study_stored_without_its_fit_settings_opens_and_records_them(tmp_path: Path, data_dir: Path) -> None:
+    old = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="ae")
+    identity = {"config": str(AE.resolve()), "space": search._digest(SPACE["parameters"]), "metric": "val/loss"}
+    for key, value in identity.items():  # as the search wrote them before it recorded the fit settings
+        old.set_user_attr(key, value)
+    assert open_study(tmp_path, data_dir, "--trainer.max_epochs", "1").user_attrs["settings"]["trainer.max_epochs"] == 1
+    with pytest.raises(ValueError, match=r"trainer.max_epochs 1 \(this run: 2\)"):
+        open_study(tmp_path, data_dir, "--trainer.max_epochs", "2")
+
+
+def draws(folder: Path, data_dir: Path) -> list:
+    """The first parameter values that a process opening ``folder``'s study with --sampler_seed 0 draws."""
+    folder.mkdir(exist_ok=True)
+    study = open_study(folder, data_dir, "--sampler_seed", "0")
+    trial = study.ask()
+    values = [search.suggest(trial, name, spec) for name, spec in SPACE["parameters"].items()]
+    study.tell(trial, 1.0)
+    return values
+
+
+def test_a_seeded_search_is_reproducible_but_reruns_and_array_tasks_draw_other_values(
+    tmp_path: Path, data_dir: Path, monkeypatch
+) -> None:
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
+    first = draws(tmp_path / "a", data_dir)
+    assert draws(tmp_path / "b", data_dir) == first  # a fresh search with the same seed
+    assert draws(tmp_path / "a", data_dir) != first  # a rerun of the first search
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
+    task_1 = draws(tmp_path / "c", data_dir)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
+    assert len({str(first), str(task_1), str(draws(tmp_path / "d", data_dir))}) == 3  # array tasks, each its own
+
+
+def test_a_new_trial_refuses_a_folder_that_holds_an_earlier_run(tmp_path: Path, data_dir: Path) -> None:
+    search.run(search_args(tmp_path, data_dir, "--n_trials", "1", "--trainer.max_epochs", "1"))
+    (tmp_path / "study.db").unlink()  # a new study, whose trial 0 would resume the old trial 0
+    with pytest.raises(ValueError, match=r"trial-0, the folder of new trial 0, already holds a run .* another --root"):
+        search.run(search_args(tmp_path, data_dir, "--n_trials", "1", "--trainer.max_epochs", "2"))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--checkpoint.dirpath", "{tmp}/ckpts"],
+        ["--trainer.default_root_dir={tmp}/mine"],
+        ["--checkpoint.monitor", "val/recon"],
+        ["--checkpoint.mode", "max"],
+        ["--model.init_args.latent_dim", "3"],
+        ["config"],
+    ],
+    ids=["dirpath", "root-dir", "monitor", "mode", "searched", "dirpath-in-config"],
+)
+def test_settings_the_search_sets_itself_are_refused_by_name(tmp_path: Path, data_dir: Path, extra: list) -> None:
+    config = AE
+    if extra == ["config"]:  # a checkpoint folder in the config: all trials would share it
+        config = tmp_path / "ae.yaml"
+        config.write_text(AE.read_text() + f"checkpoint:\n  dirpath: {tmp_path / 'ckpts'}\n")
+        extra = []
+    extra = [arg.format(tmp=tmp_path) for arg in extra]
+    name = extra[0].removeprefix("--").split("=")[0] if extra else "checkpoint.dirpath"
+    with pytest.raises(ValueError, match=rf"{name} .*(set by the search|parameter of the search|every trial)"):
+        search.run(
+            search_args(tmp_path, data_dir, "--n_trials", "1", "--trainer.max_epochs", "1", *extra, config=config)
+        )
+    assert not any((tmp_path / name).exists() for name in ("trials", "ckpts", "mine"))
+
+
+def test_a_retry_killed_before_its_first_checkpoint_runs_in_its_own_folder(tmp_path: Path, data_dir: Path) -> None:
+    extra = ("--trainer.max_epochs", "1", "--trainer.logger", "false")  # the run's config.yaml right in its folder
+    args, fit_args = search.parse_args(search_args(tmp_path, data_dir, "--n_trials", "1", *extra))
+    study = open_study(tmp_path, data_dir, *extra)
+    folder = tmp_path / "trials" / "trial-0"
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text("# the dead run's\n")
+    retry = study.ask()
+    retry.set_user_attr("folder", str(folder))  # as a retry inherits it from the dead trial
+    assert search.objective(retry, args, search.read_space(args.space), "val/loss", fit_args) > 0
+    assert "the dead run's" not in (folder / "config.yaml").read_text()
+
+
+def test_a_diverging_trial_fails_and_the_search_goes_on(tmp_path: Path, data_dir: Path, caplog) -> None:
+    lr = "model.init_args.optimizer.init_args.lr"
+    args = search_args(tmp_path, data_dir, "--n_trials", "2", "--trainer.max_epochs", "2", "--pruner", "none")
+    write_space(tmp_path, {lr: {"type": "float", "low": 1e-4, "high": 1e30, "log": True}})
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="ae")
+    study.enqueue_trial({lr: 1e30})  # diverges
+    study.enqueue_trial({lr: 1e-3})
+    study = search.run(args)
+    first, second = study.trials
+    assert first.state == optuna.trial.TrialState.FAIL and "not finite" in first.user_attrs["diverged"]
+    assert "Trial 0 failed" in caplog.text and "NonFiniteLossError" in caplog.text
+    assert second.state == optuna.trial.TrialState.COMPLETE and len(study.trials) == 2  # it counts as a finished trial
 
 
 def test_a_locked_storage_is_named(tmp_path: Path, data_dir: Path) -> None:
