@@ -17,7 +17,10 @@ changes it; ``pyproject.toml`` bounds Lightning to the releases the suite ran on
   hands the model it instantiates its settings, which ``save_hyperparameters`` of any module created meanwhile reads
   as its own (the prior loads its tokenizer from a checkpoint in ``__init__``);
 * ``AutoencoderCLI._parse_ckpt_path`` (:mod:`ae_lightning.cli`) overrides LightningCLI's private step that would
-  overwrite the user's model settings with a checkpoint's hyperparameters.
+  overwrite the user's model settings with a checkpoint's hyperparameters;
+* ``datamodules.streaming.relocated`` rewrites the stream location that litdata's ``StreamingDataLoader.state_dict``
+  records (``state["dataset"]["input_dir_path"]``, ``"input_dir_url"``, ``"cache_dir_path"``), so that a position
+  resumes on the same stream mounted or cached elsewhere (only its test lives here, as for the loader above).
 """
 
 from __future__ import annotations

@@ -17,9 +17,12 @@ import json
 import os
 import shutil
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
+from itertools import islice
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -39,6 +42,8 @@ from datamodules.stream_store import (
 
 Encoding = Literal["png", "jpeg", "raw"]
 SUFFIXES = (".npy", ".npz", ".pt")
+AHEAD_PER_THREAD = 4  # records in flight per encoding thread
+T, R = TypeVar("T"), TypeVar("R")
 
 
 class ImageEncoder:
@@ -232,49 +237,70 @@ def prepare_stream(
     if staging.exists():
         shutil.rmtree(staging)  # what an interrupted prepare left
     staging.mkdir(parents=True)
-    chunks: dict[str, dict[str, dict[str, Any]]] = {}
-    for split in SPLITS:
-        part, records = splits[split]
-        encoder = ImageEncoder(kind, payloads.get(part), channels, size, encoding, quality, (height, width))
-        names = _write_split(encoder, records, staging / split, chunk_bytes, chunk_size, num_workers)
-        chunks[split] = {
-            name: {"bytes": (staging / split / name).stat().st_size, "sha256": file_sha256(staging / split / name)}
-            for name in names
-        }
-    fingerprint = hashlib.sha256(json.dumps([settings, chunks], sort_keys=True).encode()).hexdigest()
-    manifest = StreamManifest(
-        height=int(height),
-        width=int(width),
-        channels=channels,
-        encoding=encoding,
-        counts={split: len(records) for split, (_, records) in splits.items()},
-        chunks=chunks,
-        class_names=class_names,
-        fingerprint=fingerprint,
-        source=source,
-        settings=settings,
-    )
-    (staging / MANIFEST).write_text(manifest.to_json())
-    _publish(staging, location)
+    try:
+        chunks: dict[str, dict[str, dict[str, Any]]] = {}
+        for split in SPLITS:
+            part, records = splits[split]
+            encoder = ImageEncoder(kind, payloads.get(part), channels, size, encoding, quality, (height, width))
+            names = _write_split(encoder, records, staging / split, chunk_bytes, chunk_size, num_workers)
+            chunks[split] = {
+                name: {"bytes": (staging / split / name).stat().st_size, "sha256": file_sha256(staging / split / name)}
+                for name in names
+            }
+        fingerprint = hashlib.sha256(json.dumps([settings, chunks], sort_keys=True).encode()).hexdigest()
+        manifest = StreamManifest(
+            height=int(height),
+            width=int(width),
+            channels=channels,
+            encoding=encoding,
+            counts={split: len(records) for split, (_, records) in splits.items()},
+            chunks=chunks,
+            class_names=class_names,
+            fingerprint=fingerprint,
+            source=source,
+            settings=settings,
+        )
+        (staging / MANIFEST).write_text(manifest.to_json())
+        _publish(staging, location)
+    finally:
+        if location.is_remote:  # a local staging folder is renamed into place; one left marks an interrupted prepare
+            shutil.rmtree(staging, ignore_errors=True)
     return manifest
 
 
+def ordered_map(pool: Executor, fn: Callable[[T], R], items: Iterable[T], ahead: int) -> Iterator[R]:
+    """``fn`` over ``items`` in ``pool``, the results in the items' order, taking an item from ``items`` only when
+    fewer than ``ahead`` are submitted and not yet consumed (``Executor.map`` submits them all at once: a Future per
+    image). Results not consumed are cancelled when the iterator is closed."""
+    items = iter(items)
+    pending = deque(pool.submit(fn, item) for item in islice(items, max(1, ahead)))
+    try:
+        while pending:
+            yield pending.popleft().result()
+            pending.extend(pool.submit(fn, item) for item in islice(items, 1))
+    finally:
+        for future in pending:
+            future.cancel()
+
+
 def _write_split(
-    encoder: ImageEncoder,
-    records: list[tuple[Any, int]],
+    encoder: Callable[[tuple[Any, int]], dict[str, Any]],
+    records: Iterable[tuple[Any, int]],
     folder: Path,
     chunk_bytes: str | int | None,
     chunk_size: int | None,
     num_threads: int,
 ) -> list[str]:
     """Encode ``records`` (in threads: decoding, resizing and encoding release the GIL) and write them in order as
-    one litdata-optimized folder; returns its chunk files. One writer keeps the chunk layout independent of threads."""
+    one litdata-optimized folder; returns its chunk files. One writer keeps the chunk layout independent of threads;
+    at most ``AHEAD_PER_THREAD`` records per thread are taken from ``records`` before they are written."""
     from litdata.streaming.writer import BinaryWriter
 
     folder.mkdir(parents=True)
     writer = BinaryWriter(str(folder), chunk_size=chunk_size, chunk_bytes=None if chunk_size else chunk_bytes)
-    with ThreadPoolExecutor(max(1, num_threads)) as pool:
-        for index, item in enumerate(pool.map(encoder, records)):  # map keeps the order; it runs ahead by a pool
+    threads = max(1, num_threads)
+    with ThreadPoolExecutor(threads) as pool:
+        for index, item in enumerate(ordered_map(pool, encoder, records, AHEAD_PER_THREAD * threads)):
             writer[index] = item
     writer.done()
     writer.merge()
@@ -304,7 +330,8 @@ def _check_free(location: StreamLocation, overwrite: bool, sources: list[str]) -
 
 
 def _publish(staging: Path, location: StreamLocation) -> None:
-    """Make the staged stream visible at once: a rename, or uploads with the manifest last."""
+    """Make the staged stream visible at once: a rename, or uploads with the manifest last, after the manifest of
+    the stream replaced is deleted (a half-replaced remote stream reads as interrupted, never as complete)."""
     if not location.is_remote:
         target = Path(location.uri)
         if target.exists():
@@ -315,10 +342,11 @@ def _publish(staging: Path, location: StreamLocation) -> None:
         else:
             os.replace(staging, target)
         return
+    if location.exists(MANIFEST):
+        location.delete(MANIFEST)
     files = sorted(p for p in staging.rglob("*") if p.is_file() and p.name != MANIFEST)
     for path in [*files, staging / MANIFEST]:
         location.upload(str(path), *path.relative_to(staging).parts)
-    shutil.rmtree(staging)
 
 
 def main(argv: list[str] | None = None) -> None:

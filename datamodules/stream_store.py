@@ -112,6 +112,10 @@ class StreamLocation:
     def upload(self, local: str, *parts: str) -> None:
         self._remote(f"write {self.join(*parts)}", self._provider().upload_file, local, self.join(*parts))
 
+    def delete(self, *parts: str) -> None:
+        """Delete a remote object (every object whose key starts with it: litdata's providers delete by prefix)."""
+        self._remote(f"delete {self.join(*parts)}", self._provider().delete_file_or_directory, self.join(*parts))
+
     def sizes(self, split: str) -> dict[str, int] | None:
         """Size of each file of a split's folder; None for remote streams (their files are checked on download)."""
         if self.is_remote:

@@ -133,6 +133,7 @@ class StreamLoader:
             shard = EvaluationShard(dataset, rank, world_size, rows)
             self.loader = DataLoader(shard, batch_size=batch_size, num_workers=num_workers)
         self.batch_size, self.resumable, self.fingerprint = batch_size, resumable, fingerprint
+        self.seed = dataset.augment_seed
         self.epoch = 0
         self.batches_done = 0
         self._stream_state: dict[str, Any] | None = None
@@ -153,22 +154,17 @@ class StreamLoader:
     def state_dict(self) -> dict[str, Any]:
         stream = self.loader.state_dict() if self.resumable else None
         return {"epoch": self.epoch, "batches_done": self.batches_done, "batch_size": self.batch_size,
-                "epoch_batches": len(self), "fingerprint": self.fingerprint, "stream": stream}  # fmt: skip
+                "seed": self.seed, "epoch_batches": len(self), "fingerprint": self.fingerprint,
+                "stream": stream}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume at ``state``'s position (applied when iteration starts; loading the same state twice is harmless).
 
-        A position inside an epoch (of the checkpoint's epoch length, ``epoch_batches``; this run's for checkpoints
-        without it) needs the same batch size; at an epoch's end the next epoch starts afresh with any batch size."""
+        See :func:`check_position` for what must match; the stream may be read from another folder or cache."""
         length = state.get("epoch_batches", len(self))
-        mid_epoch = 0 < state["batches_done"] < length
-        for key, setting in (("fingerprint", "stream (fingerprint)"), ("batch_size", "--data.batch_size")):
-            if state[key] != getattr(self, key) and (key == "fingerprint" or mid_epoch):
-                raise ValueError(
-                    f"the checkpoint's data position was reached with {setting} {state[key]}, this run has "
-                    f"{getattr(self, key)}: it would resume at other samples. Resume with the checkpoint's data, or "
-                    "start a fresh run without --ckpt_path"
-                )
+        check_position(
+            state, {"fingerprint": self.fingerprint, "batch_size": self.batch_size, "seed": self.seed}, length
+        )
         done = state["batches_done"] if state["batches_done"] < length else max(state["batches_done"], len(self))
         self.epoch, self.batches_done, self._stream_state = state["epoch"], done, state["stream"]
         self._positioned = True
@@ -181,7 +177,7 @@ class StreamLoader:
             self.epoch, self.batches_done, self._stream_state = self.epoch + 1, 0, None
         self._positioned = True
         if self._stream_state is not None and self.batches_done > 0:
-            self.loader.load_state_dict(self._stream_state)
+            self.loader.load_state_dict(relocated(self._stream_state, self.loader.dataset))
         else:
             # litdata counts epochs from 1 and adds one when iteration starts; ``restore`` may be left set by a pass
             # that stopped early (limit_train_batches), which would replay a stale position (litData #770).
@@ -190,6 +186,44 @@ class StreamLoader:
         for batch in self.loader:
             self.batches_done += 1
             yield batch["x"], batch["label"], batch["index"]
+
+
+def check_position(state: dict[str, Any], mine: dict[str, Any], length: int | None) -> None:
+    """Raise a ValueError naming the setting if a :class:`StreamLoader` position ``state`` cannot continue with this
+    run's ``fingerprint``, ``batch_size`` and ``seed`` (``mine``): another stream never; inside an epoch (of the
+    checkpoint's epoch length, ``epoch_batches``, or ``length`` for checkpoints without it; unknown: None skips
+    these checks) another batch size or seed would resume at other samples. At an epoch's end anything goes."""
+    length = state.get("epoch_batches", length)
+    mid_epoch = length is not None and 0 < state["batches_done"] < length
+    stored = {"seed": (state.get("stream") or {}).get("dataset", {}).get("seed"), **state}  # older: litdata's seed
+    settings = {"fingerprint": "stream (fingerprint)", "batch_size": "--data.batch_size", "seed": "--data.seed"}
+    for key, setting in settings.items():
+        theirs = stored[key]
+        if theirs is not None and theirs != mine[key] and (key == "fingerprint" or mid_epoch):
+            raise ValueError(
+                f"the checkpoint's data position was reached with {setting} {theirs}, this run has {mine[key]}: "
+                "it would resume at other samples. Resume with the checkpoint's data and settings, or start a fresh "
+                "run without --ckpt_path"
+            )
+
+
+def relocated(state: dict[str, Any], dataset: StreamingDataset) -> dict[str, Any]:
+    """A ``StreamingDataLoader.state_dict()`` with its dataset's location (the keys ``input_dir_path``,
+    ``input_dir_url`` and ``cache_dir_path`` of litdata's state format, read in its source: not documented) set to
+    ``dataset``'s: litdata refuses a position saved for another folder or cache folder, but a stream is identified
+    by its fingerprint (checked before) wherever it is mounted or cached."""
+    where = {"input_dir_path": dataset.input_dir.path, "input_dir_url": dataset.input_dir.url,
+             "cache_dir_path": dataset.cache_dir.path}  # fmt: skip
+    missing = sorted(set(where) - set(state.get("dataset", {})))
+    if missing:
+        import litdata
+
+        raise RuntimeError(
+            f"litdata {litdata.__version__} changed its loader state, which ae-lightning rewrites to resume a stream "
+            f"read from another folder: state['dataset'] has no {', '.join(missing)}. Install a litdata release "
+            "within the bounds of ae-lightning's pyproject.toml, or report this with the litdata version"
+        )
+    return {**state, "dataset": {**state["dataset"], **where}}
 
 
 class StreamingDataModule(ImageDataModule):
@@ -389,8 +423,12 @@ class StreamingDataModule(ImageDataModule):
 
     # --- resuming ---------------------------------------------------------------------------------------------------
     def check_resume(self, loader_state: dict[str, Any], world_size: int) -> None:
-        """Refuse, before the run creates anything, a checkpoint whose position was reached on another stream."""
+        """Refuse, before the run creates anything, a checkpoint whose position was reached on another stream, or
+        inside an epoch with another batch size or seed (see :func:`check_position`)."""
         self._check_fingerprint(loader_state["fingerprint"])
+        mine = {"fingerprint": self.manifest.fingerprint, "batch_size": self.hparams.batch_size,
+                "seed": self.hparams.seed}  # fmt: skip
+        check_position(loader_state, mine, None)
 
     def _check_fingerprint(self, theirs: str) -> None:
         if theirs != self.manifest.fingerprint:

@@ -11,6 +11,7 @@ import lightning
 import lightning as L
 import pytest
 import torch
+from conftest import write_image_folder
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
@@ -22,6 +23,8 @@ from ae_lightning.lightning_internals import (
     without_cli_hyperparameters,
 )
 from datamodules.loader import TensorBatchLoader
+from datamodules.stream_prepare import prepare_stream
+from datamodules.streaming import StreamingDataModule, relocated
 
 
 def test_model_checkpoint_keeps_every_n_train_steps() -> None:
@@ -157,3 +160,16 @@ def test_lightningcli_hands_its_models_settings_to_any_module_built_meanwhile() 
         leaked = dict(Module().hparams)
         assert leaked.get("depth") == 9 and "width" not in leaked, "Lightning no longer leaks: that helper may go"
         assert dict(without_cli_hyperparameters(Module).hparams) == {"width": 3}
+
+
+def test_litdata_records_the_stream_location_that_relocated_rewrites(tmp_path: Path) -> None:
+    write_image_folder(tmp_path / "images", per_class=20, size=12)
+    prepare_stream(str(tmp_path / "images"), str(tmp_path / "stream"), size=8, chunk_size=8)
+    loader = StreamingDataModule(str(tmp_path / "stream"), batch_size=4, num_workers=0).train_dataloader()
+    loader.set_epoch(0)
+    next(iter(loader))
+    state = loader.state_dict()["stream"]
+    relocated(state, loader.loader.dataset)  # raises naming the keys if litdata's state no longer holds them
+    del state["dataset"]["cache_dir_path"]
+    with pytest.raises(RuntimeError, match=r"litdata .* changed its loader state.* has no cache_dir_path"):
+        relocated(state, loader.loader.dataset)

@@ -7,14 +7,19 @@ datamodule resumes (litData #775; Lightning restores loader states only inside a
 
 from __future__ import annotations
 
+import copy
 import json
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from conftest import write_image_folder
@@ -24,8 +29,9 @@ from test_evaluation import load_script
 from tiny_runs import ROOT, TINY_MODEL, command, last_checkpoint, run_cli, run_subprocess, subprocess_env
 
 from ae_lightning.evaluation import driver as evaluation
-from datamodules import StreamingDataModule
-from datamodules.stream_prepare import decode, prepare_stream
+from datamodules import StreamingDataModule, stream_prepare
+from datamodules.stream_prepare import _write_split, decode, prepare_stream
+from datamodules.stream_store import StreamLocation, read_manifest
 from datamodules.streaming import StreamLoader
 
 TRAIN_BATCHES = 7  # 99 training images of the 120 (12 test, 9 val), batches of 16
@@ -73,6 +79,32 @@ def test_training_batches_of_a_class_folder_stream_mix_the_classes(tmp_path: Pat
     loader = StreamingDataModule(str(tmp_path / "stream"), batch_size=8, num_workers=0, hflip=False)
     distinct = [len(set(labels.tolist())) for _, labels, _ in loader.train_dataloader()]
     assert sum(distinct) / len(distinct) >= 3, distinct  # a uniform shuffle: 3.6 classes in a batch of 8
+
+
+def test_prepare_takes_records_only_a_bounded_window_ahead_of_the_writer_and_keeps_their_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Executor.map submitted every record at once (a Future per image, ~2 GB for ImageNet) before writing any
+    from litdata.streaming.writer import BinaryWriter
+
+    written, ahead = [], []
+    setitem = BinaryWriter.__setitem__
+    monkeypatch.setattr(BinaryWriter, "__setitem__", lambda self, i, item: (written.append(i), setitem(self, i, item)))
+
+    def records():
+        for i in range(60):
+            ahead.append(i + 1 - len(written))  # taken and not yet written, counting this one
+            yield i, i % 3
+
+    def encoder(record):
+        time.sleep(0.002 * (record[0] % 3))  # results finish out of order
+        return {"image": np.full((1, 2, 2), record[0], np.uint8), "label": record[1]}
+
+    _write_split(encoder, records(), tmp_path / "split", None, 16, num_threads=2)
+    assert max(ahead) == 2 * stream_prepare.AHEAD_PER_THREAD, ahead
+    stored = StreamingDataset(str(tmp_path / "split"))
+    items = [stored[i] for i in range(60)]
+    assert [(int(item["image"][0, 0, 0]), item["label"]) for item in items] == [(i, i % 3) for i in range(60)]
 
 
 def test_a_checkpoint_trained_on_a_stream_is_scored_and_pictured_from_the_stream(
@@ -211,6 +243,53 @@ def test_a_misspelt_or_unreachable_uri_is_named(tmp_path: Path, monkeypatch: pyt
         _ = unreachable.input_shape
 
 
+class FolderBucket:
+    """An object store's provider (litdata's interface) over a local folder; uploads fail after ``uploads_left``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.uploads_left = root, None
+
+    def local(self, uri: str) -> Path:
+        return self.root / uri.split("://", 1)[1]
+
+    def exists(self, uri: str) -> bool:
+        return self.local(uri).exists()
+
+    def upload_file(self, local: str, uri: str) -> None:
+        if self.uploads_left == 0:
+            raise OSError("connection reset")
+        self.uploads_left = None if self.uploads_left is None else self.uploads_left - 1
+        self.local(uri).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(local, self.local(uri))
+
+    def download_file(self, uri: str, local: str) -> None:
+        shutil.copy(self.local(uri), local)
+
+    def delete_file_or_directory(self, uri: str) -> None:
+        self.local(uri).unlink()
+
+
+def test_an_interrupted_remote_overwrite_reads_as_interrupted_and_leaves_no_staging_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the old manifest stayed while the new chunks were uploaded: a half-replaced stream read as complete
+    bucket = FolderBucket(tmp_path / "bucket")
+    monkeypatch.setattr(StreamLocation, "_provider", lambda self: bucket)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    write_image_folder(tmp_path / "images", per_class=10, size=20)
+    prepare_stream(str(tmp_path / "images"), "s3://b/photos", size=16, chunk_size=8)
+    bucket.uploads_left = 3
+    with pytest.raises(ConnectionError, match="connection reset"):
+        prepare_stream(str(tmp_path / "images"), "s3://b/photos", size=12, chunk_size=4, overwrite=True)
+    with pytest.raises(FileNotFoundError, match="its prepare was interrupted"):
+        read_manifest(StreamLocation("s3://b/photos"))
+    assert not any((tmp_path / "tmp").iterdir())  # the staging folder is gone
+    bucket.uploads_left = None
+    prepare_stream(str(tmp_path / "images"), "s3://b/photos", size=12, chunk_size=4, overwrite=True)
+    assert read_manifest(StreamLocation("s3://b/photos")).height == 12
+
+
 def test_an_interrupted_prepare_is_detected_and_named(stream: Path, tmp_path: Path) -> None:
     import shutil
 
@@ -273,6 +352,35 @@ def test_a_resume_keeps_the_batch_size_inside_the_checkpoints_epoch_and_frees_it
         epoch_loader.set_epoch(1)
     indices = [torch.cat([i for _, _, i in epoch_loader]) for epoch_loader in (resumed, fresh)]
     assert len(indices[0]) == 99 and torch.equal(indices[0], indices[1])
+
+
+def test_a_position_resumes_on_a_copy_of_the_stream_and_a_changed_seed_inside_an_epoch_is_refused(
+    stream: Path, tmp_path: Path
+) -> None:
+    # litdata refused a position saved under another input_dir (or cache_dir: a new SLURM job's) mid-run, and a
+    # changed seed with its own message
+    shutil.copytree(stream, tmp_path / "copy")
+
+    def loader(where: Path, seed: int = 42) -> StreamLoader:
+        module = StreamingDataModule(str(where), image_size=12, batch_size=16, num_workers=0, seed=seed)
+        return module.train_dataloader()
+
+    saved = loader(stream)
+    saved.set_epoch(0)
+    batches = iter(saved)
+    for _ in range(3):
+        next(batches)
+    state = copy.deepcopy(saved.state_dict())
+    rest = torch.cat([i for _, _, i in batches])
+    moved = loader(tmp_path / "copy")
+    moved.load_state_dict(state)
+    moved.set_epoch(0)
+    assert torch.equal(torch.cat([i for _, _, i in moved]), rest)
+    refusal = "reached with --data.seed 42, this run has 7"
+    with pytest.raises(ValueError, match=refusal):
+        loader(stream, seed=7).load_state_dict(state)
+    with pytest.raises(ValueError, match=refusal):  # the command's check, before the run creates anything
+        StreamingDataModule(str(stream), batch_size=16, seed=7).check_resume(state, world_size=1)
 
 
 # --- resuming: the litdata traps -------------------------------------------------------------------------------------
