@@ -4,9 +4,9 @@
         --storage sqlite:///runs/search/vae.db --n_trials 40 --root runs/search/vae [fit arguments ...]
 
 Each trial is an ordinary ``ae-lightning fit`` run of the config with the trial's values (``--<name> <value>``) in
-its own folder ``<root>/trial-<number>`` with its own logger, checkpoints and ``config.yaml``; Optuna's Lightning
-callback reports the search metric after every validation and prunes unpromising trials. The study lives in
-``--storage`` (SQLite or any RDB URL), so several processes or SLURM array tasks share it
+its own folder ``<root>/trial-<number>`` with its own logger, checkpoints and ``config.yaml``; a callback
+(:class:`TrialReporter`) reports the search metric after every validation and prunes unpromising trials. The study
+lives in ``--storage`` (SQLite or any RDB URL), so several processes or SLURM array tasks share it
 (``scripts/slurm/search_array.sbatch``) and a rerun of the same command resumes it: a trial whose process died is
 marked failed once its heartbeat stops and is retried with the same values, resuming from its last checkpoint. A
 trial whose loss diverges (:class:`NonFiniteLossError`) is recorded as failed and the search goes on; a bad setting
@@ -18,29 +18,32 @@ describes the search-space file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import hashlib
 import json
 import math
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import optuna
 import yaml
+from lightning.pytorch import Callback, LightningModule, Trainer
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
-from optuna_integration import PyTorchLightningPruningCallback
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import ArgumentError, OperationalError
 
 from ae_lightning.cli import AutoencoderCLI, ConfigError, run_command
 from ae_lightning.training.fault_tolerance import NonFiniteLossError
 from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
 
 PRUNERS = {
-    "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+    # a trial's first validation is never pruned (TrialReporter), whatever its global step
+    "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
     "hyperband": lambda: optuna.pruners.HyperbandPruner(),
     "none": lambda: optuna.pruners.NopPruner(),
 }
@@ -93,8 +96,9 @@ def read_space(path: Path) -> dict[str, Any]:
     """The search-space file: ``parameters`` (name -> spec), and optionally ``metric`` and ``direction``.
 
     Raises:
-        ValueError: naming the file and parameter of an unknown type or key, an empty or inverted range, a log
-            range that includes 0, or empty choices.
+        ValueError: naming the file and parameter of an unknown type or key, an empty, inverted or infinite range, a
+            log range that includes 0, a ``log`` that is not a boolean, a bad ``step`` (:func:`check_spec`) or empty
+            choices; or a ``metric`` that is not a string.
     """
     if not path.is_file():
         raise FileNotFoundError(f"search space {path} does not exist")
@@ -105,6 +109,10 @@ def read_space(path: Path) -> dict[str, Any]:
             f"search space {path}: expected a mapping with 'parameters' (name -> {{type, low, high, ...}}) and "
             f"optionally 'metric' and 'direction'; got keys {sorted(space)}"
         )
+    if not isinstance(space.get("metric", ""), str) or space.get("metric") == "":
+        raise ValueError(
+            f"search space {path}: metric must be a metric's name (e.g. val/loss), got {space['metric']!r}"
+        )
     if space.get("direction", "minimize") not in ("minimize", "maximize"):
         raise ValueError(f"search space {path}: direction must be minimize or maximize, got {space['direction']!r}")
     for name, spec in space["parameters"].items():
@@ -113,7 +121,9 @@ def read_space(path: Path) -> dict[str, Any]:
 
 
 def check_spec(where: str, spec: Any) -> None:
-    """Raise a ValueError starting with ``where`` unless ``spec`` is a float, int or categorical range."""
+    """Raise a ValueError starting with ``where`` unless ``spec`` is a float, int or categorical range: finite
+    ``low`` < ``high`` (of the type's kind), ``log`` a boolean (then ``low`` > 0), ``step`` a positive number (an
+    integer for ``int``), not with ``log: true``, and no larger than ``high - low``."""
     if not isinstance(spec, dict) or spec.get("type") not in ("float", "int", "categorical"):
         raise ValueError(f"{where}: expected {{type: float|int|categorical, ...}}, got {spec!r}")
     if set(spec) - SPEC_KEYS:
@@ -122,16 +132,30 @@ def check_spec(where: str, spec: Any) -> None:
         if not isinstance(spec.get("choices"), list) or not spec["choices"]:
             raise ValueError(f"{where}: a categorical parameter needs a non-empty list of choices, got {spec!r}")
         return
-    low, high = spec.get("low"), spec.get("high")
+    low, high, step = spec.get("low"), spec.get("high"), spec.get("step")
     kind = int if spec["type"] == "int" else (int, float)
     if not isinstance(low, kind) or not isinstance(high, kind) or isinstance(low, bool) or isinstance(high, bool):
         raise ValueError(f"{where}: a {spec['type']} parameter needs {spec['type']} low and high, got {spec!r}")
+    if not math.isfinite(low) or not math.isfinite(high):
+        raise ValueError(f"{where}: low and high must be finite numbers, got low {low} and high {high}")
     if low > high:
         raise ValueError(f"{where}: the range is inverted, low {low} > high {high}")
     if low == high:
         raise ValueError(f"{where}: the range is empty, low = high = {low}; fix the value in the config instead")
+    if not isinstance(spec.get("log", False), bool):
+        raise ValueError(f"{where}: log must be true or false (a YAML boolean, unquoted), got {spec['log']!r}")
     if spec.get("log") and low <= 0:
         raise ValueError(f"{where}: a log range needs low > 0, got low {low}")
+    if "step" in spec:
+        if not isinstance(step, kind) or isinstance(step, bool) or not math.isfinite(step) or step <= 0:
+            raise ValueError(f"{where}: step must be a positive finite {spec['type']}, got {step!r}")
+        if spec.get("log"):
+            raise ValueError(f"{where}: step and log: true exclude each other (a log range has no step); drop one")
+        if step > high - low:
+            raise ValueError(
+                f"{where}: step {step} is larger than the range high - low = {high - low}, which leaves only low; "
+                "give a smaller step or a wider range"
+            )
 
 
 def suggest(trial: optuna.Trial, name: str, spec: dict[str, Any]) -> Any:
@@ -221,16 +245,27 @@ def open_study(
     if args.storage.startswith("sqlite:///"):
         Path(args.storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     identity = {"config": str(args.config.resolve()), "space": _digest(space["parameters"]), "metric": metric}
-    try:
-        storage = RDBStorage(
-            args.storage,
-            engine_kwargs=engine,
-            heartbeat_interval=args.heartbeat,
-            grace_period=2 * args.heartbeat,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                args.max_retry, inherit_intermediate_values=True
-            ),
-        )
+    with storage_errors(args):
+        try:
+            storage = RDBStorage(
+                args.storage,
+                engine_kwargs=engine,
+                heartbeat_interval=args.heartbeat,
+                grace_period=2 * args.heartbeat,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                    args.max_retry, inherit_intermediate_values=True
+                ),
+            )
+        except (ArgumentError, ImportError) as error:  # not a URL, an unknown dialect, or its driver is missing
+            raise StorageError(
+                f"--storage {args.storage} is not a database URL that can be opened here ({error}); expected "
+                "sqlite:///path.db (e.g. sqlite:///runs/search/study.db) or a database server's URL, such as "
+                "postgresql://user@host/db, with its driver installed"
+            ) from None
+        except OperationalError as error:
+            if "locked" in str(error):
+                raise
+            raise StorageError(f"study storage {args.storage} cannot be opened: {error.orig}") from None
         study = optuna.create_study(
             storage=storage, study_name=args.study_name, direction=direction, load_if_exists=True
         )
@@ -245,47 +280,103 @@ def open_study(
                 )
             study.set_user_attr("settings", settings)
             stored = {**identity, "settings": settings}
+        differs = [f"{key} {stored.get(key)!r} (this run: {identity[key]!r})" for key in identity
+                   if stored.get(key) != identity[key]]  # fmt: skip
+        old, unset = stored.get("settings", settings), "(unset)"
+        changed = [f"{key} {old.get(key, unset)!r} (this run: {settings.get(key, unset)!r})"
+                   for key in sorted({*old, *settings}) if old.get(key, unset) != settings.get(key, unset)]  # fmt: skip
+        if changed:
+            differs.append(
+                f"fit settings {'; '.join(changed[:8])}" + (f" and {len(changed) - 8} more" if changed[8:] else "")
+            )
+        trials = study.get_trials(deepcopy=False)
+        if differs == [f"metric {stored.get('metric')!r} (this run: {metric!r})"] and not any(
+            t.state != TrialState.FAIL or t.intermediate_values for t in trials
+        ):
+            print(f"study {args.study_name!r}: no trial validated its metric {stored.get('metric')!r}; now {metric!r}")
+            study.set_user_attr("metric", metric)
+            differs = []
+        if differs:
+            raise ValueError(
+                f"study {args.study_name!r} in {args.storage} belongs to another search: {'; '.join(differs)}. Resume "
+                "it with its own config, search space, metric and fit arguments, or give another --study_name or "
+                "--storage"
+            )
+        if study.direction.name.lower() != direction:
+            raise ValueError(
+                f"study {args.study_name!r} in {args.storage} is set to {study.direction.name.lower()}, not {direction}"
+            )
         seed = args.sampler_seed
-        trials, task = len(study.get_trials(deepcopy=False)), os.environ.get("SLURM_ARRAY_TASK_ID")
+        task = os.environ.get("SLURM_ARRAY_TASK_ID")
         if seed is not None and (trials or task is not None):
-            seed = int(hashlib.sha256(json.dumps([seed, trials, task]).encode()).hexdigest()[:8], 16)
-        study = optuna.load_study(
+            seed = int(hashlib.sha256(json.dumps([seed, len(trials), task]).encode()).hexdigest()[:8], 16)
+        return optuna.load_study(
             study_name=args.study_name,
             storage=storage,
             sampler=optuna.samplers.TPESampler(seed=seed),
             pruner=PRUNERS[args.pruner](),
         )
-    except OperationalError as error:
-        if "locked" in str(error):
-            raise ValueError(
-                f"study storage {args.storage} is locked: another process has held its write lock for more than "
-                f"--lock_timeout {args.lock_timeout} s. Wait for it, raise --lock_timeout, or use a server database "
-                "(postgresql://...) for many workers"
-            ) from None
+
+
+class StorageError(ValueError):
+    """The study storage cannot be used, named with the way out."""
+
+
+@contextlib.contextmanager
+def storage_errors(args: argparse.Namespace) -> Iterator[None]:
+    """Turn an error caused by a locked study storage (SQLite's ``database is locked``, anywhere in the error's
+    chain: when the study is opened or during a trial) into a :class:`StorageError` naming the storage and
+    ``--lock_timeout``."""
+    try:
+        yield
+    except StorageError:
         raise
-    differs = [f"{key} {stored.get(key)!r} (this run: {identity[key]!r})" for key in identity
-               if stored.get(key) != identity[key]]  # fmt: skip
-    old, unset = stored.get("settings", settings), "(unset)"
-    changed = [f"{key} {old.get(key, unset)!r} (this run: {settings.get(key, unset)!r})"
-               for key in sorted({*old, *settings}) if old.get(key, unset) != settings.get(key, unset)]  # fmt: skip
-    if changed:
-        differs.append(
-            f"fit settings {'; '.join(changed[:8])}" + (f" and {len(changed) - 8} more" if changed[8:] else "")
-        )
-    if differs:
-        raise ValueError(
-            f"study {args.study_name!r} in {args.storage} belongs to another search: {'; '.join(differs)}. Resume it "
-            "with its own config, search space, metric and fit arguments, or give another --study_name or --storage"
-        )
-    if study.direction.name.lower() != direction:
-        raise ValueError(
-            f"study {args.study_name!r} in {args.storage} is set to {study.direction.name.lower()}, not {direction}"
-        )
-    return study
+    except Exception as error:
+        cause: BaseException | None = error
+        while cause is not None and not (isinstance(cause, OperationalError) and "locked" in str(cause)):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise StorageError(
+            f"study storage {args.storage} is locked: another process has held its write lock for more than "
+            f"--lock_timeout {args.lock_timeout} s. Wait for it, raise --lock_timeout, or use a server database "
+            "(postgresql://...) for many workers; a trial that the lock stopped is retried by a later run"
+        ) from error
 
 
 def _digest(parameters: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(parameters, sort_keys=True).encode()).hexdigest()[:12]
+
+
+class TrialReporter(Callback):
+    """A trial's pruning. After every validation (Lightning's sanity check included), a ConfigError naming ``metric``
+    and the metrics the validation logged if it did not log ``metric``. After every other validation, the metric's
+    value reported to the trial at ``step`` = the trainer's global step (the optimizer steps so far, so that the
+    validations of one epoch, ``--trainer.val_check_interval``, each count), and from the trial's second validation
+    on (a warm-up of one validation), :class:`optuna.TrialPruned` if the study's pruner prunes the trial there.
+
+    Args:
+        trial: the trial.
+        metric: the search metric.
+    """
+
+    def __init__(self, trial: optuna.Trial, metric: str) -> None:
+        self.trial, self.metric, self.validations = trial, metric, 0
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        score = trainer.callback_metrics.get(self.metric)
+        if score is None:
+            logged = ", ".join(sorted(trainer.callback_metrics)) or "nothing"
+            raise ConfigError(
+                f"the search metric {self.metric} (--metric, or the search space's metric:) is not among the metrics "
+                f"the trials' validation logs: {logged}"
+            )
+        if trainer.sanity_checking:
+            return
+        step, self.validations = trainer.global_step, self.validations + 1
+        self.trial.report(float(score), step=step)
+        if self.validations > 1 and self.trial.should_prune():
+            raise optuna.TrialPruned(f"trial {self.trial.number} pruned at step {step}")
 
 
 class TrialCLI(AutoencoderCLI):
@@ -335,7 +426,7 @@ def objective(
         *(["--ckpt_path", "last"] if retry else []),
     ]  # fmt: skip
     trial.set_user_attr("folder", str(folder))
-    pruning = PyTorchLightningPruningCallback(trial, monitor=metric)
+    pruning = TrialReporter(trial, metric)
     overwrite = {"save_config_kwargs": {"overwrite": True}} if retry else {}
     try:
         with mock.patch("sys.argv", ["ae-lightning"]):  # the CLI must read only these arguments
@@ -404,7 +495,9 @@ def finished(study: optuna.Study) -> int:
 
 def run(argv: list[str] | None = None) -> optuna.Study:
     """The search the command line's (or ``argv``'s) arguments ask for, its study once done. A trial whose loss
-    diverges is recorded as failed, with its reason in the log, and the search goes on; other errors stop it."""
+    diverges is recorded as failed, with its reason in the log, and the search goes on; other errors stop it: a
+    metric that the trials' validation does not log as soon as the first trial validates (its sanity check), a
+    storage that is not a database URL or is locked (:class:`StorageError`)."""
     args, fit_args = parse_args(sys.argv[1:] if argv is None else argv)
     space = read_space(args.space)
     metric = args.metric or space.get("metric", "val/loss")
@@ -412,20 +505,23 @@ def run(argv: list[str] | None = None) -> optuna.Study:
     check_fit_args(space, fit_args)
     parsed = resolve_config(args.config, fit_args)
     check_names(space, args.space, args.config, parsed)
-    study = open_study(args, space, direction, metric, fit_settings(parsed, space))
-    done = finished(study)
-    if done < args.n_trials:
-        print(f"study {args.study_name!r}: {done} of {args.n_trials} trials done; running the rest", flush=True)
-        study.optimize(
-            lambda trial: objective(trial, args, space, metric, fit_args),
-            callbacks=[lambda study, _: study.stop() if finished(study) >= args.n_trials else None],
-            catch=(NonFiniteLossError,),
+    with storage_errors(args):  # a storage locked during a trial
+        study = open_study(args, space, direction, metric, fit_settings(parsed, space))
+        done = finished(study)
+        if done < args.n_trials:
+            print(f"study {args.study_name!r}: {done} of {args.n_trials} trials done; running the rest", flush=True)
+            study.optimize(
+                lambda trial: objective(trial, args, space, metric, fit_args),
+                callbacks=[lambda study, _: study.stop() if finished(study) >= args.n_trials else None],
+                catch=(NonFiniteLossError,),
+            )
+        path = write_best_config(study, args.root)
+        counts = {state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,))) for state in TrialState}
+        print(
+            f"study {args.study_name!r}: " + ", ".join(f"{n} {state}" for state, n in counts.items() if n), flush=True
         )
-    path = write_best_config(study, args.root)
-    counts = {state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,))) for state in TrialState}
-    print(f"study {args.study_name!r}: " + ", ".join(f"{n} {state}" for state, n in counts.items() if n), flush=True)
-    if path is not None:
-        print(f"best trial {study.best_trial.number}: {metric} {study.best_value:.6g}, {study.best_params}; {path}")
+        if path is not None:
+            print(f"best trial {study.best_trial.number}: {metric} {study.best_value:.6g}, {study.best_params}; {path}")
     return study
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -20,6 +21,7 @@ from ae_lightning import search
 from ae_lightning.cli import AutoencoderCLI
 
 ROOT = Path(__file__).parents[1]
+LATENT, DROPOUT = "model.init_args.latent_dim", "model.init_args.dropout"
 AE = ROOT / "configs" / "ae.yaml"
 SPACE = {
     "metric": "val/loss",
@@ -57,14 +59,53 @@ def search_args(tmp_path: Path, data_dir: Path, *extra: str, config: Path = AE) 
         ({"data.init_args.batch_size": {"type": "categorical", "choices": []}}, r"non-empty list of choices"),
         ({"model.init_args.latent_dim": {"type": "uniform", "low": 1, "high": 2}}, r"type: float\|int\|categorical"),
         ({"model.init_args.latent_dim": {"type": "int", "low": 1.5, "high": 4}}, r"needs int low and high"),
+        ({LATENT: {"type": "int", "low": 2, "high": 64, "log": True, "step": 2}}, r"step and log: true exclude"),
+        ({LATENT: {"type": "int", "low": 2, "high": 8, "step": 0}}, r"step must be a positive finite int, got 0"),
+        ({LATENT: {"type": "int", "low": 2, "high": 8, "step": -2}}, r"step must be a positive finite int, got -2"),
+        ({LATENT: {"type": "int", "low": 2, "high": 8, "step": "2"}}, r"step must be a positive finite int, got '2'"),
+        ({LATENT: {"type": "int", "low": 2, "high": 8, "step": 2.5}}, r"step must be a positive finite int, got 2.5"),
+        ({LATENT: {"type": "int", "low": 0, "high": 10, "step": 20}}, r"step 20 is larger than the range .* = 10"),
+        ({DROPOUT: {"type": "float", "low": 0.0, "high": float("inf")}}, r"finite numbers, got low 0.0 and high inf"),
+        ({DROPOUT: {"type": "float", "low": float("nan"), "high": 0.5}}, r"finite numbers, got low nan"),
+        ({DROPOUT: {"type": "float", "low": 0.1, "high": 0.5, "log": "false"}}, r"log must be true or false.*'false'"),
     ],
-    ids=["unknown-argument", "inverted", "empty", "log-zero", "no-choices", "unknown-type", "float-bounds-for-int"],
+    ids=[
+        "unknown-argument",
+        "inverted",
+        "empty",
+        "log-zero",
+        "no-choices",
+        "unknown-type",
+        "float-bounds-for-int",
+        "step-with-log",
+        "step-0",
+        "step-negative",
+        "step-string",
+        "step-not-int",
+        "step-over-range",
+        "high-inf",
+        "low-nan",
+        "log-string",
+    ],  # fmt: skip
 )
 def test_bad_search_spaces_are_named(tmp_path: Path, data_dir: Path, parameters: dict, message: str) -> None:
     args = search_args(tmp_path, data_dir, "--n_trials", "1")
-    write_space(tmp_path, parameters)
-    with pytest.raises(ValueError, match=message):
+    path = write_space(tmp_path, parameters)
+    name = next(iter(parameters))
+    with pytest.raises(ValueError, match=message) as error:
         search.run(args)
+    assert str(path) in str(error.value) and name in str(error.value)
+    assert not (tmp_path / "study.db").exists()  # refused before the study is stored
+
+
+@pytest.mark.parametrize("metric", [3, ["val/loss"], ""])
+def test_a_metric_in_the_space_that_is_not_a_name_is_refused(tmp_path: Path, metric) -> None:
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({**SPACE, "metric": metric}))
+    with pytest.raises(
+        ValueError, match=rf"search space {path}: metric must be a metric.s name .*got {re.escape(repr(metric))}"
+    ):
+        search.read_space(path)
 
 
 def test_unknown_argument_error_suggests_the_close_names(tmp_path: Path, data_dir: Path) -> None:
@@ -94,7 +135,7 @@ def test_a_trials_value_is_its_best_validation_those_it_inherited_from_a_dead_ru
     assert search.objective(trial, args, space, "val/loss", fit_args) == -1.0
     trial = study.ask()
     value = search.objective(trial, args, space, "val/loss", fit_args)
-    assert value == study.trials[-1].intermediate_values[0] > 0  # a trial of one run: its own validation
+    assert value == study.trials[-1].intermediate_values[1] > 0  # one run: its validation at step 1
 
 
 def test_a_trial_without_validation_says_so(tmp_path: Path, data_dir: Path) -> None:
@@ -102,6 +143,21 @@ def test_a_trial_without_validation_says_so(tmp_path: Path, data_dir: Path) -> N
     args = search_args(tmp_path, data_dir, "--n_trials", "1", "--trainer.limit_train_batches", "3")
     with pytest.raises(ValueError, match="trial 0 ran no validation, so it has no val/loss: give its fit a validation"):
         search.run([*args, "--trainer.max_steps", "1"])
+
+
+def test_a_metric_the_trials_do_not_log_is_named_before_training_and_can_be_corrected(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    args = search_args(tmp_path, data_dir, "--n_trials", "1", "--trainer.max_epochs", "1")
+    with pytest.raises(ValueError, match=r"the search metric val/los \(--metric.* logs: .*val/loss"):
+        search.run([*args, "--metric", "val/los"])
+    (failed,) = trials(f"sqlite:///{tmp_path / 'study.db'}")
+    assert failed.state == optuna.trial.TrialState.FAIL and not failed.intermediate_values
+    assert not list((tmp_path / "trials").glob("**/*.ckpt"))  # refused at the sanity check, before training
+    study = search.run([*args, "--metric", "val/loss"])  # the corrected command is not refused
+    assert study.user_attrs["metric"] == "val/loss" and study.trials[-1].state == optuna.trial.TrialState.COMPLETE
+    with pytest.raises(ValueError, match=r"belongs to another search: metric 'val/loss' \(this run: 'val/recon'\)"):
+        search.run([*args, "--metric", "val/recon"])  # once a trial validated its metric, the study keeps it
 
 
 def test_a_study_of_another_config_is_refused(tmp_path: Path, data_dir: Path) -> None:
@@ -233,13 +289,46 @@ def test_a_locked_storage_is_named(tmp_path: Path, data_dir: Path) -> None:
         holder.close()
 
 
-def test_trials_are_pruned_through_the_lightning_callback(tmp_path: Path, data_dir: Path, monkeypatch) -> None:
-    # a pruner that stops every trial at its first report: the validation after epoch 1
+def test_a_storage_locked_during_a_trial_is_named(tmp_path: Path, data_dir: Path, monkeypatch) -> None:
+    holder = sqlite3.connect(tmp_path / "study.db")
+
+    class LockingReporter(search.TrialReporter):  # another process takes the write lock as the trial validates
+        def on_validation_end(self, trainer, pl_module) -> None:
+            if not trainer.sanity_checking and not holder.in_transaction:
+                holder.execute("BEGIN EXCLUSIVE")
+            super().on_validation_end(trainer, pl_module)
+
+    monkeypatch.setattr(search, "TrialReporter", LockingReporter)
+    try:
+        with pytest.raises(ValueError, match=r"study storage sqlite:///.*study.db is locked: .* --lock_timeout 0.2"):
+            search.run(search_args(tmp_path, data_dir, "--n_trials", "1", "--trainer.max_epochs", "1",
+                                   "--lock_timeout", "0.2"))  # fmt: skip
+    finally:
+        holder.rollback()
+        holder.close()
+    assert [t.state for t in trials(f"sqlite:///{tmp_path / 'study.db'}")] == [optuna.trial.TrialState.RUNNING]
+
+
+@pytest.mark.parametrize("storage", ["{tmp}/study.db", "postgresql://user@localhost:1/db", "nosuchdb://host/db"])
+def test_a_storage_that_is_not_a_usable_url_is_named(tmp_path: Path, data_dir: Path, storage: str) -> None:
+    storage = storage.format(tmp=tmp_path)
+    args = search_args(tmp_path, data_dir, "--n_trials", "1")
+    args[args.index("--storage") + 1] = storage
+    with pytest.raises(ValueError, match=rf"{re.escape(storage)} (is not a database URL.*expected sqlite:///path.db"
+                       r".*postgresql://user@host/db|cannot be opened)"):  # fmt: skip
+        search.run(args)
+    assert not (tmp_path / "study.db").exists() and not (tmp_path / "trials").exists()  # nothing written
+
+
+@pytest.mark.parametrize("within_epochs", [False, True], ids=["epoch-end", "val-check-interval"])
+def test_trials_are_pruned_at_their_global_step(tmp_path: Path, data_dir: Path, monkeypatch, within_epochs) -> None:
+    # a pruner that stops every trial at its first chance: its second validation, after 2 training steps
     monkeypatch.setitem(search.PRUNERS, "always", lambda: optuna.pruners.ThresholdPruner(upper=0.0))
+    extra = ["--trainer.limit_train_batches", "3", "--trainer.val_check_interval", "1"] if within_epochs else []
     study = search.run(search_args(tmp_path, data_dir, "--n_trials", "2", "--pruner", "always",
-                                    "--trainer.max_epochs", "5"))  # fmt: skip
+                                    "--trainer.max_epochs", "5", *extra))  # fmt: skip
     pruned = study.get_trials(states=(optuna.trial.TrialState.PRUNED,))
-    assert len(pruned) == 2 and all(list(t.intermediate_values) == [0] for t in pruned)
+    assert len(pruned) == 2 and all(list(t.intermediate_values) == [1, 2] for t in pruned)
     assert not (tmp_path / "trials" / "best.yaml").exists()  # no finished trial to write
 
 
