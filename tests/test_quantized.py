@@ -7,6 +7,7 @@ particular to them. Tiny networks and the tiny IDX data of ``conftest.py``, rand
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 from urllib.error import URLError
@@ -237,7 +238,7 @@ def test_ema_weights_are_validated_and_saved(data_dir: Path, tmp_path: Path) -> 
     torch.testing.assert_close(loaded.get_parameter(name).detach(), averaged)
 
 
-def test_kl_autoencoder_encodes_the_mean_and_weighs_the_kl_per_pixel() -> None:
+def test_kl_autoencoder_encodes_the_mean_and_weighs_the_kl_per_pixel_value() -> None:
     torch.manual_seed(0)
     model = KLAutoencoder(**TINY, kl_weight=0.5).eval()
     x = images()
@@ -246,6 +247,18 @@ def test_kl_autoencoder_encodes_the_mean_and_weighs_the_kl_per_pixel() -> None:
     terms = model.loss_terms(x, None, None)
     torch.testing.assert_close(terms["loss"], terms["recon"] + 0.5 * terms["kl"] / (28 * 28))
     assert terms["kl"] > 0
+    # RGB: the pixel loss averages C * H * W values, and so does the KL's weight (latent diffusion's ratio)
+    rgb = KLAutoencoder(**TINY, kl_weight=0.5, input_shape=(3, 16, 16)).eval()
+    terms = rgb.loss_terms(torch.rand(2, 3, 16, 16), None, None)
+    torch.testing.assert_close(terms["loss"], terms["recon"] + 0.5 * terms["kl"] / (3 * 16 * 16))
+    checkpoint = {"state_dict": rgb.state_dict()}
+    rgb.on_save_checkpoint(checkpoint)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rgb.on_load_checkpoint(checkpoint)
+    del checkpoint["ae_lightning_kl_per"]  # a checkpoint of an earlier release
+    with pytest.warns(UserWarning, match=r"KL divided by H \* W .* set kl_weight to 3 times its value \(1.5\)"):
+        rgb.on_load_checkpoint(checkpoint)
 
 
 def test_lpips_random_weights_and_offline_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

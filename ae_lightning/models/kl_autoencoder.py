@@ -9,6 +9,7 @@ import math
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from ae_lightning.blocks import losses
@@ -20,8 +21,10 @@ class KLAutoencoder(FirstStageAutoencoder):
     """The encoder outputs the mean and log-variance of a Gaussian code ``[B, latent_dim, h, w]``; training decodes
     a sample, :meth:`encode` returns the mean.
 
-    The logged ``kl`` is per image (summed over the code); the loss adds ``kl_weight * kl / pixels``, the ratio that
-    latent diffusion's per-image sums of the pixel loss and the KL have.
+    The logged ``kl`` is per image (summed over the code); the loss adds ``kl_weight * kl / (C * H * W)``: the pixel
+    loss is a mean over the image's C * H * W values, so this is the ratio that latent diffusion's per-image sums of
+    the pixel loss and the KL have. (Checkpoints of releases before 2026-12-05 divided by H * W only, a KL C times
+    heavier for C > 1 channels: they resume with the corrected weight, with a warning.)
 
     Args:
         kl_weight: weight of the KL term, >= 0.
@@ -41,7 +44,21 @@ class KLAutoencoder(FirstStageAutoencoder):
         logvar = logvar.clamp(-30.0, 20.0)  # as latent diffusion: exp stays finite in either direction
         z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar) if self.training else mean
         kl = losses.kl_divergence_normal(mean.flatten(1), logvar.flatten(1)).mean()
-        return z, self.kl_weight * kl / math.prod(self.input_shape[1:]), {"kl": kl.detach()}
+        return z, self.kl_weight * kl / math.prod(self.input_shape), {"kl": kl.detach()}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["ae_lightning_kl_per"] = "value"  # of the image's C * H * W
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        channels = self.input_shape[0]
+        if checkpoint.get("ae_lightning_kl_per") != "value" and channels > 1:
+            rank_zero_warn(
+                f"this KLAutoencoder checkpoint was trained with the KL divided by H * W (releases before 2026-12-05), "
+                f"{channels} times heavier than latent diffusion's ratio; it goes on with kl / (C * H * W). To keep "
+                f"the old objective, set kl_weight to {channels} times its value ({channels * self.kl_weight:g})"
+            )
 
 
 __all__ = ["KLAutoencoder"]
