@@ -3,31 +3,36 @@ with the range coder (an arithmetic coder) of the ``constriction`` package.
 
 An image of any size is cut into tiles of the tokenizer's input size (edges padded by repetition), each tile's code
 indices are range-coded position by position with the prior's conditional probabilities, and the file carries a
-header: format, the fingerprints of tokenizer and prior, the image size, a CRC-32 of the codes and the payload's
-length. Decoding recomputes the same probabilities from the codes decoded so far, so the codes come back bit-exact;
-a file that is truncated, from another model or whose codes fail the checksum is refused with an error that names
-the problem, never decoded into a garbage image.
+header: format, the fingerprints of tokenizer and prior, the image size, the tile count, the payload's length and a
+CRC-32 of the header and the codes. Decoding recomputes the same probabilities from the codes decoded so far, so the
+codes come back bit-exact; a file that is truncated, from another model, whose header contradicts the model, or whose
+header and codes fail the checksum is refused with a :class:`CompressedFileError` that names the problem, never
+decoded into a garbage image. Both sides run the prior (and its tokenizer) in eval mode, whatever mode it is in, and
+restore its modes afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import struct
 import zlib
+from collections.abc import Iterator
 
 import constriction
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ae_lightning.models.prior import CodePrior
 
 MAGIC = b"AELC"
-VERSION = 1
-# magic, version, tokenizer and prior fingerprints (16 hex digits each), channels, height, width, tiles, CRC-32 of
-# the codes, payload length in 32-bit words.
-_HEADER = struct.Struct("<4sB16s16sHIIIII")
+VERSION = 2  # 1: the CRC-32 covered the codes only, and came before the payload length
+# magic, version, tokenizer and prior fingerprints (16 hex digits each), channels, height, width, tiles, payload
+# length in 32-bit words; then a CRC-32 of these fields and of the codes.
+_FIELDS = struct.Struct("<4sB16s16sHIIII")
+_HEADER = struct.Struct(_FIELDS.format + "I")
 # Tiles coded at once; both sides use the same grouping, so each probability is computed on identical inputs.
 TILES_PER_GROUP = 64
 
@@ -50,21 +55,22 @@ def compress(prior: CodePrior, image: Tensor) -> bytes:
     """The compressed file of ``image`` ``[C, H, W]`` in [0, 1] (``C`` the tokenizer's channels).
 
     Args:
-        prior: the prior, in eval mode, with its tokenizer.
+        prior: the prior with its tokenizer (run in eval mode, see the module's docstring).
         image: the image.
     """
     channels, height, width = image.shape
     if channels != prior.input_shape[0]:
         raise ValueError(f"the model codes images of {prior.input_shape[0]} channels, got an image of {channels}")
-    tokens = prior.encode(_tiles(image.to(prior.device), prior.input_shape[1:]))
     encoder = constriction.stream.queue.RangeEncoder()
     model = constriction.stream.model.Categorical(perfect=False)
-    for group in tokens.split(TILES_PER_GROUP):
-        for position in range(prior.num_tokens):
-            probabilities = prior.next_token_probabilities(group, position).cpu().numpy()
-            encoder.encode(group[:, position].cpu().numpy().astype(np.int32), model, probabilities)
+    with _evaluating(prior):
+        tokens = prior.encode(_tiles(image.to(prior.device), prior.input_shape[1:]))
+        for group in tokens.split(TILES_PER_GROUP):
+            for position in range(prior.num_tokens):
+                probabilities = prior.next_token_probabilities(group, position).cpu().numpy()
+                encoder.encode(group[:, position].cpu().numpy().astype(np.int32), model, probabilities)
     payload = encoder.get_compressed()
-    header = _HEADER.pack(
+    fields = _FIELDS.pack(
         MAGIC,
         VERSION,
         prior.fingerprint.encode(),
@@ -73,28 +79,28 @@ def compress(prior: CodePrior, image: Tensor) -> bytes:
         height,
         width,
         len(tokens),
-        _checksum(tokens),
         len(payload),
     )
-    return header + payload.astype("<u4").tobytes()
+    return fields + struct.pack("<I", _checksum(fields, tokens)) + payload.astype("<u4").tobytes()
 
 
 @torch.no_grad()
 def decompress(prior: CodePrior, data: bytes, name: str = "the file") -> Tensor:
     """The image ``[C, H, W]`` in [0, 1] of compressed ``data``; a :class:`CompressedFileError` naming the problem
-    if ``data`` is not a complete file of this prior.
+    if ``data`` is not a complete, intact file of this prior.
 
     Args:
-        prior: the prior the file was written with, in eval mode.
+        prior: the prior the file was written with (run in eval mode, see the module's docstring).
         data: the file's bytes.
         name: how errors call the file (its path).
     """
     if len(data) < _HEADER.size or data[:4] != MAGIC:
         raise CompressedFileError(f"{name} is not an ae-lightning compressed file (no {MAGIC.decode()} header)")
-    magic, version, tokenizer, prior_id, channels, height, width, tiles, checksum, words = _HEADER.unpack_from(data)
+    magic, version, tokenizer, prior_id, channels, height, width, tiles, words, checksum = _HEADER.unpack_from(data)
     if version != VERSION:
-        raise CompressedFileError(f"{name} has format version {version}; this code reads version {VERSION}")
-    written_by = f"tokenizer {tokenizer.decode()} and prior {prior_id.decode()}"
+        changed = " (the format changed: compress the image again with this code)" if version < VERSION else ""
+        raise CompressedFileError(f"{name} has format version {version}; this code reads version {VERSION}{changed}")
+    written_by = f"tokenizer {tokenizer.decode(errors='replace')} and prior {prior_id.decode(errors='replace')}"
     this = f"tokenizer {prior.fingerprint} and prior {prior_fingerprint(prior)}"
     if written_by != this:
         raise CompressedFileError(
@@ -104,29 +110,53 @@ def decompress(prior: CodePrior, data: bytes, name: str = "the file") -> Tensor:
     if len(data) != expected:
         state = "truncated" if len(data) < expected else "longer than its header says"
         raise CompressedFileError(f"{name} is {state}: its header promises {expected} bytes, it has {len(data)}")
+    tile_height, tile_width = prior.input_shape[1:]
+    expected_tiles = -(-height // tile_height) * -(-width // tile_width)
+    if channels != prior.input_shape[0] or not height or not width or tiles != expected_tiles:
+        raise CompressedFileError(
+            f"{name} has a corrupted header: it describes a {channels}x{height}x{width} image in {tiles} tiles, but "
+            f"this model codes images of {prior.input_shape[0]} channels in tiles of {tile_height}x{tile_width} "
+            f"({expected_tiles} for that size)"
+        )
     payload = np.frombuffer(data, dtype="<u4", offset=_HEADER.size).astype(np.uint32)
     decoder = constriction.stream.queue.RangeDecoder(payload)
     model = constriction.stream.model.Categorical(perfect=False)
     groups = []
-    for start in range(0, tiles, TILES_PER_GROUP):
-        group = torch.zeros(
-            min(TILES_PER_GROUP, tiles - start), prior.num_tokens, dtype=torch.long, device=prior.device
-        )
-        for position in range(prior.num_tokens):
-            probabilities = prior.next_token_probabilities(group, position).cpu().numpy()
-            group[:, position] = torch.from_numpy(decoder.decode(model, probabilities).astype(np.int64))
-        groups.append(group)
-    tokens = torch.cat(groups)
-    if _checksum(tokens) != checksum:
-        raise CompressedFileError(
-            f"the codes decoded from {name} fail its checksum: the file is corrupted, or the prior's probabilities "
-            "differ from the encoder's (decode on the same kind of device and software as the encoder)"
-        )
-    return _untile(prior.decode(tokens), (channels, height, width))
+    with _evaluating(prior):
+        for start in range(0, tiles, TILES_PER_GROUP):
+            group = torch.zeros(
+                min(TILES_PER_GROUP, tiles - start), prior.num_tokens, dtype=torch.long, device=prior.device
+            )
+            for position in range(prior.num_tokens):
+                probabilities = prior.next_token_probabilities(group, position).cpu().numpy()
+                group[:, position] = torch.from_numpy(decoder.decode(model, probabilities).astype(np.int64))
+            groups.append(group)
+        tokens = torch.cat(groups)
+        if _checksum(data[: _FIELDS.size], tokens) != checksum:
+            raise CompressedFileError(
+                f"the header or the codes decoded from {name} fail its checksum: the file is corrupted, or the "
+                "prior's probabilities differ from the encoder's (decode on the same kind of device and software as "
+                "the encoder)"
+            )
+        return _untile(prior.decode(tokens), (channels, height, width))
 
 
-def _checksum(tokens: Tensor) -> int:
-    return zlib.crc32(tokens.cpu().numpy().astype("<i4").tobytes())
+@contextlib.contextmanager
+def _evaluating(prior: nn.Module) -> Iterator[None]:
+    """``prior`` and all its modules (the tokenizer's) in eval mode, each module's own mode restored on exit: dropout
+    in training mode would make the encoder's probabilities differ from the decoder's."""
+    modes = {module: module.training for module in prior.modules()}
+    prior.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
+def _checksum(fields: bytes, tokens: Tensor) -> int:
+    """The CRC-32 of the header's ``fields`` and of the codes."""
+    return zlib.crc32(tokens.cpu().numpy().astype("<i4").tobytes(), zlib.crc32(fields))
 
 
 def _tiles(image: Tensor, size: tuple[int, int]) -> Tensor:

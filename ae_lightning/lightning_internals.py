@@ -20,7 +20,10 @@ changes it; ``pyproject.toml`` bounds Lightning to the releases the suite ran on
   overwrite the user's model settings with a checkpoint's hyperparameters;
 * ``datamodules.streaming.relocated`` rewrites the stream location that litdata's ``StreamingDataLoader.state_dict``
   records (``state["dataset"]["input_dir_path"]``, ``"input_dir_url"``, ``"cache_dir_path"``), so that a position
-  resumes on the same stream mounted or cached elsewhere (only its test lives here, as for the loader above).
+  resumes on the same stream mounted or cached elsewhere (only its test lives here, as for the loader above);
+* ``ae_lightning.blocks.quantizers.SpatialQuantizer`` raises, for an evaluation call, the ``initted`` buffer of
+  vector-quantize-pytorch's ``Codebook`` modules still awaiting their k-means initialization, which the library runs
+  on any forward (so that evaluation initializes nothing; the first training batch does).
 """
 
 from __future__ import annotations

@@ -16,13 +16,13 @@ import io
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ae_lightning.codec import CompressedFileError, compress, decompress
 from ae_lightning.models.prior import CodePrior
 from ae_lightning.training.fault_tolerance.checkpoint_io import read_checkpoint, write_atomically
+from datamodules.folder import decode_image
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,10 +68,9 @@ def load_prior(parser: argparse.ArgumentParser, path: Path, device: str) -> Code
 
 
 def load_image(path: Path, channels: int) -> torch.Tensor:
-    """An image file as ``[C, H, W]`` in [0, 1], gray for a gray model."""
-    with Image.open(path) as image:
-        pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
-    return torch.from_numpy(pixels.reshape(*pixels.shape[:2], channels).copy()).permute(2, 0, 1).float() / 255
+    """An 8-bit image file as ``[C, H, W]`` in [0, 1], gray for a gray model; a ValueError naming the file if it is
+    not an image, or is a 16-bit, 32-bit or float image (converting would clip it), as image folders refuse them."""
+    return decode_image(str(path), "L" if channels == 1 else "RGB", None).float() / 255
 
 
 def image_bytes(image: torch.Tensor, suffix: str) -> bytes:
@@ -93,8 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "encode":
         try:
             image = load_image(args.source, prior.input_shape[0])
-        except UnidentifiedImageError:
-            parser.error(f"source {args.source} is not an image Pillow can read; expected a PNG, JPEG, BMP ...")
+        except ValueError as error:
+            parser.error(f"source {error}")
         data = compress(prior, image)
         write_atomically(args.target, data)
     else:

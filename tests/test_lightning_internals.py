@@ -14,6 +14,8 @@ import torch
 from conftest import write_image_folder
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from vector_quantize_pytorch import VectorQuantize
+from vector_quantize_pytorch.vector_quantize_pytorch import Codebook
 
 from ae_lightning.cli import AutoencoderCLI
 from ae_lightning.lightning_internals import (
@@ -173,3 +175,14 @@ def test_litdata_records_the_stream_location_that_relocated_rewrites(tmp_path: P
     del state["dataset"]["cache_dir_path"]
     with pytest.raises(RuntimeError, match=r"litdata .* changed its loader state.* has no cache_dir_path"):
         relocated(state, loader.loader.dataset)
+
+
+def test_vector_quantize_codebooks_await_kmeans_behind_their_initted_buffer() -> None:
+    quantizer = VectorQuantize(dim=4, codebook_size=8, kmeans_init=True)
+    codebooks = [m for m in quantizer.modules() if isinstance(m, Codebook)]
+    assert codebooks, "vector-quantize-pytorch no longer builds Codebook modules; see SpatialQuantizer.forward"
+    assert all("initted" in dict(m.named_buffers()) and not m.initted for m in codebooks), (
+        "vector-quantize-pytorch's Codebook no longer marks a pending k-means init by its initted buffer"
+    )
+    quantizer.train()(torch.randn(2, 16, 4))
+    assert all(m.initted for m in codebooks)  # the first forward initializes, as SpatialQuantizer expects

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from unittest import mock
 
+import numpy as np
 import pytest
 import torch
 from test_quantized import images, quantized
@@ -150,6 +151,40 @@ def test_codec_refuses_truncated_foreign_and_other_models_files(
         decompress(trained_prior, bytes(corrupted))
 
 
+def test_codec_refuses_a_corrupted_header(tokenizer_path: Path) -> None:
+    # The header's sizes were unchecked: height 41 decoded to a 41-row image, height 80 crashed in a reshape.
+    prior = tiny_prior(tokenizer_path).eval()
+    data = compress(prior, torch.rand(1, 40, 61, generator=torch.Generator().manual_seed(5)))
+    fields = list(codec._HEADER.unpack_from(data))  # ..., channels, height, width, tiles, words, checksum
+
+    def corrupted(index: int, value: int) -> bytes:
+        return codec._HEADER.pack(*fields[:index], value, *fields[index + 1 :]) + data[codec._HEADER.size :]
+
+    for index, value in ((5, 41), (6, 60), (6, 57), (9, fields[9] ^ 1)):  # sizes the tile count allows; the CRC
+        with pytest.raises(CompressedFileError, match="the header or the codes decoded from f.aelc fail its checksum"):
+            decompress(prior, corrupted(index, value), name="f.aelc")
+    for index, value in ((4, 3), (5, 80), (5, 0), (7, 2**31), (7, 5)):  # channels, height, tiles the model denies
+        with pytest.raises(CompressedFileError, match=r"f.aelc has a corrupted header: it describes a \d+x\d+x\d+ "):
+            decompress(prior, corrupted(index, value), name="f.aelc")
+    with pytest.raises(CompressedFileError, match=r"format version 1; this code reads version 2 \(the format changed"):
+        decompress(prior, corrupted(1, 1))
+    assert decompress(prior, data).shape == (1, 40, 61)
+
+
+def test_codec_runs_a_prior_left_in_training_mode_in_eval_mode(tokenizer_path: Path) -> None:
+    # A prior with dropout left in training mode (as after trainer.fit) once wrote files nothing could decode.
+    torch.manual_seed(0)
+    prior = CodePrior(str(tokenizer_path), embed_dim=16, num_layers=1, num_heads=2, dropout=0.5).train()
+    image = torch.rand(1, 28, 28, generator=torch.Generator().manual_seed(6))
+    data = compress(prior, image)
+    assert prior.training and not prior.tokenizer.training  # the modes are restored, the frozen tokenizer's too
+    torch.testing.assert_close(decompress(prior, data), decompress(prior.eval(), data))
+    assert not prior.training
+    prior.train()
+    decompress(prior, data)
+    assert prior.training and prior.transformer.training and not prior.tokenizer.training
+
+
 def test_compress_command_round_trip(trained_prior: CodePrior, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from PIL import Image
     from test_evaluation import load_script, refused
@@ -194,11 +229,17 @@ def test_compress_command_names_each_bad_input(
     prior, image, missing = tmp_path / "prior.ckpt", tmp_path / "in.png", tmp_path / "missing"
     Image.fromarray((torch.rand(28, 28) * 255).byte().numpy()).save(image)
     (tmp_path / "text.png").write_text("not an image")
+    ramp = np.linspace(0, 65535, 28 * 28).reshape(28, 28).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")  # Pillow's convert("L") clipped it to a white image
     (tmp_path / "in.aelc").write_bytes(compress(trained_prior, torch.rand(1, 28, 28)))
     expected_prior = "expected a CodePrior checkpoint (trained with configs/second_stage/prior.yaml)"
     cases = {
+        ("encode", prior, tmp_path / "deep.png", tmp_path / "x.aelc"):
+            f"source {tmp_path / 'deep.png'} is a 16-bit image (PIL mode I;16); image folders hold 8-bit images, and "
+            "converting would clip it: convert it to 8 bits per channel first",
         ("encode", prior, tmp_path / "text.png", tmp_path / "x.aelc"):
-            f"source {tmp_path / 'text.png'} is not an image Pillow can read; expected a PNG, JPEG, BMP ...",
+            f"source {tmp_path / 'text.png'} is not an image PIL can read (cannot identify image file "
+            f"{str(tmp_path / 'text.png')!r})",
         ("encode", prior, missing / "in.png", tmp_path / "x.aelc"):
             f"source {missing / 'in.png'} does not exist (or is not a file); expected an image",
         ("encode", prior, image, missing / "x.aelc"):

@@ -22,10 +22,12 @@ from torch import nn
 
 from ae_lightning import KLAutoencoder, QuantizedAutoencoder
 from ae_lightning.blocks import losses
+from ae_lightning.blocks.discriminators import PatchDiscriminator, min_image_size
 from ae_lightning.blocks.perceptual import LPIPSDistance, trunk_weights_path
 from ae_lightning.blocks.quantizers import CodebookUsage
 from ae_lightning.evaluation import driver as evaluation
 from ae_lightning.evaluation.metrics import InceptionFeatures, inception_weights_path
+from ae_lightning.models.first_stage import check_discriminator_depth
 from datamodules import TensorBatchLoader
 
 TINY = {"latent_dim": 4, "hidden_dims": [8], "residual_blocks": 1}
@@ -77,6 +79,37 @@ def test_indices_decode_to_the_same_reconstruction(kwargs: dict, levels: int) ->
     torch.testing.assert_close(model.decode_indices(indices), model(x))
 
 
+@pytest.mark.parametrize("kwargs", [{}, {"quantizer": "residual_vq", "num_quantizers": 2}], ids=["vq", "residual_vq"])
+def test_evaluation_never_initializes_or_changes_the_codebook(kwargs: dict) -> None:
+    # The library's k-means initialization ran on any forward: an eval-mode encode rewrote a fresh model's codebook.
+    model = quantized(**kwargs).eval()
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    with torch.no_grad():
+        model.encode_indices(images())
+        model.autoencoder_terms(images())
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), f"evaluation changed {name}"
+    model.train().loss_terms(images(), None, None)  # the first training batch initializes
+    initted = [value for name, value in model.state_dict().items() if name.endswith("initted")]
+    assert len(initted) == (2 if kwargs else 1) and all(initted)
+
+
+def test_the_first_training_batch_not_the_sanity_check_initializes_the_codebook(data_dir: Path, tmp_path: Path) -> None:
+    model = quantized()
+    codebook = model.quantizer.quantizer._codebook
+    seen = {}
+
+    class Watch(Callback):
+        def on_sanity_check_end(self, trainer, module) -> None:
+            seen["after the sanity check"] = bool(codebook.initted)
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+            seen.setdefault("after the first training batch", bool(codebook.initted))
+
+    make_trainer(tmp_path, limit_train_batches=1, callbacks=[Watch()]).fit(model, datamodule=tiny_data(data_dir))
+    assert seen == {"after the sanity check": False, "after the first training batch": True}
+
+
 def test_vq_gradients_pass_straight_through_to_the_encoder() -> None:
     model = quantized(commitment_weight=0.0)
     model.train()
@@ -120,6 +153,11 @@ def test_validation_logs_codebook_health(data_dir: Path, tmp_path: Path) -> None
         ({"quantizer": "lfq"}, "quantizer must be one of 'vq', 'fsq', 'residual_vq', got 'lfq'"),
         ({"input_shape": (1, 28, 30), "hidden_dims": [8, 8, 8]}, "image size 28x30 is not divisible by .* factor 8"),
         ({"network": "mlp"}, "network must be one of 'conv', got 'mlp'"),
+        (  # vqgan_f8's PatchGAN on 16 px images crashed in a convolution at disc_start
+            {**ADVERSARIAL, "input_shape": (1, 16, 16), "hidden_dims": [8], "discriminator_layers": 3},
+            r"discriminator_layers=3 needs images of at least 24x24 pixels, but the image size is 16x16; set "
+            "discriminator_layers to 2 or less, or use larger images",
+        ),
     ],
 )
 def test_quantizer_settings_that_cannot_work_are_refused(kwargs: dict, message: str) -> None:
@@ -152,6 +190,18 @@ def test_networks_come_from_the_builders_or_are_given_and_labels_are_ignored() -
 
 
 # --- adversarial losses ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("layers", [0, 1, 2, 3])
+def test_the_patchgan_takes_images_down_to_its_minimum_size_and_smaller_ones_are_refused(layers: int) -> None:
+    smallest = min_image_size(layers)
+    discriminator = PatchDiscriminator(1, 4, layers).train()  # GroupNorm needs two values per group in training
+    assert discriminator(torch.rand(2, 1, smallest, smallest + 5)).ndim == 4
+    check_discriminator_depth(layers, (smallest, smallest + 5))
+    with pytest.raises(RuntimeError):
+        discriminator(torch.rand(2, 1, smallest - 1, 64))
+    with pytest.raises(ValueError, match=rf"discriminator_layers={layers} needs images of at least {smallest}x"):
+        check_discriminator_depth(layers, (64, smallest - 1))
+
+
 def test_adversarial_losses_match_hand_values() -> None:
     real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.0])
     # hinge: relu(1 - real) = [0, 0.5], relu(1 + fake) = [0, 1]
@@ -275,6 +325,37 @@ def test_lpips_random_weights_and_offline_error(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(lpips.pretrained_networks.tv, "alexnet", offline)  # where the lpips package downloads it
     with pytest.raises(FileNotFoundError, match=rf"alexnet-owt-7be5be79.pth.*put it at {path}"):
         LPIPSDistance("alex", pretrained=True)
+
+
+def test_a_checkpoint_with_pretrained_lpips_loads_offline(
+    monkeypatch: pytest.MonkeyPatch, data_dir: Path, tmp_path: Path
+) -> None:
+    # Loading once downloaded the LPIPS trunk the checkpoint holds: no tokenizer, prior or codec without network.
+    from ae_lightning import CodePrior
+
+    model = quantized(hidden_dims=[8, 8], perceptual_weight=1.0, perceptual_pretrained=False)
+    trainer = make_trainer(tmp_path, limit_train_batches=1, limit_val_batches=0)
+    trainer.fit(model, datamodule=tiny_data(data_dir))
+    trainer.save_checkpoint(tmp_path / "tokenizer.ckpt")
+    checkpoint = torch.load(tmp_path / "tokenizer.ckpt", weights_only=False)
+    checkpoint["hyper_parameters"]["perceptual_pretrained"] = True  # as a machine with the weights wrote it
+    torch.save(checkpoint, tmp_path / "tokenizer.ckpt")
+
+    def offline(pretrained: bool = False) -> nn.Module:  # the untrained network, but no download
+        if pretrained:
+            raise URLError("no network")
+        return alexnet()
+
+    alexnet = torchvision.models.alexnet
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(lpips.pretrained_networks.tv, "alexnet", offline)
+    loaded = QuantizedAutoencoder.load_from_checkpoint(tmp_path / "tokenizer.ckpt")
+    assert loaded.hparams.perceptual_pretrained
+    for name, value in model.perceptual.state_dict().items():
+        assert torch.equal(loaded.perceptual.state_dict()[name], value), name
+    CodePrior(str(tmp_path / "tokenizer.ckpt"), embed_dim=16, num_layers=1, num_heads=2)
+    with pytest.raises(FileNotFoundError, match="alexnet-owt-7be5be79.pth"):  # a new model still needs the weights
+        QuantizedAutoencoder(**{**TINY, "perceptual_weight": 1.0, "perceptual_pretrained": True})
 
 
 # --- evaluation -----------------------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ class PatchDiscriminator(nn.Sequential):
     Args:
         in_channels: channels of the images.
         channels: channels of the first convolution; each further layer doubles them (up to 8 times).
-        num_layers: stride-2 convolutions after the first; each halves the receptive field's stride.
+        num_layers: stride-2 convolutions after the first; each halves the receptive field's stride. Images must be
+            at least :func:`min_image_size` pixels high and wide.
     """
 
     def __init__(
@@ -41,9 +42,15 @@ class PatchDiscriminator(nn.Sequential):
         return super().forward(2 * x - 1)
 
 
+def min_image_size(num_layers: int) -> int:
+    """The smallest height and width a :class:`PatchDiscriminator` of ``num_layers`` takes: its stride-2
+    convolutions divide the size by ``2 ** num_layers``, and its two stride-1 4x4 convolutions need 3 pixels."""
+    return 3 * 2**num_layers if num_layers else 4
+
+
 def _groups(channels: int) -> int:
     """The largest of 32, 16, ..., 1 that divides ``channels``."""
     return next(groups for groups in (32, 16, 8, 4, 2, 1) if channels % groups == 0)
 
 
-__all__ = ["PatchDiscriminator"]
+__all__ = ["PatchDiscriminator", "min_image_size"]

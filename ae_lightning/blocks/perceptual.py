@@ -3,11 +3,15 @@ Metric") from the ``lpips`` package, as a frozen loss network and a test metric.
 
 LPIPS needs two sets of weights: its linear calibration layers, which ship inside the ``lpips`` package, and the
 ImageNet trunk (AlexNet, VGG-16 or SqueezeNet), which torchvision downloads into ``torch.hub.get_dir()/checkpoints``.
-Offline, put the trunk's file there (:func:`trunk_weights_path` names it).
+Offline, put the trunk's file there (:func:`trunk_weights_path` names it). A model loaded from a checkpoint needs
+neither: the checkpoint holds all of LPIPS's weights (:func:`weights_from_checkpoint`).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
@@ -25,6 +29,7 @@ _TRUNK_WEIGHTS = {
 }
 # AlexNet's stride-4 stem and three max-pools leave nothing of images much smaller than this.
 MIN_SIZE = 64
+_FROM_CHECKPOINT: ContextVar[bool] = ContextVar("lpips_weights_from_checkpoint", default=False)
 
 
 def trunk_weights_path(network: PerceptualNetwork) -> Path:
@@ -39,7 +44,8 @@ class LPIPSDistance(nn.Module):
     Args:
         network: the trunk, ``alex`` (as VQGAN's evaluation), ``vgg`` (as its loss) or ``squeeze``.
         pretrained: load the trunk's ImageNet weights and the calibrated linear layers; False leaves every weight
-            randomly initialized (tests, or a run without the weights where only the code path matters).
+            randomly initialized (tests, or a run without the weights where only the code path matters). Inside
+            :func:`weights_from_checkpoint` nothing is loaded either way: the checkpoint supplies the weights.
     """
 
     def __init__(self, network: PerceptualNetwork = "alex", pretrained: bool = True) -> None:
@@ -47,7 +53,7 @@ class LPIPSDistance(nn.Module):
         if network not in _TRUNK_WEIGHTS:
             raise ValueError(f"perceptual network must be 'alex', 'vgg' or 'squeeze', got {network!r}")
         self.network = network
-        if pretrained:
+        if pretrained and not _FROM_CHECKPOINT.get():
             self.lpips = _pretrained_lpips(network)
         else:
             self.lpips = lpips.LPIPS(net=network, pretrained=False, pnet_rand=True, verbose=False)
@@ -68,6 +74,17 @@ class LPIPSDistance(nn.Module):
         return self
 
 
+@contextlib.contextmanager
+def weights_from_checkpoint() -> Iterator[None]:
+    """Within it, :class:`LPIPSDistance` loads no pretrained weights (and downloads nothing), for a model about to take
+    all of its weights from a checkpoint: a strict ``load_state_dict`` then refuses a checkpoint that lacks them."""
+    token = _FROM_CHECKPOINT.set(True)
+    try:
+        yield
+    finally:
+        _FROM_CHECKPOINT.reset(token)
+
+
 def _pretrained_lpips(network: PerceptualNetwork) -> nn.Module:
     path = trunk_weights_path(network)
     try:
@@ -80,4 +97,4 @@ def _pretrained_lpips(network: PerceptualNetwork) -> nn.Module:
         ) from error
 
 
-__all__ = ["LPIPSDistance", "trunk_weights_path"]
+__all__ = ["LPIPSDistance", "trunk_weights_path", "weights_from_checkpoint"]

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 from vector_quantize_pytorch import FSQ, ResidualVQ, VectorQuantize
+from vector_quantize_pytorch.vector_quantize_pytorch import Codebook
 
 from datamodules.checks import AtLeastTwo, Fraction, NonNegativeFloat, PositiveInt, check_arguments, number_type
 
@@ -51,7 +52,8 @@ class SpatialQuantizer(nn.Module):
         num_quantizers: residual levels of ``residual_vq``.
         commitment_weight: weight of the commitment loss ``||z - sg(e)||^2`` (``vq``, ``residual_vq``).
         ema_decay: decay of the EMA codebook updates.
-        kmeans_init: initialize the codebook by k-means on the first batch.
+        kmeans_init: initialize the codebook by k-means on the first training batch (evaluation before it quantizes
+            with the all-zero codebook and initializes nothing).
         dead_code_threshold: a code whose EMA cluster size falls below this is replaced by a code vector of the
             batch; 0 disables replacement.
     """
@@ -94,7 +96,21 @@ class SpatialQuantizer(nn.Module):
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Quantize codes ``z [B, C, h, w]``: returns the quantized codes (gradients pass straight through to
-        ``z``), the indices ``[B, Q, h, w]`` and the auxiliary loss (commitment; 0 for FSQ and in evaluation)."""
+        ``z``), the indices ``[B, Q, h, w]`` and the auxiliary loss (commitment; 0 for FSQ and in evaluation).
+        In evaluation no weight or buffer changes (no EMA update, dead-code replacement or k-means initialization)."""
+        # The library runs the k-means initialization on any forward, evaluation included; its codebooks' ``initted``
+        # flag is the only way to skip it, so evaluation raises the flag of a codebook awaiting it for the call.
+        waiting = [] if self.training else [m for m in self.quantizer.modules() if isinstance(m, Codebook)]
+        waiting = [codebook for codebook in waiting if not codebook.initted]
+        for codebook in waiting:
+            codebook.initted.fill_(True)
+        try:
+            return self._quantize(z)
+        finally:
+            for codebook in waiting:
+                codebook.initted.fill_(False)
+
+    def _quantize(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         batch, _, height, width = z.shape
         sequence = z.flatten(2).transpose(1, 2)  # [B, h*w, C]
         if self.kind == "fsq":

@@ -22,9 +22,9 @@ from torchmetrics.functional.image import multiscale_structural_similarity_index
 
 from ae_lightning.base import AutoencoderModule, Batch
 from ae_lightning.blocks import losses
-from ae_lightning.blocks.discriminators import PatchDiscriminator
+from ae_lightning.blocks.discriminators import PatchDiscriminator, min_image_size
 from ae_lightning.blocks.networks import decoder_mean
-from ae_lightning.blocks.perceptual import LPIPSDistance, PerceptualNetwork
+from ae_lightning.blocks.perceptual import LPIPSDistance, PerceptualNetwork, weights_from_checkpoint
 from ae_lightning.blocks.residual_conv import ResidualConvDecoder, ResidualConvEncoder
 from ae_lightning.evaluation.metrics import ms_ssim_applies, ms_ssim_betas
 from ae_lightning.lightning_internals import uncounted_optimizer_step
@@ -49,7 +49,8 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
         adaptive_weight: scale the generator loss by the ratio of gradient norms at the decoder's last layer.
         disc_start: the step from which the adversarial term and discriminator steps apply.
         discriminator_channels: channels of the PatchGAN's first layer.
-        discriminator_layers: stride-2 layers of the PatchGAN after its first.
+        discriminator_layers: stride-2 layers of the PatchGAN after its first; the images must be at least
+            ``3 * 2 ** discriminator_layers`` pixels high and wide (4 for none).
         discriminator_optimizer: the discriminator's optimizer factory.
         discriminator_lr_scheduler: optional scheduler factory for it.
         network: ``conv`` only.
@@ -91,9 +92,18 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
         self.discriminator_lr_scheduler_factory = discriminator_lr_scheduler
         self.perceptual = LPIPSDistance(perceptual_network, perceptual_pretrained) if perceptual_weight else None
         if adversarial_weight:
+            check_discriminator_depth(discriminator_layers, self.input_shape[1:])
             self.discriminator = PatchDiscriminator(self.input_shape[0], discriminator_channels, discriminator_layers)
             self.automatic_optimization = False
             self.partial_backward = True  # the discriminator's step reaches the discriminator only
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> FirstStageAutoencoder:
+        """Lightning's ``load_from_checkpoint``, but LPIPS is built without its pretrained weights (nothing is
+        downloaded, so it works offline): the checkpoint holds all of them, and the strict load (the default)
+        refuses one that lacks them."""
+        with weights_from_checkpoint():
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     # --- the networks -----------------------------------------------------------------------------------------------
     def build_encoder(self) -> nn.Module:
@@ -242,4 +252,18 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
         return metrics
 
 
-__all__ = ["FirstStageAutoencoder"]
+def check_discriminator_depth(layers: int, size: Sequence[int]) -> None:
+    """Raise a ValueError naming the deepest PatchGAN that fits if one of ``layers`` cannot take images of ``size``
+    (height, width): its convolutions would run out of pixels at the first adversarial step."""
+    height, width = size
+    if min(size) >= min_image_size(layers):
+        return
+    fitting = [depth for depth in range(layers) if min_image_size(depth) <= min(size)]
+    remedy = f"set discriminator_layers to {fitting[-1]} or less" if fitting else "set adversarial_weight: 0"
+    raise ValueError(
+        f"discriminator_layers={layers} needs images of at least {min_image_size(layers)}x{min_image_size(layers)} "
+        f"pixels, but the image size is {height}x{width}; {remedy}, or use larger images"
+    )
+
+
+__all__ = ["FirstStageAutoencoder", "check_discriminator_depth"]

@@ -31,7 +31,7 @@ class QuantizedAutoencoder(FirstStageAutoencoder):
         num_quantizers: residual levels of ``residual_vq``.
         commitment_weight: weight of the commitment loss (``vq``, ``residual_vq``).
         ema_decay: decay of the EMA codebook updates.
-        kmeans_init: initialize the codebook by k-means on the first training batch.
+        kmeans_init: initialize the codebook by k-means on the first training batch; evaluation never changes it.
         dead_code_threshold: replace a code whose EMA cluster size falls below this; 0 never replaces.
         **kwargs: the :class:`~ae_lightning.models.first_stage.FirstStageAutoencoder` arguments.
     """
