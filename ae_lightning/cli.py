@@ -337,6 +337,24 @@ class AutoencoderCLI(LightningCLI):
             self._check_checkpoint_fits()
             self._check_optimizers()
             self._check_resume()
+            self._check_manual_optimization()
+
+    def _check_manual_optimization(self) -> None:
+        """Refuse the Trainer's gradient clipping or accumulation for a model that optimizes manually (which
+        Lightning refuses with a traceback), naming the model's own clipping where it has one."""
+        if self.model.automatic_optimization:
+            return
+        name, trainer = type(self.model).__name__, self.trainer
+        if trainer.gradient_clip_val:
+            own = "gradient_clip_val" in self.model.hparams
+            advice = (f"set --model.init_args.gradient_clip_val {trainer.gradient_clip_val} instead" if own
+                      else "it has no gradient clipping of its own")  # fmt: skip
+            raise ConfigError(f"--trainer.gradient_clip_val {trainer.gradient_clip_val}: {name} steps its optimizers "
+                              f"itself (manual optimization), where the Trainer clips nothing; {advice}")  # fmt: skip
+        if trainer.accumulate_grad_batches > 1:
+            raise ConfigError(f"--trainer.accumulate_grad_batches {trainer.accumulate_grad_batches}: {name} steps its "
+                              "optimizers itself (manual optimization), where the Trainer accumulates nothing; raise "
+                              "--data.batch_size instead")  # fmt: skip
 
     def before_validate(self) -> None:
         self._before_evaluation()

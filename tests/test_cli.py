@@ -14,10 +14,10 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from tiny_runs import CONFIGS, ROOT, data_args, run_subprocess
+from tiny_runs import CONFIGS, ROOT, data_args, run_subprocess, tiny_args
 
 from ae_lightning import VAE, Autoencoder
-from ae_lightning.cli import AutoencoderCLI, _one_line
+from ae_lightning.cli import AutoencoderCLI, ConfigError, _one_line
 from ae_lightning.training.prediction import PredictionWriter
 from datamodules import MNISTDataModule
 
@@ -425,3 +425,22 @@ def test_the_command_leaves_the_callers_warning_and_logging_filters_as_they_were
     run_cli("fit", "--config", "configs/ae.yaml", *common(data_dir, tmp_path), "--trainer.fast_dev_run", "true")
     assert warnings.filters == warning_filters
     assert {name: list(logging.getLogger(name).filters) for name in logger_filters} == logger_filters
+
+
+@pytest.mark.parametrize(
+    "config, setting, message",
+    [
+        ("aae", ["--trainer.gradient_clip_val", "1.5"], r"--trainer.gradient_clip_val 1.5: AdversarialAutoencoder "
+         r"steps its optimizers itself .* set --model.init_args.gradient_clip_val 1.5 instead"),
+        ("factor_vae", ["--trainer.gradient_clip_val", "1"], r"FactorVAE .* it has no gradient clipping of its own"),
+        ("aae", ["--trainer.accumulate_grad_batches", "2"], r"--trainer.accumulate_grad_batches 2: .* accumulates "
+         r"nothing; raise --data.batch_size instead"),
+    ],
+    ids=["aae-clip", "factor-vae-clip", "aae-accumulate"],
+)  # fmt: skip
+def test_trainer_clipping_or_accumulation_for_a_manually_optimized_model_is_refused_before_any_file(
+    config: str, setting: list[str], message: str, data_dir: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        run_cli("fit", *tiny_args(config, data_dir, tmp_path, *setting))
+    assert not any(tmp_path.rglob("config.yaml"))
