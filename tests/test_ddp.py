@@ -2,7 +2,7 @@
 
 Each rank sees a disjoint shard of the data, the ranks end with identical weights, the auto-decoder's per-sample
 codes are updated exactly where some rank saw their sample, and test metrics reduced across ranks equal those of
-one process on the same data.
+one process on the same data; the vector-quantized tokenizers' codebooks learn from every rank's codes.
 """
 
 from __future__ import annotations
@@ -49,7 +49,14 @@ def ddp_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     runs.append(["test", *tiny_args("ae", data_dir, root / "ae-test", *DDP, *csv_logger, "--ckpt_path", str(fitted))])
     stream = ["--predictions.format", "stream", "--predictions.chunk_bytes", "4kB", "--ckpt_path", str(fitted)]
     runs.append(["predict", *tiny_args("ae", data_dir, root / "ae-predict", *DDP, *stream)])
-    runs_file = root / "runs.json"
+    launch(runs, root / "runs.json", timeout=400)
+    (root / "data_dir").write_text(str(data_dir))
+    return root
+
+
+def launch(runs: list[list[str]], runs_file: Path, timeout: float) -> None:
+    """Run the ``ae-lightning`` argument lists ``runs`` in one process (the first DDP run starts the other rank, which
+    then goes through all of them too: see ``tiny_runs.main``); fail the test with its output if one fails."""
     runs_file.write_text(json.dumps(runs))
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "tests" / "tiny_runs.py"), str(runs_file)],
@@ -61,14 +68,12 @@ def ddp_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         start_new_session=True,  # its own process group, so that a hung rank can be killed with it
     )
     try:
-        output, _ = process.communicate(timeout=400)
+        output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         output, _ = process.communicate()
         pytest.fail(f"the DDP runs did not finish in time:\n{output[-5000:]}")
     assert process.returncode == 0, output[-5000:]
-    (root / "data_dir").write_text(str(data_dir))
-    return root
 
 
 def ranks(root: Path, variant: str) -> list[dict]:
@@ -147,3 +152,32 @@ def test_ddp_looks_for_unused_parameters_only_for_partial_backward_passes(
     # backward passes, several per Lightning batch with steps_per_batch 10, reach all of them.
     cli = build_cli(*tiny_args(variant, tmp_path / "data", tmp_path, *DDP))
     assert cli.trainer.strategy._ddp_kwargs.get("find_unused_parameters", False) is finds_unused
+
+
+def test_codebooks_learn_from_every_rank(tmp_path: Path) -> None:
+    # VQ with k-means initialization and no dead-code replacement: after k-means (its cluster sizes count the vectors)
+    # the EMA keeps the cluster sizes summing to the vectors of a step, those of both ranks when the updates are
+    # reduced across them. Residual VQ with dead-code replacement: the replacement vectors are drawn alike too.
+    from conftest import write_dataset
+
+    data_dir = write_dataset(tmp_path / "data", "FashionMNIST")
+    short = ["--trainer.max_steps", "3", "--trainer.limit_val_batches", "0", "--model.init_args.codebook_size", "16"]
+    quantizers = {
+        "vq": ["--model.init_args.dead_code_threshold", "0"],
+        "residual_vq": ["--model.init_args.quantizer", "residual_vq", "--model.init_args.num_quantizers", "2"],
+    }
+    runs = []
+    for name, extra in quantizers.items():
+        record = ["--trainer.callbacks+=tiny_runs.RecordCodebooks", "--trainer.callbacks.folder", str(tmp_path / name)]
+        runs.append(["fit", *tiny_args("vqvae", data_dir, tmp_path / name, *DDP, *short, *extra, *record)])
+    launch(runs, tmp_path / "runs.json", timeout=200)
+    for name in quantizers:
+        rank0, rank1 = (torch.load(tmp_path / name / f"rank{r}.pt", weights_only=True) for r in range(2))
+        assert len(rank0) == len(rank1) == 3
+        for step, (record0, record1) in enumerate(zip(rank0, rank1)):
+            for buffer in ("cluster_size", "embed"):  # before the next forward broadcasts rank 0's buffers
+                for level, (value0, value1) in enumerate(zip(record0[buffer], record1[buffer])):
+                    assert torch.equal(value0, value1), f"{name}: {buffer} of codebook {level} at step {step}"
+            if name == "vq":
+                both = record0["vectors"] + record1["vectors"]
+                assert record0["cluster_size"][0].sum().item() == pytest.approx(both, rel=1e-4), f"step {step}"

@@ -19,6 +19,7 @@ import torchvision
 from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
 from test_variants import make_trainer, tiny_data
 from torch import nn
+from vector_quantize_pytorch.vector_quantize_pytorch import Codebook
 
 from ae_lightning import KLAutoencoder, QuantizedAutoencoder
 from ae_lightning.blocks import losses
@@ -108,6 +109,25 @@ def test_the_first_training_batch_not_the_sanity_check_initializes_the_codebook(
 
     make_trainer(tmp_path, limit_train_batches=1, callbacks=[Watch()]).fit(model, datamodule=tiny_data(data_dir))
     assert seen == {"after the sanity check": False, "after the first training batch": True}
+
+
+@pytest.mark.parametrize("kwargs", [{"kmeans_init": False}, {"quantizer": "residual_vq", "num_quantizers": 2}])
+def test_synchronizing_the_codebook_keeps_its_state_and_draws_no_random_numbers(kwargs: dict) -> None:
+    # Under DDP configure_model rebuilds the library's quantizer with sync_codebook (tests/test_ddp.py runs it).
+    model = quantized(**kwargs)
+    model.train().loss_terms(images(), None, None)  # a codebook with a state of its own
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    model.configure_model()  # one process: nothing to synchronize
+    assert not model.quantizer.sync_codebook
+    random_state = torch.get_rng_state()
+    model.quantizer.synchronize_codebook()
+    assert torch.equal(torch.get_rng_state(), random_state)
+    assert model.quantizer.sync_codebook
+    assert all(codebook.use_ddp for codebook in model.modules() if isinstance(codebook, Codebook))
+    state = model.state_dict()
+    assert state.keys() == before.keys()
+    for name, value in before.items():
+        assert state[name].dtype == value.dtype and torch.equal(state[name], value), name
 
 
 def test_vq_gradients_pass_straight_through_to_the_encoder() -> None:

@@ -215,6 +215,33 @@ class RecordRank(Callback):
         torch.save(record, self.folder / f"rank{trainer.global_rank}.pt")
 
 
+class RecordCodebooks(Callback):
+    """Writes ``<folder>/rank<R>.pt`` at the end of fit: after every training batch (one optimizer step), this rank's
+    ``cluster_size`` and ``embed`` buffers of each library codebook, and the number of code vectors it quantized.
+
+    Args:
+        folder: where to write.
+    """
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+        self.steps: list[dict] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        from vector_quantize_pytorch.vector_quantize_pytorch import Codebook
+
+        codebooks = [module for module in pl_module.modules() if isinstance(module, Codebook)]
+        height, width = pl_module.latent_shape[1:]
+        record = {"vectors": batch[0].shape[0] * height * width}
+        for name in ("cluster_size", "embed"):
+            record[name] = [getattr(codebook, name).detach().cpu().clone() for codebook in codebooks]
+        self.steps.append(record)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        torch.save(self.steps, self.folder / f"rank{trainer.global_rank}.pt")
+
+
 def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: value.detach().cpu().clone() for name, value in module.state_dict().items()}
 

@@ -74,8 +74,9 @@ class SpatialQuantizer(nn.Module):
         check_arguments(locals(), SpatialQuantizer.__init__)
         check_quantizer(kind, fsq_levels)
         self.kind = kind
+        self.sync_codebook = False
         # rotation_trick=False: the plain straight-through estimator of the VQ-VAE paper.
-        vq = {
+        self._vq_kwargs = {
             "dim": channels,
             "codebook_size": codebook_size,
             "decay": ema_decay,
@@ -85,14 +86,38 @@ class SpatialQuantizer(nn.Module):
             "rotation_trick": False,
         }
         if kind == "vq":
-            self.quantizer = VectorQuantize(**vq)
             self.codebook_size, self.num_codebooks = codebook_size, 1
         elif kind == "residual_vq":
-            self.quantizer = ResidualVQ(num_quantizers=num_quantizers, **vq)
+            self._vq_kwargs["num_quantizers"] = num_quantizers
             self.codebook_size, self.num_codebooks = codebook_size, num_quantizers
         else:
-            self.quantizer = FSQ(levels=list(fsq_levels), dim=channels)
             self.codebook_size, self.num_codebooks = math.prod(fsq_levels), 1
+        self.fsq_levels = list(fsq_levels)
+        self.quantizer = self._build_quantizer()
+
+    def _build_quantizer(self) -> nn.Module:
+        if self.kind == "fsq":
+            return FSQ(levels=self.fsq_levels, dim=self._vq_kwargs["dim"])
+        library_class = VectorQuantize if self.kind == "vq" else ResidualVQ
+        # Explicit: the library's default reads ``torch.distributed`` once per process (cached) when it is built.
+        return library_class(**self._vq_kwargs, sync_codebook=self.sync_codebook)
+
+    def synchronize_codebook(self) -> None:
+        """Reduce the codebooks' updates over the processes of the default ``torch.distributed`` group from now on
+        (``vq``, ``residual_vq``; FSQ has no codebook state): the EMA cluster sizes and sums of every training forward
+        are summed over the processes, and k-means initialization and dead-code replacement sample the vectors of all
+        processes (the library's ``sync_codebook`` and ``sync_kmeans``). Every process must then run each training
+        forward together. The library fixes this when it is built, so the quantizer is rebuilt with it, carrying
+        over its state (weights, buffers, devices and dtypes unchanged) without drawing random numbers. Idempotent.
+        """
+        if self.kind == "fsq" or self.sync_codebook:
+            return
+        self.sync_codebook = True
+        device = next(self.quantizer.buffers()).device
+        with torch.random.fork_rng(devices=[]), torch.device("cpu"):  # without kmeans_init the build draws a codebook
+            quantizer = self._build_quantizer().to(device)
+        quantizer.load_state_dict(self.quantizer.state_dict(), assign=True)
+        self.quantizer = quantizer
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Quantize codes ``z [B, C, h, w]``: returns the quantized codes (gradients pass straight through to

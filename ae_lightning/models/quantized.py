@@ -9,7 +9,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, distributed
 
 from ae_lightning.blocks.quantizers import CodebookUsage, FSQLevel, QuantizerKind, SpatialQuantizer
 from ae_lightning.models.first_stage import FirstStageAutoencoder
@@ -23,6 +23,7 @@ class QuantizedAutoencoder(FirstStageAutoencoder):
     one per level, for residual VQ); :meth:`encode_indices` and :meth:`decode_indices` map images to the indices
     ``[B, Q, h, w]`` and back. Validation and test log the codebooks' health: ``codes_used``, ``perplexity`` and
     ``dead_codes`` over the epoch's codes, and test the fixed-length rate ``bits_per_pixel``.
+    Under DDP the codebook learns from the codes of every process (:meth:`configure_model`).
 
     Args:
         quantizer: ``vq``, ``fsq`` or ``residual_vq``.
@@ -61,6 +62,14 @@ class QuantizedAutoencoder(FirstStageAutoencoder):
             dead_code_threshold,
         )
         self.codebook_usage = CodebookUsage(self.quantizer.codebook_size, self.quantizer.num_codebooks)
+
+    def configure_model(self) -> None:
+        """Under a multi-process ``torch.distributed`` group (DDP: Lightning calls this hook once the group exists,
+        before it wraps the model) the codebook's EMA updates, k-means initialization and dead-code replacement use the
+        codes of all processes (:meth:`SpatialQuantizer.synchronize_codebook`); in one process nothing changes."""
+        if distributed.is_available() and distributed.is_initialized() and distributed.get_world_size() > 1:
+            self.quantizer.synchronize_codebook()
+        super().configure_model()
 
     def bottleneck(self, h: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         quantized, indices, commitment = self.quantizer(h)
