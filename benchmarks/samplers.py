@@ -42,7 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def checkpoints(root: Path, variant: str, seeds: list[int] | None) -> dict[int | None, Path]:
     """The ``last.ckpt`` of the variant's run per seed: ``<root>/<variant>/seed-<seed>/`` of a run over several seeds
     (all it has where ``seeds`` is None), or ``<root>/<variant>/`` of a run of one seed (the one seed asked, or None);
-    a FileNotFoundError naming what is there."""
+    of the newest run there, ``lightning_logs/version_<n>`` of the largest ``n``; a FileNotFoundError naming what is
+    there."""
     folder = root / variant
     present = sorted(int(path.name[5:]) for path in folder.glob("seed-*") if path.name[5:].isdigit())
     wanted: list[int | None] = list(seeds) if seeds is not None else list(present) or [None]
@@ -50,7 +51,7 @@ def checkpoints(root: Path, variant: str, seeds: list[int] | None) -> dict[int |
     for seed in wanted:
         single = not present and len(wanted) == 1  # a run of one seed: no seed- folder
         run = folder if single else folder / f"seed-{seed}"
-        runs = sorted(run.glob("lightning_logs/version_*/checkpoints/last.ckpt"))
+        runs = sorted(run.glob("lightning_logs/version_*/checkpoints/last.ckpt"), key=_version)
         if not runs:
             there = f"its seeds are {present}" if present else "a run of one seed" if folder.is_dir() else "no folder"
             advice = f"run benchmarks/variants.py --configs {variant} --root {root} first" + (
@@ -58,6 +59,12 @@ def checkpoints(root: Path, variant: str, seeds: list[int] | None) -> dict[int |
             raise FileNotFoundError(f"no last.ckpt of seed {seed} under {folder} ({there}): {advice}")
         found[seed] = runs[-1]
     return found
+
+
+def _version(checkpoint: Path) -> tuple[int, str]:
+    """The sort key of ``.../version_<n>/checkpoints/last.ckpt``: ``n`` as a number (version_10 after version_9)."""
+    name = checkpoint.parents[1].name.removeprefix("version_")
+    return (int(name), name) if name.isdigit() else (-1, name)
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, list[float]]]:
@@ -75,8 +82,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, list[float]]]:
             classifier = record.network.to(device)
         seed = seed if seed is not None else 0  # a run of one seed: the fits' seed
         train = evaluation.split_loader(datamodule, "train", max_images=args.train_codes, seed=seed)
-        codes, _ = evaluation.encode_split(model, train)
-        real = evaluation.gray_loader(datamodule, "test")
+        codes, _ = evaluation.encode_split(model, train, seed)
+        real = evaluation.gray_loader(datamodule, "test", datamodule.hparams.classes)
         found = samplers.frechet_distances(
             model, codes, classifier, real, args.samples, two_stage_steps=args.two_stage_steps, seed=seed
         )

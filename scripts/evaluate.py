@@ -9,7 +9,9 @@ The model and its datamodule are rebuilt from the checkpoint (``--data_dir`` say
 On data with known factors (dSprites) the disentanglement metrics are printed too (``--disentanglement``), and
 ``--plots`` also writes the latent traversals. ``--samplers`` fits post-hoc samplers on the training codes, so that
 deterministic autoencoders get a Frechet distance too. An existing ``--json`` file or picture is replaced only with
-``--overwrite`` (checked before anything is computed), and never left half-written.
+``--overwrite`` (checked before anything is computed), and never left half-written. Bad counts, a ``--json`` in a
+missing folder and a ``--classifier`` that is not a feature classifier of the checkpoint's dataset are refused before
+anything is computed.
 """
 
 from __future__ import annotations
@@ -25,7 +27,11 @@ from torchvision.utils import save_image
 from ae_lightning.cli import run_command
 from ae_lightning.evaluation import disentanglement, samplers, visualization
 from ae_lightning.evaluation import driver as evaluation
-from ae_lightning.evaluation.feature_classifier import default_classifier_path, load_feature_classifier
+from ae_lightning.evaluation.feature_classifier import (
+    check_classifier_data,
+    default_classifier_path,
+    load_feature_classifier,
+)
 from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
 from datamodules import InteractionsDataModule
 
@@ -73,6 +79,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--two_stage_steps", type=int, default=2000, help="training steps of the second VAE")
     args = parser.parse_args(argv)
+    at_least = {"nll_samples": (1, "importance samples per image"), "fid_samples": (2, "samples, for a covariance"),
+                "probe_max_train": (2, "training images, for a classifier"),
+                "rfid_images": (2, "test images, for a covariance")}  # fmt: skip
+    for name, (least, what) in at_least.items():
+        value = getattr(args, name)
+        if value is not None and value < least:
+            parser.error(f"--{name} {value}: expected at least {least} ({what})")
+    if args.json is not None and not args.json.parent.is_dir():
+        parser.error(f"--json {args.json}: its folder {args.json.parent} does not exist; create it or name another")
+    args.classifier_record = None
+    if args.classifier is not None and args.classifier.is_file():
+        try:
+            args.classifier_record = load_feature_classifier(args.classifier)
+        except ValueError as error:
+            parser.error(f"--classifier {error}")
     if args.json is not None and args.json.exists() and not args.overwrite:
         parser.error(f"--json {args.json} exists; name another file, or pass --overwrite to replace it")
     if args.plots is not None and not args.overwrite:
@@ -109,7 +130,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         if "fid" in metrics:
             evaluation.require_generative(model, "the Frechet distance of samples (fid)")
         data = f"--checkpoint {args.checkpoint}" + (f" --data_dir {args.data_dir}" if args.data_dir else "")
-        record = load_feature_classifier(args.classifier or default_classifier_path(datamodule), data)
+        record = args.classifier_record or load_feature_classifier(
+            args.classifier or default_classifier_path(datamodule), data
+        )
+        try:
+            check_classifier_data(record, datamodule)
+        except ValueError as error:
+            option = "--classifier: " if args.classifier else ""
+            raise ValueError(
+                f"{option}{error} (train one: python scripts/train_feature_classifier.py {data})"
+            ) from None
         print(f"Feature classifier {record.path}: test accuracy {record.test_accuracy:.4f}")
         classifier = record.network
     scores = evaluation.evaluate(
@@ -124,8 +154,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     if args.samplers:
         train = evaluation.split_loader(datamodule, "train", max_images=args.probe_max_train, seed=args.seed)
-        train_codes, _ = evaluation.encode_split(model, train)
-        real = evaluation.gray_loader(datamodule, "test")
+        train_codes, _ = evaluation.encode_split(model, train, args.seed)
+        real = evaluation.gray_loader(datamodule, "test", datamodule.hparams.classes)
         found = samplers.frechet_distances(
             model, train_codes, classifier, real, args.fid_samples, two_stage_steps=args.two_stage_steps, seed=args.seed
         )

@@ -92,3 +92,29 @@ def test_spatial_codes_are_scored_flattened_and_their_traversals_refused() -> No
     assert not metrics.has_flat_codes(model) and metrics.has_flat_codes(VAE(latent_dim=2, hidden_dims=[4]))
     with pytest.raises(ValueError, match=r"flat codes \[latent_dim\]; VAE's codes have shape \[1, 8, 8\]"):
         metrics.latent_traversals(model, data.images_of(data.sample_factors(1, torch.Generator())))
+
+
+def test_dci_of_a_disentangled_noisy_code_is_near_one() -> None:
+    """Five of ten codes are the dSprites-sized factors (grid indices) plus 0.01 noise, the others pure noise: each
+    factor lives in one code, so DCI disentanglement and completeness are ~1 (the forests must not spread importance
+    onto the noise codes)."""
+    rng, sizes = np.random.default_rng(0), np.array([3, 6, 40, 32, 32])
+    factors = rng.integers(0, sizes, (3000, 5))
+    codes = np.concatenate([factors + 0.01 * rng.normal(size=factors.shape), rng.normal(size=(3000, 5))], 1)
+    scores = metrics.dci(codes[:2400], factors[:2400], codes[2400:], factors[2400:])
+    assert scores["dci_disentanglement"] > 0.99 and scores["dci_completeness"] > 0.99, scores
+
+
+def test_a_metric_does_not_depend_on_which_others_are_asked_for() -> None:
+    """BetaVAE and FactorVAE draw from their own generators: alone or after others, the same seed, the same score."""
+    source, q = FactorsAsImages(), np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))[0]
+
+    def mixed(images: torch.Tensor) -> np.ndarray:  # entangled, noisy codes: scores well away from 0 and 1
+        noise = np.random.default_rng(int(images.sum())).normal(size=(len(images), 3))
+        return images.double().numpy() @ q + 3.0 * noise
+
+    def scores(names: list[str]) -> dict[str, float]:
+        return metrics.disentanglement_metrics(mixed, source, names, num_points=500, num_votes=30, seed=0)
+
+    alone = {name: scores([name])[name] for name in ("beta_vae", "factor_vae", "mig")}
+    assert scores(["mig", "beta_vae", "factor_vae"]) == alone

@@ -21,7 +21,7 @@ from ae_lightning import VAE, Autoencoder
 from ae_lightning.cli import AutoencoderCLI
 from ae_lightning.evaluation import driver as evaluation
 from ae_lightning.evaluation import visualization
-from ae_lightning.evaluation.feature_classifier import ClassifierCNN, load_feature_classifier
+from ae_lightning.evaluation.feature_classifier import ClassifierCNN, load_feature_classifier, save_feature_classifier
 from ae_lightning.evaluation.metrics import FrechetDistance, ReconstructionMetrics
 from datamodules import MNISTDataModule
 
@@ -164,6 +164,47 @@ def test_evaluate_computes_every_metric_of_a_vae(data_dir: Path) -> None:
     assert model.training  # evaluation restores the model's mode
 
 
+def test_a_metric_sees_the_same_test_images_whatever_else_is_asked(data_dir: Path) -> None:
+    """Each pass over the evaluation loaders yields the same (dynamically binarized) images, so ``nll`` after ``mse``
+    equals ``nll`` alone."""
+    torch.manual_seed(0)
+    datamodule = MNISTDataModule(data_dir=str(data_dir), binarize="dynamic")
+    model = VAE(latent_dim=4, hidden_dims=[16], nll_samples=4)
+    for loader in (evaluation.split_loader(datamodule, "test"), evaluation.gray_loader(datamodule, "test")):
+        first, second = (torch.cat([x for x, _, _ in loader]) for _ in range(2))
+        assert torch.equal(first, second)
+    nll = evaluation.evaluate(model, datamodule, ["nll"])["nll"]
+    assert evaluation.evaluate(model, datamodule, ["mse", "nll"])["nll"] == nll
+
+
+def test_the_seed_draws_the_importance_samples_of_nll(data_dir: Path) -> None:
+    torch.manual_seed(0)
+    datamodule = MNISTDataModule(data_dir=str(data_dir))
+    model = VAE(latent_dim=4, hidden_dims=[16], nll_samples=4)
+    nll = evaluation.evaluate(model, datamodule, ["nll"], seed=0)["nll"]
+    assert evaluation.evaluate(model, datamodule, ["nll"], seed=1)["nll"] != nll
+    assert evaluation.evaluate(model, datamodule, ["nll"], seed=0)["nll"] == nll
+
+
+def test_a_model_of_some_classes_is_probed_and_fid_scored_on_the_test_images_of_those(data_dir: Path) -> None:
+    """Codes that are the labels: probes of the trained classes 0 and 1 are right on every test image of 0 and 1
+    (the other classes, which they never saw, are left out); ``fid`` compares samples with images of 0 and 1."""
+    datamodule = MNISTDataModule(data_dir=str(data_dir), classes=[0, 1])
+    model = VAE(latent_dim=4, hidden_dims=[16])
+    model.encode = lambda x, labels=None: torch.nn.functional.one_hot(labels, 10).float()
+    scores = evaluation.evaluate(model, datamodule, ["linear_probe", "knn"])
+    assert scores == {"linear_probe": 1.0, "knn": 1.0}
+    seen = []
+
+    def frechet_distance(model, classifier, real, *args, **kwargs) -> float:
+        seen.extend(torch.cat([labels for _, labels, _ in real]).tolist())
+        return 0.0
+
+    with mock.patch.object(evaluation, "frechet_distance", frechet_distance):
+        evaluation.evaluate(model, datamodule, ["fid"], classifier=ClassifierCNN())
+    assert seen and set(seen) == {0, 1}
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_every_variant_gets_every_metric_and_picture_that_applies(config: Path, data_dir: Path) -> None:
     with mock.patch("sys.argv", ["ae-lightning"]):
@@ -279,6 +320,39 @@ def test_evaluate_script_scores_a_checkpoint_and_refuses_sampling_a_plain_autoen
             script.main([str(ae_checkpoint), *option])
 
 
+def test_the_evaluate_script_refuses_bad_inputs_before_any_work(
+    benchmark_run: tuple[Path, list], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder, _ = benchmark_run
+    script = load_script("evaluate")
+    vae = str(next((folder / "runs" / "vae" / "lightning_logs").glob("*/checkpoints/last.ckpt")))
+    for option, value, least in (("--fid_samples", "0", 2), ("--nll_samples", "0", 1), ("--probe_max_train", "-1", 2)):
+        assert refused(script, [vae, option, value], capsys).startswith(f"{option} {value}: expected at least {least} ")
+    missing = tmp_path / "nodir" / "out.json"
+    assert refused(script, [vae, "--json", str(missing)], capsys) == (
+        f"--json {missing}: its folder {missing.parent} does not exist; create it or name another"
+    )
+    assert refused(script, [vae, "--metrics", "fid", "--classifier", vae], capsys).startswith(
+        f"--classifier {vae} is not a feature classifier written by scripts/train_feature_classifier.py: "
+    )
+    record = load_feature_classifier(folder / "classifier.pt")  # an MNIST classifier relabelled as another dataset's
+    record.dataset, record.path = "FashionMNIST", tmp_path / "fashion.pt"
+    save_feature_classifier(record)
+    wrong = (
+        r"--classifier: .*fashion.pt was trained on FashionMNIST, but the data are MNIST: give a classifier of MNIST"
+    )
+    with pytest.raises(ValueError, match=wrong):
+        script.main([vae, "--metrics", "fid", "--classifier", str(record.path)])
+
+
+def test_evaluate_refuses_counts_too_small_to_mean_anything(data_dir: Path) -> None:
+    datamodule = MNISTDataModule(data_dir=str(data_dir))
+    model = VAE(latent_dim=4, hidden_dims=[16], nll_samples=4)
+    for argument, least in (("nll_samples", 1), ("fid_samples", 2), ("probe_max_train", 2)):
+        with pytest.raises(ValueError, match=f"{argument}=0: expected at least {least}"):
+            evaluation.evaluate(model, datamodule, ["mse"], **{argument: 0})
+
+
 def test_samplers_benchmark_scores_every_sampler_of_each_run_and_names_a_missing_run(
     benchmark_run: tuple[Path, list], tmp_path: Path
 ) -> None:
@@ -298,6 +372,15 @@ def test_samplers_benchmark_scores_every_sampler_of_each_run_and_names_a_missing
     (tmp_path / "vae" / "seed-0").mkdir(parents=True)  # a run over seeds whose seed 0 left no checkpoint
     with pytest.raises(FileNotFoundError, match=r"no last.ckpt of seed 0 under .*vae \(its seeds are \[0\]\)"):
         script.checkpoints(tmp_path, "vae", None)
+
+
+def test_the_samplers_benchmark_takes_the_newest_version_by_number(tmp_path: Path) -> None:
+    for version in (0, 1, 2, 9, 10, 11):
+        folder = tmp_path / "ae" / "lightning_logs" / f"version_{version}" / "checkpoints"
+        folder.mkdir(parents=True)
+        (folder / "last.ckpt").touch()
+    found = load_script("samplers").checkpoints(tmp_path, "ae", None)
+    assert found[None].parents[1].name == "version_11"
 
 
 def test_the_likelihood_benchmark_gives_one_nll_per_seed_and_seeds_change_the_run(

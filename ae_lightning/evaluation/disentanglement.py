@@ -6,6 +6,9 @@ The BetaVAE score (Higgins et al. 2017), the FactorVAE score (Kim & Mnih 2018), 
 completeness and informativeness (Eastwood & Williams 2018), computed as in disentanglement_lib (Locatello et al.
 2019, "Challenging Common Assumptions in the Unsupervised Learning of Disentangled Representations") with smaller
 default sample sizes. Every factor is treated as discrete (its grid index); factors that do not vary are left out.
+DCI's importances come from random forests that weigh every code at each split instead of disentanglement_lib's
+gradient boosting: both give a disentangled code ~1, and the forests take ~7 s instead of ~280 s on one CPU core for
+10 codes, the dSprites factors and 10,000 points.
 """
 
 from __future__ import annotations
@@ -130,7 +133,9 @@ def dci(
     test_factors: np.ndarray,
     seed: int = 0,
 ) -> dict[str, float]:
-    """DCI (Eastwood & Williams 2018) from the feature importances ``R [D, K]`` of one random forest per factor.
+    """DCI (Eastwood & Williams 2018) from the feature importances ``R [D, K]`` of one random forest per factor, each
+    split weighing every code (``max_features=None``: sklearn's default ``sqrt`` forces splits on irrelevant codes and
+    spreads importance over them, biasing disentanglement and completeness low).
 
     ``dci_disentanglement``: ``sum_i rho_i (1 - H_K(P_i))``, ``P_i`` code ``i``'s row of ``R`` normalized and ``rho_i``
     its share of the total importance; ``dci_completeness``: the same per factor over the codes (``H_D``), weighted by
@@ -148,7 +153,7 @@ def dci(
     num_codes, num_factors = train_codes.shape[1], train_factors.shape[1]
     importance, accuracies = np.zeros((num_codes, num_factors)), []
     for k in range(num_factors):
-        forest = RandomForestClassifier(n_estimators=30, max_depth=8, random_state=seed, n_jobs=1)
+        forest = RandomForestClassifier(n_estimators=30, max_depth=8, max_features=None, random_state=seed, n_jobs=1)
         forest.fit(train_codes, train_factors[:, k])
         importance[:, k] = forest.feature_importances_
         accuracies.append(forest.score(test_codes, test_factors[:, k]))
@@ -299,13 +304,14 @@ def disentanglement_metrics(
         metrics: names from :data:`DISENTANGLEMENT_METRICS`.
         num_points: samples whose codes MIG, SAP and DCI see (SAP and DCI fit on 80%, score on 20%).
         num_votes: training points of the BetaVAE and FactorVAE scores (and 60% as many to score them on).
-        seed: seed of every draw.
+        seed: seed of every draw. The codes MIG, SAP and DCI share, the BetaVAE score and the FactorVAE score each
+            draw from their own generator seeded from ``seed``, so a metric's value does not depend on which others
+            are asked for.
     """
     metrics = check_disentanglement_metrics(metrics)
-    generator = torch.Generator().manual_seed(seed)
     results: dict[str, float] = {}
     if {"mig", "sap", "dci"} & set(metrics):
-        codes, factors = sample_codes(encode, source, num_points, generator)
+        codes, factors = sample_codes(encode, source, num_points, torch.Generator().manual_seed(seed))
         split = int(0.8 * num_points)
         if "mig" in metrics:
             results["mig"] = mutual_information_gap(codes, factors)
@@ -317,10 +323,18 @@ def disentanglement_metrics(
             results |= dci(codes[:split], factors[:split], codes[split:], factors[split:], seed)
     evaluation = max(1, round(0.6 * num_votes))
     if "beta_vae" in metrics:
+        generator = _metric_generator(seed, "beta_vae")
         results["beta_vae"] = beta_vae_score(encode, source, generator, num_train=num_votes, num_eval=evaluation)
     if "factor_vae" in metrics:
+        generator = _metric_generator(seed, "factor_vae")
         results["factor_vae"] = factor_vae_score(encode, source, generator, num_train=num_votes, num_eval=evaluation)
     return results
+
+
+def _metric_generator(seed: int, name: str) -> torch.Generator:
+    """A generator of metric ``name``'s own draws, seeded from ``seed`` and the metric."""
+    index = list(DISENTANGLEMENT_METRICS).index(name)
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed % 2**64, index]).generate_state(1)[0]))
 
 
 # --- pictures -------------------------------------------------------------------------------------------------------

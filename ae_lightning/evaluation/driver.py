@@ -37,10 +37,12 @@ METRICS: dict[str, str] = {
     "psnr": "peak signal-to-noise ratio of the test reconstructions, dB, averaged over images",
     "ssim": "structural similarity of the test reconstructions",
     "nll": "importance-weighted bound on -log p(x) of the test images, nats per image (VAE family)",
-    "fid": "Frechet distance between test images and prior samples in a dataset classifier's features "
-    "(generative models)",
-    "linear_probe": "test accuracy of logistic regression fitted on the codes of the training images",
-    "knn": "test accuracy of k-nearest neighbours on the codes of the training images",
+    "fid": "Frechet distance between test images (of the trained classes) and prior samples in a dataset "
+    "classifier's features (generative models)",
+    "linear_probe": "test accuracy of logistic regression fitted on the codes of the training images (test images of "
+    "the trained classes)",
+    "knn": "test accuracy of k-nearest neighbours on the codes of the training images (test images of the trained "
+    "classes)",
     "auroc": "AUROC of the anomaly score separating held-out classes from the trained ones (test images; model "
     "trained with data classes = all but the held-out ones)",
 }
@@ -109,7 +111,9 @@ def split_loader(
     max_images: int | None = None,
     seed: int = 0,
 ) -> TensorBatchLoader:
-    """The split's images in stored order, binarized as the datamodule binarizes validation and test images.
+    """The split's images in stored order, binarized as the datamodule binarizes validation and test images. Every
+    pass over the loader yields the same images (it is not resumable: a ``dynamic`` binarization is not redrawn), so
+    metrics computed in separate passes see one test set.
 
     Args:
         datamodule: the data.
@@ -134,6 +138,7 @@ def split_loader(
         shuffle=False,
         seed=datamodule.hparams.seed,
         binarize=datamodule.hparams.binarize == "dynamic",
+        resumable=False,
     )
 
 
@@ -166,19 +171,22 @@ def _batches(loader: TensorBatchLoader, device: torch.device) -> Iterator[tuple[
         yield x.to(device), labels.to(device)
 
 
-def reconstruction_scores(model: AutoencoderModule, loader: TensorBatchLoader) -> dict[str, float]:
+def reconstruction_scores(model: AutoencoderModule, loader: TensorBatchLoader, seed: int = 0) -> dict[str, float]:
     """``mse``, ``bce``, ``psnr`` and ``ssim`` of the model's reconstructions of the loader's images (``mse`` only
-    for feature vectors)."""
+    for feature vectors); ``seed`` seeds a stochastic model's draws."""
     metrics = ReconstructionMetrics(images=len(model.input_shape) == 3).to(model.device)
-    with evaluating(model):
+    with evaluating(model, seed):
         for x, labels in _batches(loader, model.device):
             metrics.update(model(x, labels).float(), x)
     values = {name.removeprefix("recon_"): float(value) for name, value in metrics.compute().items()}
     return {name: values[name] for name in RECONSTRUCTION_METRICS if name in values}
 
 
-def perceptual_scores(model: AutoencoderModule, loader: TensorBatchLoader, names: Sequence[str]) -> dict[str, float]:
-    """``ms_ssim`` and ``lpips`` (those in ``names``) of the model's reconstructions of the loader's images."""
+def perceptual_scores(
+    model: AutoencoderModule, loader: TensorBatchLoader, names: Sequence[str], seed: int = 0
+) -> dict[str, float]:
+    """``ms_ssim`` and ``lpips`` (those in ``names``) of the model's reconstructions of the loader's images; ``seed``
+    seeds a stochastic model's draws."""
     from ae_lightning.blocks.perceptual import LPIPSDistance
 
     metrics: dict[str, Any] = {}
@@ -187,7 +195,7 @@ def perceptual_scores(model: AutoencoderModule, loader: TensorBatchLoader, names
     if "lpips" in names:
         distance = LPIPSDistance("alex").to(model.device)
         metrics["lpips"] = MeanMetric().to(model.device)
-    with evaluating(model):
+    with evaluating(model, seed):
         for x, labels in _batches(loader, model.device):
             reconstruction = model(x, labels).float()
             if "ms_ssim" in metrics:
@@ -203,16 +211,17 @@ def quantizer_of(model: nn.Module) -> nn.Module | None:
     return tokenizer if callable(getattr(tokenizer, "encode_indices", None)) else None
 
 
-def code_scores(model: AutoencoderModule, loader: TensorBatchLoader) -> dict[str, float]:
+def code_scores(model: AutoencoderModule, loader: TensorBatchLoader, seed: int = 0) -> dict[str, float]:
     """Codebook usage of the test images' codes (``codes_used``, ``perplexity``, ``dead_codes``) and their ``bpp``:
-    under the prior for a :class:`~ae_lightning.models.prior.CodePrior`, else the fixed-length rate."""
+    under the prior for a :class:`~ae_lightning.models.prior.CodePrior`, else the fixed-length rate. ``seed`` seeds a
+    stochastic model's draws."""
     from ae_lightning.blocks.quantizers import CodebookUsage
 
     tokenizer = quantizer_of(model)
     usage = CodebookUsage(tokenizer.codebook_size, tokenizer.quantizer.num_codebooks).to(model.device)
     bits = MeanMetric().to(model.device)
     pixels = model.input_shape[1] * model.input_shape[2]
-    with evaluating(model):
+    with evaluating(model, seed):
         for x, _ in _batches(loader, model.device):
             indices = tokenizer.encode_indices(x)
             usage.update(indices)
@@ -223,11 +232,14 @@ def code_scores(model: AutoencoderModule, loader: TensorBatchLoader) -> dict[str
     return {**{name: float(value) for name, value in usage.compute().items()}, "bpp": float(bits.compute())}
 
 
-def reconstruction_frechet_distance(model: AutoencoderModule, network: nn.Module, loader: TensorBatchLoader) -> float:
+def reconstruction_frechet_distance(
+    model: AutoencoderModule, network: nn.Module, loader: TensorBatchLoader, seed: int = 0
+) -> float:
     """Frechet distance between the loader's images and their reconstructions in ``network``'s features (a classifier
-    or :class:`~ae_lightning.evaluation.metrics.InceptionFeatures`; see :class:`FrechetDistance`)."""
+    or :class:`~ae_lightning.evaluation.metrics.InceptionFeatures`; see :class:`FrechetDistance`); ``seed`` seeds a
+    stochastic model's draws."""
     metric = FrechetDistance(network).to(model.device)
-    with evaluating(model):
+    with evaluating(model, seed):
         for x, labels in _batches(loader, model.device):
             metric.update(x.float(), real=True)
             metric.update(model(x, labels).float(), real=False)
@@ -249,7 +261,7 @@ def first_stage_scores(
     Args:
         classifier: the feature classifier of ``rfid_classifier``.
         frechet_images: the ``rfid`` pair on a seeded subset of at most this many test images; None: all.
-        seed: seed of that subset.
+        seed: seed of that subset and of a stochastic model's draws.
     """
     unknown = [name for name in names if name not in FIRST_STAGE_METRICS]
     if unknown:
@@ -262,40 +274,46 @@ def first_stage_scores(
     test = split_loader(datamodule, "test")
     results: dict[str, float] = {}
     if any(name in PERCEPTUAL_METRICS for name in names):
-        results |= perceptual_scores(model, test, names)
+        results |= perceptual_scores(model, test, names, seed)
     if any(name in CODE_METRICS for name in names):
-        results |= code_scores(model, test)
+        results |= code_scores(model, test, seed)
     frechet = [name for name in FRECHET_METRICS if name in names]
     if frechet:
         subset = split_loader(datamodule, "test", max_images=frechet_images, seed=seed)
     for name in frechet:
         network = InceptionFeatures() if name == "rfid" else classifier
-        results[name] = reconstruction_frechet_distance(model, network.to(model.device), subset)
+        results[name] = reconstruction_frechet_distance(model, network.to(model.device), subset, seed)
     return {name: results[name] for name in names}
 
 
-def negative_log_likelihood(model: AutoencoderModule, loader: TensorBatchLoader, num_samples: int | None) -> float:
+def negative_log_likelihood(
+    model: AutoencoderModule, loader: TensorBatchLoader, num_samples: int | None, seed: int = 0
+) -> float:
     """Mean importance-weighted bound on -log p(x) in nats per image (``model.importance_weighted_nll``).
 
     Args:
         model: a VAE-family model.
         loader: the images.
-        num_samples: importance samples per image; the model's ``nll_samples`` when None.
+        num_samples: importance samples per image (>= 1); the model's ``nll_samples`` when None.
+        seed: seed of the importance samples.
     """
+    if num_samples is not None and num_samples < 1:
+        raise ValueError(f"nll needs at least 1 importance sample per image, got num_samples={num_samples}")
     if not callable(getattr(model, "importance_weighted_nll", None)):
         name = type(model).__name__
         raise ValueError(f"{name} has no likelihood (importance_weighted_nll): nll is for the VAE family")
     mean = MeanMetric().to(model.device)
-    with evaluating(model):
+    with evaluating(model, seed):
         for x, labels in _batches(loader, model.device):
             mean.update(model.importance_weighted_nll(x, num_samples, labels))
     return float(mean.compute())
 
 
-def encode_split(model: AutoencoderModule, loader: TensorBatchLoader) -> tuple[Tensor, Tensor]:
-    """Codes ``[N, latent_dim]`` (spatial codes flattened) and labels ``[N]`` of the loader's images, on the CPU."""
+def encode_split(model: AutoencoderModule, loader: TensorBatchLoader, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Codes ``[N, latent_dim]`` (spatial codes flattened) and labels ``[N]`` of the loader's images, on the CPU;
+    ``seed`` seeds a stochastic encoder's draws."""
     codes, labels = [], []
-    with evaluating(model):
+    with evaluating(model, seed):
         for x, y in _batches(loader, model.device):
             codes.append(model.encode(x, y).float().flatten(1).cpu())  # spatial codes as vectors
             labels.append(y.cpu())
@@ -413,6 +431,10 @@ def evaluate(
 ) -> dict[str, float]:
     """The named metrics of a trained model on its datamodule's test split (probes fit on the training split).
 
+    A model trained on a subset of the classes (``data.classes``) has its probes and ``fid`` scored on the test images
+    of those classes only (the probes never saw the others, the samples never drew them); the reconstruction metrics,
+    ``nll`` and ``auroc`` see every test image.
+
     Args:
         model: the trained model, on the device to evaluate on.
         datamodule: its data; test images are binarized as the datamodule binarizes them.
@@ -420,14 +442,18 @@ def evaluate(
             the VAE family, ``fid`` a generative model and a ``classifier``, ``auroc`` a model trained on a subset of
             the classes (``data.classes``).
         classifier: the feature classifier of ``fid`` (``load_feature_classifier(path).network``).
-        nll_samples: importance samples of ``nll``; the model's ``nll_samples`` when None.
-        fid_samples: prior samples of ``fid``.
-        probe_max_train: fit the probes on the codes of at most this many training images, a seeded random
+        nll_samples: importance samples of ``nll`` (>= 1); the model's ``nll_samples`` when None.
+        fid_samples: prior samples of ``fid`` (>= 2).
+        probe_max_train: fit the probes on the codes of at most this many training images (>= 2), a seeded random
             subset (None: all); encoding is the costly part for a model that fits codes by optimization.
         knn_neighbors: k of the k-NN probe.
         seed: seed of samples, probes and stochastic scores.
     """
     metrics = check_metric_names(metrics)
+    counts = {"nll_samples": (nll_samples, 1), "fid_samples": (fid_samples, 2), "probe_max_train": (probe_max_train, 2)}
+    for argument, (value, least) in counts.items():
+        if value is not None and value < least:
+            raise ValueError(f"{argument}={value}: expected at least {least}")
     for name in metrics:
         if name == "fid":
             require_generative(model, "the Frechet distance of samples (fid)")
@@ -445,17 +471,21 @@ def evaluate(
     test = split_loader(datamodule, "test")
     results: dict[str, float] = {}
     if any(name in RECONSTRUCTION_METRICS for name in metrics):
-        scores = reconstruction_scores(model, test)
+        scores = reconstruction_scores(model, test, seed)
         results |= {name: value for name, value in scores.items() if name in metrics}
     if "nll" in metrics:
-        results["nll"] = negative_log_likelihood(model, test, nll_samples)
+        results["nll"] = negative_log_likelihood(model, test, nll_samples, seed)
     if "fid" in metrics:
         classifier = classifier.to(model.device)
-        results["fid"] = frechet_distance(model, classifier, gray_loader(datamodule, "test"), fid_samples, seed=seed)
+        real = gray_loader(datamodule, "test", datamodule.hparams.classes)
+        results["fid"] = frechet_distance(model, classifier, real, fid_samples, seed=seed)
     if "linear_probe" in metrics or "knn" in metrics:
         train = split_loader(datamodule, "train", max_images=probe_max_train, seed=seed)
-        train_codes, train_labels = encode_split(model, train)
-        test_codes, test_labels = encode_split(model, test)
+        train_codes, train_labels = encode_split(model, train, seed)
+        test_codes, test_labels = encode_split(model, test, seed)
+        if datamodule.hparams.classes is not None:  # the probes learnt the trained classes only
+            trained = torch.isin(test_labels, torch.as_tensor(datamodule.hparams.classes, dtype=test_labels.dtype))
+            test_codes, test_labels = test_codes[trained], test_labels[trained]
         probes = probe_accuracies(train_codes, train_labels, test_codes, test_labels, knn_neighbors)
         results |= {name: value for name, value in probes.items() if name in metrics}
     if "auroc" in metrics:
@@ -464,13 +494,19 @@ def evaluate(
     return {name: results[name] for name in metrics}
 
 
-def gray_loader(datamodule: ImageDataModule, split: Split) -> TensorBatchLoader:
-    """The split's gray-level images: the Frechet distance compares samples with the real images, never binarized."""
+def gray_loader(datamodule: ImageDataModule, split: Split, classes: Sequence[int] | None = None) -> TensorBatchLoader:
+    """The split's gray-level images: the Frechet distance compares samples with the real images, never binarized.
+    ``classes``: only the images of these labels (None: all)."""
     own = getattr(datamodule, "evaluation_loader", None)
     if own is not None:
         return own(split, batch_size=500)
     images, labels = datamodule.splits[split]
-    return TensorBatchLoader(images, labels, torch.arange(len(images)), batch_size=500, shuffle=False, seed=0)
+    if classes is not None:
+        keep = torch.isin(labels, torch.as_tensor(list(classes), dtype=labels.dtype))
+        images, labels = images[keep], labels[keep]
+    return TensorBatchLoader(
+        images, labels, torch.arange(len(images)), batch_size=500, shuffle=False, seed=0, resumable=False
+    )
 
 
 def datamodule_class(name: str) -> type[ImageDataModule]:

@@ -244,6 +244,7 @@ def load_feature_classifier(path: str | Path, data_arguments: str = "") -> Class
 
     Raises:
         FileNotFoundError: ``path`` does not exist; the message says how to create it.
+        ValueError: ``path`` is not such a classifier (e.g. a Lightning checkpoint, or a corrupt file).
     """
     path = Path(path)
     if not path.is_file():
@@ -252,16 +253,35 @@ def load_feature_classifier(path: str | Path, data_arguments: str = "") -> Class
             f"{data_arguments + ' ' if data_arguments else ''}--output {path}` (benchmarks/variants.py trains it on "
             "first use)"
         )
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    fields = ("test_accuracy", "dataset", "data_source", "train_images", "epochs", "seed")
+    expected = "a feature classifier written by scripts/train_feature_classifier.py"
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # not a torch file, corrupt, or holding objects a plain load refuses
+        raise ValueError(f"{path} is not {expected}: it cannot be read ({type(error).__name__})") from None
+    missing = [key for key in ("state_dict", "input_shape", "num_classes", "num_features", *fields)
+               if not isinstance(payload, dict) or key not in payload]  # fmt: skip
+    if missing:
+        raise ValueError(f"{path} is not {expected}: it holds no {', '.join(missing)}")
     network = ClassifierCNN(tuple(payload["input_shape"]), payload["num_classes"], payload["num_features"])
     network.load_state_dict(payload["state_dict"])
-    fields = ("test_accuracy", "dataset", "data_source", "train_images", "epochs", "seed")
     return ClassifierRecord(network=network.eval(), path=path, **{key: payload[key] for key in fields})
+
+
+def check_classifier_data(record: ClassifierRecord, datamodule: ImageDataModule) -> None:
+    """Raise a ValueError unless ``record`` was trained on the datamodule's dataset (its ``dataset_name``): features
+    of another dataset's classifier make Frechet distances that compare with nothing."""
+    if record.dataset != datamodule.dataset_name:
+        raise ValueError(
+            f"the feature classifier {record.path} was trained on {record.dataset}, but the data are "
+            f"{datamodule.dataset_name}: give a classifier of {datamodule.dataset_name}"
+        )
 
 
 __all__ = [
     "ClassifierCNN",
     "ClassifierRecord",
+    "check_classifier_data",
     "FeatureClassifier",
     "default_classifier_path",
     "load_feature_classifier",
