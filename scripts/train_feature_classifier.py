@@ -4,8 +4,9 @@
     python scripts/train_feature_classifier.py --data StreamingDataModule --input_dir data/photos-72 --image_size 64
     python scripts/train_feature_classifier.py --checkpoint runs/vae/lightning_logs/version_0/checkpoints/last.ckpt
 
-Trains on the dataset's gray-level training split, reports the test accuracy, and caches the classifier (weights,
-accuracy, dataset and training settings) at ``--output``, by default
+Trains on the dataset's gray-level training split (a checkpoint's data unbinarized), reports the test accuracy, and
+caches the classifier (weights, accuracy, dataset and training settings) at ``--output`` (an existing one is replaced
+only with ``--overwrite``), by default
 ``$AE_LIGHTNING_CACHE/feature-classifier-<Dataset>-<source>.pt`` (``AE_LIGHTNING_CACHE`` defaults to
 ``~/.cache/ae-lightning``), where ``benchmarks/variants.py`` and ``scripts/evaluate.py`` look for it.
 """
@@ -39,13 +40,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--output", default=None, help="where to save (default: the cache path above)")
     parser.add_argument("--accelerator", default="auto")
+    parser.add_argument("--overwrite", action="store_true", help="replace a classifier already at the output")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> ClassifierRecord:
     args = parse_args(argv)
-    if args.checkpoint is not None:  # the checkpoint's data, every label kept (the classifier learns them all)
-        datamodule = load_checkpoint(args.checkpoint, args.data_dir, batch_size=args.batch_size, classes=None)[1]
+    if args.checkpoint is not None:  # the checkpoint's data, gray-level, every label kept (the classifier learns all)
+        overrides = {"batch_size": args.batch_size, "classes": None, "binarize": "none"}
+        datamodule = load_checkpoint(args.checkpoint, args.data_dir, **overrides)[1]
     else:
         cls = datamodule_class(args.data)
         if "input_dir" in inspect.signature(cls).parameters:  # a stream
@@ -58,7 +61,7 @@ def main(argv: list[str] | None = None) -> ClassifierRecord:
     path = args.output or default_classifier_path(datamodule)
     print(f"Training the feature classifier on {datamodule.data_description} for {args.epochs} epochs")
     record = train_feature_classifier(
-        datamodule, path, args.epochs, args.seed, args.accelerator, progress_bar=sys.stderr.isatty()
+        datamodule, path, args.epochs, args.seed, args.accelerator, sys.stderr.isatty(), args.overwrite
     )
     print(f"Test accuracy {record.test_accuracy:.4f}; saved to {record.path}")
     return record

@@ -21,7 +21,12 @@ from ae_lightning import VAE, Autoencoder
 from ae_lightning.cli import AutoencoderCLI
 from ae_lightning.evaluation import driver as evaluation
 from ae_lightning.evaluation import visualization
-from ae_lightning.evaluation.feature_classifier import ClassifierCNN, load_feature_classifier, save_feature_classifier
+from ae_lightning.evaluation.feature_classifier import (
+    ClassifierCNN,
+    load_feature_classifier,
+    save_feature_classifier,
+    train_feature_classifier,
+)
 from ae_lightning.evaluation.metrics import FrechetDistance, ReconstructionMetrics
 from datamodules import MNISTDataModule
 
@@ -237,6 +242,23 @@ def test_feature_classifier_script_trains_caches_and_reloads(data_dir: Path, tmp
     torch.testing.assert_close(loaded.network(images), record.network(images))
     with pytest.raises(FileNotFoundError, match="train one with `python scripts/train_feature_classifier.py"):
         load_feature_classifier(tmp_path / "missing.pt")
+    again = ["--data", "MNISTDataModule", "--data_dir", str(data_dir), "--epochs", "1", "--seed", "1"]
+    with pytest.raises(FileExistsError, match=f"{record.path} holds a feature classifier already; .* --overwrite"):
+        script.main(again)
+    assert load_feature_classifier(record.path).metadata() == record.metadata()  # left as it was
+    assert script.main([*again, "--overwrite"]).seed == 1
+
+
+def test_the_feature_classifier_and_fid_see_gray_images_of_binarized_data(data_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"learns gray-level images, but the datamodule binarizes them \(binarize: dy"):
+        train_feature_classifier(MNISTDataModule(data_dir=str(data_dir), binarize="dynamic"), tmp_path / "c.pt")
+    gray, static = (MNISTDataModule(data_dir=str(data_dir), binarize=b) for b in ("none", "static"))
+    gray.setup()
+    static.setup()
+    assert set(static.splits["test"][0].unique().tolist()) <= {0, 255}  # what the model trains and tests on
+    images = torch.cat([x for x, _, _ in evaluation.gray_loader(static, "test")])
+    expected = torch.cat([x for x, _, _ in evaluation.gray_loader(gray, "test")])
+    assert torch.equal(images, expected) and len(images.unique()) > 2  # the same test images, gray
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ its datamodule; ``benchmarks/variants.py`` and ``scripts/evaluate.py`` are thin 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -500,6 +501,11 @@ def gray_loader(datamodule: ImageDataModule, split: Split, classes: Sequence[int
     own = getattr(datamodule, "evaluation_loader", None)
     if own is not None:
         return own(split, batch_size=500)
+    if datamodule.hparams.get("binarize") == "static":  # its splits hold the binarized images: the same rows, gray
+        accepted = inspect.signature(type(datamodule)).parameters
+        settings = {name: value for name, value in datamodule.hparams.items() if name in accepted}
+        datamodule = type(datamodule)(**{**settings, "binarize": "none"})
+        datamodule.setup()
     images, labels = datamodule.splits[split]
     if classes is not None:
         keep = torch.isin(labels, torch.as_tensor(list(classes), dtype=labels.dtype))

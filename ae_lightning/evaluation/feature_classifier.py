@@ -169,25 +169,32 @@ def train_feature_classifier(
     seed: int = 0,
     accelerator: str = "auto",
     progress_bar: bool = True,
+    overwrite: bool = False,
 ) -> ClassifierRecord:
     """Train a :class:`ClassifierCNN` on the datamodule's training split, test it, and save it to ``path``.
 
-    The datamodule should yield gray-level images (``binarize: none``): the features must describe real images.
-
     Args:
-        datamodule: the dataset (its ``classes`` must be unset: the classifier needs every label).
+        datamodule: the dataset, gray-level (``binarize: none``: the features must describe real images) and with
+            every label (``classes`` unset).
         path: where to save; :func:`default_classifier_path` when None.
         epochs: training epochs.
         seed: seed of the weights and batch order.
         accelerator: Lightning accelerator.
         progress_bar: show Lightning's progress bar.
+        overwrite: replace a classifier already at ``path`` (else a FileExistsError, before any training).
     """
     if datamodule.hparams.classes is not None:
         kept = datamodule.hparams.classes
         raise ValueError(f"the feature classifier needs every label, but the datamodule keeps only classes {kept}")
+    binarize = datamodule.hparams.get("binarize", "none")
+    if binarize != "none":
+        raise ValueError(f"the feature classifier learns gray-level images, but the datamodule binarizes them "
+                         f"(binarize: {binarize}); set binarize: none")  # fmt: skip
     check_arguments({"epochs": epochs}, train_feature_classifier)
     check_classifiable(datamodule)
     path = Path(path) if path is not None else default_classifier_path(datamodule)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} holds a feature classifier already; remove it or pass --overwrite to replace it")
     L.seed_everything(seed, verbose=False)
     datamodule.setup()
     num_classes = len(datamodule.class_names or []) or int(datamodule.splits["train"][1].max()) + 1
