@@ -255,13 +255,15 @@ def main(argv: list[str] | None = None) -> list[Row]:
         )
     reference = data_class(data_dir=str(args.data_dir), seed=args.seed)
     reference.setup()
-    anomaly_classes = list(range(reference.num_classes)) if args.anomaly_classes is None else args.anomaly_classes
+    labels = len(reference.class_names or [])
+    anomaly_classes = list(range(labels)) if args.anomaly_classes is None else args.anomaly_classes
     if "auroc" in metrics:
-        bad = sorted(set(anomaly_classes) - set(range(reference.num_classes)))
+        if not labels:
+            raise ValueError(f"--metrics auroc holds out classes, but --data {args.data} has none (unlabelled "
+                             "images): leave auroc out of --metrics")  # fmt: skip
+        bad = sorted(set(anomaly_classes) - set(range(labels)))
         if bad or not anomaly_classes:
-            raise ValueError(
-                f"--anomaly_classes must name labels 0..{reference.num_classes - 1}, got {anomaly_classes}"
-            )
+            raise ValueError(f"--anomaly_classes must name labels 0..{labels - 1}, got {anomaly_classes}")
     for name, config in configs.items():
         try:
             build_cli(config, args, args.root / name, args.epochs)
@@ -338,7 +340,7 @@ def save_pictures(model: Any, datamodule: ImageDataModule, args: argparse.Namesp
         labels,
         latent_map_size=args.tsne_points,
         projection="tsne",
-        class_names=getattr(datamodule.dataset_class, "classes", None),
+        class_names=datamodule.class_names,
         title=f"{name}: t-SNE of {len(images)} test codes",
         seed=args.seed,
     )
@@ -378,6 +380,7 @@ def describe_run(
             "data_dir": str(args.data_dir),
             "data_source": datamodule.data_source,
             "split_sizes": {split: datamodule.split_size(split) for split in ("train", "val", "test")},
+            "class_names": datamodule.class_names,
         },
         "epochs": args.epochs,
         "seed": args.seed,
@@ -500,7 +503,7 @@ def render_markdown(
     lines.append("")
     if any(row.auroc_per_class for row in rows):
         classes = sorted({c for row in rows for c in row.auroc_per_class})
-        names = getattr(evaluation.datamodule_class(args.data).dataset_class, "classes", None)
+        names = data.get("class_names")
         titles = [f"{c} ({names[c]})" if names and c < len(names) else str(c) for c in classes]
         lines += ["## AUROC per held-out class", ""]
         lines += ["| variant | " + " | ".join(titles) + " |", "|" + " --- |" * (len(classes) + 1)]

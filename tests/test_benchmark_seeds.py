@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 
 import pytest
-from conftest import write_dataset
+from conftest import write_dataset, write_image_folder
 from test_evaluation import load_script
 
 
@@ -39,3 +39,15 @@ def test_a_datamodule_without_data_dir_is_refused_naming_the_dsprites_benchmark(
         load_script("benchmark").main(["--configs", "beta_tcvae", "--data", "DSpritesDataModule",
                                        "--output", str(tmp_path / "results.md"), "--root", str(tmp_path)])  # fmt: skip
     assert not list(tmp_path.iterdir())
+
+
+def test_a_folder_of_unlabelled_images_is_benchmarked_and_auroc_on_it_refused(tmp_path: Path) -> None:
+    folder = write_image_folder(tmp_path / "photos", classes=(), per_class=48, size=12)
+    common = [
+        "--configs", "ae", "--epochs", "1", "--data", "ImageFolderDataModule", "--data_dir", str(folder),
+        "--tsne_points", "20", "--output", str(tmp_path / "results.md"), "--root", str(tmp_path / "runs"),
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match=r"--metrics auroc holds out classes, but --data ImageFolderDataModule has no"):
+        load_script("benchmark").main([*common, "--metrics", "auroc"])
+    (row,) = load_script("benchmark").main([*common, "--metrics", "mse"])
+    assert row.scores["mse"] > 0 and (tmp_path / "results.md").is_file()
