@@ -283,3 +283,17 @@ def test_the_final_checkpoint_is_written_with_an_explicit_weights_only(data_dir:
     assert any("max_steps=5" in message for message in records)  # the handler sees Lightning's messages
     assert not [message for message in records if "`weights_only` was not set" in message]
     assert last_checkpoint(tmp_path)["global_step"] == 5
+
+
+def test_a_resumed_run_keeps_the_best_of_the_whole_run_as_its_best(data_dir: Path, tmp_path: Path) -> None:
+    run_cli("fit", *tiny_args("ae", data_dir, tmp_path))  # version_0
+    first = torch.load(next(tmp_path.rglob("best-*.ckpt")), weights_only=False)
+    earlier_best = first["callbacks"][next(k for k in first["callbacks"] if k.startswith("RunCheckpoint"))]
+    # resumed into version_1 with a learning rate that makes every later epoch worse
+    worse = ["--trainer.max_epochs", "4", "--ckpt_path", "last", "--model.init_args.optimizer.init_args.lr", "5"]
+    cli = run_cli("fit", *tiny_args("ae", data_dir, tmp_path, *worse))
+    callback = cli.trainer.checkpoint_callback
+    assert cli.trainer.current_epoch == 4 and callback.best_model_score > 0
+    assert callback.best_model_path == earlier_best["best_model_path"]  # version_0's, still on disk
+    assert float(callback.best_model_score) == float(earlier_best["best_model_score"])
+    assert not list((tmp_path / "lightning_logs" / "version_1").rglob("best-*.ckpt"))  # nothing worse kept as best

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import socket
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +129,11 @@ class RunCheckpoint(ModelCheckpoint):
     Lightning documents; its ``save_last`` at the end of training would write ``last.ckpt``), never keeping a
     checkpoint as the best on a non-finite monitored value, and with ``save_last`` always holding the final step in a
     state that resumes exactly: a run stopped by ``max_steps`` inside an epoch saves it at that batch's end, before
-    Lightning closes the epoch (a checkpoint written after would mark the epoch done and skip its other batches)."""
+    Lightning closes the epoch (a checkpoint written after would mark the epoch done and skip its other batches).
+
+    A resumed run writes into a new logger version (Lightning's default), where Lightning's ModelCheckpoint would
+    forget the run's best scores and keep a worse checkpoint as the best: here the ``save_top_k`` best of the whole
+    run are carried over (those whose files still exist), so a later checkpoint is kept only if it beats them."""
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -159,6 +164,24 @@ class RunCheckpoint(ModelCheckpoint):
         trainer.save_checkpoint(last, weights_only=self.save_weights_only)
         # A step that also ends the epoch is saved again after its validation: into this file, not a ``last-v1``.
         self.last_model_path = last
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        previous = state_dict.get("dirpath", self.dirpath)
+        if previous == self.dirpath:
+            super().load_state_dict(state_dict)
+            return
+        with warnings.catch_warnings():  # "won't be reloaded": they are, below
+            warnings.filterwarnings("ignore", message="The dirpath has changed from")
+            super().load_state_dict(state_dict)
+        kept = {path: score for path, score in (state_dict.get("best_k_models") or {}).items() if Path(path).is_file()}
+        if not kept:
+            return
+        best, worst = (min, max) if self.mode == "min" else (max, min)
+        self.best_k_models = kept
+        self.best_model_path = best(kept, key=lambda path: float(kept[path]))
+        self.best_model_score = kept[self.best_model_path]
+        self.kth_best_model_path = worst(kept, key=lambda path: float(kept[path]))
+        self.kth_value = kept[self.kth_best_model_path]
 
     def check_monitor_top_k(self, trainer: L.Trainer, current: torch.Tensor | None = None) -> bool:
         # A NaN or infinite val/loss is never "the best".
