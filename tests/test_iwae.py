@@ -10,7 +10,7 @@ import torch
 from test_variants import TINY, images, make_trainer, tiny_data
 from torch.distributions import Bernoulli, Normal
 
-from ae_lightning import VAE, ConditionalVAE
+from ae_lightning import IAFVAE, VAE, ConditionalVAE, VampPriorVAE
 from ae_lightning.blocks import losses
 
 
@@ -88,3 +88,20 @@ def test_iwae_trains_under_bf16_mixed_and_for_the_conditional_vae(data_dir: Path
 def test_bad_iw_samples_is_an_error_naming_it(value) -> None:
     with pytest.raises(ValueError, match=rf"iw_samples must be an integer >= 1, got {value!r}"):
         VAE(**TINY, iw_samples=value)
+
+
+@pytest.mark.parametrize("cls", [IAFVAE, VampPriorVAE])
+def test_the_kl_logged_beside_the_iwae_bound_is_the_models_own(cls) -> None:
+    torch.manual_seed(0)
+    extra = {"forget_bias": -1.0} if cls is IAFVAE else {"num_pseudo_inputs": 5}  # a flow far from the identity
+    model = cls(**TINY, iw_samples=4, **extra).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():  # a model whose flow and prior are far from the standard normal's
+            parameter.add_(0.3 * torch.randn_like(parameter))
+        x = images()[0]
+        logged = model.importance_weighted_terms(x, 4)["kl"]
+        mu, logvar = model.posterior_parameters(x)
+        _, log_prior, log_posterior = model.log_densities(x, mu, logvar, 4000)
+        own = (log_posterior - log_prior).mean()  # Monte Carlo KL(q || p) of this model
+        gaussian = model.kl_divergence(mu, logvar).mean()  # what was logged before: KL(q_0 || N(0, I))
+    assert abs(float(logged - own)) < 0.1 * abs(float(own - gaussian))

@@ -171,12 +171,16 @@ class VAE(AutoencoderModule):
 
     def importance_weighted_terms(self, x: Tensor, num_samples: int, y: Tensor | None = None) -> dict[str, Tensor]:
         """The negative IWAE bound with ``num_samples`` samples as ``loss`` (and ``neg_iwae_<k>``), batch-averaged;
-        ``recon`` (averaged over the samples) and the closed-form ``kl`` beside it for comparison with the ELBO."""
+        ``recon`` (averaged over the samples) and ``kl`` beside it for comparison with the ELBO: in closed form, or,
+        for a model without one (a flow posterior, a mixture prior), the samples' mean of ``log q - log p``."""
         mu, logvar = self.posterior_parameters(x, y)
         log_likelihood, log_prior, log_posterior = self.log_densities(x, mu, logvar, num_samples, y)
         loss = -losses.importance_weighted_bound(log_likelihood, log_prior, log_posterior, self.kl_weight()).mean()
         recon = -log_likelihood.float().mean()
-        kl = self.kl_divergence(mu, logvar).mean()
+        if self.closed_form_kl:
+            kl = self.kl_divergence(mu, logvar).mean()
+        else:
+            kl = (log_posterior - log_prior).mean()
         return {"loss": loss, f"neg_iwae_{num_samples}": loss.detach(), "recon": recon.detach(), "kl": kl.detach()}
 
     def log_densities(
