@@ -97,6 +97,16 @@ def test_gaussian_mixture_log_prob_matches_closed_form_and_torch() -> None:
         Categorical(logits=torch.zeros(7)), Independent(Normal(means, torch.exp(0.5 * logvars)), 1)
     )
     torch.testing.assert_close(divergences.gaussian_mixture_log_prob(points, means, logvars), mixture.log_prob(points))
+    # sharp components far from the origin, under bf16 autocast and in chunks: as float64's value
+    means, logvars = torch.randn(500, 50, dtype=torch.float64) + 3, torch.rand(500, 50, dtype=torch.float64) * -14
+    points = means[:40] + 0.01 * torch.randn(40, 50, dtype=torch.float64)
+    exact = MixtureSameFamily(
+        Categorical(logits=torch.zeros(500, dtype=torch.float64)), Independent(Normal(means, (0.5 * logvars).exp()), 1)
+    ).log_prob(points)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = divergences.gaussian_mixture_log_prob(points.float(), means.float(), logvars.float())
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), exact, atol=1e-2, rtol=1e-5)  # expanded in bf16: 1e5 nats off; float32: 14
 
 
 def test_permute_dims_shuffles_each_dimension_separately() -> None:

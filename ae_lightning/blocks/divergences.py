@@ -118,19 +118,23 @@ def maximum_mean_discrepancy(x: Tensor, y: Tensor, kernel: Kernel = "imq", scale
 
 
 def gaussian_mixture_log_prob(z: Tensor, means: Tensor, logvars: Tensor) -> Tensor:
-    """log of the equally weighted mixture ``1/K sum_k N(z | means_k, diag(exp(logvars_k)))``, summed over ``D``.
+    """log of the equally weighted mixture ``1/K sum_k N(z | means_k, diag(exp(logvars_k)))``, summed over ``D``;
+    float32 whatever the autocast.
 
-    Computed with matrix products, so memory grows with ``[..., K]`` and never with ``[..., K, D]``.
+    Computed with matrix products, so memory grows with ``[..., K]`` and never with ``[..., K, D]``; in float64, as
+    their expanded form cancels catastrophically for sharp components in float32 (nats off) and bf16 (thousands).
 
     Args:
         z: ``[..., D]`` points.
         means: ``[K, D]`` component means.
         logvars: ``[K, D]`` component log-variances.
     """
-    precision = torch.exp(-logvars)  # [K, D]
-    quadratic = z.pow(2) @ precision.T - 2 * z @ (means * precision).T + (means.pow(2) * precision).sum(-1)
-    log_components = -0.5 * (quadratic + logvars.sum(-1) + z.shape[-1] * _LOG_2PI)  # [..., K]
-    return torch.logsumexp(log_components, dim=-1) - math.log(len(means))
+    with torch.autocast(z.device.type, enabled=False):
+        z, means, logvars = z.double(), means.double(), logvars.double()
+        precision = torch.exp(-logvars)  # [K, D]
+        quadratic = z.pow(2) @ precision.T - 2 * z @ (means * precision).T + (means.pow(2) * precision).sum(-1)
+        log_components = -0.5 * (quadratic + logvars.sum(-1) + z.shape[-1] * _LOG_2PI)  # [..., K]
+        return (torch.logsumexp(log_components, dim=-1) - math.log(len(means))).float()
 
 
 def permute_dims(z: Tensor, generator: torch.Generator | None = None) -> Tensor:
