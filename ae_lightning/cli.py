@@ -223,15 +223,24 @@ class AutoencoderCLI(LightningCLI):
         return trainer
 
     def _refuse_an_earlier_runs_folder(self, trainer: Trainer) -> None:
-        """Refuse a new run in the folder of an earlier one (a logger's ``version`` given anew): Lightning's loggers
-        would clear that run's logs (CSVLogger deletes its ``metrics.csv``) before LightningCLI refuses to overwrite
-        its ``config.yaml``. A resumed ``fit`` may write where it wrote before."""
-        if (self.subcommand == "fit" and self.config.fit.get("ckpt_path")) or isinstance(trainer.logger, WandbLogger):
-            return  # SaveConfigToRun writes a W&B run's config into that run's own folder
+        """Refuse a new run in the folder of an earlier one (a logger's ``version`` given anew; a W&B run ``id`` given
+        anew to ``fit``): Lightning's loggers would clear that run's logs (CSVLogger deletes its ``metrics.csv``)
+        before LightningCLI refuses to overwrite its ``config.yaml``, and a W&B run's would be overwritten. A resumed
+        ``fit`` may write where it wrote before."""
+        if self.subcommand == "fit" and self.config.fit.get("ckpt_path"):
+            return
+        logger = trainer.logger
+        if isinstance(logger, WandbLogger) and (logger.version is None or self.subcommand != "fit"):
+            return  # a new W&B run writes into a new folder; evaluating may log into a given run
         for callback in trainer.callbacks:
-            if not isinstance(callback, SaveConfigCallback) or not callback.save_to_log_dir or callback.overwrite:
+            if not isinstance(callback, SaveConfigCallback) or callback.overwrite:
                 continue
-            path = Path(trainer.log_dir or ".") / callback.config_filename
+            if isinstance(logger, WandbLogger):  # a W&B run id given anew
+                path = SaveConfigToRun.run_folder(logger, trainer) / callback.config_filename
+            elif callback.save_to_log_dir:
+                path = Path(trainer.log_dir or ".") / callback.config_filename
+            else:
+                continue
             if path.is_file():
                 advice = "give the logger another version (or none) or" if trainer.logger else "give"
                 raise ConfigError(

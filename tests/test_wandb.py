@@ -9,8 +9,9 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+from tiny_runs import run_cli, tiny_args
 
-from ae_lightning.cli import AutoencoderCLI
+from ae_lightning.cli import AutoencoderCLI, ConfigError
 
 wandb = pytest.importorskip("wandb")
 from wandb.proto import wandb_internal_pb2  # noqa: E402
@@ -105,3 +106,21 @@ def test_a_wandb_run_gets_hyperparameters_metrics_images_and_config(
     assert {"train/loss", "train/kl", "val/loss", "val/recon", "epoch", "trainer/global_step"} <= logged
     assert any(key.startswith("images/reconstructions") for key in logged)
     assert any(key.startswith("images/samples") for key in logged)
+
+
+def test_a_new_fit_with_the_id_of_an_earlier_wandb_run_is_refused_before_it_overwrites_anything(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}.items():
+        monkeypatch.setenv(name, value)
+    logger = ["--trainer.logger", "WandbLogger", "--trainer.logger.project", "p", "--trainer.logger.id", "fixedid"]
+    run_cli("fit", *tiny_args("ae", data_dir, tmp_path, *logger, "--trainer.max_epochs", "1"))
+    wandb.finish()
+    config = tmp_path / "p" / "fixedid" / "config.yaml"
+    before = config.read_text()
+    with pytest.raises(ConfigError, match=rf"{config} exists: this fit would write into the folder of an earlier run"):
+        run_cli("fit", *tiny_args("ae", data_dir, tmp_path, *logger, "--trainer.max_epochs", "2"))
+    assert config.read_text() == before
+    run_cli("fit", *tiny_args("ae", data_dir, tmp_path, *logger, "--trainer.max_epochs", "2", "--ckpt_path", "last"))
+    wandb.finish()  # a resume continues the run, and its config
+    assert "max_epochs: 2" in config.read_text()

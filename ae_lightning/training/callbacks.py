@@ -204,11 +204,16 @@ class SaveConfigToRun(SaveConfigCallback):
             self.save_to_log_dir = False
         super().setup(trainer, pl_module, stage)
 
+    @staticmethod
+    def run_folder(logger: WandbLogger, trainer: L.Trainer) -> Path:
+        """The W&B run's own folder ``<save_dir>/<project>/<run id>/`` (the id given, before the run starts)."""
+        return Path(logger.save_dir or trainer.default_root_dir) / str(logger.name) / str(logger.version)
+
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         logger = trainer.logger
         if isinstance(logger, WandbLogger):
-            run_folder = Path(logger.save_dir or trainer.default_root_dir) / str(logger.name) / str(logger.version)
-            for path in (run_folder / self.config_filename, Path(logger.experiment.dir) / self.W_AND_B_NAME):
+            for path in (self.run_folder(logger, trainer) / self.config_filename,
+                         Path(logger.experiment.dir) / self.W_AND_B_NAME):  # fmt: skip
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self.parser.save(self.config, path, skip_none=False, overwrite=True, multifile=self.multifile)
 
