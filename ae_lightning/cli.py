@@ -346,14 +346,18 @@ class AutoencoderCLI(LightningCLI):
             self._check_checkpoint_fits()
             self._check_optimizers()
             self._check_resume()
-            self._check_manual_optimization()
+            self._check_trainer_settings()
 
-    def _check_manual_optimization(self) -> None:
-        """Refuse the Trainer's gradient clipping or accumulation for a model that optimizes manually (which
+    def _check_trainer_settings(self) -> None:
+        """Refuse a negative ``log_every_n_steps`` (Lightning logs the loss at every step then, the model its other
+        terms never), and the Trainer's gradient clipping or accumulation for a model that optimizes manually (which
         Lightning refuses with a traceback), naming the model's own clipping where it has one."""
+        name, trainer = type(self.model).__name__, self.trainer
+        if trainer.log_every_n_steps < 0:
+            raise ConfigError(f"--trainer.log_every_n_steps {trainer.log_every_n_steps}: expected 0 (no step logs) "
+                              "or more")  # fmt: skip
         if self.model.automatic_optimization:
             return
-        name, trainer = type(self.model).__name__, self.trainer
         if trainer.gradient_clip_val:
             own = "gradient_clip_val" in self.model.hparams
             advice = (f"set --model.init_args.gradient_clip_val {trainer.gradient_clip_val} instead" if own

@@ -435,10 +435,11 @@ def test_the_command_leaves_the_callers_warning_and_logging_filters_as_they_were
         ("factor_vae", ["--trainer.gradient_clip_val", "1"], r"FactorVAE .* it has no gradient clipping of its own"),
         ("aae", ["--trainer.accumulate_grad_batches", "2"], r"--trainer.accumulate_grad_batches 2: .* accumulates "
          r"nothing; raise --data.batch_size instead"),
+        ("ae", ["--trainer.log_every_n_steps", "-1"], r"--trainer.log_every_n_steps -1: expected 0 \(no step logs\)"),
     ],
-    ids=["aae-clip", "factor-vae-clip", "aae-accumulate"],
+    ids=["aae-clip", "factor-vae-clip", "aae-accumulate", "negative-log-interval"],
 )  # fmt: skip
-def test_trainer_clipping_or_accumulation_for_a_manually_optimized_model_is_refused_before_any_file(
+def test_trainer_settings_a_run_cannot_honour_are_refused_before_any_file(
     config: str, setting: list[str], message: str, data_dir: Path, tmp_path: Path
 ) -> None:
     with pytest.raises(ConfigError, match=message):

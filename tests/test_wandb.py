@@ -9,6 +9,7 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+import torch
 from tiny_runs import run_cli, tiny_args
 
 from ae_lightning.cli import AutoencoderCLI, ConfigError
@@ -124,3 +125,21 @@ def test_a_new_fit_with_the_id_of_an_earlier_wandb_run_is_refused_before_it_over
     run_cli("fit", *tiny_args("ae", data_dir, tmp_path, *logger, "--trainer.max_epochs", "2", "--ckpt_path", "last"))
     wandb.finish()  # a resume continues the run, and its config
     assert "max_epochs: 2" in config.read_text()
+
+
+def test_predict_with_wandb_writes_into_the_runs_own_folder_and_never_over_an_earlier_one(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}.items():
+        monkeypatch.setenv(name, value)
+    run_cli("fit", *tiny_args("ae", data_dir, tmp_path, "--trainer.max_epochs", "1"))
+    checkpoint = next(tmp_path.rglob("last.ckpt"))
+    logger = ["--trainer.logger", "WandbLogger", "--trainer.logger.project", "p", "--trainer.logger.id", "codes"]
+    predict = ["predict", *tiny_args("ae", data_dir, tmp_path, *logger, "--ckpt_path", str(checkpoint))]
+    run_cli(*predict)
+    wandb.finish()
+    written = tmp_path / "p" / "codes" / "predictions.pt"
+    assert torch.load(written)["z"].shape[0] > 0 and not (tmp_path / "predictions.pt").exists()
+    with pytest.raises(FileExistsError, match=f"{written} already exists; predictions are never overwritten"):
+        run_cli(*predict)
+    wandb.finish()

@@ -10,7 +10,9 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.loggers import WandbLogger
 
+from ae_lightning.training.callbacks import SaveConfigToRun
 from datamodules.checks import check_arguments
 
 
@@ -28,7 +30,8 @@ class PredictionWriter(BasePredictionWriter):
     never overwritten.
 
     Args:
-        filename: name inside the run directory (``trainer.log_dir``, else ``default_root_dir``); ``predictions.pt``
+        filename: name inside the run directory (``trainer.log_dir``, a W&B run's own folder, else
+            ``default_root_dir``); ``predictions.pt``
             for a file, ``predictions`` (a folder) for a stream when left at the default.
         format: ``file`` or ``stream``.
         chunk_bytes: the stream's chunk size limit (litdata's ``chunk_bytes``, e.g. ``"64MB"``).
@@ -49,13 +52,13 @@ class PredictionWriter(BasePredictionWriter):
 
     # --- format: stream ---------------------------------------------------------------------------------------------
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        path = self._target(trainer)
+        if path.exists():  # before any prediction is made
+            raise FileExistsError(f"{path} already exists; predictions are never overwritten")
         if self.format != "stream":
             return
         from litdata.streaming.writer import BinaryWriter
 
-        path = self._target(trainer)
-        if path.exists():
-            raise FileExistsError(f"{path} already exists; predictions are never overwritten")
         staging = path.with_name(f".{path.name}.partial")
         if trainer.is_global_zero and staging.exists():  # left by an interrupted run
             shutil.rmtree(staging)
@@ -100,7 +103,13 @@ class PredictionWriter(BasePredictionWriter):
         self.path, self._writer = path, None
 
     def _target(self, trainer: L.Trainer) -> Path:
-        return Path(trainer.log_dir or trainer.default_root_dir) / self.filename
+        if isinstance(trainer.logger, WandbLogger):  # the W&B run's own folder, as its config and checkpoints
+            path = SaveConfigToRun.run_folder(trainer.logger, trainer) / self.filename
+        else:
+            path = Path(trainer.log_dir or trainer.default_root_dir) / self.filename
+        if self.format == "file" and trainer.world_size > 1:
+            path = path.with_name(f"{path.stem}-rank{trainer.global_rank}{path.suffix}")
+        return path
 
     # --- format: file -----------------------------------------------------------------------------------------------
     def write_on_epoch_end(
@@ -112,8 +121,6 @@ class PredictionWriter(BasePredictionWriter):
             predictions = predictions[0]
         merged = {key: torch.cat([p[key] for p in predictions]).cpu() for key in predictions[0]}
         path = self._target(trainer)
-        if trainer.world_size > 1:
-            path = path.with_name(f"{path.stem}-rank{trainer.global_rank}{path.suffix}")
         if path.exists():
             raise FileExistsError(f"{path} already exists; predictions are never overwritten")
         path.parent.mkdir(parents=True, exist_ok=True)
