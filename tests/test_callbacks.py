@@ -99,7 +99,8 @@ class TensorBoardLikeLogger(Logger):
 def test_loggers_with_add_image_get_the_images_and_no_pngs_are_written(data_dir: Path, tmp_path: Path) -> None:
     logger = TensorBoardLikeLogger()
     fit(VAE(latent_dim=4, hidden_dims=[32]), data_dir, tmp_path, 2, ImageLogger(views=["samples"]), logger=logger)
-    assert [(tag, step) for tag, _, step in logger.experiment.images] == [("images/samples", 2), ("images/samples", 4)]
+    # at the steps Lightning logs each epoch's val metrics at (2 batches an epoch: 1 and 3), not global_step's 2, 4
+    assert [(tag, step) for tag, _, step in logger.experiment.images] == [("images/samples", 1), ("images/samples", 3)]
     image = logger.experiment.images[0][1]
     assert image.shape == (3, 8 * 30 + 2, 8 * 30 + 2) and 0 <= image.min() and image.max() <= 1
     assert not list(tmp_path.rglob("*.png"))
@@ -144,6 +145,8 @@ def test_the_command_draws_images_by_default_and_takes_more_image_loggers_from_y
     events = EventAccumulator(str(cli.trainer.log_dir))
     events.Reload()
     assert {tag.split("/")[-1] for tag in events.Tags()["images"]} == ALL_VIEWS
+    image_steps = {event.step for tag in events.Tags()["images"] for event in events.Images(tag)}
+    assert image_steps == {event.step for event in events.Scalars("val/loss")}  # pictures beside their epoch's metrics
     csv_logger = ["--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", str(tmp_path / "csv")]
     cli = run_cli("fit", "--config", "configs/vae.yaml", *common, *csv_logger)
     assert set(png_views(Path(cli.trainer.log_dir) / "images")) == ALL_VIEWS  # a logger without images: PNG files

@@ -30,6 +30,7 @@ from torchvision.utils import save_image
 from ae_lightning.base import AutoencoderModule
 from ae_lightning.evaluation import visualization
 from ae_lightning.evaluation.visualization import View
+from ae_lightning.lightning_internals import batches_that_stepped
 from datamodules.checks import AtLeastTwo, NonNegativeInt, PositiveInt, check_arguments
 
 
@@ -154,16 +155,19 @@ class ImageLogger(Callback):
         )
 
     def log_image(self, trainer: L.Trainer, key: str, image: Tensor) -> None:
-        """Send ``image`` ``[3, H, W]`` to every logger that takes images, or write a PNG when none does."""
+        """Send ``image`` ``[3, H, W]`` to every logger that takes images, at the step Lightning logs this
+        validation's metrics at (so that pictures and scalars line up, on the fast path too), or write a PNG named by
+        epoch and optimizer step when none does."""
         step, epoch = trainer.global_step, trainer.current_epoch
+        logged_at = batches_that_stepped(trainer)
         sent = False
         for logger in trainer.loggers:
             sink = _image_sink(logger)
             if sink == "wandb":
                 array = (image.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
-                logger.log_image(key=key, images=[array], step=step, caption=[f"epoch {epoch}"])
+                logger.log_image(key=key, images=[array], step=logged_at, caption=[f"epoch {epoch}"])
             elif sink == "tensorboard":
-                logger.experiment.add_image(key, image, global_step=step)
+                logger.experiment.add_image(key, image, global_step=logged_at)
             sent = sent or sink is not None
         if not sent and self.image_dir is not None:
             self.image_dir.mkdir(parents=True, exist_ok=True)
