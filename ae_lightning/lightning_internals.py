@@ -10,7 +10,8 @@ changes it; ``pyproject.toml`` bounds Lightning to the releases the suite ran on
   Lightning calls at each epoch's start, as for a DataLoader's sampler (``datamodules`` imports nothing of ours, so
   only its test lives here);
 * :func:`batches_that_stepped` reads the fit loop's count of training batches that stepped, on which Lightning
-  decides whether a step's logs are written (the model logs its terms other than the loss only then);
+  decides whether a step's logs are written (the model logs its terms other than the loss only then) and which is
+  the step it logs metrics at (the image logger sends its pictures there);
 * :func:`stored_loader_states` reads where a checkpoint keeps the training loader's state (the command refuses a
   resume on other data before it creates anything);
 * :func:`without_cli_hyperparameters` builds a LightningModule outside the context variable in which LightningCLI
