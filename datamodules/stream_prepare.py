@@ -194,12 +194,10 @@ def prepare_stream(
         test_dir: a folder source's test folder.
         labels, key: an array source's labels (a key or a file) and data key, as ``ArrayDataModule`` takes them.
         data_dir, dataset_kwargs: a torchvision source's root and extra arguments.
-        seed: seed of the split draws and of the train split's stored order (a random permutation, so that
-            litdata's chunk-level shuffle gives batches close to i.i.d.; val and test keep the source order).
+        seed: seed of the split draws and of the train split's stored (shuffled) order (``docs/streaming.md``).
         chunk_bytes, chunk_size: litdata's chunk limits (bytes, or samples: set one).
         num_workers: threads decoding and encoding the images.
-        overwrite: replace a stream already at ``output`` (a folder with its manifest); any other non-empty folder,
-            or one holding the source, is refused.
+        overwrite: replace a stream already at ``output``; any other non-empty folder, or the source's, is refused.
         storage_options: the object store client's options.
     """
     from datamodules.base import draw_split

@@ -231,8 +231,7 @@ class StreamingDataModule(ImageDataModule):
 
     Training batches are augmented: a random ``image_size`` crop (``augment: crop``; evaluation takes the centre
     crop) or a resize to ``image_size`` (``augment: resize``), and a horizontal flip. The checks (shape, chunks,
-    fingerprint on resume, and under DDP a ``batch_size`` that leaves the processes no whole batch) run before
-    training.
+    fingerprint on resume, a DDP ``batch_size`` leaving a process no batch) run before training.
 
     Args:
         input_dir: the stream's folder or URI.

@@ -49,8 +49,7 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
         adaptive_weight: scale the generator loss by the ratio of gradient norms at the decoder's last layer.
         disc_start: the step from which the adversarial term and discriminator steps apply.
         discriminator_channels: channels of the PatchGAN's first layer.
-        discriminator_layers: stride-2 layers of the PatchGAN after its first; the images must be at least
-            ``3 * 2 ** discriminator_layers`` pixels high and wide (4 for none).
+        discriminator_layers: stride-2 PatchGAN layers after its first (images of >= ``3 * 2 ** layers`` pixels).
         discriminator_optimizer: the discriminator's optimizer factory.
         discriminator_lr_scheduler: optional scheduler factory for it.
         network: ``conv`` only.
