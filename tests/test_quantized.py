@@ -6,6 +6,7 @@ particular to them. Tiny networks and the tiny IDX data of ``conftest.py``, rand
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from pathlib import Path
@@ -29,6 +30,7 @@ from ae_lightning.blocks.quantizers import CodebookUsage
 from ae_lightning.evaluation import driver as evaluation
 from ae_lightning.evaluation.metrics import InceptionFeatures, inception_weights_path
 from ae_lightning.models.first_stage import check_discriminator_depth
+from ae_lightning.training.callbacks import ImageLogger
 from datamodules import TensorBatchLoader
 
 TINY = {"latent_dim": 4, "hidden_dims": [8], "residual_blocks": 1}
@@ -157,6 +159,38 @@ def test_validation_logs_codebook_health(data_dir: Path, tmp_path: Path) -> None
     assert 0 < used <= 1 and 1 <= perplexity <= 16 and dead == pytest.approx(16 * (1 - used))
     trainer.test(model, datamodule=tiny_data(data_dir), verbose=False)
     assert trainer.callback_metrics["test/bits_per_pixel"].item() == pytest.approx(14 * 14 * 4 / (28 * 28))
+
+
+def test_codebook_usage_counts_the_validation_codes_alone_not_the_pictures_drawn(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # The image logger encodes the first validation images again to draw them; the logged figures must be those of
+    # the validation batches' codes, whether pictures are drawn or not.
+    names = ("codes_used", "perplexity", "dead_codes")
+    logged = {}
+    for draws in (False, True):
+        model = quantized()
+        callbacks = [ImageLogger(views=["reconstructions"], num_images=8)] if draws else []
+        trainer = make_trainer(tmp_path / f"draws={draws}", limit_val_batches=2, callbacks=callbacks)
+        trainer.fit(model, datamodule=tiny_data(data_dir))
+        logged[draws] = {name: trainer.callback_metrics[f"val/{name}"].item() for name in names}
+    assert list((tmp_path / "draws=True" / "images").glob("reconstructions-*.png"))
+    data = tiny_data(data_dir)
+    data.setup("fit")
+    with torch.no_grad():
+        codes = torch.cat(
+            [model.eval().encode_indices(x).flatten() for x, *_ in itertools.islice(data.val_dataloader(), 2)]
+        )
+    counts = torch.bincount(codes, minlength=16).double()
+    frequencies = counts[counts > 0] / counts.sum()
+    perplexity = math.exp(-(frequencies * frequencies.log()).sum().item())
+    by_hand = {
+        "codes_used": (counts > 0).sum().item() / 16,
+        "perplexity": perplexity,
+        "dead_codes": (counts == 0).sum().item(),
+    }
+    assert logged[False] == pytest.approx(by_hand, rel=1e-5)
+    assert logged[True] == pytest.approx(by_hand, rel=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ promises beyond the shared suite of ``test_variants.py``."""
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -50,6 +51,62 @@ def test_far_apart_posteriors_have_mutual_information_log_nm() -> None:
     logvar = torch.full((3, 2), math.log(0.01))
     terms = divergences.total_correlation_terms(mu.clone(), mu, logvar, dataset_size=10)
     assert terms["mi"].item() == pytest.approx(math.log(30), rel=1e-5)
+
+
+def test_stratified_total_correlation_is_exact_when_the_batch_is_the_dataset() -> None:
+    # N = M: every posterior of the dataset is in the batch, so q(z_i) = mean_j q(z_i | x_j) exactly
+    torch.manual_seed(2)
+    mu, logvar = torch.randn(5, 3), torch.randn(5, 3) * 0.3
+    z = mu + torch.randn(5, 3) * torch.exp(0.5 * logvar)
+    terms = divergences.total_correlation_terms(z, mu, logvar, dataset_size=5, estimator="mss")
+    posteriors = Normal(mu[None], torch.exp(0.5 * logvar[None]))  # [1, M, D] against codes [M, 1, D]
+    log_q_z = posteriors.log_prob(z[:, None]).sum(-1).logsumexp(1) - math.log(5)
+    log_marginals = (posteriors.log_prob(z[:, None]).logsumexp(1) - math.log(5)).sum(-1)
+    torch.testing.assert_close(terms["tc"], (log_q_z - log_marginals).mean())
+    torch.testing.assert_close(terms["mi"], (Normal(mu, torch.exp(0.5 * logvar)).log_prob(z).sum(-1) - log_q_z).mean())
+
+
+def test_stratified_sampling_finds_the_closed_form_terms_weighted_sampling_is_offset_from() -> None:
+    # Means from N(0, (1 - s^2) C), posteriors N(mu, s^2 I), a dataset of 10^6: the codes' distribution q(z) is the
+    # Gaussian N(0, S), S = (1 - s^2) C + s^2 I, of unit variances, so tc = (sum_d log S_dd - log det S) / 2,
+    # mi = (log det S - D log s^2) / 2 and dwkl = 0. MWS's terms are offset by log N, (D - 1) log N and -D log N.
+    generator = torch.Generator().manual_seed(0)
+    d, m, n, s = 3, 256, 10**6, 0.5
+    correlation = torch.tensor([[1.0, 0.6, 0.3], [0.6, 1.0, 0.0], [0.3, 0.0, 1.0]])
+    covariance = (1 - s**2) * correlation + s**2 * torch.eye(d)
+    closed_form = {
+        "mi": 0.5 * (torch.logdet(covariance) - d * math.log(s**2)).item(),  # 1.934
+        "tc": 0.5 * (covariance.diagonal().log().sum() - torch.logdet(covariance)).item(),  # 0.146
+        "dwkl": 0.0,
+    }
+    offsets = {"mi": math.log(n), "tc": (d - 1) * math.log(n), "dwkl": -d * math.log(n)}
+    scale, logvar = torch.linalg.cholesky((1 - s**2) * correlation), torch.full((m, d), 2 * math.log(s))
+    estimates = {name: partial(divergences.total_correlation_terms, estimator=name) for name in ("mws", "mss")}
+    found = {estimator: {name: 0.0 for name in closed_form} for estimator in estimates}
+    for _ in range(8):
+        mu = torch.randn(m, d, generator=generator) @ scale.T
+        z = mu + s * torch.randn(m, d, generator=generator)
+        for estimator, estimate in estimates.items():
+            for name, value in estimate(z, mu, logvar, n).items():
+                found[estimator][name] += value.item() / 8
+    assert found["mss"] == pytest.approx(closed_form, abs=0.1)
+    assert found["mws"] == pytest.approx({name: closed_form[name] + offsets[name] for name in offsets}, abs=0.2)
+
+
+def test_beta_tcvae_trains_on_and_logs_the_chosen_estimator() -> None:
+    x, labels, indices = batch(16)
+    estimates = {name: partial(divergences.total_correlation_terms, estimator=name) for name in ("mws", "mss")}
+    for estimator, estimate in estimates.items():
+        torch.manual_seed(0)
+        model = BetaTCVAE(**TINY, dataset_size=1000, estimator=estimator)
+        torch.manual_seed(1)
+        terms = model.loss_terms(x, labels, indices)
+        mu, logvar = model.posterior_parameters(x)
+        torch.manual_seed(1)
+        expected = estimate(mu + torch.randn_like(mu) * torch.exp(0.5 * logvar), mu, logvar, 1000)
+        torch.testing.assert_close({name: terms[name] for name in expected}, expected)
+        weighted = terms["mi"] + 6.0 * terms["tc"] + terms["dwkl"]
+        torch.testing.assert_close(terms["loss"], terms["recon"] + model.kl_weight() * weighted)
 
 
 # --- DIP-VAE --------------------------------------------------------------------------------------------------------
@@ -335,6 +392,7 @@ def test_vampprior_importance_weighted_nll_at_one_sample_is_the_negative_elbo() 
         (BetaTCVAE, {"iw_samples": 3}, "BetaTCVAE trains on its own objective, not on the IWAE bound: iw_samples must"),
         (BetaTCVAE, {"tc_weight": -1.0}, "tc_weight must be >= 0, got -1.0"),
         (BetaTCVAE, {"dataset_size": 0}, "dataset_size must be an integer >= 1, got 0"),
+        (BetaTCVAE, {"estimator": "iwae"}, "estimator must be one of 'mws', 'mss', got 'iwae'"),
         (DIPVAE, {"dip_type": "iii"}, "dip_type must be one of 'i', 'ii', got 'iii'"),
         (DIPVAE, {"lambda_od": -1.0}, "lambda_od must be >= 0, got -1.0"),
         (InfoVAE, {"alpha": 1.5}, r"alpha must be <= 1, got 1.5"),

@@ -24,12 +24,16 @@ def gaussian_log_density(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
     return -0.5 * ((z - mu).pow(2) * torch.exp(-logvar) + logvar + _LOG_2PI)
 
 
-def total_correlation_terms(z: Tensor, mu: Tensor, logvar: Tensor, dataset_size: int) -> dict[str, Tensor]:
+def total_correlation_terms(
+    z: Tensor, mu: Tensor, logvar: Tensor, dataset_size: int, estimator: Literal["mws", "mss"] = "mws"
+) -> dict[str, Tensor]:
     """The decomposition of the ELBO's KL term of Chen et al. 2018 ("Isolating Sources of Disentanglement in VAEs"),
-    estimated on a minibatch by minibatch-weighted sampling, each term averaged over the batch.
+    estimated on a minibatch, each term averaged over the batch.
 
     With ``M`` codes ``z_i ~ q(z | x_i)`` from a dataset of ``N`` samples, ``log q(z_i)`` is estimated by
-    ``logsumexp_j log q(z_i | x_j) - log(N M)`` and each marginal ``log q(z_id)`` likewise per dimension. Then
+    minibatch-weighted sampling (``mws``), ``logsumexp_j log q(z_i | x_j) - log(N M)``, or minibatch-stratified
+    sampling (``mss``), where ``q(z_i | x_i)`` weighs ``1 / N`` and each of the ``M - 1`` others ``(N - 1) / (N (M -
+    1))``: unbiased, and exact when the batch is the dataset; each marginal ``log q(z_id)`` likewise per dimension. Then
     ``mi = E[log q(z | x) - log q(z)]`` (index-code mutual information), ``tc = E[log q(z) - sum_d log q(z_d)]``
     (total correlation) and ``dwkl = E[sum_d log q(z_d) - log p(z)]`` (dimension-wise KL to the standard normal).
 
@@ -38,15 +42,23 @@ def total_correlation_terms(z: Tensor, mu: Tensor, logvar: Tensor, dataset_size:
         mu: ``[M, D]`` posterior means.
         logvar: ``[M, D]`` posterior log-variances.
         dataset_size: ``N``, the number of samples the minibatch is drawn from (>= 1).
+        estimator: ``mws`` or ``mss``.
     """
     if dataset_size < 1:
         raise ValueError(f"dataset_size must be >= 1, got {dataset_size}")
     batch = len(z)
     # [M, M, D]: log q(z_i,d | x_j) for every pair of a code i and a posterior j
     pairwise = gaussian_log_density(z[:, None, :], mu[None, :, :], logvar[None, :, :])
-    log_norm = math.log(dataset_size * batch)
-    log_q_z = torch.logsumexp(pairwise.sum(-1), dim=1) - log_norm
-    log_prod_marginals = (torch.logsumexp(pairwise, dim=1) - log_norm).sum(-1)
+    if estimator == "mws":
+        log_norm = math.log(dataset_size * batch)
+        log_q_z = torch.logsumexp(pairwise.sum(-1), dim=1) - log_norm
+        log_prod_marginals = (torch.logsumexp(pairwise, dim=1) - log_norm).sum(-1)
+    else:
+        other = (dataset_size - 1) / (dataset_size * max(batch - 1, 1))
+        log_weights = z.new_full((batch, batch), math.log(other) if other else -math.inf)
+        log_weights.fill_diagonal_(-math.log(dataset_size))
+        log_q_z = torch.logsumexp(pairwise.sum(-1) + log_weights, dim=1)
+        log_prod_marginals = torch.logsumexp(pairwise + log_weights[..., None], dim=1).sum(-1)
     log_q_z_given_x = gaussian_log_density(z, mu, logvar).sum(-1)
     log_p_z = standard_normal_log_prob(z)
     return {

@@ -11,6 +11,7 @@ from typing import Any
 
 from torch import Tensor, distributed
 
+from ae_lightning.base import Batch
 from ae_lightning.blocks.quantizers import CodebookUsage, FSQLevel, QuantizerKind, SpatialQuantizer
 from ae_lightning.models.first_stage import FirstStageAutoencoder
 from datamodules.checks import AtLeastTwo, Fraction, NonNegativeFloat, PositiveInt
@@ -22,7 +23,8 @@ class QuantizedAutoencoder(FirstStageAutoencoder):
     Each position of the code map ``[B, latent_dim, h, w]`` becomes one of ``codebook_size`` codes (``Q`` of them,
     one per level, for residual VQ); :meth:`encode_indices` and :meth:`decode_indices` map images to the indices
     ``[B, Q, h, w]`` and back. Validation and test log the codebooks' health: ``codes_used``, ``perplexity`` and
-    ``dead_codes`` over the epoch's codes, and test the fixed-length rate ``bits_per_pixel``.
+    ``dead_codes`` over the codes of the epoch's batches alone (images encoded meanwhile, e.g. to draw pictures, are
+    not counted), and test the fixed-length rate ``bits_per_pixel``.
     Under DDP the codebook learns from the codes of every process (:meth:`configure_model`).
 
     Args:
@@ -72,13 +74,20 @@ class QuantizedAutoencoder(FirstStageAutoencoder):
         super().configure_model()
 
     def bottleneck(self, h: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        quantized, indices, commitment = self.quantizer(h)
-        if not self.training:
-            self.codebook_usage.update(indices)
+        quantized, _, commitment = self.quantizer(h)
         logged = {"quantization_error": (quantized.detach() - h.detach()).pow(2).mean()}
         if self.quantizer.kind != "fsq" and self.training:  # vector-quantize-pytorch computes it in training only
             logged["commitment"] = commitment.detach()
         return quantized, commitment, logged
+
+    # --- steps: the codebook usage counts the evaluation batches' codes ---------------------------------------------
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        super().validation_step(batch, batch_idx)
+        self.codebook_usage.update(self.encode_indices(batch[0]))
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        super().test_step(batch, batch_idx)
+        self.codebook_usage.update(self.encode_indices(batch[0]))
 
     # --- codes as indices -------------------------------------------------------------------------------------------
     def encode_indices(self, x: Tensor) -> Tensor:
