@@ -3,14 +3,14 @@
     ae-lightning-search --config configs/vae.yaml --space configs/search/vae.yaml \\
         --storage sqlite:///runs/search/vae.db --n_trials 40 --root runs/search/vae [fit arguments ...]
 
-Each trial is an ordinary ``ae-lightning fit`` run of the config with the trial's values (``--<name> <value>``) in
-its own folder ``<root>/trial-<number>`` with its own logger, checkpoints and ``config.yaml``; a callback
-(:class:`TrialReporter`) reports the search metric after every validation and prunes unpromising trials. The study
-lives in ``--storage`` (SQLite or any RDB URL), so several processes or SLURM array tasks share it
-(``scripts/slurm/search_array.sbatch``) and a rerun of the same command resumes it: a trial whose process died is
-marked failed once its heartbeat stops and is retried with the same values, resuming from its last checkpoint. A
-trial whose loss diverges (:class:`NonFiniteLossError`) is recorded as failed and the search goes on; a bad setting
-stops it.
+Each trial is an ordinary ``ae-lightning fit`` run of the config (several ``--config`` files stack in order, as in
+``fit``) with the trial's values (``--<name> <value>``) in its own folder ``<root>/trial-<number>`` with its own logger,
+checkpoints and ``config.yaml``; a callback (:class:`TrialReporter`) reports the search metric after every validation
+and prunes unpromising trials. The study lives in ``--storage`` (SQLite or any RDB URL), so several processes or SLURM
+array tasks share it (``scripts/slurm/search_array.sbatch``) and a rerun of the same command resumes it: a trial whose
+process died is marked failed once its heartbeat stops and is retried with the same values, resuming from its last
+checkpoint. A trial whose loss diverges (:class:`NonFiniteLossError`) is recorded as failed and the search goes on; a
+bad setting stops it.
 ``<root>/best.yaml`` is the best trial's full config, ready for ``ae-lightning fit --config``. ``docs/search.md``
 describes the search-space file.
 """
@@ -61,10 +61,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         description=__doc__.split("\n\n")[0],
         epilog="Other arguments go to every trial's `ae-lightning fit` (e.g. --trainer.max_epochs 5).",
     )
-    parser.add_argument("--config", required=True, type=Path, help="the config each trial fits")
+    parser.add_argument(
+        "--config", required=True, type=Path, action="append", help="the config each trial fits; repeated: stacked"
+    )
     parser.add_argument("--space", required=True, type=Path, help="the search-space YAML (docs/search.md)")
     parser.add_argument("--storage", required=True, help="study storage: sqlite:///path.db or any RDB URL")
-    parser.add_argument("--study_name", default=None, help="study name (default: the config's file name)")
+    parser.add_argument("--study_name", default=None, help="study name (default: the configs' file names, +-joined)")
     parser.add_argument("--n_trials", type=int, required=True, help="trials of the study in all, across processes")
     parser.add_argument("--root", type=Path, default=None, help="trial folders (default: runs/search/<study>)")
     parser.add_argument("--metric", default=None, help="metric to optimize (default: the space's, or val/loss)")
@@ -86,7 +88,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         parser.error(f"--n_trials must be >= 1, got {args.n_trials}")
     if args.heartbeat < 1:
         parser.error(f"--heartbeat must be >= 1 second, got {args.heartbeat}")
-    args.study_name = args.study_name or args.config.stem
+    args.study_name = args.study_name or "+".join(config.stem for config in args.config)
     args.root = args.root or Path("runs") / "search" / args.study_name
     return args, fit_args
 
@@ -176,10 +178,16 @@ class ConfigOnly(AutoencoderCLI):
         pass
 
 
-def resolve_config(config: Path, fit_args: list[str]) -> Any:
-    """The config with the fit arguments, as ``ae-lightning fit`` resolves it (a jsonargparse Namespace)."""
+def resolve_config(configs: list[Path], fit_args: list[str]) -> Any:
+    """The configs (stacked in order) with the fit arguments, as ``ae-lightning fit`` resolves them (a jsonargparse
+    Namespace)."""
     with mock.patch("sys.argv", ["ae-lightning"]):
-        return ConfigOnly(args=["--config", str(config), *fit_args], run=False).config
+        return ConfigOnly(args=[*config_args(configs), *fit_args], run=False).config
+
+
+def config_args(configs: list[Path]) -> list[str]:
+    """``--config <file>`` for each of ``configs``, in order."""
+    return [arg for config in configs for arg in ("--config", str(config))]
 
 
 def check_fit_args(space: dict[str, Any], fit_args: list[str]) -> None:
@@ -195,21 +203,21 @@ def check_fit_args(space: dict[str, Any], fit_args: list[str]) -> None:
             raise ConfigError(f"--{name} is a parameter of the search space: each trial sets it; leave it out")
 
 
-def check_names(space: dict[str, Any], space_path: Path, config: Path, parsed: Any) -> None:
+def check_names(space: dict[str, Any], space_path: Path, configs: list[Path], parsed: Any) -> None:
     """Raise a ValueError naming each search-space parameter that is not an argument of the config (``parsed``,
     :func:`resolve_config`), and a ConfigError for a checkpoint folder set in it, which all trials would share."""
-    known = [key for key in parsed.keys() if not key.startswith("__")]
+    known, named = [key for key in parsed.keys() if not key.startswith("__")], " + ".join(map(str, configs))
     missing = [name for name in space["parameters"] if name not in parsed]
     if missing:
         hints = [f"{name} (did you mean {', '.join(difflib.get_close_matches(name, known, 3, 0.5)) or '?'})"
                  for name in missing]  # fmt: skip
         raise ValueError(
-            f"search space {space_path} names arguments that {config} does not have: {'; '.join(hints)}. Names are "
+            f"search space {space_path} names arguments that {named} does not have: {'; '.join(hints)}. Names are "
             "the config's keys as `ae-lightning fit` takes them, e.g. model.init_args.beta"
         )
     if parsed.get("checkpoint.dirpath"):
         raise ConfigError(
-            f"checkpoint.dirpath {parsed['checkpoint.dirpath']} (of {config} or the fit arguments) would be the "
+            f"checkpoint.dirpath {parsed['checkpoint.dirpath']} (of {named} or the fit arguments) would be the "
             "checkpoint folder of every trial; leave it unset: each trial keeps its checkpoints in its own folder"
         )
 
@@ -244,7 +252,10 @@ def open_study(
     engine = {"connect_args": {"timeout": args.lock_timeout}} if args.storage.startswith("sqlite") else {}
     if args.storage.startswith("sqlite:///"):
         Path(args.storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    identity = {"config": str(args.config.resolve()), "space": _digest(space["parameters"]), "metric": metric}
+    configs = [str(config.resolve()) for config in args.config]
+    # one config is stored as its path alone, as studies were before configs could be stacked
+    identity = {"config": configs[0] if len(configs) == 1 else configs, "space": _digest(space["parameters"]),
+                "metric": metric}  # fmt: skip
     with storage_errors(args):
         try:
             storage = RDBStorage(
@@ -419,7 +430,7 @@ def objective(
         )
     mode = "min" if trial.study.direction == optuna.study.StudyDirection.MINIMIZE else "max"
     cli_args = [
-        "fit", "--config", str(args.config), *fit_args,
+        "fit", *config_args(args.config), *fit_args,
         *(f"--{name}={_cli_value(value)}" for name, value in values.items()),
         "--trainer.default_root_dir", str(folder),
         "--checkpoint.monitor", metric, "--checkpoint.mode", mode,

@@ -147,6 +147,15 @@ def _expected(value: Any, annotation: Any) -> str | None:
     return " or ".join(e.removeprefix("be ") if i else e for i, e in enumerate(expectations)) or None
 
 
+def byte_count(value: str | int | None) -> int:
+    """``value`` in bytes: an integer, or a number with a unit (``64MB``, ``1.5G``: powers of 1000, as litdata's)."""
+    match = re.fullmatch(r"(\d+(?:\.\d*)?)\s*([kmgt]?)b?", str(value).strip().lower())
+    count = int(float(match[1]) * 1000 ** " kmgt".index(match[2] or " ")) if match else 0
+    if count < 1:
+        raise ValueError(f"chunk_bytes must be a positive number of bytes, alone or with a unit (64MB), got {value!r}")
+    return count
+
+
 PositiveInt = number_type("[1, inf)", integer=True)
 NonNegativeInt = number_type("[0, inf)", integer=True)
 AtLeastTwo = number_type("[2, inf)", integer=True)

@@ -71,8 +71,7 @@ class ImageFolderDataModule(ImageDataModule):
     ) -> tuple[tuple[Tensor, Tensor], list | None]:
         files, labels, class_names = list_images(folder, class_names, test)
         size, mode = self.hparams.image_size, "L" if self.hparams.channels == 1 else "RGB"
-        if size is None:
-            check_memory(files, self.hparams.channels)
+        check_memory(files, self.hparams.channels, size)
         with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # PIL releases the GIL while decoding
             decoded = list(
                 tqdm(
@@ -93,21 +92,27 @@ class ImageFolderDataModule(ImageDataModule):
         return (torch.stack(decoded), torch.tensor(labels, dtype=torch.int64)), class_names
 
 
-def check_memory(files: list[str], channels: int) -> None:
-    """Raise a ValueError suggesting ``image_size`` if decoding ``files`` at the first one's size would take more than
-    half of this machine's memory (pixels as uint8, plus the loaders' float copy); reads one header only."""
-    try:
-        with Image.open(files[0]) as image:
-            width, height = image.size
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise ValueError(f"{files[0]} is not an image PIL can read ({error})") from error
+def check_memory(files: list[str], channels: int, size: int | None = None) -> None:
+    """Raise a ValueError naming the fix if decoding ``files`` resized to ``size`` (None: at the first one's size, read
+    from its header) would take more than half of this machine's memory (pixels as uint8, plus the loaders' float
+    copy)."""
+    if size is None:
+        try:
+            with Image.open(files[0]) as image:
+                width, height = image.size
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            raise ValueError(f"{files[0]} is not an image PIL can read ({error})") from error
+    else:
+        width = height = size
     needed = len(files) * channels * width * height * (1 + 4)
     available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if needed > available / 2:
+        shape = f"of {width}x{height}" if size is None else f"resized to image_size={size}"
+        fix = "set --data.image_size (e.g. 64) to resize them" if size is None else "set a smaller --data.image_size"
         raise ValueError(
-            f"{len(files)} images of {width}x{height} ({files[0]}, ...) need about {needed / 1e9:.1f} GB of memory "
-            f"once decoded, more than half of this machine's {available / 1e9:.0f} GB: set --data.image_size (e.g. "
-            "64) to resize them"
+            f"{len(files)} images {shape} ({files[0]}, ...) need about {needed / 1e9:.1f} GB of memory once decoded, "
+            f"more than half of this machine's {available / 1e9:.0f} GB: {fix}, or write them as a stream with "
+            "ae-lightning-prepare and read it with StreamingDataModule, which holds a batch at a time"
         )
 
 

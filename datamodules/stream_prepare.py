@@ -31,6 +31,7 @@ from torchvision.io import decode_image as decode_bytes
 from torchvision.io import encode_jpeg, encode_png
 from torchvision.transforms.v2 import functional as TF
 
+from datamodules.checks import OpenUnitInterval, PositiveInt, byte_count, check_arguments, number_type
 from datamodules.stream_store import (
     MANIFEST,
     SPLITS,
@@ -41,6 +42,9 @@ from datamodules.stream_store import (
 )
 
 Encoding = Literal["png", "jpeg", "raw"]
+KINDS = {"folder": "an image folder", "array": "a .npy/.npz/.pt array file", "torchvision": "a torchvision dataset"}
+JpegQuality = number_type("[1, 100]", integer=True)
+Seed = number_type("[0, 4294967295]", integer=True)  # scikit-learn's split draws take seeds below 2**32
 SUFFIXES = (".npy", ".npz", ".pt")
 AHEAD_PER_THREAD = 4  # records in flight per encoding thread
 T, R = TypeVar("T"), TypeVar("R")
@@ -121,11 +125,19 @@ def decode(stored: Any, channels: int) -> Tensor:
     return decode_bytes(torch.frombuffer(bytearray(stored), dtype=torch.uint8), mode=mode)
 
 
+def source_kind(source: str) -> Literal["torchvision", "array", "folder"]:
+    """What ``source`` is: ``torchvision:<Class>``, a ``.npy``/``.npz``/``.pt`` array file, or else an image folder."""
+    if source.startswith("torchvision:"):
+        return "torchvision"
+    return "array" if Path(source).suffix in SUFFIXES else "folder"
+
+
 def _records(
     source: str, test_dir: str | None, labels: str | None, key: str | None, data_dir: str, dataset_kwargs: dict
 ) -> tuple[str, Any, dict[str, list[tuple[Any, int]]], list[str] | None]:
     """The source's kind, payload, ``(record, label)`` lists of its train (and test) parts, and class names."""
-    if source.startswith("torchvision:"):
+    kind = source_kind(source)
+    if kind == "torchvision":
         from datamodules.torchvision_data import TorchvisionDataModule
 
         module = TorchvisionDataModule(source.split(":", 1)[1], data_dir=data_dir, dataset_kwargs=dataset_kwargs)
@@ -140,7 +152,7 @@ def _records(
         names = getattr(payloads["train"], "classes", None)
         return "torchvision", payloads, parts, [str(n) for n in names] if names else None
     path = Path(source)
-    if path.suffix in SUFFIXES:
+    if kind == "array":
         from datamodules.arrays import ArrayDataModule
 
         arrays = ArrayDataModule(str(path), labels=labels, key=key).load_arrays()
@@ -150,9 +162,16 @@ def _records(
         return "array", {"train": images}, {"train": list(enumerate(targets.tolist()))}, None
     from datamodules.folder import list_images
 
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"source {source} is no folder: expected an image folder, an array file ({'/'.join(SUFFIXES)}) or "
+            "torchvision:<Class>"
+        )
     files, targets, names = list_images(path)
     parts = {"train": list(zip(files, targets))}
     if test_dir is not None:
+        if not Path(test_dir).is_dir():
+            raise FileNotFoundError(f"--test-dir {test_dir} is no folder: expected the folder of the test images")
         test_files, test_targets, _ = list_images(Path(test_dir), names, test=True)
         parts["test"] = list(zip(test_files, test_targets))
     return "folder", {}, parts, names
@@ -161,21 +180,21 @@ def _records(
 def prepare_stream(
     source: str,
     output: str,
-    size: int | None = None,
+    size: PositiveInt | None = None,
     channels: Literal[1, 3] = 3,
     encoding: Encoding = "png",
-    quality: int = 90,
-    val_fraction: float = 1 / 12,
-    test_fraction: float = 0.1,
+    quality: JpegQuality = 90,
+    val_fraction: OpenUnitInterval = 1 / 12,
+    test_fraction: OpenUnitInterval = 0.1,
     test_dir: str | None = None,
     labels: str | None = None,
     key: str | None = None,
     data_dir: str = "data",
     dataset_kwargs: dict[str, Any] | None = None,
-    seed: int = 42,
+    seed: Seed = 42,
     chunk_bytes: str | int | None = "64MB",
-    chunk_size: int | None = None,
-    num_workers: int = 1,
+    chunk_size: PositiveInt | None = None,
+    num_workers: PositiveInt = 1,
     overwrite: bool = False,
     storage_options: dict[str, Any] | None = None,
 ) -> StreamManifest:
@@ -191,21 +210,26 @@ def prepare_stream(
         quality: JPEG quality.
         val_fraction: share of the training pool held out as validation split (seeded, stratified).
         test_fraction: share held out as test split when the source has none.
-        test_dir: a folder source's test folder.
-        labels, key: an array source's labels (a key or a file) and data key, as ``ArrayDataModule`` takes them.
+        test_dir: a folder source's test folder (refused for other sources).
+        labels, key: an array source's labels (a key or a file) and data key, as ``ArrayDataModule`` takes them
+            (refused for other sources).
         data_dir, dataset_kwargs: a torchvision source's root and extra arguments.
         seed: seed of the split draws and of the train split's stored (shuffled) order (``docs/streaming.md``).
-        chunk_bytes, chunk_size: litdata's chunk limits (bytes, or samples: set one).
+        chunk_bytes, chunk_size: litdata's chunk limits: bytes (an integer, or with a unit: ``64MB``), or samples
+            (which, if set, replaces ``chunk_bytes``).
         num_workers: threads decoding and encoding the images.
         overwrite: replace a stream already at ``output``; any other non-empty folder, or the source's, is refused.
         storage_options: the object store client's options.
     """
+    check_arguments(locals(), prepare_stream)
     from datamodules.base import draw_split
 
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 (gray) or 3 (RGB), got {channels!r}")
-    if encoding not in ("png", "jpeg", "raw"):
-        raise ValueError(f"encoding must be png, jpeg or raw, got {encoding!r}")
+    chunk_bytes = None if chunk_size is not None else byte_count(chunk_bytes)
+    kind = source_kind(source)
+    for option, value, applies in (("--test-dir", test_dir, "folder"), ("--labels", labels, "array"),
+                                   ("--key", key, "array")):  # fmt: skip
+        if value is not None and kind != applies:
+            raise ValueError(f"{option} {value} applies to {KINDS[applies]} only; the source {source} is {KINDS[kind]}")
     location = StreamLocation(output, storage_options)
     _check_free(location, overwrite, [source] if test_dir is None else [source, test_dir])
     kind, payloads, parts, class_names = _records(source, test_dir, labels, key, data_dir, dataset_kwargs or {})
@@ -347,34 +371,61 @@ def _publish(staging: Path, location: StreamLocation) -> None:
         location.upload(str(path), *path.relative_to(staging).parts)
 
 
+def _option(name: str, parse: Callable[[str], Any] = int) -> Callable[[str], Any]:
+    """An argparse type: ``parse``, then the constraint that :func:`prepare_stream` declares for its argument ``name``,
+    so that argparse's refusal names the option as typed, the value and what is expected."""
+
+    def convert(text: str) -> Any:
+        try:
+            value = parse(text)
+            check_arguments({name: value}, prepare_stream)
+        except ValueError as error:
+            if not str(error).startswith(f"{name} "):  # no number at all: argparse says "invalid int value: 'x'"
+                raise
+            raise argparse.ArgumentTypeError(str(error).removeprefix(f"{name} ")) from None
+        return value
+
+    convert.__name__ = parse.__name__
+    return convert
+
+
 def main(argv: list[str] | None = None) -> None:
     """The ``ae-lightning-prepare`` command (see the module docstring)."""
     parser = argparse.ArgumentParser(prog="ae-lightning-prepare", description=__doc__.split("\n")[0])
     parser.add_argument("source", help="image folder, .npy/.npz/.pt file, or torchvision:<Class>")
     parser.add_argument("output", help="the stream's folder or s3:// / gs:// URI")
-    parser.add_argument("--size", type=int, help="side of the square stored images (default: the sources' size)")
+    parser.add_argument("--size", type=_option("size"), help="side of the square stored images (default: the sources')")
     parser.add_argument("--channels", type=int, default=3, choices=(1, 3))
     parser.add_argument("--encoding", default="png", choices=("png", "jpeg", "raw"))
-    parser.add_argument("--quality", type=int, default=90, help="JPEG quality")
-    parser.add_argument("--val-fraction", type=float, default=1 / 12)
-    parser.add_argument("--test-fraction", type=float, default=0.1, help="for sources without a test split")
+    parser.add_argument("--quality", type=_option("quality"), help="JPEG quality, 1-100 (default 90)")
+    parser.add_argument("--val-fraction", type=_option("val_fraction", float), default=1 / 12)
+    parser.add_argument("--test-fraction", type=_option("test_fraction", float), help="for sources without a test "
+                        "split (default 0.1)")  # fmt: skip
     parser.add_argument("--test-dir", help="a folder source's test folder")
     parser.add_argument("--labels", help="an array source's labels: a key of the file, or a second file")
     parser.add_argument("--key", help="an array source's data key")
-    parser.add_argument("--data-dir", default="data", help="a torchvision source's root")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--chunk-bytes", default="64MB")
-    parser.add_argument("--chunk-size", type=int, help="samples per chunk (instead of --chunk-bytes)")
-    parser.add_argument("--num-workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--data-dir", help="a torchvision source's root (default: data)")
+    parser.add_argument("--seed", type=_option("seed"), default=42)
+    parser.add_argument("--chunk-bytes", type=_option("chunk_bytes", byte_count), help="bytes per chunk, e.g. 16MB "
+                        "(default 64MB)")  # fmt: skip
+    parser.add_argument("--chunk-size", type=_option("chunk_size"), help="samples per chunk (instead of --chunk-bytes)")
+    parser.add_argument("--num-workers", type=_option("num_workers"), default=os.cpu_count() or 1)
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    manifest = prepare_stream(
-        args.source, args.output, size=args.size, channels=args.channels, encoding=args.encoding,
-        quality=args.quality, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-        test_dir=args.test_dir, labels=args.labels, key=args.key, data_dir=args.data_dir, seed=args.seed,
-        chunk_bytes=args.chunk_bytes, chunk_size=args.chunk_size, num_workers=args.num_workers,
-        overwrite=args.overwrite,
-    )  # fmt: skip
+    kind = source_kind(args.source)
+    # options whose defaults the signature holds: given where they do not apply, they would be ignored
+    unused = {
+        "--quality": args.encoding != "jpeg" and f"applies to --encoding jpeg, not {args.encoding}",
+        "--data-dir": kind != "torchvision" and f"applies to a torchvision source, not {KINDS[kind]}",
+        "--test-fraction": (kind == "torchvision" or args.test_dir is not None)
+        and "holds out a test split from a source without one; this source has its test split",
+        "--chunk-bytes": args.chunk_size is not None and "and --chunk-size exclude each other: set one",
+    }
+    for option, reason in unused.items():
+        value = getattr(args, option[2:].replace("-", "_"))
+        if value is not None and reason:
+            parser.error(f"{option} {value} {reason}")
+    manifest = prepare_stream(**{name: value for name, value in vars(args).items() if value is not None})
     counts = ", ".join(f"{split} {n}" for split, n in manifest.counts.items())
     print(
         f"wrote {args.output}: {manifest.channels}x{manifest.height}x{manifest.width} {manifest.encoding} images "

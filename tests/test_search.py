@@ -112,7 +112,7 @@ def test_unknown_argument_error_suggests_the_close_names(tmp_path: Path, data_di
     write_space(tmp_path, {"model.init_args.latent_dims": {"type": "int", "low": 2, "high": 4}})
     with pytest.raises(ValueError, match=r"latent_dims \(did you mean model.init_args.latent_dim"):
         search.check_names(
-            search.read_space(tmp_path / "space.yaml"), tmp_path / "space.yaml", AE, search.resolve_config(AE, [])
+            search.read_space(tmp_path / "space.yaml"), tmp_path / "space.yaml", [AE], search.resolve_config([AE], [])
         )
 
 
@@ -387,3 +387,26 @@ def test_a_killed_study_resumes_and_retries_the_dead_trial(tmp_path: Path, data_
     with mock.patch("sys.argv", ["ae-lightning"]):
         cli = AutoencoderCLI(args=["fit", "--config", str(best), "--trainer.max_epochs", "1"])
     assert cli.trainer.global_step == 1 and cli.trainer.log_dir.startswith(str(tmp_path / "trials" / "best"))
+
+
+def test_stacked_configs_reach_every_trial_in_order_and_identify_the_study(tmp_path: Path, data_dir: Path) -> None:
+    # as with `ae-lightning fit --config a.yaml --config b.yaml`: later files override earlier ones
+    override = tmp_path / "mse.yaml"
+    override.write_text("trainer:\n  max_epochs: 1\nmodel:\n  init_args:\n    reconstruction: mse\n")
+    args = search_args(tmp_path, data_dir, "--n_trials", "1", "--config", str(override))
+    study = search.run(args)
+    saved = yaml.safe_load(Path(study.best_trial.user_attrs["config_file"]).read_text())
+    assert saved["model"]["class_path"] == "ae_lightning.Autoencoder"  # from ae.yaml
+    assert saved["model"]["init_args"]["reconstruction"] == "mse" and saved["trainer"]["max_epochs"] == 1
+    assert study.user_attrs["config"] == [str(AE.resolve()), str(override.resolve())]
+    assert study.user_attrs["settings"]["model.init_args.reconstruction"] == "mse"
+    best = yaml.safe_load((tmp_path / "trials" / "best.yaml").read_text())
+    assert best["model"]["init_args"]["reconstruction"] == "mse"
+    # the study belongs to both files: ae.yaml alone, or another file under mse.yaml, is another search
+    with pytest.raises(ValueError, match=r"search: config \[.*ae.yaml', '.*mse.yaml'\] \(this run: '.*ae.yaml'\)"):
+        open_study(tmp_path, data_dir, "--trainer.max_epochs", "1", "--model.init_args.reconstruction", "mse")
+    with pytest.raises(ValueError, match=r"/ae.yaml', '.*mse.yaml'\] \(this run: \[.*/dropout_ae.yaml', '.*mse"):
+        open_study(tmp_path, data_dir, "--config", str(override), config=ROOT / "configs" / "dropout_ae.yaml")
+    default = search.parse_args(["--config", str(AE), "--config", str(override), "--space", "s.yaml", "--storage",
+                                 "sqlite:///s.db", "--n_trials", "1"])[0]  # fmt: skip
+    assert default.study_name == "ae+mse" and default.root == Path("runs/search/ae+mse")

@@ -163,6 +163,63 @@ def test_a_stream_read_at_another_resolution_or_channel_count_is_refused(stream:
     assert StreamingDataModule(str(stream), image_size=24, augment="resize").input_shape == (3, 24, 24)
 
 
+def test_a_folder_too_large_for_memory_even_at_its_image_size_is_refused_pointing_at_a_stream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the memory guard of the in-memory folder datamodule used to be skipped whenever image_size was set
+    from datamodules import ImageFolderDataModule
+
+    write_image_folder(tmp_path / "images", per_class=12, size=8)
+    needed = 24 * 3 * 32 * 32 * (1 + 4)  # 24 images resized to 32x32: uint8 pixels and the loaders' float copy
+    pages = needed // 4096  # a machine with about that much memory: more than half of it is needed
+    monkeypatch.setattr("os.sysconf", lambda name: {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": pages}[name])
+    folder = ImageFolderDataModule(str(tmp_path / "images"), image_size=32, num_workers=0)
+    with pytest.raises(ValueError, match=r"24 images resized to image_size=32 .* more than half .*: set a smaller "
+                       r"--data.image_size, or write them as a stream with ae-lightning-prepare"):  # fmt: skip
+        folder.setup("fit")
+    ImageFolderDataModule(str(tmp_path / "images"), image_size=8, num_workers=0).setup("fit")  # 16 times less: fits
+
+
+BAD_PREPARE_OPTIONS = [
+    (["--size", "0"], "argument --size: must be an integer >= 1, got 0"),
+    (["--encoding", "jpeg", "--quality", "101"], "argument --quality: must be an integer in [1, 100], got 101"),
+    (["--quality", "50"], "--quality 50 applies to --encoding jpeg, not png"),
+    (["--val-fraction", "1.5"], "argument --val-fraction: must lie in (0, 1), got 1.5"),
+    (["--test-fraction", "-0.1"], "argument --test-fraction: must lie in (0, 1), got -0.1"),
+    (["--test-dir", "{tmp}", "--test-fraction", "0.2"], "--test-fraction 0.2 holds out a test split from a source"),
+    (["--seed", "-1"], "argument --seed: must be an integer in [0, 4294967295], got -1"),
+    (["--chunk-bytes", "64 parsecs"], "argument --chunk-bytes: must be a positive number of bytes, alone or with"),
+    (["--chunk-size", "0"], "argument --chunk-size: must be an integer >= 1, got 0"),
+    (["--chunk-size", "4", "--chunk-bytes", "1MB"], "--chunk-bytes 1000000 and --chunk-size exclude each other"),
+    (["--num-workers", "-2"], "argument --num-workers: must be an integer >= 1, got -2"),
+    (["--test-dir", "{tmp}/missing"], "--test-dir {tmp}/missing is no folder: expected the folder of the test"),
+    (["--labels", "y"], "--labels y applies to a .npy/.npz/.pt array file only; the source {tmp}/images is an"),
+    (["--data-dir", "{tmp}"], "--data-dir {tmp} applies to a torchvision source, not an image folder"),
+]
+
+
+@pytest.mark.parametrize("options, message", BAD_PREPARE_OPTIONS, ids=[" ".join(o) for o, _ in BAD_PREPARE_OPTIONS])
+def test_a_bad_prepare_option_is_refused_naming_the_option_the_value_and_what_is_expected(
+    tmp_path: Path, capsys: pytest.CaptureFixture, options: list[str], message: str
+) -> None:
+    write_image_folder(tmp_path / "images", per_class=6, size=4)
+    argv = [str(tmp_path / "images"), str(tmp_path / "stream"), *(option.format(tmp=tmp_path) for option in options)]
+    with pytest.raises((SystemExit, ValueError, FileNotFoundError)) as refused:
+        stream_prepare.main(argv)
+    refusal = capsys.readouterr().err if refused.type is SystemExit else str(refused.value)  # argparse's, or raised
+    assert message.format(tmp=tmp_path) in refusal
+    assert not (tmp_path / "stream").exists()
+
+
+def test_prepare_checks_python_callers_alike_and_takes_chunk_bytes_with_or_without_a_unit(tmp_path: Path) -> None:
+    write_image_folder(tmp_path / "images", per_class=6, size=4)
+    with pytest.raises(ValueError, match=r"size must be an integer >= 1, got 0"):
+        prepare_stream(str(tmp_path / "images"), str(tmp_path / "stream"), size=0)
+    for chunk_bytes in ("1000", "1.5kb"):  # litdata's parser refused a number without a unit
+        stream_prepare.main([str(tmp_path / "images"), str(tmp_path / chunk_bytes), "--chunk-bytes", chunk_bytes])
+        assert read_manifest(StreamLocation(str(tmp_path / chunk_bytes))).counts == {"train": 10, "val": 1, "test": 1}
+
+
 def test_overwrite_replaces_only_a_stream_never_the_source_or_other_files(tmp_path: Path) -> None:
     images = write_image_folder(tmp_path / "work" / "images", per_class=12, size=8)
     (tmp_path / "work" / "notes.txt").write_text("thesis")
