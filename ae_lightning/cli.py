@@ -62,6 +62,9 @@ _SPECIAL_CKPT_PATHS = {"last", "best", "hpc", "registry"}
 PROGRESS_BAR_REFRESH_STEPS = 25
 # A logger's ``save_dir`` that stands for the run's ``default_root_dir``.
 ROOT_DIR = "<default_root_dir>"
+# A logger's setting that stands for its class's own default: the default logger's ``name``, which jsonargparse keeps
+# when another logger class is chosen (a W&B run would be named after TensorBoard's folder, ``lightning_logs``).
+OWN_DEFAULT = "<the logger's own default>"
 
 
 class ConfigError(ValueError):
@@ -148,7 +151,8 @@ class AutoencoderCLI(LightningCLI):
             }
         )
         # Lightning's default logger, made explicit so that ``--trainer.logger TensorBoardLogger`` needs no save_dir.
-        parser.set_defaults({"trainer.logger": lazy_instance(TensorBoardLogger, save_dir=ROOT_DIR)})
+        default_logger = lazy_instance(TensorBoardLogger, save_dir=ROOT_DIR, name=OWN_DEFAULT)
+        parser.set_defaults({"trainer.logger": default_logger})
         # Not a callback key: the writer joins the trainer only where it can act (instantiate_trainer).
         parser.add_class_arguments(PredictionWriter, "predictions", fail_untyped=False, sub_configs=True)
         parser.add_lightning_class_args(ImageLogger, "images")
@@ -184,7 +188,7 @@ class AutoencoderCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         subcommand = self.config.get("subcommand")
-        self._resolved_save_dirs = _default_save_dirs(self.config[subcommand] if subcommand else self.config)
+        self._logger_settings_given = _logger_defaults(self.config[subcommand] if subcommand else self.config)
         _fast_path(self.config[subcommand] if subcommand else self.config, fit=subcommand in ("fit", None))
         if subcommand == "predict":
             _streamed_predictions(self.config.predict)
@@ -219,7 +223,7 @@ class AutoencoderCLI(LightningCLI):
         self._refuse_an_earlier_runs_folder(trainer)
         for callback in trainer.callbacks:
             if isinstance(callback, SaveConfigCallback):
-                callback.config = _as_given(callback.config, getattr(self, "_resolved_save_dirs", {}))
+                callback.config = _as_given(callback.config, getattr(self, "_logger_settings_given", {}))
         return trainer
 
     def _refuse_an_earlier_runs_folder(self, trainer: Trainer) -> None:
@@ -565,20 +569,41 @@ def _streamed_predictions(config: Any) -> None:
     config.return_predictions = False
 
 
-def _default_save_dirs(config: Any) -> dict[int, Any]:
-    """Loggers without a ``save_dir`` of their own write under ``default_root_dir``, like every other output of a run:
-    the default TensorBoard logger, and a WandbLogger given no ``save_dir`` or ``dir``. Returns the ``save_dir`` each
-    resolved logger (by position) had, which the run's saved config keeps (:func:`_as_given`)."""
+def _logger_defaults(config: Any) -> dict[int, dict[str, Any]]:
+    """The loggers' settings that stand for a default, resolved in ``config``. Loggers without a ``save_dir`` of their
+    own write under ``default_root_dir``, like every other output of a run: the default TensorBoard logger, and a
+    WandbLogger given no ``save_dir`` or ``dir``; a WandbLogger's ``dir`` becomes its ``save_dir`` (Lightning's passes
+    ``dir`` to W&B only when ``save_dir`` is None), and both at once are refused. :data:`OWN_DEFAULT` becomes the
+    logger class's own default. Extra keyword arguments (``wandb.init``'s) left None are not passed, so that the
+    logger's defaults for them stand (WandbLogger's ``resume: allow``). Returns the settings each logger (by position)
+    had before, which the run's saved config keeps (:func:`_as_given`)."""
     root = config.trainer.get("default_root_dir") or "."
-    given = {}
+    given: dict[int, dict[str, Any]] = {}
     for i, logger in enumerate(_loggers(config)):
         init_args = logger.get("init_args") if hasattr(logger, "class_path") else None
         if init_args is None:
             continue
+        given[i] = {}
+        parameters = inspect.signature(resolve_class_path(logger.class_path)).parameters
+        for key, value in list(init_args.items()):
+            if value == OWN_DEFAULT:
+                given[i][key] = value
+            if key in parameters and value == OWN_DEFAULT:
+                init_args[key] = parameters[key].default
+            elif key not in parameters and value in (None, OWN_DEFAULT):  # an extra keyword argument left unset
+                del init_args[key]
         save_dir = init_args.get("save_dir")
-        wandb = logger.class_path.endswith("WandbLogger") and save_dir in (None, ".") and not init_args.get("dir")
-        if save_dir == ROOT_DIR or wandb:
-            given[i], init_args.save_dir = save_dir, root
+        if not logger.class_path.endswith("WandbLogger"):
+            if save_dir == ROOT_DIR:
+                given[i]["save_dir"], init_args.save_dir = save_dir, root
+            continue
+        # "." is WandbLogger's default, ROOT_DIR the command's default logger's, which jsonargparse carries over
+        default = save_dir in (None, ".", ROOT_DIR)
+        if init_args.get("dir") and not default:
+            raise ConfigError(f"--trainer.logger.save_dir {save_dir} and --trainer.logger.dir {init_args.dir}: "
+                              "WandbLogger writes its run into one folder; give only save_dir")  # fmt: skip
+        if default:
+            given[i]["save_dir"], init_args.save_dir = save_dir, init_args.get("dir") or root
     return given
 
 
@@ -587,13 +612,13 @@ def _loggers(config: Any) -> list[Any]:
     return loggers if isinstance(loggers, list) else [loggers]
 
 
-def _as_given(config: Any, given: dict[int, Any]) -> Any:
-    """A copy of ``config`` whose loggers have the ``save_dir`` they were given before :func:`_default_save_dirs`, so
-    that the run's ``config.yaml``, given again with another ``--trainer.default_root_dir``, writes there."""
+def _as_given(config: Any, given: dict[int, dict[str, Any]]) -> Any:
+    """A copy of ``config`` whose loggers have the settings they were given before :func:`_logger_defaults`, so that
+    the run's ``config.yaml``, given again with another ``--trainer.default_root_dir``, writes there."""
     config = config.clone()
     for i, logger in enumerate(_loggers(config)):
-        if i in given:
-            logger.init_args.save_dir = given[i]
+        for key, value in given.get(i, {}).items():
+            logger.init_args[key] = value
     return config
 
 

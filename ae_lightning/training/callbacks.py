@@ -23,6 +23,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torchvision.utils import save_image
@@ -35,14 +36,17 @@ from datamodules.checks import AtLeastTwo, NonNegativeInt, PositiveInt, check_ar
 
 
 class ImageLogger(Callback):
-    """Logs pictures of the model after every ``every_n_epochs``-th validation epoch (and the last).
+    """Logs pictures of the model after every ``every_n_epochs``-th validation epoch of ``fit`` (and the last).
+
+    Validations are counted, whichever epochs validate (``check_val_every_n_epoch``), and the count is kept in
+    checkpoints.
 
     Views: ``reconstructions``, ``samples`` (generative models), ``interpolations`` and ``latent_map`` (PCA of codes),
     of the same first validation images and seeded prior noise every time (``docs/internals.md``). Nothing is drawn in
     sanity checks or ``fast_dev_run``; under DDP only rank 0 draws.
 
     Args:
-        every_n_epochs: draw after every n-th validation epoch; 0 disables the callback.
+        every_n_epochs: draw after every n-th validation epoch (not training epoch); 0 disables the callback.
         views: the pictures to draw; None: every view that applies (naming ``samples`` for a non-generative model
             is an error).
         num_images: validation images in the reconstruction grid.
@@ -83,6 +87,19 @@ class ImageLogger(Callback):
         self._kept = 0
         self._needed = 0  # validation images to keep, set in setup
         self._announced = False
+        self._validations = 0  # validation epochs of fit so far, sanity checks aside
+
+    @property
+    def state_key(self) -> str:
+        # one per settings, so that several ImageLoggers in one trainer each keep their own count in a checkpoint
+        settings = ("every_n_epochs", "views", "num_images", "num_samples", "num_interpolations", "latent_map_size")
+        return f"{type(self).__qualname__}{{{', '.join(f'{name}={getattr(self, name)!r}' for name in settings)}}}"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"validations": self._validations}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._validations = state_dict["validations"]
 
     # --- hooks ------------------------------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -127,6 +144,9 @@ class ImageLogger(Callback):
         self._kept += len(images)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        self._validations += 1
         if not self._due(trainer) or not trainer.is_global_zero or not self._batches:
             return
         images = self.draw(pl_module)
@@ -179,10 +199,13 @@ class ImageLogger(Callback):
 
     # --- helpers ----------------------------------------------------------------------------------------------------
     def _due(self, trainer: L.Trainer) -> bool:
-        if self.every_n_epochs == 0 or trainer.sanity_checking or trainer.fast_dev_run or not self.active_views:
+        """Whether this validation is an ``every_n_epochs``-th one, or the run's last: the one at the end of an epoch
+        after which no epoch up to ``max_epochs`` validates."""
+        if self.every_n_epochs == 0 or trainer.fast_dev_run or not self.active_views:
             return False
-        epoch = trainer.current_epoch + 1
-        return epoch % self.every_n_epochs == 0 or epoch == trainer.max_epochs
+        epoch, every = trainer.current_epoch + 1, trainer.check_val_every_n_epoch or 1
+        last = trainer.is_last_batch and 0 <= trainer.max_epochs < epoch + every
+        return self._validations % self.every_n_epochs == 0 or last
 
 
 def _image_sink(logger: Logger) -> Literal["wandb", "tensorboard"] | None:

@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.loggers import WandbLogger
 
 from ae_lightning.training.callbacks import SaveConfigToRun
-from datamodules.checks import check_arguments
+from datamodules.checks import byte_count, check_arguments
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -34,13 +34,18 @@ class PredictionWriter(BasePredictionWriter):
             ``default_root_dir``); ``predictions.pt``
             for a file, ``predictions`` (a folder) for a stream when left at the default.
         format: ``file`` or ``stream``.
-        chunk_bytes: the stream's chunk size limit (litdata's ``chunk_bytes``, e.g. ``"64MB"``).
+        chunk_bytes: the stream's chunk size limit (litdata's ``chunk_bytes``): a positive integer of bytes or a number
+            with a unit, e.g. ``"64MB"``.
     """
 
     def __init__(
-        self, filename: str = "predictions.pt", format: Literal["file", "stream"] = "file", chunk_bytes: str = "64MB"
+        self,
+        filename: str = "predictions.pt",
+        format: Literal["file", "stream"] = "file",
+        chunk_bytes: int | str = "64MB",
     ) -> None:
         check_arguments(locals(), PredictionWriter.__init__)
+        byte_count(chunk_bytes)
         super().__init__(write_interval="batch" if format == "stream" else "epoch")
         self.format = format
         self.filename = "predictions" if format == "stream" and filename == "predictions.pt" else filename
@@ -65,7 +70,7 @@ class PredictionWriter(BasePredictionWriter):
         trainer.strategy.barrier()
         staging.mkdir(parents=True, exist_ok=True)
         self._writer, self._staging, self._written = (
-            BinaryWriter(str(staging), chunk_bytes=self.chunk_bytes),
+            BinaryWriter(str(staging), chunk_bytes=byte_count(self.chunk_bytes)),
             staging,
             0,
         )
