@@ -9,9 +9,9 @@ The model and its datamodule are rebuilt from the checkpoint (``--data_dir`` say
 On data with known factors (dSprites) the disentanglement metrics are printed too (``--disentanglement``), and
 ``--plots`` also writes the latent traversals. ``--samplers`` fits post-hoc samplers on the training codes, so that
 deterministic autoencoders get a Frechet distance too. An existing ``--json`` file or picture is replaced only with
-``--overwrite`` (checked before anything is computed), and never left half-written. Bad counts, a ``--json`` in a
-missing folder and a ``--classifier`` that is not a feature classifier of the checkpoint's dataset are refused before
-anything is computed.
+``--overwrite``, and never left half-written. Every option is checked before the model is loaded (names, counts,
+paths, the ``--classifier`` file), and what depends on the model (views, metrics that apply, a classifier of the
+checkpoint's dataset) before any score is computed.
 """
 
 from __future__ import annotations
@@ -41,12 +41,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--data_dir", default=None, help="where the data are (default: the checkpoint's)")
     parser.add_argument(
-        "--metrics", nargs="+", default=None, help=f"metrics (default: all that apply): {', '.join(evaluation.METRICS)}"
+        "--metrics",
+        nargs="+",
+        default=None,
+        choices=evaluation.METRICS,
+        metavar="METRIC",
+        help=f"metrics (default: all that apply): {', '.join(evaluation.METRICS)}",
     )
     parser.add_argument(
         "--first_stage_metrics",
         nargs="+",
         default=None,
+        choices=evaluation.FIRST_STAGE_METRICS,
+        metavar="METRIC",
         help=f"tokenizer and codec metrics: {', '.join(evaluation.FIRST_STAGE_METRICS)} (default without --metrics: "
         "those that apply but lpips, rfid and rfid_classifier, which need pretrained weights)",
     )
@@ -57,9 +64,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--probe_max_train", type=int, default=None)
     parser.add_argument("--plots", type=Path, default=None, help="folder for PNG pictures of the model")
     parser.add_argument(
-        "--views", nargs="+", default=None, help=f"pictures (default: all that apply): {', '.join(visualization.VIEWS)}"
+        "--views",
+        nargs="+",
+        default=None,
+        choices=visualization.VIEWS,
+        metavar="VIEW",
+        help=f"pictures in --plots (default: all that apply): {', '.join(visualization.VIEWS)}",
     )
-    parser.add_argument("--tsne_points", type=int, default=2000)
+    parser.add_argument("--tsne_points", type=int, default=2000, help="test images of the latent map")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the scores to this JSON file")
     parser.add_argument("--overwrite", action="store_true", help="replace the --json file and --plots pictures")
@@ -67,6 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--disentanglement",
         nargs="*",
         default=None,
+        choices=[*disentanglement.DISENTANGLEMENT_METRICS, "none"],
+        metavar="METRIC",
         help="disentanglement metrics on data with known factors (default there, or the flag alone: all; none "
         f"elsewhere; 'none': off): {', '.join(disentanglement.DISENTANGLEMENT_METRICS)}",
     )
@@ -81,36 +95,54 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     at_least = {"nll_samples": (1, "importance samples per image"), "fid_samples": (2, "samples, for a covariance"),
                 "probe_max_train": (2, "training images, for a classifier"),
-                "rfid_images": (2, "test images, for a covariance")}  # fmt: skip
+                "rfid_images": (2, "test images, for a covariance"), "tsne_points": (2, "test images, for a t-SNE map"),
+                "disentanglement_points": (10, "codes, for MIG, SAP and DCI"),
+                "two_stage_steps": (1, "training step of the second VAE")}  # fmt: skip
     for name, (least, what) in at_least.items():
         value = getattr(args, name)
         if value is not None and value < least:
             parser.error(f"--{name} {value}: expected at least {least} ({what})")
+    if args.disentanglement and "none" in args.disentanglement and len(args.disentanglement) > 1:
+        parser.error(f"--disentanglement {' '.join(args.disentanglement)}: 'none' turns them off; give it alone")
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        parser.error(f"--data_dir {args.data_dir}: no such folder; expected the folder the checkpoint's data are in")
+    if args.views is not None and args.plots is None:
+        parser.error(f"--views {' '.join(args.views)}: the pictures go to a --plots folder; name one")
+    if args.json is not None and args.json.is_dir():
+        parser.error(f"--json {args.json} is a folder; expected the name of a file")
     if args.json is not None and not args.json.parent.is_dir():
         parser.error(f"--json {args.json}: its folder {args.json.parent} does not exist; create it or name another")
-    args.classifier_record = None
-    if args.classifier is not None and args.classifier.is_file():
-        try:
-            args.classifier_record = load_feature_classifier(args.classifier)
-        except ValueError as error:
-            parser.error(f"--classifier {error}")
     if args.json is not None and args.json.exists() and not args.overwrite:
         parser.error(f"--json {args.json} exists; name another file, or pass --overwrite to replace it")
-    if args.plots is not None and not args.overwrite:
+    if args.plots is not None:
+        existing = next(path for path in (args.plots, *args.plots.parents) if path.exists())
+        if not existing.is_dir():
+            where = "it" if existing == args.plots else existing
+            parser.error(f"--plots {args.plots}: {where} is a file; expected a folder (for the pictures)")
         # every picture this command may write: the model decides which views apply only once it is loaded
         names = [f"{view}.png" for view in (*(args.views or visualization.VIEWS), "traversals")]
-        if held := [name for name in names if (args.plots / name).exists()]:
+        if folders := [name for name in names if (args.plots / name).is_dir()]:
+            parser.error(f"--plots {args.plots} holds folders named {', '.join(folders)}, where pictures go")
+        if (held := [name for name in names if (args.plots / name).exists()]) and not args.overwrite:
             parser.error(
                 f"--plots {args.plots} already holds {', '.join(held)}; name another folder, or pass --overwrite "
                 "to replace them"
             )
+    # the arguments of scripts/train_feature_classifier.py that train a classifier of these data
+    args.data = f"--checkpoint {args.checkpoint}" + (f" --data_dir {args.data_dir}" if args.data_dir else "")
+    args.classifier_record = None
+    if args.classifier is not None:
+        try:
+            args.classifier_record = load_feature_classifier(args.classifier, args.data)
+        except FileNotFoundError as error:
+            parser.error(f"--classifier: {error}")
+        except ValueError as error:
+            parser.error(f"--classifier {error}")
     return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
-    if args.metrics is not None:
-        evaluation.check_metric_names(args.metrics)
     model, datamodule = evaluation.load_checkpoint(args.checkpoint, args.data_dir)
     if isinstance(datamodule, InteractionsDataModule):
         raise ValueError(
@@ -125,20 +157,31 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     metrics = args.metrics or [
         name for name in evaluation.METRICS if evaluation.metric_applies(model, datamodule, name)
     ]
+    first_stage = args.first_stage_metrics
+    if first_stage is None and args.metrics is None:
+        first_stage = [
+            name
+            for name in evaluation.FIRST_STAGE_METRICS
+            if name not in ("lpips", "rfid", "rfid_classifier") and evaluation.metric_applies(model, datamodule, name)
+        ]
+    evaluation.check_first_stage_metrics(model, datamodule, first_stage or [])
+    if args.samplers and len(datamodule.input_shape) != 3:
+        raise ValueError(f"--samplers: the Frechet distance compares images, but {type(datamodule).__name__} holds "
+                         f"feature vectors of shape {datamodule.input_shape}")  # fmt: skip
+    has_factors, asked = hasattr(datamodule, "sample_factors"), args.disentanglement
+    if asked is not None and asked != ["none"] and not has_factors:
+        raise ValueError(f"--disentanglement needs data with known factors (dSprites), not {type(datamodule).__name__}")
     classifier = None
-    if "fid" in metrics or args.samplers or "rfid_classifier" in (args.first_stage_metrics or []):
+    if "fid" in metrics or args.samplers or "rfid_classifier" in (first_stage or []):
         if "fid" in metrics:
             evaluation.require_generative(model, "the Frechet distance of samples (fid)")
-        data = f"--checkpoint {args.checkpoint}" + (f" --data_dir {args.data_dir}" if args.data_dir else "")
-        record = args.classifier_record or load_feature_classifier(
-            args.classifier or default_classifier_path(datamodule), data
-        )
+        record = args.classifier_record or load_feature_classifier(default_classifier_path(datamodule), args.data)
         try:
             check_classifier_data(record, datamodule)
         except ValueError as error:
             option = "--classifier: " if args.classifier else ""
             raise ValueError(
-                f"{option}{error} (train one: python scripts/train_feature_classifier.py {data})"
+                f"{option}{error} (train one: python scripts/train_feature_classifier.py {args.data})"
             ) from None
         print(f"Feature classifier {record.path}: test accuracy {record.test_accuracy:.4f}")
         classifier = record.network
@@ -160,22 +203,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             model, train_codes, classifier, real, args.fid_samples, two_stage_steps=args.two_stage_steps, seed=args.seed
         )
         scores |= {name: value for name, value in found.items() if name != "fid_prior"}
-    has_factors, asked = hasattr(datamodule, "sample_factors"), args.disentanglement
-    if asked is not None and asked != ["none"] and not has_factors:
-        raise ValueError(f"--disentanglement needs data with known factors (dSprites), not {type(datamodule).__name__}")
     if has_factors and asked != ["none"]:
         names = asked or list(disentanglement.DISENTANGLEMENT_METRICS)
         encode = disentanglement.model_encoder(model)
         scores |= disentanglement.disentanglement_metrics(
             encode, datamodule, names, num_points=args.disentanglement_points, seed=args.seed
         )
-    first_stage = args.first_stage_metrics
-    if first_stage is None and args.metrics is None:
-        first_stage = [
-            name
-            for name in evaluation.FIRST_STAGE_METRICS
-            if name not in ("lpips", "rfid", "rfid_classifier") and evaluation.metric_applies(model, datamodule, name)
-        ]
     if first_stage:
         scores |= evaluation.first_stage_scores(
             model, datamodule, first_stage, classifier=classifier, frechet_images=args.rfid_images, seed=args.seed
@@ -183,8 +216,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     width = max(map(len, scores))
     for name, value in scores.items():
         print(f"{name:<{width}}  {value:.6g}")
-    if args.json is not None:
-        write_atomically(args.json, (json.dumps(scores, indent=2) + "\n").encode())
+    pictures = {}
     if args.plots is not None:
         images, labels = evaluation.first_images(datamodule, "test", args.tsne_points)
         pictures = visualization.draw_views(
@@ -197,12 +229,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             class_names=datamodule.class_names,
             seed=args.seed,
         )
-        args.plots.mkdir(parents=True, exist_ok=True)
         if has_factors and not disentanglement.has_flat_codes(model):
             print(f"Latent traversals not drawn: {type(model).__name__}'s codes are not flat [latent_dim]")
         elif has_factors:
             factors = datamodule.sample_factors(4, torch.Generator().manual_seed(args.seed))
             pictures["traversals"] = disentanglement.latent_traversals(model, datamodule.images_of(factors))
+    # written once everything is computed, so that a failure leaves no output of this run
+    if args.json is not None:
+        write_atomically(args.json, (json.dumps(scores, indent=2) + "\n").encode())
+    if args.plots is not None:
+        args.plots.mkdir(parents=True, exist_ok=True)
         for view, image in pictures.items():
             png = io.BytesIO()
             save_image(image, png, format="png")

@@ -6,12 +6,14 @@ import importlib.util
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 from unittest import mock
 
+import numpy as np
 import pytest
 import torch
 from conftest import write_dataset
@@ -28,7 +30,7 @@ from ae_lightning.evaluation.feature_classifier import (
     train_feature_classifier,
 )
 from ae_lightning.evaluation.metrics import FrechetDistance, ReconstructionMetrics
-from datamodules import MNISTDataModule
+from datamodules import ArrayDataModule, MNISTDataModule
 
 ROOT = Path(__file__).parents[1]
 
@@ -320,11 +322,12 @@ def test_evaluate_script_scores_a_checkpoint_and_refuses_sampling_a_plain_autoen
     # existing outputs: refused before anything is computed or written, replaced with --overwrite
     (tmp_path / "scores.json").write_text("{}")
     (tmp_path / "reconstructions.png").write_bytes(b"old")
-    argv = [str(ae_checkpoint), "--metrics", "mse", "--views", "reconstructions", "--tsne_points", "30"]
+    argv = [str(ae_checkpoint), "--metrics", "mse", "--tsne_points", "30"]
+    plots = ["--plots", str(tmp_path), "--views", "reconstructions"]
     assert refused(script, [*argv, "--json", str(tmp_path / "scores.json")], capsys) == (
         f"--json {tmp_path / 'scores.json'} exists; name another file, or pass --overwrite to replace it"
     )
-    assert refused(script, [*argv, "--json", str(tmp_path / "new.json"), "--plots", str(tmp_path)], capsys) == (
+    assert refused(script, [*argv, "--json", str(tmp_path / "new.json"), *plots], capsys) == (
         f"--plots {tmp_path} already holds reconstructions.png; name another folder, or pass --overwrite to replace "
         "them"
     )
@@ -333,11 +336,11 @@ def test_evaluate_script_scores_a_checkpoint_and_refuses_sampling_a_plain_autoen
     with mock.patch("os.fsync", side_effect=OSError(28, "No space left on device")), pytest.raises(OSError):
         script.main([*argv, "--json", str(tmp_path / "scores.json"), "--overwrite"])
     assert (tmp_path / "scores.json").read_text() == "{}"  # a failed write keeps the old file
-    script.main([*argv, "--json", str(tmp_path / "scores.json"), "--plots", str(tmp_path), "--overwrite"])
+    script.main([*argv, "--json", str(tmp_path / "scores.json"), *plots, "--overwrite"])
     assert set(json.loads((tmp_path / "scores.json").read_text())) == {"mse"}
     assert (tmp_path / "reconstructions.png").read_bytes().startswith(b"\x89PNG")
     assert not list(tmp_path.glob(".*.tmp"))
-    for option in (["--metrics", "fid"], ["--views", "samples"]):
+    for option in (["--metrics", "fid"], ["--views", "samples", "--plots", str(tmp_path / "pictures")]):
         with pytest.raises(ValueError, match="needs a generative model, but Autoencoder is not one"):
             script.main([str(ae_checkpoint), *option])
 
@@ -452,3 +455,130 @@ def test_the_gap_benchmark_trains_posteriors_on_the_frozen_decoder_of_one_vae(da
     assert all(math.isfinite(value) for value in losses) and len(set(losses)) == 3
     (split,) = rows["split"]  # the best Gaussian per image is a tighter bound than the encoder's
     assert math.isfinite(split["nll"]) and split["optimal_gaussian"] < split["amortized_gaussian"]
+
+
+def test_gray_images_of_statically_binarized_data_are_those_of_the_run_s_own_splits(tmp_path: Path) -> None:
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).integers(0, 256, (200, 8, 8), dtype=np.uint8))
+    settings = {"path": str(tmp_path / "x.npy"), "seed": 7, "test_fraction": 0.25, "val_fraction": 0.2}
+    static, gray = ArrayDataModule(**settings, binarize="static"), ArrayDataModule(**settings)
+    gray.setup()
+    for split in ("train", "test"):
+        images = torch.cat([x for x, _, _ in evaluation.gray_loader(static, split)])
+        assert torch.equal(images, gray.splits[split][0].float() / 255), split  # the same rows (seed, fractions)
+
+
+def test_the_evaluate_script_checks_every_option_before_it_loads_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    script = load_script("evaluate")
+    checkpoint = str(tmp_path / "run.ckpt")  # never read: each refusal comes first
+    (tmp_path / "out.png").write_bytes(b"a picture")
+    (tmp_path / "folder.json").mkdir()
+    json_file = tmp_path / "scores.json"
+    cases = {
+        "--plots out.png": f"--plots {tmp_path / 'out.png'}: it is a file; expected a folder (for the pictures)",
+        "--plots out.png/pictures": f"--plots {tmp_path / 'out.png' / 'pictures'}: {tmp_path / 'out.png'} is a file; "
+        "expected a folder (for the pictures)",
+        "--tsne_points 0": "--tsne_points 0: expected at least 2 (test images, for a t-SNE map)",
+        "--tsne_points 1": "--tsne_points 1: expected at least 2 (test images, for a t-SNE map)",
+        "--tsne_points -5": "--tsne_points -5: expected at least 2 (test images, for a t-SNE map)",
+        "--disentanglement_points 5": "--disentanglement_points 5: expected at least 10 (codes, for MIG, SAP and DCI)",
+        "--two_stage_steps 0": "--two_stage_steps 0: expected at least 1 (training step of the second VAE)",
+        "--metrics mse fd": "argument --metrics: invalid choice: 'fd' (choose from 'mse', 'bce', 'psnr', 'ssim', "
+        "'nll', 'fid', 'linear_probe', 'knn', 'auroc')",
+        "--first_stage_metrics ms-ssim": "argument --first_stage_metrics: invalid choice: 'ms-ssim' (choose from "
+        "'ms_ssim', ",
+        "--views samples latent": "argument --views: invalid choice: 'latent' (choose from 'reconstructions', ",
+        "--disentanglement mig2": "argument --disentanglement: invalid choice: 'mig2' (choose from 'beta_vae', ",
+        "--disentanglement none mig": "--disentanglement none mig: 'none' turns them off; give it alone",
+        "--data_dir nowhere": f"--data_dir {tmp_path / 'nowhere'}: no such folder; expected the folder the "
+        "checkpoint's data are in",
+        "--views samples": "--views samples: the pictures go to a --plots folder; name one",
+        "--json folder.json": f"--json {tmp_path / 'folder.json'} is a folder; expected the name of a file",
+        "--classifier missing.pt": f"--classifier: no feature classifier at {tmp_path / 'missing.pt'}; train one "
+        f"with `python scripts/train_feature_classifier.py --checkpoint {checkpoint} --output ",
+    }
+    with mock.patch.object(evaluation, "load_checkpoint", side_effect=AssertionError("loaded the checkpoint")):
+        for options, message in cases.items():
+            name, *values = options.split()
+            values = [str(tmp_path / value) if name in ("--plots", "--data_dir", "--json", "--classifier") else value
+                      for value in values]  # fmt: skip
+            argv = [checkpoint, "--json", str(json_file), name, *values]
+            if name == "--json":
+                argv = [checkpoint, name, *values]
+            assert refused(script, argv, capsys).startswith(message), options
+            assert not json_file.exists(), options
+
+
+def test_the_evaluate_script_refuses_what_the_model_rules_out_before_any_score(
+    benchmark_run: tuple[Path, list], tmp_path: Path
+) -> None:
+    folder, _ = benchmark_run
+    script = load_script("evaluate")
+    ae = str(next((folder / "runs" / "ae" / "lightning_logs").glob("*/checkpoints/last.ckpt")))
+    cases = {
+        ("--first_stage_metrics", "codes_used"): "metric 'codes_used' does not apply to Autoencoder: share of the",
+        ("--disentanglement", "mig"): "--disentanglement needs data with known factors (dSprites), not MNISTDataModule",
+    }
+    with mock.patch.object(evaluation, "evaluate", side_effect=AssertionError("scored")):
+        for options, message in cases.items():
+            with pytest.raises(ValueError, match=re.escape(message)):
+                script.main([ae, "--metrics", "mse", *options])
+    # a failure after the scores (here drawing the pictures) leaves neither --json nor pictures behind
+    json_file, plots = tmp_path / "scores.json", tmp_path / "plots"
+    with mock.patch.object(visualization, "draw_views", side_effect=RuntimeError("drawing failed")):
+        with pytest.raises(RuntimeError, match="drawing failed"):
+            script.main([ae, "--metrics", "mse", "--json", str(json_file), "--plots", str(plots), "--tsne_points", "8"])
+    assert not json_file.exists() and not plots.exists()
+
+
+def test_evaluation_functions_refuse_counts_before_any_work(data_dir: Path) -> None:
+    datamodule = MNISTDataModule(data_dir=str(data_dir), batch_size=16)
+    model = Autoencoder(latent_dim=4, hidden_dims=[16])
+    for count in (0, -5):  # not the datamodule's batch size, nor a StopIteration
+        with pytest.raises(ValueError, match=f"count={count}: expected at least 1"):
+            evaluation.first_images(datamodule, "test", count)
+    with pytest.raises(ValueError, match="max_images=0: expected at least 1"):
+        evaluation.split_loader(datamodule, "test", max_images=0)
+    with (
+        pytest.raises(ValueError, match="knn_neighbors=0: expected at least 1"),
+        mock.patch.object(evaluation, "split_loader", side_effect=AssertionError("read the data")),
+    ):
+        evaluation.evaluate(model, datamodule, ["mse", "knn"], knn_neighbors=0)
+    with (
+        pytest.raises(ValueError, match="frechet_images=1: expected at least 2"),
+        mock.patch.object(evaluation, "perceptual_scores", side_effect=AssertionError("scored")),
+    ):
+        evaluation.first_stage_scores(model, datamodule, ["ms_ssim", "rfid"], frechet_images=1)
+
+
+def test_the_feature_classifier_script_honours_image_size_and_channels_or_refuses_them(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from conftest import write_image_folder
+
+    monkeypatch.setenv("AE_LIGHTNING_CACHE", str(tmp_path / "cache"))
+    script = load_script("train_feature_classifier")
+    folder = str(write_image_folder(tmp_path / "photos", per_class=20, size=12))
+    record = script.main(["--data", "ImageFolderDataModule", "--data_dir", folder, "--image_size", "8",
+                          "--channels", "1", "--epochs", "1", "--accelerator", "cpu"])  # fmt: skip
+    assert record.network.input_shape == (1, 8, 8)
+    assert load_feature_classifier(record.path).network.input_shape == (1, 8, 8)
+    np.save(tmp_path / "x.npy", np.zeros((100, 12, 12), np.uint8))
+    supported = "FashionMNISTDataModule, ImageFolderDataModule, KMNISTDataModule, MNISTDataModule, StreamingDataModule"
+    cases = {
+        ("--data", "ArrayDataModule", "--data_dir", str(tmp_path / "x.npy")): "--data ArrayDataModule: "
+        "ArrayDataModule needs path, but this script gives a datamodule only --data_dir or --input_dir: name one of "
+        f"{supported}, or the data of a run with --checkpoint <its checkpoint>",
+        ("--data", "TorchvisionDataModule"): "--data TorchvisionDataModule: TorchvisionDataModule needs dataset, ",
+        ("--data", "DSpritesDataModule"): "--data DSpritesDataModule: DSpritesDataModule reads neither a data_dir nor "
+        "an input_dir, ",
+        ("--data_dir", str(data_dir), "--image_size", "8"): "--image_size 8: MNISTDataModule takes no image_size",
+        ("--data", "ImageFolderDataModule", "--input_dir", folder): f"--input_dir {folder}: ImageFolderDataModule "
+        "takes no input_dir",
+        ("--checkpoint", "run.ckpt", "--image_size", "8"): "--image_size 8: --checkpoint names the data as its run "
+        "had them; leave --image_size out",
+    }
+    for options, message in cases.items():
+        assert refused(script, [*options, "--epochs", "1"], capsys).startswith(message), options
+    assert [path.name for path in (tmp_path / "cache").iterdir()] == [record.path.name]  # nothing else trained

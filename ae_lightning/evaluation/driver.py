@@ -67,6 +67,13 @@ FRECHET_METRICS = ("rfid", "rfid_classifier")
 CODE_METRICS = ("codes_used", "perplexity", "dead_codes", "bpp")
 
 
+def check_counts(**counts: tuple[int | None, int]) -> None:
+    """Raise a ValueError naming the first ``argument=(value, least)`` whose value (unless None) is below least."""
+    for argument, (value, least) in counts.items():
+        if value is not None and value < least:
+            raise ValueError(f"{argument}={value}: expected at least {least}")
+
+
 def check_metric_names(names: Sequence[str]) -> list[str]:
     """``names`` as a list, or a ValueError naming each unknown metric and listing the known ones."""
     unknown = [name for name in names if name not in METRICS]
@@ -123,6 +130,7 @@ def split_loader(
         max_images: keep a seeded random subset of at most this many images (in stored order); None keeps all.
         seed: seed of that subset.
     """
+    check_counts(batch_size=(batch_size, 1), max_images=(max_images, 1))
     own = getattr(datamodule, "evaluation_loader", None)
     if own is not None:  # images drawn when their batch is built (dSprites): the datamodule makes the loader
         return own(split, batch_size=batch_size, max_images=max_images, seed=seed)
@@ -135,7 +143,7 @@ def split_loader(
         images[rows],
         labels[rows],
         rows,
-        batch_size=batch_size or datamodule.hparams.batch_size,
+        batch_size=datamodule.hparams.batch_size if batch_size is None else batch_size,
         shuffle=False,
         seed=datamodule.hparams.seed,
         binarize=datamodule.hparams.binarize == "dynamic",
@@ -145,6 +153,7 @@ def split_loader(
 
 def first_images(datamodule: ImageDataModule, split: Split, count: int) -> tuple[Tensor, Tensor]:
     """The first ``count`` images ``[count, C, H, W]`` of the split (as :func:`split_loader` yields them) and labels."""
+    check_counts(count=(count, 1))
     images, labels, _ = next(iter(split_loader(datamodule, split, batch_size=count)))
     return images, labels
 
@@ -247,6 +256,17 @@ def reconstruction_frechet_distance(
     return float(metric.compute())
 
 
+def check_first_stage_metrics(model: AutoencoderModule, datamodule: ImageDataModule, names: Sequence[str]) -> None:
+    """Raise a ValueError naming a name of ``names`` that is not one of :data:`FIRST_STAGE_METRICS` or does not apply
+    to the model and data."""
+    unknown = [name for name in names if name not in FIRST_STAGE_METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric {', '.join(map(repr, unknown))}; these are {', '.join(FIRST_STAGE_METRICS)}")
+    for name in names:
+        if not metric_applies(model, datamodule, name):
+            raise ValueError(f"metric {name!r} does not apply to {type(model).__name__}: {FIRST_STAGE_METRICS[name]}")
+
+
 def first_stage_scores(
     model: AutoencoderModule,
     datamodule: ImageDataModule,
@@ -264,12 +284,8 @@ def first_stage_scores(
         frechet_images: the ``rfid`` pair on a seeded subset of at most this many test images; None: all.
         seed: seed of that subset and of a stochastic model's draws.
     """
-    unknown = [name for name in names if name not in FIRST_STAGE_METRICS]
-    if unknown:
-        raise ValueError(f"unknown metric {', '.join(map(repr, unknown))}; these are {', '.join(FIRST_STAGE_METRICS)}")
-    for name in names:
-        if not metric_applies(model, datamodule, name):
-            raise ValueError(f"metric {name!r} does not apply to {type(model).__name__}: {FIRST_STAGE_METRICS[name]}")
+    check_counts(frechet_images=(frechet_images, 2))
+    check_first_stage_metrics(model, datamodule, names)
     if "rfid_classifier" in names and classifier is None:
         raise ValueError("rfid_classifier needs the feature classifier (classifier=...)")
     test = split_loader(datamodule, "test")
@@ -451,10 +467,12 @@ def evaluate(
         seed: seed of samples, probes and stochastic scores.
     """
     metrics = check_metric_names(metrics)
-    counts = {"nll_samples": (nll_samples, 1), "fid_samples": (fid_samples, 2), "probe_max_train": (probe_max_train, 2)}
-    for argument, (value, least) in counts.items():
-        if value is not None and value < least:
-            raise ValueError(f"{argument}={value}: expected at least {least}")
+    check_counts(
+        nll_samples=(nll_samples, 1),
+        fid_samples=(fid_samples, 2),
+        probe_max_train=(probe_max_train, 2),
+        knn_neighbors=(knn_neighbors, 1),
+    )
     for name in metrics:
         if name == "fid":
             require_generative(model, "the Frechet distance of samples (fid)")
@@ -502,7 +520,13 @@ def gray_loader(datamodule: ImageDataModule, split: Split, classes: Sequence[int
     if own is not None:
         return own(split, batch_size=500)
     if datamodule.hparams.get("binarize") == "static":  # its splits hold the binarized images: the same rows, gray
-        accepted = inspect.signature(type(datamodule)).parameters
+        # every argument it was built with (a subclass passes the base's, such as seed, on through **kwargs)
+        accepted = {
+            name
+            for base in type(datamodule).__mro__
+            if "__init__" in vars(base)
+            for name in inspect.signature(base.__init__).parameters
+        }
         settings = {name: value for name, value in datamodule.hparams.items() if name in accepted}
         datamodule = type(datamodule)(**{**settings, "binarize": "none"})
         datamodule.setup()
@@ -515,15 +539,22 @@ def gray_loader(datamodule: ImageDataModule, split: Split, classes: Sequence[int
     )
 
 
+def datamodule_names() -> list[str]:
+    """The names of the datamodules of the ``datamodules`` package (not their bases)."""
+    import datamodules
+
+    bases = ("ImageDataModule", "IDXDataModule")
+    return [name for name in datamodules.__all__ if name.endswith("DataModule") and name not in bases]
+
+
 def datamodule_class(name: str) -> type[ImageDataModule]:
     """The datamodule class named ``name``: a class of the ``datamodules`` package, or an import path."""
     import datamodules
 
     found = resolve_name(name) if "." in name else getattr(datamodules, name, None)
     if not (isinstance(found, type) and issubclass(found, ImageDataModule)):
-        bases = ("ImageDataModule", "IDXDataModule")
-        known = [n for n in datamodules.__all__ if n.endswith("DataModule") and n not in bases]
-        raise ValueError(f"unknown datamodule {name!r}; the datamodules are {', '.join(known)} (or an import path)")
+        known = ", ".join(datamodule_names())
+        raise ValueError(f"unknown datamodule {name!r}; the datamodules are {known} (or an import path)")
     return found
 
 
@@ -541,8 +572,6 @@ def load_checkpoint(
     class_path = checkpoint.get("ae_lightning_class") or checkpoint.get("hyper_parameters", {}).get("_class_path")
     if class_path is None:
         raise ValueError(f"{path} is not an ae-lightning checkpoint: it names no model class")
-    model_class = resolve_name(class_path)
-    model = model_class.load_from_checkpoint(path, map_location="cpu")
     data_hparams = dict(checkpoint.get("datamodule_hyper_parameters") or {})
     data_class_path = data_hparams.pop("_class_path", None)
     if data_class_path is None:
@@ -554,16 +583,20 @@ def load_checkpoint(
             raise ValueError(f"{data_class_path} reads no data_dir; pass its own arguments, e.g. path=...")
         data_hparams["data_dir"] = str(data_dir)
     data_hparams |= data_overrides
-    return model, resolve_name(data_class_path)(**data_hparams)
+    datamodule = resolve_name(data_class_path)(**data_hparams)  # first: it checks the data before the model loads
+    return resolve_name(class_path).load_from_checkpoint(path, map_location="cpu"), datamodule
 
 
 __all__ = [
     "METRICS",
     "anomaly_auroc",
     "anomaly_scores",
+    "check_counts",
+    "check_first_stage_metrics",
     "check_metric_names",
     "code_scores",
     "datamodule_class",
+    "datamodule_names",
     "encode_split",
     "evaluate",
     "evaluating",
