@@ -19,14 +19,14 @@ def as_samples(array: Any, where: str) -> Tensor:
 
     Args:
         array: ``[N, D]`` vectors, ``[N, H, W]``, ``[N, H, W, C]`` or ``[N, C, H, W]`` images (C = 1 or 3), as a
-            numpy array or tensor; images uint8 0-255 (or integers in that range) or float in [0, 1].
+            numpy array or tensor; images uint8 0-255 (or integers of any width in that range) or float in [0, 1].
         where: the file or dataset it came from, for error messages.
 
     Raises:
         ValueError: naming ``where`` and what is wrong: rank, channels, dtype, the first NaN or infinite sample,
-            or float images outside [0, 1].
+            or images outside [0, 1] (float) or 0..255 (integers).
     """
-    data = torch.as_tensor(np.asarray(array)) if not isinstance(array, Tensor) else array
+    data = _as_tensor(array, where, "expected a numeric array")
     if data.dtype == torch.bool or data.is_complex() or not (data.is_floating_point() or _is_integer(data)):
         raise ValueError(f"{where}: expected a numeric array, got dtype {data.dtype}")
     if data.ndim == 0 or len(data) == 0:
@@ -53,25 +53,53 @@ def as_samples(array: Any, where: str) -> Tensor:
             "expected [N, H, W, C] or [N, C, H, W] with C = 1 (gray) or 3 (RGB)"
         )
     if data.is_floating_point():
-        low, high = data.min().item(), data.max().item()
+        low, high = data.min(), data.max()
         if low < 0 or high > 1:
-            bad = int(((data < 0) | (data > 1)).flatten(1).any(1).nonzero()[0])
+            outside = (data < 0) | (data > 1)
+            bad = int(outside.flatten(1).any(1).nonzero()[0])
+            value = data[bad][outside[bad]][0]
             raise ValueError(
                 f"{where}: float images must lie in [0, 1] (or be uint8 0-255), but they range over "
-                f"[{low:.4g}, {high:.4g}] (first outside: sample {bad})"
+                f"[{_exact(low)}, {_exact(high)}] (first outside: sample {bad}, value {_exact(value)})"
             )
         return data.mul(255).round_().to(torch.uint8).contiguous()
-    if data.dtype != torch.uint8 and (data.min() < 0 or data.max() > 255):
-        raise ValueError(f"{where}: integer images must lie in 0..255, got {data.min().item()}..{data.max().item()}")
+    if data.dtype != torch.uint8:
+        values = data.cpu().numpy()  # torch has no min or max of uint16/32/64 tensors
+        low, high = int(values.min()), int(values.max())
+        if low < 0 or high > 255:
+            hint = ""
+            if values.dtype.kind == "u":  # more than 8 bits per value (16-bit PNG, microscopy): the scale is the user's
+                full = np.iinfo(values.dtype).max
+                hint = f"; store them as floats in [0, 1], e.g. x / {full} (the whole {values.dtype} range)"
+            raise ValueError(
+                f"{where}: integer images must lie in 0..255, got {values.dtype} values {low}..{high}{hint}"
+            )
     return data.to(torch.uint8).contiguous()
 
 
 def as_labels(array: Any, where: str) -> Tensor:
     """Labels ``[N]`` int64 from an integer array, or a ValueError naming ``where``."""
-    labels = torch.as_tensor(np.asarray(array)) if not isinstance(array, Tensor) else array
+    labels = _as_tensor(array, where, "labels must be a 1-D integer array")
     if labels.ndim != 1 or not _is_integer(labels):
         raise ValueError(f"{where}: labels must be a 1-D integer array, got {labels.dtype} {tuple(labels.shape)}")
     return labels.to(torch.int64)
+
+
+def _as_tensor(array: Any, where: str, expected: str) -> Tensor:
+    """``array`` as a tensor; a ValueError naming ``where``, ``expected`` and the dtype for one torch cannot hold
+    (strings, objects)."""
+    if isinstance(array, Tensor):
+        return array
+    array = np.asarray(array)
+    if array.dtype.kind not in "biufc":
+        raise ValueError(f"{where}: {expected}, got dtype {array.dtype} {array.shape}")
+    return torch.as_tensor(array)
+
+
+def _exact(value: Tensor) -> str:
+    """A float as its shortest exact decimal (``:.4g`` would print 1.0000001 as 1)."""
+    value = value.float() if value.dtype == torch.bfloat16 else value  # numpy has no bfloat16
+    return np.format_float_positional(value.cpu().numpy()[()], trim="-")
 
 
 def _is_integer(data: Tensor) -> bool:
@@ -132,7 +160,7 @@ class ArrayDataModule(ImageDataModule):
             labels = as_labels(_read(Path(label_key)), label_key)
         else:
             raise ValueError(f"labels={label_key!r} is neither a key of {self.path} nor a {'/'.join(SUFFIXES)} file")
-        if labels.min() < 0 and label_key is not None:
+        if label_key is not None and len(labels) and labels.min() < 0:
             raise ValueError(f"labels {label_key}: label {labels.min().item()} is negative; labels must be 0, 1, ...")
         sources = {"train": str(self.path)}
         if label_key is not None:

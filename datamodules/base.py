@@ -236,6 +236,8 @@ class ImageDataModule(L.LightningDataModule):
             "seed": self.hparams.seed, "batch_size": self.hparams.batch_size, "world_size": world_size,
             "samples": samples, "fingerprint": content, "source": self.data_description,
         }  # fmt: skip
+        if "train" in getattr(self, "splits", {}):
+            mine["signed_fingerprint"] = fingerprint(self.splits["train"][0], signed=True)
         check_resume_state(loader_state, mine)
 
     def training_content(self) -> tuple[int, int]:

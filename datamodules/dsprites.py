@@ -16,7 +16,7 @@ from torch import Tensor
 
 from datamodules.base import ImageDataModule, Split
 from datamodules.checks import check_number
-from datamodules.loader import Batch, TensorBatchLoader
+from datamodules.loader import Batch, TensorBatchLoader, fingerprint
 
 FACTORS = ("shape", "scale", "orientation", "position_x", "position_y")
 GRID = (3, 6, 40, 32, 32)
@@ -114,11 +114,16 @@ class RenderingBatchLoader(TensorBatchLoader):
     def __init__(self, grid_indices: Tensor, indices: Tensor | None = None, **kwargs: Any) -> None:
         labels = index_to_factors(grid_indices)[:, 0]
         indices = torch.arange(len(grid_indices)) if indices is None else indices
-        super().__init__(grid_indices[:, None].float(), labels, indices, **kwargs)
+        super().__init__(_as_rows(grid_indices), labels, indices, **kwargs)
 
     def _make_batch(self, rows: Tensor, batch_index: int) -> Batch:
         factors = index_to_factors(self.images[rows, 0].round().long())
         return render(factors), self.labels[rows], self.indices[rows]
+
+
+def _as_rows(grid_indices: Tensor) -> Tensor:
+    """Grid indices as the ``[N, 1]`` float rows a loader holds (exact: the grid has fewer than 2**24 images)."""
+    return grid_indices[:, None].float()
 
 
 class DSpritesDataModule(ImageDataModule):
@@ -233,6 +238,10 @@ class DSpritesDataModule(ImageDataModule):
         """Number of samples in ``split`` (after ``setup``)."""
         return len(self.grid_indices[split])
 
+    def training_content(self) -> tuple[int, int]:
+        train = self.grid_indices["train"]
+        return len(train), fingerprint(_as_rows(train))
+
     def factors(self, split: str) -> Tensor:
         """The ``[N, 5]`` grid indices of the factors (``FACTORS`` order) of ``split``'s samples, in split order."""
         self.setup()
@@ -271,6 +280,7 @@ class DSpritesDataModule(ImageDataModule):
             device=trainer.strategy.root_device if on_device else "cpu",
             num_workers=self.hparams.num_workers,
             resumable=split == "train" and shuffle,
+            source=self.data_description,
         )
 
     def evaluation_loader(

@@ -31,10 +31,13 @@ _RESUME_SETTINGS = {
 }
 
 
-def fingerprint(images: Tensor) -> int:
-    """A cheap fingerprint of a split's content: a resumed position means something only on the same samples."""
+def fingerprint(images: Tensor, signed: bool = False) -> int:
+    """A cheap fingerprint of a split's content: a resumed position means something only on the same samples.
+    It sums absolute values, so that standardized features, which sum to about 0, still tell one table from another;
+    ``signed``: the sum of the values, as checkpoints written before 2026-12-05 hold it (the same for images)."""
     step = max(1, len(images) // 256)
-    return int(images[::step].to(torch.float64).sum().mul(1000).round().item())
+    sample = images[::step].to(torch.float64)
+    return int((sample if signed else sample.abs()).sum().mul(1000).round().item())
 
 
 def global_batch_bounds(n: int, batch_size: int, world_size: int) -> list[tuple[int, int]]:
@@ -71,6 +74,8 @@ def check_resume_state(stored: dict, mine: dict) -> None:
         if at_epoch_end and key in ("batch_size", "world_size"):
             continue  # the next epoch starts afresh: only the data and their seed must be the same
         if key in stored and stored[key] != mine[key]:
+            if key == "fingerprint" and stored[key] == mine.get("signed_fingerprint"):
+                continue  # a checkpoint of the same data written before the fingerprint summed absolute values
             data = ""
             if key in ("samples", "fingerprint") and stored.get("source", mine.get("source")) != mine.get("source"):
                 data = f" (the checkpoint's data: {stored.get('source', 'unknown')}; this run's: {mine['source']})"
@@ -91,7 +96,8 @@ class TensorBatchLoader:
         images, labels, indices: ``[N, C, H, W]`` uint8 images (scaled to [0, 1]) or ``[N, D]`` float vectors, their
             ``[N]`` labels, and each sample's index within its split.
         batch_size, shuffle, seed: samples per rank and step; a new permutation each epoch; its seed.
-        binarize: ``"dynamic"`` resamples Bernoulli pixels for every batch (deterministic in seed, epoch, batch).
+        binarize: Bernoulli pixels drawn for every batch (deterministic in seed, epoch, batch and rank; an evaluation
+            loader stays at epoch 0, so its binarization is fixed).
         rank, world_size: this process's rank and the number of processes sharing the data.
         device: where batches are built (the tensors move there once); num_workers: worker processes (CPU only).
         resumable: keep the position across passes and in ``state_dict`` (the training loader).
@@ -144,15 +150,17 @@ class TensorBatchLoader:
         # at the start of each epoch.
         self.sampler = self
         self.batch_sampler = None
-        self._generator = torch.Generator(self.device) if binarize else None
 
     def __len__(self) -> int:
         return len(self._global_batch_bounds())
 
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch`` from its first batch, unless the loader is already positioned inside it (see
-        :func:`announced_epoch`)."""
-        started = announced_epoch(self.epoch, epoch, self.batches_done, self.resumable and self._positioned)
+        :func:`announced_epoch`). An evaluation loader (not ``resumable``) ignores it: every pass yields the same
+        batches, a ``dynamic`` binarization included."""
+        if not self.resumable:
+            return
+        started = announced_epoch(self.epoch, epoch, self.batches_done, self._positioned)
         if started is not None:
             self.epoch, self.batches_done = started, 0
 
@@ -165,7 +173,7 @@ class TensorBatchLoader:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Resume at ``state``'s position; raises a ValueError if it counts batches of other data or sizes."""
-        check_resume_state(state, self.state_dict())
+        check_resume_state(state, {**self.state_dict(), "signed_fingerprint": fingerprint(self.images, signed=True)})
         self.epoch = state["epoch"]
         self.batches_done = state["batches_done"]
         self._positioned = True
@@ -201,8 +209,9 @@ class TensorBatchLoader:
     def _make_batch(self, rows: Tensor, batch_index: int) -> Batch:
         x = self.images[rows]
         if self.binarize:
-            self._generator.manual_seed(_mix(self.seed, self.epoch, batch_index, self.rank))
-            x = torch.bernoulli(x, generator=self._generator)
+            # A generator per batch, not one kept on the loader: worker processes started by "spawn" cannot receive one.
+            generator = torch.Generator(self.device).manual_seed(_mix(self.seed, self.epoch, batch_index, self.rank))
+            x = torch.bernoulli(x, generator=generator)
         return x, self.labels[rows], self.indices[rows]
 
 

@@ -199,3 +199,125 @@ def test_fashion_mnist_reads_its_own_folder(data_dir: Path) -> None:
     dm.setup()
     assert dm.split_size("test") == 60
     assert dm.raw_folder == data_dir / "FashionMNIST" / "raw"
+
+
+def test_validation_images_keep_one_binarization_across_fit_epochs_and_validate(data_dir: Path) -> None:
+    class FirstValBatch(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight, self.seen = torch.nn.Parameter(torch.zeros(1)), []
+
+        def training_step(self, batch, batch_idx):
+            return (self.weight - 1).pow(2).sum()
+
+        def validation_step(self, batch, batch_idx) -> None:
+            if batch_idx == 0:
+                self.seen.append(batch[0])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    dm, model = MNISTDataModule(data_dir=str(data_dir), binarize="dynamic", batch_size=16), FirstValBatch()
+    trainer = L.Trainer(accelerator="cpu", max_epochs=3, limit_train_batches=1, num_sanity_val_steps=0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(model, datamodule=dm)
+    trainer.validate(model, datamodule=dm, verbose=False)
+    assert len(model.seen) == 4 and set(model.seen[0].unique().tolist()) == {0.0, 1.0}
+    for later in model.seen[1:]:  # val/loss of every epoch (best checkpoint, early stopping) is on the same images
+        assert torch.equal(later, model.seen[0])
+
+
+def test_worker_processes_started_by_spawn_build_the_in_process_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default start method on macOS and Windows: every object a worker gets must be picklable for it."""
+    import functools
+
+    from torch.utils.data import DataLoader
+
+    import datamodules.loader
+
+    monkeypatch.setattr(
+        datamodules.loader, "DataLoader", functools.partial(DataLoader, multiprocessing_context="spawn")
+    )
+    images = torch.randint(0, 256, (41, 1, 5, 5), dtype=torch.uint8)
+
+    def epoch(num_workers: int) -> list:
+        loader = TensorBatchLoader(images, torch.arange(41) % 3, torch.arange(41), 8, True, 5, binarize=True, rank=1,
+                                   world_size=2, num_workers=num_workers)  # fmt: skip
+        loader.set_epoch(2)
+        return list(loader)
+
+    in_process, spawned = epoch(0), epoch(2)
+    assert len(spawned) == len(in_process) == 3
+    for mine, theirs in zip(in_process, spawned):
+        assert all(torch.equal(a, b) for a, b in zip(mine, theirs))
+
+
+def test_the_resume_fingerprint_tells_standardized_tables_apart_and_keeps_image_fingerprints(tmp_path: Path) -> None:
+    import numpy as np
+
+    from datamodules import ArrayDataModule
+    from datamodules.loader import fingerprint
+
+    rng = np.random.default_rng(0)
+    for name, mean in (("a", 0.0), ("b", 5.0)):
+        np.save(tmp_path / f"{name}.npy", rng.normal(mean, 1 + mean, (300, 6)).astype(np.float32))
+    first, other = (ArrayDataModule(str(tmp_path / f"{name}.npy"), standardize=True) for name in "ab")
+    state = first.train_dataloader().state_dict()
+    with pytest.raises(ValueError, match=r"training data's content \(fingerprint\) \d+, this run has \d+"):
+        other.check_resume(state, world_size=1)
+    first.check_resume(state, world_size=1)
+    # A checkpoint written when the fingerprint summed signed values still resumes on its data, in both checks.
+    old = {**state, "fingerprint": fingerprint(first.splits["train"][0], signed=True)}
+    assert old["fingerprint"] != state["fingerprint"]
+    first.check_resume(old, world_size=1)
+    first.train_dataloader().load_state_dict(old)
+    # Images (non-negative) keep the fingerprint their checkpoints hold, so that those checkpoints still resume.
+    images = torch.randint(0, 256, (600, 1, 4, 4), dtype=torch.uint8)
+    assert fingerprint(images) == int(images[::2].double().sum().item() * 1000)
+
+
+# --- array files ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", ["uint16", "uint32", "uint64"])
+def test_wide_unsigned_images_are_read_in_0_to_255_and_refused_beyond_naming_file_dtype_and_scale(dtype: str) -> None:
+    import numpy as np
+
+    from datamodules.arrays import as_samples
+
+    images = np.random.default_rng(0).integers(0, 256, (4, 5, 5)).astype(dtype)
+    assert torch.equal(as_samples(images, "x.npy"), as_samples(images.astype(np.uint8), "x.npy"))
+    images[2, 1, 1] = 40_000  # a 16-bit image
+    scale = np.iinfo(dtype).max
+    with pytest.raises(ValueError, match=rf"x.npy: integer images must lie in 0..255, got {dtype} values 0..40000; "
+                                         rf"store them as floats in \[0, 1\], e.g. x / {scale}"):  # fmt: skip
+        as_samples(images, "x.npy")
+
+
+def test_array_files_of_strings_or_empty_labels_are_refused_naming_the_file(tmp_path: Path) -> None:
+    import numpy as np
+
+    from datamodules import ArrayDataModule
+
+    np.save(tmp_path / "x.npy", np.zeros((50, 6), np.float32))
+    np.save(tmp_path / "words.npy", np.array([["a", "b"]] * 50))
+    with pytest.raises(ValueError, match=r"words.npy: expected a numeric array, got dtype <U1 \(50, 2\)"):
+        ArrayDataModule(str(tmp_path / "words.npy")).setup()
+    for labels, message in [
+        (np.array(["a", "b"] * 25), r"y.npy: labels must be a 1-D integer array, got dtype <U1 \(50,\)"),
+        (np.array([], np.int64), r"y.npy: 0 labels for the 50 samples of .*x.npy"),
+    ]:
+        np.save(tmp_path / "y.npy", labels)
+        with pytest.raises(ValueError, match=message):
+            ArrayDataModule(str(tmp_path / "x.npy"), labels=str(tmp_path / "y.npy")).setup()
+
+
+def test_float_images_out_of_range_name_the_exact_offending_value() -> None:
+    import numpy as np
+
+    from datamodules.arrays import as_samples
+
+    images = np.random.default_rng(0).random((10, 8, 8)).astype(np.float32)
+    images[3, 0, 0] = 1.0000001  # printed as 1 with 4 significant digits
+    with pytest.raises(
+        ValueError, match=r"range over \[0\.\d+, 1\.0000001\] \(first outside: sample 3, value 1\.0000001\)"
+    ):
+        as_samples(images, "x.npy")

@@ -181,3 +181,23 @@ def test_evaluate_script_reports_disentanglement_and_draws_traversals(tmp_path: 
     spec.loader.exec_module(train)
     assert train.main([*hint, "--epochs", "1", "--accelerator", "cpu"]).dataset == "dSprites"
     assert set(script.main(fid)) == {"fid"}
+
+
+def test_a_dsprites_run_resumes_and_refuses_a_resume_on_other_data_settings(tmp_path: Path) -> None:
+    from tiny_runs import run_cli, tiny_args
+
+    from ae_lightning.cli import ConfigError
+
+    args = tiny_args("beta_tcvae", tmp_path / "unused", tmp_path / "run", "--trainer.limit_val_batches", "1",
+                     "--images.every_n_epochs", "0")  # fmt: skip
+    run_cli("fit", *args, "--trainer.max_steps", "3")
+    checkpoint = next((tmp_path / "run").rglob("last.ckpt"))
+    resumed = run_cli("fit", *args, "--trainer.max_steps", "6", "--ckpt_path", str(checkpoint))
+    assert resumed.trainer.global_step == 6
+    for setting, message in [
+        (["--data.seed", "7"], r"reached with --data.seed 42, this run has 7"),
+        (["--data.num_samples", "500"], r"reached with the number of training samples 320, this run has 400"),
+        (["--data.fixed_factors", "{shape: 1}"], r"training data's content \(fingerprint\) \d+, this run has \d+"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            run_cli("fit", *args, *setting, "--trainer.max_steps", "6", "--ckpt_path", str(checkpoint))
