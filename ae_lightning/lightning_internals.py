@@ -24,7 +24,9 @@ changes it; ``pyproject.toml`` bounds Lightning to the releases the suite ran on
   resumes on the same stream mounted or cached elsewhere (only its test lives here, as for the loader above);
 * ``ae_lightning.blocks.quantizers.SpatialQuantizer`` raises, for an evaluation call, the ``initted`` buffer of
   vector-quantize-pytorch's ``Codebook`` modules still awaiting their k-means initialization, which the library runs
-  on any forward (so that evaluation initializes nothing; the first training batch does).
+  on any forward (so that evaluation initializes nothing; the first training batch does);
+* :func:`has_forward_hooks` reads torch's registries of forward hooks, which torch lists publicly nowhere (the
+  contractive AE's closed-form penalty runs an encoder's layers itself, right only when no hook changes them).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any, TypeVar
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
 from torch.optim import Optimizer
 
 
@@ -93,6 +96,15 @@ def without_cli_hyperparameters(build: Callable[..., T], *args: Any, **kwargs: A
     return contextvars.Context().run(build, *args, **kwargs)
 
 
+def has_forward_hooks(module: nn.Module) -> bool:
+    """Whether forward or forward-pre hooks are registered on ``module`` itself or on every module (globally)."""
+    from torch.nn.modules import module as modules
+
+    registries = (module._forward_hooks, module._forward_pre_hooks, modules._global_forward_hooks,
+                  modules._global_forward_pre_hooks)  # fmt: skip
+    return any(registries)
+
+
 def _changed(what: str) -> str:
     import lightning
 
@@ -105,6 +117,7 @@ def _changed(what: str) -> str:
 __all__ = [
     "batches_that_stepped",
     "every_n_train_steps",
+    "has_forward_hooks",
     "stored_loader_states",
     "uncounted_optimizer_step",
     "without_cli_hyperparameters",

@@ -16,6 +16,7 @@ from tiny_runs import command, last_checkpoint, run_cli, subprocess_env, tiny_ar
 
 from ae_lightning import DeepBeliefAutoencoder
 from ae_lightning.blocks import rbm
+from datamodules import MNISTDataModule
 
 TINY_DBN = {"hidden_dims": [16], "latent_dim": 4}
 
@@ -185,6 +186,15 @@ def test_a_run_killed_mid_pretraining_resumes_exactly(data_dir: Path, tmp_path: 
         for index, state in want["state"].items():
             for key, value in state.items():
                 assert torch.equal(got["state"][index][key], value), f"optimizer state {index}/{key} differs"
+
+
+def test_a_datamodule_grouping_batches_for_the_fast_path_is_refused_naming_both_values(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    data = MNISTDataModule(data_dir=str(data_dir), batch_size=16, steps_per_batch=2)
+    message = "the model has steps_per_batch=1 and MNISTDataModule steps_per_batch=2"
+    with pytest.raises(ValueError, match=message):
+        make_trainer(tmp_path).fit(DeepBeliefAutoencoder(**TINY_DBN, pretrain_epochs=1), datamodule=data)
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ import pytest
 import torch
 from conftest import write_dataset
 from tiny_runs import CONFIGS, data_args
+from torchmetrics.functional.image import structural_similarity_index_measure
 
 from ae_lightning import VAE, Autoencoder
 from ae_lightning.cli import AutoencoderCLI
@@ -67,6 +68,29 @@ def test_reconstruction_metrics_match_closed_form() -> None:
     images = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     same.update(images, images)
     assert float(same.compute()["ssim"]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_ssim_keeps_the_11_pixel_window_and_shrinks_it_only_for_images_it_cannot_pad() -> None:
+    generator = torch.Generator().manual_seed(0)
+
+    def ssim(images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
+        metrics = ReconstructionMetrics()
+        metrics.update(reconstructions, images)
+        return metrics.compute()["ssim"]
+
+    for size in [(6, 9), (11, 14), (28, 28)]:  # the published measure: torchmetrics' default window
+        images = torch.rand(3, 2, *size, generator=generator)
+        reconstructions = (images + 0.1 * torch.randn(images.shape, generator=generator)).clamp(0, 1)
+        expected = structural_similarity_index_measure(reconstructions, images, data_range=1.0)
+        assert torch.equal(ssim(images, reconstructions), expected)
+    for size in [(5, 5), (4, 7), (1, 3)]:  # an 11-pixel window's padding exceeds the image
+        images = torch.rand(3, 2, *size, generator=generator)
+        assert ssim(images, images).item() == pytest.approx(1.0, abs=1e-5)
+        assert -1 <= ssim(images, images.flip(0)).item() < 0.9
+    # a 1-pixel window: per pixel, the luminance term (2 x y + c1) / (x^2 + y^2 + c1) alone
+    images, reconstructions = torch.rand(2, 2, 1, 2, 2, generator=generator)
+    expected = ((2 * images * reconstructions + 1e-4) / (images**2 + reconstructions**2 + 1e-4)).mean()
+    torch.testing.assert_close(ssim(images, reconstructions), expected)
 
 
 def test_reconstruction_metrics_under_mixed_precision_equal_those_in_float32() -> None:

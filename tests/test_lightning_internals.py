@@ -186,3 +186,18 @@ def test_vector_quantize_codebooks_await_kmeans_behind_their_initted_buffer() ->
     )
     quantizer.train()(torch.randn(2, 16, 4))
     assert all(m.initted for m in codebooks)  # the first forward initializes, as SpatialQuantizer expects
+
+
+def test_torch_keeps_forward_hooks_where_has_forward_hooks_reads_them() -> None:
+    from torch import nn
+    from torch.nn.modules.module import register_module_forward_hook
+
+    from ae_lightning.lightning_internals import has_forward_hooks
+
+    layer = nn.Linear(2, 2)
+    assert not has_forward_hooks(layer)
+    for register in (layer.register_forward_hook, layer.register_forward_pre_hook, register_module_forward_hook):
+        handle = register(lambda *args: None)
+        assert has_forward_hooks(layer), f"torch keeps {register.__name__}'s hooks elsewhere now"
+        handle.remove()
+        assert not has_forward_hooks(layer)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
-from test_variants import images
+from test_variants import images, make_trainer
 
 from ae_lightning import DenoisingAutoencoder, SuperResolutionAutoencoder
 from ae_lightning.evaluation import visualization
@@ -70,3 +72,30 @@ def test_the_picture_grid_shows_inputs_outputs_and_originals() -> None:
 def test_bad_scale_is_an_error_naming_it(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         SuperResolutionAutoencoder(**TINY, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "shape, scale, fix",
+    [
+        ((1, 9, 9), 2, "use a scale that divides both: 3, 9"),
+        ((3, 12, 18), 4, "use a scale that divides both: 2, 3, 6"),
+        ((3, 7, 9), 2, r"no scale >= 2 divides both 7 and 9: resize the images .* \(e.g. 8x10\)"),
+    ],
+)
+def test_a_scale_that_does_not_divide_the_images_is_refused_naming_the_scales_that_do(
+    shape: tuple[int, ...], scale: int, fix: str
+) -> None:
+    size = "x".join(map(str, shape[1:]))
+    with pytest.raises(ValueError, match=rf"^scale={scale} must divide the image size {size}; {fix}$"):
+        SuperResolutionAutoencoder(**TINY, input_shape=shape, scale=scale)
+
+
+@pytest.mark.parametrize("side", [4, 5])
+def test_test_reports_ssim_on_images_too_small_for_the_11_pixel_window(side: int, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    x = torch.rand(8, 1, side, side)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.zeros(8), torch.arange(8)), 4)
+    model = DenoisingAutoencoder(input_shape=(1, side, side), latent_dim=2, hidden_dims=[8])
+    (results,) = make_trainer(tmp_path).test(model, loader, verbose=False)
+    for name in ("test/ssim", "test/ssim_denoised", "test/ssim_noisy"):
+        assert -1 <= results[name] <= 1, name

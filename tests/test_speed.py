@@ -180,6 +180,19 @@ def test_under_mixed_precision_the_default_optimizer_is_one_lightning_clips(
     assert not trainer.optimizers[0].defaults["fused"]
 
 
+@pytest.mark.parametrize("config", ["superres_ae", "iwae"])
+def test_the_config_adam_is_fused_in_32_and_clipped_under_bf16_mixed(
+    config: str, data_dir: Path, tmp_path: Path
+) -> None:
+    # An explicit `fused: true` in the config made Lightning refuse the Trainer's gradient clipping under bf16-mixed.
+    cli = build_cli(*tiny_args(config, data_dir, tmp_path / "32"))
+    assert cli.model.configure_optimizers()["optimizer"].defaults["fused"] is True
+    mixed = ["--trainer.precision", "bf16-mixed", "--trainer.gradient_clip_val", "1", "--trainer.fast_dev_run", "true"]
+    cli = build_cli(*tiny_args(config, data_dir, tmp_path / "bf16", *mixed))
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.global_step == 1 and not cli.trainer.optimizers[0].defaults["fused"]
+
+
 def test_under_fsdp_mixed_precision_the_default_optimizer_is_not_fused_either() -> None:
     # FSDP's precision plugin is no MixedPrecision, and with a fused optimizer it skips unscaling before clipping.
     for plugin, fused in ((FSDPPrecision("bf16-mixed"), None), (FSDPPrecision("32-true"), True)):

@@ -6,6 +6,7 @@ Tiny networks and the tiny IDX data of ``conftest.py`` (220 training images), CP
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import re
 from pathlib import Path
@@ -378,6 +379,23 @@ def jacobian_norms(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.stack(norms)
 
 
+class CenteredSequential(nn.Sequential):
+    """A Sequential with a forward of its own: its inputs mapped to [-1, 1] first."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(2 * x - 1)
+
+
+class ScaledLinear(nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 3 * super().forward(x)
+
+
+def with_hook(encoder: nn.Module) -> nn.Module:
+    encoder.register_forward_hook(lambda module, inputs, output: output.tanh())
+    return encoder
+
+
 @pytest.mark.parametrize(
     "encoder",
     [
@@ -385,8 +403,12 @@ def jacobian_norms(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
         nn.Sequential(nn.Flatten(), nn.Linear(36, 7), nn.Sigmoid(), nn.Linear(7, 3), nn.Tanh()),  # closed form
         nn.Sequential(nn.Flatten(), nn.Linear(36, 3)),  # linear: the same norm for every image
         ConvEncoder((1, 6, 6), [4], 3),  # torch.func fallback
+        # not what the closed form computes: torch.func fallback
+        CenteredSequential(nn.Flatten(), nn.Linear(36, 7), nn.Tanh(), nn.Linear(7, 3)),
+        nn.Sequential(nn.Flatten(), ScaledLinear(36, 7), nn.Tanh(), nn.Linear(7, 3)),
+        with_hook(nn.Sequential(nn.Flatten(), nn.Linear(36, 7), nn.Tanh(), nn.Linear(7, 3))),
     ],
-    ids=["relu-mlp", "sigmoid-tanh-mlp", "linear", "conv"],
+    ids=["relu-mlp", "sigmoid-tanh-mlp", "linear", "conv", "own-forward", "own-layer-forward", "forward-hook"],
 )
 def test_contractive_penalty_matches_autograd_jacobian(encoder: nn.Module) -> None:
     torch.manual_seed(0)
@@ -594,6 +616,65 @@ def test_autodecoder_inference_leaves_the_decoder_alone(trained_autodecoder: Aut
     assert z.shape == (8, 4) and not z.requires_grad
     assert not changed(before, model.decoder)
     assert all(p.grad is None for p in model.decoder.parameters())
+
+
+class FreshCodeFits(Callback):
+    """At each validation, the ``val/recon`` of codes fitted anew to the decoder of the moment, and the one logged."""
+
+    def __init__(self) -> None:
+        self.fresh: list[float] = []
+        self.logged: list[float] = []
+
+    def on_validation_batch_start(self, trainer: L.Trainer, model: AutoDecoder, batch, batch_idx: int) -> None:
+        x = batch[0]
+        z = model.fit_codes(x, model.inference_steps)
+        self.fresh.append(model.mean_reconstruction_loss(model.decoder(z), x).item())
+
+    def on_validation_end(self, trainer: L.Trainer, model: AutoDecoder) -> None:
+        self.logged.append(trainer.callback_metrics["val/recon"].item())
+
+
+def test_autodecoder_codes_are_fitted_to_the_decoder_of_the_moment(tmp_path: Path) -> None:
+    # The default (fused) Adam updates the decoder without bumping the parameters' version counters.
+    torch.manual_seed(0)
+    x = torch.rand(32, 1, 8, 8)
+    data = torch.utils.data.TensorDataset(x, torch.zeros(32, dtype=torch.long), torch.arange(32))
+    adam = functools.partial(torch.optim.Adam, lr=0.02)
+    model = AutoDecoder(input_shape=(1, 8, 8), latent_dim=3, hidden_dims=[16], num_codes=32, inference_steps=5,
+                        optimizer=adam)  # fmt: skip
+    optimizer = model.configure_optimizers()["optimizer"]
+    assert optimizer.defaults["fused"]
+    before = model.eval().encode(x[:8])
+    model.train().loss_terms(x[:8], None, torch.arange(8))["loss"].backward()
+    optimizer.step()
+    after = model.eval().encode(x[:8])
+    assert not torch.equal(before, after)
+    torch.testing.assert_close(after, model.fit_codes(x[:8], model.inference_steps))
+    # In a fit: each epoch's val/recon is that of codes fitted to that epoch's decoder.
+    fits = FreshCodeFits()
+    loader = torch.utils.data.DataLoader
+    make_trainer(tmp_path, max_epochs=3, limit_train_batches=None, num_sanity_val_steps=0, callbacks=[fits]).fit(
+        model.train(), loader(data, batch_size=8), loader(data, batch_size=16)
+    )
+    assert len(fits.logged) == 3 and len(set(fits.fresh)) == 3
+    assert fits.logged == pytest.approx(fits.fresh, rel=1e-5)
+
+
+def test_autodecoder_fits_each_test_and_predict_batch_once(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    x = torch.rand(12, 1, 8, 8)
+    data = torch.utils.data.TensorDataset(x, torch.zeros(12, dtype=torch.long), torch.arange(12))
+    model = AutoDecoder(input_shape=(1, 8, 8), latent_dim=3, hidden_dims=[16], num_codes=12, inference_steps=2)
+    fitted = []
+    fit_codes = model.fit_codes
+    model.fit_codes = lambda images, steps: fitted.append(len(images)) or fit_codes(images, steps)
+    trainer, loader = make_trainer(tmp_path), torch.utils.data.DataLoader(data, batch_size=4)
+    trainer.test(model, loader, verbose=False)
+    trainer.predict(model, loader)
+    assert fitted == [4] * 6
+    model.encode(x[:4])
+    model.encode(x[:4])
+    assert fitted == [4] * 8  # outside a batch, every call fits
 
 
 def test_autodecoder_num_codes_must_match_the_training_set(data_dir: Path, tmp_path: Path) -> None:

@@ -30,8 +30,30 @@ class PixelBinaryCrossEntropy(MeanMetric):
         super().update(F.binary_cross_entropy(preds, target, reduction="none"))
 
 
+def ssim_sigma(image_size: Sequence[int]) -> float:
+    """The std of SSIM's Gaussian window on images of ``image_size`` ``(H, W)``: 1.5, torchmetrics' 11-pixel window
+    (Wang et al. 2004), on images of 6 pixels a side or more, whose border it can mirror; on smaller ones, that of the
+    largest odd window that fits in the image."""
+    side = min(image_size)
+    radius = 5 if side > 5 else (side - 1) // 2
+    # torchmetrics' window has the radius int(3.5 * sigma + 0.5); this sigma gives ``radius``, and 1.5 for 5
+    return (radius + 0.25) / 3.5
+
+
+class StructuralSimilarity(StructuralSimilarityIndexMeasure):
+    """torchmetrics' SSIM of images in [0, 1], with the Gaussian window of :func:`ssim_sigma` for their size."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(data_range=1.0, **kwargs)
+
+    def update(self, preds: Tensor, target: Tensor) -> None:  # type: ignore[override]
+        self.sigma = ssim_sigma(preds.shape[-2:])
+        super().update(preds, target)
+
+
 class ReconstructionMetrics(MetricCollection):
-    """``recon_mse`` and ``recon_bce`` (per pixel), ``psnr`` (in dB, averaged over images) and ``ssim``.
+    """``recon_mse`` and ``recon_bce`` (per pixel), ``psnr`` (in dB, averaged over images) and ``ssim`` (the window
+    of :func:`ssim_sigma`: 11 pixels, less on images of 5 pixels a side or fewer).
 
     Update with ``(reconstructions, images)``, both ``[B, C, H, W]`` in [0, 1]; for feature vectors ``[B, D]``
     (``images=False``) only ``recon_mse`` (per feature) applies. Updates run in float32 outside autocast, so a test
@@ -49,7 +71,7 @@ class ReconstructionMetrics(MetricCollection):
                 "recon_bce": PixelBinaryCrossEntropy(),
                 # PSNR per image (dim), then averaged: the usual figure, rather than the PSNR of the pooled error.
                 "psnr": PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3)),
-                "ssim": StructuralSimilarityIndexMeasure(data_range=1.0),
+                "ssim": StructuralSimilarity(),
             }
         super().__init__(
             metrics,
@@ -189,8 +211,10 @@ __all__ = [
     "MS_SSIM_BETAS",
     "PixelBinaryCrossEntropy",
     "ReconstructionMetrics",
+    "StructuralSimilarity",
     "inception_weights_path",
     "ms_ssim_applies",
     "ms_ssim_betas",
     "multiscale_ssim",
+    "ssim_sigma",
 ]

@@ -5,12 +5,14 @@ Learning Continuous Signed Distance Functions for Shape Representation").
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ae_lightning.base import DeterministicAutoencoder
+from ae_lightning.base import Batch, DeterministicAutoencoder
 from datamodules.checks import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, check_arguments
 
 
@@ -52,7 +54,7 @@ class AutoDecoder(DeterministicAutoencoder):
         self.inference_steps = inference_steps
         self.inference_lr = inference_lr
         self.codes: nn.Embedding | None = None
-        self._last_inference: tuple[tuple, Tensor, Tensor] | None = None
+        self._kept_codes: list[tuple[int, Tensor, Tensor]] | None = None  # (steps, images, codes), see _keeping_codes
         if num_codes is not None:
             self.build_codes(num_codes)
 
@@ -75,16 +77,16 @@ class AutoDecoder(DeterministicAutoencoder):
     def encode(self, x: Tensor, y: Tensor | None = None, steps: int | None = None) -> Tensor:
         """Codes of images ``x`` fitted with the decoder frozen; ``steps`` defaults to ``inference_steps``.
 
-        The codes of the last batch are kept, so test and predict, which encode the same batch twice, fit it once.
+        Every call fits anew, except within one test or predict batch, which encodes the same images more than once.
         """
         steps = self.inference_steps if steps is None else steps
-        # Keyed by the images, the steps and the decoder parameters' version counters (bumped by every update).
-        key = (steps, tuple(p._version for p in self.decoder.parameters()))
-        last = self._last_inference
-        if last is not None and last[0] == key and last[1].shape == x.shape and torch.equal(last[1], x):
-            return last[2]
+        kept = self._kept_codes
+        for kept_steps, images, codes in kept or ():
+            if kept_steps == steps and images.shape == x.shape and torch.equal(images, x):
+                return codes
         codes = self.fit_codes(x, steps)
-        self._last_inference = (key, x, codes)
+        if kept is not None:
+            kept.append((steps, x, codes))
         return codes
 
     def fit_codes(self, x: Tensor, steps: int) -> Tensor:
@@ -119,6 +121,23 @@ class AutoDecoder(DeterministicAutoencoder):
         recon = self.mean_reconstruction_loss(self.decoder(z), x)
         prior = self.code_prior_weight * z.float().pow(2).sum(-1).mean()
         return {"loss": recon + prior, "recon": recon, "code_prior": prior}
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        with self._keeping_codes():
+            super().test_step(batch, batch_idx)
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
+        with self._keeping_codes():
+            return super().predict_step(batch, batch_idx)
+
+    @contextlib.contextmanager
+    def _keeping_codes(self) -> Iterator[None]:
+        # One batch: the decoder cannot change within it, so codes fitted to these images stay right until it ends.
+        self._kept_codes = []
+        try:
+            yield
+        finally:
+            self._kept_codes = None
 
     # --- optimizers and hooks ---------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ae_lightning.base import DeterministicAutoencoder
+from ae_lightning.lightning_internals import has_forward_hooks
 from datamodules.checks import NonNegativeFloat
 
 # Elementwise activations whose derivative the closed form computes from the activation's output.
@@ -23,8 +24,9 @@ _DERIVATIVES = {
 def encode_with_contraction(encoder: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
     """The codes ``encoder(x)`` and, per image, the squared Frobenius norm of the encoder's Jacobian at it.
 
-    An MLP encoder (``Flatten``, ``Linear``, ReLU/sigmoid/tanh, dropout in eval mode) gets the norm in closed form
-    from the forward pass; any other encoder an exact, slower ``vmap(jacrev)`` (``docs/internals.md``).
+    An MLP encoder (an ``nn.Sequential`` of ``Flatten``, ``Linear``, ReLU/sigmoid/tanh, dropout in eval mode; none of
+    them a subclass overriding ``forward``, no forward hooks) gets the norm in closed form from the forward
+    pass; any other encoder an exact, slower ``vmap(jacrev)`` (``docs/internals.md``).
 
     Args:
         encoder: the encoder network.
@@ -62,18 +64,25 @@ def jacobian_frobenius_norm_autodiff(encoder: nn.Module, x: Tensor) -> Tensor:
 
 def _closed_form_layers(encoder: nn.Module) -> list[nn.Module] | None:
     """The encoder's layers if the closed form covers it (see :func:`encode_with_contraction`), else None."""
-    if not isinstance(encoder, nn.Sequential):
+    # The closed form runs the layers itself: only a container whose call is exactly that qualifies (not a subclass
+    # with a forward of its own, nor one whose or whose layers' hooks could change an input or an output).
+    if not _runs_as(encoder, nn.Sequential) or any(map(has_forward_hooks, [encoder, *encoder])):
         return None
     layers = list(encoder)
-    if layers and isinstance(layers[0], nn.Flatten):
+    if layers and _runs_as(layers[0], nn.Flatten):
         layers = layers[1:]
-    if not layers or not isinstance(layers[0], nn.Linear):
+    if not layers or not _runs_as(layers[0], nn.Linear):
         return None
     for layer in layers:
-        inactive_dropout = isinstance(layer, nn.Dropout) and not (layer.training and layer.p > 0)
-        if not (isinstance(layer, nn.Linear) or type(layer) in _DERIVATIVES or inactive_dropout):
+        inactive_dropout = _runs_as(layer, nn.Dropout) and not (layer.training and layer.p > 0)
+        if not (_runs_as(layer, nn.Linear) or type(layer) in _DERIVATIVES or inactive_dropout):
             return None
     return layers
+
+
+def _runs_as(module: nn.Module, cls: type[nn.Module]) -> bool:
+    """Whether ``module`` is a ``cls`` that computes what ``cls`` does (a subclass may override ``forward``)."""
+    return isinstance(module, cls) and type(module).forward is cls.forward
 
 
 def _chain_frobenius_norm(weights: list[Tensor], derivatives: list[Tensor | None], batch_size: int) -> Tensor:

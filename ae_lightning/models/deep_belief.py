@@ -223,6 +223,7 @@ class DeepBeliefAutoencoder(DeterministicAutoencoder):
         return configured
 
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         if self.pretrain_epochs and self.trainer.precision == "16-mixed":
             raise ValueError("RBM pretraining has no gradient scaler: use 32 or bf16-mixed precision or pretrain: none")
         pretraining = self.pretrain_epochs * len(self.rbm_layers())

@@ -11,14 +11,16 @@ from torch import Tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from ae_lightning.base import DeterministicAutoencoder
+from ae_lightning.evaluation.metrics import ssim_sigma
 
 
 def restoration_metrics(output: Tensor, x: Tensor, name: str) -> dict[str, Tensor]:
-    """``psnr_<name>`` (mean per-image PSNR, dB) and ``ssim_<name>`` of ``output`` against ``x``, data range 1."""
-    output = output.float()
+    """``psnr_<name>`` (mean per-image PSNR, dB) and ``ssim_<name>`` (the window of
+    :func:`~ae_lightning.evaluation.metrics.ssim_sigma`) of ``output`` against ``x``, data range 1."""
+    output, sigma = output.float(), ssim_sigma(x.shape[-2:])
     return {
         f"psnr_{name}": peak_signal_noise_ratio(output, x, data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3)),
-        f"ssim_{name}": structural_similarity_index_measure(output, x, data_range=1.0),
+        f"ssim_{name}": structural_similarity_index_measure(output, x, sigma=sigma, data_range=1.0),
     }
 
 

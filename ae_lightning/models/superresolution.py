@@ -5,6 +5,7 @@ autoencoders)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch.nn.functional as F
@@ -48,7 +49,15 @@ class SuperResolutionAutoencoder(RestorationAutoencoder):
             )
         height, width = self.input_shape[1:]
         if height % scale or width % scale:
-            raise ValueError(f"scale={scale} must divide the image size {height}x{width}; use a divisor such as 2")
+            gcd = math.gcd(height, width)
+            common = [str(d) for d in range(2, gcd + 1) if gcd % d == 0]
+            fix = (
+                f"use a scale that divides both: {', '.join(common[:6])}{', ...' if len(common) > 6 else ''}"
+                if common
+                else f"no scale >= 2 divides both {height} and {width}: resize the images to sides that scale divides "
+                f"(e.g. {-(-height // scale) * scale}x{-(-width // scale) * scale})"
+            )
+            raise ValueError(f"scale={scale} must divide the image size {height}x{width}; {fix}")
         self.scale = scale
 
     def degrade(self, x: Tensor) -> Tensor:
