@@ -31,6 +31,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 import datamodules
 from ae_lightning import _EXPORTS
 from ae_lightning.base import AutoencoderModule, check_optimizer_class, resolve_class_path
+from ae_lightning.blocks.perceptual import weights_from_checkpoint
 from ae_lightning.lightning_internals import stored_loader_states
 from ae_lightning.training.callbacks import ClosingProgressBar, ImageLogger, SaveConfigToRun
 from ae_lightning.training.fault_tolerance import (
@@ -168,8 +169,12 @@ class AutoencoderCLI(LightningCLI):
         super().parse_arguments(parser, args)
 
     def instantiate_classes(self) -> None:
+        # A model to evaluate takes every weight from --ckpt_path, LPIPS's too: build it without downloading them.
+        evaluating = self.subcommand in ("validate", "test", "predict")
+        evaluated = evaluating and getattr(self, "_checkpoint", None) is not None
         try:
-            super().instantiate_classes()
+            with weights_from_checkpoint() if evaluated else contextlib.nullcontext():
+                super().instantiate_classes()
         except ValueError as error:
             cause = error
             while cause.__cause__ is not None:

@@ -31,7 +31,7 @@ from ae_lightning.evaluation import driver as evaluation
 from ae_lightning.evaluation.metrics import InceptionFeatures, inception_weights_path
 from ae_lightning.models.first_stage import check_discriminator_depth
 from ae_lightning.training.callbacks import ImageLogger
-from datamodules import TensorBatchLoader
+from datamodules import MNISTDataModule, TensorBatchLoader
 
 TINY = {"latent_dim": 4, "hidden_dims": [8], "residual_blocks": 1}
 ADVERSARIAL = {
@@ -41,6 +41,16 @@ ADVERSARIAL = {
     "discriminator_channels": 4,
     "discriminator_layers": 1,
 }
+
+
+def offline_alexnet(pretrained: bool = False) -> nn.Module:
+    """torchvision's AlexNet as the ``lpips`` package builds it, on a machine without network."""
+    if pretrained:
+        raise URLError("no network")
+    return ALEXNET()
+
+
+ALEXNET = torchvision.models.alexnet
 
 
 def quantized(**kwargs) -> QuantizedAutoencoder:
@@ -318,6 +328,54 @@ def test_disc_start_beyond_the_run_is_warned(data_dir: Path, tmp_path: Path) -> 
         make_trainer(tmp_path, limit_val_batches=0).fit(model, datamodule=tiny_data(data_dir))
 
 
+@pytest.mark.parametrize("disc_start, warned", [(3, False), (4, True)])
+def test_disc_start_is_compared_with_the_optimizer_steps_of_the_fast_path(
+    disc_start: int, warned: bool, data_dir: Path, tmp_path: Path
+) -> None:
+    model = quantized(**ADVERSARIAL, disc_start=disc_start, steps_per_batch=2)
+    data = MNISTDataModule(data_dir=str(data_dir), batch_size=8, steps_per_batch=2)
+    trainer = make_trainer(tmp_path, limit_val_batches=0)  # 2 batches of 2 optimizer steps each
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model, datamodule=data)
+    messages = [str(w.message) for w in caught if "disc_start" in str(w.message)]
+    assert trainer.global_step == 4
+    assert messages == ([f"disc_start={disc_start} is at or beyond the run's 4 steps: the discriminator never trains "
+                         "and no adversarial term applies; lower disc_start"] if warned else [])  # fmt: skip
+
+
+def test_the_recipe_with_a_discriminator_clips_both_networks_gradients(data_dir: Path, tmp_path: Path) -> None:
+    def sgd(parameters):
+        return torch.optim.SGD(parameters, lr=1.0)
+
+    clipped = {"gradient_clip_val": 1e-6, "gradient_clip_algorithm": "value"}
+    model = quantized(**ADVERSARIAL, **clipped, optimizer=sgd, discriminator_optimizer=sgd)
+    networks = {"decoder": model.decoder, "discriminator": model.discriminator}
+    before = {name: [p.detach().clone() for p in net.parameters()] for name, net in networks.items()}
+    make_trainer(tmp_path, limit_train_batches=1, limit_val_batches=0).fit(model, datamodule=tiny_data(data_dir))
+    for name, net in networks.items():
+        moved = torch.cat([(p.detach() - b).abs().flatten() for p, b in zip(net.parameters(), before[name])])
+        assert 0 < moved.max() <= 1.1e-6, name  # one SGD step of lr 1 on gradients clipped to 1e-6 (float32 rounding)
+    with pytest.raises(ValueError, match=r"gradient_clip_val=1e-06 clips .* set --trainer.gradient_clip_val"):
+        quantized(**clipped)  # no discriminator: the Trainer steps the optimizer and clips
+
+
+@pytest.mark.parametrize("adversarial, option", [(True, "--model.init_args"), (False, "--trainer")])
+def test_a_non_finite_loss_names_the_gradient_clipping_the_model_takes(
+    adversarial: bool, option: str, tmp_path: Path
+) -> None:
+    from ae_lightning.training.fault_tolerance import NonFiniteLossError, non_finite_guard
+
+    model = KLAutoencoder(**TINY, **(ADVERSARIAL if adversarial else {}), input_shape=(1, 16, 16))
+    with torch.no_grad():
+        model.decoder.last_layer.bias.fill_(float("nan"))  # non-finite reconstructions and loss
+    x, labels = torch.rand(4, 1, 16, 16), torch.zeros(4, dtype=torch.long)
+    loader = TensorBatchLoader(x, labels, torch.arange(4), batch_size=4, shuffle=False, seed=0)
+    trainer = make_trainer(tmp_path, limit_train_batches=1, limit_val_batches=0, callbacks=[non_finite_guard()])
+    with pytest.raises(NonFiniteLossError, match=rf"clip gradients \({option}.gradient_clip_val\)"):
+        trainer.fit(model, train_dataloaders=loader)
+
+
 def test_ema_weights_are_validated_and_saved(data_dir: Path, tmp_path: Path) -> None:
     model = quantized(**ADVERSARIAL)
     seen = {}
@@ -381,6 +439,42 @@ def test_lpips_random_weights_and_offline_error(monkeypatch: pytest.MonkeyPatch,
         LPIPSDistance("alex", pretrained=True)
 
 
+def test_lpips_without_pretrained_weights_is_still_a_distance() -> None:
+    # A random trunk, but the calibrated (non-negative) linear layers: descent on it brings images together.
+    g = torch.Generator().manual_seed(1)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        distance = LPIPSDistance(pretrained=False)
+        x, y = torch.rand(2, 4, 3, 16, 16, generator=g)
+        assert (distance(x, y) > 0).all() and torch.equal(distance(x, x), torch.zeros(4))
+
+
+def test_a_corrupt_lpips_trunk_file_is_named_as_unreadable_not_missing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    path = trunk_weights_path("alex")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"PK\x03\x04 an interrupted copy")
+    with pytest.raises(FileNotFoundError, match=rf"{path} exists but cannot be read .* replace it with https://"):
+        LPIPSDistance("alex", pretrained=True)
+
+
+def test_the_command_shows_the_offline_lpips_message(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from conftest import write_image_folder
+    from tiny_runs import ROOT, build_cli
+
+    from ae_lightning.cli import ConfigError
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(lpips.pretrained_networks.tv, "alexnet", offline_alexnet)
+    photos = write_image_folder(tmp_path / "photos", per_class=4, size=16)
+    config = str(ROOT / "configs" / "photos" / "kl_f8.yaml")
+    args = ["--config", config, "--data.init_args.data_dir", str(photos), "--model.init_args.hidden_dims", "[8,8]"]
+    with pytest.raises(ConfigError, match=rf"KLAutoencoder: LPIPS \(alex\) .*put it at {trunk_weights_path('alex')}"):
+        build_cli(*args, "--trainer.default_root_dir", str(tmp_path / "run"))
+
+
 def test_a_checkpoint_with_pretrained_lpips_loads_offline(
     monkeypatch: pytest.MonkeyPatch, data_dir: Path, tmp_path: Path
 ) -> None:
@@ -410,6 +504,31 @@ def test_a_checkpoint_with_pretrained_lpips_loads_offline(
     CodePrior(str(tmp_path / "tokenizer.ckpt"), embed_dim=16, num_layers=1, num_heads=2)
     with pytest.raises(FileNotFoundError, match="alexnet-owt-7be5be79.pth"):  # a new model still needs the weights
         QuantizedAutoencoder(**{**TINY, "perceptual_weight": 1.0, "perceptual_pretrained": True})
+
+
+@pytest.mark.parametrize("subcommand", ["test", "predict"])
+def test_the_command_evaluates_a_checkpoint_offline_with_its_lpips_weights(
+    subcommand: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from conftest import write_image_folder
+    from tiny_runs import ROOT, run_cli
+
+    photos = write_image_folder(tmp_path / "photos", per_class=4, size=16)
+    args = ["--config", str(ROOT / "configs" / "photos" / "kl_f8.yaml"), "--data.init_args.data_dir", str(photos),
+            "--data.init_args.image_size", "16", "--data.init_args.batch_size", "4", "--model.init_args.hidden_dims",
+            "[8,8]", "--model.init_args.residual_blocks", "1", "--model.init_args.discriminator_layers", "1",
+            "--model.init_args.discriminator_channels", "4", "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    trained = run_cli("fit", *args, "--model.init_args.perceptual_pretrained", "false", "--trainer.max_steps", "1",
+                      "--trainer.limit_val_batches", "0", "--trainer.default_root_dir", str(tmp_path))  # fmt: skip
+    (checkpoint,) = tmp_path.rglob("last.ckpt")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(lpips.pretrained_networks.tv, "alexnet", offline_alexnet)
+    cli = run_cli(subcommand, *args, "--ckpt_path", str(checkpoint), "--trainer.limit_test_batches", "1",
+                  "--trainer.limit_predict_batches", "1", "--trainer.default_root_dir", str(tmp_path))  # fmt: skip
+    assert cli.model.hparams.perceptual_pretrained  # the config's setting, served by the checkpoint's weights
+    for name, value in trained.model.perceptual.state_dict().items():
+        assert torch.equal(cli.model.perceptual.state_dict()[name], value), name
 
 
 # --- evaluation -----------------------------------------------------------------------------------------------------

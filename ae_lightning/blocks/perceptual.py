@@ -43,9 +43,9 @@ class LPIPSDistance(nn.Module):
 
     Args:
         network: the trunk, ``alex`` (as VQGAN's evaluation), ``vgg`` (as its loss) or ``squeeze``.
-        pretrained: load the trunk's ImageNet weights and the calibrated linear layers; False leaves every weight
-            randomly initialized (tests, or a run without the weights where only the code path matters). Inside
-            :func:`weights_from_checkpoint` nothing is loaded either way: the checkpoint supplies the weights.
+        pretrained: load the trunk's ImageNet weights; False keeps a random trunk (tests, or a run without the
+            weights): the distance is still >= 0 and zero for equal images (the calibrated linear layers ship with
+            ``lpips``) but only a weak prior. Inside :func:`weights_from_checkpoint` the checkpoint supplies the trunk.
     """
 
     def __init__(self, network: PerceptualNetwork = "alex", pretrained: bool = True) -> None:
@@ -56,7 +56,8 @@ class LPIPSDistance(nn.Module):
         if pretrained and not _FROM_CHECKPOINT.get():
             self.lpips = _pretrained_lpips(network)
         else:
-            self.lpips = lpips.LPIPS(net=network, pretrained=False, pnet_rand=True, verbose=False)
+            # lpips's pretrained=False would also leave the linear layers random: a "distance" of either sign
+            self.lpips = lpips.LPIPS(net=network, pretrained=True, pnet_rand=True, verbose=False)
         self.lpips.eval().requires_grad_(False)
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
@@ -90,11 +91,17 @@ def _pretrained_lpips(network: PerceptualNetwork) -> nn.Module:
     try:
         return lpips.LPIPS(net=network, pretrained=True, pnet_rand=False, verbose=False)
     except (OSError, RuntimeError) as error:  # urllib's URLError is an OSError
+        url, cause = _TRUNK_WEIGHTS[network].url, f"{type(error).__name__}: {error}"
+        if path.exists():
+            problem = f"{path} exists but cannot be read ({cause}): replace it with {url} downloaded"
+        else:
+            problem = f"they are not in {path.parent} and could not be downloaded ({cause}). Download {url}"
+        # from None: the message quotes the cause, and ae-lightning prints the innermost error of a chain alone
         raise FileNotFoundError(
-            f"LPIPS ({network}) needs torchvision's ImageNet weights {path.name}, which are not in {path.parent} and "
-            f"could not be downloaded ({type(error).__name__}: {error}). Download {_TRUNK_WEIGHTS[network].url} "
-            f"on a machine with internet and put it at {path}, or set perceptual_pretrained: false"
-        ) from error
+            f"LPIPS ({network}) needs torchvision's ImageNet weights {path.name}: {problem} on a machine with "
+            f"internet and put it at {path}, or set perceptual_pretrained: false (a random trunk, a weak prior) or "
+            "perceptual_weight: 0"
+        ) from None
 
 
 __all__ = ["LPIPSDistance", "trunk_weights_path", "weights_from_checkpoint"]

@@ -52,6 +52,9 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
         discriminator_layers: stride-2 PatchGAN layers after its first (images of >= ``3 * 2 ** layers`` pixels).
         discriminator_optimizer: the discriminator's optimizer factory.
         discriminator_lr_scheduler: optional scheduler factory for it.
+        gradient_clip_val: with a discriminator (manual optimization), clip every step's gradients to this norm (or
+            value); None or 0 disables clipping. Without one, use the Trainer's ``gradient_clip_val``.
+        gradient_clip_algorithm: ``norm`` or ``value``.
         network: ``conv`` only.
         hidden_dims: channels of each stride-2 convolution of the default (residual) networks.
         **kwargs: the :class:`~ae_lightning.base.AutoencoderModule` arguments; ``latent_dim`` is the code's channels.
@@ -74,6 +77,8 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
         discriminator_layers: NonNegativeInt = 3,
         discriminator_optimizer: OptimizerCallable = torch.optim.Adam,
         discriminator_lr_scheduler: LRSchedulerCallable | None = None,
+        gradient_clip_val: NonNegativeFloat | None = None,
+        gradient_clip_algorithm: Literal["norm", "value"] = "norm",
         network: Literal["conv"] = "conv",
         hidden_dims: Sequence[PositiveInt] = (128, 128),
         **kwargs: Any,
@@ -95,6 +100,13 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
             self.discriminator = PatchDiscriminator(self.input_shape[0], discriminator_channels, discriminator_layers)
             self.automatic_optimization = False
             self.partial_backward = True  # the discriminator's step reaches the discriminator only
+        if gradient_clip_val and self.automatic_optimization:
+            raise ValueError(
+                f"gradient_clip_val={gradient_clip_val} clips the steps of a model with a discriminator "
+                "(adversarial_weight > 0); without one the Trainer steps the optimizer: set --trainer.gradient_clip_val"
+            )
+        self.gradient_clip_val = gradient_clip_val  # applied by AutoencoderModule.on_before_optimizer_step
+        self.gradient_clip_algorithm = gradient_clip_algorithm
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> FirstStageAutoencoder:
@@ -212,10 +224,14 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
 
     def on_train_start(self) -> None:
         super().on_train_start()
-        if self.adversarial_weight and self.disc_start >= self.trainer.estimated_stepping_batches:
+        # disc_start counts optimizer steps (global_step); the fast path takes steps_per_batch of them per batch
+        steps = self.trainer.estimated_stepping_batches * self.steps_per_batch
+        if self.trainer.max_steps > 0:
+            steps = min(steps, self.trainer.max_steps)
+        if self.adversarial_weight and self.disc_start >= steps:
             rank_zero_warn(
-                f"disc_start={self.disc_start} is at or beyond the run's {self.trainer.estimated_stepping_batches} "
-                "steps: the discriminator never trains and no adversarial term applies; lower disc_start"
+                f"disc_start={self.disc_start} is at or beyond the run's {steps} steps: the discriminator never "
+                "trains and no adversarial term applies; lower disc_start"
             )
 
     def configure_optimizers(self) -> Any:

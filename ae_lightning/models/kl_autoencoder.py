@@ -21,10 +21,12 @@ class KLAutoencoder(FirstStageAutoencoder):
     """The encoder outputs the mean and log-variance of a Gaussian code ``[B, latent_dim, h, w]``; training decodes
     a sample, :meth:`encode` returns the mean.
 
-    The logged ``kl`` is per image (summed over the code); the loss adds ``kl_weight * kl / (C * H * W)``: the pixel
-    loss is a mean over the image's C * H * W values, so this is the ratio that latent diffusion's per-image sums of
-    the pixel loss and the KL have. (Checkpoints of releases before 2026-12-05 divided by H * W only, a KL C times
-    heavier for C > 1 channels: they resume with the corrected weight, with a warning.)
+    The logged ``kl`` is per image (summed over the code); the loss adds ``kl_weight * kl / (C * H * W)`` to a pixel
+    loss averaged over the image's C * H * W values in [0, 1]. Latent diffusion's images are in [-1, 1], which doubles
+    its L1 (quadruples its MSE): with L1, the same weights here weigh the KL and LPIPS twice as heavily against the
+    pixel term as there; ``kl_weight`` and ``perceptual_weight`` halved (5e-7 and 0.5 for its 1e-6 and 1) give its
+    balance, up to an overall factor 1/2. (Checkpoints of releases before 2026-12-05 divided by H * W only, a KL C
+    times heavier for C > 1 channels: they resume with the corrected weight, with a warning.)
 
     Args:
         kl_weight: weight of the KL term, >= 0.
@@ -56,7 +58,7 @@ class KLAutoencoder(FirstStageAutoencoder):
         if checkpoint.get("ae_lightning_kl_per") != "value" and channels > 1:
             rank_zero_warn(
                 f"this KLAutoencoder checkpoint was trained with the KL divided by H * W (releases before 2026-12-05), "
-                f"{channels} times heavier than latent diffusion's ratio; it goes on with kl / (C * H * W). To keep "
+                f"{channels} times heavier than now; it goes on with kl / (C * H * W). To keep "
                 f"the old objective, set kl_weight to {channels} times its value ({channels * self.kl_weight:g})"
             )
 

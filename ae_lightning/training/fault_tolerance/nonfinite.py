@@ -108,8 +108,8 @@ class StopOnNonFinite(NonFiniteGuard):
         raise NonFiniteLossError(
             f"non-finite training loss at global step {step} (epoch {epoch}, batch {batch}): "
             f"{', '.join(bad_names)} {'is' if len(bad_names) == 1 else 'are'} not finite ({shown}). "
-            "The last checkpoint written before that step is kept. Lower the learning rate, clip gradients "
-            "(--trainer.gradient_clip_val) or skip such batches (--nonfinite.action skip)."
+            f"The last checkpoint written before that step is kept. Lower the learning rate, {_clip_advice(trainer)}"
+            "skip such batches (--nonfinite.action skip)."
         )
 
     def _first_non_finite(self, trainer: L.Trainer) -> int | None:
@@ -198,6 +198,16 @@ class SkipNonFinite(NonFiniteGuard):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.skipped_batches = state_dict.get("skipped_batches", 0)
+
+
+def _clip_advice(trainer: L.Trainer) -> str:
+    """Where the run's model clips gradients: the Trainer's option, or the model's own under manual optimization."""
+    model = trainer.lightning_module
+    if model.automatic_optimization:
+        return "clip gradients (--trainer.gradient_clip_val) or "
+    if "gradient_clip_val" in model.hparams:
+        return "clip gradients (--model.init_args.gradient_clip_val) or "
+    return ""
 
 
 def _largest_magnitudes(tensors: list[Tensor]) -> Tensor:
