@@ -110,9 +110,12 @@ def build_cli(*args: str) -> AutoencoderCLI:
 
 
 def subprocess_env() -> dict[str, str]:
-    """This environment, with this folder importable (for the callbacks below) and W&B offline."""
+    """This environment, with this folder importable (for the callbacks below) and W&B offline. Without
+    ``WANDB_SERVICE``, which a W&B run in this process sets: a subprocess (a SLURM job's start) must start a W&B service
+    of its own, as a user's would, not reach this process's, which refuses a second run of an ID it still holds."""
     path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "PYTHONPATH": path, "WANDB_MODE": "offline"}
+    env = {name: value for name, value in os.environ.items() if name != "WANDB_SERVICE"}
+    return {**env, "PYTHONPATH": path, "WANDB_MODE": "offline"}
 
 
 def command(*args: str) -> list[str]:
