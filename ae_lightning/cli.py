@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from jsonargparse import ArgumentError, lazy_instance
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -58,8 +59,8 @@ for _module in sorted({*_EXPORTS.values(), *datamodules._EXPORTS.values()}):
     importlib.import_module(_module)
 # Lightning's older spellings of a precision and the setting each stands for.
 _PRECISION_ALIASES = {"16": "16-mixed", "bf16": "bf16-mixed", "32": "32-true", "64": "64-true"}
-# ``--ckpt_path`` values that Lightning resolves itself rather than reading a file.
-_SPECIAL_CKPT_PATHS = {"last", "best", "hpc", "registry"}
+# ``--ckpt_path`` values that Lightning resolves itself rather than reading a file (``last`` and ``hpc`` are read here).
+_SPECIAL_CKPT_PATHS = {"last", "best", "registry"}
 PROGRESS_BAR_REFRESH_STEPS = 25
 # A logger's ``save_dir`` that stands for the run's ``default_root_dir``.
 ROOT_DIR = "<default_root_dir>"
@@ -270,6 +271,20 @@ class AutoencoderCLI(LightningCLI):
                     f"--ckpt_path last: no checkpoint under {root} to {subcommand}; give the trained run's folder "
                     "as --trainer.default_root_dir or its checkpoint as --ckpt_path"
                 )
+        elif ckpt_path == "hpc" or (subcommand and ckpt_path is None and SLURMEnvironment.detect()):
+            # Lightning's choice (``hpc``, which it also makes for no --ckpt_path under SLURM), made here so that the
+            # checkpoint is checked below and by the resume checks like any other.
+            hpc = _newest_hpc_checkpoint(self.config[subcommand])
+            if hpc is None and ckpt_path == "hpc":
+                root = self.config[subcommand].trainer.get("default_root_dir") or "."
+                raise FileNotFoundError(
+                    f"--ckpt_path hpc: no hpc_ckpt_<n>.ckpt in {root}; give the run's folder as "
+                    "--trainer.default_root_dir or its checkpoint as --ckpt_path"
+                )
+            if hpc is not None:
+                given = "--ckpt_path hpc" if ckpt_path else "no --ckpt_path under SLURM (Lightning's hpc)"
+                rank_zero_info(f"{given}: using {hpc}")
+                ckpt_path = self.config[subcommand].ckpt_path = hpc
         if subcommand == "fit" and ckpt_path:  # a resumed run may write its config where it wrote it before
             self.save_config_kwargs = {**self.save_config_kwargs, "overwrite": True}
         if ckpt_path and ckpt_path not in _SPECIAL_CKPT_PATHS:
@@ -535,6 +550,17 @@ def _furthest_checkpoint(config: Any) -> str | None:
     chosen = max(candidates, key=progress)
     rank_zero_info(f"--ckpt_path last: resuming from {chosen} (global step {progress(chosen)[0]})")
     return str(chosen)
+
+
+def _newest_hpc_checkpoint(config: Any) -> str | None:
+    """The ``hpc_ckpt_<n>.ckpt`` of ``default_root_dir`` with the largest ``n`` (Lightning's SLURM requeue
+    checkpoints, numbered as it numbers them), or None."""
+    root = Path(config.trainer.get("default_root_dir") or ".")
+    numbered = {int(match[1]): path for path in root.glob("hpc_ckpt_*.ckpt") if (match := _HPC_NAME.match(path.name))}
+    return str(numbered[max(numbered)]) if numbered else None
+
+
+_HPC_NAME = re.compile(r"^hpc_ckpt_(\d+)\.ckpt$")
 
 
 def _fast_path(config: Any, fit: bool) -> None:

@@ -7,12 +7,13 @@ import json
 import re
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
-from tiny_runs import build_cli, command, last_checkpoint, subprocess_env, tiny_args
+from tiny_runs import ROOT, build_cli, command, last_checkpoint, subprocess_env, tiny_args
 
-from ae_lightning.training.fault_tolerance import NonFiniteLossError, non_finite_guard
+from ae_lightning.training.fault_tolerance import NonFiniteLossError, SkipNonFinite, non_finite_guard
 
 DIVERGING_SGD = json.dumps({"class_path": "torch.optim.SGD", "init_args": {"lr": 1e6}})
 # One optimizer step per Lightning batch (the configs take 10), so that the guard sees each step's terms, and a
@@ -69,13 +70,13 @@ def test_skip_leaves_weights_and_optimizer_untouched_on_bad_batches_and_counts_t
 ) -> None:
     cli = fit(*tiny_args("ae", data_dir, tmp_path, *POISONED, *ONE_STEP, "--nonfinite.action", "skip"))
     assert cli.trainer.state.finished and cli.trainer.global_step == 28
-    assert cli.trainer.callback_metrics["train/skipped_batches"] == 2
+    assert cli.trainer.callback_metrics["train/skipped_steps"] == 2
     last = last_checkpoint(tmp_path)
     assert_finite_weights(last)
     # Adam counts the steps it took per parameter: the two poisoned batches were not among them.
     steps = {int(state["step"]) for state in last["optimizer_states"][0]["state"].values()}
     assert steps == {26}
-    assert last["callbacks"]["NonFiniteGuard"] == {"skipped_batches": 2}
+    assert last["callbacks"]["NonFiniteGuard"]["skipped_steps"] == 2
 
 
 def test_guard_rejects_unknown_actions() -> None:
@@ -85,7 +86,7 @@ def test_guard_rejects_unknown_actions() -> None:
 
 def test_skip_fails_when_an_epoch_skips_more_than_max_skipped(data_dir: Path, tmp_path: Path) -> None:
     every_step_of_epoch_0 = ["--model.init_args.poisoned_steps", json.dumps(list(range(14)))]
-    with pytest.raises(NonFiniteLossError, match=r"14 of the 14 training batches of epoch 0 .* max_skipped=0.5"):
+    with pytest.raises(NonFiniteLossError, match=r"14 of the 14 optimizer steps of epoch 0 .* max_skipped=0.5"):
         fit(*tiny_args("ae", data_dir, tmp_path, *POISONED, *every_step_of_epoch_0, "--nonfinite.action", "skip"))
 
 
@@ -108,3 +109,32 @@ def test_the_command_error_of_a_failing_run_starts_a_line_after_the_progress_bar
     assert done.returncode == 1
     assert "Epoch 1" in done.stdout
     assert "\nae-lightning: error: non-finite training loss at global step 17" in done.stdout, done.stdout[-600:]
+
+
+def test_skip_counts_optimizer_steps_under_gradient_accumulation(data_dir: Path, tmp_path: Path) -> None:
+    every_step = ["--model.init_args.poisoned_steps", json.dumps(list(range(14))), "--trainer.max_epochs", "1"]
+    accumulate = ["--trainer.accumulate_grad_batches", "4", "--nonfinite.action", "skip"]
+    with pytest.raises(NonFiniteLossError, match=r"4 of the 4 optimizer steps of epoch 0 .* max_skipped=0.5"):
+        fit(*tiny_args("ae", data_dir, tmp_path, *POISONED, *every_step, *accumulate))
+
+
+def test_skip_counts_optimizer_steps_on_the_fast_path(data_dir: Path, tmp_path: Path) -> None:
+    fast = ["--config", str(ROOT / "configs" / "fast.yaml"), "--fast.steps", "2"]
+    five_of_14 = ["--model.init_args.poisoned_steps", "[0,3,6,9,12]", "--trainer.max_epochs", "1"]
+    cli = fit(*tiny_args("ae", data_dir, tmp_path, *fast, *POISONED, *five_of_14, "--nonfinite.action", "skip"))
+    assert cli.trainer.global_step == 14 and cli.trainer.callback_metrics["train/skipped_steps"] == 5
+
+
+def test_skip_keeps_its_epochs_counts_across_a_mid_epoch_resume() -> None:
+    before = SkipNonFinite(max_skipped=0.5)
+    before.on_train_epoch_start(SimpleNamespace(current_epoch=1), None)
+    before._epoch_skipped, before._epoch_steps = 6, 7  # 6 of the 7 steps so far of epoch 1 skipped
+    resumed = SkipNonFinite(max_skipped=0.5)
+    resumed.load_state_dict(before.state_dict())
+    trainer = SimpleNamespace(current_epoch=1)
+    resumed.on_train_epoch_start(trainer, None)
+    resumed._epoch_steps += 3  # 3 more steps after the resume: 6 of 10 skipped, 0 of 3 without the saved counts
+    with pytest.raises(NonFiniteLossError, match="6 of the 10 optimizer steps of epoch 1"):
+        resumed.on_train_epoch_end(trainer, SimpleNamespace(log=lambda *args: None))
+    resumed.on_train_epoch_start(SimpleNamespace(current_epoch=2), None)  # the next epoch counts anew
+    assert (resumed._epoch_skipped, resumed._epoch_steps) == (0, 0)

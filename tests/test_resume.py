@@ -4,6 +4,7 @@ ends with the weights and optimizer states of an uninterrupted run, bit for bit.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import shutil
@@ -12,14 +13,16 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from jsonargparse import Namespace
 from tiny_runs import ROOT, command, last_checkpoint, run_cli, subprocess_env, tiny_args
 
-from ae_lightning.cli import _furthest_checkpoint
+from ae_lightning.cli import ConfigError, _furthest_checkpoint
 from ae_lightning.training.fault_tolerance import AtomicCheckpointIO
+from ae_lightning.training.resume import OptimizerSettingsOnResume, optimizer_settings
 
 EVERY_4 = ["--checkpoint.every_n_train_steps", "4"]
 STEPS = 28  # 2 epochs of 14 batches
@@ -297,3 +300,93 @@ def test_a_resumed_run_keeps_the_best_of_the_whole_run_as_its_best(data_dir: Pat
     assert callback.best_model_path == earlier_best["best_model_path"]  # version_0's, still on disk
     assert float(callback.best_model_score) == float(earlier_best["best_model_score"])
     assert not list((tmp_path / "lightning_logs" / "version_1").rglob("best-*.ckpt"))  # nothing worse kept as best
+
+
+def test_a_second_model_checkpoint_does_not_stop_the_final_step_from_being_saved(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    snapshots = ["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.every_n_train_steps", "5",
+                 "--trainer.callbacks.dirpath", str(tmp_path / "snapshots")]  # fmt: skip
+    limits = ["--trainer.max_steps", "25", "--trainer.max_epochs", "-1"]
+    run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "run", *limits, *snapshots))
+    assert last_checkpoint(tmp_path / "run")["global_step"] == 25  # the other callback saved step 25 too
+
+
+def test_a_fresh_run_sharing_the_checkpoint_folder_keeps_the_other_runs_last(data_dir: Path, tmp_path: Path) -> None:
+    shared = ["--checkpoint.dirpath", str(tmp_path / "checkpoints")]
+    run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "a", *shared, "--trainer.max_epochs", "1"))
+    cli = run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "b", *shared, "--trainer.max_steps", "5"))
+    steps = {path.name: torch.load(path, weights_only=True)["global_step"] for path in tmp_path.rglob("last*.ckpt")}
+    assert steps == {"last.ckpt": 14, "last-v1.ckpt": 5}  # as Lightning's own save_last versions it
+    assert cli.trainer.checkpoint_callback.last_model_path == str(tmp_path / "checkpoints" / "last-v1.ckpt")
+
+
+def _step_lr(gamma: float) -> list[str]:
+    scheduler = {"class_path": "torch.optim.lr_scheduler.StepLR", "init_args": {"step_size": 1, "gamma": gamma}}
+    return ["--model.init_args.lr_scheduler", json.dumps(scheduler)]
+
+
+def test_a_slurm_hpc_checkpoint_is_checked_like_any_other_on_resume(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_cli("fit", *tiny_args("ae", data_dir, tmp_path, "--trainer.max_epochs", "1", *_step_lr(0.5)))
+    for number in (2, 10):  # Lightning resumes from the highest number, hpc_ckpt_10
+        shutil.copy(next(tmp_path.rglob("last.ckpt")), tmp_path / f"hpc_ckpt_{number}.ckpt")
+    (tmp_path / "hpc_ckpt_2.ckpt").write_bytes(b"not a checkpoint")
+    changed = tiny_args("ae", data_dir, tmp_path, "--trainer.max_epochs", "2", *_step_lr(0.9))
+    with pytest.raises(ConfigError, match="gamma=0.5 in the checkpoint's run and with gamma=0.9"):
+        run_cli("fit", *changed, "--ckpt_path", "hpc")
+    # Under SLURM, Lightning resumes from hpc_ckpt_<n> by itself when no --ckpt_path is given.
+    for name in ("NTASKS", "JOB_ID", "NODEID", "PROCID", "LOCALID", "NTASKS_PER_NODE"):
+        monkeypatch.setenv(f"SLURM_{name}", "1" if name.startswith("NTASKS") else "0")
+    monkeypatch.setenv("SLURM_JOB_NAME", "train")
+    monkeypatch.setenv("SLURM_NODELIST", "localhost")
+    with pytest.raises(ConfigError, match="gamma=0.5 in the checkpoint's run and with gamma=0.9"):
+        run_cli("fit", *changed)
+
+
+def test_ckpt_path_hpc_without_an_hpc_checkpoint_is_refused(data_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=f"--ckpt_path hpc: no hpc_ckpt_<n>.ckpt in {tmp_path}"):
+        run_cli("fit", *tiny_args("ae", data_dir, tmp_path, "--ckpt_path", "hpc"))
+
+
+@pytest.mark.parametrize(
+    "change, lrs",
+    [(["--model.init_args.code_lr", "0.05"], [0.001, 0.05]),  # the decoder's lr stays
+     (["--model.init_args.optimizer.init_args.lr", "0.002"], [0.002, 0.01])],  # the codes' own lr stays
+    ids=["code_lr", "optimizer lr"],
+)  # fmt: skip
+def test_a_resumed_auto_decoder_takes_each_param_groups_own_new_lr(
+    change: list[str], lrs: list[float], data_dir: Path, tmp_path: Path
+) -> None:
+    run_cli("fit", *tiny_args("autodecoder", data_dir, tmp_path / "run", "--trainer.max_epochs", "1"))
+    last = next((tmp_path / "run").rglob("last.ckpt"))
+    cli = run_cli("fit", *tiny_args("autodecoder", data_dir, tmp_path / "resumed", *change, "--ckpt_path", str(last)))
+    assert [group["lr"] for group in cli.trainer.optimizers[0].param_groups] == pytest.approx(lrs)
+
+
+def _two_groups(decoder_lr: float, code_lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    params = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
+    groups = [{"params": params[:1]}, {"params": params[1:], "lr": code_lr}]
+    return torch.optim.Adam(groups, lr=decoder_lr, weight_decay=weight_decay)
+
+
+def test_a_resume_with_another_number_of_param_groups_is_refused_naming_both() -> None:
+    callback = OptimizerSettingsOnResume()
+    trainer = SimpleNamespace(optimizers=[torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])])
+    callback.on_load_checkpoint(trainer, None, {"optimizer_states": [{"param_groups": [{}, {}]}]})
+    with pytest.raises(ValueError, match="optimizer 0 \\(Adam\\) has 1 param groups in this run and had 2 in the"):
+        callback.on_fit_start(trainer, None)
+
+
+def test_a_checkpoint_recording_only_the_defaults_applies_a_new_default_to_the_groups_that_follow_it() -> None:
+    before = optimizer_settings(_two_groups(1e-3, 0.01))
+    before.pop("groups")  # as checkpoints written before groups were recorded
+    callback, optimizer = OptimizerSettingsOnResume(), _two_groups(2e-3, 0.01, weight_decay=0.1)
+    trainer = SimpleNamespace(optimizers=[optimizer], lr_scheduler_configs=[])
+    callback.on_load_checkpoint(trainer, None, {callback.key: [before]})
+    callback.on_fit_start(trainer, None)
+    for group, lr in zip(optimizer.param_groups, [1e-3, 0.01]):  # as Lightning restores the checkpoint's groups
+        group.update(lr=lr, weight_decay=0.0)
+    callback.on_train_start(trainer, None)
+    assert [(group["lr"], group["weight_decay"]) for group in optimizer.param_groups] == [(2e-3, 0.1), (0.01, 0.1)]

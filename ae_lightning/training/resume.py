@@ -14,10 +14,11 @@ from ae_lightning.base import check_optimizer_class
 
 
 class OptimizerSettingsOnResume(Callback):
-    """Records each optimizer's class and settings in checkpoints; on resume, after Lightning has restored the
-    optimizers' state, applies this run's settings (``weight_decay``, ``fused``, ...) where they differ to every param
-    group (the state's ``step`` counts then lie where this run's settings need them), a new ``lr`` as a new base that
-    a scheduler's schedule goes on from, and refuses another optimizer class, whose state cannot carry over.
+    """Records each optimizer's class and each param group's settings, as this run built them, in checkpoints; on
+    resume, after Lightning has restored the optimizers' state, applies this run's settings (``weight_decay``,
+    ``fused``, ...) to each param group where they differ from the checkpoint's run's (the state's ``step`` counts then
+    lie where this run's settings need them), a new ``lr`` as a new base of its group that a scheduler's schedule goes
+    on from, and refuses another optimizer class or number of param groups, whose state cannot carry over.
 
     The ``ae-lightning`` command installs it; without it a resumed run keeps the checkpoint's settings.
     """
@@ -26,50 +27,87 @@ class OptimizerSettingsOnResume(Callback):
 
     def __init__(self) -> None:
         self._resumed: list[dict[str, Any]] | None = None
+        self._group_counts: list[int] = []  # per optimizer, the checkpoint's number of param groups
+        self._built: list[dict[str, Any]] = []  # this run's settings, taken before Lightning restores the checkpoint's
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        checkpoint[self.key] = [optimizer_settings(optimizer) for optimizer in trainer.optimizers]
+        built = self._built if len(self._built) == len(trainer.optimizers) else []
+        checkpoint[self.key] = built or [optimizer_settings(optimizer) for optimizer in trainer.optimizers]
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         self._resumed = checkpoint.get(self.key)
+        self._group_counts = [len(state.get("param_groups", [])) for state in checkpoint.get("optimizer_states") or []]
+        self._check_group_counts(trainer)  # strategies that restore after setup load it after ``on_fit_start``
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # The optimizers are built by now, and Lightning restores the checkpoint's state into them only afterwards.
+        self._built = [optimizer_settings(optimizer) for optimizer in trainer.optimizers]
+        self._check_group_counts(trainer)
+
+    def _check_group_counts(self, trainer: L.Trainer) -> None:
+        if not self._built or not self._group_counts:
+            return
+        for i, (optimizer, count) in enumerate(zip(trainer.optimizers, self._group_counts)):
+            if len(optimizer.param_groups) != count:
+                raise ValueError(
+                    f"optimizer {i} ({type(optimizer).__name__}) has {len(optimizer.param_groups)} param groups in "
+                    f"this run and had {count} in the checkpoint's run: its state cannot carry over, so resume with "
+                    "the checkpoint's model settings, or start a new run from the weights"
+                )
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         resumed, self._resumed = self._resumed, None
-        for i, (optimizer, before) in enumerate(zip(trainer.optimizers, resumed or [])):
+        # Called without ``on_fit_start`` (outside a Trainer), this run's defaults stand for its groups' settings.
+        built = self._built or [_as_defaults(optimizer_settings(optimizer)) for optimizer in trainer.optimizers]
+        for i, (optimizer, before, now) in enumerate(zip(trainer.optimizers, resumed or [], built)):
             check_optimizer_class(i, before["class"], optimizer)
-            now = optimizer_settings(optimizer)
+            schedulers = [c.scheduler for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer]
+            previous_groups = before.get("groups") or _groups_before(before["defaults"], now)
             changed = False
-            for name, value in now["defaults"].items():
-                previous = before["defaults"].get(name, value)
-                if previous == value:
-                    continue
-                changed = True
-                if name == "lr":
-                    _rescale_lr(trainer, optimizer, value, previous)
-                    continue
-                for group in optimizer.param_groups:
-                    group[name] = value
-                rank_zero_info(f"optimizer {i}: {name} is {value} from here on (the checkpoint's run had {previous})")
+            for j, (old, new) in enumerate(zip(previous_groups, now["groups"])):
+                where = f"optimizer {i}" + (f" group {j}" if len(now["groups"]) > 1 else "")
+                for name, value in new.items():
+                    previous = old.get(name, value)
+                    if previous == value:
+                        continue
+                    changed = True
+                    if name == "lr":
+                        check_lr_change(i, previous, value, schedulers)
+                        _rescale_lr(optimizer, j, schedulers, value, previous)
+                    else:
+                        optimizer.param_groups[j][name] = value
+                    rank_zero_info(f"{where}: {name} is {value} from here on (the checkpoint's run had {previous})")
             if changed:  # torch places each ``step`` by its group's ``fused`` and ``capturable``: place it anew
                 optimizer.load_state_dict(optimizer.state_dict())
 
 
-def _rescale_lr(trainer: L.Trainer, optimizer: torch.optim.Optimizer, lr: float, previous: float) -> None:
-    """Give ``optimizer`` the base ``lr`` where the checkpoint's run had ``previous``: each group's lr, ``initial_lr``
-    and its schedulers' ``base_lrs`` scaled by their ratio, so that a schedule goes on from where it stood (StepLR
+def _as_defaults(settings: dict[str, Any]) -> dict[str, Any]:
+    return {**settings, "groups": [settings["defaults"] for _ in settings["groups"]]}
+
+
+def _groups_before(defaults: dict[str, Any], now: dict[str, Any]) -> list[dict[str, Any]]:
+    """The checkpoint's run's group settings where its checkpoint recorded only the optimizer's ``defaults`` (written
+    before groups were recorded): a changed default applies to the groups that follow the defaults; a group's own
+    setting is taken as unchanged."""
+    own = now["defaults"]
+    return [{k: v if v != own.get(k) else defaults.get(k, v) for k, v in group.items()} for group in now["groups"]]
+
+
+def _rescale_lr(optimizer: torch.optim.Optimizer, j: int, schedulers: list[Any], lr: float, previous: float) -> None:
+    """Give param group ``j`` the base ``lr`` where the checkpoint's run had ``previous``: its lr, ``initial_lr`` and
+    its schedulers' ``base_lrs`` entry scaled by their ratio, so that a schedule goes on from where it stood (StepLR
     at 0.25 of its base continues at 0.25 of the new base)."""
 
     def scaled(old: float) -> float:
         return old * lr / previous if previous else lr
 
-    for group in optimizer.param_groups:
-        for key in ("lr", "initial_lr"):
-            if key in group:
-                group[key] = scaled(group[key])
-    for config in trainer.lr_scheduler_configs:
-        scheduler = config.scheduler
-        if scheduler.optimizer is optimizer and hasattr(scheduler, "base_lrs"):
-            scheduler.base_lrs = [scaled(base) for base in scheduler.base_lrs]
+    group = optimizer.param_groups[j]
+    for key in ("lr", "initial_lr"):
+        if key in group:
+            group[key] = scaled(group[key])
+    for scheduler in schedulers:
+        if hasattr(scheduler, "base_lrs"):
+            scheduler.base_lrs = [scaled(base) if k == j else base for k, base in enumerate(scheduler.base_lrs)]
 
 
 # What a scheduler's state holds about its progress rather than its settings (a new lr rescales ``base_lrs``).
@@ -140,15 +178,24 @@ def _plain(value: Any) -> bool:
 
 
 def optimizer_settings(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """The class and the constructor settings (plain values only) of an optimizer, as stored in checkpoints."""
+    """The class, the constructor settings and each param group's settings (``lr``: its base, a scheduler's
+    ``initial_lr``) of an optimizer, plain values only, as stored in checkpoints."""
     plain = (bool, int, float, str, type(None))
 
     def is_plain(value: Any) -> bool:
         return isinstance(value, plain) or (isinstance(value, tuple) and all(isinstance(v, plain) for v in value))
 
     defaults = {name: value for name, value in optimizer.defaults.items() if is_plain(value)}
+    groups = [
+        {
+            name: group.get("initial_lr", group[name]) if name == "lr" else group[name]
+            for name in defaults
+            if name in group and is_plain(group[name])
+        }
+        for group in optimizer.param_groups
+    ]
     cls = type(optimizer)
-    return {"class": f"{cls.__module__}.{cls.__qualname__}", "defaults": defaults}
+    return {"class": f"{cls.__module__}.{cls.__qualname__}", "defaults": defaults, "groups": groups}
 
 
 __all__ = [

@@ -41,16 +41,18 @@ class AgreedSignal(Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if trainer.world_size == 1 or trainer.global_step - self._checked_at_step >= self.check_every_n_steps:
+            self._checked_at_step = trainer.global_step
+            if self.agreed(trainer, pl_module):
+                self.act(trainer)
+
+    def agreed(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+        """Whether any rank got the signal (one all-reduce under DDP: call it on every rank at the same point); False
+        when the callback is not active."""
         signalled = self.signalled(trainer)
         if signalled is None:
-            return
-        if trainer.world_size == 1:
-            if signalled:
-                self.act(trainer)
-        elif trainer.global_step - self._checked_at_step >= self.check_every_n_steps:
-            self._checked_at_step = trainer.global_step
-            if any_rank(trainer, pl_module, signalled):
-                self.act(trainer)
+            return False
+        return any_rank(trainer, pl_module, signalled) if trainer.world_size > 1 else signalled
 
 
 def any_rank(trainer: L.Trainer, pl_module: L.LightningModule, flag: bool) -> bool:

@@ -8,6 +8,8 @@ import re
 import shutil
 import socket
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -137,33 +139,65 @@ class RunCheckpoint(ModelCheckpoint):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        self._step_saved: int | None = None
+        self._step_saved: int | None = None  # the global step of the last write of this run's ``last``
+        self._in_own_hook = False
         if trainer.is_global_zero and self.dirpath and Path(self.dirpath).is_dir():
             remove_dead_writers_files(Path(self.dirpath))
 
+    @contextmanager
+    def _own_saves(self) -> Iterator[None]:
+        self._in_own_hook = True
+        try:
+            yield
+        finally:
+            self._in_own_hook = False
+
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        # Any checkpoint of this step (top-k, every-n, SIGTERM's) comes with ``last`` when ``save_last`` is set.
-        self._step_saved = trainer.global_step
+        # A save made by this callback's own hooks comes with its ``last`` (when ``save_last`` is set); a save by any
+        # other callback (a second ModelCheckpoint, ...) does not.
+        if self._in_own_hook:
+            self._step_saved = trainer.global_step
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        with self._own_saves():
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if 0 <= trainer.max_steps <= trainer.global_step:  # Lightning's own test for the last step
             self._save_final_step(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        with self._own_saves():
+            super().on_train_epoch_end(trainer, pl_module)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        with self._own_saves():
+            super().on_validation_end(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Instead of Lightning's, which writes ``last`` here, after the epoch is closed, if it wrote none yet: right
         # only for a run that ended with its epoch (max_epochs).
         self._save_final_step(trainer)
 
+    def last_path(self, trainer: L.Trainer) -> str:
+        """This run's ``last`` checkpoint file, from now on its ``last_model_path``: the one it wrote (or resumed
+        from), else the first free ``last.ckpt``, ``last-v1.ckpt``, ... of ``dirpath`` as Lightning picks it, so that
+        another run's ``last`` there is kept. Call it on every rank, with ``dirpath`` set."""
+        if not self.last_model_path:
+            metrics = {**trainer.callback_metrics, "epoch": trainer.current_epoch, "step": trainer.global_step}
+            path, version = self.format_checkpoint_name(dict(metrics), self.CHECKPOINT_NAME_LAST), self.STARTING_VERSION
+            while self.file_exists(path, trainer):
+                path = self.format_checkpoint_name(dict(metrics), self.CHECKPOINT_NAME_LAST, ver=version)
+                version += 1
+            self.last_model_path = path  # before the save: the checkpoint's callback state names its own file
+        return self.last_model_path
+
     def _save_final_step(self, trainer: L.Trainer) -> None:
         if trainer.fast_dev_run or not self.save_last or not self.dirpath or self._step_saved == trainer.global_step:
             return
-        last = self.last_model_path or str(Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}")
-        trainer.save_checkpoint(last, weights_only=self.save_weights_only)
         # A step that also ends the epoch is saved again after its validation: into this file, not a ``last-v1``.
-        self.last_model_path = last
+        trainer.save_checkpoint(self.last_path(trainer), weights_only=self.save_weights_only)
+        self._step_saved = trainer.global_step
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         previous = state_dict.get("dirpath", self.dirpath)

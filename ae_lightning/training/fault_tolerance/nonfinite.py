@@ -26,11 +26,11 @@ def non_finite_guard(
     """The command's ``nonfinite`` section: the guard of ``action`` (why it checks so: ``docs/fault_tolerance.md``).
 
     Args:
-        action: ``error`` (stop training, :class:`StopOnNonFinite`) or ``skip`` (skip the step and count the batch,
+        action: ``error`` (stop training, :class:`StopOnNonFinite`) or ``skip`` (skip and count the optimizer step,
             :class:`SkipNonFinite`).
         check_every_n_steps: how often, in training batches, ``error`` checks; ``None``: ``log_every_n_steps``.
         max_skipped: ``skip`` fails (a :class:`NonFiniteLossError`) when an epoch skips more than this share of its
-            training batches.
+            optimizer steps.
     """
     check_arguments(locals(), non_finite_guard)
     return StopOnNonFinite(check_every_n_steps) if action == "error" else SkipNonFinite(max_skipped)
@@ -143,61 +143,62 @@ class StopOnNonFinite(NonFiniteGuard):
 
 class SkipNonFinite(NonFiniteGuard):
     """``action: skip``: drops the non-finite gradients before the optimizer steps, so weights and optimizer state
-    stay as they were, and counts such batches as ``train/skipped_batches``.
+    stay as they were, and counts such optimizer steps as ``train/skipped_steps``.
 
     Args:
-        max_skipped: fail (a :class:`NonFiniteLossError`) when an epoch skips more than this share of its batches.
+        max_skipped: fail (a :class:`NonFiniteLossError`) when an epoch skips more than this share of its optimizer
+            steps.
     """
 
     def __init__(self, max_skipped: Fraction = 0.5) -> None:
         check_arguments(locals(), SkipNonFinite.__init__)
         self.max_skipped = max_skipped
-        self.skipped_batches = 0
-        self._skipped_this_batch = False
-        self._epoch_batches = self._epoch_skipped = 0
+        self.skipped_steps = 0
+        # The optimizer steps skipped and taken in epoch ``_epoch`` so far (kept in checkpoints for a mid-epoch resume).
+        self._epoch: int | None = None
+        self._epoch_skipped = self._epoch_steps = 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch != self._epoch:  # not the epoch a mid-epoch checkpoint's counts belong to
+            self._epoch, self._epoch_skipped, self._epoch_steps = trainer.current_epoch, 0, 0
 
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
+        self._epoch_steps += 1
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if not params:
-            return
         # The largest absolute gradient is finite exactly when all gradients are (a sum of squares could overflow).
-        if torch.isfinite(_largest_magnitudes([p.grad for p in params])).all():
+        if not params or torch.isfinite(_largest_magnitudes([p.grad for p in params])).all():
             return
         for p in params:  # optimizers step only parameters with a gradient: weights and moments stay as they were
             p.grad = None
-        if not self._skipped_this_batch and self.skipped_batches == 0:
+        if self.skipped_steps == 0:
             rank_zero_warn(
-                f"non-finite gradients at global step {trainer.global_step}: skipping the batch (nonfinite.action "
-                "is 'skip'); train/skipped_batches counts such batches"
+                f"non-finite gradients at global step {trainer.global_step}: skipping the optimizer step "
+                "(nonfinite.action is 'skip'); train/skipped_steps counts such steps"
             )
-        self._skipped_this_batch = True
-
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        self.skipped_batches += self._skipped_this_batch
-        self._epoch_skipped += self._skipped_this_batch
-        self._epoch_batches += 1
-        self._skipped_this_batch = False
+        self.skipped_steps += 1
+        self._epoch_skipped += 1
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        pl_module.log("train/skipped_batches", float(self.skipped_batches))
-        skipped, batches = self._epoch_skipped, self._epoch_batches
-        self._epoch_skipped = self._epoch_batches = 0
-        if batches and skipped / batches > self.max_skipped:
+        pl_module.log("train/skipped_steps", float(self.skipped_steps))
+        skipped, steps = self._epoch_skipped, self._epoch_steps
+        if steps and skipped / steps > self.max_skipped:
             raise NonFiniteLossError(
-                f"{skipped} of the {batches} training batches of epoch {trainer.current_epoch} had non-finite "
-                f"gradients and were skipped, more than max_skipped={self.max_skipped}: the run is not training. "
+                f"{skipped} of the {steps} optimizer steps of epoch {trainer.current_epoch} had non-finite gradients "
+                f"and were skipped, more than max_skipped={self.max_skipped}: the run is not training. "
                 "Lower the learning rate or clip gradients"
             )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"skipped_batches": self.skipped_batches}
+        epoch = {"epoch": self._epoch, "epoch_skipped": self._epoch_skipped, "epoch_steps": self._epoch_steps}
+        return {"skipped_steps": self.skipped_steps, **epoch}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.skipped_batches = state_dict.get("skipped_batches", 0)
+        # Checkpoints written before steps were counted hold ``skipped_batches`` (one per step without accumulation).
+        self.skipped_steps = state_dict.get("skipped_steps", state_dict.get("skipped_batches", 0))
+        self._epoch = state_dict.get("epoch")
+        self._epoch_skipped, self._epoch_steps = state_dict.get("epoch_skipped", 0), state_dict.get("epoch_steps", 0)
 
 
 def _clip_advice(trainer: L.Trainer) -> str:

@@ -1,0 +1,121 @@
+"""SIGTERM during ``fit``: the run saves ``last.ckpt`` and exits with status 143 wherever the signal finds it (a
+training step, a validation, the sanity check), alone and under DDP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from tiny_runs import command, last_checkpoint, run_cli, subprocess_env, tiny_args
+
+from ae_lightning.training.fault_tolerance import SigtermCheckpoint
+
+STEPS = 28  # 2 epochs of 14 batches
+
+
+class SigtermInValidation(Callback):
+    """Sends SIGTERM to its own process in the first validation batch after global step ``step``; ``step`` -1: in the
+    sanity check.
+
+    Args:
+        step: the global step after which the validation is signalled.
+    """
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.sent = False
+
+    def on_validation_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        in_sanity_check = self.step < 0
+        if not self.sent and trainer.sanity_checking == in_sanity_check and trainer.global_step >= self.step:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+class SigtermRankZeroAtStep(Callback):
+    """On rank 0 only, sends SIGTERM to its own process at the start of global step ``step``; every rank writes the
+    exit status of the exception that ends its fit to ``<folder>/rank<R>.exit``.
+
+    Args:
+        step: the global step at whose start rank 0 is signalled.
+        folder: where to write.
+    """
+
+    def __init__(self, step: int, folder: str) -> None:
+        self.step = step
+        self.folder = Path(folder)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
+        if trainer.global_rank == 0 and trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        code = exception.code if isinstance(exception, SystemExit) else repr(exception)
+        (self.folder / f"rank{trainer.global_rank}.exit").write_text(str(code))
+
+
+def _signalled(step: int) -> list[str]:
+    return [
+        "--trainer.callbacks+=test_fault_tolerance_sigterm.SigtermInValidation",
+        "--trainer.callbacks.step",
+        str(step),
+    ]
+
+
+def test_sigterm_during_validation_saves_and_resumes_to_the_uninterrupted_weights(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as exited:  # in epoch 0's validation, after its last step (14): saved after step 15
+        run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "signalled", *_signalled(14)))
+    assert exited.value.code == 143
+    assert signal.getsignal(signal.SIGTERM) == handler  # this process's handler is back
+    assert last_checkpoint(tmp_path / "signalled")["global_step"] == 15
+
+    run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "signalled", "--ckpt_path", "last"))
+    run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "reference"))
+    resumed, expected = last_checkpoint(tmp_path / "signalled"), last_checkpoint(tmp_path / "reference")
+    assert resumed["global_step"] == expected["global_step"] == STEPS
+    for name, value in expected["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], value), f"{name} differs after the resume"
+
+
+def test_sigterm_during_the_sanity_check_exits_143_writing_nothing(data_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exited:
+        run_cli("fit", *tiny_args("ae", data_dir, tmp_path, *_signalled(-1)))
+    assert exited.value.code == 143
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_sigterm_under_ddp_saves_once_agreed_and_every_rank_exits_143(data_dir: Path, tmp_path: Path) -> None:
+    # Only rank 0 gets the signal, at step 8 (epoch 1; 7 steps per epoch): the ranks agree at step 10
+    # (check_every_n_steps) and save together.
+    assert SigtermCheckpoint().check_every_n_steps == 10
+    ddp = ["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2"]
+    signal_rank_zero = [f"--trainer.callbacks+={__name__}.SigtermRankZeroAtStep", "--trainer.callbacks.step", "8",
+                        "--trainer.callbacks.folder", str(tmp_path / "exits")]  # fmt: skip
+    process = subprocess.Popen(
+        command("fit", *tiny_args("ae", data_dir, tmp_path, *ddp, *signal_rank_zero)),
+        env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        output, _ = process.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"the signalled DDP run hung:\n{output[-5000:]}")
+    assert process.returncode == 143, output[-5000:]
+    assert {path.name: path.read_text() for path in (tmp_path / "exits").iterdir()} == {
+        "rank0.exit": "143",
+        "rank1.exit": "143",
+    }, output[-5000:]
+    (last,) = tmp_path.rglob("last.ckpt")
+    assert torch.load(last, weights_only=True)["global_step"] == 10
+    assert output.count("SIGTERM: wrote") == 1, output[-5000:]
