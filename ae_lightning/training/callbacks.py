@@ -36,10 +36,8 @@ from datamodules.checks import AtLeastTwo, NonNegativeInt, PositiveInt, check_ar
 
 
 class ImageLogger(Callback):
-    """Logs pictures of the model after every ``every_n_epochs``-th validation epoch of ``fit`` (and the last).
-
-    Validations are counted, whichever epochs validate (``check_val_every_n_epoch``), and the count is kept in
-    checkpoints.
+    """Logs pictures of the model after every ``every_n_epochs``-th validation epoch of ``fit`` (and the last),
+    counting validations, whichever epochs validate (``check_val_every_n_epoch``); the count is kept in checkpoints.
 
     Views: ``reconstructions``, ``samples`` (generative models), ``interpolations`` and ``latent_map`` (PCA of codes),
     of the same first validation images and seeded prior noise every time (``docs/internals.md``). Nothing is drawn in
