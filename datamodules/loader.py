@@ -150,6 +150,9 @@ class TensorBatchLoader:
         # at the start of each epoch.
         self.sampler = self
         self.batch_sampler = None
+        # Made at the first binarized batch: the loader sent to worker processes started by "spawn" holds none (they
+        # cannot receive one), and each worker makes its own.
+        self._generator: torch.Generator | None = None
 
     def __len__(self) -> int:
         return len(self._global_batch_bounds())
@@ -209,9 +212,10 @@ class TensorBatchLoader:
     def _make_batch(self, rows: Tensor, batch_index: int) -> Batch:
         x = self.images[rows]
         if self.binarize:
-            # A generator per batch, not one kept on the loader: worker processes started by "spawn" cannot receive one.
-            generator = torch.Generator(self.device).manual_seed(_mix(self.seed, self.epoch, batch_index, self.rank))
-            x = torch.bernoulli(x, generator=generator)
+            if self._generator is None:
+                self._generator = torch.Generator(self.device)
+            self._generator.manual_seed(_mix(self.seed, self.epoch, batch_index, self.rank))
+            x = torch.bernoulli(x, generator=self._generator)
         return x, self.labels[rows], self.indices[rows]
 
 
