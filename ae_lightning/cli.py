@@ -31,7 +31,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 import datamodules
 from ae_lightning import _EXPORTS
-from ae_lightning.base import AutoencoderModule, check_optimizer_class, resolve_class_path
+from ae_lightning.base import AutoencoderModule, resolve_class_path
 from ae_lightning.blocks.perceptual import weights_from_checkpoint
 from ae_lightning.lightning_internals import stored_loader_states
 from ae_lightning.training.callbacks import ClosingProgressBar, ImageLogger, SaveConfigToRun
@@ -48,9 +48,11 @@ from ae_lightning.training.fault_tolerance.checkpoint_io import read_checkpoint,
 from ae_lightning.training.prediction import PredictionWriter
 from ae_lightning.training.resume import (
     OptimizerSettingsOnResume,
-    check_lr_change,
+    check_group_count,
+    check_optimizer_resume,
     check_scheduled_groups,
     check_scheduler_settings,
+    optimizer_settings,
 )
 from datamodules.base import ImageDataModule
 
@@ -324,7 +326,9 @@ class AutoencoderCLI(LightningCLI):
 
     def _check_resume(self) -> None:
         """Refuse, before the run creates any file, a resume that the checkpoint's progress cannot honour: model
-        settings (:meth:`AutoencoderModule.check_resume`), other data or data settings, another optimizer class."""
+        settings (:meth:`AutoencoderModule.check_resume`), other data or data settings, and what
+        ``OptimizerSettingsOnResume`` refuses when training starts (another optimizer class or number of param
+        groups, a new lr a schedule cannot move), scheduler settings."""
         checkpoint = getattr(self, "_checkpoint", None)
         if checkpoint is None:
             return
@@ -333,18 +337,21 @@ class AutoencoderCLI(LightningCLI):
         for state in stored_loader_states(checkpoint)[:1]:
             if check_data is not None:
                 check_data(state, world_size=self.trainer.world_size)
-        stored = checkpoint.get("ae_lightning_optimizers") or []
+        stored = checkpoint.get(OptimizerSettingsOnResume.key) or []
+        states = checkpoint.get("optimizer_states") or []
         try:
             configured = self.model.configure_optimizers()
         except (RuntimeError, AttributeError):  # optimizers that need the running Trainer, or what ``setup`` builds
             return  # (the auto-decoder's codes): checked when training starts
         schedulers = _schedulers(configured)
-        for i, (before, optimizer) in enumerate(zip(stored, _optimizers(configured))):
-            check_optimizer_class(i, before["class"], optimizer)
-            lr, previous = optimizer.defaults.get("lr"), before["defaults"].get("lr")
-            check_lr_change(i, previous, lr, [s for s in schedulers if getattr(s, "optimizer", None) is optimizer])
-            states = checkpoint.get("optimizer_states") or []
-            check_scheduled_groups(i, states[i].get("param_groups", []) if i < len(states) else [], optimizer)
+        for i, optimizer in enumerate(_optimizers(configured)):
+            groups = states[i].get("param_groups", []) if i < len(states) else None
+            if groups is not None:
+                check_group_count(i, len(groups), optimizer)
+            if i < len(stored):
+                own = [s for s in schedulers if getattr(s, "optimizer", None) is optimizer]
+                check_optimizer_resume(i, stored[i], optimizer_settings(optimizer), optimizer, own)
+            check_scheduled_groups(i, groups or [], optimizer)
         for i, (state, scheduler) in enumerate(zip(checkpoint.get("lr_schedulers") or [], schedulers)):
             check_scheduler_settings(i, state, scheduler)
 

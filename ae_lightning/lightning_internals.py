@@ -4,6 +4,8 @@ Each use has a test in ``tests/test_lightning_internals.py`` that fails with a c
 changes it; ``pyproject.toml`` bounds Lightning to the releases the suite ran on. The uses:
 
 * :func:`every_n_train_steps` reads ``ModelCheckpoint._every_n_train_steps`` (the fast path checks it);
+* :func:`enable_version_counter` reads ``ModelCheckpoint._enable_version_counter`` (``RunCheckpoint`` names its final
+  ``last`` file as Lightning would: ``last-v1.ckpt`` beside another run's ``last.ckpt``, or over it);
 * :func:`uncounted_optimizer_step` steps an optimizer through ``Strategy.optimizer_step`` without the
   ``global_step`` count of ``LightningOptimizer.step`` (the adversarial AE's three phases are one step);
 * ``datamodules.loader.TensorBatchLoader`` is no ``DataLoader`` but names itself its ``sampler``, whose ``set_epoch``
@@ -50,6 +52,18 @@ def every_n_train_steps(checkpoint: ModelCheckpoint) -> int:
         return int(checkpoint._every_n_train_steps or 0)
     except AttributeError:
         raise RuntimeError(_changed("ModelCheckpoint no longer keeps `_every_n_train_steps`")) from None
+
+
+def enable_version_counter(checkpoint: ModelCheckpoint) -> bool:
+    """The ``enable_version_counter`` a ``ModelCheckpoint`` was built with: whether it writes ``last-v1.ckpt``, ...
+    where its file name exists (else it overwrites that file).
+
+    ModelCheckpoint keeps its constructor argument only as the private ``_enable_version_counter``.
+    """
+    try:
+        return bool(checkpoint._enable_version_counter)
+    except AttributeError:
+        raise RuntimeError(_changed("ModelCheckpoint no longer keeps `_enable_version_counter`")) from None
 
 
 def uncounted_optimizer_step(trainer: L.Trainer, optimizer: Optimizer) -> None:
@@ -116,6 +130,7 @@ def _changed(what: str) -> str:
 
 __all__ = [
     "batches_that_stepped",
+    "enable_version_counter",
     "every_n_train_steps",
     "has_forward_hooks",
     "stored_loader_states",

@@ -30,6 +30,7 @@ from torchmetrics.functional.image import multiscale_structural_similarity_index
 
 from ae_lightning import CodePrior, QuantizedAutoencoder
 from ae_lightning.codec import compress, decompress
+from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"{row['ms_ssim']:>8.4f}"
             + (f"  enc {row['encode_s']:.2f} s, dec {row['decode_s']:.2f} s" if "encode_s" in row else "")
         )
-    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_atomically(args.out / "results.json", (json.dumps(results, indent=2) + "\n").encode())
     plot(results, args.out / "rate_distortion.png")
     return results
 

@@ -51,6 +51,7 @@ from ae_lightning.evaluation.feature_classifier import (
     load_feature_classifier,
     train_feature_classifier,
 )
+from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
 from datamodules.base import ImageDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -409,12 +410,13 @@ def _cpu_name() -> str:
 def write_results(
     args: argparse.Namespace, context: dict[str, Any], metrics: list[str], rows: list[Row], total: int
 ) -> None:
-    """Write the markdown report and ``results.json`` (after every variant, so partial results survive)."""
+    """Write the markdown report and ``results.json`` (after every variant, so partial results survive), each
+    replaced whole, never left half-written."""
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.plots.mkdir(parents=True, exist_ok=True)
     results = {**context, "variants": [_row_json(row) for row in rows], "complete": len(rows) == total}
-    (args.plots / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    args.output.write_text(render_markdown(args, context, metrics, rows, total))
+    write_atomically(args.plots / "results.json", (json.dumps(results, indent=2) + "\n").encode())
+    write_atomically(args.output, render_markdown(args, context, metrics, rows, total).encode())
 
 
 def _row_json(row: Row) -> dict[str, Any]:

@@ -3,8 +3,9 @@
     python scripts/evaluate.py runs/vae/lightning_logs/version_0/checkpoints/last.ckpt --metrics mse ssim nll fid
     python scripts/evaluate.py <ckpt> --data_dir ../shared/data --plots runs/vae/pictures --views samples latent_map
 
-The model and its datamodule are rebuilt from the checkpoint (``--data_dir`` says where the data are now). Without
-``--metrics`` every metric that applies to the model is computed; naming one that does not apply (``fid`` or the
+The model and its datamodule are rebuilt from the checkpoint (``--data_dir`` says where the data are now); data other
+than the run's (its ``data_source``, e.g. MNIST's 5,000-digit fallback where the IDX files are missing) are refused.
+Without ``--metrics`` every metric that applies to the model is computed; naming one that does not apply (``fid`` or the
 ``samples`` view for a model that is not generative, ``nll`` outside the VAE family) is an error that says why.
 On data with known factors (dSprites) the disentanglement metrics are printed too (``--disentanglement``), and
 ``--plots`` also writes the latent traversals. ``--samplers`` fits post-hoc samplers on the training codes, so that

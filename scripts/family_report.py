@@ -22,6 +22,7 @@ from torchvision.utils import save_image
 
 from ae_lightning.cli import AutoencoderCLI
 from ae_lightning.evaluation import visualization
+from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
 
 ROOT = Path(__file__).parents[1]
 EXTRA: list[str] = []  # --smoke and --set: arguments added to every run
@@ -59,9 +60,10 @@ def fit_and_test(name: str, config: str, out: Path, *args: str, keep: bool = Fal
 
 
 def save(out: Path, section: str, results: dict) -> None:
+    """Merge ``results`` into ``<out>/<section>.json``, replacing the file whole: a killed run leaves the old one."""
     path = out / f"{section}.json"
     old = json.loads(path.read_text()) if path.exists() else {}
-    path.write_text(json.dumps({**old, **results}, indent=1))
+    write_atomically(path, json.dumps({**old, **results}, indent=1).encode())
 
 
 def iwae(out: Path, data: list[str], epochs: int, ks: list[int]) -> None:

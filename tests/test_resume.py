@@ -14,12 +14,15 @@ import subprocess
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
 from jsonargparse import Namespace
 from tiny_runs import ROOT, command, last_checkpoint, run_cli, subprocess_env, tiny_args
+from torch.optim import lr_scheduler
 
+from ae_lightning import Autoencoder
 from ae_lightning.cli import ConfigError, _furthest_checkpoint
 from ae_lightning.training.fault_tolerance import AtomicCheckpointIO
 from ae_lightning.training.resume import OptimizerSettingsOnResume, optimizer_settings
@@ -390,3 +393,48 @@ def test_a_checkpoint_recording_only_the_defaults_applies_a_new_default_to_the_g
         group.update(lr=lr, weight_decay=0.0)
     callback.on_train_start(trainer, None)
     assert [(group["lr"], group["weight_decay"]) for group in optimizer.param_groups] == [(2e-3, 0.1), (0.01, 0.1)]
+
+
+def test_a_run_without_the_version_counter_overwrites_the_shared_folders_last_as_lightning_does(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    shared = ["--checkpoint.dirpath", str(tmp_path / "checkpoints")]
+    run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "a", *shared, "--trainer.max_epochs", "1"))
+    overwrite = ["--checkpoint.enable_version_counter", "false", "--trainer.max_steps", "5"]
+    cli = run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "b", *shared, *overwrite))
+    steps = {path.name: torch.load(path, weights_only=True)["global_step"] for path in tmp_path.rglob("last*.ckpt")}
+    assert steps == {"last.ckpt": 5}  # ModelCheckpoint(enable_version_counter=False) overwrites: no last-v1.ckpt
+    assert cli.trainer.checkpoint_callback.last_model_path == str(tmp_path / "checkpoints" / "last.ckpt")
+
+
+class TwoGroupAutoencoder(Autoencoder):
+    """The plain AE with, given ``decoder_lr``, its decoder in a param group of its own, under a SequentialLR (whose
+    schedule a new lr cannot move): what a user's ``configure_optimizers`` may build."""
+
+    def __init__(self, decoder_lr: float | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.decoder_lr = decoder_lr
+
+    def configure_optimizers(self) -> Any:
+        groups = [{"params": list(self.encoder.parameters())}, {"params": list(self.decoder.parameters()),
+                                                                "lr": self.decoder_lr}]  # fmt: skip
+        optimizer = torch.optim.Adam(groups if self.decoder_lr else self.parameters(), lr=1e-3)
+        warm_up = [lr_scheduler.LinearLR(optimizer, 0.5, total_iters=1), lr_scheduler.ConstantLR(optimizer, 1.0)]
+        return {"optimizer": optimizer, "lr_scheduler": lr_scheduler.SequentialLR(optimizer, warm_up, [1])}
+
+
+@pytest.mark.parametrize(
+    "decoder_lr, message",
+    [("0.02", r"optimizer 0: lr 0.02 on resume \(the checkpoint's run had 0.01\) cannot move SequentialLR"),
+     ("null", r"optimizer 0 \(Adam\) has 1 param groups in this run and had 2 in the checkpoint's run")],
+    ids=["a group's lr", "the number of groups"],
+)  # fmt: skip
+def test_a_resume_refused_for_a_param_groups_settings_writes_nothing(
+    decoder_lr: str, message: str, data_dir: Path, tmp_path: Path
+) -> None:
+    model = ["--model", f"{__name__}.TwoGroupAutoencoder", "--model.init_args.decoder_lr"]
+    run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "run", *model, "0.01", "--trainer.max_epochs", "1"))
+    last = next((tmp_path / "run").rglob("last.ckpt"))
+    with pytest.raises(ConfigError, match=message):  # a setting: the command exits with 2
+        run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "resumed", *model, decoder_lr, "--ckpt_path", str(last)))
+    assert not (tmp_path / "resumed").exists(), "a refused resume left files that look like a run"

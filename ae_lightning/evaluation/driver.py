@@ -559,14 +559,16 @@ def datamodule_class(name: str) -> type[ImageDataModule]:
 
 
 def load_checkpoint(
-    path: str | Path, data_dir: str | Path | None = None, **data_overrides: Any
+    path: str | Path, /, data_dir: str | Path | None = None, **data_overrides: Any
 ) -> tuple[AutoencoderModule, ImageDataModule]:
-    """A model and its datamodule, rebuilt from a checkpoint written by ``ae-lightning fit``.
+    """A model and its datamodule, rebuilt from a checkpoint written by ``ae-lightning fit``; a ValueError if the
+    datamodule would read other data than the run recorded (:func:`check_data_source`).
 
     Args:
-        path: the checkpoint.
+        path: the checkpoint (positional only, so that ``path=`` is the datamodule's).
         data_dir: where the data are now (the checkpoint's ``data_dir`` when None).
-        **data_overrides: other datamodule arguments to change, e.g. ``batch_size``.
+        **data_overrides: other datamodule arguments to change, e.g. ``batch_size``, or ``path`` where a datamodule
+            reads no ``data_dir``.
     """
     checkpoint = read_checkpoint(path, name="checkpoint")
     class_path = checkpoint.get("ae_lightning_class") or checkpoint.get("hyper_parameters", {}).get("_class_path")
@@ -576,15 +578,70 @@ def load_checkpoint(
     data_class_path = data_hparams.pop("_class_path", None)
     if data_class_path is None:
         raise ValueError(f"{path} does not record its datamodule (trained without LightningCLI?)")
-    for key in ("_instantiator", "data_source"):
-        data_hparams.pop(key, None)
+    data_hparams.pop("_instantiator", None)
+    recorded_source = data_hparams.pop("data_source", None)
+    data_class, run_data_dir = resolve_name(data_class_path), data_hparams.get("data_dir")
     if data_dir is not None:
         if "data_dir" not in data_hparams:
-            raise ValueError(f"{data_class_path} reads no data_dir; pass its own arguments, e.g. path=...")
+            raise ValueError(_no_data_dir(data_class, data_hparams, data_dir))
         data_hparams["data_dir"] = str(data_dir)
     data_hparams |= data_overrides
-    datamodule = resolve_name(data_class_path)(**data_hparams)  # first: it checks the data before the model loads
+    datamodule = data_class(**data_hparams)  # first: it checks the data before the model loads
+    check_data_source(path, recorded_source, datamodule, run_data_dir)
     return resolve_name(class_path).load_from_checkpoint(path, map_location="cpu"), datamodule
+
+
+def check_data_source(
+    path: str | Path, recorded: str | None, datamodule: ImageDataModule, run_data_dir: str | None = None
+) -> None:
+    """Raise a ValueError naming both if ``datamodule.data_source`` differs from ``recorded``, the checkpoint's (no
+    check where it recorded none). A ``files-`` source names where files are, not what they hold: moved files pass.
+
+    Args:
+        path: the checkpoint, for the message.
+        recorded: its ``data_source``.
+        datamodule: the datamodule rebuilt for it.
+        run_data_dir: the run's ``data_dir``, named in the message.
+    """
+    current = datamodule.data_source
+    if recorded is None or current == recorded or (current.startswith("files-") and recorded.startswith("files-")):
+        return
+    if "data_dir" in datamodule.hparams:
+        where = f"data_dir={datamodule.hparams.data_dir}"
+        fix = f"Point data_dir (--data_dir in the scripts) at the data it was trained on (its run's: {run_data_dir})"
+    else:
+        where = ", ".join(f"{key}={datamodule.hparams.get(key)}" for key in _locations(datamodule))
+        fix = "Give the datamodule the data the model was trained on"
+    name = datamodule.dataset_name
+    raise ValueError(
+        f"{path} was trained on {name} ({recorded}), but its datamodule now reads {name} ({current})"
+        f"{f' from {where}' if where else ''}: the scores would be of other data. {fix}"
+    )
+
+
+def _locations(datamodule: ImageDataModule | type) -> list[str]:
+    """The arguments a datamodule class must be given (where its data are, for the datamodules of files)."""
+    cls = datamodule if isinstance(datamodule, type) else type(datamodule)
+    varying = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    parameters = inspect.signature(cls).parameters.values()
+    return [p.name for p in parameters if p.default is p.empty and p.kind not in varying]
+
+
+def _no_data_dir(data_class: type, data_hparams: dict[str, Any], data_dir: str | Path) -> str:
+    """Why ``data_dir`` cannot be applied to a datamodule that reads none, and what to do instead."""
+    locations = _locations(data_class)
+    message = (
+        f"{data_class.__name__} reads no data_dir, so data_dir={data_dir} (--data_dir in the scripts) cannot say where "
+        "its data are; leave it out"
+    )
+    if not locations:
+        return message
+    recorded = ", ".join(f"{key}={data_hparams[key]}" for key in locations if key in data_hparams)
+    arguments = ", ".join(f"{key}=..." for key in locations)
+    return (
+        f"{message} to read them where the run did ({recorded}), or from Python give their new place: "
+        f"load_checkpoint(checkpoint, {arguments})"
+    )
 
 
 __all__ = [
@@ -592,6 +649,7 @@ __all__ = [
     "anomaly_auroc",
     "anomaly_scores",
     "check_counts",
+    "check_data_source",
     "check_first_stage_metrics",
     "check_metric_names",
     "code_scores",

@@ -48,37 +48,56 @@ class OptimizerSettingsOnResume(Callback):
         if not self._built or not self._group_counts:
             return
         for i, (optimizer, count) in enumerate(zip(trainer.optimizers, self._group_counts)):
-            if len(optimizer.param_groups) != count:
-                raise ValueError(
-                    f"optimizer {i} ({type(optimizer).__name__}) has {len(optimizer.param_groups)} param groups in "
-                    f"this run and had {count} in the checkpoint's run: its state cannot carry over, so resume with "
-                    "the checkpoint's model settings, or start a new run from the weights"
-                )
+            check_group_count(i, count, optimizer)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         resumed, self._resumed = self._resumed, None
         # Called without ``on_fit_start`` (outside a Trainer), this run's defaults stand for its groups' settings.
         built = self._built or [_as_defaults(optimizer_settings(optimizer)) for optimizer in trainer.optimizers]
         for i, (optimizer, before, now) in enumerate(zip(trainer.optimizers, resumed or [], built)):
-            check_optimizer_class(i, before["class"], optimizer)
             schedulers = [c.scheduler for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer]
-            previous_groups = before.get("groups") or _groups_before(before["defaults"], now)
-            changed = False
-            for j, (old, new) in enumerate(zip(previous_groups, now["groups"])):
+            changes = check_optimizer_resume(i, before, now, optimizer, schedulers)
+            for j, name, previous, value in changes:
+                if name == "lr":
+                    _rescale_lr(optimizer, j, schedulers, value, previous)
+                else:
+                    optimizer.param_groups[j][name] = value
                 where = f"optimizer {i}" + (f" group {j}" if len(now["groups"]) > 1 else "")
-                for name, value in new.items():
-                    previous = old.get(name, value)
-                    if previous == value:
-                        continue
-                    changed = True
-                    if name == "lr":
-                        check_lr_change(i, previous, value, schedulers)
-                        _rescale_lr(optimizer, j, schedulers, value, previous)
-                    else:
-                        optimizer.param_groups[j][name] = value
-                    rank_zero_info(f"{where}: {name} is {value} from here on (the checkpoint's run had {previous})")
-            if changed:  # torch places each ``step`` by its group's ``fused`` and ``capturable``: place it anew
+                rank_zero_info(f"{where}: {name} is {value} from here on (the checkpoint's run had {previous})")
+            if changes:  # torch places each ``step`` by its group's ``fused`` and ``capturable``: place it anew
                 optimizer.load_state_dict(optimizer.state_dict())
+
+
+def check_optimizer_resume(
+    i: int, before: dict[str, Any], now: dict[str, Any], optimizer: torch.optim.Optimizer, schedulers: list[Any]
+) -> list[tuple[int, str, Any, Any]]:
+    """Refuse a resume whose optimizer ``i`` is of another class than the checkpoint's or has a new lr (its default or
+    a group's) that its ``schedulers`` cannot move (:func:`check_lr_change`); ``before`` and ``now`` are the
+    :func:`optimizer_settings` of the checkpoint's run and of this one as built. Returns the param group settings
+    that changed, as ``(group, name, the checkpoint's run's value, this run's)``."""
+    check_optimizer_class(i, before["class"], optimizer)
+    check_lr_change(i, before["defaults"].get("lr"), now["defaults"].get("lr"), schedulers)
+    previous_groups = before.get("groups") or _groups_before(before["defaults"], now)
+    changes = [
+        (j, name, old.get(name, value), value)
+        for j, (old, new) in enumerate(zip(previous_groups, now["groups"]))
+        for name, value in new.items()
+        if old.get(name, value) != value
+    ]
+    for _, name, previous, value in changes:
+        if name == "lr":
+            check_lr_change(i, previous, value, schedulers)
+    return changes
+
+
+def check_group_count(i: int, count: int, optimizer: torch.optim.Optimizer) -> None:
+    """Refuse a resume whose optimizer ``i`` has another number of param groups than the checkpoint's ``count``."""
+    if len(optimizer.param_groups) != count:
+        raise ValueError(
+            f"optimizer {i} ({type(optimizer).__name__}) has {len(optimizer.param_groups)} param groups in this run "
+            f"and had {count} in the checkpoint's run: its state cannot carry over, so resume with the checkpoint's "
+            "model settings, or start a new run from the weights"
+        )
 
 
 def _as_defaults(settings: dict[str, Any]) -> dict[str, Any]:
@@ -200,7 +219,9 @@ def optimizer_settings(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
 
 __all__ = [
     "OptimizerSettingsOnResume",
+    "check_group_count",
     "check_lr_change",
+    "check_optimizer_resume",
     "check_scheduled_groups",
     "check_scheduler_settings",
     "optimizer_settings",

@@ -19,6 +19,8 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from ae_lightning.lightning_internals import enable_version_counter
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes a checkpoint to a hidden temporary file next to its target, syncs it and renames it into place.
@@ -181,12 +183,13 @@ class RunCheckpoint(ModelCheckpoint):
 
     def last_path(self, trainer: L.Trainer) -> str:
         """This run's ``last`` checkpoint file, from now on its ``last_model_path``: the one it wrote (or resumed
-        from), else the first free ``last.ckpt``, ``last-v1.ckpt``, ... of ``dirpath`` as Lightning picks it, so that
-        another run's ``last`` there is kept. Call it on every rank, with ``dirpath`` set."""
+        from), else as Lightning picks it: the first free ``last.ckpt``, ``last-v1.ckpt``, ... of ``dirpath``, so that
+        another run's ``last`` there is kept, or ``last.ckpt`` with ``enable_version_counter=False``. Call it on every
+        rank, with ``dirpath`` set."""
         if not self.last_model_path:
             metrics = {**trainer.callback_metrics, "epoch": trainer.current_epoch, "step": trainer.global_step}
             path, version = self.format_checkpoint_name(dict(metrics), self.CHECKPOINT_NAME_LAST), self.STARTING_VERSION
-            while self.file_exists(path, trainer):
+            while enable_version_counter(self) and self.file_exists(path, trainer):
                 path = self.format_checkpoint_name(dict(metrics), self.CHECKPOINT_NAME_LAST, ver=version)
                 version += 1
             self.last_model_path = path  # before the save: the checkpoint's callback state names its own file
