@@ -172,11 +172,11 @@ class AutoencoderCLI(LightningCLI):
         super().parse_arguments(parser, args)
 
     def instantiate_classes(self) -> None:
-        # A model to evaluate takes every weight from --ckpt_path, LPIPS's too: build it without downloading them.
-        evaluating = self.subcommand in ("validate", "test", "predict")
-        evaluated = evaluating and getattr(self, "_checkpoint", None) is not None
+        # A model resumed or evaluated from --ckpt_path takes every weight from it, LPIPS's too: build it without
+        # downloading them (a requeued job may run without network); the strict load refuses a checkpoint without them.
+        from_checkpoint = getattr(self, "_checkpoint", None) is not None
         try:
-            with weights_from_checkpoint() if evaluated else contextlib.nullcontext():
+            with weights_from_checkpoint() if from_checkpoint else contextlib.nullcontext():
                 super().instantiate_classes()
         except ValueError as error:
             cause = error

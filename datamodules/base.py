@@ -52,7 +52,8 @@ class ImageDataModule(L.LightningDataModule):
         test_fraction: share held out as test split for data without one (default 0.1); an error for data with one.
         seed: seed of the splits, the epoch orders and binarization.
         num_workers: worker processes building batches; 0 (fastest for in-memory data) builds them in-process.
-        binarize: images only: ``none``, ``dynamic`` (Bernoulli pixels per batch) or ``static`` (one fixed draw).
+        binarize: images only: ``none``, ``dynamic`` (Bernoulli pixels drawn anew for every training batch; each
+            validation or test image's drawn once, from ``seed`` and its index) or ``static`` (one fixed draw).
         classes: keep only these labels in train/val (test keeps all), e.g. for one-class anomaly detection.
         data_on_device: keep the tensors on the training device, so no batch crosses the bus.
         predict_split: the split that ``predict`` runs on.

@@ -9,9 +9,9 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
@@ -23,8 +23,10 @@ class ImageFolderDataModule(ImageDataModule):
     """PNG, JPEG, BMP (any of torchvision's ``IMG_EXTENSIONS``) images from a folder, decoded with PIL.
 
     With one subfolder per class, labels are assigned as torchvision's ``ImageFolder`` assigns them (sorted folder
-    names); a flat folder has no labels (label -1). Images are converted to ``channels`` and, with ``image_size``,
-    resized (shorter side) and centre-cropped to ``image_size x image_size``; without it they must all have one size.
+    names); a flat folder has no labels (label -1). Hidden files and folders (names starting with ``.``, such as
+    ``.ipynb_checkpoints`` or macOS's ``._photo.jpg``) are skipped. Images are turned upright as their EXIF orientation
+    says, converted to ``channels`` and, with ``image_size``, resized (shorter side) and centre-cropped to
+    ``image_size x image_size``; without it they must all have one size.
 
     Args:
         data_dir: the folder.
@@ -120,6 +122,7 @@ def list_images(
     folder: Path, class_names: list[str] | None = None, test: bool = False
 ) -> tuple[list[str], list[int], list[str] | None]:
     """Image files of ``folder`` and their labels: ``ImageFolder``'s for class subfolders, -1 for a flat folder.
+    Hidden files and folders (names starting with ``.``) are skipped at every depth.
 
     Args:
         folder: the folder.
@@ -132,26 +135,40 @@ def list_images(
     """
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist (or is not a folder)")
-    flat = sorted(str(p) for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
-    has_folders = any(p.is_dir() for p in folder.iterdir())
-    if flat and has_folders:
+    visible = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    flat = sorted(str(p) for p in visible if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+    names = sorted(p.name for p in visible if p.is_dir())  # torchvision's find_classes, less hidden folders
+    if flat and names:
         raise ValueError(f"{folder} holds both image files and subfolders: use one subfolder per class, or none")
-    if not has_folders:
+    if not names:
         if not flat:
             raise ValueError(f"{folder} holds no images (files ending in {', '.join(IMG_EXTENSIONS)})")
         if test and class_names is not None:
             raise ValueError(f"{folder} has no class subfolders, but the training folder has the classes "
                              f"{class_names}: give the test folder the same subfolders")  # fmt: skip
         return flat, [UNLABELED] * len(flat), class_names
-    names, class_to_idx = find_classes(str(folder))
     if test and names != class_names:
         training = f"has {class_names}" if class_names is not None else "is flat (no classes)"
         raise ValueError(f"{folder} has the classes {names}, but the training folder {training}")
     try:
-        samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS)
+        samples = make_dataset(
+            str(folder),
+            {name: i for i, name in enumerate(names)},
+            is_valid_file=lambda path: _is_visible_image(path, folder),
+        )
     except FileNotFoundError as error:  # torchvision: a class folder without images
-        raise ValueError(f"{folder}: {error}") from error
+        raise ValueError(
+            f"{folder}: {error}Image files end in {', '.join(IMG_EXTENSIONS)}; hidden ones (names starting with '.') "
+            "are skipped"
+        ) from error
     return [path for path, _ in samples], [label for _, label in samples], names
+
+
+def _is_visible_image(path: str, folder: Path) -> bool:
+    """Whether ``path``, a file below ``folder``, ends in an image extension and neither it nor a folder between
+    them is hidden."""
+    hidden = any(part.startswith(".") for part in Path(path).relative_to(folder).parts)
+    return not hidden and path.lower().endswith(IMG_EXTENSIONS)
 
 
 # PIL modes of images deeper than 8 bits per channel, which ``Image.convert`` clips rather than scales.
@@ -160,10 +177,12 @@ _DEEP_MODES = {"I;16": "16-bit", "I;16B": "16-bit", "I;16L": "16-bit", "I;16N": 
 
 
 def decode_image(path: str, mode: str, size: int | None) -> Tensor:
-    """One image file as a ``[C, H, W]`` uint8 tensor in PIL ``mode``, resized and centre-cropped to ``size``."""
+    """One image file as a ``[C, H, W]`` uint8 tensor in PIL ``mode``, upright as its EXIF orientation says (as image
+    viewers show it), resized and centre-cropped to ``size``."""
     try:
         with Image.open(path) as image:
             source_mode = image.mode
+            ImageOps.exif_transpose(image, in_place=True)  # phones store photos turned, with the turn in EXIF
             image = image.convert(mode) if source_mode not in _DEEP_MODES else None
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise ValueError(f"{path} is not an image PIL can read ({error})") from error

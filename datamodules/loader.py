@@ -21,6 +21,16 @@ def _mix(*values: int) -> int:
     return hash(tuple(values)) & 0x7FFF_FFFF_FFFF_FFFF
 
 
+def uniform_by_index(seed: int, indices: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """Uniform ``[0, 1)`` noise ``[len(indices), *shape]``, each sample's from a generator seeded by ``seed`` and its
+    index alone, so that no batch size, rank or order changes a sample's noise."""
+    noise = torch.empty(len(indices), *shape, device=indices.device)
+    generator = torch.Generator(indices.device)
+    for row, index in zip(noise, indices.tolist()):
+        row.uniform_(generator=generator.manual_seed(_mix(seed, index)))
+    return noise
+
+
 # What a resumed position depends on, and how the user names it.
 _RESUME_SETTINGS = {
     "seed": "--data.seed",
@@ -96,8 +106,9 @@ class TensorBatchLoader:
         images, labels, indices: ``[N, C, H, W]`` uint8 images (scaled to [0, 1]) or ``[N, D]`` float vectors, their
             ``[N]`` labels, and each sample's index within its split.
         batch_size, shuffle, seed: samples per rank and step; a new permutation each epoch; its seed.
-        binarize: Bernoulli pixels drawn for every batch (deterministic in seed, epoch, batch and rank; an evaluation
-            loader stays at epoch 0, so its binarization is fixed).
+        binarize: Bernoulli pixels: a resumable loader draws them per batch (from seed, epoch, batch and rank); an
+            evaluation loader (not ``resumable``) draws each image's from seed and index alone, the same at any batch
+            size, process count or pass.
         rank, world_size: this process's rank and the number of processes sharing the data.
         device: where batches are built (the tensors move there once); num_workers: worker processes (CPU only).
         resumable: keep the position across passes and in ``state_dict`` (the training loader).
@@ -211,7 +222,9 @@ class TensorBatchLoader:
 
     def _make_batch(self, rows: Tensor, batch_index: int) -> Batch:
         x = self.images[rows]
-        if self.binarize:
+        if self.binarize and not self.resumable:
+            x = (uniform_by_index(self.seed, self.indices[rows], x.shape[1:]) < x).to(x.dtype)
+        elif self.binarize:
             if self._generator is None:
                 self._generator = torch.Generator(self.device)
             self._generator.manual_seed(_mix(self.seed, self.epoch, batch_index, self.rank))

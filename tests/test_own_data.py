@@ -22,6 +22,7 @@ from datamodules import (
     ImageFolderDataModule,
     InteractionsDataModule,
     MNISTDataModule,
+    StreamingDataModule,
     TorchvisionDataModule,
 )
 from datamodules.base import UNLABELED
@@ -89,6 +90,44 @@ def test_a_test_folder_must_have_the_training_folders_layout(train_classes, test
         ImageFolderDataModule(str(root), test_dir=str(test), batch_size=4).setup()
     with pytest.raises(ValueError, match=message):  # a stream of the same folders
         prepare_stream(str(root), str(tmp_path / "stream"), test_dir=str(test))
+
+
+def test_hidden_files_and_folders_are_no_classes_or_images_for_the_datamodule_or_the_stream(tmp_path: Path) -> None:
+    # what a notebook or a Mac leaves in a photo folder: checkpoint and thumbnail folders, AppleDouble "._" files
+    root = write_image_folder(tmp_path / "pets", per_class=10, size=8)
+    _png(root / ".ipynb_checkpoints" / "000-checkpoint.png", (8, 8))
+    _png(root / "dog" / ".thumbnails" / "000.png", (4, 4))
+    (root / "cat" / "._000.png").write_bytes(b"Mac OS X resource fork, not an image")
+    dm = ImageFolderDataModule(str(root), batch_size=4)
+    assert dm.class_names == ["cat", "dog"] and dm.arrays.train[1].tolist() == [0] * 10 + [1] * 10
+    manifest = prepare_stream(str(root), str(tmp_path / "stream"), val_fraction=0.2, test_fraction=0.2)
+    assert manifest.class_names == ["cat", "dog"] and sum(manifest.counts.values()) == 20
+    flat = write_image_folder(tmp_path / "flat", classes=(), per_class=10, size=8)
+    (flat / ".ipynb_checkpoints").mkdir()
+    (flat / "._003.png").write_bytes(b"Mac OS X resource fork, not an image")
+    assert len(ImageFolderDataModule(str(flat)).arrays.train[0]) == 10
+    manifest = prepare_stream(str(flat), str(tmp_path / "flat-stream"), val_fraction=0.2, test_fraction=0.2)
+    assert manifest.class_names is None and sum(manifest.counts.values()) == 10
+
+
+def test_phone_photos_are_read_upright_as_their_exif_orientation_says(tmp_path: Path) -> None:
+    # stored 16 wide and 8 high, dark left half; EXIF orientation 6: viewers turn it 90 degrees clockwise, so that it
+    # shows 8 wide and 16 high with the dark half on top
+    pixels = np.full((8, 16, 3), 255, np.uint8)
+    pixels[:, :8] = 0
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation
+    (tmp_path / "photos").mkdir()
+    for i in range(10):
+        Image.fromarray(pixels).save(tmp_path / "photos" / f"IMG_{i:04d}.jpg", exif=exif.tobytes(), quality=95)
+
+    def upright(images: torch.Tensor) -> bool:
+        return images.shape[-2:] == (16, 8) and images[:, :, :8].max() < 60 and images[:, :, 8:].min() > 195
+
+    assert upright(ImageFolderDataModule(str(tmp_path / "photos")).arrays.train[0])
+    prepare_stream(str(tmp_path / "photos"), str(tmp_path / "stream"), val_fraction=0.2, test_fraction=0.2)
+    val = StreamingDataModule(str(tmp_path / "stream"), batch_size=4, num_workers=0).val_dataloader()
+    assert upright(next(iter(val))[0] * 255)
 
 
 # --- array files ----------------------------------------------------------------------------------------------------

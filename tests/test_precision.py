@@ -1,14 +1,21 @@
 """Every variant trains a step and tests in every precision: ``32`` and ``bf16-mixed`` on the CPU, ``16-mixed`` on a
-GPU."""
+GPU; the models with several optimizers step each through fp16's gradient scaler."""
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
+from typing import Any
 
+import lightning as L
 import pytest
 import torch
+from lightning.pytorch.plugins import MixedPrecision
 from tiny_runs import CONFIGS, build_cli, tiny_args
+from torch.utils.data import DataLoader, TensorDataset
+
+from ae_lightning import AdversarialAutoencoder, KLAutoencoder
 
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="16-mixed needs CUDA")
 PRECISIONS = [
@@ -53,3 +60,56 @@ def test_a_training_step_in_each_precision_changes_weights_and_keeps_them_float3
     # ``ae-lightning test`` in the same precision: its metrics in float32, whatever the autocast region refuses
     results = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
     assert results and all(math.isfinite(value) for value in results[0].values()), results
+
+
+AAE = {"hidden_dims": [16], "discriminator_hidden_dims": [8]}
+PATCHGAN = {"hidden_dims": [8], "residual_blocks": 1, "adversarial_weight": 0.5, "discriminator_layers": 1}
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, optimizers",
+    [(AdversarialAutoencoder, AAE, 3), (KLAutoencoder, PATCHGAN, 2)],
+    ids=["adversarial_ae", "first_stage_with_discriminator"],
+)
+def test_each_manual_step_goes_through_the_fp16_gradient_scaler_once_and_clips_unscaled_gradients(
+    cls: type, kwargs: dict, optimizers: int, tmp_path: Path
+) -> None:
+    # Lightning runs fp16 only on GPUs, but its MixedPrecision plugin with a CPU GradScaler takes the same path: every
+    # optimizer's step (the counted one and the uncounted ones) unscales, clips, steps and updates the scale once.
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)  # no overflow, so that every step is taken
+    calls = []
+    for name in ("unscale_", "step", "update"):
+        method = getattr(scaler, name)
+        setattr(scaler, name, functools.partial(_record, calls, name, method))
+    torch.manual_seed(0)
+    model = cls(latent_dim=4, input_shape=(1, 16, 16), gradient_clip_val=1e-3, **kwargs)
+    norms = []  # the gradient norm of each optimizer when it steps
+
+    class WatchSteps(L.Callback):
+        def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            for i, optimizer in enumerate(trainer.optimizers):
+                optimizer.register_step_pre_hook(lambda opt, *_, i=i: norms.append((i, _gradient_norm(opt))))
+
+    x = torch.rand(8, 1, 16, 16)
+    loader = DataLoader(TensorDataset(x, torch.zeros(8, dtype=torch.long), torch.arange(8)), batch_size=4)
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, plugins=[MixedPrecision("16-mixed", "cpu", scaler)],
+                        callbacks=[WatchSteps()], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(model, loader)
+    assert trainer.precision == "16-mixed" and trainer.global_step == 2
+    per_batch = [call for i in range(optimizers) for call in (("unscale_", i), ("step", i), ("update", None))]
+    optimizer_ids = {id(optimizer): i for i, optimizer in enumerate(trainer.optimizers)}
+    assert [(name, optimizer_ids.get(target)) for name, target in calls] == per_batch * 2
+    # Clipped to 1e-3 after unscaling: clipping the scaled gradients would leave 1e-3 / 256 once unscaled.
+    assert [i for i, _ in norms] == list(range(optimizers)) * 2
+    assert all(norm == pytest.approx(1e-3, rel=1e-3) for _, norm in norms), norms
+
+
+def _record(calls: list, name: str, method: Any, *args: Any, **kwargs: Any) -> Any:
+    calls.append((name, id(args[0]) if args else None))
+    return method(*args, **kwargs)
+
+
+def _gradient_norm(optimizer: torch.optim.Optimizer) -> float:
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item()

@@ -203,6 +203,20 @@ def test_codebook_usage_counts_the_validation_codes_alone_not_the_pictures_drawn
     assert logged[True] == pytest.approx(by_hand, rel=1e-5)
 
 
+def test_codebook_usage_costs_no_encode_of_its_own(data_dir: Path, tmp_path: Path) -> None:
+    # The usage count encoded each validation and test batch once more than the loss did (and the test rate once more).
+    def encodes(model: KLAutoencoder | QuantizedAutoencoder, run: str) -> int:
+        calls = []
+        model.encoder.register_forward_hook(lambda *_: calls.append(1))
+        getattr(make_trainer(tmp_path, limit_val_batches=2, limit_test_batches=2), run)(
+            model, datamodule=tiny_data(data_dir), verbose=False
+        )
+        return len(calls)
+
+    assert encodes(quantized(), "validate") == 2  # one per batch: the loss's
+    assert encodes(quantized(), "test") == encodes(KLAutoencoder(**TINY), "test")  # no more than a model without codes
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -529,6 +543,39 @@ def test_the_command_evaluates_a_checkpoint_offline_with_its_lpips_weights(
     assert cli.model.hparams.perceptual_pretrained  # the config's setting, served by the checkpoint's weights
     for name, value in trained.model.perceptual.state_dict().items():
         assert torch.equal(cli.model.perceptual.state_dict()[name], value), name
+
+
+def test_the_command_resumes_a_run_offline_with_its_lpips_weights(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A SLURM requeue on a node without network: resuming downloaded the LPIPS trunk that the checkpoint holds.
+    from conftest import write_image_folder
+    from tiny_runs import ROOT, run_cli
+
+    from ae_lightning.cli import ConfigError
+
+    photos = write_image_folder(tmp_path / "photos", per_class=4, size=16)
+    args = ["--config", str(ROOT / "configs" / "photos" / "kl_f8.yaml"), "--data.init_args.data_dir", str(photos),
+            "--data.init_args.image_size", "16", "--data.init_args.batch_size", "4", "--model.init_args.hidden_dims",
+            "[8,8]", "--model.init_args.residual_blocks", "1", "--model.init_args.discriminator_layers", "1",
+            "--model.init_args.discriminator_channels", "4", "--trainer.enable_progress_bar", "false",
+            "--trainer.limit_val_batches", "0", "--trainer.default_root_dir", str(tmp_path / "run")]  # fmt: skip
+    trained = run_cli("fit", *args, "--model.init_args.perceptual_pretrained", "false", "--trainer.max_steps", "1")
+    (checkpoint,) = (tmp_path / "run").rglob("last.ckpt")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(lpips.pretrained_networks.tv, "alexnet", offline_alexnet)
+    cli = run_cli("fit", *args, "--ckpt_path", str(checkpoint), "--trainer.max_steps", "2")
+    assert cli.trainer.global_step == 2 and cli.model.hparams.perceptual_pretrained
+    for name, value in trained.model.perceptual.state_dict().items():  # up to the EMA's rounding
+        torch.testing.assert_close(cli.model.perceptual.state_dict()[name], value, msg=name)
+    # A checkpoint without them is refused, not resumed with a random trunk.
+    state = torch.load(checkpoint, weights_only=False)
+    state["state_dict"] = {name: value for name, value in state["state_dict"].items() if "perceptual" not in name}
+    torch.save(state, tmp_path / "without_lpips.ckpt")
+    with pytest.raises(ConfigError, match=r"without_lpips.ckpt holds weights that this run's model cannot take "
+                                          r"\(perceptual\.lpips\."):  # fmt: skip
+        run_cli("fit", *args, "--ckpt_path", str(tmp_path / "without_lpips.ckpt"), "--trainer.max_steps", "3")
 
 
 # --- evaluation -----------------------------------------------------------------------------------------------------

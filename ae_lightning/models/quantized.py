@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import Tensor, distributed
 
-from ae_lightning.base import Batch
+from ae_lightning.base import Batch, Stage
 from ae_lightning.blocks.quantizers import CodebookUsage, FSQLevel, QuantizerKind, SpatialQuantizer
 from ae_lightning.models.first_stage import FirstStageAutoencoder
 from datamodules.checks import AtLeastTwo, Fraction, NonNegativeFloat, PositiveInt
@@ -64,6 +64,7 @@ class QuantizedAutoencoder(FirstStageAutoencoder):
             dead_code_threshold,
         )
         self.codebook_usage = CodebookUsage(self.quantizer.codebook_size, self.quantizer.num_codebooks)
+        self._counting_codes = False  # within an evaluation batch's loss (:meth:`_shared_step`)
 
     def configure_model(self) -> None:
         """Under a multi-process ``torch.distributed`` group (DDP: Lightning calls this hook once the group exists,
@@ -74,20 +75,22 @@ class QuantizedAutoencoder(FirstStageAutoencoder):
         super().configure_model()
 
     def bottleneck(self, h: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        quantized, _, commitment = self.quantizer(h)
+        quantized, indices, commitment = self.quantizer(h)
+        if self._counting_codes:
+            self.codebook_usage.update(indices)
         logged = {"quantization_error": (quantized.detach() - h.detach()).pow(2).mean()}
         if self.quantizer.kind != "fsq" and self.training:  # vector-quantize-pytorch computes it in training only
             logged["commitment"] = commitment.detach()
         return quantized, commitment, logged
 
-    # --- steps: the codebook usage counts the evaluation batches' codes ---------------------------------------------
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        super().validation_step(batch, batch_idx)
-        self.codebook_usage.update(self.encode_indices(batch[0]))
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        super().test_step(batch, batch_idx)
-        self.codebook_usage.update(self.encode_indices(batch[0]))
+    # --- steps: the codebook usage counts the codes of the evaluation batches' loss --------------------------------
+    def _shared_step(self, batch: Batch, stage: Stage) -> dict[str, Tensor]:
+        # The loss's own encode, once per batch; not the other encodes of a test step or those of a callback.
+        self._counting_codes = stage != "train"
+        try:
+            return super()._shared_step(batch, stage)
+        finally:
+            self._counting_codes = False
 
     # --- codes as indices -------------------------------------------------------------------------------------------
     def encode_indices(self, x: Tensor) -> Tensor:
@@ -128,8 +131,7 @@ class QuantizedAutoencoder(FirstStageAutoencoder):
         self.codebook_usage.reset()
 
     def test_metrics(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
-        indices = self.encode_indices(x)
-        rate = self.bits_per_pixel(indices.shape[1:])
+        rate = self.bits_per_pixel((self.quantizer.num_codebooks, *self.latent_shape[1:]))  # the indices' shape
         return {**super().test_metrics(x, y), "bits_per_pixel": x.new_tensor(rate)}
 
     def _predict_step(self, batch: Any) -> dict[str, Tensor]:
