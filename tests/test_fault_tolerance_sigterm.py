@@ -1,5 +1,6 @@
 """SIGTERM during ``fit``: the run saves ``last.ckpt`` and exits with status 143 wherever the signal finds it (a
-training step, a validation, the sanity check), alone and under DDP."""
+training step, a validation), alone and under DDP; before the first step (setup, a checkpoint's restore, the sanity
+check) it exits 143 writing nothing."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.demos.boring_classes import BoringModel
 from tiny_runs import command, last_checkpoint, run_cli, subprocess_env, tiny_args
 
 from ae_lightning.training.fault_tolerance import SigtermCheckpoint
@@ -59,6 +61,30 @@ class SigtermRankZeroAtStep(Callback):
         self.folder.mkdir(parents=True, exist_ok=True)
         code = exception.code if isinstance(exception, SystemExit) else repr(exception)
         (self.folder / f"rank{trainer.global_rank}.exit").write_text(str(code))
+
+
+class SigtermFrom(BoringModel):
+    """Sends SIGTERM to its own process from its hook ``hook``: ``configure_model`` runs after every callback's
+    ``setup`` and before Lightning installs its SIGTERM handler, ``train_dataloader`` (without a sanity check) after.
+
+    Args:
+        hook: ``configure_model`` or ``train_dataloader``.
+    """
+
+    def __init__(self, hook: str) -> None:
+        super().__init__()
+        self.hook = hook
+
+    def configure_model(self) -> None:
+        self._signal("configure_model")
+
+    def train_dataloader(self):
+        self._signal("train_dataloader")
+        return super().train_dataloader()
+
+    def _signal(self, hook: str) -> None:
+        if hook == self.hook:
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _signalled(step: int) -> list[str]:
@@ -119,3 +145,28 @@ def test_sigterm_under_ddp_saves_once_agreed_and_every_rank_exits_143(data_dir: 
     (last,) = tmp_path.rglob("last.ckpt")
     assert torch.load(last, weights_only=True)["global_step"] == 10
     assert output.count("SIGTERM: wrote") == 1, output[-5000:]
+
+
+@pytest.mark.parametrize("hook", ["configure_model", "train_dataloader"])
+def test_sigterm_before_the_first_step_exits_143_and_keeps_the_checkpoint_it_resumes_from(
+    hook: str, tmp_path: Path
+) -> None:
+    def trainer(epochs: int) -> L.Trainer:
+        callbacks = [SigtermCheckpoint(), ModelCheckpoint(dirpath=tmp_path, save_last=True)]
+        return L.Trainer(max_epochs=epochs, limit_train_batches=4, limit_val_batches=2, num_sanity_val_steps=0,
+                         callbacks=callbacks, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False)  # fmt: skip
+
+    trainer(1).fit(BoringModel())
+    written = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    heard = []
+    previous = signal.signal(signal.SIGTERM, handler := lambda signum, frame: heard.append(signum))
+    try:
+        with pytest.raises(SystemExit) as exited:
+            trainer(2).fit(SigtermFrom(hook), ckpt_path=tmp_path / "last.ckpt")
+        assert signal.getsignal(signal.SIGTERM) is handler  # this process's handler is back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert exited.value.code == 143
+    assert heard == [signal.SIGTERM]  # and heard the signal
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == written  # nothing trained, nothing written

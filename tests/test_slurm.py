@@ -12,15 +12,20 @@ from __future__ import annotations
 import csv
 import os
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from conftest import write_dataset
+from lightning.pytorch.demos.boring_classes import BoringModel
 from tiny_runs import ROOT, TINY_MODEL, subprocess_env
+
+from ae_lightning.training.fault_tolerance import SlurmRequeue
 
 pytestmark = pytest.mark.slurm
 
@@ -167,3 +172,73 @@ def test_sigusr1_checkpoints_requeues_and_the_job_resumes_to_the_uninterrupted_w
     # The requeued job logged to the same W&B run: both starts' offline runs carry the id from the job id.
     runs = sorted(path.name for path in (tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and all(name.endswith(f"-slurm-aelightning-{job_id}") for name in runs), runs
+
+
+class FailingIn(BoringModel):
+    """Raises from its hook ``hook``: ``on_fit_start`` runs before Lightning takes note of the process's signal
+    handlers (to put them back when fit ends), ``training_step`` after.
+
+    Args:
+        hook: ``on_fit_start`` or ``training_step``.
+    """
+
+    def __init__(self, hook: str) -> None:
+        super().__init__()
+        self.hook = hook
+
+    def on_fit_start(self) -> None:
+        self._fail("on_fit_start")
+
+    def training_step(self, batch, batch_idx: int):
+        self._fail("training_step")
+        return super().training_step(batch, batch_idx)
+
+    def _fail(self, hook: str) -> None:
+        if hook == self.hook:
+            raise RuntimeError(f"failed in {hook}")
+
+
+def _fit_under_slurm(model: L.LightningModule, callback: SlurmRequeue, root: Path) -> None:
+    trainer = L.Trainer(default_root_dir=root, max_epochs=1, limit_train_batches=2, limit_val_batches=0,
+                        callbacks=[callback], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)  # fmt: skip
+    trainer.fit(model)
+
+
+@pytest.fixture
+def requeue_signal_heard(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[object, list[int]]]:
+    """A single SLURM task (SlurmRequeue is active) whose requeue signal SIGUSR1 has a handler that records it: the
+    handler and what it heard."""
+    for name in ("NTASKS", "JOB_ID", "NODEID", "PROCID", "LOCALID", "NTASKS_PER_NODE"):
+        monkeypatch.setenv(f"SLURM_{name}", "1" if name.startswith("NTASKS") else "0")
+    monkeypatch.setenv("SLURM_JOB_NAME", "train")
+    monkeypatch.setenv("SLURM_NODELIST", "localhost")
+    heard: list[int] = []
+    previous = signal.signal(signal.SIGUSR1, handler := lambda signum, frame: heard.append(signum))
+    yield handler, heard
+    signal.signal(signal.SIGUSR1, previous)
+
+
+@pytest.mark.parametrize("hook", ["on_fit_start", "training_step"])
+def test_after_a_failed_fit_the_requeue_signal_goes_to_the_handler_it_had_before(
+    hook: str, requeue_signal_heard: tuple[object, list[int]], tmp_path: Path
+) -> None:
+    handler, heard = requeue_signal_heard
+    with pytest.raises(RuntimeError, match=f"failed in {hook}"):
+        _fit_under_slurm(FailingIn(hook), SlurmRequeue(), tmp_path)
+    os.kill(os.getpid(), signal.SIGUSR1)
+    assert heard == [signal.SIGUSR1]
+    assert signal.getsignal(signal.SIGUSR1) is handler
+
+
+def test_a_fit_after_a_failed_one_puts_the_requeue_signals_handler_back(
+    requeue_signal_heard: tuple[object, list[int]], tmp_path: Path
+) -> None:
+    handler, heard = requeue_signal_heard
+    callback = SlurmRequeue()
+    with pytest.raises(RuntimeError, match="failed in training_step"):
+        _fit_under_slurm(FailingIn("training_step"), callback, tmp_path)
+    _fit_under_slurm(BoringModel(), callback, tmp_path)  # the same callback again, as in a notebook
+    assert signal.getsignal(signal.SIGUSR1) is handler
+    os.kill(os.getpid(), signal.SIGUSR1)
+    assert heard == [signal.SIGUSR1]

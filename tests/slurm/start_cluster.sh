@@ -5,7 +5,7 @@
 #                                           with their config, state, logs and pid files in DIR; print SLURM_CONF
 #   tests/slurm/start_cluster.sh stop DIR   stop the daemons this script started there (by their pid files)
 #
-# The node has this machine's hostname and CPUs (nproc), one partition "debug", no accounting and no cgroups
+# The node has this machine's hostname and CPUs (nproc, which would count OMP_NUM_THREADS without the env -u), one partition "debug", no accounting and no cgroups
 # (proctrack/linuxproc, task/none), as root. KillWait is short, so that a requeued job's tasks end quickly.
 set -euo pipefail
 
@@ -78,7 +78,7 @@ SlurmctldPidFile=$dir/slurmctld.pid
 SlurmdPidFile=$dir/slurmd.pid
 SlurmctldLogFile=$dir/log/slurmctld.log
 SlurmdLogFile=$dir/log/slurmd.log
-NodeName=$host NodeAddr=127.0.0.1 CPUs=$(nproc) State=UNKNOWN
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc) State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 CONF
 export SLURM_CONF=$dir/slurm.conf

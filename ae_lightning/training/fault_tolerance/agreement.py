@@ -1,7 +1,10 @@
-"""Acting on a signal on all ranks together: they agree at a step boundary, then act (save, requeue, exit)."""
+"""Acting on a signal on all ranks together: a handler that only notes it, ranks that agree at a step boundary, then
+act (save, requeue, exit)."""
 
 from __future__ import annotations
 
+import signal
+import threading
 from typing import Any
 
 import lightning as L
@@ -14,26 +17,64 @@ from datamodules.checks import PositiveInt, check_arguments
 class AgreedSignal(Callback):
     """Base of the callbacks that act on a signal at the end of a training batch, on every rank at once.
 
-    Alone, a process reads :meth:`signalled` after every batch (for free); under DDP the ranks agree every
-    ``check_every_n_steps`` optimizer steps with one all-reduce, so that all of them :meth:`act` at the same step
-    (a checkpoint is a collective write). Subclasses implement :meth:`signalled` and :meth:`act`.
+    During ``fit`` (from :meth:`own_signal`, called in ``setup``) its handler only notes the signal; the handler it
+    replaced is back when ``fit`` ends, failed or not. Alone, a process reads :meth:`signalled` after every batch (for
+    free); under DDP the ranks agree every ``check_every_n_steps`` optimizer steps with one all-reduce, so that all of
+    them :meth:`act` at the same step (a checkpoint is a collective write). Subclasses implement :meth:`act`.
 
     Args:
         check_every_n_steps: how often, in optimizer steps, the ranks agree on whether the signal came (DDP only).
     """
 
+    calls_previous_handler = False  # whether the handler also calls the one it replaced, if that is a function
+
     def __init__(self, check_every_n_steps: PositiveInt = 10) -> None:
         check_arguments(locals(), AgreedSignal.__init__)
         self.check_every_n_steps = check_every_n_steps
         self._checked_at_step = 0
+        self._signum: int | None = None  # the signal this callback acts on in the current fit
+        self._previous_handler: Any = None
+        self._installed = False
+        self._signalled = False
 
     def signalled(self, trainer: L.Trainer) -> bool | None:
         """Whether this process got the signal; None when the callback is not active in this run."""
-        raise NotImplementedError
+        return None if self._signum is None else self._signalled
 
     def act(self, trainer: L.Trainer) -> None:
         """What every rank does once they agree that the signal came."""
         raise NotImplementedError
+
+    def own_signal(self, signum: int) -> None:
+        """Installs the handler that notes ``signum`` until ``fit`` ends: from the main thread only (Python's rule), not
+        over a handler installed outside Python (which could not be put back)."""
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signum) is not None:
+            self._previous_handler = _unwrapped(signal.signal(signum, self._note_signal))
+            self._signum, self._installed, self._signalled = signum, True, False
+
+    def hand_back(self) -> None:
+        """Puts the replaced handler back for now; the signal stays this callback's (:meth:`take_back`)."""
+        if self._installed:
+            signal.signal(self._signum, self._previous_handler)
+            self._installed = False
+
+    def take_back(self) -> None:
+        """Installs the handler that notes the signal again after :meth:`hand_back`."""
+        if self._signum is not None and not self._installed:
+            signal.signal(self._signum, self._note_signal)
+            self._installed = True
+
+    def _note_signal(self, signum: int, frame: Any) -> None:
+        if self._signum is None:  # put back by Lightning after a failed fit: the replaced handler takes over
+            signal.signal(signum, self._previous_handler)
+            if callable(self._previous_handler):
+                self._previous_handler(signum, frame)
+            elif self._previous_handler == signal.SIG_DFL:
+                signal.raise_signal(signum)
+            return
+        self._signalled = True
+        if self.calls_previous_handler and callable(self._previous_handler):
+            self._previous_handler(signum, frame)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._checked_at_step = trainer.global_step
@@ -53,6 +94,25 @@ class AgreedSignal(Callback):
         if signalled is None:
             return False
         return any_rank(trainer, pl_module, signalled) if trainer.world_size > 1 else signalled
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._release()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # No ``teardown`` follows an exception. Lightning then puts back the handlers it found after the
+        # ``on_fit_start`` hooks, which can be this one: it then hands the signal to the replaced handler.
+        self._release()
+
+    def _release(self) -> None:
+        self.hand_back()
+        self._signum = None
+
+
+def _unwrapped(handler: Any) -> Any:
+    """``handler``, or the one it hands signals to if it is the handler of a finished fit (see ``on_exception``)."""
+    while isinstance(owner := getattr(handler, "__self__", None), AgreedSignal) and owner._signum is None:
+        handler = owner._previous_handler
+    return handler
 
 
 def any_rank(trainer: L.Trainer, pl_module: L.LightningModule, flag: bool) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,44 +19,44 @@ SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports a process ended by 
 
 class SigtermCheckpoint(AgreedSignal):
     """On SIGTERM during ``fit``, writes ``last.ckpt`` at the end of a training step and exits with status 143: the
-    current step, or after a validation the next one; a signal during the sanity check exits 143 writing nothing.
+    current step, or after a validation the next one; a signal before training (setup, a checkpoint's restore, the
+    sanity check) exits 143 writing nothing.
 
-    Its own SIGTERM handler (from the sanity check or training start to the end of ``fit``) only notes the signal and
-    calls the previous handler if that is a function; Lightning's, which ends the run with status 0 and no checkpoint,
-    does not run. Under DDP the ranks agree (:class:`AgreedSignal`) every ``check_every_n_steps`` steps and at the end
-    of every validation, and save together. A run that has no step left ends as usual. Why: ``docs/fault_tolerance.md``.
+    Its SIGTERM handler only notes the signal and calls the previous handler if that is a function; Lightning's, which
+    ends the run with status 0 and no checkpoint, does not act. Under DDP the ranks agree (:class:`AgreedSignal`) every
+    ``check_every_n_steps`` steps and at the end of every validation, and save together. A run that has no step left
+    ends as usual. When SIGTERM is this callback's, and why: ``docs/fault_tolerance.md``.
     """
+
+    calls_previous_handler = True
 
     def __init__(self, check_every_n_steps: PositiveInt = 10) -> None:
         super().__init__(check_every_n_steps)
-        self._previous_handler: Any = None
-        self._installed = False
-        self._signalled = False
         self._act_at_next_step = False
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit":
+            self._act_at_next_step = False
+            self.own_signal(signal.SIGTERM)
+
+    # Lightning installs its SIGTERM handler after the ``on_fit_start`` hooks and, when fit ends (failed or not), puts
+    # back the handler it found: that must be the previous one, not this callback's.
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._previous_handler, self._signalled = signal.getsignal(signal.SIGTERM), False
-        self._act_at_next_step = False
+        self.hand_back()
 
-    # Lightning installs its SIGTERM handler after ``on_fit_start`` (and restores the previous one when fit ends).
     def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._install()
+        self._exit_if_signalled_before_training(trainer, pl_module)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._install()
+        self._exit_if_signalled_before_training(trainer, pl_module)
 
-    def _install(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._note_signal)
-            self._installed = True
-
-    def _note_signal(self, signum: int, frame: Any) -> None:
-        self._signalled = True
-        if callable(self._previous_handler):
-            self._previous_handler(signum, frame)
-
-    def signalled(self, trainer: L.Trainer) -> bool | None:
-        return self._signalled if self._installed else None
+    def _exit_if_signalled_before_training(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.take_back()
+        self._signalled |= trainer.received_sigterm  # Lightning's handler noted one before the take-back
+        if self.agreed(trainer, pl_module):
+            rank_zero_info("SIGTERM before training: exiting, nothing to save")
+            raise SystemExit(SIGTERM_EXIT_CODE)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.agreed(trainer, pl_module):
@@ -81,17 +80,6 @@ class SigtermCheckpoint(AgreedSignal):
                 trainer.save_checkpoint(path, weights_only=False)
                 rank_zero_info(f"SIGTERM: wrote {path} at global step {trainer.global_step}; exiting")
         raise SystemExit(SIGTERM_EXIT_CODE)
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._restore()
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self._restore()  # no ``teardown`` follows an exception
-
-    def _restore(self) -> None:
-        if self._installed:
-            signal.signal(signal.SIGTERM, self._previous_handler)
-            self._installed = False
 
 
 def _last_path(callback: ModelCheckpoint, trainer: L.Trainer) -> str:

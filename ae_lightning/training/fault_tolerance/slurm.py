@@ -5,16 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import threading
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ae_lightning.training.fault_tolerance.agreement import AgreedSignal
-from datamodules.checks import PositiveInt
 
 
 class SlurmRequeue(AgreedSignal):
@@ -25,17 +22,12 @@ class SlurmRequeue(AgreedSignal):
     ``check_every_n_steps`` optimizer steps, agreed as :class:`AgreedSignal` does) the ranks write the checkpoint where
     ``ModelCheckpoint`` writes its step checkpoints, so the requeued run resumes exactly. Should the requeue fail,
     training goes on. Active in ``fit`` under SLURM with auto-requeue on (``SLURMEnvironment(auto_requeue=True)``,
-    the default). Why not Lightning's own handler: ``docs/fault_tolerance.md``.
+    the default); after ``fit``, failed or not, the signal goes to the handler it had before. Why not Lightning's own
+    handler: ``docs/fault_tolerance.md``.
 
     Args:
         check_every_n_steps: how often, in optimizer steps, the ranks agree on whether the signal came (DDP only).
     """
-
-    def __init__(self, check_every_n_steps: PositiveInt = 10) -> None:
-        super().__init__(check_every_n_steps)
-        self._signum: int | None = None
-        self._previous_handler: Any = None
-        self._signalled = False
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -43,23 +35,8 @@ class SlurmRequeue(AgreedSignal):
         environment = getattr(trainer.strategy, "cluster_environment", None)
         if environment is None and SLURMEnvironment.detect():
             environment = SLURMEnvironment()
-        wanted = isinstance(environment, SLURMEnvironment) and environment.auto_requeue and stage == "fit"
-        if not wanted or threading.current_thread() is not threading.main_thread():
-            return
-        self._signum = environment.requeue_signal
-        self._previous_handler = signal.signal(self._signum, self._note_signal)
-        self._signalled = False
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self._signum is not None:
-            signal.signal(self._signum, self._previous_handler)
-            self._signum = None
-
-    def _note_signal(self, signum: int, frame: Any) -> None:
-        self._signalled = True
-
-    def signalled(self, trainer: L.Trainer) -> bool | None:
-        return None if self._signum is None else self._signalled
+        if isinstance(environment, SLURMEnvironment) and environment.auto_requeue and stage == "fit":
+            self.own_signal(environment.requeue_signal)  # before Lightning's handlers: it leaves this signal alone
 
     def act(self, trainer: L.Trainer) -> None:
         rank_zero_info(f"SLURM's signal {self._signum} came: writing the HPC checkpoint and requeuing the job")
