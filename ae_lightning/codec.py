@@ -5,10 +5,10 @@ An image of any size is cut into tiles of the tokenizer's input size (edges padd
 indices are range-coded position by position with the prior's conditional probabilities, and the file carries a
 header: format, the fingerprints of tokenizer and prior, the image size, the tile count, the payload's length and a
 CRC-32 of the header and the codes. Decoding recomputes the same probabilities from the codes decoded so far, so the
-codes come back bit-exact; a file that is truncated, from another model, whose header contradicts the model, or whose
-header and codes fail the checksum is refused with a :class:`CompressedFileError` that names the problem, never
-decoded into a garbage image. Both sides run the prior (and its tokenizer) in eval mode, whatever mode it is in, and
-restore its modes afterwards.
+codes come back bit-exact; a file that is truncated, from another model (fingerprints of the weights the coder ran
+with), whose header contradicts the model, whose payload cannot be decoded, or whose header and codes fail the
+checksum is refused with a :class:`CompressedFileError` that names the problem, never decoded into a garbage image.
+Both sides run the prior (and its tokenizer) in eval mode, whatever mode it is in, and restore its modes afterwards.
 """
 
 from __future__ import annotations
@@ -33,6 +33,10 @@ VERSION = 2  # 1: the CRC-32 covered the codes only, and came before the payload
 # length in 32-bit words; then a CRC-32 of these fields and of the codes.
 _FIELDS = struct.Struct("<4sB16s16sHIIII")
 _HEADER = struct.Struct(_FIELDS.format + "I")
+_MISMATCH = (
+    "the file is corrupted, or the prior's probabilities differ from the encoder's (decode on the same kind of device "
+    "and software as the encoder)"
+)
 # Tiles coded at once; both sides use the same grouping, so each probability is computed on identical inputs.
 TILES_PER_GROUP = 64
 
@@ -129,15 +133,17 @@ def decompress(prior: CodePrior, data: bytes, name: str = "the file") -> Tensor:
             )
             for position in range(prior.num_tokens):
                 probabilities = prior.next_token_probabilities(group, position).cpu().numpy()
-                group[:, position] = torch.from_numpy(decoder.decode(model, probabilities).astype(np.int64))
+                try:
+                    symbols = decoder.decode(model, probabilities)
+                except Exception as error:  # constriction's AssertionError, ValueError, ... on words it never wrote
+                    raise CompressedFileError(
+                        f"the codes of {name} cannot be decoded ({type(error).__name__}: {error}): {_MISMATCH}"
+                    ) from None
+                group[:, position] = torch.from_numpy(symbols.astype(np.int64))
             groups.append(group)
         tokens = torch.cat(groups)
         if _checksum(data[: _FIELDS.size], tokens) != checksum:
-            raise CompressedFileError(
-                f"the header or the codes decoded from {name} fail its checksum: the file is corrupted, or the "
-                "prior's probabilities differ from the encoder's (decode on the same kind of device and software as "
-                "the encoder)"
-            )
+            raise CompressedFileError(f"the header or the codes decoded from {name} fail its checksum: {_MISMATCH}")
         return _untile(prior.decode(tokens), (channels, height, width))
 
 

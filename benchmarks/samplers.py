@@ -6,8 +6,9 @@
 For each variant and seed (``--seeds``; by default every seed of the run), the run's ``last.ckpt``
 (``<root>/<variant>/seed-<seed>/``, or ``<root>/<variant>/`` for a run of one seed) is loaded; a Gaussian mixture
 and a two-stage VAE are fitted on the codes of ``--train_codes`` training images, and ``--samples`` samples of each
-(and of the prior, for generative models) are scored against the test images in the dataset classifier's features.
-Printed per seed and as a markdown table of mean +- sample std over the seeds.
+(and of the prior, for generative models) are scored against the test images in the features of a classifier of the
+run's dataset (``--classifier``, or the cached one of each dataset). Printed per seed and as a markdown table of mean
++- sample std over the seeds.
 """
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ import torch
 from ae_lightning.cli import run_command
 from ae_lightning.evaluation import driver as evaluation
 from ae_lightning.evaluation import samplers
-from ae_lightning.evaluation.feature_classifier import default_classifier_path, load_feature_classifier
+from ae_lightning.evaluation.feature_classifier import (
+    ClassifierCNN,
+    ClassifierRecord,
+    check_classifier_data,
+    default_classifier_path,
+    load_feature_classifier,
+)
 
 NAMES = {"fid_prior": "prior", "fid_gmm": "Gaussian mixture (10)", "fid_two_stage": "two-stage VAE"}
 
@@ -35,8 +42,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train_codes", type=int, default=10000, help="training images whose codes are fitted")
     parser.add_argument("--samples", type=int, default=10000, help="samples of each sampler")
     parser.add_argument("--two_stage_steps", type=int, default=2000)
-    parser.add_argument("--classifier", type=Path, default=None, help="feature classifier (default: the cache path)")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--classifier", type=Path, default=None, help="feature classifier (default: the cached one of each dataset)"
+    )
+    args = parser.parse_args(argv)
+    at_least = {"train_codes": (2, "training images, for a fit"), "samples": (2, "samples, for a covariance"),
+                "two_stage_steps": (1, "training step of the second VAE")}  # fmt: skip
+    for name, (least, what) in at_least.items():
+        if getattr(args, name) < least:
+            parser.error(f"--{name} {getattr(args, name)}: expected at least {least} ({what})")
+    return args
 
 
 def checkpoints(root: Path, variant: str, seeds: list[int] | None) -> dict[int | None, Path]:
@@ -67,19 +82,39 @@ def _version(checkpoint: Path) -> tuple[int, str]:
     return (int(name), name) if name.isdigit() else (-1, name)
 
 
+def feature_classifiers(runs: list[Path], data_dir: str | None, given: Path | None) -> dict[Path, ClassifierCNN]:
+    """The feature classifier of each checkpoint of ``runs``: ``given`` (``--classifier``), else the cached one of
+    its dataset; a ValueError naming the checkpoint and how to train one unless it was trained on that dataset."""
+    records: dict[Path, ClassifierRecord] = {}  # each classifier file, loaded once
+    found = {}
+    for checkpoint in runs:
+        _, datamodule = evaluation.load_checkpoint(checkpoint, data_dir)
+        data = f"--checkpoint {checkpoint}" + (f" --data_dir {data_dir}" if data_dir else "")
+        path = given or default_classifier_path(datamodule)
+        if path not in records:
+            records[path] = load_feature_classifier(path, data)
+            print(f"feature classifier {path}: test accuracy {records[path].test_accuracy:.4f}", flush=True)
+        try:
+            check_classifier_data(records[path], datamodule)
+        except ValueError as error:
+            option = "--classifier: " if given else ""
+            raise ValueError(
+                f"{option}{checkpoint}: {error} (train one: python scripts/train_feature_classifier.py {data})"
+            ) from None
+        found[checkpoint] = records[path].network
+    return found
+
+
 def main(argv: list[str] | None = None) -> dict[str, dict[str, list[float]]]:
     args = parse_args(argv)
     paths = {(v, s): path for v in args.variants for s, path in checkpoints(args.root, v, args.seeds).items()}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    classifiers = feature_classifiers(list(paths.values()), args.data_dir, args.classifier)  # checked before any fit
     results: dict[str, dict[str, list[float]]] = {}
-    classifier = None
     for (variant, seed), path in paths.items():
         model, datamodule = evaluation.load_checkpoint(path, args.data_dir)
         model.to(device)
-        if classifier is None:
-            record = load_feature_classifier(args.classifier or default_classifier_path(datamodule))
-            print(f"feature classifier {record.path}: test accuracy {record.test_accuracy:.4f}", flush=True)
-            classifier = record.network.to(device)
+        classifier = classifiers[path].to(device)
         seed = seed if seed is not None else 0  # a run of one seed: the fits' seed
         train = evaluation.split_loader(datamodule, "train", max_images=args.train_codes, seed=seed)
         codes, _ = evaluation.encode_split(model, train, seed)

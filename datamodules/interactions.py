@@ -3,6 +3,7 @@ split for collaborative filtering as Liang et al. (2018) split them: strong gene
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +17,15 @@ from scipy import sparse
 from torch import Tensor
 
 from datamodules.base import ImageDataModule, Split
-from datamodules.checks import OpenUnitInterval, PositiveInt
+from datamodules.checks import NonNegativeInt, OpenUnitInterval, PositiveInt
 from datamodules.loader import TensorBatchLoader, fingerprint
 
 # The paper's rule: a held-out user with fewer items than this keeps them all as fold-in (and is not evaluated).
 MIN_ITEMS_TO_HOLD_OUT = 5
+# The test users' share when neither test_users nor test_path names them.
+DEFAULT_TEST_USERS = 0.1
+# The settings that decide which users are training users, named when a checkpoint's differ.
+SPLIT_SETTINGS = ("path", "test_path", "min_rating", "min_user_items", "val_users", "test_users", "seed")
 
 
 @dataclass
@@ -53,11 +58,11 @@ class InteractionsDataModule(ImageDataModule):
         min_rating: keep only interactions rated at least this (the paper: 3.5 on MovieLens); None keeps all.
         min_user_items: keep only users with at least this many interactions after the rating filter (the paper: 5).
         val_users: validation users: a count, or a fraction of the users if below 1.
-        test_users: test users: a count, or a fraction of the users if below 1.
+        test_users: test users: a count, or a fraction of the users if below 1 (None: 0.1); unset with ``test_path``.
         held_out_fraction: share of each validation/test user's items held out to rank.
         test_path: a second file of the test users' held-out interactions (e.g. MovieLens-100K's ``u1.test`` beside
-            ``u1.base``); their interactions in ``path`` are then folded in and also trained on (weak generalization),
-            and ``test_users`` does not apply. Its users must have interactions in ``path``.
+            ``u1.base``); their interactions in ``path`` are then folded in and also trained on (weak generalization).
+            Its users must have interactions in ``path``.
         header: whether the first line names the columns; None: it does when none of its fields is a number and
             the second line holds one (a file whose first two lines hold no number must say).
         batch_size: users per step and process.
@@ -71,15 +76,21 @@ class InteractionsDataModule(ImageDataModule):
         min_rating: float | None = None,
         min_user_items: PositiveInt = 5,
         val_users: PositiveInt | OpenUnitInterval = 0.1,
-        test_users: PositiveInt | OpenUnitInterval = 0.1,
+        test_users: PositiveInt | OpenUnitInterval | None = None,
         held_out_fraction: OpenUnitInterval = 0.2,
         test_path: str | None = None,
         header: bool | None = None,
         batch_size: int = 500,
-        seed: int = 42,
+        seed: NonNegativeInt = 42,
         num_workers: int = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers)
+        if test_users is not None and test_path is not None:
+            raise ValueError(
+                f"test_users={test_users} and test_path={test_path} both name the test users (test_path: the users of "
+                "its lines); leave test_users unset with test_path (--data.test_users null where a config sets it, "
+                "as an earlier run's config.yaml may)"
+            )
         self.path = Path(path)
         self._interactions: Interactions | None = None
         self.check_sources_exist()
@@ -123,6 +134,48 @@ class InteractionsDataModule(ImageDataModule):
     def source_paths(self) -> list[str]:
         return [str(self.path)] + ([self.hparams.test_path] if self.hparams.test_path else [])
 
+    # --- what a model trained on them is tied to --------------------------------------------------------------------
+    def split_record(self) -> dict[str, Any]:
+        """What a model trained on these data depends on, kept in its checkpoint: the item id of each output column
+        (``items``), the number and a fingerprint of the training users (``train_users``), the split's settings."""
+        users = self.interactions.users["train"]
+        digest = hashlib.sha256("\n".join(sorted(map(str, users))).encode()).hexdigest()[:16]
+        return {
+            "items": self.interactions.items.tolist(),
+            "train_users": [len(users), digest],
+            "settings": {key: self.hparams[key] for key in SPLIT_SETTINGS},
+        }
+
+    def check_split_record(self, record: dict[str, Any], model: str, users: bool = True) -> None:
+        """Raise a ValueError naming what differs if a checkpoint's ``record`` (:meth:`split_record`) has other item
+        columns than these data or, where ``users``, other training users; ``model`` names the checkpoint's model."""
+        mine = self.split_record()
+        theirs, ours = [str(item) for item in record["items"]], [str(item) for item in mine["items"]]
+        if theirs != ours:
+            if sorted(theirs) == sorted(ours):
+                detail = "the same item ids in another column order (ids read as numbers in one, as text in the other)"
+            elif len(theirs) != len(ours):
+                detail = f"{len(theirs)} items in the checkpoint, {len(ours)} here"
+            else:
+                differ = [i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b]
+                detail = (f"{len(differ)} of its {len(ours)} columns are other items here (column {differ[0]}: item "
+                          f"{theirs[differ[0]]} in the checkpoint, {ours[differ[0]]} here)")  # fmt: skip
+            raise ValueError(
+                f"{model} was trained on other item columns than {self.path} gives: {detail}, so its scores would "
+                "rank other items. Give it the data it was trained on (the same item ids), or train a model on these"
+            )
+        if users and record["train_users"] != mine["train_users"]:
+            (n, digest), (m, my_digest), stored = record["train_users"], mine["train_users"], record["settings"]
+            changed = [f"{key}={stored[key]!r} in the checkpoint, {mine['settings'][key]!r} here"
+                       for key in SPLIT_SETTINGS if stored.get(key) != mine["settings"][key]]  # fmt: skip
+            why = ", ".join(changed) or f"the same split settings, but {self.path} holds other users"
+            raise ValueError(
+                f"{model} was trained on other users than this split's training users ({n} users, fingerprint "
+                f"{digest}, in the checkpoint; {m}, fingerprint {my_digest}, here: {why}), so its validation and test "
+                "users may be users it trained on. Use the data and split settings it was trained with (its run's "
+                "config.yaml), or train a model on this split"
+            )
+
     # --- the split --------------------------------------------------------------------------------------------------
     def split(self, frame: pd.DataFrame, test: pd.DataFrame | None = None) -> Interactions:
         """The strong-generalization split of ``frame`` (columns ``user``, ``item``), or with ``test`` the held-out
@@ -139,7 +192,7 @@ class InteractionsDataModule(ImageDataModule):
             self.check_test_file(frame, first_line, test)
             users = users[~np.isin(users, test_users)]  # validation users are drawn from the others
         n_val = _count(self.hparams.val_users, len(users))
-        n_test = 0 if test is not None else _count(self.hparams.test_users, len(users))
+        n_test = 0 if test is not None else _count(self.hparams.test_users or DEFAULT_TEST_USERS, len(users))
         if n_val + n_test >= len(users):
             raise ValueError(
                 f"{self.path}: {len(users)} users with at least min_user_items={self.hparams.min_user_items} "

@@ -3,7 +3,8 @@
     python scripts/compress.py encode <prior.ckpt> photo.png photo.aelc
     python scripts/compress.py decode <prior.ckpt> photo.aelc photo_decoded.png
 
-The prior's checkpoint holds its tokenizer. Images of any size are coded in tiles of the tokenizer's input size; a
+The prior's checkpoint holds its tokenizer (one saved before priors held their tokenizer's settings reads the
+tokenizer's checkpoint at the path it recorded). Images of any size are coded in tiles of the tokenizer's input size; a
 gray model reads images as gray. Decoding refuses, naming the problem, a file that is truncated, corrupted or
 written with another model. Both print the size (bytes, bits per pixel) and the time taken. An existing output file
 is replaced only with ``--overwrite``, and never left half-written; a bad input is a one-line error (exit status 2).
@@ -31,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("prior", type=Path, help="checkpoint of a trained CodePrior")
     parser.add_argument("source", type=Path, help="the image (encode) or the compressed file (decode)")
     parser.add_argument("target", type=Path, help="the compressed file (encode) or the image (decode)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    default_device = "cuda" if torch.cuda.is_available() else "cpu"
+    parser.add_argument("--device", default=default_device, help="cpu, cuda, cuda:1, ... (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace target if it exists")
     return parser
 
@@ -41,12 +43,24 @@ def check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     expected = "an image" if args.command == "encode" else "a file written by `compress.py encode`"
     if not args.source.is_file():
         parser.error(f"source {args.source} does not exist (or is not a file); expected {expected}")
+    if args.target.is_dir():
+        parser.error(f"target {args.target} is a folder; name the file to write")
     if not args.target.parent.is_dir():
         parser.error(f"target {args.target}: its folder {args.target.parent} does not exist; create it first")
     if args.target.exists() and not args.overwrite:
         parser.error(f"target {args.target} exists; name another file, or pass --overwrite to replace it")
     if args.command == "decode" and Image.registered_extensions().get(args.target.suffix.lower()) not in Image.SAVE:
         parser.error(f"target {args.target}: expected an image name whose suffix Pillow can write (.png, .bmp, ...)")
+
+
+def check_device(parser: argparse.ArgumentParser, device: str) -> None:
+    """Exit through ``parser.error``, naming ``--device``, unless torch can place tensors on ``device``."""
+    try:  # raises for an unknown name, a GPU this machine lacks, or a kind of device this torch was built without
+        if torch.zeros(1, device=device).is_meta:
+            raise RuntimeError("the meta device holds no data")
+    except (RuntimeError, AssertionError, NotImplementedError) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        parser.error(f"--device {device}: {reason}; expected cpu, or cuda (cuda:<index>) on a machine with that GPU")
 
 
 def load_prior(parser: argparse.ArgumentParser, path: Path, device: str) -> CodePrior:
@@ -63,7 +77,9 @@ def load_prior(parser: argparse.ArgumentParser, path: Path, device: str) -> Code
         parser.error(f"prior {path} holds {stored or 'no ae-lightning model'}; {expected}")
     try:
         return CodePrior.load_from_checkpoint(path, map_location=device).eval()
-    except (FileNotFoundError, ValueError) as error:  # its tokenizer is missing or has changed
+    except FileNotFoundError as error:  # a checkpoint of an earlier release, its tokenizer's missing: names both
+        parser.error(str(error))
+    except ValueError as error:  # ... or changed
         parser.error(f"prior {path}: {error}")
 
 
@@ -87,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_paths(parser, args)
+    check_device(parser, args.device)
     prior = load_prior(parser, args.prior, args.device)
     start = time.perf_counter()
     if args.command == "encode":

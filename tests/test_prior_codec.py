@@ -73,7 +73,7 @@ def test_prior_refuses_another_tokenizers_codes(tokenizer_path: Path, data_dir: 
         prior.check_tokenizer(other)
     torch.save(torch.load(tokenizer_path, weights_only=False) | {"state_dict": other.state_dict()}, tokenizer_path)
     with pytest.raises(ValueError, match=rf"trained on the codes of tokenizer {prior.fingerprint}, but .* now holds"):
-        CodePrior.load_from_checkpoint(tmp_path / "prior.ckpt")
+        CodePrior.load_from_checkpoint(tmp_path / "prior.ckpt", tokenizer=str(tokenizer_path))  # read when named
 
 
 def test_prior_config_trains_on_a_vqvae_run_through_the_command(data_dir: Path, tmp_path: Path) -> None:
@@ -259,3 +259,116 @@ def test_compress_command_names_each_bad_input(
         said = refused(script, [*map(str, argv), "--device", "cpu"], capsys)
         assert said == message or (message.endswith(": ") and said.startswith(message)), argv
     assert not (tmp_path / "x.aelc").exists() and not (tmp_path / "x.png").exists()
+
+
+# --- a prior checkpoint holds its tokenizer; corrupted payloads; the command's up-front checks --------------------
+def test_a_prior_checkpoint_encodes_and_decodes_without_its_tokenizers_checkpoint(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    # The prior loaded its tokenizer from the path recorded at training (relative to the working folder), so its
+    # files could not be decoded from another folder, or once the vqvae run was moved or trained again.
+    from PIL import Image
+    from test_evaluation import load_script
+
+    short = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "0"]
+    monkeypatch.chdir(tmp_path)
+    run_cli("fit", *tiny_args("vqvae", data_dir, Path("vqvae"), *short))
+    tiny_prior_args = ["--model.init_args.embed_dim", "16", "--model.init_args.num_layers", "1"]
+    tiny_prior_args += ["--model.init_args.num_heads", "2", "--model.init_args.tokenizer"]
+    tiny_prior_args += ["vqvae/lightning_logs/version_0/checkpoints/last.ckpt"]
+    run_cli("fit", *tiny_args("second_stage/prior", data_dir, Path("prior"), *short, *tiny_prior_args))
+    checkpoint = str(tmp_path / "prior" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt")
+    Image.fromarray((torch.rand(30, 40) * 255).byte().numpy()).save(tmp_path / "in.png")
+    script = load_script("compress")
+    script.main(["encode", checkpoint, "in.png", "in.aelc", "--device", "cpu"])
+    script.main(["decode", checkpoint, "in.aelc", "before.png", "--device", "cpu"])
+    (tmp_path / "vqvae").rename(tmp_path / "moved")  # the tokenizer's run is gone from where the prior recorded it
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    script.main(["decode", checkpoint, "../in.aelc", "after.png", "--device", "cpu"])
+    assert (tmp_path / "elsewhere" / "after.png").read_bytes() == (tmp_path / "before.png").read_bytes()
+    prior = CodePrior.load_from_checkpoint(checkpoint)
+    tokenizer = tmp_path / "moved" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    prior.check_tokenizer(CodePrior.load_from_checkpoint(checkpoint, tokenizer=str(tokenizer)).tokenizer)
+    assert prior.hparams.tokenizer == "vqvae/lightning_logs/version_0/checkpoints/last.ckpt"  # where it came from
+
+
+def test_a_prior_checkpoint_of_an_earlier_release_still_reads_its_tokenizer_or_says_why_not(
+    trained_prior: CodePrior, tokenizer_path: Path, tmp_path: Path
+) -> None:
+    old = torch.load(tmp_path / "prior.ckpt", weights_only=False)
+    del old["ae_lightning_tokenizer_record"]  # what checkpoints held before
+    torch.save(old, tmp_path / "old.ckpt")
+    assert CodePrior.load_from_checkpoint(tmp_path / "old.ckpt").fingerprint == trained_prior.fingerprint
+    tokenizer_path.rename(tmp_path / "moved.ckpt")
+    message = (
+        f"{tmp_path / 'old.ckpt'} was saved before prior checkpoints held their tokenizer's settings, so it needs the "
+        f"tokenizer checkpoint it was trained on, {tokenizer_path} (relative to the working folder), which does not "
+        "exist: load it from the folder it was trained in, or pass tokenizer=<that checkpoint>"
+    )
+    with pytest.raises(FileNotFoundError) as error:
+        CodePrior.load_from_checkpoint(tmp_path / "old.ckpt")
+    assert str(error.value) == message
+    loaded = CodePrior.load_from_checkpoint(tmp_path / "old.ckpt", tokenizer=str(tmp_path / "moved.ckpt"))
+    assert loaded.fingerprint == trained_prior.fingerprint
+
+
+def test_a_files_tokenizer_fingerprint_is_of_the_weights_that_coded_it(tokenizer_path: Path) -> None:
+    # The fingerprint was taken from the tokenizer file when the prior was built, whatever weights it later held.
+    from ae_lightning.models.prior import tokenizer_fingerprint
+
+    prior, original = tiny_prior(tokenizer_path).eval(), tiny_prior(tokenizer_path).eval()
+    torch.manual_seed(1)
+    other = quantized(hidden_dims=[8, 8])
+    prior.tokenizer.load_state_dict(other.state_dict())
+    data = compress(prior, torch.rand(1, 28, 28, generator=torch.Generator().manual_seed(7)))
+    written, used = codec._HEADER.unpack_from(data)[2].decode(), tokenizer_fingerprint(other)
+    assert written == used == prior.fingerprint != original.fingerprint
+    with pytest.raises(CompressedFileError, match=rf"written with tokenizer {used} and prior \w+; this model is "
+                       rf"tokenizer {original.fingerprint} and prior"):  # fmt: skip
+        decompress(original, data)
+
+
+def test_codec_refuses_a_payload_the_range_coder_cannot_decode(
+    trained_prior: CodePrior, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # constriction's AssertionError escaped decompress, and compress.py printed a traceback (exit status 1).
+    from test_evaluation import load_script, refused
+
+    data = compress(trained_prior, torch.rand(1, 28, 56, generator=torch.Generator().manual_seed(8)))
+    corrupted = data[: codec._HEADER.size] + b"\xff" * (len(data) - codec._HEADER.size)  # no range coder state
+    message = (
+        f"the codes of {tmp_path / 'f.aelc'} cannot be decoded (AssertionError: Tried to decode from compressed data "
+        "that is invalid for the employed entropy model.): the file is corrupted, or the prior's probabilities differ "
+        "from the encoder's (decode on the same kind of device and software as the encoder)"
+    )
+    with pytest.raises(CompressedFileError) as error:
+        decompress(trained_prior, corrupted, name=str(tmp_path / "f.aelc"))
+    assert str(error.value) == message
+    (tmp_path / "f.aelc").write_bytes(corrupted)
+    script = load_script("compress")
+    argv = ["decode", str(tmp_path / "prior.ckpt"), str(tmp_path / "f.aelc"), str(tmp_path / "f.png")]
+    assert refused(script, [*argv, "--device", "cpu"], capsys) == message
+    assert not (tmp_path / "f.png").exists()
+
+
+def test_compress_command_refuses_a_bad_device_and_a_folder_target_up_front(
+    trained_prior: CodePrior, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # Both ended in tracebacks: the device when the prior loaded, the folder after the image was encoded.
+    from PIL import Image
+    from test_evaluation import load_script, refused
+
+    script = load_script("compress")
+    prior, image = str(tmp_path / "prior.ckpt"), str(tmp_path / "in.png")
+    Image.fromarray((torch.rand(28, 28) * 255).byte().numpy()).save(image)
+    absent_gpu = "cuda" if not torch.cuda.is_available() else f"cuda:{torch.cuda.device_count()}"
+    with mock.patch.object(script, "load_prior", side_effect=AssertionError("loaded before the device was checked")):
+        for device in ("foo", absent_gpu, "meta"):
+            said = refused(script, ["encode", prior, image, str(tmp_path / "x.aelc"), "--device", device], capsys)
+            assert said.startswith(f"--device {device}: ")
+            assert said.endswith("; expected cpu, or cuda (cuda:<index>) on a machine with that GPU")
+    (tmp_path / "folder.aelc").mkdir()
+    argv = ["encode", prior, image, str(tmp_path / "folder.aelc"), "--device", "cpu", "--overwrite"]
+    assert refused(script, argv, capsys) == f"target {tmp_path / 'folder.aelc'} is a folder; name the file to write"
+    assert not list((tmp_path / "folder.aelc").iterdir()) and not list(tmp_path.glob("*.tmp"))

@@ -38,6 +38,8 @@ def write_interactions(path: Path, n_users: int = 120, n_items: int = 60, seed: 
 
 def data(path: Path, **kwargs) -> InteractionsDataModule:
     settings = {"val_users": 20, "test_users": 20, "batch_size": 32, "min_rating": 3.5}
+    if "test_path" in kwargs:  # the test file names the test users
+        del settings["test_users"]
     return InteractionsDataModule(str(path), **{**settings, **kwargs})
 
 
@@ -355,3 +357,69 @@ def test_a_file_of_text_only_lines_must_say_whether_it_has_a_header(tmp_path: Pa
     assert list(read_interactions(path, header=True)["user"]) == ["alice", "bob"]
     path.write_text("user,item,rating\nalice,book1,4\nbob,book1,5\n")  # a number below names: a header
     assert list(read_interactions(path)["rating"]) == [4, 5]
+
+
+def test_a_checkpoint_refuses_data_with_other_item_ids_or_training_users(tmp_path: Path) -> None:
+    path = write_interactions(tmp_path / "ratings.csv")
+    renumbered = tmp_path / "renumbered.csv"  # the same interactions under other item ids: as many items, other columns
+    permutation = np.random.default_rng(1).permutation(1000)[:60]
+    renumbered.write_text("".join(f"{u},{permutation[int(i)]},{r}\n" for u, i, r in
+                                  (line.split(",") for line in path.read_text().splitlines())))  # fmt: skip
+    module = data(path)
+
+    def fresh() -> MultVAE:
+        return MultVAE(input_shape=module.input_shape, latent_dim=4, hidden_dims=[8])
+
+    trainer = make_trainer(tmp_path, limit_val_batches=0)
+    trainer.fit(fresh(), datamodule=module)
+    checkpoint = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(checkpoint)
+
+    def run(fn: str, datamodule: InteractionsDataModule, loaded: bool = False) -> None:
+        """``fn`` of the checkpoint on ``datamodule``: through ``ckpt_path``, or ``load_from_checkpoint`` first."""
+        model, ckpt_path = (MultVAE.load_from_checkpoint(checkpoint), None) if loaded else (fresh(), checkpoint)
+        getattr(make_trainer(tmp_path), fn)(model, datamodule=datamodule, ckpt_path=ckpt_path)
+
+    columns = r"MultVAE was trained on other item columns than .*renumbered.csv gives: \d+ of its \d+ columns are other"
+    users = r"MultVAE was trained on other users than this split's .*: seed=42 in the checkpoint, 7 here\)"
+    for fn, loaded in (("test", False), ("test", True), ("predict", False), ("validate", True)):
+        with pytest.raises(ValueError, match=columns):
+            run(fn, data(renumbered), loaded)
+        if fn != "predict":
+            with pytest.raises(ValueError, match=users):
+                run(fn, data(path, seed=7), loaded)
+    run("predict", data(path, seed=7))  # recommendations for other users: columns are all that matter
+    run("test", data(path, batch_size=8), loaded=True)  # the same split, other loader settings
+    with pytest.raises(ValueError, match=users):  # a resume
+        make_trainer(tmp_path, max_epochs=2).fit(fresh(), datamodule=data(path, seed=7), ckpt_path=checkpoint)
+    stored = torch.load(checkpoint, weights_only=True)
+    assert stored["ae_lightning_interactions"]["items"] == module.interactions.items.tolist()
+    del stored["ae_lightning_interactions"]  # a checkpoint of an earlier release: loaded, with a warning
+    torch.save(stored, checkpoint)
+    with pytest.warns(UserWarning, match="records neither its item ids nor its training users"):
+        run("test", data(path))
+
+
+def test_mult_models_refuse_a_datamodule_of_other_batches(tmp_path: Path) -> None:
+    from datamodules import ArrayDataModule
+
+    clicks = tmp_path / "clicks.npy"
+    np.save(clicks, (np.random.default_rng(0).random((60, 12)) < 0.3).astype(np.float32))
+    model = MultDAE(input_shape=(12,), latent_dim=3, hidden_dims=[5])
+    expected = r"MultDAE ranks .* needs the \(clicks, held_out, user\) batches of an InteractionsDataModule, got Array"
+    with pytest.raises(ValueError, match=expected):
+        make_trainer(tmp_path).fit(model, datamodule=ArrayDataModule(str(clicks), batch_size=16))
+    with pytest.raises(ValueError, match=r"scores \(4, 12\) and held_out \(4,\): expected both \[users, items\]"):
+        recall_at_k(torch.rand(4, 12), torch.ones(4), 20)
+
+
+def test_bad_split_settings_name_the_setting(tmp_path: Path) -> None:
+    base, test = write_interactions(tmp_path / "u1.base"), tmp_path / "u1.test"
+    lines = base.read_text().splitlines()
+    base.write_text("\n".join(lines[2:]) + "\n")
+    test.write_text("\n".join(lines[:2]) + "\n")  # two of user u0's interactions
+    with pytest.raises(ValueError, match=r"seed must be an integer >= 0, got -1"):
+        data(base, seed=-1)
+    with pytest.raises(ValueError, match=r"test_users=5 and test_path=.*u1.test both name the test users"):
+        InteractionsDataModule(str(base), test_users=5, test_path=str(test))
+    assert len(InteractionsDataModule(str(base), test_path=str(test)).interactions.users["test"]) == 1

@@ -112,3 +112,48 @@ def test_evaluate_script_gives_a_plain_autoencoder_frechet_distances_through_sam
                           "--fid_samples", "60", "--probe_max_train", "100", "--two_stage_steps", "30"])  # fmt: skip
     assert set(scores) == {"mse", "fid_gmm", "fid_two_stage"}
     assert all(math.isfinite(value) and value >= 0 for value in scores.values())
+
+
+def test_samplers_benchmark_checks_its_counts_and_scores_each_run_in_its_own_dataset_s_features(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import importlib.util
+
+    from tiny_runs import ROOT, run_cli, tiny_args
+
+    from ae_lightning.evaluation import feature_classifier as features
+
+    spec = importlib.util.spec_from_file_location("samplers_benchmark", ROOT / "benchmarks" / "samplers.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    root = tmp_path / "runs"
+    for flag, value in (("--samples", "1"), ("--train_codes", "0"), ("--two_stage_steps", "0")):
+        with pytest.raises(SystemExit):
+            benchmark.parse_args(["--root", str(root), "--variants", "ae", flag, value])
+        assert f"{flag} {value}: expected at least" in capsys.readouterr().err
+    run_cli("fit", *tiny_args("ae", data_dir, root / "digits", "--trainer.max_epochs", "1"))
+    run_cli("fit", *tiny_args("ae", data_dir, root / "fashion", "--trainer.max_epochs", "1", "--data",
+                              "datamodules.FashionMNISTDataModule"))  # fmt: skip
+    monkeypatch.setenv("AE_LIGHTNING_CACHE", str(tmp_path / "cache"))
+    classifiers = {}
+    for variant, width in (("digits", 16), ("fashion", 24)):  # a classifier of each dataset, told apart by width
+        _, datamodule = driver.load_checkpoint(next((root / variant).rglob("last.ckpt")))
+        network = features.ClassifierCNN(num_features=width).eval()
+        record = features.ClassifierRecord(network, features.default_classifier_path(datamodule), 0.5,
+                                           datamodule.dataset_name, datamodule.data_source, 240, 1, 0)  # fmt: skip
+        features.save_feature_classifier(record)
+        classifiers[variant] = record.path
+    used = []
+
+    def frechet_distances(model, codes, classifier, *args, **kwargs) -> dict[str, float]:
+        used.append(classifier.num_features)
+        return {"fid_gmm": 1.0}
+
+    monkeypatch.setattr(benchmark.samplers, "frechet_distances", frechet_distances)
+    settings = ["--root", str(root), "--variants", "fashion", "digits", "--train_codes", "40", "--samples", "20"]
+    benchmark.main(settings)
+    assert used == [24, 16]  # each run in its own dataset's features
+    with pytest.raises(ValueError, match=r"--classifier: .*digits.*last.ckpt: the feature classifier .* was trained on "
+                                         r"FashionMNIST, but the data are MNIST"):  # fmt: skip
+        benchmark.main([*settings, "--classifier", str(classifiers["fashion"])])
+    assert used == [24, 16]  # refused before any fit

@@ -12,7 +12,12 @@ from torch import Tensor
 
 
 def _top_k_hits(scores: Tensor, held_out: Tensor, k: int) -> Tensor:
-    """``[B, k]``: whether the item at rank 1..k is held out."""
+    """``[B, k]``: whether the item at rank 1..k is held out; a ValueError unless both are ``[B, I]``."""
+    if scores.ndim != 2 or scores.shape != held_out.shape:
+        raise ValueError(
+            f"scores {tuple(scores.shape)} and held_out {tuple(held_out.shape)}: expected both [users, items] (the "
+            "held_out of InteractionsDataModule's (clicks, held_out, user) batches)"
+        )
     top = scores.topk(min(k, scores.shape[-1]), dim=-1).indices
     return (held_out.gather(-1, top) > 0).float()
 

@@ -10,18 +10,34 @@ reaches (``scripts/compress.py``).
 from __future__ import annotations
 
 import hashlib
+import io
 import math
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.cloud_io import get_filesystem
 from torch import Tensor, nn
 
 from ae_lightning.base import AutoencoderModule
 from ae_lightning.lightning_internals import without_cli_hyperparameters
 from ae_lightning.models.quantized import QuantizedAutoencoder
 from datamodules.checks import Fraction, PositiveFloat, PositiveInt, check_arguments
+
+# What a prior's checkpoint keeps of its tokenizer's checkpoint besides the weights (which are the prior's tokenizer.*)
+_TOKENIZER_RECORD = (
+    "ae_lightning_class",
+    "hyper_parameters",
+    "hparams_name",
+    "hparams_type",
+    "pytorch-lightning_version",
+)
+# Set by CodePrior.load_from_checkpoint: the tokenizer rebuilt from the checkpoint, and its record.
+_REBUILT_TOKENIZER: ContextVar[tuple[QuantizedAutoencoder, dict[str, Any]] | None] = ContextVar(
+    "rebuilt_tokenizer", default=None
+)
 
 
 def tokenizer_fingerprint(autoencoder: QuantizedAutoencoder) -> str:
@@ -43,11 +59,13 @@ class CodePrior(AutoencoderModule):
     ``encode`` gives the tokens ``[B, L]``, ``decode`` the tokenizer's images of them, ``sample(n)`` images of
     sampled tokens; the tokenizer is the prior's encoder and decoder, so it builds none of its own (nor takes any).
     The loss is the tokens' cross-entropy (nats per token); ``bits_per_image`` and ``bits_per_pixel`` are logged
-    beside it. The tokenizer is part of the checkpoint; a checkpoint whose tokenizer
-    differs from the one at ``tokenizer`` now is refused.
+    beside it. The checkpoint holds the tokenizer (its settings and weights), so that :meth:`load_from_checkpoint`
+    does not read the tokenizer's own checkpoint; a prior built from ``tokenizer`` that then restores a checkpoint
+    (the command's ``--ckpt_path``) refuses one whose tokenizer differs.
 
     Args:
-        tokenizer: checkpoint of the trained quantized autoencoder whose codes are modelled.
+        tokenizer: checkpoint of the trained quantized autoencoder whose codes are modelled (read to build a new
+            prior; a loaded prior keeps it as the record of where its tokenizer came from).
         embed_dim: width of the transformer.
         num_layers: transformer layers.
         num_heads: attention heads.
@@ -75,7 +93,7 @@ class CodePrior(AutoencoderModule):
         for name in ("encoder", "decoder"):
             if kwargs.get(name) is not None:
                 raise ValueError(f"{type(self).__name__} encodes and decodes with its tokenizer: it takes no {name}")
-        autoencoder = load_tokenizer(tokenizer)
+        autoencoder, record = _REBUILT_TOKENIZER.get() or _read_tokenizer(tokenizer)
         input_shape = tuple(kwargs.pop("input_shape", autoencoder.input_shape))
         if input_shape != autoencoder.input_shape:
             raise ValueError(
@@ -85,7 +103,7 @@ class CodePrior(AutoencoderModule):
         kwargs |= {"latent_dim": autoencoder.latent_dim, "network": "conv", "hidden_dims": [1]}
         super().__init__(input_shape=input_shape, **kwargs)
         self.tokenizer = autoencoder.requires_grad_(False).eval()
-        self.fingerprint = tokenizer_fingerprint(autoencoder)
+        self.tokenizer_record = record
         self.levels, height, width = self.tokenizer.encode_indices(torch.zeros(1, *input_shape)).shape[1:]
         self.code_grid = (height, width)
         self.num_tokens = self.levels * height * width
@@ -99,6 +117,39 @@ class CodePrior(AutoencoderModule):
         self.transformer = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
         self.head = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, self.vocabulary))
         self.register_buffer("causal_mask", nn.Transformer.generate_square_subsequent_mask(self.num_tokens), False)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> CodePrior:
+        """Lightning's ``load_from_checkpoint`` (``checkpoint_path`` a file or a file object), the tokenizer rebuilt
+        from the checkpoint's record of it and its weights: the tokenizer's own checkpoint is not read. It is read
+        (at the path ``tokenizer`` the prior recorded, or one given as ``tokenizer=``) for a checkpoint saved before
+        priors kept that record; a FileNotFoundError naming both says so if it is missing."""
+        checkpoint = _peek(checkpoint_path, kwargs.get("weights_only"))
+        record = checkpoint.get("ae_lightning_tokenizer_record")
+        if record is None or "tokenizer" in kwargs:
+            path = Path(kwargs.get("tokenizer", checkpoint.get("hyper_parameters", {}).get("tokenizer", "")))
+            if record is None and "ae_lightning_tokenizer" in checkpoint and not path.is_file():
+                raise FileNotFoundError(
+                    f"{checkpoint_path} was saved before prior checkpoints held their tokenizer's settings, so it "
+                    f"needs the tokenizer checkpoint it was trained on, {path} (relative to the working folder), which "
+                    "does not exist: load it from the folder it was trained in, or pass tokenizer=<that checkpoint>"
+                )
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        weights = {
+            name.removeprefix("tokenizer."): value
+            for name, value in checkpoint["state_dict"].items()
+            if name.startswith("tokenizer.")
+        }
+        token = _REBUILT_TOKENIZER.set((_rebuild_tokenizer(record, weights), record))
+        try:
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        finally:
+            _REBUILT_TOKENIZER.reset(token)
+
+    @property
+    def fingerprint(self) -> str:
+        """The :func:`tokenizer_fingerprint` of the tokenizer's current weights."""
+        return tokenizer_fingerprint(self.tokenizer)
 
     # --- the networks -----------------------------------------------------------------------------------------------
     def build_encoder(self) -> None:
@@ -196,6 +247,7 @@ class CodePrior(AutoencoderModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["ae_lightning_tokenizer"] = self.fingerprint
+        checkpoint["ae_lightning_tokenizer_record"] = self.tokenizer_record
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -209,6 +261,11 @@ class CodePrior(AutoencoderModule):
 
 def load_tokenizer(path: str | Path) -> QuantizedAutoencoder:
     """The quantized autoencoder of checkpoint ``path``, on the CPU, frozen; a ValueError naming the file otherwise."""
+    return _read_tokenizer(path)[0]
+
+
+def _read_tokenizer(path: str | Path) -> tuple[QuantizedAutoencoder, dict[str, Any]]:
+    """:func:`load_tokenizer`, and the record of its checkpoint that :func:`_rebuild_tokenizer` takes."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer checkpoint {path} does not exist; train one with configs/vqvae.yaml")
@@ -218,7 +275,29 @@ def load_tokenizer(path: str | Path) -> QuantizedAutoencoder:
         raise ValueError(f"a prior needs a QuantizedAutoencoder's codes, but {path} holds a {stored}")
     # Under ``ae-lightning`` the tokenizer would otherwise take the prior's settings as its hyperparameters.
     load = QuantizedAutoencoder.load_from_checkpoint
-    return without_cli_hyperparameters(load, path, map_location="cpu").requires_grad_(False).eval()
+    tokenizer = without_cli_hyperparameters(load, path, map_location="cpu").requires_grad_(False).eval()
+    return tokenizer, {key: checkpoint[key] for key in _TOKENIZER_RECORD if key in checkpoint}
+
+
+def _rebuild_tokenizer(record: dict[str, Any], weights: dict[str, Tensor]) -> QuantizedAutoencoder:
+    """The tokenizer whose checkpoint held ``record`` and ``weights``, loaded as :func:`load_tokenizer` loads it."""
+    buffer = io.BytesIO()
+    torch.save({**record, "state_dict": weights}, buffer)
+    buffer.seek(0)
+    load = QuantizedAutoencoder.load_from_checkpoint
+    return without_cli_hyperparameters(load, buffer, map_location="cpu").requires_grad_(False).eval()
+
+
+def _peek(checkpoint: Any, weights_only: bool | None) -> dict[str, Any]:
+    """The checkpoint in file or file object ``checkpoint`` (on the CPU), the file object's position kept."""
+    if isinstance(checkpoint, (str, Path)):  # a local file or a URL (``s3://...``), as Lightning reads it
+        with get_filesystem(checkpoint).open(str(checkpoint), "rb") as file:
+            return torch.load(file, map_location="cpu", weights_only=weights_only)
+    position = checkpoint.tell()
+    try:
+        return torch.load(checkpoint, map_location="cpu", weights_only=weights_only)
+    finally:
+        checkpoint.seek(position)
 
 
 __all__ = ["CodePrior", "load_tokenizer", "tokenizer_fingerprint"]

@@ -12,12 +12,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from ae_lightning.base import AutoencoderModule, Batch, Stage
 from ae_lightning.blocks import losses
 from ae_lightning.evaluation.ranking import ranking_metrics
 from datamodules.checks import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt
+from datamodules.interactions import InteractionsDataModule
 
 
 def tanh_mlp(sizes: Sequence[int], tanh_last: bool = False) -> nn.Sequential:
@@ -37,7 +39,9 @@ class MultinomialAutoencoder(AutoencoderModule):
     Batches are ``(clicks [B, I], held_out [B, I], user [B])`` from :class:`~datamodules.InteractionsDataModule`.
     Validation and test rank the items a user has not clicked against their held-out items and log ``recall_20``,
     ``recall_50`` and ``ndcg_100`` (:mod:`~ae_lightning.evaluation.ranking`); ``test`` logs the same metrics of the
-    popularity ranking (items by their number of training users) as ``test/popularity_<metric>``.
+    popularity ranking (items by their number of training users) as ``test/popularity_<metric>``. Checkpoints keep
+    the item id of each output column and a fingerprint of the training users; ``fit`` (resumed), ``validate`` and
+    ``test`` refuse data whose columns or training users differ, ``predict`` data whose columns differ.
 
     Args:
         input_shape: ``(num_items,)``; the CLI links it from the datamodule.
@@ -67,6 +71,8 @@ class MultinomialAutoencoder(AutoencoderModule):
         self.num_items = self.input_shape[0]
         # Training users per item, filled from the datamodule (and kept in checkpoints): the popularity baseline.
         self.register_buffer("item_popularity", torch.zeros(self.num_items))
+        # The datamodule's ``split_record``: the data the weights belong to (from the checkpoint, or the first setup).
+        self.trained_on: dict[str, Any] | None = None
 
     def normalize(self, clicks: Tensor) -> Tensor:
         """The encoder's input: each click vector scaled to unit L2 norm, then dropped out in training."""
@@ -127,9 +133,42 @@ class MultinomialAutoencoder(AutoencoderModule):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        counts = getattr(getattr(self.trainer, "datamodule", None), "item_counts", None)
-        if counts is not None:
-            self.item_popularity.copy_(torch.as_tensor(counts, dtype=torch.float32))
+        datamodule = self.trainer.datamodule
+        if datamodule is None:  # loaders given to the Trainer directly: nothing to check them against
+            return
+        if not isinstance(datamodule, InteractionsDataModule):
+            raise ValueError(
+                f"{type(self).__name__} ranks each user's held-out clicks and needs the (clicks, held_out, user) "
+                f"batches of an InteractionsDataModule, got {type(datamodule).__name__}"
+            )
+        if self.trained_on is None:
+            self.trained_on = datamodule.split_record()
+        else:
+            datamodule.check_split_record(self.trained_on, type(self).__name__, users=stage != "predict")
+        self.item_popularity.copy_(datamodule.item_counts)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.trained_on is not None:
+            checkpoint["ae_lightning_interactions"] = self.trained_on
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        stored = checkpoint.get("ae_lightning_interactions")
+        if stored is None:
+            rank_zero_warn(
+                f"the {type(self).__name__} checkpoint records neither its item ids nor its training users (an "
+                "earlier release's, or trained without an InteractionsDataModule), so data whose items or split differ "
+                "cannot be told: use it only with the data and split settings it was trained with"
+            )
+            return
+        try:
+            datamodule, stage = self.trainer.datamodule, self.trainer.state.fn
+        except RuntimeError:  # not attached to a Trainer (load_from_checkpoint): checked by ``setup``
+            datamodule = stage = None
+        if isinstance(datamodule, InteractionsDataModule):  # set up already: Lightning restores after ``setup``
+            datamodule.check_split_record(stored, type(self).__name__, users=stage != "predict")
+        self.trained_on = stored
 
 
 class MultVAE(MultinomialAutoencoder):
