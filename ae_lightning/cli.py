@@ -685,12 +685,12 @@ def run_command(prog: str, command: Callable[[], object]) -> None:
     except Exception as error:
         if os.environ.get("AE_LIGHTNING_TRACEBACK") == "1" or not isinstance(error, (*_USER_ERRORS, ArgumentError)):
             raise
-        message = _one_line(str(error)) if isinstance(error, ArgumentError) else error
+        message = one_line(str(error)) if isinstance(error, ArgumentError) else error
         sys.stderr.write(f"{prog}: error: {message}\n(add {TRACEBACK_FLAG} for the traceback)\n")
         sys.exit(2 if isinstance(error, (ConfigError, ArgumentError)) else 1)
 
 
-def _one_line(message: str) -> str:
+def one_line(message: str) -> str:
     """jsonargparse's error for a value on one line, without the alternatives of a Union that were not meant (a
     class's error reads ``--model <class>: <argument>: ...: <what was wrong>``)."""
     message = re.sub(r"<class '([^']+)'>", r"\1", message)

@@ -5,12 +5,12 @@
 
 Each trial is an ordinary ``ae-lightning fit`` run of the config (several ``--config`` files stack in order, as in
 ``fit``) with the trial's values (``--<name> <value>``) in its own folder ``<root>/trial-<number>`` with its own logger,
-checkpoints and ``config.yaml``; a callback (:class:`TrialReporter`) reports the search metric after every validation
-and prunes unpromising trials. The study lives in ``--storage`` (SQLite or any RDB URL), so several processes or SLURM
-array tasks share it (``scripts/slurm/search_array.sbatch``) and a rerun of the same command resumes it: a trial whose
-process died is marked failed once its heartbeat stops and is retried with the same values, resuming from its last
-checkpoint. A trial whose loss diverges (:class:`NonFiniteLossError`) is recorded as failed and the search goes on; a
-bad setting stops it.
+checkpoints and ``config.yaml``, in the search's process (one process per trial: several GPUs take a worker each); a
+callback (:class:`TrialReporter`) reports the search metric after every validation and prunes unpromising trials. The
+study lives in ``--storage`` (SQLite or any RDB URL), so several processes or SLURM array tasks share it
+(``scripts/slurm/search_array.sbatch``) and a rerun of the same command resumes it: a trial whose process died is marked
+failed once its heartbeat stops and is retried with the same values, resuming from its last checkpoint. A trial whose
+loss diverges (:class:`NonFiniteLossError`) is recorded as failed and the search goes on; a bad setting stops it.
 ``<root>/best.yaml`` is the best trial's full config, ready for ``ae-lightning fit --config``. ``docs/search.md``
 describes the search-space file.
 """
@@ -22,9 +22,11 @@ import contextlib
 import difflib
 import hashlib
 import json
+import logging
 import math
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,16 +35,25 @@ from unittest import mock
 import optuna
 import yaml
 from lightning.pytorch import Callback, LightningModule, Trainer
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+    check_distribution_compatibility,
+)
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import ArgumentError, OperationalError
 
-from ae_lightning.cli import AutoencoderCLI, ConfigError, run_command
+from ae_lightning.base import resolve_class_path
+from ae_lightning.cli import AutoencoderCLI, ConfigError, one_line, run_command
 from ae_lightning.training.fault_tolerance import NonFiniteLossError
 from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
+from datamodules.checks import check_init_arguments
 
 PRUNERS = {
-    # a trial's first validation is never pruned (TrialReporter), whatever its global step
+    # steps are a trial's validations (TrialReporter), its first never pruned
     "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
     "hyperband": lambda: optuna.pruners.HyperbandPruner(),
     "none": lambda: optuna.pruners.NopPruner(),
@@ -88,6 +99,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         parser.error(f"--n_trials must be >= 1, got {args.n_trials}")
     if args.heartbeat < 1:
         parser.error(f"--heartbeat must be >= 1 second, got {args.heartbeat}")
+    if not 0 <= args.lock_timeout < math.inf:  # also refuses nan
+        parser.error(f"--lock_timeout must be a finite number of seconds >= 0, got {args.lock_timeout}")
+    if args.max_retry < 0:
+        parser.error(f"--max_retry must be >= 0 (0: a trial whose process died is not retried), got {args.max_retry}")
+    if args.sampler_seed is not None and not 0 <= args.sampler_seed < 2**32:
+        parser.error(f"--sampler_seed must be an integer in [0, 2**32 - 1], got {args.sampler_seed}")
     args.study_name = args.study_name or "+".join(config.stem for config in args.config)
     args.root = args.root or Path("runs") / "search" / args.study_name
     return args, fit_args
@@ -222,6 +239,67 @@ def check_names(space: dict[str, Any], space_path: Path, configs: list[Path], pa
         )
 
 
+def check_values(space: dict[str, Any], space_path: Path, configs: list[Path], fit_args: list[str]) -> None:
+    """Raise a ConfigError naming the first choice, ``low`` or ``high`` of the space that a trial drawing it would
+    refuse: one the command's parser refuses (its type, a choice the argument lacks), or one outside the range that
+    the model's or datamodule's signature declares for the argument (``model.init_args.<name>``)."""
+    for name, spec in space["parameters"].items():
+        if spec["type"] == "categorical":
+            values = [(f"choice {value!r}", value) for value in spec["choices"]]
+        else:
+            values = [(f"low {spec['low']!r}", spec["low"]), (f"high {spec['high']!r}", spec["high"])]
+        section, _, argument = name.partition(".init_args.")
+        for which, value in values:
+            try:  # parsed as a trial's fit parses it (not seeded: only checked)
+                given = [*fit_args, "--seed_everything=false", f"--{name}={_cli_value(value)}"]
+                parsed = resolve_config(configs, given)
+                class_path = parsed.get(f"{section}.class_path") if section in ("model", "data") else None
+                cls = resolve_class_path(class_path) if class_path else None
+                if cls is not None and argument and "." not in argument:
+                    check_init_arguments(cls, {argument: parsed[name]})
+            except (argparse.ArgumentError, ValueError) as error:
+                message = one_line(str(error)) if isinstance(error, argparse.ArgumentError) else error
+                raise ConfigError(
+                    f"search space {space_path}: {name}: {which} would be refused by every trial that draws it: "
+                    f"{message}"
+                ) from None
+
+
+def probe_trainer(parsed: Any) -> Trainer | None:
+    """A Trainer of the config's (``parsed``, :func:`resolve_config`) accelerator, devices, num_nodes and strategy
+    alone, built quietly, to tell how many processes a trial would train in; None if one of them, or plugins, is
+    given as a class (the trial's own check, in :class:`TrialCLI`, decides then)."""
+    keys = ("accelerator", "devices", "num_nodes", "strategy")
+    settings = {key: parsed.trainer.get(key) for key in keys}
+    if parsed.trainer.get("plugins") or not all(isinstance(value, (str, int, list)) for value in settings.values()):
+        return None
+    logger = logging.getLogger("lightning.pytorch")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return Trainer(**settings, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                           enable_model_summary=False)  # fmt: skip
+    finally:
+        logger.setLevel(level)
+
+
+def check_one_process(trainer: Trainer) -> None:
+    """Raise a ConfigError naming ``--trainer.devices``, ``--trainer.num_nodes`` and ``--trainer.strategy`` if
+    ``trainer`` would train in several processes: a trial runs in the search's process, which cannot start others."""
+    if trainer.world_size > 1:
+        raise ConfigError(
+            f"each trial would train in {trainer.world_size} processes: {trainer.num_devices} devices "
+            f"(--trainer.devices; auto takes every GPU) on {trainer.num_nodes} node(s) (--trainer.num_nodes) with "
+            f"{type(trainer.strategy).__name__} (--trainer.strategy). The search runs a trial in its own process and "
+            "cannot start its others (Lightning would re-run the search's command line for them): give each trial one "
+            "process (--trainer.devices 1 --trainer.num_nodes 1), and use several GPUs with one search worker per GPU "
+            "on the same --storage (CUDA_VISIBLE_DEVICES=<i> ae-lightning-search ...) or the tasks of "
+            "scripts/slurm/search_array.sbatch"
+        )
+
+
 def fit_settings(parsed: Any, space: dict[str, Any]) -> dict[str, Any]:
     """What makes trials comparable: every resolved fit setting (dotted name -> value) but the searched ones, those
     the search sets per trial and the config's path."""
@@ -245,10 +323,11 @@ def open_study(
 ) -> optuna.Study:
     """Create or load the study, with heartbeats and retries of dead trials; a ValueError naming the storage if it
     is locked or holds this study for another config path, search space, metric or fit ``settings``
-    (:func:`fit_settings`), naming what differs. A study stored without its settings (by an earlier version) opens
-    and records this run's. The sampler's seed is ``--sampler_seed`` as is for a process that starts a new study
-    outside a SLURM array, and otherwise mixed with the study's number of trials and ``$SLURM_ARRAY_TASK_ID``, so
-    that reruns and array tasks draw other values than the first process."""
+    (:func:`fit_settings`), naming what differs; a study whose every trial failed before validating takes this run's
+    space, metric and settings instead (:func:`check_distributions`). A study stored without its settings (by an
+    earlier version) opens and records this run's. The sampler's seed is ``--sampler_seed`` as is for a process that
+    starts a new study outside a SLURM array, and otherwise mixed with the study's number of trials and
+    ``$SLURM_ARRAY_TASK_ID``, so that reruns and array tasks draw other values than the first process."""
     engine = {"connect_args": {"timeout": args.lock_timeout}} if args.storage.startswith("sqlite") else {}
     if args.storage.startswith("sqlite:///"):
         Path(args.storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -291,27 +370,31 @@ def open_study(
                 )
             study.set_user_attr("settings", settings)
             stored = {**identity, "settings": settings}
-        differs = [f"{key} {stored.get(key)!r} (this run: {identity[key]!r})" for key in identity
-                   if stored.get(key) != identity[key]]  # fmt: skip
+        differs = {key: f"{key} {stored.get(key)!r} (this run: {identity[key]!r})" for key in identity
+                   if stored.get(key) != identity[key]}  # fmt: skip
         old, unset = stored.get("settings", settings), "(unset)"
         changed = [f"{key} {old.get(key, unset)!r} (this run: {settings.get(key, unset)!r})"
                    for key in sorted({*old, *settings}) if old.get(key, unset) != settings.get(key, unset)]  # fmt: skip
         if changed:
-            differs.append(
-                f"fit settings {'; '.join(changed[:8])}" + (f" and {len(changed) - 8} more" if changed[8:] else "")
-            )
+            more = f" and {len(changed) - 8} more" if changed[8:] else ""
+            differs["settings"] = f"fit settings {'; '.join(changed[:8])}{more}"
         trials = study.get_trials(deepcopy=False)
-        if differs == [f"metric {stored.get('metric')!r} (this run: {metric!r})"] and not any(
-            t.state != TrialState.FAIL or t.intermediate_values for t in trials
-        ):
-            print(f"study {args.study_name!r}: no trial validated its metric {stored.get('metric')!r}; now {metric!r}")
-            study.set_user_attr("metric", metric)
-            differs = []
+        # A study whose every trial failed before validating (a setting refused; none diverged) takes the corrected
+        # search: nothing of it was measured with the old one.
+        unmeasured = all(t.state == TrialState.FAIL and not t.intermediate_values and "diverged" not in t.user_attrs
+                         for t in trials)  # fmt: skip
+        if differs and "config" not in differs and trials and unmeasured:
+            check_distributions(args, space, trials)
+            print(f"study {args.study_name!r}: none of its {len(trials)} trials validated its metric (all failed), so "
+                  f"it takes this run's search: {'; '.join(differs.values())}", flush=True)  # fmt: skip
+            for key, value in {**identity, "settings": settings}.items():
+                study.set_user_attr(key, value)
+            differs = {}
         if differs:
             raise ValueError(
-                f"study {args.study_name!r} in {args.storage} belongs to another search: {'; '.join(differs)}. Resume "
-                "it with its own config, search space, metric and fit arguments, or give another --study_name or "
-                "--storage"
+                f"study {args.study_name!r} in {args.storage} belongs to another search: "
+                f"{'; '.join(differs.values())}. Resume it with its own config, search space, metric and fit "
+                "arguments, or give another --study_name or --storage"
             )
         if study.direction.name.lower() != direction:
             raise ValueError(
@@ -327,6 +410,26 @@ def open_study(
             sampler=optuna.samplers.TPESampler(seed=seed),
             pruner=PRUNERS[args.pruner](),
         )
+
+
+def check_distributions(args: argparse.Namespace, space: dict[str, Any], trials: list[FrozenTrial]) -> None:
+    """Raise a ValueError naming a parameter of ``space`` that the study's ``trials`` drew in a way that Optuna does
+    not let a study change: another type, ``log``, or other categorical choices."""
+    for name, spec in space["parameters"].items():
+        if spec["type"] == "categorical":
+            new: BaseDistribution = CategoricalDistribution(spec["choices"])
+        else:
+            kind = IntDistribution if spec["type"] == "int" else FloatDistribution
+            new = kind(spec["low"], spec["high"], log=bool(spec.get("log", False)))
+        for old in (trial.distributions[name] for trial in trials if name in trial.distributions):
+            try:
+                check_distribution_compatibility(old, new)
+            except ValueError as error:
+                raise ValueError(
+                    f"study {args.study_name!r} in {args.storage}: its failed trials drew {name} from {old}, which "
+                    f"Optuna cannot change to {new} within a study ({error}); keep {name} as it was, or give another "
+                    "--study_name or --storage"
+                ) from None
 
 
 class StorageError(ValueError):
@@ -362,9 +465,10 @@ def _digest(parameters: dict[str, Any]) -> str:
 class TrialReporter(Callback):
     """A trial's pruning. After every validation (Lightning's sanity check included), a ConfigError naming ``metric``
     and the metrics the validation logged if it did not log ``metric``. After every other validation, the metric's
-    value reported to the trial at ``step`` = the trainer's global step (the optimizer steps so far, so that the
-    validations of one epoch, ``--trainer.val_check_interval``, each count), and from the trial's second validation
-    on (a warm-up of one validation), :class:`optuna.TrialPruned` if the study's pruner prunes the trial there.
+    value reported to the trial at ``step`` = the trial's count of validations (1 for its first; kept in its
+    checkpoints, so a resumed retry counts on), which does not depend on the batch size (docs/search.md), and from
+    the second validation on (a warm-up of one validation), :class:`optuna.TrialPruned` if the study's pruner prunes
+    the trial there.
 
     Args:
         trial: the trial.
@@ -384,14 +488,21 @@ class TrialReporter(Callback):
             )
         if trainer.sanity_checking:
             return
-        step, self.validations = trainer.global_step, self.validations + 1
-        self.trial.report(float(score), step=step)
+        self.validations += 1
+        self.trial.report(float(score), step=self.validations)
         if self.validations > 1 and self.trial.should_prune():
-            raise optuna.TrialPruned(f"trial {self.trial.number} pruned at step {step}")
+            raise optuna.TrialPruned(f"trial {self.trial.number} pruned at its validation {self.validations}")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"validations": self.validations}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.validations = state_dict["validations"]
 
 
 class TrialCLI(AutoencoderCLI):
-    """The ``fit`` command with one more callback on its trainer (a trial's pruning), beside the config's.
+    """The ``fit`` command with one more callback on its trainer (a trial's pruning), beside the config's, and a
+    trainer of one process (:func:`check_one_process`).
 
     Args:
         callback: the callback to add.
@@ -404,6 +515,7 @@ class TrialCLI(AutoencoderCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         trainer = super().instantiate_trainer(**kwargs)
+        check_one_process(trainer)
         trainer.callbacks.append(self.extra_callback)
         return trainer
 
@@ -506,9 +618,11 @@ def finished(study: optuna.Study) -> int:
 
 def run(argv: list[str] | None = None) -> optuna.Study:
     """The search the command line's (or ``argv``'s) arguments ask for, its study once done. A trial whose loss
-    diverges is recorded as failed, with its reason in the log, and the search goes on; other errors stop it: a
-    metric that the trials' validation does not log as soon as the first trial validates (its sanity check), a
-    storage that is not a database URL or is locked (:class:`StorageError`)."""
+    diverges is recorded as failed, with its reason in the log, and the search goes on; other errors stop it: before
+    the study is opened, a choice or range bound that a trial would refuse (:func:`check_values`) and a trainer of
+    several processes (:func:`check_one_process`); a metric that the trials' validation does not log as soon as the
+    first trial validates (its sanity check), a storage that is not a database URL or is locked
+    (:class:`StorageError`)."""
     args, fit_args = parse_args(sys.argv[1:] if argv is None else argv)
     space = read_space(args.space)
     metric = args.metric or space.get("metric", "val/loss")
@@ -516,6 +630,9 @@ def run(argv: list[str] | None = None) -> optuna.Study:
     check_fit_args(space, fit_args)
     parsed = resolve_config(args.config, fit_args)
     check_names(space, args.space, args.config, parsed)
+    check_values(space, args.space, args.config, fit_args)
+    if (trainer := probe_trainer(parsed)) is not None:
+        check_one_process(trainer)
     with storage_errors(args):  # a storage locked during a trial
         study = open_study(args, space, direction, metric, fit_settings(parsed, space))
         done = finished(study)

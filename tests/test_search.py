@@ -321,8 +321,8 @@ def test_a_storage_that_is_not_a_usable_url_is_named(tmp_path: Path, data_dir: P
 
 
 @pytest.mark.parametrize("within_epochs", [False, True], ids=["epoch-end", "val-check-interval"])
-def test_trials_are_pruned_at_their_global_step(tmp_path: Path, data_dir: Path, monkeypatch, within_epochs) -> None:
-    # a pruner that stops every trial at its first chance: its second validation, after 2 training steps
+def test_trials_are_pruned_at_their_validations(tmp_path: Path, data_dir: Path, monkeypatch, within_epochs) -> None:
+    # a pruner that stops every trial at its first chance: its second validation (step 2), also within an epoch
     monkeypatch.setitem(search.PRUNERS, "always", lambda: optuna.pruners.ThresholdPruner(upper=0.0))
     extra = ["--trainer.limit_train_batches", "3", "--trainer.val_check_interval", "1"] if within_epochs else []
     study = search.run(search_args(tmp_path, data_dir, "--n_trials", "2", "--pruner", "always",
@@ -410,3 +410,149 @@ def test_stacked_configs_reach_every_trial_in_order_and_identify_the_study(tmp_p
     default = search.parse_args(["--config", str(AE), "--config", str(override), "--space", "s.yaml", "--storage",
                                  "sqlite:///s.db", "--n_trials", "1"])[0]  # fmt: skip
     assert default.study_name == "ae+mse" and default.root == Path("runs/search/ae+mse")
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [("--lock_timeout", "-1"), ("--lock_timeout", "nan"), ("--max_retry", "-3"), ("--sampler_seed", "-5"),
+     ("--sampler_seed", str(2**32))],
+)  # fmt: skip
+def test_bad_search_options_are_refused_by_name_before_anything_runs(
+    tmp_path: Path, data_dir: Path, capsys, option: str, value: str
+) -> None:
+    with pytest.raises(SystemExit):
+        search.run(search_args(tmp_path, data_dir, "--n_trials", "1", option, value))
+    assert re.search(rf"error: {option} must be .*, got {value}", capsys.readouterr().err)
+    assert not (tmp_path / "study.db").exists() and not (tmp_path / "trials").exists()
+
+
+@pytest.mark.parametrize(
+    "parameters, message",
+    [
+        ({"model.init_args.reconstruction": {"type": "categorical", "choices": ["bce", "msee"]}},
+         r"choice 'msee' would be refused .*reconstruction: Expected a typing.Literal\['bce', 'mse'\]"),
+        ({LATENT: {"type": "int", "low": 0, "high": 4}}, r"low 0 would be refused .*latent_dim must be .*>= 1, got 0"),
+        ({DROPOUT: {"type": "float", "low": 0.0, "high": 1.0}}, r"high 1.0 would be refused .*dropout must lie in \[0"),
+        ({"data.init_args.batch_size": {"type": "categorical", "choices": [8, 0]}}, r"choice 0 .*batch_size must be"),
+        ({LATENT: {"type": "categorical", "choices": [4, "four"]}}, r"choice 'four' would .*latent_dim: .*'four'"),
+    ],
+    ids=["choice-not-in-literal", "low-below-range", "high-above-range", "datamodule-choice", "unparsable-choice"],
+)  # fmt: skip
+def test_choices_and_bounds_a_trial_would_refuse_are_named_before_the_study_is_stored(
+    tmp_path: Path, data_dir: Path, parameters: dict, message: str
+) -> None:
+    args = search_args(tmp_path, data_dir, "--n_trials", "1", "--trainer.max_epochs", "1")
+    path = write_space(tmp_path, parameters)
+    with pytest.raises(search.ConfigError, match=message) as error:
+        search.run(args)
+    assert str(error.value).startswith(f"search space {path}: {next(iter(parameters))}: ")
+    assert not (tmp_path / "study.db").exists()  # the corrected space starts the study afresh
+
+
+def test_a_study_whose_trials_all_failed_before_validating_takes_the_corrected_search(
+    tmp_path: Path, data_dir: Path, capsys
+) -> None:
+    # a fit setting that only the model's constructor refuses: five stride-2 convolutions shrink 28x28 to nothing
+    args = search_args(tmp_path, data_dir, "--n_trials", "1", "--trainer.max_epochs", "1",
+                       "--model.init_args.network", "conv")  # fmt: skip
+    with pytest.raises(search.ConfigError, match="stride-2 convolutions"):
+        search.run([*args, "--model.init_args.hidden_dims", "[4,4,4,4,4,4]"])
+    (failed,) = trials(f"sqlite:///{tmp_path / 'study.db'}")
+    assert failed.state == optuna.trial.TrialState.FAIL
+    write_space(tmp_path, {LATENT: {"type": "int", "low": 2, "high": 5}})  # the space corrected too
+    study = search.run([*args, "--model.init_args.hidden_dims", "[4,4]"])
+    assert "none of its 1 trials validated its metric (all failed), so it takes" in capsys.readouterr().out
+    assert study.trials[-1].state == optuna.trial.TrialState.COMPLETE
+    assert study.user_attrs["settings"]["model.init_args.hidden_dims"] == [4, 4]
+    assert study.user_attrs["space"] == search._digest({LATENT: {"type": "int", "low": 2, "high": 5}})
+    # once a trial validated, the study keeps its search
+    with pytest.raises(ValueError, match=r"belongs to another search: fit settings model.init_args.hidden_dims"):
+        search.run([*args, "--model.init_args.hidden_dims", "[4]"])
+
+
+def test_a_corrected_space_that_optuna_cannot_take_in_the_same_study_is_named(tmp_path: Path, data_dir: Path) -> None:
+    widths = "model.init_args.hidden_dims"
+    args, fit_args = search.parse_args(search_args(tmp_path, data_dir, "--n_trials", "1"))
+    settings = search.fit_settings(search.resolve_config(args.config, fit_args), search.read_space(args.space))
+    old = {"parameters": {widths: {"type": "categorical", "choices": ["[8]", "[4,4,4,4,4,4]"]}}}
+    study = search.open_study(args, old, "minimize", "val/loss", settings)
+    trial = study.ask()
+    search.suggest(trial, widths, old["parameters"][widths])
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)  # as a trial the model refused
+    new = {"parameters": {widths: {"type": "categorical", "choices": ["[8]", "[4,4]"]}}}
+    with pytest.raises(ValueError, match=rf"failed trials drew {widths} from CategoricalDistribution.*cannot change"):
+        search.open_study(args, new, "minimize", "val/loss", settings)
+    assert study.user_attrs["space"] == search._digest(old["parameters"])  # kept
+
+
+def test_trials_of_several_processes_are_refused_before_the_study_is_stored(tmp_path: Path, data_dir: Path) -> None:
+    # Lightning's DDP launcher starts a trial's other processes by re-running the command line (which is the search's)
+    args = search_args(tmp_path, data_dir, "--n_trials", "1", "--trainer.max_epochs", "1")
+    installed = str(Path(sys.executable).parent / "ae-lightning-search")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    command = [installed, *args, "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    expected = (r"error: each trial would train in 2 processes: 2 devices \(--trainer.devices.*--trainer.num_nodes"
+                r".*DDPStrategy \(--trainer.strategy\).*--trainer.devices 1 .*search_array.sbatch")  # fmt: skip
+    assert re.search(expected, result.stderr), result.stderr[-2000:]
+    assert not (tmp_path / "study.db").exists() and not (tmp_path / "trials").exists()
+
+
+def test_a_trial_of_several_processes_fails_without_starting_them(tmp_path: Path, data_dir: Path) -> None:
+    # The trial's own check, for a trainer that the search could not tell before it opened the study: the trial is
+    # FAIL, never left RUNNING. In a process of its own, as a trial that started others would end its process.
+    args = search_args(tmp_path, data_dir, "--n_trials", "1", "--trainer.max_epochs", "1")
+    script = f"""
+import sys
+from ae_lightning import search
+args, fit_args = search.parse_args({args!r})
+space = search.read_space(args.space)
+settings = search.fit_settings(search.resolve_config(args.config, fit_args), space)
+study = search.open_study(args, space, "minimize", "val/loss", settings)
+many = [*fit_args, "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+try:
+    study.optimize(lambda trial: search.objective(trial, args, space, "val/loss", many))
+except search.ConfigError as error:
+    sys.exit(str(error))
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)  # fmt: skip
+    assert result.returncode == 1 and "each trial would train in 2 processes" in result.stderr, result.stderr[-2000:]
+    assert [t.state for t in trials(f"sqlite:///{tmp_path / 'study.db'}")] == [optuna.trial.TrialState.FAIL]
+    assert not list((tmp_path / "trials").glob("**/*.ckpt"))
+
+
+def test_trials_of_other_batch_sizes_are_compared_at_their_validations_and_pruned(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    # 220 training images: 14 steps per epoch at batch size 16, 10 at 24; the trials share no global step
+    lr, batch = "model.init_args.optimizer.init_args.lr", "data.init_args.batch_size"
+    args = search_args(tmp_path, data_dir, "--n_trials", "3", "--trainer.max_epochs", "3",
+                       "--trainer.limit_train_batches", "1.0", "--pruner", "median")  # fmt: skip
+    write_space(tmp_path, {lr: {"type": "float", "low": 1e-9, "high": 1e-1, "log": True},
+                           batch: {"type": "categorical", "choices": [16, 24]}})  # fmt: skip
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="ae")
+    study.enqueue_trial({lr: 1e-2, batch: 16})
+    study.enqueue_trial({lr: 1e-2, batch: 16})
+    study.enqueue_trial({lr: 1e-9, batch: 24})  # learns nothing: worse than the median at every validation
+    study = search.run(args)
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.COMPLETE] * 2 + [optuna.trial.TrialState.PRUNED]
+    assert list(study.trials[0].intermediate_values) == [1, 2, 3]
+    assert list(study.trials[2].intermediate_values) == [1, 2]  # pruned at its second validation
+
+
+def test_a_resumed_trial_counts_its_validations_on(tmp_path: Path, data_dir: Path) -> None:
+    extra = ("--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2")  # 2 steps per epoch
+    args, fit_args = search.parse_args(search_args(tmp_path, data_dir, "--n_trials", "1", *extra))
+    space = search.read_space(args.space)
+    study = open_study(tmp_path, data_dir, *extra)
+    first = study.ask()
+    search.objective(first, args, space, "val/loss", fit_args)  # 1 epoch: its validation 1, then last.ckpt
+    study.enqueue_trial(study.trials[0].params, user_attrs={"folder": study.trials[0].user_attrs["folder"]})
+    retry = study.ask()  # as Optuna retries a trial whose process died: its values, its folder
+    longer = [*fit_args, "--trainer.max_epochs", "3"]
+    search.objective(retry, args, space, "val/loss", longer)  # resumes after epoch 1
+    assert list(study.trials[-1].intermediate_values) == [2, 3]
