@@ -47,7 +47,8 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         encoder: a ready encoder (``class_path`` in YAML) with the output of the variant's ``build_encoder``.
         decoder: a ready decoder: codes to logits ``[B, *input_shape]`` (the means, for feature vectors).
         optimizer: optimizer factory, called with the parameters (``class_path`` + ``init_args`` in YAML).
-        lr_scheduler: optional scheduler factory, stepped every epoch (``ReduceLROnPlateau`` on ``val/loss``).
+        lr_scheduler: optional scheduler factory, stepped every epoch (``ReduceLROnPlateau`` after each epoch that
+            validates, on ``val/loss``).
         compile_networks: ``torch.compile`` the networks in place when a stage starts (checkpoints load either way).
         steps_per_batch: optimizer steps per Lightning batch, under manual optimization, for a datamodule with the
             same ``steps_per_batch`` (the fast path, docs/speed.md); 1 trains as Lightning does.
@@ -107,6 +108,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         self.automatic_optimization = steps_per_batch == 1
         self.test_reconstruction = ReconstructionMetrics(prefix="test/", images=len(self.input_shape) == 3)
         self._input_checked = False
+        self._validated = False  # since the last epoch's end (see ``on_train_epoch_end``)
         self.encoder = encoder if encoder is not None else self.build_encoder()
         self.decoder = decoder if decoder is not None else self.build_decoder()
         self._unchecked_networks = [name for name, given in (("encoder", encoder), ("decoder", decoder)) if given]
@@ -284,8 +286,9 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
 
     def check_given_networks(self) -> None:
         """Refuse a given ``encoder`` or ``decoder`` that does not fit the model: two zero inputs (and labels 0) must
-        encode to codes ``[2, *latent_shape]`` and decode to ``[2, *input_shape]``; the model's state is left as it was.
-        Runs once, before training or evaluation starts (the command runs it before the run writes any file)."""
+        pass :meth:`check_encoder_output`, encode to codes ``[2, *latent_shape]`` and decode to ``[2, *input_shape]``;
+        the model's state is left as it was. Runs once, before training or evaluation starts (the command runs it
+        before the run writes any file)."""
         given, self._unchecked_networks = " and ".join(self._unchecked_networks), []
         if not given:
             return
@@ -299,6 +302,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         self.eval()
         try:
             with torch.no_grad():
+                self.check_encoder_output(x, y)
                 z = self.encode(x, y)
                 if not isinstance(z, Tensor):
                     raise ValueError(f"encode returns a {type(z).__name__}, not a tensor of codes")
@@ -318,6 +322,10 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         finally:
             self.load_state_dict(state, strict=False)
             self.train(training)
+
+    def check_encoder_output(self, x: Tensor, y: Tensor) -> None:
+        """Raise a ValueError naming the shapes if the encoder's output for inputs ``x`` (labels ``y``) is not what
+        the model reads from it, beyond the codes of ``encode`` (e.g. the VAE's log-variances); nothing here."""
 
     # --- optimizers and hooks ---------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
@@ -352,9 +360,32 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         if lr_scheduler is None:
             return {"optimizer": built}
         scheduler = {"scheduler": lr_scheduler(built)}
-        if self.automatic_optimization:  # under manual optimization ``on_train_epoch_end`` steps it
-            scheduler["monitor"] = "val/loss"
+        if isinstance(scheduler["scheduler"], ReduceLROnPlateau):
+            every = self._validation_epochs()
+            # Lightning steps it after each epoch that validates; under manual optimization ``on_train_epoch_end`` does
+            if self.automatic_optimization:
+                scheduler.update(monitor="val/loss", frequency=every)
         return {"optimizer": built, "lr_scheduler": scheduler}
+
+    def _validation_epochs(self) -> int:
+        """Every how many epochs validation runs, for a ``ReduceLROnPlateau`` stepped on its ``val/loss``; a ValueError
+        naming the setting where none runs, or (under automatic optimization) where it runs by steps, not epochs."""
+        try:
+            trainer = self.trainer
+        except RuntimeError:  # not attached to a trainer (yet)
+            return 1
+        plateau = "lr_scheduler ReduceLROnPlateau steps on val/loss after each validation"
+        if not trainer.enable_validation:
+            cause = "there is no validation data (no val_dataloader)"
+            if not trainer.limit_val_batches:
+                cause = f"--trainer.limit_val_batches {trainer.limit_val_batches} runs none"
+            raise ValueError(f"{plateau}, but {cause}: validate, or choose a scheduler that needs no metric (StepLR, "
+                             "CosineAnnealingLR, ...)")  # fmt: skip
+        if trainer.check_val_every_n_epoch is None and self.automatic_optimization:
+            raise ValueError(f"{plateau} at an epoch's end, but --trainer.check_val_every_n_epoch null validates every "
+                             f"val_check_interval ({trainer.val_check_interval}) batches instead: set "
+                             "check_val_every_n_epoch")  # fmt: skip
+        return trainer.check_val_every_n_epoch or 1
 
     def _mixed_precision(self) -> bool:
         """Whether the trainer runs mixed precision (``16-mixed``, ``bf16-mixed``), under any strategy."""
@@ -370,13 +401,18 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         if self.steps_per_batch > 1:
             fast.check_epoch(self.trainer, self.steps_per_batch)
 
+    def on_validation_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self._validated = True  # a ReduceLROnPlateau steps on this val/loss at the epoch's end
+
     def on_train_epoch_end(self) -> None:
+        validated, self._validated = self._validated, False
         if self.automatic_optimization:
             return  # Lightning steps the schedulers
         schedulers = self.lr_schedulers() or []
         for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
             if isinstance(scheduler, ReduceLROnPlateau):
-                if "val/loss" in self.trainer.callback_metrics:  # validation at the epoch's end has run by now
+                if validated:  # in this epoch, so that a metric of an earlier epoch is never stepped on twice
                     scheduler.step(self.trainer.callback_metrics["val/loss"])
             else:
                 scheduler.step()

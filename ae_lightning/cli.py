@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from jsonargparse import ArgumentError, lazy_instance
+from jsonargparse.typing import class_from_function
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ProgressBar
@@ -69,6 +70,9 @@ ROOT_DIR = "<default_root_dir>"
 # A logger's setting that stands for its class's own default: the default logger's ``name``, which jsonargparse keeps
 # when another logger class is chosen (a W&B run would be named after TensorBoard's folder, ``lightning_logs``).
 OWN_DEFAULT = "<the logger's own default>"
+# The ``nonfinite`` section's class, made here rather than by Lightning inside ``lightning.pytorch.cli`` (where only the
+# process that built the parser has it), so that the processes ``ddp_spawn`` starts unpickle the command.
+NonFiniteGuardSettings = class_from_function(non_finite_guard, name="NonFiniteGuardSettings")
 
 
 class ConfigError(ValueError):
@@ -160,7 +164,7 @@ class AutoencoderCLI(LightningCLI):
         # Not a callback key: the writer joins the trainer only where it can act (instantiate_trainer).
         parser.add_class_arguments(PredictionWriter, "predictions", fail_untyped=False, sub_configs=True)
         parser.add_lightning_class_args(ImageLogger, "images")
-        parser.add_lightning_class_args(non_finite_guard, "nonfinite")
+        parser.add_lightning_class_args(NonFiniteGuardSettings, "nonfinite")
         # The fast path (configs/fast.yaml, docs/speed.md): the datamodule groups batches, the model steps through them.
         parser.add_argument("--fast.steps", type=int, default=1, help="optimizer steps per Lightning batch "
                             "(the fast path, docs/speed.md); 1 trains as Lightning does")  # fmt: skip

@@ -28,21 +28,49 @@ def number_type(interval: str, integer: bool = False) -> type:
     """A number type for signatures, e.g. ``number_type("[0, 1)")``: ``--help`` names it by its range
     (``float in [0, 1)``) and :func:`check_arguments` checks it when the class is built, from the command or from
     Python (the command parses only the kind of number, so that a refusal names the class). Parsed values are plain
-    ``int``/``float``, so they pickle into checkpoints like any number."""
+    ``int``/``float``, so they pickle into checkpoints like any number. The type is this module's attribute named after
+    its interval (``int_ge_0_lt_inf``), one per interval, so that it pickles (``ddp_spawn`` pickles the parser)."""
+    name = _type_name(interval, integer)
+    if name in globals():
+        return globals()[name]
     base = int if integer else float
     cls = type(f"{base.__name__} {_describe(interval, False).removeprefix('be ').removeprefix('lie ')}", (base,), {})
+    cls.__qualname__ = name
 
     def parse(value: Any) -> int | float:
         value = base(value) if isinstance(value, str) else value  # from the command line
-        check_number("the value", value, "[-inf, inf]", integer=integer)
+        if not _is_number(value, integer):  # NaN and infinities too: the class's check names the argument
+            raise ValueError(f"the value must be {'an integer' if integer else 'a number'}, got {value!r}")
         return base(value)
 
+    globals()[name] = cls
     register_type(cls, serializer=base, deserializer=parse, type_check=lambda value, _: False)
     INTERVALS[cls] = (interval, integer)
     return cls
 
 
+def __getattr__(name: str) -> type:
+    """The number type named ``name`` (e.g. ``int_ge_10_lt_inf``), made here if no module has made it yet: unpickling
+    finds a type so even in a process that has not imported the module that declares it."""
+    match = _TYPE_NAME.fullmatch(name)
+    if match is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    kind, opening, low, closing, high = match.groups()
+    low, high = (bound.replace("m", "-").replace("p", ".") for bound in (low, high))
+    interval = f"{'[' if opening == 'ge' else '('}{low}, {high}{']' if closing == 'le' else ')'}"
+    return number_type(interval, integer=kind == "int")
+
+
+def _type_name(interval: str, integer: bool) -> str:
+    _parse(interval)  # a malformed interval is refused, naming it
+    opening, low, high, closing = _INTERVAL.match(interval).groups()
+    low, high = (bound.replace("-", "m").replace(".", "p") for bound in (low, high))
+    kind = "int" if integer else "float"
+    return f"{kind}_{'ge' if opening == '[' else 'gt'}_{low}_{'le' if closing == ']' else 'lt'}_{high}"
+
+
 _INTERVAL = re.compile(r"^([\[(])\s*(-?inf|-?[\d.]+)\s*,\s*(-?inf|-?[\d.]+)\s*([\])])$")
+_TYPE_NAME = re.compile(r"(int|float)_(ge|gt)_(m?inf|m?[\dp]+)_(le|lt)_(m?inf|m?[\dp]+)")
 
 
 def check_number(name: str, value: object, interval: str, *, integer: bool = False) -> None:
@@ -55,12 +83,15 @@ def check_number(name: str, value: object, interval: str, *, integer: bool = Fal
         integer: whether only integers are allowed.
     """
     low, high, low_closed, high_closed = _parse(interval)
-    kind = int if integer else Real
-    ok = isinstance(value, kind) and not isinstance(value, bool)
+    ok = _is_number(value, integer)
     if ok:
         ok = (low <= value if low_closed else low < value) and (value <= high if high_closed else value < high)
     if not ok:
-        raise ValueError(f"{name} must {_describe(interval, integer)}, got {value!r}")
+        raise ValueError(f"{name} must {_describe(interval, integer, value)}, got {value!r}")
+
+
+def _is_number(value: object, integer: bool) -> bool:
+    return isinstance(value, int if integer else Real) and not isinstance(value, bool)
 
 
 def _parse(interval: str) -> tuple[float, float, bool, bool]:
@@ -71,14 +102,19 @@ def _parse(interval: str) -> tuple[float, float, bool, bool]:
     return float(low), float(high), opening == "[", closing == "]"
 
 
-def _describe(interval: str, integer: bool) -> str:
+def _describe(interval: str, integer: bool, value: object = None) -> str:
+    """What ``interval`` asks of a value, e.g. ``be >= 0``; ``be a finite number >= 0`` for a refused NaN or infinity
+    (``a number`` where the interval holds an infinity)."""
     low, high, low_closed, high_closed = _parse(interval)
     prefix = "be an integer " if integer else "be "
+    if not integer and isinstance(value, Real) and not math.isfinite(value):
+        holds_infinity = (low_closed and math.isinf(low)) or (high_closed and math.isinf(high))
+        prefix = "be a number " if holds_infinity else "be a finite number "
     if math.isinf(high):
         return f"{prefix}{'>=' if low_closed else '>'} {low:g}"
     if math.isinf(low):
         return f"{prefix}{'<=' if high_closed else '<'} {high:g}"
-    return f"be an integer in {interval}" if integer else f"lie in {interval}"
+    return f"{prefix}in {interval}" if prefix != "be " else f"lie in {interval}"
 
 
 def check_arguments(values: Mapping[str, Any], *functions: Callable) -> None:
@@ -125,7 +161,7 @@ def _expected(value: Any, annotation: Any) -> str | None:
         try:
             check_number("", value, interval, integer=integer)
         except ValueError:
-            return _describe(interval, integer)
+            return _describe(interval, integer, value)
         return None
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is Literal:

@@ -1,13 +1,18 @@
 import math
+import pickle
+import re
+import subprocess
+import sys
 from collections.abc import Sequence
 from typing import Literal
 
 import pytest
+from tiny_runs import ROOT, run_cli
 
 import ae_lightning
 from ae_lightning.blocks.spatial import SpatialEncoder
 from ae_lightning.training.disentanglement import DisentanglementMetrics
-from datamodules.checks import Fraction, PositiveInt, check_arguments, check_number
+from datamodules.checks import Fraction, PositiveInt, check_arguments, check_number, number_type
 from datamodules.interactions import InteractionsDataModule
 
 
@@ -29,7 +34,11 @@ def test_a_value_inside_the_interval_passes(value, interval: str, integer: bool)
         (0, "[1, inf)", True, "x must be an integer >= 1, got 0"),
         (2.0, "[1, inf)", True, "x must be an integer >= 1, got 2.0"),  # a float where an int is expected
         (True, "[0, inf)", True, "x must be an integer >= 0, got True"),  # a bool is not a number here
-        (math.nan, "[0, inf)", False, "x must be >= 0, got nan"),
+        (math.nan, "[0, inf)", False, "x must be a finite number >= 0, got nan"),
+        (math.inf, "(0, inf)", False, "x must be a finite number > 0, got inf"),
+        (-math.inf, "(-inf, 1]", False, "x must be a finite number <= 1, got -inf"),
+        (math.nan, "[0, 1)", False, r"x must be a finite number in \[0, 1\), got nan"),
+        (math.nan, "[0, inf]", False, "x must be a number >= 0, got nan"),  # an interval that holds infinity
         ("3", "[0, inf)", False, "x must be >= 0, got '3'"),
         (1, "(-inf, 0]", True, "x must be an integer <= 0, got 1"),
     ],
@@ -80,3 +89,35 @@ def test_the_variants_and_their_parts_refuse_what_their_signatures_exclude(build
     """From Python as from the command (whose --help shows the same ranges): the signature is the one check."""
     with pytest.raises(ValueError, match=message):
         build()
+
+
+@pytest.mark.parametrize(
+    "argument, value, message",
+    [("beta", "nan", "beta must be a finite number >= 0, got nan"),
+     ("gaussian_std", "inf", "gaussian_std must be a finite number > 0 or one of 'learned', 'learned_per_pixel', got "
+                             "inf")],
+)  # fmt: skip
+def test_the_command_refuses_nan_and_infinity_naming_the_argument_and_a_finite_number(
+    argument: str, value: str, message: str, tmp_path
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(f"--model ae_lightning.VAE: {message}")):
+        run_cli("fit", "--config", "configs/vae.yaml", f"--model.init_args.{argument}", value,
+                "--trainer.default_root_dir", str(tmp_path))  # fmt: skip
+    assert not list(tmp_path.iterdir())
+
+
+def test_number_types_pickle_by_name_even_where_the_module_declaring_them_is_not_imported() -> None:
+    # ddp_spawn pickles the command's parser, whose signatures hold these types, for processes that start afresh.
+    from ae_lightning.training.disentanglement import AtLeastTen
+
+    types = [PositiveInt, Fraction, AtLeastTen, number_type("(-0.5, 2]")]
+    assert [pickle.loads(pickle.dumps(t)) for t in types] == types
+    assert number_type("(-0.5, 2]") is types[-1]  # one type per interval
+    code = (
+        "import pickle, sys; types = pickle.loads(sys.stdin.buffer.read()); "
+        "print('|'.join(t.__name__ for t in types), any(m.startswith('ae_lightning') for m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(types), capture_output=True, cwd=ROOT,
+                            timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert result.stdout.decode().strip() == "int >= 1|float in [0, 1)|int >= 10|float in (-0.5, 2] False"

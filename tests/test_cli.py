@@ -17,7 +17,7 @@ import torch
 from tiny_runs import CONFIGS, ROOT, data_args, run_subprocess, tiny_args
 
 from ae_lightning import VAE, Autoencoder
-from ae_lightning.cli import AutoencoderCLI, ConfigError, _one_line
+from ae_lightning.cli import AutoencoderCLI, ConfigError, one_line
 from ae_lightning.training.prediction import PredictionWriter
 from datamodules import MNISTDataModule
 
@@ -370,7 +370,7 @@ def test_the_command_prints_a_refusal_alone_and_the_traceback_on_request(
 def test_a_value_the_parser_rejects_is_one_line_naming_the_argument(argv: list[str], expected: str) -> None:
     with pytest.raises(ArgumentError) as refused:
         run_cli("fit", "--config", "configs/vae.yaml", *argv)
-    assert _one_line(str(refused.value)).startswith(expected)
+    assert one_line(str(refused.value)).startswith(expected)
 
 
 def test_a_new_variant_needs_only_its_module_and_its_config(data_dir: Path, tmp_path: Path, monkeypatch) -> None:

@@ -7,10 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from tiny_runs import ROOT, run_cli, tiny_args
 from torch import nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from ae_lightning import VAE, AutoDecoder, Autoencoder, ConditionalVAE, DeepBeliefAutoencoder, DropoutAutoencoder
 from ae_lightning.blocks.networks import MLPDecoder, MLPEncoder
@@ -63,10 +65,13 @@ def test_a_given_encoder_comes_from_yaml_and_the_checkpoint_rebuilds_it(data_dir
 def test_a_given_network_that_does_not_fit_is_refused_naming_the_shapes_before_the_run_writes_files(
     data_dir: Path, tmp_path: Path
 ) -> None:
-    half = MLPEncoder((1, 28, 28), [8], 4)  # a VAE of latent_dim 4 needs 8 outputs: the mean and the log-variance
-    with pytest.raises(ValueError, match=r"given encoder of VAE do not fit: .*codes have shape \[2, 2\], VAE needs "
-                                         r"\[2, 4\]"):  # fmt: skip
-        VAE(**TINY, encoder=half).check_given_networks()
+    # A VAE of latent_dim 4 needs 8 outputs: the mean and the log-variance. Of 7, the mean would take 4, the
+    # log-variance 3, which only the reparameterization of the first training step would find.
+    for width in (4, 7):
+        expected = rf"given encoder of VAE do not fit: .*the encoder's output has shape \[2, {width}\], VAE needs " \
+                   r"\[2, 8\]: the mean and log-variance"  # fmt: skip
+        with pytest.raises(ValueError, match=expected):
+            VAE(**TINY, encoder=MLPEncoder((1, 28, 28), [8], width)).check_given_networks()
     flat = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 784))  # no Unflatten: [B, 784], not images
     with pytest.raises(ValueError, match=r"given decoder of VAE .*reconstructions have shape \[2, 784\], VAE needs "
                                          r"\[2, 1, 28, 28\]"):  # fmt: skip
@@ -82,6 +87,11 @@ def test_a_given_network_that_does_not_fit_is_refused_naming_the_shapes_before_t
     with pytest.raises(ValueError, match=r"given encoder of VAE do not fit: two inputs \[2, 1, 28, 28\] .*mat1"):
         run_cli("fit", *tiny_args("vae", data_dir, tmp_path / "run", "--model.init_args.encoder", linear))
     assert not (tmp_path / "run").exists(), "a refused run left files"
+    odd = '{"class_path": "ae_lightning.blocks.networks.MLPEncoder", "init_args": {"input_shape": [1, 28, 28], ' \
+          '"hidden_dims": [8], "out_dim": 7}}'  # fmt: skip
+    with pytest.raises(ValueError, match=r"the encoder's output has shape \[2, 7\], VAE needs \[2, 8\]"):
+        run_cli("fit", *tiny_args("vae", data_dir, tmp_path / "odd", "--model.init_args.encoder", odd))
+    assert not (tmp_path / "odd").exists(), "a refused run left files"
 
 
 @pytest.mark.parametrize(
@@ -117,6 +127,24 @@ def test_labels_are_arguments_of_encode_decode_and_sample() -> None:
         model.encode(x)
     plain = VAE(**TINY).eval()
     torch.testing.assert_close(plain.encode(x, y), plain.encode(x))  # an unconditional model ignores them
+
+
+def test_sample_takes_a_list_of_labels_or_one_label_for_all_and_refuses_others_naming_the_shape() -> None:
+    model = ConditionalVAE(**TINY).eval()
+    torch.manual_seed(0)
+    expected = model.sample(3, torch.tensor([1, 1, 1]))
+    for labels in ([1, 1, 1], torch.tensor(1), 1):
+        torch.manual_seed(0)
+        torch.testing.assert_close(model.sample(3, labels), expected)
+    refused = [
+        ([1, 2], r"sample\(n=3\) needs n labels \(or one for all\), got 2"),
+        ([1.0, 2.0, 3.0], r"one integer class per image, a tensor \[3\]; got a torch.float32 tensor of shape \[3\]"),
+        (torch.tensor([[1], [2], [3]]), r"a tensor \[3\]; got a torch.int64 tensor of shape \[3, 1\]"),
+        (["one", "two", "three"], r"sample\(n=3\) needs labels y: 3 integers or one for all"),
+    ]
+    for labels, message in refused:
+        with pytest.raises(ValueError, match=message):
+            model.sample(3, labels)
 
 
 @pytest.mark.parametrize(
@@ -156,3 +184,40 @@ def test_importing_one_variant_imports_no_other_variant_and_no_datamodule() -> N
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     imported = "['ae_lightning.models.vae', 'datamodules.checks', 'datamodules.lazy']"
     assert result.stdout.strip() == imported, result.stdout + result.stderr
+
+
+def fit_with_plateau(data_dir: Path, root: Path, steps: int, **trainer_kwargs) -> L.Trainer:
+    """5 epochs of 4 Lightning batches of an autoencoder with a ReduceLROnPlateau (``steps`` optimizer steps each)."""
+    model = Autoencoder(**TINY, steps_per_batch=steps, lr_scheduler=lambda optimizer: ReduceLROnPlateau(optimizer))
+    settings = {"accelerator": "cpu", "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+                "enable_model_summary": False, "max_epochs": 5, "limit_train_batches": 4, "limit_val_batches": 1,
+                "num_sanity_val_steps": 0, "default_root_dir": root}  # fmt: skip
+    trainer = L.Trainer(**{**settings, **trainer_kwargs})
+    trainer.fit(model, datamodule=MNISTDataModule(data_dir=str(data_dir), batch_size=11, steps_per_batch=steps))
+    return trainer
+
+
+@pytest.mark.parametrize("steps", [1, 4], ids=["lightning", "fast-path"])
+def test_a_plateau_scheduler_steps_after_each_epoch_that_validates_and_only_then(
+    steps: int, data_dir: Path, tmp_path: Path
+) -> None:
+    # Validation every 2nd epoch of 5: after epochs 1 and 3. Lightning would otherwise look for val/loss after epoch 0
+    # and fail; the fast path would step again after epochs 2 and 4 on the val/loss of the epoch before.
+    trainer = fit_with_plateau(data_dir, tmp_path, steps, check_val_every_n_epoch=2)
+    assert trainer.current_epoch == 5
+    assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 2  # one step per validation
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [({"limit_val_batches": 0}, r"ReduceLROnPlateau steps on val/loss after each validation, but "
+                                r"--trainer.limit_val_batches 0 runs none"),
+     ({"check_val_every_n_epoch": None, "val_check_interval": 2},
+      r"--trainer.check_val_every_n_epoch null validates every val_check_interval \(2\) batches instead")],
+    ids=["no-validation", "validation-by-steps"],
+)  # fmt: skip
+def test_a_plateau_scheduler_without_validation_after_epochs_is_refused_naming_the_setting(
+    settings: dict, message: str, data_dir: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        fit_with_plateau(data_dir, tmp_path, 1, **settings)

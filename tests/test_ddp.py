@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -181,3 +182,29 @@ def test_codebooks_learn_from_every_rank(tmp_path: Path) -> None:
             if name == "vq":
                 both = record0["vectors"] + record1["vectors"]
                 assert record0["cluster_size"][0].sum().item() == pytest.approx(both, rel=1e-4), f"step {step}"
+
+
+SPAWN = ["--trainer.strategy", "ddp_spawn", "--trainer.accelerator", "cpu", "--trainer.devices", "2"]
+
+
+@pytest.fixture(scope="module")
+def spawn_trainer(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """The pickled trainer of ``ae-lightning fit`` under ddp_spawn, as it is sent to the processes it starts."""
+    root = tmp_path_factory.mktemp("spawn")
+    cli = build_cli(*tiny_args("vae", root / "data", root, *SPAWN))
+    return pickle.dumps(cli.trainer)  # its callbacks hold the parser, whose signatures hold the number types
+
+
+def test_ddp_spawn_can_pickle_the_command_for_its_processes(spawn_trainer: bytes) -> None:
+    trainer = pickle.loads(spawn_trainer)
+    assert type(trainer.strategy).__name__ == "DDPStrategy" and trainer.num_devices == 2
+
+
+def test_a_process_that_ddp_spawn_starts_can_unpickle_the_command(spawn_trainer: bytes) -> None:
+    # What a spawned process does: import the command's module (its __main__), then unpickle what it was sent.
+    code = "import pickle, sys, lightning, ae_lightning.cli; print(type(pickle.loads(sys.stdin.buffer.read())).__mro__)"
+    result = subprocess.run([sys.executable, "-c", code], input=spawn_trainer, capture_output=True, cwd=ROOT,
+                            env=subprocess_env(), timeout=300)  # fmt: skip
+    assert result.returncode == 0 and "lightning.pytorch.trainer.trainer.Trainer" in result.stdout.decode(), (
+        result.stderr.decode()[-3000:]
+    )

@@ -4,15 +4,18 @@ promises beyond the shared suite of ``test_variants.py``."""
 from __future__ import annotations
 
 import math
+import re
 from functools import partial
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+import yaml
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
+from torch.utils.data import DataLoader, TensorDataset
 
-from ae_lightning import DIPVAE, IAFVAE, BetaTCVAE, FactorVAE, InfoVAE, VampPriorVAE
+from ae_lightning import DIPVAE, IAFVAE, VAE, BetaTCVAE, ConditionalVAE, FactorVAE, InfoVAE, VampPriorVAE
 from ae_lightning.blocks import divergences, losses
 from ae_lightning.blocks.flows import MADE, IAFStep, InverseAutoregressiveFlow
 
@@ -432,3 +435,44 @@ def test_a_warmed_up_vae_is_evaluated_on_its_full_objective(data_dir: Path, tmp_
     torch.testing.assert_close(val["val/loss"], val["val/recon"] + 4.0 * val["val/kl"])
     (test,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
     assert test["test/loss"] == pytest.approx(test["test/recon"] + 4.0 * test["test/kl"], rel=1e-5)
+
+
+# The VAE and the variants whose loss weighs the KL (and regularizers) otherwise than the ELBO.
+ELBO_VARIANTS = [(VAE, {}), (ConditionalVAE, {}), (BetaTCVAE, {}), (DIPVAE, {}), (InfoVAE, {}),
+                 (FactorVAE, {"discriminator_hidden_dims": [8]}), (VampPriorVAE, {"num_pseudo_inputs": 3}),
+                 (IAFVAE, {"flow_hidden_dims": [8]})]  # fmt: skip
+
+
+@pytest.mark.parametrize("cls, kwargs", ELBO_VARIANTS, ids=[cls.__name__ for cls, _ in ELBO_VARIANTS])
+def test_validation_and_test_log_the_negative_elbo_that_beta_does_not_weigh(cls, kwargs: dict, tmp_path: Path) -> None:
+    # The same weights evaluated at beta 0.25 and 4: val/loss and test/loss differ, neg_elbo = recon + kl does not.
+    data = DataLoader(TensorDataset(torch.rand(8, 1, 8, 8), torch.arange(8) % 3, torch.arange(8)), batch_size=4)
+    metrics = {}
+    for beta in (0.25, 4.0):
+        torch.manual_seed(0)
+        model = cls(**TINY, **kwargs, beta=beta, nll_samples=2)
+        trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                            default_root_dir=tmp_path)  # fmt: skip
+        (val,) = trainer.validate(model, data, verbose=False)
+        (test,) = trainer.test(model, data, verbose=False)
+        metrics[beta] = {**val, **test}
+    for stage in ("val", "test"):
+        for logged in metrics.values():
+            assert logged[f"{stage}/neg_elbo"] == pytest.approx(logged[f"{stage}/recon"] + logged[f"{stage}/kl"])
+        assert metrics[0.25][f"{stage}/neg_elbo"] == pytest.approx(metrics[4.0][f"{stage}/neg_elbo"])
+        assert metrics[0.25][f"{stage}/loss"] != pytest.approx(metrics[4.0][f"{stage}/loss"])
+
+
+def test_the_shipped_vae_search_scores_its_beta_trials_on_the_negative_elbo() -> None:
+    space = yaml.safe_load((Path(__file__).parents[1] / "configs" / "search" / "vae.yaml").read_text())
+    assert "model.init_args.beta" in space["parameters"] and space["metric"] == "val/neg_elbo"
+
+
+@pytest.mark.parametrize(
+    "likelihood, std", [("bernoulli", "learned_per_pixel"), ("bernoulli", "learned"), ("continuous_bernoulli", 0.5)]
+)
+def test_a_gaussian_std_with_another_likelihood_is_refused_naming_both(likelihood: str, std) -> None:
+    with pytest.raises(
+        ValueError, match=re.escape(f"gaussian_std {std!r} is for likelihood: gaussian, not {likelihood}")
+    ):
+        VAE(**TINY, likelihood=likelihood, gaussian_std=std)

@@ -5,6 +5,7 @@ Conditional Generative Models"): the VAE with encoder and decoder conditioned on
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -81,13 +82,20 @@ class ConditionalVAE(VAE):
     def decoder_logits(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         return self.decoder(torch.cat([z, self.one_hot(y, len(z)).to(z.dtype)], 1))
 
-    def sample(self, n: int, y: Tensor | None = None) -> Tensor:
-        """``n`` images of the classes ``y`` ``[n]``; by default the classes in turn, 0, 1, 2, ..."""
+    def sample(self, n: int, y: Tensor | Sequence[int] | int | None = None) -> Tensor:
+        """``n`` images of the classes ``y``: ``n`` labels (a tensor ``[n]`` or a list), one label for all (an int or a
+        0-d tensor); by default the classes in turn, 0, 1, 2, ..."""
         if y is None:
-            y = torch.arange(n, device=self.device) % self.num_classes
-        if len(y) != n:
-            raise ValueError(f"sample(n={n}) needs n labels, got {len(y)}")
-        return super().sample(n, y.to(self.device))
+            y = torch.arange(n) % self.num_classes
+        try:
+            y = torch.as_tensor(y, device=self.device)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise ValueError(f"sample(n={n}) needs labels y: {n} integers or one for all, got {y!r}") from error
+        if y.dim() == 0:
+            y = y.expand(n)
+        if y.dim() == 1 and len(y) != n:
+            raise ValueError(f"sample(n={n}) needs n labels (or one for all), got {len(y)}")
+        return super().sample(n, y)
 
     def setup(self, stage: str) -> None:
         super().setup(stage)

@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.distributions import Normal
 
-from ae_lightning.base import AutoencoderModule
+from ae_lightning.base import AutoencoderModule, Stage
 from ae_lightning.blocks import losses, networks
 from ae_lightning.blocks.networks import decoder_mean
 from datamodules.checks import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
@@ -22,20 +22,23 @@ Likelihood = Literal["bernoulli", "gaussian", "continuous_bernoulli"]
 LearnedStd = Literal["learned", "learned_per_pixel"]
 # Floor of a learned Gaussian std: a feature constant in the training data would otherwise drive it to 0.
 MIN_STD = 1e-3
+DEFAULT_STD = 0.1
 
 
 class VAE(AutoencoderModule):
     """Diagonal-Gaussian posterior, standard-normal prior, Bernoulli, Gaussian or continuous-Bernoulli likelihood.
 
     The loss is ``recon + beta * w * kl``, ``w`` rising from 0 to 1 over ``kl_warmup_steps``; ``beta > 1`` is the
-    beta-VAE. Continuous likelihoods see dequantized pixels; ``test`` then reports ``test/bpd`` (``docs/own_data.md``).
+    beta-VAE. Validation and test also log ``neg_elbo = recon + kl``, the negative ELBO whatever the loss weighs, to
+    compare runs of different weights by. Continuous likelihoods see dequantized pixels; ``test`` then reports
+    ``test/bpd`` (``docs/own_data.md``).
 
     Args:
         likelihood: ``bernoulli``, ``gaussian`` (images or vectors) or ``continuous_bernoulli`` (data in [0, 1]).
         beta: weight of the KL term, >= 0.
         kl_warmup_steps: steps of linear KL warm-up; 0 disables it.
-        gaussian_std: a fixed std, ``learned`` (one, shared) or ``learned_per_pixel``; learned ones start at 0.1 for
-            images and 1 for vectors and stay above 1e-3.
+        gaussian_std: for ``likelihood: gaussian``, a fixed std, ``learned`` (one, shared) or ``learned_per_pixel``;
+            learned ones start at 0.1 for images and 1 for vectors and stay above 1e-3.
         iw_samples: importance samples k of training: 1 trains on the ELBO, k > 1 on the IWAE bound (Burda et al.
             2016), logged as ``neg_iwae_<k>`` (``docs/family.md``).
         nll_samples: importance samples K of the test-time bound on -log p(x).
@@ -52,7 +55,7 @@ class VAE(AutoencoderModule):
         likelihood: Likelihood = "bernoulli",
         beta: NonNegativeFloat = 1.0,
         kl_warmup_steps: NonNegativeInt = 0,
-        gaussian_std: PositiveFloat | LearnedStd = 0.1,
+        gaussian_std: PositiveFloat | LearnedStd = DEFAULT_STD,
         nll_samples: PositiveInt = 1000,
         nll_chunk_size: PositiveInt = 100,
         iw_samples: PositiveInt = 1,
@@ -63,6 +66,11 @@ class VAE(AutoencoderModule):
             raise ValueError(
                 f"likelihood: {likelihood} needs data in [0, 1], but input_shape {self.input_shape} is feature "
                 "vectors; use likelihood: gaussian"
+            )
+        if likelihood != "gaussian" and gaussian_std != DEFAULT_STD:
+            raise ValueError(
+                f"gaussian_std {gaussian_std!r} is for likelihood: gaussian, not {likelihood}: set likelihood: "
+                "gaussian, or leave gaussian_std out"
             )
         self.likelihood = likelihood
         self.iw_samples = iw_samples
@@ -98,6 +106,18 @@ class VAE(AutoencoderModule):
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The posterior mean."""
         return self.posterior_parameters(x, y)[0]
+
+    def check_encoder_output(self, x: Tensor, y: Tensor) -> None:
+        """Refuse an encoder whose output is not the posterior's mean and log-variance side by side on axis 1,
+        ``[B, 2 * latent_dim, ...]``."""
+        mu, logvar = self.posterior_parameters(x, y)
+        if tuple(mu.shape[1:]) != self.latent_shape or logvar.shape != mu.shape:
+            found = [len(mu), mu.shape[1] + logvar.shape[1], *mu.shape[2:]]
+            needed = [len(x), 2 * self.latent_dim, *self.latent_shape[1:]]
+            raise ValueError(
+                f"the encoder's output has shape {found}, {type(self).__name__} needs {needed}: the mean and "
+                f"log-variance of its latent_shape {list(self.latent_shape)} side by side"
+            )
 
     def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """The likelihood's mean: for the continuous Bernoulli, its mean rather than ``sigmoid(logits)``."""
@@ -148,6 +168,11 @@ class VAE(AutoencoderModule):
             return self.importance_weighted_terms(x, self.iw_samples, labels)
         recon, kl = (term.mean() for term in self.elbo_terms(x, labels))
         return {"loss": recon + self.kl_weight() * kl, "recon": recon, "kl": kl}
+
+    def log_terms(self, terms: dict[str, Tensor], stage: Stage, batch_size: int) -> None:
+        if stage != "train" and "recon" in terms and "kl" in terms:  # a variant's terms, too
+            terms = {**terms, "neg_elbo": terms["recon"] + terms["kl"]}
+        super().log_terms(terms, stage, batch_size)
 
     def elbo_terms(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The negative log-likelihood of one posterior sample and the KL, per image: the KL in closed form, or
