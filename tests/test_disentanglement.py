@@ -3,12 +3,16 @@ that mix or ignore them score low; and they come out of ``ae-lightning test`` on
 
 from __future__ import annotations
 
+import math
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
 from ae_lightning import VAE
 from ae_lightning.evaluation import disentanglement as metrics
+from ae_lightning.training.disentanglement import DisentanglementMetrics
 from datamodules import DSpritesDataModule
 from datamodules.dsprites import FACTORS
 
@@ -118,3 +122,151 @@ def test_a_metric_does_not_depend_on_which_others_are_asked_for() -> None:
 
     alone = {name: scores([name])[name] for name in ("beta_vae", "factor_vae", "mig")}
     assert scores(["mig", "beta_vae", "factor_vae"]) == alone
+
+
+class DSpritesGrid:
+    """The dSprites factor grid, 'images' the factors themselves; ``fixed`` pins factors to a value."""
+
+    factor_names = FACTORS
+
+    def __init__(self, **fixed: int) -> None:
+        self.fixed = fixed
+
+    def sample_factors(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        factors = torch.stack([torch.randint(size, (n,), generator=generator) for size in (3, 6, 40, 32, 32)], 1)
+        for name, value in self.fixed.items():
+            factors[:, FACTORS.index(name)] = value
+        return factors
+
+    def images_of(self, factors: torch.Tensor) -> torch.Tensor:
+        return factors.float()
+
+
+def test_factor_vae_score_leaves_out_collapsed_dimensions_as_disentanglement_lib() -> None:
+    """Two code dimensions are the positions, three have collapsed to the prior (std ~5e-5, a trace of the other
+    factors in them): disentanglement_lib's algorithm (its ``prune_dims.threshold = 0.05``), written here and run on
+    the very codes the score saw, scores about 2/5; keeping the collapsed dimensions would give 1."""
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def encode(images: torch.Tensor) -> np.ndarray:
+        f = images.double().numpy() / (np.array([3, 6, 40, 32, 32]) - 1)
+        collapsed = 1e-4 * (f[:, :3] + 0.3 * np.random.default_rng(len(f)).normal(size=(len(f), 3)))
+        codes = np.concatenate([f[:, 3:], collapsed], 1)
+        seen.append((images.numpy(), codes))
+        return codes
+
+    def reference(num_train: int, variance_points: int = 5000, threshold: float = 0.05) -> float:
+        factors = np.concatenate([f for f, _ in seen])
+        codes = np.concatenate([c for _, c in seen])
+        variance = codes[:variance_points].var(0, ddof=1)  # the first draws estimate the codes' variance
+        active = np.flatnonzero(np.sqrt(variance) >= threshold)
+        votes = np.zeros((2, 5, codes.shape[1]), dtype=np.int64)  # [train/test, factor, code]
+        for i, start in enumerate(range(variance_points, len(codes), 64)):  # then one vote per batch of 64
+            batch, batch_codes = factors[start : start + 64], codes[start : start + 64]
+            (fixed,) = np.flatnonzero((batch == batch[0]).all(0))
+            local = batch_codes.var(0, ddof=1)
+            votes[int(i >= num_train), fixed, active[np.argmin(local[active] / variance[active])]] += 1
+        train, test = votes
+        classifier = train.argmax(0)
+        return test[classifier, np.arange(codes.shape[1])].sum() / test.sum()
+
+    score = metrics.factor_vae_score(encode, DSpritesGrid(), torch.Generator().manual_seed(0), num_train=300,
+                                     num_eval=200)  # fmt: skip
+    assert score == pytest.approx(reference(300)) and 0.3 < score < 0.5, score
+    kept = metrics.disentanglement_metrics(encode, DSpritesGrid(), ["factor_vae"], num_votes=300, prune_threshold=0)
+    assert kept["factor_vae"] > 0.95  # the collapsed dimensions vote again
+    for refused in (lambda: metrics.factor_vae_score(encode, DSpritesGrid(), torch.Generator(), prune_threshold=-1),
+                    lambda: DisentanglementMetrics(prune_threshold=-1)):  # fmt: skip
+        with pytest.raises(ValueError, match="prune_threshold must be >= 0, got -1"):
+            refused()
+
+
+def test_settings_the_beta_vae_score_and_mig_cannot_work_with_are_refused_before_any_metric() -> None:
+    calls = []
+
+    def identity(images: torch.Tensor) -> np.ndarray:
+        calls.append(len(images))
+        return images.double().numpy()
+
+    # two training points of the same factor crashed scikit-learn for these seeds: the points now cycle the factors
+    for seed in (16, 19):
+        score = metrics.disentanglement_metrics(identity, DSpritesGrid(), ["beta_vae"], num_votes=2, seed=seed)
+        assert 0 <= score["beta_vae"] <= 1
+    with pytest.raises(ValueError, match=r"beta_vae needs num_votes >= 2 \(its classifier .*\), got 1"):
+        metrics.disentanglement_metrics(identity, DSpritesGrid(), ["beta_vae"], num_votes=1)
+    one_factor = DSpritesGrid(shape=0, scale=5, orientation=0, position_x=16)
+    calls.clear()
+    with pytest.raises(ValueError, match="beta_vae .* needs >= 2 varying factors; here only position_y varies"):
+        metrics.disentanglement_metrics(identity, one_factor, ["mig", "sap", "beta_vae"], num_points=300)
+    assert calls == []
+    with pytest.raises(ValueError, match="no factor of the data varies"):
+        metrics.disentanglement_metrics(identity, DSpritesGrid(**one_factor.fixed, position_y=3), ["dci"])
+    calls.clear()
+    with pytest.raises(ValueError, match="MIG compares the two most informative code dimensions: it needs >= 2, got 1"):
+        metrics.disentanglement_metrics(lambda x: identity(x)[:, :1], DSpritesGrid(), ["dci", "mig"], num_points=300)
+    assert calls == [1]  # one image probed, no metric computed
+
+
+@pytest.mark.parametrize("metric", list(metrics.DISENTANGLEMENT_METRICS))
+def test_codes_that_are_not_finite_are_refused_naming_their_dimensions(metric: str) -> None:
+    def diverged(images: torch.Tensor) -> np.ndarray:
+        codes = images.double().numpy()
+        codes[:, 1], codes[::7, 3] = np.nan, np.inf
+        return codes
+
+    with pytest.raises(ValueError, match=r"not finite \(NaN or inf\) in dimension\(s\) \[1, 3\] of 5"):
+        metrics.disentanglement_metrics(diverged, DSpritesGrid(), [metric], num_points=300, num_votes=20)
+    codes, factors = factor_codes(300)
+    codes[5, 2] = np.nan
+    direct = {"mig": lambda: metrics.mutual_information_gap(codes, factors),
+              "sap": lambda: metrics.separated_attribute_predictability(codes, factors, codes, factors),
+              "dci": lambda: metrics.dci(codes, factors, codes, factors)}  # fmt: skip
+    if metric in direct:
+        with pytest.raises(ValueError, match=r"dimension\(s\) \[2\] of 3"):
+            direct[metric]()
+
+
+def test_dci_of_constant_codes_is_zero_not_nan() -> None:
+    """No code informs any factor: the forests' importances are all 0, and so are disentanglement and completeness."""
+    _, factors = factor_codes(500)
+    constant = np.zeros((500, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        scores = metrics.dci(constant[:400], factors[:400], constant[400:], factors[400:])
+    assert scores["dci_disentanglement"] == 0 and scores["dci_completeness"] == 0, scores
+
+
+def test_beta_tcvae_estimator_offsets_for_sharp_posteriors_are_those_the_docs_give() -> None:
+    """docs/disentanglement.md's second example: N = 200,000 posteriors of std 1e-3 (a trained model's, well
+    separated), D = 3, a batch of M = 256. MWS's mi is off by log M (not log N, as for overlapping posteriors); MSS's
+    mi is exact but its tc and dwkl are not: the 1-D marginals overlap across the dataset, not within the batch."""
+    from ae_lightning.blocks.divergences import total_correlation_terms
+
+    generator, (n, m, d, sigma) = torch.Generator().manual_seed(0), (200_000, 256, 3, 1e-3)
+    means = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    mu = means[torch.randperm(n, generator=generator)[:m]]
+    z = mu + sigma * torch.randn(mu.shape, generator=generator, dtype=torch.float64)
+
+    def log_normal(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:  # log N(x | mean, sigma^2) per dimension
+        return -0.5 * ((x - mean) / sigma) ** 2 - math.log(sigma * math.sqrt(2 * math.pi))
+
+    # the exact log q(z) and log q(z_d) over all N posteriors: one 40 sigma away or more adds exp(-800), 0 in float64
+    ordered, order = means.sort(0)
+    window = [[torch.searchsorted(ordered[:, k].contiguous(), z[:, k] + side * 40 * sigma) for k in range(d)]
+              for side in (-1, 1)]  # fmt: skip
+    log_qz, log_qzd = torch.zeros(m, dtype=torch.float64), torch.zeros(m, dtype=torch.float64)
+    for i in range(m):
+        near = means[order[window[0][0][i] : window[1][0][i], 0]]  # the posteriors within 40 sigma in dimension 0
+        log_qz[i] = torch.logsumexp(log_normal(z[i], near).sum(-1), 0) - math.log(n)
+        for k in range(d):
+            log_qzd[i] += torch.logsumexp(log_normal(z[i, k], ordered[window[0][k][i] : window[1][k][i], k]), 0)
+    log_qzd -= d * math.log(n)
+    log_qzx, log_pz = log_normal(z, mu).sum(-1), (-0.5 * (z**2 + math.log(2 * math.pi))).sum(-1)
+    exact = {"mi": (log_qzx - log_qz).mean(), "tc": (log_qz - log_qzd).mean(), "dwkl": (log_qzd - log_pz).mean()}
+    logvar = torch.full_like(mu, 2 * math.log(sigma))
+    offsets = {estimator: {term: float(value - exact[term]) for term, value in
+                           total_correlation_terms(z, mu, logvar, n, estimator).items()}
+               for estimator in ("mws", "mss")}  # fmt: skip
+    assert offsets["mws"]["mi"] == pytest.approx(math.log(m), abs=0.01), offsets  # 5.55, where log N is 12.2
+    rounded = {key: {term: round(value, 1) for term, value in terms.items()} for key, terms in offsets.items()}
+    assert rounded == {"mws": {"mi": 5.5, "tc": 26.3, "dwkl": -31.9}, "mss": {"mi": 0, "tc": 9.4, "dwkl": -9.4}}

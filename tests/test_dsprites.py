@@ -201,3 +201,38 @@ def test_a_dsprites_run_resumes_and_refuses_a_resume_on_other_data_settings(tmp_
     ]:
         with pytest.raises(ConfigError, match=message):
             run_cli("fit", *args, *setting, "--trainer.max_steps", "6", "--ckpt_path", str(checkpoint))
+
+
+@pytest.mark.parametrize(
+    ("fixed_factors", "latent_dim", "metric", "message"),
+    [
+        ({"shape": 0, "scale": 5, "orientation": 0, "position_x": 16}, 3, "beta_vae",
+         "beta_vae .* needs >= 2 varying factors; here only position_y varies .*fixed_factors"),
+        ({"shape": 2}, 1, "mig", "MIG compares the two most informative code dimensions: it needs >= 2, got 1"),
+    ],
+)  # fmt: skip
+def test_the_disentanglement_callback_refuses_what_it_cannot_compute_before_the_test_loop(
+    tmp_path: Path, fixed_factors: dict, latent_dim: int, metric: str, message: str
+) -> None:
+    from lightning.pytorch.callbacks import Callback
+
+    from ae_lightning import VAE
+    from ae_lightning.training.disentanglement import DisentanglementMetrics
+
+    class CountBatches(Callback):
+        batches = 0
+
+        def on_test_batch_start(self, *args: object) -> None:
+            self.batches += 1
+
+    counter = CountBatches()
+    metrics = DisentanglementMetrics([metric], num_points=100, num_votes=10, traversal_images=0)
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=tmp_path, callbacks=[metrics, counter],
+    )  # fmt: skip
+    model = VAE(input_shape=(1, 64, 64), latent_dim=latent_dim, hidden_dims=[8])
+    data = DSpritesDataModule(num_samples=32, fixed_factors=fixed_factors, val_fraction=0.1, test_fraction=0.1)
+    with pytest.raises(ValueError, match=message):
+        trainer.test(model, datamodule=data, verbose=False)
+    assert counter.batches == 0  # refused before the test loop, whose results would otherwise be lost

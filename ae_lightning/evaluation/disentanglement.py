@@ -6,6 +6,8 @@ The BetaVAE score (Higgins et al. 2017), the FactorVAE score (Kim & Mnih 2018), 
 completeness and informativeness (Eastwood & Williams 2018), computed as in disentanglement_lib (Locatello et al.
 2019, "Challenging Common Assumptions in the Unsupervised Learning of Disentangled Representations") with smaller
 default sample sizes. Every factor is treated as discrete (its grid index); factors that do not vary are left out.
+Codes that are not finite are refused, and settings a metric cannot work with are refused before any metric runs
+(:func:`check_disentanglement_settings`).
 DCI's importances come from random forests that weigh every code at each split instead of disentanglement_lib's
 gradient boosting: both give a disentangled code ~1, and the forests take ~7 s instead of ~280 s on one CPU core for
 10 codes, the dSprites factors and 10,000 points.
@@ -19,6 +21,8 @@ from typing import Protocol
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from datamodules.checks import check_number
 
 DISENTANGLEMENT_METRICS: dict[str, str] = {
     "beta_vae": "BetaVAE score: accuracy of a linear classifier naming the fixed factor from mean code differences",
@@ -65,8 +69,19 @@ def sample_codes(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Codes ``[num_points, D]`` and factors ``[num_points, K]`` of random samples of ``source``."""
     factors = source.sample_factors(num_points, generator)
-    codes = np.concatenate([encode(source.images_of(part)) for part in factors.split(1024)])
+    codes = finite_codes(np.concatenate([encode(source.images_of(part)) for part in factors.split(1024)]))
     return codes, factors.numpy()
+
+
+def finite_codes(codes: np.ndarray) -> np.ndarray:
+    """``codes [N, D]``, or a ValueError naming the dimensions that hold NaN or inf."""
+    bad = np.flatnonzero(~np.isfinite(codes).all(0))
+    if len(bad):
+        raise ValueError(
+            f"the codes are not finite (NaN or inf) in dimension(s) {bad.tolist()} of {codes.shape[1]} (a diverged "
+            "model?): the disentanglement metrics need finite codes"
+        )
+    return codes
 
 
 def varying(factors: np.ndarray) -> np.ndarray:
@@ -92,8 +107,7 @@ def mutual_information_gap(codes: np.ndarray, factors: np.ndarray, bins: int = 2
     """
     from sklearn.metrics import mutual_info_score
 
-    if codes.shape[1] < 2:
-        raise ValueError(f"MIG compares the two most informative code dimensions: it needs >= 2, got {codes.shape[1]}")
+    _check_mig_codes(finite_codes(codes).shape[1])
     factors = factors[:, varying(factors)]
     binned = discretize(codes, bins)
     information = np.array([[mutual_info_score(f, z) for f in factors.T] for z in binned.T])  # [D, K]
@@ -114,6 +128,7 @@ def separated_attribute_predictability(
     """
     from sklearn.svm import LinearSVC
 
+    finite_codes(np.concatenate([train_codes, test_codes]))
     keep = varying(train_factors)
     train_factors, test_factors = train_factors[:, keep], test_factors[:, keep]
     accuracy = np.zeros((train_codes.shape[1], train_factors.shape[1]))
@@ -139,7 +154,8 @@ def dci(
 
     ``dci_disentanglement``: ``sum_i rho_i (1 - H_K(P_i))``, ``P_i`` code ``i``'s row of ``R`` normalized and ``rho_i``
     its share of the total importance; ``dci_completeness``: the same per factor over the codes (``H_D``), weighted by
-    the factor's share; ``dci_informativeness``: the forests' mean test accuracy.
+    the factor's share; ``dci_informativeness``: the forests' mean test accuracy. If no code has any importance (e.g.
+    constant codes), disentanglement and completeness are 0.
 
     Args:
         train_codes, train_factors: ``[N, D]`` codes and ``[N, K]`` discrete factors to fit on.
@@ -148,6 +164,7 @@ def dci(
     """
     from sklearn.ensemble import RandomForestClassifier
 
+    finite_codes(np.concatenate([train_codes, test_codes]))  # the forests would take NaN as "missing", silently
     keep = varying(train_factors)
     train_factors, test_factors = train_factors[:, keep], test_factors[:, keep]
     num_codes, num_factors = train_codes.shape[1], train_factors.shape[1]
@@ -158,7 +175,8 @@ def dci(
         importance[:, k] = forest.feature_importances_
         accuracies.append(forest.score(test_codes, test_factors[:, k]))
     total = importance.sum()
-    code_share, factor_share = importance.sum(1) / total, importance.sum(0) / total
+    share = importance / total if total > 0 else importance  # all 0 (e.g. constant codes): D and C are 0, not 0/0
+    code_share, factor_share = share.sum(1), share.sum(0)
     per_code = 1 - _entropy(importance, axis=1, base=num_factors) if num_factors > 1 else np.ones(num_codes)
     per_factor = 1 - _entropy(importance, axis=0, base=num_codes) if num_codes > 1 else np.ones(num_factors)
     return {
@@ -197,7 +215,9 @@ def beta_vae_score(
     num_eval: int = 300,
 ) -> float:
     """The BetaVAE score (Higgins et al. 2017): each point is ``mean |z(x1) - z(x2)|`` over ``batch_size`` pairs
-    sharing one random factor; the score is a logistic regression's test accuracy at naming that factor.
+    sharing one factor; the score is a logistic regression's test accuracy at naming that factor. The points' factors
+    cycle through the varying factors (disentanglement_lib draws each at random), so that any 2 training points name 2
+    factors; fewer than 2 varying factors or training points are refused.
 
     Args:
         encode: images -> codes.
@@ -210,13 +230,14 @@ def beta_vae_score(
     from sklearn.linear_model import LogisticRegression
 
     variable = _variable_factors(source, generator)
+    _check_beta_vae([source.factor_names[k] for k in variable], num_train, "num_train")
 
     def points(n: int) -> tuple[np.ndarray, np.ndarray]:
         features, targets = [], []
-        for _ in range(n):
-            factor = int(variable[torch.randint(len(variable), (1,), generator=generator)])
+        for i in range(n):
+            factor = int(variable[i % len(variable)])
             first, second = _fixed_factor_batch(source, batch_size, factor, generator, pairs=True)
-            codes = encode(source.images_of(torch.cat([first, second])))
+            codes = finite_codes(encode(source.images_of(torch.cat([first, second]))))
             features.append(np.abs(codes[:batch_size] - codes[batch_size:]).mean(0))
             targets.append(factor)
         return np.stack(features), np.array(targets)
@@ -234,10 +255,12 @@ def factor_vae_score(
     num_train: int = 500,
     num_eval: int = 300,
     num_variance_estimate: int = 5000,
+    prune_threshold: float = 0.05,
 ) -> float:
     """The FactorVAE score (Kim & Mnih 2018): codes scaled by their std over the data; each vote pairs the code
     dimension of least variance over ``batch_size`` samples sharing one random factor with that factor; each dimension
-    predicts its most voted factor, scored on held-out votes. Dimensions of zero std are left out.
+    predicts its most voted factor, scored on held-out votes. Dimensions collapsed to the prior (std below
+    ``prune_threshold``, or zero) take no part; if none is left, the score is 0.
 
     Args:
         encode: images -> codes.
@@ -247,11 +270,14 @@ def factor_vae_score(
         num_train: votes to fit the majority classifier on.
         num_eval: votes to score it on.
         num_variance_estimate: samples of the codes' std.
+        prune_threshold: the std, in the codes' units, below which a dimension counts as collapsed; 0.05 as
+            disentanglement_lib (for VAE means, whose prior has std 1); 0 keeps every dimension that varies.
     """
+    check_number("prune_threshold", prune_threshold, "[0, inf)")
     variable = _variable_factors(source, generator)
     codes, _ = sample_codes(encode, source, num_variance_estimate, generator)
-    scale = codes.std(0)
-    active = scale > 0
+    scale = codes.std(0, ddof=1)
+    active = (scale > 0) & (scale >= prune_threshold)
     if not active.any():
         return 0.0
     num_factors = len(source.factor_names)
@@ -261,7 +287,7 @@ def factor_vae_score(
         for _ in range(n):
             factor = int(variable[torch.randint(len(variable), (1,), generator=generator)])
             batch, _ = _fixed_factor_batch(source, batch_size, factor, generator, pairs=False)
-            spread = (encode(source.images_of(batch))[:, active] / scale[active]).var(0)
+            spread = (finite_codes(encode(source.images_of(batch)))[:, active] / scale[active]).var(0)
             counts[np.argmin(spread), factor] += 1
         return counts
 
@@ -276,6 +302,22 @@ def _variable_factors(source: FactorSource, generator: torch.Generator) -> Tenso
     return torch.from_numpy(np.flatnonzero(varying(probe)))
 
 
+def _check_beta_vae(varying_factors: Sequence[str], num_votes: int, setting: str = "num_votes") -> None:
+    """A ValueError unless the BetaVAE score has >= 2 varying factors and >= 2 training points to tell apart."""
+    if len(varying_factors) < 2:
+        raise ValueError(
+            f"beta_vae names the factor a pair of batches shares, so it needs >= 2 varying factors; here only "
+            f"{', '.join(varying_factors) or 'none'} varies (the others are fixed, e.g. by the data's fixed_factors)"
+        )
+    if num_votes < 2:
+        raise ValueError(f"beta_vae needs {setting} >= 2 (its classifier must see two factors), got {num_votes}")
+
+
+def _check_mig_codes(num_codes: int) -> None:
+    if num_codes < 2:
+        raise ValueError(f"MIG compares the two most informative code dimensions: it needs >= 2, got {num_codes}")
+
+
 # --- all of them ----------------------------------------------------------------------------------------------------
 def check_disentanglement_metrics(names: Sequence[str]) -> list[str]:
     """``names`` as a list, or a ValueError naming each unknown one and listing the known ones."""
@@ -288,6 +330,28 @@ def check_disentanglement_metrics(names: Sequence[str]) -> list[str]:
     return list(names)
 
 
+def check_disentanglement_settings(
+    encode: Encoder, source: FactorSource, metrics: Sequence[str], num_votes: int = 500
+) -> list[str]:
+    """``metrics`` as a list, or a ValueError naming the setting that one of them cannot work with, before any runs:
+    unknown names, data with no varying factor, ``beta_vae`` with fewer than 2 varying factors or ``num_votes``,
+    ``mig`` of codes with fewer than 2 dimensions, codes that are not finite (checked on one image)."""
+    metrics = check_disentanglement_metrics(metrics)
+    if not metrics:
+        return metrics
+    probe = source.sample_factors(512, torch.Generator().manual_seed(0))
+    names = [source.factor_names[k] for k in np.flatnonzero(varying(probe.numpy()))]
+    if not names:
+        raise ValueError("no factor of the data varies (all are fixed, e.g. by its fixed_factors): the disentanglement "
+                         f"metrics {', '.join(metrics)} have nothing to measure")  # fmt: skip
+    if "beta_vae" in metrics:
+        _check_beta_vae(names, num_votes)
+    num_codes = finite_codes(encode(source.images_of(probe[:1]))).shape[1]
+    if "mig" in metrics:
+        _check_mig_codes(num_codes)
+    return metrics
+
+
 def disentanglement_metrics(
     encode: Encoder,
     source: FactorSource,
@@ -295,6 +359,7 @@ def disentanglement_metrics(
     num_points: int = 10000,
     num_votes: int = 500,
     seed: int = 0,
+    prune_threshold: float = 0.05,
 ) -> dict[str, float]:
     """The named metrics of the codes of ``source``'s data (``dci`` gives its three numbers).
 
@@ -307,8 +372,11 @@ def disentanglement_metrics(
         seed: seed of every draw. The codes MIG, SAP and DCI share, the BetaVAE score and the FactorVAE score each
             draw from their own generator seeded from ``seed``, so a metric's value does not depend on which others
             are asked for.
+        prune_threshold: the FactorVAE score's std below which a code dimension counts as collapsed
+            (:func:`factor_vae_score`).
     """
-    metrics = check_disentanglement_metrics(metrics)
+    check_number("prune_threshold", prune_threshold, "[0, inf)")
+    metrics = check_disentanglement_settings(encode, source, metrics, num_votes)
     results: dict[str, float] = {}
     if {"mig", "sap", "dci"} & set(metrics):
         codes, factors = sample_codes(encode, source, num_points, torch.Generator().manual_seed(seed))
@@ -327,7 +395,9 @@ def disentanglement_metrics(
         results["beta_vae"] = beta_vae_score(encode, source, generator, num_train=num_votes, num_eval=evaluation)
     if "factor_vae" in metrics:
         generator = _metric_generator(seed, "factor_vae")
-        results["factor_vae"] = factor_vae_score(encode, source, generator, num_train=num_votes, num_eval=evaluation)
+        results["factor_vae"] = factor_vae_score(
+            encode, source, generator, num_train=num_votes, num_eval=evaluation, prune_threshold=prune_threshold
+        )
     return results
 
 
@@ -383,10 +453,12 @@ __all__ = [
     "FactorSource",
     "beta_vae_score",
     "check_disentanglement_metrics",
+    "check_disentanglement_settings",
     "dci",
     "disentanglement_metrics",
     "discretize",
     "factor_vae_score",
+    "finite_codes",
     "latent_traversals",
     "model_encoder",
     "mutual_information_gap",

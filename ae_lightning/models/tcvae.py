@@ -22,9 +22,11 @@ class BetaTCVAE(VAE):
 
     ``mi``, ``tc`` and ``dwkl`` (logged, with the closed-form ``kl`` beside them) are estimated on the minibatch by
     ``estimator``; ``w`` is the VAE's ``beta`` times its KL warm-up. All weights 1 is (in expectation) the VAE; the
-    paper's beta-TCVAE weighs the total correlation alone, ``tc_weight: 6`` on dSprites. Minibatch-weighted sampling's
-    ``mi``, ``tc`` and ``dwkl`` are off by about ``+log N``, ``+(D - 1) log N`` and ``-D log N`` nats (``N`` =
-    ``dataset_size``, ``D`` = ``latent_dim``; docs/disentanglement.md), minibatch-stratified sampling's are not.
+    paper's beta-TCVAE weighs the total correlation alone, ``tc_weight: 6`` on dSprites. The logged terms are offset
+    by amounts that depend on how much the posteriors overlap (docs/disentanglement.md): for overlapping ones,
+    minibatch-weighted sampling's by about ``+log N``, ``+(D - 1) log N`` and ``-D log N`` nats (``N`` =
+    ``dataset_size``, ``D`` = ``latent_dim``) and minibatch-stratified sampling's not at all; for sharp ones (a trained
+    model's), MWS's ``mi`` by ``+log M`` (``M`` the batch size) and both estimators' ``tc`` and ``dwkl`` by many nats.
 
     Args:
         mi_weight: weight of the index-code mutual information (the paper's alpha), >= 0.

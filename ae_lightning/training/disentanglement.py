@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchvision.utils import save_image
 
 from ae_lightning.evaluation import disentanglement
-from datamodules.checks import AtLeastTwo, NonNegativeInt, check_arguments, number_type
+from datamodules.checks import AtLeastTwo, NonNegativeFloat, NonNegativeInt, check_arguments, number_type
 
 AtLeastTen = number_type("[10, inf)", integer=True)
 
@@ -25,14 +25,19 @@ AtLeastTen = number_type("[10, inf)", integer=True)
 class DisentanglementMetrics(Callback):
     """At the end of ``test``, logs ``test/<metric>`` for each disentanglement metric (``dci`` as
     ``test/dci_disentanglement``, ``test/dci_completeness``, ``test/dci_informativeness``) and writes
-    ``<log_dir>/traversals.png``; does nothing if the datamodule has no ``sample_factors`` (no known factors).
+    ``<log_dir>/traversals.png``; does nothing if the datamodule has no ``sample_factors`` (no known factors). Settings
+    the metrics cannot work with are refused when testing starts, before the test loop
+    (:func:`~ae_lightning.evaluation.disentanglement.check_disentanglement_settings`).
 
     Args:
         metrics: names from ``beta_vae``, ``factor_vae``, ``mig``, ``sap``, ``dci``.
         num_points: samples whose codes MIG, SAP and DCI see.
-        num_votes: training points of the BetaVAE and FactorVAE scores.
+        num_votes: training points of the BetaVAE and FactorVAE scores; >= 2, as the BetaVAE score cycles through
+            the varying factors and its classifier needs two.
         traversal_images: images whose traversals are drawn; 0 draws none.
         seed: seed of every draw.
+        prune_threshold: the FactorVAE score's std below which a code dimension counts as collapsed to the prior and
+            is left out (0.05 as disentanglement_lib, for codes on the prior's scale; 0 keeps all).
     """
 
     def __init__(
@@ -42,6 +47,7 @@ class DisentanglementMetrics(Callback):
         num_votes: AtLeastTwo = 500,
         traversal_images: NonNegativeInt = 2,
         seed: int = 0,
+        prune_threshold: NonNegativeFloat = 0.05,
     ) -> None:
         check_arguments(locals(), DisentanglementMetrics.__init__)
         self.metrics = disentanglement.check_disentanglement_metrics(metrics)
@@ -49,6 +55,15 @@ class DisentanglementMetrics(Callback):
         self.num_votes = num_votes
         self.traversal_images = traversal_images
         self.seed = seed
+        self.prune_threshold = prune_threshold
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        source = trainer.datamodule
+        if hasattr(source, "sample_factors"):
+            with torch.random.fork_rng(devices=[]):
+                disentanglement.check_disentanglement_settings(
+                    disentanglement.model_encoder(pl_module), source, self.metrics, self.num_votes
+                )
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         source = trainer.datamodule
@@ -57,7 +72,7 @@ class DisentanglementMetrics(Callback):
         encode = disentanglement.model_encoder(pl_module)
         with torch.random.fork_rng(devices=[]):
             scores = disentanglement.disentanglement_metrics(
-                encode, source, self.metrics, self.num_points, self.num_votes, self.seed
+                encode, source, self.metrics, self.num_points, self.num_votes, self.seed, self.prune_threshold
             )
         for name, value in scores.items():
             pl_module.log(f"test/{name}", value, rank_zero_only=True)
