@@ -7,6 +7,7 @@ import functools
 import math
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import lightning as L
 import pytest
@@ -16,6 +17,7 @@ from tiny_runs import CONFIGS, build_cli, tiny_args
 from torch.utils.data import DataLoader, TensorDataset
 
 from ae_lightning import AdversarialAutoencoder, KLAutoencoder
+from ae_lightning.blocks import losses
 
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="16-mixed needs CUDA")
 PRECISIONS = [
@@ -113,3 +115,44 @@ def _record(calls: list, name: str, method: Any, *args: Any, **kwargs: Any) -> A
 def _gradient_norm(optimizer: torch.optim.Optimizer) -> float:
     grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item()
+
+
+def test_the_adaptive_weight_under_fp16_takes_the_gradients_of_the_scaled_losses(tmp_path: Path) -> None:
+    # The per-pixel gradients of a 256 px image's mean loss fall below fp16's range unless scaled, as the scaler scales
+    # the step's own backward; the ratio of the two scaled norms is the weight, the scale cancels.
+    torch.manual_seed(0)
+    model = KLAutoencoder(
+        latent_dim=4, input_shape=(3, 256, 256), discriminator_channels=4, **{**PATCHGAN, "hidden_dims": [8, 8]}
+    )
+    x = torch.rand(16, 3, 256, 256)
+    weights = {}
+    for name, dtype in (("fp32", None), ("fp16", torch.half)):
+        torch.manual_seed(1)
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            terms, reconstruction = model.autoencoder_terms(x)
+            g_loss = losses.generator_adversarial_loss(model.discriminator(reconstruction), "hinge")
+        weight = functools.partial(losses.adaptive_adversarial_weight, terms["loss"], g_loss, model.last_layer_weight())
+        weights[name] = [weight(loss_scale=scale).item() for scale in (None, torch.tensor(2.0**10), torch.tensor(2e30))]
+    exact = weights["fp32"][0]
+    assert weights["fp32"][1] == pytest.approx(exact, rel=1e-5)
+    assert weights["fp16"][1] == pytest.approx(exact, rel=0.01)
+    assert abs(weights["fp16"][0] / exact - 1) > 0.1  # unscaled, fp16 loses them
+    assert weights["fp16"][2] == 0.0  # an overflowing scale (a step the scaler skips) gives no adversarial term
+    # In training, the model passes its scaler's current scale
+    scales = []
+
+    def recording(*args: Any, loss_scale: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+        scales.append(loss_scale)
+        return weight_of(*args, loss_scale=loss_scale, **kwargs)
+
+    weight_of, scaler = losses.adaptive_adversarial_weight, torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    small = KLAutoencoder(latent_dim=4, input_shape=(1, 16, 16), **PATCHGAN)
+    loader = DataLoader(TensorDataset(torch.rand(4, 1, 16, 16), torch.zeros(4, dtype=torch.long), torch.arange(4)))
+    for plugins, expected in (([MixedPrecision("16-mixed", "cpu", scaler)], [2.0**8]), ([], [None])):
+        scales.clear()
+        trainer = L.Trainer(accelerator="cpu", max_steps=1, plugins=plugins, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False,
+                            default_root_dir=tmp_path)  # fmt: skip
+        with mock.patch.object(losses, "adaptive_adversarial_weight", recording):
+            trainer.fit(small, loader)
+        assert [None if s is None else s.item() for s in scales] == expected

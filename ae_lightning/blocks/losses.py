@@ -206,12 +206,21 @@ def generator_adversarial_loss(fake_logits: Tensor, kind: str = "hinge") -> Tens
 
 
 def adaptive_adversarial_weight(
-    reconstruction_loss: Tensor, generator_loss: Tensor, last_layer_weight: Tensor, max_weight: float = 1e4
+    reconstruction_loss: Tensor,
+    generator_loss: Tensor,
+    last_layer_weight: Tensor,
+    max_weight: float = 1e4,
+    loss_scale: Tensor | None = None,
 ) -> Tensor:
     """``||grad_w L_rec|| / (||grad_w L_G|| + 1e-4)`` at the decoder's last weight ``w``, clamped to ``[0, max_weight]``
     and detached (Esser et al. 2021, eq. 7): the adversarial term then pulls on the decoder as hard as the
-    reconstruction does. Both losses keep their graphs."""
-    reconstruction_grad = torch.autograd.grad(reconstruction_loss, last_layer_weight, retain_graph=True)[0]
-    generator_grad = torch.autograd.grad(generator_loss, last_layer_weight, retain_graph=True)[0]
-    weight = reconstruction_grad.norm() / (generator_grad.norm() + 1e-4)
+    reconstruction does. Both losses keep their graphs. With ``loss_scale`` (fp16's gradient scale, a tensor) both
+    gradients are taken of the scaled losses, as the scaler takes the step's, so that fp16 does not flush them to
+    zero; a weight that overflows there (a step the scaler skips) is 0."""
+    scale = 1.0 if loss_scale is None else loss_scale
+    reconstruction_grad = torch.autograd.grad(reconstruction_loss * scale, last_layer_weight, retain_graph=True)[0]
+    generator_grad = torch.autograd.grad(generator_loss * scale, last_layer_weight, retain_graph=True)[0]
+    weight = reconstruction_grad.norm() / (generator_grad.norm() + 1e-4 * scale)
+    if loss_scale is not None:
+        weight = torch.where(weight.isfinite(), weight, 0.0)
     return weight.clamp(0.0, max_weight).detach()

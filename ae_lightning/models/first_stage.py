@@ -189,6 +189,11 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
             return last.weight
         return [p for p in self.decoder.parameters() if p.ndim >= 2][-1]
 
+    def _loss_scale(self, device: torch.device) -> Tensor | None:
+        """fp16's current gradient scale as a tensor (no host sync), or None without a gradient scaler."""
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        return None if scaler is None else scaler.scale(torch.ones((), device=device))
+
     # --- training with a discriminator: two steps per batch ---------------------------------------------------------
     def optimization_step(self, batch: Batch) -> dict[str, Tensor]:
         """A step of the autoencoder (counted in ``global_step``), then one of the discriminator from ``disc_start``."""
@@ -205,7 +210,9 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
             g_loss = losses.generator_adversarial_loss(self.discriminator(reconstruction), self.adversarial_loss)
             weight = torch.ones((), device=x.device)
             if self.adaptive_weight:
-                weight = losses.adaptive_adversarial_weight(loss, g_loss, self.last_layer_weight())
+                weight = losses.adaptive_adversarial_weight(
+                    loss, g_loss, self.last_layer_weight(), loss_scale=self._loss_scale(x.device)
+                )
             loss = loss + self.adversarial_weight * weight * g_loss
             terms |= {"g_loss": g_loss, "adaptive_weight": weight}
         autoencoder_optimizer.zero_grad()
