@@ -47,8 +47,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         encoder: a ready encoder (``class_path`` in YAML) with the output of the variant's ``build_encoder``.
         decoder: a ready decoder: codes to logits ``[B, *input_shape]`` (the means, for feature vectors).
         optimizer: optimizer factory, called with the parameters (``class_path`` + ``init_args`` in YAML).
-        lr_scheduler: optional scheduler factory, stepped every epoch (``ReduceLROnPlateau`` after each epoch that
-            validates, on ``val/loss``).
+        lr_scheduler: optional scheduler factory, stepped every epoch (``ReduceLROnPlateau`` on a validating one's).
         compile_networks: ``torch.compile`` the networks in place when a stage starts (checkpoints load either way).
         steps_per_batch: optimizer steps per Lightning batch, under manual optimization, for a datamodule with the
             same ``steps_per_batch`` (the fast path, docs/speed.md); 1 trains as Lightning does.

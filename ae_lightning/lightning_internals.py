@@ -3,32 +3,16 @@
 Each use has a test in ``tests/test_lightning_internals.py`` that fails with a clear message when a Lightning release
 changes it; ``pyproject.toml`` bounds Lightning to the releases the suite ran on. The uses:
 
-* :func:`every_n_train_steps` reads ``ModelCheckpoint._every_n_train_steps`` (the fast path checks it);
-* :func:`enable_version_counter` reads ``ModelCheckpoint._enable_version_counter`` (``RunCheckpoint`` names its final
-  ``last`` file as Lightning would: ``last-v1.ckpt`` beside another run's ``last.ckpt``, or over it);
-* :func:`uncounted_optimizer_step` steps an optimizer through ``Strategy.optimizer_step`` without the
-  ``global_step`` count of ``LightningOptimizer.step`` (the adversarial AE's three phases are one step);
-* ``datamodules.loader.TensorBatchLoader`` is no ``DataLoader`` but names itself its ``sampler``, whose ``set_epoch``
-  Lightning calls at each epoch's start, as for a DataLoader's sampler (``datamodules`` imports nothing of ours, so
-  only its test lives here);
-* :func:`batches_that_stepped` reads the fit loop's count of training batches that stepped, on which Lightning
-  decides whether a step's logs are written (the model logs its terms other than the loss only then) and which is
-  the step it logs metrics at (the image logger sends its pictures there);
-* :func:`stored_loader_states` reads where a checkpoint keeps the training loader's state (the command refuses a
-  resume on other data before it creates anything);
-* :func:`without_cli_hyperparameters` builds a LightningModule outside the context variable in which LightningCLI
-  hands the model it instantiates its settings, which ``save_hyperparameters`` of any module created meanwhile reads
-  as its own (the prior loads its tokenizer from a checkpoint in ``__init__``);
-* ``AutoencoderCLI._parse_ckpt_path`` (:mod:`ae_lightning.cli`) overrides LightningCLI's private step that would
-  overwrite the user's model settings with a checkpoint's hyperparameters;
-* ``datamodules.streaming.relocated`` rewrites the stream location that litdata's ``StreamingDataLoader.state_dict``
-  records (``state["dataset"]["input_dir_path"]``, ``"input_dir_url"``, ``"cache_dir_path"``), so that a position
-  resumes on the same stream mounted or cached elsewhere (only its test lives here, as for the loader above);
-* ``ae_lightning.blocks.quantizers.SpatialQuantizer`` raises, for an evaluation call, the ``initted`` buffer of
-  vector-quantize-pytorch's ``Codebook`` modules still awaiting their k-means initialization, which the library runs
-  on any forward (so that evaluation initializes nothing; the first training batch does);
-* :func:`has_forward_hooks` reads torch's registries of forward hooks, which torch lists publicly nowhere (the
-  contractive AE's closed-form penalty runs an encoder's layers itself, right only when no hook changes them).
+* :func:`every_n_train_steps`, :func:`enable_version_counter`: ``ModelCheckpoint``'s private settings;
+* :func:`uncounted_optimizer_step`: ``Strategy.optimizer_step`` without ``LightningOptimizer.step``'s step count;
+* :func:`batches_that_stepped`: the fit loop's count on which Lightning decides whether a step's logs are written;
+* :func:`stored_loader_states`: where a checkpoint keeps the training loader's state;
+* :func:`without_cli_hyperparameters`: a module built outside LightningCLI's hyperparameter context variable;
+* :func:`has_forward_hooks`: torch's registries of forward hooks;
+* tests only, the uses being elsewhere: ``TensorBatchLoader`` posing as its own ``sampler``, ``AutoencoderCLI.
+  _parse_ckpt_path``, ``datamodules.streaming.relocated`` (litdata's state), ``SpatialQuantizer``'s ``initted``.
+
+Why each is needed: ``docs/internals.md``.
 """
 
 from __future__ import annotations

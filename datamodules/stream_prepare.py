@@ -215,8 +215,7 @@ def prepare_stream(
             (refused for other sources).
         data_dir, dataset_kwargs: a torchvision source's root and extra arguments.
         seed: seed of the split draws and of the train split's stored (shuffled) order (``docs/streaming.md``).
-        chunk_bytes, chunk_size: litdata's chunk limits: bytes (an integer, or with a unit: ``64MB``), or samples
-            (which, if set, replaces ``chunk_bytes``).
+        chunk_bytes, chunk_size: litdata's chunk limits: bytes (``64MB``), or samples (replacing ``chunk_bytes``).
         num_workers: threads decoding and encoding the images.
         overwrite: replace a stream already at ``output``; any other non-empty folder, or the source's, is refused.
         storage_options: the object store client's options.

@@ -52,8 +52,7 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
         discriminator_layers: stride-2 PatchGAN layers after its first (images of >= ``3 * 2 ** layers`` pixels).
         discriminator_optimizer: the discriminator's optimizer factory.
         discriminator_lr_scheduler: optional scheduler factory for it.
-        gradient_clip_val, gradient_clip_algorithm: with a discriminator, clip both steps' gradients (``norm`` or
-            ``value``; None or 0: no clipping); without one, the Trainer's settings apply.
+        gradient_clip_val, gradient_clip_algorithm: with a discriminator, clip both steps (else the Trainer's).
         network, hidden_dims: ``conv`` only; channels of each stride-2 convolution of the default networks.
         **kwargs: the :class:`~ae_lightning.base.AutoencoderModule` arguments; ``latent_dim`` is the code's channels.
     """

@@ -59,9 +59,8 @@ class CodePrior(AutoencoderModule):
     ``encode`` gives the tokens ``[B, L]``, ``decode`` the tokenizer's images of them, ``sample(n)`` images of
     sampled tokens; the tokenizer is the prior's encoder and decoder, so it builds none of its own (nor takes any).
     The loss is the tokens' cross-entropy (nats per token); ``bits_per_image`` and ``bits_per_pixel`` are logged
-    beside it. The checkpoint holds the tokenizer (its settings and weights), so that :meth:`load_from_checkpoint`
-    does not read the tokenizer's own checkpoint; a prior built from ``tokenizer`` that then restores a checkpoint
-    (the command's ``--ckpt_path``) refuses one whose tokenizer differs.
+    beside it. The checkpoint holds the tokenizer, so :meth:`load_from_checkpoint` reads no tokenizer checkpoint; a
+    prior built from ``tokenizer`` refuses to restore a checkpoint whose tokenizer differs.
 
     Args:
         tokenizer: checkpoint of the trained quantized autoencoder whose codes are modelled (read to build a new
