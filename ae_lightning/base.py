@@ -360,21 +360,25 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
             return {"optimizer": built}
         scheduler = {"scheduler": lr_scheduler(built)}
         if isinstance(scheduler["scheduler"], ReduceLROnPlateau):
-            every = self._validation_epochs()
+            every = self.plateau_validation_epochs()
             # Lightning steps it after each epoch that validates; under manual optimization ``on_train_epoch_end`` does
             if self.automatic_optimization:
                 scheduler.update(monitor="val/loss", frequency=every)
         return {"optimizer": built, "lr_scheduler": scheduler}
 
-    def _validation_epochs(self) -> int:
-        """Every how many epochs validation runs, for a ``ReduceLROnPlateau`` stepped on its ``val/loss``; a ValueError
-        naming the setting where none runs, or (under automatic optimization) where it runs by steps, not epochs."""
-        try:
-            trainer = self.trainer
-        except RuntimeError:  # not attached to a trainer (yet)
-            return 1
+    def plateau_validation_epochs(self, trainer: L.Trainer | None = None, val_data: bool | None = None) -> int:
+        """Every how many epochs ``trainer`` (by default the model's own; 1 without one) validates, for a
+        ``ReduceLROnPlateau`` stepped on its ``val/loss``; a ValueError naming the setting where none runs, or (under
+        automatic optimization) where it runs by steps, not epochs. ``val_data``: whether there is a val_dataloader
+        (by default what the running ``trainer`` knows; the command asks before it starts)."""
+        if trainer is None:
+            try:
+                trainer = self.trainer
+            except RuntimeError:  # not attached to a trainer (yet)
+                return 1
+        validates = trainer.enable_validation if val_data is None else val_data and trainer.limit_val_batches > 0
         plateau = "lr_scheduler ReduceLROnPlateau steps on val/loss after each validation"
-        if not trainer.enable_validation:
+        if not validates:
             cause = "there is no validation data (no val_dataloader)"
             if not trainer.limit_val_batches:
                 cause = f"--trainer.limit_val_batches {trainer.limit_val_batches} runs none"
@@ -449,6 +453,11 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         """Raise a ValueError naming both values if this model's settings cannot continue the checkpoint's training
         (the command calls it before it creates anything; ``fit`` from Python when it loads the checkpoint)."""
         fast.check_resume(checkpoint, self.steps_per_batch)
+
+    def check_data(self, datamodule: L.LightningDataModule, stage: str, checkpoint: dict[str, Any] | None) -> None:
+        """Raise a ValueError naming what differs if the model cannot take ``datamodule``'s data in ``stage``, or
+        (``checkpoint`` given) the data its weights were trained on differs; the command calls it before it creates
+        anything. Every datamodule fits here."""
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         stored = checkpoint.get("ae_lightning_class")

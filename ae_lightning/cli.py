@@ -26,9 +26,11 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.core.hooks import DataHooks
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 import datamodules
 from ae_lightning import _EXPORTS
@@ -360,14 +362,24 @@ class AutoencoderCLI(LightningCLI):
             check_scheduler_settings(i, state, scheduler)
 
     def _check_optimizers(self) -> None:
-        """Refuse, before the run creates any file, optimizer or scheduler settings that torch refuses; warn of an
-        optimizer whose lr is 0 everywhere, with no scheduler to change it."""
+        """Refuse, before the run creates any file, optimizer or scheduler settings that torch refuses, and a
+        ``ReduceLROnPlateau`` that no validation would step (:meth:`AutoencoderModule.plateau_validation_epochs`); warn
+        of an optimizer whose lr is 0 everywhere, with no scheduler to change it."""
         try:
             configured = self.model.configure_optimizers()
         except ValueError as error:  # e.g. torch's "Invalid learning rate: -0.001"
             raise ConfigError(f"the model's optimizer or lr_scheduler settings: {error}") from error
         except (RuntimeError, AttributeError):  # optimizers that need the running Trainer: checked when it runs them
             return
+        # A ReduceLROnPlateau steps on val/loss under manual optimization (``on_train_epoch_end``), on its monitor else.
+        manual = not self.model.automatic_optimization
+        if any(isinstance(config.get("scheduler"), ReduceLROnPlateau)
+               and (manual or str(config.get("monitor", "")).startswith("val/"))
+               for config in _scheduler_configs(configured)):  # fmt: skip
+            # Lightning's choice of validation data: the datamodule's val_dataloader, or the model's without one.
+            source = self.datamodule if self.datamodule is not None else self.model
+            val_data = type(source).val_dataloader is not DataHooks.val_dataloader
+            self.model.plateau_validation_epochs(self.trainer, val_data=val_data)
         for optimizer in _optimizers(configured):
             # A scheduler (which marks each group's ``initial_lr``) may raise an lr of 0, e.g. CyclicLR's base_lr.
             groups = optimizer.param_groups
@@ -375,12 +387,19 @@ class AutoencoderCLI(LightningCLI):
                 name = type(optimizer).__name__
                 rank_zero_warn(f"{name}'s lr is 0 in every parameter group: its weights will not train")
 
+    def _check_data(self) -> None:
+        """Refuse, before the run creates any file, data that the model cannot take or that its ``--ckpt_path`` was
+        not trained on (:meth:`AutoencoderModule.check_data`)."""
+        if self.datamodule is not None:
+            self.model.check_data(self.datamodule, self.subcommand, getattr(self, "_checkpoint", None))
+
     def before_fit(self) -> None:
         with _settings_refused():
             self.model.check_given_networks()
             self._check_checkpoint_fits()
             self._check_optimizers()
             self._check_resume()
+            self._check_data()
             self._check_trainer_settings()
 
     def _check_trainer_settings(self) -> None:
@@ -417,6 +436,7 @@ class AutoencoderCLI(LightningCLI):
         with _settings_refused():
             self.model.check_given_networks()
             self._check_checkpoint_fits()
+            self._check_data()
         # Lightning restores the checkpoint's ModelCheckpoint state for evaluation too, which writes no checkpoint:
         # its warning that the run's checkpoint folder differs from the checkpoint's is noise here.
         warnings.filterwarnings(
@@ -448,17 +468,22 @@ def _settings_refused() -> Iterator[None]:
         raise ConfigError(str(error)) from error
 
 
-def _schedulers(configured: Any) -> list[Any]:
-    """The lr schedulers in what ``configure_optimizers`` returned, in Lightning's order."""
+def _scheduler_configs(configured: Any) -> list[dict[str, Any]]:
+    """The lr scheduler configurations (``{"scheduler": ..., "monitor": ...}``) in what ``configure_optimizers``
+    returned, in Lightning's order."""
     if isinstance(configured, dict):
         scheduler = configured.get("lr_scheduler")
-        scheduler = scheduler.get("scheduler") if isinstance(scheduler, dict) else scheduler
-        return [] if scheduler is None else [scheduler]
+        return [] if scheduler is None else [scheduler if isinstance(scheduler, dict) else {"scheduler": scheduler}]
     if isinstance(configured, (list, tuple)):
         if len(configured) == 2 and isinstance(configured[0], (list, tuple)):  # ([optimizers], [schedulers])
-            return [s.get("scheduler") if isinstance(s, dict) else s for s in configured[1]]
-        return [scheduler for item in configured for scheduler in _schedulers(item)]
+            return [s if isinstance(s, dict) else {"scheduler": s} for s in configured[1]]
+        return [scheduler for item in configured for scheduler in _scheduler_configs(item)]
     return []
+
+
+def _schedulers(configured: Any) -> list[Any]:
+    """The lr schedulers in what ``configure_optimizers`` returned, in Lightning's order."""
+    return [config.get("scheduler") for config in _scheduler_configs(configured)]
 
 
 def _check_class_names(parser: LightningArgumentParser, argv: list[str]) -> None:

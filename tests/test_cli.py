@@ -445,3 +445,32 @@ def test_trainer_settings_a_run_cannot_honour_are_refused_before_any_file(
     with pytest.raises(ConfigError, match=message):
         run_cli("fit", *tiny_args(config, data_dir, tmp_path, *setting))
     assert not any(tmp_path.rglob("config.yaml"))
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [(["--trainer.limit_val_batches", "0"], r"ReduceLROnPlateau steps on val/loss after each validation, but "
+                                            r"--trainer.limit_val_batches 0 runs none"),
+     (["--trainer.check_val_every_n_epoch", "null", "--trainer.val_check_interval", "2"],
+      r"--trainer.check_val_every_n_epoch null validates every val_check_interval \(2\) batches instead"),
+     (["--trainer.check_val_every_n_epoch", "2", "--trainer.max_epochs", "1"], None)],
+    ids=["no-validation", "validation-by-steps", "validation-by-epochs"],
+)  # fmt: skip
+def test_a_plateau_scheduler_no_validation_steps_is_refused_before_any_file(
+    setting: list[str], message: str | None, data_dir: Path, tmp_path: Path
+) -> None:
+    plateau = ["--model.init_args.lr_scheduler", "torch.optim.lr_scheduler.ReduceLROnPlateau"]
+    args = tiny_args("ae", data_dir, tmp_path / "run", *plateau, *setting)
+    if message is None:  # validation after some epochs steps it: the run trains
+        run_cli("fit", *args)
+        assert any((tmp_path / "run").rglob("config.yaml"))
+        return
+    with pytest.raises(ConfigError, match=message):
+        run_cli("fit", *args)
+    assert not (tmp_path / "run").exists()  # no run folder, config.yaml or logs of the refused run
+
+
+def test_a_plateau_of_the_users_own_on_a_training_metric_trains_without_validation(data_dir: Path, tmp_path: Path):
+    own = ["--model", "tiny_runs.TrainLossPlateauAutoencoder", "--trainer.limit_val_batches", "0"]
+    run_cli("fit", *tiny_args("ae", data_dir, tmp_path, *own, "--trainer.max_epochs", "2"))
+    assert any(tmp_path.rglob("config.yaml")) and any(tmp_path.rglob("*.ckpt"))

@@ -17,6 +17,7 @@ from tiny_runs import ROOT, build_cli, last_checkpoint, run_cli
 
 from ae_lightning import MultDAE, MultVAE
 from ae_lightning.blocks import losses
+from ae_lightning.cli import ConfigError
 from ae_lightning.evaluation.ranking import ndcg_at_k, recall_at_k
 from datamodules import InteractionsDataModule
 
@@ -423,3 +424,52 @@ def test_bad_split_settings_name_the_setting(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"test_users=5 and test_path=.*u1.test both name the test users"):
         InteractionsDataModule(str(base), test_users=5, test_path=str(test))
     assert len(InteractionsDataModule(str(base), test_path=str(test)).interactions.users["test"]) == 1
+
+
+@pytest.fixture(scope="module")
+def mult_vae_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Path, Path]:
+    """The command's settings of a tiny Mult-VAE, its ``ratings.csv`` and its ``last.ckpt`` after one epoch."""
+    folder = tmp_path_factory.mktemp("mult_vae")
+    path = write_interactions(folder / "ratings.csv")
+    settings = ["--config", str(ROOT / "configs" / "mult_vae.yaml"), "--data.val_users", "20",
+                "--data.test_users", "20", "--data.batch_size", "32", "--model.init_args.latent_dim", "4",
+                "--model.init_args.hidden_dims", "[8]", "--trainer.max_epochs", "1",
+                "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]  # fmt: skip
+    run_cli("fit", *settings, "--data.path", str(path), "--trainer.default_root_dir", str(folder / "run"))
+    return settings, path, next((folder / "run").rglob("last.ckpt"))
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [("fit-renamed-users", r"MultVAE was trained on other users than this split's .*renamed.csv' here\)"),
+     ("test-other-seed", r"MultVAE was trained on other users than this split's .*seed=42 in the checkpoint, 7 here\)"),
+     ("predict-other-items", r"MultVAE was trained on other item columns than .*renumbered.csv gives: 60 of its 60"),
+     ("fit-other-datamodule", r"MultDAE ranks .* needs the \(clicks, held_out, user\) batches of an Interactions"
+                              r"DataModule, got ArrayDataModule")],
+    ids=["fit-renamed-users", "test-other-seed", "predict-other-items", "fit-other-datamodule"],
+)  # fmt: skip
+def test_the_command_refuses_data_a_mult_model_cannot_take_before_it_writes_any_file(
+    case: str, message: str, mult_vae_run: tuple[list[str], Path, Path], tmp_path: Path
+) -> None:
+    settings, path, checkpoint = mult_vae_run
+    lines = [line.split(",") for line in path.read_text().splitlines()]
+    root = tmp_path / "run"
+    if case == "fit-renamed-users":  # the same clicks, so the training loader's position fits: other user ids
+        renamed = tmp_path / "renamed.csv"
+        renamed.write_text("".join(f"v{u[1:]},{i},{r}\n" for u, i, r in lines))
+        args = ["fit", *settings, "--data.path", str(renamed), "--trainer.max_epochs", "2"]
+    elif case == "test-other-seed":
+        args = ["test", *settings, "--data.path", str(path), "--data.seed", "7"]
+    elif case == "predict-other-items":
+        renumbered = tmp_path / "renumbered.csv"
+        renumbered.write_text("".join(f"{u},{int(i) + 100},{r}\n" for u, i, r in lines))
+        args = ["predict", *settings, "--data.path", str(renumbered)]
+    else:
+        np.save(tmp_path / "clicks.npy", (np.random.default_rng(0).random((60, 12)) < 0.3).astype(np.float32))
+        args = ["fit", "--model", "MultDAE", "--model.init_args.latent_dim", "3", "--model.init_args.hidden_dims",
+                "[5]", "--data", "ArrayDataModule", "--data.path", str(tmp_path / "clicks.npy")]  # fmt: skip
+    if case != "fit-other-datamodule":
+        args += ["--ckpt_path", str(checkpoint)]
+    with pytest.raises(ConfigError, match=message):
+        run_cli(*args, "--trainer.default_root_dir", str(root))
+    assert not root.exists()  # no run folder, config.yaml or logs of the refused run

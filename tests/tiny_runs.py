@@ -287,6 +287,15 @@ class PoisonedAutoencoder(Autoencoder):
         return terms
 
 
+class TrainLossPlateauAutoencoder(Autoencoder):
+    """The plain autoencoder, its lr stepped by a ``ReduceLROnPlateau`` on ``train/loss`` (a user's own optimizers)."""
+
+    def configure_optimizers(self) -> dict:
+        optimizer = torch.optim.Adam(self.parameters(), lr=1e-3)
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": plateau, "monitor": "train/loss"}}
+
+
 def main(runs_file: str) -> None:
     """Run each argument list of the JSON list in ``runs_file`` as one ``ae-lightning`` command, in order.
 

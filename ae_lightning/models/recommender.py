@@ -131,20 +131,27 @@ class MultinomialAutoencoder(AutoencoderModule):
             for name, values in ranking_metrics(scores, held_out).items():
                 self.log(f"{stage}/{prefix}{name}", values.mean(), batch_size=len(clicks), sync_dist=True)
 
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        datamodule = self.trainer.datamodule
-        if datamodule is None:  # loaders given to the Trainer directly: nothing to check them against
-            return
+    def check_data(self, datamodule: Any, stage: str, checkpoint: dict[str, Any] | None = None) -> None:
+        """Raise a ValueError naming what differs if ``datamodule`` is no InteractionsDataModule, or has other item
+        columns (or, but in ``predict``, other training users) than the weights were trained on: ``checkpoint``'s
+        where given, else this model's. ``setup`` and ``on_load_checkpoint`` call it; the command before any file."""
         if not isinstance(datamodule, InteractionsDataModule):
             raise ValueError(
                 f"{type(self).__name__} ranks each user's held-out clicks and needs the (clicks, held_out, user) "
                 f"batches of an InteractionsDataModule, got {type(datamodule).__name__}"
             )
+        record = self.trained_on if checkpoint is None else checkpoint.get("ae_lightning_interactions")
+        if record is not None:
+            datamodule.check_split_record(record, type(self).__name__, users=stage != "predict")
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        datamodule = self.trainer.datamodule
+        if datamodule is None:  # loaders given to the Trainer directly: nothing to check them against
+            return
+        self.check_data(datamodule, stage)
         if self.trained_on is None:
             self.trained_on = datamodule.split_record()
-        else:
-            datamodule.check_split_record(self.trained_on, type(self).__name__, users=stage != "predict")
         self.item_popularity.copy_(datamodule.item_counts)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -167,7 +174,7 @@ class MultinomialAutoencoder(AutoencoderModule):
         except RuntimeError:  # not attached to a Trainer (load_from_checkpoint): checked by ``setup``
             datamodule = stage = None
         if isinstance(datamodule, InteractionsDataModule):  # set up already: Lightning restores after ``setup``
-            datamodule.check_split_record(stored, type(self).__name__, users=stage != "predict")
+            self.check_data(datamodule, stage, checkpoint)
         self.trained_on = stored
 
 
