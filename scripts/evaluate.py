@@ -7,12 +7,13 @@ The model and its datamodule are rebuilt from the checkpoint (``--data_dir`` say
 than the run's (its ``data_source``, e.g. MNIST's 5,000-digit fallback where the IDX files are missing) are refused.
 Without ``--metrics`` every metric that applies to the model is computed; naming one that does not apply (``fid`` or the
 ``samples`` view for a model that is not generative, ``nll`` outside the VAE family) is an error that says why.
-On data with known factors (dSprites) the disentanglement metrics are printed too (``--disentanglement``), and
-``--plots`` also writes the latent traversals. ``--samplers`` fits post-hoc samplers on the training codes, so that
-deterministic autoencoders get a Frechet distance too. An existing ``--json`` file or picture is replaced only with
-``--overwrite``, and never left half-written. Every option is checked before the model is loaded (names, counts,
-paths, the ``--classifier`` file), and what depends on the model (views, metrics that apply, a classifier of the
-checkpoint's dataset) before any score is computed.
+On data with known factors (dSprites) the disentanglement metrics are printed too (``--disentanglement``, and
+``--prune_threshold`` as the test callback's), and ``--plots`` also writes the latent traversals. ``--samplers`` fits
+post-hoc samplers on the training codes, so that deterministic autoencoders get a Frechet distance too. An existing
+``--json`` file or picture is replaced only with ``--overwrite``, and never left half-written. Every option is checked
+before the model is loaded (names, counts, paths, the ``--classifier`` file), and what depends on the model (views,
+metrics that apply, a classifier of the checkpoint's dataset, the disentanglement settings) before any score is
+computed.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ae_lightning.evaluation.feature_classifier import (
 )
 from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
 from datamodules import InteractionsDataModule
+from datamodules.checks import check_number
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -87,6 +89,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--disentanglement_points", type=int, default=10000, help="codes seen by MIG, SAP and DCI")
     parser.add_argument(
+        "--prune_threshold",
+        type=float,
+        default=None,
+        help=f"the FactorVAE score's std below which a code dimension counts as collapsed and is left out (default: "
+        f"{disentanglement.PRUNE_THRESHOLD}, as disentanglement_lib, for codes on the prior's scale; 0 keeps all)",
+    )
+    parser.add_argument(
         "--samplers",
         action="store_true",
         help="also fid_gmm and fid_two_stage: the Frechet distance of samples decoded from a Gaussian mixture and a "
@@ -105,6 +114,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name} {value}: expected at least {least} ({what})")
     if args.disentanglement and "none" in args.disentanglement and len(args.disentanglement) > 1:
         parser.error(f"--disentanglement {' '.join(args.disentanglement)}: 'none' turns them off; give it alone")
+    if args.prune_threshold is not None:
+        try:
+            check_number("--prune_threshold", args.prune_threshold, "[0, inf)")  # as the callback's prune_threshold
+        except ValueError as error:
+            parser.error(f"{error} (the std below which a code dimension counts as collapsed; 0 keeps all)")
+        if args.disentanglement and "factor_vae" not in args.disentanglement:
+            parser.error(
+                f"--prune_threshold applies to the FactorVAE score, which --disentanglement "
+                f"{' '.join(args.disentanglement)} leaves out; add factor_vae or drop --prune_threshold"
+            )
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
         parser.error(f"--data_dir {args.data_dir}: no such folder; expected the folder the checkpoint's data are in")
     if args.views is not None and args.plots is None:
@@ -170,8 +189,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         raise ValueError(f"--samplers: the Frechet distance compares images, but {type(datamodule).__name__} holds "
                          f"feature vectors of shape {datamodule.input_shape}")  # fmt: skip
     has_factors, asked = hasattr(datamodule, "sample_factors"), args.disentanglement
-    if asked is not None and asked != ["none"] and not has_factors:
-        raise ValueError(f"--disentanglement needs data with known factors (dSprites), not {type(datamodule).__name__}")
+    given = [name for name, value in (("--disentanglement", asked), ("--prune_threshold", args.prune_threshold))
+             if value not in (None, ["none"])]  # fmt: skip
+    if given and not has_factors:
+        raise ValueError(f"{given[0]} needs data with known factors (dSprites), not {type(datamodule).__name__}")
+    if has_factors and asked != ["none"]:  # refused here, before any score, rather than after the others are computed
+        encode = disentanglement.model_encoder(model)
+        names = disentanglement.check_disentanglement_settings(
+            encode, datamodule, asked or list(disentanglement.DISENTANGLEMENT_METRICS)
+        )
     classifier = None
     if "fid" in metrics or args.samplers or "rfid_classifier" in (first_stage or []):
         if "fid" in metrics:
@@ -205,10 +231,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         )
         scores |= {name: value for name, value in found.items() if name != "fid_prior"}
     if has_factors and asked != ["none"]:
-        names = asked or list(disentanglement.DISENTANGLEMENT_METRICS)
-        encode = disentanglement.model_encoder(model)
+        threshold = disentanglement.PRUNE_THRESHOLD if args.prune_threshold is None else args.prune_threshold
         scores |= disentanglement.disentanglement_metrics(
-            encode, datamodule, names, num_points=args.disentanglement_points, seed=args.seed
+            encode, datamodule, names, num_points=args.disentanglement_points, seed=args.seed, prune_threshold=threshold
         )
     if first_stage:
         scores |= evaluation.first_stage_scores(

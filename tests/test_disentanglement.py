@@ -207,6 +207,47 @@ def test_settings_the_beta_vae_score_and_mig_cannot_work_with_are_refused_before
     assert calls == [1]  # one image probed, no metric computed
 
 
+def test_the_factor_vae_score_of_one_varying_factor_is_refused_not_a_trivial_one(tmp_path) -> None:
+    """With one varying factor every vote names it and the score is 1 whatever the codes: refused, by the metric, by
+    :func:`~metrics.disentanglement_metrics` before any metric and by the callback before the test loop."""
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback
+
+    calls = []
+
+    def identity(images: torch.Tensor) -> np.ndarray:
+        calls.append(len(images))
+        return images.double().numpy()
+
+    one_factor = DSpritesGrid(shape=0, scale=5, orientation=0, position_x=16)
+    message = (
+        r"factor_vae names the factor a batch shares, so it needs >= 2 varying factors \(with one, every vote "
+        r"names it: a score of 1 whatever the codes\); here only position_y varies \(the others are fixed"
+    )
+    with pytest.raises(ValueError, match=message):
+        metrics.disentanglement_metrics(identity, one_factor, ["mig", "factor_vae"], num_points=300, num_votes=20)
+    with pytest.raises(ValueError, match=message):
+        metrics.factor_vae_score(identity, one_factor, torch.Generator().manual_seed(0), num_train=20, num_eval=10)
+    assert calls == []  # refused before any code is drawn
+    two = DSpritesGrid(shape=0, scale=5, orientation=0)
+    assert metrics.factor_vae_score(identity, two, torch.Generator().manual_seed(0), num_train=20, num_eval=10) > 0.9
+
+    class CountBatches(Callback):
+        batches = 0
+
+        def on_test_batch_start(self, *args: object) -> None:
+            self.batches += 1
+
+    counter = CountBatches()
+    callback = DisentanglementMetrics(["factor_vae"], num_votes=10, traversal_images=0)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path, callbacks=[callback, counter])  # fmt: skip
+    data = DSpritesDataModule(num_samples=32, fixed_factors=one_factor.fixed, val_fraction=0.1, test_fraction=0.1)
+    with pytest.raises(ValueError, match=message):
+        trainer.test(VAE(input_shape=(1, 64, 64), latent_dim=3, hidden_dims=[8]), datamodule=data, verbose=False)
+    assert counter.batches == 0
+
+
 @pytest.mark.parametrize("metric", list(metrics.DISENTANGLEMENT_METRICS))
 def test_codes_that_are_not_finite_are_refused_naming_their_dimensions(metric: str) -> None:
     def diverged(images: torch.Tensor) -> np.ndarray:

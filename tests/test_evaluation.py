@@ -708,3 +708,51 @@ def test_a_report_run_killed_while_writing_its_results_leaves_the_old_file(tmp_p
     assert [path.name for path in tmp_path.iterdir()] == ["iwae.json"]  # no temporary file left behind
     report.save(tmp_path, "iwae", {"k5": {"test/nll": 89.0}})
     assert json.loads((tmp_path / "iwae.json").read_text()) == {"k1": {"test/nll": 90.0}, "k5": {"test/nll": 89.0}}
+
+
+def test_the_evaluate_script_scores_factor_vae_with_the_prune_threshold_given_or_refuses_it(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from ae_lightning.evaluation import disentanglement
+    from ae_lightning.training.disentanglement import DisentanglementMetrics
+    from datamodules import DSpritesDataModule
+
+    script, checkpoint = load_script("evaluate"), str(tmp_path / "run.ckpt")
+    collapsed = "(the std below which a code dimension counts as collapsed; 0 keeps all)"
+    cases = {
+        "--prune_threshold -1": f"--prune_threshold must be >= 0, got -1.0 {collapsed}",
+        "--prune_threshold inf": f"--prune_threshold must be a finite number >= 0, got inf {collapsed}",
+        "--prune_threshold 0.1 --disentanglement mig": "--prune_threshold applies to the FactorVAE score, which "
+        "--disentanglement mig leaves out; add factor_vae or drop --prune_threshold",
+        "--prune_threshold 0.1 --disentanglement none": "--prune_threshold applies to the FactorVAE score, which "
+        "--disentanglement none leaves out",
+    }
+    with mock.patch.object(evaluation, "load_checkpoint", side_effect=AssertionError("loaded the checkpoint")):
+        for options, message in cases.items():
+            assert refused(script, [checkpoint, *options.split()], capsys).startswith(message), options
+    torch.manual_seed(0)
+    model = VAE(input_shape=(1, 64, 64), latent_dim=3, hidden_dims=[16])
+    data = DSpritesDataModule(num_samples=300, val_fraction=0.1, test_fraction=0.1, fixed_factors={"shape": 2})
+    argv = [checkpoint, "--metrics", "mse", "--disentanglement", "factor_vae"]
+    spy = mock.patch.object(disentanglement, "disentanglement_metrics", wraps=disentanglement.disentanglement_metrics)
+    with mock.patch.object(evaluation, "load_checkpoint", return_value=(model, data)), spy as metrics:
+        scores = {value: script.main([*argv, "--prune_threshold", value])["factor_vae"] for value in ("0", "1e6")}
+        script.main(argv)
+    assert scores["0"] > 0 and scores["1e6"] == 0  # every code dimension kept; every one counted as collapsed
+    assert [call.kwargs["prune_threshold"] for call in metrics.call_args_list] == [0, 1e6, 0.05]
+    assert DisentanglementMetrics().prune_threshold == 0.05  # the default of `ae-lightning test`'s callback
+    # one varying factor: the FactorVAE score would be 1 whatever the codes, refused before any score
+    fixed = {"shape": 0, "scale": 5, "orientation": 0, "position_x": 16}
+    one = DSpritesDataModule(num_samples=32, val_fraction=0.1, test_fraction=0.1, fixed_factors=fixed)
+    with (
+        mock.patch.object(evaluation, "load_checkpoint", return_value=(model, one)),
+        mock.patch.object(evaluation, "evaluate", side_effect=AssertionError("scored")),
+        pytest.raises(ValueError, match=r"factor_vae names the factor a batch shares, so it needs >= 2 varying factor"),
+    ):
+        script.main(argv)
+    mnist = MNISTDataModule(data_dir=str(data_dir))
+    with (
+        mock.patch.object(evaluation, "load_checkpoint", return_value=(VAE(latent_dim=2, hidden_dims=[4]), mnist)),
+        pytest.raises(ValueError, match=re.escape("--prune_threshold needs data with known factors (dSprites), not")),
+    ):
+        script.main([checkpoint, "--metrics", "mse", "--prune_threshold", "0.1"])

@@ -32,6 +32,7 @@ DISENTANGLEMENT_METRICS: dict[str, str] = {
     "dci": "DCI disentanglement, completeness and informativeness from random-forest feature importances",
 }
 Encoder = Callable[[Tensor], np.ndarray]
+PRUNE_THRESHOLD = 0.05  # the FactorVAE score's default, disentanglement_lib's prune_dims.threshold
 
 
 class FactorSource(Protocol):
@@ -255,12 +256,13 @@ def factor_vae_score(
     num_train: int = 500,
     num_eval: int = 300,
     num_variance_estimate: int = 5000,
-    prune_threshold: float = 0.05,
+    prune_threshold: float = PRUNE_THRESHOLD,
 ) -> float:
     """The FactorVAE score (Kim & Mnih 2018): codes scaled by their std over the data; each vote pairs the code
     dimension of least variance over ``batch_size`` samples sharing one random factor with that factor; each dimension
     predicts its most voted factor, scored on held-out votes. Dimensions collapsed to the prior (std below
-    ``prune_threshold``, or zero) take no part; if none is left, the score is 0.
+    ``prune_threshold``, or zero) take no part; if none is left, the score is 0. Fewer than 2 varying factors are
+    refused (with one, every vote names it: a score of 1 that says nothing).
 
     Args:
         encode: images -> codes.
@@ -275,6 +277,7 @@ def factor_vae_score(
     """
     check_number("prune_threshold", prune_threshold, "[0, inf)")
     variable = _variable_factors(source, generator)
+    _check_varying_factors("factor_vae", [source.factor_names[k] for k in variable])
     codes, _ = sample_codes(encode, source, num_variance_estimate, generator)
     scale = codes.std(0, ddof=1)
     active = (scale > 0) & (scale >= prune_threshold)
@@ -302,13 +305,20 @@ def _variable_factors(source: FactorSource, generator: torch.Generator) -> Tenso
     return torch.from_numpy(np.flatnonzero(varying(probe)))
 
 
+def _check_varying_factors(metric: str, varying_factors: Sequence[str]) -> None:
+    """A ValueError unless ``metric``, which names the factor its batches share, has >= 2 varying factors to name."""
+    if len(varying_factors) < 2:
+        trivial = " (with one, every vote names it: a score of 1 whatever the codes)" if metric == "factor_vae" else ""
+        raise ValueError(
+            f"{metric} names the factor {'a pair of batches' if metric == 'beta_vae' else 'a batch'} shares, so it "
+            f"needs >= 2 varying factors{trivial}; here only {', '.join(varying_factors) or 'none'} varies (the "
+            "others are fixed, e.g. by the data's fixed_factors)"
+        )
+
+
 def _check_beta_vae(varying_factors: Sequence[str], num_votes: int, setting: str = "num_votes") -> None:
     """A ValueError unless the BetaVAE score has >= 2 varying factors and >= 2 training points to tell apart."""
-    if len(varying_factors) < 2:
-        raise ValueError(
-            f"beta_vae names the factor a pair of batches shares, so it needs >= 2 varying factors; here only "
-            f"{', '.join(varying_factors) or 'none'} varies (the others are fixed, e.g. by the data's fixed_factors)"
-        )
+    _check_varying_factors("beta_vae", varying_factors)
     if num_votes < 2:
         raise ValueError(f"beta_vae needs {setting} >= 2 (its classifier must see two factors), got {num_votes}")
 
@@ -334,8 +344,9 @@ def check_disentanglement_settings(
     encode: Encoder, source: FactorSource, metrics: Sequence[str], num_votes: int = 500
 ) -> list[str]:
     """``metrics`` as a list, or a ValueError naming the setting that one of them cannot work with, before any runs:
-    unknown names, data with no varying factor, ``beta_vae`` with fewer than 2 varying factors or ``num_votes``,
-    ``mig`` of codes with fewer than 2 dimensions, codes that are not finite (checked on one image)."""
+    unknown names, data with no varying factor, ``beta_vae`` or ``factor_vae`` with fewer than 2 varying factors,
+    ``beta_vae`` with ``num_votes`` < 2, ``mig`` of codes with fewer than 2 dimensions, codes that are not finite
+    (checked on one image)."""
     metrics = check_disentanglement_metrics(metrics)
     if not metrics:
         return metrics
@@ -346,6 +357,8 @@ def check_disentanglement_settings(
                          f"metrics {', '.join(metrics)} have nothing to measure")  # fmt: skip
     if "beta_vae" in metrics:
         _check_beta_vae(names, num_votes)
+    if "factor_vae" in metrics:
+        _check_varying_factors("factor_vae", names)
     num_codes = finite_codes(encode(source.images_of(probe[:1]))).shape[1]
     if "mig" in metrics:
         _check_mig_codes(num_codes)
@@ -359,7 +372,7 @@ def disentanglement_metrics(
     num_points: int = 10000,
     num_votes: int = 500,
     seed: int = 0,
-    prune_threshold: float = 0.05,
+    prune_threshold: float = PRUNE_THRESHOLD,
 ) -> dict[str, float]:
     """The named metrics of the codes of ``source``'s data (``dci`` gives its three numbers).
 
@@ -450,6 +463,7 @@ def latent_traversals(model: nn.Module, images: Tensor, span: float = 2.5, steps
 
 __all__ = [
     "DISENTANGLEMENT_METRICS",
+    "PRUNE_THRESHOLD",
     "FactorSource",
     "beta_vae_score",
     "check_disentanglement_metrics",

@@ -47,7 +47,7 @@ class DisentanglementMetrics(Callback):
         num_votes: AtLeastTwo = 500,
         traversal_images: NonNegativeInt = 2,
         seed: int = 0,
-        prune_threshold: NonNegativeFloat = 0.05,
+        prune_threshold: NonNegativeFloat = disentanglement.PRUNE_THRESHOLD,
     ) -> None:
         check_arguments(locals(), DisentanglementMetrics.__init__)
         self.metrics = disentanglement.check_disentanglement_metrics(metrics)
