@@ -313,6 +313,32 @@ def test_a_prior_checkpoint_of_an_earlier_release_still_reads_its_tokenizer_or_s
     assert loaded.fingerprint == trained_prior.fingerprint
 
 
+def test_a_prior_checkpoint_and_a_new_priors_tokenizer_checkpoint_are_each_read_once(
+    trained_prior: CodePrior, tokenizer_path: Path, tmp_path: Path
+) -> None:
+    # Loading a prior read its checkpoint twice (to rebuild the tokenizer, then Lightning), and a new prior its
+    # tokenizer's checkpoint twice (to check its class and keep its record, then to load it).
+    import builtins
+
+    def opened(path: Path, build):
+        with mock.patch("builtins.open", wraps=builtins.open) as opens:
+            built = build()
+        return built, sum(1 for call in opens.call_args_list if call.args and str(call.args[0]) == str(path))
+
+    loaded, reads = opened(tmp_path / "prior.ckpt", lambda: CodePrior.load_from_checkpoint(tmp_path / "prior.ckpt"))
+    assert reads == 1
+    new, reads = opened(tokenizer_path, lambda: tiny_prior(tokenizer_path))
+    assert reads == 1
+    with open(tmp_path / "prior.ckpt", "rb") as file:
+        from_file = CodePrior.load_from_checkpoint(file)
+    expected = trained_prior.state_dict()
+    for prior in (loaded, from_file):
+        assert prior.state_dict().keys() == expected.keys()
+        assert all(torch.equal(value, expected[name]) for name, value in prior.state_dict().items())
+        assert prior.tokenizer_record == trained_prior.tokenizer_record
+    assert new.fingerprint == trained_prior.fingerprint and new.tokenizer_record == trained_prior.tokenizer_record
+
+
 def test_a_files_tokenizer_fingerprint_is_of_the_weights_that_coded_it(tokenizer_path: Path) -> None:
     # The fingerprint was taken from the tokenizer file when the prior was built, whatever weights it later held.
     from ae_lightning.models.prior import tokenizer_fingerprint

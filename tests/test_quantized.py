@@ -217,6 +217,65 @@ def test_codebook_usage_costs_no_encode_of_its_own(data_dir: Path, tmp_path: Pat
     assert encodes(quantized(), "test") == encodes(KLAutoencoder(**TINY), "test")  # no more than a model without codes
 
 
+def forward_counts(model: nn.Module, *names: str) -> dict[str, int]:
+    """Calls of each named network's forward from now on (a forward hook on each)."""
+    counts = dict.fromkeys(names, 0)
+    for name in names:
+        getattr(model, name).register_forward_hook(lambda *_, name=name: counts.update({name: counts[name] + 1}))
+    return counts
+
+
+@pytest.mark.parametrize("cls", [QuantizedAutoencoder, KLAutoencoder])
+def test_a_test_batch_is_encoded_and_decoded_once_and_scored_as_before(
+    cls: type, data_dir: Path, tmp_path: Path
+) -> None:
+    # The test step encoded and decoded each batch three times, for its loss, the reconstruction metrics and ms_ssim
+    # and lpips, each time to the same reconstruction.
+    from ae_lightning.evaluation.metrics import ReconstructionMetrics
+
+    torch.manual_seed(0)
+    model = cls(**TINY, **ADVERSARIAL)  # LPIPS and a discriminator: every test term
+    counts = forward_counts(model, "encoder", "decoder")
+    data = tiny_data(data_dir)
+    trainer = make_trainer(tmp_path, limit_test_batches=1)
+    trainer.test(model, datamodule=data, verbose=False)
+    assert counts == {"encoder": 1, "decoder": 1}
+    x = next(iter(data.test_dataloader()))[0]
+    model.eval()
+    with torch.no_grad():
+        terms = {**model.loss_terms(x, None, None), **model.test_metrics(x), **ReconstructionMetrics()(model(x), x)}
+    assert {"lpips", "ms_ssim", "g_loss", "d_loss", "psnr", "recon_mse"} <= set(terms)
+    for name, value in terms.items():
+        torch.testing.assert_close(trainer.callback_metrics[f"test/{name}"], value, msg=name)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"quantizer": "residual_vq", "num_quantizers": 2}], ids=["vq", "residual_vq"])
+def test_predict_encodes_and_decodes_each_batch_once_to_the_same_outputs(kwargs: dict) -> None:
+    # Predict encoded each batch three times (the codes, the anomaly score's reconstruction, the indices) and decoded
+    # it twice.
+    model = quantized(**kwargs)
+    model.train().loss_terms(images(), None, None)  # k-means initialization
+    model.eval()
+    x, labels, index = images(), torch.zeros(6, dtype=torch.long), torch.arange(6)
+    counts = forward_counts(model, "encoder", "decoder")
+    with torch.no_grad():
+        predicted = model.predict_step((x, labels, index), 0)
+        assert counts == {"encoder": 1, "decoder": 1}
+        expected = {"z": model.encode(x), "label": labels, "index": index,
+                    "recon_error": losses.mean_squared_error(model.decode(model.encode(x)), x),
+                    "anomaly_score": model.anomaly_score(x), "indices": model.encode_indices(x)}  # fmt: skip
+    assert list(predicted) == list(expected)
+    for name, value in expected.items():
+        torch.testing.assert_close(predicted[name], value, msg=name)
+
+    class Scored(QuantizedAutoencoder):  # a variant's own anomaly score is still the one predicted
+        def anomaly_score(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+            return x.sum((1, 2, 3))
+
+    scored = Scored(**TINY, codebook_size=16).eval()
+    torch.testing.assert_close(scored.predict_step((x, labels, index), 0)["anomaly_score"], x.sum((1, 2, 3)))
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

@@ -148,12 +148,15 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
 
     # --- losses -----------------------------------------------------------------------------------------------------
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
+        return self._terms_and_reconstruction(x)[0]
+
+    def _terms_and_reconstruction(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         terms, reconstruction = self.autoencoder_terms(x)
         if self.adversarial_weight:
             logits_fake = self.discriminator(reconstruction)
             terms["g_loss"] = losses.generator_adversarial_loss(logits_fake, self.adversarial_loss)
             terms["d_loss"] = self.discriminator_loss(x, reconstruction)
-        return terms
+        return terms, reconstruction
 
     def autoencoder_terms(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         """The named terms of the autoencoder's loss without the adversarial term, and the reconstruction in [0, 1]."""
@@ -256,10 +259,25 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
         ]
 
     # --- evaluation -------------------------------------------------------------------------------------------------
-    def test_metrics(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
+    def _test_step(self, batch: Batch) -> None:
+        # The base's test step, with one encode and decode per batch instead of three (loss, reconstruction metrics,
+        # test_metrics): the loss's reconstruction is scored, the one the other two made again (evaluation codes are
+        # deterministic: the posterior's mean, the quantized code).
+        x, y = batch[0], batch[1]
+        self._check_input_once(x)
+        terms, reconstruction = self._terms_and_reconstruction(x)
+        self.log_terms(terms, "test", batch_size=len(x))
+        self.test_reconstruction.update(reconstruction.float(), x)
+        self.log_dict(self.test_reconstruction, batch_size=len(x))
+        for name, value in self.test_metrics(x, y, reconstruction).items():
+            self.log(f"test/{name}", value, batch_size=len(x), sync_dist=True)
+
+    def test_metrics(
+        self, x: Tensor, y: Tensor | None = None, reconstruction: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """``ms_ssim`` of the reconstructions (with the scales the image size allows; none under 11 pixels) and,
-        with a perceptual loss, their ``lpips``."""
-        reconstruction = self(x, y).float()
+        with a perceptual loss, their ``lpips``; ``reconstruction`` is that of ``x`` if already made."""
+        reconstruction = (self(x, y) if reconstruction is None else reconstruction).float()
         metrics = {}
         if ms_ssim_applies(self.input_shape[1:]):
             betas = ms_ssim_betas(self.input_shape[1:])

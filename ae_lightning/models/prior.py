@@ -119,11 +119,11 @@ class CodePrior(AutoencoderModule):
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> CodePrior:
-        """Lightning's ``load_from_checkpoint`` (``checkpoint_path`` a file or a file object), the tokenizer rebuilt
-        from the checkpoint's record of it and its weights: the tokenizer's own checkpoint is not read. It is read
-        (at the path ``tokenizer`` the prior recorded, or one given as ``tokenizer=``) for a checkpoint saved before
-        priors kept that record; a FileNotFoundError naming both says so if it is missing."""
-        checkpoint = _peek(checkpoint_path, kwargs.get("weights_only"))
+        """Lightning's ``load_from_checkpoint`` (``checkpoint_path`` a file or a file object, read once), the
+        tokenizer rebuilt from the checkpoint's record of it and its weights: the tokenizer's own checkpoint is not
+        read. It is read (at the path ``tokenizer`` the prior recorded, or one given as ``tokenizer=``) for a
+        checkpoint saved before priors kept that record; a FileNotFoundError naming both says so if it is missing."""
+        data, checkpoint = _read_once(checkpoint_path, kwargs.get("weights_only"))
         record = checkpoint.get("ae_lightning_tokenizer_record")
         if record is None or "tokenizer" in kwargs:
             path = Path(kwargs.get("tokenizer", checkpoint.get("hyper_parameters", {}).get("tokenizer", "")))
@@ -133,15 +133,17 @@ class CodePrior(AutoencoderModule):
                     f"needs the tokenizer checkpoint it was trained on, {path} (relative to the working folder), which "
                     "does not exist: load it from the folder it was trained in, or pass tokenizer=<that checkpoint>"
                 )
-            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+            del checkpoint
+            return super().load_from_checkpoint(data, *args, **kwargs)
         weights = {
             name.removeprefix("tokenizer."): value
             for name, value in checkpoint["state_dict"].items()
             if name.startswith("tokenizer.")
         }
         token = _REBUILT_TOKENIZER.set((_rebuild_tokenizer(record, weights), record))
+        del checkpoint, weights  # Lightning loads its own copy
         try:
-            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+            return super().load_from_checkpoint(data, *args, **kwargs)
         finally:
             _REBUILT_TOKENIZER.reset(token)
 
@@ -268,14 +270,15 @@ def _read_tokenizer(path: str | Path) -> tuple[QuantizedAutoencoder, dict[str, A
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer checkpoint {path} does not exist; train one with configs/vqvae.yaml")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    data, checkpoint = _read_once(path, weights_only=False)
     stored = checkpoint.get("ae_lightning_class", "?")
     if not stored.endswith(".QuantizedAutoencoder"):
         raise ValueError(f"a prior needs a QuantizedAutoencoder's codes, but {path} holds a {stored}")
+    record = {key: checkpoint[key] for key in _TOKENIZER_RECORD if key in checkpoint}
+    del checkpoint
     # Under ``ae-lightning`` the tokenizer would otherwise take the prior's settings as its hyperparameters.
     load = QuantizedAutoencoder.load_from_checkpoint
-    tokenizer = without_cli_hyperparameters(load, path, map_location="cpu").requires_grad_(False).eval()
-    return tokenizer, {key: checkpoint[key] for key in _TOKENIZER_RECORD if key in checkpoint}
+    return without_cli_hyperparameters(load, data, map_location="cpu").requires_grad_(False).eval(), record
 
 
 def _rebuild_tokenizer(record: dict[str, Any], weights: dict[str, Tensor]) -> QuantizedAutoencoder:
@@ -287,16 +290,18 @@ def _rebuild_tokenizer(record: dict[str, Any], weights: dict[str, Tensor]) -> Qu
     return without_cli_hyperparameters(load, buffer, map_location="cpu").requires_grad_(False).eval()
 
 
-def _peek(checkpoint: Any, weights_only: bool | None) -> dict[str, Any]:
-    """The checkpoint in file or file object ``checkpoint`` (on the CPU), the file object's position kept."""
+def _read_once(checkpoint: Any, weights_only: bool | None) -> tuple[io.BytesIO, dict[str, Any]]:
+    """The bytes of checkpoint file or file object ``checkpoint`` (from its position on), read once into memory for
+    Lightning to load, and the checkpoint they hold, loaded on the CPU to look into first."""
     if isinstance(checkpoint, (str, Path)):  # a local file or a URL (``s3://...``), as Lightning reads it
         with get_filesystem(checkpoint).open(str(checkpoint), "rb") as file:
-            return torch.load(file, map_location="cpu", weights_only=weights_only)
-    position = checkpoint.tell()
-    try:
-        return torch.load(checkpoint, map_location="cpu", weights_only=weights_only)
-    finally:
-        checkpoint.seek(position)
+            data = io.BytesIO(file.read())
+    else:
+        data = checkpoint if isinstance(checkpoint, io.BytesIO) else io.BytesIO(checkpoint.read())
+    position = data.tell()
+    loaded = torch.load(data, map_location="cpu", weights_only=weights_only)
+    data.seek(position)
+    return data, loaded
 
 
 __all__ = ["CodePrior", "load_tokenizer", "tokenizer_fingerprint"]

@@ -5,13 +5,15 @@ finite scalar quantization (Mentzer et al. 2023, "Finite Scalar Quantization: VQ
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from torch import Tensor, distributed
 
-from ae_lightning.base import Batch, Stage
+from ae_lightning.base import AutoencoderModule, Batch, Stage
+from ae_lightning.blocks import losses
 from ae_lightning.blocks.quantizers import CodebookUsage, FSQLevel, QuantizerKind, SpatialQuantizer
 from ae_lightning.models.first_stage import FirstStageAutoencoder
 from datamodules.checks import AtLeastTwo, Fraction, NonNegativeFloat, PositiveInt
@@ -64,7 +66,7 @@ class QuantizedAutoencoder(FirstStageAutoencoder):
             dead_code_threshold,
         )
         self.codebook_usage = CodebookUsage(self.quantizer.codebook_size, self.quantizer.num_codebooks)
-        self._counting_codes = False  # within an evaluation batch's loss (:meth:`_shared_step`)
+        self._counting_codes = False  # within an evaluation batch's loss (:meth:`_codes_counted`)
 
     def configure_model(self) -> None:
         """Under a multi-process ``torch.distributed`` group (DDP: Lightning calls this hook once the group exists,
@@ -84,13 +86,22 @@ class QuantizedAutoencoder(FirstStageAutoencoder):
         return quantized, commitment, logged
 
     # --- steps: the codebook usage counts the codes of the evaluation batches' loss --------------------------------
-    def _shared_step(self, batch: Batch, stage: Stage) -> dict[str, Tensor]:
-        # The loss's own encode, once per batch; not the other encodes of a test step or those of a callback.
-        self._counting_codes = stage != "train"
+    @contextlib.contextmanager
+    def _codes_counted(self, counted: bool = True) -> Iterator[None]:
+        # Around the loss's own encode, once per batch; not around the encodes of a callback.
+        self._counting_codes = counted
         try:
-            return super()._shared_step(batch, stage)
+            yield
         finally:
             self._counting_codes = False
+
+    def _shared_step(self, batch: Batch, stage: Stage) -> dict[str, Tensor]:
+        with self._codes_counted(stage != "train"):
+            return super()._shared_step(batch, stage)
+
+    def _test_step(self, batch: Batch) -> None:
+        with self._codes_counted():  # the test step encodes once, for its loss and metrics alike
+            super()._test_step(batch)
 
     # --- codes as indices -------------------------------------------------------------------------------------------
     def encode_indices(self, x: Tensor) -> Tensor:
@@ -130,12 +141,21 @@ class QuantizedAutoencoder(FirstStageAutoencoder):
                 self.log(f"{stage}/{name}", value)
         self.codebook_usage.reset()
 
-    def test_metrics(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
+    def test_metrics(
+        self, x: Tensor, y: Tensor | None = None, reconstruction: Tensor | None = None
+    ) -> dict[str, Tensor]:
         rate = self.bits_per_pixel((self.quantizer.num_codebooks, *self.latent_shape[1:]))  # the indices' shape
-        return {**super().test_metrics(x, y), "bits_per_pixel": x.new_tensor(rate)}
+        return {**super().test_metrics(x, y, reconstruction), "bits_per_pixel": x.new_tensor(rate)}
 
-    def _predict_step(self, batch: Any) -> dict[str, Tensor]:
-        return {**super()._predict_step(batch), "indices": self.encode_indices(batch[0])}
+    def _predict_step(self, batch: Batch) -> dict[str, Tensor]:
+        # The base's outputs, and the indices, of one encode and one decode (the base's steps take two of each, the
+        # indices a third encode); its anomaly score is the reconstruction's error unless a subclass changes it.
+        x, labels, index = batch
+        z, codes, _ = self.quantizer(self.encoder(x))
+        error = losses.mean_squared_error(self.decode(z, labels), x)
+        overridden = type(self).anomaly_score is not AutoencoderModule.anomaly_score
+        score = self.anomaly_score(x, labels) if overridden else error
+        return {"z": z, "label": labels, "index": index, "recon_error": error, "anomaly_score": score, "indices": codes}
 
 
 __all__ = ["QuantizedAutoencoder"]
