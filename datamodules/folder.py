@@ -16,7 +16,9 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
 from datamodules.base import UNLABELED, Arrays, ImageDataModule
-from datamodules.checks import PositiveInt
+from datamodules.checks import PositiveInt, check_arguments
+
+Alpha = Literal["refuse", "white", "black"]  # what an image with transparent pixels becomes (:func:`opaque`)
 
 
 class ImageFolderDataModule(ImageDataModule):
@@ -26,13 +28,16 @@ class ImageFolderDataModule(ImageDataModule):
     names); a flat folder has no labels (label -1). Hidden files and folders (names starting with ``.``, such as
     ``.ipynb_checkpoints`` or macOS's ``._photo.jpg``) are skipped. Images are turned upright as their EXIF orientation
     says, converted to ``channels`` and, with ``image_size``, resized (shorter side) and centre-cropped to
-    ``image_size x image_size``; without it they must all have one size.
+    ``image_size x image_size``; without it they must all have one size. Images with transparent pixels are refused
+    or composited over a background, as ``alpha`` says (docs/own_data.md).
 
     Args:
         data_dir: the folder.
         image_size: side of the square images; None keeps the images' own (common) size.
         channels: 1 (gray) or 3 (RGB).
         test_dir: a second folder, laid out alike, as test split; None holds out ``test_fraction`` of ``data_dir``.
+        alpha: an image with transparent pixels (RGBA, LA, or a transparent palette colour) is refused (``refuse``)
+            or composited over a ``white`` or ``black`` background; opaque ones are read as they are.
         **kwargs: the :class:`~datamodules.base.ImageDataModule` arguments.
     """
 
@@ -42,6 +47,7 @@ class ImageFolderDataModule(ImageDataModule):
         image_size: PositiveInt | None = None,
         channels: Literal[1, 3] = 3,
         test_dir: str | None = None,
+        alpha: Alpha = "refuse",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -72,12 +78,12 @@ class ImageFolderDataModule(ImageDataModule):
         self, folder: Path, class_names: list[str] | None, test: bool = False
     ) -> tuple[tuple[Tensor, Tensor], list | None]:
         files, labels, class_names = list_images(folder, class_names, test)
-        size, mode = self.hparams.image_size, "L" if self.hparams.channels == 1 else "RGB"
+        size, mode, alpha = self.hparams.image_size, "L" if self.hparams.channels == 1 else "RGB", self.hparams.alpha
         check_memory(files, self.hparams.channels, size)
         with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # PIL releases the GIL while decoding
             decoded = list(
                 tqdm(
-                    pool.map(lambda f: decode_image(f, mode, size), files),
+                    pool.map(lambda f: decode_image(f, mode, size, alpha), files),
                     total=len(files),
                     desc=f"Decoding {folder}",
                     unit="img",
@@ -176,25 +182,49 @@ _DEEP_MODES = {"I;16": "16-bit", "I;16B": "16-bit", "I;16L": "16-bit", "I;16N": 
                "F": "32-bit float"}  # fmt: skip
 
 
-def decode_image(path: str, mode: str, size: int | None) -> Tensor:
+def decode_image(path: str, mode: str, size: int | None, alpha: Alpha = "refuse") -> Tensor:
     """One image file as a ``[C, H, W]`` uint8 tensor in PIL ``mode``, upright as its EXIF orientation says (as image
-    viewers show it), resized and centre-cropped to ``size``."""
+    viewers show it), its transparent pixels handled as ``alpha`` says (:func:`opaque`), resized and centre-cropped to
+    ``size``."""
     try:
         with Image.open(path) as image:
             source_mode = image.mode
             ImageOps.exif_transpose(image, in_place=True)  # phones store photos turned, with the turn in EXIF
-            image = image.convert(mode) if source_mode not in _DEEP_MODES else None
+            if source_mode not in _DEEP_MODES:  # an image with transparency stays RGBA until opaque() looks at it
+                image = image.convert("RGBA" if image.has_transparency_data else mode)
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise ValueError(f"{path} is not an image PIL can read ({error})") from error
-    if image is None:  # convert() would clip it to 8 bits
+    if source_mode in _DEEP_MODES:  # convert() would clip it to 8 bits
         raise ValueError(
             f"{path} is a {_DEEP_MODES[source_mode]} image (PIL mode {source_mode}); image folders hold 8-bit images, "
             "and converting would clip it: convert it to 8 bits per channel first"
         )
+    image = opaque(image, mode, alpha, path)
     if size is not None:
         image = TF.center_crop(TF.resize(image, size), size)
     array = np.asarray(image)
     return torch.from_numpy(array.copy()).reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1).contiguous()
 
 
-__all__ = ["ImageFolderDataModule", "decode_image", "list_images"]
+_BACKGROUNDS = {"white": (255, 255, 255, 255), "black": (0, 0, 0, 255)}
+
+
+def opaque(image: Image.Image, mode: str, alpha: Alpha, where: str) -> Image.Image:
+    """``image`` in PIL ``mode``. One with transparent pixels (alpha below 255; RGBA, LA, PA or a transparent colour)
+    is composited over the ``alpha`` background (``white``, ``black``), or refused (``refuse``) naming ``where``; an
+    opaque one is converted as any other (an image without transparency data is not looked at)."""
+    if image.has_transparency_data:
+        image = image if image.mode == "RGBA" else image.convert("RGBA")
+        if image.getchannel("A").getextrema()[0] < 255:
+            if alpha == "refuse":
+                raise ValueError(
+                    f"{where} has transparent pixels, whose colour is whatever the file stores under them: set alpha "
+                    "to 'white' or 'black' to composite it over that background (--data.alpha of an image folder, "
+                    "--alpha of ae-lightning-prepare and scripts/compress.py), or remove its transparency"
+                )
+            check_arguments({"alpha": alpha}, opaque)
+            image = Image.alpha_composite(Image.new("RGBA", image.size, _BACKGROUNDS[alpha]), image)
+    return image if image.mode == mode else image.convert(mode)
+
+
+__all__ = ["ImageFolderDataModule", "decode_image", "list_images", "opaque"]

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+import typing
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -32,6 +33,7 @@ from torchvision.io import encode_jpeg, encode_png
 from torchvision.transforms.v2 import functional as TF
 
 from datamodules.checks import OpenUnitInterval, PositiveInt, byte_count, check_arguments, number_type
+from datamodules.folder import Alpha
 from datamodules.stream_store import (
     MANIFEST,
     SPLITS,
@@ -62,6 +64,7 @@ class ImageEncoder:
         encoding: ``png`` (lossless), ``jpeg`` (``quality``) or ``raw`` (uint8 arrays, no decoding when read).
         quality: JPEG quality.
         shape: the ``(H, W)`` every image must have (that of the first), checked here; None skips the check.
+        alpha: what an image file or PIL image with transparent pixels becomes (:func:`datamodules.folder.opaque`).
     """
 
     def __init__(
@@ -73,25 +76,26 @@ class ImageEncoder:
         encoding: Encoding,
         quality: int = 90,
         shape: tuple[int, int] | None = None,
+        alpha: Alpha = "refuse",
     ) -> None:
         self.kind, self.payload, self.channels, self.size = kind, payload, channels, size
-        self.encoding, self.quality, self.shape = encoding, quality, shape
+        self.encoding, self.quality, self.shape, self.alpha = encoding, quality, shape, alpha
 
     def pixels(self, record: Any) -> tuple[Tensor, str]:
         """The record's image as ``[C, H, W]`` uint8, and where it came from."""
-        from datamodules.folder import decode_image
+        from datamodules.folder import decode_image, opaque
 
         mode = "L" if self.channels == 1 else "RGB"
         if self.kind == "folder":
-            return decode_image(record, mode, self.size), record
+            return decode_image(record, mode, self.size, self.alpha), record
         if self.kind == "array":
             image = self.payload[record]
             if image.shape[0] != self.channels:
                 image = TF.rgb_to_grayscale(image) if self.channels == 1 else image.expand(3, -1, -1)
             where = f"row {record}"
         else:
-            image = TF.pil_to_tensor(self.payload[record][0].convert(mode))
             where = f"sample {record} of {type(self.payload).__name__}"
+            image = TF.pil_to_tensor(opaque(self.payload[record][0], mode, self.alpha, where))
         if self.size is not None:
             image = TF.center_crop(TF.resize(image, self.size, antialias=True), self.size)
         return image.contiguous(), where
@@ -182,6 +186,7 @@ def prepare_stream(
     output: str,
     size: PositiveInt | None = None,
     channels: Literal[1, 3] = 3,
+    alpha: Alpha = "refuse",
     encoding: Encoding = "png",
     quality: JpegQuality = 90,
     val_fraction: OpenUnitInterval = 1 / 12,
@@ -206,6 +211,8 @@ def prepare_stream(
         output: the stream's folder, or an ``s3://``/``gs://`` URI.
         size: side of the square stored images; None keeps the sources' (common) size.
         channels: 1 (gray) or 3 (RGB).
+        alpha: an image with transparent pixels is refused (``refuse``) or composited over a ``white`` or ``black``
+            background (docs/streaming.md); opaque ones are stored as they are.
         encoding: ``png``, ``jpeg`` or ``raw``.
         quality: JPEG quality.
         val_fraction: share of the training pool held out as validation split (seeded, stratified).
@@ -249,10 +256,12 @@ def prepare_stream(
     splits["train"] = ("train", [train[i] for i in kept.tolist()])
     splits["val"] = ("train", [train[i] for i in drawn.tolist()])
 
-    first = ImageEncoder(kind, payloads.get("train"), channels, size, "raw")(splits["train"][1][0])["image"]
-    height, width = first.shape[1:]
+    first = ImageEncoder(kind, payloads.get("train"), channels, size, "raw", alpha=alpha)(splits["train"][1][0])
+    height, width = first["image"].shape[1:]
     settings = {"size": size, "channels": channels, "encoding": encoding, "quality": quality, "seed": seed,
                 "val_fraction": val_fraction, "test_fraction": None if "test" in parts else test_fraction}  # fmt: skip
+    if alpha != "refuse":  # a refusing prepare stores what it stored before alpha existed, and keeps its fingerprint
+        settings["alpha"] = alpha
 
     staging = partial_folder(Path(output)) if not location.is_remote else Path(tempfile.mkdtemp(prefix="stream-"))
     if staging.exists():
@@ -262,7 +271,7 @@ def prepare_stream(
         chunks: dict[str, dict[str, dict[str, Any]]] = {}
         for split in SPLITS:
             part, records = splits[split]
-            encoder = ImageEncoder(kind, payloads.get(part), channels, size, encoding, quality, (height, width))
+            encoder = ImageEncoder(kind, payloads.get(part), channels, size, encoding, quality, (height, width), alpha)
             names = _write_split(encoder, records, staging / split, chunk_bytes, chunk_size, num_workers)
             chunks[split] = {
                 name: {"bytes": (staging / split / name).stat().st_size, "sha256": file_sha256(staging / split / name)}
@@ -395,6 +404,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("output", help="the stream's folder or s3:// / gs:// URI")
     parser.add_argument("--size", type=_option("size"), help="side of the square stored images (default: the sources')")
     parser.add_argument("--channels", type=int, default=3, choices=(1, 3))
+    parser.add_argument("--alpha", choices=typing.get_args(Alpha), help="an image with transparent pixels: refuse it "
+                        "(default), or composite it over a white or black background")  # fmt: skip
     parser.add_argument("--encoding", default="png", choices=("png", "jpeg", "raw"))
     parser.add_argument("--quality", type=_option("quality"), help="JPEG quality, 1-100 (default 90)")
     parser.add_argument("--val-fraction", type=_option("val_fraction", float), default=1 / 12)
@@ -416,6 +427,7 @@ def main(argv: list[str] | None = None) -> None:
     unused = {
         "--quality": args.encoding != "jpeg" and f"applies to --encoding jpeg, not {args.encoding}",
         "--data-dir": kind != "torchvision" and f"applies to a torchvision source, not {KINDS[kind]}",
+        "--alpha": kind == "array" and f"applies to image files and torchvision datasets, not {KINDS[kind]}",
         "--test-fraction": (kind == "torchvision" or args.test_dir is not None)
         and "holds out a test split from a source without one; this source has its test split",
         "--chunk-bytes": args.chunk_size is not None and "and --chunk-size exclude each other: set one",

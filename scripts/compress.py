@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import io
 import time
+import typing
 from pathlib import Path
 
 import torch
@@ -23,7 +24,7 @@ from PIL import Image
 from ae_lightning.codec import CompressedFileError, compress, decompress
 from ae_lightning.models.prior import CodePrior
 from ae_lightning.training.fault_tolerance.checkpoint_io import read_checkpoint, write_atomically
-from datamodules.folder import decode_image
+from datamodules.folder import Alpha, decode_image
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     default_device = "cuda" if torch.cuda.is_available() else "cpu"
     parser.add_argument("--device", default=default_device, help="cpu, cuda, cuda:1, ... (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace target if it exists")
+    parser.add_argument("--alpha", choices=typing.get_args(Alpha), default="refuse", help="an image with transparent "
+                        "pixels: refuse it (default), or composite it over a white or black background")  # fmt: skip
     return parser
 
 
@@ -83,10 +86,11 @@ def load_prior(parser: argparse.ArgumentParser, path: Path, device: str) -> Code
         parser.error(f"prior {path}: {error}")
 
 
-def load_image(path: Path, channels: int) -> torch.Tensor:
+def load_image(path: Path, channels: int, alpha: Alpha = "refuse") -> torch.Tensor:
     """An 8-bit image file as ``[C, H, W]`` in [0, 1], gray for a gray model; a ValueError naming the file if it is
-    not an image, or is a 16-bit, 32-bit or float image (converting would clip it), as image folders refuse them."""
-    return decode_image(str(path), "L" if channels == 1 else "RGB", None).float() / 255
+    not an image, or is a 16-bit, 32-bit or float image (converting would clip it), or has transparent pixels and
+    ``alpha`` is ``refuse``, as image folders refuse them."""
+    return decode_image(str(path), "L" if channels == 1 else "RGB", None, alpha).float() / 255
 
 
 def image_bytes(image: torch.Tensor, suffix: str) -> bytes:
@@ -108,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     if args.command == "encode":
         try:
-            image = load_image(args.source, prior.input_shape[0])
+            image = load_image(args.source, prior.input_shape[0], args.alpha)
         except ValueError as error:
             parser.error(f"source {error}")
         data = compress(prior, image)

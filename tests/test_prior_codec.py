@@ -398,3 +398,24 @@ def test_compress_command_refuses_a_bad_device_and_a_folder_target_up_front(
     argv = ["encode", prior, image, str(tmp_path / "folder.aelc"), "--device", "cpu", "--overwrite"]
     assert refused(script, argv, capsys) == f"target {tmp_path / 'folder.aelc'} is a folder; name the file to write"
     assert not list((tmp_path / "folder.aelc").iterdir()) and not list(tmp_path.glob("*.tmp"))
+
+
+def test_compress_command_refuses_transparent_pixels_or_composites_them_as_alpha_says(
+    trained_prior: CodePrior, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from PIL import Image
+    from test_evaluation import load_script, refused
+
+    script = load_script("compress")
+    checkpoint, source = str(tmp_path / "prior.ckpt"), tmp_path / "icon.png"  # the prior written by the fixture
+    gray, alpha = np.full((28, 28), 200, np.uint8), np.full((28, 28), 255, np.uint8)
+    alpha[:14] = 0  # the top half transparent, over stored gray 200
+    Image.fromarray(np.stack([gray, alpha], -1), mode="LA").save(source)
+    encode = ["encode", checkpoint, str(source), str(tmp_path / "icon.aelc"), "--device", "cpu"]
+    said = refused(script, encode, capsys)
+    assert said.startswith(f"source {source} has transparent pixels") and "--alpha of" in said and "compress" in said
+    assert not (tmp_path / "icon.aelc").exists()
+    assert script.load_image(source, 1, "black")[0, :14].eq(0).all()  # composited over the background asked for
+    assert script.load_image(source, 1, "white")[0, :14].eq(1).all()
+    script.main([*encode, "--alpha", "white"])
+    assert (tmp_path / "icon.aelc").is_file()

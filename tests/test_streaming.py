@@ -211,6 +211,38 @@ def test_a_bad_prepare_option_is_refused_naming_the_option_the_value_and_what_is
     assert not (tmp_path / "stream").exists()
 
 
+def test_a_bad_alpha_is_refused_and_a_torchvision_sample_with_transparent_pixels_is_treated_as_a_file_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from PIL import Image
+
+    from datamodules import ImageFolderDataModule
+
+    images = write_image_folder(tmp_path / "images", per_class=6, size=4)
+    with pytest.raises(ValueError, match=r"alpha must be one of 'refuse', 'white', 'black', got 'grey'"):
+        prepare_stream(str(images), str(tmp_path / "stream"), alpha="grey")
+    with pytest.raises(ValueError, match=r"alpha must be one of 'refuse', 'white', 'black', got 'grey'"):
+        ImageFolderDataModule(str(images), alpha="grey")
+    np.save(tmp_path / "x.npy", np.zeros((12, 4, 4, 3), np.uint8))
+    for source, alpha, refusal in (
+        (images, "grey", "argument --alpha: invalid choice: 'grey' (choose from "),
+        (tmp_path / "x.npy", "white", "--alpha white applies to image files and torchvision datasets"),
+    ):
+        with pytest.raises(SystemExit):
+            stream_prepare.main([str(source), str(tmp_path / "stream"), "--alpha", alpha])
+        assert refusal in capsys.readouterr().err
+    assert not (tmp_path / "stream").exists()
+    # a torchvision dataset's PIL image (e.g. from its own files) goes through the same check as an image file
+    icon = Image.new("RGBA", (4, 4), (9, 99, 199, 0))
+    icon.paste((10, 20, 30, 255), (0, 2, 4, 4))
+    with pytest.raises(ValueError, match=r"sample 0 of list has transparent pixels"):
+        stream_prepare.ImageEncoder("torchvision", [(icon, 0)], 3, None, "raw")((0, 0))
+    stored = stream_prepare.ImageEncoder("torchvision", [(icon, 0)], 3, None, "raw", alpha="white")((0, 0))["image"]
+    expected = np.full((3, 4, 4), 255, np.uint8)
+    expected[:, 2:] = np.array([10, 20, 30])[:, None, None]
+    assert np.array_equal(stored, expected)
+
+
 def test_prepare_checks_python_callers_alike_and_takes_chunk_bytes_with_or_without_a_unit(tmp_path: Path) -> None:
     write_image_folder(tmp_path / "images", per_class=6, size=4)
     with pytest.raises(ValueError, match=r"size must be an integer >= 1, got 0"):
