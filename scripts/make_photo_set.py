@@ -9,7 +9,8 @@ so no held-out crop shares a pixel with a training crop.
     python scripts/make_photo_set.py data/photos --crop 256 --stream data/photos-64 --stream-size 64
 
 Writes ``<out>/train/*.png``, ``<out>/heldout/*.png`` and ``<out>/photos.json`` (which photograph went where), and
-with ``--stream`` a stream of them (``ae-lightning-prepare``, the held-out crops as its test split).
+with ``--stream`` a stream of them (``ae-lightning-prepare``, the held-out crops as its test split). The set is written
+to ``.<out>.partial`` beside ``<out>`` and moved into place when complete, so an interrupted run leaves no partial set.
 """
 
 from __future__ import annotations
@@ -95,16 +96,24 @@ def crops(path: Path, crop: int, count: int, side: int, rng: np.random.Generator
     return out
 
 
-def clear_photo_set(out: Path) -> None:
-    """Remove what an earlier run wrote at ``out`` (``train/``, ``heldout/``, ``photos.json``; anything else there
-    stays); exit naming ``out`` if it is a non-empty folder without ``photos.json``, i.e. not a photo set."""
+def check_photo_set(out: Path) -> None:
+    """Exit naming ``out`` if it is a non-empty folder without ``photos.json``, i.e. not a photo set to replace."""
     if out.exists() and not (out / "photos.json").is_file() and (not out.is_dir() or any(out.iterdir())):
         sys.exit(
             f"{out} is not a photo set written by this script (no photos.json) and is not empty: give a new folder"
         )
+
+
+def replace_photo_set(partial: Path, out: Path) -> None:
+    """Move the complete set written at ``partial`` to ``out``: its ``train/``, ``heldout/`` and, last, its marker
+    ``photos.json`` replace an earlier run's (anything else at ``out`` stays); ``partial`` is removed."""
+    out.mkdir(parents=True, exist_ok=True)
     for part in ("train", "heldout"):
-        shutil.rmtree(out / part, ignore_errors=True)
-    (out / "photos.json").unlink(missing_ok=True)
+        if (out / part).exists():  # a folder cannot be renamed over a non-empty one: move the old one aside first
+            os.replace(out / part, partial / f"old-{part}")
+        os.replace(partial / part, out / part)
+    os.replace(partial / "photos.json", out / "photos.json")
+    shutil.rmtree(partial)
 
 
 def main() -> None:
@@ -123,16 +132,25 @@ def main() -> None:
 
     photos = find_photos(args.install)
     out = Path(args.out)
-    clear_photo_set(out)
-    rng = np.random.default_rng(args.seed)
-    record = {"train": [], "heldout": []}
-    for i, photo in enumerate(photos):
-        part = "heldout" if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1 else "train"
-        (out / part).mkdir(parents=True, exist_ok=True)
-        for j, image in enumerate(crops(photo, args.crop, args.crops_per_photo, args.photo_side, rng)):
-            image.save(out / part / f"{photo.stem}-{j:03d}.png")
-        record[part].append(str(photo))
-    (out / "photos.json").write_text(json.dumps(record, indent=1))
+    check_photo_set(out)
+    # Written next to out and moved into place when complete: an interrupted run leaves no partial set at out, and
+    # an earlier set stays whole until then. A killed run's leftover is removed here.
+    partial = out.resolve().with_name(f".{out.resolve().name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        rng = np.random.default_rng(args.seed)
+        record = {"train": [], "heldout": []}
+        for part in record:
+            (partial / part).mkdir(parents=True)
+        for i, photo in enumerate(photos):
+            part = "heldout" if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1 else "train"
+            for j, image in enumerate(crops(photo, args.crop, args.crops_per_photo, args.photo_side, rng)):
+                image.save(partial / part / f"{photo.stem}-{j:03d}.png")
+            record[part].append(str(photo))
+        (partial / "photos.json").write_text(json.dumps(record, indent=1))
+        replace_photo_set(partial, out)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     print(f"{out}: {len(record['train'])} photos for training, {len(record['heldout'])} held out, "
           f"{args.crops_per_photo} crops of {args.crop}px each")  # fmt: skip
     if args.stream:

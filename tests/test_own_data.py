@@ -130,6 +130,68 @@ def test_phone_photos_are_read_upright_as_their_exif_orientation_says(tmp_path: 
     assert upright(next(iter(val))[0] * 255)
 
 
+def _icon(path: Path, mode: str, hidden: int) -> None:
+    """An 8x8 icon: the top half transparent over the colour ``hidden`` (the same look for any ``hidden``), the bottom
+    half opaque gray 200 but for pixel (7, 0), gray 200 at alpha 128 (none in a palette image)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if mode == "P":
+        icon = Image.new("P", (8, 8), 1)
+        icon.putpalette([hidden, 255 - hidden, hidden // 2, 200, 200, 200])
+        icon.paste(0, (0, 0, 8, 4))
+        icon.save(path, transparency=0)
+        return
+    rgb, alpha = np.full((8, 8, 3), 200, np.uint8), np.full((8, 8), 255, np.uint8)
+    rgb[:4], alpha[:4], alpha[7, 0] = (hidden, 255 - hidden, hidden // 2), 0, 128
+    Image.fromarray(np.dstack([rgb[..., :1] if mode == "LA" else rgb, alpha]), mode).save(path)
+
+
+@pytest.mark.parametrize("mode, channels", [("RGBA", 3), ("LA", 1), ("P", 3)])
+def test_transparent_pixels_are_refused_or_composited_as_alpha_says_in_the_folder_and_the_stream(
+    mode: str, channels: int, tmp_path: Path
+) -> None:
+    # ten icons that look alike but hide other colours under their transparent pixels: read without the alpha, they
+    # trained on the hidden colours
+    for i in range(10):
+        _icon(tmp_path / "icons" / f"{i:02d}.png", mode, 25 * i)
+    first = tmp_path / "icons" / "00.png"
+    with pytest.raises(ValueError, match=rf"{first} has transparent pixels.*set alpha to 'white' or 'black'"):
+        ImageFolderDataModule(str(tmp_path / "icons"), channels=channels).setup()
+    with pytest.raises(ValueError, match=r"icons/0\d.png has transparent pixels.*--alpha of ae-lightning-prepare"):
+        prepare_stream(str(tmp_path / "icons"), str(tmp_path / "refused"), channels=channels)
+    assert not (tmp_path / "refused").exists() and not (tmp_path / ".refused.partial").exists()
+    for background, level in (("white", 255), ("black", 0)):
+        expected = torch.full((channels, 8, 8), 200.0)
+        expected[:, :4] = level
+        if mode != "P":
+            expected[:, 7, 0] = (200 * 128 + level * 127) / 255  # "over": 200 at alpha 128/255 on the background
+        images = ImageFolderDataModule(str(tmp_path / "icons"), channels=channels, alpha=background).arrays.train[0]
+        assert images.shape == (10, channels, 8, 8) and (images.float() - expected).abs().max() <= 1, background
+        stream = tmp_path / f"stream-{background}"
+        manifest = prepare_stream(str(tmp_path / "icons"), str(stream), channels=channels, alpha=background,
+                                  val_fraction=0.2, test_fraction=0.2)  # fmt: skip
+        assert manifest.settings["alpha"] == background
+        val = StreamingDataModule(str(stream), channels=channels, batch_size=2, num_workers=0).val_dataloader()
+        assert (next(iter(val))[0] * 255 - expected).abs().max() <= 1, background
+
+
+def test_opaque_images_with_an_alpha_channel_or_a_transparent_colour_read_as_before(tmp_path: Path) -> None:
+    pixels = np.random.default_rng(0).integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    (tmp_path / "images").mkdir()
+    for i in range(5):
+        Image.fromarray(pixels).save(tmp_path / "images" / f"rgb-{i}.png")
+        Image.fromarray(np.dstack([pixels, np.full((6, 6), 255, np.uint8)]), "RGBA").save(
+            tmp_path / "images" / f"rgba-{i}.png"
+        )
+    palette = Image.new("P", (6, 6), 1)
+    palette.putpalette([0, 0, 0, 90, 80, 70])
+    palette.save(tmp_path / "images" / "z-palette.png", transparency=0)  # index 0 is transparent, but no pixel uses it
+    images = ImageFolderDataModule(str(tmp_path / "images")).arrays.train[0]  # alpha: refuse, and nothing to refuse
+    assert (images[:10] == torch.from_numpy(pixels).permute(2, 0, 1)).all()
+    assert images[10].flatten(1).T.unique(dim=0).tolist() == [[90, 80, 70]]
+    manifest = prepare_stream(str(tmp_path / "images"), str(tmp_path / "stream"), val_fraction=0.2, test_fraction=0.2)
+    assert sum(manifest.counts.values()) == 11 and "alpha" not in manifest.settings
+
+
 # --- array files ----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "layout, make",
@@ -500,6 +562,34 @@ def test_a_missing_data_path_leaves_no_run_folder(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=f"--data datamodules.ImageFolderDataModule: {missing} does not exist"):
         run_cli("fit", *args, "--trainer.default_root_dir", str(tmp_path))
     assert [path.name for path in tmp_path.iterdir()] == []
+
+
+@pytest.mark.parametrize(
+    "config",
+    ["photos/kl_f8", "photos/vqgan_f8", "photo_ae_f8_64", "photo_ae_f8_256", "photo_vae_f8_64", "photo_vae_f8_256"],
+)
+def test_the_photo_configs_train_on_the_photo_sets_training_crops_alone(
+    config: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # kl_f8 and vqgan_f8 read data/photos, whose train/ and heldout/ became two classes: held-out photos trained on.
+    import yaml
+    from tiny_runs import ROOT
+
+    data = yaml.safe_load((ROOT / "configs" / f"{config}.yaml").read_text())["data"]
+    assert data["class_path"] == "datamodules.ImageFolderDataModule"
+    photos = tmp_path / "data" / "photos"  # as scripts/make_photo_set.py data/photos writes it
+    write_image_folder(photos / "train", classes=(), per_class=6, size=8)  # pixels < 100
+    (photos / "heldout").mkdir()
+    for i in range(2):
+        Image.new("RGB", (8, 8), (250, 250, 250)).save(photos / "heldout" / f"{i:03d}.png")
+    (photos / "photos.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    arrays = ImageFolderDataModule(**data["init_args"]).arrays
+    images, labels = arrays.train
+    assert arrays.class_names is None and (labels == UNLABELED).all() and len(images) == 6
+    assert images.max() < 150  # no held-out (white) image among them
+    if arrays.test is not None:  # the held-out photographs, if the config tests on them
+        assert len(arrays.test[0]) == 2 and arrays.test[0].min() > 200
 
 
 @pytest.mark.parametrize("setting", ["data_dir", "test_dir", "path", "labels", "interactions", "test_path"])

@@ -302,6 +302,20 @@ def test_quantizer_settings_that_cannot_work_are_refused(kwargs: dict, message: 
         quantized(**kwargs)
 
 
+@pytest.mark.parametrize("cls", [QuantizedAutoencoder, KLAutoencoder], ids=["vq", "kl"])
+def test_images_whose_size_f_does_not_divide_are_refused_not_shrunk(cls: type) -> None:
+    # The stride-2 convolutions floored such sizes: a 100x100 image came back as a 96x96 reconstruction.
+    kwargs = {**TINY, "hidden_dims": [4, 4, 4]} | ({"codebook_size": 16} if cls is QuantizedAutoencoder else {})
+    with pytest.raises(ValueError, match=r"image size 100x100 is not divisible by .* factor 8 .*\(e\.g\. 96x96\)"):
+        cls(input_shape=(3, 100, 100), **kwargs)
+    torch.manual_seed(0)
+    model = cls(input_shape=(3, 32, 32), **kwargs).eval()
+    assert model(torch.rand(1, 3, 64, 48)).shape == (1, 3, 64, 48)  # any size f divides
+    for call in (model.encode, model, lambda x: model.autoencoder_terms(x)):
+        with pytest.raises(ValueError, match=r"image size 60x68 is not divisible by .* factor 8 .*\(e\.g\. 56x64\)"):
+            call(torch.rand(1, 3, 60, 68))
+
+
 def test_networks_come_from_the_builders_or_are_given_and_labels_are_ignored() -> None:
     class TransposedDecoder(QuantizedAutoencoder):
         def build_decoder(self) -> nn.Module:
@@ -530,6 +544,24 @@ def test_a_corrupt_lpips_trunk_file_is_named_as_unreadable_not_missing(
     path.parent.mkdir(parents=True)
     path.write_bytes(b"PK\x03\x04 an interrupted copy")
     with pytest.raises(FileNotFoundError, match=rf"{path} exists but cannot be read .* replace it with https://"):
+        LPIPSDistance("alex", pretrained=True)
+
+
+@pytest.mark.parametrize(
+    "content", [b"<html><body>404 Not Found</body></html>\n", b""], ids=["an HTML page", "an empty file"]
+)
+def test_an_lpips_trunk_file_that_is_no_checkpoint_is_named_as_corrupt(
+    content: bytes, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # What a proxy or an interrupted copy leaves: torch.load raised UnpicklingError or EOFError, naming no file or fix.
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    path = trunk_weights_path("alex")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    url = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
+    with pytest.raises(
+        FileNotFoundError, match=rf"{path} exists but cannot be read \(a corrupt file, .*{url}.*put it at"
+    ):
         LPIPSDistance("alex", pretrained=True)
 
 

@@ -90,10 +90,15 @@ def _pretrained_lpips(network: PerceptualNetwork) -> nn.Module:
     path = trunk_weights_path(network)
     try:
         return lpips.LPIPS(net=network, pretrained=True, pnet_rand=False, verbose=False)
-    except (OSError, RuntimeError) as error:  # urllib's URLError is an OSError
+    except Exception as error:
+        # A failed download raises urllib's URLError (an OSError); a file that is there but is no torch checkpoint (an
+        # HTML error page, an interrupted copy) raises whatever torch.load meets: EOFError, UnpicklingError, ...
+        present = path.exists()
+        if not (present or isinstance(error, OSError | RuntimeError)):
+            raise
         url, cause = _TRUNK_WEIGHTS[network].url, f"{type(error).__name__}: {error}"
-        if path.exists():
-            problem = f"{path} exists but cannot be read ({cause}): replace it with {url} downloaded"
+        if present:
+            problem = f"{path} exists but cannot be read (a corrupt file, {cause}): replace it with {url} downloaded"
         else:
             problem = f"they are not in {path.parent} and could not be downloaded ({cause}). Download {url}"
         # from None: the message quotes the cause, and ae-lightning prints the innermost error of a chain alone

@@ -2,8 +2,8 @@
 "Neural Discrete Representation Learning", section 4.1): stride-2 convolutions and residual blocks.
 
 The encoder maps images ``[B, C, H, W]`` to codes ``[B, code_channels, H / f, W / f]`` with ``f = 2 **
-len(hidden_dims)``; the decoder maps codes back to pixel logits. Any pair of modules with these shapes can take
-their place in the models of :mod:`ae_lightning.models.first_stage`.
+len(hidden_dims)``, and refuses images whose sides f does not divide; the decoder maps codes back to pixel logits.
+Any pair of modules with these shapes can take their place in the models of :mod:`ae_lightning.models.first_stage`.
 """
 
 from __future__ import annotations
@@ -34,6 +34,18 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.block(x)
+
+
+def check_image_size(height: int, width: int, factor: int) -> None:
+    """Raise a ValueError naming the size, the factor f and a size that fits unless f divides height and width (the
+    stride-2 convolutions would floor them: a 100x100 image came back 96x96)."""
+    if height % factor or width % factor or min(height, width) < factor:
+        fits = f"{max(factor, height // factor * factor)}x{max(factor, width // factor * factor)}"
+        raise ValueError(
+            f"the image size {height}x{width} is not divisible by the downsampling factor {factor} (2 ** "
+            f"len(hidden_dims) = 2 ** {factor.bit_length() - 1}); crop or pad the images to multiples of {factor} "
+            f"(e.g. {fits}), or change hidden_dims"
+        )
 
 
 def _check(hidden_dims: Sequence[int]) -> None:
@@ -69,6 +81,10 @@ class ResidualConvEncoder(nn.Sequential):
         layers += [nn.ReLU(), nn.Conv2d(channels, code_channels, 1)]
         super().__init__(*layers)
         self.downsampling_factor = 2 ** len(hidden_dims)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_image_size(x.shape[-2], x.shape[-1], self.downsampling_factor)
+        return super().forward(x)
 
 
 class ResidualConvDecoder(nn.Sequential):
@@ -107,4 +123,4 @@ class ResidualConvDecoder(nn.Sequential):
         return self[-1]
 
 
-__all__ = ["ResidualBlock", "ResidualConvDecoder", "ResidualConvEncoder"]
+__all__ = ["ResidualBlock", "ResidualConvDecoder", "ResidualConvEncoder", "check_image_size"]

@@ -25,7 +25,7 @@ from ae_lightning.blocks import losses
 from ae_lightning.blocks.discriminators import PatchDiscriminator, min_image_size
 from ae_lightning.blocks.networks import decoder_mean
 from ae_lightning.blocks.perceptual import LPIPSDistance, PerceptualNetwork, weights_from_checkpoint
-from ae_lightning.blocks.residual_conv import ResidualConvDecoder, ResidualConvEncoder
+from ae_lightning.blocks.residual_conv import ResidualConvDecoder, ResidualConvEncoder, check_image_size
 from ae_lightning.evaluation.metrics import ms_ssim_applies, ms_ssim_betas
 from ae_lightning.lightning_internals import uncounted_optimizer_step
 from datamodules.checks import NonNegativeFloat, NonNegativeInt, PositiveInt
@@ -118,12 +118,7 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
         """The residual convolutional encoder: images to ``[B, encoder_channels, H / f, W / f]``."""
         channels, height, width = self.input_shape
         hidden_dims = list(self.hparams.hidden_dims)
-        factor = 2 ** len(hidden_dims)
-        if height % factor or width % factor:
-            raise ValueError(
-                f"the image size {height}x{width} is not divisible by the downsampling factor {factor} "
-                f"(2 ** len(hidden_dims) = 2 ** {len(hidden_dims)}); crop or pad the images, or change hidden_dims"
-            )
+        check_image_size(height, width, 2 ** len(hidden_dims))
         return ResidualConvEncoder(channels, self.encoder_channels, hidden_dims, self.hparams.residual_blocks)
 
     def build_decoder(self) -> nn.Module:
@@ -143,7 +138,8 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
 
     # --- the public API ---------------------------------------------------------------------------------------------
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """Codes ``[B, latent_dim, H / f, W / f]`` of images ``x``: what the decoder takes (labels ``y`` unused)."""
+        """Codes ``[B, latent_dim, H / f, W / f]`` of images ``x`` of any size f divides (the default encoder refuses
+        others): what the decoder takes (labels ``y`` unused)."""
         return self.bottleneck(self.encoder(x))[0]
 
     # --- losses -----------------------------------------------------------------------------------------------------
