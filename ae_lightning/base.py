@@ -21,13 +21,15 @@ from ae_lightning.blocks import losses, networks
 from ae_lightning.blocks.networks import Network, check_network
 from ae_lightning.blocks.spatial import SpatialOptions
 from ae_lightning.evaluation.metrics import ReconstructionMetrics
-from ae_lightning.lightning_internals import batches_that_stepped
+from ae_lightning.lightning_internals import batches_that_stepped, ends_training_epoch
 from ae_lightning.training import fast
 from datamodules.checks import Fraction, PositiveInt, check_init_arguments
 
 Batch = tuple[Tensor, Tensor, Tensor]
 Stage = Literal["train", "val", "test"]
 Reconstruction = Literal["bce", "mse"]
+# Where a checkpoint of manual optimization records its epoch's scheduler steps (``step_epoch_schedulers``).
+_SCHEDULERS_KEY = "ae_lightning_epoch_schedulers"
 
 
 class AutoencoderModule(L.LightningModule, abc.ABC):
@@ -107,7 +109,10 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         self.automatic_optimization = steps_per_batch == 1
         self.test_reconstruction = ReconstructionMetrics(prefix="test/", images=len(self.input_shape) == 3)
         self._input_checked = False
-        self._validated = False  # since the last epoch's end (see ``on_train_epoch_end``)
+        # Under manual optimization: the last epoch whose schedulers stepped, and the val/loss awaiting the step of a
+        # ReduceLROnPlateau at the epoch's end; both go into checkpoints (see ``step_epoch_schedulers``).
+        self._scheduled_epoch = -1
+        self._plateau_val_loss: float | None = None
         self.encoder = encoder if encoder is not None else self.build_encoder()
         self.decoder = decoder if decoder is not None else self.build_decoder()
         self._unchecked_networks = [name for name, given in (("encoder", encoder), ("decoder", decoder)) if given]
@@ -178,6 +183,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
             self._check_input_once(one[0])
             steps.append(self.optimization_step(one))
         self.log_terms(steps[-1], "train", batch_size=len(batches[-1][0]))
+        self.step_epoch_schedulers()
         return steps[0] if len(steps) == 1 else fast.mean_terms(steps)
 
     def optimization_step(self, batch: Batch) -> dict[str, Tensor]:
@@ -404,21 +410,47 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         if self.steps_per_batch > 1:
             fast.check_epoch(self.trainer, self.steps_per_batch)
 
+    def step_epoch_schedulers(self) -> None:
+        """Under manual optimization, at the end of an epoch's last training batch, step the lr schedulers other than
+        ``ReduceLROnPlateau`` once for that epoch: where Lightning steps them under automatic optimization, before
+        that batch's checkpoints. :meth:`training_step` calls it (a variant with its own should too), and
+        :meth:`on_train_epoch_end` for an epoch that has not stepped; elsewhere, or a second time, it does nothing."""
+        if self.automatic_optimization or self._scheduled_epoch == self.current_epoch:
+            return
+        if not ends_training_epoch(self.trainer):
+            return
+        self._scheduled_epoch = self.current_epoch
+        for scheduler in self._manual_schedulers():
+            if not isinstance(scheduler, ReduceLROnPlateau):
+                scheduler.step()
+
+    def _manual_schedulers(self) -> list[Any]:
+        schedulers = self.lr_schedulers() or []
+        return schedulers if isinstance(schedulers, list) else [schedulers]
+
+    def _fit_validation_loss(self, current: float | None) -> float | None:
+        """The val/loss of a validation of fit that has ended under manual optimization, else ``current``."""
+        trainer = self.trainer
+        if self.automatic_optimization or trainer.state.fn != "fit" or trainer.sanity_checking:
+            return current
+        loss = trainer.callback_metrics.get("val/loss")
+        return None if loss is None else float(loss)
+
     def on_validation_end(self) -> None:
-        if not self.trainer.sanity_checking:
-            self._validated = True  # a ReduceLROnPlateau steps on this val/loss at the epoch's end
+        # Under manual optimization a ReduceLROnPlateau steps on the latest val/loss of fit at the epoch's end.
+        self._plateau_val_loss = self._fit_validation_loss(self._plateau_val_loss)
 
     def on_train_epoch_end(self) -> None:
-        validated, self._validated = self._validated, False
-        if self.automatic_optimization:
-            return  # Lightning steps the schedulers
-        schedulers = self.lr_schedulers() or []
-        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+        # Lightning steps the schedulers of automatic optimization; a run that stopped inside the epoch steps none.
+        if self.automatic_optimization or not ends_training_epoch(self.trainer):
+            return
+        self.step_epoch_schedulers()
+        # A ReduceLROnPlateau steps once per validation, on its val/loss; a checkpoint written between the two keeps
+        # the val/loss, so that the resumed run (in which Lightning repeats this hook, not the validation) steps on it.
+        loss, self._plateau_val_loss = self._plateau_val_loss, None
+        for scheduler in self._manual_schedulers() if loss is not None else []:
             if isinstance(scheduler, ReduceLROnPlateau):
-                if validated:  # in this epoch, so that a metric of an earlier epoch is never stepped on twice
-                    scheduler.step(self.trainer.callback_metrics["val/loss"])
-            else:
-                scheduler.step()
+                scheduler.step(loss)
 
     def configure_model(self) -> None:
         if self.compile_networks:
@@ -426,6 +458,8 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
                 network.compile()  # in place: ``torch.compile(network)`` would rename every weight ``_orig_mod.*``
 
     def setup(self, stage: str) -> None:
+        if stage == "fit":  # a fit starts at epoch 0, unless it restores a checkpoint (after this hook)
+            self._scheduled_epoch, self._plateau_val_loss = -1, None
         self.check_given_networks()
         datamodule = getattr(self.trainer, "datamodule", None)
         data_shape = getattr(datamodule, "input_shape", None)
@@ -448,6 +482,12 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ae_lightning_class"] = _class_path(type(self))
+        if not self.automatic_optimization:  # where the epoch's scheduler steps stand (see ``step_epoch_schedulers``)
+            # written in a validation's end hooks, before this model's: its val/loss awaits the step
+            val_loss = self._plateau_val_loss
+            if self.trainer.validating:
+                val_loss = self._fit_validation_loss(val_loss)
+            checkpoint[_SCHEDULERS_KEY] = {"stepped_epoch": self._scheduled_epoch, "val_loss": val_loss}
 
     def check_resume(self, checkpoint: dict[str, Any]) -> None:
         """Raise a ValueError naming both values if this model's settings cannot continue the checkpoint's training
@@ -464,6 +504,9 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         if stored is not None and resolve_class_path(stored) is not type(self):
             raise ValueError(f"the checkpoint holds a {stored}, not a {_class_path(type(self))}")
         checkpoint["state_dict"] = self.upgrade_weights(checkpoint["state_dict"])
+        schedulers = checkpoint.get(_SCHEDULERS_KEY, {})
+        self._scheduled_epoch = schedulers.get("stepped_epoch", -1)
+        self._plateau_val_loss = schedulers.get("val_loss")
         try:
             fitting = self.trainer.state.fn == "fit"
         except RuntimeError:  # not attached to a Trainer: load_from_checkpoint

@@ -6,6 +6,7 @@ changes it; ``pyproject.toml`` bounds Lightning to the releases the suite ran on
 * :func:`every_n_train_steps`, :func:`enable_version_counter`: ``ModelCheckpoint``'s private settings;
 * :func:`uncounted_optimizer_step`: ``Strategy.optimizer_step`` without ``LightningOptimizer.step``'s step count;
 * :func:`batches_that_stepped`: the fit loop's count on which Lightning decides whether a step's logs are written;
+* :func:`ends_training_epoch`: whether a training batch is its epoch's last, as Lightning decides it;
 * :func:`stored_loader_states`: where a checkpoint keeps the training loader's state;
 * :func:`without_cli_hyperparameters`: a module built outside LightningCLI's hyperparameter context variable;
 * :func:`has_forward_hooks`: torch's registries of forward hooks;
@@ -70,6 +71,20 @@ def batches_that_stepped(trainer: L.Trainer) -> int:
         raise RuntimeError(_changed("the training epoch loop no longer counts `_batches_that_stepped`")) from None
 
 
+def ends_training_epoch(trainer: L.Trainer) -> bool:
+    """Whether the training batch that ``trainer`` runs (or has just run) is its epoch's last: the point at which
+    Lightning steps the epoch-interval lr schedulers under automatic optimization (also true in the epoch-end hooks
+    after it, false there when the run stopped inside the epoch).
+
+    Lightning decides it with the training epoch loop's private ``_num_ready_batches_reached`` (the batches run so far
+    reach ``num_training_batches``, or the loader is exhausted).
+    """
+    try:
+        return bool(trainer.fit_loop.epoch_loop._num_ready_batches_reached())
+    except AttributeError:
+        raise RuntimeError(_changed("the training epoch loop no longer has `_num_ready_batches_reached`")) from None
+
+
 def stored_loader_states(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
     """The training loaders' ``state_dict``s in a checkpoint of ``fit`` (empty if it holds none).
 
@@ -115,6 +130,7 @@ def _changed(what: str) -> str:
 __all__ = [
     "batches_that_stepped",
     "enable_version_counter",
+    "ends_training_epoch",
     "every_n_train_steps",
     "has_forward_hooks",
     "stored_loader_states",

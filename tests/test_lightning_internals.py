@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from types import SimpleNamespace
 from unittest import mock
 
 import lightning
@@ -21,6 +22,7 @@ from ae_lightning.cli import AutoencoderCLI
 from ae_lightning.lightning_internals import (
     batches_that_stepped,
     enable_version_counter,
+    ends_training_epoch,
     every_n_train_steps,
     uncounted_optimizer_step,
     without_cli_hyperparameters,
@@ -103,6 +105,56 @@ def test_strategy_optimizer_step_steps_without_counting_a_global_step(tmp_path) 
         "count three steps per batch; see ae_lightning/lightning_internals.py"
     )
     assert {int(state["step"]) for state in trainer.optimizers[0].state.values()} == {6}
+
+
+class EpochScheduled(L.LightningModule):
+    """Automatic optimization with a StepLR stepped every epoch; records, at each training step, batch end and epoch
+    end, whether the batch ends its epoch and the scheduler's count."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(3, 1)
+        self.seen: list[tuple] = []
+
+    def training_step(self, batch, batch_idx):
+        self.seen.append(("step", ends_training_epoch(self.trainer), self.lr_schedulers().last_epoch))
+        return self.layer(batch[0]).pow(2).mean()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self.seen.append(("batch end", self.lr_schedulers().last_epoch))
+
+    def on_train_epoch_end(self) -> None:
+        self.seen.append(("epoch end", ends_training_epoch(self.trainer)))
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.1)
+        return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.StepLR(optimizer, 1)}
+
+
+def test_lightning_steps_epoch_schedulers_after_the_training_step_of_the_batch_that_ends_the_epoch(tmp_path) -> None:
+    # Epochs of 3 batches; max_steps stops the run after the first batch of epoch 2.
+    model = EpochScheduled()
+    loader = TensorBatchLoader(torch.rand(12, 3), torch.zeros(12), torch.arange(12), batch_size=4, shuffle=False,
+                               seed=0)  # fmt: skip
+    quiet_trainer(tmp_path, max_steps=7).fit(model, loader)
+    expected = []
+    for epoch, batches in enumerate([3, 3, 1]):
+        for batch in range(batches):
+            last = batch == 2
+            expected += [("step", last, epoch), ("batch end", epoch + last)]
+        expected.append(("epoch end", batches == 3))
+    assert model.seen == expected, (
+        f"Lightning {lightning.__version__} no longer steps epoch schedulers between the training step and the "
+        "on_train_batch_end hooks of the batch where the training epoch loop's `_num_ready_batches_reached` holds: "
+        "AutoencoderModule.step_epoch_schedulers steps those of manual optimization there; see "
+        "ae_lightning/lightning_internals.py"
+    )
+
+
+def test_a_changed_training_epoch_loop_is_named_in_the_error() -> None:
+    trainer = SimpleNamespace(fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace()))
+    with pytest.raises(RuntimeError, match=rf"Lightning {lightning.__version__} changed .*_num_ready_batches_reached"):
+        ends_training_epoch(trainer)
 
 
 def test_lightning_calls_set_epoch_on_the_loaders_sampler(tmp_path) -> None:

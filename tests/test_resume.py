@@ -16,16 +16,18 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import lightning as L
 import pytest
 import torch
 from jsonargparse import Namespace
 from tiny_runs import ROOT, command, last_checkpoint, run_cli, subprocess_env, tiny_args
 from torch.optim import lr_scheduler
 
-from ae_lightning import Autoencoder
+from ae_lightning import AdversarialAutoencoder, Autoencoder
 from ae_lightning.cli import ConfigError, _furthest_checkpoint
 from ae_lightning.training.fault_tolerance import AtomicCheckpointIO
 from ae_lightning.training.resume import OptimizerSettingsOnResume, optimizer_settings
+from datamodules import MNISTDataModule
 
 EVERY_4 = ["--checkpoint.every_n_train_steps", "4"]
 STEPS = 28  # 2 epochs of 14 batches
@@ -438,3 +440,78 @@ def test_a_resume_refused_for_a_param_groups_settings_writes_nothing(
     with pytest.raises(ConfigError, match=message):  # a setting: the command exits with 2
         run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "resumed", *model, decoder_lr, "--ckpt_path", str(last)))
     assert not (tmp_path / "resumed").exists(), "a refused resume left files that look like a run"
+
+
+def _scheduler(argument: str, name: str, **init_args: float) -> list[str]:
+    scheduler = {"class_path": f"torch.optim.lr_scheduler.{name}", "init_args": init_args}
+    return [f"--model.init_args.{argument}", json.dumps(scheduler)]
+
+
+def _schedules(checkpoint: dict) -> tuple[list[float], list[dict]]:
+    """Every param group's lr and every lr scheduler's state in ``checkpoint``."""
+    lrs = [group["lr"] for state in checkpoint["optimizer_states"] for group in state["param_groups"]]
+    return lrs, checkpoint["lr_schedulers"]
+
+
+# Epochs of 4 batches; models that optimize manually, whose epoch schedulers the model steps itself (the AAE's on both
+# its optimizers). Each case: the variant, its settings, the reference's max_steps, and where the interrupted run's
+# checkpoint comes from: a step checkpoint of the reference, or the last.ckpt of a first run to the given max_steps.
+MANUAL_SCHEDULES = [*_scheduler("lr_scheduler", "StepLR", step_size=1, gamma=0.5),
+                    *_scheduler("discriminator_lr_scheduler", "ExponentialLR", gamma=0.3)]  # fmt: skip
+FOUR_BATCHES = ["--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "1", "--trainer.max_epochs", "-1"]
+STEP_FILES = ["--checkpoint.monitor", "null", "--checkpoint.save_top_k", "-1", "--checkpoint.filename", "{step}"]
+PLATEAUS = [*_scheduler("lr_scheduler", "ReduceLROnPlateau", patience=0),
+            *_scheduler("discriminator_lr_scheduler", "ReduceLROnPlateau", patience=0, factor=0.3)]  # fmt: skip
+SCHEDULER_CASES = [
+    # written at the end of epoch 0's last batch, before its validation: the resumed run starts epoch 1
+    ("aae", [*MANUAL_SCHEDULES, *STEP_FILES, "--checkpoint.every_n_train_steps", "4"], 10, "step=4.ckpt"),
+    ("ae", [*_step_lr(0.5), "--config", str(ROOT / "configs" / "fast.yaml"), "--fast.steps", "2", *STEP_FILES,
+            "--checkpoint.every_n_train_steps", "8"], 20, "step=8.ckpt"),
+    ("deep_ae_rbm", [*_step_lr(0.5), "--model.init_args.pretrain", "none", *STEP_FILES,
+                     "--checkpoint.every_n_train_steps", "4"], 10, "step=4.ckpt"),  # its own training_step
+    # written at epoch 0's end, after its validation: with max_steps, the resumed run repeats on_train_epoch_end
+    ("aae", MANUAL_SCHEDULES, 12, 4),
+    # validation every 2nd epoch: last.ckpt is written when it ends, before the ReduceLROnPlateau's step on its val/loss
+    ("aae", [*PLATEAUS, "--trainer.check_val_every_n_epoch", "2"], 16, 8),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "variant, settings, steps, interrupted",
+    SCHEDULER_CASES,
+    ids=["aae-last-batch", "fast-last-batch", "deep-belief-last-batch", "aae-epoch-end-max-steps", "aae-plateau"],
+)
+def test_a_manually_optimizing_model_resumes_its_lr_schedulers_exactly(
+    variant: str, settings: list[str], steps: int, interrupted: str | int, data_dir: Path, tmp_path: Path
+) -> None:
+    def fit(root: str, max_steps: int, *extra: str) -> None:
+        run_cli("fit", *tiny_args(variant, data_dir, tmp_path / root, *FOUR_BATCHES, "--images.every_n_epochs", "0",
+                                  *settings, "--trainer.max_steps", str(max_steps), *extra))  # fmt: skip
+
+    fit("reference", steps)
+    if isinstance(interrupted, str):
+        checkpoint = next((tmp_path / "reference").rglob(interrupted))
+    else:
+        fit("first", interrupted)
+        checkpoint = next((tmp_path / "first").rglob("last.ckpt"))
+    fit("resumed", steps, "--ckpt_path", str(checkpoint))
+    resumed, expected = last_checkpoint(tmp_path / "resumed"), last_checkpoint(tmp_path / "reference")
+    assert resumed["global_step"] == expected["global_step"] == steps
+    lrs, schedulers = _schedules(resumed)
+    expected_lrs, expected_schedulers = _schedules(expected)
+    assert lrs == expected_lrs, f"resumed from {checkpoint.name}: lrs {lrs}, uninterrupted {expected_lrs}"
+    assert schedulers == expected_schedulers, f"resumed from {checkpoint.name}: the schedulers' states differ"
+
+
+def test_a_second_fit_of_a_manually_optimizing_model_steps_its_schedulers_from_its_first_epoch(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # What the epochs stepped so far (kept for a resume) is the first fit's: the second starts at epoch 0 again.
+    model = AdversarialAutoencoder(hidden_dims=[16], latent_dim=4, discriminator_hidden_dims=[8],
+                                   lr_scheduler=lambda optimizer: lr_scheduler.StepLR(optimizer, 1))  # fmt: skip
+    for fit in ("first", "second"):
+        trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=2, limit_val_batches=0, logger=False,
+                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                            default_root_dir=tmp_path)  # fmt: skip
+        trainer.fit(model, datamodule=MNISTDataModule(data_dir=str(data_dir), batch_size=16))
+        assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 1, f"the {fit} fit's epoch"

@@ -165,13 +165,14 @@ class DeepBeliefAutoencoder(DeterministicAutoencoder):
         if index is not None:
             terms = self.pretraining_step(x, index, optimizers[1])
             self.log_terms(terms, f"pretrain/rbm{index + 1}", batch_size=len(x))  # type: ignore[arg-type]
-            return terms
-        optimizers[0].zero_grad()
-        terms = self.loss_terms(*batch)
-        self.manual_backward(terms["loss"])
-        optimizers[0].step()
-        terms = {name: value.detach() for name, value in terms.items()}
-        self.log_terms(terms, "train", batch_size=len(x))
+        else:
+            optimizers[0].zero_grad()
+            terms = self.loss_terms(*batch)
+            self.manual_backward(terms["loss"])
+            optimizers[0].step()
+            terms = {name: value.detach() for name, value in terms.items()}
+            self.log_terms(terms, "train", batch_size=len(x))
+            self.step_epoch_schedulers()  # the fine-tuning schedulers, at its epochs' last batches (before checkpoints)
         return terms
 
     @torch.no_grad()
