@@ -224,7 +224,8 @@ def prepare_stream(
         seed: seed of the split draws and of the train split's stored (shuffled) order (``docs/streaming.md``).
         chunk_bytes, chunk_size: litdata's chunk limits: bytes (``64MB``), or samples (replacing ``chunk_bytes``).
         num_workers: threads decoding and encoding the images.
-        overwrite: replace a stream already at ``output``; any other non-empty folder, or the source's, is refused.
+        overwrite: replace a stream already at ``output``; any other non-empty folder, a folder holding or inside the
+            source, and one that cannot be renamed (the current folder, a mount point) are refused.
         storage_options: the object store client's options.
     """
     check_arguments(locals(), prepare_stream)
@@ -263,9 +264,9 @@ def prepare_stream(
     if alpha != "refuse":  # a refusing prepare stores what it stored before alpha existed, and keeps its fingerprint
         settings["alpha"] = alpha
 
-    staging = partial_folder(Path(output)) if not location.is_remote else Path(tempfile.mkdtemp(prefix="stream-"))
+    staging = Path(tempfile.mkdtemp(prefix="stream-")) if location.is_remote else partial_folder(Path(output).resolve())
     if staging.exists():
-        shutil.rmtree(staging)  # what an interrupted prepare left
+        shutil.rmtree(staging)  # what a killed prepare left
     staging.mkdir(parents=True)
     try:
         chunks: dict[str, dict[str, dict[str, Any]]] = {}
@@ -292,9 +293,8 @@ def prepare_stream(
         )
         (staging / MANIFEST).write_text(manifest.to_json())
         _publish(staging, location)
-    finally:
-        if location.is_remote:  # a local staging folder is renamed into place; one left marks an interrupted prepare
-            shutil.rmtree(staging, ignore_errors=True)
+    finally:  # gone after a local publish (renamed into place): only a killed prepare leaves one
+        shutil.rmtree(staging, ignore_errors=True)
     return manifest
 
 
@@ -337,17 +337,55 @@ def _write_split(
     return [chunk["filename"] for chunk in json.loads((folder / "index.json").read_text())["chunks"]]
 
 
+def _replaced_folder(path: Path) -> Path:
+    """Where a local publish moves the stream it replaces while it renames the new one into place."""
+    return path.parent / f".{path.name}.old"
+
+
 def _check_free(location: StreamLocation, overwrite: bool, sources: list[str]) -> None:
-    """Refuse an output that would destroy anything but a stream: a local output must be missing, an empty folder,
-    or (with ``overwrite``) a stream (a folder with its manifest); it must not hold or be one of the ``sources``."""
+    """Refuse an output that would destroy anything but a stream, before any work: a local output must be missing,
+    an empty folder, or (with ``overwrite``) a stream (a folder with its manifest), and a folder that can be renamed;
+    it must not hold, be or lie inside one of the ``sources``. A remote output must hold none of a stream's files,
+    or (with ``overwrite``) be a stream or an interrupted upload of one."""
     if location.is_remote:
-        if location.exists(MANIFEST) and not overwrite:
+        if overwrite:
+            return
+        if location.exists(MANIFEST):
             raise FileExistsError(f"{location.uri} holds a stream already; pass --overwrite to replace it")
+        # the objects a prepare writes over (litdata names a split's first chunk chunk-0-0.bin)
+        written = [(split, name) for split in SPLITS for name in ("index.json", "chunk-0-0.bin")]
+        found = [location.join(*parts) for parts in written if location.exists(*parts)]
+        if found:
+            raise FileExistsError(
+                f"{location.uri} holds {', '.join(found)} but no {MANIFEST}: another dataset, or a stream whose upload "
+                "was interrupted; refusing to write over them without --overwrite"
+            )
         return
     path = Path(location.uri).resolve()
     for source in sources:
-        if not source.startswith("torchvision:") and path in (Path(source).resolve(), *Path(source).resolve().parents):
+        if source.startswith("torchvision:"):
+            continue
+        source_path = Path(source).resolve()
+        if path in (source_path, *source_path.parents):
             raise FileExistsError(f"output {location.uri} holds the source {source}; write the stream elsewhere")
+        if source_path in path.parents:
+            raise FileExistsError(
+                f"output {location.uri} is inside the source {source}, which it would become part of; write the stream "
+                "elsewhere"
+            )
+    cwd, mount = Path.cwd().resolve(), os.path.ismount(path)
+    if mount or path == cwd or path in cwd.parents:
+        what = "a mount point" if mount else f"or holds the current folder {cwd}"
+        raise ValueError(
+            f"output {location.uri} is {what}, and a stream is published by renaming its folder into place: give a "
+            "folder inside it, or run from another folder"
+        )
+    old = _replaced_folder(path)
+    if old.exists() and not path.exists():
+        raise FileExistsError(
+            f"{old} holds the stream that a prepare of {location.uri} was replacing when it stopped: move it back to "
+            f"{path}, or delete it"
+        )
     if not path.exists() or (path.is_dir() and not any(path.iterdir())):
         return
     if not (path / MANIFEST).is_file():
@@ -363,9 +401,11 @@ def _publish(staging: Path, location: StreamLocation) -> None:
     """Make the staged stream visible at once: a rename, or uploads with the manifest last, after the manifest of
     the stream replaced is deleted (a half-replaced remote stream reads as interrupted, never as complete)."""
     if not location.is_remote:
-        target = Path(location.uri)
+        target = Path(location.uri).resolve()
         if target.exists():
-            old = target.parent / f".{target.name}.old"
+            old = _replaced_folder(target)
+            if old.exists():  # left by a prepare killed while it deleted the stream it had replaced by ``target``
+                shutil.rmtree(old)
             os.replace(target, old)
             os.replace(staging, target)
             shutil.rmtree(old)

@@ -1,0 +1,87 @@
+"""``ae-lightning-prepare``'s output rules: what it refuses before any work, and what a failed or killed prepare
+leaves behind (see also tests/test_streaming.py)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from conftest import write_image_folder
+from test_streaming import FolderBucket
+
+from datamodules.stream_prepare import prepare_stream
+from datamodules.stream_store import StreamLocation, read_manifest
+
+
+def test_a_remote_prefix_holding_another_datasets_files_is_written_over_only_with_overwrite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bucket = FolderBucket(tmp_path / "bucket")
+    monkeypatch.setattr(StreamLocation, "_provider", lambda self: bucket)
+    images = write_image_folder(tmp_path / "images", per_class=6, size=8)
+    theirs = tmp_path / "bucket" / "b" / "data" / "train"
+    theirs.mkdir(parents=True)
+    (theirs / "index.json").write_text("their index")
+    (theirs / "chunk-0-0.bin").write_text("their chunk")
+    message = "s3://b/data holds s3://b/data/train/index.json, s3://b/data/train/chunk-0-0.bin but no manifest.json"
+    with pytest.raises(FileExistsError, match=re.escape(message) + ".* without --overwrite"):
+        prepare_stream(str(images), "s3://b/data", chunk_size=4)
+    assert [(theirs / name).read_text() for name in ("index.json", "chunk-0-0.bin")] == ["their index", "their chunk"]
+    prepare_stream(str(images), "s3://b/data", chunk_size=4, overwrite=True)  # e.g. an interrupted upload of ours
+    assert read_manifest(StreamLocation("s3://b/data")).counts["train"] == 10
+
+
+def test_a_leftover_of_a_killed_replace_neither_breaks_an_overwrite_nor_is_lost(tmp_path: Path) -> None:
+    images = write_image_folder(tmp_path / "images", per_class=6, size=8)
+    output, old = tmp_path / "stream", tmp_path / ".stream.old"
+    prepare_stream(str(images), str(output), chunk_size=4)
+    # killed while deleting the stream it replaced: the new stream is in place, the old one half deleted
+    (old / "train").mkdir(parents=True)
+    (old / "train" / "chunk-0-1.bin").write_text("left")
+    replaced = prepare_stream(str(images), str(output), chunk_size=2, overwrite=True)
+    assert read_manifest(StreamLocation(str(output))).fingerprint == replaced.fingerprint
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "stream"]
+    # killed between the two renames: the only stream is in .stream.old, so it is named before any work
+    os.replace(output, old)
+    with pytest.raises(FileExistsError, match=re.escape(f"{old} holds the stream that a prepare of {output} was")):
+        prepare_stream(str(images), str(output), chunk_size=2, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".stream.old", "images"]
+    assert (old / "manifest.json").is_file()
+
+
+def test_an_output_that_cannot_be_renamed_into_place_is_refused_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images = write_image_folder(tmp_path / "images", per_class=6, size=8)
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    with pytest.raises(ValueError, match=re.escape(f"output . is or holds the current folder {tmp_path / 'here'}")):
+        prepare_stream(str(images), ".", chunk_size=4)
+    assert not any((tmp_path / "here").iterdir())
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    monkeypatch.setattr(os.path, "ismount", lambda path: Path(path) == mount)
+    with pytest.raises(ValueError, match=re.escape(f"output {mount} is a mount point")):
+        prepare_stream(str(images), str(mount), chunk_size=4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here", "images", "mnt"]
+
+
+def test_a_prepare_that_fails_on_bad_input_leaves_no_staging_folder(tmp_path: Path) -> None:
+    images = write_image_folder(tmp_path / "images", per_class=6, size=8)
+    (images / "dog" / "zzz.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=re.escape(f"{images / 'dog' / 'zzz.png'} is not an image PIL can read")):
+        prepare_stream(str(images), str(tmp_path / "stream"), chunk_size=4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]  # no .stream.partial
+    with pytest.raises(FileNotFoundError, match="does not exist; write it with ae-lightning-prepare"):
+        read_manifest(StreamLocation(str(tmp_path / "stream")))
+
+
+def test_an_output_inside_the_source_is_refused_naming_both(tmp_path: Path) -> None:
+    images = write_image_folder(tmp_path / "images", per_class=6, size=8)
+    tests = write_image_folder(tmp_path / "tests", per_class=2, size=8)
+    for output, test_dir in ((images / "stream", None), (tests / "stream", str(tests))):
+        with pytest.raises(FileExistsError, match=re.escape(f"output {output} is inside the source {output.parent}")):
+            prepare_stream(str(images), str(output), test_dir=test_dir, chunk_size=4)
+    assert sorted(p.name for p in images.iterdir()) == sorted(p.name for p in tests.iterdir()) == ["cat", "dog"]
