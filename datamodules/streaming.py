@@ -6,6 +6,7 @@ position, which checkpoints carry so that a resumed run continues at the next sa
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
@@ -18,7 +19,7 @@ from torchvision.transforms import v2
 
 from datamodules.base import Arrays, ImageDataModule, Split
 from datamodules.checks import PositiveInt
-from datamodules.loader import Batch, _mix, announced_epoch
+from datamodules.loader import Batch, _mix, announced_epoch, global_batch_bounds
 from datamodules.stream_prepare import decode
 from datamodules.stream_store import MANIFEST, StreamLocation, StreamManifest, check_chunks, read_manifest
 
@@ -54,7 +55,7 @@ class ImageStream(StreamingDataset):
             seed=seed,
             storage_options=location.storage_options or None,
         )
-        self.where = location.join(split)
+        self.where, self.samples = location.join(split), manifest.counts[split]
         self.channels, self.shape = manifest.channels, (manifest.height, manifest.width)
         self.augment, self.augment_seed = augment, seed
 
@@ -80,20 +81,38 @@ class ImageStream(StreamingDataset):
 
 
 class EvaluationShard(Dataset):
-    """Every ``world_size``-th sample of a split (or of its ``rows``) from ``rank`` on, read by index: each sample once
-    across the ranks, and at least one per rank (litdata deals whole chunks to ranks, which leaves a small split's
-    ranks empty).
+    """This rank's share of a split (or of its ``rows``), read by index in ``batches`` (positions in the shard): each
+    global batch of ``batch_size`` x ``world_size`` samples is dealt to the ranks as the in-memory loaders deal it
+    (:func:`~datamodules.loader.global_batch_bounds`). So each sample is read once across the ranks, every rank runs
+    the same number of batches of at least one sample, and the ranks' shares differ by one sample at most (what that
+    does to metrics reduced across ranks: ``docs/streaming.md``). litdata's own sharding deals whole chunks to ranks,
+    which would leave a small split's ranks empty.
 
     Args:
         dataset: the split; rank, world_size: this process and the number of processes.
-        rows: the samples to read, in this order; None: all of them.
+        batch_size: samples per rank and batch (the last batch may hold up to ``world_size - 1`` more).
+        rows: the samples to read, in this order; None: all of the split's (as many as its manifest counts).
+
+    Raises:
+        ValueError: fewer samples than processes.
     """
 
-    def __init__(self, dataset: ImageStream, rank: int, world_size: int, rows: Sequence[int] | None = None) -> None:
-        rows = range(len(dataset)) if rows is None else rows
+    def __init__(
+        self, dataset: ImageStream, rank: int, world_size: int, batch_size: int, rows: Sequence[int] | None = None
+    ) -> None:
+        # not len(dataset): under DDP, litdata's length is one rank's share of the chunks
+        rows = range(dataset.samples) if rows is None else rows
         if len(rows) < world_size:
-            raise ValueError(f"{dataset.where}: {len(rows)} samples cannot be shared by {world_size} processes")
-        self.dataset, self.rows = dataset, rows[rank::world_size]
+            raise ValueError(
+                f"{dataset.where}: {len(rows)} samples cannot be shared by {world_size} processes, each of which must "
+                f"evaluate at least one; use at most {len(rows)} processes, or prepare the stream with larger splits "
+                "(--val-fraction, --test-fraction)"
+            )
+        self.dataset, self.rows, self.batches = dataset, [], []
+        for start, end in global_batch_bounds(len(rows), batch_size, world_size):
+            share = [rows[i] for i in range(start + rank, end, world_size)]
+            self.batches.append(list(range(len(self.rows), len(self.rows) + len(share))))
+            self.rows += share
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -130,8 +149,8 @@ class StreamLoader:
         if resumable:
             self.loader = StreamingDataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
         else:
-            shard = EvaluationShard(dataset, rank, world_size, rows)
-            self.loader = DataLoader(shard, batch_size=batch_size, num_workers=num_workers)
+            shard = EvaluationShard(dataset, rank, world_size, batch_size, rows)
+            self.loader = DataLoader(shard, batch_sampler=shard.batches, num_workers=num_workers)
         self.batch_size, self.resumable, self.fingerprint = batch_size, resumable, fingerprint
         self.seed = dataset.augment_seed
         self.epoch = 0
@@ -231,7 +250,8 @@ class StreamingDataModule(ImageDataModule):
 
     Training batches are augmented: a random ``image_size`` crop (``augment: crop``; evaluation takes the centre
     crop) or a resize to ``image_size`` (``augment: resize``), and a horizontal flip. The checks (shape, chunks,
-    fingerprint on resume, a DDP ``batch_size`` leaving a process no batch) run before training.
+    fingerprint on resume, a DDP ``batch_size`` leaving a process no batch, or a DDP epoch leaving out the same samples
+    every time) run before training.
 
     Args:
         input_dir: the stream's folder or URI.
@@ -245,8 +265,8 @@ class StreamingDataModule(ImageDataModule):
         num_workers: worker processes reading, decoding and augmenting.
         predict_split: the split that ``predict`` runs on.
         verify_chunks: hash every local chunk against the manifest at setup (reads the whole stream once).
-        cache_dir: where litdata caches remote chunks; None: its default.
-        storage_options: the object store client's options (``endpoint_url``, ...).
+        cache_dir: where litdata caches remote chunks; None: its default (refused for a local stream).
+        storage_options: the object store client's options (``endpoint_url``, ...; refused for a local stream).
     """
 
     def __init__(
@@ -269,6 +289,13 @@ class StreamingDataModule(ImageDataModule):
             batch_size=batch_size, seed=seed, num_workers=num_workers, predict_split=predict_split, data_on_device=False
         )
         self.location = StreamLocation(input_dir, storage_options)
+        remote_only = {"cache_dir": cache_dir, "storage_options": storage_options or None}
+        for name, value in remote_only.items():
+            if value is not None and not self.location.is_remote:
+                raise ValueError(
+                    f"{name}={value!r} applies to an s3://, gs:// or r2:// stream; {input_dir} is a local folder, read "
+                    f"in place: leave {name} unset"
+                )
         self._manifest: StreamManifest | None = None
         self._loaders: dict[Split, StreamLoader] = {}
         self._resume_state: dict[str, Any] | None = None
@@ -342,12 +369,33 @@ class StreamingDataModule(ImageDataModule):
         for split in needed.get(stage, ("train", "val", "test")):
             check_chunks(self.location, manifest, split, content=self.hparams.verify_chunks)
         world = self.trainer.world_size if self.trainer is not None else 1
-        batch, samples = self.hparams.batch_size, manifest.counts["train"]
-        if stage == "fit" and world > 1 and batch * world > samples:
+        if stage == "fit" and world > 1:
+            self._check_ddp_epoch(world)
+
+    def _check_ddp_epoch(self, world: int) -> None:
+        """Refuse a DDP ``batch_size`` that leaves the processes no batch, or a train split with a chunk of more samples
+        than an epoch trains: litdata leaves out the tail of its chunk order (``drop_last``), which then holds the same
+        samples of that chunk in every epoch."""
+        batch, samples, uri = self.hparams.batch_size, self.manifest.counts["train"], self.location.uri
+        if batch * world > samples:
             raise ValueError(
                 f"--data.batch_size {batch} x {world} processes exceeds the {samples} samples of the train split of "
-                f"{self.location.uri}: under DDP litdata gives each process only whole batches of its share, so no "
-                f"process would train; use --data.batch_size {samples // world} or less, or fewer processes"
+                f"{uri}: under DDP litdata gives each process only whole batches of its share, so no process would "
+                f"train; use --data.batch_size {samples // world} or less, or fewer processes"
+            )
+        index = json.loads(self.location.read_text("train", "index.json"))  # litdata's: samples per chunk
+        chunks = {chunk["filename"]: chunk["chunk_size"] for chunk in index["chunks"]}
+        name, largest = max(chunks.items(), key=lambda item: item[1])
+        trained, workers = samples - samples % (batch * world), max(1, self.hparams.num_workers)
+        if largest > trained:
+            raise ValueError(
+                f"the train split of {uri} is stored in {len(chunks)} chunk(s) (read by {world} processes x {workers} "
+                f"worker(s)), and chunk {name} holds {largest} samples, more than the {trained} that --data.batch_size "
+                f"{batch} x {world} processes train in an epoch: litdata gives every process whole batches and leaves "
+                f"out the last {samples - trained} sample(s) of its chunk order, so {largest - trained} sample(s) of "
+                "that chunk would be left out of every epoch. Prepare the stream again in smaller chunks "
+                f"(ae-lightning-prepare --chunk-size {max(1, trained // (world * workers))}, or a --chunk-bytes that "
+                "holds as many), or train on one process"
             )
 
     def split_size(self, split: Split) -> int:

@@ -32,7 +32,7 @@ from ae_lightning.evaluation import driver as evaluation
 from datamodules import StreamingDataModule, stream_prepare
 from datamodules.stream_prepare import _write_split, decode, prepare_stream
 from datamodules.stream_store import StreamLocation, read_manifest
-from datamodules.streaming import StreamLoader
+from datamodules.streaming import EvaluationShard, ImageStream, StreamLoader
 
 TRAIN_BATCHES = 7  # 99 training images of the 120 (12 test, 9 val), batches of 16
 
@@ -421,6 +421,83 @@ def test_a_batch_size_that_leaves_ddp_ranks_no_batch_is_refused(stream: Path) ->
     with pytest.raises(ValueError, match=r"--data.batch_size 64 x 2 processes exceeds the 99 samples of the train"):
         setup(64)
     setup(49)
+
+
+class EvaluationRecorder(L.LightningModule):
+    """Writes the sample indices of each batch this rank reads from the val, test and predict loaders to
+    ``<out>/<rank>.json``."""
+
+    def __init__(self, out: str) -> None:
+        super().__init__()
+        self.out, self.net, self.val = out, torch.nn.Linear(1, 1), []
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.val.append(batch[2].tolist())
+
+    def on_validation_epoch_end(self) -> None:
+        dm = self.trainer.datamodule
+        loaders = {"test": dm.test_dataloader(), "predict": dm.predict_dataloader()}
+        read = {"val": self.val, **{split: [i.tolist() for _, _, i in loader] for split, loader in loaders.items()}}
+        Path(self.out, f"{self.global_rank}.json").write_text(json.dumps(read))
+
+
+def test_ddp_evaluation_reads_every_sample_once_in_as_many_batches_on_every_rank(stream: Path, tmp_path: Path) -> None:
+    # litdata's len() of a split under DDP is one rank's share: the ranks read only the first ~half of each split
+    dm = StreamingDataModule(str(stream), batch_size=4, num_workers=0, hflip=False, predict_split="train")
+    trainer = L.Trainer(
+        accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.validate(EvaluationRecorder(str(tmp_path)), datamodule=dm)
+    ranks = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1)]
+    for split, size in {"val": 9, "test": 12, "predict": 99}.items():
+        batches = [read[split] for read in ranks]
+        assert len(batches[0]) == len(batches[1]) and all(map(len, batches[0] + batches[1])), split
+        assert sorted(sum(batches[0] + batches[1], [])) == list(range(size)), split
+
+
+def test_evaluation_shards_run_as_many_batches_on_every_rank_and_refuse_fewer_samples_than_processes(
+    stream: Path,
+) -> None:
+    dm = StreamingDataModule(str(stream), num_workers=0)
+    dataset = ImageStream(dm.location, "val", dm.manifest, None, shuffle=False, seed=0)
+    # 9 samples in batches of 2 on 2 ranks: 5 / 4 samples, dealt one at a time they would take 3 / 2 batches
+    shards = [EvaluationShard(dataset, rank, 2, batch_size=2) for rank in (0, 1)]
+    assert [[len(batch) for batch in shard.batches] for shard in shards] == [[2, 3], [2, 2]]
+    assert sorted(shards[0].rows + shards[1].rows) == list(range(9))
+    with pytest.raises(ValueError, match=r"val: 9 samples cannot be shared by 10 processes, .* at most 9 processes"):
+        EvaluationShard(dataset, 0, 10, batch_size=2)
+
+
+def test_a_ddp_train_split_whose_chunk_outgrows_an_epoch_is_refused_naming_the_chunks_and_the_fix(
+    stream: Path, tmp_path: Path
+) -> None:
+    # litdata leaves out the tail of its chunk order under DDP: with one chunk, the same 19 of 99 samples every epoch
+    write_image_folder(tmp_path / "images", per_class=60, size=20)
+    prepare_stream(str(tmp_path / "images"), str(tmp_path / "one-chunk"), size=16)  # the default 64MB chunks
+
+    def setup(where: Path, world_size: int, batch_size: int) -> None:
+        dm = StreamingDataModule(str(where), batch_size=batch_size, num_workers=2)
+        dm.trainer = SimpleNamespace(world_size=world_size, global_rank=0, loggers=[])
+        dm.setup("fit")
+
+    refusal = (
+        r"stored in 1 chunk\(s\) \(read by 2 processes x 2 worker\(s\)\), and chunk chunk-0-0.bin holds 99 samples, "
+        r"more than the 80 that --data.batch_size 10 x 2 processes train .* leaves out the last 19 sample\(s\) .* "
+        r"so 19 sample\(s\) of that chunk would be left out of every epoch. .*ae-lightning-prepare --chunk-size 20"
+    )
+    with pytest.raises(ValueError, match=refusal):
+        setup(tmp_path / "one-chunk", 2, 10)
+    setup(tmp_path / "one-chunk", 3, 11)  # 3 x 11 divides 99: nothing is left out
+    setup(stream, 2, 10)  # chunks of 16: the samples left out change from epoch to epoch
+
+
+def test_cache_dir_and_storage_options_are_refused_for_a_local_stream(stream: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=rf"cache_dir='{tmp_path}' applies to an s3://, gs:// or r2:// stream; "):
+        StreamingDataModule(str(stream), cache_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=rf"storage_options=.*nowhere.* applies to .* {stream} is a local folder"):
+        StreamingDataModule(str(stream), storage_options={"endpoint_url": "http://nowhere:1"})
+    StreamingDataModule("s3://bucket/photos", cache_dir=str(tmp_path), storage_options={"endpoint_url": "http://x:1"})
 
 
 def test_a_resume_keeps_the_batch_size_inside_the_checkpoints_epoch_and_frees_it_at_its_end(stream: Path) -> None:
