@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Literal
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities.types import LRSchedulerTypeUnion
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
@@ -28,7 +29,7 @@ from datamodules.checks import Fraction, PositiveInt, check_init_arguments
 Batch = tuple[Tensor, Tensor, Tensor]
 Stage = Literal["train", "val", "test"]
 Reconstruction = Literal["bce", "mse"]
-# Where a checkpoint of manual optimization records its epoch's scheduler steps (``step_epoch_schedulers``).
+# Where a checkpoint records its epoch's scheduler steps (``step_epoch_schedulers``, ``on_train_epoch_end``).
 _SCHEDULERS_KEY = "ae_lightning_epoch_schedulers"
 
 
@@ -109,10 +110,11 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         self.automatic_optimization = steps_per_batch == 1
         self.test_reconstruction = ReconstructionMetrics(prefix="test/", images=len(self.input_shape) == 3)
         self._input_checked = False
-        # Under manual optimization: the last epoch whose schedulers stepped, and the val/loss awaiting the step of a
-        # ReduceLROnPlateau at the epoch's end; both go into checkpoints (see ``step_epoch_schedulers``).
+        # Under manual optimization the last epoch whose schedulers stepped; the val/loss awaiting the step of the
+        # ReduceLROnPlateaus at the epoch's end; both go into checkpoints (see ``on_train_epoch_end``).
         self._scheduled_epoch = -1
         self._plateau_val_loss: float | None = None
+        self._built_plateaus: list[ReduceLROnPlateau] = []  # by ``build_optimizer``, in this fit
         self.encoder = encoder if encoder is not None else self.build_encoder()
         self.decoder = decoder if decoder is not None else self.build_decoder()
         self._unchecked_networks = [name for name, given in (("encoder", encoder), ("decoder", decoder)) if given]
@@ -367,8 +369,8 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         scheduler = {"scheduler": lr_scheduler(built)}
         if isinstance(scheduler["scheduler"], ReduceLROnPlateau):
             every = self.plateau_validation_epochs()
-            # Lightning steps it after each epoch that validates; under manual optimization ``on_train_epoch_end`` does
-            if self.automatic_optimization:
+            self._built_plateaus.append(scheduler["scheduler"])  # stepped by ``on_train_epoch_end``
+            if self.automatic_optimization:  # for Lightning's checks: its steps are skipped (``lr_scheduler_step``)
                 scheduler.update(monitor="val/loss", frequency=every)
         return {"optimizer": built, "lr_scheduler": scheduler}
 
@@ -420,36 +422,46 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         if not ends_training_epoch(self.trainer):
             return
         self._scheduled_epoch = self.current_epoch
-        for scheduler in self._manual_schedulers():
+        for scheduler in self._schedulers():
             if not isinstance(scheduler, ReduceLROnPlateau):
                 scheduler.step()
 
-    def _manual_schedulers(self) -> list[Any]:
+    def _schedulers(self) -> list[Any]:
         schedulers = self.lr_schedulers() or []
         return schedulers if isinstance(schedulers, list) else [schedulers]
 
     def _fit_validation_loss(self, current: float | None) -> float | None:
-        """The val/loss of a validation of fit that has ended under manual optimization, else ``current``."""
+        """The val/loss of a validation of fit that has ended, else ``current``."""
         trainer = self.trainer
-        if self.automatic_optimization or trainer.state.fn != "fit" or trainer.sanity_checking:
+        if trainer.state.fn != "fit" or trainer.sanity_checking:
             return current
         loss = trainer.callback_metrics.get("val/loss")
         return None if loss is None else float(loss)
 
+    def lr_scheduler_step(self, scheduler: LRSchedulerTypeUnion, metric: Any | None) -> None:
+        """Lightning's step of a scheduler under automatic optimization; :meth:`on_train_epoch_end` steps those
+        ``ReduceLROnPlateau`` that :meth:`build_optimizer` built (docs/fault_tolerance.md)."""
+        if scheduler not in self._built_plateaus:
+            super().lr_scheduler_step(scheduler, metric)
+
     def on_validation_end(self) -> None:
-        # Under manual optimization a ReduceLROnPlateau steps on the latest val/loss of fit at the epoch's end.
+        # The ReduceLROnPlateaus step on the latest val/loss of fit at the epoch's end.
         self._plateau_val_loss = self._fit_validation_loss(self._plateau_val_loss)
 
     def on_train_epoch_end(self) -> None:
-        # Lightning steps the schedulers of automatic optimization; a run that stopped inside the epoch steps none.
-        if self.automatic_optimization or not ends_training_epoch(self.trainer):
+        """At the end of an epoch that ran to its last training batch, step the schedulers of manual optimization
+        (:meth:`step_epoch_schedulers`), and, if fit validated since the last such step, on its latest val/loss the
+        ``ReduceLROnPlateau`` that :meth:`build_optimizer` built (under manual optimization every one): once per
+        validating epoch, before the epoch-end checkpoints; one written in between keeps the val/loss for the step."""
+        if not ends_training_epoch(self.trainer):  # a run that stopped inside the epoch steps none, as Lightning
             return
         self.step_epoch_schedulers()
-        # A ReduceLROnPlateau steps once per validation, on its val/loss; a checkpoint written between the two keeps
-        # the val/loss, so that the resumed run (in which Lightning repeats this hook, not the validation) steps on it.
+        # A checkpoint written between the validation and this step keeps the val/loss, so that the resumed run (in
+        # which Lightning repeats this hook, not the validation) steps on it.
         loss, self._plateau_val_loss = self._plateau_val_loss, None
-        for scheduler in self._manual_schedulers() if loss is not None else []:
-            if isinstance(scheduler, ReduceLROnPlateau):
+        for scheduler in self._schedulers() if loss is not None else []:
+            ours = scheduler in self._built_plateaus or not self.automatic_optimization  # Lightning steps the others
+            if ours and isinstance(scheduler, ReduceLROnPlateau):
                 scheduler.step(loss)
 
     def configure_model(self) -> None:
@@ -459,7 +471,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
 
     def setup(self, stage: str) -> None:
         if stage == "fit":  # a fit starts at epoch 0, unless it restores a checkpoint (after this hook)
-            self._scheduled_epoch, self._plateau_val_loss = -1, None
+            self._scheduled_epoch, self._plateau_val_loss, self._built_plateaus = -1, None, []
         self.check_given_networks()
         datamodule = getattr(self.trainer, "datamodule", None)
         data_shape = getattr(datamodule, "input_shape", None)
@@ -482,12 +494,12 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ae_lightning_class"] = _class_path(type(self))
-        if not self.automatic_optimization:  # where the epoch's scheduler steps stand (see ``step_epoch_schedulers``)
-            # written in a validation's end hooks, before this model's: its val/loss awaits the step
-            val_loss = self._plateau_val_loss
-            if self.trainer.validating:
-                val_loss = self._fit_validation_loss(val_loss)
-            checkpoint[_SCHEDULERS_KEY] = {"stepped_epoch": self._scheduled_epoch, "val_loss": val_loss}
+        # Where the epoch's scheduler steps stand (see ``on_train_epoch_end``). Written in a validation's end hooks,
+        # before this model's: its val/loss awaits the step.
+        val_loss = self._plateau_val_loss
+        if self.trainer.validating:
+            val_loss = self._fit_validation_loss(val_loss)
+        checkpoint[_SCHEDULERS_KEY] = {"stepped_epoch": self._scheduled_epoch, "val_loss": val_loss}
 
     def check_resume(self, checkpoint: dict[str, Any]) -> None:
         """Raise a ValueError naming both values if this model's settings cannot continue the checkpoint's training

@@ -20,7 +20,15 @@ import lightning as L
 import pytest
 import torch
 from jsonargparse import Namespace
-from tiny_runs import ROOT, command, last_checkpoint, run_cli, subprocess_env, tiny_args
+from tiny_runs import (
+    ROOT,
+    TrainLossPlateauAutoencoder,
+    command,
+    last_checkpoint,
+    run_cli,
+    subprocess_env,
+    tiny_args,
+)
 from torch.optim import lr_scheduler
 
 from ae_lightning import AdversarialAutoencoder, Autoencoder
@@ -453,15 +461,19 @@ def _schedules(checkpoint: dict) -> tuple[list[float], list[dict]]:
     return lrs, checkpoint["lr_schedulers"]
 
 
-# Epochs of 4 batches; models that optimize manually, whose epoch schedulers the model steps itself (the AAE's on both
-# its optimizers). Each case: the variant, its settings, the reference's max_steps, and where the interrupted run's
-# checkpoint comes from: a step checkpoint of the reference, or the last.ckpt of a first run to the given max_steps.
+# Epochs of 4 batches. Models that optimize manually step their epoch schedulers themselves (the AAE's on both its
+# optimizers); under either optimization the model steps the ReduceLROnPlateau it built on val/loss. Each case: the
+# variant, its settings, how far the reference runs (max_steps, or the given settings), and where the interrupted run's
+# checkpoint comes from: a step checkpoint of the reference, or the last.ckpt of a first run to the given max_steps
+# (or with the given settings).
 MANUAL_SCHEDULES = [*_scheduler("lr_scheduler", "StepLR", step_size=1, gamma=0.5),
                     *_scheduler("discriminator_lr_scheduler", "ExponentialLR", gamma=0.3)]  # fmt: skip
 FOUR_BATCHES = ["--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "1", "--trainer.max_epochs", "-1"]
 STEP_FILES = ["--checkpoint.monitor", "null", "--checkpoint.save_top_k", "-1", "--checkpoint.filename", "{step}"]
 PLATEAUS = [*_scheduler("lr_scheduler", "ReduceLROnPlateau", patience=0),
             *_scheduler("discriminator_lr_scheduler", "ReduceLROnPlateau", patience=0, factor=0.3)]  # fmt: skip
+# A threshold no val/loss meets: each step halves the lr
+HALVING_PLATEAU = _scheduler("lr_scheduler", "ReduceLROnPlateau", patience=0, factor=0.5, threshold=10.0)
 SCHEDULER_CASES = [
     # written at the end of epoch 0's last batch, before its validation: the resumed run starts epoch 1
     ("aae", [*MANUAL_SCHEDULES, *STEP_FILES, "--checkpoint.every_n_train_steps", "4"], 10, "step=4.ckpt"),
@@ -473,30 +485,39 @@ SCHEDULER_CASES = [
     ("aae", MANUAL_SCHEDULES, 12, 4),
     # validation every 2nd epoch: last.ckpt is written when it ends, before the ReduceLROnPlateau's step on its val/loss
     ("aae", [*PLATEAUS, "--trainer.check_val_every_n_epoch", "2"], 16, 8),
+    # Automatic optimization, where Lightning steps a ReduceLROnPlateau after the epoch's checkpoints, and never in the
+    # first epoch of a resumed run that restarts inside it (a mid-epoch checkpoint, or any with max_steps)
+    ("ae", HALVING_PLATEAU, ["--trainer.max_epochs", "3"], ["--trainer.max_epochs", "1"]),
+    ("ae", HALVING_PLATEAU, 12, 4),
+    ("ae", [*HALVING_PLATEAU, "--trainer.check_val_every_n_epoch", "2"], 16, 8),
+    ("ae", [*HALVING_PLATEAU, *STEP_FILES, "--checkpoint.every_n_train_steps", "2"], 12, "step=6.ckpt"),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    "variant, settings, steps, interrupted",
+    "variant, settings, until, interrupted",
     SCHEDULER_CASES,
-    ids=["aae-last-batch", "fast-last-batch", "deep-belief-last-batch", "aae-epoch-end-max-steps", "aae-plateau"],
-)
-def test_a_manually_optimizing_model_resumes_its_lr_schedulers_exactly(
-    variant: str, settings: list[str], steps: int, interrupted: str | int, data_dir: Path, tmp_path: Path
-) -> None:
-    def fit(root: str, max_steps: int, *extra: str) -> None:
+    ids=["aae-last-batch", "fast-last-batch", "deep-belief-last-batch", "aae-epoch-end-max-steps", "aae-plateau",
+         "ae-plateau-epoch-end", "ae-plateau-epoch-end-max-steps", "ae-plateau-validation-end", "ae-plateau-mid-epoch"],
+)  # fmt: skip
+def test_a_model_resumes_its_lr_schedulers_exactly(
+    variant: str, settings: list[str], until: int | list[str], interrupted: str | int | list[str], data_dir: Path,
+    tmp_path: Path
+) -> None:  # fmt: skip
+    def fit(root: str, until: int | list[str], *extra: str) -> None:
+        until = ["--trainer.max_steps", str(until)] if isinstance(until, int) else until
         run_cli("fit", *tiny_args(variant, data_dir, tmp_path / root, *FOUR_BATCHES, "--images.every_n_epochs", "0",
-                                  *settings, "--trainer.max_steps", str(max_steps), *extra))  # fmt: skip
+                                  *settings, *until, *extra))  # fmt: skip
 
-    fit("reference", steps)
+    fit("reference", until)
     if isinstance(interrupted, str):
         checkpoint = next((tmp_path / "reference").rglob(interrupted))
     else:
         fit("first", interrupted)
         checkpoint = next((tmp_path / "first").rglob("last.ckpt"))
-    fit("resumed", steps, "--ckpt_path", str(checkpoint))
+    fit("resumed", until, "--ckpt_path", str(checkpoint))
     resumed, expected = last_checkpoint(tmp_path / "resumed"), last_checkpoint(tmp_path / "reference")
-    assert resumed["global_step"] == expected["global_step"] == steps
+    assert resumed["global_step"] == expected["global_step"], "the resumed run ended elsewhere"
     lrs, schedulers = _schedules(resumed)
     expected_lrs, expected_schedulers = _schedules(expected)
     assert lrs == expected_lrs, f"resumed from {checkpoint.name}: lrs {lrs}, uninterrupted {expected_lrs}"
@@ -515,3 +536,14 @@ def test_a_second_fit_of_a_manually_optimizing_model_steps_its_schedulers_from_i
                             default_root_dir=tmp_path)  # fmt: skip
         trainer.fit(model, datamodule=MNISTDataModule(data_dir=str(data_dir), batch_size=16))
         assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 1, f"the {fit} fit's epoch"
+
+
+def test_a_users_own_plateau_on_another_metric_keeps_lightnings_steps(data_dir: Path, tmp_path: Path) -> None:
+    # The model steps on val/loss only the ReduceLROnPlateau it built: Lightning steps this one on train/loss, once an
+    # epoch, although the run validates.
+    model = TrainLossPlateauAutoencoder(hidden_dims=[16], latent_dim=4)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=2, limit_train_batches=2, limit_val_batches=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(model, datamodule=MNISTDataModule(data_dir=str(data_dir), batch_size=16))
+    assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 2
