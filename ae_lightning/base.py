@@ -22,7 +22,7 @@ from ae_lightning.blocks import losses, networks
 from ae_lightning.blocks.networks import Network, check_network
 from ae_lightning.blocks.spatial import SpatialOptions
 from ae_lightning.evaluation.metrics import ReconstructionMetrics
-from ae_lightning.lightning_internals import batches_that_stepped, ends_training_epoch
+from ae_lightning.lightning_internals import batches_that_stepped, ends_training_epoch, weighted_batch_size
 from ae_lightning.training import fast
 from datamodules.checks import Fraction, PositiveInt, check_init_arguments
 
@@ -212,7 +212,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         self.test_reconstruction.update(self(x, y).float(), x)
         self.log_dict(self.test_reconstruction, batch_size=len(x))
         for name, value in self.test_metrics(x, y).items():
-            self.log(f"test/{name}", value, batch_size=len(x), sync_dist=True)
+            self.log(f"test/{name}", value, batch_size=weighted_batch_size(len(x)), sync_dist=True)
 
     def test_metrics(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
         """Extra per-batch test metrics of a variant, averaged over the test set (e.g. the VAE's ``nll``)."""
@@ -258,8 +258,8 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
             self._unlogged_terms = terms, batch_size
             return
         for name, value in terms.items():
-            self.log(f"{stage}/{name}", value, prog_bar=name == "loss", sync_dist=True, batch_size=batch_size,
-                     on_step=False, on_epoch=True)  # fmt: skip
+            self.log(f"{stage}/{name}", value, prog_bar=name == "loss", sync_dist=True,
+                     batch_size=weighted_batch_size(batch_size), on_step=False, on_epoch=True)  # fmt: skip
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Lightning writes a training step's logs (and only then do other terms need logging: one ``self.log`` per

@@ -10,6 +10,7 @@ changes it; ``pyproject.toml`` bounds Lightning to the releases the suite ran on
 * :func:`stored_loader_states`: where a checkpoint keeps the training loader's state;
 * :func:`without_cli_hyperparameters`: a module built outside LightningCLI's hyperparameter context variable;
 * :func:`has_forward_hooks`: torch's registries of forward hooks;
+* :func:`weighted_batch_size`: the type in which Lightning sums a logged term's batch sizes across ranks;
 * tests only, the uses being elsewhere: ``TensorBatchLoader`` posing as its own ``sampler``, ``AutoencoderCLI.
   _parse_ckpt_path``, ``datamodules.streaming.relocated`` (litdata's state), ``SpatialQuantizer``'s ``initted``.
 
@@ -118,6 +119,13 @@ def has_forward_hooks(module: nn.Module) -> bool:
     return any(registries)
 
 
+def weighted_batch_size(n: int) -> float:
+    """The ``batch_size`` for ``self.log(..., sync_dist=True)`` of an epoch mean over all ranks' samples: ``n`` as a
+    float, since Lightning sums the batch sizes in a tensor of their type and floors an integer one's mean across
+    ranks."""
+    return float(n)
+
+
 def _changed(what: str) -> str:
     import lightning
 
@@ -135,5 +143,6 @@ __all__ = [
     "has_forward_hooks",
     "stored_loader_states",
     "uncounted_optimizer_step",
+    "weighted_batch_size",
     "without_cli_hyperparameters",
 ]

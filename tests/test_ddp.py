@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from tiny_runs import ROOT, build_cli, last_checkpoint, run_cli, subprocess_env, tiny_args
@@ -208,3 +209,25 @@ def test_a_process_that_ddp_spawn_starts_can_unpickle_the_command(spawn_trainer:
     assert result.returncode == 0 and "lightning.pytorch.trainer.trainer.Trainer" in result.stdout.decode(), (
         result.stderr.decode()[-3000:]
     )
+
+
+def test_test_terms_of_a_split_shared_unequally_by_the_ranks_equal_one_process(tmp_path: Path) -> None:
+    # 9 test samples on 2 ranks: shares of 5 and 4. Each term is the mean over the 9, as in one process.
+    from ae_lightning import Autoencoder
+    from datamodules import ArrayDataModule
+
+    torch.save(torch.rand(40, 6, generator=torch.Generator().manual_seed(0)), tmp_path / "x.pt")
+    data = ArrayDataModule(str(tmp_path / "x.pt"), val_fraction=0.23, test_fraction=0.225, batch_size=4)
+    model = Autoencoder(input_shape=[6], hidden_dims=[8], latent_dim=2, reconstruction="mse")
+
+    def test(**kwargs) -> dict[str, float]:
+        trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                            default_root_dir=tmp_path, **kwargs)  # fmt: skip
+        return trainer.test(model, datamodule=data)[0]
+
+    under_ddp = test(strategy="ddp_spawn", devices=2)
+    one_process = test(devices=1)
+    assert data.split_size("test") == 9
+    assert {"test/loss", "test/recon", "test/recon_mse"} <= set(under_ddp) == set(one_process)
+    for name, value in under_ddp.items():
+        assert value == pytest.approx(one_process[name], rel=1e-6), name

@@ -15,6 +15,7 @@ import torch
 from conftest import write_image_folder
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader
 from vector_quantize_pytorch import VectorQuantize
 from vector_quantize_pytorch.vector_quantize_pytorch import Codebook
 
@@ -25,6 +26,7 @@ from ae_lightning.lightning_internals import (
     ends_training_epoch,
     every_n_train_steps,
     uncounted_optimizer_step,
+    weighted_batch_size,
     without_cli_hyperparameters,
 )
 from datamodules.loader import TensorBatchLoader
@@ -277,3 +279,30 @@ def test_model_checkpoint_keeps_enable_version_counter_and_names_its_last_by_it(
     del changed._enable_version_counter
     with pytest.raises(RuntimeError, match=rf"Lightning {lightning.__version__} changed .*_enable_version_counter"):
         enable_version_counter(changed)
+
+
+class SquaresOfUnequalShares(L.LightningModule):
+    """Logs each batch's mean of ``i ** 2`` over the samples 0..8, which rank 0 sees as batches of 3 and 2 samples and
+    rank 1 as batches of 2 and 2: the exact mean over the samples is 204 / 9."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(1, 1)
+
+    def val_dataloader(self) -> DataLoader:
+        rows = [[0, 2, 4], [6, 8]] if self.global_rank == 0 else [[1, 3], [5, 7]]
+        return DataLoader([torch.tensor(row) for row in rows], batch_size=None)
+
+    def validation_step(self, batch, batch_idx):
+        square = batch.float().square().mean()
+        self.log("square", square, batch_size=weighted_batch_size(len(batch)), sync_dist=True)
+
+
+def test_a_float_batch_size_logs_the_exact_mean_over_ranks_with_unequal_shares(tmp_path) -> None:
+    trainer = quiet_trainer(tmp_path, devices=2, strategy="ddp_spawn", use_distributed_sampler=False)
+    (logged,) = trainer.validate(SquaresOfUnequalShares())
+    assert logged["square"] == pytest.approx(204 / 9, rel=1e-6), (
+        f"Lightning {lightning.__version__} logs {logged['square']}, not the mean 22.667 over the samples of two ranks "
+        "of 5 and 4 samples, for a term logged with a float batch_size and sync_dist: weighted_batch_size "
+        "(ae_lightning/lightning_internals.py) must give the val/test terms' weights some other way"
+    )

@@ -27,7 +27,7 @@ from ae_lightning.blocks.networks import decoder_mean
 from ae_lightning.blocks.perceptual import LPIPSDistance, PerceptualNetwork, weights_from_checkpoint
 from ae_lightning.blocks.residual_conv import ResidualConvDecoder, ResidualConvEncoder, check_image_size
 from ae_lightning.evaluation.metrics import ms_ssim_applies, ms_ssim_betas
-from ae_lightning.lightning_internals import uncounted_optimizer_step
+from ae_lightning.lightning_internals import uncounted_optimizer_step, weighted_batch_size
 from datamodules.checks import NonNegativeFloat, NonNegativeInt, PositiveInt
 
 PixelLoss = Literal["l1", "mse", "bce"]
@@ -266,7 +266,7 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
         self.test_reconstruction.update(reconstruction.float(), x)
         self.log_dict(self.test_reconstruction, batch_size=len(x))
         for name, value in self.test_metrics(x, y, reconstruction).items():
-            self.log(f"test/{name}", value, batch_size=len(x), sync_dist=True)
+            self.log(f"test/{name}", value, batch_size=weighted_batch_size(len(x)), sync_dist=True)
 
     def test_metrics(
         self, x: Tensor, y: Tensor | None = None, reconstruction: Tensor | None = None

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from ae_lightning.base import AutoencoderModule, Batch, Stage
 from ae_lightning.blocks import losses
 from ae_lightning.evaluation.ranking import ranking_metrics
+from ae_lightning.lightning_internals import weighted_batch_size
 from datamodules.checks import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt
 from datamodules.interactions import InteractionsDataModule
 
@@ -129,7 +130,8 @@ class MultinomialAutoencoder(AutoencoderModule):
         for prefix, scores in rankings.items():
             scores = scores.float().masked_fill(clicks > 0, float("-inf"))  # recommend only unclicked items
             for name, values in ranking_metrics(scores, held_out).items():
-                self.log(f"{stage}/{prefix}{name}", values.mean(), batch_size=len(clicks), sync_dist=True)
+                batch_size = weighted_batch_size(len(clicks))
+                self.log(f"{stage}/{prefix}{name}", values.mean(), batch_size=batch_size, sync_dist=True)
 
     def check_data(self, datamodule: Any, stage: str, checkpoint: dict[str, Any] | None = None) -> None:
         """Raise a ValueError naming what differs if ``datamodule`` is no InteractionsDataModule, or has other item
