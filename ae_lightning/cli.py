@@ -27,7 +27,8 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.core.hooks import DataHooks
-from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
@@ -37,7 +38,7 @@ from ae_lightning import _EXPORTS
 from ae_lightning.base import AutoencoderModule, resolve_class_path
 from ae_lightning.blocks.perceptual import weights_from_checkpoint
 from ae_lightning.lightning_internals import stored_loader_states
-from ae_lightning.training.callbacks import ClosingProgressBar, ImageLogger, SaveConfigToRun
+from ae_lightning.training.callbacks import ClosingProgressBar, ImageLogger, LoggerRunInCheckpoint, SaveConfigToRun
 from ae_lightning.training.fault_tolerance import (
     AtomicCheckpointIO,
     NonFiniteLossError,
@@ -115,16 +116,17 @@ class AutoencoderCLI(LightningCLI):
 
     For fault tolerance (:mod:`~ae_lightning.training.fault_tolerance`): a ``nonfinite`` section
     (:class:`NonFiniteGuard`); random generators in checkpoints and SLURM requeues at a step boundary on every trainer;
-    checkpoints written atomically; ``--ckpt_path last`` resolved to the newest checkpoint of the run folder, whatever
-    its logger version; and, for models with manual optimization, ``strategy: ddp`` with DDP's unused-parameter
-    detection.
+    checkpoints written atomically; ``--ckpt_path last`` resolved to the furthest checkpoint of the run its logger names
+    (a W&B ``id``, a ``version``), else of any run folder; a resumed W&B run continued; and, for models with manual
+    optimization, ``strategy: ddp`` with DDP's unused-parameter detection.
     """
 
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": False})
         kwargs.setdefault("save_config_callback", SaveConfigToRun)
         # Callbacks in ``trainer_defaults`` are added to every trainer, whatever --trainer.callbacks says.
-        callbacks = [RandomStateCheckpoint(), SlurmRequeue(), SigtermCheckpoint(), OptimizerSettingsOnResume()]
+        callbacks = [RandomStateCheckpoint(), SlurmRequeue(), SigtermCheckpoint(), OptimizerSettingsOnResume(),
+                     LoggerRunInCheckpoint()]  # fmt: skip
         kwargs.setdefault("trainer_defaults", {"callbacks": callbacks})
         kwargs.setdefault("seed_everything_default", 42)
         kwargs.setdefault("trainer_class", CommandTrainer)
@@ -176,6 +178,9 @@ class AutoencoderCLI(LightningCLI):
         if isinstance(argv, (list, tuple)):
             _check_class_names(parser, list(argv))
         super().parse_arguments(parser, args)
+        # Resolved before --ckpt_path is, which looks in the run folder that the logger's settings name.
+        subcommand = self.config.get("subcommand")
+        self._logger_settings_given = _logger_defaults(self.config[subcommand] if subcommand else self.config)
 
     def instantiate_classes(self) -> None:
         # A model resumed or evaluated from --ckpt_path takes every weight from it, LPIPS's too: build it without
@@ -202,7 +207,6 @@ class AutoencoderCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         subcommand = self.config.get("subcommand")
-        self._logger_settings_given = _logger_defaults(self.config[subcommand] if subcommand else self.config)
         _fast_path(self.config[subcommand] if subcommand else self.config, fit=subcommand in ("fit", None))
         if subcommand == "predict":
             _streamed_predictions(self.config.predict)
@@ -244,12 +248,20 @@ class AutoencoderCLI(LightningCLI):
         """Refuse a new run in the folder of an earlier one (a logger's ``version`` given anew; a W&B run ``id`` given
         anew to ``fit``): Lightning's loggers would clear that run's logs (CSVLogger deletes its ``metrics.csv``)
         before LightningCLI refuses to overwrite its ``config.yaml``, and a W&B run's would be overwritten. A resumed
-        ``fit`` may write where it wrote before."""
+        ``fit`` may write where it wrote before, except into a CSVLogger's ``metrics.csv``."""
         if self.subcommand == "fit" and self.config.fit.get("ckpt_path"):
+            for csv_logger in [logger for logger in trainer.loggers if isinstance(logger, CSVLogger)]:
+                path = Path(csv_logger.log_dir) / ExperimentWriter.NAME_METRICS_FILE
+                if path.is_file():
+                    raise ConfigError(
+                        f"{path} exists: CSVLogger would delete it as this resumed fit starts logging (it cannot "
+                        "append); log the resumed part into a new folder with another --trainer.logger.version (or "
+                        f"none) and --ckpt_path {self.config.fit.ckpt_path}"
+                    )
             return
         logger = trainer.logger
         if isinstance(logger, WandbLogger) and (logger.version is None or self.subcommand != "fit"):
-            return  # a new W&B run writes into a new folder; evaluating may log into a given run
+            return  # a new W&B run writes into a new folder; evaluating may log into a given run (SaveConfigToRun)
         for callback in trainer.callbacks:
             if not isinstance(callback, SaveConfigCallback) or callback.overwrite:
                 continue
@@ -274,11 +286,11 @@ class AutoencoderCLI(LightningCLI):
         if ckpt_path == "last":
             ckpt_path = self.config[subcommand].ckpt_path = _furthest_checkpoint(self.config[subcommand])
             if ckpt_path is None and subcommand != "fit":
-                root = self.config[subcommand].trainer.get("default_root_dir") or "."
-                raise FileNotFoundError(
-                    f"--ckpt_path last: no checkpoint under {root} to {subcommand}; give the trained run's folder "
-                    "as --trainer.default_root_dir or its checkpoint as --ckpt_path"
-                )
+                named = _named_run(self.config[subcommand]) is not None
+                advice = "name the trained run (its id or version)" if named else (
+                    "give the trained run's folder as --trainer.default_root_dir")  # fmt: skip
+                raise FileNotFoundError(f"--ckpt_path last: no checkpoint {_searched(self.config[subcommand])} to "
+                                        f"{subcommand}; {advice} or its checkpoint as --ckpt_path")  # fmt: skip
         elif ckpt_path == "hpc" or (subcommand and ckpt_path is None and SLURMEnvironment.detect()):
             # Lightning's choice (``hpc``, which it also makes for no --ckpt_path under SLURM), made here so that the
             # checkpoint is checked below and by the resume checks like any other.
@@ -306,6 +318,8 @@ class AutoencoderCLI(LightningCLI):
                     f"--ckpt_path {ckpt_path} holds a {stored_class} checkpoint, but the config's model is {wanted}; "
                     "use that model's config or a checkpoint of this model"
                 )
+            if subcommand == "fit":
+                _continue_wandb_run(self.config.fit, self._checkpoint)
 
     def _check_checkpoint_fits(self) -> None:
         """Refuse model settings that the checkpoint's weights contradict, naming both values."""
@@ -558,34 +572,105 @@ def _furthest_checkpoint(config: Any) -> str | None:
     resumes a run (the other subcommands refuse None).
 
     Lightning looks for ``last`` only in the new run's checkpoint folder, a new ``version_<N>`` of the logger, so it
-    would never find the interrupted run's. The candidates are the set ``dirpath``, or ``checkpoints/`` folders up to
-    two levels below ``default_root_dir``, and the HPC checkpoints in ``default_root_dir``.
+    would never find the interrupted run's. The candidates are the set ``dirpath``; or the ``checkpoints/`` folder of
+    the run the logger names (:func:`_named_run`), and the HPC checkpoints in ``default_root_dir`` not recorded as
+    another run's; or, with no run named, ``checkpoints/`` folders up to two levels below ``default_root_dir`` and all
+    its HPC checkpoints.
     """
     root = Path(config.trainer.get("default_root_dir") or ".")
     dirpath = config.checkpoint.get("dirpath") if config.get("checkpoint") else None
+    run = None if dirpath else _named_run(config)
     if dirpath:
         folders = [Path(dirpath)]
+    elif run is not None:
+        folders = [Path(run[0]) / run[1] / run[2] / "checkpoints"]
     else:  # <root>/checkpoints without a logger, <root>/<name>/<version>/checkpoints with one
         folders = [root / "checkpoints", *root.glob("*/checkpoints"), *root.glob("*/*/checkpoints")]
     for folder in [root, *folders]:  # temporary files of writers killed mid-write, in any earlier version's folder
         if folder.is_dir():
             remove_dead_writers_files(folder)
-    candidates = [path for folder in folders for path in folder.glob("last*.ckpt")]
-    candidates += root.glob("hpc_ckpt_*.ckpt")
-    if not candidates:
-        rank_zero_warn(f"--ckpt_path last: no checkpoint under {dirpath or root} yet, starting from scratch")
-        return None
+    lasts, hpc = [path for folder in folders for path in folder.glob("last*.ckpt")], list(root.glob("hpc_ckpt_*.ckpt"))
 
-    def progress(path: Path) -> tuple[int, float]:
+    def read(path: Path) -> tuple[int, float, tuple[str, str] | None]:
         try:
-            return int(read_checkpoint(path)["global_step"]), path.stat().st_mtime
+            checkpoint = read_checkpoint(path)
         except ValueError as error:
             rank_zero_warn(f"--ckpt_path last: skipping {path}: {error}")
-            return -1, path.stat().st_mtime
+            return -1, path.stat().st_mtime, None
+        run_of = checkpoint.get(LoggerRunInCheckpoint.key)
+        return int(checkpoint["global_step"]), path.stat().st_mtime, run_of and (run_of["name"], run_of["version"])
 
-    chosen = max(candidates, key=progress)
-    rank_zero_info(f"--ckpt_path last: resuming from {chosen} (global step {progress(chosen)[0]})")
+    progress = {path: read(path) for path in [*lasts, *hpc]}
+    if run is not None:  # the root's HPC checkpoints recorded as another run's are not this run's
+        progress = {path: p for path, p in progress.items() if path not in hpc or p[2] in (None, run[1:])}
+    if not progress:
+        rank_zero_warn(f"--ckpt_path last: no checkpoint {_searched(config)} yet, starting from scratch")
+        return None
+    chosen = max(progress, key=lambda path: progress[path][:2])
+    rank_zero_info(f"--ckpt_path last: resuming from {chosen} (global step {progress[chosen][0]})")
     return str(chosen)
+
+
+def _named_run(config: Any) -> tuple[str, str, str] | None:
+    """``(save_dir, name, version)`` of the run folder ``<save_dir>/<name>/<version>`` that the first logger's settings
+    name, where ModelCheckpoint puts the run's checkpoints: a W&B run's ``<project>/<id>`` (``id`` or ``version``
+    given), a TensorBoard or CSV logger's ``<name>/version_<N>`` (``version`` given); None where no run is named."""
+    logger_class, init_args = _first_logger(config)
+    if not issubclass(logger_class, (CSVLogger, TensorBoardLogger, WandbLogger)) or not _names_a_run(init_args):
+        return None
+    built = logger_class(**init_args.as_dict())  # for its name, save_dir and version as the run will have them
+    version = built.version if isinstance(built.version, str) else f"version_{built.version}"
+    root = config.trainer.get("default_root_dir") or "."
+    return str(built.save_dir or root), str(built.name), version
+
+
+def _first_logger(config: Any) -> tuple[type, Any]:
+    """The class and ``init_args`` of the first logger (Lightning's ``trainer.logger``, in whose run folder the
+    checkpoints go); ``object`` and None for no logger or one of an unknown class."""
+    logger = _loggers(config)[0]
+    logger_class = resolve_class_path(logger.class_path) if hasattr(logger, "class_path") else None
+    if not isinstance(logger_class, type) or logger.get("init_args") is None:
+        return object, None
+    return logger_class, logger.init_args
+
+
+def _names_a_run(init_args: Any) -> bool:
+    """Whether a logger's settings name its run: a ``version`` (TensorBoard, CSV, W&B) or a W&B ``id``."""
+    return any(init_args.get(key) is not None for key in ("version", "id"))
+
+
+def _searched(config: Any) -> str:
+    """Where :func:`_furthest_checkpoint` looks, for its messages."""
+    dirpath = config.checkpoint.get("dirpath") if config.get("checkpoint") else None
+    if dirpath:
+        return f"in {dirpath}"
+    run = _named_run(config)
+    if run is None:
+        return f"under {config.trainer.get('default_root_dir') or '.'}"
+    init_args = _loggers(config)[0].init_args
+    key = "version" if init_args.get("version") is not None else "id"
+    return (f"in {Path(run[0]) / run[1] / run[2] / 'checkpoints'} (the run that --trainer.logger.{key} "
+            f"{init_args[key]} names)")  # fmt: skip
+
+
+def _continue_wandb_run(config: Any, checkpoint: dict[str, Any]) -> None:
+    """A fit resumed under a WandbLogger given no run ``id`` (or ``version``) continues the W&B run that wrote the
+    checkpoint (:class:`LoggerRunInCheckpoint`) when it logs to that run's project."""
+    recorded = checkpoint.get(LoggerRunInCheckpoint.key) or {}
+    recorded_class = resolve_class_path(recorded["class_path"]) if recorded else None
+    if not (isinstance(recorded_class, type) and issubclass(recorded_class, WandbLogger)):
+        return
+    logger_class, init_args = _first_logger(config)
+    if not issubclass(logger_class, WandbLogger) or _names_a_run(init_args):
+        return  # another logger, or the user's choice of run
+    project, run_id = logger_class(**init_args.as_dict()).name, recorded["version"]
+    if project != recorded["name"]:
+        rank_zero_info(f"--ckpt_path {config.ckpt_path} was written by W&B run {run_id} of project {recorded['name']}; "
+                       f"this fit logs to project {project}, as a new run")  # fmt: skip
+        return
+    init_args.id = run_id
+    rank_zero_info(f"--ckpt_path {config.ckpt_path}: continuing its W&B run {run_id} (project {project}); "
+                   "give --trainer.logger.id to log to another run")  # fmt: skip
 
 
 def _newest_hpc_checkpoint(config: Any) -> str | None:

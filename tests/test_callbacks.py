@@ -9,6 +9,7 @@ from unittest import mock
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.loggers import CSVLogger, Logger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torchvision.io import read_image
@@ -167,3 +168,88 @@ def test_the_command_draws_images_by_default_and_takes_more_image_loggers_from_y
     cli = run_cli("fit", "--config", "configs/ae.yaml", *common[:2], "--trainer.fast_dev_run", "true",
                   "--trainer.default_root_dir", str(tmp_path / "c"))  # fmt: skip
     assert not list((tmp_path / "c").rglob("*.png"))  # nothing is drawn in fast_dev_run
+
+
+class StopAtStep(Callback):
+    """Stops the run within an epoch, after global step ``step``, as ``max_time`` does."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        trainer.should_stop = trainer.should_stop or trainer.global_step == self.step
+
+
+def fit_autoencoder(data_dir: Path, batch_size: int = 128, latent_dim: int = 2, **trainer: Any) -> L.Trainer:
+    """A small plain autoencoder fitted on the tiny data (220 training images, 20 validation images)."""
+    trainer = L.Trainer(enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False, **trainer)
+    data = MNISTDataModule(data_dir=str(data_dir), batch_size=batch_size)
+    trainer.fit(Autoencoder(latent_dim=latent_dim, hidden_dims=[16]), datamodule=data)
+    return trainer
+
+
+@pytest.mark.parametrize(
+    "ended_by, expected",
+    [
+        ({"max_epochs": 3}, ["epoch=2-step=6"]),
+        ({"max_epochs": -1, "max_steps": 6}, ["epoch=2-step=6"]),  # Lightning sets max_epochs to -1 for max_steps
+        ({"max_epochs": 3, "callbacks": [EarlyStopping("val/loss", stopping_threshold=1e9)]}, ["epoch=0-step=2"]),
+        ({"max_epochs": -1, "max_steps": 5}, ["epoch=2-step=5"]),  # no validation after step 4: the model as it ends
+        ({"max_epochs": 3, "callbacks": [StopAtStep(3)]}, ["epoch=1-step=3"]),  # Lightning validates where it stops
+    ],
+    ids=["max_epochs", "max_steps", "early_stopping", "max_steps_within_an_epoch", "stopped_within_an_epoch"],
+)
+def test_the_run_s_last_validation_is_drawn_whatever_ends_the_run(
+    ended_by: dict, expected: list[str], data_dir: Path, tmp_path: Path
+) -> None:
+    # 2 batches an epoch; every_n_epochs 5 is never due within these runs, so only the end draws.
+    pictures = ImageLogger(every_n_epochs=5, views=["latent_map"], latent_map_size=10)
+    settings = {**ended_by, "callbacks": [pictures, *ended_by.get("callbacks", [])]}
+    trainer = fit_autoencoder(data_dir, default_root_dir=tmp_path, logger=CSVLogger(tmp_path), **settings)
+    written = sorted(path.name for path in (Path(trainer.log_dir) / "images").glob("*.png"))
+    assert written == [f"latent_map-{name}.png" for name in expected]
+
+
+def test_the_last_validation_drawn_at_the_end_lines_up_with_its_metrics(data_dir: Path, tmp_path: Path) -> None:
+    logger = TensorBoardLikeLogger()
+    pictures = ImageLogger(every_n_epochs=5, views=["latent_map"])
+    fit_autoencoder(data_dir, default_root_dir=tmp_path, logger=logger, callbacks=[pictures], max_steps=4)
+    # the second validation's metrics are logged at step 3 (see test_loggers_with_add_image_get_the_images_...)
+    assert [(tag, step) for tag, _, step in logger.experiment.images] == [("images/latent_map", 3)]
+
+
+def test_two_image_loggers_keep_their_own_pictures_under_their_own_names(data_dir: Path, tmp_path: Path) -> None:
+    big, small = ImageLogger(views=["latent_map"]), ImageLogger(views=["latent_map"], latent_map_size=5, name="small")
+    trainer = fit_autoencoder(data_dir, max_epochs=1, default_root_dir=tmp_path, logger=CSVLogger(tmp_path),
+                              callbacks=[big, small])  # fmt: skip
+    maps = {name: list((Path(trainer.log_dir) / name).glob("*.png")) for name in ("images", "small")}
+    assert [len(paths) for paths in maps.values()] == [1, 1]
+    assert not torch.equal(read_image(str(maps["images"][0])), read_image(str(maps["small"][0])))  # 20 codes, 5 codes
+    logger = TensorBoardLikeLogger()
+    two = [ImageLogger(views=["latent_map"]), ImageLogger(views=["latent_map"], name="small")]
+    fit_autoencoder(data_dir, max_epochs=1, default_root_dir=tmp_path / "tb", logger=logger, callbacks=two)
+    assert sorted(tag for tag, _, _ in logger.experiment.images) == ["images/latent_map", "small/latent_map"]
+    with pytest.raises(ValueError, match="2 ImageLoggers are named 'images', so they would overwrite each other's"):
+        same = [ImageLogger(), ImageLogger(views=["latent_map"])]
+        fit_autoencoder(data_dir, max_epochs=1, default_root_dir=tmp_path / "same", logger=False, callbacks=same)
+    assert not (tmp_path / "same" / "images").exists()
+    with pytest.raises(ValueError, match="name must be a folder name of letters, digits.*got '../up'"):
+        ImageLogger(name="../up")
+
+
+def test_a_latent_map_needs_two_images_refused_up_front_or_skipped_once(
+    data_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(ValueError, match="latent_map_size must be an integer >= 2, got 1"):
+        ImageLogger(latent_map_size=1)
+    # A validation pass that yields one image: the fit goes on, with the other pictures and one notice (codes of more
+    # than 2 dimensions: PCA's).
+    with caplog.at_level("INFO"):
+        trainer = fit_autoencoder(
+            data_dir, batch_size=1, latent_dim=4, max_epochs=2, limit_train_batches=2, limit_val_batches=1,
+            default_root_dir=tmp_path, logger=False, callbacks=[ImageLogger()],
+        )  # fmt: skip
+    assert trainer.current_epoch == 2
+    assert png_views(tmp_path / "images") == {"reconstructions": [0, 1]}  # interpolations too need two images
+    notices = [r.message for r in caplog.records if "latent map needs at least 2 validation images" in r.message]
+    assert notices == ["ImageLogger: the latent map needs at least 2 validation images, got 1; it is not drawn"]

@@ -756,3 +756,17 @@ def test_the_evaluate_script_scores_factor_vae_with_the_prune_threshold_given_or
         pytest.raises(ValueError, match=re.escape("--prune_threshold needs data with known factors (dSprites), not")),
     ):
         script.main([checkpoint, "--metrics", "mse", "--prune_threshold", "0.1"])
+
+
+def test_one_image_gets_no_latent_map_and_a_projection_of_one_code_is_a_clear_error() -> None:
+    torch.manual_seed(0)
+    model = VAE(latent_dim=4, hidden_dims=[16])
+    image, label = torch.rand(1, 1, 28, 28), torch.tensor([3])
+    for latent_map_size in (1, 2000):  # fewer than 2 images given, or asked for
+        images = torch.cat([image, image]) if latent_map_size == 1 else image
+        pictures = visualization.draw_views(model, images, label.repeat(len(images)), latent_map_size=latent_map_size)
+        assert "latent_map" not in pictures and "reconstructions" in pictures
+    assert "latent_map" in visualization.draw_views(model, torch.rand(2, 1, 28, 28), torch.tensor([0, 1]))
+    for method in ("pca", "tsne"):
+        with pytest.raises(ValueError, match=f"a {method} projection needs at least 2 codes, got 1"):
+            visualization.project_2d(torch.randn(1, 4), method)

@@ -547,3 +547,42 @@ def test_a_users_own_plateau_on_another_metric_keeps_lightnings_steps(data_dir: 
                         default_root_dir=tmp_path)  # fmt: skip
     trainer.fit(model, datamodule=MNISTDataModule(data_dir=str(data_dir), batch_size=16))
     assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 2
+
+
+def test_ckpt_path_last_with_a_named_logger_version_searches_only_that_runs_checkpoints(tmp_path: Path) -> None:
+    logger = Namespace(class_path="lightning.pytorch.loggers.CSVLogger",
+                       init_args=Namespace(save_dir=str(tmp_path), name="logs", version=0))  # fmt: skip
+    config = Namespace(trainer=Namespace(default_root_dir=str(tmp_path), logger=logger), checkpoint=Namespace())
+    own, other = (tmp_path / "logs" / f"version_{v}" / "checkpoints" / "last.ckpt" for v in (0, 1))
+    hpc_of_other, hpc_of_own = tmp_path / "hpc_ckpt_1.ckpt", tmp_path / "hpc_ckpt_2.ckpt"
+    for path, step, version in [(own, 10, "version_0"), (other, 40, "version_1"), (hpc_of_other, 50, "version_1")]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        run = {"class_path": "lightning.pytorch.loggers.CSVLogger", "name": "logs", "version": version}
+        torch.save({"state_dict": {}, "global_step": step, "pytorch-lightning_version": "2.6",
+                    "ae_lightning_logger_run": run}, path)  # fmt: skip
+    assert _furthest_checkpoint(config) == str(own)  # not the further checkpoints of version_1
+    shutil.copy(own, hpc_of_own)
+    os.utime(hpc_of_own, (2_000_000_000, 2_000_000_000))
+    assert _furthest_checkpoint(config) == str(hpc_of_own)  # a SLURM requeue checkpoint of this run
+    logger.init_args.version = 2
+    with pytest.warns(UserWarning, match=f"no checkpoint in {tmp_path / 'logs' / 'version_2' / 'checkpoints'} "):
+        assert _furthest_checkpoint(config) is None
+
+
+def test_a_resumed_fit_into_its_own_csv_version_is_refused_before_it_deletes_the_metrics(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    short = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", "--trainer.logger", "CSVLogger"]
+    run_cli("fit", *tiny_args("ae", data_dir, tmp_path, *short, "--trainer.logger.version", "0",
+                              "--trainer.max_epochs", "1"))  # fmt: skip
+    metrics = tmp_path / "lightning_logs" / "version_0" / "metrics.csv"
+    before = metrics.read_text()
+    resume = tiny_args("ae", data_dir, tmp_path, *short)
+    with pytest.raises(ConfigError, match=rf"{metrics} exists: CSVLogger would delete .*--trainer.logger.version"):
+        run_cli("fit", *resume, "--trainer.logger.version", "0", "--ckpt_path", "last")
+    assert metrics.read_text() == before
+    # The advice: the next part logs into a version of its own, resuming the first part's checkpoint.
+    checkpoint = str(metrics.parent / "checkpoints" / "last.ckpt")
+    resumed = run_cli("fit", *resume, "--trainer.logger.version", "1", "--ckpt_path", checkpoint)
+    assert resumed.trainer.global_step == 4
+    assert metrics.read_text() == before and (tmp_path / "lightning_logs" / "version_1" / "metrics.csv").is_file()

@@ -135,3 +135,16 @@ def test_a_runs_saved_config_given_another_root_dir_logs_there(data_dir: Path, t
     run_cli("fit", "--config", str(saved), "--trainer.default_root_dir", str(tmp_path / "second"))
     assert (tmp_path / "second" / "lightning_logs" / "version_0" / "config.yaml").is_file()
     assert [path.name for path in (tmp_path / "first" / "lightning_logs").iterdir()] == ["version_0"]
+
+
+def test_predict_under_fast_dev_run_writes_no_predictions(data_dir: Path, tmp_path: Path) -> None:
+    run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "fit", "--trainer.max_steps", "1"))
+    checkpoint = str(next((tmp_path / "fit").rglob("last.ckpt")))
+    root = tmp_path / "predict"
+    for format in ("file", "stream"):
+        dry_run = ("--trainer.fast_dev_run", "true", "--predictions.format", format)
+        run_cli("predict", *tiny_args("ae", data_dir, root, "--ckpt_path", checkpoint, *dry_run))
+        assert not list(root.rglob("predictions*")) and not list(root.rglob(".predictions*"))
+    # and nothing is left to refuse a real run into the same root
+    cli = run_cli("predict", *tiny_args("ae", data_dir, root, "--ckpt_path", checkpoint, "--trainer.logger", "false"))
+    assert len(torch.load(Path(cli.trainer.default_root_dir) / "predictions.pt")["index"]) == 60

@@ -143,3 +143,74 @@ def test_predict_with_wandb_writes_into_the_runs_own_folder_and_never_over_an_ea
     with pytest.raises(FileExistsError, match=f"{written} already exists; predictions are never overwritten"):
         run_cli(*predict)
     wandb.finish()
+
+
+@pytest.fixture
+def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("WANDB_CONSOLE", "off")
+
+
+SHORT = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
+IN_P = ["--trainer.logger", "WandbLogger", "--trainer.logger.project", "p"]
+
+
+def test_ckpt_path_last_with_a_wandb_id_resumes_that_runs_own_checkpoint_not_another_runs(
+    offline: None, data_dir: Path, tmp_path: Path
+) -> None:
+    def fit(run_id: str, epochs: int, *extra: str) -> AutoencoderCLI:
+        args = tiny_args("ae", data_dir, tmp_path, *IN_P, *SHORT, "--trainer.logger.id", run_id)
+        cli = run_cli("fit", *args, "--trainer.max_epochs", str(epochs), *extra)
+        wandb.finish()
+        return cli
+
+    fit("a", 2)  # run a is further than run b
+    fit("b", 1)
+    resumed = fit("b", 2, "--ckpt_path", "last")
+    assert resumed.config.fit.ckpt_path == str(tmp_path / "p" / "b" / "checkpoints" / "last.ckpt")
+    assert resumed.trainer.logger.version == "b"
+    # A named run without a checkpoint is said to be one, rather than evaluated from another run's.
+    c = tmp_path / "p" / "c" / "checkpoints"
+    validate = tiny_args("ae", data_dir, tmp_path, *IN_P, "--trainer.logger.id", "c", "--ckpt_path", "last")
+    with pytest.raises(FileNotFoundError, match=f"--ckpt_path last: no checkpoint in {c} .*--trainer.logger.id c"):
+        run_cli("validate", *validate)
+
+
+def test_a_resumed_fit_given_no_id_continues_the_checkpoints_wandb_run_and_an_explicit_id_is_honoured(
+    offline: None, data_dir: Path, tmp_path: Path
+) -> None:
+    first = run_cli("fit", *tiny_args("ae", data_dir, tmp_path, *IN_P, *SHORT, "--trainer.max_epochs", "1"))
+    run_id = first.trainer.logger.version
+    wandb.finish()
+    resumed = run_cli("fit", *tiny_args("ae", data_dir, tmp_path, *IN_P, *SHORT, "--ckpt_path", "last"))
+    wandb.finish()
+    assert resumed.trainer.logger.version == run_id
+    assert [path.name for path in (tmp_path / "p").iterdir()] == [run_id]  # one run folder, one W&B run
+    assert f"id: {run_id}" in (tmp_path / "p" / run_id / "config.yaml").read_text()
+    assert torch.load(tmp_path / "p" / run_id / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+    checkpoint = str(tmp_path / "p" / run_id / "checkpoints" / "last.ckpt")
+    other = ["--trainer.logger.id", "other", "--trainer.max_epochs", "3", "--ckpt_path", checkpoint]
+    elsewhere = run_cli("fit", *tiny_args("ae", data_dir, tmp_path, *IN_P, *SHORT, *other))
+    wandb.finish()
+    assert elsewhere.trainer.logger.version == "other"
+
+
+def test_evaluating_into_a_wandb_training_run_keeps_its_config_and_saves_its_own_beside_it(
+    offline: None, data_dir: Path, tmp_path: Path
+) -> None:
+    logger = [*IN_P, "--trainer.logger.id", "myrun"]
+    run_cli("fit", *tiny_args("ae", data_dir, tmp_path, *logger, *SHORT, "--trainer.max_epochs", "1"))
+    wandb.finish()
+    folder = tmp_path / "p" / "myrun"
+    before = (folder / "config.yaml").read_text()
+    evaluate = [*logger, "--ckpt_path", str(folder / "checkpoints" / "last.ckpt"), "--trainer.limit_test_batches", "1"]
+    tests = []
+    for batch_size in ("32", "8"):
+        tests.append(run_cli("test", *tiny_args("ae", data_dir, tmp_path, *evaluate, "--data.batch_size", batch_size)))
+        files = Path(tests[-1].trainer.logger.experiment.dir)
+        wandb.finish()
+    assert (folder / "config.yaml").read_text() == before  # the training run's config stays what it trained with
+    assert "batch_size: 32" in (folder / "config-test.yaml").read_text()
+    assert "batch_size: 8" in (folder / "config-test-v1.yaml").read_text()  # a second test overwrites nothing
+    assert "batch_size: 8" in (files / "ae_lightning_config-test-v1.yaml").read_text()

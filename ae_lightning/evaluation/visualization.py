@@ -98,7 +98,8 @@ def draw_views(
         num_images, nrow: images in ``reconstructions`` (each above its reconstruction), images per grid row.
         num_samples: decoded prior samples in ``samples`` (generative models).
         num_interpolations, interpolation_steps: image pairs (each with the next) and decoded points per pair.
-        latent_map_size, projection, class_names, title: the codes ``latent_map`` plots and how (:func:`project_2d`).
+        latent_map_size, projection, class_names, title: the codes ``latent_map`` plots and how (:func:`project_2d`);
+            with fewer than 2 images there is no map, as there are no interpolations with fewer than 2.
         seed: seed of the samples and of t-SNE.
     """
     views = check_views(model, views) if views is not None else applicable_views(model)
@@ -123,7 +124,7 @@ def draw_views(
                 labels[:pairs],
                 labels[pairs : 2 * pairs],
             )
-        if "latent_map" in views:
+        if "latent_map" in views and min(len(images), latent_map_size) >= 2:
             codes = []
             for chunk, chunk_labels in zip(images[:latent_map_size].split(500), labels[:latent_map_size].split(500)):
                 codes.append(model.encode(chunk, chunk_labels))
@@ -196,6 +197,8 @@ def project_2d(codes: Tensor, method: Projection = "pca", seed: int = 0) -> Tens
         if codes.shape[1] > 2:
             raise ValueError(f"projection 'none' needs codes of at most 2 dimensions, got {codes.shape[1]}")
         return torch.nn.functional.pad(codes, (0, 2 - codes.shape[1]))
+    if len(codes) < 2 and method in ("pca", "tsne"):
+        raise ValueError(f"a {method} projection needs at least 2 codes, got {len(codes)}")
     if method == "pca":
         _, _, components = torch.pca_lowrank(codes, q=2, center=True)
         return (codes - codes.mean(0)) @ components

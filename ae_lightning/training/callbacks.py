@@ -1,18 +1,19 @@
 """Callbacks of the ``ae-lightning`` command: pictures of the model for any logger, the config saved into W&B runs,
-and a progress bar that ends its line when a run fails.
+the logger's run recorded in checkpoints, and a progress bar that ends its line when a run fails.
 
 :class:`ImageLogger` sends images to W&B (``wandb.Image``), to TensorBoard (``add_image``), or, with a CSV logger or
 none, writes PNG files to ``<log_dir>/images/``. The command adds one as the ``images`` section
-(``--images.every_n_epochs``, ``--images.views``); more can be added from YAML::
+(``--images.every_n_epochs``, ``--images.views``); more can be added from YAML, each with its own ``name``::
 
     trainer:
       callbacks:
         - class_path: ae_lightning.training.callbacks.ImageLogger
-          init_args: {views: [latent_map], every_n_epochs: 5, latent_map_size: 5000}
+          init_args: {name: latent_maps, views: [latent_map], every_n_epochs: 5, latent_map_size: 5000}
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,12 +37,15 @@ from datamodules.checks import AtLeastTwo, NonNegativeInt, PositiveInt, check_ar
 
 
 class ImageLogger(Callback):
-    """Logs pictures of the model after every ``every_n_epochs``-th validation epoch of ``fit`` (and the last),
-    counting validations, whichever epochs validate (``check_val_every_n_epoch``); the count is kept in checkpoints.
+    """Logs pictures of the model after every ``every_n_epochs``-th validation epoch of ``fit``, counting validations,
+    whichever epochs validate (``check_val_every_n_epoch``; the count is kept in checkpoints), and after the run's last
+    validation, whatever ends the run (``max_epochs``, ``max_steps``, ``max_time``, early stopping); where that one was
+    not foreseeably the last and training went on past it (``max_steps`` within an epoch), of the model as it ends.
 
     Views: ``reconstructions``, ``samples`` (generative models), ``interpolations`` and ``latent_map`` (PCA of codes),
-    of the same first validation images and seeded prior noise every time (``docs/internals.md``). Nothing is drawn in
-    sanity checks or ``fast_dev_run``; under DDP only rank 0 draws.
+    of the same first validation images and seeded prior noise every time (``docs/internals.md``), logged as
+    ``<name>/<view>`` or written to ``<log_dir>/<name>/<view>-epoch=E-step=S.png``. Nothing is drawn in sanity checks
+    or ``fast_dev_run``; under DDP only rank 0 draws.
 
     Args:
         every_n_epochs: draw after every n-th validation epoch (not training epoch); 0 disables the callback.
@@ -51,9 +55,10 @@ class ImageLogger(Callback):
         num_samples: prior samples in the sample grid.
         num_interpolations: pairs of validation images interpolated (one row each).
         interpolation_steps: decoded points per interpolation, both ends included.
-        latent_map_size: validation images whose codes are plotted.
+        latent_map_size: validation images whose codes are plotted (a validation that yields fewer than 2 gets no map).
         nrow: images per row of the reconstruction and sample grids.
         seed: seed of the prior samples.
+        name: the pictures' tag prefix and PNG folder; each enabled ImageLogger of a trainer needs its own.
     """
 
     def __init__(
@@ -64,11 +69,14 @@ class ImageLogger(Callback):
         num_samples: PositiveInt = 64,
         num_interpolations: PositiveInt = 6,
         interpolation_steps: AtLeastTwo = 8,
-        latent_map_size: PositiveInt = 2000,
+        latent_map_size: AtLeastTwo = 2000,
         nrow: PositiveInt = 8,
         seed: int = 0,
+        name: str = "images",
     ) -> None:
         check_arguments(locals(), ImageLogger.__init__)
+        if not re.fullmatch(r"\w[\w.-]*", name):
+            raise ValueError(f"name must be a folder name of letters, digits, '_', '-' and '.', got {name!r}")
         self.every_n_epochs = every_n_epochs
         self.views = list(views) if views is not None else None
         self.num_images = num_images
@@ -78,6 +86,7 @@ class ImageLogger(Callback):
         self.latent_map_size = latent_map_size
         self.nrow = nrow
         self.seed = seed
+        self.name = name
         self.active_views: list[str] = []
         self.image_dir: Path | None = None
         self.class_names: list[str] | None = None
@@ -85,12 +94,16 @@ class ImageLogger(Callback):
         self._kept = 0
         self._needed = 0  # validation images to keep, set in setup
         self._announced = False
+        self._map_skipped = False
         self._validations = 0  # validation epochs of fit so far, sanity checks aside
+        self._undrawn: tuple[int, int, int] | None = None  # (step, epoch, logger step) of an undrawn last validation
 
     @property
     def state_key(self) -> str:
-        # one per settings, so that several ImageLoggers in one trainer each keep their own count in a checkpoint
+        # one per settings and name, so that several ImageLoggers in one trainer each keep their own count in a
+        # checkpoint; the default name is left out, so that the key of checkpoints written before names existed holds
         settings = ("every_n_epochs", "views", "num_images", "num_samples", "num_interpolations", "latent_map_size")
+        settings += ("name",) if self.name != "images" else ()
         return f"{type(self).__qualname__}{{{', '.join(f'{name}={getattr(self, name)!r}' for name in settings)}}}"
 
     def state_dict(self) -> dict[str, Any]:
@@ -103,6 +116,13 @@ class ImageLogger(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or self.every_n_epochs == 0:
             return
+        loggers = [cb for cb in trainer.callbacks if isinstance(cb, ImageLogger) and cb.every_n_epochs]
+        namesakes = [cb for cb in loggers if cb.name == self.name]
+        if len(namesakes) > 1:
+            raise ValueError(
+                f"{len(namesakes)} ImageLoggers are named {self.name!r}, so they would overwrite each other's "
+                "pictures; give each its own name (`init_args: {name: ...}`, or --images.name for the images section)"
+            )
         if self.views is None:
             self.active_views = visualization.applicable_views(pl_module)
             if len(pl_module.input_shape) == 1:
@@ -118,7 +138,7 @@ class ImageLogger(Callback):
         self._needed = max([1, *(needs.get(view, 0) for view in self.active_views)]) if self.active_views else 0
         # trainer.log_dir is a collective call under DDP, so every rank asks for it here, not only rank 0 later.
         log_dir = trainer.log_dir or trainer.default_root_dir
-        self.image_dir = None if any(_image_sink(logger) for logger in trainer.loggers) else Path(log_dir) / "images"
+        self.image_dir = None if any(_image_sink(logger) for logger in trainer.loggers) else Path(log_dir) / self.name
         self.class_names = getattr(getattr(trainer, "datamodule", None), "class_names", None)
 
     def on_validation_batch_end(
@@ -145,15 +165,23 @@ class ImageLogger(Callback):
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
         self._validations += 1
-        if not self._due(trainer) or not trainer.is_global_zero or not self._batches:
+        if self.every_n_epochs == 0 or trainer.fast_dev_run or not self.active_views:
             return
-        images = self.draw(pl_module)
-        for view, image in images.items():
-            self.log_image(trainer, f"images/{view}", image)
+        if not trainer.is_global_zero or not self._batches:
+            return
+        self._undrawn = (trainer.global_step, trainer.current_epoch, batches_that_stepped(trainer))
+        if self._due(trainer):
+            self._log_pictures(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # The last validation, if it was not drawn: max_steps, max_time or early stopping make it known only now.
+        if self._undrawn is not None:
+            self._log_pictures(trainer, pl_module)
 
     # --- drawing and logging ---------------------------------------------------------------------------------------
-    def draw(self, pl_module: AutoencoderModule) -> dict[str, Tensor]:
-        """The pictures of ``active_views`` for the kept validation images, each ``[3, H, W]`` in [0, 1]."""
+    def draw(self, pl_module: AutoencoderModule, epoch: int | None = None) -> dict[str, Tensor]:
+        """The pictures of ``active_views`` for the kept validation images, each ``[3, H, W]`` in [0, 1], titled with
+        ``epoch`` (by default the model's current one)."""
         ordered = [self._batches[i] for i in sorted(self._batches)]
         return visualization.draw_views(
             pl_module,
@@ -168,16 +196,14 @@ class ImageLogger(Callback):
             nrow=self.nrow,
             projection="pca",
             class_names=self.class_names,
-            title=f"{type(pl_module).__name__}, epoch {pl_module.current_epoch}",
+            title=f"{type(pl_module).__name__}, epoch {pl_module.current_epoch if epoch is None else epoch}",
             seed=self.seed,
         )
 
-    def log_image(self, trainer: L.Trainer, key: str, image: Tensor) -> None:
-        """Send ``image`` ``[3, H, W]`` to every logger that takes images, at the step Lightning logs this
+    def log_image(self, trainer: L.Trainer, key: str, image: Tensor, *, step: int, epoch: int, logged_at: int) -> None:
+        """Send ``image`` ``[3, H, W]`` to every logger that takes images at ``logged_at``, the step Lightning logs the
         validation's metrics at (so that pictures and scalars line up, on the fast path too), or write a PNG named by
-        epoch and optimizer step when none does."""
-        step, epoch = trainer.global_step, trainer.current_epoch
-        logged_at = batches_that_stepped(trainer)
+        ``epoch`` and optimizer ``step`` when none does."""
         sent = False
         for logger in trainer.loggers:
             sink = _image_sink(logger)
@@ -197,13 +223,26 @@ class ImageLogger(Callback):
 
     # --- helpers ----------------------------------------------------------------------------------------------------
     def _due(self, trainer: L.Trainer) -> bool:
-        """Whether this validation is an ``every_n_epochs``-th one, or the run's last: the one at the end of an epoch
-        after which no epoch up to ``max_epochs`` validates."""
-        if self.every_n_epochs == 0 or trainer.fast_dev_run or not self.active_views:
-            return False
+        """Whether this validation is an ``every_n_epochs``-th one, or foreseeably the run's last: the one at the end of
+        an epoch after which no epoch up to ``max_epochs`` validates."""
         epoch, every = trainer.current_epoch + 1, trainer.check_val_every_n_epoch or 1
         last = trainer.is_last_batch and 0 <= trainer.max_epochs < epoch + every
         return self._validations % self.every_n_epochs == 0 or last
+
+    def _log_pictures(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Draw and log the pictures of the latest validation, or, where training went on past it, of the model as it
+        is now, beside its last training step's metrics."""
+        step, epoch, logged_at = self._undrawn
+        if step != trainer.global_step:
+            step, epoch, logged_at = trainer.global_step, trainer.current_epoch - 1, batches_that_stepped(trainer) - 1
+        self._undrawn = None
+        images = self.draw(pl_module, epoch)
+        if "latent_map" in self.active_views and "latent_map" not in images and not self._map_skipped:
+            rank_zero_info(f"ImageLogger: the latent map needs at least 2 validation images, got {self._kept}; "
+                           "it is not drawn")  # fmt: skip
+            self._map_skipped = True
+        for view, image in images.items():
+            self.log_image(trainer, f"{self.name}/{view}", image, step=step, epoch=epoch, logged_at=logged_at)
 
 
 def _image_sink(logger: Logger) -> Literal["wandb", "tensorboard"] | None:
@@ -220,7 +259,8 @@ def _image_sink(logger: Logger) -> Literal["wandb", "tensorboard"] | None:
 class SaveConfigToRun(SaveConfigCallback):
     """LightningCLI's config saving; with a W&B logger the run's ``config.yaml`` goes into its own run folder
     ``<save_dir>/<project>/<run id>/`` (beside ``checkpoints/``) and, as ``ae_lightning_config.yaml``, among the W&B
-    run's files (W&B keeps its own ``config.yaml`` there)."""
+    run's files (W&B keeps its own ``config.yaml`` there). ``test``, ``validate`` and ``predict``, which may log into a
+    training run, save theirs beside it as ``config-<subcommand>.yaml`` (``-v1``, ``-v2``, ... once taken)."""
 
     W_AND_B_NAME = "ae_lightning_config.yaml"
 
@@ -236,11 +276,34 @@ class SaveConfigToRun(SaveConfigCallback):
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         logger = trainer.logger
-        if isinstance(logger, WandbLogger):
-            for path in (self.run_folder(logger, trainer) / self.config_filename,
-                         Path(logger.experiment.dir) / self.W_AND_B_NAME):  # fmt: skip
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self.parser.save(self.config, path, skip_none=False, overwrite=True, multifile=self.multifile)
+        if not isinstance(logger, WandbLogger):
+            return
+        folder, own, copy = self.run_folder(logger, trainer), Path(self.config_filename), Path(self.W_AND_B_NAME)
+        stage = TrainerFn(stage).value  # "fit", "validate", "test" or "predict"
+        tag, taken = ("" if stage == "fit" else f"-{stage}"), 0  # an evaluation keeps the training run's config
+        while tag and (folder / f"{own.stem}{tag}{own.suffix}").exists():
+            taken += 1
+            tag = f"-{stage}-v{taken}"
+        for path in (folder / f"{own.stem}{tag}{own.suffix}",
+                     Path(logger.experiment.dir) / f"{copy.stem}{tag}{copy.suffix}"):  # fmt: skip
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.parser.save(self.config, path, skip_none=False, overwrite=self.overwrite, multifile=self.multifile)
+
+
+class LoggerRunInCheckpoint(Callback):
+    """Records in checkpoints the run of the trainer's first logger, whose folder ``<save_dir>/<name>/<version>``
+    holds the run's checkpoints: its class path, ``name`` (a W&B run's project) and ``version`` as the folder's name
+    (``version_<N>``, a W&B run's id). ``--ckpt_path last`` and a resumed W&B run read it."""
+
+    key = "ae_lightning_logger_run"
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        logger = trainer.logger
+        if logger is not None:
+            version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
+            kind = type(logger)
+            checkpoint[self.key] = {"class_path": f"{kind.__module__}.{kind.__qualname__}", "name": str(logger.name),
+                                    "version": version}  # fmt: skip
 
 
 class ClosingProgressBar(TQDMProgressBar):
@@ -256,4 +319,4 @@ class ClosingProgressBar(TQDMProgressBar):
         sys.stdout.flush()
 
 
-__all__ = ["ClosingProgressBar", "ImageLogger", "SaveConfigToRun"]
+__all__ = ["ClosingProgressBar", "ImageLogger", "LoggerRunInCheckpoint", "SaveConfigToRun"]

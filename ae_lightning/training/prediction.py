@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_info
 
 from ae_lightning.training.callbacks import SaveConfigToRun
 from datamodules.checks import byte_count, check_arguments
@@ -27,7 +28,7 @@ class PredictionWriter(BasePredictionWriter):
     the cached codes with ``litdata.StreamingDataset(<run dir>/<name>)``, whose items are dicts of those five keys; it
     needs ``return_predictions`` false (the command sets it; an explicit true is refused). Either is written under a
     temporary name and renamed when complete, so an interrupted run never leaves a partial one, and an existing one is
-    never overwritten.
+    never overwritten. Under ``fast_dev_run`` nothing is written (Lightning's dry run leaves no outputs).
 
     Args:
         filename: name inside the run directory (``trainer.log_dir``, a W&B run's own folder, else
@@ -57,6 +58,9 @@ class PredictionWriter(BasePredictionWriter):
 
     # --- format: stream ---------------------------------------------------------------------------------------------
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.fast_dev_run:
+            rank_zero_info("PredictionWriter: fast_dev_run writes no predictions")
+            return
         path = self._target(trainer)
         if path.exists():  # before any prediction is made
             raise FileExistsError(f"{path} already exists; predictions are never overwritten")
@@ -85,7 +89,7 @@ class PredictionWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if dataloader_idx:  # several predict dataloaders: only the first is ours
+        if dataloader_idx or trainer.fast_dev_run:  # several predict dataloaders: only the first is ours
             return
         columns = {key: value.detach().cpu() for key, value in prediction.items()}
         for i in range(len(columns["index"])):
@@ -94,6 +98,8 @@ class PredictionWriter(BasePredictionWriter):
             self._written += 1
 
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.fast_dev_run:
+            return
         if self.format != "stream":
             return super().on_predict_epoch_end(trainer, pl_module)
         self._writer.done()
