@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,19 @@ def write_dataset(root: Path, name: str, n_train: int = 240, n_test: int = 60, s
         write_idx(raw / f"{part}-images-idx3-ubyte", images)
         write_idx(raw / f"{part}-labels-idx1-ubyte", labels)
     return root
+
+
+@pytest.fixture(autouse=True)
+def _ddp_port_not_leaked() -> Iterator[None]:
+    """Lightning's ddp_spawn run in this process leaves its ``MASTER_PORT`` in ``os.environ``: DDP runs that later tests
+    start as subprocesses would inherit it, and two of them at once would both bind it (one rank dies, the other waits
+    for it for ever)."""
+    before = os.environ.get("MASTER_PORT")
+    yield
+    if before is None:
+        os.environ.pop("MASTER_PORT", None)
+    else:
+        os.environ["MASTER_PORT"] = before
 
 
 @pytest.fixture

@@ -112,9 +112,10 @@ def build_cli(*args: str) -> AutoencoderCLI:
 def subprocess_env() -> dict[str, str]:
     """This environment, with this folder importable (for the callbacks below) and W&B offline. Without
     ``WANDB_SERVICE``, which a W&B run in this process sets: a subprocess (a SLURM job's start) must start a W&B service
-    of its own, as a user's would, not reach this process's, which refuses a second run of an ID it still holds."""
+    of its own, as a user's would, not reach this process's, which refuses a second run of an ID it still holds. Without
+    ``MASTER_PORT``: a DDP run started by it picks a free port of its own, so that two at once do not collide."""
     path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
-    env = {name: value for name, value in os.environ.items() if name != "WANDB_SERVICE"}
+    env = {name: value for name, value in os.environ.items() if name not in ("WANDB_SERVICE", "MASTER_PORT")}
     return {**env, "PYTHONPATH": path, "WANDB_MODE": "offline"}
 
 
