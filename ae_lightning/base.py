@@ -497,7 +497,11 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         # Where the epoch's scheduler steps stand (see ``on_train_epoch_end``). Written in a validation's end hooks,
         # before this model's: its val/loss awaits the step.
         val_loss = self._plateau_val_loss
-        if self.trainer.validating:
+        try:
+            validating = self.trainer.validating
+        except RuntimeError:  # not attached to a trainer: a checkpoint made by hand
+            validating = False
+        if validating:
             val_loss = self._fit_validation_loss(val_loss)
         checkpoint[_SCHEDULERS_KEY] = {"stepped_epoch": self._scheduled_epoch, "val_loss": val_loss}
 

@@ -211,21 +211,17 @@ def prepare_stream(
         output: the stream's folder, or an ``s3://``/``gs://`` URI.
         size: side of the square stored images; None keeps the sources' (common) size.
         channels: 1 (gray) or 3 (RGB).
-        alpha: an image with transparent pixels is refused (``refuse``) or composited over a ``white`` or ``black``
-            background (docs/streaming.md); opaque ones are stored as they are.
-        encoding: ``png``, ``jpeg`` or ``raw``.
-        quality: JPEG quality.
+        alpha: an image with transparent pixels is refused (``refuse``) or composited over ``white`` or ``black``.
+        encoding, quality: ``png``, ``jpeg`` (of JPEG quality ``quality``) or ``raw``.
         val_fraction: share of the training pool held out as validation split (seeded, stratified).
         test_fraction: share held out as test split when the source has none.
         test_dir: a folder source's test folder (refused for other sources).
-        labels, key: an array source's labels (a key or a file) and data key, as ``ArrayDataModule`` takes them
-            (refused for other sources).
+        labels, key: an array source's labels (a key or a file) and data key, as ``ArrayDataModule`` takes them.
         data_dir, dataset_kwargs: a torchvision source's root and extra arguments.
         seed: seed of the split draws and of the train split's stored (shuffled) order (``docs/streaming.md``).
         chunk_bytes, chunk_size: litdata's chunk limits: bytes (``64MB``), or samples (replacing ``chunk_bytes``).
         num_workers: threads decoding and encoding the images.
-        overwrite: replace a stream already at ``output``; any other non-empty folder, a folder holding or inside the
-            source, and one that cannot be renamed (the current folder, a mount point) are refused.
+        overwrite: replace a stream already at ``output`` (nothing else: docs/streaming.md says what is refused).
         storage_options: the object store client's options.
     """
     check_arguments(locals(), prepare_stream)

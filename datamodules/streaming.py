@@ -250,8 +250,7 @@ class StreamingDataModule(ImageDataModule):
 
     Training batches are augmented: a random ``image_size`` crop (``augment: crop``; evaluation takes the centre
     crop) or a resize to ``image_size`` (``augment: resize``), and a horizontal flip. The checks (shape, chunks,
-    fingerprint on resume, a DDP ``batch_size`` leaving a process no batch, or a DDP epoch leaving out the same samples
-    every time) run before training.
+    fingerprint on resume, DDP batches that litdata cannot deal: docs/streaming.md) run before training.
 
     Args:
         input_dir: the stream's folder or URI.

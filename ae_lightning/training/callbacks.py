@@ -37,10 +37,8 @@ from datamodules.checks import AtLeastTwo, NonNegativeInt, PositiveInt, check_ar
 
 
 class ImageLogger(Callback):
-    """Logs pictures of the model after every ``every_n_epochs``-th validation epoch of ``fit``, counting validations,
-    whichever epochs validate (``check_val_every_n_epoch``; the count is kept in checkpoints), and after the run's last
-    validation, whatever ends the run (``max_epochs``, ``max_steps``, ``max_time``, early stopping); where that one was
-    not foreseeably the last and training went on past it (``max_steps`` within an epoch), of the model as it ends.
+    """Logs pictures of the model after every ``every_n_epochs``-th validation of ``fit`` (counted in checkpoints) and
+    after the run's last validation, whatever ends the run (of the model as it ends if training went on past it).
 
     Views: ``reconstructions``, ``samples`` (generative models), ``interpolations`` and ``latent_map`` (PCA of codes),
     of the same first validation images and seeded prior noise every time (``docs/internals.md``), logged as
@@ -49,8 +47,7 @@ class ImageLogger(Callback):
 
     Args:
         every_n_epochs: draw after every n-th validation epoch (not training epoch); 0 disables the callback.
-        views: the pictures to draw; None: every view that applies (naming ``samples`` for a non-generative model
-            is an error).
+        views: the pictures to draw; None: every view that applies (``samples`` of a non-generative model: an error).
         num_images: validation images in the reconstruction grid.
         num_samples: prior samples in the sample grid.
         num_interpolations: pairs of validation images interpolated (one row each).
