@@ -49,6 +49,9 @@ JpegQuality = number_type("[1, 100]", integer=True)
 Seed = number_type("[0, 4294967295]", integer=True)  # scikit-learn's split draws take seeds below 2**32
 SUFFIXES = (".npy", ".npz", ".pt")
 AHEAD_PER_THREAD = 4  # records in flight per encoding thread
+CHUNK_BYTES = 64_000_000  # litdata's default chunk_bytes ("64MB")
+MIN_CHUNKS = 64  # by default, the least chunks of a split of as many samples: DDP ranks x workers read whole chunks
+PUBLISHING = "publishing.json"  # a remote publish's list of the files it may leave (deleted when it is done)
 T, R = TypeVar("T"), TypeVar("R")
 
 
@@ -197,7 +200,7 @@ def prepare_stream(
     data_dir: str = "data",
     dataset_kwargs: dict[str, Any] | None = None,
     seed: Seed = 42,
-    chunk_bytes: str | int | None = "64MB",
+    chunk_bytes: str | int | None = None,
     chunk_size: PositiveInt | None = None,
     num_workers: PositiveInt = 1,
     overwrite: bool = False,
@@ -219,7 +222,8 @@ def prepare_stream(
         labels, key: an array source's labels (a key or a file) and data key, as ``ArrayDataModule`` takes them.
         data_dir, dataset_kwargs: a torchvision source's root and extra arguments.
         seed: seed of the split draws and of the train split's stored (shuffled) order (``docs/streaming.md``).
-        chunk_bytes, chunk_size: litdata's chunk limits: bytes (``64MB``), or samples (replacing ``chunk_bytes``).
+        chunk_bytes, chunk_size: litdata's chunk limit, in bytes (``16MB``) or samples (one of them); neither:
+            :func:`default_chunk_size` for each split.
         num_workers: threads decoding and encoding the images.
         overwrite: replace a stream already at ``output`` (nothing else: docs/streaming.md says what is refused).
         storage_options: the object store client's options.
@@ -227,7 +231,9 @@ def prepare_stream(
     check_arguments(locals(), prepare_stream)
     from datamodules.base import draw_split
 
-    chunk_bytes = None if chunk_size is not None else byte_count(chunk_bytes)
+    if chunk_bytes is not None and chunk_size is not None:
+        raise ValueError(f"chunk_bytes {chunk_bytes!r} and chunk_size {chunk_size} exclude each other: set one")
+    chunk_bytes = None if chunk_bytes is None else byte_count(chunk_bytes)
     kind = source_kind(source)
     for option, value, applies in (("--test-dir", test_dir, "folder"), ("--labels", labels, "array"),
                                    ("--key", key, "array")):  # fmt: skip
@@ -255,6 +261,7 @@ def prepare_stream(
 
     first = ImageEncoder(kind, payloads.get("train"), channels, size, "raw", alpha=alpha)(splits["train"][1][0])
     height, width = first["image"].shape[1:]
+    pixels = int(channels * height * width)
     settings = {"size": size, "channels": channels, "encoding": encoding, "quality": quality, "seed": seed,
                 "val_fraction": val_fraction, "test_fraction": None if "test" in parts else test_fraction}  # fmt: skip
     if alpha != "refuse":  # a refusing prepare stores what it stored before alpha existed, and keeps its fingerprint
@@ -269,7 +276,8 @@ def prepare_stream(
         for split in SPLITS:
             part, records = splits[split]
             encoder = ImageEncoder(kind, payloads.get(part), channels, size, encoding, quality, (height, width), alpha)
-            names = _write_split(encoder, records, staging / split, chunk_bytes, chunk_size, num_workers)
+            samples = chunk_size if chunk_size or chunk_bytes else default_chunk_size(len(records), pixels, encoding)
+            names = _write_split(encoder, records, staging / split, chunk_bytes, samples, num_workers)
             chunks[split] = {
                 name: {"bytes": (staging / split / name).stat().st_size, "sha256": file_sha256(staging / split / name)}
                 for name in names
@@ -292,6 +300,14 @@ def prepare_stream(
     finally:  # gone after a local publish (renamed into place): only a killed prepare leaves one
         shutil.rmtree(staging, ignore_errors=True)
     return manifest
+
+
+def default_chunk_size(samples: int, pixels: int, encoding: Encoding) -> int:
+    """Samples per chunk when neither a chunk size nor a chunk byte limit is given: ``samples // MIN_CHUNKS`` (at
+    least 64 chunks from 64 samples on, which DDP needs: docs/streaming.md), but no more than 64 MB (litdata's
+    default chunk) hold of images of ``pixels`` values at their largest (PNG and JPEG below twice the raw size)."""
+    largest = (1 if encoding == "raw" else 2) * pixels + 1024
+    return max(1, min(samples // MIN_CHUNKS, CHUNK_BYTES // largest))
 
 
 def ordered_map(pool: Executor, fn: Callable[[T], R], items: Iterable[T], ahead: int) -> Iterator[R]:
@@ -395,7 +411,8 @@ def _check_free(location: StreamLocation, overwrite: bool, sources: list[str]) -
 
 def _publish(staging: Path, location: StreamLocation) -> None:
     """Make the staged stream visible at once: a rename, or uploads with the manifest last, after the manifest of
-    the stream replaced is deleted (a half-replaced remote stream reads as interrupted, never as complete)."""
+    the stream replaced is deleted (a half-replaced remote stream reads as interrupted, never as complete). The
+    replaced stream's other files are deleted once the new manifest is up (docs/streaming.md, "Publishing")."""
     if not location.is_remote:
         target = Path(location.uri).resolve()
         if target.exists():
@@ -408,11 +425,38 @@ def _publish(staging: Path, location: StreamLocation) -> None:
         else:
             os.replace(staging, target)
         return
+    new = sorted(path.relative_to(staging).as_posix() for path in staging.rglob("*") if path.is_file())
+    # recorded before anything is replaced: what this upload may leave under the prefix if it is cut short, and what
+    # the replaced stream leaves that the new one does not overwrite (a rerun deletes what an interrupted one recorded)
+    replaced = sorted(_stream_files(location) | set(new))
+    (staging / PUBLISHING).write_text(json.dumps({"files": replaced}))
+    location.upload(str(staging / PUBLISHING), PUBLISHING)
     if location.exists(MANIFEST):
         location.delete(MANIFEST)
-    files = sorted(p for p in staging.rglob("*") if p.is_file() and p.name != MANIFEST)
-    for path in [*files, staging / MANIFEST]:
-        location.upload(str(path), *path.relative_to(staging).parts)
+    for name in [*(name for name in new if name != MANIFEST), MANIFEST]:
+        location.upload(str(staging / name), *name.split("/"))
+    for name in sorted(set(replaced) - set(new)):
+        location.delete(*name.split("/"))
+    location.delete(PUBLISHING)
+
+
+def _stream_files(location: StreamLocation) -> set[str]:
+    """The files (paths under a remote ``location``) that its manifest, each split's ``index.json`` and the record of
+    an interrupted publish name (a file that is not JSON names none)."""
+
+    def read(*parts: str) -> dict[str, Any]:
+        try:
+            found = json.loads(location.read_text(*parts)) if location.exists(*parts) else {}
+        except ValueError:
+            found = {}
+        return found if isinstance(found, dict) else {}
+
+    files = set(read(PUBLISHING).get("files", ()))
+    listed = read(MANIFEST).get("chunks", {})
+    for split in SPLITS:
+        chunks = [chunk.get("filename") for chunk in read(split, "index.json").get("chunks", ())]
+        files |= {f"{split}/{name}" for name in [*listed.get(split, ()), *chunks] if name}
+    return files
 
 
 def _option(name: str, parse: Callable[[str], Any] = int) -> Callable[[str], Any]:
@@ -453,7 +497,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", help="a torchvision source's root (default: data)")
     parser.add_argument("--seed", type=_option("seed"), default=42)
     parser.add_argument("--chunk-bytes", type=_option("chunk_bytes", byte_count), help="bytes per chunk, e.g. 16MB "
-                        "(default 64MB)")  # fmt: skip
+                        "(default: a split in at least 64 chunks, of at most 64MB)")  # fmt: skip
     parser.add_argument("--chunk-size", type=_option("chunk_size"), help="samples per chunk (instead of --chunk-bytes)")
     parser.add_argument("--num-workers", type=_option("num_workers"), default=os.cpu_count() or 1)
     parser.add_argument("--overwrite", action="store_true")
@@ -473,10 +517,13 @@ def main(argv: list[str] | None = None) -> None:
         if value is not None and reason:
             parser.error(f"{option} {value} {reason}")
     manifest = prepare_stream(**{name: value for name, value in vars(args).items() if value is not None})
-    counts = ", ".join(f"{split} {n}" for split, n in manifest.counts.items())
+    counts = ", ".join(f"{split} {manifest.counts[split]} in {len(manifest.chunks[split])} chunks" for split in SPLITS)
+    chunking = f"by default: at least {MIN_CHUNKS} a split (one a sample below that), of at most 64MB each"
+    if args.chunk_size or args.chunk_bytes:
+        chunking = f"--chunk-size {args.chunk_size}" if args.chunk_size else f"--chunk-bytes {args.chunk_bytes}"
     print(
         f"wrote {args.output}: {manifest.channels}x{manifest.height}x{manifest.width} {manifest.encoding} images "
-        f"({counts}); fingerprint {manifest.fingerprint[:16]}"
+        f"({counts}; {chunking}); fingerprint {manifest.fingerprint[:16]}"
     )
 
 

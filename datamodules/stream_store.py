@@ -7,6 +7,7 @@ without it is a prepare that did not finish; a local prepare also writes into ``
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import tempfile
@@ -17,6 +18,8 @@ from typing import Any
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val", "test")
 REMOTE_SCHEMES = ("s3://", "gs://", "r2://")
+# the module that litdata's storage provider of each scheme imports, and the package that installs it
+CLIENTS = {"s3": ("boto3", "boto3"), "gs": ("google.cloud.storage", "google-cloud-storage"), "r2": ("boto3", "boto3")}
 FORMAT_VERSION = 1
 
 
@@ -56,17 +59,29 @@ class StreamLocation:
     Args:
         uri: the stream's folder or URI.
         storage_options: options of the object store's client (e.g. ``{"endpoint_url": ...}``).
+
+    Raises:
+        ValueError: an unknown scheme. ModuleNotFoundError: a scheme whose client library is not installed (named,
+            with the ``pip install`` that installs it).
     """
 
     def __init__(self, uri: str, storage_options: dict[str, Any] | None = None) -> None:
         self.uri = uri.rstrip("/")
         self.storage_options = storage_options or {}
         self.is_remote = "://" in uri
-        if self.is_remote and not uri.startswith(REMOTE_SCHEMES):
-            scheme = uri.split("://", 1)[0]
+        if not self.is_remote:
+            return
+        scheme = uri.split("://", 1)[0]
+        if scheme not in CLIENTS:
             raise ValueError(
                 f"stream {uri}: unknown scheme {scheme}://; a stream is a local folder or an "
                 f"{', '.join(REMOTE_SCHEMES)} URI"
+            )
+        module, package = CLIENTS[scheme]
+        if not _installed(module):  # litdata would raise a bare ModuleNotFoundError at the first read or write
+            raise ModuleNotFoundError(
+                f"stream {uri}: {scheme}:// URIs are read and written with {package}, which is not installed; "
+                f"pip install {package}"
             )
 
     def join(self, *parts: str) -> str:
@@ -122,6 +137,13 @@ class StreamLocation:
             return None
         folder = Path(self.join(split))
         return {path.name: path.stat().st_size for path in folder.iterdir()} if folder.is_dir() else {}
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package (``google``) is missing
+        return False
 
 
 def partial_folder(path: Path) -> Path:

@@ -3,14 +3,18 @@ leaves behind (see also tests/test_streaming.py)."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
 from conftest import write_image_folder
 from test_streaming import FolderBucket
 
+from datamodules import StreamingDataModule, stream_prepare
 from datamodules.stream_prepare import prepare_stream
 from datamodules.stream_store import StreamLocation, read_manifest
 
@@ -85,3 +89,61 @@ def test_an_output_inside_the_source_is_refused_naming_both(tmp_path: Path) -> N
         with pytest.raises(FileExistsError, match=re.escape(f"output {output} is inside the source {output.parent}")):
             prepare_stream(str(images), str(output), test_dir=test_dir, chunk_size=4)
     assert sorted(p.name for p in images.iterdir()) == sorted(p.name for p in tests.iterdir()) == ["cat", "dog"]
+
+
+def installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package is missing too
+        return False
+
+
+@pytest.mark.skipif(installed("google.cloud.storage"), reason="needs google-cloud-storage absent")
+def test_a_remote_uri_whose_client_library_is_missing_is_refused_naming_the_package_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # litdata raised a bare ModuleNotFoundError at the first read or write: after the images were encoded
+    images = write_image_folder(tmp_path / "images", per_class=6, size=8)
+    monkeypatch.setattr(stream_prepare, "_records", lambda *args: pytest.fail("the source was read before the refusal"))
+    message = re.escape(
+        "stream gs://bucket/photos: gs:// URIs are read and written with google-cloud-storage, which is not "
+        "installed; pip install google-cloud-storage"
+    )
+    with pytest.raises(ModuleNotFoundError, match=message):
+        prepare_stream(str(images), "gs://bucket/photos", overwrite=True)
+    with pytest.raises(ModuleNotFoundError, match=message):
+        StreamingDataModule("gs://bucket/photos")
+
+
+def test_a_remote_overwrite_leaves_exactly_the_new_stream_deleting_the_old_files_once_it_is_complete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the old stream's chunks that the new one did not overwrite were left under the prefix
+    bucket = FolderBucket(tmp_path / "bucket")
+    monkeypatch.setattr(StreamLocation, "_provider", lambda self: bucket)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    images = write_image_folder(tmp_path / "images", per_class=10, size=8)
+    prefix = tmp_path / "bucket" / "b" / "photos"
+
+    def files() -> set[str]:
+        return {path.relative_to(prefix).as_posix() for path in prefix.rglob("*") if path.is_file()}
+
+    old = prepare_stream(str(images), "s3://b/photos", chunk_size=2)
+    assert len(old.chunks["train"]) == 8
+    # cut short after the new train/index.json (2 chunks) replaced the old one (8): only the record names the rest
+    bucket.uploads_left = 6  # the record, then test/ (a chunk and its index), then train/ (2 chunks and the index)
+    with pytest.raises(ConnectionError, match="connection reset"):
+        prepare_stream(str(images), "s3://b/photos", chunk_size=8, overwrite=True)
+    assert len(json.loads((prefix / "train" / "index.json").read_text())["chunks"]) == 2
+    assert files() >= {f"train/{name}" for name in old.chunks["train"]}  # nothing deleted before a new stream exists
+    bucket.uploads_left, bucket.log = None, []
+    new = prepare_stream(str(images), "s3://b/photos", chunk_size=8, overwrite=True)
+    named = [f"{split}/{name}" for split, chunks in new.chunks.items() for name in [*chunks, "index.json"]]
+    assert files() == {"manifest.json", *named}
+    assert read_manifest(StreamLocation("s3://b/photos")).fingerprint == new.fingerprint
+    manifest_up = bucket.log.index(("upload", "b/photos/manifest.json"))
+    deleted = [key for action, key in bucket.log[manifest_up:] if action == "delete"]
+    assert {f"b/photos/train/chunk-0-{i}.bin" for i in range(2, 8)} <= set(deleted)
+    assert all(action == "upload" for action, key in bucket.log[:manifest_up] if key != "b/photos/manifest.json")
+    assert not any((tmp_path / "tmp").iterdir())

@@ -247,6 +247,8 @@ def test_prepare_checks_python_callers_alike_and_takes_chunk_bytes_with_or_witho
     write_image_folder(tmp_path / "images", per_class=6, size=4)
     with pytest.raises(ValueError, match=r"size must be an integer >= 1, got 0"):
         prepare_stream(str(tmp_path / "images"), str(tmp_path / "stream"), size=0)
+    with pytest.raises(ValueError, match=r"chunk_bytes '1MB' and chunk_size 4 exclude each other: set one"):
+        prepare_stream(str(tmp_path / "images"), str(tmp_path / "stream"), chunk_bytes="1MB", chunk_size=4)
     for chunk_bytes in ("1000", "1.5kb"):  # litdata's parser refused a number without a unit
         stream_prepare.main([str(tmp_path / "images"), str(tmp_path / chunk_bytes), "--chunk-bytes", chunk_bytes])
         assert read_manifest(StreamLocation(str(tmp_path / chunk_bytes))).counts == {"train": 10, "val": 1, "test": 1}
@@ -333,10 +335,11 @@ def test_a_misspelt_or_unreachable_uri_is_named(tmp_path: Path, monkeypatch: pyt
 
 
 class FolderBucket:
-    """An object store's provider (litdata's interface) over a local folder; uploads fail after ``uploads_left``."""
+    """An object store's provider (litdata's interface) over a local folder; uploads fail after ``uploads_left``.
+    ``log`` lists the uploads and deletions, as ``("upload" | "delete", path under the bucket)``."""
 
     def __init__(self, root: Path) -> None:
-        self.root, self.uploads_left = root, None
+        self.root, self.uploads_left, self.log = root, None, []
 
     def local(self, uri: str) -> Path:
         return self.root / uri.split("://", 1)[1]
@@ -350,12 +353,18 @@ class FolderBucket:
         self.uploads_left = None if self.uploads_left is None else self.uploads_left - 1
         self.local(uri).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(local, self.local(uri))
+        self.log.append(("upload", uri.split("://", 1)[1]))
 
     def download_file(self, uri: str, local: str) -> None:
         shutil.copy(self.local(uri), local)
 
     def delete_file_or_directory(self, uri: str) -> None:
-        self.local(uri).unlink()
+        # as litdata's providers: every object whose key starts with ``uri`` (none is no error)
+        key = uri.split("://", 1)[1]
+        for path in [path for path in self.root.rglob("*") if path.is_file()]:
+            if path.relative_to(self.root).as_posix().startswith(key):
+                path.unlink()
+        self.log.append(("delete", key))
 
 
 def test_an_interrupted_remote_overwrite_reads_as_interrupted_and_leaves_no_staging_folder(
@@ -474,7 +483,7 @@ def test_a_ddp_train_split_whose_chunk_outgrows_an_epoch_is_refused_naming_the_c
 ) -> None:
     # litdata leaves out the tail of its chunk order under DDP: with one chunk, the same 19 of 99 samples every epoch
     write_image_folder(tmp_path / "images", per_class=60, size=20)
-    prepare_stream(str(tmp_path / "images"), str(tmp_path / "one-chunk"), size=16)  # the default 64MB chunks
+    prepare_stream(str(tmp_path / "images"), str(tmp_path / "one-chunk"), size=16, chunk_bytes="64MB")
 
     def setup(where: Path, world_size: int, batch_size: int) -> None:
         dm = StreamingDataModule(str(where), batch_size=batch_size, num_workers=2)
@@ -490,6 +499,24 @@ def test_a_ddp_train_split_whose_chunk_outgrows_an_epoch_is_refused_naming_the_c
         setup(tmp_path / "one-chunk", 2, 10)
     setup(tmp_path / "one-chunk", 3, 11)  # 3 x 11 divides 99: nothing is left out
     setup(stream, 2, 10)  # chunks of 16: the samples left out change from epoch to epoch
+
+
+def test_a_small_split_prepared_with_the_default_chunking_trains_under_ddp(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # the default was litdata's 64MB chunks: one chunk of 99 samples, which DDP on 2 processes was refused
+    write_image_folder(tmp_path / "images", per_class=60, size=20)
+    stream_prepare.main([str(tmp_path / "images"), str(tmp_path / "stream"), "--size", "16"])
+    dm = StreamingDataModule(str(tmp_path / "stream"), batch_size=10, num_workers=2)
+    dm.trainer = SimpleNamespace(world_size=2, global_rank=0, loggers=[])
+    dm.setup("fit")
+    assert "(train 99 in 99 chunks, val 9 in 9 chunks, test 12 in 12 chunks; by default: at least 64 a split" in (
+        capsys.readouterr().out
+    )
+    # a split of 6,400 samples in 64 chunks of 100; larger images: chunks of at most 64 MB at twice the raw size
+    assert stream_prepare.default_chunk_size(6400, 3 * 16 * 16, "png") == 100
+    assert stream_prepare.default_chunk_size(10**6, 3 * 256 * 256, "png") == 162  # 64e6 / (2 x 196,608 + 1,024)
+    assert stream_prepare.default_chunk_size(10**6, 3 * 256 * 256, "raw") == 323  # 64e6 / (196,608 + 1,024)
 
 
 def test_cache_dir_and_storage_options_are_refused_for_a_local_stream(stream: Path, tmp_path: Path) -> None:
