@@ -7,12 +7,11 @@ import importlib.util
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import pytest
 from conftest import write_image_folder
-from test_streaming import FolderBucket
+from test_streaming import FolderBucket, fake_bucket
 
 from datamodules import StreamingDataModule, stream_prepare
 from datamodules.stream_prepare import prepare_stream
@@ -119,10 +118,7 @@ def test_a_remote_overwrite_leaves_exactly_the_new_stream_deleting_the_old_files
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # the old stream's chunks that the new one did not overwrite were left under the prefix
-    bucket = FolderBucket(tmp_path / "bucket")
-    monkeypatch.setattr(StreamLocation, "_provider", lambda self: bucket)
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
-    (tmp_path / "tmp").mkdir()
+    bucket = fake_bucket(tmp_path, monkeypatch)
     images = write_image_folder(tmp_path / "images", per_class=10, size=8)
     prefix = tmp_path / "bucket" / "b" / "photos"
 

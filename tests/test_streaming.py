@@ -367,14 +367,21 @@ class FolderBucket:
         self.log.append(("delete", key))
 
 
-def test_an_interrupted_remote_overwrite_reads_as_interrupted_and_leaves_no_staging_folder(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # the old manifest stayed while the new chunks were uploaded: a half-replaced stream read as complete
+def fake_bucket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FolderBucket:
+    """A :class:`FolderBucket` under ``tmp_path`` that every remote stream reads and writes, with temporary files
+    under ``tmp_path/tmp``."""
     bucket = FolderBucket(tmp_path / "bucket")
     monkeypatch.setattr(StreamLocation, "_provider", lambda self: bucket)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
+    return bucket
+
+
+def test_an_interrupted_remote_overwrite_reads_as_interrupted_and_leaves_no_staging_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the old manifest stayed while the new chunks were uploaded: a half-replaced stream read as complete
+    bucket = fake_bucket(tmp_path, monkeypatch)
     write_image_folder(tmp_path / "images", per_class=10, size=20)
     prepare_stream(str(tmp_path / "images"), "s3://b/photos", size=16, chunk_size=8)
     bucket.uploads_left = 3
