@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -170,3 +171,31 @@ def test_sigterm_before_the_first_step_exits_143_and_keeps_the_checkpoint_it_res
     assert exited.value.code == 143
     assert heard == [signal.SIGTERM]  # and heard the signal
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == written  # nothing trained, nothing written
+
+
+# Fits in one process with SIGTERM's default action, as a search runs its trials: the first fit is signalled in its last
+# validation, when no training step is left.
+FITS_IN_ONE_PROCESS = """
+import sys
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.demos.boring_classes import BoringModel
+from ae_lightning.training.fault_tolerance import SigtermCheckpoint
+from test_fault_tolerance_sigterm import SigtermInValidation
+
+for fit in range(2):
+    print(f"fit {fit} starts", flush=True)
+    callbacks = [SigtermCheckpoint(), ModelCheckpoint(save_last=True), SigtermInValidation(step=4)]
+    trainer = L.Trainer(default_root_dir=f"{sys.argv[1]}/fit{fit}", max_epochs=1, limit_train_batches=4,
+                        limit_val_batches=2, callbacks=callbacks, logger=False, enable_progress_bar=False)
+    trainer.fit(BoringModel())
+"""
+
+
+def test_sigterm_when_no_training_step_is_left_ends_the_process_once_the_run_is_saved(tmp_path: Path) -> None:
+    process = subprocess.run([sys.executable, "-c", FITS_IN_ONE_PROCESS, str(tmp_path)], env=subprocess_env(),
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    output = process.stdout + process.stderr
+    assert process.returncode == 143, output[-5000:]
+    assert "fit 1 starts" not in output  # the process did not go on as if the signal had not come
+    assert torch.load(tmp_path / "fit0" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4

@@ -6,7 +6,7 @@
 # Starts one `ae-lightning fit` task per device with srun: Lightning reads rank and world size from SLURM
 # (SLURMEnvironment) and, as the job is submitted with --signal=SIGUSR1@<seconds> and --requeue, handles the signal
 # by writing <run>/hpc_ckpt_<n>.ckpt and requeuing the job (`scontrol requeue`). The requeued job runs this again with
-# the same job id, so the same run folder and the same W&B run id; `--ckpt_path last` resumes from the newest
+# the same job id, so the same run folder and the same W&B run id; `--ckpt_path last` resumes from the furthest trained
 # checkpoint there (the HPC one, or last.ckpt after a node failure); on the first start there is none and it starts
 # from scratch.
 #
@@ -14,7 +14,8 @@
 #   CONFIG       the YAML config (required)
 #   ACCELERATOR  gpu (default) or cpu
 #   RUN_DIR      the run folder, default runs/<job name>-<job id>
-#   LOGGER       wandb (default: W&B run id slurm-<cluster>-<job id>, resumed after a requeue), or csv
+#   LOGGER       wandb (default: W&B run id slurm-<cluster>-<job id>, resumed after a requeue), or csv (each start
+#                logs into a new <run folder>/lightning_logs/version_<N>: CSVLogger cannot append to a metrics.csv)
 #   WANDB_PROJECT  the W&B project, default ae-lightning
 set -euo pipefail
 : "${CONFIG:?set CONFIG to a YAML config, e.g. CONFIG=configs/vae.yaml sbatch scripts/slurm/single_node.sbatch}"

@@ -24,8 +24,10 @@ class SigtermCheckpoint(AgreedSignal):
 
     Its SIGTERM handler only notes the signal and calls the previous handler if that is a function; Lightning's, which
     ends the run with status 0 and no checkpoint, does not act. Under DDP the ranks agree (:class:`AgreedSignal`) every
-    ``check_every_n_steps`` steps and at the end of every validation, and save together. A run that has no step left
-    ends as usual. When SIGTERM is this callback's, and why: ``docs/fault_tolerance.md``.
+    ``check_every_n_steps`` steps and at the end of every validation, and save together. A signal that finds no step
+    left ends the process with status 143 once ``fit`` has written its checkpoints (in ``teardown``), unless the
+    previous handler took it (a function, or ``SIG_IGN``). When SIGTERM is this callback's, and why:
+    ``docs/fault_tolerance.md``.
     """
 
     calls_previous_handler = True
@@ -72,6 +74,16 @@ class SigtermCheckpoint(AgreedSignal):
         if self._act_at_next_step:
             self.act(trainer)
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        unacted = self._signum is not None and (self._signalled or trainer.received_sigterm)
+        default_action = self._previous_handler == signal.SIG_DFL
+        super().teardown(trainer, pl_module, stage)
+        if unacted and default_action:  # deferred, not dropped: a process may go on (a search's next trial)
+            rank_zero_info("SIGTERM when no training step was left: the run is complete; exiting")
+            for logger in trainer.loggers:
+                logger.finalize("success")
+            raise SystemExit(SIGTERM_EXIT_CODE)
 
     def act(self, trainer: L.Trainer) -> None:
         for callback in trainer.checkpoint_callbacks:
