@@ -56,9 +56,9 @@ def ddp_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def launch(runs: list[list[str]], runs_file: Path, timeout: float) -> None:
+def launch(runs: list[list[str]], runs_file: Path, timeout: float) -> str:
     """Run the ``ae-lightning`` argument lists ``runs`` in one process (the first DDP run starts the other rank, which
-    then goes through all of them too: see ``tiny_runs.main``); fail the test with its output if one fails."""
+    then goes through all of them too: see ``tiny_runs.main``); their output, or fail the test with it if one fails."""
     runs_file.write_text(json.dumps(runs))
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "tests" / "tiny_runs.py"), str(runs_file)],
@@ -76,6 +76,7 @@ def launch(runs: list[list[str]], runs_file: Path, timeout: float) -> None:
         output, _ = process.communicate()
         pytest.fail(f"the DDP runs did not finish in time:\n{output[-5000:]}")
     assert process.returncode == 0, output[-5000:]
+    return output
 
 
 def ranks(root: Path, variant: str) -> list[dict]:
@@ -144,6 +145,27 @@ def test_ranks_predict_into_one_stream_of_every_image_once(ddp_runs: Path) -> No
     assert [item["index"] for item in items] == expected["index"].tolist()  # each image once, none padded in
     assert torch.allclose(torch.stack([item["z"] for item in items]), expected["z"], atol=1e-6)
     assert {path.name.split("-")[1] for path in stream.glob("chunk-*.bin")} == {"0", "1"}  # both ranks wrote
+
+
+def test_ranks_predict_into_the_folder_of_a_wandb_run_given_no_id(tmp_path: Path) -> None:
+    # Such a run has its id only in rank 0, where W&B started it: rank 1 used to write into <project>/None, and
+    # rank 0 waited for ever for rank 1's part of the stream.
+    from conftest import write_dataset
+    from litdata import StreamingDataset
+
+    data_dir = write_dataset(tmp_path / "data", "MNIST")
+    logger = ["--trainer.logger", "WandbLogger", "--trainer.logger.project", "p", "--trainer.logger.save_dir",
+              str(tmp_path / "wandb")]  # fmt: skip
+    predict = ["predict", *tiny_args("ae", data_dir, tmp_path, *DDP, *logger)]
+    output = launch([predict, [*predict, "--predictions.format", "stream"]], tmp_path / "runs.json", timeout=150)
+    written = {path.name: path for path in (tmp_path / "wandb" / "p").glob("*/predictions*")}
+    assert sorted(written) == ["predictions", "predictions-rank0.pt", "predictions-rank1.pt"]
+    assert written["predictions-rank0.pt"].parent == written["predictions-rank1.pt"].parent  # the run's folder
+    shares = [torch.load(written[f"predictions-rank{rank}.pt"])["index"] for rank in range(2)]
+    assert sorted(torch.cat(shares).tolist()) == list(range(60))
+    assert sorted(item["index"] for item in StreamingDataset(str(written["predictions"]))) == list(range(60))
+    for rank, share in enumerate(shares):  # each process names its own file
+        assert f"Predictions for {len(share)} images written to {written[f'predictions-rank{rank}.pt']}" in output
 
 
 @pytest.mark.parametrize("variant, finds_unused", [("aae", True), ("ae", False)])

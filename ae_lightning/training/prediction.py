@@ -115,7 +115,9 @@ class PredictionWriter(BasePredictionWriter):
 
     def _target(self, trainer: L.Trainer) -> Path:
         if isinstance(trainer.logger, WandbLogger):  # the W&B run's own folder, as its config and checkpoints
-            path = SaveConfigToRun.run_folder(trainer.logger, trainer) / self.filename
+            # rank 0's: a run given no id has one only where W&B started it (``trainer.log_dir`` is broadcast likewise)
+            folder = trainer.strategy.broadcast(str(SaveConfigToRun.run_folder(trainer.logger, trainer)))
+            path = Path(folder) / self.filename
         else:
             path = Path(trainer.log_dir or trainer.default_root_dir) / self.filename
         if self.format == "file" and trainer.world_size > 1:
@@ -139,8 +141,7 @@ class PredictionWriter(BasePredictionWriter):
         torch.save(merged, partial)
         os.replace(partial, path)
         self.path = path
-        if trainer.is_global_zero:
-            print(f"Predictions for {len(merged['index'])} images written to {path}")
+        print(f"Predictions for {len(merged['index'])} images written to {path}")  # by each process, of its file
 
 
 def _index(stream: Path) -> dict[str, Any]:
