@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -163,6 +164,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if processes > 1:  # every process would score the whole test set and write the same files
+        raise ValueError(f"WORLD_SIZE {processes}: scripts/evaluate.py scores in one process (on one GPU if there is "
+                         "one); run it without torchrun or a multi-task srun")  # fmt: skip
     model, datamodule = evaluation.load_checkpoint(args.checkpoint, args.data_dir)
     if isinstance(datamodule, InteractionsDataModule):
         raise ValueError(

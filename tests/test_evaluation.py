@@ -770,3 +770,14 @@ def test_one_image_gets_no_latent_map_and_a_projection_of_one_code_is_a_clear_er
     for method in ("pca", "tsne"):
         with pytest.raises(ValueError, match=f"a {method} projection needs at least 2 codes, got 1"):
             visualization.project_2d(torch.randn(1, 4), method)
+
+
+def test_the_evaluate_script_refuses_several_processes_before_it_loads_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # under torchrun every process scored the whole test set and wrote the same files
+    script = load_script("evaluate")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with mock.patch.object(evaluation, "load_checkpoint", side_effect=AssertionError("loaded the checkpoint")):
+        with pytest.raises(ValueError, match="WORLD_SIZE 2: scripts/evaluate.py scores in one process"):
+            script.main([str(tmp_path / "run.ckpt")])
