@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import lightning
 import torch
 from jsonargparse import ArgumentError, lazy_instance
 from jsonargparse.typing import class_from_function
@@ -37,7 +38,7 @@ import datamodules
 from ae_lightning import _EXPORTS
 from ae_lightning.base import AutoencoderModule, resolve_class_path
 from ae_lightning.blocks.perceptual import weights_from_checkpoint
-from ae_lightning.lightning_internals import stored_loader_states
+from ae_lightning.lightning_internals import restarts_a_finished_epoch, stored_loader_states
 from ae_lightning.training.callbacks import ClosingProgressBar, ImageLogger, LoggerRunInCheckpoint, SaveConfigToRun
 from ae_lightning.training.fault_tolerance import (
     AtomicCheckpointIO,
@@ -68,6 +69,8 @@ _PRECISION_ALIASES = {"16": "16-mixed", "bf16": "bf16-mixed", "32": "32-true", "
 # ``--ckpt_path`` values that Lightning resolves itself rather than reading a file (``last`` and ``hpc`` are read here).
 _SPECIAL_CKPT_PATHS = {"last", "best", "registry"}
 PROGRESS_BAR_REFRESH_STEPS = 25
+# The ``checkpoint`` section's settings that differ from ModelCheckpoint's: the best by val/loss, and last.ckpt.
+CHECKPOINT_DEFAULTS = {"monitor": "val/loss", "mode": "min", "save_last": True, "filename": "best-{epoch}-{step}"}
 # A logger's ``save_dir`` that stands for the run's ``default_root_dir``.
 ROOT_DIR = "<default_root_dir>"
 # A logger's setting that stands for its class's own default: the default logger's ``name``, which jsonargparse keeps
@@ -109,8 +112,9 @@ class AutoencoderCLI(LightningCLI):
     """LightningCLI for the autoencoder family.
 
     Adds: the datamodule's ``input_shape`` linked into the model; a ``checkpoint`` section (``ModelCheckpoint``
-    keeping ``last.ckpt`` and the best by ``val/loss``); a ``predictions`` section (:class:`PredictionWriter`); an
-    ``images`` section (:class:`ImageLogger`: pictures for W&B, TensorBoard or PNG files);
+    keeping ``last.ckpt`` and the best by ``val/loss``; none with ``--trainer.enable_checkpointing false``); a
+    ``predictions`` section (:class:`PredictionWriter`); an ``images`` section (:class:`ImageLogger`: pictures for W&B,
+    TensorBoard or PNG files);
     W&B runs that write under ``default_root_dir`` and keep ``config.yaml`` among their files; and an early, clear
     error for a ``--ckpt_path`` that is missing or holds another model class.
 
@@ -153,15 +157,10 @@ class AutoencoderCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.input_shape", "model.init_args.input_shape", apply_on="instantiate")
-        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
-        parser.set_defaults(
-            {
-                "checkpoint.monitor": "val/loss",
-                "checkpoint.mode": "min",
-                "checkpoint.save_last": True,
-                "checkpoint.filename": "best-{epoch}-{step}",
-            }
-        )
+        # Not a callback key: the checkpoint joins the trainer unless --trainer.enable_checkpointing false
+        # (instantiate_trainer), which Lightning refuses beside a ModelCheckpoint.
+        parser.add_class_arguments(RunCheckpoint, "checkpoint", fail_untyped=False, sub_configs=True)
+        parser.set_defaults({f"checkpoint.{key}": value for key, value in CHECKPOINT_DEFAULTS.items()})
         # Lightning's default logger, made explicit so that ``--trainer.logger TensorBoardLogger`` needs no save_dir.
         default_logger = lazy_instance(TensorBoardLogger, save_dir=ROOT_DIR, name=OWN_DEFAULT)
         parser.set_defaults({"trainer.logger": default_logger})
@@ -217,13 +216,27 @@ class AutoencoderCLI(LightningCLI):
         kwargs["plugins"] = _with_atomic_checkpoint_io(config.get("plugins"))
         callbacks = config.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+        parsed = self.config[self.subcommand] if self.subcommand else self.config
+        # Lightning's barebones mode runs without checkpoints, logger and progress bar: the command adds none of its
+        # own (its default logger, checkpoint section and bar); one the user chose is refused.
+        barebones = bool(config.get("barebones"))
+        if barebones and config.get("logger") not in (None, False):
+            if not _is_default_logger(parsed, getattr(self, "_logger_settings_given", {})):
+                raise ConfigError(f"--trainer.logger {parsed.trainer.logger.get('class_path', config['logger'])}: "
+                                  "--trainer.barebones true runs without a logger; drop one of the two")  # fmt: skip
+            kwargs["logger"] = False
+        if barebones or config.get("enable_checkpointing") is False:
+            _check_checkpoint_section_unset(parsed)
+        else:
+            callbacks.append(section["checkpoint"])
         # Lightning visits every callback on every hook of every step: the prediction writer, which acts in predict
         # alone, joins only a predict trainer (or one built without a subcommand, which may predict).
         if self.subcommand in (None, "predict"):
             callbacks.append(section["predictions"])
         # Lightning's default bar redraws, reading every logged value from the device, on every step; at MNIST
         # scale that is a large share of a step, so the command's default bar redraws every 25 steps.
-        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+        bar = config.get("enable_progress_bar") is not False and not barebones
+        if bar and not any(isinstance(c, ProgressBar) for c in callbacks):
             callbacks.append(ClosingProgressBar(refresh_rate=PROGRESS_BAR_REFRESH_STEPS))
         kwargs["callbacks"] = callbacks
         if config.get("strategy") == "ddp" and getattr(self.model, "partial_backward", False):
@@ -352,6 +365,15 @@ class AutoencoderCLI(LightningCLI):
         checkpoint = getattr(self, "_checkpoint", None)
         if checkpoint is None:
             return
+        max_steps, max_epochs = self.trainer.max_steps, self.trainer.max_epochs
+        if max_steps != -1 and max_epochs not in (None, -1) and restarts_a_finished_epoch(checkpoint):
+            raise ConfigError(
+                f"--ckpt_path {self.config.fit.ckpt_path} was written at the end of an epoch, and this run sets both "
+                f"--trainer.max_steps {max_steps} and --trainer.max_epochs {max_epochs}: Lightning "
+                f"{lightning.__version__} restarts a finished epoch when max_steps is set and counts it twice, so the "
+                "run would stop one epoch early (docs/internals.md); give --trainer.max_epochs -1 to stop at "
+                "max_steps, or --trainer.max_steps -1 to stop at max_epochs"
+            )
         self.model.check_resume(checkpoint)
         check_data = getattr(self.datamodule, "check_resume", None)
         for state in stored_loader_states(checkpoint)[:1]:
@@ -428,7 +450,9 @@ class AutoencoderCLI(LightningCLI):
             return
         if trainer.gradient_clip_val:
             own = "gradient_clip_val" in self.model.hparams
-            advice = (f"set --model.init_args.gradient_clip_val {trainer.gradient_clip_val} instead" if own
+            algorithm = trainer.gradient_clip_algorithm  # None, Lightning's "norm", unless given
+            by = f" --model.init_args.gradient_clip_algorithm {algorithm.value}" if algorithm else ""
+            advice = (f"set --model.init_args.gradient_clip_val {trainer.gradient_clip_val}{by} instead" if own
                       else "it has no gradient clipping of its own")  # fmt: skip
             raise ConfigError(f"--trainer.gradient_clip_val {trainer.gradient_clip_val}: {name} steps its optimizers "
                               f"itself (manual optimization), where the Trainer clips nothing; {advice}")  # fmt: skip
@@ -772,6 +796,31 @@ def _as_given(config: Any, given: dict[int, dict[str, Any]]) -> Any:
         for key, value in given.get(i, {}).items():
             logger.init_args[key] = value
     return config
+
+
+def _is_default_logger(config: Any, given: dict[int, dict[str, Any]]) -> bool:
+    """Whether the trainer's logger is the command's default: a TensorBoardLogger given none of its own arguments
+    (``given``: the defaults that :func:`_logger_defaults` resolved; SummaryWriter's extra arguments are not read)."""
+    logger = config.trainer.get("logger")
+    if not hasattr(logger, "class_path") or resolve_class_path(logger.class_path) is not TensorBoardLogger:
+        return False
+    parameters = inspect.signature(TensorBoardLogger).parameters
+    own = [key for key in parameters if key not in ("name", "save_dir", "kwargs")]
+    return given.get(0, {}).keys() >= {"name", "save_dir"} and all(
+        logger.init_args.get(key) == parameters[key].default for key in own
+    )
+
+
+def _check_checkpoint_section_unset(config: Any) -> None:
+    """Refuse ``checkpoint`` settings of a run without checkpointing (``--trainer.enable_checkpointing false`` or
+    ``--trainer.barebones true``), which writes none."""
+    defaults = {name: p.default for name, p in inspect.signature(RunCheckpoint).parameters.items()}
+    given = {key: value for key, value in config.checkpoint.items()
+             if value != CHECKPOINT_DEFAULTS.get(key, defaults.get(key))}  # fmt: skip
+    if given:
+        key, value = next(iter(given.items()))
+        raise ConfigError(f"--checkpoint.{key} {value}: a run without checkpointing (--trainer.enable_checkpointing "
+                          "false or --trainer.barebones true) writes none; drop one of the two")  # fmt: skip
 
 
 def _with_atomic_checkpoint_io(plugins: Any) -> list[Any]:

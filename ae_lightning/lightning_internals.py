@@ -8,6 +8,7 @@ changes it; ``pyproject.toml`` bounds Lightning to the releases the suite ran on
 * :func:`batches_that_stepped`: the fit loop's count on which Lightning decides whether a step's logs are written;
 * :func:`ends_training_epoch`: whether a training batch is its epoch's last, as Lightning decides it;
 * :func:`stored_loader_states`: where a checkpoint keeps the training loader's state;
+* :func:`restarts_a_finished_epoch`: a checkpoint whose epoch Lightning 2.6 restarts under ``max_steps``;
 * :func:`without_cli_hyperparameters`: a module built outside LightningCLI's hyperparameter context variable;
 * :func:`has_forward_hooks`: torch's registries of forward hooks;
 * :func:`weighted_batch_size`: the type in which Lightning sums a logged term's batch sizes across ranks;
@@ -101,6 +102,21 @@ def stored_loader_states(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
     return [state for state in states if isinstance(state, dict)]
 
 
+def restarts_a_finished_epoch(checkpoint: dict[str, Any]) -> bool:
+    """Whether ``checkpoint`` was written after its epoch's training ended (an epoch-end checkpoint, or the one at the
+    end of fit): Lightning 2.6, given ``max_steps``, restarts that epoch on resume as if unfinished, and counts it
+    again (``FitLoop.restarting``; its fit loop's ``epoch_progress`` in the checkpoint, a layout it does not
+    document)."""
+    loops = checkpoint.get("loops")
+    if loops is None:
+        return False
+    try:
+        current = loops["fit_loop"]["epoch_progress"]["current"]
+        return current["ready"] == current["started"] == current["processed"] > 0
+    except (KeyError, TypeError):
+        raise RuntimeError(_changed("checkpoints no longer keep loops/fit_loop/epoch_progress/current")) from None
+
+
 T = TypeVar("T")
 
 
@@ -141,6 +157,7 @@ __all__ = [
     "ends_training_epoch",
     "every_n_train_steps",
     "has_forward_hooks",
+    "restarts_a_finished_epoch",
     "stored_loader_states",
     "uncounted_optimizer_step",
     "weighted_batch_size",

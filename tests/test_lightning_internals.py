@@ -25,6 +25,7 @@ from ae_lightning.lightning_internals import (
     enable_version_counter,
     ends_training_epoch,
     every_n_train_steps,
+    restarts_a_finished_epoch,
     uncounted_optimizer_step,
     weighted_batch_size,
     without_cli_hyperparameters,
@@ -306,3 +307,50 @@ def test_a_float_batch_size_logs_the_exact_mean_over_ranks_with_unequal_shares(t
         "of 5 and 4 samples, for a term logged with a float batch_size and sync_dist: weighted_batch_size "
         "(ae_lightning/lightning_internals.py) must give the val/test terms' weights some other way"
     )
+
+
+class Counting(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(3, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch[0]).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_lightning_restarts_a_finished_epoch_under_max_steps_and_stops_an_epoch_early(tmp_path) -> None:
+    # Epochs of 3 batches; checkpoints at the end of epoch 0 and in the middle of epoch 1.
+    images = torch.rand(12, 3)
+
+    def loader():
+        return TensorBatchLoader(images, torch.zeros(12), torch.arange(12), batch_size=4, shuffle=False, seed=0)
+
+    ends = ModelCheckpoint(tmp_path / "ends", every_n_epochs=1, save_top_k=-1, filename="{step}")
+    steps = ModelCheckpoint(tmp_path / "steps", every_n_train_steps=2, save_top_k=-1, filename="{step}")
+    trainer = L.Trainer(accelerator="cpu", max_epochs=3, max_steps=100, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[ends, steps], default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(Counting(), loader())
+    assert trainer.global_step == 9
+    epoch_end, mid_epoch = tmp_path / "ends" / "step=3.ckpt", tmp_path / "steps" / "step=4.ckpt"
+    assert restarts_a_finished_epoch(torch.load(epoch_end, weights_only=False))
+    assert not restarts_a_finished_epoch(torch.load(mid_epoch, weights_only=False))
+    assert not restarts_a_finished_epoch({})
+    reached = {}
+    for name, path in (("epoch end", epoch_end), ("mid epoch", mid_epoch)):
+        resumed = quiet_trainer(tmp_path, max_epochs=3, max_steps=100)
+        resumed.fit(Counting(), loader(), ckpt_path=path)
+        reached[name] = resumed.global_step
+    assert reached["mid epoch"] == 9
+    assert reached["epoch end"] < 9, (
+        f"Lightning {lightning.__version__} no longer stops a run resumed from an epoch-end checkpoint with max_steps "
+        f"and max_epochs an epoch early (steps reached from it: {reached['epoch end']}, 9 uninterrupted): "
+        "AutoencoderCLI._check_resume refuses that resume, see ae_lightning/lightning_internals.py"
+    )
+
+
+def test_a_changed_checkpoint_epoch_progress_is_named_in_the_error() -> None:
+    with pytest.raises(RuntimeError, match=rf"Lightning {lightning.__version__} changed .*epoch_progress"):
+        restarts_a_finished_epoch({"loops": {"fit_loop": {}}})

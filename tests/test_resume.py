@@ -586,3 +586,16 @@ def test_a_resumed_fit_into_its_own_csv_version_is_refused_before_it_deletes_the
     resumed = run_cli("fit", *resume, "--trainer.logger.version", "1", "--ckpt_path", checkpoint)
     assert resumed.trainer.global_step == 4
     assert metrics.read_text() == before and (tmp_path / "lightning_logs" / "version_1" / "metrics.csv").is_file()
+
+
+def test_a_resume_from_a_finished_epoch_with_max_steps_and_max_epochs_is_refused_before_any_file(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # Lightning 2.6 restarts the finished epoch under max_steps and counts it twice: the run stopped an epoch early
+    run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "run", "--trainer.max_epochs", "1"))
+    last = next((tmp_path / "run").rglob("last.ckpt"))
+    then = ["--trainer.max_epochs", "2", "--trainer.max_steps", "100", "--ckpt_path", str(last)]
+    with pytest.raises(ConfigError, match=r"--trainer.max_steps 100 and --trainer.max_epochs 2: .* stop one epoch "
+                       r"early .*--trainer.max_epochs -1 .* or --trainer.max_steps -1"):  # fmt: skip
+        run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "resumed", *then))
+    assert not (tmp_path / "resumed").exists(), "a refused resume left files that look like a run"

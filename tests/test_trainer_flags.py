@@ -1,0 +1,52 @@
+"""Lightning's Trainer flags through ``ae-lightning``: each honoured as Lightning documents it, or refused before any
+run folder is written, naming the flag."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from tiny_runs import run_cli, tiny_args
+
+from ae_lightning.cli import ConfigError
+
+BRIEF = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", "--images.every_n_epochs", "0"]
+
+
+@pytest.mark.parametrize("config", ["ae", "aae"])  # automatic and manual optimization
+def test_enable_checkpointing_false_trains_and_writes_no_checkpoint(config: str, data_dir: Path, tmp_path: Path):
+    cli = run_cli("fit", *tiny_args(config, data_dir, tmp_path, *BRIEF, "--trainer.enable_checkpointing", "false"))
+    assert cli.trainer.state.finished and cli.trainer.global_step == 4
+    assert not any(isinstance(c, ModelCheckpoint) for c in cli.trainer.callbacks)
+    assert not list(tmp_path.rglob("*.ckpt")) and list(tmp_path.rglob("config.yaml"))
+
+
+def test_checkpoint_settings_in_a_run_without_checkpointing_are_refused_before_any_file(data_dir: Path, tmp_path):
+    extra = ["--trainer.enable_checkpointing", "false", "--checkpoint.save_top_k", "3"]
+    with pytest.raises(ConfigError, match=r"--checkpoint.save_top_k 3: a run without checkpointing .* writes none"):
+        run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "run", *BRIEF, *extra))
+    assert not (tmp_path / "run").exists()
+
+
+def test_barebones_drops_the_commands_own_logger_checkpoint_and_progress_bar(data_dir: Path, tmp_path: Path):
+    extra = ["--trainer.barebones", "true", "--trainer.enable_progress_bar", "null"]
+    cli = run_cli("fit", *tiny_args("ae", data_dir, tmp_path, *BRIEF, *extra))
+    assert cli.trainer.state.finished and cli.trainer.barebones and cli.trainer.logger is None
+    assert not any(isinstance(c, (ModelCheckpoint, ProgressBar)) for c in cli.trainer.callbacks)
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+@pytest.mark.parametrize("logger", [["--trainer.logger", "CSVLogger"], ["--trainer.logger.version", "3"]])
+def test_barebones_refuses_a_logger_the_user_chose_before_any_file(logger: list[str], data_dir: Path, tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"--trainer.logger .*Logger: --trainer.barebones true runs without a logger"):
+        run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "run", *BRIEF, "--trainer.barebones", "true", *logger))
+    assert not (tmp_path / "run").exists()
+
+
+def test_trainer_clipping_of_a_manual_model_is_refused_with_the_models_own_clip_and_algorithm(data_dir, tmp_path):
+    clip = ["--trainer.gradient_clip_val", "0.5", "--trainer.gradient_clip_algorithm", "value"]
+    message = r"set --model.init_args.gradient_clip_val 0.5 --model.init_args.gradient_clip_algorithm value instead"
+    with pytest.raises(ConfigError, match=message):
+        run_cli("fit", *tiny_args("aae", data_dir, tmp_path, *BRIEF, *clip))
+    assert not any(tmp_path.rglob("config.yaml"))
