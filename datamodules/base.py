@@ -206,7 +206,14 @@ class ImageDataModule(L.LightningDataModule):
         return len(self.splits[split][0])
 
     # --- loaders ----------------------------------------------------------------------------------------------------
+    @property
+    def overfitting(self) -> bool:
+        """Whether the trainer overfits a few batches (``--trainer.overfit_batches``): the training loader then yields
+        the same batches every epoch, unshuffled, as Lightning makes a DataLoader's."""
+        return self.trainer is not None and self.trainer.overfit_batches > 0
+
     def _loader(self, split: Split, shuffle: bool) -> TensorBatchLoader:
+        """``shuffle``: the training loader (resumable; shuffled unless :attr:`overfitting`)."""
         if not self.splits:
             self.setup()
         images, labels = self.splits[split]
@@ -217,7 +224,7 @@ class ImageDataModule(L.LightningDataModule):
             labels,
             torch.arange(len(images)),
             batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and not self.overfitting,
             seed=self.hparams.seed,
             binarize=self.hparams.binarize == "dynamic",
             rank=trainer.global_rank if trainer is not None else 0,
@@ -226,6 +233,7 @@ class ImageDataModule(L.LightningDataModule):
             num_workers=self.hparams.num_workers,
             resumable=split == "train" and shuffle,
             source=self.data_description,
+            split=split,
         )
 
     def check_resume(self, loader_state: dict[str, Any], world_size: int) -> None:

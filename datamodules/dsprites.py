@@ -273,7 +273,7 @@ class DSpritesDataModule(ImageDataModule):
         return RenderingBatchLoader(
             self.grid_indices[split],
             batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and not self.overfitting,
             seed=self.hparams.seed,
             rank=trainer.global_rank if trainer is not None else 0,
             world_size=trainer.world_size if trainer is not None else 1,
@@ -281,6 +281,7 @@ class DSpritesDataModule(ImageDataModule):
             num_workers=self.hparams.num_workers,
             resumable=split == "train" and shuffle,
             source=self.data_description,
+            split=split,
         )
 
     def evaluation_loader(

@@ -274,13 +274,14 @@ class InteractionsDataModule(ImageDataModule):
         return UserRows(
             DenseRows(clicks, None if split == "train" else data.held_out[split]),
             batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and not self.overfitting,
             seed=self.hparams.seed,
             rank=trainer.global_rank if trainer is not None else 0,
             world_size=trainer.world_size if trainer is not None else 1,
             num_workers=self.hparams.num_workers,
             resumable=split == "train" and shuffle,
             source=self.data_description,
+            split=split,
         )
 
     def training_content(self) -> tuple[int, int]:

@@ -56,7 +56,10 @@ _RESUME_SETTINGS = {
     "world_size": "the number of processes",
     "samples": "the number of training samples",
     "fingerprint": "the training data's content (fingerprint)",
+    "order": "the training order (sequential under --trainer.overfit_batches)",
 }
+# Settings that need not match at an epoch's end: the next epoch starts afresh.
+_EPOCH_SETTINGS = ("batch_size", "world_size", "order")
 
 
 def fingerprint(images: Tensor, signed: bool = False) -> int:
@@ -94,14 +97,16 @@ def announced_epoch(current: int, announced: int, batches_done: int, positioned:
 
 def check_resume_state(stored: dict, mine: dict) -> None:
     """Raise a ValueError naming the setting if a loader position ``stored`` was reached with other data settings than
-    ``mine`` (both as :meth:`TensorBatchLoader.state_dict` gives them; ``source`` names the data where known). At the
-    end of an epoch only the data and the seed must match: another batch size or process count starts a new epoch."""
+    ``mine`` (both as :meth:`TensorBatchLoader.state_dict` gives them; ``source`` names the data where known; a setting
+    ``mine`` lacks is not checked). At the end of an epoch only the data and the seed must match: another batch size,
+    process count or order starts a new epoch."""
     sizes = [stored.get(key) for key in ("samples", "batch_size", "world_size")]
     at_epoch_end = None not in sizes and stored.get("batches_done", 0) >= len(global_batch_bounds(*sizes))
+    stored = {"order": "shuffled", **stored}  # positions saved before the order was recorded: always shuffled
     for key, setting in _RESUME_SETTINGS.items():
-        if at_epoch_end and key in ("batch_size", "world_size"):
+        if at_epoch_end and key in _EPOCH_SETTINGS:
             continue  # the next epoch starts afresh: only the data and their seed must be the same
-        if key in stored and stored[key] != mine[key]:
+        if key in stored and key in mine and stored[key] != mine[key]:
             if key == "fingerprint" and stored[key] == mine.get("signed_fingerprint"):
                 continue  # a checkpoint of the same data written before the fingerprint summed absolute values
             data = ""
@@ -131,6 +136,7 @@ class TensorBatchLoader:
         device: where batches are built (the tensors move there once); num_workers: worker processes (CPU only).
         resumable: keep the position across passes and in ``state_dict`` (the training loader).
         source: where the data come from (the datamodule's ``data_source``), named when a resume is refused.
+        split: the split's name (``train``, ``val``, ...), named when there are too few samples for the processes.
     """
 
     def __init__(
@@ -148,9 +154,15 @@ class TensorBatchLoader:
         num_workers: int = 0,
         resumable: bool = True,
         source: str = "",
+        split: str = "",
     ) -> None:
         if len(images) < world_size:
-            raise ValueError(f"a split of {len(images)} images cannot be shared by {world_size} processes")
+            more = " (a larger --data.val_fraction)" if split == "val" else ""
+            raise ValueError(
+                f"{f'the {split} split' if split else 'a split'} of {len(images)} samples cannot be shared by "
+                f"{world_size} processes, each of which needs at least one: use at most {len(images)} processes "
+                f"(--trainer.devices, --trainer.num_nodes), or more {split + ' ' if split else ''}data{more}"
+            )
         self.device = torch.device(device)
         self.fingerprint = fingerprint(images)
         self.source = source
@@ -200,7 +212,7 @@ class TensorBatchLoader:
         return {
             "epoch": self.epoch, "batches_done": self.batches_done, "seed": self.seed, "batch_size": self.batch_size,
             "world_size": self.world_size, "samples": len(self.images), "fingerprint": self.fingerprint,
-            "source": self.source,
+            "source": self.source, "order": "shuffled" if self.shuffle else "sequential",
         }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, int]) -> None:

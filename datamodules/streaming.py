@@ -181,9 +181,8 @@ class StreamLoader:
 
         See :func:`check_position` for what must match; the stream may be read from another folder or cache."""
         length = state.get("epoch_batches", len(self))
-        check_position(
-            state, {"fingerprint": self.fingerprint, "batch_size": self.batch_size, "seed": self.seed}, length
-        )
+        mine = {"fingerprint": self.fingerprint, "batch_size": self.batch_size, "seed": self.seed}
+        check_position(state, {**mine, "shuffle": self.loader.dataset.shuffle if self.resumable else None}, length)
         done = state["batches_done"] if state["batches_done"] < length else max(state["batches_done"], len(self))
         self.epoch, self.batches_done, self._stream_state = state["epoch"], done, state["stream"]
         self._positioned = True
@@ -209,18 +208,21 @@ class StreamLoader:
 
 def check_position(state: dict[str, Any], mine: dict[str, Any], length: int | None) -> None:
     """Raise a ValueError naming the setting if a :class:`StreamLoader` position ``state`` cannot continue with this
-    run's ``fingerprint``, ``batch_size`` and ``seed`` (``mine``): another stream never; inside an epoch (of the
-    checkpoint's epoch length, ``epoch_batches``, or ``length`` for checkpoints without it; unknown: None skips
-    these checks) another batch size or seed would resume at other samples. At an epoch's end anything goes."""
+    run's ``fingerprint``, ``batch_size``, ``seed`` and ``shuffle`` (``mine``; one it lacks or holds as None is not
+    checked): another stream never; inside an epoch (of the checkpoint's epoch length, ``epoch_batches``, or ``length``
+    for checkpoints without it; unknown: None skips these checks) another batch size, seed or order would resume at
+    other samples. At an epoch's end anything goes."""
     length = state.get("epoch_batches", length)
     mid_epoch = length is not None and 0 < state["batches_done"] < length
-    stored = {"seed": (state.get("stream") or {}).get("dataset", {}).get("seed"), **state}  # older: litdata's seed
-    settings = {"fingerprint": "stream (fingerprint)", "batch_size": "--data.batch_size", "seed": "--data.seed"}
+    dataset = (state.get("stream") or {}).get("dataset", {})
+    stored = {"seed": dataset.get("seed"), "shuffle": dataset.get("shuffle"), **state}  # older: litdata's seed
+    settings = {"fingerprint": "stream (fingerprint)", "batch_size": "--data.batch_size", "seed": "--data.seed",
+                "shuffle": "shuffling (off under --trainer.overfit_batches)"}  # fmt: skip
     for key, setting in settings.items():
-        theirs = stored[key]
-        if theirs is not None and theirs != mine[key] and (key == "fingerprint" or mid_epoch):
+        theirs, ours = stored[key], mine.get(key)
+        if None not in (theirs, ours) and theirs != ours and (key == "fingerprint" or mid_epoch):
             raise ValueError(
-                f"the checkpoint's data position was reached with {setting} {theirs}, this run has {mine[key]}: "
+                f"the checkpoint's data position was reached with {setting} {theirs}, this run has {ours}: "
                 "it would resume at other samples. Resume with the checkpoint's data and settings, or start a fresh "
                 "run without --ckpt_path"
             )
@@ -413,8 +415,8 @@ class StreamingDataModule(ImageDataModule):
     # --- loaders ----------------------------------------------------------------------------------------------------
     def _loader(self, split: Split, train: bool) -> StreamLoader:
         dataset = ImageStream(
-            self.location, split, self.manifest, self._transform(train), shuffle=train, seed=self.hparams.seed,
-            cache_dir=self.hparams.cache_dir,
+            self.location, split, self.manifest, self._transform(train), shuffle=train and not self.overfitting,
+            seed=self.hparams.seed, cache_dir=self.hparams.cache_dir,
         )  # fmt: skip
         trainer = self.trainer
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)

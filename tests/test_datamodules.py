@@ -396,3 +396,142 @@ def test_float_images_out_of_range_name_the_exact_offending_value() -> None:
         ValueError, match=r"range over \[0\.\d+, 1\.0000001\] \(first outside: sample 3, value 1\.0000001\)"
     ):
         as_samples(images, "x.npy")
+
+
+class _Constant(L.LightningModule):
+    """One weight pulled to 1: a model cheap enough to run Lightning's loops over real loaders."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch, batch_idx):
+        return (self.weight - 1).pow(2).sum()
+
+    def validation_step(self, batch, batch_idx) -> None:
+        pass
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class _SampleIndices(L.Callback):
+    def __init__(self) -> None:
+        self.train: list[tuple[int, list[int]]] = []  # (epoch, the batch's sample indices)
+        self.val: list[list[int]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.train.append((trainer.current_epoch, batch[2].tolist()))
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self.val.append(batch[2].tolist())
+
+
+def _overfit_trainer(tmp_path: Path, *callbacks: L.Callback, **settings) -> L.Trainer:
+    defaults = {"accelerator": "cpu", "overfit_batches": 2, "max_epochs": 3, "num_sanity_val_steps": 0, "logger": False,
+                "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False}  # fmt: skip
+    return L.Trainer(default_root_dir=tmp_path, callbacks=list(callbacks), **{**defaults, **settings})
+
+
+def test_overfit_batches_trains_the_same_batches_every_epoch(data_dir: Path, tmp_path: Path) -> None:
+    record, dm = _SampleIndices(), MNISTDataModule(data_dir=str(data_dir), batch_size=8)
+    _overfit_trainer(tmp_path, record).fit(_Constant(), datamodule=dm)
+    epochs = [[indices for epoch, indices in record.train if epoch == e] for e in range(3)]
+    assert len(epochs[0]) == 2 and epochs[0] == epochs[1] == epochs[2]
+    # as Lightning does with a DataLoader: the first batches of the training split, and of the validation split
+    assert epochs[0] == [list(range(8)), list(range(8, 16))]
+    assert record.val == [list(range(8)), list(range(8, 16))] * 3
+
+
+def test_overfit_batches_resumes_exactly_and_a_shuffled_resume_of_its_position_is_refused(data_dir, tmp_path) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def data() -> MNISTDataModule:
+        return MNISTDataModule(data_dir=str(data_dir), batch_size=8)
+
+    every = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_top_k=-1, filename="{step}")
+    first = _SampleIndices()
+    _overfit_trainer(tmp_path, first, every, enable_checkpointing=True).fit(_Constant(), datamodule=data())
+    mid_epoch = str(tmp_path / "ckpt" / "step=3.ckpt")  # after the first batch of the second epoch
+
+    resumed = _SampleIndices()
+    _overfit_trainer(tmp_path, resumed).fit(_Constant(), datamodule=data(), ckpt_path=mid_epoch)
+    assert resumed.train == first.train[3:]
+    with pytest.raises(ValueError, match=r"training order \(sequential under --trainer.overfit_batches\) "
+                                         r"sequential, this run has shuffled"):  # fmt: skip
+        _overfit_trainer(tmp_path, overfit_batches=0.0).fit(_Constant(), datamodule=data(), ckpt_path=mid_epoch)
+
+
+def test_a_shuffled_position_resumed_under_overfit_batches_is_refused_but_a_finished_epoch_is_not() -> None:
+    images = torch.zeros(40, 28, 28, dtype=torch.uint8)
+    shuffled = TensorBatchLoader(images, torch.zeros(40), torch.arange(40), 6, True, 0)
+    iterator = iter(shuffled)
+    next(iterator)
+    sequential = TensorBatchLoader(images, torch.zeros(40), torch.arange(40), 6, False, 0)
+    with pytest.raises(ValueError, match=r"overfit_batches\) shuffled, this run has sequential"):
+        sequential.load_state_dict(shuffled.state_dict())
+    old = {key: value for key, value in shuffled.state_dict().items() if key != "order"}  # before orders were kept
+    with pytest.raises(ValueError, match=r"overfit_batches\) shuffled, this run has sequential"):
+        sequential.load_state_dict(old)
+    list(iterator)
+    sequential.load_state_dict(shuffled.state_dict())  # the next epoch starts afresh, in either order
+    assert [index.tolist() for _, _, index in sequential][0] == list(range(6))
+
+
+def test_a_split_too_small_for_the_processes_is_an_error_naming_the_split_and_the_fix(data_dir: Path) -> None:
+    from types import SimpleNamespace
+
+    dm = MNISTDataModule(data_dir=str(data_dir), batch_size=8)
+    dm.setup()
+    dm.trainer = SimpleNamespace(global_rank=0, world_size=21, overfit_batches=0, loggers=[],
+                                 strategy=SimpleNamespace(root_device=torch.device("cpu")))  # fmt: skip
+    assert dm.split_size("val") == 20
+    dm.train_dataloader()
+    message = (r"the val split of 20 samples cannot be shared by 21 processes, each of which needs at least one: "
+               r"use at most 20 processes \(--trainer.devices, --trainer.num_nodes\), or more val data \(a larger "
+               r"--data.val_fraction\)")  # fmt: skip
+    with pytest.raises(ValueError, match=message):
+        dm.val_dataloader()
+
+
+def test_overfit_batches_streams_the_same_batches_every_epoch_resumes_them_and_refuses_a_shuffled_resume(
+    tmp_path: Path,
+) -> None:
+    from conftest import write_image_folder
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from datamodules import StreamingDataModule
+    from datamodules.stream_prepare import prepare_stream
+
+    write_image_folder(tmp_path / "images", per_class=24, size=8)
+    prepare_stream(str(tmp_path / "images"), str(tmp_path / "stream"), chunk_size=8)
+
+    def data() -> StreamingDataModule:
+        return StreamingDataModule(str(tmp_path / "stream"), batch_size=4, num_workers=0)
+
+    every = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_top_k=-1, filename="{step}")
+    first = _SampleIndices()
+    _overfit_trainer(tmp_path, first, every, enable_checkpointing=True).fit(_Constant(), datamodule=data())
+    epochs = [[indices for epoch, indices in first.train if epoch == e] for e in range(3)]
+    assert len(epochs[0]) == 2 and epochs[0] == epochs[1] == epochs[2]
+
+    mid_epoch = str(tmp_path / "ckpt" / "step=3.ckpt")
+    resumed = _SampleIndices()
+    _overfit_trainer(tmp_path, resumed).fit(_Constant(), datamodule=data(), ckpt_path=mid_epoch)
+    assert resumed.train == first.train[3:]
+    with pytest.raises(ValueError, match=r"shuffling \(off under --trainer.overfit_batches\) False, this run has True"):
+        _overfit_trainer(tmp_path, overfit_batches=0.0).fit(_Constant(), datamodule=data(), ckpt_path=mid_epoch)
+
+
+@pytest.mark.parametrize("data", ["dsprites", "interactions"])
+def test_the_rendered_and_the_interactions_data_overfit_the_same_batches_every_epoch(data: str, tmp_path: Path) -> None:
+    from test_recommender import write_interactions
+
+    from datamodules import DSpritesDataModule, InteractionsDataModule
+
+    dm = (DSpritesDataModule(batch_size=8, num_samples=200) if data == "dsprites" else
+          InteractionsDataModule(str(write_interactions(tmp_path / "ratings.csv")), batch_size=8))  # fmt: skip
+    record = _SampleIndices()
+    _overfit_trainer(tmp_path, record).fit(_Constant(), datamodule=dm)
+    epochs = [[indices for epoch, indices in record.train if epoch == e] for e in range(3)]
+    assert len(epochs[0]) == 2 and epochs[0] == epochs[1] == epochs[2]
