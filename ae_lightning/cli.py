@@ -114,7 +114,7 @@ class AutoencoderCLI(LightningCLI):
     Adds: the datamodule's ``input_shape`` linked into the model; a ``checkpoint`` section (``ModelCheckpoint``
     keeping ``last.ckpt`` and the best by ``val/loss``; none with ``--trainer.enable_checkpointing false``); a
     ``predictions`` section (:class:`PredictionWriter`); an ``images`` section (:class:`ImageLogger`: pictures for W&B,
-    TensorBoard or PNG files);
+    TensorBoard or PNG files; none with ``--trainer.barebones true``);
     W&B runs that write under ``default_root_dir`` and keep ``config.yaml`` among their files; and an early, clear
     error for a ``--ckpt_path`` that is missing or holds another model class.
 
@@ -124,6 +124,8 @@ class AutoencoderCLI(LightningCLI):
     (a W&B ``id``, a ``version``), else of any run folder; a resumed W&B run continued; and, for models with manual
     optimization, ``strategy: ddp`` with DDP's unused-parameter detection.
     """
+
+    _start_again = False  # whether ``fit --ckpt_path last`` found no checkpoint of the run its logger names
 
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": False})
@@ -166,7 +168,8 @@ class AutoencoderCLI(LightningCLI):
         parser.set_defaults({"trainer.logger": default_logger})
         # Not a callback key: the writer joins the trainer only where it can act (instantiate_trainer).
         parser.add_class_arguments(PredictionWriter, "predictions", fail_untyped=False, sub_configs=True)
-        parser.add_lightning_class_args(ImageLogger, "images")
+        # Not a callback key: the pictures join the trainer unless --trainer.barebones true (instantiate_trainer).
+        parser.add_class_arguments(ImageLogger, "images", fail_untyped=False, sub_configs=True)
         parser.add_lightning_class_args(NonFiniteGuardSettings, "nonfinite")
         # The fast path (configs/fast.yaml, docs/speed.md): the datamodule groups batches, the model steps through them.
         parser.add_argument("--fast.steps", type=int, default=1, help="optimizer steps per Lightning batch "
@@ -218,7 +221,7 @@ class AutoencoderCLI(LightningCLI):
         callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
         parsed = self.config[self.subcommand] if self.subcommand else self.config
         # Lightning's barebones mode runs without checkpoints, logger and progress bar: the command adds none of its
-        # own (its default logger, checkpoint section and bar); one the user chose is refused.
+        # own (its default logger, checkpoint section, bar and pictures); one the user chose is refused.
         barebones = bool(config.get("barebones"))
         if barebones and config.get("logger") not in (None, False):
             if not _is_default_logger(parsed, getattr(self, "_logger_settings_given", {})):
@@ -238,6 +241,10 @@ class AutoencoderCLI(LightningCLI):
         bar = config.get("enable_progress_bar") is not False and not barebones
         if bar and not any(isinstance(c, ProgressBar) for c in callbacks):
             callbacks.append(ClosingProgressBar(refresh_rate=PROGRESS_BAR_REFRESH_STEPS))
+        if barebones:
+            _check_images_section_unset(parsed)
+        else:
+            callbacks.append(section["images"])
         kwargs["callbacks"] = callbacks
         if config.get("strategy") == "ddp" and getattr(self.model, "partial_backward", False):
             # A backward that reaches only part of the weights (the adversarial AE's discriminator phase only the
@@ -261,17 +268,22 @@ class AutoencoderCLI(LightningCLI):
         """Refuse a new run in the folder of an earlier one (a logger's ``version`` given anew; a W&B run ``id`` given
         anew to ``fit``): Lightning's loggers would clear that run's logs (CSVLogger deletes its ``metrics.csv``)
         before LightningCLI refuses to overwrite its ``config.yaml``, and a W&B run's would be overwritten. A resumed
-        ``fit`` may write where it wrote before, except into a CSVLogger's ``metrics.csv``."""
-        if self.subcommand == "fit" and self.config.fit.get("ckpt_path"):
+        ``fit`` may write where it wrote before, and a ``fit --ckpt_path last`` that found no checkpoint of the run its
+        logger names starts that run again in its folder (said in one line); neither into a CSVLogger's
+        ``metrics.csv``."""
+        resumed = self.subcommand == "fit" and self.config.fit.get("ckpt_path")
+        if resumed or self._start_again:
             for csv_logger in [logger for logger in trainer.loggers if isinstance(logger, CSVLogger)]:
                 path = Path(csv_logger.log_dir) / ExperimentWriter.NAME_METRICS_FILE
                 if path.is_file():
+                    what = "resumed fit" if resumed else "fit (--ckpt_path last found no checkpoint: a new start)"
                     raise ConfigError(
-                        f"{path} exists: CSVLogger would delete it as this resumed fit starts logging (it cannot "
-                        "append); log the resumed part into a new folder with another --trainer.logger.version (or "
-                        f"none) and --ckpt_path {self.config.fit.ckpt_path}"
+                        f"{path} exists: CSVLogger would delete it as this {what} starts logging (it cannot append); "
+                        "log into a new folder with another --trainer.logger.version (or none) and --ckpt_path "
+                        f"{self.config.fit.ckpt_path or 'last'}"
                     )
-            return
+            if resumed:
+                return
         logger = trainer.logger
         if isinstance(logger, WandbLogger) and (logger.version is None or self.subcommand != "fit"):
             return  # a new W&B run writes into a new folder; evaluating may log into a given run (SaveConfigToRun)
@@ -284,7 +296,11 @@ class AutoencoderCLI(LightningCLI):
                 path = Path(trainer.log_dir or ".") / callback.config_filename
             else:
                 continue
-            if path.is_file():
+            if path.is_file() and self._start_again:  # a run that died before its first checkpoint (a SLURM requeue)
+                rank_zero_info(f"--ckpt_path last: the run in {path.parent} has no checkpoint yet: starting it again "
+                               f"from scratch, over its {path.name}")  # fmt: skip
+                callback.overwrite = True
+            elif path.is_file():
                 advice = "give the logger another version (or none) or" if trainer.logger else "give"
                 raise ConfigError(
                     f"{path} exists: this {self.subcommand or 'run'} would write into the folder of an earlier run, "
@@ -298,6 +314,7 @@ class AutoencoderCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path == "last":
             ckpt_path = self.config[subcommand].ckpt_path = _furthest_checkpoint(self.config[subcommand])
+            self._start_again = ckpt_path is None and subcommand == "fit" and _named_run(self.config.fit) is not None
             if ckpt_path is None and subcommand != "fit":
                 named = _named_run(self.config[subcommand]) is not None
                 advice = "name the trained run (its id or version)" if named else (
@@ -814,13 +831,28 @@ def _is_default_logger(config: Any, given: dict[int, dict[str, Any]]) -> bool:
 def _check_checkpoint_section_unset(config: Any) -> None:
     """Refuse ``checkpoint`` settings of a run without checkpointing (``--trainer.enable_checkpointing false`` or
     ``--trainer.barebones true``), which writes none."""
-    defaults = {name: p.default for name, p in inspect.signature(RunCheckpoint).parameters.items()}
-    given = {key: value for key, value in config.checkpoint.items()
-             if value != CHECKPOINT_DEFAULTS.get(key, defaults.get(key))}  # fmt: skip
+    given = _given_settings(config.checkpoint, RunCheckpoint, CHECKPOINT_DEFAULTS)
     if given:
         key, value = next(iter(given.items()))
         raise ConfigError(f"--checkpoint.{key} {value}: a run without checkpointing (--trainer.enable_checkpointing "
                           "false or --trainer.barebones true) writes none; drop one of the two")  # fmt: skip
+
+
+def _check_images_section_unset(config: Any) -> None:
+    """Refuse ``images`` settings of a ``--trainer.barebones true`` run, which draws no pictures; ``every_n_epochs``
+    0, which turns the section off, agrees with it."""
+    given = _given_settings(config.images, ImageLogger)
+    if given and config.images.every_n_epochs != 0:
+        key, value = next(iter(given.items()))
+        raise ConfigError(f"--images.{key} {value}: a --trainer.barebones true run logs nothing and draws no "
+                          "pictures; drop one of the two")  # fmt: skip
+
+
+def _given_settings(section: Any, cls: type, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The settings of a config ``section`` of ``cls``'s arguments that differ from ``defaults``, else from
+    ``cls``'s own defaults."""
+    defaults = {**{name: p.default for name, p in inspect.signature(cls).parameters.items()}, **(defaults or {})}
+    return {key: value for key, value in section.items() if value != defaults.get(key)}
 
 
 def _with_atomic_checkpoint_io(plugins: Any) -> list[Any]:

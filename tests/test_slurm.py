@@ -23,8 +23,9 @@ import pytest
 import torch
 from conftest import write_dataset
 from lightning.pytorch.demos.boring_classes import BoringModel
-from tiny_runs import ROOT, TINY_MODEL, subprocess_env
+from tiny_runs import ROOT, TINY_MODEL, run_cli, run_subprocess, subprocess_env, tiny_args
 
+from ae_lightning.cli import ConfigError
 from ae_lightning.training.fault_tolerance import SlurmRequeue
 
 pytestmark = pytest.mark.slurm
@@ -242,3 +243,43 @@ def test_a_fit_after_a_failed_one_puts_the_requeue_signals_handler_back(
     assert signal.getsignal(signal.SIGUSR1) is handler
     os.kill(os.getpid(), signal.SIGUSR1)
     assert heard == [signal.SIGUSR1]
+
+
+def test_a_requeued_job_that_died_before_its_first_checkpoint_starts_its_wandb_run_again(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("wandb")
+    # Each start of the job: scripts/slurm/fit.sh's W&B logger, its run id from the job id, and --ckpt_path last.
+    logger = ["--trainer.logger", "WandbLogger", "--trainer.logger.init_args.id", "slurm-cluster-7",
+              "--trainer.logger.init_args.project", "ae-lightning", "--trainer.logger.init_args.save_dir",
+              str(tmp_path), "--trainer.logger.dict_kwargs.resume", "allow"]  # fmt: skip
+    start = ["fit", *tiny_args("ae", data_dir, tmp_path, *logger, "--trainer.max_epochs", "1", "--ckpt_path", "last")]
+    kill = ["--trainer.callbacks+=tiny_runs.KillAtStep", "--trainer.callbacks.step", "2"]  # a node failure in epoch 0
+    first = run_subprocess(*start, *kill)
+    assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
+    run = tmp_path / "ae-lightning" / "slurm-cluster-7"
+    config = (run / "config.yaml").read_text()
+    assert not list(tmp_path.rglob("*.ckpt"))
+    with pytest.raises(ConfigError, match=f"{run / 'config.yaml'} exists: this fit would write into the folder of an"):
+        run_cli(*start[:-2])  # a new fit, not a requeue, of the same run is refused as before
+    assert (run / "config.yaml").read_text() == config
+
+    requeued = run_subprocess(*start)
+    assert requeued.returncode == 0, requeued.stderr[-3000:]
+    assert f"the run in {run} has no checkpoint yet: starting it again from scratch" in requeued.stderr
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 14  # one epoch of 220 training images in batches of 16
+    assert "KillAtStep" not in (run / "config.yaml").read_text()  # the config of the start that trained
+
+
+def test_a_named_csv_version_left_without_a_checkpoint_is_not_started_again_over_its_metrics(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "lightning_logs" / "version_0"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("an earlier start's config\n")
+    (run / "metrics.csv").write_text("step,train/loss\n0,0.7\n")  # CSVLogger would delete it
+    start = tiny_args("ae", data_dir, tmp_path, "--trainer.logger", "CSVLogger", "--trainer.logger.version", "0")
+    with pytest.raises(ConfigError, match=rf"{run / 'metrics.csv'} exists: .*another --trainer.logger.version"):
+        run_cli("fit", *start, "--ckpt_path", "last")
+    assert (run / "metrics.csv").read_text() == "step,train/loss\n0,0.7\n"

@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from tiny_runs import run_cli, tiny_args
 
 from ae_lightning.cli import ConfigError
+from ae_lightning.training.callbacks import ImageLogger
 
 BRIEF = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", "--images.every_n_epochs", "0"]
 
@@ -50,3 +51,35 @@ def test_trainer_clipping_of_a_manual_model_is_refused_with_the_models_own_clip_
     with pytest.raises(ConfigError, match=message):
         run_cli("fit", *tiny_args("aae", data_dir, tmp_path, *BRIEF, *clip))
     assert not any(tmp_path.rglob("config.yaml"))
+
+
+def test_barebones_leaves_the_commands_pictures_out(data_dir: Path, tmp_path: Path):
+    extra = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", "--trainer.barebones", "true",
+             "--trainer.enable_progress_bar", "null"]  # fmt: skip
+    cli = run_cli("fit", *tiny_args("ae", data_dir, tmp_path, *extra))  # the images section at its defaults
+    assert cli.trainer.state.finished and not any(isinstance(c, ImageLogger) for c in cli.trainer.callbacks)
+    assert not list(tmp_path.rglob("*.png"))
+
+
+def test_barebones_refuses_picture_settings_before_any_file(data_dir: Path, tmp_path: Path):
+    extra = ["--trainer.barebones", "true", "--images.num_images", "4"]
+    with pytest.raises(ConfigError, match=r"--images.num_images 4: a --trainer.barebones true run .* no pictures"):
+        run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "run", *extra))
+    assert not (tmp_path / "run").exists()
+
+
+def test_overfit_batches_trains_the_same_first_batches_every_epoch(data_dir: Path, tmp_path: Path) -> None:
+    from unittest import mock
+
+    from ae_lightning import Autoencoder
+
+    seen: list[tuple[int, list[int]]] = []
+
+    def record(model, batch, batch_idx) -> None:
+        seen.append((model.current_epoch, batch[2].tolist()))
+
+    extra = ["--trainer.overfit_batches", "2", "--trainer.max_epochs", "3", "--images.every_n_epochs", "0"]
+    with mock.patch.object(Autoencoder, "on_train_batch_start", record):
+        run_cli("fit", *tiny_args("ae", data_dir, tmp_path, *extra))
+    first = list(range(16)), list(range(16, 32))  # batches of 16, in split order
+    assert seen == [(epoch, rows) for epoch in range(3) for rows in first]
