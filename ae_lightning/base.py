@@ -206,16 +206,27 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
             self._test_step(batch)
 
     def _test_step(self, batch: Batch) -> None:
-        self._shared_step(batch, "test")
-        x, y = batch[0], batch[1]
+        x, y, indices = batch
+        self._check_input_once(x)
+        terms, reconstruction = self.test_terms(x, y, indices)
+        self.log_terms(terms, "test", batch_size=len(x))
         # test/recon_mse, test/recon_bce (per pixel), test/psnr and test/ssim, computed over the whole test set
-        self.test_reconstruction.update(self(x, y).float(), x)
+        self.test_reconstruction.update(reconstruction.float(), x)
         self.log_dict(self.test_reconstruction, batch_size=len(x))
-        for name, value in self.test_metrics(x, y).items():
+        for name, value in self.test_metrics(x, y, reconstruction).items():
             self.log(f"test/{name}", value, batch_size=weighted_batch_size(len(x)), sync_dist=True)
 
-    def test_metrics(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
-        """Extra per-batch test metrics of a variant, averaged over the test set (e.g. the VAE's ``nll``)."""
+    def test_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """A test batch's loss terms and the reconstructions that its metrics score: :meth:`loss_terms` and
+        ``self(x, labels)``, apart (a loss may reconstruct a noisy input or a sampled code); a variant whose loss
+        reconstructs ``x`` as ``forward`` does returns that one, and encodes once."""
+        return self.loss_terms(x, labels, indices), self(x, labels)
+
+    def test_metrics(
+        self, x: Tensor, y: Tensor | None = None, reconstruction: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """Extra per-batch test metrics of a variant, averaged over the test set (e.g. the VAE's ``nll``);
+        ``reconstruction``: ``self(x, y)``, where the test step made it."""
         return {}
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:

@@ -203,9 +203,12 @@ class DeepBeliefAutoencoder(DeterministicAutoencoder):
         recon = self.mean_reconstruction_loss(self.decoder_logits(self.encoder(x)), x)
         return {"loss": recon, "recon": recon}
 
-    def test_metrics(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
+    def test_metrics(
+        self, x: Tensor, y: Tensor | None = None, reconstruction: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """``squared_error``: the reconstruction's squared error summed per image (the paper's measure)."""
-        return {"squared_error": losses.squared_error(self(x).float(), x).mean()}
+        reconstruction = self(x) if reconstruction is None else reconstruction
+        return {"squared_error": losses.squared_error(reconstruction.float(), x).mean()}
 
     # --- optimizers and hooks ---------------------------------------------------------------------------------------
     def configure_optimizers(self) -> list[dict[str, Any]]:

@@ -27,7 +27,7 @@ from ae_lightning.blocks.networks import decoder_mean
 from ae_lightning.blocks.perceptual import LPIPSDistance, PerceptualNetwork, weights_from_checkpoint
 from ae_lightning.blocks.residual_conv import ResidualConvDecoder, ResidualConvEncoder, check_image_size
 from ae_lightning.evaluation.metrics import ms_ssim_applies, ms_ssim_betas
-from ae_lightning.lightning_internals import uncounted_optimizer_step, weighted_batch_size
+from ae_lightning.lightning_internals import uncounted_optimizer_step
 from datamodules.checks import NonNegativeFloat, NonNegativeInt, PositiveInt
 
 PixelLoss = Literal["l1", "mse", "bce"]
@@ -255,18 +255,10 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
         ]
 
     # --- evaluation -------------------------------------------------------------------------------------------------
-    def _test_step(self, batch: Batch) -> None:
-        # The base's test step, with one encode and decode per batch instead of three (loss, reconstruction metrics,
-        # test_metrics): the loss's reconstruction is scored, the one the other two made again (evaluation codes are
-        # deterministic: the posterior's mean, the quantized code).
-        x, y = batch[0], batch[1]
-        self._check_input_once(x)
-        terms, reconstruction = self._terms_and_reconstruction(x)
-        self.log_terms(terms, "test", batch_size=len(x))
-        self.test_reconstruction.update(reconstruction.float(), x)
-        self.log_dict(self.test_reconstruction, batch_size=len(x))
-        for name, value in self.test_metrics(x, y, reconstruction).items():
-            self.log(f"test/{name}", value, batch_size=weighted_batch_size(len(x)), sync_dist=True)
+    def test_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        # The loss's reconstruction is the one scored (evaluation codes are deterministic: the posterior's mean, the
+        # quantized code), so a test batch is encoded and decoded once.
+        return self._terms_and_reconstruction(x)
 
     def test_metrics(
         self, x: Tensor, y: Tensor | None = None, reconstruction: Tensor | None = None

@@ -50,7 +50,9 @@ class RestorationAutoencoder(DeterministicAutoencoder):
         recon = self.mean_reconstruction_loss(self.decoder(self.encoder(self.degrade(x))), x)
         return {"loss": recon, "recon": recon}
 
-    def test_metrics(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
+    def test_metrics(
+        self, x: Tensor, y: Tensor | None = None, reconstruction: Tensor | None = None
+    ) -> dict[str, Tensor]:
         degraded = self.degrade(x)
         if len(self.input_shape) == 1:  # feature vectors: PSNR and SSIM are image measures
             restored = self(degraded, y).float()

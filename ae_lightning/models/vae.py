@@ -242,7 +242,9 @@ class VAE(AutoencoderModule):
         densities = [self.log_densities(x, mu, logvar, k, y) for k in chunks]
         return -losses.importance_weighted_bound(*(torch.cat(parts) for parts in zip(*densities)))
 
-    def test_metrics(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
+    def test_metrics(
+        self, x: Tensor, y: Tensor | None = None, reconstruction: Tensor | None = None
+    ) -> dict[str, Tensor]:
         if self.likelihood == "bernoulli" and not self._warned_gray and not ((x == 0) | (x == 1)).all():
             rank_zero_warn(
                 "test/nll uses a Bernoulli likelihood on gray-level images, so it is not a likelihood of the data; "
