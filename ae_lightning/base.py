@@ -236,13 +236,14 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
     def _predict_step(self, batch: Batch) -> dict[str, Tensor]:
         x, labels, indices = batch
         z = self.encode(x, labels)
-        return {
-            "z": z,
-            "label": labels,
-            "index": indices,
-            "recon_error": losses.mean_squared_error(self.decode(z, labels), x),
-            "anomaly_score": self.anomaly_score(x, labels),
-        }
+        error = losses.mean_squared_error(self.decode(z, labels), x)
+        score = self._anomaly_score(x, labels, error)
+        return {"z": z, "label": labels, "index": indices, "recon_error": error, "anomaly_score": score}
+
+    def _anomaly_score(self, x: Tensor, labels: Tensor, error: Tensor) -> Tensor:
+        """:meth:`anomaly_score` of ``x``: ``error``, the reconstruction's, where a variant keeps the default."""
+        default = type(self).anomaly_score is AutoencoderModule.anomaly_score
+        return error if default else self.anomaly_score(x, labels)
 
     @contextlib.contextmanager
     def evaluation_randomness(self, batch_idx: int) -> Iterator[None]:

@@ -221,3 +221,22 @@ def test_a_plateau_scheduler_without_validation_after_epochs_is_refused_naming_t
 ) -> None:
     with pytest.raises(ValueError, match=message):
         fit_with_plateau(data_dir, tmp_path, 1, **settings)
+
+
+@pytest.mark.parametrize("cls", [Autoencoder, VAE])
+def test_predict_encodes_each_batch_once_unless_the_variant_scores_anomalies_its_own_way(cls: type) -> None:
+    # predict encoded and decoded each batch twice: for the codes and again for the default anomaly score
+    from test_quantized import forward_counts
+
+    from ae_lightning.blocks import losses
+
+    model = cls(**TINY).eval()
+    x, labels, index = torch.rand(5, 1, 28, 28), torch.zeros(5, dtype=torch.long), torch.arange(5)
+    counts = forward_counts(model, "encoder", "decoder")
+    with torch.no_grad():
+        predicted = model.predict_step((x, labels, index), 0)
+        own = cls.anomaly_score is not Autoencoder.anomaly_score  # the VAE's: the negative ELBO, from a sampled code
+        assert counts == ({"encoder": 2, "decoder": 2} if own else {"encoder": 1, "decoder": 1})
+        torch.testing.assert_close(predicted["recon_error"], losses.mean_squared_error(model(x), x))
+        if not own:
+            torch.testing.assert_close(predicted["anomaly_score"], losses.mean_squared_error(model(x), x))

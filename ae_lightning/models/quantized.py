@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import Tensor, distributed
 
-from ae_lightning.base import AutoencoderModule, Batch, Stage
+from ae_lightning.base import Batch, Stage
 from ae_lightning.blocks import losses
 from ae_lightning.blocks.quantizers import CodebookUsage, FSQLevel, QuantizerKind, SpatialQuantizer
 from ae_lightning.models.first_stage import FirstStageAutoencoder
@@ -148,13 +148,11 @@ class QuantizedAutoencoder(FirstStageAutoencoder):
         return {**super().test_metrics(x, y, reconstruction), "bits_per_pixel": x.new_tensor(rate)}
 
     def _predict_step(self, batch: Batch) -> dict[str, Tensor]:
-        # The base's outputs, and the indices, of one encode and one decode (the base's steps take two of each, the
-        # indices a third encode); its anomaly score is the reconstruction's error unless a subclass changes it.
+        # The base's outputs and the indices, of one encode and one decode.
         x, labels, index = batch
         z, codes, _ = self.quantizer(self.encoder(x))
         error = losses.mean_squared_error(self.decode(z, labels), x)
-        overridden = type(self).anomaly_score is not AutoencoderModule.anomaly_score
-        score = self.anomaly_score(x, labels) if overridden else error
+        score = self._anomaly_score(x, labels, error)
         return {"z": z, "label": labels, "index": index, "recon_error": error, "anomaly_score": score, "indices": codes}
 
 
