@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Literal
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.types import LRSchedulerTypeUnion
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -31,6 +32,8 @@ Stage = Literal["train", "val", "test"]
 Reconstruction = Literal["bce", "mse"]
 # Where a checkpoint records its epoch's scheduler steps (``step_epoch_schedulers``, ``on_train_epoch_end``).
 _SCHEDULERS_KEY = "ae_lightning_epoch_schedulers"
+# The epoch whose last training batch a checkpoint was written at, before the validation that ends the epoch.
+_UNVALIDATED_KEY = "ae_lightning_unvalidated_epoch"
 
 
 class AutoencoderModule(L.LightningModule, abc.ABC):
@@ -516,6 +519,18 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         if validating:
             val_loss = self._fit_validation_loss(val_loss)
         checkpoint[_SCHEDULERS_KEY] = {"stepped_epoch": self._scheduled_epoch, "val_loss": val_loss}
+        if not validating and self._awaits_epoch_validation():
+            checkpoint[_UNVALIDATED_KEY] = self.current_epoch
+
+    def _awaits_epoch_validation(self) -> bool:
+        """Whether fit is at the end of an epoch's last training batch, before the validation that ends the epoch."""
+        try:
+            trainer = self.trainer
+        except RuntimeError:
+            return False
+        every, fitting = trainer.check_val_every_n_epoch, trainer.state.fn == "fit" and not trainer.sanity_checking
+        due = fitting and trainer.enable_validation and every is not None and (self.current_epoch + 1) % every == 0
+        return due and trainer.val_check_interval == 1.0 and ends_training_epoch(trainer)
 
     def check_resume(self, checkpoint: dict[str, Any]) -> None:
         """Raise a ValueError naming both values if this model's settings cannot continue the checkpoint's training
@@ -541,6 +556,14 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
             fitting = False
         if fitting:
             self.check_resume(checkpoint)
+        if fitting and checkpoint.get(_UNVALIDATED_KEY) is not None:
+            rank_zero_warn(
+                f"the checkpoint was written at the end of epoch {checkpoint[_UNVALIDATED_KEY]}'s last training batch, "
+                "before that epoch's validation, which Lightning skips on resume: what val/loss drives (a "
+                "ReduceLROnPlateau, EarlyStopping, the best checkpoint) misses it. For an exact resume, resume from a "
+                "checkpoint written after the validation (last.ckpt, or every_n_train_steps that does not divide the "
+                "epoch; docs/fault_tolerance.md)"
+            )
 
     def upgrade_weights(self, weights: dict[str, Tensor]) -> dict[str, Tensor]:
         """A checkpoint's weights with the names of an earlier release's layout (:attr:`renamed_weights`) renamed to

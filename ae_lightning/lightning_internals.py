@@ -13,7 +13,8 @@ changes it; ``pyproject.toml`` bounds Lightning to the releases the suite ran on
 * :func:`has_forward_hooks`: torch's registries of forward hooks;
 * :func:`weighted_batch_size`: the type in which Lightning sums a logged term's batch sizes across ranks;
 * tests only, the uses being elsewhere: ``TensorBatchLoader`` posing as its own ``sampler``, ``AutoencoderCLI.
-  _parse_ckpt_path``, ``datamodules.streaming.relocated`` (litdata's state), ``SpatialQuantizer``'s ``initted``.
+  _parse_ckpt_path``, ``datamodules.streaming.relocated`` (litdata's state), ``SpatialQuantizer``'s ``initted``, and
+  the validation Lightning skips when it resumes at an epoch's last batch (``AutoencoderModule`` warns of it).
 
 Why each is needed: ``docs/internals.md``.
 """

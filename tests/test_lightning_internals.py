@@ -354,3 +354,34 @@ def test_lightning_restarts_a_finished_epoch_under_max_steps_and_stops_an_epoch_
 def test_a_changed_checkpoint_epoch_progress_is_named_in_the_error() -> None:
     with pytest.raises(RuntimeError, match=rf"Lightning {lightning.__version__} changed .*epoch_progress"):
         restarts_a_finished_epoch({"loops": {"fit_loop": {}}})
+
+
+class Validated(Counting):
+    def __init__(self) -> None:
+        super().__init__()
+        self.validated_epochs: list[int] = []
+
+    def validation_step(self, batch, batch_idx) -> None:
+        pass
+
+    def on_validation_end(self) -> None:
+        self.validated_epochs.append(self.current_epoch)
+
+
+def test_lightning_skips_the_epoch_end_validation_when_resuming_at_the_epochs_last_batch(tmp_path) -> None:
+    images = torch.rand(12, 3)
+
+    def loader():
+        return TensorBatchLoader(images, torch.zeros(12), torch.arange(12), batch_size=4, shuffle=False, seed=0)
+
+    steps = ModelCheckpoint(tmp_path / "steps", every_n_train_steps=3, save_top_k=-1, filename="{step}")
+    settings = {"max_epochs": 3, "num_sanity_val_steps": 0}
+    L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[steps],
+              default_root_dir=tmp_path, **settings).fit(Validated(), loader(), loader())  # fmt: skip
+    resumed = Validated()
+    quiet_trainer(tmp_path, **settings).fit(resumed, loader(), loader(), ckpt_path=tmp_path / "steps" / "step=3.ckpt")
+    assert resumed.validated_epochs == [1, 2], (
+        f"Lightning {lightning.__version__} no longer skips the validation of the epoch whose last batch a resumed "
+        f"checkpoint was written at (validated epochs {resumed.validated_epochs}): "
+        "AutoencoderModule.on_load_checkpoint warns that it does; see ae_lightning/lightning_internals.py"
+    )

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -599,3 +600,17 @@ def test_a_resume_from_a_finished_epoch_with_max_steps_and_max_epochs_is_refused
                        r"early .*--trainer.max_epochs -1 .* or --trainer.max_steps -1"):  # fmt: skip
         run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "resumed", *then))
     assert not (tmp_path / "resumed").exists(), "a refused resume left files that look like a run"
+
+
+def test_resuming_at_an_epochs_last_batch_warns_that_its_validation_is_skipped(data_dir: Path, tmp_path: Path) -> None:
+    # the resumed run silently lost epoch 0's validation, and with it a ReduceLROnPlateau step (lr 5e-4 for 2.5e-4)
+    settings = [*FOUR_BATCHES, *HALVING_PLATEAU, *STEP_FILES, "--checkpoint.every_n_train_steps", "2",
+                "--trainer.max_steps", "8", "--images.every_n_epochs", "0"]  # fmt: skip
+    run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "reference", *settings))
+    steps = {step: next((tmp_path / "reference").rglob(f"step={step}.ckpt")) for step in (2, 4)}
+    with pytest.warns(UserWarning, match=r"end of epoch 0's last training batch, before that epoch's validation"):
+        run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "at-epoch-end", *settings, "--ckpt_path", str(steps[4])))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "mid-epoch", *settings, "--ckpt_path", str(steps[2])))
+    assert not [w for w in caught if "before that epoch's validation" in str(w.message)]
