@@ -39,7 +39,13 @@ from ae_lightning import _EXPORTS
 from ae_lightning.base import AutoencoderModule, resolve_class_path
 from ae_lightning.blocks.perceptual import weights_from_checkpoint
 from ae_lightning.lightning_internals import restarts_a_finished_epoch, stored_loader_states
-from ae_lightning.training.callbacks import ClosingProgressBar, ImageLogger, LoggerRunInCheckpoint, SaveConfigToRun
+from ae_lightning.training.callbacks import (
+    ClosingProgressBar,
+    ImageLogger,
+    LoggerRunInCheckpoint,
+    SaveConfigToRun,
+    check_image_logger_names,
+)
 from ae_lightning.training.fault_tolerance import (
     AtomicCheckpointIO,
     NonFiniteLossError,
@@ -191,6 +197,8 @@ class AutoencoderCLI(LightningCLI):
         try:
             with weights_from_checkpoint() if from_checkpoint else contextlib.nullcontext():
                 super().instantiate_classes()
+        except ConfigError:  # names its setting already
+            raise
         except ValueError as error:
             cause = error
             while cause.__cause__ is not None:
@@ -245,6 +253,9 @@ class AutoencoderCLI(LightningCLI):
             _check_images_section_unset(parsed)
         else:
             callbacks.append(section["images"])
+        if self.subcommand in (None, "fit"):  # refused here, before the Trainer and its logger write any file
+            with _settings_refused():
+                check_image_logger_names(callbacks)
         kwargs["callbacks"] = callbacks
         if config.get("strategy") == "ddp" and getattr(self.model, "partial_backward", False):
             # A backward that reaches only part of the weights (the adversarial AE's discriminator phase only the
@@ -765,7 +776,8 @@ def _streamed_predictions(config: Any) -> None:
 def _logger_defaults(config: Any) -> dict[int, dict[str, Any]]:
     """The loggers' settings that stand for a default, resolved in ``config``. Loggers without a ``save_dir`` of their
     own write under ``default_root_dir``, like every other output of a run: the default TensorBoard logger, and a
-    WandbLogger given no ``save_dir`` or ``dir``; a WandbLogger's ``dir`` becomes its ``save_dir`` (Lightning's passes
+    WandbLogger given no ``save_dir`` or ``dir`` (its ``.``, which the parsed config cannot tell from a ``.`` given:
+    ``./`` writes into the current folder); a WandbLogger's ``dir`` becomes its ``save_dir`` (Lightning's passes
     ``dir`` to W&B only when ``save_dir`` is None), and both at once are refused. :data:`OWN_DEFAULT` becomes the
     logger class's own default. Extra keyword arguments (``wandb.init``'s) left None are not passed, so that the
     logger's defaults for them stand (WandbLogger's ``resume: allow``). Returns the settings each logger (by position)

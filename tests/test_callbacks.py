@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torchvision.io import read_image
 
 from ae_lightning import VAE, Autoencoder
-from ae_lightning.cli import AutoencoderCLI
+from ae_lightning.cli import AutoencoderCLI, ConfigError
 from ae_lightning.training.callbacks import ImageLogger
 from datamodules import MNISTDataModule
 
@@ -168,6 +168,19 @@ def test_the_command_draws_images_by_default_and_takes_more_image_loggers_from_y
     cli = run_cli("fit", "--config", "configs/ae.yaml", *common[:2], "--trainer.fast_dev_run", "true",
                   "--trainer.default_root_dir", str(tmp_path / "c"))  # fmt: skip
     assert not list((tmp_path / "c").rglob("*.png"))  # nothing is drawn in fast_dev_run
+
+
+@pytest.mark.parametrize("settings", [[], ["--trainer.callbacks.every_n_epochs", "2"]], ids=["same", "other"])
+def test_the_command_refuses_two_image_loggers_of_one_name_before_any_run_file(
+    data_dir: Path, tmp_path: Path, settings: list[str]
+) -> None:
+    """Beside the ``images`` section, with the same settings (which Lightning refuses with a traceback) or others."""
+    root = tmp_path / "refused"
+    with pytest.raises(ValueError, match="^2 ImageLoggers are named 'images', so they would overwrite") as e:
+        run_cli("fit", "--config", "configs/ae.yaml", "--data.data_dir", str(data_dir), "--trainer.max_epochs", "1",
+                "--trainer.default_root_dir", str(root), "--trainer.callbacks+=ImageLogger", *settings)  # fmt: skip
+    assert not root.exists()
+    assert e.type is ConfigError  # a refused setting: the command exits with 2
 
 
 class StopAtStep(Callback):

@@ -71,6 +71,22 @@ def test_a_wandb_run_has_wandbs_defaults_where_not_given_and_the_users_settings_
     assert (passed["name"], passed["resume"]) == ("lightning_logs", "must")
 
 
+@pytest.mark.parametrize("form", ["command line", "config file"])
+def test_a_wandb_save_dir_the_user_gives_is_where_it_writes_and_its_own_dot_is_the_run_root(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str
+) -> None:
+    """``.``, WandbLogger's own default (which a ``.`` given cannot be told from), writes under ``default_root_dir``, as
+    a WandbLogger given none does; any other value is where it writes (``./``: the current folder)."""
+    pytest.importorskip("wandb")
+    for name, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "env"), "WANDB_SILENT": "true"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)
+    for i, (save_dir, expected) in enumerate(((".", str(tmp_path / "root")), ("./", "./"), ("logs", "logs"))):
+        logger = wandb_logger_args(form, tmp_path / f"config-{i}", save_dir=save_dir)
+        cli = build_cli(*tiny_args("ae", data_dir, tmp_path / "root", *logger))
+        assert cli.trainer.logger.save_dir == expected, save_dir
+
+
 def drawn_epochs(root: Path) -> list[int]:
     """The epochs (0-based) of the reconstruction PNGs written under ``root``."""
     return sorted(int(path.stem.split("-epoch=")[1].split("-")[0]) for path in root.rglob("reconstructions-*.png"))

@@ -113,13 +113,7 @@ class ImageLogger(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or self.every_n_epochs == 0:
             return
-        loggers = [cb for cb in trainer.callbacks if isinstance(cb, ImageLogger) and cb.every_n_epochs]
-        namesakes = [cb for cb in loggers if cb.name == self.name]
-        if len(namesakes) > 1:
-            raise ValueError(
-                f"{len(namesakes)} ImageLoggers are named {self.name!r}, so they would overwrite each other's "
-                "pictures; give each its own name (`init_args: {name: ...}`, or --images.name for the images section)"
-            )
+        check_image_logger_names(trainer.callbacks)
         if self.views is None:
             self.active_views = visualization.applicable_views(pl_module)
             if len(pl_module.input_shape) == 1:
@@ -242,6 +236,17 @@ class ImageLogger(Callback):
             self.log_image(trainer, f"{self.name}/{view}", image, step=step, epoch=epoch, logged_at=logged_at)
 
 
+def check_image_logger_names(callbacks: Sequence[Callback]) -> None:
+    """Refuse two enabled :class:`ImageLogger` of one ``name``, which would overwrite each other's pictures."""
+    names = [cb.name for cb in callbacks if isinstance(cb, ImageLogger) and cb.every_n_epochs]
+    for name in dict.fromkeys(names):
+        if names.count(name) > 1:
+            raise ValueError(
+                f"{names.count(name)} ImageLoggers are named {name!r}, so they would overwrite each other's "
+                "pictures; give each its own name (`init_args: {name: ...}`, or --images.name for the images section)"
+            )
+
+
 def _image_sink(logger: Logger) -> Literal["wandb", "tensorboard"] | None:
     """How ``logger`` takes images: W&B's ``log_image``, a TensorBoard-style ``add_image``, or not at all."""
     if isinstance(logger, WandbLogger):
@@ -316,4 +321,4 @@ class ClosingProgressBar(TQDMProgressBar):
         sys.stdout.flush()
 
 
-__all__ = ["ClosingProgressBar", "ImageLogger", "LoggerRunInCheckpoint", "SaveConfigToRun"]
+__all__ = ["ClosingProgressBar", "ImageLogger", "LoggerRunInCheckpoint", "SaveConfigToRun", "check_image_logger_names"]
