@@ -118,6 +118,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         self._scheduled_epoch = -1
         self._plateau_val_loss: float | None = None
         self._built_plateaus: list[ReduceLROnPlateau] = []  # by ``build_optimizer``, in this fit
+        self._validated_epoch = -1  # the last epoch that fit validated in (this process)
         self.encoder = encoder if encoder is not None else self.build_encoder()
         self.decoder = decoder if decoder is not None else self.build_decoder()
         self._unchecked_networks = [name for name, given in (("encoder", encoder), ("decoder", decoder)) if given]
@@ -462,6 +463,8 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
     def on_validation_end(self) -> None:
         # The ReduceLROnPlateaus step on the latest val/loss of fit at the epoch's end.
         self._plateau_val_loss = self._fit_validation_loss(self._plateau_val_loss)
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            self._validated_epoch = self.current_epoch
 
     def on_train_epoch_end(self) -> None:
         """At the end of an epoch that ran to its last training batch, step the schedulers of manual optimization
@@ -530,7 +533,8 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
             return False
         every, fitting = trainer.check_val_every_n_epoch, trainer.state.fn == "fit" and not trainer.sanity_checking
         due = fitting and trainer.enable_validation and every is not None and (self.current_epoch + 1) % every == 0
-        return due and trainer.val_check_interval == 1.0 and ends_training_epoch(trainer)
+        due = due and self._validated_epoch != self.current_epoch and trainer.val_check_interval == 1.0
+        return due and ends_training_epoch(trainer)
 
     def check_resume(self, checkpoint: dict[str, Any]) -> None:
         """Raise a ValueError naming both values if this model's settings cannot continue the checkpoint's training

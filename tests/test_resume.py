@@ -610,7 +610,13 @@ def test_resuming_at_an_epochs_last_batch_warns_that_its_validation_is_skipped(d
     steps = {step: next((tmp_path / "reference").rglob(f"step={step}.ckpt")) for step in (2, 4)}
     with pytest.warns(UserWarning, match=r"end of epoch 0's last training batch, before that epoch's validation"):
         run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "at-epoch-end", *settings, "--ckpt_path", str(steps[4])))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "mid-epoch", *settings, "--ckpt_path", str(steps[2])))
-    assert not [w for w in caught if "before that epoch's validation" in str(w.message)]
+    # a mid-epoch checkpoint, and the command's default last.ckpt, written at the epoch's end after its validation
+    default = [*FOUR_BATCHES, *HALVING_PLATEAU, "--trainer.max_steps", "8", "--images.every_n_epochs", "0"]
+    run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "default", *default))
+    last = next((tmp_path / "default").rglob("last.ckpt"))
+    for name, path in (("mid-epoch", steps[2]), ("after-validation", last)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            extra = ["--trainer.max_steps", "12", "--ckpt_path", str(path)]
+            run_cli("fit", *tiny_args("ae", data_dir, tmp_path / name, *settings, *extra))
+        assert not [w for w in caught if "before that epoch's validation" in str(w.message)], name
