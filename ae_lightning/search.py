@@ -34,6 +34,7 @@ from unittest import mock
 
 import optuna
 import yaml
+from jsonargparse import get_loader
 from lightning.pytorch import Callback, LightningModule, Trainer
 from optuna.distributions import (
     BaseDistribution,
@@ -42,7 +43,7 @@ from optuna.distributions import (
     IntDistribution,
     check_distribution_compatibility,
 )
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import ArgumentError, OperationalError
 
@@ -121,7 +122,7 @@ def read_space(path: Path) -> dict[str, Any]:
     """
     if not path.is_file():
         raise FileNotFoundError(f"search space {path} does not exist")
-    space = yaml.safe_load(path.read_text()) or {}
+    space = get_loader("yaml")(path.read_text()) or {}  # as configs are read: 1e-4 is a number, as in YAML 1.2
     unknown = set(space) - {"parameters", "metric", "direction"}
     if unknown or not isinstance(space.get("parameters"), dict) or not space["parameters"]:
         raise ValueError(
@@ -616,6 +617,21 @@ def finished(study: optuna.Study) -> int:
     return sum(t.state in COUNTED or "diverged" in t.user_attrs for t in trials)
 
 
+def run_trials(study: optuna.Study, args: argparse.Namespace, objective: Any) -> None:
+    """Run trials of ``objective`` while the study's counted trials (:func:`finished`) and those running in other
+    processes fall short of ``--n_trials``; a trial whose process died is failed and retried first, once its heartbeat
+    is stale. Print what is left to others, if anything."""
+    while (done := finished(study)) < args.n_trials:
+        fail_stale_trials(study)  # a dead process's trials become FAIL, their retries WAITING (taken first)
+        running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+        if done + len(running) >= args.n_trials:
+            print(f"study {args.study_name!r}: {done} of {args.n_trials} trials done, and trials {running} running in "
+                  "other processes; none left to start here. If a process died, a rerun retries its trial once its "
+                  f"heartbeat is {2 * args.heartbeat} s old", flush=True)  # fmt: skip
+            return
+        study.optimize(objective, n_trials=1, catch=(NonFiniteLossError,))
+
+
 def run(argv: list[str] | None = None) -> optuna.Study:
     """The search the command line's (or ``argv``'s) arguments ask for, its study once done. A trial whose loss
     diverges is recorded as failed, with its reason in the log, and the search goes on; other errors stop it: before
@@ -638,11 +654,7 @@ def run(argv: list[str] | None = None) -> optuna.Study:
         done = finished(study)
         if done < args.n_trials:
             print(f"study {args.study_name!r}: {done} of {args.n_trials} trials done; running the rest", flush=True)
-            study.optimize(
-                lambda trial: objective(trial, args, space, metric, fit_args),
-                callbacks=[lambda study, _: study.stop() if finished(study) >= args.n_trials else None],
-                catch=(NonFiniteLossError,),
-            )
+            run_trials(study, args, lambda trial: objective(trial, args, space, metric, fit_args))
         path = write_best_config(study, args.root)
         counts = {state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,))) for state in TrialState}
         print(

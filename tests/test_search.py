@@ -116,6 +116,14 @@ def test_unknown_argument_error_suggests_the_close_names(tmp_path: Path, data_di
         )
 
 
+def test_numbers_in_exponent_notation_are_numbers_as_in_configs(tmp_path: Path) -> None:
+    # PyYAML's YAML 1.1 reads 1e-4 as the string '1e-4'; the configs' reader (jsonargparse's) reads a number
+    path = tmp_path / "space.yaml"
+    path.write_text("parameters:\n  model.init_args.dropout: {type: float, low: 1e-4, high: 5E-1, log: true}\n")
+    spec = search.read_space(path)["parameters"][DROPOUT]
+    assert (spec["low"], spec["high"]) == (1e-4, 0.5)
+
+
 def open_study(tmp_path: Path, data_dir: Path, *extra: str, config: Path = AE) -> optuna.Study:
     args, fit_args = search.parse_args(search_args(tmp_path, data_dir, "--n_trials", "1", *extra, config=config))
     space = search.read_space(args.space)
@@ -387,6 +395,42 @@ def test_a_killed_study_resumes_and_retries_the_dead_trial(tmp_path: Path, data_
     with mock.patch("sys.argv", ["ae-lightning"]):
         cli = AutoencoderCLI(args=["fit", "--config", str(best), "--trainer.max_epochs", "1"])
     assert cli.trainer.global_step == 1 and cli.trainer.log_dir.startswith(str(tmp_path / "trials" / "best"))
+
+
+def test_workers_of_one_study_run_n_trials_in_all(tmp_path: Path, data_dir: Path) -> None:
+    # another worker's trial is running: one trial is left to start here, not two
+    other = optuna.create_study(study_name="ae", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    other.ask()
+    study = search.run(search_args(tmp_path, data_dir, "--n_trials", "2"))
+    assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE]
+    assert study.best_trial.number == 1 and (tmp_path / "trials" / "best.yaml").exists()
+
+
+DEAD_WORKER = """
+import sys, time, optuna
+storage = optuna.storages.RDBStorage(sys.argv[1], heartbeat_interval=1)
+optuna.create_study(study_name="ae", storage=storage).optimize(lambda trial: time.sleep(1.5) or print(flush=True)
+                                                               or time.sleep(600))
+"""
+
+
+def test_a_trial_whose_process_died_is_retried_even_by_a_rerun_before_its_heartbeat_stopped(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    worker = subprocess.Popen([sys.executable, "-c", DEAD_WORKER, storage], stdout=subprocess.PIPE, text=True)
+    try:
+        worker.stdout.readline()  # its trial is running, with a heartbeat
+    finally:
+        worker.kill()
+        worker.wait()
+    args = search_args(tmp_path, data_dir, "--n_trials", "1", "--heartbeat", "3")
+    # its heartbeat is fresh: the trial may still be running, so no other trial starts in its place
+    assert [t.state for t in search.run(args).get_trials()] == [optuna.trial.TrialState.RUNNING]
+    time.sleep(6)  # then stale
+    study = search.run(args)
+    assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    assert optuna.storages.RetryFailedTrialCallback.retried_trial_number(study.trials[1]) == 0
 
 
 def test_stacked_configs_reach_every_trial_in_order_and_identify_the_study(tmp_path: Path, data_dir: Path) -> None:
