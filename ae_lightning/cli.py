@@ -32,6 +32,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 import datamodules
@@ -261,7 +262,12 @@ class AutoencoderCLI(LightningCLI):
             # A backward that reaches only part of the weights (the adversarial AE's discriminator phase only the
             # discriminator's) is one DDP accepts only when it looks for unused parameters.
             kwargs["strategy"] = "ddp_find_unused_parameters_true"
-        trainer = super().instantiate_trainer(**kwargs)
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except MisconfigurationException as error:  # settings this machine cannot run (a GPU where there is none)
+            given = ", ".join(f"--trainer.{key} {config.get(key)}" for key in ("accelerator", "devices", "strategy"))
+            raise ConfigError(f"{given}: {error} Choose devices this machine has (--trainer.accelerator cpu runs "
+                              "anywhere)") from error  # fmt: skip
         requested = config.get("precision")
         if requested is not None and _PRECISION_ALIASES.get(str(requested), str(requested)) != trainer.precision:
             raise ConfigError(

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from tiny_runs import run_cli, tiny_args
 
@@ -83,3 +84,12 @@ def test_overfit_batches_trains_the_same_first_batches_every_epoch(data_dir: Pat
         run_cli("fit", *tiny_args("ae", data_dir, tmp_path, *extra))
     first = list(range(16)), list(range(16, 32))  # batches of 16, in split order
     assert seen == [(epoch, rows) for epoch in range(3) for rows in first]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_an_accelerator_this_machine_lacks_is_refused_in_one_line_before_any_file(data_dir: Path, tmp_path: Path):
+    # it was Lightning's MisconfigurationException traceback, with exit status 1
+    with pytest.raises(ConfigError, match=r"^--trainer.accelerator gpu, --trainer.devices auto, --trainer.strategy "
+                       r"auto: .*--trainer.accelerator cpu runs anywhere"):  # fmt: skip
+        run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "run", "--trainer.accelerator", "gpu"))
+    assert not (tmp_path / "run").exists()
