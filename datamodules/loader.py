@@ -8,6 +8,9 @@ into Python calls per sample, PIL and ``ToTensor``. Here a whole split is one ``
 from __future__ import annotations
 
 import math
+import os
+import signal
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -117,6 +120,55 @@ def check_resume_state(stored: dict, mine: dict) -> None:
                 f"{mine[key]}{data}: it would resume at other samples. Resume with the checkpoint's data settings, "
                 "or start a fresh run without --ckpt_path"
             )
+
+
+# The signals a scheduler sends to every process of a job (``scancel``, SLURM's ``--signal``, ``timeout``,
+# ``kill -- -<group>``), which the main process acts on at a step's end; none without ``sigwaitinfo`` (macOS).
+_JOB_SIGNALS = {signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2} if hasattr(signal, "sigwaitinfo") else set()
+
+
+class WorkerSignals:
+    """A DataLoader ``worker_init_fn`` with which the workers leave SIGTERM, SIGUSR1 and SIGUSR2 to the main process
+    and live until it shuts them down; a SIGTERM from the process that made it (or a worker's parent) still ends a
+    worker at once, as in torch. Iterate the loader with :func:`worker_batches`. Where ``signal.sigwaitinfo`` is
+    missing (macOS), the workers keep torch's handling. Why: ``docs/fault_tolerance.md``."""
+
+    def __init__(self) -> None:
+        self.owner = os.getpid()
+
+    def __call__(self, worker_id: int) -> None:
+        if not _JOB_SIGNALS:
+            return
+        # SIGTERM stays blocked (the thread, and any started later, inherit that): it waits for the thread below.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        threading.Thread(target=self._exit_on_owners_sigterm, name="sigterm-from-owner", daemon=True).start()
+        others = _JOB_SIGNALS - {signal.SIGTERM}
+        for signum in others:
+            signal.signal(signum, signal.SIG_IGN)  # which drops one held since the worker started
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, others)
+
+    def _exit_on_owners_sigterm(self) -> None:
+        while signal.sigwaitinfo({signal.SIGTERM}).si_pid not in (self.owner, os.getppid()):
+            pass
+        os._exit(0)
+
+
+def worker_batches(loader: DataLoader) -> Iterator:
+    """Iterates ``loader``, whose ``worker_init_fn`` is a :class:`WorkerSignals`, holding the job's signals while its
+    workers start (at ``iter``, or at the first batch in litdata's loader): they inherit the hold, so one that comes
+    before :class:`WorkerSignals` runs waits for it. The main process gets its own when the first batch is in."""
+    if not (loader.num_workers and _JOB_SIGNALS):
+        yield from loader
+        return
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, _JOB_SIGNALS)
+    try:
+        batches = iter(loader)
+        first = next(batches, None)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    if first is not None:
+        yield first
+        yield from batches
 
 
 class TensorBatchLoader:
@@ -234,7 +286,9 @@ class TensorBatchLoader:
         todo = range(self.batches_done, len(bounds))
         rows = [order[bounds[i][0] + self.rank : bounds[i][1] : self.world_size] for i in todo]
         if self.num_workers:
-            batches = DataLoader(_Batches(self, rows, todo.start), batch_size=None, num_workers=self.num_workers)
+            loader = DataLoader(_Batches(self, rows, todo.start), batch_size=None, num_workers=self.num_workers,
+                                worker_init_fn=WorkerSignals())  # fmt: skip
+            batches = worker_batches(loader)
         else:
             batches = map(self._make_batch, rows, todo)
         for batch in batches:

@@ -19,7 +19,7 @@ from torchvision.transforms import v2
 
 from datamodules.base import Arrays, ImageDataModule, Split
 from datamodules.checks import PositiveInt
-from datamodules.loader import Batch, _mix, announced_epoch, global_batch_bounds
+from datamodules.loader import Batch, WorkerSignals, _mix, announced_epoch, global_batch_bounds, worker_batches
 from datamodules.stream_prepare import decode
 from datamodules.stream_store import MANIFEST, StreamLocation, StreamManifest, check_chunks, read_manifest
 
@@ -147,10 +147,12 @@ class StreamLoader:
         rows: Sequence[int] | None = None,
     ) -> None:
         if resumable:
-            self.loader = StreamingDataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+            self.loader = StreamingDataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
+                                              worker_init_fn=WorkerSignals())  # fmt: skip
         else:
             shard = EvaluationShard(dataset, rank, world_size, batch_size, rows)
-            self.loader = DataLoader(shard, batch_sampler=shard.batches, num_workers=num_workers)
+            self.loader = DataLoader(shard, batch_sampler=shard.batches, num_workers=num_workers,
+                                     worker_init_fn=WorkerSignals())  # fmt: skip
         self.batch_size, self.resumable, self.fingerprint = batch_size, resumable, fingerprint
         self.seed = dataset.augment_seed
         self.epoch = 0
@@ -189,7 +191,7 @@ class StreamLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         if not self.resumable:
-            yield from ((batch["x"], batch["label"], batch["index"]) for batch in self.loader)
+            yield from ((batch["x"], batch["label"], batch["index"]) for batch in worker_batches(self.loader))
             return
         if self.batches_done >= len(self):  # iterated again without ``set_epoch``: move on to the next epoch
             self.epoch, self.batches_done, self._stream_state = self.epoch + 1, 0, None
@@ -201,7 +203,7 @@ class StreamLoader:
             # that stopped early (limit_train_batches), which would replay a stale position (litData #770).
             self.loader.current_epoch, self.loader.restore = self.epoch, False
         self._stream_state = None
-        for batch in self.loader:
+        for batch in worker_batches(self.loader):
             self.batches_done += 1
             yield batch["x"], batch["label"], batch["index"]
 

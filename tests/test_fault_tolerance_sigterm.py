@@ -8,16 +8,19 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+from conftest import write_image_folder
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
-from tiny_runs import command, last_checkpoint, run_cli, subprocess_env, tiny_args
+from tiny_runs import ROOT, TINY_MODEL, command, last_checkpoint, run_cli, subprocess_env, tiny_args
 
 from ae_lightning.training.fault_tolerance import SigtermCheckpoint
+from datamodules.stream_prepare import prepare_stream
 
 STEPS = 28  # 2 epochs of 14 batches
 
@@ -62,6 +65,29 @@ class SigtermRankZeroAtStep(Callback):
         self.folder.mkdir(parents=True, exist_ok=True)
         code = exception.code if isinstance(exception, SystemExit) else repr(exception)
         (self.folder / f"rank{trainer.global_rank}.exit").write_text(str(code))
+
+
+class WaitForSigtermAtStep(Callback):
+    """At the start of global step ``step``, writes the file ``ready`` and waits (at most 30 s) until the run's
+    :class:`SigtermCheckpoint` has noted a SIGTERM, which the test sends meanwhile.
+
+    Args:
+        step: the global step at whose start it waits.
+        ready: the file it writes.
+    """
+
+    def __init__(self, step: int, ready: str) -> None:
+        self.step = step
+        self.ready = Path(ready)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
+        if trainer.global_step != self.step:
+            return
+        (sigterm,) = (callback for callback in trainer.callbacks if isinstance(callback, SigtermCheckpoint))
+        self.ready.write_text(str(os.getpid()))
+        deadline = time.monotonic() + 30
+        while not sigterm.signalled(trainer) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 class SigtermFrom(BoringModel):
@@ -199,3 +225,85 @@ def test_sigterm_when_no_training_step_is_left_ends_the_process_once_the_run_is_
     assert process.returncode == 143, output[-5000:]
     assert "fit 1 starts" not in output  # the process did not go on as if the signal had not come
     assert torch.load(tmp_path / "fit0" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+
+
+@pytest.mark.parametrize("data", ["in-memory", "stream"])
+def test_sigterm_to_the_process_group_leaves_the_loader_workers_running_until_the_run_saves_and_exits_143(
+    data: str, data_dir: Path, tmp_path: Path
+) -> None:
+    # ``scancel``, SLURM's time limit and ``timeout`` signal every process of the job, the data loader's workers too.
+    step, ready, root = 3, tmp_path / "ready", tmp_path / "run"
+    wait = [f"--trainer.callbacks+={__name__}.WaitForSigtermAtStep", "--trainer.callbacks.step", str(step),
+            "--trainer.callbacks.ready", str(ready), "--trainer.max_epochs", "100"]  # fmt: skip
+    if data == "in-memory":
+        args = tiny_args("ae", data_dir, root, "--data.num_workers", "1", *wait)
+    else:
+        write_image_folder(tmp_path / "images", per_class=40, size=16)
+        prepare_stream(str(tmp_path / "images"), str(tmp_path / "stream"), size=16, chunk_size=16, num_workers=1)
+        stream = ["--data", "StreamingDataModule", "--data.input_dir", str(tmp_path / "stream"), "--data.num_workers",
+                  "2", "--data.batch_size", "8", "--images.every_n_epochs", "0"]  # fmt: skip
+        args = ["--config", str(ROOT / "configs" / "ae.yaml"), *TINY_MODEL, *stream, "--trainer.default_root_dir",
+                str(root), "--trainer.enable_progress_bar", "false", *wait]  # fmt: skip
+    process = subprocess.Popen(command("fit", *args), env=subprocess_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ready.exists(), "the run did not reach the signalled step"
+        os.killpg(process.pid, signal.SIGTERM)  # from outside the run, as a scheduler sends it
+        output, _ = process.communicate(timeout=60)
+    except (AssertionError, subprocess.TimeoutExpired):
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"the run did not reach step {step} or hung after the signal:\n{output[-5000:]}")
+    assert process.returncode == 143, output[-5000:]
+    assert last_checkpoint(root)["global_step"] == step + 1, output[-5000:]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the workers end with the run: none is left behind
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the run's data loader workers outlived it")
+
+
+# Loader workers signalled with the job, some of them still starting: they go on serving batches; at exit, with an
+# iterator still open, the interpreter ends them with its own SIGTERM, which they obey (or the process would hang).
+SIGNALLED_WORKERS = """
+import signal, time
+from torch.utils.data import DataLoader
+from datamodules.loader import WorkerSignals, worker_batches
+
+class SlowToStart(WorkerSignals):
+    def __call__(self, worker_id):
+        print("starting", flush=True)
+        time.sleep(1)
+        super().__call__(worker_id)
+
+noted = set()
+for signum in (signal.SIGTERM, signal.SIGUSR1):
+    signal.signal(signum, lambda signum, frame: noted.add(signum))
+loader = DataLoader(range(40), batch_size=1, num_workers=2, worker_init_fn=SlowToStart())
+print("batches:", sum(1 for _ in worker_batches(loader)), "signals noted:", len(noted), flush=True)
+open_at_exit = worker_batches(loader)
+next(open_at_exit)
+"""
+
+
+def test_loader_workers_outlive_the_jobs_signals_even_while_starting_and_end_with_their_process() -> None:
+    process = subprocess.Popen([sys.executable, "-c", SIGNALLED_WORKERS], env=subprocess_env(), cwd=ROOT, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        assert process.stdout.readline() == "starting\n"
+        for signum in (signal.SIGUSR1, signal.SIGTERM):
+            os.killpg(process.pid, signum)
+        output, _ = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"the process hung at its exit:\n{output[-5000:]}")
+    assert process.returncode == 0, output[-5000:]
+    assert "batches: 40 signals noted: 2" in output, output[-5000:]
