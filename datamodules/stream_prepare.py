@@ -217,8 +217,7 @@ def prepare_stream(
         alpha: an image with transparent pixels is refused (``refuse``) or composited over ``white`` or ``black``.
         encoding, quality: ``png``, ``jpeg`` (of JPEG quality ``quality``) or ``raw``.
         val_fraction: share of the training pool held out as validation split (seeded, stratified).
-        test_fraction: share held out as test split when the source has none.
-        test_dir: a folder source's test folder (refused for other sources).
+        test_fraction, test_dir: share held out as test split when the source has none; a folder's test folder.
         labels, key: an array source's labels (a key or a file) and data key, as ``ArrayDataModule`` takes them.
         data_dir, dataset_kwargs: a torchvision source's root and extra arguments.
         seed: seed of the split draws and of the train split's stored (shuffled) order (``docs/streaming.md``).
