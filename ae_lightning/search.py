@@ -33,6 +33,7 @@ from typing import Any
 from unittest import mock
 
 import optuna
+import torch
 import yaml
 from jsonargparse import get_loader
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -258,12 +259,24 @@ def check_values(space: dict[str, Any], space_path: Path, configs: list[Path], f
                 cls = resolve_class_path(class_path) if class_path else None
                 if cls is not None and argument and "." not in argument:
                     check_init_arguments(cls, {argument: parsed[name]})
+                check_optimizer_arguments(parsed, name)
             except (argparse.ArgumentError, ValueError) as error:
                 message = one_line(str(error)) if isinstance(error, argparse.ArgumentError) else error
                 raise ConfigError(
                     f"search space {space_path}: {name}: {which} would be refused by every trial that draws it: "
                     f"{message}"
                 ) from None
+
+
+def check_optimizer_arguments(parsed: Any, name: str) -> None:
+    """Raise torch's ValueError for an argument ``name`` of an optimizer given by class path in the config (e.g.
+    ``model.init_args.optimizer.init_args.lr``) that the optimizer refuses, by building it on one parameter."""
+    owner, _, argument = name.rpartition(".init_args.")
+    class_path = parsed.get(f"{owner}.class_path") if owner and "." not in argument else None
+    cls = resolve_class_path(class_path) if isinstance(class_path, str) else None
+    if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer):
+        init_args = parsed.get(f"{owner}.init_args")
+        cls([torch.zeros(1, requires_grad=True)], **(init_args.as_dict() if init_args else {}))
 
 
 def probe_trainer(parsed: Any) -> Trainer | None:

@@ -479,8 +479,11 @@ def test_bad_search_options_are_refused_by_name_before_anything_runs(
         ({DROPOUT: {"type": "float", "low": 0.0, "high": 1.0}}, r"high 1.0 would be refused .*dropout must lie in \[0"),
         ({"data.init_args.batch_size": {"type": "categorical", "choices": [8, 0]}}, r"choice 0 .*batch_size must be"),
         ({LATENT: {"type": "categorical", "choices": [4, "four"]}}, r"choice 'four' would .*latent_dim: .*'four'"),
+        ({"model.init_args.optimizer.init_args.lr": {"type": "float", "low": -1.0, "high": 0.01}},
+         r"low -1.0 would be refused .*Invalid learning rate: -1.0"),
     ],
-    ids=["choice-not-in-literal", "low-below-range", "high-above-range", "datamodule-choice", "unparsable-choice"],
+    ids=["choice-not-in-literal", "low-below-range", "high-above-range", "datamodule-choice", "unparsable-choice",
+         "optimizer-lr"],
 )  # fmt: skip
 def test_choices_and_bounds_a_trial_would_refuse_are_named_before_the_study_is_stored(
     tmp_path: Path, data_dir: Path, parameters: dict, message: str
