@@ -10,7 +10,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, EarlyStopping
 from test_variants import make_trainer, tiny_data
 from tiny_runs import command, last_checkpoint, run_cli, subprocess_env, tiny_args
 
@@ -212,3 +212,19 @@ def test_a_datamodule_grouping_batches_for_the_fast_path_is_refused_naming_both_
 def test_bad_arguments_are_errors_naming_the_value(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         DeepBeliefAutoencoder(**{**TINY_DBN, **kwargs})
+
+
+def test_early_stopping_is_refused_while_pretraining_remains_and_taken_for_the_fine_tuning(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # val/loss rises while RBM 1 pretrains here, so EarlyStopping(patience=2) stopped the run before any fine-tuning
+    torch.manual_seed(0)
+    model, data = DeepBeliefAutoencoder(**TINY_DBN, pretrain_epochs=1), tiny_data(data_dir)
+    stopper = EarlyStopping("val/loss", patience=2)
+    with pytest.raises(ValueError, match=r"EarlyStopping\(monitor='val/loss'\) would count the RBM pretraining epochs"):
+        make_trainer(tmp_path, max_epochs=4, callbacks=[stopper]).fit(model, datamodule=data)
+    pretrained = make_trainer(tmp_path, max_epochs=2, enable_checkpointing=True)
+    pretrained.fit(model, datamodule=data)  # the remedy the message names: pretrain, then resume with the callback
+    tuned = make_trainer(tmp_path, max_epochs=4, callbacks=[EarlyStopping("val/loss", patience=2)])
+    tuned.fit(model, datamodule=data, ckpt_path=next(tmp_path.rglob("*.ckpt")))
+    assert tuned.current_epoch == 4 and model.unrolled

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -236,6 +237,18 @@ class DeepBeliefAutoencoder(DeterministicAutoencoder):
             rank_zero_warn(
                 f"max_epochs={max_epochs} leaves no fine-tuning epoch after the {pretraining} pretraining epochs "
                 f"({len(self.rbm_layers())} RBMs x pretrain_epochs={self.pretrain_epochs})"
+            )
+
+    def on_train_start(self) -> None:
+        # here, not in on_fit_start: a resumed run's epoch is restored by now
+        pretraining = self.pretrain_epochs * len(self.rbm_layers())
+        stoppers = [c for c in self.trainer.callbacks if isinstance(c, EarlyStopping)]
+        if stoppers and self.current_epoch < pretraining:
+            raise ValueError(
+                f"EarlyStopping(monitor={stoppers[0].monitor!r}) would count the RBM pretraining epochs "
+                f"{self.current_epoch}-{pretraining - 1}, whose metrics are not the fine-tuning's, and may stop the "
+                f"run before it fine-tunes: pretrain first (max_epochs {pretraining}), then resume from that run's "
+                "last checkpoint with the EarlyStopping callback"
             )
 
     def on_train_epoch_start(self) -> None:
