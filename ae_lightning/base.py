@@ -587,12 +587,20 @@ class DeterministicAutoencoder(AutoencoderModule):
     Args:
         reconstruction: ``bce`` (binary cross-entropy with the pixel intensities, summed per image) or ``mse``
             (squared error summed per image).
-        dropout: dropout rate after each hidden layer of encoder and decoder, in training only.
+        dropout: dropout rate after each hidden layer of the built encoder and decoder, in training only; must be 0
+            when an ``encoder`` or ``decoder`` is given (put dropout layers in it).
         **kwargs: the :class:`AutoencoderModule` arguments.
     """
 
     def __init__(self, reconstruction: Reconstruction = "bce", dropout: Fraction = 0.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        given = [name for name in ("encoder", "decoder") if kwargs.get(name) is not None]
+        if dropout and given:  # the hidden dropout is built into the networks the class builds, not into given ones
+            raise ValueError(
+                f"dropout={dropout} adds dropout after the hidden layers of the networks {type(self).__name__} builds, "
+                f"but the given {' and '.join(given)} {'is' if len(given) == 1 else 'are'} used unchanged: put dropout "
+                "layers in it and set dropout: 0"
+            )
         if reconstruction == "bce" and len(self.input_shape) == 1:
             raise ValueError(
                 f"reconstruction: bce needs pixels in [0, 1], but input_shape {self.input_shape} is feature vectors; "

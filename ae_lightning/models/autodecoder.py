@@ -13,7 +13,14 @@ import torch
 from torch import Tensor, nn
 
 from ae_lightning.base import Batch, DeterministicAutoencoder
-from datamodules.checks import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, check_arguments
+from datamodules.checks import (
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    check_arguments,
+    check_number,
+)
 
 
 class AutoDecoder(DeterministicAutoencoder):
@@ -78,8 +85,14 @@ class AutoDecoder(DeterministicAutoencoder):
         """Codes of images ``x`` fitted with the decoder frozen; ``steps`` defaults to ``inference_steps``.
 
         Every call fits anew, except within one test or predict batch, which encodes the same images more than once.
+        Images of another shape or dtype, or a negative ``steps``, are a ValueError naming them.
         """
         steps = self.inference_steps if steps is None else steps
+        check_number("steps", steps, "[0, inf)", integer=True)
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            found = f"a {x.dtype} tensor" if isinstance(x, Tensor) else f"a {type(x).__name__}"
+            raise ValueError(f"{type(self).__name__}.encode fits codes to float images in [0, 1], got {found}")
+        self.check_input(x)
         kept = self._kept_codes
         for kept_steps, images, codes in kept or ():
             if kept_steps == steps and images.shape == x.shape and torch.equal(images, x):

@@ -5,11 +5,13 @@ Conditional Generative Models"): the VAE with encoder and decoder conditioned on
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from ae_lightning.blocks import networks
@@ -85,6 +87,8 @@ class ConditionalVAE(VAE):
     def sample(self, n: int, y: Tensor | Sequence[int] | int | None = None) -> Tensor:
         """``n`` images of the classes ``y``: ``n`` labels (a tensor ``[n]`` or a list), one label for all (an int or a
         0-d tensor); by default the classes in turn, 0, 1, 2, ..."""
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+            raise ValueError(f"sample(n={n!r}): n, the number of images, must be an integer >= 0")
         if y is None:
             y = torch.arange(n) % self.num_classes
         try:
@@ -92,6 +96,8 @@ class ConditionalVAE(VAE):
         except (TypeError, ValueError, RuntimeError) as error:
             raise ValueError(f"sample(n={n}) needs labels y: {n} integers or one for all, got {y!r}") from error
         if y.dim() == 0:
+            if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+                raise ValueError(f"sample(n={n}) needs integer class labels y, got {y.item()!r} ({y.dtype})")
             y = y.expand(n)
         if y.dim() == 1 and len(y) != n:
             raise ValueError(f"sample(n={n}) needs n labels (or one for all), got {len(y)}")
@@ -106,3 +112,11 @@ class ConditionalVAE(VAE):
                     f"ConditionalVAE is conditioned on labels 0..{self.num_classes - 1} (num_classes), but the "
                     f"{split} split's labels range over {labels.min().item()}..{labels.max().item()} (-1: no labels)"
                 )
+        trained = splits["train"][1].unique().tolist() if stage == "fit" and "train" in splits else None
+        if trained is not None and len(trained) < self.num_classes:
+            shown = ", ".join(map(str, trained[:10])) + (", ..." if len(trained) > 10 else "")
+            rank_zero_warn(
+                f"ConditionalVAE has num_classes={self.num_classes}, but the train split holds only the labels "
+                f"{shown}: sample(n) draws the classes 0..{self.num_classes - 1} in turn, and a label never trained "
+                "on gives meaningless images; set num_classes to the data's classes, or pass the labels to sample(n, y)"
+            )

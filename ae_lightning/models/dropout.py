@@ -21,7 +21,8 @@ class DropoutAutoencoder(Autoencoder):
 
     Args:
         input_dropout: dropout rate on the input pixels, in [0, 1).
-        dropout: dropout rate after each hidden layer of encoder and decoder, in [0, 1).
+        dropout: dropout rate after each hidden layer of the built encoder and decoder, in [0, 1); must be 0 when
+            an ``encoder`` or ``decoder`` is given (put dropout layers in it).
         **kwargs: the :class:`~ae_lightning.models.autoencoder.Autoencoder` arguments.
     """
 
