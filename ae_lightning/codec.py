@@ -37,7 +37,8 @@ _MISMATCH = (
     "the file is corrupted, or the prior's probabilities differ from the encoder's (decode on the same kind of device "
     "and software as the encoder)"
 )
-# Tiles coded at once; both sides use the same grouping, so each probability is computed on identical inputs.
+# Tiles coded at once; both sides use the same grouping, so each probability is computed on identical inputs. The
+# tokenizer, too, encodes and decodes this many tiles at a time, so memory does not grow with the image.
 TILES_PER_GROUP = 64
 
 
@@ -68,7 +69,8 @@ def compress(prior: CodePrior, image: Tensor) -> bytes:
     encoder = constriction.stream.queue.RangeEncoder()
     model = constriction.stream.model.Categorical(perfect=False)
     with _evaluating(prior):
-        tokens = prior.encode(_tiles(image.to(prior.device), prior.input_shape[1:]))
+        tiles = _tiles(image.to(prior.device), prior.input_shape[1:])
+        tokens = torch.cat([prior.encode(group) for group in tiles.split(TILES_PER_GROUP)])
         for group in tokens.split(TILES_PER_GROUP):
             for position in range(prior.num_tokens):
                 probabilities = prior.next_token_probabilities(group, position).cpu().numpy()
@@ -98,8 +100,12 @@ def decompress(prior: CodePrior, data: bytes, name: str = "the file") -> Tensor:
         data: the file's bytes.
         name: how errors call the file (its path).
     """
-    if len(data) < _HEADER.size or data[:4] != MAGIC:
+    if data[:4] != MAGIC:
         raise CompressedFileError(f"{name} is not an ae-lightning compressed file (no {MAGIC.decode()} header)")
+    if len(data) < _HEADER.size:
+        raise CompressedFileError(
+            f"{name} is truncated: it has {len(data)} bytes, less than the {_HEADER.size} of a header"
+        )
     magic, version, tokenizer, prior_id, channels, height, width, tiles, words, checksum = _HEADER.unpack_from(data)
     if version != VERSION:
         changed = " (the format changed: compress the image again with this code)" if version < VERSION else ""
@@ -144,7 +150,8 @@ def decompress(prior: CodePrior, data: bytes, name: str = "the file") -> Tensor:
         tokens = torch.cat(groups)
         if _checksum(data[: _FIELDS.size], tokens) != checksum:
             raise CompressedFileError(f"the header or the codes decoded from {name} fail its checksum: {_MISMATCH}")
-        return _untile(prior.decode(tokens), (channels, height, width))
+        images = torch.cat([prior.decode(group) for group in tokens.split(TILES_PER_GROUP)])
+        return _untile(images, (channels, height, width))
 
 
 @contextlib.contextmanager

@@ -7,7 +7,8 @@ The prior's checkpoint holds its tokenizer (one saved before priors held their t
 tokenizer's checkpoint at the path it recorded). Images of any size are coded in tiles of the tokenizer's input size; a
 gray model reads images as gray. Decoding refuses, naming the problem, a file that is truncated, corrupted or
 written with another model. Both print the size (bytes, bits per pixel) and the time taken. An existing output file
-is replaced only with ``--overwrite``, and never left half-written; a bad input is a one-line error (exit status 2).
+is replaced only with ``--overwrite`` (never the input or the prior), and never left half-written; a bad input is a
+one-line error (exit status 2).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Exit through ``parser.error``, naming the path, unless the source exists and the target may be written."""
+    """Exit through ``parser.error``, naming the path, unless the source exists and the target may be written: a new
+    file, or an existing one with ``--overwrite`` that is neither the source nor the prior."""
     expected = "an image" if args.command == "encode" else "a file written by `compress.py encode`"
     if not args.source.is_file():
         parser.error(f"source {args.source} does not exist (or is not a file); expected {expected}")
@@ -50,8 +52,13 @@ def check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error(f"target {args.target} is a folder; name the file to write")
     if not args.target.parent.is_dir():
         parser.error(f"target {args.target}: its folder {args.target.parent} does not exist; create it first")
+    for role, path in (("source", args.source), ("prior", args.prior)):
+        if args.target.exists() and path.exists() and args.target.samefile(path):  # --overwrite would destroy it
+            parser.error(f"target {args.target} is the {role} {path}; name another file to write")
     if args.target.exists() and not args.overwrite:
         parser.error(f"target {args.target} exists; name another file, or pass --overwrite to replace it")
+    if args.command == "decode" and args.alpha != "refuse":  # the decoded image is opaque: nothing to composite
+        parser.error(f"--alpha {args.alpha} applies to the image that encode reads; decode takes no --alpha")
     if args.command == "decode" and Image.registered_extensions().get(args.target.suffix.lower()) not in Image.SAVE:
         parser.error(f"target {args.target}: expected an image name whose suffix Pillow can write (.png, .bmp, ...)")
 

@@ -142,6 +142,9 @@ def test_codec_refuses_truncated_foreign_and_other_models_files(
         decompress(trained_prior, data[:-4], name="photo.aelc")
     with pytest.raises(CompressedFileError, match="not an ae-lightning compressed file"):
         decompress(trained_prior, b"\x89PNG" + data[4:])
+    # cut inside the header: its magic is there, so it was called "not an ae-lightning compressed file"
+    with pytest.raises(CompressedFileError, match=r"photo.aelc is truncated: it has 30 bytes, less than the 59 of"):
+        decompress(trained_prior, data[:30], name="photo.aelc")
     other = tiny_prior(tokenizer_path)  # the same tokenizer, an untrained prior
     with pytest.raises(CompressedFileError, match=rf"written with tokenizer {other.fingerprint} and prior \w+; this"):
         decompress(other.eval(), data)
@@ -149,6 +152,22 @@ def test_codec_refuses_truncated_foreign_and_other_models_files(
     corrupted[-5] ^= 0xFF
     with pytest.raises(CompressedFileError, match="fail its checksum"):
         decompress(trained_prior, bytes(corrupted))
+
+
+def test_codec_runs_the_tokenizer_on_groups_of_tiles_not_the_whole_image(
+    trained_prior: CodePrior, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The tokenizer encoded and decoded every tile of an image in one batch: memory grew with the photograph.
+    image = torch.rand(1, 40, 61, generator=torch.Generator().manual_seed(3))  # 6 tiles
+    reference = decompress(trained_prior, compress(trained_prior, image))
+    batches = []
+    for network in (trained_prior.tokenizer.encoder, trained_prior.tokenizer.decoder):
+        network.register_forward_hook(lambda module, inputs, output: batches.append(len(inputs[0])))
+    monkeypatch.setattr(codec, "TILES_PER_GROUP", 4)
+    data = compress(trained_prior, image)
+    decoded = decompress(trained_prior, data)
+    assert batches == [4, 2, 4, 2]  # encoder, then decoder: groups of 4 tiles
+    torch.testing.assert_close(decoded, reference)  # the same codes, and images
 
 
 def test_codec_refuses_a_corrupted_header(tokenizer_path: Path) -> None:
@@ -259,6 +278,30 @@ def test_compress_command_names_each_bad_input(
         said = refused(script, [*map(str, argv), "--device", "cpu"], capsys)
         assert said == message or (message.endswith(": ") and said.startswith(message)), argv
     assert not (tmp_path / "x.aelc").exists() and not (tmp_path / "x.png").exists()
+
+
+def test_compress_command_never_writes_over_its_source_or_prior(
+    trained_prior: CodePrior, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # encode photo.png photo.png --overwrite replaced the photograph by its lossy compressed file
+    from PIL import Image
+    from test_evaluation import load_script, refused
+
+    script = load_script("compress")
+    prior, image = tmp_path / "prior.ckpt", tmp_path / "in.png"
+    Image.fromarray((torch.rand(28, 28) * 255).byte().numpy()).save(image)
+    script.main(["encode", str(prior), str(image), str(tmp_path / "in.aelc"), "--device", "cpu"])
+    (tmp_path / "link.png").symlink_to(image)
+    kept = {path: path.read_bytes() for path in (prior, image, tmp_path / "in.aelc")}
+    cases = {
+        ("encode", prior, image, image): f"target {image} is the source {image}; name another file to write",
+        ("encode", prior, image, tmp_path / "link.png"): f"target {tmp_path / 'link.png'} is the source {image}; ",
+        ("encode", prior, image, prior): f"target {prior} is the prior {prior}; name another file to write",
+        ("decode", prior, tmp_path / "in.aelc", tmp_path / "in.aelc"): f"target {tmp_path / 'in.aelc'} is the source",
+    }
+    for argv, message in cases.items():
+        assert refused(script, [*map(str, argv), "--device", "cpu", "--overwrite"], capsys).startswith(message), argv
+    assert {path: path.read_bytes() for path in kept} == kept
 
 
 # --- a prior checkpoint holds its tokenizer; corrupted payloads; the command's up-front checks --------------------
@@ -419,3 +462,7 @@ def test_compress_command_refuses_transparent_pixels_or_composites_them_as_alpha
     assert script.load_image(source, 1, "white")[0, :14].eq(1).all()
     script.main([*encode, "--alpha", "white"])
     assert (tmp_path / "icon.aelc").is_file()
+    decode = ["decode", checkpoint, str(tmp_path / "icon.aelc"), str(tmp_path / "out.png"), "--device", "cpu"]
+    message = "--alpha white applies to the image that encode reads; decode takes no --alpha"
+    assert refused(script, [*decode, "--alpha", "white"], capsys) == message  # was silently ignored
+    assert not (tmp_path / "out.png").exists()

@@ -19,6 +19,7 @@ import torch
 import torchvision
 from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
 from test_variants import make_trainer, tiny_data
+from tiny_runs import last_checkpoint, run_cli, tiny_args
 from torch import nn
 from vector_quantize_pytorch.vector_quantize_pytorch import Codebook
 
@@ -55,7 +56,8 @@ ALEXNET = torchvision.models.alexnet
 
 def quantized(**kwargs) -> QuantizedAutoencoder:
     torch.manual_seed(0)
-    return QuantizedAutoencoder(**{**TINY, "codebook_size": 16, **kwargs})
+    codebook = {} if kwargs.get("quantizer") == "fsq" else {"codebook_size": 16}  # FSQ's codebook is its levels'
+    return QuantizedAutoencoder(**{**TINY, **codebook, **kwargs})
 
 
 def images(n: int = 6) -> torch.Tensor:
@@ -89,6 +91,7 @@ def test_indices_decode_to_the_same_reconstruction(kwargs: dict, levels: int) ->
     indices = model.encode_indices(x)
     size = 15 if kwargs.get("quantizer") == "fsq" else 16
     assert indices.shape == (6, levels, 14, 14) and 0 <= indices.min() and indices.max() < size
+    assert indices.dtype == torch.int64  # for every quantizer (the library's FSQ gives int32), in predictions too
     torch.testing.assert_close(model.decode_indices(indices), model(x))
 
 
@@ -302,6 +305,27 @@ def test_quantizer_settings_that_cannot_work_are_refused(kwargs: dict, message: 
         quantized(**kwargs)
 
 
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"quantizer": "fsq", "codebook_size": 64}, "codebook_size=64 has no effect with quantizer 'fsq' "
+         r"\(only 'vq' or 'residual_vq' reads it\): leave codebook_size at its default 512, or set quantizer to"),
+        ({"quantizer": "fsq", "dead_code_threshold": 0.0}, "dead_code_threshold=0.0 has no effect with"),
+        ({"quantizer": "fsq", "kmeans_init": False}, "kmeans_init=False has no effect with quantizer 'fsq'"),
+        ({"num_quantizers": 8}, r"num_quantizers=8 has no effect with quantizer 'vq' \(only 'residual_vq' reads it\)"),
+        ({"fsq_levels": [5, 5]}, r"fsq_levels=\[5, 5\] has no effect with quantizer 'vq' \(only 'fsq' reads it\)"),
+        ({"quantizer": "residual_vq", "fsq_levels": [3]}, "fsq_levels=.3. has no effect with quantizer 'residual_vq'"),
+    ],
+)  # fmt: skip
+def test_a_setting_the_quantizer_does_not_read_is_refused_not_ignored(kwargs: dict, message: str) -> None:
+    # fsq with codebook_size 64 used to train on its levels' 1000 codes without a word
+    with pytest.raises(ValueError, match=message):
+        quantized(**kwargs)
+    # the defaults, as configs/vqvae.yaml sets them, go with any quantizer: the yaml stacks with quantizer fsq
+    defaults = {"codebook_size": 512, "fsq_levels": (8, 5, 5, 5), "kmeans_init": True}
+    assert quantized(quantizer="fsq", **defaults).codebook_size == 1000
+
+
 @pytest.mark.parametrize("cls", [QuantizedAutoencoder, KLAutoencoder], ids=["vq", "kl"])
 def test_images_whose_size_f_does_not_divide_are_refused_not_shrunk(cls: type) -> None:
     # The stride-2 convolutions floored such sizes: a 100x100 image came back as a 96x96 reconstruction.
@@ -461,6 +485,23 @@ def test_a_non_finite_loss_names_the_gradient_clipping_the_model_takes(
     trainer = make_trainer(tmp_path, limit_train_batches=1, limit_val_batches=0, callbacks=[non_finite_guard()])
     with pytest.raises(NonFiniteLossError, match=rf"clip gradients \({option}.gradient_clip_val\)"):
         trainer.fit(model, train_dataloaders=loader)
+
+
+def test_a_resumed_vqvae_run_ends_with_the_codebook_of_an_uninterrupted_one(data_dir: Path, tmp_path: Path) -> None:
+    # The EMA codebook (embed, embed_avg, cluster_size, initted) is in buffers, k-means initialization and dead-code
+    # replacement (hundreds of codes at every step of this run) draw from the global generator: all must resume.
+    settings = ["--checkpoint.every_n_train_steps", "4", "--checkpoint.monitor", "null", "--checkpoint.save_top_k",
+                "-1", "--checkpoint.filename", "{step}", "--trainer.val_check_interval", "6",
+                "--trainer.limit_val_batches", "2", "--images.every_n_epochs", "0"]  # fmt: skip
+    run_cli("fit", *tiny_args("vqvae", data_dir, tmp_path / "reference", *settings))
+    step_8 = next((tmp_path / "reference").rglob("step=8.ckpt"))
+    run_cli("fit", *tiny_args("vqvae", data_dir, tmp_path / "resumed", *settings, "--ckpt_path", str(step_8)))
+    expected, resumed = last_checkpoint(tmp_path / "reference"), last_checkpoint(tmp_path / "resumed")
+    assert resumed["global_step"] == expected["global_step"] == 28
+    assert any(name.endswith("_codebook.cluster_size") for name in expected["state_dict"])
+    differing = [name for name, value in expected["state_dict"].items()
+                 if not torch.equal(resumed["state_dict"][name], value)]  # fmt: skip
+    assert not differing, f"{differing} differ after the resume"
 
 
 def test_ema_weights_are_validated_and_saved(data_dir: Path, tmp_path: Path) -> None:

@@ -8,9 +8,10 @@ codebooks: 1, or the residual levels) and the library's auxiliary loss out.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -27,9 +28,29 @@ FSQLevel = number_type("[3, inf)", integer=True)
 MAX_FSQ_CODEBOOK = 2**20
 
 
-def check_quantizer(kind: QuantizerKind, fsq_levels: Sequence[int]) -> None:
-    """Raise a ValueError naming the setting if FSQ's levels cannot work together (the signatures' types say what
-    each single argument takes)."""
+# The settings each quantizer reads; the others keep their defaults (a changed one would be silently ignored).
+_SETTINGS = {
+    "vq": ("codebook_size", "commitment_weight", "ema_decay", "kmeans_init", "dead_code_threshold"),
+    "residual_vq": ("codebook_size", "num_quantizers", "commitment_weight", "ema_decay", "kmeans_init",
+                    "dead_code_threshold"),
+    "fsq": ("fsq_levels",),
+}  # fmt: skip
+
+
+def check_quantizer(kind: QuantizerKind, settings: dict[str, Any]) -> None:
+    """Raise a ValueError naming the setting if one of ``settings`` (:class:`SpatialQuantizer`'s arguments) differs
+    from its default but ``kind`` does not read it, or if FSQ's levels cannot work together (the signatures' types
+    say what each single argument takes)."""
+    defaults = inspect.signature(SpatialQuantizer.__init__).parameters
+    for name in sorted(set().union(*_SETTINGS.values()) - set(_SETTINGS[kind])):
+        value, default = settings[name], defaults[name].default
+        if (list(value) != list(default)) if name == "fsq_levels" else value != default:
+            readers = " or ".join(repr(other) for other, names in _SETTINGS.items() if name in names)
+            raise ValueError(
+                f"{name}={value!r} has no effect with quantizer {kind!r} (only {readers} reads it): leave {name} at "
+                f"its default {default!r}, or set quantizer to {readers}"
+            )
+    fsq_levels = settings["fsq_levels"]
     if kind != "fsq":
         return
     if not fsq_levels:
@@ -72,7 +93,7 @@ class SpatialQuantizer(nn.Module):
     ) -> None:
         super().__init__()
         check_arguments(locals(), SpatialQuantizer.__init__)
-        check_quantizer(kind, fsq_levels)
+        check_quantizer(kind, locals())
         self.kind = kind
         self.sync_codebook = False
         # rotation_trick=False: the plain straight-through estimator of the VQ-VAE paper.
@@ -121,7 +142,7 @@ class SpatialQuantizer(nn.Module):
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Quantize codes ``z [B, C, h, w]``: returns the quantized codes (gradients pass straight through to
-        ``z``), the indices ``[B, Q, h, w]`` and the auxiliary loss (commitment; 0 for FSQ and in evaluation).
+        ``z``), the indices ``[B, Q, h, w]`` (int64) and the auxiliary loss (commitment; 0 for FSQ and in evaluation).
         In evaluation no weight or buffer changes (no EMA update, dead-code replacement or k-means initialization)."""
         # The library runs the k-means initialization on any forward, evaluation included; its codebooks' ``initted``
         # flag is the only way to skip it, so evaluation raises the flag of a codebook awaiting it for the call.
@@ -144,7 +165,8 @@ class SpatialQuantizer(nn.Module):
         else:
             quantized, indices, aux = self.quantizer(sequence)
             aux = aux.sum()  # residual VQ: one commitment loss per level
-        indices = indices.reshape(batch, height, width, self.num_codebooks).permute(0, 3, 1, 2)
+        # int64 for every kind (the library's FSQ gives int32), as an embedding or a prior takes them
+        indices = indices.long().reshape(batch, height, width, self.num_codebooks).permute(0, 3, 1, 2)
         return quantized.transpose(1, 2).reshape_as(z).contiguous(), indices, aux
 
     def decode_indices(self, indices: Tensor) -> Tensor:

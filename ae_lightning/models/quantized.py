@@ -27,7 +27,9 @@ class QuantizedAutoencoder(FirstStageAutoencoder):
     ``[B, Q, h, w]`` and back. Validation and test log the codebooks' health: ``codes_used``, ``perplexity`` and
     ``dead_codes`` over the codes of the epoch's batches alone (images encoded meanwhile, e.g. to draw pictures, are
     not counted), and test the fixed-length rate ``bits_per_pixel``.
-    Under DDP the codebook learns from the codes of every process (:meth:`configure_model`).
+    Under DDP the codebook learns from the codes of every process (:meth:`configure_model`). A setting that the
+    chosen quantizer does not read (``codebook_size`` of ``fsq``, ``fsq_levels`` of ``vq``, ...) must keep its
+    default: a changed one is refused, not ignored.
 
     Args:
         quantizer: ``vq``, ``fsq`` or ``residual_vq``.
@@ -105,7 +107,7 @@ class QuantizedAutoencoder(FirstStageAutoencoder):
 
     # --- codes as indices -------------------------------------------------------------------------------------------
     def encode_indices(self, x: Tensor) -> Tensor:
-        """Code indices ``[B, Q, h, w]`` of images ``x`` (``Q`` = 1 but for residual VQ)."""
+        """Code indices ``[B, Q, h, w]`` (int64) of images ``x`` (``Q`` = 1 but for residual VQ)."""
         return self.quantizer(self.encoder(x))[1]
 
     def decode_indices(self, indices: Tensor) -> Tensor:
