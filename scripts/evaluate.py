@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             if name not in ("lpips", "rfid", "rfid_classifier") and evaluation.metric_applies(model, datamodule, name)
         ]
     evaluation.check_first_stage_metrics(model, datamodule, first_stage or [])
+    pretrained = evaluation.pretrained_networks(first_stage or [])  # missing weights: refused before any score
     if args.samplers and len(datamodule.input_shape) != 3:
         raise ValueError(f"--samplers: the Frechet distance compares images, but {type(datamodule).__name__} holds "
                          f"feature vectors of shape {datamodule.input_shape}")  # fmt: skip
@@ -242,7 +243,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         )
     if first_stage:
         scores |= evaluation.first_stage_scores(
-            model, datamodule, first_stage, classifier=classifier, frechet_images=args.rfid_images, seed=args.seed
+            model,
+            datamodule,
+            first_stage,
+            classifier=classifier,
+            pretrained=pretrained,
+            frechet_images=args.rfid_images,
+            seed=args.seed,
         )
     width = max(map(len, scores))
     for name, value in scores.items():

@@ -150,10 +150,9 @@ def deep_ae(
     x, labels = images[:5000].float().div(255), labels[:5000]
     with torch.no_grad():
         codes = model.encode(x)
-    pca = visualization.project_2d(x.flatten(1), "pca")
-    for name, points in (("deep_ae_2d_map", codes), ("pca_2d_map", pca)):
+    for name, points, method in (("deep_ae_2d_map", codes, "none"), ("pca_2d_map", x.flatten(1), "pca")):
         title = f"{name.split('_2d')[0]} codes of 5,000 {dataset} test images"
-        save_image(visualization.latent_map(points, labels, "none", title=title), out / f"{name}_{dataset}.png")
+        save_image(visualization.latent_map(points, labels, method, title=title), out / f"{name}_{dataset}.png")
 
 
 def main() -> None:

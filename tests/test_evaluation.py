@@ -27,6 +27,7 @@ from ae_lightning.evaluation import driver as evaluation
 from ae_lightning.evaluation import visualization
 from ae_lightning.evaluation.feature_classifier import (
     ClassifierCNN,
+    ClassifierRecord,
     load_feature_classifier,
     save_feature_classifier,
     train_feature_classifier,
@@ -34,6 +35,7 @@ from ae_lightning.evaluation.feature_classifier import (
 from ae_lightning.evaluation.metrics import FrechetDistance, ReconstructionMetrics
 from datamodules import ArrayDataModule, MNISTDataModule
 from datamodules.base import ImageDataModule
+from datamodules.loader import TensorBatchLoader
 
 ROOT = Path(__file__).parents[1]
 
@@ -781,3 +783,82 @@ def test_the_evaluate_script_refuses_several_processes_before_it_loads_anything(
     with mock.patch.object(evaluation, "load_checkpoint", side_effect=AssertionError("loaded the checkpoint")):
         with pytest.raises(ValueError, match="WORLD_SIZE 2: scripts/evaluate.py scores in one process"):
             script.main([str(tmp_path / "run.ckpt")])
+
+
+def test_auroc_is_the_chance_an_anomaly_scores_higher_whatever_the_scores_and_refuses_nan() -> None:
+    labels = torch.tensor([0] * 50 + [1] * 50)  # class 1 held out: the anomalies, the positive class
+    scores = torch.cat([100 + torch.arange(50.0), 125 + torch.arange(50.0)]).double()
+    scores[0] = math.inf  # a normal image that outscores every anomaly
+    # of the 2,500 (anomaly, normal) pairs, the anomaly scores higher in 24 * 50 + (49 + ... + 25) = 2,125, and 25 tie
+    assert evaluation.anomaly_auroc(scores, labels, [0]) == pytest.approx((2125 + 25 / 2) / 2500)
+    assert evaluation.anomaly_auroc(torch.full((100,), 7.0), labels, [0]) == 0.5  # ties count half
+    scores[60] = math.nan
+    with pytest.raises(ValueError, match="1 of 100 anomaly scores are NaN"):
+        evaluation.anomaly_auroc(scores, labels, [0])
+
+
+def test_latent_maps_give_every_class_its_colour_and_draw_small_codes_as_they_are() -> None:
+    codes = torch.randn(40, 8, generator=torch.Generator().manual_seed(0))
+    names = ["a class"] * 20  # one legend name for all, so that only the colour can tell two maps apart
+    first, eleventh = (visualization.latent_map(codes, torch.full((40,), c), class_names=names) for c in (0, 10))
+    assert not torch.equal(first, eleventh)  # classes 0 and 10 of 20 shared tab10's blue
+    flat, labels = codes[:, :2], torch.arange(40) % 3
+    # codes of 2 dimensions are not projected, so a map "by t-SNE" is the codes' own map, axes z1 and z2
+    assert torch.equal(visualization.latent_map(flat, labels, "tsne"), visualization.latent_map(flat, labels, "none"))
+    # 1-D codes: a row per class, not every class on one line
+    padded = torch.nn.functional.pad(codes[:, :1], (0, 1))
+    assert not torch.equal(visualization.latent_map(codes[:, :1], labels), visualization.latent_map(padded, labels))
+
+
+def test_projections_of_collapsed_or_non_finite_codes_are_one_point_or_a_clear_error() -> None:
+    for method in ("pca", "tsne"):  # scikit-learn's t-SNE crashed the process on codes of zero spread
+        assert torch.equal(visualization.project_2d(torch.ones(50, 8), method), torch.zeros(50, 2))
+        codes = torch.randn(10, 4)
+        codes[3, 1] = math.nan
+        with pytest.raises(ValueError, match="1 of 10 codes hold NaN or infinite values"):
+            visualization.project_2d(codes, method)
+
+
+def test_pictures_and_samples_of_large_images_go_through_the_model_a_few_at_a_time() -> None:
+    torch.manual_seed(0)
+    spatial = {"num_res_blocks": 1, "attention": False}
+    model = VAE(input_shape=(3, 256, 256), network="spatial", latent_dim=2, hidden_dims=[2, 2, 2, 2], spatial=spatial)
+    seen = {"encoder": [], "decoder": []}
+    for name, sizes in seen.items():
+        getattr(model, name).register_forward_pre_hook(lambda module, args, sizes=sizes: sizes.append(len(args[0])))
+    images = torch.rand(24, 3, 256, 256)
+    pictures = visualization.draw_views(model, images, torch.arange(24) % 4, num_samples=16, latent_map_size=24)
+    assert set(pictures) == {"reconstructions", "samples", "interpolations", "latent_map"}
+    real = TensorBatchLoader(images.mul(255).byte(), torch.zeros(24, dtype=torch.long), torch.arange(24),
+                             batch_size=24, shuffle=False, seed=0, resumable=False)  # fmt: skip
+    evaluation.frechet_distance(model, FirstTwoPixels(), real, num_samples=24)
+    # 130 MB an image to encode, 290 MB to decode with the 256-px photo configs' networks: 500 at once did not fit
+    assert max(seen["encoder"]) == max(seen["decoder"]) == 10
+    assert evaluation.images_at_once(model.input_shape) == 10 and evaluation.images_at_once((1, 28, 28)) == 500
+
+
+def test_the_evaluate_script_refuses_missing_pretrained_weights_before_any_score(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    script, model = load_script("evaluate"), Autoencoder(latent_dim=2, hidden_dims=[4])
+    offline = OSError("<urlopen error [Errno -2] Name or service not known>")
+    with (
+        mock.patch.object(evaluation, "load_checkpoint", return_value=(model, MNISTDataModule(data_dir=str(data_dir)))),
+        mock.patch.object(evaluation, "evaluate", side_effect=AssertionError("scored before loading the weights")),
+        mock.patch("torchvision.models.inception_v3", side_effect=offline),
+        pytest.raises(FileNotFoundError, match=r"Inception features need torchvision's ImageNet weights .* put it at"),
+    ):
+        script.main([str(tmp_path / "run.ckpt"), "--metrics", "mse", "--first_stage_metrics", "rfid"])
+
+
+def test_a_feature_classifier_of_another_image_size_is_refused_before_any_score(data_dir: Path, tmp_path: Path) -> None:
+    # the 64-px and 256-px photo configs read one folder: one default cache file, whichever size trained it
+    script, model = load_script("evaluate"), VAE(latent_dim=2, hidden_dims=[4])
+    record = ClassifierRecord(ClassifierCNN((1, 32, 32)), tmp_path / "classifier.pt", 0.9, "MNIST", "files", 10, 1, 0)
+    save_feature_classifier(record)
+    with (
+        mock.patch.object(evaluation, "load_checkpoint", return_value=(model, MNISTDataModule(data_dir=str(data_dir)))),
+        mock.patch.object(evaluation, "evaluate", side_effect=AssertionError("scored before checking the classifier")),
+        pytest.raises(ValueError, match=re.escape("trained on images of shape (1, 32, 32), but the data's are (1, 28")),
+    ):
+        script.main([str(tmp_path / "run.ckpt"), "--metrics", "mse", "fid", "--classifier", str(record.path)])

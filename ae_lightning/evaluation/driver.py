@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -112,6 +113,13 @@ def require_generative(model: nn.Module, purpose: str) -> None:
         )
 
 
+def images_at_once(image_shape: Sequence[int]) -> int:
+    """How many images of ``image_shape`` evaluation passes through a model at once where it chooses: 500 up to 4,194
+    values an image (64x64 gray), fewer above, down to 10 of 3x256x256: a network of 128 channels at full resolution
+    needs ~130 MB an image to encode and ~290 MB to decode, so 500 would not fit on a GPU."""
+    return max(1, min(500, 2**21 // math.prod(image_shape)))
+
+
 def split_loader(
     datamodule: ImageDataModule,
     split: Split,
@@ -193,17 +201,19 @@ def reconstruction_scores(model: AutoencoderModule, loader: TensorBatchLoader, s
 
 
 def perceptual_scores(
-    model: AutoencoderModule, loader: TensorBatchLoader, names: Sequence[str], seed: int = 0
+    model: AutoencoderModule,
+    loader: TensorBatchLoader,
+    names: Sequence[str],
+    seed: int = 0,
+    distance: nn.Module | None = None,
 ) -> dict[str, float]:
     """``ms_ssim`` and ``lpips`` (those in ``names``) of the model's reconstructions of the loader's images; ``seed``
-    seeds a stochastic model's draws."""
-    from ae_lightning.blocks.perceptual import LPIPSDistance
-
+    seeds a stochastic model's draws, ``distance`` is the LPIPS network (:func:`pretrained_networks`'s when None)."""
     metrics: dict[str, Any] = {}
     if "ms_ssim" in names:
         metrics["ms_ssim"] = multiscale_ssim(model.input_shape[1:]).to(model.device)
     if "lpips" in names:
-        distance = LPIPSDistance("alex").to(model.device)
+        distance = (pretrained_networks(["lpips"])["lpips"] if distance is None else distance).to(model.device)
         metrics["lpips"] = MeanMetric().to(model.device)
     with evaluating(model, seed):
         for x, labels in _batches(loader, model.device):
@@ -267,12 +277,27 @@ def check_first_stage_metrics(model: AutoencoderModule, datamodule: ImageDataMod
             raise ValueError(f"metric {name!r} does not apply to {type(model).__name__}: {FIRST_STAGE_METRICS[name]}")
 
 
+def pretrained_networks(names: Sequence[str]) -> dict[str, nn.Module]:
+    """The pretrained networks of the metrics ``names`` that need one: ``rfid``'s Inception features and ``lpips``'s
+    LPIPS (AlexNet). Loading them first makes missing weights (offline) an error, naming the file and where it goes,
+    before any score is computed."""
+    from ae_lightning.blocks.perceptual import LPIPSDistance
+
+    networks: dict[str, nn.Module] = {}
+    if "rfid" in names:
+        networks["rfid"] = InceptionFeatures()
+    if "lpips" in names:
+        networks["lpips"] = LPIPSDistance("alex")
+    return networks
+
+
 def first_stage_scores(
     model: AutoencoderModule,
     datamodule: ImageDataModule,
     names: Sequence[str],
     *,
     classifier: nn.Module | None = None,
+    pretrained: dict[str, nn.Module] | None = None,
     frechet_images: int | None = None,
     seed: int = 0,
 ) -> dict[str, float]:
@@ -281,6 +306,7 @@ def first_stage_scores(
 
     Args:
         classifier: the feature classifier of ``rfid_classifier``.
+        pretrained: :func:`pretrained_networks` of ``names``; loaded here, before any score, when None.
         frechet_images: the ``rfid`` pair on a seeded subset of at most this many test images; None: all.
         seed: seed of that subset and of a stochastic model's draws.
     """
@@ -288,17 +314,18 @@ def first_stage_scores(
     check_first_stage_metrics(model, datamodule, names)
     if "rfid_classifier" in names and classifier is None:
         raise ValueError("rfid_classifier needs the feature classifier (classifier=...)")
+    pretrained = pretrained_networks(names) if pretrained is None else pretrained
     test = split_loader(datamodule, "test")
     results: dict[str, float] = {}
     if any(name in PERCEPTUAL_METRICS for name in names):
-        results |= perceptual_scores(model, test, names, seed)
+        results |= perceptual_scores(model, test, names, seed, pretrained.get("lpips"))
     if any(name in CODE_METRICS for name in names):
         results |= code_scores(model, test, seed)
     frechet = [name for name in FRECHET_METRICS if name in names]
     if frechet:
         subset = split_loader(datamodule, "test", max_images=frechet_images, seed=seed)
     for name in frechet:
-        network = InceptionFeatures() if name == "rfid" else classifier
+        network = pretrained["rfid"] if name == "rfid" else classifier
         results[name] = reconstruction_frechet_distance(model, network.to(model.device), subset, seed)
     return {name: results[name] for name in names}
 
@@ -377,7 +404,7 @@ def frechet_distance(
     classifier: nn.Module,
     real: TensorBatchLoader,
     num_samples: int = 10000,
-    batch_size: int = 500,
+    batch_size: int | None = None,
     seed: int = 0,
 ) -> float:
     """Frechet distance between the real images and ``num_samples`` prior samples, in the classifier's features.
@@ -387,14 +414,19 @@ def frechet_distance(
         classifier: network with ``features`` and ``num_features`` (see :class:`FrechetDistance`).
         real: loader of the real images.
         num_samples: prior samples drawn.
-        batch_size: samples drawn at once.
+        batch_size: samples drawn at once; None: :func:`images_at_once` of the real images' shape (a multiple of a
+            conditional model's ``num_classes``, whose samples go through the classes in turn in each batch).
         seed: seed of the samples.
     """
     require_generative(model, "the Frechet distance of samples (fid)")
-    metric = FrechetDistance(classifier).to(model.device)
+    metric, shape = FrechetDistance(classifier).to(model.device), ()
     with torch.no_grad():
         for x, _ in _batches(real, model.device):
             metric.update(x, real=True)
+            shape = x.shape[1:]
+    if batch_size is None:
+        classes = getattr(model, "num_classes", None) or 1
+        batch_size = max(classes, images_at_once(shape) // classes * classes)
     with evaluating(model, seed):
         for start in range(0, num_samples, batch_size):
             metric.update(model.sample(min(batch_size, num_samples - start)).float(), real=False)
@@ -423,15 +455,18 @@ def anomaly_scores(model: AutoencoderModule, loader: TensorBatchLoader, seed: in
 
 
 def anomaly_auroc(scores: Tensor, labels: Tensor, normal_classes: Sequence[int]) -> float:
-    """AUROC of ``scores`` for telling images of classes outside ``normal_classes`` (the anomalies) from the rest."""
+    """AUROC of ``scores`` for telling images of classes outside ``normal_classes`` (the anomalies, the positive class)
+    from the rest: the chance that an anomaly scores higher than a normal image, ties counting half. Infinite scores
+    rank first or last; a NaN score is a ValueError."""
     is_anomaly = ~torch.isin(labels, torch.as_tensor(list(normal_classes), dtype=labels.dtype))
     if is_anomaly.all() or not is_anomaly.any():
         raise ValueError("AUROC needs both normal and anomalous images among the labels")
+    if nan := int(scores.isnan().sum()):
+        raise ValueError(f"{nan} of {len(scores)} anomaly scores are NaN: the model's anomaly_score has no order there")
     # torchmetrics reads scores outside [0, 1] as logits and squashes them with a sigmoid, which saturates scores such
-    # as a negative ELBO of hundreds of nats into ties; a min-max rescaling keeps their order, and AUROC needs no more.
-    scores = scores.double()
-    spread = (scores.max() - scores.min()).clamp_min(torch.finfo(torch.float64).tiny)
-    return float(binary_auroc((scores - scores.min()) / spread, is_anomaly.long()))
+    # as a negative ELBO of hundreds of nats into ties; ranks keep the order and the ties, and AUROC needs no more.
+    ranks = torch.unique(scores, return_inverse=True)[1].double()
+    return float(binary_auroc(ranks / ranks.max().clamp_min(1), is_anomaly.long()))
 
 
 def evaluate(
@@ -662,10 +697,12 @@ __all__ = [
     "first_images",
     "frechet_distance",
     "gray_loader",
+    "images_at_once",
     "load_checkpoint",
     "metric_applies",
     "negative_log_likelihood",
     "perceptual_scores",
+    "pretrained_networks",
     "probe_accuracies",
     "quantizer_of",
     "real_frechet_distance",

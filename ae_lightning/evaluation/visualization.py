@@ -19,7 +19,7 @@ from torch import Tensor
 from torchvision.utils import make_grid
 
 from ae_lightning.base import AutoencoderModule
-from ae_lightning.evaluation.driver import evaluating, require_generative
+from ae_lightning.evaluation.driver import evaluating, images_at_once, require_generative
 from datamodules.checks import check_number
 
 Projection = Literal["pca", "tsne", "none"]
@@ -90,7 +90,8 @@ def draw_views(
     """The named pictures of a model, each ``[3, H, W]`` in [0, 1], drawn from the given images.
 
     Runs in eval mode without gradients and with seeded randomness; the model's mode and the global random state
-    are restored afterwards.
+    are restored afterwards. Images go through the model :func:`~ae_lightning.evaluation.driver.images_at_once` at a
+    time, so that pictures of large images fit in memory.
 
     Args:
         model: the autoencoder; images: ``[N, C, H, W]`` in [0, 1]; labels: ``[N]``.
@@ -104,16 +105,24 @@ def draw_views(
     """
     views = check_views(model, views) if views is not None else applicable_views(model)
     images, labels = images.to(model.device), labels.to(model.device)
+    at_once = images_at_once(images.shape[1:])
     drawn: dict[str, Tensor] = {}
     with evaluating(model, seed):
         if "reconstructions" in views:
-            shown = images[:num_images]
-            rows = model.reconstruction_rows(shown, labels[:num_images])
-            drawn["reconstructions"] = reconstruction_grid(*rows, nrow=nrow)
+            shown, shown_labels = images[:num_images].split(at_once), labels[:num_images].split(at_once)
+            rows = [model.reconstruction_rows(*chunk) for chunk in zip(shown, shown_labels)]
+            drawn["reconstructions"] = reconstruction_grid(*map(torch.cat, zip(*rows)), nrow=nrow)
         if "samples" in views:
             # A conditional model samples the classes in turn: one column per class.
-            per_row = getattr(model, "num_classes", None) or nrow
-            drawn["samples"] = image_grid(model.sample(per_row * math.ceil(num_samples / per_row)), per_row)
+            classes = getattr(model, "num_classes", None)
+            per_row = classes or nrow
+            count = per_row * math.ceil(num_samples / per_row)
+            if classes:  # given, so that each chunk goes on with the classes where the last one stopped
+                chunks = (torch.arange(count, device=model.device) % classes).split(at_once)
+                samples = [model.sample(len(chunk), chunk) for chunk in chunks]
+            else:
+                samples = [model.sample(min(at_once, count - start)) for start in range(0, count, at_once)]
+            drawn["samples"] = image_grid(torch.cat(samples), per_row)
         pairs = min(num_interpolations, len(images) // 2)
         if "interpolations" in views and pairs > 0:
             drawn["interpolations"] = interpolation_grid(
@@ -126,7 +135,8 @@ def draw_views(
             )
         if "latent_map" in views and min(len(images), latent_map_size) >= 2:
             codes = []
-            for chunk, chunk_labels in zip(images[:latent_map_size].split(500), labels[:latent_map_size].split(500)):
+            chunks = zip(images[:latent_map_size].split(at_once), labels[:latent_map_size].split(at_once))
+            for chunk, chunk_labels in chunks:
                 codes.append(model.encode(chunk, chunk_labels))
             codes = torch.cat(codes).flatten(1)  # spatial codes as vectors
             drawn["latent_map"] = latent_map(
@@ -148,7 +158,6 @@ def reconstruction_grid(*rows: Tensor, nrow: int = 8) -> Tensor:
         rows: ``[N, C, H, W]`` tensors of matching images; only the first ``nrow * (N // nrow)`` are shown when
             N > nrow.
         nrow: images per row.
-        originals: ``[N, C, H, W]`` clean images that degraded ``images`` came from, shown below the outputs.
     """
     images = rows[0]
     nrow = min(nrow, len(images))
@@ -181,8 +190,12 @@ def interpolation_grid(
     z_start, z_end = model.encode(starts, start_labels), model.encode(ends, end_labels)
     weights = torch.linspace(0, 1, steps, device=z_start.device).view(1, steps, *[1] * (z_start.dim() - 1))
     z = torch.lerp(z_start.unsqueeze(1), z_end.unsqueeze(1), weights)  # [P, steps, D] (or [P, steps, C, h, w])
+    z, at_once = z.flatten(0, 1), images_at_once(starts.shape[1:])
     row_labels = None if start_labels is None else start_labels.repeat_interleave(steps)
-    decoded = model.decode(z.flatten(0, 1), row_labels).unflatten(0, (len(starts), steps))
+    decoded = torch.cat([
+        model.decode(z[i : i + at_once], None if row_labels is None else row_labels[i : i + at_once])
+        for i in range(0, len(z), at_once)
+    ]).unflatten(0, (len(starts), steps))  # fmt: skip
     rows = torch.cat([starts.unsqueeze(1), decoded.to(starts.dtype), ends.unsqueeze(1)], 1)
     return image_grid(rows.flatten(0, 1), nrow=steps + 2)
 
@@ -190,15 +203,20 @@ def interpolation_grid(
 def project_2d(codes: Tensor, method: Projection = "pca", seed: int = 0) -> Tensor:
     """Codes ``[N, D]`` mapped to 2-D: PCA (``torch.pca_lowrank``), t-SNE (scikit-learn), or ``none`` for D <= 2.
 
-    Spatial codes ``[N, C, h, w]`` are flattened to ``[N, C * h * w]`` vectors first.
+    Spatial codes ``[N, C, h, w]`` are flattened to ``[N, C * h * w]`` vectors first. Codes that are all equal (a
+    collapsed encoder) map to one point; NaN or infinite codes are a ValueError.
     """
     codes = codes.detach().float().cpu().flatten(1)
+    if not (finite := torch.isfinite(codes).all(1)).all():
+        raise ValueError(f"{int((~finite).sum())} of {len(codes)} codes hold NaN or infinite values: no map of them")
     if codes.shape[1] <= 2 or method == "none":
         if codes.shape[1] > 2:
             raise ValueError(f"projection 'none' needs codes of at most 2 dimensions, got {codes.shape[1]}")
         return torch.nn.functional.pad(codes, (0, 2 - codes.shape[1]))
     if len(codes) < 2 and method in ("pca", "tsne"):
         raise ValueError(f"a {method} projection needs at least 2 codes, got {len(codes)}")
+    if method in ("pca", "tsne") and bool((codes == codes[0]).all()):
+        return torch.zeros(len(codes), 2)  # t-SNE's PCA start would divide by their zero spread (scikit-learn crashes)
     if method == "pca":
         _, _, components = torch.pca_lowrank(codes, q=2, center=True)
         return (codes - codes.mean(0)) @ components
@@ -226,45 +244,60 @@ def latent_map(
 ) -> Tensor:
     """A scatter plot ``[3, H, W]`` of the codes projected to 2-D, coloured by label.
 
+    Each label keeps its colour from map to map (tab10 up to 10 classes, tab20 up to 20, then evenly spaced turbo
+    colours); unlabeled points (-1) are gray. Codes of at most 2 dimensions are drawn as they are (axes ``z1``,
+    ``z2``); 1-D codes with one row per label, so that the classes do not hide each other.
+
     Args:
         codes: ``[N, D]`` latent codes, or spatial ones ``[N, C, h, w]`` (flattened, see :func:`project_2d`).
         labels: ``[N]`` integer labels.
-        method: see :func:`project_2d`.
+        method: see :func:`project_2d` (ignored for codes of at most 2 dimensions).
         class_names: legend names of the labels (label ``i`` is ``class_names[i]``).
         title: figure title.
         seed: seed of t-SNE.
     """
+    dimensions = codes[0].numel() if len(codes) else 0
     points = project_2d(codes, method, seed).numpy()
     labels = labels.detach().cpu().numpy()
+    present = np.unique(labels)
+    names = [
+        "unlabeled" if label < 0 else class_names[label] if class_names and label < len(class_names) else str(label)
+        for label in present
+    ]
+    if dimensions == 1:  # a row per label, jittered so that close codes stay apart
+        jitter = np.random.default_rng(seed).uniform(-0.3, 0.3, len(points))
+        points[:, 1] = np.searchsorted(present, labels) + jitter
     figure = Figure(figsize=(5, 4.5), dpi=100)
     canvas = FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    colours = _tab10()
+    colours = _colours(max(len(class_names or ()), int(present.max(initial=-1)) + 1))
     size = float(np.clip(4000 / max(len(points), 1), 4, 40))  # dots shrink as they get many
-    for label in np.unique(labels):
-        chosen = labels == label
-        if label < 0:
-            name = "unlabeled"
-        else:
-            name = class_names[label] if class_names is not None and label < len(class_names) else str(label)
-        axes.scatter(*points[chosen].T, s=size, alpha=0.7, color=colours[label % 10], label=name, linewidths=0)
+    for label, name in zip(present, names):
+        colour = (0.5, 0.5, 0.5) if label < 0 else colours[label]
+        axes.scatter(*points[labels == label].T, s=size, alpha=0.7, color=colour, label=name, linewidths=0)
     axes.set_xticks([])
-    axes.set_yticks([])
-    axes.set_xlabel(f"{method.upper()} 1" if method != "none" else "z1")
-    axes.set_ylabel(f"{method.upper()} 2" if method != "none" else "z2")
+    axes.set_yticks(range(len(present)) if dimensions == 1 else [], names if dimensions == 1 else [], fontsize=7)
+    projected = method != "none" and dimensions > 2
+    axes.set_xlabel(f"{method.upper()} 1" if projected else "z1")
+    axes.set_ylabel(f"{method.upper()} 2" if projected else "label" if dimensions == 1 else "z2")
     if title:
         axes.set_title(title, fontsize=10)
-    axes.legend(markerscale=3, fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5), frameon=False)
+    columns = math.ceil(len(present) / 25)  # a legend of many classes in columns, to fit the figure's height
+    axes.legend(markerscale=3, fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5), frameon=False, ncol=columns)
     figure.tight_layout()
     canvas.draw()
     rgba = np.asarray(canvas.buffer_rgba())
     return torch.from_numpy(rgba[..., :3].copy()).permute(2, 0, 1).float() / 255
 
 
-def _tab10() -> list[tuple[float, float, float]]:
+def _colours(count: int) -> list[tuple[float, float, float]]:
+    """``count`` distinct colours: tab10's, tab20's, or evenly spaced ones of turbo for more classes."""
     from matplotlib import colormaps
 
-    return [colormaps["tab10"](i)[:3] for i in range(10)]
+    if count <= 20:
+        palette = colormaps["tab10" if count <= 10 else "tab20"]
+        return [palette(i)[:3] for i in range(count)]
+    return [tuple(colour[:3]) for colour in colormaps["turbo"](np.linspace(0, 1, count))]
 
 
 __all__ = [
