@@ -21,7 +21,7 @@ from conftest import write_dataset, write_image_folder
 from tiny_runs import CONFIGS, data_args
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from ae_lightning import VAE, Autoencoder
+from ae_lightning import VAE, Autoencoder, ConditionalVAE
 from ae_lightning.cli import AutoencoderCLI
 from ae_lightning.evaluation import driver as evaluation
 from ae_lightning.evaluation import visualization
@@ -862,3 +862,16 @@ def test_a_feature_classifier_of_another_image_size_is_refused_before_any_score(
         pytest.raises(ValueError, match=re.escape("trained on images of shape (1, 32, 32), but the data's are (1, 28")),
     ):
         script.main([str(tmp_path / "run.ckpt"), "--metrics", "mse", "fid", "--classifier", str(record.path)])
+
+
+def test_a_conditional_models_fid_samples_the_real_images_classes() -> None:
+    # a CVAE trained on classes 1 and 3 of 10 drew all ten in turn, so untrained labels' images entered its FID
+    model, asked = ConditionalVAE(num_classes=10, latent_dim=2, hidden_dims=[8]), []
+    original = model.sample
+    model.sample = lambda n, y=None: asked.append(y) or original(n, y)  # records what the FID asks for
+    labels = torch.tensor([1, 3, 3, 1, 3, 3] * 4)
+    real = TensorBatchLoader(torch.randint(0, 256, (24, 1, 28, 28), dtype=torch.uint8), labels, torch.arange(24),
+                             batch_size=8, shuffle=False, seed=0, resumable=False)  # fmt: skip
+    evaluation.frechet_distance(model, FirstTwoPixels(), real, num_samples=30, batch_size=7)
+    drawn = torch.cat(asked)
+    assert len(drawn) == 30 and torch.equal(drawn, labels.repeat(2)[:30])  # the real labels in turn

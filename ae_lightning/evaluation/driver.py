@@ -414,22 +414,26 @@ def frechet_distance(
         classifier: network with ``features`` and ``num_features`` (see :class:`FrechetDistance`).
         real: loader of the real images.
         num_samples: prior samples drawn.
-        batch_size: samples drawn at once; None: :func:`images_at_once` of the real images' shape (a multiple of a
-            conditional model's ``num_classes``, whose samples go through the classes in turn in each batch).
+        batch_size: samples drawn at once; None: :func:`images_at_once` of the real images' shape.
         seed: seed of the samples.
+
+    A conditional model (``num_classes``) samples the real images' labels in turn, so that its samples hold the
+    classes in the real images' proportions (a model trained on some of its classes is compared on those).
     """
     require_generative(model, "the Frechet distance of samples (fid)")
-    metric, shape = FrechetDistance(classifier).to(model.device), ()
+    metric, shape, labels = FrechetDistance(classifier).to(model.device), (), []
     with torch.no_grad():
-        for x, _ in _batches(real, model.device):
+        for x, y in _batches(real, model.device):
             metric.update(x, real=True)
             shape = x.shape[1:]
-    if batch_size is None:
-        classes = getattr(model, "num_classes", None) or 1
-        batch_size = max(classes, images_at_once(shape) // classes * classes)
+            labels.append(y)
+    batch_size = images_at_once(shape) if batch_size is None else batch_size
+    order = torch.cat(labels) if getattr(model, "num_classes", None) else None
     with evaluating(model, seed):
         for start in range(0, num_samples, batch_size):
-            metric.update(model.sample(min(batch_size, num_samples - start)).float(), real=False)
+            n = min(batch_size, num_samples - start)
+            y = None if order is None else order[torch.arange(start, start + n, device=order.device) % len(order)]
+            metric.update((model.sample(n) if y is None else model.sample(n, y)).float(), real=False)
     return float(metric.compute())
 
 
