@@ -87,6 +87,14 @@ def test_a_sampler_generates_for_spatial_codes_and_for_a_conditional_model_with_
     fixed = SimpleNamespace(sample=lambda n: codes[:n])  # a sampler whose draw is known
     expected = cvae.decode(codes, torch.tensor([0, 1, 2, 0, 1, 2]))
     torch.testing.assert_close(PosthocGenerator(cvae, fixed).sample(6), expected)
+    # the FID gives it the real images' labels, as it gives the model's own sample (a CVAE of classes 1 and 2 here)
+    labels = torch.tensor([1, 2, 2, 1, 2, 2])
+    real = TensorBatchLoader(torch.zeros(6, 1, 8, 8, dtype=torch.uint8), labels, torch.arange(6), batch_size=6,
+                             shuffle=False, seed=0, resumable=False)  # fmt: skip
+    decoded = []
+    cvae.decode = lambda z, y=None: decoded.append(y) or torch.zeros(len(z), 1, 8, 8)  # records the labels
+    driver.frechet_distance(PosthocGenerator(cvae, fixed), FirstPixels(), real, num_samples=6)
+    assert torch.equal(decoded[0], labels)
 
 
 def test_evaluate_script_gives_a_plain_autoencoder_frechet_distances_through_samplers(

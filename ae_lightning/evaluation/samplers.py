@@ -152,13 +152,19 @@ class PosthocGenerator(nn.Module):
     def device(self) -> torch.device:
         return self.model.device
 
-    def sample(self, n: int) -> Tensor:
+    @property
+    def num_classes(self) -> int | None:
+        """The conditional model's classes; None for the others."""
+        return getattr(self.model, "num_classes", None)
+
+    def sample(self, n: int, y: Tensor | None = None) -> Tensor:
         """``n`` images decoded from the sampler's codes (as ``[n, *latent_shape]``); a conditional model decodes them
-        with the classes in turn, as its own ``sample`` does."""
+        with the labels ``y`` ``[n]``, by default the classes in turn, as its own ``sample`` does."""
         device = self.model.device
         codes = self.sampler.sample(n).to(device).reshape(n, *self.model.latent_shape)
-        classes = getattr(self.model, "num_classes", None)
-        return self.model.decode(codes, None if classes is None else torch.arange(n, device=device) % classes)
+        if self.num_classes is not None and y is None:
+            y = torch.arange(n, device=device) % self.num_classes
+        return self.model.decode(codes, y)
 
 
 def frechet_distances(
