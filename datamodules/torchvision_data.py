@@ -70,7 +70,7 @@ class TorchvisionDataModule(ImageDataModule):
 
     def _download(self, part: str) -> None:
         try:
-            with no_empty_folders_left(self.data_dir / getattr(self.dataset_class, "base_folder", "")):
+            with no_empty_folders_left(self._files_folder()):
                 self._open(part, download=True)
         except Exception as error:  # RuntimeError, URLError, OSError, depending on where it fails
             reason = " ".join(str(error).split())
@@ -79,18 +79,25 @@ class TorchvisionDataModule(ImageDataModule):
                 f"{self._where_to_put_files()}"
             ) from error
 
+    def _files_folder(self) -> Path:
+        """The folder torchvision reads the class's files from (and downloads them to)."""
+        cls = self.dataset_class
+        if hasattr(cls, "resources"):  # the MNIST family reads <root>/<ClassName>/raw/
+            return self.data_dir / cls.__name__ / "raw"
+        return self.data_dir / getattr(cls, "base_folder", "")
+
     def _where_to_put_files(self) -> str:
         cls = self.dataset_class
         names = [entry[0] for entry in getattr(cls, "train_list", []) + getattr(cls, "test_list", [])]
         names += [entry[1] for key, entry in getattr(cls, "split_list", {}).items() if key in ("train", "test")]
         if "resources" in vars(cls):  # a subclass such as EMNIST inherits MNIST's list but reads other files
-            names += [entry[0] for entry in cls.resources]
+            resources = cls.resources  # a list of (file or URL, md5), or QMNIST's dict of such lists by split
+            entries = [e for group in resources.values() for e in group] if isinstance(resources, dict) else resources
+            names += [Path(entry[0]).name for entry in entries]
         meta = getattr(cls, "meta", None)
         if isinstance(meta, dict) and "filename" in meta:
             names.append(meta["filename"])
-        folder = self.data_dir / getattr(cls, "base_folder", "")
-        if hasattr(cls, "resources"):  # the MNIST family reads <root>/<ClassName>/raw/
-            folder = self.data_dir / cls.__name__ / "raw"
+        folder = self._files_folder()
         files = f"its files ({', '.join(names)})" if names else "its files"
         url = getattr(cls, "url", None)
         fetched = f", fetched from {url}" if isinstance(url, str) else ""
