@@ -179,8 +179,9 @@ class AutoencoderCLI(LightningCLI):
         parser.add_class_arguments(ImageLogger, "images", fail_untyped=False, sub_configs=True)
         parser.add_lightning_class_args(NonFiniteGuardSettings, "nonfinite")
         # The fast path (configs/fast.yaml, docs/speed.md): the datamodule groups batches, the model steps through them.
-        parser.add_argument("--fast.steps", type=int, default=1, help="optimizer steps per Lightning batch "
-                            "(the fast path, docs/speed.md); 1 trains as Lightning does")  # fmt: skip
+        parser.add_argument("--fast.steps", type=int | None, default=None, help="optimizer steps per Lightning "
+                            "batch (the fast path, docs/speed.md), set as the model's and the datamodule's "
+                            "steps_per_batch; 1 trains as Lightning does; null leaves them as configured")  # fmt: skip
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         argv = sys.argv[1:] if args is None else args
@@ -743,11 +744,16 @@ _HPC_NAME = re.compile(r"^hpc_ckpt_(\d+)\.ckpt$")
 
 
 def _fast_path(config: Any, fit: bool) -> None:
-    """``--fast.steps`` N > 1 (configs/fast.yaml): the model's and the datamodule's ``steps_per_batch`` (set here, not
-    linked, so that a datamodule without the argument still runs without the fast path); a ``fit`` with the trainer's
-    gradient clipping or accumulation is refused."""
-    steps = config.get("fast.steps", 1)
-    if steps == 1 or config.get("data") is None or config.get("model") is None:
+    """``--fast.steps`` N (configs/fast.yaml): the model's and the datamodule's ``steps_per_batch`` (set here, not
+    linked, so that a datamodule without the argument still runs without the fast path; 1 turns off the fast path of
+    a fast run's ``config.yaml``); a ``fit`` with the trainer's gradient clipping or accumulation is refused."""
+    steps = config.get("fast.steps")
+    if steps is None or config.get("data") is None or config.get("model") is None:
+        return
+    if steps == 1:
+        for section in (config.data, config.model):
+            if (section.get("init_args") or {}).get("steps_per_batch", 1) != 1:
+                section.init_args.steps_per_batch = 1
         return
     trainer = config.get("trainer") or {}
     for name, off in (("gradient_clip_val", (None, 0)), ("accumulate_grad_batches", (1,))):

@@ -143,6 +143,17 @@ def test_a_resume_across_the_fast_path_is_refused(data_dir: Path, tmp_path: Path
     assert torch.isfinite(tested.trainer.callback_metrics["test/loss"])  # evaluation needs no fast path
 
 
+def test_fast_steps_1_turns_off_the_fast_path_of_a_fast_runs_config(data_dir: Path, tmp_path: Path) -> None:
+    # the run's config.yaml records fast.steps 4 and both steps_per_batch 4; --fast.steps 1 kept the 4 (10 in the
+    # config) and trained on the fast path
+    run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "fast", *BATCH_11, *FAST, "--trainer.max_steps", "4"))
+    recorded = str(next((tmp_path / "fast").rglob("config.yaml")))
+    plain = run_cli("fit", "--config", recorded, "--fast.steps", "1", "--trainer.default_root_dir",
+                    str(tmp_path / "plain"))  # fmt: skip
+    assert plain.model.steps_per_batch == plain.datamodule.hparams.steps_per_batch == 1
+    assert plain.model.automatic_optimization and plain.trainer.global_step == 4
+
+
 def test_grouped_batches_are_the_same_batches_and_resume_with_another_group_size() -> None:
     images = torch.arange(40 * 4, dtype=torch.uint8).reshape(40, 2, 2)
 
