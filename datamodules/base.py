@@ -113,7 +113,8 @@ class ImageDataModule(L.LightningDataModule):
         before the trainer starts its loggers (Lightning runs ``prepare_data`` on one process per node only)."""
         for source in self.source_paths():
             if "://" not in source and not Path(source).exists():
-                raise FileNotFoundError(f"{source} does not exist")
+                where = "" if Path(source).is_absolute() else f" in the working folder {Path.cwd()}"
+                raise FileNotFoundError(f"{source} does not exist{where}")
 
     @property
     def dataset_name(self) -> str:

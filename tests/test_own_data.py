@@ -562,6 +562,9 @@ def test_a_missing_data_path_leaves_no_run_folder(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=f"--data datamodules.ImageFolderDataModule: {missing} does not exist"):
         run_cli("fit", *args, "--trainer.default_root_dir", str(tmp_path))
     assert [path.name for path in tmp_path.iterdir()] == []
+    # the configs' relative data/photos/train: named with the folder it was looked for in
+    with pytest.raises(ValueError, match=f"data/photos/train does not exist in the working folder {Path.cwd()}$"):
+        run_cli("fit", "--config", "configs/photo_ae_f8_64.yaml", "--trainer.default_root_dir", str(tmp_path))
 
 
 @pytest.mark.parametrize(
