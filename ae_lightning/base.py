@@ -555,9 +555,11 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         self._scheduled_epoch = schedulers.get("stepped_epoch", -1)
         self._plateau_val_loss = schedulers.get("val_loss")
         try:
-            fitting = self.trainer.state.fn == "fit"
+            fitting, precision = self.trainer.state.fn == "fit", self.trainer.precision
         except RuntimeError:  # not attached to a Trainer: load_from_checkpoint
-            fitting = False
+            fitting, precision = False, None
+        if precision == "64-true":  # Lightning loads the weights before it makes the model float64: not via float32
+            self.double()
         if fitting:
             self.check_resume(checkpoint)
         if fitting and checkpoint.get(_UNVALIDATED_KEY) is not None:

@@ -276,6 +276,11 @@ class AutoencoderCLI(LightningCLI):
                 f"would train in {trainer.precision} instead. Set --trainer.precision {trainer.precision} to train "
                 "that way, or run on a CUDA GPU"
             )
+        if trainer.precision == "16-true":
+            raise ConfigError(
+                "--trainer.precision 16-true keeps the weights and the optimizer's state in float16, where Adam's eps "
+                "(1e-8) is 0 and a training turns to NaN within steps; use 16-mixed (CUDA), bf16-mixed or bf16-true"
+            )
         self._refuse_an_earlier_runs_folder(trainer)
         for callback in trainer.callbacks:
             if isinstance(callback, SaveConfigCallback):

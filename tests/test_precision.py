@@ -1,5 +1,6 @@
 """Every variant trains a step and tests in every precision: ``32`` and ``bf16-mixed`` on the CPU, ``16-mixed`` on a
-GPU; the models with several optimizers step each through fp16's gradient scaler."""
+GPU; the models with several optimizers step each through fp16's gradient scaler; the variants with their own numerics
+also in ``64-true`` and ``bf16-true``; predictions are written in dtypes numpy reads."""
 
 from __future__ import annotations
 
@@ -10,14 +11,16 @@ from typing import Any
 from unittest import mock
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.plugins import MixedPrecision
-from tiny_runs import CONFIGS, build_cli, tiny_args
+from tiny_runs import CONFIGS, build_cli, last_checkpoint, run_cli, tiny_args
 from torch.utils.data import DataLoader, TensorDataset
 
-from ae_lightning import AdversarialAutoencoder, KLAutoencoder
+from ae_lightning import VAE, AdversarialAutoencoder, AutoDecoder, KLAutoencoder
 from ae_lightning.blocks import losses
+from ae_lightning.cli import ConfigError
 
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="16-mixed needs CUDA")
 PRECISIONS = [
@@ -62,6 +65,99 @@ def test_a_training_step_in_each_precision_changes_weights_and_keeps_them_float3
     # ``ae-lightning test`` in the same precision: its metrics in float32, whatever the autocast region refuses
     results = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
     assert results and all(math.isfinite(value) for value in results[0].values()), results
+
+
+# One of each code path with numerics of its own: the importance-weighted bound (decoded batches of samples, the IAF's
+# flow, the VampPrior's mixture), RBM pretraining's CD statistics, codes fitted by the auto-decoder, prior samples in
+# the validation's pictures, and the disentanglement metrics' encoder and latent traversals at test.
+TRUE_PRECISIONS = {"64-true": torch.float64, "bf16-true": torch.bfloat16}
+
+
+@pytest.mark.parametrize("precision", TRUE_PRECISIONS)
+@pytest.mark.parametrize("config", ["aae", "autodecoder", "deep_ae_rbm", "factor_vae", "iaf_vae", "vae", "vampprior"])
+def test_a_fit_validation_and_test_in_a_true_precision_keep_the_weights_in_it(
+    config: str, precision: str, data_dir: Path, tmp_path: Path
+) -> None:
+    # ``64-true`` and ``bf16-true`` cast the weights and the batches (Lightning's DoublePrecision and HalfPrecision);
+    # the callbacks that draw pictures and score codes get neither cast.
+    record = ["--trainer.callbacks+=tiny_runs.RecordRank", "--trainer.callbacks.folder", str(tmp_path / "record")]
+    steps = ["--trainer.max_steps", "2", "--trainer.max_epochs", "-1", "--trainer.limit_val_batches", "1"]
+    steps += ["--trainer.val_check_interval", "2", "--trainer.check_val_every_n_epoch", "null"]
+    cli = build_cli(*tiny_args(config, data_dir, tmp_path, *record), *steps, "--trainer.precision", precision,
+                    "--trainer.accelerator", "cpu")  # fmt: skip
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    record = torch.load(tmp_path / "record" / "rank0.pt", weights_only=True)
+    floats = {name: value for name, value in record["final"].items() if value.is_floating_point()}
+    assert {value.dtype for value in floats.values()} == {TRUE_PRECISIONS[precision]}
+    assert any(not torch.equal(value, record["initial"][name]) for name, value in floats.items())
+    results = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
+    assert results and all(math.isfinite(value) for value in results[0].values()), results
+
+
+def test_16_true_is_refused_before_any_file(data_dir: Path, tmp_path: Path) -> None:
+    # Adam's eps 1e-8 is 0 in float16: a 16-true run trained into NaN within two steps
+    with pytest.raises(ConfigError, match="--trainer.precision 16-true keeps the weights .* in float16"):
+        run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "run", "--trainer.precision", "16-true"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_64_true_run_resumes_on_its_float64_weights_exactly(data_dir: Path, tmp_path: Path) -> None:
+    # Lightning loads a checkpoint's weights before it converts the model to float64: they went through float32, and
+    # the resumed run ended 1e-8 away from the uninterrupted one.
+    steps = ["--trainer.max_epochs", "-1", "--trainer.limit_val_batches", "1", "--trainer.precision", "64-true"]
+    run_cli("fit", *tiny_args("vae", data_dir, tmp_path / "straight", *steps, "--trainer.max_steps", "4"))
+    part = tiny_args("vae", data_dir, tmp_path / "part", *steps)
+    run_cli("fit", *part, "--trainer.max_steps", "2")
+    run_cli("fit", *part, "--trainer.max_steps", "4", "--ckpt_path", str(next((tmp_path / "part").rglob("last.ckpt"))))
+    straight, resumed = last_checkpoint(tmp_path / "straight"), last_checkpoint(tmp_path / "part")
+    assert resumed["global_step"] == straight["global_step"] == 4
+    for name, value in straight["state_dict"].items():
+        assert value.dtype != torch.float32 and torch.equal(resumed["state_dict"][name], value), name
+
+
+@pytest.mark.parametrize("dtype", TRUE_PRECISIONS.values(), ids=TRUE_PRECISIONS)
+@pytest.mark.parametrize(
+    "cls, kwargs",
+    [
+        (AutoDecoder, {"inference_steps": 2}),
+        (AdversarialAutoencoder, {"prior": "normal"}),
+        (AdversarialAutoencoder, {"prior": "mixture"}),
+        (VAE, {}),
+    ],
+    ids=["autodecoder", "adversarial_normal", "adversarial_mixture", "vae"],
+)
+def test_a_model_in_a_true_precision_encodes_decodes_and_samples_in_it(
+    cls: type, kwargs: dict, dtype: torch.dtype
+) -> None:
+    # What the picture callbacks do at a 64-true or bf16-true validation's end, outside Lightning's step (where the
+    # default dtype is the precision's): codes the autodecoder fits and prior samples in float32 met float64 weights.
+    torch.manual_seed(0)
+    model = cls(latent_dim=4, hidden_dims=[16], **kwargs).to(dtype).eval()
+    z = model.encode(torch.rand(3, 1, 28, 28, dtype=dtype))
+    assert z.dtype == dtype and model.decode(z).dtype == dtype
+    if model.is_generative:
+        assert model.sample(2).dtype == dtype
+
+
+@pytest.mark.parametrize("output", ["file", "stream"])
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
+def test_predictions_of_a_bfloat16_run_are_float32_that_numpy_reads(
+    precision: str, output: str, data_dir: Path, tmp_path: Path
+) -> None:
+    # numpy has no bfloat16: ``predictions["z"].numpy()`` raised "Got unsupported ScalarType BFloat16".
+    cli = run_cli("predict", *tiny_args("ae", data_dir, tmp_path), "--trainer.precision", precision,
+                  "--trainer.limit_predict_batches", "2", "--predictions.format", output)  # fmt: skip
+    path = Path(cli.trainer.log_dir)
+    if output == "file":
+        predictions = torch.load(path / "predictions.pt", weights_only=True)
+        assert predictions["z"].shape == (32, 4)
+    else:
+        from litdata import StreamingDataset
+
+        predictions = {"z": torch.stack([item["z"] for item in StreamingDataset(str(path / "predictions"))])}
+    for key, value in predictions.items():
+        assert value.dtype in (torch.float32, torch.int64), f"{key} is {value.dtype}"
+        assert np.isfinite(value.numpy()).all(), key
 
 
 AAE = {"hidden_dims": [16], "discriminator_hidden_dims": [8]}

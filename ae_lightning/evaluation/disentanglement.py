@@ -52,12 +52,15 @@ def model_encoder(model: nn.Module, batch_size: int = 512) -> Encoder:
     ``model.encode`` in eval mode without gradients, in batches, on the model's device."""
 
     def encode(images: Tensor) -> np.ndarray:
-        device = next(model.parameters()).device
+        weight = next(model.parameters())  # its device and dtype (float64 or bfloat16 under 64-true or bf16-true)
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
-                parts = [model.encode(part.to(device)).float().flatten(1).cpu() for part in images.split(batch_size)]
+                parts = [
+                    model.encode(part.to(weight.device, weight.dtype)).float().flatten(1).cpu()
+                    for part in images.split(batch_size)
+                ]
         finally:
             model.train(was_training)
         return torch.cat(parts).double().numpy()
@@ -439,12 +442,13 @@ def latent_traversals(model: nn.Module, images: Tensor, span: float = 2.5, steps
     """
     from torchvision.utils import make_grid
 
-    device = next(model.parameters()).device
+    weight = next(model.parameters())  # its device and dtype (float64 or bfloat16 under 64-true or bf16-true)
+    device = weight.device
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            codes = model.encode(images.to(device)).float()
+            codes = model.encode(images.to(device, weight.dtype))
             if codes.dim() != 2:
                 raise ValueError(f"latent traversals sweep each dimension of flat codes [latent_dim]; "
                                  f"{type(model).__name__}'s codes have shape {list(codes.shape[1:])}")  # fmt: skip

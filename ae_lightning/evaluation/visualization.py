@@ -104,7 +104,7 @@ def draw_views(
         seed: seed of the samples and of t-SNE.
     """
     views = check_views(model, views) if views is not None else applicable_views(model)
-    images, labels = images.to(model.device), labels.to(model.device)
+    images, labels = images.to(model.device, model.dtype), labels.to(model.device)  # float64 under 64-true
     at_once = images_at_once(images.shape[1:])
     drawn: dict[str, Tensor] = {}
     with evaluating(model, seed):
@@ -188,7 +188,8 @@ def interpolation_grid(
     """
     check_number("interpolation steps", steps, "[2, inf)", integer=True)  # the two ends and what lies between
     z_start, z_end = model.encode(starts, start_labels), model.encode(ends, end_labels)
-    weights = torch.linspace(0, 1, steps, device=z_start.device).view(1, steps, *[1] * (z_start.dim() - 1))
+    weights = torch.linspace(0, 1, steps, device=z_start.device, dtype=z_start.dtype)  # the codes' (float64, 64-true)
+    weights = weights.view(1, steps, *[1] * (z_start.dim() - 1))
     z = torch.lerp(z_start.unsqueeze(1), z_end.unsqueeze(1), weights)  # [P, steps, D] (or [P, steps, C, h, w])
     z, at_once = z.flatten(0, 1), images_at_once(starts.shape[1:])
     row_labels = None if start_labels is None else start_labels.repeat_interleave(steps)

@@ -93,7 +93,7 @@ class AdversarialAutoencoder(DeterministicAutoencoder):
 
     def sample_prior(self, n: int) -> Tensor:
         """``n`` codes ``[n, latent_dim]`` drawn from the prior."""
-        z = torch.randn(n, self.latent_dim, device=self.mixture_means.device)
+        z = torch.randn(n, self.latent_dim, device=self.mixture_means.device, dtype=self.mixture_means.dtype)
         if self.prior == "normal":
             return z
         components = torch.randint(len(self.mixture_means), (n,), device=z.device)

@@ -106,7 +106,7 @@ class AutoDecoder(DeterministicAutoencoder):
         """Fit codes to images ``x`` for ``steps`` Adam steps from the prior mean, the decoder frozen."""
         with torch.inference_mode(False), torch.enable_grad():
             target = x.detach().clone()  # a normal tensor, which autograd can save, even if x is an inference tensor
-            z = torch.zeros(len(x), self.latent_dim, device=x.device, requires_grad=True)
+            z = torch.zeros(len(x), self.latent_dim, device=x.device, dtype=self.dtype, requires_grad=True)
             optimizer = torch.optim.Adam([z], lr=self.inference_lr)
             for _ in range(steps):
                 loss = self.code_loss(z, target).sum()  # a sum: each image's code gets its own gradient

@@ -180,8 +180,9 @@ class DeepBeliefAutoencoder(DeterministicAutoencoder):
     def pretraining_step(self, x: Tensor, index: int, optimizer: Optimizer) -> dict[str, Tensor]:
         """One CD-k step of RBM ``index`` on the hidden means that batch ``x`` gives the layers below it."""
         layers = self.rbm_layers()
-        with torch.autocast(self.device.type, enabled=False):  # the CD statistics in float32
-            v = x.flatten(1).float()
+        # The CD statistics in the weights' dtype: float32 under mixed precision, float64 under 64-true
+        with torch.autocast(self.device.type, enabled=False):
+            v = x.flatten(1).to(layers[index].weight.dtype)
             for layer in layers[:index]:
                 v = torch.sigmoid(layer(v))
             layer, visible_bias = layers[index], self.visible_biases[index]

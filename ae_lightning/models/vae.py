@@ -132,7 +132,7 @@ class VAE(AutoencoderModule):
 
     def sample_prior(self, n: int) -> Tensor:
         """``n`` codes ``[n, *latent_shape]`` drawn from the prior p(z), here the standard normal."""
-        return torch.randn(n, *self.latent_shape, device=self.device)
+        return torch.randn(n, *self.latent_shape, device=self.device, dtype=self.dtype)
 
     def prior_log_prob(self, z: Tensor) -> Tensor:
         """log p(z) of codes ``[..., *latent_shape]``, here the standard normal's (summed over every element)."""

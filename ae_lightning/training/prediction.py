@@ -28,7 +28,8 @@ class PredictionWriter(BasePredictionWriter):
     the cached codes with ``litdata.StreamingDataset(<run dir>/<name>)``, whose items are dicts of those five keys; it
     needs ``return_predictions`` false (the command sets it; an explicit true is refused). Either is written under a
     temporary name and renamed when complete, so an interrupted run never leaves a partial one, and an existing one is
-    never overwritten. Under ``fast_dev_run`` nothing is written (Lightning's dry run leaves no outputs).
+    never overwritten. Under ``fast_dev_run`` nothing is written (Lightning's dry run leaves no outputs). Floats are
+    written as float32 (bfloat16's exactly, which numpy cannot read), or float64 under ``64-true``.
 
     Args:
         filename: name inside the run directory (``trainer.log_dir``, a W&B run's own folder, else
@@ -91,7 +92,7 @@ class PredictionWriter(BasePredictionWriter):
     ) -> None:
         if dataloader_idx or trainer.fast_dev_run:  # several predict dataloaders: only the first is ours
             return
-        columns = {key: value.detach().cpu() for key, value in prediction.items()}
+        columns = {key: _readable(value) for key, value in prediction.items()}
         for i in range(len(columns["index"])):
             item = {key: value[i] if value.dim() > 1 else value[i].item() for key, value in columns.items()}
             self._writer[self._written] = item
@@ -132,7 +133,7 @@ class PredictionWriter(BasePredictionWriter):
             return
         if isinstance(predictions[0], list):  # several predict dataloaders: only the first is ours
             predictions = predictions[0]
-        merged = {key: torch.cat([p[key] for p in predictions]).cpu() for key in predictions[0]}
+        merged = {key: _readable(torch.cat([p[key] for p in predictions])) for key in predictions[0]}
         path = self._target(trainer)
         if path.exists():
             raise FileExistsError(f"{path} already exists; predictions are never overwritten")
@@ -142,6 +143,12 @@ class PredictionWriter(BasePredictionWriter):
         os.replace(partial, path)
         self.path = path
         print(f"Predictions for {len(merged['index'])} images written to {path}")  # by each process, of its file
+
+
+def _readable(value: torch.Tensor) -> torch.Tensor:
+    """``value`` on the CPU, as float32 where it is a float of fewer bits (bfloat16 has no numpy dtype)."""
+    value = value.detach().cpu()
+    return value.float() if value.is_floating_point() and torch.finfo(value.dtype).bits < 32 else value
 
 
 def _index(stream: Path) -> dict[str, Any]:
