@@ -28,9 +28,9 @@ def bernoulli_log_likelihood(logits: Tensor, x: Tensor) -> Tensor:
         logits: ``[..., C, H, W]`` decoder logits.
         x: ``[..., C, H, W]`` targets in [0, 1] (broadcast against ``logits``).
     """
-    # The wider of the two dtypes (float32 logits of a bf16-true run's bfloat16 targets): PyTorch's loss would take x's
-    dtype = torch.promote_types(logits.dtype, x.dtype)
-    logits, x = logits.to(dtype), x.to(dtype)
+    if logits.dtype != x.dtype:  # the wider of the two (a bf16-true run's float32 logits): PyTorch would take x's
+        dtype = torch.promote_types(logits.dtype, x.dtype)
+        logits, x = logits.to(dtype), x.to(dtype)
     if logits.shape != x.shape:
         # Many decodings per image (importance sampling): log p = x . logits - sum(softplus(logits)) never
         # materializes the broadcast targets, and is about 20% faster than the fused loss on an expanded x.
