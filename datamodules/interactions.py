@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -342,8 +343,7 @@ def read_interactions(path: Path, header: bool | None = None, min_rating: float 
         with path.open() as file:
             first, second = file.readline().strip(), file.readline().strip()
     except UnicodeDecodeError as error:
-        raise ValueError(f"{path} is not a text file ({error.reason}); expected user, item[, rating] per line "
-                         "(decompress a .gz or .zip first)") from error  # fmt: skip
+        raise _not_utf8(path, error) from error
     if not first:
         raise ValueError(f"{path}: the first line is empty; expected user, item[, rating] per line")
     separator = _separator(first)
@@ -359,16 +359,27 @@ def read_interactions(path: Path, header: bool | None = None, min_rating: float 
         header = True
     if header and not second:
         raise ValueError(f"{path}: no interactions after line 1 ({first!r}), its header")
+    if header and "user" in fields[1].lower() and "user" not in fields[0].lower():  # e.g. book_id,user_id,rating
+        raise ValueError(
+            f"{path} line 1 ({first!r}) names the users' column second; the columns are read as user, item[, rating] "
+            "whatever their names: put the users' column first"
+        )
     names = ["user", "item", "rating"][: min(len(fields), 3)]
-    frame = pd.read_csv(
-        path,
-        sep=separator,
-        header=None,
-        skiprows=1 if header else 0,
-        usecols=range(len(names)),
-        names=names,
-        engine="python" if len(separator) > 1 else "c",
-    )
+    # Only an empty field is missing: "NA", "null" or "None" are ids (or, as ratings, not numbers).
+    settings = {"sep": separator, "header": None, "skiprows": 1 if header else 0, "usecols": range(len(names)),
+                "names": names, "engine": "python" if len(separator) > 1 else "c", "keep_default_na": False,
+                "na_values": dict.fromkeys(names, [""])}  # fmt: skip
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", pd.errors.DtypeWarning)  # handled below
+            frame = pd.read_csv(path, **settings)
+        # The C parser infers each block of rows' types apart: ids that are numbers in one block and text in another
+        # come out as a mix of both (without their leading zeros); such a column is read again, as text.
+        mixed = [name for name in ("user", "item") if pd.api.types.infer_dtype(frame[name]).startswith("mixed")]
+        if mixed:
+            frame = pd.read_csv(path, **settings, dtype=dict.fromkeys(mixed, str))
+    except UnicodeDecodeError as error:
+        raise _not_utf8(path, error) from error
     first_line = 2 if header else 1
     for column in ("user", "item"):  # a blank id (a field of spaces) is a missing one
         if not pd.api.types.is_numeric_dtype(frame[column]):
@@ -395,7 +406,7 @@ def read_interactions(path: Path, header: bool | None = None, min_rating: float 
             row = int(np.flatnonzero(bad)[0])
             line = line_of(path, row, first_line)
             given = frame["rating"].iloc[row]
-            what = "has no rating" if pd.isna(given) else f"rating {given!r} is not a number"
+            what = "has no rating" if pd.isna(given) or not str(given).strip() else f"rating {given!r} is not a number"
             raise ValueError(f"{path} line {line}: {what}")
         frame["rating"] = ratings
         if min_rating is not None:
@@ -404,6 +415,22 @@ def read_interactions(path: Path, header: bool | None = None, min_rating: float 
         raise ValueError(f"min_rating={min_rating}, but {path} has no rating column (user, item only)")
     frame.attrs["first_line"] = first_line  # with the index (data rows), the file's line numbers
     return frame
+
+
+def _not_utf8(path: Path, error: UnicodeDecodeError) -> ValueError:
+    """The error for a file that is not UTF-8 text, naming its first line that is not."""
+    where = error.reason
+    with path.open("rb") as file:
+        for number, raw in enumerate(file, 1):
+            try:
+                raw.decode()
+            except UnicodeDecodeError as bad:
+                where = f"line {number}, byte {bad.start + 1}: {bad.reason}"
+                break
+    return ValueError(
+        f"{path} is not a text file in UTF-8 ({where}); expected user, item[, rating] per line (decompress a .gz "
+        "or .zip first; convert another encoding, e.g. iconv -f latin1 -t utf-8)"
+    )
 
 
 def _is_number(text: str) -> bool:

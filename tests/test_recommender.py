@@ -113,6 +113,8 @@ def test_movielens_u_data_layout_reads_the_same(tmp_path: Path) -> None:
         (["1,10,4", "2,10,5", "1,11,3", "1,10,2"], {}, r"lines 1 and 4 both hold user 1, item 10"),
         (["user,item,rating", "1,10,4", "", "2,10,five"], {}, r"line 4: rating 'five' is not a number"),
         (["1,10,4", "2,10,5", "3,998"], {}, r"line 3: has no rating"),
+        (["1,10,4", "2,10,", "3,11,NA"], {}, r"line 2: has no rating"),
+        (["1,10,4", "3,11,NA"], {}, r"line 2: rating 'NA' is not a number"),
         (["1,10", "2,10"], {"min_rating": 3.5}, r"min_rating=3.5, but .* has no rating column"),
         (
             ["1,10,4", "2,11,5"],
@@ -123,6 +125,11 @@ def test_movielens_u_data_layout_reads_the_same(tmp_path: Path) -> None:
         (["1\t10", " \t ", "2\t11"], {"min_rating": None}, r"line 2: no user or no item"),
         (["userId,movieId,rating"], {}, r"no interactions after line 1 \('userId,movieId,rating'\), its header"),
         (
+            ["book_id,user_id,rating", "1,10,4"],
+            {},
+            r"line 1 \('book_id,user_id,rating'\) names the users' column second",
+        ),
+        (
             [f"u{u},{i},5" for u in range(30) for i in range(8)],
             {"held_out_fraction": 0.1, "val_users": 5, "test_users": 5},
             r"none of the 5 val users has 5 or more items .* held_out_fraction=0.1 of them at least 1; raise val_us",
@@ -132,11 +139,14 @@ def test_movielens_u_data_layout_reads_the_same(tmp_path: Path) -> None:
         "duplicate",
         "non-numeric",
         "missing-rating",
+        "empty-rating",
+        "NA-rating",
         "no-ratings",
         "too-few-users",
         "blank-id",
         "blank-tabbed",
         "header-only",
+        "users-second",
         "nothing-held-out",
     ],  # fmt: skip
 )
@@ -335,6 +345,30 @@ def test_a_folder_a_compressed_file_and_a_quoted_csv(tmp_path: Path) -> None:
     quoted.write_text("".join(",".join(f'"{field}"' for field in line.split(",")) + "\n"
                               for line in plain.read_text().splitlines()))  # fmt: skip
     assert data(quoted).interactions.train.nnz == data(plain).interactions.train.nnz
+
+
+def test_ids_are_read_as_they_are_written(tmp_path: Path) -> None:
+    from datamodules.interactions import read_interactions
+
+    path = tmp_path / "na.csv"  # ids that pandas would take for missing values
+    path.write_text("user,item,rating\nalice,NA,4\nbob,null,5\nNone,x,4\n")
+    frame = read_interactions(path)
+    assert list(frame["user"]) == ["alice", "bob", "None"] and list(frame["item"]) == ["NA", "null", "x"]
+    # item ids that are numbers in the first 2**18 rows (the C parser's block) and text after them, as Amazon's ISBNs
+    # and ASINs: all text, leading zeros kept (they were ints in one block, without their zeros, and refused)
+    path = tmp_path / "mixed.csv"
+    path.write_text("".join(f"u{row // 64},{row % 64:04d}\n" for row in range(2**18)) + "u0,B0001\n")
+    items = read_interactions(path, header=False)["item"]
+    assert items.iloc[0] == "0000" and items.iloc[-1] == "B0001" and items.map(type).eq(str).all()
+
+
+def test_a_file_in_another_encoding_is_named_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.csv"  # the first 8 KB (read before pandas) are ASCII
+    path.write_bytes(
+        b"".join(b"u%d,book%d,4\n" % (i // 10, i) for i in range(2000)) + "José,book1,4\n".encode("latin1")
+    )
+    with pytest.raises(ValueError, match=r"latin1.csv is not a text file in UTF-8 \(line 2001, byte 4: .*iconv"):
+        _ = data(path).interactions
 
 
 def test_a_test_file_of_numeric_items_beside_text_items_compares_them_as_ids(tmp_path: Path) -> None:
