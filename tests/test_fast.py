@@ -122,6 +122,13 @@ def test_a_model_and_a_datamodule_that_group_differently_are_refused(data_dir: P
         trainer.fit(Autoencoder(**TINY, steps_per_batch=4), datamodule=MNISTDataModule(data_dir=str(data_dir)))
 
 
+def test_weight_averaging_is_refused_on_the_fast_path(data_dir: Path, tmp_path: Path) -> None:
+    # Lightning's WeightAveraging updates at each Lightning batch's end: once per 4 optimizer steps here
+    ema = ["--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging"]
+    with pytest.raises(ValueError, match="EMAWeightAveraging averages the weights once per Lightning batch"):
+        run_cli("fit", *tiny_args("ae", data_dir, tmp_path, *BATCH_11, *FAST, *ema))
+
+
 def test_a_resume_between_multiples_is_refused(data_dir: Path, tmp_path: Path) -> None:
     run_cli("fit", *tiny_args("ae", data_dir, tmp_path, *BATCH_11, *FAST, "--trainer.max_steps", "6"))
     last = next(tmp_path.rglob("last.ckpt"))

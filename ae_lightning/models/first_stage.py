@@ -11,7 +11,8 @@ one of the discriminator, under manual optimization; validation and test losses 
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import torch
@@ -139,8 +140,22 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
     # --- the public API ---------------------------------------------------------------------------------------------
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Codes ``[B, latent_dim, H / f, W / f]`` of images ``x`` of any size f divides (the default encoder refuses
-        others): what the decoder takes (labels ``y`` unused)."""
-        return self.bottleneck(self.encoder(x))[0]
+        others): what the decoder takes (labels ``y`` unused). The bottleneck runs as in evaluation whatever the mode
+        (the posterior's mean, the nearest codes; no codebook update): the same codes for the same images."""
+        h = self.encoder(x)
+        with self.evaluating_bottleneck():
+            return self.bottleneck(h)[0]
+
+    @contextlib.contextmanager
+    def evaluating_bottleneck(self) -> Iterator[None]:
+        """Every module in evaluation mode within, each restored to its own mode after."""
+        modes = [(module, module.training) for module in self.modules()]
+        self.train(False)
+        try:
+            yield
+        finally:
+            for module, mode in modes:  # as they were (``train`` would recurse, and LPIPS stays in eval)
+                module.training = mode
 
     # --- losses -----------------------------------------------------------------------------------------------------
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:

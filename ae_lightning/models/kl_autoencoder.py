@@ -28,6 +28,11 @@ class KLAutoencoder(FirstStageAutoencoder):
     balance, up to an overall factor 1/2. (Checkpoints of releases before 2026-12-05 divided by H * W only, a KL C
     times heavier for C > 1 channels: they resume with the corrected weight, with a warning.)
 
+    ``code_std`` (logged) is the standard deviation of a batch's codes over all their elements (the decoder's input:
+    samples in training, the means of :meth:`encode` in validation and test), averaged over batches: a diffusion
+    model on the codes scales them by ``1 / code_std``, latent diffusion's ``scale_factor`` (0.18215 for Stable
+    Diffusion's KL-f8, from one batch's samples).
+
     Args:
         kl_weight: weight of the KL term, >= 0.
         **kwargs: the :class:`~ae_lightning.models.first_stage.FirstStageAutoencoder` arguments.
@@ -46,7 +51,8 @@ class KLAutoencoder(FirstStageAutoencoder):
         logvar = logvar.clamp(-30.0, 20.0)  # as latent diffusion: exp stays finite in either direction
         z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar) if self.training else mean
         kl = losses.kl_divergence_normal(mean.flatten(1), logvar.flatten(1)).mean()
-        return z, self.kl_weight * kl / math.prod(self.input_shape), {"kl": kl.detach()}
+        logged = {"kl": kl.detach(), "code_std": z.detach().float().std(correction=0)}
+        return z, self.kl_weight * kl / math.prod(self.input_shape), logged
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)

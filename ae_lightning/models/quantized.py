@@ -107,8 +107,11 @@ class QuantizedAutoencoder(FirstStageAutoencoder):
 
     # --- codes as indices -------------------------------------------------------------------------------------------
     def encode_indices(self, x: Tensor) -> Tensor:
-        """Code indices ``[B, Q, h, w]`` (int64) of images ``x`` (``Q`` = 1 but for residual VQ)."""
-        return self.quantizer(self.encoder(x))[1]
+        """Code indices ``[B, Q, h, w]`` (int64) of images ``x`` (``Q`` = 1 but for residual VQ); as :meth:`encode`, the
+        codebook is not updated whatever the mode."""
+        h = self.encoder(x)
+        with self.evaluating_bottleneck():
+            return self.quantizer(h)[1]
 
     def decode_indices(self, indices: Tensor) -> Tensor:
         """Images in [0, 1] decoded from code indices ``[B, Q, h, w]``."""

@@ -13,6 +13,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import WeightAveraging
 from torch import Tensor
 
 from ae_lightning.lightning_internals import every_n_train_steps
@@ -56,6 +57,10 @@ def check_fit(trainer: L.Trainer, steps: int) -> None:
                          f"{grouped}: give both the same value (--fast.steps sets both)")  # fmt: skip
     if steps == 1:
         return
+    for callback in trainer.callbacks:
+        if isinstance(callback, WeightAveraging):  # it updates at a Lightning batch's end: once per group of steps
+            raise ValueError(f"{type(callback).__name__} averages the weights once per Lightning batch, which "
+                             f"holds {steps} optimizer steps on the fast path: it would skip steps; {FIX}")  # fmt: skip
     for callback in trainer.checkpoint_callbacks:
         every = every_n_train_steps(callback)
         if every % steps:
