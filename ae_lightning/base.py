@@ -268,7 +268,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
     def log_terms(self, terms: dict[str, Tensor], stage: Stage, batch_size: int) -> None:
         """Log each term as ``<stage>/<name>`` (``loss`` also in the progress bar): validation and test terms averaged
         over the epoch and reduced across ranks; training terms per step, ``loss`` at every step and the others at the
-        steps whose logs Lightning writes (see :meth:`on_train_batch_end`)."""
+        steps whose logs Lightning writes and at each epoch's last batch (see :meth:`on_train_batch_end`)."""
         if stage == "train":
             self.log("train/loss", terms["loss"], prog_bar=True, on_step=True, on_epoch=False, batch_size=batch_size)
             self._unlogged_terms = terms, batch_size
@@ -287,6 +287,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         trainer, every = self.trainer, self.trainer.log_every_n_steps
         stepped = batches_that_stepped(trainer) + 1
         written = trainer.fast_dev_run or (every > 0 and (stepped % every == 0 or trainer.should_stop))
+        written = written or ends_training_epoch(trainer)  # for what reads them at the epoch's end (EarlyStopping)
         if unlogged is None or not written:
             return
         terms, batch_size = unlogged

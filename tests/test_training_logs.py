@@ -10,7 +10,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.loggers import CSVLogger
 from test_variants import TINY
 from tiny_runs import run_cli, tiny_args
@@ -90,17 +90,32 @@ def test_metrics_csv_holds_every_term_at_the_steps_log_every_n_steps_names(
         with open(next((tmp_path / name.replace(" ", "_")).rglob("metrics.csv"))) as file:
             written[name] = list(csv.DictReader(file))
         if name == "default":
-            calls = model.train_logs
+            calls, per_epoch = model.train_logs, trainer.num_training_batches
     rows = written["default"]
     terms = {"loss", "recon", "kl"} if cls is VAE else {"loss", "recon", "d_loss", "g_loss", "d_accuracy"}
     assert {f"train/{term}" for term in terms} <= set(rows[0])
     assert len([row for row in rows if row["train/recon"]]) >= 3
     assert rows == written["every term every step"]
     # One self.log per training batch, and all the terms where logs are written (also on accumulating batches that
-    # share the step of a written one: Lightning writes none of those, so they cost but cannot change what is written).
+    # share the step of a written one: Lightning writes none of those, so they cost but cannot change what is written)
+    # and at each epoch's last batch (for callbacks that read them there).
     assert set(calls.values()) == {1, len(terms)}
     if "accumulate_grad_batches" not in settings:
-        assert sum(n > 1 for n in calls.values()) == len([row for row in rows if row["train/recon"]])
+        every_term = {batch for batch, n in calls.items() if n > 1}
+        ends = {batch for batch in calls if (batch + 1) % per_epoch == 0}
+        assert ends <= every_term
+        assert len(every_term - ends) <= len([row for row in rows if row["train/recon"]]) <= len(every_term)
+
+
+def test_training_terms_can_be_monitored_at_an_epochs_end(data_dir: Path, tmp_path: Path) -> None:
+    # with fewer batches an epoch than log_every_n_steps, train/kl never reached callback_metrics: EarlyStopping and
+    # ModelCheckpoint monitoring it crashed
+    stop = EarlyStopping(monitor="train/kl", check_on_train_epoch_end=True, patience=100)
+    trainer = L.Trainer(accelerator="cpu", default_root_dir=tmp_path, max_epochs=2, limit_train_batches=3,
+                        limit_val_batches=1, enable_checkpointing=False, enable_progress_bar=False, logger=False,
+                        enable_model_summary=False, callbacks=[stop])  # fmt: skip
+    trainer.fit(VAE(**TINY, nll_samples=2), datamodule=MNISTDataModule(data_dir=str(data_dir), batch_size=16))
+    assert {"train/recon", "train/kl"} <= set(trainer.callback_metrics) and trainer.current_epoch == 2
 
 
 def test_a_run_given_an_earlier_runs_folder_is_refused_before_it_touches_its_logs(
