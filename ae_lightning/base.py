@@ -6,8 +6,9 @@ import abc
 import contextlib
 import importlib
 import inspect
+import numbers
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence, Sized
 from typing import Any, ClassVar, Literal
 
 import lightning as L
@@ -25,7 +26,7 @@ from ae_lightning.blocks.spatial import SpatialOptions
 from ae_lightning.evaluation.metrics import ReconstructionMetrics
 from ae_lightning.lightning_internals import batches_that_stepped, ends_training_epoch, weighted_batch_size
 from ae_lightning.training import fast
-from datamodules.checks import Fraction, PositiveInt, check_init_arguments
+from datamodules.checks import Fraction, PositiveInt, check_init_arguments, plain_hyperparameters
 
 Batch = tuple[Tensor, Tensor, Tensor]
 Stage = Literal["train", "val", "test"]
@@ -34,6 +35,8 @@ Reconstruction = Literal["bce", "mse"]
 _SCHEDULERS_KEY = "ae_lightning_epoch_schedulers"
 # The epoch whose last training batch a checkpoint was written at, before the validation that ends the epoch.
 _UNVALIDATED_KEY = "ae_lightning_unvalidated_epoch"
+# The networks given as modules from Python, which the checkpoint's hyperparameters cannot rebuild.
+_GIVEN_KEY = "ae_lightning_given_networks"
 
 
 class AutoencoderModule(L.LightningModule, abc.ABC):
@@ -93,6 +96,8 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
             if isinstance(self.hparams.get(name), nn.Module):
                 del self.hparams[name]
         check_init_arguments(type(self), self.hparams)
+        plain_hyperparameters(self.hparams)
+        self.save_hyperparameters(self.hparams)  # what loggers write (hparams.yaml) as the checkpoint holds it
         check_network(network, hidden_dims)
         if network == "spatial" and self.flat_codes_only:
             raise ValueError(
@@ -121,7 +126,8 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         self._validated_epoch = -1  # the last epoch that fit validated in (this process)
         self.encoder = encoder if encoder is not None else self.build_encoder()
         self.decoder = decoder if decoder is not None else self.build_decoder()
-        self._unchecked_networks = [name for name, given in (("encoder", encoder), ("decoder", decoder)) if given]
+        self._given_networks = [name for name, net in (("encoder", encoder), ("decoder", decoder)) if net is not None]
+        self._unchecked_networks = list(self._given_networks)
 
     # --- the networks -----------------------------------------------------------------------------------------------
     def build_encoder(self) -> nn.Module | None:
@@ -183,7 +189,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         if self.automatic_optimization:
             return self._shared_step(batch, "train")  # Lightning's automatic optimization steps on ``loss``
         # On the fast path the batch is a list of batches: one optimizer step on each.
-        batches = fast.batches_to_step(batch, self.trainer)
+        batches = [unpack_batch(one) for one in fast.batches_to_step(batch, self.trainer)]
         steps = []
         for one in batches:
             self._check_input_once(one[0])
@@ -210,7 +216,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
             self._test_step(batch)
 
     def _test_step(self, batch: Batch) -> None:
-        x, y, indices = batch
+        x, y, indices = unpack_batch(batch)
         self._check_input_once(x)
         terms, reconstruction = self.test_terms(x, y, indices)
         self.log_terms(terms, "test", batch_size=len(x))
@@ -235,7 +241,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         with self.evaluation_randomness(batch_idx):
-            return self._predict_step(batch)
+            return self._predict_step(unpack_batch(batch))  # a variant's own _predict_step unpacks it as it is
 
     def _predict_step(self, batch: Batch) -> dict[str, Tensor]:
         x, labels, indices = batch
@@ -259,7 +265,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
             yield
 
     def _shared_step(self, batch: Batch, stage: Stage) -> dict[str, Tensor]:
-        x, labels, indices = batch
+        x, labels, indices = unpack_batch(batch)
         self._check_input_once(x)
         terms = self.loss_terms(x, labels, indices)
         self.log_terms(terms, stage, batch_size=len(x))
@@ -513,6 +519,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ae_lightning_class"] = _class_path(type(self))
+        checkpoint[_GIVEN_KEY] = [name for name in self._given_networks if name not in self.hparams]
         # Where the epoch's scheduler steps stand (see ``on_train_epoch_end``). Written in a validation's end hooks,
         # before this model's: its val/loss awaits the step.
         val_loss = self._plateau_val_loss
@@ -551,6 +558,13 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         stored = checkpoint.get("ae_lightning_class")
         if stored is not None and resolve_class_path(stored) is not type(self):
             raise ValueError(f"the checkpoint holds a {stored}, not a {_class_path(type(self))}")
+        missing = [name for name in checkpoint.get(_GIVEN_KEY, []) if name not in self._given_networks]
+        if missing:  # before Lightning loads the weights into the networks built instead
+            raise ValueError(
+                f"the checkpoint's {type(self).__name__} was built with a given {' and '.join(missing)}, which "
+                f"checkpoints do not hold: pass {'it' if len(missing) == 1 else 'them'}, "
+                f"{type(self).__name__}.load_from_checkpoint(path, {', '.join(f'{name}=...' for name in missing)})"
+            )
         checkpoint["state_dict"] = self.upgrade_weights(checkpoint["state_dict"])
         schedulers = checkpoint.get(_SCHEDULERS_KEY, {})
         self._scheduled_epoch = schedulers.get("stepped_epoch", -1)
@@ -627,6 +641,26 @@ class DeterministicAutoencoder(AutoencoderModule):
         return losses.squared_error_batch_mean(networks.decoder_mean(logits, self.input_shape), x)
 
 
+def check_sample_count(n: object, method: str = "sample") -> None:
+    """Raise a ValueError naming ``n`` unless it is a count of samples to draw, an integer >= 0 (NumPy's too)."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+        raise ValueError(f"{method}(n={n!r}): n, the number of images, must be an integer >= 0")
+
+
+def unpack_batch(batch: Any) -> Batch:
+    """``(images, labels, indices)`` of a batch, as the datamodules yield it; a ValueError naming its layout if it is
+    another (a plain ``TensorDataset``'s pairs, a dict)."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 3:
+        return tuple(batch)
+    layout = f" of shape {list(batch.shape)}" if isinstance(batch, Tensor) else ""
+    layout = layout or (f" of {len(batch)} items" if isinstance(batch, Sized) else "")
+    raise ValueError(
+        f"ae-lightning models take batches (images, labels, indices), as its datamodules yield; got a "
+        f"{type(batch).__name__}{layout}: add labels (-1 for none) and each sample's index to your dataset, or use "
+        "ArrayDataModule"
+    )
+
+
 def check_optimizer_class(index: int, stored: str, optimizer: torch.optim.Optimizer) -> None:
     """Raise a ValueError if ``optimizer`` is not of the class ``stored`` of a checkpoint's optimizer ``index``."""
     now = _class_path(type(optimizer))
@@ -666,4 +700,11 @@ def resolve_class_path(class_path: str) -> type | None:
         return None
 
 
-__all__ = ["AutoencoderModule", "DeterministicAutoencoder", "check_optimizer_class", "resolve_class_path"]
+__all__ = [
+    "AutoencoderModule",
+    "DeterministicAutoencoder",
+    "check_optimizer_class",
+    "check_sample_count",
+    "resolve_class_path",
+    "unpack_batch",
+]

@@ -15,7 +15,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from datamodules.checks import NonNegativeInt, OpenUnitInterval, PositiveInt, check_init_arguments
+from datamodules.checks import (
+    NonNegativeInt,
+    OpenUnitInterval,
+    PositiveInt,
+    check_init_arguments,
+    plain_hyperparameters,
+)
 from datamodules.loader import GroupedBatches, TensorBatchLoader, check_resume_state, fingerprint
 
 Split = Literal["train", "val", "test"]
@@ -80,6 +86,8 @@ class ImageDataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         check_init_arguments(type(self), self.hparams)
+        plain_hyperparameters(self.hparams)  # a subclass's paths (``data_dir``, ``labels``) too
+        self.save_hyperparameters(self.hparams)  # what loggers write (hparams.yaml) as the checkpoint holds it
         if classes is not None:
             if len(classes) == 0:
                 raise ValueError("classes is an empty list: name at least one label to keep, or leave it unset")

@@ -12,12 +12,14 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import os
 import re
 import typing
-from collections.abc import Callable, Mapping, Sequence
-from numbers import Real
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from numbers import Integral, Real
 from typing import Any, Literal
 
+import numpy as np
 from jsonargparse.typing import register_type
 
 # Each constrained number type and its interval, integer or not.
@@ -91,7 +93,7 @@ def check_number(name: str, value: object, interval: str, *, integer: bool = Fal
 
 
 def _is_number(value: object, integer: bool) -> bool:
-    return isinstance(value, int if integer else Real) and not isinstance(value, bool)
+    return isinstance(value, Integral if integer else Real) and not isinstance(value, bool)  # NumPy's too
 
 
 def _parse(interval: str) -> tuple[float, float, bool, bool]:
@@ -170,7 +172,7 @@ def _expected(value: Any, annotation: Any) -> str | None:
         if isinstance(value, Sequence) and not isinstance(value, str):
             expected = next((e for item in value if (e := _expected(item, args[0])) is not None), None)
             return None if expected is None else f"each {expected}"
-        return None  # not a sequence: jsonargparse or the code using it says so
+        return "be a sequence (list or tuple)"
     expectations = []
     for member in args:  # a union: the value fits one of its members
         if member is type(None) or not _constrains(member):
@@ -181,6 +183,24 @@ def _expected(value: Any, annotation: Any) -> str | None:
         else:
             expectations.append(expected)
     return " or ".join(e.removeprefix("be ") if i else e for i, e in enumerate(expectations)) or None
+
+
+def plain_hyperparameters(hparams: MutableMapping[str, Any]) -> None:
+    """Replace in ``hparams`` each path by its string and each NumPy scalar or array by Python numbers (also inside
+    lists, tuples and dicts): checkpoints then load with ``torch.load(weights_only=True)``, torch's default and the
+    command's."""
+    for name, value in hparams.items():
+        hparams[name] = _plain(value)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    if type(value) in (list, tuple):
+        return type(value)(map(_plain, value))
+    return {key: _plain(item) for key, item in value.items()} if type(value) is dict else value
 
 
 def byte_count(value: str | int | None) -> int:

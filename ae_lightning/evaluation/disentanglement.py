@@ -425,8 +425,9 @@ def _metric_generator(seed: int, name: str) -> torch.Generator:
 
 # --- pictures -------------------------------------------------------------------------------------------------------
 def has_flat_codes(model: nn.Module) -> bool:
-    """Whether ``model``'s codes are vectors ``[latent_dim]``, whose dimensions :func:`latent_traversals` sweeps."""
-    return len(getattr(model, "latent_shape", (0,))) == 1
+    """Whether ``model``'s codes are continuous vectors ``[latent_dim]``, whose dimensions :func:`latent_traversals`
+    sweeps (not token indices, a ``discrete_codes`` model's)."""
+    return len(getattr(model, "latent_shape", (0,))) == 1 and not getattr(model, "discrete_codes", False)
 
 
 def latent_traversals(model: nn.Module, images: Tensor, span: float = 2.5, steps: int = 9) -> Tensor:

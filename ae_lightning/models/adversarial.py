@@ -14,7 +14,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from ae_lightning.base import Batch, DeterministicAutoencoder
+from ae_lightning.base import Batch, DeterministicAutoencoder, check_sample_count
 from ae_lightning.lightning_internals import uncounted_optimizer_step
 from datamodules.checks import NonNegativeFloat, PositiveFloat, PositiveInt
 
@@ -100,6 +100,7 @@ class AdversarialAutoencoder(DeterministicAutoencoder):
         return self.mixture_means[components] + self.mixture_std * z
 
     def sample(self, n: int, y: Tensor | None = None) -> Tensor:
+        check_sample_count(n)
         return self.decode(self.sample_prior(n))
 
     # --- training: three phases per batch ---------------------------------------------------------------------------

@@ -5,7 +5,6 @@ Conditional Generative Models"): the VAE with encoder and decoder conditioned on
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -14,6 +13,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from ae_lightning.base import check_sample_count
 from ae_lightning.blocks import networks
 from ae_lightning.models.vae import VAE
 from datamodules.checks import PositiveInt
@@ -87,8 +87,7 @@ class ConditionalVAE(VAE):
     def sample(self, n: int, y: Tensor | Sequence[int] | int | None = None) -> Tensor:
         """``n`` images of the classes ``y``: ``n`` labels (a tensor ``[n]`` or a list), one label for all (an int or a
         0-d tensor); by default the classes in turn, 0, 1, 2, ..."""
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
-            raise ValueError(f"sample(n={n!r}): n, the number of images, must be an integer >= 0")
+        check_sample_count(n)  # before the labels are made or checked
         if y is None:
             y = torch.arange(n) % self.num_classes
         try:

@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from ae_lightning.base import Batch, DeterministicAutoencoder
+from ae_lightning.base import Batch, DeterministicAutoencoder, unpack_batch
 from ae_lightning.blocks import losses, rbm
 from datamodules.checks import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
@@ -158,7 +158,7 @@ class DeepBeliefAutoencoder(DeterministicAutoencoder):
 
     # --- steps ------------------------------------------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
-        x = batch[0]
+        x, labels, indices = unpack_batch(batch)
         self.check_input(x)
         index = self.rbm_index(self.current_epoch)
         optimizers = self.optimizers()
@@ -168,7 +168,7 @@ class DeepBeliefAutoencoder(DeterministicAutoencoder):
             self.log_terms(terms, f"pretrain/rbm{index + 1}", batch_size=len(x))  # type: ignore[arg-type]
         else:
             optimizers[0].zero_grad()
-            terms = self.loss_terms(*batch)
+            terms = self.loss_terms(x, labels, indices)
             self.manual_backward(terms["loss"])
             optimizers[0].step()
             terms = {name: value.detach() for name, value in terms.items()}

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from torch import Tensor, nn
 
-from ae_lightning.base import AutoencoderModule
+from ae_lightning.base import AutoencoderModule, check_sample_count
 from ae_lightning.lightning_internals import without_cli_hyperparameters
 from ae_lightning.models.quantized import QuantizedAutoencoder
 from datamodules.checks import Fraction, PositiveFloat, PositiveInt, check_arguments
@@ -56,8 +56,9 @@ class CodePrior(AutoencoderModule):
     :class:`~ae_lightning.models.quantized.QuantizedAutoencoder` (the tokenizer), in raster order with the residual
     levels of one position adjacent.
 
-    ``encode`` gives the tokens ``[B, L]``, ``decode`` the tokenizer's images of them, ``sample(n)`` images of
-    sampled tokens; the tokenizer is the prior's encoder and decoder, so it builds none of its own (nor takes any).
+    ``encode`` gives the tokens ``[B, L]`` (``latent_shape`` is ``(L,)``), ``decode`` the tokenizer's images of them,
+    ``sample(n)`` images of sampled tokens; the tokenizer is the prior's encoder and decoder, so it builds none of its
+    own (nor takes any).
     The loss is the tokens' cross-entropy (nats per token); ``bits_per_image`` and ``bits_per_pixel`` are logged
     beside it. The checkpoint holds the tokenizer, so :meth:`load_from_checkpoint` reads no tokenizer checkpoint; a
     prior built from ``tokenizer`` refuses to restore a checkpoint whose tokenizer differs.
@@ -106,6 +107,7 @@ class CodePrior(AutoencoderModule):
         self.levels, height, width = self.tokenizer.encode_indices(torch.zeros(1, *input_shape)).shape[1:]
         self.code_grid = (height, width)
         self.num_tokens = self.levels * height * width
+        self.latent_shape = (self.num_tokens,)  # encode's tokens, as every variant's codes are [B, *latent_shape]
         self.vocabulary = autoencoder.codebook_size
         self.token_embedding = nn.Embedding(self.vocabulary + 1, embed_dim)  # the last token starts every sequence
         self.position_embedding = nn.Parameter(torch.zeros(self.num_tokens, embed_dim))
@@ -193,6 +195,7 @@ class CodePrior(AutoencoderModule):
     @torch.no_grad()
     def sample_tokens(self, n: int, temperature: PositiveFloat = 1.0) -> Tensor:
         """``n`` token sequences ``[n, L]`` drawn from the prior, one position at a time."""
+        check_sample_count(n, "sample_tokens")
         check_arguments({"temperature": temperature}, CodePrior.sample_tokens)
         tokens = torch.zeros(n, self.num_tokens, dtype=torch.long, device=self.device)
         for position in range(self.num_tokens):
@@ -202,6 +205,7 @@ class CodePrior(AutoencoderModule):
 
     def sample(self, n: int, y: Tensor | None = None, temperature: PositiveFloat = 1.0) -> Tensor:
         """``n`` images of token sequences drawn from the prior at ``temperature``; labels ``y`` unused."""
+        check_sample_count(n)
         return self.decode(self.sample_tokens(n, temperature))
 
     def token_nll(self, tokens: Tensor) -> Tensor:

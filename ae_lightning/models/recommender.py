@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from ae_lightning.base import AutoencoderModule, Batch, Stage
+from ae_lightning.base import AutoencoderModule, Batch, Stage, unpack_batch
 from ae_lightning.blocks import losses
 from ae_lightning.evaluation.ranking import ranking_metrics
 from ae_lightning.lightning_internals import weighted_batch_size
@@ -122,7 +122,7 @@ class MultinomialAutoencoder(AutoencoderModule):
 
     def evaluate_ranking(self, batch: Batch, stage: Stage) -> None:
         """Log the loss terms of the fold-in clicks and the ranking metrics of the held-out items."""
-        clicks, held_out, _ = batch
+        clicks, held_out, _ = unpack_batch(batch)
         self._shared_step(batch, stage)
         rankings = {"": self.item_scores(clicks)}
         if stage == "test" and self.item_popularity.any():

@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.distributions import Normal
 
-from ae_lightning.base import AutoencoderModule, Stage
+from ae_lightning.base import AutoencoderModule, Stage, check_sample_count
 from ae_lightning.blocks import losses, networks
 from ae_lightning.blocks.networks import decoder_mean
 from datamodules.checks import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
@@ -128,6 +128,7 @@ class VAE(AutoencoderModule):
     def sample(self, n: int, y: Tensor | None = None) -> Tensor:
         """``n`` images of ``input_shape`` decoded from prior codes of ``latent_shape``; a spatial model decodes
         other sizes from ``torch.randn(n, latent_dim, H / f, W / f)`` with :meth:`decode`."""
+        check_sample_count(n)
         return self.decode(self.sample_prior(n), y)
 
     def sample_prior(self, n: int) -> Tensor:

@@ -1,0 +1,220 @@
+"""The Python API as a notebook uses it, without the command: importing the packages, a plain Lightning ``Trainer``
+(its default logger and checkpoint callback) on every stage, checkpoints loaded back, and the README's Python
+snippets run as written."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from ae_lightning import (
+    VAE,
+    AdversarialAutoencoder,
+    AutoDecoder,
+    Autoencoder,
+    CodePrior,
+    DeepBeliefAutoencoder,
+    QuantizedAutoencoder,
+)
+from ae_lightning.evaluation.disentanglement import has_flat_codes
+from datamodules import ArrayDataModule, MNISTDataModule
+
+ROOT = Path(__file__).parents[1]
+TINY = {"latent_dim": 4, "hidden_dims": [16]}
+QUIET = {"accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False, "logger": False}
+
+# Run in a fresh interpreter: the libraries the exports need are imported first, then every export of both packages;
+# importing them must leave the process's settings as they were and import neither W&B nor Optuna.
+IMPORT_STATE = """
+import logging, os, random, sys, warnings
+import numpy as np, torch, lightning.pytorch, torchmetrics, torchvision, matplotlib, sklearn, pandas, litdata, lpips
+import vector_quantize_pytorch, jsonargparse
+
+def state():
+    loggers = {name: (logger.level, list(logger.handlers), logger.propagate, logger.disabled)
+               for name, logger in logging.Logger.manager.loggerDict.items() if isinstance(logger, logging.Logger)}
+    return {"environment": dict(os.environ), "warning filters": list(warnings.filters), "loggers": loggers,
+            "root logger": (logging.root.level, list(logging.root.handlers)),
+            "torch generator": torch.random.get_rng_state().tolist(),
+            "numpy generator": np.random.get_state()[1].tolist(),
+            "python generator": random.getstate(), "threads": torch.get_num_threads(),
+            "default dtype": torch.get_default_dtype(), "matmul precision": torch.get_float32_matmul_precision(),
+            "deterministic": torch.are_deterministic_algorithms_enabled(), "grad": torch.is_grad_enabled()}
+
+before = state()
+import ae_lightning, datamodules
+for package in (ae_lightning, datamodules):
+    for name in package.__all__:
+        getattr(package, name)
+after = state()
+new_loggers = {name: value for name, value in after["loggers"].items() if name not in before["loggers"]}
+after["loggers"] = {name: value for name, value in after["loggers"].items() if name in before["loggers"]}
+changed = [key for key in before if before[key] != after[key]]
+changed += [f"logger {name}" for name, (level, handlers, _, off) in new_loggers.items() if level or handlers or off]
+changed += [name for name in ("wandb", "optuna") if name in sys.modules]
+print(changed)
+"""
+
+
+def test_importing_the_packages_and_every_export_changes_no_global_setting() -> None:
+    result = subprocess.run([sys.executable, "-c", IMPORT_STATE], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_importing_the_packages_alone_imports_neither_torch_nor_lightning() -> None:
+    code = "import sys, ae_lightning, datamodules; print(sorted({'torch', 'lightning'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+# --- a plain Trainer --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "cls, kwargs",
+    [(Autoencoder, {}), (VAE, {"nll_samples": 4}), (AdversarialAutoencoder, {"discriminator_hidden_dims": [8]})],
+    ids=["automatic", "vae", "manual"],
+)
+def test_a_plain_trainer_runs_every_stage_and_its_checkpoint_loads_back(
+    cls: type, kwargs: dict, data_dir: Path, tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    model, data = cls(**TINY, **kwargs), MNISTDataModule(data_dir=str(data_dir), batch_size=16)
+    trainer = L.Trainer(default_root_dir=tmp_path, accelerator="cpu", max_epochs=1, limit_train_batches=2,
+                        limit_val_batches=1, limit_test_batches=1, limit_predict_batches=2, enable_progress_bar=False,
+                        enable_model_summary=False)  # fmt: skip
+    trainer.fit(model, datamodule=data)
+    assert trainer.global_step == 2 and "val/loss" in trainer.callback_metrics
+    (validated,) = trainer.validate(model, datamodule=data, verbose=False)
+    (tested,) = trainer.test(model, datamodule=data, verbose=False)
+    assert {"val/loss", "val/recon"} <= set(validated) and {"test/loss", "test/recon_mse"} <= set(tested)
+    predictions = trainer.predict(model, datamodule=data)  # Lightning's list of per-batch outputs
+    assert isinstance(predictions, list) and len(predictions) == 2
+    assert predictions[0]["z"].shape == (16, 4) and predictions[0]["index"].tolist() == list(range(16))
+    assert "latent_dim: 4" in (Path(trainer.logger.log_dir) / "hparams.yaml").read_text()
+
+    loaded = cls.load_from_checkpoint(trainer.checkpoint_callback.best_model_path).eval()
+    rebuilt = cls(**loaded.hparams)
+    rebuilt.load_state_dict(loaded.state_dict())
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    model.eval()
+    for other in (loaded, rebuilt.eval()):
+        assert torch.equal(other(x), model(x)) and torch.equal(other.encode(x), model.encode(x))
+
+
+# --- the README's snippets --------------------------------------------------------------------------------------------
+def python_snippets(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+
+
+def test_the_readmes_checkpoint_snippets_run_as_written(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    snippets = [code for code in python_snippets((ROOT / "README.md").read_text()) if "load_from_checkpoint" in code]
+    assert len(snippets) == 2, "a new snippet that loads a checkpoint: check it here too"
+    monkeypatch.chdir(tmp_path)
+    for code in snippets:
+        name = re.search(r"from ae_lightning import (\w+)", code).group(1)
+        path = re.search(r'load_from_checkpoint\("([^"]+)"\)', code).group(1)
+        extra = {"AutoDecoder": {"inference_steps": 2}, "VAE": {"nll_samples": 4}}[name]
+        model = {"AutoDecoder": AutoDecoder, "VAE": VAE}[name](**TINY, **extra)
+        quiet = {"enable_progress_bar": False, "enable_model_summary": False, "enable_checkpointing": False}
+        trainer = L.Trainer(accelerator="cpu", max_steps=2, limit_val_batches=0, logger=False, **quiet)
+        trainer.fit(model, datamodule=MNISTDataModule(data_dir=str(data_dir), batch_size=16))
+        Path(path).parent.mkdir(parents=True)
+        trainer.save_checkpoint(path)
+        generator = torch.Generator().manual_seed(0)
+        namespace = {"images": torch.rand(3, 1, 28, 28, generator=generator)}
+        namespace["new_images"] = namespace["images"].clone()
+        decoder_before = {key: value.clone() for key, value in model.decoder.state_dict().items()}
+        exec(code, namespace)  # noqa: S102 - the README's own code
+        if name == "VAE":  # what the comments say
+            assert namespace["z"].shape == (3, 4)
+            assert namespace["images"].shape == (3, 1, 28, 28)
+            assert 0 <= namespace["images"].min() and namespace["images"].max() <= 1
+            assert namespace["samples"].shape == (16, 1, 28, 28)
+            assert isinstance(namespace["q"], torch.distributions.Normal) and namespace["q"].mean.shape == (3, 4)
+        else:
+            assert namespace["z"].shape == (3, 4) and namespace["reconstructions"].shape == (3, 1, 28, 28)
+            for key, value in namespace["model"].decoder.state_dict().items():
+                assert torch.equal(value, decoder_before[key]), f"encode changed the decoder's {key}"
+
+
+# --- arguments, batches and checkpoints from Python -------------------------------------------------------------------
+def saved_without_trainer(model: L.LightningModule, path: Path) -> Path:
+    trainer = L.Trainer(default_root_dir=path.parent, max_steps=0, enable_checkpointing=False, **QUIET)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(path)
+    return path
+
+
+@pytest.fixture
+def prior(tmp_path: Path) -> CodePrior:
+    tokenizer = QuantizedAutoencoder(latent_dim=4, hidden_dims=[8, 8], codebook_size=16)  # 7x7 codes
+    path = saved_without_trainer(tokenizer, tmp_path / "tokenizer.ckpt")
+    return CodePrior(str(path), embed_dim=16, num_layers=1, num_heads=2).eval()
+
+
+def test_a_priors_latent_shape_is_the_shape_of_its_tokens(prior: CodePrior) -> None:
+    assert tuple(prior.encode(torch.rand(2, 1, 28, 28)).shape[1:]) == prior.latent_shape == (49,)
+    assert not has_flat_codes(prior)  # token indices: no latent traversals of them
+
+
+@pytest.mark.parametrize("n", [-1, 2.5, "3"])
+@pytest.mark.parametrize("cls", [VAE, AdversarialAutoencoder, CodePrior])
+def test_sample_names_a_bad_count(cls: type, n: object, request: pytest.FixtureRequest) -> None:
+    model = request.getfixturevalue("prior") if cls is CodePrior else cls(**TINY)
+    with pytest.raises(ValueError, match=rf"sample\(n={re.escape(repr(n))}\): n, the number of images, must be an"):
+        model.sample(n)
+    assert model.sample(np.int64(2)).shape == (2, 1, 28, 28)  # a NumPy count is a count
+
+
+def test_paths_may_be_pathlib_paths_and_are_recorded_as_strings(tmp_path: Path) -> None:
+    np.save(tmp_path / "x.npy", np.zeros((20, 4, 4), np.uint8))
+    np.save(tmp_path / "y.npy", np.arange(20) % 2)
+    data = ArrayDataModule(path=tmp_path / "x.npy", labels=tmp_path / "y.npy", batch_size=4)
+    data.setup("fit")
+    assert data.hparams.path == str(tmp_path / "x.npy") and data.hparams.labels == str(tmp_path / "y.npy")
+    torch.save(dict(data.hparams), tmp_path / "hparams.pt")
+    torch.load(tmp_path / "hparams.pt", weights_only=True)  # torch's default, and how the command reads checkpoints
+
+
+def test_numpy_numbers_are_taken_and_stored_as_python_numbers(tmp_path: Path) -> None:
+    model = VAE(latent_dim=np.int64(4), hidden_dims=[np.int64(16)], beta=np.float32(2.0))
+    assert (type(model.hparams.latent_dim), type(model.hparams.hidden_dims[0]), type(model.hparams.beta)) == (
+        int, int, float)  # fmt: skip
+    data = MNISTDataModule(batch_size=np.int64(32))
+    torch.save({"model": dict(model.hparams), "data": dict(data.hparams)}, tmp_path / "hparams.pt")
+    torch.load(tmp_path / "hparams.pt", weights_only=True)
+    # and what loggers write (hparams.yaml, from Lightning's hparams_initial): no NumPy or pathlib types either
+    initial = MNISTDataModule(data_dir=tmp_path, batch_size=np.int64(8)).hparams_initial
+    assert (type(initial["data_dir"]), type(initial["batch_size"]), type(model.hparams_initial["beta"])) == (
+        str, int, float)  # fmt: skip
+
+
+@pytest.mark.parametrize("stage", ["fit", "validate", "test", "predict"])
+@pytest.mark.parametrize("cls", [Autoencoder, AdversarialAutoencoder, QuantizedAutoencoder, DeepBeliefAutoencoder])
+def test_batches_without_indices_are_refused_naming_the_layout(cls: type, stage: str, tmp_path: Path) -> None:
+    pairs = DataLoader(TensorDataset(torch.rand(8, 1, 28, 28), torch.zeros(8, dtype=torch.long)), batch_size=4)
+    trainer = L.Trainer(default_root_dir=tmp_path, max_steps=1, enable_checkpointing=False, **QUIET)
+    with pytest.raises(ValueError, match=r"take batches \(images, labels, indices\).* got a list of 2 items"):
+        getattr(trainer, stage)(cls(**TINY), pairs)
+
+
+def test_a_checkpoint_of_given_networks_asks_for_them(tmp_path: Path) -> None:
+    def networks() -> dict[str, nn.Module]:
+        return {"encoder": nn.Sequential(nn.Flatten(), nn.Linear(784, 4)),
+                "decoder": nn.Sequential(nn.Linear(4, 784), nn.Unflatten(1, (1, 28, 28)))}  # fmt: skip
+
+    model = Autoencoder(latent_dim=4, **networks()).eval()
+    path = saved_without_trainer(model, tmp_path / "given.ckpt")
+    with pytest.raises(ValueError, match=r"given encoder and decoder.*load_from_checkpoint\(path, encoder=\.\.\., "):
+        Autoencoder.load_from_checkpoint(path)
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(Autoencoder.load_from_checkpoint(path, **networks()).eval()(x), model(x))  # given again: loads
