@@ -10,7 +10,7 @@ Writes ``<out>/sharpness.png``: test images (top), reconstructions without (midd
 
 The term costs PSNR, so the two final models are not at equal PSNR. ``--every N`` also keeps the arm without the term
 every ``N`` steps and scores each of those checkpoints: its rFID where its PSNR first reaches the PSNR of the arm with
-the term is the comparison at equal PSNR budget.
+the term is the comparison at equal PSNR budget. ``--out`` must not hold an earlier run's arms.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torchvision.utils import save_image
 
+from ae_lightning.cli import run_command
 from ae_lightning.evaluation import driver as evaluation
 from ae_lightning.evaluation.feature_classifier import default_classifier_path, load_feature_classifier
 
@@ -41,7 +42,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--rfid_images", type=int, default=None, help="test images of the FID (default: all)")
     parser.add_argument("--every", type=int, default=0, help="also score the arm without the term every N steps")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name, least in {"steps": 1, "disc_start": 0, "batch_size": 1, "every": 0}.items():
+        if getattr(args, name) < least:
+            parser.error(f"--{name} {getattr(args, name)}: expected at least {least}")
+    if args.disc_start >= args.steps:
+        parser.error(f"--disc_start {args.disc_start} must be below --steps {args.steps}: the arm with the term would "
+                     "never use it")  # fmt: skip
+    if args.rfid_images is not None and args.rfid_images < 2:
+        parser.error(f"--rfid_images {args.rfid_images}: expected at least 2")
+    args.out, args.data_dir = args.out.resolve(), str(Path(args.data_dir).resolve())  # the runs start in the repo
+    earlier = [args.out / name for name in ("without", "with") if (args.out / name).exists()]
+    if earlier:
+        parser.error(f"--out {args.out} holds an earlier run ({earlier[0]}): name another folder")
+    return args
 
 
 def fit(args: argparse.Namespace, name: str, *extra: str) -> Path:
@@ -56,7 +70,12 @@ def fit(args: argparse.Namespace, name: str, *extra: str) -> Path:
     ]  # fmt: skip
     start = time.perf_counter()
     with open(args.out / f"{name}.log", "w") as log:
-        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        status = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode
+    if status:
+        lines = (args.out / f"{name}.log").read_text().strip().splitlines() or ["no output"]
+        error = next((line for line in reversed(lines) if "error" in line.lower()), lines[-1])
+        raise ValueError(f"the {name} arm's ae-lightning fit failed (exit status {status}): {error} "
+                         f"(its output: {args.out / f'{name}.log'})")  # fmt: skip
     print(f"{name}: {args.steps} steps in {time.perf_counter() - start:.0f} s", flush=True)
     return next(root.rglob("last.ckpt"))
 
@@ -108,4 +127,4 @@ def score(model: torch.nn.Module, datamodule: object, args: argparse.Namespace) 
 
 
 if __name__ == "__main__":
-    main()
+    run_command("adversarial_sharpness.py", main)

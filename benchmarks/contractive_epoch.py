@@ -3,7 +3,7 @@
 The contractive penalty (the encoder Jacobian's squared Frobenius norm) should cost at most about 3x the plain
 autoencoder's epoch on CPU. Prints the seconds per epoch of each and their ratio.
 
-    python benchmarks/contractive_epoch.py --data_dir /work/shared/data --dataset FashionMNISTDataModule
+    python benchmarks/contractive_epoch.py --data_dir ../shared/data --dataset FashionMNISTDataModule
 """
 
 from __future__ import annotations

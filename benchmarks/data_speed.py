@@ -2,8 +2,10 @@
 
     python benchmarks/data_speed.py --out /tmp/data_speed --images 2000 --large 20000 --seconds 8
 
-Writes ``--images`` PNG files at 72 and at 288 px (random crops of scikit-learn's two sample photographs, scaled),
-and prints, for 64 and 256 px (random crop + horizontal flip, batch 64), images per second of:
+Writes ``--images`` PNG files at 72 and at 288 px (random crops of scikit-learn's two sample photographs, scaled) in
+``<out>/png<side>-<count>/`` and ``--large`` in ``<out>/large72-<count>/``, each with its stream beside it (reused by
+a later run that asks for the same count), and prints, for 64 and 256 px (random crop + horizontal flip, batch 64),
+images per second of:
 ``StreamingDataModule`` with 0 and 2 workers (decode, crop, flip), ``ImageFolderDataModule``'s in-memory loader
 (after decoding all files; crops are not its job, it serves the stored size), and torchvision's ``ImageFolder`` +
 ``DataLoader`` with the same ``transforms.v2`` crop and flip. Then, on ``--large`` 72 px files: the time to the first
@@ -35,12 +37,14 @@ BATCH = 64
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def write_pngs(folder: Path, count: int, side: int, seed: int = 0) -> Path:
-    """``count`` ``side``-pixel crops of the two sample photographs (scaled to a random size first), in one class."""
+def write_pngs(out: Path, name: str, count: int, side: int, seed: int = 0) -> Path:
+    """The folder ``<out>/<name>-<count>`` of exactly ``count`` ``side``-pixel crops of the two sample photographs
+    (scaled to a random size first), in one class: written unless an earlier run left it complete."""
     from sklearn.datasets import load_sample_images
 
+    folder = out / f"{name}-{count}"
     target = folder / "all"
-    if target.is_dir() and len(list(target.glob("*.png"))) >= count:
+    if target.is_dir() and len(list(target.glob("*.png"))) == count:
         return folder
     target.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -102,17 +106,22 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=20000, help="files of the time-to-first-step and memory runs")
     parser.add_argument("--seconds", type=float, default=8.0, help="per throughput measurement")
     args = parser.parse_args()
+    for name in ("images", "large", "seconds"):
+        if not getattr(args, name) > 0:
+            parser.error(f"--{name} {getattr(args, name)}: expected a number above 0")
     out = Path(args.out)
     torch.set_num_threads(1)
     print(f"CPU cores: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f} (a shared machine: numbers are noisy)")
 
-    large_folder = write_pngs(out / "large72", args.large, 72, seed=1)
-    large_stream = out / "large-stream"
+    large_folder = write_pngs(out, "large72", args.large, 72, seed=1)
+    large_stream = large_folder.with_name(large_folder.name + "-stream")
     start = time.perf_counter()
     if not (large_stream / "manifest.json").exists():
         prepare_stream(str(large_folder), str(large_stream), chunk_bytes="16MB", num_workers=2, overwrite=True)
-    print(f"\nae-lightning-prepare of {args.large} files of 72 px (once per data set): "
-          f"{time.perf_counter() - start:.1f} s")  # fmt: skip
+        print(f"\nae-lightning-prepare of {args.large} files of 72 px (once per data set): "
+              f"{time.perf_counter() - start:.1f} s")  # fmt: skip
+    else:
+        print(f"\nthe stream of {args.large} files of 72 px: {large_stream}, prepared by an earlier run")
     print(f"\nresident memory of this process while streaming the {args.large} images once (0 workers)")
     dm = StreamingDataModule(str(large_stream), image_size=64, batch_size=BATCH, num_workers=0)
     loader = dm.train_dataloader()
@@ -127,8 +136,8 @@ def main() -> None:
     print(f"{'size':>5} {'stream 0w':>10} {'stream 2w':>10} {'in-memory':>10} {'IF+DL 0w':>10} {'IF+DL 2w':>10}")
     for size in (64, 256):
         stored = size * 9 // 8
-        folder = write_pngs(out / f"png{stored}", args.images, stored)
-        stream = out / f"stream{stored}"
+        folder = write_pngs(out, f"png{stored}", args.images, stored)
+        stream = folder.with_name(folder.name + "-stream")
         if not (stream / "manifest.json").exists():
             prepare_stream(str(folder), str(stream), chunk_bytes="16MB", num_workers=2, overwrite=True)
         row = []

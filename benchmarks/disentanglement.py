@@ -27,6 +27,7 @@ difference, per seed of ``--nll_seeds``.
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import statistics
 import sys
@@ -40,6 +41,7 @@ from torchvision.utils import save_image
 from ae_lightning import DIPVAE, IAFVAE, VAE, BetaTCVAE, FactorVAE, InfoVAE, VampPriorVAE
 from ae_lightning.blocks import networks
 from ae_lightning.blocks.flows import InverseAutoregressiveFlow
+from ae_lightning.cli import run_command
 from ae_lightning.evaluation import disentanglement
 from datamodules import DSpritesDataModule, FashionMNISTDataModule
 
@@ -122,9 +124,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--optimal_images", type=int, default=0, help="test images of the gap part's best "
                         "Gaussian per image (0: none)")  # fmt: skip
     parser.add_argument("--nll_samples", type=int, default=100)
-    parser.add_argument("--test_images", type=int, default=1000)
+    parser.add_argument("--test_images", type=int, default=1000, help="test images of the nll and gap parts, "
+                        "in whole batches of 128 (1000: 896; 10000: 9,984)")  # fmt: skip
     parser.add_argument("--root", type=Path, default=ROOT / "runs" / "disentanglement")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.models or [] if name not in LIKELIHOOD]
+    if unknown:
+        parser.error(f"--models {' '.join(unknown)}: unknown; the models are {', '.join(LIKELIHOOD)}")
+    for name in ("epochs", "gap_epochs"):
+        if not getattr(args, name) > 0:
+            parser.error(f"--{name} {getattr(args, name)}: expected a number of epochs above 0")
+    at_least = {"steps": 1, "latent_dim": 1, "points": 2, "nll_samples": 1, "test_images": 1, "flow_steps": 1,
+                "kl_warmup_steps": 0, "optimal_images": 0}  # fmt: skip
+    for name, least in at_least.items():
+        if getattr(args, name) < least:
+            parser.error(f"--{name} {getattr(args, name)}: expected at least {least}")
+    return args
 
 
 def trainer(root: Path, **kwargs: object) -> L.Trainer:
@@ -179,22 +194,21 @@ def protocol_model(cls: type, extra: dict[str, object], args: argparse.Namespace
 
 
 def fit_and_test(model: VAE, epochs: float, args: argparse.Namespace) -> dict[str, float]:
-    """Train ``model`` for ``epochs`` on dynamically binarized Fashion-MNIST; its ``test/nll`` and ``test/loss``."""
+    """Train ``model`` for ``epochs`` (a fraction: that share of the last epoch's batches) on dynamically binarized
+    Fashion-MNIST; its test metrics, with ``steps`` (the optimizer steps it took) and ``test_images`` (the test
+    images scored: the whole batches of 128 in ``--test_images``, at least one, at most the test split)."""
     data = FashionMNISTDataModule(data_dir=args.data_dir, batch_size=128, binarize="dynamic")
-    whole, part = int(epochs), epochs - int(epochs)
-    limits = {"max_epochs": max(1, whole + (part > 0))}
-    if whole == 0:
-        limits["limit_train_batches"] = part
-    trainer(args.root, limit_val_batches=0, **limits).fit(model, datamodule=data)
-    batches = max(1, args.test_images // 128)
-    return trainer(args.root, limit_test_batches=batches).test(model, datamodule=data, verbose=False)[0]
+    data.setup()
+    batches = -(-data.split_size("train") // 128)
+    fit = trainer(args.root, limit_val_batches=0, max_epochs=math.ceil(epochs), max_steps=int(epochs * batches))
+    fit.fit(model, datamodule=data)
+    test_batches = max(1, args.test_images // 128)
+    test = trainer(args.root, limit_test_batches=test_batches).test(model, datamodule=data, verbose=False)[0]
+    return {**test, "steps": fit.global_step, "test_images": min(128 * test_batches, data.split_size("test"))}
 
 
 def nll_part(args: argparse.Namespace) -> dict[str, list[float]]:
     names = args.models or list(LIKELIHOOD)
-    unknown = [name for name in names if name not in LIKELIHOOD]
-    if unknown:
-        raise ValueError(f"unknown model {', '.join(unknown)}; the models are {', '.join(LIKELIHOOD)}")
     results: dict[str, list[float]] = {name: [] for name in names}
     elbos: dict[str, list[float]] = {name: [] for name in names}  # the single-sample negative ELBO
     for seed, name in ((seed, name) for seed in args.nll_seeds for name in names):
@@ -206,11 +220,12 @@ def nll_part(args: argparse.Namespace) -> dict[str, list[float]]:
         start = time.perf_counter()
         test = fit_and_test(protocol_model(cls, extra, args), args.epochs, args)
         results[name].append(test["test/nll"])
+        scored = test["test_images"]
         elbos[name].append(test["test/recon"] + test["test/kl"] if "test/kl" in test else test["test/loss"])
         print(f"seed {seed} {name:<11} test/nll {test['test/nll']:.2f}  -ELBO {elbos[name][-1]:.2f}  "
-              f"({time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
+              f"({test['steps']} steps, {time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
     print(f"\n### Test NLL on Fashion-MNIST (784-200-200-50, {args.epochs} epochs, K = {args.nll_samples}, "
-          f"{args.test_images} test images, seeds {args.nll_seeds})\n")  # fmt: skip
+          f"{scored} test images, seeds {args.nll_seeds})\n")  # fmt: skip
     print("| model | test/nll (nats) mean +- std | minus the VAE's, per seed | per seed | -ELBO mean +- std |")
     print("| --- | --- | --- | --- | --- |")
     for name, values in results.items():
@@ -245,8 +260,9 @@ def gap_part(args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
         for name, tests in ((name, tests) for name, tests in rows.items() if name != "split"):
             print(f"seed {seed} {name:<9} test/nll {tests[-1]['test/nll']:.2f}  -ELBO {tests[-1]['test/loss']:.2f}  "
                   f"gap {tests[-1]['test/loss'] - tests[-1]['test/nll']:.2f}", flush=True)  # fmt: skip
+    scored = rows["trained"][-1]["test_images"]
     print(f"\n### The inference gap on a fixed decoder ({args.epochs} epochs, then {args.gap_epochs} with the decoder "
-          f"frozen; K = {args.nll_samples}, {args.test_images} test images, seeds {args.nll_seeds})\n")  # fmt: skip
+          f"frozen; K = {args.nll_samples}, {scored} test images, seeds {args.nll_seeds})\n")  # fmt: skip
     print("| posterior | test/nll mean +- std | -ELBO mean +- std | -ELBO minus NLL, per seed |")
     print("| --- | --- | --- | --- |")
     for name, tests in ((name, tests) for name, tests in rows.items() if name != "split"):
@@ -313,4 +329,4 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
 
 if __name__ == "__main__":
-    main()
+    run_command("disentanglement.py", main)

@@ -2,7 +2,8 @@
 
     python benchmarks/own_data_speed.py --out /tmp/png10k --images 10000 --steps 30
 
-Writes ``--images`` real 32x32 RGB PNG patches (overlapping crops of scikit-learn's two sample photographs) once,
+Writes ``--images`` real 32x32 RGB PNG patches (overlapping crops of scikit-learn's two sample photographs) once
+(``<out>/patches-<images>/``),
 then prints: the time ``ImageFolderDataModule`` takes to decode them into one uint8 tensor; batches per second of
 the loader at batch 128 for these 3x32x32 images and for 1x28x28 images of the same count (the MNIST path: same
 loader); and training throughput (images per second) of the conv VAE of ``configs/cifar10_conv_vae.yaml`` at batch
@@ -24,18 +25,20 @@ from ae_lightning import VAE
 from datamodules import ImageFolderDataModule, TensorBatchLoader
 
 
-def write_pngs(folder: Path, count: int) -> None:
+def write_pngs(out: Path, count: int) -> Path:
+    """The folder ``<out>/patches-<count>`` of exactly ``count`` patches: written unless an earlier run left it."""
     from sklearn.datasets import load_sample_images
 
-    if folder.is_dir() and len(list(folder.glob("*.png"))) >= count:
-        return
+    folder = out / f"patches-{count}"
+    if folder.is_dir() and len(list(folder.glob("*.png"))) == count:
+        return folder
     folder.mkdir(parents=True, exist_ok=True)
     written = 0
     for photo in load_sample_images().images:
         for i in range(0, photo.shape[0] - 32, 5):
             for j in range(0, photo.shape[1] - 32, 5):
                 if written == count:
-                    return
+                    return folder
                 Image.fromarray(photo[i : i + 32, j : j + 32]).save(folder / f"{written:05d}.png")
                 written += 1
     raise ValueError(f"the two photographs give only {written} patches at stride 5; ask for fewer --images")
@@ -57,7 +60,7 @@ class StepTimer(L.Callback):
     """Wall time of the training steps after ``warmup`` steps."""
 
     def __init__(self, warmup: int) -> None:
-        self.warmup, self.start, self.steps = warmup, None, 0
+        self.warmup, self.start, self.steps, self.images = warmup, None, 0, 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.warmup:
@@ -66,6 +69,7 @@ class StepTimer(L.Callback):
             self.start = time.perf_counter()
         elif trainer.global_step > self.warmup:
             self.steps += 1
+            self.images += len(batch[0])
 
     def on_train_end(self, trainer, pl_module) -> None:
         if torch.cuda.is_available():
@@ -81,12 +85,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args(argv)
+    for name in ("images", "steps", *(["threads"] if args.threads is not None else [])):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} {getattr(args, name)}: expected at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    write_pngs(args.out / "patches", args.images)
+    folder = write_pngs(args.out, args.images)
 
     start = time.perf_counter()
-    data = ImageFolderDataModule(str(args.out / "patches"), batch_size=128, channels=3)
+    data = ImageFolderDataModule(str(folder), batch_size=128, channels=3)
     data.setup()
     decode = time.perf_counter() - start
     print(f"decoding {args.images} PNG files (32x32 RGB): {decode:.2f} s, {args.images / decode:,.0f} images/s")
@@ -106,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
     )  # fmt: skip
     trainer.fit(model, datamodule=data)
-    rate = timer.steps * 128 / timer.seconds
+    rate = timer.images / timer.seconds
     print(f"conv VAE (configs/cifar10_conv_vae.yaml) on 3x32x32, batch 128, {args.accelerator}: "
           f"{timer.steps / timer.seconds:.2f} steps/s, {rate:,.0f} images/s")  # fmt: skip
 

@@ -40,9 +40,21 @@ HELD_OUT = [Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg
 TILE = 32
 
 
+def point(text: str) -> tuple[int, int]:
+    """``factor:codebook_size`` as two integers: a downsampling factor of 2, 4, 8, ... and a book of 2 codes or more."""
+    factor, _, size = text.partition(":")
+    if not (factor.isdigit() and size.isdigit() and int(factor) >= 2 and int(factor) & (int(factor) - 1) == 0
+            and int(size) >= 2):  # fmt: skip
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected factor:codebook_size, the factor a power of 2 (2, 4, 8, ...) and at least 2 codes"
+        )
+    return int(factor), int(size)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--points", nargs="+", default=["8:64", "8:512", "4:256"], help="factor:codebook_size pairs")
+    parser.add_argument("--points", nargs="+", type=point, default=[(8, 64), (8, 512), (4, 256)],
+                        help="factor:codebook_size pairs (default: 8:64 8:512 4:256)")  # fmt: skip
     parser.add_argument("--steps", type=int, default=300, help="training steps of each autoencoder")
     parser.add_argument("--prior_steps", type=int, default=300, help="training steps of each prior")
     parser.add_argument("--batch_size", type=int, default=32)
@@ -53,7 +65,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("runs/rate_distortion"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reuse", action="store_true", help="reuse the autoencoders an earlier run saved under --out")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name in ("steps", "prior_steps", "batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} {getattr(args, name)}: expected at least 1")
+    return args
 
 
 def load_photo(path: Path) -> torch.Tensor:
@@ -163,8 +179,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             results.append({"photo": photo_path.name, **pillow_codec(photo, "JPEG", quality)})
         for quality in args.webp_qualities:
             results.append({"photo": photo_path.name, **pillow_codec(photo, "WEBP", quality)})
-    for point in args.points:
-        factor, codebook_size = map(int, point.split(":"))
+    for factor, codebook_size in args.points:
         prior = learned_codec(args, factor, codebook_size, crops)
         for photo_path in HELD_OUT:
             photo = load_photo(photo_path)

@@ -22,10 +22,11 @@ import time
 from pathlib import Path
 from unittest import mock
 
-from ae_lightning.cli import AutoencoderCLI
+from ae_lightning.cli import AutoencoderCLI, run_command
 
 ROOT = Path(__file__).resolve().parents[1]
-METRICS = ("recall_20", "recall_50", "ndcg_100")
+METRICS = {"recall_20": "Recall@20", "recall_50": "Recall@50", "ndcg_100": "NDCG@100"}  # metric: column title
+NAMES = {"mult_vae": "Mult-VAE", "mult_dae": "Mult-DAE"}  # config: row title (others: the config's name)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,7 +40,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=100)
     parser.add_argument("--anneal_steps", type=int, default=2000, help="Mult-VAE's KL annealing steps")
     parser.add_argument("--root", type=Path, default=ROOT / "runs" / "recommender")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    missing = [name for name in args.configs if not (ROOT / "configs" / f"{name}.yaml").is_file()]
+    if missing:
+        parser.error(f"--configs {' '.join(missing)}: no such config in {ROOT / 'configs'}")
+    if len(set(args.seeds)) != len(args.seeds) or len(set(args.configs)) != len(args.configs):
+        parser.error(f"--seeds and --configs must be distinct, got {args.seeds} and {args.configs}")
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} {getattr(args, name)}: expected at least 1")
+    return args
 
 
 def run(config: str, args: argparse.Namespace, seed: int) -> dict[str, float]:
@@ -71,16 +81,16 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, list[float]]]:
             for metric in METRICS:
                 scores.setdefault(metric, []).append(results[f"test/{metric}"])
             popularity = table.setdefault("popularity", {})
-            if len(popularity.get(METRICS[0], [])) < len(scores[METRICS[0]]):  # once per seed (same split)
+            if len(popularity.get("ndcg_100", [])) < len(scores["ndcg_100"]):  # once per seed (same split)
                 for metric in METRICS:
                     popularity.setdefault(metric, []).append(results[f"test/popularity_{metric}"])
             print(f"[{time.monotonic() - start:.0f}s] {config} seed {seed}: "
                   + ", ".join(f"{m} {results[f'test/{m}']:.4f}" for m in METRICS), flush=True)  # fmt: skip
     print(f"\n`python benchmarks/recommender.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n")
-    print("| ranking | " + " | ".join(METRICS) + " |\n| --- |" + " --- |" * len(METRICS))
-    for name, scores in table.items():
-        cells = [_mean_std(scores[m]) for m in METRICS]
-        print(f"| {name} | " + " | ".join(cells) + " |")
+    print("| ranking | " + " | ".join(METRICS.values()) + " |\n| --- |" + " --- |" * len(METRICS))
+    for name in [*args.configs, "popularity"]:  # README's order: the models, then the baseline
+        cells = [_mean_std(table[name][m]) for m in METRICS]
+        print(f"| {NAMES.get(name, name)} | " + " | ".join(cells) + " |")
     return table
 
 
@@ -90,4 +100,4 @@ def _mean_std(values: list[float]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_command("recommender.py", main)

@@ -116,6 +116,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds must be distinct, got {args.seeds}")
     args.seeds = args.seeds or [args.seed]
+    at_least = {"nll_samples": 1, "fid_samples": 2, "probe_max_train": 2, "tsne_points": 1, "classifier_epochs": 1,
+                "torch_threads": 1}  # fmt: skip
+    for name, least in at_least.items():
+        if getattr(args, name) is not None and getattr(args, name) < least:
+            parser.error(f"--{name} {getattr(args, name)}: expected at least {least}")
     args.seed = args.seeds[0]  # the split of the reference data, the feature classifier's data and the pictures
     args.plots = args.plots or args.output.with_suffix("")
     return args

@@ -1,11 +1,15 @@
-"""``benchmarks/variants.py --seeds``: each config trained once per seed, every metric as mean ± std."""
+"""The benchmark scripts under `benchmarks/`: what they train, measure and refuse (variants.py: over seeds)."""
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import write_dataset, write_image_folder
 from test_evaluation import load_script
@@ -51,3 +55,116 @@ def test_a_folder_of_unlabelled_images_is_benchmarked_and_auroc_on_it_refused(tm
         load_script("benchmark").main([*common, "--metrics", "auroc"])
     (row,) = load_script("benchmark").main([*common, "--metrics", "mse"])
     assert row.scores["mse"] > 0 and (tmp_path / "results.md").is_file()
+
+
+def test_disentanglement_trains_a_fraction_of_an_epoch_past_the_first_and_names_the_test_images_it_scored(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    write_dataset(tmp_path / "data", "FashionMNIST")  # 220 training images: 2 batches of 128; 60 test images
+    argv = ["--part", "nll", "--models", "vae", "--epochs", "1.5", "--nll_samples", "2", "--test_images", "1000",
+            "--data_dir", str(tmp_path / "data"), "--root", str(tmp_path / "runs")]  # fmt: skip
+    load_script("disentanglement").main(argv)
+    out = capsys.readouterr().out
+    assert "(3 steps," in out  # 1.5 epochs of 2 batches, not 2 whole epochs
+    assert "1.5 epochs, K = 2, 60 test images" in out  # what was scored, not what was asked
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--epochs", "0"], "--epochs 0.0: expected a number of epochs above 0"),
+        (["--models", "vea"], "--models vea: unknown; the models are vae, "),
+        (["--nll_samples", "0"], "--nll_samples 0: expected at least 1"),
+    ],
+)
+def test_disentanglement_refuses_a_bad_setting_by_name_before_training(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(SystemExit):
+        load_script("disentanglement").main(["--part", "nll", "--models", "vae", "--data_dir", str(tmp_path / "none"),
+                                             *argv, "--root", str(tmp_path / "runs")])  # fmt: skip
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_speed_benchmarks_measure_as_many_images_as_asked_after_a_run_that_asked_for_more(tmp_path: Path) -> None:
+    data_speed, own_data_speed = load_script("data_speed"), load_script("own_data_speed")
+    for count in (5, 3):
+        folder = data_speed.write_pngs(tmp_path / "ds", "png18", count, 18)
+        assert len(list((folder / "all").glob("*.png"))) == count
+        folder = own_data_speed.write_pngs(tmp_path / "od", count)
+        assert len(list(folder.glob("*.png"))) == count
+
+
+def test_adversarial_sharpness_refuses_an_earlier_runs_folder_and_a_term_that_never_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = load_script("adversarial_sharpness")
+    (tmp_path / "runs" / "without").mkdir(parents=True)
+    common = ["--data_dir", str(tmp_path / "none"), "--steps", "2", "--disc_start", "1"]
+    for argv, message in (
+        (["--out", str(tmp_path / "runs")], "holds an earlier run"),
+        (["--out", str(tmp_path / "new"), "--disc_start", "2"], "--disc_start 2 must be below --steps 2"),
+    ):
+        with pytest.raises(SystemExit):
+            script.main([*common, *argv])
+        assert message in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["runs"]
+    monkeypatch.chdir(tmp_path)  # the runs start in the repository: relative paths are the caller's
+    args = script.parse_args(["--data_dir", "data", "--out", "sharp"])
+    assert args.out == tmp_path / "sharp" and args.data_dir == str(tmp_path / "data")
+
+
+@pytest.mark.parametrize("points", [["3:16"], ["8"], ["8:1"]])
+def test_rate_distortion_refuses_a_point_it_cannot_train_as_named(
+    points: list[str], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = ["--points", *points, "--steps", "1", "--prior_steps", "1", "--jpeg_qualities", "50", "--webp_qualities",
+            "50", "--out", str(tmp_path / "rd")]  # fmt: skip
+    with pytest.raises(SystemExit):
+        load_script("rate_distortion").main(argv)
+    assert f"{points[0]!r}: expected factor:codebook_size, the factor a power of 2" in capsys.readouterr().err
+    assert not (tmp_path / "rd").exists()
+
+
+def test_the_benchmark_refuses_a_count_it_cannot_evaluate_before_anything_trains(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    write_dataset(tmp_path / "data", "MNIST")
+    argv = ["--configs", "ae", "--metrics", "mse", "--data_dir", str(tmp_path / "data"), "--tsne_points", "0",
+            "--output", str(tmp_path / "results.md"), "--root", str(tmp_path / "runs")]  # fmt: skip
+    with pytest.raises(SystemExit):
+        load_script("benchmark").main(argv)
+    assert "--tsne_points 0: expected at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_recommender_benchmark_prints_the_readmes_table_and_refuses_repeated_seeds(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    rng = np.random.default_rng(0)
+    lines = [f"{user}\t{item}\t5" for user in range(60) for item in rng.choice(30, size=8, replace=False)]
+    (tmp_path / "ratings.tsv").write_text("\n".join(lines) + "\n")
+    common = ["--path", str(tmp_path / "ratings.tsv"), "--configs", "mult_dae", "--epochs", "1", "--val_users", "10",
+              "--test_users", "10", "--root", str(tmp_path / "runs")]  # fmt: skip
+    with pytest.raises(SystemExit):
+        load_script("recommender").main([*common, "--seeds", "1", "1"])
+    assert "--seeds and --configs must be distinct, got [1, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+    load_script("recommender").main([*common, "--seeds", "1"])
+    table = capsys.readouterr().out.split("| ranking |")[1]
+    assert table.startswith(" Recall@20 | Recall@50 | NDCG@100 |")  # README's columns
+    assert "\n| Mult-DAE | " in table and "\n| popularity | " in table
+
+
+def test_vqvae_seeds_refuses_an_earlier_runs_folder_and_names_a_failed_fit(tmp_path: Path) -> None:
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "vqvae_seeds.sh"
+    (tmp_path / "vq" / "conv-ae-14-seed1").mkdir(parents=True)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(["bash", str(script), str(tmp_path / "none"), str(tmp_path / "vq"), "3", "0", "1"],
+                          capture_output=True, text=True, cwd=tmp_path, env=env)  # fmt: skip
+    assert done.returncode == 2 and f"{tmp_path / 'vq' / 'conv-ae-14-seed1'} exists" in done.stderr
+    assert sorted(path.name for path in (tmp_path / "vq").iterdir()) == ["conv-ae-14-seed1"]
+    done = subprocess.run(["bash", str(script), str(tmp_path / "none"), str(tmp_path / "new"), "3", "0"],
+                          capture_output=True, text=True, cwd=tmp_path, env=env)  # fmt: skip
+    assert done.returncode == 1 and "vqvae seed 0: fit failed: ae-lightning: error: FashionMNIST" in done.stderr
