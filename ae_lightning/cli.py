@@ -265,7 +265,10 @@ class AutoencoderCLI(LightningCLI):
             kwargs["strategy"] = "ddp_find_unused_parameters_true"
         try:
             trainer = super().instantiate_trainer(**kwargs)
-        except MisconfigurationException as error:  # settings this machine cannot run (a GPU where there is none)
+        except MisconfigurationException as error:  # a GPU where there is none; a max_epochs of -3
+            devices = ("accelerator", "device", "gpu", "cuda", "mps", "tpu", "strategy", "num_nodes")
+            if not any(word in str(error).lower() for word in devices):
+                raise ConfigError(f"the Trainer's settings: {error}") from error
             given = ", ".join(f"--trainer.{key} {config.get(key)}" for key in ("accelerator", "devices", "strategy"))
             raise ConfigError(f"{given}: {error} Choose devices this machine has (--trainer.accelerator cpu runs "
                               "anywhere)") from error  # fmt: skip

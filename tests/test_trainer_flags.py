@@ -93,3 +93,10 @@ def test_an_accelerator_this_machine_lacks_is_refused_in_one_line_before_any_fil
                        r"auto: .*--trainer.accelerator cpu runs anywhere"):  # fmt: skip
         run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "run", "--trainer.accelerator", "gpu"))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_trainer_setting_lightning_refuses_is_not_blamed_on_the_devices(data_dir: Path, tmp_path: Path) -> None:
+    # --trainer.max_epochs -3 was reported as "--trainer.accelerator auto, ...: Choose devices this machine has"
+    with pytest.raises(ConfigError, match=r"^the Trainer's settings: `max_epochs` must be .* You passed in -3.$"):
+        run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "run", "--trainer.max_epochs", "-3"))
+    assert not (tmp_path / "run").exists()
