@@ -419,12 +419,13 @@ def write_results(
     replaced whole, never left half-written."""
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.plots.mkdir(parents=True, exist_ok=True)
-    results = {**context, "variants": [_row_json(row) for row in rows], "complete": len(rows) == total}
+    results = {**context, "variants": [_row_json(row, args.plots) for row in rows], "complete": len(rows) == total}
     write_atomically(args.plots / "results.json", (json.dumps(results, indent=2) + "\n").encode())
     write_atomically(args.output, render_markdown(args, context, metrics, rows, total).encode())
 
 
-def _row_json(row: Row) -> dict[str, Any]:
+def _row_json(row: Row, folder: Path) -> dict[str, Any]:
+    """A variant's entry of ``results.json``; its pictures' paths relative to ``folder``, the file's."""
     return {
         "variant": row.name,
         "config": _relative(row.config, ROOT),
@@ -436,7 +437,7 @@ def _row_json(row: Row) -> dict[str, Any]:
         "scores_per_seed": row.per_seed,
         "auroc_per_seed": row.auroc_per_seed,
         "auroc_per_held_out_class": row.auroc_per_class,
-        "pictures": {view: _relative(Path(path), ROOT) for view, path in row.pictures.items()},
+        "pictures": {view: _relative(Path(path), folder) for view, path in row.pictures.items()},
     }
 
 

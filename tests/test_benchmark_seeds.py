@@ -35,6 +35,8 @@ def test_benchmark_over_seeds_reports_mean_and_spread(tmp_path: Path) -> None:
     assert f"{row.scores['mse']:.4f} ± {row.spread['mse']:.4f}" in report
     saved = json.loads((tmp_path / "results" / "results.json").read_text())
     assert saved["seeds"] == [1, 2] and set(saved["variants"][0]["scores_per_seed"]) == {"1", "2"}
+    pictures = saved["variants"][0]["pictures"].values()  # relative to the file (they were to the repository)
+    assert pictures and all((tmp_path / "results" / path).is_file() for path in pictures)
     assert sorted(path.name for path in (tmp_path / "runs" / "ae").iterdir()) == ["seed-1", "seed-2"]
 
 
