@@ -304,7 +304,8 @@ def main() -> None:
                         help="folder holding FashionMNIST/raw/ (IDX files)")  # fmt: skip
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "ae.yaml", help=argparse.SUPPRESS)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128, 1024])
-    parser.add_argument("--devices", nargs="+", default=["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    parser.add_argument("--devices", nargs="+", choices=["cpu", "cuda"],
+                        default=["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])  # fmt: skip
     parser.add_argument("--short", type=int, default=100, help="optimizer steps of the short run")
     parser.add_argument("--long", type=int, default=1500, help="optimizer steps of the long run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (one short and one long run each)")

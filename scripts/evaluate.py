@@ -10,7 +10,8 @@ Without ``--metrics`` every metric that applies to the model is computed; naming
 On data with known factors (dSprites) the disentanglement metrics are printed too (``--disentanglement``, and
 ``--prune_threshold`` as the test callback's), and ``--plots`` also writes the latent traversals. ``--samplers`` fits
 post-hoc samplers on the training codes, so that deterministic autoencoders get a Frechet distance too. An existing
-``--json`` file or picture is replaced only with ``--overwrite``, and never left half-written. Every option is checked
+``--json`` file or picture is replaced only with ``--overwrite``, and never left half-written; it is strict JSON
+(a NaN or infinite score is ``null``). Every option is checked
 before the model is loaded (names, counts, paths, the ``--classifier`` file), and what depends on the model (views,
 metrics that apply, a classifier of the checkpoint's dataset, the disentanglement settings) before any score is
 computed.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 from pathlib import Path
 
@@ -162,6 +164,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def json_text(scores: dict[str, float]) -> str:
+    """``scores`` as strict JSON, which has no NaN or infinity: a non-finite score is ``null``."""
+    return json.dumps({name: value if math.isfinite(value) else None for name, value in scores.items()}, indent=2)
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
     processes = int(os.environ.get("WORLD_SIZE", "1"))
@@ -274,7 +281,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             pictures["traversals"] = disentanglement.latent_traversals(model, datamodule.images_of(factors))
     # written once everything is computed, so that a failure leaves no output of this run
     if args.json is not None:
-        write_atomically(args.json, (json.dumps(scores, indent=2) + "\n").encode())
+        write_atomically(args.json, (json_text(scores) + "\n").encode())
     if args.plots is not None:
         args.plots.mkdir(parents=True, exist_ok=True)
         for view, image in pictures.items():

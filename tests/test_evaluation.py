@@ -875,3 +875,13 @@ def test_a_conditional_models_fid_samples_the_real_images_classes() -> None:
     evaluation.frechet_distance(model, FirstTwoPixels(), real, num_samples=30, batch_size=7)
     drawn = torch.cat(asked)
     assert len(drawn) == 30 and torch.equal(drawn, labels.repeat(2)[:30])  # the real labels in turn
+
+
+def test_the_evaluate_scripts_json_is_strict_with_non_finite_scores_as_null() -> None:
+    # a NaN score was written as a bare NaN, which strict JSON readers (jq, JSON.parse) refuse
+    text = load_script("evaluate").json_text({"mse": 0.5, "nll": float("nan"), "fid": float("inf")})
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    assert json.loads(text, parse_constant=refuse) == {"mse": 0.5, "nll": None, "fid": None}

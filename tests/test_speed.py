@@ -102,6 +102,8 @@ def test_speed_benchmark_writes_a_table_of_every_pipeline_against_the_pytorch_lo
     again = run_benchmark(data_dir, out)
     assert again.returncode != 0 and f"--out {out} exists" in again.stderr
     assert out.read_text() == written
+    unknown = run_benchmark(data_dir, tmp_path / "other.md", "--devices", "foo")  # was a traceback
+    assert unknown.returncode == 2 and "--devices: invalid choice: 'foo'" in unknown.stderr
 
 
 def test_every_benchmark_pipeline_starts_from_the_weights_of_its_round_seed(data_dir: Path, tmp_path: Path) -> None:
