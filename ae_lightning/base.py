@@ -611,7 +611,7 @@ class DeterministicAutoencoder(AutoencoderModule):
 
     def __init__(self, reconstruction: Reconstruction = "bce", dropout: Fraction = 0.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        given = [name for name in ("encoder", "decoder") if kwargs.get(name) is not None]
+        given = self._given_networks
         if dropout and given:  # the hidden dropout is built into the networks the class builds, not into given ones
             raise ValueError(
                 f"dropout={dropout} adds dropout after the hidden layers of the networks {type(self).__name__} builds, "

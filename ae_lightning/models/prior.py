@@ -57,11 +57,10 @@ class CodePrior(AutoencoderModule):
     levels of one position adjacent.
 
     ``encode`` gives the tokens ``[B, L]`` (``latent_shape`` is ``(L,)``), ``decode`` the tokenizer's images of them,
-    ``sample(n)`` images of sampled tokens; the tokenizer is the prior's encoder and decoder, so it builds none of its
-    own (nor takes any).
-    The loss is the tokens' cross-entropy (nats per token); ``bits_per_image`` and ``bits_per_pixel`` are logged
-    beside it. The checkpoint holds the tokenizer, so :meth:`load_from_checkpoint` reads no tokenizer checkpoint; a
-    prior built from ``tokenizer`` refuses to restore a checkpoint whose tokenizer differs.
+    ``sample(n)`` images of sampled tokens; the tokenizer is the prior's encoder and decoder. The loss is the tokens'
+    cross-entropy (nats per token); ``bits_per_image`` and ``bits_per_pixel`` are logged beside it. The checkpoint
+    holds the tokenizer, so :meth:`load_from_checkpoint` reads no tokenizer checkpoint; a prior built from
+    ``tokenizer`` refuses to restore a checkpoint whose tokenizer differs.
 
     Args:
         tokenizer: checkpoint of the trained quantized autoencoder whose codes are modelled (read to build a new
@@ -70,9 +69,8 @@ class CodePrior(AutoencoderModule):
         num_layers: transformer layers.
         num_heads: attention heads.
         dropout: dropout in the transformer, in training only.
-        **kwargs: the :class:`~ae_lightning.base.AutoencoderModule` arguments (``optimizer``, ``lr_scheduler``);
-            ``input_shape`` must be the tokenizer's; ``latent_dim``, ``network`` and ``hidden_dims`` are ignored,
-            ``encoder`` and ``decoder`` refused.
+        **kwargs: the :class:`~ae_lightning.base.AutoencoderModule` arguments; ``input_shape`` must be the
+            tokenizer's; ``latent_dim``, ``network``, ``hidden_dims`` ignored; ``encoder``, ``decoder`` refused.
     """
 
     is_generative = True

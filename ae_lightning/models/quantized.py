@@ -26,10 +26,8 @@ class QuantizedAutoencoder(FirstStageAutoencoder):
     one per level, for residual VQ); :meth:`encode_indices` and :meth:`decode_indices` map images to the indices
     ``[B, Q, h, w]`` and back. Validation and test log the codebooks' health: ``codes_used``, ``perplexity`` and
     ``dead_codes`` over the codes of the epoch's batches alone (images encoded meanwhile, e.g. to draw pictures, are
-    not counted), and test the fixed-length rate ``bits_per_pixel``.
-    Under DDP the codebook learns from the codes of every process (:meth:`configure_model`). A setting that the
-    chosen quantizer does not read (``codebook_size`` of ``fsq``, ``fsq_levels`` of ``vq``, ...) must keep its
-    default: a changed one is refused, not ignored.
+    not counted), and test the fixed-length rate ``bits_per_pixel``. Under DDP the codebook learns from the codes of
+    every process (:meth:`configure_model`). A changed setting the chosen quantizer does not read is refused.
 
     Args:
         quantizer: ``vq``, ``fsq`` or ``residual_vq``.

@@ -25,16 +25,15 @@ class PredictionWriter(BasePredictionWriter):
     the others ``[N]``), gathered in memory at the end; with several processes each writes ``<name>-rank<R>.pt``.
     ``format: stream`` writes each batch as it comes into a litdata stream (chunks of at most ``chunk_bytes``), the
     ranks of a DDP run into one stream, so that memory stays flat on any split size and a downstream model trains on
-    the cached codes with ``litdata.StreamingDataset(<run dir>/<name>)``, whose items are dicts of those five keys; it
+    the cached codes with ``litdata.StreamingDataset(<run dir>/<name>)``, whose items are dicts of those keys; it
     needs ``return_predictions`` false (the command sets it; an explicit true is refused). Either is written under a
     temporary name and renamed when complete, so an interrupted run never leaves a partial one, and an existing one is
-    never overwritten. Under ``fast_dev_run`` nothing is written (Lightning's dry run leaves no outputs). Floats are
-    written as float32 (bfloat16's exactly, which numpy cannot read), or float64 under ``64-true``.
+    never overwritten. Under ``fast_dev_run`` nothing is written. Floats are written as float32 (bfloat16's exactly,
+    which numpy cannot read), or float64 under ``64-true``.
 
     Args:
         filename: name inside the run directory (``trainer.log_dir``, a W&B run's own folder, else
-            ``default_root_dir``); ``predictions.pt``
-            for a file, ``predictions`` (a folder) for a stream when left at the default.
+            ``default_root_dir``); ``predictions.pt`` for a file, ``predictions`` (a folder) for a stream by default.
         format: ``file`` or ``stream``.
         chunk_bytes: the stream's chunk size limit (litdata's ``chunk_bytes``): a positive integer of bytes or a number
             with a unit, e.g. ``"64MB"``.
