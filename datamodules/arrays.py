@@ -36,13 +36,18 @@ def as_samples(array: Any, where: str) -> Tensor:
             f"{where}: an array of rank {data.ndim} (shape {tuple(data.shape)}); expected [N, D] vectors or "
             "[N, H, W], [N, H, W, C], [N, C, H, W] images"
         )
+    if data.ndim == 2:  # vectors are float32: a float64 value beyond its range (3.4e38) would turn infinite
+        data = data.to(torch.float32)
     if data.is_floating_point():
         finite = torch.isfinite(data.flatten(1)).all(1)
         if not finite.all():
             first = int((~finite).nonzero()[0])
-            raise ValueError(f"{where}: sample {first} holds NaN or infinite values; every value must be finite")
+            beyond = " (or values beyond float32's range, |x| > 3.4e38)" if data.ndim == 2 else ""
+            raise ValueError(
+                f"{where}: sample {first} holds NaN or infinite values{beyond}; every value must be finite"
+            )
     if data.ndim == 2:
-        return data.to(torch.float32).contiguous()
+        return data.contiguous()
     if data.ndim == 3:
         data = data.unsqueeze(1)
     elif data.shape[-1] in (1, 3) and data.shape[1] not in (1, 3):
@@ -157,7 +162,12 @@ class ArrayDataModule(ImageDataModule):
         elif isinstance(contents, dict) and label_key in contents:
             labels = as_labels(contents[label_key], f"{self.path} [{label_key}]")
         elif Path(label_key).suffix in SUFFIXES:
-            labels = as_labels(_read(Path(label_key)), label_key)
+            stored = _read(Path(label_key))
+            if isinstance(stored, dict):  # an .npz (or a .pt dict) of labels alone
+                if len(stored) != 1:
+                    raise ValueError(f"{label_key} holds the arrays {sorted(stored)}; a labels file holds one array")
+                (stored,) = stored.values()
+            labels = as_labels(stored, label_key)
         else:
             raise ValueError(f"labels={label_key!r} is neither a key of {self.path} nor a {'/'.join(SUFFIXES)} file")
         if label_key is not None and len(labels) and labels.min() < 0:
@@ -188,12 +198,18 @@ def _read(path: Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (or is not a file)")
     try:
-        if path.suffix == ".pt":
-            return torch.load(path, map_location="cpu", weights_only=True)
-        loaded = np.load(path, allow_pickle=False)
-        return dict(loaded) if isinstance(loaded, np.lib.npyio.NpzFile) else loaded
+        if path.suffix != ".pt":
+            loaded = np.load(path, allow_pickle=False)
+            return dict(loaded) if isinstance(loaded, np.lib.npyio.NpzFile) else loaded
+        contents = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise ValueError(f"{path} is not a readable {path.suffix} file ({error})") from error
+    if not isinstance(contents, (Tensor, dict)):  # torch.save((images, labels), path)
+        raise ValueError(
+            f"{path} holds a {type(contents).__name__}; expected one tensor or a dict of them, e.g. "
+            "torch.save({'x': images, 'y': labels}, path) read with key x and labels y"
+        )
+    return contents
 
 
 __all__ = ["ArrayDataModule", "as_labels", "as_samples"]

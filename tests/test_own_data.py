@@ -231,6 +231,18 @@ def test_array_labels_from_a_key_or_a_second_file(tmp_path: Path) -> None:
     assert by_file.arrays.train[1].tolist() == y.tolist()
 
 
+def test_array_labels_from_an_npz_file_of_one_array(tmp_path: Path) -> None:
+    """An ``.npz`` labels file (``np.savez("y.npz", y=y)``) loads as a dict: its one array is the labels."""
+    y = np.arange(40) % 4
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).integers(0, 256, (40, 8, 8), dtype=np.uint8))
+    np.savez(tmp_path / "y.npz", y=y)
+    dm = ArrayDataModule(str(tmp_path / "x.npy"), labels=str(tmp_path / "y.npz"))
+    assert dm.arrays.train[1].tolist() == y.tolist()
+    np.savez(tmp_path / "two.npz", y=y, z=y)
+    with pytest.raises(ValueError, match=r"two.npz holds the arrays \['y', 'z'\]; a labels file holds one array"):
+        ArrayDataModule(str(tmp_path / "x.npy"), labels=str(tmp_path / "two.npz")).setup()
+
+
 def test_vectors_standardized_with_training_statistics_only(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     vectors = rng.normal(5.0, 3.0, (200, 6)).astype(np.float32)
@@ -361,6 +373,11 @@ def _nan(tmp: Path):
     return _array(tmp, data)
 
 
+def _pt_tuple(tmp: Path):
+    torch.save((torch.zeros(10, 4, 4, dtype=torch.uint8), torch.zeros(10, dtype=torch.int64)), tmp / "pair.pt")
+    return ArrayDataModule(str(tmp / "pair.pt"))
+
+
 def _folder_16_bit(tmp: Path):
     write_image_folder(tmp / "f", per_class=3, size=8)
     Image.fromarray(np.full((8, 8), 40_000, np.uint16)).save(tmp / "f" / "cat" / "deep.png")  # PIL mode I;16
@@ -400,6 +417,12 @@ BAD_INPUTS = [
     ("wrong rank", lambda tmp: _array(tmp, np.zeros((2, 3, 4, 5, 6), np.uint8)), r"x.npy: an array of rank 5"),
     ("NaN", _nan, r"x.npy: sample 7 holds NaN or infinite values"),
     ("inf", lambda tmp: _array(tmp, np.array([[0.0], [np.inf]], np.float32)), r"sample 1 holds NaN or infinite"),
+    (
+        "float64 vectors beyond float32",  # they trained as inf
+        lambda tmp: _array(tmp, np.array([[0.0, 1.0], [2.0, 3.0], [1e300, 0.0]])),
+        r"x.npy: sample 2 holds NaN or infinite values \(or values beyond float32's range",
+    ),
+    ("a .pt tuple", _pt_tuple, r"pair.pt holds a tuple; expected one tensor or a dict of them"),
     (
         "float images outside [0, 1]",
         lambda tmp: _array(tmp, np.full((4, 5, 5), 2.0, np.float32)),
