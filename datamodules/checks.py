@@ -167,7 +167,7 @@ def _expected(value: Any, annotation: Any) -> str | None:
         return None
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is Literal:
-        return None if value in args else "be one of " + ", ".join(map(repr, args))
+        return None if any(_is_choice(value, choice) for choice in args) else "be one of " + ", ".join(map(repr, args))
     if origin in (Sequence, list, tuple) or (isinstance(origin, type) and issubclass(origin, Sequence)):
         if isinstance(value, Sequence) and not isinstance(value, str):
             expected = next((e for item in value if (e := _expected(item, args[0])) is not None), None)
@@ -183,6 +183,13 @@ def _expected(value: Any, annotation: Any) -> str | None:
         else:
             expectations.append(expected)
     return " or ".join(e.removeprefix("be ") if i else e for i, e in enumerate(expectations)) or None
+
+
+def _is_choice(value: Any, choice: Any) -> bool:
+    """``value`` is ``choice`` and of its kind: 3.0 and True are not the choice 3 or 1, as they are by ``==``."""
+    if isinstance(choice, (bool, np.bool_)) != isinstance(value, (bool, np.bool_)):
+        return False
+    return value == choice and (isinstance(value, Integral) or not isinstance(choice, Integral))
 
 
 def plain_hyperparameters(hparams: MutableMapping[str, Any]) -> None:

@@ -6,6 +6,7 @@ import sys
 from collections.abc import Sequence
 from typing import Literal
 
+import numpy as np
 import pytest
 from tiny_runs import ROOT, run_cli
 
@@ -69,6 +70,18 @@ def test_a_signature_constraint_is_an_error_naming_the_argument(values: dict, me
     with pytest.raises(ValueError, match=f"^{message}$"):
         check_arguments(values, constrained)
     check_arguments({"rate": 0.0, "sizes": [2], "mode": None}, constrained)  # the bounds and None are allowed
+
+
+def channels_of(channels: Literal[1, 3] = 3):
+    """A function with integer choices."""
+
+
+@pytest.mark.parametrize("value", [3.0, True, 2, "3"])
+def test_an_integer_choice_refuses_a_float_or_a_bool_equal_to_it(value) -> None:
+    # 3.0 == 3 and True == 1: from Python, channels=3.0 passed and then broke the network, True read as gray
+    with pytest.raises(ValueError, match=re.escape(f"channels must be one of 1, 3, got {value!r}")):
+        check_arguments({"channels": value}, channels_of)
+    check_arguments({"channels": np.int64(3)}, channels_of)  # an integer of another type is that choice
 
 
 @pytest.mark.parametrize(
