@@ -201,6 +201,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if args.samplers and len(datamodule.input_shape) != 3:
         raise ValueError(f"--samplers: the Frechet distance compares images, but {type(datamodule).__name__} holds "
                          f"feature vectors of shape {datamodule.input_shape}")  # fmt: skip
+    if args.samplers:
+        samplers.check_continuous_codes(model)
     has_factors, asked = hasattr(datamodule, "sample_factors"), args.disentanglement
     given = [name for name, value in (("--disentanglement", asked), ("--prune_threshold", args.prune_threshold))
              if value not in (None, ["none"])]  # fmt: skip
@@ -240,9 +242,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         train_codes, _ = evaluation.encode_split(model, train, args.seed)
         real = evaluation.gray_loader(datamodule, "test", datamodule.hparams.classes)
         found = samplers.frechet_distances(
-            model, train_codes, classifier, real, args.fid_samples, two_stage_steps=args.two_stage_steps, seed=args.seed
+            model,
+            train_codes,
+            classifier,
+            real,
+            args.fid_samples,
+            two_stage_steps=args.two_stage_steps,
+            seed=args.seed,
+            prior=False,  # the prior's is the fid metric's
         )
-        scores |= {name: value for name, value in found.items() if name != "fid_prior"}
+        scores |= found
     if has_factors and asked != ["none"]:
         threshold = disentanglement.PRUNE_THRESHOLD if args.prune_threshold is None else args.prune_threshold
         scores |= disentanglement.disentanglement_metrics(

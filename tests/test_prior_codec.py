@@ -102,6 +102,32 @@ def test_the_priors_token_codes_get_no_views_of_continuous_codes(tokenizer_path:
         visualization.check_views(prior, ["samples", "interpolations"])
 
 
+def test_post_hoc_samplers_refuse_the_priors_token_codes(tokenizer_path: Path) -> None:
+    # evaluate.py --samplers fitted a Gaussian mixture on token indices, then failed in the quantizer (an IndexError).
+    from ae_lightning.evaluation.samplers import GaussianMixtureSampler, PosthocGenerator, frechet_distances
+
+    prior = tiny_prior(tokenizer_path)
+    message = "post-hoc samplers fit a density on continuous codes, but CodePrior's codes are token indices"
+    with pytest.raises(ValueError, match=message):
+        frechet_distances(prior, prior.encode(torch.rand(4, 1, 28, 28)).float(), None, None, num_samples=2)
+    with pytest.raises(ValueError, match=message):
+        PosthocGenerator(prior, GaussianMixtureSampler(2))
+
+
+def test_prior_samples_at_a_low_temperature_the_most_probable_tokens(tokenizer_path: Path) -> None:
+    # p ** (1 / T) underflowed to zeros at T = 0.01, and torch.multinomial refused the distribution.
+    prior = tiny_prior(tokenizer_path).eval()
+    tokens = prior.sample_tokens(2, temperature=1e-3)
+    for position in range(prior.num_tokens):  # the greedy limit: each token the most probable given those before
+        assert torch.equal(tokens[:, position], prior.next_token_probabilities(tokens, position).argmax(-1))
+
+
+def test_prior_samples_an_empty_batch_as_other_models_do(tokenizer_path: Path) -> None:
+    # sample(0) failed in the quantizer libraries' reshape of an empty batch; the VAE's returns [0, C, H, W]
+    prior = tiny_prior(tokenizer_path).eval()
+    assert prior.sample(0).shape == (0, *prior.sample(1).shape[1:])
+
+
 # --- the codec ------------------------------------------------------------------------------------------------------
 @pytest.fixture
 def trained_prior(tokenizer_path: Path, data_dir: Path, tmp_path: Path) -> CodePrior:

@@ -4,6 +4,7 @@ whose Frechet distance the driver computes."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -61,6 +62,29 @@ def test_two_stage_sampler_learns_a_correlated_gaussian() -> None:
     assert sampler.log_gamma.exp() < 0.9  # the second stage's variance shrinks from its start at 1
 
 
+@pytest.mark.parametrize(
+    "make", [lambda: GaussianMixtureSampler(2), lambda: TwoStageSampler(2, [4], steps=2)], ids=["mixture", "two_stage"]
+)
+def test_samplers_refuse_codes_they_cannot_fit_and_sampling_before_a_fit(make) -> None:
+    # The two-stage VAE fitted NaN codes, or a single code, into NaN samples, and sampled unfitted; the mixture failed
+    # inside scikit-learn, and sample(0) named the number of components as the bad count; codes that require grad
+    # (model.encode's) failed in both fits.
+    with pytest.raises(RuntimeError, match="fit the sampler on codes before sampling"):
+        make().sample(2)
+    codes = torch.randn(20, 2)
+    codes[3, 1] = math.nan
+    with pytest.raises(ValueError, match=r"^1 of 20 codes hold NaN or inf \(a diverged model\?\)"):
+        make().fit(codes)
+    for shape in ((1, 2), (20, 2, 3, 3), (20,)):
+        with pytest.raises(
+            ValueError, match=rf"fits codes \[N, (D|2)\] with N >= 2 .* of shape {re.escape(str(shape))}$"
+        ):
+            make().fit(torch.randn(shape))
+    assert make().fit(torch.randn(20, 2, requires_grad=True)).sample(0).shape == (0, 2)  # codes as encode gives them
+    with pytest.raises(ValueError, match=r"sample\(n=-1\)"):
+        make().fit(torch.randn(20, 2)).sample(-1)
+
+
 def test_a_plain_autoencoder_generates_through_a_sampler_and_gets_frechet_distances() -> None:
     torch.manual_seed(0)
     model = Autoencoder(input_shape=(1, 8, 8), latent_dim=2, hidden_dims=[8]).eval()
@@ -73,6 +97,7 @@ def test_a_plain_autoencoder_generates_through_a_sampler_and_gets_frechet_distan
                              batch_size=32, shuffle=False, seed=0)  # fmt: skip
     scores = frechet_distances(model, codes, classifier, real, num_samples=64, components=2, two_stage_steps=20)
     assert set(scores) == {"fid_gmm", "fid_two_stage"} and all(math.isfinite(v) and v >= 0 for v in scores.values())
+    assert not model.training  # was left in training mode (dropout on in its next encode)
     assert math.isfinite(driver.frechet_distance(generator, classifier, real, 64))
 
 

@@ -171,6 +171,8 @@ class SpatialQuantizer(nn.Module):
 
     def decode_indices(self, indices: Tensor) -> Tensor:
         """Quantized codes ``[B, C, h, w]`` of indices ``[B, Q, h, w]``."""
+        if not len(indices):  # the quantizer libraries cannot reshape an empty batch
+            return self.decode_indices(indices.new_zeros((1, *indices.shape[1:])))[:0]
         batch, _, height, width = indices.shape
         sequence = indices.permute(0, 2, 3, 1).reshape(batch, height * width, self.num_codebooks)
         if self.kind == "fsq":

@@ -8,6 +8,7 @@ Variational to Deterministic Autoencoders"); :class:`TwoStageSampler` is a secon
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -15,10 +16,30 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ae_lightning.base import AutoencoderModule
+from ae_lightning.base import AutoencoderModule, check_sample_count
 from ae_lightning.blocks import losses
 from ae_lightning.blocks.networks import MLPDecoder, MLPEncoder
-from datamodules.checks import PositiveInt, check_arguments
+from datamodules.checks import NonNegativeInt, PositiveFloat, PositiveInt, check_arguments
+
+
+def _check_codes(codes: Tensor, dim: int | None = None) -> None:
+    """A ValueError naming the problem unless ``codes`` are ``[N, D]`` (``D = dim`` where given), ``N >= 2``, finite."""
+    if codes.ndim != 2 or len(codes) < 2 or dim not in (None, codes.shape[1]):
+        raise ValueError(
+            f"a sampler fits codes [N, {dim or 'D'}] with N >= 2 (spatial codes flattened, as driver.encode_split "
+            f"gives them), got codes of shape {tuple(codes.shape)}"
+        )
+    if bad := int((~codes.isfinite()).any(1).sum()):
+        raise ValueError(f"{bad} of {len(codes)} codes hold NaN or inf (a diverged model?): no density fits them")
+
+
+def check_continuous_codes(model: AutoencoderModule) -> None:
+    """A ValueError unless ``model`` has continuous codes, which a post-hoc sampler can fit and its decoder decode."""
+    if getattr(model, "discrete_codes", False):
+        raise ValueError(
+            f"post-hoc samplers fit a density on continuous codes, but {type(model).__name__}'s codes are token "
+            "indices; sample the model itself (fid)"
+        )
 
 
 class GaussianMixtureSampler:
@@ -34,7 +55,7 @@ class GaussianMixtureSampler:
         self,
         components: PositiveInt = 10,
         covariance_type: Literal["full", "tied", "diag", "spherical"] = "full",
-        seed: int = 0,
+        seed: NonNegativeInt = 0,
     ) -> None:
         check_arguments(locals(), GaussianMixtureSampler.__init__)
         self.components = components
@@ -44,20 +65,22 @@ class GaussianMixtureSampler:
         self.mixture = None
 
     def fit(self, codes: Tensor) -> GaussianMixtureSampler:
-        """Fit on ``[N, D]`` codes; returns itself."""
+        """Fit on ``[N, D]`` codes (detached: no gradient flows back to them); returns itself."""
         from sklearn.mixture import GaussianMixture
 
+        _check_codes(codes)
         components = min(self.components, len(codes))
         self.mixture = GaussianMixture(components, covariance_type=self.covariance_type, random_state=self.seed)
-        self.mixture.fit(codes.double().cpu().numpy())
+        self.mixture.fit(codes.detach().double().cpu().numpy())
         return self
 
     def sample(self, n: int) -> Tensor:
         """``[n, D]`` codes drawn from the fitted mixture, in random order."""
+        check_sample_count(n)
         if self.mixture is None:
             raise RuntimeError("fit the sampler on codes before sampling")
         self.mixture.random_state = int(self.rng.integers(2**31))
-        codes, _ = self.mixture.sample(n)  # grouped by component
+        codes, _ = self.mixture.sample(max(n, 1))  # grouped by component; scikit-learn draws no fewer than one
         return torch.from_numpy(codes[self.rng.permutation(n)]).float()
 
 
@@ -76,12 +99,12 @@ class TwoStageSampler(nn.Module):
 
     def __init__(
         self,
-        latent_dim: int,
-        hidden_dims: Sequence[int] = (256, 256),
+        latent_dim: PositiveInt,
+        hidden_dims: Sequence[PositiveInt] = (256, 256),
         steps: PositiveInt = 2000,
         batch_size: PositiveInt = 256,
-        lr: float = 1e-3,
-        seed: int = 0,
+        lr: PositiveFloat = 1e-3,
+        seed: NonNegativeInt = 0,
     ) -> None:
         super().__init__()
         check_arguments(locals(), TwoStageSampler.__init__)
@@ -92,7 +115,7 @@ class TwoStageSampler(nn.Module):
         torch.random.set_rng_state(generator_state)
         self.log_gamma = nn.Parameter(torch.zeros(()))
         self.register_buffer("mean", torch.zeros(latent_dim))
-        self.register_buffer("std", torch.ones(latent_dim))
+        self.register_buffer("std", torch.full((latent_dim,), math.nan))  # NaN until fit
         self.latent_dim, self.steps, self.batch_size, self.lr, self.seed = latent_dim, steps, batch_size, lr, seed
         self.sample_generator = torch.Generator().manual_seed(seed)
 
@@ -105,8 +128,9 @@ class TwoStageSampler(nn.Module):
         return recon + losses.kl_divergence_normal(mu, logvar)
 
     def fit(self, codes: Tensor) -> TwoStageSampler:
-        """Fit on ``[N, D]`` codes; returns itself."""
-        codes = codes.float().to(self.log_gamma.device)
+        """Fit on ``[N, D]`` codes (detached: no gradient flows back to them); returns itself."""
+        _check_codes(codes, self.latent_dim)
+        codes = codes.detach().float().to(self.log_gamma.device)
         self.mean.copy_(codes.mean(0))
         self.std.copy_(codes.std(0).clamp_min(1e-6))
         standardized = (codes - self.mean) / self.std
@@ -127,6 +151,9 @@ class TwoStageSampler(nn.Module):
     def sample(self, n: int) -> Tensor:
         """``[n, D]`` codes drawn from the second VAE, ``decoder(z) + gamma * eps``, in the codes' scale (the paper
         decodes the mean, its limit as ``gamma -> 0``; with the noise the samples keep the codes' spread before)."""
+        check_sample_count(n)
+        if self.std.isnan().any():
+            raise RuntimeError("fit the sampler on codes before sampling")
         z = torch.randn(n, self.latent_dim, generator=self.sample_generator).to(self.log_gamma.device)
         noise = torch.randn(n, self.latent_dim, generator=self.sample_generator).to(self.log_gamma.device)
         return ((self.decoder(z) + self.log_gamma.exp() * noise) * self.std + self.mean).cpu()
@@ -145,8 +172,10 @@ class PosthocGenerator(nn.Module):
 
     def __init__(self, model: AutoencoderModule, sampler: GaussianMixtureSampler | TwoStageSampler) -> None:
         super().__init__()
+        check_continuous_codes(model)
         self.model = model
         self.sampler = sampler
+        self.training = model.training  # the mode that evaluation restores, the model's own
 
     @property
     def device(self) -> torch.device:
@@ -176,6 +205,7 @@ def frechet_distances(
     components: int = 10,
     two_stage_steps: int = 2000,
     seed: int = 0,
+    prior: bool = True,
 ) -> dict[str, float]:
     """The Frechet distance of samples from the prior (generative models only), from a Gaussian mixture and from a
     two-stage VAE fitted on ``train_codes``, each against the ``real`` images (see the driver's
@@ -190,11 +220,13 @@ def frechet_distances(
         components: components of the mixture.
         two_stage_steps: steps of the second VAE's fit.
         seed: seed of the fits and the samples.
+        prior: also score the prior's samples (where the caller has not already).
     """
     from ae_lightning.evaluation.driver import frechet_distance
 
+    check_continuous_codes(model)
     results = {}
-    if getattr(model, "is_generative", False):
+    if prior and getattr(model, "is_generative", False):
         results["fid_prior"] = frechet_distance(model, classifier, real, num_samples, seed=seed)
     samplers = {
         "fid_gmm": GaussianMixtureSampler(components, seed=seed),
@@ -208,4 +240,10 @@ def frechet_distances(
     return results
 
 
-__all__ = ["GaussianMixtureSampler", "PosthocGenerator", "TwoStageSampler", "frechet_distances"]
+__all__ = [
+    "GaussianMixtureSampler",
+    "PosthocGenerator",
+    "TwoStageSampler",
+    "check_continuous_codes",
+    "frechet_distances",
+]

@@ -197,8 +197,9 @@ class CodePrior(AutoencoderModule):
         check_arguments({"temperature": temperature}, CodePrior.sample_tokens)
         tokens = torch.zeros(n, self.num_tokens, dtype=torch.long, device=self.device)
         for position in range(self.num_tokens):
-            probabilities = self.next_token_probabilities(tokens, position).pow(1 / temperature)
-            tokens[:, position] = torch.multinomial(probabilities.float(), 1).squeeze(1)
+            # tempered in log space: p ** (1 / T) underflows to all zeros at a low temperature
+            tempered = (self.next_token_probabilities(tokens, position).log() / temperature).softmax(-1)
+            tokens[:, position] = torch.multinomial(tempered.float(), 1).squeeze(1)
         return tokens
 
     def sample(self, n: int, y: Tensor | None = None, temperature: PositiveFloat = 1.0) -> Tensor:
