@@ -186,6 +186,7 @@ class DSpritesDataModule(ImageDataModule):
                 f"val_fraction + test_fraction must be < 1 to leave training images, got {val_fraction} + "
                 f"{test_fraction}"
             )
+        fixed_factors = self.hparams.fixed_factors  # NumPy numbers made Python ones, as the checkpoint stores them
         for name, value in (fixed_factors or {}).items():
             if name not in FACTORS:
                 raise ValueError(f"fixed_factors names {name!r}, which is not a dSprites factor ({', '.join(FACTORS)})")
@@ -223,13 +224,14 @@ class DSpritesDataModule(ImageDataModule):
         if self.hparams.classes is not None:
             kept = torch.tensor(self.hparams.classes)
             val, train = (part[torch.isin(index_to_factors(part)[:, 0], kept)] for part in (val, train))
-            if not len(val) or not len(train):
-                empty = "validation" if not len(val) else "training"
-                raise ValueError(
-                    f"classes {self.hparams.classes} leave the {empty} split empty (num_samples "
-                    f"{self.hparams.num_samples}, val_fraction {self.hparams.val_fraction}): keep more classes or "
-                    "images"
-                )
+        if not len(val) or not len(train):
+            empty = "validation" if not len(val) else "training"
+            cause, fix = ("val_fraction and test_fraction", "smaller fractions") if self.hparams.classes is None else (
+                f"classes {self.hparams.classes}", "more classes")  # fmt: skip
+            raise ValueError(
+                f"{cause} leave the {empty} split empty (num_samples {self.hparams.num_samples}, val_fraction "
+                f"{self.hparams.val_fraction}, test_fraction {self.hparams.test_fraction}): use {fix} or more images"
+            )
         # Validation and test in their random order, so that any first batches (limit_test_batches, pictures) are
         # a sample of the grid, not its first shape at its smallest scales; the loader shuffles the training split.
         self.grid_indices = {"val": val, "test": test, "train": train.sort().values}

@@ -311,3 +311,34 @@ def test_beta_tcvae_estimator_offsets_for_sharp_posteriors_are_those_the_docs_gi
     assert offsets["mws"]["mi"] == pytest.approx(math.log(m), abs=0.01), offsets  # 5.55, where log N is 12.2
     rounded = {key: {term: round(value, 1) for term, value in terms.items()} for key, terms in offsets.items()}
     assert rounded == {"mws": {"mi": 5.5, "tc": 26.3, "dwkl": -31.9}, "mss": {"mi": 0, "tc": 9.4, "dwkl": -9.4}}
+
+
+def test_dci_takes_any_int_seed_as_the_other_metrics_do() -> None:
+    """A seed outside scikit-learn's 0 .. 2**32 - 1 (negative, or from a 64-bit hash) failed in the forests, after
+    the other metrics, and after the whole test loop when the callback's."""
+
+    def identity(images: torch.Tensor) -> np.ndarray:
+        return images.double().numpy()
+
+    for seed in (-1, 2**32 + 5):
+        scores = metrics.disentanglement_metrics(identity, DSpritesGrid(), ["dci", "mig"], num_points=300, seed=seed)
+        assert scores["dci_disentanglement"] > 0.9 and scores == metrics.disentanglement_metrics(
+            identity, DSpritesGrid(), ["dci", "mig"], num_points=300, seed=seed
+        ), scores
+
+
+def test_the_callback_under_ddp_logs_the_metrics_and_draws_the_traversals(tmp_path) -> None:
+    """``trainer.log_dir`` is a collective call under DDP: asked on rank 0 alone, it failed the test run at its end,
+    its results lost."""
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    from ae_lightning import Autoencoder
+
+    data = DSpritesDataModule(batch_size=8, num_samples=60, val_fraction=0.1, test_fraction=0.2)
+    callback = DisentanglementMetrics(["mig"], num_points=50, traversal_images=1)
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", logger=CSVLogger(tmp_path),
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[callback])  # fmt: skip
+    results = trainer.test(Autoencoder(input_shape=(1, 64, 64), latent_dim=2, hidden_dims=[4]), datamodule=data)
+    assert 0 <= results[0]["test/mig"] <= 1
+    assert (tmp_path / "lightning_logs" / "version_0" / "traversals.png").is_file()

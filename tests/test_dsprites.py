@@ -236,3 +236,18 @@ def test_the_disentanglement_callback_refuses_what_it_cannot_compute_before_the_
     with pytest.raises(ValueError, match=message):
         trainer.test(model, datamodule=data, verbose=False)
     assert counter.batches == 0  # refused before the test loop, whose results would otherwise be lost
+
+
+def test_numpy_numbers_are_taken_as_fixed_factors() -> None:
+    """As every datamodule takes NumPy numbers: ``shape=np.int64(2)`` was refused as "outside the grid 0..2"."""
+    import numpy as np
+
+    data = DSpritesDataModule(fixed_factors={"shape": np.int64(2)}, num_samples=50, val_fraction=0.1, test_fraction=0.1)
+    assert data.hparams.fixed_factors == {"shape": 2} and (data.factors("train")[:, 0] == 2).all()
+
+
+def test_fractions_that_leave_no_training_image_are_named() -> None:
+    data = DSpritesDataModule(num_samples=3, val_fraction=0.5, test_fraction=0.4)
+    message = r"val_fraction and test_fraction leave the training split empty \(num_samples 3, val_fraction 0.5, test"
+    with pytest.raises(ValueError, match=message):
+        data.setup("fit")

@@ -173,8 +173,10 @@ def dci(
     train_factors, test_factors = train_factors[:, keep], test_factors[:, keep]
     num_codes, num_factors = train_codes.shape[1], train_factors.shape[1]
     importance, accuracies = np.zeros((num_codes, num_factors)), []
+    # scikit-learn takes seeds 0 .. 2**32 - 1; the metrics take any int, as their torch generators do
+    seeded = {"random_state": seed % 2**32, "n_jobs": 1}
     for k in range(num_factors):
-        forest = RandomForestClassifier(n_estimators=30, max_depth=8, max_features=None, random_state=seed, n_jobs=1)
+        forest = RandomForestClassifier(n_estimators=30, max_depth=8, max_features=None, **seeded)
         forest.fit(train_codes, train_factors[:, k])
         importance[:, k] = forest.feature_importances_
         accuracies.append(forest.score(test_codes, test_factors[:, k]))

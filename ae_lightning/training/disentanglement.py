@@ -76,12 +76,14 @@ class DisentanglementMetrics(Callback):
             )
         for name, value in scores.items():
             pl_module.log(f"test/{name}", value, rank_zero_only=True)
+        # trainer.log_dir is a collective call under DDP: every rank asks for it, not only the one that writes.
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
         if self.traversal_images and trainer.is_global_zero and not disentanglement.has_flat_codes(pl_module):
             rank_zero_info(f"latent traversals: not drawn, {type(pl_module).__name__}'s codes are not flat")
         elif self.traversal_images and trainer.is_global_zero:
             factors = source.sample_factors(self.traversal_images, torch.Generator().manual_seed(self.seed))
             picture = disentanglement.latent_traversals(pl_module, source.images_of(factors))
-            path = Path(trainer.log_dir or trainer.default_root_dir) / "traversals.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path = log_dir / "traversals.png"
+            log_dir.mkdir(parents=True, exist_ok=True)
             save_image(picture, path)
             rank_zero_info(f"latent traversals: {path}")
