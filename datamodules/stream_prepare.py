@@ -241,6 +241,9 @@ def prepare_stream(
     location = StreamLocation(output, storage_options)
     _check_free(location, overwrite, [source] if test_dir is None else [source, test_dir])
     kind, payloads, parts, class_names = _records(source, test_dir, labels, key, data_dir, dataset_kwargs or {})
+    labelled = [label for records in parts.values() for _, label in records if label >= 0]
+    if class_names is None and labelled:  # labels without names (array files, some torchvision sets): numbered
+        class_names = [str(label) for label in range(max(labelled) + 1)]
     train = parts["train"]
     targets = torch.tensor([label for _, label in train])
     sources = {"train": source}
@@ -500,7 +503,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunk-size", type=_option("chunk_size"), help="samples per chunk (instead of --chunk-bytes)")
     parser.add_argument("--num-workers", type=_option("num_workers"), default=os.cpu_count() or 1)
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--print_traceback", action="store_true", help="show where a refusal came from")
     args = parser.parse_args(argv)
+    traceback = vars(args).pop("print_traceback") or os.environ.get("AE_LIGHTNING_TRACEBACK") == "1"
     kind = source_kind(args.source)
     # options whose defaults the signature holds: given where they do not apply, they would be ignored
     unused = {
@@ -515,7 +520,12 @@ def main(argv: list[str] | None = None) -> None:
         value = getattr(args, option[2:].replace("-", "_"))
         if value is not None and reason:
             parser.error(f"{option} {value} {reason}")
-    manifest = prepare_stream(**{name: value for name, value in vars(args).items() if value is not None})
+    try:
+        manifest = prepare_stream(**{name: value for name, value in vars(args).items() if value is not None})
+    except (ValueError, OSError, ImportError) as error:  # a refusal or bad input: its message alone, as ae-lightning
+        if traceback:
+            raise
+        parser.exit(1, f"{parser.prog}: error: {error}\n(add --print_traceback for the traceback)\n")
     counts = ", ".join(f"{split} {manifest.counts[split]} in {len(manifest.chunks[split])} chunks" for split in SPLITS)
     chunking = f"by default: at least {MIN_CHUNKS} a split (one a sample below that), of at most 64MB each"
     if args.chunk_size or args.chunk_bytes:

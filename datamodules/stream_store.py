@@ -191,13 +191,17 @@ def read_manifest(location: StreamLocation) -> StreamManifest:
 
 
 def check_chunks(location: StreamLocation, manifest: StreamManifest, split: str, content: bool = False) -> None:
-    """Raise naming the first chunk of ``split`` that is missing, or has another size (or sha256) than recorded.
+    """Raise naming the first chunk of ``split`` that is missing, or has another size (or sha256) than recorded, or
+    its missing ``index.json``.
 
     Remote chunks are checked when litdata downloads them; ``content`` hashes local chunks (reads them all).
     """
     sizes = location.sizes(split)
     if sizes is None:
         return
+    if "index.json" not in sizes:  # e.g. a copy cut short: rsync copies a split's chunk-*.bin before its index.json
+        index = location.join(split, "index.json")
+        raise FileNotFoundError(f"{index} is missing from stream {location.uri}; copy or prepare the stream again")
     for name, expected in manifest.chunks[split].items():
         path = location.join(split, name)
         if name not in sizes:

@@ -20,7 +20,7 @@ from torchvision.transforms import v2
 from datamodules.base import Arrays, ImageDataModule, Split
 from datamodules.checks import PositiveInt
 from datamodules.loader import Batch, WorkerSignals, _mix, announced_epoch, global_batch_bounds, worker_batches
-from datamodules.stream_prepare import decode
+from datamodules.stream_prepare import Seed, decode
 from datamodules.stream_store import MANIFEST, StreamLocation, StreamManifest, check_chunks, read_manifest
 
 
@@ -278,10 +278,10 @@ class StreamingDataModule(ImageDataModule):
         image_size: PositiveInt | None = None,
         augment: Literal["crop", "resize"] = "crop",
         hflip: bool = True,
-        resolution: int | None = None,
+        resolution: PositiveInt | None = None,
         channels: Literal[1, 3] | None = None,
         batch_size: int = 128,
-        seed: int = 42,
+        seed: Seed = 42,
         num_workers: int = 2,
         predict_split: Split = "test",
         verify_chunks: bool = False,
@@ -475,17 +475,19 @@ class StreamingDataModule(ImageDataModule):
     def check_resume(self, loader_state: dict[str, Any], world_size: int) -> None:
         """Refuse, before the run creates anything, a checkpoint whose position was reached on another stream, or
         inside an epoch with another batch size or seed (see :func:`check_position`)."""
-        self._check_fingerprint(loader_state["fingerprint"])
+        self._check_fingerprint(loader_state["fingerprint"], loader_state.get("source"))
         mine = {"fingerprint": self.manifest.fingerprint, "batch_size": self.hparams.batch_size,
                 "seed": self.hparams.seed}  # fmt: skip
         check_position(loader_state, mine, None)
 
-    def _check_fingerprint(self, theirs: str) -> None:
+    def _check_fingerprint(self, theirs: str, source: str | None = None) -> None:
+        """``source``: where an in-memory datamodule's position (which names it) was reached."""
         if theirs != self.manifest.fingerprint:
+            trained = f"a stream with fingerprint {theirs}" if source is None else f"in-memory data {source}"
             raise ValueError(
-                f"the checkpoint was trained on a stream with fingerprint {theirs}, but {self.location.uri} has "
+                f"the checkpoint was trained on {trained}, but {self.location.uri} has "
                 f"fingerprint {self.manifest.fingerprint}: another dataset (or another prepare of it). Resume on the "
-                "checkpoint's stream, or start a fresh run without --ckpt_path"
+                "checkpoint's data, or start a fresh run without --ckpt_path"
             )
 
     # The training position is kept here too, not only in Lightning's loop state: Lightning restores a loader's state

@@ -9,10 +9,12 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import write_image_folder
 from test_streaming import FolderBucket, fake_bucket
 
+from ae_lightning.evaluation.feature_classifier import check_classifiable
 from datamodules import StreamingDataModule, stream_prepare
 from datamodules.stream_prepare import prepare_stream
 from datamodules.stream_store import StreamLocation, read_manifest
@@ -143,3 +145,31 @@ def test_a_remote_overwrite_leaves_exactly_the_new_stream_deleting_the_old_files
     assert {f"b/photos/train/chunk-0-{i}.bin" for i in range(2, 8)} <= set(deleted)
     assert all(action == "upload" for action, key in bucket.log[:manifest_up] if key != "b/photos/manifest.json")
     assert not any((tmp_path / "tmp").iterdir())
+
+
+def test_a_stream_of_a_labelled_array_file_has_labels_named_by_number(tmp_path: Path) -> None:
+    # the labels were stored but the manifest named no classes: the FID classifier refused the stream as unlabelled
+    images = np.random.default_rng(0).integers(0, 256, (40, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "data.npz", x=images, y=np.arange(40) % 3)
+    prepare_stream(str(tmp_path / "data.npz"), str(tmp_path / "labelled"), labels="y", channels=1, chunk_size=8)
+    labelled = StreamingDataModule(str(tmp_path / "labelled"), num_workers=0)
+    assert labelled.has_labels and labelled.class_names == ["0", "1", "2"]
+    check_classifiable(labelled)
+    np.save(tmp_path / "plain.npy", images)
+    prepare_stream(str(tmp_path / "plain.npy"), str(tmp_path / "unlabelled"), channels=1, chunk_size=8)
+    assert not StreamingDataModule(str(tmp_path / "unlabelled"), num_workers=0).has_labels
+
+
+def test_a_refused_prepare_prints_its_message_alone_unless_the_traceback_is_asked_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the command printed a traceback for every refusal, unlike ae-lightning and the scripts
+    monkeypatch.delenv("AE_LIGHTNING_TRACEBACK", raising=False)
+    argv = [str(tmp_path / "photos"), str(tmp_path / "stream")]
+    with pytest.raises(SystemExit) as exited:
+        stream_prepare.main(argv)
+    message = f"source {tmp_path / 'photos'} is no folder: expected an image folder, an array file"
+    assert exited.value.code == 1
+    assert capsys.readouterr().err.startswith(f"ae-lightning-prepare: error: {message}")
+    with pytest.raises(FileNotFoundError, match=re.escape(message)):
+        stream_prepare.main([*argv, "--print_traceback"])

@@ -321,6 +321,16 @@ def test_a_missing_or_corrupt_chunk_is_named(stream: Path, tmp_path: Path) -> No
     StreamingDataModule(str(copy)).setup("test")  # the test split is whole
 
 
+def test_a_split_without_its_index_is_named_at_setup(stream: Path, tmp_path: Path) -> None:
+    # a copy cut short (rsync copies a split's chunks before its index.json) passed setup, then failed in litdata when
+    # validation began, with a hint at litdata.complete_dataset
+    shutil.copytree(stream, tmp_path / "copy")
+    index = tmp_path / "copy" / "val" / "index.json"
+    index.unlink()
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{index} is missing from stream {tmp_path / 'copy'}")):
+        StreamingDataModule(str(tmp_path / "copy")).setup("fit")
+
+
 def test_a_misspelt_or_unreachable_uri_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match=r"stream s4://bucket/photos: unknown scheme s4://"):
         StreamingDataModule("s4://bucket/photos")
@@ -425,6 +435,18 @@ def test_resuming_on_another_dataset_is_refused_naming_both_fingerprints(stream:
         other.load_state_dict(saved)
     with pytest.raises(ValueError, match=refusal):  # the command's check, before the run creates anything
         other.check_resume({"fingerprint": theirs}, world_size=1)
+
+
+def test_resuming_a_checkpoint_of_in_memory_data_on_a_stream_names_that_data(stream: Path, tmp_path: Path) -> None:
+    # the refusal called the in-memory loader's checksum the fingerprint of a stream
+    from datamodules import ImageFolderDataModule
+
+    images = ImageFolderDataModule(str(write_image_folder(tmp_path / "images", per_class=6, size=8)), batch_size=4)
+    images.setup("fit")
+    position = images.train_dataloader().state_dict()
+    refusal = f"trained on in-memory data {position['source']}, but {stream} has fingerprint"
+    with pytest.raises(ValueError, match=re.escape(refusal)):
+        StreamingDataModule(str(stream)).check_resume(position, world_size=1)
 
 
 def test_a_batch_size_that_leaves_ddp_ranks_no_batch_is_refused(stream: Path) -> None:
@@ -532,6 +554,16 @@ def test_cache_dir_and_storage_options_are_refused_for_a_local_stream(stream: Pa
     with pytest.raises(ValueError, match=rf"storage_options=.*nowhere.* applies to .* {stream} is a local folder"):
         StreamingDataModule(str(stream), storage_options={"endpoint_url": "http://nowhere:1"})
     StreamingDataModule("s3://bucket/photos", cache_dir=str(tmp_path), storage_options={"endpoint_url": "http://x:1"})
+
+
+@pytest.mark.parametrize("setting, value, expected", [("seed", -1, "an integer in [0, 4294967295]"),
+                                                      ("resolution", 0, "an integer >= 1")])  # fmt: skip
+def test_a_seed_or_resolution_out_of_range_is_refused_when_the_datamodule_is_built(
+    tmp_path: Path, setting: str, value: int, expected: str
+) -> None:
+    # a negative seed passed every check and failed at the first training batch, in litdata's shuffle, unnamed
+    with pytest.raises(ValueError, match=re.escape(f"{setting} must be {expected}, got {value}")):
+        StreamingDataModule(str(tmp_path), **{setting: value})
 
 
 def test_a_resume_keeps_the_batch_size_inside_the_checkpoints_epoch_and_frees_it_at_its_end(stream: Path) -> None:
