@@ -10,12 +10,13 @@ Writes ``<out>/sharpness.png``: test images (top), reconstructions without (midd
 
 The term costs PSNR, so the two final models are not at equal PSNR. ``--every N`` also keeps the arm without the term
 every ``N`` steps and scores each of those checkpoints: its rFID where its PSNR first reaches the PSNR of the arm with
-the term is the comparison at equal PSNR budget. ``--out`` must not hold an earlier run's arms.
+the term is the comparison at equal PSNR budget. ``--out`` must not hold an earlier run's arms or picture.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ from torchvision.utils import save_image
 from ae_lightning.cli import run_command
 from ae_lightning.evaluation import driver as evaluation
 from ae_lightning.evaluation.feature_classifier import default_classifier_path, load_feature_classifier
+from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
 
 ROOT = Path(__file__).parents[1]
 
@@ -52,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.rfid_images is not None and args.rfid_images < 2:
         parser.error(f"--rfid_images {args.rfid_images}: expected at least 2")
     args.out, args.data_dir = args.out.resolve(), str(Path(args.data_dir).resolve())  # the runs start in the repo
-    earlier = [args.out / name for name in ("without", "with") if (args.out / name).exists()]
+    earlier = [args.out / name for name in ("without", "with", "sharpness.png") if (args.out / name).exists()]
     if earlier:
         parser.error(f"--out {args.out} holds an earlier run ({earlier[0]}): name another folder")
     return args
@@ -99,7 +101,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         with evaluation.evaluating(model):
             rows.append(model(images, labels).clamp(0, 1))
         print(f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()), flush=True)
-    save_image(torch.cat([images, *rows]), args.out / "sharpness.png", nrow=12, padding=1)
+    picture = io.BytesIO()
+    save_image(torch.cat([images, *rows]), picture, "png", nrow=12, padding=1)
+    write_atomically(args.out / "sharpness.png", picture.getvalue())
     print("\n| adversarial term | PSNR dB | MS-SSIM | rFID (classifier features) |\n| --- | ---: | ---: | ---: |")
     for name, s in results.items():
         print(f"| {name} | {s['psnr']:.2f} | {s['ms_ssim']:.4f} | {s['rfid_classifier']:.2f} |")

@@ -317,7 +317,8 @@ def _spread(values: list[float], digits: int = 4) -> str:
 def main(argv: list[str] | None = None) -> dict[str, object]:
     args = parse_args(argv)
     print("command: python benchmarks/disentanglement.py " + shlex.join(argv if argv is not None else sys.argv[1:]))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d %H:%M UTC')}")
+    utc = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {utc}")
     results: dict[str, object] = {}
     if args.part in ("mig", "both"):
         results["mig"] = mig_part(args)

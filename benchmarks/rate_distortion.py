@@ -7,8 +7,10 @@ scikit-learn's two sample photographs (``china.jpg``, ``flower.jpg``) or of the 
 :class:`~ae_lightning.CodePrior` over its codes; the held-out photograph (matplotlib's ``grace_hopper.jpg``, 512x600)
 is compressed with ``ae_lightning.codec`` (sizes are the files' real bytes, header included) and decoded back, and
 JPEG and WebP encode it at several qualities. Prints bits per pixel, PSNR and MS-SSIM (on 8-bit RGB) of each, writes
-``results.json`` and ``rate_distortion.png`` under ``--out``. The training photographs are few: the learned points
-show the pipeline working, not what the method reaches with a real training set and a GPU.
+``results.json`` and ``rate_distortion.png`` under ``--out`` (and each point's ``f<factor>_k<size>/tokenizer.ckpt`` and
+``prior.ckpt``), replacing an earlier run's files only with ``--overwrite``, and never leaving one half-written. The
+training photographs are few: the learned points show the pipeline working, not what the method reaches with a real
+training set and a GPU.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from torchmetrics.functional.image import multiscale_structural_similarity_index
 
 from ae_lightning import CodePrior, QuantizedAutoencoder
 from ae_lightning.codec import compress, decompress
-from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
+from ae_lightning.training.fault_tolerance.checkpoint_io import AtomicCheckpointIO, write_atomically
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -65,10 +67,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("runs/rate_distortion"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reuse", action="store_true", help="reuse the autoencoders an earlier run saved under --out")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier run's results and checkpoints")
     args = parser.parse_args(argv)
     for name in ("steps", "prior_steps", "batch_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} {getattr(args, name)}: expected at least 1")
+    checkpoints = ("prior.ckpt",) if args.reuse else ("tokenizer.ckpt", "prior.ckpt")
+    points = [args.out / f"f{factor}_k{size}" / name for factor, size in args.points for name in checkpoints]
+    held = [path for path in (args.out / "results.json", args.out / "rate_distortion.png", *points) if path.exists()]
+    if held and not args.overwrite:
+        parser.error(f"--out {args.out} holds an earlier run's {held[0].relative_to(args.out)}; name another folder, "
+                     "or pass --overwrite to replace its files")  # fmt: skip
     return args
 
 
@@ -103,6 +112,7 @@ def fit(model: L.LightningModule, data: DataLoader, steps: int, root: Path) -> L
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=root,
+        plugins=[AtomicCheckpointIO()],
     )
     trainer.fit(model, train_dataloaders=data)
     return trainer
@@ -230,7 +240,9 @@ def plot(results: list[dict], path: Path) -> None:
         axis.legend()
     figure.suptitle("held-out photograph: " + ", ".join(sorted({row["photo"] for row in results})))
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    picture = io.BytesIO()
+    figure.savefig(picture, format="png", dpi=120)
+    write_atomically(path, picture.getvalue())
 
 
 if __name__ == "__main__":

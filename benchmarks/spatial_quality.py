@@ -18,12 +18,14 @@ data: square crops (``--crop-size``, 32 by default) of photographs (``--photos D
 training and ``flower.jpg`` held out) and Fashion-MNIST from ``--data-dir`` (``FashionMNIST/raw``, e.g.
 ``../shared/data``; train and test images). ``--picture PATH`` also writes held-out 256x256 crops above their
 reconstructions by the spatial model of the best rate, trained on the crops (it is fully convolutional; the conv
-network's linear layer fixes its input size). Numbers only: no assertions.
+network's linear layer fixes its input size); an existing picture is replaced only with ``--overwrite``, and never
+left half-written. Numbers only: no assertions.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import time
 from pathlib import Path
@@ -37,6 +39,7 @@ from torchvision.transforms.v2.functional import resize
 from torchvision.utils import save_image
 
 from ae_lightning import Autoencoder
+from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
 
 
 def photo_arrays(
@@ -169,13 +172,16 @@ def compare(name: str, train_images: Tensor, test_images: Tensor, args: argparse
     if args.picture and name == "photos" and best is not None:  # the spatial model of the best rate
         held_out = photo_arrays(args.photos, args.held_out_photos, args.photo_side)[1]
         large = random_crops(held_out, 4, 256, seed=2).to(args.device)
+        picture, kind = io.BytesIO(), Image.registered_extensions().get(args.picture.suffix.lower(), "PNG")
         with torch.no_grad():
-            save_image(torch.cat([large, best[1].eval()(large).float()]), args.picture, nrow=4, padding=2)
+            save_image(torch.cat([large, best[1].eval()(large).float()]), picture, kind, nrow=4, padding=2)
+        args.picture.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(args.picture, picture.getvalue())
         print(f"wrote {args.picture}: held-out 256x256 crops (top) and their reconstructions (bottom)")
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--photos",
@@ -212,9 +218,20 @@ def main() -> None:
         help="the conv network's schedules (default: --schedule)",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--picture", help="PNG path for held-out 256x256 photo crops and their reconstructions")
+    parser.add_argument(
+        "--picture", type=Path, help="PNG path for held-out 256x256 photo crops and their reconstructions"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace the --picture file if it exists")
     parser.add_argument("--skip", choices=["photos", "fashion"], action="append", default=[])
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.picture is not None:
+        if "photos" in args.skip or "spatial" not in args.networks:
+            parser.error(f"--picture {args.picture} shows the spatial network on the photos: it needs the photos "
+                         "(no --skip photos) and --networks spatial")  # fmt: skip
+        if args.picture.is_dir():
+            parser.error(f"--picture {args.picture} is a folder; name the file to write")
+        if args.picture.exists() and not args.overwrite:
+            parser.error(f"--picture {args.picture} exists; name another file, or pass --overwrite to replace it")
     print(f"device {args.device}, {args.steps} steps at batch {args.batch_size}, Adam lr {args.lr} ({args.schedule})")
     print("| data | network | code (floats) | parameters | lr, schedule | train s | PSNR dB on training images | "
           "held-out PSNR dB | held-out, colour-matched |")  # fmt: skip

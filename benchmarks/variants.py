@@ -15,7 +15,8 @@ Writes ``--output`` (default ``runs/benchmark/results.md``; pass ``--output docs
 table: a markdown table, one row per variant, with the command, the machine and the date), ``results.json`` beside
 the plots, and for each variant
 ``<plots>/<variant>_reconstructions.png``, ``_samples.png`` (generative variants), ``_interpolations.png`` and
-``_latent_tsne.png``. The table is rewritten after every variant, so an interrupted run keeps what it finished. Bad
+``_latent_tsne.png``. The table is rewritten after every variant, so an interrupted run keeps what it finished; each
+file is replaced whole, never left half-written, and one that exists before the run only with ``--overwrite``. Bad
 input (an unknown config, metric, datamodule or held-out class) is an error before anything trains.
 """
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import inspect
+import io
 import json
 import os
 import platform
@@ -103,6 +105,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--output", type=Path, default=ROOT / "runs" / "benchmark" / "results.md", help="the markdown table"
     )
     parser.add_argument("--plots", type=Path, default=None, help="plot folder (default: <output without .md>/)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the --output table and --plots files")
     parser.add_argument("--root", type=Path, default=ROOT / "runs" / "benchmark", help="training outputs")
     parser.add_argument("--accelerator", default="auto", help="Lightning accelerator of every run")
     parser.add_argument(
@@ -123,6 +126,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name} {getattr(args, name)}: expected at least {least}")
     args.seed = args.seeds[0]  # the split of the reference data, the feature classifier's data and the pictures
     args.plots = args.plots or args.output.with_suffix("")
+    if args.output.is_dir():
+        parser.error(f"--output {args.output} is a folder; name the markdown file to write")
+    names = [Path(name).stem for name in args.configs or map(str, args.config_dir.glob("*.yaml"))]
+    pictures = [args.plots / f"{name}_{view}.png" for name in names for view in PICTURE_FILES.values()]
+    held = [path for path in (args.output, args.plots / "results.json", *pictures) if path.exists()]
+    if held and not args.overwrite:
+        more = f" (and {len(held) - 1} more of the files it writes)" if len(held) > 1 else ""
+        parser.error(f"{held[0]} exists{more}: an earlier run's; name another --output (and --plots), or pass "
+                     "--overwrite to replace its files")  # fmt: skip
     return args
 
 
@@ -353,8 +365,9 @@ def save_pictures(model: Any, datamodule: ImageDataModule, args: argparse.Namesp
     args.plots.mkdir(parents=True, exist_ok=True)
     saved = {}
     for view, image in pictures.items():
-        path = args.plots / f"{name}_{PICTURE_FILES[view]}.png"
-        save_image(image, path)
+        path, png = args.plots / f"{name}_{PICTURE_FILES[view]}.png", io.BytesIO()
+        save_image(image, png, "png")
+        write_atomically(path, png.getvalue())
         saved[view] = str(path)
     return saved
 

@@ -1,7 +1,9 @@
 """Rerun the report runs of ``docs/family.md``: the IWAE objective, super-resolution and the RBM-pretrained deep AE.
 
 Each run is ``ae-lightning fit`` on a config (in this process), then ``test`` of the final weights; the test metrics
-and the fit's wall time go to ``<out>/<section>.json``, pictures to ``<out>/``::
+and the fit's wall time go to ``<out>/<section>.json``, the weights to ``<out>/<run>/final_state.pt``, pictures to
+``<out>/``, each written whole or not at all. A run whose weights or pictures are already there (an earlier run's) is
+refused before anything trains, unless ``--overwrite``::
 
     python scripts/family_report.py iwae --epochs 30                     # the issue's full IWAE runs
     python scripts/family_report.py superres deep_ae --epochs 5 --pretrain-epochs 2
@@ -10,6 +12,7 @@ and the fit's wall time go to ``<out>/<section>.json``, pictures to ``<out>/``::
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import shutil
 import time
@@ -54,7 +57,9 @@ def fit_and_test(name: str, config: str, out: Path, *args: str, keep: bool = Fal
     metrics = {key: float(value) for key, value in cli.trainer.callback_metrics.items() if key.startswith("test/")}
     metrics["fit_seconds"] = seconds
     metrics["epochs"] = cli.trainer.current_epoch
-    torch.save(cli.model.state_dict(), out / name / "final_state.pt")
+    weights = io.BytesIO()
+    torch.save(cli.model.state_dict(), weights)
+    write_atomically(out / name / "final_state.pt", weights.getvalue())
     print(name, json.dumps(metrics), flush=True)
     return {"metrics": metrics, "model": cli.model, "datamodule": cli.datamodule} if keep else metrics
 
@@ -64,6 +69,26 @@ def save(out: Path, section: str, results: dict) -> None:
     path = out / f"{section}.json"
     old = json.loads(path.read_text()) if path.exists() else {}
     write_atomically(path, json.dumps({**old, **results}, indent=1).encode())
+
+
+def save_picture(image: torch.Tensor, path: Path) -> None:
+    png = io.BytesIO()
+    save_image(image, png, "png")
+    write_atomically(path, png.getvalue())
+
+
+def outputs(args: argparse.Namespace) -> list[Path]:
+    """The files the sections asked would write: each run's final weights, and the pictures."""
+    runs = [f"iwae_k{k}" for k in args.iw_samples] if "iwae" in args.sections else []
+    pictures = []
+    if "superres" in args.sections:
+        runs += [f"superres_x{scale}" for scale in (2, 4)]
+        pictures += [f"superres_x{scale}.png" for scale in (2, 4)]
+    if "deep_ae" in args.sections:
+        compared = [] if args.only_2d else [f"deep_ae_{p}_{d}" for d in ("mnist", "fashion") for p in ("rbm", "none")]
+        runs += [*compared, "deep_ae_2d_mnist"]
+        pictures += ["deep_ae_2d_map_mnist.png", "pca_2d_map_mnist.png"]
+    return [args.out / run / "final_state.pt" for run in runs] + [args.out / name for name in pictures]
 
 
 def iwae(out: Path, data: list[str], epochs: int, ks: list[int]) -> None:
@@ -90,7 +115,7 @@ def superres(out: Path, data: list[str], epochs: int) -> None:
         images, labels = result["datamodule"].splits["test"]
         x = images[:16].float().div(255)
         grid = visualization.draw_views(result["model"], x, labels[:16], ["reconstructions"])["reconstructions"]
-        save_image(grid, out / f"superres_x{scale}.png")
+        save_picture(grid, out / f"superres_x{scale}.png")
 
 
 def mnist_sample(out: Path, data_dir: str) -> Path:
@@ -152,10 +177,10 @@ def deep_ae(
         codes = model.encode(x)
     for name, points, method in (("deep_ae_2d_map", codes, "none"), ("pca_2d_map", x.flatten(1), "pca")):
         title = f"{name.split('_2d')[0]} codes of 5,000 {dataset} test images"
-        save_image(visualization.latent_map(points, labels, method, title=title), out / f"{name}_{dataset}.png")
+        save_picture(visualization.latent_map(points, labels, method, title=title), out / f"{name}_{dataset}.png")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sections", nargs="+", choices=["iwae", "superres", "deep_ae"])
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "family")
@@ -167,6 +192,7 @@ def main() -> None:
     parser.add_argument("--mnist-pretrain-epochs", type=int, default=None, help="epochs per RBM on the MNIST sample")
     parser.add_argument("--only-2d", action="store_true", help="deep_ae: only the 2-D code and its map")
     parser.add_argument("--smoke", action="store_true", help="two batches per split and epoch, to try the script")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier run's weights and pictures")
     parser.add_argument(
         "--set",
         nargs="*",
@@ -174,7 +200,10 @@ def main() -> None:
         metavar="ARG=VALUE",
         help="ae-lightning arguments for every run, e.g. --set model.init_args.code_pretrain_lr=0.01",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if (held := [path for path in outputs(args) if path.exists()]) and not args.overwrite:
+        parser.error(f"--out {args.out} holds an earlier run's {held[0].relative_to(args.out)}; name another folder, "
+                     "or pass --overwrite to replace its results")  # fmt: skip
     if args.smoke:
         EXTRA.extend(f"--trainer.limit_{split}_batches=2" for split in ("train", "val", "test"))
     EXTRA.extend(f"--{setting}" for setting in args.set)

@@ -6,14 +6,14 @@ Writes, under ``--out``: ``digits.npy``/``digits_labels.npy`` (``load_digits``, 
 to 0..255), ``patches/{china,flower}/*.png`` (non-overlapping 32x32 RGB patches of ``load_sample_images``, one
 class per photograph) and ``breast_cancer.npz`` (``load_breast_cancer``: 30 features, ``y`` 1 = benign, the normal
 class, 0 = malignant, the anomalies). Then trains ``ae-lightning`` on each (through the same command-line class),
-tests it, and writes ``results.json`` and the last pictures of each run to ``pictures/``.
+tests it, and writes its scores into ``results.json`` and its last pictures to ``pictures/`` as each run ends, each
+file whole or not at all; a run whose scores or pictures are already there is refused unless ``--overwrite``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 from unittest import mock
 
@@ -86,7 +86,7 @@ def train_and_test(name: str, args: list[str], out: Path, epochs: int) -> dict[s
     pictures = out / "pictures"
     pictures.mkdir(exist_ok=True)
     for path in sorted((Path(cli.trainer.log_dir) / "images").glob("*.png")):
-        shutil.copy(path, pictures / f"{name}_{path.name.split('-')[0]}.png")
+        write_atomically(pictures / f"{name}_{path.name.split('-')[0]}.png", path.read_bytes())
     return scores
 
 
@@ -94,17 +94,22 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/own_data"))
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--only", nargs="+", default=None, help="run only these (names as in results.json)")
+    parser.add_argument("--only", nargs="+", choices=list(runs(Path(), 0)), help="run only these (default: all)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the scores and pictures of earlier runs")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)  # a shared 2-core machine
-    write_files(args.out)
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    for name, run_args in runs(args.out, args.epochs).items():
-        if args.only is None or name in args.only:
-            results[name] = train_and_test(name, run_args, args.out, args.epochs)
-            print(name, json.dumps(results[name], indent=1))
-    write_atomically(results_path, json.dumps(results, indent=1).encode())
+    chosen = {name: run for name, run in runs(args.out, args.epochs).items() if name in (args.only or [name])}
+    held = [name for name in chosen if name in results or any((args.out / "pictures").glob(f"{name}_*.png"))]
+    if held and not args.overwrite:
+        parser.error(f"--out {args.out} holds the results of an earlier {', '.join(held)} run; name another folder, "
+                     "or pass --overwrite to replace them")  # fmt: skip
+    torch.set_num_threads(1)  # a shared 2-core machine
+    write_files(args.out)
+    for name, run_args in chosen.items():
+        results[name] = train_and_test(name, run_args, args.out, args.epochs)
+        print(name, json.dumps(results[name], indent=1))
+        write_atomically(results_path, json.dumps(results, indent=1).encode())
 
 
 if __name__ == "__main__":

@@ -1,0 +1,150 @@
+"""Benchmark and report scripts never replace an earlier run's files unless told to (``--overwrite``), and never
+leave one half-written; the checks run before anything trains."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+from PIL import Image
+from test_evaluation import KilledWhileWriting, load_script, refused
+
+
+def earlier(path: Path, text: str = "an earlier run's") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+# Each command also names missing data or a tiny size, so that without the check it fails (or ends) at once.
+TINY_SPATIAL = "--networks spatial --spatial-dims 8 16 32 --train-images 4 --test-images 2 --steps 0 --data-dir {out}/x"
+REFUSED = "name another folder, or pass --overwrite to replace its"
+
+
+@pytest.mark.parametrize(
+    ("script", "argv", "target", "message"),
+    [
+        ("spatial_quality", f"{TINY_SPATIAL} --skip fashion --picture {{out}}/pic.png", "pic.png",
+         "--picture {out}/pic.png exists; name another file, or pass --overwrite to replace it"),
+        ("benchmark", "--configs ae --metrics nope --output {out}/results.md", "results.md",
+         "{out}/results.md exists: an earlier run's; name another --output (and --plots), or pass --overwrite"),
+        ("benchmark", "--configs ae vae --metrics nope --output {out}/results.md", "results/vae_samples.png",
+         "{out}/results/vae_samples.png exists: an earlier run's; name another --output (and --plots), or pass "),
+        ("rate_distortion", "--photos {out}/x --out {out}", "results.json",
+         "--out {out} holds an earlier run's results.json; " + REFUSED),
+        ("rate_distortion", "--points 4:64 --photos {out}/x --out {out}", "f4_k64/prior.ckpt",
+         "--out {out} holds an earlier run's f4_k64/prior.ckpt; " + REFUSED),
+        ("family_report", "iwae superres --iw-samples 5 --data_dir {out}/x --out {out}", "iwae_k5/final_state.pt",
+         "--out {out} holds an earlier run's iwae_k5/final_state.pt; " + REFUSED),
+        ("family_report", "deep_ae --only-2d --data_dir {out}/x --out {out}", "pca_2d_map_mnist.png",
+         "--out {out} holds an earlier run's pca_2d_map_mnist.png; " + REFUSED),
+        ("own_data_demo", "--only digits_vae --epochs 0 --out {out}", "pictures/digits_vae_samples.png",
+         "--out {out} holds the results of an earlier digits_vae run; name another folder, or pass --overwrite"),
+        ("adversarial_sharpness", "--data_dir {out}/x --steps 1 --disc_start 0 --out {out}", "sharpness.png",
+         "--out {out} holds an earlier run ({out}/sharpness.png): name another folder"),
+    ],
+)  # fmt: skip
+def test_an_earlier_runs_file_is_refused_before_anything_runs_and_kept(
+    script: str, argv: str, target: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    kept = earlier(out / target)
+    error = refused(load_script(script), argv.format(out=out).split(), capsys)
+    assert error.startswith(message.format(out=out))
+    assert kept.read_text() == "an earlier run's"
+    assert [path for path in tmp_path.rglob("*") if path.is_file()] == [kept]  # nothing else written
+
+
+def test_overwrite_or_another_run_of_the_folder_is_not_refused(tmp_path: Path) -> None:
+    earlier(tmp_path / "results.md")
+    earlier(tmp_path / "results" / "results.json")
+    variants = load_script("benchmark").parse_args(["--output", str(tmp_path / "results.md"), "--overwrite"])
+    assert variants.overwrite and variants.plots == tmp_path / "results"
+    earlier(tmp_path / "rd" / "f8_k64" / "tokenizer.ckpt")  # --reuse reads it: not an output
+    load_script("rate_distortion").parse_args(["--points", "8:64", "--out", str(tmp_path / "rd"), "--reuse"])
+    earlier(tmp_path / "rd" / "results.json")
+    assert load_script("rate_distortion").parse_args(["--out", str(tmp_path / "rd"), "--reuse", "--overwrite"]).reuse
+
+
+def test_own_data_demo_refuses_an_unknown_run_and_saves_each_finished_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    demo = load_script("own_data_demo")
+    error = refused(demo, ["--only", "digits", "--out", str(tmp_path)], capsys)
+    assert error.startswith("argument --only: invalid choice: 'digits' (choose from")
+    assert not list(tmp_path.iterdir())
+
+    def train_and_test(name: str, *args: Any) -> dict[str, float]:
+        if name == "breast_cancer_ae":
+            raise KeyboardInterrupt  # killed in the last run
+        return {"test/loss": 1.0}
+
+    with mock.patch.object(demo, "train_and_test", train_and_test), pytest.raises(KeyboardInterrupt):
+        demo.main(["--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved == {"digits_vae": {"test/loss": 1.0}, "patches_conv_vae": {"test/loss": 1.0}}
+    error = refused(demo, ["--out", str(tmp_path)], capsys)
+    assert error.startswith(f"--out {tmp_path} holds the results of an earlier digits_vae, patches_conv_vae run")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ("--skip photos --data-dir {out}/x", "--picture {out}/pic.png shows the spatial network on the photos: it "
+                                             "needs the photos (no --skip photos) and --networks spatial"),
+        (f"{TINY_SPATIAL} --networks conv --skip fashion", "--picture {out}/pic.png shows the spatial network on "),
+    ],
+)  # fmt: skip
+def test_spatial_quality_refuses_a_picture_it_would_not_draw(
+    argv: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = [*argv.format(out=tmp_path).split(), "--picture", str(tmp_path / "pic.png")]
+    error = refused(load_script("spatial_quality"), argv, capsys)
+    assert error.startswith(message.format(out=tmp_path))
+
+
+def test_spatial_quality_writes_its_picture_whole_into_a_new_folder_or_over_an_old_one_with_overwrite(
+    tmp_path: Path,
+) -> None:
+    script = load_script("spatial_quality")
+    tiny = ["--skip", "fashion", "--networks", "spatial", "--spatial-dims", "8", "16", "32", "--train-images", "4",
+            "--test-images", "2", "--steps", "0"]  # fmt: skip
+    script.main([*tiny, "--picture", str(tmp_path / "new" / "pic.png")])  # its folder is made, not a crash
+    assert Image.open(tmp_path / "new" / "pic.png").size == (1034, 518)
+    earlier(tmp_path / "pic.png")
+    real_open = open
+
+    def killed_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        opened = real_open(file, mode, *args, **kwargs)
+        return KilledWhileWriting(opened) if "w" in mode else opened
+
+    argv = [*tiny, "--picture", str(tmp_path / "pic.png"), "--overwrite"]
+    with mock.patch("builtins.open", killed_open), pytest.raises(KeyboardInterrupt):
+        script.main(argv)
+    assert (tmp_path / "pic.png").read_text() == "an earlier run's"  # not half a picture
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["new", "pic.png"]
+    script.main(argv)
+    assert Image.open(tmp_path / "pic.png").format == "PNG"
+
+
+def test_the_disentanglement_benchmark_dates_its_output_in_utc_as_it_says(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = load_script("disentanglement")
+    monkeypatch.setattr(script, "gap_part", lambda args: {})  # the header only: nothing trains
+    monkeypatch.setenv("TZ", "Pacific/Kiritimati")  # UTC+14: the local date and hour differ from UTC's
+    time.tzset()
+    try:
+        before = datetime.datetime.now(datetime.timezone.utc)
+        script.main(["--part", "gap"])
+        after = datetime.datetime.now(datetime.timezone.utc)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    stamp = capsys.readouterr().out.splitlines()[1].rsplit(", ", 1)[1]
+    assert stamp in {moment.strftime("%Y-%m-%d %H:%M UTC") for moment in (before, after)}
