@@ -8,6 +8,7 @@ into Python calls per sample, PIL and ``ToTensor``. Here a whole split is one ``
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import signal
 import threading
@@ -160,6 +161,7 @@ def worker_batches(loader: DataLoader) -> Iterator:
     if not (loader.num_workers and _JOB_SIGNALS):
         yield from loader
         return
+    _start_helper_processes(loader)
     held = signal.pthread_sigmask(signal.SIG_BLOCK, _JOB_SIGNALS)
     try:
         batches = iter(loader)
@@ -169,6 +171,20 @@ def worker_batches(loader: DataLoader) -> Iterator:
     if first is not None:
         yield first
         yield from batches
+
+
+def _start_helper_processes(loader: DataLoader) -> None:
+    """Start the processes that the ``spawn`` and ``forkserver`` start methods keep for the whole program outside the
+    hold of :func:`worker_batches`: the resource tracker's start lifts the hold of SIGTERM in this process, and a fork
+    server started in it would keep the job's signals blocked in every process it ever starts (``terminate()`` would
+    no longer end them)."""
+    from multiprocessing import forkserver, resource_tracker  # not on every platform
+
+    method = (loader.multiprocessing_context or multiprocessing.get_context()).get_start_method()
+    if method == "forkserver":
+        forkserver.ensure_running()  # which starts the resource tracker first
+    elif method == "spawn":
+        resource_tracker.ensure_running()
 
 
 class TensorBatchLoader:
@@ -287,7 +303,7 @@ class TensorBatchLoader:
         rows = [order[bounds[i][0] + self.rank : bounds[i][1] : self.world_size] for i in todo]
         if self.num_workers:
             loader = DataLoader(_Batches(self, rows, todo.start), batch_size=None, num_workers=self.num_workers,
-                                worker_init_fn=WorkerSignals())  # fmt: skip
+                                worker_init_fn=WorkerSignals(), generator=torch.Generator())  # fmt: skip
             batches = worker_batches(loader)
         else:
             batches = map(self._make_batch, rows, todo)

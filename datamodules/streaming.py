@@ -148,11 +148,11 @@ class StreamLoader:
     ) -> None:
         if resumable:
             self.loader = StreamingDataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
-                                              worker_init_fn=WorkerSignals())  # fmt: skip
+                                              worker_init_fn=WorkerSignals(), generator=torch.Generator())  # fmt: skip
         else:
             shard = EvaluationShard(dataset, rank, world_size, batch_size, rows)
             self.loader = DataLoader(shard, batch_sampler=shard.batches, num_workers=num_workers,
-                                     worker_init_fn=WorkerSignals())  # fmt: skip
+                                     worker_init_fn=WorkerSignals(), generator=torch.Generator())  # fmt: skip
         self.batch_size, self.resumable, self.fingerprint = batch_size, resumable, fingerprint
         self.seed = dataset.augment_seed
         self.epoch = 0

@@ -140,6 +140,23 @@ def test_sigterm_during_validation_saves_and_resumes_to_the_uninterrupted_weight
         assert torch.equal(resumed["state_dict"][name], value), f"{name} differs after the resume"
 
 
+def test_a_vae_with_loader_workers_resumes_a_sigterm_checkpoint_to_the_uninterrupted_weights(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # Saved one step into epoch 1: the resumed run starts its loader's workers again there, which must not draw from
+    # the random generators that the checkpoint restored (the VAE's noise), as torch's DataLoader does by default.
+    workers = ["--data.num_workers", "1", "--images.every_n_epochs", "0"]
+    with pytest.raises(SystemExit):
+        run_cli("fit", *tiny_args("vae", data_dir, tmp_path / "signalled", *workers, *_signalled(14)))
+    assert last_checkpoint(tmp_path / "signalled")["global_step"] == 15
+    run_cli("fit", *tiny_args("vae", data_dir, tmp_path / "signalled", *workers, "--ckpt_path", "last"))
+    run_cli("fit", *tiny_args("vae", data_dir, tmp_path / "reference", *workers))
+    resumed, expected = last_checkpoint(tmp_path / "signalled"), last_checkpoint(tmp_path / "reference")
+    assert resumed["global_step"] == expected["global_step"] == STEPS
+    for name, value in expected["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], value), f"{name} differs after the resume"
+
+
 def test_sigterm_during_the_sanity_check_exits_143_writing_nothing(data_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exited:
         run_cli("fit", *tiny_args("ae", data_dir, tmp_path, *_signalled(-1)))
@@ -307,3 +324,34 @@ def test_loader_workers_outlive_the_jobs_signals_even_while_starting_and_end_wit
         pytest.fail(f"the process hung at its exit:\n{output[-5000:]}")
     assert process.returncode == 0, output[-5000:]
     assert "batches: 40 signals noted: 2" in output, output[-5000:]
+
+
+# Python 3.14's default start method on Linux: workers are forked by a fork server, started when first needed and kept
+# for the whole program. A fork server started while ``worker_batches`` holds the job's signals would keep them blocked
+# in every process it starts later, which ``terminate()`` would no longer end. ae_lightning imports litdata, whose
+# import-time Lock has started Python's resource tracker already.
+FORK_SERVER_AFTER_A_LOADER = """
+import multiprocessing, time
+from multiprocessing import resource_tracker
+from torch.utils.data import DataLoader
+from datamodules.loader import WorkerSignals, worker_batches
+
+multiprocessing.set_start_method("forkserver")
+resource_tracker.ensure_running()
+loader = DataLoader(range(4), batch_size=1, num_workers=1, worker_init_fn=WorkerSignals())
+print("batches:", sum(1 for _ in worker_batches(loader)), flush=True)
+later = multiprocessing.Process(target=time.sleep, args=(60,))
+later.start()
+later.terminate()
+later.join(20)
+print("ended by terminate():", not later.is_alive(), flush=True)
+later.kill()
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "sigwaitinfo"), reason="the workers keep torch's handling")
+def test_processes_of_a_fork_server_first_used_by_a_loader_still_end_on_sigterm() -> None:
+    process = subprocess.run([sys.executable, "-c", FORK_SERVER_AFTER_A_LOADER], env=subprocess_env(), cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    output = process.stdout + process.stderr
+    assert "batches: 4\nended by terminate(): True" in output, output[-5000:]
