@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import sys
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +38,7 @@ import torch
 import yaml
 from jsonargparse import get_loader
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import WandbLogger
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
@@ -46,10 +48,11 @@ from optuna.distributions import (
 )
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError
 
 from ae_lightning.base import resolve_class_path
 from ae_lightning.cli import AutoencoderCLI, ConfigError, one_line, run_command
+from ae_lightning.training.callbacks import SaveConfigToRun
 from ae_lightning.training.fault_tolerance import NonFiniteLossError
 from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
 from datamodules.checks import check_init_arguments
@@ -351,15 +354,7 @@ def open_study(
                 "metric": metric}  # fmt: skip
     with storage_errors(args):
         try:
-            storage = RDBStorage(
-                args.storage,
-                engine_kwargs=engine,
-                heartbeat_interval=args.heartbeat,
-                grace_period=2 * args.heartbeat,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                    args.max_retry, inherit_intermediate_values=True
-                ),
-            )
+            storage = _rdb_storage(args, engine)
         except (ArgumentError, ImportError) as error:  # not a URL, an unknown dialect, or its driver is missing
             raise StorageError(
                 f"--storage {args.storage} is not a database URL that can be opened here ({error}); expected "
@@ -374,16 +369,17 @@ def open_study(
             storage=storage, study_name=args.study_name, direction=direction, load_if_exists=True
         )
         stored = study.user_attrs
-        if not stored:
-            for key, value in identity.items():
-                study.set_user_attr(key, value)
-        if "settings" not in stored and (not stored or stored == identity):
-            if stored:
+        # A new study, or one that a worker which opened it at the same moment is recording key by key: this run
+        # records what is missing, its settings first (a study with the rest but no settings was stored before them).
+        if all(stored.get(key, value) == value for key, value in identity.items()):
+            if "settings" not in stored and stored.keys() >= identity.keys():
                 print(
                     f"study {args.study_name!r} was stored without its fit settings; recording this run's", flush=True
                 )
-            study.set_user_attr("settings", settings)
-            stored = {**identity, "settings": settings}
+            for key, value in {"settings": settings, **identity}.items():
+                if key not in stored:
+                    study.set_user_attr(key, value)
+            stored = {"settings": settings, **identity, **stored}
         differs = {key: f"{key} {stored.get(key)!r} (this run: {identity[key]!r})" for key in identity
                    if stored.get(key) != identity[key]}  # fmt: skip
         old, unset = stored.get("settings", settings), "(unset)"
@@ -424,6 +420,27 @@ def open_study(
             sampler=optuna.samplers.TPESampler(seed=seed),
             pruner=PRUNERS[args.pruner](),
         )
+
+
+def _rdb_storage(args: argparse.Namespace, engine: dict[str, Any], tries: int = 10) -> RDBStorage:
+    """The study storage, with heartbeats and retries of dead trials. Workers that open a new storage at the same
+    moment (the tasks of a SLURM array) race Optuna's creation of its tables: those that lose try again."""
+    for attempt in range(tries):
+        try:
+            return RDBStorage(
+                args.storage,
+                engine_kwargs=engine,
+                heartbeat_interval=args.heartbeat,
+                grace_period=2 * args.heartbeat,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                    args.max_retry, inherit_intermediate_values=True
+                ),
+            )
+        except (IntegrityError, OperationalError, ProgrammingError) as error:
+            if attempt == tries - 1 or not (isinstance(error, IntegrityError) or "already exists" in str(error)):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def check_distributions(args: argparse.Namespace, space: dict[str, Any], trials: list[FrozenTrial]) -> None:
@@ -515,8 +532,8 @@ class TrialReporter(Callback):
 
 
 class TrialCLI(AutoencoderCLI):
-    """The ``fit`` command with one more callback on its trainer (a trial's pruning), beside the config's, and a
-    trainer of one process (:func:`check_one_process`).
+    """The ``fit`` command with one more callback on its trainer (a trial's pruning), before the config's (whose
+    checkpoints then hold its state after a validation), and a trainer of one process (:func:`check_one_process`).
 
     Args:
         callback: the callback to add.
@@ -530,7 +547,8 @@ class TrialCLI(AutoencoderCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         trainer = super().instantiate_trainer(**kwargs)
         check_one_process(trainer)
-        trainer.callbacks.append(self.extra_callback)
+        # first: a checkpoint written as a validation ends must hold the count of validations that includes it
+        trainer.callbacks.insert(0, self.extra_callback)
         return trainer
 
 
@@ -565,16 +583,23 @@ def objective(
     trial.set_user_attr("folder", str(folder))
     pruning = TrialReporter(trial, metric)
     overwrite = {"save_config_kwargs": {"overwrite": True}} if retry else {}
+    wandb_run = _wandb_run()
     try:
         with mock.patch("sys.argv", ["ae-lightning"]):  # the CLI must read only these arguments
             cli = TrialCLI(pruning, args=cli_args, **overwrite)
     except NonFiniteLossError as error:
         trial.set_user_attr("diverged", str(error))
         raise
-    trial.set_user_attr("config_file", str(Path(cli.trainer.log_dir) / "config.yaml"))
+    finally:  # W&B keeps one run per process, which the next trial's WandbLogger would log into
+        if _wandb_run() not in (None, wandb_run):
+            sys.modules["wandb"].finish(exit_code=int(sys.exc_info()[0] not in (None, optuna.TrialPruned)))
+    logger = cli.trainer.logger  # where the trial saved its config.yaml (SaveConfigToRun)
+    run_folder = SaveConfigToRun.run_folder(logger, cli.trainer) if isinstance(logger, WandbLogger) else None
+    trial.set_user_attr("config_file", str(Path(run_folder or cli.trainer.log_dir) / "config.yaml"))
     # A retry resumes in a new version folder, where Lightning's checkpoint callback starts its best afresh; the
-    # validations before the kill are the dead trial's reports, which the retry inherits.
-    best = cli.trainer.checkpoint_callback.best_model_score
+    # validations before the kill are the dead trial's reports, which the retry inherits. No checkpoint callback:
+    # --trainer.enable_checkpointing false.
+    best = getattr(cli.trainer.checkpoint_callback, "best_model_score", None)
     reported = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number).intermediate_values
     values = [v for v in [*reported.values(), *([float(best)] if best is not None else [])] if math.isfinite(v)]
     if not values:
@@ -586,6 +611,11 @@ def objective(
             )
         raise ValueError(f"trial {trial.number} logged no finite {metric}; its validation logged {', '.join(logged)}")
     return min(values) if mode == "min" else max(values)
+
+
+def _wandb_run() -> Any:
+    """W&B's run of this process, if any (None when W&B is not imported)."""
+    return getattr(sys.modules.get("wandb"), "run", None)
 
 
 def _cli_value(value: Any) -> str:

@@ -591,15 +591,85 @@ def test_trials_of_other_batch_sizes_are_compared_at_their_validations_and_prune
     assert list(study.trials[2].intermediate_values) == [1, 2]  # pruned at its second validation
 
 
-def test_a_resumed_trial_counts_its_validations_on(tmp_path: Path, data_dir: Path) -> None:
-    extra = ("--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2")  # 2 steps per epoch
+@pytest.mark.parametrize("every", [1, 2], ids=["every-epoch", "every-2nd-epoch"])
+def test_a_resumed_trial_counts_its_validations_on(tmp_path: Path, data_dir: Path, every: int) -> None:
+    # validating every 2nd epoch, Lightning writes last.ckpt as the validation ends, not at the epoch's end
+    extra = ("--trainer.max_epochs", str(every), "--trainer.limit_train_batches", "2",  # 2 steps per epoch
+             "--trainer.check_val_every_n_epoch", str(every))  # fmt: skip
     args, fit_args = search.parse_args(search_args(tmp_path, data_dir, "--n_trials", "1", *extra))
     space = search.read_space(args.space)
     study = open_study(tmp_path, data_dir, *extra)
     first = study.ask()
-    search.objective(first, args, space, "val/loss", fit_args)  # 1 epoch: its validation 1, then last.ckpt
+    search.objective(first, args, space, "val/loss", fit_args)  # its validation 1, then last.ckpt
     study.enqueue_trial(study.trials[0].params, user_attrs={"folder": study.trials[0].user_attrs["folder"]})
     retry = study.ask()  # as Optuna retries a trial whose process died: its values, its folder
-    longer = [*fit_args, "--trainer.max_epochs", "3"]
-    search.objective(retry, args, space, "val/loss", longer)  # resumes after epoch 1
+    longer = [*fit_args, "--trainer.max_epochs", str(3 * every)]
+    search.objective(retry, args, space, "val/loss", longer)  # resumes after validation 1
     assert list(study.trials[-1].intermediate_values) == [2, 3]
+
+
+def _open_at_once(barrier, argv: list[str], results) -> None:
+    args, fit_args = search.parse_args(argv)
+    space = search.read_space(args.space)
+    settings = search.fit_settings(search.resolve_config(args.config, fit_args), space)
+    barrier.wait()
+    try:
+        search.open_study(args, space, "minimize", "val/loss", settings)
+        results.put("opened")
+    except Exception as error:
+        results.put(f"{type(error).__name__}: {error}")
+
+
+def test_workers_that_open_a_new_storage_at_once_all_open_it(tmp_path: Path, data_dir: Path) -> None:
+    # the tasks of `sbatch --array`, started together on a new storage, race Optuna's creation of its tables
+    import multiprocessing
+
+    argv = [*search_args(tmp_path, data_dir), "--n_trials", "2"]
+    context = multiprocessing.get_context("fork")  # forked after the imports, released together
+    barrier, results = context.Barrier(6), context.Queue()
+    workers = [context.Process(target=_open_at_once, args=(barrier, argv, results)) for _ in range(6)]
+    for worker in workers:
+        worker.start()
+    outcomes = [results.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join()
+    assert outcomes == ["opened"] * 6
+    assert len(optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 'study.db'}")) == 1
+
+
+def test_trials_that_log_to_wandb_each_have_their_own_run(tmp_path: Path, data_dir: Path, monkeypatch) -> None:
+    wandb = pytest.importorskip("wandb")
+    for name, value in {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_CONSOLE": "off"}.items():
+        monkeypatch.setenv(name, value)
+    args = search_args(tmp_path, data_dir, "--n_trials", "2", "--trainer.max_epochs", "1", "--pruner", "none",
+                       "--trainer.logger", "WandbLogger", "--trainer.logger.offline", "true")  # fmt: skip
+    try:
+        study = search.run(args)
+    finally:
+        wandb.finish()
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    runs = [list((tmp_path / "trials" / f"trial-{n}" / "wandb").glob("offline-run-*")) for n in (0, 1)]
+    assert all(len(run) == 1 for run in runs) and runs[0][0].name[-8:] != runs[1][0].name[-8:]
+    best = yaml.safe_load((tmp_path / "trials" / "best.yaml").read_text())  # the best trial's config, read from its run
+    latent = best["model"]["init_args"]["latent_dim"]
+    assert latent == study.best_trial.params[LATENT] and best["trainer"]["logger"]["class_path"].endswith("WandbLogger")
+
+
+def test_trials_without_checkpoints_are_valued_by_their_validations(tmp_path: Path, data_dir: Path) -> None:
+    # a search that keeps no checkpoints (disk space): the trial's value is its best reported validation
+    study = search.run(search_args(tmp_path, data_dir, "--n_trials", "1", "--trainer.max_epochs", "2",
+                                   "--trainer.enable_checkpointing", "false"))  # fmt: skip
+    (trial,) = study.trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE and list(trial.intermediate_values) == [1, 2]
+    assert trial.value == min(trial.intermediate_values.values())
+    assert not list((tmp_path / "trials").glob("**/*.ckpt")) and (tmp_path / "trials" / "best.yaml").exists()
+
+
+def test_a_study_that_another_worker_is_recording_opens(tmp_path: Path, data_dir: Path) -> None:
+    # a worker that opened the new study a moment earlier has recorded part of what identifies it, key by key
+    first = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="ae")
+    first.set_user_attr("config", str(AE.resolve()))
+    study = open_study(tmp_path, data_dir, "--trainer.max_epochs", "1")
+    assert study.user_attrs["metric"] == "val/loss" and study.user_attrs["settings"]["trainer.max_epochs"] == 1
+    with pytest.raises(ValueError, match=r"trainer.max_epochs 1 \(this run: 2\)"):
+        open_study(tmp_path, data_dir, "--trainer.max_epochs", "2")
