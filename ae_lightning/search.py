@@ -227,7 +227,8 @@ def check_fit_args(space: dict[str, Any], fit_args: list[str]) -> None:
 
 def check_names(space: dict[str, Any], space_path: Path, configs: list[Path], parsed: Any) -> None:
     """Raise a ValueError naming each search-space parameter that is not an argument of the config (``parsed``,
-    :func:`resolve_config`), and a ConfigError for a checkpoint folder set in it, which all trials would share."""
+    :func:`resolve_config`), and a ConfigError for a checkpoint folder or W&B run set in it, which all trials would
+    share."""
     known, named = [key for key in parsed.keys() if not key.startswith("__")], " + ".join(map(str, configs))
     missing = [name for name in space["parameters"] if name not in parsed]
     if missing:
@@ -242,6 +243,15 @@ def check_names(space: dict[str, Any], space_path: Path, configs: list[Path], pa
             f"checkpoint.dirpath {parsed['checkpoint.dirpath']} (of {named} or the fit arguments) would be the "
             "checkpoint folder of every trial; leave it unset: each trial keeps its checkpoints in its own folder"
         )
+    loggers = parsed.get("trainer.logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        init_args = getattr(logger, "init_args", None) or {}
+        run = next((key for key in ("id", "version") if init_args.get(key) is not None), None)
+        if run and str(logger.class_path).endswith("WandbLogger"):
+            raise ConfigError(
+                f"trainer.logger {logger.class_path} {run} {init_args[run]!r} (of {named} or the fit arguments) would "
+                "be the W&B run of every trial; leave it unset: each trial logs a run of its own"
+            )
 
 
 def check_values(space: dict[str, Any], space_path: Path, configs: list[Path], fit_args: list[str]) -> None:

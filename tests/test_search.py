@@ -240,8 +240,9 @@ def test_a_new_trial_refuses_a_folder_that_holds_an_earlier_run(tmp_path: Path, 
         ["--checkpoint.mode", "max"],
         ["--model.init_args.latent_dim", "3"],
         ["config"],
+        ["--trainer.logger", '{{"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {{"id": "r"}}}}'],
     ],
-    ids=["dirpath", "root-dir", "monitor", "mode", "searched", "dirpath-in-config"],
+    ids=["dirpath", "root-dir", "monitor", "mode", "searched", "dirpath-in-config", "wandb-run-id"],
 )
 def test_settings_the_search_sets_itself_are_refused_by_name(tmp_path: Path, data_dir: Path, extra: list) -> None:
     config = AE
