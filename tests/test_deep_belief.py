@@ -228,3 +228,18 @@ def test_early_stopping_is_refused_while_pretraining_remains_and_taken_for_the_f
     tuned = make_trainer(tmp_path, max_epochs=4, callbacks=[EarlyStopping("val/loss", patience=2)])
     tuned.fit(model, datamodule=data, ckpt_path=next(tmp_path.rglob("*.ckpt")))
     assert tuned.current_epoch == 4 and model.unrolled
+
+
+def test_the_fine_tuning_plateau_steps_on_fine_tuning_validations_only(data_dir: Path, tmp_path: Path) -> None:
+    # 2 RBMs of one epoch each, validation every 2 epochs: epochs 1 (pretraining) and 3 (fine-tuning) validate. The
+    # plateau stepped at the end of fine-tuning epoch 2, which did not validate, on the tied stack's epoch-1 val/loss.
+    def plateau(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=0)
+
+    torch.manual_seed(0)
+    model = DeepBeliefAutoencoder(**TINY_DBN, pretrain_epochs=1, lr_scheduler=plateau)
+    trainer = make_trainer(tmp_path, max_epochs=4, check_val_every_n_epoch=2)
+    trainer.fit(model, datamodule=tiny_data(data_dir))
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    assert scheduler.last_epoch == 1  # once, on epoch 3's val/loss
+    assert scheduler.best == pytest.approx(float(trainer.callback_metrics["val/loss"]))

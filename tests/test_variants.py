@@ -298,6 +298,8 @@ def test_corruptions() -> None:
     assert hit.float().mean().item() == pytest.approx(0.2, abs=0.01)
     assert ((salted[hit] == 0) | (salted[hit] == 1)).all()
     assert (salted[hit] == 1).float().mean().item() == pytest.approx(0.5, abs=0.03)
+    with pytest.raises(ValueError, match="corruption must be one of .*, got 'gausian'"):  # was salt and pepper
+        corrupt(x, "gausian", 0.2)
 
 
 def bar_images(n: int, seed: int) -> torch.Tensor:
@@ -740,6 +742,11 @@ def test_cvae_importance_weighted_bound_is_conditioned() -> None:
         (SparseAutoencoder, {"sparsity_target": 1.5}, r"sparsity_target must lie in \(0, 1\), got 1.5"),
         (SparseAutoencoder, {"sparsity_weight": -1.0}, "sparsity_weight must be >= 0, got -1.0"),
         (ContractiveAutoencoder, {"contractive_weight": -0.5}, "contractive_weight must be >= 0, got -0.5"),
+        (  # torch.func failed at the first training step: "attempted to call in-place operation (aten::add_.Tensor)"
+            ContractiveAutoencoder,
+            {"encoder": nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.BatchNorm1d(16), nn.Linear(16, 4))},
+            "the encoder's BatchNorm1d '2' normalizes by the statistics of the whole batch .* use LayerNorm",
+        ),
         (
             AdversarialAutoencoder,
             {"prior": "mixture", "mixture_components": 0},

@@ -19,6 +19,9 @@ _DERIVATIVES = {
     nn.Sigmoid: lambda out: out * (1 - out),
     nn.Tanh: lambda out: 1 - out * out,
 }
+# Normalizations by batch statistics: in training, an image's code depends on the other images of its batch.
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
+                nn.LazyBatchNorm1d, nn.LazyBatchNorm2d, nn.LazyBatchNorm3d)  # fmt: skip
 
 
 def encode_with_contraction(encoder: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -125,6 +128,14 @@ class ContractiveAutoencoder(DeterministicAutoencoder):
 
     def __init__(self, contractive_weight: NonNegativeFloat = 0.1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        norms = [(name, module) for name, module in self.encoder.named_modules() if isinstance(module, _BATCH_NORMS)]
+        if norms:
+            name, norm = norms[0]
+            raise ValueError(
+                f"ContractiveAutoencoder penalizes each image's Jacobian, but the encoder's {type(norm).__name__} "
+                f"{name!r} normalizes by the statistics of the whole batch in training, so no image has a Jacobian "
+                "of its own: use LayerNorm or GroupNorm in the encoder"
+            )
         self.contractive_weight = contractive_weight
 
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:

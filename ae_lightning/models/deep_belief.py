@@ -259,6 +259,8 @@ class DeepBeliefAutoencoder(DeterministicAutoencoder):
     def on_train_epoch_end(self) -> None:
         if self.rbm_index(self.current_epoch) is None:  # the fine-tuning schedulers count fine-tuning epochs
             super().on_train_epoch_end()
+        else:  # a pretraining epoch's val/loss (the tied stack's) is not for the fine-tuning's ReduceLROnPlateau
+            self._plateau_val_loss = None
 
     def clips(self, optimizer: Optimizer) -> bool:
         return optimizer is self.trainer.optimizers[0]  # fine-tuning's: pretraining sets its gradients itself

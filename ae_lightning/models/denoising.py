@@ -46,6 +46,8 @@ def corrupt(
         return (x + level * noise).clamp(0, 1) if clip else x + level * noise
     if corruption == "masking":
         return x * (uniform() >= level)
+    if corruption != "salt_and_pepper":  # a misspelt kind is not salt and pepper
+        raise ValueError(f"corruption must be one of 'gaussian', 'masking', 'salt_and_pepper', got {corruption!r}")
     hit, salt = uniform() < level, uniform() < 0.5
     return torch.where(hit, salt.to(x.dtype), x)
 
