@@ -90,6 +90,13 @@ def test_bad_iw_samples_is_an_error_naming_it(value) -> None:
         VAE(**TINY, iw_samples=value)
 
 
+@pytest.mark.parametrize("value", [0, -3, 2.5])
+def test_bad_importance_sample_counts_of_the_nll_are_errors_naming_them(value) -> None:
+    # 0 silently meant nll_samples (1000); a negative count failed inside importance_weighted_bound
+    with pytest.raises(ValueError, match=rf"num_samples must be an integer >= 1, got {value!r}"):
+        VAE(**TINY).importance_weighted_nll(images()[0], num_samples=value)
+
+
 @pytest.mark.parametrize("cls", [IAFVAE, VampPriorVAE])
 def test_the_kl_logged_beside_the_iwae_bound_is_the_models_own(cls) -> None:
     torch.manual_seed(0)

@@ -97,3 +97,14 @@ def test_vae_on_vectors_needs_the_gaussian() -> None:
     x = torch.randn(4, 7) * 3  # standardized features are not bounded
     assert set(model.test_metrics(x)) == {"nll"}  # bits per dimension is for 8-bit images
     assert model.decode(torch.zeros(1, 2)).abs().max() < math.inf
+
+
+def test_a_gaussian_vae_refuses_images_outside_the_unit_interval_at_the_first_batch() -> None:
+    # Its decoded means are sigmoids and test/bpd dequantizes 8-bit values: images in [-1, 1] trained to
+    # reconstructions that never went below 0, and `test` then failed inside torch's binary cross-entropy.
+    model = VAE(input_shape=(1, 8, 8), latent_dim=2, hidden_dims=[8], likelihood="gaussian")
+    batch = (torch.linspace(-0.5, 0.5, 256).view(4, 1, 8, 8), torch.zeros(4, dtype=torch.long), torch.arange(4))
+    with pytest.raises(ValueError, match=r"Gaussian likelihood needs pixels in \[0, 1\] for images.*\[-0\.5, 0\.5\]"):
+        model.training_step(batch, 0)
+    vectors = VAE(input_shape=(64,), latent_dim=2, hidden_dims=[8], likelihood="gaussian")
+    vectors.training_step((batch[0].flatten(1), *batch[1:]), 0)  # feature vectors take any value

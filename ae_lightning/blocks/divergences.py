@@ -46,6 +46,8 @@ def total_correlation_terms(
     """
     if dataset_size < 1:
         raise ValueError(f"dataset_size must be >= 1, got {dataset_size}")
+    if estimator not in ("mws", "mss"):
+        raise ValueError(f"estimator must be 'mws' or 'mss', got {estimator!r}")
     batch = len(z)
     # [M, M, D]: log q(z_i,d | x_j) for every pair of a code i and a posterior j
     pairwise = gaussian_log_density(z[:, None, :], mu[None, :, :], logvar[None, :, :])

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.distributions import Normal
 
 from ae_lightning.blocks.flows import MADE, InverseAutoregressiveFlow
 from ae_lightning.models.vae import VAE
@@ -51,6 +52,14 @@ class IAFVAE(VAE):
 
     def _context(self, mu: Tensor, logvar: Tensor) -> Tensor | None:
         return torch.cat([mu, logvar], dim=-1).detach() if self.hparams.flow_context else None
+
+    def posterior(self, x: Tensor, y: Tensor | None = None) -> Normal:
+        """Refused: q(z | x) is the flow of a Normal, no Normal (the VAE's ``posterior`` would give ``q_0``)."""
+        raise NotImplementedError(
+            "IAFVAE's posterior q(z | x) is the flow of a Normal, not a torch.distributions.Normal: "
+            "posterior_parameters(x) gives the Gaussian q_0 the flow starts from, and log_densities(x, mu, logvar, k) "
+            "k samples of q(z | x) with their log-densities"
+        )
 
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The flow of the Gaussian's mean."""

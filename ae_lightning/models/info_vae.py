@@ -24,7 +24,7 @@ class InfoVAE(VAE):
     with D = MMD), ``mmd`` the unbiased MMD^2 between the batch's codes and as many standard-normal draws; ``w`` is
     ``beta`` times the KL warm-up. ``alpha: 1`` drops the KL (the MMD-VAE); with ``deterministic: true`` the code is
     the encoder's mean, the WAE-MMD of Tolstikhin et al. 2018 (there ``test/nll`` means little: the posterior's
-    variance is never trained).
+    variance is never trained; the anomaly score is ``recon`` of that code, not the sampled negative ELBO).
 
     Args:
         alpha: the paper's alpha, <= 1: the KL term's weight is ``1 - alpha``.
@@ -78,3 +78,8 @@ class InfoVAE(VAE):
             mmd = torch.zeros((), device=z.device)
         loss = recon + (1 - self.alpha) * self.kl_weight() * kl + (self.alpha + self.lambda_weight - 1) * mmd
         return {"loss": loss, "recon": recon, "kl": kl if self.alpha != 1 else kl.detach(), "mmd": mmd}
+
+    def anomaly_score(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        if not self.deterministic:
+            return super().anomaly_score(x, y)
+        return -self.log_likelihood(self.decoder_logits(self.encode(x), y), x)

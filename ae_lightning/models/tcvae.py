@@ -5,6 +5,7 @@ weighted apart, each estimated on the minibatch by minibatch-weighted or minibat
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from typing import Any, Literal
 
 import torch
@@ -33,7 +34,7 @@ class BetaTCVAE(VAE):
         tc_weight: weight of the total correlation (the paper's beta), >= 0.
         dwkl_weight: weight of the dimension-wise KL (the paper's gamma), >= 0.
         dataset_size: samples the minibatches are drawn from; None: the training split's size, read from the
-            datamodule when training starts (the batch's size outside a trainer).
+            datamodule (or the training loader's dataset) when training starts; the batch's size outside training.
         estimator: ``mws``, minibatch-weighted sampling, or ``mss``, minibatch-stratified sampling
             (:func:`~ae_lightning.blocks.divergences.total_correlation_terms`), for the loss and the logged terms.
         **kwargs: the :class:`~ae_lightning.models.vae.VAE` arguments.
@@ -64,6 +65,17 @@ class BetaTCVAE(VAE):
         if self.dataset_size is None and hasattr(datamodule, "split_size"):
             datamodule.setup(stage)
             self.dataset_size = datamodule.split_size("train")
+
+    def on_train_start(self) -> None:
+        # Training data given as loaders rather than a datamodule with ``split_size``: their dataset's size.
+        if self.dataset_size is None:
+            dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+            if not isinstance(dataset, Sized):
+                raise ValueError(
+                    f"BetaTCVAE cannot read the training set's size from {type(self.trainer.train_dataloader).__name__}"
+                    ": set dataset_size, the number of samples its minibatches are drawn from"
+                )
+            self.dataset_size = len(dataset)
 
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
         if self.dequantizes:

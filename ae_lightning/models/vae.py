@@ -16,7 +16,7 @@ from torch.distributions import Normal
 from ae_lightning.base import AutoencoderModule, Stage, check_sample_count
 from ae_lightning.blocks import losses, networks
 from ae_lightning.blocks.networks import decoder_mean
-from datamodules.checks import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from datamodules.checks import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, check_number
 
 Likelihood = Literal["bernoulli", "gaussian", "continuous_bernoulli"]
 LearnedStd = Literal["learned", "learned_per_pixel"]
@@ -237,7 +237,8 @@ class VAE(AutoencoderModule):
             num_samples: K; ``nll_samples`` when None.
             y: the labels, for a conditional model.
         """
-        num_samples = num_samples or self.nll_samples
+        num_samples = self.nll_samples if num_samples is None else num_samples
+        check_number("num_samples", num_samples, "[1, inf)", integer=True)
         mu, logvar = self.posterior_parameters(x, y)
         chunks = [min(self.nll_chunk_size, num_samples - start) for start in range(0, num_samples, self.nll_chunk_size)]
         densities = [self.log_densities(x, mu, logvar, k, y) for k in chunks]
@@ -259,10 +260,11 @@ class VAE(AutoencoderModule):
 
     def check_input(self, x: Tensor) -> None:
         super().check_input(x)
-        if self.likelihood in ("bernoulli", "continuous_bernoulli"):
+        if len(self.input_shape) == 3:  # images: the decoded means are sigmoids, and densities dequantize k / 255
             low, high = x.min().item(), x.max().item()
             if low < 0 or high > 1:
+                name = "Gaussian" if self.likelihood == "gaussian" else "Bernoulli"
                 raise ValueError(
-                    f"a Bernoulli likelihood needs pixels in [0, 1], but the data range over [{low:.3g}, {high:.3g}]; "
-                    "use likelihood: gaussian or data without normalization"
+                    f"a {name} likelihood needs pixels in [0, 1] for images, but the data range over [{low:.3g}, "
+                    f"{high:.3g}]; scale the images to [0, 1], or give feature vectors with likelihood: gaussian"
                 )
