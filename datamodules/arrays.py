@@ -179,14 +179,13 @@ class ArrayDataModule(ImageDataModule):
         return Arrays((samples, labels), sources=sources)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.splits:
-            return
-        if self.hparams.standardize and self.is_image_data:
+        fresh = not self.splits  # the base logs data_source for each trainer, also where the splits exist
+        if fresh and self.hparams.standardize and self.is_image_data:
             raise ValueError(
                 f"standardize applies to feature vectors, but {self.path} holds images of shape {self.input_shape}"
             )
         super().setup(stage)
-        if self.hparams.standardize:
+        if fresh and self.hparams.standardize:
             train = self.splits["train"][0]
             mean, std = train.mean(0), train.std(0)
             std = torch.where(std > 0, std, torch.ones_like(std))

@@ -61,7 +61,7 @@ class ImageDataModule(L.LightningDataModule):
         binarize: images only: ``none``, ``dynamic`` (Bernoulli pixels drawn anew for every training batch; each
             validation or test image's drawn once, from ``seed`` and its index) or ``static`` (one fixed draw).
         classes: keep only these labels in train/val (test keeps all), e.g. for one-class anomaly detection.
-        data_on_device: keep the tensors on the training device, so no batch crosses the bus.
+        data_on_device: keep the tensors on the training device, so no batch crosses the bus (with num_workers 0).
         predict_split: the split that ``predict`` runs on.
         steps_per_batch: training batches per Lightning batch: more than 1 yields lists of that many consecutive
             batches, for a model with the same ``steps_per_batch`` (the fast path, docs/speed.md).
@@ -164,14 +164,16 @@ class ImageDataModule(L.LightningDataModule):
 
     # --- splits -----------------------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
-        if self.splits:
-            return
-        arrays = self.arrays
-        source = self.data_source
-        self.hparams.data_source = source  # saved with the datamodule's hyperparameters in checkpoints
-        # Lightning logs the hyperparameters the datamodule was built with, which predate this decision: log it too.
+        if not self.splits:
+            self._draw_splits()
+        # Lightning logs the hyperparameters the datamodule was built with, which predate this decision: log it too,
+        # in every run (trainer) that uses these splits.
         for logger in self.trainer.loggers if self.trainer is not None else []:
-            logger.log_hyperparams({"data_source": source})
+            logger.log_hyperparams({"data_source": self.hparams.data_source})
+
+    def _draw_splits(self) -> None:
+        arrays = self.arrays
+        source = self.hparams.data_source = self.data_source  # saved with the hyperparameters in checkpoints
         if self.hparams.binarize != "none" and not self.is_image_data:
             raise ValueError(
                 f"binarize: {self.hparams.binarize} applies to images, but {type(self).__name__} holds feature vectors "

