@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import sys
+import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -180,8 +181,9 @@ class AutoencoderCLI(LightningCLI):
         parser.add_lightning_class_args(NonFiniteGuardSettings, "nonfinite")
         # The fast path (configs/fast.yaml, docs/speed.md): the datamodule groups batches, the model steps through them.
         parser.add_argument("--fast.steps", type=int | None, default=None, help="optimizer steps per Lightning "
-                            "batch (the fast path, docs/speed.md), set as the model's and the datamodule's "
-                            "steps_per_batch; 1 trains as Lightning does; null leaves them as configured")  # fmt: skip
+                            "batch (the fast path, docs/speed.md), an integer >= 1, set as the model's and the "
+                            "datamodule's steps_per_batch; 1 trains as Lightning does; null leaves them as "
+                            "configured")  # fmt: skip
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         argv = sys.argv[1:] if args is None else args
@@ -201,7 +203,12 @@ class AutoencoderCLI(LightningCLI):
                 super().instantiate_classes()
         except ConfigError:  # names its setting already
             raise
-        except ValueError as error:
+        except (ValueError, MisconfigurationException) as error:
+            refused = _refused_section_setting(self.config[self.subcommand] if self.subcommand else self.config, error)
+            if refused is not None:  # a section's setting (ModelCheckpoint refuses with a MisconfigurationException)
+                raise ConfigError(f"{refused}: {error}") from error
+            if not isinstance(error, ValueError):
+                raise
             cause = error
             while cause.__cause__ is not None:
                 cause = cause.__cause__
@@ -338,6 +345,12 @@ class AutoencoderCLI(LightningCLI):
         # here the user's settings stand, and what the weights cannot take is refused once the model is built.
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path == "best":  # Lightning's best of an earlier fit of this Trainer, which a new command has not run
+            raise ConfigError(
+                f"--ckpt_path best: this {subcommand} runs in a new Trainer, which knows no best checkpoint "
+                "(Lightning's best is that of an earlier fit in the same process); give the run's best checkpoint,"
+                " <run>/checkpoints/best-epoch=...-step=....ckpt, or last"
+            )
         if ckpt_path == "last":
             ckpt_path = self.config[subcommand].ckpt_path = _furthest_checkpoint(self.config[subcommand])
             self._start_again = ckpt_path is None and subcommand == "fit" and _named_run(self.config.fit) is not None
@@ -523,6 +536,23 @@ class AutoencoderCLI(LightningCLI):
         warnings.filterwarnings(
             "ignore", message="The dirpath has changed from", module=r"lightning\.pytorch\.callbacks"
         )
+
+
+def _refused_section_setting(config: Any, error: Exception) -> str | None:
+    """``--<section>.<key> <value>`` of the ``checkpoint``, ``predictions``, ``images`` or ``nonfinite`` setting whose
+    class refused it with ``error`` (found by the class in the traceback, the key by its name in the message), or
+    ``--<section>`` where the message names no key; None for an error of no section."""
+    classes = {"checkpoint": RunCheckpoint, "predictions": PredictionWriter, "images": ImageLogger}
+    for frame, _ in traceback.walk_tb(error.__traceback__):
+        own = frame.f_locals.get("self")
+        section = "nonfinite" if frame.f_code is non_finite_guard.__code__ else next(
+            (name for name, cls in classes.items() if isinstance(own, cls)), None)  # fmt: skip
+        if section is None:
+            continue
+        settings = dict(config[section].items())
+        named = [(found.start(), key) for key in settings if (found := re.search(rf"\b{key}\b", str(error)))]
+        return f"--{section}.{min(named)[1]} {settings[min(named)[1]]}" if named else f"--{section}"
+    return None
 
 
 def _optimizers(configured: Any) -> list[torch.optim.Optimizer]:
@@ -758,6 +788,8 @@ def _fast_path(config: Any, fit: bool) -> None:
     steps = config.get("fast.steps")
     if steps is None or config.get("data") is None or config.get("model") is None:
         return
+    if steps < 1:
+        raise ConfigError(f"--fast.steps {steps}: expected an integer >= 1 (1 trains without the fast path)")
     if steps == 1:
         for section in (config.data, config.model):
             if (section.get("init_args") or {}).get("steps_per_batch", 1) != 1:

@@ -474,3 +474,43 @@ def test_a_plateau_of_the_users_own_on_a_training_metric_trains_without_validati
     own = ["--model", "tiny_runs.TrainLossPlateauAutoencoder", "--trainer.limit_val_batches", "0"]
     run_cli("fit", *tiny_args("ae", data_dir, tmp_path, *own, "--trainer.max_epochs", "2"))
     assert any(tmp_path.rglob("config.yaml")) and any(tmp_path.rglob("*.ckpt"))
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        (["--checkpoint.save_top_k", "-5"], "--checkpoint.save_top_k -5: Invalid value for save_top_k=-5"),
+        (["--checkpoint.mode", "maxx"], "--checkpoint.mode maxx: `mode` can be min, max but got maxx"),
+        (["--images.nrow", "0"], "--images.nrow 0: nrow must be an integer >= 1, got 0"),
+        (["--images.every_n_epochs", "-1"], "--images.every_n_epochs -1: every_n_epochs must be an integer >= 0"),
+        (["--nonfinite.max_skipped", "2"], r"--nonfinite.max_skipped 2.0: max_skipped must lie in \[0, 1\)"),
+        (["--predictions.chunk_bytes", "0"], "--predictions.chunk_bytes 0: chunk_bytes must be a positive number"),
+    ],
+    ids=["checkpoint-top-k", "checkpoint-mode", "images-nrow", "images-every", "nonfinite-share", "chunk-bytes"],
+)
+def test_a_sections_setting_its_class_refuses_names_the_option_as_typed_before_any_file(
+    setting: list[str], message: str, data_dir: Path, tmp_path: Path
+) -> None:
+    # A ConfigError: ae-lightning prints it alone with exit status 2 (a setting), not a traceback or status 1.
+    with pytest.raises(ConfigError, match=f"^{message}"):
+        build(*common(data_dir, tmp_path / "run"), *setting)
+    assert not (tmp_path / "run").exists()
+
+
+def test_fast_steps_below_one_is_refused_naming_the_option(capsys) -> None:
+    # the refusal named --data's steps_per_batch, which the user never typed
+    with pytest.raises(ConfigError, match=r"^--fast.steps 0: expected an integer >= 1"):
+        build("--fast.steps", "0")
+    with pytest.raises(SystemExit):
+        build("--help")
+    assert "an integer >= 1" in " ".join(capsys.readouterr().out.split("--fast.steps STEPS")[2].split())
+
+
+@pytest.mark.parametrize("subcommand", ["test", "fit"])
+def test_ckpt_path_best_is_refused_with_what_to_give_before_any_file(
+    subcommand: str, data_dir: Path, tmp_path: Path
+) -> None:
+    # Lightning's "best" is the best of an earlier fit of the same Trainer: a new command has none.
+    with pytest.raises(ConfigError, match=r"^--ckpt_path best: this .* new Trainer, which knows no best checkpoint"):
+        run_cli(subcommand, "--config", "configs/ae.yaml", *common(data_dir, tmp_path / "run"), "--ckpt_path", "best")
+    assert not (tmp_path / "run").exists()
