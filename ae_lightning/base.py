@@ -124,6 +124,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         self._plateau_val_loss: float | None = None
         self._built_plateaus: list[ReduceLROnPlateau] = []  # by ``build_optimizer``, in this fit
         self._validated_epoch = -1  # the last epoch that fit validated in (this process)
+        self._unstepped_batches = 0  # of the last Lightning batch, which max_steps cut (the fast path)
         self.encoder = encoder if encoder is not None else self.build_encoder()
         self.decoder = decoder if decoder is not None else self.build_decoder()
         self._given_networks = [name for name, net in (("encoder", encoder), ("decoder", decoder)) if net is not None]
@@ -189,11 +190,14 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         if self.automatic_optimization:
             return self._shared_step(batch, "train")  # Lightning's automatic optimization steps on ``loss``
         # On the fast path the batch is a list of batches: one optimizer step on each.
-        batches = [unpack_batch(one) for one in fast.batches_to_step(batch, self.trainer)]
+        stepped = fast.batches_to_step(batch, self.trainer)
+        self._unstepped_batches = len(batch) - len(stepped) if fast.is_group(batch) else 0  # for checkpoints
+        batches = [unpack_batch(one) for one in stepped]
         steps = []
-        for one in batches:
+        for k, one in enumerate(batches):
             self._check_input_once(one[0])
             steps.append(self.optimization_step(one))
+            self.step_schedulers("step", batch_idx * self.steps_per_batch + k + 1)  # the epoch's steps so far
         self.log_terms(steps[-1], "train", batch_size=len(batches[-1][0]))
         self.step_epoch_schedulers()
         return steps[0] if len(steps) == 1 else fast.mean_terms(steps)
@@ -436,18 +440,25 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
             fast.check_epoch(self.trainer, self.steps_per_batch)
 
     def step_epoch_schedulers(self) -> None:
-        """Under manual optimization, at the end of an epoch's last training batch, step the lr schedulers other than
-        ``ReduceLROnPlateau`` once for that epoch: where Lightning steps them under automatic optimization, before
-        that batch's checkpoints. :meth:`training_step` calls it (a variant with its own should too), and
+        """Under manual optimization, at the end of an epoch's last training batch, step the epoch-interval lr
+        schedulers (:meth:`step_schedulers`): where Lightning steps them under automatic optimization, before that
+        batch's checkpoints. :meth:`training_step` calls it (a variant with its own should too), and
         :meth:`on_train_epoch_end` for an epoch that has not stepped; elsewhere, or a second time, it does nothing."""
         if self.automatic_optimization or self._scheduled_epoch == self.current_epoch:
             return
         if not ends_training_epoch(self.trainer):
             return
         self._scheduled_epoch = self.current_epoch
-        for scheduler in self._schedulers():
-            if not isinstance(scheduler, ReduceLROnPlateau):
-                scheduler.step()
+        self.step_schedulers("epoch", self.current_epoch + 1)
+
+    def step_schedulers(self, interval: Literal["step", "epoch"], count: int) -> None:
+        """Under manual optimization, step the lr schedulers other than ``ReduceLROnPlateau`` configured with
+        ``interval`` whose ``frequency`` divides ``count`` (the epoch's optimizer steps, or the epochs, so far), as
+        Lightning does under automatic optimization."""
+        for config in self.trainer.lr_scheduler_configs if not self.automatic_optimization else []:
+            plateau = isinstance(config.scheduler, ReduceLROnPlateau)  # stepped by ``on_train_epoch_end``
+            if config.interval == interval and count % config.frequency == 0 and not plateau:
+                config.scheduler.step()
 
     def _schedulers(self) -> list[Any]:
         schedulers = self.lr_schedulers() or []
@@ -520,6 +531,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ae_lightning_class"] = _class_path(type(self))
         checkpoint[_GIVEN_KEY] = [name for name in self._given_networks if name not in self.hparams]
+        checkpoint[fast.UNSTEPPED_KEY] = self._unstepped_batches
         # Where the epoch's scheduler steps stand (see ``on_train_epoch_end``). Written in a validation's end hooks,
         # before this model's: its val/loss awaits the step.
         val_loss = self._plateau_val_loss

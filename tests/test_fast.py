@@ -9,8 +9,8 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
-from tiny_runs import ROOT, run_cli, tiny_args
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from tiny_runs import ROOT, last_checkpoint, run_cli, tiny_args
 from torch.optim.lr_scheduler import StepLR
 
 from ae_lightning import VAE, AdversarialAutoencoder, AutoDecoder, Autoencoder, DenoisingAutoencoder
@@ -43,6 +43,15 @@ def fit(cls: type[AutoencoderModule], kwargs: dict, data_dir: Path, root: Path, 
     return trainer
 
 
+class IntervalScheduled(Autoencoder):
+    """Schedulers of a ``configure_optimizers`` of one's own: one every 3 optimizer steps, one every 2 epochs."""
+
+    def configure_optimizers(self) -> tuple[list, list]:
+        optimizer = torch.optim.Adam(self.parameters(), lr=1e-3)
+        every_3_steps = {"scheduler": StepLR(optimizer, 1, gamma=0.5), "interval": "step", "frequency": 3}
+        return [optimizer], [every_3_steps, {"scheduler": StepLR(optimizer, 1, gamma=0.1), "frequency": 2}]
+
+
 @pytest.mark.parametrize("cls, kwargs", VARIANTS, ids=[cls.__name__ for cls, _ in VARIANTS])
 def test_several_steps_per_batch_train_the_same_weights(
     cls: type[AutoencoderModule], kwargs: dict, data_dir: Path, tmp_path: Path
@@ -64,6 +73,17 @@ def test_schedulers_step_every_epoch_and_training_matches_over_epochs(data_dir: 
         assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.25e-3)
     for name, value in one.lightning_module.state_dict().items():
         assert torch.equal(five.lightning_module.state_dict()[name], value), f"{name} differs"
+
+
+def test_schedulers_keep_their_interval_and_frequency(data_dir: Path, tmp_path: Path) -> None:
+    # the fast path stepped every scheduler once an epoch: the step-interval one never, the other after each epoch
+    one = fit(IntervalScheduled, {}, data_dir, tmp_path / "one", max_epochs=2)
+    four = fit(IntervalScheduled, {}, data_dir, tmp_path / "four", steps=4, max_epochs=2)
+    for trainer in (one, four):  # epochs of 20 steps: 6 steps of the first each epoch, 1 of the second in all
+        assert [config.scheduler.last_epoch for config in trainer.lr_scheduler_configs] == [12, 1]
+        assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5**12 * 0.1)
+    for name, value in one.lightning_module.state_dict().items():
+        assert torch.equal(four.lightning_module.state_dict()[name], value), f"{name} differs"
 
 
 def test_checkpoints_count_optimizer_steps_and_logs_count_lightning_batches(data_dir: Path, tmp_path: Path) -> None:
@@ -104,7 +124,8 @@ def test_checkpoints_count_optimizer_steps_and_logs_count_lightning_batches(data
         ),
         ("checkpoint.every_n_train_steps", "6", r"ModelCheckpoint\(every_n_train_steps=6\) saves every 6 optimizer"),
         ("data.batch_size", "16", r"an epoch has 14 optimizer steps, not a multiple of the fast path's 4"),
-        ("fast.steps", "0", r"steps_per_batch must be an integer >= 1, got 0"),
+        ("fast.steps", "0", r"--fast.steps 0: expected an integer >= 1"),
+        ("trainer.fast_dev_run", "2", r"fast_dev_run=2 runs 2 optimizer steps on the fast path .* before any valid"),
     ],
 )
 def test_settings_that_cannot_keep_their_meaning_are_refused(
@@ -114,6 +135,27 @@ def test_settings_that_cannot_keep_their_meaning_are_refused(
     with pytest.raises(Exception, match=message):
         run_cli("fit", *tiny_args("ae", data_dir, tmp_path, *BATCH_11, *FAST, *every, f"--{option}", value))
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+class ValidationSteps(Callback):
+    def __init__(self) -> None:
+        self.steps: list[int] = []  # the global step of each validation of fit
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.steps += [] if trainer.sanity_checking else [trainer.global_step]
+
+
+@pytest.mark.parametrize(
+    "settings, steps, validated",
+    [({"limit_train_batches": 3, "val_check_interval": 2, "max_epochs": 1}, 12, [8]), ({"fast_dev_run": True}, 1, [1])],
+    ids=["limit_train_batches-val_check_interval", "fast_dev_run"],
+)
+def test_integer_batch_settings_count_lightning_batches(
+    settings: dict, steps: int, validated: list[int], data_dir: Path, tmp_path: Path
+) -> None:
+    validations = ValidationSteps()
+    trainer = fit(Autoencoder, {}, data_dir, tmp_path, steps=4, callbacks=[validations], **settings)
+    assert trainer.global_step == steps and validations.steps == validated
 
 
 def test_a_model_and_a_datamodule_that_group_differently_are_refused(data_dir: Path, tmp_path: Path) -> None:
@@ -134,6 +176,22 @@ def test_a_resume_between_multiples_is_refused(data_dir: Path, tmp_path: Path) -
     last = next(tmp_path.rglob("last.ckpt"))
     with pytest.raises(ValueError, match=r"the run resumes at step 6, not a multiple of the fast path's 4"):
         run_cli("fit", *tiny_args("ae", data_dir, tmp_path, *BATCH_11, *FAST, "--ckpt_path", str(last)))
+
+
+def test_a_run_whose_epoch_is_no_multiple_of_its_steps_resumes_exactly(data_dir: Path, tmp_path: Path) -> None:
+    # 14 steps per epoch, in Lightning batches of 4, 4, 4 and 2: the checkpoints at the epoch's end (step 14) and one
+    # Lightning batch into the next epoch (step 18) are at no multiple of 4; both were refused
+    quick = [*FAST, "--images.every_n_epochs", "0", "--trainer.limit_val_batches", "1"]
+    run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "reference", *quick))
+    expected = last_checkpoint(tmp_path / "reference")
+    for stop in ("--trainer.max_epochs=1", "--trainer.max_steps=18"):
+        run_cli("fit", *tiny_args("ae", data_dir, tmp_path / stop, *quick, stop))
+        last = str(next((tmp_path / stop).rglob("last.ckpt")))
+        run_cli("fit", *tiny_args("ae", data_dir, tmp_path / f"{stop}-resumed", *quick, "--ckpt_path", last))
+        resumed = last_checkpoint(tmp_path / f"{stop}-resumed")
+        assert resumed["global_step"] == expected["global_step"] == 28
+        for name, value in expected["state_dict"].items():
+            assert torch.equal(resumed["state_dict"][name], value), f"{name} differs after {stop}"
 
 
 def test_a_resume_across_the_fast_path_is_refused(data_dir: Path, tmp_path: Path) -> None:

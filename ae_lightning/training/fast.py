@@ -19,6 +19,8 @@ from torch import Tensor
 from ae_lightning.lightning_internals import every_n_train_steps
 
 FIX = "or train without the fast path (configs/fast.yaml)"
+# Where a checkpoint records how many batches of its last Lightning batch ``max_steps`` left untrained.
+UNSTEPPED_KEY = "ae_lightning_unstepped_batches"
 
 
 def is_group(batch: Any) -> bool:
@@ -49,7 +51,8 @@ def check_model(cls: type, steps: int) -> None:
 
 
 def check_fit(trainer: L.Trainer, steps: int) -> None:
-    """Refuse a datamodule that groups otherwise, and step checkpoints whose steps a group would pass over."""
+    """Refuse a datamodule that groups otherwise, step checkpoints whose steps a group would pass over, and a
+    ``fast_dev_run`` of more than one step, which would skip its validation."""
     datamodule = trainer.datamodule
     grouped = datamodule.hparams.get("steps_per_batch", 1) if datamodule is not None else steps
     if grouped != steps:
@@ -57,6 +60,12 @@ def check_fit(trainer: L.Trainer, steps: int) -> None:
                          f"{grouped}: give both the same value (--fast.steps sets both)")  # fmt: skip
     if steps == 1:
         return
+    if trainer.fast_dev_run > 1:  # Lightning's max_steps of fast_dev_run ends the first Lightning batch, unvalidated
+        n = int(trainer.fast_dev_run)
+        raise ValueError(f"fast_dev_run={n} runs {n} optimizer steps on the fast path (Lightning makes it max_steps), "
+                         f"which end inside its first Lightning batch of {steps} steps, before any validation: use "
+                         f"fast_dev_run 1, or limit_train_batches {n}, limit_val_batches {n} and max_epochs 1, "
+                         f"{FIX}")  # fmt: skip
     for callback in trainer.callbacks:
         if isinstance(callback, WeightAveraging):  # it updates at a Lightning batch's end: once per group of steps
             raise ValueError(f"{type(callback).__name__} averages the weights once per Lightning batch, which "
@@ -81,7 +90,7 @@ def check_epoch(trainer: L.Trainer, steps: int) -> None:
 
 
 def check_resume(checkpoint: dict[str, Any], steps: int) -> None:
-    """Refuse to resume a run trained with other ``steps_per_batch``, or stopped inside a group."""
+    """Refuse to resume a run trained with other ``steps_per_batch``, or stopped by ``max_steps`` inside a group."""
     stored = checkpoint.get("hyper_parameters", {}).get("steps_per_batch", 1)
     for key, state in checkpoint.get("callbacks", {}).items():  # written by the previous fast path's callback
         if key.startswith("StepsPerBatch") and isinstance(state, dict):
@@ -91,10 +100,13 @@ def check_resume(checkpoint: dict[str, Any], steps: int) -> None:
     if stored != steps:
         raise ValueError(f"the checkpoint was trained with fast.steps={stored} and this run has fast.steps={steps}: "
                          f"resume with --fast.steps {stored}")  # fmt: skip
-    if checkpoint.get("global_step", 0) % steps:
+    # The loader's position counts the batches of the groups read, so a group cut by max_steps would lose its rest.
+    # An epoch's last group may be shorter: checkpoints that do not record the cut resume at multiples only.
+    if checkpoint.get(UNSTEPPED_KEY, checkpoint.get("global_step", 0) % steps):
         raise ValueError(f"the run resumes at step {checkpoint['global_step']}, not a multiple of the fast path's "
-                         f"{steps} steps per Lightning batch: resume with --fast.steps {stored} from a checkpoint "
-                         f"at a multiple, {FIX}")  # fmt: skip
+                         f"{steps} steps per Lightning batch from its epoch's start: max_steps stopped it inside a "
+                         f"Lightning batch, whose other batches a resumed run would skip; resume with --fast.steps "
+                         f"{stored} from a checkpoint written at a Lightning batch's end, {FIX}")  # fmt: skip
 
 
 __all__ = ["batches_to_step", "check_epoch", "check_fit", "check_model", "check_resume", "is_group", "mean_terms"]
