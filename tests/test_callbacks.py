@@ -14,10 +14,10 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torchvision.io import read_image
 
-from ae_lightning import VAE, Autoencoder
+from ae_lightning import VAE, Autoencoder, MultVAE
 from ae_lightning.cli import AutoencoderCLI, ConfigError
 from ae_lightning.training.callbacks import ImageLogger
-from datamodules import MNISTDataModule
+from datamodules import InteractionsDataModule, MNISTDataModule
 
 ALL_VIEWS = {"reconstructions", "samples", "interpolations", "latent_map"}
 
@@ -266,3 +266,34 @@ def test_a_latent_map_needs_two_images_refused_up_front_or_skipped_once(
     assert png_views(tmp_path / "images") == {"reconstructions": [0, 1]}  # interpolations too need two images
     notices = [r.message for r in caplog.records if "latent map needs at least 2 validation images" in r.message]
     assert notices == ["ImageLogger: the latent map needs at least 2 validation images, got 1; it is not drawn"]
+
+
+def test_batches_without_labels_get_an_unlabeled_latent_map(tmp_path: Path) -> None:
+    """Mult-VAE's batches carry each user's held-out clicks ``[B, I]`` where images carry labels."""
+    lines = [f"u{user},{item},5" for user in range(90) for item in range(user % 7, 60, 5)]
+    (tmp_path / "ratings.csv").write_text("\n".join(lines) + "\n")
+    data = InteractionsDataModule(str(tmp_path / "ratings.csv"), val_users=20, test_users=20, batch_size=32)
+    data.setup("fit")
+    trainer = L.Trainer(max_epochs=1, default_root_dir=tmp_path, logger=False, callbacks=[ImageLogger()],
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)  # fmt: skip
+    trainer.fit(MultVAE(input_shape=data.input_shape, latent_dim=4, hidden_dims=[8]), datamodule=data)
+    assert png_views(tmp_path / "images") == {"latent_map": [0]}
+
+
+@pytest.mark.parametrize("name", ["images", "maps"])
+def test_a_resume_that_changes_the_views_keeps_the_count_of_validations(
+    name: str, data_dir: Path, tmp_path: Path
+) -> None:
+    """every_n_epochs 2 over 6 epochs draws epochs 1, 3, 5 (the last), also when resumed after 3 with other views."""
+
+    def fit_to(epochs: int, pictures: ImageLogger, checkpoint: Path | None = None) -> L.Trainer:
+        trainer = L.Trainer(max_epochs=epochs, default_root_dir=tmp_path, logger=CSVLogger(tmp_path),
+                            callbacks=[pictures], enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+        data = MNISTDataModule(data_dir=str(data_dir), batch_size=128)
+        trainer.fit(Autoencoder(latent_dim=2, hidden_dims=[16]), datamodule=data, ckpt_path=checkpoint)
+        return trainer
+
+    fit_to(3, ImageLogger(every_n_epochs=2, name=name))
+    checkpoint = next(tmp_path.rglob("*.ckpt"))
+    trainer = fit_to(6, ImageLogger(every_n_epochs=2, views=["latent_map"], name=name), checkpoint)
+    assert png_views(Path(trainer.log_dir) / name) == {"latent_map": [3, 5]}

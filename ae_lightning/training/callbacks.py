@@ -109,6 +109,18 @@ class ImageLogger(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._validations = state_dict["validations"]
 
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # A resume with other settings (a key of its own) goes on with the count of the enabled one of its name.
+        states = checkpoint.get("callbacks") or {}
+        if not self.every_n_epochs or self.state_key in states:
+            return
+        for key, state in states.items():
+            found = re.fullmatch(
+                rf"{type(self).__qualname__}{{every_n_epochs=[1-9]\d*, .*?(?:, name='(.*)')?}}", str(key)
+            )
+            if found and (found[1] or "images") == self.name:
+                self.load_state_dict(state)
+
     # --- hooks ------------------------------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or self.every_n_epochs == 0:
@@ -149,6 +161,8 @@ class ImageLogger(Callback):
         ):
             return
         images, labels = batch[0], batch[1]
+        if labels.shape != images.shape[:1] or labels.is_floating_point():  # no labels (Mult-VAE: held-out clicks)
+            labels = torch.full((len(images),), -1)  # drawn unlabeled
         self._batches[batch_idx] = images.detach().cpu(), labels.detach().cpu()
         self._kept += len(images)
 
