@@ -19,7 +19,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from tiny_runs import ROOT, build_cli, last_checkpoint, run_cli, subprocess_env, tiny_args
+from tiny_runs import ROOT, EndsProcessGroup, build_cli, last_checkpoint, run_cli, subprocess_env, tiny_args
 
 DDP = ["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2"]
 VARIANTS = ["ae", "vae", "aae", "autodecoder", "deep_ae_rbm", "deep_ae_finetune", "iwae"]
@@ -247,7 +247,7 @@ def test_test_terms_of_a_split_shared_unequally_by_the_ranks_equal_one_process(t
                             default_root_dir=tmp_path, **kwargs)  # fmt: skip
         return trainer.test(model, datamodule=data)[0]
 
-    under_ddp = test(strategy="ddp_spawn", devices=2)
+    under_ddp = test(strategy="ddp_spawn", devices=2, callbacks=[EndsProcessGroup()])
     one_process = test(devices=1)
     assert data.split_size("test") == 9
     assert {"test/loss", "test/recon", "test/recon_mse"} <= set(under_ddp) == set(one_process)

@@ -337,8 +337,11 @@ def test_the_callback_under_ddp_logs_the_metrics_and_draws_the_traversals(tmp_pa
 
     data = DSpritesDataModule(batch_size=8, num_samples=60, val_fraction=0.1, test_fraction=0.2)
     callback = DisentanglementMetrics(["mig"], num_points=50, traversal_images=1)
+    from tiny_runs import EndsProcessGroup
+
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", logger=CSVLogger(tmp_path),
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[callback])  # fmt: skip
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[callback, EndsProcessGroup()])  # fmt: skip
     results = trainer.test(Autoencoder(input_shape=(1, 64, 64), latent_dim=2, hidden_dims=[4]), datamodule=data)
     assert 0 <= results[0]["test/mig"] <= 1
     assert (tmp_path / "lightning_logs" / "version_0" / "traversals.png").is_file()

@@ -300,7 +300,10 @@ class SquaresOfUnequalShares(L.LightningModule):
 
 
 def test_a_float_batch_size_logs_the_exact_mean_over_ranks_with_unequal_shares(tmp_path) -> None:
-    trainer = quiet_trainer(tmp_path, devices=2, strategy="ddp_spawn", use_distributed_sampler=False)
+    from tiny_runs import EndsProcessGroup
+
+    trainer = quiet_trainer(tmp_path, devices=2, strategy="ddp_spawn", use_distributed_sampler=False,
+                            callbacks=[EndsProcessGroup()])  # fmt: skip
     (logged,) = trainer.validate(SquaresOfUnequalShares())
     assert logged["square"] == pytest.approx(204 / 9, rel=1e-6), (
         f"Lightning {lightning.__version__} logs {logged['square']}, not the mean 22.667 over the samples of two ranks "

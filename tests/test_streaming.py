@@ -26,7 +26,16 @@ from conftest import write_image_folder
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from litdata import StreamingDataLoader, StreamingDataset
 from test_evaluation import load_script
-from tiny_runs import ROOT, TINY_MODEL, command, last_checkpoint, run_cli, run_subprocess, subprocess_env
+from tiny_runs import (
+    ROOT,
+    TINY_MODEL,
+    EndsProcessGroup,
+    command,
+    last_checkpoint,
+    run_cli,
+    run_subprocess,
+    subprocess_env,
+)
 
 from ae_lightning.evaluation import driver as evaluation
 from datamodules import StreamingDataModule, stream_prepare
@@ -484,7 +493,7 @@ def test_ddp_evaluation_reads_every_sample_once_in_as_many_batches_on_every_rank
     dm = StreamingDataModule(str(stream), batch_size=4, num_workers=0, hflip=False, predict_split="train")
     trainer = L.Trainer(
         accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path,
+        enable_model_summary=False, default_root_dir=tmp_path, callbacks=[EndsProcessGroup()],
     )  # fmt: skip
     trainer.validate(EvaluationRecorder(str(tmp_path)), datamodule=dm)
     ranks = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1)]
