@@ -505,7 +505,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--print_traceback", action="store_true", help="show where a refusal came from")
     args = parser.parse_args(argv)
-    traceback = vars(args).pop("print_traceback") or os.environ.get("AE_LIGHTNING_TRACEBACK") == "1"
+    traceback = args.print_traceback or os.environ.get("AE_LIGHTNING_TRACEBACK") == "1"
     kind = source_kind(args.source)
     # options whose defaults the signature holds: given where they do not apply, they would be ignored
     unused = {
@@ -521,7 +521,10 @@ def main(argv: list[str] | None = None) -> None:
         if value is not None and reason:
             parser.error(f"{option} {value} {reason}")
     try:
-        manifest = prepare_stream(**{name: value for name, value in vars(args).items() if value is not None})
+        settings = {
+            name: value for name, value in vars(args).items() if value is not None and name != "print_traceback"
+        }
+        manifest = prepare_stream(**settings)
     except (ValueError, OSError, ImportError) as error:  # a refusal or bad input: its message alone, as ae-lightning
         if traceback:
             raise

@@ -16,7 +16,7 @@ from torch.distributions import Normal
 from ae_lightning.base import AutoencoderModule, Stage, check_sample_count
 from ae_lightning.blocks import losses, networks
 from ae_lightning.blocks.networks import decoder_mean
-from datamodules.checks import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, check_number
+from datamodules.checks import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, check_arguments
 
 Likelihood = Literal["bernoulli", "gaussian", "continuous_bernoulli"]
 LearnedStd = Literal["learned", "learned_per_pixel"]
@@ -226,7 +226,9 @@ class VAE(AutoencoderModule):
         return self.log_likelihood(logits.float(), x), self.prior_log_prob(z.float()), log_q
 
     @torch.no_grad()
-    def importance_weighted_nll(self, x: Tensor, num_samples: int | None = None, y: Tensor | None = None) -> Tensor:
+    def importance_weighted_nll(
+        self, x: Tensor, num_samples: PositiveInt | None = None, y: Tensor | None = None
+    ) -> Tensor:
         """The importance-weighted bound on -log p(x) per image, in nats (Burda et al. 2016, eq. 8).
 
         ``-log (1/K) sum_k p(x, z_k) / q(z_k | x)`` with ``z_k ~ q(z | x)``: an upper bound on -log p(x) that
@@ -238,7 +240,7 @@ class VAE(AutoencoderModule):
             y: the labels, for a conditional model.
         """
         num_samples = self.nll_samples if num_samples is None else num_samples
-        check_number("num_samples", num_samples, "[1, inf)", integer=True)
+        check_arguments({"num_samples": num_samples}, VAE.importance_weighted_nll)
         mu, logvar = self.posterior_parameters(x, y)
         chunks = [min(self.nll_chunk_size, num_samples - start) for start in range(0, num_samples, self.nll_chunk_size)]
         densities = [self.log_densities(x, mu, logvar, k, y) for k in chunks]
