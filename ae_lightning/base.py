@@ -58,8 +58,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         optimizer: optimizer factory, called with the parameters (``class_path`` + ``init_args`` in YAML).
         lr_scheduler: optional scheduler factory, stepped every epoch (``ReduceLROnPlateau`` on a validating one's).
         compile_networks: ``torch.compile`` the networks in place when a stage starts (checkpoints load either way).
-        steps_per_batch: optimizer steps per Lightning batch, under manual optimization, for a datamodule with the
-            same ``steps_per_batch`` (the fast path, docs/speed.md); 1 trains as Lightning does.
+        steps_per_batch: optimizer steps per batch, as the datamodule's (fast path, docs/speed.md); 1: Lightning's own.
     """
 
     is_generative: ClassVar[bool] = False

@@ -11,6 +11,7 @@ import contextvars
 import importlib
 import inspect
 import logging
+import multiprocessing
 import os
 import re
 import sys
@@ -25,7 +26,7 @@ import torch
 from jsonargparse import ArgumentError, lazy_instance
 from jsonargparse.typing import class_from_function
 from lightning.fabric.plugins.environments import SLURMEnvironment
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.core.hooks import DataHooks
@@ -68,6 +69,7 @@ from ae_lightning.training.resume import (
     optimizer_settings,
 )
 from datamodules.base import ImageDataModule
+from datamodules.streaming import StreamingDataModule
 
 # Registers the variants for ``--model <ClassName>`` and the datamodules for ``--data <ClassName>``.
 for _module in sorted({*_EXPORTS.values(), *datamodules._EXPORTS.values()}):
@@ -77,6 +79,8 @@ _PRECISION_ALIASES = {"16": "16-mixed", "bf16": "bf16-mixed", "32": "32-true", "
 # ``--ckpt_path`` values that Lightning resolves itself rather than reading a file (``last`` and ``hpc`` are read here).
 _SPECIAL_CKPT_PATHS = {"last", "best", "registry"}
 PROGRESS_BAR_REFRESH_STEPS = 25
+# Lightning's DDP strategies by name, each of which has a ``<name>_find_unused_parameters_true``.
+DDP_STRATEGIES = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
 # The ``checkpoint`` section's settings that differ from ModelCheckpoint's: the best by val/loss, and last.ckpt.
 CHECKPOINT_DEFAULTS = {"monitor": "val/loss", "mode": "min", "save_last": True, "filename": "best-{epoch}-{step}"}
 # A logger's ``save_dir`` that stands for the run's ``default_root_dir``.
@@ -116,6 +120,17 @@ class CommandTrainer(Trainer):
         )
 
 
+class EndsSpawnedProcessGroup(Callback):
+    """Destroys the process group as a run ends in a process that multiprocessing started (``ddp_spawn``'s), which
+    exits right after: with its gloo group alive, such a process aborted at exit now and then ("terminate called
+    without an active exception", torch 2.14), after its results were in. Lightning destroys only NCCL groups."""
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        spawned = multiprocessing.parent_process() is not None
+        if spawned and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
 class AutoencoderCLI(LightningCLI):
     """LightningCLI for the autoencoder family.
 
@@ -130,7 +145,7 @@ class AutoencoderCLI(LightningCLI):
     (:class:`NonFiniteGuard`); random generators in checkpoints and SLURM requeues at a step boundary on every trainer;
     checkpoints written atomically; ``--ckpt_path last`` resolved to the furthest checkpoint of the run its logger names
     (a W&B ``id``, a ``version``), else of any run folder; a resumed W&B run continued; and, for models with manual
-    optimization, ``strategy: ddp`` with DDP's unused-parameter detection.
+    optimization, DDP strategies (``ddp``, ``ddp_spawn``, ...) with DDP's unused-parameter detection.
     """
 
     _start_again = False  # whether ``fit --ckpt_path last`` found no checkpoint of the run its logger names
@@ -140,7 +155,7 @@ class AutoencoderCLI(LightningCLI):
         kwargs.setdefault("save_config_callback", SaveConfigToRun)
         # Callbacks in ``trainer_defaults`` are added to every trainer, whatever --trainer.callbacks says.
         callbacks = [RandomStateCheckpoint(), SlurmRequeue(), SigtermCheckpoint(), OptimizerSettingsOnResume(),
-                     LoggerRunInCheckpoint()]  # fmt: skip
+                     LoggerRunInCheckpoint(), EndsSpawnedProcessGroup()]  # fmt: skip
         kwargs.setdefault("trainer_defaults", {"callbacks": callbacks})
         kwargs.setdefault("seed_everything_default", 42)
         kwargs.setdefault("trainer_class", CommandTrainer)
@@ -266,10 +281,11 @@ class AutoencoderCLI(LightningCLI):
             with _settings_refused():
                 check_image_logger_names(callbacks)
         kwargs["callbacks"] = callbacks
-        if config.get("strategy") == "ddp" and getattr(self.model, "partial_backward", False):
+        strategy = config.get("strategy")
+        if strategy in DDP_STRATEGIES and getattr(self.model, "partial_backward", False):
             # A backward that reaches only part of the weights (the adversarial AE's discriminator phase only the
             # discriminator's) is one DDP accepts only when it looks for unused parameters.
-            kwargs["strategy"] = "ddp_find_unused_parameters_true"
+            kwargs["strategy"] = f"{strategy}_find_unused_parameters_true"
         try:
             trainer = super().instantiate_trainer(**kwargs)
         except MisconfigurationException as error:  # a GPU where there is none; a max_epochs of -3
@@ -485,6 +501,12 @@ class AutoencoderCLI(LightningCLI):
         if self.datamodule is not None:
             self.model.check_data(self.datamodule, self.subcommand, getattr(self, "_checkpoint", None))
 
+    def _check_stream(self) -> None:
+        """Refuse, before the run creates any file, a stream that misses a chunk or ``index.json`` of a split the run
+        reads, or holds one of another size (its ``setup`` finds them too, after the loggers made the run's folder)."""
+        if isinstance(self.datamodule, StreamingDataModule):
+            self.datamodule.check_splits(self.subcommand)
+
     def before_fit(self) -> None:
         with _settings_refused():
             self.model.check_given_networks()
@@ -493,6 +515,7 @@ class AutoencoderCLI(LightningCLI):
             self._check_resume()
             self._check_data()
             self._check_trainer_settings()
+        self._check_stream()  # bad data, not settings
 
     def _check_trainer_settings(self) -> None:
         """Refuse a negative ``log_every_n_steps`` (Lightning logs the loss at every step then, the model its other
@@ -531,6 +554,7 @@ class AutoencoderCLI(LightningCLI):
             self.model.check_given_networks()
             self._check_checkpoint_fits()
             self._check_data()
+        self._check_stream()
         # Lightning restores the checkpoint's ModelCheckpoint state for evaluation too, which writes no checkpoint:
         # its warning that the run's checkpoint folder differs from the checkpoint's is noise here.
         warnings.filterwarnings(

@@ -57,19 +57,25 @@ def prior_fingerprint(prior: CodePrior) -> str:
 
 @torch.no_grad()
 def compress(prior: CodePrior, image: Tensor) -> bytes:
-    """The compressed file of ``image`` ``[C, H, W]`` in [0, 1] (``C`` the tokenizer's channels).
+    """The compressed file of ``image`` ``[C, H, W]``, floats in [0, 1] (``C`` the tokenizer's channels); a ValueError
+    naming what differs for any other tensor (a batch, uint8 pixels, values in [0, 255], NaN).
 
     Args:
         prior: the prior with its tokenizer (run in eval mode, see the module's docstring).
         image: the image.
     """
+    if image.ndim != 3 or not image.is_floating_point() or not image.shape[1] or not image.shape[2]:
+        found = f"a {image.dtype} tensor of shape {tuple(image.shape)}"
+        raise ValueError(f"compress takes one image [C, H, W] of floats in [0, 1], got {found}")
+    if not image.ge(0).logical_and(image.le(1)).all():  # NaN fails both
+        raise ValueError(f"compress takes pixels in [0, 1], got values in [{image.min():.4g}, {image.max():.4g}]")
     channels, height, width = image.shape
     if channels != prior.input_shape[0]:
         raise ValueError(f"the model codes images of {prior.input_shape[0]} channels, got an image of {channels}")
     encoder = constriction.stream.queue.RangeEncoder()
     model = constriction.stream.model.Categorical(perfect=False)
     with _evaluating(prior):
-        tiles = _tiles(image.to(prior.device), prior.input_shape[1:])
+        tiles = _tiles(image.to(prior.device, prior.dtype), prior.input_shape[1:])
         tokens = torch.cat([prior.encode(group) for group in tiles.split(TILES_PER_GROUP)])
         for group in tokens.split(TILES_PER_GROUP):
             for position in range(prior.num_tokens):

@@ -693,6 +693,8 @@ def run(argv: list[str] | None = None) -> optuna.Study:
     first trial validates (its sanity check), a storage that is not a database URL or is locked
     (:class:`StorageError`)."""
     args, fit_args = parse_args(sys.argv[1:] if argv is None else argv)
+    # Trials record their folders in the study: a rerun or worker in another folder must find them, and add its own.
+    args.root = args.root.absolute()
     space = read_space(args.space)
     metric = args.metric or space.get("metric", "val/loss")
     direction = args.direction or space.get("direction", "minimize")

@@ -78,6 +78,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if held and not args.overwrite:
         parser.error(f"--out {args.out} holds an earlier run's {held[0].relative_to(args.out)}; name another folder, "
                      "or pass --overwrite to replace its files")  # fmt: skip
+    for name, low in (("jpeg_qualities", 1), ("webp_qualities", 0)):  # Pillow reads JPEG's -1 as 75, 101 as 100
+        for quality in getattr(args, name):
+            if not low <= quality <= 100:
+                parser.error(f"--{name} {quality}: expected qualities from {low} to 100")
+    args.train_photos = TRAIN_PHOTOS
+    if args.photos is not None:
+        suffixes = (".jpg", ".jpeg", ".png")
+        found = args.photos.is_dir() and sorted(p for p in args.photos.iterdir() if p.suffix.lower() in suffixes)
+        if not found:
+            parser.error(f"--photos {args.photos}: expected a folder holding .jpg, .jpeg or .png photographs")
+        for path in found:
+            with Image.open(path) as image:
+                if min(image.size) < TILE:  # no crop fits
+                    parser.error(f"--photos: {path} is {image.width}x{image.height}; expected at least {TILE}x{TILE}")
+        args.train_photos = found
     return args
 
 
@@ -176,12 +191,7 @@ def learned_codec(args: argparse.Namespace, factor: int, codebook_size: int, cro
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    train_photos = TRAIN_PHOTOS
-    if args.photos is not None:
-        train_photos = sorted(p for p in args.photos.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-        if not train_photos:
-            raise ValueError(f"--photos {args.photos} holds no .jpg, .jpeg or .png file")
-    crops = random_crops([load_photo(path) for path in train_photos], 8192, args.seed)
+    crops = random_crops([load_photo(path) for path in args.train_photos], 8192, args.seed)
     results = []
     for photo_path in HELD_OUT:
         photo = load_photo(photo_path)

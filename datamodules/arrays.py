@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import torch
 from torch import Tensor
 
 from datamodules.base import UNLABELED, Arrays, ImageDataModule
+from datamodules.checks import check_fits_memory
 
 SUFFIXES = (".npy", ".npz", ".pt")
 
@@ -24,9 +26,12 @@ def as_samples(array: Any, where: str) -> Tensor:
 
     Raises:
         ValueError: naming ``where`` and what is wrong: rank, channels, dtype, the first NaN or infinite sample,
-            or images outside [0, 1] (float) or 0..255 (integers).
+            images outside [0, 1] (float) or 0..255 (integers), or a conversion that would take more than half of
+            this machine's memory (uint8 ``[N, H, W]`` or ``[N, C, H, W]`` images need none: a memory-mapped array
+            stays on disk).
     """
     data = _as_tensor(array, where, "expected a numeric array")
+    _check_conversion_memory(data, where)
     if data.dtype == torch.bool or data.is_complex() or not (data.is_floating_point() or _is_integer(data)):
         raise ValueError(f"{where}: expected a numeric array, got dtype {data.dtype}")
     if data.ndim == 0 or len(data) == 0:
@@ -99,6 +104,20 @@ def _as_tensor(array: Any, where: str, expected: str) -> Tensor:
     if array.dtype.kind not in "biufc":
         raise ValueError(f"{where}: {expected}, got dtype {array.dtype} {array.shape}")
     return torch.as_tensor(array)
+
+
+def _check_conversion_memory(data: Tensor, where: str) -> None:
+    """:func:`as_samples`' copies of ``data`` (a float32 copy of vectors; 8-bit images, the float intermediates of
+    float images and the finiteness mask), checked before they are made."""
+    values, floating = data.numel(), data.is_floating_point()
+    if data.ndim == 2:
+        needed = values * (4 * (data.dtype != torch.float32) + floating)
+    elif data.dtype == torch.uint8 and (data.ndim == 3 or data.shape[1] in (1, 3)) and data.is_contiguous():
+        needed = 0
+    else:
+        needed = values * (1 + (data.element_size() + 1 if floating else 0))
+    fix = "store the images as uint8 [N, H, W] or [N, C, H, W] in a .npy file, which is read memory-mapped"
+    check_fits_memory(needed, f"{where}: converting {tuple(data.shape)} {data.dtype} values would", fix)
 
 
 def _exact(value: Tensor) -> str:
@@ -184,6 +203,14 @@ class ArrayDataModule(ImageDataModule):
             raise ValueError(
                 f"standardize applies to feature vectors, but {self.path} holds images of shape {self.input_shape}"
             )
+        if fresh:  # the splits as uint8 images or float32 vectors, and the loaders' float32 copies of them
+            samples = self.arrays.train[0]
+            check_fits_memory(
+                samples.numel() * (samples.element_size() + 4),
+                f"the {len(samples)} samples of {self.path} held in memory with the loaders' float copies",
+                "write the images as a stream with ae-lightning-prepare (it reads a .npy memory-mapped) and read it "
+                "with StreamingDataModule, which holds a batch at a time",
+            )
         super().setup(stage)
         if fresh and self.hparams.standardize:
             train = self.splits["train"][0]
@@ -193,14 +220,21 @@ class ArrayDataModule(ImageDataModule):
 
 
 def _read(path: Path) -> Any:
-    """The array (or dict of arrays) in ``path``."""
+    """The array (or dict of arrays) in ``path``: memory-mapped (left on disk until used) from a ``.npy`` file or a
+    ``.pt`` file in torch's zip format, read whole from an ``.npz`` file after a check that it fits in memory."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (or is not a file)")
+    if path.suffix == ".npz" and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            size = sum(info.file_size for info in archive.infolist())
+        check_fits_memory(size, f"{path}'s arrays, read whole,", "save the images as a .npy file (read memory-mapped)")
     try:
-        if path.suffix != ".pt":
-            loaded = np.load(path, allow_pickle=False)
-            return dict(loaded) if isinstance(loaded, np.lib.npyio.NpzFile) else loaded
-        contents = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".npy":  # copy-on-write: writable for torch, and the file is never written
+            return np.load(path, mmap_mode="c", allow_pickle=False)
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as loaded:
+                return dict(loaded)
+        contents = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as error:
         raise ValueError(f"{path} is not a readable {path.suffix} file ({error})") from error
     if not isinstance(contents, (Tensor, dict)):  # torch.save((images, labels), path)

@@ -226,3 +226,14 @@ PositiveFloat = number_type("(0, inf)")
 NonNegativeFloat = number_type("[0, inf)")
 OpenUnitInterval = number_type("(0, 1)")
 Fraction = number_type("[0, 1)")
+
+
+def check_fits_memory(needed: int, what: str, fix: str) -> None:
+    """Raise a ValueError saying that ``what`` need(s) ``needed`` bytes, and ``fix``, if that is more than half of this
+    machine's memory."""
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > available / 2:
+        raise ValueError(
+            f"{what} need about {needed / 1e9:.1f} GB of memory, more than half of this machine's "
+            f"{available / 1e9:.0f} GB: {fix}"
+        )

@@ -16,7 +16,7 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
 from datamodules.base import UNLABELED, Arrays, ImageDataModule
-from datamodules.checks import PositiveInt, check_arguments
+from datamodules.checks import PositiveInt, check_arguments, check_fits_memory
 
 Alpha = Literal["refuse", "white", "black"]  # what an image with transparent pixels becomes (:func:`opaque`)
 
@@ -112,16 +112,14 @@ def check_memory(files: list[str], channels: int, size: int | None = None) -> No
             raise ValueError(f"{files[0]} is not an image PIL can read ({error})") from error
     else:
         width = height = size
-    needed = len(files) * channels * width * height * (1 + 4)
-    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if needed > available / 2:
-        shape = f"of {width}x{height}" if size is None else f"resized to image_size={size}"
-        fix = "set --data.image_size (e.g. 64) to resize them" if size is None else "set a smaller --data.image_size"
-        raise ValueError(
-            f"{len(files)} images {shape} ({files[0]}, ...) need about {needed / 1e9:.1f} GB of memory once decoded, "
-            f"more than half of this machine's {available / 1e9:.0f} GB: {fix}, or write them as a stream with "
-            "ae-lightning-prepare and read it with StreamingDataModule, which holds a batch at a time"
-        )
+    shape = f"of {width}x{height}" if size is None else f"resized to image_size={size}"
+    fix = "set --data.image_size (e.g. 64) to resize them" if size is None else "set a smaller --data.image_size"
+    check_fits_memory(
+        len(files) * channels * width * height * (1 + 4),
+        f"{len(files)} images {shape} ({files[0]}, ...) once decoded",
+        f"{fix}, or write them as a stream with ae-lightning-prepare and read it with StreamingDataModule, which holds "
+        "a batch at a time",
+    )
 
 
 def list_images(

@@ -56,14 +56,13 @@ class InteractionsDataModule(ImageDataModule):
     Args:
         path: a file of one interaction per line: user, item[, rating[, anything]], separated by commas, tabs,
             ``::`` or spaces.
-        min_rating: keep only interactions rated at least this (the paper: 3.5 on MovieLens); None keeps all.
+        min_rating: keep only interactions rated at least this (the paper: 4 on MovieLens); None keeps all.
         min_user_items: keep only users with at least this many interactions after the rating filter (the paper: 5).
-        val_users: validation users: a count, or a fraction of the users if below 1.
-        test_users: test users: a count, or a fraction of the users if below 1 (None: 0.1); unset with ``test_path``.
+        val_users, test_users: validation/test users: a count, or a fraction of the users if below 1 (``test_users``
+            None: 0.1; unset with ``test_path``).
         held_out_fraction: share of each validation/test user's items held out to rank.
-        test_path: a second file of the test users' held-out interactions (e.g. MovieLens-100K's ``u1.test`` beside
-            ``u1.base``); their interactions in ``path`` are then folded in and also trained on (weak generalization).
-            Its users must have interactions in ``path``.
+        test_path: a file of the test users' held-out interactions (MovieLens-100K's ``u1.test`` beside ``u1.base``);
+            its users' interactions in ``path`` are folded in and trained on (weak generalization).
         header: whether the first line names the columns; None: it does when none of its fields is a number and
             the second line holds one (a file whose first two lines hold no number must say).
         batch_size: users per step and process.
@@ -373,11 +372,13 @@ def read_interactions(path: Path, header: bool | None = None, min_rating: float 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", pd.errors.DtypeWarning)  # handled below
             frame = pd.read_csv(path, **settings)
-        # The C parser infers each block of rows' types apart: ids that are numbers in one block and text in another
-        # come out as a mix of both (without their leading zeros); such a column is read again, as text.
-        mixed = [name for name in ("user", "item") if pd.api.types.infer_dtype(frame[name]).startswith("mixed")]
-        if mixed:
-            frame = pd.read_csv(path, **settings, dtype=dict.fromkeys(mixed, str))
+        # Ids the parser read as numbers are read again, as text, where that lost how they are written: "007" and "7"
+        # (or "7.0" and "7") would be one user; the C parser, inferring each block of rows apart, mixes ints and text.
+        kinds = {name: pd.api.types.infer_dtype(frame[name]) for name in ("user", "item")}
+        text = [name for name, kind in kinds.items() if kind.startswith("mixed") or kind == "floating"]
+        text += _integers_not_as_written(path, separator, [name for name, kind in kinds.items() if kind == "integer"])
+        if text:
+            frame = pd.read_csv(path, **settings, dtype=dict.fromkeys(text, str))
     except UnicodeDecodeError as error:
         raise _not_utf8(path, error) from error
     first_line = 2 if header else 1
@@ -439,6 +440,20 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _integers_not_as_written(path: Path, separator: str, columns: list[str]) -> list[str]:
+    """Those of the id ``columns`` ("user", "item") read as integers where a line writes one with a plus sign or a
+    leading zero ("+7", "007"), which would read as another id's number ("7")."""
+    number = r'[ \t"]*(?:\+|-0|0\d)'
+    first = r"[ \t]*\S+[ \t]+" if separator == r"\s+" else f"[^{re.escape(separator[0])}\n]*{re.escape(separator)}"
+    patterns = {"user": re.compile(f"\n{number}".encode()), "item": re.compile(f"\n{first}{number}".encode())}
+    found: list[str] = []
+    with path.open("rb") as file:  # in blocks of whole lines, each searched from a line start
+        while len(found) < len(columns) and (block := file.read(1 << 24)):
+            block = b"\n" + block.removeprefix(b"\xef\xbb\xbf") + file.readline()  # without a BOM
+            found += [name for name in columns if name not in found and patterns[name].search(block)]
+    return found
 
 
 def _separator(line: str) -> str:

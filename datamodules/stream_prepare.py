@@ -12,6 +12,7 @@ written into a local staging folder and published at the end: renamed into place
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -27,6 +28,7 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 from torchvision.io import decode_image as decode_bytes
 from torchvision.io import encode_jpeg, encode_png
@@ -52,6 +54,7 @@ AHEAD_PER_THREAD = 4  # records in flight per encoding thread
 CHUNK_BYTES = 64_000_000  # litdata's default chunk_bytes ("64MB")
 MIN_CHUNKS = 64  # by default, the least chunks of a split of as many samples: DDP ranks x workers read whole chunks
 PUBLISHING = "publishing.json"  # a remote publish's list of the files it may leave (deleted when it is done)
+GRAY_MODES = ("1", "L", "LA", "I", "F", "I;16", "I;16B", "I;16L", "I;16N")  # PIL modes of gray images
 T, R = TypeVar("T"), TypeVar("R")
 
 
@@ -97,8 +100,11 @@ class ImageEncoder:
                 image = TF.rgb_to_grayscale(image) if self.channels == 1 else image.expand(3, -1, -1)
             where = f"row {record}"
         else:
+            from datamodules.torchvision_data import stored_transposed
+
             where = f"sample {record} of {type(self.payload).__name__}"
             image = TF.pil_to_tensor(opaque(self.payload[record][0], mode, self.alpha, where))
+            image = image.transpose(1, 2) if stored_transposed(self.payload) else image
         if self.size is not None:
             image = TF.center_crop(TF.resize(image, self.size, antialias=True), self.size)
         return image.contiguous(), where
@@ -188,7 +194,7 @@ def prepare_stream(
     source: str,
     output: str,
     size: PositiveInt | None = None,
-    channels: Literal[1, 3] = 3,
+    channels: Literal[1, 3] | None = None,
     alpha: Alpha = "refuse",
     encoding: Encoding = "png",
     quality: JpegQuality = 90,
@@ -213,7 +219,7 @@ def prepare_stream(
             or ``torchvision:<Class>`` (e.g. ``torchvision:CIFAR10``).
         output: the stream's folder, or an ``s3://``/``gs://`` URI.
         size: side of the square stored images; None keeps the sources' (common) size.
-        channels: 1 (gray) or 3 (RGB).
+        channels: 1 (gray) or 3 (RGB); None: 1 when every source image is gray (:func:`source_channels`), else 3.
         alpha: an image with transparent pixels is refused (``refuse``) or composited over ``white`` or ``black``.
         encoding, quality: ``png``, ``jpeg`` (of JPEG quality ``quality``) or ``raw``.
         val_fraction: share of the training pool held out as validation split (seeded, stratified).
@@ -221,8 +227,7 @@ def prepare_stream(
         labels, key: an array source's labels (a key or a file) and data key, as ``ArrayDataModule`` takes them.
         data_dir, dataset_kwargs: a torchvision source's root and extra arguments.
         seed: seed of the split draws and of the train split's stored (shuffled) order (``docs/streaming.md``).
-        chunk_bytes, chunk_size: litdata's chunk limit, in bytes (``16MB``) or samples (one of them); neither:
-            :func:`default_chunk_size` for each split.
+        chunk_bytes, chunk_size: litdata's chunk limit in bytes (``16MB``) or samples; neither: default_chunk_size.
         num_workers: threads decoding and encoding the images.
         overwrite: replace a stream already at ``output`` (nothing else: docs/streaming.md says what is refused).
         storage_options: the object store client's options.
@@ -240,40 +245,40 @@ def prepare_stream(
             raise ValueError(f"{option} {value} applies to {KINDS[applies]} only; the source {source} is {KINDS[kind]}")
     location = StreamLocation(output, storage_options)
     _check_free(location, overwrite, [source] if test_dir is None else [source, test_dir])
-    kind, payloads, parts, class_names = _records(source, test_dir, labels, key, data_dir, dataset_kwargs or {})
-    labelled = [label for records in parts.values() for _, label in records if label >= 0]
-    if class_names is None and labelled:  # labels without names (array files, some torchvision sets): numbered
-        class_names = [str(label) for label in range(max(labelled) + 1)]
-    train = parts["train"]
-    targets = torch.tensor([label for _, label in train])
-    sources = {"train": source}
-    splits: dict[str, tuple[str, list[tuple[Any, int]]]] = {}
-    if "test" in parts:
-        splits["test"] = ("test", parts["test"])
-    else:
-        pool, held = draw_split(targets, test_fraction, seed, "test", "--test-fraction", sources)
-        splits["test"] = ("train", [train[i] for i in held.tolist()])
-        train, targets = [train[i] for i in pool.tolist()], targets[pool]
-    kept, drawn = draw_split(targets, val_fraction, seed, "val", "--val-fraction", sources)
-    # litdata shuffles chunks and a window of samples only: a train split in source order (class by class) would give
-    # batches of a few classes, so it is stored in a seeded random order
-    kept = kept[torch.randperm(len(kept), generator=torch.Generator().manual_seed(seed))]
-    splits["train"] = ("train", [train[i] for i in kept.tolist()])
-    splits["val"] = ("train", [train[i] for i in drawn.tolist()])
+    with _staging_folder(location) as staging:
+        kind, payloads, parts, class_names = _records(source, test_dir, labels, key, data_dir, dataset_kwargs or {})
+        labelled = [label for records in parts.values() for _, label in records if label >= 0]
+        if class_names is None and labelled:  # labels without names (array files, some torchvision sets): numbered
+            class_names = [str(label) for label in range(max(labelled) + 1)]
+        train = parts["train"]
+        targets = torch.tensor([label for _, label in train])
+        sources = {"train": source}
+        splits: dict[str, tuple[str, list[tuple[Any, int]]]] = {}
+        if "test" in parts:
+            splits["test"] = ("test", parts["test"])
+        else:
+            pool, held = draw_split(targets, test_fraction, seed, "test", "--test-fraction", sources)
+            splits["test"] = ("train", [train[i] for i in held.tolist()])
+            train, targets = [train[i] for i in pool.tolist()], targets[pool]
+        kept, drawn = draw_split(targets, val_fraction, seed, "val", "--val-fraction", sources)
+        # litdata shuffles chunks and a window of samples only: a train split in source order (class by class) would
+        # give batches of a few classes, so it is stored in a seeded random order
+        kept = kept[torch.randperm(len(kept), generator=torch.Generator().manual_seed(seed))]
+        splits["train"] = ("train", [train[i] for i in kept.tolist()])
+        splits["val"] = ("train", [train[i] for i in drawn.tolist()])
 
-    first = ImageEncoder(kind, payloads.get("train"), channels, size, "raw", alpha=alpha)(splits["train"][1][0])
-    height, width = first["image"].shape[1:]
-    pixels = int(channels * height * width)
-    settings = {"size": size, "channels": channels, "encoding": encoding, "quality": quality, "seed": seed,
-                "val_fraction": val_fraction, "test_fraction": None if "test" in parts else test_fraction}  # fmt: skip
-    if alpha != "refuse":  # a refusing prepare stores what it stored before alpha existed, and keeps its fingerprint
-        settings["alpha"] = alpha
+        if channels is None:
+            channels = source_channels(kind, payloads, [record for records in parts.values() for record, _ in records])
+        first = ImageEncoder(kind, payloads.get("train"), channels, size, "raw", alpha=alpha)(splits["train"][1][0])
+        height, width = first["image"].shape[1:]
+        pixels = int(channels * height * width)
+        test_share = None if "test" in parts else test_fraction
+        settings = {"size": size, "channels": channels, "encoding": encoding, "quality": quality, "seed": seed,
+                    "val_fraction": val_fraction, "test_fraction": test_share}  # fmt: skip
+        # a refusing prepare stores what it stored before alpha existed, and keeps its fingerprint
+        if alpha != "refuse":
+            settings["alpha"] = alpha
 
-    staging = Path(tempfile.mkdtemp(prefix="stream-")) if location.is_remote else partial_folder(Path(output).resolve())
-    if staging.exists():
-        shutil.rmtree(staging)  # what a killed prepare left
-    staging.mkdir(parents=True)
-    try:
         chunks: dict[str, dict[str, dict[str, Any]]] = {}
         for split in SPLITS:
             part, records = splits[split]
@@ -299,9 +304,27 @@ def prepare_stream(
         )
         (staging / MANIFEST).write_text(manifest.to_json())
         _publish(staging, location)
-    finally:  # gone after a local publish (renamed into place): only a killed prepare leaves one
-        shutil.rmtree(staging, ignore_errors=True)
     return manifest
+
+
+def source_channels(kind: str, payloads: dict[str, Any], records: list[Any]) -> int:
+    """1 when every source image is gray, else 3: an array's channel count, the PIL mode of a torchvision dataset's
+    first image, or those of every image file (``records``), read from their headers until one is in colour."""
+    if kind == "array":
+        return int(payloads["train"].shape[1])
+    if kind == "torchvision":
+        return 1 if payloads["train"][0][0].mode in GRAY_MODES else 3
+
+    def mode(path: str) -> str:
+        try:
+            with Image.open(path) as image:
+                return image.mode
+        except (OSError, ValueError, Image.DecompressionBombError):
+            return "L"  # decides nothing: decoding refuses the file, naming it
+
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        modes = ordered_map(pool, mode, records, 64)
+        return 3 if any(found not in GRAY_MODES for found in modes) else 1
 
 
 def default_chunk_size(samples: int, pixels: int, encoding: Encoding) -> int:
@@ -354,6 +377,47 @@ def _write_split(
 def _replaced_folder(path: Path) -> Path:
     """Where a local publish moves the stream it replaces while it renames the new one into place."""
     return path.parent / f".{path.name}.old"
+
+
+@contextlib.contextmanager
+def _staging_folder(location: StreamLocation) -> Iterator[Path]:
+    """An empty folder to write the stream in, removed on exit unless it was published (renamed into place): a
+    temporary one for a remote output; ``.<name>.partial`` beside a local one, emptied of what a killed prepare left
+    and locked (``flock``) while this prepare holds it, so that a second prepare of the same output is refused rather
+    than deleting the first one's files."""
+    if location.is_remote:
+        folder = Path(tempfile.mkdtemp(prefix="stream-"))
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return
+    import fcntl  # POSIX only: the rest of the package imports on any system
+
+    folder = partial_folder(Path(location.uri).resolve())
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FileExistsError(
+                f"another ae-lightning-prepare is writing {location.uri} (in {folder}); wait for it to finish, or "
+                "write this stream elsewhere"
+            ) from None
+        for leftover in folder.iterdir():
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink()
+        try:
+            yield folder
+        finally:  # after a publish the name is gone, or is another prepare's folder
+            with contextlib.suppress(OSError):
+                if os.path.samestat(os.fstat(handle), folder.stat()):
+                    shutil.rmtree(folder)
+    finally:
+        os.close(handle)
 
 
 def _check_free(location: StreamLocation, overwrite: bool, sources: list[str]) -> None:
@@ -485,7 +549,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("source", help="image folder, .npy/.npz/.pt file, or torchvision:<Class>")
     parser.add_argument("output", help="the stream's folder or s3:// / gs:// URI")
     parser.add_argument("--size", type=_option("size"), help="side of the square stored images (default: the sources')")
-    parser.add_argument("--channels", type=int, default=3, choices=(1, 3))
+    parser.add_argument("--channels", type=int, choices=(1, 3), help="1 (gray) or 3 (RGB) (default: 1 when every "
+                        "source image is gray, else 3)")  # fmt: skip
     parser.add_argument("--alpha", choices=typing.get_args(Alpha), help="an image with transparent pixels: refuse it "
                         "(default), or composite it over a white or black background")  # fmt: skip
     parser.add_argument("--encoding", default="png", choices=("png", "jpeg", "raw"))

@@ -253,8 +253,7 @@ class StreamingDataModule(ImageDataModule):
     """Images from a stream written by ``ae-lightning-prepare`` (a folder or an ``s3://``/``gs://`` URI).
 
     Training batches are augmented: a random ``image_size`` crop (``augment: crop``; evaluation takes the centre
-    crop) or a resize to ``image_size`` (``augment: resize``), and a horizontal flip. The checks (shape, chunks,
-    fingerprint on resume, DDP batches that litdata cannot deal: docs/streaming.md) run before training.
+    crop) or a resize (``augment: resize``), and a flip. Checks run before training (docs/streaming.md).
 
     Args:
         input_dir: the stream's folder or URI.
@@ -363,17 +362,21 @@ class StreamingDataModule(ImageDataModule):
 
     # --- splits -----------------------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
-        manifest = self.manifest
         self.hparams.data_source = self.data_source
         for logger in self.trainer.loggers if self.trainer is not None else []:
             logger.log_hyperparams({"data_source": self.data_source})
-        predict = (self.hparams.predict_split,)
-        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": predict}
-        for split in needed.get(stage, ("train", "val", "test")):
-            check_chunks(self.location, manifest, split, content=self.hparams.verify_chunks)
+        self.check_splits(stage, content=self.hparams.verify_chunks)
         world = self.trainer.world_size if self.trainer is not None else 1
         if stage == "fit" and world > 1:
             self._check_ddp_epoch(world)
+
+    def check_splits(self, stage: str | None, content: bool = False) -> None:
+        """Refuse a missing chunk or ``index.json``, or a chunk of another size, of a split ``stage`` reads (every
+        split for None); ``content``: hash each local chunk against the manifest too."""
+        predict = (self.hparams.predict_split,)
+        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": predict}
+        for split in needed.get(stage, ("train", "val", "test")):
+            check_chunks(self.location, self.manifest, split, content=content)
 
     def _check_ddp_epoch(self, world: int) -> None:
         """Refuse a DDP ``batch_size`` that leaves the processes no batch, or a train split with a chunk of more samples

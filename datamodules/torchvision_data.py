@@ -19,7 +19,7 @@ class TorchvisionDataModule(ImageDataModule):
 
     Downloaded in ``prepare_data`` (or when :attr:`input_shape` is first read) when the files are missing; offline,
     the error names the files torchvision reads and where. The split is chosen with ``train=`` or
-    ``split="train"/"test"``, as the class takes it.
+    ``split="train"/"test"``, as the class takes it. EMNIST's images are turned upright (:func:`stored_transposed`).
 
     Args:
         dataset: a class of ``torchvision.datasets`` (``CIFAR10``, ``SVHN``, ``EMNIST``, ...) or an import path.
@@ -138,6 +138,8 @@ class TorchvisionDataModule(ImageDataModule):
             targets = getattr(dataset, "targets", getattr(dataset, "labels", None))
             where = f"{name} {part} split in {self.data_dir}"
             samples = as_samples(dataset.data, where)
+            if stored_transposed(dataset):
+                samples = samples.transpose(2, 3).contiguous()
             if samples.ndim != 4:
                 raise ValueError(f"{where}: expected images, got an array of shape {tuple(samples.shape)}")
             parts[part] = samples, as_labels(targets, f"{where} (labels)")
@@ -147,4 +149,10 @@ class TorchvisionDataModule(ImageDataModule):
         return Arrays(parts["train"], parts["test"], names, sources)
 
 
-__all__ = ["TorchvisionDataModule"]
+def stored_transposed(dataset: Any) -> bool:
+    """Whether a torchvision dataset stores its images transposed: EMNIST's files hold each image column by column,
+    and torchvision reads them as they are (pytorch/vision#8783), so its letters come out mirrored and turned."""
+    return isinstance(dataset, torchvision.datasets.EMNIST)
+
+
+__all__ = ["TorchvisionDataModule", "stored_transposed"]

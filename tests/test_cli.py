@@ -514,3 +514,27 @@ def test_ckpt_path_best_is_refused_with_what_to_give_before_any_file(
     with pytest.raises(ConfigError, match=r"^--ckpt_path best: this .* new Trainer, which knows no best checkpoint"):
         run_cli(subcommand, "--config", "configs/ae.yaml", *common(data_dir, tmp_path / "run"), "--ckpt_path", "best")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_stream_missing_a_chunk_of_the_split_a_run_reads_is_refused_before_the_run_writes_anything(
+    tmp_path: Path,
+) -> None:
+    # found by the datamodule's setup, after Lightning's logger had made the run's version_0 folder
+    from conftest import write_image_folder
+
+    from datamodules.stream_prepare import prepare_stream
+
+    write_image_folder(tmp_path / "images", per_class=12, size=12)
+    prepare_stream(str(tmp_path / "images"), str(tmp_path / "stream"), size=12, chunk_size=4, num_workers=1)
+    chunk = tmp_path / "stream" / "val" / "chunk-0-0.bin"
+    chunk.unlink()
+    root = tmp_path / "run"
+    args = ["--config", str(ROOT / "configs" / "ae.yaml"), "--model.init_args.hidden_dims", "[8]", "--data",
+            "StreamingDataModule", "--data.input_dir", str(tmp_path / "stream"), "--trainer.default_root_dir",
+            str(root), "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    for subcommand in ("fit", "validate"):
+        with pytest.raises(FileNotFoundError, match=f"chunk {chunk} is missing from stream"):
+            run_cli(subcommand, *args)
+        assert not root.exists(), subcommand
+    run_cli("test", *args)  # the test split is whole
+    assert root.exists()

@@ -652,3 +652,56 @@ def test_a_data_dir_under_home_as_a_yaml_config_writes_it_reads_the_files_there(
     with pytest.raises(FileNotFoundError, match=rf"in {data_dir.parent}/new/cifar-10-batches-py as torchvision"):
         TorchvisionDataModule("CIFAR10", data_dir="~/new").prepare_data()
     assert not (data_dir.parent / "new").exists()
+
+
+def test_emnist_images_are_served_and_streamed_upright(tmp_path: Path) -> None:
+    """EMNIST's files hold each image transposed and torchvision reads them as they are (pytorch/vision#8783): an
+    "L" trained, and was drawn in every grid, mirrored and turned by 90 degrees."""
+    import numpy as np
+    from conftest import write_idx
+
+    from datamodules import TorchvisionDataModule
+    from datamodules.stream_prepare import decode, prepare_stream
+    from datamodules.stream_store import StreamLocation, read_manifest
+
+    upright = np.zeros((40, 28, 28), np.uint8)
+    upright[:, 2:26, 4] = upright[:, 25, 4:20] = 255  # an L: a bar down the left side, a foot along the bottom
+    raw = tmp_path / "EMNIST" / "raw"
+    for part in ("train", "test"):
+        write_idx(raw / f"emnist-letters-{part}-images-idx3-ubyte", upright.transpose(0, 2, 1))  # as EMNIST stores
+        write_idx(raw / f"emnist-letters-{part}-labels-idx1-ubyte", np.arange(40) % 26 + 1)
+    data = TorchvisionDataModule("EMNIST", data_dir=str(tmp_path), dataset_kwargs={"split": "letters"})
+    assert torch.equal(data.arrays.train[0][:, 0], torch.from_numpy(upright))
+    manifest = prepare_stream("torchvision:EMNIST", str(tmp_path / "stream"), data_dir=str(tmp_path),
+                              dataset_kwargs={"split": "letters"}, encoding="raw", chunk_size=8)  # fmt: skip
+    assert manifest.channels == 1
+    from litdata.streaming.dataset import StreamingDataset
+
+    stored = StreamingDataset(StreamLocation(str(tmp_path / "stream")).join("test"))[0]["image"]
+    assert torch.equal(decode(stored, 1)[0], torch.from_numpy(upright[0]))
+    assert read_manifest(StreamLocation(str(tmp_path / "stream"))).counts["test"] == 40
+
+
+def test_static_binarization_is_one_draw_of_every_pixel_with_a_small_memory_peak() -> None:
+    """It drew the whole split's uniform noise at once: float32 noise, its scaled copy, a mask and two uint8 copies
+    peaked at 9x the split (70 MB for 10,000 MNIST images); a block at a time, the same pixels."""
+    import subprocess
+    import sys
+
+    from tiny_runs import ROOT, subprocess_env
+
+    from datamodules.base import _binarize_once
+
+    images = torch.randint(0, 256, (300, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    expected = (torch.rand(images.shape, generator=torch.Generator().manual_seed(0)) * 255 < images).to(torch.uint8)
+    assert torch.equal(_binarize_once(images, torch.Generator().manual_seed(0)), expected * 255)
+    script = (
+        "import resource, torch\n"
+        "from datamodules.base import _binarize_once\n"
+        "images = torch.full((40_000, 1, 28, 28), 128, dtype=torch.uint8)\n"  # 31 MB
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+        "_binarize_once(images, torch.Generator().manual_seed(0))\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before) / images.numel())\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, env=subprocess_env())
+    assert run.returncode == 0 and float(run.stdout) < 3, run.stdout + run.stderr  # times the split's size

@@ -243,3 +243,31 @@ def test_the_fine_tuning_plateau_steps_on_fine_tuning_validations_only(data_dir:
     scheduler = trainer.lr_scheduler_configs[0].scheduler
     assert scheduler.last_epoch == 1  # once, on epoch 3's val/loss
     assert scheduler.best == pytest.approx(float(trainer.callback_metrics["val/loss"]))
+
+
+class StepScheduled(DeepBeliefAutoencoder):
+    """The fine-tuning scheduler stepped every optimizer step (``interval: step``)."""
+
+    def configure_optimizers(self) -> list[dict]:
+        configured = super().configure_optimizers()
+        configured[0]["lr_scheduler"]["interval"] = "step"
+        return configured
+
+
+class RecordLearningRates(Callback):
+    def __init__(self) -> None:
+        self.rates: list[tuple[int, float]] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        self.rates.append((trainer.current_epoch, trainer.optimizers[0].param_groups[0]["lr"]))
+
+
+def test_a_step_interval_scheduler_steps_with_each_fine_tuning_step_only(data_dir: Path, tmp_path: Path) -> None:
+    def halving(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.StepLR:
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+
+    torch.manual_seed(0)
+    model, recorder = StepScheduled(**TINY_DBN, pretrain_epochs=1, lr_scheduler=halving), RecordLearningRates()
+    make_trainer(tmp_path, max_epochs=3, callbacks=[recorder]).fit(model, datamodule=tiny_data(data_dir))
+    # epochs 0 and 1 pretrain the two RBMs: the fine-tuning lr stays; epoch 2 fine-tunes: it halves at each step
+    assert recorder.rates == [(0, 1e-3), (0, 1e-3), (1, 1e-3), (1, 1e-3), (2, 5e-4), (2, 2.5e-4)]

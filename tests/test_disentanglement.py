@@ -277,6 +277,21 @@ def test_dci_of_constant_codes_is_zero_not_nan() -> None:
     assert scores["dci_disentanglement"] == 0 and scores["dci_completeness"] == 0, scores
 
 
+def test_dci_of_one_factor_or_one_code_is_nan_as_disentanglement_lib_not_a_trivial_one() -> None:
+    """With one varying factor each code trivially informs one factor: DCI disentanglement was 1 for pure noise.
+    It is undefined there (entropy in base 1), as completeness is with one code: NaN, as in disentanglement_lib."""
+    rng = np.random.default_rng(0)
+    factor, noise = rng.integers(0, 32, (1000, 1)), rng.normal(size=(1000, 5))
+    scores = metrics.dci(noise[:800], factor[:800], noise[800:], factor[800:])
+    assert math.isnan(scores["dci_disentanglement"]) and scores["dci_completeness"] < 0.1, scores
+    codes, factors = factor_codes(1000)
+    one_code = metrics.dci(codes[:800, :1], factors[:800], codes[800:, :1], factors[800:])
+    assert math.isnan(one_code["dci_completeness"]) and one_code["dci_informativeness"] > 0.3, one_code
+    one_factor = DSpritesGrid(shape=0, scale=5, orientation=0, position_x=16)
+    scores = metrics.disentanglement_metrics(lambda x: x.double().numpy(), one_factor, ["dci"], num_points=300)
+    assert math.isnan(scores["dci_disentanglement"]) and scores["dci_completeness"] > 0.9, scores
+
+
 def test_beta_tcvae_estimator_offsets_for_sharp_posteriors_are_those_the_docs_give() -> None:
     """docs/disentanglement.md's second example: N = 200,000 posteriors of std 1e-3 (a trained model's, well
     separated), D = 3, a batch of M = 256. MWS's mi is off by log M (not log N, as for overlapping posteriors); MSS's

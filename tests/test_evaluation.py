@@ -33,7 +33,7 @@ from ae_lightning.evaluation.feature_classifier import (
     train_feature_classifier,
 )
 from ae_lightning.evaluation.metrics import FrechetDistance, ReconstructionMetrics
-from datamodules import ArrayDataModule, MNISTDataModule
+from datamodules import ArrayDataModule, DSpritesDataModule, MNISTDataModule
 from datamodules.base import ImageDataModule
 from datamodules.loader import TensorBatchLoader
 
@@ -238,6 +238,11 @@ def test_a_model_of_some_classes_is_probed_and_fid_scored_on_the_test_images_of_
     with mock.patch.object(evaluation, "frechet_distance", frechet_distance):
         evaluation.evaluate(model, datamodule, ["fid"], classifier=ClassifierCNN())
     assert seen and set(seen) == {0, 1}
+    # data drawn batch by batch (dSprites, streams) too: its test split keeps every shape, fid sees the trained one
+    shapes = DSpritesDataModule(num_samples=300, classes=[2], test_fraction=0.5)
+    real = evaluation.gray_loader(shapes, "test", shapes.hparams.classes)
+    passes = [torch.cat([labels for _, labels, _ in real]) for _ in range(2)]  # samplers' fids pass over it again
+    assert len(passes[0]) > 20 and set(passes[0].tolist()) == {2} and torch.equal(*passes)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
@@ -849,6 +854,21 @@ def test_the_evaluate_script_refuses_missing_pretrained_weights_before_any_score
         pytest.raises(FileNotFoundError, match=r"Inception features need torchvision's ImageNet weights .* put it at"),
     ):
         script.main([str(tmp_path / "run.ckpt"), "--metrics", "mse", "--first_stage_metrics", "rfid"])
+
+
+def test_inception_weights_that_are_in_place_but_unreadable_are_named_not_an_unpickling_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partial copy of the weights at torchvision's path failed with ``UnpicklingError: invalid load key``, naming
+    neither the file nor what to do."""
+    from ae_lightning.evaluation.metrics import InceptionFeatures, inception_weights_path
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    path = inception_weights_path()
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\xba" * 1000)
+    with pytest.raises(FileNotFoundError, match=rf"{re.escape(str(path))} is there but cannot be read .*put it at"):
+        InceptionFeatures()
 
 
 def test_a_feature_classifier_of_another_image_size_is_refused_before_any_score(data_dir: Path, tmp_path: Path) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ import pytest
 import torch
 from conftest import trust_tiny_cifar10, write_cifar10, write_idx, write_image_folder, write_svhn
 from PIL import Image
+from tiny_runs import ROOT, subprocess_env
 from torchvision.datasets import CIFAR10, SVHN, ImageFolder
 
 from datamodules import (
@@ -391,6 +394,16 @@ def _folder_huge(tmp: Path, monkeypatch: pytest.MonkeyPatch):
     return ImageFolderDataModule(str(tmp / "f"))
 
 
+def _array_beyond_memory(tmp: Path, monkeypatch: pytest.MonkeyPatch, dtype=np.uint8, suffix: str = ".npy"):
+    data = np.zeros((4_000, 28, 28), dtype)  # 3.1 MB as uint8: 16 MB with the loaders' float copies
+    if suffix == ".npy":
+        np.save(tmp / "x.npy", data)
+    else:
+        np.savez(tmp / "x.npz", x=data)
+    monkeypatch.setattr(os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 2**12}[name])  # 16 MiB
+    return ArrayDataModule(str(tmp / f"x{suffix}"))
+
+
 def _idx_pair(tmp: Path, n_images: int, n_labels: int, labels_value: int = 0, size: int = 28, part: str = "train"):
     root = tmp / "data"
     from conftest import write_dataset
@@ -461,7 +474,23 @@ BAD_INPUTS = [
     (
         "huge images without image_size",
         _folder_huge,
-        r"3 images of 4000x4000 .* need about 0.7 GB of memory .* set --data.image_size",
+        r"3 images of 4000x4000 .* need about 0.7 GB of memory, .* set --data.image_size",
+    ),
+    (
+        "array beyond memory",
+        _array_beyond_memory,
+        r"the 4000 samples of .*x.npy held in memory .* need about 0.0 GB of memory, more than half of this machine's "
+        r"0 GB: write the images as a stream with ae-lightning-prepare",
+    ),
+    (
+        "float images beyond memory",
+        lambda tmp, monkeypatch: _array_beyond_memory(tmp, monkeypatch, np.float32),
+        r"x.npy: converting \(4000, 28, 28\) torch.float32 values would need about .* store the images as uint8",
+    ),
+    (
+        ".npz beyond memory",
+        lambda tmp, monkeypatch: _array_beyond_memory(tmp, monkeypatch, np.float32, ".npz"),
+        r"x.npz's arrays, read whole, need about .* save the images as a .npy file \(read memory-mapped\)",
     ),
     (
         "empty val split",
@@ -477,6 +506,27 @@ def test_bad_input_is_an_error_before_training(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         (make(tmp_path, monkeypatch) if "monkeypatch" in make.__code__.co_varnames else make(tmp_path)).setup()
+
+
+def test_a_uint8_npy_stays_on_disk_until_used_so_a_stream_can_be_prepared_from_one_larger_than_memory(
+    tmp_path: Path,
+) -> None:
+    # np.load read the whole file: preparing a stream from a .npy larger than memory was killed for lack of memory
+    path = tmp_path / "x.npy"
+    np.lib.format.open_memmap(path, "w+", np.uint8, (500_000, 28, 28)).flush()  # 392 MB (sparse on disk)
+    script = (
+        "import resource, sys\n"
+        "from datamodules.stream_prepare import _records\n"
+        "peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+        "before = peak()\n"
+        "kind, payloads, parts, _ = _records(sys.argv[1], None, None, None, 'data', {})\n"
+        "print(tuple(payloads['train'].shape), (peak() - before) / 1e6)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, cwd=ROOT, env=subprocess_env()
+    )
+    shape, grown = run.stdout.split(")")
+    assert shape == "(500000, 1, 28, 28" and float(grown) < 100, run.stdout + run.stderr  # MB
 
 
 def test_16_bit_pngs_would_have_been_clipped(tmp_path: Path) -> None:

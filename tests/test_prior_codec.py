@@ -492,3 +492,48 @@ def test_compress_command_refuses_transparent_pixels_or_composites_them_as_alpha
     message = "--alpha white applies to the image that encode reads; decode takes no --alpha"
     assert refused(script, [*decode, "--alpha", "white"], capsys) == message  # was silently ignored
     assert not (tmp_path / "out.png").exists()
+
+
+def test_compress_refuses_a_tensor_that_is_not_one_float_image_in_0_1(tokenizer_path: Path) -> None:
+    # torchvision's read_image (uint8) failed inside the encoder's conv ("Input type (unsigned char) and bias type");
+    # its .float() (values 0..255) and NaN were compressed without a word into files of garbage images.
+    prior = tiny_prior(tokenizer_path).eval()
+    image = torch.rand(1, 30, 30, generator=torch.Generator().manual_seed(9))
+    shape = r"compress takes one image \[C, H, W\] of floats in \[0, 1\], got a torch"
+    for bad, message in (
+        ((image * 255).byte(), shape + r".uint8 tensor of shape \(1, 30, 30\)"),
+        (image[None], shape + r".float32 tensor of shape \(1, 1, 30, 30\)"),
+        (image[:, :0], shape + r".float32 tensor of shape \(1, 0, 30\)"),
+        (image * 255, r"compress takes pixels in \[0, 1\], got values in \[0.\d+, 25\d.?\d*\]"),
+        (image.clone().fill_(float("nan")), r"compress takes pixels in \[0, 1\], got values in \[nan, nan\]"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            compress(prior, bad)
+    assert compress(prior, image.double()) == compress(prior, image)  # float64 pixels: the same file
+
+
+def test_rate_distortion_refuses_qualities_pillow_would_relabel_and_photos_it_cannot_crop(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # --jpeg_qualities -1 wrote Pillow's default quality 75 as the row of quality -1 (101: quality 100); --webp 101
+    # ended in Pillow's "invalid configuration"; --photos missing, empty or of 20x20 icons in tracebacks after --out
+    # was made (the icons' in "random_ expects 'from' to be less than 'to'").
+    from PIL import Image
+    from test_evaluation import load_script, refused
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "icons").mkdir()
+    Image.new("RGB", (20, 40)).save(tmp_path / "icons" / "a.png")
+    out = tmp_path / "rd"
+    cases = {
+        "--jpeg_qualities 50 -1": "--jpeg_qualities -1: expected qualities from 1 to 100",
+        "--jpeg_qualities 101": "--jpeg_qualities 101: expected qualities from 1 to 100",
+        "--webp_qualities 0 101": "--webp_qualities 101: expected qualities from 0 to 100",
+        f"--photos {tmp_path / 'missing'}": f"--photos {tmp_path / 'missing'}: expected a folder holding .jpg, .jpeg ",
+        f"--photos {tmp_path / 'empty'}": f"--photos {tmp_path / 'empty'}: expected a folder holding .jpg, .jpeg or ",
+        f"--photos {tmp_path / 'icons'}": f"--photos: {tmp_path / 'icons' / 'a.png'} is 20x40; expected at least 32x32",
+    }
+    for argv, message in cases.items():
+        said = refused(load_script("rate_distortion"), [*argv.split(), "--steps", "1", "--out", str(out)], capsys)
+        assert said.startswith(message), argv
+    assert not out.exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -93,6 +94,30 @@ def test_indices_decode_to_the_same_reconstruction(kwargs: dict, levels: int) ->
     assert indices.shape == (6, levels, 14, 14) and 0 <= indices.min() and indices.max() < size
     assert indices.dtype == torch.int64  # for every quantizer (the library's FSQ gives int32), in predictions too
     torch.testing.assert_close(model.decode_indices(indices), model(x))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"quantizer": "fsq", "fsq_levels": [5, 3]}, {"quantizer": "residual_vq", "num_quantizers": 2}],
+    ids=["vq", "fsq", "residual_vq"],
+)
+def test_indices_outside_the_codebook_or_of_another_shape_are_refused(kwargs: dict) -> None:
+    # The libraries decoded -1 (every quantizer) and FSQ's codebook_size (a code past the last) without a word.
+    model = quantized(**kwargs).eval()
+    levels, size = model.quantizer.num_codebooks, model.codebook_size
+    for bad in (-1, size):
+        with pytest.raises(
+            ValueError, match=rf"indices must lie in \[0, {size - 1}\] .* got values from {bad} to {bad}"
+        ):
+            model.decode_indices(torch.full((1, levels, 7, 7), bad))
+    for shape, dtype in [
+        ((1, levels + 1, 7, 7), torch.long),
+        ((levels, 7, 7), torch.long),
+        ((1, levels, 7, 7), torch.float),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(f"integers of shape [B, {levels}, h, w], got {dtype}")):
+            model.decode_indices(torch.zeros(shape, dtype=dtype))
+    assert model.decode_indices(torch.full((1, levels, 7, 7), size - 1, dtype=torch.int32)).shape == (1, 1, 14, 14)
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"quantizer": "residual_vq", "num_quantizers": 2}], ids=["vq", "residual_vq"])
@@ -575,6 +600,38 @@ def test_lpips_without_pretrained_weights_is_still_a_distance() -> None:
         distance = LPIPSDistance(pretrained=False)
         x, y = torch.rand(2, 4, 3, 16, 16, generator=g)
         assert (distance(x, y) > 0).all() and torch.equal(distance(x, x), torch.zeros(4))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"disc_start": 100}, "disc_start=100 has no effect with adversarial_weight=0"),
+        ({"discriminator_layers": 2}, "discriminator_layers=2 has no effect with adversarial_weight=0"),
+        ({"adversarial_loss": "non_saturating"}, "adversarial_loss='non_saturating' has no effect with adversarial_"),
+        ({"perceptual_network": "vgg"}, "perceptual_network='vgg' has no effect with perceptual_weight=0"),
+    ],
+)
+def test_a_discriminator_or_lpips_setting_without_its_weight_is_refused_not_ignored(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        quantized(**kwargs)
+    assert quantized(**{**ADVERSARIAL, **kwargs}).discriminator  # read with both weights above 0
+
+
+def test_the_perceptual_recipe_trains_and_tests_in_bf16_true(data_dir: Path, tmp_path: Path) -> None:
+    # README: bf16-true is a supported precision; LPIPS's weights are then bfloat16 and must take its inputs.
+    model = quantized(**ADVERSARIAL)
+    trainer = make_trainer(tmp_path, precision="bf16-true", limit_train_batches=1, limit_test_batches=1)
+    trainer.fit(model, datamodule=tiny_data(data_dir))
+    assert torch.isfinite(trainer.callback_metrics["train/perceptual"])
+    (results,) = trainer.test(model, datamodule=tiny_data(data_dir), verbose=False)
+    assert math.isfinite(results["test/lpips"]) and results["test/lpips"] > 0
+
+
+@pytest.mark.parametrize("channels", [2, 4])
+def test_a_perceptual_loss_on_images_lpips_cannot_take_is_refused_when_built(channels: int) -> None:
+    with pytest.raises(ValueError, match=rf"perceptual_weight=1.0 needs gray or RGB .* have {channels} channels"):
+        quantized(perceptual_weight=1.0, perceptual_pretrained=False, input_shape=(channels, 16, 16))
+    assert quantized(input_shape=(channels, 16, 16)).encode(torch.rand(1, channels, 16, 16)).shape == (1, 4, 8, 8)
 
 
 def test_a_corrupt_lpips_trunk_file_is_named_as_unreadable_not_missing(

@@ -261,6 +261,21 @@ def test_configs_fit_from_the_command_line_and_test_their_best_checkpoint(config
         evaluate.main([cli.trainer.checkpoint_callback.best_model_path])
 
 
+@pytest.mark.parametrize("config", ["mult_vae", "mult_dae"])
+def test_configs_click_ratings_of_four_or_more_as_the_paper(config: str, tmp_path: Path) -> None:
+    from datamodules.interactions import read_interactions
+
+    path = write_interactions(tmp_path / "ratings.csv")  # MovieLens-20M's half stars: the paper's clicks are 4 and up
+    path.write_text(path.read_text().replace(",4\n", ",3.5\n"))
+    cli = build_cli("--config", str(ROOT / "configs" / f"{config}.yaml"), "--data.path", str(path),
+                    "--data.val_users", "20", "--data.test_users", "20")  # fmt: skip
+    split, frame = cli.datamodule.interactions, read_interactions(path)
+    rows, columns = split.train.nonzero()
+    clicked = set(zip(split.users["train"][rows].tolist(), split.items[columns].tolist()))
+    half_stars = set(zip(frame["user"][frame["rating"] == 3.5], frame["item"][frame["rating"] == 3.5]))
+    assert clicked and half_stars and not clicked & half_stars
+
+
 def test_a_mult_vae_resumed_mid_epoch_or_at_an_epoch_end_ends_with_the_uninterrupted_weights(tmp_path: Path) -> None:
     path = write_interactions(tmp_path / "ratings.csv")
     settings = [
@@ -360,6 +375,20 @@ def test_ids_are_read_as_they_are_written(tmp_path: Path) -> None:
     path.write_text("".join(f"u{row // 64},{row % 64:04d}\n" for row in range(2**18)) + "u0,B0001\n")
     items = read_interactions(path, header=False)["item"]
     assert items.iloc[0] == "0000" and items.iloc[-1] == "B0001" and items.map(type).eq(str).all()
+
+
+@pytest.mark.parametrize("separator", [",", "\t", "::", " "])
+def test_numeric_ids_written_differently_stay_different_ids(tmp_path: Path, separator: str) -> None:
+    from datamodules.interactions import read_interactions
+
+    path = tmp_path / "zeros.csv"  # all ids are numbers: "007" and "7" are still two users, "0010" and "10" two items
+    rows = [("007", "0010"), ("7", "10"), ("007", "+5"), ("7", "5"), ("8", "7.0"), ("8", "7")]
+    path.write_text("".join(f"{user}{separator}{item}{separator}4\n" for user, item in rows))
+    frame = read_interactions(path)
+    assert list(zip(frame["user"], frame["item"])) == rows  # no duplicate pair, ids as written
+    path.write_text("\ufeff012,10,4\n1,10,4\n2,11,5\n", encoding="utf-8")  # users only (the first, after a BOM)
+    frame = read_interactions(path)
+    assert list(frame["user"]) == ["012", "1", "2"] and list(frame["item"]) == [10, 10, 11]  # items stay numbers
 
 
 def test_a_file_in_another_encoding_is_named_with_its_line(tmp_path: Path) -> None:

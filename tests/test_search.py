@@ -407,6 +407,23 @@ def test_workers_of_one_study_run_n_trials_in_all(tmp_path: Path, data_dir: Path
     assert study.best_trial.number == 1 and (tmp_path / "trials" / "best.yaml").exists()
 
 
+def test_workers_in_other_folders_with_a_relative_root_find_each_others_trials(
+    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # --root trials, as given to workers started in two folders: the second read the first's best trial's config
+    # relative to its own folder, and stopped with "No such file or directory" instead of writing best.yaml
+    args = [*search_args(tmp_path, data_dir), "--root", "trials", "--trainer.max_epochs", "1"]
+    for folder, n_trials in (("a", "1"), ("b", "2")):
+        (tmp_path / folder).mkdir()
+        monkeypatch.chdir(tmp_path / folder)
+        study = search.run([*args, "--n_trials", n_trials])
+    assert [t.user_attrs["folder"] for t in study.trials] == [str(tmp_path / "a" / "trials" / "trial-0"),
+                                                              str(tmp_path / "b" / "trials" / "trial-1")]  # fmt: skip
+    best = yaml.safe_load((tmp_path / "b" / "trials" / "best.yaml").read_text())
+    assert best["trainer"]["default_root_dir"] == str(tmp_path / "b" / "trials" / "best")
+    assert best["model"]["init_args"]["latent_dim"] == study.best_trial.params[LATENT]
+
+
 DEAD_WORKER = """
 import sys, time, optuna
 storage = optuna.storages.RDBStorage(sys.argv[1], heartbeat_interval=1)

@@ -7,11 +7,14 @@ import importlib.util
 import json
 import os
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import write_image_folder
+from PIL import Image
 from test_streaming import FolderBucket, fake_bucket
 
 from ae_lightning.evaluation.feature_classifier import check_classifiable
@@ -173,3 +176,43 @@ def test_a_refused_prepare_prints_its_message_alone_unless_the_traceback_is_aske
     assert capsys.readouterr().err.startswith(f"ae-lightning-prepare: error: {message}")
     with pytest.raises(FileNotFoundError, match=re.escape(message)):
         stream_prepare.main([*argv, "--print_traceback"])
+
+
+def test_gray_sources_are_stored_gray_unless_channels_says_otherwise_and_colour_stays_colour(tmp_path: Path) -> None:
+    # --channels defaulted to 3: a folder of gray PNGs (or a gray array) was stored, and trained, as three equal
+    # channels
+    gray = write_image_folder(tmp_path / "gray", per_class=6, size=8, mode="L")
+    np.save(tmp_path / "gray.npy", np.zeros((12, 8, 8), np.uint8))
+    for source in (gray, tmp_path / "gray.npy"):
+        assert prepare_stream(str(source), str(tmp_path / f"{source.name}-1"), chunk_size=4).channels == 1
+        assert prepare_stream(str(source), str(tmp_path / f"{source.name}-3"), channels=3, chunk_size=4).channels == 3
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(gray / "dog" / "red.png")  # one colour image among gray ones
+    assert prepare_stream(str(gray), str(tmp_path / "mixed"), chunk_size=4).channels == 3
+
+
+def test_a_second_prepare_of_the_same_output_is_refused_while_the_first_one_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the second deleted the first one's staging folder as "what a killed prepare left": both failed, or the first
+    # replaced the second's stream without --overwrite
+    images = write_image_folder(tmp_path / "images", per_class=8, size=8)
+    writing, resume = threading.Event(), threading.Event()
+    write_split = stream_prepare._write_split
+
+    def paused(*args, **kwargs):
+        writing.set()
+        resume.wait(60)
+        return write_split(*args, **kwargs)
+
+    monkeypatch.setattr(stream_prepare, "_write_split", paused)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(prepare_stream, str(images), str(tmp_path / "stream"), chunk_size=4)
+        try:
+            assert writing.wait(60)
+            monkeypatch.setattr(stream_prepare, "_write_split", write_split)
+            with pytest.raises(FileExistsError, match=r"another ae-lightning-prepare is writing .*stream"):
+                prepare_stream(str(images), str(tmp_path / "stream"), chunk_size=2)
+        finally:
+            resume.set()
+        assert first.result(60).counts == read_manifest(StreamLocation(str(tmp_path / "stream"))).counts
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["images", "stream"]

@@ -61,7 +61,10 @@ class LPIPSDistance(nn.Module):
         self.lpips.eval().requires_grad_(False)
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        """LPIPS distances ``[B]`` between images ``x`` and ``y`` ``[B, C, H, W]`` in [0, 1]; differentiable."""
+        """LPIPS distances ``[B]`` between images ``x`` and ``y`` ``[B, C, H, W]`` in [0, 1] (gray or RGB), in the
+        dtype of LPIPS's weights (bfloat16 under ``bf16-true``); differentiable."""
+        dtype = next(self.lpips.parameters()).dtype
+        x, y = x.to(dtype), y.to(dtype)
         if x.shape[1] == 1:
             x, y = x.expand(-1, 3, -1, -1), y.expand(-1, 3, -1, -1)
         if min(x.shape[-2:]) < MIN_SIZE:

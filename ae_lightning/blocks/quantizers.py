@@ -170,7 +170,19 @@ class SpatialQuantizer(nn.Module):
         return quantized.transpose(1, 2).reshape_as(z).contiguous(), indices, aux
 
     def decode_indices(self, indices: Tensor) -> Tensor:
-        """Quantized codes ``[B, C, h, w]`` of indices ``[B, Q, h, w]``."""
+        """Quantized codes ``[B, C, h, w]`` of integer indices ``[B, Q, h, w]`` in ``[0, codebook_size)``; others are
+        refused with a ValueError naming them (the libraries would wrap -1 around or decode a code past the last)."""
+        integer = not (indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool)
+        if not integer or indices.ndim != 4 or indices.shape[1] != self.num_codebooks:
+            raise ValueError(
+                f"indices must be integers of shape [B, {self.num_codebooks}, h, w], got {indices.dtype} of shape "
+                f"{list(indices.shape)}"
+            )
+        if len(indices) and (indices.min() < 0 or indices.max() >= self.codebook_size):
+            raise ValueError(
+                f"indices must lie in [0, {self.codebook_size - 1}] (codebook_size {self.codebook_size}), got values "
+                f"from {indices.min().item()} to {indices.max().item()}"
+            )
         if not len(indices):  # the quantizer libraries cannot reshape an empty batch
             return self.decode_indices(indices.new_zeros((1, *indices.shape[1:])))[:0]
         batch, _, height, width = indices.shape

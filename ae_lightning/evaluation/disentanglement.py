@@ -159,7 +159,8 @@ def dci(
     ``dci_disentanglement``: ``sum_i rho_i (1 - H_K(P_i))``, ``P_i`` code ``i``'s row of ``R`` normalized and ``rho_i``
     its share of the total importance; ``dci_completeness``: the same per factor over the codes (``H_D``), weighted by
     the factor's share; ``dci_informativeness``: the forests' mean test accuracy. If no code has any importance (e.g.
-    constant codes), disentanglement and completeness are 0.
+    constant codes), disentanglement and completeness are 0. With one varying factor disentanglement is NaN, with one
+    code completeness is NaN: undefined (entropy in base 1), as in disentanglement_lib, not a 1 whatever the codes.
 
     Args:
         train_codes, train_factors: ``[N, D]`` codes and ``[N, K]`` discrete factors to fit on.
@@ -183,8 +184,9 @@ def dci(
     total = importance.sum()
     share = importance / total if total > 0 else importance  # all 0 (e.g. constant codes): D and C are 0, not 0/0
     code_share, factor_share = share.sum(1), share.sum(0)
-    per_code = 1 - _entropy(importance, axis=1, base=num_factors) if num_factors > 1 else np.ones(num_codes)
-    per_factor = 1 - _entropy(importance, axis=0, base=num_codes) if num_codes > 1 else np.ones(num_factors)
+    # one factor (one code): each code (factor) names one trivially, a 1 whatever the codes; NaN, as disentanglement_lib
+    per_code = 1 - _entropy(importance, axis=1, base=num_factors) if num_factors > 1 else np.full(num_codes, np.nan)
+    per_factor = 1 - _entropy(importance, axis=0, base=num_codes) if num_codes > 1 else np.full(num_factors, np.nan)
     return {
         "dci_disentanglement": float(np.sum(code_share * per_code)),
         "dci_completeness": float(np.sum(factor_share * per_factor)),

@@ -10,7 +10,7 @@ import contextlib
 import inspect
 import math
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from pkgutil import resolve_name
 from typing import Any
@@ -31,7 +31,7 @@ from ae_lightning.evaluation.metrics import (
 )
 from ae_lightning.training.fault_tolerance.checkpoint_io import read_checkpoint
 from datamodules.base import ImageDataModule, Split
-from datamodules.loader import TensorBatchLoader
+from datamodules.loader import Batch, TensorBatchLoader
 
 METRICS: dict[str, str] = {
     "mse": "mean squared error of the test reconstructions, per pixel",
@@ -552,12 +552,12 @@ def evaluate(
     return {name: results[name] for name in metrics}
 
 
-def gray_loader(datamodule: ImageDataModule, split: Split, classes: Sequence[int] | None = None) -> TensorBatchLoader:
+def gray_loader(datamodule: ImageDataModule, split: Split, classes: Sequence[int] | None = None) -> Iterable[Batch]:
     """The split's gray-level images: the Frechet distance compares samples with the real images, never binarized.
     ``classes``: only the images of these labels (None: all)."""
     own = getattr(datamodule, "evaluation_loader", None)
-    if own is not None:
-        return own(split, batch_size=500)
+    if own is not None:  # images drawn or read batch by batch (dSprites, streams): the classes kept batch by batch
+        return own(split, batch_size=500) if classes is None else _ImagesOfClasses(own(split, batch_size=500), classes)
     if datamodule.hparams.get("binarize") == "static":  # its splits hold the binarized images: the same rows, gray
         # every argument it was built with (a subclass passes the base's, such as seed, on through **kwargs)
         accepted = {
@@ -576,6 +576,19 @@ def gray_loader(datamodule: ImageDataModule, split: Split, classes: Sequence[int
     return TensorBatchLoader(
         images, labels, torch.arange(len(images)), batch_size=500, shuffle=False, seed=0, resumable=False
     )
+
+
+class _ImagesOfClasses:
+    """The batches of ``loader`` cut to the images whose label is one of ``classes`` (each pass, as the loader's)."""
+
+    def __init__(self, loader: Iterable[Batch], classes: Sequence[int]) -> None:
+        self.loader, self.classes = loader, torch.as_tensor(list(classes))
+
+    def __iter__(self) -> Iterator[Batch]:
+        for x, labels, indices in self.loader:
+            keep = torch.isin(labels, self.classes.to(labels.dtype))
+            if keep.any():
+                yield x[keep], labels[keep], indices[keep]
 
 
 def datamodule_names() -> list[str]:

@@ -165,15 +165,19 @@ class InceptionFeatures(nn.Module):
     def __init__(self, pretrained: bool = True) -> None:
         super().__init__()
         if pretrained:
+            path = inception_weights_path()
             try:
                 network = tv.inception_v3(weights=_INCEPTION_WEIGHTS)
-            except (OSError, RuntimeError) as error:  # urllib's URLError is an OSError
-                path = inception_weights_path()
+            except Exception as error:  # offline: urllib's URLError; a file in place: whatever torch.load raises
+                where = (
+                    f"{path} is there but cannot be read (a partial or corrupt copy? remove it)"
+                    if path.is_file()
+                    else f"they are not in {path.parent} and could not be downloaded"
+                )
                 raise FileNotFoundError(
-                    f"the Inception features need torchvision's ImageNet weights {path.name}, which are not in "
-                    f"{path.parent} and could not be downloaded ({type(error).__name__}: {error}). Download "
-                    f"{_INCEPTION_WEIGHTS.url} on a machine with internet and put it at {path}, or use the dataset "
-                    "classifier's features (rfid_classifier)"
+                    f"the Inception features need torchvision's ImageNet weights {path.name}: {where} "
+                    f"({type(error).__name__}: {error}). Download {_INCEPTION_WEIGHTS.url} on a machine with internet "
+                    f"and put it at {path}, or use the dataset classifier's features (rfid_classifier)"
                 ) from error
         else:
             network = tv.inception_v3(weights=None, aux_logits=False, init_weights=False, transform_input=True)

@@ -123,10 +123,12 @@ class AutoDecoder(DeterministicAutoencoder):
         if self.training:
             if self.codes is None:
                 raise ValueError("AutoDecoder has no training codes: set num_codes or train with a datamodule")
-            if indices.max() >= self.num_codes or indices.min() < 0:
+            bad = indices.min() if indices.min() < 0 else indices.max()  # the index out of range, if one is
+            if indices.is_floating_point() or not 0 <= bad < self.num_codes:
                 raise ValueError(
-                    f"a training batch holds sample index {indices.max().item()}, but AutoDecoder has "
-                    f"num_codes={self.num_codes} codes; num_codes must equal the number of training images"
+                    f"a training batch holds sample index {bad.item()!r} ({indices.dtype}), but AutoDecoder has "
+                    f"num_codes={self.num_codes} codes, for the integers 0..{self.num_codes - 1}; num_codes must "
+                    "equal the number of training images, and each sample's index be its position among them"
                 )
             z = self.codes(indices)
         else:

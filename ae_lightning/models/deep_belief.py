@@ -171,6 +171,7 @@ class DeepBeliefAutoencoder(DeterministicAutoencoder):
             terms = self.loss_terms(x, labels, indices)
             self.manual_backward(terms["loss"])
             optimizers[0].step()
+            self.step_schedulers("step", batch_idx + 1)  # the fine-tuning's step-interval schedulers, per its steps
             terms = {name: value.detach() for name, value in terms.items()}
             self.log_terms(terms, "train", batch_size=len(x))
             self.step_epoch_schedulers()  # the fine-tuning schedulers, at its epochs' last batches (before checkpoints)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import inspect
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
@@ -42,17 +43,16 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
     Args:
         residual_blocks: residual blocks of the default networks.
         pixel_loss: ``l1``, ``mse`` (on the pixel means) or ``bce`` (on the logits), averaged over pixels.
-        perceptual_weight: weight of the LPIPS distance; 0 builds no LPIPS network.
-        perceptual_network: the LPIPS trunk: ``alex``, ``vgg`` or ``squeeze``.
-        perceptual_pretrained: load LPIPS's pretrained weights (False: random weights, for tests).
-        adversarial_weight: weight of the generator loss; 0 builds no discriminator.
+        perceptual_weight: weight of the LPIPS distance (gray or RGB images); 0: none (its settings keep defaults).
+        perceptual_network, perceptual_pretrained: the LPIPS trunk (``alex``, ``vgg``, ``squeeze``); its weights.
+        adversarial_weight: weight of the generator loss; 0: no discriminator (its settings but the optimizer keep
+            their defaults).
         adversarial_loss: ``hinge`` or ``non_saturating``.
         adaptive_weight: scale the generator loss by the ratio of gradient norms at the decoder's last layer.
         disc_start: the step from which the adversarial term and discriminator steps apply.
         discriminator_channels: channels of the PatchGAN's first layer.
         discriminator_layers: stride-2 PatchGAN layers after its first (images of >= ``3 * 2 ** layers`` pixels).
-        discriminator_optimizer: the discriminator's optimizer factory.
-        discriminator_lr_scheduler: optional scheduler factory for it.
+        discriminator_optimizer, discriminator_lr_scheduler: the discriminator's optimizer and optional scheduler.
         gradient_clip_val, gradient_clip_algorithm: with a discriminator, clip both steps (else the Trainer's).
         network, hidden_dims: ``conv`` only; channels of each stride-2 convolution of the default networks.
         **kwargs: the :class:`~ae_lightning.base.AutoencoderModule` arguments; ``latent_dim`` is the code's channels.
@@ -81,6 +81,7 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
         hidden_dims: Sequence[PositiveInt] = (128, 128),
         **kwargs: Any,
     ) -> None:
+        check_unread_settings(locals())
         super().__init__(network=network, hidden_dims=hidden_dims, **kwargs)
         factor = 2 ** len(hidden_dims)
         self.latent_shape = (self.latent_dim, self.input_shape[1] // factor, self.input_shape[2] // factor)
@@ -92,6 +93,12 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
         self.disc_start = disc_start
         self.discriminator_optimizer_factory = discriminator_optimizer
         self.discriminator_lr_scheduler_factory = discriminator_lr_scheduler
+        if perceptual_weight and self.input_shape[0] not in (1, 3):
+            raise ValueError(
+                f"perceptual_weight={perceptual_weight} needs gray or RGB images (LPIPS takes 1 or 3 channels), but "
+                f"the images have {self.input_shape[0]} channels (input_shape {self.input_shape}); set "
+                "perceptual_weight: 0"
+            )
         self.perceptual = LPIPSDistance(perceptual_network, perceptual_pretrained) if perceptual_weight else None
         if adversarial_weight:
             check_discriminator_depth(discriminator_layers, self.input_shape[1:])
@@ -292,6 +299,29 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
         return metrics
 
 
+# The settings of the discriminator and of LPIPS, which nothing reads when their weight is 0.
+_READ_WITH = {
+    "adversarial_weight": ("adversarial_loss", "adaptive_weight", "disc_start", "discriminator_channels",
+                           "discriminator_layers", "discriminator_lr_scheduler"),
+    "perceptual_weight": ("perceptual_network", "perceptual_pretrained"),
+}  # fmt: skip
+
+
+def check_unread_settings(settings: dict[str, Any]) -> None:
+    """Raise a ValueError naming the setting if one of ``settings`` (:class:`FirstStageAutoencoder`'s arguments)
+    differs from its default while the weight that makes it read (``adversarial_weight``, ``perceptual_weight``)
+    is 0."""
+    defaults = inspect.signature(FirstStageAutoencoder.__init__).parameters
+    for weight, names in _READ_WITH.items():
+        for name in names if not settings[weight] else ():
+            value, default = settings[name], defaults[name].default
+            if value != default:
+                raise ValueError(
+                    f"{name}={value!r} has no effect with {weight}=0 (nothing reads it): set {weight} above 0, or "
+                    f"leave {name} at its default {default!r}"
+                )
+
+
 def check_discriminator_depth(layers: int, size: Sequence[int]) -> None:
     """Raise a ValueError naming the deepest PatchGAN that fits if one of ``layers`` cannot take images of ``size``
     (height, width): its convolutions would run out of pixels at the first adversarial step."""
@@ -306,4 +336,4 @@ def check_discriminator_depth(layers: int, size: Sequence[int]) -> None:
     )
 
 
-__all__ = ["FirstStageAutoencoder", "check_discriminator_depth"]
+__all__ = ["FirstStageAutoencoder", "check_discriminator_depth", "check_unread_settings"]

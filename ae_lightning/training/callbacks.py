@@ -43,7 +43,7 @@ class ImageLogger(Callback):
     Views: ``reconstructions``, ``samples`` (generative models), ``interpolations`` and ``latent_map`` (PCA of codes),
     of the same first validation images and seeded prior noise every time (``docs/internals.md``), logged as
     ``<name>/<view>`` or written to ``<log_dir>/<name>/<view>-epoch=E-step=S.png``. Nothing is drawn in sanity checks
-    or ``fast_dev_run``; under DDP only rank 0 draws.
+    or ``fast_dev_run``; under DDP only rank 0 draws, from its share of the validation images.
 
     Args:
         every_n_epochs: draw after every n-th validation epoch (not training epoch); 0 disables the callback.
@@ -52,9 +52,9 @@ class ImageLogger(Callback):
         num_samples: prior samples in the sample grid.
         num_interpolations: pairs of validation images interpolated (one row each).
         interpolation_steps: decoded points per interpolation, both ends included.
-        latent_map_size: validation images whose codes are plotted (a validation that yields fewer than 2 gets no map).
-        nrow: images per row of the reconstruction and sample grids.
-        seed: seed of the prior samples.
+        latent_map_size: validation images whose codes are plotted (fewer than 2: no map); the images are kept in CPU
+            memory until drawn (2,000 RGB 256 px images: 1.6 GB).
+        nrow, seed: images per row of the reconstruction and sample grids; seed of the prior samples.
         name: the pictures' tag prefix and PNG folder; each enabled ImageLogger of a trainer needs its own.
     """
 
