@@ -503,9 +503,10 @@ class AutoencoderCLI(LightningCLI):
 
     def _check_stream(self) -> None:
         """Refuse, before the run creates any file, a stream that misses a chunk or ``index.json`` of a split the run
-        reads, or holds one of another size (its ``setup`` finds them too, after the loggers made the run's folder)."""
+        reads, or holds one of another size, or a DDP fit's train split that its processes cannot share (its ``setup``
+        finds them too, after the loggers made the run's folder)."""
         if isinstance(self.datamodule, StreamingDataModule):
-            self.datamodule.check_splits(self.subcommand)
+            self.datamodule.check_splits(self.subcommand, world_size=self.trainer.world_size)
 
     def before_fit(self) -> None:
         with _settings_refused():

@@ -20,6 +20,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 from ae_lightning.cli import AutoencoderCLI, run_command
@@ -38,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--val_users", default="100", help="a count, or a fraction if below 1")
     parser.add_argument("--test_users", default="100", help="a count, or a fraction if below 1")
     parser.add_argument("--batch_size", type=int, default=100)
-    parser.add_argument("--anneal_steps", type=int, default=2000, help="Mult-VAE's KL annealing steps")
+    parser.add_argument("--anneal_steps", type=int, default=2000, help="KL annealing steps of the Mult-VAEs")
     parser.add_argument("--root", type=Path, default=ROOT / "runs" / "recommender")
     args = parser.parse_args(argv)
     missing = [name for name in args.configs if not (ROOT / "configs" / f"{name}.yaml").is_file()]
@@ -52,6 +53,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+class AnnealingCLI(AutoencoderCLI):
+    """The command's CLI, with the KL annealing steps of any model that has them (a Mult-VAE of any config name)."""
+
+    def __init__(self, anneal_steps: int, **kwargs: Any) -> None:
+        self.anneal_steps = anneal_steps
+        super().__init__(**kwargs)
+
+    def before_instantiate_classes(self) -> None:
+        if "anneal_steps" in self.config.model.init_args:
+            self.config.model.init_args.anneal_steps = self.anneal_steps
+        super().before_instantiate_classes()
+
+
 def run(config: str, args: argparse.Namespace, seed: int) -> dict[str, float]:
     """Fit then test one config with one seed; the test metrics."""
     cli_args = [
@@ -61,10 +75,8 @@ def run(config: str, args: argparse.Namespace, seed: int) -> dict[str, float]:
         "--trainer.max_epochs", str(args.epochs), "--trainer.default_root_dir", str(args.root / f"{config}-{seed}"),
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
     ]  # fmt: skip
-    if config == "mult_vae":
-        cli_args += ["--model.init_args.anneal_steps", str(args.anneal_steps)]
     with mock.patch("sys.argv", ["ae-lightning"]):  # the CLI must read only these arguments
-        cli = AutoencoderCLI(args=cli_args, run=False)
+        cli = AnnealingCLI(args.anneal_steps, args=cli_args, run=False)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     (results,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)
     return results

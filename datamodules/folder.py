@@ -34,7 +34,8 @@ class ImageFolderDataModule(ImageDataModule):
     Args:
         data_dir: the folder.
         image_size: side of the square images; None keeps the images' own (common) size.
-        channels: 1 (gray) or 3 (RGB).
+        channels: 1 (gray) or 3 (RGB); None: the folders' own, 1 when every image is gray (read from the files'
+            headers, as ``ae-lightning-prepare`` reads them), else 3.
         test_dir: a second folder, laid out alike, as test split; None holds out ``test_fraction`` of ``data_dir``.
         alpha: an image with transparent pixels (RGBA, LA, or a transparent palette colour) is refused (``refuse``)
             or composited over a ``white`` or ``black`` background; opaque ones are read as they are.
@@ -45,7 +46,7 @@ class ImageFolderDataModule(ImageDataModule):
         self,
         data_dir: str,
         image_size: PositiveInt | None = None,
-        channels: Literal[1, 3] = 3,
+        channels: Literal[1, 3] | None = None,
         test_dir: str | None = None,
         alpha: Alpha = "refuse",
         **kwargs: Any,
@@ -53,6 +54,17 @@ class ImageFolderDataModule(ImageDataModule):
         super().__init__(**kwargs)
         self.data_dir = Path(data_dir)
         self.check_sources_exist()
+        self._channels: int | None = channels
+
+    @property
+    def channels(self) -> int:
+        """``channels``, or the folders' own count where it is None (read once)."""
+        if self._channels is None:
+            files, _, class_names = list_images(self.data_dir)
+            if self.hparams.test_dir is not None:
+                files += list_images(Path(self.hparams.test_dir), class_names, test=True)[0]
+            self._channels = own_channels(files)
+        return self._channels
 
     @property
     def dataset_name(self) -> str:
@@ -64,7 +76,7 @@ class ImageFolderDataModule(ImageDataModule):
     @property
     def input_shape(self) -> tuple[int, ...]:
         size = self.hparams.image_size
-        return (self.hparams.channels, size, size) if size is not None else super().input_shape
+        return (self.channels, size, size) if size is not None else super().input_shape
 
     def load_arrays(self) -> Arrays:
         train, class_names = self._decode_folder(self.data_dir, None)
@@ -78,8 +90,8 @@ class ImageFolderDataModule(ImageDataModule):
         self, folder: Path, class_names: list[str] | None, test: bool = False
     ) -> tuple[tuple[Tensor, Tensor], list | None]:
         files, labels, class_names = list_images(folder, class_names, test)
-        size, mode, alpha = self.hparams.image_size, "L" if self.hparams.channels == 1 else "RGB", self.hparams.alpha
-        check_memory(files, self.hparams.channels, size)
+        size, mode, alpha = self.hparams.image_size, "L" if self.channels == 1 else "RGB", self.hparams.alpha
+        check_memory(files, self.channels, size)
         with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # PIL releases the GIL while decoding
             decoded = list(
                 tqdm(
@@ -175,6 +187,26 @@ def _is_visible_image(path: str, folder: Path) -> bool:
     return not hidden and path.lower().endswith(IMG_EXTENSIONS)
 
 
+GRAY_MODES = ("1", "L", "LA", "I", "F", "I;16", "I;16B", "I;16L", "I;16N")  # PIL modes of gray images
+
+
+def own_channels(files: list[str]) -> int:
+    """1 when every image file is gray, else 3: their PIL modes, read from their headers until one is in colour."""
+
+    def mode(path: str) -> str:
+        try:
+            with Image.open(path) as image:
+                return image.mode
+        except (OSError, ValueError, Image.DecompressionBombError):
+            return "L"  # decides nothing: decoding refuses the file, naming it
+
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        for start in range(0, len(files), 256):
+            if any(found not in GRAY_MODES for found in pool.map(mode, files[start : start + 256])):
+                return 3
+    return 1
+
+
 # PIL modes of images deeper than 8 bits per channel, which ``Image.convert`` clips rather than scales.
 _DEEP_MODES = {"I;16": "16-bit", "I;16B": "16-bit", "I;16L": "16-bit", "I;16N": "16-bit", "I": "32-bit integer",
                "F": "32-bit float"}  # fmt: skip
@@ -225,4 +257,4 @@ def opaque(image: Image.Image, mode: str, alpha: Alpha, where: str) -> Image.Ima
     return image if image.mode == mode else image.convert(mode)
 
 
-__all__ = ["ImageFolderDataModule", "decode_image", "list_images", "opaque"]
+__all__ = ["ImageFolderDataModule", "decode_image", "list_images", "opaque", "own_channels"]

@@ -18,7 +18,7 @@ from scipy import sparse
 from torch import Tensor
 
 from datamodules.base import ImageDataModule, Split
-from datamodules.checks import NonNegativeInt, OpenUnitInterval, PositiveInt
+from datamodules.checks import NonNegativeInt, OpenUnitInterval, PositiveInt, number_type
 from datamodules.loader import TensorBatchLoader, fingerprint
 
 # The paper's rule: a held-out user with fewer items than this keeps them all as fold-in (and is not evaluated).
@@ -27,6 +27,8 @@ MIN_ITEMS_TO_HOLD_OUT = 5
 DEFAULT_TEST_USERS = 0.1
 # The settings that decide which users are training users, named when a checkpoint's differ.
 SPLIT_SETTINGS = ("path", "test_path", "min_rating", "min_user_items", "val_users", "test_users", "seed")
+# min_rating: any finite number (ratings may be negative, as Jester's -10 to 10); NaN would keep no rating.
+FiniteFloat = number_type("(-inf, inf)")
 
 
 @dataclass
@@ -63,17 +65,17 @@ class InteractionsDataModule(ImageDataModule):
         held_out_fraction: share of each validation/test user's items held out to rank.
         test_path: a file of the test users' held-out interactions (MovieLens-100K's ``u1.test`` beside ``u1.base``);
             its users' interactions in ``path`` are folded in and trained on (weak generalization).
-        header: whether the first line names the columns; None: it does when none of its fields is a number and
-            the second line holds one (a file whose first two lines hold no number must say).
-        batch_size: users per step and process.
+        header: whether the first line of ``path`` and of ``test_path`` names the columns; None: in each file, it does
+            when none of its fields is a number and the second line holds one (a file whose first two lines hold no
+            number must say).
+        batch_size, num_workers: users per step and process; worker processes building batches.
         seed: seed of the user split, the held-out draw and the epoch orders.
-        num_workers: worker processes building batches.
     """
 
     def __init__(
         self,
         path: str,
-        min_rating: float | None = None,
+        min_rating: FiniteFloat | None = None,
         min_user_items: PositiveInt = 5,
         val_users: PositiveInt | OpenUnitInterval = 0.1,
         test_users: PositiveInt | OpenUnitInterval | None = None,
@@ -209,16 +211,18 @@ class InteractionsDataModule(ImageDataModule):
         items = np.sort(train["item"].unique())
         fold_in, held_out, kept = {}, {}, {"train": groups["train"]}
         for name in ("val", "test"):
+            from_file = name == "test" and test is not None  # held out by test_path's lines, not drawn
+            source = Path(self.hparams.test_path) if from_file else self.path  # of the unknown items' lines
             part = frame[frame["user"].isin(groups[name])]
-            if name == "test" and test is not None:
+            if from_file:
                 part = pd.concat([part, test], keys=["fold_in", "held_out"])
             known = part[part["item"].isin(items)]
             if len(known) < len(part):
                 rank_zero_info(
-                    f"{self.path}: {len(part) - len(known)} interactions of {name} users with items no training user "
+                    f"{source}: {len(part) - len(known)} interactions of {name} users with items no training user "
                     "has are left out (the model has no output for them)"
                 )
-            if name == "test" and test is not None:
+            if from_file:
                 held = pd.Series(known.index.get_level_values(0) == "held_out", index=known.index)
             else:
                 held = _draw_held_out(known, self.hparams.held_out_fraction, rng)
@@ -226,13 +230,16 @@ class InteractionsDataModule(ImageDataModule):
             kept_rows = known["user"].isin(evaluated)
             known, held = known[kept_rows], held[kept_rows]
             drawn, fraction = len(groups[name]), self.hparams.held_out_fraction
-            why = (f"{MIN_ITEMS_TO_HOLD_OUT} or more items that training users have, and held_out_fraction={fraction}"
-                   f" of them at least 1")  # fmt: skip
+            if from_file:
+                why, fix = f"a line in {source} with an item that training users have", f"give {source} such lines"
+            else:
+                why = (f"{MIN_ITEMS_TO_HOLD_OUT} or more items that training users have, and held_out_fraction="
+                       f"{fraction} of them at least 1")  # fmt: skip
+                fix = f"raise {name}_users or held_out_fraction, or use a larger file"
             if len(evaluated) == 0:
-                raise ValueError(f"{self.path}: none of the {drawn} {name} users has {why}; raise {name}_users or "
-                                 "held_out_fraction, or use a larger file")  # fmt: skip
+                raise ValueError(f"{source}: none of the {drawn} {name} users has {why}; {fix}")
             if len(evaluated) < drawn:
-                rank_zero_info(f"{self.path}: {drawn - len(evaluated)} of the {drawn} {name} users are not evaluated: "
+                rank_zero_info(f"{source}: {drawn - len(evaluated)} of the {drawn} {name} users are not evaluated: "
                                f"each needs {why}")  # fmt: skip
             fold_in[name] = _click_matrix(known[~held], evaluated, items)
             held_out[name] = _click_matrix(known[held], evaluated, items)
@@ -375,7 +382,7 @@ def read_interactions(path: Path, header: bool | None = None, min_rating: float 
         # Ids the parser read as numbers are read again, as text, where that lost how they are written: "007" and "7"
         # (or "7.0" and "7") would be one user; the C parser, inferring each block of rows apart, mixes ints and text.
         kinds = {name: pd.api.types.infer_dtype(frame[name]) for name in ("user", "item")}
-        text = [name for name, kind in kinds.items() if kind.startswith("mixed") or kind == "floating"]
+        text = [name for name, kind in kinds.items() if kind.startswith("mixed") or kind in ("floating", "boolean")]
         text += _integers_not_as_written(path, separator, [name for name, kind in kinds.items() if kind == "integer"])
         if text:
             frame = pd.read_csv(path, **settings, dtype=dict.fromkeys(text, str))
@@ -446,7 +453,9 @@ def _integers_not_as_written(path: Path, separator: str, columns: list[str]) -> 
     """Those of the id ``columns`` ("user", "item") read as integers where a line writes one with a plus sign or a
     leading zero ("+7", "007"), which would read as another id's number ("7")."""
     number = r'[ \t"]*(?:\+|-0|0\d)'
-    first = r"[ \t]*\S+[ \t]+" if separator == r"\s+" else f"[^{re.escape(separator[0])}\n]*{re.escape(separator)}"
+    sep = re.escape(separator)  # the user's field ends at the first separator, as pandas splits ("a:1::007")
+    field = f"[^{sep}\n]*" if len(separator) == 1 else f"(?:(?!{sep})[^\n])*"
+    first = r"[ \t]*\S+[ \t]+" if separator == r"\s+" else field + sep
     patterns = {"user": re.compile(f"\n{number}".encode()), "item": re.compile(f"\n{first}{number}".encode())}
     found: list[str] = []
     with path.open("rb") as file:  # in blocks of whole lines, each searched from a line start
@@ -457,8 +466,9 @@ def _integers_not_as_written(path: Path, separator: str, columns: list[str]) -> 
 
 
 def _separator(line: str) -> str:
-    """The field separator of an interactions file whose first line is ``line``."""
-    return "::" if "::" in line else "\t" if "\t" in line else "," if "," in line else r"\s+"
+    """The field separator of an interactions file whose first line is ``line`` (a tab or a comma before ``::``,
+    which may be inside an id: ``1,ns::10``)."""
+    return "\t" if "\t" in line else "," if "," in line else "::" if "::" in line else r"\s+"
 
 
 def line_of(path: Path, row: int, first_line: int) -> int:

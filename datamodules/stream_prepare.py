@@ -28,14 +28,13 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from torchvision.io import decode_image as decode_bytes
 from torchvision.io import encode_jpeg, encode_png
 from torchvision.transforms.v2 import functional as TF
 
 from datamodules.checks import OpenUnitInterval, PositiveInt, byte_count, check_arguments, number_type
-from datamodules.folder import Alpha
+from datamodules.folder import GRAY_MODES, Alpha, own_channels
 from datamodules.stream_store import (
     MANIFEST,
     SPLITS,
@@ -54,7 +53,6 @@ AHEAD_PER_THREAD = 4  # records in flight per encoding thread
 CHUNK_BYTES = 64_000_000  # litdata's default chunk_bytes ("64MB")
 MIN_CHUNKS = 64  # by default, the least chunks of a split of as many samples: DDP ranks x workers read whole chunks
 PUBLISHING = "publishing.json"  # a remote publish's list of the files it may leave (deleted when it is done)
-GRAY_MODES = ("1", "L", "LA", "I", "F", "I;16", "I;16B", "I;16L", "I;16N")  # PIL modes of gray images
 T, R = TypeVar("T"), TypeVar("R")
 
 
@@ -314,17 +312,7 @@ def source_channels(kind: str, payloads: dict[str, Any], records: list[Any]) -> 
         return int(payloads["train"].shape[1])
     if kind == "torchvision":
         return 1 if payloads["train"][0][0].mode in GRAY_MODES else 3
-
-    def mode(path: str) -> str:
-        try:
-            with Image.open(path) as image:
-                return image.mode
-        except (OSError, ValueError, Image.DecompressionBombError):
-            return "L"  # decides nothing: decoding refuses the file, naming it
-
-    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        modes = ordered_map(pool, mode, records, 64)
-        return 3 if any(found not in GRAY_MODES for found in modes) else 1
+    return own_channels(records)
 
 
 def default_chunk_size(samples: int, pixels: int, encoding: Encoding) -> int:

@@ -102,12 +102,7 @@ class EvaluationShard(Dataset):
     ) -> None:
         # not len(dataset): under DDP, litdata's length is one rank's share of the chunks
         rows = range(dataset.samples) if rows is None else rows
-        if len(rows) < world_size:
-            raise ValueError(
-                f"{dataset.where}: {len(rows)} samples cannot be shared by {world_size} processes, each of which must "
-                f"evaluate at least one; use at most {len(rows)} processes, or prepare the stream with larger splits "
-                "(--val-fraction, --test-fraction)"
-            )
+        check_shared(dataset.where, len(rows), world_size)
         self.dataset, self.rows, self.batches = dataset, [], []
         for start, end in global_batch_bounds(len(rows), batch_size, world_size):
             share = [rows[i] for i in range(start + rank, end, world_size)]
@@ -119,6 +114,16 @@ class EvaluationShard(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return self.dataset[self.rows[i]]
+
+
+def check_shared(where: str, samples: int, world_size: int) -> None:
+    """Refuse an evaluation split of ``samples`` (at ``where``) that ``world_size`` processes cannot share."""
+    if samples < world_size:
+        raise ValueError(
+            f"{where}: {samples} samples cannot be shared by {world_size} processes, each of which must evaluate at "
+            f"least one; use at most {samples} processes, or prepare the stream with larger splits (--val-fraction, "
+            "--test-fraction)"
+        )
 
 
 class StreamLoader:
@@ -365,18 +370,23 @@ class StreamingDataModule(ImageDataModule):
         self.hparams.data_source = self.data_source
         for logger in self.trainer.loggers if self.trainer is not None else []:
             logger.log_hyperparams({"data_source": self.data_source})
-        self.check_splits(stage, content=self.hparams.verify_chunks)
         world = self.trainer.world_size if self.trainer is not None else 1
-        if stage == "fit" and world > 1:
-            self._check_ddp_epoch(world)
+        self.check_splits(stage, content=self.hparams.verify_chunks, world_size=world)
 
-    def check_splits(self, stage: str | None, content: bool = False) -> None:
+    def check_splits(self, stage: str | None, content: bool = False, world_size: int = 1) -> None:
         """Refuse a missing chunk or ``index.json``, or a chunk of another size, of a split ``stage`` reads (every
-        split for None); ``content``: hash each local chunk against the manifest too."""
+        split for None); ``content``: hash each local chunk against the manifest too. Also refuse an evaluated split
+        with fewer samples than the ``world_size`` processes, and a train split a DDP ``fit`` cannot share
+        (:meth:`_check_ddp_epoch`). The command calls it before the run writes anything, ``setup`` again."""
         predict = (self.hparams.predict_split,)
         needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": predict}
         for split in needed.get(stage, ("train", "val", "test")):
             check_chunks(self.location, self.manifest, split, content=content)
+        if stage in needed:  # its last split is the one evaluated
+            split = needed[stage][-1]
+            check_shared(self.location.join(split), self.manifest.counts[split], world_size)
+        if stage == "fit" and world_size > 1:
+            self._check_ddp_epoch(world_size)
 
     def _check_ddp_epoch(self, world: int) -> None:
         """Refuse a DDP ``batch_size`` that leaves the processes no batch, or a train split with a chunk of more samples

@@ -5,10 +5,10 @@
 
 The prior's checkpoint holds its tokenizer (one saved before priors held their tokenizer's settings reads the
 tokenizer's checkpoint at the path it recorded). Images of any size are coded in tiles of the tokenizer's input size; a
-gray model reads images as gray. Decoding refuses, naming the problem, a file that is truncated, corrupted or
-written with another model. Both print the size (bytes, bits per pixel) and the time taken. An existing output file
-is replaced only with ``--overwrite`` (never the input or the prior), and never left half-written; a bad input is a
-one-line error (exit status 2).
+gray model reads images as gray, an RGB one as RGB (a model of other channels codes tensors from Python only). Decoding
+refuses, naming the problem, a file that is truncated, corrupted or written with another model. Both print the size
+(bytes, bits per pixel) and the time taken. An existing output file is replaced only with ``--overwrite`` (never the
+input or the prior), and never left half-written; a bad input is a one-line error (exit status 2).
 """
 
 from __future__ import annotations
@@ -116,6 +116,15 @@ def main(argv: list[str] | None = None) -> None:
     check_paths(parser, args)
     check_device(parser, args.device)
     prior = load_prior(parser, args.prior, args.device)
+    channels = prior.input_shape[0]
+    if args.command == "encode" and channels not in (1, 3):
+        parser.error(f"prior {args.prior} codes images of {channels} channels; encode reads image files as gray (1) "
+                     "or RGB (3): give it the tensor from Python (ae_lightning.codec.compress)")  # fmt: skip
+    if args.command == "decode":
+        try:  # before decoding: Pillow writes some formats in some modes only (no 2-channel or RGBA JPEG)
+            image_bytes(torch.zeros(channels, 1, 1), args.target.suffix)
+        except (OSError, ValueError) as error:
+            parser.error(f"target {args.target}: {error} (prior {args.prior} decodes images of {channels} channels)")
     start = time.perf_counter()
     if args.command == "encode":
         try:

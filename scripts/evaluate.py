@@ -10,11 +10,11 @@ Without ``--metrics`` every metric that applies to the model is computed; naming
 On data with known factors (dSprites) the disentanglement metrics are printed too (``--disentanglement``, and
 ``--prune_threshold`` as the test callback's), and ``--plots`` also writes the latent traversals. ``--samplers`` fits
 post-hoc samplers on the training codes, so that deterministic autoencoders get a Frechet distance too. An existing
-``--json`` file or picture is replaced only with ``--overwrite``, and never left half-written; it is strict JSON
-(a NaN or infinite score is ``null``). Every option is checked
-before the model is loaded (names, counts, paths, the ``--classifier`` file), and what depends on the model (views,
-metrics that apply, a classifier of the checkpoint's dataset, the disentanglement settings) before any score is
-computed.
+``--json`` file or picture is replaced only with ``--overwrite``; the ``--json`` file (strict JSON: a NaN or infinite
+score is ``null``) and the pictures are written once everything is computed, all or none, none half-written. Every
+option is checked before the model is loaded (names, counts, paths, the ``--classifier`` file), and what depends on
+the model (views, the pictures it would replace, metrics that apply, a classifier of the checkpoint's dataset, the
+disentanglement settings) before any score is computed.
 """
 
 from __future__ import annotations
@@ -146,11 +146,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         names = [f"{view}.png" for view in (*(args.views or visualization.VIEWS), "traversals")]
         if folders := [name for name in names if (args.plots / name).is_dir()]:
             parser.error(f"--plots {args.plots} holds folders named {', '.join(folders)}, where pictures go")
-        if (held := [name for name in names if (args.plots / name).exists()]) and not args.overwrite:
-            parser.error(
-                f"--plots {args.plots} already holds {', '.join(held)}; name another folder, or pass --overwrite "
-                "to replace them"
-            )
+        try:  # the views asked for; the others once the model says which it draws (main)
+            check_pictures(args.plots, args.views or [], args.overwrite)
+        except FileExistsError as error:
+            parser.error(str(error))
     # the arguments of scripts/train_feature_classifier.py that train a classifier of these data
     args.data = f"--checkpoint {args.checkpoint}" + (f" --data_dir {args.data_dir}" if args.data_dir else "")
     args.classifier_record = None
@@ -162,6 +161,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         except ValueError as error:
             parser.error(f"--classifier {error}")
     return args
+
+
+def check_pictures(plots: Path, views: list[str], overwrite: bool) -> None:
+    """A FileExistsError naming the pictures of ``views`` that ``plots`` holds already, unless ``overwrite``."""
+    if (held := [f"{view}.png" for view in views if (plots / f"{view}.png").exists()]) and not overwrite:
+        raise FileExistsError(
+            f"--plots {plots} already holds {', '.join(held)}; name another folder, or pass --overwrite to replace them"
+        )
+
+
+def write_all(outputs: dict[Path, bytes]) -> None:
+    """Write every file of ``outputs`` or none: each to a synced temporary file beside it first, then all renamed
+    into place, so that a failed write (a full disk) leaves no output of this run and every old file as it was."""
+    staged = {path: path.with_name(f".{path.name}.{os.getpid()}.staged") for path in outputs}
+    try:
+        for path, temporary in staged.items():
+            write_atomically(temporary, outputs[path])
+        for path, temporary in staged.items():
+            os.replace(temporary, path)
+    finally:
+        for temporary in staged.values():
+            temporary.unlink(missing_ok=True)
 
 
 def json_text(scores: dict[str, float]) -> str:
@@ -204,6 +225,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if args.samplers:
         samplers.check_continuous_codes(model)
     has_factors, asked = hasattr(datamodule, "sample_factors"), args.disentanglement
+    traversals = has_factors and disentanglement.has_flat_codes(model)
+    if args.plots is not None:  # the pictures of this model and data, refused before any score
+        views = args.views or visualization.applicable_views(model)
+        check_pictures(args.plots, [*views, *(["traversals"] if traversals else [])], args.overwrite)
     given = [name for name, value in (("--disentanglement", asked), ("--prune_threshold", args.prune_threshold))
              if value not in (None, ["none"])]  # fmt: skip
     if given and not has_factors:
@@ -283,20 +308,21 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             class_names=datamodule.class_names,
             seed=args.seed,
         )
-        if has_factors and not disentanglement.has_flat_codes(model):
+        if has_factors and not traversals:
             print(f"Latent traversals not drawn: {type(model).__name__}'s codes are not flat [latent_dim]")
-        elif has_factors:
+        elif traversals:
             factors = datamodule.sample_factors(4, torch.Generator().manual_seed(args.seed))
             pictures["traversals"] = disentanglement.latent_traversals(model, datamodule.images_of(factors))
-    # written once everything is computed, so that a failure leaves no output of this run
-    if args.json is not None:
-        write_atomically(args.json, (json_text(scores) + "\n").encode())
+    # written once everything is computed, all or none, so that a failure leaves no output of this run
+    outputs = {} if args.json is None else {args.json: (json_text(scores) + "\n").encode()}
+    for view, image in pictures.items():
+        png = io.BytesIO()
+        save_image(image, png, format="png")
+        outputs[args.plots / f"{view}.png"] = png.getvalue()
     if args.plots is not None:
         args.plots.mkdir(parents=True, exist_ok=True)
-        for view, image in pictures.items():
-            png = io.BytesIO()
-            save_image(image, png, format="png")
-            write_atomically(args.plots / f"{view}.png", png.getvalue())
+    write_all(outputs)
+    if args.plots is not None:
         print(f"Pictures ({', '.join(pictures)}) written to {args.plots}")
     return scores
 

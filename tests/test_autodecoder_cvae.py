@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from test_variants import make_trainer
 
 from ae_lightning import AutoDecoder
+from datamodules import MNISTDataModule
 
 TINY = {"latent_dim": 4, "hidden_dims": [16]}
 
@@ -25,3 +29,26 @@ def test_autodecoder_training_indices_outside_its_codes_are_an_error_naming_the_
     model = AutoDecoder(**TINY, num_codes=4).train()
     with pytest.raises(ValueError, match=rf"{named}, but AutoDecoder has num_codes=4 codes, for the integers 0..3"):
         model.loss_terms(torch.rand(2, 1, 28, 28), torch.zeros(2, dtype=torch.long), indices)
+
+
+def test_codes_trained_on_one_split_are_not_fit_on_another_split_of_the_same_size(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # Another --data.seed draws another training split of the same size: code i would train on another image i.
+    def data(seed: int) -> MNISTDataModule:
+        return MNISTDataModule(data_dir=str(data_dir), batch_size=16, seed=seed)
+
+    def model() -> AutoDecoder:
+        return AutoDecoder(**TINY, inference_steps=1)
+
+    first = make_trainer(tmp_path)
+    first.fit(model(), datamodule=data(42))
+    first.save_checkpoint(checkpoint := tmp_path / "codes.ckpt")  # at the end of an epoch
+    refused = r"trained on \(MNIST \(torchvision\), seed 42, 220 images, .*seed 7, 220 images, .*--data.seed 42"
+    with pytest.raises(ValueError, match=refused):
+        make_trainer(tmp_path, max_epochs=2).fit(model(), datamodule=data(7), ckpt_path=checkpoint)
+    with pytest.raises(ValueError, match=refused):  # the weights loaded, then trained further
+        make_trainer(tmp_path).fit(AutoDecoder.load_from_checkpoint(checkpoint), datamodule=data(7))
+    resumed = make_trainer(tmp_path, max_epochs=2)
+    resumed.fit(model(), datamodule=data(42), ckpt_path=checkpoint)  # the same split: an exact resume
+    assert resumed.current_epoch == 2

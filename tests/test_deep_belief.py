@@ -271,3 +271,33 @@ def test_a_step_interval_scheduler_steps_with_each_fine_tuning_step_only(data_di
     make_trainer(tmp_path, max_epochs=3, callbacks=[recorder]).fit(model, datamodule=tiny_data(data_dir))
     # epochs 0 and 1 pretrain the two RBMs: the fine-tuning lr stays; epoch 2 fine-tunes: it halves at each step
     assert recorder.rates == [(0, 1e-3), (0, 1e-3), (1, 1e-3), (1, 1e-3), (2, 5e-4), (2, 2.5e-4)]
+
+
+class EveryTwoEpochs(DeepBeliefAutoencoder):
+    """The fine-tuning scheduler stepped every second epoch (``frequency: 2``)."""
+
+    def configure_optimizers(self) -> list[dict]:
+        configured = super().configure_optimizers()
+        configured[0]["lr_scheduler"]["frequency"] = 2
+        return configured
+
+
+class RecordEpochLearningRates(Callback):
+    def __init__(self) -> None:
+        self.rates: list[float] = []
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: object) -> None:
+        self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def test_an_epoch_scheduler_frequency_counts_fine_tuning_epochs(data_dir: Path, tmp_path: Path) -> None:
+    def halving(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.StepLR:
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+
+    torch.manual_seed(0)
+    # 3 RBMs of one epoch each (an odd number of pretraining epochs), then 4 fine-tuning epochs
+    model = EveryTwoEpochs(hidden_dims=[16, 8], latent_dim=4, pretrain_epochs=1, lr_scheduler=halving)
+    recorder = RecordEpochLearningRates()
+    make_trainer(tmp_path, max_epochs=7, limit_train_batches=1, callbacks=[recorder]).fit(model, tiny_data(data_dir))
+    # as Lightning's frequency 2: a step after fine-tuning epochs 2 and 4, none after 1 and 3
+    assert recorder.rates == pytest.approx([1e-3] * 5 + [5e-4] * 2)

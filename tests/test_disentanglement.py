@@ -292,6 +292,25 @@ def test_dci_of_one_factor_or_one_code_is_nan_as_disentanglement_lib_not_a_trivi
     assert math.isnan(scores["dci_disentanglement"]) and scores["dci_completeness"] > 0.9, scores
 
 
+def test_sap_of_one_code_is_refused_as_mig_is_not_a_gap_of_zero() -> None:
+    """SAP is the gap between the two code dimensions that best predict a factor: with one there is no second, and SAP
+    read 0 (no separation) whatever the code, where disentanglement_lib fails; refused before any metric, as MIG."""
+    codes, factors = factor_codes(1000)
+    with pytest.raises(
+        ValueError, match=r"^SAP compares the two most predictive code dimensions: it needs >= 2, got 1$"
+    ):
+        metrics.separated_attribute_predictability(codes[:800, :1], factors[:800], codes[800:, :1], factors[800:])
+    calls = []
+
+    def first_code(images: torch.Tensor) -> np.ndarray:
+        calls.append(len(images))
+        return images.double().numpy()[:, :1]
+
+    with pytest.raises(ValueError, match="SAP compares the two most predictive code dimensions: it needs >= 2, got 1"):
+        metrics.disentanglement_metrics(first_code, DSpritesGrid(), ["dci", "sap"], num_points=300)
+    assert calls == [1]  # one image probed, no metric computed
+
+
 def test_beta_tcvae_estimator_offsets_for_sharp_posteriors_are_those_the_docs_give() -> None:
     """docs/disentanglement.md's second example: N = 200,000 posteriors of std 1e-3 (a trained model's, well
     separated), D = 3, a batch of M = 256. MWS's mi is off by log M (not log N, as for overlapping posteriors); MSS's

@@ -411,6 +411,27 @@ def test_evaluate_refuses_counts_too_small_to_mean_anything(data_dir: Path) -> N
             evaluation.evaluate(model, datamodule, ["mse"], **{argument: 0})
 
 
+def test_probes_of_a_training_sample_of_one_class_are_refused_before_any_score(data_dir: Path) -> None:
+    # scikit-learn's "needs samples of at least 2 classes" came after mse, nll and both encodings were computed
+    datamodule = MNISTDataModule(data_dir=str(data_dir))
+    model = VAE(latent_dim=4, hidden_dims=[16], nll_samples=4)
+
+    def labels(seed: int) -> torch.Tensor:  # of the training images the probes fit on
+        return next(iter(evaluation.split_loader(datamodule, "train", max_images=2, seed=seed)))[1]
+
+    seed = next(seed for seed in range(100) if len(labels(seed).unique()) == 1)
+    message = (
+        f"the probes need training images of >= 2 classes, but the 2 drawn (probe_max_train=2, seed={seed}) are all "
+        f"of class {labels(seed)[0].item()}: raise probe_max_train or change the seed"
+    )
+    with (
+        mock.patch.object(evaluation, "reconstruction_scores", side_effect=AssertionError("scored mse first")),
+        mock.patch.object(evaluation, "negative_log_likelihood", side_effect=AssertionError("scored nll first")),
+        pytest.raises(ValueError, match=re.escape(message)),
+    ):
+        evaluation.evaluate(model, datamodule, ["mse", "nll", "linear_probe", "knn"], probe_max_train=2, seed=seed)
+
+
 def test_samplers_benchmark_scores_every_sampler_of_each_run_and_names_a_missing_run(
     benchmark_run: tuple[Path, list], tmp_path: Path
 ) -> None:
@@ -563,6 +584,57 @@ def test_the_evaluate_script_refuses_what_the_model_rules_out_before_any_score(
         with pytest.raises(RuntimeError, match="drawing failed"):
             script.main([ae, "--metrics", "mse", "--json", str(json_file), "--plots", str(plots), "--tsne_points", "8"])
     assert not json_file.exists() and not plots.exists()
+
+
+def test_the_evaluate_script_refuses_only_the_pictures_this_model_and_data_would_replace(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # an old traversals.png (or samples.png) refused the run of a plain autoencoder on MNIST, which writes neither
+    script, checkpoint, plots = load_script("evaluate"), str(tmp_path / "run.ckpt"), tmp_path / "plots"
+    plots.mkdir()
+    (plots / "traversals.png").write_bytes(b"dSprites run")
+    (plots / "samples.png").write_bytes(b"VAE run")
+    torch.manual_seed(0)
+    model, mnist = Autoencoder(latent_dim=2, hidden_dims=[8]), MNISTDataModule(data_dir=str(data_dir))
+    argv = [checkpoint, "--metrics", "mse", "--plots", str(plots), "--tsne_points", "8"]
+    with mock.patch.object(evaluation, "load_checkpoint", return_value=(model, mnist)):
+        script.main(argv)
+        assert sorted(path.name for path in plots.iterdir()) == [
+            "interpolations.png", "latent_map.png", "reconstructions.png", "samples.png", "traversals.png"
+        ]  # fmt: skip
+        assert (plots / "samples.png").read_bytes() == b"VAE run" and (plots / "traversals.png").read_bytes() == (
+            b"dSprites run"
+        )
+        # a picture this run would write is refused, after the model said which, before any score
+        with (
+            mock.patch.object(evaluation, "evaluate", side_effect=AssertionError("scored")),
+            pytest.raises(FileExistsError, match=re.escape(f"--plots {plots} already holds reconstructions.png, ")),
+        ):
+            script.main(argv)
+    assert refused(script, [*argv, "--views", "samples"], capsys) == (  # named views: before the model loads
+        f"--plots {plots} already holds samples.png; name another folder, or pass --overwrite to replace them"
+    )
+
+
+def test_the_evaluate_script_writes_its_json_and_pictures_all_or_none(data_dir: Path, tmp_path: Path) -> None:
+    # the --json file was written before the pictures: a failed picture write left this run's scores behind
+    script, plots, json_file = load_script("evaluate"), tmp_path / "plots", tmp_path / "scores.json"
+    torch.manual_seed(0)
+    model, mnist = Autoencoder(latent_dim=2, hidden_dims=[8]), MNISTDataModule(data_dir=str(data_dir))
+    argv = [str(tmp_path / "run.ckpt"), "--metrics", "mse", "--json", str(json_file), "--plots", str(plots)]
+    argv += ["--views", "reconstructions", "interpolations", "--tsne_points", "8"]
+    full = OSError(28, "No space left on device")
+    with (
+        mock.patch.object(evaluation, "load_checkpoint", return_value=(model, mnist)),
+        mock.patch("os.fsync", side_effect=[None, None, full]),  # the third file of three
+        pytest.raises(OSError, match="No space left on device"),
+    ):
+        script.main(argv)
+    assert not json_file.exists() and list(plots.iterdir()) == []  # and no temporary file
+    with mock.patch.object(evaluation, "load_checkpoint", return_value=(model, mnist)):
+        script.main(argv)
+    assert set(json.loads(json_file.read_text())) == {"mse"}
+    assert sorted(path.name for path in plots.iterdir()) == ["interpolations.png", "reconstructions.png"]
 
 
 def test_evaluation_functions_refuse_counts_before_any_work(data_dir: Path) -> None:

@@ -112,3 +112,20 @@ def test_the_kl_logged_beside_the_iwae_bound_is_the_models_own(cls) -> None:
         own = (log_posterior - log_prior).mean()  # Monte Carlo KL(q || p) of this model
         gaussian = model.kl_divergence(mu, logvar).mean()  # what was logged before: KL(q_0 || N(0, I))
     assert abs(float(logged - own)) < 0.1 * abs(float(own - gaussian))
+
+
+@pytest.mark.parametrize("kwargs, training", [({"beta": 4.0}, False), ({"kl_warmup_steps": 100}, True)])
+def test_neg_iwae_is_the_unweighted_bound_whatever_weighs_the_loss(kwargs: dict, training: bool) -> None:
+    # beta (and at step 0 of the warm-up, weight 0) weighed the log density ratio of what was logged as neg_iwae_k
+    torch.manual_seed(0)
+    model = VAE(**TINY, iw_samples=4, **kwargs).train(training)
+    with torch.no_grad():
+        for parameter in model.parameters():  # a posterior far from the prior: a KL of many nats
+            parameter.add_(0.5 * torch.randn_like(parameter))
+        x = (images(6)[0] > 0.5).float()
+        torch.manual_seed(3)
+        terms = model.loss_terms(x, None, None)
+        torch.manual_seed(3)
+        bound = losses.importance_weighted_bound(*model.log_densities(x, *model.posterior_parameters(x), 4))
+    torch.testing.assert_close(terms["neg_iwae_4"], -bound.mean())
+    assert abs(terms["loss"] - terms["neg_iwae_4"]) > 1  # the loss still weighs the ratio by beta or the warm-up

@@ -113,6 +113,21 @@ def test_hidden_files_and_folders_are_no_classes_or_images_for_the_datamodule_or
     assert manifest.class_names is None and sum(manifest.counts.values()) == 10
 
 
+def test_a_gray_folder_is_gray_in_memory_and_in_its_stream_unless_channels_says_otherwise(tmp_path: Path) -> None:
+    # channels defaulted to 3 in memory, ae-lightning-prepare to the source's: one folder, two input shapes
+    gray = write_image_folder(tmp_path / "gray", per_class=6, size=8, mode="L")
+    prepare_stream(str(gray), str(tmp_path / "stream"), num_workers=1)
+    memory, stream = ImageFolderDataModule(str(gray)), StreamingDataModule(str(tmp_path / "stream"), num_workers=0)
+    assert memory.input_shape == stream.input_shape == (1, 8, 8)
+    memory.setup("test")
+    images, _, _ = next(iter(stream.test_dataloader()))
+    assert torch.equal(memory.splits["test"][0], (images * 255).round().to(torch.uint8))
+    # given: a checkpoint's channels 3 (its run's default) reads the folder as three equal channels, as it trained
+    assert ImageFolderDataModule(str(gray), channels=3, image_size=8).input_shape == (3, 8, 8)
+    _png(gray / "dog" / "colour.png", (8, 8))  # one colour image among them: RGB, as the stream would hold
+    assert ImageFolderDataModule(str(gray), image_size=8).input_shape == (3, 8, 8)
+
+
 def test_phone_photos_are_read_upright_as_their_exif_orientation_says(tmp_path: Path) -> None:
     # stored 16 wide and 8 high, dark left half; EXIF orientation 6: viewers turn it 90 degrees clockwise, so that it
     # shows 8 wide and 16 high with the dark half on top

@@ -469,6 +469,44 @@ def test_compress_command_refuses_a_bad_device_and_a_folder_target_up_front(
     assert not list((tmp_path / "folder.aelc").iterdir()) and not list(tmp_path.glob("*.tmp"))
 
 
+def test_compress_command_names_the_channels_of_a_model_it_cannot_read_or_write_images_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # A model of 2 or 4 channels: encode read an RGB file and died in a traceback ("the model codes images of 4
+    # channels, got an image of 3"); decode into a .jpg decoded the whole file, then Pillow's OSError escaped.
+    import lightning as L
+    from PIL import Image
+    from test_evaluation import load_script, refused
+
+    script = load_script("compress")
+    tokenizer = quantized(hidden_dims=[8, 8], input_shape=(2, 28, 28))
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu")
+    trainer.strategy.connect(tokenizer)
+    trainer.save_checkpoint(tmp_path / "tokenizer.ckpt")
+    prior = tiny_prior(tmp_path / "tokenizer.ckpt").eval()
+    Image.fromarray((torch.rand(28, 28, 3) * 255).byte().numpy()).save(tmp_path / "in.png")
+    (tmp_path / "in.aelc").write_bytes(compress(prior, torch.rand(2, 28, 28)))  # from Python, as it must be
+    checkpoint = str(tmp_path / "prior.ckpt")  # never read: load_prior is given the prior
+
+    def command(name: str, source: str, target: str) -> list[str]:
+        return [name, checkpoint, str(tmp_path / source), str(tmp_path / target), "--device", "cpu"]
+
+    with mock.patch.object(script, "load_prior", return_value=prior):
+        assert refused(script, command("encode", "in.png", "x.aelc"), capsys) == (
+            f"prior {checkpoint} codes images of 2 channels; encode reads image files as gray (1) or RGB (3): give it "
+            "the tensor from Python (ae_lightning.codec.compress)"
+        )
+        with mock.patch.object(script, "decompress", side_effect=AssertionError("decoded first")):
+            assert refused(script, command("decode", "in.aelc", "x.jpg"), capsys) == (
+                f"target {tmp_path / 'x.jpg'}: cannot write mode LA as JPEG (prior {checkpoint} decodes images of 2 "
+                "channels)"
+            )
+        script.main(command("decode", "in.aelc", "x.png"))
+    with Image.open(tmp_path / "x.png") as image:
+        assert image.mode == "LA" and image.size == (28, 28)
+    assert not (tmp_path / "x.aelc").exists() and not (tmp_path / "x.jpg").exists()
+
+
 def test_compress_command_refuses_transparent_pixels_or_composites_them_as_alpha_says(
     trained_prior: CodePrior, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -348,6 +348,22 @@ def test_bad_test_files_are_named_with_the_line(tmp_path: Path, test_lines: list
         _ = data(base, test_path=str(test), min_rating=None).interactions
 
 
+def test_test_users_without_a_known_item_are_named_by_the_test_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    base, test = write_interactions(tmp_path / "u1.base"), tmp_path / "u1.test"  # MovieLens-100K's u1.base, u1.test
+    test.write_text("u1,new1,5\nu1,new2,4\nu2,new1,5\nu3,2,5\n")  # u1 and u2: items no u1.base user has
+    base.write_text("".join(line + "\n" for line in base.read_text().splitlines() if not line.startswith("u3,2,")))
+    with caplog.at_level("INFO"):
+        assert list(data(base, test_path=str(test), min_rating=None).interactions.users["test"]) == ["u3"]
+    assert r"u1.test: 3 interactions of test users with items no training user has" in caplog.text
+    assert "u1.test: 2 of the 3 test users are not evaluated: each needs a line in " in caplog.text
+    assert "5 or more items" not in caplog.text  # the held-out draw's rule, not test_path's
+    test.write_text("u1,new1,5\n")
+    with pytest.raises(ValueError, match=r"u1.test: none of the 1 test users has a line in .*u1.test with an item"):
+        _ = data(base, test_path=str(test), min_rating=None).interactions
+
+
 def test_a_folder_a_compressed_file_and_a_quoted_csv(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=f"interactions file {tmp_path} is a folder"):
         _ = data(tmp_path).interactions
@@ -389,6 +405,22 @@ def test_numeric_ids_written_differently_stay_different_ids(tmp_path: Path, sepa
     path.write_text("\ufeff012,10,4\n1,10,4\n2,11,5\n", encoding="utf-8")  # users only (the first, after a BOM)
     frame = read_interactions(path)
     assert list(frame["user"]) == ["012", "1", "2"] and list(frame["item"]) == [10, 10, 11]  # items stay numbers
+
+
+def test_ids_read_as_booleans_or_holding_the_separators_character_stay_as_written(tmp_path: Path) -> None:
+    from datamodules.interactions import read_interactions
+
+    path = tmp_path / "flags.csv"  # pandas reads True, true and TRUE as one boolean
+    path.write_text("True,1,4\ntrue,2,4\nFalse,3,5\nTRUE,4,5\n")
+    assert list(read_interactions(path)["user"]) == ["True", "true", "False", "TRUE"]
+    path = tmp_path / "ratings.dat"  # user "a:1"'s item "007" is not user "b:2"'s item 7
+    path.write_text("a:1::007::4\nb:2::7::4\nb:2::8::5\n")
+    assert list(zip(*(read_interactions(path)[column] for column in ("user", "item")))) == [
+        ("a:1", "007"), ("b:2", "7"), ("b:2", "8")
+    ]  # fmt: skip
+    path = tmp_path / "namespaced.csv"  # a CSV whose item ids hold "::", MovieLens-1M's separator
+    path.write_text("1,ns::10\n1,ns::11\n2,ns::10\n")
+    assert list(read_interactions(path)["item"]) == ["ns::10", "ns::11", "ns::10"]
 
 
 def test_a_file_in_another_encoding_is_named_with_its_line(tmp_path: Path) -> None:
@@ -484,6 +516,9 @@ def test_bad_split_settings_name_the_setting(tmp_path: Path) -> None:
     test.write_text("\n".join(lines[:2]) + "\n")  # two of user u0's interactions
     with pytest.raises(ValueError, match=r"seed must be an integer >= 0, got -1"):
         data(base, seed=-1)
+    for rating in (math.nan, math.inf):  # NaN would keep no rating, and be refused as too few users
+        with pytest.raises(ValueError, match=rf"min_rating must be a finite number > -inf, got {rating}"):
+            data(base, min_rating=rating)
     with pytest.raises(ValueError, match=r"test_users=5 and test_path=.*u1.test both name the test users"):
         InteractionsDataModule(str(base), test_users=5, test_path=str(test))
     assert len(InteractionsDataModule(str(base), test_path=str(test)).interactions.users["test"]) == 1
@@ -536,3 +571,17 @@ def test_the_command_refuses_data_a_mult_model_cannot_take_before_it_writes_any_
     with pytest.raises(ConfigError, match=message):
         run_cli(*args, "--trainer.default_root_dir", str(root))
     assert not root.exists()  # no run folder, config.yaml or logs of the refused run
+
+
+def test_the_benchmark_anneals_a_mult_vae_of_any_config_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = importlib.util.spec_from_file_location("recommender_benchmark", ROOT / "benchmarks" / "recommender.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    (tmp_path / "configs").mkdir()  # a user's copy of configs/mult_vae.yaml under another name
+    (tmp_path / "configs" / "my_vae.yaml").write_text((ROOT / "configs" / "mult_vae.yaml").read_text())
+    monkeypatch.setattr(benchmark, "ROOT", tmp_path)
+    path = write_interactions(tmp_path / "ratings.csv")
+    benchmark.main(["--path", str(path), "--configs", "my_vae", "--epochs", "1", "--val_users", "20", "--test_users",
+                    "20", "--batch_size", "32", "--anneal_steps", "7", "--root", str(tmp_path / "runs")])  # fmt: skip
+    config = (tmp_path / "runs" / "my_vae-42" / "lightning_logs" / "version_0" / "config.yaml").read_text()
+    assert "anneal_steps: 7\n" in config

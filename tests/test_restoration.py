@@ -99,3 +99,13 @@ def test_test_reports_ssim_on_images_too_small_for_the_11_pixel_window(side: int
     (results,) = make_trainer(tmp_path).test(model, loader, verbose=False)
     for name in ("test/ssim", "test/ssim_denoised", "test/ssim_noisy"):
         assert -1 <= results[name] <= 1, name
+
+
+@pytest.mark.parametrize("corruption", ["gaussian", "masking", "salt_and_pepper"])
+def test_the_denoising_test_loss_and_psnr_score_the_same_noisy_images(corruption: str, tmp_path: Path) -> None:
+    # One image, squared error: test/loss is its summed squared error, 784 * 10^(-PSNR / 10) of the same output.
+    x, labels = images(1)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, labels, torch.arange(1)))
+    model = DenoisingAutoencoder(**TINY, reconstruction="mse", corruption=corruption, corruption_level=0.4)
+    (results,) = make_trainer(tmp_path).test(model, loader, verbose=False)
+    assert results["test/loss"] == pytest.approx(784 * 10 ** (-results["test/psnr_denoised"] / 10), rel=1e-4)

@@ -470,6 +470,30 @@ def test_a_batch_size_that_leaves_ddp_ranks_no_batch_is_refused(stream: Path) ->
     setup(49)
 
 
+@pytest.mark.parametrize(
+    "subcommand, data, refusal",
+    [
+        ("fit", ["--data.batch_size", "64"], "--data.batch_size 64 x 2 processes exceeds the 99 samples"),
+        ("validate", ["--data.input_dir", "small"], "val: 1 samples cannot be shared by 2 processes"),
+        ("test", ["--data.input_dir", "small"], "test: 1 samples cannot be shared by 2 processes"),
+    ],
+)
+def test_a_stream_that_ddp_processes_cannot_share_is_refused_before_the_run_writes_anything(
+    stream: Path, tmp_path: Path, subcommand: str, data: list[str], refusal: str
+) -> None:
+    # refused in ``setup`` alone, these left an empty version_0 behind (and ddp_spawn ran its processes first)
+    if "small" in data:  # 12 images: train 10, val 1, test 1
+        write_image_folder(tmp_path / "images", classes=(), per_class=12, size=12)
+        prepare_stream(str(tmp_path / "images"), str(tmp_path / "small"), num_workers=1)
+        data = ["--data.input_dir", str(tmp_path / "small")]
+    root = tmp_path / "run"
+    args = [*_stream_args(stream, root, *data), "--trainer.strategy", "ddp_spawn", "--trainer.devices", "2",
+            "--trainer.accelerator", "cpu", "--data.num_workers", "0"]  # fmt: skip
+    with pytest.raises(ValueError, match=re.escape(refusal)):
+        run_cli(subcommand, *args)
+    assert not root.exists()
+
+
 class EvaluationRecorder(L.LightningModule):
     """Writes the sample indices of each batch this rank reads from the val, test and predict loaders to
     ``<out>/<rank>.json``."""

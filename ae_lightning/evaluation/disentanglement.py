@@ -111,7 +111,7 @@ def mutual_information_gap(codes: np.ndarray, factors: np.ndarray, bins: int = 2
     """
     from sklearn.metrics import mutual_info_score
 
-    _check_mig_codes(finite_codes(codes).shape[1])
+    _check_gap_codes("mig", finite_codes(codes).shape[1])
     factors = factors[:, varying(factors)]
     binned = discretize(codes, bins)
     information = np.array([[mutual_info_score(f, z) for f in factors.T] for z in binned.T])  # [D, K]
@@ -127,12 +127,12 @@ def separated_attribute_predictability(
     gap between the two best, averaged over the factors.
 
     Args:
-        train_codes, train_factors: ``[N, D]`` codes and ``[N, K]`` discrete factors to fit on.
+        train_codes, train_factors: ``[N, D]`` codes (D >= 2) and ``[N, K]`` discrete factors to fit on.
         test_codes, test_factors: the same to score on.
     """
     from sklearn.svm import LinearSVC
 
-    finite_codes(np.concatenate([train_codes, test_codes]))
+    _check_gap_codes("sap", finite_codes(np.concatenate([train_codes, test_codes])).shape[1])
     keep = varying(train_factors)
     train_factors, test_factors = train_factors[:, keep], test_factors[:, keep]
     accuracy = np.zeros((train_codes.shape[1], train_factors.shape[1]))
@@ -142,7 +142,7 @@ def separated_attribute_predictability(
             classifier.fit(train_codes[:, i : i + 1], train_factors[:, k])
             accuracy[i, k] = classifier.score(test_codes[:, i : i + 1], test_factors[:, k])
     top = np.sort(accuracy, axis=0)[::-1]
-    return float(np.mean(top[0] - top[1])) if len(top) > 1 else 0.0
+    return float(np.mean(top[0] - top[1]))
 
 
 def dci(
@@ -330,9 +330,11 @@ def _check_beta_vae(varying_factors: Sequence[str], num_votes: int, setting: str
         raise ValueError(f"beta_vae needs {setting} >= 2 (its classifier must see two factors), got {num_votes}")
 
 
-def _check_mig_codes(num_codes: int) -> None:
+def _check_gap_codes(metric: str, num_codes: int) -> None:
+    """A ValueError unless ``metric`` (``mig`` or ``sap``, a gap between the two best code dimensions) has two."""
     if num_codes < 2:
-        raise ValueError(f"MIG compares the two most informative code dimensions: it needs >= 2, got {num_codes}")
+        best = "most informative" if metric == "mig" else "most predictive"
+        raise ValueError(f"{metric.upper()} compares the two {best} code dimensions: it needs >= 2, got {num_codes}")
 
 
 # --- all of them ----------------------------------------------------------------------------------------------------
@@ -352,8 +354,8 @@ def check_disentanglement_settings(
 ) -> list[str]:
     """``metrics`` as a list, or a ValueError naming the setting that one of them cannot work with, before any runs:
     unknown names, data with no varying factor, ``beta_vae`` or ``factor_vae`` with fewer than 2 varying factors,
-    ``beta_vae`` with ``num_votes`` < 2, ``mig`` of codes with fewer than 2 dimensions, codes that are not finite
-    (checked on one image)."""
+    ``beta_vae`` with ``num_votes`` < 2, ``mig`` or ``sap`` of codes with fewer than 2 dimensions, codes that are not
+    finite (checked on one image)."""
     metrics = check_disentanglement_metrics(metrics)
     if not metrics:
         return metrics
@@ -367,8 +369,9 @@ def check_disentanglement_settings(
     if "factor_vae" in metrics:
         _check_varying_factors("factor_vae", names)
     num_codes = finite_codes(encode(source.images_of(probe[:1]))).shape[1]
-    if "mig" in metrics:
-        _check_mig_codes(num_codes)
+    for metric in ("mig", "sap"):
+        if metric in metrics:
+            _check_gap_codes(metric, num_codes)
     return metrics
 
 

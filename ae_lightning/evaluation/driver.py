@@ -501,7 +501,7 @@ def evaluate(
         nll_samples: importance samples of ``nll`` (>= 1); the model's ``nll_samples`` when None.
         fid_samples: prior samples of ``fid`` (>= 2).
         probe_max_train: fit the probes on the codes of at most this many training images (>= 2), a seeded random
-            subset (None: all); encoding is the costly part for a model that fits codes by optimization.
+            subset (None: all; a subset of one class is refused before any score).
         knn_neighbors: k of the k-NN probe.
         seed: seed of samples, probes and stochastic scores.
     """
@@ -528,6 +528,21 @@ def evaluate(
             raise ValueError(f"metric {name!r} does not apply to {type(model).__name__}: {METRICS[name]}")
     test = split_loader(datamodule, "test")
     results: dict[str, float] = {}
+    if "linear_probe" in metrics or "knn" in metrics:  # first: training codes of one class are refused before any score
+        train = split_loader(datamodule, "train", max_images=probe_max_train, seed=seed)
+        train_codes, train_labels = encode_split(model, train, seed)
+        if len(classes := train_labels.unique()) < 2:
+            raise ValueError(
+                f"the probes need training images of >= 2 classes, but the {len(train_labels)} drawn "
+                f"(probe_max_train={probe_max_train}, seed={seed}) are all of class {classes.tolist()[0]}: raise "
+                "probe_max_train or change the seed"
+            )
+        test_codes, test_labels = encode_split(model, test, seed)
+        if datamodule.hparams.classes is not None:  # the probes learnt the trained classes only
+            trained = torch.isin(test_labels, torch.as_tensor(datamodule.hparams.classes, dtype=test_labels.dtype))
+            test_codes, test_labels = test_codes[trained], test_labels[trained]
+        probes = probe_accuracies(train_codes, train_labels, test_codes, test_labels, knn_neighbors)
+        results |= {name: value for name, value in probes.items() if name in metrics}
     if any(name in RECONSTRUCTION_METRICS for name in metrics):
         scores = reconstruction_scores(model, test, seed)
         results |= {name: value for name, value in scores.items() if name in metrics}
@@ -537,15 +552,6 @@ def evaluate(
         classifier = classifier.to(model.device)
         real = gray_loader(datamodule, "test", datamodule.hparams.classes)
         results["fid"] = frechet_distance(model, classifier, real, fid_samples, seed=seed)
-    if "linear_probe" in metrics or "knn" in metrics:
-        train = split_loader(datamodule, "train", max_images=probe_max_train, seed=seed)
-        train_codes, train_labels = encode_split(model, train, seed)
-        test_codes, test_labels = encode_split(model, test, seed)
-        if datamodule.hparams.classes is not None:  # the probes learnt the trained classes only
-            trained = torch.isin(test_labels, torch.as_tensor(datamodule.hparams.classes, dtype=test_labels.dtype))
-            test_codes, test_labels = test_codes[trained], test_labels[trained]
-        probes = probe_accuracies(train_codes, train_labels, test_codes, test_labels, knn_neighbors)
-        results |= {name: value for name, value in probes.items() if name in metrics}
     if "auroc" in metrics:
         scores, labels = anomaly_scores(model, test, seed)
         results["auroc"] = anomaly_auroc(scores, labels, datamodule.hparams.classes)

@@ -22,13 +22,44 @@ from datamodules.checks import (
     check_number,
 )
 
+# Where a checkpoint records the training split whose images its codes belong to (:func:`training_split`).
+_SPLIT_KEY = "ae_lightning_codes_split"
+
+
+def training_split(datamodule: Any) -> dict[str, Any] | None:
+    """The data, seed, size and content fingerprint of ``datamodule``'s in-memory training split (after its
+    ``setup``), or None where it holds none (a stream, data given as loaders)."""
+    if "train" not in getattr(datamodule, "splits", {}):
+        return None
+    samples, content = datamodule.training_content()
+    return {"data": datamodule.data_description, "seed": datamodule.hparams.get("seed"), "samples": samples,
+            "fingerprint": content}  # fmt: skip
+
+
+def check_same_split(trained: dict[str, Any] | None, mine: dict[str, Any] | None) -> None:
+    """Raise a ValueError naming the data settings if codes trained on split ``trained`` would now train on the
+    other images of split ``mine`` (both as :func:`training_split` gives them; None: not known)."""
+    if None in (trained, mine) or all(trained[key] == mine[key] for key in ("samples", "fingerprint")):
+        return
+
+    def described(split: dict[str, Any]) -> str:
+        return f"{split['data']}, seed {split['seed']}, {split['samples']} images, fingerprint {split['fingerprint']}"
+
+    setting = f"--data.seed {trained['seed']}" if trained["seed"] != mine["seed"] else "data settings"
+    raise ValueError(
+        f"AutoDecoder's codes belong, by position, to the images of the training split they were trained on "
+        f"({described(trained)}), but this fit's training split holds others ({described(mine)}): each code would "
+        f"train on another image. Fit with the codes' {setting}, or train a new AutoDecoder"
+    )
+
 
 class AutoDecoder(DeterministicAutoencoder):
     """A decoder and a table of per-image codes, optimized together; unseen images get codes by optimization.
 
     Training looks the batch's sample indices up in ``num_codes`` codes; the loss is
     ``recon + code_prior_weight * ||z||^2``. Unseen images (validation, test, predict, :meth:`encode`) get codes
-    fitted to the same loss with the decoder frozen (``docs/internals.md``).
+    fitted to the same loss with the decoder frozen (``docs/internals.md``). Code ``i`` belongs to the training split's
+    ``i``-th image: a fit on another split than the codes' (checkpoints record it) is refused.
 
     Args:
         num_codes: number of training images, or None to take it from the datamodule.
@@ -62,6 +93,7 @@ class AutoDecoder(DeterministicAutoencoder):
         self.inference_lr = inference_lr
         self.codes: nn.Embedding | None = None
         self._kept_codes: list[tuple[int, Tensor, Tensor]] | None = None  # (steps, images, codes), see _keeping_codes
+        self._codes_split: dict[str, Any] | None = None  # the training split the codes belong to (training_split)
         if num_codes is not None:
             self.build_codes(num_codes)
 
@@ -181,9 +213,21 @@ class AutoDecoder(DeterministicAutoencoder):
                 f"{type(datamodule).__name__} has {size} images; they must be equal (leave num_codes unset to take "
                 "it from the data)"
             )
+        mine = training_split(datamodule)
+        check_same_split(self._codes_split, mine)
+        self._codes_split = mine or self._codes_split
+
+    def check_resume(self, checkpoint: dict[str, Any]) -> None:
+        super().check_resume(checkpoint)
+        check_same_split(checkpoint.get(_SPLIT_KEY), self._codes_split)  # this fit's, once ``setup`` has run
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[_SPLIT_KEY] = self._codes_split
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
+        self._codes_split = checkpoint.get(_SPLIT_KEY) or self._codes_split
         stored = checkpoint["state_dict"].get("codes.weight")
         if stored is None:
             return

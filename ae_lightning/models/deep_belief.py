@@ -263,5 +263,10 @@ class DeepBeliefAutoencoder(DeterministicAutoencoder):
         else:  # a pretraining epoch's val/loss (the tied stack's) is not for the fine-tuning's ReduceLROnPlateau
             self._plateau_val_loss = None
 
+    def step_schedulers(self, interval: Literal["step", "epoch"], count: int) -> None:
+        """The base's steps, with epoch-interval ``frequency`` counted in fine-tuning epochs, the schedulers' own."""
+        pretraining = self.pretrain_epochs * len(self.rbm_layers()) if interval == "epoch" else 0
+        super().step_schedulers(interval, count - pretraining)
+
     def clips(self, optimizer: Optimizer) -> bool:
         return optimizer is self.trainer.optimizers[0]  # fine-tuning's: pretraining sets its gradients itself

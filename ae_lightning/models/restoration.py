@@ -6,6 +6,7 @@ from __future__ import annotations
 import abc
 from typing import ClassVar
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
@@ -49,6 +50,13 @@ class RestorationAutoencoder(DeterministicAutoencoder):
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
         recon = self.mean_reconstruction_loss(self.decoder(self.encoder(self.degrade(x))), x)
         return {"loss": recon, "recon": recon}
+
+    def test_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        # The loss's degradation draws from a copy of the random state, so that test_metrics degrades the batch with
+        # the same noise: test/loss and the restoration metrics score the same degraded images.
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            terms = self.loss_terms(x, labels, indices)
+        return terms, self(x, labels)
 
     def test_metrics(
         self, x: Tensor, y: Tensor | None = None, reconstruction: Tensor | None = None

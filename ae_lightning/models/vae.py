@@ -40,7 +40,8 @@ class VAE(AutoencoderModule):
         gaussian_std: for ``likelihood: gaussian``, a fixed std, ``learned`` (one, shared) or ``learned_per_pixel``;
             learned ones start at 0.1 for images and 1 for vectors and stay above 1e-3.
         iw_samples: importance samples k of training: 1 trains on the ELBO, k > 1 on the IWAE bound (Burda et al.
-            2016), logged as ``neg_iwae_<k>`` (``docs/family.md``).
+            2016) with the log density ratio weighted as the KL; ``neg_iwae_<k>`` logs the unweighted bound
+            (``docs/family.md``).
         nll_samples: importance samples K of the test-time bound on -log p(x).
         nll_chunk_size: importance samples decoded at once (trades memory for speed).
         **kwargs: the :class:`~ae_lightning.base.AutoencoderModule` arguments.
@@ -196,18 +197,20 @@ class VAE(AutoencoderModule):
         return recon + kl
 
     def importance_weighted_terms(self, x: Tensor, num_samples: int, y: Tensor | None = None) -> dict[str, Tensor]:
-        """The negative IWAE bound with ``num_samples`` samples as ``loss`` (and ``neg_iwae_<k>``), batch-averaged;
-        ``recon`` (averaged over the samples) and ``kl`` beside it for comparison with the ELBO: in closed form, or,
-        for a model without one (a flow posterior, a mixture prior), the samples' mean of ``log q - log p``."""
+        """Batch averages over ``num_samples`` samples: ``loss``, the negative IWAE bound with the log density ratio
+        weighted by :meth:`kl_weight` (``beta`` times the warm-up); ``neg_iwae_<k>``, the negative IWAE bound itself
+        (weight 1, the same samples), which equals ``loss`` at weight 1; ``recon`` (averaged over the samples) and
+        ``kl`` beside them for comparison with the ELBO: in closed form, or, for a model without one (a flow
+        posterior, a mixture prior), the samples' mean of ``log q - log p``."""
         mu, logvar = self.posterior_parameters(x, y)
-        log_likelihood, log_prior, log_posterior = self.log_densities(x, mu, logvar, num_samples, y)
-        loss = -losses.importance_weighted_bound(log_likelihood, log_prior, log_posterior, self.kl_weight()).mean()
-        recon = -log_likelihood.float().mean()
-        if self.closed_form_kl:
-            kl = self.kl_divergence(mu, logvar).mean()
-        else:
-            kl = (log_posterior - log_prior).mean()
-        return {"loss": loss, f"neg_iwae_{num_samples}": loss.detach(), "recon": recon.detach(), "kl": kl.detach()}
+        densities = self.log_densities(x, mu, logvar, num_samples, y)
+        weight = self.kl_weight()
+        loss = -losses.importance_weighted_bound(*densities, weight).mean()
+        bound = loss if weight == 1 else -losses.importance_weighted_bound(*densities).mean()
+        log_likelihood, log_prior, log_posterior = densities
+        kl = self.kl_divergence(mu, logvar) if self.closed_form_kl else log_posterior - log_prior
+        terms = {f"neg_iwae_{num_samples}": bound, "recon": -log_likelihood.mean(), "kl": kl.mean()}
+        return {"loss": loss, **{name: value.detach() for name, value in terms.items()}}
 
     def log_densities(
         self, x: Tensor, mu: Tensor, logvar: Tensor, num_samples: int, y: Tensor | None = None

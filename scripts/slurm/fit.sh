@@ -4,8 +4,9 @@
 #   CONFIG=configs/vae.yaml sbatch scripts/slurm/single_node.sbatch [more ae-lightning fit arguments]
 #
 # Starts one `ae-lightning fit` task per device with srun: Lightning reads rank and world size from SLURM
-# (SLURMEnvironment) and, as the job is submitted with --signal=SIGUSR1@<seconds> and --requeue, handles the signal
-# by writing <run>/hpc_ckpt_<n>.ckpt and requeuing the job (`scontrol requeue`). The requeued job runs this again with
+# (SLURMEnvironment); as the job is submitted with --signal=SIGUSR1@<seconds> and --requeue, ae-lightning's SlurmRequeue
+# callback handles the signal: every rank checkpoints at the next step boundary into <run>/hpc_ckpt_<n>.ckpt, and rank
+# 0 requeues the job (`scontrol requeue`). The requeued job runs this again with
 # the same job id, so the same run folder and the same W&B run id; `--ckpt_path last` resumes from the furthest trained
 # checkpoint there (the HPC one, or last.ckpt after a node failure); on the first start there is none and it starts
 # from scratch.
