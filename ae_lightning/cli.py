@@ -506,7 +506,7 @@ class AutoencoderCLI(LightningCLI):
         reads, or holds one of another size, or a DDP fit's train split that its processes cannot share (its ``setup``
         finds them too, after the loggers made the run's folder)."""
         if isinstance(self.datamodule, StreamingDataModule):
-            self.datamodule.check_splits(self.subcommand, world_size=self.trainer.world_size)
+            self.datamodule.check_splits(self.subcommand, trainer=self.trainer)
 
     def before_fit(self) -> None:
         with _settings_refused():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import struct
 import zlib
 from collections.abc import Iterator
@@ -133,6 +134,15 @@ def decompress(prior: CodePrior, data: bytes, name: str = "the file") -> Tensor:
             f"{name} has a corrupted header: it describes a {channels}x{height}x{width} image in {tiles} tiles, but "
             f"this model codes images of {prior.input_shape[0]} channels in tiles of {tile_height}x{tile_width} "
             f"({expected_tiles} for that size)"
+        )
+    # constriction's leaky 24-bit probabilities leave each of the K codes at least 2**-24, so a code costs at least
+    # -log2(1 - (K - 1) / 2**24) bits: more codes than the payload holds are refused before any is decoded (the
+    # decoder would read past the payload's end, for hours, keeping every code until the checksum)
+    codes, least_bits = tiles * prior.num_tokens, -math.log2(1 - (prior.vocabulary - 1) / 2**24)
+    if codes * least_bits > 32 * words + 64:
+        raise CompressedFileError(
+            f"{name} has a corrupted header: it describes a {channels}x{height}x{width} image in {tiles} tiles, "
+            f"{codes} codes, more than its payload of {4 * words} bytes can hold"
         )
     payload = np.frombuffer(data, dtype="<u4", offset=_HEADER.size).astype(np.uint32)
     decoder = constriction.stream.queue.RangeDecoder(payload)

@@ -370,21 +370,26 @@ class StreamingDataModule(ImageDataModule):
         self.hparams.data_source = self.data_source
         for logger in self.trainer.loggers if self.trainer is not None else []:
             logger.log_hyperparams({"data_source": self.data_source})
-        world = self.trainer.world_size if self.trainer is not None else 1
-        self.check_splits(stage, content=self.hparams.verify_chunks, world_size=world)
+        self.check_splits(stage, content=self.hparams.verify_chunks)
 
-    def check_splits(self, stage: str | None, content: bool = False, world_size: int = 1) -> None:
+    def check_splits(self, stage: str | None, trainer: Any = None, content: bool = False) -> None:
         """Refuse a missing chunk or ``index.json``, or a chunk of another size, of a split ``stage`` reads (every
         split for None); ``content``: hash each local chunk against the manifest too. Also refuse an evaluated split
-        with fewer samples than the ``world_size`` processes, and a train split a DDP ``fit`` cannot share
-        (:meth:`_check_ddp_epoch`). The command calls it before the run writes anything, ``setup`` again."""
+        with fewer samples than ``trainer``'s processes (default: the attached trainer's; none: one process), and a
+        train split a DDP ``fit`` cannot share (:meth:`_check_ddp_epoch`). A split whose ``limit_*_batches`` is 0 is
+        not read. The command calls it before the run writes anything, ``setup`` again."""
+        trainer = trainer if trainer is not None else self.trainer
+        world_size = getattr(trainer, "world_size", 1)
         predict = (self.hparams.predict_split,)
         needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": predict}
-        for split in needed.get(stage, ("train", "val", "test")):
+        reads, evaluated = needed.get(stage, ("train", "val", "test")), needed.get(stage, (None,))[-1]
+        limit = {"test": "limit_test_batches", "predict": "limit_predict_batches"}.get(stage, "limit_val_batches")
+        if evaluated and getattr(trainer, limit, 1) == 0:
+            reads, evaluated = reads[:-1], None  # Lightning builds no loader of that split
+        for split in reads:
             check_chunks(self.location, self.manifest, split, content=content)
-        if stage in needed:  # its last split is the one evaluated
-            split = needed[stage][-1]
-            check_shared(self.location.join(split), self.manifest.counts[split], world_size)
+        if evaluated:
+            check_shared(self.location.join(evaluated), self.manifest.counts[evaluated], world_size)
         if stage == "fit" and world_size > 1:
             self._check_ddp_epoch(world_size)
 

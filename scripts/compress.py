@@ -59,8 +59,12 @@ def check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error(f"target {args.target} exists; name another file, or pass --overwrite to replace it")
     if args.command == "decode" and args.alpha != "refuse":  # the decoded image is opaque: nothing to composite
         parser.error(f"--alpha {args.alpha} applies to the image that encode reads; decode takes no --alpha")
-    if args.command == "decode" and Image.registered_extensions().get(args.target.suffix.lower()) not in Image.SAVE:
+    written_as = Image.registered_extensions().get(args.target.suffix.lower())
+    if args.command == "decode" and written_as not in Image.SAVE:
         parser.error(f"target {args.target}: expected an image name whose suffix Pillow can write (.png, .bmp, ...)")
+    if args.command == "decode" and written_as in ("ICO", "ICNS"):  # Pillow resizes the image to icon sizes
+        parser.error(f"target {args.target}: Pillow writes {written_as} files as icons of fixed sizes, not the image "
+                     "at its own size; expected an image name such as .png, .bmp, .tiff or .webp")  # fmt: skip
 
 
 def check_device(parser: argparse.ArgumentParser, device: str) -> None:

@@ -142,10 +142,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if not existing.is_dir():
             where = "it" if existing == args.plots else existing
             parser.error(f"--plots {args.plots}: {where} is a file; expected a folder (for the pictures)")
-        # every picture this command may write: the model decides which views apply only once it is loaded
-        names = [f"{view}.png" for view in (*(args.views or visualization.VIEWS), "traversals")]
-        if folders := [name for name in names if (args.plots / name).is_dir()]:
-            parser.error(f"--plots {args.plots} holds folders named {', '.join(folders)}, where pictures go")
         try:  # the views asked for; the others once the model says which it draws (main)
             check_pictures(args.plots, args.views or [], args.overwrite)
         except FileExistsError as error:
@@ -164,7 +160,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def check_pictures(plots: Path, views: list[str], overwrite: bool) -> None:
-    """A FileExistsError naming the pictures of ``views`` that ``plots`` holds already, unless ``overwrite``."""
+    """A FileExistsError naming the pictures of ``views`` that ``plots`` holds as folders, or already holds, unless
+    ``overwrite``."""
+    if folders := [f"{view}.png" for view in views if (plots / f"{view}.png").is_dir()]:
+        raise FileExistsError(f"--plots {plots} holds folders named {', '.join(folders)}, where pictures go")
     if (held := [f"{view}.png" for view in views if (plots / f"{view}.png").exists()]) and not overwrite:
         raise FileExistsError(
             f"--plots {plots} already holds {', '.join(held)}; name another folder, or pass --overwrite to replace them"
@@ -319,9 +318,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         png = io.BytesIO()
         save_image(image, png, format="png")
         outputs[args.plots / f"{view}.png"] = png.getvalue()
+    created = [] if args.plots is None else [path for path in (args.plots, *args.plots.parents) if not path.exists()]
     if args.plots is not None:
         args.plots.mkdir(parents=True, exist_ok=True)
-    write_all(outputs)
+    try:
+        write_all(outputs)
+    except BaseException:  # all or none: the folders this run made go too
+        for folder in created:
+            folder.rmdir()
+        raise
     if args.plots is not None:
         print(f"Pictures ({', '.join(pictures)}) written to {args.plots}")
     return scores

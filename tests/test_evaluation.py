@@ -630,11 +630,31 @@ def test_the_evaluate_script_writes_its_json_and_pictures_all_or_none(data_dir: 
         pytest.raises(OSError, match="No space left on device"),
     ):
         script.main(argv)
-    assert not json_file.exists() and list(plots.iterdir()) == []  # and no temporary file
+    assert not json_file.exists() and not plots.exists()  # nor the folder it made, nor a temporary file
     with mock.patch.object(evaluation, "load_checkpoint", return_value=(model, mnist)):
         script.main(argv)
     assert set(json.loads(json_file.read_text())) == {"mse"}
     assert sorted(path.name for path in plots.iterdir()) == ["interpolations.png", "reconstructions.png"]
+
+
+def test_the_evaluate_script_refuses_only_folders_where_its_own_pictures_go(data_dir: Path, tmp_path: Path) -> None:
+    # a folder traversals.png refused every run, though only a model of data with known factors draws traversals
+    script, plots = load_script("evaluate"), tmp_path / "plots"
+    (plots / "traversals.png").mkdir(parents=True)
+    torch.manual_seed(0)
+    model, mnist = Autoencoder(latent_dim=2, hidden_dims=[8]), MNISTDataModule(data_dir=str(data_dir))
+    argv = [str(tmp_path / "run.ckpt"), "--metrics", "mse", "--plots", str(plots), "--tsne_points", "8"]
+    with mock.patch.object(evaluation, "load_checkpoint", return_value=(model, mnist)):
+        script.main(argv)
+        assert (plots / "reconstructions.png").is_file() and (plots / "traversals.png").is_dir()
+        (plots / "latent_map.png").unlink()
+        (plots / "latent_map.png").mkdir()
+        message = f"--plots {plots} holds folders named latent_map.png, where pictures go"
+        with (
+            mock.patch.object(evaluation, "evaluate", side_effect=AssertionError("scored")),
+            pytest.raises(FileExistsError, match=re.escape(message)),
+        ):
+            script.main([*argv, "--overwrite"])
 
 
 def test_evaluation_functions_refuse_counts_before_any_work(data_dir: Path) -> None:

@@ -26,6 +26,7 @@ from ae_lightning.lightning_internals import (
     ends_training_epoch,
     every_n_train_steps,
     restarts_a_finished_epoch,
+    stored_loader_states,
     uncounted_optimizer_step,
     weighted_batch_size,
     without_cli_hyperparameters,
@@ -387,4 +388,137 @@ def test_lightning_skips_the_epoch_end_validation_when_resuming_at_the_epochs_la
         f"Lightning {lightning.__version__} no longer skips the validation of the epoch whose last batch a resumed "
         f"checkpoint was written at (validated epochs {resumed.validated_epochs}): "
         "AutoencoderModule.on_load_checkpoint warns that it does; see ae_lightning/lightning_internals.py"
+    )
+
+
+def test_lightning_keeps_a_loaders_state_where_stored_loader_states_reads_it_and_restores_it(tmp_path) -> None:
+    # Epochs of 3 batches; a checkpoint after batch 2 of epoch 0. TensorBatchLoader is no DataLoader: Lightning
+    # saves and restores it through its state_dict / load_state_dict alone.
+    images = torch.rand(12, 3)
+
+    class Recorder(TensorBatchLoader):
+        def load_state_dict(self, state) -> None:
+            self.loaded = [*getattr(self, "loaded", []), dict(state)]
+            super().load_state_dict(state)
+
+    def loader():
+        return Recorder(images, torch.zeros(12), torch.arange(12), batch_size=4, shuffle=True, seed=0)
+
+    steps = ModelCheckpoint(tmp_path / "steps", every_n_train_steps=2, save_top_k=-1, filename="{step}")
+    L.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+              callbacks=[steps], default_root_dir=tmp_path).fit(Counting(), loader())  # fmt: skip
+    checkpoint = torch.load(tmp_path / "steps" / "step=2.ckpt", weights_only=False)
+    states = stored_loader_states(checkpoint)
+    assert [(state.get("epoch"), state.get("batches_done")) for state in states] == [(0, 2)], (
+        f"Lightning {lightning.__version__} no longer keeps the training loader's state_dict under "
+        f"loops/fit_loop/state_dict/combined_loader (found {states}): the command's resume check reads it there; see "
+        "stored_loader_states in ae_lightning/lightning_internals.py"
+    )
+    resumed = loader()
+    quiet_trainer(tmp_path, max_epochs=2).fit(Counting(), resumed, ckpt_path=tmp_path / "steps" / "step=2.ckpt")
+    assert getattr(resumed, "loaded", []) == states, (
+        f"Lightning {lightning.__version__} no longer hands a resumed loader (no DataLoader) its stored state through "
+        "load_state_dict: TensorBatchLoader (datamodules/loader.py) would restart its epoch"
+    )
+    assert stored_loader_states({}) == []
+    with pytest.raises(RuntimeError, match=rf"Lightning {lightning.__version__} changed .*loops/fit_loop/state_dict"):
+        stored_loader_states({"loops": {"fit_loop": {}}})
+
+
+def test_a_lightning_module_outside_a_trainer_raises_a_runtime_error_for_its_trainer() -> None:
+    # AutoencoderModule (on_load_checkpoint, on_save_checkpoint, ...) and MultVAE tell a module loaded by
+    # load_from_checkpoint from one that a Trainer runs by this RuntimeError.
+    try:
+        trainer = Counting().trainer
+    except RuntimeError:
+        return
+    pytest.fail(
+        f"Lightning {lightning.__version__} gives a LightningModule outside a Trainer the trainer {trainer!r} instead "
+        "of raising a RuntimeError: replace the `except RuntimeError` around `self.trainer` in ae_lightning/base.py "
+        "and ae_lightning/models/recommender.py"
+    )
+
+
+def test_a_tqdm_bar_never_opened_raises_a_type_error() -> None:
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    bar = TQDMProgressBar()
+    for name in ("train_progress_bar", "val_progress_bar", "test_progress_bar", "predict_progress_bar"):
+        with pytest.raises(TypeError):
+            getattr(bar, name)
+            pytest.fail(
+                f"Lightning {lightning.__version__}'s TQDMProgressBar.{name} no longer raises a TypeError before it is "
+                "opened: ClosingProgressBar.on_exception (ae_lightning/training/callbacks.py) would fail in its place"
+            )
+
+
+class HandlersSeen(L.Callback):
+    """Records the SIGTERM and SIGUSR1 handlers at the hooks around which SigtermCheckpoint and SlurmRequeue hand their
+    signals to Lightning and take them back."""
+
+    def __init__(self) -> None:
+        import signal
+
+        self.seen: dict[str, tuple] = {}
+        self.signals = (signal.SIGTERM, signal.SIGUSR1)
+
+    def _record(self, hook: str) -> None:
+        import signal
+
+        self.seen[hook] = tuple(signal.getsignal(signum) for signum in self.signals)
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        self._record("setup")
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._record("on_fit_start")
+
+    def on_sanity_check_start(self, trainer, pl_module) -> None:
+        self._record("on_sanity_check_start")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._record("on_train_start")
+
+
+def test_lightning_installs_its_sigterm_handler_after_on_fit_start_and_puts_back_the_one_it_found(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signal
+
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    # A single SLURM task with auto-requeue (SLURMEnvironment's default), as in tests/test_slurm.py.
+    for name in ("NTASKS", "JOB_ID", "NODEID", "PROCID", "LOCALID", "NTASKS_PER_NODE"):
+        monkeypatch.setenv(f"SLURM_{name}", "1" if name.startswith("NTASKS") else "0")
+    monkeypatch.setenv("SLURM_JOB_NAME", "train")
+    monkeypatch.setenv("SLURM_NODELIST", "localhost")
+
+    def mine(signum, frame) -> None:
+        pass
+
+    previous = [signal.signal(signum, mine) for signum in (signal.SIGTERM, signal.SIGUSR1)]
+    try:
+        seen = HandlersSeen()
+        trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, max_steps=1, limit_val_batches=1, num_sanity_val_steps=1,
+                            callbacks=[seen], default_root_dir=tmp_path)  # fmt: skip
+        trainer.fit(BoringModel())
+        after = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGUSR1))
+    finally:
+        for signum, handler in zip((signal.SIGTERM, signal.SIGUSR1), previous):
+            signal.signal(signum, handler)
+    sigterm = {hook: handlers[0] is mine for hook, handlers in seen.seen.items()}
+    assert sigterm == {"setup": True, "on_fit_start": True, "on_sanity_check_start": False, "on_train_start": False}, (
+        f"Lightning {lightning.__version__} no longer installs its SIGTERM handler between the on_fit_start hooks and "
+        f"the sanity check (whether the handler was still this process's at each hook: {sigterm}): SigtermCheckpoint "
+        "(ae_lightning/training/fault_tolerance/sigterm.py) hands SIGTERM back in on_fit_start and takes it again there"
+    )
+    assert after == (mine, mine), (
+        f"Lightning {lightning.__version__} no longer puts back the SIGTERM handler it found when fit ends: "
+        "AgreedSignal (ae_lightning/training/fault_tolerance/agreement.py) relies on it after a failed fit"
+    )
+    assert all(handlers[1] is mine for handlers in seen.seen.values()), (
+        f"Lightning {lightning.__version__} now replaces an installed SLURM requeue signal handler (SIGUSR1): "
+        "SlurmRequeue (ae_lightning/training/fault_tolerance/slurm.py) installs its handler first for Lightning to "
+        "leave it alone"
     )

@@ -211,6 +211,14 @@ def test_codec_refuses_a_corrupted_header(tokenizer_path: Path) -> None:
     for index, value in ((4, 3), (5, 80), (5, 0), (7, 2**31), (7, 5)):  # channels, height, tiles the model denies
         with pytest.raises(CompressedFileError, match=r"f.aelc has a corrupted header: it describes a \d+x\d+x\d+ "):
             decompress(prior, corrupted(index, value), name="f.aelc")
+    # huge sizes that agree with each other: decoding read on past the payload's end, keeping the codes of billions
+    # of tiles before the checksum; now refused before any code is decoded
+    rows, cols = -(-(2**32 - 1) // 28), 27
+    huge = codec._HEADER.pack(*fields[:5], 2**32 - 1, 28 * cols, rows * cols, *fields[8:]) + data[codec._HEADER.size :]
+    message = rf"f.aelc has a corrupted header: it describes a 1x4294967295x756 image in {rows * cols} tiles, \d+ "
+    with mock.patch.object(prior, "next_token_probabilities", side_effect=AssertionError("decoding")):
+        with pytest.raises(CompressedFileError, match=message + r"codes, more than its payload of \d+ bytes can hold"):
+            decompress(prior, huge, name="f.aelc")
     with pytest.raises(CompressedFileError, match=r"format version 1; this code reads version 2 \(the format changed"):
         decompress(prior, corrupted(1, 1))
     assert decompress(prior, data).shape == (1, 40, 61)
@@ -293,6 +301,12 @@ def test_compress_command_names_each_bad_input(
             f"{image} is not an ae-lightning compressed file (no AELC header)",
         ("decode", prior, tmp_path / "in.aelc", tmp_path / "x.aelc"):
             f"target {tmp_path / 'x.aelc'}: expected an image name whose suffix Pillow can write (.png, .bmp, ...)",
+        ("decode", prior, tmp_path / "in.aelc", tmp_path / "x.ico"):  # was a 32x32 icon of the 28x28 image
+            f"target {tmp_path / 'x.ico'}: Pillow writes ICO files as icons of fixed sizes, not the image at its own "
+            "size; expected an image name such as .png, .bmp, .tiff or .webp",
+        ("decode", prior, tmp_path / "in.aelc", tmp_path / "x.icns"):  # a 1024x1024 icon
+            f"target {tmp_path / 'x.icns'}: Pillow writes ICNS files as icons of fixed sizes, not the image at its "
+            "own size; expected an image name such as .png, .bmp, .tiff or .webp",
         ("encode", tokenizer_path, image, tmp_path / "x.aelc"):
             f"prior {tokenizer_path} holds ae_lightning.models.quantized.QuantizedAutoencoder; {expected_prior}",
         ("encode", image, image, tmp_path / "x.aelc"):  # then torch's reason, and what is expected
@@ -303,7 +317,7 @@ def test_compress_command_names_each_bad_input(
     for argv, message in cases.items():
         said = refused(script, [*map(str, argv), "--device", "cpu"], capsys)
         assert said == message or (message.endswith(": ") and said.startswith(message)), argv
-    assert not (tmp_path / "x.aelc").exists() and not (tmp_path / "x.png").exists()
+    assert not [path for path in tmp_path.iterdir() if path.stem == "x"]
 
 
 def test_compress_command_never_writes_over_its_source_or_prior(

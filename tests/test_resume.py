@@ -34,6 +34,7 @@ from torch.optim import lr_scheduler
 
 from ae_lightning import AdversarialAutoencoder, Autoencoder
 from ae_lightning.cli import ConfigError, _furthest_checkpoint
+from ae_lightning.lightning_internals import stored_loader_states
 from ae_lightning.training.fault_tolerance import AtomicCheckpointIO
 from ae_lightning.training.resume import OptimizerSettingsOnResume, optimizer_settings
 from datamodules import MNISTDataModule
@@ -83,7 +84,7 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_weights(
 
     interrupted = last_checkpoint(killed_root)  # whole, even where the run died writing the next one
     assert interrupted["global_step"] == checkpoint_step
-    (loader,) = interrupted["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    (loader,) = stored_loader_states(interrupted)
     assert {key: loader[key] for key in (*position, "seed", "batch_size")} == {**position, "seed": 42, "batch_size": 16}
     assert len(interrupted["random_states"]) == 1
     # the dead writer's half file, under a hidden name that no checkpoint search matches

@@ -494,6 +494,19 @@ def test_a_stream_that_ddp_processes_cannot_share_is_refused_before_the_run_writ
     assert not root.exists()
 
 
+def test_a_split_the_trainer_never_reads_is_not_refused_for_ddp(stream: Path) -> None:
+    # fit --trainer.limit_val_batches 0 on 10 processes was refused for its 9 val samples, a split it never reads
+    dm = StreamingDataModule(str(stream), batch_size=4)
+    for limit, stage in ((0, "fit"), (0.0, "validate")):
+        dm.trainer = SimpleNamespace(world_size=10, global_rank=0, loggers=[], limit_val_batches=limit)
+        dm.setup(stage)
+    dm.trainer = None  # the command's check, before Lightning attaches the trainer
+    dm.check_splits("fit", trainer=SimpleNamespace(world_size=10, limit_val_batches=0))
+    for stage, limits in (("fit", {"limit_test_batches": 0}), ("test", {"limit_val_batches": 0})):  # others read
+        with pytest.raises(ValueError, match=r"(val: 9|test: 12) samples cannot be shared by 20 processes"):
+            dm.check_splits(stage, trainer=SimpleNamespace(world_size=20, **limits))
+
+
 class EvaluationRecorder(L.LightningModule):
     """Writes the sample indices of each batch this rank reads from the val, test and predict loaders to
     ``<out>/<rank>.json``."""

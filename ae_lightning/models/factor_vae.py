@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
-from torch.optim import Optimizer
 
 from ae_lightning.base import Batch
 from ae_lightning.blocks import losses
 from ae_lightning.blocks.divergences import permute_dims
 from ae_lightning.checks import check_single_sample
+from ae_lightning.lightning_internals import uncounted_optimizer_step
 from ae_lightning.models.vae import VAE
 from datamodules.checks import NonNegativeFloat, PositiveInt
 
@@ -102,14 +102,9 @@ class FactorVAE(VAE):
         discriminator_optimizer.zero_grad()
         d_loss, d_accuracy = self.discriminator_terms(z.detach())
         self.manual_backward(d_loss)
-        self._uncounted_step(discriminator_optimizer)
+        uncounted_optimizer_step(self.trainer, discriminator_optimizer)
         detached = {name: value.detach() for name, value in terms.items()}
         return {**detached, "d_loss": d_loss.detach(), "d_accuracy": d_accuracy}
-
-    def _uncounted_step(self, optimizer: Optimizer) -> None:
-        """``optimizer.step()`` through the strategy and precision plugin, without a ``global_step`` count."""
-        raw = getattr(optimizer, "optimizer", optimizer)  # the optimizer inside Lightning's wrapper
-        self.trainer.strategy.optimizer_step(raw, closure=lambda: None)
 
     def configure_optimizers(self) -> list[dict[str, Any]]:
         """The VAE's (every parameter but the discriminator's) and the discriminator's optimizers, in this order."""
