@@ -116,7 +116,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         self.steps_per_batch = steps_per_batch
         self.automatic_optimization = steps_per_batch == 1
         self.test_reconstruction = ReconstructionMetrics(prefix="test/", images=len(self.input_shape) == 3)
-        self._input_checked = False
+        self._checked_stages: set[str] = set()  # those whose first batch :meth:`_check_batch` passed, in this run
         # Under manual optimization the last epoch whose schedulers stepped; the val/loss awaiting the step of the
         # ReduceLROnPlateaus at the epoch's end; both go into checkpoints (see ``on_train_epoch_end``).
         self._scheduled_epoch = -1
@@ -194,7 +194,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         batches = [unpack_batch(one) for one in stepped]
         steps = []
         for k, one in enumerate(batches):
-            self._check_input_once(one[0])
+            self._check_batch(one[0], "train")
             steps.append(self.optimization_step(one))
             self.step_schedulers("step", batch_idx * self.steps_per_batch + k + 1)  # the epoch's steps so far
         self.log_terms(steps[-1], "train", batch_size=len(batches[-1][0]))
@@ -220,7 +220,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
 
     def _test_step(self, batch: Batch) -> None:
         x, y, indices = unpack_batch(batch)
-        self._check_input_once(x)
+        self._check_batch(x, "test")
         terms, reconstruction = self.test_terms(x, y, indices)
         self.log_terms(terms, "test", batch_size=len(x))
         # test/recon_mse, test/recon_bce (per pixel), test/psnr and test/ssim, computed over the whole test set
@@ -243,8 +243,10 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         return {}
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
+        batch = unpack_batch(batch)
+        self._check_batch(batch[0], "predict")
         with self.evaluation_randomness(batch_idx):
-            return self._predict_step(unpack_batch(batch))  # a variant's own _predict_step unpacks it as it is
+            return self._predict_step(batch)
 
     def _predict_step(self, batch: Batch) -> dict[str, Tensor]:
         x, labels, indices = batch
@@ -269,7 +271,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
 
     def _shared_step(self, batch: Batch, stage: Stage) -> dict[str, Tensor]:
         x, labels, indices = unpack_batch(batch)
-        self._check_input_once(x)
+        self._check_batch(x, stage)
         terms = self.loss_terms(x, labels, indices)
         self.log_terms(terms, stage, batch_size=len(x))
         return terms
@@ -304,16 +306,29 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
             if name != "loss":
                 self.log(f"train/{name}", value, on_step=True, on_epoch=False, batch_size=batch_size)
 
-    def _check_input_once(self, x: Tensor) -> None:
-        if not self._input_checked:
-            self.check_input(x)
-            self._input_checked = True
+    def _check_batch(self, x: Tensor, stage: str) -> None:
+        """At the first batch of each stage of a Trainer's run, a ValueError naming what differs unless ``x`` passes
+        :meth:`check_input`, has the weights' dtype and holds pixels in [0, 1] (images) or finite values (vectors)."""
+        if stage in self._checked_stages:
+            return
+        self.check_input(x)
+        name, kind = type(self).__name__, "images" if len(self.input_shape) == 3 else "feature vectors"
+        if x.dtype != self.dtype:
+            fix = "pass x.float() / 255" if x.dtype == torch.uint8 else f"convert them with x.to({self.dtype})"
+            raise ValueError(f"{name} has {self.dtype} weights, but the {stage} batch holds {x.dtype} {kind}: {fix}")
+        finite = bool(x.isfinite().all())
+        if not finite or (kind == "images" and not x.ge(0).logical_and(x.le(1)).all()):
+            found = "NaN or infinite values" if not finite else f"values in [{x.min():.4g}, {x.max():.4g}]"
+            expected = "pixels in [0, 1] (8-bit values divided by 255)" if kind == "images" else "finite values"
+            raise ValueError(f"{name} takes {kind} of {expected}, but the {stage} batch holds {found}")
+        self._checked_stages.add(stage)
 
     def check_input(self, x: Tensor) -> None:
-        """Raise a ValueError naming the mismatch if ``x`` is not a batch of ``input_shape`` images."""
+        """Raise a ValueError naming the mismatch if ``x`` is not a batch of ``input_shape`` images or vectors."""
         if tuple(x.shape[1:]) != self.input_shape:
+            kind = "images" if len(self.input_shape) == 3 else "feature vectors"
             raise ValueError(
-                f"{type(self).__name__} expects images of shape {self.input_shape}, got a batch of shape "
+                f"{type(self).__name__} expects {kind} of shape {self.input_shape}, got a batch of shape "
                 f"{tuple(x.shape)}; set model input_shape to match the data"
             )
 
@@ -505,6 +520,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
                 network.compile()  # in place: ``torch.compile(network)`` would rename every weight ``_orig_mod.*``
 
     def setup(self, stage: str) -> None:
+        self._checked_stages = set()
         if stage == "fit":  # a fit starts at epoch 0, unless it restores a checkpoint (after this hook)
             self._scheduled_epoch, self._plateau_val_loss, self._built_plateaus = -1, None, []
         self.check_given_networks()

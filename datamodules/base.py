@@ -216,6 +216,13 @@ class ImageDataModule(L.LightningDataModule):
         """Number of samples in ``split`` (after ``setup``)."""
         return len(self.splits[split][0])
 
+    def evaluation_rows(self, split: Split, max_images: int | None = None, seed: int = 0) -> Tensor:
+        """Rows of ``split`` for an evaluation: all, or a seeded random subset of ``max_images``, in split order."""
+        rows = torch.arange(self.split_size(split))
+        if max_images is None or len(rows) <= max_images:
+            return rows
+        return torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:max_images].sort().values
+
     # --- loaders ----------------------------------------------------------------------------------------------------
     @property
     def overfitting(self) -> bool:
@@ -228,24 +235,28 @@ class ImageDataModule(L.LightningDataModule):
         if not self.splits:
             self.setup()
         images, labels = self.splits[split]
+        binarize = self.hparams.binarize == "dynamic"
+        return TensorBatchLoader(
+            images, labels, torch.arange(len(images)), binarize=binarize, **self._loader_settings(split, shuffle)
+        )
+
+    def _loader_settings(self, split: Split, shuffle: bool) -> dict[str, Any]:
+        """The :class:`~datamodules.loader.TensorBatchLoader` settings of :meth:`_loader` but the data and binarize:
+        batches of this process's rank, built on the training device with ``data_on_device`` and no workers."""
         trainer = self.trainer
         on_device = self.hparams.data_on_device and trainer is not None and self.hparams.num_workers == 0
-        return TensorBatchLoader(
-            images,
-            labels,
-            torch.arange(len(images)),
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle and not self.overfitting,
-            seed=self.hparams.seed,
-            binarize=self.hparams.binarize == "dynamic",
-            rank=trainer.global_rank if trainer is not None else 0,
-            world_size=trainer.world_size if trainer is not None else 1,
-            device=trainer.strategy.root_device if on_device else "cpu",
-            num_workers=self.hparams.num_workers,
-            resumable=split == "train" and shuffle,
-            source=self.data_description,
-            split=split,
-        )
+        return {
+            "batch_size": self.hparams.batch_size,
+            "shuffle": shuffle and not self.overfitting,
+            "seed": self.hparams.seed,
+            "rank": trainer.global_rank if trainer is not None else 0,
+            "world_size": trainer.world_size if trainer is not None else 1,
+            "device": trainer.strategy.root_device if on_device else "cpu",
+            "num_workers": self.hparams.num_workers,
+            "resumable": split == "train" and shuffle,
+            "source": self.data_description,
+            "split": split,
+        }
 
     def check_resume(self, loader_state: dict[str, Any], world_size: int) -> None:
         """Raise a ValueError naming the setting (and both datasets) if the checkpoint's training position

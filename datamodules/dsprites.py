@@ -270,21 +270,7 @@ class DSpritesDataModule(ImageDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> RenderingBatchLoader:
         self.setup()
-        trainer = self.trainer
-        on_device = self.hparams.data_on_device and trainer is not None and self.hparams.num_workers == 0
-        return RenderingBatchLoader(
-            self.grid_indices[split],
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle and not self.overfitting,
-            seed=self.hparams.seed,
-            rank=trainer.global_rank if trainer is not None else 0,
-            world_size=trainer.world_size if trainer is not None else 1,
-            device=trainer.strategy.root_device if on_device else "cpu",
-            num_workers=self.hparams.num_workers,
-            resumable=split == "train" and shuffle,
-            source=self.data_description,
-            split=split,
-        )
+        return RenderingBatchLoader(self.grid_indices[split], **self._loader_settings(split, shuffle))
 
     def evaluation_loader(
         self, split: str, batch_size: int | None = None, max_images: int | None = None, seed: int = 0
@@ -298,9 +284,7 @@ class DSpritesDataModule(ImageDataModule):
             seed: seed of that subset.
         """
         self.setup()
-        rows = torch.arange(self.split_size(split))
-        if max_images is not None and len(rows) > max_images:
-            rows = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:max_images].sort().values
+        rows = self.evaluation_rows(split, max_images, seed)
         return RenderingBatchLoader(
             self.grid_indices[split][rows],
             rows,
@@ -309,18 +293,6 @@ class DSpritesDataModule(ImageDataModule):
             seed=self.hparams.seed,
             resumable=False,
         )
-
-    def train_dataloader(self) -> RenderingBatchLoader:
-        return self.grouped(self._loader("train", shuffle=True))
-
-    def val_dataloader(self) -> RenderingBatchLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> RenderingBatchLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> RenderingBatchLoader:
-        return self._loader(self.hparams.predict_split, shuffle=False)
 
 
 __all__ = [

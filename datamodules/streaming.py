@@ -465,9 +465,7 @@ class StreamingDataModule(ImageDataModule):
             seed: seed of that subset.
         """
         check_chunks(self.location, self.manifest, split, content=self.hparams.verify_chunks)
-        rows = torch.arange(self.split_size(split))
-        if max_images is not None and len(rows) > max_images:
-            rows = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:max_images].sort().values
+        rows = self.evaluation_rows(split, max_images, seed)
         dataset = ImageStream(self.location, split, self.manifest, self._transform(train=False), shuffle=False,
                               seed=self.hparams.seed, cache_dir=self.hparams.cache_dir)  # fmt: skip
         return StreamLoader(dataset, batch_size or self.hparams.batch_size, self.hparams.num_workers, False,

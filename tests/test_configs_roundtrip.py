@@ -133,6 +133,20 @@ def test_every_readme_variant_row_names_configs_of_its_class() -> None:
             assert yaml.safe_load((ROOT / config).read_text())["model"]["class_path"] == cls, config
 
 
+SPACES = sorted((ROOT / "configs" / "search").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("space", SPACES, ids=[p.stem for p in SPACES])
+def test_a_shipped_search_space_names_only_values_its_config_takes(space: Path) -> None:
+    # ae-lightning-search --config configs/<name>.yaml --space configs/search/<name>.yaml: checked before any trial.
+    from ae_lightning.search import check_names, check_values, read_space, resolve_config
+
+    config, parsed = [ROOT / "configs" / space.name], read_space(space)
+    check_names(parsed, space, config, resolve_config(config, []))
+    check_values(parsed, space, config, [])
+    assert parsed["metric"].startswith("val/")
+
+
 @pytest.mark.parametrize(
     "dataset, kwargs, files",
     [

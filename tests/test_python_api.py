@@ -218,3 +218,54 @@ def test_a_checkpoint_of_given_networks_asks_for_them(tmp_path: Path) -> None:
         Autoencoder.load_from_checkpoint(path)
     x = torch.rand(2, 1, 28, 28)
     assert torch.equal(Autoencoder.load_from_checkpoint(path, **networks()).eval()(x), model(x))  # given again: loads
+
+
+# --- a user's own loaders ---------------------------------------------------------------------------------------------
+def own_loader(x: torch.Tensor) -> DataLoader:
+    return DataLoader(TensorDataset(x, torch.zeros(len(x), dtype=torch.long), torch.arange(len(x))), batch_size=4)
+
+
+IMAGES = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize(
+    "x, message",
+    [
+        (
+            (IMAGES * 255).to(torch.uint8),
+            r"has torch.float32 weights, but the \w+ batch holds torch.uint8 images: pass x",
+        ),
+        (
+            IMAGES.double(),
+            r"has torch.float32 weights, but the \w+ batch holds torch.float64 images: convert them with",
+        ),
+        (IMAGES * 255, r"takes images of pixels in \[0, 1\] .*, but the \w+ batch holds values in \[0.0\d+, 25\d"),
+        (IMAGES.masked_fill(IMAGES > 0.9, float("nan")), r"images of pixels in \[0, 1\].* holds NaN or infinite"),
+        (torch.full((8, 13), float("inf")), r"takes feature vectors of finite values, but the \w+ batch holds NaN or"),
+    ],
+    ids=["uint8", "float64", "0-255", "nan", "vectors-inf"],
+)
+@pytest.mark.parametrize("stage", ["fit", "predict"])
+def test_own_batches_of_another_dtype_or_range_are_refused_naming_them(x, message: str, stage: str) -> None:
+    # Before, uint8 and float64 images failed deep in torch ("mat1 and mat2 must have the same dtype"), and images in
+    # [0, 255] or NaN trained without a word (a binary cross-entropy of -300,000).
+    model = Autoencoder(input_shape=tuple(x.shape[1:]), reconstruction="mse" if x.dim() == 2 else "bce", **TINY)
+    trainer = L.Trainer(max_steps=1, limit_val_batches=0, enable_checkpointing=False, **QUIET)
+    with pytest.raises(ValueError, match=message):
+        getattr(trainer, stage)(model, own_loader(x))
+
+
+def test_each_stage_checks_its_own_first_batch() -> None:
+    # Before, only the model's first batch ever was checked: the sanity check's validation batch, so a training loader
+    # of another shape failed deep in torch, and a model fitted on good data tested images in [0, 255] unchecked.
+    trainer = L.Trainer(max_steps=1, limit_val_batches=1, enable_checkpointing=False, **QUIET)
+    with pytest.raises(ValueError, match=r"expects images of shape \(1, 28, 28\), got a batch of shape \(4, 1, 27, 27"):
+        trainer.fit(Autoencoder(**TINY), own_loader(IMAGES[..., :27, :27]), own_loader(IMAGES))
+    model = Autoencoder(**TINY)
+    trainer.fit(model, own_loader(IMAGES), own_loader(IMAGES))
+    with pytest.raises(ValueError, match=r"the test batch holds values in \[0.0\d+, 25\d"):
+        trainer.test(model, own_loader(IMAGES * 255), verbose=False)
+    with pytest.raises(ValueError, match=r"the predict batch holds torch.uint8 images: pass x.float\(\) / 255"):
+        trainer.predict(model, own_loader((IMAGES * 255).to(torch.uint8)))
+    (tested,) = trainer.test(model, own_loader(IMAGES), verbose=False)  # good data still pass
+    assert torch.isfinite(torch.tensor(tested["test/loss"]))

@@ -144,9 +144,7 @@ def split_loader(
         return own(split, batch_size=batch_size, max_images=max_images, seed=seed)
     datamodule.setup()
     images, labels = datamodule.splits[split]
-    rows = torch.arange(len(images))
-    if max_images is not None and len(rows) > max_images:
-        rows = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:max_images].sort().values
+    rows = datamodule.evaluation_rows(split, max_images, seed)
     return TensorBatchLoader(
         images[rows],
         labels[rows],

@@ -22,7 +22,8 @@ Prior = Literal["normal", "mixture"]
 
 
 class Discriminator(nn.Sequential):
-    """An MLP ``latent_dim -> *hidden_dims -> 1`` with LeakyReLU(0.2): the logit that a code is a prior sample.
+    """An MLP ``latent_dim -> *hidden_dims -> 1`` with LeakyReLU(0.2): the logit that a code is real (a prior sample
+    here, a code of q(z) rather than of the product of its marginals in the FactorVAE).
 
     Args:
         latent_dim: size of the code.
@@ -34,6 +35,13 @@ class Discriminator(nn.Sequential):
         for fan_in, fan_out in zip([latent_dim, *hidden_dims[:-1]], hidden_dims):
             layers += [nn.Linear(fan_in, fan_out), nn.LeakyReLU(0.2)]
         super().__init__(*layers, nn.Linear(hidden_dims[-1] if hidden_dims else latent_dim, 1))
+
+
+def discriminator_terms(discriminator: nn.Module, real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor]:
+    """The binary cross-entropy of ``discriminator`` on ``real`` (label 1) and ``fake`` (0) codes, and its accuracy."""
+    logits = discriminator(torch.cat([real, fake])).squeeze(-1).float()
+    targets = torch.cat([torch.ones(len(real)), torch.zeros(len(fake))]).to(logits.device)
+    return F.binary_cross_entropy_with_logits(logits, targets), ((logits > 0).float() == targets).float().mean()
 
 
 class AdversarialAutoencoder(DeterministicAutoencoder):
@@ -143,12 +151,7 @@ class AdversarialAutoencoder(DeterministicAutoencoder):
     # --- losses -----------------------------------------------------------------------------------------------------
     def discriminator_terms(self, codes: Tensor) -> tuple[Tensor, Tensor]:
         """The discriminator's binary cross-entropy on prior samples (1) and ``codes`` (0), and its accuracy."""
-        real = self.sample_prior(len(codes)).to(codes.dtype)
-        logits = self.discriminator(torch.cat([real, codes])).squeeze(-1).float()
-        targets = torch.cat([torch.ones(len(real)), torch.zeros(len(codes))]).to(logits.device)
-        d_loss = F.binary_cross_entropy_with_logits(logits, targets)
-        d_accuracy = ((logits > 0).float() == targets).float().mean()
-        return d_loss, d_accuracy
+        return discriminator_terms(self.discriminator, self.sample_prior(len(codes)).to(codes.dtype), codes)
 
     def generator_loss(self, codes: Tensor) -> Tensor:
         """``-log D(codes)`` averaged over the batch: small when the discriminator takes the codes for prior samples."""

@@ -159,7 +159,7 @@ class DeepBeliefAutoencoder(DeterministicAutoencoder):
     # --- steps ------------------------------------------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         x, labels, indices = unpack_batch(batch)
-        self.check_input(x)
+        self._check_batch(x, "train")
         index = self.rbm_index(self.current_epoch)
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]

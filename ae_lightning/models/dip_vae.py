@@ -6,10 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from ae_lightning.blocks import losses
 from ae_lightning.blocks.divergences import DipType, dip_regularizer
 from ae_lightning.checks import check_single_sample
 from ae_lightning.models.vae import VAE
@@ -44,11 +42,6 @@ class DIPVAE(VAE):
         self.lambda_d = lambda_d if lambda_d is not None else (10 * lambda_od if dip_type == "i" else lambda_od)
 
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
-        if self.dequantizes:
-            x = losses.uniform_dequantize(x)
-        mu, logvar = self.posterior_parameters(x)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        recon = -self.log_likelihood(self.decoder(z), x).mean()
-        kl = losses.kl_divergence_normal(mu, logvar).mean()
+        mu, logvar, _, recon, kl = self.posterior_terms(x)
         dip = dip_regularizer(mu.float(), logvar.float(), self.dip_type, self.lambda_od, self.lambda_d)
         return {"loss": recon + self.kl_weight() * kl + dip, "recon": recon, "kl": kl, "dip": dip}

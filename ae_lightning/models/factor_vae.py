@@ -8,26 +8,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import Tensor, nn
+from torch import Tensor
 
 from ae_lightning.base import Batch
-from ae_lightning.blocks import losses
 from ae_lightning.blocks.divergences import permute_dims
 from ae_lightning.checks import check_single_sample
 from ae_lightning.lightning_internals import uncounted_optimizer_step
+from ae_lightning.models.adversarial import Discriminator, discriminator_terms
 from ae_lightning.models.vae import VAE
 from datamodules.checks import NonNegativeFloat, PositiveInt
-
-
-def code_discriminator(latent_dim: int, hidden_dims: Sequence[int]) -> nn.Sequential:
-    """An MLP ``latent_dim -> *hidden_dims -> 1`` with LeakyReLU(0.2): the logit that a code comes from q(z) rather
-    than from the product of its marginals."""
-    layers: list[nn.Module] = []
-    for fan_in, fan_out in zip([latent_dim, *hidden_dims[:-1]], hidden_dims):
-        layers += [nn.Linear(fan_in, fan_out), nn.LeakyReLU(0.2)]
-    return nn.Sequential(*layers, nn.Linear(hidden_dims[-1] if hidden_dims else latent_dim, 1))
 
 
 class FactorVAE(VAE):
@@ -65,26 +55,17 @@ class FactorVAE(VAE):
         self.tc_weight = tc_weight
         self.discriminator_optimizer_factory = discriminator_optimizer
         self.discriminator_lr_scheduler_factory = discriminator_lr_scheduler
-        self.discriminator = code_discriminator(self.latent_dim, discriminator_hidden_dims)
+        self.discriminator = Discriminator(self.latent_dim, discriminator_hidden_dims)
 
     def vae_terms(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         """The VAE's terms on ``x`` (``loss`` with the discriminator's total correlation) and the batch's codes."""
-        if self.dequantizes:
-            x = losses.uniform_dequantize(x)
-        mu, logvar = self.posterior_parameters(x)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        recon = -self.log_likelihood(self.decoder(z), x).mean()
-        kl = losses.kl_divergence_normal(mu, logvar).mean()
+        _, _, z, recon, kl = self.posterior_terms(x)
         tc = self.discriminator(z).float().mean()
         return {"loss": recon + self.kl_weight() * kl + self.tc_weight * tc, "recon": recon, "kl": kl, "tc": tc}, z
 
     def discriminator_terms(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """The discriminator's binary cross-entropy on codes ``z`` (1) and their permutation (0), and its accuracy."""
-        codes = torch.cat([z, permute_dims(z)])
-        logits = self.discriminator(codes).squeeze(-1).float()
-        targets = torch.cat([torch.ones(len(z)), torch.zeros(len(z))]).to(logits.device)
-        d_loss = F.binary_cross_entropy_with_logits(logits, targets)
-        return d_loss, ((logits > 0).float() == targets).float().mean()
+        return discriminator_terms(self.discriminator, z, permute_dims(z))
 
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
         terms, z = self.vae_terms(x)

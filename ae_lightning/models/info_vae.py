@@ -10,7 +10,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ae_lightning.blocks import losses
 from ae_lightning.blocks.divergences import Kernel, maximum_mean_discrepancy
 from ae_lightning.checks import check_single_sample
 from ae_lightning.models.vae import VAE
@@ -65,12 +64,7 @@ class InfoVAE(VAE):
         self.deterministic = deterministic
 
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
-        if self.dequantizes:
-            x = losses.uniform_dequantize(x)
-        mu, logvar = self.posterior_parameters(x)
-        z = mu if self.deterministic else mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        recon = -self.log_likelihood(self.decoder(z), x).mean()
-        kl = losses.kl_divergence_normal(mu, logvar).mean()
+        _, _, z, recon, kl = self.posterior_terms(x, self.deterministic)
         if len(z) >= 2:
             prior = torch.randn_like(z, dtype=torch.float32)
             mmd = maximum_mean_discrepancy(z.float(), prior, self.kernel, self.kernel_scale)

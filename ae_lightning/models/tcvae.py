@@ -8,10 +8,8 @@ from __future__ import annotations
 from collections.abc import Sized
 from typing import Any, Literal
 
-import torch
 from torch import Tensor
 
-from ae_lightning.blocks import losses
 from ae_lightning.blocks.divergences import total_correlation_terms
 from ae_lightning.checks import check_single_sample
 from ae_lightning.models.vae import VAE
@@ -78,13 +76,8 @@ class BetaTCVAE(VAE):
             self.dataset_size = len(dataset)
 
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
-        if self.dequantizes:
-            x = losses.uniform_dequantize(x)
-        mu, logvar = self.posterior_parameters(x)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        recon = -self.log_likelihood(self.decoder(z), x).mean()
+        mu, logvar, z, recon, kl = self.posterior_terms(x)
         terms = total_correlation_terms(z.float(), mu.float(), logvar.float(), self.dataset_size or len(x),
                                         self.estimator)  # fmt: skip
         weighted = self.mi_weight * terms["mi"] + self.tc_weight * terms["tc"] + self.dwkl_weight * terms["dwkl"]
-        kl = losses.kl_divergence_normal(mu, logvar).mean()
         return {"loss": recon + self.kl_weight() * weighted, "recon": recon, "kl": kl.detach(), **terms}

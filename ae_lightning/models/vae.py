@@ -171,6 +171,17 @@ class VAE(AutoencoderModule):
         recon, kl = (term.mean() for term in self.elbo_terms(x, labels))
         return {"loss": recon + self.kl_weight() * kl, "recon": recon, "kl": kl}
 
+    def posterior_terms(self, x: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """What a variant's loss on flat codes starts from: ``mu`` and ``logvar`` of the posterior of ``x``
+        (dequantized as :meth:`loss_terms` does), one reparameterized sample ``z`` (``mu`` if ``deterministic``) and the
+        batch means of ``recon``, -log p(x | z), and the closed-form ``kl``."""
+        if self.dequantizes:
+            x = losses.uniform_dequantize(x)
+        mu, logvar = self.posterior_parameters(x)
+        z = mu if deterministic else mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        recon = -self.log_likelihood(self.decoder(z), x).mean()
+        return mu, logvar, z, recon, losses.kl_divergence_normal(mu, logvar).mean()
+
     def log_terms(self, terms: dict[str, Tensor], stage: Stage, batch_size: int) -> None:
         if stage != "train" and "recon" in terms and "kl" in terms:  # a variant's terms, too
             terms = {**terms, "neg_elbo": terms["recon"] + terms["kl"]}
