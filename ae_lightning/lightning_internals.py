@@ -12,13 +12,9 @@ changes it; ``pyproject.toml`` bounds Lightning to the releases the suite ran on
 * :func:`without_cli_hyperparameters`: a module built outside LightningCLI's hyperparameter context variable;
 * :func:`has_forward_hooks`: torch's registries of forward hooks;
 * :func:`weighted_batch_size`: the type in which Lightning sums a logged term's batch sizes across ranks;
-* tests only, the uses being elsewhere: ``TensorBatchLoader`` posing as its own ``sampler`` (and saved and restored
-  through its ``state_dict`` though no DataLoader), ``AutoencoderCLI._parse_ckpt_path``,
-  ``datamodules.streaming.relocated`` (litdata's state), ``SpatialQuantizer``'s ``initted``, the validation Lightning
-  skips when it resumes at an epoch's last batch (``AutoencoderModule`` warns of it), the ``RuntimeError`` of a
-  module's ``trainer`` outside a Trainer, the ``TypeError`` of a TQDM bar never opened (``ClosingProgressBar``), and
-  when Lightning installs and puts back its SIGTERM handler and leaves an installed SLURM requeue handler alone
-  (``SigtermCheckpoint``, ``SlurmRequeue``).
+* tests only, the uses being elsewhere (``docs/internals.md`` lists them): the loaders posing as DataLoaders, the
+  CLI's checkpoint hyperparameters, litdata's state, vector-quantize-pytorch's ``initted``, a resume's skipped
+  validation, a detached module's ``trainer``, an unopened progress bar and Lightning's signal handlers.
 
 Why each is needed: ``docs/internals.md``.
 """
