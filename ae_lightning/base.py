@@ -117,8 +117,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         self.automatic_optimization = steps_per_batch == 1
         self.test_reconstruction = ReconstructionMetrics(prefix="test/", images=len(self.input_shape) == 3)
         self._checked_stages: set[str] = set()  # those whose first batch :meth:`_check_batch` passed, in this run
-        # Under manual optimization the last epoch whose schedulers stepped; the val/loss awaiting the step of the
-        # ReduceLROnPlateaus at the epoch's end; both go into checkpoints (see ``on_train_epoch_end``).
+        # Checkpointed (``on_train_epoch_end``): the last epoch whose schedulers stepped, the val/loss awaiting a step.
         self._scheduled_epoch = -1
         self._plateau_val_loss: float | None = None
         self._built_plateaus: list[ReduceLROnPlateau] = []  # by ``build_optimizer``, in this fit
@@ -162,8 +161,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         return self.decode(self.encode(x, y), y)
 
     def sample(self, n: int, y: Tensor | None = None) -> Tensor:
-        """``n`` images decoded from prior samples (of classes ``y``, for a conditional model); generative variants
-        only."""
+        """``n`` images decoded from prior samples (of classes ``y``, if conditional); generative variants only."""
         raise NotImplementedError(f"{type(self).__name__} is not a generative model: it has no prior to sample from")
 
     @abc.abstractmethod
@@ -187,7 +185,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
     def training_step(self, batch: Batch | list[Batch], batch_idx: int) -> dict[str, Tensor]:
         # All named terms, not only ``loss``: callbacks (the non-finite guard) see them as ``outputs``.
         if self.automatic_optimization:
-            return self._shared_step(batch, "train")  # Lightning's automatic optimization steps on ``loss``
+            return self._shared_step(batch, "train")
         # On the fast path the batch is a list of batches: one optimizer step on each.
         stepped = fast.batches_to_step(batch, self.trainer)
         self._unstepped_batches = len(batch) - len(stepped) if fast.is_group(batch) else 0  # for checkpoints
@@ -230,16 +228,14 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
             self.log(f"test/{name}", value, batch_size=weighted_batch_size(len(x)), sync_dist=True)
 
     def test_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        """A test batch's loss terms and the reconstructions that its metrics score: :meth:`loss_terms` and
-        ``self(x, labels)``, apart (a loss may reconstruct a noisy input or a sampled code); a variant whose loss
-        reconstructs ``x`` as ``forward`` does returns that one, and encodes once."""
+        """A test batch's :meth:`loss_terms` and the reconstructions its metrics score, ``self(x, labels)``; a variant
+        whose loss reconstructs ``x`` as ``forward`` does may return that one and encode once."""
         return self.loss_terms(x, labels, indices), self(x, labels)
 
     def test_metrics(
         self, x: Tensor, y: Tensor | None = None, reconstruction: Tensor | None = None
     ) -> dict[str, Tensor]:
-        """Extra per-batch test metrics of a variant, averaged over the test set (e.g. the VAE's ``nll``);
-        ``reconstruction``: ``self(x, y)``, where the test step made it."""
+        """A variant's extra per-batch test metrics, averaged over the test set; ``reconstruction``: ``self(x, y)``."""
         return {}
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
@@ -262,8 +258,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
 
     @contextlib.contextmanager
     def evaluation_randomness(self, batch_idx: int) -> Iterator[None]:
-        """Random draws of validation, test and predict from a generator seeded by the step, batch and rank, with the
-        global generators restored afterwards: evaluation never shifts the training noise, and repeats exactly."""
+        """Evaluation's random draws seeded by the step, batch and rank, the global generators restored afterwards."""
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(hash((self.global_step, batch_idx, self.global_rank)) & 0x7FFF_FFFF_FFFF_FFFF)
@@ -277,9 +272,8 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         return terms
 
     def log_terms(self, terms: dict[str, Tensor], stage: Stage, batch_size: int) -> None:
-        """Log each term as ``<stage>/<name>`` (``loss`` also in the progress bar): validation and test terms averaged
-        over the epoch and reduced across ranks; training terms per step, ``loss`` at every step and the others at the
-        steps whose logs Lightning writes and at each epoch's last batch (see :meth:`on_train_batch_end`)."""
+        """Log each term as ``<stage>/<name>`` (``loss`` also in the progress bar): evaluation terms as epoch means
+        across ranks; training ``loss`` every step, the others where Lightning writes logs (``on_train_batch_end``)."""
         if stage == "train":
             self.log("train/loss", terms["loss"], prog_bar=True, on_step=True, on_epoch=False, batch_size=batch_size)
             self._unlogged_terms = terms, batch_size
@@ -289,11 +283,9 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
                      batch_size=weighted_batch_size(batch_size), on_step=False, on_epoch=True)  # fmt: skip
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # Lightning writes a training step's logs (and only then do other terms need logging: one ``self.log`` per
-        # step costs a measurable share of a small step) when the batches that stepped so far, plus this one, are a
-        # multiple of log_every_n_steps, when the run stops, and in a fast_dev_run; this hook runs after the
-        # callbacks' (which may stop the run) and before Lightning writes. On the fast path the terms of the Lightning
-        # batch's last step are logged.
+        # The other terms are logged only where Lightning writes the step's logs (a ``self.log`` per step costs a
+        # measurable share of a small step): every log_every_n_steps stepped batches, at a stop, in a fast_dev_run.
+        # This hook runs after the callbacks' (which may stop the run) and before Lightning writes.
         unlogged, self._unlogged_terms = getattr(self, "_unlogged_terms", None), None
         trainer, every = self.trainer, self.trainer.log_every_n_steps
         stepped = batches_that_stepped(trainer) + 1
@@ -307,8 +299,8 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
                 self.log(f"train/{name}", value, on_step=True, on_epoch=False, batch_size=batch_size)
 
     def _check_batch(self, x: Tensor, stage: str) -> None:
-        """At the first batch of each stage of a Trainer's run, a ValueError naming what differs unless ``x`` passes
-        :meth:`check_input`, has the weights' dtype and holds pixels in [0, 1] (images) or finite values (vectors)."""
+        """At each stage's first batch, a ValueError naming what differs unless ``x`` passes :meth:`check_input`, has
+        the weights' dtype and holds pixels in [0, 1] (images) or finite values (vectors)."""
         if stage in self._checked_stages:
             return
         self.check_input(x)
@@ -333,10 +325,9 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
             )
 
     def check_given_networks(self) -> None:
-        """Refuse a given ``encoder`` or ``decoder`` that does not fit the model: two zero inputs (and labels 0) must
-        pass :meth:`check_encoder_output`, encode to codes ``[2, *latent_shape]`` and decode to ``[2, *input_shape]``;
-        the model's state is left as it was. Runs once, before training or evaluation starts (the command runs it
-        before the run writes any file)."""
+        """Once, a ValueError unless a given ``encoder``/``decoder`` fits: two zero inputs (labels 0) must pass
+        :meth:`check_encoder_output`, encode to ``[2, *latent_shape]`` and decode to ``[2, *input_shape]``; the
+        model's state is left as it was."""
         given, self._unchecked_networks = " and ".join(self._unchecked_networks), []
         if not given:
             return
@@ -372,8 +363,8 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
             self.train(training)
 
     def check_encoder_output(self, x: Tensor, y: Tensor) -> None:
-        """Raise a ValueError naming the shapes if the encoder's output for inputs ``x`` (labels ``y``) is not what
-        the model reads from it, beyond the codes of ``encode`` (e.g. the VAE's log-variances); nothing here."""
+        """Raise a ValueError naming the shapes if the encoder's output for ``x`` (labels ``y``) lacks what the model
+        reads beyond ``encode``'s codes (e.g. the VAE's log-variances); nothing here."""
 
     # --- optimizers and hooks ---------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
@@ -386,13 +377,8 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         lr_scheduler: LRSchedulerCallable | None,
     ) -> dict[str, Any]:
         """One optimizer (and scheduler) configuration; a model with several optimizers returns a list of these.
-
-        Where the optimizer has a fused variant for the parameters' device and neither ``fused`` nor ``foreach`` was
-        chosen, the fused one is built: the same update, several times faster for small networks (PyTorch's own
-        default is ``foreach`` on CUDA and a loop over the tensors elsewhere). An explicit choice stands, and so does
-        PyTorch's default under mixed precision (``16-mixed``, ``bf16-mixed``), where Lightning refuses to clip the
-        gradients of a fused optimizer.
-        """
+        The optimizer is the fused one where it has one and neither ``fused`` nor ``foreach`` was chosen, except under
+        mixed precision (docs/speed.md)."""
         # Each build gets copies of the groups, which torch fills in, and their parameters as lists (an iterator
         # would be used up by the first build).
         parameters = [_materialized_group(p) if isinstance(p, dict) else p for p in parameters]
@@ -416,15 +402,12 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         return {"optimizer": built, "lr_scheduler": scheduler}
 
     def plateau_validation_epochs(self, trainer: L.Trainer | None = None, val_data: bool | None = None) -> int:
-        """Every how many epochs ``trainer`` (by default the model's own; 1 without one) validates, for a
-        ``ReduceLROnPlateau`` stepped on its ``val/loss``; a ValueError naming the setting where none runs, or (under
-        automatic optimization) where it runs by steps, not epochs. ``val_data``: whether there is a val_dataloader
-        (by default what the running ``trainer`` knows; the command asks before it starts)."""
+        """Every how many epochs ``trainer`` (by default the model's; 1 without one) validates, for a
+        ``ReduceLROnPlateau`` on ``val/loss``; a ValueError naming the setting where none runs, or (automatic
+        optimization) where it runs by steps. ``val_data``: whether there is a val_dataloader (default: ask it)."""
+        trainer = self._attached_trainer() if trainer is None else trainer
         if trainer is None:
-            try:
-                trainer = self.trainer
-            except RuntimeError:  # not attached to a trainer (yet)
-                return 1
+            return 1
         validates = trainer.enable_validation if val_data is None else val_data and trainer.limit_val_batches > 0
         plateau = "lr_scheduler ReduceLROnPlateau steps on val/loss after each validation"
         if not validates:
@@ -441,10 +424,15 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
 
     def _mixed_precision(self) -> bool:
         """Whether the trainer runs mixed precision (``16-mixed``, ``bf16-mixed``), under any strategy."""
+        trainer = self._attached_trainer()
+        return trainer is not None and trainer.precision in ("16-mixed", "bf16-mixed")
+
+    def _attached_trainer(self) -> L.Trainer | None:
+        """The model's trainer; None when it is not attached to one (``load_from_checkpoint``, a checkpoint by hand)."""
         try:
-            return self.trainer.precision in ("16-mixed", "bf16-mixed")
-        except RuntimeError:  # not attached to a trainer
-            return False
+            return self.trainer
+        except RuntimeError:
+            return None
 
     def on_fit_start(self) -> None:
         fast.check_fit(self.trainer, self.steps_per_batch)
@@ -455,9 +443,8 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
 
     def step_epoch_schedulers(self) -> None:
         """Under manual optimization, at the end of an epoch's last training batch, step the epoch-interval lr
-        schedulers (:meth:`step_schedulers`): where Lightning steps them under automatic optimization, before that
-        batch's checkpoints. :meth:`training_step` calls it (a variant with its own should too), and
-        :meth:`on_train_epoch_end` for an epoch that has not stepped; elsewhere, or a second time, it does nothing."""
+        schedulers once, before that batch's checkpoints, as Lightning does; a variant's own ``training_step`` calls
+        it too. Elsewhere, or a second time, it does nothing."""
         if self.automatic_optimization or self._scheduled_epoch == self.current_epoch:
             return
         if not ends_training_epoch(self.trainer):
@@ -466,9 +453,8 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         self.step_schedulers("epoch", self.current_epoch + 1)
 
     def step_schedulers(self, interval: Literal["step", "epoch"], count: int) -> None:
-        """Under manual optimization, step the lr schedulers other than ``ReduceLROnPlateau`` configured with
-        ``interval`` whose ``frequency`` divides ``count`` (the epoch's optimizer steps, or the epochs, so far), as
-        Lightning does under automatic optimization."""
+        """Under manual optimization, step the non-plateau lr schedulers of ``interval`` whose ``frequency`` divides
+        ``count`` (the epoch's optimizer steps, or the epochs, so far), as Lightning does."""
         for config in self.trainer.lr_scheduler_configs if not self.automatic_optimization else []:
             plateau = isinstance(config.scheduler, ReduceLROnPlateau)  # stepped by ``on_train_epoch_end``
             if config.interval == interval and count % config.frequency == 0 and not plateau:
@@ -499,15 +485,13 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
             self._validated_epoch = self.current_epoch
 
     def on_train_epoch_end(self) -> None:
-        """At the end of an epoch that ran to its last training batch, step the schedulers of manual optimization
-        (:meth:`step_epoch_schedulers`), and, if fit validated since the last such step, on its latest val/loss the
-        ``ReduceLROnPlateau`` that :meth:`build_optimizer` built (under manual optimization every one): once per
-        validating epoch, before the epoch-end checkpoints; one written in between keeps the val/loss for the step."""
+        """At the end of an epoch that ran to its last batch, :meth:`step_epoch_schedulers`, and, if fit validated
+        since, step on its val/loss the ``ReduceLROnPlateau`` that :meth:`build_optimizer` built (under manual
+        optimization every one), before the epoch-end checkpoints."""
         if not ends_training_epoch(self.trainer):  # a run that stopped inside the epoch steps none, as Lightning
             return
         self.step_epoch_schedulers()
-        # A checkpoint written between the validation and this step keeps the val/loss, so that the resumed run (in
-        # which Lightning repeats this hook, not the validation) steps on it.
+        # A checkpoint written between the validation and this step keeps the val/loss for the resumed run's step.
         loss, self._plateau_val_loss = self._plateau_val_loss, None
         for scheduler in self._schedulers() if loss is not None else []:
             ours = scheduler in self._built_plateaus or not self.automatic_optimization  # Lightning steps the others
@@ -533,8 +517,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
             )
 
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
-        # The Trainer's gradient clipping does not apply under manual optimization: a variant that optimizes manually
-        # takes ``gradient_clip_val`` and ``gradient_clip_algorithm`` as arguments, applied here to every step.
+        # The Trainer does not clip under manual optimization: a variant's own ``gradient_clip_val`` is applied here.
         clip = getattr(self, "gradient_clip_val", None)
         if clip and not self.automatic_optimization and self.clips(optimizer):
             self.clip_gradients(optimizer, clip, self.gradient_clip_algorithm)
@@ -547,13 +530,9 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         checkpoint["ae_lightning_class"] = _class_path(type(self))
         checkpoint[_GIVEN_KEY] = [name for name in self._given_networks if name not in self.hparams]
         checkpoint[fast.UNSTEPPED_KEY] = self._unstepped_batches
-        # Where the epoch's scheduler steps stand (see ``on_train_epoch_end``). Written in a validation's end hooks,
-        # before this model's: its val/loss awaits the step.
-        val_loss = self._plateau_val_loss
-        try:
-            validating = self.trainer.validating
-        except RuntimeError:  # not attached to a trainer: a checkpoint made by hand
-            validating = False
+        # Written in a validation's end hooks before this model's, the checkpoint keeps that val/loss for the step.
+        val_loss, trainer = self._plateau_val_loss, self._attached_trainer()
+        validating = trainer is not None and trainer.validating
         if validating:
             val_loss = self._fit_validation_loss(val_loss)
         checkpoint[_SCHEDULERS_KEY] = {"stepped_epoch": self._scheduled_epoch, "val_loss": val_loss}
@@ -562,9 +541,8 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
 
     def _awaits_epoch_validation(self) -> bool:
         """Whether fit is at the end of an epoch's last training batch, before the validation that ends the epoch."""
-        try:
-            trainer = self.trainer
-        except RuntimeError:
+        trainer = self._attached_trainer()
+        if trainer is None:
             return False
         every, fitting = trainer.check_val_every_n_epoch, trainer.state.fn == "fit" and not trainer.sanity_checking
         due = fitting and trainer.enable_validation and every is not None and (self.current_epoch + 1) % every == 0
@@ -572,14 +550,12 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         return due and ends_training_epoch(trainer)
 
     def check_resume(self, checkpoint: dict[str, Any]) -> None:
-        """Raise a ValueError naming both values if this model's settings cannot continue the checkpoint's training
-        (the command calls it before it creates anything; ``fit`` from Python when it loads the checkpoint)."""
+        """Raise a ValueError naming both values if this model's settings cannot continue the checkpoint's training."""
         fast.check_resume(checkpoint, self.steps_per_batch)
 
     def check_data(self, datamodule: L.LightningDataModule, stage: str, checkpoint: dict[str, Any] | None) -> None:
         """Raise a ValueError naming what differs if the model cannot take ``datamodule``'s data in ``stage``, or
-        (``checkpoint`` given) the data its weights were trained on differs; the command calls it before it creates
-        anything. Every datamodule fits here."""
+        (``checkpoint`` given) its weights were trained on other data. Every datamodule fits here."""
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         stored = checkpoint.get("ae_lightning_class")
@@ -596,11 +572,10 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         schedulers = checkpoint.get(_SCHEDULERS_KEY, {})
         self._scheduled_epoch = schedulers.get("stepped_epoch", -1)
         self._plateau_val_loss = schedulers.get("val_loss")
-        try:
-            fitting, precision = self.trainer.state.fn == "fit", self.trainer.precision
-        except RuntimeError:  # not attached to a Trainer: load_from_checkpoint
-            fitting, precision = False, None
-        if precision == "64-true":  # Lightning loads the weights before it makes the model float64: not via float32
+        trainer = self._attached_trainer()
+        fitting = trainer is not None and trainer.state.fn == "fit"
+        # Lightning loads the weights before it makes the model float64: not via float32.
+        if trainer is not None and trainer.precision == "64-true":
             self.double()
         if fitting:
             self.check_resume(checkpoint)
@@ -614,8 +589,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
             )
 
     def upgrade_weights(self, weights: dict[str, Tensor]) -> dict[str, Tensor]:
-        """A checkpoint's weights with the names of an earlier release's layout (:attr:`renamed_weights`) renamed to
-        this model's; a name this model has is never renamed."""
+        """A checkpoint's weights, old names (:attr:`renamed_weights`) renamed unless this model has them."""
         own = self.state_dict().keys()
         renamed = {}
         for name, value in weights.items():
@@ -629,17 +603,15 @@ class DeterministicAutoencoder(AutoencoderModule):
     """Base of the autoencoders with a deterministic code: an encoder to ``latent_dim`` and a decoder back.
 
     Args:
-        reconstruction: ``bce`` (binary cross-entropy with the pixel intensities, summed per image) or ``mse``
-            (squared error summed per image).
-        dropout: dropout rate after each hidden layer of the built encoder and decoder, in training only; must be 0
-            when an ``encoder`` or ``decoder`` is given (put dropout layers in it).
+        reconstruction: ``bce`` (binary cross-entropy with the pixels) or ``mse``, summed per image.
+        dropout: dropout after each hidden layer of the built networks, in training; 0 with a given network.
         **kwargs: the :class:`AutoencoderModule` arguments.
     """
 
     def __init__(self, reconstruction: Reconstruction = "bce", dropout: Fraction = 0.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         given = self._given_networks
-        if dropout and given:  # the hidden dropout is built into the networks the class builds, not into given ones
+        if dropout and given:
             raise ValueError(
                 f"dropout={dropout} adds dropout after the hidden layers of the networks {type(self).__name__} builds, "
                 f"but the given {' and '.join(given)} {'is' if len(given) == 1 else 'are'} used unchanged: put dropout "
@@ -675,8 +647,7 @@ def check_sample_count(n: object, method: str = "sample") -> None:
 
 
 def unpack_batch(batch: Any) -> Batch:
-    """``(images, labels, indices)`` of a batch, as the datamodules yield it; a ValueError naming its layout if it is
-    another (a plain ``TensorDataset``'s pairs, a dict)."""
+    """``(images, labels, indices)`` of a batch, as the datamodules yield it; a ValueError naming any other layout."""
     if isinstance(batch, (tuple, list)) and len(batch) == 3:
         return tuple(batch)
     layout = f" of shape {list(batch.shape)}" if isinstance(batch, Tensor) else ""
@@ -716,8 +687,7 @@ def _class_path(cls: type) -> str:
 
 
 def resolve_class_path(class_path: str) -> type | None:
-    """The class named by ``class_path``; ``ae_lightning.<module>.<Name>`` of releases before the subpackages
-    (``ae_lightning.vae.VAE``) resolves to ``ae_lightning.<Name>``; None when nothing by that name exists."""
+    """The class named by ``class_path`` (an old ``ae_lightning.<module>.<Name>``: ``ae_lightning.<Name>``), or None."""
     module, _, name = class_path.rpartition(".")
     try:
         return getattr(importlib.import_module(module), name)

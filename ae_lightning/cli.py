@@ -121,9 +121,8 @@ class CommandTrainer(Trainer):
 
 
 class EndsSpawnedProcessGroup(Callback):
-    """Destroys the process group as a run ends in a process that multiprocessing started (``ddp_spawn``'s), which
-    exits right after: with its gloo group alive, such a process aborted at exit now and then ("terminate called
-    without an active exception", torch 2.14), after its results were in. Lightning destroys only NCCL groups."""
+    """Destroys the process group as a run ends in a process that multiprocessing started (``ddp_spawn``'s): with
+    its gloo group alive, such a process aborted at exit now and then. Lightning destroys only NCCL groups."""
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         spawned = multiprocessing.parent_process() is not None
@@ -134,21 +133,20 @@ class EndsSpawnedProcessGroup(Callback):
 class AutoencoderCLI(LightningCLI):
     """LightningCLI for the autoencoder family.
 
-    Adds: the datamodule's ``input_shape`` linked into the model; a ``checkpoint`` section (``ModelCheckpoint``
-    keeping ``last.ckpt`` and the best by ``val/loss``; none with ``--trainer.enable_checkpointing false``); a
-    ``predictions`` section (:class:`PredictionWriter`); an ``images`` section (:class:`ImageLogger`: pictures for W&B,
-    TensorBoard or PNG files; none with ``--trainer.barebones true``);
-    W&B runs that write under ``default_root_dir`` and keep ``config.yaml`` among their files; and an early, clear
-    error for a ``--ckpt_path`` that is missing or holds another model class.
-
-    For fault tolerance (:mod:`~ae_lightning.training.fault_tolerance`): a ``nonfinite`` section
-    (:class:`NonFiniteGuard`); random generators in checkpoints and SLURM requeues at a step boundary on every trainer;
-    checkpoints written atomically; ``--ckpt_path last`` resolved to the furthest checkpoint of the run its logger names
-    (a W&B ``id``, a ``version``), else of any run folder; a resumed W&B run continued; and, for models with manual
-    optimization, DDP strategies (``ddp``, ``ddp_spawn``, ...) with DDP's unused-parameter detection.
+    Adds: the datamodule's ``input_shape`` linked into the model; sections ``checkpoint`` (``ModelCheckpoint`` keeping
+    ``last.ckpt`` and the best by ``val/loss``; none with ``--trainer.enable_checkpointing false``), ``predictions``
+    (:class:`PredictionWriter`) and ``images`` (:class:`ImageLogger`: pictures for W&B, TensorBoard or PNG files; none
+    with ``--trainer.barebones true``); W&B runs that write under ``default_root_dir`` and keep ``config.yaml``; an
+    early, clear error for a ``--ckpt_path`` that is missing or holds another model class. For fault tolerance
+    (:mod:`~ae_lightning.training.fault_tolerance`): a ``nonfinite`` section (:class:`NonFiniteGuard`); random
+    generators in checkpoints and SLURM requeues at a step boundary on every trainer; atomic checkpoints; ``--ckpt_path
+    last`` resolved to the furthest checkpoint of the run its logger names (a W&B ``id``, a ``version``), else of any
+    run folder; a resumed W&B run continued; and, for models with manual optimization, DDP strategies (``ddp``,
+    ``ddp_spawn``, ...) with DDP's unused-parameter detection.
     """
 
     _start_again = False  # whether ``fit --ckpt_path last`` found no checkpoint of the run its logger names
+    _checkpoint: dict[str, Any] | None = None  # what --ckpt_path holds
 
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": False})
@@ -159,21 +157,12 @@ class AutoencoderCLI(LightningCLI):
         kwargs.setdefault("trainer_defaults", {"callbacks": callbacks})
         kwargs.setdefault("seed_everything_default", 42)
         kwargs.setdefault("trainer_class", CommandTrainer)
-        # In a context of its own: jsonargparse leaves its last subclass parser in a context variable, which holds the
-        # parser, this CLI and so the run's model, data and trainer alive in the caller's context after the run (a
-        # search running its trials in one process kept every trial's data).
-        # Known noise is silenced for this command's run alone: the caller's warning and logging filters are left as
-        # they were.
+        settings = {"subclass_mode_model": True, "subclass_mode_data": True, "auto_configure_optimizers": False}
+        # In a context of its own: jsonargparse's context variable would keep the parser, and so the run's model, data
+        # and trainer, alive in the caller's context. Known noise is silenced for this run alone.
         with warnings.catch_warnings(), _quiet_known_noise():
-            contextvars.copy_context().run(
-                super().__init__,
-                AutoencoderModule,
-                ImageDataModule,
-                subclass_mode_model=True,
-                subclass_mode_data=True,
-                auto_configure_optimizers=False,
-                **kwargs,
-            )
+            run = contextvars.copy_context().run
+            run(super().__init__, AutoencoderModule, ImageDataModule, **settings, **kwargs)
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         # A bad value raises (run_command prints it as one error) instead of printing the whole usage and exiting.
@@ -182,16 +171,14 @@ class AutoencoderCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.input_shape", "model.init_args.input_shape", apply_on="instantiate")
-        # Not a callback key: the checkpoint joins the trainer unless --trainer.enable_checkpointing false
-        # (instantiate_trainer), which Lightning refuses beside a ModelCheckpoint.
+        # Sections, not callback keys: instantiate_trainer adds each only where it acts (none of checkpoint beside
+        # --trainer.enable_checkpointing false, which Lightning refuses; no pictures beside --trainer.barebones true).
         parser.add_class_arguments(RunCheckpoint, "checkpoint", fail_untyped=False, sub_configs=True)
         parser.set_defaults({f"checkpoint.{key}": value for key, value in CHECKPOINT_DEFAULTS.items()})
         # Lightning's default logger, made explicit so that ``--trainer.logger TensorBoardLogger`` needs no save_dir.
         default_logger = lazy_instance(TensorBoardLogger, save_dir=ROOT_DIR, name=OWN_DEFAULT)
         parser.set_defaults({"trainer.logger": default_logger})
-        # Not a callback key: the writer joins the trainer only where it can act (instantiate_trainer).
         parser.add_class_arguments(PredictionWriter, "predictions", fail_untyped=False, sub_configs=True)
-        # Not a callback key: the pictures join the trainer unless --trainer.barebones true (instantiate_trainer).
         parser.add_class_arguments(ImageLogger, "images", fail_untyped=False, sub_configs=True)
         parser.add_lightning_class_args(NonFiniteGuardSettings, "nonfinite")
         # The fast path (configs/fast.yaml, docs/speed.md): the datamodule groups batches, the model steps through them.
@@ -206,52 +193,48 @@ class AutoencoderCLI(LightningCLI):
             _check_class_names(parser, list(argv))
         super().parse_arguments(parser, args)
         # Resolved before --ckpt_path is, which looks in the run folder that the logger's settings name.
-        subcommand = self.config.get("subcommand")
-        self._logger_settings_given = _logger_defaults(self.config[subcommand] if subcommand else self.config)
+        self._logger_settings_given = _logger_defaults(_run_config(self.config))
 
     def instantiate_classes(self) -> None:
         # A model resumed or evaluated from --ckpt_path takes every weight from it, LPIPS's too: build it without
         # downloading them (a requeued job may run without network); the strict load refuses a checkpoint without them.
-        from_checkpoint = getattr(self, "_checkpoint", None) is not None
         try:
-            with weights_from_checkpoint() if from_checkpoint else contextlib.nullcontext():
+            with weights_from_checkpoint() if self._checkpoint is not None else contextlib.nullcontext():
                 super().instantiate_classes()
         except ConfigError:  # names its setting already
             raise
         except (ValueError, MisconfigurationException) as error:
-            refused = _refused_section_setting(self.config[self.subcommand] if self.subcommand else self.config, error)
+            config = _run_config(self.config)
+            refused = _refused_section_setting(config, error)
             if refused is not None:  # a section's setting (ModelCheckpoint refuses with a MisconfigurationException)
                 raise ConfigError(f"{refused}: {error}") from error
-            if not isinstance(error, ValueError):
-                raise
             cause = error
             while cause.__cause__ is not None:
                 cause = cause.__cause__
-            if cause is error:
+            if not isinstance(error, ValueError) or cause is error:
                 raise
             # jsonargparse wraps a constructor's error in "Does not validate against any of the Union subtypes ...":
             # name the section and the class, then the constructor's own message.
             found = re.search(r"class_path='([^']+)'", str(error))
             where = found.group(1) if found else "a class of the config"
-            config = self.config[self.subcommand] if self.subcommand else self.config
             for section in ("model", "data"):
                 if found and (config.get(section) or {}).get("class_path") == where:
                     where = f"--{section} {where}"
             raise ConfigError(f"{where}: {cause}") from cause
 
     def before_instantiate_classes(self) -> None:
-        subcommand = self.config.get("subcommand")
-        _fast_path(self.config[subcommand] if subcommand else self.config, fit=subcommand in ("fit", None))
-        if subcommand == "predict":
+        _fast_path(_run_config(self.config), fit=self.subcommand in ("fit", None))
+        if self.subcommand == "predict":
             _streamed_predictions(self.config.predict)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        section = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        section, parsed = _run_config(self.config_init), _run_config(self.config)
         config = section["trainer"]
-        kwargs["plugins"] = _with_atomic_checkpoint_io(config.get("plugins"))
-        callbacks = config.get("callbacks") or []
-        callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
-        parsed = self.config[self.subcommand] if self.subcommand else self.config
+        plugins = _as_list(config.get("plugins"))
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):  # unless they name a checkpoint writer
+            plugins.append(AtomicCheckpointIO())
+        kwargs["plugins"] = plugins
+        callbacks = _as_list(config.get("callbacks"))
         # Lightning's barebones mode runs without checkpoints, logger and progress bar: the command adds none of its
         # own (its default logger, checkpoint section, bar and pictures); one the user chose is refused.
         barebones = bool(config.get("barebones"))
@@ -261,7 +244,8 @@ class AutoencoderCLI(LightningCLI):
                                   "--trainer.barebones true runs without a logger; drop one of the two")  # fmt: skip
             kwargs["logger"] = False
         if barebones or config.get("enable_checkpointing") is False:
-            _check_checkpoint_section_unset(parsed)
+            why = "a run without checkpointing (--trainer.enable_checkpointing false or --trainer.barebones true)"
+            _check_section_unset(parsed, "checkpoint", RunCheckpoint, f"{why} writes none", CHECKPOINT_DEFAULTS)
         else:
             callbacks.append(section["checkpoint"])
         # Lightning visits every callback on every hook of every step: the prediction writer, which acts in predict
@@ -273,10 +257,11 @@ class AutoencoderCLI(LightningCLI):
         bar = config.get("enable_progress_bar") is not False and not barebones
         if bar and not any(isinstance(c, ProgressBar) for c in callbacks):
             callbacks.append(ClosingProgressBar(refresh_rate=PROGRESS_BAR_REFRESH_STEPS))
-        if barebones:
-            _check_images_section_unset(parsed)
-        else:
+        if not barebones:
             callbacks.append(section["images"])
+        elif parsed.images.every_n_epochs != 0:  # 0 turns the section off, which agrees with barebones
+            why = "a --trainer.barebones true run logs nothing and draws no pictures"
+            _check_section_unset(parsed, "images", ImageLogger, why, {})
         if self.subcommand in (None, "fit"):  # refused here, before the Trainer and its logger write any file
             with _settings_refused():
                 check_image_logger_names(callbacks)
@@ -314,12 +299,9 @@ class AutoencoderCLI(LightningCLI):
         return trainer
 
     def _refuse_an_earlier_runs_folder(self, trainer: Trainer) -> None:
-        """Refuse a new run in the folder of an earlier one (a logger's ``version`` given anew; a W&B run ``id`` given
-        anew to ``fit``): Lightning's loggers would clear that run's logs (CSVLogger deletes its ``metrics.csv``)
-        before LightningCLI refuses to overwrite its ``config.yaml``, and a W&B run's would be overwritten. A resumed
-        ``fit`` may write where it wrote before, and a ``fit --ckpt_path last`` that found no checkpoint of the run its
-        logger names starts that run again in its folder (said in one line); neither into a CSVLogger's
-        ``metrics.csv``."""
+        """Refuse a new run in the folder of an earlier one (a logger's ``version``, or a W&B ``id`` to ``fit``, given
+        anew). A resumed ``fit`` may write there, and a ``fit --ckpt_path last`` that found no checkpoint of the named
+        run starts it again there (said in one line); neither into a CSVLogger's ``metrics.csv``."""
         resumed = self.subcommand == "fit" and self.config.fit.get("ckpt_path")
         if resumed or self._start_again:
             for csv_logger in [logger for logger in trainer.loggers if isinstance(logger, CSVLogger)]:
@@ -360,7 +342,8 @@ class AutoencoderCLI(LightningCLI):
         # LightningCLI's own version overwrites the config's model settings with the checkpoint's hyperparameters;
         # here the user's settings stand, and what the weights cannot take is refused once the model is built.
         subcommand = self.config.get("subcommand")
-        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        config = self.config[subcommand] if subcommand else None
+        ckpt_path = config.get("ckpt_path") if config else None
         if ckpt_path == "best":  # Lightning's best of an earlier fit of this Trainer, which a new command has not run
             raise ConfigError(
                 f"--ckpt_path best: this {subcommand} runs in a new Trainer, which knows no best checkpoint "
@@ -368,28 +351,27 @@ class AutoencoderCLI(LightningCLI):
                 " <run>/checkpoints/best-epoch=...-step=....ckpt, or last"
             )
         if ckpt_path == "last":
-            ckpt_path = self.config[subcommand].ckpt_path = _furthest_checkpoint(self.config[subcommand])
-            self._start_again = ckpt_path is None and subcommand == "fit" and _named_run(self.config.fit) is not None
+            ckpt_path = config.ckpt_path = _furthest_checkpoint(config)
+            named = ckpt_path is None and _named_run(config) is not None
+            self._start_again = named and subcommand == "fit"
             if ckpt_path is None and subcommand != "fit":
-                named = _named_run(self.config[subcommand]) is not None
                 advice = "name the trained run (its id or version)" if named else (
                     "give the trained run's folder as --trainer.default_root_dir")  # fmt: skip
-                raise FileNotFoundError(f"--ckpt_path last: no checkpoint {_searched(self.config[subcommand])} to "
+                raise FileNotFoundError(f"--ckpt_path last: no checkpoint {_searched(config)} to "
                                         f"{subcommand}; {advice} or its checkpoint as --ckpt_path")  # fmt: skip
         elif ckpt_path == "hpc" or (subcommand and ckpt_path is None and SLURMEnvironment.detect()):
             # Lightning's choice (``hpc``, which it also makes for no --ckpt_path under SLURM), made here so that the
             # checkpoint is checked below and by the resume checks like any other.
-            hpc = _newest_hpc_checkpoint(self.config[subcommand])
+            hpc = _newest_hpc_checkpoint(config)
             if hpc is None and ckpt_path == "hpc":
-                root = self.config[subcommand].trainer.get("default_root_dir") or "."
                 raise FileNotFoundError(
-                    f"--ckpt_path hpc: no hpc_ckpt_<n>.ckpt in {root}; give the run's folder as "
-                    "--trainer.default_root_dir or its checkpoint as --ckpt_path"
+                    f"--ckpt_path hpc: no hpc_ckpt_<n>.ckpt in {config.trainer.get('default_root_dir') or '.'}; give "
+                    "the run's folder as --trainer.default_root_dir or its checkpoint as --ckpt_path"
                 )
             if hpc is not None:
                 given = "--ckpt_path hpc" if ckpt_path else "no --ckpt_path under SLURM (Lightning's hpc)"
                 rank_zero_info(f"{given}: using {hpc}")
-                ckpt_path = self.config[subcommand].ckpt_path = hpc
+                ckpt_path = config.ckpt_path = hpc
         if subcommand == "fit" and ckpt_path:  # a resumed run may write its config where it wrote it before
             self.save_config_kwargs = {**self.save_config_kwargs, "overwrite": True}
         if ckpt_path and ckpt_path not in _SPECIAL_CKPT_PATHS:
@@ -397,18 +379,18 @@ class AutoencoderCLI(LightningCLI):
             # The command's config names the class as it was given; the model writes its class into any checkpoint.
             hyperparameters = self._checkpoint.get("hyper_parameters", {})
             stored_class = hyperparameters.get("_class_path") or self._checkpoint.get("ae_lightning_class")
-            wanted = self.config[subcommand].model.class_path
+            wanted = config.model.class_path
             if stored_class and resolve_class_path(stored_class) is not resolve_class_path(wanted):
                 raise ConfigError(
                     f"--ckpt_path {ckpt_path} holds a {stored_class} checkpoint, but the config's model is {wanted}; "
                     "use that model's config or a checkpoint of this model"
                 )
             if subcommand == "fit":
-                _continue_wandb_run(self.config.fit, self._checkpoint)
+                _continue_wandb_run(config, self._checkpoint)
 
     def _check_checkpoint_fits(self) -> None:
         """Refuse model settings that the checkpoint's weights contradict, naming both values."""
-        checkpoint = getattr(self, "_checkpoint", None)
+        checkpoint = self._checkpoint
         if checkpoint is None:
             return
         weights, built = self.model.upgrade_weights(checkpoint.get("state_dict", {})), self.model.state_dict()
@@ -429,12 +411,12 @@ class AutoencoderCLI(LightningCLI):
             + ". Set those values, or pass the run's own config.yaml with --config"
         )
 
-    def _check_resume(self) -> None:
+    def _check_resume(self, configured: Any) -> None:
         """Refuse, before the run creates any file, a resume that the checkpoint's progress cannot honour: model
         settings (:meth:`AutoencoderModule.check_resume`), other data or data settings, and what
-        ``OptimizerSettingsOnResume`` refuses when training starts (another optimizer class or number of param
-        groups, a new lr a schedule cannot move), scheduler settings."""
-        checkpoint = getattr(self, "_checkpoint", None)
+        ``OptimizerSettingsOnResume`` refuses when training starts in ``configured`` (what ``configure_optimizers``
+        returned; None where it needs the running Trainer)."""
+        checkpoint = self._checkpoint
         if checkpoint is None:
             return
         max_steps, max_epochs = self.trainer.max_steps, self.trainer.max_epochs
@@ -447,18 +429,16 @@ class AutoencoderCLI(LightningCLI):
                 "max_steps, or --trainer.max_steps -1 to stop at max_epochs"
             )
         self.model.check_resume(checkpoint)
-        check_data = getattr(self.datamodule, "check_resume", None)
-        for state in stored_loader_states(checkpoint)[:1]:
-            if check_data is not None:
-                check_data(state, world_size=self.trainer.world_size)
+        loader_states = stored_loader_states(checkpoint)
+        if loader_states and hasattr(self.datamodule, "check_resume"):
+            self.datamodule.check_resume(loader_states[0], world_size=self.trainer.world_size)
+        if configured is None:  # checked when training starts
+            return
         stored = checkpoint.get(OptimizerSettingsOnResume.key) or []
         states = checkpoint.get("optimizer_states") or []
-        try:
-            configured = self.model.configure_optimizers()
-        except (RuntimeError, AttributeError):  # optimizers that need the running Trainer, or what ``setup`` builds
-            return  # (the auto-decoder's codes): checked when training starts
-        schedulers = _schedulers(configured)
-        for i, optimizer in enumerate(_optimizers(configured)):
+        optimizers, scheduler_configs = _optimizers_and_schedulers(configured)
+        schedulers = [config.get("scheduler") for config in scheduler_configs]
+        for i, optimizer in enumerate(optimizers):
             groups = states[i].get("param_groups", []) if i < len(states) else None
             if groups is not None:
                 check_group_count(i, len(groups), optimizer)
@@ -469,59 +449,52 @@ class AutoencoderCLI(LightningCLI):
         for i, (state, scheduler) in enumerate(zip(checkpoint.get("lr_schedulers") or [], schedulers)):
             check_scheduler_settings(i, state, scheduler)
 
-    def _check_optimizers(self) -> None:
+    def _check_optimizers(self) -> Any:
         """Refuse, before the run creates any file, optimizer or scheduler settings that torch refuses, and a
-        ``ReduceLROnPlateau`` that no validation would step (:meth:`AutoencoderModule.plateau_validation_epochs`); warn
-        of an optimizer whose lr is 0 everywhere, with no scheduler to change it."""
+        ``ReduceLROnPlateau`` that no validation would step; warn of an optimizer whose lr is 0 everywhere. Returns
+        what ``configure_optimizers`` returned, or None where it needs the running Trainer."""
         try:
             configured = self.model.configure_optimizers()
         except ValueError as error:  # e.g. torch's "Invalid learning rate: -0.001"
             raise ConfigError(f"the model's optimizer or lr_scheduler settings: {error}") from error
-        except (RuntimeError, AttributeError):  # optimizers that need the running Trainer: checked when it runs them
-            return
+        except (RuntimeError, AttributeError):  # optimizers that need the running Trainer, or what ``setup`` builds
+            return None  # (the auto-decoder's codes): checked when it runs them
+        optimizers, scheduler_configs = _optimizers_and_schedulers(configured)
         # A ReduceLROnPlateau steps on val/loss under manual optimization (``on_train_epoch_end``), on its monitor else.
         manual = not self.model.automatic_optimization
         if any(isinstance(config.get("scheduler"), ReduceLROnPlateau)
                and (manual or str(config.get("monitor", "")).startswith("val/"))
-               for config in _scheduler_configs(configured)):  # fmt: skip
+               for config in scheduler_configs):  # fmt: skip
             # Lightning's choice of validation data: the datamodule's val_dataloader, or the model's without one.
             source = self.datamodule if self.datamodule is not None else self.model
             val_data = type(source).val_dataloader is not DataHooks.val_dataloader
             self.model.plateau_validation_epochs(self.trainer, val_data=val_data)
-        for optimizer in _optimizers(configured):
+        for optimizer in optimizers:
             # A scheduler (which marks each group's ``initial_lr``) may raise an lr of 0, e.g. CyclicLR's base_lr.
-            groups = optimizer.param_groups
-            if all(group["lr"] == 0 and "initial_lr" not in group for group in groups):
+            if all(group["lr"] == 0 and "initial_lr" not in group for group in optimizer.param_groups):
                 name = type(optimizer).__name__
                 rank_zero_warn(f"{name}'s lr is 0 in every parameter group: its weights will not train")
+        return configured
 
-    def _check_data(self) -> None:
-        """Refuse, before the run creates any file, data that the model cannot take or that its ``--ckpt_path`` was
-        not trained on (:meth:`AutoencoderModule.check_data`)."""
-        if self.datamodule is not None:
-            self.model.check_data(self.datamodule, self.subcommand, getattr(self, "_checkpoint", None))
-
-    def _check_stream(self) -> None:
-        """Refuse, before the run creates any file, a stream that misses a chunk or ``index.json`` of a split the run
-        reads, or holds one of another size, or a DDP fit's train split that its processes cannot share (its ``setup``
-        finds them too, after the loggers made the run's folder)."""
-        if isinstance(self.datamodule, StreamingDataModule):
-            self.datamodule.check_splits(self.subcommand, trainer=self.trainer)
-
-    def before_fit(self) -> None:
+    def _check_run(self, fit: bool) -> None:
+        """Refuse, before the run creates any file, settings that the checkpoint, the networks or the data contradict,
+        data that the model cannot take (:meth:`AutoencoderModule.check_data`), and a stream that misses or mis-sizes
+        a split the run reads or that a DDP fit cannot share."""
         with _settings_refused():
             self.model.check_given_networks()
             self._check_checkpoint_fits()
-            self._check_optimizers()
-            self._check_resume()
-            self._check_data()
-            self._check_trainer_settings()
-        self._check_stream()  # bad data, not settings
+            if fit:
+                self._check_resume(self._check_optimizers())
+            if self.datamodule is not None:
+                self.model.check_data(self.datamodule, self.subcommand, self._checkpoint)
+            if fit:
+                self._check_trainer_settings()
+        if isinstance(self.datamodule, StreamingDataModule):  # bad data, not settings
+            self.datamodule.check_splits(self.subcommand, trainer=self.trainer)
 
     def _check_trainer_settings(self) -> None:
-        """Refuse a negative ``log_every_n_steps`` (Lightning logs the loss at every step then, the model its other
-        terms never), and the Trainer's gradient clipping or accumulation for a model that optimizes manually (which
-        Lightning refuses with a traceback), naming the model's own clipping where it has one."""
+        """Refuse a negative ``log_every_n_steps``, and the Trainer's gradient clipping or accumulation for a model that
+        optimizes manually (Lightning refuses them with a traceback), naming the model's own clipping if it has one."""
         name, trainer = type(self.model).__name__, self.trainer
         if trainer.log_every_n_steps < 0:
             raise ConfigError(f"--trainer.log_every_n_steps {trainer.log_every_n_steps}: expected 0 (no step logs) "
@@ -541,26 +514,24 @@ class AutoencoderCLI(LightningCLI):
                               "optimizers itself (manual optimization), where the Trainer accumulates nothing; raise "
                               "--data.batch_size instead")  # fmt: skip
 
-    def before_validate(self) -> None:
-        self._before_evaluation()
-
-    def before_test(self) -> None:
-        self._before_evaluation()
-
-    def before_predict(self) -> None:
-        self._before_evaluation()
+    def before_fit(self) -> None:
+        self._check_run(fit=True)
 
     def _before_evaluation(self) -> None:
-        with _settings_refused():
-            self.model.check_given_networks()
-            self._check_checkpoint_fits()
-            self._check_data()
-        self._check_stream()
+        self._check_run(fit=False)
         # Lightning restores the checkpoint's ModelCheckpoint state for evaluation too, which writes no checkpoint:
         # its warning that the run's checkpoint folder differs from the checkpoint's is noise here.
         warnings.filterwarnings(
             "ignore", message="The dirpath has changed from", module=r"lightning\.pytorch\.callbacks"
         )
+
+    before_validate = before_test = before_predict = _before_evaluation
+
+
+def _run_config(config: Any) -> Any:
+    """The section of ``config`` (parsed or instantiated) for the command's subcommand; ``config`` without one."""
+    subcommand = config.get("subcommand")
+    return config[subcommand] if subcommand else config
 
 
 def _refused_section_setting(config: Any, error: Exception) -> str | None:
@@ -580,17 +551,23 @@ def _refused_section_setting(config: Any, error: Exception) -> str | None:
     return None
 
 
-def _optimizers(configured: Any) -> list[torch.optim.Optimizer]:
-    """The optimizers in what ``configure_optimizers`` returned, in Lightning's order."""
+def _optimizers_and_schedulers(configured: Any) -> tuple[list[torch.optim.Optimizer], list[dict[str, Any]]]:
+    """The optimizers and the lr scheduler configurations (``{"scheduler": ..., "monitor": ...}``) in what
+    ``configure_optimizers`` returned, in Lightning's order."""
     if isinstance(configured, torch.optim.Optimizer):
-        return [configured]
-    if isinstance(configured, dict):
-        return _optimizers(configured.get("optimizer"))
-    if isinstance(configured, (list, tuple)):
-        if len(configured) == 2 and isinstance(configured[0], (list, tuple)):  # ([optimizers], [schedulers])
-            return _optimizers(configured[0])
-        return [optimizer for item in configured for optimizer in _optimizers(item)]
-    return []
+        return [configured], []
+    if isinstance(configured, dict):  # {"optimizer": ..., "lr_scheduler": ...}
+        scheduler = configured.get("lr_scheduler")
+        optimizers, schedulers = configured.get("optimizer"), [] if scheduler is None else [scheduler]
+    elif isinstance(configured, (list, tuple)) and len(configured) == 2 and isinstance(configured[0], (list, tuple)):
+        optimizers, schedulers = configured  # ([optimizers], [schedulers])
+    elif isinstance(configured, (list, tuple)):
+        parts = [_optimizers_and_schedulers(item) for item in configured]
+        return [o for part in parts for o in part[0]], [s for part in parts for s in part[1]]
+    else:
+        return [], []
+    configs = [s if isinstance(s, dict) else {"scheduler": s} for s in schedulers]
+    return _optimizers_and_schedulers(optimizers)[0], configs
 
 
 @contextlib.contextmanager
@@ -602,24 +579,6 @@ def _settings_refused() -> Iterator[None]:
         raise
     except ValueError as error:
         raise ConfigError(str(error)) from error
-
-
-def _scheduler_configs(configured: Any) -> list[dict[str, Any]]:
-    """The lr scheduler configurations (``{"scheduler": ..., "monitor": ...}``) in what ``configure_optimizers``
-    returned, in Lightning's order."""
-    if isinstance(configured, dict):
-        scheduler = configured.get("lr_scheduler")
-        return [] if scheduler is None else [scheduler if isinstance(scheduler, dict) else {"scheduler": scheduler}]
-    if isinstance(configured, (list, tuple)):
-        if len(configured) == 2 and isinstance(configured[0], (list, tuple)):  # ([optimizers], [schedulers])
-            return [s if isinstance(s, dict) else {"scheduler": s} for s in configured[1]]
-        return [scheduler for item in configured for scheduler in _scheduler_configs(item)]
-    return []
-
-
-def _schedulers(configured: Any) -> list[Any]:
-    """The lr schedulers in what ``configure_optimizers`` returned, in Lightning's order."""
-    return [config.get("scheduler") for config in _scheduler_configs(configured)]
 
 
 def _check_class_names(parser: LightningArgumentParser, argv: list[str]) -> None:
@@ -675,10 +634,8 @@ def _quiet_known_noise() -> Iterator[None]:
     tips from its loggers until the context ends."""
     for message, module in _NOISE:
         warnings.filterwarnings("ignore", message=message, module=module)
-    loggers, tips = (
-        [logging.getLogger(name) for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch")],
-        _DropTips(),
-    )
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch")]
+    tips = _DropTips()
     for target in loggers:
         target.addFilter(tips)
     try:
@@ -691,21 +648,14 @@ def _quiet_known_noise() -> Iterator[None]:
 def _furthest_checkpoint(config: Any) -> str | None:
     """``--ckpt_path last``: the furthest trained (global step, then newest) ``last*.ckpt`` of this run's folder, or
     SLURM ``hpc_ckpt_*.ckpt``; None (with a warning) when there is none yet, so that one ``fit`` command starts and
-    resumes a run (the other subcommands refuse None).
-
-    Lightning looks for ``last`` only in the new run's checkpoint folder, a new ``version_<N>`` of the logger, so it
-    would never find the interrupted run's. The candidates are the set ``dirpath``; or the ``checkpoints/`` folder of
-    the run the logger names (:func:`_named_run`), and the HPC checkpoints in ``default_root_dir`` not recorded as
-    another run's; or, with no run named, ``checkpoints/`` folders up to two levels below ``default_root_dir`` and all
-    its HPC checkpoints.
-    """
+    resumes a run (the other subcommands refuse None). Which folders it searches: docs/fault_tolerance.md."""
     root = Path(config.trainer.get("default_root_dir") or ".")
     dirpath = config.checkpoint.get("dirpath") if config.get("checkpoint") else None
     run = None if dirpath else _named_run(config)
     if dirpath:
         folders = [Path(dirpath)]
     elif run is not None:
-        folders = [Path(run[0]) / run[1] / run[2] / "checkpoints"]
+        folders = [run[0]]
     else:  # <root>/checkpoints without a logger, <root>/<name>/<version>/checkpoints with one
         folders = [root / "checkpoints", *root.glob("*/checkpoints"), *root.glob("*/*/checkpoints")]
     for folder in [root, *folders]:  # temporary files of writers killed mid-write, in any earlier version's folder
@@ -733,17 +683,17 @@ def _furthest_checkpoint(config: Any) -> str | None:
     return str(chosen)
 
 
-def _named_run(config: Any) -> tuple[str, str, str] | None:
-    """``(save_dir, name, version)`` of the run folder ``<save_dir>/<name>/<version>`` that the first logger's settings
-    name, where ModelCheckpoint puts the run's checkpoints: a W&B run's ``<project>/<id>`` (``id`` or ``version``
-    given), a TensorBoard or CSV logger's ``<name>/version_<N>`` (``version`` given); None where no run is named."""
+def _named_run(config: Any) -> tuple[Path, str, str] | None:
+    """``(checkpoints folder, name, version)`` of the run folder ``<save_dir>/<name>/<version>`` that the first
+    logger's settings name: a W&B run's ``<project>/<id>`` (``id`` or ``version`` given), a TensorBoard or CSV logger's
+    ``<name>/version_<N>`` (``version`` given); None where no run is named."""
     logger_class, init_args = _first_logger(config)
     if not issubclass(logger_class, (CSVLogger, TensorBoardLogger, WandbLogger)) or not _names_a_run(init_args):
         return None
     built = logger_class(**init_args.as_dict())  # for its name, save_dir and version as the run will have them
     version = built.version if isinstance(built.version, str) else f"version_{built.version}"
     root = config.trainer.get("default_root_dir") or "."
-    return str(built.save_dir or root), str(built.name), version
+    return Path(str(built.save_dir or root)) / str(built.name) / version / "checkpoints", str(built.name), version
 
 
 def _first_logger(config: Any) -> tuple[type, Any]:
@@ -771,8 +721,7 @@ def _searched(config: Any) -> str:
         return f"under {config.trainer.get('default_root_dir') or '.'}"
     init_args = _loggers(config)[0].init_args
     key = "version" if init_args.get("version") is not None else "id"
-    return (f"in {Path(run[0]) / run[1] / run[2] / 'checkpoints'} (the run that --trainer.logger.{key} "
-            f"{init_args[key]} names)")  # fmt: skip
+    return f"in {run[0]} (the run that --trainer.logger.{key} {init_args[key]} names)"
 
 
 def _continue_wandb_run(config: Any, checkpoint: dict[str, Any]) -> None:
@@ -799,11 +748,9 @@ def _newest_hpc_checkpoint(config: Any) -> str | None:
     """The ``hpc_ckpt_<n>.ckpt`` of ``default_root_dir`` with the largest ``n`` (Lightning's SLURM requeue
     checkpoints, numbered as it numbers them), or None."""
     root = Path(config.trainer.get("default_root_dir") or ".")
-    numbered = {int(match[1]): path for path in root.glob("hpc_ckpt_*.ckpt") if (match := _HPC_NAME.match(path.name))}
+    names = {path: re.fullmatch(r"hpc_ckpt_(\d+)\.ckpt", path.name) for path in root.glob("hpc_ckpt_*.ckpt")}
+    numbered = {int(match[1]): path for path, match in names.items() if match}
     return str(numbered[max(numbered)]) if numbered else None
-
-
-_HPC_NAME = re.compile(r"^hpc_ckpt_(\d+)\.ckpt$")
 
 
 def _fast_path(config: Any, fit: bool) -> None:
@@ -829,8 +776,7 @@ def _fast_path(config: Any, fit: bool) -> None:
                               "train without configs/fast.yaml to use it")  # fmt: skip
     data_class = resolve_class_path(config.data.class_path)
     parameters = inspect.signature(data_class).parameters.values() if data_class is not None else []
-    takes = any(p.name == "steps_per_batch" or p.kind is p.VAR_KEYWORD for p in parameters)
-    if data_class is not None and not takes:
+    if data_class is not None and not any(p.name == "steps_per_batch" or p.kind is p.VAR_KEYWORD for p in parameters):
         raise ValueError(f"--fast.steps {steps}: {data_class.__name__} takes no steps_per_batch (its training loader "
                          "cannot be grouped); train without configs/fast.yaml")  # fmt: skip
     config.data.init_args.steps_per_batch = steps
@@ -851,14 +797,12 @@ def _streamed_predictions(config: Any) -> None:
 
 
 def _logger_defaults(config: Any) -> dict[int, dict[str, Any]]:
-    """The loggers' settings that stand for a default, resolved in ``config``. Loggers without a ``save_dir`` of their
-    own write under ``default_root_dir``, like every other output of a run: the default TensorBoard logger, and a
-    WandbLogger given no ``save_dir`` or ``dir`` (its ``.``, which the parsed config cannot tell from a ``.`` given:
-    ``./`` writes into the current folder); a WandbLogger's ``dir`` becomes its ``save_dir`` (Lightning's passes
-    ``dir`` to W&B only when ``save_dir`` is None), and both at once are refused. :data:`OWN_DEFAULT` becomes the
-    logger class's own default. Extra keyword arguments (``wandb.init``'s) left None are not passed, so that the
-    logger's defaults for them stand (WandbLogger's ``resume: allow``). Returns the settings each logger (by position)
-    had before, which the run's saved config keeps (:func:`_as_given`)."""
+    """The loggers' settings that stand for a default, resolved in ``config``: a logger without a ``save_dir`` of its
+    own (the default TensorBoard logger; a WandbLogger given no ``save_dir`` or ``dir``, or ``.``, whereas ``./``
+    writes into the current folder) writes under ``default_root_dir``; a WandbLogger's ``dir`` becomes its
+    ``save_dir``, and both at once are refused; :data:`OWN_DEFAULT` becomes the logger class's own default; extra
+    keyword arguments (``wandb.init``'s) left None are not passed. Returns the settings each logger (by position) had
+    before, which the run's saved config keeps (:func:`_as_given`)."""
     root = config.trainer.get("default_root_dir") or "."
     given: dict[int, dict[str, Any]] = {}
     for i, logger in enumerate(_loggers(config)):
@@ -917,39 +861,18 @@ def _is_default_logger(config: Any, given: dict[int, dict[str, Any]]) -> bool:
     )
 
 
-def _check_checkpoint_section_unset(config: Any) -> None:
-    """Refuse ``checkpoint`` settings of a run without checkpointing (``--trainer.enable_checkpointing false`` or
-    ``--trainer.barebones true``), which writes none."""
-    given = _given_settings(config.checkpoint, RunCheckpoint, CHECKPOINT_DEFAULTS)
-    if given:
-        key, value = next(iter(given.items()))
-        raise ConfigError(f"--checkpoint.{key} {value}: a run without checkpointing (--trainer.enable_checkpointing "
-                          "false or --trainer.barebones true) writes none; drop one of the two")  # fmt: skip
+def _check_section_unset(config: Any, section: str, cls: type, why: str, defaults: dict[str, Any]) -> None:
+    """Refuse the first setting of the config ``section`` of ``cls``'s arguments that differs from ``defaults``, else
+    from ``cls``'s own defaults: the run, ``why``, does without the section."""
+    defaults = {**{name: p.default for name, p in inspect.signature(cls).parameters.items()}, **defaults}
+    for key, value in config[section].items():
+        if value != defaults.get(key):
+            raise ConfigError(f"--{section}.{key} {value}: {why}; drop one of the two")
 
 
-def _check_images_section_unset(config: Any) -> None:
-    """Refuse ``images`` settings of a ``--trainer.barebones true`` run, which draws no pictures; ``every_n_epochs``
-    0, which turns the section off, agrees with it."""
-    given = _given_settings(config.images, ImageLogger)
-    if given and config.images.every_n_epochs != 0:
-        key, value = next(iter(given.items()))
-        raise ConfigError(f"--images.{key} {value}: a --trainer.barebones true run logs nothing and draws no "
-                          "pictures; drop one of the two")  # fmt: skip
-
-
-def _given_settings(section: Any, cls: type, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The settings of a config ``section`` of ``cls``'s arguments that differ from ``defaults``, else from
-    ``cls``'s own defaults."""
-    defaults = {**{name: p.default for name, p in inspect.signature(cls).parameters.items()}, **(defaults or {})}
-    return {key: value for key, value in section.items() if value != defaults.get(key)}
-
-
-def _with_atomic_checkpoint_io(plugins: Any) -> list[Any]:
-    """``plugins`` with :class:`AtomicCheckpointIO` added, unless they already name a checkpoint writer."""
-    plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
-    if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
-        plugins.append(AtomicCheckpointIO())
-    return plugins
+def _as_list(value: Any) -> list[Any]:
+    """A Trainer argument's ``callbacks`` or ``plugins`` as a new list (empty for None)."""
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 # Errors that say what is wrong with the user's settings, data or files; the command prints them without a traceback.
@@ -989,11 +912,8 @@ def one_line(message: str) -> str:
                 break
             block.append(line.strip())
         names = re.findall(r'Parser key "([^"]+)":|Problem with given class_path \'([^\']+)\':', "\n".join(block))
-        causes = []
-        for line in block:
-            line = re.sub(_WRAPPERS, "", line).strip()
-            if line and not _UNION_LINES.match(line):
-                causes.append(line)
+        causes = [line for line in (re.sub(_WRAPPERS, "", line).strip() for line in block)
+                  if line and not _UNION_LINES.match(line)]  # fmt: skip
         where = "".join(f"{a or b}: " for a, b in names)
         cause = "; ".join(causes) or " ".join(message.split())
         given = lines[start].split("'")[1]  # - Problem with given class_path '<class>':

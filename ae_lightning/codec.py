@@ -1,31 +1,25 @@
 """Learned lossy compression: an image's codes under a quantized autoencoder, entropy-coded under a :class:`CodePrior`
-with the range coder (an arithmetic coder) of the ``constriction`` package.
+with the range coder of the ``constriction`` package, in tiles of the tokenizer's input size (edges repeated).
 
-An image of any size is cut into tiles of the tokenizer's input size (edges padded by repetition), each tile's code
-indices are range-coded position by position with the prior's conditional probabilities, and the file carries a
-header: format, the fingerprints of tokenizer and prior, the image size, the tile count, the payload's length and a
-CRC-32 of the header and the codes. Decoding recomputes the same probabilities from the codes decoded so far, so the
-codes come back bit-exact; a file that is truncated, from another model (fingerprints of the weights the coder ran
-with), whose header contradicts the model, whose payload cannot be decoded, or whose header and codes fail the
-checksum is refused with a :class:`CompressedFileError` that names the problem, never decoded into a garbage image.
-Both sides run the prior (and its tokenizer) in eval mode, whatever mode it is in, and restore its modes afterwards.
+The codes come back bit-exact; a file that is truncated, from another model, whose header contradicts the model,
+whose payload cannot be decoded or that fails its CRC-32 is refused with a :class:`CompressedFileError` naming the
+problem. Both sides run the prior and its tokenizer in eval mode, restoring their modes after (``docs/quantized.md``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import struct
 import zlib
-from collections.abc import Iterator
 
 import constriction
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from ae_lightning.models.first_stage import evaluating
 from ae_lightning.models.prior import CodePrior
 
 MAGIC = b"AELC"
@@ -38,8 +32,7 @@ _MISMATCH = (
     "the file is corrupted, or the prior's probabilities differ from the encoder's (decode on the same kind of device "
     "and software as the encoder)"
 )
-# Tiles coded at once; both sides use the same grouping, so each probability is computed on identical inputs. The
-# tokenizer, too, encodes and decodes this many tiles at a time, so memory does not grow with the image.
+# Tiles coded (and tokenized) at once; both sides group alike, so each probability is computed on identical inputs.
 TILES_PER_GROUP = 64
 
 
@@ -75,7 +68,7 @@ def compress(prior: CodePrior, image: Tensor) -> bytes:
         raise ValueError(f"the model codes images of {prior.input_shape[0]} channels, got an image of {channels}")
     encoder = constriction.stream.queue.RangeEncoder()
     model = constriction.stream.model.Categorical(perfect=False)
-    with _evaluating(prior):
+    with evaluating(prior):  # dropout in training mode would make the two sides' probabilities differ
         tiles = _tiles(image.to(prior.device, prior.dtype), prior.input_shape[1:])
         tokens = torch.cat([prior.encode(group) for group in tiles.split(TILES_PER_GROUP)])
         for group in tokens.split(TILES_PER_GROUP):
@@ -83,17 +76,8 @@ def compress(prior: CodePrior, image: Tensor) -> bytes:
                 probabilities = prior.next_token_probabilities(group, position).cpu().numpy()
                 encoder.encode(group[:, position].cpu().numpy().astype(np.int32), model, probabilities)
     payload = encoder.get_compressed()
-    fields = _FIELDS.pack(
-        MAGIC,
-        VERSION,
-        prior.fingerprint.encode(),
-        prior_fingerprint(prior).encode(),
-        channels,
-        height,
-        width,
-        len(tokens),
-        len(payload),
-    )
+    fingerprints = prior.fingerprint.encode(), prior_fingerprint(prior).encode()
+    fields = _FIELDS.pack(MAGIC, VERSION, *fingerprints, channels, height, width, len(tokens), len(payload))
     return fields + struct.pack("<I", _checksum(fields, tokens)) + payload.astype("<u4").tobytes()
 
 
@@ -129,30 +113,25 @@ def decompress(prior: CodePrior, data: bytes, name: str = "the file") -> Tensor:
         raise CompressedFileError(f"{name} is {state}: its header promises {expected} bytes, it has {len(data)}")
     tile_height, tile_width = prior.input_shape[1:]
     expected_tiles = -(-height // tile_height) * -(-width // tile_width)
+    corrupted = f"{name} has a corrupted header: it describes a {channels}x{height}x{width} image in {tiles} tiles"
     if channels != prior.input_shape[0] or not height or not width or tiles != expected_tiles:
         raise CompressedFileError(
-            f"{name} has a corrupted header: it describes a {channels}x{height}x{width} image in {tiles} tiles, but "
-            f"this model codes images of {prior.input_shape[0]} channels in tiles of {tile_height}x{tile_width} "
-            f"({expected_tiles} for that size)"
+            f"{corrupted}, but this model codes images of {prior.input_shape[0]} channels in tiles of "
+            f"{tile_height}x{tile_width} ({expected_tiles} for that size)"
         )
     # constriction's leaky 24-bit probabilities leave each of the K codes at least 2**-24, so a code costs at least
-    # -log2(1 - (K - 1) / 2**24) bits: more codes than the payload holds are refused before any is decoded (the
-    # decoder would read past the payload's end, for hours, keeping every code until the checksum)
+    # -log2(1 - (K - 1) / 2**24) bits: more codes than the payload holds are refused before any is decoded.
     codes, least_bits = tiles * prior.num_tokens, -math.log2(1 - (prior.vocabulary - 1) / 2**24)
     if codes * least_bits > 32 * words + 64:
-        raise CompressedFileError(
-            f"{name} has a corrupted header: it describes a {channels}x{height}x{width} image in {tiles} tiles, "
-            f"{codes} codes, more than its payload of {4 * words} bytes can hold"
-        )
+        raise CompressedFileError(f"{corrupted}, {codes} codes, more than its payload of {4 * words} bytes can hold")
     payload = np.frombuffer(data, dtype="<u4", offset=_HEADER.size).astype(np.uint32)
     decoder = constriction.stream.queue.RangeDecoder(payload)
     model = constriction.stream.model.Categorical(perfect=False)
     groups = []
-    with _evaluating(prior):
+    with evaluating(prior):
         for start in range(0, tiles, TILES_PER_GROUP):
-            group = torch.zeros(
-                min(TILES_PER_GROUP, tiles - start), prior.num_tokens, dtype=torch.long, device=prior.device
-            )
+            size = min(TILES_PER_GROUP, tiles - start)
+            group = torch.zeros(size, prior.num_tokens, dtype=torch.long, device=prior.device)
             for position in range(prior.num_tokens):
                 probabilities = prior.next_token_probabilities(group, position).cpu().numpy()
                 try:
@@ -170,27 +149,13 @@ def decompress(prior: CodePrior, data: bytes, name: str = "the file") -> Tensor:
         return _untile(images, (channels, height, width))
 
 
-@contextlib.contextmanager
-def _evaluating(prior: nn.Module) -> Iterator[None]:
-    """``prior`` and all its modules (the tokenizer's) in eval mode, each module's own mode restored on exit: dropout
-    in training mode would make the encoder's probabilities differ from the decoder's."""
-    modes = {module: module.training for module in prior.modules()}
-    prior.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes.items():
-            module.training = training
-
-
 def _checksum(fields: bytes, tokens: Tensor) -> int:
     """The CRC-32 of the header's ``fields`` and of the codes."""
     return zlib.crc32(tokens.cpu().numpy().astype("<i4").tobytes(), zlib.crc32(fields))
 
 
 def _tiles(image: Tensor, size: tuple[int, int]) -> Tensor:
-    """``image [C, H, W]`` padded (edges repeated) to multiples of ``size`` and cut into tiles ``[N, C, *size]`` in
-    raster order."""
+    """``image [C, H, W]`` padded (edges repeated) and cut into tiles ``[N, C, *size]`` in raster order."""
     tile_height, tile_width = size
     height, width = image.shape[1:]
     pad_height, pad_width = -height % tile_height, -width % tile_width

@@ -32,26 +32,16 @@ from torch.optim import Optimizer
 
 
 def every_n_train_steps(checkpoint: ModelCheckpoint) -> int:
-    """The ``every_n_train_steps`` a ``ModelCheckpoint`` was built with (0 when it saves by epoch or time).
-
-    ModelCheckpoint keeps its constructor argument only as the private ``_every_n_train_steps``.
-    """
-    try:
-        return int(checkpoint._every_n_train_steps or 0)
-    except AttributeError:
-        raise RuntimeError(_changed("ModelCheckpoint no longer keeps `_every_n_train_steps`")) from None
+    """The ``every_n_train_steps`` a ``ModelCheckpoint`` was built with (0 when it saves by epoch or time)."""
+    changed = "ModelCheckpoint no longer keeps `_every_n_train_steps`"
+    return _read(lambda: int(checkpoint._every_n_train_steps or 0), changed)
 
 
 def enable_version_counter(checkpoint: ModelCheckpoint) -> bool:
     """The ``enable_version_counter`` a ``ModelCheckpoint`` was built with: whether it writes ``last-v1.ckpt``, ...
-    where its file name exists (else it overwrites that file).
-
-    ModelCheckpoint keeps its constructor argument only as the private ``_enable_version_counter``.
-    """
-    try:
-        return bool(checkpoint._enable_version_counter)
-    except AttributeError:
-        raise RuntimeError(_changed("ModelCheckpoint no longer keeps `_enable_version_counter`")) from None
+    where its file name exists (else it overwrites that file)."""
+    changed = "ModelCheckpoint no longer keeps `_enable_version_counter`"
+    return _read(lambda: bool(checkpoint._enable_version_counter), changed)
 
 
 def uncounted_optimizer_step(trainer: L.Trainer, optimizer: Optimizer) -> None:
@@ -64,50 +54,33 @@ def uncounted_optimizer_step(trainer: L.Trainer, optimizer: Optimizer) -> None:
 
 def batches_that_stepped(trainer: L.Trainer) -> int:
     """The training batches of ``fit`` that stepped before the current one: Lightning writes a training step's logs
-    when this plus one is a multiple of ``log_every_n_steps`` (or the run stops).
-
-    Lightning keeps the count only as the training epoch loop's private ``_batches_that_stepped``.
-    """
-    try:
-        return int(trainer.fit_loop.epoch_loop._batches_that_stepped)
-    except AttributeError:
-        raise RuntimeError(_changed("the training epoch loop no longer counts `_batches_that_stepped`")) from None
+    when this plus one is a multiple of ``log_every_n_steps`` (or the run stops)."""
+    changed = "the training epoch loop no longer counts `_batches_that_stepped`"
+    return _read(lambda: int(trainer.fit_loop.epoch_loop._batches_that_stepped), changed)
 
 
 def ends_training_epoch(trainer: L.Trainer) -> bool:
     """Whether the training batch that ``trainer`` runs (or has just run) is its epoch's last: the point at which
     Lightning steps the epoch-interval lr schedulers under automatic optimization (also true in the epoch-end hooks
-    after it, false there when the run stopped inside the epoch).
-
-    Lightning decides it with the training epoch loop's private ``_num_ready_batches_reached`` (the batches run so far
-    reach ``num_training_batches``, or the loader is exhausted).
-    """
-    try:
-        return bool(trainer.fit_loop.epoch_loop._num_ready_batches_reached())
-    except AttributeError:
-        raise RuntimeError(_changed("the training epoch loop no longer has `_num_ready_batches_reached`")) from None
+    after it, false there when the run stopped inside the epoch)."""
+    changed = "the training epoch loop no longer has `_num_ready_batches_reached`"
+    return _read(lambda: bool(trainer.fit_loop.epoch_loop._num_ready_batches_reached()), changed)
 
 
 def stored_loader_states(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
-    """The training loaders' ``state_dict``s in a checkpoint of ``fit`` (empty if it holds none).
-
-    Lightning keeps them under ``loops/fit_loop/state_dict/combined_loader``, a layout it does not document.
-    """
+    """The training loaders' ``state_dict``s in a checkpoint of ``fit`` (empty if it holds none)."""
     loops = checkpoint.get("loops")
     if loops is None:
         return []
-    try:
-        states = loops["fit_loop"]["state_dict"].get("combined_loader", [])
-    except (KeyError, TypeError, AttributeError):
-        raise RuntimeError(_changed("checkpoints no longer keep loops/fit_loop/state_dict")) from None
+    changed = "checkpoints no longer keep loops/fit_loop/state_dict"
+    states = _read(lambda: loops["fit_loop"]["state_dict"].get("combined_loader", []), changed, KeyError, TypeError)
     return [state for state in states if isinstance(state, dict)]
 
 
 def restarts_a_finished_epoch(checkpoint: dict[str, Any]) -> bool:
     """Whether ``checkpoint`` was written after its epoch's training ended (an epoch-end checkpoint, or the one at the
     end of fit): Lightning 2.6, given ``max_steps``, restarts that epoch on resume as if unfinished, and counts it
-    again (``FitLoop.restarting``; its fit loop's ``epoch_progress`` in the checkpoint, a layout it does not
-    document)."""
+    again."""
     loops = checkpoint.get("loops")
     if loops is None:
         return False
@@ -143,11 +116,17 @@ def weighted_batch_size(n: int) -> float:
     return float(n)
 
 
-def _changed(what: str) -> str:
-    import lightning
+def _read(read: Callable[[], T], changed: str, *errors: type[Exception]) -> T:
+    """``read()``, whose AttributeError (or one of ``errors``) means that Lightning changed what ``changed`` says."""
+    try:
+        return read()
+    except (AttributeError, *errors):
+        raise RuntimeError(_changed(changed)) from None
 
+
+def _changed(what: str) -> str:
     return (
-        f"Lightning {lightning.__version__} changed an internal that ae-lightning uses: {what}. Install a Lightning "
+        f"Lightning {L.__version__} changed an internal that ae-lightning uses: {what}. Install a Lightning "
         "release within the bounds of ae-lightning's pyproject.toml, or report this with the Lightning version"
     )
 

@@ -3,16 +3,9 @@
     ae-lightning-search --config configs/vae.yaml --space configs/search/vae.yaml \\
         --storage sqlite:///runs/search/vae.db --n_trials 40 --root runs/search/vae [fit arguments ...]
 
-Each trial is an ordinary ``ae-lightning fit`` run of the config (several ``--config`` files stack in order, as in
-``fit``) with the trial's values (``--<name> <value>``) in its own folder ``<root>/trial-<number>`` with its own logger,
-checkpoints and ``config.yaml``, in the search's process (one process per trial: several GPUs take a worker each); a
-callback (:class:`TrialReporter`) reports the search metric after every validation and prunes unpromising trials. The
-study lives in ``--storage`` (SQLite or any RDB URL), so several processes or SLURM array tasks share it
-(``scripts/slurm/search_array.sbatch``) and a rerun of the same command resumes it: a trial whose process died is marked
-failed once its heartbeat stops and is retried with the same values, resuming from its last checkpoint. A trial whose
-loss diverges (:class:`NonFiniteLossError`) is recorded as failed and the search goes on; a bad setting stops it.
-``<root>/best.yaml`` is the best trial's full config, ready for ``ae-lightning fit --config``. ``docs/search.md``
-describes the search-space file.
+Each trial is an ``ae-lightning fit`` run in ``<root>/trial-<number>``, in the search's process; the study lives in
+``--storage``, shared by workers and resumed by a rerun; ``<root>/best.yaml`` is the best trial's config. How:
+``docs/search.md``.
 """
 
 from __future__ import annotations
@@ -63,8 +56,7 @@ PRUNERS = {
     "hyperband": lambda: optuna.pruners.HyperbandPruner(),
     "none": lambda: optuna.pruners.NopPruner(),
 }
-# Trials that count towards --n_trials, with the failed ones whose loss diverged (user attribute ``diverged``); those
-# whose process died are retried instead.
+# Trials that count towards --n_trials, with the failed ones whose loss diverged (user attribute ``diverged``).
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Fit arguments that the search sets itself for each trial: its folder, checkpoint folder, monitor and mode, resume.
 OWN_ARGS = ("trainer.default_root_dir", "checkpoint.dirpath", "checkpoint.monitor", "checkpoint.mode", "ckpt_path")
@@ -115,15 +107,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     return args, fit_args
 
 
-# --- the search space -----------------------------------------------------------------------------------------------
 def read_space(path: Path) -> dict[str, Any]:
-    """The search-space file: ``parameters`` (name -> spec), and optionally ``metric`` and ``direction``.
-
-    Raises:
-        ValueError: naming the file and parameter of an unknown type or key, an empty, inverted or infinite range, a
-            log range that includes 0, a ``log`` that is not a boolean, a bad ``step`` (:func:`check_spec`) or empty
-            choices; or a ``metric`` that is not a string.
-    """
+    """The search-space file: ``parameters`` (name -> spec), and optionally ``metric`` and ``direction``; a
+    ValueError naming the file and parameter of a bad entry (:func:`check_spec`) or a ``metric`` that is no string."""
     if not path.is_file():
         raise FileNotFoundError(f"search space {path} does not exist")
     space = get_loader("yaml")(path.read_text()) or {}  # as configs are read: 1e-4 is a number, as in YAML 1.2
@@ -145,9 +131,8 @@ def read_space(path: Path) -> dict[str, Any]:
 
 
 def check_spec(where: str, spec: Any) -> None:
-    """Raise a ValueError starting with ``where`` unless ``spec`` is a float, int or categorical range: finite
-    ``low`` < ``high`` (of the type's kind), ``log`` a boolean (then ``low`` > 0), ``step`` a positive number (an
-    integer for ``int``), not with ``log: true``, and no larger than ``high - low``."""
+    """Raise a ValueError starting with ``where`` unless ``spec`` is a categorical range or a float or int one: finite
+    ``low`` < ``high``, a boolean ``log`` (then ``low`` > 0), a positive ``step`` (no ``log``) up to ``high - low``."""
     if not isinstance(spec, dict) or spec.get("type") not in ("float", "int", "categorical"):
         raise ValueError(f"{where}: expected {{type: float|int|categorical, ...}}, got {spec!r}")
     if set(spec) - SPEC_KEYS:
@@ -187,10 +172,8 @@ def suggest(trial: optuna.Trial, name: str, spec: dict[str, Any]) -> Any:
     if spec["type"] == "categorical":
         return trial.suggest_categorical(name, spec["choices"])
     suggest_number = trial.suggest_int if spec["type"] == "int" else trial.suggest_float
-    options = {"log": bool(spec.get("log", False))}
-    if "step" in spec:
-        options["step"] = spec["step"]
-    return suggest_number(name, spec["low"], spec["high"], **options)
+    step = {"step": spec["step"]} if "step" in spec else {}
+    return suggest_number(name, spec["low"], spec["high"], log=bool(spec.get("log", False)), **step)
 
 
 class ConfigOnly(AutoencoderCLI):
@@ -201,8 +184,7 @@ class ConfigOnly(AutoencoderCLI):
 
 
 def resolve_config(configs: list[Path], fit_args: list[str]) -> Any:
-    """The configs (stacked in order) with the fit arguments, as ``ae-lightning fit`` resolves them (a jsonargparse
-    Namespace)."""
+    """The configs (stacked in order) with the fit arguments, as ``ae-lightning fit`` resolves them (a Namespace)."""
     with mock.patch("sys.argv", ["ae-lightning"]):
         return ConfigOnly(args=[*config_args(configs), *fit_args], run=False).config
 
@@ -214,8 +196,7 @@ def config_args(configs: list[Path]) -> list[str]:
 
 def check_fit_args(space: dict[str, Any], fit_args: list[str]) -> None:
     """Raise a ConfigError naming a fit argument that the search sets itself (``OWN_ARGS``) or searches."""
-    given = [arg.removeprefix("--").split("=", 1)[0] for arg in fit_args if arg.startswith("--")]
-    for name in given:
+    for name in [arg.removeprefix("--").split("=", 1)[0] for arg in fit_args if arg.startswith("--")]:
         if name in OWN_ARGS:
             raise ConfigError(
                 f"--{name} is set by the search for each trial (its own folder <root>/trial-<n>, the search metric "
@@ -226,9 +207,8 @@ def check_fit_args(space: dict[str, Any], fit_args: list[str]) -> None:
 
 
 def check_names(space: dict[str, Any], space_path: Path, configs: list[Path], parsed: Any) -> None:
-    """Raise a ValueError naming each search-space parameter that is not an argument of the config (``parsed``,
-    :func:`resolve_config`), and a ConfigError for a checkpoint folder or W&B run set in it, which all trials would
-    share."""
+    """Raise a ValueError naming each space parameter that the config (``parsed``) lacks, and a ConfigError for a
+    checkpoint folder or W&B run set in it, which all trials would share."""
     known, named = [key for key in parsed.keys() if not key.startswith("__")], " + ".join(map(str, configs))
     missing = [name for name in space["parameters"] if name not in parsed]
     if missing:
@@ -256,8 +236,7 @@ def check_names(space: dict[str, Any], space_path: Path, configs: list[Path], pa
 
 def check_values(space: dict[str, Any], space_path: Path, configs: list[Path], fit_args: list[str]) -> None:
     """Raise a ConfigError naming the first choice, ``low`` or ``high`` of the space that a trial drawing it would
-    refuse: one the command's parser refuses (its type, a choice the argument lacks), or one outside the range that
-    the model's or datamodule's signature declares for the argument (``model.init_args.<name>``)."""
+    refuse: by the command's parser, the model's or datamodule's signature, or the optimizer."""
     for name, spec in space["parameters"].items():
         if spec["type"] == "categorical":
             values = [(f"choice {value!r}", value) for value in spec["choices"]]
@@ -282,8 +261,8 @@ def check_values(space: dict[str, Any], space_path: Path, configs: list[Path], f
 
 
 def check_optimizer_arguments(parsed: Any, name: str) -> None:
-    """Raise torch's ValueError for an argument ``name`` of an optimizer given by class path in the config (e.g.
-    ``model.init_args.optimizer.init_args.lr``) that the optimizer refuses, by building it on one parameter."""
+    """Raise torch's ValueError for an optimizer argument ``name`` (``model.init_args.optimizer.init_args.lr``) that
+    the optimizer refuses, by building it on one parameter."""
     owner, _, argument = name.rpartition(".init_args.")
     class_path = parsed.get(f"{owner}.class_path") if owner and "." not in argument else None
     cls = resolve_class_path(class_path) if isinstance(class_path, str) else None
@@ -293,11 +272,9 @@ def check_optimizer_arguments(parsed: Any, name: str) -> None:
 
 
 def probe_trainer(parsed: Any) -> Trainer | None:
-    """A Trainer of the config's (``parsed``, :func:`resolve_config`) accelerator, devices, num_nodes and strategy
-    alone, built quietly, to tell how many processes a trial would train in; None if one of them, or plugins, is
-    given as a class (the trial's own check, in :class:`TrialCLI`, decides then)."""
-    keys = ("accelerator", "devices", "num_nodes", "strategy")
-    settings = {key: parsed.trainer.get(key) for key in keys}
+    """A Trainer of the config's accelerator, devices, num_nodes and strategy alone, built quietly, to tell how many
+    processes a trial would train in; None if one of them, or plugins, is given as a class (the trial checks then)."""
+    settings = {key: parsed.trainer.get(key) for key in ("accelerator", "devices", "num_nodes", "strategy")}
     if parsed.trainer.get("plugins") or not all(isinstance(value, (str, int, list)) for value in settings.values()):
         return None
     logger = logging.getLogger("lightning.pytorch")
@@ -314,7 +291,7 @@ def probe_trainer(parsed: Any) -> Trainer | None:
 
 def check_one_process(trainer: Trainer) -> None:
     """Raise a ConfigError naming ``--trainer.devices``, ``--trainer.num_nodes`` and ``--trainer.strategy`` if
-    ``trainer`` would train in several processes: a trial runs in the search's process, which cannot start others."""
+    ``trainer`` would train in several processes (a trial runs in the search's process)."""
     if trainer.world_size > 1:
         raise ConfigError(
             f"each trial would train in {trainer.world_size} processes: {trainer.num_devices} devices "
@@ -328,8 +305,7 @@ def check_one_process(trainer: Trainer) -> None:
 
 
 def fit_settings(parsed: Any, space: dict[str, Any]) -> dict[str, Any]:
-    """What makes trials comparable: every resolved fit setting (dotted name -> value) but the searched ones, those
-    the search sets per trial and the config's path."""
+    """Every resolved fit setting (dotted name -> value) but the searched ones, ``OWN_ARGS`` and the config's path."""
     skip = (*space["parameters"], *OWN_ARGS, "config")
     flat: dict[str, Any] = {}
 
@@ -344,17 +320,12 @@ def fit_settings(parsed: Any, space: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-# --- the study ------------------------------------------------------------------------------------------------------
 def open_study(
     args: argparse.Namespace, space: dict[str, Any], direction: str, metric: str, settings: dict[str, Any]
 ) -> optuna.Study:
-    """Create or load the study, with heartbeats and retries of dead trials; a ValueError naming the storage if it
-    is locked or holds this study for another config path, search space, metric or fit ``settings``
-    (:func:`fit_settings`), naming what differs; a study whose every trial failed before validating takes this run's
-    space, metric and settings instead (:func:`check_distributions`). A study stored without its settings (by an
-    earlier version) opens and records this run's. The sampler's seed is ``--sampler_seed`` as is for a process that
-    starts a new study outside a SLURM array, and otherwise mixed with the study's number of trials and
-    ``$SLURM_ARRAY_TASK_ID``, so that reruns and array tasks draw other values than the first process."""
+    """Create or load the study, with heartbeats and retries of dead trials; a ValueError naming the storage and what
+    differs if it is locked or holds this study for another config path, space, metric or fit ``settings``, unless
+    every trial failed before validating (then it takes this run's). The sampler's seed: ``docs/search.md``."""
     engine = {"connect_args": {"timeout": args.lock_timeout}} if args.storage.startswith("sqlite") else {}
     if args.storage.startswith("sqlite:///"):
         Path(args.storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -379,8 +350,7 @@ def open_study(
             storage=storage, study_name=args.study_name, direction=direction, load_if_exists=True
         )
         stored = study.user_attrs
-        # A new study, or one that a worker which opened it at the same moment is recording key by key: this run
-        # records what is missing, its settings first (a study with the rest but no settings was stored before them).
+        # A new study, or one that another worker is recording key by key: record what is missing, settings first.
         if all(stored.get(key, value) == value for key, value in identity.items()):
             if "settings" not in stored and stored.keys() >= identity.keys():
                 print(
@@ -399,8 +369,7 @@ def open_study(
             more = f" and {len(changed) - 8} more" if changed[8:] else ""
             differs["settings"] = f"fit settings {'; '.join(changed[:8])}{more}"
         trials = study.get_trials(deepcopy=False)
-        # A study whose every trial failed before validating (a setting refused; none diverged) takes the corrected
-        # search: nothing of it was measured with the old one.
+        # A study whose every trial failed before validating (none diverged) takes the corrected search.
         unmeasured = all(t.state == TrialState.FAIL and not t.intermediate_values and "diverged" not in t.user_attrs
                          for t in trials)  # fmt: skip
         if differs and "config" not in differs and trials and unmeasured:
@@ -433,8 +402,8 @@ def open_study(
 
 
 def _rdb_storage(args: argparse.Namespace, engine: dict[str, Any], tries: int = 10) -> RDBStorage:
-    """The study storage, with heartbeats and retries of dead trials. Workers that open a new storage at the same
-    moment (the tasks of a SLURM array) race Optuna's creation of its tables: those that lose try again."""
+    """The study storage, with heartbeats and retries of dead trials; a worker that loses the race to create its
+    tables tries again."""
     for attempt in range(tries):
         try:
             return RDBStorage(
@@ -454,8 +423,7 @@ def _rdb_storage(args: argparse.Namespace, engine: dict[str, Any], tries: int = 
 
 
 def check_distributions(args: argparse.Namespace, space: dict[str, Any], trials: list[FrozenTrial]) -> None:
-    """Raise a ValueError naming a parameter of ``space`` that the study's ``trials`` drew in a way that Optuna does
-    not let a study change: another type, ``log``, or other categorical choices."""
+    """Raise a ValueError naming a parameter of ``space`` that the ``trials`` drew in a way Optuna cannot change."""
     for name, spec in space["parameters"].items():
         if spec["type"] == "categorical":
             new: BaseDistribution = CategoricalDistribution(spec["choices"])
@@ -479,9 +447,8 @@ class StorageError(ValueError):
 
 @contextlib.contextmanager
 def storage_errors(args: argparse.Namespace) -> Iterator[None]:
-    """Turn an error caused by a locked study storage (SQLite's ``database is locked``, anywhere in the error's
-    chain: when the study is opened or during a trial) into a :class:`StorageError` naming the storage and
-    ``--lock_timeout``."""
+    """Turn an error caused by a locked study storage (anywhere in the error's chain) into a :class:`StorageError`
+    naming the storage and ``--lock_timeout``."""
     try:
         yield
     except StorageError:
@@ -504,12 +471,9 @@ def _digest(parameters: dict[str, Any]) -> str:
 
 
 class TrialReporter(Callback):
-    """A trial's pruning. After every validation (Lightning's sanity check included), a ConfigError naming ``metric``
-    and the metrics the validation logged if it did not log ``metric``. After every other validation, the metric's
-    value reported to the trial at ``step`` = the trial's count of validations (1 for its first; kept in its
-    checkpoints, so a resumed retry counts on), which does not depend on the batch size (docs/search.md), and from
-    the second validation on (a warm-up of one validation), :class:`optuna.TrialPruned` if the study's pruner prunes
-    the trial there.
+    """A trial's pruning: a ConfigError after any validation that did not log ``metric``; after each validation but
+    the sanity check, the value reported at the trial's count of validations (kept in checkpoints), and from the
+    second on :class:`optuna.TrialPruned` if the pruner prunes there. Why this step: ``docs/search.md``.
 
     Args:
         trial: the trial.
@@ -542,8 +506,7 @@ class TrialReporter(Callback):
 
 
 class TrialCLI(AutoencoderCLI):
-    """The ``fit`` command with one more callback on its trainer (a trial's pruning), before the config's (whose
-    checkpoints then hold its state after a validation), and a trainer of one process (:func:`check_one_process`).
+    """The ``fit`` command with ``callback`` first among its trainer's, which must be of one process.
 
     Args:
         callback: the callback to add.
@@ -565,16 +528,11 @@ class TrialCLI(AutoencoderCLI):
 def objective(
     trial: optuna.Trial, args: argparse.Namespace, space: dict[str, Any], metric: str, fit_args: list[str]
 ) -> float:
-    """Fit the config with the trial's values; the best ``metric`` of its validations (its best checkpoint's).
-
-    A new trial trains afresh in ``<root>/trial-<number>``, and a ConfigError naming that folder refuses it if the
-    folder already holds something (a run of another study with this ``--root``). Only a retry (which inherits the
-    dead trial's ``folder``) resumes there, from its last checkpoint if any. A diverging loss
-    (:class:`NonFiniteLossError`) is raised with the trial's user attribute ``diverged`` set to its message.
-    """
+    """Fit the config with the trial's values in ``<root>/trial-<number>``; the best ``metric`` of its validations.
+    A ConfigError if a new trial's folder holds something; only a retry resumes there. A diverging loss
+    (:class:`NonFiniteLossError`) is raised with the trial's user attribute ``diverged`` set to its message."""
     values = {name: suggest(trial, name, spec) for name, spec in space["parameters"].items()}
-    # A retry inherits the user attributes of the trial whose process died: it continues in its folder, from its
-    # last checkpoint (``--ckpt_path last``), and may write its config where the dead run wrote it.
+    # A retry inherits the dead trial's user attributes: it continues in its folder, from its last checkpoint.
     retry = "folder" in trial.user_attrs
     folder = Path(trial.user_attrs.get("folder", args.root / f"trial-{trial.number}"))
     if not retry and folder.exists() and any(folder.iterdir()):
@@ -591,12 +549,11 @@ def objective(
         *(["--ckpt_path", "last"] if retry else []),
     ]  # fmt: skip
     trial.set_user_attr("folder", str(folder))
-    pruning = TrialReporter(trial, metric)
     overwrite = {"save_config_kwargs": {"overwrite": True}} if retry else {}
     wandb_run = _wandb_run()
     try:
         with mock.patch("sys.argv", ["ae-lightning"]):  # the CLI must read only these arguments
-            cli = TrialCLI(pruning, args=cli_args, **overwrite)
+            cli = TrialCLI(TrialReporter(trial, metric), args=cli_args, **overwrite)
     except NonFiniteLossError as error:
         trial.set_user_attr("diverged", str(error))
         raise
@@ -606,9 +563,7 @@ def objective(
     logger = cli.trainer.logger  # where the trial saved its config.yaml (SaveConfigToRun)
     run_folder = SaveConfigToRun.run_folder(logger, cli.trainer) if isinstance(logger, WandbLogger) else None
     trial.set_user_attr("config_file", str(Path(run_folder or cli.trainer.log_dir) / "config.yaml"))
-    # A retry resumes in a new version folder, where Lightning's checkpoint callback starts its best afresh; the
-    # validations before the kill are the dead trial's reports, which the retry inherits. No checkpoint callback:
-    # --trainer.enable_checkpointing false.
+    # A retry's checkpoint callback knows only the validations after its resume; it inherits the earlier reports.
     best = getattr(cli.trainer.checkpoint_callback, "best_model_score", None)
     reported = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number).intermediate_values
     values = [v for v in [*reported.values(), *([float(best)] if best is not None else [])] if math.isfinite(v)]
@@ -671,9 +626,8 @@ def finished(study: optuna.Study) -> int:
 
 
 def run_trials(study: optuna.Study, args: argparse.Namespace, objective: Any) -> None:
-    """Run trials of ``objective`` while the study's counted trials (:func:`finished`) and those running in other
-    processes fall short of ``--n_trials``; a trial whose process died is failed and retried first, once its heartbeat
-    is stale. Print what is left to others, if anything."""
+    """Run trials of ``objective`` while the study's counted trials (:func:`finished`) and those running elsewhere fall
+    short of ``--n_trials``, retrying dead ones first; print what is left to others, if anything."""
     while (done := finished(study)) < args.n_trials:
         fail_stale_trials(study)  # a dead process's trials become FAIL, their retries WAITING (taken first)
         running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
@@ -687,11 +641,8 @@ def run_trials(study: optuna.Study, args: argparse.Namespace, objective: Any) ->
 
 def run(argv: list[str] | None = None) -> optuna.Study:
     """The search the command line's (or ``argv``'s) arguments ask for, its study once done. A trial whose loss
-    diverges is recorded as failed, with its reason in the log, and the search goes on; other errors stop it: before
-    the study is opened, a choice or range bound that a trial would refuse (:func:`check_values`) and a trainer of
-    several processes (:func:`check_one_process`); a metric that the trials' validation does not log as soon as the
-    first trial validates (its sanity check), a storage that is not a database URL or is locked
-    (:class:`StorageError`)."""
+    diverges is recorded as failed and the search goes on; other errors (a bad space, setting, metric or storage) stop
+    it, those of the space and settings before the study is opened."""
     args, fit_args = parse_args(sys.argv[1:] if argv is None else argv)
     # Trials record their folders in the study: a rerun or worker in another folder must find them, and add its own.
     args.root = args.root.absolute()
@@ -721,8 +672,7 @@ def run(argv: list[str] | None = None) -> optuna.Study:
 
 
 def main() -> None:
-    """``ae-lightning-search``: exit status 0 once the study is done; a bad search space, storage or setting prints
-    its message alone (:func:`~ae_lightning.cli.run_command`)."""
+    """``ae-lightning-search``: exit status 0 once the study is done; an error prints its message alone."""
     run_command("ae-lightning-search", run)
 
 

@@ -26,13 +26,11 @@ def as_samples(array: Any, where: str) -> Tensor:
 
     Raises:
         ValueError: naming ``where`` and what is wrong: rank, channels, dtype, the first NaN or infinite sample,
-            images outside [0, 1] (float) or 0..255 (integers), or a conversion that would take more than half of
-            this machine's memory (uint8 ``[N, H, W]`` or ``[N, C, H, W]`` images need none: a memory-mapped array
-            stays on disk).
+            images outside [0, 1] (float) or 0..255 (integers), or a conversion beyond half of this machine's memory.
     """
     data = _as_tensor(array, where, "expected a numeric array")
     _check_conversion_memory(data, where)
-    if data.dtype == torch.bool or data.is_complex() or not (data.is_floating_point() or _is_integer(data)):
+    if data.dtype == torch.bool or data.is_complex():
         raise ValueError(f"{where}: expected a numeric array, got dtype {data.dtype}")
     if data.ndim == 0 or len(data) == 0:
         raise ValueError(f"{where} holds no samples (an array of shape {tuple(data.shape)})")
@@ -90,14 +88,13 @@ def as_samples(array: Any, where: str) -> Tensor:
 def as_labels(array: Any, where: str) -> Tensor:
     """Labels ``[N]`` int64 from an integer array, or a ValueError naming ``where``."""
     labels = _as_tensor(array, where, "labels must be a 1-D integer array")
-    if labels.ndim != 1 or not _is_integer(labels):
+    if labels.ndim != 1 or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise ValueError(f"{where}: labels must be a 1-D integer array, got {labels.dtype} {tuple(labels.shape)}")
     return labels.to(torch.int64)
 
 
 def _as_tensor(array: Any, where: str, expected: str) -> Tensor:
-    """``array`` as a tensor; a ValueError naming ``where``, ``expected`` and the dtype for one torch cannot hold
-    (strings, objects)."""
+    """``array`` as a tensor, or a ValueError naming ``where``, ``expected`` and a dtype torch cannot hold."""
     if isinstance(array, Tensor):
         return array
     array = np.asarray(array)
@@ -107,8 +104,7 @@ def _as_tensor(array: Any, where: str, expected: str) -> Tensor:
 
 
 def _check_conversion_memory(data: Tensor, where: str) -> None:
-    """:func:`as_samples`' copies of ``data`` (a float32 copy of vectors; 8-bit images, the float intermediates of
-    float images and the finiteness mask), checked before they are made."""
+    """Check that :func:`as_samples`' copies of ``data`` fit in memory, before they are made."""
     values, floating = data.numel(), data.is_floating_point()
     if data.ndim == 2:
         needed = values * (4 * (data.dtype != torch.float32) + floating)
@@ -126,10 +122,6 @@ def _exact(value: Tensor) -> str:
     return np.format_float_positional(value.cpu().numpy()[()], trim="-")
 
 
-def _is_integer(data: Tensor) -> bool:
-    return not data.is_floating_point() and not data.is_complex() and data.dtype != torch.bool
-
-
 class ArrayDataModule(ImageDataModule):
     """Images or feature vectors from one ``.npy``, ``.npz`` or ``.pt`` file (see :func:`as_samples` for layouts).
 
@@ -137,8 +129,7 @@ class ArrayDataModule(ImageDataModule):
         path: the data file; in an ``.npz`` or a ``.pt`` dict, the array under ``key``.
         labels: a second file with the labels ``[N]``, or a key of the data file; None: unlabeled (label -1).
         key: the data's key in an ``.npz``/``.pt`` dict; None takes the only array that is not the labels.
-        standardize: feature vectors only: shift and scale each feature to mean 0 and std 1 with the statistics of
-            the training split (features constant there are only shifted).
+        standardize: vectors only: scale each feature to mean 0, std 1 by the training split's (constant ones: shift).
         **kwargs: the :class:`~datamodules.base.ImageDataModule` arguments.
     """
 
@@ -160,7 +151,7 @@ class ArrayDataModule(ImageDataModule):
         return [str(self.path)] + ([labels] if labels and Path(labels).suffix in SUFFIXES else [])
 
     def load_arrays(self) -> Arrays:
-        contents = _read(self.path)
+        contents = data = _read(self.path)
         label_key = self.hparams.labels
         if isinstance(contents, dict):
             others = [name for name in contents if name != label_key]
@@ -173,8 +164,6 @@ class ArrayDataModule(ImageDataModule):
             data = contents[key]
         elif self.hparams.key is not None:
             raise ValueError(f"key={self.hparams.key!r} names an array of a dict, but {self.path} holds one array")
-        else:
-            data = contents
         samples = as_samples(data, str(self.path))
         if label_key is None:
             labels = torch.full((len(samples),), UNLABELED)

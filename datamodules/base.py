@@ -116,9 +116,8 @@ class ImageDataModule(L.LightningDataModule):
         return []
 
     def check_sources_exist(self) -> None:
-        """Raise a FileNotFoundError naming the first local file or folder of :meth:`source_paths` that does not exist;
-        datamodules of files the user provides call it on construction, so that every process of a run stops there,
-        before the trainer starts its loggers (Lightning runs ``prepare_data`` on one process per node only)."""
+        """Raise a FileNotFoundError naming the first local file or folder of :meth:`source_paths` that does not exist
+        (called on construction by datamodules of the user's files: docs/own_data.md, "Where checks run")."""
         for source in self.source_paths():
             if "://" not in source and not Path(source).exists():
                 where = "" if Path(source).is_absolute() else f" in the working folder {Path.cwd()}"
@@ -166,8 +165,7 @@ class ImageDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if not self.splits:
             self._draw_splits()
-        # Lightning logs the hyperparameters the datamodule was built with, which predate this decision: log it too,
-        # in every run (trainer) that uses these splits.
+        # Lightning logged the hyperparameters before data_source was known: log it to every trainer using the splits.
         for logger in self.trainer.loggers if self.trainer is not None else []:
             logger.log_hyperparams({"data_source": self.hparams.data_source})
 
@@ -179,8 +177,7 @@ class ImageDataModule(L.LightningDataModule):
                 f"binarize: {self.hparams.binarize} applies to images, but {type(self).__name__} holds feature vectors "
                 f"of shape {self.input_shape}; set binarize: none"
             )
-        images, labels = arrays.train
-        test = arrays.test
+        (images, labels), test = arrays.train, arrays.test
         if test is not None and self.hparams.test_fraction is not None:
             raise ValueError(
                 f"test_fraction={self.hparams.test_fraction} holds out a test split, but {type(self).__name__} has "
@@ -226,8 +223,7 @@ class ImageDataModule(L.LightningDataModule):
     # --- loaders ----------------------------------------------------------------------------------------------------
     @property
     def overfitting(self) -> bool:
-        """Whether the trainer overfits a few batches (``--trainer.overfit_batches``): the training loader then yields
-        the same batches every epoch, unshuffled, as Lightning makes a DataLoader's."""
+        """Whether the trainer overfits a few batches: the training loader then repeats them, unshuffled."""
         return self.trainer is not None and self.trainer.overfit_batches > 0
 
     def _loader(self, split: Split, shuffle: bool) -> TensorBatchLoader:
@@ -241,10 +237,9 @@ class ImageDataModule(L.LightningDataModule):
         )
 
     def _loader_settings(self, split: Split, shuffle: bool) -> dict[str, Any]:
-        """The :class:`~datamodules.loader.TensorBatchLoader` settings of :meth:`_loader` but the data and binarize:
-        batches of this process's rank, built on the training device with ``data_on_device`` and no workers."""
+        """:meth:`_loader`'s :class:`~datamodules.loader.TensorBatchLoader` settings but the data and binarize."""
         trainer = self.trainer
-        on_device = self.hparams.data_on_device and trainer is not None and self.hparams.num_workers == 0
+        on_device = self.hparams.get("data_on_device") and trainer is not None and self.hparams.num_workers == 0
         return {
             "batch_size": self.hparams.batch_size,
             "shuffle": shuffle and not self.overfitting,
@@ -294,8 +289,7 @@ class ImageDataModule(L.LightningDataModule):
         return self._loader(self.hparams.predict_split, shuffle=False)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        # With ``data_on_device`` the loader builds batches on the training device already, and Lightning's generic
-        # walk over the batch would cost a few dozen Python calls per step for nothing.
+        # Batches built on the device already (data_on_device) skip Lightning's walk over them (dozens of calls a step).
         if _built_on(device, batch):
             return batch
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
@@ -303,8 +297,7 @@ class ImageDataModule(L.LightningDataModule):
 
 @contextlib.contextmanager
 def no_empty_folders_left(folder: Path) -> Iterator[None]:
-    """On an error inside (a failed download), remove ``folder`` and those of its parents that did not exist before
-    and are left empty."""
+    """On an error inside (a failed download), remove ``folder`` and its new parents that are left empty."""
     created = [path for path in (folder, *folder.parents) if not path.exists()]  # deepest first
     try:
         yield
@@ -316,20 +309,16 @@ def no_empty_folders_left(folder: Path) -> Iterator[None]:
 
 
 def _built_on(device: torch.device, batch: Any) -> bool:
-    """Whether ``batch``, a loader's ``(image, label, index)`` tuple or the fast path's list of them, lies on
-    ``device`` already."""
+    """Whether ``batch`` (a loader's tuple, or the fast path's list of them) lies on ``device`` already."""
     if isinstance(batch, list):
         return len(batch) > 0 and all(isinstance(one, tuple) and _built_on(device, one) for one in batch)
     return isinstance(batch, tuple) and all(isinstance(item, Tensor) and item.device == device for item in batch)
 
 
 def check_arrays(arrays: Arrays) -> None:
-    """Raise a ValueError naming the split and its source if the loaded data are inconsistent.
-
-    Checks: images ``[N, C, H, W]`` uint8 with 1 or 3 channels or vectors ``[N, D]`` float, at least one sample,
-    as many labels as samples, labels in ``0 .. len(class_names) - 1`` (or all -1), and the same sample shape in
-    every split.
-    """
+    """Raise a ValueError naming the split and its source unless every split holds images ``[N, C, H, W]`` uint8
+    with 1 or 3 channels or vectors ``[N, D]`` float, at least one sample, one label per sample in
+    ``0 .. len(class_names) - 1`` (or -1), and the training data's sample shape."""
     names = arrays.class_names
     shape = None
     for split, pair in (("train", arrays.train), ("test", arrays.test)):
@@ -337,13 +326,11 @@ def check_arrays(arrays: Arrays) -> None:
             continue
         data, labels = pair
         where = arrays.sources.get(split, f"the {split} split")
-        if data.ndim == 4:
-            if data.dtype != torch.uint8 or data.shape[1] not in (1, 3):
-                raise ValueError(
-                    f"{where}: images must be uint8 [N, C, H, W] with 1 or 3 channels, got "
-                    f"{data.dtype} {tuple(data.shape)}"
-                )
-        elif data.ndim != 2 or not data.dtype.is_floating_point:
+        if data.ndim == 4 and (data.dtype != torch.uint8 or data.shape[1] not in (1, 3)):
+            raise ValueError(
+                f"{where}: images must be uint8 [N, C, H, W] with 1 or 3 channels, got {data.dtype} {tuple(data.shape)}"
+            )
+        if data.ndim != 4 and (data.ndim != 2 or not data.dtype.is_floating_point):
             raise ValueError(f"{where}: expected images [N, C, H, W] or vectors [N, D], got shape {tuple(data.shape)}")
         if len(data) == 0:
             raise ValueError(f"{where} holds no samples")
@@ -353,12 +340,11 @@ def check_arrays(arrays: Arrays) -> None:
             raise ValueError(
                 f"{labels_where or where}: {len(labels)} labels for {of}; there must be exactly one label per sample"
             )
-        labelled = labels[labels != UNLABELED]
-        if len(labelled) and (labelled.min() < 0 or (names is not None and labelled.max() >= len(names))):
+        bad = labels[(labels != UNLABELED) & ((labels < 0) | (labels >= (math.inf if names is None else len(names))))]
+        if len(bad):
             known = f"0..{len(names) - 1}" if names is not None else "non-negative"
-            bad = labelled[(labelled < 0) | (labelled >= (len(names) if names is not None else math.inf))][0]
             where = arrays.sources.get(f"{split}_labels", where)
-            raise ValueError(f"{where}: label {bad.item()} is not one of the dataset's classes (labels {known})")
+            raise ValueError(f"{where}: label {bad[0].item()} is not one of the dataset's classes (labels {known})")
         if shape is not None and tuple(data.shape[1:]) != shape:
             raise ValueError(
                 f"{where}: samples of shape {tuple(data.shape[1:])}, but the training data's are {shape}; every split "
@@ -391,15 +377,12 @@ def draw_split(
 
 
 def _binarize_once(images: Tensor, generator: torch.Generator) -> Tensor:
-    """One Bernoulli draw of every pixel, as from one ``torch.rand`` over them all (the same values), drawn a block of
-    about a million pixels at a time: memory peaks at the result plus one block, not at 9x the images."""
+    """One Bernoulli draw of every pixel (the values of one ``torch.rand`` over them all), a block of ~1M at a time."""
     binary = torch.empty_like(images)
     rows = max(1, 2**20 // max(1, images[0].numel()))
     for start in range(0, len(images), rows):
         block = images[start : start + rows]
-        binary[start : start + rows] = (torch.rand(block.shape, generator=generator) * 255 < block).to(
-            torch.uint8
-        ) * 255
+        binary[start : start + rows] = (torch.rand(block.shape, generator=generator) * 255 < block) * 255
     return binary
 
 

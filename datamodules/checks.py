@@ -1,10 +1,6 @@
-"""Argument constraints, declared once in the signatures and enforced for the command and for Python callers alike.
-
-A constrained argument is annotated with one of the number types at the end of this module (registered with
-jsonargparse, so that ``--help`` shows their range) or a ``Literal`` of choices, alone or in
-a ``Sequence`` or an ``Optional``; :func:`check_arguments` enforces the same annotations for Python callers, raising a
-ValueError that names the argument, the value and what was expected. Both ``datamodules`` and ``ae_lightning`` use
-this module, which imports neither.
+"""Argument constraints, declared once in the signatures (a number type of :func:`number_type` or a ``Literal``,
+alone or in a ``Sequence`` or ``Optional``) and enforced by :func:`check_arguments` for the command and Python callers
+alike, naming the argument, the value and what was expected. Imports neither ``datamodules`` nor ``ae_lightning``.
 """
 
 from __future__ import annotations
@@ -27,11 +23,9 @@ INTERVALS: dict[type, tuple[str, bool]] = {}
 
 
 def number_type(interval: str, integer: bool = False) -> type:
-    """A number type for signatures, e.g. ``number_type("[0, 1)")``: ``--help`` names it by its range
-    (``float in [0, 1)``) and :func:`check_arguments` checks it when the class is built, from the command or from
-    Python (the command parses only the kind of number, so that a refusal names the class). Parsed values are plain
-    ``int``/``float``, so they pickle into checkpoints like any number. The type is this module's attribute named after
-    its interval (``int_ge_0_lt_inf``), one per interval, so that it pickles (``ddp_spawn`` pickles the parser)."""
+    """A number type for signatures, e.g. ``number_type("[0, 1)")``: ``--help`` names its range (``float in [0, 1)``),
+    :func:`check_arguments` checks it when the class is built, and parsed values are plain ``int``/``float``. One type
+    per interval, this module's attribute named after it (``int_ge_0_lt_inf``), so that it pickles."""
     name = _type_name(interval, integer)
     if name in globals():
         return globals()[name]
@@ -52,8 +46,7 @@ def number_type(interval: str, integer: bool = False) -> type:
 
 
 def __getattr__(name: str) -> type:
-    """The number type named ``name`` (e.g. ``int_ge_10_lt_inf``), made here if no module has made it yet: unpickling
-    finds a type so even in a process that has not imported the module that declares it."""
+    """The number type named ``name`` (e.g. ``int_ge_10_lt_inf``), made on demand, so that unpickling finds it."""
     match = _TYPE_NAME.fullmatch(name)
     if match is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -105,8 +98,7 @@ def _parse(interval: str) -> tuple[float, float, bool, bool]:
 
 
 def _describe(interval: str, integer: bool, value: object = None) -> str:
-    """What ``interval`` asks of a value, e.g. ``be >= 0``; ``be a finite number >= 0`` for a refused NaN or infinity
-    (``a number`` where the interval holds an infinity)."""
+    """What ``interval`` asks of a value, e.g. ``be >= 0``; ``be a finite number >= 0`` for NaN or infinity."""
     low, high, low_closed, high_closed = _parse(interval)
     prefix = "be an integer " if integer else "be "
     if not integer and isinstance(value, Real) and not math.isfinite(value):
@@ -121,11 +113,12 @@ def _describe(interval: str, integer: bool, value: object = None) -> str:
 
 def check_arguments(values: Mapping[str, Any], *functions: Callable) -> None:
     """Raise a ValueError for the first of ``values`` that breaks the constraint its parameter declares in one of
-    ``functions`` (a number type of :data:`INTERVALS`, a ``Literal``, a ``Sequence`` or ``Optional`` of them)."""
+    ``functions``."""
     for function in functions:
         for name, annotation in _annotations(function).items():
-            if name in values:
-                _check(name, values[name], annotation)
+            if name in values and (expected := _expected(values[name], annotation)) is not None:
+                subject = f"each of {name}" if expected.startswith("each ") else name
+                raise ValueError(f"{subject} must {expected.removeprefix('each ')}, got {values[name]!r}")
 
 
 def check_init_arguments(cls: type, values: Mapping[str, Any]) -> None:
@@ -147,13 +140,6 @@ def _constrains(annotation: Any) -> bool:
     if isinstance(annotation, type) and annotation in INTERVALS or typing.get_origin(annotation) is Literal:
         return True
     return any(_constrains(arg) for arg in typing.get_args(annotation) if not isinstance(arg, list))
-
-
-def _check(name: str, value: Any, annotation: Any) -> None:
-    expected = _expected(value, annotation)
-    if expected is not None:
-        subject = f"each of {name}" if expected.startswith("each ") else name
-        raise ValueError(f"{subject} must {expected.removeprefix('each ')}, got {value!r}")
 
 
 def _expected(value: Any, annotation: Any) -> str | None:
@@ -194,8 +180,7 @@ def _is_choice(value: Any, choice: Any) -> bool:
 
 def plain_hyperparameters(hparams: MutableMapping[str, Any]) -> None:
     """Replace in ``hparams`` each path by its string and each NumPy scalar or array by Python numbers (also inside
-    lists, tuples and dicts): checkpoints then load with ``torch.load(weights_only=True)``, torch's default and the
-    command's."""
+    lists, tuples and dicts), so that checkpoints load with ``torch.load(weights_only=True)``."""
     for name, value in hparams.items():
         hparams[name] = _plain(value)
 
@@ -229,8 +214,7 @@ Fraction = number_type("[0, 1)")
 
 
 def check_fits_memory(needed: int, what: str, fix: str) -> None:
-    """Raise a ValueError saying that ``what`` need(s) ``needed`` bytes, and ``fix``, if that is more than half of this
-    machine's memory."""
+    """Raise a ValueError naming ``what``, ``needed`` bytes and ``fix`` if over half of this machine's memory."""
     available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if needed > available / 2:
         raise ValueError(

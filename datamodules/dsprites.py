@@ -1,9 +1,5 @@
-"""dSprites (Matthey et al. 2017, "dSprites: Disentanglement testing Sprites dataset") rendered from its factors.
-
-The published factor grid: 3 shapes (square, ellipse, heart) x 6 scales in [0.5, 1] x 40 orientations in [0, 2 pi]
-x 32 x-positions x 32 y-positions in [0, 1], one binary 64x64 image each, 737,280 in all. Every image here is drawn
-from its factors when its batch is built (the shapes are drawn by this module, not copied from the published
-file), so nothing is downloaded and no memory is held beyond a batch and the splits' grid indices.
+"""dSprites (Matthey et al. 2017): the published grid of 737,280 binary 64x64 images (3 shapes x 6 scales x 40
+orientations x 32 x 32 positions), each drawn from its factors when its batch is built (docs/disentanglement.md).
 """
 
 from __future__ import annotations
@@ -35,11 +31,8 @@ _STRIDES = torch.tensor([math.prod(GRID[i + 1 :]) for i in range(len(GRID))])
 
 
 def check_factors(factors: Tensor) -> None:
-    """Raise a ValueError naming the factor, its value and the grid if a row of ``factors`` lies outside the grid.
-
-    Args:
-        factors: ``[N, 5]`` integer grid indices in the order of ``FACTORS``.
-    """
+    """Raise a ValueError naming the factor, its value and the grid unless ``factors`` are ``[N, 5]`` integer grid
+    indices (``FACTORS`` order) inside the grid."""
     if factors.ndim != 2 or factors.shape[1] != len(FACTORS):
         raise ValueError(
             f"dSprites factors must be [N, {len(FACTORS)}] ({', '.join(FACTORS)}), got {tuple(factors.shape)}"
@@ -73,14 +66,11 @@ def index_to_factors(index: Tensor) -> Tensor:
 
 
 def render(factors: Tensor) -> Tensor:
-    """Binary images ``[N, 1, 64, 64]`` (float, 0 or 1) of ``[N, 5]`` grid indices, on their device.
+    """Binary images ``[N, 1, 64, 64]`` (float, 0 or 1) of ``[N, 5]`` grid indices (``FACTORS`` order), on their device.
 
     A shape of scale ``s`` spans about ``2 * 10 s`` pixels, centred at ``12.8 + 38.4 p`` pixels for the position
     ``p`` in [0, 1] (x: columns, y: rows), rotated counterclockwise by the orientation: a square, an ellipse with axes
     1 and 0.5, and the heart ``(x^2 + y^2 - 1)^3 <= x^2 y^3``.
-
-    Args:
-        factors: ``[N, 5]`` integer grid indices (shape, scale, orientation, position_x, position_y).
     """
     check_factors(factors)
     device = factors.device
@@ -101,9 +91,8 @@ def render(factors: Tensor) -> Tensor:
 
 
 class RenderingBatchLoader(TensorBatchLoader):
-    """:class:`~datamodules.loader.TensorBatchLoader` over the grid indices of a split, drawing each batch's images
-    from their factors: ``(image [B, 1, 64, 64], shape label [B], index in the split [B])``, resumable and sharded
-    across ranks alike.
+    """:class:`~datamodules.loader.TensorBatchLoader` over a split's grid indices, drawing each batch's images:
+    ``(image [B, 1, 64, 64], shape label [B], index in the split [B])``.
 
     Args:
         grid_indices: ``[N]`` positions in the 737,280-image grid of the split's samples.
@@ -127,10 +116,8 @@ def _as_rows(grid_indices: Tensor) -> Tensor:
 
 
 class DSpritesDataModule(ImageDataModule):
-    """dSprites drawn on the fly: batches ``(image, label, index)`` as every datamodule's, the label the shape
-    (0 square, 1 ellipse, 2 heart) and the index the sample's position in its split; :meth:`factors` gives the five
-    factors of a split for disentanglement metrics, :func:`render` draws any factors. The splits hold grid indices
-    (``grid_indices``), not images: ``splits`` stays empty.
+    """dSprites drawn on the fly: batches ``(image, label, index)``, the label the shape (0 square, 1 ellipse,
+    2 heart); :meth:`factors` gives a split's factors. The splits are ``grid_indices``: ``splits`` stays empty.
 
     Args:
         batch_size: samples per step and process.
@@ -207,17 +194,10 @@ class DSpritesDataModule(ImageDataModule):
         if self.grid_indices:
             return
         index = torch.arange(NUM_IMAGES)
-        fixed = self.hparams.fixed_factors or {}
-        if fixed:
-            factors = index_to_factors(index)
-            keep = torch.ones(NUM_IMAGES, dtype=torch.bool)
-            for name, value in fixed.items():
-                keep &= factors[:, FACTORS.index(name)] == value
-            index = index[keep]
-        generator = torch.Generator().manual_seed(self.hparams.seed)
-        index = index[torch.randperm(len(index), generator=generator)]
-        if self.hparams.num_samples is not None:
-            index = index[: self.hparams.num_samples]
+        for name, value in (self.hparams.fixed_factors or {}).items():
+            index = index[index_to_factors(index)[:, FACTORS.index(name)] == value]
+        index = index[torch.randperm(len(index), generator=torch.Generator().manual_seed(self.hparams.seed))]
+        index = index[: self.hparams.num_samples]  # None: all
         n_val = max(1, round(len(index) * self.hparams.val_fraction))
         n_test = max(1, round(len(index) * self.hparams.test_fraction))
         val, test, train = index[:n_val], index[n_val : n_val + n_test], index[n_val + n_test :]
@@ -232,12 +212,10 @@ class DSpritesDataModule(ImageDataModule):
                 f"{cause} leave the {empty} split empty (num_samples {self.hparams.num_samples}, val_fraction "
                 f"{self.hparams.val_fraction}, test_fraction {self.hparams.test_fraction}): use {fix} or more images"
             )
-        # Validation and test in their random order, so that any first batches (limit_test_batches, pictures) are
-        # a sample of the grid, not its first shape at its smallest scales; the loader shuffles the training split.
+        # Validation and test in random order, so that their first batches (pictures) sample the whole grid.
         self.grid_indices = {"val": val, "test": test, "train": train.sort().values}
 
     def split_size(self, split: str) -> int:
-        """Number of samples in ``split`` (after ``setup``)."""
         return len(self.grid_indices[split])
 
     def training_content(self) -> tuple[int, int]:
@@ -252,8 +230,7 @@ class DSpritesDataModule(ImageDataModule):
     factor_names = FACTORS
 
     def sample_factors(self, n: int, generator: torch.Generator) -> Tensor:
-        """``[n, 5]`` grid indices drawn uniformly from the grid (``fixed_factors`` kept fixed), for the
-        disentanglement metrics."""
+        """``[n, 5]`` grid indices drawn uniformly from the grid (``fixed_factors`` kept fixed)."""
         factors = torch.stack([torch.randint(size, (n,), generator=generator) for size in GRID], dim=1)
         for name, value in (self.hparams.fixed_factors or {}).items():
             factors[:, FACTORS.index(name)] = value
@@ -275,14 +252,8 @@ class DSpritesDataModule(ImageDataModule):
     def evaluation_loader(
         self, split: str, batch_size: int | None = None, max_images: int | None = None, seed: int = 0
     ) -> RenderingBatchLoader:
-        """The split's images in split order, as the evaluation driver reads them (``split_loader``).
-
-        Args:
-            split: ``train``, ``val`` or ``test``.
-            batch_size: images per batch; the datamodule's when None.
-            max_images: keep a seeded random subset of at most this many images (in split order); None keeps all.
-            seed: seed of that subset.
-        """
+        """The split's images in split order (all, or a seeded subset of ``max_images``), in batches of ``batch_size``
+        (None: the datamodule's), as the evaluation driver reads them."""
         self.setup()
         rows = self.evaluation_rows(split, max_images, seed)
         return RenderingBatchLoader(

@@ -22,23 +22,18 @@ Alpha = Literal["refuse", "white", "black"]  # what an image with transparent pi
 
 
 class ImageFolderDataModule(ImageDataModule):
-    """PNG, JPEG, BMP (any of torchvision's ``IMG_EXTENSIONS``) images from a folder, decoded with PIL.
+    """Images from a folder (any of torchvision's ``IMG_EXTENSIONS``), decoded once with PIL (docs/own_data.md).
 
-    With one subfolder per class, labels are assigned as torchvision's ``ImageFolder`` assigns them (sorted folder
-    names); a flat folder has no labels (label -1). Hidden files and folders (names starting with ``.``, such as
-    ``.ipynb_checkpoints`` or macOS's ``._photo.jpg``) are skipped. Images are turned upright as their EXIF orientation
-    says, converted to ``channels`` and, with ``image_size``, resized (shorter side) and centre-cropped to
-    ``image_size x image_size``; without it they must all have one size. Images with transparent pixels are refused
-    or composited over a background, as ``alpha`` says (docs/own_data.md).
+    Labels are ``ImageFolder``'s (sorted subfolder names), or -1 for a flat folder; hidden files and folders are
+    skipped. Images are turned upright as their EXIF orientation says, converted to ``channels`` and, with
+    ``image_size``, resized (shorter side) and centre-cropped; without it they must all have one size.
 
     Args:
         data_dir: the folder.
         image_size: side of the square images; None keeps the images' own (common) size.
-        channels: 1 (gray) or 3 (RGB); None: the folders' own, 1 when every image is gray (read from the files'
-            headers, as ``ae-lightning-prepare`` reads them), else 3.
+        channels: 1 (gray) or 3 (RGB); None: 1 when every image is gray (read from the files' headers), else 3.
         test_dir: a second folder, laid out alike, as test split; None holds out ``test_fraction`` of ``data_dir``.
-        alpha: an image with transparent pixels (RGBA, LA, or a transparent palette colour) is refused (``refuse``)
-            or composited over a ``white`` or ``black`` background; opaque ones are read as they are.
+        alpha: an image with transparent pixels is refused (``refuse``) or composited over ``white`` or ``black``.
         **kwargs: the :class:`~datamodules.base.ImageDataModule` arguments.
     """
 
@@ -80,11 +75,9 @@ class ImageFolderDataModule(ImageDataModule):
 
     def load_arrays(self) -> Arrays:
         train, class_names = self._decode_folder(self.data_dir, None)
-        test = None
-        if self.hparams.test_dir is not None:
-            test, _ = self._decode_folder(Path(self.hparams.test_dir), class_names, test=True)
-        sources = {"train": str(self.data_dir), "test": str(self.hparams.test_dir)}
-        return Arrays(train, test, class_names, sources)
+        test_dir = self.hparams.test_dir
+        test = self._decode_folder(Path(test_dir), class_names, test=True)[0] if test_dir is not None else None
+        return Arrays(train, test, class_names, {"train": str(self.data_dir), "test": str(test_dir)})
 
     def _decode_folder(
         self, folder: Path, class_names: list[str] | None, test: bool = False
@@ -92,16 +85,10 @@ class ImageFolderDataModule(ImageDataModule):
         files, labels, class_names = list_images(folder, class_names, test)
         size, mode, alpha = self.hparams.image_size, "L" if self.channels == 1 else "RGB", self.hparams.alpha
         check_memory(files, self.channels, size)
+        n = len(files)
         with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # PIL releases the GIL while decoding
-            decoded = list(
-                tqdm(
-                    pool.map(lambda f: decode_image(f, mode, size, alpha), files),
-                    total=len(files),
-                    desc=f"Decoding {folder}",
-                    unit="img",
-                    disable=len(files) < 1000,
-                )
-            )
+            images = pool.map(lambda f: decode_image(f, mode, size, alpha), files)
+            decoded = list(tqdm(images, total=n, desc=f"Decoding {folder}", unit="img", disable=n < 1000))
         sizes = {image.shape[1:]: file for image, file in zip(decoded, files)}
         if len(sizes) > 1:
             (first, a), (second, b) = list(sizes.items())[:2]
@@ -113,9 +100,8 @@ class ImageFolderDataModule(ImageDataModule):
 
 
 def check_memory(files: list[str], channels: int, size: int | None = None) -> None:
-    """Raise a ValueError naming the fix if decoding ``files`` resized to ``size`` (None: at the first one's size, read
-    from its header) would take more than half of this machine's memory (pixels as uint8, plus the loaders' float
-    copy)."""
+    """Raise a ValueError naming the fix if ``files`` decoded at ``size`` (None: the first one's), as uint8 plus the
+    loaders' float copy, would take more than half of this machine's memory."""
     if size is None:
         try:
             with Image.open(files[0]) as image:
@@ -137,8 +123,8 @@ def check_memory(files: list[str], channels: int, size: int | None = None) -> No
 def list_images(
     folder: Path, class_names: list[str] | None = None, test: bool = False
 ) -> tuple[list[str], list[int], list[str] | None]:
-    """Image files of ``folder`` and their labels: ``ImageFolder``'s for class subfolders, -1 for a flat folder.
-    Hidden files and folders (names starting with ``.``) are skipped at every depth.
+    """Image files of ``folder``, their labels (``ImageFolder``'s for class subfolders, -1 for a flat folder) and
+    its class names; hidden files and folders (names starting with ``.``) are skipped at every depth.
 
     Args:
         folder: the folder.
@@ -146,8 +132,7 @@ def list_images(
         test: whether ``folder`` is the test folder of a training folder with ``class_names``.
 
     Raises:
-        FileNotFoundError: the folder does not exist. ValueError: it holds no images, or both images and folders, or
-        (``test``) not the training folder's classes.
+        FileNotFoundError: no such folder. ValueError: no images, both images and folders, or other classes (``test``).
     """
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist (or is not a folder)")
@@ -181,8 +166,7 @@ def list_images(
 
 
 def _is_visible_image(path: str, folder: Path) -> bool:
-    """Whether ``path``, a file below ``folder``, ends in an image extension and neither it nor a folder between
-    them is hidden."""
+    """Whether ``path`` (below ``folder``) ends in an image extension and nothing on the way is hidden."""
     hidden = any(part.startswith(".") for part in Path(path).relative_to(folder).parts)
     return not hidden and path.lower().endswith(IMG_EXTENSIONS)
 
@@ -213,9 +197,8 @@ _DEEP_MODES = {"I;16": "16-bit", "I;16B": "16-bit", "I;16L": "16-bit", "I;16N": 
 
 
 def decode_image(path: str, mode: str, size: int | None, alpha: Alpha = "refuse") -> Tensor:
-    """One image file as a ``[C, H, W]`` uint8 tensor in PIL ``mode``, upright as its EXIF orientation says (as image
-    viewers show it), its transparent pixels handled as ``alpha`` says (:func:`opaque`), resized and centre-cropped to
-    ``size``."""
+    """One image file as a ``[C, H, W]`` uint8 tensor in PIL ``mode``, upright as its EXIF orientation says, made
+    opaque as ``alpha`` says (:func:`opaque`), resized and centre-cropped to ``size``."""
     try:
         with Image.open(path) as image:
             source_mode = image.mode
@@ -240,9 +223,8 @@ _BACKGROUNDS = {"white": (255, 255, 255, 255), "black": (0, 0, 0, 255)}
 
 
 def opaque(image: Image.Image, mode: str, alpha: Alpha, where: str) -> Image.Image:
-    """``image`` in PIL ``mode``. One with transparent pixels (alpha below 255; RGBA, LA, PA or a transparent colour)
-    is composited over the ``alpha`` background (``white``, ``black``), or refused (``refuse``) naming ``where``; an
-    opaque one is converted as any other (an image without transparency data is not looked at)."""
+    """``image`` in PIL ``mode``: one with transparent pixels (alpha below 255) is composited over the ``alpha``
+    background (``white``, ``black``) or refused (``refuse``) naming ``where``; an opaque one is only converted."""
     if image.has_transparency_data:
         image = image if image.mode == "RGBA" else image.convert("RGBA")
         if image.getchannel("A").getextrema()[0] < 255:

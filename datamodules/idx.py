@@ -1,8 +1,5 @@
-"""Validation of IDX files (the MNIST family's on-disk format).
-
-torchvision reads the files; this module only checks that a file is whole before torchvision reads it, so a
-truncated or foreign file is an error naming the file instead of an obscure reshape failure deep in a loader.
-"""
+"""Validation of IDX files (the MNIST family's on-disk format) before torchvision reads them, so that a truncated or
+foreign file is an error naming the file instead of an obscure reshape failure deep in a loader."""
 
 from __future__ import annotations
 
@@ -15,25 +12,15 @@ _UBYTE = 0x08
 
 
 def check_idx_file(path: str | Path, ndim: int) -> tuple[int, ...]:
-    """Check that ``path`` is a complete unsigned-byte IDX file with ``ndim`` dimensions.
-
-    Args:
-        path: the IDX file.
-        ndim: expected number of dimensions (3 for images, 1 for labels).
-
-    Returns:
-        The shape stored in the header.
-
-    Raises:
-        ValueError: the file is a directory, not a whole unsigned-byte IDX file of ``ndim`` dimensions, or empty.
-    """
+    """The shape in the header of ``path``, an unsigned-byte IDX file of ``ndim`` dimensions (3 for images, 1 for
+    labels); a ValueError if it is a directory, not a whole such file, or holds no samples."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a directory, expected an IDX file with {ndim} dimensions")
     size = path.stat().st_size
     with path.open("rb") as f:
         header = f.read(4 + 4 * ndim)
-    if len(header) < 4 or header[0] != 0 or header[1] != 0 or header[2] != _UBYTE or header[3] != ndim:
+    if header[:4] != bytes((0, 0, _UBYTE, ndim)):
         raise ValueError(
             f"{path} is not an unsigned-byte IDX file with {ndim} dimensions: its magic number is "
             f"{header[:4].hex() or 'missing'}, expected 000008{ndim:02x}. Delete it and download it again."

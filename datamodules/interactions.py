@@ -51,13 +51,11 @@ class Interactions:
 
 
 class InteractionsDataModule(ImageDataModule):
-    """Users' click vectors from an interactions file, under the strong-generalization split of Liang et al. (2018)
-    (README, "Recommendation"): batches ``(clicks, held_out, user)`` of dense ``[B, num_items]`` rows from sparse data
-    (``held_out`` is ``[B, 0]`` in training).
+    """Users' click vectors under the strong-generalization split of Liang et al. (2018) (README, "Recommendation"):
+    batches ``(clicks, held_out, user)`` of dense ``[B, num_items]`` rows (``held_out`` is ``[B, 0]`` in training).
 
     Args:
-        path: a file of one interaction per line: user, item[, rating[, anything]], separated by commas, tabs,
-            ``::`` or spaces.
+        path: a file of user, item[, rating[, anything]] per line, separated by commas, tabs, ``::`` or spaces.
         min_rating: keep only interactions rated at least this (the paper: 4 on MovieLens); None keeps all.
         min_user_items: keep only users with at least this many interactions after the rating filter (the paper: 5).
         val_users, test_users: validation/test users: a count, or a fraction of the users if below 1 (``test_users``
@@ -65,9 +63,8 @@ class InteractionsDataModule(ImageDataModule):
         held_out_fraction: share of each validation/test user's items held out to rank.
         test_path: a file of the test users' held-out interactions (MovieLens-100K's ``u1.test`` beside ``u1.base``);
             its users' interactions in ``path`` are folded in and trained on (weak generalization).
-        header: whether the first line of ``path`` and of ``test_path`` names the columns; None: in each file, it does
-            when none of its fields is a number and the second line holds one (a file whose first two lines hold no
-            number must say).
+        header: whether the first line of ``path`` and ``test_path`` names the columns; None: a first line without
+            numbers before one with numbers does (a file whose first two lines hold no number must say).
         batch_size, num_workers: users per step and process; worker processes building batches.
         seed: seed of the user split, the held-out draw and the epoch orders.
     """
@@ -117,17 +114,9 @@ class InteractionsDataModule(ImageDataModule):
         """The number of training users who clicked each item: the popularity baseline's scores."""
         return torch.from_numpy(np.asarray(self.interactions.train.sum(0)).ravel().astype(np.float32))
 
-    @property
-    def is_image_data(self) -> bool:
-        return False
-
-    @property
-    def class_names(self) -> list[str] | None:
-        return None
-
-    @property
-    def has_labels(self) -> bool:
-        return False
+    is_image_data = False
+    class_names = None
+    has_labels = False
 
     @property
     def dataset_name(self) -> str:
@@ -138,8 +127,8 @@ class InteractionsDataModule(ImageDataModule):
 
     # --- what a model trained on them is tied to --------------------------------------------------------------------
     def split_record(self) -> dict[str, Any]:
-        """What a model trained on these data depends on, kept in its checkpoint: the item id of each output column
-        (``items``), the number and a fingerprint of the training users (``train_users``), the split's settings."""
+        """What a model trained on these data depends on (kept in its checkpoint): ``items``, the item id of each output
+        column; ``train_users``, the training users' number and fingerprint; ``settings``, the split's."""
         users = self.interactions.users["train"]
         digest = hashlib.sha256("\n".join(sorted(map(str, users))).encode()).hexdigest()[:16]
         return {
@@ -180,8 +169,7 @@ class InteractionsDataModule(ImageDataModule):
 
     # --- the split --------------------------------------------------------------------------------------------------
     def split(self, frame: pd.DataFrame, test: pd.DataFrame | None = None) -> Interactions:
-        """The strong-generalization split of ``frame`` (columns ``user``, ``item``), or with ``test`` the held-out
-        interactions of its test users."""
+        """The split of ``frame``: strong generalization, or weak with ``test``'s held-out lines."""
         first_line = frame.attrs.get("first_line", 1)
         counts = frame["user"].value_counts()
         frame = frame[frame["user"].isin(counts.index[counts >= self.hparams.min_user_items])]
@@ -276,20 +264,9 @@ class InteractionsDataModule(ImageDataModule):
 
     # --- loaders ----------------------------------------------------------------------------------------------------
     def _loader(self, split: Split, shuffle: bool) -> UserRows:
-        data, trainer = self.interactions, self.trainer
-        clicks = data.train if split == "train" else data.fold_in[split]
-        return UserRows(
-            DenseRows(clicks, None if split == "train" else data.held_out[split]),
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle and not self.overfitting,
-            seed=self.hparams.seed,
-            rank=trainer.global_rank if trainer is not None else 0,
-            world_size=trainer.world_size if trainer is not None else 1,
-            num_workers=self.hparams.num_workers,
-            resumable=split == "train" and shuffle,
-            source=self.data_description,
-            split=split,
-        )
+        data = self.interactions
+        rows = DenseRows(data.train, None) if split == "train" else DenseRows(data.fold_in[split], data.held_out[split])
+        return UserRows(rows, **self._loader_settings(split, shuffle))  # on the CPU: it has no data_on_device
 
     def training_content(self) -> tuple[int, int]:
         return self.interactions.train.shape[0], click_fingerprint(self.interactions.train)
@@ -317,8 +294,7 @@ class DenseRows:
 
 
 class UserRows(TensorBatchLoader):
-    """:class:`~datamodules.loader.TensorBatchLoader`'s epochs, rank shards and resumable position over the users
-    (rows) of ``rows.clicks``, each batch made dense by ``rows``; the other arguments are that loader's."""
+    """:class:`~datamodules.loader.TensorBatchLoader` over the users of ``rows.clicks``, made dense by ``rows``."""
 
     def __init__(self, rows: DenseRows, **kwargs: Any) -> None:
         users = torch.arange(rows.clicks.shape[0])
@@ -336,13 +312,9 @@ def click_fingerprint(clicks: sparse.csr_matrix) -> int:
 
 
 def read_interactions(path: Path, header: bool | None = None, min_rating: float | None = None) -> pd.DataFrame:
-    """The ``user``, ``item`` (and ``rating``) columns of an interactions file, checked, with ratings below
-    ``min_rating`` dropped; the index is the data row of each line (see :func:`line_of`).
-
-    Raises:
-        ValueError: naming the file and line of a missing field, a non-numeric rating or a duplicate (user, item)
-            pair; or a ``min_rating`` for a file without ratings.
-    """
+    """The ``user``, ``item`` (and ``rating``) columns of an interactions file, with ratings below ``min_rating``
+    dropped; the index is each line's data row (:func:`line_of`). Raises a ValueError naming the file and line of a
+    missing field, a non-numeric rating or a repeated (user, item) pair, or a ``min_rating`` without ratings."""
     if not path.is_file():
         raise FileNotFoundError(f"interactions file {path} " + ("is a folder" if path.is_dir() else "does not exist"))
     try:
@@ -379,8 +351,7 @@ def read_interactions(path: Path, header: bool | None = None, min_rating: float 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", pd.errors.DtypeWarning)  # handled below
             frame = pd.read_csv(path, **settings)
-        # Ids the parser read as numbers are read again, as text, where that lost how they are written: "007" and "7"
-        # (or "7.0" and "7") would be one user; the C parser, inferring each block of rows apart, mixes ints and text.
+        # Ids read as numbers are read again as text where that lost how they are written ("007", "7.0" and "7").
         kinds = {name: pd.api.types.infer_dtype(frame[name]) for name in ("user", "item")}
         text = [name for name, kind in kinds.items() if kind.startswith("mixed") or kind in ("floating", "boolean")]
         text += _integers_not_as_written(path, separator, [name for name, kind in kinds.items() if kind == "integer"])
@@ -396,11 +367,9 @@ def read_interactions(path: Path, header: bool | None = None, min_rating: float 
     if missing.any():
         line = line_of(path, int(np.flatnonzero(missing)[0]), first_line)
         raise ValueError(f"{path} line {line}: no user or no item; every line must hold user, item[, rating]")
-    twice = frame.duplicated(["user", "item"], keep=False).to_numpy()
-    if twice.any():
-        rows = np.flatnonzero(twice)
-        first_row = rows[0]
-        user, item = frame["user"].iloc[first_row], frame["item"].iloc[first_row]
+    rows = np.flatnonzero(frame.duplicated(["user", "item"], keep=False).to_numpy())
+    if len(rows):
+        user, item = frame["user"].iloc[rows[0]], frame["item"].iloc[rows[0]]
         same = rows[(frame["user"].iloc[rows] == user).to_numpy() & (frame["item"].iloc[rows] == item).to_numpy()]
         line_a, line_b = (line_of(path, int(r), first_line) for r in same[:2])
         raise ValueError(
@@ -412,10 +381,9 @@ def read_interactions(path: Path, header: bool | None = None, min_rating: float 
         bad = ratings.isna().to_numpy()
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            line = line_of(path, row, first_line)
             given = frame["rating"].iloc[row]
             what = "has no rating" if pd.isna(given) or not str(given).strip() else f"rating {given!r} is not a number"
-            raise ValueError(f"{path} line {line}: {what}")
+            raise ValueError(f"{path} line {line_of(path, row, first_line)}: {what}")
         frame["rating"] = ratings
         if min_rating is not None:
             frame = frame[frame["rating"] >= min_rating]
@@ -450,8 +418,8 @@ def _is_number(text: str) -> bool:
 
 
 def _integers_not_as_written(path: Path, separator: str, columns: list[str]) -> list[str]:
-    """Those of the id ``columns`` ("user", "item") read as integers where a line writes one with a plus sign or a
-    leading zero ("+7", "007"), which would read as another id's number ("7")."""
+    """Those of the id ``columns`` ("user", "item") written somewhere with a plus sign or a leading zero ("+7",
+    "007"), which would read as another id's number ("7")."""
     number = r'[ \t"]*(?:\+|-0|0\d)'
     sep = re.escape(separator)  # the user's field ends at the first separator, as pandas splits ("a:1::007")
     field = f"[^{sep}\n]*" if len(separator) == 1 else f"(?:(?!{sep})[^\n])*"
@@ -466,14 +434,12 @@ def _integers_not_as_written(path: Path, separator: str, columns: list[str]) -> 
 
 
 def _separator(line: str) -> str:
-    """The field separator of an interactions file whose first line is ``line`` (a tab or a comma before ``::``,
-    which may be inside an id: ``1,ns::10``)."""
+    """The field separator of a file whose first line is ``line`` (a tab or comma first: ``::`` may be in an id)."""
     return "\t" if "\t" in line else "," if "," in line else "::" if "::" in line else r"\s+"
 
 
 def line_of(path: Path, row: int, first_line: int) -> int:
-    """The file's line number of data row ``row`` (pandas skips blank lines, those without a separator, so they
-    are counted here)."""
+    """The file's line number of data row ``row``, counting the blank lines pandas skips."""
     seen = -1
     with path.open() as file:
         separator = _separator(file.readline())

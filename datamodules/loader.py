@@ -1,9 +1,5 @@
-"""A resumable, DDP-aware batch loader over a split held as one tensor (uint8 images or float vectors).
-
-MNIST-size images are too small for a per-sample ``Dataset`` + ``DataLoader`` to keep up with a model: the time goes
-into Python calls per sample, PIL and ``ToTensor``. Here a whole split is one ``[N, C, H, W]`` uint8 tensor (or one
-``[N, D]`` float tensor of feature vectors) and a batch is one indexing operation, optionally on the training device.
-"""
+"""A resumable, DDP-aware batch loader over a split held as one tensor (uint8 images or float vectors): a batch is
+one indexing operation, optionally on the training device, instead of a per-sample ``Dataset``'s Python calls."""
 
 from __future__ import annotations
 
@@ -13,10 +9,11 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from itertools import islice
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 Batch = tuple[Tensor, Tensor, Tensor]
 
@@ -79,8 +76,7 @@ def global_batch_bounds(n: int, batch_size: int, world_size: int) -> list[tuple[
     """The ``[start, end)`` sample ranges of an epoch's global batches (``batch_size`` per rank)."""
     step = batch_size * world_size
     bounds = [(start, min(start + step, n)) for start in range(0, n, step)]
-    # A last global batch with fewer samples than ranks would leave some rank an empty batch: fold it into the one
-    # before, so that every rank gets at least one sample.
+    # a last global batch with fewer samples than ranks is folded into the one before: no rank gets an empty batch
     if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < world_size:
         bounds[-2:] = [(bounds[-2][0], n)]
     return bounds
@@ -88,10 +84,8 @@ def global_batch_bounds(n: int, batch_size: int, world_size: int) -> list[tuple[
 
 def announced_epoch(current: int, announced: int, batches_done: int, positioned: bool) -> int | None:
     """The epoch a loader in epoch ``current`` starts when Lightning's ``set_epoch`` announces ``announced`` (None:
-    it stays where it is). A resumable loader that has a position (loaded or iterated) moves on by one epoch at
-    most before its next batch: Lightning 2.6, resuming from a checkpoint written at an epoch's end, announces the
-    epoch after the next one before any batch of the next one is drawn (``tests/test_resume.py``, the
-    ``ae-steps-at-epoch-end`` case)."""
+    it stays where it is). A loader with a position (loaded or iterated) moves on by one epoch at most: Lightning
+    2.6, resumed at an epoch's end, announces the epoch after the next (``tests/test_resume.py``)."""
     if announced == current:
         return None
     if not positioned:
@@ -101,9 +95,8 @@ def announced_epoch(current: int, announced: int, batches_done: int, positioned:
 
 def check_resume_state(stored: dict, mine: dict) -> None:
     """Raise a ValueError naming the setting if a loader position ``stored`` was reached with other data settings than
-    ``mine`` (both as :meth:`TensorBatchLoader.state_dict` gives them; ``source`` names the data where known; a setting
-    ``mine`` lacks is not checked). At the end of an epoch only the data and the seed must match: another batch size,
-    process count or order starts a new epoch."""
+    ``mine`` (both as :meth:`TensorBatchLoader.state_dict` gives them; a setting ``mine`` lacks is not checked). At
+    an epoch's end only the data and the seed must match."""
     sizes = [stored.get(key) for key in ("samples", "batch_size", "world_size")]
     at_epoch_end = None not in sizes and stored.get("batches_done", 0) >= len(global_batch_bounds(*sizes))
     stored = {"order": "shuffled", **stored}  # positions saved before the order was recorded: always shuffled
@@ -130,9 +123,8 @@ _JOB_SIGNALS = {signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2} if hasattr(signa
 
 class WorkerSignals:
     """A DataLoader ``worker_init_fn`` with which the workers leave SIGTERM, SIGUSR1 and SIGUSR2 to the main process
-    and live until it shuts them down; a SIGTERM from the process that made it (or a worker's parent) still ends a
-    worker at once, as in torch. Iterate the loader with :func:`worker_batches`. Where ``signal.sigwaitinfo`` is
-    missing (macOS), the workers keep torch's handling. Why: ``docs/fault_tolerance.md``."""
+    (but a SIGTERM from their maker or parent) and live until it shuts them down; iterate with :func:`worker_batches`.
+    Without ``signal.sigwaitinfo`` (macOS) the workers keep torch's handling (``docs/fault_tolerance.md``)."""
 
     def __init__(self) -> None:
         self.owner = os.getpid()
@@ -155,9 +147,8 @@ class WorkerSignals:
 
 
 def worker_batches(loader: DataLoader) -> Iterator:
-    """Iterates ``loader``, whose ``worker_init_fn`` is a :class:`WorkerSignals`, holding the job's signals while its
-    workers start (at ``iter``, or at the first batch in litdata's loader): they inherit the hold, so one that comes
-    before :class:`WorkerSignals` runs waits for it. The main process gets its own when the first batch is in."""
+    """Iterates ``loader``, whose ``worker_init_fn`` is a :class:`WorkerSignals`, holding the job's signals until the
+    first batch is in: the workers, started meanwhile, inherit the hold until :class:`WorkerSignals` runs."""
     if not (loader.num_workers and _JOB_SIGNALS):
         yield from loader
         return
@@ -174,10 +165,8 @@ def worker_batches(loader: DataLoader) -> Iterator:
 
 
 def _start_helper_processes(loader: DataLoader) -> None:
-    """Start the processes that the ``spawn`` and ``forkserver`` start methods keep for the whole program outside the
-    hold of :func:`worker_batches`: the resource tracker's start lifts the hold of SIGTERM in this process, and a fork
-    server started in it would keep the job's signals blocked in every process it ever starts (``terminate()`` would
-    no longer end them)."""
+    """Start the ``spawn``/``forkserver`` helper processes outside the hold of :func:`worker_batches`: the resource
+    tracker's start lifts the hold, and a fork server started in it would block the job's signals in all it starts."""
     from multiprocessing import forkserver, resource_tracker  # not on every platform
 
     method = (loader.multiprocessing_context or multiprocessing.get_context()).get_start_method()
@@ -188,18 +177,15 @@ def _start_helper_processes(loader: DataLoader) -> None:
 
 
 class TensorBatchLoader:
-    """Yields ``(image, label, index)`` batches from in-memory tensors.
-
-    Epoch ``e``'s order depends on ``seed`` and ``e`` only; the ranks take disjoint, equal shards of each global
-    batch. A ``resumable`` loader's position is its ``state_dict`` (``docs/internals.md``).
+    """Yields ``(image, label, index)`` batches from in-memory tensors: epoch ``e``'s order depends on ``seed`` and
+    ``e`` only; the ranks take disjoint, equal shards of each global batch.
 
     Args:
         images, labels, indices: ``[N, C, H, W]`` uint8 images (scaled to [0, 1]) or ``[N, D]`` float vectors, their
             ``[N]`` labels, and each sample's index within its split.
         batch_size, shuffle, seed: samples per rank and step; a new permutation each epoch; its seed.
-        binarize: Bernoulli pixels: a resumable loader draws them per batch (from seed, epoch, batch and rank); an
-            evaluation loader (not ``resumable``) draws each image's from seed and index alone, the same at any batch
-            size, process count, device or pass.
+        binarize: Bernoulli pixels, drawn per batch (from seed, epoch, batch and rank) when ``resumable``, else per
+            image from seed and index alone (the same at any batch size, process count, device or pass).
         rank, world_size: this process's rank and the number of processes sharing the data.
         device: where batches are built (the tensors move there once); num_workers: worker processes (CPU only).
         resumable: keep the position across passes and in ``state_dict`` (the training loader).
@@ -231,45 +217,30 @@ class TensorBatchLoader:
                 f"{world_size} processes, each of which needs at least one: use at most {len(images)} processes "
                 f"(--trainer.devices, --trainer.num_nodes), or more {split + ' ' if split else ''}data{more}"
             )
-        self.device = torch.device(device)
-        self.fingerprint = fingerprint(images)
-        self.source = source
-        # Pixels are scaled to float once, here, so that a batch is a single gather (4x the memory of uint8: 172 MB
-        # for the 55,000 MNIST training images, which buys a cheaper step).
+        self.device, self.fingerprint, self.source = torch.device(device), fingerprint(images), source
+        # pixels are scaled to float once, here, so that a batch is a single gather
         if images.dtype == torch.uint8:
             self.images = images.to(self.device).float().div_(255)
         else:
             self.images = images.to(self.device, torch.float32)
-        self.labels = labels.to(self.device)
-        self.indices = indices.to(self.device)
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.binarize = binarize
-        self.rank = rank
-        self.world_size = world_size
-        self.num_workers = num_workers
-        self.resumable = resumable
+        self.labels, self.indices = labels.to(self.device), indices.to(self.device)
+        self.batch_size, self.shuffle, self.seed, self.binarize = batch_size, shuffle, seed, binarize
+        self.rank, self.world_size, self.num_workers, self.resumable = rank, world_size, num_workers, resumable
         if num_workers and self.device.type != "cpu":
             raise ValueError(f"num_workers={num_workers} needs the data on the CPU, not on {self.device}")
-        self.epoch = 0
-        self.batches_done = 0
+        self.epoch, self.batches_done = 0, 0
         self._positioned = False  # a position loaded or reached by iterating
-        # Lightning inspects ``sampler``/``batch_sampler`` like a DataLoader's and calls ``sampler.set_epoch(epoch)``
-        # at the start of each epoch.
-        self.sampler = self
-        self.batch_sampler = None
-        # Made at the first binarized batch: the loader sent to worker processes started by "spawn" holds none (they
-        # cannot receive one), and each worker makes its own.
+        # Lightning calls ``sampler.set_epoch(epoch)`` at each epoch's start, as on a DataLoader's sampler
+        self.sampler, self.batch_sampler = self, None
+        # made at the first binarized batch: a loader sent to "spawn" workers cannot carry one
         self._generator: torch.Generator | None = None
 
     def __len__(self) -> int:
         return len(self._global_batch_bounds())
 
     def set_epoch(self, epoch: int) -> None:
-        """Start epoch ``epoch`` from its first batch, unless the loader is already positioned inside it (see
-        :func:`announced_epoch`). An evaluation loader (not ``resumable``) ignores it: every pass yields the same
-        batches, a ``dynamic`` binarization included."""
+        """Start epoch ``epoch`` unless already positioned inside it (:func:`announced_epoch`); an evaluation loader
+        (not ``resumable``) ignores it: every pass yields the same batches, a ``dynamic`` binarization included."""
         if not self.resumable:
             return
         started = announced_epoch(self.epoch, epoch, self.batches_done, self._positioned)
@@ -286,24 +257,22 @@ class TensorBatchLoader:
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Resume at ``state``'s position; raises a ValueError if it counts batches of other data or sizes."""
         check_resume_state(state, {**self.state_dict(), "signed_fingerprint": fingerprint(self.images, signed=True)})
-        self.epoch = state["epoch"]
-        self.batches_done = state["batches_done"]
-        self._positioned = True
+        self.epoch, self.batches_done, self._positioned = state["epoch"], state["batches_done"], True
 
     def __iter__(self) -> Iterator[Batch]:
         bounds = self._global_batch_bounds()
         if not self.resumable:
             self.batches_done = 0
         elif self.batches_done >= len(bounds):  # iterated again without ``set_epoch``: move on to the next epoch
-            self.epoch += 1
-            self.batches_done = 0
+            self.epoch, self.batches_done = self.epoch + 1, 0
         self._positioned = True
         order = self._order()
         todo = range(self.batches_done, len(bounds))
         rows = [order[bounds[i][0] + self.rank : bounds[i][1] : self.world_size] for i in todo]
-        if self.num_workers:
-            loader = DataLoader(_Batches(self, rows, todo.start), batch_size=None, num_workers=self.num_workers,
-                                worker_init_fn=WorkerSignals(), generator=torch.Generator())  # fmt: skip
+        if self.num_workers:  # the rest of the epoch's batches, made in worker processes
+            loader = DataLoader(list(zip(rows, todo)), batch_size=None, collate_fn=self._batch_of,
+                                num_workers=self.num_workers, worker_init_fn=WorkerSignals(),
+                                generator=torch.Generator())  # fmt: skip
             batches = worker_batches(loader)
         else:
             batches = map(self._make_batch, rows, todo)
@@ -331,27 +300,13 @@ class TensorBatchLoader:
             x = torch.bernoulli(x, generator=self._generator)
         return x, self.labels[rows], self.indices[rows]
 
-
-class _Batches(Dataset):
-    """The rest of an epoch's batches as a map-style dataset, for worker processes."""
-
-    def __init__(self, loader: TensorBatchLoader, rows: list[Tensor], first: int) -> None:
-        self.loader, self.rows, self.first = loader, rows, first
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> Batch:
-        return self.loader._make_batch(self.rows[i], self.first + i)
+    def _batch_of(self, rows_and_index: tuple[Tensor, int]) -> Batch:
+        return self._make_batch(*rows_and_index)
 
 
 class GroupedBatches:
     """Lists of ``steps`` consecutive batches of ``loader`` (the last of an epoch may hold fewer): one Lightning batch
-    each on the fast path (``steps_per_batch``, docs/speed.md), where the model takes one optimizer step per batch.
-
-    Its length counts lists; epochs (``sampler.set_epoch``) and the position (``state_dict``, counted in batches) are
-    the wrapped loader's.
-    """
+    each on the fast path (docs/speed.md). Its length counts lists; epochs and the position are the loader's."""
 
     def __init__(self, loader: TensorBatchLoader, steps: int) -> None:
         self.loader, self.steps = loader, steps
@@ -361,13 +316,8 @@ class GroupedBatches:
         return -(-len(self.loader) // self.steps)
 
     def __iter__(self) -> Iterator[list[Batch]]:
-        group: list[Batch] = []
-        for batch in self.loader:
-            group.append(batch)
-            if len(group) == self.steps:
-                yield group
-                group = []
-        if group:
+        batches = iter(self.loader)
+        while group := list(islice(batches, self.steps)):
             yield group
 
     def state_dict(self) -> dict[str, int]:

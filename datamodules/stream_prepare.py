@@ -4,9 +4,7 @@
     ae-lightning-prepare digits.npz data/digits --labels y
     ae-lightning-prepare torchvision:CIFAR10 s3://bucket/cifar10 --data-dir data
 
-Each split (``train``, ``val``, ``test``) becomes one litdata-optimized folder; ``manifest.json`` records the images'
-shape and encoding, the split sizes, every chunk's size and sha256, and a fingerprint of them all. The stream is
-written into a local staging folder and published at the end: renamed into place, or uploaded with the manifest last.
+Each split becomes one litdata-optimized folder, beside ``manifest.json`` (``docs/streaming.md``).
 """
 
 from __future__ import annotations
@@ -22,6 +20,7 @@ import typing
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -29,26 +28,21 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 import torch
 from torch import Tensor
+from torchvision.io import ImageReadMode, encode_jpeg, encode_png
 from torchvision.io import decode_image as decode_bytes
-from torchvision.io import encode_jpeg, encode_png
 from torchvision.transforms.v2 import functional as TF
 
+from datamodules.arrays import SUFFIXES, ArrayDataModule
+from datamodules.base import draw_split
 from datamodules.checks import OpenUnitInterval, PositiveInt, byte_count, check_arguments, number_type
-from datamodules.folder import GRAY_MODES, Alpha, own_channels
-from datamodules.stream_store import (
-    MANIFEST,
-    SPLITS,
-    StreamLocation,
-    StreamManifest,
-    file_sha256,
-    partial_folder,
-)
+from datamodules.folder import GRAY_MODES, Alpha, decode_image, list_images, opaque, own_channels
+from datamodules.stream_store import MANIFEST, SPLITS, StreamLocation, StreamManifest, file_sha256, partial_folder
+from datamodules.torchvision_data import TorchvisionDataModule, stored_transposed
 
 Encoding = Literal["png", "jpeg", "raw"]
 KINDS = {"folder": "an image folder", "array": "a .npy/.npz/.pt array file", "torchvision": "a torchvision dataset"}
 JpegQuality = number_type("[1, 100]", integer=True)
 Seed = number_type("[0, 4294967295]", integer=True)  # scikit-learn's split draws take seeds below 2**32
-SUFFIXES = (".npy", ".npz", ".pt")
 AHEAD_PER_THREAD = 4  # records in flight per encoding thread
 CHUNK_BYTES = 64_000_000  # litdata's default chunk_bytes ("64MB")
 MIN_CHUNKS = 64  # by default, the least chunks of a split of as many samples: DDP ranks x workers read whole chunks
@@ -56,6 +50,7 @@ PUBLISHING = "publishing.json"  # a remote publish's list of the files it may le
 T, R = TypeVar("T"), TypeVar("R")
 
 
+@dataclass
 class ImageEncoder:
     """Turns one source record into a stored item ``{"image": ..., "label": int}`` (run in threads).
 
@@ -65,30 +60,22 @@ class ImageEncoder:
         payload: the array or dataset; None for folders.
         channels: 1 (gray) or 3 (RGB).
         size: side of the square images (shorter side resized, then centre-cropped); None keeps the sources' size.
-        encoding: ``png`` (lossless), ``jpeg`` (``quality``) or ``raw`` (uint8 arrays, no decoding when read).
-        quality: JPEG quality.
-        shape: the ``(H, W)`` every image must have (that of the first), checked here; None skips the check.
+        encoding, quality: ``png``, ``jpeg`` (of JPEG quality ``quality``) or ``raw`` (uint8 arrays).
+        shape: the ``(H, W)`` every image must have (that of the first); None skips the check.
         alpha: what an image file or PIL image with transparent pixels becomes (:func:`datamodules.folder.opaque`).
     """
 
-    def __init__(
-        self,
-        kind: str,
-        payload: Any,
-        channels: int,
-        size: int | None,
-        encoding: Encoding,
-        quality: int = 90,
-        shape: tuple[int, int] | None = None,
-        alpha: Alpha = "refuse",
-    ) -> None:
-        self.kind, self.payload, self.channels, self.size = kind, payload, channels, size
-        self.encoding, self.quality, self.shape, self.alpha = encoding, quality, shape, alpha
+    kind: str
+    payload: Any
+    channels: int
+    size: int | None
+    encoding: Encoding
+    quality: int = 90
+    shape: tuple[int, int] | None = None
+    alpha: Alpha = "refuse"
 
     def pixels(self, record: Any) -> tuple[Tensor, str]:
         """The record's image as ``[C, H, W]`` uint8, and where it came from."""
-        from datamodules.folder import decode_image, opaque
-
         mode = "L" if self.channels == 1 else "RGB"
         if self.kind == "folder":
             return decode_image(record, mode, self.size, self.alpha), record
@@ -98,8 +85,6 @@ class ImageEncoder:
                 image = TF.rgb_to_grayscale(image) if self.channels == 1 else image.expand(3, -1, -1)
             where = f"row {record}"
         else:
-            from datamodules.torchvision_data import stored_transposed
-
             where = f"sample {record} of {type(self.payload).__name__}"
             image = TF.pil_to_tensor(opaque(self.payload[record][0], mode, self.alpha, where))
             image = image.transpose(1, 2) if stored_transposed(self.payload) else image
@@ -130,8 +115,6 @@ def decode(stored: Any, channels: int) -> Tensor:
     """The ``[C, H, W]`` uint8 pixels of a stored image (see :func:`encode`)."""
     if isinstance(stored, np.ndarray):
         return torch.from_numpy(stored)
-    from torchvision.io import ImageReadMode
-
     mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
     return decode_bytes(torch.frombuffer(bytearray(stored), dtype=torch.uint8), mode=mode)
 
@@ -149,30 +132,21 @@ def _records(
     """The source's kind, payload, ``(record, label)`` lists of its train (and test) parts, and class names."""
     kind = source_kind(source)
     if kind == "torchvision":
-        from datamodules.torchvision_data import TorchvisionDataModule
-
         module = TorchvisionDataModule(source.split(":", 1)[1], data_dir=data_dir, dataset_kwargs=dataset_kwargs)
         module.prepare_data()
-        parts, payloads = {}, {}
-        for part in ("train", "test"):
-            dataset = module._open(part, download=False)
+        payloads, parts = {part: module._open(part, download=False) for part in ("train", "test")}, {}
+        for part, dataset in payloads.items():
             targets = getattr(dataset, "targets", getattr(dataset, "labels", None))
-            targets = [-1] * len(dataset) if targets is None else [int(t) for t in targets]
-            payloads[part] = dataset
-            parts[part] = [(i, t) for i, t in enumerate(targets)]
+            parts[part] = list(enumerate([-1] * len(dataset) if targets is None else [int(t) for t in targets]))
         names = getattr(payloads["train"], "classes", None)
         return "torchvision", payloads, parts, [str(n) for n in names] if names else None
     path = Path(source)
     if kind == "array":
-        from datamodules.arrays import ArrayDataModule
-
         arrays = ArrayDataModule(str(path), labels=labels, key=key).load_arrays()
         images, targets = arrays.train
         if images.ndim != 4:
             raise ValueError(f"{source} holds feature vectors {tuple(images.shape)}; a stream holds images")
         return "array", {"train": images}, {"train": list(enumerate(targets.tolist()))}, None
-    from datamodules.folder import list_images
-
     if not path.is_dir():
         raise FileNotFoundError(
             f"source {source} is no folder: expected an image folder, an array file ({'/'.join(SUFFIXES)}) or "
@@ -213,8 +187,8 @@ def prepare_stream(
     """Write ``source`` as a stream at ``output`` (a folder or an object-store URI) and return its manifest.
 
     Args:
-        source: an image folder (flat, or one subfolder per class), a ``.npy``/``.npz``/``.pt`` array file of images,
-            or ``torchvision:<Class>`` (e.g. ``torchvision:CIFAR10``).
+        source: an image folder (flat, or a subfolder per class), a ``.npy``/``.npz``/``.pt`` file of images, or
+            ``torchvision:<Class>``.
         output: the stream's folder, or an ``s3://``/``gs://`` URI.
         size: side of the square stored images; None keeps the sources' (common) size.
         channels: 1 (gray) or 3 (RGB); None: 1 when every source image is gray (:func:`source_channels`), else 3.
@@ -224,15 +198,13 @@ def prepare_stream(
         test_fraction, test_dir: share held out as test split when the source has none; a folder's test folder.
         labels, key: an array source's labels (a key or a file) and data key, as ``ArrayDataModule`` takes them.
         data_dir, dataset_kwargs: a torchvision source's root and extra arguments.
-        seed: seed of the split draws and of the train split's stored (shuffled) order (``docs/streaming.md``).
+        seed: seed of the split draws and of the train split's stored (shuffled) order.
         chunk_bytes, chunk_size: litdata's chunk limit in bytes (``16MB``) or samples; neither: default_chunk_size.
         num_workers: threads decoding and encoding the images.
-        overwrite: replace a stream already at ``output`` (nothing else: docs/streaming.md says what is refused).
+        overwrite: replace a stream already at ``output`` (nothing else).
         storage_options: the object store client's options.
     """
     check_arguments(locals(), prepare_stream)
-    from datamodules.base import draw_split
-
     if chunk_bytes is not None and chunk_size is not None:
         raise ValueError(f"chunk_bytes {chunk_bytes!r} and chunk_size {chunk_size} exclude each other: set one")
     chunk_bytes = None if chunk_bytes is None else byte_count(chunk_bytes)
@@ -259,8 +231,7 @@ def prepare_stream(
             splits["test"] = ("train", [train[i] for i in held.tolist()])
             train, targets = [train[i] for i in pool.tolist()], targets[pool]
         kept, drawn = draw_split(targets, val_fraction, seed, "val", "--val-fraction", sources)
-        # litdata shuffles chunks and a window of samples only: a train split in source order (class by class) would
-        # give batches of a few classes, so it is stored in a seeded random order
+        # litdata shuffles chunks and a window of samples only: the train split is stored in a seeded random order
         kept = kept[torch.randperm(len(kept), generator=torch.Generator().manual_seed(seed))]
         splits["train"] = ("train", [train[i] for i in kept.tolist()])
         splits["val"] = ("train", [train[i] for i in drawn.tolist()])
@@ -316,17 +287,15 @@ def source_channels(kind: str, payloads: dict[str, Any], records: list[Any]) -> 
 
 
 def default_chunk_size(samples: int, pixels: int, encoding: Encoding) -> int:
-    """Samples per chunk when neither a chunk size nor a chunk byte limit is given: ``samples // MIN_CHUNKS`` (at
-    least 64 chunks from 64 samples on, which DDP needs: docs/streaming.md), but no more than 64 MB (litdata's
-    default chunk) hold of images of ``pixels`` values at their largest (PNG and JPEG below twice the raw size)."""
+    """Samples per chunk when neither a chunk size nor a chunk byte limit is given (docs/streaming.md, "Chunks"):
+    ``samples // MIN_CHUNKS``, but no more than 64 MB hold of images of ``pixels`` values at their largest."""
     largest = (1 if encoding == "raw" else 2) * pixels + 1024
     return max(1, min(samples // MIN_CHUNKS, CHUNK_BYTES // largest))
 
 
 def ordered_map(pool: Executor, fn: Callable[[T], R], items: Iterable[T], ahead: int) -> Iterator[R]:
-    """``fn`` over ``items`` in ``pool``, the results in the items' order, taking an item from ``items`` only when
-    fewer than ``ahead`` are submitted and not yet consumed (``Executor.map`` submits them all at once: a Future per
-    image). Results not consumed are cancelled when the iterator is closed."""
+    """``fn`` over ``items`` in ``pool``, in order, with at most ``ahead`` items submitted and not yet consumed
+    (``Executor.map`` submits them all at once); those not consumed are cancelled when the iterator is closed."""
     items = iter(items)
     pending = deque(pool.submit(fn, item) for item in islice(items, max(1, ahead)))
     try:
@@ -346,9 +315,8 @@ def _write_split(
     chunk_size: int | None,
     num_threads: int,
 ) -> list[str]:
-    """Encode ``records`` (in threads: decoding, resizing and encoding release the GIL) and write them in order as
-    one litdata-optimized folder; returns its chunk files. One writer keeps the chunk layout independent of threads;
-    at most ``AHEAD_PER_THREAD`` records per thread are taken from ``records`` before they are written."""
+    """Encode ``records`` in threads and write them in order (one writer: the layout does not depend on the threads)
+    as one litdata-optimized folder; returns its chunk files."""
     from litdata.streaming.writer import BinaryWriter
 
     folder.mkdir(parents=True)
@@ -369,16 +337,11 @@ def _replaced_folder(path: Path) -> Path:
 
 @contextlib.contextmanager
 def _staging_folder(location: StreamLocation) -> Iterator[Path]:
-    """An empty folder to write the stream in, removed on exit unless it was published (renamed into place): a
-    temporary one for a remote output; ``.<name>.partial`` beside a local one, emptied of what a killed prepare left
-    and locked (``flock``) while this prepare holds it, so that a second prepare of the same output is refused rather
-    than deleting the first one's files."""
+    """An empty folder to write the stream in, removed on exit unless published: a temporary one for a remote output;
+    ``.<name>.partial`` beside a local one, emptied of a killed prepare's files and locked (``flock``) meanwhile."""
     if location.is_remote:
-        folder = Path(tempfile.mkdtemp(prefix="stream-"))
-        try:
-            yield folder
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+        with tempfile.TemporaryDirectory(prefix="stream-", ignore_cleanup_errors=True) as folder:
+            yield Path(folder)
         return
     import fcntl  # POSIX only: the rest of the package imports on any system
 
@@ -409,10 +372,8 @@ def _staging_folder(location: StreamLocation) -> Iterator[Path]:
 
 
 def _check_free(location: StreamLocation, overwrite: bool, sources: list[str]) -> None:
-    """Refuse an output that would destroy anything but a stream, before any work: a local output must be missing,
-    an empty folder, or (with ``overwrite``) a stream (a folder with its manifest), and a folder that can be renamed;
-    it must not hold, be or lie inside one of the ``sources``. A remote output must hold none of a stream's files,
-    or (with ``overwrite``) be a stream or an interrupted upload of one."""
+    """Refuse, before any work, an output that would destroy anything but a stream (docs/streaming.md), or hold, be
+    or lie inside one of the ``sources``, or could not be renamed into place."""
     if location.is_remote:
         if overwrite:
             return
@@ -428,9 +389,7 @@ def _check_free(location: StreamLocation, overwrite: bool, sources: list[str]) -
             )
         return
     path = Path(location.uri).resolve()
-    for source in sources:
-        if source.startswith("torchvision:"):
-            continue
+    for source in (source for source in sources if not source.startswith("torchvision:")):
         source_path = Path(source).resolve()
         if path in (source_path, *source_path.parents):
             raise FileExistsError(f"output {location.uri} holds the source {source}; write the stream elsewhere")
@@ -464,9 +423,8 @@ def _check_free(location: StreamLocation, overwrite: bool, sources: list[str]) -
 
 
 def _publish(staging: Path, location: StreamLocation) -> None:
-    """Make the staged stream visible at once: a rename, or uploads with the manifest last, after the manifest of
-    the stream replaced is deleted (a half-replaced remote stream reads as interrupted, never as complete). The
-    replaced stream's other files are deleted once the new manifest is up (docs/streaming.md, "Publishing")."""
+    """Make the staged stream visible at once: a rename, or uploads with the manifest last (docs/streaming.md,
+    "Publishing")."""
     if not location.is_remote:
         target = Path(location.uri).resolve()
         if target.exists():
@@ -480,8 +438,7 @@ def _publish(staging: Path, location: StreamLocation) -> None:
             os.replace(staging, target)
         return
     new = sorted(path.relative_to(staging).as_posix() for path in staging.rglob("*") if path.is_file())
-    # recorded before anything is replaced: what this upload may leave under the prefix if it is cut short, and what
-    # the replaced stream leaves that the new one does not overwrite (a rerun deletes what an interrupted one recorded)
+    # recorded before anything is replaced: what may be left under the prefix if this is cut short
     replaced = sorted(_stream_files(location) | set(new))
     (staging / PUBLISHING).write_text(json.dumps({"files": replaced}))
     location.upload(str(staging / PUBLISHING), PUBLISHING)
@@ -495,8 +452,8 @@ def _publish(staging: Path, location: StreamLocation) -> None:
 
 
 def _stream_files(location: StreamLocation) -> set[str]:
-    """The files (paths under a remote ``location``) that its manifest, each split's ``index.json`` and the record of
-    an interrupted publish name (a file that is not JSON names none)."""
+    """The files under a remote ``location`` that its manifest, each split's ``index.json`` and an interrupted
+    publish's record name (a file that is not JSON names none)."""
 
     def read(*parts: str) -> dict[str, Any]:
         try:
@@ -514,8 +471,7 @@ def _stream_files(location: StreamLocation) -> set[str]:
 
 
 def _option(name: str, parse: Callable[[str], Any] = int) -> Callable[[str], Any]:
-    """An argparse type: ``parse``, then the constraint that :func:`prepare_stream` declares for its argument ``name``,
-    so that argparse's refusal names the option as typed, the value and what is expected."""
+    """An argparse type: ``parse``, then :func:`prepare_stream`'s constraint on its argument ``name``."""
 
     def convert(text: str) -> Any:
         try:
@@ -574,10 +530,7 @@ def main(argv: list[str] | None = None) -> None:
         if value is not None and reason:
             parser.error(f"{option} {value} {reason}")
     try:
-        settings = {
-            name: value for name, value in vars(args).items() if value is not None and name != "print_traceback"
-        }
-        manifest = prepare_stream(**settings)
+        manifest = prepare_stream(**{k: v for k, v in vars(args).items() if v is not None and k != "print_traceback"})
     except (ValueError, OSError, ImportError) as error:  # a refusal or bad input: its message alone, as ae-lightning
         if traceback:
             raise

@@ -1,12 +1,11 @@
 """Where a prepared stream lives: a local folder or an object-store URI, its manifest, and the checks on both.
 
-A stream is a folder (or URI prefix) holding ``manifest.json`` and one litdata-optimized folder per split
-(``train/``, ``val/``, ``test/``: ``index.json`` and ``chunk-*.bin``). ``manifest.json`` is written last, so a folder
-without it is a prepare that did not finish; a local prepare also writes into ``.<name>.partial`` and renames it.
+A stream holds ``manifest.json`` (written last) and one litdata-optimized folder per split (``docs/streaming.md``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -94,8 +93,7 @@ class StreamLocation:
         provider = {"s3": S3FsProvider, "gs": GCPFsProvider, "r2": R2FsProvider}[scheme]
         options = self.storage_options
         if scheme == "s3" and "config" not in options:
-            # litdata's client retries up to 1000 times, for minutes, which suits a training run's reads; the checks
-            # before training should say at once that a bucket cannot be reached.
+            # not litdata's 1000 retries: the checks before training should say at once that a bucket is unreachable
             from botocore.config import Config
 
             options = {"config": Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=10), **options}
@@ -178,8 +176,7 @@ def read_manifest(location: StreamLocation) -> StreamManifest:
             )
         raise FileNotFoundError(f"{location.join(MANIFEST)} does not exist: {uri} is not a prepared stream")
     try:
-        stored = json.loads(location.read_text(MANIFEST))
-        manifest = StreamManifest(**stored)
+        manifest = StreamManifest(**json.loads(location.read_text(MANIFEST)))
     except (json.JSONDecodeError, TypeError) as error:
         raise ValueError(f"{location.join(MANIFEST)} is not a stream manifest ({error})") from error
     if manifest.format_version != FORMAT_VERSION:
@@ -191,11 +188,8 @@ def read_manifest(location: StreamLocation) -> StreamManifest:
 
 
 def check_chunks(location: StreamLocation, manifest: StreamManifest, split: str, content: bool = False) -> None:
-    """Raise naming the first chunk of ``split`` that is missing, or has another size (or sha256) than recorded, or
-    its missing ``index.json``.
-
-    Remote chunks are checked when litdata downloads them; ``content`` hashes local chunks (reads them all).
-    """
+    """Raise naming the missing ``index.json`` or the first chunk of a local ``split`` that is missing or has another
+    size (``content``: or sha256) than recorded; remote chunks are checked when litdata downloads them."""
     sizes = location.sizes(split)
     if sizes is None:
         return
@@ -218,8 +212,6 @@ def check_chunks(location: StreamLocation, manifest: StreamManifest, split: str,
 
 
 def file_sha256(path: Path) -> str:
-    import hashlib
-
     digest = hashlib.sha256()
     with open(path, "rb") as file:
         for block in iter(lambda: file.read(1 << 20), b""):

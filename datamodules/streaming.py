@@ -1,8 +1,5 @@
-"""Images streamed from litdata chunks (written by ``ae-lightning-prepare``), never held in memory as a whole.
-
-Workers decode and augment samples; litdata shards the chunks across DDP ranks and workers and keeps each rank's
-position, which checkpoints carry so that a resumed run continues at the next sample (``docs/streaming.md``).
-"""
+"""Images streamed from litdata chunks (written by ``ae-lightning-prepare``), never held in memory as a whole;
+checkpoints carry the training position, so a resumed run continues at the next sample (``docs/streaming.md``)."""
 
 from __future__ import annotations
 
@@ -27,14 +24,10 @@ from datamodules.stream_store import MANIFEST, StreamLocation, StreamManifest, c
 class ImageStream(StreamingDataset):
     """One split of a stream: samples ``{"x": float [C, H, W] in [0, 1], "label": int, "index": int}``.
 
-    ``augment`` runs with the random generator seeded from ``seed``, the epoch and the sample's index, so that a
-    sample's crop and flip do not depend on which worker or rank reads it, nor on an interruption.
-
     Args:
-        location: the stream; split: which split.
-        manifest: the stream's manifest (shape and encoding of the images).
+        location, split, manifest: the stream, the split, and the stream's manifest.
         augment: a ``torchvision.transforms.v2`` transform of uint8 ``[C, H, W]`` pixels, or None.
-        shuffle, seed: litdata's chunk-and-sample shuffle, and the seed of it and of ``augment``.
+        shuffle, seed: litdata's chunk-and-sample shuffle; the seed of it and of ``augment`` (with epoch and index).
         cache_dir: where litdata caches remote chunks; None: its default.
     """
 
@@ -48,14 +41,11 @@ class ImageStream(StreamingDataset):
         seed: int,
         cache_dir: str | None = None,
     ) -> None:
+        where = location.join(split)
         super().__init__(
-            location.join(split),
-            cache_dir=cache_dir,
-            shuffle=shuffle,
-            seed=seed,
-            storage_options=location.storage_options or None,
+            where, cache_dir=cache_dir, shuffle=shuffle, seed=seed, storage_options=location.storage_options or None
         )
-        self.where, self.samples = location.join(split), manifest.counts[split]
+        self.where, self.samples = where, manifest.counts[split]
         self.channels, self.shape = manifest.channels, (manifest.height, manifest.width)
         self.augment, self.augment_seed = augment, seed
 
@@ -74,19 +64,15 @@ class ImageStream(StreamingDataset):
             )
         if self.augment is not None:
             with torch.random.fork_rng(devices=[]):
-                # the CPU generator only: torch.manual_seed also queues seeds for every device type, at ~1 ms a call
+                # the CPU generator only: torch.manual_seed also seeds every device type, at ~1 ms a call
                 torch.default_generator.manual_seed(_mix(self.augment_seed, self.current_epoch, i))
                 image = self.augment(image)
         return {"x": image.float().div_(255), "label": item["label"], "index": i}
 
 
 class EvaluationShard(Dataset):
-    """This rank's share of a split (or of its ``rows``), read by index in ``batches`` (positions in the shard): each
-    global batch of ``batch_size`` x ``world_size`` samples is dealt to the ranks as the in-memory loaders deal it
-    (:func:`~datamodules.loader.global_batch_bounds`). So each sample is read once across the ranks, every rank runs
-    the same number of batches of at least one sample, and the ranks' shares differ by one sample at most (what that
-    does to metrics reduced across ranks: ``docs/streaming.md``). litdata's own sharding deals whole chunks to ranks,
-    which would leave a small split's ranks empty.
+    """This rank's share of a split (or of its ``rows``), read by index in ``batches`` (positions in the shard),
+    each global batch dealt to the ranks as the in-memory loaders deal it (``docs/streaming.md``).
 
     Args:
         dataset: the split; rank, world_size: this process and the number of processes.
@@ -128,10 +114,7 @@ def check_shared(where: str, samples: int, world_size: int) -> None:
 
 class StreamLoader:
     """Yields ``(image, label, index)`` batches of an :class:`ImageStream`: shuffled and sharded by litdata's loader
-    for training, read in order by an :class:`EvaluationShard` otherwise.
-
-    Lightning calls ``sampler.set_epoch(epoch)`` (as on a DataLoader's sampler) at each epoch's start; a ``resumable``
-    (training) loader keeps its position across passes and in ``state_dict``.
+    for training (``resumable``: keeps its position across passes and in ``state_dict``), else an EvaluationShard.
 
     Args:
         dataset: the split; batch_size: samples per rank and step; num_workers: worker processes.
@@ -151,42 +134,35 @@ class StreamLoader:
         world_size: int = 1,
         rows: Sequence[int] | None = None,
     ) -> None:
+        workers = {"num_workers": num_workers, "worker_init_fn": WorkerSignals(), "generator": torch.Generator()}
         if resumable:
-            self.loader = StreamingDataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
-                                              worker_init_fn=WorkerSignals(), generator=torch.Generator())  # fmt: skip
+            self.loader = StreamingDataLoader(dataset, batch_size=batch_size, **workers)
         else:
             shard = EvaluationShard(dataset, rank, world_size, batch_size, rows)
-            self.loader = DataLoader(shard, batch_sampler=shard.batches, num_workers=num_workers,
-                                     worker_init_fn=WorkerSignals(), generator=torch.Generator())  # fmt: skip
+            self.loader = DataLoader(shard, batch_sampler=shard.batches, **workers)
         self.batch_size, self.resumable, self.fingerprint = batch_size, resumable, fingerprint
-        self.seed = dataset.augment_seed
-        self.epoch = 0
-        self.batches_done = 0
+        self.seed, self.epoch, self.batches_done = dataset.augment_seed, 0, 0
         self._stream_state: dict[str, Any] | None = None
         self._positioned = False  # a position loaded or reached by iterating
-        self.sampler = self
-        self.batch_sampler = None
+        # Lightning calls ``sampler.set_epoch(epoch)`` at each epoch's start, as on a DataLoader's sampler
+        self.sampler, self.batch_sampler = self, None
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def set_epoch(self, epoch: int) -> None:
-        """Start epoch ``epoch`` from its first batch, unless the loader is already positioned inside it (see
-        :func:`~datamodules.loader.announced_epoch`)."""
+        """Start epoch ``epoch`` unless already positioned inside it (:func:`~datamodules.loader.announced_epoch`)."""
         started = announced_epoch(self.epoch, epoch, self.batches_done, self.resumable and self._positioned)
         if started is not None:
             self.epoch, self.batches_done, self._stream_state = started, 0, None
 
     def state_dict(self) -> dict[str, Any]:
-        stream = self.loader.state_dict() if self.resumable else None
         return {"epoch": self.epoch, "batches_done": self.batches_done, "batch_size": self.batch_size,
                 "seed": self.seed, "epoch_batches": len(self), "fingerprint": self.fingerprint,
-                "stream": stream}  # fmt: skip
+                "stream": self.loader.state_dict() if self.resumable else None}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume at ``state``'s position (applied when iteration starts; loading the same state twice is harmless).
-
-        See :func:`check_position` for what must match; the stream may be read from another folder or cache."""
+        """Resume at ``state``'s position when iteration starts (:func:`check_position` says what must match)."""
         length = state.get("epoch_batches", len(self))
         mine = {"fingerprint": self.fingerprint, "batch_size": self.batch_size, "seed": self.seed}
         check_position(state, {**mine, "shuffle": self.loader.dataset.shuffle if self.resumable else None}, length)
@@ -204,8 +180,7 @@ class StreamLoader:
         if self._stream_state is not None and self.batches_done > 0:
             self.loader.load_state_dict(relocated(self._stream_state, self.loader.dataset))
         else:
-            # litdata counts epochs from 1 and adds one when iteration starts; ``restore`` may be left set by a pass
-            # that stopped early (limit_train_batches), which would replay a stale position (litData #770).
+            # litdata counts epochs from 1 and adds one at iteration; a pass stopped early leaves ``restore`` set (#770)
             self.loader.current_epoch, self.loader.restore = self.epoch, False
         self._stream_state = None
         for batch in worker_batches(self.loader):
@@ -215,10 +190,9 @@ class StreamLoader:
 
 def check_position(state: dict[str, Any], mine: dict[str, Any], length: int | None) -> None:
     """Raise a ValueError naming the setting if a :class:`StreamLoader` position ``state`` cannot continue with this
-    run's ``fingerprint``, ``batch_size``, ``seed`` and ``shuffle`` (``mine``; one it lacks or holds as None is not
-    checked): another stream never; inside an epoch (of the checkpoint's epoch length, ``epoch_batches``, or ``length``
-    for checkpoints without it; unknown: None skips these checks) another batch size, seed or order would resume at
-    other samples. At an epoch's end anything goes."""
+    run's settings ``mine`` (one it lacks or holds as None is not checked): never on another stream's fingerprint;
+    inside an epoch (of ``epoch_batches``, else ``length``; None: unknown) not with another batch size, seed or
+    shuffle."""
     length = state.get("epoch_batches", length)
     mid_epoch = length is not None and 0 < state["batches_done"] < length
     dataset = (state.get("stream") or {}).get("dataset", {})
@@ -236,10 +210,8 @@ def check_position(state: dict[str, Any], mine: dict[str, Any], length: int | No
 
 
 def relocated(state: dict[str, Any], dataset: StreamingDataset) -> dict[str, Any]:
-    """A ``StreamingDataLoader.state_dict()`` with its dataset's location (the keys ``input_dir_path``,
-    ``input_dir_url`` and ``cache_dir_path`` of litdata's state format, read in its source: not documented) set to
-    ``dataset``'s: litdata refuses a position saved for another folder or cache folder, but a stream is identified
-    by its fingerprint (checked before) wherever it is mounted or cached."""
+    """A ``StreamingDataLoader.state_dict()`` with its (undocumented) location keys set to ``dataset``'s: litdata
+    refuses a position saved for another folder or cache, but a stream is identified by its fingerprint."""
     where = {"input_dir_path": dataset.input_dir.path, "input_dir_url": dataset.input_dir.url,
              "cache_dir_path": dataset.cache_dir.path}  # fmt: skip
     missing = sorted(set(where) - set(state.get("dataset", {})))
@@ -256,9 +228,6 @@ def relocated(state: dict[str, Any], dataset: StreamingDataset) -> dict[str, Any
 
 class StreamingDataModule(ImageDataModule):
     """Images from a stream written by ``ae-lightning-prepare`` (a folder or an ``s3://``/``gs://`` URI).
-
-    Training batches are augmented: a random ``image_size`` crop (``augment: crop``; evaluation takes the centre
-    crop) or a resize (``augment: resize``), and a flip. Checks run before training (docs/streaming.md).
 
     Args:
         input_dir: the stream's folder or URI.
@@ -296,8 +265,7 @@ class StreamingDataModule(ImageDataModule):
             batch_size=batch_size, seed=seed, num_workers=num_workers, predict_split=predict_split, data_on_device=False
         )
         self.location = StreamLocation(input_dir, storage_options)
-        remote_only = {"cache_dir": cache_dir, "storage_options": storage_options or None}
-        for name, value in remote_only.items():
+        for name, value in {"cache_dir": cache_dir, "storage_options": storage_options or None}.items():
             if value is not None and not self.location.is_remote:
                 raise ValueError(
                     f"{name}={value!r} applies to an s3://, gs:// or r2:// stream; {input_dir} is a local folder, read "
@@ -312,10 +280,8 @@ class StreamingDataModule(ImageDataModule):
     def manifest(self) -> StreamManifest:
         """The stream's manifest, checked against ``resolution``, ``channels`` and ``image_size`` (read once)."""
         if self._manifest is None:
-            manifest = read_manifest(self.location)
-            where = self.location.join(MANIFEST)
-            stored = (manifest.height, manifest.width)
-            wanted = self.hparams.resolution
+            manifest, where = read_manifest(self.location), self.location.join(MANIFEST)
+            stored, wanted = (manifest.height, manifest.width), self.hparams.resolution
             if wanted is not None and stored != (wanted, wanted):
                 raise ValueError(
                     f"stream {self.location.uri} holds {manifest.width}x{manifest.height} images ({where}), but "
@@ -343,8 +309,7 @@ class StreamingDataModule(ImageDataModule):
     @property
     def input_shape(self) -> tuple[int, ...]:
         manifest, size = self.manifest, self.hparams.image_size
-        return (manifest.channels, size, size) if size is not None else (manifest.channels, manifest.height,
-                                                                           manifest.width)  # fmt: skip
+        return (manifest.channels, *((size, size) if size is not None else (manifest.height, manifest.width)))
 
     @property
     def data_source(self) -> str:
@@ -373,11 +338,9 @@ class StreamingDataModule(ImageDataModule):
         self.check_splits(stage, content=self.hparams.verify_chunks)
 
     def check_splits(self, stage: str | None, trainer: Any = None, content: bool = False) -> None:
-        """Refuse a missing chunk or ``index.json``, or a chunk of another size, of a split ``stage`` reads (every
-        split for None); ``content``: hash each local chunk against the manifest too. Also refuse an evaluated split
-        with fewer samples than ``trainer``'s processes (default: the attached trainer's; none: one process), and a
-        train split a DDP ``fit`` cannot share (:meth:`_check_ddp_epoch`). A split whose ``limit_*_batches`` is 0 is
-        not read. The command calls it before the run writes anything, ``setup`` again."""
+        """Refuse a bad chunk or ``index.json`` of a split ``stage`` reads (every split for None; ``content``: hash
+        local chunks too), an evaluated split with fewer samples than ``trainer``'s processes (default: the attached
+        trainer's), and a train split a DDP ``fit`` cannot share. Splits whose ``limit_*_batches`` is 0 are skipped."""
         trainer = trainer if trainer is not None else self.trainer
         world_size = getattr(trainer, "world_size", 1)
         predict = (self.hparams.predict_split,)
@@ -395,8 +358,7 @@ class StreamingDataModule(ImageDataModule):
 
     def _check_ddp_epoch(self, world: int) -> None:
         """Refuse a DDP ``batch_size`` that leaves the processes no batch, or a train split with a chunk of more samples
-        than an epoch trains: litdata leaves out the tail of its chunk order (``drop_last``), which then holds the same
-        samples of that chunk in every epoch."""
+        than an epoch trains (docs/streaming.md, "Which training samples DDP leaves out")."""
         batch, samples, uri = self.hparams.batch_size, self.manifest.counts["train"], self.location.uri
         if batch * world > samples:
             raise ValueError(
@@ -433,30 +395,25 @@ class StreamingDataModule(ImageDataModule):
         return v2.Compose(steps) if steps else None
 
     # --- loaders ----------------------------------------------------------------------------------------------------
-    def _loader(self, split: Split, train: bool) -> StreamLoader:
+    def _stream_loader(self, split: Split, train: bool, batch_size: int | None = None, **shard: Any) -> StreamLoader:
+        """``shard``: :class:`StreamLoader`'s ``rank``, ``world_size`` and ``rows``."""
+        hparams, shuffle = self.hparams, train and not self.overfitting
         dataset = ImageStream(
-            self.location, split, self.manifest, self._transform(train), shuffle=train and not self.overfitting,
-            seed=self.hparams.seed, cache_dir=self.hparams.cache_dir,
-        )  # fmt: skip
-        trainer = self.trainer
-        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        loader = StreamLoader(
-            dataset,
-            self.hparams.batch_size,
-            self.hparams.num_workers,
-            train,
-            self.manifest.fingerprint,
-            rank,
-            world_size,
+            self.location, split, self.manifest, self._transform(train), shuffle, hparams.seed, hparams.cache_dir
         )
-        self._loaders[split] = loader
-        return loader
+        batch_size = batch_size or hparams.batch_size
+        return StreamLoader(dataset, batch_size, hparams.num_workers, train, self.manifest.fingerprint, **shard)
+
+    def _loader(self, split: Split, train: bool) -> StreamLoader:
+        trainer = self.trainer
+        shard = {"rank": trainer.global_rank, "world_size": trainer.world_size} if trainer is not None else {}
+        self._loaders[split] = self._stream_loader(split, train, **shard)
+        return self._loaders[split]
 
     def evaluation_loader(
         self, split: Split, batch_size: int | None = None, max_images: int | None = None, seed: int = 0
     ) -> StreamLoader:
-        """The split's images in stored order, as evaluation sees them (centre crop, no flip), for the evaluation
-        driver (``split_loader``): read from the stream batch by batch, never held whole.
+        """The split's images in stored order, as evaluation sees them (centre crop, no flip), read batch by batch.
 
         Args:
             split: ``train``, ``val`` or ``test``.
@@ -465,11 +422,9 @@ class StreamingDataModule(ImageDataModule):
             seed: seed of that subset.
         """
         check_chunks(self.location, self.manifest, split, content=self.hparams.verify_chunks)
-        rows = self.evaluation_rows(split, max_images, seed)
-        dataset = ImageStream(self.location, split, self.manifest, self._transform(train=False), shuffle=False,
-                              seed=self.hparams.seed, cache_dir=self.hparams.cache_dir)  # fmt: skip
-        return StreamLoader(dataset, batch_size or self.hparams.batch_size, self.hparams.num_workers, False,
-                            self.manifest.fingerprint, rows=rows.tolist())  # fmt: skip
+        return self._stream_loader(
+            split, False, batch_size, rows=self.evaluation_rows(split, max_images, seed).tolist()
+        )
 
     def train_dataloader(self) -> StreamLoader:
         loader = self._loader("train", train=True)
@@ -489,12 +444,9 @@ class StreamingDataModule(ImageDataModule):
 
     # --- resuming ---------------------------------------------------------------------------------------------------
     def check_resume(self, loader_state: dict[str, Any], world_size: int) -> None:
-        """Refuse, before the run creates anything, a checkpoint whose position was reached on another stream, or
-        inside an epoch with another batch size or seed (see :func:`check_position`)."""
+        """Refuse, before the run creates anything, a position that :func:`check_position` refuses."""
         self._check_fingerprint(loader_state["fingerprint"], loader_state.get("source"))
-        mine = {"fingerprint": self.manifest.fingerprint, "batch_size": self.hparams.batch_size,
-                "seed": self.hparams.seed}  # fmt: skip
-        check_position(loader_state, mine, None)
+        check_position(loader_state, {"batch_size": self.hparams.batch_size, "seed": self.hparams.seed}, None)
 
     def _check_fingerprint(self, theirs: str, source: str | None = None) -> None:
         """``source``: where an in-memory datamodule's position (which names it) was reached."""
@@ -506,16 +458,13 @@ class StreamingDataModule(ImageDataModule):
                 "checkpoint's data, or start a fresh run without --ckpt_path"
             )
 
-    # The training position is kept here too, not only in Lightning's loop state: Lightning restores a loader's state
-    # only when it resumes inside an epoch, and not at all when ``configure_optimizers`` builds the loaders early
-    # (``trainer.estimated_stepping_batches``, Lightning #20550); a datamodule's state is restored before either.
+    # The training position is kept here too: Lightning does not always restore a loader's (docs/streaming.md)
     def state_dict(self) -> dict[str, Any]:
         loader = self._loaders.get("train")
         return {"fingerprint": self.manifest.fingerprint, "train_loader": loader.state_dict() if loader else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        fitting = self.trainer is None or self.trainer.state.fn == "fit"
-        if not fitting:  # a checkpoint may be evaluated on any data
+        if self.trainer is not None and self.trainer.state.fn != "fit":  # a checkpoint may be evaluated on any data
             return
         self._check_fingerprint(state["fingerprint"])
         self._resume_state = state["train_loader"]

@@ -15,11 +15,9 @@ from datamodules.base import Arrays, ImageDataModule, no_empty_folders_left
 
 
 class TorchvisionDataModule(ImageDataModule):
-    """A torchvision dataset's train and test splits, read once from its ``data`` and ``targets`` (or ``labels``).
-
-    Downloaded in ``prepare_data`` (or when :attr:`input_shape` is first read) when the files are missing; offline,
-    the error names the files torchvision reads and where. The split is chosen with ``train=`` or
-    ``split="train"/"test"``, as the class takes it. EMNIST's images are turned upright (:func:`stored_transposed`).
+    """A torchvision dataset's train and test splits (``train=`` or ``split=``, as the class takes them), read once
+    from its ``data`` and ``targets`` (or ``labels``), downloaded when missing (offline, the error names the files and
+    where). EMNIST's images are turned upright (:func:`stored_transposed`).
 
     Args:
         dataset: a class of ``torchvision.datasets`` (``CIFAR10``, ``SVHN``, ``EMNIST``, ...) or an import path.
@@ -44,9 +42,7 @@ class TorchvisionDataModule(ImageDataModule):
     def dataset_name(self) -> str:
         return self.dataset_class.__name__
 
-    @property
-    def data_source(self) -> str:
-        return "torchvision"
+    data_source = "torchvision"
 
     def _split_kwargs(self, part: str) -> dict[str, Any]:
         kwargs = dict(self.hparams.dataset_kwargs or {})
@@ -77,19 +73,16 @@ class TorchvisionDataModule(ImageDataModule):
             try:
                 self._open(part, download=False)
             except RuntimeError:  # torchvision's "Dataset not found or corrupted"
-                self._download(part)
+                try:
+                    with no_empty_folders_left(self._files_folder()):
+                        self._open(part, download=True)
+                except Exception as error:  # RuntimeError, URLError, OSError, depending on where it fails
+                    reason = " ".join(str(error).split())
+                    raise FileNotFoundError(
+                        f"{self.dataset_class.__name__} is not in {self.data_dir} and could not be downloaded "
+                        f"({reason}). {self._where_to_put_files()}"
+                    ) from error
         self._prepared = True
-
-    def _download(self, part: str) -> None:
-        try:
-            with no_empty_folders_left(self._files_folder()):
-                self._open(part, download=True)
-        except Exception as error:  # RuntimeError, URLError, OSError, depending on where it fails
-            reason = " ".join(str(error).split())
-            raise FileNotFoundError(
-                f"{self.dataset_class.__name__} is not in {self.data_dir} and could not be downloaded ({reason}). "
-                f"{self._where_to_put_files()}"
-            ) from error
 
     def _files_folder(self) -> Path:
         """The folder torchvision reads the class's files from (and downloads them to)."""
@@ -150,8 +143,7 @@ class TorchvisionDataModule(ImageDataModule):
 
 
 def stored_transposed(dataset: Any) -> bool:
-    """Whether a torchvision dataset stores its images transposed: EMNIST's files hold each image column by column,
-    and torchvision reads them as they are (pytorch/vision#8783), so its letters come out mirrored and turned."""
+    """Whether a torchvision dataset stores its images transposed, as EMNIST does (pytorch/vision#8783)."""
     return isinstance(dataset, torchvision.datasets.EMNIST)
 
 

@@ -9,14 +9,12 @@ from datamodules.checks import NonNegativeInt, PositiveInt, check_arguments
 
 class PatchDiscriminator(nn.Sequential):
     """The PatchGAN of pix2pix (Isola et al. 2017), as VQGAN uses it: stride-2 4x4 convolutions with LeakyReLU(0.2),
-    one logit per overlapping patch ``[B, 1, h, w]``. GroupNorm in place of BatchNorm: the logits of one image do not
-    depend on the rest of the batch, and there are no running statistics for weight averaging to mix.
+    one logit per overlapping patch ``[B, 1, h, w]``; GroupNorm in place of BatchNorm (``docs/quantized.md``).
 
     Args:
         in_channels: channels of the images.
         channels: channels of the first convolution; each further layer doubles them (up to 8 times).
-        num_layers: stride-2 convolutions after the first; each halves the receptive field's stride. Images must be
-            at least :func:`min_image_size` pixels high and wide.
+        num_layers: stride-2 convolutions after the first; images must have at least :func:`min_image_size` pixels.
     """
 
     def __init__(

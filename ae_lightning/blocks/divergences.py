@@ -30,12 +30,10 @@ def total_correlation_terms(
     """The decomposition of the ELBO's KL term of Chen et al. 2018 ("Isolating Sources of Disentanglement in VAEs"),
     estimated on a minibatch, each term averaged over the batch.
 
-    With ``M`` codes ``z_i ~ q(z | x_i)`` from a dataset of ``N`` samples, ``log q(z_i)`` is estimated by
-    minibatch-weighted sampling (``mws``), ``logsumexp_j log q(z_i | x_j) - log(N M)``, or minibatch-stratified
-    sampling (``mss``), where ``q(z_i | x_i)`` weighs ``1 / N`` and each of the ``M - 1`` others ``(N - 1) / (N (M -
-    1))``: unbiased, and exact when the batch is the dataset; each marginal ``log q(z_id)`` likewise per dimension. Then
-    ``mi = E[log q(z | x) - log q(z)]`` (index-code mutual information), ``tc = E[log q(z) - sum_d log q(z_d)]``
-    (total correlation) and ``dwkl = E[sum_d log q(z_d) - log p(z)]`` (dimension-wise KL to the standard normal).
+    ``log q(z_i)`` of ``M`` codes ``z_i ~ q(z | x_i)`` from ``N`` samples is estimated by minibatch-weighted sampling
+    (``mws``), ``logsumexp_j log q(z_i | x_j) - log(N M)``, or minibatch-stratified sampling (``mss``: ``q(z_i | x_i)``
+    weighs ``1 / N``, each other ``(N - 1) / (N (M - 1))``); each ``log q(z_id)`` likewise. ``mi = E[log q(z | x) -
+    log q(z)]``, ``tc = E[log q(z) - sum_d log q(z_d)]`` and ``dwkl = E[sum_d log q(z_d) - log p(z)]``.
 
     Args:
         z: ``[M, D]`` codes, one sample of each posterior.
@@ -73,11 +71,9 @@ def total_correlation_terms(
 def dip_regularizer(
     mu: Tensor, logvar: Tensor, dip_type: DipType, off_diagonal_weight: float, diagonal_weight: float
 ) -> Tensor:
-    """The DIP-VAE penalty of Kumar et al. 2018 ("Variational Inference of Disentangled Latent Concepts from Unlabeled
-    Observations") on one batch: ``lambda_od sum_{i != j} C_ij^2 + lambda_d sum_i (C_ii - 1)^2``.
-
-    ``C`` is the covariance over the batch (divided by ``M``) of the posterior means (``i``: DIP-VAE-I), or of the
-    codes ``z ~ q(z)``, that covariance plus the mean posterior variance on the diagonal (``ii``: DIP-VAE-II).
+    """The DIP-VAE penalty of Kumar et al. 2018 on one batch: ``lambda_od sum_{i != j} C_ij^2 + lambda_d sum_i
+    (C_ii - 1)^2``, ``C`` the covariance (divided by ``M``) of the posterior means (``i``), or of the codes ``z ~
+    q(z)``: that plus the mean posterior variance on the diagonal (``ii``).
 
     Args:
         mu: ``[M, D]`` posterior means.
@@ -109,17 +105,14 @@ def kernel_matrix(a: Tensor, b: Tensor, kernel: Kernel, scale: float) -> Tensor:
 
 
 def maximum_mean_discrepancy(x: Tensor, y: Tensor, kernel: Kernel = "imq", scale: float | None = None) -> Tensor:
-    """The unbiased estimate of MMD^2 between the samples ``x`` and ``y`` (Gretton et al. 2012, eq. 3).
-
-    ``mean_{i != j} k(x_i, x_j) + mean_{i != j} k(y_i, y_j) - 2 mean_{i, j} k(x_i, y_j)``: zero in expectation when
-    both come from one distribution; it can come out slightly negative.
+    """The unbiased estimate of MMD^2 between the samples ``x`` and ``y`` (Gretton et al. 2012, eq. 3), which can come
+    out slightly negative: ``mean_{i != j} k(x_i, x_j) + mean_{i != j} k(y_i, y_j) - 2 mean_{i, j} k(x_i, y_j)``.
 
     Args:
         x: ``[M, D]`` samples (e.g. codes of q(z)), M >= 2.
         y: ``[N, D]`` samples (e.g. prior draws), N >= 2.
         kernel: ``rbf`` or ``imq``.
-        scale: the kernel's scale; None: ``2 D``, i.e. ``2 D sigma^2`` for a standard-normal prior (Tolstikhin et
-            al. 2018, section 4).
+        scale: the kernel's scale; None: ``2 D`` (``2 D sigma^2`` of Tolstikhin et al. 2018 for a standard normal).
     """
     if len(x) < 2 or len(y) < 2:
         raise ValueError(f"the MMD estimate needs at least 2 samples on each side, got {len(x)} and {len(y)}")
@@ -133,16 +126,14 @@ def maximum_mean_discrepancy(x: Tensor, y: Tensor, kernel: Kernel = "imq", scale
 
 def gaussian_mixture_log_prob(z: Tensor, means: Tensor, logvars: Tensor) -> Tensor:
     """log of the equally weighted mixture ``1/K sum_k N(z | means_k, diag(exp(logvars_k)))``, summed over ``D``;
-    float32 whatever the autocast.
-
-    Computed with matrix products, so memory grows with ``[..., K]`` and never with ``[..., K, D]``; in float64, as
-    their expanded form cancels catastrophically for sharp components in float32 (nats off) and bf16 (thousands).
+    float32 whatever the autocast. Memory grows with ``[..., K]``, not ``[..., K, D]``.
 
     Args:
         z: ``[..., D]`` points.
         means: ``[K, D]`` component means.
         logvars: ``[K, D]`` component log-variances.
     """
+    # Matrix products in float64: their expanded form cancels catastrophically for sharp components in float32.
     with torch.autocast(z.device.type, enabled=False):
         z, means, logvars = z.double(), means.double(), logvars.double()
         precision = torch.exp(-logvars)  # [K, D]

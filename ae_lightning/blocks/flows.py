@@ -12,8 +12,7 @@ from torch import Tensor, nn
 
 
 class MaskedLinear(nn.Linear):
-    """A linear layer whose weight is multiplied by a fixed 0/1 ``mask`` ``[out_features, in_features]``, which its
-    state dict holds (so that a checkpoint keeps the connectivity it was trained with).
+    """A linear layer whose weight is multiplied by a fixed 0/1 ``mask`` ``[out, in]``, kept in its state dict.
 
     Args:
         mask: the connectivity; entry ``[o, i]`` is 1 where output ``o`` may see input ``i``.
@@ -31,10 +30,8 @@ class MADE(nn.Module):
     """An autoregressive MLP ``D -> *hidden_dims -> 2 D``: outputs ``m_i`` and ``s_i`` depend on ``z_{<i}`` only
     (and on a context vector, which every hidden unit of the first layer sees).
 
-    Hidden unit degrees cycle through ``1 .. D - 1`` (Germain et al. 2015, section 4), and through ``0 .. D - 1``
-    with a context: a unit of degree 0 sees the context alone. Output ``i`` sees the hidden units of degree < ``i``
-    (degrees counted from 1), so output 1 is a constant without a context and a function of the context alone with
-    one.
+    Hidden unit degrees cycle through ``1 .. D - 1`` (Germain et al. 2015, section 4), or ``0 .. D - 1`` with a
+    context (degree 0 sees the context alone); output ``i`` sees the hidden units of degree < ``i``.
 
     Args:
         dim: ``D``, the size of the input.
@@ -47,9 +44,8 @@ class MADE(nn.Module):
         if context_dim and not hidden_dims:
             raise ValueError("a MADE that takes a context needs at least one hidden layer (hidden_dims is empty)")
         self.context = nn.Linear(context_dim, hidden_dims[0], bias=False) if context_dim else None
-        degrees = [torch.arange(1, dim + 1)]
-        for width in hidden_dims:
-            degrees.append(torch.arange(width) % dim if context_dim else torch.arange(width) % max(1, dim - 1) + 1)
+        hidden = [torch.arange(w) % dim if context_dim else torch.arange(w) % max(1, dim - 1) + 1 for w in hidden_dims]
+        degrees = [torch.arange(1, dim + 1), *hidden]
         layers: list[nn.Module] = []
         for fan_in, fan_out in zip(degrees[:-1], degrees[1:]):
             layers += [MaskedLinear(fan_out[:, None] >= fan_in[None, :]), nn.ReLU()]
@@ -62,14 +58,13 @@ class MADE(nn.Module):
         if (context is None) != (self.context is None):
             raise ValueError("this MADE takes a context vector" if context is None else "this MADE takes no context")
         hidden = self.net[0](z) + (self.context(context) if context is not None else 0)
-        m, s = self.net[1:](hidden).chunk(2, dim=-1)
-        return m, s
+        return self.net[1:](hidden).chunk(2, dim=-1)
 
 
 class IAFStep(nn.Module):
     """One numerically stable IAF step (Kingma et al. 2016, eq. 14): ``sigma = sigmoid(s + forget_bias)``,
     ``z' = sigma * z + (1 - sigma) * m`` with ``[m, s] = MADE(z)``; ``log |det dz'/dz| = sum log sigma``. The MADE's
-    output layer starts at zero, so that a new step is ``z' = sigmoid(forget_bias) z`` for every code and context.
+    output layer starts at zero: a new step is ``z' = sigmoid(forget_bias) z``.
 
     Args:
         dim: the size of the code.
@@ -115,9 +110,7 @@ class InverseAutoregressiveFlow(nn.Module):
         ``[..., context_dim]`` if the flow takes one."""
         log_det = torch.zeros(z.shape[:-1], device=z.device, dtype=z.dtype)
         for i, step in enumerate(self.steps):
-            if i:
-                z = z.flip(-1)
-            z, step_log_det = step(z, context)
+            z, step_log_det = step(z.flip(-1) if i else z, context)
             log_det = log_det + step_log_det
         if len(self.steps) % 2 == 0:
             z = z.flip(-1)  # each dimension back in its place

@@ -1,8 +1,5 @@
-"""Loss terms as pure functions with explicit reductions.
-
-Per-sample functions sum over every dimension but the batch dimensions and return one value per sample; the
-modules average them over the batch. Log-likelihoods are in nats; they and the Gaussian KL are computed and returned
-in float32 for bfloat16 or float16 inputs.
+"""Loss terms as pure functions with explicit reductions: per-sample functions sum over every dimension but the batch
+dimensions. Log-likelihoods are in nats; they and the Gaussian KL are float32 for bfloat16 or float16 inputs.
 """
 
 from __future__ import annotations
@@ -24,7 +21,7 @@ def _sum_image_dims(values: Tensor, event_ndim: int = 3) -> Tensor:
 
 def _at_least_float32(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     """Both tensors in float32, or float64 where either is: per-pixel terms rounded to bfloat16 or float16 are biased
-    alike over hundreds of similar pixels (2-3% of a Gaussian or continuous-Bernoulli nll on Fashion-MNIST)."""
+    alike over hundreds of similar pixels."""
     dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
     return a.to(dtype), b.to(dtype)
 
@@ -38,8 +35,7 @@ def bernoulli_log_likelihood(logits: Tensor, x: Tensor) -> Tensor:
     """
     logits, x = _at_least_float32(logits, x)  # with mixed dtypes PyTorch's loss would take x's
     if logits.shape != x.shape:
-        # Many decodings per image (importance sampling): log p = x . logits - sum(softplus(logits)) never
-        # materializes the broadcast targets, and is about 20% faster than the fused loss on an expanded x.
+        # Many decodings per image: log p = x . logits - sum(softplus(logits)) never materializes the broadcast x.
         return torch.linalg.vecdot(logits.flatten(-3), x.flatten(-3)) - F.softplus(logits).flatten(-3).sum(-1)
     return -_sum_image_dims(F.binary_cross_entropy_with_logits(logits, x, reduction="none"))
 
@@ -60,10 +56,8 @@ def gaussian_log_likelihood(mean: Tensor, x: Tensor, std: float | Tensor, event_
 
 
 def continuous_bernoulli_log_likelihood(logits: Tensor, x: Tensor, event_ndim: int = 3) -> Tensor:
-    """log CB(x | lambda) of independent continuous-Bernoulli pixels (Loaiza-Ganem & Cunningham 2019), summed.
-
-    ``CB(x | lambda) = C(lambda) lambda^x (1 - lambda)^(1 - x)`` on [0, 1], a density; see
-    :func:`continuous_bernoulli_log_normalizer` for ``C``.
+    """log CB(x | lambda) of independent continuous-Bernoulli pixels (Loaiza-Ganem & Cunningham 2019), summed:
+    ``CB(x | lambda) = C(lambda) lambda^x (1 - lambda)^(1 - x)``, a density on [0, 1].
 
     Args:
         logits: ``[..., C, H, W]`` decoder logits, ``lambda = sigmoid(logits)``.
@@ -129,8 +123,7 @@ def standard_normal_log_prob(z: Tensor, event_ndim: int = 1) -> Tensor:
 
 
 def squared_error(reconstruction: Tensor, x: Tensor, event_ndim: int = 3) -> Tensor:
-    """Squared error summed per image (or sample of ``event_ndim`` dimensions): the Gaussian negative log-likelihood
-    up to scale and constant."""
+    """Squared error summed per image (or sample of ``event_ndim`` dimensions)."""
     return _sum_image_dims((reconstruction - x) ** 2, event_ndim)
 
 
@@ -140,8 +133,7 @@ def mean_squared_error(reconstruction: Tensor, x: Tensor) -> Tensor:
 
 
 def bernoulli_nll_batch_mean(logits: Tensor, x: Tensor) -> Tensor:
-    """``-bernoulli_log_likelihood(logits, x).mean()`` of a batch ``[B, ...]`` of equal shapes, as one fused
-    reduction (the training objective: fewer kernels per step)."""
+    """``-bernoulli_log_likelihood(logits, x).mean()`` of a batch of equal shapes, as one fused reduction."""
     return F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / len(x)
 
 
@@ -158,10 +150,8 @@ def log_mean_exp(values: Tensor, dim: int) -> Tensor:
 def importance_weighted_bound(
     log_likelihood: Tensor, log_prior: Tensor, log_posterior: Tensor, kl_weight: float = 1.0
 ) -> Tensor:
-    """The importance-weighted bound of Burda et al. 2016 (eq. 8) per sample, in float32.
-
-    ``log (1/K) sum_k exp(log p(x | z_k) + w (log p(z_k) - log q(z_k | x)))`` over the leading dimension of K
-    samples; with ``w = 1`` a lower bound on log p(x) that tightens as K grows, and at K = 1 the single-sample ELBO.
+    """The importance-weighted bound of Burda et al. 2016 (eq. 8) per sample, in float32:
+    ``log (1/K) sum_k exp(log p(x | z_k) + w (log p(z_k) - log q(z_k | x)))`` over the leading dimension of K samples.
 
     Args:
         log_likelihood: ``[K, ...]`` log p(x | z_k).
@@ -178,8 +168,7 @@ def kl_divergence_bernoulli(rho: float, rho_hat: Tensor, eps: float = 1e-6) -> T
 
     Args:
         rho: the target mean activation, in (0, 1).
-        rho_hat: ``[..., D]`` mean activations of the code units, in [0, 1]; clamped to ``[eps, 1 - eps]`` so that a
-            dead or saturated unit gives a large but finite penalty.
+        rho_hat: ``[..., D]`` mean activations of the code units, in [0, 1]; clamped to ``[eps, 1 - eps]`` (finite).
         eps: the clamp margin.
     """
     rho_hat = rho_hat.clamp(eps, 1 - eps)
@@ -225,10 +214,8 @@ def adaptive_adversarial_weight(
     loss_scale: Tensor | None = None,
 ) -> Tensor:
     """``||grad_w L_rec|| / (||grad_w L_G|| + 1e-4)`` at the decoder's last weight ``w``, clamped to ``[0, max_weight]``
-    and detached (Esser et al. 2021, eq. 7): the adversarial term then pulls on the decoder as hard as the
-    reconstruction does. Both losses keep their graphs. With ``loss_scale`` (fp16's gradient scale, a tensor) both
-    gradients are taken of the scaled losses, as the scaler takes the step's, so that fp16 does not flush them to
-    zero; a weight that overflows there (a step the scaler skips) is 0."""
+    and detached (Esser et al. 2021, eq. 7); both losses keep their graphs. With ``loss_scale`` (fp16's gradient
+    scale) the gradients are of the scaled losses, and a weight that overflows is 0 (``docs/quantized.md``)."""
     scale = 1.0 if loss_scale is None else loss_scale
     reconstruction_grad = torch.autograd.grad(reconstruction_loss * scale, last_layer_weight, retain_graph=True)[0]
     generator_grad = torch.autograd.grad(generator_loss * scale, last_layer_weight, retain_graph=True)[0]

@@ -1,15 +1,12 @@
-"""Encoder and decoder networks: plain ``nn.Module`` building blocks shared by every variant.
-
-Data are images ``(C, H, W)`` or feature vectors ``(D,)`` (MLP only). Decoders return logits for images, which the
-LightningModules turn into pixel means with a sigmoid (:func:`decoder_mean`), and the vectors' means themselves.
-``mlp`` and ``conv`` networks have flat codes ``[latent_dim]``; ``spatial`` networks
-(:mod:`ae_lightning.blocks.spatial`) have codes ``[latent_dim, H / f, W / f]`` (:func:`latent_shape`).
+"""Encoder and decoder networks for images ``(C, H, W)`` or feature vectors ``(D,)`` (MLP only). Decoders return
+logits for images (:func:`decoder_mean`) and the vectors' means themselves; ``mlp`` and ``conv`` codes are flat,
+``spatial`` ones (:mod:`ae_lightning.blocks.spatial`) ``[latent_dim, H / f, W / f]`` (:func:`latent_shape`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -26,13 +23,15 @@ from ae_lightning.blocks.spatial import (
 Network = Literal["mlp", "conv", "spatial"]
 
 
-def _mlp(sizes: Sequence[int], dropout: float = 0.0) -> list[nn.Module]:
-    """Linear layers with ReLU (and dropout) between them, none after the last."""
+def mlp_layers(
+    sizes: Sequence[int], activation: Callable[[], nn.Module] = nn.ReLU, dropout: float = 0.0
+) -> list[nn.Module]:
+    """Linear layers ``sizes[0] -> ... -> sizes[-1]`` with ``activation`` (and dropout) between them, none after."""
     layers: list[nn.Module] = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(fan_in, fan_out))
         if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
+            layers.append(activation())
             if dropout:
                 layers.append(nn.Dropout(dropout))
     return layers
@@ -49,7 +48,7 @@ class MLPEncoder(nn.Sequential):
     """
 
     def __init__(self, input_shape: Sequence[int], hidden_dims: Sequence[int], out_dim: int, dropout: float = 0.0):
-        super().__init__(nn.Flatten(), *_mlp([math.prod(input_shape), *hidden_dims, out_dim], dropout))
+        super().__init__(nn.Flatten(), *mlp_layers([math.prod(input_shape), *hidden_dims, out_dim], dropout=dropout))
 
 
 class MLPDecoder(nn.Sequential):
@@ -64,7 +63,7 @@ class MLPDecoder(nn.Sequential):
 
     def __init__(self, latent_dim: int, hidden_dims: Sequence[int], output_shape: Sequence[int], dropout: float = 0.0):
         sizes = [latent_dim, *reversed(hidden_dims), math.prod(output_shape)]
-        super().__init__(*_mlp(sizes, dropout), nn.Unflatten(1, tuple(output_shape)))
+        super().__init__(*mlp_layers(sizes, dropout=dropout), nn.Unflatten(1, tuple(output_shape)))
 
 
 def _conv_sizes(size: int, depth: int) -> list[int]:
@@ -237,4 +236,5 @@ __all__ = [
     "check_input_shape",
     "decoder_mean",
     "latent_shape",
+    "mlp_layers",
 ]

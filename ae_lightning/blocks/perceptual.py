@@ -1,10 +1,8 @@
 """The LPIPS perceptual distance (Zhang et al. 2018, "The Unreasonable Effectiveness of Deep Features as a Perceptual
 Metric") from the ``lpips`` package, as a frozen loss network and a test metric.
 
-LPIPS needs two sets of weights: its linear calibration layers, which ship inside the ``lpips`` package, and the
-ImageNet trunk (AlexNet, VGG-16 or SqueezeNet), which torchvision downloads into ``torch.hub.get_dir()/checkpoints``.
-Offline, put the trunk's file there (:func:`trunk_weights_path` names it). A model loaded from a checkpoint needs
-neither: the checkpoint holds all of LPIPS's weights (:func:`weights_from_checkpoint`).
+Its ImageNet trunk's weights are torchvision's download (offline: put the file at :func:`trunk_weights_path`); a
+model loaded from a checkpoint takes them all from it (:func:`weights_from_checkpoint`).
 """
 
 from __future__ import annotations
@@ -43,9 +41,8 @@ class LPIPSDistance(nn.Module):
 
     Args:
         network: the trunk, ``alex`` (as VQGAN's evaluation), ``vgg`` (as its loss) or ``squeeze``.
-        pretrained: load the trunk's ImageNet weights; False keeps a random trunk (tests, or a run without the
-            weights): the distance is still >= 0 and zero for equal images (the calibrated linear layers ship with
-            ``lpips``) but only a weak prior. Inside :func:`weights_from_checkpoint` the checkpoint supplies the trunk.
+        pretrained: load the trunk's ImageNet weights; False keeps a random trunk (a distance >= 0, zero for equal
+            images, but a weak prior).
     """
 
     def __init__(self, network: PerceptualNetwork = "alex", pretrained: bool = True) -> None:
@@ -80,8 +77,7 @@ class LPIPSDistance(nn.Module):
 
 @contextlib.contextmanager
 def weights_from_checkpoint() -> Iterator[None]:
-    """Within it, :class:`LPIPSDistance` loads no pretrained weights (and downloads nothing), for a model about to take
-    all of its weights from a checkpoint: a strict ``load_state_dict`` then refuses a checkpoint that lacks them."""
+    """Within it, :class:`LPIPSDistance` loads no pretrained weights: for a model about to load a checkpoint."""
     token = _FROM_CHECKPOINT.set(True)
     try:
         yield
@@ -94,8 +90,7 @@ def _pretrained_lpips(network: PerceptualNetwork) -> nn.Module:
     try:
         return lpips.LPIPS(net=network, pretrained=True, pnet_rand=False, verbose=False)
     except Exception as error:
-        # A failed download raises urllib's URLError (an OSError); a file that is there but is no torch checkpoint (an
-        # HTML error page, an interrupted copy) raises whatever torch.load meets: EOFError, UnpicklingError, ...
+        # A failed download raises an OSError; a file that is no torch checkpoint, whatever torch.load meets (EOFError).
         present = path.exists()
         if not (present or isinstance(error, OSError | RuntimeError)):
             raise

@@ -1,9 +1,6 @@
-"""Quantizers of spatial codes, from ``vector-quantize-pytorch``, behind one interface; and codebook-usage statistics.
-
-:class:`SpatialQuantizer` wraps the library's ``VectorQuantize`` (van den Oord et al. 2017; EMA codebook updates,
-k-means initialization, dead-code replacement), ``FSQ`` (Mentzer et al. 2023, "Finite Scalar Quantization") and
-``ResidualVQ`` (Zeghidour et al. 2021): codes ``[B, C, h, w]`` in, quantized codes, indices ``[B, Q, h, w]`` (``Q``
-codebooks: 1, or the residual levels) and the library's auxiliary loss out.
+"""Quantizers of spatial codes from ``vector-quantize-pytorch`` behind one interface: ``VectorQuantize`` (van den
+Oord et al. 2017), ``FSQ`` (Mentzer et al. 2023, "Finite Scalar Quantization") and ``ResidualVQ`` (Zeghidour et al.
+2021); and codebook-usage statistics.
 """
 
 from __future__ import annotations
@@ -39,8 +36,7 @@ _SETTINGS = {
 
 def check_quantizer(kind: QuantizerKind, settings: dict[str, Any]) -> None:
     """Raise a ValueError naming the setting if one of ``settings`` (:class:`SpatialQuantizer`'s arguments) differs
-    from its default but ``kind`` does not read it, or if FSQ's levels cannot work together (the signatures' types
-    say what each single argument takes)."""
+    from its default but ``kind`` does not read it, or if FSQ's levels cannot work together."""
     defaults = inspect.signature(SpatialQuantizer.__init__).parameters
     for name in sorted(set().union(*_SETTINGS.values()) - set(_SETTINGS[kind])):
         value, default = settings[name], defaults[name].default
@@ -73,10 +69,8 @@ class SpatialQuantizer(nn.Module):
         num_quantizers: residual levels of ``residual_vq``.
         commitment_weight: weight of the commitment loss ``||z - sg(e)||^2`` (``vq``, ``residual_vq``).
         ema_decay: decay of the EMA codebook updates.
-        kmeans_init: initialize the codebook by k-means on the first training batch (evaluation before it quantizes
-            with the all-zero codebook and initializes nothing).
-        dead_code_threshold: a code whose EMA cluster size falls below this is replaced by a code vector of the
-            batch; 0 disables replacement.
+        kmeans_init: initialize the codebook by k-means on the first training batch (evaluation never does).
+        dead_code_threshold: replace a code whose EMA cluster size falls below this by a batch vector; 0 never.
     """
 
     def __init__(
@@ -106,13 +100,10 @@ class SpatialQuantizer(nn.Module):
             "threshold_ema_dead_code": dead_code_threshold,
             "rotation_trick": False,
         }
-        if kind == "vq":
-            self.codebook_size, self.num_codebooks = codebook_size, 1
-        elif kind == "residual_vq":
+        if kind == "residual_vq":
             self._vq_kwargs["num_quantizers"] = num_quantizers
-            self.codebook_size, self.num_codebooks = codebook_size, num_quantizers
-        else:
-            self.codebook_size, self.num_codebooks = math.prod(fsq_levels), 1
+        self.codebook_size = math.prod(fsq_levels) if kind == "fsq" else codebook_size
+        self.num_codebooks = num_quantizers if kind == "residual_vq" else 1
         self.fsq_levels = list(fsq_levels)
         self.quantizer = self._build_quantizer()
 
@@ -124,13 +115,9 @@ class SpatialQuantizer(nn.Module):
         return library_class(**self._vq_kwargs, sync_codebook=self.sync_codebook)
 
     def synchronize_codebook(self) -> None:
-        """Reduce the codebooks' updates over the processes of the default ``torch.distributed`` group from now on
-        (``vq``, ``residual_vq``; FSQ has no codebook state): the EMA cluster sizes and sums of every training forward
-        are summed over the processes, and k-means initialization and dead-code replacement sample the vectors of all
-        processes (the library's ``sync_codebook`` and ``sync_kmeans``). Every process must then run each training
-        forward together. The library fixes this when it is built, so the quantizer is rebuilt with it, carrying
-        over its state (weights, buffers, devices and dtypes unchanged) without drawing random numbers. Idempotent.
-        """
+        """From now on, learn the codebooks (``vq``, ``residual_vq``) from the codes of every process of the default
+        ``torch.distributed`` group, which must then run each training forward together: the quantizer is rebuilt
+        with the library's ``sync_codebook``, its state carried over, no random numbers drawn. Idempotent."""
         if self.kind == "fsq" or self.sync_codebook:
             return
         self.sync_codebook = True
@@ -141,11 +128,9 @@ class SpatialQuantizer(nn.Module):
         self.quantizer = quantizer
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Quantize codes ``z [B, C, h, w]``: returns the quantized codes (gradients pass straight through to
-        ``z``), the indices ``[B, Q, h, w]`` (int64) and the auxiliary loss (commitment; 0 for FSQ and in evaluation).
-        In evaluation no weight or buffer changes (no EMA update, dead-code replacement or k-means initialization)."""
-        # The library runs the k-means initialization on any forward, evaluation included; its codebooks' ``initted``
-        # flag is the only way to skip it, so evaluation raises the flag of a codebook awaiting it for the call.
+        """The quantized codes of ``z [B, C, h, w]`` (straight-through), the indices ``[B, Q, h, w]`` (int64) and the
+        commitment loss (0 for FSQ and in evaluation, where no weight or buffer changes)."""
+        # The library runs k-means initialization on any forward: evaluation raises ``initted`` for the call.
         waiting = [] if self.training else [m for m in self.quantizer.modules() if isinstance(m, Codebook)]
         waiting = [codebook for codebook in waiting if not codebook.initted]
         for codebook in waiting:
@@ -189,19 +174,15 @@ class SpatialQuantizer(nn.Module):
         sequence = indices.permute(0, 2, 3, 1).reshape(batch, height * width, self.num_codebooks)
         if self.kind == "fsq":
             codes = self.quantizer.indices_to_codes(sequence[..., 0])
-        elif self.kind == "vq":
-            codes = self.quantizer.get_output_from_indices(sequence[..., 0])
         else:
-            codes = self.quantizer.get_output_from_indices(sequence)
+            codes = self.quantizer.get_output_from_indices(sequence[..., 0] if self.kind == "vq" else sequence)
         return codes.transpose(1, 2).reshape(batch, -1, height, width).contiguous()
 
 
 class CodebookUsage(Metric):
-    """How the codebooks are used over an epoch: ``codes_used`` (share of codes chosen at least once), ``perplexity``
-    (``exp`` of the entropy of the code frequencies: the number of equally used codes it equals) and ``dead_codes``
-    (codes never chosen); averaged over the codebooks (residual levels) but ``dead_codes``, summed.
-
-    Update with indices ``[B, Q, h, w]``.
+    """How the codebooks are used over an epoch, from indices ``[B, Q, h, w]``: ``codes_used`` (share of codes chosen
+    at least once), ``perplexity`` (``exp`` of the entropy of the code frequencies) and ``dead_codes`` (codes never
+    chosen); averaged over the codebooks (residual levels) but ``dead_codes``, summed.
 
     Args:
         codebook_size: codes per codebook.

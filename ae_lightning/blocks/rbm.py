@@ -1,7 +1,6 @@
 """Restricted Boltzmann machines with binary visible units and contrastive divergence, as pure functions (Hinton
-2002, "Training Products of Experts by Minimizing Contrastive Divergence"; Hinton & Salakhutdinov 2006, "Reducing the
-Dimensionality of Data with Neural Networks", whose code layer has linear hidden units with unit-variance Gaussian
-noise).
+2002, "Training Products of Experts by Minimizing Contrastive Divergence"; Gaussian hidden units as in the code layer
+of Hinton & Salakhutdinov 2006).
 
 An RBM is ``weight`` ``[H, V]`` (the layout of ``nn.Linear(V, H)``), ``visible_bias`` ``[V]`` and ``hidden_bias``
 ``[H]``, with energy ``E(v, h) = -v . b_v - h . b_h - h W v`` (plus ``|h|^2 / 2`` for Gaussian hidden units).
@@ -82,11 +81,8 @@ def contrastive_divergence(
     hidden: Hidden = "bernoulli",
     generator: torch.Generator | None = None,
 ) -> ContrastiveDivergence:
-    """CD-k on data ``v`` ``[B, V]`` (binary, or intensities in [0, 1] read as probabilities).
-
-    Positive phase: the data with their exact hidden means E[h | v]. Negative phase: ``k`` steps of block Gibbs
-    sampling from the data (h ~ p(h | v), then binary v ~ p(v | h)), with the hidden means of the last visible
-    state. As ``k`` grows the negative phase tends to the model's statistics, and the update to the exact gradient.
+    """CD-k on data ``v`` ``[B, V]`` (binary, or intensities in [0, 1] read as probabilities): the data with their
+    hidden means E[h | v], against ``k`` steps of block Gibbs sampling from the data with the last state's means.
 
     Args:
         v: the data.

@@ -1,9 +1,6 @@
-"""A small convolutional encoder and decoder with spatial codes, after the VQ-VAE paper (van den Oord et al. 2017,
-"Neural Discrete Representation Learning", section 4.1): stride-2 convolutions and residual blocks.
-
-The encoder maps images ``[B, C, H, W]`` to codes ``[B, code_channels, H / f, W / f]`` with ``f = 2 **
-len(hidden_dims)``, and refuses images whose sides f does not divide; the decoder maps codes back to pixel logits.
-Any pair of modules with these shapes can take their place in the models of :mod:`ae_lightning.models.first_stage`.
+"""A small convolutional encoder and decoder with spatial codes ``[B, code_channels, H / f, W / f]``,
+``f = 2 ** len(hidden_dims)``, after the VQ-VAE paper (van den Oord et al. 2017, "Neural Discrete Representation
+Learning", section 4.1): stride-2 convolutions and residual blocks.
 """
 
 from __future__ import annotations
@@ -37,8 +34,7 @@ class ResidualBlock(nn.Module):
 
 
 def check_image_size(height: int, width: int, factor: int) -> None:
-    """Raise a ValueError naming the size, the factor f and a size that fits unless f divides height and width (the
-    stride-2 convolutions would floor them: a 100x100 image came back 96x96)."""
+    """Raise a ValueError naming the size, the factor f and a size that fits unless f divides height and width."""
     if height % factor or width % factor or min(height, width) < factor:
         fits = f"{max(factor, height // factor * factor)}x{max(factor, width // factor * factor)}"
         raise ValueError(

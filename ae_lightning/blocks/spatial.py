@@ -1,11 +1,6 @@
-"""A fully convolutional encoder and decoder with spatial codes ``[z_channels, H / f, W / f]``.
-
-The design of the first-stage autoencoders of latent diffusion (Rombach et al. 2022, "High-Resolution Image Synthesis
-with Latent Diffusion Models"; Esser et al. 2021 before them): ResNet blocks with GroupNorm and SiLU at each
-resolution level, a stride-2 convolution between levels, and optionally one self-attention block at the lowest
-resolution. With ``L`` levels the downsampling factor is ``f = 2^(L - 1)``: latent diffusion's ``ch=128,
-ch_mult=(1, 2, 4, 4)`` is ``channels=[128, 256, 512, 512]``, f = 8. No layer depends on the image size, so a network
-trained on 64x64 crops encodes and decodes any size divisible by f.
+"""A fully convolutional encoder and decoder with spatial codes ``[z_channels, H / f, W / f]``, ``f = 2^(L - 1)``
+for ``L`` levels: the design of latent diffusion's first stage (Rombach et al. 2022, "High-Resolution Image Synthesis
+with Latent Diffusion Models"; Esser et al. 2021 before them). Settings and sizes: ``docs/spatial.md``.
 """
 
 from __future__ import annotations
@@ -21,9 +16,8 @@ from datamodules.checks import Fraction, PositiveInt, check_arguments
 
 
 class SpatialOptions(TypedDict, total=False):
-    """The settings of ``network: spatial`` beside ``hidden_dims`` (channels per level) and ``latent_dim``
-    (channels of the code): ``num_res_blocks`` per level (default 2) and ``attention`` at the lowest resolution
-    (default true)."""
+    """``network: spatial``'s ``num_res_blocks`` per level (default 2) and ``attention`` at the lowest resolution
+    (default true), beside ``hidden_dims`` (channels per level) and ``latent_dim`` (channels of the code)."""
 
     num_res_blocks: PositiveInt
     attention: bool
@@ -46,8 +40,8 @@ def check_spatial_size(height: int, width: int, factor: int) -> None:
 
 
 def _norm(channels: int) -> nn.GroupNorm:
-    # 32 groups as in latent diffusion where the channels allow it, but at least 4 channels per group: a group of one
-    # channel normalizes away each image's mean of that channel, and with it the output's brightness and colour.
+    # 32 groups where the channels allow it, but at least 4 channels per group: a group of one channel normalizes
+    # away each image's mean of that channel, and with it the output's brightness and colour.
     groups = math.gcd(32, channels)
     while groups > 1 and channels // groups < 4:
         groups //= 2
@@ -118,10 +112,8 @@ class SpatialEncoder(nn.Module):
 
     Args:
         in_channels: channels of the images.
-        channels: channels of each resolution level, highest resolution first; each level after the first halves the
-            height and width.
-        out_channels: channels of the code (twice the code's channels for a Gaussian posterior: means, then
-            log-variances).
+        channels: channels of each resolution level, highest resolution first; each further level halves H and W.
+        out_channels: channels of the code (twice that for a Gaussian posterior: means, then log-variances).
         num_res_blocks: ResNet blocks per level.
         attention: self-attention at the lowest resolution.
         dropout: dropout rate inside the ResNet blocks, in training only.

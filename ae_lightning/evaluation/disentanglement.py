@@ -2,20 +2,16 @@
 traversal pictures.
 
 The BetaVAE score (Higgins et al. 2017), the FactorVAE score (Kim & Mnih 2018), the mutual information gap MIG
-(Chen et al. 2018), the separated attribute predictability SAP (Kumar et al. 2018) and DCI disentanglement,
-completeness and informativeness (Eastwood & Williams 2018), computed as in disentanglement_lib (Locatello et al.
-2019, "Challenging Common Assumptions in the Unsupervised Learning of Disentangled Representations") with smaller
-default sample sizes. Every factor is treated as discrete (its grid index); factors that do not vary are left out.
-Codes that are not finite are refused, and settings a metric cannot work with are refused before any metric runs
-(:func:`check_disentanglement_settings`).
-DCI's importances come from random forests that weigh every code at each split instead of disentanglement_lib's
-gradient boosting: both give a disentangled code ~1, and the forests take ~7 s instead of ~280 s on one CPU core for
-10 codes, the dSprites factors and 10,000 points.
+(Chen et al. 2018), the separated attribute predictability SAP (Kumar et al. 2018) and DCI (Eastwood & Williams
+2018), as in disentanglement_lib (Locatello et al. 2019) with smaller default sample sizes and random forests for DCI
+(docs/disentanglement.md). Every factor is treated as discrete (its grid index); factors that do not vary are left
+out. Non-finite codes, and settings a metric cannot work with, are refused (:func:`check_disentanglement_settings`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -52,20 +48,24 @@ def model_encoder(model: nn.Module, batch_size: int = 512) -> Encoder:
     ``model.encode`` in eval mode without gradients, in batches, on the model's device."""
 
     def encode(images: Tensor) -> np.ndarray:
-        weight = next(model.parameters())  # its device and dtype (float64 or bfloat16 under 64-true or bf16-true)
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                parts = [
-                    model.encode(part.to(weight.device, weight.dtype)).float().flatten(1).cpu()
-                    for part in images.split(batch_size)
-                ]
-        finally:
-            model.train(was_training)
+        with _inference(model) as (device, dtype):
+            parts = [model.encode(part.to(device, dtype)).float().flatten(1).cpu() for part in images.split(batch_size)]
         return torch.cat(parts).double().numpy()
 
     return encode
+
+
+@contextlib.contextmanager
+def _inference(model: nn.Module) -> Iterator[tuple[torch.device, torch.dtype]]:
+    """Eval mode without gradients, the mode restored after; yields the model's device and dtype (float64 or bfloat16
+    under 64-true or bf16-true)."""
+    weight, was_training = next(model.parameters()), model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield weight.device, weight.dtype
+    finally:
+        model.train(was_training)
 
 
 def sample_codes(
@@ -153,14 +153,12 @@ def dci(
     seed: int = 0,
 ) -> dict[str, float]:
     """DCI (Eastwood & Williams 2018) from the feature importances ``R [D, K]`` of one random forest per factor, each
-    split weighing every code (``max_features=None``: sklearn's default ``sqrt`` forces splits on irrelevant codes and
-    spreads importance over them, biasing disentanglement and completeness low).
+    split weighing every code (``max_features=None``).
 
     ``dci_disentanglement``: ``sum_i rho_i (1 - H_K(P_i))``, ``P_i`` code ``i``'s row of ``R`` normalized and ``rho_i``
     its share of the total importance; ``dci_completeness``: the same per factor over the codes (``H_D``), weighted by
-    the factor's share; ``dci_informativeness``: the forests' mean test accuracy. If no code has any importance (e.g.
-    constant codes), disentanglement and completeness are 0. With one varying factor disentanglement is NaN, with one
-    code completeness is NaN: undefined (entropy in base 1), as in disentanglement_lib, not a 1 whatever the codes.
+    the factor's share; ``dci_informativeness``: the forests' mean test accuracy. Disentanglement and completeness are
+    0 if no code has any importance; disentanglement is NaN with one varying factor, completeness with one code.
 
     Args:
         train_codes, train_factors: ``[N, D]`` codes and ``[N, K]`` discrete factors to fit on.
@@ -184,7 +182,6 @@ def dci(
     total = importance.sum()
     share = importance / total if total > 0 else importance  # all 0 (e.g. constant codes): D and C are 0, not 0/0
     code_share, factor_share = share.sum(1), share.sum(0)
-    # one factor (one code): each code (factor) names one trivially, a 1 whatever the codes; NaN, as disentanglement_lib
     per_code = 1 - _entropy(importance, axis=1, base=num_factors) if num_factors > 1 else np.full(num_codes, np.nan)
     per_factor = 1 - _entropy(importance, axis=0, base=num_codes) if num_codes > 1 else np.full(num_factors, np.nan)
     return {
@@ -201,19 +198,6 @@ def _entropy(weights: np.ndarray, axis: int, base: int) -> np.ndarray:
 
 
 # --- scores that draw their own batches with one factor fixed -------------------------------------------------------
-def _fixed_factor_batch(
-    source: FactorSource, batch_size: int, factor: int, generator: torch.Generator, pairs: bool
-) -> tuple[Tensor, Tensor | None]:
-    """``batch_size`` random factors sharing factor ``factor``'s value (``pairs``: two such batches, paired)."""
-    first = source.sample_factors(batch_size, generator)
-    if pairs:
-        second = source.sample_factors(batch_size, generator)
-        second[:, factor] = first[:, factor]
-        return first, second
-    first[:, factor] = first[0, factor]
-    return first, None
-
-
 def beta_vae_score(
     encode: Encoder,
     source: FactorSource,
@@ -224,8 +208,7 @@ def beta_vae_score(
 ) -> float:
     """The BetaVAE score (Higgins et al. 2017): each point is ``mean |z(x1) - z(x2)|`` over ``batch_size`` pairs
     sharing one factor; the score is a logistic regression's test accuracy at naming that factor. The points' factors
-    cycle through the varying factors (disentanglement_lib draws each at random), so that any 2 training points name 2
-    factors; fewer than 2 varying factors or training points are refused.
+    cycle through the varying factors; fewer than 2 varying factors or training points are refused.
 
     Args:
         encode: images -> codes.
@@ -244,7 +227,8 @@ def beta_vae_score(
         features, targets = [], []
         for i in range(n):
             factor = int(variable[i % len(variable)])
-            first, second = _fixed_factor_batch(source, batch_size, factor, generator, pairs=True)
+            first, second = source.sample_factors(batch_size, generator), source.sample_factors(batch_size, generator)
+            second[:, factor] = first[:, factor]
             codes = finite_codes(encode(source.images_of(torch.cat([first, second]))))
             features.append(np.abs(codes[:batch_size] - codes[batch_size:]).mean(0))
             targets.append(factor)
@@ -269,7 +253,7 @@ def factor_vae_score(
     dimension of least variance over ``batch_size`` samples sharing one random factor with that factor; each dimension
     predicts its most voted factor, scored on held-out votes. Dimensions collapsed to the prior (std below
     ``prune_threshold``, or zero) take no part; if none is left, the score is 0. Fewer than 2 varying factors are
-    refused (with one, every vote names it: a score of 1 that says nothing).
+    refused.
 
     Args:
         encode: images -> codes.
@@ -279,8 +263,8 @@ def factor_vae_score(
         num_train: votes to fit the majority classifier on.
         num_eval: votes to score it on.
         num_variance_estimate: samples of the codes' std.
-        prune_threshold: the std, in the codes' units, below which a dimension counts as collapsed; 0.05 as
-            disentanglement_lib (for VAE means, whose prior has std 1); 0 keeps every dimension that varies.
+        prune_threshold: the std, in the codes' units, below which a dimension counts as collapsed (0.05: VAE means
+            as disentanglement_lib; 0 keeps every dimension that varies).
     """
     check_number("prune_threshold", prune_threshold, "[0, inf)")
     variable = _variable_factors(source, generator)
@@ -296,7 +280,8 @@ def factor_vae_score(
         counts = np.zeros((int(active.sum()), num_factors), dtype=np.int64)
         for _ in range(n):
             factor = int(variable[torch.randint(len(variable), (1,), generator=generator)])
-            batch, _ = _fixed_factor_batch(source, batch_size, factor, generator, pairs=False)
+            batch = source.sample_factors(batch_size, generator)
+            batch[:, factor] = batch[0, factor]
             spread = (finite_codes(encode(source.images_of(batch)))[:, active] / scale[active]).var(0)
             counts[np.argmin(spread), factor] += 1
         return counts
@@ -342,10 +327,8 @@ def check_disentanglement_metrics(names: Sequence[str]) -> list[str]:
     """``names`` as a list, or a ValueError naming each unknown one and listing the known ones."""
     unknown = [name for name in names if name not in DISENTANGLEMENT_METRICS]
     if unknown:
-        raise ValueError(
-            f"unknown disentanglement metric {', '.join(map(repr, unknown))}; they are "
-            f"{', '.join(DISENTANGLEMENT_METRICS)}"
-        )
+        known = ", ".join(DISENTANGLEMENT_METRICS)
+        raise ValueError(f"unknown disentanglement metric {', '.join(map(repr, unknown))}; they are {known}")
     return list(names)
 
 
@@ -353,9 +336,8 @@ def check_disentanglement_settings(
     encode: Encoder, source: FactorSource, metrics: Sequence[str], num_votes: int = 500
 ) -> list[str]:
     """``metrics`` as a list, or a ValueError naming the setting that one of them cannot work with, before any runs:
-    unknown names, data with no varying factor, ``beta_vae`` or ``factor_vae`` with fewer than 2 varying factors,
-    ``beta_vae`` with ``num_votes`` < 2, ``mig`` or ``sap`` of codes with fewer than 2 dimensions, codes that are not
-    finite (checked on one image)."""
+    unknown names, no varying factor, ``beta_vae`` or ``factor_vae`` with < 2 varying factors, ``beta_vae`` with
+    ``num_votes`` < 2, ``mig`` or ``sap`` of codes with < 2 dimensions, non-finite codes (of one image)."""
     metrics = check_disentanglement_metrics(metrics)
     if not metrics:
         return metrics
@@ -392,11 +374,9 @@ def disentanglement_metrics(
         metrics: names from :data:`DISENTANGLEMENT_METRICS`.
         num_points: samples whose codes MIG, SAP and DCI see (SAP and DCI fit on 80%, score on 20%).
         num_votes: training points of the BetaVAE and FactorVAE scores (and 60% as many to score them on).
-        seed: seed of every draw. The codes MIG, SAP and DCI share, the BetaVAE score and the FactorVAE score each
-            draw from their own generator seeded from ``seed``, so a metric's value does not depend on which others
-            are asked for.
-        prune_threshold: the FactorVAE score's std below which a code dimension counts as collapsed
-            (:func:`factor_vae_score`).
+        seed: seed of every draw; each score draws from its own generator (MIG, SAP and DCI share one), so its value
+            does not depend on which others are asked for.
+        prune_threshold: see :func:`factor_vae_score`.
     """
     check_number("prune_threshold", prune_threshold, "[0, inf)")
     metrics = check_disentanglement_settings(encode, source, metrics, num_votes)
@@ -450,25 +430,18 @@ def latent_traversals(model: nn.Module, images: Tensor, span: float = 2.5, steps
     """
     from torchvision.utils import make_grid
 
-    weight = next(model.parameters())  # its device and dtype (float64 or bfloat16 under 64-true or bf16-true)
-    device = weight.device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            codes = model.encode(images.to(device, weight.dtype))
-            if codes.dim() != 2:
-                raise ValueError(f"latent traversals sweep each dimension of flat codes [latent_dim]; "
-                                 f"{type(model).__name__}'s codes have shape {list(codes.shape[1:])}")  # fmt: skip
-            values = torch.linspace(-span, span, steps, device=device)
-            rows = []
-            for code in codes:
-                for dim in range(len(code)):
-                    swept = code.repeat(steps, 1)
-                    swept[:, dim] = values
-                    rows.append(model.decode(swept).float().cpu())
-    finally:
-        model.train(was_training)
+    with _inference(model) as (device, dtype):
+        codes = model.encode(images.to(device, dtype))
+        if codes.dim() != 2:
+            raise ValueError(f"latent traversals sweep each dimension of flat codes [latent_dim]; "
+                             f"{type(model).__name__}'s codes have shape {list(codes.shape[1:])}")  # fmt: skip
+        values = torch.linspace(-span, span, steps, device=device)
+        rows = []
+        for code in codes:
+            for dim in range(len(code)):
+                swept = code.repeat(steps, 1)
+                swept[:, dim] = values
+                rows.append(model.decode(swept).float().cpu())
     grid = make_grid(torch.cat(rows), nrow=steps, pad_value=0.5)
     return grid.expand(3, -1, -1) if grid.shape[0] == 1 else grid
 

@@ -10,7 +10,7 @@ import contextlib
 import inspect
 import math
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from pkgutil import resolve_name
 from typing import Any
@@ -115,8 +115,7 @@ def require_generative(model: nn.Module, purpose: str) -> None:
 
 def images_at_once(image_shape: Sequence[int]) -> int:
     """How many images of ``image_shape`` evaluation passes through a model at once where it chooses: 500 up to 4,194
-    values an image (64x64 gray), fewer above, down to 10 of 3x256x256: a network of 128 channels at full resolution
-    needs ~130 MB an image to encode and ~290 MB to decode, so 500 would not fit on a GPU."""
+    values an image (64x64 gray), fewer above, down to 10 of 3x256x256."""
     return max(1, min(500, 2**21 // math.prod(image_shape)))
 
 
@@ -127,9 +126,8 @@ def split_loader(
     max_images: int | None = None,
     seed: int = 0,
 ) -> TensorBatchLoader:
-    """The split's images in stored order, binarized as the datamodule binarizes validation and test images. Every
-    pass over the loader yields the same images (it is not resumable: a ``dynamic`` binarization is not redrawn), so
-    metrics computed in separate passes see one test set.
+    """The split's images in stored order, binarized as the datamodule binarizes validation and test images; every
+    pass yields the same images (a ``dynamic`` binarization is not redrawn), so separate passes see one test set.
 
     Args:
         datamodule: the data.
@@ -140,7 +138,7 @@ def split_loader(
     """
     check_counts(batch_size=(batch_size, 1), max_images=(max_images, 1))
     own = getattr(datamodule, "evaluation_loader", None)
-    if own is not None:  # images drawn when their batch is built (dSprites): the datamodule makes the loader
+    if own is not None:  # images drawn when their batch is built (dSprites)
         return own(split, batch_size=batch_size, max_images=max_images, seed=seed)
     datamodule.setup()
     images, labels = datamodule.splits[split]
@@ -166,10 +164,7 @@ def first_images(datamodule: ImageDataModule, split: Split, count: int) -> tuple
 
 @contextlib.contextmanager
 def evaluating(model: nn.Module, seed: int | None = 0) -> Iterator[None]:
-    """Eval mode without gradients, seeded, restoring the mode and the global random state afterwards.
-
-    ``torch.no_grad`` rather than ``torch.inference_mode``: a model may need autograd to encode.
-    """
+    """Eval mode without gradients, seeded, restoring the mode and the global random state afterwards."""
     was_training = model.training
     device = next(model.parameters()).device
     model.eval()
@@ -354,12 +349,18 @@ def negative_log_likelihood(
 def encode_split(model: AutoencoderModule, loader: TensorBatchLoader, seed: int = 0) -> tuple[Tensor, Tensor]:
     """Codes ``[N, latent_dim]`` (spatial codes flattened) and labels ``[N]`` of the loader's images, on the CPU;
     ``seed`` seeds a stochastic encoder's draws."""
-    codes, labels = [], []
+    codes, labels = _per_image(model.encode, model, loader, seed)
+    return codes.flatten(1), labels
+
+
+def _per_image(method: Callable, model: nn.Module, loader: TensorBatchLoader, seed: int) -> tuple[Tensor, Tensor]:
+    """``method(x, y)`` of every batch of the loader and the labels, concatenated on the CPU."""
+    values, labels = [], []
     with evaluating(model, seed):
         for x, y in _batches(loader, model.device):
-            codes.append(model.encode(x, y).float().flatten(1).cpu())  # spatial codes as vectors
+            values.append(method(x, y).float().cpu())
             labels.append(y.cpu())
-    return torch.cat(codes), torch.cat(labels)
+    return torch.cat(values), torch.cat(labels)
 
 
 def probe_accuracies(
@@ -369,20 +370,15 @@ def probe_accuracies(
     test_labels: Tensor,
     neighbors: int = 5,
 ) -> dict[str, float]:
-    """Test accuracy of a linear probe and of k-NN, both fitted on the training codes.
-
-    The linear probe is scikit-learn's ``LogisticRegression`` on standardized codes; k-NN is ``KNeighborsClassifier``
-    with Euclidean distance on the raw codes.
+    """Test accuracy of a linear probe (``LogisticRegression`` on standardized codes) and of k-NN (Euclidean, raw
+    codes), both fitted on the training codes.
 
     Args:
-        train_codes: ``[N, D]`` codes the classifiers are fitted on.
-        train_labels: ``[N]`` their labels.
-        test_codes: ``[M, D]`` codes they are scored on.
-        test_labels: ``[M]`` their labels.
+        train_codes, train_labels: ``[N, D]`` codes the classifiers are fitted on and their ``[N]`` labels.
+        test_codes, test_labels: ``[M, D]`` codes they are scored on and their ``[M]`` labels.
         neighbors: k of k-NN.
     """
-    # scikit-learn is imported here: it is slow to import, and the training callbacks import this module.
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import LogisticRegression  # here: slow to import, and training callbacks import us
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -405,7 +401,9 @@ def frechet_distance(
     batch_size: int | None = None,
     seed: int = 0,
 ) -> float:
-    """Frechet distance between the real images and ``num_samples`` prior samples, in the classifier's features.
+    """Frechet distance between the real images and ``num_samples`` prior samples, in the classifier's features. A
+    conditional model (``num_classes``) samples the real images' labels in turn, so that its samples hold the classes
+    in the real images' proportions.
 
     Args:
         model: a generative model (``sample``).
@@ -414,9 +412,6 @@ def frechet_distance(
         num_samples: prior samples drawn.
         batch_size: samples drawn at once; None: :func:`images_at_once` of the real images' shape.
         seed: seed of the samples.
-
-    A conditional model (``num_classes``) samples the real images' labels in turn, so that its samples hold the
-    classes in the real images' proportions (a model trained on some of its classes is compared on those).
     """
     require_generative(model, "the Frechet distance of samples (fid)")
     metric, shape, labels = FrechetDistance(classifier).to(model.device), (), []
@@ -448,12 +443,7 @@ def real_frechet_distance(classifier: nn.Module, first: TensorBatchLoader, secon
 
 def anomaly_scores(model: AutoencoderModule, loader: TensorBatchLoader, seed: int = 0) -> tuple[Tensor, Tensor]:
     """Per-image ``model.anomaly_score`` ``[N]`` (higher = more anomalous) and labels ``[N]``, on the CPU."""
-    scores, labels = [], []
-    with evaluating(model, seed):
-        for x, y in _batches(loader, model.device):
-            scores.append(model.anomaly_score(x, y).float().cpu())
-            labels.append(y.cpu())
-    return torch.cat(scores), torch.cat(labels)
+    return _per_image(model.anomaly_score, model, loader, seed)
 
 
 def anomaly_auroc(scores: Tensor, labels: Tensor, normal_classes: Sequence[int]) -> float:
@@ -492,9 +482,8 @@ def evaluate(
     Args:
         model: the trained model, on the device to evaluate on.
         datamodule: its data; test images are binarized as the datamodule binarizes them.
-        metrics: names from :data:`METRICS`. Each must apply to the model (:func:`metric_applies`): ``nll`` needs
-            the VAE family, ``fid`` a generative model and a ``classifier``, ``auroc`` a model trained on a subset of
-            the classes (``data.classes``).
+        metrics: names from :data:`METRICS` (which says what each needs; :func:`metric_applies`); ``fid`` also needs
+            a ``classifier``.
         classifier: the feature classifier of ``fid`` (``load_feature_classifier(path).network``).
         nll_samples: importance samples of ``nll`` (>= 1); the model's ``nll_samples`` when None.
         fid_samples: prior samples of ``fid`` (>= 2).
@@ -539,17 +528,14 @@ def evaluate(
         if datamodule.hparams.classes is not None:  # the probes learnt the trained classes only
             trained = torch.isin(test_labels, torch.as_tensor(datamodule.hparams.classes, dtype=test_labels.dtype))
             test_codes, test_labels = test_codes[trained], test_labels[trained]
-        probes = probe_accuracies(train_codes, train_labels, test_codes, test_labels, knn_neighbors)
-        results |= {name: value for name, value in probes.items() if name in metrics}
+        results |= probe_accuracies(train_codes, train_labels, test_codes, test_labels, knn_neighbors)
     if any(name in RECONSTRUCTION_METRICS for name in metrics):
-        scores = reconstruction_scores(model, test, seed)
-        results |= {name: value for name, value in scores.items() if name in metrics}
+        results |= reconstruction_scores(model, test, seed)
     if "nll" in metrics:
         results["nll"] = negative_log_likelihood(model, test, nll_samples, seed)
     if "fid" in metrics:
-        classifier = classifier.to(model.device)
         real = gray_loader(datamodule, "test", datamodule.hparams.classes)
-        results["fid"] = frechet_distance(model, classifier, real, fid_samples, seed=seed)
+        results["fid"] = frechet_distance(model, classifier.to(model.device), real, fid_samples, seed=seed)
     if "auroc" in metrics:
         scores, labels = anomaly_scores(model, test, seed)
         results["auroc"] = anomaly_auroc(scores, labels, datamodule.hparams.classes)
@@ -564,12 +550,8 @@ def gray_loader(datamodule: ImageDataModule, split: Split, classes: Sequence[int
         return own(split, batch_size=500) if classes is None else _ImagesOfClasses(own(split, batch_size=500), classes)
     if datamodule.hparams.get("binarize") == "static":  # its splits hold the binarized images: the same rows, gray
         # every argument it was built with (a subclass passes the base's, such as seed, on through **kwargs)
-        accepted = {
-            name
-            for base in type(datamodule).__mro__
-            if "__init__" in vars(base)
-            for name in inspect.signature(base.__init__).parameters
-        }
+        inits = [base.__init__ for base in type(datamodule).__mro__ if "__init__" in vars(base)]
+        accepted = {name for init in inits for name in inspect.signature(init).parameters}
         settings = {name: value for name, value in datamodule.hparams.items() if name in accepted}
         datamodule = type(datamodule)(**{**settings, "binarize": "none"})
         datamodule.setup()

@@ -277,8 +277,7 @@ def load_feature_classifier(path: str | Path, data_arguments: str = "") -> Class
 
 def check_classifier_data(record: ClassifierRecord, datamodule: ImageDataModule) -> None:
     """Raise a ValueError unless ``record`` was trained on the datamodule's dataset (its ``dataset_name``) at its image
-    shape: features of another dataset's classifier make Frechet distances that compare with nothing, and one of
-    another size cannot take the images (one folder read at 64 and at 256 pixels has one default cache file)."""
+    shape (one folder read at 64 and at 256 pixels has one default cache file)."""
     if record.dataset != datamodule.dataset_name:
         raise ValueError(
             f"the feature classifier {record.path} was trained on {record.dataset}, but the data are "

@@ -20,11 +20,8 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 
 
 class PixelBinaryCrossEntropy(MeanMetric):
-    """Binary cross-entropy of reconstructed pixel intensities against the targets, averaged over pixels, in nats.
-
-    torchmetrics has no cross-entropy between two images, so this is a :class:`~torchmetrics.MeanMetric` of
-    ``torch.nn.functional.binary_cross_entropy`` per pixel (which clamps the logarithms at -100).
-    """
+    """Binary cross-entropy of reconstructed pixel intensities against the targets, averaged over pixels, in nats
+    (``binary_cross_entropy`` per pixel, which clamps the logarithms at -100)."""
 
     def update(self, preds: Tensor, target: Tensor) -> None:  # type: ignore[override]
         super().update(F.binary_cross_entropy(preds, target, reduction="none"))
@@ -73,12 +70,7 @@ class ReconstructionMetrics(MetricCollection):
                 "psnr": PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3)),
                 "ssim": StructuralSimilarity(),
             }
-        super().__init__(
-            metrics,
-            prefix=prefix,
-            compute_groups=False,
-            **kwargs,
-        )
+        super().__init__(metrics, prefix=prefix, compute_groups=False, **kwargs)
 
     def update(self, preds: Tensor, target: Tensor) -> None:  # type: ignore[override]
         with torch.autocast(preds.device.type, enabled=False):
@@ -169,11 +161,9 @@ class InceptionFeatures(nn.Module):
             try:
                 network = tv.inception_v3(weights=_INCEPTION_WEIGHTS)
             except Exception as error:  # offline: urllib's URLError; a file in place: whatever torch.load raises
-                where = (
-                    f"{path} is there but cannot be read (a partial or corrupt copy? remove it)"
-                    if path.is_file()
-                    else f"they are not in {path.parent} and could not be downloaded"
-                )
+                where = f"they are not in {path.parent} and could not be downloaded"
+                if path.is_file():
+                    where = f"{path} is there but cannot be read (a partial or corrupt copy? remove it)"
                 raise FileNotFoundError(
                     f"the Inception features need torchvision's ImageNet weights {path.name}: {where} "
                     f"({type(error).__name__}: {error}). Download {_INCEPTION_WEIGHTS.url} on a machine with internet "
@@ -195,9 +185,8 @@ class InceptionFeatures(nn.Module):
 
 
 class FrechetDistance(FrechetInceptionDistance):
-    """torchmetrics' FID in the features of a given network: a classifier of the dataset (Inception weights cannot be
-    downloaded offline and are a poor fit for 28x28 gray images) or :class:`InceptionFeatures`. Update with float
-    images ``[B, C, H, W]`` in [0, 1] and ``real=True`` or ``False``.
+    """torchmetrics' FID in the features of a given network: a classifier of the dataset or
+    :class:`InceptionFeatures`. Update with float images ``[B, C, H, W]`` in [0, 1] and ``real=True`` or ``False``.
 
     Args:
         classifier: see :class:`FeatureExtractor`.

@@ -108,11 +108,10 @@ class TwoStageSampler(nn.Module):
     ) -> None:
         super().__init__()
         check_arguments(locals(), TwoStageSampler.__init__)
-        generator_state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
-        self.encoder = MLPEncoder((latent_dim,), hidden_dims, 2 * latent_dim)
-        self.decoder = MLPDecoder(latent_dim, hidden_dims, (latent_dim,))
-        torch.random.set_rng_state(generator_state)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.encoder = MLPEncoder((latent_dim,), hidden_dims, 2 * latent_dim)
+            self.decoder = MLPDecoder(latent_dim, hidden_dims, (latent_dim,))
         self.log_gamma = nn.Parameter(torch.zeros(()))
         self.register_buffer("mean", torch.zeros(latent_dim))
         self.register_buffer("std", torch.full((latent_dim,), math.nan))  # NaN until fit
@@ -228,13 +227,9 @@ def frechet_distances(
     results = {}
     if prior and getattr(model, "is_generative", False):
         results["fid_prior"] = frechet_distance(model, classifier, real, num_samples, seed=seed)
-    samplers = {
-        "fid_gmm": GaussianMixtureSampler(components, seed=seed),
-        "fid_two_stage": TwoStageSampler(train_codes.shape[1], steps=two_stage_steps, seed=seed),
-    }
-    for name, sampler in samplers.items():
-        if isinstance(sampler, nn.Module):
-            sampler.to(model.device)
+    mixture = GaussianMixtureSampler(components, seed=seed)
+    two_stage = TwoStageSampler(train_codes.shape[1], steps=two_stage_steps, seed=seed).to(model.device)
+    for name, sampler in (("fid_gmm", mixture), ("fid_two_stage", two_stage)):
         sampler.fit(train_codes)
         results[name] = frechet_distance(PosthocGenerator(model, sampler), classifier, real, num_samples, seed=seed)
     return results

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -24,9 +24,7 @@ from datamodules.checks import check_number
 
 Projection = Literal["pca", "tsne", "none"]
 View = Literal["reconstructions", "samples", "interpolations", "latent_map"]
-VIEWS: tuple[str, ...] = ("reconstructions", "samples", "interpolations", "latent_map")
-
-
+VIEWS: tuple[str, ...] = get_args(View)
 # Views of continuous codes: a line between two images' codes, a projection of them.
 CODE_VIEWS = ("interpolations", "latent_map")
 
@@ -87,11 +85,8 @@ def draw_views(
     title: str | None = None,
     seed: int = 0,
 ) -> dict[str, Tensor]:
-    """The named pictures of a model, each ``[3, H, W]`` in [0, 1], drawn from the given images.
-
-    Runs in eval mode without gradients and with seeded randomness; the model's mode and the global random state
-    are restored afterwards. Images go through the model :func:`~ae_lightning.evaluation.driver.images_at_once` at a
-    time, so that pictures of large images fit in memory.
+    """The named pictures of a model, each ``[3, H, W]`` in [0, 1], drawn from the given images in eval mode, seeded,
+    without gradients (the model's mode and the global random state restored), ``images_at_once`` at a time.
 
     Args:
         model: the autoencoder; images: ``[N, C, H, W]`` in [0, 1]; labels: ``[N]``.
@@ -125,20 +120,13 @@ def draw_views(
             drawn["samples"] = image_grid(torch.cat(samples), per_row)
         pairs = min(num_interpolations, len(images) // 2)
         if "interpolations" in views and pairs > 0:
+            ends = slice(pairs, 2 * pairs)
             drawn["interpolations"] = interpolation_grid(
-                model,
-                images[:pairs],
-                images[pairs : 2 * pairs],
-                interpolation_steps,
-                labels[:pairs],
-                labels[pairs : 2 * pairs],
+                model, images[:pairs], images[ends], interpolation_steps, labels[:pairs], labels[ends]
             )
         if "latent_map" in views and min(len(images), latent_map_size) >= 2:
-            codes = []
             chunks = zip(images[:latent_map_size].split(at_once), labels[:latent_map_size].split(at_once))
-            for chunk, chunk_labels in chunks:
-                codes.append(model.encode(chunk, chunk_labels))
-            codes = torch.cat(codes).flatten(1)  # spatial codes as vectors
+            codes = torch.cat([model.encode(*chunk) for chunk in chunks]).flatten(1)  # spatial codes as vectors
             drawn["latent_map"] = latent_map(
                 codes, labels[:latent_map_size], projection, class_names=class_names, title=title, seed=seed
             )
@@ -180,11 +168,9 @@ def interpolation_grid(
 
     Args:
         model: the autoencoder (``encode`` and ``decode``).
-        starts: ``[P, C, H, W]`` first images of the pairs.
-        ends: ``[P, C, H, W]`` second images.
+        starts, ends: ``[P, C, H, W]`` first and second images of the pairs.
         steps: decoded points from the start code to the end code, both included.
-        start_labels: labels of ``starts``, for a conditional model, which decodes the whole row with them.
-        end_labels: labels of ``ends``, for a conditional model.
+        start_labels, end_labels: their labels, for a conditional model (which decodes a row with the start's).
     """
     check_number("interpolation steps", steps, "[2, inf)", integer=True)  # the two ends and what lies between
     z_start, z_end = model.encode(starts, start_labels), model.encode(ends, end_labels)
@@ -214,25 +200,23 @@ def project_2d(codes: Tensor, method: Projection = "pca", seed: int = 0) -> Tens
         if codes.shape[1] > 2:
             raise ValueError(f"projection 'none' needs codes of at most 2 dimensions, got {codes.shape[1]}")
         return torch.nn.functional.pad(codes, (0, 2 - codes.shape[1]))
-    if len(codes) < 2 and method in ("pca", "tsne"):
+    if method not in ("pca", "tsne"):
+        raise ValueError(f"projection must be 'pca', 'tsne' or 'none', got {method!r}")
+    if len(codes) < 2:
         raise ValueError(f"a {method} projection needs at least 2 codes, got {len(codes)}")
-    if method in ("pca", "tsne") and bool((codes == codes[0]).all()):
+    if bool((codes == codes[0]).all()):
         return torch.zeros(len(codes), 2)  # t-SNE's PCA start would divide by their zero spread (scikit-learn crashes)
     if method == "pca":
         _, _, components = torch.pca_lowrank(codes, q=2, center=True)
         return (codes - codes.mean(0)) @ components
-    if method == "tsne":
-        from sklearn.manifold import TSNE  # imported here: it is slow to import and only evaluation uses it
-        from threadpoolctl import threadpool_limits
+    from sklearn.manifold import TSNE  # imported here: it is slow to import and only evaluation uses it
+    from threadpoolctl import threadpool_limits
 
-        perplexity = min(30.0, (len(codes) - 1) / 3)
-        tsne = TSNE(2, perplexity=perplexity, init="pca", random_state=seed)
-        # One OpenMP thread: on a shared, busy machine spinning OpenMP threads make t-SNE many times slower, and at a
-        # few thousand points one thread takes seconds.
-        with threadpool_limits(1, user_api="openmp"):
-            embedding = tsne.fit_transform(codes.numpy())
-        return torch.from_numpy(embedding).float()
-    raise ValueError(f"projection must be 'pca', 'tsne' or 'none', got {method!r}")
+    tsne = TSNE(2, perplexity=min(30.0, (len(codes) - 1) / 3), init="pca", random_state=seed)
+    # one OpenMP thread: on a busy machine spinning threads make t-SNE many times slower
+    with threadpool_limits(1, user_api="openmp"):
+        embedding = tsne.fit_transform(codes.numpy())
+    return torch.from_numpy(embedding).float()
 
 
 def latent_map(

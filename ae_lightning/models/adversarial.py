@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ae_lightning.base import Batch, DeterministicAutoencoder, check_sample_count
+from ae_lightning.blocks.networks import mlp_layers
 from ae_lightning.lightning_internals import uncounted_optimizer_step
 from datamodules.checks import NonNegativeFloat, PositiveFloat, PositiveInt
 
@@ -22,8 +23,7 @@ Prior = Literal["normal", "mixture"]
 
 
 class Discriminator(nn.Sequential):
-    """An MLP ``latent_dim -> *hidden_dims -> 1`` with LeakyReLU(0.2): the logit that a code is real (a prior sample
-    here, a code of q(z) rather than of the product of its marginals in the FactorVAE).
+    """An MLP ``latent_dim -> *hidden_dims -> 1`` with LeakyReLU(0.2): the logit that a code is real.
 
     Args:
         latent_dim: size of the code.
@@ -31,10 +31,7 @@ class Discriminator(nn.Sequential):
     """
 
     def __init__(self, latent_dim: int, hidden_dims: Sequence[int]) -> None:
-        layers: list[nn.Module] = []
-        for fan_in, fan_out in zip([latent_dim, *hidden_dims[:-1]], hidden_dims):
-            layers += [nn.Linear(fan_in, fan_out), nn.LeakyReLU(0.2)]
-        super().__init__(*layers, nn.Linear(hidden_dims[-1] if hidden_dims else latent_dim, 1))
+        super().__init__(*mlp_layers([latent_dim, *hidden_dims, 1], lambda: nn.LeakyReLU(0.2)))
 
 
 def discriminator_terms(discriminator: nn.Module, real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor]:
@@ -169,16 +166,12 @@ class AdversarialAutoencoder(DeterministicAutoencoder):
     def configure_optimizers(self) -> list[dict[str, Any]]:
         """The autoencoder's, the discriminator's and the generator's (encoder) optimizers, in this order."""
         autoencoder = [*self.encoder.parameters(), *self.decoder.parameters()]
+        discriminator = self.discriminator_optimizer_factory, self.discriminator_lr_scheduler_factory
+        generator = self.generator_optimizer_factory, self.lr_scheduler_factory
         return [
             self.build_optimizer(autoencoder, self.optimizer_factory, self.lr_scheduler_factory),
-            self.build_optimizer(
-                self.discriminator.parameters(),
-                self.discriminator_optimizer_factory,
-                self.discriminator_lr_scheduler_factory,
-            ),
-            self.build_optimizer(
-                self.encoder.parameters(), self.generator_optimizer_factory, self.lr_scheduler_factory
-            ),
+            self.build_optimizer(self.discriminator.parameters(), *discriminator),
+            self.build_optimizer(self.encoder.parameters(), *generator),
         ]
 
 

@@ -114,11 +114,8 @@ class AutoDecoder(DeterministicAutoencoder):
 
     # --- the public API ---------------------------------------------------------------------------------------------
     def encode(self, x: Tensor, y: Tensor | None = None, steps: int | None = None) -> Tensor:
-        """Codes of images ``x`` fitted with the decoder frozen; ``steps`` defaults to ``inference_steps``.
-
-        Every call fits anew, except within one test or predict batch, which encodes the same images more than once.
-        Images of another shape or dtype, or a negative ``steps``, are a ValueError naming them.
-        """
+        """Codes of images ``x`` fitted anew (but within a test or predict batch) with the decoder frozen for ``steps``
+        (default ``inference_steps``); images of another shape or dtype, or a negative ``steps``, are a ValueError."""
         steps = self.inference_steps if steps is None else steps
         check_number("steps", steps, "[0, inf)", integer=True)
         if not isinstance(x, Tensor) or not x.is_floating_point():

@@ -25,19 +25,9 @@ _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm
 
 
 def encode_with_contraction(encoder: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
-    """The codes ``encoder(x)`` and, per image, the squared Frobenius norm of the encoder's Jacobian at it.
-
-    An MLP encoder (an ``nn.Sequential`` of ``Flatten``, ``Linear``, ReLU/sigmoid/tanh, dropout in eval mode; none of
-    them a subclass overriding ``forward``, no forward hooks) gets the norm in closed form from the forward
-    pass; any other encoder an exact, slower ``vmap(jacrev)`` (``docs/internals.md``).
-
-    Args:
-        encoder: the encoder network.
-        x: ``[B, ...]`` inputs.
-
-    Returns:
-        ``[B, latent_dim]`` codes and ``[B]`` squared Frobenius norms, both differentiable.
-    """
+    """The codes ``[B, latent_dim]`` of ``encoder(x)`` and, per image, the squared Frobenius norm ``[B]`` of the
+    encoder's Jacobian at it, both differentiable: in closed form for a plain ``nn.Sequential`` MLP encoder, else by
+    ``vmap(jacrev)`` (``docs/internals.md``)."""
     layers = _closed_form_layers(encoder)
     if layers is None:
         return encoder(x), jacobian_frobenius_norm_autodiff(encoder, x)
@@ -66,9 +56,8 @@ def jacobian_frobenius_norm_autodiff(encoder: nn.Module, x: Tensor) -> Tensor:
 
 
 def _closed_form_layers(encoder: nn.Module) -> list[nn.Module] | None:
-    """The encoder's layers if the closed form covers it (see :func:`encode_with_contraction`), else None."""
-    # The closed form runs the layers itself: only a container whose call is exactly that qualifies (not a subclass
-    # with a forward of its own, nor one whose or whose layers' hooks could change an input or an output).
+    """The layers of an ``nn.Sequential`` of ``Flatten``, ``Linear``, ReLU/sigmoid/tanh and inactive dropout, none
+    overriding ``forward`` or with forward hooks (the closed form runs the layers itself), else None."""
     if not _runs_as(encoder, nn.Sequential) or any(map(has_forward_hooks, [encoder, *encoder])):
         return None
     layers = list(encoder)
@@ -111,11 +100,8 @@ def _chain_frobenius_norm(weights: list[Tensor], derivatives: list[Tensor | None
 
 
 class ContractiveAutoencoder(DeterministicAutoencoder):
-    """An autoencoder penalized by the squared Frobenius norm of its encoder's Jacobian, ``||dz/dx||_F^2``.
-
-    The loss is ``recon + contractive_weight * contraction``, with ``contraction`` the batch mean of the per-image
-    norm, computed as :func:`encode_with_contraction` describes (in closed form for the MLP encoder). The code is
-    thereby made locally insensitive to input directions the reconstruction does not need.
+    """An autoencoder penalized by the squared Frobenius norm of its encoder's Jacobian, ``||dz/dx||_F^2``: the loss
+    is ``recon + contractive_weight * contraction``, the batch mean of :func:`encode_with_contraction`'s norms.
 
     Args:
         contractive_weight: weight of the penalty, >= 0.

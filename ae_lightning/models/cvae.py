@@ -23,10 +23,8 @@ class ConditionalVAE(VAE):
     """The VAE of :class:`~ae_lightning.models.vae.VAE` with q(z | x, y) and p(x | z, y) for the label y.
 
     The label enters as a one-hot vector joined to the decoder's code and to the encoder's input (to the flattened
-    image for the MLP, as constant channels for the convolutional encoder). Loss, KL warm-up, test-time bound and
-    anomaly score are the VAE's, each given the batch's labels; the prior p(z) stays the standard normal.
-    ``encode(x, y)``, ``decode(z, y)`` and ``forward(x, y)`` need the labels; ``sample(n, y)`` draws images of
-    classes ``y`` (by default the classes in turn).
+    image for the MLP, as constant channels for the convolutional encoder); the prior stays the standard normal.
+    ``encode(x, y)``, ``decode(z, y)`` and ``forward(x, y)`` need the labels.
 
     Args:
         num_classes: number of labels; labels lie in ``0 .. num_classes - 1``.
@@ -43,12 +41,11 @@ class ConditionalVAE(VAE):
         self.num_classes = num_classes
 
     def build_encoder(self) -> nn.Module:
-        hp, classes = self.hparams, self.hparams.num_classes
-        if hp.network == "conv":
-            channels, height, width = self.input_shape
-            shape: tuple[int, ...] = (channels + classes, height, width)
+        hp = self.hparams
+        if hp.network == "conv":  # the one-hot label as constant channels
+            shape = (self.input_shape[0] + hp.num_classes, *self.input_shape[1:])
         else:
-            shape = (math.prod(self.input_shape) + classes,)
+            shape = (math.prod(self.input_shape) + hp.num_classes,)
         return networks.build_encoder(hp.network, shape, hp.hidden_dims, 2 * self.latent_dim)
 
     def build_decoder(self) -> nn.Module:
@@ -87,7 +84,7 @@ class ConditionalVAE(VAE):
     def sample(self, n: int, y: Tensor | Sequence[int] | int | None = None) -> Tensor:
         """``n`` images of the classes ``y``: ``n`` labels (a tensor ``[n]`` or a list), one label for all (an int or a
         0-d tensor); by default the classes in turn, 0, 1, 2, ..."""
-        check_sample_count(n)  # before the labels are made or checked
+        check_sample_count(n)
         if y is None:
             y = torch.arange(n) % self.num_classes
         try:

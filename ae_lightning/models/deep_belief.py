@@ -16,25 +16,16 @@ from torch.optim import Optimizer
 
 from ae_lightning.base import Batch, DeterministicAutoencoder, unpack_batch
 from ae_lightning.blocks import losses, rbm
+from ae_lightning.blocks.networks import mlp_layers
 from datamodules.checks import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 Pretrain = Literal["rbm", "none"]
 
 
-def logistic_stack(sizes: list[int]) -> nn.Sequential:
-    """Linear layers ``sizes[0] -> ... -> sizes[-1]`` with logistic units between them and none after the last."""
-    layers: list[nn.Module] = []
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(fan_in, fan_out))
-        if i < len(sizes) - 2:
-            layers.append(nn.Sigmoid())
-    return nn.Sequential(*layers)
-
-
 def rbm_phase(epoch: int, pretrain_epochs: int, rbms: int) -> int | None:
     """The RBM (from 0, bottom up) that ``epoch`` pretrains with ``pretrain_epochs`` per RBM, or None: fine-tuning."""
-    index = epoch // pretrain_epochs if pretrain_epochs else None
-    return index if index is not None and index < rbms else None
+    index = epoch // pretrain_epochs if pretrain_epochs else rbms
+    return index if index < rbms else None
 
 
 class DeepBeliefAutoencoder(DeterministicAutoencoder):
@@ -104,11 +95,11 @@ class DeepBeliefAutoencoder(DeterministicAutoencoder):
 
     def build_encoder(self) -> nn.Module:
         """The RBM stack, bottom up: logistic layers to a linear code."""
-        return nn.Sequential(nn.Flatten(), *logistic_stack(self.layer_sizes()))
+        return nn.Sequential(nn.Flatten(), *mlp_layers(self.layer_sizes(), nn.Sigmoid))
 
     def build_decoder(self) -> nn.Module:
         """The stack unrolled: logistic layers from the code back to pixel logits."""
-        return nn.Sequential(*logistic_stack(self.layer_sizes()[::-1]), nn.Unflatten(1, self.input_shape))
+        return nn.Sequential(*mlp_layers(self.layer_sizes()[::-1], nn.Sigmoid), nn.Unflatten(1, self.input_shape))
 
     def rbm_layers(self) -> list[nn.Linear]:
         """The encoder's linear layers, bottom up: RBM ``i``'s weights and hidden biases."""

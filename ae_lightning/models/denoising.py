@@ -30,9 +30,8 @@ def corrupt(
 
     Args:
         x: ``[B, C, H, W]`` images in [0, 1].
-        corruption: ``gaussian`` adds N(0, level^2) noise to every pixel and clips to [0, 1]; ``masking`` sets each
-            pixel to 0 with probability ``level``; ``salt_and_pepper`` sets each pixel with probability ``level`` to
-            0 or 1 (equally likely).
+        corruption: ``gaussian`` adds N(0, level^2) noise (clipped); ``masking`` sets each pixel to 0 with
+            probability ``level``, ``salt_and_pepper`` to 0 or 1 (equally likely).
         level: the noise std (``gaussian``) or the fraction of pixels hit (``masking``, ``salt_and_pepper``).
         generator: random generator on ``x``'s device, for a reproducible corruption; the global one when None.
         clip: clip Gaussian noise to [0, 1] (False for feature vectors).
@@ -53,16 +52,13 @@ def corrupt(
 
 
 class DenoisingAutoencoder(RestorationAutoencoder):
-    """Reconstructs the clean input from a corrupted copy (:class:`RestorationAutoencoder`).
-
-    ``test`` reports the mean per-image PSNR (dB) and SSIM of the denoised corrupted test images against the clean
-    ones (``test/psnr_denoised``, ``test/ssim_denoised``) and of the corrupted images themselves
-    (``test/psnr_noisy``, ``test/ssim_noisy``): the gain of denoising is the difference.
+    """Reconstructs the clean input from a corrupted copy (:class:`RestorationAutoencoder`); ``test`` reports PSNR
+    and SSIM of the denoised (``test/psnr_denoised``, ``test/ssim_denoised``) and of the corrupted images
+    (``test/psnr_noisy``, ``test/ssim_noisy``).
 
     Args:
         corruption: ``gaussian``, ``masking`` or ``salt_and_pepper`` (see :func:`corrupt`).
-        corruption_level: the Gaussian noise std (>= 0), or the fraction of pixels masked or hit by salt and pepper,
-            in [0, 1).
+        corruption_level: the Gaussian noise std (>= 0), or the fraction of pixels hit, in [0, 1).
         **kwargs: the :class:`~ae_lightning.base.DeterministicAutoencoder` arguments.
     """
 

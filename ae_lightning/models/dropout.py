@@ -13,16 +13,13 @@ from datamodules.checks import Fraction
 
 
 class DropoutAutoencoder(Autoencoder):
-    """The plain autoencoder with dropout on the input pixels and/or after every hidden layer, in training only.
-
-    Input dropout zeroes pixels and scales the others by ``1 / (1 - input_dropout)`` while the target stays the clean
-    image, so it is a denoising autoencoder with masking noise up to that scale; hidden dropout regularizes the
-    networks themselves. At evaluation time both are off.
+    """The plain autoencoder with dropout on the input pixels and/or after every hidden layer, in training only
+    (input dropout against the clean target: masking noise, scaled).
 
     Args:
         input_dropout: dropout rate on the input pixels, in [0, 1).
-        dropout: dropout rate after each hidden layer of the built encoder and decoder, in [0, 1); must be 0 when
-            an ``encoder`` or ``decoder`` is given (put dropout layers in it).
+        dropout: dropout rate after each hidden layer of the built networks, in [0, 1); 0 with a given ``encoder``
+            or ``decoder`` (put dropout layers in it).
         **kwargs: the :class:`~ae_lightning.models.autoencoder.Autoencoder` arguments.
     """
 

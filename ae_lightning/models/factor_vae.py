@@ -24,9 +24,8 @@ class FactorVAE(VAE):
     """The VAE trained on ``recon + w * kl + tc_weight * tc`` with ``tc``, the batch mean of the discriminator's
     logit ``log D(z) / (1 - D(z))``, a density-ratio estimate of the total correlation of q(z).
 
-    Each batch takes, under manual optimization, a step of encoder and decoder (the discriminator frozen), then a step
-    of the discriminator on the batch's codes (label 1) against the same codes with every dimension permuted across
-    the batch (label 0), as in Kim & Mnih's Algorithm 1 (which permutes a second batch); ``global_step`` counts
+    Each batch takes a step of encoder and decoder (the discriminator frozen), then one of the discriminator on the
+    batch's codes (1) against them with every dimension permuted across the batch (0); ``global_step`` counts
     batches. Logged: ``recon``, ``kl``, ``tc``, ``d_loss`` and ``d_accuracy``.
 
     Args:

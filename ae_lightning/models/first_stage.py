@@ -1,11 +1,6 @@
 """Autoencoders with spatial codes and the perceptual-adversarial training recipe of VQGAN (Esser et al. 2021,
 "Taming Transformers for High-Resolution Image Synthesis") and of latent diffusion's first stage (Rombach et al. 2022,
-"High-Resolution Image Synthesis with Latent Diffusion Models").
-
-The loss is a pixel reconstruction term, ``perceptual_weight`` times LPIPS, the bottleneck's own term (commitment,
-KL) and, from step ``disc_start`` on, ``adversarial_weight`` times an adaptive weight times the generator loss of a
-PatchGAN. With a discriminator, each batch takes one step of the autoencoder (the step ``global_step`` counts), then
-one of the discriminator, under manual optimization; validation and test losses leave the adversarial term out.
+"High-Resolution Image Synthesis with Latent Diffusion Models"); the recipe: ``docs/quantized.md``.
 """
 
 from __future__ import annotations
@@ -45,8 +40,7 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
         pixel_loss: ``l1``, ``mse`` (on the pixel means) or ``bce`` (on the logits), averaged over pixels.
         perceptual_weight: weight of the LPIPS distance (gray or RGB images); 0: none (its settings keep defaults).
         perceptual_network, perceptual_pretrained: the LPIPS trunk (``alex``, ``vgg``, ``squeeze``); its weights.
-        adversarial_weight: weight of the generator loss; 0: no discriminator (its settings but the optimizer keep
-            their defaults).
+        adversarial_weight: weight of the generator loss; 0: no discriminator (its settings but the optimizer unset).
         adversarial_loss: ``hinge`` or ``non_saturating``.
         adaptive_weight: scale the generator loss by the ratio of gradient norms at the decoder's last layer.
         disc_start: the step from which the adversarial term and discriminator steps apply.
@@ -115,9 +109,8 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> FirstStageAutoencoder:
-        """Lightning's ``load_from_checkpoint``, but LPIPS is built without its pretrained weights (nothing is
-        downloaded, so it works offline): the checkpoint holds all of them, and the strict load (the default)
-        refuses one that lacks them."""
+        """Lightning's ``load_from_checkpoint``, with LPIPS's weights from the checkpoint alone (nothing downloaded);
+        the strict load (the default) refuses a checkpoint that lacks them."""
         with weights_from_checkpoint():
             return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
@@ -146,29 +139,22 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
 
     # --- the public API ---------------------------------------------------------------------------------------------
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """Codes ``[B, latent_dim, H / f, W / f]`` of images ``x`` of any size f divides (the default encoder refuses
-        others): what the decoder takes (labels ``y`` unused). The bottleneck runs as in evaluation whatever the mode
-        (the posterior's mean, the nearest codes; no codebook update): the same codes for the same images."""
+        """Codes ``[B, latent_dim, H / f, W / f]`` of images ``x`` whose sides f divides (labels ``y`` unused), with
+        the bottleneck in evaluation mode whatever the model's (no codebook update): the same images, the same codes."""
         h = self.encoder(x)
         with self.evaluating_bottleneck():
             return self.bottleneck(h)[0]
 
-    @contextlib.contextmanager
-    def evaluating_bottleneck(self) -> Iterator[None]:
+    def evaluating_bottleneck(self) -> contextlib.AbstractContextManager[None]:
         """Every module in evaluation mode within, each restored to its own mode after."""
-        modes = [(module, module.training) for module in self.modules()]
-        self.train(False)
-        try:
-            yield
-        finally:
-            for module, mode in modes:  # as they were (``train`` would recurse, and LPIPS stays in eval)
-                module.training = mode
+        return evaluating(self)
 
     # --- losses -----------------------------------------------------------------------------------------------------
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
-        return self._terms_and_reconstruction(x)[0]
+        return self.test_terms(x, labels, indices)[0]
 
-    def _terms_and_reconstruction(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+    def test_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        # Also the test step's: its reconstruction is the one scored (evaluation codes are deterministic).
         terms, reconstruction = self.autoencoder_terms(x)
         if self.adversarial_weight:
             logits_fake = self.discriminator(reconstruction)
@@ -196,14 +182,12 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
 
     def discriminator_loss(self, x: Tensor, reconstruction: Tensor) -> Tensor:
         """The discriminator's loss on images ``x`` (real) and reconstructions (fake, detached)."""
-        real, fake = self.discriminator(x), self.discriminator(reconstruction.detach())
-        if self.adversarial_loss == "hinge":
-            return losses.hinge_discriminator_loss(real, fake)
-        return losses.non_saturating_discriminator_loss(real, fake)
+        hinge = self.adversarial_loss == "hinge"
+        loss = losses.hinge_discriminator_loss if hinge else losses.non_saturating_discriminator_loss
+        return loss(self.discriminator(x), self.discriminator(reconstruction.detach()))
 
     def last_layer_weight(self) -> Tensor:
-        """The weight of the decoder's last layer (its ``last_layer`` if it names one, else its last weight matrix or
-        kernel), where the adaptive weight compares gradients."""
+        """Where the adaptive weight compares gradients: the decoder's ``last_layer``'s weight, else its last kernel."""
         last = getattr(self.decoder, "last_layer", None)
         if isinstance(last, nn.Module) and isinstance(getattr(last, "weight", None), Tensor):
             return last.weight
@@ -225,8 +209,7 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
         terms, reconstruction = self.autoencoder_terms(x)
         loss = terms["loss"]
         if adversarial:
-            # The generator's view of the discriminator; its gradients reach the discriminator's weights but are
-            # zeroed before the discriminator's own step.
+            # Its gradients reach the discriminator's weights too, but are zeroed before the discriminator's step.
             g_loss = losses.generator_adversarial_loss(self.discriminator(reconstruction), self.adversarial_loss)
             weight = torch.ones((), device=x.device)
             if self.adaptive_weight:
@@ -260,28 +243,18 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
             )
 
     def configure_optimizers(self) -> Any:
-        frozen = {id(p) for p in self.perceptual.parameters()} if self.perceptual is not None else set()
         discriminator = getattr(self, "discriminator", None)
-        frozen |= {id(p) for p in discriminator.parameters()} if discriminator is not None else set()
+        frozen = {
+            id(p) for module in (self.perceptual, discriminator) if module is not None for p in module.parameters()
+        }
         autoencoder = [p for p in self.parameters() if id(p) not in frozen]
         built = self.build_optimizer(autoencoder, self.optimizer_factory, self.lr_scheduler_factory)
         if discriminator is None:
             return built
-        return [
-            built,
-            self.build_optimizer(
-                discriminator.parameters(),
-                self.discriminator_optimizer_factory,
-                self.discriminator_lr_scheduler_factory,
-            ),
-        ]
+        factories = self.discriminator_optimizer_factory, self.discriminator_lr_scheduler_factory
+        return [built, self.build_optimizer(discriminator.parameters(), *factories)]
 
     # --- evaluation -------------------------------------------------------------------------------------------------
-    def test_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        # The loss's reconstruction is the one scored (evaluation codes are deterministic: the posterior's mean, the
-        # quantized code), so a test batch is encoded and decoded once.
-        return self._terms_and_reconstruction(x)
-
     def test_metrics(
         self, x: Tensor, y: Tensor | None = None, reconstruction: Tensor | None = None
     ) -> dict[str, Tensor]:
@@ -309,8 +282,7 @@ _READ_WITH = {
 
 def check_unread_settings(settings: dict[str, Any]) -> None:
     """Raise a ValueError naming the setting if one of ``settings`` (:class:`FirstStageAutoencoder`'s arguments)
-    differs from its default while the weight that makes it read (``adversarial_weight``, ``perceptual_weight``)
-    is 0."""
+    differs from its default while the weight that makes it read is 0."""
     defaults = inspect.signature(FirstStageAutoencoder.__init__).parameters
     for weight, names in _READ_WITH.items():
         for name in names if not settings[weight] else ():
@@ -322,9 +294,20 @@ def check_unread_settings(settings: dict[str, Any]) -> None:
                 )
 
 
+@contextlib.contextmanager
+def evaluating(module: nn.Module) -> Iterator[None]:
+    """``module`` and all its submodules in eval mode within, each restored to its own mode after."""
+    modes = [(submodule, submodule.training) for submodule in module.modules()]
+    module.train(False)
+    try:
+        yield
+    finally:
+        for submodule, mode in modes:  # not ``train``, which would recurse (and LPIPS stays in eval)
+            submodule.training = mode
+
+
 def check_discriminator_depth(layers: int, size: Sequence[int]) -> None:
-    """Raise a ValueError naming the deepest PatchGAN that fits if one of ``layers`` cannot take images of ``size``
-    (height, width): its convolutions would run out of pixels at the first adversarial step."""
+    """Raise a ValueError naming the deepest PatchGAN that fits if one of ``layers`` cannot take images of ``size``."""
     height, width = size
     if min(size) >= min_image_size(layers):
         return
@@ -336,4 +319,4 @@ def check_discriminator_depth(layers: int, size: Sequence[int]) -> None:
     )
 
 
-__all__ = ["FirstStageAutoencoder", "check_discriminator_depth", "check_unread_settings"]
+__all__ = ["FirstStageAutoencoder", "check_discriminator_depth", "check_unread_settings", "evaluating"]

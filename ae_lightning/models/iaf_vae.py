@@ -4,7 +4,6 @@ Inverse Autoregressive Flow"): the diagonal Gaussian's sample passes through MAD
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,22 +19,18 @@ from datamodules.checks import PositiveInt
 class IAFVAE(VAE):
     """The VAE with ``z = f_T(... f_1(mu + sigma * eps))``, each ``f_t`` an IAF step, and
     ``log q(z | x) = log N(eps) - sum log sigma - sum_t log |det df_t|``; trained on ``recon + w * kl`` with ``kl``
-    the single-sample estimate of :meth:`elbo_terms` (``iw_samples: k``: the IWAE bound); ``test/nll`` is the
-    importance-weighted bound with this posterior as proposal. ``encode`` gives the flow of the Gaussian's mean.
-    Each step also sees the image's context ``h = [mu, log sigma^2]``, so that the flow is the image's own, as the
-    encoder's ``h`` of Kingma et al. makes it; the flow reads the context without passing a gradient back to the
-    encoder (``docs/disentanglement.md`` compares both).
+    the single-sample estimate of :meth:`elbo_terms` (``iw_samples: k``: the IWAE bound). ``encode`` gives the flow
+    of the Gaussian's mean. Each step also sees the context ``h = [mu, log sigma^2]``, detached from the encoder.
 
     Args:
         flow_steps: the number of IAF steps T, >= 1.
         flow_hidden_dims: widths of each step's MADE hidden layers.
         forget_bias: each step's gate bias (the paper: 1 to 2), so that the flow starts near the identity.
-        flow_context: give the steps the context ``h``; False: one flow for every image (the checkpoints of
-            releases before the context).
+        flow_context: give the steps the context ``h``; False: one flow for every image (older checkpoints).
         **kwargs: the :class:`~ae_lightning.models.vae.VAE` arguments.
     """
 
-    closed_form_kl = False  # no closed form: :meth:`elbo_terms` estimates the KL from the posterior sample
+    closed_form_kl = False
     flat_codes_only = "its autoregressive flow orders the elements of a flat code [latent_dim]"
 
     def __init__(
@@ -64,7 +59,7 @@ class IAFVAE(VAE):
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The flow of the Gaussian's mean."""
         mu, logvar = self.posterior_parameters(x)
-        return self.flow(mu, self._context(mu, logvar))[0]
+        return self.posterior_flow(mu, mu, logvar)[0]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -84,24 +79,15 @@ class IAFVAE(VAE):
 
     def elbo_terms(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The negative log-likelihood of one sample ``z_T`` of the flow and its KL estimated as ``KL(q_0 || p)`` in
-        closed form plus ``log p(z_0) - log p(z_T) - log |det|`` (``q_0`` the Gaussian the flow starts from): the
-        expectation of ``log q(z_T | x) - log p(z_T)``, with none of its sampling noise where the flow is the identity
-        (``docs/disentanglement.md`` measures what that noise cost)."""
+        closed form plus ``log p(z_0) - log p(z_T) - log |det|`` (``q_0`` the Gaussian the flow starts from)."""
         mu, logvar = self.posterior_parameters(x, y)
         z_0 = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        z, log_det = self.flow(z_0, self._context(mu, logvar))
-        log_ratio = self.prior_log_prob(z_0.float()) - self.prior_log_prob(z.float()) - log_det.float()
+        z, log_det = self.posterior_flow(z_0, mu, logvar)
+        log_ratio = self.prior_log_prob(z_0.float()) - self.prior_log_prob(z.float()) - log_det
         return -self.log_likelihood(self.decoder_logits(z, y).float(), x), self.kl_divergence(mu, logvar) + log_ratio
 
-    def log_densities(
-        self, x: Tensor, mu: Tensor, logvar: Tensor, num_samples: int, y: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """log p(x | z_k), log p(z_k) and log q(z_k | x) ``[num_samples, B]`` for ``z_k`` drawn through the flow."""
-        eps = torch.randn(num_samples, *mu.shape, device=mu.device, dtype=mu.dtype)
+    def posterior_flow(self, z: Tensor, mu: Tensor, logvar: Tensor) -> tuple[Tensor, Tensor]:
+        """Samples ``z`` ``[..., B, D]`` of ``q_0`` through the flow, and its ``log |det|`` (float32) per sample."""
         context = self._context(mu, logvar)
-        context = context.expand(num_samples, *context.shape) if context is not None else None
-        z, log_det = self.flow(mu + eps * torch.exp(0.5 * logvar), context)
-        logits = self.decoder(z.flatten(0, 1)).unflatten(0, (num_samples, len(x)))
-        log_q = (-0.5 * eps.float().pow(2) - 0.5 * math.log(2 * math.pi)).sum(-1) - (0.5 * logvar.float()).sum(-1)
-        log_q = log_q - log_det.float()
-        return self.log_likelihood(logits.float(), x), self.prior_log_prob(z.float()), log_q
+        z, log_det = self.flow(z, None if context is None else context.expand(*z.shape[:-1], -1))
+        return z, log_det.float()

@@ -1,6 +1,5 @@
-"""InfoVAE (Zhao et al. 2017, "InfoVAE: Balancing Learning and Inference in Variational Autoencoders") with the
-MMD divergence, and the Wasserstein autoencoder WAE-MMD (Tolstikhin et al. 2018, "Wasserstein Auto-Encoders") as its
-case with a deterministic encoder and no KL term.
+"""InfoVAE (Zhao et al. 2017, "InfoVAE: Balancing Learning and Inference in Variational Autoencoders") with the MMD,
+and WAE-MMD (Tolstikhin et al. 2018, "Wasserstein Auto-Encoders"), its case without noise or KL term.
 """
 
 from __future__ import annotations
@@ -21,9 +20,8 @@ AtMostOne = number_type("(-inf, 1]")
 class InfoVAE(VAE):
     """The VAE trained on ``recon + (1 - alpha) w kl + (alpha + lambda_weight - 1) mmd`` (Zhao et al. 2017, eq. 6
     with D = MMD), ``mmd`` the unbiased MMD^2 between the batch's codes and as many standard-normal draws; ``w`` is
-    ``beta`` times the KL warm-up. ``alpha: 1`` drops the KL (the MMD-VAE); with ``deterministic: true`` the code is
-    the encoder's mean, the WAE-MMD of Tolstikhin et al. 2018 (there ``test/nll`` means little: the posterior's
-    variance is never trained; the anomaly score is ``recon`` of that code, not the sampled negative ELBO).
+    ``beta`` times the KL warm-up. With ``deterministic: true`` the code is the encoder's mean (the WAE-MMD: its
+    ``test/nll`` means little; the anomaly score is ``recon`` of that code).
 
     Args:
         alpha: the paper's alpha, <= 1: the KL term's weight is ``1 - alpha``.

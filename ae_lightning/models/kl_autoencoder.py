@@ -1,6 +1,5 @@
 """The KL-regularized autoencoder of latent diffusion's first stage (Rombach et al. 2022, "High-Resolution Image
-Synthesis with Latent Diffusion Models", section 3): a diagonal-Gaussian posterior over a spatial code, held near the
-standard normal by a KL term of small weight (about 1e-6), trained with the perceptual-adversarial recipe.
+Synthesis with Latent Diffusion Models", section 3), trained with the perceptual-adversarial recipe.
 """
 
 from __future__ import annotations
@@ -22,16 +21,9 @@ class KLAutoencoder(FirstStageAutoencoder):
     a sample, :meth:`encode` returns the mean.
 
     The logged ``kl`` is per image (summed over the code); the loss adds ``kl_weight * kl / (C * H * W)`` to a pixel
-    loss averaged over the image's C * H * W values in [0, 1]. Latent diffusion's images are in [-1, 1], which doubles
-    its L1 (quadruples its MSE): with L1, the same weights here weigh the KL and LPIPS twice as heavily against the
-    pixel term as there; ``kl_weight`` and ``perceptual_weight`` halved (5e-7 and 0.5 for its 1e-6 and 1) give its
-    balance, up to an overall factor 1/2. (Checkpoints of releases before 2026-12-05 divided by H * W only, a KL C
-    times heavier for C > 1 channels: they resume with the corrected weight, with a warning.)
-
-    ``code_std`` (logged) is the standard deviation of a batch's codes over all their elements (the decoder's input:
-    samples in training, the means of :meth:`encode` in validation and test), averaged over batches: a diffusion
-    model on the codes scales them by ``1 / code_std``, latent diffusion's ``scale_factor`` (0.18215 for Stable
-    Diffusion's KL-f8, from one batch's samples).
+    loss averaged over the image's C * H * W values in [0, 1] (latent diffusion's are in [-1, 1]: docs/family.md).
+    ``code_std`` (logged) is the standard deviation of a batch's codes (the decoder's input), averaged over batches:
+    latent diffusion's ``scale_factor`` is ``1 / code_std``.
 
     Args:
         kl_weight: weight of the KL term, >= 0.
@@ -56,7 +48,7 @@ class KLAutoencoder(FirstStageAutoencoder):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["ae_lightning_kl_per"] = "value"  # of the image's C * H * W
+        checkpoint["ae_lightning_kl_per"] = "value"  # the KL per C * H * W (before 2026-12-05: per H * W)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)

@@ -1,10 +1,5 @@
 """A prior over the codes of a frozen quantized autoencoder: the second stage of VQ-VAE (van den Oord et al. 2017,
-section 3.2, there a PixelCNN) and VQGAN (Esser et al. 2021, a transformer), here a small causal transformer over
-the code indices in raster order.
-
-With its tokenizer the prior is a generative model of images (``sample(n)``) and a probability model of their codes:
-``test`` reports the codes' negative log-likelihood in bits per image and per pixel, the size an entropy coder
-reaches (``scripts/compress.py``).
+section 3.2) and VQGAN (Esser et al. 2021), here a small causal transformer over the code indices in raster order.
 """
 
 from __future__ import annotations
@@ -56,15 +51,12 @@ class CodePrior(AutoencoderModule):
     :class:`~ae_lightning.models.quantized.QuantizedAutoencoder` (the tokenizer), in raster order with the residual
     levels of one position adjacent.
 
-    ``encode`` gives the tokens ``[B, L]`` (``latent_shape`` is ``(L,)``), ``decode`` the tokenizer's images of them,
-    ``sample(n)`` images of sampled tokens; the tokenizer is the prior's encoder and decoder. The loss is the tokens'
-    cross-entropy (nats per token); ``bits_per_image`` and ``bits_per_pixel`` are logged beside it. The checkpoint
-    holds the tokenizer, so :meth:`load_from_checkpoint` reads no tokenizer checkpoint; a prior built from
-    ``tokenizer`` refuses to restore a checkpoint whose tokenizer differs.
+    ``encode`` gives the tokens ``[B, L]`` (``latent_shape`` is ``(L,)``), ``decode`` the tokenizer's images of them.
+    The loss is the tokens' cross-entropy (nats per token), logged with ``bits_per_image`` and ``bits_per_pixel``.
+    The checkpoint holds the tokenizer; a prior built from ``tokenizer`` refuses a checkpoint whose tokenizer differs.
 
     Args:
-        tokenizer: checkpoint of the trained quantized autoencoder whose codes are modelled (read to build a new
-            prior; a loaded prior keeps it as the record of where its tokenizer came from).
+        tokenizer: checkpoint of the trained quantized autoencoder whose codes are modelled (a loaded prior's record).
         embed_dim: width of the transformer.
         num_layers: transformer layers.
         num_heads: attention heads.
@@ -119,10 +111,8 @@ class CodePrior(AutoencoderModule):
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> CodePrior:
-        """Lightning's ``load_from_checkpoint`` (``checkpoint_path`` a file or a file object, read once), the
-        tokenizer rebuilt from the checkpoint's record of it and its weights: the tokenizer's own checkpoint is not
-        read. It is read (at the path ``tokenizer`` the prior recorded, or one given as ``tokenizer=``) for a
-        checkpoint saved before priors kept that record; a FileNotFoundError naming both says so if it is missing."""
+        """Lightning's ``load_from_checkpoint``, the tokenizer rebuilt from the checkpoint; the tokenizer checkpoint
+        (recorded, or ``tokenizer=``) is read for an old one without that record (a FileNotFoundError if missing)."""
         data, checkpoint = _read_once(checkpoint_path, kwargs.get("weights_only"))
         record = checkpoint.get("ae_lightning_tokenizer_record")
         if record is None or "tokenizer" in kwargs:
@@ -136,9 +126,7 @@ class CodePrior(AutoencoderModule):
             del checkpoint
             return super().load_from_checkpoint(data, *args, **kwargs)
         weights = {
-            name.removeprefix("tokenizer."): value
-            for name, value in checkpoint["state_dict"].items()
-            if name.startswith("tokenizer.")
+            k.removeprefix("tokenizer."): v for k, v in checkpoint["state_dict"].items() if k.startswith("tokenizer.")
         }
         token = _REBUILT_TOKENIZER.set((_rebuild_tokenizer(record, weights), record))
         del checkpoint, weights  # Lightning loads its own copy
@@ -183,9 +171,8 @@ class CodePrior(AutoencoderModule):
 
     @torch.no_grad()
     def next_token_probabilities(self, tokens: Tensor, position: int) -> Tensor:
-        """``p(c_position | c_<position)`` ``[B, K]`` in float64. ``tokens [B, L]`` may hold anything at and after
-        ``position``: the computation sees the same full-length input whether the later tokens are known (encoding)
-        or not yet (decoding, sampling), so both sides of an entropy coder get identical numbers."""
+        """``p(c_position | c_<position)`` ``[B, K]`` in float64, whatever ``tokens [B, L]`` hold from ``position`` on
+        (both sides of an entropy coder get identical numbers)."""
         known = tokens.clone()
         known[:, position:] = 0
         return F.softmax(self.logits(known)[:, position].double(), dim=-1)
@@ -294,8 +281,8 @@ def _rebuild_tokenizer(record: dict[str, Any], weights: dict[str, Tensor]) -> Qu
 
 
 def _read_once(checkpoint: Any, weights_only: bool | None) -> tuple[io.BytesIO, dict[str, Any]]:
-    """The bytes of checkpoint file or file object ``checkpoint`` (from its position on), read once into memory for
-    Lightning to load, and the checkpoint they hold, loaded on the CPU to look into first."""
+    """The bytes of checkpoint file or file object ``checkpoint`` (from its position on), read once, and the
+    checkpoint they hold, loaded on the CPU."""
     if isinstance(checkpoint, (str, Path)):  # a local file or a URL (``s3://...``), as Lightning reads it
         with get_filesystem(checkpoint).open(str(checkpoint), "rb") as file:
             data = io.BytesIO(file.read())

@@ -22,12 +22,10 @@ from datamodules.checks import AtLeastTwo, Fraction, NonNegativeFloat, PositiveI
 class QuantizedAutoencoder(FirstStageAutoencoder):
     """Spatial codes quantized to a codebook: VQ-VAE, FSQ or residual VQ, with the optional VQGAN recipe.
 
-    Each position of the code map ``[B, latent_dim, h, w]`` becomes one of ``codebook_size`` codes (``Q`` of them,
-    one per level, for residual VQ); :meth:`encode_indices` and :meth:`decode_indices` map images to the indices
-    ``[B, Q, h, w]`` and back. Validation and test log the codebooks' health: ``codes_used``, ``perplexity`` and
-    ``dead_codes`` over the codes of the epoch's batches alone (images encoded meanwhile, e.g. to draw pictures, are
-    not counted), and test the fixed-length rate ``bits_per_pixel``. Under DDP the codebook learns from the codes of
-    every process (:meth:`configure_model`). A changed setting the chosen quantizer does not read is refused.
+    Each position of the code map ``[B, latent_dim, h, w]`` becomes one of ``codebook_size`` codes (``Q`` of them
+    for residual VQ); :meth:`encode_indices` and :meth:`decode_indices` map images to indices ``[B, Q, h, w]`` and
+    back. Validation and test log ``codes_used``, ``perplexity`` and ``dead_codes`` of the epoch's batches' codes,
+    test the rate ``bits_per_pixel``. A changed setting the chosen quantizer does not read is refused.
 
     Args:
         quantizer: ``vq``, ``fsq`` or ``residual_vq``.
@@ -66,12 +64,10 @@ class QuantizedAutoencoder(FirstStageAutoencoder):
             dead_code_threshold,
         )
         self.codebook_usage = CodebookUsage(self.quantizer.codebook_size, self.quantizer.num_codebooks)
-        self._counting_codes = False  # within an evaluation batch's loss (:meth:`_codes_counted`)
+        self._counting_codes = False  # within an evaluation batch's loss
 
     def configure_model(self) -> None:
-        """Under a multi-process ``torch.distributed`` group (DDP: Lightning calls this hook once the group exists,
-        before it wraps the model) the codebook's EMA updates, k-means initialization and dead-code replacement use the
-        codes of all processes (:meth:`SpatialQuantizer.synchronize_codebook`); in one process nothing changes."""
+        """Under DDP the codebook learns from the codes of every process (``docs/quantized.md``)."""
         if distributed.is_available() and distributed.is_initialized() and distributed.get_world_size() > 1:
             self.quantizer.synchronize_codebook()
         super().configure_model()
@@ -85,10 +81,9 @@ class QuantizedAutoencoder(FirstStageAutoencoder):
             logged["commitment"] = commitment.detach()
         return quantized, commitment, logged
 
-    # --- steps: the codebook usage counts the codes of the evaluation batches' loss --------------------------------
+    # --- steps: the codebook usage counts the codes of the evaluation batches' loss, not a callback's ----------------
     @contextlib.contextmanager
     def _codes_counted(self, counted: bool = True) -> Iterator[None]:
-        # Around the loss's own encode, once per batch; not around the encodes of a callback.
         self._counting_codes = counted
         try:
             yield
@@ -105,8 +100,7 @@ class QuantizedAutoencoder(FirstStageAutoencoder):
 
     # --- codes as indices -------------------------------------------------------------------------------------------
     def encode_indices(self, x: Tensor) -> Tensor:
-        """Code indices ``[B, Q, h, w]`` (int64) of images ``x`` (``Q`` = 1 but for residual VQ); as :meth:`encode`, the
-        codebook is not updated whatever the mode."""
+        """Code indices ``[B, Q, h, w]`` (int64) of images ``x``; as :meth:`encode`, the codebook never updates."""
         h = self.encoder(x)
         with self.evaluating_bottleneck():
             return self.quantizer(h)[1]
@@ -129,11 +123,10 @@ class QuantizedAutoencoder(FirstStageAutoencoder):
     def on_validation_epoch_start(self) -> None:
         self.codebook_usage.reset()
 
+    on_test_epoch_start = on_validation_epoch_start
+
     def on_validation_epoch_end(self) -> None:
         self._log_codebook_usage("val")
-
-    def on_test_epoch_start(self) -> None:
-        self.codebook_usage.reset()
 
     def on_test_epoch_end(self) -> None:
         self._log_codebook_usage("test")
@@ -151,8 +144,7 @@ class QuantizedAutoencoder(FirstStageAutoencoder):
         return {**super().test_metrics(x, y, reconstruction), "bits_per_pixel": x.new_tensor(rate)}
 
     def _predict_step(self, batch: Batch) -> dict[str, Tensor]:
-        # The base's outputs and the indices, of one encode and one decode.
-        x, labels, index = batch
+        x, labels, index = batch  # the base's outputs and the indices, of one encode and one decode
         z, codes, _ = self.quantizer(self.encoder(x))
         error = losses.mean_squared_error(self.decode(z, labels), x)
         score = self._anomaly_score(x, labels, error)

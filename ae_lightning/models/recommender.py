@@ -1,8 +1,5 @@
 """Autoencoders for collaborative filtering: Mult-VAE and Mult-DAE (Liang, Krishnan, Hoffman & Jebara 2018,
 "Variational Autoencoders for Collaborative Filtering").
-
-A user is the vector of the items they clicked; the model encodes it and decodes a multinomial distribution over all
-items, whose most probable unclicked items are the recommendations.
 """
 
 from __future__ import annotations
@@ -17,6 +14,7 @@ from torch import Tensor, nn
 
 from ae_lightning.base import AutoencoderModule, Batch, Stage, unpack_batch
 from ae_lightning.blocks import losses
+from ae_lightning.blocks.networks import mlp_layers
 from ae_lightning.evaluation.ranking import ranking_metrics
 from ae_lightning.lightning_internals import weighted_batch_size
 from datamodules.checks import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt
@@ -25,12 +23,7 @@ from datamodules.interactions import InteractionsDataModule
 
 def tanh_mlp(sizes: Sequence[int], tanh_last: bool = False) -> nn.Sequential:
     """Linear layers with tanh between them (the paper's activation), and after the last if ``tanh_last``."""
-    layers: list[nn.Module] = []
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(fan_in, fan_out))
-        if i < len(sizes) - 2 or tanh_last:
-            layers.append(nn.Tanh())
-    return nn.Sequential(*layers)
+    return nn.Sequential(*mlp_layers(sizes, nn.Tanh), *([nn.Tanh()] if tanh_last else []))
 
 
 class MultinomialAutoencoder(AutoencoderModule):
@@ -38,11 +31,9 @@ class MultinomialAutoencoder(AutoencoderModule):
     decoded to logits over every item, scored by the multinomial log-likelihood of the clicks.
 
     Batches are ``(clicks [B, I], held_out [B, I], user [B])`` from :class:`~datamodules.InteractionsDataModule`.
-    Validation and test rank the items a user has not clicked against their held-out items and log ``recall_20``,
-    ``recall_50`` and ``ndcg_100`` (:mod:`~ae_lightning.evaluation.ranking`); ``test`` logs the same metrics of the
-    popularity ranking (items by their number of training users) as ``test/popularity_<metric>``. Checkpoints keep
-    the item id of each output column and a fingerprint of the training users; ``fit`` (resumed), ``validate`` and
-    ``test`` refuse data whose columns or training users differ, ``predict`` data whose columns differ.
+    Validation and test log ``recall_20``, ``recall_50`` and ``ndcg_100`` of the held-out items among the unclicked
+    ones; ``test`` also those of the popularity ranking, ``test/popularity_<metric>``. Data whose item columns (or,
+    but in ``predict``, training users) differ from the checkpoint's are refused.
 
     Args:
         input_shape: ``(num_items,)``; the CLI links it from the datamodule.
@@ -105,9 +96,8 @@ class MultinomialAutoencoder(AutoencoderModule):
 
     # --- steps ------------------------------------------------------------------------------------------------------
     def _predict_step(self, batch: Batch) -> dict[str, Tensor]:
-        """Each user's code ``z``, row ``index`` in the split and ``top_items`` ``[B, 100]``, the unclicked items it
-        ranks first (columns: the datamodule's ``interactions.items`` holds their ids, ``interactions.users`` the
-        users'), -1 past the last unclicked one."""
+        """Each user's code ``z``, row ``index`` and ``top_items`` ``[B, 100]``, the columns of the unclicked items it
+        ranks first (ids: the datamodule's ``interactions.items``), -1 past the last unclicked one."""
         clicks, _, rows = batch
         items = self.recommend(clicks, min(100, clicks.shape[1]))
         return {"z": self.encode(clicks), "index": rows, "top_items": F.pad(items, (0, 100 - items.shape[1]), value=-1)}
@@ -135,8 +125,7 @@ class MultinomialAutoencoder(AutoencoderModule):
 
     def check_data(self, datamodule: Any, stage: str, checkpoint: dict[str, Any] | None = None) -> None:
         """Raise a ValueError naming what differs if ``datamodule`` is no InteractionsDataModule, or has other item
-        columns (or, but in ``predict``, other training users) than the weights were trained on: ``checkpoint``'s
-        where given, else this model's. ``setup`` and ``on_load_checkpoint`` call it; the command before any file."""
+        columns (or, but in ``predict``, training users) than the weights (``checkpoint``'s, else this model's)."""
         if not isinstance(datamodule, InteractionsDataModule):
             raise ValueError(
                 f"{type(self).__name__} ranks each user's held-out clicks and needs the (clicks, held_out, user) "
@@ -186,8 +175,7 @@ class MultVAE(MultinomialAutoencoder):
 
     Args:
         anneal_cap: the largest KL weight (the paper's best: 0.2 on MovieLens-20M).
-        anneal_steps: steps over which the KL weight rises linearly from 0 to 1, capped at ``anneal_cap``; 0: the
-            weight is ``anneal_cap`` from the start.
+        anneal_steps: steps over which the KL weight rises linearly from 0 to 1, capped; 0: ``anneal_cap`` at once.
         **kwargs: the :class:`MultinomialAutoencoder` arguments.
     """
 
@@ -203,8 +191,7 @@ class MultVAE(MultinomialAutoencoder):
 
     def posterior_parameters(self, clicks: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and log-variance ``[B, latent_dim]`` of q(z | clicks)."""
-        mu, logvar = self.encoder(self.normalize(clicks)).chunk(2, dim=-1)
-        return mu, logvar
+        return self.encoder(self.normalize(clicks)).chunk(2, dim=-1)
 
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The posterior mean."""

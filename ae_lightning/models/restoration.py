@@ -26,13 +26,9 @@ def restoration_metrics(output: Tensor, x: Tensor, name: str) -> dict[str, Tenso
 
 
 class RestorationAutoencoder(DeterministicAutoencoder):
-    """Reconstructs the image from ``degrade(x)``; the loss compares the output with the clean image.
-
-    The degradation is applied in training, validation and test alike, so ``val/loss`` measures restoration;
-    ``forward``, ``encode`` and ``predict`` see the images as given (so the base's ``test/psnr`` and ``test/ssim``
-    are those of reconstructing clean images). ``test`` also reports PSNR and SSIM of the restored degraded test
-    images (``test/psnr_<restored_name>``, ``test/ssim_<restored_name>``) and of the degraded images themselves, the
-    baseline (``test/psnr_<degraded_name>``, ...). Subclasses implement :meth:`degrade`.
+    """Reconstructs the image from ``degrade(x)`` (subclasses implement it) in training, validation and test;
+    ``forward``, ``encode`` and ``predict`` see the images as given. ``test`` also reports PSNR and SSIM of the
+    restored (``test/psnr_<restored_name>``, ...) and of the degraded images (``test/psnr_<degraded_name>``, ...).
     """
 
     restored_name: ClassVar[str] = "restored"
@@ -52,8 +48,7 @@ class RestorationAutoencoder(DeterministicAutoencoder):
         return {"loss": recon, "recon": recon}
 
     def test_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        # The loss's degradation draws from a copy of the random state, so that test_metrics degrades the batch with
-        # the same noise: test/loss and the restoration metrics score the same degraded images.
+        # The loss degrades from a copy of the random state: test_metrics then scores the same degraded images.
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             terms = self.loss_terms(x, labels, indices)
         return terms, self(x, labels)
@@ -62,13 +57,13 @@ class RestorationAutoencoder(DeterministicAutoencoder):
         self, x: Tensor, y: Tensor | None = None, reconstruction: Tensor | None = None
     ) -> dict[str, Tensor]:
         degraded = self.degrade(x)
+        restored = self(degraded, y)
         if len(self.input_shape) == 1:  # feature vectors: PSNR and SSIM are image measures
-            restored = self(degraded, y).float()
             return {
-                f"mse_{self.restored_name}": F.mse_loss(restored, x),
+                f"mse_{self.restored_name}": F.mse_loss(restored.float(), x),
                 f"mse_{self.degraded_name}": F.mse_loss(degraded, x),
             }
         return {
-            **restoration_metrics(self(degraded, y), x, self.restored_name),
+            **restoration_metrics(restored, x, self.restored_name),
             **restoration_metrics(degraded, x, self.degraded_name),
         }

@@ -23,9 +23,7 @@ class SparseAutoencoder(DeterministicAutoencoder):
     - ``kl``: ``sum_j KL(rho || rho_hat_j)``, with ``rho_hat_j`` unit j's mean activation over the batch and ``rho`` the
       ``sparsity_target``, on the encoder's output through a sigmoid.
 
-    Units ``j`` are the code's elements: each channel at each position of a spatial code.
-
-    Each stage also logs ``mean_activation``, the mean of ``|z|``.
+    Units ``j`` are the code's elements (of a spatial code too). Each stage also logs ``mean_activation``, mean ``|z|``.
 
     Args:
         sparsity: ``l1`` or ``kl``.

@@ -1,7 +1,5 @@
-"""Super-resolution with an autoencoder: the input is the image downsampled by ``scale`` (area averaging) and
-brought back to full size by bicubic interpolation, the target the original (the setting of Dong et al. 2014,
-"Learning a Deep Convolutional Network for Image Super-Resolution"; Vincent et al. 2008 for restoration by
-autoencoders)."""
+"""Super-resolution with an autoencoder, in the setting of Dong et al. 2014 ("Learning a Deep Convolutional Network
+for Image Super-Resolution"); Vincent et al. 2008 for restoration by autoencoders."""
 
 from __future__ import annotations
 
@@ -26,11 +24,8 @@ def bicubic_upsample(x: Tensor, scale: int) -> Tensor:
 
 
 class SuperResolutionAutoencoder(RestorationAutoencoder):
-    """Restores images from their ``scale``-times downsampled, bicubic-upsampled copies.
-
-    ``test`` reports ``test/psnr_superres`` and ``test/ssim_superres`` of the output against the original, and
-    ``test/psnr_bicubic`` and ``test/ssim_bicubic`` of the bicubic-upsampled input, the baseline. The picture grid
-    shows rows of inputs, outputs and originals.
+    """Restores images from their ``scale``-times downsampled (area averaging), bicubic-upsampled copies; ``test``
+    reports PSNR and SSIM of the output (``test/psnr_superres``, ...) and of that input (``test/psnr_bicubic``, ...).
 
     Args:
         scale: the downsampling factor, >= 2; it must divide the images' height and width.

@@ -1,6 +1,5 @@
 """beta-TCVAE (Chen et al. 2018, "Isolating Sources of Disentanglement in Variational Autoencoders"): the VAE whose
-KL term is split into index-code mutual information, total correlation and dimension-wise KL, the total correlation
-weighted apart, each estimated on the minibatch by minibatch-weighted or minibatch-stratified sampling.
+KL term is split into index-code mutual information, total correlation and dimension-wise KL, weighted apart.
 """
 
 from __future__ import annotations
@@ -19,22 +18,17 @@ from datamodules.checks import NonNegativeFloat, PositiveInt
 class BetaTCVAE(VAE):
     """The VAE trained on ``recon + w (mi_weight * mi + tc_weight * tc + dwkl_weight * dwkl)``.
 
-    ``mi``, ``tc`` and ``dwkl`` (logged, with the closed-form ``kl`` beside them) are estimated on the minibatch by
-    ``estimator``; ``w`` is the VAE's ``beta`` times its KL warm-up. All weights 1 is (in expectation) the VAE; the
-    paper's beta-TCVAE weighs the total correlation alone, ``tc_weight: 6`` on dSprites. The logged terms are offset
-    by amounts that depend on how much the posteriors overlap (docs/disentanglement.md): for overlapping ones,
-    minibatch-weighted sampling's by about ``+log N``, ``+(D - 1) log N`` and ``-D log N`` nats (``N`` =
-    ``dataset_size``, ``D`` = ``latent_dim``) and minibatch-stratified sampling's not at all; for sharp ones (a trained
-    model's), MWS's ``mi`` by ``+log M`` (``M`` the batch size) and both estimators' ``tc`` and ``dwkl`` by many nats.
+    ``mi``, ``tc`` and ``dwkl`` (logged, with the closed-form ``kl``) are estimated on the minibatch by
+    ``estimator``, with offsets that docs/disentanglement.md measures; ``w`` is the VAE's ``beta`` times its KL
+    warm-up. All weights 1 is (in expectation) the VAE.
 
     Args:
         mi_weight: weight of the index-code mutual information (the paper's alpha), >= 0.
         tc_weight: weight of the total correlation (the paper's beta), >= 0.
         dwkl_weight: weight of the dimension-wise KL (the paper's gamma), >= 0.
-        dataset_size: samples the minibatches are drawn from; None: the training split's size, read from the
-            datamodule (or the training loader's dataset) when training starts; the batch's size outside training.
-        estimator: ``mws``, minibatch-weighted sampling, or ``mss``, minibatch-stratified sampling
-            (:func:`~ae_lightning.blocks.divergences.total_correlation_terms`), for the loss and the logged terms.
+        dataset_size: samples the minibatches are drawn from; None: the training set's size when training starts
+            (the batch's size outside training).
+        estimator: ``mws`` (minibatch-weighted) or ``mss`` (minibatch-stratified sampling), for loss and logs.
         **kwargs: the :class:`~ae_lightning.models.vae.VAE` arguments.
     """
 
@@ -65,7 +59,7 @@ class BetaTCVAE(VAE):
             self.dataset_size = datamodule.split_size("train")
 
     def on_train_start(self) -> None:
-        # Training data given as loaders rather than a datamodule with ``split_size``: their dataset's size.
+        # Training data given as loaders rather than a datamodule with ``split_size``.
         if self.dataset_size is None:
             dataset = getattr(self.trainer.train_dataloader, "dataset", None)
             if not isinstance(dataset, Sized):

@@ -1,7 +1,5 @@
-"""The variational autoencoder (Kingma & Welling 2014, "Auto-Encoding Variational Bayes") and beta-VAE
-(Higgins et al. 2017, "beta-VAE: Learning Basic Visual Concepts with a Constrained Variational Framework"), with the
-importance-weighted bound on the log-likelihood of Burda et al. 2016 ("Importance Weighted Autoencoders") for testing.
-"""
+"""The variational autoencoder (Kingma & Welling 2014, "Auto-Encoding Variational Bayes"), beta-VAE (Higgins et al.
+2017) and the importance-weighted bound of Burda et al. 2016 ("Importance Weighted Autoencoders")."""
 
 from __future__ import annotations
 
@@ -39,9 +37,8 @@ class VAE(AutoencoderModule):
         kl_warmup_steps: steps of linear KL warm-up; 0 disables it.
         gaussian_std: for ``likelihood: gaussian``, a fixed std, ``learned`` (one, shared) or ``learned_per_pixel``;
             learned ones start at 0.1 for images and 1 for vectors and stay above 1e-3.
-        iw_samples: importance samples k of training: 1 trains on the ELBO, k > 1 on the IWAE bound (Burda et al.
-            2016) with the log density ratio weighted as the KL; ``neg_iwae_<k>`` logs the unweighted bound
-            (``docs/family.md``).
+        iw_samples: importance samples k of training: 1 trains on the ELBO, k > 1 on the IWAE bound
+            (``docs/family.md``); ``neg_iwae_<k>`` logs the unweighted bound.
         nll_samples: importance samples K of the test-time bound on -log p(x).
         nll_chunk_size: importance samples decoded at once (trades memory for speed).
         **kwargs: the :class:`~ae_lightning.base.AutoencoderModule` arguments.
@@ -89,7 +86,6 @@ class VAE(AutoencoderModule):
     def build_encoder(self) -> nn.Module:
         """Mean and log-variance of q(z | x) side by side on the channel axis, ``[B, 2 * latent_dim, ...]``."""
         hp = self.hparams
-        # A spatial encoder's 2 * latent_dim output channels: the mean and log-variance of every code element.
         return networks.build_encoder(
             hp.network, self.input_shape, hp.hidden_dims, 2 * self.latent_dim, spatial=hp.get("spatial")
         )
@@ -109,8 +105,7 @@ class VAE(AutoencoderModule):
         return self.posterior_parameters(x, y)[0]
 
     def check_encoder_output(self, x: Tensor, y: Tensor) -> None:
-        """Refuse an encoder whose output is not the posterior's mean and log-variance side by side on axis 1,
-        ``[B, 2 * latent_dim, ...]``."""
+        """Refuse an encoder whose output is not the posterior's mean and log-variance, ``[B, 2 * latent_dim, ...]``."""
         mu, logvar = self.posterior_parameters(x, y)
         if tuple(mu.shape[1:]) != self.latent_shape or logvar.shape != mu.shape:
             found = [len(mu), mu.shape[1] + logvar.shape[1], *mu.shape[2:]]
@@ -127,8 +122,7 @@ class VAE(AutoencoderModule):
         return super().decode(z, y)
 
     def sample(self, n: int, y: Tensor | None = None) -> Tensor:
-        """``n`` images of ``input_shape`` decoded from prior codes of ``latent_shape``; a spatial model decodes
-        other sizes from ``torch.randn(n, latent_dim, H / f, W / f)`` with :meth:`decode`."""
+        """``n`` images of ``input_shape`` decoded from prior codes of ``latent_shape``."""
         check_sample_count(n)
         return self.decode(self.sample_prior(n), y)
 
@@ -156,9 +150,7 @@ class VAE(AutoencoderModule):
         return self.likelihood != "bernoulli" and len(self.input_shape) == 3
 
     def kl_weight(self) -> float:
-        """``beta``, warmed up over ``kl_warmup_steps`` in training; evaluation weighs the KL fully, so that
-        ``val/loss`` and ``test/loss`` are the objective the warm-up leads to, comparable across steps (a best
-        checkpoint is no artefact of the warm-up) and the same in a ``test`` run, which starts at step 0."""
+        """``beta``, warmed up over ``kl_warmup_steps`` in training; ``beta`` itself in evaluation."""
         if self.kl_warmup_steps == 0 or not self.training:
             return self.beta
         return self.beta * min(1.0, self.global_step / self.kl_warmup_steps)
@@ -172,9 +164,8 @@ class VAE(AutoencoderModule):
         return {"loss": recon + self.kl_weight() * kl, "recon": recon, "kl": kl}
 
     def posterior_terms(self, x: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """What a variant's loss on flat codes starts from: ``mu`` and ``logvar`` of the posterior of ``x``
-        (dequantized as :meth:`loss_terms` does), one reparameterized sample ``z`` (``mu`` if ``deterministic``) and the
-        batch means of ``recon``, -log p(x | z), and the closed-form ``kl``."""
+        """``mu``, ``logvar`` of q(z | x) (``x`` dequantized as :meth:`loss_terms` does), a sample ``z`` (``mu`` if
+        ``deterministic``) and the batch means of ``recon`` = -log p(x | z) and of the closed-form ``kl``."""
         if self.dequantizes:
             x = losses.uniform_dequantize(x)
         mu, logvar = self.posterior_parameters(x)
@@ -188,9 +179,8 @@ class VAE(AutoencoderModule):
         super().log_terms(terms, stage, batch_size)
 
     def elbo_terms(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """The negative log-likelihood of one posterior sample and the KL, per image: the KL in closed form, or
-        estimated from the same sample (``log q(z | x) - log p(z)``) for a variant whose ``closed_form_kl`` is False
-        (another prior or posterior than two normals)."""
+        """The negative log-likelihood of one posterior sample and the KL, per image: in closed form, or else
+        (``closed_form_kl`` False) ``log q(z | x) - log p(z)`` of the same sample."""
         mu, logvar = self.posterior_parameters(x, y)
         if not self.closed_form_kl:
             log_likelihood, log_prior, log_posterior = (t[0] for t in self.log_densities(x, mu, logvar, 1, y))
@@ -209,10 +199,8 @@ class VAE(AutoencoderModule):
 
     def importance_weighted_terms(self, x: Tensor, num_samples: int, y: Tensor | None = None) -> dict[str, Tensor]:
         """Batch averages over ``num_samples`` samples: ``loss``, the negative IWAE bound with the log density ratio
-        weighted by :meth:`kl_weight` (``beta`` times the warm-up); ``neg_iwae_<k>``, the negative IWAE bound itself
-        (weight 1, the same samples), which equals ``loss`` at weight 1; ``recon`` (averaged over the samples) and
-        ``kl`` beside them for comparison with the ELBO: in closed form, or, for a model without one (a flow
-        posterior, a mixture prior), the samples' mean of ``log q - log p``."""
+        weighted by :meth:`kl_weight`; ``neg_iwae_<k>``, the unweighted bound; ``recon`` and ``kl`` (closed form,
+        or the samples' mean of ``log q - log p``) for comparison with the ELBO."""
         mu, logvar = self.posterior_parameters(x, y)
         densities = self.log_densities(x, mu, logvar, num_samples, y)
         weight = self.kl_weight()
@@ -228,25 +216,25 @@ class VAE(AutoencoderModule):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """log p(x | z_k), log p(z_k) and log q(z_k | x), each ``[num_samples, B]`` in float32, for
         ``num_samples`` reparameterized samples ``z_k ~ q(z | x)`` decoded in one batched pass."""
-        std = torch.exp(0.5 * logvar)
         eps = torch.randn(num_samples, *mu.shape, device=mu.device, dtype=mu.dtype)
-        z = mu + eps * std  # [k, B, *latent_shape]
+        z, log_det = self.posterior_flow(mu + eps * torch.exp(0.5 * logvar), mu, logvar)  # [k, B, *latent_shape]
         labels = None if y is None else y.repeat(num_samples)  # sample-major, as z is flattened
         logits = self.decoder_logits(z.flatten(0, 1), labels).unflatten(0, (num_samples, len(x)))
-        # log q(z | x) = log N(eps | 0, I) - sum(log std), over every code element
-        log_q = losses.standard_normal_log_prob(eps.float(), len(self.latent_shape)) - (0.5 * logvar.float()).flatten(
-            -len(self.latent_shape)
-        ).sum(-1)
+        # log q(z | x) = log N(eps | 0, I) - sum(log std) - log |det|, over every code element
+        log_q = losses.standard_normal_log_prob(eps.float(), len(self.latent_shape))
+        log_q = log_q - (0.5 * logvar.float()).flatten(-len(self.latent_shape)).sum(-1) - log_det
         return self.log_likelihood(logits.float(), x), self.prior_log_prob(z.float()), log_q
+
+    def posterior_flow(self, z: Tensor, mu: Tensor, logvar: Tensor) -> tuple[Tensor, Tensor | float]:
+        """Samples ``z`` of the Gaussian ``q_0(z | x)`` mapped to samples of q(z | x), and the map's ``log |det|``
+        (float32) per sample: here ``z`` itself and 0."""
+        return z, 0.0
 
     @torch.no_grad()
     def importance_weighted_nll(
         self, x: Tensor, num_samples: PositiveInt | None = None, y: Tensor | None = None
     ) -> Tensor:
-        """The importance-weighted bound on -log p(x) per image, in nats (Burda et al. 2016, eq. 8).
-
-        ``-log (1/K) sum_k p(x, z_k) / q(z_k | x)`` with ``z_k ~ q(z | x)``: an upper bound on -log p(x) that
-        tightens as K grows and equals the negative single-sample ELBO at K = 1.
+        """``-log (1/K) sum_k p(x, z_k) / q(z_k | x)``, ``z_k ~ q(z | x)`` per image, in nats (Burda et al. eq. 8).
 
         Args:
             x: ``[B, C, H, W]`` images.
@@ -276,7 +264,7 @@ class VAE(AutoencoderModule):
 
     def check_input(self, x: Tensor) -> None:
         super().check_input(x)
-        if len(self.input_shape) == 3:  # images: the decoded means are sigmoids, and densities dequantize k / 255
+        if len(self.input_shape) == 3:  # the decoded means are sigmoids, and densities dequantize k / 255
             low, high = x.min().item(), x.max().item()
             if low < 0 or high > 1:
                 name = "Gaussian" if self.likelihood == "gaussian" else "Bernoulli"

@@ -17,18 +17,15 @@ from datamodules.checks import PositiveInt
 
 class VampPriorVAE(VAE):
     """The VAE with the VampPrior, trained on ``recon + w * kl`` with a single-sample estimate
-    ``kl = log q(z | x) - log p(z)`` (no closed form); ``iw_samples: k`` trains on the IWAE bound, and ``test/nll``
-    is the importance-weighted bound under this prior. ``sample`` draws a pseudo-input's posterior.
-
-    Pseudo-inputs of images pass through ``hardtanh`` to [0, 1] (the paper's choice) and start at N(0.05, 0.01)
-    for images, N(0, 1) for feature vectors.
+    ``kl = log q(z | x) - log p(z)`` (or the IWAE bound); ``sample`` draws a pseudo-input's posterior. Pseudo-inputs
+    start at N(0.05, 0.01), through ``hardtanh`` to [0, 1], for images, and at N(0, 1) for feature vectors.
 
     Args:
         num_pseudo_inputs: K, >= 1 (the paper: 500 on MNIST).
         **kwargs: the :class:`~ae_lightning.models.vae.VAE` arguments.
     """
 
-    closed_form_kl = False  # the KL is estimated from the posterior sample
+    closed_form_kl = False
     flat_codes_only = "its mixture prior is over flat codes [latent_dim]"
 
     def __init__(self, num_pseudo_inputs: PositiveInt = 500, **kwargs: Any) -> None:

@@ -1,9 +1,7 @@
 """Callbacks of the ``ae-lightning`` command: pictures of the model for any logger, the config saved into W&B runs,
 the logger's run recorded in checkpoints, and a progress bar that ends its line when a run fails.
 
-:class:`ImageLogger` sends images to W&B (``wandb.Image``), to TensorBoard (``add_image``), or, with a CSV logger or
-none, writes PNG files to ``<log_dir>/images/``. The command adds one as the ``images`` section
-(``--images.every_n_epochs``, ``--images.views``); more can be added from YAML, each with its own ``name``::
+The command adds an :class:`ImageLogger` as its ``images`` section; more can be added from YAML, each with a name::
 
     trainer:
       callbacks:
@@ -13,6 +11,7 @@ none, writes PNG files to ``<log_dir>/images/``. The command adds one as the ``i
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 from collections.abc import Sequence
@@ -38,12 +37,8 @@ from datamodules.checks import AtLeastTwo, NonNegativeInt, PositiveInt, check_ar
 
 class ImageLogger(Callback):
     """Logs pictures of the model after every ``every_n_epochs``-th validation of ``fit`` (counted in checkpoints) and
-    after the run's last validation, whatever ends the run (of the model as it ends if training went on past it).
-
-    Views: ``reconstructions``, ``samples`` (generative models), ``interpolations`` and ``latent_map`` (PCA of codes),
-    of the same first validation images and seeded prior noise every time (``docs/internals.md``), logged as
-    ``<name>/<view>`` or written to ``<log_dir>/<name>/<view>-epoch=E-step=S.png``. Nothing is drawn in sanity checks
-    or ``fast_dev_run``; under DDP only rank 0 draws, from its share of the validation images.
+    after the run's last one, as ``<name>/<view>`` or to ``<log_dir>/<name>/<view>-epoch=E-step=S.png``. Nothing is
+    drawn in sanity checks or ``fast_dev_run``; under DDP only rank 0 draws, from its share of the validation images.
 
     Args:
         every_n_epochs: draw after every n-th validation epoch (not training epoch); 0 disables the callback.
@@ -52,8 +47,7 @@ class ImageLogger(Callback):
         num_samples: prior samples in the sample grid.
         num_interpolations: pairs of validation images interpolated (one row each).
         interpolation_steps: decoded points per interpolation, both ends included.
-        latent_map_size: validation images whose codes are plotted (fewer than 2: no map); the images are kept in CPU
-            memory until drawn (2,000 RGB 256 px images: 1.6 GB).
+        latent_map_size: validation images whose codes are plotted, kept in CPU memory (2,000 RGB 256 px: 1.6 GB).
         nrow, seed: images per row of the reconstruction and sample grids; seed of the prior samples.
         name: the pictures' tag prefix and PNG folder; each enabled ImageLogger of a trainer needs its own.
     """
@@ -97,8 +91,7 @@ class ImageLogger(Callback):
 
     @property
     def state_key(self) -> str:
-        # one per settings and name, so that several ImageLoggers in one trainer each keep their own count in a
-        # checkpoint; the default name is left out, so that the key of checkpoints written before names existed holds
+        # one per settings and name; the default name left out keeps the key of checkpoints from before names existed
         settings = ("every_n_epochs", "views", "num_images", "num_samples", "num_interpolations", "latent_map_size")
         settings += ("name",) if self.name != "images" else ()
         return f"{type(self).__qualname__}{{{', '.join(f'{name}={getattr(self, name)!r}' for name in settings)}}}"
@@ -121,7 +114,6 @@ class ImageLogger(Callback):
             if found and (found[1] or "images") == self.name:
                 self.load_state_dict(state)
 
-    # --- hooks ------------------------------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or self.every_n_epochs == 0:
             return
@@ -153,12 +145,7 @@ class ImageLogger(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if (
-            self._kept >= self._needed
-            or dataloader_idx != 0
-            or batch_idx in self._batches
-            or not trainer.is_global_zero
-        ):
+        if self._kept >= self._needed or dataloader_idx or batch_idx in self._batches or not trainer.is_global_zero:
             return
         images, labels = batch[0], batch[1]
         if labels.shape != images.shape[:1] or labels.is_floating_point():  # no labels (Mult-VAE: held-out clicks)
@@ -170,9 +157,8 @@ class ImageLogger(Callback):
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
         self._validations += 1
-        if self.every_n_epochs == 0 or trainer.fast_dev_run or not self.active_views:
-            return
-        if not trainer.is_global_zero or not self._batches:
+        drawing = self.every_n_epochs and self.active_views and trainer.is_global_zero and self._batches
+        if not drawing or trainer.fast_dev_run:
             return
         self._undrawn = (trainer.global_step, trainer.current_epoch, batches_that_stepped(trainer))
         if self._due(trainer):
@@ -183,7 +169,6 @@ class ImageLogger(Callback):
         if self._undrawn is not None:
             self._log_pictures(trainer, pl_module)
 
-    # --- drawing and logging ---------------------------------------------------------------------------------------
     def draw(self, pl_module: AutoencoderModule, epoch: int | None = None) -> dict[str, Tensor]:
         """The pictures of ``active_views`` for the kept validation images, each ``[3, H, W]`` in [0, 1], titled with
         ``epoch`` (by default the model's current one)."""
@@ -226,7 +211,6 @@ class ImageLogger(Callback):
                 rank_zero_info(f"ImageLogger: no logger takes images, so they are written to {self.image_dir}")
                 self._announced = True
 
-    # --- helpers ----------------------------------------------------------------------------------------------------
     def _due(self, trainer: L.Trainer) -> bool:
         """Whether this validation is an ``every_n_epochs``-th one, or foreseeably the run's last: the one at the end of
         an epoch after which no epoch up to ``max_epochs`` validates."""
@@ -265,8 +249,7 @@ def _image_sink(logger: Logger) -> Literal["wandb", "tensorboard"] | None:
     """How ``logger`` takes images: W&B's ``log_image``, a TensorBoard-style ``add_image``, or not at all."""
     if isinstance(logger, WandbLogger):
         return "wandb"
-    # TensorBoardLogger's experiment is a SummaryWriter; checking for add_image also covers tensorboardX and the like
-    # without importing TensorBoard, which is optional here.
+    # add_image also covers tensorboardX and the like without importing TensorBoard, which is optional here
     if hasattr(getattr(logger, "experiment", None), "add_image"):
         return "tensorboard"
     return None
@@ -328,10 +311,8 @@ class ClosingProgressBar(TQDMProgressBar):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         for name in ("val_progress_bar", "test_progress_bar", "predict_progress_bar", "train_progress_bar"):
-            try:
+            with contextlib.suppress(TypeError):  # that bar was never opened
                 getattr(self, name).close()
-            except TypeError:  # that bar was never opened
-                pass
         sys.stdout.flush()
 
 

@@ -32,12 +32,11 @@ class DisentanglementMetrics(Callback):
     Args:
         metrics: names from ``beta_vae``, ``factor_vae``, ``mig``, ``sap``, ``dci``.
         num_points: samples whose codes MIG, SAP and DCI see.
-        num_votes: training points of the BetaVAE and FactorVAE scores; >= 2, as the BetaVAE score cycles through
-            the varying factors and its classifier needs two.
+        num_votes: training points of the BetaVAE and FactorVAE scores (the BetaVAE classifier needs two factors).
         traversal_images: images whose traversals are drawn; 0 draws none.
         seed: seed of every draw.
-        prune_threshold: the FactorVAE score's std below which a code dimension counts as collapsed to the prior and
-            is left out (0.05 as disentanglement_lib, for codes on the prior's scale; 0 keeps all).
+        prune_threshold: the FactorVAE score's std below which a code dimension counts as collapsed and is left out
+            (0.05 as disentanglement_lib, for codes on the prior's scale; 0 keeps all).
     """
 
     def __init__(

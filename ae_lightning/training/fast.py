@@ -1,10 +1,8 @@
 """The opt-in fast path (``--config configs/fast.yaml``): several optimizer steps per Lightning batch.
 
-The datamodule's ``steps_per_batch`` makes each Lightning batch a list of that many consecutive batches, and the model's
-``steps_per_batch`` makes it train under manual optimization, one optimizer step per batch of the list; Lightning
-counts ``global_step`` in optimizer steps, so ``max_steps`` and checkpoints keep their meaning, and its per-batch work
-is paid once per list. The CLI's ``--fast.steps`` sets both. These helpers are what the model calls; docs/speed.md
-says what each Trainer setting means on this path and what it measured.
+The datamodule's ``steps_per_batch`` makes each Lightning batch a list of that many batches, and the model's takes one
+optimizer step per batch of the list under manual optimization (``--fast.steps`` sets both). These helpers are what the
+model calls; docs/speed.md says what each Trainer setting means on this path.
 """
 
 from __future__ import annotations

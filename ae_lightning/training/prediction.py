@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -18,18 +19,12 @@ from datamodules.checks import byte_count, check_arguments
 
 
 class PredictionWriter(BasePredictionWriter):
-    """Saves the predictions: per image ``z`` ``[*latent_shape]``, ``label``, ``index`` (position in the predicted
-    split), ``recon_error`` (mean squared error of the reconstruction) and ``anomaly_score``.
+    """Saves the predictions (per image ``z``, ``label``, ``index``, ``recon_error``, ``anomaly_score``; README).
 
-    ``format: file`` (the default) writes one ``torch.load``-able dict of stacked tensors (``z`` ``[N, *latent_shape]``,
-    the others ``[N]``), gathered in memory at the end; with several processes each writes ``<name>-rank<R>.pt``.
-    ``format: stream`` writes each batch as it comes into a litdata stream (chunks of at most ``chunk_bytes``), the
-    ranks of a DDP run into one stream, so that memory stays flat on any split size and a downstream model trains on
-    the cached codes with ``litdata.StreamingDataset(<run dir>/<name>)``, whose items are dicts of those keys; it
-    needs ``return_predictions`` false (the command sets it; an explicit true is refused). Either is written under a
-    temporary name and renamed when complete, so an interrupted run never leaves a partial one, and an existing one is
-    never overwritten. Under ``fast_dev_run`` nothing is written. Floats are written as float32 (bfloat16's exactly,
-    which numpy cannot read), or float64 under ``64-true``.
+    ``format: file`` writes one ``torch.load``-able dict of stacked tensors, one ``<name>-rank<R>.pt`` per process
+    under DDP; ``format: stream`` writes each batch into one litdata stream of per-image dicts and needs
+    ``return_predictions`` false. Either is renamed into place when complete and never overwrites an existing one;
+    ``fast_dev_run`` writes nothing. Floats are written as float32 (bfloat16's exactly), or float64 under ``64-true``.
 
     Args:
         filename: name inside the run directory (``trainer.log_dir``, a W&B run's own folder, else
@@ -56,7 +51,6 @@ class PredictionWriter(BasePredictionWriter):
         self._staging: Path | None = None
         self._written = 0
 
-    # --- format: stream ---------------------------------------------------------------------------------------------
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.fast_dev_run:
             rank_zero_info("PredictionWriter: fast_dev_run writes no predictions")
@@ -73,11 +67,8 @@ class PredictionWriter(BasePredictionWriter):
             shutil.rmtree(staging)
         trainer.strategy.barrier()
         staging.mkdir(parents=True, exist_ok=True)
-        self._writer, self._staging, self._written = (
-            BinaryWriter(str(staging), chunk_bytes=byte_count(self.chunk_bytes)),
-            staging,
-            0,
-        )
+        self._writer = BinaryWriter(str(staging), chunk_bytes=byte_count(self.chunk_bytes))
+        self._staging, self._written = staging, 0
 
     def write_on_batch_end(
         self,
@@ -108,7 +99,7 @@ class PredictionWriter(BasePredictionWriter):
         path = self._target(trainer)
         if trainer.is_global_zero:
             os.replace(self._staging, path)
-            count = sum(chunk["chunk_size"] for chunk in _index(path)["chunks"])
+            count = sum(chunk["chunk_size"] for chunk in json.loads((path / "index.json").read_text())["chunks"])
             print(f"Predictions for {count} images written to {path} (a litdata stream)")
         trainer.strategy.barrier()
         self.path, self._writer = path, None
@@ -124,7 +115,6 @@ class PredictionWriter(BasePredictionWriter):
             path = path.with_name(f"{path.stem}-rank{trainer.global_rank}{path.suffix}")
         return path
 
-    # --- format: file -----------------------------------------------------------------------------------------------
     def write_on_epoch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: Any, batch_indices: Any
     ) -> None:
@@ -148,9 +138,3 @@ def _readable(value: torch.Tensor) -> torch.Tensor:
     """``value`` on the CPU, as float32 where it is a float of fewer bits (bfloat16 has no numpy dtype)."""
     value = value.detach().cpu()
     return value.float() if value.is_floating_point() and torch.finfo(value.dtype).bits < 32 else value
-
-
-def _index(stream: Path) -> dict[str, Any]:
-    import json
-
-    return json.loads((stream / "index.json").read_text())

@@ -14,14 +14,10 @@ from ae_lightning.base import check_optimizer_class
 
 
 class OptimizerSettingsOnResume(Callback):
-    """Records each optimizer's class and each param group's settings, as this run built them, in checkpoints; on
-    resume, after Lightning has restored the optimizers' state, applies this run's settings (``weight_decay``,
-    ``fused``, ...) to each param group where they differ from the checkpoint's run's (the state's ``step`` counts then
-    lie where this run's settings need them), a new ``lr`` as a new base of its group that a scheduler's schedule goes
-    on from, and refuses another optimizer class or number of param groups, whose state cannot carry over.
-
-    The ``ae-lightning`` command installs it; without it a resumed run keeps the checkpoint's settings.
-    """
+    """Records each optimizer's class and param group settings in checkpoints; on resume, after Lightning restored the
+    optimizers' state, applies this run's settings where they differ (a new ``lr`` as a new base that a schedule goes
+    on from) and refuses another optimizer class or number of param groups (``docs/fault_tolerance.md``). The command
+    installs it; without it a resumed run keeps the checkpoint's settings."""
 
     key = "ae_lightning_optimizers"
 
@@ -71,10 +67,9 @@ class OptimizerSettingsOnResume(Callback):
 def check_optimizer_resume(
     i: int, before: dict[str, Any], now: dict[str, Any], optimizer: torch.optim.Optimizer, schedulers: list[Any]
 ) -> list[tuple[int, str, Any, Any]]:
-    """Refuse a resume whose optimizer ``i`` is of another class than the checkpoint's or has a new lr (its default or
-    a group's) that its ``schedulers`` cannot move (:func:`check_lr_change`); ``before`` and ``now`` are the
-    :func:`optimizer_settings` of the checkpoint's run and of this one as built. Returns the param group settings
-    that changed, as ``(group, name, the checkpoint's run's value, this run's)``."""
+    """Refuse a resume whose optimizer ``i`` changed class or has a new lr that its ``schedulers`` cannot move;
+    ``before``, ``now``: :func:`optimizer_settings` of the checkpoint's run and of this one. Returns the changed group
+    settings as ``(group, name, the checkpoint's run's value, this run's)``."""
     check_optimizer_class(i, before["class"], optimizer)
     check_lr_change(i, before["defaults"].get("lr"), now["defaults"].get("lr"), schedulers)
     previous_groups = before.get("groups") or _groups_before(before["defaults"], now)
@@ -105,17 +100,15 @@ def _as_defaults(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def _groups_before(defaults: dict[str, Any], now: dict[str, Any]) -> list[dict[str, Any]]:
-    """The checkpoint's run's group settings where its checkpoint recorded only the optimizer's ``defaults`` (written
-    before groups were recorded): a changed default applies to the groups that follow the defaults; a group's own
-    setting is taken as unchanged."""
+    """The checkpoint's run's group settings where it recorded only ``defaults`` (older checkpoints): a changed default
+    applies to the groups that follow the defaults."""
     own = now["defaults"]
     return [{k: v if v != own.get(k) else defaults.get(k, v) for k, v in group.items()} for group in now["groups"]]
 
 
 def _rescale_lr(optimizer: torch.optim.Optimizer, j: int, schedulers: list[Any], lr: float, previous: float) -> None:
-    """Give param group ``j`` the base ``lr`` where the checkpoint's run had ``previous``: its lr, ``initial_lr`` and
-    its schedulers' ``base_lrs`` entry scaled by their ratio, so that a schedule goes on from where it stood (StepLR
-    at 0.25 of its base continues at 0.25 of the new base)."""
+    """Give param group ``j`` the base ``lr`` (``previous`` before): its lr, ``initial_lr`` and schedulers' ``base_lrs``
+    scaled by their ratio, so that a schedule goes on from where it stood."""
 
     def scaled(old: float) -> float:
         return old * lr / previous if previous else lr
@@ -131,15 +124,13 @@ def _rescale_lr(optimizer: torch.optim.Optimizer, j: int, schedulers: list[Any],
 
 # What a scheduler's state holds about its progress rather than its settings (a new lr rescales ``base_lrs``).
 _PROGRESS = {"base_lrs", "last_epoch", "T_cur", "T_i", "best", "num_bad_epochs", "cooldown_counter", "verbose"}
-# Schedules that a new lr cannot rescale from where they stand: their lrs come from settings of their own or from
-# children that :func:`_rescale_lr` does not reach.
+# Schedules whose lrs come from settings of their own or from children that :func:`_rescale_lr` does not reach.
 _NOT_RESCALABLE = (OneCycleLR, CyclicLR, SequentialLR, ChainedScheduler)
 
 
 def check_scheduler_settings(i: int, state: dict[str, Any], scheduler: Any) -> None:
-    """Refuse a resume whose scheduler ``i`` is built with other settings than the checkpoint's (``state``, its
-    ``state_dict``), those of a SequentialLR's or ChainedScheduler's schedulers too: Lightning restores the
-    checkpoint's, so the new ones would be ignored. Compared: the state's plain values other than its progress."""
+    """Refuse a resume whose scheduler ``i`` (or one a SequentialLR or ChainedScheduler holds) has other plain settings
+    than the checkpoint's ``state`` (its ``state_dict``): Lightning restores the checkpoint's."""
     differing = _differing_settings(state, scheduler.state_dict())
     if differing:
         name, (before, now) = differing
@@ -151,8 +142,7 @@ def check_scheduler_settings(i: int, state: dict[str, Any], scheduler: Any) -> N
 
 
 def check_lr_change(i: int, previous: float, lr: float, schedulers: list[Any]) -> None:
-    """Refuse a new lr (``previous`` in the checkpoint's run) for optimizer ``i`` driven by a scheduler whose
-    schedule a new base cannot rescale (OneCycleLR, CyclicLR, SequentialLR, ChainedScheduler)."""
+    """Refuse a new lr (``previous`` before) for optimizer ``i`` driven by a scheduler a new base cannot rescale."""
     fixed = [type(scheduler).__name__ for scheduler in schedulers if isinstance(scheduler, _NOT_RESCALABLE)]
     if previous is not None and previous != lr and fixed:
         raise ValueError(
@@ -163,8 +153,8 @@ def check_lr_change(i: int, previous: float, lr: float, schedulers: list[Any]) -
 
 
 def check_scheduled_groups(i: int, groups: list[dict[str, Any]], optimizer: torch.optim.Optimizer) -> None:
-    """Refuse a resume whose optimizer ``i``'s param groups hold other scheduler settings (keys a scheduler adds, such
-    as OneCycleLR's ``max_lr``) than the checkpoint's ``groups``, which Lightning restores."""
+    """Refuse a resume whose optimizer ``i``'s groups hold other scheduler-added settings (OneCycleLR's ``max_lr``)
+    than the checkpoint's ``groups``."""
     own = {"params", "lr", "initial_lr", *optimizer.defaults}
     for before, now in zip(groups, optimizer.param_groups):
         for key in sorted(set(now) - own):
@@ -197,8 +187,7 @@ def _plain(value: Any) -> bool:
 
 
 def optimizer_settings(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """The class, the constructor settings and each param group's settings (``lr``: its base, a scheduler's
-    ``initial_lr``) of an optimizer, plain values only, as stored in checkpoints."""
+    """An optimizer's class, defaults and each param group's settings (``lr``: its base), plain values only."""
     plain = (bool, int, float, str, type(None))
 
     def is_plain(value: Any) -> bool:

@@ -1,7 +1,5 @@
-"""Surviving faults, one concern per module: crash-safe checkpoint files (:mod:`.checkpoint_io`), random generators
-in checkpoints (:mod:`.random_state`), SLURM requeues at a step boundary (:mod:`.slurm`) and a guard on non-finite
-losses (:mod:`.nonfinite`) and the final state saved on SIGTERM (:mod:`.sigterm`); SIGTERM and SLURM act on all ranks
-together (:mod:`.agreement`).
+"""Surviving faults, one concern per module: crash-safe checkpoint files, random generators in checkpoints, SLURM
+requeues and SIGTERM at a step boundary on all ranks together, and a guard on non-finite losses.
 
 The ``ae-lightning`` command installs all of them; from Python, pass ``plugins=[AtomicCheckpointIO()]`` and
 ``callbacks=[RandomStateCheckpoint(), SlurmRequeue(), StopOnNonFinite()]`` to the Trainer.

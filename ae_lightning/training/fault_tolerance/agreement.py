@@ -15,12 +15,9 @@ from datamodules.checks import PositiveInt, check_arguments
 
 
 class AgreedSignal(Callback):
-    """Base of the callbacks that act on a signal at the end of a training batch, on every rank at once.
-
-    During ``fit`` (from :meth:`own_signal`, called in ``setup``) its handler only notes the signal; the handler it
-    replaced is back when ``fit`` ends, failed or not. Alone, a process reads :meth:`signalled` after every batch (for
-    free); under DDP the ranks agree every ``check_every_n_steps`` optimizer steps with one all-reduce, so that all of
-    them :meth:`act` at the same step (a checkpoint is a collective write). Subclasses implement :meth:`act`.
+    """Base of the callbacks that act on a signal at the end of a training batch, on every rank at once: during
+    ``fit`` (from :meth:`own_signal`) its handler only notes the signal, and the ranks agree every
+    ``check_every_n_steps`` optimizer steps (a single process every batch) to :meth:`act`, which subclasses implement.
 
     Args:
         check_every_n_steps: how often, in optimizer steps, the ranks agree on whether the signal came (DDP only).
@@ -46,8 +43,8 @@ class AgreedSignal(Callback):
         raise NotImplementedError
 
     def own_signal(self, signum: int) -> None:
-        """Installs the handler that notes ``signum`` until ``fit`` ends: from the main thread only (Python's rule), not
-        over a handler installed outside Python (which could not be put back)."""
+        """Installs the handler that notes ``signum`` until ``fit`` ends (main thread only; not over a handler installed
+        outside Python, which could not be put back)."""
         if threading.current_thread() is threading.main_thread() and signal.getsignal(signum) is not None:
             self._previous_handler = _unwrapped(signal.signal(signum, self._note_signal))
             self._signum, self._installed, self._signalled = signum, True, False
@@ -88,8 +85,7 @@ class AgreedSignal(Callback):
                 self.act(trainer)
 
     def agreed(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
-        """Whether any rank got the signal (one all-reduce under DDP: call it on every rank at the same point); False
-        when the callback is not active."""
+        """Whether any rank got the signal (one all-reduce under DDP: call it on every rank); False when not active."""
         signalled = self.signalled(trainer)
         if signalled is None:
             return False
@@ -99,8 +95,7 @@ class AgreedSignal(Callback):
         self._release()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        # No ``teardown`` follows an exception. Lightning then puts back the handlers it found after the
-        # ``on_fit_start`` hooks, which can be this one: it then hands the signal to the replaced handler.
+        # No ``teardown`` follows an exception; Lightning may then reinstall this handler (``_note_signal`` hands on).
         self._release()
 
     def _release(self) -> None:

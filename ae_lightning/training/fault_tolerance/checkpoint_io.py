@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
 import shutil
 import socket
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import lightning as L
 import torch
@@ -23,13 +23,9 @@ from ae_lightning.lightning_internals import enable_version_counter
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes a checkpoint to a hidden temporary file next to its target, syncs it and renames it into place.
-
-    A process that dies while writing leaves the previous file intact and at most a ``.<name>.<pid>@<host>.tmp``
-    file, removed when the run folder is used again; a full disk raises an OSError (ENOSPC) naming the file and
-    saying that the previous one is kept. Paths that are not local (``s3://`` ...) keep Lightning's writer. Why:
-    ``docs/fault_tolerance.md``.
-    """
+    """Writes a checkpoint to a hidden temporary file next to its target, syncs it and renames it into place; a full
+    disk raises an OSError (ENOSPC) naming the file. Paths that are not local keep Lightning's writer. Why and how:
+    ``docs/fault_tolerance.md``."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
         if storage_options is not None or get_filesystem(path).protocol not in ("file", ("file", "local")):
@@ -39,11 +35,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.{os.getpid()}@{socket.gethostname()}.tmp")
         try:
-            with open(temporary, "wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, path)  # atomic on POSIX: readers see the old file or the new one, never a mix
+            _replace_synced(path, temporary, lambda file: torch.save(checkpoint, file))
         except BaseException as error:
             full = _disk_full(error, temporary)
             temporary.unlink(missing_ok=True)
@@ -66,13 +58,17 @@ def write_atomically(path: Path, data: bytes) -> None:
     sees the old file or the new one, never part of one."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(temporary, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
+        _replace_synced(path, temporary, lambda file: file.write(data))
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _replace_synced(path: Path, temporary: Path, write: Callable[[IO[bytes]], object]) -> None:
+    with open(temporary, "wb") as file:
+        write(file)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)  # atomic on POSIX: readers see the old file or the new one, never a mix
 
 
 def _disk_full(error: BaseException, temporary: Path) -> bool:
@@ -91,16 +87,12 @@ def _disk_full(error: BaseException, temporary: Path) -> bool:
 
 def _fsync_directory(directory: Path) -> None:
     """Make a rename in ``directory`` durable (a no-op where directories cannot be opened)."""
-    try:
+    with contextlib.suppress(OSError):
         descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
 
 
 _TEMPORARY = re.compile(r"^\..+\.(?P<pid>\d+)(?:@(?P<host>.+))?\.tmp$")
@@ -129,15 +121,10 @@ def _alive(pid: int) -> bool:
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """The command's ``checkpoint`` section: Lightning's ModelCheckpoint, writing nothing under ``fast_dev_run`` (as
-    Lightning documents; its ``save_last`` at the end of training would write ``last.ckpt``), never keeping a
-    checkpoint as the best on a non-finite monitored value, and with ``save_last`` always holding the final step in a
-    state that resumes exactly: a run stopped by ``max_steps`` inside an epoch saves it at that batch's end, before
-    Lightning closes the epoch (a checkpoint written after would mark the epoch done and skip its other batches).
-
-    A resumed run writes into a new logger version (Lightning's default), where Lightning's ModelCheckpoint would
-    forget the run's best scores and keep a worse checkpoint as the best: here the ``save_top_k`` best of the whole
-    run are carried over (those whose files still exist), so a later checkpoint is kept only if it beats them."""
+    """The command's ``checkpoint`` section: Lightning's ModelCheckpoint, writing nothing under ``fast_dev_run``, never
+    keeping a checkpoint as the best on a non-finite monitored value, with ``save_last`` holding the final step in a
+    state that resumes exactly, and the ``save_top_k`` best of the whole run carried over a resume into a new logger
+    version (``docs/fault_tolerance.md``)."""
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -146,7 +133,7 @@ class RunCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero and self.dirpath and Path(self.dirpath).is_dir():
             remove_dead_writers_files(Path(self.dirpath))
 
-    @contextmanager
+    @contextlib.contextmanager
     def _own_saves(self) -> Iterator[None]:
         self._in_own_hook = True
         try:
@@ -155,8 +142,7 @@ class RunCheckpoint(ModelCheckpoint):
             self._in_own_hook = False
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        # A save made by this callback's own hooks comes with its ``last`` (when ``save_last`` is set); a save by any
-        # other callback (a second ModelCheckpoint, ...) does not.
+        # A save by this callback's own hooks comes with its ``last`` (with ``save_last``); another callback's does not.
         if self._in_own_hook:
             self._step_saved = trainer.global_step
 
@@ -177,15 +163,13 @@ class RunCheckpoint(ModelCheckpoint):
             super().on_validation_end(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Instead of Lightning's, which writes ``last`` here, after the epoch is closed, if it wrote none yet: right
-        # only for a run that ended with its epoch (max_epochs).
+        # Instead of Lightning's ``last`` here, written after the epoch is closed: right only when the epoch ended.
         self._save_final_step(trainer)
 
     def last_path(self, trainer: L.Trainer) -> str:
         """This run's ``last`` checkpoint file, from now on its ``last_model_path``: the one it wrote (or resumed
-        from), else as Lightning picks it: the first free ``last.ckpt``, ``last-v1.ckpt``, ... of ``dirpath``, so that
-        another run's ``last`` there is kept, or ``last.ckpt`` with ``enable_version_counter=False``. Call it on every
-        rank, with ``dirpath`` set."""
+        from), else the first free ``last.ckpt``, ``last-v1.ckpt``, ... of ``dirpath``, as Lightning picks it. Call it
+        on every rank, with ``dirpath`` set."""
         if not self.last_model_path:
             metrics = {**trainer.callback_metrics, "epoch": trainer.current_epoch, "step": trainer.global_step}
             path, version = self.format_checkpoint_name(dict(metrics), self.CHECKPOINT_NAME_LAST), self.STARTING_VERSION
@@ -203,15 +187,11 @@ class RunCheckpoint(ModelCheckpoint):
         self._step_saved = trainer.global_step
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        previous = state_dict.get("dirpath", self.dirpath)
-        if previous == self.dirpath:
-            super().load_state_dict(state_dict)
-            return
         with warnings.catch_warnings():  # "won't be reloaded": they are, below
             warnings.filterwarnings("ignore", message="The dirpath has changed from")
             super().load_state_dict(state_dict)
         kept = {path: score for path, score in (state_dict.get("best_k_models") or {}).items() if Path(path).is_file()}
-        if not kept:
+        if state_dict.get("dirpath", self.dirpath) == self.dirpath or not kept:
             return
         best, worst = (min, max) if self.mode == "min" else (max, min)
         self.best_k_models = kept

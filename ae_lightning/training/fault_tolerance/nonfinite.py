@@ -54,10 +54,9 @@ class NonFiniteGuard(Callback):
 
 
 class StopOnNonFinite(NonFiniteGuard):
-    """``action: error``: keeps each step's detached loss terms and checks them together every
-    ``check_every_n_steps`` training batches, before validation, at the end of each epoch and of training, and before
-    every checkpoint; the :class:`NonFiniteLossError` names the first bad step, its epoch and batch and the bad terms.
-    Under DDP the ranks agree at each check.
+    """``action: error``: checks the kept loss terms every ``check_every_n_steps`` training batches, before validation,
+    at each epoch's and training's end and before every checkpoint, on all ranks together; the
+    :class:`NonFiniteLossError` names the first bad step, its epoch and batch and the bad terms.
 
     Args:
         check_every_n_steps: how often, in training batches, it checks; ``None``: ``log_every_n_steps``.
@@ -68,12 +67,10 @@ class StopOnNonFinite(NonFiniteGuard):
         self.check_every_n_steps = check_every_n_steps
         self._step_at_batch_start = 0
         # Per training batch since the last check: its (global step, epoch, batch) and its detached loss terms.
-        self._positions: list[tuple[int, int, int]] = []
-        self._terms: list[dict[str, Tensor]] = []
+        self._kept: list[tuple[tuple[int, int, int], dict[str, Tensor]]] = []
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._positions.clear()
-        self._terms.clear()
+        self._kept.clear()
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
@@ -86,23 +83,21 @@ class StopOnNonFinite(NonFiniteGuard):
         terms = _loss_terms(outputs)
         if not terms:
             return
-        self._terms.append(terms)
-        self._positions.append((self._step_at_batch_start, trainer.current_epoch, batch_idx))
-        if len(self._positions) >= (self.check_every_n_steps or trainer.log_every_n_steps):
+        self._kept.append(((self._step_at_batch_start, trainer.current_epoch, batch_idx), terms))
+        if len(self._kept) >= (self.check_every_n_steps or trainer.log_every_n_steps):
             self._check(trainer)
 
     def _check(self, trainer: L.Trainer) -> None:
-        if not self._positions:  # the same on every rank: they run the same number of batches
+        if not self._kept:  # the same on every rank: they run the same number of batches
             return
         first_bad = self._first_non_finite(trainer)
         if first_bad is None:
-            self._positions.clear()
-            self._terms.clear()
+            self._kept.clear()
             return
         if first_bad < 0:
             raise NonFiniteLossError("a training loss term went non-finite on another rank; see its error")
-        step, epoch, batch = self._positions[first_bad]
-        values = {name: value.item() for name, value in self._terms[first_bad].items()}
+        (step, epoch, batch), terms = self._kept[first_bad]
+        values = {name: value.item() for name, value in terms.items()}
         bad_names = [name for name, value in values.items() if not np.isfinite(value)]
         shown = ", ".join(f"{name}={value:.4g}" for name, value in values.items())
         raise NonFiniteLossError(
@@ -114,10 +109,10 @@ class StopOnNonFinite(NonFiniteGuard):
 
     def _first_non_finite(self, trainer: L.Trainer) -> int | None:
         """Index of the first kept batch with a non-finite term; -1 if only another rank has one; None if none has."""
-        kept = len(self._terms)
+        kept = len(self._kept)
         # One stack of every kept value and one read (the batches' terms may differ in number and names).
-        values = torch.stack([value.float().reshape(()) for terms in self._terms for value in terms.values()])
-        owner = torch.tensor([i for i, terms in enumerate(self._terms) for _ in terms], device=values.device)
+        values = torch.stack([value.float().reshape(()) for _, terms in self._kept for value in terms.values()])
+        owner = torch.tensor([i for i, (_, terms) in enumerate(self._kept) for _ in terms], device=values.device)
         first = torch.where(torch.isfinite(values), kept, owner).min()  # ``kept`` where all are finite
         any_bad = (first < kept).long()
         if trainer.world_size > 1:  # every rank must stop at the same check, not only the one that saw it
@@ -130,11 +125,7 @@ class StopOnNonFinite(NonFiniteGuard):
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._check(trainer)
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._check(trainer)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._check(trainer)
+    on_train_epoch_end = on_train_end = on_validation_start
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         self._check(trainer)
@@ -142,8 +133,8 @@ class StopOnNonFinite(NonFiniteGuard):
 
 
 class SkipNonFinite(NonFiniteGuard):
-    """``action: skip``: drops the non-finite gradients before the optimizer steps, so weights and optimizer state
-    stay as they were, and counts such optimizer steps as ``train/skipped_steps``.
+    """``action: skip``: drops non-finite gradients before the optimizer step (which then changes nothing) and counts
+    such steps as ``train/skipped_steps``.
 
     Args:
         max_skipped: fail (a :class:`NonFiniteLossError`) when an epoch skips more than this share of its optimizer

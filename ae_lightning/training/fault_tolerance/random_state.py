@@ -15,8 +15,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 class RandomStateCheckpoint(Callback):
     """Stores every process's random generators (torch CPU and CUDA, NumPy, Python) in checkpoints and restores them
-    when training resumes, after the sanity check; under DDP each rank gets its own back when the world size is
-    unchanged (else rank 0's, with a warning)."""
+    after a resume's sanity check; under DDP each rank its own if the world size is unchanged (else rank 0's)."""
 
     key = "random_states"
 
@@ -42,7 +41,7 @@ class RandomStateCheckpoint(Callback):
                 f"{trainer.world_size}: every process restores those of rank 0, so the run will not repeat the "
                 "original one exactly"
             )
-        self._to_restore = states[trainer.global_rank] if len(states) == trainer.world_size else states[0]
+        self._to_restore = states[trainer.global_rank if len(states) == trainer.world_size else 0]
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._to_restore is not None:

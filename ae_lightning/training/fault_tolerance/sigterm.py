@@ -18,16 +18,10 @@ SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports a process ended by 
 
 
 class SigtermCheckpoint(AgreedSignal):
-    """On SIGTERM during ``fit``, writes ``last.ckpt`` at the end of a training step and exits with status 143: the
-    current step, or after a validation the next one; a signal before training (setup, a checkpoint's restore, the
-    sanity check) exits 143 writing nothing.
-
-    Its SIGTERM handler only notes the signal and calls the previous handler if that is a function; Lightning's, which
-    ends the run with status 0 and no checkpoint, does not act. Under DDP the ranks agree (:class:`AgreedSignal`) every
-    ``check_every_n_steps`` steps and at the end of every validation, and save together. A signal that finds no step
-    left ends the process with status 143 once ``fit`` has written its checkpoints (in ``teardown``), unless the
-    previous handler took it (a function, or ``SIG_IGN``). When SIGTERM is this callback's, and why:
-    ``docs/fault_tolerance.md``.
+    """On SIGTERM during ``fit``, writes ``last.ckpt`` at the end of a training step (after a validation, the next
+    one) on all ranks together and exits with status 143; a signal before training exits 143 writing nothing, and one
+    that finds no step left exits 143 once ``fit`` is done, unless the previous handler took it (a function, or
+    ``SIG_IGN``). When and why: ``docs/fault_tolerance.md``.
     """
 
     calls_previous_handler = True
@@ -42,23 +36,18 @@ class SigtermCheckpoint(AgreedSignal):
             self._act_at_next_step = False
             self.own_signal(signal.SIGTERM)
 
-    # Lightning installs its SIGTERM handler after the ``on_fit_start`` hooks and, when fit ends (failed or not), puts
-    # back the handler it found: that must be the previous one, not this callback's.
+    # Lightning puts back the handler it found after the ``on_fit_start`` hooks: the previous one, not this callback's.
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.hand_back()
 
     def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._exit_if_signalled_before_training(trainer, pl_module)
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._exit_if_signalled_before_training(trainer, pl_module)
-
-    def _exit_if_signalled_before_training(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.take_back()
         self._signalled |= trainer.received_sigterm  # Lightning's handler noted one before the take-back
         if self.agreed(trainer, pl_module):
             rank_zero_info("SIGTERM before training: exiting, nothing to save")
             raise SystemExit(SIGTERM_EXIT_CODE)
+
+    on_train_start = on_sanity_check_start
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.agreed(trainer, pl_module):

@@ -16,14 +16,8 @@ from ae_lightning.training.fault_tolerance.agreement import AgreedSignal
 
 class SlurmRequeue(AgreedSignal):
     """Handles SLURM's requeue signal at a step boundary, on all ranks together: writes the HPC checkpoint
-    ``<default_root_dir>/hpc_ckpt_<n>.ckpt``, requeues the job with ``scontrol requeue`` and exits.
-
-    The signal handler only notes the signal; at the end of a training batch (under DDP every
-    ``check_every_n_steps`` optimizer steps, agreed as :class:`AgreedSignal` does) the ranks write the checkpoint where
-    ``ModelCheckpoint`` writes its step checkpoints, so the requeued run resumes exactly. Should the requeue fail,
-    training goes on. Active in ``fit`` under SLURM with auto-requeue on (``SLURMEnvironment(auto_requeue=True)``,
-    the default); after ``fit``, failed or not, the signal goes to the handler it had before. Why not Lightning's own
-    handler: ``docs/fault_tolerance.md``.
+    ``<default_root_dir>/hpc_ckpt_<n>.ckpt``, requeues the job with ``scontrol requeue`` and exits; should the requeue
+    fail, training goes on. Active in ``fit`` under SLURM with auto-requeue on. Why: ``docs/fault_tolerance.md``.
 
     Args:
         check_every_n_steps: how often, in optimizer steps, the ranks agree on whether the signal came (DDP only).
@@ -64,8 +58,7 @@ def hpc_checkpoint_path(folder: str | Path) -> Path:
 
 
 def _slurm_job_id() -> str:
-    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
-    if array_job is not None:
+    if (array_job := os.environ.get("SLURM_ARRAY_JOB_ID")) is not None:
         return f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}"
     return os.environ["SLURM_JOB_ID"]
 
