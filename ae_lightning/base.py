@@ -24,7 +24,12 @@ from ae_lightning.blocks import losses, networks
 from ae_lightning.blocks.networks import Network, check_network
 from ae_lightning.blocks.spatial import SpatialOptions
 from ae_lightning.evaluation.metrics import ReconstructionMetrics
-from ae_lightning.lightning_internals import batches_that_stepped, ends_training_epoch, weighted_batch_size
+from ae_lightning.lightning_internals import (
+    batches_that_stepped,
+    ends_training_epoch,
+    stored_loader_states,
+    weighted_batch_size,
+)
 from ae_lightning.training import fast
 from datamodules.checks import Fraction, PositiveInt, check_init_arguments, plain_hyperparameters
 
@@ -146,6 +151,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
     # --- the public API ---------------------------------------------------------------------------------------------
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Codes ``[B, *latent_shape]`` of images ``x`` (with labels ``y``, which a conditional model needs)."""
+        self.check_tensor(x, "encode(x)")
         return self.encoder(x)
 
     def decoder_logits(self, z: Tensor, y: Tensor | None = None) -> Tensor:
@@ -154,10 +160,12 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
 
     def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """Images ``[B, C, H, W]`` in [0, 1] (pixel means) decoded from codes ``z`` (and labels ``y``)."""
+        self.check_tensor(z, "decode(z)", codes=True)
         return networks.decoder_mean(self.decoder_logits(z, y), self.input_shape)
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Reconstructions of ``x`` (with labels ``y``), in [0, 1]."""
+        self.check_tensor(x, "forward(x)")
         return self.decode(self.encode(x, y), y)
 
     def sample(self, n: int, y: Tensor | None = None) -> Tensor:
@@ -306,8 +314,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         self.check_input(x)
         name, kind = type(self).__name__, "images" if len(self.input_shape) == 3 else "feature vectors"
         if x.dtype != self.dtype:
-            fix = "pass x.float() / 255" if x.dtype == torch.uint8 else f"convert them with x.to({self.dtype})"
-            raise ValueError(f"{name} has {self.dtype} weights, but the {stage} batch holds {x.dtype} {kind}: {fix}")
+            raise ValueError(self._dtype_mismatch(x, f"the {stage} batch", kind))
         finite = bool(x.isfinite().all())
         if not finite or (kind == "images" and not x.ge(0).logical_and(x.le(1)).all()):
             found = "NaN or infinite values" if not finite else f"values in [{x.min():.4g}, {x.max():.4g}]"
@@ -323,6 +330,33 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
                 f"{type(self).__name__} expects {kind} of shape {self.input_shape}, got a batch of shape "
                 f"{tuple(x.shape)}; set model input_shape to match the data"
             )
+
+    def check_tensor(self, t: Any, call: str, codes: bool = False) -> None:
+        """Raise a ValueError naming what differs unless ``t``, the argument of ``call`` (``"encode(x)"``), is a batch
+        ``[B, *input_shape]`` (``codes``: ``[B, *latent_shape]``) of the weights' dtype (of any float under autocast);
+        a fully convolutional model (spatial codes) takes any height and width. Reads no values, so it is cheap."""
+        shape = self.latent_shape if codes else self.input_shape
+        if isinstance(t, Tensor) and t.dtype == self.dtype and t.shape[1:] == shape:
+            return
+        name, kind = type(self).__name__, "codes" if codes else "images" if len(shape) == 3 else "feature vectors"
+        any_size = len(self.latent_shape) == 3  # the encoder and decoder check the sizes they can take
+        expected = (
+            f"[B, {shape[0]}, {'h, w' if codes else 'H, W'}]" if any_size else f"[B, {', '.join(map(str, shape))}]"
+        )
+        if not isinstance(t, Tensor):
+            raise ValueError(f"{name}.{call} takes a tensor of {kind} {expected}, got a {type(t).__name__}")
+        if t.shape[1:] != shape and not (any_size and t.dim() == 4 and t.shape[1] == shape[0]):
+            fix = f": add the batch dimension, {'z' if codes else 'x'}[None]" if t.dim() == len(shape) else ""
+            raise ValueError(f"{name}.{call} takes {kind} {expected}, got a tensor of shape {list(t.shape)}{fix}")
+        if t.dtype != self.dtype and not (t.is_floating_point() and torch.is_autocast_enabled(t.device.type)):
+            raise ValueError(self._dtype_mismatch(t, call, kind))
+
+    def _dtype_mismatch(self, t: Tensor, where: str, kind: str) -> str:
+        """The error of ``t`` (``where``: ``"encode(x)"``, ``"the train batch"``) not of the weights' dtype."""
+        name = "z" if kind == "codes" else "x"
+        fix = f"pass {name}.float() / 255" if t.dtype == torch.uint8 and kind == "images" else ""
+        fix = fix or f"convert them with {name}.to({self.dtype})"
+        return f"{type(self).__name__} has {self.dtype} weights, but {where} holds {t.dtype} {kind}: {fix}"
 
     def check_given_networks(self) -> None:
         """Once, a ValueError unless a given ``encoder``/``decoder`` fits: two zero inputs (labels 0) must pass
@@ -579,6 +613,13 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
             self.double()
         if fitting:
             self.check_resume(checkpoint)
+            # The command checks the data before any file; from Python, here (Lightning restores no loader at an
+            # epoch's end, and so checks nothing there).
+            datamodule, loader_states = trainer.datamodule, stored_loader_states(checkpoint)
+            if datamodule is not None:
+                self.check_data(datamodule, "fit", checkpoint)
+            if loader_states and hasattr(datamodule, "check_resume"):
+                datamodule.check_resume(loader_states[0], world_size=trainer.world_size)
         if fitting and checkpoint.get(_UNVALIDATED_KEY) is not None:
             rank_zero_warn(
                 f"the checkpoint was written at the end of epoch {checkpoint[_UNVALIDATED_KEY]}'s last training batch, "

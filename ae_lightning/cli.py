@@ -516,6 +516,10 @@ class AutoencoderCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._check_run(fit=True)
+        # Lightning's count of modules in eval mode at the start of training: those the model's own train() holds
+        # there (a frozen LPIPS network, a prior's tokenizer) are no news; any more are, and the warning stays.
+        held = _held_in_eval(self.model)
+        warnings.filterwarnings("ignore", rf"Found {held} module\(s\) in eval mode", module=r"lightning\.pytorch\.loop")
 
     def _before_evaluation(self) -> None:
         self._check_run(fit=False)
@@ -526,6 +530,16 @@ class AutoencoderCLI(LightningCLI):
         )
 
     before_validate = before_test = before_predict = _before_evaluation
+
+
+def _held_in_eval(model: torch.nn.Module) -> int:
+    """How many of ``model``'s modules its own ``train()`` leaves in eval mode; every module's mode is restored."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.train()
+    held = sum(not module.training for module, _ in modes)
+    for module, mode in modes:
+        module.training = mode
+    return held
 
 
 def _run_config(config: Any) -> Any:
@@ -618,6 +632,9 @@ _NOISE = [
     (r"The number of training batches \(\d+\) is smaller than the logging interval", r"lightning\.pytorch\.loops"),
     (r"(Lightning c|C)ouldn't infer the (batch )?indices fetched", r"lightning\.pytorch\.loops"),  # 2.5 and 2.6
     (r"Using ModelCheckpoint with manual optimization and every_n_train_steps", r"lightning\.pytorch\.callbacks"),
+    # configure_model compiles or syncs codebooks, it shards nothing; test and predict evaluate the checkpoint's average
+    (r"You're using the WeightAveraging callback with a model that overrides", r"lightning\.pytorch\.callbacks"),
+    (r"You're using the WeightAveraging callback, but loading a checkpoint", r"lightning\.pytorch\.callbacks"),
 ]
 
 

@@ -39,6 +39,7 @@ from optuna.distributions import (
     IntDistribution,
     check_distribution_compatibility,
 )
+from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError
@@ -58,6 +59,7 @@ PRUNERS = {
 }
 # Trials that count towards --n_trials, with the failed ones whose loss diverged (user attribute ``diverged``).
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
+_EXPERIMENTAL = r"(RetryHeartbeatStaleTrialCallback|Argument ``heartbeat_interval``|\S*fail_stale_trials) is (an )?exp"
 # Fit arguments that the search sets itself for each trial: its folder, checkpoint folder, monitor and mode, resume.
 OWN_ARGS = ("trainer.default_root_dir", "checkpoint.dirpath", "checkpoint.monitor", "checkpoint.mode", "ckpt_path")
 SPEC_KEYS = {"type", "low", "high", "log", "step", "choices"}
@@ -655,7 +657,9 @@ def run(argv: list[str] | None = None) -> optuna.Study:
     check_values(space, args.space, args.config, fit_args)
     if (trainer := probe_trainer(parsed)) is not None:
         check_one_process(trainer)
-    with storage_errors(args):  # a storage locked during a trial
+    with warnings.catch_warnings(), storage_errors(args):  # a storage locked during a trial
+        # Optuna calls the heartbeats and retries of dead trials that the search uses experimental: not the user's
+        warnings.filterwarnings("ignore", _EXPERIMENTAL, ExperimentalWarning, r"ae_lightning\.search|optuna\.")
         study = open_study(args, space, direction, metric, fit_settings(parsed, space))
         done = finished(study)
         if done < args.n_trials:

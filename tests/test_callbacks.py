@@ -16,6 +16,7 @@ from torchvision.io import read_image
 
 from ae_lightning import VAE, Autoencoder, MultVAE
 from ae_lightning.cli import AutoencoderCLI, ConfigError
+from ae_lightning.evaluation import visualization
 from ae_lightning.training.callbacks import ImageLogger
 from datamodules import InteractionsDataModule, MNISTDataModule
 
@@ -297,3 +298,16 @@ def test_a_resume_that_changes_the_views_keeps_the_count_of_validations(
     checkpoint = next(tmp_path.rglob("*.ckpt"))
     trainer = fit_to(6, ImageLogger(every_n_epochs=2, views=["latent_map"], name=name), checkpoint)
     assert png_views(Path(trainer.log_dir) / name) == {"latent_map": [3, 5]}
+
+
+def test_the_reconstruction_grid_shows_all_num_images_the_last_row_filled_with_white() -> None:
+    torch.manual_seed(0)
+    images = torch.rand(12, 1, 28, 28)
+    images[11] = 0  # the 12th: black
+    grid = visualization.draw_views(
+        Autoencoder(latent_dim=2, hidden_dims=[8]), images, torch.zeros(12, dtype=torch.long), ["reconstructions"],
+        num_images=12, nrow=8,
+    )["reconstructions"]  # fmt: skip
+    assert grid.shape == (3, 4 * 30 + 2, 8 * 30 + 2)  # 2 rows of inputs, each above its reconstructions
+    assert (grid[:, 62:90, 92:120] == 0).all()  # the 12th input: 2nd row of inputs, 4th place
+    assert (grid[:, 62:90, 152:240] == 1).all() and (grid[:, 92:120, 152:240] == 1).all()  # 4 empty places, white

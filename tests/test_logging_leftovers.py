@@ -1,14 +1,16 @@
 """Logging settings the command honours or refuses: a WandbLogger's ``dir``, name and ``resume``, the image schedule on
-runs that validate every n epochs, the prediction stream's ``chunk_bytes``."""
+runs that validate every n epochs, the prediction stream's ``chunk_bytes``; the warnings and lines a run shows."""
 
 from __future__ import annotations
 
 import inspect
 import re
+import warnings
 from pathlib import Path
 
 import pytest
 import yaml
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from tiny_runs import build_cli, run_cli, tiny_args
 
@@ -129,3 +131,81 @@ def test_chunk_bytes_from_the_command_is_checked_up_front_and_may_be_an_integer(
                                         "2000", "--ckpt_path", str(checkpoint)))  # fmt: skip
     written = Path(cli.trainer.log_dir) / "predictions"
     assert len(list(written.glob("chunk-*.bin"))) > 1  # 2000 bytes, as litdata reads an int
+
+
+# --- warnings about the framework's own choices are not shown; those about the user's are -------------------------
+
+
+class EvalModeEncoder(Callback):
+    """Puts the model's encoder in eval mode before training: a setting of the user's, which Lightning warns of."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        pl_module.encoder.eval()
+
+
+def shown_warnings(*args: str) -> list[str]:
+    """The warnings ``ae-lightning <args>`` shows (all of them, as a user's shell would, however often)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_cli(*args)
+    return [str(w.message) for w in caught]
+
+
+def test_the_photo_recipe_warns_of_none_of_its_own_choices(tmp_path: Path) -> None:
+    """LPIPS held in eval mode, torchvision's ``pretrained=`` that lpips passes, EMA beside the model's
+    ``configure_model`` and a checkpoint evaluated outside fit: no warning of them in ``fit`` and ``test``."""
+    from conftest import write_image_folder
+    from tiny_runs import ROOT
+
+    photos = write_image_folder(tmp_path / "photos", per_class=4, size=16)
+    args = ["--config", str(ROOT / "configs" / "photos" / "kl_f8.yaml"), "--data.init_args.data_dir", str(photos),
+            "--data.init_args.image_size", "16", "--data.init_args.batch_size", "4", "--model.init_args.hidden_dims",
+            "[8,8]", "--model.init_args.residual_blocks", "1", "--model.init_args.discriminator_layers", "1",
+            "--model.init_args.discriminator_channels", "4", "--trainer.enable_progress_bar", "false",
+            "--model.init_args.perceptual_pretrained", "false", "--trainer.default_root_dir", str(tmp_path),
+            ]  # fmt: skip
+    shown = shown_warnings("fit", *args, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0")
+    (checkpoint,) = tmp_path.rglob("last.ckpt")
+    shown += shown_warnings("test", *args, "--ckpt_path", str(checkpoint), "--trainer.limit_test_batches", "1")
+    noise = re.compile(r"in eval mode|WeightAveraging|'pretrained' is deprecated|other than a weight enum")
+    assert [message for message in shown if noise.search(message)] == []
+
+
+def test_a_module_the_user_left_in_eval_mode_is_still_warned_of(data_dir: Path, tmp_path: Path) -> None:
+    args = tiny_args("ae", data_dir, tmp_path, "--trainer.max_epochs", "1", *QUICK, "--trainer.logger", "false",
+                     "--trainer.callbacks+=test_logging_leftovers.EvalModeEncoder")  # fmt: skip
+    assert any(re.match(r"Found \d+ module\(s\) in eval mode", message) for message in shown_warnings("fit", *args))
+
+
+def test_a_search_shows_no_optuna_experimental_warnings(data_dir: Path, tmp_path: Path) -> None:
+    """The heartbeats and retries of dead trials are the search's own choice of Optuna features."""
+    from optuna.exceptions import ExperimentalWarning
+
+    from ae_lightning import search
+
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        yaml.safe_dump({"parameters": {"model.init_args.latent_dim": {"type": "int", "low": 2, "high": 4}}})
+    )
+    args = ["--config", str(Path(__file__).parents[1] / "configs" / "ae.yaml"), "--space", str(space), "--storage",
+            f"sqlite:///{tmp_path / 'study.db'}", "--root", str(tmp_path / "trials"), "--n_trials", "1",
+            "--data.data_dir", str(data_dir), "--model.init_args.hidden_dims", "[8]", "--trainer.max_epochs", "1",
+            *QUICK, "--trainer.enable_progress_bar", "false", "--images.every_n_epochs", "0"]  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        search.run(args)
+    assert [str(w.message) for w in caught if issubclass(w.category, ExperimentalWarning)] == []
+
+
+def test_a_recommenders_predict_counts_users_not_images(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from test_recommender import write_interactions
+    from tiny_runs import ROOT
+
+    path = write_interactions(tmp_path / "ratings.csv", header="userId,movieId,rating,timestamp")
+    args = ["--config", str(ROOT / "configs" / "mult_vae.yaml"), "--data.path", str(path), "--data.val_users", "20",
+            "--data.test_users", "20", "--model.init_args.latent_dim", "4", "--model.init_args.hidden_dims", "[8]",
+            "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    run_cli("fit", *args, "--trainer.max_epochs", "1")
+    (checkpoint,) = tmp_path.rglob("last.ckpt")
+    cli = run_cli("predict", *args, "--ckpt_path", str(checkpoint))
+    assert f"Predictions for 20 users written to {cli.trainer.log_dir}" in capsys.readouterr().out

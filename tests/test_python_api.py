@@ -13,6 +13,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from conftest import write_dataset
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -269,3 +270,49 @@ def test_each_stage_checks_its_own_first_batch() -> None:
         trainer.predict(model, own_loader((IMAGES * 255).to(torch.uint8)))
     (tested,) = trainer.test(model, own_loader(IMAGES), verbose=False)  # good data still pass
     assert torch.isfinite(torch.tensor(tested["test/loss"]))
+
+
+# --- direct calls -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda m: m.encode((IMAGES * 255).to(torch.uint8)), r"has torch.float32 weights, but encode\(x\) holds "
+         r"torch.uint8 images: pass x.float\(\) / 255"),
+        (lambda m: m(IMAGES.double()), r"but forward\(x\) holds torch.float64 images: convert them with x.to\(torch.f"),
+        (lambda m: m.posterior(IMAGES[..., :27, :27]), r"VAE.posterior\(x\) takes images \[B, 1, 28, 28\], got a "
+         r"tensor of shape \[8, 1, 27, 27\]$"),
+        (lambda m: m.encode(IMAGES[0]), r"got a tensor of shape \[1, 28, 28\]: add the batch dimension, x\[None\]"),
+        (lambda m: m.decode(torch.zeros(2, 4).double()), r"but decode\(z\) holds torch.float64 codes: convert them"),
+        (lambda m: m.decode(torch.zeros(2, 5)), r"VAE.decode\(z\) takes codes \[B, 4\], got a tensor of shape \[2, 5"),
+        (lambda m: m.importance_weighted_nll(IMAGES.numpy(), 2), r"takes a tensor of images \[B, 1, 28, 28\], got a n"),
+    ],
+    ids=["uint8", "float64", "size", "no-batch", "float64-codes", "code-size", "numpy"],
+)  # fmt: skip
+def test_direct_calls_with_another_dtype_or_shape_are_refused_naming_them(call, message: str) -> None:
+    # Before, each failed deep in torch ("mat1 and mat2 must have the same dtype, but got Byte and Float"), and an
+    # image without its batch dimension was taken as a batch of one 28x28 image.
+    model = VAE(**TINY).eval()
+    with pytest.raises(ValueError, match=message):
+        call(model)
+    with torch.autocast("cpu", torch.bfloat16):  # autocast's bfloat16 codes still decode
+        assert model(IMAGES).shape == IMAGES.shape
+
+
+def test_a_fit_from_python_resumed_on_other_data_is_refused(tmp_path: Path) -> None:
+    # Before, Lightning restores no loader position from a checkpoint written at an epoch's end, so nothing compared
+    # the data: the run went on training on other images without a word (the command refused it).
+    for name, seed in (("a", 0), ("b", 5)):
+        write_dataset(tmp_path / name, "MNIST", seed=seed)
+
+    def fit(data: str, epochs: int, ckpt_path: Path | None = None) -> L.Trainer:
+        trainer = L.Trainer(
+            max_epochs=epochs, limit_train_batches=2, limit_val_batches=0, enable_checkpointing=False, **QUIET
+        )
+        datamodule = MNISTDataModule(data_dir=str(tmp_path / data), batch_size=16)
+        trainer.fit(Autoencoder(**TINY), datamodule=datamodule, ckpt_path=ckpt_path)
+        return trainer
+
+    fit("a", 1).save_checkpoint(tmp_path / "a.ckpt")
+    with pytest.raises(ValueError, match=r"reached with the training data's content \(fingerprint\) \d+, this run has"):
+        fit("b", 2, tmp_path / "a.ckpt")
+    assert fit("a", 2, tmp_path / "a.ckpt").global_step == 4  # its own data resume

@@ -59,6 +59,13 @@ def finished_run_records(run_dir: Path, timeout: float = 60.0) -> list:
         time.sleep(0.2)
 
 
+def uploaded_files(records: list) -> set[str]:
+    """The run's files named in its ``files`` records: those W&B uploads, not all that lie in its ``files/`` folder."""
+    return {
+        item.path for record in records if record.WhichOneof("record_type") == "files" for item in record.files.files
+    }
+
+
 def test_a_wandb_run_gets_hyperparameters_metrics_images_and_config(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -107,6 +114,7 @@ def test_a_wandb_run_gets_hyperparameters_metrics_images_and_config(
     assert {"train/loss", "train/kl", "val/loss", "val/recon", "epoch", "trainer/global_step"} <= logged
     assert any(key.startswith("images/reconstructions") for key in logged)
     assert any(key.startswith("images/samples") for key in logged)
+    assert "ae_lightning_config.yaml" in uploaded_files(records)  # W&B (and `wandb sync`) upload only these
 
 
 def test_a_new_fit_with_the_id_of_an_earlier_wandb_run_is_refused_before_it_overwrites_anything(
@@ -214,3 +222,22 @@ def test_evaluating_into_a_wandb_training_run_keeps_its_config_and_saves_its_own
     assert "batch_size: 32" in (folder / "config-test.yaml").read_text()
     assert "batch_size: 8" in (folder / "config-test-v1.yaml").read_text()  # a second test overwrites nothing
     assert "batch_size: 8" in (files / "ae_lightning_config-test-v1.yaml").read_text()
+
+
+def test_a_wandb_logger_after_another_gets_the_config_among_its_uploaded_files(
+    offline: None, data_dir: Path, tmp_path: Path
+) -> None:
+    loggers = tmp_path / "loggers.yaml"
+    loggers.write_text(
+        "trainer:\n  logger:\n"
+        f"    - {{class_path: CSVLogger, init_args: {{save_dir: {tmp_path / 'csv'}}}}}\n"
+        "    - {class_path: WandbLogger, init_args: {project: p}}\n"
+    )
+    cli = run_cli(
+        "fit", *tiny_args("ae", data_dir, tmp_path, *SHORT, "--config", str(loggers), "--trainer.max_epochs", "1")
+    )
+    run_dir = Path(cli.trainer.loggers[1].experiment.dir).parent
+    wandb.finish()
+    assert "latent_dim: 4" in (Path(cli.trainer.log_dir) / "config.yaml").read_text()  # the first logger's folder
+    assert "latent_dim: 4" in (run_dir / "files" / "ae_lightning_config.yaml").read_text()
+    assert "ae_lightning_config.yaml" in uploaded_files(finished_run_records(run_dir))

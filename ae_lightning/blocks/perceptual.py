@@ -8,6 +8,7 @@ model loaded from a checkpoint takes them all from it (:func:`weights_from_check
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from contextvars import ContextVar
 from pathlib import Path
@@ -27,6 +28,7 @@ _TRUNK_WEIGHTS = {
 }
 # AlexNet's stride-4 stem and three max-pools leave nothing of images much smaller than this.
 MIN_SIZE = 64
+_TORCHVISION_PRETRAINED = r"The parameter 'pretrained' is deprecated|Arguments other than a weight enum or `None` for"
 _FROM_CHECKPOINT: ContextVar[bool] = ContextVar("lpips_weights_from_checkpoint", default=False)
 
 
@@ -54,7 +56,7 @@ class LPIPSDistance(nn.Module):
             self.lpips = _pretrained_lpips(network)
         else:
             # lpips's pretrained=False would also leave the linear layers random: a "distance" of either sign
-            self.lpips = lpips.LPIPS(net=network, pretrained=True, pnet_rand=True, verbose=False)
+            self.lpips = _lpips(network, random_trunk=True)
         self.lpips.eval().requires_grad_(False)
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
@@ -85,10 +87,16 @@ def weights_from_checkpoint() -> Iterator[None]:
         _FROM_CHECKPOINT.reset(token)
 
 
+def _lpips(network: PerceptualNetwork, random_trunk: bool) -> nn.Module:
+    with warnings.catch_warnings():  # lpips builds its trunk with torchvision's deprecated ``pretrained=``: not ours
+        warnings.filterwarnings("ignore", _TORCHVISION_PRETRAINED, UserWarning, r"torchvision\.models\._utils")
+        return lpips.LPIPS(net=network, pretrained=True, pnet_rand=random_trunk, verbose=False)
+
+
 def _pretrained_lpips(network: PerceptualNetwork) -> nn.Module:
     path = trunk_weights_path(network)
     try:
-        return lpips.LPIPS(net=network, pretrained=True, pnet_rand=False, verbose=False)
+        return _lpips(network, random_trunk=False)
     except Exception as error:
         # A failed download raises an OSError; a file that is no torch checkpoint, whatever torch.load meets (EOFError).
         present = path.exists()

@@ -143,15 +143,14 @@ def reconstruction_grid(*rows: Tensor, nrow: int = 8) -> Tensor:
     reconstructions; for a restoration model the degraded input, the output and the original).
 
     Args:
-        rows: ``[N, C, H, W]`` tensors of matching images; only the first ``nrow * (N // nrow)`` are shown when
-            N > nrow.
+        rows: ``[N, C, H, W]`` tensors of matching images, all shown (the last rows' empty places white).
         nrow: images per row.
     """
     images = rows[0]
     nrow = min(nrow, len(images))
-    n = nrow * (len(images) // nrow)
+    blank = images.new_ones(-len(images) % nrow, *images.shape[1:])
     shape = (-1, nrow, *images.shape[1:])
-    stacked = torch.stack([row[:n].reshape(shape).to(images.dtype) for row in rows], 1)
+    stacked = torch.stack([torch.cat([row.to(images.dtype), blank]).reshape(shape) for row in rows], 1)
     return image_grid(stacked.flatten(0, 2), nrow=nrow)
 
 

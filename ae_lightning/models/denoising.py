@@ -30,15 +30,16 @@ def corrupt(
 
     Args:
         x: ``[B, C, H, W]`` images in [0, 1].
-        corruption: ``gaussian`` adds N(0, level^2) noise (clipped); ``masking`` sets each pixel to 0 with
-            probability ``level``, ``salt_and_pepper`` to 0 or 1 (equally likely).
+        corruption: ``gaussian`` adds N(0, level^2) noise (clipped) to each value; ``masking`` sets each pixel (all
+            its channels) to 0 with probability ``level``, ``salt_and_pepper`` to 0 or 1 (equally likely).
         level: the noise std (``gaussian``) or the fraction of pixels hit (``masking``, ``salt_and_pepper``).
         generator: random generator on ``x``'s device, for a reproducible corruption; the global one when None.
         clip: clip Gaussian noise to [0, 1] (False for feature vectors).
     """
 
-    def uniform() -> Tensor:
-        return torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    def uniform() -> Tensor:  # one draw per pixel, shared by its channels
+        pixels = (len(x), 1, *x.shape[2:]) if x.dim() == 4 else x.shape
+        return torch.rand(pixels, generator=generator, device=x.device, dtype=x.dtype)
 
     if corruption == "gaussian":
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)

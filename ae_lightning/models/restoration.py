@@ -17,12 +17,16 @@ from ae_lightning.evaluation.metrics import ssim_sigma
 
 def restoration_metrics(output: Tensor, x: Tensor, name: str) -> dict[str, Tensor]:
     """``psnr_<name>`` (mean per-image PSNR, dB) and ``ssim_<name>`` (the window of
-    :func:`~ae_lightning.evaluation.metrics.ssim_sigma`) of ``output`` against ``x``, data range 1."""
-    output, sigma = output.float(), ssim_sigma(x.shape[-2:])
-    return {
-        f"psnr_{name}": peak_signal_noise_ratio(output, x, data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3)),
-        f"ssim_{name}": structural_similarity_index_measure(output, x, sigma=sigma, data_range=1.0),
-    }
+    :func:`~ae_lightning.evaluation.metrics.ssim_sigma`) of ``output`` against ``x``, data range 1, in float32
+    outside autocast (SSIM's convolutions in bf16 lose its variances)."""
+    output, x, sigma = output.float(), x.float(), ssim_sigma(x.shape[-2:])
+    with torch.autocast(x.device.type, enabled=False):
+        return {
+            f"psnr_{name}": peak_signal_noise_ratio(
+                output, x, data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3)
+            ),
+            f"ssim_{name}": structural_similarity_index_measure(output, x, sigma=sigma, data_range=1.0),
+        }
 
 
 class RestorationAutoencoder(DeterministicAutoencoder):

@@ -97,11 +97,13 @@ class VAE(AutoencoderModule):
 
     def posterior(self, x: Tensor, y: Tensor | None = None) -> Normal:
         """q(z | x) as a ``torch.distributions.Normal`` with batch shape ``[B, *latent_shape]``."""
+        self.check_tensor(x, "posterior(x)")
         mu, logvar = self.posterior_parameters(x, y)
         return Normal(mu, torch.exp(0.5 * logvar))
 
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The posterior mean."""
+        self.check_tensor(x, "encode(x)")
         return self.posterior_parameters(x, y)[0]
 
     def check_encoder_output(self, x: Tensor, y: Tensor) -> None:
@@ -117,9 +119,10 @@ class VAE(AutoencoderModule):
 
     def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """The likelihood's mean: for the continuous Bernoulli, its mean rather than ``sigmoid(logits)``."""
-        if self.likelihood == "continuous_bernoulli":
-            return losses.continuous_bernoulli_mean(self.decoder_logits(z, y))
-        return super().decode(z, y)
+        if self.likelihood != "continuous_bernoulli":
+            return super().decode(z, y)
+        self.check_tensor(z, "decode(z)", codes=True)
+        return losses.continuous_bernoulli_mean(self.decoder_logits(z, y))
 
     def sample(self, n: int, y: Tensor | None = None) -> Tensor:
         """``n`` images of ``input_shape`` decoded from prior codes of ``latent_shape``."""
@@ -194,6 +197,7 @@ class VAE(AutoencoderModule):
 
     def anomaly_score(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The negative single-sample ELBO per image."""
+        self.check_tensor(x, "anomaly_score(x)")
         recon, kl = self.elbo_terms(x, y)
         return recon + kl
 
@@ -242,6 +246,7 @@ class VAE(AutoencoderModule):
             y: the labels, for a conditional model.
         """
         num_samples = self.nll_samples if num_samples is None else num_samples
+        self.check_tensor(x, "importance_weighted_nll(x)")
         check_arguments({"num_samples": num_samples}, VAE.importance_weighted_nll)
         mu, logvar = self.posterior_parameters(x, y)
         chunks = [min(self.nll_chunk_size, num_samples - start) for start in range(0, num_samples, self.nll_chunk_size)]

@@ -258,8 +258,10 @@ def _image_sink(logger: Logger) -> Literal["wandb", "tensorboard"] | None:
 class SaveConfigToRun(SaveConfigCallback):
     """LightningCLI's config saving; with a W&B logger the run's ``config.yaml`` goes into its own run folder
     ``<save_dir>/<project>/<run id>/`` (beside ``checkpoints/``) and, as ``ae_lightning_config.yaml``, among the W&B
-    run's files (W&B keeps its own ``config.yaml`` there). ``test``, ``validate`` and ``predict``, which may log into a
-    training run, save theirs beside it as ``config-<subcommand>.yaml`` (``-v1``, ``-v2``, ... once taken)."""
+    run's files (W&B keeps its own ``config.yaml`` there), saved with ``run.save`` so that it is uploaded (also by
+    ``wandb sync``). A W&B logger after the first gets the latter only. ``test``, ``validate`` and ``predict``, which
+    may log into a training run, save theirs beside it as ``config-<subcommand>.yaml`` (``-v1``, ``-v2``, ... once
+    taken)."""
 
     W_AND_B_NAME = "ae_lightning_config.yaml"
 
@@ -274,19 +276,23 @@ class SaveConfigToRun(SaveConfigCallback):
         return Path(logger.save_dir or trainer.default_root_dir) / str(logger.name) / str(logger.version)
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        logger = trainer.logger
-        if not isinstance(logger, WandbLogger):
-            return
-        folder, own, copy = self.run_folder(logger, trainer), Path(self.config_filename), Path(self.W_AND_B_NAME)
+        own, copy = Path(self.config_filename), Path(self.W_AND_B_NAME)
         stage = TrainerFn(stage).value  # "fit", "validate", "test" or "predict"
-        tag, taken = ("" if stage == "fit" else f"-{stage}"), 0  # an evaluation keeps the training run's config
-        while tag and (folder / f"{own.stem}{tag}{own.suffix}").exists():
-            taken += 1
-            tag = f"-{stage}-v{taken}"
-        for path in (folder / f"{own.stem}{tag}{own.suffix}",
-                     Path(logger.experiment.dir) / f"{copy.stem}{tag}{copy.suffix}"):  # fmt: skip
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.parser.save(self.config, path, skip_none=False, overwrite=self.overwrite, multifile=self.multifile)
+        for logger in trainer.loggers:
+            if not isinstance(logger, WandbLogger):
+                continue
+            folder = self.run_folder(logger, trainer) if logger is trainer.logger else None  # the run's folder
+            tag, taken = ("" if stage == "fit" else f"-{stage}"), 0  # an evaluation keeps the training run's config
+            while tag and folder and (folder / f"{own.stem}{tag}{own.suffix}").exists():
+                taken += 1
+                tag = f"-{stage}-v{taken}"
+            paths = [folder / f"{own.stem}{tag}{own.suffix}"] if folder else []
+            paths.append(Path(logger.experiment.dir) / f"{copy.stem}{tag}{copy.suffix}")
+            for path in paths:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.parser.save(self.config, path, skip_none=False, overwrite=self.overwrite, multifile=self.multifile)
+            # W&B uploads (and `wandb sync` sends) only the files it is told of, not all that lie in the run's files
+            logger.experiment.save(str(paths[-1]), base_path=logger.experiment.dir, policy="now")
 
 
 class LoggerRunInCheckpoint(Callback):

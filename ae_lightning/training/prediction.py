@@ -50,6 +50,7 @@ class PredictionWriter(BasePredictionWriter):
         self._writer: Any = None
         self._staging: Path | None = None
         self._written = 0
+        self._rows = "images"
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.fast_dev_run:
@@ -83,6 +84,7 @@ class PredictionWriter(BasePredictionWriter):
         if dataloader_idx or trainer.fast_dev_run:  # several predict dataloaders: only the first is ours
             return
         columns = {key: _readable(value) for key, value in prediction.items()}
+        self._rows = _rows(columns, pl_module)
         for i in range(len(columns["index"])):
             item = {key: value[i] if value.dim() > 1 else value[i].item() for key, value in columns.items()}
             self._writer[self._written] = item
@@ -100,7 +102,7 @@ class PredictionWriter(BasePredictionWriter):
         if trainer.is_global_zero:
             os.replace(self._staging, path)
             count = sum(chunk["chunk_size"] for chunk in json.loads((path / "index.json").read_text())["chunks"])
-            print(f"Predictions for {count} images written to {path} (a litdata stream)")
+            print(f"Predictions for {count} {self._rows} written to {path} (a litdata stream)")
         trainer.strategy.barrier()
         self.path, self._writer = path, None
 
@@ -131,7 +133,15 @@ class PredictionWriter(BasePredictionWriter):
         torch.save(merged, partial)
         os.replace(partial, path)
         self.path = path
-        print(f"Predictions for {len(merged['index'])} images written to {path}")  # by each process, of its file
+        rows = _rows(merged, pl_module)
+        print(f"Predictions for {len(merged['index'])} {rows} written to {path}")  # by each process, of its file
+
+
+def _rows(predictions: dict[str, torch.Tensor], pl_module: L.LightningModule) -> str:
+    """What a row of ``predictions`` is: a recommender's user, an image, or a feature vector."""
+    if "top_items" in predictions:
+        return "users"
+    return "feature vectors" if len(getattr(pl_module, "input_shape", (1, 1, 1))) == 1 else "images"
 
 
 def _readable(value: torch.Tensor) -> torch.Tensor:
