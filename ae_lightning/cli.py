@@ -742,23 +742,33 @@ def _searched(config: Any) -> str:
 
 
 def _continue_wandb_run(config: Any, checkpoint: dict[str, Any]) -> None:
-    """A fit resumed under a WandbLogger given no run ``id`` (or ``version``) continues the W&B run that wrote the
-    checkpoint (:class:`LoggerRunInCheckpoint`) when it logs to that run's project."""
-    recorded = checkpoint.get(LoggerRunInCheckpoint.key) or {}
-    recorded_class = resolve_class_path(recorded["class_path"]) if recorded else None
-    if not (isinstance(recorded_class, type) and issubclass(recorded_class, WandbLogger)):
-        return
-    logger_class, init_args = _first_logger(config)
-    if not issubclass(logger_class, WandbLogger) or _names_a_run(init_args):
-        return  # another logger, or the user's choice of run
-    project, run_id = logger_class(**init_args.as_dict()).name, recorded["version"]
-    if project != recorded["name"]:
-        rank_zero_info(f"--ckpt_path {config.ckpt_path} was written by W&B run {run_id} of project {recorded['name']}; "
-                       f"this fit logs to project {project}, as a new run")  # fmt: skip
-        return
-    init_args.id = run_id
-    rank_zero_info(f"--ckpt_path {config.ckpt_path}: continuing its W&B run {run_id} (project {project}); "
-                   "give --trainer.logger.id to log to another run")  # fmt: skip
+    """A fit resumed under WandbLoggers given no run ``id`` (or ``version``) continues the W&B runs that wrote the
+    checkpoint (:class:`LoggerRunInCheckpoint`), the i-th W&B logger the i-th run, each where it logs to that run's
+    project."""
+    recorded = checkpoint.get(LoggerRunInCheckpoint.wandb_key)
+    if recorded is None:  # checkpoints written before 2026-12-06 record the first logger's run only
+        first = checkpoint.get(LoggerRunInCheckpoint.key) or {}
+        first_class = resolve_class_path(first["class_path"]) if first else None
+        recorded = [first] if isinstance(first_class, type) and issubclass(first_class, WandbLogger) else []
+    loggers = [logger for logger in _loggers(config) if hasattr(logger, "class_path")]
+    wandb_loggers = [logger for logger in loggers if _is_wandb(logger.class_path)]
+    for logger, run in zip(wandb_loggers, recorded):
+        init_args = logger.get("init_args")
+        if init_args is None or _names_a_run(init_args):
+            continue  # the user's choice of run
+        project, run_id = resolve_class_path(logger.class_path)(**init_args.as_dict()).name, run["version"]
+        if project != run["name"]:
+            rank_zero_info(f"--ckpt_path {config.ckpt_path} was written by W&B run {run_id} of project {run['name']}; "
+                           f"this fit logs to project {project}, as a new run")  # fmt: skip
+            continue
+        init_args.id = run_id
+        rank_zero_info(f"--ckpt_path {config.ckpt_path}: continuing its W&B run {run_id} (project {project}); "
+                       "give --trainer.logger.id to log to another run")  # fmt: skip
+
+
+def _is_wandb(class_path: str) -> bool:
+    logger_class = resolve_class_path(class_path)
+    return isinstance(logger_class, type) and issubclass(logger_class, WandbLogger)
 
 
 def _newest_hpc_checkpoint(config: Any) -> str | None:

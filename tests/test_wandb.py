@@ -224,15 +224,21 @@ def test_evaluating_into_a_wandb_training_run_keeps_its_config_and_saves_its_own
     assert "batch_size: 8" in (files / "ae_lightning_config-test-v1.yaml").read_text()
 
 
-def test_a_wandb_logger_after_another_gets_the_config_among_its_uploaded_files(
-    offline: None, data_dir: Path, tmp_path: Path
-) -> None:
+def csv_then_wandb(tmp_path: Path) -> Path:
+    """A config of two loggers: a CSV logger, then a WandbLogger of project p."""
     loggers = tmp_path / "loggers.yaml"
     loggers.write_text(
         "trainer:\n  logger:\n"
         f"    - {{class_path: CSVLogger, init_args: {{save_dir: {tmp_path / 'csv'}}}}}\n"
         "    - {class_path: WandbLogger, init_args: {project: p}}\n"
     )
+    return loggers
+
+
+def test_a_wandb_logger_after_another_gets_the_config_among_its_uploaded_files(
+    offline: None, data_dir: Path, tmp_path: Path
+) -> None:
+    loggers = csv_then_wandb(tmp_path)
     cli = run_cli(
         "fit", *tiny_args("ae", data_dir, tmp_path, *SHORT, "--config", str(loggers), "--trainer.max_epochs", "1")
     )
@@ -241,3 +247,17 @@ def test_a_wandb_logger_after_another_gets_the_config_among_its_uploaded_files(
     assert "latent_dim: 4" in (Path(cli.trainer.log_dir) / "config.yaml").read_text()  # the first logger's folder
     assert "latent_dim: 4" in (run_dir / "files" / "ae_lightning_config.yaml").read_text()
     assert "ae_lightning_config.yaml" in uploaded_files(finished_run_records(run_dir))
+
+
+def test_a_resumed_fit_continues_the_wandb_run_of_a_wandb_logger_after_another(
+    offline: None, data_dir: Path, tmp_path: Path
+) -> None:
+    loggers = csv_then_wandb(tmp_path)
+    args = tiny_args("ae", data_dir, tmp_path, *SHORT, "--config", str(loggers))
+    first = run_cli("fit", *args, "--trainer.max_epochs", "1")
+    run_id, checkpoint = first.trainer.loggers[1].version, first.trainer.checkpoint_callback.last_model_path
+    wandb.finish()
+    resumed = run_cli("fit", *args, "--trainer.max_epochs", "2", "--ckpt_path", checkpoint)
+    wandb.finish()
+    assert resumed.trainer.loggers[1].version == run_id
+    assert resumed.trainer.global_step == 4

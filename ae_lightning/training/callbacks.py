@@ -298,9 +298,11 @@ class SaveConfigToRun(SaveConfigCallback):
 class LoggerRunInCheckpoint(Callback):
     """Records in checkpoints the run of the trainer's first logger, whose folder ``<save_dir>/<name>/<version>``
     holds the run's checkpoints: its class path, ``name`` (a W&B run's project) and ``version`` as the folder's name
-    (``version_<N>``, a W&B run's id). ``--ckpt_path last`` and a resumed W&B run read it."""
+    (``version_<N>``, a W&B run's id); and under :attr:`wandb_key` every W&B logger's ``name`` and ``version``, in
+    the loggers' order. ``--ckpt_path last`` and resumed W&B runs read them."""
 
     key = "ae_lightning_logger_run"
+    wandb_key = "ae_lightning_wandb_runs"
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         logger = trainer.logger
@@ -309,6 +311,9 @@ class LoggerRunInCheckpoint(Callback):
             kind = type(logger)
             checkpoint[self.key] = {"class_path": f"{kind.__module__}.{kind.__qualname__}", "name": str(logger.name),
                                     "version": version}  # fmt: skip
+        runs = [{"name": str(w.name), "version": str(w.version)} for w in trainer.loggers if isinstance(w, WandbLogger)]
+        if runs:
+            checkpoint[self.wandb_key] = runs
 
 
 class ClosingProgressBar(TQDMProgressBar):
