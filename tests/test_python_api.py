@@ -18,13 +18,19 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ae_lightning import (
+    IAFVAE,
     VAE,
     AdversarialAutoencoder,
     AutoDecoder,
     Autoencoder,
     CodePrior,
     DeepBeliefAutoencoder,
+    DropoutAutoencoder,
+    KLAutoencoder,
+    MultDAE,
+    MultVAE,
     QuantizedAutoencoder,
+    SparseAutoencoder,
 )
 from ae_lightning.evaluation.disentanglement import has_flat_codes
 from datamodules import ArrayDataModule, MNISTDataModule
@@ -296,6 +302,37 @@ def test_direct_calls_with_another_dtype_or_shape_are_refused_naming_them(call, 
         call(model)
     with torch.autocast("cpu", torch.bfloat16):  # autocast's bfloat16 codes still decode
         assert model(IMAGES).shape == IMAGES.shape
+
+
+def a_prior(tmp_path: Path) -> CodePrior:
+    tokenizer = QuantizedAutoencoder(latent_dim=4, hidden_dims=[8, 8], codebook_size=16)
+    return CodePrior(str(saved_without_trainer(tokenizer, tmp_path / "tokenizer.ckpt")), embed_dim=16, num_layers=1,
+                     num_heads=2)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda _: SparseAutoencoder(**TINY),
+        lambda _: DropoutAutoencoder(**TINY),
+        lambda _: IAFVAE(**TINY),
+        lambda _: KLAutoencoder(latent_dim=4, hidden_dims=[8], residual_blocks=1, input_shape=(3, 16, 16)),
+        lambda _: MultVAE(input_shape=(20,), **TINY),
+        lambda _: MultDAE(input_shape=(20,), **TINY),
+        a_prior,
+    ],
+    ids=["sparse", "dropout", "iaf", "kl-f", "mult-vae", "mult-dae", "prior"],
+)
+def test_variants_with_an_encode_of_their_own_refuse_another_dtype_or_shape(build, tmp_path: Path) -> None:
+    # Before, these encodes skipped the base's check: float64 images failed deep in torch, an image without its batch
+    # dimension was taken as a batch.
+    model = build(tmp_path).eval()
+    x = torch.rand(2, *model.input_shape)
+    with pytest.raises(ValueError, match=r"weights, but encode\(x\) holds torch.float64 .*: convert them with x.to"):
+        model.encode(x.double())
+    with pytest.raises(ValueError, match=r"\.encode\(x\) takes .*: add the batch dimension, x\[None\]"):
+        model.encode(x[0])
+    assert model.encode(x).shape[0] == 2
 
 
 def test_a_fit_from_python_resumed_on_other_data_is_refused(tmp_path: Path) -> None:

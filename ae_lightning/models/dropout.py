@@ -31,4 +31,5 @@ class DropoutAutoencoder(Autoencoder):
         self.input_dropout = nn.Dropout(input_dropout)
 
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        self.check_tensor(x, "encode(x)")
         return self.encoder(self.input_dropout(x))

@@ -141,6 +141,7 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Codes ``[B, latent_dim, H / f, W / f]`` of images ``x`` whose sides f divides (labels ``y`` unused), with
         the bottleneck in evaluation mode whatever the model's (no codebook update): the same images, the same codes."""
+        self.check_tensor(x, "encode(x)")
         h = self.encoder(x)
         with self.evaluating_bottleneck():
             return self.bottleneck(h)[0]

@@ -58,6 +58,7 @@ class IAFVAE(VAE):
 
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The flow of the Gaussian's mean."""
+        self.check_tensor(x, "encode(x)")
         mu, logvar = self.posterior_parameters(x)
         return self.posterior_flow(mu, mu, logvar)[0]
 

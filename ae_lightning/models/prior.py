@@ -152,6 +152,7 @@ class CodePrior(AutoencoderModule):
     # --- the public API ---------------------------------------------------------------------------------------------
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The tokenizer's code indices of images ``x`` as tokens ``[B, L]`` (int64); labels ``y`` unused."""
+        self.check_tensor(x, "encode(x)")
         indices = self.tokenizer.encode_indices(x)  # [B, Q, h, w]
         return indices.permute(0, 2, 3, 1).flatten(1).long()
 

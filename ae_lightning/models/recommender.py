@@ -195,6 +195,7 @@ class MultVAE(MultinomialAutoencoder):
 
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The posterior mean."""
+        self.check_tensor(x, "encode(x)")
         return self.posterior_parameters(x)[0]
 
     def kl_weight(self) -> float:
@@ -224,6 +225,7 @@ class MultDAE(MultinomialAutoencoder):
         return tanh_mlp([self.input_shape[0], *self.hparams.hidden_dims, self.latent_dim], tanh_last=True)
 
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        self.check_tensor(x, "encode(x)")
         return self.encoder(self.normalize(x))
 
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:

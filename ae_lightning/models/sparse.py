@@ -45,6 +45,7 @@ class SparseAutoencoder(DeterministicAutoencoder):
         self.sparsity_target = sparsity_target
 
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        self.check_tensor(x, "encode(x)")
         z = self.encoder(x)
         return torch.sigmoid(z) if self.sparsity == "kl" else z
 
