@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_variants import images, make_trainer
+from torch.utils.data import DataLoader, TensorDataset
 
 from ae_lightning import DenoisingAutoencoder, SuperResolutionAutoencoder
 from ae_lightning.evaluation import visualization
@@ -29,10 +30,18 @@ def test_downsampling_averages_blocks_and_the_input_is_the_bicubic_upsampling() 
     assert (degraded - x).abs().mean() > 0.05
 
 
+def logged_metrics(
+    model: DenoisingAutoencoder | SuperResolutionAutoencoder, x: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """A test batch's logged terms but the loss."""
+    terms = model.test_terms(x, torch.zeros(len(x)), torch.arange(len(x)))[0]
+    return {name: value for name, value in terms.items() if name not in ("loss", "recon")}
+
+
 def test_test_metrics_compare_output_and_bicubic_baseline_with_the_original() -> None:
     model = SuperResolutionAutoencoder(**TINY, scale=2)
     x, _ = images(8)
-    metrics = model.test_metrics(x)
+    metrics = logged_metrics(model, x)
     assert set(metrics) == {"psnr_superres", "ssim_superres", "psnr_bicubic", "ssim_bicubic"}
     bicubic = bicubic_upsample(downsample(x, 2), 2)
     expected = (-10 * torch.log10((bicubic - x).pow(2).flatten(1).mean(1))).mean()
@@ -42,12 +51,35 @@ def test_test_metrics_compare_output_and_bicubic_baseline_with_the_original() ->
         metrics["psnr_superres"], (-10 * torch.log10((restored - x).pow(2).flatten(1).mean(1))).mean()
     )
     # the denoising AE reports through the same code under its own names
-    assert set(DenoisingAutoencoder(**TINY).test_metrics(x)) == {
+    assert set(logged_metrics(DenoisingAutoencoder(**TINY), x)) == {
         "psnr_denoised",
         "ssim_denoised",
         "psnr_noisy",
         "ssim_noisy",
     }
+
+
+@pytest.mark.parametrize("corruption", ["gaussian", "masking", "salt_and_pepper"])
+def test_denoising_test_metrics_are_the_same_whatever_the_batch_size_or_the_model(
+    corruption: str, tmp_path: Path
+) -> None:
+    # Before, a test batch's noise came from a generator seeded by the batch's number: test/psnr_noisy moved with the
+    # batch size (and the number of GPUs), and the same image got other noise in another batch.
+    x, labels = images(48)
+    data = TensorDataset(x, labels, torch.arange(48))
+    small, large = (DenoisingAutoencoder(latent_dim=4, hidden_dims=[h], corruption=corruption) for h in (16, 32))
+    results = []
+    for model, batch_size in ((small, 8), (small, 48), (large, 12)):
+        trainer = make_trainer(tmp_path)
+        results.append(trainer.test(model, DataLoader(data, batch_size=batch_size), verbose=False)[0])
+    noisy = [result["test/psnr_noisy"] for result in results]
+    assert noisy[0] == pytest.approx(noisy[1], abs=1e-4) and noisy[0] == pytest.approx(noisy[2], abs=1e-4)
+    assert results[0]["test/ssim_noisy"] == pytest.approx(results[1]["test/ssim_noisy"], abs=1e-4)
+    assert results[0]["test/psnr_denoised"] == pytest.approx(results[1]["test/psnr_denoised"], abs=1e-4)
+    model = DenoisingAutoencoder(**TINY, corruption=corruption)
+    first, again = model.degrade(x[:4], torch.arange(4)), model.degrade(x[2:4], torch.arange(2, 4))
+    torch.testing.assert_close(first[2:], again)  # an image's copy is its own, whatever else the batch holds
+    assert not torch.equal(first[0], first[1].roll(1)) and not torch.equal(model.degrade(x[:4]), first)
 
 
 def test_the_picture_grid_shows_inputs_outputs_and_originals() -> None:

@@ -77,9 +77,17 @@ class DenoisingAutoencoder(RestorationAutoencoder):
         self.corruption = corruption
         self.corruption_level = corruption_level
 
-    def corrupt(self, x: Tensor) -> Tensor:
-        """``x`` corrupted with this model's corruption."""
-        return corrupt(x, self.corruption, self.corruption_level, clip=len(self.input_shape) == 3)
+    def corrupt(self, x: Tensor, indices: Tensor | None = None) -> Tensor:
+        """``x`` corrupted with this model's corruption, from the global generator or (``indices``) each image from a
+        generator seeded by its dataset index."""
+        kind, level, clip = self.corruption, self.corruption_level, len(self.input_shape) == 3
+        if indices is None:
+            return corrupt(x, kind, level, clip=clip)
+        generator = torch.Generator(x.device)
+        seeds = indices.tolist()
+        return torch.cat(
+            [corrupt(x[i : i + 1], kind, level, generator.manual_seed(seed), clip) for i, seed in enumerate(seeds)]
+        )
 
-    def degrade(self, x: Tensor) -> Tensor:
-        return self.corrupt(x)
+    def degrade(self, x: Tensor, indices: Tensor | None = None) -> Tensor:
+        return self.corrupt(x, indices)

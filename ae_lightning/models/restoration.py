@@ -32,15 +32,18 @@ def restoration_metrics(output: Tensor, x: Tensor, name: str) -> dict[str, Tenso
 class RestorationAutoencoder(DeterministicAutoencoder):
     """Reconstructs the image from ``degrade(x)`` (subclasses implement it) in training, validation and test;
     ``forward``, ``encode`` and ``predict`` see the images as given. ``test`` also reports PSNR and SSIM of the
-    restored (``test/psnr_<restored_name>``, ...) and of the degraded images (``test/psnr_<degraded_name>``, ...).
+    restored (``test/psnr_<restored_name>``, ...) and of the degraded images (``test/psnr_<degraded_name>``, ...), MSE
+    for feature vectors, each test image degraded as its dataset index decides (:meth:`degrade`).
     """
 
     restored_name: ClassVar[str] = "restored"
     degraded_name: ClassVar[str] = "degraded"
 
     @abc.abstractmethod
-    def degrade(self, x: Tensor) -> Tensor:
-        """The degraded copy of images ``x`` that the model learns to restore, of the same shape."""
+    def degrade(self, x: Tensor, indices: Tensor | None = None) -> Tensor:
+        """The degraded copy of images ``x`` that the model learns to restore, of the same shape; a random degradation
+        draws from the global generator, or (``indices`` given, as in ``test``) each image's from its dataset index
+        alone: the same test image, the same degraded copy, whatever the batch size, rank, seed or model."""
 
     def reconstruction_rows(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, ...]:
         """The degraded images, their restorations and the originals."""
@@ -48,26 +51,24 @@ class RestorationAutoencoder(DeterministicAutoencoder):
         return degraded, self(degraded, y), x
 
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
-        recon = self.mean_reconstruction_loss(self.decoder(self.encoder(self.degrade(x))), x)
+        return self.restoration_loss(x, self.degrade(x))
+
+    def restoration_loss(self, x: Tensor, degraded: Tensor) -> dict[str, Tensor]:
+        recon = self.mean_reconstruction_loss(self.decoder(self.encoder(degraded)), x)
         return {"loss": recon, "recon": recon}
 
     def test_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        # The loss degrades from a copy of the random state: test_metrics then scores the same degraded images.
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            terms = self.loss_terms(x, labels, indices)
-        return terms, self(x, labels)
-
-    def test_metrics(
-        self, x: Tensor, y: Tensor | None = None, reconstruction: Tensor | None = None
-    ) -> dict[str, Tensor]:
-        degraded = self.degrade(x)
-        restored = self(degraded, y)
+        """The loss and the restoration metrics of ``degrade(x, indices)``, and the clean images' reconstructions."""
+        degraded = self.degrade(x, indices)
+        restored = self(degraded, labels)
         if len(self.input_shape) == 1:  # feature vectors: PSNR and SSIM are image measures
-            return {
+            metrics = {
                 f"mse_{self.restored_name}": F.mse_loss(restored.float(), x),
                 f"mse_{self.degraded_name}": F.mse_loss(degraded, x),
             }
-        return {
-            **restoration_metrics(restored, x, self.restored_name),
-            **restoration_metrics(degraded, x, self.degraded_name),
-        }
+        else:
+            metrics = {
+                **restoration_metrics(restored, x, self.restored_name),
+                **restoration_metrics(degraded, x, self.degraded_name),
+            }
+        return {**self.restoration_loss(x, degraded), **metrics}, self(x, labels)

@@ -55,5 +55,5 @@ class SuperResolutionAutoencoder(RestorationAutoencoder):
             raise ValueError(f"scale={scale} must divide the image size {height}x{width}; {fix}")
         self.scale = scale
 
-    def degrade(self, x: Tensor) -> Tensor:
+    def degrade(self, x: Tensor, indices: Tensor | None = None) -> Tensor:
         return bicubic_upsample(downsample(x, self.scale), self.scale)
