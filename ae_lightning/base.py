@@ -291,9 +291,8 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
                      batch_size=weighted_batch_size(batch_size), on_step=False, on_epoch=True)  # fmt: skip
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # The other terms are logged only where Lightning writes the step's logs (a ``self.log`` per step costs a
-        # measurable share of a small step): every log_every_n_steps stepped batches, at a stop, in a fast_dev_run.
-        # This hook runs after the callbacks' (which may stop the run) and before Lightning writes.
+        # The other terms only where Lightning writes the step's logs (docs/internals.md); this hook runs after the
+        # callbacks' (which may stop the run) and before Lightning writes.
         unlogged, self._unlogged_terms = getattr(self, "_unlogged_terms", None), None
         trainer, every = self.trainer, self.trainer.log_every_n_steps
         stepped = batches_that_stepped(trainer) + 1
@@ -334,7 +333,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
     def check_tensor(self, t: Any, call: str, codes: bool = False) -> None:
         """Raise a ValueError naming what differs unless ``t``, the argument of ``call`` (``"encode(x)"``), is a batch
         ``[B, *input_shape]`` (``codes``: ``[B, *latent_shape]``) of the weights' dtype (of any float under autocast);
-        a fully convolutional model (spatial codes) takes any height and width. Reads no values, so it is cheap."""
+        a fully convolutional model (spatial codes) takes any height and width. Reads no values."""
         shape = self.latent_shape if codes else self.input_shape
         if isinstance(t, Tensor) and t.dtype == self.dtype and t.shape[1:] == shape:
             return
@@ -422,7 +421,8 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
 
         built = build()
         choose = "fused" in built.defaults and built.defaults["fused"] is None and built.defaults.get("foreach") is None
-        if choose and not self._mixed_precision():
+        trainer = self._attached_trainer()
+        if choose and not (trainer is not None and trainer.precision in ("16-mixed", "bf16-mixed")):
             with contextlib.suppress(RuntimeError, TypeError, ValueError):  # no fused kernel for this device or dtype
                 built = build(fused=True)
         if lr_scheduler is None:
@@ -455,11 +455,6 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
                              f"val_check_interval ({trainer.val_check_interval}) batches instead: set "
                              "check_val_every_n_epoch")  # fmt: skip
         return trainer.check_val_every_n_epoch or 1
-
-    def _mixed_precision(self) -> bool:
-        """Whether the trainer runs mixed precision (``16-mixed``, ``bf16-mixed``), under any strategy."""
-        trainer = self._attached_trainer()
-        return trainer is not None and trainer.precision in ("16-mixed", "bf16-mixed")
 
     def _attached_trainer(self) -> L.Trainer | None:
         """The model's trainer; None when it is not attached to one (``load_from_checkpoint``, a checkpoint by hand)."""
@@ -494,10 +489,6 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
             if config.interval == interval and count % config.frequency == 0 and not plateau:
                 config.scheduler.step()
 
-    def _schedulers(self) -> list[Any]:
-        schedulers = self.lr_schedulers() or []
-        return schedulers if isinstance(schedulers, list) else [schedulers]
-
     def _fit_validation_loss(self, current: float | None) -> float | None:
         """The val/loss of a validation of fit that has ended, else ``current``."""
         trainer = self.trainer
@@ -527,7 +518,8 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         self.step_epoch_schedulers()
         # A checkpoint written between the validation and this step keeps the val/loss for the resumed run's step.
         loss, self._plateau_val_loss = self._plateau_val_loss, None
-        for scheduler in self._schedulers() if loss is not None else []:
+        schedulers = (self.lr_schedulers() or []) if loss is not None else []
+        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
             ours = scheduler in self._built_plateaus or not self.automatic_optimization  # Lightning steps the others
             if ours and isinstance(scheduler, ReduceLROnPlateau):
                 scheduler.step(loss)
@@ -570,18 +562,14 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         if validating:
             val_loss = self._fit_validation_loss(val_loss)
         checkpoint[_SCHEDULERS_KEY] = {"stepped_epoch": self._scheduled_epoch, "val_loss": val_loss}
-        if not validating and self._awaits_epoch_validation():
-            checkpoint[_UNVALIDATED_KEY] = self.current_epoch
-
-    def _awaits_epoch_validation(self) -> bool:
-        """Whether fit is at the end of an epoch's last training batch, before the validation that ends the epoch."""
-        trainer = self._attached_trainer()
-        if trainer is None:
-            return False
+        if trainer is None or validating:
+            return
+        # Fit at the end of an epoch's last training batch, before the validation that ends the epoch?
         every, fitting = trainer.check_val_every_n_epoch, trainer.state.fn == "fit" and not trainer.sanity_checking
         due = fitting and trainer.enable_validation and every is not None and (self.current_epoch + 1) % every == 0
         due = due and self._validated_epoch != self.current_epoch and trainer.val_check_interval == 1.0
-        return due and ends_training_epoch(trainer)
+        if due and ends_training_epoch(trainer):
+            checkpoint[_UNVALIDATED_KEY] = self.current_epoch
 
     def check_resume(self, checkpoint: dict[str, Any]) -> None:
         """Raise a ValueError naming both values if this model's settings cannot continue the checkpoint's training."""
@@ -700,16 +688,6 @@ def unpack_batch(batch: Any) -> Batch:
     )
 
 
-def check_optimizer_class(index: int, stored: str, optimizer: torch.optim.Optimizer) -> None:
-    """Raise a ValueError if ``optimizer`` is not of the class ``stored`` of a checkpoint's optimizer ``index``."""
-    now = _class_path(type(optimizer))
-    if now != stored:
-        raise ValueError(
-            f"the checkpoint's optimizer {index} is a {stored}, this run's a {now}: its state cannot carry over. "
-            "Resume with the checkpoint's optimizer, or start afresh without --ckpt_path"
-        )
-
-
 def _materialized_group(group: dict[str, Any]) -> dict[str, Any]:
     """A copy of a parameter group, its ``params`` a list if they came as an iterator (``module.parameters()``)."""
     params = group["params"]
@@ -741,7 +719,6 @@ def resolve_class_path(class_path: str) -> type | None:
 __all__ = [
     "AutoencoderModule",
     "DeterministicAutoencoder",
-    "check_optimizer_class",
     "check_sample_count",
     "resolve_class_path",
     "unpack_batch",

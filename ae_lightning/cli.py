@@ -78,7 +78,7 @@ for _module in sorted({*_EXPORTS.values(), *datamodules._EXPORTS.values()}):
 _PRECISION_ALIASES = {"16": "16-mixed", "bf16": "bf16-mixed", "32": "32-true", "64": "64-true"}
 # ``--ckpt_path`` values that Lightning resolves itself rather than reading a file (``last`` and ``hpc`` are read here).
 _SPECIAL_CKPT_PATHS = {"last", "best", "registry"}
-PROGRESS_BAR_REFRESH_STEPS = 25
+PROGRESS_BAR_REFRESH_STEPS = 25  # the command's default bar redraws every 25 steps, Lightning's every step
 # Lightning's DDP strategies by name, each of which has a ``<name>_find_unused_parameters_true``.
 DDP_STRATEGIES = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
 # The ``checkpoint`` section's settings that differ from ModelCheckpoint's: the best by val/loss, and last.ckpt.
@@ -121,8 +121,7 @@ class CommandTrainer(Trainer):
 
 
 class EndsSpawnedProcessGroup(Callback):
-    """Destroys the process group as a run ends in a process that multiprocessing started (``ddp_spawn``'s): with
-    its gloo group alive, such a process aborted at exit now and then. Lightning destroys only NCCL groups."""
+    """Destroys the process group as a run ends in a process that multiprocessing started (``ddp_spawn``'s)."""
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         spawned = multiprocessing.parent_process() is not None
@@ -131,19 +130,10 @@ class EndsSpawnedProcessGroup(Callback):
 
 
 class AutoencoderCLI(LightningCLI):
-    """LightningCLI for the autoencoder family.
-
-    Adds: the datamodule's ``input_shape`` linked into the model; sections ``checkpoint`` (``ModelCheckpoint`` keeping
-    ``last.ckpt`` and the best by ``val/loss``; none with ``--trainer.enable_checkpointing false``), ``predictions``
-    (:class:`PredictionWriter`) and ``images`` (:class:`ImageLogger`: pictures for W&B, TensorBoard or PNG files; none
-    with ``--trainer.barebones true``); W&B runs that write under ``default_root_dir`` and keep ``config.yaml``; an
-    early, clear error for a ``--ckpt_path`` that is missing or holds another model class. For fault tolerance
-    (:mod:`~ae_lightning.training.fault_tolerance`): a ``nonfinite`` section (:class:`NonFiniteGuard`); random
-    generators in checkpoints and SLURM requeues at a step boundary on every trainer; atomic checkpoints; ``--ckpt_path
-    last`` resolved to the furthest checkpoint of the run its logger names (a W&B ``id``, a ``version``), else of any
-    run folder; a resumed W&B run continued; and, for models with manual optimization, DDP strategies (``ddp``,
-    ``ddp_spawn``, ...) with DDP's unused-parameter detection.
-    """
+    """LightningCLI for the autoencoder family: ``data.input_shape`` linked into the model; sections ``checkpoint``,
+    ``predictions``, ``images``, ``nonfinite`` and ``--fast.steps``; the fault-tolerance callbacks and atomic
+    checkpoints on every trainer; ``--ckpt_path last`` and ``hpc`` resolved; settings that the checkpoint, the
+    networks or the data contradict refused before the run writes any file (docs/internals.md)."""
 
     _start_again = False  # whether ``fit --ckpt_path last`` found no checkpoint of the run its logger names
     _checkpoint: dict[str, Any] | None = None  # what --ckpt_path holds
@@ -158,11 +148,9 @@ class AutoencoderCLI(LightningCLI):
         kwargs.setdefault("seed_everything_default", 42)
         kwargs.setdefault("trainer_class", CommandTrainer)
         settings = {"subclass_mode_model": True, "subclass_mode_data": True, "auto_configure_optimizers": False}
-        # In a context of its own: jsonargparse's context variable would keep the parser, and so the run's model, data
-        # and trainer, alive in the caller's context. Known noise is silenced for this run alone.
+        # A context of its own, which the parser does not outlive (docs/internals.md); known noise silenced in it alone.
         with warnings.catch_warnings(), _quiet_known_noise():
-            run = contextvars.copy_context().run
-            run(super().__init__, AutoencoderModule, ImageDataModule, **settings, **kwargs)
+            contextvars.copy_context().run(super().__init__, AutoencoderModule, ImageDataModule, **settings, **kwargs)
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         # A bad value raises (run_command prints it as one error) instead of printing the whole usage and exiting.
@@ -248,12 +236,9 @@ class AutoencoderCLI(LightningCLI):
             _check_section_unset(parsed, "checkpoint", RunCheckpoint, f"{why} writes none", CHECKPOINT_DEFAULTS)
         else:
             callbacks.append(section["checkpoint"])
-        # Lightning visits every callback on every hook of every step: the prediction writer, which acts in predict
-        # alone, joins only a predict trainer (or one built without a subcommand, which may predict).
+        # Lightning calls every callback on every hook: the prediction writer joins only a trainer that may predict.
         if self.subcommand in (None, "predict"):
             callbacks.append(section["predictions"])
-        # Lightning's default bar redraws, reading every logged value from the device, on every step; at MNIST
-        # scale that is a large share of a step, so the command's default bar redraws every 25 steps.
         bar = config.get("enable_progress_bar") is not False and not barebones
         if bar and not any(isinstance(c, ProgressBar) for c in callbacks):
             callbacks.append(ClosingProgressBar(refresh_rate=PROGRESS_BAR_REFRESH_STEPS))
@@ -525,9 +510,7 @@ class AutoencoderCLI(LightningCLI):
         self._check_run(fit=False)
         # Lightning restores the checkpoint's ModelCheckpoint state for evaluation too, which writes no checkpoint:
         # its warning that the run's checkpoint folder differs from the checkpoint's is noise here.
-        warnings.filterwarnings(
-            "ignore", message="The dirpath has changed from", module=r"lightning\.pytorch\.callbacks"
-        )
+        warnings.filterwarnings("ignore", "The dirpath has changed from", module=r"lightning\.pytorch\.callbacks")
 
     before_validate = before_test = before_predict = _before_evaluation
 
@@ -612,13 +595,11 @@ def _check_class_names(parser: LightningArgumentParser, argv: list[str]) -> None
                          "(or give an import path such as mypackage.MyModel)")  # fmt: skip
 
 
-def _concrete_subclasses(base: type) -> list[type]:
-    found = []
+def _concrete_subclasses(base: type) -> Iterator[type]:
     for cls in base.__subclasses__():
-        found += _concrete_subclasses(cls)
+        yield from _concrete_subclasses(cls)
         if not inspect.isabstract(cls):
-            found.append(cls)
-    return found
+            yield cls
 
 
 def _plain(value: Any) -> Any:
@@ -638,28 +619,21 @@ _NOISE = [
 ]
 
 
-class _DropTips(logging.Filter):
-    """Drops Lightning's advertising tips (``💡 Tip: ...``) from its console log."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Tip: For seamless cloud logging" not in record.getMessage()
-
-
 @contextlib.contextmanager
 def _quiet_known_noise() -> Iterator[None]:
     """Ignore the known noise (inside ``warnings.catch_warnings``, which restores the filters) and drop Lightning's
     tips from its loggers until the context ends."""
     for message, module in _NOISE:
         warnings.filterwarnings("ignore", message=message, module=module)
-    loggers = [logging.getLogger(name) for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch")]
-    tips = _DropTips()
-    for target in loggers:
-        target.addFilter(tips)
-    try:
+
+    def not_a_tip(record: logging.LogRecord) -> bool:  # a filter of this context's own, removed as it ends
+        return "Tip: For seamless cloud logging" not in record.getMessage()  # Lightning's "💡 Tip: ..." adverts
+
+    with contextlib.ExitStack() as filters:
+        for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch"):
+            logging.getLogger(name).addFilter(not_a_tip)
+            filters.callback(logging.getLogger(name).removeFilter, not_a_tip)
         yield
-    finally:
-        for target in loggers:
-            target.removeFilter(tips)
 
 
 def _furthest_checkpoint(config: Any) -> str | None:
@@ -704,23 +678,17 @@ def _named_run(config: Any) -> tuple[Path, str, str] | None:
     """``(checkpoints folder, name, version)`` of the run folder ``<save_dir>/<name>/<version>`` that the first
     logger's settings name: a W&B run's ``<project>/<id>`` (``id`` or ``version`` given), a TensorBoard or CSV logger's
     ``<name>/version_<N>`` (``version`` given); None where no run is named."""
-    logger_class, init_args = _first_logger(config)
-    if not issubclass(logger_class, (CSVLogger, TensorBoardLogger, WandbLogger)) or not _names_a_run(init_args):
+    logger = _loggers(config)[0]  # Lightning's ``trainer.logger``, in whose run folder the checkpoints go
+    logger_class = resolve_class_path(logger.class_path) if hasattr(logger, "class_path") else None
+    if not isinstance(logger_class, type) or not issubclass(logger_class, (CSVLogger, TensorBoardLogger, WandbLogger)):
+        return None
+    init_args = logger.get("init_args")
+    if init_args is None or not _names_a_run(init_args):
         return None
     built = logger_class(**init_args.as_dict())  # for its name, save_dir and version as the run will have them
     version = built.version if isinstance(built.version, str) else f"version_{built.version}"
     root = config.trainer.get("default_root_dir") or "."
     return Path(str(built.save_dir or root)) / str(built.name) / version / "checkpoints", str(built.name), version
-
-
-def _first_logger(config: Any) -> tuple[type, Any]:
-    """The class and ``init_args`` of the first logger (Lightning's ``trainer.logger``, in whose run folder the
-    checkpoints go); ``object`` and None for no logger or one of an unknown class."""
-    logger = _loggers(config)[0]
-    logger_class = resolve_class_path(logger.class_path) if hasattr(logger, "class_path") else None
-    if not isinstance(logger_class, type) or logger.get("init_args") is None:
-        return object, None
-    return logger_class, logger.init_args
 
 
 def _names_a_run(init_args: Any) -> bool:
@@ -748,8 +716,7 @@ def _continue_wandb_run(config: Any, checkpoint: dict[str, Any]) -> None:
     recorded = checkpoint.get(LoggerRunInCheckpoint.wandb_key)
     if recorded is None:  # checkpoints written before 2026-12-06 record the first logger's run only
         first = checkpoint.get(LoggerRunInCheckpoint.key) or {}
-        first_class = resolve_class_path(first["class_path"]) if first else None
-        recorded = [first] if isinstance(first_class, type) and issubclass(first_class, WandbLogger) else []
+        recorded = [first] if first and _is_wandb(first["class_path"]) else []
     loggers = [logger for logger in _loggers(config) if hasattr(logger, "class_path")]
     wandb_loggers = [logger for logger in loggers if _is_wandb(logger.class_path)]
     for logger, run in zip(wandb_loggers, recorded):
@@ -781,9 +748,8 @@ def _newest_hpc_checkpoint(config: Any) -> str | None:
 
 
 def _fast_path(config: Any, fit: bool) -> None:
-    """``--fast.steps`` N (configs/fast.yaml): the model's and the datamodule's ``steps_per_batch`` (set here, not
-    linked, so that a datamodule without the argument still runs without the fast path; 1 turns off the fast path of
-    a fast run's ``config.yaml``); a ``fit`` with the trainer's gradient clipping or accumulation is refused."""
+    """``--fast.steps`` N (configs/fast.yaml) as the model's and the datamodule's ``steps_per_batch`` (1 turns the fast
+    path off); a ``fit`` with the trainer's gradient clipping or accumulation is refused."""
     steps = config.get("fast.steps")
     if steps is None or config.get("data") is None or config.get("model") is None:
         return

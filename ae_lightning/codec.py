@@ -34,6 +34,7 @@ _MISMATCH = (
 )
 # Tiles coded (and tokenized) at once; both sides group alike, so each probability is computed on identical inputs.
 TILES_PER_GROUP = 64
+_CODE_MODEL = constriction.stream.model.Categorical(perfect=False)  # both sides': each call gives the probabilities
 
 
 class CompressedFileError(ValueError):
@@ -67,14 +68,13 @@ def compress(prior: CodePrior, image: Tensor) -> bytes:
     if channels != prior.input_shape[0]:
         raise ValueError(f"the model codes images of {prior.input_shape[0]} channels, got an image of {channels}")
     encoder = constriction.stream.queue.RangeEncoder()
-    model = constriction.stream.model.Categorical(perfect=False)
     with evaluating(prior):  # dropout in training mode would make the two sides' probabilities differ
         tiles = _tiles(image.to(prior.device, prior.dtype), prior.input_shape[1:])
         tokens = torch.cat([prior.encode(group) for group in tiles.split(TILES_PER_GROUP)])
         for group in tokens.split(TILES_PER_GROUP):
             for position in range(prior.num_tokens):
                 probabilities = prior.next_token_probabilities(group, position).cpu().numpy()
-                encoder.encode(group[:, position].cpu().numpy().astype(np.int32), model, probabilities)
+                encoder.encode(group[:, position].cpu().numpy().astype(np.int32), _CODE_MODEL, probabilities)
     payload = encoder.get_compressed()
     fingerprints = prior.fingerprint.encode(), prior_fingerprint(prior).encode()
     fields = _FIELDS.pack(MAGIC, VERSION, *fingerprints, channels, height, width, len(tokens), len(payload))
@@ -126,23 +126,18 @@ def decompress(prior: CodePrior, data: bytes, name: str = "the file") -> Tensor:
         raise CompressedFileError(f"{corrupted}, {codes} codes, more than its payload of {4 * words} bytes can hold")
     payload = np.frombuffer(data, dtype="<u4", offset=_HEADER.size).astype(np.uint32)
     decoder = constriction.stream.queue.RangeDecoder(payload)
-    model = constriction.stream.model.Categorical(perfect=False)
-    groups = []
+    tokens = torch.zeros(tiles, prior.num_tokens, dtype=torch.long, device=prior.device)
     with evaluating(prior):
-        for start in range(0, tiles, TILES_PER_GROUP):
-            size = min(TILES_PER_GROUP, tiles - start)
-            group = torch.zeros(size, prior.num_tokens, dtype=torch.long, device=prior.device)
+        for group in tokens.split(TILES_PER_GROUP):  # views: decoding fills ``tokens``
             for position in range(prior.num_tokens):
                 probabilities = prior.next_token_probabilities(group, position).cpu().numpy()
                 try:
-                    symbols = decoder.decode(model, probabilities)
+                    symbols = decoder.decode(_CODE_MODEL, probabilities)
                 except Exception as error:  # constriction's AssertionError, ValueError, ... on words it never wrote
                     raise CompressedFileError(
                         f"the codes of {name} cannot be decoded ({type(error).__name__}: {error}): {_MISMATCH}"
                     ) from None
                 group[:, position] = torch.from_numpy(symbols.astype(np.int64))
-            groups.append(group)
-        tokens = torch.cat(groups)
         if _checksum(data[: _FIELDS.size], tokens) != checksum:
             raise CompressedFileError(f"the header or the codes decoded from {name} fail its checksum: {_MISMATCH}")
         images = torch.cat([prior.decode(group) for group in tokens.split(TILES_PER_GROUP)])

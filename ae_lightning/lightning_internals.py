@@ -1,22 +1,10 @@
-"""The few Lightning internals ae-lightning relies on, where Lightning offers no public route.
+"""The few Lightning internals ae-lightning relies on, where Lightning offers no public route (``__all__``).
 
 Each use has a test in ``tests/test_lightning_internals.py`` that fails with a clear message when a Lightning release
-changes it; ``pyproject.toml`` bounds Lightning to the releases the suite ran on. The uses:
-
-* :func:`every_n_train_steps`, :func:`enable_version_counter`: ``ModelCheckpoint``'s private settings;
-* :func:`uncounted_optimizer_step`: ``Strategy.optimizer_step`` without ``LightningOptimizer.step``'s step count;
-* :func:`batches_that_stepped`: the fit loop's count on which Lightning decides whether a step's logs are written;
-* :func:`ends_training_epoch`: whether a training batch is its epoch's last, as Lightning decides it;
-* :func:`stored_loader_states`: where a checkpoint keeps the training loader's state;
-* :func:`restarts_a_finished_epoch`: a checkpoint whose epoch Lightning 2.6 restarts under ``max_steps``;
-* :func:`without_cli_hyperparameters`: a module built outside LightningCLI's hyperparameter context variable;
-* :func:`has_forward_hooks`: torch's registries of forward hooks;
-* :func:`weighted_batch_size`: the type in which Lightning sums a logged term's batch sizes across ranks;
-* tests only, the uses being elsewhere (``docs/internals.md`` lists them): the loaders posing as DataLoaders, the
-  CLI's checkpoint hyperparameters, litdata's state, vector-quantize-pytorch's ``initted``, a resume's skipped
-  validation, a detached module's ``trainer``, an unopened progress bar and Lightning's signal handlers.
-
-Why each is needed: ``docs/internals.md``.
+changes it; ``pyproject.toml`` bounds Lightning to the releases the suite ran on. That file also tests internals used
+elsewhere: the loaders posing as DataLoaders, the CLI's checkpoint hyperparameters, litdata's state,
+vector-quantize-pytorch's ``initted``, a resume's skipped validation, a detached module's ``trainer``, an unopened
+progress bar and Lightning's signal handlers. Why each is needed: ``docs/internals.md``.
 """
 
 from __future__ import annotations
@@ -84,11 +72,12 @@ def restarts_a_finished_epoch(checkpoint: dict[str, Any]) -> bool:
     loops = checkpoint.get("loops")
     if loops is None:
         return False
-    try:
+
+    def finished() -> bool:
         current = loops["fit_loop"]["epoch_progress"]["current"]
         return current["ready"] == current["started"] == current["processed"] > 0
-    except (KeyError, TypeError):
-        raise RuntimeError(_changed("checkpoints no longer keep loops/fit_loop/epoch_progress/current")) from None
+
+    return _read(finished, "checkpoints no longer keep loops/fit_loop/epoch_progress/current", KeyError, TypeError)
 
 
 T = TypeVar("T")
@@ -121,14 +110,10 @@ def _read(read: Callable[[], T], changed: str, *errors: type[Exception]) -> T:
     try:
         return read()
     except (AttributeError, *errors):
-        raise RuntimeError(_changed(changed)) from None
-
-
-def _changed(what: str) -> str:
-    return (
-        f"Lightning {L.__version__} changed an internal that ae-lightning uses: {what}. Install a Lightning "
-        "release within the bounds of ae-lightning's pyproject.toml, or report this with the Lightning version"
-    )
+        raise RuntimeError(
+            f"Lightning {L.__version__} changed an internal that ae-lightning uses: {changed}. Install a Lightning "
+            "release within the bounds of ae-lightning's pyproject.toml, or report this with the Lightning version"
+        ) from None
 
 
 __all__ = [

@@ -54,8 +54,8 @@ from datamodules.checks import check_init_arguments
 PRUNERS = {
     # steps are a trial's validations (TrialReporter), its first never pruned
     "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
-    "hyperband": lambda: optuna.pruners.HyperbandPruner(),
-    "none": lambda: optuna.pruners.NopPruner(),
+    "hyperband": optuna.pruners.HyperbandPruner,
+    "none": optuna.pruners.NopPruner,
 }
 # Trials that count towards --n_trials, with the failed ones whose loss diverged (user attribute ``diverged``).
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -600,13 +600,13 @@ def write_best_config(study: optuna.Study, root: Path) -> Path | None:
     # The trial's folder, wherever it appears (root dir, logger, checkpoint folder), becomes the new run's.
     config = _replace_prefix(config, best.user_attrs["folder"], str(root / "best"))
     values = ", ".join(f"{name}={value}" for name, value in best.params.items())
+    path = root / "best.yaml"
     header = (
         f"# The best trial of study {study.study_name!r}: trial {best.number}, value {best.value:.6g}\n"
         f"# ({values}). Trained in {best.user_attrs['folder']}; train it afresh with\n"
-        f"#   ae-lightning fit --config {root / 'best.yaml'}\n"
+        f"#   ae-lightning fit --config {path}\n"
     )
-    path = root / "best.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
     write_atomically(path, (header + yaml.safe_dump(config, sort_keys=False)).encode())  # workers may write it at once
     return path
 
@@ -666,10 +666,9 @@ def run(argv: list[str] | None = None) -> optuna.Study:
             print(f"study {args.study_name!r}: {done} of {args.n_trials} trials done; running the rest", flush=True)
             run_trials(study, args, lambda trial: objective(trial, args, space, metric, fit_args))
         path = write_best_config(study, args.root)
-        counts = {state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,))) for state in TrialState}
-        print(
-            f"study {args.study_name!r}: " + ", ".join(f"{n} {state}" for state, n in counts.items() if n), flush=True
-        )
+        states = [trial.state for trial in study.get_trials(deepcopy=False)]
+        counts = ", ".join(f"{states.count(state)} {state.name.lower()}" for state in TrialState if state in states)
+        print(f"study {args.study_name!r}: {counts}", flush=True)
         if path is not None:
             print(f"best trial {study.best_trial.number}: {metric} {study.best_value:.6g}, {study.best_params}; {path}")
     return study

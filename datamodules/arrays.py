@@ -153,6 +153,7 @@ class ArrayDataModule(ImageDataModule):
     def load_arrays(self) -> Arrays:
         contents = data = _read(self.path)
         label_key = self.hparams.labels
+        in_file = isinstance(contents, dict) and label_key in contents
         if isinstance(contents, dict):
             others = [name for name in contents if name != label_key]
             key = self.hparams.key
@@ -167,7 +168,7 @@ class ArrayDataModule(ImageDataModule):
         samples = as_samples(data, str(self.path))
         if label_key is None:
             labels = torch.full((len(samples),), UNLABELED)
-        elif isinstance(contents, dict) and label_key in contents:
+        elif in_file:
             labels = as_labels(contents[label_key], f"{self.path} [{label_key}]")
         elif Path(label_key).suffix in SUFFIXES:
             stored = _read(Path(label_key))
@@ -182,7 +183,6 @@ class ArrayDataModule(ImageDataModule):
             raise ValueError(f"labels {label_key}: label {labels.min().item()} is negative; labels must be 0, 1, ...")
         sources = {"train": str(self.path)}
         if label_key is not None:
-            in_file = isinstance(contents, dict) and label_key in contents
             sources["train_labels"] = f"{self.path} [{label_key}]" if in_file else label_key
         return Arrays((samples, labels), sources=sources)
 

@@ -262,7 +262,7 @@ class ImageDataModule(L.LightningDataModule):
             "seed": self.hparams.seed, "batch_size": self.hparams.batch_size, "world_size": world_size,
             "samples": samples, "fingerprint": content, "source": self.data_description,
         }  # fmt: skip
-        if "train" in getattr(self, "splits", {}):
+        if "train" in self.splits:
             mine["signed_fingerprint"] = fingerprint(self.splits["train"][0], signed=True)
         check_resume_state(loader_state, mine)
 
@@ -272,11 +272,8 @@ class ImageDataModule(L.LightningDataModule):
         return len(images), fingerprint(images)
 
     def train_dataloader(self) -> TensorBatchLoader | GroupedBatches:
-        return self.grouped(self._loader("train", shuffle=True))
-
-    def grouped(self, loader: Any) -> Any:
-        """The training ``loader``, in lists of ``steps_per_batch`` batches when that is more than 1 (the fast path)."""
-        steps = self.hparams.get("steps_per_batch", 1)
+        loader = self._loader("train", shuffle=True)
+        steps = self.hparams.get("steps_per_batch", 1)  # more than 1: lists of that many batches (the fast path)
         return GroupedBatches(loader, steps) if steps > 1 else loader
 
     def val_dataloader(self) -> TensorBatchLoader:

@@ -78,10 +78,8 @@ def check_number(name: str, value: object, interval: str, *, integer: bool = Fal
         integer: whether only integers are allowed.
     """
     low, high, low_closed, high_closed = _parse(interval)
-    ok = _is_number(value, integer)
-    if ok:
-        ok = (low <= value if low_closed else low < value) and (value <= high if high_closed else value < high)
-    if not ok:
+    ok = _is_number(value, integer) and (low <= value if low_closed else low < value)
+    if not (ok and (value <= high if high_closed else value < high)):
         raise ValueError(f"{name} must {_describe(interval, integer, value)}, got {value!r}")
 
 

@@ -58,9 +58,9 @@ def factors_to_index(factors: Tensor) -> Tensor:
 def index_to_factors(index: Tensor) -> Tensor:
     """The ``[N, 5]`` grid indices of grid positions ``index`` ``[N]``."""
     index = index.long()
-    if len(index) and (index.min() < 0 or index.max() >= NUM_IMAGES):
-        bad = index[(index < 0) | (index >= NUM_IMAGES)][0]
-        raise ValueError(f"dSprites image index {int(bad)} is outside the grid 0..{NUM_IMAGES - 1}")
+    outside = (index < 0) | (index >= NUM_IMAGES)
+    if outside.any():
+        raise ValueError(f"dSprites image index {int(index[outside][0])} is outside the grid 0..{NUM_IMAGES - 1}")
     strides, sizes = _STRIDES.to(index.device), torch.tensor(GRID, device=index.device)
     return index[:, None] // strides % sizes
 
@@ -120,17 +120,14 @@ class DSpritesDataModule(ImageDataModule):
     2 heart); :meth:`factors` gives a split's factors. The splits are ``grid_indices``: ``splits`` stays empty.
 
     Args:
-        batch_size: samples per step and process.
-        val_fraction: share of the images held out for validation (seeded).
-        test_fraction: share held out for testing (seeded).
-        seed: seed of the splits and the epoch orders.
+        val_fraction, test_fraction: shares of the images held out for validation and testing (seeded).
         num_samples: use a seeded random subset of this many images of the grid (after ``fixed_factors``); None: all.
         fixed_factors: keep only the images with these factors at these grid indices, e.g. ``{shape: 2}`` for hearts.
-        num_workers: worker processes drawing batches; 0 draws them in-process (on the training device).
-        data_on_device: draw batches on the training device.
-        predict_split: the split that ``predict`` runs on.
+        data_on_device: draw batches on the training device (with ``num_workers`` 0).
         binarize: accepted as by every datamodule; the images are binary, so every setting gives the same images.
         classes: keep only these shapes in train and val (test keeps all), e.g. for one-class anomaly detection.
+        batch_size, seed, num_workers, predict_split, steps_per_batch: as for
+            :class:`~datamodules.base.ImageDataModule`.
     """
 
     num_classes = len(SHAPES)

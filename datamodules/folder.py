@@ -171,7 +171,10 @@ def _is_visible_image(path: str, folder: Path) -> bool:
     return not hidden and path.lower().endswith(IMG_EXTENSIONS)
 
 
-GRAY_MODES = ("1", "L", "LA", "I", "F", "I;16", "I;16B", "I;16L", "I;16N")  # PIL modes of gray images
+# PIL modes of images deeper than 8 bits per channel, which ``Image.convert`` clips rather than scales.
+_DEEP_MODES = dict.fromkeys(("I;16", "I;16B", "I;16L", "I;16N"), "16-bit")
+_DEEP_MODES |= {"I": "32-bit integer", "F": "32-bit float"}
+GRAY_MODES = ("1", "L", "LA", *_DEEP_MODES)  # PIL modes of gray images
 
 
 def own_channels(files: list[str]) -> int:
@@ -189,11 +192,6 @@ def own_channels(files: list[str]) -> int:
             if any(found not in GRAY_MODES for found in pool.map(mode, files[start : start + 256])):
                 return 3
     return 1
-
-
-# PIL modes of images deeper than 8 bits per channel, which ``Image.convert`` clips rather than scales.
-_DEEP_MODES = {"I;16": "16-bit", "I;16B": "16-bit", "I;16L": "16-bit", "I;16N": "16-bit", "I": "32-bit integer",
-               "F": "32-bit float"}  # fmt: skip
 
 
 def decode_image(path: str, mode: str, size: int | None, alpha: Alpha = "refuse") -> Tensor:

@@ -6,10 +6,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-# IDX header: two zero bytes, a type code (0x08 = unsigned byte), the number of dimensions, then one
-# big-endian uint32 per dimension.
-_UBYTE = 0x08
-
 
 def check_idx_file(path: str | Path, ndim: int) -> tuple[int, ...]:
     """The shape in the header of ``path``, an unsigned-byte IDX file of ``ndim`` dimensions (3 for images, 1 for
@@ -20,7 +16,9 @@ def check_idx_file(path: str | Path, ndim: int) -> tuple[int, ...]:
     size = path.stat().st_size
     with path.open("rb") as f:
         header = f.read(4 + 4 * ndim)
-    if header[:4] != bytes((0, 0, _UBYTE, ndim)):
+    # IDX header: two zero bytes, a type code (0x08 = unsigned byte), the number of dimensions, then one
+    # big-endian uint32 per dimension.
+    if header[:4] != bytes((0, 0, 0x08, ndim)):
         raise ValueError(
             f"{path} is not an unsigned-byte IDX file with {ndim} dimensions: its magic number is "
             f"{header[:4].hex() or 'missing'}, expected 000008{ndim:02x}. Delete it and download it again."

@@ -265,8 +265,8 @@ class InteractionsDataModule(ImageDataModule):
     # --- loaders ----------------------------------------------------------------------------------------------------
     def _loader(self, split: Split, shuffle: bool) -> UserRows:
         data = self.interactions
-        rows = DenseRows(data.train, None) if split == "train" else DenseRows(data.fold_in[split], data.held_out[split])
-        return UserRows(rows, **self._loader_settings(split, shuffle))  # on the CPU: it has no data_on_device
+        clicks, held_out = (data.train, None) if split == "train" else (data.fold_in[split], data.held_out[split])
+        return UserRows(clicks, held_out, **self._loader_settings(split, shuffle))
 
     def training_content(self) -> tuple[int, int]:
         return self.interactions.train.shape[0], click_fingerprint(self.interactions.train)
@@ -275,35 +275,27 @@ class InteractionsDataModule(ImageDataModule):
         return self._loader("test", shuffle=False)
 
 
-class DenseRows:
-    """Collates user rows into the batch ``(clicks [B, I], held_out [B, I] or [B, 0], rows [B])``.
+class UserRows(TensorBatchLoader):
+    """:class:`~datamodules.loader.TensorBatchLoader` over the users (rows) of ``clicks``, in batches
+    ``(clicks [B, I], held_out [B, I] or [B, 0], rows [B])`` made dense.
 
     Args:
         clicks: the split's clicks (CSR).
         held_out: its held-out clicks, or None for training users.
+        **kwargs: the :class:`~datamodules.loader.TensorBatchLoader` arguments but images, labels and indices.
     """
 
-    def __init__(self, clicks: sparse.csr_matrix, held_out: sparse.csr_matrix | None) -> None:
+    def __init__(self, clicks: sparse.csr_matrix, held_out: sparse.csr_matrix | None, **kwargs: Any) -> None:
+        users = torch.arange(clicks.shape[0])
+        super().__init__(users, users, users, **kwargs)
         self.clicks, self.held_out = clicks, held_out
+        self.fingerprint = click_fingerprint(clicks)
 
-    def __call__(self, rows: list[np.int64]) -> tuple[Tensor, Tensor, Tensor]:
-        index = np.asarray(rows)
+    def _make_batch(self, rows: Tensor, batch_index: int) -> tuple[Tensor, Tensor, Tensor]:
+        index = rows.cpu().numpy()
         clicks = torch.from_numpy(self.clicks[index].toarray())
         held_out = torch.from_numpy(self.held_out[index].toarray()) if self.held_out is not None else clicks[:, :0]
         return clicks, held_out, torch.from_numpy(index)
-
-
-class UserRows(TensorBatchLoader):
-    """:class:`~datamodules.loader.TensorBatchLoader` over the users of ``rows.clicks``, made dense by ``rows``."""
-
-    def __init__(self, rows: DenseRows, **kwargs: Any) -> None:
-        users = torch.arange(rows.clicks.shape[0])
-        super().__init__(users, users, users, **kwargs)
-        self.rows = rows
-        self.fingerprint = click_fingerprint(rows.clicks)
-
-    def _make_batch(self, rows: Tensor, batch_index: int) -> tuple[Tensor, Tensor, Tensor]:
-        return self.rows(rows.cpu().numpy())
 
 
 def click_fingerprint(clicks: sparse.csr_matrix) -> int:
@@ -477,4 +469,4 @@ def _draw_held_out(frame: pd.DataFrame, fraction: float, rng: np.random.Generato
     return pd.Series(position < n_held, index=frame.index)
 
 
-__all__ = ["DenseRows", "Interactions", "InteractionsDataModule", "UserRows", "read_interactions"]
+__all__ = ["Interactions", "InteractionsDataModule", "UserRows", "read_interactions"]

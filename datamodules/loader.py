@@ -38,9 +38,8 @@ def _hash32_(x: Tensor) -> Tensor:
 
 
 def uniform_by_index(seed: int, indices: Tensor, shape: tuple[int, ...]) -> Tensor:
-    """Uniform ``[0, 1)`` float32 noise ``[len(indices), *shape]``, each value a hash of ``seed``, its sample's index
-    and its position, so that no batch size, rank, order or device changes a sample's noise. Computed on the indices'
-    device in integer tensor operations: no value is read back to the host, so nothing waits for the device."""
+    """Uniform ``[0, 1)`` float32 noise ``[len(indices), *shape]`` on the indices' device, each value a hash of
+    ``seed``, its sample's index and its position: no batch size, rank, order or device changes a sample's noise."""
     key = _mix(seed)
     indices = indices.long()
     # one key per index, distinct for distinct indices below 2**32 (each step is a bijection), and one per position
@@ -64,9 +63,8 @@ _EPOCH_SETTINGS = ("batch_size", "world_size", "order")
 
 
 def fingerprint(images: Tensor, signed: bool = False) -> int:
-    """A cheap fingerprint of a split's content: a resumed position means something only on the same samples.
-    It sums absolute values, so that standardized features, which sum to about 0, still tell one table from another;
-    ``signed``: the sum of the values, as checkpoints written before 2026-12-05 hold it (the same for images)."""
+    """A cheap fingerprint of a split's content: 1000 x the sum of the absolute values of a strided subset of about
+    256 samples, rounded; ``signed``: of the values, as older checkpoints hold it (the same for images)."""
     step = max(1, len(images) // 256)
     sample = images[::step].to(torch.float64)
     return int((sample if signed else sample.abs()).sum().mul(1000).round().item())
@@ -84,8 +82,7 @@ def global_batch_bounds(n: int, batch_size: int, world_size: int) -> list[tuple[
 
 def announced_epoch(current: int, announced: int, batches_done: int, positioned: bool) -> int | None:
     """The epoch a loader in epoch ``current`` starts when Lightning's ``set_epoch`` announces ``announced`` (None:
-    it stays where it is). A loader with a position (loaded or iterated) moves on by one epoch at most: Lightning
-    2.6, resumed at an epoch's end, announces the epoch after the next (``tests/test_resume.py``)."""
+    it stays where it is); a loader with a position (loaded or iterated) moves on by one epoch at most."""
     if announced == current:
         return None
     if not positioned:
@@ -236,7 +233,7 @@ class TensorBatchLoader:
         self._generator: torch.Generator | None = None
 
     def __len__(self) -> int:
-        return len(self._global_batch_bounds())
+        return len(global_batch_bounds(len(self.images), self.batch_size, self.world_size))
 
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch`` unless already positioned inside it (:func:`announced_epoch`); an evaluation loader
@@ -260,7 +257,7 @@ class TensorBatchLoader:
         self.epoch, self.batches_done, self._positioned = state["epoch"], state["batches_done"], True
 
     def __iter__(self) -> Iterator[Batch]:
-        bounds = self._global_batch_bounds()
+        bounds = global_batch_bounds(len(self.images), self.batch_size, self.world_size)
         if not self.resumable:
             self.batches_done = 0
         elif self.batches_done >= len(bounds):  # iterated again without ``set_epoch``: move on to the next epoch
@@ -279,9 +276,6 @@ class TensorBatchLoader:
         for batch in batches:
             self.batches_done += 1
             yield batch
-
-    def _global_batch_bounds(self) -> list[tuple[int, int]]:
-        return global_batch_bounds(len(self.images), self.batch_size, self.world_size)
 
     def _order(self) -> Tensor:
         if not self.shuffle:

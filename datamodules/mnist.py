@@ -50,10 +50,9 @@ class IDXDataModule(ImageDataModule):
         return self.data_dir / self.dataset_class.__name__ / "raw"
 
     @property
-    def idx_files(self) -> dict[str, int]:
-        """The four IDX files torchvision reads, with their number of dimensions."""
-        kinds = (("images-idx3-ubyte", 3), ("labels-idx1-ubyte", 1))
-        return {f"{part}-{kind}": ndim for part in ("train", "t10k") for kind, ndim in kinds}
+    def idx_files(self) -> list[str]:
+        """The four IDX files torchvision reads."""
+        return [f"{part}-{kind}" for part in ("train", "t10k") for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")]
 
     @property
     def dataset_name(self) -> str:

@@ -222,15 +222,14 @@ def prepare_stream(
             class_names = [str(label) for label in range(max(labelled) + 1)]
         train = parts["train"]
         targets = torch.tensor([label for _, label in train])
-        sources = {"train": source}
         splits: dict[str, tuple[str, list[tuple[Any, int]]]] = {}
         if "test" in parts:
             splits["test"] = ("test", parts["test"])
         else:
-            pool, held = draw_split(targets, test_fraction, seed, "test", "--test-fraction", sources)
+            pool, held = draw_split(targets, test_fraction, seed, "test", "--test-fraction", {"train": source})
             splits["test"] = ("train", [train[i] for i in held.tolist()])
             train, targets = [train[i] for i in pool.tolist()], targets[pool]
-        kept, drawn = draw_split(targets, val_fraction, seed, "val", "--val-fraction", sources)
+        kept, drawn = draw_split(targets, val_fraction, seed, "val", "--val-fraction", {"train": source})
         # litdata shuffles chunks and a window of samples only: the train split is stored in a seeded random order
         kept = kept[torch.randperm(len(kept), generator=torch.Generator().manual_seed(seed))]
         splits["train"] = ("train", [train[i] for i in kept.tolist()])
@@ -253,11 +252,7 @@ def prepare_stream(
             part, records = splits[split]
             encoder = ImageEncoder(kind, payloads.get(part), channels, size, encoding, quality, (height, width), alpha)
             samples = chunk_size if chunk_size or chunk_bytes else default_chunk_size(len(records), pixels, encoding)
-            names = _write_split(encoder, records, staging / split, chunk_bytes, samples, num_workers)
-            chunks[split] = {
-                name: {"bytes": (staging / split / name).stat().st_size, "sha256": file_sha256(staging / split / name)}
-                for name in names
-            }
+            chunks[split] = _write_split(encoder, records, staging / split, chunk_bytes, samples, num_workers)
         fingerprint = hashlib.sha256(json.dumps([settings, chunks], sort_keys=True).encode()).hexdigest()
         manifest = StreamManifest(
             height=int(height),
@@ -314,9 +309,9 @@ def _write_split(
     chunk_bytes: str | int | None,
     chunk_size: int | None,
     num_threads: int,
-) -> list[str]:
+) -> dict[str, dict[str, Any]]:
     """Encode ``records`` in threads and write them in order (one writer: the layout does not depend on the threads)
-    as one litdata-optimized folder; returns its chunk files."""
+    as one litdata-optimized folder; returns each chunk file's size in bytes and sha256, by name."""
     from litdata.streaming.writer import BinaryWriter
 
     folder.mkdir(parents=True)
@@ -327,7 +322,8 @@ def _write_split(
             writer[index] = item
     writer.done()
     writer.merge()
-    return [chunk["filename"] for chunk in json.loads((folder / "index.json").read_text())["chunks"]]
+    paths = [folder / chunk["filename"] for chunk in json.loads((folder / "index.json").read_text())["chunks"]]
+    return {path.name: {"bytes": path.stat().st_size, "sha256": file_sha256(path)} for path in paths}
 
 
 def _replaced_folder(path: Path) -> Path:
@@ -497,7 +493,7 @@ def main(argv: list[str] | None = None) -> None:
                         "source image is gray, else 3)")  # fmt: skip
     parser.add_argument("--alpha", choices=typing.get_args(Alpha), help="an image with transparent pixels: refuse it "
                         "(default), or composite it over a white or black background")  # fmt: skip
-    parser.add_argument("--encoding", default="png", choices=("png", "jpeg", "raw"))
+    parser.add_argument("--encoding", default="png", choices=typing.get_args(Encoding))
     parser.add_argument("--quality", type=_option("quality"), help="JPEG quality, 1-100 (default 90)")
     parser.add_argument("--val-fraction", type=_option("val_fraction", float), default=1 / 12)
     parser.add_argument("--test-fraction", type=_option("test_fraction", float), help="for sources without a test "

@@ -16,7 +16,6 @@ from typing import Any
 
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val", "test")
-REMOTE_SCHEMES = ("s3://", "gs://", "r2://")
 # the module that litdata's storage provider of each scheme imports, and the package that installs it
 CLIENTS = {"s3": ("boto3", "boto3"), "gs": ("google.cloud.storage", "google-cloud-storage"), "r2": ("boto3", "boto3")}
 FORMAT_VERSION = 1
@@ -74,7 +73,7 @@ class StreamLocation:
         if scheme not in CLIENTS:
             raise ValueError(
                 f"stream {uri}: unknown scheme {scheme}://; a stream is a local folder or an "
-                f"{', '.join(REMOTE_SCHEMES)} URI"
+                f"{', '.join(f'{known}://' for known in CLIENTS)} URI"
             )
         module, package = CLIENTS[scheme]
         if not _installed(module):  # litdata would raise a bare ModuleNotFoundError at the first read or write
@@ -128,13 +127,6 @@ class StreamLocation:
     def delete(self, *parts: str) -> None:
         """Delete a remote object (every object whose key starts with it: litdata's providers delete by prefix)."""
         self._remote(f"delete {self.join(*parts)}", self._provider().delete_file_or_directory, self.join(*parts))
-
-    def sizes(self, split: str) -> dict[str, int] | None:
-        """Size of each file of a split's folder; None for remote streams (their files are checked on download)."""
-        if self.is_remote:
-            return None
-        folder = Path(self.join(split))
-        return {path.name: path.stat().st_size for path in folder.iterdir()} if folder.is_dir() else {}
 
 
 def _installed(module: str) -> bool:
@@ -190,9 +182,10 @@ def read_manifest(location: StreamLocation) -> StreamManifest:
 def check_chunks(location: StreamLocation, manifest: StreamManifest, split: str, content: bool = False) -> None:
     """Raise naming the missing ``index.json`` or the first chunk of a local ``split`` that is missing or has another
     size (``content``: or sha256) than recorded; remote chunks are checked when litdata downloads them."""
-    sizes = location.sizes(split)
-    if sizes is None:
+    if location.is_remote:
         return
+    folder = Path(location.join(split))
+    sizes = {path.name: path.stat().st_size for path in folder.iterdir()} if folder.is_dir() else {}
     if "index.json" not in sizes:  # e.g. a copy cut short: rsync copies a split's chunk-*.bin before its index.json
         index = location.join(split, "index.json")
         raise FileNotFoundError(f"{index} is missing from stream {location.uri}; copy or prepare the stream again")

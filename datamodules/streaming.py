@@ -404,10 +404,11 @@ class StreamingDataModule(ImageDataModule):
         batch_size = batch_size or hparams.batch_size
         return StreamLoader(dataset, batch_size, hparams.num_workers, train, self.manifest.fingerprint, **shard)
 
-    def _loader(self, split: Split, train: bool) -> StreamLoader:
+    def _loader(self, split: Split, shuffle: bool) -> StreamLoader:
+        """``shuffle``: the training loader, as the base's ``val/test/predict_dataloader`` call it."""
         trainer = self.trainer
         shard = {"rank": trainer.global_rank, "world_size": trainer.world_size} if trainer is not None else {}
-        self._loaders[split] = self._stream_loader(split, train, **shard)
+        self._loaders[split] = self._stream_loader(split, shuffle, **shard)
         return self._loaders[split]
 
     def evaluation_loader(
@@ -422,25 +423,15 @@ class StreamingDataModule(ImageDataModule):
             seed: seed of that subset.
         """
         check_chunks(self.location, self.manifest, split, content=self.hparams.verify_chunks)
-        return self._stream_loader(
-            split, False, batch_size, rows=self.evaluation_rows(split, max_images, seed).tolist()
-        )
+        rows = self.evaluation_rows(split, max_images, seed).tolist()
+        return self._stream_loader(split, False, batch_size, rows=rows)
 
     def train_dataloader(self) -> StreamLoader:
-        loader = self._loader("train", train=True)
+        loader = self._loader("train", shuffle=True)
         if self._resume_state is not None:
             loader.load_state_dict(self._resume_state)
             self._resume_state = None
         return loader
-
-    def val_dataloader(self) -> StreamLoader:
-        return self._loader("val", train=False)
-
-    def test_dataloader(self) -> StreamLoader:
-        return self._loader("test", train=False)
-
-    def predict_dataloader(self) -> StreamLoader:
-        return self._loader(self.hparams.predict_split, train=False)
 
     # --- resuming ---------------------------------------------------------------------------------------------------
     def check_resume(self, loader_state: dict[str, Any], world_size: int) -> None:

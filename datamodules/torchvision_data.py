@@ -49,16 +49,17 @@ class TorchvisionDataModule(ImageDataModule):
         cls, parameters = self.dataset_class, inspect.signature(self.dataset_class).parameters
         # EMNIST's required split names its variant, and train= its part; SVHN's split="train"/"test" is its part
         variant = "split" in parameters and parameters["split"].default is inspect.Parameter.empty
+        by_train = "train" in parameters or variant
         if variant and "split" not in kwargs:
             choices = ", ".join(getattr(cls, "splits", ()))
             raise ValueError(f"{cls.__name__} needs its split in dataset_kwargs: {{split: ...}}, one of {choices}")
-        taken = sorted({"root", "download", "train" if "train" in parameters or variant else "split"} & set(kwargs))
+        taken = sorted({"root", "download", "train" if by_train else "split"} & set(kwargs))
         if taken:
             raise ValueError(
                 f"dataset_kwargs {taken} of {cls.__name__}: the datamodule sets them (root is data_dir, the train and "
                 "test splits are its own, downloads happen in prepare_data); leave them out"
             )
-        if "train" in parameters or variant:
+        if by_train:
             kwargs["train"] = part == "train"
         elif "split" in parameters:
             kwargs["split"] = part
@@ -119,7 +120,8 @@ class TorchvisionDataModule(ImageDataModule):
         self.prepare_data()
         parts: dict[str, tuple[Tensor, Tensor]] = {}
         name = self.dataset_class.__name__
-        for part in ("train", "test"):
+        sources = {part: f"{name} {part} split in {self.data_dir}" for part in ("train", "test")}
+        for part, where in sources.items():
             try:
                 dataset = self._open(part, download=False)
             except RuntimeError as error:
@@ -129,7 +131,6 @@ class TorchvisionDataModule(ImageDataModule):
                     f"{name} reads its images one file at a time (it has no data array): use ImageFolderDataModule"
                 )
             targets = getattr(dataset, "targets", getattr(dataset, "labels", None))
-            where = f"{name} {part} split in {self.data_dir}"
             samples = as_samples(dataset.data, where)
             if stored_transposed(dataset):
                 samples = samples.transpose(2, 3).contiguous()
@@ -138,7 +139,6 @@ class TorchvisionDataModule(ImageDataModule):
             parts[part] = samples, as_labels(targets, f"{where} (labels)")
         classes = getattr(dataset, "classes", None)
         names = [str(c) for c in classes] if classes else None
-        sources = {part: f"{name} {part} split in {self.data_dir}" for part in parts}
         return Arrays(parts["train"], parts["test"], names, sources)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from torch import Tensor, nn
 
 from datamodules.checks import NonNegativeInt, PositiveInt, check_arguments
@@ -28,7 +30,7 @@ class PatchDiscriminator(nn.Sequential):
             stride = 2 if layer < num_layers else 1
             layers += [
                 nn.Conv2d(width, wider, 4, stride=stride, padding=1, bias=False),
-                nn.GroupNorm(_groups(wider), wider),
+                nn.GroupNorm(math.gcd(32, wider), wider),
                 nn.LeakyReLU(0.2),
             ]
             width = wider
@@ -44,11 +46,6 @@ def min_image_size(num_layers: int) -> int:
     """The smallest height and width a :class:`PatchDiscriminator` of ``num_layers`` takes: its stride-2
     convolutions divide the size by ``2 ** num_layers``, and its two stride-1 4x4 convolutions need 3 pixels."""
     return 3 * 2**num_layers if num_layers else 4
-
-
-def _groups(channels: int) -> int:
-    """The largest of 32, 16, ..., 1 that divides ``channels``."""
-    return next(groups for groups in (32, 16, 8, 4, 2, 1) if channels % groups == 0)
 
 
 __all__ = ["PatchDiscriminator", "min_image_size"]

@@ -71,11 +71,8 @@ def continuous_bernoulli_log_likelihood(logits: Tensor, x: Tensor, event_ndim: i
 
 
 def continuous_bernoulli_log_normalizer(logits: Tensor, eps: float = 1e-3) -> Tensor:
-    """log C(lambda) per pixel of the continuous Bernoulli with ``lambda = sigmoid(logits)``.
-
-    ``C(lambda) = 2 artanh(1 - 2 lambda) / (1 - 2 lambda)``, which in the logit ``l`` is ``l / tanh(l / 2)``
-    (``1 - 2 lambda = -tanh(l / 2)``, ``artanh(1 - 2 lambda) = -l / 2``). Its limit 2 at ``l = 0`` is a 0/0 form,
-    so for ``|l| < eps`` it is the Taylor expansion ``log 2 + l^2 / 12``.
+    """log C(lambda) per pixel of the continuous Bernoulli with ``lambda = sigmoid(logits)``: ``log(l / tanh(l / 2))``
+    in the logit ``l``, its Taylor expansion ``log 2 + l^2 / 12`` for ``|l| < eps`` (derivation: ``docs/own_data.md``).
     """
     small = logits.abs() < eps
     safe = torch.where(small, torch.ones_like(logits), logits)
@@ -96,12 +93,8 @@ def uniform_dequantize(x: Tensor, generator: torch.Generator | None = None) -> T
 
 
 def bits_per_dim(nll: Tensor, num_dims: int) -> Tensor:
-    """Bits per dimension of 8-bit data from the nll (nats) of a density on [0, 1]^D of dequantized data.
-
-    ``(nll + D log 256) / (D log 2)``: the density on [0, 256)^D of ``256 x`` is ``p(x) / 256^D`` (hence
-    ``+ D log 256``), and by Jensen its nll on uniformly dequantized data bounds the discrete model's ``-log P(k)``
-    from above (Theis et al. 2016); dividing by ``D log 2`` turns nats per image into bits per dimension.
-    """
+    """Bits per dimension of 8-bit data, ``(nll + D log 256) / (D log 2)``, from the nll (nats) of a density on
+    [0, 1]^D of dequantized data (an upper bound of the discrete model's; ``docs/own_data.md``)."""
     return (nll + num_dims * math.log(256)) / (num_dims * math.log(2))
 
 

@@ -67,11 +67,8 @@ class MLPDecoder(nn.Sequential):
 
 
 def _conv_sizes(size: int, depth: int) -> list[int]:
-    """Spatial sizes through ``depth`` stride-2 convolutions with kernel 4 and padding 1."""
-    sizes = [size]
-    for _ in range(depth):
-        sizes.append((sizes[-1] - 2) // 2 + 1)
-    return sizes
+    """Spatial sizes through ``depth`` stride-2 convolutions with kernel 4 and padding 1: each floors a half."""
+    return [size // 2**i for i in range(depth + 1)]
 
 
 class ConvEncoder(nn.Module):

@@ -106,12 +106,9 @@ class ResidualConvDecoder(nn.Sequential):
         layers: list[nn.Module] = [nn.Conv2d(code_channels, channels[0], 3, padding=1)]
         layers += [ResidualBlock(channels[0], max(channels[0] // 4, 1)) for _ in range(residual_blocks)]
         layers.append(nn.ReLU())
-        for i, (fan_in, fan_out) in enumerate(zip(channels, [*channels[1:], out_channels])):
-            layers.append(nn.ConvTranspose2d(fan_in, fan_out, 4, stride=2, padding=1))
-            if i < len(channels) - 1:
-                layers.append(nn.ReLU())
-        super().__init__(*layers)
-        self.downsampling_factor = 2 ** len(hidden_dims)
+        for fan_in, fan_out in zip(channels, [*channels[1:], out_channels]):
+            layers += [nn.ConvTranspose2d(fan_in, fan_out, 4, stride=2, padding=1), nn.ReLU()]
+        super().__init__(*layers[:-1])  # logits: no ReLU after the last
 
     @property
     def last_layer(self) -> nn.Module:

@@ -172,7 +172,6 @@ class SpatialDecoder(nn.Module):
     ) -> None:
         _check_settings(SpatialDecoder, locals())
         super().__init__()
-        self.factor = downsampling_factor(channels)
         previous = channels[-1]
         layers = [nn.Conv2d(z_channels, previous, 3, padding=1), *_middle(previous, attention, dropout)]
         for level in reversed(range(len(channels))):

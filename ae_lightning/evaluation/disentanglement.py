@@ -10,14 +10,14 @@ out. Non-finite codes, and settings a metric cannot work with, are refused (:fun
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ae_lightning.evaluation.driver import check_known, evaluating
 from datamodules.checks import check_number
 
 DISENTANGLEMENT_METRICS: dict[str, str] = {
@@ -48,24 +48,12 @@ def model_encoder(model: nn.Module, batch_size: int = 512) -> Encoder:
     ``model.encode`` in eval mode without gradients, in batches, on the model's device."""
 
     def encode(images: Tensor) -> np.ndarray:
-        with _inference(model) as (device, dtype):
-            parts = [model.encode(part.to(device, dtype)).float().flatten(1).cpu() for part in images.split(batch_size)]
+        weight = next(model.parameters())  # its device, and dtype: float64 or bfloat16 under 64-true or bf16-true
+        with evaluating(model, seed=None):
+            parts = [model.encode(part.to(weight)).float().flatten(1).cpu() for part in images.split(batch_size)]
         return torch.cat(parts).double().numpy()
 
     return encode
-
-
-@contextlib.contextmanager
-def _inference(model: nn.Module) -> Iterator[tuple[torch.device, torch.dtype]]:
-    """Eval mode without gradients, the mode restored after; yields the model's device and dtype (float64 or bfloat16
-    under 64-true or bf16-true)."""
-    weight, was_training = next(model.parameters()), model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield weight.device, weight.dtype
-    finally:
-        model.train(was_training)
 
 
 def sample_codes(
@@ -325,11 +313,7 @@ def _check_gap_codes(metric: str, num_codes: int) -> None:
 # --- all of them ----------------------------------------------------------------------------------------------------
 def check_disentanglement_metrics(names: Sequence[str]) -> list[str]:
     """``names`` as a list, or a ValueError naming each unknown one and listing the known ones."""
-    unknown = [name for name in names if name not in DISENTANGLEMENT_METRICS]
-    if unknown:
-        known = ", ".join(DISENTANGLEMENT_METRICS)
-        raise ValueError(f"unknown disentanglement metric {', '.join(map(repr, unknown))}; they are {known}")
-    return list(names)
+    return check_known(names, DISENTANGLEMENT_METRICS, "disentanglement metric", "they are")
 
 
 def check_disentanglement_settings(
@@ -430,12 +414,13 @@ def latent_traversals(model: nn.Module, images: Tensor, span: float = 2.5, steps
     """
     from torchvision.utils import make_grid
 
-    with _inference(model) as (device, dtype):
-        codes = model.encode(images.to(device, dtype))
+    weight = next(model.parameters())
+    with evaluating(model, seed=None):
+        codes = model.encode(images.to(weight))
         if codes.dim() != 2:
             raise ValueError(f"latent traversals sweep each dimension of flat codes [latent_dim]; "
                              f"{type(model).__name__}'s codes have shape {list(codes.shape[1:])}")  # fmt: skip
-        values = torch.linspace(-span, span, steps, device=device)
+        values = torch.linspace(-span, span, steps, device=weight.device)
         rows = []
         for code in codes:
             for dim in range(len(code)):

@@ -10,7 +10,7 @@ import contextlib
 import inspect
 import math
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from pkgutil import resolve_name
 from typing import Any
@@ -75,12 +75,17 @@ def check_counts(**counts: tuple[int | None, int]) -> None:
             raise ValueError(f"{argument}={value}: expected at least {least}")
 
 
+def check_known(names: Sequence[str], known: Collection[str], kind: str, listing: str) -> list[str]:
+    """``names`` as a list, or a ValueError ``unknown <kind> <names not in known>; <listing> <known>``."""
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"unknown {kind} {', '.join(map(repr, unknown))}; {listing} {', '.join(known)}")
+    return list(names)
+
+
 def check_metric_names(names: Sequence[str]) -> list[str]:
     """``names`` as a list, or a ValueError naming each unknown metric and listing the known ones."""
-    unknown = [name for name in names if name not in METRICS]
-    if unknown:
-        raise ValueError(f"unknown metric {', '.join(map(repr, unknown))}; the metrics are {', '.join(METRICS)}")
-    return list(names)
+    return check_known(names, METRICS, "metric", "the metrics are")
 
 
 def metric_applies(model: AutoencoderModule, datamodule: ImageDataModule, name: str) -> bool:
@@ -262,9 +267,7 @@ def reconstruction_frechet_distance(
 def check_first_stage_metrics(model: AutoencoderModule, datamodule: ImageDataModule, names: Sequence[str]) -> None:
     """Raise a ValueError naming a name of ``names`` that is not one of :data:`FIRST_STAGE_METRICS` or does not apply
     to the model and data."""
-    unknown = [name for name in names if name not in FIRST_STAGE_METRICS]
-    if unknown:
-        raise ValueError(f"unknown metric {', '.join(map(repr, unknown))}; these are {', '.join(FIRST_STAGE_METRICS)}")
+    check_known(names, FIRST_STAGE_METRICS, "metric", "these are")
     for name in names:
         if not metric_applies(model, datamodule, name):
             raise ValueError(f"metric {name!r} does not apply to {type(model).__name__}: {FIRST_STAGE_METRICS[name]}")
@@ -276,12 +279,8 @@ def pretrained_networks(names: Sequence[str]) -> dict[str, nn.Module]:
     before any score is computed."""
     from ae_lightning.blocks.perceptual import LPIPSDistance
 
-    networks: dict[str, nn.Module] = {}
-    if "rfid" in names:
-        networks["rfid"] = InceptionFeatures()
-    if "lpips" in names:
-        networks["lpips"] = LPIPSDistance("alex")
-    return networks
+    factories = {"rfid": InceptionFeatures, "lpips": lambda: LPIPSDistance("alex")}
+    return {name: factory() for name, factory in factories.items() if name in names}
 
 
 def first_stage_scores(
@@ -689,6 +688,7 @@ __all__ = [
     "check_counts",
     "check_data_source",
     "check_first_stage_metrics",
+    "check_known",
     "check_metric_names",
     "code_scores",
     "datamodule_class",

@@ -7,9 +7,9 @@ computed with it can name the classifier and its accuracy.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +107,7 @@ class FeatureClassifier(L.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
 
 
-@dataclass
+@dataclasses.dataclass
 class ClassifierRecord:
     """A trained feature classifier and how it was obtained.
 
@@ -133,10 +133,8 @@ class ClassifierRecord:
 
     def metadata(self) -> dict[str, Any]:
         """Everything but the network, for reports."""
-        info = asdict(self)
-        del info["network"]
-        info["path"] = str(self.path)
-        return info
+        info = {field.name: getattr(self, field.name) for field in dataclasses.fields(self) if field.name != "network"}
+        return info | {"path": str(self.path)}
 
 
 def check_classifiable(datamodule: ImageDataModule) -> None:
@@ -196,7 +194,6 @@ def train_feature_classifier(
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} holds a feature classifier already; remove it or pass --overwrite to replace it")
     L.seed_everything(seed, verbose=False)
-    datamodule.setup()
     num_classes = len(datamodule.class_names or []) or int(datamodule.splits["train"][1].max()) + 1
     system = FeatureClassifier(datamodule.input_shape, num_classes)
     trainer = L.Trainer(

@@ -99,12 +99,8 @@ def ms_ssim_betas(image_size: Sequence[int], kernel_size: int = 11) -> tuple[flo
 
 
 def multiscale_ssim(image_size: Sequence[int], kernel_size: int = 11) -> MultiScaleStructuralSimilarityIndexMeasure:
-    """torchmetrics' MS-SSIM for images in [0, 1] of ``image_size`` with the scales of :func:`ms_ssim_betas`.
-
-    Args:
-        image_size: ``(H, W)``.
-        kernel_size: the Gaussian window of each scale.
-    """
+    """torchmetrics' MS-SSIM of images in [0, 1] of ``image_size`` ``(H, W)``: ``kernel_size``-pixel Gaussian windows,
+    the scales of :func:`ms_ssim_betas`."""
     betas = ms_ssim_betas(image_size, kernel_size)
     return MultiScaleStructuralSimilarityIndexMeasure(data_range=1.0, kernel_size=kernel_size, betas=betas)
 
@@ -142,10 +138,8 @@ def inception_weights_path() -> Path:
 
 class InceptionFeatures(nn.Module):
     """The 2048 pool features of torchvision's Inception-v3, for :class:`FrechetDistance`: images in [0, 1], gray
-    ones repeated to three channels, resized to 299x299 (bilinear) and normalized as ImageNet's.
-
-    These are torchvision's ImageNet weights, not the TensorFlow graph of the published FID implementations: a
-    distance in them ranks models of one dataset, and is not comparable with published FID values.
+    ones repeated to three channels, resized to 299x299 (bilinear) and normalized as ImageNet's. Not the TensorFlow
+    graph of published FIDs: distances in them rank models of one dataset and are not comparable with published values.
 
     Args:
         pretrained: load the ImageNet weights (downloaded by torchvision into :func:`inception_weights_path`); False

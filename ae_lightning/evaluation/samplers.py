@@ -148,8 +148,7 @@ class TwoStageSampler(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int) -> Tensor:
-        """``[n, D]`` codes drawn from the second VAE, ``decoder(z) + gamma * eps``, in the codes' scale (the paper
-        decodes the mean, its limit as ``gamma -> 0``; with the noise the samples keep the codes' spread before)."""
+        """``[n, D]`` codes drawn from the second VAE, ``decoder(z) + gamma * eps``, in the codes' scale."""
         check_sample_count(n)
         if self.std.isnan().any():
             raise RuntimeError("fit the sampler on codes before sampling")

@@ -19,7 +19,7 @@ from torch import Tensor
 from torchvision.utils import make_grid
 
 from ae_lightning.base import AutoencoderModule
-from ae_lightning.evaluation.driver import evaluating, images_at_once, require_generative
+from ae_lightning.evaluation.driver import check_known, evaluating, images_at_once, require_generative
 from datamodules.checks import check_number
 
 Projection = Literal["pca", "tsne", "none"]
@@ -44,10 +44,7 @@ def applicable_views(model: AutoencoderModule) -> list[str]:
 
 def check_view_names(views: Sequence[str]) -> list[str]:
     """``views`` as a list, or a ValueError naming each unknown view and listing the views."""
-    unknown = [view for view in views if view not in VIEWS]
-    if unknown:
-        raise ValueError(f"unknown image view {', '.join(map(repr, unknown))}; the views are {', '.join(VIEWS)}")
-    return list(views)
+    return check_known(views, VIEWS, "image view", "the views are")
 
 
 def check_views(model: AutoencoderModule, views: Sequence[str]) -> list[str]:
@@ -65,7 +62,7 @@ def check_views(model: AutoencoderModule, views: Sequence[str]) -> list[str]:
             f"the views {', '.join(pictures)} are pictures of images, but {type(model).__name__} models feature "
             f"vectors of shape {model.input_shape}; only latent_map applies"
         )
-    return list(views)
+    return views
 
 
 def draw_views(

@@ -75,8 +75,7 @@ class ConditionalVAE(VAE):
             joined = torch.cat([x, condition[:, :, None, None].expand(-1, -1, *x.shape[2:])], 1)
         else:
             joined = torch.cat([x.flatten(1), condition], 1)
-        mu, logvar = self.encoder(joined).chunk(2, dim=-1)
-        return mu, logvar
+        return self.encoder(joined).chunk(2, dim=-1)
 
     def decoder_logits(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         return self.decoder(torch.cat([z, self.one_hot(y, len(z)).to(z.dtype)], 1))

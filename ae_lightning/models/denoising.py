@@ -15,14 +15,6 @@ from datamodules.checks import check_number
 Corruption = Literal["gaussian", "masking", "salt_and_pepper"]
 
 
-def check_corruption(corruption: str, level: float) -> None:
-    """Raise a ValueError naming the bad value if ``level`` is out of range for ``corruption``."""
-    if corruption == "gaussian":
-        check_number("gaussian noise std", level, "[0, inf)")
-    else:
-        check_number(f"{corruption} fraction", level, "[0, 1)")
-
-
 def corrupt(
     x: Tensor, corruption: Corruption, level: float, generator: torch.Generator | None = None, clip: bool = True
 ) -> Tensor:
@@ -68,7 +60,10 @@ class DenoisingAutoencoder(RestorationAutoencoder):
 
     def __init__(self, corruption: Corruption = "gaussian", corruption_level: float = 0.3, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        check_corruption(corruption, corruption_level)
+        if corruption == "gaussian":
+            check_number("gaussian noise std", corruption_level, "[0, inf)")
+        else:
+            check_number(f"{corruption} fraction", corruption_level, "[0, 1)")
         if corruption == "salt_and_pepper" and len(self.input_shape) == 1:
             raise ValueError(
                 f"corruption: salt_and_pepper sets pixels to 0 or 1, which means nothing for the feature vectors of "

@@ -89,11 +89,8 @@ class FactorVAE(VAE):
     def configure_optimizers(self) -> list[dict[str, Any]]:
         """The VAE's (every parameter but the discriminator's) and the discriminator's optimizers, in this order."""
         vae = [p for name, p in self.named_parameters() if not name.startswith("discriminator.")]
+        discriminator = self.discriminator_optimizer_factory, self.discriminator_lr_scheduler_factory
         return [
             self.build_optimizer(vae, self.optimizer_factory, self.lr_scheduler_factory),
-            self.build_optimizer(
-                self.discriminator.parameters(),
-                self.discriminator_optimizer_factory,
-                self.discriminator_lr_scheduler_factory,
-            ),
+            self.build_optimizer(self.discriminator.parameters(), *discriminator),
         ]

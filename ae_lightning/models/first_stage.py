@@ -143,12 +143,8 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
         the bottleneck in evaluation mode whatever the model's (no codebook update): the same images, the same codes."""
         self.check_tensor(x, "encode(x)")
         h = self.encoder(x)
-        with self.evaluating_bottleneck():
+        with evaluating(self):
             return self.bottleneck(h)[0]
-
-    def evaluating_bottleneck(self) -> contextlib.AbstractContextManager[None]:
-        """Every module in evaluation mode within, each restored to its own mode after."""
-        return evaluating(self)
 
     # --- losses -----------------------------------------------------------------------------------------------------
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
@@ -194,11 +190,6 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
             return last.weight
         return [p for p in self.decoder.parameters() if p.ndim >= 2][-1]
 
-    def _loss_scale(self, device: torch.device) -> Tensor | None:
-        """fp16's current gradient scale as a tensor (no host sync), or None without a gradient scaler."""
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-        return None if scaler is None else scaler.scale(torch.ones((), device=device))
-
     # --- training with a discriminator: two steps per batch ---------------------------------------------------------
     def optimization_step(self, batch: Batch) -> dict[str, Tensor]:
         """A step of the autoencoder (counted in ``global_step``), then one of the discriminator from ``disc_start``."""
@@ -214,9 +205,10 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
             g_loss = losses.generator_adversarial_loss(self.discriminator(reconstruction), self.adversarial_loss)
             weight = torch.ones((), device=x.device)
             if self.adaptive_weight:
-                weight = losses.adaptive_adversarial_weight(
-                    loss, g_loss, self.last_layer_weight(), loss_scale=self._loss_scale(x.device)
-                )
+                # fp16's current gradient scale as a tensor (no host sync), or None without a gradient scaler
+                scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+                scale = None if scaler is None else scaler.scale(torch.ones((), device=x.device))
+                weight = losses.adaptive_adversarial_weight(loss, g_loss, self.last_layer_weight(), loss_scale=scale)
             loss = loss + self.adversarial_weight * weight * g_loss
             terms |= {"g_loss": g_loss, "adaptive_weight": weight}
         autoencoder_optimizer.zero_grad()

@@ -142,12 +142,10 @@ class CodePrior(AutoencoderModule):
 
     # --- the networks -----------------------------------------------------------------------------------------------
     def build_encoder(self) -> None:
-        """None: the tokenizer encodes."""
-        return None
+        return None  # the tokenizer encodes
 
     def build_decoder(self) -> None:  # type: ignore[override]
-        """None: the tokenizer decodes."""
-        return None
+        return None  # the tokenizer decodes
 
     # --- the public API ---------------------------------------------------------------------------------------------
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
@@ -251,13 +249,9 @@ class CodePrior(AutoencoderModule):
             )
 
 
-def load_tokenizer(path: str | Path) -> QuantizedAutoencoder:
-    """The quantized autoencoder of checkpoint ``path``, on the CPU, frozen; a ValueError naming the file otherwise."""
-    return _read_tokenizer(path)[0]
-
-
 def _read_tokenizer(path: str | Path) -> tuple[QuantizedAutoencoder, dict[str, Any]]:
-    """:func:`load_tokenizer`, and the record of its checkpoint that :func:`_rebuild_tokenizer` takes."""
+    """The quantized autoencoder of checkpoint ``path``, on the CPU, frozen, and the record of its checkpoint that
+    :func:`_rebuild_tokenizer` takes; a FileNotFoundError or ValueError naming the file otherwise."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer checkpoint {path} does not exist; train one with configs/vqvae.yaml")
@@ -267,18 +261,22 @@ def _read_tokenizer(path: str | Path) -> tuple[QuantizedAutoencoder, dict[str, A
         raise ValueError(f"a prior needs a QuantizedAutoencoder's codes, but {path} holds a {stored}")
     record = {key: checkpoint[key] for key in _TOKENIZER_RECORD if key in checkpoint}
     del checkpoint
-    # Under ``ae-lightning`` the tokenizer would otherwise take the prior's settings as its hyperparameters.
-    load = QuantizedAutoencoder.load_from_checkpoint
-    return without_cli_hyperparameters(load, data, map_location="cpu").requires_grad_(False).eval(), record
+    return _load_tokenizer(data), record
 
 
 def _rebuild_tokenizer(record: dict[str, Any], weights: dict[str, Tensor]) -> QuantizedAutoencoder:
-    """The tokenizer whose checkpoint held ``record`` and ``weights``, loaded as :func:`load_tokenizer` loads it."""
+    """The tokenizer whose checkpoint held ``record`` and ``weights``, loaded as :func:`_read_tokenizer` loads it."""
     buffer = io.BytesIO()
     torch.save({**record, "state_dict": weights}, buffer)
     buffer.seek(0)
+    return _load_tokenizer(buffer)
+
+
+def _load_tokenizer(data: io.BytesIO) -> QuantizedAutoencoder:
+    """The QuantizedAutoencoder of checkpoint bytes ``data``, on the CPU, frozen."""
+    # Under ``ae-lightning`` the tokenizer would otherwise take the prior's settings as its hyperparameters.
     load = QuantizedAutoencoder.load_from_checkpoint
-    return without_cli_hyperparameters(load, buffer, map_location="cpu").requires_grad_(False).eval()
+    return without_cli_hyperparameters(load, data, map_location="cpu").requires_grad_(False).eval()
 
 
 def _read_once(checkpoint: Any, weights_only: bool | None) -> tuple[io.BytesIO, dict[str, Any]]:
@@ -295,4 +293,4 @@ def _read_once(checkpoint: Any, weights_only: bool | None) -> tuple[io.BytesIO, 
     return data, loaded
 
 
-__all__ = ["CodePrior", "load_tokenizer", "tokenizer_fingerprint"]
+__all__ = ["CodePrior", "tokenizer_fingerprint"]

@@ -15,7 +15,7 @@ from torch import Tensor, distributed
 from ae_lightning.base import Batch, Stage
 from ae_lightning.blocks import losses
 from ae_lightning.blocks.quantizers import CodebookUsage, FSQLevel, QuantizerKind, SpatialQuantizer
-from ae_lightning.models.first_stage import FirstStageAutoencoder
+from ae_lightning.models.first_stage import FirstStageAutoencoder, evaluating
 from datamodules.checks import AtLeastTwo, Fraction, NonNegativeFloat, PositiveInt
 
 
@@ -102,7 +102,7 @@ class QuantizedAutoencoder(FirstStageAutoencoder):
     def encode_indices(self, x: Tensor) -> Tensor:
         """Code indices ``[B, Q, h, w]`` (int64) of images ``x``; as :meth:`encode`, the codebook never updates."""
         h = self.encoder(x)
-        with self.evaluating_bottleneck():
+        with evaluating(self):
             return self.quantizer(h)[1]
 
     def decode_indices(self, indices: Tensor) -> Tensor:

@@ -117,10 +117,10 @@ class MultinomialAutoencoder(AutoencoderModule):
         rankings = {"": self.item_scores(clicks)}
         if stage == "test" and self.item_popularity.any():
             rankings["popularity_"] = self.item_popularity.expand_as(clicks)
+        batch_size = weighted_batch_size(len(clicks))
         for prefix, scores in rankings.items():
             scores = scores.float().masked_fill(clicks > 0, float("-inf"))  # recommend only unclicked items
             for name, values in ranking_metrics(scores, held_out).items():
-                batch_size = weighted_batch_size(len(clicks))
                 self.log(f"{stage}/{prefix}{name}", values.mean(), batch_size=batch_size, sync_dist=True)
 
     def check_data(self, datamodule: Any, stage: str, checkpoint: dict[str, Any] | None = None) -> None:

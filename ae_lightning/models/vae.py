@@ -92,8 +92,7 @@ class VAE(AutoencoderModule):
 
     def posterior_parameters(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Mean and log-variance ``[B, *latent_shape]`` of q(z | x)."""
-        mu, logvar = self.encoder(x).chunk(2, dim=1)
-        return mu, logvar
+        return self.encoder(x).chunk(2, dim=1)
 
     def posterior(self, x: Tensor, y: Tensor | None = None) -> Normal:
         """q(z | x) as a ``torch.distributions.Normal`` with batch shape ``[B, *latent_shape]``."""

@@ -256,12 +256,10 @@ def _image_sink(logger: Logger) -> Literal["wandb", "tensorboard"] | None:
 
 
 class SaveConfigToRun(SaveConfigCallback):
-    """LightningCLI's config saving; with a W&B logger the run's ``config.yaml`` goes into its own run folder
-    ``<save_dir>/<project>/<run id>/`` (beside ``checkpoints/``) and, as ``ae_lightning_config.yaml``, among the W&B
-    run's files (W&B keeps its own ``config.yaml`` there), saved with ``run.save`` so that it is uploaded (also by
-    ``wandb sync``). A W&B logger after the first gets the latter only. ``test``, ``validate`` and ``predict``, which
-    may log into a training run, save theirs beside it as ``config-<subcommand>.yaml`` (``-v1``, ``-v2``, ... once
-    taken)."""
+    """LightningCLI's config saving; with a W&B logger the run's ``config.yaml`` goes into its run folder
+    ``<save_dir>/<project>/<run id>/`` and, as ``ae_lightning_config.yaml``, among the W&B run's uploaded files (a W&B
+    logger after the first gets the latter only). ``test``, ``validate`` and ``predict`` save theirs beside it as
+    ``config-<subcommand>.yaml`` (``-v1``, ``-v2``, ... once taken)."""
 
     W_AND_B_NAME = "ae_lightning_config.yaml"
 

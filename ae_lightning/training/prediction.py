@@ -56,9 +56,7 @@ class PredictionWriter(BasePredictionWriter):
         if trainer.fast_dev_run:
             rank_zero_info("PredictionWriter: fast_dev_run writes no predictions")
             return
-        path = self._target(trainer)
-        if path.exists():  # before any prediction is made
-            raise FileExistsError(f"{path} already exists; predictions are never overwritten")
+        path = self._target(trainer, new=True)  # before any prediction is made
         if self.format != "stream":
             return
         from litdata.streaming.writer import BinaryWriter
@@ -106,7 +104,8 @@ class PredictionWriter(BasePredictionWriter):
         trainer.strategy.barrier()
         self.path, self._writer = path, None
 
-    def _target(self, trainer: L.Trainer) -> Path:
+    def _target(self, trainer: L.Trainer, new: bool = False) -> Path:
+        """Where this process's predictions go; ``new``: a FileExistsError if something is there already."""
         if isinstance(trainer.logger, WandbLogger):  # the W&B run's own folder, as its config and checkpoints
             # rank 0's: a run given no id has one only where W&B started it (``trainer.log_dir`` is broadcast likewise)
             folder = trainer.strategy.broadcast(str(SaveConfigToRun.run_folder(trainer.logger, trainer)))
@@ -115,6 +114,8 @@ class PredictionWriter(BasePredictionWriter):
             path = Path(trainer.log_dir or trainer.default_root_dir) / self.filename
         if self.format == "file" and trainer.world_size > 1:
             path = path.with_name(f"{path.stem}-rank{trainer.global_rank}{path.suffix}")
+        if new and path.exists():
+            raise FileExistsError(f"{path} already exists; predictions are never overwritten")
         return path
 
     def write_on_epoch_end(
@@ -125,9 +126,7 @@ class PredictionWriter(BasePredictionWriter):
         if isinstance(predictions[0], list):  # several predict dataloaders: only the first is ours
             predictions = predictions[0]
         merged = {key: _readable(torch.cat([p[key] for p in predictions])) for key in predictions[0]}
-        path = self._target(trainer)
-        if path.exists():
-            raise FileExistsError(f"{path} already exists; predictions are never overwritten")
+        path = self._target(trainer, new=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".partial")
         torch.save(merged, partial)

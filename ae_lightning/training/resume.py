@@ -10,8 +10,6 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torch.optim.lr_scheduler import ChainedScheduler, CyclicLR, OneCycleLR, SequentialLR
 
-from ae_lightning.base import check_optimizer_class
-
 
 class OptimizerSettingsOnResume(Callback):
     """Records each optimizer's class and param group settings in checkpoints; on resume, after Lightning restored the
@@ -70,7 +68,12 @@ def check_optimizer_resume(
     """Refuse a resume whose optimizer ``i`` changed class or has a new lr that its ``schedulers`` cannot move;
     ``before``, ``now``: :func:`optimizer_settings` of the checkpoint's run and of this one. Returns the changed group
     settings as ``(group, name, the checkpoint's run's value, this run's)``."""
-    check_optimizer_class(i, before["class"], optimizer)
+    stored, current = before["class"], optimizer_settings(optimizer)["class"]
+    if current != stored:
+        raise ValueError(
+            f"the checkpoint's optimizer {i} is a {stored}, this run's a {current}: its state cannot carry over. "
+            "Resume with the checkpoint's optimizer, or start afresh without --ckpt_path"
+        )
     check_lr_change(i, before["defaults"].get("lr"), now["defaults"].get("lr"), schedulers)
     previous_groups = before.get("groups") or _groups_before(before["defaults"], now)
     changes = [

@@ -9,7 +9,7 @@ import re
 import shutil
 import socket
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -133,11 +133,11 @@ class RunCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero and self.dirpath and Path(self.dirpath).is_dir():
             remove_dead_writers_files(Path(self.dirpath))
 
-    @contextlib.contextmanager
-    def _own_saves(self) -> Iterator[None]:
+    def _own_saves(self, hook: Callable[..., None], *args: Any) -> None:
+        """``hook(*args)``, the saves it makes marked as this callback's own."""
         self._in_own_hook = True
         try:
-            yield
+            hook(*args)
         finally:
             self._in_own_hook = False
 
@@ -149,18 +149,15 @@ class RunCheckpoint(ModelCheckpoint):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        with self._own_saves():
-            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        self._own_saves(super().on_train_batch_end, trainer, pl_module, outputs, batch, batch_idx)
         if 0 <= trainer.max_steps <= trainer.global_step:  # Lightning's own test for the last step
             self._save_final_step(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        with self._own_saves():
-            super().on_train_epoch_end(trainer, pl_module)
+        self._own_saves(super().on_train_epoch_end, trainer, pl_module)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        with self._own_saves():
-            super().on_validation_end(trainer, pl_module)
+        self._own_saves(super().on_validation_end, trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Instead of Lightning's ``last`` here, written after the epoch is closed: right only when the epoch ended.

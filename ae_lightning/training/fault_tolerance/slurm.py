@@ -52,8 +52,8 @@ class SlurmRequeue(AgreedSignal):
 
 def hpc_checkpoint_path(folder: str | Path) -> Path:
     """The next ``<folder>/hpc_ckpt_<n>.ckpt``: the name under which ``--ckpt_path hpc`` finds the newest one."""
-    numbers = [int(path.stem.rpartition("_")[2]) for path in Path(folder).glob("hpc_ckpt_*.ckpt")
-               if path.stem.rpartition("_")[2].isdigit()]  # fmt: skip
+    suffixes = (path.stem.rpartition("_")[2] for path in Path(folder).glob("hpc_ckpt_*.ckpt"))
+    numbers = [int(suffix) for suffix in suffixes if suffix.isdigit()]
     return Path(folder) / f"hpc_ckpt_{max(numbers, default=0) + 1}.ckpt"
 
 
