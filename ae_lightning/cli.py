@@ -59,6 +59,7 @@ from ae_lightning.training.fault_tolerance import (
     non_finite_guard,
 )
 from ae_lightning.training.fault_tolerance.checkpoint_io import read_checkpoint, remove_dead_writers_files
+from ae_lightning.training.fault_tolerance.slurm import hpc_checkpoints
 from ae_lightning.training.prediction import PredictionWriter
 from ae_lightning.training.resume import (
     OptimizerSettingsOnResume,
@@ -652,7 +653,8 @@ def _furthest_checkpoint(config: Any) -> str | None:
     for folder in [root, *folders]:  # temporary files of writers killed mid-write, in any earlier version's folder
         if folder.is_dir():
             remove_dead_writers_files(folder)
-    lasts, hpc = [path for folder in folders for path in folder.glob("last*.ckpt")], list(root.glob("hpc_ckpt_*.ckpt"))
+    lasts = [path for folder in folders for path in folder.glob("last*.ckpt")]
+    hpc = list(hpc_checkpoints(root).values())
 
     def read(path: Path) -> tuple[int, float, tuple[str, str] | None]:
         try:
@@ -729,8 +731,9 @@ def _continue_wandb_run(config: Any, checkpoint: dict[str, Any]) -> None:
                            f"this fit logs to project {project}, as a new run")  # fmt: skip
             continue
         init_args.id = run_id
+        other = "--trainer.logger.id" if len(loggers) == 1 else f"the WandbLogger of project {project} an id"
         rank_zero_info(f"--ckpt_path {config.ckpt_path}: continuing its W&B run {run_id} (project {project}); "
-                       "give --trainer.logger.id to log to another run")  # fmt: skip
+                       f"give {other} to log to another run")  # fmt: skip
 
 
 def _is_wandb(class_path: str) -> bool:
@@ -741,9 +744,7 @@ def _is_wandb(class_path: str) -> bool:
 def _newest_hpc_checkpoint(config: Any) -> str | None:
     """The ``hpc_ckpt_<n>.ckpt`` of ``default_root_dir`` with the largest ``n`` (Lightning's SLURM requeue
     checkpoints, numbered as it numbers them), or None."""
-    root = Path(config.trainer.get("default_root_dir") or ".")
-    names = {path: re.fullmatch(r"hpc_ckpt_(\d+)\.ckpt", path.name) for path in root.glob("hpc_ckpt_*.ckpt")}
-    numbered = {int(match[1]): path for path, match in names.items() if match}
+    numbered = hpc_checkpoints(config.trainer.get("default_root_dir") or ".")
     return str(numbered[max(numbered)]) if numbered else None
 
 

@@ -64,17 +64,19 @@ class StreamLocation:
     """
 
     def __init__(self, uri: str, storage_options: dict[str, Any] | None = None) -> None:
-        self.uri = uri.rstrip("/")
+        self.uri = uri.rstrip("/") or uri  # the root folder "/" stays itself
         self.storage_options = storage_options or {}
         self.is_remote = "://" in uri
+        kinds = f"a local folder or an {', '.join(f'{known}://<bucket>' for known in CLIENTS)} URI"
+        if not uri:
+            raise ValueError(f"stream '': expected {kinds}")
         if not self.is_remote:
             return
-        scheme = uri.split("://", 1)[0]
+        scheme, bucket = uri.split("://", 1)
         if scheme not in CLIENTS:
-            raise ValueError(
-                f"stream {uri}: unknown scheme {scheme}://; a stream is a local folder or an "
-                f"{', '.join(f'{known}://' for known in CLIENTS)} URI"
-            )
+            raise ValueError(f"stream {uri}: unknown scheme {scheme}://; a stream is {kinds}")
+        if not bucket.strip("/"):
+            raise ValueError(f"stream {uri}: no bucket; expected {scheme}://<bucket>[/<prefix>]")
         module, package = CLIENTS[scheme]
         if not _installed(module):  # litdata would raise a bare ModuleNotFoundError at the first read or write
             raise ModuleNotFoundError(

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,7 @@ from ae_lightning.evaluation.feature_classifier import (
     train_feature_classifier,
 )
 from ae_lightning.evaluation.metrics import FrechetDistance, ReconstructionMetrics
+from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
 from datamodules import ArrayDataModule, DSpritesDataModule, MNISTDataModule
 from datamodules.base import ImageDataModule
 from datamodules.loader import TensorBatchLoader
@@ -623,10 +625,17 @@ def test_the_evaluate_script_writes_its_json_and_pictures_all_or_none(data_dir: 
     model, mnist = Autoencoder(latent_dim=2, hidden_dims=[8]), MNISTDataModule(data_dir=str(data_dir))
     argv = [str(tmp_path / "run.ckpt"), "--metrics", "mse", "--json", str(json_file), "--plots", str(plots)]
     argv += ["--views", "reconstructions", "interpolations", "--tsne_points", "8"]
-    full = OSError(28, "No space left on device")
+    files_synced = []
+
+    def fsync_until_full(descriptor: int) -> None:  # the third file of three fails; folders sync
+        if not stat.S_ISDIR(os.fstat(descriptor).st_mode):
+            files_synced.append(descriptor)
+            if len(files_synced) == 3:
+                raise OSError(28, "No space left on device")
+
     with (
         mock.patch.object(evaluation, "load_checkpoint", return_value=(model, mnist)),
-        mock.patch("os.fsync", side_effect=[None, None, full]),  # the third file of three
+        mock.patch("os.fsync", side_effect=fsync_until_full),
         pytest.raises(OSError, match="No space left on device"),
     ):
         script.main(argv)
@@ -997,3 +1006,21 @@ def test_the_evaluate_scripts_json_is_strict_with_non_finite_scores_as_null() ->
         raise ValueError(f"{constant} is not JSON")
 
     assert json.loads(text, parse_constant=refuse) == {"mse": 0.5, "nll": None, "fid": None}
+
+
+def test_an_atomic_write_syncs_the_file_then_its_folder(tmp_path: Path) -> None:
+    # without the folder's sync, the rename (and so the new file) could be lost in a crash after the write returned
+    synced = []
+    with mock.patch("os.fsync", side_effect=lambda fd: synced.append(stat.S_ISDIR(os.fstat(fd).st_mode))):
+        write_atomically(tmp_path / "scores.json", b"{}")
+    assert synced == [False, True]
+    assert (tmp_path / "scores.json").read_bytes() == b"{}" and [p.name for p in tmp_path.iterdir()] == ["scores.json"]
+
+
+def test_fid_on_feature_vectors_is_refused_naming_the_datas_shape(tmp_path: Path) -> None:
+    # the message named the model's input shape, which is not what the check reads
+    table = tmp_path / "table.npy"
+    np.save(table, np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32))
+    model = VAE(input_shape=[1, 2, 3], latent_dim=2, hidden_dims=[4])
+    with pytest.raises(ValueError, match=r"fid compares images, but the data are feature vectors of shape \(6,\)$"):
+        evaluation.evaluate(model, ArrayDataModule(path=str(table)), ["fid"])

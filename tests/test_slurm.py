@@ -27,6 +27,7 @@ from tiny_runs import ROOT, TINY_MODEL, run_cli, run_subprocess, subprocess_env,
 
 from ae_lightning.cli import ConfigError
 from ae_lightning.training.fault_tolerance import SlurmRequeue
+from ae_lightning.training.fault_tolerance.slurm import hpc_checkpoint_path, hpc_checkpoints
 
 pytestmark = pytest.mark.slurm
 
@@ -120,6 +121,16 @@ def uninterrupted(slurm: dict[str, str], data_dir: Path, tmp_path_factory: pytes
     wait_until(lambda: finished(slurm, job_id), 300, f"job {job_id}", log)
     assert job(slurm, job_id)["JobState"] == "COMPLETED", log.read_text()[-5000:]
     return run_dir
+
+
+def test_the_next_hpc_checkpoint_follows_the_ones_ckpt_path_hpc_resumes_from(tmp_path: Path) -> None:
+    # Only hpc_ckpt_<ASCII digits>.ckpt are HPC checkpoints, for the requeue that names the next one and for
+    # --ckpt_path hpc that resumes the newest: no other file moves the count on, and none stops the requeue.
+    for name in ("hpc_ckpt_2.ckpt", "hpc_ckpt_x_7.ckpt", "hpc_ckpt_\u00b3.ckpt", "hpc_ckpt_7b.ckpt"):
+        (tmp_path / name).touch()
+    assert hpc_checkpoints(tmp_path) == {2: tmp_path / "hpc_ckpt_2.ckpt"}
+    assert hpc_checkpoint_path(tmp_path) == tmp_path / "hpc_ckpt_3.ckpt"
+    assert hpc_checkpoint_path(tmp_path / "new") == tmp_path / "new" / "hpc_ckpt_1.ckpt"
 
 
 def test_cpu_template_trains_with_two_slurm_ranks(uninterrupted: Path) -> None:

@@ -343,6 +343,11 @@ def test_a_split_without_its_index_is_named_at_setup(stream: Path, tmp_path: Pat
 def test_a_misspelt_or_unreachable_uri_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match=r"stream s4://bucket/photos: unknown scheme s4://"):
         StreamingDataModule("s4://bucket/photos")
+    with pytest.raises(ValueError, match=r"stream s3://: no bucket; expected s3://<bucket>\[/<prefix>\]"):
+        StreamingDataModule("s3://")  # was a KeyError at the first read
+    with pytest.raises(ValueError, match=r"stream '': expected a local folder or an s3://<bucket>"):
+        StreamingDataModule("")  # was the current folder
+    assert StreamLocation("/").join("train") == "/train"  # was train, under the current folder
     with pytest.raises(FileNotFoundError, match=f"stream {tmp_path / 'photso'} does not exist"):
         _ = StreamingDataModule(str(tmp_path / "photso")).input_shape
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")

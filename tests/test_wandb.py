@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import struct
 import time
 from pathlib import Path
@@ -250,14 +251,17 @@ def test_a_wandb_logger_after_another_gets_the_config_among_its_uploaded_files(
 
 
 def test_a_resumed_fit_continues_the_wandb_run_of_a_wandb_logger_after_another(
-    offline: None, data_dir: Path, tmp_path: Path
+    offline: None, data_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     loggers = csv_then_wandb(tmp_path)
     args = tiny_args("ae", data_dir, tmp_path, *SHORT, "--config", str(loggers))
     first = run_cli("fit", *args, "--trainer.max_epochs", "1")
     run_id, checkpoint = first.trainer.loggers[1].version, first.trainer.checkpoint_callback.last_model_path
     wandb.finish()
-    resumed = run_cli("fit", *args, "--trainer.max_epochs", "2", "--ckpt_path", checkpoint)
+    with caplog.at_level(logging.INFO):
+        resumed = run_cli("fit", *args, "--trainer.max_epochs", "2", "--ckpt_path", checkpoint)
     wandb.finish()
     assert resumed.trainer.loggers[1].version == run_id
     assert resumed.trainer.global_step == 4
+    # The way out it names works for a logger in a list (--trainer.logger.id is for a single logger).
+    assert f"continuing its W&B run {run_id} (project p); give the WandbLogger of project p an id to" in caplog.text

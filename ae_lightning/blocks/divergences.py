@@ -12,16 +12,15 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ae_lightning.blocks.losses import standard_normal_log_prob
+from ae_lightning.blocks.losses import LOG_2PI, standard_normal_log_prob
 
-_LOG_2PI = math.log(2 * math.pi)
 Kernel = Literal["rbf", "imq"]
 DipType = Literal["i", "ii"]
 
 
 def gaussian_log_density(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
     """log N(z | mu, exp(logvar)) per dimension (nothing summed); the arguments broadcast."""
-    return -0.5 * ((z - mu).pow(2) * torch.exp(-logvar) + logvar + _LOG_2PI)
+    return -0.5 * ((z - mu).pow(2) * torch.exp(-logvar) + logvar + LOG_2PI)
 
 
 def total_correlation_terms(
@@ -138,7 +137,7 @@ def gaussian_mixture_log_prob(z: Tensor, means: Tensor, logvars: Tensor) -> Tens
         z, means, logvars = z.double(), means.double(), logvars.double()
         precision = torch.exp(-logvars)  # [K, D]
         quadratic = z.pow(2) @ precision.T - 2 * z @ (means * precision).T + (means.pow(2) * precision).sum(-1)
-        log_components = -0.5 * (quadratic + logvars.sum(-1) + z.shape[-1] * _LOG_2PI)  # [..., K]
+        log_components = -0.5 * (quadratic + logvars.sum(-1) + z.shape[-1] * LOG_2PI)  # [..., K]
         return (torch.logsumexp(log_components, dim=-1) - math.log(len(means))).float()
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import ContinuousBernoulli
 
-_LOG_2PI = math.log(2 * math.pi)
+LOG_2PI = math.log(2 * math.pi)
 
 
 def _sum_image_dims(values: Tensor, event_ndim: int = 3) -> Tensor:
@@ -51,7 +51,7 @@ def gaussian_log_likelihood(mean: Tensor, x: Tensor, std: float | Tensor, event_
     """
     mean, x = _at_least_float32(mean, x)
     log_std = torch.log(std.to(x.dtype)) if isinstance(std, Tensor) else math.log(std)
-    per_pixel = -0.5 * ((x - mean) / std) ** 2 - log_std - 0.5 * _LOG_2PI
+    per_pixel = -0.5 * ((x - mean) / std) ** 2 - log_std - 0.5 * LOG_2PI
     return _sum_image_dims(per_pixel, event_ndim)
 
 
@@ -110,9 +110,15 @@ def kl_divergence_normal(mu: Tensor, logvar: Tensor, event_ndim: int = 1) -> Ten
     return _sum_image_dims(0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar), event_ndim)
 
 
+def reparameterize(mu: Tensor, logvar: Tensor, noise: Tensor | None = None) -> Tensor:
+    """The sample ``mu + noise * exp(logvar / 2)`` of N(mu, diag(exp(logvar))), differentiable in both; ``noise``
+    is standard normal (broadcast against ``mu``), drawn like ``mu`` when None."""
+    return mu + (torch.randn_like(mu) if noise is None else noise) * torch.exp(0.5 * logvar)
+
+
 def standard_normal_log_prob(z: Tensor, event_ndim: int = 1) -> Tensor:
     """log N(z | 0, I), summed over the last ``event_ndim`` dimensions (1 for flat codes, 3 for spatial ones)."""
-    return _sum_image_dims(-0.5 * (z.pow(2) + _LOG_2PI), event_ndim)
+    return _sum_image_dims(-0.5 * (z.pow(2) + LOG_2PI), event_ndim)
 
 
 def squared_error(reconstruction: Tensor, x: Tensor, event_ndim: int = 3) -> Tensor:

@@ -502,7 +502,9 @@ def evaluate(
         if name == "fid":
             require_generative(model, "the Frechet distance of samples (fid)")
             if len(datamodule.input_shape) != 3:
-                raise ValueError(f"fid compares images, but the data are feature vectors of shape {model.input_shape}")
+                raise ValueError(
+                    f"fid compares images, but the data are feature vectors of shape {datamodule.input_shape}"
+                )
             if classifier is None:
                 raise ValueError("fid needs the feature classifier (classifier=...)")
         elif name == "auroc" and not metric_applies(model, datamodule, name):

@@ -122,7 +122,7 @@ class TwoStageSampler(nn.Module):
         """The negative ELBO per standardized code ``[B]``."""
         mu, logvar = self.encoder(u).chunk(2, dim=-1)
         noise = torch.randn(mu.shape, generator=generator, device=mu.device)
-        mean = self.decoder(mu + noise * torch.exp(0.5 * logvar))
+        mean = self.decoder(losses.reparameterize(mu, logvar, noise))
         recon = -losses.gaussian_log_likelihood(mean, u, self.log_gamma.exp(), event_ndim=1)
         return recon + losses.kl_divergence_normal(mu, logvar)
 

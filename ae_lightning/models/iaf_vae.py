@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Normal
 
+from ae_lightning.blocks import losses
 from ae_lightning.blocks.flows import MADE, InverseAutoregressiveFlow
 from ae_lightning.models.vae import VAE
 from datamodules.checks import PositiveInt
@@ -82,7 +83,7 @@ class IAFVAE(VAE):
         """The negative log-likelihood of one sample ``z_T`` of the flow and its KL estimated as ``KL(q_0 || p)`` in
         closed form plus ``log p(z_0) - log p(z_T) - log |det|`` (``q_0`` the Gaussian the flow starts from)."""
         mu, logvar = self.posterior_parameters(x, y)
-        z_0 = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        z_0 = losses.reparameterize(mu, logvar)
         z, log_det = self.posterior_flow(z_0, mu, logvar)
         log_ratio = self.prior_log_prob(z_0.float()) - self.prior_log_prob(z.float()) - log_det
         return -self.log_likelihood(self.decoder_logits(z, y).float(), x), self.kl_divergence(mu, logvar) + log_ratio

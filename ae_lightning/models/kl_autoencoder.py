@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
@@ -41,7 +40,7 @@ class KLAutoencoder(FirstStageAutoencoder):
     def bottleneck(self, h: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         mean, logvar = h.chunk(2, dim=1)
         logvar = logvar.clamp(-30.0, 20.0)  # as latent diffusion: exp stays finite in either direction
-        z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar) if self.training else mean
+        z = losses.reparameterize(mean, logvar) if self.training else mean
         kl = losses.kl_divergence_normal(mean.flatten(1), logvar.flatten(1)).mean()
         logged = {"kl": kl.detach(), "code_std": z.detach().float().std(correction=0)}
         return z, self.kl_weight * kl / math.prod(self.input_shape), logged

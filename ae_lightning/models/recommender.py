@@ -206,7 +206,7 @@ class MultVAE(MultinomialAutoencoder):
 
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
         mu, logvar = self.posterior_parameters(x)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
+        z = losses.reparameterize(mu, logvar) if self.training else mu
         recon = -losses.multinomial_log_likelihood(self.decoder(z), x).mean()
         kl = losses.kl_divergence_normal(mu, logvar).mean()
         beta = self.kl_weight()

@@ -171,7 +171,7 @@ class VAE(AutoencoderModule):
         if self.dequantizes:
             x = losses.uniform_dequantize(x)
         mu, logvar = self.posterior_parameters(x)
-        z = mu if deterministic else mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        z = mu if deterministic else losses.reparameterize(mu, logvar)
         recon = -self.log_likelihood(self.decoder(z), x).mean()
         return mu, logvar, z, recon, losses.kl_divergence_normal(mu, logvar).mean()
 
@@ -187,7 +187,7 @@ class VAE(AutoencoderModule):
         if not self.closed_form_kl:
             log_likelihood, log_prior, log_posterior = (t[0] for t in self.log_densities(x, mu, logvar, 1, y))
             return -log_likelihood, log_posterior - log_prior
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)  # reparameterization
+        z = losses.reparameterize(mu, logvar)
         return -self.log_likelihood(self.decoder_logits(z, y), x), self.kl_divergence(mu, logvar)
 
     def kl_divergence(self, mu: Tensor, logvar: Tensor) -> Tensor:
@@ -220,7 +220,7 @@ class VAE(AutoencoderModule):
         """log p(x | z_k), log p(z_k) and log q(z_k | x), each ``[num_samples, B]`` in float32, for
         ``num_samples`` reparameterized samples ``z_k ~ q(z | x)`` decoded in one batched pass."""
         eps = torch.randn(num_samples, *mu.shape, device=mu.device, dtype=mu.dtype)
-        z, log_det = self.posterior_flow(mu + eps * torch.exp(0.5 * logvar), mu, logvar)  # [k, B, *latent_shape]
+        z, log_det = self.posterior_flow(losses.reparameterize(mu, logvar, eps), mu, logvar)  # [k, B, *latent_shape]
         labels = None if y is None else y.repeat(num_samples)  # sample-major, as z is flattened
         logits = self.decoder_logits(z.flatten(0, 1), labels).unflatten(0, (num_samples, len(x)))
         # log q(z | x) = log N(eps | 0, I) - sum(log std) - log |det|, over every code element

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ae_lightning.blocks import losses
 from ae_lightning.blocks.divergences import gaussian_mixture_log_prob
 from ae_lightning.models.vae import VAE
 from datamodules.checks import PositiveInt
@@ -52,4 +53,4 @@ class VampPriorVAE(VAE):
     def sample_prior(self, n: int) -> Tensor:
         means, logvars = self.prior_components()
         chosen = torch.randint(len(means), (n,), device=means.device)
-        return means[chosen] + torch.randn_like(means[chosen]) * torch.exp(0.5 * logvars[chosen])
+        return losses.reparameterize(means[chosen], logvars[chosen])

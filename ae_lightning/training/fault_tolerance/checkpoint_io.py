@@ -48,14 +48,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                     "resume with --ckpt_path last",
                 ) from error
             raise
-        _fsync_directory(path.parent)
         for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by processes that died while writing
             stale.unlink(missing_ok=True)
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path``, sync it and rename it into place: a reader, or a crash,
-    sees the old file or the new one, never part of one."""
+    """Write ``data`` to a temporary file next to ``path``, sync it, rename it into place and sync the folder: a
+    reader, or a crash, sees the old file or the new one, never part of one, and the new one once this returns."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         _replace_synced(path, temporary, lambda file: file.write(data))
@@ -69,6 +68,7 @@ def _replace_synced(path: Path, temporary: Path, write: Callable[[IO[bytes]], ob
         file.flush()
         os.fsync(file.fileno())
     os.replace(temporary, path)  # atomic on POSIX: readers see the old file or the new one, never a mix
+    _fsync_directory(path.parent)
 
 
 def _disk_full(error: BaseException, temporary: Path) -> bool:

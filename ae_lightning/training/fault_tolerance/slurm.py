@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -50,11 +51,15 @@ class SlurmRequeue(AgreedSignal):
         rank_zero_warn(f"requeuing SLURM job {_slurm_job_id()} failed: training goes on; {path} is written")
 
 
+def hpc_checkpoints(folder: str | Path) -> dict[int, Path]:
+    """The ``hpc_ckpt_<n>.ckpt`` files of ``folder`` by ``n`` (ASCII digits); other names are not HPC checkpoints."""
+    names = (re.fullmatch(r"hpc_ckpt_([0-9]+)\.ckpt", path.name) for path in Path(folder).glob("hpc_ckpt_*.ckpt"))
+    return {int(name[1]): Path(folder) / name[0] for name in names if name}
+
+
 def hpc_checkpoint_path(folder: str | Path) -> Path:
     """The next ``<folder>/hpc_ckpt_<n>.ckpt``: the name under which ``--ckpt_path hpc`` finds the newest one."""
-    suffixes = (path.stem.rpartition("_")[2] for path in Path(folder).glob("hpc_ckpt_*.ckpt"))
-    numbers = [int(suffix) for suffix in suffixes if suffix.isdigit()]
-    return Path(folder) / f"hpc_ckpt_{max(numbers, default=0) + 1}.ckpt"
+    return Path(folder) / f"hpc_ckpt_{max(hpc_checkpoints(folder), default=0) + 1}.ckpt"
 
 
 def _slurm_job_id() -> str:
@@ -76,4 +81,4 @@ def _requeue_slurm_job() -> bool:
     return result.returncode == 0
 
 
-__all__ = ["SlurmRequeue", "hpc_checkpoint_path"]
+__all__ = ["SlurmRequeue", "hpc_checkpoint_path", "hpc_checkpoints"]
