@@ -10,6 +10,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.callbacks import EMAWeightAveraging as LightningEMA
 from lightning.pytorch.loggers import CSVLogger, Logger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torchvision.io import read_image
@@ -17,7 +18,7 @@ from torchvision.io import read_image
 from ae_lightning import VAE, Autoencoder, MultVAE
 from ae_lightning.cli import AutoencoderCLI, ConfigError
 from ae_lightning.evaluation import visualization
-from ae_lightning.training.callbacks import ImageLogger
+from ae_lightning.training.callbacks import EMAWeightAveraging, ImageLogger
 from datamodules import InteractionsDataModule, MNISTDataModule
 
 ALL_VIEWS = {"reconstructions", "samples", "interpolations", "latent_map"}
@@ -311,3 +312,42 @@ def test_the_reconstruction_grid_shows_all_num_images_the_last_row_filled_with_w
     assert grid.shape == (3, 4 * 30 + 2, 8 * 30 + 2)  # 2 rows of inputs, each above its reconstructions
     assert (grid[:, 62:90, 92:120] == 0).all()  # the 12th input: 2nd row of inputs, 4th place
     assert (grid[:, 62:90, 152:240] == 1).all() and (grid[:, 92:120, 152:240] == 1).all()  # 4 empty places, white
+
+
+def ema_fit(data_dir: Path, callback: Callback, accelerator: str = "cpu") -> tuple[Autoencoder, L.Trainer]:
+    torch.manual_seed(0)
+    model = Autoencoder(latent_dim=2, hidden_dims=[16])
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator=accelerator,
+        devices=1,
+        callbacks=[callback],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(model, datamodule=MNISTDataModule(data_dir=str(data_dir), batch_size=64))
+    return model, trainer
+
+
+def test_the_ema_of_the_photo_configs_averages_as_lightnings_does(data_dir: Path) -> None:
+    # the project's EMAWeightAveraging differs from Lightning's only in where it keeps the average
+    for config in ("kl_f8", "vqgan_f8"):
+        text = (Path(__file__).parents[1] / "configs" / "photos" / f"{config}.yaml").read_text()
+        assert "class_path: ae_lightning.training.callbacks.EMAWeightAveraging" in text
+    ours, _ = ema_fit(data_dir, EMAWeightAveraging(decay=0.9))
+    lightnings, _ = ema_fit(data_dir, LightningEMA(decay=0.9))
+    trained, _ = ema_fit(data_dir, Callback())
+    for name, value in lightnings.state_dict().items():
+        assert torch.equal(ours.state_dict()[name], value), name
+    assert any(not torch.equal(trained.state_dict()[name], value) for name, value in ours.state_dict().items())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_ema_average_is_kept_on_the_training_gpu(data_dir: Path) -> None:
+    # Lightning's builds it in setup, before the model moves: on the CPU, updated from a copy of every weight per step
+    callback = EMAWeightAveraging(decay=0.9)
+    ema_fit(data_dir, callback, accelerator="gpu")
+    assert {p.device.type for p in callback._average_model.parameters()} == {"cuda"}

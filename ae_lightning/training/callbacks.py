@@ -21,6 +21,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from lightning.pytorch.callbacks import EMAWeightAveraging as LightningEMA
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
@@ -314,6 +315,18 @@ class LoggerRunInCheckpoint(Callback):
             checkpoint[self.wandb_key] = runs
 
 
+class EMAWeightAveraging(LightningEMA):
+    """Lightning's :class:`~lightning.pytorch.callbacks.EMAWeightAveraging` (same arguments and checkpoints) whose
+    average is built on the training device, as Lightning documents for no ``device`` ("the same device as the
+    original model"): Lightning builds it in ``setup``, before the strategy moves the model, so on a GPU it would be
+    kept, and updated every step from a copy of every weight, on the CPU. A ``device`` given still holds."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            pl_module.to(trainer.strategy.root_device)  # where the strategy moves it next
+        super().setup(trainer, pl_module, stage)
+
+
 class ClosingProgressBar(TQDMProgressBar):
     """Lightning's TQDM bar, whose open bars are closed (ending their lines) and flushed when the run fails, so that
     the command's error starts a line of its own in a terminal or a log."""
@@ -325,4 +338,11 @@ class ClosingProgressBar(TQDMProgressBar):
         sys.stdout.flush()
 
 
-__all__ = ["ClosingProgressBar", "ImageLogger", "LoggerRunInCheckpoint", "SaveConfigToRun", "check_image_logger_names"]
+__all__ = [
+    "ClosingProgressBar",
+    "EMAWeightAveraging",
+    "ImageLogger",
+    "LoggerRunInCheckpoint",
+    "SaveConfigToRun",
+    "check_image_logger_names",
+]
