@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Literal
 import lightning as L
 import numpy as np
 import torch
+from filelock import FileLock
 from torch import Tensor
 
 from datamodules.checks import (
@@ -27,6 +28,7 @@ from datamodules.loader import GroupedBatches, TensorBatchLoader, check_resume_s
 Split = Literal["train", "val", "test"]
 DEFAULT_TEST_FRACTION = 0.1
 UNLABELED = -1  # the label of every sample of data without labels (torchvision's convention, e.g. STL10)
+DOWNLOAD_LOCK = ".ae-lightning-download.lock"  # hidden: the image-folder checks skip it, torchvision reads named files
 
 
 @dataclass
@@ -293,16 +295,37 @@ class ImageDataModule(L.LightningDataModule):
 
 
 @contextlib.contextmanager
-def no_empty_folders_left(folder: Path) -> Iterator[None]:
-    """On an error inside (a failed download), remove ``folder`` and its new parents that are left empty."""
-    created = [path for path in (folder, *folder.parents) if not path.exists()]  # deepest first
+def download_lock(data_dir: Path, folder: Path) -> Iterator[None]:
+    """Hold the inter-process lock of ``data_dir`` (a hidden file there) around a check-then-download into ``folder``
+    under it: another process, of this node or of another sharing the folder, waits, then finds the files. Folders
+    made on the way and left empty (a failed download) are removed, with the lock, before it is released.
+
+    Raises:
+        OSError: naming ``data_dir``, where no lock can be taken (a read-only folder).
+    """
+    try:
+        while True:
+            created = [path for path in (folder, *folder.parents) if not path.exists()]  # deepest first
+            data_dir.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(data_dir / DOWNLOAD_LOCK)
+            with contextlib.suppress(FileNotFoundError):  # removed while this process waited, by a failed download
+                lock.acquire()
+                break
+    except (OSError, NotImplementedError) as error:  # NotImplementedError: no flock (filelock before 3.21)
+        raise OSError(
+            f"cannot take the download lock of data_dir {data_dir} ({error}): a download needs a writable folder; "
+            "make it writable, or point data_dir at a folder that holds the data"
+        ) from error
     try:
         yield
-    except BaseException:
+    finally:
         for path in created:
+            if path == data_dir and [child.name for child in path.iterdir()] == [DOWNLOAD_LOCK]:
+                # unlinked while held: a process waiting on it takes a new one (filelock checks the link count)
+                (path / DOWNLOAD_LOCK).unlink()
             with contextlib.suppress(OSError):  # not empty: something was written there
                 path.rmdir()
-        raise
+        lock.release()
 
 
 def _built_on(device: torch.device, batch: Any) -> bool:
@@ -383,4 +406,4 @@ def _binarize_once(images: Tensor, generator: torch.Generator) -> Tensor:
     return binary
 
 
-__all__ = ["UNLABELED", "Arrays", "ImageDataModule", "check_arrays", "draw_split", "no_empty_folders_left"]
+__all__ = ["UNLABELED", "Arrays", "ImageDataModule", "check_arrays", "download_lock", "draw_split"]

