@@ -63,6 +63,7 @@ from ae_lightning.training.fault_tolerance.slurm import hpc_checkpoints
 from ae_lightning.training.prediction import PredictionWriter
 from ae_lightning.training.resume import (
     OptimizerSettingsOnResume,
+    UnfinishedEpochInCheckpoint,
     check_group_count,
     check_optimizer_resume,
     check_scheduled_groups,
@@ -144,7 +145,7 @@ class AutoencoderCLI(LightningCLI):
         kwargs.setdefault("save_config_callback", SaveConfigToRun)
         # Callbacks in ``trainer_defaults`` are added to every trainer, whatever --trainer.callbacks says.
         callbacks = [RandomStateCheckpoint(), SlurmRequeue(), SigtermCheckpoint(), OptimizerSettingsOnResume(),
-                     LoggerRunInCheckpoint(), EndsSpawnedProcessGroup()]  # fmt: skip
+                     UnfinishedEpochInCheckpoint(), LoggerRunInCheckpoint(), EndsSpawnedProcessGroup()]  # fmt: skip
         kwargs.setdefault("trainer_defaults", {"callbacks": callbacks})
         kwargs.setdefault("seed_everything_default", 42)
         kwargs.setdefault("trainer_class", CommandTrainer)

@@ -80,6 +80,30 @@ def restarts_a_finished_epoch(checkpoint: dict[str, Any]) -> bool:
     return _read(finished, "checkpoints no longer keep loops/fit_loop/epoch_progress/current", KeyError, TypeError)
 
 
+def reopen_stopped_epoch(trainer: L.Trainer, checkpoint: dict[str, Any]) -> bool:
+    """Mark the epoch of ``checkpoint`` (a checkpoint of ``trainer``'s fit) unfinished where fit stopped inside it
+    (``max_steps``, ``should_stop``), as in a checkpoint at its last step: Lightning 2.6 counts that epoch processed
+    once fit stops, and resumes at the next epoch, skipping the rest of its batches. Returns whether it did."""
+    loops = checkpoint.get("loops")
+    if loops is None or ends_training_epoch(trainer):
+        return False
+
+    def progress() -> tuple[dict[str, int], dict[str, int], int]:
+        fit_loop = loops["fit_loop"]
+        epochs = fit_loop["epoch_progress"]
+        return epochs["current"], epochs["total"], fit_loop["epoch_loop.batch_progress"]["current"]["ready"]
+
+    changed = "checkpoints no longer keep loops/fit_loop/epoch_progress and epoch_loop.batch_progress"
+    current, total, batches = _read(progress, changed, KeyError, TypeError)
+    if not (current["ready"] == current["started"] == current["processed"] > 0 and batches > 0):
+        return False  # the epoch is still open, or none ran
+    for counts in (current, total):
+        counts["processed"] -= 1
+        counts["completed"] = min(counts["completed"], counts["processed"])
+    checkpoint["epoch"] = current["completed"]
+    return True
+
+
 T = TypeVar("T")
 
 
@@ -122,6 +146,7 @@ __all__ = [
     "ends_training_epoch",
     "every_n_train_steps",
     "has_forward_hooks",
+    "reopen_stopped_epoch",
     "restarts_a_finished_epoch",
     "stored_loader_states",
     "uncounted_optimizer_step",

@@ -25,6 +25,7 @@ from ae_lightning.lightning_internals import (
     enable_version_counter,
     ends_training_epoch,
     every_n_train_steps,
+    reopen_stopped_epoch,
     restarts_a_finished_epoch,
     stored_loader_states,
     uncounted_optimizer_step,
@@ -358,6 +359,56 @@ def test_lightning_restarts_a_finished_epoch_under_max_steps_and_stops_an_epoch_
 def test_a_changed_checkpoint_epoch_progress_is_named_in_the_error() -> None:
     with pytest.raises(RuntimeError, match=rf"Lightning {lightning.__version__} changed .*epoch_progress"):
         restarts_a_finished_epoch({"loops": {"fit_loop": {}}})
+
+
+class Recording(Counting):
+    def __init__(self) -> None:
+        super().__init__()
+        self.indices: list[list[int]] = []
+
+    def training_step(self, batch, batch_idx):
+        self.indices.append(batch[2].tolist())
+        return super().training_step(batch, batch_idx)
+
+
+def test_lightning_closes_the_epoch_that_max_steps_stops_and_a_reopened_one_resumes_inside_it(tmp_path) -> None:
+    # Epochs of 3 batches; fit stops at step 2, inside epoch 0, and the checkpoint is written after fit returned.
+    images = torch.rand(12, 3)
+
+    def loader():
+        return TensorBatchLoader(images, torch.zeros(12), torch.arange(12), batch_size=4, shuffle=True, seed=0)
+
+    uninterrupted, reference = Recording(), quiet_trainer(tmp_path, max_steps=5)
+    reference.fit(uninterrupted, loader())
+    stopped, finished = quiet_trainer(tmp_path, max_steps=2), quiet_trainer(tmp_path, max_steps=3)
+    stopped.fit(Counting(), loader())
+    finished.fit(Counting(), loader())
+    stopped.save_checkpoint(tmp_path / "closed.ckpt")
+    finished.save_checkpoint(tmp_path / "finished.ckpt")
+    checkpoint = torch.load(tmp_path / "closed.ckpt", weights_only=False)
+    assert reopen_stopped_epoch(stopped, checkpoint)
+    assert not reopen_stopped_epoch(stopped, checkpoint)  # open now
+    torch.save(checkpoint, tmp_path / "reopened.ckpt")
+    assert not reopen_stopped_epoch(finished, torch.load(tmp_path / "finished.ckpt", weights_only=False))  # it ended
+    assert not reopen_stopped_epoch(stopped, {})
+    seen, epochs = {}, {}
+    for name in ("closed", "reopened"):
+        resumed, trainer = Recording(), quiet_trainer(tmp_path, max_steps=5)
+        trainer.fit(resumed, loader(), ckpt_path=tmp_path / f"{name}.ckpt")
+        seen[name], epochs[name] = resumed.indices, trainer.current_epoch
+    assert seen["closed"] != uninterrupted.indices[2:], (
+        f"Lightning {lightning.__version__} now resumes a checkpoint written after max_steps stopped fit inside an "
+        "epoch at the next batch of that epoch: UnfinishedEpochInCheckpoint (ae_lightning/training/resume.py) and "
+        "reopen_stopped_epoch (ae_lightning/lightning_internals.py) are no longer needed"
+    )
+    expected = (uninterrupted.indices[2:], reference.current_epoch)
+    assert (seen["reopened"], epochs["reopened"]) == expected, (
+        f"Lightning {lightning.__version__} resumes a checkpoint that reopen_stopped_epoch marked unfinished at other "
+        f"batches (indices {seen['reopened']}, epoch {epochs['reopened']}) than the uninterrupted run's steps 3 to 5 "
+        f"({expected[0]}, epoch {expected[1]}): see reopen_stopped_epoch in ae_lightning/lightning_internals.py"
+    )
+    with pytest.raises(RuntimeError, match=rf"Lightning {lightning.__version__} changed .*epoch_progress"):
+        reopen_stopped_epoch(stopped, {"loops": {"fit_loop": {}}})
 
 
 class Validated(Counting):

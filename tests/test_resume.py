@@ -36,7 +36,7 @@ from ae_lightning import AdversarialAutoencoder, Autoencoder
 from ae_lightning.cli import ConfigError, _furthest_checkpoint
 from ae_lightning.lightning_internals import stored_loader_states
 from ae_lightning.training.fault_tolerance import AtomicCheckpointIO
-from ae_lightning.training.resume import OptimizerSettingsOnResume, optimizer_settings
+from ae_lightning.training.resume import OptimizerSettingsOnResume, UnfinishedEpochInCheckpoint, optimizer_settings
 from datamodules import MNISTDataModule
 
 EVERY_4 = ["--checkpoint.every_n_train_steps", "4"]
@@ -283,6 +283,49 @@ def test_extending_a_finished_run_trains_on_the_batches_of_an_uninterrupted_one(
         for index, state in want["state"].items():
             for key, value in state.items():
                 assert torch.equal(got["state"][index][key], value), f"optimizer state {index}/{key} differs"
+
+
+def test_a_checkpoint_saved_after_max_steps_stopped_inside_an_epoch_resumes_where_it_stopped(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # Epochs of 14 batches: the first fit stops at step 5, inside epoch 0, and the checkpoint is saved after it ends.
+    def fit(max_steps: int, ckpt_path: Path | None = None) -> tuple[L.Trainer, Autoencoder]:
+        model = Autoencoder(hidden_dims=[16], latent_dim=4)
+        trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, max_epochs=-1, limit_val_batches=0, logger=False,
+                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                            default_root_dir=tmp_path, callbacks=[UnfinishedEpochInCheckpoint()])  # fmt: skip
+        trainer.fit(model, datamodule=MNISTDataModule(data_dir=str(data_dir), batch_size=16), ckpt_path=ckpt_path)
+        return trainer, model
+
+    L.seed_everything(0)
+    reference, expected = fit(18)
+    L.seed_everything(0)
+    fit(5)[0].save_checkpoint(tmp_path / "stopped.ckpt")
+    resumed, model = fit(18, tmp_path / "stopped.ckpt")
+    assert resumed.global_step == reference.global_step == 18
+    differing = [
+        name for name, value in expected.state_dict().items() if not torch.equal(model.state_dict()[name], value)
+    ]
+    assert not differing, f"{len(differing)} weights differ from the uninterrupted run's: the resume skipped batches"
+    assert resumed.current_epoch == reference.current_epoch, "the resume counted another number of epochs"
+
+
+def test_the_commands_checkpoint_saved_by_hand_after_max_steps_resumes_where_it_stopped(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # the command's trainer has the callback: a checkpoint saved from Python after its fit resumes inside the epoch
+    steps = ["--trainer.max_epochs", "-1", "--trainer.max_steps"]
+    reference = run_cli("fit", *tiny_args("vae", data_dir, tmp_path / "reference", *steps, "20"))
+    stopped = run_cli("fit", *tiny_args("vae", data_dir, tmp_path / "extended", *steps, "5"))
+    stopped.trainer.save_checkpoint(tmp_path / "by_hand.ckpt")
+    extend = ["--ckpt_path", str(tmp_path / "by_hand.ckpt")]
+    resumed = run_cli("fit", *tiny_args("vae", data_dir, tmp_path / "extended", *steps, "20", *extend))
+    expected = last_checkpoint(tmp_path / "reference")
+    assert resumed.trainer.global_step == expected["global_step"] == 20
+    assert resumed.trainer.current_epoch == reference.trainer.current_epoch
+    differing = [name for name, value in expected["state_dict"].items()
+                 if not torch.equal(resumed.model.state_dict()[name].cpu(), value)]  # fmt: skip
+    assert not differing, f"{len(differing)} weights differ: the resume skipped batches"
 
 
 def test_the_final_checkpoint_is_written_with_an_explicit_weights_only(data_dir: Path, tmp_path: Path) -> None:

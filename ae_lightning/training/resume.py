@@ -1,4 +1,5 @@
-"""The resume policy: the run's own optimizer settings apply when training resumes from a checkpoint."""
+"""Resume policies: a checkpoint written after fit stopped inside an epoch resumes inside it, and the run's own
+optimizer settings apply when training resumes from a checkpoint."""
 
 from __future__ import annotations
 
@@ -9,6 +10,18 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torch.optim.lr_scheduler import ChainedScheduler, CyclicLR, OneCycleLR, SequentialLR
+
+from ae_lightning.lightning_internals import reopen_stopped_epoch
+
+
+class UnfinishedEpochInCheckpoint(Callback):
+    """Checkpoints written after fit stopped inside an epoch (``max_steps``; ``trainer.save_checkpoint`` once fit
+    returned, or an epoch-end checkpoint of that epoch) record the epoch as unfinished, as a checkpoint at the last
+    step does: a resume goes on with its remaining batches instead of starting the next epoch
+    (``docs/fault_tolerance.md``). The command installs it."""
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        reopen_stopped_epoch(trainer, checkpoint)
 
 
 class OptimizerSettingsOnResume(Callback):
@@ -211,6 +224,7 @@ def optimizer_settings(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
 
 __all__ = [
     "OptimizerSettingsOnResume",
+    "UnfinishedEpochInCheckpoint",
     "check_group_count",
     "check_lr_change",
     "check_optimizer_resume",
