@@ -32,6 +32,7 @@ from ae_lightning.blocks.quantizers import CodebookUsage
 from ae_lightning.evaluation import driver as evaluation
 from ae_lightning.evaluation.metrics import InceptionFeatures, inception_weights_path
 from ae_lightning.models.first_stage import check_discriminator_depth
+from ae_lightning.training.callbacks import EMAWeightAveraging as EMAOnTrainingDevice
 from ae_lightning.training.callbacks import ImageLogger
 from datamodules import MNISTDataModule, TensorBatchLoader
 
@@ -867,4 +868,4 @@ def test_photo_configs_fit_on_a_tiny_folder_with_random_lpips(config: str, tmp_p
     assert (
         cli.trainer.global_step == 1 and torch.isfinite(logged["train/g_loss"]) and torch.isfinite(logged["val/loss"])
     )
-    assert any(type(callback).__name__ == "EMAWeightAveraging" for callback in cli.trainer.callbacks)
+    assert any(type(callback) is EMAOnTrainingDevice for callback in cli.trainer.callbacks)  # the config's class
