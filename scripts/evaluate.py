@@ -115,6 +115,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < least:
             parser.error(f"--{name} {value}: expected at least {least} ({what})")
+    if not 0 <= args.seed < 2**32:  # torch takes more, but the t-SNE map and the samplers' mixtures would refuse it
+        parser.error(f"--seed {args.seed}: expected an integer in [0, {2**32 - 1}] (a NumPy and scikit-learn seed)")
     if args.disentanglement and "none" in args.disentanglement and len(args.disentanglement) > 1:
         parser.error(f"--disentanglement {' '.join(args.disentanglement)}: 'none' turns them off; give it alone")
     if args.prune_threshold is not None:

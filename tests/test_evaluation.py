@@ -33,7 +33,7 @@ from ae_lightning.evaluation.feature_classifier import (
     save_feature_classifier,
     train_feature_classifier,
 )
-from ae_lightning.evaluation.metrics import FrechetDistance, ReconstructionMetrics
+from ae_lightning.evaluation.metrics import PSNR_CAP_DB, FrechetDistance, ImagePSNR, ReconstructionMetrics
 from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
 from datamodules import ArrayDataModule, DSpritesDataModule, MNISTDataModule
 from datamodules.base import ImageDataModule
@@ -74,6 +74,25 @@ def test_reconstruction_metrics_match_closed_form() -> None:
     images = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     same.update(images, images)
     assert float(same.compute()["ssim"]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_one_exact_image_caps_its_psnr_rather_than_making_the_mean_infinite() -> None:
+    # Before, an image reconstructed exactly (a blank digit through a clamped decoder) had PSNR +inf, and so had the
+    # test set's mean: test/psnr and evaluate.py's psnr were inf whatever the other images scored.
+    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    x[0] = 0.0
+    x_hat = x.clone()
+    x_hat[1:] = (x[1:] + 0.05).clamp(0, 1)
+    metrics = ReconstructionMetrics()
+    metrics.update(x_hat, x)
+    others = -10 * torch.log10((x_hat[1:] - x[1:]).pow(2).flatten(1).mean(1))
+    expected = (PSNR_CAP_DB + others.sum()) / 4
+    assert float(metrics.compute()["psnr"]) == pytest.approx(float(expected), rel=1e-5)
+    assert PSNR_CAP_DB == 100.0
+    psnr = ImagePSNR()
+    x_hat[1] = math.nan  # a diverged model's NaN still shows, as in recon_mse, rather than being left out
+    psnr.update(x_hat, x)
+    assert math.isnan(float(psnr.compute()))
 
 
 def test_ssim_keeps_the_11_pixel_window_and_shrinks_it_only_for_images_it_cannot_pad() -> None:
@@ -540,6 +559,9 @@ def test_the_evaluate_script_checks_every_option_before_it_loads_anything(
         "--tsne_points -5": "--tsne_points -5: expected at least 2 (test images, for a t-SNE map)",
         "--disentanglement_points 5": "--disentanglement_points 5: expected at least 10 (codes, for MIG, SAP and DCI)",
         "--two_stage_steps 0": "--two_stage_steps 0: expected at least 1 (training step of the second VAE)",
+        # a seed that torch takes but scikit-learn's t-SNE and mixtures refuse: was an error after every score
+        "--seed -1": "--seed -1: expected an integer in [0, 4294967295] (a NumPy and scikit-learn seed)",
+        "--seed 4294967296": "--seed 4294967296: expected an integer in [0, 4294967295] ",
         "--metrics mse fd": "argument --metrics: invalid choice: 'fd' (choose from 'mse', 'bce', 'psnr', 'ssim', "
         "'nll', 'fid', 'linear_probe', 'knn', 'auroc')",
         "--first_stage_metrics ms-ssim": "argument --first_stage_metrics: invalid choice: 'ms-ssim' (choose from "
@@ -1024,3 +1046,21 @@ def test_fid_on_feature_vectors_is_refused_naming_the_datas_shape(tmp_path: Path
     model = VAE(input_shape=[1, 2, 3], latent_dim=2, hidden_dims=[4])
     with pytest.raises(ValueError, match=r"fid compares images, but the data are feature vectors of shape \(6,\)$"):
         evaluation.evaluate(model, ArrayDataModule(path=str(table)), ["fid"])
+
+
+def test_an_image_metric_on_the_wrong_data_is_refused_naming_the_datas_shape(tmp_path: Path) -> None:
+    # "metric 'psnr' does not apply to Autoencoder" blamed the model, which has these metrics on images
+    table = tmp_path / "table.npy"
+    np.save(table, np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32))
+    vectors = ArrayDataModule(path=str(table))
+    model = Autoencoder(input_shape=[6], latent_dim=2, hidden_dims=[4], reconstruction="mse")
+    for name in ("bce", "psnr", "ssim"):
+        with pytest.raises(ValueError, match=rf"^metric '{name}' needs images, but the data are feature vectors of "):
+            evaluation.evaluate(model, vectors, [name])
+    with pytest.raises(ValueError, match=r"^metric 'lpips' needs images, but the data are feature vectors of shape"):
+        evaluation.first_stage_scores(model, vectors, ["lpips"])
+    small = tmp_path / "small.npy"
+    np.save(small, np.random.default_rng(0).random(size=(40, 1, 8, 8)).astype(np.float32))
+    model = Autoencoder(input_shape=[1, 8, 8], latent_dim=2, hidden_dims=[4])
+    with pytest.raises(ValueError, match=r"^metric 'ms_ssim' needs images of at least 11 pixels a side, these are 8x8"):
+        evaluation.first_stage_scores(model, ArrayDataModule(path=str(small)), ["ms_ssim"])

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ae_lightning import DenoisingAutoencoder, SuperResolutionAutoencoder
 from ae_lightning.evaluation import visualization
+from ae_lightning.evaluation.metrics import PSNR_CAP_DB
 from ae_lightning.models.superresolution import bicubic_upsample, downsample
 
 TINY = {"latent_dim": 4, "hidden_dims": [16]}
@@ -94,6 +95,17 @@ def test_the_picture_grid_shows_inputs_outputs_and_originals() -> None:
     torch.testing.assert_close(middle, model(model.degrade(x[:1]))[0, 0].detach())
 
 
+def test_an_image_the_degradation_leaves_exact_caps_its_psnr_rather_than_making_the_mean_infinite() -> None:
+    # A constant image survives bicubic down- and up-sampling exactly: psnr_bicubic was +inf for the whole batch.
+    model = SuperResolutionAutoencoder(**TINY, scale=2)
+    x, _ = images(4)
+    x[0] = 0.3
+    bicubic = model.degrade(x)
+    others = -10 * torch.log10((bicubic[1:] - x[1:]).pow(2).flatten(1).mean(1))
+    expected = (PSNR_CAP_DB + others.sum()) / 4
+    torch.testing.assert_close(logged_metrics(model, x)["psnr_bicubic"], expected)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -156,6 +168,19 @@ def test_bf16_mixed_scores_the_degraded_images_as_32_does(cls: type, tmp_path: P
     for metric in ("psnr", "ssim"):
         name = f"test/{metric}_{cls.degraded_name}"
         assert scores["bf16-mixed"][name] == pytest.approx(scores["32"][name], rel=1e-5), name
+
+
+@pytest.mark.parametrize("corruption", ["gaussian", "masking", "salt_and_pepper"])
+def test_a_test_images_noisy_copy_is_the_same_in_every_precision(corruption: str) -> None:
+    # The noise was drawn in the images' dtype: under bf16-true (or 64-true) the same index gave other noise, so
+    # test/psnr_noisy moved with the precision (0.0868 against 0.0940 in test/mse_noisy at 32 and bf16-true).
+    model = DenoisingAutoencoder(**TINY, corruption=corruption)
+    x, indices = images(8)[0], torch.arange(8)
+    reference = model.degrade(x, indices)
+    for dtype in (torch.bfloat16, torch.float64):
+        noisy = model.degrade(x.to(dtype), indices)
+        assert noisy.dtype == dtype
+        torch.testing.assert_close(noisy.float(), reference, atol=0.02 if dtype == torch.bfloat16 else 1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("corruption, values", [("masking", [0.0]), ("salt_and_pepper", [0.0, 1.0])])

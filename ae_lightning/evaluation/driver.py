@@ -36,7 +36,7 @@ from datamodules.loader import Batch, TensorBatchLoader
 METRICS: dict[str, str] = {
     "mse": "mean squared error of the test reconstructions, per pixel",
     "bce": "binary cross-entropy of the test reconstructions, per pixel, in nats",
-    "psnr": "peak signal-to-noise ratio of the test reconstructions, dB, averaged over images",
+    "psnr": "peak signal-to-noise ratio of the test reconstructions, dB, averaged over images (each at most 100 dB)",
     "ssim": "structural similarity of the test reconstructions",
     "nll": "importance-weighted bound on -log p(x) of the test images, nats per image (VAE family)",
     "fid": "Frechet distance between test images (of the trained classes) and prior samples in a dataset "
@@ -107,6 +107,18 @@ def metric_applies(model: AutoencoderModule, datamodule: ImageDataModule, name: 
     if name == "auroc":
         return datamodule.hparams.classes is not None
     return True
+
+
+def not_applicable(model: AutoencoderModule, datamodule: ImageDataModule, name: str, description: str) -> str:
+    """Why metric ``name`` does not apply (:func:`metric_applies` is False): the data where it needs images (of
+    some size), else the model; ``description`` says what the metric is."""
+    shape = tuple(datamodule.input_shape)
+    if name in ("bce", "psnr", "ssim", *PERCEPTUAL_METRICS, *FRECHET_METRICS) and len(shape) != 3:
+        return f"metric {name!r} needs images, but the data are feature vectors of shape {shape}: {description}"
+    if name == "ms_ssim":
+        size = "x".join(map(str, shape[1:]))
+        return f"metric 'ms_ssim' needs images of at least 11 pixels a side, these are {size}: {description}"
+    return f"metric {name!r} does not apply to {type(model).__name__}: {description}"
 
 
 def require_generative(model: nn.Module, purpose: str) -> None:
@@ -270,7 +282,7 @@ def check_first_stage_metrics(model: AutoencoderModule, datamodule: ImageDataMod
     check_known(names, FIRST_STAGE_METRICS, "metric", "these are")
     for name in names:
         if not metric_applies(model, datamodule, name):
-            raise ValueError(f"metric {name!r} does not apply to {type(model).__name__}: {FIRST_STAGE_METRICS[name]}")
+            raise ValueError(not_applicable(model, datamodule, name, FIRST_STAGE_METRICS[name]))
 
 
 def pretrained_networks(names: Sequence[str]) -> dict[str, nn.Module]:
@@ -513,7 +525,7 @@ def evaluate(
                 "but the held-out ones, and this datamodule keeps every class"
             )
         elif not metric_applies(model, datamodule, name):
-            raise ValueError(f"metric {name!r} does not apply to {type(model).__name__}: {METRICS[name]}")
+            raise ValueError(not_applicable(model, datamodule, name, METRICS[name]))
     test = split_loader(datamodule, "test")
     results: dict[str, float] = {}
     if "linear_probe" in metrics or "knn" in metrics:  # first: training codes of one class are refused before any score
@@ -706,6 +718,7 @@ __all__ = [
     "load_checkpoint",
     "metric_applies",
     "negative_log_likelihood",
+    "not_applicable",
     "perceptual_scores",
     "pretrained_networks",
     "probe_accuracies",

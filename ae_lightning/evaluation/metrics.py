@@ -11,12 +11,29 @@ import torch.nn.functional as F
 import torchvision.models as tv
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MeanSquaredError, MetricCollection
-from torchmetrics.image import (
-    MultiScaleStructuralSimilarityIndexMeasure,
-    PeakSignalNoiseRatio,
-    StructuralSimilarityIndexMeasure,
-)
+from torchmetrics.image import MultiScaleStructuralSimilarityIndexMeasure, StructuralSimilarityIndexMeasure
 from torchmetrics.image.fid import FrechetInceptionDistance
+
+# The PSNR of an image reconstructed exactly: its MSE is floored at 1e-10 (an RMS error of 1e-5, far below an 8-bit
+# level), so that one exact image counts as 100 dB instead of making the mean over a test set +inf (docs/family.md).
+PSNR_CAP_DB = 100.0
+
+
+def psnr_per_image(preds: Tensor, target: Tensor) -> Tensor:
+    """The PSNR in dB ``[B]`` of each of ``preds`` ``[B, ...]`` against ``target``, data range 1, computed in float32:
+    ``10 log10(1 / MSE)``, at most :data:`PSNR_CAP_DB` (100 dB, an MSE of 1e-10 or less, an exact image)."""
+    mse = (preds.float() - target.float()).pow(2).flatten(1).mean(1)
+    return -10 * torch.log10(mse.clamp_min(10 ** (-PSNR_CAP_DB / 10)))
+
+
+class ImagePSNR(MeanMetric):
+    """The mean over images of :func:`psnr_per_image` (dB, each at most :data:`PSNR_CAP_DB`); NaN if one is."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(nan_strategy="disable", **kwargs)  # a NaN reconstruction shows, as in ``recon_mse``
+
+    def update(self, preds: Tensor, target: Tensor) -> None:  # type: ignore[override]
+        super().update(psnr_per_image(preds, target))
 
 
 class PixelBinaryCrossEntropy(MeanMetric):
@@ -49,8 +66,9 @@ class StructuralSimilarity(StructuralSimilarityIndexMeasure):
 
 
 class ReconstructionMetrics(MetricCollection):
-    """``recon_mse`` and ``recon_bce`` (per pixel), ``psnr`` (in dB, averaged over images) and ``ssim`` (the window
-    of :func:`ssim_sigma`: 11 pixels, less on images of 5 pixels a side or fewer).
+    """``recon_mse`` and ``recon_bce`` (per pixel), ``psnr`` (in dB, averaged over images, each at most
+    :data:`PSNR_CAP_DB`) and ``ssim`` (the window of :func:`ssim_sigma`: 11 pixels, less on images of 5 pixels a side
+    or fewer).
 
     Update with ``(reconstructions, images)``, both ``[B, C, H, W]`` in [0, 1]; for feature vectors ``[B, D]``
     (``images=False``) only ``recon_mse`` (per feature) applies. Updates run in float32 outside autocast, so a test
@@ -66,8 +84,8 @@ class ReconstructionMetrics(MetricCollection):
         if images:
             metrics |= {
                 "recon_bce": PixelBinaryCrossEntropy(),
-                # PSNR per image (dim), then averaged: the usual figure, rather than the PSNR of the pooled error.
-                "psnr": PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3)),
+                # PSNR per image, then averaged: the usual figure, rather than the PSNR of the pooled error.
+                "psnr": ImagePSNR(),
                 "ssim": StructuralSimilarity(),
             }
         super().__init__(metrics, prefix=prefix, compute_groups=False, **kwargs)
@@ -93,7 +111,9 @@ def ms_ssim_betas(image_size: Sequence[int], kernel_size: int = 11) -> tuple[flo
     # torchmetrics' size rule for s scales: side // max(1, s - 1) ** 2 > kernel_size - 1 and side >= 2 ** s
     fits = [s for s in range(1, 6) if side // max(1, s - 1) ** 2 > kernel_size - 1 and side >= 2**s]
     if not fits:
-        raise ValueError(f"MS-SSIM with an {kernel_size}-pixel window needs images over {kernel_size} pixels a side")
+        raise ValueError(
+            f"MS-SSIM with an {kernel_size}-pixel window needs images of at least {kernel_size} pixels a side"
+        )
     betas = MS_SSIM_BETAS[: max(fits)]
     return tuple(beta / sum(betas) for beta in betas)
 
@@ -194,8 +214,10 @@ class FrechetDistance(FrechetInceptionDistance):
 __all__ = [
     "FeatureExtractor",
     "FrechetDistance",
+    "ImagePSNR",
     "InceptionFeatures",
     "MS_SSIM_BETAS",
+    "PSNR_CAP_DB",
     "PixelBinaryCrossEntropy",
     "ReconstructionMetrics",
     "StructuralSimilarity",
@@ -203,5 +225,6 @@ __all__ = [
     "ms_ssim_applies",
     "ms_ssim_betas",
     "multiscale_ssim",
+    "psnr_per_image",
     "ssim_sigma",
 ]

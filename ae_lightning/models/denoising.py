@@ -27,14 +27,17 @@ def corrupt(
         level: the noise std (``gaussian``) or the fraction of pixels hit (``masking``, ``salt_and_pepper``).
         generator: random generator on ``x``'s device, for a reproducible corruption; the global one when None.
         clip: clip Gaussian noise to [0, 1] (False for feature vectors).
+
+    The noise is drawn in float32 whatever ``x``'s dtype, so a generator's seed gives the same corruption (to
+    ``x``'s precision) under every ``precision``.
     """
 
     def uniform() -> Tensor:  # one draw per pixel, shared by its channels
         pixels = (len(x), 1, *x.shape[2:]) if x.dim() == 4 else x.shape
-        return torch.rand(pixels, generator=generator, device=x.device, dtype=x.dtype)
+        return torch.rand(pixels, generator=generator, device=x.device, dtype=torch.float32)
 
     if corruption == "gaussian":
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32).to(x.dtype)
         return (x + level * noise).clamp(0, 1) if clip else x + level * noise
     if corruption == "masking":
         return x * (uniform() >= level)

@@ -9,22 +9,21 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from torchmetrics.functional.image import structural_similarity_index_measure
 
 from ae_lightning.base import DeterministicAutoencoder
-from ae_lightning.evaluation.metrics import ssim_sigma
+from ae_lightning.evaluation.metrics import psnr_per_image, ssim_sigma
 
 
 def restoration_metrics(output: Tensor, x: Tensor, name: str) -> dict[str, Tensor]:
-    """``psnr_<name>`` (mean per-image PSNR, dB) and ``ssim_<name>`` (the window of
+    """``psnr_<name>`` (mean per-image PSNR, dB, each at most 100:
+    :func:`~ae_lightning.evaluation.metrics.psnr_per_image`) and ``ssim_<name>`` (the window of
     :func:`~ae_lightning.evaluation.metrics.ssim_sigma`) of ``output`` against ``x``, data range 1, in float32
     outside autocast (SSIM's convolutions in bf16 lose its variances)."""
     output, x, sigma = output.float(), x.float(), ssim_sigma(x.shape[-2:])
     with torch.autocast(x.device.type, enabled=False):
         return {
-            f"psnr_{name}": peak_signal_noise_ratio(
-                output, x, data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3)
-            ),
+            f"psnr_{name}": psnr_per_image(output, x).mean(),
             f"ssim_{name}": structural_similarity_index_measure(output, x, sigma=sigma, data_range=1.0),
         }
 
