@@ -8,7 +8,6 @@ problem. Both sides run the prior and its tokenizer in eval mode, restoring thei
 
 from __future__ import annotations
 
-import hashlib
 import math
 import struct
 import zlib
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ae_lightning.models.first_stage import evaluating
-from ae_lightning.models.prior import CodePrior
+from ae_lightning.models.prior import CodePrior, state_fingerprint
 
 MAGIC = b"AELC"
 VERSION = 2  # 1: the CRC-32 covered the codes only, and came before the payload length
@@ -42,12 +41,9 @@ class CompressedFileError(ValueError):
 
 
 def prior_fingerprint(prior: CodePrior) -> str:
-    """A hash of every weight and buffer of ``prior`` (its tokenizer included)."""
-    digest = hashlib.sha256()
-    for name, value in sorted(prior.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    """The :func:`~ae_lightning.models.prior.state_fingerprint` of every weight and buffer of ``prior`` (its tokenizer
+    included)."""
+    return state_fingerprint(prior.state_dict())
 
 
 @torch.no_grad()

@@ -43,12 +43,14 @@ TILE = 32
 
 
 def point(text: str) -> tuple[int, int]:
-    """``factor:codebook_size`` as two integers: a downsampling factor of 2, 4, 8, ... and a book of 2 codes or more."""
+    """``factor:codebook_size`` as two integers: a downsampling factor of 2, 4, ... ``TILE`` and a book of 2 codes or
+    more."""
     factor, _, size = text.partition(":")
-    if not (factor.isdigit() and size.isdigit() and int(factor) >= 2 and int(factor) & (int(factor) - 1) == 0
+    if not (factor.isdigit() and size.isdigit() and 2 <= int(factor) <= TILE and int(factor) & (int(factor) - 1) == 0
             and int(size) >= 2):  # fmt: skip
         raise argparse.ArgumentTypeError(
-            f"{text!r}: expected factor:codebook_size, the factor a power of 2 (2, 4, 8, ...) and at least 2 codes"
+            f"{text!r}: expected factor:codebook_size, the factor a power of 2 from 2 to {TILE} (the tiles are "
+            f"{TILE}x{TILE}) and at least 2 codes"
         )
     return int(factor), int(size)
 

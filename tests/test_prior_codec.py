@@ -128,6 +128,48 @@ def test_prior_samples_an_empty_batch_as_other_models_do(tokenizer_path: Path) -
     assert prior.sample(0).shape == (0, *prior.sample(1).shape[1:])
 
 
+def test_prior_names_tokens_it_cannot_take(tokenizer_path: Path) -> None:
+    # decode's 48 tokens died in a reshape ("shape '[1, 7, 7, 1]' is invalid"), token_nll's float ones in the
+    # embedding; token K, the start token, was taken by logits as a code without a word.
+    prior = tiny_prior(tokenizer_path).eval()
+    tokens = prior.sample_tokens(2)
+    expected = r"takes int64 tokens \[B, 49\] in \[0, 15\], got "
+    for bad, found in (
+        (tokens[:, :48], r"a torch.int64 tensor of shape \[2, 48\]"),
+        (tokens[0], r"a torch.int64 tensor of shape \[49\]"),
+        (tokens.float(), r"a torch.float32 tensor of shape \[2, 49\]"),
+        (tokens.clone().fill_(16), "values from 16 to 16"),
+        (tokens.clone().fill_(-1), "values from -1 to -1"),
+    ):
+        with pytest.raises(ValueError, match=r"CodePrior.decode\(tokens\) " + expected + found):
+            prior.decode(bad)
+        with pytest.raises(ValueError, match=r"CodePrior.token_nll\(tokens\) " + expected + found):
+            prior.token_nll(bad)
+        if "values" not in found:  # logits reads no values (the training step calls it): dtype and shape only
+            with pytest.raises(ValueError, match=r"CodePrior.logits\(tokens\) " + expected + found):
+                prior.logits(bad)
+    assert prior.decode(tokens).shape == (2, 1, 28, 28) and prior.token_nll(tokens).shape == (2,)
+
+
+@pytest.mark.parametrize("precision", ["bf16-true", "64-true"])
+def test_a_prior_trained_in_bfloat16_or_float64_saves_resumes_loads_and_codes(
+    precision: str, tokenizer_path: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    # The fingerprints hashed each tensor through numpy: under bf16-true saving the checkpoint died ("Got unsupported
+    # ScalarType BFloat16"), and compress too; a 64-true checkpoint's float64 tokenizer was taken for another one.
+    prior = tiny_prior(tokenizer_path)
+    trainer = make_trainer(tmp_path / "prior", limit_train_batches=1, limit_val_batches=0, precision=precision)
+    trainer.fit(prior, datamodule=tiny_data(data_dir))
+    trainer.save_checkpoint(tmp_path / "prior.ckpt")
+    resumed = make_trainer(tmp_path / "resumed", limit_train_batches=1, limit_val_batches=0, precision=precision)
+    resumed.fit(tiny_prior(tokenizer_path), datamodule=tiny_data(data_dir), ckpt_path=tmp_path / "prior.ckpt")
+    loaded = CodePrior.load_from_checkpoint(tmp_path / "prior.ckpt").eval()
+    assert loaded.dtype == torch.float32 and loaded.fingerprint == prior.fingerprint  # the same values
+    image = torch.rand(1, 30, 30, generator=torch.Generator().manual_seed(10))
+    for model in (prior.eval(), loaded):
+        assert decompress(model, compress(model, image)).shape == (1, 30, 30)
+
+
 # --- the codec ------------------------------------------------------------------------------------------------------
 @pytest.fixture
 def trained_prior(tokenizer_path: Path, data_dir: Path, tmp_path: Path) -> CodePrior:
@@ -569,7 +611,8 @@ def test_rate_distortion_refuses_qualities_pillow_would_relabel_and_photos_it_ca
 ) -> None:
     # --jpeg_qualities -1 wrote Pillow's default quality 75 as the row of quality -1 (101: quality 100); --webp 101
     # ended in Pillow's "invalid configuration"; --photos missing, empty or of 20x20 icons in tracebacks after --out
-    # was made (the icons' in "random_ expects 'from' to be less than 'to'").
+    # was made (the icons' in "random_ expects 'from' to be less than 'to'"); --points 8:64 64:8 trained the first
+    # point, then died building the second's autoencoder ("not divisible by the downsampling factor 64").
     from PIL import Image
     from test_evaluation import load_script, refused
 
@@ -584,6 +627,8 @@ def test_rate_distortion_refuses_qualities_pillow_would_relabel_and_photos_it_ca
         f"--photos {tmp_path / 'missing'}": f"--photos {tmp_path / 'missing'}: expected a folder holding .jpg, .jpeg ",
         f"--photos {tmp_path / 'empty'}": f"--photos {tmp_path / 'empty'}: expected a folder holding .jpg, .jpeg or ",
         f"--photos {tmp_path / 'icons'}": f"--photos: {tmp_path / 'icons' / 'a.png'} is 20x40; expected at least 32x32",
+        "--points 8:64 64:8": "argument --points: '64:8': expected factor:codebook_size, the factor a power of 2 "
+        "from 2 to 32 (the tiles are 32x32) and at least 2 codes",
     }
     for argv, message in cases.items():
         said = refused(load_script("rate_distortion"), [*argv.split(), "--steps", "1", "--out", str(out)], capsys)

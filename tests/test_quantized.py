@@ -97,6 +97,43 @@ def test_indices_decode_to_the_same_reconstruction(kwargs: dict, levels: int) ->
     torch.testing.assert_close(model.decode_indices(indices), model(x))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64], ids=["bf16", "float64"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"quantizer": "fsq", "fsq_levels": [5, 3, 3, 3]},
+        {"quantizer": "fsq", "fsq_levels": [5, 3]},
+        {"quantizer": "residual_vq", "num_quantizers": 2},
+    ],
+    ids=["vq", "fsq", "fsq_projected", "residual_vq"],
+)
+def test_indices_decode_in_the_weights_dtype(kwargs: dict, dtype: torch.dtype) -> None:
+    # Under bf16-true or 64-true FSQ's indices decoded to float32 codes, which decode (or the projection from fewer
+    # levels than latent_dim) refused: a prior's samples could not become images.
+    model = quantized(**kwargs)
+    model.loss_terms(images(), None, None)  # k-means initialization of the codebooks
+    model = model.eval().to(dtype)
+    x = images().to(dtype)
+    decoded = model.decode_indices(model.encode_indices(x))
+    assert decoded.dtype == dtype
+    torch.testing.assert_close(decoded, model(x))
+
+
+def test_encode_indices_refuses_the_images_encode_refuses_naming_itself() -> None:
+    # It used to pass them to the encoder: a bare RuntimeError from a convolution, or an unpacking error.
+    model = quantized().eval()
+    x = images()
+    for bad, message in [
+        (x[0], "encode_indices(x) takes images [B, 1, H, W], got a tensor of shape [1, 28, 28]: add the batch"),
+        ((x * 255).to(torch.uint8), "but encode_indices(x) holds torch.uint8 images: pass x.float() / 255"),
+        (x.double(), "but encode_indices(x) holds torch.float64 images: convert them with x.to(torch.float32)"),
+        (x.expand(-1, 3, -1, -1), "encode_indices(x) takes images [B, 1, H, W], got a tensor of shape [6, 3, 28, 28]"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            model.encode_indices(bad)
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [{}, {"quantizer": "fsq", "fsq_levels": [5, 3]}, {"quantizer": "residual_vq", "num_quantizers": 2}],
@@ -786,6 +823,13 @@ def test_evaluation_reports_codebook_usage_rate_and_ms_ssim() -> None:
     assert 0 < ms_ssim < 1
     terms = model.test_metrics(x)
     assert set(terms) == {"ms_ssim", "bits_per_pixel"} and 0 < terms["ms_ssim"] < 1
+
+
+def test_the_rate_is_reported_exactly_under_bf16_true() -> None:
+    # test/bits_per_pixel is exact arithmetic; it was made a bfloat16 tensor of the images' dtype (1.7656 for 1.7692).
+    model = quantized(quantizer="fsq", fsq_levels=[5, 3, 3, 3]).eval().to(torch.bfloat16)  # 135 codes
+    rate = model.test_metrics(images().to(torch.bfloat16))["bits_per_pixel"]
+    assert rate.item() == pytest.approx(14 * 14 * math.log2(135) / (28 * 28), rel=1e-6)
 
 
 def test_reconstruction_fid_grows_with_the_reconstruction_error_and_names_missing_inception_weights(

@@ -155,8 +155,9 @@ class SpatialQuantizer(nn.Module):
         return quantized.transpose(1, 2).reshape_as(z).contiguous(), indices, aux
 
     def decode_indices(self, indices: Tensor) -> Tensor:
-        """Quantized codes ``[B, C, h, w]`` of integer indices ``[B, Q, h, w]`` in ``[0, codebook_size)``; others are
-        refused with a ValueError naming them (the libraries would wrap -1 around or decode a code past the last)."""
+        """Quantized codes ``[B, C, h, w]``, in the quantizer's dtype, of integer indices ``[B, Q, h, w]`` in
+        ``[0, codebook_size)``; others are refused with a ValueError naming them (the libraries would wrap -1 around or
+        decode a code past the last)."""
         integer = not (indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool)
         if not integer or indices.ndim != 4 or indices.shape[1] != self.num_codebooks:
             raise ValueError(
@@ -173,7 +174,8 @@ class SpatialQuantizer(nn.Module):
         batch, _, height, width = indices.shape
         sequence = indices.permute(0, 2, 3, 1).reshape(batch, height * width, self.num_codebooks)
         if self.kind == "fsq":
-            codes = self.quantizer.indices_to_codes(sequence[..., 0])
+            # The library's indices_to_codes computes in float32; its table of every code has the weights' dtype.
+            codes = self.quantizer.project_out(self.quantizer.implicit_codebook[sequence[..., 0]])
         else:
             codes = self.quantizer.get_output_from_indices(sequence[..., 0] if self.kind == "vq" else sequence)
         return codes.transpose(1, 2).reshape(batch, -1, height, width).contiguous()

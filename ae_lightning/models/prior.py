@@ -29,21 +29,35 @@ _TOKENIZER_RECORD = (
     "hparams_type",
     "pytorch-lightning_version",
 )
+_TOKENIZER_PARTS = ("encoder", "quantizer", "decoder")  # what maps images to codes and back
 # Set by CodePrior.load_from_checkpoint: the tokenizer rebuilt from the checkpoint, and its record.
 _REBUILT_TOKENIZER: ContextVar[tuple[QuantizedAutoencoder, dict[str, Any]] | None] = ContextVar(
     "rebuilt_tokenizer", default=None
 )
 
 
-def tokenizer_fingerprint(autoencoder: QuantizedAutoencoder) -> str:
-    """A hash of the weights and buffers that map images to codes and codes to images (encoder, quantizer,
-    decoder): two tokenizers with the same fingerprint produce the same codes."""
+def state_fingerprint(state: dict[str, Tensor]) -> str:
+    """A hash of the names and values of the tensors of ``state`` (a ``state_dict()``), whatever floating dtype holds
+    them: values that float32 holds exactly (all of bfloat16's and float16's) are hashed as float32."""
     digest = hashlib.sha256()
-    for name, value in sorted(autoencoder.state_dict().items()):
-        if name.split(".")[0] in ("encoder", "quantizer", "decoder"):
-            digest.update(name.encode())
-            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    for name, value in sorted(state.items()):
+        value = value.detach().cpu()
+        if value.is_floating_point() and (value.dtype != torch.float64 or torch.equal(value.float().double(), value)):
+            value = value.float()  # bfloat16 under bf16-true (numpy has none), float64 under 64-true
+        digest.update(name.encode())
+        digest.update(value.contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def tokenizer_fingerprint(autoencoder: QuantizedAutoencoder) -> str:
+    """The :func:`state_fingerprint` of the weights and buffers that map images to codes and codes to images (encoder,
+    quantizer, decoder): two tokenizers with the same fingerprint hold the same values."""
+    return _tokenizer_state_fingerprint(autoencoder.state_dict())
+
+
+def _tokenizer_state_fingerprint(state: dict[str, Tensor]) -> str:
+    """The :func:`tokenizer_fingerprint` of a tokenizer's ``state_dict()``."""
+    return state_fingerprint({name: value for name, value in state.items() if name.split(".")[0] in _TOKENIZER_PARTS})
 
 
 class CodePrior(AutoencoderModule):
@@ -156,12 +170,15 @@ class CodePrior(AutoencoderModule):
 
     def decode(self, tokens: Tensor, y: Tensor | None = None) -> Tensor:
         """Images in [0, 1] of tokens ``[B, L]``; labels ``y`` unused."""
+        self.check_tokens(tokens, "decode(tokens)")
         height, width = self.code_grid
         indices = tokens.reshape(len(tokens), height, width, self.levels).permute(0, 3, 1, 2)
         return self.tokenizer.decode_indices(indices)
 
     def logits(self, tokens: Tensor) -> Tensor:
-        """Logits ``[B, L, K]`` of each token given the tokens before it (the future is masked)."""
+        """Logits ``[B, L, K]`` of each token given the tokens before it (the future is masked); the tokens' dtype and
+        shape are checked, not their values (:meth:`token_nll` checks those)."""
+        self.check_tokens(tokens, "logits(tokens)", values=False)  # no device sync: the training step calls it
         start = torch.full_like(tokens[:, :1], self.vocabulary)
         inputs = torch.cat([start, tokens[:, :-1]], 1)
         h = self.token_embedding(inputs) + self.position_embedding
@@ -195,16 +212,32 @@ class CodePrior(AutoencoderModule):
 
     def token_nll(self, tokens: Tensor) -> Tensor:
         """``-log p(tokens)`` per sequence, in nats ``[B]``."""
-        logits = self.logits(tokens).float()
-        return F.cross_entropy(logits.transpose(1, 2), tokens, reduction="none").sum(1)
+        self.check_tokens(tokens, "token_nll(tokens)")
+        return self._nll(tokens)
+
+    def _nll(self, tokens: Tensor) -> Tensor:
+        """:meth:`token_nll` of tokens from :meth:`encode` (their values unchecked: no device sync)."""
+        return F.cross_entropy(self.logits(tokens).float().transpose(1, 2), tokens, reduction="none").sum(1)
 
     def bits_per_image(self, x: Tensor) -> Tensor:
         """The codes' negative log-likelihood per image of ``x``, in bits ``[B]``."""
-        return self.token_nll(self.encode(x)) / math.log(2)
+        return self._nll(self.encode(x)) / math.log(2)
 
     def anomaly_score(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The codes' bits per image."""
         return self.bits_per_image(x)
+
+    def check_tokens(self, tokens: Any, call: str, values: bool = True) -> None:
+        """Raise a ValueError naming what differs unless ``tokens``, the argument of ``call``, are int64 tokens
+        ``[B, L]`` in ``[0, K)`` (the values read only if ``values``), as :meth:`encode` gives them."""
+        range_ = f"[0, {self.vocabulary - 1}]"
+        expected = f"{type(self).__name__}.{call} takes int64 tokens [B, {self.num_tokens}] in {range_}"
+        if not isinstance(tokens, Tensor):
+            raise ValueError(f"{expected}, got a {type(tokens).__name__}")
+        if tokens.dtype != torch.long or tokens.shape[1:] != (self.num_tokens,):
+            raise ValueError(f"{expected}, got a {tokens.dtype} tensor of shape {list(tokens.shape)}")
+        if values and tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.vocabulary):  # K: the start token
+            raise ValueError(f"{expected}, got values from {tokens.min().item()} to {tokens.max().item()}")
 
     def check_tokenizer(self, autoencoder: QuantizedAutoencoder, name: str = "the given autoencoder") -> None:
         """Raise a ValueError naming both if ``autoencoder`` is not the tokenizer this prior was trained on."""
@@ -219,7 +252,7 @@ class CodePrior(AutoencoderModule):
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
         with torch.no_grad():
             tokens = self.encode(x)
-        nll = self.token_nll(tokens)
+        nll = self._nll(tokens)
         bits = nll.mean() / math.log(2)
         pixels = self.input_shape[1] * self.input_shape[2]
         return {"loss": nll.mean() / self.num_tokens, "bits_per_image": bits.detach(), "bits_per_pixel": bits / pixels}
@@ -242,10 +275,18 @@ class CodePrior(AutoencoderModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         stored = checkpoint.get("ae_lightning_tokenizer")
-        if stored is not None and stored != self.fingerprint:
+        # Under bf16-true the prior was trained, and saved, with its tokenizer's weights rounded to bfloat16; Lightning
+        # calls this hook before it rounds the weights of a resumed run's tokenizer: compare them rounded alike.
+        saved = checkpoint.get("state_dict", {})
+        state = {
+            name: value.to(saved[f"tokenizer.{name}"].dtype) if f"tokenizer.{name}" in saved else value
+            for name, value in self.tokenizer.state_dict().items()
+        }
+        held = _tokenizer_state_fingerprint(state)
+        if stored is not None and stored != held:
             raise ValueError(
                 f"the checkpoint's prior was trained on the codes of tokenizer {stored}, but {self.hparams.tokenizer} "
-                f"now holds tokenizer {self.fingerprint}; point tokenizer at the checkpoint the prior was trained on"
+                f"now holds tokenizer {held}; point tokenizer at the checkpoint the prior was trained on"
             )
 
 
@@ -293,4 +334,4 @@ def _read_once(checkpoint: Any, weights_only: bool | None) -> tuple[io.BytesIO, 
     return data, loaded
 
 
-__all__ = ["CodePrior", "tokenizer_fingerprint"]
+__all__ = ["CodePrior", "state_fingerprint", "tokenizer_fingerprint"]

@@ -10,6 +10,7 @@ import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, distributed
 
 from ae_lightning.base import Batch, Stage
@@ -101,6 +102,7 @@ class QuantizedAutoencoder(FirstStageAutoencoder):
     # --- codes as indices -------------------------------------------------------------------------------------------
     def encode_indices(self, x: Tensor) -> Tensor:
         """Code indices ``[B, Q, h, w]`` (int64) of images ``x``; as :meth:`encode`, the codebook never updates."""
+        self.check_tensor(x, "encode_indices(x)")
         h = self.encoder(x)
         with evaluating(self):
             return self.quantizer(h)[1]
@@ -141,7 +143,8 @@ class QuantizedAutoencoder(FirstStageAutoencoder):
         self, x: Tensor, y: Tensor | None = None, reconstruction: Tensor | None = None
     ) -> dict[str, Tensor]:
         rate = self.bits_per_pixel((self.quantizer.num_codebooks, *self.latent_shape[1:]))  # the indices' shape
-        return {**super().test_metrics(x, y, reconstruction), "bits_per_pixel": x.new_tensor(rate)}
+        # float32 whatever the images' dtype: exact arithmetic, which bfloat16 would round (1.7656 for 1.7692)
+        return {**super().test_metrics(x, y, reconstruction), "bits_per_pixel": torch.tensor(rate, device=x.device)}
 
     def _predict_step(self, batch: Batch) -> dict[str, Tensor]:
         x, labels, index = batch  # the base's outputs and the indices, of one encode and one decode
