@@ -1,10 +1,12 @@
 """Argument constraints, declared once in the signatures (a number type of :func:`number_type` or a ``Literal``,
-alone or in a ``Sequence`` or ``Optional``) and enforced by :func:`check_arguments` for the command and Python callers
-alike, naming the argument, the value and what was expected. Imports neither ``datamodules`` nor ``ae_lightning``.
+alone or in a ``Sequence``, ``Optional`` or ``TypedDict``) and enforced by :func:`check_arguments` for the command
+and Python callers alike, naming the argument, the value and what was expected. Imports neither ``datamodules`` nor
+``ae_lightning``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import math
@@ -13,6 +15,7 @@ import re
 import typing
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from numbers import Integral, Real
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -137,6 +140,8 @@ def _annotations(function: Callable) -> dict[str, Any]:
 def _constrains(annotation: Any) -> bool:
     if isinstance(annotation, type) and annotation in INTERVALS or typing.get_origin(annotation) is Literal:
         return True
+    if typing.is_typeddict(annotation):
+        return True
     return any(_constrains(arg) for arg in typing.get_args(annotation) if not isinstance(arg, list))
 
 
@@ -149,6 +154,8 @@ def _expected(value: Any, annotation: Any) -> str | None:
         except ValueError:
             return _describe(interval, integer, value)
         return None
+    if typing.is_typeddict(annotation):
+        return _expected_entries(value, annotation)
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is Literal:
         return None if any(_is_choice(value, choice) for choice in args) else "be one of " + ", ".join(map(repr, args))
@@ -167,6 +174,26 @@ def _expected(value: Any, annotation: Any) -> str | None:
         else:
             expectations.append(expected)
     return " or ".join(e.removeprefix("be ") if i else e for i, e in enumerate(expectations)) or None
+
+
+def _expected_entries(value: Any, annotation: Any) -> str | None:
+    """None if ``value`` is a mapping of ``annotation``'s (a ``TypedDict``) keys and value types, else what was
+    expected, naming the first key that differs."""
+    hints = typing.get_type_hints(annotation)
+    if not isinstance(value, Mapping) or not set(value) <= set(hints) or not annotation.__required_keys__ <= set(value):
+        required = f" (required: {', '.join(map(repr, sorted(annotation.__required_keys__)))})"
+        return f"be a mapping of the keys {', '.join(map(repr, hints))}" + required * bool(annotation.__required_keys__)
+    for key, item in value.items():
+        hint = hints[key]
+        if _constrains(hint):
+            expected = _expected(item, hint)
+        elif isinstance(hint, type) and not isinstance(item, hint) or hint is not bool and isinstance(item, bool):
+            expected = f"be a {hint.__name__}"
+        else:
+            continue
+        if expected is not None:
+            return f"have {key} {expected.replace('each ', 'each of which must ', 1)}"
+    return None
 
 
 def _is_choice(value: Any, choice: Any) -> bool:
@@ -211,11 +238,41 @@ OpenUnitInterval = number_type("(0, 1)")
 Fraction = number_type("[0, 1)")
 
 
+PROC_CGROUP = Path("/proc/self/cgroup")  # this process's cgroups, one line each: ``id:controllers:path``
+CGROUP_ROOT = Path("/sys/fs/cgroup")  # where the kernel mounts them (version 1: a folder per controller)
+
+
+def usable_memory() -> tuple[int, bool]:
+    """The bytes of memory this process may use, and whether a cgroup caps them: this machine's memory, or less where
+    a memory limit of its cgroup or of one above it (a SLURM job's ``--mem``, a container's limit) says so."""
+    machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        lines = PROC_CGROUP.read_text().splitlines()
+    except OSError:  # not Linux
+        return machine, False
+    limits = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if not controllers:  # version 2: one hierarchy
+            root, name = CGROUP_ROOT, "memory.max"
+        elif "memory" in controllers.split(","):
+            root, name = CGROUP_ROOT / "memory", "memory.limit_in_bytes"
+        else:
+            continue
+        folder = root / path.lstrip("/")
+        for level in (folder, *folder.parents[: len(folder.parents) - len(root.parents)]):  # up to the root
+            with contextlib.suppress(OSError, ValueError):  # not mounted here (a container's own root), or "max"
+                limits.append(int((level / name).read_text()))
+    return min([machine, *limits]), min(limits, default=machine) < machine
+
+
 def check_fits_memory(needed: int, what: str, fix: str) -> None:
-    """Raise a ValueError naming ``what``, ``needed`` bytes and ``fix`` if over half of this machine's memory."""
-    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    """Raise a ValueError naming ``what``, ``needed`` bytes and ``fix`` if over half of :func:`usable_memory`."""
+    available, capped = usable_memory()
     if needed > available / 2:
+        whose = "the" if capped else "this machine's"
+        limit = " this process may use (its cgroup's memory limit, e.g. a SLURM job's --mem)" if capped else ""
         raise ValueError(
-            f"{what} need about {needed / 1e9:.1f} GB of memory, more than half of this machine's "
-            f"{available / 1e9:.0f} GB: {fix}"
+            f"{what} need about {needed / 1e9:.1f} GB of memory, more than half of {whose} {available / 1e9:.0f} GB"
+            f"{limit}: {fix}"
         )

@@ -96,6 +96,16 @@ def test_an_integer_choice_refuses_a_float_or_a_bool_equal_to_it(value) -> None:
         (lambda: InteractionsDataModule("ratings.csv", val_users=0),
          r"val_users must be an integer >= 1 or lie in \(0, 1\), got 0"),
         (lambda: DisentanglementMetrics(num_points=5), r"num_points must be an integer >= 10, got 5"),
+        # a TypedDict of settings: a misspelt key was a bare TypeError, a word for a bool taken as true
+        (lambda: ae_lightning.Autoencoder(input_shape=[3, 8, 8], network="spatial", hidden_dims=[8],
+                                          spatial={"num_res_block": 1}),
+         r"spatial must be a mapping of the keys 'num_res_blocks', 'attention', got \{'num_res_block': 1\}"),
+        (lambda: ae_lightning.Autoencoder(input_shape=[3, 8, 8], network="spatial", hidden_dims=[8],
+                                          spatial={"attention": "yes"}),
+         r"spatial must have attention be a bool, got \{'attention': 'yes'\}"),
+        (lambda: ae_lightning.Autoencoder(input_shape=[3, 8, 8], network="spatial", hidden_dims=[8],
+                                          spatial={"num_res_blocks": 0}),
+         r"spatial must have num_res_blocks be an integer >= 1, got \{'num_res_blocks': 0\}"),
     ],
 )  # fmt: skip
 def test_the_variants_and_their_parts_refuse_what_their_signatures_exclude(build, message: str) -> None:
