@@ -28,8 +28,8 @@ VERSION = 2  # 1: the CRC-32 covered the codes only, and came before the payload
 _FIELDS = struct.Struct("<4sB16s16sHIIII")
 _HEADER = struct.Struct(_FIELDS.format + "I")
 _MISMATCH = (
-    "the file is corrupted, or the prior's probabilities differ from the encoder's (decode on the same kind of device "
-    "and software as the encoder)"
+    "the file is corrupted, or the prior's probabilities differ from the encoder's (decode at the same precision, on "
+    "the same kind of device and software, as the encoder)"
 )
 # Tiles coded (and tokenized) at once; both sides group alike, so each probability is computed on identical inputs.
 TILES_PER_GROUP = 64

@@ -491,7 +491,7 @@ def test_codec_refuses_a_payload_the_range_coder_cannot_decode(
     message = (
         f"the codes of {tmp_path / 'f.aelc'} cannot be decoded (AssertionError: Tried to decode from compressed data "
         "that is invalid for the employed entropy model.): the file is corrupted, or the prior's probabilities differ "
-        "from the encoder's (decode on the same kind of device and software as the encoder)"
+        "from the encoder's (decode at the same precision, on the same kind of device and software, as the encoder)"
     )
     with pytest.raises(CompressedFileError) as error:
         decompress(trained_prior, corrupted, name=str(tmp_path / "f.aelc"))
