@@ -409,7 +409,8 @@ class AutoencoderCLI(LightningCLI):
         max_steps, max_epochs = self.trainer.max_steps, self.trainer.max_epochs
         if max_steps != -1 and max_epochs not in (None, -1) and restarts_a_finished_epoch(checkpoint):
             raise ConfigError(
-                f"--ckpt_path {self.config.fit.ckpt_path} was written at the end of an epoch, and this run sets both "
+                f"--ckpt_path {self.config.fit.ckpt_path} was written at the end of an epoch without the command's "
+                "UnfinishedEpochInCheckpoint, and this run sets both "
                 f"--trainer.max_steps {max_steps} and --trainer.max_epochs {max_epochs}: Lightning "
                 f"{lightning.__version__} restarts a finished epoch when max_steps is set and counts it twice, so the "
                 "run would stop one epoch early (docs/internals.md); give --trainer.max_epochs -1 to stop at "

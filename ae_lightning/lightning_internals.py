@@ -67,41 +67,59 @@ def stored_loader_states(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
 
 def restarts_a_finished_epoch(checkpoint: dict[str, Any]) -> bool:
     """Whether ``checkpoint`` was written after its epoch's training ended (an epoch-end checkpoint, or the one at the
-    end of fit): Lightning 2.6, given ``max_steps``, restarts that epoch on resume as if unfinished, and counts it
-    again."""
-    loops = checkpoint.get("loops")
-    if loops is None:
-        return False
-
-    def finished() -> bool:
-        current = loops["fit_loop"]["epoch_progress"]["current"]
-        return current["ready"] == current["started"] == current["processed"] > 0
-
-    return _read(finished, "checkpoints no longer keep loops/fit_loop/epoch_progress/current", KeyError, TypeError)
+    end of fit) and :func:`start_next_epoch` did not mark it: Lightning 2.6, given ``max_steps``, restarts that epoch on
+    resume as if unfinished, and counts it again."""
+    return _finished_epoch(checkpoint) is not None
 
 
 def reopen_stopped_epoch(trainer: L.Trainer, checkpoint: dict[str, Any]) -> bool:
     """Mark the epoch of ``checkpoint`` (a checkpoint of ``trainer``'s fit) unfinished where fit stopped inside it
     (``max_steps``, ``should_stop``), as in a checkpoint at its last step: Lightning 2.6 counts that epoch processed
     once fit stops, and resumes at the next epoch, skipping the rest of its batches. Returns whether it did."""
-    loops = checkpoint.get("loops")
-    if loops is None or ends_training_epoch(trainer):
+    progress = None if ends_training_epoch(trainer) else _finished_epoch(checkpoint)
+    if progress is None:
         return False
-
-    def progress() -> tuple[dict[str, int], dict[str, int], int]:
-        fit_loop = loops["fit_loop"]
-        epochs = fit_loop["epoch_progress"]
-        return epochs["current"], epochs["total"], fit_loop["epoch_loop.batch_progress"]["current"]["ready"]
-
-    changed = "checkpoints no longer keep loops/fit_loop/epoch_progress and epoch_loop.batch_progress"
-    current, total, batches = _read(progress, changed, KeyError, TypeError)
-    if not (current["ready"] == current["started"] == current["processed"] > 0 and batches > 0):
-        return False  # the epoch is still open, or none ran
-    for counts in (current, total):
+    for counts in progress[:2]:
         counts["processed"] -= 1
         counts["completed"] = min(counts["completed"], counts["processed"])
-    checkpoint["epoch"] = current["completed"]
+    checkpoint["epoch"] = progress[0]["completed"]
     return True
+
+
+def start_next_epoch(trainer: L.Trainer, checkpoint: dict[str, Any]) -> bool:
+    """Mark ``checkpoint`` (a checkpoint of ``trainer``'s fit written after its epoch's training ran to its last batch:
+    in ``on_train_epoch_end``, or once fit returned) as at the start of the next epoch: that epoch completed, none of
+    the next one's batches counted. Lightning 2.6, given ``max_steps``, resumes any checkpoint as restarting and keeps
+    the finished epoch's batch counts: without a validation after its last batch it counts the next epoch's first batch
+    into the finished one and ends the next epoch early; with one, it runs the finished epoch's end again and counts
+    that epoch twice. Returns whether it did."""
+    progress = _finished_epoch(checkpoint) if ends_training_epoch(trainer) else None
+    if progress is None:
+        return False
+    current, total, batches = progress
+    for counts in (current, total):
+        counts["completed"] = counts["processed"]
+    batches["current"] = dict.fromkeys(batches["current"], 0)
+    batches["is_last_batch"] = False
+    return True
+
+
+def _finished_epoch(checkpoint: dict[str, Any]) -> tuple[dict[str, int], dict[str, int], dict[str, Any]] | None:
+    """Where the epoch of ``checkpoint`` (of ``fit``) ran to its end and counted its batches: its fit-loop
+    ``epoch_progress`` counts (``current``, ``total``) and its epoch loop's ``batch_progress``, the dicts themselves."""
+    loops = checkpoint.get("loops")
+    if loops is None:
+        return None
+
+    def read() -> tuple[dict[str, int], dict[str, int], dict[str, Any]] | None:
+        fit_loop = loops["fit_loop"]
+        epochs, batches = fit_loop["epoch_progress"], fit_loop["epoch_loop.batch_progress"]
+        current, total = epochs["current"], epochs["total"]
+        finished = current["ready"] == current["started"] == current["processed"] > 0
+        return (current, total, batches) if finished and batches["current"]["ready"] > 0 else None
+
+    changed = "checkpoints no longer keep loops/fit_loop/epoch_progress and epoch_loop.batch_progress"
+    return _read(read, changed, KeyError, TypeError)
 
 
 T = TypeVar("T")
@@ -148,6 +166,7 @@ __all__ = [
     "has_forward_hooks",
     "reopen_stopped_epoch",
     "restarts_a_finished_epoch",
+    "start_next_epoch",
     "stored_loader_states",
     "uncounted_optimizer_step",
     "weighted_batch_size",

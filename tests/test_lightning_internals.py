@@ -27,6 +27,7 @@ from ae_lightning.lightning_internals import (
     every_n_train_steps,
     reopen_stopped_epoch,
     restarts_a_finished_epoch,
+    start_next_epoch,
     stored_loader_states,
     uncounted_optimizer_step,
     weighted_batch_size,
@@ -409,6 +410,49 @@ def test_lightning_closes_the_epoch_that_max_steps_stops_and_a_reopened_one_resu
     )
     with pytest.raises(RuntimeError, match=rf"Lightning {lightning.__version__} changed .*epoch_progress"):
         reopen_stopped_epoch(stopped, {"loops": {"fit_loop": {}}})
+
+
+def test_lightning_miscounts_an_epoch_ended_by_max_steps_and_one_marked_as_the_next_epochs_start_resumes_there(
+    tmp_path,
+) -> None:
+    # Epochs of 3 batches, no validation; fit stops at step 3, epoch 0's last batch, and the checkpoint is written after
+    # fit returned.
+    images = torch.rand(12, 3)
+
+    def loader():
+        return TensorBatchLoader(images, torch.zeros(12), torch.arange(12), batch_size=4, shuffle=True, seed=0)
+
+    uninterrupted, reference = Recording(), quiet_trainer(tmp_path, max_steps=5)
+    reference.fit(uninterrupted, loader())
+    ended, stopped = quiet_trainer(tmp_path, max_steps=3), quiet_trainer(tmp_path, max_steps=2)
+    ended.fit(Counting(), loader())
+    stopped.fit(Counting(), loader())
+    ended.save_checkpoint(tmp_path / "ended.ckpt")
+    checkpoint = torch.load(tmp_path / "ended.ckpt", weights_only=False)
+    assert not start_next_epoch(stopped, torch.load(tmp_path / "ended.ckpt", weights_only=False))  # inside an epoch
+    assert start_next_epoch(ended, checkpoint)
+    assert not start_next_epoch(ended, checkpoint)  # marked now
+    assert not restarts_a_finished_epoch(checkpoint)
+    assert not start_next_epoch(ended, {})
+    torch.save(checkpoint, tmp_path / "next.ckpt")
+    seen, epochs = {}, {}
+    for name in ("ended", "next"):
+        resumed, trainer = Recording(), quiet_trainer(tmp_path, max_steps=5)
+        trainer.fit(resumed, loader(), ckpt_path=tmp_path / f"{name}.ckpt")
+        seen[name], epochs[name] = resumed.indices, trainer.current_epoch
+    assert seen["ended"] != uninterrupted.indices[3:], (
+        f"Lightning {lightning.__version__} now resumes a checkpoint written after max_steps ended fit at an epoch's "
+        "last batch at the next epoch's first batch: start_next_epoch (ae_lightning/lightning_internals.py) and its "
+        "call in UnfinishedEpochInCheckpoint (ae_lightning/training/resume.py) are no longer needed"
+    )
+    expected = (uninterrupted.indices[3:], reference.current_epoch)
+    assert (seen["next"], epochs["next"]) == expected, (
+        f"Lightning {lightning.__version__} resumes a checkpoint that start_next_epoch marked at other batches "
+        f"(indices {seen['next']}, epoch {epochs['next']}) than the uninterrupted run's steps 4 and 5 ({expected[0]}, "
+        f"epoch {expected[1]}): see start_next_epoch in ae_lightning/lightning_internals.py"
+    )
+    with pytest.raises(RuntimeError, match=rf"Lightning {lightning.__version__} changed .*epoch_progress"):
+        start_next_epoch(ended, {"loops": {"fit_loop": {}}})
 
 
 class Validated(Counting):

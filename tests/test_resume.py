@@ -21,6 +21,7 @@ import lightning as L
 import pytest
 import torch
 from jsonargparse import Namespace
+from lightning.pytorch.callbacks import ModelCheckpoint
 from tiny_runs import (
     ROOT,
     TrainLossPlateauAutoencoder,
@@ -259,6 +260,8 @@ EXTEND_CASES = [
      [*EVERY_4, "--trainer.val_check_interval", "6"]),
     ("ae", ["--trainer.max_steps", "5", "--trainer.max_epochs", "-1"], ["--trainer.max_steps", "20"], []),
     ("ae", ["--trainer.max_epochs", "1"], ["--trainer.max_epochs", "2"], []),
+    # from the end of epoch 0, where Lightning (given max_steps) would count that epoch twice and stop an epoch early
+    ("ae", ["--trainer.max_epochs", "1"], ["--trainer.max_epochs", "2", "--trainer.max_steps", "100"], []),
     # stopped by max_steps at the end of epoch 0: last.ckpt is written at the batch's end, then again after validation
     ("ae", ["--trainer.max_steps", "10", "--trainer.max_epochs", "-1"], ["--trainer.max_steps", "20"],
      ["--trainer.limit_train_batches", "10"]),
@@ -266,7 +269,8 @@ EXTEND_CASES = [
 
 
 @pytest.mark.parametrize("variant, first, then, extra", EXTEND_CASES,
-                         ids=["vae-steps", "ae-steps", "ae-epochs", "ae-steps-at-epoch-end"])  # fmt: skip
+                         ids=["vae-steps", "ae-steps", "ae-epochs", "ae-epochs-and-steps",
+                              "ae-steps-at-epoch-end"])  # fmt: skip
 def test_extending_a_finished_run_trains_on_the_batches_of_an_uninterrupted_one(
     variant: str, first: list[str], then: list[str], extra: list[str], data_dir: Path, tmp_path: Path
 ) -> None:
@@ -285,29 +289,34 @@ def test_extending_a_finished_run_trains_on_the_batches_of_an_uninterrupted_one(
                 assert torch.equal(got["state"][index][key], value), f"optimizer state {index}/{key} differs"
 
 
-def test_a_checkpoint_saved_after_max_steps_stopped_inside_an_epoch_resumes_where_it_stopped(
-    data_dir: Path, tmp_path: Path
+@pytest.mark.parametrize("stop", [5, 14], ids=["inside-an-epoch", "at-an-epochs-end"])
+def test_a_checkpoint_saved_after_max_steps_stopped_fit_resumes_where_it_stopped(
+    stop: int, data_dir: Path, tmp_path: Path
 ) -> None:
-    # Epochs of 14 batches: the first fit stops at step 5, inside epoch 0, and the checkpoint is saved after it ends.
-    def fit(max_steps: int, ckpt_path: Path | None = None) -> tuple[L.Trainer, Autoencoder]:
+    # Epochs of 14 batches, no validation: the first fit stops at step 5 (inside epoch 0) or 14 (its last batch), and
+    # the checkpoint is saved after it ends; at 14 the epoch-end checkpoint of ModelCheckpoint resumes too.
+    def fit(max_steps: int, ckpt_path: Path | None = None, *callbacks: L.Callback) -> tuple[L.Trainer, Autoencoder]:
         model = Autoencoder(hidden_dims=[16], latent_dim=4)
         trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, max_epochs=-1, limit_val_batches=0, logger=False,
-                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                            default_root_dir=tmp_path, callbacks=[UnfinishedEpochInCheckpoint()])  # fmt: skip
+                            enable_checkpointing=bool(callbacks), enable_progress_bar=False,
+                            enable_model_summary=False, default_root_dir=tmp_path,
+                            callbacks=[UnfinishedEpochInCheckpoint(), *callbacks])  # fmt: skip
         trainer.fit(model, datamodule=MNISTDataModule(data_dir=str(data_dir), batch_size=16), ckpt_path=ckpt_path)
         return trainer, model
 
     L.seed_everything(0)
     reference, expected = fit(18)
     L.seed_everything(0)
-    fit(5)[0].save_checkpoint(tmp_path / "stopped.ckpt")
-    resumed, model = fit(18, tmp_path / "stopped.ckpt")
-    assert resumed.global_step == reference.global_step == 18
-    differing = [
-        name for name, value in expected.state_dict().items() if not torch.equal(model.state_dict()[name], value)
-    ]
-    assert not differing, f"{len(differing)} weights differ from the uninterrupted run's: the resume skipped batches"
-    assert resumed.current_epoch == reference.current_epoch, "the resume counted another number of epochs"
+    fit(stop, None, ModelCheckpoint(tmp_path / "ends", filename="{step}"))[0].save_checkpoint(tmp_path / "stopped.ckpt")
+    saved = [tmp_path / "stopped.ckpt", *([tmp_path / "ends" / "step=14.ckpt"] if stop == 14 else [])]
+    for path in saved:
+        resumed, model = fit(18, path)
+        assert resumed.global_step == reference.global_step == 18
+        differing = [
+            name for name, value in expected.state_dict().items() if not torch.equal(model.state_dict()[name], value)
+        ]
+        assert not differing, f"{path.name}: {len(differing)} weights differ from the uninterrupted run's"
+        assert resumed.current_epoch == reference.current_epoch, f"{path.name}: another number of epochs counted"
 
 
 def test_the_commands_checkpoint_saved_by_hand_after_max_steps_resumes_where_it_stopped(
@@ -636,10 +645,13 @@ def test_a_resumed_fit_into_its_own_csv_version_is_refused_before_it_deletes_the
 def test_a_resume_from_a_finished_epoch_with_max_steps_and_max_epochs_is_refused_before_any_file(
     data_dir: Path, tmp_path: Path
 ) -> None:
-    # Lightning 2.6 restarts the finished epoch under max_steps and counts it twice: the run stopped an epoch early
-    run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "run", "--trainer.max_epochs", "1"))
-    last = next((tmp_path / "run").rglob("last.ckpt"))
-    then = ["--trainer.max_epochs", "2", "--trainer.max_steps", "100", "--ckpt_path", str(last)]
+    # Lightning 2.6 restarts the finished epoch under max_steps and counts it twice: the run stopped an epoch early.
+    # The command's own checkpoints mark the next epoch's start (UnfinishedEpochInCheckpoint); Lightning's do not.
+    finished = run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "run", "--trainer.max_epochs", "1"))
+    trainer, lightnings = finished.trainer, tmp_path / "lightnings.ckpt"
+    trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, UnfinishedEpochInCheckpoint)]
+    trainer.save_checkpoint(lightnings)
+    then = ["--trainer.max_epochs", "2", "--trainer.max_steps", "100", "--ckpt_path", str(lightnings)]
     with pytest.raises(ConfigError, match=r"--trainer.max_steps 100 and --trainer.max_epochs 2: .* stop one epoch "
                        r"early .*--trainer.max_epochs -1 .* or --trainer.max_steps -1"):  # fmt: skip
         run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "resumed", *then))

@@ -1,5 +1,6 @@
-"""Resume policies: a checkpoint written after fit stopped inside an epoch resumes inside it, and the run's own
-optimizer settings apply when training resumes from a checkpoint."""
+"""Resume policies: a checkpoint written after fit stopped inside an epoch resumes inside it, one written after an
+epoch's training ended resumes at the next epoch's first batch, and the run's own optimizer settings apply when training
+resumes from a checkpoint."""
 
 from __future__ import annotations
 
@@ -11,17 +12,20 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torch.optim.lr_scheduler import ChainedScheduler, CyclicLR, OneCycleLR, SequentialLR
 
-from ae_lightning.lightning_internals import reopen_stopped_epoch
+from ae_lightning.lightning_internals import reopen_stopped_epoch, start_next_epoch
 
 
 class UnfinishedEpochInCheckpoint(Callback):
     """Checkpoints written after fit stopped inside an epoch (``max_steps``; ``trainer.save_checkpoint`` once fit
     returned, or an epoch-end checkpoint of that epoch) record the epoch as unfinished, as a checkpoint at the last
-    step does: a resume goes on with its remaining batches instead of starting the next epoch
+    step does: a resume goes on with its remaining batches instead of starting the next epoch. Those written after an
+    epoch's training ran to its last batch (an epoch-end checkpoint, or once fit returned) record the next epoch as not
+    begun: a resume with ``max_steps`` starts it at its first batch, and counts the epochs as one fit does
     (``docs/fault_tolerance.md``). The command installs it."""
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        reopen_stopped_epoch(trainer, checkpoint)
+        reopen_stopped_epoch(trainer, checkpoint)  # fit stopped inside the epoch
+        start_next_epoch(trainer, checkpoint)  # or the epoch's training ran to its end
 
 
 class OptimizerSettingsOnResume(Callback):
