@@ -26,7 +26,7 @@ def as_samples(array: Any, where: str) -> Tensor:
 
     Raises:
         ValueError: naming ``where`` and what is wrong: rank, channels, dtype, the first NaN or infinite sample,
-            images outside [0, 1] (float) or 0..255 (integers), or a conversion beyond half of this machine's memory.
+            images outside [0, 1] (float) or 0..255 (integers), or a conversion beyond half of the usable memory.
     """
     data = _as_tensor(array, where, "expected a numeric array")
     _check_conversion_memory(data, where)
@@ -100,6 +100,10 @@ def _as_tensor(array: Any, where: str, expected: str) -> Tensor:
     array = np.asarray(array)
     if array.dtype.kind not in "biufc":
         raise ValueError(f"{where}: {expected}, got dtype {array.dtype} {array.shape}")
+    if not array.dtype.isnative:  # big-endian (FITS images, another machine's files): torch takes native order only
+        what = f"{where}: its {array.dtype.str} values, in this machine's byte order,"
+        check_fits_memory(array.nbytes, what, f"save them as {array.dtype.newbyteorder('=').str} values")
+        array = array.astype(array.dtype.newbyteorder("="))
     return torch.as_tensor(array)
 
 
@@ -137,7 +141,9 @@ class ArrayDataModule(ImageDataModule):
         self, path: str, labels: str | None = None, key: str | None = None, standardize: bool = False, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
-        self.path = Path(path)
+        self.path = Path(path).expanduser()  # as torchvision expands its root: a YAML config is no shell
+        # labels given as a file (else a key of the data file, or None)
+        self.labels_file = Path(labels).expanduser() if labels and Path(labels).suffix in SUFFIXES else None
         if self.path.suffix not in SUFFIXES:
             raise ValueError(f"path {path}: expected a {', '.join(SUFFIXES)} file")
         self.check_sources_exist()
@@ -147,8 +153,7 @@ class ArrayDataModule(ImageDataModule):
         return self.path.stem
 
     def source_paths(self) -> list[str]:
-        labels = self.hparams.labels
-        return [str(self.path)] + ([labels] if labels and Path(labels).suffix in SUFFIXES else [])
+        return [str(self.path)] + ([str(self.labels_file)] if self.labels_file is not None else [])
 
     def load_arrays(self) -> Arrays:
         contents = data = _read(self.path)
@@ -170,8 +175,8 @@ class ArrayDataModule(ImageDataModule):
             labels = torch.full((len(samples),), UNLABELED)
         elif in_file:
             labels = as_labels(contents[label_key], f"{self.path} [{label_key}]")
-        elif Path(label_key).suffix in SUFFIXES:
-            stored = _read(Path(label_key))
+        elif self.labels_file is not None:
+            stored = _read(self.labels_file)
             if isinstance(stored, dict):  # an .npz (or a .pt dict) of labels alone
                 if len(stored) != 1:
                     raise ValueError(f"{label_key} holds the arrays {sorted(stored)}; a labels file holds one array")

@@ -47,7 +47,9 @@ class ImageFolderDataModule(ImageDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.data_dir = Path(data_dir)
+        # expanded as torchvision expands its root: a YAML config is no shell
+        self.data_dir = Path(data_dir).expanduser()
+        self.test_dir = Path(test_dir).expanduser() if test_dir is not None else None
         self.check_sources_exist()
         self._channels: int | None = channels
 
@@ -56,8 +58,8 @@ class ImageFolderDataModule(ImageDataModule):
         """``channels``, or the folders' own count where it is None (read once)."""
         if self._channels is None:
             files, _, class_names = list_images(self.data_dir)
-            if self.hparams.test_dir is not None:
-                files += list_images(Path(self.hparams.test_dir), class_names, test=True)[0]
+            if self.test_dir is not None:
+                files += list_images(self.test_dir, class_names, test=True)[0]
             self._channels = own_channels(files)
         return self._channels
 
@@ -66,7 +68,7 @@ class ImageFolderDataModule(ImageDataModule):
         return self.data_dir.name
 
     def source_paths(self) -> list[str]:
-        return [str(self.data_dir)] + ([self.hparams.test_dir] if self.hparams.test_dir else [])
+        return [str(self.data_dir)] + ([str(self.test_dir)] if self.hparams.test_dir else [])
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -75,9 +77,8 @@ class ImageFolderDataModule(ImageDataModule):
 
     def load_arrays(self) -> Arrays:
         train, class_names = self._decode_folder(self.data_dir, None)
-        test_dir = self.hparams.test_dir
-        test = self._decode_folder(Path(test_dir), class_names, test=True)[0] if test_dir is not None else None
-        return Arrays(train, test, class_names, {"train": str(self.data_dir), "test": str(test_dir)})
+        test = self._decode_folder(self.test_dir, class_names, test=True)[0] if self.test_dir is not None else None
+        return Arrays(train, test, class_names, {"train": str(self.data_dir), "test": str(self.test_dir)})
 
     def _decode_folder(
         self, folder: Path, class_names: list[str] | None, test: bool = False
@@ -101,7 +102,7 @@ class ImageFolderDataModule(ImageDataModule):
 
 def check_memory(files: list[str], channels: int, size: int | None = None) -> None:
     """Raise a ValueError naming the fix if ``files`` decoded at ``size`` (None: the first one's), as uint8 plus the
-    loaders' float copy, would take more than half of this machine's memory."""
+    loaders' float copy, would take more than half of the memory this process may use."""
     if size is None:
         try:
             with Image.open(files[0]) as image:

@@ -90,7 +90,8 @@ class InteractionsDataModule(ImageDataModule):
                 "its lines); leave test_users unset with test_path (--data.test_users null where a config sets it, "
                 "as an earlier run's config.yaml may)"
             )
-        self.path = Path(path)
+        self.path = Path(path).expanduser()  # as torchvision expands its root: a YAML config is no shell
+        self.test_path = Path(test_path).expanduser() if test_path is not None else None
         self._interactions: Interactions | None = None
         self.check_sources_exist()
 
@@ -99,8 +100,8 @@ class InteractionsDataModule(ImageDataModule):
     def interactions(self) -> Interactions:
         """The split click matrices, read and split on first use."""
         if self._interactions is None:
-            header, min_rating, test_path = self.hparams.header, self.hparams.min_rating, self.hparams.test_path
-            test = read_interactions(Path(test_path), header, min_rating) if test_path else None
+            header, min_rating = self.hparams.header, self.hparams.min_rating
+            test = read_interactions(self.test_path, header, min_rating) if self.test_path else None
             self._interactions = self.split(read_interactions(self.path, header, min_rating), test)
         return self._interactions
 
@@ -123,7 +124,7 @@ class InteractionsDataModule(ImageDataModule):
         return self.path.stem
 
     def source_paths(self) -> list[str]:
-        return [str(self.path)] + ([self.hparams.test_path] if self.hparams.test_path else [])
+        return [str(self.path)] + ([str(self.test_path)] if self.test_path else [])
 
     # --- what a model trained on them is tied to --------------------------------------------------------------------
     def split_record(self) -> dict[str, Any]:
@@ -200,7 +201,7 @@ class InteractionsDataModule(ImageDataModule):
         fold_in, held_out, kept = {}, {}, {"train": groups["train"]}
         for name in ("val", "test"):
             from_file = name == "test" and test is not None  # held out by test_path's lines, not drawn
-            source = Path(self.hparams.test_path) if from_file else self.path  # of the unknown items' lines
+            source = self.test_path if from_file else self.path  # of the unknown items' lines
             part = frame[frame["user"].isin(groups[name])]
             if from_file:
                 part = pd.concat([part, test], keys=["fold_in", "held_out"])
@@ -236,7 +237,7 @@ class InteractionsDataModule(ImageDataModule):
 
     def check_test_file(self, frame: pd.DataFrame, frame_first_line: int, test: pd.DataFrame) -> None:
         """Raise a ValueError naming the line of ``test_path`` whose user is unknown or whose pair is in ``path``."""
-        test_path, first_line = Path(self.hparams.test_path), test.attrs.get("first_line", 1)
+        test_path, first_line = self.test_path, test.attrs.get("first_line", 1)
         unknown = ~test["user"].isin(frame["user"])
         if unknown.any():
             row = test.index[unknown.to_numpy()][0]

@@ -40,7 +40,9 @@ class TorchvisionDataModule(ImageDataModule):
 
     @property
     def dataset_name(self) -> str:
-        return self.dataset_class.__name__
+        """The class's name and the ``dataset_kwargs`` that choose its data, e.g. ``EMNIST-split=letters``."""
+        kwargs = sorted((self.hparams.dataset_kwargs or {}).items())
+        return "-".join([self.dataset_class.__name__, *(f"{key}={value}" for key, value in kwargs)])
 
     data_source = "torchvision"
 

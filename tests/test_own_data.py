@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -701,3 +702,83 @@ def test_a_missing_data_path_is_named_as_the_datamodule_is_built(setting: str, t
     }
     with pytest.raises(FileNotFoundError, match=f"^{missing}(.npz|.npy|.csv)? does not exist$"):
         build[setting]()
+
+
+# --- issue s54: a job's memory limit, EMNIST's splits, paths under ~, big-endian arrays -------------------------------
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_the_memory_check_counts_the_memory_limit_of_the_jobs_cgroup(
+    version: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SLURM job's --mem (or a container's limit) caps a process below its machine's memory in a cgroup: on a 512 GB
+    node the check let a 20 GB array through to a job allowed 16 GB, which the kernel then killed without a message."""
+    import datamodules.checks as checks
+
+    monkeypatch.setattr(os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 125_000_000}[name])
+    job = "slurm/uid_1/job_1" if version == "v1" else "system.slice/slurmstepd.scope/job_1"
+    root, name = (tmp_path / "memory", "memory.limit_in_bytes") if version == "v1" else (tmp_path, "memory.max")
+    (root / job / "step_0").mkdir(parents=True)
+    (root / job / name).write_text(f"{16 * 10**9}\n")
+    (root / job / "step_0" / name).write_text("9223372036854771712\n" if version == "v1" else "max\n")  # no limit
+    proc = tmp_path / "cgroup"
+    proc.write_text(f"4:memory:/{job}/step_0\n1:cpu:/\n" if version == "v1" else f"0::/{job}/step_0\n")
+    monkeypatch.setattr(checks, "PROC_CGROUP", proc, raising=False)
+    monkeypatch.setattr(checks, "CGROUP_ROOT", tmp_path, raising=False)
+    with pytest.raises(ValueError, match=r"images need about 20.0 GB of memory, more than half of the 16 GB this "
+                       r"process may use \(its cgroup's memory limit"):  # fmt: skip
+        checks.check_fits_memory(20 * 10**9, "images", "use a stream")
+    checks.check_fits_memory(7 * 10**9, "images", "use a stream")  # within half of the job's memory
+    (root / job / name).write_text("max\n" if version == "v2" else "9223372036854771712\n")  # a job without a limit
+    checks.check_fits_memory(200 * 10**9, "images", "use a stream")
+
+
+def test_each_emnist_split_is_its_own_dataset_for_the_feature_classifier(tmp_path: Path) -> None:
+    """EMNIST's letters (27 classes) and digits (10) were both ``EMNIST``: one cached feature classifier, and the
+    Frechet distance of letters computed with the digits' classifier without a word."""
+    from ae_lightning.evaluation.feature_classifier import (
+        ClassifierCNN,
+        ClassifierRecord,
+        check_classifier_data,
+        default_classifier_path,
+    )
+
+    build = {split: TorchvisionDataModule("EMNIST", data_dir=str(tmp_path), dataset_kwargs={"split": split})
+             for split in ("letters", "digits")}  # fmt: skip
+    assert default_classifier_path(build["letters"]) != default_classifier_path(build["digits"])
+    digits = build["digits"]
+    record = ClassifierRecord(ClassifierCNN((1, 28, 28), 10), tmp_path / "c.pt", 0.9, digits.dataset_name,
+                              digits.data_source, 40, 1, 0)  # fmt: skip
+    with pytest.raises(ValueError, match=r"trained on EMNIST-split=digits, but the data are EMNIST-split=letters"):
+        check_classifier_data(record, build["letters"])
+    assert TorchvisionDataModule("CIFAR10", data_dir=str(tmp_path)).dataset_name == "CIFAR10"
+    # a setting's value holding a slash names one file in the cache folder, not a path below it
+    slashed = SimpleNamespace(dataset_name="LSUN-classes=['a/b_train']", data_source="torchvision")
+    assert default_classifier_path(slashed).parent == default_classifier_path(digits).parent
+
+
+def test_own_data_paths_under_home_as_a_yaml_config_writes_them(tmp_path: Path, monkeypatch) -> None:
+    """``data_dir: ~/photos`` in a config (no shell expands it) was refused as not existing, though MNIST's and a
+    torchvision dataset's ``data_dir: ~/data`` read the files there."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(write_image_folder(tmp_path / "photos", per_class=6, size=8))  # no folder named "~" here
+    folder = ImageFolderDataModule("~/photos", test_dir="~/photos", batch_size=4)
+    folder.setup()
+    assert folder.split_size("test") == 12 and folder.dataset_name == "photos"
+    np.save(tmp_path / "x.npy", np.zeros((12, 4, 4), np.uint8))
+    np.save(tmp_path / "y.npy", np.arange(12) % 2)
+    arrays = ArrayDataModule("~/x.npy", labels="~/y.npy", batch_size=4)
+    arrays.setup()
+    assert arrays.dataset_name == "x" and arrays.arrays.train[1].tolist() == [0, 1] * 6
+
+
+def test_big_endian_arrays_are_read_as_their_values(tmp_path: Path) -> None:
+    """A big-endian array (astropy's FITS images, another machine's files) failed in torch ("given numpy array has
+    byte order different from the native byte order"), naming no file."""
+    images = np.arange(12 * 16).reshape(12, 4, 4) % 256
+    np.save(tmp_path / "x.npy", images.astype(">u2"))
+    np.save(tmp_path / "v.npy", images.reshape(12, 16).astype(">f8") / 7)
+    np.save(tmp_path / "y.npy", (np.arange(12) % 3).astype(">i4"))
+    dm = ArrayDataModule(str(tmp_path / "x.npy"), labels=str(tmp_path / "y.npy"))
+    assert torch.equal(dm.arrays.train[0][:, 0], torch.from_numpy(images.astype(np.uint8)))
+    assert dm.arrays.train[1].tolist() == [0, 1, 2] * 4
+    vectors = ArrayDataModule(str(tmp_path / "v.npy")).arrays.train[0]
+    assert torch.allclose(vectors, torch.from_numpy(images.reshape(12, 16) / 7).float())

@@ -331,6 +331,18 @@ def test_a_test_file_holds_out_its_interactions_of_training_users(tmp_path: Path
     assert split.fold_in["test"].sum(1).ravel().tolist() == [[len(of["u1"]) - 2, len(of["u2"]) - 2]]  # u1.base's
 
 
+def test_interactions_files_under_home_as_a_yaml_config_writes_them(tmp_path: Path, monkeypatch) -> None:
+    # "~/ratings.csv" in a config (no shell expands it) was refused as missing, as the image folders' paths were
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # no folder named "~" here
+    base = write_interactions(tmp_path / "u1.base")
+    lines = base.read_text().splitlines()
+    base.write_text("\n".join(lines[1:]) + "\n")
+    (tmp_path / "u1.test").write_text(lines[0] + "\n")
+    split = data("~/u1.base", test_path="~/u1.test", min_rating=None).interactions
+    assert split.held_out["test"].sum() == 1
+
+
 @pytest.mark.parametrize(
     "test_lines, message",
     [

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -155,9 +156,11 @@ def check_classifiable(datamodule: ImageDataModule) -> None:
 
 
 def default_classifier_path(datamodule: ImageDataModule) -> Path:
-    """``$AE_LIGHTNING_CACHE`` (default ``~/.cache/ae-lightning``) ``/feature-classifier-<Dataset>-<source>.pt``."""
+    """``$AE_LIGHTNING_CACHE`` (default ``~/.cache/ae-lightning``) ``/feature-classifier-<Dataset>-<source>.pt``,
+    each character of the names but letters, digits and ``._=-`` written ``_`` (the file records the full name)."""
     cache = Path(os.environ.get("AE_LIGHTNING_CACHE", Path.home() / ".cache" / "ae-lightning"))
-    return cache / f"feature-classifier-{datamodule.dataset_name}-{datamodule.data_source}.pt"
+    name = re.sub(r"[^\w.=-]", "_", f"{datamodule.dataset_name}-{datamodule.data_source}", flags=re.ASCII)
+    return cache / f"feature-classifier-{name}.pt"
 
 
 def train_feature_classifier(
