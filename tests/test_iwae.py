@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -129,3 +130,44 @@ def test_neg_iwae_is_the_unweighted_bound_whatever_weighs_the_loss(kwargs: dict,
         bound = losses.importance_weighted_bound(*model.log_densities(x, *model.posterior_parameters(x), 4))
     torch.testing.assert_close(terms["neg_iwae_4"], -bound.mean())
     assert abs(terms["loss"] - terms["neg_iwae_4"]) > 1  # the loss still weighs the ratio by beta or the warm-up
+
+
+@pytest.mark.parametrize("cls, kwargs", [(VAE, {}), (IAFVAE, {"flow_hidden_dims": [8]}), (VampPriorVAE, {})])
+def test_float64_weights_draw_the_importance_samples_and_prior_codes_of_float32(cls: type, kwargs: dict) -> None:
+    # The noise came in the weights' dtype, and float64 draws of a seed are other numbers: the same weights' bound
+    # (K = 8) differed by up to 2.4 nats of 45 per image between float32 and float64 (64-true), sampling noise alone.
+    torch.manual_seed(0)
+    model = cls(**TINY, input_shape=(1, 8, 8), **kwargs).eval()
+    x = (torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    nll, samples = {}, {}
+    for dtype in (torch.float32, torch.float64):
+        torch.manual_seed(1)
+        nll[dtype] = copy.deepcopy(model).to(dtype).importance_weighted_nll(x.to(dtype), 8)
+        if cls is not VampPriorVAE:  # its prior codes are posterior samples, drawn by losses.reparameterize
+            torch.manual_seed(1)
+            samples[dtype] = copy.deepcopy(model).to(dtype).sample(16)
+    torch.testing.assert_close(nll[torch.float64], nll[torch.float32], rtol=1e-6, atol=1e-5)  # both float32
+    if samples:
+        torch.testing.assert_close(samples[torch.float64], samples[torch.float32].double(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs", [(VAE, {}), (IAFVAE, {"flow_hidden_dims": [8]}), (VampPriorVAE, {"num_pseudo_inputs": 3})]
+)
+def test_a_64_true_test_scores_the_same_samples_as_float32_does(cls: type, kwargs: dict, tmp_path: Path) -> None:
+    # The importance samples and prior draws came in the weights' dtype, and float64 draws of a seed are other numbers:
+    # the same weights' test/nll differed between precision 32 and 64-true, sampling noise alone.
+    torch.manual_seed(0)
+    model = cls(**TINY, input_shape=(1, 8, 8), nll_samples=8, **kwargs).eval()
+    x = (torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.zeros(16), torch.arange(16)), 16)
+    nll = {}
+    for precision in ("32", "64-true"):
+        trainer = make_trainer(tmp_path, precision=precision, enable_progress_bar=False, enable_model_summary=False)
+        nll[precision] = trainer.test(copy.deepcopy(model), loader, verbose=False)[0]["test/nll"]
+    assert nll["64-true"] == pytest.approx(nll["32"], rel=1e-6)
+    samples = {}
+    for dtype in (torch.float32, torch.float64):
+        torch.manual_seed(1)
+        samples[dtype] = copy.deepcopy(model).to(dtype).sample(16)
+    torch.testing.assert_close(samples[torch.float64], samples[torch.float32].double(), rtol=1e-5, atol=1e-6)

@@ -451,6 +451,8 @@ def test_vampprior_importance_weighted_nll_at_one_sample_is_the_negative_elbo() 
         (FactorVAE, {"discriminator_hidden_dims": [0]}, "discriminator_hidden_dims"),
         (VampPriorVAE, {"num_pseudo_inputs": 0}, "num_pseudo_inputs must be an integer >= 1, got 0"),
         (IAFVAE, {"flow_steps": 0}, "flow_steps must be an integer >= 1, got 0"),
+        # was "a MADE that takes a context needs at least one hidden layer (hidden_dims is empty)": not the setting
+        (IAFVAE, {"flow_hidden_dims": []}, "flow_hidden_dims is empty, but the flow's steps take the context"),
     ],
 )
 def test_bad_arguments_are_errors_naming_the_value(cls: type, kwargs: dict, message: str) -> None:

@@ -88,7 +88,7 @@ def continuous_bernoulli_mean(logits: Tensor) -> Tensor:
 
 def uniform_dequantize(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """8-bit images ``k / 255`` in [0, 1] as ``(k + u) / 256`` with ``u ~ U[0, 1)``, a density's data on [0, 1)."""
-    noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float32).to(x.dtype)
     return ((x * 255).round() + noise) / 256
 
 
@@ -112,8 +112,10 @@ def kl_divergence_normal(mu: Tensor, logvar: Tensor, event_ndim: int = 1) -> Ten
 
 def reparameterize(mu: Tensor, logvar: Tensor, noise: Tensor | None = None) -> Tensor:
     """The sample ``mu + noise * exp(logvar / 2)`` of N(mu, diag(exp(logvar))), differentiable in both; ``noise``
-    is standard normal (broadcast against ``mu``), drawn like ``mu`` when None."""
-    return mu + (torch.randn_like(mu) if noise is None else noise) * torch.exp(0.5 * logvar)
+    is standard normal (broadcast against ``mu``), drawn in float32 when None: a seed gives the same noise (to ``mu``'s
+    precision) whatever its dtype."""
+    noise = torch.randn_like(mu, dtype=torch.float32).to(mu.dtype) if noise is None else noise
+    return mu + noise * torch.exp(0.5 * logvar)
 
 
 def standard_normal_log_prob(z: Tensor, event_ndim: int = 1) -> Tensor:

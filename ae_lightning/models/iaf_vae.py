@@ -43,6 +43,11 @@ class IAFVAE(VAE):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if flow_context and not flow_hidden_dims:
+            raise ValueError(
+                "flow_hidden_dims is empty, but the flow's steps take the context (flow_context: true) through a first "
+                "hidden layer: give at least one width (e.g. [256, 256]), or set flow_context: false"
+            )
         context_dim = 2 * self.latent_dim if flow_context else 0
         self.flow = InverseAutoregressiveFlow(self.latent_dim, flow_steps, flow_hidden_dims, forget_bias, context_dim)
 

@@ -130,7 +130,8 @@ class VAE(AutoencoderModule):
 
     def sample_prior(self, n: int) -> Tensor:
         """``n`` codes ``[n, *latent_shape]`` drawn from the prior p(z), here the standard normal."""
-        return torch.randn(n, *self.latent_shape, device=self.device, dtype=self.dtype)
+        # drawn in float32, as the noise of :meth:`log_densities`
+        return torch.randn(n, *self.latent_shape, device=self.device, dtype=torch.float32).to(self.dtype)
 
     def prior_log_prob(self, z: Tensor) -> Tensor:
         """log p(z) of codes ``[..., *latent_shape]``, here the standard normal's (summed over every element)."""
@@ -218,8 +219,9 @@ class VAE(AutoencoderModule):
         self, x: Tensor, mu: Tensor, logvar: Tensor, num_samples: int, y: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
         """log p(x | z_k), log p(z_k) and log q(z_k | x), each ``[num_samples, B]`` in float32, for
-        ``num_samples`` reparameterized samples ``z_k ~ q(z | x)`` decoded in one batched pass."""
-        eps = torch.randn(num_samples, *mu.shape, device=mu.device, dtype=mu.dtype)
+        ``num_samples`` reparameterized samples ``z_k ~ q(z | x)`` decoded in one batched pass; the noise is drawn in
+        float32 whatever the weights' dtype, so that a seed gives the same samples under every ``precision``."""
+        eps = torch.randn(num_samples, *mu.shape, device=mu.device, dtype=torch.float32).to(mu.dtype)
         z, log_det = self.posterior_flow(losses.reparameterize(mu, logvar, eps), mu, logvar)  # [k, B, *latent_shape]
         labels = None if y is None else y.repeat(num_samples)  # sample-major, as z is flattened
         logits = self.decoder_logits(z.flatten(0, 1), labels).unflatten(0, (num_samples, len(x)))
