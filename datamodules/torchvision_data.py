@@ -55,7 +55,9 @@ class TorchvisionDataModule(ImageDataModule):
         if variant and "split" not in kwargs:
             choices = ", ".join(getattr(cls, "splits", ()))
             raise ValueError(f"{cls.__name__} needs its split in dataset_kwargs: {{split: ...}}, one of {choices}")
-        taken = sorted({"root", "download", "train" if by_train else "split"} & set(kwargs))
+        # which part: train= or split=, and QMNIST's what=, which overrides train=
+        decides_part = {"train" if by_train else "split"} | ({"what"} & set(parameters))
+        taken = sorted(({"root", "download"} | decides_part) & set(kwargs))
         if taken:
             raise ValueError(
                 f"dataset_kwargs {taken} of {cls.__name__}: the datamodule sets them (root is data_dir, the train and "

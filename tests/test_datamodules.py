@@ -617,6 +617,8 @@ def test_an_array_datamodule_logs_its_data_source_in_every_run_and_standardizes_
         ("SVHN", {"split": "extra"}, r"dataset_kwargs \['split'\] of SVHN: the datamodule sets them"),
         ("CIFAR10", {"train": False}, r"dataset_kwargs \['train'\] of CIFAR10: the datamodule sets them"),
         ("EMNIST", {"split": "digits", "download": True}, r"dataset_kwargs \['download'\] of EMNIST"),
+        # QMNIST's what overrides train=: the test split was the training data
+        ("QMNIST", {"what": "train"}, r"dataset_kwargs \['what'\] of QMNIST: the datamodule sets them"),
     ],
 )
 def test_torchvision_dataset_kwargs_the_datamodule_cannot_honour_are_refused_on_construction(
