@@ -52,3 +52,12 @@ def test_codes_trained_on_one_split_are_not_fit_on_another_split_of_the_same_siz
     resumed = make_trainer(tmp_path, max_epochs=2)
     resumed.fit(model(), datamodule=data(42), ckpt_path=checkpoint)  # the same split: an exact resume
     assert resumed.current_epoch == 2
+
+
+def test_autodecoder_encode_refuses_images_of_another_dtype_than_its_weights() -> None:
+    # As its docstring says and every variant's encode does: float64 images were fitted silently, in float32 codes.
+    model = AutoDecoder(**TINY, num_codes=4).eval()
+    refused = r"AutoDecoder has torch.float32 weights, but encode\(x\) holds torch.float64 images: convert them"
+    with pytest.raises(ValueError, match=refused):
+        model.encode(torch.rand(3, 1, 28, 28, dtype=torch.float64))
+    assert model.double().encode(torch.rand(3, 1, 28, 28, dtype=torch.float64), steps=1).dtype == torch.float64

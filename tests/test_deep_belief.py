@@ -11,6 +11,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.plugins import MixedPrecision
 from test_variants import make_trainer, tiny_data
 from tiny_runs import command, last_checkpoint, run_cli, subprocess_env, tiny_args
 
@@ -230,6 +231,28 @@ def test_early_stopping_is_refused_while_pretraining_remains_and_taken_for_the_f
     assert tuned.current_epoch == 4 and model.unrolled
 
 
+def test_16_mixed_is_refused_while_pretraining_remains_and_taken_for_the_fine_tuning(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # The CD updates set gradients that fp16's scaler would unscale; the fine-tuning steps through it as any model does.
+    # A resume into the fine-tuning under 16-mixed was refused too, although no pretraining epoch remained.
+    def fp16() -> MixedPrecision:  # Lightning's plugin with a CPU GradScaler takes the GPU's fp16 path
+        return MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu"))
+
+    torch.manual_seed(0)
+    model, data = DeepBeliefAutoencoder(**TINY_DBN, pretrain_epochs=1), tiny_data(data_dir)
+    initial = {name: p.detach().clone() for name, p in model.named_parameters()}
+    refused = r"RBM pretraining has no gradient scaler: .* for its epochs 0-1; 16-mixed fine-tunes: .* \(max_epochs 2\)"
+    with pytest.raises(ValueError, match=refused):
+        make_trainer(tmp_path, max_epochs=3, plugins=[fp16()]).fit(model, datamodule=data)
+    assert all(torch.equal(p, initial[name]) for name, p in model.named_parameters())  # refused before any step
+    make_trainer(tmp_path, max_epochs=2, enable_checkpointing=True).fit(model, datamodule=data)  # the 2 RBMs, in 32
+    tuned = make_trainer(tmp_path, max_epochs=3, plugins=[fp16()])
+    tuned.fit(model, datamodule=data, ckpt_path=next(tmp_path.rglob("*.ckpt")))
+    assert tuned.precision == "16-mixed" and tuned.current_epoch == 3 and model.unrolled
+    assert torch.isfinite(tuned.callback_metrics["train/loss"]) and torch.isfinite(tuned.callback_metrics["val/loss"])
+
+
 def test_the_fine_tuning_plateau_steps_on_fine_tuning_validations_only(data_dir: Path, tmp_path: Path) -> None:
     # 2 RBMs of one epoch each, validation every 2 epochs: epochs 1 (pretraining) and 3 (fine-tuning) validate. The
     # plateau stepped at the end of fine-tuning epoch 2, which did not validate, on the tied stack's epoch-1 val/loss.
@@ -301,3 +324,14 @@ def test_an_epoch_scheduler_frequency_counts_fine_tuning_epochs(data_dir: Path, 
     make_trainer(tmp_path, max_epochs=7, limit_train_batches=1, callbacks=[recorder]).fit(model, tiny_data(data_dir))
     # as Lightning's frequency 2: a step after fine-tuning epochs 2 and 4, none after 1 and 3
     assert recorder.rates == pytest.approx([1e-3] * 5 + [5e-4] * 2)
+
+
+def test_gaussian_hidden_units_draw_the_same_noise_at_every_precision() -> None:
+    # the noise was drawn in the units' dtype: float64 draws of a seed are other numbers than float32's
+    mean = torch.rand(8, 6, generator=torch.Generator().manual_seed(0))
+    draws = {}
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        draws[dtype] = rbm.sample_hidden(mean.to(dtype), "gaussian", torch.Generator().manual_seed(1))
+        assert draws[dtype].dtype == dtype
+    torch.testing.assert_close(draws[torch.float64], draws[torch.float32].double())
+    torch.testing.assert_close(draws[torch.bfloat16].float(), draws[torch.float32], atol=0.05, rtol=0)

@@ -84,3 +84,18 @@ def test_iwae_chunking_does_not_change_the_bound(vae: VAE) -> None:
     vae.nll_chunk_size = 21
     whole = vae.importance_weighted_nll(x, num_samples=21).mean()
     assert chunked.item() == pytest.approx(whole.item(), rel=2e-3)
+
+
+def test_the_fused_batch_means_of_bfloat16_inputs_are_the_per_image_means() -> None:
+    # bf16-true: the deterministic family's loss summed per-pixel terms rounded to bfloat16 (252.0 for 253.68 here)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.zeros(32, 1, 28, 28)
+    x[:, :, 6:22, 8:20] = torch.randint(150, 256, (32, 1, 16, 12), generator=generator) / 255
+    logits = (torch.randn(32, 1, 28, 28, generator=generator) * 2 - 4 * (x == 0)).bfloat16()
+    x = x.bfloat16()
+    fused = losses.bernoulli_nll_batch_mean(logits, x)
+    assert fused.dtype == torch.float32
+    torch.testing.assert_close(fused, -losses.bernoulli_log_likelihood(logits, x).mean())
+    mean = torch.sigmoid(logits)
+    expected = losses.squared_error(mean.float(), x.float()).mean()
+    torch.testing.assert_close(losses.squared_error_batch_mean(mean, x), expected)

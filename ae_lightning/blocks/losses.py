@@ -135,11 +135,13 @@ def mean_squared_error(reconstruction: Tensor, x: Tensor) -> Tensor:
 
 def bernoulli_nll_batch_mean(logits: Tensor, x: Tensor) -> Tensor:
     """``-bernoulli_log_likelihood(logits, x).mean()`` of a batch of equal shapes, as one fused reduction."""
+    logits, x = _at_least_float32(logits, x)
     return F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / len(x)
 
 
 def squared_error_batch_mean(reconstruction: Tensor, x: Tensor) -> Tensor:
     """``squared_error(reconstruction, x).mean()`` of a batch ``[B, ...]`` of equal shapes, as one fused reduction."""
+    reconstruction, x = _at_least_float32(reconstruction, x)
     return F.mse_loss(reconstruction, x, reduction="sum") / len(x)
 
 

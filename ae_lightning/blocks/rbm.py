@@ -34,7 +34,7 @@ def sample_hidden(mean: Tensor, hidden: Hidden = "bernoulli", generator: torch.G
     """h ~ p(h | v) from its mean: Bernoulli draws, or the mean plus N(0, 1) noise for Gaussian units."""
     if hidden == "bernoulli":
         return torch.bernoulli(mean, generator=generator)
-    return mean + torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    return mean + torch.randn(mean.shape, generator=generator, device=mean.device, dtype=torch.float32).to(mean.dtype)
 
 
 def free_energy(

@@ -97,12 +97,15 @@ class AdversarialAutoencoder(DeterministicAutoencoder):
         self.register_buffer("mixture_means", means, persistent=False)
 
     def sample_prior(self, n: int) -> Tensor:
-        """``n`` codes ``[n, latent_dim]`` drawn from the prior."""
-        z = torch.randn(n, self.latent_dim, device=self.mixture_means.device, dtype=self.mixture_means.dtype)
+        """``n`` codes ``[n, latent_dim]`` drawn from the prior, in the weights' dtype: for a seed, the same codes (to
+        that dtype's precision) under every ``precision``."""
+        means = self.mixture_means
+        # Drawn in float32: randn draws other numbers in float64 (and at some sizes in bfloat16) from the same seed.
+        z = torch.randn(n, self.latent_dim, device=means.device, dtype=torch.float32).to(means.dtype)
         if self.prior == "normal":
             return z
-        components = torch.randint(len(self.mixture_means), (n,), device=z.device)
-        return self.mixture_means[components] + self.mixture_std * z
+        components = torch.randint(len(means), (n,), device=z.device)
+        return means[components] + self.mixture_std * z
 
     def sample(self, n: int, y: Tensor | None = None) -> Tensor:
         check_sample_count(n)

@@ -122,6 +122,7 @@ class AutoDecoder(DeterministicAutoencoder):
             found = f"a {x.dtype} tensor" if isinstance(x, Tensor) else f"a {type(x).__name__}"
             raise ValueError(f"{type(self).__name__}.encode fits codes to float images in [0, 1], got {found}")
         self.check_input(x)
+        self.check_tensor(x, "encode(x)")  # the weights' dtype (their shape is named above)
         kept = self._kept_codes
         for kept_steps, images, codes in kept or ():
             if kept_steps == steps and images.shape == x.shape and torch.equal(images, x):

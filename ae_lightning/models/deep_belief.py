@@ -222,8 +222,6 @@ class DeepBeliefAutoencoder(DeterministicAutoencoder):
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        if self.pretrain_epochs and self.trainer.precision == "16-mixed":
-            raise ValueError("RBM pretraining has no gradient scaler: use 32 or bf16-mixed precision or pretrain: none")
         pretraining = self.pretrain_epochs * len(self.rbm_layers())
         max_epochs = self.trainer.max_epochs
         if pretraining and max_epochs is not None and 0 <= max_epochs <= pretraining:
@@ -235,6 +233,12 @@ class DeepBeliefAutoencoder(DeterministicAutoencoder):
     def on_train_start(self) -> None:
         # here, not in on_fit_start: a resumed run's epoch is restored by now
         pretraining = self.pretrain_epochs * len(self.rbm_layers())
+        if self.current_epoch < pretraining and self.trainer.precision == "16-mixed":
+            raise ValueError(
+                "RBM pretraining has no gradient scaler: use 32 or bf16-mixed precision or pretrain: none for its "
+                f"epochs {self.current_epoch}-{pretraining - 1}; 16-mixed fine-tunes: pretrain first (max_epochs "
+                f"{pretraining}), then resume from that run's last checkpoint with it"
+            )
         stoppers = [c for c in self.trainer.callbacks if isinstance(c, EarlyStopping)]
         if stoppers and self.current_epoch < pretraining:
             raise ValueError(
