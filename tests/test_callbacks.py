@@ -314,6 +314,25 @@ def test_the_reconstruction_grid_shows_all_num_images_the_last_row_filled_with_w
     assert (grid[:, 62:90, 152:240] == 1).all() and (grid[:, 92:120, 152:240] == 1).all()  # 4 empty places, white
 
 
+@pytest.mark.parametrize(
+    "ended_by", [{"max_epochs": 1}, {"max_epochs": -1, "max_steps": 8}], ids=["at_validation", "at_train_end"]
+)
+def test_with_weight_averaging_the_pictures_show_the_average_that_validation_saw(
+    ended_by: dict, data_dir: Path, tmp_path: Path
+) -> None:
+    # the command's order: the config's callbacks (the photo configs' EMA), then the images section
+    logger, pictures = TensorBoardLikeLogger(), ImageLogger(every_n_epochs=5, views=["reconstructions"])
+    torch.manual_seed(0)
+    trainer = fit_autoencoder(data_dir, default_root_dir=tmp_path, logger=logger,
+                              callbacks=[EMAWeightAveraging(decay=0.99), pictures], **ended_by)  # fmt: skip
+    # the run's last validation ends it (2 batches an epoch), so after fit the model holds the average it validated
+    [(_, logged, _)] = logger.experiment.images
+    torch.testing.assert_close(logged, pictures.draw(trainer.lightning_module)["reconstructions"], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="ImageLogger 'images' comes before EMAWeightAveraging among the trainer's"):
+        fit_autoencoder(data_dir, max_epochs=1, default_root_dir=tmp_path / "refused", logger=False,
+                        callbacks=[ImageLogger(), LightningEMA()])  # fmt: skip
+
+
 def ema_fit(data_dir: Path, callback: Callback, accelerator: str = "cpu") -> tuple[Autoencoder, L.Trainer]:
     torch.manual_seed(0)
     model = Autoencoder(latent_dim=2, hidden_dims=[16])

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar, WeightAveraging
 from lightning.pytorch.callbacks import EMAWeightAveraging as LightningEMA
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import Logger, WandbLogger
@@ -40,6 +40,7 @@ class ImageLogger(Callback):
     """Logs pictures of the model after every ``every_n_epochs``-th validation of ``fit`` (counted in checkpoints) and
     after the run's last one, as ``<name>/<view>`` or to ``<log_dir>/<name>/<view>-epoch=E-step=S.png``. Nothing is
     drawn in sanity checks or ``fast_dev_run``; under DDP only rank 0 draws, from its share of the validation images.
+    Beside a ``WeightAveraging`` callback (EMA) it draws the average that validation runs on, and must come after it.
 
     Args:
         every_n_epochs: draw after every n-th validation epoch (not training epoch); 0 disables the callback.
@@ -88,6 +89,7 @@ class ImageLogger(Callback):
         self._announced = False
         self._map_skipped = False
         self._validations = 0  # validation epochs of fit so far, sanity checks aside
+        self._ended = False  # whether the running validation's last batch has been handled
         self._undrawn: tuple[int, int, int] | None = None  # (step, epoch, logger step) of an undrawn last validation
 
     @property
@@ -119,6 +121,14 @@ class ImageLogger(Callback):
         if stage != "fit" or self.every_n_epochs == 0:
             return
         check_image_logger_names(trainer.callbacks)
+        averaging = [cb for cb in trainer.callbacks[trainer.callbacks.index(self) :] if isinstance(cb, WeightAveraging)]
+        if averaging:
+            raise ValueError(
+                f"ImageLogger {self.name!r} comes before {type(averaging[0]).__name__} among the trainer's callbacks, "
+                "so the pictures drawn when training ends would show the training weights rather than the average "
+                "that validation saw (the averaging callback puts it in place after this one); list the ImageLogger "
+                "after it"
+            )
         if self.views is None:
             self.active_views = visualization.applicable_views(pl_module)
             if len(pl_module.input_shape) == 1:
@@ -146,15 +156,26 @@ class ImageLogger(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if self._kept >= self._needed or dataloader_idx or batch_idx in self._batches or not trainer.is_global_zero:
+        if dataloader_idx:
             return
-        images, labels = batch[0], batch[1]
-        if labels.shape != images.shape[:1] or labels.is_floating_point():  # no labels (Mult-VAE: held-out clicks)
-            labels = torch.full((len(images),), -1)  # drawn unlabeled
-        self._batches[batch_idx] = images.detach().cpu(), labels.detach().cpu()
-        self._kept += len(images)
+        if self._kept < self._needed and batch_idx not in self._batches and trainer.is_global_zero:
+            images, labels = batch[0], batch[1]
+            if labels.shape != images.shape[:1] or labels.is_floating_point():  # no labels (Mult-VAE: held-out clicks)
+                labels = torch.full((len(images),), -1)  # drawn unlabeled
+            self._batches[batch_idx] = images.detach().cpu(), labels.detach().cpu()
+            self._kept += len(images)
+        # At the last batch rather than the epoch's end, where a WeightAveraging callback listed before this one has
+        # already put the training weights back in place of the average that validation ran on.
+        if batch_idx + 1 == trainer.num_val_batches[0]:
+            self._end_validation(trainer, pl_module)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._ended:  # a loader of unknown length, whose last batch was not known as such
+            self._end_validation(trainer, pl_module)
+        self._ended = False
+
+    def _end_validation(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._ended = True
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
         self._validations += 1
