@@ -55,7 +55,7 @@ class StreamLocation:
     """A local folder or an ``s3://``/``gs://`` URI prefix, read through litdata's storage providers.
 
     Args:
-        uri: the stream's folder or URI.
+        uri: the stream's folder (``~`` expanded) or URI.
         storage_options: options of the object store's client (e.g. ``{"endpoint_url": ...}``).
 
     Raises:
@@ -64,9 +64,11 @@ class StreamLocation:
     """
 
     def __init__(self, uri: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.is_remote = "://" in uri
+        # a local folder's ~ expanded, as torchvision expands its root: a YAML config is no shell
+        uri = uri if self.is_remote else os.path.expanduser(uri)
         self.uri = uri.rstrip("/") or uri  # the root folder "/" stays itself
         self.storage_options = storage_options or {}
-        self.is_remote = "://" in uri
         kinds = f"a local folder or an {', '.join(f'{known}://<bucket>' for known in CLIENTS)} URI"
         if not uri:
             raise ValueError(f"stream '': expected {kinds}")

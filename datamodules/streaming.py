@@ -4,6 +4,7 @@ checkpoints carry the training position, so a resumed run continues at the next 
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
@@ -50,11 +51,16 @@ class ImageStream(StreamingDataset):
         self.augment, self.augment_seed = augment, seed
 
     def __getitem__(self, index: ChunkedIndex | int) -> dict[str, Any]:
-        item = super().__getitem__(index)
         i = index.index if isinstance(index, ChunkedIndex) else int(index)
         try:
+            item = super().__getitem__(index)
+        except struct.error as error:  # litdata reads a damaged table of the chunk's samples
+            raise ValueError(
+                f"{self.where}: sample {i} could not be read from its chunk ({error}); corrupt chunk"
+            ) from None
+        try:
             image = decode(item["image"], self.channels)
-        except RuntimeError as error:
+        except (RuntimeError, ValueError) as error:
             reason = " ".join(str(error).split())[:200]
             raise ValueError(f"{self.where}: sample {i} is not a readable image ({reason}); corrupt chunk") from None
         if tuple(image.shape) != (self.channels, *self.shape):

@@ -330,6 +330,45 @@ def test_a_missing_or_corrupt_chunk_is_named(stream: Path, tmp_path: Path) -> No
     StreamingDataModule(str(copy)).setup("test")  # the test split is whole
 
 
+def _first_val_batch_refusal(where: Path) -> str:
+    """What reading the first validation batch of the stream at ``where`` raised, read in a forked process: a crash
+    of the reader fails the assertion instead of the test run."""
+    import multiprocessing
+
+    def read(out: str) -> None:
+        try:
+            next(iter(StreamingDataModule(str(where), num_workers=0).val_dataloader()))
+            Path(out).write_text("read without error")
+        except Exception as error:  # noqa: BLE001 - the test compares the type and message
+            Path(out).write_text(f"{type(error).__name__}: {error}")
+
+    out = where.parent / "refusal.txt"
+    child = multiprocessing.get_context("fork").Process(target=read, args=(str(out),))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0, f"the reader died (exit code {child.exitcode})"
+    return out.read_text()
+
+
+def test_a_chunk_damaged_in_place_is_named_when_read_not_a_crash(stream: Path, tmp_path: Path) -> None:
+    # a chunk of the recorded size with other bytes (caught at setup by verify_chunks only): torchvision's PNG decoder
+    # killed the reader with a segmentation fault on a damaged image, and a damaged sample table gave a bare
+    # struct.error, neither naming the split or the sample
+    shutil.copytree(stream, tmp_path / "copy")
+    chunk = tmp_path / "copy" / "val" / "chunk-0-0.bin"
+    data = chunk.read_bytes()
+    idat = data.index(b"IDAT")  # the first image's pixel data
+    chunk.write_bytes(data[: idat + 20] + b"\xff" * 8 + data[idat + 28 :])
+    assert re.fullmatch(
+        rf"ValueError: {re.escape(str(tmp_path / 'copy' / 'val'))}: sample 0 is not a readable image \(.*CRC.*\); "
+        r"corrupt chunk.*",
+        _first_val_batch_refusal(tmp_path / "copy"),
+    )
+    chunk.write_bytes(data[:8] + b"\xff" * 8 + data[16:])  # the offsets of the chunk's first samples
+    refusal = _first_val_batch_refusal(tmp_path / "copy")
+    assert refusal.startswith(f"ValueError: {tmp_path / 'copy' / 'val'}: sample 0 could not be read from its chunk ")
+
+
 def test_a_split_without_its_index_is_named_at_setup(stream: Path, tmp_path: Path) -> None:
     # a copy cut short (rsync copies a split's chunks before its index.json) passed setup, then failed in litdata when
     # validation began, with a hint at litdata.complete_dataset
@@ -356,6 +395,19 @@ def test_a_misspelt_or_unreachable_uri_is_named(tmp_path: Path, monkeypatch: pyt
     unreachable = StreamingDataModule("s3://bucket/photos", storage_options={"endpoint_url": "http://127.0.0.1:9"})
     with pytest.raises(ConnectionError, match=r"stream s3://bucket/photos: could not reach"):
         _ = unreachable.input_shape
+
+
+def test_a_stream_under_the_home_folder_is_found_from_a_config(
+    stream: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # input_dir: ~/streams/photos in a YAML config (no shell expands it) was refused as a stream that does not exist,
+    # where every other datamodule expands ~ as torchvision does
+    shutil.copytree(stream, tmp_path / "streams" / "photos")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    dm = StreamingDataModule("~/streams/photos", image_size=12, num_workers=0)
+    assert dm.input_shape == (3, 12, 12) and dm.hparams.input_dir == "~/streams/photos"
+    dm.setup("fit")
+    assert len(next(iter(dm.val_dataloader()))[0]) == 9
 
 
 class FolderBucket:
