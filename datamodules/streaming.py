@@ -277,6 +277,11 @@ class StreamingDataModule(ImageDataModule):
                     f"{name}={value!r} applies to an s3://, gs:// or r2:// stream; {input_dir} is a local folder, read "
                     f"in place: leave {name} unset"
                 )
+        if verify_chunks and self.location.is_remote:
+            raise ValueError(
+                f"verify_chunks hashes a local stream's chunks; {input_dir} is remote, and litdata checks each chunk's "
+                "size as it downloads it: leave verify_chunks false, or verify a local copy of the stream"
+            )
         self._manifest: StreamManifest | None = None
         self._loaders: dict[Split, StreamLoader] = {}
         self._resume_state: dict[str, Any] | None = None

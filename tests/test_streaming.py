@@ -659,6 +659,12 @@ def test_cache_dir_and_storage_options_are_refused_for_a_local_stream(stream: Pa
     StreamingDataModule("s3://bucket/photos", cache_dir=str(tmp_path), storage_options={"endpoint_url": "http://x:1"})
 
 
+def test_verify_chunks_is_refused_for_a_remote_stream_it_cannot_hash(tmp_path: Path) -> None:
+    # it hashed local chunks only: on an s3:// stream the setting did nothing, without a word
+    with pytest.raises(ValueError, match=r"verify_chunks hashes a local stream's chunks; s3://bucket/photos is remote"):
+        StreamingDataModule("s3://bucket/photos", verify_chunks=True, cache_dir=str(tmp_path))
+
+
 @pytest.mark.parametrize("setting, value, expected", [("seed", -1, "an integer in [0, 4294967295]"),
                                                       ("resolution", 0, "an integer >= 1")])  # fmt: skip
 def test_a_seed_or_resolution_out_of_range_is_refused_when_the_datamodule_is_built(
