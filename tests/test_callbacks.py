@@ -134,6 +134,12 @@ def test_bad_arguments_are_errors(kwargs: dict, message: str) -> None:
         ImageLogger(**kwargs)
 
 
+def test_drawing_before_any_validation_names_what_is_missing() -> None:
+    # torch.cat's "expected a non-empty list of Tensors" before
+    with pytest.raises(ValueError, match=r"ImageLogger 'images' has no validation images to draw: .* after one has"):
+        ImageLogger().draw(Autoencoder(latent_dim=2, hidden_dims=[8]))
+
+
 def run_cli(*args: str) -> AutoencoderCLI:
     with mock.patch("sys.argv", ["ae-lightning"]):
         return AutoencoderCLI(args=list(args))

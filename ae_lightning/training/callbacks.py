@@ -193,7 +193,12 @@ class ImageLogger(Callback):
 
     def draw(self, pl_module: AutoencoderModule, epoch: int | None = None) -> dict[str, Tensor]:
         """The pictures of ``active_views`` for the kept validation images, each ``[3, H, W]`` in [0, 1], titled with
-        ``epoch`` (by default the model's current one)."""
+        ``epoch`` (by default the model's current one); a ValueError before a validation of ``fit`` kept any."""
+        if not self._batches:
+            raise ValueError(
+                f"ImageLogger {self.name!r} has no validation images to draw: it keeps them during a validation of fit "
+                "(not in sanity checks); draw after one has run"
+            )
         ordered = [self._batches[i] for i in sorted(self._batches)]
         return visualization.draw_views(
             pl_module,
