@@ -35,7 +35,14 @@ from torchvision.transforms.v2 import functional as TF
 
 from datamodules.arrays import SUFFIXES, ArrayDataModule
 from datamodules.base import draw_split
-from datamodules.checks import OpenUnitInterval, PositiveInt, byte_count, check_arguments, number_type
+from datamodules.checks import (
+    OpenUnitInterval,
+    PositiveInt,
+    byte_count,
+    check_arguments,
+    check_fits_memory,
+    number_type,
+)
 from datamodules.folder import GRAY_MODES, Alpha, decode_image, list_images, opaque, own_channels
 from datamodules.stream_store import MANIFEST, SPLITS, StreamLocation, StreamManifest, file_sha256, partial_folder
 from datamodules.torchvision_data import TorchvisionDataModule, stored_transposed
@@ -258,6 +265,10 @@ def prepare_stream(
 
         if channels is None:
             channels = source_channels(kind, payloads, [record for records in parts.values() for record, _ in records])
+        if size is not None:  # each record in flight: its pixels as uint8 and as the float32 copy of the resize
+            in_flight = AHEAD_PER_THREAD * max(1, num_workers) + 1
+            check_fits_memory(in_flight * 5 * channels * size * size, f"--size {size}: {in_flight} images in flight",
+                              "choose a smaller --size or fewer --num-workers")  # fmt: skip
         first = ImageEncoder(kind, payloads.get("train"), channels, size, "raw", alpha=alpha)(splits["train"][1][0])
         height, width = first["image"].shape[1:]
         pixels = int(channels * height * width)

@@ -86,6 +86,14 @@ def test_a_prepare_that_fails_on_bad_input_leaves_no_staging_folder(tmp_path: Pa
         read_manifest(StreamLocation(str(tmp_path / "stream")))
 
 
+def test_a_size_whose_images_cannot_fit_in_memory_is_refused_before_any_image_is_resized(tmp_path: Path) -> None:
+    # --size 100000 (a typo for 1000) got the process killed for memory at its first resize
+    images = write_image_folder(tmp_path / "images", per_class=6, size=8)
+    with pytest.raises(ValueError, match=r"--size 100000: 5 images in flight need about .* choose a smaller --size"):
+        prepare_stream(str(images), str(tmp_path / "stream"), size=100_000, num_workers=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
+
+
 def test_an_output_inside_the_source_is_refused_naming_both(tmp_path: Path) -> None:
     images = write_image_folder(tmp_path / "images", per_class=6, size=8)
     tests = write_image_folder(tmp_path / "tests", per_class=2, size=8)
