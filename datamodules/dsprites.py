@@ -37,7 +37,7 @@ def check_factors(factors: Tensor) -> None:
         raise ValueError(
             f"dSprites factors must be [N, {len(FACTORS)}] ({', '.join(FACTORS)}), got {tuple(factors.shape)}"
         )
-    if factors.dtype.is_floating_point:
+    if factors.dtype.is_floating_point or factors.dtype.is_complex or factors.dtype == torch.bool:
         raise ValueError(f"dSprites factors are integer grid indices, got {factors.dtype}")
     for column, (name, size) in enumerate(zip(FACTORS, GRID)):
         outside = (factors[:, column] < 0) | (factors[:, column] >= size)
@@ -73,7 +73,7 @@ def render(factors: Tensor) -> Tensor:
     1 and 0.5, and the heart ``(x^2 + y^2 - 1)^3 <= x^2 y^3``.
     """
     check_factors(factors)
-    device = factors.device
+    factors, device = factors.long(), factors.device  # torch indexes with int64 (uint8 would be a mask)
     shape, scale, angle, px, py = (VALUES[i].to(device)[factors[:, i]][:, None, None] for i in range(len(FACTORS)))
     centers = torch.arange(SIZE, device=device, dtype=torch.float32) + 0.5
     dx = centers[None, None, :] - (0.2 + 0.6 * px) * SIZE

@@ -234,6 +234,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
              if value not in (None, ["none"])]  # fmt: skip
     if given and not has_factors:
         raise ValueError(f"{given[0]} needs data with known factors (dSprites), not {type(datamodule).__name__}")
+    unscorable = getattr(model, "discrete_codes", False) or getattr(model, "num_classes", None) is not None
+    if has_factors and asked is None and unscorable:
+        asked = ["none"]  # not asked for, and these codes cannot be scored (model_encoder says why when they are)
+        print(f"Disentanglement metrics not computed: {type(model).__name__}'s codes cannot be scored by them")
     if has_factors and asked != ["none"]:  # refused here, before any score, rather than after the others are computed
         encode = disentanglement.model_encoder(model)
         names = disentanglement.check_disentanglement_settings(

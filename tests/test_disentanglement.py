@@ -379,3 +379,57 @@ def test_the_callback_under_ddp_logs_the_metrics_and_draws_the_traversals(tmp_pa
     results = trainer.test(Autoencoder(input_shape=(1, 64, 64), latent_dim=2, hidden_dims=[4]), datamodule=data)
     assert 0 <= results[0]["test/mig"] <= 1
     assert (tmp_path / "lightning_logs" / "version_0" / "traversals.png").is_file()
+
+
+def test_token_codes_and_codes_that_need_labels_are_refused_not_scored(tmp_path) -> None:
+    """A CodePrior's codes are token indices, names rather than values: the metrics binned and thresholded their
+    numbers and reported the scores. A conditional VAE's encode needs labels, which the metrics do not pass: it failed
+    with its own message. Both are refused naming why, by the metrics and by the callback before the test loop."""
+    import lightning as L
+
+    from ae_lightning import CodePrior, ConditionalVAE, QuantizedAutoencoder
+
+    torch.manual_seed(0)
+    data = DSpritesDataModule(batch_size=8, num_samples=32, val_fraction=0.1, test_fraction=0.1)
+    settings = {"accelerator": "cpu", "logger": False, "enable_progress_bar": False, "enable_model_summary": False,
+                "enable_checkpointing": False, "default_root_dir": tmp_path}  # fmt: skip
+    tokenizer = QuantizedAutoencoder(input_shape=(1, 64, 64), latent_dim=2, hidden_dims=[4], codebook_size=8)
+    trainer = L.Trainer(max_steps=1, limit_val_batches=0, **settings)
+    trainer.fit(tokenizer, datamodule=data)
+    trainer.save_checkpoint(tmp_path / "tokenizer.ckpt")
+    prior = CodePrior(str(tmp_path / "tokenizer.ckpt"), embed_dim=8, num_layers=1, num_heads=2)
+    conditional = ConditionalVAE(input_shape=(1, 64, 64), latent_dim=3, hidden_dims=[8], num_classes=3)
+    for model, message in [
+        (prior, r"score continuous codes, but CodePrior's codes are token indices .* score its tokenizer's codes"),
+        (conditional, r"encode images alone, but ConditionalVAE is conditional: its codes need each image's label"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            metrics.disentanglement_metrics(metrics.model_encoder(model), data, ["mig"], num_points=100)
+        callback = DisentanglementMetrics(["mig"], num_points=100, traversal_images=0)
+        with pytest.raises(ValueError, match=message):
+            L.Trainer(callbacks=[callback], **settings).test(model, datamodule=data, verbose=False)
+
+
+def test_too_few_points_or_votes_are_refused_before_any_metric_not_scored_nan() -> None:
+    """``num_points`` 1 gave MIG and DCI NaN (no factor varies in one point), ``num_votes`` 0 a FactorVAE score of 0
+    for the factors themselves (a vote counted from no training vote), ``num_points`` 0 numpy's error: each is refused
+    naming the setting, before any code is drawn, as the callback and scripts/evaluate.py refuse it."""
+    calls = []
+
+    def identity(images: torch.Tensor) -> np.ndarray:
+        calls.append(len(images))
+        return images.double().numpy()
+
+    for settings, message in [
+        ({"num_points": 1}, "num_points must be an integer >= 10, got 1"),
+        ({"num_points": 0}, "num_points must be an integer >= 10, got 0"),
+        ({"num_votes": 0}, "num_votes must be an integer >= 1, got 0"),
+    ]:
+        with pytest.raises(ValueError, match=f"^{message}$"):
+            metrics.disentanglement_metrics(identity, DSpritesGrid(), ["mig", "dci", "factor_vae"], **settings)
+    for score in (metrics.beta_vae_score, metrics.factor_vae_score):
+        with pytest.raises(ValueError, match="^num_eval must be an integer >= 1, got 0$"):
+            score(identity, DSpritesGrid(), torch.Generator(), num_train=10, num_eval=0)
+    assert calls == []
+    least = metrics.disentanglement_metrics(identity, DSpritesGrid(), ["mig", "factor_vae"], num_points=10, num_votes=1)
+    assert all(0 <= value <= 1 for value in least.values()), least

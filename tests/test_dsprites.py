@@ -53,6 +53,16 @@ def test_pictures_follow_their_factors() -> None:
     assert render(torch.tensor([[2, 5, 20, 0, 31]]))[..., [0, -1], :].sum() == 0  # nothing leaves the picture
 
 
+def test_factors_of_any_integer_dtype_draw_the_same_pictures_and_booleans_are_refused() -> None:
+    """Grid indices of int8, int16 or uint8 (compact factor arrays) failed in ``render`` with an IndexError, uint8 taken
+    as a mask; booleans passed the check and failed the same way."""
+    grid = torch.cat([factors(), factors(shape=2, scale=0, orientation=39, position_x=3, position_y=31)])
+    for dtype in (torch.uint8, torch.int8, torch.int16, torch.int32):
+        assert torch.equal(render(grid.to(dtype)), render(grid)), dtype
+    with pytest.raises(ValueError, match=r"^dSprites factors are integer grid indices, got torch.bool$"):
+        render(grid.bool())
+
+
 @pytest.mark.parametrize(
     "row, message",
     [

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ae_lightning.evaluation.driver import check_known, evaluating
-from datamodules.checks import check_number
+from datamodules.checks import AtLeastTwo, NonNegativeFloat, PositiveInt, check_arguments, number_type
 
 DISENTANGLEMENT_METRICS: dict[str, str] = {
     "beta_vae": "BetaVAE score: accuracy of a linear classifier naming the fixed factor from mean code differences",
@@ -29,6 +29,7 @@ DISENTANGLEMENT_METRICS: dict[str, str] = {
 }
 Encoder = Callable[[Tensor], np.ndarray]
 PRUNE_THRESHOLD = 0.05  # the FactorVAE score's default, disentanglement_lib's prune_dims.threshold
+AtLeastTen = number_type("[10, inf)", integer=True)  # codes for MIG, SAP and DCI: SAP and DCI fit on 80%, score on 20%
 
 
 class FactorSource(Protocol):
@@ -45,7 +46,20 @@ class FactorSource(Protocol):
 
 def model_encoder(model: nn.Module, batch_size: int = 512) -> Encoder:
     """A function from images to the model's codes ``[N, D]`` (numpy, float64; spatial codes flattened):
-    ``model.encode`` in eval mode without gradients, in batches, on the model's device."""
+    ``model.encode`` in eval mode without gradients, in batches, on the model's device. A ValueError names a model
+    whose codes the metrics cannot score: token indices (``discrete_codes``), or codes of a conditional model
+    (``num_classes``), whose encode needs labels."""
+    name = type(model).__name__
+    if getattr(model, "discrete_codes", False):
+        raise ValueError(
+            f"the disentanglement metrics score continuous codes, but {name}'s codes are token indices (names, not "
+            "values: the metrics would bin and compare their numbers); score its tokenizer's codes instead"
+        )
+    if getattr(model, "num_classes", None) is not None:
+        raise ValueError(
+            f"the disentanglement metrics encode images alone, but {name} is conditional: its codes need each "
+            f"image's label (num_classes={model.num_classes}), which the data's factors do not give it"
+        )
 
     def encode(images: Tensor) -> np.ndarray:
         weight = next(model.parameters())  # its device, and dtype: float64 or bfloat16 under 64-true or bf16-true
@@ -190,9 +204,9 @@ def beta_vae_score(
     encode: Encoder,
     source: FactorSource,
     generator: torch.Generator,
-    batch_size: int = 64,
+    batch_size: PositiveInt = 64,
     num_train: int = 500,
-    num_eval: int = 300,
+    num_eval: PositiveInt = 300,
 ) -> float:
     """The BetaVAE score (Higgins et al. 2017): each point is ``mean |z(x1) - z(x2)|`` over ``batch_size`` pairs
     sharing one factor; the score is a logistic regression's test accuracy at naming that factor. The points' factors
@@ -208,6 +222,7 @@ def beta_vae_score(
     """
     from sklearn.linear_model import LogisticRegression
 
+    check_arguments(locals(), beta_vae_score)
     variable = _variable_factors(source, generator)
     _check_beta_vae([source.factor_names[k] for k in variable], num_train, "num_train")
 
@@ -231,11 +246,11 @@ def factor_vae_score(
     encode: Encoder,
     source: FactorSource,
     generator: torch.Generator,
-    batch_size: int = 64,
-    num_train: int = 500,
-    num_eval: int = 300,
-    num_variance_estimate: int = 5000,
-    prune_threshold: float = PRUNE_THRESHOLD,
+    batch_size: AtLeastTwo = 64,
+    num_train: PositiveInt = 500,
+    num_eval: PositiveInt = 300,
+    num_variance_estimate: AtLeastTwo = 5000,
+    prune_threshold: NonNegativeFloat = PRUNE_THRESHOLD,
 ) -> float:
     """The FactorVAE score (Kim & Mnih 2018): codes scaled by their std over the data; each vote pairs the code
     dimension of least variance over ``batch_size`` samples sharing one random factor with that factor; each dimension
@@ -254,7 +269,7 @@ def factor_vae_score(
         prune_threshold: the std, in the codes' units, below which a dimension counts as collapsed (0.05: VAE means
             as disentanglement_lib; 0 keeps every dimension that varies).
     """
-    check_number("prune_threshold", prune_threshold, "[0, inf)")
+    check_arguments(locals(), factor_vae_score)
     variable = _variable_factors(source, generator)
     _check_varying_factors("factor_vae", [source.factor_names[k] for k in variable])
     codes, _ = sample_codes(encode, source, num_variance_estimate, generator)
@@ -345,10 +360,10 @@ def disentanglement_metrics(
     encode: Encoder,
     source: FactorSource,
     metrics: Sequence[str] = tuple(DISENTANGLEMENT_METRICS),
-    num_points: int = 10000,
-    num_votes: int = 500,
+    num_points: AtLeastTen = 10000,
+    num_votes: PositiveInt = 500,
     seed: int = 0,
-    prune_threshold: float = PRUNE_THRESHOLD,
+    prune_threshold: NonNegativeFloat = PRUNE_THRESHOLD,
 ) -> dict[str, float]:
     """The named metrics of the codes of ``source``'s data (``dci`` gives its three numbers).
 
@@ -362,7 +377,7 @@ def disentanglement_metrics(
             does not depend on which others are asked for.
         prune_threshold: see :func:`factor_vae_score`.
     """
-    check_number("prune_threshold", prune_threshold, "[0, inf)")
+    check_arguments(locals(), disentanglement_metrics)
     metrics = check_disentanglement_settings(encode, source, metrics, num_votes)
     results: dict[str, float] = {}
     if {"mig", "sap", "dci"} & set(metrics):

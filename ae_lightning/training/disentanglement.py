@@ -17,9 +17,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchvision.utils import save_image
 
 from ae_lightning.evaluation import disentanglement
-from datamodules.checks import AtLeastTwo, NonNegativeFloat, NonNegativeInt, check_arguments, number_type
-
-AtLeastTen = number_type("[10, inf)", integer=True)
+from ae_lightning.evaluation.disentanglement import AtLeastTen
+from datamodules.checks import AtLeastTwo, NonNegativeFloat, NonNegativeInt, check_arguments
 
 
 class DisentanglementMetrics(Callback):
