@@ -62,6 +62,15 @@ def test_two_stage_sampler_learns_a_correlated_gaussian() -> None:
     assert sampler.log_gamma.exp() < 0.9  # the second stage's variance shrinks from its start at 1
 
 
+def test_a_two_stage_sampler_fitted_again_on_the_same_codes_is_the_same_sampler() -> None:
+    # the second fit went on from the first one's weights and sample stream: other samples from the same seed and codes
+    codes = correlated_codes()[0]
+    sampler, fresh = (TwoStageSampler(2, hidden_dims=[8], steps=20) for _ in range(2))
+    first = sampler.fit(codes).sample(16)
+    torch.testing.assert_close(sampler.fit(codes).sample(16), first, rtol=0, atol=0)
+    torch.testing.assert_close(fresh.fit(codes).sample(16), first, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize(
     "make", [lambda: GaussianMixtureSampler(2), lambda: TwoStageSampler(2, [4], steps=2)], ids=["mixture", "two_stage"]
 )

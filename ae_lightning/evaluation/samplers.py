@@ -108,15 +108,20 @@ class TwoStageSampler(nn.Module):
     ) -> None:
         super().__init__()
         check_arguments(locals(), TwoStageSampler.__init__)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.encoder = MLPEncoder((latent_dim,), hidden_dims, 2 * latent_dim)
-            self.decoder = MLPDecoder(latent_dim, hidden_dims, (latent_dim,))
+        self.hidden_dims = tuple(hidden_dims)
+        self.encoder, self.decoder = self._networks(latent_dim, seed)
         self.log_gamma = nn.Parameter(torch.zeros(()))
         self.register_buffer("mean", torch.zeros(latent_dim))
         self.register_buffer("std", torch.full((latent_dim,), math.nan))  # NaN until fit
         self.latent_dim, self.steps, self.batch_size, self.lr, self.seed = latent_dim, steps, batch_size, lr, seed
         self.sample_generator = torch.Generator().manual_seed(seed)
+
+    def _networks(self, latent_dim: int, seed: int) -> tuple[MLPEncoder, MLPDecoder]:
+        """The second VAE's encoder and decoder as ``seed`` starts them."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            encoder = MLPEncoder((latent_dim,), self.hidden_dims, 2 * latent_dim)
+            return encoder, MLPDecoder(latent_dim, self.hidden_dims, (latent_dim,))
 
     def negative_elbo(self, u: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """The negative ELBO per standardized code ``[B]``."""
@@ -127,8 +132,14 @@ class TwoStageSampler(nn.Module):
         return recon + losses.kl_divergence_normal(mu, logvar)
 
     def fit(self, codes: Tensor) -> TwoStageSampler:
-        """Fit on ``[N, D]`` codes (detached: no gradient flows back to them); returns itself."""
+        """Fit on ``[N, D]`` codes (detached: no gradient flows back to them), from the weights and sample stream
+        ``seed`` starts: fitting again on the same codes gives the same sampler; returns itself."""
         _check_codes(codes, self.latent_dim)
+        for network, start in zip((self.encoder, self.decoder), self._networks(self.latent_dim, self.seed)):
+            network.load_state_dict(start.state_dict())
+        with torch.no_grad():
+            self.log_gamma.zero_()
+        self.sample_generator.manual_seed(self.seed)
         codes = codes.detach().float().to(self.log_gamma.device)
         self.mean.copy_(codes.mean(0))
         self.std.copy_(codes.std(0).clamp_min(1e-6))
