@@ -181,6 +181,14 @@ def test_factor_vae_score_leaves_out_collapsed_dimensions_as_disentanglement_lib
             refused()
 
 
+@pytest.mark.parametrize("seed", [2**64, -(2**63) - 1])
+def test_a_callback_seed_no_torch_generator_takes_is_refused_when_built(seed: int) -> None:
+    # accepted, then the test loop ran and the metrics failed seeding their generators ("Overflow when unpacking")
+    with pytest.raises(ValueError, match=rf"seed must be an integer in \[-2\*\*63, 2\*\*64 - 1\] .*got {seed}"):
+        DisentanglementMetrics(seed=seed)
+    DisentanglementMetrics(seed=2**64 - 1)
+
+
 def test_settings_the_beta_vae_score_and_mig_cannot_work_with_are_refused_before_any_metric() -> None:
     calls = []
 
