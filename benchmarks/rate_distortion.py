@@ -74,6 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("steps", "prior_steps", "batch_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} {getattr(args, name)}: expected at least 1")
+    repeated = next((point for i, point in enumerate(args.points) if point in args.points[:i]), None)
+    if repeated is not None:  # it would train twice into one folder and give two rows
+        parser.error(f"--points {repeated[0]}:{repeated[1]} is given twice; name each point once")
     checkpoints = ("prior.ckpt",) if args.reuse else ("tokenizer.ckpt", "prior.ckpt")
     points = [args.out / f"f{factor}_k{size}" / name for factor, size in args.points for name in checkpoints]
     held = [path for path in (args.out / "results.json", args.out / "rate_distortion.png", *points) if path.exists()]

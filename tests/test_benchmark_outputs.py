@@ -71,6 +71,12 @@ def test_overwrite_or_another_run_of_the_folder_is_not_refused(tmp_path: Path) -
     assert load_script("rate_distortion").parse_args(["--out", str(tmp_path / "rd"), "--reuse", "--overwrite"]).reuse
 
 
+def test_rate_distortion_refuses_a_point_given_twice(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # it trained the point twice into one folder and reported it twice
+    argv = ["--points", "8:64", "4:64", "8:64", "--out", str(tmp_path / "rd")]
+    assert refused(load_script("rate_distortion"), argv, capsys).startswith("--points 8:64 is given twice")
+
+
 def test_own_data_demo_refuses_an_unknown_run_and_saves_each_finished_run(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
