@@ -62,6 +62,8 @@ def check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     written_as = Image.registered_extensions().get(args.target.suffix.lower())
     if args.command == "decode" and written_as not in Image.SAVE:
         parser.error(f"target {args.target}: expected an image name whose suffix Pillow can write (.png, .bmp, ...)")
+    if args.command == "encode" and written_as is not None:  # an image viewer would open the file and fail
+        parser.error(f"target {args.target}: an image name ({written_as}) for the compressed file; name it .aelc")
     if args.command == "decode" and written_as in ("ICO", "ICNS"):  # Pillow resizes the image to icon sizes
         parser.error(f"target {args.target}: Pillow writes {written_as} files as icons of fixed sizes, not the image "
                      "at its own size; expected an image name such as .png, .bmp, .tiff or .webp")  # fmt: skip

@@ -343,6 +343,8 @@ def test_compress_command_names_each_bad_input(
             f"{image} is not an ae-lightning compressed file (no AELC header)",
         ("decode", prior, tmp_path / "in.aelc", tmp_path / "x.aelc"):
             f"target {tmp_path / 'x.aelc'}: expected an image name whose suffix Pillow can write (.png, .bmp, ...)",
+        ("encode", prior, image, tmp_path / "x.png"):  # was written, as a .png no viewer could open
+            f"target {tmp_path / 'x.png'}: an image name (PNG) for the compressed file; name it .aelc",
         ("decode", prior, tmp_path / "in.aelc", tmp_path / "x.ico"):  # was a 32x32 icon of the 28x28 image
             f"target {tmp_path / 'x.ico'}: Pillow writes ICO files as icons of fixed sizes, not the image at its own "
             "size; expected an image name such as .png, .bmp, .tiff or .webp",
