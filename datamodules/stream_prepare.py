@@ -242,6 +242,12 @@ def prepare_stream(
         if value is not None and kind != applies:
             raise ValueError(f"{option} {value} applies to {KINDS[applies]} only; the source {source} is {KINDS[kind]}")
     location = StreamLocation(output, storage_options)
+    data = Path(data_dir).expanduser().resolve()
+    if kind == "torchvision" and not location.is_remote and Path(location.uri).resolve() in (data, *data.parents):
+        raise FileExistsError(  # publishing the stream would replace the folder holding the dataset's files
+            f"output {output} holds --data-dir {data_dir}, where {source} is read (or downloaded to); write the "
+            "stream elsewhere"
+        )
     _check_free(location, overwrite, [source] if test_dir is None else [source, test_dir])
     with _staging_folder(location) as staging:
         kind, payloads, parts, class_names = _records(source, test_dir, labels, key, data_dir, dataset_kwargs or {})

@@ -103,6 +103,14 @@ def test_an_output_inside_the_source_is_refused_naming_both(tmp_path: Path) -> N
     assert sorted(p.name for p in images.iterdir()) == sorted(p.name for p in tests.iterdir()) == ["cat", "dog"]
 
 
+def test_an_output_holding_the_torchvision_data_dir_is_refused_before_any_download(tmp_path: Path) -> None:
+    # publishing renames the stream's folder into place: over the dataset's files it had just read or downloaded
+    for output in (tmp_path / "data", tmp_path):
+        with pytest.raises(FileExistsError, match=re.escape(f"output {output} holds --data-dir {tmp_path / 'data'}")):
+            prepare_stream("torchvision:MNIST", str(output), data_dir=str(tmp_path / "data"))
+    assert not list(tmp_path.iterdir())
+
+
 def installed(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None
