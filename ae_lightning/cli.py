@@ -13,6 +13,7 @@ import inspect
 import logging
 import multiprocessing
 import os
+import pydoc
 import re
 import sys
 import traceback
@@ -35,6 +36,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch.multiprocessing import ProcessRaisedException
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 import datamodules
@@ -42,6 +44,7 @@ from ae_lightning import _EXPORTS
 from ae_lightning.base import AutoencoderModule, resolve_class_path
 from ae_lightning.blocks.perceptual import weights_from_checkpoint
 from ae_lightning.lightning_internals import restarts_a_finished_epoch, stored_loader_states
+from ae_lightning.training import fast
 from ae_lightning.training.callbacks import (
     ClosingProgressBar,
     ImageLogger,
@@ -466,8 +469,9 @@ class AutoencoderCLI(LightningCLI):
 
     def _check_run(self, fit: bool) -> None:
         """Refuse, before the run creates any file, settings that the checkpoint, the networks or the data contradict,
-        data that the model cannot take (:meth:`AutoencoderModule.check_data`), and a stream that misses or mis-sizes
-        a split the run reads or that a DDP fit cannot share."""
+        data that the model cannot take (:meth:`AutoencoderModule.check_data`), what the fast path cannot keep
+        (:func:`fast.check_fit`), and a stream that misses or mis-sizes a split the run reads or that a DDP fit cannot
+        share."""
         with _settings_refused():
             self.model.check_given_networks()
             self._check_checkpoint_fits()
@@ -477,6 +481,7 @@ class AutoencoderCLI(LightningCLI):
                 self.model.check_data(self.datamodule, self.subcommand, self._checkpoint)
             if fit:
                 self._check_trainer_settings()
+                fast.check_fit(self.trainer, self.model.steps_per_batch, self.datamodule)
         if isinstance(self.datamodule, StreamingDataModule):  # bad data, not settings
             self.datamodule.check_splits(self.subcommand, trainer=self.trainer)
 
@@ -773,8 +778,8 @@ def _fast_path(config: Any, fit: bool) -> None:
     data_class = resolve_class_path(config.data.class_path)
     parameters = inspect.signature(data_class).parameters.values() if data_class is not None else []
     if data_class is not None and not any(p.name == "steps_per_batch" or p.kind is p.VAR_KEYWORD for p in parameters):
-        raise ValueError(f"--fast.steps {steps}: {data_class.__name__} takes no steps_per_batch (its training loader "
-                         "cannot be grouped); train without configs/fast.yaml")  # fmt: skip
+        raise ConfigError(f"--fast.steps {steps}: {data_class.__name__} takes no steps_per_batch (its training loader "
+                          "cannot be grouped); train without configs/fast.yaml")  # fmt: skip
     config.data.init_args.steps_per_batch = steps
     config.model.init_args.steps_per_batch = steps
 
@@ -877,20 +882,38 @@ TRACEBACK_FLAG = "--print_traceback"
 
 
 def run_command(prog: str, command: Callable[[], object]) -> None:
-    """Run ``command``: a refused setting or bad data prints ``<prog>: error: <message>`` alone (exit status 2 for
-    settings, 1 for data and files); ``--print_traceback`` (or ``AE_LIGHTNING_TRACEBACK=1``) shows the traceback
-    instead."""
+    """Run ``command``: a refused setting or bad data, also in a process that ``ddp_spawn`` started, prints
+    ``<prog>: error: <message>`` alone (exit status 2 for settings, 1 for data and files); ``--print_traceback`` (or
+    ``AE_LIGHTNING_TRACEBACK=1``) shows the traceback instead."""
     if TRACEBACK_FLAG in sys.argv:
         sys.argv.remove(TRACEBACK_FLAG)
         os.environ["AE_LIGHTNING_TRACEBACK"] = "1"  # DDP's processes run this command again: they inherit it
     try:
         command()
     except Exception as error:
-        if os.environ.get("AE_LIGHTNING_TRACEBACK") == "1" or not isinstance(error, (*_USER_ERRORS, ArgumentError)):
+        raised, message = _raised_in_process(error) or (type(error), str(error))
+        if os.environ.get("AE_LIGHTNING_TRACEBACK") == "1" or not issubclass(raised, (*_USER_ERRORS, ArgumentError)):
             raise
-        message = one_line(str(error)) if isinstance(error, ArgumentError) else error
+        message = one_line(message) if issubclass(raised, ArgumentError) else message
         sys.stderr.write(f"{prog}: error: {message}\n(add {TRACEBACK_FLAG} for the traceback)\n")
-        sys.exit(2 if isinstance(error, (ConfigError, ArgumentError)) else 1)
+        sys.exit(2 if issubclass(raised, (ConfigError, ArgumentError)) else 1)
+
+
+def _raised_in_process(error: Exception) -> tuple[type, str] | None:
+    """The class and message of the error that a process ``ddp_spawn`` (or ``ddp_fork``) started raised, read from its
+    traceback, which torch's ``ProcessRaisedException`` passes on as text; None for any other error."""
+    if not isinstance(error, ProcessRaisedException):
+        return None
+    # The last traceback of the chain: its frames' lines are indented, then come "<class>: <message>" and its lines.
+    lines = str(error).rpartition("Traceback (most recent call last):\n")[2].splitlines()
+    start = next((i for i, line in enumerate(lines) if line and not line[0].isspace()), None)
+    if start is None:
+        return None
+    name, _, first = lines[start].partition(": ")
+    raised = pydoc.locate(name)
+    if not isinstance(raised, type) or not issubclass(raised, Exception):
+        return None
+    return raised, "\n".join([first, *lines[start + 1 :]])
 
 
 def one_line(message: str) -> str:

@@ -17,7 +17,7 @@ import torch
 from tiny_runs import CONFIGS, ROOT, data_args, run_subprocess, tiny_args
 
 from ae_lightning import VAE, Autoencoder
-from ae_lightning.cli import AutoencoderCLI, ConfigError, one_line
+from ae_lightning.cli import AutoencoderCLI, ConfigError, one_line, run_command
 from ae_lightning.training.prediction import PredictionWriter
 from datamodules import MNISTDataModule
 
@@ -347,6 +347,36 @@ def test_the_command_prints_a_refusal_alone_and_the_traceback_on_request(
     assert not list(tmp_path.rglob("config.yaml")), "a refused run wrote its config"
     detailed = run_subprocess(*fit, "--print_traceback")
     assert "Traceback" in detailed.stderr and message.split(": ")[-1] in detailed.stderr
+
+
+def raise_in_a_process(index: int, error: Exception) -> None:
+    try:
+        raise ValueError("the cause, which the traceback prints first")
+    except ValueError as cause:
+        raise error from cause
+
+
+@pytest.mark.parametrize(
+    "error, status",
+    [(ConfigError("--trainer.fast_dev_run 2: expected 1"), 2), (ValueError("bad data:\nits second line"), 1),
+     (FileNotFoundError(2, "No such file or directory", "a.ckpt"), 1), (RuntimeError("a bug"), None)],
+    ids=["setting", "data", "file", "not-the-users"],
+)  # fmt: skip
+def test_a_refusal_in_a_process_that_ddp_spawn_started_is_printed_alone_with_its_status(
+    error: Exception, status: int | None, capsys
+) -> None:
+    # ddp_spawn's processes report an error to the command as torch's ProcessRaisedException, which holds its traceback
+    def spawn() -> None:
+        torch.multiprocessing.start_processes(raise_in_a_process, args=(error,), nprocs=1, start_method="fork")
+
+    if status is None:
+        with pytest.raises(torch.multiprocessing.ProcessRaisedException, match="RuntimeError: a bug"):
+            run_command("ae-lightning", spawn)
+        return
+    with pytest.raises(SystemExit) as exited:
+        run_command("ae-lightning", spawn)
+    assert exited.value.code == status
+    assert capsys.readouterr().err == f"ae-lightning: error: {error}\n(add --print_traceback for the traceback)\n"
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from torch.optim.lr_scheduler import StepLR
 
 from ae_lightning import VAE, AdversarialAutoencoder, AutoDecoder, Autoencoder, DenoisingAutoencoder
 from ae_lightning.base import AutoencoderModule
+from ae_lightning.cli import ConfigError
 from ae_lightning.training.fast import check_resume
 from datamodules import MNISTDataModule, TensorBatchLoader
 from datamodules.loader import GroupedBatches
@@ -135,6 +136,24 @@ def test_settings_that_cannot_keep_their_meaning_are_refused(
     with pytest.raises(Exception, match=message):
         run_cli("fit", *tiny_args("ae", data_dir, tmp_path, *BATCH_11, *FAST, *every, f"--{option}", value))
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        ["--trainer.fast_dev_run", "2"],
+        ["--checkpoint.every_n_train_steps", "6"],
+        ["--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging"],
+    ],
+    ids=["fast_dev_run", "every_n_train_steps", "weight-averaging"],
+)
+def test_the_commands_fast_path_settings_are_refused_as_settings_before_any_file(
+    setting: list[str], data_dir: Path, tmp_path: Path
+) -> None:
+    # A ConfigError: ae-lightning prints it with exit status 2 (a setting), under DDP once, before any process starts
+    with pytest.raises(ConfigError):
+        run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "run", *BATCH_11, *FAST, *setting))
+    assert not (tmp_path / "run").exists()
 
 
 class ValidationSteps(Callback):
@@ -266,5 +285,5 @@ def test_a_datamodule_with_a_training_loader_of_its_own_is_refused_by_the_comman
 
     data = Namespace(class_path="datamodules.StreamingDataModule", init_args=Namespace())
     config = Namespace(fast=Namespace(steps=4), data=data, model=Namespace(class_path="ae_lightning.VAE", init_args={}))
-    with pytest.raises(ValueError, match=r"--fast.steps 4: StreamingDataModule takes no steps_per_batch"):
+    with pytest.raises(ConfigError, match=r"--fast.steps 4: StreamingDataModule takes no steps_per_batch"):
         _fast_path(config, fit=True)

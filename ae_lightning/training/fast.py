@@ -48,10 +48,11 @@ def check_model(cls: type, steps: int) -> None:
                          f"optimizer steps per Lightning batch: set steps_per_batch 1, {FIX}")  # fmt: skip
 
 
-def check_fit(trainer: L.Trainer, steps: int) -> None:
+def check_fit(trainer: L.Trainer, steps: int, datamodule: L.LightningDataModule | None = None) -> None:
     """Refuse a datamodule that groups otherwise, step checkpoints whose steps a group would pass over, and a
-    ``fast_dev_run`` of more than one step, which would skip its validation."""
-    datamodule = trainer.datamodule
+    ``fast_dev_run`` of more than one step, which would skip its validation. ``datamodule``: the fit's, where
+    ``trainer`` has none attached yet (the command checks before the run)."""
+    datamodule = trainer.datamodule if datamodule is None else datamodule
     grouped = datamodule.hparams.get("steps_per_batch", 1) if datamodule is not None else steps
     if grouped != steps:
         raise ValueError(f"the model has steps_per_batch={steps} and {type(datamodule).__name__} steps_per_batch="
