@@ -392,11 +392,7 @@ def test_lightning_closes_the_epoch_that_max_steps_stops_and_a_reopened_one_resu
     torch.save(checkpoint, tmp_path / "reopened.ckpt")
     assert not reopen_stopped_epoch(finished, torch.load(tmp_path / "finished.ckpt", weights_only=False))  # it ended
     assert not reopen_stopped_epoch(stopped, {})
-    seen, epochs = {}, {}
-    for name in ("closed", "reopened"):
-        resumed, trainer = Recording(), quiet_trainer(tmp_path, max_steps=5)
-        trainer.fit(resumed, loader(), ckpt_path=tmp_path / f"{name}.ckpt")
-        seen[name], epochs[name] = resumed.indices, trainer.current_epoch
+    seen, epochs = resumed_runs(tmp_path, loader, ("closed", "reopened"))
     assert seen["closed"] != uninterrupted.indices[2:], (
         f"Lightning {lightning.__version__} now resumes a checkpoint written after max_steps stopped fit inside an "
         "epoch at the next batch of that epoch: UnfinishedEpochInCheckpoint (ae_lightning/training/resume.py) and "
@@ -410,6 +406,16 @@ def test_lightning_closes_the_epoch_that_max_steps_stops_and_a_reopened_one_resu
     )
     with pytest.raises(RuntimeError, match=rf"Lightning {lightning.__version__} changed .*epoch_progress"):
         reopen_stopped_epoch(stopped, {"loops": {"fit_loop": {}}})
+
+
+def resumed_runs(tmp_path, loader, names: tuple[str, ...]) -> tuple[dict[str, list], dict[str, int]]:
+    """The batches (their indices) and the last epoch of a fit to step 5 resumed from each ``<name>.ckpt``."""
+    seen, epochs = {}, {}
+    for name in names:
+        resumed, trainer = Recording(), quiet_trainer(tmp_path, max_steps=5)
+        trainer.fit(resumed, loader(), ckpt_path=tmp_path / f"{name}.ckpt")
+        seen[name], epochs[name] = resumed.indices, trainer.current_epoch
+    return seen, epochs
 
 
 def test_lightning_miscounts_an_epoch_ended_by_max_steps_and_one_marked_as_the_next_epochs_start_resumes_there(
@@ -435,11 +441,7 @@ def test_lightning_miscounts_an_epoch_ended_by_max_steps_and_one_marked_as_the_n
     assert not restarts_a_finished_epoch(checkpoint)
     assert not start_next_epoch(ended, {})
     torch.save(checkpoint, tmp_path / "next.ckpt")
-    seen, epochs = {}, {}
-    for name in ("ended", "next"):
-        resumed, trainer = Recording(), quiet_trainer(tmp_path, max_steps=5)
-        trainer.fit(resumed, loader(), ckpt_path=tmp_path / f"{name}.ckpt")
-        seen[name], epochs[name] = resumed.indices, trainer.current_epoch
+    seen, epochs = resumed_runs(tmp_path, loader, ("ended", "next"))
     assert seen["ended"] != uninterrupted.indices[3:], (
         f"Lightning {lightning.__version__} now resumes a checkpoint written after max_steps ended fit at an epoch's "
         "last batch at the next epoch's first batch: start_next_epoch (ae_lightning/lightning_internals.py) and its "
