@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from unittest import mock
 
@@ -132,6 +134,24 @@ def test_images_leave_the_training_randomness_alone(data_dir: Path, tmp_path: Pa
 def test_bad_arguments_are_errors(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ImageLogger(**kwargs)
+
+
+def test_a_picture_whose_write_fails_midway_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the PNG went straight to its final name: a kill or a full disk mid-write left a truncated picture there
+    from PIL import Image
+
+    def save_half(image, fp, *args, **kwargs):
+        with open(fp, "wb") if isinstance(fp, (str, Path)) else contextlib.nullcontext(fp) as file:
+            file.write(b"\x89PNG\r\n\x1a\n half")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", save_half)
+    logger = ImageLogger()
+    logger.image_dir = tmp_path / "images"
+    with pytest.raises(OSError, match="No space left"):
+        logger.log_image(SimpleNamespace(loggers=[]), "images/samples", torch.rand(3, 8, 8), step=1, epoch=0,
+                         logged_at=1)  # fmt: skip
+    assert not [path for path in tmp_path.rglob("*") if path.is_file()]
 
 
 def test_drawing_before_any_validation_names_what_is_missing() -> None:

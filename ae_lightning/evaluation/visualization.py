@@ -7,8 +7,10 @@ pyplot backend of the caller.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal, get_args
 
 import numpy as np
@@ -16,10 +18,11 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
-from torchvision.utils import make_grid
+from torchvision.utils import make_grid, save_image
 
 from ae_lightning.base import AutoencoderModule
 from ae_lightning.evaluation.driver import check_known, evaluating, images_at_once, require_generative
+from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
 from datamodules.checks import check_number
 
 Projection = Literal["pca", "tsne", "none"]
@@ -281,6 +284,14 @@ def _colours(count: int) -> list[tuple[float, float, float]]:
     return [tuple(colour[:3]) for colour in colormaps["turbo"](np.linspace(0, 1, count))]
 
 
+def save_png(image: Tensor, path: Path) -> None:
+    """Write ``image`` (``[3, H, W]`` in [0, 1], as torchvision's ``save_image`` takes it) to the PNG file ``path``
+    atomically: a crash or a failed write leaves the old file or none, never part of one."""
+    buffer = io.BytesIO()
+    save_image(image, buffer, format="png")
+    write_atomically(Path(path), buffer.getvalue())
+
+
 __all__ = [
     "VIEWS",
     "applicable_views",
@@ -292,4 +303,5 @@ __all__ = [
     "latent_map",
     "project_2d",
     "reconstruction_grid",
+    "save_png",
 ]

@@ -27,7 +27,6 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
-from torchvision.utils import save_image
 
 from ae_lightning.base import AutoencoderModule
 from ae_lightning.evaluation import visualization
@@ -233,7 +232,7 @@ class ImageLogger(Callback):
         if not sent and self.image_dir is not None:
             self.image_dir.mkdir(parents=True, exist_ok=True)
             path = self.image_dir / f"{key.rpartition('/')[2]}-epoch={epoch}-step={step}.png"
-            save_image(image, path)
+            visualization.save_png(image, path)
             if not self._announced:
                 rank_zero_info(f"ImageLogger: no logger takes images, so they are written to {self.image_dir}")
                 self._announced = True

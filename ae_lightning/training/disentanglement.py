@@ -14,10 +14,10 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
-from torchvision.utils import save_image
 
 from ae_lightning.evaluation import disentanglement
 from ae_lightning.evaluation.disentanglement import AtLeastTen
+from ae_lightning.evaluation.visualization import save_png
 from datamodules.checks import AtLeastTwo, NonNegativeFloat, NonNegativeInt, check_arguments
 
 
@@ -87,5 +87,5 @@ class DisentanglementMetrics(Callback):
             picture = disentanglement.latent_traversals(pl_module, source.images_of(factors))
             path = log_dir / "traversals.png"
             log_dir.mkdir(parents=True, exist_ok=True)
-            save_image(picture, path)
+            save_png(picture, path)
             rank_zero_info(f"latent traversals: {path}")
