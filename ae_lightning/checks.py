@@ -4,6 +4,10 @@ and choice constraints live in the signatures (:mod:`datamodules.checks`)."""
 from __future__ import annotations
 
 
+class ConfigError(ValueError):
+    """A setting the command refuses, named in the message; ``ae-lightning`` prints it alone and exits with 2."""
+
+
 def check_single_sample(model: object) -> None:
     """Raise a ValueError if a VAE with an objective of its own (not the IWAE bound) has ``iw_samples`` other than 1."""
     iw_samples = getattr(model, "iw_samples", 1)
@@ -14,4 +18,4 @@ def check_single_sample(model: object) -> None:
         )
 
 
-__all__ = ["check_single_sample"]
+__all__ = ["ConfigError", "check_single_sample"]

@@ -43,6 +43,7 @@ import datamodules
 from ae_lightning import _EXPORTS
 from ae_lightning.base import AutoencoderModule, resolve_class_path
 from ae_lightning.blocks.perceptual import weights_from_checkpoint
+from ae_lightning.checks import ConfigError
 from ae_lightning.lightning_internals import restarts_a_finished_epoch, stored_loader_states
 from ae_lightning.training import fast
 from ae_lightning.training.callbacks import (
@@ -50,7 +51,7 @@ from ae_lightning.training.callbacks import (
     ImageLogger,
     LoggerRunInCheckpoint,
     SaveConfigToRun,
-    check_image_logger_names,
+    check_image_loggers,
 )
 from ae_lightning.training.fault_tolerance import (
     AtomicCheckpointIO,
@@ -96,10 +97,6 @@ OWN_DEFAULT = "<the logger's own default>"
 # The ``nonfinite`` section's class, made here rather than by Lightning inside ``lightning.pytorch.cli`` (where only the
 # process that built the parser has it), so that the processes ``ddp_spawn`` starts unpickle the command.
 NonFiniteGuardSettings = class_from_function(non_finite_guard, name="NonFiniteGuardSettings")
-
-
-class ConfigError(ValueError):
-    """A setting the command refuses, named in the message; ``ae-lightning`` prints it alone and exits with 2."""
 
 
 class CommandTrainer(Trainer):
@@ -254,7 +251,7 @@ class AutoencoderCLI(LightningCLI):
             _check_section_unset(parsed, "images", ImageLogger, why, {})
         if self.subcommand in (None, "fit"):  # refused here, before the Trainer and its logger write any file
             with _settings_refused():
-                check_image_logger_names(callbacks)
+                check_image_loggers(callbacks)
         kwargs["callbacks"] = callbacks
         strategy = config.get("strategy")
         if strategy in DDP_STRATEGIES and getattr(self.model, "partial_backward", False):

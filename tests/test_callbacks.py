@@ -211,6 +211,17 @@ def test_the_command_refuses_two_image_loggers_of_one_name_before_any_run_file(
     assert e.type is ConfigError  # a refused setting: the command exits with 2
 
 
+def test_the_command_refuses_an_image_logger_before_weight_averaging_before_any_run_file(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    root, ema = tmp_path / "refused", "--trainer.callbacks+=ae_lightning.training.callbacks.EMAWeightAveraging"
+    with pytest.raises(ConfigError, match="ImageLogger 'own' comes before EMAWeightAveraging among the trainer's"):
+        run_cli("fit", "--config", "configs/ae.yaml", "--data.data_dir", str(data_dir), "--trainer.max_epochs", "1",
+                "--trainer.default_root_dir", str(root), "--trainer.callbacks+=ImageLogger",
+                "--trainer.callbacks.name", "own", ema)  # fmt: skip
+    assert not root.exists()
+
+
 class StopAtStep(Callback):
     """Stops the run within an epoch, after global step ``step``, as ``max_time`` does."""
 

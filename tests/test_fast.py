@@ -156,6 +156,14 @@ def test_the_commands_fast_path_settings_are_refused_as_settings_before_any_file
     assert not (tmp_path / "run").exists()
 
 
+def test_an_epoch_that_is_no_multiple_of_the_groups_is_refused_as_a_setting(data_dir: Path, tmp_path: Path) -> None:
+    # found only once the loader is built, inside the run, but a setting all the same: the command exits with 2
+    every = ["--checkpoint.every_n_train_steps", "8", "--data.batch_size", "16"]
+    with pytest.raises(ConfigError, match="an epoch has 14 optimizer steps, not a multiple of the fast path's 4"):
+        run_cli("fit", *tiny_args("ae", data_dir, tmp_path, *FAST, *every))
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
 class ValidationSteps(Callback):
     def __init__(self) -> None:
         self.steps: list[int] = []  # the global step of each validation of fit

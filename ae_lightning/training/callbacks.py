@@ -29,6 +29,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from ae_lightning.base import AutoencoderModule
+from ae_lightning.checks import ConfigError
 from ae_lightning.evaluation import visualization
 from ae_lightning.evaluation.visualization import View
 from ae_lightning.lightning_internals import batches_that_stepped
@@ -119,15 +120,7 @@ class ImageLogger(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or self.every_n_epochs == 0:
             return
-        check_image_logger_names(trainer.callbacks)
-        averaging = [cb for cb in trainer.callbacks[trainer.callbacks.index(self) :] if isinstance(cb, WeightAveraging)]
-        if averaging:
-            raise ValueError(
-                f"ImageLogger {self.name!r} comes before {type(averaging[0]).__name__} among the trainer's callbacks, "
-                "so the pictures drawn when training ends would show the training weights rather than the average "
-                "that validation saw (the averaging callback puts it in place after this one); list the ImageLogger "
-                "after it"
-            )
+        check_image_loggers(trainer.callbacks)
         if self.views is None:
             self.active_views = visualization.applicable_views(pl_module)
             if len(pl_module.input_shape) == 1:
@@ -260,14 +253,24 @@ class ImageLogger(Callback):
             self.log_image(trainer, f"{self.name}/{view}", image, step=step, epoch=epoch, logged_at=logged_at)
 
 
-def check_image_logger_names(callbacks: Sequence[Callback]) -> None:
-    """Refuse two enabled :class:`ImageLogger` of one ``name``, which would overwrite each other's pictures."""
+def check_image_loggers(callbacks: Sequence[Callback]) -> None:
+    """Refuse two enabled :class:`ImageLogger` of one ``name``, which would overwrite each other's pictures, and one
+    listed before a ``WeightAveraging``, whose last pictures would show the training weights, not the average."""
     names = [cb.name for cb in callbacks if isinstance(cb, ImageLogger) and cb.every_n_epochs]
     for name in dict.fromkeys(names):
         if names.count(name) > 1:
-            raise ValueError(
+            raise ConfigError(
                 f"{names.count(name)} ImageLoggers are named {name!r}, so they would overwrite each other's "
                 "pictures; give each its own name (`init_args: {name: ...}`, or --images.name for the images section)"
+            )
+    for i, callback in enumerate(callbacks):
+        averaging = [cb for cb in callbacks[i:] if isinstance(cb, WeightAveraging)]
+        if isinstance(callback, ImageLogger) and callback.every_n_epochs and averaging:
+            raise ConfigError(
+                f"ImageLogger {callback.name!r} comes before {type(averaging[0]).__name__} among the trainer's "
+                "callbacks, so the pictures drawn when training ends would show the training weights rather than the "
+                "average that validation saw (the averaging callback puts it in place after this one); list the "
+                "ImageLogger after it"
             )
 
 
@@ -369,5 +372,5 @@ __all__ = [
     "ImageLogger",
     "LoggerRunInCheckpoint",
     "SaveConfigToRun",
-    "check_image_logger_names",
+    "check_image_loggers",
 ]

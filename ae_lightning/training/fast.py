@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.callbacks import WeightAveraging
 from torch import Tensor
 
+from ae_lightning.checks import ConfigError
 from ae_lightning.lightning_internals import every_n_train_steps
 
 FIX = "or train without the fast path (configs/fast.yaml)"
@@ -44,7 +45,7 @@ def check_model(cls: type, steps: int) -> None:
     from ae_lightning.base import AutoencoderModule
 
     if steps > 1 and cls.training_step is not AutoencoderModule.training_step:
-        raise ValueError(f"{cls.__name__} has a training_step of its own, which cannot take steps_per_batch={steps} "
+        raise ConfigError(f"{cls.__name__} has a training_step of its own, which cannot take steps_per_batch={steps} "
                          f"optimizer steps per Lightning batch: set steps_per_batch 1, {FIX}")  # fmt: skip
 
 
@@ -55,24 +56,24 @@ def check_fit(trainer: L.Trainer, steps: int, datamodule: L.LightningDataModule 
     datamodule = trainer.datamodule if datamodule is None else datamodule
     grouped = datamodule.hparams.get("steps_per_batch", 1) if datamodule is not None else steps
     if grouped != steps:
-        raise ValueError(f"the model has steps_per_batch={steps} and {type(datamodule).__name__} steps_per_batch="
+        raise ConfigError(f"the model has steps_per_batch={steps} and {type(datamodule).__name__} steps_per_batch="
                          f"{grouped}: give both the same value (--fast.steps sets both)")  # fmt: skip
     if steps == 1:
         return
     if trainer.fast_dev_run > 1:  # Lightning's max_steps of fast_dev_run ends the first Lightning batch, unvalidated
         n = int(trainer.fast_dev_run)
-        raise ValueError(f"fast_dev_run={n} runs {n} optimizer steps on the fast path (Lightning makes it max_steps), "
+        raise ConfigError(f"fast_dev_run={n} runs {n} optimizer steps on the fast path (Lightning makes it max_steps), "
                          f"which end inside its first Lightning batch of {steps} steps, before any validation: use "
                          f"fast_dev_run 1, or limit_train_batches {n}, limit_val_batches {n} and max_epochs 1, "
                          f"{FIX}")  # fmt: skip
     for callback in trainer.callbacks:
         if isinstance(callback, WeightAveraging):  # it updates at a Lightning batch's end: once per group of steps
-            raise ValueError(f"{type(callback).__name__} averages the weights once per Lightning batch, which "
+            raise ConfigError(f"{type(callback).__name__} averages the weights once per Lightning batch, which "
                              f"holds {steps} optimizer steps on the fast path: it would skip steps; {FIX}")  # fmt: skip
     for callback in trainer.checkpoint_callbacks:
         every = every_n_train_steps(callback)
         if every % steps:
-            raise ValueError(f"ModelCheckpoint(every_n_train_steps={every}) saves every {every} optimizer steps, but "
+            raise ConfigError(f"ModelCheckpoint(every_n_train_steps={every}) saves every {every} optimizer steps, but "
                              f"the fast path takes {steps} at a time: give a multiple of {steps}, {FIX}")  # fmt: skip
 
 
@@ -83,7 +84,7 @@ def check_epoch(trainer: L.Trainer, steps: int) -> None:
     epoch = len(loader.loader) if hasattr(loader, "loader") else None
     every = [n for n in map(every_n_train_steps, trainer.checkpoint_callbacks) if n]
     if every and epoch is not None and epoch % steps and trainer.num_training_batches == len(loader):
-        raise ValueError(f"an epoch has {epoch} optimizer steps, not a multiple of the fast path's {steps}, which "
+        raise ConfigError(f"an epoch has {epoch} optimizer steps, not a multiple of the fast path's {steps}, which "
                          f"ModelCheckpoint(every_n_train_steps={every[0]}) needs: choose steps that divide it, "
                          f"{FIX}")  # fmt: skip
 
@@ -97,12 +98,12 @@ def check_resume(checkpoint: dict[str, Any], steps: int) -> None:
     # Lightning counts automatic and manual optimization's steps apart (global_step would restart), and its position
     # in an epoch in Lightning batches (another group size would skip or repeat batches).
     if stored != steps:
-        raise ValueError(f"the checkpoint was trained with fast.steps={stored} and this run has fast.steps={steps}: "
+        raise ConfigError(f"the checkpoint was trained with fast.steps={stored} and this run has fast.steps={steps}: "
                          f"resume with --fast.steps {stored}")  # fmt: skip
     # The loader's position counts the batches of the groups read, so a group cut by max_steps would lose its rest.
     # An epoch's last group may be shorter: checkpoints that do not record the cut resume at multiples only.
     if checkpoint.get(UNSTEPPED_KEY, checkpoint.get("global_step", 0) % steps):
-        raise ValueError(f"the run resumes at step {checkpoint['global_step']}, not a multiple of the fast path's "
+        raise ConfigError(f"the run resumes at step {checkpoint['global_step']}, not a multiple of the fast path's "
                          f"{steps} steps per Lightning batch from its epoch's start: max_steps stopped it inside a "
                          f"Lightning batch, whose other batches a resumed run would skip; resume with --fast.steps "
                          f"{stored} from a checkpoint written at a Lightning batch's end, {FIX}")  # fmt: skip

@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torch.optim.lr_scheduler import ChainedScheduler, CyclicLR, OneCycleLR, SequentialLR
 
+from ae_lightning.checks import ConfigError
 from ae_lightning.lightning_internals import reopen_stopped_epoch, start_next_epoch
 
 
@@ -87,7 +88,7 @@ def check_optimizer_resume(
     settings as ``(group, name, the checkpoint's run's value, this run's)``."""
     stored, current = before["class"], optimizer_settings(optimizer)["class"]
     if current != stored:
-        raise ValueError(
+        raise ConfigError(
             f"the checkpoint's optimizer {i} is a {stored}, this run's a {current}: its state cannot carry over. "
             "Resume with the checkpoint's optimizer, or start afresh without --ckpt_path"
         )
@@ -108,7 +109,7 @@ def check_optimizer_resume(
 def check_group_count(i: int, count: int, optimizer: torch.optim.Optimizer) -> None:
     """Refuse a resume whose optimizer ``i`` has another number of param groups than the checkpoint's ``count``."""
     if len(optimizer.param_groups) != count:
-        raise ValueError(
+        raise ConfigError(
             f"optimizer {i} ({type(optimizer).__name__}) has {len(optimizer.param_groups)} param groups in this run "
             f"and had {count} in the checkpoint's run: its state cannot carry over, so resume with the checkpoint's "
             "model settings, or start a new run from the weights"
@@ -154,7 +155,7 @@ def check_scheduler_settings(i: int, state: dict[str, Any], scheduler: Any) -> N
     differing = _differing_settings(state, scheduler.state_dict())
     if differing:
         name, (before, now) = differing
-        raise ValueError(
+        raise ConfigError(
             f"lr scheduler {i} ({type(scheduler).__name__}) was built with {name}={before!r} in the checkpoint's run "
             f"and with {name}={now!r} in this one: a resumed run restores the checkpoint's schedule, so resume with "
             f"{name}={before!r}, or start a new run from the weights"
@@ -165,7 +166,7 @@ def check_lr_change(i: int, previous: float, lr: float, schedulers: list[Any]) -
     """Refuse a new lr (``previous`` before) for optimizer ``i`` driven by a scheduler a new base cannot rescale."""
     fixed = [type(scheduler).__name__ for scheduler in schedulers if isinstance(scheduler, _NOT_RESCALABLE)]
     if previous is not None and previous != lr and fixed:
-        raise ValueError(
+        raise ConfigError(
             f"optimizer {i}: lr {lr} on resume (the checkpoint's run had {previous}) cannot move {fixed[0]}'s "
             f"schedule, which sets the lr from settings of its own: resume with lr {previous}, or start a new run "
             "from the weights"
@@ -179,7 +180,7 @@ def check_scheduled_groups(i: int, groups: list[dict[str, Any]], optimizer: torc
     for before, now in zip(groups, optimizer.param_groups):
         for key in sorted(set(now) - own):
             if key in before and _plain(before[key]) and before[key] != now[key]:
-                raise ValueError(
+                raise ConfigError(
                     f"optimizer {i}'s scheduler set {key}={before[key]!r} in the checkpoint's run and "
                     f"{key}={now[key]!r} in this one: a resumed run restores the checkpoint's, so resume with "
                     f"{key}={before[key]!r}, or start a new run from the weights"
