@@ -172,14 +172,15 @@ class InteractionsDataModule(ImageDataModule):
     def split(self, frame: pd.DataFrame, test: pd.DataFrame | None = None) -> Interactions:
         """The split of ``frame``: strong generalization, or weak with ``test``'s held-out lines."""
         first_line = frame.attrs.get("first_line", 1)
+        if test is not None:  # ids read as numbers in one file and as text in the other: compared as text
+            for column in ("user", "item"):
+                if frame[column].dtype != test[column].dtype:
+                    frame[column], test[column] = frame[column].astype(str), test[column].astype(str)
         counts = frame["user"].value_counts()
         frame = frame[frame["user"].isin(counts.index[counts >= self.hparams.min_user_items])]
         users = np.sort(frame["user"].unique())
         test_users = np.sort(test["user"].unique()) if test is not None else np.array([], dtype=users.dtype)
         if test is not None:
-            for column in ("user", "item"):  # ids read as numbers in one file and as text in the other
-                if frame[column].dtype != test[column].dtype:
-                    frame[column], test[column] = frame[column].astype(str), test[column].astype(str)
             self.check_test_file(frame, first_line, test)
             users = users[~np.isin(users, test_users)]  # validation users are drawn from the others
         n_val = _count(self.hparams.val_users, len(users))
@@ -347,7 +348,9 @@ def read_interactions(path: Path, header: bool | None = None, min_rating: float 
         # Ids read as numbers are read again as text where that lost how they are written ("007", "7.0" and "7").
         kinds = {name: pd.api.types.infer_dtype(frame[name]) for name in ("user", "item")}
         text = [name for name, kind in kinds.items() if kind.startswith("mixed") or kind in ("floating", "boolean")]
-        text += _integers_not_as_written(path, separator, [name for name, kind in kinds.items() if kind == "integer"])
+        text += [name for name, kind in kinds.items() if kind == "integer" and frame[name].dtype == object]  # > 64 bits
+        integers = [name for name, kind in kinds.items() if kind == "integer" and name not in text]
+        text += _integers_not_as_written(path, separator, integers)
         if text:
             frame = pd.read_csv(path, **settings, dtype=dict.fromkeys(text, str))
     except UnicodeDecodeError as error:

@@ -67,6 +67,13 @@ def test_ranking_metrics_match_values_worked_by_hand() -> None:
     assert recall_at_k(scores, held_out, 100).item() == 1.0
 
 
+@pytest.mark.parametrize("metric", [recall_at_k, ndcg_at_k])
+def test_ranking_metrics_refuse_k_below_1(metric) -> None:
+    # recall_at_k returned NaN for every user, ndcg_at_k an IndexError
+    with pytest.raises(ValueError, match=r"k=0: expected at least 1 \(the number of top-ranked items scored\)"):
+        metric(torch.rand(2, 5), torch.ones(2, 5), 0)
+
+
 def test_multinomial_log_likelihood_by_hand() -> None:
     logits = torch.zeros(1, 4)  # uniform over 4 items
     counts = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
@@ -192,6 +199,20 @@ def test_mult_models_train_and_beat_chance_and_report_beside_popularity(cls, tmp
     # where popularity (all groups alike) cannot tell the groups apart
     assert results["test/ndcg_100"] > results["test/popularity_ndcg_100"]
     assert results["test/recall_20"] > results["test/popularity_recall_20"]
+
+
+def test_the_popularity_ranking_keeps_exact_counts_under_bf16_true(tmp_path: Path) -> None:
+    path = tmp_path / "popular.csv"  # items 0-5: about 260 training users each, one fewer each (bf16: every 2nd)
+    path.write_text("".join(f"{user},{item},5\n" for user in range(300) for item in
+                            [*range(min(6, user + 1)), *(10 + (user + k) % 20 for k in range(5))]))  # fmt: skip
+    module = data(path, min_rating=None)
+    results = {}
+    for precision in ("32-true", "bf16-true"):
+        model = MultDAE(input_shape=module.input_shape, latent_dim=2, hidden_dims=[4])
+        (results[precision],) = make_trainer(tmp_path, precision=precision).test(model, module, verbose=False)
+        assert model.item_popularity.tolist() == module.item_counts.tolist(), precision
+    popularity = {name: value for name, value in results["32-true"].items() if "popularity" in name}
+    assert popularity == {name: results["bf16-true"][name] for name in popularity}
 
 
 def test_recommend_leaves_out_clicked_items() -> None:
@@ -419,6 +440,17 @@ def test_numeric_ids_written_differently_stay_different_ids(tmp_path: Path, sepa
     assert list(frame["user"]) == ["012", "1", "2"] and list(frame["item"]) == [10, 10, 11]  # items stay numbers
 
 
+def test_ids_of_more_than_64_bits_are_read_as_text(tmp_path: Path) -> None:
+    from datamodules.interactions import read_interactions
+
+    path = tmp_path / "accounts.csv"  # 26-digit user ids: Python ints to pandas, which .str could not strip
+    users = [str(10**25 + user) for user in range(30)]
+    path.write_text("".join(f"{user},{item},5\n" for user in users for item in range(8)))
+    assert list(dict.fromkeys(read_interactions(path)["user"])) == users
+    split = data(path, val_users=5, test_users=5, min_rating=None).interactions
+    assert sorted(map(str, np.concatenate(list(split.users.values())))) == users
+
+
 def test_ids_read_as_booleans_or_holding_the_separators_character_stay_as_written(tmp_path: Path) -> None:
     from datamodules.interactions import read_interactions
 
@@ -452,6 +484,20 @@ def test_a_test_file_of_numeric_items_beside_text_items_compares_them_as_ids(tmp
     test.write_text(f"u1,{item},5\n")  # numbers only
     with pytest.raises(ValueError, match=rf"u1.test line 1 and .*u1.base line \d+ both hold user u1, item {item}"):
         _ = data(base, test_path=str(test), min_rating=None).interactions
+
+
+def test_a_test_file_of_numeric_users_beside_text_users_holds_them_out(tmp_path: Path) -> None:
+    base = write_interactions(tmp_path / "u1.base")
+    lines = base.read_text().replace("u", "").splitlines()  # numeric users, and one named user below
+    held = [line for line in lines if line.startswith("1,")][:2]
+    alice = "".join(f"alice,{item},5\n" for item in range(0, 40, 4))
+    base.write_text("".join(line + "\n" for line in lines if line not in held) + alice)
+    test = tmp_path / "u1.test"
+    test.write_text("".join(line + "\n" for line in held))  # numbers only: compared as the text of u1.base's ids
+    split = data(base, test_path=str(test), min_rating=None).interactions  # a TypeError comparing "1" with 1
+    assert list(split.users["test"]) == ["1"] and split.held_out["test"].sum() == 2
+    assert "1" in set(split.users["train"]) and "1" not in set(split.users["val"])
+    assert len(split.users["train"]) == 121 - 20  # all but the validation users, the test user among them
 
 
 def test_a_file_of_text_only_lines_must_say_whether_it_has_a_header(tmp_path: Path) -> None:

@@ -12,7 +12,9 @@ from torch import Tensor
 
 
 def _top_k_hits(scores: Tensor, held_out: Tensor, k: int) -> Tensor:
-    """``[B, k]``: whether the item at rank 1..k is held out; a ValueError unless both are ``[B, I]``."""
+    """``[B, k]``: whether the item at rank 1..k is held out; a ValueError unless both are ``[B, I]`` and k >= 1."""
+    if k < 1:
+        raise ValueError(f"k={k}: expected at least 1 (the number of top-ranked items scored)")
     if scores.ndim != 2 or scores.shape != held_out.shape:
         raise ValueError(
             f"scores {tuple(scores.shape)} and held_out {tuple(held_out.shape)}: expected both [users, items] (the "

@@ -62,7 +62,8 @@ class MultinomialAutoencoder(AutoencoderModule):
         self.input_dropout = input_dropout
         self.num_items = self.input_shape[0]
         # Training users per item, filled from the datamodule (and kept in checkpoints): the popularity baseline.
-        self.register_buffer("item_popularity", torch.zeros(self.num_items))
+        # Integers, which a half-precision Trainer leaves exact (bf16 rounds counts above 256 into ties).
+        self.register_buffer("item_popularity", torch.zeros(self.num_items, dtype=torch.long))
         # The datamodule's ``split_record``: the data the weights belong to (from the checkpoint, or the first setup).
         self.trained_on: dict[str, Any] | None = None
 
