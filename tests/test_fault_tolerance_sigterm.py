@@ -44,6 +44,21 @@ class SigtermInValidation(Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+class SigtermAtBatch(Callback):
+    """Sends SIGTERM to its own process at the start of epoch 0's training batch ``batch``.
+
+    Args:
+        batch: the batch index in epoch 0.
+    """
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
+        if trainer.current_epoch == 0 and batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 class SigtermRankZeroAtStep(Callback):
     """On rank 0 only, sends SIGTERM to its own process at the start of global step ``step``; every rank writes the
     exit status of the exception that ends its fit to ``<folder>/rank<R>.exit``.
@@ -153,6 +168,31 @@ def test_a_vae_with_loader_workers_resumes_a_sigterm_checkpoint_to_the_uninterru
     run_cli("fit", *tiny_args("vae", data_dir, tmp_path / "reference", *workers))
     resumed, expected = last_checkpoint(tmp_path / "signalled"), last_checkpoint(tmp_path / "reference")
     assert resumed["global_step"] == expected["global_step"] == STEPS
+    for name, value in expected["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], value), f"{name} differs after the resume"
+
+
+@pytest.mark.parametrize("when", ["training", "validation"])
+def test_sigterm_under_gradient_accumulation_saves_at_the_end_of_an_optimizer_step_and_resumes_exactly(
+    when: str, data_dir: Path, tmp_path: Path
+) -> None:
+    # 14 batches per epoch in steps of 4, 4, 4 and 2: a signal at batch 5, or in epoch 0's validation (then batch 0 of
+    # epoch 1 is next), finds a step half accumulated, whose gradients no checkpoint holds; it is saved after the step.
+    accumulate = ["--trainer.accumulate_grad_batches", "4"]
+    if when == "training":
+        signalled = [f"--trainer.callbacks+={__name__}.SigtermAtBatch", "--trainer.callbacks.batch", "5"]
+    else:
+        signalled = _signalled(4)
+    with pytest.raises(SystemExit) as exited:
+        run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "signalled", *accumulate, *signalled))
+    assert exited.value.code == 143
+    saved = last_checkpoint(tmp_path / "signalled")
+    assert saved["global_step"] == {"training": 2, "validation": 5}[when]
+
+    run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "signalled", *accumulate, "--ckpt_path", "last"))
+    run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "reference", *accumulate))
+    resumed, expected = last_checkpoint(tmp_path / "signalled"), last_checkpoint(tmp_path / "reference")
+    assert resumed["global_step"] == expected["global_step"] == 8
     for name, value in expected["state_dict"].items():
         assert torch.equal(resumed["state_dict"][name], value), f"{name} differs after the resume"
 

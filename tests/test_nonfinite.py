@@ -9,8 +9,10 @@ import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 from tiny_runs import ROOT, build_cli, command, last_checkpoint, subprocess_env, tiny_args
 
 from ae_lightning.training.fault_tolerance import NonFiniteLossError, SkipNonFinite, non_finite_guard
@@ -21,6 +23,21 @@ DIVERGING_SGD = json.dumps({"class_path": "torch.optim.SGD", "init_args": {"lr":
 ONE_STEP: list[str] = []
 EVERY_STEP = [*ONE_STEP, "--checkpoint.every_n_train_steps", "1", "--checkpoint.monitor", "null"]
 POISONED = ["--model.class_path", "tiny_runs.PoisonedAutoencoder", "--model.init_args.poisoned_steps", "[3,5]"]
+
+
+class NaNBatchAtStep(Callback):
+    """Fills the images of the training batch of global step ``step`` with NaN, as a corrupt sample would.
+
+    Args:
+        step: the global step whose batch is poisoned.
+    """
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            batch[0].fill_(float("nan"))
 
 
 def fit(*args: str):
@@ -79,6 +96,17 @@ def test_skip_leaves_weights_and_optimizer_untouched_on_bad_batches_and_counts_t
     assert last["callbacks"]["NonFiniteGuard"]["skipped_steps"] == 2
 
 
+def test_skip_puts_back_the_buffers_that_a_bad_batchs_forward_pass_changed(data_dir: Path, tmp_path: Path) -> None:
+    # The VQ-VAE's EMA codebook is a set of buffers that its forward pass updates: a NaN batch made them NaN.
+    nan_batch = [f"--trainer.callbacks+={__name__}.NaNBatchAtStep", "--trainer.callbacks.step", "3"]
+    short = ["--trainer.max_epochs", "1", "--images.every_n_epochs", "0", "--nonfinite.action", "skip"]
+    cli = fit(*tiny_args("vqvae", data_dir, tmp_path, *short, *nan_batch))
+    assert cli.trainer.state.finished and cli.trainer.callback_metrics["train/skipped_steps"] == 1
+    for name, value in cli.model.state_dict().items():
+        assert not value.is_floating_point() or torch.isfinite(value).all(), f"{name} is not finite"
+    assert torch.isfinite(cli.trainer.callback_metrics["val/loss"])
+
+
 def test_guard_rejects_unknown_actions() -> None:
     with pytest.raises(ValueError, match="action must be one of 'error', 'skip', got 'ignore'"):
         non_finite_guard(action="ignore")
@@ -96,6 +124,14 @@ def test_a_non_finite_val_loss_is_never_the_best_checkpoint() -> None:
     checkpoint = RunCheckpoint(monitor="val/loss", save_top_k=1)
     for value in (float("nan"), float("inf")):
         assert checkpoint.check_monitor_top_k(None, torch.tensor(value)) is False
+
+
+def test_save_top_k_minus_one_still_saves_every_checkpoint_on_a_non_finite_val_loss() -> None:
+    from ae_lightning.training.fault_tolerance import RunCheckpoint
+
+    checkpoint = RunCheckpoint(monitor="val/loss", save_top_k=-1)  # Lightning's "all models are saved"
+    for value in (float("nan"), float("inf")):
+        assert checkpoint.check_monitor_top_k(None, torch.tensor(value)) is True
 
 
 def test_the_command_error_of_a_failing_run_starts_a_line_after_the_progress_bar(

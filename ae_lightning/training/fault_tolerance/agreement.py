@@ -15,9 +15,10 @@ from datamodules.checks import PositiveInt, check_arguments
 
 
 class AgreedSignal(Callback):
-    """Base of the callbacks that act on a signal at the end of a training batch, on every rank at once: during
-    ``fit`` (from :meth:`own_signal`) its handler only notes the signal, and the ranks agree every
-    ``check_every_n_steps`` optimizer steps (a single process every batch) to :meth:`act`, which subclasses implement.
+    """Base of the callbacks that act on a signal at the end of a training batch that ended an optimizer step (never
+    halfway through accumulating gradients, which no checkpoint holds), on every rank at once: during ``fit`` (from
+    :meth:`own_signal`) its handler only notes the signal, and the ranks agree every ``check_every_n_steps`` optimizer
+    steps (a single process every step) to :meth:`act`, which subclasses implement.
 
     Args:
         check_every_n_steps: how often, in optimizer steps, the ranks agree on whether the signal came (DDP only).
@@ -29,6 +30,7 @@ class AgreedSignal(Callback):
         check_arguments(locals(), AgreedSignal.__init__)
         self.check_every_n_steps = check_every_n_steps
         self._checked_at_step = 0
+        self._step_at_batch_start = 0
         self._signum: int | None = None  # the signal this callback acts on in the current fit
         self._previous_handler: Any = None
         self._installed = False
@@ -76,13 +78,24 @@ class AgreedSignal(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._checked_at_step = trainer.global_step
 
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._step_at_batch_start = trainer.global_step
+
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if not self.ended_a_step(trainer):
+            return
         if trainer.world_size == 1 or trainer.global_step - self._checked_at_step >= self.check_every_n_steps:
             self._checked_at_step = trainer.global_step
             if self.agreed(trainer, pl_module):
                 self.act(trainer)
+
+    def ended_a_step(self, trainer: L.Trainer) -> bool:
+        """Whether the training batch ending now took an optimizer step (the same on every rank)."""
+        return trainer.global_step != self._step_at_batch_start
 
     def agreed(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
         """Whether any rank got the signal (one all-reduce under DDP: call it on every rank); False when not active."""

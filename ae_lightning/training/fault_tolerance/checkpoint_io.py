@@ -198,8 +198,8 @@ class RunCheckpoint(ModelCheckpoint):
         self.kth_value = kept[self.kth_best_model_path]
 
     def check_monitor_top_k(self, trainer: L.Trainer, current: torch.Tensor | None = None) -> bool:
-        # A NaN or infinite val/loss is never "the best".
-        if current is not None and not torch.isfinite(current).all():
+        # A NaN or infinite val/loss is never "the best"; ``save_top_k=-1`` saves every one, as Lightning says.
+        if self.save_top_k != -1 and current is not None and not torch.isfinite(current).all():
             return False
         return super().check_monitor_top_k(trainer, current)
 

@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
+from torch.nn import Parameter
 
 from datamodules.checks import Fraction, PositiveInt, check_arguments
 
@@ -133,8 +134,9 @@ class StopOnNonFinite(NonFiniteGuard):
 
 
 class SkipNonFinite(NonFiniteGuard):
-    """``action: skip``: drops non-finite gradients before the optimizer step (which then changes nothing) and counts
-    such steps as ``train/skipped_steps``.
+    """``action: skip``: drops non-finite gradients before the optimizer step (which then changes nothing), puts back
+    the model's buffers as the last step taken left them (a VQ codebook's EMA, which the forward pass updates) and
+    counts such steps as ``train/skipped_steps``.
 
     Args:
         max_skipped: fail (a :class:`NonFiniteLossError`) when an epoch skips more than this share of its optimizer
@@ -148,6 +150,10 @@ class SkipNonFinite(NonFiniteGuard):
         # The optimizer steps skipped and taken in epoch ``_epoch`` so far (kept in checkpoints for a mid-epoch resume).
         self._epoch: int | None = None
         self._epoch_skipped = self._epoch_steps = 0
+        self._buffers: dict[str, Tensor] = {}  # the model's buffers after the last optimizer step taken
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._buffers = _buffers(pl_module, copy=True)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch != self._epoch:  # not the epoch a mid-epoch checkpoint's counts belong to
@@ -160,9 +166,13 @@ class SkipNonFinite(NonFiniteGuard):
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         # The largest absolute gradient is finite exactly when all gradients are (a sum of squares could overflow).
         if not params or torch.isfinite(_largest_magnitudes([p.grad for p in params])).all():
+            self._buffers = _buffers(pl_module, copy=True)
             return
         for p in params:  # optimizers step only parameters with a gradient: weights and moments stay as they were
             p.grad = None
+        with torch.no_grad():
+            for name, buffer in _buffers(pl_module).items():
+                buffer.copy_(self._buffers[name])
         if self.skipped_steps == 0:
             rank_zero_warn(
                 f"non-finite gradients at global step {trainer.global_step}: skipping the optimizer step "
@@ -205,6 +215,13 @@ def _clip_advice(trainer: L.Trainer) -> str:
 def _largest_magnitudes(tensors: list[Tensor]) -> Tensor:
     """The largest absolute value of each tensor: finite exactly when all its values are (a norm could overflow)."""
     return torch.stack([torch.linalg.vector_norm(tensor, float("inf")) for tensor in tensors])
+
+
+def _buffers(module: torch.nn.Module, copy: bool = False) -> dict[str, Tensor]:
+    """The persistent buffers of ``module`` by name (copies with ``copy``)."""
+    tensors = module.state_dict(keep_vars=True).items()
+    buffers = {name: value for name, value in tensors if isinstance(value, Tensor) and not isinstance(value, Parameter)}
+    return {name: value.detach().clone() for name, value in buffers.items()} if copy else buffers
 
 
 def _loss_terms(outputs: Any) -> dict[str, Tensor]:

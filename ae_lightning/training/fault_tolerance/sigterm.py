@@ -18,7 +18,7 @@ SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports a process ended by 
 
 
 class SigtermCheckpoint(AgreedSignal):
-    """On SIGTERM during ``fit``, writes ``last.ckpt`` at the end of a training step (after a validation, the next
+    """On SIGTERM during ``fit``, writes ``last.ckpt`` at the end of an optimizer step (after a validation, the next
     one) on all ranks together and exits with status 143; a signal before training exits 143 writing nothing, and one
     that finds no step left exits 143 once ``fit`` is done, unless the previous handler took it (a function, or
     ``SIG_IGN``). When and why: ``docs/fault_tolerance.md``.
@@ -60,7 +60,7 @@ class SigtermCheckpoint(AgreedSignal):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self._act_at_next_step:
+        if self._act_at_next_step and self.ended_a_step(trainer):
             self.act(trainer)
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
