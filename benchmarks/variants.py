@@ -4,12 +4,13 @@
     python benchmarks/variants.py --configs ae vae --metrics mse psnr fid --anomaly_classes 0 --epochs 2
     python benchmarks/variants.py --configs ae vae --seeds 1 2 3   # each cell: mean ± std over 3 seeds
 
-Each config in ``configs/`` (or each named with ``--configs``) is trained exactly as ``ae-lightning fit --config
-<config> --data <data> --data.data_dir <dir> --seed_everything <seed> --trainer.max_epochs <epochs>`` would train it,
-with outputs under ``--root``. The trained model is then scored on the test split with every metric of
-``ae_lightning.evaluation.driver.METRICS`` that applies to it (``--metrics`` picks some). For ``auroc`` each config
-is trained again once per held-out class (``--anomaly_classes``) on the other classes, and the AUROC of its anomaly
-score for the held-out class, over all test images, is averaged over the held-out classes.
+Each config in ``configs/`` that builds with ``--data`` (the report names the others), or each named with
+``--configs``, is trained exactly as ``ae-lightning fit --config <config> --data <data> --data.data_dir <dir>
+--seed_everything <seed> --trainer.max_epochs <epochs>`` would train it, with outputs under ``--root``. The trained
+model is then scored on the test split with every metric of ``ae_lightning.evaluation.driver.METRICS`` that applies
+to it (``--metrics`` picks some). For ``auroc`` each config is trained again once per held-out class
+(``--anomaly_classes``) on the other classes, and the AUROC of its anomaly score for the held-out class, over all test
+images, is averaged over the held-out classes.
 
 Writes ``--output`` (default ``runs/benchmark/results.md``; pass ``--output docs/results.md`` to refresh the published
 table: a markdown table, one row per variant, with the command, the machine and the date), ``results.json`` beside
@@ -128,6 +129,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.plots = args.plots or args.output.with_suffix("")
     if args.output.is_dir():
         parser.error(f"--output {args.output} is a folder; name the markdown file to write")
+    if args.plots.resolve() == args.output.resolve():
+        suffix = "" if args.output.suffix else f", or give --output a suffix ({args.output.name}.md)"
+        parser.error(f"--output {args.output} and its plots folder {args.plots} are one path: name another --plots"
+                     f"{suffix}")  # fmt: skip
+    if args.plots.is_file():
+        parser.error(f"--plots {args.plots} is a file; name a folder")
     names = [Path(name).stem for name in args.configs or map(str, args.config_dir.glob("*.yaml"))]
     pictures = [args.plots / f"{name}_{view}.png" for name in names for view in PICTURE_FILES.values()]
     held = [path for path in (args.output, args.plots / "results.json", *pictures) if path.exists()]
@@ -282,15 +289,22 @@ def main(argv: list[str] | None = None) -> list[Row]:
         bad = sorted(set(anomaly_classes) - set(range(labels)))
         if bad or not anomaly_classes:
             raise ValueError(f"--anomaly_classes must name labels 0..{labels - 1}, got {anomaly_classes}")
-    for name, config in configs.items():
+    left_out = {}  # of the default configs, those this data cannot build (an overlay, the photo configs' sizes)
+    for name, config in list(configs.items()):
         try:
-            build_cli(config, args, args.root / name, args.epochs)
+            build_cli(config, args, args.root / name, args.epochs).datamodule.setup("fit")  # its data settings too
         except (Exception, SystemExit) as error:
-            raise ValueError(f"config {name} ({config}) does not build with these settings: {error}") from error
+            if args.configs is not None or len(left_out) == len(configs) - 1:  # named, or none builds
+                raise ValueError(f"config {name} ({config}) does not build with these settings: {error}") from error
+            left_out[name] = str(error).splitlines()[0]
+    configs = {name: config for name, config in configs.items() if name not in left_out}
     progress(f"benchmark of {len(configs)} configs: {', '.join(configs)}; metrics {', '.join(metrics)}")
+    if left_out:
+        progress(f"left out {len(left_out)} configs that do not build with --data {args.data}: {', '.join(left_out)}")
 
     classifier = get_classifier(args, reference, progress) if "fid" in metrics else None
     context = describe_run(args, reference, metrics, anomaly_classes, classifier)
+    context["left_out"] = left_out
     if classifier is not None:
         floor = evaluation.real_frechet_distance(
             classifier.network, evaluation.gray_loader(reference, "train"), evaluation.gray_loader(reference, "test")
@@ -479,6 +493,9 @@ def render_markdown(
         f"- **Budget**: {context['epochs']} epoch(s) per variant, {_seeds(context['seeds'])}, each config's own model, "
         "optimizer and batch size",
     ]
+    if context["left_out"]:
+        reasons = "; ".join(f"`{name}`: {reason}" for name, reason in context["left_out"].items())
+        lines.append(f"- **Left out** (they do not build with this data): {reasons}")
     if "nll" in metrics:
         samples = context["nll_samples"]
         shown = f"K = {samples} importance samples" if samples else "each config's `nll_samples` importance samples"

@@ -28,6 +28,7 @@ from ae_lightning.evaluation import visualization
 from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
 
 ROOT = Path(__file__).parents[1]
+MNIST_TEST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")  # deep_ae's, in <data_dir>/mnist-t10k/
 EXTRA: list[str] = []  # --smoke and --set: arguments added to every run
 
 
@@ -128,9 +129,14 @@ def mnist_sample(out: Path, data_dir: str) -> Path:
     images, labels = mnist_data()
     write_idx(raw / "train-images-idx3-ubyte", images.reshape(-1, 28, 28).astype(np.uint8))
     write_idx(raw / "train-labels-idx1-ubyte", labels.astype(np.uint8))
-    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
-        shutil.copyfile(Path(data_dir) / "mnist-t10k" / name, raw / name)
+    for path in mnist_test_files(data_dir):
+        shutil.copyfile(path, raw / path.name)
     return root
+
+
+def mnist_test_files(data_dir: str) -> list[Path]:
+    """The official MNIST test set's IDX files (uncompressed) under ``data_dir``."""
+    return [Path(data_dir) / "mnist-t10k" / name for name in MNIST_TEST_FILES]
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -204,6 +210,11 @@ def main(argv: list[str] | None = None) -> None:
     if (held := [path for path in outputs(args) if path.exists()]) and not args.overwrite:
         parser.error(f"--out {args.out} holds an earlier run's {held[0].relative_to(args.out)}; name another folder, "
                      "or pass --overwrite to replace its results")  # fmt: skip
+    if "deep_ae" in args.sections and (missing := [p for p in mnist_test_files(args.data_dir) if not p.is_file()]):
+        parser.error(
+            f"--data_dir {args.data_dir} has no {missing[0]}: deep_ae tests on the official MNIST test set, "
+            f"{' and '.join(MNIST_TEST_FILES)} in {missing[0].parent}; put them there or leave deep_ae out"
+        )
     if args.smoke:
         EXTRA.extend(f"--trainer.limit_{split}_batches=2" for split in ("train", "val", "test"))
     EXTRA.extend(f"--{setting}" for setting in args.set)

@@ -60,6 +60,40 @@ def test_an_earlier_runs_file_is_refused_before_anything_runs_and_kept(
     assert [path for path in tmp_path.rglob("*") if path.is_file()] == [kept]  # nothing else written
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ("--output {out}/results", "--output {out}/results and its plots folder {out}/results are one path: name "
+                                   "another --plots, or give --output a suffix (results.md)"),
+        ("--output {out}/a.md --plots {out}/a.md", "--output {out}/a.md and its plots folder {out}/a.md are one path: "
+                                                   "name another --plots"),
+        ("--output {out}/a.md --plots {out}/notes.txt", "--plots {out}/notes.txt is a file; name a folder"),
+    ],
+)  # fmt: skip
+def test_the_benchmark_refuses_a_plots_folder_it_could_not_make_before_anything_trains(
+    argv: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # --output without .md made the default plots folder the table's own path: the first variant trained, then
+    # writing the table over the folder of its pictures failed (IsADirectoryError).
+    kept = earlier(tmp_path / "notes.txt", "mine")
+    argv = ["--configs", "ae", "--metrics", "nope", *argv.format(out=tmp_path).split()]  # unchecked: ends at once
+    assert refused(load_script("benchmark"), argv, capsys).startswith(message.format(out=tmp_path))
+    assert [path for path in tmp_path.rglob("*")] == [kept] and kept.read_text() == "mine"
+
+
+def test_family_report_refuses_a_data_dir_without_the_mnist_test_set_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # deep_ae copies <data_dir>/mnist-t10k/: without it the sections before it trained (38 minutes of IWAE), then the
+    # run stopped on a FileNotFoundError traceback, leaving a half-made mnist_sample/ in --out.
+    earlier(tmp_path / "data" / "mnist-t10k" / "t10k-images-idx3-ubyte")
+    argv = ["deep_ae", "--data_dir", str(tmp_path / "data"), "--out", str(tmp_path / "out")]
+    error = refused(load_script("family_report"), argv, capsys)
+    missing = tmp_path / "data" / "mnist-t10k" / "t10k-labels-idx1-ubyte"
+    assert error.startswith(f"--data_dir {tmp_path / 'data'} has no {missing}: deep_ae tests on the official MNIST")
+    assert not (tmp_path / "out").exists()
+
+
 def test_overwrite_or_another_run_of_the_folder_is_not_refused(tmp_path: Path) -> None:
     earlier(tmp_path / "results.md")
     earlier(tmp_path / "results" / "results.json")

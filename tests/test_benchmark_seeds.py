@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -38,6 +39,34 @@ def test_benchmark_over_seeds_reports_mean_and_spread(tmp_path: Path) -> None:
     pictures = saved["variants"][0]["pictures"].values()  # relative to the file (they were to the repository)
     assert pictures and all((tmp_path / "results" / path).is_file() for path in pictures)
     assert sorted(path.name for path in (tmp_path / "runs" / "ae").iterdir()) == ["seed-1", "seed-2"]
+
+
+def test_every_config_by_default_leaves_out_by_name_those_the_data_cannot_build(tmp_path: Path) -> None:
+    # The README's command (no --configs) was refused before training: configs/ holds fast.yaml, an overlay without a
+    # model, and the f8 photo configs, whose sides must divide by 8, which no MNIST-family data build; and the tabular
+    # config's test_fraction stopped it at that config's fit, after the configs before it had trained.
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    for name in ("ae", "fast", "photo_ae_f8_64", "tabular_anomaly_ae"):
+        shutil.copy(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml", configs)
+    write_dataset(tmp_path / "data", "MNIST")
+    rows = load_script("benchmark").main(
+        [
+            "--config_dir", str(configs), "--epochs", "1", "--metrics", "mse", "--data_dir", str(tmp_path / "data"),
+            "--tsne_points", "20", "--output", str(tmp_path / "results.md"), "--root", str(tmp_path / "runs"),
+        ]
+    )  # fmt: skip
+    assert [row.name for row in rows] == ["ae"] and rows[0].scores["mse"] > 0
+    left_out = json.loads((tmp_path / "results" / "results.json").read_text())["left_out"]
+    assert sorted(left_out) == ["fast", "photo_ae_f8_64", "tabular_anomaly_ae"]
+    assert "divisible by 8" in left_out["photo_ae_f8_64"] and "test_fraction=0.3" in left_out["tabular_anomaly_ae"]
+    report = (tmp_path / "results.md").read_text()
+    assert "**Partial" not in report and "- **Left out** (they do not build with this data): `fast`: " in report
+    with pytest.raises(ValueError, match=r"config fast \(.*fast.yaml\) does not build with these settings: "):
+        load_script("benchmark").main(["--configs", str(configs / "fast.yaml"), "--metrics", "mse", "--data_dir",
+                                       str(tmp_path / "data"), "--output", str(tmp_path / "named.md"), "--root",
+                                       str(tmp_path / "named")])  # fmt: skip
+    assert not (tmp_path / "named").exists()
 
 
 def test_a_datamodule_without_data_dir_is_refused_naming_the_dsprites_benchmark(tmp_path: Path) -> None:
