@@ -87,9 +87,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", default="MNISTDataModule", help="datamodule class name or import path")
     parser.add_argument("--data_dir", default="data", help="root holding <ClassName>/raw/")
     parser.add_argument("--epochs", type=int, default=10, help="training epochs of every variant")
-    parser.add_argument("--seed", type=int, default=42, help="seed of every run (weights, data order, split)")
+    parser.add_argument("--seed", type=int, default=None, help="seed of every run (weights, data order, split; 42)")
     parser.add_argument(
-        "--seeds", type=int, nargs="+", default=None, help="one run per seed, then mean ± std (default: --seed)"
+        "--seeds", type=int, nargs="+", default=None, help="one run per seed, then mean ± std (instead of --seed)"
     )
     parser.add_argument("--metrics", nargs="+", default=list(evaluation.METRICS), help="metrics to compute")
     parser.add_argument(
@@ -119,7 +119,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.anomaly_epochs = args.anomaly_epochs or args.epochs
     if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds must be distinct, got {args.seeds}")
-    args.seeds = args.seeds or [args.seed]
+    if args.seeds is not None and args.seed is not None:
+        parser.error(f"--seed {args.seed} and --seeds {' '.join(map(str, args.seeds))}: give one of the two")
+    args.seeds = args.seeds or [42 if args.seed is None else args.seed]
     at_least = {"nll_samples": 1, "fid_samples": 2, "probe_max_train": 2, "tsne_points": 1, "classifier_epochs": 1,
                 "torch_threads": 1}  # fmt: skip
     for name, least in at_least.items():
@@ -210,6 +212,9 @@ def resolve_configs(names: list[str] | None, config_dir: Path) -> dict[str, Path
     configs, missing = {}, []
     for name in names:
         path = Path(name) if name.endswith((".yaml", ".yml")) else config_dir / f"{name}.yaml"
+        if path.stem in configs:
+            raise ValueError(f"--configs names {configs[path.stem]} and {path}: their runs and rows would share the "
+                             f"name {path.stem!r}; rename one")  # fmt: skip
         if path.is_file():
             configs[path.stem] = path
         else:

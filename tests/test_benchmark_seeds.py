@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from conftest import write_dataset, write_image_folder
 from test_evaluation import load_script
+from tiny_runs import ROOT
 
 
 def test_benchmark_over_seeds_reports_mean_and_spread(tmp_path: Path) -> None:
@@ -167,6 +168,27 @@ def test_the_benchmark_refuses_a_count_it_cannot_evaluate_before_anything_trains
     with pytest.raises(SystemExit):
         load_script("benchmark").main(argv)
     assert "--tsne_points 0: expected at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "given, message",
+    [(["--configs", "ae", "--seed", "3", "--seeds", "1", "2"], "--seed 3 and --seeds 1 2: give one of the two"),
+     (["--configs", "ae", "OTHER/ae.yaml"], "their runs and rows would share the name 'ae'")],
+    ids=["seed-and-seeds", "two-configs-of-one-name"],
+)  # fmt: skip
+def test_the_benchmark_refuses_settings_it_would_ignore_before_anything_trains(
+    given: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    write_dataset(tmp_path / "data", "MNIST")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "ae.yaml").write_text((ROOT / "configs" / "ae.yaml").read_text())
+    given = [arg.replace("OTHER", str(tmp_path / "other")) for arg in given]
+    argv = [*given, "--metrics", "mse", "--data_dir", str(tmp_path / "data"), "--output", str(tmp_path / "results.md"),
+            "--root", str(tmp_path / "runs")]  # fmt: skip
+    with pytest.raises((SystemExit, ValueError)) as refused:
+        load_script("benchmark").main(argv)
+    assert message in capsys.readouterr().err + str(refused.value)
     assert not (tmp_path / "runs").exists()
 
 
