@@ -42,7 +42,7 @@ from optuna.distributions import (
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import ArgumentError, DatabaseError, IntegrityError, OperationalError, ProgrammingError
 
 from ae_lightning.base import resolve_class_path
 from ae_lightning.cli import AutoencoderCLI, ConfigError, one_line, run_command
@@ -62,7 +62,9 @@ COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 _EXPERIMENTAL = r"(RetryHeartbeatStaleTrialCallback|Argument ``heartbeat_interval``|\S*fail_stale_trials) is (an )?exp"
 # Fit arguments that the search sets itself for each trial: its folder, checkpoint folder, monitor and mode, resume.
 OWN_ARGS = ("trainer.default_root_dir", "checkpoint.dirpath", "checkpoint.monitor", "checkpoint.mode", "ckpt_path")
-SPEC_KEYS = {"type", "low", "high", "log", "step", "choices"}
+# The keys of a parameter of each type: any other would be ignored.
+RANGE_KEYS = {"type", "low", "high", "log", "step"}
+SPEC_KEYS = {"float": RANGE_KEYS, "int": RANGE_KEYS, "categorical": {"type", "choices"}}
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
@@ -114,12 +116,16 @@ def read_space(path: Path) -> dict[str, Any]:
     ValueError naming the file and parameter of a bad entry (:func:`check_spec`) or a ``metric`` that is no string."""
     if not path.is_file():
         raise FileNotFoundError(f"search space {path} does not exist")
-    space = get_loader("yaml")(path.read_text()) or {}  # as configs are read: 1e-4 is a number, as in YAML 1.2
-    unknown = set(space) - {"parameters", "metric", "direction"}
-    if unknown or not isinstance(space.get("parameters"), dict) or not space["parameters"]:
+    try:
+        space = get_loader("yaml")(path.read_text()) or {}  # as configs are read: 1e-4 is a number, as in YAML 1.2
+    except yaml.YAMLError as error:
+        raise ValueError(f"search space {path} is not valid YAML: {one_line(str(error))}") from None
+    parameters = space.get("parameters") if isinstance(space, dict) else None
+    if not isinstance(parameters, dict) or not parameters or set(space) - {"parameters", "metric", "direction"}:
+        got = f"keys {sorted(map(str, space))}" if isinstance(space, dict) else f"a {type(space).__name__}"
         raise ValueError(
             f"search space {path}: expected a mapping with 'parameters' (name -> {{type, low, high, ...}}) and "
-            f"optionally 'metric' and 'direction'; got keys {sorted(space)}"
+            f"optionally 'metric' and 'direction'; got {got}"
         )
     if not isinstance(space.get("metric", ""), str) or space.get("metric") == "":
         raise ValueError(
@@ -133,12 +139,14 @@ def read_space(path: Path) -> dict[str, Any]:
 
 
 def check_spec(where: str, spec: Any) -> None:
-    """Raise a ValueError starting with ``where`` unless ``spec`` is a categorical range or a float or int one: finite
-    ``low`` < ``high``, a boolean ``log`` (then ``low`` > 0), a positive ``step`` (no ``log``) up to ``high - low``."""
+    """Raise a ValueError starting with ``where`` unless ``spec`` is a categorical range or a float or int one, with
+    only the keys of its type (``SPEC_KEYS``): finite ``low`` < ``high``, a boolean ``log`` (then ``low`` > 0), a
+    positive ``step`` (no ``log``) up to ``high - low``."""
     if not isinstance(spec, dict) or spec.get("type") not in ("float", "int", "categorical"):
         raise ValueError(f"{where}: expected {{type: float|int|categorical, ...}}, got {spec!r}")
-    if set(spec) - SPEC_KEYS:
-        raise ValueError(f"{where}: unknown keys {sorted(set(spec) - SPEC_KEYS)}; the keys are {sorted(SPEC_KEYS)}")
+    if extra := set(map(str, spec)) - SPEC_KEYS[spec["type"]]:
+        keys = sorted(SPEC_KEYS[spec["type"]])
+        raise ValueError(f"{where}: {sorted(extra)} do not apply to type {spec['type']}, whose keys are {keys}")
     if spec["type"] == "categorical":
         if not isinstance(spec.get("choices"), list) or not spec["choices"]:
             raise ValueError(f"{where}: a categorical parameter needs a non-empty list of choices, got {spec!r}")
@@ -344,7 +352,7 @@ def open_study(
                 "sqlite:///path.db (e.g. sqlite:///runs/search/study.db) or a database server's URL, such as "
                 "postgresql://user@host/db, with its driver installed"
             ) from None
-        except OperationalError as error:
+        except DatabaseError as error:  # also a file that is not a database
             if "locked" in str(error):
                 raise
             raise StorageError(f"study storage {args.storage} cannot be opened: {error.orig}") from None

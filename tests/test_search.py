@@ -68,6 +68,9 @@ def search_args(tmp_path: Path, data_dir: Path, *extra: str, config: Path = AE) 
         ({DROPOUT: {"type": "float", "low": 0.0, "high": float("inf")}}, r"finite numbers, got low 0.0 and high inf"),
         ({DROPOUT: {"type": "float", "low": float("nan"), "high": 0.5}}, r"finite numbers, got low nan"),
         ({DROPOUT: {"type": "float", "low": 0.1, "high": 0.5, "log": "false"}}, r"log must be true or false.*'false'"),
+        ({LATENT: {"type": "int", "low": 8, "high": 64, "choices": [8]}}, r"\['choices'\] do not apply to type int"),
+        ({DROPOUT: {"type": "categorical", "choices": [0.1], "log": True}}, r"\['log'\] do not apply to type cat"),
+        ({DROPOUT: {"type": "float", "low": 0.1, "high": 0.5, "lg": True}}, r"\['lg'\] do not apply .*'log', 'low'"),
     ],
     ids=[
         "unknown-argument",
@@ -86,6 +89,9 @@ def search_args(tmp_path: Path, data_dir: Path, *extra: str, config: Path = AE) 
         "high-inf",
         "low-nan",
         "log-string",
+        "choices-of-int",  # silently ignored before: trials drew any int in [8, 64]
+        "log-of-categorical",
+        "unknown-key",
     ],  # fmt: skip
 )
 def test_bad_search_spaces_are_named(tmp_path: Path, data_dir: Path, parameters: dict, message: str) -> None:
@@ -105,6 +111,23 @@ def test_a_metric_in_the_space_that_is_not_a_name_is_refused(tmp_path: Path, met
     with pytest.raises(
         ValueError, match=rf"search space {path}: metric must be a metric.s name .*got {re.escape(repr(metric))}"
     ):
+        search.read_space(path)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("parameters:\n  model.init_args.dropout: {type: float, low: 0.0\n", r"is not valid YAML: while parsing"),
+        ("- model.init_args.dropout\n", r"expected a mapping with 'parameters' .*got a list"),
+        ("dropout\n", r"expected a mapping with 'parameters' .*got a str"),
+    ],
+    ids=["syntax-error", "list", "scalar"],
+)
+def test_a_space_file_that_is_no_mapping_is_named(tmp_path: Path, text: str, message: str) -> None:
+    # a traceback of the YAML parser, or a TypeError, before
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=rf"search space {re.escape(str(path))}:? {message}"):
         search.read_space(path)
 
 
@@ -318,7 +341,11 @@ def test_a_storage_locked_during_a_trial_is_named(tmp_path: Path, data_dir: Path
     assert [t.state for t in trials(f"sqlite:///{tmp_path / 'study.db'}")] == [optuna.trial.TrialState.RUNNING]
 
 
-@pytest.mark.parametrize("storage", ["{tmp}/study.db", "postgresql://user@localhost:1/db", "nosuchdb://host/db"])
+# the last: a file that is not a database (here the search space, as with --space and --storage swapped)
+@pytest.mark.parametrize(
+    "storage",
+    ["{tmp}/study.db", "postgresql://user@localhost:1/db", "nosuchdb://host/db", "sqlite:///{tmp}/space.yaml"],
+)
 def test_a_storage_that_is_not_a_usable_url_is_named(tmp_path: Path, data_dir: Path, storage: str) -> None:
     storage = storage.format(tmp=tmp_path)
     args = search_args(tmp_path, data_dir, "--n_trials", "1")
