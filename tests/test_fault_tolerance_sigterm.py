@@ -204,6 +204,15 @@ def test_sigterm_during_the_sanity_check_exits_143_writing_nothing(data_dir: Pat
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
+def test_sigterm_without_a_last_checkpoint_says_that_nothing_was_saved(data_dir: Path, tmp_path: Path) -> None:
+    signalled = ["--trainer.callbacks+=test_fault_tolerance_sigterm.SigtermAtBatch", "--trainer.callbacks.batch", "3"]
+    with pytest.warns(UserWarning, match="SIGTERM at global step 4: no ModelCheckpoint keeps a last checkpoint"):
+        with pytest.raises(SystemExit) as exited:
+            run_cli("fit", *tiny_args("ae", data_dir, tmp_path, *signalled, "--checkpoint.save_last", "false"))
+    assert exited.value.code == 143
+    assert not list(tmp_path.rglob("last*.ckpt"))
+
+
 def test_sigterm_under_ddp_saves_once_agreed_and_every_rank_exits_143(data_dir: Path, tmp_path: Path) -> None:
     # Only rank 0 gets the signal, at step 8 (epoch 1; 7 steps per epoch): the ranks agree at step 10
     # (check_every_n_steps) and save together.

@@ -8,7 +8,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ae_lightning.training.fault_tolerance.agreement import AgreedSignal
 from ae_lightning.training.fault_tolerance.checkpoint_io import RunCheckpoint
@@ -75,11 +75,14 @@ class SigtermCheckpoint(AgreedSignal):
             raise SystemExit(SIGTERM_EXIT_CODE)
 
     def act(self, trainer: L.Trainer) -> None:
-        for callback in trainer.checkpoint_callbacks:
-            if isinstance(callback, ModelCheckpoint) and callback.save_last and callback.dirpath:
-                path = _last_path(callback, trainer)
-                trainer.save_checkpoint(path, weights_only=False)
-                rank_zero_info(f"SIGTERM: wrote {path} at global step {trainer.global_step}; exiting")
+        savers = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.save_last]
+        for callback in [cb for cb in savers if cb.dirpath]:
+            path = _last_path(callback, trainer)
+            trainer.save_checkpoint(path, weights_only=False)
+            rank_zero_info(f"SIGTERM: wrote {path} at global step {trainer.global_step}; exiting")
+        if not savers:
+            rank_zero_warn(f"SIGTERM at global step {trainer.global_step}: no ModelCheckpoint keeps a last checkpoint "
+                           "(save_last), so nothing was saved to resume from; exiting")  # fmt: skip
         raise SystemExit(SIGTERM_EXIT_CODE)
 
 
