@@ -229,7 +229,10 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         self._check_batch(x, "test")
         terms, reconstruction = self.test_terms(x, y, indices)
         self.log_terms(terms, "test", batch_size=len(x))
-        # test/recon_mse, test/recon_bce (per pixel), test/psnr and test/ssim, computed over the whole test set
+        # test/recon_mse, test/recon_bce (per pixel), test/psnr and test/ssim, computed over the whole test set. In
+        # float32 at least: bf16-true casts the module, these sums too, and moving them in a step (Lightning's log)
+        # makes torchmetrics round its inputs to the default dtype, which bf16-true's steps set to bfloat16.
+        self.test_reconstruction.set_dtype(torch.promote_types(self.dtype, torch.float32))
         self.test_reconstruction.update(reconstruction.float(), x)
         self.log_dict(self.test_reconstruction, batch_size=len(x))
         for name, value in self.test_metrics(x, y, reconstruction).items():
@@ -296,7 +299,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         unlogged, self._unlogged_terms = getattr(self, "_unlogged_terms", None), None
         trainer, every = self.trainer, self.trainer.log_every_n_steps
         stepped = batches_that_stepped(trainer) + 1
-        written = trainer.fast_dev_run or (every > 0 and (stepped % every == 0 or trainer.should_stop))
+        written = trainer.fast_dev_run or (every != 0 and (stepped % every == 0 or trainer.should_stop))
         written = written or ends_training_epoch(trainer)  # for what reads them at the epoch's end (EarlyStopping)
         if unlogged is None or not written:
             return
