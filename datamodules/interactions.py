@@ -185,6 +185,12 @@ class InteractionsDataModule(ImageDataModule):
             users = users[~np.isin(users, test_users)]  # validation users are drawn from the others
         n_val = _count(self.hparams.val_users, len(users))
         n_test = 0 if test is not None else _count(self.hparams.test_users or DEFAULT_TEST_USERS, len(users))
+        drawn = [("val_users", self.hparams.val_users, n_val)]
+        drawn += [("test_users", self.hparams.test_users or DEFAULT_TEST_USERS, n_test)] if test is None else []
+        for name, value, count in drawn:
+            if count == 0:
+                raise ValueError(f"{name}={value} of the {len(users)} users of {self.path} who can be drawn is 0 "
+                                 f"users: give a larger fraction, or a count")  # fmt: skip
         if n_val + n_test >= len(users):
             raise ValueError(
                 f"{self.path}: {len(users)} users with at least min_user_items={self.hparams.min_user_items} "
@@ -382,7 +388,11 @@ def read_interactions(path: Path, header: bool | None = None, min_rating: float 
             raise ValueError(f"{path} line {line_of(path, row, first_line)}: {what}")
         frame["rating"] = ratings
         if min_rating is not None:
-            frame = frame[frame["rating"] >= min_rating]
+            kept = frame[frame["rating"] >= min_rating]
+            if kept.empty and not frame.empty:
+                raise ValueError(f"min_rating={min_rating} keeps none of the {len(frame)} interactions of {path}, "
+                                 f"whose ratings lie in [{ratings.min()}, {ratings.max()}]")  # fmt: skip
+            frame = kept
     elif min_rating is not None:
         raise ValueError(f"min_rating={min_rating}, but {path} has no rating column (user, item only)")
     frame.attrs["first_line"] = first_line  # with the index (data rows), the file's line numbers

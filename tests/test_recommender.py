@@ -582,6 +582,16 @@ def test_bad_split_settings_name_the_setting(tmp_path: Path) -> None:
     assert len(InteractionsDataModule(str(base), test_path=str(test)).interactions.users["test"]) == 1
 
 
+def test_a_user_fraction_of_no_user_and_a_min_rating_that_keeps_nothing_name_the_setting(tmp_path: Path) -> None:
+    path = write_interactions(tmp_path / "ratings.csv", n_users=30)
+    for name in ("val_users", "test_users"):
+        with pytest.raises(ValueError, match=rf"{name}=0.01 of the \d+ users of .*ratings.csv who can be drawn is 0"):
+            data(path, **{name: 0.01}).setup("fit")
+    with pytest.raises(ValueError, match=r"min_rating=6.0 keeps none of the \d+ interactions of .*ratings.csv, whose "
+                                         r"ratings lie in \[1, 5\]"):  # fmt: skip
+        data(path, min_rating=6.0).setup("fit")
+
+
 @pytest.fixture(scope="module")
 def mult_vae_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Path, Path]:
     """The command's settings of a tiny Mult-VAE, its ``ratings.csv`` and its ``last.ckpt`` after one epoch."""
