@@ -335,3 +335,20 @@ def test_gaussian_hidden_units_draw_the_same_noise_at_every_precision() -> None:
         assert draws[dtype].dtype == dtype
     torch.testing.assert_close(draws[torch.float64], draws[torch.float32].double())
     torch.testing.assert_close(draws[torch.bfloat16].float(), draws[torch.float32], atol=0.05, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "stored, resumed, fix",
+    [
+        ({"pretrain": "rbm", "pretrain_epochs": 1}, {"pretrain": "none"}, "pretrain='rbm', pretrain_epochs=1"),
+        ({"pretrain": "none", "pretrain_epochs": 1}, {"pretrain": "rbm", "pretrain_epochs": 1}, "pretrain='none'"),
+        ({"pretrain": "rbm", "pretrain_epochs": 1}, {"pretrain": "rbm", "pretrain_epochs": 2}, "pretrain_epochs=1"),
+    ],
+)
+def test_a_resume_refused_for_another_schedule_names_the_settings_that_continue_it(
+    stored: dict, resumed: dict, fix: str
+) -> None:
+    # The fix named was always pretrain_epochs=<the checkpoint's>: after a change of pretrain, the run's own value.
+    checkpoint = {"hyper_parameters": stored, "epoch": 1}
+    with pytest.raises(ValueError, match=rf"another phase than it had .* Resume with {fix}, or start afresh"):
+        DeepBeliefAutoencoder(**TINY_DBN, **resumed).check_resume(checkpoint)

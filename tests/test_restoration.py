@@ -194,3 +194,17 @@ def test_masking_and_salt_and_pepper_hit_the_given_fraction_of_whole_colour_pixe
     hit = noisy.ne(0.5).any(1)
     assert hit.float().mean().item() == pytest.approx(0.3, abs=0.01)
     assert noisy.permute(0, 2, 3, 1)[hit].unique(dim=0).tolist() == [[v, v, v] for v in values]
+
+
+@pytest.mark.parametrize(
+    "corruption, level, message",
+    [
+        ("gaussian", -0.1, "gaussian noise std must be >= 0, got -0.1"),
+        ("masking", 1.0, r"masking fraction must lie in \[0, 1\), got 1.0"),
+        ("salt_and_pepper", -0.2, r"salt_and_pepper fraction must lie in \[0, 1\), got -0.2"),
+    ],
+)
+def test_a_bad_corruption_level_is_refused_naming_the_setting(corruption: str, level: float, message: str) -> None:
+    # The message named "masking fraction", which no setting is called: the user sets corruption_level
+    with pytest.raises(ValueError, match=rf"^corruption_level: the {message}$"):
+        DenoisingAutoencoder(**TINY, corruption=corruption, corruption_level=level)

@@ -140,11 +140,13 @@ class DeepBeliefAutoencoder(DeterministicAutoencoder):
         changed = [e for e in range(epoch + 1) if before[e] != self.rbm_index(e)]
         if changed:
             phase = "fine-tuning" if before[epoch] is None else f"pretraining RBM {before[epoch] + 1}"
+            fix = [f"pretrain={mode!r}"] if mode != self.pretrain else []
+            fix += [f"pretrain_epochs={per_rbm}"] if mode == "rbm" else []
             raise ValueError(
                 f"the checkpoint was trained with pretrain={mode!r}, pretrain_epochs={per_rbm} and has reached epoch "
                 f"{epoch}; this run's pretrain={self.pretrain!r}, pretrain_epochs={self.hparams.pretrain_epochs} "
                 f"would give epoch {changed[0]} another phase than it had (the checkpoint is {phase}). Resume with "
-                f"pretrain_epochs={per_rbm}, or start afresh without --ckpt_path"
+                f"{', '.join(fix)}, or start afresh without --ckpt_path"
             )
 
     # --- steps ------------------------------------------------------------------------------------------------------

@@ -64,9 +64,9 @@ class DenoisingAutoencoder(RestorationAutoencoder):
     def __init__(self, corruption: Corruption = "gaussian", corruption_level: float = 0.3, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if corruption == "gaussian":
-            check_number("gaussian noise std", corruption_level, "[0, inf)")
+            check_number("corruption_level: the gaussian noise std", corruption_level, "[0, inf)")
         else:
-            check_number(f"{corruption} fraction", corruption_level, "[0, 1)")
+            check_number(f"corruption_level: the {corruption} fraction", corruption_level, "[0, 1)")
         if corruption == "salt_and_pepper" and len(self.input_shape) == 1:
             raise ValueError(
                 f"corruption: salt_and_pepper sets pixels to 0 or 1, which means nothing for the feature vectors of "
