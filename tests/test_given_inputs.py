@@ -19,8 +19,8 @@ TINY = {"latent_dim": 4, "hidden_dims": [16]}
 @pytest.mark.parametrize(
     "images, steps, message",
     [
-        (torch.rand(3, 28, 28), None, r"expects images of shape \(1, 28, 28\), got a batch of shape \(3, 28, 28\)"),
-        (torch.rand(3, 1, 32, 32), None, r"got a batch of shape \(3, 1, 32, 32\)"),
+        (torch.rand(3, 28, 28), None, r"takes images \[B, 1, 28, 28\], got a tensor of shape \[3, 28, 28\]: add the"),
+        (torch.rand(3, 1, 32, 32), None, r"got a tensor of shape \[3, 1, 32, 32\]$"),
         (torch.zeros(3, 1, 28, 28, dtype=torch.uint8), None, r"float images in \[0, 1\], got a torch.uint8"),
         (torch.rand(3, 1, 28, 28), -3, "steps must be an integer >= 0, got -3"),
         (torch.rand(3, 1, 28, 28), 2.5, "steps must be an integer >= 0, got 2.5"),

@@ -33,6 +33,7 @@ from ae_lightning import (
     SparseAutoencoder,
 )
 from ae_lightning.evaluation.disentanglement import has_flat_codes
+from ae_lightning.training.prediction import PredictionWriter
 from datamodules import ArrayDataModule, MNISTDataModule
 
 ROOT = Path(__file__).parents[1]
@@ -153,6 +154,22 @@ def test_the_readmes_checkpoint_snippets_run_as_written(data_dir: Path, tmp_path
                 assert torch.equal(value, decoder_before[key]), f"encode changed the decoder's {key}"
 
 
+def test_a_stream_of_predictions_refuses_a_predict_that_also_keeps_them_all_in_memory(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # Before, Lightning's default return_predictions=True also gathered every prediction in memory beside the stream,
+    # which exists for splits larger than memory (the command sets it to false; the docstring says the writer needs it).
+    writer = PredictionWriter(format="stream")
+    root = tmp_path / "run"
+    trainer = L.Trainer(default_root_dir=root, limit_predict_batches=2, callbacks=[writer], **QUIET)
+    model, data = Autoencoder(**TINY), MNISTDataModule(data_dir=str(data_dir), batch_size=16)
+    with pytest.raises(ValueError, match=r"format='stream'.* return_predictions is True.*return_predictions=False"):
+        trainer.predict(model, datamodule=data)
+    assert not root.exists() or not any(root.iterdir())  # refused before anything was written
+    assert trainer.predict(model, datamodule=data, return_predictions=False) is None
+    assert [path.name for path in root.iterdir()] == ["predictions"] and writer.path.is_dir()
+
+
 # --- arguments, batches and checkpoints from Python -------------------------------------------------------------------
 def saved_without_trainer(model: L.LightningModule, path: Path) -> Path:
     trainer = L.Trainer(default_root_dir=path.parent, max_steps=0, enable_checkpointing=False, **QUIET)
@@ -203,6 +220,15 @@ def test_numpy_numbers_are_taken_and_stored_as_python_numbers(tmp_path: Path) ->
     initial = MNISTDataModule(data_dir=tmp_path, batch_size=np.int64(8)).hparams_initial
     assert (type(initial["data_dir"]), type(initial["batch_size"]), type(model.hparams_initial["beta"])) == (
         str, int, float)  # fmt: skip
+
+
+def test_an_autodecoders_numpy_num_codes_is_stored_as_a_python_int_and_its_checkpoint_loads(tmp_path: Path) -> None:
+    # Before, num_codes=np.int64(5) stayed a NumPy number in the checkpoint's hyperparameters, which
+    # load_from_checkpoint (torch.load with weights_only=True) then refused to unpickle.
+    model = AutoDecoder(**TINY, num_codes=np.int64(5))
+    loaded = AutoDecoder.load_from_checkpoint(saved_without_trainer(model, tmp_path / "codes.ckpt"))
+    assert loaded.num_codes == 5 and torch.equal(loaded.codes.weight, model.codes.weight)
+    assert type(model.hparams.num_codes) is int
 
 
 @pytest.mark.parametrize("stage", ["fit", "validate", "test", "predict"])
@@ -320,8 +346,9 @@ def a_prior(tmp_path: Path) -> CodePrior:
         lambda _: MultVAE(input_shape=(20,), **TINY),
         lambda _: MultDAE(input_shape=(20,), **TINY),
         a_prior,
+        lambda _: AutoDecoder(**TINY, num_codes=4, inference_steps=2),
     ],
-    ids=["sparse", "dropout", "iaf", "kl-f", "mult-vae", "mult-dae", "prior"],
+    ids=["sparse", "dropout", "iaf", "kl-f", "mult-vae", "mult-dae", "prior", "autodecoder"],
 )
 def test_variants_with_an_encode_of_their_own_refuse_another_dtype_or_shape(build, tmp_path: Path) -> None:
     # Before, these encodes skipped the base's check: float64 images failed deep in torch, an image without its batch

@@ -108,6 +108,7 @@ class AutoDecoder(DeterministicAutoencoder):
     def build_codes(self, num_codes: int) -> None:
         """Create the table of ``num_codes`` training codes (and record its size in the hyperparameters)."""
         check_arguments({"num_codes": num_codes}, AutoDecoder.__init__)
+        num_codes = int(num_codes)  # a NumPy integer too, which a checkpoint's hyperparameters cannot hold
         self.codes = nn.Embedding(num_codes, self.latent_dim)
         nn.init.normal_(self.codes.weight, std=self.code_init_std)
         self.hparams["num_codes"] = num_codes
@@ -121,8 +122,7 @@ class AutoDecoder(DeterministicAutoencoder):
         if not isinstance(x, Tensor) or not x.is_floating_point():
             found = f"a {x.dtype} tensor" if isinstance(x, Tensor) else f"a {type(x).__name__}"
             raise ValueError(f"{type(self).__name__}.encode fits codes to float images in [0, 1], got {found}")
-        self.check_input(x)
-        self.check_tensor(x, "encode(x)")  # the weights' dtype (their shape is named above)
+        self.check_tensor(x, "encode(x)")
         kept = self._kept_codes
         for kept_steps, images, codes in kept or ():
             if kept_steps == steps and images.shape == x.shape and torch.equal(images, x):

@@ -53,6 +53,12 @@ class PredictionWriter(BasePredictionWriter):
         self._rows = "images"
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.format == "stream" and trainer.predict_loop.return_predictions:
+            raise ValueError(
+                "PredictionWriter(format='stream') writes each batch as it comes, but this predict's "
+                "return_predictions is True (Lightning's default from Python), which also keeps every prediction in "
+                "memory: call trainer.predict(..., return_predictions=False), or use format='file'"
+            )
         if trainer.fast_dev_run:
             rank_zero_info("PredictionWriter: fast_dev_run writes no predictions")
             return
