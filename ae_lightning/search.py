@@ -252,16 +252,10 @@ def check_values(space: dict[str, Any], space_path: Path, configs: list[Path], f
             values = [(f"choice {value!r}", value) for value in spec["choices"]]
         else:
             values = [(f"low {spec['low']!r}", spec["low"]), (f"high {spec['high']!r}", spec["high"])]
-        section, _, argument = name.partition(".init_args.")
         for which, value in values:
             try:  # parsed as a trial's fit parses it (not seeded: only checked)
                 given = [*fit_args, "--seed_everything=false", f"--{name}={_cli_value(value)}"]
-                parsed = resolve_config(configs, given)
-                class_path = parsed.get(f"{section}.class_path") if section in ("model", "data") else None
-                cls = resolve_class_path(class_path) if class_path else None
-                if cls is not None and argument and "." not in argument:
-                    check_init_arguments(cls, {argument: parsed[name]})
-                check_optimizer_arguments(parsed, name)
+                check_argument(resolve_config(configs, given), name)
             except (argparse.ArgumentError, ValueError) as error:
                 message = one_line(str(error)) if isinstance(error, argparse.ArgumentError) else error
                 raise ConfigError(
@@ -270,13 +264,16 @@ def check_values(space: dict[str, Any], space_path: Path, configs: list[Path], f
                 ) from None
 
 
-def check_optimizer_arguments(parsed: Any, name: str) -> None:
-    """Raise torch's ValueError for an optimizer argument ``name`` (``model.init_args.optimizer.init_args.lr``) that
-    the optimizer refuses, by building it on one parameter."""
+def check_argument(parsed: Any, name: str) -> None:
+    """Raise the ValueError of the model's or datamodule's signature for an argument ``name`` of theirs
+    (``model.init_args.beta``) whose value in ``parsed`` it refuses, or torch's for an optimizer's
+    (``model.init_args.optimizer.init_args.lr``), by building the optimizer on one parameter."""
     owner, _, argument = name.rpartition(".init_args.")
     class_path = parsed.get(f"{owner}.class_path") if owner and "." not in argument else None
     cls = resolve_class_path(class_path) if isinstance(class_path, str) else None
-    if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer):
+    if cls is not None and owner in ("model", "data"):
+        check_init_arguments(cls, {argument: parsed[name]})
+    elif isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer):
         init_args = parsed.get(f"{owner}.init_args")
         cls([torch.zeros(1, requires_grad=True)], **(init_args.as_dict() if init_args else {}))
 

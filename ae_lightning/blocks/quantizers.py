@@ -64,13 +64,8 @@ class SpatialQuantizer(nn.Module):
     Args:
         kind: ``vq``, ``fsq`` or ``residual_vq``.
         channels: channels ``C`` of the codes.
-        codebook_size: codes per codebook (``vq``, ``residual_vq``); at least 2.
-        fsq_levels: levels per FSQ dimension, each at least 3; the codebook has their product of codes.
-        num_quantizers: residual levels of ``residual_vq``.
-        commitment_weight: weight of the commitment loss ``||z - sg(e)||^2`` (``vq``, ``residual_vq``).
-        ema_decay: decay of the EMA codebook updates.
-        kmeans_init: initialize the codebook by k-means on the first training batch (evaluation never does).
-        dead_code_threshold: replace a code whose EMA cluster size falls below this by a batch vector; 0 never.
+        codebook_size, fsq_levels, num_quantizers, commitment_weight, ema_decay, kmeans_init, dead_code_threshold:
+            as :class:`~ae_lightning.models.quantized.QuantizedAutoencoder`'s arguments of those names.
     """
 
     def __init__(

@@ -171,8 +171,7 @@ class CodePrior(AutoencoderModule):
     def decode(self, tokens: Tensor, y: Tensor | None = None) -> Tensor:
         """Images in [0, 1] of tokens ``[B, L]``; labels ``y`` unused."""
         self.check_tokens(tokens, "decode(tokens)")
-        height, width = self.code_grid
-        indices = tokens.reshape(len(tokens), height, width, self.levels).permute(0, 3, 1, 2)
+        indices = tokens.reshape(len(tokens), *self.code_grid, self.levels).permute(0, 3, 1, 2)
         return self.tokenizer.decode_indices(indices)
 
     def logits(self, tokens: Tensor) -> Tensor:

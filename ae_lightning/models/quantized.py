@@ -33,10 +33,10 @@ class QuantizedAutoencoder(FirstStageAutoencoder):
         codebook_size: codes per codebook (``vq``, ``residual_vq``); at least 2.
         fsq_levels: levels per FSQ dimension, each at least 3; the codebook has their product of codes.
         num_quantizers: residual levels of ``residual_vq``.
-        commitment_weight: weight of the commitment loss (``vq``, ``residual_vq``).
+        commitment_weight: weight of the commitment loss ``||z - sg(e)||^2`` (``vq``, ``residual_vq``).
         ema_decay: decay of the EMA codebook updates.
         kmeans_init: initialize the codebook by k-means on the first training batch; evaluation never changes it.
-        dead_code_threshold: replace a code whose EMA cluster size falls below this; 0 never replaces.
+        dead_code_threshold: replace a code whose EMA cluster size falls below this by a batch vector; 0 never.
         **kwargs: the :class:`~ae_lightning.models.first_stage.FirstStageAutoencoder` arguments.
     """
 
@@ -118,8 +118,7 @@ class QuantizedAutoencoder(FirstStageAutoencoder):
 
     def bits_per_pixel(self, code_shape: Sequence[int]) -> float:
         """The fixed-length rate: ``log2(codebook_size)`` bits per index, per pixel of an image."""
-        height, width = self.input_shape[1:]
-        return math.prod(code_shape) * math.log2(self.codebook_size) / (height * width)
+        return math.prod(code_shape) * math.log2(self.codebook_size) / math.prod(self.input_shape[1:])
 
     # --- codebook health --------------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:

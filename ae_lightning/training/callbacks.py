@@ -211,8 +211,7 @@ class ImageLogger(Callback):
 
     def log_image(self, trainer: L.Trainer, key: str, image: Tensor, *, step: int, epoch: int, logged_at: int) -> None:
         """Send ``image`` ``[3, H, W]`` to every logger that takes images at ``logged_at``, the step Lightning logs the
-        validation's metrics at (so that pictures and scalars line up, on the fast path too), or write a PNG named by
-        ``epoch`` and optimizer ``step`` when none does."""
+        validation's metrics at, or write a PNG named by ``epoch`` and optimizer ``step`` when none does."""
         sent = False
         for logger in trainer.loggers:
             sink = _image_sink(logger)
@@ -305,9 +304,7 @@ class SaveConfigToRun(SaveConfigCallback):
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         own, copy = Path(self.config_filename), Path(self.W_AND_B_NAME)
         stage = TrainerFn(stage).value  # "fit", "validate", "test" or "predict"
-        for logger in trainer.loggers:
-            if not isinstance(logger, WandbLogger):
-                continue
+        for logger in (logger for logger in trainer.loggers if isinstance(logger, WandbLogger)):
             folder = self.run_folder(logger, trainer) if logger is trainer.logger else None  # the run's folder
             tag, taken = ("" if stage == "fit" else f"-{stage}"), 0  # an evaluation keeps the training run's config
             while tag and folder and (folder / f"{own.stem}{tag}{own.suffix}").exists():
@@ -345,9 +342,7 @@ class LoggerRunInCheckpoint(Callback):
 
 class EMAWeightAveraging(LightningEMA):
     """Lightning's :class:`~lightning.pytorch.callbacks.EMAWeightAveraging` (same arguments and checkpoints) whose
-    average is built on the training device, as Lightning documents for no ``device`` ("the same device as the
-    original model"): Lightning builds it in ``setup``, before the strategy moves the model, so on a GPU it would be
-    kept, and updated every step from a copy of every weight, on the CPU. A ``device`` given still holds."""
+    average is kept on the training device when no ``device`` is given, as Lightning documents (docs/quantized.md)."""
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
