@@ -142,7 +142,6 @@ class ArrayDataModule(ImageDataModule):
     ) -> None:
         super().__init__(**kwargs)
         self.path = Path(path).expanduser()  # as torchvision expands its root: a YAML config is no shell
-        # labels given as a file (else a key of the data file, or None)
         self.labels_file = Path(labels).expanduser() if labels and Path(labels).suffix in SUFFIXES else None
         if self.path.suffix not in SUFFIXES:
             raise ValueError(f"path {path}: expected a {', '.join(SUFFIXES)} file")

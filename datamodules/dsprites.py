@@ -123,10 +123,8 @@ class DSpritesDataModule(ImageDataModule):
         val_fraction, test_fraction: shares of the images held out for validation and testing (seeded).
         num_samples: use a seeded random subset of this many images of the grid (after ``fixed_factors``); None: all.
         fixed_factors: keep only the images with these factors at these grid indices, e.g. ``{shape: 2}`` for hearts.
-        data_on_device: draw batches on the training device (with ``num_workers`` 0).
         binarize: accepted as by every datamodule; the images are binary, so every setting gives the same images.
-        classes: keep only these shapes in train and val (test keeps all), e.g. for one-class anomaly detection.
-        batch_size, seed, num_workers, predict_split, steps_per_batch: as for
+        batch_size, seed, num_workers, data_on_device, predict_split, classes (shapes), steps_per_batch: as for
             :class:`~datamodules.base.ImageDataModule`.
     """
 
@@ -136,7 +134,6 @@ class DSpritesDataModule(ImageDataModule):
     has_labels = True
     dataset_name = "dSprites"
     data_source = "dsprites-rendered"
-    is_image_data = True
 
     def __init__(
         self,
@@ -236,11 +233,6 @@ class DSpritesDataModule(ImageDataModule):
     def images_of(self, factors: Tensor) -> Tensor:
         """The images ``[n, 1, 64, 64]`` of ``[n, 5]`` grid indices (see :func:`render`)."""
         return render(factors)
-
-    def images(self, split: str, rows: Tensor) -> Tensor:
-        """The images ``[len(rows), 1, 64, 64]`` of ``split``'s samples ``rows``."""
-        self.setup()
-        return render(index_to_factors(self.grid_indices[split][rows]))
 
     def _loader(self, split: str, shuffle: bool) -> RenderingBatchLoader:
         self.setup()

@@ -7,7 +7,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch import Tensor
@@ -214,8 +213,7 @@ def decode_image(path: str, mode: str, size: int | None, alpha: Alpha = "refuse"
     image = opaque(image, mode, alpha, path)
     if size is not None:
         image = TF.center_crop(TF.resize(image, size), size)
-    array = np.asarray(image)
-    return torch.from_numpy(array.copy()).reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1).contiguous()
+    return TF.pil_to_tensor(image).contiguous()
 
 
 _BACKGROUNDS = {"white": (255, 255, 255, 255), "black": (0, 0, 0, 255)}

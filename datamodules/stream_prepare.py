@@ -135,8 +135,7 @@ def decode(stored: Any, channels: int) -> Tensor:
 
 
 def check_png_crcs(data: bytes) -> None:
-    """Raise a ValueError at the first chunk of the PNG ``data`` whose CRC does not match its bytes: torchvision's
-    decoder does not check them, and a damaged pixel stream crashes it (a segmentation fault, in 0.29)."""
+    """Raise a ValueError at the first chunk of the PNG ``data`` whose CRC does not match its bytes."""
     view, position = memoryview(data), len(PNG_SIGNATURE)
     while position < len(data):
         length = int.from_bytes(view[position : position + 4], "big")
@@ -272,7 +271,7 @@ def prepare_stream(
         if channels is None:
             channels = source_channels(kind, payloads, [record for records in parts.values() for record, _ in records])
         if size is not None:  # each record in flight: its pixels as uint8 and as the float32 copy of the resize
-            in_flight = AHEAD_PER_THREAD * max(1, num_workers) + 1
+            in_flight = AHEAD_PER_THREAD * num_workers + 1
             check_fits_memory(in_flight * 5 * channels * size * size, f"--size {size}: {in_flight} images in flight",
                               "choose a smaller --size or fewer --num-workers")  # fmt: skip
         first = ImageEncoder(kind, payloads.get("train"), channels, size, "raw", alpha=alpha)(splits["train"][1][0])
@@ -354,9 +353,8 @@ def _write_split(
 
     folder.mkdir(parents=True)
     writer = BinaryWriter(str(folder), chunk_size=chunk_size, chunk_bytes=None if chunk_size else chunk_bytes)
-    threads = max(1, num_threads)
-    with ThreadPoolExecutor(threads) as pool:
-        for index, item in enumerate(ordered_map(pool, encoder, records, AHEAD_PER_THREAD * threads)):
+    with ThreadPoolExecutor(num_threads) as pool:
+        for index, item in enumerate(ordered_map(pool, encoder, records, AHEAD_PER_THREAD * num_threads)):
             writer[index] = item
     writer.done()
     writer.merge()
@@ -548,7 +546,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--print_traceback", action="store_true", help="show where a refusal came from")
     args = parser.parse_args(argv)
-    traceback = args.print_traceback or os.environ.get("AE_LIGHTNING_TRACEBACK") == "1"
     kind = source_kind(args.source)
     # options whose defaults the signature holds: given where they do not apply, they would be ignored
     unused = {
@@ -566,7 +563,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         manifest = prepare_stream(**{k: v for k, v in vars(args).items() if v is not None and k != "print_traceback"})
     except (ValueError, OSError, ImportError) as error:  # a refusal or bad input: its message alone, as ae-lightning
-        if traceback:
+        if args.print_traceback or os.environ.get("AE_LIGHTNING_TRACEBACK") == "1":
             raise
         parser.exit(1, f"{parser.prog}: error: {error}\n(add --print_traceback for the traceback)\n")
     counts = ", ".join(f"{split} {manifest.counts[split]} in {len(manifest.chunks[split])} chunks" for split in SPLITS)

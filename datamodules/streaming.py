@@ -326,9 +326,6 @@ class StreamingDataModule(ImageDataModule):
     def data_source(self) -> str:
         return f"stream-{self.manifest.fingerprint[:12]}"
 
-    def source_paths(self) -> list[str]:
-        return [self.location.uri]
-
     @property
     def dataset_name(self) -> str:
         return self.location.uri.rstrip("/").rsplit("/", 1)[-1]
