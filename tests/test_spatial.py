@@ -15,7 +15,7 @@ from test_variants import make_trainer
 from torch import Tensor, nn
 from torch.distributions import Normal, kl_divergence
 
-from ae_lightning import VAE, Autoencoder
+from ae_lightning import VAE, Autoencoder, KLAutoencoder
 from ae_lightning.blocks.spatial import SpatialDecoder, SpatialEncoder
 from ae_lightning.evaluation.driver import encode_split
 from ae_lightning.evaluation.visualization import VIEWS, applicable_views, draw_views
@@ -150,3 +150,21 @@ def test_every_picture_and_the_probes_take_spatial_codes() -> None:
         model, TensorBatchLoader(images, labels, torch.arange(12), batch_size=5, shuffle=False, seed=0)
     )
     assert codes.shape == (12, 2 * 4 * 4)  # flattened, for the linear probe and k-NN
+
+
+def test_the_kl_autoencoders_code_std_is_over_all_the_test_codes_whatever_the_batch_size(tmp_path: Path) -> None:
+    # It was the mean of each batch's std: 0.004 at batch size 1 for codes whose std is 0.26 (a scale factor 65
+    # times too large), because one image's codes vary less than the codes of different images.
+    encoder = nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(3, 4, 1, bias=False))  # means: brightness
+    nn.init.constant_(encoder[1].weight, 1 / 3)
+    model = KLAutoencoder(latent_dim=2, hidden_dims=[8], residual_blocks=1, input_shape=(3, 16, 16), encoder=encoder)
+    x = (torch.linspace(0.1, 0.9, 8).view(8, 1, 1, 1) + 0.05 * rgb(8, 16)).clamp(0, 1)  # photos of 8 brightnesses
+    with torch.no_grad():
+        expected = model.encode(x).std(correction=0).item()
+    for batch_size in (1, 3, 8):
+        loader = TensorBatchLoader(x, torch.zeros(8), torch.arange(8), batch_size=batch_size, shuffle=False, seed=0)
+        trainer = make_trainer(tmp_path, limit_val_batches=None, limit_test_batches=None)
+        (tested,) = trainer.test(model, dataloaders=loader, verbose=False)
+        (validated,) = trainer.validate(model, dataloaders=loader, verbose=False)
+        assert tested["test/code_std"] == pytest.approx(expected, rel=1e-5), batch_size
+        assert validated["val/code_std"] == pytest.approx(expected, rel=1e-5), batch_size

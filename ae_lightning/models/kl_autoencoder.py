@@ -7,8 +7,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
+from torchmetrics import Metric
 
 from ae_lightning.blocks import losses
 from ae_lightning.models.first_stage import FirstStageAutoencoder
@@ -21,8 +23,9 @@ class KLAutoencoder(FirstStageAutoencoder):
 
     The logged ``kl`` is per image (summed over the code); the loss adds ``kl_weight * kl / (C * H * W)`` to a pixel
     loss averaged over the image's C * H * W values in [0, 1] (latent diffusion's are in [-1, 1]: docs/family.md).
-    ``code_std`` (logged) is the standard deviation of a batch's codes (the decoder's input), averaged over batches:
-    latent diffusion's ``scale_factor`` is ``1 / code_std``.
+    ``code_std`` (logged) is the standard deviation of the codes (the decoder's input): of each batch's in training,
+    of all the epoch's in validation and test, whatever their batches: latent diffusion's ``scale_factor`` is
+    ``1 / test/code_std``.
 
     Args:
         kl_weight: weight of the KL term, >= 0.
@@ -32,6 +35,8 @@ class KLAutoencoder(FirstStageAutoencoder):
     def __init__(self, kl_weight: NonNegativeFloat = 1e-6, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.kl_weight = kl_weight
+        self.code_std = CodeStd()  # of the evaluation losses' codes, not of ``encode``'s (pictures, predict)
+        self._counting_codes = False
 
     @property
     def encoder_channels(self) -> int:
@@ -42,8 +47,41 @@ class KLAutoencoder(FirstStageAutoencoder):
         logvar = logvar.clamp(-30.0, 20.0)  # as latent diffusion: exp stays finite in either direction
         z = losses.reparameterize(mean, logvar) if self.training else mean
         kl = losses.kl_divergence_normal(mean.flatten(1), logvar.flatten(1)).mean()
-        logged = {"kl": kl.detach(), "code_std": z.detach().float().std(correction=0)}
+        logged = {"kl": kl.detach()}
+        if self._counting_codes:
+            self.code_std.update(z)
+        else:
+            logged["code_std"] = z.detach().float().std(correction=0)
         return z, self.kl_weight * kl / math.prod(self.input_shape), logged
+
+    def test_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        # Validation's and test's losses (in evaluation mode) count their codes into the epoch's code_std.
+        self._counting_codes = not self.training
+        try:
+            return super().test_terms(x, labels, indices)
+        finally:
+            self._counting_codes = False
+
+    def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()
+        self.code_std.reset()
+
+    def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
+        self.code_std.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        self._log_code_std("val")
+
+    def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
+        self._log_code_std("test")
+
+    def _log_code_std(self, stage: str) -> None:
+        if self.code_std.update_count:
+            self.log(f"{stage}/code_std", self.code_std.compute())
+        self.code_std.reset()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
@@ -60,4 +98,28 @@ class KLAutoencoder(FirstStageAutoencoder):
             )
 
 
-__all__ = ["KLAutoencoder"]
+class CodeStd(Metric):
+    """The standard deviation of all the elements of the codes given to :meth:`update` (over batches and processes),
+    from their count, sum and sum of squares in float64."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name in ("count", "total", "squares"):
+            self.add_state(name, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, codes: Tensor) -> None:  # type: ignore[override]
+        self.set_dtype(torch.float64)  # casting the model (bf16-true) casts these states too
+        codes = codes.detach().double()
+        # Not in place: states reset within a Trainer's inference mode cannot be updated in place outside it
+        self.count = self.count + codes.numel()
+        self.total = self.total + codes.sum()
+        self.squares = self.squares + codes.pow(2).sum()
+
+    def compute(self) -> Tensor:
+        mean = self.total / self.count
+        return (self.squares / self.count - mean**2).clamp_min(0).sqrt().float()
+
+
+__all__ = ["CodeStd", "KLAutoencoder"]
