@@ -96,12 +96,6 @@ def varying(factors: np.ndarray) -> np.ndarray:
 
 
 # --- scores of codes and factors ------------------------------------------------------------------------------------
-def discretize(codes: np.ndarray, bins: int = 20) -> np.ndarray:
-    """Each code dimension ``[N, D]`` cut into ``bins`` equal-width bins over its range, as bin indices."""
-    columns = [np.digitize(column, np.histogram(column, bins)[1][:-1]) for column in codes.T]
-    return np.stack(columns, axis=1)
-
-
 def mutual_information_gap(codes: np.ndarray, factors: np.ndarray, bins: int = 20) -> float:
     """MIG (Chen et al. 2018): ``mean_k (I(z_a; v_k) - I(z_b; v_k)) / H(v_k)`` with ``z_a``, ``z_b`` the two code
     dimensions sharing the most information with factor ``v_k``, codes discretized into ``bins`` bins.
@@ -115,8 +109,8 @@ def mutual_information_gap(codes: np.ndarray, factors: np.ndarray, bins: int = 2
 
     _check_gap_codes("mig", finite_codes(codes).shape[1])
     factors = factors[:, varying(factors)]
-    binned = discretize(codes, bins)
-    information = np.array([[mutual_info_score(f, z) for f in factors.T] for z in binned.T])  # [D, K]
+    binned = [np.digitize(z, np.histogram(z, bins)[1][:-1]) for z in codes.T]  # equal-width bins over each z's range
+    information = np.array([[mutual_info_score(f, z) for f in factors.T] for z in binned])  # [D, K]
     entropy = np.array([mutual_info_score(f, f) for f in factors.T])
     top = np.sort(information, axis=0)[::-1]
     return float(np.mean((top[0] - top[1]) / entropy))
@@ -214,8 +208,6 @@ def beta_vae_score(
 
     Args:
         encode: images -> codes.
-        source: the data with known factors.
-        generator: the draws' generator.
         batch_size: pairs per point.
         num_train: points to fit on.
         num_eval: points to score on.
@@ -260,8 +252,6 @@ def factor_vae_score(
 
     Args:
         encode: images -> codes.
-        source: the data with known factors.
-        generator: the draws' generator.
         batch_size: samples per vote.
         num_train: votes to fit the majority classifier on.
         num_eval: votes to score it on.
@@ -455,7 +445,6 @@ __all__ = [
     "check_disentanglement_settings",
     "dci",
     "disentanglement_metrics",
-    "discretize",
     "factor_vae_score",
     "finite_codes",
     "latent_traversals",

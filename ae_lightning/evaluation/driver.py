@@ -113,6 +113,13 @@ def not_applicable(model: AutoencoderModule, datamodule: ImageDataModule, name: 
     """Why metric ``name`` does not apply (:func:`metric_applies` is False): the data where it needs images (of
     some size), else the model; ``description`` says what the metric is."""
     shape = tuple(datamodule.input_shape)
+    if name == "fid":
+        return f"fid compares images, but the data are feature vectors of shape {datamodule.input_shape}"
+    if name == "auroc":
+        return (
+            "auroc follows the one-class-held-out protocol: it needs a model trained with data classes = all "
+            "but the held-out ones, and this datamodule keeps every class"
+        )
     if name in ("bce", "psnr", "ssim", *PERCEPTUAL_METRICS, *FRECHET_METRICS) and len(shape) != 3:
         return f"metric {name!r} needs images, but the data are feature vectors of shape {shape}: {description}"
     if name == "ms_ssim":
@@ -147,8 +154,6 @@ def split_loader(
     pass yields the same images (a ``dynamic`` binarization is not redrawn), so separate passes see one test set.
 
     Args:
-        datamodule: the data.
-        split: ``train``, ``val`` or ``test``.
         batch_size: images per batch; the datamodule's when None.
         max_images: keep a seeded random subset of at most this many images (in stored order); None keeps all.
         seed: seed of that subset.
@@ -337,16 +342,9 @@ def first_stage_scores(
 def negative_log_likelihood(
     model: AutoencoderModule, loader: TensorBatchLoader, num_samples: int | None, seed: int = 0
 ) -> float:
-    """Mean importance-weighted bound on -log p(x) in nats per image (``model.importance_weighted_nll``).
-
-    Args:
-        model: a VAE-family model.
-        loader: the images.
-        num_samples: importance samples per image (>= 1); the model's ``nll_samples`` when None.
-        seed: seed of the importance samples.
-    """
-    if num_samples is not None and num_samples < 1:
-        raise ValueError(f"nll needs at least 1 importance sample per image, got num_samples={num_samples}")
+    """Mean importance-weighted bound on -log p(x) in nats per image of a VAE-family model's
+    ``importance_weighted_nll``, ``num_samples`` importance samples per image (>= 1; the model's ``nll_samples`` when
+    None) seeded by ``seed``."""
     if not callable(getattr(model, "importance_weighted_nll", None)):
         name = type(model).__name__
         raise ValueError(f"{name} has no likelihood (importance_weighted_nll): nll is for the VAE family")
@@ -419,10 +417,7 @@ def frechet_distance(
     Args:
         model: a generative model (``sample``).
         classifier: network with ``features`` and ``num_features`` (see :class:`FrechetDistance`).
-        real: loader of the real images.
-        num_samples: prior samples drawn.
         batch_size: samples drawn at once; None: :func:`images_at_once` of the real images' shape.
-        seed: seed of the samples.
     """
     require_generative(model, "the Frechet distance of samples (fid)")
     metric, shape, labels = FrechetDistance(classifier).to(model.device), (), []
@@ -511,21 +506,12 @@ def evaluate(
         knn_neighbors=(knn_neighbors, 1),
     )
     for name in metrics:
-        if name == "fid":
+        if name == "fid":  # the model before the data
             require_generative(model, "the Frechet distance of samples (fid)")
-            if len(datamodule.input_shape) != 3:
-                raise ValueError(
-                    f"fid compares images, but the data are feature vectors of shape {datamodule.input_shape}"
-                )
-            if classifier is None:
-                raise ValueError("fid needs the feature classifier (classifier=...)")
-        elif name == "auroc" and not metric_applies(model, datamodule, name):
-            raise ValueError(
-                "auroc follows the one-class-held-out protocol: it needs a model trained with data classes = all "
-                "but the held-out ones, and this datamodule keeps every class"
-            )
-        elif not metric_applies(model, datamodule, name):
+        if not metric_applies(model, datamodule, name):
             raise ValueError(not_applicable(model, datamodule, name, METRICS[name]))
+        if name == "fid" and classifier is None:
+            raise ValueError("fid needs the feature classifier (classifier=...)")
     test = split_loader(datamodule, "test")
     results: dict[str, float] = {}
     if "linear_probe" in metrics or "knn" in metrics:  # first: training codes of one class are refused before any score
@@ -661,7 +647,7 @@ def check_data_source(
         where = f"data_dir={datamodule.hparams.data_dir}"
         fix = f"Point data_dir (--data_dir in the scripts) at the data it was trained on (its run's: {run_data_dir})"
     else:
-        where = ", ".join(f"{key}={datamodule.hparams.get(key)}" for key in _locations(datamodule))
+        where = ", ".join(f"{key}={datamodule.hparams.get(key)}" for key in _locations(type(datamodule)))
         fix = "Give the datamodule the data the model was trained on"
     name = datamodule.dataset_name
     raise ValueError(
@@ -670,9 +656,8 @@ def check_data_source(
     )
 
 
-def _locations(datamodule: ImageDataModule | type) -> list[str]:
+def _locations(cls: type) -> list[str]:
     """The arguments a datamodule class must be given (where its data are, for the datamodules of files)."""
-    cls = datamodule if isinstance(datamodule, type) else type(datamodule)
     varying = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
     parameters = inspect.signature(cls).parameters.values()
     return [p.name for p in parameters if p.default is p.empty and p.kind not in varying]

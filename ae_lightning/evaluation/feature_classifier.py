@@ -178,10 +178,7 @@ def train_feature_classifier(
         datamodule: the dataset, gray-level (``binarize: none``: the features must describe real images) and with
             every label (``classes`` unset).
         path: where to save; :func:`default_classifier_path` when None.
-        epochs: training epochs.
         seed: seed of the weights and batch order.
-        accelerator: Lightning accelerator.
-        progress_bar: show Lightning's progress bar.
         overwrite: replace a classifier already at ``path`` (else a FileExistsError, before any training).
     """
     if datamodule.hparams.classes is not None:

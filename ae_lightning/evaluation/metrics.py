@@ -71,8 +71,7 @@ class ReconstructionMetrics(MetricCollection):
     or fewer).
 
     Update with ``(reconstructions, images)``, both ``[B, C, H, W]`` in [0, 1]; for feature vectors ``[B, D]``
-    (``images=False``) only ``recon_mse`` (per feature) applies. Updates run in float32 outside autocast, so a test
-    under mixed precision measures what one in ``32`` would (CUDA's autocast also refuses binary cross-entropy).
+    (``images=False``) only ``recon_mse`` (per feature) applies. Updates run in float32 outside autocast.
 
     Args:
         prefix: put before every name, e.g. ``test/``.

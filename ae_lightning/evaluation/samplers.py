@@ -146,11 +146,10 @@ class TwoStageSampler(nn.Module):
         standardized = (codes - self.mean) / self.std
         generator = torch.Generator(codes.device).manual_seed(self.seed)
         optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
+        batch = min(self.batch_size, len(codes))
         self.train()
         for _ in range(self.steps):
-            rows = torch.randint(
-                len(codes), (min(self.batch_size, len(codes)),), generator=generator, device=codes.device
-            )
+            rows = torch.randint(len(codes), (batch,), generator=generator, device=codes.device)
             optimizer.zero_grad()
             self.negative_elbo(standardized[rows], generator).mean().backward()
             optimizer.step()
@@ -221,7 +220,6 @@ def frechet_distances(
     :func:`~ae_lightning.evaluation.driver.frechet_distance`).
 
     Args:
-        model: the trained model.
         train_codes: ``[N, D]`` codes of its training images (``driver.encode_split``).
         classifier: the feature classifier.
         real: loader of the real images (``driver.gray_loader``).

@@ -45,14 +45,9 @@ def applicable_views(model: AutoencoderModule) -> list[str]:
     ]
 
 
-def check_view_names(views: Sequence[str]) -> list[str]:
-    """``views`` as a list, or a ValueError naming each unknown view and listing the views."""
-    return check_known(views, VIEWS, "image view", "the views are")
-
-
 def check_views(model: AutoencoderModule, views: Sequence[str]) -> list[str]:
     """``views`` as a list, or a ValueError for an unknown view or ``samples`` of a model that cannot sample."""
-    views = check_view_names(views)
+    views = check_known(views, VIEWS, "image view", "the views are")
     if "samples" in views:
         require_generative(model, "the 'samples' view")
     continuous = [view for view in views if view in CODE_VIEWS]
@@ -295,7 +290,6 @@ def save_png(image: Tensor, path: Path) -> None:
 __all__ = [
     "VIEWS",
     "applicable_views",
-    "check_view_names",
     "check_views",
     "draw_views",
     "image_grid",
