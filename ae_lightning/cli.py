@@ -10,6 +10,7 @@ import contextlib
 import contextvars
 import importlib
 import inspect
+import itertools
 import logging
 import multiprocessing
 import os
@@ -344,21 +345,21 @@ class AutoencoderCLI(LightningCLI):
             if ckpt_path is None and subcommand != "fit":
                 advice = "name the trained run (its id or version)" if named else (
                     "give the trained run's folder as --trainer.default_root_dir")  # fmt: skip
-                raise FileNotFoundError(f"--ckpt_path last: no checkpoint {_searched(config)} to "
+                raise FileNotFoundError(f"--ckpt_path last: no checkpoint {_searched(config)[2]} to "
                                         f"{subcommand}; {advice} or its checkpoint as --ckpt_path")  # fmt: skip
         elif ckpt_path == "hpc" or (subcommand and ckpt_path is None and SLURMEnvironment.detect()):
             # Lightning's choice (``hpc``, which it also makes for no --ckpt_path under SLURM), made here so that the
             # checkpoint is checked below and by the resume checks like any other.
-            hpc = _newest_hpc_checkpoint(config)
-            if hpc is None and ckpt_path == "hpc":
-                raise FileNotFoundError(
-                    f"--ckpt_path hpc: no hpc_ckpt_<n>.ckpt in {config.trainer.get('default_root_dir') or '.'}; give "
-                    "the run's folder as --trainer.default_root_dir or its checkpoint as --ckpt_path"
-                )
-            if hpc is not None:
+            root = config.trainer.get("default_root_dir") or "."
+            if numbered := hpc_checkpoints(root):
                 given = "--ckpt_path hpc" if ckpt_path else "no --ckpt_path under SLURM (Lightning's hpc)"
-                rank_zero_info(f"{given}: using {hpc}")
-                ckpt_path = config.ckpt_path = hpc
+                ckpt_path = config.ckpt_path = str(numbered[max(numbered)])
+                rank_zero_info(f"{given}: using {ckpt_path}")
+            elif ckpt_path == "hpc":
+                raise FileNotFoundError(
+                    f"--ckpt_path hpc: no hpc_ckpt_<n>.ckpt in {root}; give the run's folder as "
+                    "--trainer.default_root_dir or its checkpoint as --ckpt_path"
+                )
         if subcommand == "fit" and ckpt_path:  # a resumed run may write its config where it wrote it before
             self.save_config_kwargs = {**self.save_config_kwargs, "overwrite": True}
         if ckpt_path and ckpt_path not in _SPECIAL_CKPT_PATHS:
@@ -399,10 +400,8 @@ class AutoencoderCLI(LightningCLI):
         )
 
     def _check_resume(self, configured: Any) -> None:
-        """Refuse, before the run creates any file, a resume that the checkpoint's progress cannot honour: model
-        settings (:meth:`AutoencoderModule.check_resume`), other data or data settings, and what
-        ``OptimizerSettingsOnResume`` refuses when training starts in ``configured`` (what ``configure_optimizers``
-        returned; None where it needs the running Trainer)."""
+        """Refuse, before the run creates any file, a resume that the checkpoint's progress cannot honour, optimizers
+        and schedulers (``configured``, what ``configure_optimizers`` returned) included unless None."""
         checkpoint = self._checkpoint
         if checkpoint is None:
             return
@@ -465,10 +464,8 @@ class AutoencoderCLI(LightningCLI):
         return configured
 
     def _check_run(self, fit: bool) -> None:
-        """Refuse, before the run creates any file, settings that the checkpoint, the networks or the data contradict,
-        data that the model cannot take (:meth:`AutoencoderModule.check_data`), what the fast path cannot keep
-        (:func:`fast.check_fit`), and a stream that misses or mis-sizes a split the run reads or that a DDP fit cannot
-        share."""
+        """Refuse, before the run creates any file, settings that the checkpoint, the networks, the data or the fast
+        path contradict, and a stream whose splits this run cannot read."""
         with _settings_refused():
             self.model.check_given_networks()
             self._check_checkpoint_fits()
@@ -643,17 +640,9 @@ def _quiet_known_noise() -> Iterator[None]:
 
 def _furthest_checkpoint(config: Any) -> str | None:
     """``--ckpt_path last``: the furthest trained (global step, then newest) ``last*.ckpt`` of this run's folder, or
-    SLURM ``hpc_ckpt_*.ckpt``; None (with a warning) when there is none yet, so that one ``fit`` command starts and
-    resumes a run (the other subcommands refuse None). Which folders it searches: docs/fault_tolerance.md."""
+    SLURM ``hpc_ckpt_*.ckpt``; None (with a warning) when there is none yet (docs/fault_tolerance.md)."""
     root = Path(config.trainer.get("default_root_dir") or ".")
-    dirpath = config.checkpoint.get("dirpath") if config.get("checkpoint") else None
-    run = None if dirpath else _named_run(config)
-    if dirpath:
-        folders = [Path(dirpath)]
-    elif run is not None:
-        folders = [run[0]]
-    else:  # <root>/checkpoints without a logger, <root>/<name>/<version>/checkpoints with one
-        folders = [root / "checkpoints", *root.glob("*/checkpoints"), *root.glob("*/*/checkpoints")]
+    folders, run, searched = _searched(config)
     for folder in [root, *folders]:  # temporary files of writers killed mid-write, in any earlier version's folder
         if folder.is_dir():
             remove_dead_writers_files(folder)
@@ -673,7 +662,7 @@ def _furthest_checkpoint(config: Any) -> str | None:
     if run is not None:  # the root's HPC checkpoints recorded as another run's are not this run's
         progress = {path: p for path, p in progress.items() if path not in hpc or p[2] in (None, run[1:])}
     if not progress:
-        rank_zero_warn(f"--ckpt_path last: no checkpoint {_searched(config)} yet, starting from scratch")
+        rank_zero_warn(f"--ckpt_path last: no checkpoint {searched} yet, starting from scratch")
         return None
     chosen = max(progress, key=lambda path: progress[path][:2])
     rank_zero_info(f"--ckpt_path last: resuming from {chosen} (global step {progress[chosen][0]})")
@@ -682,8 +671,7 @@ def _furthest_checkpoint(config: Any) -> str | None:
 
 def _named_run(config: Any) -> tuple[Path, str, str] | None:
     """``(checkpoints folder, name, version)`` of the run folder ``<save_dir>/<name>/<version>`` that the first
-    logger's settings name: a W&B run's ``<project>/<id>`` (``id`` or ``version`` given), a TensorBoard or CSV logger's
-    ``<name>/version_<N>`` (``version`` given); None where no run is named."""
+    logger's settings name (:func:`_names_a_run`); None where no run is named."""
     logger = _loggers(config)[0]  # Lightning's ``trainer.logger``, in whose run folder the checkpoints go
     logger_class = resolve_class_path(logger.class_path) if hasattr(logger, "class_path") else None
     if not isinstance(logger_class, type) or not issubclass(logger_class, (CSVLogger, TensorBoardLogger, WandbLogger)):
@@ -702,23 +690,25 @@ def _names_a_run(init_args: Any) -> bool:
     return any(init_args.get(key) is not None for key in ("version", "id"))
 
 
-def _searched(config: Any) -> str:
-    """Where :func:`_furthest_checkpoint` looks, for its messages."""
+def _searched(config: Any) -> tuple[list[Path], tuple[Path, str, str] | None, str]:
+    """Where :func:`_furthest_checkpoint` looks: the folders, the run that the logger names (:func:`_named_run`) and,
+    for messages, the place in words."""
+    root = config.trainer.get("default_root_dir") or "."
     dirpath = config.checkpoint.get("dirpath") if config.get("checkpoint") else None
     if dirpath:
-        return f"in {dirpath}"
+        return [Path(dirpath)], None, f"in {dirpath}"
     run = _named_run(config)
-    if run is None:
-        return f"under {config.trainer.get('default_root_dir') or '.'}"
+    if run is None:  # <root>/checkpoints without a logger, <root>/<name>/<version>/checkpoints with one
+        folders = [Path(root, "checkpoints"), *Path(root).glob("*/checkpoints"), *Path(root).glob("*/*/checkpoints")]
+        return folders, None, f"under {root}"
     init_args = _loggers(config)[0].init_args
     key = "version" if init_args.get("version") is not None else "id"
-    return f"in {run[0]} (the run that --trainer.logger.{key} {init_args[key]} names)"
+    return [run[0]], run, f"in {run[0]} (the run that --trainer.logger.{key} {init_args[key]} names)"
 
 
 def _continue_wandb_run(config: Any, checkpoint: dict[str, Any]) -> None:
-    """A fit resumed under WandbLoggers given no run ``id`` (or ``version``) continues the W&B runs that wrote the
-    checkpoint (:class:`LoggerRunInCheckpoint`), the i-th W&B logger the i-th run, each where it logs to that run's
-    project."""
+    """Give the WandbLoggers of a resumed fit that name no run the ids of the W&B runs that wrote the checkpoint
+    (:class:`LoggerRunInCheckpoint`), the i-th W&B logger the i-th run, each where it logs to that run's project."""
     recorded = checkpoint.get(LoggerRunInCheckpoint.wandb_key)
     if recorded is None:  # checkpoints written before 2026-12-06 record the first logger's run only
         first = checkpoint.get(LoggerRunInCheckpoint.key) or {}
@@ -743,13 +733,6 @@ def _continue_wandb_run(config: Any, checkpoint: dict[str, Any]) -> None:
 def _is_wandb(class_path: str) -> bool:
     logger_class = resolve_class_path(class_path)
     return isinstance(logger_class, type) and issubclass(logger_class, WandbLogger)
-
-
-def _newest_hpc_checkpoint(config: Any) -> str | None:
-    """The ``hpc_ckpt_<n>.ckpt`` of ``default_root_dir`` with the largest ``n`` (Lightning's SLURM requeue
-    checkpoints, numbered as it numbers them), or None."""
-    numbered = hpc_checkpoints(config.trainer.get("default_root_dir") or ".")
-    return str(numbered[max(numbered)]) if numbered else None
 
 
 def _fast_path(config: Any, fit: bool) -> None:
@@ -795,12 +778,9 @@ def _streamed_predictions(config: Any) -> None:
 
 
 def _logger_defaults(config: Any) -> dict[int, dict[str, Any]]:
-    """The loggers' settings that stand for a default, resolved in ``config``: a logger without a ``save_dir`` of its
-    own (the default TensorBoard logger; a WandbLogger given no ``save_dir`` or ``dir``, or ``.``, whereas ``./``
-    writes into the current folder) writes under ``default_root_dir``; a WandbLogger's ``dir`` becomes its
-    ``save_dir``, and both at once are refused; :data:`OWN_DEFAULT` becomes the logger class's own default; extra
-    keyword arguments (``wandb.init``'s) left None are not passed. Returns the settings each logger (by position) had
-    before, which the run's saved config keeps (:func:`_as_given`)."""
+    """Resolve in ``config`` the loggers' settings that stand for a default (:data:`ROOT_DIR`, :data:`OWN_DEFAULT`,
+    a WandbLogger's ``dir`` or default ``save_dir``; both ``dir`` and ``save_dir`` are refused) and drop extra keyword
+    arguments left None. Returns the settings each logger (by position) had before (:func:`_as_given`)."""
     root = config.trainer.get("default_root_dir") or "."
     given: dict[int, dict[str, Any]] = {}
     for i, logger in enumerate(_loggers(config)):
@@ -922,11 +902,8 @@ def one_line(message: str) -> str:
     start = next((i for i, line in enumerate(lines) if "- Problem with given class_path" in line), None)
     if key and start is not None:
         indent = len(lines[start]) - len(lines[start].lstrip())
-        block = []
-        for line in lines[start + 1 :]:
-            if line.strip() and len(line) - len(line.lstrip()) <= indent:
-                break
-            block.append(line.strip())
+        nested = itertools.takewhile(lambda s: not s.strip() or len(s) - len(s.lstrip()) > indent, lines[start + 1 :])
+        block = [line.strip() for line in nested]
         names = re.findall(r'Parser key "([^"]+)":|Problem with given class_path \'([^\']+)\':', "\n".join(block))
         causes = [line for line in (re.sub(_WRAPPERS, "", line).strip() for line in block)
                   if line and not _UNION_LINES.match(line)]  # fmt: skip

@@ -1,10 +1,8 @@
 """The few Lightning internals ae-lightning relies on, where Lightning offers no public route (``__all__``).
 
 Each use has a test in ``tests/test_lightning_internals.py`` that fails with a clear message when a Lightning release
-changes it; ``pyproject.toml`` bounds Lightning to the releases the suite ran on. That file also tests internals used
-elsewhere: the loaders posing as DataLoaders, the CLI's checkpoint hyperparameters, litdata's state,
-vector-quantize-pytorch's ``initted``, a resume's skipped validation, a detached module's ``trainer``, an unopened
-progress bar and Lightning's signal handlers. Why each is needed: ``docs/internals.md``.
+changes it; ``pyproject.toml`` bounds Lightning to the releases the suite ran on. Why each is needed:
+``docs/internals.md``.
 """
 
 from __future__ import annotations
@@ -26,8 +24,7 @@ def every_n_train_steps(checkpoint: ModelCheckpoint) -> int:
 
 
 def enable_version_counter(checkpoint: ModelCheckpoint) -> bool:
-    """The ``enable_version_counter`` a ``ModelCheckpoint`` was built with: whether it writes ``last-v1.ckpt``, ...
-    where its file name exists (else it overwrites that file)."""
+    """The ``enable_version_counter`` a ``ModelCheckpoint`` was built with (False: it overwrites an existing file)."""
     changed = "ModelCheckpoint no longer keeps `_enable_version_counter`"
     return _read(lambda: bool(checkpoint._enable_version_counter), changed)
 
@@ -41,16 +38,14 @@ def uncounted_optimizer_step(trainer: L.Trainer, optimizer: Optimizer) -> None:
 
 
 def batches_that_stepped(trainer: L.Trainer) -> int:
-    """The training batches of ``fit`` that stepped before the current one: Lightning writes a training step's logs
-    when this plus one is a multiple of ``log_every_n_steps`` (or the run stops)."""
+    """The training batches of ``fit`` that stepped before the current one."""
     changed = "the training epoch loop no longer counts `_batches_that_stepped`"
     return _read(lambda: int(trainer.fit_loop.epoch_loop._batches_that_stepped), changed)
 
 
 def ends_training_epoch(trainer: L.Trainer) -> bool:
-    """Whether the training batch that ``trainer`` runs (or has just run) is its epoch's last: the point at which
-    Lightning steps the epoch-interval lr schedulers under automatic optimization (also true in the epoch-end hooks
-    after it, false there when the run stopped inside the epoch)."""
+    """Whether the training batch that ``trainer`` runs (or has just run) is its epoch's last (also true in the
+    epoch-end hooks after it, false there when the run stopped inside the epoch)."""
     changed = "the training epoch loop no longer has `_num_ready_batches_reached`"
     return _read(lambda: bool(trainer.fit_loop.epoch_loop._num_ready_batches_reached()), changed)
 
@@ -66,16 +61,14 @@ def stored_loader_states(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def restarts_a_finished_epoch(checkpoint: dict[str, Any]) -> bool:
-    """Whether ``checkpoint`` was written after its epoch's training ended (an epoch-end checkpoint, or the one at the
-    end of fit) and :func:`start_next_epoch` did not mark it: Lightning 2.6, given ``max_steps``, restarts that epoch on
-    resume as if unfinished, and counts it again."""
+    """Whether ``checkpoint`` was written after its epoch's training ended and :func:`start_next_epoch` did not mark
+    it (Lightning 2.6, given ``max_steps``, restarts that epoch on resume)."""
     return _finished_epoch(checkpoint) is not None
 
 
 def reopen_stopped_epoch(trainer: L.Trainer, checkpoint: dict[str, Any]) -> bool:
     """Mark the epoch of ``checkpoint`` (a checkpoint of ``trainer``'s fit) unfinished where fit stopped inside it
-    (``max_steps``, ``should_stop``), as in a checkpoint at its last step: Lightning 2.6 counts that epoch processed
-    once fit stops, and resumes at the next epoch, skipping the rest of its batches. Returns whether it did."""
+    (``max_steps``, ``should_stop``), as in a checkpoint at its last step. Returns whether it did."""
     progress = None if ends_training_epoch(trainer) else _finished_epoch(checkpoint)
     if progress is None:
         return False
@@ -87,12 +80,9 @@ def reopen_stopped_epoch(trainer: L.Trainer, checkpoint: dict[str, Any]) -> bool
 
 
 def start_next_epoch(trainer: L.Trainer, checkpoint: dict[str, Any]) -> bool:
-    """Mark ``checkpoint`` (a checkpoint of ``trainer``'s fit written after its epoch's training ran to its last batch:
-    in ``on_train_epoch_end``, or once fit returned) as at the start of the next epoch: that epoch completed, none of
-    the next one's batches counted. Lightning 2.6, given ``max_steps``, resumes any checkpoint as restarting and keeps
-    the finished epoch's batch counts: without a validation after its last batch it counts the next epoch's first batch
-    into the finished one and ends the next epoch early; with one, it runs the finished epoch's end again and counts
-    that epoch twice. Returns whether it did."""
+    """Mark ``checkpoint`` (a checkpoint of ``trainer``'s fit written after its epoch's training ran to its last batch)
+    as at the start of the next epoch: that epoch completed, none of the next one's batches counted. Returns whether
+    it did."""
     progress = _finished_epoch(checkpoint) if ends_training_epoch(trainer) else None
     if progress is None:
         return False
@@ -142,8 +132,7 @@ def has_forward_hooks(module: nn.Module) -> bool:
 
 def weighted_batch_size(n: int) -> float:
     """The ``batch_size`` for ``self.log(..., sync_dist=True)`` of an epoch mean over all ranks' samples: ``n`` as a
-    float, since Lightning sums the batch sizes in a tensor of their type and floors an integer one's mean across
-    ranks."""
+    float (Lightning floors an integer one's mean across ranks)."""
     return float(n)
 
 

@@ -17,16 +17,13 @@ from ae_lightning.lightning_internals import reopen_stopped_epoch, start_next_ep
 
 
 class UnfinishedEpochInCheckpoint(Callback):
-    """Checkpoints written after fit stopped inside an epoch (``max_steps``; ``trainer.save_checkpoint`` once fit
-    returned, or an epoch-end checkpoint of that epoch) record the epoch as unfinished, as a checkpoint at the last
-    step does: a resume goes on with its remaining batches instead of starting the next epoch. Those written after an
-    epoch's training ran to its last batch (an epoch-end checkpoint, or once fit returned) record the next epoch as not
-    begun: a resume with ``max_steps`` starts it at its first batch, and counts the epochs as one fit does
+    """Marks checkpoints written after fit stopped inside an epoch as unfinished (a resume goes on with its remaining
+    batches), and those written after an epoch's training ran to its last batch as at the next epoch's first batch
     (``docs/fault_tolerance.md``). The command installs it."""
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        reopen_stopped_epoch(trainer, checkpoint)  # fit stopped inside the epoch
-        start_next_epoch(trainer, checkpoint)  # or the epoch's training ran to its end
+        reopen_stopped_epoch(trainer, checkpoint)
+        start_next_epoch(trainer, checkpoint)
 
 
 class OptimizerSettingsOnResume(Callback):
@@ -152,8 +149,7 @@ _NOT_RESCALABLE = (OneCycleLR, CyclicLR, SequentialLR, ChainedScheduler)
 def check_scheduler_settings(i: int, state: dict[str, Any], scheduler: Any) -> None:
     """Refuse a resume whose scheduler ``i`` (or one a SequentialLR or ChainedScheduler holds) has other plain settings
     than the checkpoint's ``state`` (its ``state_dict``): Lightning restores the checkpoint's."""
-    differing = _differing_settings(state, scheduler.state_dict())
-    if differing:
+    if differing := _differing_settings(state, scheduler.state_dict()):
         name, (before, now) = differing
         raise ConfigError(
             f"lr scheduler {i} ({type(scheduler).__name__}) was built with {name}={before!r} in the checkpoint's run "
@@ -193,8 +189,7 @@ def _differing_settings(before: dict[str, Any], now: dict[str, Any], prefix: str
             continue
         if key == "_schedulers" and isinstance(value, list) and isinstance(now[key], list):
             for j, (child, fresh) in enumerate(zip(value, now[key])):
-                found = _differing_settings(child, fresh, f"{prefix}schedulers[{j}].")
-                if found:
+                if found := _differing_settings(child, fresh, f"{prefix}schedulers[{j}]."):
                     return found
         elif _plain(value) and value != now[key]:
             return f"{prefix}{key.removeprefix('_')}", (value, now[key])
