@@ -50,6 +50,12 @@ def ends_training_epoch(trainer: L.Trainer) -> bool:
     return _read(lambda: bool(trainer.fit_loop.epoch_loop._num_ready_batches_reached()), changed)
 
 
+def returns_predictions(trainer: L.Trainer) -> bool:
+    """Whether the running ``predict`` keeps every prediction in memory (its ``return_predictions``)."""
+    changed = "the predict loop no longer has `return_predictions`"
+    return _read(lambda: bool(trainer.predict_loop.return_predictions), changed)
+
+
 def stored_loader_states(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
     """The training loaders' ``state_dict``s in a checkpoint of ``fit`` (empty if it holds none)."""
     loops = checkpoint.get("loops")
@@ -155,6 +161,7 @@ __all__ = [
     "has_forward_hooks",
     "reopen_stopped_epoch",
     "restarts_a_finished_epoch",
+    "returns_predictions",
     "start_next_epoch",
     "stored_loader_states",
     "uncounted_optimizer_step",

@@ -13,7 +13,7 @@ import lightning as L
 import pytest
 import torch
 from conftest import write_image_folder
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 from vector_quantize_pytorch import VectorQuantize
@@ -27,6 +27,7 @@ from ae_lightning.lightning_internals import (
     every_n_train_steps,
     reopen_stopped_epoch,
     restarts_a_finished_epoch,
+    returns_predictions,
     start_next_epoch,
     stored_loader_states,
     uncounted_optimizer_step,
@@ -619,3 +620,21 @@ def test_lightning_installs_its_sigterm_handler_after_on_fit_start_and_puts_back
         "SlurmRequeue (ae_lightning/training/fault_tolerance/slurm.py) installs its handler first for Lightning to "
         "leave it alone"
     )
+
+
+def test_the_predict_loop_keeps_return_predictions_where_returns_predictions_reads_it(tmp_path) -> None:
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    class Seen(Callback):
+        def __init__(self) -> None:
+            self.returned: list[bool] = []
+
+        def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            self.returned.append(returns_predictions(trainer))
+
+    seen = Seen()
+    trainer = L.Trainer(default_root_dir=tmp_path, limit_predict_batches=1, callbacks=[seen], logger=False,
+                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.predict(BoringModel())
+    trainer.predict(BoringModel(), return_predictions=False)
+    assert seen.returned == [True, False]

@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
+from ae_lightning.lightning_internals import returns_predictions
 from ae_lightning.training.callbacks import SaveConfigToRun
 from datamodules.checks import byte_count, check_arguments
 
@@ -53,7 +54,7 @@ class PredictionWriter(BasePredictionWriter):
         self._rows = "images"
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.format == "stream" and trainer.predict_loop.return_predictions:
+        if self.format == "stream" and returns_predictions(trainer):
             raise ValueError(
                 "PredictionWriter(format='stream') writes each batch as it comes, but this predict's "
                 "return_predictions is True (Lightning's default from Python), which also keeps every prediction in "
