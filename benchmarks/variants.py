@@ -452,7 +452,7 @@ def write_results(
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.plots.mkdir(parents=True, exist_ok=True)
     results = {**context, "variants": [_row_json(row, args.plots) for row in rows], "complete": len(rows) == total}
-    write_atomically(args.plots / "results.json", (json.dumps(results, indent=2) + "\n").encode())
+    write_atomically(args.plots / "results.json", (evaluation.strict_json(results) + "\n").encode())
     write_atomically(args.output, render_markdown(args, context, metrics, rows, total).encode())
 
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
-import math
 import os
 from pathlib import Path
 
@@ -186,11 +184,6 @@ def write_all(outputs: dict[Path, bytes]) -> None:
             temporary.unlink(missing_ok=True)
 
 
-def json_text(scores: dict[str, float]) -> str:
-    """``scores`` as strict JSON, which has no NaN or infinity: a non-finite score is ``null``."""
-    return json.dumps({name: value if math.isfinite(value) else None for name, value in scores.items()}, indent=2)
-
-
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
     processes = int(os.environ.get("WORLD_SIZE", "1"))
@@ -319,7 +312,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             factors = datamodule.sample_factors(4, torch.Generator().manual_seed(args.seed))
             pictures["traversals"] = disentanglement.latent_traversals(model, datamodule.images_of(factors))
     # written once everything is computed, all or none, so that a failure leaves no output of this run
-    outputs = {} if args.json is None else {args.json: (json_text(scores) + "\n").encode()}
+    outputs = {} if args.json is None else {args.json: (evaluation.strict_json(scores) + "\n").encode()}
     for view, image in pictures.items():
         png = io.BytesIO()
         save_image(image, png, format="png")

@@ -207,6 +207,10 @@ def main(argv: list[str] | None = None) -> None:
         help="ae-lightning arguments for every run, e.g. --set model.init_args.code_pretrain_lr=0.01",
     )
     args = parser.parse_args(argv)
+    least = {"epochs": 1, "mnist_epochs": 1, "pretrain_epochs": 0, "mnist_pretrain_epochs": 0}
+    for name, value in ((name, getattr(args, name)) for name in least):
+        if value is not None and value < least[name]:
+            parser.error(f"--{name.replace('_', '-')} {value}: expected at least {least[name]}")
     if (held := [path for path in outputs(args) if path.exists()]) and not args.overwrite:
         parser.error(f"--out {args.out} holds an earlier run's {held[0].relative_to(args.out)}; name another folder, "
                      "or pass --overwrite to replace its results")  # fmt: skip

@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="+", choices=list(runs(Path(), 0)), help="run only these (default: all)")
     parser.add_argument("--overwrite", action="store_true", help="replace the scores and pictures of earlier runs")
     args = parser.parse_args(argv)
+    if args.epochs < 1:
+        parser.error(f"--epochs {args.epochs}: expected at least 1")
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     chosen = {name: run for name, run in runs(args.out, args.epochs).items() if name in (args.only or [name])}

@@ -62,6 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument("--overwrite", action="store_true", help="replace a classifier already at the output")
     args = parser.parse_args(argv)
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} {getattr(args, name)}: expected at least 1")
     if args.checkpoint is not None:
         for name in ("data", "input_dir", "image_size", "channels"):
             if getattr(args, name) is not None:

@@ -188,3 +188,24 @@ def test_the_disentanglement_benchmark_dates_its_output_in_utc_as_it_says(
         time.tzset()
     stamp = capsys.readouterr().out.splitlines()[1].rsplit(", ", 1)[1]
     assert stamp in {moment.strftime("%Y-%m-%d %H:%M UTC") for moment in (before, after)}
+
+
+@pytest.mark.parametrize(
+    "script, argv, message",
+    [("own_data_demo", ["--epochs", "-1"], "--epochs -1: expected at least 1"),
+     ("family_report", ["iwae", "--epochs", "-1"], "--epochs -1: expected at least 1"),
+     ("family_report", ["deep_ae", "--mnist-pretrain-epochs", "-2"], "--mnist-pretrain-epochs -2: expected at least 0"),
+     ("train_feature_classifier", ["--epochs", "0"], "--epochs 0: expected at least 1")],
+    ids=["own_data_demo", "family_report", "family_report-pretrain", "train_feature_classifier"],
+)  # fmt: skip
+def test_the_scripts_refuse_a_count_of_epochs_they_cannot_train_as_settings_before_anything_runs(
+    script: str, argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # own_data_demo wrote its data and failed naming an option the user never gave, family_report trained forever
+    # (max_epochs -1), train_feature_classifier exited 1 after announcing 0 epochs
+    out = ["--output", str(tmp_path / "out" / "c.pt")] if script == "train_feature_classifier" else []
+    out = out or ["--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exited:
+        load_script(script).main([*argv, *out])
+    assert exited.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

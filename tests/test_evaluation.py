@@ -1020,14 +1020,18 @@ def test_a_conditional_models_fid_samples_the_real_images_classes() -> None:
     assert len(drawn) == 30 and torch.equal(drawn, labels.repeat(2)[:30])  # the real labels in turn
 
 
-def test_the_evaluate_scripts_json_is_strict_with_non_finite_scores_as_null() -> None:
-    # a NaN score was written as a bare NaN, which strict JSON readers (jq, JSON.parse) refuse
-    text = load_script("evaluate").json_text({"mse": 0.5, "nll": float("nan"), "fid": float("inf")})
+def test_the_scripts_json_is_strict_with_non_finite_scores_as_null() -> None:
+    # a NaN score was written as a bare NaN, which strict JSON readers (jq, JSON.parse) refuse: evaluate.py's scores,
+    # and the benchmark's results.json, whose scores are nested in its variants
+    scores = {"mse": 0.5, "nll": float("nan"), "fid": float("inf")}
+    text = evaluation.strict_json({"variants": [{"scores": scores, "seeds": (1, 2)}], "complete": True})
 
     def refuse(constant: str) -> None:
         raise ValueError(f"{constant} is not JSON")
 
-    assert json.loads(text, parse_constant=refuse) == {"mse": 0.5, "nll": None, "fid": None}
+    expected = {"mse": 0.5, "nll": None, "fid": None}
+    assert json.loads(text, parse_constant=refuse) == {"variants": [{"scores": expected, "seeds": [1, 2]}],
+                                                       "complete": True}  # fmt: skip
 
 
 def test_an_atomic_write_syncs_the_file_then_its_folder(tmp_path: Path) -> None:

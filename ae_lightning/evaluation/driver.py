@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import math
 import sys
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
@@ -680,6 +681,20 @@ def _no_data_dir(data_class: type, data_hparams: dict[str, Any], data_dir: str |
     )
 
 
+def strict_json(value: Any) -> str:
+    """``value`` (dicts, lists and numbers, nested) as strict JSON, which has no NaN or infinity: a non-finite float
+    is ``null``."""
+
+    def finite(item: Any) -> Any:
+        if isinstance(item, float) and not math.isfinite(item):
+            return None
+        if isinstance(item, dict):
+            return {key: finite(value) for key, value in item.items()}
+        return [finite(value) for value in item] if isinstance(item, (list, tuple)) else item
+
+    return json.dumps(finite(value), indent=2)
+
+
 __all__ = [
     "METRICS",
     "anomaly_auroc",
@@ -713,4 +728,5 @@ __all__ = [
     "reconstruction_scores",
     "require_generative",
     "split_loader",
+    "strict_json",
 ]
