@@ -581,6 +581,10 @@ def objective(
                 f"trial {trial.number} ran no validation, so it has no {metric}: give its fit a validation (more "
                 "--trainer.max_steps or --trainer.max_epochs, or a smaller --trainer.val_check_interval)"
             )
+        if metric in logged:  # validated, never to a finite value: the trial diverged, as a non-finite loss does
+            message = f"trial {trial.number}'s {metric} was not finite at any validation"
+            trial.set_user_attr("diverged", message)
+            raise NonFiniteLossError(message)
         raise ValueError(f"trial {trial.number} logged no finite {metric}; its validation logged {', '.join(logged)}")
     return min(values) if mode == "min" else max(values)
 

@@ -15,9 +15,10 @@ from unittest import mock
 
 import optuna
 import pytest
+import torch
 import yaml
 
-from ae_lightning import search
+from ae_lightning import Autoencoder, search
 from ae_lightning.cli import AutoencoderCLI
 
 ROOT = Path(__file__).parents[1]
@@ -307,6 +308,22 @@ def test_a_diverging_trial_fails_and_the_search_goes_on(tmp_path: Path, data_dir
     assert first.state == optuna.trial.TrialState.FAIL and "not finite" in first.user_attrs["diverged"]
     assert "Trial 0 failed" in caplog.text and "NonFiniteLossError" in caplog.text
     assert second.state == optuna.trial.TrialState.COMPLETE and len(study.trials) == 2  # it counts as a finished trial
+
+
+class NonFiniteValidation(Autoencoder):
+    """Trains as the plain AE; its validation's ``val/loss`` is NaN (weights gone NaN after the guard's last check)."""
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.log("val/loss", torch.tensor(float("nan")))
+
+
+def test_a_trial_whose_validations_are_never_finite_fails_as_diverged_and_the_search_goes_on(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    args = search_args(tmp_path, data_dir, "--n_trials", "2", "--model", f"{__name__}.NonFiniteValidation")
+    study = search.run(args)  # before, the first trial's ValueError stopped the search
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2
+    assert all("val/loss was not finite at any validation" in t.user_attrs["diverged"] for t in study.trials)
 
 
 def test_a_locked_storage_is_named(tmp_path: Path, data_dir: Path) -> None:
