@@ -43,7 +43,7 @@ REFUSED = "name another folder, or pass --overwrite to replace its"
          "--out {out} holds an earlier run's iwae_k5/final_state.pt; " + REFUSED),
         ("family_report", "deep_ae --only-2d --data_dir {out}/x --out {out}", "pca_2d_map_mnist.png",
          "--out {out} holds an earlier run's pca_2d_map_mnist.png; " + REFUSED),
-        ("own_data_demo", "--only digits_vae --epochs 0 --out {out}", "pictures/digits_vae_samples.png",
+        ("own_data_demo", "--only digits_vae --epochs 1 --out {out}", "pictures/digits_vae_samples.png",
          "--out {out} holds the results of an earlier digits_vae run; name another folder, or pass --overwrite"),
         ("adversarial_sharpness", "--data_dir {out}/x --steps 1 --disc_start 0 --out {out}", "sharpness.png",
          "--out {out} holds an earlier run ({out}/sharpness.png): name another folder"),
