@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import inspect
-import io
 import json
 import os
 import platform
@@ -43,7 +42,6 @@ from unittest import mock
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from torchvision.utils import save_image
 
 from ae_lightning.cli import AutoencoderCLI, run_command
 from ae_lightning.evaluation import driver as evaluation
@@ -384,9 +382,8 @@ def save_pictures(model: Any, datamodule: ImageDataModule, args: argparse.Namesp
     args.plots.mkdir(parents=True, exist_ok=True)
     saved = {}
     for view, image in pictures.items():
-        path, png = args.plots / f"{name}_{PICTURE_FILES[view]}.png", io.BytesIO()
-        save_image(image, png, "png")
-        write_atomically(path, png.getvalue())
+        path = args.plots / f"{name}_{PICTURE_FILES[view]}.png"
+        visualization.save_png(image, path)
         saved[view] = str(path)
     return saved
 

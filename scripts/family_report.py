@@ -21,7 +21,6 @@ from unittest import mock
 
 import numpy as np
 import torch
-from torchvision.utils import save_image
 
 from ae_lightning.cli import AutoencoderCLI
 from ae_lightning.evaluation import visualization
@@ -72,12 +71,6 @@ def save(out: Path, section: str, results: dict) -> None:
     write_atomically(path, json.dumps({**old, **results}, indent=1).encode())
 
 
-def save_picture(image: torch.Tensor, path: Path) -> None:
-    png = io.BytesIO()
-    save_image(image, png, "png")
-    write_atomically(path, png.getvalue())
-
-
 def outputs(args: argparse.Namespace) -> list[Path]:
     """The files the sections asked would write: each run's final weights, and the pictures."""
     runs = [f"iwae_k{k}" for k in args.iw_samples] if "iwae" in args.sections else []
@@ -116,7 +109,7 @@ def superres(out: Path, data: list[str], epochs: int) -> None:
         images, labels = result["datamodule"].splits["test"]
         x = images[:16].float().div(255)
         grid = visualization.draw_views(result["model"], x, labels[:16], ["reconstructions"])["reconstructions"]
-        save_picture(grid, out / f"superres_x{scale}.png")
+        visualization.save_png(grid, out / f"superres_x{scale}.png")
 
 
 def mnist_sample(out: Path, data_dir: str) -> Path:
@@ -183,7 +176,8 @@ def deep_ae(
         codes = model.encode(x)
     for name, points, method in (("deep_ae_2d_map", codes, "none"), ("pca_2d_map", x.flatten(1), "pca")):
         title = f"{name.split('_2d')[0]} codes of 5,000 {dataset} test images"
-        save_picture(visualization.latent_map(points, labels, method, title=title), out / f"{name}_{dataset}.png")
+        picture = visualization.latent_map(points, labels, method, title=title)
+        visualization.save_png(picture, out / f"{name}_{dataset}.png")
 
 
 def main(argv: list[str] | None = None) -> None:

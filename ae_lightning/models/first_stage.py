@@ -15,9 +15,10 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
+from torchmetrics import Metric
 from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
 
-from ae_lightning.base import AutoencoderModule, Batch
+from ae_lightning.base import AutoencoderModule, Batch, Stage
 from ae_lightning.blocks import losses
 from ae_lightning.blocks.discriminators import PatchDiscriminator, min_image_size
 from ae_lightning.blocks.networks import decoder_mean
@@ -106,6 +107,10 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
             )
         self.gradient_clip_val = gradient_clip_val  # applied by AutoencoderModule.on_before_optimizer_step
         self.gradient_clip_algorithm = gradient_clip_algorithm
+        # A variant's metric of the codes of validation's and test's losses (not of pictures' or predict's), over the
+        # epoch: its ``compute`` returns ``{name: value}``, logged as ``val/<name>`` and ``test/<name>``.
+        self.code_metric: Metric | None = None
+        self.counting_codes = False
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> FirstStageAutoencoder:
@@ -135,7 +140,48 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
 
     @abc.abstractmethod
     def bottleneck(self, h: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """The decoder's input from the encoder's output ``h``, the term added to the loss, and terms to log."""
+        """The decoder's input from the encoder's output ``h``, the term added to the loss, and terms to log; while
+        :attr:`counting_codes`, it updates :attr:`code_metric` with the codes."""
+
+    @contextlib.contextmanager
+    def _codes_counted(self, counted: bool = True) -> Iterator[None]:
+        self.counting_codes = counted and self.code_metric is not None
+        try:
+            yield
+        finally:
+            self.counting_codes = False
+
+    def _shared_step(self, batch: Batch, stage: Stage) -> dict[str, Tensor]:
+        with self._codes_counted(stage != "train"):
+            return super()._shared_step(batch, stage)
+
+    def _test_step(self, batch: Batch) -> None:
+        with self._codes_counted():  # the test step encodes once, for its loss and metrics alike
+            super()._test_step(batch)
+
+    def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()
+        if self.code_metric is not None:
+            self.code_metric.reset()
+
+    def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
+        if self.code_metric is not None:
+            self.code_metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        self._log_code_metric("val")
+
+    def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
+        self._log_code_metric("test")
+
+    def _log_code_metric(self, stage: str) -> None:
+        if self.code_metric is not None and self.code_metric.update_count:
+            for name, value in self.code_metric.compute().items():
+                self.log(f"{stage}/{name}", value)
+            self.code_metric.reset()
 
     # --- the public API ---------------------------------------------------------------------------------------------
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:

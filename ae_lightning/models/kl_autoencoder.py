@@ -35,8 +35,7 @@ class KLAutoencoder(FirstStageAutoencoder):
     def __init__(self, kl_weight: NonNegativeFloat = 1e-6, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.kl_weight = kl_weight
-        self.code_std = CodeStd()  # of the evaluation losses' codes, not of ``encode``'s (pictures, predict)
-        self._counting_codes = False
+        self.code_metric = CodeStd()
 
     @property
     def encoder_channels(self) -> int:
@@ -48,40 +47,11 @@ class KLAutoencoder(FirstStageAutoencoder):
         z = losses.reparameterize(mean, logvar) if self.training else mean
         kl = losses.kl_divergence_normal(mean.flatten(1), logvar.flatten(1)).mean()
         logged = {"kl": kl.detach()}
-        if self._counting_codes:
-            self.code_std.update(z)
+        if self.counting_codes:
+            self.code_metric.update(z)
         else:
             logged["code_std"] = z.detach().float().std(correction=0)
         return z, self.kl_weight * kl / math.prod(self.input_shape), logged
-
-    def test_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        # Validation's and test's losses (in evaluation mode) count their codes into the epoch's code_std.
-        self._counting_codes = not self.training
-        try:
-            return super().test_terms(x, labels, indices)
-        finally:
-            self._counting_codes = False
-
-    def on_validation_epoch_start(self) -> None:
-        super().on_validation_epoch_start()
-        self.code_std.reset()
-
-    def on_test_epoch_start(self) -> None:
-        super().on_test_epoch_start()
-        self.code_std.reset()
-
-    def on_validation_epoch_end(self) -> None:
-        super().on_validation_epoch_end()
-        self._log_code_std("val")
-
-    def on_test_epoch_end(self) -> None:
-        super().on_test_epoch_end()
-        self._log_code_std("test")
-
-    def _log_code_std(self, stage: str) -> None:
-        if self.code_std.update_count:
-            self.log(f"{stage}/code_std", self.code_std.compute())
-        self.code_std.reset()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
@@ -99,8 +69,8 @@ class KLAutoencoder(FirstStageAutoencoder):
 
 
 class CodeStd(Metric):
-    """The standard deviation of all the elements of the codes given to :meth:`update` (over batches and processes),
-    from their count, sum and sum of squares in float64."""
+    """``code_std``: the standard deviation of all the elements of the codes given to :meth:`update` (over batches
+    and processes), from their count, sum and sum of squares in float64."""
 
     full_state_update = False
 
@@ -117,9 +87,9 @@ class CodeStd(Metric):
         self.total = self.total + codes.sum()
         self.squares = self.squares + codes.pow(2).sum()
 
-    def compute(self) -> Tensor:
+    def compute(self) -> dict[str, Tensor]:
         mean = self.total / self.count
-        return (self.squares / self.count - mean**2).clamp_min(0).sqrt().float()
+        return {"code_std": (self.squares / self.count - mean**2).clamp_min(0).sqrt().float()}
 
 
 __all__ = ["CodeStd", "KLAutoencoder"]

@@ -5,15 +5,14 @@ finite scalar quantization (Mentzer et al. 2023, "Finite Scalar Quantization: VQ
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, distributed
 
-from ae_lightning.base import Batch, Stage
+from ae_lightning.base import Batch
 from ae_lightning.blocks import losses
 from ae_lightning.blocks.quantizers import CodebookUsage, FSQLevel, QuantizerKind, SpatialQuantizer
 from ae_lightning.models.first_stage import FirstStageAutoencoder, evaluating
@@ -64,8 +63,7 @@ class QuantizedAutoencoder(FirstStageAutoencoder):
             kmeans_init,
             dead_code_threshold,
         )
-        self.codebook_usage = CodebookUsage(self.quantizer.codebook_size, self.quantizer.num_codebooks)
-        self._counting_codes = False  # within an evaluation batch's loss
+        self.code_metric = CodebookUsage(self.quantizer.codebook_size, self.quantizer.num_codebooks)
 
     def configure_model(self) -> None:
         """Under DDP the codebook learns from the codes of every process (``docs/quantized.md``)."""
@@ -75,29 +73,12 @@ class QuantizedAutoencoder(FirstStageAutoencoder):
 
     def bottleneck(self, h: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         quantized, indices, commitment = self.quantizer(h)
-        if self._counting_codes:
-            self.codebook_usage.update(indices)
+        if self.counting_codes:
+            self.code_metric.update(indices)
         logged = {"quantization_error": (quantized.detach() - h.detach()).pow(2).mean()}
         if self.quantizer.kind != "fsq" and self.training:  # vector-quantize-pytorch computes it in training only
             logged["commitment"] = commitment.detach()
         return quantized, commitment, logged
-
-    # --- steps: the codebook usage counts the codes of the evaluation batches' loss, not a callback's ----------------
-    @contextlib.contextmanager
-    def _codes_counted(self, counted: bool = True) -> Iterator[None]:
-        self._counting_codes = counted
-        try:
-            yield
-        finally:
-            self._counting_codes = False
-
-    def _shared_step(self, batch: Batch, stage: Stage) -> dict[str, Tensor]:
-        with self._codes_counted(stage != "train"):
-            return super()._shared_step(batch, stage)
-
-    def _test_step(self, batch: Batch) -> None:
-        with self._codes_counted():  # the test step encodes once, for its loss and metrics alike
-            super()._test_step(batch)
 
     # --- codes as indices -------------------------------------------------------------------------------------------
     def encode_indices(self, x: Tensor) -> Tensor:
@@ -119,24 +100,6 @@ class QuantizedAutoencoder(FirstStageAutoencoder):
     def bits_per_pixel(self, code_shape: Sequence[int]) -> float:
         """The fixed-length rate: ``log2(codebook_size)`` bits per index, per pixel of an image."""
         return math.prod(code_shape) * math.log2(self.codebook_size) / math.prod(self.input_shape[1:])
-
-    # --- codebook health --------------------------------------------------------------------------------------------
-    def on_validation_epoch_start(self) -> None:
-        self.codebook_usage.reset()
-
-    on_test_epoch_start = on_validation_epoch_start
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_codebook_usage("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_codebook_usage("test")
-
-    def _log_codebook_usage(self, stage: str) -> None:
-        if self.codebook_usage.update_count:
-            for name, value in self.codebook_usage.compute().items():
-                self.log(f"{stage}/{name}", value)
-        self.codebook_usage.reset()
 
     def test_metrics(
         self, x: Tensor, y: Tensor | None = None, reconstruction: Tensor | None = None
