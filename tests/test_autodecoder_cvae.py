@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.core.saving import load_hparams_from_yaml
+from lightning.pytorch.loggers import CSVLogger
 from test_variants import make_trainer
 
-from ae_lightning import AutoDecoder
+from ae_lightning import VAE, AutoDecoder, ConditionalVAE
 from datamodules import MNISTDataModule
 
 TINY = {"latent_dim": 4, "hidden_dims": [16]}
@@ -61,3 +63,22 @@ def test_autodecoder_encode_refuses_images_of_another_dtype_than_its_weights() -
     with pytest.raises(ValueError, match=refused):
         model.encode(torch.rand(3, 1, 28, 28, dtype=torch.float64))
     assert model.double().encode(torch.rand(3, 1, 28, 28, dtype=torch.float64), steps=1).dtype == torch.float64
+
+
+def test_the_number_of_codes_taken_from_the_data_is_in_hparams_yaml_and_the_checkpoint(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # hparams.yaml said num_codes: null: Lightning writes it from hparams_initial, after setup counted the images.
+    trainer = make_trainer(tmp_path, logger=CSVLogger(tmp_path), enable_checkpointing=True)
+    trainer.fit(AutoDecoder(**TINY, inference_steps=1), datamodule=MNISTDataModule(data_dir=str(data_dir)))
+    assert load_hparams_from_yaml(Path(trainer.logger.log_dir) / "hparams.yaml")["num_codes"] == 220
+    loaded = AutoDecoder.load_from_checkpoint(trainer.checkpoint_callback.best_model_path)  # without the data
+    assert loaded.num_codes == 220 and loaded.hparams.num_codes == 220 and loaded.codes.weight.shape == (220, 4)
+
+
+@pytest.mark.parametrize("labels", [None, [], 3, torch.tensor([], dtype=torch.long)], ids=repr)
+def test_a_conditional_vae_draws_zero_images_as_the_vae_does(labels) -> None:
+    # sample(0, y=[]) was refused: torch.as_tensor([]) is float32, which the labels' check took for class values.
+    empty = VAE(**TINY).sample(0)
+    assert empty.shape == (0, 1, 28, 28)
+    assert ConditionalVAE(**TINY).sample(0, labels).shape == empty.shape

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 from test_variants import images, make_trainer
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -82,6 +84,27 @@ def test_denoising_test_metrics_are_the_same_whatever_the_batch_size_or_the_mode
     torch.testing.assert_close(first[2:], again)  # an image's copy is its own, whatever else the batch holds
     other_index = model.degrade(x[:1], torch.tensor([1]))  # the index, not the image, picks the noise
     assert not torch.equal(first[:1], other_index) and not torch.equal(model.degrade(x[:4]), first)  # training: fresh
+
+
+def test_validation_scores_each_image_on_its_own_fixed_noise_while_training_noise_stays_fresh(tmp_path: Path) -> None:
+    # The validation noise was drawn from the step, batch and rank: with frozen weights val/loss moved between epochs
+    # (548.091, then 548.043), so ModelCheckpoint(monitor="val/loss") compared epochs on different noise.
+    x, labels = images(32)
+    data = TensorDataset(x, labels, torch.arange(32))
+    losses = []
+
+    class RecordValLoss(Callback):
+        def on_validation_epoch_end(self, trainer, pl_module) -> None:
+            if not trainer.sanity_checking:
+                losses.append(trainer.callback_metrics["val/loss"].item())
+
+    model = DenoisingAutoencoder(**TINY, optimizer=partial(torch.optim.SGD, lr=0.0))  # the weights stay as they are
+    trainer = make_trainer(tmp_path, max_epochs=3, limit_val_batches=None, callbacks=[RecordValLoss()])
+    trainer.fit(model, DataLoader(data, batch_size=8), DataLoader(data, batch_size=8))
+    (whole,) = make_trainer(tmp_path).validate(model, DataLoader(data, batch_size=32), verbose=False)
+    assert losses == [losses[0]] * 3 and whole["val/loss"] == pytest.approx(losses[0], rel=1e-6)  # any batch size
+    training = model.train().loss_terms(x, labels, torch.arange(32))["loss"]
+    assert training != model.loss_terms(x, labels, torch.arange(32))["loss"]  # training draws fresh noise
 
 
 def test_the_picture_grid_shows_inputs_outputs_and_originals() -> None:

@@ -111,7 +111,8 @@ class AutoDecoder(DeterministicAutoencoder):
         num_codes = int(num_codes)  # a NumPy integer too, which a checkpoint's hyperparameters cannot hold
         self.codes = nn.Embedding(num_codes, self.latent_dim)
         nn.init.normal_(self.codes.weight, std=self.code_init_std)
-        self.hparams["num_codes"] = num_codes
+        # Also into hparams_initial, which loggers write (hparams.yaml) once ``setup`` has built the codes.
+        self.save_hyperparameters({"num_codes": num_codes})
 
     # --- the public API ---------------------------------------------------------------------------------------------
     def encode(self, x: Tensor, y: Tensor | None = None, steps: int | None = None) -> Tensor:

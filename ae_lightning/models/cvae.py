@@ -90,6 +90,8 @@ class ConditionalVAE(VAE):
             y = torch.as_tensor(y, device=self.device)
         except (TypeError, ValueError, RuntimeError) as error:
             raise ValueError(f"sample(n={n}) needs labels y: {n} integers or one for all, got {y!r}") from error
+        if y.dim() == 1 and len(y) == 0:  # no label to be of a wrong type; torch.as_tensor([]) is float32
+            y = y.long()
         if y.dim() == 0:
             if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
                 raise ValueError(f"sample(n={n}) needs integer class labels y, got {y.item()!r} ({y.dtype})")

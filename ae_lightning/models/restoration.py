@@ -32,7 +32,8 @@ class RestorationAutoencoder(DeterministicAutoencoder):
     """Reconstructs the image from ``degrade(x)`` (subclasses implement it) in training, validation and test;
     ``forward``, ``encode`` and ``predict`` see the images as given. ``test`` also reports PSNR and SSIM of the
     restored (``test/psnr_<restored_name>``, ...) and of the degraded images (``test/psnr_<degraded_name>``, ...), MSE
-    for feature vectors, each test image degraded as its dataset index decides (:meth:`degrade`).
+    for feature vectors. Training degrades afresh each time; validation and test degrade each image as its dataset
+    index decides (:meth:`degrade`), so that epochs are compared on the same degraded images.
     """
 
     restored_name: ClassVar[str] = "restored"
@@ -41,8 +42,8 @@ class RestorationAutoencoder(DeterministicAutoencoder):
     @abc.abstractmethod
     def degrade(self, x: Tensor, indices: Tensor | None = None) -> Tensor:
         """The degraded copy of images ``x`` that the model learns to restore, of the same shape; a random degradation
-        draws from the global generator, or (``indices`` given, as in ``test``) each image's from its dataset index
-        alone: the same test image, the same degraded copy, whatever the batch size, rank, seed or model."""
+        draws from the global generator, or (``indices`` given, as in validation and test) each image's from its dataset
+        index alone: the same image, the same degraded copy, whatever the epoch, batch size, rank, seed or model."""
 
     def reconstruction_rows(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, ...]:
         """The degraded images, their restorations and the originals."""
@@ -50,7 +51,7 @@ class RestorationAutoencoder(DeterministicAutoencoder):
         return degraded, self(degraded, y), x
 
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
-        return self.restoration_loss(x, self.degrade(x))
+        return self.restoration_loss(x, self.degrade(x, None if self.training else indices))
 
     def restoration_loss(self, x: Tensor, degraded: Tensor) -> dict[str, Tensor]:
         recon = self.mean_reconstruction_loss(self.decoder(self.encoder(degraded)), x)
