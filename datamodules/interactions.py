@@ -313,38 +313,41 @@ def click_fingerprint(clicks: sparse.csr_matrix) -> int:
 
 def read_interactions(path: Path, header: bool | None = None, min_rating: float | None = None) -> pd.DataFrame:
     """The ``user``, ``item`` (and ``rating``) columns of an interactions file, with ratings below ``min_rating``
-    dropped; the index is each line's data row (:func:`line_of`). Raises a ValueError naming the file and line of a
-    missing field, a non-numeric rating or a repeated (user, item) pair, or a ``min_rating`` without ratings."""
+    dropped; blank lines, a UTF-8 BOM and CRLF line ends are read past, and the index is each line's data row
+    (:func:`line_of`). Raises a ValueError naming the file and line of a missing field, a non-numeric rating or a
+    repeated (user, item) pair, or a ``min_rating`` without ratings."""
     if not path.is_file():
         raise FileNotFoundError(f"interactions file {path} " + ("is a folder" if path.is_dir() else "does not exist"))
     try:
-        with path.open() as file:
-            first, second = file.readline().strip(), file.readline().strip()
+        with path.open(encoding="utf-8-sig") as file:  # blank lines skipped, as pandas skips them
+            lines = ((number, text.strip()) for number, text in enumerate(file, 1) if text.strip())
+            (at, first), (second_at, second) = next(lines, (1, "")), next(lines, (2, ""))
     except UnicodeDecodeError as error:
         raise _not_utf8(path, error) from error
     if not first:
-        raise ValueError(f"{path}: the first line is empty; expected user, item[, rating] per line")
+        raise ValueError(f"{path} is empty or blank; expected user, item[, rating] per line")
     separator = _separator(first)
     fields = re.split(separator, first)
     if len(fields) < 2:
-        raise ValueError(f"{path} line 1: {first!r} has one field; expected user, item[, rating]")
+        raise ValueError(f"{path} line {at}: {first!r} has one field; expected user, item[, rating]")
     if header is None and not any(_is_number(field) for field in fields):
         if second and not any(_is_number(field) for field in re.split(separator, second)):
             raise ValueError(
-                f"{path}: lines 1 and 2 hold no number, so whether line 1 ({first!r}) names the columns cannot be "
-                "told; set header: true or false"
+                f"{path}: lines {at} and {second_at} hold no number, so whether line {at} ({first!r}) names the "
+                "columns cannot be told; set header: true or false"
             )
         header = True
     if header and not second:
-        raise ValueError(f"{path}: no interactions after line 1 ({first!r}), its header")
+        raise ValueError(f"{path}: no interactions after line {at} ({first!r}), its header")
     if header and "user" in fields[1].lower() and "user" not in fields[0].lower():  # e.g. book_id,user_id,rating
         raise ValueError(
-            f"{path} line 1 ({first!r}) names the users' column second; the columns are read as user, item[, rating] "
-            "whatever their names: put the users' column first"
+            f"{path} line {at} ({first!r}) names the users' column second; the columns are read as user, item[, "
+            "rating] whatever their names: put the users' column first"
         )
+    first_line = at + 1 if header else 1  # where data rows start (line_of counts past blank lines from here)
     names = ["user", "item", "rating"][: min(len(fields), 3)]
     # Only an empty field is missing: "NA", "null" or "None" are ids (or, as ratings, not numbers).
-    settings = {"sep": separator, "header": None, "skiprows": 1 if header else 0, "usecols": range(len(names)),
+    settings = {"sep": separator, "header": None, "skiprows": first_line - 1, "usecols": range(len(names)),
                 "names": names, "engine": "python" if len(separator) > 1 else "c", "keep_default_na": False,
                 "na_values": dict.fromkeys(names, [""])}  # fmt: skip
     try:
@@ -361,7 +364,6 @@ def read_interactions(path: Path, header: bool | None = None, min_rating: float 
             frame = pd.read_csv(path, **settings, dtype=dict.fromkeys(text, str))
     except UnicodeDecodeError as error:
         raise _not_utf8(path, error) from error
-    first_line = 2 if header else 1
     for column in ("user", "item"):  # a blank id (a field of spaces) is a missing one
         if not pd.api.types.is_numeric_dtype(frame[column]):
             frame[column] = frame[column].str.strip().replace("", None)
@@ -394,7 +396,10 @@ def read_interactions(path: Path, header: bool | None = None, min_rating: float 
                                  f"whose ratings lie in [{ratings.min()}, {ratings.max()}]")  # fmt: skip
             frame = kept
     elif min_rating is not None:
-        raise ValueError(f"min_rating={min_rating}, but {path} has no rating column (user, item only)")
+        raise ValueError(
+            f"min_rating={min_rating}, but {path} has no rating column (user, item only): set min_rating null "
+            "(--data.min_rating null where a config sets it) to take every line as a click"
+        )
     frame.attrs["first_line"] = first_line  # with the index (data rows), the file's line numbers
     return frame
 
@@ -447,8 +452,8 @@ def _separator(line: str) -> str:
 def line_of(path: Path, row: int, first_line: int) -> int:
     """The file's line number of data row ``row``, counting the blank lines pandas skips."""
     seen = -1
-    with path.open() as file:
-        separator = _separator(file.readline())
+    with path.open(encoding="utf-8-sig") as file:
+        separator = _separator(next((text for text in file if text.strip()), ""))
         file.seek(0)
         for number, text in enumerate(file, 1):
             if number < first_line or (not text.strip() and (separator == r"\s+" or separator not in text)):

@@ -122,7 +122,7 @@ def test_movielens_u_data_layout_reads_the_same(tmp_path: Path) -> None:
         (["1,10,4", "2,10,5", "3,998"], {}, r"line 3: has no rating"),
         (["1,10,4", "2,10,", "3,11,NA"], {}, r"line 2: has no rating"),
         (["1,10,4", "3,11,NA"], {}, r"line 2: rating 'NA' is not a number"),
-        (["1,10", "2,10"], {"min_rating": 3.5}, r"min_rating=3.5, but .* has no rating column"),
+        (["1,10", "2,10"], {"min_rating": 3.5}, r"min_rating=3.5, but .* no rating column \(.*\): set min_rating null"),
         (
             ["1,10,4", "2,11,5"],
             {"min_rating": None, "min_user_items": 1},
@@ -465,6 +465,31 @@ def test_ids_read_as_booleans_or_holding_the_separators_character_stay_as_writte
     path = tmp_path / "namespaced.csv"  # a CSV whose item ids hold "::", MovieLens-1M's separator
     path.write_text("1,ns::10\n1,ns::11\n2,ns::10\n")
     assert list(read_interactions(path)["item"]) == ["ns::10", "ns::11", "ns::10"]
+
+
+@pytest.mark.parametrize(
+    "layout",
+    ["blank-line-2", "blank-lines-first-and-between", "trailing-blank-lines", "crlf", "bom", "bom-crlf-blank-line-2"],
+)
+def test_blank_lines_crlf_and_a_bom_read_as_the_plain_file_and_errors_name_the_files_line(
+    tmp_path: Path, layout: str
+) -> None:
+    from datamodules.interactions import read_interactions
+
+    lines = ["user,item,rating", "1,10,4", "2,11,5", "3,12,x"]  # line 4 of the plain file: rating 'x'
+    blank_before = {"blank-line-2": {1: 1}, "blank-lines-first-and-between": {0: 2, 2: 1, 3: 1},
+                    "bom-crlf-blank-line-2": {1: 1}}.get(layout, {})  # fmt: skip
+    text = "".join("\n" * blank_before.get(index, 0) + line + "\n" for index, line in enumerate(lines))
+    text += "\n\n" if layout == "trailing-blank-lines" else ""
+    text = text.replace("\n", "\r\n") if "crlf" in layout else text
+    path = tmp_path / "ratings.csv"
+    path.write_bytes(("\ufeff" if "bom" in layout else "").encode() + text.encode())
+    bad_line = 4 + sum(blank_before.values())  # as an editor numbers it
+    with pytest.raises(ValueError, match=rf"ratings.csv line {bad_line}: rating 'x' is not a number"):
+        read_interactions(path)
+    path.write_bytes(path.read_bytes().replace(b"x", b"4"))
+    frame = read_interactions(path)  # was: "no interactions after line 1, its header", or the first line "empty"
+    assert frame.values.tolist() == [[1, 10, 4], [2, 11, 5], [3, 12, 4]]
 
 
 def test_a_file_in_another_encoding_is_named_with_its_line(tmp_path: Path) -> None:
