@@ -1,7 +1,5 @@
-"""The regularizers of the VAEs beyond the closed-form KL, as pure functions with explicit reductions.
-
-Each returns one value (a batch estimate) or one value per sample, as its docstring says; codes are ``[B, D]``.
-Densities are in nats.
+"""The regularizers of the VAEs beyond the closed-form KL, as pure functions with explicit reductions: each returns one
+value (a batch estimate) or one per sample, as its docstring says; codes are ``[B, D]``, densities in nats.
 """
 
 from __future__ import annotations
@@ -27,19 +25,16 @@ def total_correlation_terms(
     z: Tensor, mu: Tensor, logvar: Tensor, dataset_size: int, estimator: Literal["mws", "mss"] = "mws"
 ) -> dict[str, Tensor]:
     """The decomposition of the ELBO's KL term of Chen et al. 2018 ("Isolating Sources of Disentanglement in VAEs"),
-    estimated on a minibatch, each term averaged over the batch.
-
-    ``log q(z_i)`` of ``M`` codes ``z_i ~ q(z | x_i)`` from ``N`` samples is estimated by minibatch-weighted sampling
-    (``mws``), ``logsumexp_j log q(z_i | x_j) - log(N M)``, or minibatch-stratified sampling (``mss``: ``q(z_i | x_i)``
-    weighs ``1 / N``, each other ``(N - 1) / (N (M - 1))``); each ``log q(z_id)`` likewise. ``mi = E[log q(z | x) -
-    log q(z)]``, ``tc = E[log q(z) - sum_d log q(z_d)]`` and ``dwkl = E[sum_d log q(z_d) - log p(z)]``.
+    estimated on a minibatch, each term averaged over the batch: ``mi = E[log q(z | x) - log q(z)]``,
+    ``tc = E[log q(z) - sum_d log q(z_d)]`` and ``dwkl = E[sum_d log q(z_d) - log p(z)]``, each ``log q`` by
+    ``estimator`` (``docs/family.md``).
 
     Args:
         z: ``[M, D]`` codes, one sample of each posterior.
         mu: ``[M, D]`` posterior means.
         logvar: ``[M, D]`` posterior log-variances.
         dataset_size: ``N``, the number of samples the minibatch is drawn from (>= 1).
-        estimator: ``mws`` or ``mss``.
+        estimator: ``mws`` (minibatch-weighted) or ``mss`` (minibatch-stratified sampling).
     """
     if dataset_size < 1:
         raise ValueError(f"dataset_size must be >= 1, got {dataset_size}")

@@ -20,8 +20,7 @@ def _sum_image_dims(values: Tensor, event_ndim: int = 3) -> Tensor:
 
 
 def _at_least_float32(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """Both tensors in float32, or float64 where either is: per-pixel terms rounded to bfloat16 or float16 are biased
-    alike over hundreds of similar pixels."""
+    """Both tensors in float32, or float64 where either is."""
     dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
     return a.to(dtype), b.to(dtype)
 
@@ -112,8 +111,7 @@ def kl_divergence_normal(mu: Tensor, logvar: Tensor, event_ndim: int = 1) -> Ten
 
 def reparameterize(mu: Tensor, logvar: Tensor, noise: Tensor | None = None) -> Tensor:
     """The sample ``mu + noise * exp(logvar / 2)`` of N(mu, diag(exp(logvar))), differentiable in both; ``noise``
-    is standard normal (broadcast against ``mu``), drawn in float32 when None: a seed gives the same noise (to ``mu``'s
-    precision) whatever its dtype."""
+    is standard normal (broadcast against ``mu``), drawn in float32 when None."""
     noise = torch.randn_like(mu, dtype=torch.float32).to(mu.dtype) if noise is None else noise
     return mu + noise * torch.exp(0.5 * logvar)
 
@@ -162,8 +160,7 @@ def importance_weighted_bound(
         log_posterior: ``[K, ...]`` log q(z_k | x).
         kl_weight: ``w``, the weight of the log-density ratio (the VAE's ``beta`` times its KL warm-up).
     """
-    log_weights = log_likelihood.float() + kl_weight * (log_prior.float() - log_posterior.float())
-    return log_mean_exp(log_weights, dim=0)
+    return log_mean_exp(log_likelihood.float() + kl_weight * (log_prior.float() - log_posterior.float()), dim=0)
 
 
 def kl_divergence_bernoulli(rho: float, rho_hat: Tensor, eps: float = 1e-6) -> Tensor:

@@ -143,8 +143,7 @@ def build_encoder(
     """The encoder named by ``network``; ``out_dim`` is the output's features (channels for ``spatial``)."""
     if network == "spatial":
         return SpatialEncoder(input_shape[0], hidden_dims, out_dim, dropout=dropout, **(spatial or {}))
-    encoder = {"mlp": MLPEncoder, "conv": ConvEncoder}[network]
-    return encoder(input_shape, hidden_dims, out_dim, dropout)
+    return {"mlp": MLPEncoder, "conv": ConvEncoder}[network](input_shape, hidden_dims, out_dim, dropout)
 
 
 def build_decoder(
@@ -158,8 +157,7 @@ def build_decoder(
     """The decoder named by ``network``; ``latent_dim`` is the code's features (channels for ``spatial``)."""
     if network == "spatial":
         return SpatialDecoder(latent_dim, hidden_dims, output_shape[0], dropout=dropout, **(spatial or {}))
-    decoder = {"mlp": MLPDecoder, "conv": ConvDecoder}[network]
-    return decoder(latent_dim, hidden_dims, output_shape, dropout)
+    return {"mlp": MLPDecoder, "conv": ConvDecoder}[network](latent_dim, hidden_dims, output_shape, dropout)
 
 
 def latent_shape(

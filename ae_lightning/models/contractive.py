@@ -47,11 +47,8 @@ def encode_with_contraction(encoder: nn.Module, x: Tensor) -> tuple[Tensor, Tens
 
 def jacobian_frobenius_norm_autodiff(encoder: nn.Module, x: Tensor) -> Tensor:
     """Per image, the squared Frobenius norm of the Jacobian of ``encoder`` at ``x``, with ``torch.func``."""
-
-    def encode_one(image: Tensor) -> Tensor:
-        return encoder(image.unsqueeze(0)).squeeze(0)
-
-    jacobians = torch.func.vmap(torch.func.jacrev(encode_one), randomness="different")(x)
+    jacobian = torch.func.jacrev(lambda image: encoder(image.unsqueeze(0)).squeeze(0))
+    jacobians = torch.func.vmap(jacobian, randomness="different")(x)
     return jacobians.flatten(1).pow(2).sum(1)
 
 
@@ -108,9 +105,7 @@ class ContractiveAutoencoder(DeterministicAutoencoder):
         **kwargs: the :class:`~ae_lightning.base.DeterministicAutoencoder` arguments.
     """
 
-    flat_codes_only = (
-        "the Jacobian of a spatial code (every code element by every pixel) is too large to form per image"
-    )
+    flat_codes_only = "the Jacobian of a spatial code (every element by every pixel) is too large to form per image"
 
     def __init__(self, contractive_weight: NonNegativeFloat = 0.1, **kwargs: Any) -> None:
         super().__init__(**kwargs)

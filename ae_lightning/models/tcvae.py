@@ -71,7 +71,7 @@ class BetaTCVAE(VAE):
 
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
         mu, logvar, z, recon, kl = self.posterior_terms(x)
-        terms = total_correlation_terms(z.float(), mu.float(), logvar.float(), self.dataset_size or len(x),
-                                        self.estimator)  # fmt: skip
+        dataset_size = self.dataset_size or len(x)
+        terms = total_correlation_terms(z.float(), mu.float(), logvar.float(), dataset_size, self.estimator)
         weighted = self.mi_weight * terms["mi"] + self.tc_weight * terms["tc"] + self.dwkl_weight * terms["dwkl"]
         return {"loss": recon + self.kl_weight() * weighted, "recon": recon, "kl": kl.detach(), **terms}

@@ -38,9 +38,7 @@ class VampPriorVAE(VAE):
 
     def pseudo_input_images(self) -> Tensor:
         """The K pseudo-inputs ``[K, *input_shape]`` as the encoder sees them."""
-        if len(self.input_shape) == 3:
-            return F.hardtanh(self.pseudo_inputs, 0.0, 1.0)
-        return self.pseudo_inputs
+        return F.hardtanh(self.pseudo_inputs, 0.0, 1.0) if len(self.input_shape) == 3 else self.pseudo_inputs
 
     def prior_components(self) -> tuple[Tensor, Tensor]:
         """Means and log-variances ``[K, latent_dim]`` of the prior's components."""
