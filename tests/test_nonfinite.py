@@ -13,9 +13,10 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
-from tiny_runs import ROOT, build_cli, command, last_checkpoint, subprocess_env, tiny_args
+from tiny_runs import ROOT, PoisonedAutoencoder, build_cli, command, last_checkpoint, subprocess_env, tiny_args
 
 from ae_lightning.training.fault_tolerance import NonFiniteLossError, SkipNonFinite, non_finite_guard
+from datamodules import MNISTDataModule
 
 DIVERGING_SGD = json.dumps({"class_path": "torch.optim.SGD", "init_args": {"lr": 1e6}})
 # One optimizer step per Lightning batch (the configs take 10), so that the guard sees each step's terms, and a
@@ -174,3 +175,19 @@ def test_skip_keeps_its_epochs_counts_across_a_mid_epoch_resume() -> None:
         resumed.on_train_epoch_end(trainer, SimpleNamespace(log=lambda *args: None))
     resumed.on_train_epoch_start(SimpleNamespace(current_epoch=2), None)  # the next epoch counts anew
     assert (resumed._epoch_skipped, resumed._epoch_steps) == (0, 0)
+
+
+def test_a_guard_used_again_for_another_fit_counts_its_steps_anew(data_dir: Path) -> None:
+    guard = SkipNonFinite(max_skipped=0.5)
+    quiet = {"accelerator": "cpu", "logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
+
+    def fit_poisoned(steps: list[int]) -> L.Trainer:  # one epoch of 4 optimizer steps, ``steps`` of them skipped
+        trainer = L.Trainer(max_epochs=1, limit_train_batches=4, limit_val_batches=0, callbacks=[guard], **quiet)
+        model = PoisonedAutoencoder(poisoned_steps=steps, latent_dim=4, hidden_dims=[16])
+        trainer.fit(model, datamodule=MNISTDataModule(data_dir=str(data_dir), batch_size=16))
+        return trainer
+
+    assert fit_poisoned([0, 1]).callback_metrics["train/skipped_steps"] == 2
+    assert fit_poisoned([]).callback_metrics["train/skipped_steps"] == 0  # not the first fit's 2
+    with pytest.raises(NonFiniteLossError, match="3 of the 4 optimizer steps of epoch 0"):  # not 5 of 12, below 0.5
+        fit_poisoned([0, 1, 2])

@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from ae_lightning.lightning_internals import returns_predictions
 from ae_lightning.training.callbacks import SaveConfigToRun
+from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
 from datamodules.checks import byte_count, check_arguments
 
 
@@ -24,7 +25,8 @@ class PredictionWriter(BasePredictionWriter):
 
     ``format: file`` writes one ``torch.load``-able dict of stacked tensors, one ``<name>-rank<R>.pt`` per process
     under DDP; ``format: stream`` writes each batch into one litdata stream of per-image dicts and needs
-    ``return_predictions`` false. Either is renamed into place when complete and never overwrites an existing one;
+    ``return_predictions`` false. Either is renamed into place when complete (a failed file save leaves nothing) and
+    never overwrites an existing one (refused before the first batch);
     ``fast_dev_run`` writes nothing. Floats are written as float32 (bfloat16's exactly), or float64 under ``64-true``.
 
     Args:
@@ -43,6 +45,8 @@ class PredictionWriter(BasePredictionWriter):
     ) -> None:
         check_arguments(locals(), PredictionWriter.__init__)
         byte_count(chunk_bytes)
+        if filename in ("", "..") or Path(filename).name != filename:
+            raise ValueError(f"filename must be a name inside the run directory, without a folder, got {filename!r}")
         super().__init__(write_interval="batch" if format == "stream" else "epoch")
         self.format = format
         self.filename = "predictions" if format == "stream" and filename == "predictions.pt" else filename
@@ -135,9 +139,7 @@ class PredictionWriter(BasePredictionWriter):
         merged = {key: _readable(torch.cat([p[key] for p in predictions])) for key in predictions[0]}
         path = self._target(trainer, new=True)
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        torch.save(merged, partial)
-        os.replace(partial, path)
+        write_atomically(path, lambda file: torch.save(merged, file))
         self.path = path
         rows = _rows(merged, pl_module)
         print(f"Predictions for {len(merged['index'])} {rows} written to {path}")  # by each process, of its file

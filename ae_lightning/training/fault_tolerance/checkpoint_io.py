@@ -24,7 +24,8 @@ from ae_lightning.lightning_internals import enable_version_counter
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes a checkpoint to a hidden temporary file next to its target, syncs it and renames it into place; a full
-    disk raises an OSError (ENOSPC) naming the file. Paths that are not local keep Lightning's writer. Why and how:
+    disk raises an OSError (ENOSPC) naming the file. Then removes the folder's temporary files of writers on this host
+    that are gone, never a running one's. Paths that are not local keep Lightning's writer. Why and how:
     ``docs/fault_tolerance.md``."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
@@ -33,7 +34,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}@{socket.gethostname()}.tmp")
+        temporary = _temporary(path)
         try:
             _replace_synced(path, temporary, lambda file: torch.save(checkpoint, file))
         except BaseException as error:
@@ -48,18 +49,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                     "resume with --ckpt_path last",
                 ) from error
             raise
-        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by processes that died while writing
-            stale.unlink(missing_ok=True)
+        remove_dead_writers_files(path.parent)
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path``, sync it, rename it into place and sync the folder: a
-    reader, or a crash, sees the old file or the new one, never part of one, and the new one once this returns."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def write_atomically(path: Path, data: bytes | Callable[[IO[bytes]], object]) -> None:
+    """Write ``data`` (bytes, or a function writing them to the open file it is given) to a temporary file next to
+    ``path``, sync it, rename it into place and sync the folder: a reader, or a crash, sees the old file or the new
+    one, never part of one, and the new one once this returns; a failed write leaves the old one and nothing else."""
+    temporary = _temporary(path)
     try:
-        _replace_synced(path, temporary, lambda file: file.write(data))
+        _replace_synced(path, temporary, data if callable(data) else lambda file: file.write(data))
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _temporary(path: Path) -> Path:
+    """The hidden temporary file of this process for ``path``: its pid and host tell whether its writer is gone."""
+    return path.with_name(f".{path.name}.{os.getpid()}@{socket.gethostname()}.tmp")
 
 
 def _replace_synced(path: Path, temporary: Path, write: Callable[[IO[bytes]], object]) -> None:
@@ -95,7 +101,7 @@ def _fsync_directory(directory: Path) -> None:
             os.close(descriptor)
 
 
-_TEMPORARY = re.compile(r"^\..+\.(?P<pid>\d+)(?:@(?P<host>.+))?\.tmp$")
+_TEMPORARY = re.compile(r"^\..+?\.(?P<pid>\d+)(?:@(?P<host>.+))?\.tmp$")  # the first ``.<pid>`` that fits
 
 
 def remove_dead_writers_files(folder: Path) -> list[Path]:

@@ -136,7 +136,7 @@ class StopOnNonFinite(NonFiniteGuard):
 class SkipNonFinite(NonFiniteGuard):
     """``action: skip``: drops non-finite gradients before the optimizer step (which then changes nothing), puts back
     the model's buffers as the last step taken left them (a VQ codebook's EMA, which the forward pass updates) and
-    counts such steps as ``train/skipped_steps``.
+    counts such steps as ``train/skipped_steps``, from zero in each ``fit`` (a resumed one goes on from its checkpoint).
 
     Args:
         max_skipped: fail (a :class:`NonFiniteLossError`) when an epoch skips more than this share of its optimizer
@@ -151,6 +151,10 @@ class SkipNonFinite(NonFiniteGuard):
         self._epoch: int | None = None
         self._epoch_skipped = self._epoch_steps = 0
         self._buffers: dict[str, Tensor] = {}  # the model's buffers after the last optimizer step taken
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":  # each fit counts anew: no checkpoint's counts (a resumed one's are loaded after setup)
+            self.load_state_dict({})
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._buffers = _buffers(pl_module, copy=True)
