@@ -127,6 +127,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         self._plateau_val_loss: float | None = None
         self._built_plateaus: list[ReduceLROnPlateau] = []  # by ``build_optimizer``, in this fit
         self._validated_epoch = -1  # the last epoch that fit validated in (this process)
+        self._trained_epoch: int | None = None  # the epoch of the last training batch begun (this process)
         self._unstepped_batches = 0  # of the last Lightning batch, which max_steps cut (the fast path)
         self.encoder = encoder if encoder is not None else self.build_encoder()
         self.decoder = decoder if decoder is not None else self.build_decoder()
@@ -292,6 +293,9 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         for name, value in terms.items():
             self.log(f"{stage}/{name}", value, prog_bar=name == "loss", sync_dist=True,
                      batch_size=weighted_batch_size(batch_size), on_step=False, on_epoch=True)  # fmt: skip
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._trained_epoch = self.current_epoch  # which, once training has ended, is the next epoch's number
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # The other terms only where Lightning writes the step's logs (docs/internals.md); this hook runs after the
@@ -568,11 +572,11 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         if trainer is None or validating:
             return
         # Fit at the end of an epoch's last training batch, before the validation that ends the epoch?
-        every, fitting = trainer.check_val_every_n_epoch, trainer.state.fn == "fit" and not trainer.sanity_checking
-        due = fitting and trainer.enable_validation and every is not None and (self.current_epoch + 1) % every == 0
-        due = due and self._validated_epoch != self.current_epoch and trainer.val_check_interval == 1.0
-        if due and ends_training_epoch(trainer):
-            checkpoint[_UNVALIDATED_KEY] = self.current_epoch
+        every, epoch = trainer.check_val_every_n_epoch, self._trained_epoch
+        due = trainer.state.fn == "fit" and not trainer.sanity_checking and epoch is not None and every is not None
+        due = due and trainer.enable_validation and (epoch + 1) % every == 0 and trainer.val_check_interval == 1.0
+        if due and self._validated_epoch != epoch and ends_training_epoch(trainer):
+            checkpoint[_UNVALIDATED_KEY] = epoch
 
     def check_resume(self, checkpoint: dict[str, Any]) -> None:
         """Raise a ValueError naming both values if this model's settings cannot continue the checkpoint's training."""

@@ -677,3 +677,20 @@ def test_resuming_at_an_epochs_last_batch_warns_that_its_validation_is_skipped(d
             extra = ["--trainer.max_steps", "12", "--ckpt_path", str(path)]
             run_cli("fit", *tiny_args("ae", data_dir, tmp_path / name, *settings, *extra))
         assert not [w for w in caught if "before that epoch's validation" in str(w.message)], name
+
+
+def test_the_last_checkpoint_of_a_run_whose_last_epoch_was_not_its_best_resumes_without_a_false_warning(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # last.ckpt, written when training ended (Lightning had moved to the next epoch), was marked as written before the
+    # last epoch's validation, and resuming from it warned to resume from last.ckpt instead.
+    short = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", "--checkpoint.mode", "max"]
+    run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "run", *short))
+    assert [path.name for path in (tmp_path / "run").rglob("best-*.ckpt")] == ["best-epoch=0-step=2.ckpt"]
+    last = next((tmp_path / "run").rglob("last.ckpt"))
+    assert "ae_lightning_unvalidated_epoch" not in torch.load(last, weights_only=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "run", *short, "--trainer.max_epochs", "3",
+                                  "--ckpt_path", str(last)))  # fmt: skip
+    assert not [w for w in caught if "before that epoch's validation" in str(w.message)]
