@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
+import functools
 import hashlib
 import json
 import logging
@@ -27,11 +28,13 @@ from typing import Any
 from unittest import mock
 
 import optuna
+import sqlalchemy
 import torch
 import yaml
 from jsonargparse import get_loader
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
@@ -234,7 +237,7 @@ def check_names(space: dict[str, Any], space_path: Path, configs: list[Path], pa
             "checkpoint folder of every trial; leave it unset: each trial keeps its checkpoints in its own folder"
         )
     loggers = parsed.get("trainer.logger")
-    for logger in loggers if isinstance(loggers, list) else [loggers]:
+    for logger in _listed(loggers):
         init_args = getattr(logger, "init_args", None) or {}
         run = next((key for key in ("id", "version") if init_args.get(key) is not None), None)
         if run and str(logger.class_path).endswith("WandbLogger"):
@@ -342,6 +345,7 @@ def open_study(
                 "metric": metric}  # fmt: skip
     with storage_errors(args):
         try:
+            check_optuna_tables(args, engine)
             storage = _rdb_storage(args, engine)
         except (ArgumentError, ImportError) as error:  # not a URL, an unknown dialect, or its driver is missing
             raise StorageError(
@@ -353,6 +357,8 @@ def open_study(
             if "locked" in str(error):
                 raise
             raise StorageError(f"study storage {args.storage} cannot be opened: {error.orig}") from None
+        except RuntimeError as error:  # Optuna's: a storage of another Optuna version, and how to upgrade it
+            raise StorageError(f"study storage {args.storage} cannot be opened: {error}") from None
         study = optuna.create_study(
             storage=storage, study_name=args.study_name, direction=direction, load_if_exists=True
         )
@@ -406,6 +412,44 @@ def open_study(
             sampler=optuna.samplers.TPESampler(seed=seed),
             pruner=PRUNERS[args.pruner](),
         )
+
+
+def check_optuna_tables(args: argparse.Namespace, engine: dict[str, Any]) -> None:
+    """Raise a StorageError naming a ``sqlite:///`` file of ``--storage`` that holds tables other than Optuna's (another
+    program's database), before Optuna adds its own. A file with Optuna's ``version_info`` table is a storage of some
+    Optuna version (Optuna checks which); one with some of this version's tables alone, a new storage that another
+    worker is making."""
+    if not args.storage.startswith("sqlite:///"):
+        return
+    found, optuna_tables = _tables(sqlalchemy.create_engine(args.storage, **engine)), _optuna_tables()
+    if found.get("version_info") == optuna_tables["version_info"]:
+        return
+    foreign = [
+        f"{name} ({', '.join(columns)})" for name, columns in found.items() if optuna_tables.get(name) != columns
+    ]
+    if foreign:
+        raise StorageError(
+            f"study storage {args.storage} is not an Optuna study storage: {args.storage.removeprefix('sqlite:///')} "
+            f"holds tables that are not Optuna's: {'; '.join(foreign)}. It was left unchanged; give --storage a new "
+            "file or one that a search made (sqlite:///path.db)"
+        )
+
+
+@functools.cache
+def _optuna_tables() -> dict[str, list[str]]:
+    """The tables that this Optuna version makes in a new storage, with their columns."""
+    return _tables(RDBStorage("sqlite://").engine)
+
+
+def _tables(engine: sqlalchemy.Engine) -> dict[str, list[str]]:
+    """The tables of ``engine``'s database with their columns; the engine disposed of."""
+    try:
+        inspector = sqlalchemy.inspect(engine)
+        return {
+            name: [column["name"] for column in inspector.get_columns(name)] for name in inspector.get_table_names()
+        }
+    finally:
+        engine.dispose()
 
 
 def _rdb_storage(args: argparse.Namespace, engine: dict[str, Any], tries: int = 10) -> RDBStorage:
@@ -513,18 +557,26 @@ class TrialReporter(Callback):
 
 
 class TrialCLI(AutoencoderCLI):
-    """The ``fit`` command with ``callback`` first among its trainer's, which must be of one process.
+    """The ``fit`` command with ``callback`` first among its trainer's, which must be of one process. A retry keeps the
+    ``metrics.csv`` in a CSVLogger's run folder (of a fixed ``version``), which the logger would delete, as
+    ``metrics-before-trial-<retry>.csv``.
 
     Args:
         callback: the callback to add.
+        retry: the trial's number if it is a retry (it resumes the run of a dead trial), else None.
         **kwargs: the :class:`AutoencoderCLI` arguments.
     """
 
-    def __init__(self, callback: Any, **kwargs: Any) -> None:
-        self.extra_callback = callback
+    def __init__(self, callback: Any, retry: int | None = None, **kwargs: Any) -> None:
+        self.extra_callback, self.retry = callback, retry
         super().__init__(**kwargs)
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
+        loggers = self.config_init.fit.trainer.get("logger") if self.retry is not None else None
+        for logger in [item for item in _listed(loggers) if isinstance(item, CSVLogger)]:
+            path = Path(logger.log_dir) / ExperimentWriter.NAME_METRICS_FILE
+            if path.is_file():  # the dead run's: the resumed fit refuses to start over it
+                path.rename(path.with_name(f"{path.stem}-before-trial-{self.retry}{path.suffix}"))
         trainer = super().instantiate_trainer(**kwargs)
         check_one_process(trainer)
         # first: a checkpoint written as a validation ends must hold the count of validations that includes it
@@ -560,7 +612,7 @@ def objective(
     wandb_run = _wandb_run()
     try:
         with mock.patch("sys.argv", ["ae-lightning"]):  # the CLI must read only these arguments
-            cli = TrialCLI(TrialReporter(trial, metric), args=cli_args, **overwrite)
+            cli = TrialCLI(TrialReporter(trial, metric), trial.number if retry else None, args=cli_args, **overwrite)
     except NonFiniteLossError as error:
         trial.set_user_attr("diverged", str(error))
         raise
@@ -587,6 +639,11 @@ def objective(
             raise NonFiniteLossError(message)
         raise ValueError(f"trial {trial.number} logged no finite {metric}; its validation logged {', '.join(logged)}")
     return min(values) if mode == "min" else max(values)
+
+
+def _listed(loggers: Any) -> list[Any]:
+    """A trainer's ``logger`` setting as a list: one logger, or none, is a list of one."""
+    return loggers if isinstance(loggers, list) else [loggers]
 
 
 def _wandb_run() -> Any:

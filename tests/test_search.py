@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import csv
+import math
 import os
 import re
 import signal
@@ -373,6 +375,56 @@ def test_a_storage_that_is_not_a_usable_url_is_named(tmp_path: Path, data_dir: P
     assert not (tmp_path / "study.db").exists() and not (tmp_path / "trials").exists()  # nothing written
 
 
+FOREIGN_TABLES = {
+    "studies-of-its-own": "CREATE TABLE studies (id INTEGER PRIMARY KEY, title TEXT, owner TEXT)",
+    "other-tables": "CREATE TABLE people (name TEXT)",
+}
+
+
+@pytest.mark.parametrize("schema", FOREIGN_TABLES.values(), ids=FOREIGN_TABLES)
+def test_another_programs_sqlite_database_is_refused_and_left_unchanged(
+    tmp_path: Path, data_dir: Path, schema: str
+) -> None:
+    # Optuna added its tables to the file, then failed with a raw StorageInternalError on a `studies` of other columns
+    path = tmp_path / "theirs.db"
+    with sqlite3.connect(path) as db:
+        db.execute(schema)
+        db.execute(f"INSERT INTO {schema.split()[2]} VALUES ({', '.join(['1'] * (schema.count(',') + 1))})")
+    db.close()
+    before = path.read_bytes()
+    args = search_args(tmp_path, data_dir, "--n_trials", "1")
+    args[args.index("--storage") + 1] = f"sqlite:///{path}"
+    table = schema.split()[2]
+    with pytest.raises(ValueError, match=rf"study storage sqlite:///{re.escape(str(path))} is not an Optuna study "
+                       rf"storage: .*holds tables that are not Optuna.s: {table} \("):  # fmt: skip
+        search.run(args)
+    assert path.read_bytes() == before and not (tmp_path / "trials").exists()
+
+
+def test_a_storage_of_another_optuna_version_is_named_with_optunas_way_to_upgrade_it(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="ae")
+    with sqlite3.connect(tmp_path / "study.db") as db:
+        db.execute("UPDATE alembic_version SET version_num = 'v3.0.0.d'")  # as an older Optuna left it
+    db.close()
+    with pytest.raises(ValueError, match=r"study storage sqlite:///.*study.db cannot be opened: The runtime optuna "
+                       r"version .* optuna storage upgrade"):  # fmt: skip  # a RuntimeError's traceback before
+        open_study(tmp_path, data_dir)
+
+
+def test_a_storage_whose_tables_another_worker_is_creating_opens(tmp_path: Path, data_dir: Path) -> None:
+    # Optuna creates its tables one by one: a worker opening the file in between finds some, not yet version_info
+    optuna.create_study(storage=f"sqlite:///{tmp_path / 'whole.db'}")
+    with sqlite3.connect(tmp_path / "whole.db") as whole:
+        (created,) = whole.execute("SELECT sql FROM sqlite_master WHERE name = 'studies'").fetchone()
+    whole.close()
+    with sqlite3.connect(tmp_path / "study.db") as partial:
+        partial.execute(created)
+    partial.close()
+    assert open_study(tmp_path, data_dir).user_attrs["metric"] == "val/loss"
+
+
 @pytest.mark.parametrize("within_epochs", [False, True], ids=["epoch-end", "val-check-interval"])
 def test_trials_are_pruned_at_their_validations(tmp_path: Path, data_dir: Path, monkeypatch, within_epochs) -> None:
     # a pruner that stops every trial at its first chance: its second validation (step 2), also within an epoch
@@ -668,6 +720,26 @@ def test_a_resumed_trial_counts_its_validations_on(tmp_path: Path, data_dir: Pat
     longer = [*fit_args, "--trainer.max_epochs", str(3 * every)]
     search.objective(retry, args, space, "val/loss", longer)  # resumes after validation 1
     assert list(study.trials[-1].intermediate_values) == [2, 3]
+
+
+def test_a_retry_resumes_into_a_csv_logger_of_a_fixed_version_and_keeps_the_dead_runs_metrics(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    # CSVLogger deletes the metrics.csv it finds: the resumed fit refused the retry, which failed (its trial lost)
+    extra = ("--trainer.max_epochs", "1", "--trainer.logger", "CSVLogger", "--trainer.logger.version", "run")
+    args, fit_args = search.parse_args(search_args(tmp_path, data_dir, "--n_trials", "1", *extra))
+    space = search.read_space(args.space)
+    study = open_study(tmp_path, data_dir, *extra)
+    search.objective(study.ask(), args, space, "val/loss", fit_args)  # the run that died after its epoch 0
+    dead = study.trials[0]
+    study.enqueue_trial(dead.params, user_attrs={"folder": dead.user_attrs["folder"]})
+    retry = study.ask()  # as Optuna retries a trial whose process died: its values, its folder
+    value = search.objective(retry, args, space, "val/loss", [*fit_args, "--trainer.max_epochs", "2"])
+    assert math.isfinite(value)
+    run = Path(dead.user_attrs["folder"]) / "lightning_logs" / "run"
+    epochs = {name: {row["epoch"] for row in csv.DictReader((run / name).open())}
+              for name in ("metrics.csv", f"metrics-before-trial-{retry.number}.csv")}  # fmt: skip
+    assert epochs == {"metrics.csv": {"1"}, f"metrics-before-trial-{retry.number}.csv": {"0"}}
 
 
 def _open_at_once(barrier, argv: list[str], results) -> None:
