@@ -158,6 +158,11 @@ class ArrayDataModule(ImageDataModule):
         contents = data = _read(self.path)
         label_key = self.hparams.labels
         in_file = isinstance(contents, dict) and label_key in contents
+        if label_key is not None and not in_file and self.labels_file is None:
+            holds = f" (it holds {sorted(contents)})" if isinstance(contents, dict) else ""
+            raise ValueError(
+                f"labels={label_key!r} is neither a key of {self.path}{holds} nor a {'/'.join(SUFFIXES)} file"
+            )
         if isinstance(contents, dict):
             others = [name for name in contents if name != label_key]
             key = self.hparams.key
@@ -174,15 +179,13 @@ class ArrayDataModule(ImageDataModule):
             labels = torch.full((len(samples),), UNLABELED)
         elif in_file:
             labels = as_labels(contents[label_key], f"{self.path} [{label_key}]")
-        elif self.labels_file is not None:
+        else:
             stored = _read(self.labels_file)
             if isinstance(stored, dict):  # an .npz (or a .pt dict) of labels alone
                 if len(stored) != 1:
                     raise ValueError(f"{label_key} holds the arrays {sorted(stored)}; a labels file holds one array")
                 (stored,) = stored.values()
             labels = as_labels(stored, label_key)
-        else:
-            raise ValueError(f"labels={label_key!r} is neither a key of {self.path} nor a {'/'.join(SUFFIXES)} file")
         if label_key is not None and len(labels) and labels.min() < 0:
             raise ValueError(f"labels {label_key}: label {labels.min().item()} is negative; labels must be 0, 1, ...")
         sources = {"train": str(self.path)}

@@ -30,7 +30,13 @@ class TorchvisionDataModule(ImageDataModule):
         self, dataset: str, data_dir: str = "data", dataset_kwargs: dict[str, Any] | None = None, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
-        found = resolve_name(dataset) if "." in dataset else getattr(torchvision.datasets, dataset, None)
+        try:
+            found = resolve_name(dataset) if "." in dataset else getattr(torchvision.datasets, dataset, None)
+        except (ImportError, AttributeError) as error:
+            raise ValueError(
+                f"dataset {dataset!r} cannot be imported ({error}): name a class of torchvision.datasets (e.g. "
+                "CIFAR10, SVHN, EMNIST) or the import path of a class"
+            ) from error
         if not (isinstance(found, type) and issubclass(found, torchvision.datasets.VisionDataset)):
             raise ValueError(f"dataset {dataset!r} is not a torchvision dataset class (e.g. CIFAR10, SVHN, EMNIST)")
         self.dataset_class = found
@@ -58,6 +64,12 @@ class TorchvisionDataModule(ImageDataModule):
         # which part: train= or split=, and QMNIST's what=, which overrides train=
         decides_part = {"train" if by_train else "split"} | ({"what"} & set(parameters))
         taken = sorted(({"root", "download"} | decides_part) & set(kwargs))
+        arguments = _arguments(cls)
+        if set(kwargs) - arguments:
+            raise ValueError(
+                f"dataset_kwargs {sorted(set(kwargs) - arguments)} are not arguments of {cls.__name__} (it takes "
+                f"{', '.join(sorted(arguments - {'root', 'download'} - decides_part))})"
+            )
         if taken:
             raise ValueError(
                 f"dataset_kwargs {taken} of {cls.__name__}: the datamodule sets them (root is data_dir, the train and "
@@ -110,6 +122,8 @@ class TorchvisionDataModule(ImageDataModule):
             resources = cls.resources  # a list of (file or URL, md5), or QMNIST's dict of such lists by split
             entries = [e for group in resources.values() for e in group] if isinstance(resources, dict) else resources
             names += [Path(entry[0]).name for entry in entries]
+        elif hasattr(cls, "resources") and isinstance(getattr(cls, "url", None), str):  # EMNIST: one archive
+            names.append(Path(cls.url).name)
         meta = getattr(cls, "meta", None)
         if isinstance(meta, dict) and "filename" in meta:
             names.append(meta["filename"])
@@ -150,6 +164,18 @@ class TorchvisionDataModule(ImageDataModule):
         classes = getattr(dataset, "classes", None)
         names = [str(c) for c in classes] if classes else None
         return Arrays(parts["train"], parts["test"], names, sources)
+
+
+def _arguments(cls: type) -> set[str]:
+    """The keyword arguments ``cls`` takes: its ``__init__``'s, and those of the bases its ``**kwargs`` go to."""
+    names: set[str] = set()
+    for base in cls.__mro__:
+        if "__init__" in vars(base):
+            parameters = inspect.signature(base.__init__).parameters.values()
+            names |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
+            if all(p.kind is not p.VAR_KEYWORD for p in parameters):
+                break
+    return names
 
 
 def stored_transposed(dataset: Any) -> bool:

@@ -150,7 +150,7 @@ def test_a_shipped_search_space_names_only_values_its_config_takes(space: Path) 
 @pytest.mark.parametrize(
     "dataset, kwargs, files",
     [
-        ("EMNIST", {"split": "balanced"}, r"Put its files in \S+/EMNIST/raw "),
+        ("EMNIST", {"split": "balanced"}, r"Put its files \(gzip.zip\) in \S+/EMNIST/raw "),
         ("QMNIST", {}, r"\(qmnist-train-images-idx3-ubyte.gz, .*xnist-labels-idx2-int.xz\) in \S+/QMNIST/raw "),
     ],
 )

@@ -619,6 +619,9 @@ def test_an_array_datamodule_logs_its_data_source_in_every_run_and_standardizes_
         ("EMNIST", {"split": "digits", "download": True}, r"dataset_kwargs \['download'\] of EMNIST"),
         # QMNIST's what overrides train=: the test split was the training data
         ("QMNIST", {"what": "train"}, r"dataset_kwargs \['what'\] of QMNIST: the datamodule sets them"),
+        # a misspelt argument: a TypeError naming MNIST.__init__ when the data were first read, after construction
+        ("FashionMNIST", {"tranform": None}, r"dataset_kwargs \['tranform'\] are not arguments of FashionMNIST"),
+        ("EMNIST", {"split": "digits", "foo": 1}, r"\['foo'\] are not arguments of EMNIST \(it takes .*split"),
     ],
 )
 def test_torchvision_dataset_kwargs_the_datamodule_cannot_honour_are_refused_on_construction(

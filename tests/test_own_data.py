@@ -262,6 +262,16 @@ def test_array_labels_from_an_npz_file_of_one_array(tmp_path: Path) -> None:
         ArrayDataModule(str(tmp_path / "x.npy"), labels=str(tmp_path / "two.npz")).setup()
 
 
+def test_a_labels_key_the_data_file_lacks_is_named_as_the_labels_setting(tmp_path: Path) -> None:
+    """``labels: Y`` for an .npz holding x and y was refused as "name the data with key", naming another setting."""
+    np.savez(tmp_path / "d.npz", x=np.zeros((10, 4, 4), np.uint8), y=np.arange(10) % 2)
+    with pytest.raises(ValueError, match=r"labels='Y' is neither a key of .*d.npz \(it holds \['x', 'y'\]\) nor a "):
+        ArrayDataModule(str(tmp_path / "d.npz"), labels="Y").setup()
+    np.save(tmp_path / "x.npy", np.zeros((10, 4, 4), np.uint8))
+    with pytest.raises(ValueError, match=r"labels='y' is neither a key of .*x.npy nor a .npy/.npz/.pt file"):
+        ArrayDataModule(str(tmp_path / "x.npy"), labels="y").setup()
+
+
 def test_vectors_standardized_with_training_statistics_only(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     vectors = rng.normal(5.0, 3.0, (200, 6)).astype(np.float32)
@@ -322,6 +332,37 @@ def test_torchvision_offline_error_says_which_files_go_where(tmp_path: Path, mon
 def test_unknown_torchvision_dataset_is_an_error() -> None:
     with pytest.raises(ValueError, match="'CIFAR11' is not a torchvision dataset class"):
         TorchvisionDataModule("CIFAR11")
+    # an import path that does not import was a bare ModuleNotFoundError or AttributeError naming no setting
+    with pytest.raises(ValueError, match=r"dataset 'my_data.Faces' cannot be imported \(No module named 'my_data'\)"):
+        TorchvisionDataModule("my_data.Faces")
+    with pytest.raises(ValueError, match=r"dataset 'torchvision.datasets.Cifar10' cannot be imported \(.*'Cifar10'"):
+        TorchvisionDataModule("torchvision.datasets.Cifar10")
+
+
+def test_emnist_offline_error_names_its_archive_and_where_it_goes(tmp_path: Path, monkeypatch) -> None:
+    """The error said "Put its files in <data_dir>/EMNIST/raw", naming none; the archive put there is read offline."""
+    from torchvision.datasets import EMNIST
+
+    monkeypatch.setattr(EMNIST, "url", "http://127.0.0.1:9/gzip.zip")  # fails fast
+    dm = TorchvisionDataModule("EMNIST", data_dir=str(tmp_path), dataset_kwargs={"split": "letters"})
+    raw = tmp_path / "EMNIST" / "raw"
+    with pytest.raises(FileNotFoundError, match=rf"Put its files \(gzip.zip\) in {raw} as torchvision's EMNIST"):
+        dm.prepare_data()
+    import gzip
+    import zipfile
+
+    images = np.random.default_rng(0).integers(0, 256, (20, 28, 28), dtype=np.uint8)
+    raw.mkdir(parents=True)
+    with zipfile.ZipFile(raw / "gzip.zip", "w") as archive:  # as NIST publishes it: gzip/<file>.gz
+        for part in ("train", "test"):
+            for kind, array in (("images-idx3", images), ("labels-idx1", np.arange(20) % 26 + 1)):
+                write_idx(tmp_path / "idx", array)
+                archive.writestr(
+                    f"gzip/emnist-letters-{part}-{kind}-ubyte.gz", gzip.compress((tmp_path / "idx").read_bytes())
+                )
+    monkeypatch.setattr(EMNIST, "md5", md5(raw / "gzip.zip"))
+    dm.prepare_data()
+    assert torch.equal(dm.arrays.train[0][:, 0], torch.from_numpy(images).transpose(1, 2))
 
 
 # --- issue 15: evaluation passes and the offline fallback -----------------------------------------------------------
