@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from itertools import islice
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -169,7 +170,7 @@ def _records(
         return "torchvision", payloads, parts, [str(n) for n in names] if names else None
     path = Path(source)
     if kind == "array":
-        arrays = ArrayDataModule(str(path), labels=labels, key=key).load_arrays()
+        arrays = ArrayDataModule(str(path), labels=labels, key=key).arrays  # checked: one label per image, ...
         images, targets = arrays.train
         if images.ndim != 4:
             raise ValueError(f"{source} holds feature vectors {tuple(images.shape)}; a stream holds images")
@@ -407,9 +408,10 @@ def _check_free(location: StreamLocation, overwrite: bool, sources: list[str]) -
     """Refuse, before any work, an output that would destroy anything but a stream (docs/streaming.md), or hold, be
     or lie inside one of the ``sources``, or could not be renamed into place."""
     if location.is_remote:
+        streamed = location.exists(MANIFEST)  # also with --overwrite: an unreachable bucket is named before any work
         if overwrite:
             return
-        if location.exists(MANIFEST):
+        if streamed:
             raise FileExistsError(f"{location.uri} holds a stream already; pass --overwrite to replace it")
         # the objects a prepare writes over (litdata names a split's first chunk chunk-0-0.bin)
         written = [(split, name) for split in SPLITS for name in ("index.json", "chunk-0-0.bin")]
@@ -452,6 +454,25 @@ def _check_free(location: StreamLocation, overwrite: bool, sources: list[str]) -
         )
     if not overwrite:
         raise FileExistsError(f"{location.uri} holds a stream already; pass --overwrite to replace it")
+    others = _not_stream_files(path)
+    if others:
+        raise FileExistsError(
+            f"{location.uri} holds {', '.join(others[:3])}{', ...' if len(others) > 3 else ''} beside the stream; "
+            "--overwrite replaces a stream and nothing else: move them out of it"
+        )
+
+
+def _not_stream_files(path: Path) -> list[str]:
+    """What the local stream folder ``path`` holds beside its manifest and its splits' ``index.json`` and chunks."""
+    others = []
+    for entry in sorted(path.iterdir()):
+        if entry.name in SPLITS and entry.is_dir() and not entry.is_symlink():
+            for file in sorted(entry.iterdir()):
+                if not (file.is_file() and (file.name == "index.json" or fnmatch(file.name, "chunk-*.bin"))):
+                    others.append(str(file))
+        elif entry.name != MANIFEST:
+            others.append(str(entry))
+    return others
 
 
 def _publish(staging: Path, location: StreamLocation) -> None:

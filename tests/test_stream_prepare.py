@@ -232,3 +232,51 @@ def test_a_second_prepare_of_the_same_output_is_refused_while_the_first_one_writ
             resume.set()
         assert first.result(60).counts == read_manifest(StreamLocation(str(tmp_path / "stream"))).counts
     assert sorted(path.name for path in tmp_path.iterdir()) == ["images", "stream"]
+
+
+def test_a_labels_array_of_another_length_than_the_images_is_refused_naming_both_counts(tmp_path: Path) -> None:
+    # 30 labels for 40 images: the 10 images without a label were left out of the stream without a word
+    np.savez(tmp_path / "digits.npz", x=np.zeros((40, 8, 8), np.uint8), y=np.arange(30) % 3)
+    message = f"{tmp_path / 'digits.npz'} [y]: 30 labels for the 40 samples of {tmp_path / 'digits.npz'}"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        prepare_stream(str(tmp_path / "digits.npz"), str(tmp_path / "stream"), labels="y", chunk_size=4)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["digits.npz"]
+
+
+def test_overwrite_refuses_a_stream_folder_that_also_holds_other_files_and_keeps_them(tmp_path: Path) -> None:
+    # --overwrite replaced the whole folder: a README or a run saved inside the stream's folder was deleted
+    images = write_image_folder(tmp_path / "images", per_class=6, size=8)
+    first = prepare_stream(str(images), str(tmp_path / "stream"), chunk_size=4)
+    (tmp_path / "stream" / "README.txt").write_text("where these came from")
+    (tmp_path / "stream" / "train" / "notes.txt").write_text("notes")
+    stream = tmp_path / "stream"
+    message = (
+        f"{stream} holds {stream / 'README.txt'}, {stream / 'train' / 'notes.txt'} beside the stream; --overwrite "
+        "replaces a stream and nothing else: move them out of it"
+    )
+    with pytest.raises(FileExistsError, match=re.escape(message)):
+        prepare_stream(str(images), str(tmp_path / "stream"), chunk_size=2, overwrite=True)
+    assert (tmp_path / "stream" / "README.txt").read_text() == "where these came from"
+    assert read_manifest(StreamLocation(str(tmp_path / "stream"))).fingerprint == first.fingerprint
+    for name in ("README.txt", "train/notes.txt"):
+        (tmp_path / "stream" / name).unlink()
+    second = prepare_stream(str(images), str(tmp_path / "stream"), chunk_size=2, overwrite=True)
+    assert read_manifest(StreamLocation(str(tmp_path / "stream"))).fingerprint == second.fingerprint
+
+
+def test_an_unreachable_remote_output_is_refused_before_any_work_with_overwrite_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # with --overwrite the bucket was first contacted after every image had been encoded
+    bucket = fake_bucket(tmp_path, monkeypatch)
+
+    def unreachable(uri: str) -> bool:
+        raise OSError("Unable to locate credentials")
+
+    monkeypatch.setattr(bucket, "exists", unreachable)
+    monkeypatch.setattr(stream_prepare, "_records", lambda *args: pytest.fail("the source was read before the refusal"))
+    images = write_image_folder(tmp_path / "images", per_class=6, size=8)
+    message = "stream s3://b/photos: could not reach s3://b/photos/manifest.json (Unable to locate credentials)"
+    for overwrite in (False, True):
+        with pytest.raises(ConnectionError, match=re.escape(message)):
+            prepare_stream(str(images), "s3://b/photos", chunk_size=4, overwrite=overwrite)
