@@ -172,7 +172,11 @@ class DSpritesDataModule(ImageDataModule):
             if name not in FACTORS:
                 raise ValueError(f"fixed_factors names {name!r}, which is not a dSprites factor ({', '.join(FACTORS)})")
             size = GRID[FACTORS.index(name)]
-            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < size:
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(
+                    f"dSprites factor {name}={value!r} is not an integer grid index: {name} takes 0..{size - 1}"
+                )
+            if not 0 <= value < size:
                 raise ValueError(f"dSprites factor {name}={value!r} is outside the grid: {name} takes 0..{size - 1}")
         shape = (fixed_factors or {}).get("shape")
         if classes is not None and shape is not None and shape not in classes:
@@ -180,6 +184,11 @@ class DSpritesDataModule(ImageDataModule):
                 f"fixed_factors fixes shape={shape}, which classes {classes} leave out: no image would be trained on"
             )
         available = NUM_IMAGES // math.prod(GRID[FACTORS.index(name)] for name in fixed_factors or {})
+        if available < 3:
+            raise ValueError(
+                f"fixed_factors {fixed_factors} leave only {available} of the grid's images, but training, validation "
+                "and test need one each: leave a factor free"
+            )
         if num_samples is not None:
             check_number("num_samples", num_samples, f"[3, {available}]", integer=True)
         self.grid_indices: dict[str, Tensor] = {}

@@ -441,3 +441,13 @@ def test_too_few_points_or_votes_are_refused_before_any_metric_not_scored_nan() 
     assert calls == []
     least = metrics.disentanglement_metrics(identity, DSpritesGrid(), ["mig", "factor_vae"], num_points=10, num_votes=1)
     assert all(0 <= value <= 1 for value in least.values()), least
+
+
+def test_metric_names_given_as_one_string_are_refused_naming_it_not_spelled_out() -> None:
+    """``metrics="mig"`` (a string is a sequence of strings) was refused as "unknown disentanglement metric 'm', 'i',
+    'g'", by the callback and by :func:`~metrics.disentanglement_metrics`."""
+    message = r"^metrics must be a list of disentanglement metric names, e.g. \['mig'\], got the string 'mig'$"
+    with pytest.raises(ValueError, match=message):
+        DisentanglementMetrics(metrics="mig")
+    with pytest.raises(ValueError, match=message):
+        metrics.disentanglement_metrics(lambda x: x.double().numpy(), DSpritesGrid(), "mig", num_points=100)

@@ -261,3 +261,26 @@ def test_fractions_that_leave_no_training_image_are_named() -> None:
     message = r"val_fraction and test_fraction leave the training split empty \(num_samples 3, val_fraction 0.5, test"
     with pytest.raises(ValueError, match=message):
         data.setup("fit")
+
+
+ONE_IMAGE = r"^fixed_factors .* leave only 1 of the grid.s images, but training, validation and test need one each"
+
+
+@pytest.mark.parametrize(
+    "fixed_factors, num_samples, message",
+    [
+        ({"shape": 1.0}, None, r"^dSprites factor shape=1.0 is not an integer grid index: shape takes 0..2$"),
+        ({"position_x": "3"}, None, r"^dSprites factor position_x='3' is not an integer grid index: position_x takes"),
+        ({"scale": True}, None, r"^dSprites factor scale=True is not an integer grid index: scale takes 0..5$"),
+        (dict.fromkeys(FACTORS, 0), None, ONE_IMAGE),
+        (dict.fromkeys(FACTORS, 0), 3, ONE_IMAGE),
+    ],
+)
+def test_fixed_factors_refused_for_what_is_wrong_with_them(
+    fixed_factors: dict, num_samples: int | None, message: str
+) -> None:
+    """A value inside the grid but not an integer (1.0, '3', True) was refused as "outside the grid: shape takes
+    0..2"; all five factors fixed (one image) as "num_samples must be an integer in [3, 1]", or when the splits were
+    drawn as "val_fraction and test_fraction leave the training split empty: use smaller fractions"."""
+    with pytest.raises(ValueError, match=message):
+        DSpritesDataModule(fixed_factors=fixed_factors, num_samples=num_samples).setup("fit")

@@ -317,7 +317,12 @@ def _check_gap_codes(metric: str, num_codes: int) -> None:
 
 # --- all of them ----------------------------------------------------------------------------------------------------
 def check_disentanglement_metrics(names: Sequence[str]) -> list[str]:
-    """``names`` as a list, or a ValueError naming each unknown one and listing the known ones."""
+    """``names`` as a list, or a ValueError naming each unknown one and listing the known ones (or a string given for
+    the list)."""
+    if isinstance(names, str):
+        raise ValueError(
+            f"metrics must be a list of disentanglement metric names, e.g. [{names!r}], got the string {names!r}"
+        )
     return check_known(names, DISENTANGLEMENT_METRICS, "disentanglement metric", "they are")
 
 
