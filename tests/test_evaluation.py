@@ -33,7 +33,13 @@ from ae_lightning.evaluation.feature_classifier import (
     save_feature_classifier,
     train_feature_classifier,
 )
-from ae_lightning.evaluation.metrics import PSNR_CAP_DB, FrechetDistance, ImagePSNR, ReconstructionMetrics
+from ae_lightning.evaluation.metrics import (
+    PSNR_CAP_DB,
+    FrechetDistance,
+    ImagePSNR,
+    ReconstructionMetrics,
+    ms_ssim_applies,
+)
 from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
 from datamodules import ArrayDataModule, DSpritesDataModule, MNISTDataModule
 from datamodules.base import ImageDataModule
@@ -1068,3 +1074,43 @@ def test_an_image_metric_on_the_wrong_data_is_refused_naming_the_datas_shape(tmp
     model = Autoencoder(input_shape=[1, 8, 8], latent_dim=2, hidden_dims=[4])
     with pytest.raises(ValueError, match=r"^metric 'ms_ssim' needs images of at least 11 pixels a side, these are 8x8"):
         evaluation.first_stage_scores(model, ArrayDataModule(path=str(small)), ["ms_ssim"])
+
+
+def test_ms_ssim_is_computed_on_every_image_size_it_applies_to() -> None:
+    # at 11 pixels a side two scales were kept, and the second, 5 pixels a side, was too small for the 11-pixel window's
+    # padding: a RuntimeError of torch's padding after every other score
+    generator = torch.Generator().manual_seed(0)
+    for side in (side for side in range(1, 48) if ms_ssim_applies((side, side))):  # 11 to 47
+        images = torch.rand(2, 1, side, side, generator=generator)
+        metric = evaluation.multiscale_ssim((side, side))
+        metric.update((images + 0.1).clamp(0, 1), images)
+        assert 0 < float(metric.compute()) < 1, side
+
+
+def test_probes_of_data_of_one_class_or_without_labels_are_refused_naming_the_data(tmp_path: Path) -> None:
+    # "metric 'knn' does not apply to Autoencoder" blamed the model, which is probed on codes of labelled data
+    table = tmp_path / "table.npz"
+    np.savez(table, x=np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32), y=np.arange(40) % 2)
+    model = Autoencoder(input_shape=[6], latent_dim=2, hidden_dims=[4], reconstruction="mse")
+    one_class = ArrayDataModule(path=str(table), key="x", labels="y", classes=[1])
+    for name in ("linear_probe", "knn"):
+        with pytest.raises(ValueError, match=rf"^metric '{name}' needs labelled data of at least two classes, but "
+                           r"ArrayDataModule keeps one \(classes=\[1\]\)"):  # fmt: skip
+            evaluation.evaluate(model, one_class, [name])
+        with pytest.raises(ValueError, match=rf"^metric '{name}' needs labelled data of at least two classes, but "
+                           r"ArrayDataModule has no labels"):  # fmt: skip
+            evaluation.evaluate(model, ArrayDataModule(path=str(table), key="x"), [name])
+
+
+def test_evaluate_scores_a_model_in_its_own_dtype(data_dir: Path) -> None:
+    # a model in float64 (64-true) or bfloat16 (bf16-true) was given float32 images and refused them
+    torch.manual_seed(0)
+    datamodule = MNISTDataModule(data_dir=str(data_dir))
+    model = VAE(latent_dim=4, hidden_dims=[16], nll_samples=4)
+    names = ["mse", "ssim", "nll", "knn", "fid"]
+    classifier = ClassifierCNN(num_features=8)
+    expected = evaluation.evaluate(model, datamodule, names, classifier=classifier, fid_samples=20)
+    scores = evaluation.evaluate(model.double(), datamodule, names, classifier=classifier, fid_samples=20)
+    assert scores == pytest.approx(expected, rel=1e-4)
+    scores = evaluation.evaluate(model.to(torch.bfloat16), datamodule, names, classifier=classifier, fid_samples=20)
+    assert scores == pytest.approx(expected, rel=0.1)

@@ -110,6 +110,18 @@ def test_a_plain_autoencoder_generates_through_a_sampler_and_gets_frechet_distan
     assert math.isfinite(driver.frechet_distance(generator, classifier, real, 64))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=["64-true", "bf16-true"])
+def test_a_sampler_generates_through_a_model_in_float64_or_bfloat16(dtype: torch.dtype) -> None:
+    # the sampler's float32 codes went to the decoder of a 64-true or bf16-true model, which refused them
+    torch.manual_seed(0)
+    model = Autoencoder(input_shape=(1, 8, 8), latent_dim=2, hidden_dims=[8]).eval()
+    codes = model.encode(torch.rand(64, 1, 8, 8)).detach()
+    expected = PosthocGenerator(model, GaussianMixtureSampler(2).fit(codes)).sample(5)
+    samples = PosthocGenerator(model.to(dtype), GaussianMixtureSampler(2).fit(codes)).sample(5)
+    assert samples.dtype == dtype
+    torch.testing.assert_close(samples.float(), expected, atol=0.02, rtol=0)
+
+
 def test_a_sampler_generates_for_spatial_codes_and_for_a_conditional_model_with_its_classes_in_turn() -> None:
     torch.manual_seed(0)
     spatial = VAE(input_shape=(1, 16, 16), network="spatial", hidden_dims=[4, 8], latent_dim=2,

@@ -126,6 +126,10 @@ def not_applicable(model: AutoencoderModule, datamodule: ImageDataModule, name: 
     if name == "ms_ssim":
         size = "x".join(map(str, shape[1:]))
         return f"metric 'ms_ssim' needs images of at least 11 pixels a side, these are {size}: {description}"
+    if name in ("linear_probe", "knn"):
+        data = type(datamodule).__name__
+        why = f"keeps one (classes={datamodule.hparams.classes})" if datamodule.has_labels else "has no labels"
+        return f"metric {name!r} needs labelled data of at least two classes, but {data} {why}: {description}"
     return f"metric {name!r} does not apply to {type(model).__name__}: {description}"
 
 
@@ -200,9 +204,12 @@ def evaluating(model: nn.Module, seed: int | None = 0) -> Iterator[None]:
         model.train(was_training)
 
 
-def _batches(loader: TensorBatchLoader, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+def _batches(loader: TensorBatchLoader, to: nn.Module | torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+    """The loader's images and labels on device ``to``, or on the device of model ``to``'s weights and in their dtype
+    (float64 under 64-true, bfloat16 under bf16-true)."""
+    weight = next(to.parameters()) if isinstance(to, nn.Module) else torch.empty(0, device=to)
     for x, labels, _ in tqdm(loader, desc="evaluating", unit="batch", leave=False, file=sys.stderr):
-        yield x.to(device), labels.to(device)
+        yield x.to(weight), labels.to(weight.device)
 
 
 def reconstruction_scores(model: AutoencoderModule, loader: TensorBatchLoader, seed: int = 0) -> dict[str, float]:
@@ -210,7 +217,7 @@ def reconstruction_scores(model: AutoencoderModule, loader: TensorBatchLoader, s
     for feature vectors); ``seed`` seeds a stochastic model's draws."""
     metrics = ReconstructionMetrics(images=len(model.input_shape) == 3).to(model.device)
     with evaluating(model, seed):
-        for x, labels in _batches(loader, model.device):
+        for x, labels in _batches(loader, model):
             metrics.update(model(x, labels).float(), x)
     values = {name.removeprefix("recon_"): float(value) for name, value in metrics.compute().items()}
     return {name: values[name] for name in RECONSTRUCTION_METRICS if name in values}
@@ -232,7 +239,7 @@ def perceptual_scores(
         distance = (pretrained_networks(["lpips"])["lpips"] if distance is None else distance).to(model.device)
         metrics["lpips"] = MeanMetric().to(model.device)
     with evaluating(model, seed):
-        for x, labels in _batches(loader, model.device):
+        for x, labels in _batches(loader, model):
             reconstruction = model(x, labels).float()
             if "ms_ssim" in metrics:
                 metrics["ms_ssim"].update(reconstruction, x.float())
@@ -258,7 +265,7 @@ def code_scores(model: AutoencoderModule, loader: TensorBatchLoader, seed: int =
     bits = MeanMetric().to(model.device)
     pixels = model.input_shape[1] * model.input_shape[2]
     with evaluating(model, seed):
-        for x, _ in _batches(loader, model.device):
+        for x, _ in _batches(loader, model):
             indices = tokenizer.encode_indices(x)
             usage.update(indices)
             if callable(getattr(model, "bits_per_image", None)):
@@ -276,7 +283,7 @@ def reconstruction_frechet_distance(
     stochastic model's draws."""
     metric = FrechetDistance(network).to(model.device)
     with evaluating(model, seed):
-        for x, labels in _batches(loader, model.device):
+        for x, labels in _batches(loader, model):
             metric.update(x.float(), real=True)
             metric.update(model(x, labels).float(), real=False)
     return float(metric.compute())
@@ -351,7 +358,7 @@ def negative_log_likelihood(
         raise ValueError(f"{name} has no likelihood (importance_weighted_nll): nll is for the VAE family")
     mean = MeanMetric().to(model.device)
     with evaluating(model, seed):
-        for x, labels in _batches(loader, model.device):
+        for x, labels in _batches(loader, model):
             mean.update(model.importance_weighted_nll(x, num_samples, labels))
     return float(mean.compute())
 
@@ -367,7 +374,7 @@ def _per_image(method: Callable, model: nn.Module, loader: TensorBatchLoader, se
     """``method(x, y)`` of every batch of the loader and the labels, concatenated on the CPU."""
     values, labels = [], []
     with evaluating(model, seed):
-        for x, y in _batches(loader, model.device):
+        for x, y in _batches(loader, model):
             values.append(method(x, y).float().cpu())
             labels.append(y.cpu())
     return torch.cat(values), torch.cat(labels)

@@ -105,10 +105,16 @@ def ms_ssim_applies(image_size: Sequence[int], kernel_size: int = 11) -> bool:
 
 def ms_ssim_betas(image_size: Sequence[int], kernel_size: int = 11) -> tuple[float, ...]:
     """The weights of as many of MS-SSIM's five scales as images of ``image_size`` ``(H, W)`` allow by torchmetrics'
-    rule (all five from 176 pixels a side; two at 28x28), renormalized to sum to 1."""
+    rule (all five from 176 pixels a side; two at 28x28), renormalized to sum to 1, and whose coarsest scale is wider
+    than the window's padding (one scale at 11x11)."""
     side = min(image_size)
-    # torchmetrics' size rule for s scales: side // max(1, s - 1) ** 2 > kernel_size - 1 and side >= 2 ** s
-    fits = [s for s in range(1, 6) if side // max(1, s - 1) ** 2 > kernel_size - 1 and side >= 2**s]
+    # torchmetrics' size rule for s scales: side // max(1, s - 1) ** 2 > kernel_size - 1 and side >= 2 ** s; its
+    # reflection padding of kernel_size // 2 pixels also needs the s-th scale, side // 2 ** (s - 1), to be wider
+    fits = [
+        s
+        for s in range(1, 6)
+        if side // max(1, s - 1) ** 2 > kernel_size - 1 and side >= 2**s and side // 2 ** (s - 1) > kernel_size // 2
+    ]
     if not fits:
         raise ValueError(
             f"MS-SSIM with an {kernel_size}-pixel window needs images of at least {kernel_size} pixels a side"

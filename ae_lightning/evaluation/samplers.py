@@ -198,7 +198,8 @@ class PosthocGenerator(nn.Module):
         """``n`` images decoded from the sampler's codes (as ``[n, *latent_shape]``); a conditional model decodes them
         with the labels ``y`` ``[n]``, by default the classes in turn, as its own ``sample`` does."""
         device = self.model.device
-        codes = self.sampler.sample(n).to(device).reshape(n, *self.model.latent_shape)
+        weight = next(self.model.parameters())  # the decoder takes codes in its dtype: float64 under 64-true
+        codes = self.sampler.sample(n).to(weight).reshape(n, *self.model.latent_shape)
         if self.num_classes is not None and y is None:
             y = torch.arange(n, device=device) % self.num_classes
         return self.model.decode(codes, y)
