@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,7 +57,9 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         unavailable(f"start_cluster.sh failed: {error}")
     if started.returncode != 0:
         unavailable(f"start_cluster.sh failed:\n{started.stderr[-3000:]}")
-    env = {**subprocess_env(), "SLURM_CONF": started.stdout.strip().splitlines()[-1]}
+    # The jobs run `ae-lightning` of this Python's environment, as from a shell where it is activated.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**subprocess_env(), "SLURM_CONF": started.stdout.strip().splitlines()[-1], "PATH": path}
     yield env
     subprocess.run(["bash", str(START), "stop", str(state)], timeout=60)
 
@@ -294,3 +297,63 @@ def test_a_named_csv_version_left_without_a_checkpoint_is_not_started_again_over
     with pytest.raises(ConfigError, match=rf"{run / 'metrics.csv'} exists: .*another --trainer.logger.version"):
         run_cli("fit", *start, "--ckpt_path", "last")
     assert (run / "metrics.csv").read_text() == "step,train/loss\n0,0.7\n"
+
+
+class ValidatedEpochs(BoringModel):
+    """A BoringModel that records the epochs it validated, on training data whose samples are all the same (so that
+    a resume's weights do not depend on the position of its loader, which cannot resume its position)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.validated: list[int] = []
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(torch.ones(64, 32), batch_size=2)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.validated.append(self.current_epoch)
+
+
+class RequeueSignalAtBatch(L.Callback):
+    """Sends SIGUSR1 to its own process at the start of epoch 0's training batch ``batch``.
+
+    Args:
+        batch: the batch index in epoch 0.
+    """
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
+        if trainer.current_epoch == 0 and batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def test_the_requeue_signal_in_an_epochs_last_batch_checkpoints_after_its_validation(
+    requeue_signal_heard: tuple[object, list[int]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A checkpoint at an epoch's last batch precedes the epoch's validation, which a resume from it skips: what val/loss
+    # drives (a ReduceLROnPlateau, EarlyStopping, the best checkpoint) would miss that epoch's value.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/called"\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+    def fit(model: ValidatedEpochs, *callbacks: L.Callback, ckpt_path: Path | None = None) -> None:
+        trainer = L.Trainer(default_root_dir=tmp_path, max_epochs=3, limit_train_batches=4, limit_val_batches=2,
+                            callbacks=list(callbacks), logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+        trainer.fit(model, ckpt_path=ckpt_path)
+
+    L.seed_everything(0)
+    fit(uninterrupted := ValidatedEpochs())
+    L.seed_everything(0)
+    with pytest.raises(SystemExit) as exited:
+        fit(interrupted := ValidatedEpochs(), SlurmRequeue(), RequeueSignalAtBatch(3))  # epoch 0's last batch
+    assert exited.value.code == 0 and (bin_dir / "called").read_text().split() == ["requeue", "0"]
+    fit(resumed := ValidatedEpochs(), ckpt_path=tmp_path / "hpc_ckpt_1.ckpt")
+    assert interrupted.validated + resumed.validated == uninterrupted.validated == [0, 1, 2]
+    for name, value in uninterrupted.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), f"{name} differs from the uninterrupted run's"

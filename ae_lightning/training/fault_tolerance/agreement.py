@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from ae_lightning.lightning_internals import ends_training_epoch
 from datamodules.checks import PositiveInt, check_arguments
 
 
@@ -18,7 +19,8 @@ class AgreedSignal(Callback):
     """Base of the callbacks that act on a signal at the end of a training batch that ended an optimizer step (never
     halfway through accumulating gradients, which no checkpoint holds), on every rank at once: during ``fit`` (from
     :meth:`own_signal`) its handler only notes the signal, and the ranks agree every ``check_every_n_steps`` optimizer
-    steps (a single process every step) to :meth:`act`, which subclasses implement.
+    steps (a single process every step) to :meth:`act`, which subclasses implement. Agreed at an epoch's last batch,
+    they act at the next step, after the epoch's validation and end hooks, which a resume from there would skip.
 
     Args:
         check_every_n_steps: how often, in optimizer steps, the ranks agree on whether the signal came (DDP only).
@@ -35,6 +37,7 @@ class AgreedSignal(Callback):
         self._previous_handler: Any = None
         self._installed = False
         self._signalled = False
+        self._act_at_next_step = False  # agreed where acting would skip what follows (an epoch's end)
 
     def signalled(self, trainer: L.Trainer) -> bool | None:
         """Whether this process got the signal; None when the callback is not active in this run."""
@@ -77,6 +80,7 @@ class AgreedSignal(Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._checked_at_step = trainer.global_step
+        self._act_at_next_step = False
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
@@ -88,10 +92,16 @@ class AgreedSignal(Callback):
     ) -> None:
         if not self.ended_a_step(trainer):
             return
-        if trainer.world_size == 1 or trainer.global_step - self._checked_at_step >= self.check_every_n_steps:
+        if self._act_at_next_step:  # even at an epoch's last batch: an epoch of one batch ends at every step
+            self._act_at_next_step = False
+            self.act(trainer)
+        elif trainer.world_size == 1 or trainer.global_step - self._checked_at_step >= self.check_every_n_steps:
             self._checked_at_step = trainer.global_step
             if self.agreed(trainer, pl_module):
-                self.act(trainer)
+                # A checkpoint at an epoch's last batch precedes its validation, which Lightning skips on resume.
+                self._act_at_next_step = ends_training_epoch(trainer)
+                if not self._act_at_next_step:
+                    self.act(trainer)
 
     def ended_a_step(self, trainer: L.Trainer) -> bool:
         """Whether the training batch ending now took an optimizer step (the same on every rank)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -12,28 +11,22 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ae_lightning.training.fault_tolerance.agreement import AgreedSignal
 from ae_lightning.training.fault_tolerance.checkpoint_io import RunCheckpoint
-from datamodules.checks import PositiveInt
 
 SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports a process ended by the signal
 
 
 class SigtermCheckpoint(AgreedSignal):
-    """On SIGTERM during ``fit``, writes ``last.ckpt`` at the end of an optimizer step (after a validation, the next
-    one) on all ranks together and exits with status 143; a signal before training exits 143 writing nothing, and one
-    that finds no step left exits 143 once ``fit`` is done, unless the previous handler took it (a function, or
-    ``SIG_IGN``). When and why: ``docs/fault_tolerance.md``.
+    """On SIGTERM during ``fit``, writes ``last.ckpt`` at the end of an optimizer step (after a validation or at an
+    epoch's last batch, the next one) on all ranks together and exits with status 143; a signal before training
+    exits 143 writing nothing, and one that finds no step left exits 143 once ``fit`` is done, unless the previous
+    handler took it (a function, or ``SIG_IGN``). When and why: ``docs/fault_tolerance.md``.
     """
 
     calls_previous_handler = True
 
-    def __init__(self, check_every_n_steps: PositiveInt = 10) -> None:
-        super().__init__(check_every_n_steps)
-        self._act_at_next_step = False
-
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if stage == "fit":
-            self._act_at_next_step = False
             self.own_signal(signal.SIGTERM)
 
     # Lightning puts back the handler it found after the ``on_fit_start`` hooks: the previous one, not this callback's.
@@ -56,13 +49,6 @@ class SigtermCheckpoint(AgreedSignal):
             rank_zero_info("SIGTERM during the sanity check: exiting, nothing to save")
             raise SystemExit(SIGTERM_EXIT_CODE)
         self._act_at_next_step = True  # after the other callbacks' hooks, and their checkpoints, of this validation
-
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        if self._act_at_next_step and self.ended_a_step(trainer):
-            self.act(trainer)
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         unacted = self._signum is not None and (self._signalled or trainer.received_sigterm)
