@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import lightning as L
+from lightning.fabric.plugins.environments import ClusterEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.optim import Optimizer
@@ -142,6 +143,12 @@ def weighted_batch_size(n: int) -> float:
     return float(n)
 
 
+def cluster_environment(trainer: L.Trainer) -> ClusterEnvironment:
+    """The cluster environment of ``trainer``, a single process's too (the one Lightning's signal handlers read)."""
+    changed = "the Trainer's accelerator connector no longer keeps `cluster_environment`"
+    return _read(lambda: trainer._accelerator_connector.cluster_environment, changed)
+
+
 def _read(read: Callable[[], T], changed: str, *errors: type[Exception]) -> T:
     """``read()``, whose AttributeError (or one of ``errors``) means that Lightning changed what ``changed`` says."""
     try:
@@ -155,6 +162,7 @@ def _read(read: Callable[[], T], changed: str, *errors: type[Exception]) -> T:
 
 __all__ = [
     "batches_that_stepped",
+    "cluster_environment",
     "enable_version_counter",
     "ends_training_epoch",
     "every_n_train_steps",

@@ -22,6 +22,7 @@ from vector_quantize_pytorch.vector_quantize_pytorch import Codebook
 from ae_lightning.cli import AutoencoderCLI
 from ae_lightning.lightning_internals import (
     batches_that_stepped,
+    cluster_environment,
     enable_version_counter,
     ends_training_epoch,
     every_n_train_steps,
@@ -638,3 +639,12 @@ def test_the_predict_loop_keeps_return_predictions_where_returns_predictions_rea
     trainer.predict(BoringModel())
     trainer.predict(BoringModel(), return_predictions=False)
     assert seen.returned == [True, False]
+
+
+def test_a_single_process_trainer_keeps_the_cluster_environment_it_was_given() -> None:
+    # What Lightning's SLURM signal handler reads: a plugin's auto_requeue and requeue_signal, one process's too.
+    from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
+
+    given = SLURMEnvironment(auto_requeue=False)
+    assert cluster_environment(L.Trainer(accelerator="cpu", devices=1, plugins=[given], logger=False)) is given
+    assert isinstance(cluster_environment(L.Trainer(accelerator="cpu", devices=1, logger=False)), LightningEnvironment)

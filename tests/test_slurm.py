@@ -357,3 +357,29 @@ def test_the_requeue_signal_in_an_epochs_last_batch_checkpoints_after_its_valida
     assert interrupted.validated + resumed.validated == uninterrupted.validated == [0, 1, 2]
     for name, value in uninterrupted.state_dict().items():
         assert torch.equal(resumed.state_dict()[name], value), f"{name} differs from the uninterrupted run's"
+
+
+@pytest.mark.parametrize(
+    "plugin, owned",
+    [({"auto_requeue": False}, None), ({"requeue_signal": signal.SIGHUP}, signal.SIGHUP), ({}, signal.SIGUSR1)],
+    ids=["no_auto_requeue", "sighup", "default"],
+)
+def test_a_single_task_honours_the_slurm_plugin_it_was_given(
+    plugin: dict, owned: int | None, requeue_signal_heard: tuple[object, list[int]], tmp_path: Path
+) -> None:
+    # One process built a default SLURMEnvironment of its own: it took SIGUSR1 with auto_requeue=False, and SIGUSR1
+    # rather than the plugin's requeue_signal.
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    seen: list[int | None] = []
+
+    class SignalOwned(L.Callback):
+        def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            seen.append(requeue._signum)
+
+    requeue = SlurmRequeue()
+    trainer = L.Trainer(default_root_dir=tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=0,
+                        callbacks=[requeue, SignalOwned()], plugins=[SLURMEnvironment(**plugin)], logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(BoringModel())
+    assert seen == [owned]

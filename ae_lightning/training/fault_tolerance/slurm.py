@@ -12,6 +12,7 @@ import lightning as L
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from ae_lightning.lightning_internals import cluster_environment
 from ae_lightning.training.fault_tolerance.agreement import AgreedSignal
 
 
@@ -26,10 +27,7 @@ class SlurmRequeue(AgreedSignal):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        # A multi-process strategy holds the cluster environment; a single process under SLURM has the default one.
-        environment = getattr(trainer.strategy, "cluster_environment", None)
-        if environment is None and SLURMEnvironment.detect():
-            environment = SLURMEnvironment()
+        environment = cluster_environment(trainer)  # a single process's too: a plugin's auto_requeue, requeue_signal
         if isinstance(environment, SLURMEnvironment) and environment.auto_requeue and stage == "fit":
             self.own_signal(environment.requeue_signal)  # before Lightning's handlers: it leaves this signal alone
 
