@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import difflib
 import importlib
 import inspect
 import itertools
@@ -25,7 +26,7 @@ from typing import Any
 
 import lightning
 import torch
-from jsonargparse import ArgumentError, lazy_instance
+from jsonargparse import ArgumentError, ArgumentParser, lazy_instance
 from jsonargparse.typing import class_from_function
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -76,7 +77,6 @@ from ae_lightning.training.resume import (
     optimizer_settings,
 )
 from datamodules.base import ImageDataModule
-from datamodules.streaming import StreamingDataModule
 
 # Registers the variants for ``--model <ClassName>`` and the datamodules for ``--data <ClassName>``.
 for _module in sorted({*_EXPORTS.values(), *datamodules._EXPORTS.values()}):
@@ -142,6 +142,7 @@ class AutoencoderCLI(LightningCLI):
     _checkpoint: dict[str, Any] | None = None  # what --ckpt_path holds
 
     def __init__(self, **kwargs) -> None:
+        self._parsers: list[LightningArgumentParser] = []  # the subcommands', whose keys a misspelled one is matched to
         kwargs.setdefault("save_config_kwargs", {"overwrite": False})
         kwargs.setdefault("save_config_callback", SaveConfigToRun)
         # Callbacks in ``trainer_defaults`` are added to every trainer, whatever --trainer.callbacks says.
@@ -161,6 +162,7 @@ class AutoencoderCLI(LightningCLI):
         return super().init_parser(**kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        self._parsers.append(parser)
         parser.link_arguments("data.input_shape", "model.init_args.input_shape", apply_on="instantiate")
         # Sections, not callback keys: instantiate_trainer adds each only where it acts (none of checkpoint beside
         # --trainer.enable_checkpointing false, which Lightning refuses; no pictures beside --trainer.barebones true).
@@ -182,7 +184,13 @@ class AutoencoderCLI(LightningCLI):
         argv = sys.argv[1:] if args is None else args
         if isinstance(argv, (list, tuple)):
             _check_class_names(parser, list(argv))
-        super().parse_arguments(parser, args)
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as error:
+            hint = _known_key_like(str(error), self._parsers)
+            if hint is None:
+                raise
+            raise ArgumentError(None, f"{one_line(str(error))}; did you mean {hint}?") from error
         # Resolved before --ckpt_path is, which looks in the run folder that the logger's settings name.
         self._logger_settings_given = _logger_defaults(_run_config(self.config))
 
@@ -476,7 +484,7 @@ class AutoencoderCLI(LightningCLI):
             if fit:
                 self._check_trainer_settings()
                 fast.check_fit(self.trainer, self.model.steps_per_batch, self.datamodule)
-        if isinstance(self.datamodule, StreamingDataModule):  # bad data, not settings
+        if hasattr(self.datamodule, "check_splits"):  # bad data, not settings
             self.datamodule.check_splits(self.subcommand, trainer=self.trainer)
 
     def _check_trainer_settings(self) -> None:
@@ -595,6 +603,37 @@ def _check_class_names(parser: LightningArgumentParser, argv: list[str]) -> None
         if value not in known:
             parser.error(f"{option} {value} is not a known class; the known ones are {', '.join(known)} "
                          "(or give an import path such as mypackage.MyModel)")  # fmt: skip
+
+
+def _known_key_like(message: str, parsers: list[LightningArgumentParser]) -> str | None:
+    """The known key closest to the one that jsonargparse's error ``message`` refuses as unknown: an argument of a
+    class the message names, or an option of the command (``parsers``: its subcommands'); None where none is close."""
+    if found := re.search(r"Option '([^']+)' is not accepted(\.|$)", message, re.M):  # an argument of a class
+        classes = {resolve_class_path(path) for path in re.findall(r"class_path[= ]'([^']+)'", message)}
+        known = [key for cls in classes if isinstance(cls, type) for key in _class_keys(cls)]
+        name, option = found.group(1), False
+    elif found := re.search(r"does not accept option '([^']+)'|unrecognized arguments: .*?--([\w.]+)", message):
+        known = [key for parser in parsers for key in parser.get_defaults().keys()]
+        name, option = found.group(1) or found.group(2), found.group(2) is not None  # typed as --<name>
+    else:
+        return None
+    # The first part of the dotted name that no known key has, replaced by the closest part a known key has there.
+    parts, paths = name.split("."), [key.split(".") for key in known]
+    for i, part in enumerate(parts):
+        there = {path[i] for path in paths if len(path) > i and path[:i] == parts[:i]}
+        if part not in there:
+            closest = difflib.get_close_matches(part, there, n=1, cutoff=0.75)  # --prnt_config is not --config
+            key = ".".join([*parts[:i], *closest, *parts[i + 1 :]])
+            return (f"--{key}" if option else f"'{key}'") if closest else None
+    return None
+
+
+def _class_keys(cls: type) -> list[str]:
+    """The arguments that the command accepts for ``cls``, as jsonargparse reads its signature."""
+    try:
+        return ArgumentParser(exit_on_error=False).add_class_arguments(cls, fail_untyped=False)
+    except (ValueError, TypeError):  # a class whose signature jsonargparse cannot read
+        return []
 
 
 def _concrete_subclasses(base: type) -> Iterator[type]:

@@ -403,6 +403,32 @@ def test_a_value_the_parser_rejects_is_one_line_naming_the_argument(argv: list[s
     assert one_line(str(refused.value)).startswith(expected)
 
 
+@pytest.mark.parametrize(
+    "argv, hint",
+    [
+        (["--trainer.max_epohcs", "1"], "did you mean --trainer.max_epochs?"),
+        (["--modle.init_args.latent_dim", "3"], "did you mean --model.init_args.latent_dim?"),
+        (["--model.init_args.latent_dimm", "3"], "did you mean 'latent_dim'?"),
+        (["--model.init_args.optimizer.init_args.lrr", "0.1"], "did you mean 'lr'?"),
+        (["--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitr", "val/loss"], "did you mean 'monitor'?"),
+        (["--config", "MISSPELLED_YAML"], "did you mean 'checkpoint.monitor'?"),
+        (["--nosuch", "1"], None),
+        (["--prnt_config"], None),  # not --config
+    ],
+    ids=["trainer-key", "section", "model-argument", "optimizer-argument", "callback-argument", "yaml-key", "none",
+         "not-close"],
+)  # fmt: skip
+def test_a_misspelled_key_is_refused_with_the_known_one_it_resembles(
+    argv: list[str], hint: str | None, tmp_path: Path
+) -> None:
+    (tmp_path / "typo.yaml").write_text("checkpoint:\n  monitr: val/recon\n")
+    argv = [arg.replace("MISSPELLED_YAML", str(tmp_path / "typo.yaml")) for arg in argv]
+    with pytest.raises(ArgumentError) as refused:
+        run_cli("fit", "--config", "configs/vae.yaml", *argv)
+    message = one_line(str(refused.value))
+    assert message.endswith(hint) if hint else "did you mean" not in message, message
+
+
 def test_a_new_variant_needs_only_its_module_and_its_config(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
     """A variant is a module with ``loss_terms`` and a config naming it: fit, test and reloading need nothing else
     (inside the package, one line in ``ae_lightning._EXPORTS`` adds the short name ``ae_lightning.<Class>``)."""
