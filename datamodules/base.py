@@ -14,6 +14,7 @@ import lightning as L
 import numpy as np
 import torch
 from filelock import FileLock
+from lightning.pytorch.core.hooks import DataHooks
 from torch import Tensor
 
 from datamodules.checks import (
@@ -23,7 +24,7 @@ from datamodules.checks import (
     check_init_arguments,
     plain_hyperparameters,
 )
-from datamodules.loader import GroupedBatches, TensorBatchLoader, check_resume_state, fingerprint
+from datamodules.loader import GroupedBatches, TensorBatchLoader, check_resume_state, check_shared, fingerprint
 
 Split = Literal["train", "val", "test"]
 DEFAULT_TEST_FRACTION = 0.1
@@ -151,6 +152,12 @@ class ImageDataModule(L.LightningDataModule):
         return tuple(self.arrays.train[0].shape[1:])
 
     @property
+    def prepared(self) -> bool:
+        """Whether the data can be read before :meth:`prepare_data` runs: they are loaded, or it fetches nothing (a
+        datamodule whose ``prepare_data`` fetches them overrides this, to say when they are in place)."""
+        return self._arrays is not None or type(self).prepare_data is DataHooks.prepare_data
+
+    @property
     def is_image_data(self) -> bool:
         return len(self.input_shape) == 3
 
@@ -170,6 +177,28 @@ class ImageDataModule(L.LightningDataModule):
         # Lightning logged the hyperparameters before data_source was known: log it to every trainer using the splits.
         for logger in self.trainer.loggers if self.trainer is not None else []:
             logger.log_hyperparams({"data_source": self.hparams.data_source})
+        self._check_shared(stage, self.trainer)  # before the Trainer writes the run's config and hyperparameters
+
+    def check_splits(self, stage: str | None, trainer: Any = None) -> None:
+        """Raise a ValueError naming the split if one that ``stage`` reads has fewer samples than ``trainer``'s
+        processes (default: the attached trainer's); the data are read (:meth:`setup`) only where :attr:`prepared`,
+        else :meth:`setup` checks them."""
+        trainer = trainer if trainer is not None else self.trainer
+        if getattr(trainer, "world_size", 1) > 1 and self.prepared:
+            self.setup(stage)
+            self._check_shared(stage, trainer)
+
+    def splits_read(self, stage: str | None, trainer: Any = None) -> list[Split]:
+        """The splits whose loaders Lightning's ``stage`` builds (every split for None), less those whose
+        ``limit_*_batches`` is 0 in ``trainer``."""
+        if stage == "predict":
+            return [] if getattr(trainer, "limit_predict_batches", 1) == 0 else [self.hparams.predict_split]
+        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ("train", "val", "test"))
+        return [split for split in splits if getattr(trainer, f"limit_{split}_batches", 1) != 0]
+
+    def _check_shared(self, stage: str | None, trainer: Any) -> None:
+        for split in self.splits_read(stage, trainer):
+            check_shared(split, self.split_size(split), getattr(trainer, "world_size", 1))
 
     def _draw_splits(self) -> None:
         arrays = self.arrays
@@ -257,7 +286,10 @@ class ImageDataModule(L.LightningDataModule):
 
     def check_resume(self, loader_state: dict[str, Any], world_size: int) -> None:
         """Raise a ValueError naming the setting (and both datasets) if the checkpoint's training position
-        ``loader_state`` was reached on other data or with other data settings; called before anything is created."""
+        ``loader_state`` was reached on other data or with other data settings; called before anything is created
+        (where the data are :attr:`prepared`; else when Lightning restores the position, after ``prepare_data``)."""
+        if not self.prepared:
+            return
         self.setup("fit")
         samples, content = self.training_content()
         mine = {

@@ -113,6 +113,18 @@ def check_resume_state(stored: dict, mine: dict) -> None:
             )
 
 
+def check_shared(split: str, samples: int, world_size: int) -> None:
+    """Raise a ValueError naming ``split`` (``train``, ``val``, ...; empty: unnamed) if its ``samples`` are fewer than
+    the ``world_size`` processes, each of which needs at least one."""
+    if samples < world_size:
+        more = " (a larger --data.val_fraction)" if split == "val" else ""
+        raise ValueError(
+            f"{f'the {split} split' if split else 'a split'} of {samples} samples cannot be shared by {world_size} "
+            f"processes, each of which needs at least one: use at most {samples} processes (--trainer.devices, "
+            f"--trainer.num_nodes), or more {split + ' ' if split else ''}data{more}"
+        )
+
+
 # The signals a scheduler sends to every process of a job (``scancel``, SLURM's ``--signal``, ``timeout``,
 # ``kill -- -<group>``), which the main process acts on at a step's end; none without ``sigwaitinfo`` (macOS).
 _JOB_SIGNALS = {signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2} if hasattr(signal, "sigwaitinfo") else set()
@@ -207,13 +219,7 @@ class TensorBatchLoader:
         source: str = "",
         split: str = "",
     ) -> None:
-        if len(images) < world_size:
-            more = " (a larger --data.val_fraction)" if split == "val" else ""
-            raise ValueError(
-                f"{f'the {split} split' if split else 'a split'} of {len(images)} samples cannot be shared by "
-                f"{world_size} processes, each of which needs at least one: use at most {len(images)} processes "
-                f"(--trainer.devices, --trainer.num_nodes), or more {split + ' ' if split else ''}data{more}"
-            )
+        check_shared(split, len(images), world_size)
         self.device, self.fingerprint, self.source = torch.device(device), fingerprint(images), source
         # pixels are scaled to float once, here, so that a batch is a single gather
         if images.dtype == torch.uint8:

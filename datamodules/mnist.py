@@ -54,6 +54,10 @@ class IDXDataModule(ImageDataModule):
         """The four IDX files torchvision reads."""
         return [f"{part}-{kind}" for part in ("train", "t10k") for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")]
 
+    @property
+    def prepared(self) -> bool:
+        return self._files_present() or super().prepared
+
     def _files_present(self) -> bool:
         return all((self.raw_folder / name).exists() for name in self.idx_files)
 

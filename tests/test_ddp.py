@@ -290,3 +290,41 @@ def test_test_terms_of_a_split_shared_unequally_by_the_ranks_equal_one_process(t
     assert {"test/loss", "test/recon", "test/recon_mse"} <= set(under_ddp) == set(one_process)
     for name, value in under_ddp.items():
         assert value == pytest.approx(one_process[name], rel=1e-6), name
+
+
+def test_a_split_too_small_for_the_processes_is_refused_before_the_run_writes_its_config(tmp_path: Path) -> None:
+    # 240 training images, val_fraction 0.004: a validation split of 1 image for 2 processes. It was refused by the
+    # loader in each process, after the run had written config.yaml and hparams.yaml as if it had trained.
+    from conftest import write_dataset
+
+    args = tiny_args("ae", write_dataset(tmp_path / "data", "MNIST"), tmp_path / "run", *DDP, "--data.val_fraction",
+                     "0.004", "--trainer.max_epochs", "1")  # fmt: skip
+    result = run_subprocess("fit", *args)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.stderr.count("the val split of 1 samples cannot be shared by 2 processes") == 1, result.stderr
+    assert "a larger --data.val_fraction" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_split_check_reads_only_data_that_need_no_prepare_data_and_skips_splits_not_read(tmp_path: Path) -> None:
+    # What the command asks before it starts the processes: an MNIST that prepare_data has not fetched yet is not
+    # read (it would fall back to the offline sample without a download tried); a split Lightning never reads
+    # (limit_val_batches 0) may be smaller than the processes.
+    from datamodules import ArrayDataModule, MNISTDataModule
+
+    torch.save(torch.rand(40, 6, generator=torch.Generator().manual_seed(0)), tmp_path / "x.pt")
+
+    def trainer(**kwargs) -> L.Trainer:  # not run: no process is started
+        return L.Trainer(strategy="ddp", accelerator="cpu", devices=2, logger=False, **kwargs)
+
+    data = ArrayDataModule(str(tmp_path / "x.pt"), val_fraction=0.03, test_fraction=0.1)
+    with pytest.raises(ValueError, match=r"the val split of 1 samples cannot be shared by 2 processes"):
+        data.check_splits("fit", trainer())
+    data.check_splits("fit", trainer(limit_val_batches=0))
+    data.check_splits("test", trainer())
+    data.check_splits("predict", trainer())
+    with pytest.raises(ValueError, match=r"the test split of 1 samples cannot be shared by 2 processes"):
+        ArrayDataModule(str(tmp_path / "x.pt"), test_fraction=0.03).check_splits("predict", trainer())
+    not_fetched = MNISTDataModule(data_dir=str(tmp_path / "empty"))
+    not_fetched.check_splits("fit", trainer())
+    assert not not_fetched.prepared and not not_fetched.splits
