@@ -37,7 +37,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from torch.multiprocessing import ProcessRaisedException
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
@@ -65,6 +65,7 @@ from ae_lightning.training.fault_tolerance import (
     non_finite_guard,
 )
 from ae_lightning.training.fault_tolerance.checkpoint_io import read_checkpoint, remove_dead_writers_files
+from ae_lightning.training.fault_tolerance.sigterm import SIGTERM_EXIT_CODE
 from ae_lightning.training.fault_tolerance.slurm import hpc_checkpoints
 from ae_lightning.training.prediction import PredictionWriter
 from ae_lightning.training.resume import (
@@ -899,13 +900,16 @@ TRACEBACK_FLAG = "--print_traceback"
 
 def run_command(prog: str, command: Callable[[], object]) -> None:
     """Run ``command``: a refused setting or bad data, also in a process that ``ddp_spawn`` started, prints
-    ``<prog>: error: <message>`` alone (exit status 2 for settings, 1 for data and files); ``--print_traceback`` (or
-    ``AE_LIGHTNING_TRACEBACK=1``) shows the traceback instead."""
+    ``<prog>: error: <message>`` alone (exit status 2 for settings, 1 for data and files; 143 for a SIGTERM that
+    Lightning's loops stopped at); ``--print_traceback`` (or ``AE_LIGHTNING_TRACEBACK=1``) shows the traceback
+    instead."""
     if TRACEBACK_FLAG in sys.argv:
         sys.argv.remove(TRACEBACK_FLAG)
         os.environ["AE_LIGHTNING_TRACEBACK"] = "1"  # DDP's processes run this command again: they inherit it
     try:
         command()
+    except SIGTERMException:  # Lightning's, at an evaluation's batch: exit as a process the signal ended, as fit does
+        sys.exit(SIGTERM_EXIT_CODE)
     except Exception as error:
         raised, message = _raised_in_process(error) or (type(error), str(error))
         if os.environ.get("AE_LIGHTNING_TRACEBACK") == "1" or not issubclass(raised, (*_USER_ERRORS, ArgumentError)):

@@ -404,3 +404,23 @@ def test_processes_of_a_fork_server_first_used_by_a_loader_still_end_on_sigterm(
                              capture_output=True, text=True, timeout=120)  # fmt: skip
     output = process.stdout + process.stderr
     assert "batches: 4\nended by terminate(): True" in output, output[-5000:]
+
+
+class SigtermAtTestBatch(Callback):
+    """Sends SIGTERM to its own process at the start of test batch 1."""
+
+    def on_test_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int, dataloader_idx=0) -> None:
+        if batch_idx == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_sigterm_during_test_exits_143_as_during_fit(tmp_path: Path) -> None:
+    # Lightning's evaluation loop stops on SIGTERM with a SystemExit of no code: the command exited 0, as if it had
+    # tested, with no results.
+    from ae_lightning.cli import run_command
+
+    trainer = L.Trainer(default_root_dir=tmp_path, limit_test_batches=4, callbacks=[SigtermAtTestBatch()], logger=False,
+                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    with pytest.raises(SystemExit) as exited:
+        run_command("ae-lightning", lambda: trainer.test(BoringModel(), verbose=False))
+    assert exited.value.code == 143
