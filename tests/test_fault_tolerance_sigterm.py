@@ -45,18 +45,19 @@ class SigtermInValidation(Callback):
 
 
 class SigtermAtBatch(Callback):
-    """Sends SIGTERM to its own process at the start of epoch 0's training batch ``batch``.
+    """Sends SIGTERM (or ``signum``) to its own process at the start of epoch 0's training batch ``batch``.
 
     Args:
         batch: the batch index in epoch 0.
+        signum: the signal.
     """
 
-    def __init__(self, batch: int) -> None:
-        self.batch = batch
+    def __init__(self, batch: int, signum: int = signal.SIGTERM) -> None:
+        self.batch, self.signum = batch, signum
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
         if trainer.current_epoch == 0 and batch_idx == self.batch:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), self.signum)
 
 
 class SigtermRankZeroAtStep(Callback):

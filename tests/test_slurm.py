@@ -24,6 +24,7 @@ import pytest
 import torch
 from conftest import write_dataset
 from lightning.pytorch.demos.boring_classes import BoringModel
+from test_fault_tolerance_sigterm import SigtermAtBatch
 from tiny_runs import ROOT, TINY_MODEL, run_cli, run_subprocess, subprocess_env, tiny_args
 
 from ae_lightning.cli import ConfigError
@@ -315,21 +316,6 @@ class ValidatedEpochs(BoringModel):
             self.validated.append(self.current_epoch)
 
 
-class RequeueSignalAtBatch(L.Callback):
-    """Sends SIGUSR1 to its own process at the start of epoch 0's training batch ``batch``.
-
-    Args:
-        batch: the batch index in epoch 0.
-    """
-
-    def __init__(self, batch: int) -> None:
-        self.batch = batch
-
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
-        if trainer.current_epoch == 0 and batch_idx == self.batch:
-            os.kill(os.getpid(), signal.SIGUSR1)
-
-
 def test_the_requeue_signal_in_an_epochs_last_batch_checkpoints_after_its_validation(
     requeue_signal_heard: tuple[object, list[int]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -351,7 +337,7 @@ def test_the_requeue_signal_in_an_epochs_last_batch_checkpoints_after_its_valida
     fit(uninterrupted := ValidatedEpochs())
     L.seed_everything(0)
     with pytest.raises(SystemExit) as exited:
-        fit(interrupted := ValidatedEpochs(), SlurmRequeue(), RequeueSignalAtBatch(3))  # epoch 0's last batch
+        fit(interrupted := ValidatedEpochs(), SlurmRequeue(), SigtermAtBatch(3, signal.SIGUSR1))  # epoch 0's last batch
     assert exited.value.code == 0 and (bin_dir / "called").read_text().split() == ["requeue", "0"]
     fit(resumed := ValidatedEpochs(), ckpt_path=tmp_path / "hpc_ckpt_1.ckpt")
     assert interrupted.validated + resumed.validated == uninterrupted.validated == [0, 1, 2]
