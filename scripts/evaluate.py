@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="VIEW",
         help=f"pictures in --plots (default: all that apply): {', '.join(visualization.VIEWS)}",
     )
-    parser.add_argument("--tsne_points", type=int, default=2000, help="test images of the latent map")
+    parser.add_argument("--tsne_points", type=int, default=None, help="test images of the latent map (default 2000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the scores to this JSON file")
     parser.add_argument("--overwrite", action="store_true", help="replace the --json file and --plots pictures")
@@ -102,7 +102,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also fid_gmm and fid_two_stage: the Frechet distance of samples decoded from a Gaussian mixture and a "
         "second VAE fitted on the training codes (any autoencoder; --probe_max_train codes)",
     )
-    parser.add_argument("--two_stage_steps", type=int, default=2000, help="training steps of the second VAE")
+    parser.add_argument(
+        "--two_stage_steps", type=int, default=None, help="training steps of the second VAE (default 2000)"
+    )
     args = parser.parse_args(argv)
     at_least = {"nll_samples": (1, "importance samples per image"), "fid_samples": (2, "samples, for a covariance"),
                 "probe_max_train": (2, "training images, for a classifier"),
@@ -113,6 +115,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < least:
             parser.error(f"--{name} {value}: expected at least {least} ({what})")
+    users = {  # the options that only another one uses: given without it, they would be ignored
+        "tsne_points": (args.plots is not None, "--plots"),
+        "two_stage_steps": (args.samplers, "--samplers"),
+        "rfid_images": ({"rfid", "rfid_classifier"} & set(args.first_stage_metrics or []), "rfid or rfid_classifier"),
+    }
+    for name, (used, by) in users.items():
+        if getattr(args, name) is not None and not used:
+            parser.error(f"--{name} {getattr(args, name)}: only {by} uses it; add that or drop --{name}")
+    args.tsne_points, args.two_stage_steps = args.tsne_points or 2000, args.two_stage_steps or 2000
     if not 0 <= args.seed < 2**32:  # torch takes more, but the t-SNE map and the samplers' mixtures would refuse it
         parser.error(f"--seed {args.seed}: expected an integer in [0, {2**32 - 1}] (a NumPy and scikit-learn seed)")
     if args.disentanglement and "none" in args.disentanglement and len(args.disentanglement) > 1:

@@ -382,8 +382,8 @@ def test_evaluate_script_scores_a_checkpoint_and_refuses_sampling_a_plain_autoen
     # existing outputs: refused before anything is computed or written, replaced with --overwrite
     (tmp_path / "scores.json").write_text("{}")
     (tmp_path / "reconstructions.png").write_bytes(b"old")
-    argv = [str(ae_checkpoint), "--metrics", "mse", "--tsne_points", "30"]
-    plots = ["--plots", str(tmp_path), "--views", "reconstructions"]
+    argv = [str(ae_checkpoint), "--metrics", "mse"]
+    plots = ["--plots", str(tmp_path), "--views", "reconstructions", "--tsne_points", "30"]
     assert refused(script, [*argv, "--json", str(tmp_path / "scores.json")], capsys) == (
         f"--json {tmp_path / 'scores.json'} exists; name another file, or pass --overwrite to replace it"
     )
@@ -578,6 +578,10 @@ def test_the_evaluate_script_checks_every_option_before_it_loads_anything(
         "--data_dir nowhere": f"--data_dir {tmp_path / 'nowhere'}: no such folder; expected the folder the "
         "checkpoint's data are in",
         "--views samples": "--views samples: the pictures go to a --plots folder; name one",
+        # options that only another one uses were silently ignored without it
+        "--tsne_points 30": "--tsne_points 30: only --plots uses it; add that or drop --tsne_points",
+        "--two_stage_steps 5": "--two_stage_steps 5: only --samplers uses it; add that or drop --two_stage_steps",
+        "--rfid_images 50": "--rfid_images 50: only rfid or rfid_classifier uses it; add that or drop --rfid_images",
         "--json folder.json": f"--json {tmp_path / 'folder.json'} is a folder; expected the name of a file",
         "--classifier missing.pt": f"--classifier: no feature classifier at {tmp_path / 'missing.pt'}; train one "
         f"with `python scripts/train_feature_classifier.py --checkpoint {checkpoint} --output ",
