@@ -21,6 +21,7 @@ from datamodules.checks import (
     NonNegativeInt,
     OpenUnitInterval,
     PositiveInt,
+    Seed,
     check_init_arguments,
     plain_hyperparameters,
 )
@@ -78,7 +79,7 @@ class ImageDataModule(L.LightningDataModule):
         batch_size: PositiveInt = 128,
         val_fraction: OpenUnitInterval = 1 / 12,
         test_fraction: OpenUnitInterval | None = None,
-        seed: int = 42,
+        seed: Seed = 42,
         num_workers: NonNegativeInt = 0,
         binarize: Literal["none", "dynamic", "static"] = "none",
         classes: list[int] | None = None,

@@ -236,6 +236,7 @@ PositiveFloat = number_type("(0, inf)")
 NonNegativeFloat = number_type("[0, inf)")
 OpenUnitInterval = number_type("(0, 1)")
 Fraction = number_type("[0, 1)")
+Seed = number_type("[0, 4294967295]", integer=True)  # scikit-learn's split draws take seeds below 2**32
 
 
 PROC_CGROUP = Path("/proc/self/cgroup")  # this process's cgroups, one line each: ``id:controllers:path``

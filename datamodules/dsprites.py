@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from datamodules.base import ImageDataModule, Split
-from datamodules.checks import check_number
+from datamodules.checks import Seed, check_number
 from datamodules.loader import Batch, TensorBatchLoader, fingerprint
 
 FACTORS = ("shape", "scale", "orientation", "position_x", "position_y")
@@ -140,7 +140,7 @@ class DSpritesDataModule(ImageDataModule):
         batch_size: int = 64,
         val_fraction: float = 0.01,
         test_fraction: float = 0.01,
-        seed: int = 42,
+        seed: Seed = 42,
         num_samples: int | None = None,
         fixed_factors: dict[str, int] | None = None,
         num_workers: int = 0,

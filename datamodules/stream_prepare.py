@@ -39,6 +39,7 @@ from datamodules.base import draw_split
 from datamodules.checks import (
     OpenUnitInterval,
     PositiveInt,
+    Seed,
     byte_count,
     check_arguments,
     check_fits_memory,
@@ -51,7 +52,6 @@ from datamodules.torchvision_data import TorchvisionDataModule, stored_transpose
 Encoding = Literal["png", "jpeg", "raw"]
 KINDS = {"folder": "an image folder", "array": "a .npy/.npz/.pt array file", "torchvision": "a torchvision dataset"}
 JpegQuality = number_type("[1, 100]", integer=True)
-Seed = number_type("[0, 4294967295]", integer=True)  # scikit-learn's split draws take seeds below 2**32
 AHEAD_PER_THREAD = 4  # records in flight per encoding thread
 CHUNK_BYTES = 64_000_000  # litdata's default chunk_bytes ("64MB")
 MIN_CHUNKS = 64  # by default, the least chunks of a split of as many samples: DDP ranks x workers read whole chunks

@@ -16,9 +16,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from datamodules.base import Arrays, ImageDataModule, Split
-from datamodules.checks import PositiveInt
+from datamodules.checks import PositiveInt, Seed
 from datamodules.loader import Batch, WorkerSignals, _mix, announced_epoch, global_batch_bounds, worker_batches
-from datamodules.stream_prepare import Seed, decode
+from datamodules.stream_prepare import decode
 from datamodules.stream_store import MANIFEST, StreamLocation, StreamManifest, check_chunks, read_manifest
 
 

@@ -814,3 +814,14 @@ def test_a_data_dir_where_no_download_lock_can_be_taken_is_an_error_naming_it(da
     for folder in folders:  # with offline_fallback at its default for MNIST: no fallback from a misplaced data_dir
         with pytest.raises(OSError, match=rf"cannot take the download lock of data_dir {folder} \("):
             _prepare(data, folder)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 2**70])
+def test_a_seed_the_split_draws_cannot_take_is_refused_naming_seed(seed: int, tmp_path: Path) -> None:
+    # scikit-learn's split draw refused it as its own random_state (or torch overflowed) once the data were read
+    from datamodules import ArrayDataModule, DSpritesDataModule
+
+    torch.save(torch.rand(40, 6), tmp_path / "x.pt")
+    for build in (lambda: ArrayDataModule(str(tmp_path / "x.pt"), seed=seed), lambda: DSpritesDataModule(seed=seed)):
+        with pytest.raises(ValueError, match=rf"^seed must be an integer in \[0, 4294967295\], got {seed}$"):
+            build()
