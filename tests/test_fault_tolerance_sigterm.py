@@ -52,7 +52,7 @@ class SigtermAtBatch(Callback):
         signum: the signal.
     """
 
-    def __init__(self, batch: int, signum: int = signal.SIGTERM) -> None:
+    def __init__(self, batch: int, signum: int = int(signal.SIGTERM)) -> None:
         self.batch, self.signum = batch, signum
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
