@@ -95,6 +95,8 @@ def as_labels(array: Any, where: str) -> Tensor:
 
 def _as_tensor(array: Any, where: str, expected: str) -> Tensor:
     """``array`` as a tensor, or a ValueError naming ``where``, ``expected`` and a dtype torch cannot hold."""
+    if isinstance(array, Tensor) and array.layout != torch.strided:  # torch.sparse_coo, ...: no min, max, isfinite
+        raise ValueError(f"{where}: a {array.layout} tensor; {expected} of dense values, e.g. saved as x.to_dense()")
     if isinstance(array, Tensor):
         return array
     array = np.asarray(array)

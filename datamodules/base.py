@@ -23,9 +23,10 @@ from datamodules.checks import (
     PositiveInt,
     Seed,
     check_init_arguments,
+    check_shared,
     plain_hyperparameters,
 )
-from datamodules.loader import GroupedBatches, TensorBatchLoader, check_resume_state, check_shared, fingerprint
+from datamodules.loader import GroupedBatches, TensorBatchLoader, check_resume_state, fingerprint
 
 Split = Literal["train", "val", "test"]
 DEFAULT_TEST_FRACTION = 0.1

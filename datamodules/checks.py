@@ -239,6 +239,20 @@ Fraction = number_type("[0, 1)")
 Seed = number_type("[0, 4294967295]", integer=True)  # scikit-learn's split draws take seeds below 2**32
 
 
+def check_shared(split: str, samples: int, world_size: int, fix: str = "", where: str = "") -> None:
+    """Raise a ValueError naming ``split`` (``train``, ``val``, ...; empty: unnamed) and ``where`` it is stored if its
+    ``samples`` are fewer than the ``world_size`` processes, each of which needs at least one; ``fix``: how to get a
+    larger split (default: more data, a larger ``--data.val_fraction`` for ``val``)."""
+    if samples < world_size:
+        more = " (a larger --data.val_fraction)" if split == "val" else ""
+        fix = fix or f"more {split + ' ' if split else ''}data{more}"
+        raise ValueError(
+            f"{f'the {split} split' if split else 'a split'}{f' ({where})' if where else ''} of {samples} samples "
+            f"cannot be shared by {world_size} processes, each of which needs at least one: use at most {samples} "
+            f"processes (--trainer.devices, --trainer.num_nodes), or {fix}"
+        )
+
+
 PROC_CGROUP = Path("/proc/self/cgroup")  # this process's cgroups, one line each: ``id:controllers:path``
 CGROUP_ROOT = Path("/sys/fs/cgroup")  # where the kernel mounts them (version 1: a folder per controller)
 

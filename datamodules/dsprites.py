@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from datamodules.base import ImageDataModule, Split
-from datamodules.checks import Seed, check_number
+from datamodules.checks import OpenUnitInterval, Seed, check_number
 from datamodules.loader import Batch, TensorBatchLoader, fingerprint
 
 FACTORS = ("shape", "scale", "orientation", "position_x", "position_y")
@@ -138,8 +138,8 @@ class DSpritesDataModule(ImageDataModule):
     def __init__(
         self,
         batch_size: int = 64,
-        val_fraction: float = 0.01,
-        test_fraction: float = 0.01,
+        val_fraction: OpenUnitInterval = 0.01,
+        test_fraction: OpenUnitInterval = 0.01,
         seed: Seed = 42,
         num_samples: int | None = None,
         fixed_factors: dict[str, int] | None = None,

@@ -50,6 +50,7 @@ class ImageFolderDataModule(ImageDataModule):
         self.data_dir = Path(data_dir).expanduser()
         self.test_dir = Path(test_dir).expanduser() if test_dir is not None else None
         self.check_sources_exist()
+        check_test_dir(self.data_dir, self.test_dir, "test_dir", "test_fraction")
         self._channels: int | None = channels
 
     @property
@@ -120,6 +121,16 @@ def check_memory(files: list[str], channels: int, size: int | None = None) -> No
     )
 
 
+def check_test_dir(folder: Path, test_dir: Path | None, option: str, fraction: str) -> None:
+    """Raise a ValueError naming ``option`` if ``test_dir`` is the training ``folder`` (``fraction``: the option that
+    holds out a test split instead)."""
+    if test_dir is not None and test_dir.resolve() == folder.resolve():
+        raise ValueError(
+            f"{option} {test_dir} is the training folder {folder}: the model would be tested on the images it trained "
+            f"on; give a folder of other images, or leave {option} unset to hold out {fraction} of {folder}"
+        )
+
+
 def list_images(
     folder: Path, class_names: list[str] | None = None, test: bool = False
 ) -> tuple[list[str], list[int], list[str] | None]:
@@ -137,7 +148,8 @@ def list_images(
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist (or is not a folder)")
     visible = [p for p in folder.iterdir() if not p.name.startswith(".")]
-    flat = sorted(str(p) for p in visible if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+    # not is_file(): a broken link is named when it is decoded, as in a class folder, not skipped
+    flat = sorted(str(p) for p in visible if not p.is_dir() and p.suffix.lower() in IMG_EXTENSIONS)
     names = sorted(p.name for p in visible if p.is_dir())  # torchvision's find_classes, less hidden folders
     if flat and names:
         raise ValueError(f"{folder} holds both image files and subfolders: use one subfolder per class, or none")
@@ -236,4 +248,4 @@ def opaque(image: Image.Image, mode: str, alpha: Alpha, where: str) -> Image.Ima
     return image if image.mode == mode else image.convert(mode)
 
 
-__all__ = ["ImageFolderDataModule", "decode_image", "list_images", "opaque", "own_channels"]
+__all__ = ["ImageFolderDataModule", "check_test_dir", "decode_image", "list_images", "opaque", "own_channels"]

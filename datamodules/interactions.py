@@ -176,8 +176,14 @@ class InteractionsDataModule(ImageDataModule):
             for column in ("user", "item"):
                 if frame[column].dtype != test[column].dtype:
                     frame[column], test[column] = frame[column].astype(str), test[column].astype(str)
-        counts = frame["user"].value_counts()
-        frame = frame[frame["user"].isin(counts.index[counts >= self.hparams.min_user_items])]
+        counts, least, min_rating = frame["user"].value_counts(), self.hparams.min_user_items, self.hparams.min_rating
+        if counts.max() < least:
+            rated = f" rated at least min_rating={min_rating}" if min_rating is not None else ""
+            raise ValueError(
+                f"{self.path}: no user has min_user_items={least} interactions{rated} (the most a user has is "
+                f"{counts.max()}): lower min_user_items"
+            )
+        frame = frame[frame["user"].isin(counts.index[counts >= least])]
         users = np.sort(frame["user"].unique())
         test_users = np.sort(test["user"].unique()) if test is not None else np.array([], dtype=users.dtype)
         if test is not None:
@@ -329,7 +335,10 @@ def read_interactions(path: Path, header: bool | None = None, min_rating: float 
     separator = _separator(first)
     fields = re.split(separator, first)
     if len(fields) < 2:
-        raise ValueError(f"{path} line {at}: {first!r} has one field; expected user, item[, rating]")
+        raise ValueError(
+            f"{path} line {at}: {first!r} has one field; expected user, item[, rating] separated by tabs, commas, "
+            "'::' or spaces"
+        )
     if header is None and not any(_is_number(field) for field in fields):
         if second and not any(_is_number(field) for field in re.split(separator, second)):
             raise ValueError(

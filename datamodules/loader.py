@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from datamodules.checks import check_shared
+
 Batch = tuple[Tensor, Tensor, Tensor]
 
 
@@ -97,32 +99,28 @@ def check_resume_state(stored: dict, mine: dict) -> None:
     sizes = [stored.get(key) for key in ("samples", "batch_size", "world_size")]
     at_epoch_end = None not in sizes and stored.get("batches_done", 0) >= len(global_batch_bounds(*sizes))
     stored = {"order": "shuffled", **stored}  # positions saved before the order was recorded: always shuffled
-    for key, setting in _RESUME_SETTINGS.items():
-        if at_epoch_end and key in _EPOCH_SETTINGS:
-            continue  # the next epoch starts afresh: only the data and their seed must be the same
-        if key in stored and key in mine and stored[key] != mine[key]:
-            if key == "fingerprint" and stored[key] == mine.get("signed_fingerprint"):
-                continue  # a checkpoint of the same data written before the fingerprint summed absolute values
-            data = ""
-            if key in ("samples", "fingerprint") and stored.get("source", mine.get("source")) != mine.get("source"):
-                data = f" (the checkpoint's data: {stored.get('source', 'unknown')}; this run's: {mine['source']})"
+    if "fingerprint" in stored and stored["fingerprint"] == mine.get("signed_fingerprint"):
+        mine = {**mine, "fingerprint": stored["fingerprint"]}  # the same data, before the sum took absolute values
+    data = ""
+    if stored.get("source", mine.get("source")) != mine.get("source"):
+        data = f" (the checkpoint's data: {stored.get('source', 'unknown')}; this run's: {mine['source']})"
+    # at an epoch's end the next epoch starts afresh: only the data and their seed must be the same
+    settings = {key: name for key, name in _RESUME_SETTINGS.items() if not (at_epoch_end and key in _EPOCH_SETTINGS)}
+    check_same_position(stored, mine, settings, {"samples": data, "fingerprint": data})
+
+
+def check_same_position(stored: dict, mine: dict, settings: dict[str, str], details: dict | None = None) -> None:
+    """Raise a ValueError naming the setting (and ``details[key]``) of the first key of ``settings`` whose value in a
+    checkpoint's data position ``stored`` differs from this run's, ``mine`` (one either lacks or holds as None is not
+    checked)."""
+    for key, setting in settings.items():
+        theirs, ours = stored.get(key), mine.get(key)
+        if None not in (theirs, ours) and theirs != ours:
             raise ValueError(
-                f"the checkpoint's data position was reached with {setting} {stored[key]}, this run has "
-                f"{mine[key]}{data}: it would resume at other samples. Resume with the checkpoint's data settings, "
-                "or start a fresh run without --ckpt_path"
+                f"the checkpoint's data position was reached with {setting} {theirs}, this run has {ours}"
+                f"{(details or {}).get(key, '')}: it would resume at other samples. Resume with the checkpoint's data "
+                "and settings, or start a fresh run without --ckpt_path"
             )
-
-
-def check_shared(split: str, samples: int, world_size: int) -> None:
-    """Raise a ValueError naming ``split`` (``train``, ``val``, ...; empty: unnamed) if its ``samples`` are fewer than
-    the ``world_size`` processes, each of which needs at least one."""
-    if samples < world_size:
-        more = " (a larger --data.val_fraction)" if split == "val" else ""
-        raise ValueError(
-            f"{f'the {split} split' if split else 'a split'} of {samples} samples cannot be shared by {world_size} "
-            f"processes, each of which needs at least one: use at most {samples} processes (--trainer.devices, "
-            f"--trainer.num_nodes), or more {split + ' ' if split else ''}data{more}"
-        )
 
 
 # The signals a scheduler sends to every process of a job (``scancel``, SLURM's ``--signal``, ``timeout``,

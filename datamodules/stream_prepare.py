@@ -45,9 +45,9 @@ from datamodules.checks import (
     check_fits_memory,
     number_type,
 )
-from datamodules.folder import GRAY_MODES, Alpha, decode_image, list_images, opaque, own_channels
+from datamodules.folder import GRAY_MODES, Alpha, check_test_dir, decode_image, list_images, opaque, own_channels
 from datamodules.stream_store import MANIFEST, SPLITS, StreamLocation, StreamManifest, file_sha256, partial_folder
-from datamodules.torchvision_data import TorchvisionDataModule, stored_transposed
+from datamodules.torchvision_data import TorchvisionDataModule, class_names_of, labels_of, stored_transposed
 
 Encoding = Literal["png", "jpeg", "raw"]
 KINDS = {"folder": "an image folder", "array": "a .npy/.npz/.pt array file", "torchvision": "a torchvision dataset"}
@@ -162,12 +162,9 @@ def _records(
     if kind == "torchvision":
         module = TorchvisionDataModule(source.split(":", 1)[1], data_dir=data_dir, dataset_kwargs=dataset_kwargs)
         module.prepare_data()
-        payloads, parts = {part: module._open(part, download=False) for part in ("train", "test")}, {}
-        for part, dataset in payloads.items():
-            targets = getattr(dataset, "targets", getattr(dataset, "labels", None))
-            parts[part] = list(enumerate([-1] * len(dataset) if targets is None else [int(t) for t in targets]))
-        names = getattr(payloads["train"], "classes", None)
-        return "torchvision", payloads, parts, [str(n) for n in names] if names else None
+        payloads = {part: module._open(part, download=False) for part in ("train", "test")}
+        parts = {part: list(enumerate(labels_of(data, f"{source} {part}").tolist())) for part, data in payloads.items()}
+        return "torchvision", payloads, parts, class_names_of(payloads["train"])
     path = Path(source)
     if kind == "array":
         arrays = ArrayDataModule(str(path), labels=labels, key=key).arrays  # checked: one label per image, ...
@@ -185,6 +182,7 @@ def _records(
     if test_dir is not None:
         if not Path(test_dir).is_dir():
             raise FileNotFoundError(f"--test-dir {test_dir} is no folder: expected the folder of the test images")
+        check_test_dir(path, Path(test_dir), "--test-dir", "--test-fraction")
         test_files, test_targets, _ = list_images(Path(test_dir), names, test=True)
         parts["test"] = list(zip(test_files, test_targets))
     return "folder", {}, parts, names
@@ -237,8 +235,9 @@ def prepare_stream(
         raise ValueError(f"chunk_bytes {chunk_bytes!r} and chunk_size {chunk_size} exclude each other: set one")
     chunk_bytes = None if chunk_bytes is None else byte_count(chunk_bytes)
     kind = source_kind(source)
-    for option, value, applies in (("--test-dir", test_dir, "folder"), ("--labels", labels, "array"),
-                                   ("--key", key, "array")):  # fmt: skip
+    options = {"--test-dir": (test_dir, "folder"), "--labels": (labels, "array"), "--key": (key, "array"),
+               "--dataset-kwargs": (dataset_kwargs, "torchvision")}  # fmt: skip
+    for option, (value, applies) in options.items():
         if value is not None and kind != applies:
             raise ValueError(f"{option} {value} applies to {KINDS[applies]} only; the source {source} is {KINDS[kind]}")
     location = StreamLocation(output, storage_options)
@@ -371,7 +370,8 @@ def _replaced_folder(path: Path) -> Path:
 @contextlib.contextmanager
 def _staging_folder(location: StreamLocation) -> Iterator[Path]:
     """An empty folder to write the stream in, removed on exit unless published: a temporary one for a remote output;
-    ``.<name>.partial`` beside a local one, emptied of a killed prepare's files and locked (``flock``) meanwhile."""
+    ``.<name>.partial`` beside a local one, emptied of a killed prepare's files and locked (``flock``) meanwhile (the
+    folders made for it are removed too where nothing was published in them)."""
     if location.is_remote:
         with tempfile.TemporaryDirectory(prefix="stream-", ignore_cleanup_errors=True) as folder:
             yield Path(folder)
@@ -379,29 +379,35 @@ def _staging_folder(location: StreamLocation) -> Iterator[Path]:
     import fcntl  # POSIX only: the rest of the package imports on any system
 
     folder = partial_folder(Path(location.uri).resolve())
-    folder.mkdir(parents=True, exist_ok=True)
-    handle = os.open(folder, os.O_RDONLY)
+    made = [path for path in folder.parents if not path.exists()]  # deepest first
     try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = os.open(folder, os.O_RDONLY)
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FileExistsError(
-                f"another ae-lightning-prepare is writing {location.uri} (in {folder}); wait for it to finish, or "
-                "write this stream elsewhere"
-            ) from None
-        for leftover in folder.iterdir():
-            if leftover.is_dir() and not leftover.is_symlink():
-                shutil.rmtree(leftover)
-            else:
-                leftover.unlink()
-        try:
-            yield folder
-        finally:  # after a publish the name is gone, or is another prepare's folder
-            with contextlib.suppress(OSError):
-                if os.path.samestat(os.fstat(handle), folder.stat()):
-                    shutil.rmtree(folder)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise FileExistsError(
+                    f"another ae-lightning-prepare is writing {location.uri} (in {folder}); wait for it to finish, or "
+                    "write this stream elsewhere"
+                ) from None
+            for leftover in folder.iterdir():
+                if leftover.is_dir() and not leftover.is_symlink():
+                    shutil.rmtree(leftover)
+                else:
+                    leftover.unlink()
+            try:
+                yield folder
+            finally:  # after a publish the name is gone, or is another prepare's folder
+                with contextlib.suppress(OSError):
+                    if os.path.samestat(os.fstat(handle), folder.stat()):
+                        shutil.rmtree(folder)
+        finally:
+            os.close(handle)
     finally:
-        os.close(handle)
+        for path in made:
+            with contextlib.suppress(OSError):  # not empty: the stream was published there
+                path.rmdir()
 
 
 def _check_free(location: StreamLocation, overwrite: bool, sources: list[str]) -> None:
@@ -540,6 +546,19 @@ def _option(name: str, parse: Callable[[str], Any] = int) -> Callable[[str], Any
     return convert
 
 
+def _mapping(text: str) -> dict[str, Any]:
+    """An argparse type: a YAML (or JSON) mapping, e.g. ``{split: balanced}``."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a mapping such as '{{split: balanced}}', got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     """The ``ae-lightning-prepare`` command (see the module docstring)."""
     parser = argparse.ArgumentParser(prog="ae-lightning-prepare", description=__doc__.split("\n")[0])
@@ -559,6 +578,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--labels", help="an array source's labels: a key of the file, or a second file")
     parser.add_argument("--key", help="an array source's data key")
     parser.add_argument("--data-dir", help="a torchvision source's root (default: data)")
+    parser.add_argument("--dataset-kwargs", type=_mapping, help="a torchvision source's further arguments, e.g. "
+                        "'{split: balanced}' for EMNIST")  # fmt: skip
     parser.add_argument("--seed", type=_option("seed"), default=42)
     parser.add_argument("--chunk-bytes", type=_option("chunk_bytes", byte_count), help="bytes per chunk, e.g. 16MB "
                         "(default: a split in at least 64 chunks, of at most 64MB)")  # fmt: skip

@@ -16,10 +16,20 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from datamodules.base import Arrays, ImageDataModule, Split
-from datamodules.checks import PositiveInt, Seed
-from datamodules.loader import Batch, WorkerSignals, _mix, announced_epoch, global_batch_bounds, worker_batches
+from datamodules.checks import PositiveInt, Seed, check_shared
+from datamodules.loader import (
+    Batch,
+    WorkerSignals,
+    _mix,
+    announced_epoch,
+    check_same_position,
+    global_batch_bounds,
+    worker_batches,
+)
 from datamodules.stream_prepare import decode
 from datamodules.stream_store import MANIFEST, StreamLocation, StreamManifest, check_chunks, read_manifest
+
+LARGER_SPLITS = "prepare the stream with larger splits (--val-fraction, --test-fraction)"
 
 
 class ImageStream(StreamingDataset):
@@ -46,7 +56,7 @@ class ImageStream(StreamingDataset):
         super().__init__(
             where, cache_dir=cache_dir, shuffle=shuffle, seed=seed, storage_options=location.storage_options or None
         )
-        self.where, self.samples = where, manifest.counts[split]
+        self.split, self.where, self.samples = split, where, manifest.counts[split]
         self.channels, self.shape = manifest.channels, (manifest.height, manifest.width)
         self.augment, self.augment_seed = augment, seed
 
@@ -94,7 +104,7 @@ class EvaluationShard(Dataset):
     ) -> None:
         # not len(dataset): under DDP, litdata's length is one rank's share of the chunks
         rows = range(dataset.samples) if rows is None else rows
-        check_shared(dataset.where, len(rows), world_size)
+        check_shared(dataset.split, len(rows), world_size, LARGER_SPLITS, dataset.where)
         self.dataset, self.rows, self.batches = dataset, [], []
         for start, end in global_batch_bounds(len(rows), batch_size, world_size):
             share = [rows[i] for i in range(start + rank, end, world_size)]
@@ -106,16 +116,6 @@ class EvaluationShard(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return self.dataset[self.rows[i]]
-
-
-def check_shared(where: str, samples: int, world_size: int) -> None:
-    """Refuse an evaluation split of ``samples`` (at ``where``) that ``world_size`` processes cannot share."""
-    if samples < world_size:
-        raise ValueError(
-            f"{where}: {samples} samples cannot be shared by {world_size} processes, each of which must evaluate at "
-            f"least one; use at most {samples} processes, or prepare the stream with larger splits (--val-fraction, "
-            "--test-fraction)"
-        )
 
 
 class StreamLoader:
@@ -205,14 +205,7 @@ def check_position(state: dict[str, Any], mine: dict[str, Any], length: int | No
     stored = {"seed": dataset.get("seed"), "shuffle": dataset.get("shuffle"), **state}  # older: litdata's seed
     settings = {"fingerprint": "stream (fingerprint)", "batch_size": "--data.batch_size", "seed": "--data.seed",
                 "shuffle": "shuffling (off under --trainer.overfit_batches)"}  # fmt: skip
-    for key, setting in settings.items():
-        theirs, ours = stored[key], mine.get(key)
-        if None not in (theirs, ours) and theirs != ours and (key == "fingerprint" or mid_epoch):
-            raise ValueError(
-                f"the checkpoint's data position was reached with {setting} {theirs}, this run has {ours}: "
-                "it would resume at other samples. Resume with the checkpoint's data and settings, or start a fresh "
-                "run without --ckpt_path"
-            )
+    check_same_position(stored, mine, {key: settings[key] for key in settings if key == "fingerprint" or mid_epoch})
 
 
 def relocated(state: dict[str, Any], dataset: StreamingDataset) -> dict[str, Any]:
@@ -346,22 +339,16 @@ class StreamingDataModule(ImageDataModule):
         self.check_splits(stage, content=self.hparams.verify_chunks)
 
     def check_splits(self, stage: str | None, trainer: Any = None, content: bool = False) -> None:
-        """Refuse a bad chunk or ``index.json`` of a split ``stage`` reads (every split for None; ``content``: hash
-        local chunks too), an evaluated split with fewer samples than ``trainer``'s processes (default: the attached
-        trainer's), and a train split a DDP ``fit`` cannot share. Splits whose ``limit_*_batches`` is 0 are skipped."""
+        """Refuse a bad chunk or ``index.json`` of a split ``stage`` reads (:meth:`splits_read`; ``content``: hash local
+        chunks too), such a split with fewer samples than ``trainer``'s processes (default: the attached trainer's),
+        and a train split a DDP ``fit`` cannot share."""
         trainer = trainer if trainer is not None else self.trainer
-        world_size = getattr(trainer, "world_size", 1)
-        predict = (self.hparams.predict_split,)
-        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": predict}
-        reads, evaluated = needed.get(stage, ("train", "val", "test")), needed.get(stage, (None,))[-1]
-        limit = {"test": "limit_test_batches", "predict": "limit_predict_batches"}.get(stage, "limit_val_batches")
-        if evaluated and getattr(trainer, limit, 1) == 0:
-            reads, evaluated = reads[:-1], None  # Lightning builds no loader of that split
+        world_size, reads = getattr(trainer, "world_size", 1), self.splits_read(stage, trainer)
         for split in reads:
             check_chunks(self.location, self.manifest, split, content=content)
-        if evaluated:
-            check_shared(self.location.join(evaluated), self.manifest.counts[evaluated], world_size)
-        if stage == "fit" and world_size > 1:
+        for split in reads:
+            check_shared(split, self.manifest.counts[split], world_size, LARGER_SPLITS, self.location.join(split))
+        if stage == "fit" and world_size > 1 and "train" in reads:
             self._check_ddp_epoch(world_size)
 
     def _check_ddp_epoch(self, world: int) -> None:

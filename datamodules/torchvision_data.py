@@ -7,11 +7,13 @@ from pathlib import Path
 from pkgutil import resolve_name
 from typing import Any
 
+import torch
 import torchvision.datasets
 from torch import Tensor
 
 from datamodules.arrays import as_labels, as_samples
-from datamodules.base import Arrays, ImageDataModule, download_lock
+from datamodules.base import UNLABELED, Arrays, ImageDataModule, download_lock
+from datamodules.idx import check_idx_file
 
 
 class TorchvisionDataModule(ImageDataModule):
@@ -90,6 +92,7 @@ class TorchvisionDataModule(ImageDataModule):
                     for part in self._missing_parts():  # another process may have fetched them while this one waited
                         self._open(part, download=True)
                 except Exception as error:  # RuntimeError, URLError, OSError, depending on where it fails
+                    self._check_idx_files()
                     reason = " ".join(str(error).split())
                     raise FileNotFoundError(
                         f"{self.dataset_class.__name__} is not in {self.data_dir} and could not be downloaded "
@@ -113,6 +116,14 @@ class TorchvisionDataModule(ImageDataModule):
         if hasattr(cls, "resources"):  # the MNIST family reads <root>/<ClassName>/raw/
             return self.data_dir / cls.__name__ / "raw"
         return self.data_dir / getattr(cls, "base_folder", "")
+
+    def _check_idx_files(self) -> None:
+        """Raise a ValueError naming the first truncated or foreign unsigned-byte IDX file in the folder of an
+        MNIST-family class (:func:`~datamodules.idx.check_idx_file`): torchvision's error names none."""
+        if issubclass(self.dataset_class, torchvision.datasets.MNIST):
+            for ndim in (1, 2, 3):
+                for path in sorted(self._files_folder().glob(f"*-idx{ndim}-ubyte")):
+                    check_idx_file(path, ndim)
 
     def _where_to_put_files(self) -> str:
         cls = self.dataset_class
@@ -149,21 +160,19 @@ class TorchvisionDataModule(ImageDataModule):
             try:
                 dataset = self._open(part, download=False)
             except RuntimeError as error:
+                self._check_idx_files()
                 raise FileNotFoundError(f"{name}: {error}. {self._where_to_put_files()}") from error
             if not hasattr(dataset, "data"):
                 raise ValueError(
                     f"{name} reads its images one file at a time (it has no data array): use ImageFolderDataModule"
                 )
-            targets = getattr(dataset, "targets", getattr(dataset, "labels", None))
             samples = as_samples(dataset.data, where)
             if stored_transposed(dataset):
                 samples = samples.transpose(2, 3).contiguous()
             if samples.ndim != 4:
                 raise ValueError(f"{where}: expected images, got an array of shape {tuple(samples.shape)}")
-            parts[part] = samples, as_labels(targets, f"{where} (labels)")
-        classes = getattr(dataset, "classes", None)
-        names = [str(c) for c in classes] if classes else None
-        return Arrays(parts["train"], parts["test"], names, sources)
+            parts[part] = samples, labels_of(dataset, where)
+        return Arrays(parts["train"], parts["test"], class_names_of(dataset), sources)
 
 
 def _arguments(cls: type) -> set[str]:
@@ -178,9 +187,21 @@ def _arguments(cls: type) -> set[str]:
     return names
 
 
+def labels_of(dataset: Any, where: str) -> Tensor:
+    """A torchvision dataset's ``targets`` (or ``labels``) as ``[N]`` int64, -1 each where it has neither."""
+    targets = getattr(dataset, "targets", getattr(dataset, "labels", None))
+    return torch.full((len(dataset),), UNLABELED) if targets is None else as_labels(targets, f"{where} (labels)")
+
+
+def class_names_of(dataset: Any) -> list[str] | None:
+    """A torchvision dataset's class names (``classes``), or None."""
+    classes = getattr(dataset, "classes", None)
+    return [str(c) for c in classes] if classes else None
+
+
 def stored_transposed(dataset: Any) -> bool:
     """Whether a torchvision dataset stores its images transposed, as EMNIST does (pytorch/vision#8783)."""
     return isinstance(dataset, torchvision.datasets.EMNIST)
 
 
-__all__ = ["TorchvisionDataModule", "stored_transposed"]
+__all__ = ["TorchvisionDataModule", "class_names_of", "labels_of", "stored_transposed"]

@@ -47,6 +47,36 @@ def test_wrong_magic_is_an_error_naming_it(data_dir: Path) -> None:
         MNISTDataModule(data_dir=str(data_dir)).setup()
 
 
+@pytest.mark.parametrize(
+    "damage, refusal",
+    [
+        (
+            lambda data: data[:-100],
+            r"train-images-idx3-ubyte is truncated or corrupt: it has \d+ bytes, but its header "
+            r"\(shape \(240, 28, 28\)\) needs \d+",
+        ),
+        (
+            lambda data: b"\x00\x00\x0d\x03" + data[4:],
+            "train-images-idx3-ubyte is not an unsigned-byte IDX file with 3 dimensions: its magic number is 00000d03, "
+            "expected 00000803",
+        ),
+    ],
+)
+def test_a_damaged_idx_file_read_through_torchvision_is_an_error_naming_it(data_dir: Path, damage, refusal) -> None:
+    # torchvision's own error named no file ("shape '[240, 28, 28]' is invalid for input of size ...") and the
+    # datamodule said the data were not there and could not be downloaded
+    from datamodules import TorchvisionDataModule
+
+    path = data_dir / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    whole = TorchvisionDataModule("MNIST", data_dir=str(data_dir))
+    whole.prepare_data()
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(ValueError, match=refusal):  # damaged after prepare_data
+        whole.setup()
+    with pytest.raises(ValueError, match=refusal):
+        TorchvisionDataModule("MNIST", data_dir=str(data_dir)).prepare_data()
+
+
 def test_split_is_seeded(data_dir: Path) -> None:
     def val_rows(seed: int) -> torch.Tensor:
         dm = MNISTDataModule(data_dir=str(data_dir), seed=seed, val_fraction=0.25)
@@ -666,7 +696,8 @@ def test_emnist_images_are_served_and_streamed_upright(tmp_path: Path) -> None:
     from conftest import write_idx
 
     from datamodules import TorchvisionDataModule
-    from datamodules.stream_prepare import decode, prepare_stream
+    from datamodules.stream_prepare import decode
+    from datamodules.stream_prepare import main as prepare
     from datamodules.stream_store import StreamLocation, read_manifest
 
     upright = np.zeros((40, 28, 28), np.uint8)
@@ -677,9 +708,10 @@ def test_emnist_images_are_served_and_streamed_upright(tmp_path: Path) -> None:
         write_idx(raw / f"emnist-letters-{part}-labels-idx1-ubyte", np.arange(40) % 26 + 1)
     data = TorchvisionDataModule("EMNIST", data_dir=str(tmp_path), dataset_kwargs={"split": "letters"})
     assert torch.equal(data.arrays.train[0][:, 0], torch.from_numpy(upright))
-    manifest = prepare_stream("torchvision:EMNIST", str(tmp_path / "stream"), data_dir=str(tmp_path),
-                              dataset_kwargs={"split": "letters"}, encoding="raw", chunk_size=8)  # fmt: skip
-    assert manifest.channels == 1
+    # by the command, which had no --dataset-kwargs: EMNIST, which needs its split, could not be prepared
+    prepare(["torchvision:EMNIST", str(tmp_path / "stream"), "--data-dir", str(tmp_path), "--dataset-kwargs",
+             "{split: letters}", "--encoding", "raw", "--chunk-size", "8", "--num-workers", "1"])  # fmt: skip
+    assert read_manifest(StreamLocation(str(tmp_path / "stream"))).channels == 1
     from litdata.streaming.dataset import StreamingDataset
 
     stored = StreamingDataset(StreamLocation(str(tmp_path / "stream")).join("test"))[0]["image"]

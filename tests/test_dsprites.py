@@ -86,6 +86,7 @@ def test_a_factor_outside_the_grid_is_refused_naming_it(row: dict, message: str)
         ({"num_samples": 1_000_000}, r"num_samples must be an integer in \[3, 737280\], got 1000000"),
         ({"fixed_factors": {"shape": 2}, "num_samples": 300_000}, r"num_samples must be an integer in \[3, 245760\]"),
         ({"val_fraction": 0.6, "test_fraction": 0.5}, r"val_fraction \+ test_fraction must be < 1"),
+        ({"test_fraction": None}, r"test_fraction must lie in \(0, 1\), got None"),  # a TypeError from adding None
         ({"fixed_factors": {"shape": 2}, "classes": [0]}, r"fixes shape=2, which classes \[0\] leave out"),
     ],
 )

@@ -417,6 +417,17 @@ def _folder_two_sizes(tmp: Path):
     return ImageFolderDataModule(str(tmp / "f"))
 
 
+def _folder_broken_link(tmp: Path):
+    write_image_folder(tmp / "f", classes=(), per_class=3, size=8)
+    (tmp / "f" / "gone.png").symlink_to(tmp / "moved.png")  # a flat folder skipped it: trained without a word
+    return ImageFolderDataModule(str(tmp / "f"))
+
+
+def _sparse(tmp: Path):
+    torch.save(torch.eye(10).to_sparse(), tmp / "x.pt")
+    return ArrayDataModule(str(tmp / "x.pt"))
+
+
 def _array(tmp: Path, data: np.ndarray, **kwargs):
     np.save(tmp / "x.npy", data)
     return ArrayDataModule(str(tmp / "x.npy"), **kwargs)
@@ -483,6 +494,14 @@ def _idx_directory(tmp: Path):
 BAD_INPUTS = [
     ("empty folder", _folder_empty, r"empty holds no images"),
     ("corrupt file", _folder_corrupt, r"broken.png is not an image PIL can read"),
+    ("broken link", _folder_broken_link, r"gone.png is not an image PIL can read \(\[Errno 2\] No such file"),
+    (
+        "test folder is the training folder",  # tested on what it trained on
+        lambda tmp: ImageFolderDataModule(str(write_image_folder(tmp / "f")), test_dir=str(tmp / "f" / ".." / "f")),
+        r"test_dir .*f is the training folder .*f: the model would be tested on the images it trained on; .* leave "
+        "test_dir unset to hold out test_fraction",
+    ),
+    ("sparse tensor", _sparse, r"x.pt: a torch.sparse_coo tensor; expected a numeric array of dense values"),
     ("two sizes", _folder_two_sizes, r"different sizes, e\.g\. .*a.png \(8x8\) and .*b.png \(10x6\); set image_size"),
     ("wrong rank", lambda tmp: _array(tmp, np.zeros((2, 3, 4, 5, 6), np.uint8)), r"x.npy: an array of rank 5"),
     ("NaN", _nan, r"x.npy: sample 7 holds NaN or infinite values"),
@@ -801,7 +820,8 @@ def test_own_data_paths_under_home_as_a_yaml_config_writes_them(tmp_path: Path, 
     torchvision dataset's ``data_dir: ~/data`` read the files there."""
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.chdir(write_image_folder(tmp_path / "photos", per_class=6, size=8))  # no folder named "~" here
-    folder = ImageFolderDataModule("~/photos", test_dir="~/photos", batch_size=4)
+    write_image_folder(tmp_path / "heldout", per_class=6, size=8)
+    folder = ImageFolderDataModule("~/photos", test_dir="~/heldout", batch_size=4)
     folder.setup()
     assert folder.split_size("test") == 12 and folder.dataset_name == "photos"
     np.save(tmp_path / "x.npy", np.zeros((12, 4, 4), np.uint8))

@@ -86,6 +86,21 @@ def test_a_prepare_that_fails_on_bad_input_leaves_no_staging_folder(tmp_path: Pa
         read_manifest(StreamLocation(str(tmp_path / "stream")))
 
 
+def test_a_failed_prepare_removes_the_folders_it_made_for_the_output_and_keeps_those_of_a_published_one(
+    tmp_path: Path,
+) -> None:
+    # the bad image is found after the staging folder's parents were made: they were left behind, empty
+    images = write_image_folder(tmp_path / "images", per_class=6, size=8)
+    (images / "dog" / "zzz.png").write_bytes(b"not a png")
+    output = tmp_path / "runs" / "streams" / "photos"
+    with pytest.raises(ValueError, match="zzz.png is not an image PIL can read"):
+        prepare_stream(str(images), str(output), chunk_size=4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
+    (images / "dog" / "zzz.png").unlink()
+    prepare_stream(str(images), str(output), chunk_size=4)
+    assert sorted(p.name for p in output.parent.iterdir()) == ["photos"]
+
+
 def test_a_size_whose_images_cannot_fit_in_memory_is_refused_before_any_image_is_resized(tmp_path: Path) -> None:
     # --size 100000 (a typo for 1000) got the process killed for memory at its first resize
     images = write_image_folder(tmp_path / "images", per_class=6, size=8)

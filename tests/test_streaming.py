@@ -204,6 +204,9 @@ BAD_PREPARE_OPTIONS = [
     (["--test-dir", "{tmp}/missing"], "--test-dir {tmp}/missing is no folder: expected the folder of the test"),
     (["--labels", "y"], "--labels y applies to a .npy/.npz/.pt array file only; the source {tmp}/images is an"),
     (["--data-dir", "{tmp}"], "--data-dir {tmp} applies to a torchvision source, not an image folder"),
+    (["--dataset-kwargs", "[letters]"], "argument --dataset-kwargs: expected a mapping such as '{{split: balanced}}'"),
+    (["--dataset-kwargs", "{{split: letters}}"], "--dataset-kwargs {{'split': 'letters'}} applies to a torchvision"),
+    (["--test-dir", "{tmp}/images"], "--test-dir {tmp}/images is the training folder {tmp}/images: the model would"),
 ]
 
 
@@ -531,8 +534,8 @@ def test_a_batch_size_that_leaves_ddp_ranks_no_batch_is_refused(stream: Path) ->
     "subcommand, data, refusal",
     [
         ("fit", ["--data.batch_size", "64"], "--data.batch_size 64 x 2 processes exceeds the 99 samples"),
-        ("validate", ["--data.input_dir", "small"], "val: 1 samples cannot be shared by 2 processes"),
-        ("test", ["--data.input_dir", "small"], "test: 1 samples cannot be shared by 2 processes"),
+        ("validate", ["--data.input_dir", "small"], "small/val) of 1 samples cannot be shared by 2 processes"),
+        ("test", ["--data.input_dir", "small"], "small/test) of 1 samples cannot be shared by 2 processes"),
     ],
 )
 def test_a_stream_that_ddp_processes_cannot_share_is_refused_before_the_run_writes_anything(
@@ -560,7 +563,7 @@ def test_a_split_the_trainer_never_reads_is_not_refused_for_ddp(stream: Path) ->
     dm.trainer = None  # the command's check, before Lightning attaches the trainer
     dm.check_splits("fit", trainer=SimpleNamespace(world_size=10, limit_val_batches=0))
     for stage, limits in (("fit", {"limit_test_batches": 0}), ("test", {"limit_val_batches": 0})):  # others read
-        with pytest.raises(ValueError, match=r"(val: 9|test: 12) samples cannot be shared by 20 processes"):
+        with pytest.raises(ValueError, match=r"the (val|test) split \(\S+\) of (9|12) samples cannot be shared by 20"):
             dm.check_splits(stage, trainer=SimpleNamespace(world_size=20, **limits))
 
 
@@ -606,7 +609,7 @@ def test_evaluation_shards_run_as_many_batches_on_every_rank_and_refuse_fewer_sa
     shards = [EvaluationShard(dataset, rank, 2, batch_size=2) for rank in (0, 1)]
     assert [[len(batch) for batch in shard.batches] for shard in shards] == [[2, 3], [2, 2]]
     assert sorted(shards[0].rows + shards[1].rows) == list(range(9))
-    with pytest.raises(ValueError, match=r"val: 9 samples cannot be shared by 10 processes, .* at most 9 processes"):
+    with pytest.raises(ValueError, match=r"val\) of 9 samples cannot be shared by 10 processes, .* at most 9 process"):
         EvaluationShard(dataset, 0, 10, batch_size=2)
 
 
