@@ -39,6 +39,7 @@ from torchvision.transforms.v2.functional import resize
 from torchvision.utils import save_image
 
 from ae_lightning import Autoencoder
+from ae_lightning.cli import run_command
 from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
 
 
@@ -93,7 +94,13 @@ def fashion_mnist(data_dir: str, train: int, test: int) -> tuple[Tensor, Tensor]
     from torchvision.datasets import FashionMNIST
 
     def images(split: bool, count: int) -> Tensor:
-        data = FashionMNIST(data_dir, train=split, download=False).data[:count]
+        try:
+            data = FashionMNIST(data_dir, train=split, download=False).data[:count]
+        except RuntimeError:  # torchvision's "Dataset not found or corrupted"
+            raise FileNotFoundError(
+                f"--data-dir {data_dir} holds no Fashion-MNIST: expected FashionMNIST/raw/ with "
+                "its IDX files there (e.g. --data-dir ../shared/data), or --skip fashion"
+            ) from None
         return data.unsqueeze(1).float() / 255
 
     return images(True, train), images(False, test)
@@ -232,6 +239,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--picture {args.picture} is a folder; name the file to write")
         if args.picture.exists() and not args.overwrite:
             parser.error(f"--picture {args.picture} exists; name another file, or pass --overwrite to replace it")
+    fashion = None if "fashion" in args.skip else fashion_mnist(args.data_dir, args.train_images, args.test_images)
     print(f"device {args.device}, {args.steps} steps at batch {args.batch_size}, Adam lr {args.lr} ({args.schedule})")
     print("| data | network | code (floats) | parameters | lr, schedule | train s | PSNR dB on training images | "
           "held-out PSNR dB | held-out, colour-matched |")  # fmt: skip
@@ -240,9 +248,9 @@ def main(argv: list[str] | None = None) -> None:
         train_photos, held_out = photo_arrays(args.photos, args.held_out_photos, args.photo_side)
         crops = random_crops(train_photos, args.train_images, args.crop_size, 0, args.downscale)
         compare("photos", crops, random_crops(held_out, args.test_images, args.crop_size, 1, args.downscale), args)
-    if "fashion" not in args.skip:
-        compare("Fashion-MNIST", *fashion_mnist(args.data_dir, args.train_images, args.test_images), args)
+    if fashion is not None:
+        compare("Fashion-MNIST", *fashion, args)
 
 
 if __name__ == "__main__":
-    main()
+    run_command("spatial_quality.py", main)

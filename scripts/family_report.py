@@ -22,9 +22,10 @@ from unittest import mock
 import numpy as np
 import torch
 
-from ae_lightning.cli import AutoencoderCLI
+from ae_lightning.cli import AutoencoderCLI, run_command
 from ae_lightning.evaluation import visualization
 from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
+from datamodules import FashionMNISTDataModule
 
 ROOT = Path(__file__).parents[1]
 MNIST_TEST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")  # deep_ae's, in <data_dir>/mnist-t10k/
@@ -213,6 +214,8 @@ def main(argv: list[str] | None = None) -> None:
             f"--data_dir {args.data_dir} has no {missing[0]}: deep_ae tests on the official MNIST test set, "
             f"{' and '.join(MNIST_TEST_FILES)} in {missing[0].parent}; put them there or leave deep_ae out"
         )
+    if {"iwae", "superres"} & set(args.sections) or not args.only_2d:  # named here, not after the MNIST runs
+        FashionMNISTDataModule(data_dir=args.data_dir).prepare_data()
     if args.smoke:
         EXTRA.extend(f"--trainer.limit_{split}_batches=2" for split in ("train", "val", "test"))
     EXTRA.extend(f"--{setting}" for setting in args.set)
@@ -231,10 +234,14 @@ def main(argv: list[str] | None = None) -> None:
             "--data.offline_fallback",
             "false",
         ]
-        epochs = {"fashion": args.epochs, "mnist": args.mnist_epochs or args.epochs}
-        pretrain = {"fashion": args.pretrain_epochs, "mnist": args.mnist_pretrain_epochs or args.pretrain_epochs}
+        epochs = {"fashion": args.epochs, "mnist": _given(args.mnist_epochs, args.epochs)}
+        pretrain = {"fashion": args.pretrain_epochs, "mnist": _given(args.mnist_pretrain_epochs, args.pretrain_epochs)}
         deep_ae(args.out, {"mnist": mnist, "fashion": fashion}, epochs, pretrain, compare=not args.only_2d)
 
 
+def _given(value: int | None, default: int) -> int:
+    return default if value is None else value  # 0 is a value (no RBM pretraining), not "not given"
+
+
 if __name__ == "__main__":
-    main()
+    run_command("family_report.py", main)

@@ -4,13 +4,25 @@
 # reported and the others still run; the exit status is 1 if any failed. The speed tables come last, one per batch
 # size, as they take the longest.
 #   bash scripts/gpu_check.sh                     # DATA_DIR: a folder with FashionMNIST/raw (default ../shared/data)
+# Settings are environment variables: OUT, DATA_DIR and PHOTO_DIR (photo crops, default data/photos/train). OUT must be
+# new or empty: the tests' --ckpt_path last would find an earlier run's checkpoints, and rate_distortion.py and
+# speed.py refuse its files.
 set -uo pipefail
+case "${1:-}" in
+    "") ;;
+    -h | --help) sed -n '2,/^set /s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    *) echo "gpu_check.sh: takes no arguments, got '$*'; see bash $0 --help" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_check}
 DATA_DIR=${DATA_DIR:-../shared/data}
-mkdir -p "$OUT"
+if [ -n "$(ls -A "$OUT" 2>/dev/null)" ]; then
+    echo "gpu_check.sh: $OUT holds an earlier run; set OUT to a new folder" >&2
+    exit 2
+fi
 python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())" ||
     exit 1
+mkdir -p "$OUT"
 failed=()
 check() {  # check NAME COMMAND...: run it, and remember NAME if it fails
     local name=$1 start=$SECONDS

@@ -116,7 +116,7 @@ def replace_photo_set(partial: Path, out: Path) -> None:
     shutil.rmtree(partial)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out", help="folder to write")
     parser.add_argument("--crop", type=int, default=256, help="side of the square crops")
@@ -128,7 +128,12 @@ def main() -> None:
         "--stream", help="also write a stream of the crops here (a folder or s3:// URI); replaces a stream only"
     )
     parser.add_argument("--stream-size", type=int, help="side of the stream's stored images (default: --crop)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    for name in ("crop", "crops_per_photo", "photo_side", "stream_size"):
+        if (value := getattr(args, name)) is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} {value}: expected at least 1")
+    if args.stream_size is not None and not args.stream:
+        parser.error(f"--stream-size {args.stream_size} sizes the stream's images: give --stream too")
 
     photos = find_photos(args.install)
     out = Path(args.out)

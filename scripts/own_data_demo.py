@@ -25,6 +25,8 @@ from ae_lightning.cli import AutoencoderCLI
 from ae_lightning.evaluation import driver as evaluation
 from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
 
 def write_files(out: Path) -> None:
     from sklearn.datasets import load_breast_cancer, load_digits, load_sample_images
@@ -46,23 +48,23 @@ def write_files(out: Path) -> None:
     np.savez(out / "breast_cancer.npz", x=cancer.data.astype(np.float32), y=cancer.target)
 
 
-def runs(out: Path, epochs: int) -> dict[str, list[str]]:
+def runs(out: Path) -> dict[str, list[str]]:
     """The command line of each run (on top of a shipped config)."""
     return {
         "digits_vae": [
-            "--config", "configs/vae.yaml", "--data", "ArrayDataModule", "--data.path", str(out / "digits.npy"),
+            "--config", str(CONFIGS / "vae.yaml"), "--data", "ArrayDataModule", "--data.path", str(out / "digits.npy"),
             "--data.labels", str(out / "digits_labels.npy"), "--data.binarize", "none", "--data.batch_size", "64",
             "--model.init_args.likelihood", "continuous_bernoulli", "--model.init_args.hidden_dims", "[128]",
             "--model.init_args.latent_dim", "8", "--model.init_args.nll_samples", "200",
         ],
         "patches_conv_vae": [
-            "--config", "configs/cifar10_conv_vae.yaml", "--data", "ImageFolderDataModule",
+            "--config", str(CONFIGS / "cifar10_conv_vae.yaml"), "--data", "ImageFolderDataModule",
             "--data.data_dir", str(out / "patches"), "--data.image_size", "32", "--data.channels", "3",
             "--data.batch_size", "32", "--model.init_args.latent_dim", "32", "--model.init_args.hidden_dims",
             "[32,64,128]", "--model.init_args.nll_samples", "100",
         ],
         "breast_cancer_ae": [
-            "--config", "configs/tabular_anomaly_ae.yaml", "--data.path", str(out / "breast_cancer.npz"),
+            "--config", str(CONFIGS / "tabular_anomaly_ae.yaml"), "--data.path", str(out / "breast_cancer.npz"),
         ],
     }  # fmt: skip
 
@@ -94,14 +96,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/own_data"))
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--only", nargs="+", choices=list(runs(Path(), 0)), help="run only these (default: all)")
+    parser.add_argument("--only", nargs="+", choices=list(runs(Path())), help="run only these (default: all)")
     parser.add_argument("--overwrite", action="store_true", help="replace the scores and pictures of earlier runs")
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error(f"--epochs {args.epochs}: expected at least 1")
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    chosen = {name: run for name, run in runs(args.out, args.epochs).items() if name in (args.only or [name])}
+    chosen = {name: run for name, run in runs(args.out).items() if name in (args.only or [name])}
     held = [name for name in chosen if name in results or any((args.out / "pictures").glob(f"{name}_*.png"))]
     if held and not args.overwrite:
         parser.error(f"--out {args.out} holds the results of an earlier {', '.join(held)} run; name another folder, "

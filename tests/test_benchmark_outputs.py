@@ -1,16 +1,21 @@
-"""Benchmark and report scripts never replace an earlier run's files unless told to (``--overwrite``), and never
-leave one half-written; the checks run before anything trains."""
+"""Benchmark and report scripts as a user runs them: they never replace an earlier run's files unless told to
+(``--overwrite``), never leave one half-written, and name bad settings and missing data or classifiers before anything
+trains."""
 
 from __future__ import annotations
 
 import datetime
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import pytest
+from conftest import write_dataset
 from PIL import Image
 from test_evaluation import KilledWhileWriting, load_script, refused
 
@@ -208,4 +213,95 @@ def test_the_scripts_refuse_a_count_of_epochs_they_cannot_train_as_settings_befo
     with pytest.raises(SystemExit) as exited:
         load_script(script).main([*argv, *out])
     assert exited.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_own_data_demo_runs_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # It named its configs relative to the working folder: run from anywhere but the checkout, the first run stopped
+    # on a jsonargparse traceback, "File does not exist: '<cwd>/configs/tabular_anomaly_ae.yaml'".
+    monkeypatch.chdir(tmp_path)
+    load_script("own_data_demo").main(["--only", "breast_cancer_ae", "--epochs", "1", "--out", "out"])
+    scores = json.loads((tmp_path / "out" / "results.json").read_text())["breast_cancer_ae"]
+    assert 0 <= scores["test/auroc"] <= 1 and scores["train_size"] > 0
+
+
+def mnist_test_set(data_dir: Path) -> Path:
+    """``data_dir`` with the (tiny) MNIST test set that family_report's deep_ae reads, in ``mnist-t10k/``."""
+    (data_dir / "mnist-t10k").mkdir(parents=True)
+    for path in (write_dataset(data_dir / "tiny", "MNIST") / "MNIST" / "raw").glob("t10k-*"):
+        path.rename(data_dir / "mnist-t10k" / path.name)
+    return data_dir
+
+
+def test_family_report_trains_the_mnist_deep_ae_without_pretraining_when_asked(tmp_path: Path) -> None:
+    # --mnist-pretrain-epochs 0 (accepted: no RBM pretraining) was read as "not given": the run pretrained each RBM
+    # for --pretrain-epochs epochs.
+    mnist_test_set(tmp_path / "data")
+    argv = ["deep_ae", "--only-2d", "--smoke", "--mnist-epochs", "1", "--mnist-pretrain-epochs", "0",
+            "--pretrain-epochs", "1", "--data_dir", str(tmp_path / "data"), "--out", str(tmp_path / "out")]  # fmt: skip
+    load_script("family_report").main(argv)
+    assert json.loads((tmp_path / "out" / "deep_ae.json").read_text())["rbm_2d_mnist"]["epochs"] == 1
+
+
+def test_adversarial_sharpness_names_a_missing_classifier_of_its_data_before_anything_trains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It trained both arms (1,500 steps each by default), then stopped on the missing classifier, advising a command
+    # that trains one on MNIST; the rerun was refused, --out holding the arms.
+    monkeypatch.setenv("AE_LIGHTNING_CACHE", str(tmp_path / "cache"))
+    data = write_dataset(tmp_path / "data", "FashionMNIST")
+    argv = ["--data_dir", str(data), "--out", str(tmp_path / "out"), "--steps", "2", "--disc_start", "1"]
+    train = rf"train_feature_classifier.py --data FashionMNISTDataModule --data_dir {data} --output {tmp_path}/cache/"
+    with pytest.raises(
+        FileNotFoundError, match=rf"^no feature classifier at .*; train one with `python scripts/{train}"
+    ):
+        load_script("adversarial_sharpness").main(argv)
+    assert not (tmp_path / "out").exists()
+
+
+def test_spatial_quality_names_missing_fashion_mnist_before_anything_trains(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # The photos trained first, then torchvision's RuntimeError traceback ("Dataset not found. You can use
+    # download=True") ended the run.
+    argv = TINY_SPATIAL.format(out=tmp_path).split()
+    with pytest.raises(FileNotFoundError, match=rf"^--data-dir {tmp_path}/x holds no Fashion-MNIST: expected "):
+        load_script("spatial_quality").main(argv)
+    assert "| photos |" not in capsys.readouterr().out
+
+
+def test_the_disentanglement_benchmark_names_missing_fashion_mnist_before_the_dsprites_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # --part both trained and scored every dSprites model over every seed, then found no Fashion-MNIST.
+    argv = ["--part", "both", "--seeds", "0", "--steps", "1", "--points", "10", "--hidden_dims", "8",
+            "--data_dir", str(tmp_path / "x"), "--root", str(tmp_path / "runs")]  # fmt: skip
+    with pytest.raises(FileNotFoundError, match=rf"Put the uncompressed IDX files .* in {tmp_path}/x/FashionMNIST/raw"):
+        load_script("disentanglement").main(argv)
+    assert "MIG" not in capsys.readouterr().out and not (tmp_path / "runs").exists()
+
+
+def test_gpu_check_takes_no_arguments_and_refuses_an_earlier_runs_folder(tmp_path: Path) -> None:
+    # `--help` started the whole check (its arguments were ignored), and a second run into the same OUT failed its
+    # rate_distortion, codec and speed checks on the first run's files.
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.sh"
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # this environment's python
+    env = {**os.environ, "PATH": path, "OUT": str(tmp_path / "out")}
+    helped = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True, env=env, timeout=60)
+    assert helped.returncode == 0 and "bash scripts/gpu_check.sh" in helped.stdout
+    assert not (tmp_path / "out").exists()
+    earlier = tmp_path / "out" / "speed-128.md"
+    earlier.parent.mkdir()
+    earlier.write_text("an earlier run's")
+    refused = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=60)
+    assert refused.returncode == 2 and f"{tmp_path / 'out'} holds an earlier run; set OUT" in refused.stderr
+    assert list((tmp_path / "out").iterdir()) == [earlier] and earlier.read_text() == "an earlier run's"
+
+
+def test_family_report_names_missing_fashion_mnist_before_the_mnist_runs(tmp_path: Path) -> None:
+    # deep_ae trained its MNIST runs, then stopped on a FileNotFoundError traceback at the first Fashion-MNIST run.
+    argv = ["deep_ae", "--smoke", "--epochs", "1", "--pretrain-epochs", "0", "--data_dir",
+            str(mnist_test_set(tmp_path / "data")), "--out", str(tmp_path / "out")]  # fmt: skip
+    with pytest.raises(FileNotFoundError, match=f"in {tmp_path}/data/FashionMNIST/raw, or point data_dir at"):
+        load_script("family_report").main(argv)
     assert not (tmp_path / "out").exists()

@@ -107,6 +107,7 @@ def test_disentanglement_trains_a_fraction_of_an_epoch_past_the_first_and_names_
         (["--epochs", "0"], "--epochs 0.0: expected a number of epochs above 0"),
         (["--models", "vea"], "--models vea: unknown; the models are vae, "),
         (["--nll_samples", "0"], "--nll_samples 0: expected at least 1"),
+        (["--part", "mig", "--steps", "1", "--points", "9"], "--points 9: expected at least 10"),  # MIG's least
     ],
 )
 def test_disentanglement_refuses_a_bad_setting_by_name_before_training(
@@ -126,6 +127,20 @@ def test_the_speed_benchmarks_measure_as_many_images_as_asked_after_a_run_that_a
         assert len(list((folder / "all").glob("*.png"))) == count
         folder = own_data_speed.write_pngs(tmp_path / "od", count)
         assert len(list(folder.glob("*.png"))) == count
+
+
+@pytest.mark.parametrize(
+    "argv, status, message",
+    [(["--dataset", "Nope"], 1, "contractive_epoch.py: error: unknown datamodule 'Nope'; the datamodules are "),
+     (["--repeats", "0"], 2, "contractive_epoch.py: error: --repeats 0: expected at least 1")],
+)  # fmt: skip
+def test_contractive_epoch_refuses_a_bad_setting_in_one_line(
+    argv: list[str], status: int, message: str, tmp_path: Path
+) -> None:
+    # An unknown --dataset ended on an AttributeError traceback; --repeats 0 read the data, then failed on min([]).
+    command = [sys.executable, str(ROOT / "benchmarks" / "contractive_epoch.py"), "--data_dir", str(tmp_path), *argv]
+    ran = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    assert ran.returncode == status and message in ran.stderr and "Traceback" not in ran.stderr, ran.stderr[-2000:]
 
 
 def test_adversarial_sharpness_refuses_an_earlier_runs_folder_and_a_term_that_never_starts(

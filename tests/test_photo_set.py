@@ -86,3 +86,28 @@ def test_an_interrupted_run_leaves_no_partial_photo_set_and_a_rerun_writes_it_wh
     run(script, monkeypatch, out)  # and a complete rerun replaces it, leaving the rest of the folder
     assert photo_set(out) == written and (out / "notes.txt").read_text() == "mine"
     assert sorted(path.name for path in (tmp_path / "data").iterdir()) == ["photos"]
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [(["--crop", "0"], "--crop 0: expected at least 1"),
+     (["--crops-per-photo", "0"], "--crops-per-photo 0: expected at least 1"),
+     (["--photo-side", "-1"], "--photo-side -1: expected at least 1"),
+     (["--stream", "stream", "--stream-size", "0"], "--stream-size 0: expected at least 1"),
+     (["--stream-size", "64"], "--stream-size 64 sizes the stream's images: give --stream too")],
+)  # fmt: skip
+def test_a_bad_size_or_count_is_refused_before_anything_is_installed_or_written(
+    options: list[str], message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    # It asked to install the photo sources first, then crashed in Pillow (--crop 0), wrote empty folders
+    # (--crops-per-photo 0), or ignored the value (--photo-side below --crop, --stream-size without --stream).
+    script = load_script()
+    photos = write_photos(tmp_path / "photographs", 4)
+    monkeypatch.setattr(script, "find_photos", lambda run_install: photos)
+    monkeypatch.chdir(tmp_path)  # where a relative --stream would be written
+    monkeypatch.setattr(sys, "argv", ["make_photo_set.py", "out", *options])
+    with pytest.raises(SystemExit) as exited:
+        script.main()
+    assert exited.value.code == 2 and f"error: {message}" in capsys.readouterr().err
+    assert [path.name for path in tmp_path.iterdir()] == ["photographs"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["photographs"]

@@ -36,6 +36,7 @@ pytestmark = pytest.mark.slurm
 REQUIRED = os.environ.get("AE_LIGHTNING_REQUIRE_SLURM") == "1"
 START = ROOT / "tests" / "slurm" / "start_cluster.sh"
 TEMPLATE = ROOT / "scripts" / "slurm" / "cpu.sbatch"
+SEARCH_TEMPLATE = ROOT / "scripts" / "slurm" / "search_array.sbatch"
 STEPS_PER_EPOCH = 14  # 220 training images in global batches of 2 ranks x 8
 EPOCHS = 3
 
@@ -70,10 +71,12 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("slurm-data"), "MNIST")
 
 
-def submit(env: dict[str, str], run_dir: Path, logger: str, *fit_args: str) -> str:
-    """Submit the CPU template for a tiny 2-rank fit of the plain autoencoder; returns the job id."""
+def submit(env: dict[str, str], run_dir: Path, logger: str, *fit_args: str, sbatch_args: tuple[str, ...] = ()) -> str:
+    """Submit the CPU template for a tiny fit of the plain autoencoder (2 ranks unless ``sbatch_args`` override the
+    template's resources); returns the job id."""
     job_env = {**env, "CONFIG": "configs/ae.yaml", "RUN_DIR": str(run_dir), "LOGGER": logger}
-    command = ["sbatch", "--parsable", f"--output={run_dir}/slurm-%j.out", str(TEMPLATE), *TINY_MODEL, *fit_args]
+    output = f"--output={run_dir}/slurm-%j.out"
+    command = ["sbatch", "--parsable", output, *sbatch_args, str(TEMPLATE), *TINY_MODEL, *fit_args]
     submitted = subprocess.run(command, env=job_env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert submitted.returncode == 0, submitted.stderr
     return submitted.stdout.strip().split(";")[0]
@@ -150,6 +153,46 @@ def test_cpu_template_trains_with_two_slurm_ranks(uninterrupted: Path) -> None:
     val_losses = [float(row["val/loss"]) for row in rows if row.get("val/loss")]
     assert len(val_losses) == EPOCHS and all(loss == loss for loss in val_losses)  # one per epoch, not NaN
     assert val_losses[-1] < val_losses[0]
+
+
+class ReportCpus(L.Callback):
+    """Prints how many CPUs this training process, and so its data loader workers, may run on."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        print(f"rank {trainer.global_rank} may use {len(os.sched_getaffinity(0))} CPUs", flush=True)
+
+
+def test_a_task_may_use_the_cpus_per_task_the_job_asked_for(
+    slurm: dict[str, str], data_dir: Path, tmp_path: Path
+) -> None:
+    # From Slurm 22.05 srun does not take --cpus-per-task from the job: on a cluster that binds tasks to cores (as
+    # the test cluster does) each task was bound to one CPU, whatever the job asked for.
+    report = ["--trainer.callbacks+=test_slurm.ReportCpus", "--trainer.limit_train_batches", "1"]
+    resources = ("--ntasks-per-node=1", "--cpus-per-task=2")
+    job_id = submit(slurm, tmp_path, "csv", *fit_args(data_dir, 1, *report), sbatch_args=resources)
+    log = tmp_path / f"slurm-{job_id}.out"
+    wait_until(lambda: finished(slurm, job_id), 300, f"job {job_id}", log)
+    assert job(slurm, job_id)["JobState"] == "COMPLETED", log.read_text()[-5000:]
+    assert re.findall(r"rank 0 may use (\d+) CPUs", log.read_text()) == ["2"]
+
+
+def test_a_search_task_may_use_the_cpus_per_task_the_job_asked_for(
+    slurm: dict[str, str], data_dir: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("optuna")
+    space = tmp_path / "space.yaml"
+    space.write_text("metric: val/loss\nparameters:\n  model.init_args.latent_dim: {type: int, low: 2, high: 6}\n")
+    job_env = {**slurm, "CONFIG": "configs/ae.yaml", "SPACE": str(space), "N_TRIALS": "1", "ROOT": str(tmp_path)}
+    resources = ["--gpus-per-task=0", "--ntasks=1", "--cpus-per-task=2"]  # the template asks for a GPU
+    trial = [*fit_args(data_dir, 1, "--trainer.limit_train_batches", "1"), "--trainer.callbacks+=test_slurm.ReportCpus"]
+    command = ["sbatch", "--parsable", f"--output={tmp_path}/slurm-%j.out", *resources, str(SEARCH_TEMPLATE), *trial]
+    submitted = subprocess.run(command, env=job_env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip().split(";")[0]
+    log = tmp_path / f"slurm-{job_id}.out"
+    wait_until(lambda: finished(slurm, job_id), 300, f"job {job_id}", log)
+    assert job(slurm, job_id)["JobState"] == "COMPLETED", log.read_text()[-5000:]
+    assert re.findall(r"rank 0 may use (\d+) CPUs", log.read_text()) == ["2"]
 
 
 def test_sigusr1_checkpoints_requeues_and_the_job_resumes_to_the_uninterrupted_weights(

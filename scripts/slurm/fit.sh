@@ -34,6 +34,10 @@ case "$LOGGER" in
     *) echo "LOGGER must be wandb or csv, got $LOGGER" >&2; exit 2 ;;
 esac
 
+# From Slurm 22.05, srun no longer takes --cpus-per-task from the job (SLURM_CPUS_PER_TASK): without this, every task
+# would be bound to one CPU, its data loader workers with it. SRUN_CPUS_PER_TASK, if you set it, wins.
+if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then export SRUN_CPUS_PER_TASK=${SRUN_CPUS_PER_TASK:-$SLURM_CPUS_PER_TASK}; fi
+
 echo "job $SLURM_JOB_ID, start $((${SLURM_RESTART_COUNT:-0} + 1)): $SLURM_NNODES node(s) x $SLURM_NTASKS_PER_NODE" \
     "task(s), run folder $RUN_DIR"
 # --kill-on-bad-exit: a rank that fails takes the others down instead of leaving them waiting in a collective.

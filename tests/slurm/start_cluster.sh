@@ -5,8 +5,10 @@
 #                                           with their config, state, logs and pid files in DIR; print SLURM_CONF
 #   tests/slurm/start_cluster.sh stop DIR   stop the daemons this script started there (by their pid files)
 #
-# The node has this machine's hostname and CPUs (nproc, which would count OMP_NUM_THREADS without the env -u), one partition "debug", no accounting and no cgroups
-# (proctrack/linuxproc, task/none), as root. KillWait is short, so that a requeued job's tasks end quickly.
+# The node has this machine's hostname and CPUs (nproc, which would count OMP_NUM_THREADS without the env -u), one
+# partition "debug", no accounting and no cgroups (proctrack/linuxproc), as root. Tasks are bound to cores
+# (task/affinity, TaskPluginParam=Cores), as on many clusters: a task gets the CPUs its step gave it, no more.
+# KillWait is short, so that a requeued job's tasks end quickly.
 set -euo pipefail
 
 if [ "${1:-}" = stop ]; then
@@ -61,7 +63,8 @@ AuthType=auth/munge
 SlurmUser=root
 SlurmdUser=root
 ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+TaskPlugin=task/affinity
+TaskPluginParam=Cores
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 SchedulerType=sched/backfill
