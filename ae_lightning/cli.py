@@ -19,6 +19,7 @@ import pydoc
 import re
 import sys
 import traceback
+import typing
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,7 +34,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.core.hooks import DataHooks
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -89,6 +90,7 @@ _SPECIAL_CKPT_PATHS = {"last", "best", "registry"}
 PROGRESS_BAR_REFRESH_STEPS = 25  # the command's default bar redraws every 25 steps, Lightning's every step
 # Lightning's DDP strategies by name, each of which has a ``<name>_find_unused_parameters_true``.
 DDP_STRATEGIES = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
+DEVICE_SETTINGS = ("accelerator", "devices", "strategy")  # named when Lightning finds no such devices here
 # The ``checkpoint`` section's settings that differ from ModelCheckpoint's: the best by val/loss, and last.ckpt.
 CHECKPOINT_DEFAULTS = {"monitor": "val/loss", "mode": "min", "save_last": True, "filename": "best-{epoch}-{step}"}
 # A logger's ``save_dir`` that stands for the run's ``default_root_dir``.
@@ -183,15 +185,23 @@ class AutoencoderCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         argv = sys.argv[1:] if args is None else args
-        if isinstance(argv, (list, tuple)):
-            _check_class_names(parser, list(argv))
+        given = _appended_loggers_in_root(argv) if isinstance(argv, (list, tuple)) else argv
         try:
-            super().parse_arguments(parser, args)
+            if given is argv:
+                super().parse_arguments(parser, args)
+            else:
+                self.config = parser.parse_args(given)
         except ArgumentError as error:
+            if unknown_class := _known_class_like(str(error)):
+                raise ArgumentError(None, unknown_class) from error
             hint = _known_key_like(str(error), self._parsers)
             if hint is None:
                 raise
             raise ArgumentError(None, f"{one_line(str(error))}; did you mean {hint}?") from error
+        seed = _run_config(self.config).get("seed_everything")
+        if not isinstance(seed, bool) and isinstance(seed, int) and not 0 <= seed < 2**32:  # NumPy's seeds
+            raise ConfigError(f"--seed_everything {seed}: expected an integer in [0, 2**32), true (a random seed) or "
+                              "false (no seeding)")  # fmt: skip
         # Resolved before --ckpt_path is, which looks in the run folder that the logger's settings name.
         self._logger_settings_given = _logger_defaults(_run_config(self.config))
 
@@ -240,8 +250,9 @@ class AutoencoderCLI(LightningCLI):
         barebones = bool(config.get("barebones"))
         if barebones and config.get("logger") not in (None, False):
             if not _is_default_logger(parsed, getattr(self, "_logger_settings_given", {})):
-                raise ConfigError(f"--trainer.logger {parsed.trainer.logger.get('class_path', config['logger'])}: "
-                                  "--trainer.barebones true runs without a logger; drop one of the two")  # fmt: skip
+                chosen = ", ".join(getattr(logger, "class_path", str(logger)) for logger in _loggers(parsed))
+                raise ConfigError(f"--trainer.logger {chosen}: --trainer.barebones true runs without a logger; drop "
+                                  "one of the two")  # fmt: skip
             kwargs["logger"] = False
         if barebones or config.get("enable_checkpointing") is False:
             why = "a run without checkpointing (--trainer.enable_checkpointing false or --trainer.barebones true)"
@@ -270,13 +281,16 @@ class AutoencoderCLI(LightningCLI):
             kwargs["strategy"] = f"{strategy}_find_unused_parameters_true"
         try:
             trainer = super().instantiate_trainer(**kwargs)
-        except MisconfigurationException as error:  # a GPU where there is none; a max_epochs of -3
+        except ConfigError:
+            raise
+        except (MisconfigurationException, ValueError, TypeError) as error:  # no GPU here; max_epochs -3; strategy ddpp
             devices = ("accelerator", "device", "gpu", "cuda", "mps", "tpu", "strategy", "num_nodes")
-            if not any(word in str(error).lower() for word in devices):
-                raise ConfigError(f"the Trainer's settings: {error}") from error
-            given = ", ".join(f"--trainer.{key} {config.get(key)}" for key in ("accelerator", "devices", "strategy"))
-            raise ConfigError(f"{given}: {error} Choose devices this machine has (--trainer.accelerator cpu runs "
-                              "anywhere)") from error  # fmt: skip
+            if isinstance(error, MisconfigurationException) and any(word in str(error).lower() for word in devices):
+                given = ", ".join(f"--trainer.{key} {config.get(key)}" for key in DEVICE_SETTINGS)
+                raise ConfigError(f"{given}: {error} Choose devices this machine has (--trainer.accelerator cpu runs "
+                                  "anywhere)") from error  # fmt: skip
+            named = _setting_named("trainer", dict(parsed.trainer.items()), str(error)) or "the Trainer's settings"
+            raise ConfigError(f"{named}: {error}") from error
         requested = config.get("precision")
         if requested is not None and _PRECISION_ALIASES.get(str(requested), str(requested)) != trainer.precision:
             raise ConfigError(
@@ -553,10 +567,14 @@ def _refused_section_setting(config: Any, error: Exception) -> str | None:
             (name for name, cls in classes.items() if isinstance(own, cls)), None)  # fmt: skip
         if section is None:
             continue
-        settings = dict(config[section].items())
-        named = [(found.start(), key) for key in settings if (found := re.search(rf"\b{key}\b", str(error)))]
-        return f"--{section}.{min(named)[1]} {settings[min(named)[1]]}" if named else f"--{section}"
+        return _setting_named(section, dict(config[section].items()), str(error)) or f"--{section}"
     return None
+
+
+def _setting_named(section: str, settings: dict[str, Any], message: str) -> str | None:
+    """``--<section>.<key> <value>`` of the setting of ``settings`` that ``message`` names first; None for none."""
+    named = [(found.start(), key) for key in settings if (found := re.search(rf"\b{re.escape(key)}\b", message))]
+    return f"--{section}.{min(named)[1]} {settings[min(named)[1]]}" if named else None
 
 
 def _optimizers_and_schedulers(configured: Any) -> tuple[list[torch.optim.Optimizer], list[dict[str, Any]]]:
@@ -589,31 +607,88 @@ def _settings_refused() -> Iterator[None]:
         raise ConfigError(str(error)) from error
 
 
-def _check_class_names(parser: LightningArgumentParser, argv: list[str]) -> None:
-    """A ``--model``/``--data`` value that names no known class is an error listing the known ones (jsonargparse
-    would say only that it expected an import path)."""
-    bases = {"--model": AutoencoderModule, "--data": ImageDataModule}
-    for i, arg in enumerate(argv):
-        option, _, value = arg.partition("=")
-        if option not in bases:
+def _appended_loggers_in_root(argv: list[str] | tuple[str, ...]) -> list[str] | tuple[str, ...]:
+    """``argv`` with ``--trainer.logger.save_dir`` :data:`ROOT_DIR` after each ``--trainer.logger+=<Logger>`` whose
+    class takes a ``save_dir``, as a logger given in place of the default has (jsonargparse carries the default's
+    settings over to that one, not to one appended); a ``save_dir`` given after it applies. ``argv`` if unchanged."""
+    given, args = [], iter(argv)
+    for arg in args:
+        given.append(arg)
+        if arg == "--trainer.logger+":
+            value = next(args, "")
+            given.append(value)
+        elif arg.startswith("--trainer.logger+="):
+            value = arg.partition("=")[2]
+        else:
             continue
-        value = value or (argv[i + 1] if i + 1 < len(argv) else "")
-        if not value or "." in value or "/" in value or value.lstrip().startswith(("{", "[")):
-            continue  # an import path, a config file or inline YAML: jsonargparse checks those
-        known = sorted({cls.__name__ for cls in _concrete_subclasses(bases[option])})
-        if value not in known:
-            parser.error(f"{option} {value} is not a known class; the known ones are {', '.join(known)} "
-                         "(or give an import path such as mypackage.MyModel)")  # fmt: skip
+        found = resolve_class_path(value) if "." in value else next(
+            (cls for cls in _concrete_subclasses(Logger) if cls.__name__ == value), None)  # fmt: skip
+        if isinstance(found, type) and "save_dir" in inspect.signature(found).parameters:
+            given += ["--trainer.logger.save_dir", ROOT_DIR]
+    return given if len(given) > len(argv) else argv
+
+
+# jsonargparse's wording of the errors that the command's hints read (tests/test_cli.py names any that changes): an
+# argument a class does not take, an option the command does not have, a class name that resolves to no class.
+UNKNOWN_ARGUMENT = re.compile(r"Option '([^']+)' is not accepted(\.|$)", re.M)
+UNKNOWN_OPTION = re.compile(r"does not accept option '([^']+)'|unrecognized arguments: .*?--([\w.]+)")
+UNKNOWN_CLASS = re.compile(
+    r"Expected a dot import path string: (?P<name>\S+)|Problem with given class_path '(?P<path>[^']+)':\s*"
+    r"(?:module '[^']+' has no attribute|(?P<why>No module named '[^']+'))|expects a function or a callable class: "
+    r"module '[^']+' has no attribute '[^']+'\. Got value: (?P<value>\S+)"
+)
+_ENCLOSING = re.compile(r'Parser key "([^"]+)":|Problem with given class_path \'([^\']+)\':|(Subtypes: .*)')
+MAX_LISTED = 50  # known classes named in an error; more (torch.nn.Module's) only yield the closest
+
+
+def _known_class_like(message: str) -> str | None:
+    """jsonargparse's error ``message`` for a class name that resolves to no class, as ``--<option> <name> is not a
+    known class; the known ones are ...; did you mean <closest>?``; None for another error or where no class is known.
+    """
+    found = UNKNOWN_CLASS.search(message)
+    if found is None:
+        return None
+    name = found["name"] or found["path"] or found["value"]
+    # The blocks that enclose the refusal are the less indented lines above it: the options, the classes whose
+    # arguments they are and the innermost option's Subtypes (the classes it takes).
+    line_start = message.rfind("\n", 0, found.start()) + 1
+    indent, chain, subtypes = found.start() - line_start, [], ""
+    for line in reversed([line for line in message[:line_start].splitlines() if line.strip()]):
+        depth, enclosing = len(line) - len(line.lstrip(" -")), _ENCLOSING.search(line)
+        if enclosing and enclosing[3] and not chain:
+            subtypes = subtypes or enclosing[3]
+        elif enclosing and depth < indent:
+            chain.insert(0, enclosing.groups()[:2])
+        indent = min(indent, depth)
+    keys = [key for key, _ in chain if key]
+    if not subtypes and len(chain) > 1 and chain[-2][1]:  # a class's argument typed without a Union: its annotation
+        subtypes = str(_parameter_type(resolve_class_path(chain[-2][1]), keys[-1]))
+    # The classes of the type, not a factory's arguments (``Callable[[Iterable], Optimizer]``), nor Iterable's.
+    paths = re.findall(r"[A-Za-z_]\w*(?:\.\w+)+", re.sub(r"Callable\[\[[^\]]*\], ", "Callable[", subtypes))
+    bases = [cls for cls in map(resolve_class_path, paths) if isinstance(cls, type)]
+    bases = [cls for cls in bases if cls.__module__ != "collections.abc"]
+    # Neither private nor local classes, nor the classes of jsonargparse's lazy_instance defaults.
+    known = {cls.__name__ for base in bases for cls in _concrete_subclasses(base) if "<locals>" not in cls.__qualname__}
+    known = sorted({name for name in known if not name.startswith(("_", "LazyInstance_"))}, key=str.lower)
+    if not keys or not known:
+        return None
+    lowered = {cls.lower(): cls for cls in known}
+    closest = difflib.get_close_matches(name.rpartition(".")[2].lower(), lowered, n=1, cutoff=0.6)
+    listed = f"the known ones are {', '.join(known)}" if len(known) <= MAX_LISTED else (
+        f"expected one of the {len(known)} known subclasses of {', '.join(cls.__name__ for cls in bases)}")  # fmt: skip
+    return (f"--{'.init_args.'.join(keys)} {name} is not a known class" + (f" ({found['why']})" if found["why"] else "")
+            + f"; {listed} (or give an import path such as mypackage.MyClass)"
+            + (f"; did you mean {lowered[closest[0]]}?" if closest else ""))  # fmt: skip
 
 
 def _known_key_like(message: str, parsers: list[LightningArgumentParser]) -> str | None:
     """The known key closest to the one that jsonargparse's error ``message`` refuses as unknown: an argument of a
     class the message names, or an option of the command (``parsers``: its subcommands'); None where none is close."""
-    if found := re.search(r"Option '([^']+)' is not accepted(\.|$)", message, re.M):  # an argument of a class
+    if found := UNKNOWN_ARGUMENT.search(message):  # an argument of a class
         classes = {resolve_class_path(path) for path in re.findall(r"class_path[= ]'([^']+)'", message)}
         known = [key for cls in classes if isinstance(cls, type) for key in _class_keys(cls)]
         name, option = found.group(1), False
-    elif found := re.search(r"does not accept option '([^']+)'|unrecognized arguments: .*?--([\w.]+)", message):
+    elif found := UNKNOWN_OPTION.search(message):
         known = [key for parser in parsers for key in parser.get_defaults().keys()]
         name, option = found.group(1) or found.group(2), found.group(2) is not None  # typed as --<name>
     else:
@@ -626,6 +701,19 @@ def _known_key_like(message: str, parsers: list[LightningArgumentParser]) -> str
             closest = difflib.get_close_matches(part, there, n=1, cutoff=0.75)  # --prnt_config is not --config
             key = ".".join([*parts[:i], *closest, *parts[i + 1 :]])
             return (f"--{key}" if option else f"'{key}'") if closest else None
+    return None
+
+
+def _parameter_type(cls: Any, name: str) -> Any:
+    """The annotation of ``cls``'s argument ``name`` in the first ``__init__`` of its MRO that has it (jsonargparse
+    follows ``**kwargs`` to the base's); None where none has it."""
+    for klass in inspect.getmro(cls) if isinstance(cls, type) else []:
+        try:
+            hints = typing.get_type_hints(klass.__init__)
+        except (NameError, TypeError):  # an annotation that does not evaluate here
+            continue
+        if name in hints:
+            return hints[name]
     return None
 
 
@@ -893,8 +981,11 @@ def _as_list(value: Any) -> list[Any]:
     return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-# Errors that say what is wrong with the user's settings, data or files; the command prints them without a traceback.
-_USER_ERRORS = (ValueError, OSError, NonFiniteLossError)  # OSError: missing, unreadable or unwritable files
+# Errors that say what is wrong with the user's settings (exit status 2; MisconfigurationException: one that Lightning
+# refuses as it runs, a checkpoint monitor that no metric has), data or files (1; OSError: missing, unreadable or
+# unwritable files); the command prints them without a traceback.
+_SETTINGS_ERRORS = (ConfigError, ArgumentError, MisconfigurationException)
+_USER_ERRORS = (*_SETTINGS_ERRORS, ValueError, OSError, NonFiniteLossError)
 TRACEBACK_FLAG = "--print_traceback"
 
 
@@ -912,11 +1003,11 @@ def run_command(prog: str, command: Callable[[], object]) -> None:
         sys.exit(SIGTERM_EXIT_CODE)
     except Exception as error:
         raised, message = _raised_in_process(error) or (type(error), str(error))
-        if os.environ.get("AE_LIGHTNING_TRACEBACK") == "1" or not issubclass(raised, (*_USER_ERRORS, ArgumentError)):
+        if os.environ.get("AE_LIGHTNING_TRACEBACK") == "1" or not issubclass(raised, _USER_ERRORS):
             raise
         message = one_line(message) if issubclass(raised, ArgumentError) else message
         sys.stderr.write(f"{prog}: error: {message}\n(add {TRACEBACK_FLAG} for the traceback)\n")
-        sys.exit(2 if issubclass(raised, (ConfigError, ArgumentError)) else 1)
+        sys.exit(2 if issubclass(raised, _SETTINGS_ERRORS) else 1)
 
 
 def _raised_in_process(error: Exception) -> tuple[type, str] | None:

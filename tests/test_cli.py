@@ -379,6 +379,19 @@ def test_a_refusal_in_a_process_that_ddp_spawn_started_is_printed_alone_with_its
     assert capsys.readouterr().err == f"ae-lightning: error: {error}\n(add --print_traceback for the traceback)\n"
 
 
+def test_a_setting_lightning_refuses_as_it_runs_is_printed_alone_as_a_setting(
+    data_dir: Path, tmp_path: Path, capsys
+) -> None:
+    # Lightning's MisconfigurationException for a checkpoint monitor that no metric has was a traceback (exit status 1)
+    one_batch = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1"]
+    args = tiny_args("ae", data_dir, tmp_path, "--checkpoint.monitor", "val/los", *one_batch)
+    with mock.patch("sys.argv", ["ae-lightning", "fit", *args]), pytest.raises(SystemExit) as exited:
+        run_command("ae-lightning", AutoencoderCLI)
+    error = capsys.readouterr().err
+    assert exited.value.code == 2 and "Traceback" not in error
+    assert error.startswith("ae-lightning: error: `ModelCheckpoint(monitor='val/los')` could not find the monitored")
+
+
 @pytest.mark.parametrize(
     "argv, expected",
     [
@@ -386,16 +399,13 @@ def test_a_refusal_in_a_process_that_ddp_spawn_started_is_printed_alone_with_its
         (["--data.batch_size", "abc"], "--data datamodules.MNISTDataModule: batch_size: Not of type int >= 1: invalid "
                                        "literal for int() with base 10: 'abc'"),
         (["--nosuch", "1"], "unrecognized arguments: --nosuch 1"),
-        (["--model.init_args.optimizer", "torch.optim.Adamm"], "--model ae_lightning.VAE: optimizer: module "
-                                                               "'torch.optim' has no attribute 'Adamm'"),
         (["--model.init_args.lr_scheduler", "torch.optim.lr_scheduler.StepLR",
           "--model.init_args.lr_scheduler.init_args.gamma", "x"],
          "--model ae_lightning.VAE: lr_scheduler: gamma: Expected a float. Got value: x"),
         (["--model.init_args.encoder", "torch.nn.Linear", "--model.init_args.encoder.init_args.in_featurez", "3"],
          "--model ae_lightning.VAE: encoder: torch.nn.Linear: Option 'in_featurez' is not accepted"),
     ],
-    ids=["unknown-argument", "not-an-integer", "unknown-option", "optimizer-class", "scheduler-argument",
-         "encoder-argument"],
+    ids=["unknown-argument", "not-an-integer", "unknown-option", "scheduler-argument", "encoder-argument"],
 )  # fmt: skip
 def test_a_value_the_parser_rejects_is_one_line_naming_the_argument(argv: list[str], expected: str) -> None:
     with pytest.raises(ArgumentError) as refused:
@@ -427,6 +437,98 @@ def test_a_misspelled_key_is_refused_with_the_known_one_it_resembles(
         run_cli("fit", "--config", "configs/vae.yaml", *argv)
     message = one_line(str(refused.value))
     assert message.endswith(hint) if hint else "did you mean" not in message, message
+
+
+@pytest.mark.parametrize(
+    "argv, refused, known",
+    [
+        (["--model.class_path", "ae_lightning.Vea"], "--model ae_lightning.Vea", "VAE"),
+        (["--model", "Vea"], "--model Vea", "VAE"),
+        (["--config", "MISSPELLED_YAML"], "--model ae_lightning.VEA", "VAE"),
+        (["--data.class_path", "datamodules.FashionMNISTDatamodule"], "--data datamodules.FashionMNISTDatamodule",
+         "FashionMNISTDataModule"),
+        (["--trainer.logger", "CSVLoger"], "--trainer.logger CSVLoger", "CSVLogger"),
+        (["--trainer.logger+=CSVLoger"], "--trainer.logger CSVLoger", "CSVLogger"),
+        (["--trainer.callbacks+=EarlyStoping"], "--trainer.callbacks EarlyStoping", "EarlyStopping"),
+        (["--model.init_args.optimizer", "torch.optim.Adamm"], "--model.init_args.optimizer torch.optim.Adamm", "Adam"),
+        (["--model.init_args.lr_scheduler", "StepRL"], "--model.init_args.lr_scheduler StepRL", "StepLR"),
+        (["--model.init_args.encoder", "torch.nn.Lineer"], "--model.init_args.encoder torch.nn.Lineer", None),
+    ],
+    ids=["model-path", "model-name", "yaml", "data", "logger", "appended-logger", "callback", "optimizer", "scheduler",
+         "encoder"],
+)  # fmt: skip
+def test_a_misspelled_class_name_is_refused_with_the_known_classes_and_the_closest(
+    argv: list[str], refused: str, known: str | None, tmp_path: Path
+) -> None:
+    # jsonargparse said "expected dot import path string: CSVLoger or collections.abc.Iterable or bool or NoneType"
+    (tmp_path / "typo.yaml").write_text("model:\n  class_path: ae_lightning.VEA\n")
+    argv = [arg.replace("MISSPELLED_YAML", str(tmp_path / "typo.yaml")) for arg in argv]
+    with pytest.raises(ArgumentError) as raised:
+        run_cli("fit", "--config", "configs/vae.yaml", *argv)
+    message = one_line(str(raised.value))
+    assert message.startswith(f"{refused} is not a known class; "), message
+    closest = known or "Linear"  # torch.nn.Module has too many subclasses to list: the closest alone
+    assert message.endswith(f"; did you mean {closest}?"), message
+    if known:
+        assert "the known ones are " in message and f" {known}," in message, message
+    assert "NoneType" not in message and "Union" not in message
+
+
+def test_an_appended_logger_writes_into_the_runs_root_as_one_given_in_place_of_the_default(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # --trainer.logger CSVLogger took the default logger's save_dir; --trainer.logger+=CSVLogger asked for one
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    replaced = build(*common(data_dir, tmp_path), "--trainer.logger", "CSVLogger").trainer.loggers
+    appended = build(*common(data_dir, tmp_path), "--trainer.logger+=CSVLogger").trainer.loggers
+    assert [type(logger) for logger in replaced] == [CSVLogger]
+    assert [type(logger) for logger in appended] == [TensorBoardLogger, CSVLogger]
+    assert {Path(logger.save_dir) for logger in [*replaced, *appended]} == {tmp_path}
+    own = build(*common(data_dir, tmp_path), "--trainer.logger+", "CSVLogger", "--trainer.logger.save_dir",
+                str(tmp_path / "csv")).trainer.loggers  # fmt: skip
+    assert [Path(logger.save_dir) for logger in own] == [tmp_path, tmp_path / "csv"]
+
+
+def test_the_hints_read_the_wording_of_jsonargparses_errors(tmp_path: Path) -> None:
+    """The hints of misspelled keys and class names read jsonargparse's errors: a release that words them otherwise
+    fails here, naming the wording the command expects, instead of the hints silently going."""
+    from importlib.metadata import version
+
+    from jsonargparse import ActionConfigFile, ArgumentParser
+    from lightning.pytorch.loggers import Logger
+
+    from ae_lightning.base import AutoencoderModule
+    from ae_lightning.cli import UNKNOWN_ARGUMENT, UNKNOWN_CLASS, UNKNOWN_OPTION, _known_class_like, _known_key_like
+
+    fit = ArgumentParser(exit_on_error=False)
+    fit.add_argument("--config", action=ActionConfigFile)
+    fit.add_argument("--max_epochs", type=int)
+    fit.add_argument("--logger", type=Logger | None)
+    fit.add_subclass_arguments(AutoencoderModule, "model", required=False, fail_untyped=False)
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subcommands().add_subcommand("fit", fit)
+    (tmp_path / "typo.yaml").write_text("max_epohcs: 3\n")
+    model = ["--model", "Autoencoder"]
+    cases = [
+        (["--max_epohcs", "1"], UNKNOWN_OPTION, "--max_epochs"),
+        (["--config", str(tmp_path / "typo.yaml")], UNKNOWN_OPTION, "'max_epochs'"),
+        ([*model, "--model.init_args.latent_dimm", "2"], UNKNOWN_ARGUMENT, "'latent_dim'"),
+        (["--logger", "CSVLoger"], UNKNOWN_CLASS, "CSVLogger"),
+        (["--logger", "lightning.pytorch.loggers.CSVLoger"], UNKNOWN_CLASS, "CSVLogger"),
+        (["--logger", "nosuch.CSVLogger"], UNKNOWN_CLASS, "CSVLogger"),
+        ([*model, "--model.init_args.optimizer", "torch.optim.Adamm"], UNKNOWN_CLASS, "Adam"),
+    ]
+    for argv, wording, hint in cases:
+        with pytest.raises(ArgumentError) as raised:
+            parser.parse_args(["fit", *argv])
+        message = str(raised.value)
+        assert wording.search(message), (
+            f"jsonargparse {version('jsonargparse')} words its error for {argv} otherwise than ae_lightning.cli "
+            f"expects ({wording.pattern!r}): {message}"
+        )
+        said = _known_class_like(message) if wording is UNKNOWN_CLASS else _known_key_like(message, [fit])
+        assert said is not None and said.endswith(hint if wording is not UNKNOWN_CLASS else f"did you mean {hint}?")
 
 
 def test_a_new_variant_needs_only_its_module_and_its_config(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
@@ -551,6 +653,14 @@ def test_a_sections_setting_its_class_refuses_names_the_option_as_typed_before_a
     with pytest.raises(ConfigError, match=f"^{message}"):
         build(*common(data_dir, tmp_path / "run"), *setting)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_seed_numpy_cannot_take_is_refused_naming_the_option() -> None:
+    # Lightning's seed_everything raised "-1 is not in bounds, numpy accepts ...", printed as bad data (exit status 1)
+    for seed in ("-1", str(2**32)):
+        with pytest.raises(ConfigError, match=rf"^--seed_everything {seed}: expected an integer in \[0, 2\*\*32\)"):
+            build("--seed_everything", seed)
+    assert build("--seed_everything", str(2**32 - 1)).config.seed_everything == 2**32 - 1
 
 
 def test_fast_steps_below_one_is_refused_naming_the_option(capsys) -> None:

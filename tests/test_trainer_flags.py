@@ -39,7 +39,12 @@ def test_barebones_drops_the_commands_own_logger_checkpoint_and_progress_bar(dat
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
-@pytest.mark.parametrize("logger", [["--trainer.logger", "CSVLogger"], ["--trainer.logger.version", "3"]])
+@pytest.mark.parametrize(
+    "logger",
+    [["--trainer.logger", "CSVLogger"], ["--trainer.logger.version", "3"], ["--trainer.logger", "[CSVLogger]"],
+     ["--trainer.logger+=CSVLogger"]],
+    ids=["class", "version", "list", "appended"],
+)  # fmt: skip
 def test_barebones_refuses_a_logger_the_user_chose_before_any_file(logger: list[str], data_dir: Path, tmp_path: Path):
     with pytest.raises(ConfigError, match=r"--trainer.logger .*Logger: --trainer.barebones true runs without a logger"):
         run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "run", *BRIEF, "--trainer.barebones", "true", *logger))
@@ -95,8 +100,23 @@ def test_an_accelerator_this_machine_lacks_is_refused_in_one_line_before_any_fil
     assert not (tmp_path / "run").exists()
 
 
-def test_a_trainer_setting_lightning_refuses_is_not_blamed_on_the_devices(data_dir: Path, tmp_path: Path) -> None:
-    # --trainer.max_epochs -3 was reported as "--trainer.accelerator auto, ...: Choose devices this machine has"
-    with pytest.raises(ConfigError, match=r"^the Trainer's settings: `max_epochs` must be .* You passed in -3.$"):
-        run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "run", "--trainer.max_epochs", "-3"))
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        (["--trainer.max_epochs", "-3"], r"^--trainer.max_epochs -3: `max_epochs` must be .* You passed in -3.$"),
+        (["--trainer.strategy", "ddpp"], r"^--trainer.strategy ddpp: You selected an invalid strategy name"),
+        (["--trainer.accelerator", "gpuu"], r"^--trainer.accelerator gpuu: You selected an invalid accelerator name"),
+        (["--trainer.accelerator", "cpu", "--trainer.devices", "-2"], r"^--trainer.devices -2: `devices` selected "),
+        (["--trainer.max_time", "5min"], r"^the Trainer's settings: `Timer\(duration='5min'\)` is not a valid"),
+    ],
+    ids=["max-epochs", "strategy", "accelerator", "devices", "max-time"],
+)
+def test_a_trainer_setting_lightning_refuses_is_named_as_a_setting_before_any_file(
+    setting: list[str], message: str, data_dir: Path, tmp_path: Path
+) -> None:
+    # a strategy or accelerator Lightning does not know was printed as bad data (exit status 1) without the option,
+    # --trainer.devices -2 was a TypeError's traceback, and --trainer.max_epochs -3 was "the Trainer's settings"
+    with pytest.raises(ConfigError, match=message) as refused:
+        run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "run", *setting))
+    assert "Choose devices" not in str(refused.value)
     assert not (tmp_path / "run").exists()
