@@ -462,9 +462,7 @@ def _rdb_storage(args: argparse.Namespace, engine: dict[str, Any], tries: int = 
                 engine_kwargs=engine,
                 heartbeat_interval=args.heartbeat,
                 grace_period=2 * args.heartbeat,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                    args.max_retry, inherit_intermediate_values=True
-                ),
+                heartbeat_stale_trial_callback=_retry(args),
             )
         except (IntegrityError, OperationalError, ProgrammingError) as error:
             if attempt == tries - 1 or not (isinstance(error, IntegrityError) or "already exists" in str(error)):
@@ -616,6 +614,10 @@ def objective(
     except NonFiniteLossError as error:
         trial.set_user_attr("diverged", str(error))
         raise
+    except SystemExit:  # SIGTERM or SLURM's requeue signal, after the trial's checkpoint: the next run resumes it
+        trial.study.tell(trial, state=TrialState.FAIL)
+        _retry(args)(trial.study, _frozen(trial))
+        raise
     finally:  # W&B keeps one run per process, which the next trial's WandbLogger would log into
         if _wandb_run() not in (None, wandb_run):
             sys.modules["wandb"].finish(exit_code=int(sys.exc_info()[0] not in (None, optuna.TrialPruned)))
@@ -624,7 +626,7 @@ def objective(
     trial.set_user_attr("config_file", str(Path(run_folder or cli.trainer.log_dir) / "config.yaml"))
     # A retry's checkpoint callback knows only the validations after its resume; it inherits the earlier reports.
     best = getattr(cli.trainer.checkpoint_callback, "best_model_score", None)
-    reported = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number).intermediate_values
+    reported = _frozen(trial).intermediate_values
     values = [v for v in [*reported.values(), *([float(best)] if best is not None else [])] if math.isfinite(v)]
     if not values:
         logged = sorted(name for name in cli.trainer.callback_metrics if name.startswith("val/"))
@@ -639,6 +641,16 @@ def objective(
             raise NonFiniteLossError(message)
         raise ValueError(f"trial {trial.number} logged no finite {metric}; its validation logged {', '.join(logged)}")
     return min(values) if mode == "min" else max(values)
+
+
+def _frozen(trial: optuna.Trial) -> FrozenTrial:
+    """The trial as its study stores it."""
+    return next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+
+
+def _retry(args: argparse.Namespace) -> RetryHeartbeatStaleTrialCallback:
+    """Optuna's retry of a trial that stopped before its end: the same values, user attributes and reports."""
+    return RetryHeartbeatStaleTrialCallback(args.max_retry, inherit_intermediate_values=True)
 
 
 def _listed(loggers: Any) -> list[Any]:

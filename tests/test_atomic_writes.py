@@ -55,7 +55,10 @@ def test_a_failed_prediction_save_leaves_nothing_behind(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(OSError, match="No space left on device"):
+    path = tmp_path / "run" / "predictions.pt"
+    # named as a full checkpoint is (the OSError of torch's write said "No space left on device" alone)
+    message = rf"no space left on device while writing the file {path} \(\d+ MiB free\); no predictions.pt was written"
+    with pytest.raises(OSError, match=message):
         predict(PredictionWriter(), tmp_path / "run", data_dir)
     assert sorted(path.name for path in (tmp_path / "run").iterdir()) == []
 

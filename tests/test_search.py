@@ -807,3 +807,21 @@ def test_a_study_that_another_worker_is_recording_opens(tmp_path: Path, data_dir
     assert study.user_attrs["metric"] == "val/loss" and study.user_attrs["settings"]["trainer.max_epochs"] == 1
     with pytest.raises(ValueError, match=r"trainer.max_epochs 1 \(this run: 2\)"):
         open_study(tmp_path, data_dir, "--trainer.max_epochs", "2")
+
+
+def test_a_trial_stopped_by_sigterm_is_retried_at_once_by_the_next_run(tmp_path: Path, data_dir: Path) -> None:
+    # A preempted search: its trial saved last.ckpt and the process exited 143, the trial left RUNNING; a rerun within
+    # two heartbeats (a requeued job) took it for running elsewhere, started nothing and exited 0, the study unfinished.
+    signalled = ["--trainer.callbacks+=test_fault_tolerance_sigterm.SigtermAtBatch", "--trainer.callbacks.batch", "0"]
+    extra = ("--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2", *signalled)  # 2 steps per epoch
+    args = search_args(tmp_path, data_dir, "--n_trials", "1", *extra)
+    with pytest.raises(SystemExit) as exited:
+        search.run(args)
+    assert exited.value.code == 143
+    study = search.run(args)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    stopped, retry = study.trials
+    assert retry.params == stopped.params and retry.user_attrs["folder"] == stopped.user_attrs["folder"]
+    runs = sorted((Path(retry.user_attrs["folder"]) / "lightning_logs").iterdir())
+    assert [torch.load(run / "checkpoints" / "last.ckpt")["global_step"] for run in runs] == [1, 4]  # resumed
+    assert list(retry.intermediate_values) == [1, 2]

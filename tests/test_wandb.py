@@ -265,3 +265,16 @@ def test_a_resumed_fit_continues_the_wandb_run_of_a_wandb_logger_after_another(
     assert resumed.trainer.global_step == 4
     # The way out it names works for a logger in a list (--trainer.logger.id is for a single logger).
     assert f"continuing its W&B run {run_id} (project p); give the WandbLogger of project p an id to" in caplog.text
+
+
+def test_test_with_wandb_writes_the_latent_traversals_into_the_runs_own_folder(
+    data_dir: Path, tmp_path: Path, offline: None
+) -> None:
+    # They went to the W&B save_dir, <root>/traversals.png, shared by every run there: each test overwrote the last's.
+    callback = ["--trainer.callbacks+=ae_lightning.training.disentanglement.DisentanglementMetrics",
+                "--trainer.callbacks.metrics", "[mig]", "--trainer.callbacks.num_points", "100",
+                "--trainer.callbacks.traversal_images", "1"]  # fmt: skip
+    args = tiny_args("beta_tcvae", data_dir, tmp_path, *IN_P, "--trainer.logger.id", "t", *callback)
+    run_cli("test", *args, "--trainer.limit_test_batches", "1")
+    wandb.finish()
+    assert (tmp_path / "p" / "t" / "traversals.png").is_file() and not (tmp_path / "traversals.png").exists()

@@ -134,9 +134,9 @@ class ImageLogger(Callback):
         needs["latent_map"] = self.latent_map_size
         # at least one batch, even for samples alone: it tells the device and the labels
         self._needed = max([1, *(needs.get(view, 0) for view in self.active_views)]) if self.active_views else 0
-        # trainer.log_dir is a collective call under DDP, so every rank asks for it here, not only rank 0 later.
-        log_dir = trainer.log_dir or trainer.default_root_dir
-        self.image_dir = None if any(_image_sink(logger) for logger in trainer.loggers) else Path(log_dir) / self.name
+        # run_directory is a collective call under DDP, so every rank asks for it here, not only rank 0 later.
+        log_dir = run_directory(trainer)
+        self.image_dir = None if any(_image_sink(logger) for logger in trainer.loggers) else log_dir / self.name
         self.class_names = getattr(getattr(trainer, "datamodule", None), "class_names", None)
 
     def on_validation_batch_end(
@@ -319,6 +319,14 @@ class SaveConfigToRun(SaveConfigCallback):
             logger.experiment.save(str(paths[-1]), base_path=logger.experiment.dir, policy="now")
 
 
+def run_directory(trainer: L.Trainer) -> Path:
+    """The folder of ``trainer``'s run, where its files go: a W&B run's own (rank 0's: a run given no id has one only
+    where W&B started it), else ``trainer.log_dir`` or ``default_root_dir``. A collective call under DDP."""
+    if isinstance(trainer.logger, WandbLogger):
+        return Path(trainer.strategy.broadcast(str(SaveConfigToRun.run_folder(trainer.logger, trainer))))
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
 class LoggerRunInCheckpoint(Callback):
     """Records in checkpoints the run of the trainer's first logger, whose folder ``<save_dir>/<name>/<version>``
     holds the run's checkpoints: its class path, ``name`` (a W&B run's project) and ``version`` as the folder's name
@@ -368,4 +376,5 @@ __all__ = [
     "LoggerRunInCheckpoint",
     "SaveConfigToRun",
     "check_image_loggers",
+    "run_directory",
 ]

@@ -8,7 +8,6 @@ The dSprites configs carry the callback; on another config add it with
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import lightning as L
 import torch
@@ -18,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from ae_lightning.evaluation import disentanglement
 from ae_lightning.evaluation.disentanglement import AtLeastTen
 from ae_lightning.evaluation.visualization import save_png
+from ae_lightning.training.callbacks import run_directory
 from datamodules.checks import AtLeastTwo, NonNegativeFloat, NonNegativeInt, check_arguments
 
 
@@ -78,8 +78,7 @@ class DisentanglementMetrics(Callback):
             )
         for name, value in scores.items():
             pl_module.log(f"test/{name}", value, rank_zero_only=True)
-        # trainer.log_dir is a collective call under DDP: every rank asks for it, not only the one that writes.
-        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        log_dir = run_directory(trainer)  # a collective call under DDP: every rank asks, not only the one that writes
         if self.traversal_images and trainer.is_global_zero and not disentanglement.has_flat_codes(pl_module):
             rank_zero_info(f"latent traversals: not drawn, {type(pl_module).__name__}'s codes are not flat")
         elif self.traversal_images and trainer.is_global_zero:

@@ -11,11 +11,10 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
-from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from ae_lightning.lightning_internals import returns_predictions
-from ae_lightning.training.callbacks import SaveConfigToRun
+from ae_lightning.training.callbacks import run_directory
 from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
 from datamodules.checks import byte_count, check_arguments
 
@@ -25,7 +24,7 @@ class PredictionWriter(BasePredictionWriter):
 
     ``format: file`` writes one ``torch.load``-able dict of stacked tensors, one ``<name>-rank<R>.pt`` per process
     under DDP; ``format: stream`` writes each batch into one litdata stream of per-image dicts and needs
-    ``return_predictions`` false. Either is renamed into place when complete (a failed file save leaves nothing) and
+    ``return_predictions`` false. Either is renamed into place when complete (a failed predict leaves nothing) and
     never overwrites an existing one (refused before the first batch);
     ``fast_dev_run`` writes nothing. Floats are written as float32 (bfloat16's exactly), or float64 under ``64-true``.
 
@@ -113,16 +112,16 @@ class PredictionWriter(BasePredictionWriter):
             count = sum(chunk["chunk_size"] for chunk in json.loads((path / "index.json").read_text())["chunks"])
             print(f"Predictions for {count} {self._rows} written to {path} (a litdata stream)")
         trainer.strategy.barrier()
-        self.path, self._writer = path, None
+        self.path, self._writer, self._staging = path, None, None
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if self._staging is not None:  # a stream that stopped before its end: its chunks are of no use
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._writer = self._staging = None
 
     def _target(self, trainer: L.Trainer, new: bool = False) -> Path:
         """Where this process's predictions go; ``new``: a FileExistsError if something is there already."""
-        if isinstance(trainer.logger, WandbLogger):  # the W&B run's own folder, as its config and checkpoints
-            # rank 0's: a run given no id has one only where W&B started it (``trainer.log_dir`` is broadcast likewise)
-            folder = trainer.strategy.broadcast(str(SaveConfigToRun.run_folder(trainer.logger, trainer)))
-            path = Path(folder) / self.filename
-        else:
-            path = Path(trainer.log_dir or trainer.default_root_dir) / self.filename
+        path = run_directory(trainer) / self.filename
         if self.format == "file" and trainer.world_size > 1:
             path = path.with_name(f"{path.stem}-rank{trainer.global_rank}{path.suffix}")
         if new and path.exists():

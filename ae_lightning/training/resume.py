@@ -204,17 +204,12 @@ def _plain(value: Any) -> bool:
 
 def optimizer_settings(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """An optimizer's class, defaults and each param group's settings (``lr``: its base), plain values only."""
-    plain = (bool, int, float, str, type(None))
-
-    def is_plain(value: Any) -> bool:
-        return isinstance(value, plain) or (isinstance(value, tuple) and all(isinstance(v, plain) for v in value))
-
-    defaults = {name: value for name, value in optimizer.defaults.items() if is_plain(value)}
+    defaults = {name: value for name, value in optimizer.defaults.items() if _plain(value)}
     groups = [
         {
             name: group.get("initial_lr", group[name]) if name == "lr" else group[name]
             for name in defaults
-            if name in group and is_plain(group[name])
+            if name in group and _plain(group[name])
         }
         for group in optimizer.param_groups
     ]

@@ -2,7 +2,7 @@
 requeues and SIGTERM at a step boundary on all ranks together, and a guard on non-finite losses.
 
 The ``ae-lightning`` command installs all of them; from Python, pass ``plugins=[AtomicCheckpointIO()]`` and
-``callbacks=[RandomStateCheckpoint(), SlurmRequeue(), StopOnNonFinite()]`` to the Trainer.
+``callbacks=[RandomStateCheckpoint(), SlurmRequeue(), SigtermCheckpoint(), StopOnNonFinite()]`` to the Trainer.
 """
 
 from ae_lightning.training.fault_tolerance.agreement import AgreedSignal

@@ -23,10 +23,9 @@ from ae_lightning.lightning_internals import enable_version_counter
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes a checkpoint to a hidden temporary file next to its target, syncs it and renames it into place; a full
-    disk raises an OSError (ENOSPC) naming the file. Then removes the folder's temporary files of writers on this host
-    that are gone, never a running one's. Paths that are not local keep Lightning's writer. Why and how:
-    ``docs/fault_tolerance.md``."""
+    """Writes a checkpoint with :func:`write_atomically` (a full disk raises an OSError naming the file), then removes
+    the folder's temporary files of writers on this host that are gone, never a running one's. Paths that are not local
+    keep Lightning's writer. Why and how: ``docs/fault_tolerance.md``."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
         if storage_options is not None or get_filesystem(path).protocol not in ("file", ("file", "local")):
@@ -34,31 +33,36 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = _temporary(path)
-        try:
-            _replace_synced(path, temporary, lambda file: torch.save(checkpoint, file))
-        except BaseException as error:
-            full = _disk_full(error, temporary)
-            temporary.unlink(missing_ok=True)
-            if full:
-                kept = f"the previous {path.name} is kept" if path.exists() else f"no {path.name} was written before"
-                raise OSError(
-                    errno.ENOSPC,
-                    f"no space left on device while writing the checkpoint {path} "
-                    f"({shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free); {kept}. Free some space and "
-                    "resume with --ckpt_path last",
-                ) from error
-            raise
+        resume = " and resume with --ckpt_path last"
+        write_atomically(path, lambda file: torch.save(checkpoint, file), what="checkpoint", advice=resume)
         remove_dead_writers_files(path.parent)
 
 
-def write_atomically(path: Path, data: bytes | Callable[[IO[bytes]], object]) -> None:
+def write_atomically(
+    path: Path, data: bytes | Callable[[IO[bytes]], object], what: str = "file", advice: str = ""
+) -> None:
     """Write ``data`` (bytes, or a function writing them to the open file it is given) to a temporary file next to
     ``path``, sync it, rename it into place and sync the folder: a reader, or a crash, sees the old file or the new
-    one, never part of one, and the new one once this returns; a failed write leaves the old one and nothing else."""
+    one, never part of one, and the new one once this returns; a failed write leaves the old one and nothing else. A
+    full disk raises an OSError (ENOSPC) naming the ``what`` and its path, the space left and the old file, then
+    ``advice``."""
     temporary = _temporary(path)
     try:
-        _replace_synced(path, temporary, data if callable(data) else lambda file: file.write(data))
+        with open(temporary, "wb") as file:
+            data(file) if callable(data) else file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)  # atomic on POSIX: readers see the old file or the new one, never a mix
+        _fsync_directory(path.parent)
+    except BaseException as error:
+        if not _disk_full(error, temporary):
+            raise
+        kept = f"the previous {path.name} is kept" if path.exists() else f"no {path.name} was written before"
+        raise OSError(
+            errno.ENOSPC,
+            f"no space left on device while writing the {what} {path} "
+            f"({shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free); {kept}. Free some space{advice}",
+        ) from error
     finally:
         temporary.unlink(missing_ok=True)
 
@@ -66,15 +70,6 @@ def write_atomically(path: Path, data: bytes | Callable[[IO[bytes]], object]) ->
 def _temporary(path: Path) -> Path:
     """The hidden temporary file of this process for ``path``: its pid and host tell whether its writer is gone."""
     return path.with_name(f".{path.name}.{os.getpid()}@{socket.gethostname()}.tmp")
-
-
-def _replace_synced(path: Path, temporary: Path, write: Callable[[IO[bytes]], object]) -> None:
-    with open(temporary, "wb") as file:
-        write(file)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)  # atomic on POSIX: readers see the old file or the new one, never a mix
-    _fsync_directory(path.parent)
 
 
 def _disk_full(error: BaseException, temporary: Path) -> bool:

@@ -1,9 +1,11 @@
-"""SIGTERM (a scheduler's preemption, ``kill``, a container stop) ends ``fit`` with the final state saved."""
+"""SIGTERM (a scheduler's preemption, ``kill``, a container stop) ends ``fit`` with the final state saved, and
+``predict`` before it writes any predictions."""
 
 from __future__ import annotations
 
 import signal
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -19,7 +21,8 @@ class SigtermCheckpoint(AgreedSignal):
     """On SIGTERM during ``fit``, writes ``last.ckpt`` at the end of an optimizer step (after a validation or at an
     epoch's last batch, the next one) on all ranks together and exits with status 143; a signal before training
     exits 143 writing nothing, and one that finds no step left exits 143 once ``fit`` is done, unless the previous
-    handler took it (a function, or ``SIG_IGN``). When and why: ``docs/fault_tolerance.md``.
+    handler took it (a function, or ``SIG_IGN``). During ``predict``, exits 143 at the end of the batch that the signal
+    found, before any predictions are written. When and why: ``docs/fault_tolerance.md``.
     """
 
     calls_previous_handler = True
@@ -58,6 +61,11 @@ class SigtermCheckpoint(AgreedSignal):
             rank_zero_info("SIGTERM when no training step was left: the run is complete; exiting")
             for logger in trainer.loggers:
                 logger.finalize("success")
+            raise SystemExit(SIGTERM_EXIT_CODE)
+
+    def on_predict_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.received_sigterm:  # noted by Lightning's handler, which its predict loop never reads
+            rank_zero_info("SIGTERM during predict: exiting, no predictions written")
             raise SystemExit(SIGTERM_EXIT_CODE)
 
     def act(self, trainer: L.Trainer) -> None:

@@ -19,11 +19,8 @@ from ae_lightning.training.fault_tolerance.agreement import AgreedSignal
 class SlurmRequeue(AgreedSignal):
     """Handles SLURM's requeue signal at a step boundary, on all ranks together: writes the HPC checkpoint
     ``<default_root_dir>/hpc_ckpt_<n>.ckpt``, requeues the job with ``scontrol requeue`` and exits; should the requeue
-    fail, training goes on. Active in ``fit`` under SLURM with auto-requeue on. Why: ``docs/fault_tolerance.md``.
-
-    Args:
-        check_every_n_steps: how often, in optimizer steps, the ranks agree on whether the signal came (DDP only).
-    """
+    fail, training goes on. Active in ``fit`` under SLURM with auto-requeue on; arguments: :class:`AgreedSignal`'s.
+    Why: ``docs/fault_tolerance.md``."""
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
