@@ -20,12 +20,10 @@ disentanglement settings) before any score is computed.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 from pathlib import Path
 
 import torch
-from torchvision.utils import save_image
 
 from ae_lightning.cli import run_command
 from ae_lightning.evaluation import disentanglement, samplers, visualization
@@ -63,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--rfid_images", type=int, default=None, help="test images of rfid (default: all)")
     parser.add_argument("--nll_samples", type=int, default=None, help="importance samples (default: the model's)")
-    parser.add_argument("--fid_samples", type=int, default=10000)
+    parser.add_argument("--fid_samples", type=int, default=None, help="samples of fid and --samplers (default 10000)")
     parser.add_argument("--classifier", type=Path, default=None, help="feature classifier (default: the cache path)")
     parser.add_argument("--probe_max_train", type=int, default=None)
     parser.add_argument("--plots", type=Path, default=None, help="folder for PNG pictures of the model")
@@ -115,15 +113,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < least:
             parser.error(f"--{name} {value}: expected at least {least} ({what})")
+    asked, first_stage = set(args.metrics or evaluation.METRICS), set(args.first_stage_metrics or [])
     users = {  # the options that only another one uses: given without it, they would be ignored
         "tsne_points": (args.plots is not None, "--plots"),
         "two_stage_steps": (args.samplers, "--samplers"),
-        "rfid_images": ({"rfid", "rfid_classifier"} & set(args.first_stage_metrics or []), "rfid or rfid_classifier"),
-    }
+        "rfid_images": ({"rfid", "rfid_classifier"} & first_stage, "rfid or rfid_classifier"),
+        "nll_samples": ("nll" in asked, "nll"),
+        "fid_samples": ("fid" in asked or args.samplers, "fid or --samplers"),
+        "probe_max_train": ({"linear_probe", "knn"} & asked or args.samplers, "linear_probe, knn or --samplers"),
+        "classifier": ("fid" in asked or args.samplers or "rfid_classifier" in first_stage, "fid, --samplers or "
+                       "rfid_classifier"),
+    }  # fmt: skip
     for name, (used, by) in users.items():
         if getattr(args, name) is not None and not used:
             parser.error(f"--{name} {getattr(args, name)}: only {by} uses it; add that or drop --{name}")
     args.tsne_points, args.two_stage_steps = args.tsne_points or 2000, args.two_stage_steps or 2000
+    args.fid_samples = args.fid_samples or 10000
     if not 0 <= args.seed < 2**32:  # torch takes more, but the t-SNE map and the samplers' mixtures would refuse it
         parser.error(f"--seed {args.seed}: expected an integer in [0, {2**32 - 1}] (a NumPy and scikit-learn seed)")
     if args.disentanglement and "none" in args.disentanglement and len(args.disentanglement) > 1:
@@ -215,40 +220,42 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     metrics = args.metrics or [
         name for name in evaluation.METRICS if evaluation.metric_applies(model, datamodule, name)
     ]
-    first_stage = args.first_stage_metrics
-    if first_stage is None and args.metrics is None:
+    first_stage = args.first_stage_metrics or []
+    if args.first_stage_metrics is None and args.metrics is None:
         first_stage = [
             name
             for name in evaluation.FIRST_STAGE_METRICS
             if name not in ("lpips", "rfid", "rfid_classifier") and evaluation.metric_applies(model, datamodule, name)
         ]
-    evaluation.check_first_stage_metrics(model, datamodule, first_stage or [])
-    pretrained = evaluation.pretrained_networks(first_stage or [])  # missing weights: refused before any score
+    evaluation.check_first_stage_metrics(model, datamodule, first_stage)
+    pretrained = evaluation.pretrained_networks(first_stage)  # missing weights: refused before any score
     if args.samplers and len(datamodule.input_shape) != 3:
         raise ValueError(f"--samplers: the Frechet distance compares images, but {type(datamodule).__name__} holds "
                          f"feature vectors of shape {datamodule.input_shape}")  # fmt: skip
     if args.samplers:
         samplers.check_continuous_codes(model)
-    has_factors, asked = hasattr(datamodule, "sample_factors"), args.disentanglement
+    has_factors = hasattr(datamodule, "sample_factors")
     traversals = has_factors and disentanglement.has_flat_codes(model)
     if args.plots is not None:  # the pictures of this model and data, refused before any score
         views = args.views or visualization.applicable_views(model)
         check_pictures(args.plots, [*views, *(["traversals"] if traversals else [])], args.overwrite)
-    given = [name for name, value in (("--disentanglement", asked), ("--prune_threshold", args.prune_threshold))
-             if value not in (None, ["none"])]  # fmt: skip
+    options = {"--disentanglement": args.disentanglement, "--prune_threshold": args.prune_threshold}
+    given = [option for option, value in options.items() if value not in (None, ["none"])]
     if given and not has_factors:
         raise ValueError(f"{given[0]} needs data with known factors (dSprites), not {type(datamodule).__name__}")
-    unscorable = getattr(model, "discrete_codes", False) or getattr(model, "num_classes", None) is not None
-    if has_factors and asked is None and unscorable:
-        asked = ["none"]  # not asked for, and these codes cannot be scored (model_encoder says why when they are)
-        print(f"Disentanglement metrics not computed: {type(model).__name__}'s codes cannot be scored by them")
-    if has_factors and asked != ["none"]:  # refused here, before any score, rather than after the others are computed
-        encode = disentanglement.model_encoder(model)
-        names = disentanglement.check_disentanglement_settings(
-            encode, datamodule, asked or list(disentanglement.DISENTANGLEMENT_METRICS)
-        )
+    names = []  # the disentanglement metrics, refused here, before any score, rather than after the others
+    if has_factors and args.disentanglement != ["none"]:
+        try:
+            encode = disentanglement.model_encoder(model)
+        except ValueError as error:  # codes these metrics cannot score: an error where they were asked for
+            if given:
+                raise
+            print(f"Disentanglement metrics not computed: {error}")
+        else:
+            asked = args.disentanglement or list(disentanglement.DISENTANGLEMENT_METRICS)
+            names = disentanglement.check_disentanglement_settings(encode, datamodule, asked)
     classifier = None
-    if "fid" in metrics or args.samplers or "rfid_classifier" in (first_stage or []):
+    if "fid" in metrics or args.samplers or "rfid_classifier" in first_stage:
         if "fid" in metrics:
             evaluation.require_generative(model, "the Frechet distance of samples (fid)")
         record = args.classifier_record or load_feature_classifier(default_classifier_path(datamodule), args.data)
@@ -286,7 +293,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             prior=False,  # the prior's is the fid metric's
         )
         scores |= found
-    if has_factors and asked != ["none"]:
+    if names:
         threshold = disentanglement.PRUNE_THRESHOLD if args.prune_threshold is None else args.prune_threshold
         scores |= disentanglement.disentanglement_metrics(
             encode, datamodule, names, num_points=args.disentanglement_points, seed=args.seed, prune_threshold=threshold
@@ -306,7 +313,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         print(f"{name:<{width}}  {value:.6g}")
     pictures = {}
     if args.plots is not None:
-        images, labels = evaluation.first_images(datamodule, "test", args.tsne_points)
+        # the latent map's images, and at least the 16 that draw_views' other pictures show, whatever the map's size
+        images, labels = evaluation.first_images(datamodule, "test", max(args.tsne_points, 16))
         pictures = visualization.draw_views(
             model,
             images,
@@ -324,10 +332,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             pictures["traversals"] = disentanglement.latent_traversals(model, datamodule.images_of(factors))
     # written once everything is computed, all or none, so that a failure leaves no output of this run
     outputs = {} if args.json is None else {args.json: (evaluation.strict_json(scores) + "\n").encode()}
-    for view, image in pictures.items():
-        png = io.BytesIO()
-        save_image(image, png, format="png")
-        outputs[args.plots / f"{view}.png"] = png.getvalue()
+    outputs |= {args.plots / f"{view}.png": visualization.png_bytes(image) for view, image in pictures.items()}
     created = [] if args.plots is None else [path for path in (args.plots, *args.plots.parents) if not path.exists()]
     if args.plots is not None:
         args.plots.mkdir(parents=True, exist_ok=True)

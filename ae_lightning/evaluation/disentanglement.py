@@ -161,6 +161,7 @@ def dci(
         test_codes, test_factors: the same to score on.
         seed: the forests' seed.
     """
+    from scipy.stats import entropy
     from sklearn.ensemble import RandomForestClassifier
 
     finite_codes(np.concatenate([train_codes, test_codes]))  # the forests would take NaN as "missing", silently
@@ -178,19 +179,14 @@ def dci(
     total = importance.sum()
     share = importance / total if total > 0 else importance  # all 0 (e.g. constant codes): D and C are 0, not 0/0
     code_share, factor_share = share.sum(1), share.sum(0)
-    per_code = 1 - _entropy(importance, axis=1, base=num_factors) if num_factors > 1 else np.full(num_codes, np.nan)
-    per_factor = 1 - _entropy(importance, axis=0, base=num_codes) if num_codes > 1 else np.full(num_factors, np.nan)
+    weights = importance + 1e-11  # disentanglement_lib's: a code or factor of no importance is uniform, not 0/0
+    per_code = 1 - entropy(weights, base=num_factors, axis=1) if num_factors > 1 else np.full(num_codes, np.nan)
+    per_factor = 1 - entropy(weights, base=num_codes, axis=0) if num_codes > 1 else np.full(num_factors, np.nan)
     return {
         "dci_disentanglement": float(np.sum(code_share * per_code)),
         "dci_completeness": float(np.sum(factor_share * per_factor)),
         "dci_informativeness": float(np.mean(accuracies)),
     }
-
-
-def _entropy(weights: np.ndarray, axis: int, base: int) -> np.ndarray:
-    """The entropy, in base ``base``, of ``weights`` normalized along ``axis`` (0 log 0 = 0)."""
-    p = (weights + 1e-11) / (weights + 1e-11).sum(axis, keepdims=True)
-    return -(p * np.log(p)).sum(axis) / np.log(base)
 
 
 # --- scores that draw their own batches with one factor fixed -------------------------------------------------------
@@ -215,8 +211,7 @@ def beta_vae_score(
     from sklearn.linear_model import LogisticRegression
 
     check_arguments(locals(), beta_vae_score)
-    variable = _variable_factors(source, generator)
-    _check_beta_vae([source.factor_names[k] for k in variable], num_train, "num_train")
+    variable = _factors_to_name("beta_vae", source, generator, num_train, "num_train")
 
     def points(n: int) -> tuple[np.ndarray, np.ndarray]:
         features, targets = [], []
@@ -260,8 +255,7 @@ def factor_vae_score(
             as disentanglement_lib; 0 keeps every dimension that varies).
     """
     check_arguments(locals(), factor_vae_score)
-    variable = _variable_factors(source, generator)
-    _check_varying_factors("factor_vae", [source.factor_names[k] for k in variable])
+    variable = _factors_to_name("factor_vae", source, generator)
     codes, _ = sample_codes(encode, source, num_variance_estimate, generator)
     scale = codes.std(0, ddof=1)
     active = (scale > 0) & (scale >= prune_threshold)
@@ -284,14 +278,14 @@ def factor_vae_score(
     return float(test[np.arange(len(test)), predicted].sum() / test.sum())
 
 
-def _variable_factors(source: FactorSource, generator: torch.Generator) -> Tensor:
-    """The indices of the factors that vary in ``source``."""
-    probe = source.sample_factors(512, generator).numpy()
-    return torch.from_numpy(np.flatnonzero(varying(probe)))
-
-
-def _check_varying_factors(metric: str, varying_factors: Sequence[str]) -> None:
-    """A ValueError unless ``metric``, which names the factor its batches share, has >= 2 varying factors to name."""
+def _factors_to_name(
+    metric: str, source: FactorSource, generator: torch.Generator, num_votes: int = 2, setting: str = "num_votes"
+) -> Tensor:
+    """The indices of the factors that vary in ``source``, or a ValueError unless ``metric`` (``beta_vae`` or
+    ``factor_vae``), which names the factor its batches share, has >= 2 of them to name, and ``beta_vae`` >= 2
+    training points (``num_votes``) to tell them apart."""
+    variable = torch.from_numpy(np.flatnonzero(varying(source.sample_factors(512, generator).numpy())))
+    varying_factors = [source.factor_names[k] for k in variable]
     if len(varying_factors) < 2:
         trivial = " (with one, every vote names it: a score of 1 whatever the codes)" if metric == "factor_vae" else ""
         raise ValueError(
@@ -299,13 +293,9 @@ def _check_varying_factors(metric: str, varying_factors: Sequence[str]) -> None:
             f"needs >= 2 varying factors{trivial}; here only {', '.join(varying_factors) or 'none'} varies (the "
             "others are fixed, e.g. by the data's fixed_factors)"
         )
-
-
-def _check_beta_vae(varying_factors: Sequence[str], num_votes: int, setting: str = "num_votes") -> None:
-    """A ValueError unless the BetaVAE score has >= 2 varying factors and >= 2 training points to tell apart."""
-    _check_varying_factors("beta_vae", varying_factors)
-    if num_votes < 2:
+    if metric == "beta_vae" and num_votes < 2:
         raise ValueError(f"beta_vae needs {setting} >= 2 (its classifier must see two factors), got {num_votes}")
+    return variable
 
 
 def _check_gap_codes(metric: str, num_codes: int) -> None:
@@ -336,14 +326,12 @@ def check_disentanglement_settings(
     if not metrics:
         return metrics
     probe = source.sample_factors(512, torch.Generator().manual_seed(0))
-    names = [source.factor_names[k] for k in np.flatnonzero(varying(probe.numpy()))]
-    if not names:
+    if not varying(probe.numpy()).any():
         raise ValueError("no factor of the data varies (all are fixed, e.g. by its fixed_factors): the disentanglement "
                          f"metrics {', '.join(metrics)} have nothing to measure")  # fmt: skip
-    if "beta_vae" in metrics:
-        _check_beta_vae(names, num_votes)
-    if "factor_vae" in metrics:
-        _check_varying_factors("factor_vae", names)
+    for metric in ("beta_vae", "factor_vae"):
+        if metric in metrics:
+            _factors_to_name(metric, source, torch.Generator().manual_seed(0), num_votes)
     num_codes = finite_codes(encode(source.images_of(probe[:1]))).shape[1]
     for metric in ("mig", "sap"):
         if metric in metrics:

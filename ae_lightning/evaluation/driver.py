@@ -32,6 +32,7 @@ from ae_lightning.evaluation.metrics import (
 )
 from ae_lightning.training.fault_tolerance.checkpoint_io import read_checkpoint
 from datamodules.base import ImageDataModule, Split
+from datamodules.checks import AtLeastTwo, PositiveInt, check_arguments
 from datamodules.loader import Batch, TensorBatchLoader
 
 METRICS: dict[str, str] = {
@@ -67,13 +68,7 @@ FIRST_STAGE_METRICS: dict[str, str] = {
 PERCEPTUAL_METRICS = ("ms_ssim", "lpips")
 FRECHET_METRICS = ("rfid", "rfid_classifier")
 CODE_METRICS = ("codes_used", "perplexity", "dead_codes", "bpp")
-
-
-def check_counts(**counts: tuple[int | None, int]) -> None:
-    """Raise a ValueError naming the first ``argument=(value, least)`` whose value (unless None) is below least."""
-    for argument, (value, least) in counts.items():
-        if value is not None and value < least:
-            raise ValueError(f"{argument}={value}: expected at least {least}")
+IMAGE_METRICS = ("bce", "psnr", "ssim", "fid", *PERCEPTUAL_METRICS, *FRECHET_METRICS)
 
 
 def check_known(names: Sequence[str], known: Collection[str], kind: str, listing: str) -> list[str]:
@@ -91,46 +86,45 @@ def check_metric_names(names: Sequence[str]) -> list[str]:
 
 def metric_applies(model: AutoencoderModule, datamodule: ImageDataModule, name: str) -> bool:
     """Whether metric ``name`` can be computed for this model and data (else :func:`evaluate` raises)."""
-    images = len(datamodule.input_shape) == 3
-    if name == "ms_ssim":
-        return images and ms_ssim_applies(datamodule.input_shape[1:])
-    if name in ("bce", "psnr", "ssim", *PERCEPTUAL_METRICS, *FRECHET_METRICS):
-        return images
-    if name in CODE_METRICS:
-        return quantizer_of(model) is not None
-    if name == "nll":
-        return callable(getattr(model, "importance_weighted_nll", None))
-    if name == "fid":
-        return bool(getattr(model, "is_generative", False)) and images
-    if name in ("linear_probe", "knn"):  # classifiers of at least two of the data's labels
-        classes = datamodule.hparams.classes
-        return datamodule.has_labels and (classes is None or len(classes) > 1)
-    if name == "auroc":
-        return datamodule.hparams.classes is not None
-    return True
+    return not_applicable(model, datamodule, name) is None
 
 
-def not_applicable(model: AutoencoderModule, datamodule: ImageDataModule, name: str, description: str) -> str:
-    """Why metric ``name`` does not apply (:func:`metric_applies` is False): the data where it needs images (of
-    some size), else the model; ``description`` says what the metric is."""
-    shape = tuple(datamodule.input_shape)
-    if name == "fid":
-        return f"fid compares images, but the data are feature vectors of shape {datamodule.input_shape}"
-    if name == "auroc":
+def not_applicable(model: AutoencoderModule, datamodule: ImageDataModule, name: str) -> str | None:
+    """Why metric ``name`` (of :data:`METRICS` or :data:`FIRST_STAGE_METRICS`) cannot be computed for this model and
+    data: the data where it needs images (of some size) or labels, else the model; None where it can."""
+    description, shape = {**METRICS, **FIRST_STAGE_METRICS}[name], tuple(datamodule.input_shape)
+    if name in IMAGE_METRICS and len(shape) != 3:
+        if name == "fid":
+            return f"fid compares images, but the data are feature vectors of shape {datamodule.input_shape}"
+        return f"metric {name!r} needs images, but the data are feature vectors of shape {shape}: {description}"
+    if name == "ms_ssim" and not ms_ssim_applies(shape[1:]):
+        size = "x".join(map(str, shape[1:]))
+        return f"metric 'ms_ssim' needs images of at least 11 pixels a side, these are {size}: {description}"
+    classes = datamodule.hparams.classes if name in ("linear_probe", "knn", "auroc") else None
+    if name in ("linear_probe", "knn") and not (datamodule.has_labels and (classes is None or len(classes) > 1)):
+        data = type(datamodule).__name__
+        why = f"keeps one (classes={classes})" if datamodule.has_labels else "has no labels"
+        return f"metric {name!r} needs labelled data of at least two classes, but {data} {why}: {description}"
+    if name == "auroc" and classes is None:
         return (
             "auroc follows the one-class-held-out protocol: it needs a model trained with data classes = all "
             "but the held-out ones, and this datamodule keeps every class"
         )
-    if name in ("bce", "psnr", "ssim", *PERCEPTUAL_METRICS, *FRECHET_METRICS) and len(shape) != 3:
-        return f"metric {name!r} needs images, but the data are feature vectors of shape {shape}: {description}"
-    if name == "ms_ssim":
-        size = "x".join(map(str, shape[1:]))
-        return f"metric 'ms_ssim' needs images of at least 11 pixels a side, these are {size}: {description}"
-    if name in ("linear_probe", "knn"):
-        data = type(datamodule).__name__
-        why = f"keeps one (classes={datamodule.hparams.classes})" if datamodule.has_labels else "has no labels"
-        return f"metric {name!r} needs labelled data of at least two classes, but {data} {why}: {description}"
-    return f"metric {name!r} does not apply to {type(model).__name__}: {description}"
+    model_has = {
+        "nll": callable(getattr(model, "importance_weighted_nll", None)),
+        "fid": getattr(model, "is_generative", False),
+        **dict.fromkeys(CODE_METRICS, quantizer_of(model) is not None),
+    }
+    if not model_has.get(name, True):
+        return f"metric {name!r} does not apply to {type(model).__name__}: {description}"
+    return None
+
+
+def check_applicable(model: AutoencoderModule, datamodule: ImageDataModule, names: Sequence[str]) -> None:
+    """Raise a ValueError saying why (:func:`not_applicable`) for the first of ``names`` that does not apply."""
+    for name in names:
+        if (why := not_applicable(model, datamodule, name)) is not None:
+            raise ValueError(why)
 
 
 def require_generative(model: nn.Module, purpose: str) -> None:
@@ -151,8 +145,8 @@ def images_at_once(image_shape: Sequence[int]) -> int:
 def split_loader(
     datamodule: ImageDataModule,
     split: Split,
-    batch_size: int | None = None,
-    max_images: int | None = None,
+    batch_size: PositiveInt | None = None,
+    max_images: PositiveInt | None = None,
     seed: int = 0,
 ) -> TensorBatchLoader:
     """The split's images in stored order, binarized as the datamodule binarizes validation and test images; every
@@ -163,7 +157,7 @@ def split_loader(
         max_images: keep a seeded random subset of at most this many images (in stored order); None keeps all.
         seed: seed of that subset.
     """
-    check_counts(batch_size=(batch_size, 1), max_images=(max_images, 1))
+    check_arguments(locals(), split_loader)
     own = getattr(datamodule, "evaluation_loader", None)
     if own is not None:  # images drawn when their batch is built (dSprites)
         return own(split, batch_size=batch_size, max_images=max_images, seed=seed)
@@ -182,9 +176,9 @@ def split_loader(
     )
 
 
-def first_images(datamodule: ImageDataModule, split: Split, count: int) -> tuple[Tensor, Tensor]:
+def first_images(datamodule: ImageDataModule, split: Split, count: PositiveInt) -> tuple[Tensor, Tensor]:
     """The first ``count`` images ``[count, C, H, W]`` of the split (as :func:`split_loader` yields them) and labels."""
-    check_counts(count=(count, 1))
+    check_arguments(locals(), first_images)
     images, labels, _ = next(iter(split_loader(datamodule, split, batch_size=count)))
     return images, labels
 
@@ -292,10 +286,7 @@ def reconstruction_frechet_distance(
 def check_first_stage_metrics(model: AutoencoderModule, datamodule: ImageDataModule, names: Sequence[str]) -> None:
     """Raise a ValueError naming a name of ``names`` that is not one of :data:`FIRST_STAGE_METRICS` or does not apply
     to the model and data."""
-    check_known(names, FIRST_STAGE_METRICS, "metric", "these are")
-    for name in names:
-        if not metric_applies(model, datamodule, name):
-            raise ValueError(not_applicable(model, datamodule, name, FIRST_STAGE_METRICS[name]))
+    check_applicable(model, datamodule, check_known(names, FIRST_STAGE_METRICS, "metric", "these are"))
 
 
 def pretrained_networks(names: Sequence[str]) -> dict[str, nn.Module]:
@@ -315,7 +306,7 @@ def first_stage_scores(
     *,
     classifier: nn.Module | None = None,
     pretrained: dict[str, nn.Module] | None = None,
-    frechet_images: int | None = None,
+    frechet_images: AtLeastTwo | None = None,
     seed: int = 0,
 ) -> dict[str, float]:
     """The :data:`FIRST_STAGE_METRICS` ``names`` of the model on the test split; a ValueError naming one that does not
@@ -327,7 +318,7 @@ def first_stage_scores(
         frechet_images: the ``rfid`` pair on a seeded subset of at most this many test images; None: all.
         seed: seed of that subset and of a stochastic model's draws.
     """
-    check_counts(frechet_images=(frechet_images, 2))
+    check_arguments(locals(), first_stage_scores)
     check_first_stage_metrics(model, datamodule, names)
     if "rfid_classifier" in names and classifier is None:
         raise ValueError("rfid_classifier needs the feature classifier (classifier=...)")
@@ -356,11 +347,8 @@ def negative_log_likelihood(
     if not callable(getattr(model, "importance_weighted_nll", None)):
         name = type(model).__name__
         raise ValueError(f"{name} has no likelihood (importance_weighted_nll): nll is for the VAE family")
-    mean = MeanMetric().to(model.device)
-    with evaluating(model, seed):
-        for x, labels in _batches(loader, model):
-            mean.update(model.importance_weighted_nll(x, num_samples, labels))
-    return float(mean.compute())
+    nll, _ = _per_image(lambda x, y: model.importance_weighted_nll(x, num_samples, y), model, loader, seed)
+    return float(nll.double().mean())
 
 
 def encode_split(model: AutoencoderModule, loader: TensorBatchLoader, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -437,10 +425,9 @@ def frechet_distance(
     batch_size = images_at_once(shape) if batch_size is None else batch_size
     order = torch.cat(labels) if getattr(model, "num_classes", None) else None
     with evaluating(model, seed):
-        for start in range(0, num_samples, batch_size):
-            n = min(batch_size, num_samples - start)
-            y = None if order is None else order[torch.arange(start, start + n, device=order.device) % len(order)]
-            metric.update((model.sample(n) if y is None else model.sample(n, y)).float(), real=False)
+        for chunk in torch.arange(num_samples, device=model.device).split(batch_size):
+            y = None if order is None else order[chunk % len(order)]
+            metric.update(model.sample(len(chunk), y).float(), real=False)
     return float(metric.compute())
 
 
@@ -481,10 +468,10 @@ def evaluate(
     metrics: Sequence[str] = tuple(METRICS),
     *,
     classifier: nn.Module | None = None,
-    nll_samples: int | None = None,
-    fid_samples: int = 10000,
-    probe_max_train: int | None = None,
-    knn_neighbors: int = 5,
+    nll_samples: PositiveInt | None = None,
+    fid_samples: AtLeastTwo = 10000,
+    probe_max_train: AtLeastTwo | None = None,
+    knn_neighbors: PositiveInt = 5,
     seed: int = 0,
 ) -> dict[str, float]:
     """The named metrics of a trained model on its datamodule's test split (probes fit on the training split).
@@ -506,20 +493,13 @@ def evaluate(
         knn_neighbors: k of the k-NN probe.
         seed: seed of samples, probes and stochastic scores.
     """
+    check_arguments(locals(), evaluate)
     metrics = check_metric_names(metrics)
-    check_counts(
-        nll_samples=(nll_samples, 1),
-        fid_samples=(fid_samples, 2),
-        probe_max_train=(probe_max_train, 2),
-        knn_neighbors=(knn_neighbors, 1),
-    )
-    for name in metrics:
-        if name == "fid":  # the model before the data
-            require_generative(model, "the Frechet distance of samples (fid)")
-        if not metric_applies(model, datamodule, name):
-            raise ValueError(not_applicable(model, datamodule, name, METRICS[name]))
-        if name == "fid" and classifier is None:
-            raise ValueError("fid needs the feature classifier (classifier=...)")
+    if "fid" in metrics:  # the model before the data
+        require_generative(model, "the Frechet distance of samples (fid)")
+    check_applicable(model, datamodule, metrics)
+    if "fid" in metrics and classifier is None:
+        raise ValueError("fid needs the feature classifier (classifier=...)")
     test = split_loader(datamodule, "test")
     results: dict[str, float] = {}
     if "linear_probe" in metrics or "knn" in metrics:  # first: training codes of one class are refused before any score
@@ -553,22 +533,21 @@ def gray_loader(datamodule: ImageDataModule, split: Split, classes: Sequence[int
     """The split's gray-level images: the Frechet distance compares samples with the real images, never binarized.
     ``classes``: only the images of these labels (None: all)."""
     own = getattr(datamodule, "evaluation_loader", None)
-    if own is not None:  # images drawn or read batch by batch (dSprites, streams): the classes kept batch by batch
-        return own(split, batch_size=500) if classes is None else _ImagesOfClasses(own(split, batch_size=500), classes)
-    if datamodule.hparams.get("binarize") == "static":  # its splits hold the binarized images: the same rows, gray
-        # every argument it was built with (a subclass passes the base's, such as seed, on through **kwargs)
-        inits = [base.__init__ for base in type(datamodule).__mro__ if "__init__" in vars(base)]
-        accepted = {name for init in inits for name in inspect.signature(init).parameters}
-        settings = {name: value for name, value in datamodule.hparams.items() if name in accepted}
-        datamodule = type(datamodule)(**{**settings, "binarize": "none"})
-        datamodule.setup()
-    images, labels = datamodule.splits[split]
-    if classes is not None:
-        keep = torch.isin(labels, torch.as_tensor(list(classes), dtype=labels.dtype))
-        images, labels = images[keep], labels[keep]
-    return TensorBatchLoader(
-        images, labels, torch.arange(len(images)), batch_size=500, shuffle=False, seed=0, resumable=False
-    )
+    if own is not None:  # images drawn or read batch by batch (dSprites, streams)
+        loader = own(split, batch_size=500)
+    else:
+        if datamodule.hparams.get("binarize") == "static":  # its splits hold the binarized images: the same rows, gray
+            # every argument it was built with (a subclass passes the base's, such as seed, on through **kwargs)
+            inits = [base.__init__ for base in type(datamodule).__mro__ if "__init__" in vars(base)]
+            accepted = {name for init in inits for name in inspect.signature(init).parameters}
+            settings = {name: value for name, value in datamodule.hparams.items() if name in accepted}
+            datamodule = type(datamodule)(**{**settings, "binarize": "none"})
+            datamodule.setup()
+        images, labels = datamodule.splits[split]
+        loader = TensorBatchLoader(
+            images, labels, torch.arange(len(images)), batch_size=500, shuffle=False, seed=0, resumable=False
+        )
+    return loader if classes is None else _ImagesOfClasses(loader, classes)
 
 
 class _ImagesOfClasses:
@@ -691,22 +670,14 @@ def _no_data_dir(data_class: type, data_hparams: dict[str, Any], data_dir: str |
 def strict_json(value: Any) -> str:
     """``value`` (dicts, lists and numbers, nested) as strict JSON, which has no NaN or infinity: a non-finite float
     is ``null``."""
-
-    def finite(item: Any) -> Any:
-        if isinstance(item, float) and not math.isfinite(item):
-            return None
-        if isinstance(item, dict):
-            return {key: finite(value) for key, value in item.items()}
-        return [finite(value) for value in item] if isinstance(item, (list, tuple)) else item
-
-    return json.dumps(finite(value), indent=2)
+    return json.dumps(json.loads(json.dumps(value), parse_constant=lambda _: None), indent=2)
 
 
 __all__ = [
     "METRICS",
     "anomaly_auroc",
     "anomaly_scores",
-    "check_counts",
+    "check_applicable",
     "check_data_source",
     "check_first_stage_metrics",
     "check_known",

@@ -24,6 +24,8 @@ from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
 from datamodules.base import ImageDataModule
 from datamodules.checks import PositiveInt, check_arguments
 
+NETWORK_SHAPE = ("input_shape", "num_classes", "num_features")  # the arguments of ClassifierCNN, saved with it
+
 
 class ClassifierCNN(nn.Module):
     """Two conv-pool blocks (32 and 64 channels) and a ``num_features``-wide hidden layer before the class logits.
@@ -110,27 +112,16 @@ class FeatureClassifier(L.LightningModule):
 
 @dataclasses.dataclass
 class ClassifierRecord:
-    """A trained feature classifier and how it was obtained.
-
-    Args:
-        network: the trained classifier (in eval mode).
-        path: the file it was loaded from or saved to.
-        test_accuracy: accuracy on the dataset's test split.
-        dataset: torchvision class name of the dataset, e.g. ``FashionMNIST``.
-        data_source: the datamodule's ``data_source`` (``torchvision`` or the offline fallback sample).
-        train_images: number of images it was trained on.
-        epochs: training epochs.
-        seed: seed of the training run.
-    """
+    """A trained feature classifier (``network``, in eval mode) and how it was obtained."""
 
     network: ClassifierCNN
-    path: Path
-    test_accuracy: float
-    dataset: str
-    data_source: str
+    path: Path  # the file it was loaded from or saved to
+    test_accuracy: float  # on the dataset's test split
+    dataset: str  # the datamodule's dataset_name, e.g. FashionMNIST
+    data_source: str  # the datamodule's data_source (torchvision or the offline fallback sample)
     train_images: int
     epochs: int
-    seed: int
+    seed: int  # of the training run
 
     def metadata(self) -> dict[str, Any]:
         """Everything but the network, for reports."""
@@ -225,12 +216,9 @@ def train_feature_classifier(
 def save_feature_classifier(record: ClassifierRecord) -> None:
     """Write ``record`` to ``record.path`` (through a temporary file, so a reader never sees half a file)."""
     record.path.parent.mkdir(parents=True, exist_ok=True)
-    network = record.network
     payload = {
-        "state_dict": network.state_dict(),
-        "input_shape": network.input_shape,
-        "num_classes": network.num_classes,
-        "num_features": network.num_features,
+        "state_dict": record.network.state_dict(),
+        **{key: getattr(record.network, key) for key in NETWORK_SHAPE},
         **{key: value for key, value in record.metadata().items() if key != "path"},
     }
     buffer = io.BytesIO()
@@ -263,11 +251,12 @@ def load_feature_classifier(path: str | Path, data_arguments: str = "") -> Class
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # not a torch file, corrupt, or holding objects a plain load refuses
         raise ValueError(f"{path} is not {expected}: it cannot be read ({type(error).__name__})") from None
-    missing = [key for key in ("state_dict", "input_shape", "num_classes", "num_features", *fields)
-               if not isinstance(payload, dict) or key not in payload]  # fmt: skip
+    missing = [
+        key for key in ("state_dict", *NETWORK_SHAPE, *fields) if not isinstance(payload, dict) or key not in payload
+    ]
     if missing:
         raise ValueError(f"{path} is not {expected}: it holds no {', '.join(missing)}")
-    network = ClassifierCNN(tuple(payload["input_shape"]), payload["num_classes"], payload["num_features"])
+    network = ClassifierCNN(**{key: payload[key] for key in NETWORK_SHAPE})
     network.load_state_dict(payload["state_dict"])
     return ClassifierRecord(network=network.eval(), path=path, **{key: payload[key] for key in fields})
 

@@ -14,9 +14,7 @@ from torchmetrics import MeanMetric, MeanSquaredError, MetricCollection
 from torchmetrics.image import MultiScaleStructuralSimilarityIndexMeasure, StructuralSimilarityIndexMeasure
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-# The PSNR of an image reconstructed exactly: its MSE is floored at 1e-10 (an RMS error of 1e-5, far below an 8-bit
-# level), so that one exact image counts as 100 dB instead of making the mean over a test set +inf (docs/family.md).
-PSNR_CAP_DB = 100.0
+PSNR_CAP_DB = 100.0  # the PSNR of an exact image: its MSE floored at 1e-10, so a mean stays finite (docs/family.md)
 
 
 def psnr_per_image(preds: Tensor, target: Tensor) -> Tensor:
@@ -83,7 +81,6 @@ class ReconstructionMetrics(MetricCollection):
         if images:
             metrics |= {
                 "recon_bce": PixelBinaryCrossEntropy(),
-                # PSNR per image, then averaged: the usual figure, rather than the PSNR of the pooled error.
                 "psnr": ImagePSNR(),
                 "ssim": StructuralSimilarity(),
             }
@@ -163,8 +160,8 @@ def inception_weights_path() -> Path:
 
 class InceptionFeatures(nn.Module):
     """The 2048 pool features of torchvision's Inception-v3, for :class:`FrechetDistance`: images in [0, 1], gray
-    ones repeated to three channels, resized to 299x299 (bilinear) and normalized as ImageNet's. Not the TensorFlow
-    graph of published FIDs: distances in them rank models of one dataset and are not comparable with published values.
+    ones repeated to three channels, resized to 299x299 (bilinear) and normalized as ImageNet's (not the TensorFlow
+    graph of published FIDs).
 
     Args:
         pretrained: load the ImageNet weights (downloaded by torchvision into :func:`inception_weights_path`); False
@@ -212,8 +209,7 @@ class FrechetDistance(FrechetInceptionDistance):
     """
 
     def __init__(self, classifier: nn.Module, **kwargs: Any) -> None:
-        # normalize=True: the images are floats in [0, 1]; with a custom extractor torchmetrics passes them unchanged.
-        super().__init__(feature=FeatureExtractor(classifier), normalize=True, **kwargs)
+        super().__init__(feature=FeatureExtractor(classifier), normalize=True, **kwargs)  # float images, unchanged
 
 
 __all__ = [

@@ -1,12 +1,12 @@
 """Pictures of what an autoencoder learned: reconstruction grids, prior samples, latent interpolations, latent maps.
 
-Every function returns an image tensor ``[3, H, W]`` in [0, 1], so the same picture can go to W&B, TensorBoard or a
-PNG file. Figures are drawn with matplotlib's Agg canvas directly, so importing this module never changes the
-pyplot backend of the caller.
+Every function returns an image tensor ``[3, H, W]`` in [0, 1], for W&B, TensorBoard or a PNG file; importing this
+module leaves the caller's pyplot backend as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 from collections.abc import Sequence
@@ -33,20 +33,17 @@ CODE_VIEWS = ("interpolations", "latent_map")
 
 
 def applicable_views(model: AutoencoderModule) -> list[str]:
-    """Every view that applies to the model: ``samples`` only for generative models, ``latent_map`` only for vectors,
-    neither ``interpolations`` nor ``latent_map`` for discrete codes (a model whose ``discrete_codes`` is True)."""
-    if len(getattr(model, "input_shape", ())) == 1:
-        return ["latent_map"]
-    discrete = getattr(model, "discrete_codes", False)
-    return [
-        view
-        for view in VIEWS
-        if (view != "samples" or getattr(model, "is_generative", False)) and not (discrete and view in CODE_VIEWS)
-    ]
+    """Every view that applies to the model: those :func:`check_views` accepts."""
+    views = []
+    for view in VIEWS:
+        with contextlib.suppress(ValueError):
+            views += check_views(model, [view])
+    return views
 
 
 def check_views(model: AutoencoderModule, views: Sequence[str]) -> list[str]:
-    """``views`` as a list, or a ValueError for an unknown view or ``samples`` of a model that cannot sample."""
+    """``views`` as a list, or a ValueError for an unknown view, ``samples`` of a model that is not generative,
+    ``interpolations`` or ``latent_map`` of discrete codes (``discrete_codes``), any but ``latent_map`` of vectors."""
     views = check_known(views, VIEWS, "image view", "the views are")
     if "samples" in views:
         require_generative(model, "the 'samples' view")
@@ -106,12 +103,8 @@ def draw_views(
             # A conditional model samples the classes in turn: one column per class.
             classes = getattr(model, "num_classes", None)
             per_row = classes or nrow
-            count = per_row * math.ceil(num_samples / per_row)
-            if classes:  # given, so that each chunk goes on with the classes where the last one stopped
-                chunks = (torch.arange(count, device=model.device) % classes).split(at_once)
-                samples = [model.sample(len(chunk), chunk) for chunk in chunks]
-            else:
-                samples = [model.sample(min(at_once, count - start)) for start in range(0, count, at_once)]
+            chunks = torch.arange(per_row * math.ceil(num_samples / per_row), device=model.device).split(at_once)
+            samples = [model.sample(len(chunk), chunk % classes if classes else None) for chunk in chunks]
             drawn["samples"] = image_grid(torch.cat(samples), per_row)
         pairs = min(num_interpolations, len(images) // 2)
         if "interpolations" in views and pairs > 0:
@@ -279,12 +272,16 @@ def _colours(count: int) -> list[tuple[float, float, float]]:
     return [tuple(colour[:3]) for colour in colormaps["turbo"](np.linspace(0, 1, count))]
 
 
-def save_png(image: Tensor, path: Path) -> None:
-    """Write ``image`` (``[3, H, W]`` in [0, 1], as torchvision's ``save_image`` takes it) to the PNG file ``path``
-    atomically: a crash or a failed write leaves the old file or none, never part of one."""
+def png_bytes(image: Tensor) -> bytes:
+    """``image`` (``[3, H, W]`` in [0, 1], as torchvision's ``save_image`` takes it) as a PNG file's bytes."""
     buffer = io.BytesIO()
     save_image(image, buffer, format="png")
-    write_atomically(Path(path), buffer.getvalue())
+    return buffer.getvalue()
+
+
+def save_png(image: Tensor, path: Path) -> None:
+    """Write ``image`` to the PNG file ``path`` atomically: a crash or a failed write leaves the old file or none."""
+    write_atomically(Path(path), png_bytes(image))
 
 
 __all__ = [
@@ -295,6 +292,7 @@ __all__ = [
     "image_grid",
     "interpolation_grid",
     "latent_map",
+    "png_bytes",
     "project_2d",
     "reconstruction_grid",
     "save_png",
