@@ -20,7 +20,9 @@ disentanglement settings) before any score is computed.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -192,7 +194,16 @@ def write_all(outputs: dict[Path, bytes]) -> None:
     staged = {path: path.with_name(f".{path.name}.{os.getpid()}.staged") for path in outputs}
     try:
         for path, temporary in staged.items():
-            write_atomically(temporary, outputs[path])
+            try:
+                write_atomically(temporary, outputs[path])
+            except OSError as error:  # named by its hidden staging file: name the output instead
+                if error.errno != errno.ENOSPC:
+                    raise
+                raise OSError(
+                    errno.ENOSPC,
+                    f"no space left on device while writing {path} ({shutil.disk_usage(path.parent).free / 2**20:.0f} "
+                    "MiB free); no output of this run was written and every earlier file is as it was. Free some space",
+                ) from error
         for path, temporary in staged.items():
             os.replace(temporary, path)
     finally:
