@@ -178,7 +178,7 @@ def test_spatial_quality_writes_its_picture_whole_into_a_new_folder_or_over_an_o
 
 
 def test_the_disentanglement_benchmark_dates_its_output_in_utc_as_it_says(
-    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, data_dir: Path
 ) -> None:
     script = load_script("disentanglement")
     monkeypatch.setattr(script, "gap_part", lambda args: {})  # the header only: nothing trains
@@ -186,7 +186,7 @@ def test_the_disentanglement_benchmark_dates_its_output_in_utc_as_it_says(
     time.tzset()
     try:
         before = datetime.datetime.now(datetime.timezone.utc)
-        script.main(["--part", "gap"])
+        script.main(["--part", "gap", "--data_dir", str(data_dir)])  # not ../shared/data: a clone elsewhere
         after = datetime.datetime.now(datetime.timezone.utc)
     finally:
         monkeypatch.undo()
