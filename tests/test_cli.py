@@ -469,7 +469,7 @@ def test_a_misspelled_class_name_is_refused_with_the_known_classes_and_the_close
     assert message.startswith(f"{refused} is not a known class; "), message
     closest = known or "Linear"  # torch.nn.Module has too many subclasses to list: the closest alone
     assert message.endswith(f"; did you mean {closest}?"), message
-    if known:
+    if known and "known subclasses of" not in message:  # listed unless more than 50 (earlier test modules add some)
         assert "the known ones are " in message and f" {known}," in message, message
     assert "NoneType" not in message and "Union" not in message
 
