@@ -28,6 +28,7 @@ from ae_lightning.lightning_internals import (
     batches_that_stepped,
     ends_training_epoch,
     stored_loader_states,
+    uncounted_optimizer_step,
     weighted_batch_size,
 )
 from ae_lightning.training import fast
@@ -101,6 +102,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
                 del self.hparams[name]
         check_init_arguments(type(self), self.hparams)
         plain_hyperparameters(self.hparams)
+        self.hparams.update({name: _lists(value) for name, value in self.hparams.items()})  # safe-loadable YAML
         self.save_hyperparameters(self.hparams)  # what loggers write (hparams.yaml) as the checkpoint holds it
         check_network(network, hidden_dims)
         if network == "spatial" and self.flat_codes_only:
@@ -133,6 +135,10 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         self.decoder = decoder if decoder is not None else self.build_decoder()
         self._given_networks = [name for name, net in (("encoder", encoder), ("decoder", decoder)) if net is not None]
         self._unchecked_networks = list(self._given_networks)
+
+    def bfloat16(self) -> AutoencoderModule:
+        # ``nn.Module.bfloat16`` bypasses Lightning's ``to``, which records the dtype that ``self.dtype`` reports.
+        return self.to(torch.bfloat16)
 
     # --- the networks -----------------------------------------------------------------------------------------------
     def build_encoder(self) -> nn.Module | None:
@@ -170,7 +176,12 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         return self.decode(self.encode(x, y), y)
 
     def sample(self, n: int, y: Tensor | None = None) -> Tensor:
-        """``n`` images decoded from prior samples (of classes ``y``, if conditional); generative variants only."""
+        """``n`` images decoded from :meth:`sample_prior` codes; a conditional variant's of the classes ``y``."""
+        check_sample_count(n, y=y)
+        return self.decode(self.sample_prior(n))
+
+    def sample_prior(self, n: int) -> Tensor:
+        """``n`` codes ``[n, *latent_shape]`` drawn from the prior, in the weights' dtype; generative variants only."""
         raise NotImplementedError(f"{type(self).__name__} is not a generative model: it has no prior to sample from")
 
     @abc.abstractmethod
@@ -210,12 +221,19 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
 
     def optimization_step(self, batch: Batch) -> dict[str, Tensor]:
         """One optimizer step on ``batch`` under manual optimization; returns the batch's loss terms, detached."""
-        optimizer = self.optimizers()
-        optimizer.zero_grad()
         terms = self.loss_terms(*batch)
-        self.manual_backward(terms["loss"])
-        optimizer.step()
+        self.manual_step(self.optimizers(), terms["loss"])
         return {name: value.detach() for name, value in terms.items()}
+
+    def manual_step(self, optimizer: Optimizer, loss: Tensor, counted: bool = True) -> None:
+        """Under manual optimization, ``loss``'s gradients into ``optimizer``'s zeroed ones, then its step; only a
+        ``counted`` step advances ``global_step`` (a batch's further optimizers step uncounted)."""
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        if counted:
+            optimizer.step()
+        else:
+            uncounted_optimizer_step(self.trainer, optimizer)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         with self.evaluation_randomness(batch_idx):
@@ -365,13 +383,13 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         return f"{type(self).__name__} has {self.dtype} weights, but {where} holds {t.dtype} {kind}: {fix}"
 
     def check_given_networks(self) -> None:
-        """Once, a ValueError unless a given ``encoder``/``decoder`` fits: two zero inputs (labels 0) must pass
-        :meth:`check_encoder_output`, encode to ``[2, *latent_shape]`` and decode to ``[2, *input_shape]``; the
-        model's state is left as it was."""
+        """Once, a ValueError unless a given ``encoder``/``decoder`` fits: two zero inputs of the weights' dtype (labels
+        0) must pass :meth:`check_encoder_output`, encode to ``[2, *latent_shape]`` and decode to ``[2, *input_shape]``;
+        the model's state is left as it was."""
         given, self._unchecked_networks = " and ".join(self._unchecked_networks), []
         if not given:
             return
-        x = torch.zeros(2, *self.input_shape, device=self.device)
+        x = torch.zeros(2, *self.input_shape, device=self.device, dtype=self.dtype)
         y = torch.zeros(2, dtype=torch.long, device=self.device)
         name, training, shape = type(self).__name__, self.training, ", ".join(map(str, self.input_shape))
         # Left as it was (e.g. a codebook's k-means init); lazy modules' parameters take their shapes, as they would.
@@ -586,10 +604,21 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         """Raise a ValueError naming what differs if the model cannot take ``datamodule``'s data in ``stage``, or
         (``checkpoint`` given) its weights were trained on other data. Every datamodule fits here."""
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> AutoencoderModule:
+        """Lightning's ``load_from_checkpoint``; a checkpoint of another variant is a ValueError naming both."""
+        try:
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        except TypeError as error:  # ``__init__`` refused the other variant's hyperparameters (or cls is abstract)
+            stored = _stored_class(checkpoint_path)
+            if stored is None or resolve_class_path(stored) is cls:
+                raise
+            raise ValueError(_other_variant(stored, cls)) from error
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         stored = checkpoint.get("ae_lightning_class")
         if stored is not None and resolve_class_path(stored) is not type(self):
-            raise ValueError(f"the checkpoint holds a {stored}, not a {_class_path(type(self))}")
+            raise ValueError(_other_variant(stored, type(self)))
         missing = [name for name in checkpoint.get(_GIVEN_KEY, []) if name not in self._given_networks]
         if missing:  # before Lightning loads the weights into the networks built instead
             raise ValueError(
@@ -676,10 +705,14 @@ class DeterministicAutoencoder(AutoencoderModule):
         return losses.squared_error_batch_mean(networks.decoder_mean(logits, self.input_shape), x)
 
 
-def check_sample_count(n: object, method: str = "sample") -> None:
-    """Raise a ValueError naming ``n`` unless it is a count of samples to draw, an integer >= 0 (NumPy's too)."""
+def check_sample_count(n: object, method: str = "sample", y: object = None) -> None:
+    """Raise a ValueError naming ``n`` unless it is a count of samples to draw, an integer >= 0 (NumPy's too), or
+    naming labels ``y``, which only a conditional model's ``sample`` takes."""
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
         raise ValueError(f"{method}(n={n!r}): n, the number of images, must be an integer >= 0")
+    if y is not None:
+        raise ValueError(f"{method}(n={n}, y=...): labels choose the classes of a conditional model's samples (a "
+                         "ConditionalVAE's); this model is not conditional: leave y out")  # fmt: skip
 
 
 def unpack_batch(batch: Any) -> Batch:
@@ -706,6 +739,29 @@ def _factory_arguments(cls: type) -> list[str]:
     inits = [base.__init__ for base in cls.__mro__ if "__init__" in vars(base)]
     names = {name for init in inits for name in inspect.signature(init).parameters}
     return sorted(name for name in names if name.endswith(("optimizer", "lr_scheduler")))
+
+
+def _lists(value: Any) -> Any:
+    """``value`` with its tuples as lists, also inside lists and dicts: ``yaml.safe_load`` reads no Python tuples."""
+    if isinstance(value, (list, tuple)):
+        return [_lists(item) for item in value]
+    return {key: _lists(item) for key, item in value.items()} if type(value) is dict else value
+
+
+def _stored_class(checkpoint: Any) -> str | None:
+    """The class path that a checkpoint (a path or a seekable file) records, or None where none can be read."""
+    with contextlib.suppress(Exception):
+        if hasattr(checkpoint, "seek"):
+            checkpoint.seek(0)
+        return torch.load(checkpoint, map_location="cpu", weights_only=True).get("ae_lightning_class")
+    return None
+
+
+def _other_variant(stored: str, cls: type) -> str:
+    return (
+        f"the checkpoint holds a {stored}, not a {_class_path(cls)}: load it with "
+        f"{stored.rpartition('.')[2]}.load_from_checkpoint"
+    )
 
 
 def _class_path(cls: type) -> str:

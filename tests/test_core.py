@@ -13,6 +13,7 @@ import torch
 from tiny_runs import ROOT, run_cli, tiny_args
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
+from torch.utils.data import DataLoader, TensorDataset
 
 from ae_lightning import VAE, AutoDecoder, Autoencoder, ConditionalVAE, DeepBeliefAutoencoder, DropoutAutoencoder
 from ae_lightning.blocks.networks import MLPDecoder, MLPEncoder
@@ -92,6 +93,18 @@ def test_a_given_network_that_does_not_fit_is_refused_naming_the_shapes_before_t
     with pytest.raises(ValueError, match=r"the encoder's output has shape \[2, 7\], VAE needs \[2, 8\]"):
         run_cli("fit", *tiny_args("vae", data_dir, tmp_path / "odd", "--model.init_args.encoder", odd))
     assert not (tmp_path / "odd").exists(), "a refused run left files"
+
+
+@pytest.mark.parametrize("dtype, precision", [(torch.float64, "64-true"), (torch.bfloat16, "bf16-true")])
+def test_given_networks_of_a_model_already_in_a_true_precision_fit(dtype: torch.dtype, precision: str) -> None:
+    # Before, the check of given networks fed them float32 zeros: a model cast before fit (or a checkpoint loaded with
+    # them, then cast) was refused as "the given encoder of VAE do not fit: ... mat1 and mat2 must have the same dtype".
+    model = VAE(**TINY, encoder=MLPEncoder((1, 28, 28), [8], 8), decoder=MLPDecoder(4, [8], (1, 28, 28))).to(dtype)
+    data = TensorDataset(torch.rand(4, 1, 28, 28, dtype=dtype), torch.zeros(4, dtype=torch.long), torch.arange(4))
+    trainer = L.Trainer(max_steps=1, precision=precision, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(model, DataLoader(data, batch_size=4))
+    assert trainer.global_step == 1 and model.encoder[1].weight.dtype == dtype
 
 
 @pytest.mark.parametrize(

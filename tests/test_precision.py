@@ -140,6 +140,21 @@ def test_a_model_in_a_true_precision_encodes_decodes_and_samples_in_it(
         assert model.sample(2).dtype == dtype
 
 
+@pytest.mark.parametrize(
+    "method, dtype", [("bfloat16", torch.bfloat16), ("half", torch.float16), ("double", torch.float64)]
+)
+def test_a_model_cast_by_a_dtype_method_takes_batches_of_that_dtype_and_names_it(
+    method: str, dtype: torch.dtype
+) -> None:
+    # Before, model.bfloat16() left model.dtype float32: bfloat16 images were refused as not float32, float32 ones
+    # passed the check and failed in the first layer.
+    model = getattr(VAE(latent_dim=4, hidden_dims=[16]), method)().eval()
+    assert model.dtype == dtype
+    assert model.decode(model.encode(torch.rand(3, 1, 28, 28, dtype=dtype))).dtype == model.sample(2).dtype == dtype
+    with pytest.raises(ValueError, match=rf"has {dtype} weights, but encode\(x\) holds torch.float32 images"):
+        model.encode(torch.rand(3, 1, 28, 28))
+
+
 @pytest.mark.parametrize("output", ["file", "stream"])
 @pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
 def test_predictions_of_a_bfloat16_run_are_float32_that_numpy_reads(

@@ -13,6 +13,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import write_dataset
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -23,6 +24,7 @@ from ae_lightning import (
     AdversarialAutoencoder,
     AutoDecoder,
     Autoencoder,
+    AutoencoderModule,
     CodePrior,
     DeepBeliefAutoencoder,
     DropoutAutoencoder,
@@ -107,9 +109,16 @@ def test_a_plain_trainer_runs_every_stage_and_its_checkpoint_loads_back(
     predictions = trainer.predict(model, datamodule=data)  # Lightning's list of per-batch outputs
     assert isinstance(predictions, list) and len(predictions) == 2
     assert predictions[0]["z"].shape == (16, 4) and predictions[0]["index"].tolist() == list(range(16))
-    assert "latent_dim: 4" in (Path(trainer.logger.log_dir) / "hparams.yaml").read_text()
+    # Readable by other tools: input_shape's default tuple was written as !!python/tuple, which safe_load refused.
+    hparams = yaml.safe_load((Path(trainer.logger.log_dir) / "hparams.yaml").read_text())
+    assert hparams["latent_dim"] == 4 and hparams["input_shape"] == [1, 28, 28]
 
-    loaded = cls.load_from_checkpoint(trainer.checkpoint_callback.best_model_path).eval()
+    best = trainer.checkpoint_callback.best_model_path
+    loaded = cls.load_from_checkpoint(best).eval()
+    assert loaded.input_shape == (1, 28, 28)
+    resumed = L.Trainer(default_root_dir=tmp_path, max_epochs=2, limit_train_batches=2, limit_val_batches=1, **QUIET)
+    resumed.fit(cls(**TINY, **kwargs), datamodule=data, ckpt_path=best)
+    assert resumed.global_step == 4
     rebuilt = cls(**loaded.hparams)
     rebuilt.load_state_dict(loaded.state_dict())
     x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(1))
@@ -199,6 +208,15 @@ def test_sample_names_a_bad_count(cls: type, n: object, request: pytest.FixtureR
     assert model.sample(np.int64(2)).shape == (2, 1, 28, 28)  # a NumPy count is a count
 
 
+@pytest.mark.parametrize("cls", [VAE, AdversarialAutoencoder, CodePrior])
+def test_an_unconditional_models_sample_refuses_labels(cls: type, request: pytest.FixtureRequest) -> None:
+    # Before, sample(n, y) of a model that is not conditional ignored y: images of any class, without a word.
+    model = request.getfixturevalue("prior") if cls is CodePrior else cls(**TINY).eval()
+    with pytest.raises(ValueError, match=r"sample\(n=2, y=\.\.\.\): .* this model is not conditional: leave y out"):
+        model.sample(2, torch.tensor([3, 3]))
+    assert model.sample(2).shape == (2, 1, 28, 28)
+
+
 def test_paths_may_be_pathlib_paths_and_are_recorded_as_strings(tmp_path: Path) -> None:
     np.save(tmp_path / "x.npy", np.zeros((20, 4, 4), np.uint8))
     np.save(tmp_path / "y.npy", np.arange(20) % 2)
@@ -220,6 +238,16 @@ def test_numpy_numbers_are_taken_and_stored_as_python_numbers(tmp_path: Path) ->
     initial = MNISTDataModule(data_dir=tmp_path, batch_size=np.int64(8)).hparams_initial
     assert (type(initial["data_dir"]), type(initial["batch_size"]), type(model.hparams_initial["beta"])) == (
         str, int, float)  # fmt: skip
+
+
+@pytest.mark.parametrize("cls", [Autoencoder, AutoencoderModule, CodePrior])
+def test_a_checkpoint_loaded_by_another_variants_class_is_refused_naming_both(cls: type, tmp_path: Path) -> None:
+    # Before, the other class's __init__ failed on the VAE's hyperparameters, naming neither class: "got an unexpected
+    # keyword argument 'likelihood'" (the abstract base: "Can't instantiate abstract class").
+    path = saved_without_trainer(VAE(**TINY), tmp_path / "vae.ckpt")
+    with pytest.raises(ValueError, match=r"holds a ae_lightning.models.vae.VAE, not a .*: load it with VAE.load_from_"):
+        cls.load_from_checkpoint(path)
+    assert type(VAE.load_from_checkpoint(path)) is VAE
 
 
 def test_an_autodecoders_numpy_num_codes_is_stored_as_a_python_int_and_its_checkpoint_loads(tmp_path: Path) -> None:

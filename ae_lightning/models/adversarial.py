@@ -14,9 +14,8 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from ae_lightning.base import Batch, DeterministicAutoencoder, check_sample_count
+from ae_lightning.base import Batch, DeterministicAutoencoder
 from ae_lightning.blocks.networks import mlp_layers
-from ae_lightning.lightning_internals import uncounted_optimizer_step
 from datamodules.checks import NonNegativeFloat, PositiveFloat, PositiveInt
 
 Prior = Literal["normal", "mixture"]
@@ -107,10 +106,6 @@ class AdversarialAutoencoder(DeterministicAutoencoder):
         components = torch.randint(len(means), (n,), device=z.device)
         return means[components] + self.mixture_std * z
 
-    def sample(self, n: int, y: Tensor | None = None) -> Tensor:
-        check_sample_count(n)
-        return self.decode(self.sample_prior(n))
-
     # --- training: three phases per batch ---------------------------------------------------------------------------
     def optimization_step(self, batch: Batch) -> dict[str, Tensor]:
         """The three phases on one batch."""
@@ -123,29 +118,23 @@ class AdversarialAutoencoder(DeterministicAutoencoder):
 
     def reconstruction_phase(self, x: Tensor, optimizer: Optimizer) -> Tensor:
         """One step of encoder and decoder on the reconstruction loss (the step ``global_step`` counts)."""
-        optimizer.zero_grad()
         recon = self.mean_reconstruction_loss(self.decoder(self.encoder(x)), x)
-        self.manual_backward(recon)
-        optimizer.step()
+        self.manual_step(optimizer, recon)
         return recon.detach()
 
     def discriminator_phase(self, x: Tensor, optimizer: Optimizer) -> tuple[Tensor, Tensor]:
         """One step of the discriminator on prior samples against (fixed) codes; returns its loss and accuracy."""
         with torch.no_grad():
             codes = self.encoder(x)
-        optimizer.zero_grad()
         d_loss, d_accuracy = self.discriminator_terms(codes)
-        self.manual_backward(d_loss)
-        uncounted_optimizer_step(self.trainer, optimizer)
+        self.manual_step(optimizer, d_loss, counted=False)
         return d_loss.detach(), d_accuracy
 
     def generator_phase(self, x: Tensor, optimizer: Optimizer) -> Tensor:
         """One step of the encoder alone on fooling the (frozen) discriminator; returns the generator loss."""
-        optimizer.zero_grad()
         with self.toggled_optimizer(optimizer):  # freezes decoder and discriminator, whose parameters are not in it
             g_loss = self.generator_loss(self.encoder(x))
-            self.manual_backward(self.adversarial_weight * g_loss)
-        uncounted_optimizer_step(self.trainer, optimizer)
+            self.manual_step(optimizer, self.adversarial_weight * g_loss, counted=False)
         return g_loss.detach()
 
     # --- losses -----------------------------------------------------------------------------------------------------

@@ -98,7 +98,7 @@ class ConditionalVAE(VAE):
             y = y.expand(n)
         if y.dim() == 1 and len(y) != n:
             raise ValueError(f"sample(n={n}) needs n labels (or one for all), got {len(y)}")
-        return super().sample(n, y)
+        return self.decode(self.sample_prior(n), y)
 
     def setup(self, stage: str) -> None:
         super().setup(stage)

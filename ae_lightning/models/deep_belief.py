@@ -160,10 +160,8 @@ class DeepBeliefAutoencoder(DeterministicAutoencoder):
             terms = self.pretraining_step(x, index, optimizers[1])
             self.log_terms(terms, f"pretrain/rbm{index + 1}", batch_size=len(x))  # type: ignore[arg-type]
         else:
-            optimizers[0].zero_grad()
             terms = self.loss_terms(x, labels, indices)
-            self.manual_backward(terms["loss"])
-            optimizers[0].step()
+            self.manual_step(optimizers[0], terms["loss"])
             self.step_schedulers("step", batch_idx + 1)  # the fine-tuning's step-interval schedulers, per its steps
             terms = {name: value.detach() for name, value in terms.items()}
             self.log_terms(terms, "train", batch_size=len(x))

@@ -14,7 +14,6 @@ from torch import Tensor
 from ae_lightning.base import Batch
 from ae_lightning.blocks.divergences import permute_dims
 from ae_lightning.checks import check_single_sample
-from ae_lightning.lightning_internals import uncounted_optimizer_step
 from ae_lightning.models.adversarial import Discriminator, discriminator_terms
 from ae_lightning.models.vae import VAE
 from datamodules.checks import NonNegativeFloat, PositiveInt
@@ -74,15 +73,11 @@ class FactorVAE(VAE):
     def optimization_step(self, batch: Batch) -> dict[str, Tensor]:
         """A step of the VAE, then one of the discriminator, on one batch."""
         vae_optimizer, discriminator_optimizer = self.optimizers()
-        vae_optimizer.zero_grad()
         with self.toggled_optimizer(vae_optimizer):  # the discriminator, not in it, is frozen
             terms, z = self.vae_terms(batch[0])
-            self.manual_backward(terms["loss"])
-        vae_optimizer.step()
-        discriminator_optimizer.zero_grad()
+            self.manual_step(vae_optimizer, terms["loss"])
         d_loss, d_accuracy = self.discriminator_terms(z.detach())
-        self.manual_backward(d_loss)
-        uncounted_optimizer_step(self.trainer, discriminator_optimizer)
+        self.manual_step(discriminator_optimizer, d_loss, counted=False)
         detached = {name: value.detach() for name, value in terms.items()}
         return {**detached, "d_loss": d_loss.detach(), "d_accuracy": d_accuracy}
 

@@ -25,7 +25,6 @@ from ae_lightning.blocks.networks import decoder_mean
 from ae_lightning.blocks.perceptual import LPIPSDistance, PerceptualNetwork, weights_from_checkpoint
 from ae_lightning.blocks.residual_conv import ResidualConvDecoder, ResidualConvEncoder, check_image_size
 from ae_lightning.evaluation.metrics import ms_ssim_applies, ms_ssim_betas
-from ae_lightning.lightning_internals import uncounted_optimizer_step
 from datamodules.checks import NonNegativeFloat, NonNegativeInt, PositiveInt
 
 PixelLoss = Literal["l1", "mse", "bce"]
@@ -160,21 +159,15 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
             super()._test_step(batch)
 
     def on_validation_epoch_start(self) -> None:
-        super().on_validation_epoch_start()
-        if self.code_metric is not None:
+        if self.code_metric is not None:  # what a stage stopped inside its epoch counted
             self.code_metric.reset()
 
-    def on_test_epoch_start(self) -> None:
-        super().on_test_epoch_start()
-        if self.code_metric is not None:
-            self.code_metric.reset()
+    on_test_epoch_start = on_validation_epoch_start
 
     def on_validation_epoch_end(self) -> None:
-        super().on_validation_epoch_end()
         self._log_code_metric("val")
 
     def on_test_epoch_end(self) -> None:
-        super().on_test_epoch_end()
         self._log_code_metric("test")
 
     def _log_code_metric(self, stage: str) -> None:
@@ -257,15 +250,10 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
                 weight = losses.adaptive_adversarial_weight(loss, g_loss, self.last_layer_weight(), loss_scale=scale)
             loss = loss + self.adversarial_weight * weight * g_loss
             terms |= {"g_loss": g_loss, "adaptive_weight": weight}
-        autoencoder_optimizer.zero_grad()
-        self.manual_backward(loss)
-        autoencoder_optimizer.step()
+        self.manual_step(autoencoder_optimizer, loss)
         if adversarial:
-            discriminator_optimizer.zero_grad()
-            d_loss = self.discriminator_loss(x, reconstruction)
-            self.manual_backward(d_loss)
-            uncounted_optimizer_step(self.trainer, discriminator_optimizer)
-            terms["d_loss"] = d_loss
+            terms["d_loss"] = self.discriminator_loss(x, reconstruction)
+            self.manual_step(discriminator_optimizer, terms["d_loss"], counted=False)
         terms["loss"] = loss
         return {name: value.detach() for name, value in terms.items()}
 

@@ -205,8 +205,8 @@ class CodePrior(AutoencoderModule):
         return tokens
 
     def sample(self, n: int, y: Tensor | None = None, temperature: PositiveFloat = 1.0) -> Tensor:
-        """``n`` images of token sequences drawn from the prior at ``temperature``; labels ``y`` unused."""
-        check_sample_count(n)
+        """``n`` images of token sequences drawn from the prior at ``temperature`` (no labels ``y``: unconditional)."""
+        check_sample_count(n, y=y)
         return self.decode(self.sample_tokens(n, temperature))
 
     def token_nll(self, tokens: Tensor) -> Tensor:

@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.distributions import Normal
 
-from ae_lightning.base import AutoencoderModule, Stage, check_sample_count
+from ae_lightning.base import AutoencoderModule, Stage
 from ae_lightning.blocks import losses, networks
 from ae_lightning.blocks.networks import decoder_mean
 from datamodules.checks import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, check_arguments
@@ -123,14 +123,8 @@ class VAE(AutoencoderModule):
         self.check_tensor(z, "decode(z)", codes=True)
         return losses.continuous_bernoulli_mean(self.decoder_logits(z, y))
 
-    def sample(self, n: int, y: Tensor | None = None) -> Tensor:
-        """``n`` images of ``input_shape`` decoded from prior codes of ``latent_shape``."""
-        check_sample_count(n)
-        return self.decode(self.sample_prior(n), y)
-
     def sample_prior(self, n: int) -> Tensor:
-        """``n`` codes ``[n, *latent_shape]`` drawn from the prior p(z), here the standard normal."""
-        # drawn in float32, as the noise of :meth:`log_densities`
+        """Codes of the standard normal, drawn in float32 as the noise of :meth:`log_densities`."""
         return torch.randn(n, *self.latent_shape, device=self.device, dtype=torch.float32).to(self.dtype)
 
     def prior_log_prob(self, z: Tensor) -> Tensor:
