@@ -29,7 +29,15 @@ def as_samples(array: Any, where: str) -> Tensor:
             images outside [0, 1] (float) or 0..255 (integers), or a conversion beyond half of the usable memory.
     """
     data = _as_tensor(array, where, "expected a numeric array")
-    _check_conversion_memory(data, where)
+    values, floating = data.numel(), data.is_floating_point()  # the copies made below must fit in memory
+    if data.ndim == 2:
+        needed = values * (4 * (data.dtype != torch.float32) + floating)
+    elif data.dtype == torch.uint8 and (data.ndim == 3 or data.shape[1] in (1, 3)) and data.is_contiguous():
+        needed = 0
+    else:
+        needed = values * (1 + (data.element_size() + 1 if floating else 0))
+    fix = "store the images as uint8 [N, H, W] or [N, C, H, W] in a .npy file, which is read memory-mapped"
+    check_fits_memory(needed, f"{where}: converting {tuple(data.shape)} {data.dtype} values would", fix)
     if data.dtype == torch.bool or data.is_complex():
         raise ValueError(f"{where}: expected a numeric array, got dtype {data.dtype}")
     if data.ndim == 0 or len(data) == 0:
@@ -109,19 +117,6 @@ def _as_tensor(array: Any, where: str, expected: str) -> Tensor:
     return torch.as_tensor(array)
 
 
-def _check_conversion_memory(data: Tensor, where: str) -> None:
-    """Check that :func:`as_samples`' copies of ``data`` fit in memory, before they are made."""
-    values, floating = data.numel(), data.is_floating_point()
-    if data.ndim == 2:
-        needed = values * (4 * (data.dtype != torch.float32) + floating)
-    elif data.dtype == torch.uint8 and (data.ndim == 3 or data.shape[1] in (1, 3)) and data.is_contiguous():
-        needed = 0
-    else:
-        needed = values * (1 + (data.element_size() + 1 if floating else 0))
-    fix = "store the images as uint8 [N, H, W] or [N, C, H, W] in a .npy file, which is read memory-mapped"
-    check_fits_memory(needed, f"{where}: converting {tuple(data.shape)} {data.dtype} values would", fix)
-
-
 def _exact(value: Tensor) -> str:
     """A float as its shortest exact decimal (``:.4g`` would print 1.0000001 as 1)."""
     value = value.float() if value.dtype == torch.bfloat16 else value  # numpy has no bfloat16
@@ -196,21 +191,21 @@ class ArrayDataModule(ImageDataModule):
         return Arrays((samples, labels), sources=sources)
 
     def setup(self, stage: str | None = None) -> None:
-        fresh = not self.splits  # the base logs data_source for each trainer, also where the splits exist
-        if fresh and self.hparams.standardize and self.is_image_data:
+        if self.splits:  # the base logs data_source for each trainer, also where the splits exist
+            return super().setup(stage)
+        if self.hparams.standardize and self.is_image_data:
             raise ValueError(
                 f"standardize applies to feature vectors, but {self.path} holds images of shape {self.input_shape}"
             )
-        if fresh:  # the splits as uint8 images or float32 vectors, and the loaders' float32 copies of them
-            samples = self.arrays.train[0]
-            check_fits_memory(
-                samples.numel() * (samples.element_size() + 4),
-                f"the {len(samples)} samples of {self.path} held in memory with the loaders' float copies",
-                "write the images as a stream with ae-lightning-prepare (it reads a .npy memory-mapped) and read it "
-                "with StreamingDataModule, which holds a batch at a time",
-            )
+        samples = self.arrays.train[0]  # held as uint8 images or float32 vectors, and the loaders' float32 copies
+        check_fits_memory(
+            samples.numel() * (samples.element_size() + 4),
+            f"the {len(samples)} samples of {self.path} held in memory with the loaders' float copies",
+            "write the images as a stream with ae-lightning-prepare (it reads a .npy memory-mapped) and read it "
+            "with StreamingDataModule, which holds a batch at a time",
+        )
         super().setup(stage)
-        if fresh and self.hparams.standardize:
+        if self.hparams.standardize:
             train = self.splits["train"][0]
             mean, std = train.mean(0), train.std(0)
             std = torch.where(std > 0, std, torch.ones_like(std))

@@ -7,6 +7,7 @@ import hashlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -103,7 +104,6 @@ class ImageDataModule(L.LightningDataModule):
                     f"classes {unknown} are not labels of {type(self).__name__}, which has labels 0..{known - 1}"
                 )
         self.splits: dict[Split, tuple[Tensor, Tensor]] = {}
-        self._arrays: Arrays | None = None
 
     # --- what a subclass provides -----------------------------------------------------------------------------------
     def load_arrays(self) -> Arrays:
@@ -139,14 +139,12 @@ class ImageDataModule(L.LightningDataModule):
         return f"{self.dataset_name} ({self.data_source})"
 
     # --- what the data are ------------------------------------------------------------------------------------------
-    @property
+    @cached_property
     def arrays(self) -> Arrays:
         """The loaded and checked data (loaded on first use)."""
-        if self._arrays is None:
-            arrays = self.load_arrays()
-            check_arrays(arrays)
-            self._arrays = arrays
-        return self._arrays
+        arrays = self.load_arrays()
+        check_arrays(arrays)
+        return arrays
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -157,7 +155,7 @@ class ImageDataModule(L.LightningDataModule):
     def prepared(self) -> bool:
         """Whether the data can be read before :meth:`prepare_data` runs: they are loaded, or it fetches nothing (a
         datamodule whose ``prepare_data`` fetches them overrides this, to say when they are in place)."""
-        return self._arrays is not None or type(self).prepare_data is DataHooks.prepare_data
+        return "arrays" in vars(self) or type(self).prepare_data is DataHooks.prepare_data
 
     @property
     def is_image_data(self) -> bool:
@@ -322,8 +320,12 @@ class ImageDataModule(L.LightningDataModule):
         return self._loader(self.hparams.predict_split, shuffle=False)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        # Batches built on the device already (data_on_device) skip Lightning's walk over them (dozens of calls a step).
-        if _built_on(device, batch):
+        # Batches built on the device already (data_on_device: a loader's tuple, or the fast path's list of them) skip
+        # Lightning's walk over them (dozens of calls a step).
+        group = batch if isinstance(batch, list) and batch else [batch]
+        if all(
+            isinstance(one, tuple) and all(isinstance(t, Tensor) and t.device == device for t in one) for one in group
+        ):
             return batch
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
@@ -360,13 +362,6 @@ def download_lock(data_dir: Path, folder: Path) -> Iterator[None]:
             with contextlib.suppress(OSError):  # not empty: something was written there
                 path.rmdir()
         lock.release()
-
-
-def _built_on(device: torch.device, batch: Any) -> bool:
-    """Whether ``batch`` (a loader's tuple, or the fast path's list of them) lies on ``device`` already."""
-    if isinstance(batch, list):
-        return len(batch) > 0 and all(isinstance(one, tuple) and _built_on(device, one) for one in batch)
-    return isinstance(batch, tuple) and all(isinstance(item, Tensor) and item.device == device for item in batch)
 
 
 def check_arrays(arrays: Arrays) -> None:

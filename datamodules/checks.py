@@ -29,7 +29,10 @@ def number_type(interval: str, integer: bool = False) -> type:
     """A number type for signatures, e.g. ``number_type("[0, 1)")``: ``--help`` names its range (``float in [0, 1)``),
     :func:`check_arguments` checks it when the class is built, and parsed values are plain ``int``/``float``. One type
     per interval, this module's attribute named after it (``int_ge_0_lt_inf``), so that it pickles."""
-    name = _type_name(interval, integer)
+    _parse(interval)  # a malformed interval is refused, naming it
+    opening, low, high, closing = _INTERVAL.match(interval).groups()
+    sides = f"{'ge' if opening == '[' else 'gt'}_{low}_{'le' if closing == ']' else 'lt'}_{high}"
+    name = f"{'int' if integer else 'float'}_" + sides.replace("-", "m").replace(".", "p")
     if name in globals():
         return globals()[name]
     base = int if integer else float
@@ -57,14 +60,6 @@ def __getattr__(name: str) -> type:
     low, high = (bound.replace("m", "-").replace("p", ".") for bound in (low, high))
     interval = f"{'[' if opening == 'ge' else '('}{low}, {high}{']' if closing == 'le' else ')'}"
     return number_type(interval, integer=kind == "int")
-
-
-def _type_name(interval: str, integer: bool) -> str:
-    _parse(interval)  # a malformed interval is refused, naming it
-    opening, low, high, closing = _INTERVAL.match(interval).groups()
-    low, high = (bound.replace("-", "m").replace(".", "p") for bound in (low, high))
-    kind = "int" if integer else "float"
-    return f"{kind}_{'ge' if opening == '[' else 'gt'}_{low}_{'le' if closing == ']' else 'lt'}_{high}"
 
 
 _INTERVAL = re.compile(r"^([\[(])\s*(-?inf|-?[\d.]+)\s*,\s*(-?inf|-?[\d.]+)\s*([\])])$")
@@ -204,8 +199,9 @@ def _is_choice(value: Any, choice: Any) -> bool:
 
 
 def plain_hyperparameters(hparams: MutableMapping[str, Any]) -> None:
-    """Replace in ``hparams`` each path by its string and each NumPy scalar or array by Python numbers (also inside
-    lists, tuples and dicts), so that checkpoints load with ``torch.load(weights_only=True)``."""
+    """Replace in ``hparams`` each path by its string, each NumPy scalar or array by Python numbers and each tuple by a
+    list (also inside lists and dicts), so that checkpoints load with ``torch.load(weights_only=True)`` and the
+    loggers' ``hparams.yaml`` with ``yaml.safe_load``."""
     for name, value in hparams.items():
         hparams[name] = _plain(value)
 
@@ -215,8 +211,8 @@ def _plain(value: Any) -> Any:
         return os.fspath(value)
     if isinstance(value, (np.generic, np.ndarray)):
         return value.tolist()
-    if type(value) in (list, tuple):
-        return type(value)(map(_plain, value))
+    if isinstance(value, (list, tuple)):
+        return list(map(_plain, value))
     return {key: _plain(item) for key, item in value.items()} if type(value) is dict else value
 
 

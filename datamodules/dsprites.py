@@ -5,13 +5,13 @@ orientations x 32 x 32 positions), each drawn from its factors when its batch is
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from datamodules.base import ImageDataModule, Split
-from datamodules.checks import OpenUnitInterval, Seed, check_number
+from datamodules.base import ImageDataModule
+from datamodules.checks import OpenUnitInterval, check_number
 from datamodules.loader import Batch, TensorBatchLoader, fingerprint
 
 FACTORS = ("shape", "scale", "orientation", "position_x", "position_y")
@@ -123,9 +123,8 @@ class DSpritesDataModule(ImageDataModule):
         val_fraction, test_fraction: shares of the images held out for validation and testing (seeded).
         num_samples: use a seeded random subset of this many images of the grid (after ``fixed_factors``); None: all.
         fixed_factors: keep only the images with these factors at these grid indices, e.g. ``{shape: 2}`` for hearts.
-        binarize: accepted as by every datamodule; the images are binary, so every setting gives the same images.
-        batch_size, seed, num_workers, data_on_device, predict_split, classes (shapes), steps_per_batch: as for
-            :class:`~datamodules.base.ImageDataModule`.
+        **kwargs: the :class:`~datamodules.base.ImageDataModule` arguments (``classes``: shapes; ``binarize`` gives
+            the same images at every setting, the images being binary).
     """
 
     num_classes = len(SHAPES)
@@ -140,28 +139,11 @@ class DSpritesDataModule(ImageDataModule):
         batch_size: int = 64,
         val_fraction: OpenUnitInterval = 0.01,
         test_fraction: OpenUnitInterval = 0.01,
-        seed: Seed = 42,
         num_samples: int | None = None,
         fixed_factors: dict[str, int] | None = None,
-        num_workers: int = 0,
-        data_on_device: bool = True,
-        predict_split: Split = "test",
-        binarize: Literal["none", "dynamic", "static"] = "none",
-        classes: list[int] | None = None,
-        steps_per_batch: int = 1,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            steps_per_batch=steps_per_batch,
-            batch_size=batch_size,
-            val_fraction=val_fraction,
-            test_fraction=test_fraction,
-            seed=seed,
-            num_workers=num_workers,
-            data_on_device=data_on_device,
-            predict_split=predict_split,
-            binarize=binarize,
-            classes=classes,
-        )
+        super().__init__(batch_size=batch_size, val_fraction=val_fraction, test_fraction=test_fraction, **kwargs)
         if val_fraction + test_fraction >= 1:
             raise ValueError(
                 f"val_fraction + test_fraction must be < 1 to leave training images, got {val_fraction} + "
@@ -178,7 +160,7 @@ class DSpritesDataModule(ImageDataModule):
                 )
             if not 0 <= value < size:
                 raise ValueError(f"dSprites factor {name}={value!r} is outside the grid: {name} takes 0..{size - 1}")
-        shape = (fixed_factors or {}).get("shape")
+        shape, classes = (fixed_factors or {}).get("shape"), self.hparams.classes
         if classes is not None and shape is not None and shape not in classes:
             raise ValueError(
                 f"fixed_factors fixes shape={shape}, which classes {classes} leave out: no image would be trained on"
@@ -239,9 +221,7 @@ class DSpritesDataModule(ImageDataModule):
             factors[:, FACTORS.index(name)] = value
         return factors
 
-    def images_of(self, factors: Tensor) -> Tensor:
-        """The images ``[n, 1, 64, 64]`` of ``[n, 5]`` grid indices (see :func:`render`)."""
-        return render(factors)
+    images_of = staticmethod(render)
 
     def _loader(self, split: str, shuffle: bool) -> RenderingBatchLoader:
         self.setup()

@@ -85,7 +85,22 @@ class ImageFolderDataModule(ImageDataModule):
     ) -> tuple[tuple[Tensor, Tensor], list | None]:
         files, labels, class_names = list_images(folder, class_names, test)
         size, mode, alpha = self.hparams.image_size, "L" if self.channels == 1 else "RGB", self.hparams.alpha
-        check_memory(files, self.channels, size)
+        if size is None:  # decoded as uint8 plus the loaders' float copy, they must fit in memory
+            try:
+                with Image.open(files[0]) as image:
+                    width, height = image.size
+            except (OSError, ValueError, Image.DecompressionBombError) as error:
+                raise ValueError(f"{files[0]} is not an image PIL can read ({error})") from error
+        else:
+            width = height = size
+        shape = f"of {width}x{height}" if size is None else f"resized to image_size={size}"
+        fix = "set --data.image_size (e.g. 64) to resize them" if size is None else "set a smaller --data.image_size"
+        check_fits_memory(
+            len(files) * self.channels * width * height * (1 + 4),
+            f"{len(files)} images {shape} ({files[0]}, ...) once decoded",
+            f"{fix}, or write them as a stream with ae-lightning-prepare and read it with StreamingDataModule, which "
+            "holds a batch at a time",
+        )
         n = len(files)
         with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # PIL releases the GIL while decoding
             images = pool.map(lambda f: decode_image(f, mode, size, alpha), files)
@@ -98,27 +113,6 @@ class ImageFolderDataModule(ImageDataModule):
                 f"({second[1]}x{second[0]}); set image_size to resize them to one"
             )
         return (torch.stack(decoded), torch.tensor(labels, dtype=torch.int64)), class_names
-
-
-def check_memory(files: list[str], channels: int, size: int | None = None) -> None:
-    """Raise a ValueError naming the fix if ``files`` decoded at ``size`` (None: the first one's), as uint8 plus the
-    loaders' float copy, would take more than half of the memory this process may use."""
-    if size is None:
-        try:
-            with Image.open(files[0]) as image:
-                width, height = image.size
-        except (OSError, ValueError, Image.DecompressionBombError) as error:
-            raise ValueError(f"{files[0]} is not an image PIL can read ({error})") from error
-    else:
-        width = height = size
-    shape = f"of {width}x{height}" if size is None else f"resized to image_size={size}"
-    fix = "set --data.image_size (e.g. 64) to resize them" if size is None else "set a smaller --data.image_size"
-    check_fits_memory(
-        len(files) * channels * width * height * (1 + 4),
-        f"{len(files)} images {shape} ({files[0]}, ...) once decoded",
-        f"{fix}, or write them as a stream with ae-lightning-prepare and read it with StreamingDataModule, which holds "
-        "a batch at a time",
-    )
 
 
 def check_test_dir(folder: Path, test_dir: Path | None, option: str, fraction: str) -> None:
@@ -167,7 +161,11 @@ def list_images(
         samples = make_dataset(
             str(folder),
             {name: i for i, name in enumerate(names)},
-            is_valid_file=lambda path: _is_visible_image(path, folder),
+            # an image file, with nothing hidden on the way from ``folder``
+            is_valid_file=lambda path: (
+                path.lower().endswith(IMG_EXTENSIONS)
+                and not any(part.startswith(".") for part in Path(path).relative_to(folder).parts)
+            ),
         )
     except FileNotFoundError as error:  # torchvision: a class folder without images
         raise ValueError(
@@ -175,12 +173,6 @@ def list_images(
             "are skipped"
         ) from error
     return [path for path, _ in samples], [label for _, label in samples], names
-
-
-def _is_visible_image(path: str, folder: Path) -> bool:
-    """Whether ``path`` (below ``folder``) ends in an image extension and nothing on the way is hidden."""
-    hidden = any(part.startswith(".") for part in Path(path).relative_to(folder).parts)
-    return not hidden and path.lower().endswith(IMG_EXTENSIONS)
 
 
 # PIL modes of images deeper than 8 bits per channel, which ``Image.convert`` clips rather than scales.

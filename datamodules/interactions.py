@@ -7,6 +7,7 @@ import hashlib
 import re
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -92,18 +93,15 @@ class InteractionsDataModule(ImageDataModule):
             )
         self.path = Path(path).expanduser()  # as torchvision expands its root: a YAML config is no shell
         self.test_path = Path(test_path).expanduser() if test_path is not None else None
-        self._interactions: Interactions | None = None
         self.check_sources_exist()
 
     # --- what the data are ------------------------------------------------------------------------------------------
-    @property
+    @cached_property
     def interactions(self) -> Interactions:
         """The split click matrices, read and split on first use."""
-        if self._interactions is None:
-            header, min_rating = self.hparams.header, self.hparams.min_rating
-            test = read_interactions(self.test_path, header, min_rating) if self.test_path else None
-            self._interactions = self.split(read_interactions(self.path, header, min_rating), test)
-        return self._interactions
+        header, min_rating = self.hparams.header, self.hparams.min_rating
+        test = read_interactions(self.test_path, header, min_rating) if self.test_path else None
+        return self.split(read_interactions(self.path, header, min_rating), test)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -185,8 +183,8 @@ class InteractionsDataModule(ImageDataModule):
             )
         frame = frame[frame["user"].isin(counts.index[counts >= least])]
         users = np.sort(frame["user"].unique())
-        test_users = np.sort(test["user"].unique()) if test is not None else np.array([], dtype=users.dtype)
         if test is not None:
+            test_users = np.sort(test["user"].unique())
             self.check_test_file(frame, first_line, test)
             users = users[~np.isin(users, test_users)]  # validation users are drawn from the others
         n_val = _count(self.hparams.val_users, len(users))
@@ -224,20 +222,18 @@ class InteractionsDataModule(ImageDataModule):
                     f"{source}: {len(part) - len(known)} interactions of {name} users with items no training user "
                     "has are left out (the model has no output for them)"
                 )
-            if from_file:
-                held = pd.Series(known.index.get_level_values(0) == "held_out", index=known.index)
-            else:
-                held = _draw_held_out(known, self.hparams.held_out_fraction, rng)
-            evaluated = np.sort(known.loc[held, "user"].unique())
-            kept_rows = known["user"].isin(evaluated)
-            known, held = known[kept_rows], held[kept_rows]
             drawn, fraction = len(groups[name]), self.hparams.held_out_fraction
             if from_file:
+                held = pd.Series(known.index.get_level_values(0) == "held_out", index=known.index)
                 why, fix = f"a line in {source} with an item that training users have", f"give {source} such lines"
             else:
+                held = _draw_held_out(known, fraction, rng)
                 why = (f"{MIN_ITEMS_TO_HOLD_OUT} or more items that training users have, and held_out_fraction="
                        f"{fraction} of them at least 1")  # fmt: skip
                 fix = f"raise {name}_users or held_out_fraction, or use a larger file"
+            evaluated = np.sort(known.loc[held, "user"].unique())
+            kept_rows = known["user"].isin(evaluated)
+            known, held = known[kept_rows], held[kept_rows]
             if len(evaluated) == 0:
                 raise ValueError(f"{source}: none of the {drawn} {name} users has {why}; {fix}")
             if len(evaluated) < drawn:

@@ -82,16 +82,6 @@ def global_batch_bounds(n: int, batch_size: int, world_size: int) -> list[tuple[
     return bounds
 
 
-def announced_epoch(current: int, announced: int, batches_done: int, positioned: bool) -> int | None:
-    """The epoch a loader in epoch ``current`` starts when Lightning's ``set_epoch`` announces ``announced`` (None:
-    it stays where it is); a loader with a position (loaded or iterated) moves on by one epoch at most."""
-    if announced == current:
-        return None
-    if not positioned:
-        return announced
-    return current + 1 if batches_done else None
-
-
 def check_resume_state(stored: dict, mine: dict) -> None:
     """Raise a ValueError naming the setting if a loader position ``stored`` was reached with other data settings than
     ``mine`` (both as :meth:`TensorBatchLoader.state_dict` gives them; a setting ``mine`` lacks is not checked). At
@@ -159,7 +149,15 @@ def worker_batches(loader: DataLoader) -> Iterator:
     if not (loader.num_workers and _JOB_SIGNALS):
         yield from loader
         return
-    _start_helper_processes(loader)
+    # The spawn/forkserver helper processes start outside the hold: the resource tracker's start lifts it, and a fork
+    # server started in it would block the job's signals in all it starts.
+    from multiprocessing import forkserver, resource_tracker  # not on every platform
+
+    method = (loader.multiprocessing_context or multiprocessing.get_context()).get_start_method()
+    if method == "forkserver":
+        forkserver.ensure_running()  # which starts the resource tracker first
+    elif method == "spawn":
+        resource_tracker.ensure_running()
     held = signal.pthread_sigmask(signal.SIG_BLOCK, _JOB_SIGNALS)
     try:
         batches = iter(loader)
@@ -171,19 +169,29 @@ def worker_batches(loader: DataLoader) -> Iterator:
         yield from batches
 
 
-def _start_helper_processes(loader: DataLoader) -> None:
-    """Start the ``spawn``/``forkserver`` helper processes outside the hold of :func:`worker_batches`: the resource
-    tracker's start lifts the hold, and a fork server started in it would block the job's signals in all it starts."""
-    from multiprocessing import forkserver, resource_tracker  # not on every platform
+class EpochPosition:
+    """The epoch and the batches done of a loader that Lightning drives as a DataLoader's sampler (it calls
+    ``sampler.set_epoch(epoch)`` at each epoch's start); a ``resumable`` loader keeps them across passes."""
 
-    method = (loader.multiprocessing_context or multiprocessing.get_context()).get_start_method()
-    if method == "forkserver":
-        forkserver.ensure_running()  # which starts the resource tracker first
-    elif method == "spawn":
-        resource_tracker.ensure_running()
+    def __init__(self, resumable: bool) -> None:
+        self.resumable, self.epoch, self.batches_done = resumable, 0, 0
+        self._positioned = False  # a position loaded or reached by iterating
+        self.sampler, self.batch_sampler = self, None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch``; a loader with a position (loaded or iterated) moves on by one epoch at most, from one
+        it has begun. An evaluation loader (not ``resumable``) ignores it: every pass yields the same batches."""
+        if self.resumable and epoch != self.epoch and not (self._positioned and self.batches_done == 0):
+            self.epoch, self.batches_done = self.epoch + 1 if self._positioned else epoch, 0
+
+    def _start_pass(self, epoch_batches: int) -> None:
+        """Before a pass: a loader iterated again without ``set_epoch`` after a whole epoch moves on to the next."""
+        if self.batches_done >= epoch_batches:
+            self.epoch, self.batches_done = self.epoch + 1, 0
+        self._positioned = True
 
 
-class TensorBatchLoader:
+class TensorBatchLoader(EpochPosition):
     """Yields ``(image, label, index)`` batches from in-memory tensors: epoch ``e``'s order depends on ``seed`` and
     ``e`` only; the ranks take disjoint, equal shards of each global batch.
 
@@ -217,6 +225,7 @@ class TensorBatchLoader:
         source: str = "",
         split: str = "",
     ) -> None:
+        super().__init__(resumable)
         check_shared(split, len(images), world_size)
         self.device, self.fingerprint, self.source = torch.device(device), fingerprint(images), source
         # pixels are scaled to float once, here, so that a batch is a single gather
@@ -226,27 +235,14 @@ class TensorBatchLoader:
             self.images = images.to(self.device, torch.float32)
         self.labels, self.indices = labels.to(self.device), indices.to(self.device)
         self.batch_size, self.shuffle, self.seed, self.binarize = batch_size, shuffle, seed, binarize
-        self.rank, self.world_size, self.num_workers, self.resumable = rank, world_size, num_workers, resumable
+        self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         if num_workers and self.device.type != "cpu":
             raise ValueError(f"num_workers={num_workers} needs the data on the CPU, not on {self.device}")
-        self.epoch, self.batches_done = 0, 0
-        self._positioned = False  # a position loaded or reached by iterating
-        # Lightning calls ``sampler.set_epoch(epoch)`` at each epoch's start, as on a DataLoader's sampler
-        self.sampler, self.batch_sampler = self, None
         # made at the first binarized batch: a loader sent to "spawn" workers cannot carry one
         self._generator: torch.Generator | None = None
 
     def __len__(self) -> int:
         return len(global_batch_bounds(len(self.images), self.batch_size, self.world_size))
-
-    def set_epoch(self, epoch: int) -> None:
-        """Start epoch ``epoch`` unless already positioned inside it (:func:`announced_epoch`); an evaluation loader
-        (not ``resumable``) ignores it: every pass yields the same batches, a ``dynamic`` binarization included."""
-        if not self.resumable:
-            return
-        started = announced_epoch(self.epoch, epoch, self.batches_done, self._positioned)
-        if started is not None:
-            self.epoch, self.batches_done = started, 0
 
     def state_dict(self) -> dict[str, int | str]:
         return {
@@ -264,9 +260,7 @@ class TensorBatchLoader:
         bounds = global_batch_bounds(len(self.images), self.batch_size, self.world_size)
         if not self.resumable:
             self.batches_done = 0
-        elif self.batches_done >= len(bounds):  # iterated again without ``set_epoch``: move on to the next epoch
-            self.epoch, self.batches_done = self.epoch + 1, 0
-        self._positioned = True
+        self._start_pass(len(bounds))
         order = self._order()
         todo = range(self.batches_done, len(bounds))
         rows = [order[bounds[i][0] + self.rank : bounds[i][1] : self.world_size] for i in todo]

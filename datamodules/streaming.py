@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Callable, Iterator, Sequence
+from functools import cached_property
 from typing import Any, Literal
 
 import torch
@@ -19,9 +20,9 @@ from datamodules.base import Arrays, ImageDataModule, Split
 from datamodules.checks import PositiveInt, Seed, check_shared
 from datamodules.loader import (
     Batch,
+    EpochPosition,
     WorkerSignals,
     _mix,
-    announced_epoch,
     check_same_position,
     global_batch_bounds,
     worker_batches,
@@ -118,7 +119,7 @@ class EvaluationShard(Dataset):
         return self.dataset[self.rows[i]]
 
 
-class StreamLoader:
+class StreamLoader(EpochPosition):
     """Yields ``(image, label, index)`` batches of an :class:`ImageStream`: shuffled and sharded by litdata's loader
     for training (``resumable``: keeps its position across passes and in ``state_dict``), else an EvaluationShard.
 
@@ -140,27 +141,18 @@ class StreamLoader:
         world_size: int = 1,
         rows: Sequence[int] | None = None,
     ) -> None:
+        super().__init__(resumable)
         workers = {"num_workers": num_workers, "worker_init_fn": WorkerSignals(), "generator": torch.Generator()}
         if resumable:
             self.loader = StreamingDataLoader(dataset, batch_size=batch_size, **workers)
         else:
             shard = EvaluationShard(dataset, rank, world_size, batch_size, rows)
             self.loader = DataLoader(shard, batch_sampler=shard.batches, **workers)
-        self.batch_size, self.resumable, self.fingerprint = batch_size, resumable, fingerprint
-        self.seed, self.epoch, self.batches_done = dataset.augment_seed, 0, 0
+        self.batch_size, self.fingerprint, self.seed = batch_size, fingerprint, dataset.augment_seed
         self._stream_state: dict[str, Any] | None = None
-        self._positioned = False  # a position loaded or reached by iterating
-        # Lightning calls ``sampler.set_epoch(epoch)`` at each epoch's start, as on a DataLoader's sampler
-        self.sampler, self.batch_sampler = self, None
 
     def __len__(self) -> int:
         return len(self.loader)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Start epoch ``epoch`` unless already positioned inside it (:func:`~datamodules.loader.announced_epoch`)."""
-        started = announced_epoch(self.epoch, epoch, self.batches_done, self.resumable and self._positioned)
-        if started is not None:
-            self.epoch, self.batches_done, self._stream_state = started, 0, None
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "batches_done": self.batches_done, "batch_size": self.batch_size,
@@ -180,9 +172,7 @@ class StreamLoader:
         if not self.resumable:
             yield from ((batch["x"], batch["label"], batch["index"]) for batch in worker_batches(self.loader))
             return
-        if self.batches_done >= len(self):  # iterated again without ``set_epoch``: move on to the next epoch
-            self.epoch, self.batches_done, self._stream_state = self.epoch + 1, 0, None
-        self._positioned = True
+        self._start_pass(len(self))
         if self._stream_state is not None and self.batches_done > 0:
             self.loader.load_state_dict(relocated(self._stream_state, self.loader.dataset))
         else:
@@ -275,37 +265,34 @@ class StreamingDataModule(ImageDataModule):
                 f"verify_chunks hashes a local stream's chunks; {input_dir} is remote, and litdata checks each chunk's "
                 "size as it downloads it: leave verify_chunks false, or verify a local copy of the stream"
             )
-        self._manifest: StreamManifest | None = None
         self._loaders: dict[Split, StreamLoader] = {}
         self._resume_state: dict[str, Any] | None = None
 
     # --- what the data are ------------------------------------------------------------------------------------------
-    @property
+    @cached_property
     def manifest(self) -> StreamManifest:
         """The stream's manifest, checked against ``resolution``, ``channels`` and ``image_size`` (read once)."""
-        if self._manifest is None:
-            manifest, where = read_manifest(self.location), self.location.join(MANIFEST)
-            stored, wanted = (manifest.height, manifest.width), self.hparams.resolution
-            if wanted is not None and stored != (wanted, wanted):
-                raise ValueError(
-                    f"stream {self.location.uri} holds {manifest.width}x{manifest.height} images ({where}), but "
-                    f"resolution={wanted} was asked for; prepare the stream at --size {wanted} or set resolution: "
-                    f"{manifest.height if manifest.height == manifest.width else 'null'}"
-                )
-            if self.hparams.channels is not None and manifest.channels != self.hparams.channels:
-                raise ValueError(
-                    f"stream {self.location.uri} holds {manifest.channels}-channel images ({where}), but channels="
-                    f"{self.hparams.channels} was asked for; prepare it with --channels {self.hparams.channels} or "
-                    f"set channels: {manifest.channels}"
-                )
-            size = self.hparams.image_size
-            if size is not None and self.hparams.augment == "crop" and size > min(stored):
-                raise ValueError(
-                    f"image_size={size} crops from stream {self.location.uri}'s {manifest.width}x{manifest.height} "
-                    "images, which are smaller; use augment: resize, a smaller image_size, or a stream prepared larger"
-                )
-            self._manifest = manifest
-        return self._manifest
+        manifest, where = read_manifest(self.location), self.location.join(MANIFEST)
+        stored, wanted = (manifest.height, manifest.width), self.hparams.resolution
+        if wanted is not None and stored != (wanted, wanted):
+            raise ValueError(
+                f"stream {self.location.uri} holds {manifest.width}x{manifest.height} images ({where}), but "
+                f"resolution={wanted} was asked for; prepare the stream at --size {wanted} or set resolution: "
+                f"{manifest.height if manifest.height == manifest.width else 'null'}"
+            )
+        if self.hparams.channels is not None and manifest.channels != self.hparams.channels:
+            raise ValueError(
+                f"stream {self.location.uri} holds {manifest.channels}-channel images ({where}), but channels="
+                f"{self.hparams.channels} was asked for; prepare it with --channels {self.hparams.channels} or "
+                f"set channels: {manifest.channels}"
+            )
+        size = self.hparams.image_size
+        if size is not None and self.hparams.augment == "crop" and size > min(stored):
+            raise ValueError(
+                f"image_size={size} crops from stream {self.location.uri}'s {manifest.width}x{manifest.height} "
+                "images, which are smaller; use augment: resize, a smaller image_size, or a stream prepared larger"
+            )
+        return manifest
 
     def load_arrays(self) -> Arrays:
         raise TypeError(f"{type(self).__name__} streams its data from {self.location.uri}; it holds no arrays")

@@ -66,7 +66,13 @@ class TorchvisionDataModule(ImageDataModule):
         # which part: train= or split=, and QMNIST's what=, which overrides train=
         decides_part = {"train" if by_train else "split"} | ({"what"} & set(parameters))
         taken = sorted(({"root", "download"} | decides_part) & set(kwargs))
-        arguments = _arguments(cls)
+        arguments: set[str] = set()  # those of its __init__ and of the bases its **kwargs go to
+        for base in cls.__mro__:
+            if "__init__" in vars(base):
+                params = inspect.signature(base.__init__).parameters.values()
+                arguments |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
+                if all(p.kind is not p.VAR_KEYWORD for p in params):
+                    break
         if set(kwargs) - arguments:
             raise ValueError(
                 f"dataset_kwargs {sorted(set(kwargs) - arguments)} are not arguments of {cls.__name__} (it takes "
@@ -173,18 +179,6 @@ class TorchvisionDataModule(ImageDataModule):
                 raise ValueError(f"{where}: expected images, got an array of shape {tuple(samples.shape)}")
             parts[part] = samples, labels_of(dataset, where)
         return Arrays(parts["train"], parts["test"], class_names_of(dataset), sources)
-
-
-def _arguments(cls: type) -> set[str]:
-    """The keyword arguments ``cls`` takes: its ``__init__``'s, and those of the bases its ``**kwargs`` go to."""
-    names: set[str] = set()
-    for base in cls.__mro__:
-        if "__init__" in vars(base):
-            parameters = inspect.signature(base.__init__).parameters.values()
-            names |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
-            if all(p.kind is not p.VAR_KEYWORD for p in parameters):
-                break
-    return names
 
 
 def labels_of(dataset: Any, where: str) -> Tensor:

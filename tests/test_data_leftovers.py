@@ -1,12 +1,17 @@
-"""Bad input to the interactions datamodule found by using it as a user would (session 57)."""
+"""Bad input to the datamodules found by using them as a user would (sessions 57 and 58)."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+import yaml
+from lightning.pytorch.core.saving import save_hparams_to_yaml
 
-from datamodules import InteractionsDataModule
+from datamodules import InteractionsDataModule, MNISTDataModule, StreamingDataModule
+from datamodules.stream_store import StreamManifest
 
 
 def _ratings(path: Path, separator: str = ",") -> Path:
@@ -35,3 +40,24 @@ def test_a_file_of_another_separator_is_refused_naming_the_separators_read(tmp_p
     with pytest.raises(ValueError, match=r"r.csv line 1: 'user;item;rating' has one field; expected user, item\[, "
                        r"rating\] separated by tabs, commas, '::' or spaces"):  # fmt: skip
         data.setup()
+
+
+def test_classes_given_as_a_tuple_are_written_to_hparams_yaml_as_a_list_safe_load_reads(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # it was "!!python/tuple [0, 1]", which yaml.safe_load refuses (ConstructorError)
+    data = MNISTDataModule(data_dir=str(data_dir), classes=(0, 1))
+    save_hparams_to_yaml(tmp_path / "hparams.yaml", data.hparams)
+    assert yaml.safe_load((tmp_path / "hparams.yaml").read_text())["classes"] == [0, 1]
+
+
+def test_a_manifest_count_of_the_wrong_type_is_named_with_its_file_key_and_value(tmp_path: Path) -> None:
+    # it was "TypeError: '<' not supported between instances of 'str' and 'int'", from the first check of the split
+    counts = {"train": "99", "val": 9, "test": 12}
+    manifest = StreamManifest(16, 16, 3, "png", counts, {split: {} for split in counts}, fingerprint="0" * 64)
+    (tmp_path / "manifest.json").write_text(json.dumps(asdict(manifest)))
+    for split in counts:
+        (tmp_path / split).mkdir()
+        (tmp_path / split / "index.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"manifest.json: counts.train is '99', expected an integer >= 0; prepare"):
+        StreamingDataModule(str(tmp_path)).setup()
