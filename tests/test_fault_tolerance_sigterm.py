@@ -266,6 +266,26 @@ def test_sigterm_before_the_first_step_exits_143_and_keeps_the_checkpoint_it_res
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == written  # nothing trained, nothing written
 
 
+def test_sigterm_beside_lightnings_own_model_checkpoint_writes_the_last_file_that_lightning_would_name(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "last.ckpt").write_bytes(b"another run's")  # a plain ModelCheckpoint goes on with last-v1.ckpt
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0)
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=4, limit_val_batches=0, logger=False,
+                        callbacks=[SigtermCheckpoint(), checkpoint, SigtermAtBatch(1)], enable_progress_bar=False,
+                        enable_model_summary=False)  # fmt: skip
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        with pytest.raises(SystemExit) as exited:
+            trainer.fit(BoringModel())
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert exited.value.code == 143
+    assert (tmp_path / "last.ckpt").read_bytes() == b"another run's"
+    assert checkpoint.last_model_path == str(tmp_path / "last-v1.ckpt")
+    assert torch.load(tmp_path / "last-v1.ckpt", weights_only=True)["global_step"] == 2
+
+
 # Fits in one process with SIGTERM's default action, as a search runs its trials: the first fit is signalled in its last
 # validation, when no training step is left.
 FITS_IN_ONE_PROCESS = """

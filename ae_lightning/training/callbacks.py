@@ -1,13 +1,6 @@
-"""Callbacks of the ``ae-lightning`` command: pictures of the model for any logger, the config saved into W&B runs,
-the logger's run recorded in checkpoints, and a progress bar that ends its line when a run fails.
-
-The command adds an :class:`ImageLogger` as its ``images`` section; more can be added from YAML, each with a name::
-
-    trainer:
-      callbacks:
-        - class_path: ae_lightning.training.callbacks.ImageLogger
-          init_args: {name: latent_maps, views: [latent_map], every_n_epochs: 5, latent_map_size: 5000}
-"""
+"""Callbacks of the ``ae-lightning`` command: pictures of the model for any logger (its ``images`` section; more
+from YAML, each with a name: README), the config saved into W&B runs, the logger's run recorded in checkpoints, and a
+progress bar that ends its line when a run fails."""
 
 from __future__ import annotations
 

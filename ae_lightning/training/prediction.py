@@ -140,8 +140,7 @@ class PredictionWriter(BasePredictionWriter):
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(path, lambda file: torch.save(merged, file))
         self.path = path
-        rows = _rows(merged, pl_module)
-        print(f"Predictions for {len(merged['index'])} {rows} written to {path}")  # by each process, of its file
+        print(f"Predictions for {len(merged['index'])} {_rows(merged, pl_module)} written to {path}")  # by each process
 
 
 def _rows(predictions: dict[str, torch.Tensor], pl_module: L.LightningModule) -> str:

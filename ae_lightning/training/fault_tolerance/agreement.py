@@ -81,37 +81,27 @@ class AgreedSignal(Callback):
         self._checked_at_step = trainer.global_step
         self._act_at_next_step = False
 
-    def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
         self._step_at_batch_start = trainer.global_step
 
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        if not self.ended_a_step(trainer):
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == self._step_at_batch_start:  # no optimizer step (the same on every rank)
             return
         if self._act_at_next_step:  # even at an epoch's last batch: an epoch of one batch ends at every step
             self._act_at_next_step = False
             self.act(trainer)
         elif trainer.world_size == 1 or trainer.global_step - self._checked_at_step >= self.check_every_n_steps:
             self._checked_at_step = trainer.global_step
-            if self.agreed(trainer, pl_module):
+            if self.agreed(trainer):
                 # A checkpoint at an epoch's last batch precedes its validation, which Lightning skips on resume.
                 self._act_at_next_step = ends_training_epoch(trainer)
                 if not self._act_at_next_step:
                     self.act(trainer)
 
-    def ended_a_step(self, trainer: L.Trainer) -> bool:
-        """Whether the training batch ending now took an optimizer step (the same on every rank)."""
-        return trainer.global_step != self._step_at_batch_start
-
-    def agreed(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+    def agreed(self, trainer: L.Trainer) -> bool:
         """Whether any rank got the signal (one all-reduce under DDP: call it on every rank); False when not active."""
         signalled = self.signalled(trainer)
-        if signalled is None:
-            return False
-        return any_rank(trainer, pl_module, signalled) if trainer.world_size > 1 else signalled
+        return signalled is not None and any_rank(trainer, signalled)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._release()
@@ -132,9 +122,12 @@ def _unwrapped(handler: Any) -> Any:
     return handler
 
 
-def any_rank(trainer: L.Trainer, pl_module: L.LightningModule, flag: bool) -> bool:
-    """Whether ``flag`` is true on any rank: one all-reduce (a host sync on GPUs), so call it now and then."""
-    return bool(trainer.strategy.reduce(torch.tensor(int(flag), device=pl_module.device), reduce_op="max").item())
+def any_rank(trainer: L.Trainer, flag: bool | torch.Tensor) -> bool:
+    """Whether ``flag`` is true on any rank: under DDP one all-reduce (a host sync on GPUs), so call it now and then."""
+    if trainer.world_size == 1:
+        return bool(flag)
+    flag = torch.as_tensor(flag, device=trainer.strategy.root_device).long()
+    return bool(trainer.strategy.reduce(flag, reduce_op="max").item())
 
 
 __all__ = ["AgreedSignal", "any_rank"]

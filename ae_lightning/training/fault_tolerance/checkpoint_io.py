@@ -147,10 +147,8 @@ class RunCheckpoint(ModelCheckpoint):
         if self._in_own_hook:
             self._step_saved = trainer.global_step
 
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        self._own_saves(super().on_train_batch_end, trainer, pl_module, outputs, batch, batch_idx)
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        self._own_saves(super().on_train_batch_end, trainer, *args)
         if 0 <= trainer.max_steps <= trainer.global_step:  # Lightning's own test for the last step
             self._save_final_step(trainer)
 
@@ -164,24 +162,11 @@ class RunCheckpoint(ModelCheckpoint):
         # Instead of Lightning's ``last`` here, written after the epoch is closed: right only when the epoch ended.
         self._save_final_step(trainer)
 
-    def last_path(self, trainer: L.Trainer) -> str:
-        """This run's ``last`` checkpoint file, from now on its ``last_model_path``: the one it wrote (or resumed
-        from), else the first free ``last.ckpt``, ``last-v1.ckpt``, ... of ``dirpath``, as Lightning picks it. Call it
-        on every rank, with ``dirpath`` set."""
-        if not self.last_model_path:
-            metrics = {**trainer.callback_metrics, "epoch": trainer.current_epoch, "step": trainer.global_step}
-            path, version = self.format_checkpoint_name(dict(metrics), self.CHECKPOINT_NAME_LAST), self.STARTING_VERSION
-            while enable_version_counter(self) and self.file_exists(path, trainer):
-                path = self.format_checkpoint_name(dict(metrics), self.CHECKPOINT_NAME_LAST, ver=version)
-                version += 1
-            self.last_model_path = path  # before the save: the checkpoint's callback state names its own file
-        return self.last_model_path
-
     def _save_final_step(self, trainer: L.Trainer) -> None:
         if trainer.fast_dev_run or not self.save_last or not self.dirpath or self._step_saved == trainer.global_step:
             return
         # A step that also ends the epoch is saved again after its validation: into this file, not a ``last-v1``.
-        trainer.save_checkpoint(self.last_path(trainer), weights_only=self.save_weights_only)
+        trainer.save_checkpoint(last_path(self, trainer), weights_only=self.save_weights_only)
         self._step_saved = trainer.global_step
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -191,18 +176,30 @@ class RunCheckpoint(ModelCheckpoint):
         kept = {path: score for path, score in (state_dict.get("best_k_models") or {}).items() if Path(path).is_file()}
         if state_dict.get("dirpath", self.dirpath) == self.dirpath or not kept:
             return
-        best, worst = (min, max) if self.mode == "min" else (max, min)
-        self.best_k_models = kept
-        self.best_model_path = best(kept, key=lambda path: float(kept[path]))
-        self.best_model_score = kept[self.best_model_path]
-        self.kth_best_model_path = worst(kept, key=lambda path: float(kept[path]))
-        self.kth_value = kept[self.kth_best_model_path]
+        ranked = sorted(kept, key=lambda path: float(kept[path]), reverse=self.mode == "max")  # the best first
+        self.best_k_models, self.best_model_path, self.kth_best_model_path = kept, ranked[0], ranked[-1]
+        self.best_model_score, self.kth_value = kept[ranked[0]], kept[ranked[-1]]
 
     def check_monitor_top_k(self, trainer: L.Trainer, current: torch.Tensor | None = None) -> bool:
         # A NaN or infinite val/loss is never "the best"; ``save_top_k=-1`` saves every one, as Lightning says.
         if self.save_top_k != -1 and current is not None and not torch.isfinite(current).all():
             return False
         return super().check_monitor_top_k(trainer, current)
+
+
+def last_path(callback: ModelCheckpoint, trainer: L.Trainer) -> str:
+    """The run's ``last`` checkpoint file of ``callback``, from now on its ``last_model_path``: the one it wrote (or
+    resumed from), else the first free ``last.ckpt``, ``last-v1.ckpt``, ... of its ``dirpath``, as Lightning picks it.
+    Call it on every rank, with ``dirpath`` set."""
+    if not callback.last_model_path:
+        metrics = {**trainer.callback_metrics, "epoch": trainer.current_epoch, "step": trainer.global_step}
+        path = callback.format_checkpoint_name(metrics, callback.CHECKPOINT_NAME_LAST)
+        version = callback.STARTING_VERSION
+        while enable_version_counter(callback) and callback.file_exists(path, trainer):
+            path = callback.format_checkpoint_name(metrics, callback.CHECKPOINT_NAME_LAST, ver=version)
+            version += 1
+        callback.last_model_path = path  # before the save: the checkpoint's callback state names its own file
+    return callback.last_model_path
 
 
 def read_checkpoint(path: str | Path, name: str = "--ckpt_path") -> dict[str, Any]:
@@ -224,4 +221,4 @@ def read_checkpoint(path: str | Path, name: str = "--ckpt_path") -> dict[str, An
     return checkpoint
 
 
-__all__ = ["AtomicCheckpointIO", "RunCheckpoint", "read_checkpoint", "write_atomically"]
+__all__ = ["AtomicCheckpointIO", "RunCheckpoint", "last_path", "read_checkpoint", "write_atomically"]

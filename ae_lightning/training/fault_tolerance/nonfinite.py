@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
-from torch.nn import Parameter
 
+from ae_lightning.training.fault_tolerance.agreement import any_rank
 from datamodules.checks import Fraction, PositiveInt, check_arguments
 
 NonFiniteAction = Literal["error", "skip"]
@@ -46,8 +46,7 @@ class NonFiniteGuard(Callback):
         return "NonFiniteGuard"  # one key for either mode, as checkpoints before the split wrote it
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        weights = [p.detach() for p in pl_module.parameters()]
-        if weights and not torch.isfinite(_largest_magnitudes(weights)).all():
+        if not _all_finite([p.detach() for p in pl_module.parameters()]):
             raise NonFiniteLossError(
                 f"the weights are not finite at global step {trainer.global_step}: not writing a checkpoint, so the "
                 "last one written stays the last good one"
@@ -73,9 +72,7 @@ class StopOnNonFinite(NonFiniteGuard):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._kept.clear()
 
-    def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
         self._step_at_batch_start = trainer.global_step  # the step whose loss the batch computes, before its update
 
     def on_train_batch_end(
@@ -91,15 +88,19 @@ class StopOnNonFinite(NonFiniteGuard):
     def _check(self, trainer: L.Trainer) -> None:
         if not self._kept:  # the same on every rank: they run the same number of batches
             return
-        first_bad = self._first_non_finite(trainer)
-        if first_bad is None:
+        kept = len(self._kept)
+        # One stack of every kept value and one read (the batches' terms may differ in number and names).
+        stacked = torch.stack([value.float().reshape(()) for _, terms in self._kept for value in terms.values()])
+        owner = torch.tensor([i for i, (_, terms) in enumerate(self._kept) for _ in terms], device=stacked.device)
+        first = torch.where(torch.isfinite(stacked), kept, owner).min()  # ``kept`` where all are finite
+        if not any_rank(trainer, first < kept):  # every rank stops at the same check, not only the one that saw it
             self._kept.clear()
             return
-        if first_bad < 0:
+        if first == kept:
             raise NonFiniteLossError("a training loss term went non-finite on another rank; see its error")
-        (step, epoch, batch), terms = self._kept[first_bad]
+        (step, epoch, batch), terms = self._kept[int(first)]
         values = {name: value.item() for name, value in terms.items()}
-        bad_names = [name for name, value in values.items() if not np.isfinite(value)]
+        bad_names = [name for name, value in values.items() if not math.isfinite(value)]
         shown = ", ".join(f"{name}={value:.4g}" for name, value in values.items())
         raise NonFiniteLossError(
             f"non-finite training loss at global step {step} (epoch {epoch}, batch {batch}): "
@@ -107,21 +108,6 @@ class StopOnNonFinite(NonFiniteGuard):
             f"The last checkpoint written before that step is kept. Lower the learning rate, {_clip_advice(trainer)}"
             "skip such batches (--nonfinite.action skip)."
         )
-
-    def _first_non_finite(self, trainer: L.Trainer) -> int | None:
-        """Index of the first kept batch with a non-finite term; -1 if only another rank has one; None if none has."""
-        kept = len(self._kept)
-        # One stack of every kept value and one read (the batches' terms may differ in number and names).
-        values = torch.stack([value.float().reshape(()) for _, terms in self._kept for value in terms.values()])
-        owner = torch.tensor([i for i, (_, terms) in enumerate(self._kept) for _ in terms], device=values.device)
-        first = torch.where(torch.isfinite(values), kept, owner).min()  # ``kept`` where all are finite
-        any_bad = (first < kept).long()
-        if trainer.world_size > 1:  # every rank must stop at the same check, not only the one that saw it
-            any_bad = trainer.strategy.reduce(any_bad, reduce_op="max")
-        if not any_bad.item():
-            return None
-        first_bad = int(first.item())
-        return first_bad if first_bad < kept else -1
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._check(trainer)
@@ -157,7 +143,7 @@ class SkipNonFinite(NonFiniteGuard):
             self.load_state_dict({})
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._buffers = _buffers(pl_module, copy=True)
+        self._buffers = _buffer_copies(pl_module)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch != self._epoch:  # not the epoch a mid-epoch checkpoint's counts belong to
@@ -169,13 +155,13 @@ class SkipNonFinite(NonFiniteGuard):
         self._epoch_steps += 1
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         # The largest absolute gradient is finite exactly when all gradients are (a sum of squares could overflow).
-        if not params or torch.isfinite(_largest_magnitudes([p.grad for p in params])).all():
-            self._buffers = _buffers(pl_module, copy=True)
+        if _all_finite([p.grad for p in params]):
+            self._buffers = _buffer_copies(pl_module)
             return
         for p in params:  # optimizers step only parameters with a gradient: weights and moments stay as they were
             p.grad = None
         with torch.no_grad():
-            for name, buffer in _buffers(pl_module).items():
+            for name, buffer in pl_module.named_buffers():
                 buffer.copy_(self._buffers[name])
         if self.skipped_steps == 0:
             rank_zero_warn(
@@ -216,25 +202,21 @@ def _clip_advice(trainer: L.Trainer) -> str:
     return ""
 
 
-def _largest_magnitudes(tensors: list[Tensor]) -> Tensor:
-    """The largest absolute value of each tensor: finite exactly when all its values are (a norm could overflow)."""
-    return torch.stack([torch.linalg.vector_norm(tensor, float("inf")) for tensor in tensors])
+def _all_finite(tensors: list[Tensor]) -> bool:
+    """Whether every value of ``tensors`` is finite, in one read: their largest magnitude (a norm could overflow)."""
+    return not tensors or bool(torch.stack([torch.linalg.vector_norm(t, math.inf) for t in tensors]).isfinite().all())
 
 
-def _buffers(module: torch.nn.Module, copy: bool = False) -> dict[str, Tensor]:
-    """The persistent buffers of ``module`` by name (copies with ``copy``)."""
-    tensors = module.state_dict(keep_vars=True).items()
-    buffers = {name: value for name, value in tensors if isinstance(value, Tensor) and not isinstance(value, Parameter)}
-    return {name: value.detach().clone() for name, value in buffers.items()} if copy else buffers
+def _buffer_copies(module: torch.nn.Module) -> dict[str, Tensor]:
+    return {name: buffer.detach().clone() for name, buffer in module.named_buffers()}
 
 
 def _loss_terms(outputs: Any) -> dict[str, Tensor]:
     """The scalar tensors of a training step's output (the loss terms dict, or a bare loss), detached."""
-    if isinstance(outputs, Tensor):
-        return {"loss": outputs.detach()} if outputs.numel() == 1 else {}
-    if isinstance(outputs, dict):
-        return {k: v.detach() for k, v in outputs.items() if isinstance(v, Tensor) and v.numel() == 1}
-    return {}
+    outputs = {"loss": outputs} if isinstance(outputs, Tensor) else outputs
+    if not isinstance(outputs, dict):
+        return {}
+    return {k: v.detach() for k, v in outputs.items() if isinstance(v, Tensor) and v.numel() == 1}
 
 
 __all__ = ["NonFiniteGuard", "NonFiniteLossError", "SkipNonFinite", "StopOnNonFinite", "non_finite_guard"]

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import signal
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -12,7 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ae_lightning.training.fault_tolerance.agreement import AgreedSignal
-from ae_lightning.training.fault_tolerance.checkpoint_io import RunCheckpoint
+from ae_lightning.training.fault_tolerance.checkpoint_io import last_path
 
 SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports a process ended by the signal
 
@@ -39,14 +38,14 @@ class SigtermCheckpoint(AgreedSignal):
     def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.take_back()
         self._signalled |= trainer.received_sigterm  # Lightning's handler noted one before the take-back
-        if self.agreed(trainer, pl_module):
+        if self.agreed(trainer):
             rank_zero_info("SIGTERM before training: exiting, nothing to save")
             raise SystemExit(SIGTERM_EXIT_CODE)
 
     on_train_start = on_sanity_check_start
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.agreed(trainer, pl_module):
+        if not self.agreed(trainer):
             return
         if trainer.sanity_checking:
             rank_zero_info("SIGTERM during the sanity check: exiting, nothing to save")
@@ -71,20 +70,13 @@ class SigtermCheckpoint(AgreedSignal):
     def act(self, trainer: L.Trainer) -> None:
         savers = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.save_last]
         for callback in [cb for cb in savers if cb.dirpath]:
-            path = _last_path(callback, trainer)
+            path = last_path(callback, trainer)
             trainer.save_checkpoint(path, weights_only=False)
             rank_zero_info(f"SIGTERM: wrote {path} at global step {trainer.global_step}; exiting")
         if not savers:
             rank_zero_warn(f"SIGTERM at global step {trainer.global_step}: no ModelCheckpoint keeps a last checkpoint "
                            "(save_last), so nothing was saved to resume from; exiting")  # fmt: skip
         raise SystemExit(SIGTERM_EXIT_CODE)
-
-
-def _last_path(callback: ModelCheckpoint, trainer: L.Trainer) -> str:
-    if isinstance(callback, RunCheckpoint):
-        return callback.last_path(trainer)
-    name = f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
-    return callback.last_model_path or str(Path(callback.dirpath) / name)
 
 
 __all__ = ["SIGTERM_EXIT_CODE", "SigtermCheckpoint"]
