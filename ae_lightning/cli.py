@@ -11,7 +11,6 @@ import contextvars
 import difflib
 import importlib
 import inspect
-import itertools
 import logging
 import multiprocessing
 import os
@@ -19,7 +18,6 @@ import pydoc
 import re
 import sys
 import traceback
-import typing
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -69,15 +67,7 @@ from ae_lightning.training.fault_tolerance.checkpoint_io import read_checkpoint,
 from ae_lightning.training.fault_tolerance.sigterm import SIGTERM_EXIT_CODE
 from ae_lightning.training.fault_tolerance.slurm import hpc_checkpoints
 from ae_lightning.training.prediction import PredictionWriter
-from ae_lightning.training.resume import (
-    OptimizerSettingsOnResume,
-    UnfinishedEpochInCheckpoint,
-    check_group_count,
-    check_optimizer_resume,
-    check_scheduled_groups,
-    check_scheduler_settings,
-    optimizer_settings,
-)
+from ae_lightning.training.resume import OptimizerSettingsOnResume, UnfinishedEpochInCheckpoint, check_optimizers_resume
 from datamodules.base import ImageDataModule
 
 # Registers the variants for ``--model <ClassName>`` and the datamodules for ``--data <ClassName>``.
@@ -444,20 +434,8 @@ class AutoencoderCLI(LightningCLI):
             self.datamodule.check_resume(loader_states[0], world_size=self.trainer.world_size)
         if configured is None:  # checked when training starts
             return
-        stored = checkpoint.get(OptimizerSettingsOnResume.key) or []
-        states = checkpoint.get("optimizer_states") or []
         optimizers, scheduler_configs = _optimizers_and_schedulers(configured)
-        schedulers = [config.get("scheduler") for config in scheduler_configs]
-        for i, optimizer in enumerate(optimizers):
-            groups = states[i].get("param_groups", []) if i < len(states) else None
-            if groups is not None:
-                check_group_count(i, len(groups), optimizer)
-            if i < len(stored):
-                own = [s for s in schedulers if getattr(s, "optimizer", None) is optimizer]
-                check_optimizer_resume(i, stored[i], optimizer_settings(optimizer), optimizer, own)
-            check_scheduled_groups(i, groups or [], optimizer)
-        for i, (state, scheduler) in enumerate(zip(checkpoint.get("lr_schedulers") or [], schedulers)):
-            check_scheduler_settings(i, state, scheduler)
+        check_optimizers_resume(checkpoint, optimizers, [config.get("scheduler") for config in scheduler_configs])
 
     def _check_optimizers(self) -> Any:
         """Refuse, before the run creates any file, optimizer or scheduler settings that torch refuses, and a
@@ -628,49 +606,68 @@ def _appended_loggers_in_root(argv: list[str] | tuple[str, ...]) -> list[str] | 
     return given if len(given) > len(argv) else argv
 
 
-# jsonargparse's wording of the errors that the command's hints read (tests/test_cli.py names any that changes): an
-# argument a class does not take, an option the command does not have, a class name that resolves to no class.
+# jsonargparse's wording of the errors that the command rewrites (tests/test_cli.py names any that changes): an argument
+# a class does not take, an option the command does not have, a class name that resolves to no class; the lines that
+# enclose a value's error (its option, its class, the types the option takes) and those about a Union's other members.
 UNKNOWN_ARGUMENT = re.compile(r"Option '([^']+)' is not accepted(\.|$)", re.M)
 UNKNOWN_OPTION = re.compile(r"does not accept option '([^']+)'|unrecognized arguments: .*?--([\w.]+)")
 UNKNOWN_CLASS = re.compile(
-    r"Expected a dot import path string: (?P<name>\S+)|Problem with given class_path '(?P<path>[^']+)':\s*"
-    r"(?:module '[^']+' has no attribute|(?P<why>No module named '[^']+'))|expects a function or a callable class: "
-    r"module '[^']+' has no attribute '[^']+'\. Got value: (?P<value>\S+)"
+    r"Expected a dot import path string: (?P<name>\S+)|module '[^']+' has no attribute '[^']+'(\. Got value: "
+    r"(?P<value>\S+))?|(?P<why>No module named '[^']+')"
 )
-_ENCLOSING = re.compile(r'Parser key "([^"]+)":|Problem with given class_path \'([^\']+)\':|(Subtypes: .*)')
+_ENCLOSING = re.compile(
+    r'Parser key "(?P<key>[^"]+)":|Problem with given class_path \'(?P<path>[^\']+)\':'
+    r"|(?:Subtypes: |Type )(?P<types>.*?)(?: expects a function or a callable class: |$)"
+)
+_UNION_LINES = re.compile(r"Does not validate|Errors:|Given value|Expected a (<class ')?NoneType|Expected a path but")
 MAX_LISTED = 50  # known classes named in an error; more (torch.nn.Module's) only yield the closest
+
+
+def _refusal(message: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """jsonargparse's error ``message`` read as its first refusal of a value: what encloses it, outermost first, as
+    ``(kind, text)`` with kind ``key`` (an option), ``path`` (a class) or ``types`` (those the option takes), and
+    its lines; no lines where it holds none (the lines about a Union's other members refuse nothing)."""
+    enclosing: list[tuple[int, str, str]] = []
+    cause: list[str] = []
+    cause_depth = 0
+    for line in filter(str.strip, message.splitlines()):
+        depth = len(line) - len(line.lstrip(" -"))  # a block's lines are indented under the line that opens it
+        text = _ENCLOSING.sub("", line.strip().removeprefix("- ")).strip()
+        if cause:  # the refusal's lines go on at its depth
+            if depth < cause_depth or _ENCLOSING.search(line) or _UNION_LINES.match(text):
+                break
+            cause.append(text)
+            continue
+        # A Union's Subtypes line encloses the lines of its errors, which follow at its own depth.
+        enclosing = [(d, kind, text) for d, kind, text in enclosing if d < depth or (d, kind) == (depth, "types")]
+        enclosing += [(depth, found.lastgroup, found[found.lastgroup]) for found in _ENCLOSING.finditer(line)]
+        if text and not _UNION_LINES.match(text):
+            cause, cause_depth = [text], depth
+    return [(kind, text) for _, kind, text in enclosing], cause
 
 
 def _known_class_like(message: str) -> str | None:
     """jsonargparse's error ``message`` for a class name that resolves to no class, as ``--<option> <name> is not a
     known class; the known ones are ...; did you mean <closest>?``; None for another error or where no class is known.
     """
-    found = UNKNOWN_CLASS.search(message)
-    if found is None:
+    enclosing, cause = _refusal(message)
+    found = UNKNOWN_CLASS.search(cause[0]) if cause else None
+    keys = [text for kind, text in enclosing if kind == "key"]
+    paths = [text for kind, text in enclosing if kind == "path"]
+    if found is None or not keys or not (found["name"] or found["value"] or paths):
         return None
-    name = found["name"] or found["path"] or found["value"]
-    # The blocks that enclose the refusal are the less indented lines above it: the options, the classes whose
-    # arguments they are and the innermost option's Subtypes (the classes it takes).
-    line_start = message.rfind("\n", 0, found.start()) + 1
-    indent, chain, subtypes = found.start() - line_start, [], ""
-    for line in reversed([line for line in message[:line_start].splitlines() if line.strip()]):
-        depth, enclosing = len(line) - len(line.lstrip(" -")), _ENCLOSING.search(line)
-        if enclosing and enclosing[3] and not chain:
-            subtypes = subtypes or enclosing[3]
-        elif enclosing and depth < indent:
-            chain.insert(0, enclosing.groups()[:2])
-        indent = min(indent, depth)
-    keys = [key for key, _ in chain if key]
-    if not subtypes and len(chain) > 1 and chain[-2][1]:  # a class's argument typed without a Union: its annotation
-        subtypes = str(_parameter_type(resolve_class_path(chain[-2][1]), keys[-1]))
-    # The classes of the type, not a factory's arguments (``Callable[[Iterable], Optimizer]``), nor Iterable's.
-    paths = re.findall(r"[A-Za-z_]\w*(?:\.\w+)+", re.sub(r"Callable\[\[[^\]]*\], ", "Callable[", subtypes))
-    bases = [cls for cls in map(resolve_class_path, paths) if isinstance(cls, type)]
+    name = found["name"] or found["value"] or paths[-1]
+    # The classes of the types that the innermost option takes, not a factory's arguments (``Callable[[Iterable],
+    # Optimizer]``), nor Iterable's.
+    innermost = max(i for i, (kind, _) in enumerate(enclosing) if kind == "key")
+    types = " ".join(text for kind, text in enclosing[innermost:] if kind == "types")
+    type_paths = re.findall(r"[A-Za-z_]\w*(?:\.\w+)+", re.sub(r"Callable\[\[[^\]]*\], ", "Callable[", types))
+    bases = [cls for cls in map(resolve_class_path, type_paths) if isinstance(cls, type)]
     bases = [cls for cls in bases if cls.__module__ != "collections.abc"]
     # Neither private nor local classes, nor the classes of jsonargparse's lazy_instance defaults.
     known = {cls.__name__ for base in bases for cls in _concrete_subclasses(base) if "<locals>" not in cls.__qualname__}
     known = sorted({name for name in known if not name.startswith(("_", "LazyInstance_"))}, key=str.lower)
-    if not keys or not known:
+    if not known:
         return None
     lowered = {cls.lower(): cls for cls in known}
     closest = difflib.get_close_matches(name.rpartition(".")[2].lower(), lowered, n=1, cutoff=0.6)
@@ -682,12 +679,18 @@ def _known_class_like(message: str) -> str | None:
 
 
 def _known_key_like(message: str, parsers: list[LightningArgumentParser]) -> str | None:
-    """The known key closest to the one that jsonargparse's error ``message`` refuses as unknown: an argument of a
-    class the message names, or an option of the command (``parsers``: its subcommands'); None where none is close."""
-    if found := UNKNOWN_ARGUMENT.search(message):  # an argument of a class
-        classes = {resolve_class_path(path) for path in re.findall(r"class_path[= ]'([^']+)'", message)}
-        known = [key for cls in classes if isinstance(cls, type) for key in _class_keys(cls)]
+    """The known key closest to the one that jsonargparse's error ``message`` refuses as unknown: an argument of the
+    class the refusal names, or an option of the command (``parsers``: its subcommands'); None where none is close."""
+    enclosing, cause = _refusal(message)
+    if cause and (found := UNKNOWN_ARGUMENT.search(cause[0])):  # an argument of the innermost class
+        paths = [text for kind, text in enclosing if kind == "path"] + re.findall(r"class_path='([^']+)'", cause[0])
         name, option = found.group(1), False
+        try:  # the class's arguments, as jsonargparse reads its signature
+            known = ArgumentParser(exit_on_error=False).add_class_arguments(
+                resolve_class_path(paths[-1]), fail_untyped=False
+            )
+        except (ValueError, TypeError, IndexError):  # no class, or one whose signature jsonargparse cannot read
+            known = []
     elif found := UNKNOWN_OPTION.search(message):
         known = [key for parser in parsers for key in parser.get_defaults().keys()]
         name, option = found.group(1) or found.group(2), found.group(2) is not None  # typed as --<name>
@@ -702,27 +705,6 @@ def _known_key_like(message: str, parsers: list[LightningArgumentParser]) -> str
             key = ".".join([*parts[:i], *closest, *parts[i + 1 :]])
             return (f"--{key}" if option else f"'{key}'") if closest else None
     return None
-
-
-def _parameter_type(cls: Any, name: str) -> Any:
-    """The annotation of ``cls``'s argument ``name`` in the first ``__init__`` of its MRO that has it (jsonargparse
-    follows ``**kwargs`` to the base's); None where none has it."""
-    for klass in inspect.getmro(cls) if isinstance(cls, type) else []:
-        try:
-            hints = typing.get_type_hints(klass.__init__)
-        except (NameError, TypeError):  # an annotation that does not evaluate here
-            continue
-        if name in hints:
-            return hints[name]
-    return None
-
-
-def _class_keys(cls: type) -> list[str]:
-    """The arguments that the command accepts for ``cls``, as jsonargparse reads its signature."""
-    try:
-        return ArgumentParser(exit_on_error=False).add_class_arguments(cls, fail_untyped=False)
-    except (ValueError, TypeError):  # a class whose signature jsonargparse cannot read
-        return []
 
 
 def _concrete_subclasses(base: type) -> Iterator[type]:
@@ -1028,39 +1010,21 @@ def _raised_in_process(error: Exception) -> tuple[type, str] | None:
 
 
 def one_line(message: str) -> str:
-    """jsonargparse's error for a value on one line, without the alternatives of a Union that were not meant (a
-    class's error reads ``--model <class>: <argument>: ...: <what was wrong>``)."""
+    """jsonargparse's error for a value on one line, without the members of a Union that were not meant (a class's
+    error reads ``--model <class>: <argument>: ...: <what was wrong>``)."""
     message = re.sub(r"<class '([^']+)'>", r"\1", message)
-    lines = message.splitlines()
-    key = re.match(r'Parser key "([^"]+)":', message)
-    start = next((i for i, line in enumerate(lines) if "- Problem with given class_path" in line), None)
-    if key and start is not None:
-        indent = len(lines[start]) - len(lines[start].lstrip())
-        nested = itertools.takewhile(lambda s: not s.strip() or len(s) - len(s.lstrip()) > indent, lines[start + 1 :])
-        block = [line.strip() for line in nested]
-        names = re.findall(r'Parser key "([^"]+)":|Problem with given class_path \'([^\']+)\':', "\n".join(block))
-        causes = [line for line in (re.sub(_WRAPPERS, "", line).strip() for line in block)
-                  if line and not _UNION_LINES.match(line)]  # fmt: skip
-        where = "".join(f"{a or b}: " for a, b in names)
-        cause = "; ".join(causes) or " ".join(message.split())
-        given = lines[start].split("'")[1]  # - Problem with given class_path '<class>':
-        message = f"--{key.group(1)} {given}: {where}{cause}"
-    elif key and "Union subtypes" in message:
+    enclosing, cause = _refusal(message)
+    names = [text for kind, text in enclosing if kind != "types"]
+    if cause and len(names) > 1 and [kind for kind, _ in enclosing if kind != "types"][:2] == ["key", "path"]:
+        causes = "; ".join(re.sub(r"\. Got value: Namespace\(.*$", "", line) for line in cause)
+        message = f"--{names[0]} {names[1]}: {''.join(f'{name}: ' for name in names[2:])}{causes}"
+    elif (key := re.match(r'Parser key "([^"]+)":', message)) and "Union subtypes" in message:
         value = re.search(r"Given value: (.*)", message)
         expected = " or ".join(re.sub(r"^Expected an? ", "", e) for e in re.findall(r"^\s*- (.*)$", message, re.M))
         message = f"--{key.group(1)}: expected {expected}. Got value: {value.group(1) if value else '?'}"
     else:
         message = re.sub(r'Parser key "([^"]+)":', r"--\1:", message)
     return " ".join(message.split())
-
-
-# What jsonargparse wraps a value's error in, and its lines about the other alternatives of a Union.
-_WRAPPERS = re.compile(
-    r'^- |Type typing\.Callable.*? a callable class: |Parser key "[^"]+":|\. Got value: Namespace\(.*$'
-)
-_UNION_LINES = re.compile(
-    r"Does not validate|Subtypes:|Errors:|Given value|Expected a NoneType|Expected a path but|Problem with given"
-)
 
 
 def main() -> None:

@@ -255,3 +255,16 @@ def test_the_resume_callback_refuses_a_new_lr_that_the_schedule_ignores_as_the_c
     callback.on_fit_start(trainer, None)
     with pytest.raises(ValueError, match=r"lr 0.2 on resume \(the checkpoint's run had 0.1\) cannot move CyclicLR"):
         callback.on_train_start(trainer, None)
+
+
+def test_the_resume_callback_refuses_a_group_setting_of_a_new_schedule_before_lightning_restores_the_old() -> None:
+    def one_cycle(max_lr: float) -> torch.optim.Optimizer:
+        optimizer = sgd()
+        lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=100)
+        return optimizer
+
+    callback, optimizer = OptimizerSettingsOnResume(), one_cycle(2.0)
+    trainer = SimpleNamespace(optimizers=[optimizer])
+    callback.on_load_checkpoint(trainer, None, {"optimizer_states": [one_cycle(1.0).state_dict()]})
+    with pytest.raises(ValueError, match="scheduler set max_lr=1.0 in the checkpoint's run and max_lr=2.0 in this one"):
+        callback.on_fit_start(trainer, None)

@@ -407,10 +407,20 @@ def test_a_setting_lightning_refuses_as_it_runs_is_printed_alone_as_a_setting(
     ],
     ids=["unknown-argument", "not-an-integer", "unknown-option", "scheduler-argument", "encoder-argument"],
 )  # fmt: skip
-def test_a_value_the_parser_rejects_is_one_line_naming_the_argument(argv: list[str], expected: str) -> None:
+def test_a_value_the_parser_rejects_is_one_line_naming_the_argument(
+    argv: list[str], expected: str, tmp_path: Path
+) -> None:
+    assert refused_in_one_line(argv, tmp_path).startswith(expected)
+
+
+def refused_in_one_line(argv: list[str], tmp_path: Path, typo_yaml: str = "") -> str:
+    """The parser's refusal of ``fit --config configs/vae.yaml <argv>`` on one line; MISSPELLED_YAML in ``argv`` names
+    a file that holds ``typo_yaml``."""
+    (tmp_path / "typo.yaml").write_text(typo_yaml)
+    argv = [arg.replace("MISSPELLED_YAML", str(tmp_path / "typo.yaml")) for arg in argv]
     with pytest.raises(ArgumentError) as refused:
         run_cli("fit", "--config", "configs/vae.yaml", *argv)
-    assert one_line(str(refused.value)).startswith(expected)
+    return one_line(str(refused.value))
 
 
 @pytest.mark.parametrize(
@@ -431,11 +441,7 @@ def test_a_value_the_parser_rejects_is_one_line_naming_the_argument(argv: list[s
 def test_a_misspelled_key_is_refused_with_the_known_one_it_resembles(
     argv: list[str], hint: str | None, tmp_path: Path
 ) -> None:
-    (tmp_path / "typo.yaml").write_text("checkpoint:\n  monitr: val/recon\n")
-    argv = [arg.replace("MISSPELLED_YAML", str(tmp_path / "typo.yaml")) for arg in argv]
-    with pytest.raises(ArgumentError) as refused:
-        run_cli("fit", "--config", "configs/vae.yaml", *argv)
-    message = one_line(str(refused.value))
+    message = refused_in_one_line(argv, tmp_path, "checkpoint:\n  monitr: val/recon\n")
     assert message.endswith(hint) if hint else "did you mean" not in message, message
 
 
@@ -461,11 +467,7 @@ def test_a_misspelled_class_name_is_refused_with_the_known_classes_and_the_close
     argv: list[str], refused: str, known: str | None, tmp_path: Path
 ) -> None:
     # jsonargparse said "expected dot import path string: CSVLoger or collections.abc.Iterable or bool or NoneType"
-    (tmp_path / "typo.yaml").write_text("model:\n  class_path: ae_lightning.VEA\n")
-    argv = [arg.replace("MISSPELLED_YAML", str(tmp_path / "typo.yaml")) for arg in argv]
-    with pytest.raises(ArgumentError) as raised:
-        run_cli("fit", "--config", "configs/vae.yaml", *argv)
-    message = one_line(str(raised.value))
+    message = refused_in_one_line(argv, tmp_path, "model:\n  class_path: ae_lightning.VEA\n")
     assert message.startswith(f"{refused} is not a known class; "), message
     closest = known or "Linear"  # torch.nn.Module has too many subclasses to list: the closest alone
     assert message.endswith(f"; did you mean {closest}?"), message

@@ -29,14 +29,15 @@ class UnfinishedEpochInCheckpoint(Callback):
 class OptimizerSettingsOnResume(Callback):
     """Records each optimizer's class and param group settings in checkpoints; on resume, after Lightning restored the
     optimizers' state, applies this run's settings where they differ (a new ``lr`` as a new base that a schedule goes
-    on from) and refuses another optimizer class or number of param groups (``docs/fault_tolerance.md``). The command
-    installs it; without it a resumed run keeps the checkpoint's settings."""
+    on from), and refuses a resume that the optimizers cannot take (:func:`check_optimizers_resume`, but for the
+    schedulers' own settings; ``docs/fault_tolerance.md``). The command installs it; without it a resumed run keeps
+    the checkpoint's settings."""
 
     key = "ae_lightning_optimizers"
 
     def __init__(self) -> None:
         self._resumed: list[dict[str, Any]] | None = None
-        self._group_counts: list[int] = []  # per optimizer, the checkpoint's number of param groups
+        self._groups: dict[str, Any] = {}  # the checkpoint's param groups, without the optimizers' state
         self._built: list[dict[str, Any]] = []  # this run's settings, taken before Lightning restores the checkpoint's
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
@@ -45,19 +46,18 @@ class OptimizerSettingsOnResume(Callback):
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         self._resumed = checkpoint.get(self.key)
-        self._group_counts = [len(state.get("param_groups", [])) for state in checkpoint.get("optimizer_states") or []]
-        self._check_group_counts(trainer)  # strategies that restore after setup load it after ``on_fit_start``
+        states = checkpoint.get("optimizer_states") or []
+        self._groups = {"optimizer_states": [{"param_groups": state.get("param_groups", [])} for state in states]}
+        self._check_groups(trainer)  # strategies that restore after setup load it after ``on_fit_start``
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # The optimizers are built by now, and Lightning restores the checkpoint's state into them only afterwards.
         self._built = [optimizer_settings(optimizer) for optimizer in trainer.optimizers]
-        self._check_group_counts(trainer)
+        self._check_groups(trainer)
 
-    def _check_group_counts(self, trainer: L.Trainer) -> None:
-        if not self._built or not self._group_counts:
-            return
-        for i, (optimizer, count) in enumerate(zip(trainer.optimizers, self._group_counts)):
-            check_group_count(i, count, optimizer)
+    def _check_groups(self, trainer: L.Trainer) -> None:
+        if self._built and self._groups:
+            check_optimizers_resume(self._groups, trainer.optimizers, [])
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         resumed, self._resumed = self._resumed, None
@@ -75,6 +75,28 @@ class OptimizerSettingsOnResume(Callback):
                 rank_zero_info(f"{where}: {name} is {value} from here on (the checkpoint's run had {previous})")
             if changes:  # torch places each ``step`` by its group's ``fused`` and ``capturable``: place it anew
                 optimizer.load_state_dict(optimizer.state_dict())
+
+
+def check_optimizers_resume(checkpoint: dict[str, Any], optimizers: list[Any], schedulers: list[Any]) -> None:
+    """Refuse a resume from ``checkpoint`` that this run's ``optimizers``, as built (before Lightning restores the
+    checkpoint's state into them), and lr ``schedulers`` cannot take: another number of param groups, and what
+    :func:`check_optimizer_resume`, :func:`check_scheduled_groups` and :func:`check_scheduler_settings` refuse."""
+    stored = checkpoint.get(OptimizerSettingsOnResume.key) or []
+    states = checkpoint.get("optimizer_states") or []
+    for i, optimizer in enumerate(optimizers):
+        groups = states[i].get("param_groups", []) if i < len(states) else []
+        if i < len(states) and len(optimizer.param_groups) != len(groups):
+            raise ConfigError(
+                f"optimizer {i} ({type(optimizer).__name__}) has {len(optimizer.param_groups)} param groups in this "
+                f"run and had {len(groups)} in the checkpoint's run: its state cannot carry over, so resume with the "
+                "checkpoint's model settings, or start a new run from the weights"
+            )
+        if i < len(stored):
+            own = [scheduler for scheduler in schedulers if getattr(scheduler, "optimizer", None) is optimizer]
+            check_optimizer_resume(i, stored[i], optimizer_settings(optimizer), optimizer, own)
+        check_scheduled_groups(i, groups, optimizer)
+    for i, (state, scheduler) in enumerate(zip(checkpoint.get("lr_schedulers") or [], schedulers)):
+        check_scheduler_settings(i, state, scheduler)
 
 
 def check_optimizer_resume(
@@ -101,16 +123,6 @@ def check_optimizer_resume(
         if name == "lr":
             check_lr_change(i, previous, value, schedulers)
     return changes
-
-
-def check_group_count(i: int, count: int, optimizer: torch.optim.Optimizer) -> None:
-    """Refuse a resume whose optimizer ``i`` has another number of param groups than the checkpoint's ``count``."""
-    if len(optimizer.param_groups) != count:
-        raise ConfigError(
-            f"optimizer {i} ({type(optimizer).__name__}) has {len(optimizer.param_groups)} param groups in this run "
-            f"and had {count} in the checkpoint's run: its state cannot carry over, so resume with the checkpoint's "
-            "model settings, or start a new run from the weights"
-        )
 
 
 def _as_defaults(settings: dict[str, Any]) -> dict[str, Any]:
@@ -220,9 +232,9 @@ def optimizer_settings(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
 __all__ = [
     "OptimizerSettingsOnResume",
     "UnfinishedEpochInCheckpoint",
-    "check_group_count",
     "check_lr_change",
     "check_optimizer_resume",
+    "check_optimizers_resume",
     "check_scheduled_groups",
     "check_scheduler_settings",
     "optimizer_settings",
