@@ -102,17 +102,14 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
                 del self.hparams[name]
         check_init_arguments(type(self), self.hparams)
         plain_hyperparameters(self.hparams)
-        self.hparams.update({name: _lists(value) for name, value in self.hparams.items()})  # safe-loadable YAML
         self.save_hyperparameters(self.hparams)  # what loggers write (hparams.yaml) as the checkpoint holds it
-        check_network(network, hidden_dims)
         if network == "spatial" and self.flat_codes_only:
             raise ValueError(
                 f"{type(self).__name__} cannot use network: spatial: {self.flat_codes_only}; use network: mlp or conv"
             )
         if spatial is not None and network != "spatial":
             raise ValueError(f"the spatial settings {dict(spatial)} are for network: spatial, not {network!r}")
-        networks.check_input_shape(input_shape, network)
-        networks.check_network_size(network, input_shape, hidden_dims, latent_dim)
+        check_network(network, input_shape, hidden_dims, latent_dim)
         self.input_shape = tuple(input_shape)
         self.latent_dim = latent_dim
         self.latent_shape = networks.latent_shape(network, input_shape, latent_dim, hidden_dims)
@@ -384,8 +381,8 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
 
     def check_given_networks(self) -> None:
         """Once, a ValueError unless a given ``encoder``/``decoder`` fits: two zero inputs of the weights' dtype (labels
-        0) must pass :meth:`check_encoder_output`, encode to ``[2, *latent_shape]`` and decode to ``[2, *input_shape]``;
-        the model's state is left as it was."""
+        0) must pass :meth:`check_encoder_output`, encode to codes that ``decode`` takes and decode to
+        ``[2, *input_shape]``; the model's state is left as it was."""
         given, self._unchecked_networks = " and ".join(self._unchecked_networks), []
         if not given:
             return
@@ -403,11 +400,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
                 z = self.encode(x, y)
                 if not isinstance(z, Tensor):
                     raise ValueError(f"encode returns a {type(z).__name__}, not a tensor of codes")
-                if tuple(z.shape[1:]) != self.latent_shape:
-                    raise ValueError(f"the codes have shape {list(z.shape)}, {name} needs [2, "
-                                     f"{', '.join(map(str, self.latent_shape))}] (its latent_shape, from latent_dim, "
-                                     "network and hidden_dims)")  # fmt: skip
-                out = self.decode(z, y)
+                out = self.decode(z, y)  # which refuses codes of another shape than latent_shape's
                 if not isinstance(out, Tensor):
                     raise ValueError(f"decode returns a {type(out).__name__}, not a tensor of images")
                 if tuple(out.shape[1:]) != self.input_shape:
@@ -426,7 +419,16 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
 
     # --- optimizers and hooks ---------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        return self.build_optimizer(self.parameters(), self.optimizer_factory, self.lr_scheduler_factory)
+        """One optimizer over the weights that require gradients, but a ``discriminator``'s, which has its own second
+        (``discriminator_optimizer_factory`` and ``discriminator_lr_scheduler_factory``)."""
+        discriminator = getattr(self, "discriminator", None)
+        theirs = {id(p) for p in discriminator.parameters()} if discriminator is not None else set()
+        trainable = [p for p in self.parameters() if p.requires_grad and id(p) not in theirs]
+        built = self.build_optimizer(trainable, self.optimizer_factory, self.lr_scheduler_factory)
+        if discriminator is None:
+            return built
+        factories = self.discriminator_optimizer_factory, self.discriminator_lr_scheduler_factory
+        return [built, self.build_optimizer(discriminator.parameters(), *factories)]
 
     def build_optimizer(
         self,
@@ -739,13 +741,6 @@ def _factory_arguments(cls: type) -> list[str]:
     inits = [base.__init__ for base in cls.__mro__ if "__init__" in vars(base)]
     names = {name for init in inits for name in inspect.signature(init).parameters}
     return sorted(name for name in names if name.endswith(("optimizer", "lr_scheduler")))
-
-
-def _lists(value: Any) -> Any:
-    """``value`` with its tuples as lists, also inside lists and dicts: ``yaml.safe_load`` reads no Python tuples."""
-    if isinstance(value, (list, tuple)):
-        return [_lists(item) for item in value]
-    return {key: _lists(item) for key, item in value.items()} if type(value) is dict else value
 
 
 def _stored_class(checkpoint: Any) -> str | None:

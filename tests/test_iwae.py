@@ -6,10 +6,12 @@ import copy
 import math
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from test_variants import TINY, images, make_trainer, tiny_data
-from torch.distributions import Bernoulli, Normal
+from torch import nn
+from torch.distributions import Bernoulli, MultivariateNormal, Normal
 
 from ae_lightning import IAFVAE, VAE, ConditionalVAE, VampPriorVAE
 from ae_lightning.blocks import losses
@@ -146,7 +148,7 @@ def test_float64_weights_draw_the_importance_samples_and_prior_codes_of_float32(
         if cls is not VampPriorVAE:  # its prior codes are posterior samples, drawn by losses.reparameterize
             torch.manual_seed(1)
             samples[dtype] = copy.deepcopy(model).to(dtype).sample(16)
-    torch.testing.assert_close(nll[torch.float64], nll[torch.float32], rtol=1e-6, atol=1e-5)  # both float32
+    torch.testing.assert_close(nll[torch.float64], nll[torch.float32].double(), rtol=1e-6, atol=1e-5)
     if samples:
         torch.testing.assert_close(samples[torch.float64], samples[torch.float32].double(), rtol=1e-5, atol=1e-6)
 
@@ -171,3 +173,25 @@ def test_a_64_true_test_scores_the_same_samples_as_float32_does(cls: type, kwarg
         torch.manual_seed(1)
         samples[dtype] = copy.deepcopy(model).to(dtype).sample(16)
     torch.testing.assert_close(samples[torch.float64], samples[torch.float32].double(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_64_true_test_nll_is_computed_in_float64() -> None:
+    # A linear-Gaussian model whose encoder gives the exact posterior: every importance weight is p(x), so test/nll is
+    # -log N(x | b, s^2 I + w w^T) exactly; it was computed in float32, about 1e-5 nats off at this size.
+    torch.manual_seed(0)
+    dim, std = 20, 0.3
+    w, b = torch.randn(dim, 1, dtype=torch.float64), torch.rand(dim, dtype=torch.float64)
+    variance = 1 / (1 + (w.T @ w).item() / std**2)  # of z | x, whose mean is variance * w^T (x - b) / std^2
+    settings = {"likelihood": "gaussian", "gaussian_std": std, "nll_samples": 4}
+    model = VAE(input_shape=(dim,), latent_dim=1, encoder=nn.Linear(dim, 2), decoder=nn.Linear(1, dim), **settings)
+    model.double()
+    with torch.no_grad():
+        model.encoder.weight.copy_(torch.cat([variance * w.T / std**2, torch.zeros(1, dim, dtype=torch.float64)]))
+        model.encoder.bias.copy_(torch.tensor([-(variance * w.T @ b / std**2).item(), math.log(variance)]))
+        model.decoder.weight.copy_(w), model.decoder.bias.copy_(b)
+    x = 5 * torch.randn(8, dim, dtype=torch.float64) + b
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.zeros(8), torch.arange(8)), 8)
+    trainer = L.Trainer(accelerator="cpu", precision="64-true", logger=False, enable_progress_bar=False)
+    nll = trainer.test(model, loader, verbose=False)[0]["test/nll"]
+    marginal = MultivariateNormal(b, std**2 * torch.eye(dim, dtype=torch.float64) + w @ w.T)
+    assert nll == pytest.approx(-marginal.log_prob(x).mean().item(), rel=1e-10)

@@ -120,7 +120,7 @@ def maximum_mean_discrepancy(x: Tensor, y: Tensor, kernel: Kernel = "imq", scale
 
 def gaussian_mixture_log_prob(z: Tensor, means: Tensor, logvars: Tensor) -> Tensor:
     """log of the equally weighted mixture ``1/K sum_k N(z | means_k, diag(exp(logvars_k)))``, summed over ``D``;
-    float32 whatever the autocast. Memory grows with ``[..., K]``, not ``[..., K, D]``.
+    float32 (float64 for float64 ``z``) whatever the autocast. Memory grows with ``[..., K]``, not ``[..., K, D]``.
 
     Args:
         z: ``[..., D]`` points.
@@ -128,12 +128,14 @@ def gaussian_mixture_log_prob(z: Tensor, means: Tensor, logvars: Tensor) -> Tens
         logvars: ``[K, D]`` component log-variances.
     """
     # Matrix products in float64: their expanded form cancels catastrophically for sharp components in float32.
+    dtype = z.dtype
     with torch.autocast(z.device.type, enabled=False):
         z, means, logvars = z.double(), means.double(), logvars.double()
         precision = torch.exp(-logvars)  # [K, D]
         quadratic = z.pow(2) @ precision.T - 2 * z @ (means * precision).T + (means.pow(2) * precision).sum(-1)
         log_components = -0.5 * (quadratic + logvars.sum(-1) + z.shape[-1] * LOG_2PI)  # [..., K]
-        return (torch.logsumexp(log_components, dim=-1) - math.log(len(means))).float()
+        log_prob = torch.logsumexp(log_components, dim=-1) - math.log(len(means))
+    return log_prob.to(torch.promote_types(dtype, torch.float32))
 
 
 def permute_dims(z: Tensor, generator: torch.Generator | None = None) -> Tensor:

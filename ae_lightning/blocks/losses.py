@@ -4,6 +4,7 @@ dimensions. Log-likelihoods are in nats; they and the Gaussian KL are float32 fo
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -19,10 +20,10 @@ def _sum_image_dims(values: Tensor, event_ndim: int = 3) -> Tensor:
     return values.flatten(-event_ndim).sum(-1)
 
 
-def _at_least_float32(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """Both tensors in float32, or float64 where either is."""
-    dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
-    return a.to(dtype), b.to(dtype)
+def _at_least_float32(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """The tensors in float32, or float64 where one is."""
+    dtype = functools.reduce(torch.promote_types, [t.dtype for t in tensors], torch.float32)
+    return tuple(t.to(dtype) for t in tensors)
 
 
 def bernoulli_log_likelihood(logits: Tensor, x: Tensor) -> Tensor:
@@ -151,7 +152,7 @@ def log_mean_exp(values: Tensor, dim: int) -> Tensor:
 def importance_weighted_bound(
     log_likelihood: Tensor, log_prior: Tensor, log_posterior: Tensor, kl_weight: float = 1.0
 ) -> Tensor:
-    """The importance-weighted bound of Burda et al. 2016 (eq. 8) per sample, in float32:
+    """The importance-weighted bound of Burda et al. 2016 (eq. 8) per sample, in float32 (float64 for float64 inputs):
     ``log (1/K) sum_k exp(log p(x | z_k) + w (log p(z_k) - log q(z_k | x)))`` over the leading dimension of K samples.
 
     Args:
@@ -160,7 +161,8 @@ def importance_weighted_bound(
         log_posterior: ``[K, ...]`` log q(z_k | x).
         kl_weight: ``w``, the weight of the log-density ratio (the VAE's ``beta`` times its KL warm-up).
     """
-    return log_mean_exp(log_likelihood.float() + kl_weight * (log_prior.float() - log_posterior.float()), dim=0)
+    log_likelihood, log_prior, log_posterior = _at_least_float32(log_likelihood, log_prior, log_posterior)
+    return log_mean_exp(log_likelihood + kl_weight * (log_prior - log_posterior), dim=0)
 
 
 def kl_divergence_bernoulli(rho: float, rho_hat: Tensor, eps: float = 1e-6) -> Tensor:

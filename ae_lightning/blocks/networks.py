@@ -173,8 +173,16 @@ def latent_shape(
     return (latent_dim, height // factor, width // factor)
 
 
-def check_input_shape(input_shape: Sequence[int], network: str = "mlp") -> None:
-    """Raise a ValueError naming the shape unless it is ``(C, H, W)`` images or, for an MLP, ``(D,)`` vectors."""
+MAX_WEIGHT_BYTES = 8 * 2**30  # a network this large on one input is a missing resize, not a model
+
+
+def check_network(network: str, input_shape: Sequence[int], hidden_dims: Sequence[int], latent_dim: int) -> None:
+    """Raise a ValueError naming the problem if a convolutional network has no convolution, ``input_shape`` is not
+    ``(C, H, W)`` images or, for an MLP, ``(D,)`` vectors, or the encoder and decoder's largest layers alone would take
+    more than :data:`MAX_WEIGHT_BYTES` of float32 weights (e.g. an MLP on 4000x4000 photographs), before any
+    allocation. The ranges are the signatures' types."""
+    if len(hidden_dims) == 0 and network != "mlp":
+        raise ValueError(f"a {network} network needs at least one entry in hidden_dims (channels per convolution)")
     if len(input_shape) == 1 and network != "mlp":
         raise ValueError(
             f"a {network} network needs images (channels, height, width), but input_shape is {tuple(input_shape)} "
@@ -185,14 +193,6 @@ def check_input_shape(input_shape: Sequence[int], network: str = "mlp") -> None:
             f"input_shape must be (channels, height, width) of images or (features,) of vectors, got "
             f"{tuple(input_shape)}"
         )
-
-
-MAX_WEIGHT_BYTES = 8 * 2**30  # a network this large on one input is a missing resize, not a model
-
-
-def check_network_size(network: str, input_shape: Sequence[int], hidden_dims: Sequence[int], latent_dim: int) -> None:
-    """Raise a ValueError, before any allocation, if the encoder and decoder's largest layers alone would take more
-    than :data:`MAX_WEIGHT_BYTES` of float32 weights on ``input_shape`` (e.g. an MLP on 4000x4000 photographs)."""
     if network == "mlp":
         largest = math.prod(input_shape) * (hidden_dims[0] if hidden_dims else latent_dim)
     elif network == "conv":
@@ -215,12 +215,6 @@ def decoder_mean(output: Tensor, input_shape: Sequence[int]) -> Tensor:
     return torch.sigmoid(output) if len(input_shape) == 3 else output
 
 
-def check_network(network: str, hidden_dims: Sequence[int]) -> None:
-    """Raise a ValueError if a convolutional network has no convolution (the ranges are the signatures' types)."""
-    if len(hidden_dims) == 0 and network != "mlp":
-        raise ValueError(f"a {network} network needs at least one entry in hidden_dims (channels per convolution)")
-
-
 __all__ = [
     "ConvDecoder",
     "ConvEncoder",
@@ -228,7 +222,7 @@ __all__ = [
     "MLPEncoder",
     "build_decoder",
     "build_encoder",
-    "check_input_shape",
+    "check_network",
     "decoder_mean",
     "latent_shape",
     "mlp_layers",

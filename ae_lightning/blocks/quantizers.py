@@ -130,21 +130,18 @@ class SpatialQuantizer(nn.Module):
         waiting = [codebook for codebook in waiting if not codebook.initted]
         for codebook in waiting:
             codebook.initted.fill_(True)
+        sequence = z.flatten(2).transpose(1, 2)  # [B, h*w, C]
         try:
-            return self._quantize(z)
+            if self.kind == "fsq":
+                quantized, indices = self.quantizer(sequence)
+                aux = z.new_zeros(())
+            else:
+                quantized, indices, aux = self.quantizer(sequence)
+                aux = aux.sum()  # residual VQ: one commitment loss per level
         finally:
             for codebook in waiting:
                 codebook.initted.fill_(False)
-
-    def _quantize(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         batch, _, height, width = z.shape
-        sequence = z.flatten(2).transpose(1, 2)  # [B, h*w, C]
-        if self.kind == "fsq":
-            quantized, indices = self.quantizer(sequence)
-            aux = z.new_zeros(())
-        else:
-            quantized, indices, aux = self.quantizer(sequence)
-            aux = aux.sum()  # residual VQ: one commitment loss per level
         # int64 for every kind (the library's FSQ gives int32), as an embedding or a prior takes them
         indices = indices.long().reshape(batch, height, width, self.num_codebooks).permute(0, 3, 1, 2)
         return quantized.transpose(1, 2).reshape_as(z).contiguous(), indices, aux

@@ -156,15 +156,9 @@ class AdversarialAutoencoder(DeterministicAutoencoder):
 
     # --- optimizers -------------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> list[dict[str, Any]]:
-        """The autoencoder's, the discriminator's and the generator's (encoder) optimizers, in this order."""
-        autoencoder = [*self.encoder.parameters(), *self.decoder.parameters()]
-        discriminator = self.discriminator_optimizer_factory, self.discriminator_lr_scheduler_factory
+        """The autoencoder's and the discriminator's optimizers (the base's), then the generator's (encoder)."""
         generator = self.generator_optimizer_factory, self.lr_scheduler_factory
-        return [
-            self.build_optimizer(autoencoder, self.optimizer_factory, self.lr_scheduler_factory),
-            self.build_optimizer(self.discriminator.parameters(), *discriminator),
-            self.build_optimizer(self.encoder.parameters(), *generator),
-        ]
+        return [*super().configure_optimizers(), self.build_optimizer(self.encoder.parameters(), *generator)]
 
 
 def _mixture_means(components: int, latent_dim: int, radius: float) -> Tensor:

@@ -87,5 +87,4 @@ class DenoisingAutoencoder(RestorationAutoencoder):
             [corrupt(x[i : i + 1], kind, level, generator.manual_seed(seed), clip) for i, seed in enumerate(seeds)]
         )
 
-    def degrade(self, x: Tensor, indices: Tensor | None = None) -> Tensor:
-        return self.corrupt(x, indices)
+    degrade = corrupt

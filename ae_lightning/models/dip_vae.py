@@ -9,7 +9,6 @@ from typing import Any
 from torch import Tensor
 
 from ae_lightning.blocks.divergences import DipType, dip_regularizer
-from ae_lightning.checks import check_single_sample
 from ae_lightning.models.vae import VAE
 from datamodules.checks import NonNegativeFloat
 
@@ -36,7 +35,6 @@ class DIPVAE(VAE):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        check_single_sample(self)
         self.dip_type = dip_type
         self.lambda_od = lambda_od
         self.lambda_d = lambda_d if lambda_d is not None else (10 * lambda_od if dip_type == "i" else lambda_od)

@@ -13,7 +13,6 @@ from torch import Tensor
 
 from ae_lightning.base import Batch
 from ae_lightning.blocks.divergences import permute_dims
-from ae_lightning.checks import check_single_sample
 from ae_lightning.models.adversarial import Discriminator, discriminator_terms
 from ae_lightning.models.vae import VAE
 from datamodules.checks import NonNegativeFloat, PositiveInt
@@ -48,7 +47,6 @@ class FactorVAE(VAE):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        check_single_sample(self)
         self.automatic_optimization = False
         self.tc_weight = tc_weight
         self.discriminator_optimizer_factory = discriminator_optimizer
@@ -80,12 +78,3 @@ class FactorVAE(VAE):
         self.manual_step(discriminator_optimizer, d_loss, counted=False)
         detached = {name: value.detach() for name, value in terms.items()}
         return {**detached, "d_loss": d_loss.detach(), "d_accuracy": d_accuracy}
-
-    def configure_optimizers(self) -> list[dict[str, Any]]:
-        """The VAE's (every parameter but the discriminator's) and the discriminator's optimizers, in this order."""
-        vae = [p for name, p in self.named_parameters() if not name.startswith("discriminator.")]
-        discriminator = self.discriminator_optimizer_factory, self.discriminator_lr_scheduler_factory
-        return [
-            self.build_optimizer(vae, self.optimizer_factory, self.lr_scheduler_factory),
-            self.build_optimizer(self.discriminator.parameters(), *discriminator),
-        ]

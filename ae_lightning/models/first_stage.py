@@ -269,18 +269,6 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
                 "trains and no adversarial term applies; lower disc_start"
             )
 
-    def configure_optimizers(self) -> Any:
-        discriminator = getattr(self, "discriminator", None)
-        frozen = {
-            id(p) for module in (self.perceptual, discriminator) if module is not None for p in module.parameters()
-        }
-        autoencoder = [p for p in self.parameters() if id(p) not in frozen]
-        built = self.build_optimizer(autoencoder, self.optimizer_factory, self.lr_scheduler_factory)
-        if discriminator is None:
-            return built
-        factories = self.discriminator_optimizer_factory, self.discriminator_lr_scheduler_factory
-        return [built, self.build_optimizer(discriminator.parameters(), *factories)]
-
     # --- evaluation -------------------------------------------------------------------------------------------------
     def test_metrics(
         self, x: Tensor, y: Tensor | None = None, reconstruction: Tensor | None = None

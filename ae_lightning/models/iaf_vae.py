@@ -94,7 +94,8 @@ class IAFVAE(VAE):
         return -self.log_likelihood(self.decoder_logits(z, y).float(), x), self.kl_divergence(mu, logvar) + log_ratio
 
     def posterior_flow(self, z: Tensor, mu: Tensor, logvar: Tensor) -> tuple[Tensor, Tensor]:
-        """Samples ``z`` ``[..., B, D]`` of ``q_0`` through the flow, and its ``log |det|`` (float32) per sample."""
+        """Samples ``z`` ``[..., B, D]`` of ``q_0`` through the flow, and its ``log |det|`` (float32 at least) per
+        sample."""
         context = self._context(mu, logvar)
         z, log_det = self.flow(z, None if context is None else context.expand(*z.shape[:-1], -1))
-        return z, log_det.float()
+        return z, log_det.to(torch.promote_types(log_det.dtype, torch.float32))

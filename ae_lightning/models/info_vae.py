@@ -10,7 +10,6 @@ import torch
 from torch import Tensor
 
 from ae_lightning.blocks.divergences import Kernel, maximum_mean_discrepancy
-from ae_lightning.checks import check_single_sample
 from ae_lightning.models.vae import VAE
 from datamodules.checks import PositiveFloat, number_type
 
@@ -44,7 +43,6 @@ class InfoVAE(VAE):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        check_single_sample(self)
         if alpha + lambda_weight - 1 < 0:
             raise ValueError(
                 f"the MMD weight alpha + lambda_weight - 1 must be >= 0, got alpha={alpha}, "

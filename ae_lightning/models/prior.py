@@ -49,14 +49,11 @@ def state_fingerprint(state: dict[str, Tensor]) -> str:
     return digest.hexdigest()[:16]
 
 
-def tokenizer_fingerprint(autoencoder: QuantizedAutoencoder) -> str:
+def tokenizer_fingerprint(autoencoder: QuantizedAutoencoder | dict[str, Tensor]) -> str:
     """The :func:`state_fingerprint` of the weights and buffers that map images to codes and codes to images (encoder,
-    quantizer, decoder): two tokenizers with the same fingerprint hold the same values."""
-    return _tokenizer_state_fingerprint(autoencoder.state_dict())
-
-
-def _tokenizer_state_fingerprint(state: dict[str, Tensor]) -> str:
-    """The :func:`tokenizer_fingerprint` of a tokenizer's ``state_dict()``."""
+    quantizer, decoder) of ``autoencoder`` or its ``state_dict()``: two tokenizers with the same fingerprint hold the
+    same values."""
+    state = autoencoder if isinstance(autoencoder, dict) else autoencoder.state_dict()
     return state_fingerprint({name: value for name, value in state.items() if name.split(".")[0] in _TOKENIZER_PARTS})
 
 
@@ -261,11 +258,6 @@ class CodePrior(AutoencoderModule):
         self.tokenizer.eval()  # frozen: its codebook must not move with EMA updates
         return self
 
-    def configure_optimizers(self) -> Any:
-        frozen = {id(p) for p in self.tokenizer.parameters()}
-        trainable = [p for p in self.parameters() if id(p) not in frozen]
-        return self.build_optimizer(trainable, self.optimizer_factory, self.lr_scheduler_factory)
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["ae_lightning_tokenizer"] = self.fingerprint
@@ -281,7 +273,7 @@ class CodePrior(AutoencoderModule):
             name: value.to(saved[f"tokenizer.{name}"].dtype) if f"tokenizer.{name}" in saved else value
             for name, value in self.tokenizer.state_dict().items()
         }
-        held = _tokenizer_state_fingerprint(state)
+        held = tokenizer_fingerprint(state)
         if stored is not None and stored != held:
             raise ValueError(
                 f"the checkpoint's prior was trained on the codes of tokenizer {stored}, but {self.hparams.tokenizer} "

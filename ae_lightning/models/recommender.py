@@ -76,6 +76,7 @@ class MultinomialAutoencoder(AutoencoderModule):
 
     def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """Item probabilities ``[B, I]`` (each row sums to 1) decoded from codes ``z``."""
+        self.check_tensor(z, "decode(z)", codes=True)
         return self.decoder(z).softmax(-1)
 
     def item_scores(self, clicks: Tensor) -> Tensor:
@@ -103,18 +104,15 @@ class MultinomialAutoencoder(AutoencoderModule):
         items = self.recommend(clicks, min(100, clicks.shape[1]))
         return {"z": self.encode(clicks), "index": rows, "top_items": F.pad(items, (0, 100 - items.shape[1]), value=-1)}
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        with self.evaluation_randomness(batch_idx):
-            self.evaluate_ranking(batch, "val")
+    def _test_step(self, batch: Batch) -> None:
+        self._shared_step(batch, "test")
 
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        with self.evaluation_randomness(batch_idx):
-            self.evaluate_ranking(batch, "test")
-
-    def evaluate_ranking(self, batch: Batch, stage: Stage) -> None:
-        """Log the loss terms of the fold-in clicks and the ranking metrics of the held-out items."""
+    def _shared_step(self, batch: Batch, stage: Stage) -> dict[str, Tensor]:
+        """The loss terms of the fold-in clicks; in evaluation, also the ranking metrics of the held-out items."""
+        terms = super()._shared_step(batch, stage)
+        if stage == "train":
+            return terms
         clicks, held_out, _ = unpack_batch(batch)
-        self._shared_step(batch, stage)
         rankings = {"": self.item_scores(clicks)}
         if stage == "test" and self.item_popularity.any():
             rankings["popularity_"] = self.item_popularity.expand_as(clicks)
@@ -123,6 +121,7 @@ class MultinomialAutoencoder(AutoencoderModule):
             scores = scores.float().masked_fill(clicks > 0, float("-inf"))  # recommend only unclicked items
             for name, values in ranking_metrics(scores, held_out).items():
                 self.log(f"{stage}/{prefix}{name}", values.mean(), batch_size=batch_size, sync_dist=True)
+        return terms
 
     def check_data(self, datamodule: Any, stage: str, checkpoint: dict[str, Any] | None = None) -> None:
         """Raise a ValueError naming what differs if ``datamodule`` is no InteractionsDataModule, or has other item
@@ -161,12 +160,9 @@ class MultinomialAutoencoder(AutoencoderModule):
                 "cannot be told: use it only with the data and split settings it was trained with"
             )
             return
-        try:
-            datamodule, stage = self.trainer.datamodule, self.trainer.state.fn
-        except RuntimeError:  # not attached to a Trainer (load_from_checkpoint): checked by ``setup``
-            datamodule = stage = None
-        if isinstance(datamodule, InteractionsDataModule):  # set up already: Lightning restores after ``setup``
-            self.check_data(datamodule, stage, checkpoint)
+        trainer = self._attached_trainer()  # None from load_from_checkpoint: ``setup`` checks the data
+        if trainer is not None and isinstance(trainer.datamodule, InteractionsDataModule):  # restored after ``setup``
+            self.check_data(trainer.datamodule, trainer.state.fn, checkpoint)
         self.trained_on = stored
 
 

@@ -10,7 +10,6 @@ from typing import Any, Literal
 from torch import Tensor
 
 from ae_lightning.blocks.divergences import total_correlation_terms
-from ae_lightning.checks import check_single_sample
 from ae_lightning.models.vae import VAE
 from datamodules.checks import NonNegativeFloat, PositiveInt
 
@@ -44,7 +43,6 @@ class BetaTCVAE(VAE):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        check_single_sample(self)
         self.mi_weight = mi_weight
         self.tc_weight = tc_weight
         self.dwkl_weight = dwkl_weight

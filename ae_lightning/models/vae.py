@@ -37,7 +37,8 @@ class VAE(AutoencoderModule):
         kl_warmup_steps: steps of linear KL warm-up; 0 disables it.
         gaussian_std: for ``likelihood: gaussian``, a fixed std, ``learned`` (one, shared) or ``learned_per_pixel``;
             learned ones start at 0.1 for images and 1 for vectors and stay above 1e-3.
-        iw_samples: importance samples k of training: 1 trains on the ELBO, k > 1 on the IWAE bound
+        iw_samples: importance samples k of training: 1 trains on the ELBO, k > 1 on the IWAE bound (a subclass with
+            a loss_terms of its own trains on its own objective: 1 only)
             (``docs/family.md``); ``neg_iwae_<k>`` logs the unweighted bound.
         nll_samples: importance samples K of the test-time bound on -log p(x).
         nll_chunk_size: importance samples decoded at once (trades memory for speed).
@@ -69,6 +70,11 @@ class VAE(AutoencoderModule):
             raise ValueError(
                 f"gaussian_std {gaussian_std!r} is for likelihood: gaussian, not {likelihood}: set likelihood: "
                 "gaussian, or leave gaussian_std out"
+            )
+        if iw_samples != 1 and type(self).loss_terms is not VAE.loss_terms:
+            raise ValueError(
+                f"{type(self).__name__} trains on its own objective, not on the IWAE bound: iw_samples must be 1, got "
+                f"{iw_samples}"
             )
         self.likelihood = likelihood
         self.iw_samples = iw_samples
@@ -212,17 +218,19 @@ class VAE(AutoencoderModule):
     def log_densities(
         self, x: Tensor, mu: Tensor, logvar: Tensor, num_samples: int, y: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """log p(x | z_k), log p(z_k) and log q(z_k | x), each ``[num_samples, B]`` in float32, for
-        ``num_samples`` reparameterized samples ``z_k ~ q(z | x)`` decoded in one batched pass; the noise is drawn in
-        float32 whatever the weights' dtype, so that a seed gives the same samples under every ``precision``."""
+        """log p(x | z_k), log p(z_k) and log q(z_k | x), each ``[num_samples, B]`` in float32 (float64 for float64
+        weights), for ``num_samples`` reparameterized samples ``z_k ~ q(z | x)`` decoded in one batched pass; the noise
+        is drawn in float32 whatever the weights' dtype, so that a seed gives the same samples under every
+        ``precision``."""
         eps = torch.randn(num_samples, *mu.shape, device=mu.device, dtype=torch.float32).to(mu.dtype)
         z, log_det = self.posterior_flow(losses.reparameterize(mu, logvar, eps), mu, logvar)  # [k, B, *latent_shape]
         labels = None if y is None else y.repeat(num_samples)  # sample-major, as z is flattened
         logits = self.decoder_logits(z.flatten(0, 1), labels).unflatten(0, (num_samples, len(x)))
         # log q(z | x) = log N(eps | 0, I) - sum(log std) - log |det|, over every code element
-        log_q = losses.standard_normal_log_prob(eps.float(), len(self.latent_shape))
-        log_q = log_q - (0.5 * logvar.float()).flatten(-len(self.latent_shape)).sum(-1) - log_det
-        return self.log_likelihood(logits.float(), x), self.prior_log_prob(z.float()), log_q
+        dtype = torch.promote_types(mu.dtype, torch.float32)
+        log_q = losses.standard_normal_log_prob(eps.to(dtype), len(self.latent_shape))
+        log_q = log_q - (0.5 * logvar.to(dtype)).flatten(-len(self.latent_shape)).sum(-1) - log_det
+        return self.log_likelihood(logits.to(dtype), x), self.prior_log_prob(z.to(dtype)), log_q
 
     def posterior_flow(self, z: Tensor, mu: Tensor, logvar: Tensor) -> tuple[Tensor, Tensor | float]:
         """Samples ``z`` of the Gaussian ``q_0(z | x)`` mapped to samples of q(z | x), and the map's ``log |det|``
