@@ -52,7 +52,7 @@ from ae_lightning.cli import AutoencoderCLI, ConfigError, one_line, run_command
 from ae_lightning.training.callbacks import SaveConfigToRun
 from ae_lightning.training.fault_tolerance import NonFiniteLossError
 from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
-from datamodules.checks import check_init_arguments
+from datamodules.checks import check_init_arguments, check_number
 
 PRUNERS = {
     # steps are a trial's validations (TrialReporter), its first never pruned
@@ -96,19 +96,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         "reruns and array tasks draw other values",
     )
     parser.add_argument("--heartbeat", type=int, default=60, help="seconds between a running trial's heartbeats")
-    parser.add_argument("--max_retry", type=int, default=2, help="retries of a trial whose process died")
+    parser.add_argument("--max_retry", type=int, default=2, help="retries of a trial whose process died (0: none)")
     parser.add_argument("--lock_timeout", type=float, default=60.0, help="seconds to wait for a locked SQLite file")
     args, fit_args = parser.parse_known_args(argv)
-    if args.n_trials < 1:
-        parser.error(f"--n_trials must be >= 1, got {args.n_trials}")
-    if args.heartbeat < 1:
-        parser.error(f"--heartbeat must be >= 1 second, got {args.heartbeat}")
-    if not 0 <= args.lock_timeout < math.inf:  # also refuses nan
-        parser.error(f"--lock_timeout must be a finite number of seconds >= 0, got {args.lock_timeout}")
-    if args.max_retry < 0:
-        parser.error(f"--max_retry must be >= 0 (0: a trial whose process died is not retried), got {args.max_retry}")
-    if args.sampler_seed is not None and not 0 <= args.sampler_seed < 2**32:
-        parser.error(f"--sampler_seed must be an integer in [0, 2**32 - 1], got {args.sampler_seed}")
+    ranges = {"n_trials": "[1, inf)", "heartbeat": "[1, inf)", "lock_timeout": "[0, inf)", "max_retry": "[0, inf)"}
+    for option, interval in [*ranges.items(), ("sampler_seed", "[0, 4294967295]")]:  # nan and inf are refused too
+        try:
+            if (value := getattr(args, option)) is not None:
+                check_number(f"--{option}", value, interval, integer=isinstance(value, int))
+        except ValueError as error:
+            parser.error(str(error))
     args.study_name = args.study_name or "+".join(config.stem for config in args.config)
     args.root = args.root or Path("runs") / "search" / args.study_name
     return args, fit_args
@@ -236,8 +233,7 @@ def check_names(space: dict[str, Any], space_path: Path, configs: list[Path], pa
             f"checkpoint.dirpath {parsed['checkpoint.dirpath']} (of {named} or the fit arguments) would be the "
             "checkpoint folder of every trial; leave it unset: each trial keeps its checkpoints in its own folder"
         )
-    loggers = parsed.get("trainer.logger")
-    for logger in _listed(loggers):
+    for logger in _listed(parsed.get("trainer.logger")):
         init_args = getattr(logger, "init_args", None) or {}
         run = next((key for key in ("id", "version") if init_args.get(key) is not None), None)
         if run and str(logger.class_path).endswith("WandbLogger"):
@@ -406,12 +402,8 @@ def open_study(
         task = os.environ.get("SLURM_ARRAY_TASK_ID")
         if seed is not None and (trials or task is not None):
             seed = int(hashlib.sha256(json.dumps([seed, len(trials), task]).encode()).hexdigest()[:8], 16)
-        return optuna.load_study(
-            study_name=args.study_name,
-            storage=storage,
-            sampler=optuna.samplers.TPESampler(seed=seed),
-            pruner=PRUNERS[args.pruner](),
-        )
+        study.sampler, study.pruner = optuna.samplers.TPESampler(seed=seed), PRUNERS[args.pruner]()
+        return study
 
 
 def check_optuna_tables(args: argparse.Namespace, engine: dict[str, Any]) -> None:

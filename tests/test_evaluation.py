@@ -515,6 +515,14 @@ def test_benchmark_bad_input_fails_before_anything_trains(tmp_path: Path) -> Non
     assert not (tmp_path / "runs").exists() and not (tmp_path / "results.md").exists()
 
 
+@pytest.mark.parametrize("name", ["datamodules.CIFARDataModule", "nopackage.CIFARDataModule", "datamodules..MNIST"])
+def test_a_wrong_datamodule_import_path_is_an_unknown_datamodule_listing_the_known_ones(name: str) -> None:
+    # a path to no module or no class raised ModuleNotFoundError or AttributeError, which the scripts do not turn
+    # into a message (train_feature_classifier.py --data printed a traceback)
+    with pytest.raises(ValueError, match=rf"^unknown datamodule {re.escape(repr(name))}; the datamodules are .*MNIST"):
+        evaluation.datamodule_class(name)
+
+
 def test_the_evaluate_script_names_a_corrupt_checkpoint_in_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"garbage\n")

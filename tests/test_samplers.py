@@ -53,6 +53,13 @@ def test_gaussian_mixture_sampler_reproduces_clusters() -> None:
         GaussianMixtureSampler().sample(2)
 
 
+def test_a_mixture_seed_that_scikit_learn_refuses_is_refused_when_the_sampler_is_made() -> None:
+    # seed 2**32 was taken, then the fit failed inside scikit-learn naming GaussianMixture's random_state
+    with pytest.raises(ValueError, match=r"^seed must be an integer in \[0, 4294967295\], got 4294967296$"):
+        GaussianMixtureSampler(2, seed=2**32)
+    assert GaussianMixtureSampler(2, seed=2**32 - 1).fit(correlated_codes(20)[0]).sample(3).shape == (3, 2)
+
+
 def test_two_stage_sampler_learns_a_correlated_gaussian() -> None:
     codes, mean, covariance = correlated_codes()
     sampler = TwoStageSampler(2, hidden_dims=[32], steps=600, lr=3e-3).fit(codes)

@@ -195,23 +195,23 @@ def beta_vae_score(
     source: FactorSource,
     generator: torch.Generator,
     batch_size: PositiveInt = 64,
-    num_train: int = 500,
+    num_train: AtLeastTwo = 500,
     num_eval: PositiveInt = 300,
 ) -> float:
     """The BetaVAE score (Higgins et al. 2017): each point is ``mean |z(x1) - z(x2)|`` over ``batch_size`` pairs
     sharing one factor; the score is a logistic regression's test accuracy at naming that factor. The points' factors
-    cycle through the varying factors; fewer than 2 varying factors or training points are refused.
+    cycle through the varying factors; fewer than 2 varying factors are refused.
 
     Args:
         encode: images -> codes.
         batch_size: pairs per point.
-        num_train: points to fit on.
+        num_train: points to fit on (>= 2: its classifier must see two factors).
         num_eval: points to score on.
     """
     from sklearn.linear_model import LogisticRegression
 
     check_arguments(locals(), beta_vae_score)
-    variable = _factors_to_name("beta_vae", source, generator, num_train, "num_train")
+    variable = _factors_to_name("beta_vae", source, generator)
 
     def points(n: int) -> tuple[np.ndarray, np.ndarray]:
         features, targets = [], []
@@ -278,12 +278,9 @@ def factor_vae_score(
     return float(test[np.arange(len(test)), predicted].sum() / test.sum())
 
 
-def _factors_to_name(
-    metric: str, source: FactorSource, generator: torch.Generator, num_votes: int = 2, setting: str = "num_votes"
-) -> Tensor:
+def _factors_to_name(metric: str, source: FactorSource, generator: torch.Generator) -> Tensor:
     """The indices of the factors that vary in ``source``, or a ValueError unless ``metric`` (``beta_vae`` or
-    ``factor_vae``), which names the factor its batches share, has >= 2 of them to name, and ``beta_vae`` >= 2
-    training points (``num_votes``) to tell them apart."""
+    ``factor_vae``), which names the factor its batches share, has >= 2 of them to name."""
     variable = torch.from_numpy(np.flatnonzero(varying(source.sample_factors(512, generator).numpy())))
     varying_factors = [source.factor_names[k] for k in variable]
     if len(varying_factors) < 2:
@@ -293,8 +290,6 @@ def _factors_to_name(
             f"needs >= 2 varying factors{trivial}; here only {', '.join(varying_factors) or 'none'} varies (the "
             "others are fixed, e.g. by the data's fixed_factors)"
         )
-    if metric == "beta_vae" and num_votes < 2:
-        raise ValueError(f"beta_vae needs {setting} >= 2 (its classifier must see two factors), got {num_votes}")
     return variable
 
 
@@ -331,7 +326,9 @@ def check_disentanglement_settings(
                          f"metrics {', '.join(metrics)} have nothing to measure")  # fmt: skip
     for metric in ("beta_vae", "factor_vae"):
         if metric in metrics:
-            _factors_to_name(metric, source, torch.Generator().manual_seed(0), num_votes)
+            _factors_to_name(metric, source, torch.Generator().manual_seed(0))
+    if "beta_vae" in metrics and num_votes < 2:
+        raise ValueError(f"beta_vae needs num_votes >= 2 (its classifier must see two factors), got {num_votes}")
     num_codes = finite_codes(encode(source.images_of(probe[:1]))).shape[1]
     for metric in ("mig", "sap"):
         if metric in metrics:
@@ -366,23 +363,19 @@ def disentanglement_metrics(
     if {"mig", "sap", "dci"} & set(metrics):
         codes, factors = sample_codes(encode, source, num_points, torch.Generator().manual_seed(seed))
         split = int(0.8 * num_points)
+        fit_and_score = (codes[:split], factors[:split], codes[split:], factors[split:])
         if "mig" in metrics:
             results["mig"] = mutual_information_gap(codes, factors)
         if "sap" in metrics:
-            results["sap"] = separated_attribute_predictability(
-                codes[:split], factors[:split], codes[split:], factors[split:]
-            )
+            results["sap"] = separated_attribute_predictability(*fit_and_score)
         if "dci" in metrics:
-            results |= dci(codes[:split], factors[:split], codes[split:], factors[split:], seed)
-    evaluation = max(1, round(0.6 * num_votes))
+            results |= dci(*fit_and_score, seed)
+    votes = {"num_train": num_votes, "num_eval": max(1, round(0.6 * num_votes))}
     if "beta_vae" in metrics:
-        generator = _metric_generator(seed, "beta_vae")
-        results["beta_vae"] = beta_vae_score(encode, source, generator, num_train=num_votes, num_eval=evaluation)
+        results["beta_vae"] = beta_vae_score(encode, source, _metric_generator(seed, "beta_vae"), **votes)
     if "factor_vae" in metrics:
         generator = _metric_generator(seed, "factor_vae")
-        results["factor_vae"] = factor_vae_score(
-            encode, source, generator, num_train=num_votes, num_eval=evaluation, prune_threshold=prune_threshold
-        )
+        results["factor_vae"] = factor_vae_score(encode, source, generator, **votes, prune_threshold=prune_threshold)
     return results
 
 

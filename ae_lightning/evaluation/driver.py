@@ -148,6 +148,7 @@ def split_loader(
     batch_size: PositiveInt | None = None,
     max_images: PositiveInt | None = None,
     seed: int = 0,
+    binarize: bool = True,
 ) -> TensorBatchLoader:
     """The split's images in stored order, binarized as the datamodule binarizes validation and test images; every
     pass yields the same images (a ``dynamic`` binarization is not redrawn), so separate passes see one test set.
@@ -156,6 +157,7 @@ def split_loader(
         batch_size: images per batch; the datamodule's when None.
         max_images: keep a seeded random subset of at most this many images (in stored order); None keeps all.
         seed: seed of that subset.
+        binarize: False: the gray images of a ``dynamic`` datamodule, never binarized.
     """
     check_arguments(locals(), split_loader)
     own = getattr(datamodule, "evaluation_loader", None)
@@ -171,7 +173,7 @@ def split_loader(
         batch_size=datamodule.hparams.batch_size if batch_size is None else batch_size,
         shuffle=False,
         seed=datamodule.hparams.seed,
-        binarize=datamodule.hparams.binarize == "dynamic",
+        binarize=binarize and datamodule.hparams.binarize == "dynamic",
         resumable=False,
     )
 
@@ -330,8 +332,7 @@ def first_stage_scores(
     if any(name in CODE_METRICS for name in names):
         results |= code_scores(model, test, seed)
     frechet = [name for name in FRECHET_METRICS if name in names]
-    if frechet:
-        subset = split_loader(datamodule, "test", max_images=frechet_images, seed=seed)
+    subset = split_loader(datamodule, "test", max_images=frechet_images, seed=seed) if frechet else None
     for name in frechet:
         network = pretrained["rfid"] if name == "rfid" else classifier
         results[name] = reconstruction_frechet_distance(model, network.to(model.device), subset, seed)
@@ -342,11 +343,8 @@ def negative_log_likelihood(
     model: AutoencoderModule, loader: TensorBatchLoader, num_samples: int | None, seed: int = 0
 ) -> float:
     """Mean importance-weighted bound on -log p(x) in nats per image of a VAE-family model's
-    ``importance_weighted_nll``, ``num_samples`` importance samples per image (>= 1; the model's ``nll_samples`` when
-    None) seeded by ``seed``."""
-    if not callable(getattr(model, "importance_weighted_nll", None)):
-        name = type(model).__name__
-        raise ValueError(f"{name} has no likelihood (importance_weighted_nll): nll is for the VAE family")
+    ``importance_weighted_nll`` (:func:`metric_applies`), ``num_samples`` importance samples per image (>= 1; the
+    model's ``nll_samples`` when None) seeded by ``seed``."""
     nll, _ = _per_image(lambda x, y: model.importance_weighted_nll(x, num_samples, y), model, loader, seed)
     return float(nll.double().mean())
 
@@ -532,21 +530,14 @@ def evaluate(
 def gray_loader(datamodule: ImageDataModule, split: Split, classes: Sequence[int] | None = None) -> Iterable[Batch]:
     """The split's gray-level images: the Frechet distance compares samples with the real images, never binarized.
     ``classes``: only the images of these labels (None: all)."""
-    own = getattr(datamodule, "evaluation_loader", None)
-    if own is not None:  # images drawn or read batch by batch (dSprites, streams)
-        loader = own(split, batch_size=500)
-    else:
-        if datamodule.hparams.get("binarize") == "static":  # its splits hold the binarized images: the same rows, gray
-            # every argument it was built with (a subclass passes the base's, such as seed, on through **kwargs)
-            inits = [base.__init__ for base in type(datamodule).__mro__ if "__init__" in vars(base)]
-            accepted = {name for init in inits for name in inspect.signature(init).parameters}
-            settings = {name: value for name, value in datamodule.hparams.items() if name in accepted}
-            datamodule = type(datamodule)(**{**settings, "binarize": "none"})
-            datamodule.setup()
-        images, labels = datamodule.splits[split]
-        loader = TensorBatchLoader(
-            images, labels, torch.arange(len(images)), batch_size=500, shuffle=False, seed=0, resumable=False
-        )
+    if datamodule.hparams.get("binarize") == "static" and not hasattr(datamodule, "evaluation_loader"):
+        # its splits hold the binarized images: the same rows, gray, from every argument it was built with (a subclass
+        # passes the base's, such as seed, on through **kwargs)
+        inits = [base.__init__ for base in type(datamodule).__mro__ if "__init__" in vars(base)]
+        accepted = {name for init in inits for name in inspect.signature(init).parameters}
+        settings = {name: value for name, value in datamodule.hparams.items() if name in accepted}
+        datamodule = type(datamodule)(**{**settings, "binarize": "none"})
+    loader = split_loader(datamodule, split, batch_size=500, binarize=False)
     return loader if classes is None else _ImagesOfClasses(loader, classes)
 
 
@@ -575,7 +566,10 @@ def datamodule_class(name: str) -> type[ImageDataModule]:
     """The datamodule class named ``name``: a class of the ``datamodules`` package, or an import path."""
     import datamodules
 
-    found = resolve_name(name) if "." in name else getattr(datamodules, name, None)
+    try:
+        found = resolve_name(name) if "." in name else getattr(datamodules, name, None)
+    except (ImportError, AttributeError, ValueError):  # no such module or class, or not a path
+        found = None
     if not (isinstance(found, type) and issubclass(found, ImageDataModule)):
         known = ", ".join(datamodule_names())
         raise ValueError(f"unknown datamodule {name!r}; the datamodules are {known} (or an import path)")
@@ -618,15 +612,9 @@ def load_checkpoint(
 def check_data_source(
     path: str | Path, recorded: str | None, datamodule: ImageDataModule, run_data_dir: str | None = None
 ) -> None:
-    """Raise a ValueError naming both if ``datamodule.data_source`` differs from ``recorded``, the checkpoint's (no
-    check where it recorded none). A ``files-`` source names where files are, not what they hold: moved files pass.
-
-    Args:
-        path: the checkpoint, for the message.
-        recorded: its ``data_source``.
-        datamodule: the datamodule rebuilt for it.
-        run_data_dir: the run's ``data_dir``, named in the message.
-    """
+    """Raise a ValueError if ``datamodule.data_source`` (of the datamodule rebuilt for checkpoint ``path``) differs from
+    ``recorded``, the checkpoint's, naming both and the run's ``run_data_dir`` (no check where it recorded none). A
+    ``files-`` source names where files are, not what they hold: moved files pass."""
     current = datamodule.data_source
     if recorded is None or current == recorded or (current.startswith("files-") and recorded.startswith("files-")):
         return

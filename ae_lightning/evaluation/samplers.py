@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ae_lightning.base import AutoencoderModule, check_sample_count
 from ae_lightning.blocks import losses
 from ae_lightning.blocks.networks import MLPDecoder, MLPEncoder
-from datamodules.checks import NonNegativeInt, PositiveFloat, PositiveInt, check_arguments
+from datamodules.checks import NonNegativeInt, PositiveFloat, PositiveInt, Seed, check_arguments
 
 
 def _check_codes(codes: Tensor, dim: int | None = None) -> None:
@@ -55,7 +55,7 @@ class GaussianMixtureSampler:
         self,
         components: PositiveInt = 10,
         covariance_type: Literal["full", "tied", "diag", "spherical"] = "full",
-        seed: NonNegativeInt = 0,
+        seed: Seed = 0,
     ) -> None:
         check_arguments(locals(), GaussianMixtureSampler.__init__)
         self.components = components
@@ -197,11 +197,10 @@ class PosthocGenerator(nn.Module):
     def sample(self, n: int, y: Tensor | None = None) -> Tensor:
         """``n`` images decoded from the sampler's codes (as ``[n, *latent_shape]``); a conditional model decodes them
         with the labels ``y`` ``[n]``, by default the classes in turn, as its own ``sample`` does."""
-        device = self.model.device
         weight = next(self.model.parameters())  # the decoder takes codes in its dtype: float64 under 64-true
         codes = self.sampler.sample(n).to(weight).reshape(n, *self.model.latent_shape)
         if self.num_classes is not None and y is None:
-            y = torch.arange(n, device=device) % self.num_classes
+            y = torch.arange(n, device=weight.device) % self.num_classes
         return self.model.decode(codes, y)
 
 

@@ -28,8 +28,6 @@ from datamodules.checks import check_number
 Projection = Literal["pca", "tsne", "none"]
 View = Literal["reconstructions", "samples", "interpolations", "latent_map"]
 VIEWS: tuple[str, ...] = get_args(View)
-# Views of continuous codes: a line between two images' codes, a projection of them.
-CODE_VIEWS = ("interpolations", "latent_map")
 
 
 def applicable_views(model: AutoencoderModule) -> list[str]:
@@ -47,7 +45,7 @@ def check_views(model: AutoencoderModule, views: Sequence[str]) -> list[str]:
     views = check_known(views, VIEWS, "image view", "the views are")
     if "samples" in views:
         require_generative(model, "the 'samples' view")
-    continuous = [view for view in views if view in CODE_VIEWS]
+    continuous = [view for view in views if view in ("interpolations", "latent_map")]  # lines or maps of codes
     if continuous and getattr(model, "discrete_codes", False):
         raise ValueError(f"the views {', '.join(continuous)} draw continuous codes, but {type(model).__name__}'s codes "
                          "are token indices; use reconstructions and samples")  # fmt: skip
