@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import lightning as L
 from lightning.fabric.plugins.environments import ClusterEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer import call
 from torch import nn
 from torch.optim import Optimizer
 
@@ -149,6 +150,12 @@ def cluster_environment(trainer: L.Trainer) -> ClusterEnvironment:
     return _read(lambda: trainer._accelerator_connector.cluster_environment, changed)
 
 
+def callback_dispatcher() -> Callable[..., None]:
+    """Lightning's dispatch of a callback hook as its loops call it, ``dispatch(trainer, hook_name, *args)``: the hook
+    of every callback of ``trainer``, each under the trainer's profiler (``benchmarks/hook_cost.py`` times it)."""
+    return _read(lambda: call._call_callback_hooks, "`lightning.pytorch.trainer.call` has no `_call_callback_hooks`")
+
+
 def _read(read: Callable[[], T], changed: str, *errors: type[Exception]) -> T:
     """``read()``, whose AttributeError (or one of ``errors``) means that Lightning changed what ``changed`` says."""
     try:
@@ -162,6 +169,7 @@ def _read(read: Callable[[], T], changed: str, *errors: type[Exception]) -> T:
 
 __all__ = [
     "batches_that_stepped",
+    "callback_dispatcher",
     "cluster_environment",
     "enable_version_counter",
     "ends_training_epoch",

@@ -36,13 +36,13 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torchvision.utils import save_image
 
 from ae_lightning import DIPVAE, IAFVAE, VAE, BetaTCVAE, FactorVAE, InfoVAE, VampPriorVAE
 from ae_lightning.blocks import networks
 from ae_lightning.blocks.flows import InverseAutoregressiveFlow
 from ae_lightning.cli import run_command
 from ae_lightning.evaluation import disentanglement
+from ae_lightning.evaluation.visualization import save_png
 from datamodules import DSpritesDataModule, FashionMNISTDataModule
 
 ROOT = Path(__file__).parents[1]
@@ -172,7 +172,7 @@ def mig_part(args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
             if seed == args.seeds[0]:  # a look at what each code dimension does
                 factors = data.sample_factors(2, torch.Generator().manual_seed(seed))
                 args.root.mkdir(parents=True, exist_ok=True)
-                save_image(disentanglement.latent_traversals(model, data.images_of(factors)), args.root / f"{name}.png")
+                save_png(disentanglement.latent_traversals(model, data.images_of(factors)), args.root / f"{name}.png")
             results[name].append(row)
             print(f"seed {seed} {name:<11} MIG {row['mig']:.4f}  DCI-D {row['dci_disentanglement']:.4f}  "
                   f"({seconds:.0f} s)", flush=True)  # fmt: skip

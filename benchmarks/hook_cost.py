@@ -8,12 +8,13 @@ optimizer step and before zero_grad); each call visits every callback of the tra
 ``ae-lightning fit --config configs/ae.yaml`` builds and for ``lightning.Trainer(logger=False,
 enable_checkpointing=False, enable_model_summary=False)`` (the benchmark's minimal LightningModule's), and prints the
 callbacks and the microseconds per call (best of 5 repeats of 20,000 calls). The dispatcher is Lightning's private
-``lightning.pytorch.trainer.call._call_callback_hooks``: a benchmark of Lightning itself, not used by the project.
+one (``lightning_internals.callback_dispatcher``): a benchmark of Lightning itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import tempfile
 import timeit
@@ -21,7 +22,6 @@ from pathlib import Path
 from unittest import mock
 
 import lightning as L
-from lightning.pytorch.trainer import call
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -32,16 +32,17 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"), help="folder with FashionMNIST/")
     args = parser.parse_args()
     from ae_lightning.cli import AutoencoderCLI
+    from ae_lightning.lightning_internals import callback_dispatcher
 
     with tempfile.TemporaryDirectory() as root, mock.patch("sys.argv", ["ae-lightning"]):
         command_args = ["--config", str(ROOT / "configs" / "ae.yaml"), "--data", "FashionMNISTDataModule",
                         "--data.data_dir", args.data_dir, "--trainer.default_root_dir", root]  # fmt: skip
         command = AutoencoderCLI(args=command_args, run=False).trainer
         bare = L.Trainer(logger=False, enable_checkpointing=False, enable_model_summary=False)
+        dispatch, calls = callback_dispatcher(), 20_000
         for name, trainer in (("ae-lightning fit", command), ("minimal Trainer", bare)):
-            calls = 20_000
-            dispatch = lambda trainer=trainer: call._call_callback_hooks(trainer, "on_before_zero_grad", None)  # noqa: E731
-            seconds = min(timeit.repeat(dispatch, number=calls, repeat=5)) / calls
+            hook = functools.partial(dispatch, trainer, "on_before_zero_grad", None)
+            seconds = min(timeit.repeat(hook, number=calls, repeat=5)) / calls
             names = ", ".join(type(callback).__name__ for callback in trainer.callbacks)
             print(f"{name}: {len(trainer.callbacks)} callbacks ({names}): {seconds * 1e6:.1f} us per hook call")
 

@@ -330,12 +330,13 @@ def main() -> None:
     if args.flush_denormal and not torch.set_flush_denormal(True):
         parser.error("--flush-denormal: this CPU cannot flush denormals (torch.set_flush_denormal needs SSE3)")
     import ae_lightning.cli  # noqa: F401  (the project's import time is start-up, not training)
+    from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
 
     text = "\n".join(table(args))
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+        write_atomically(args.out, (text + "\n").encode())
 
 
 if __name__ == "__main__":

@@ -266,6 +266,15 @@ def get_classifier(args: argparse.Namespace, datamodule: ImageDataModule, progre
     return record
 
 
+def takes_data_dir(cls: type) -> bool:
+    """Whether ``cls(data_dir=...)`` reaches an ``__init__`` that names ``data_dir``, also through ``**kwargs``."""
+    for init in (vars(base)["__init__"] for base in cls.__mro__ if "__init__" in vars(base)):
+        parameters = inspect.signature(init).parameters
+        if "data_dir" in parameters or not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+            return "data_dir" in parameters
+    return False
+
+
 def main(argv: list[str] | None = None) -> list[Row]:
     args = parse_args(argv)
     progress = Progress()
@@ -275,8 +284,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     metrics = evaluation.check_metric_names(args.metrics)
     configs = resolve_configs(args.configs, args.config_dir)
     data_class = evaluation.datamodule_class(args.data)
-    parameters = inspect.signature(data_class).parameters
-    if "data_dir" not in parameters and not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+    if not takes_data_dir(data_class):
         raise ValueError(
             f"--data {args.data} takes no data_dir: this benchmark trains every config on the images of --data_dir. "
             "The disentangling VAEs on dSprites: python benchmarks/disentanglement.py --part mig"
@@ -368,7 +376,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
 
 def save_pictures(model: Any, datamodule: ImageDataModule, args: argparse.Namespace, name: str) -> dict[str, str]:
     """The variant's pictures from test images (t-SNE latent map), saved as PNGs; view -> file path."""
-    images, labels = evaluation.first_images(datamodule, "test", args.tsne_points)
+    # the latent map's images, and at least the 16 that draw_views' other pictures show, whatever the map's size
+    images, labels = evaluation.first_images(datamodule, "test", max(args.tsne_points, 16))
     pictures = visualization.draw_views(
         model,
         images,
@@ -376,7 +385,7 @@ def save_pictures(model: Any, datamodule: ImageDataModule, args: argparse.Namesp
         latent_map_size=args.tsne_points,
         projection="tsne",
         class_names=datamodule.class_names,
-        title=f"{name}: t-SNE of {len(images)} test codes",
+        title=f"{name}: t-SNE of {min(len(images), args.tsne_points)} test codes",
         seed=args.seed,
     )
     args.plots.mkdir(parents=True, exist_ok=True)

@@ -4,20 +4,41 @@ trains."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from unittest import mock
 
 import pytest
+import torch
 from conftest import write_dataset
 from PIL import Image
 from test_evaluation import KilledWhileWriting, load_script, refused
+
+from ae_lightning import Autoencoder
+from datamodules import MNISTDataModule
+
+
+@contextlib.contextmanager
+def killed_while_writing(folder: Path) -> Iterator[None]:
+    """The process is killed at the first write to a file under ``folder``, which keeps half of that write."""
+    real_open = open
+
+    def killed_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        opened = real_open(file, mode, *args, **kwargs)
+        inside = isinstance(file, str | os.PathLike) and Path(file).resolve().is_relative_to(folder.resolve())
+        return KilledWhileWriting(opened) if "w" in mode and inside else opened
+
+    with mock.patch("io.open", killed_open), mock.patch("builtins.open", killed_open), pytest.raises(KeyboardInterrupt):
+        yield
 
 
 def earlier(path: Path, text: str = "an earlier run's") -> Path:
@@ -162,19 +183,41 @@ def test_spatial_quality_writes_its_picture_whole_into_a_new_folder_or_over_an_o
     script.main([*tiny, "--picture", str(tmp_path / "new" / "pic.png")])  # its folder is made, not a crash
     assert Image.open(tmp_path / "new" / "pic.png").size == (1034, 518)
     earlier(tmp_path / "pic.png")
-    real_open = open
-
-    def killed_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
-        opened = real_open(file, mode, *args, **kwargs)
-        return KilledWhileWriting(opened) if "w" in mode else opened
-
     argv = [*tiny, "--picture", str(tmp_path / "pic.png"), "--overwrite"]
-    with mock.patch("builtins.open", killed_open), pytest.raises(KeyboardInterrupt):
+    with killed_while_writing(tmp_path):
         script.main(argv)
     assert (tmp_path / "pic.png").read_text() == "an earlier run's"  # not half a picture
     assert sorted(path.name for path in tmp_path.iterdir()) == ["new", "pic.png"]
     script.main(argv)
     assert Image.open(tmp_path / "pic.png").format == "PNG"
+
+
+def test_the_latent_maps_size_leaves_the_benchmarks_other_pictures_as_they_are(data_dir: Path, tmp_path: Path) -> None:
+    # --tsne_points 4 drew 4 reconstructions and 2 interpolated pairs instead of 16 and 6
+    script, pictures = load_script("benchmark"), {}
+    torch.manual_seed(0)
+    model, mnist = Autoencoder(latent_dim=2, hidden_dims=[8]), MNISTDataModule(data_dir=str(data_dir))
+    for points in (4, 40):
+        args = SimpleNamespace(tsne_points=points, seed=0, plots=tmp_path / str(points))
+        with mock.patch.object(script.visualization, "draw_views", wraps=script.visualization.draw_views) as drawn:
+            saved = script.save_pictures(model, mnist, args, "ae")
+        pictures[points] = [Path(saved[view]).read_bytes() for view in ("reconstructions", "interpolations")]
+        assert drawn.call_args.kwargs["title"] == f"ae: t-SNE of {points} test codes"
+    assert pictures[4] == pictures[40]
+
+
+def test_the_disentanglement_benchmark_replaces_its_traversal_pictures_whole(tmp_path: Path) -> None:
+    # a run killed while saving a picture left it half-written
+    script = load_script("disentanglement")
+    picture = earlier(tmp_path / "vae.png")
+    argv = ["--part", "mig", "--seeds", "0", "--steps", "1", "--points", "10", "--latent_dim", "2", "--hidden_dims",
+            "8", "--root", str(tmp_path)]  # fmt: skip
+    with killed_while_writing(tmp_path):
+        script.main(argv)
+    assert picture.read_text() == "an earlier run's" and list(tmp_path.iterdir()) == [picture]
+    script.main(argv)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["beta_tcvae.png", "factor_vae.png", "vae.png"]
+    assert Image.open(picture).format == "PNG"
 
 
 def test_the_disentanglement_benchmark_dates_its_output_in_utc_as_it_says(

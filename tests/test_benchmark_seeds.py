@@ -77,6 +77,19 @@ def test_a_datamodule_without_data_dir_is_refused_naming_the_dsprites_benchmark(
     assert not list(tmp_path.iterdir())
 
 
+def test_the_benchmark_follows_keyword_arguments_passed_on_to_the_datamodule_that_takes_data_dir() -> None:
+    # DSpritesDataModule passes its **kwargs on to ImageDataModule, which takes no data_dir: it was let through, then
+    # refused by a TypeError
+    from datamodules import DSpritesDataModule, MNISTDataModule
+
+    class Forwarding(MNISTDataModule):
+        def __init__(self, **kwargs) -> None:
+            super().__init__(**kwargs)
+
+    takes_data_dir = load_script("benchmark").takes_data_dir
+    assert takes_data_dir(Forwarding) and takes_data_dir(MNISTDataModule) and not takes_data_dir(DSpritesDataModule)
+
+
 def test_a_folder_of_unlabelled_images_is_benchmarked_and_auroc_on_it_refused(tmp_path: Path) -> None:
     folder = write_image_folder(tmp_path / "photos", classes=(), per_class=48, size=12)
     common = [

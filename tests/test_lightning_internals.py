@@ -22,6 +22,7 @@ from vector_quantize_pytorch.vector_quantize_pytorch import Codebook
 from ae_lightning.cli import AutoencoderCLI
 from ae_lightning.lightning_internals import (
     batches_that_stepped,
+    callback_dispatcher,
     cluster_environment,
     enable_version_counter,
     ends_training_epoch,
@@ -648,3 +649,34 @@ def test_a_single_process_trainer_keeps_the_cluster_environment_it_was_given() -
     given = SLURMEnvironment(auto_requeue=False)
     assert cluster_environment(L.Trainer(accelerator="cpu", devices=1, plugins=[given], logger=False)) is given
     assert isinstance(cluster_environment(L.Trainer(accelerator="cpu", devices=1, logger=False)), LightningEnvironment)
+
+
+def test_lightnings_loops_dispatch_callback_hooks_through_the_dispatcher_that_callback_dispatcher_gives(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # benchmarks/hook_cost.py times this dispatcher as the cost of each callback hook of a training step.
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    class Seen(Callback):
+        def __init__(self) -> None:
+            self.calls: list[tuple] = []
+
+        def on_before_zero_grad(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+            self.calls.append((trainer, pl_module, optimizer))
+
+    seen = Seen()
+    trainer = quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0, callbacks=[seen])
+    dispatch = callback_dispatcher()
+    with mock.patch("lightning.pytorch.trainer.call._call_callback_hooks", wraps=dispatch) as dispatched:
+        trainer.fit(BoringModel())
+    hooks = [called.args[1] for called in dispatched.call_args_list]
+    assert "on_before_zero_grad" in hooks and len(seen.calls) == 1, (
+        f"Lightning {lightning.__version__}'s loops no longer call the callback hooks through "
+        f"lightning.pytorch.trainer.call._call_callback_hooks (it dispatched {hooks}): benchmarks/hook_cost.py times "
+        "it; see callback_dispatcher in ae_lightning/lightning_internals.py"
+    )
+    dispatch(trainer, "on_before_zero_grad", "optimizer")
+    assert seen.calls[1] == (trainer, trainer.lightning_module, "optimizer")
+    monkeypatch.delattr("lightning.pytorch.trainer.call._call_callback_hooks")
+    with pytest.raises(RuntimeError, match=rf"Lightning {lightning.__version__} changed .*_call_callback_hooks"):
+        callback_dispatcher()

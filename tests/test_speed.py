@@ -14,6 +14,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.plugins import FSDPPrecision, MixedPrecision
+from test_benchmark_outputs import killed_while_writing
 from tiny_runs import ROOT, build_cli, last_checkpoint, tiny_args
 
 from ae_lightning import AutoDecoder, Autoencoder
@@ -125,6 +126,19 @@ def test_the_minimal_lightning_modules_take_the_steps_asked_for_with_or_without_
     images = torch.rand(50, 1, 28, 28)  # 7 batches of 8 an epoch: lists of 3 end an epoch with a shorter one
     for group in (0, 3):
         assert speed.lightning_module(images, 8, 17, seed=0, bare=True, group=group) == 17
+
+
+def test_speed_benchmark_replaces_its_table_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a run killed while writing --out left it half-written
+    speed, out = import_benchmark(), tmp_path / "speed.md"
+    out.write_text("an earlier run's")
+    monkeypatch.setattr(speed, "table", lambda args: ["| a table |"])  # what it measures is not the point here
+    monkeypatch.setattr(sys, "argv", ["speed.py", "--devices", "cpu", "--out", str(out), "--overwrite"])
+    with killed_while_writing(tmp_path):
+        speed.main()
+    assert out.read_text() == "an earlier run's" and list(tmp_path.iterdir()) == [out]
+    speed.main()
+    assert out.read_text() == "| a table |\n"
 
 
 def test_speed_benchmark_refuses_runs_whose_difference_is_no_step(data_dir: Path, tmp_path: Path) -> None:
