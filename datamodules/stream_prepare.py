@@ -212,7 +212,7 @@ def prepare_stream(
             ``torchvision:<Class>``.
         output: the stream's folder, or an ``s3://``/``gs://`` URI.
         size: side of the square stored images; None keeps the sources' (common) size.
-        channels: 1 (gray) or 3 (RGB); None: 1 when every source image is gray (:func:`source_channels`), else 3.
+        channels: 1 (gray) or 3 (RGB); None: 1 when every source image is gray (its PIL mode, or its array), else 3.
         alpha: an image with transparent pixels is refused (``refuse``) or composited over ``white`` or ``black``.
         encoding, quality: ``png``, ``jpeg`` (of JPEG quality ``quality``) or ``raw``.
         val_fraction: share of the training pool held out as validation split (seeded, stratified).

@@ -280,7 +280,7 @@ def test_model_checkpoint_keeps_enable_version_counter_and_names_its_last_by_it(
     assert checkpoint.last_model_path == str(tmp_path / written), (
         f"Lightning {lightning.__version__} names a ModelCheckpoint(enable_version_counter={counter})'s last file "
         f"{Path(checkpoint.last_model_path).name} beside another run's last.ckpt, not {written}: "
-        "RunCheckpoint.last_path (ae_lightning/training/fault_tolerance/checkpoint_io.py) must name it so too"
+        "last_path (ae_lightning/training/fault_tolerance/checkpoint_io.py) must name it so too"
     )
     changed = ModelCheckpoint()
     del changed._enable_version_counter
