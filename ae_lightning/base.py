@@ -107,6 +107,13 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
             raise ValueError(
                 f"{type(self).__name__} cannot use network: spatial: {self.flat_codes_only}; use network: mlp or conv"
             )
+        for name, given in (("encoder", encoder), ("decoder", decoder)):  # a function's weights would go untrained
+            if given is not None and not isinstance(given, nn.Module):
+                found = f"the class {given.__name__}" if isinstance(given, type) else f"a {type(given).__name__}"
+                raise ValueError(
+                    f"{type(self).__name__}'s {name} must be an nn.Module, whose weights the model trains and "
+                    f"checkpoints, got {found}: pass a module instance, {name}=MyNetwork(...) (class_path is for YAML)"
+                )
         if spatial is not None and network != "spatial":
             raise ValueError(f"the spatial settings {dict(spatial)} are for network: spatial, not {network!r}")
         check_network(network, input_shape, hidden_dims, latent_dim)

@@ -40,6 +40,19 @@ def test_a_given_encoder_and_decoder_are_used_and_none_is_built_beside_them() ->
     assert "encoder" not in model.hparams  # saved with the weights; load_from_checkpoint takes it again
 
 
+def test_a_given_network_that_is_no_module_instance_is_refused_naming_it() -> None:
+    # A decoder's bound method fit the shapes, and its weights, not the model's, went untrained and unsaved
+    decoder = MLPDecoder(4, [8], (1, 28, 28))
+    fix = r"pass a module instance, decoder=MyNetwork\(...\)"
+    with pytest.raises(ValueError, match=rf"Autoencoder's decoder must be an nn.Module, .* got a method: {fix}"):
+        Autoencoder(**TINY, decoder=decoder.forward)
+    with pytest.raises(ValueError, match=rf"VAE's decoder must be an nn.Module, .* got the class MLPDecoder: {fix}"):
+        VAE(**TINY, decoder=MLPDecoder)
+    with pytest.raises(ValueError, match=r"VAE's encoder must be an nn.Module, .* got a dict: .* \(class_path is for"):
+        VAE(**TINY, encoder={"class_path": "ae_lightning.blocks.networks.MLPEncoder"})
+    assert Autoencoder(**TINY, decoder=decoder).decoder is decoder
+
+
 def test_a_variant_changes_its_networks_in_the_builders_and_builds_nothing_it_discards() -> None:
     assert VAE(**TINY).encoder(torch.rand(2, 1, 28, 28)).shape == (2, 8)  # mean and log-variance
     assert AutoDecoder(**TINY).encoder is None

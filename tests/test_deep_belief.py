@@ -231,6 +231,25 @@ def test_early_stopping_is_refused_while_pretraining_remains_and_taken_for_the_f
     assert tuned.current_epoch == 4 and model.unrolled
 
 
+def test_a_second_fit_of_a_fine_tuned_model_is_refused_rather_than_pretraining_it_again(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # A second fit started at epoch 0 and ran CD steps on the fine-tuned encoder instead of fine-tuning it
+    model = DeepBeliefAutoencoder(**TINY_DBN, pretrain_epochs=1)
+    trainer = make_trainer(tmp_path, max_epochs=3, limit_val_batches=0)  # 2 RBMs, then 1 fine-tuning epoch
+    trainer.fit(model, datamodule=tiny_data(data_dir))
+    trainer.save_checkpoint(tmp_path / "tuned.ckpt")
+    weights = {name: value.clone() for name, value in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"fine-tuned, but the fit starts at epoch 0, which pretrains RBM 1"):
+        make_trainer(tmp_path, limit_val_batches=0).fit(model, datamodule=tiny_data(data_dir))
+    assert all(torch.equal(weights[name], value) for name, value in model.state_dict().items())
+    tuned = DeepBeliefAutoencoder.load_from_checkpoint(tmp_path / "tuned.ckpt", pretrain_epochs=0)
+    trainer = make_trainer(tmp_path, limit_val_batches=0)
+    trainer.fit(tuned, datamodule=tiny_data(data_dir))  # the fix the message names: fine-tuning only
+    logged = trainer.callback_metrics
+    assert "train/loss" in logged and not any(name.startswith("pretrain") for name in logged)
+
+
 def test_16_mixed_is_refused_while_pretraining_remains_and_taken_for_the_fine_tuning(
     data_dir: Path, tmp_path: Path
 ) -> None:

@@ -13,7 +13,7 @@ from test_variants import TINY, images, make_trainer, tiny_data
 from torch import nn
 from torch.distributions import Bernoulli, MultivariateNormal, Normal
 
-from ae_lightning import IAFVAE, VAE, ConditionalVAE, VampPriorVAE
+from ae_lightning import DIPVAE, IAFVAE, VAE, BetaTCVAE, ConditionalVAE, FactorVAE, InfoVAE, VampPriorVAE
 from ae_lightning.blocks import losses
 
 
@@ -91,6 +91,28 @@ def test_iwae_trains_under_bf16_mixed_and_for_the_conditional_vae(data_dir: Path
 def test_bad_iw_samples_is_an_error_naming_it(value) -> None:
     with pytest.raises(ValueError, match=rf"iw_samples must be an integer >= 1, got {value!r}"):
         VAE(**TINY, iw_samples=value)
+
+
+class WeightedBoundVAE(VAE):
+    """A user's VAE whose loss_terms weighs the IWAE bound's loss (and logs the weight) and calls it as the VAE does."""
+
+    def loss_terms(self, x: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> dict[str, torch.Tensor]:
+        terms = super().loss_terms(x, labels, indices)
+        return {**terms, "loss": 0.5 * terms["loss"], "weight": torch.tensor(0.5)}
+
+
+def test_a_user_subclass_that_overrides_loss_terms_and_calls_the_bound_trains_with_iw_samples(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # The refusal guessed "its own objective" from any override of loss_terms: this one was refused
+    model = WeightedBoundVAE(**TINY, iw_samples=2, nll_samples=4, nll_chunk_size=2)
+    trainer = make_trainer(tmp_path)
+    trainer.fit(model, datamodule=tiny_data(data_dir))
+    logged = trainer.callback_metrics
+    torch.testing.assert_close(logged["train/loss"], 0.5 * logged["train/neg_iwae_2"])
+    for cls in (BetaTCVAE, DIPVAE, FactorVAE, InfoVAE):  # the variants with an objective of their own still refuse it
+        with pytest.raises(ValueError, match=rf"{cls.__name__} trains on its own objective, .* must be 1, got 2"):
+            cls(**TINY, iw_samples=2)
 
 
 @pytest.mark.parametrize("value", [0, -3, 2.5])

@@ -231,8 +231,16 @@ class DeepBeliefAutoencoder(DeterministicAutoencoder):
             )
 
     def on_train_start(self) -> None:
-        # here, not in on_fit_start: a resumed run's epoch is restored by now
+        # here, not in on_fit_start: a resumed run's epoch (and stack) is restored by now
         pretraining = self.pretrain_epochs * len(self.rbm_layers())
+        index = self.rbm_index(self.current_epoch)
+        if index is not None and self.unrolled:  # a fit again from epoch 0 of a fine-tuned model
+            raise ValueError(
+                f"this DeepBeliefAutoencoder is unrolled and fine-tuned, but the fit starts at epoch "
+                f"{self.current_epoch}, which pretrains RBM {index + 1}: CD steps would overwrite the fine-tuned "
+                "encoder. Resume its run with ckpt_path, or fine-tune it further as "
+                "DeepBeliefAutoencoder.load_from_checkpoint(path, pretrain_epochs=0)"
+            )
         if self.current_epoch < pretraining and self.trainer.precision == "16-mixed":
             raise ValueError(
                 "RBM pretraining has no gradient scaler: use 32 or bf16-mixed precision or pretrain: none for its "

@@ -26,6 +26,7 @@ class DIPVAE(VAE):
     """
 
     flat_codes_only = "its covariance penalty is over flat codes [latent_dim]"
+    trains_on_the_bound = False
 
     def __init__(
         self,

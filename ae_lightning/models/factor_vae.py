@@ -35,6 +35,7 @@ class FactorVAE(VAE):
     """
 
     flat_codes_only = "its discriminator reads flat codes [latent_dim]"
+    trains_on_the_bound = False
 
     partial_backward = True  # the discriminator's step reaches the discriminator only
 

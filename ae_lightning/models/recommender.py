@@ -104,14 +104,18 @@ class MultinomialAutoencoder(AutoencoderModule):
         items = self.recommend(clicks, min(100, clicks.shape[1]))
         return {"z": self.encode(clicks), "index": rows, "top_items": F.pad(items, (0, 100 - items.shape[1]), value=-1)}
 
-    def _test_step(self, batch: Batch) -> None:
-        self._shared_step(batch, "test")
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        super().validation_step(batch, batch_idx)
+        self.log_ranking_metrics(batch, "val")
 
-    def _shared_step(self, batch: Batch, stage: Stage) -> dict[str, Tensor]:
-        """The loss terms of the fold-in clicks; in evaluation, also the ranking metrics of the held-out items."""
-        terms = super()._shared_step(batch, stage)
-        if stage == "train":
-            return terms
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        # The loss terms and rankings: click vectors have no pixels for the base's reconstruction metrics.
+        with self.evaluation_randomness(batch_idx):
+            self._shared_step(batch, "test")
+        self.log_ranking_metrics(batch, "test")
+
+    def log_ranking_metrics(self, batch: Batch, stage: Stage) -> None:
+        """Log the ranking metrics of ``batch``'s held-out items (the class docstring's) as ``<stage>/<metric>``."""
         clicks, held_out, _ = unpack_batch(batch)
         rankings = {"": self.item_scores(clicks)}
         if stage == "test" and self.item_popularity.any():
@@ -121,7 +125,6 @@ class MultinomialAutoencoder(AutoencoderModule):
             scores = scores.float().masked_fill(clicks > 0, float("-inf"))  # recommend only unclicked items
             for name, values in ranking_metrics(scores, held_out).items():
                 self.log(f"{stage}/{prefix}{name}", values.mean(), batch_size=batch_size, sync_dist=True)
-        return terms
 
     def check_data(self, datamodule: Any, stage: str, checkpoint: dict[str, Any] | None = None) -> None:
         """Raise a ValueError naming what differs if ``datamodule`` is no InteractionsDataModule, or has other item

@@ -32,6 +32,7 @@ class BetaTCVAE(VAE):
     """
 
     flat_codes_only = "its total-correlation estimate treats the code as one vector [latent_dim]"
+    trains_on_the_bound = False
 
     def __init__(
         self,

@@ -37,9 +37,8 @@ class VAE(AutoencoderModule):
         kl_warmup_steps: steps of linear KL warm-up; 0 disables it.
         gaussian_std: for ``likelihood: gaussian``, a fixed std, ``learned`` (one, shared) or ``learned_per_pixel``;
             learned ones start at 0.1 for images and 1 for vectors and stay above 1e-3.
-        iw_samples: importance samples k of training: 1 trains on the ELBO, k > 1 on the IWAE bound (a subclass with
-            a loss_terms of its own trains on its own objective: 1 only)
-            (``docs/family.md``); ``neg_iwae_<k>`` logs the unweighted bound.
+        iw_samples: importance samples k of training: 1 trains on the ELBO, k > 1 on the IWAE bound (``docs/family.md``;
+            1 only where ``trains_on_the_bound`` is False); ``neg_iwae_<k>`` logs the unweighted bound.
         nll_samples: importance samples K of the test-time bound on -log p(x).
         nll_chunk_size: importance samples decoded at once (trades memory for speed).
         **kwargs: the :class:`~ae_lightning.base.AutoencoderModule` arguments.
@@ -48,6 +47,8 @@ class VAE(AutoencoderModule):
     is_generative = True
     # Whether KL(q(z | x) || p(z)) is that of two diagonal normals, in closed form (see :meth:`elbo_terms`).
     closed_form_kl: ClassVar[bool] = True
+    # False for a variant that trains on an objective of its own, not the ELBO or IWAE bound: iw_samples is then 1.
+    trains_on_the_bound: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -71,7 +72,7 @@ class VAE(AutoencoderModule):
                 f"gaussian_std {gaussian_std!r} is for likelihood: gaussian, not {likelihood}: set likelihood: "
                 "gaussian, or leave gaussian_std out"
             )
-        if iw_samples != 1 and type(self).loss_terms is not VAE.loss_terms:
+        if iw_samples != 1 and not self.trains_on_the_bound:
             raise ValueError(
                 f"{type(self).__name__} trains on its own objective, not on the IWAE bound: iw_samples must be 1, got "
                 f"{iw_samples}"
