@@ -76,6 +76,15 @@ def test_prior_refuses_another_tokenizers_codes(tokenizer_path: Path, data_dir: 
         CodePrior.load_from_checkpoint(tmp_path / "prior.ckpt", tokenizer=str(tokenizer_path))  # read when named
 
 
+def test_prior_names_a_tokenizer_file_that_is_no_checkpoint(tokenizer_path: Path, tmp_path: Path) -> None:
+    # It was torch's "A load persistent id instruction was encountered ...", naming no file.
+    (tmp_path / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    (tmp_path / "cut.ckpt").write_bytes(tokenizer_path.read_bytes()[:1000])
+    for name in ("photo.png", "cut.ckpt"):
+        with pytest.raises(ValueError, match=rf"tokenizer \S*{name} is not a readable checkpoint \(truncated or"):
+            tiny_prior(tmp_path / name)
+
+
 def test_prior_config_trains_on_a_vqvae_run_through_the_command(data_dir: Path, tmp_path: Path) -> None:
     # The command builds the prior inside LightningCLI's instantiation, which once gave the tokenizer loaded there the
     # prior's hyperparameters (network: mlp) and refused it.

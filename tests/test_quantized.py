@@ -427,6 +427,20 @@ def test_networks_come_from_the_builders_or_are_given_and_labels_are_ignored() -
     assert all(torch.equal(value, probed.state_dict()[name]) for name, value in before.items())
 
 
+def test_a_given_encoder_of_another_factor_than_hidden_dims_sets_the_rate(tmp_path: Path) -> None:
+    # hidden_dims [8]: f = 2, codes 14x14; the given encoder has f = 4: codes 7x7, 49 * 4 bits per 784 pixels
+    model = quantized(encoder=nn.Conv2d(1, 4, 4, stride=4), decoder=nn.ConvTranspose2d(4, 1, 4, stride=4))
+    data = torch.utils.data.TensorDataset(images(), torch.zeros(6, dtype=torch.long), torch.arange(6))
+    (result,) = make_trainer(tmp_path).test(model, torch.utils.data.DataLoader(data, batch_size=3), verbose=False)
+    assert model.latent_shape == (4, 7, 7) == tuple(model.encode(images()).shape[1:])
+    assert result["test/bits_per_pixel"] == pytest.approx(49 * 4 / 784)  # was 196 * 4 / 784, hidden_dims' f
+
+
+def test_ms_ssim_takes_the_scales_of_the_scored_images_size() -> None:
+    model = quantized(input_shape=(1, 64, 64)).eval()  # 3 scales at 64 px; 16 px images allow one
+    assert 0 < model.test_metrics(torch.rand(2, 1, 16, 16))["ms_ssim"] <= 1  # was a torchmetrics ValueError
+
+
 # --- adversarial losses ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("layers", [0, 1, 2, 3])
 def test_the_patchgan_takes_images_down_to_its_minimum_size_and_smaller_ones_are_refused(layers: int) -> None:

@@ -131,6 +131,10 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
         hidden_dims = list(self.hparams.hidden_dims)
         return ResidualConvDecoder(self.input_shape[0], self.latent_dim, hidden_dims, self.hparams.residual_blocks)
 
+    def check_encoder_output(self, x: Tensor, y: Tensor) -> None:
+        # A given encoder sets the codes' size, which hidden_dims (the default networks') need not: test/bits_per_pixel
+        self.latent_shape = (self.latent_dim, *self.encoder(x).shape[2:])
+
     # --- what a variant supplies ------------------------------------------------------------------------------------
     @property
     def encoder_channels(self) -> int:
@@ -280,8 +284,8 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
         reconstruction = (self(x, y) if reconstruction is None else reconstruction).float()
         metrics = {}
         with torch.autocast(x.device.type, enabled=False):  # bf16 convolutions moved ms_ssim from 0.038 to 0.063
-            if ms_ssim_applies(self.input_shape[1:]):
-                betas = ms_ssim_betas(self.input_shape[1:])
+            if ms_ssim_applies(x.shape[-2:]):  # a fully convolutional model scores images of any size
+                betas = ms_ssim_betas(x.shape[-2:])
                 metrics["ms_ssim"] = multiscale_structural_similarity_index_measure(
                     reconstruction, x.float(), betas=betas, data_range=1.0
                 )

@@ -287,7 +287,10 @@ def _read_tokenizer(path: str | Path) -> tuple[QuantizedAutoencoder, dict[str, A
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer checkpoint {path} does not exist; train one with configs/vqvae.yaml")
-    data, checkpoint = _read_once(path, weights_only=False)
+    try:
+        data, checkpoint = _read_once(path, weights_only=False)
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError, ... depending on the damage
+        raise ValueError(f"tokenizer {path} is not a readable checkpoint (truncated or corrupt?): {error}") from None
     stored = checkpoint.get("ae_lightning_class", "?")
     if not stored.endswith(".QuantizedAutoencoder"):
         raise ValueError(f"a prior needs a QuantizedAutoencoder's codes, but {path} holds a {stored}")
