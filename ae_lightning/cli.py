@@ -224,6 +224,10 @@ class AutoencoderCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         _fast_path(_run_config(self.config), fit=self.subcommand in ("fit", None))
+        for i, log_dir in _one_version_per_folder(_run_config(self.config)).items():
+            self._logger_settings_given.setdefault(i, {})["version"] = None  # the run's config.yaml names none
+            # CSVLogger's warning that the folder, which its sibling logger just made, holds files
+            warnings.filterwarnings("ignore", re.escape(f"Experiment logs directory {log_dir} exists and is not"))
         if self.subcommand == "predict":
             _streamed_predictions(self.config.predict)
 
@@ -390,7 +394,8 @@ class AutoencoderCLI(LightningCLI):
                 _continue_wandb_run(config, self._checkpoint)
 
     def _check_checkpoint_fits(self) -> None:
-        """Refuse model settings that the checkpoint's weights contradict, naming both values."""
+        """Refuse model settings that the checkpoint's weights contradict, naming both values; name those that differ
+        from the checkpoint's run and that this run's model takes (they apply from here on)."""
         checkpoint = self._checkpoint
         if checkpoint is None:
             return
@@ -399,13 +404,16 @@ class AutoencoderCLI(LightningCLI):
         mismatched = sorted(
             name for name in built if name not in weights or tuple(weights[name].shape) != tuple(built[name].shape)
         )
-        if not mismatched:
-            return
         stored = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
         mine = dict(self.model.hparams)
         differing = [f"{name}={stored[name]!r} (this run: {mine.get(name)!r})" for name in stored
                      if name in mine and _plain(stored[name]) != _plain(mine[name])]  # fmt: skip
         path = self.config[self.subcommand].ckpt_path
+        if not mismatched:
+            if differing:
+                given = f"this {self.subcommand} uses the values this run was given"
+                rank_zero_info(f"--ckpt_path {path} was trained with {', '.join(differing)}: {given}")
+            return
         raise ValueError(
             f"--ckpt_path {path} holds weights that this run's model cannot take ({', '.join(mismatched[:3])} differ)"
             + (f"; the checkpoint was trained with {', '.join(differing)}" if differing else "")
@@ -511,6 +519,11 @@ class AutoencoderCLI(LightningCLI):
 
     def _before_evaluation(self) -> None:
         self._check_run(fit=False)
+        if self.config[self.subcommand].get("ckpt_path") is None:  # Lightning evaluates the model as it was built
+            rank_zero_warn(
+                f"{self.subcommand} without --ckpt_path evaluates the weights that the config builds, not a trained "
+                "run's; give --ckpt_path last (the newest run under --trainer.default_root_dir) or a checkpoint file"
+            )
         # Lightning restores the checkpoint's ModelCheckpoint state for evaluation too, which writes no checkpoint:
         # its warning that the run's checkpoint folder differs from the checkpoint's is noise here.
         warnings.filterwarnings("ignore", "The dirpath has changed from", module=r"lightning\.pytorch\.callbacks")
@@ -918,6 +931,26 @@ def _logger_defaults(config: Any) -> dict[int, dict[str, Any]]:
                               "WandbLogger writes its run into one folder; give only save_dir")  # fmt: skip
         if default:
             given[i]["save_dir"], init_args.save_dir = save_dir, init_args.get("dir") or root
+    return given
+
+
+def _one_version_per_folder(config: Any) -> dict[int, str]:
+    """Give the CSV and TensorBoard loggers of ``config`` that share one folder ``<save_dir>/<name>`` and were given no
+    version one ``version``: the next that folder has free, where each would take its own (the first ``version_0``,
+    the next ``version_1``). Loggers of which any was given a version keep their settings. Returns each given logger's
+    position and its run folder."""
+    built = {}  # as Lightning builds them, for their folder and next version (built loggers write nothing yet)
+    for i, logger in enumerate(_loggers(config)):
+        logger_class = resolve_class_path(logger.class_path) if hasattr(logger, "class_path") else None
+        if isinstance(logger_class, type) and issubclass(logger_class, (CSVLogger, TensorBoardLogger)):
+            built[i] = logger_class(**(logger.get("init_args") or {}))
+    given: dict[int, str] = {}
+    for folder in {logger.root_dir for logger in built.values()}:
+        shared = [i for i, logger in built.items() if logger.root_dir == folder]
+        if len(shared) > 1 and all(_loggers(config)[i].init_args.get("version") is None for i in shared):
+            for i in shared:
+                _loggers(config)[i].init_args.version = built[shared[0]].version
+                given[i] = os.path.join(folder, f"version_{built[shared[0]].version}")
     return given
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
+from unittest import mock
 
 import pytest
 import torch
@@ -34,9 +35,13 @@ def vae_run(data_dir: Path, tmp_path: Path) -> Path:
 def test_test_takes_the_runs_evaluation_settings_and_refuses_other_shapes(
     vae_run: Path, data_dir: Path, tmp_path: Path
 ) -> None:
-    cli = run_cli("test", *tiny_args("vae", data_dir, tmp_path / "t", "--ckpt_path", str(vae_run),
-                                     "--model.init_args.nll_samples", "3", "--model.init_args.beta", "4"))  # fmt: skip
+    with mock.patch("ae_lightning.cli.rank_zero_info") as info:
+        evaluation = ["--model.init_args.nll_samples", "3", "--model.init_args.beta", "4"]
+        cli = run_cli("test", *tiny_args("vae", data_dir, tmp_path / "t", "--ckpt_path", str(vae_run), *evaluation))
     assert cli.model.nll_samples == 3 and cli.model.beta == 4  # not the checkpoint's 4 and 1
+    # named, not silently taken (a resumed fit's likewise): the run's settings that differ from the checkpoint's
+    said = " ".join(str(call.args[0]) for call in info.call_args_list)
+    assert "trained with beta=1.0 (this run: 4.0), nll_samples=4 (this run: 3)" in said
     with pytest.raises(ValueError, match=r"holds weights that this run's model cannot take .* trained with "
                                          r"latent_dim=4 \(this run: 8\)"):  # fmt: skip
         run_cli("test", *tiny_args("vae", data_dir, tmp_path / "t", "--ckpt_path", str(vae_run),

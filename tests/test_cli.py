@@ -492,6 +492,42 @@ def test_an_appended_logger_writes_into_the_runs_root_as_one_given_in_place_of_t
     assert [Path(logger.save_dir) for logger in own] == [tmp_path, tmp_path / "csv"]
 
 
+def test_several_loggers_of_one_folder_write_one_run_into_one_version_unless_given_versions(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # TensorBoard and the checkpoints went to version_0, metrics.csv to version_1 (each logger numbered its own)
+    both = [*common(data_dir, tmp_path), "--trainer.logger+=CSVLogger", "--trainer.log_every_n_steps", "1"]
+    run = ["--trainer.max_steps", "2", "--trainer.limit_val_batches", "1"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):  # a second run into the same root takes the next version, one for both loggers again
+            run_cli("fit", "--config", str(ROOT / "configs" / "ae.yaml"), *both, *run)
+    runs = tmp_path / "lightning_logs"
+    assert sorted(path.name for path in runs.iterdir()) == ["version_0", "version_1"]
+    for version in runs.iterdir():
+        assert {"metrics.csv", "config.yaml", "hparams.yaml"} <= {path.name for path in version.iterdir()}
+        assert (version / "checkpoints" / "last.ckpt").is_file() and next(version.glob("events.out.tfevents.*"))
+        assert "version: 0" not in (version / "config.yaml").read_text()  # the run's config names no version
+    assert not [w for w in caught if "exists and is not empty" in str(w.message)]
+    given = build(*both, "--trainer.logger.version", "7").trainer.loggers  # the CSV logger's: both keep their own
+    assert [Path(logger.log_dir).name for logger in given] == ["version_2", "version_7"]
+
+
+def test_evaluating_without_a_checkpoint_warns_that_the_weights_are_the_configs_untrained_ones(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # validate, test and predict scored the randomly initialized model without a word
+    args = [
+        "--config",
+        str(ROOT / "configs" / "ae.yaml"),
+        *common(data_dir, tmp_path),
+        "--trainer.limit_val_batches",
+        "1",
+    ]
+    with pytest.warns(UserWarning, match=r"validate without --ckpt_path evaluates the weights that the config builds"):
+        run_cli("validate", *args)
+
+
 def test_the_hints_read_the_wording_of_jsonargparses_errors(tmp_path: Path) -> None:
     """The hints of misspelled keys and class names read jsonargparse's errors: a release that words them otherwise
     fails here, naming the wording the command expects, instead of the hints silently going."""
