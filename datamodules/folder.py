@@ -157,6 +157,13 @@ def list_images(
     if test and names != class_names:
         training = f"has {class_names}" if class_names is not None else "is flat (no classes)"
         raise ValueError(f"{folder} has the classes {names}, but the training folder {training}")
+    for root, folders, _ in os.walk(folder, followlinks=True):  # as make_dataset walks it, before it does
+        for link in (Path(root, name) for name in folders):
+            if link.is_symlink() and Path(root).resolve().is_relative_to(link.resolve()):
+                raise ValueError(
+                    f"{link} is a link to {link.resolve()}, a folder that holds it: its images would be read again at "
+                    "every depth of the loop; remove the link"
+                )
     try:
         samples = make_dataset(
             str(folder),

@@ -6,29 +6,34 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+# The element types of the IDX files torchvision's MNIST family reads, by the suffix of their names: the type code
+# in the header, its size in bytes and its name (QMNIST's labels are 32-bit integers, ``*-idx2-int``).
+IDX_TYPES = {"ubyte": (0x08, 1, "an unsigned-byte"), "int": (0x0C, 4, "a 32-bit integer")}
 
-def check_idx_file(path: str | Path, ndim: int) -> tuple[int, ...]:
-    """The shape in the header of ``path``, an unsigned-byte IDX file of ``ndim`` dimensions (3 for images, 1 for
-    labels); a ValueError if it is a directory, not a whole such file, or holds no samples."""
+
+def check_idx_file(path: str | Path, ndim: int, kind: str = "ubyte") -> tuple[int, ...]:
+    """The shape in the header of ``path``, an IDX file of ``ndim`` dimensions (3 for images, 1 for labels) whose
+    elements are of ``kind`` (a key of :data:`IDX_TYPES`); a ValueError if it is a directory, not a whole such file,
+    or holds no samples."""
     path = Path(path)
+    code, size_of, name = IDX_TYPES[kind]
     if path.is_dir():
         raise ValueError(f"{path} is a directory, expected an IDX file with {ndim} dimensions")
     size = path.stat().st_size
     with path.open("rb") as f:
         header = f.read(4 + 4 * ndim)
-    # IDX header: two zero bytes, a type code (0x08 = unsigned byte), the number of dimensions, then one
-    # big-endian uint32 per dimension.
-    if header[:4] != bytes((0, 0, 0x08, ndim)):
+    # IDX header: two zero bytes, a type code, the number of dimensions, then one big-endian uint32 per dimension.
+    if header[:4] != bytes((0, 0, code, ndim)):
         raise ValueError(
-            f"{path} is not an unsigned-byte IDX file with {ndim} dimensions: its magic number is "
-            f"{header[:4].hex() or 'missing'}, expected 000008{ndim:02x}. Delete it and download it again."
+            f"{path} is not {name} IDX file with {ndim} dimensions: its magic number is "
+            f"{header[:4].hex() or 'missing'}, expected 0000{code:02x}{ndim:02x}. Delete it and download it again."
         )
     if len(header) < 4 + 4 * ndim:
         raise ValueError(
             f"{path} is truncated: its {size}-byte header is shorter than the {4 + 4 * ndim} bytes expected"
         )
     shape = tuple(int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = 4 + 4 * ndim + math.prod(shape)
+    expected = 4 + 4 * ndim + math.prod(shape) * size_of
     if size != expected:
         raise ValueError(
             f"{path} is truncated or corrupt: it has {size} bytes, but its header (shape {shape}) needs "

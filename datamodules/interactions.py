@@ -80,9 +80,9 @@ class InteractionsDataModule(ImageDataModule):
         held_out_fraction: OpenUnitInterval = 0.2,
         test_path: str | None = None,
         header: bool | None = None,
-        batch_size: int = 500,
+        batch_size: PositiveInt = 500,
         seed: NonNegativeInt = 42,
-        num_workers: int = 0,
+        num_workers: NonNegativeInt = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers)
         if test_users is not None and test_path is not None:
@@ -187,6 +187,12 @@ class InteractionsDataModule(ImageDataModule):
             test_users = np.sort(test["user"].unique())
             self.check_test_file(frame, first_line, test)
             users = users[~np.isin(users, test_users)]  # validation users are drawn from the others
+            if len(users) == 0:
+                raise ValueError(
+                    f"every user of {self.path} with min_user_items={least} interactions is a test user of "
+                    f"{self.test_path}, but validation users are drawn from the others: give a test_path that holds "
+                    "some of the users (MovieLens-100K's u1.test does; its ua.test holds every user)"
+                )
         n_val = _count(self.hparams.val_users, len(users))
         n_test = 0 if test is not None else _count(self.hparams.test_users or DEFAULT_TEST_USERS, len(users))
         drawn = [("val_users", self.hparams.val_users, n_val)]

@@ -242,7 +242,8 @@ def prepare_stream(
             f"output {output} holds --data-dir {data_dir}, where {source} is read (or downloaded to); write the "
             "stream elsewhere"
         )
-    _check_free(location, overwrite, [source] if test_dir is None else [source, test_dir])
+    sources = [source] if test_dir is None else [source, test_dir]
+    _check_free(location, overwrite, sources)
     with _staging_folder(location) as staging:
         kind, payloads, parts, class_names = _records(source, test_dir, labels, key, data_dir, dataset_kwargs or {})
         labelled = [label for records in parts.values() for _, label in records if label >= 0]
@@ -304,6 +305,7 @@ def prepare_stream(
             settings=settings,
         )
         (staging / MANIFEST).write_text(json.dumps(asdict(manifest), indent=1, sort_keys=True))
+        _check_free(location, overwrite, sources)  # again: a prepare that held the lock first may have published
         _publish(staging, location)
     return manifest
 

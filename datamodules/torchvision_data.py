@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 from pathlib import Path
 from pkgutil import resolve_name
 from typing import Any
@@ -13,7 +14,7 @@ from torch import Tensor
 
 from datamodules.arrays import as_labels, as_samples
 from datamodules.base import UNLABELED, Arrays, ImageDataModule, download_lock
-from datamodules.idx import check_idx_file
+from datamodules.idx import IDX_TYPES, check_idx_file
 
 
 class TorchvisionDataModule(ImageDataModule):
@@ -108,6 +109,7 @@ class TorchvisionDataModule(ImageDataModule):
 
     def _missing_parts(self) -> list[str]:
         """The splits whose files torchvision does not find (or finds corrupted)."""
+        self._check_idx_files()  # before torchvision reads any, and before a download it would skip is tried
         missing = []
         for part in ("train", "test"):
             try:
@@ -124,12 +126,12 @@ class TorchvisionDataModule(ImageDataModule):
         return self.data_dir / getattr(cls, "base_folder", "")
 
     def _check_idx_files(self) -> None:
-        """Raise a ValueError naming the first truncated or foreign unsigned-byte IDX file in the folder of an
-        MNIST-family class (:func:`~datamodules.idx.check_idx_file`): torchvision's error names none."""
+        """Raise a ValueError naming the first truncated or foreign IDX file in the folder of an MNIST-family class
+        (:func:`~datamodules.idx.check_idx_file`): torchvision's error names none."""
         if issubclass(self.dataset_class, torchvision.datasets.MNIST):
-            for ndim in (1, 2, 3):
-                for path in sorted(self._files_folder().glob(f"*-idx{ndim}-ubyte")):
-                    check_idx_file(path, ndim)
+            for ndim, kind in itertools.product((1, 2, 3), IDX_TYPES):
+                for path in sorted(self._files_folder().glob(f"*-idx{ndim}-{kind}")):
+                    check_idx_file(path, ndim, kind)
 
     def _where_to_put_files(self) -> str:
         cls = self.dataset_class
@@ -182,8 +184,11 @@ class TorchvisionDataModule(ImageDataModule):
 
 
 def labels_of(dataset: Any, where: str) -> Tensor:
-    """A torchvision dataset's ``targets`` (or ``labels``) as ``[N]`` int64, -1 each where it has neither."""
+    """A torchvision dataset's ``targets`` (or ``labels``) as ``[N]`` int64, -1 each where it has neither; QMNIST's
+    class, the first of its eight label columns (the label its own items give)."""
     targets = getattr(dataset, "targets", getattr(dataset, "labels", None))
+    if isinstance(dataset, torchvision.datasets.QMNIST):
+        targets = targets[:, 0]
     return torch.full((len(dataset),), UNLABELED) if targets is None else as_labels(targets, f"{where} (labels)")
 
 

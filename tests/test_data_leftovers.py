@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import yaml
+from conftest import write_image_folder
+from filelock import FileLock
 from lightning.pytorch.core.saving import save_hparams_to_yaml
 
-from datamodules import InteractionsDataModule, MNISTDataModule, StreamingDataModule
-from datamodules.stream_store import StreamManifest
+from datamodules import (
+    ImageFolderDataModule,
+    InteractionsDataModule,
+    MNISTDataModule,
+    StreamingDataModule,
+    TorchvisionDataModule,
+    stream_prepare,
+)
+from datamodules.stream_prepare import prepare_stream
+from datamodules.stream_store import StreamLocation, StreamManifest, read_manifest
 
 
 def _ratings(path: Path, separator: str = ",") -> Path:
@@ -61,3 +75,97 @@ def test_a_manifest_count_of_the_wrong_type_is_named_with_its_file_key_and_value
         (tmp_path / split / "index.json").write_text("{}")
     with pytest.raises(ValueError, match=r"manifest.json: counts.train is '99', expected an integer >= 0; prepare"):
         StreamingDataModule(str(tmp_path)).setup()
+
+
+@pytest.mark.parametrize("build", [MNISTDataModule, lambda root: TorchvisionDataModule("MNIST", data_dir=root)])
+def test_a_truncated_idx_file_in_a_read_only_data_dir_is_named(
+    build: Callable[[str], Any], data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # it was the download lock's "cannot take the download lock of data_dir": torchvision's reshape error made the
+    # split count as missing. No lock can be taken in a read-only folder (faked: root writes into read-only folders).
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise PermissionError(13, "Permission denied", str(data_dir / ".lock"))
+
+    monkeypatch.setattr(FileLock, "acquire", refuse)
+    path = data_dir / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte is truncated or corrupt: it has \d+ bytes, but"):
+        data = build(str(data_dir))
+        data.prepare_data()
+        data.setup()
+
+
+def _write_qmnist(root: Path, n_train: int = 40, n_test: int = 20) -> Path:
+    """A tiny QMNIST in ``root/QMNIST/raw``: its labels are 32-bit rows of 8 columns (class, NIST writer, ...)."""
+    raw = root / "QMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for part, n in (("train", n_train), ("test", n_test)):
+        labels = np.stack([np.arange(n) % 10, *([1000 + np.arange(n)] * 7)], axis=1).astype(">i4")
+        images = np.random.default_rng(n).integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        for name, array, code in (("images-idx3-ubyte", images, 8), ("labels-idx2-int", labels, 12)):
+            shape = b"".join(int(size).to_bytes(4, "big") for size in array.shape)
+            (raw / f"qmnist-{part}-{name}").write_bytes(bytes((0, 0, code, array.ndim)) + shape + array.tobytes())
+    return raw
+
+
+def test_qmnist_trains_on_the_class_column_of_its_labels_and_a_truncated_label_file_is_named(tmp_path: Path) -> None:
+    # it was "labels must be a 1-D integer array, got torch.int64 (40, 8)"; a truncated label file, torch's "buffer
+    # length (1282 bytes) after offset (12 bytes) must be a multiple of element size (4)", naming no file
+    raw = _write_qmnist(tmp_path)
+    data = TorchvisionDataModule("QMNIST", data_dir=str(tmp_path), val_fraction=0.25)
+    data.setup()
+    assert data.arrays.train[1].tolist() == [i % 10 for i in range(40)]
+    assert data.arrays.test[1].tolist() == [i % 10 for i in range(20)]
+    labels = raw / "qmnist-train-labels-idx2-int"
+    labels.write_bytes(labels.read_bytes()[:-10])
+    refusal = r"qmnist-train-labels-idx2-int is truncated or corrupt: it has 1282 bytes, but its header \(shape \(40, 8"
+    with pytest.raises(ValueError, match=refusal):
+        TorchvisionDataModule("QMNIST", data_dir=str(tmp_path)).setup()
+
+
+def test_a_link_to_a_folder_that_holds_it_is_refused_naming_it(tmp_path: Path) -> None:
+    # it was 246 images from 6 files (os.walk follows the loop until the path is too long), cat/up/dog/... as cats
+    root = write_image_folder(tmp_path / "photos", per_class=3)
+    (root / "cat" / "up").symlink_to(root)
+    refusal = r"photos/cat/up is a link to .*photos, a folder that holds it: .*; remove the link"
+    with pytest.raises(ValueError, match=refusal):
+        ImageFolderDataModule(str(root)).setup()
+    (root / "cat" / "up").unlink()
+    (root / "cat" / "more").symlink_to(root / "dog")  # a link elsewhere is followed, as torchvision follows it
+    ImageFolderDataModule(str(root), val_fraction=0.2, test_fraction=0.2).setup()
+
+
+def test_a_test_path_holding_every_user_is_refused_naming_it(tmp_path: Path) -> None:
+    # MovieLens-100K's ua.base/ua.test: it was "val_users=0.1 of the 0 users of ua.base who can be drawn is 0 users:
+    # give a larger fraction, or a count", a fix that cannot help
+    lines = _ratings(tmp_path / "r.csv").read_text().splitlines()[1:]
+    (tmp_path / "ua.base").write_text("".join(f"{line}\n" for k, line in enumerate(lines) if k % 4))
+    (tmp_path / "ua.test").write_text("".join(f"{line}\n" for k, line in enumerate(lines) if k % 4 == 0))
+    data = InteractionsDataModule(str(tmp_path / "ua.base"), test_path=str(tmp_path / "ua.test"), min_user_items=3)
+    with pytest.raises(
+        ValueError,
+        match=r"every user of .*ua.base with min_user_items=3 interactions is a test user of "
+        r".*ua.test, but validation users are drawn from the others: give a test_path that holds some",
+    ):
+        data.setup()
+
+
+def test_a_stream_published_while_a_second_prepare_encodes_is_not_replaced_without_overwrite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # two prepares of one new output: the second passed the check before any work while the first still wrote, then
+    # took the lock once the first had published, and replaced its stream without --overwrite
+    images = write_image_folder(tmp_path / "images", per_class=6, size=8)
+    first = prepare_stream(str(images), str(tmp_path / "first"), chunk_size=4)
+    write_split = stream_prepare._write_split
+
+    def first_publishes(*args: Any, **kwargs: Any) -> Any:
+        if not (tmp_path / "stream").exists():
+            shutil.copytree(tmp_path / "first", tmp_path / "stream")
+        return write_split(*args, **kwargs)
+
+    monkeypatch.setattr(stream_prepare, "_write_split", first_publishes)
+    with pytest.raises(FileExistsError, match=r"stream holds a stream already; pass --overwrite to replace it"):
+        prepare_stream(str(images), str(tmp_path / "stream"), chunk_size=2)
+    assert read_manifest(StreamLocation(str(tmp_path / "stream"))).fingerprint == first.fingerprint
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["first", "images", "stream"]
