@@ -214,6 +214,20 @@ def test_sigterm_without_a_last_checkpoint_says_that_nothing_was_saved(data_dir:
     assert not list(tmp_path.rglob("last*.ckpt"))
 
 
+def run_or_fail_if_hung(args: list[str], timeout: float = 240) -> tuple[int, str]:
+    """The exit status and output of the signalled run ``args``; the test fails, with the output, if it hangs."""
+    process = subprocess.Popen(
+        args, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"the signalled run hung:\n{output[-5000:]}")
+    return process.returncode, output
+
+
 def test_sigterm_under_ddp_saves_once_agreed_and_every_rank_exits_143(data_dir: Path, tmp_path: Path) -> None:
     # Only rank 0 gets the signal, at step 8 (epoch 1; 7 steps per epoch): the ranks agree at step 10
     # (check_every_n_steps) and save together.
@@ -221,17 +235,10 @@ def test_sigterm_under_ddp_saves_once_agreed_and_every_rank_exits_143(data_dir: 
     ddp = ["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2"]
     signal_rank_zero = [f"--trainer.callbacks+={__name__}.SigtermRankZeroAtStep", "--trainer.callbacks.step", "8",
                         "--trainer.callbacks.folder", str(tmp_path / "exits")]  # fmt: skip
-    process = subprocess.Popen(
-        command("fit", *tiny_args("ae", data_dir, tmp_path, *ddp, *signal_rank_zero)),
-        env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
-    try:
-        output, _ = process.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        pytest.fail(f"the signalled DDP run hung:\n{output[-5000:]}")
-    assert process.returncode == 143, output[-5000:]
+    returncode, output = run_or_fail_if_hung(
+        command("fit", *tiny_args("ae", data_dir, tmp_path, *ddp, *signal_rank_zero))
+    )
+    assert returncode == 143, output[-5000:]
     assert {path.name: path.read_text() for path in (tmp_path / "exits").iterdir()} == {
         "rank0.exit": "143",
         "rank1.exit": "143",
@@ -472,3 +479,44 @@ def test_a_sigterm_during_predict_exits_143_writing_no_predictions(format: str, 
     assert exited.value.code == 143
     # the run's config alone: no predictions, whole or partial
     assert sorted(path.name for path in tmp_path.iterdir()) == ["config.yaml", "data"]
+
+
+class SigtermRankOneOnceRankZeroIsDone(Callback):
+    """Rank 0 notes the end of its predict batch ``batch`` (its last) in ``<folder>/rank0.done``; rank 1, at the start
+    of its batch ``batch``, waits for that note (at most 60 s), gives rank 0 5 s more (to write its predictions, if it
+    would), then sends SIGTERM to its own process.
+
+    Args:
+        batch: the batch index.
+        folder: where rank 0 notes that it is done.
+    """
+
+    def __init__(self, batch: int, folder: str) -> None:
+        self.batch = batch
+        self.done = Path(folder) / "rank0.done"
+
+    def on_predict_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int, dataloader_idx=0) -> None:
+        if trainer.global_rank == 1 and batch_idx == self.batch:
+            deadline = time.monotonic() + 60
+            while not self.done.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(5)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_predict_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx=0):
+        if trainer.global_rank == 0 and batch_idx == self.batch:
+            self.done.parent.mkdir(parents=True, exist_ok=True)
+            self.done.touch()
+
+
+@pytest.mark.parametrize("format", ["file", "stream"])
+def test_a_sigterm_during_a_ddp_predict_leaves_no_predictions(format: str, data_dir: Path, tmp_path: Path) -> None:
+    # Rank 0 had finished its batches when rank 1 was signalled in its last: rank 0 wrote predictions-rank0.pt and the
+    # run exited 143.
+    ddp = ["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2"]
+    signalled = [f"--trainer.callbacks+={__name__}.SigtermRankOneOnceRankZeroIsDone", "--trainer.callbacks.batch", "1",
+                 "--trainer.callbacks.folder", str(tmp_path / "notes")]  # fmt: skip
+    args = tiny_args("ae", data_dir, tmp_path / "run", *ddp, *signalled, "--predictions.format", format)
+    returncode, output = run_or_fail_if_hung(command("predict", *args, "--trainer.logger", "false"))
+    assert returncode == 143, output[-5000:]
+    assert sorted(path.name for path in (tmp_path / "run").iterdir()) == ["config.yaml"], output[-5000:]

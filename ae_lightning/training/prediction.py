@@ -24,8 +24,8 @@ class PredictionWriter(BasePredictionWriter):
 
     ``format: file`` writes one ``torch.load``-able dict of stacked tensors, one ``<name>-rank<R>.pt`` per process
     under DDP; ``format: stream`` writes each batch into one litdata stream of per-image dicts and needs
-    ``return_predictions`` false. Either is renamed into place when complete (a failed predict leaves nothing) and
-    never overwrites an existing one (refused before the first batch);
+    ``return_predictions`` false. Either is put in place once every callback's ``on_predict_epoch_end`` has run (a
+    failed or stopped predict leaves nothing) and never overwrites an existing one (refused before the first batch);
     ``fast_dev_run`` writes nothing. Floats are written as float32 (bfloat16's exactly), or float64 under ``64-true``.
 
     Args:
@@ -52,7 +52,9 @@ class PredictionWriter(BasePredictionWriter):
         self.chunk_bytes = chunk_bytes
         self.path: Path | None = None
         self._writer: Any = None
+        # A stream's folder, or a file's predictions: what on_predict_end puts in place.
         self._staging: Path | None = None
+        self._merged: dict[str, torch.Tensor] | None = None
         self._written = 0
         self._rows = "images"
 
@@ -106,15 +108,27 @@ class PredictionWriter(BasePredictionWriter):
         self._writer.done()
         self._writer.merge()  # rank 0 waits for every rank's index and writes the stream's index.json
         trainer.strategy.barrier()
-        path = self._target(trainer)
-        if trainer.is_global_zero:
-            os.replace(self._staging, path)
-            count = sum(chunk["chunk_size"] for chunk in json.loads((path / "index.json").read_text())["chunks"])
-            print(f"Predictions for {count} {self._rows} written to {path} (a litdata stream)")
-        trainer.strategy.barrier()
-        self.path, self._writer, self._staging = path, None, None
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After the epoch-end hooks of every callback, whatever their order: a SigtermCheckpoint that stops the run
+        # there (under DDP, once every rank is done) leaves no rank's predictions.
+        if self._merged is not None:
+            path = self._target(trainer, new=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(path, lambda file: torch.save(self._merged, file))
+            print(f"Predictions for {len(self._merged['index'])} {self._rows} written to {path}")  # by each process
+            self.path, self._merged = path, None
+        elif self._staging is not None:
+            path = self._target(trainer)
+            if trainer.is_global_zero:
+                os.replace(self._staging, path)
+                count = sum(chunk["chunk_size"] for chunk in json.loads((path / "index.json").read_text())["chunks"])
+                print(f"Predictions for {count} {self._rows} written to {path} (a litdata stream)")
+            trainer.strategy.barrier()
+            self.path, self._writer, self._staging = path, None, None
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._merged = None
         if self._staging is not None:  # a stream that stopped before its end: its chunks are of no use
             shutil.rmtree(self._staging, ignore_errors=True)
             self._writer = self._staging = None
@@ -135,12 +149,8 @@ class PredictionWriter(BasePredictionWriter):
             return
         if isinstance(predictions[0], list):  # several predict dataloaders: only the first is ours
             predictions = predictions[0]
-        merged = {key: _readable(torch.cat([p[key] for p in predictions])) for key in predictions[0]}
-        path = self._target(trainer, new=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(path, lambda file: torch.save(merged, file))
-        self.path = path
-        print(f"Predictions for {len(merged['index'])} {_rows(merged, pl_module)} written to {path}")  # by each process
+        self._merged = {key: _readable(torch.cat([p[key] for p in predictions])) for key in predictions[0]}
+        self._rows = _rows(self._merged, pl_module)
 
 
 def _rows(predictions: dict[str, torch.Tensor], pl_module: L.LightningModule) -> str:

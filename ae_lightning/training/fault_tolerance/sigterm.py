@@ -20,16 +20,20 @@ class SigtermCheckpoint(AgreedSignal):
     """On SIGTERM during ``fit``, writes ``last.ckpt`` at the end of an optimizer step (after a validation or at an
     epoch's last batch, the next one) on all ranks together and exits with status 143; a signal before training
     exits 143 writing nothing, and one that finds no step left exits 143 once ``fit`` is done, unless the previous
-    handler took it (a function, or ``SIG_IGN``). During ``predict``, exits 143 at the end of the batch that the signal
-    found, before any predictions are written. When and why: ``docs/fault_tolerance.md``.
+    handler took it (a function, or ``SIG_IGN``). During ``predict``, exits 143 before any predictions are written:
+    alone at the end of the batch that the signal found, under DDP on all ranks together once their batches are done
+    (the ``PredictionWriter`` puts its files in place only after that). When and why:
+    ``docs/fault_tolerance.md``.
     """
 
     calls_previous_handler = True
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        if stage == "fit":
+        if stage in ("fit", "predict"):
             self.own_signal(signal.SIGTERM)
+        if stage == "predict":  # as in on_fit_start, which predict has not: Lightning's handler comes next
+            self.hand_back()
 
     # Lightning puts back the handler it found after the ``on_fit_start`` hooks: the previous one, not this callback's.
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -39,10 +43,10 @@ class SigtermCheckpoint(AgreedSignal):
         self.take_back()
         self._signalled |= trainer.received_sigterm  # Lightning's handler noted one before the take-back
         if self.agreed(trainer):
-            rank_zero_info("SIGTERM before training: exiting, nothing to save")
+            rank_zero_info("SIGTERM before the first batch: exiting, nothing to save")
             raise SystemExit(SIGTERM_EXIT_CODE)
 
-    on_train_start = on_sanity_check_start
+    on_train_start = on_predict_start = on_sanity_check_start
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.agreed(trainer):
@@ -57,13 +61,18 @@ class SigtermCheckpoint(AgreedSignal):
         default_action = self._previous_handler == signal.SIG_DFL
         super().teardown(trainer, pl_module, stage)
         if unacted and default_action:  # deferred, not dropped: a process may go on (a search's next trial)
-            rank_zero_info("SIGTERM when no training step was left: the run is complete; exiting")
+            rank_zero_info("SIGTERM when nothing was left to do: the run is complete; exiting")
             for logger in trainer.loggers:
                 logger.finalize("success")
             raise SystemExit(SIGTERM_EXIT_CODE)
 
     def on_predict_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
-        if trainer.received_sigterm:  # noted by Lightning's handler, which its predict loop never reads
+        # Under DDP the ranks may run different numbers of batches (none is padded in): they agree at the epoch's end.
+        if trainer.world_size == 1:
+            self.on_predict_epoch_end(trainer)
+
+    def on_predict_epoch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if self.agreed(trainer):
             rank_zero_info("SIGTERM during predict: exiting, no predictions written")
             raise SystemExit(SIGTERM_EXIT_CODE)
 
