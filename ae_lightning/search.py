@@ -15,6 +15,7 @@ import contextlib
 import difflib
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -220,7 +221,8 @@ def check_names(space: dict[str, Any], space_path: Path, configs: list[Path], pa
     """Raise a ValueError naming each space parameter that the config (``parsed``) lacks, and a ConfigError for a
     checkpoint folder or W&B run set in it, which all trials would share."""
     known, named = [key for key in parsed.keys() if not key.startswith("__")], " + ".join(map(str, configs))
-    missing = [name for name in space["parameters"] if name not in parsed]
+    # an argument of a class that the space draws (optimizer.init_args.momentum) is checked with each choice instead
+    missing = [name for name in space["parameters"] if name not in parsed and not drawn_owners(space, name)]
     if missing:
         hints = [f"{name} (did you mean {', '.join(difflib.get_close_matches(name, known, 3, 0.5)) or '?'})"
                  for name in missing]  # fmt: skip
@@ -243,23 +245,34 @@ def check_names(space: dict[str, Any], space_path: Path, configs: list[Path], pa
             )
 
 
+def drawn_owners(space: dict[str, Any], name: str) -> list[str]:
+    """The categorical parameters of ``space`` that hold parameter ``name`` (``model.init_args.optimizer`` holds
+    ``model.init_args.optimizer.init_args.lr``): classes drawn per trial, whose arguments differ by choice."""
+    return [key for key, spec in space["parameters"].items() if name.startswith(f"{key}.") and "choices" in spec]
+
+
 def check_values(space: dict[str, Any], space_path: Path, configs: list[Path], fit_args: list[str]) -> None:
     """Raise a ConfigError naming the first choice, ``low`` or ``high`` of the space that a trial drawing it would
-    refuse: by the command's parser, the model's or datamodule's signature, or the optimizer."""
-    for name, spec in space["parameters"].items():
+    refuse: by the command's parser, the model's or datamodule's signature, or the optimizer; an argument of a drawn
+    class (:func:`drawn_owners`) with each choice of that class."""
+    parameters = space["parameters"]
+    for name, spec in parameters.items():
         if spec["type"] == "categorical":
             values = [(f"choice {value!r}", value) for value in spec["choices"]]
         else:
             values = [(f"low {spec['low']!r}", spec["low"]), (f"high {spec['high']!r}", spec["high"])]
-        for which, value in values:
+        owners = [[(owner, choice) for choice in parameters[owner]["choices"]] for owner in drawn_owners(space, name)]
+        for drawn, (which, value) in itertools.product(itertools.product(*owners), values):
+            trials = "".join(f" with {key} {choice}" for key, choice in drawn)
+            drawn_args = [f"--{key}={_cli_value(choice)}" for key, choice in drawn]
             try:  # parsed as a trial's fit parses it (not seeded: only checked)
-                given = [*fit_args, "--seed_everything=false", f"--{name}={_cli_value(value)}"]
+                given = [*fit_args, "--seed_everything=false", *drawn_args, f"--{name}={_cli_value(value)}"]
                 check_argument(resolve_config(configs, given), name)
             except (argparse.ArgumentError, ValueError) as error:
                 message = one_line(str(error)) if isinstance(error, argparse.ArgumentError) else error
                 raise ConfigError(
-                    f"search space {space_path}: {name}: {which} would be refused by every trial that draws it: "
-                    f"{message}"
+                    f"search space {space_path}: {name}: {which} would be refused by every trial that draws it"
+                    f"{trials}: {message}"
                 ) from None
 
 
@@ -592,7 +605,7 @@ def objective(
     mode = "min" if trial.study.direction == optuna.study.StudyDirection.MINIMIZE else "max"
     cli_args = [
         "fit", *config_args(args.config), *fit_args,
-        *(f"--{name}={_cli_value(value)}" for name, value in values.items()),
+        *(f"--{name}={_cli_value(value)}" for name, value in sorted(values.items())),  # a drawn class before its args
         "--trainer.default_root_dir", str(folder),
         "--checkpoint.monitor", metric, "--checkpoint.mode", mode,
         *(["--ckpt_path", "last"] if retry else []),

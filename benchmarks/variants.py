@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import inspect
 import json
 import os
 import platform
@@ -266,15 +265,6 @@ def get_classifier(args: argparse.Namespace, datamodule: ImageDataModule, progre
     return record
 
 
-def takes_data_dir(cls: type) -> bool:
-    """Whether ``cls(data_dir=...)`` reaches an ``__init__`` that names ``data_dir``, also through ``**kwargs``."""
-    for init in (vars(base)["__init__"] for base in cls.__mro__ if "__init__" in vars(base)):
-        parameters = inspect.signature(init).parameters
-        if "data_dir" in parameters or not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
-            return "data_dir" in parameters
-    return False
-
-
 def main(argv: list[str] | None = None) -> list[Row]:
     args = parse_args(argv)
     progress = Progress()
@@ -284,7 +274,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     metrics = evaluation.check_metric_names(args.metrics)
     configs = resolve_configs(args.configs, args.config_dir)
     data_class = evaluation.datamodule_class(args.data)
-    if not takes_data_dir(data_class):
+    if "data_dir" not in evaluation.init_parameters(data_class):
         raise ValueError(
             f"--data {args.data} takes no data_dir: this benchmark trains every config on the images of --data_dir. "
             "The disentangling VAEs on dSprites: python benchmarks/disentanglement.py --part mig"

@@ -17,11 +17,10 @@ from a run's ``--checkpoint``. An option the datamodule does not take is refused
 from __future__ import annotations
 
 import argparse
-import inspect
 import sys
 
 from ae_lightning.cli import run_command
-from ae_lightning.evaluation.driver import datamodule_class, datamodule_names, load_checkpoint
+from ae_lightning.evaluation.driver import datamodule_class, datamodule_names, init_parameters, load_checkpoint
 from ae_lightning.evaluation.feature_classifier import (
     ClassifierRecord,
     default_classifier_path,
@@ -33,13 +32,8 @@ DATA_OPTIONS = ("data_dir", "input_dir", "image_size", "channels")  # passed to 
 
 def unsupported(cls: type) -> str | None:
     """Why ``--data`` cannot name datamodule ``cls`` (what it needs besides the :data:`DATA_OPTIONS`), or None."""
-    parameters = inspect.signature(cls).parameters
-    varying = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-    needed = [
-        name
-        for name, parameter in parameters.items()
-        if parameter.default is parameter.empty and parameter.kind not in varying and name not in DATA_OPTIONS
-    ]
+    parameters = init_parameters(cls)
+    needed = [name for name, value in parameters.items() if value.default is value.empty and name not in DATA_OPTIONS]
     if needed:
         return f"needs {', '.join(needed)}"
     return None if {"data_dir", "input_dir"} & set(parameters) else "reads neither a data_dir nor an input_dir"
@@ -81,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             f"--data {args.data}: {cls.__name__} {reason}, but this script gives a datamodule only --data_dir or "
             f"--input_dir: name one of {', '.join(supported)}, or the data of a run with --checkpoint <its checkpoint>"
         )
-    parameters = inspect.signature(cls).parameters
+    parameters = init_parameters(cls)
     for name in DATA_OPTIONS:
         if getattr(args, name) is not None and name not in parameters:
             parser.error(f"--{name} {getattr(args, name)}: {cls.__name__} takes no {name}")
@@ -98,7 +92,7 @@ def main(argv: list[str] | None = None) -> ClassifierRecord:
     else:
         cls = args.datamodule_class
         where = {name: getattr(args, name) for name in DATA_OPTIONS if getattr(args, name) is not None}
-        if "data_dir" in inspect.signature(cls).parameters:
+        if "data_dir" in init_parameters(cls):
             where.setdefault("data_dir", "data")
         datamodule = cls(**where, batch_size=args.batch_size, seed=args.seed)
     path = args.output or default_classifier_path(datamodule)

@@ -16,6 +16,8 @@ from conftest import write_dataset, write_image_folder
 from test_evaluation import load_script
 from tiny_runs import ROOT
 
+from ae_lightning.evaluation import driver as evaluation
+
 
 def test_benchmark_over_seeds_reports_mean_and_spread(tmp_path: Path) -> None:
     write_dataset(tmp_path / "data", "MNIST")
@@ -86,7 +88,9 @@ def test_the_benchmark_follows_keyword_arguments_passed_on_to_the_datamodule_tha
         def __init__(self, **kwargs) -> None:
             super().__init__(**kwargs)
 
-    takes_data_dir = load_script("benchmark").takes_data_dir
+    def takes_data_dir(cls: type) -> bool:
+        return "data_dir" in evaluation.init_parameters(cls)
+
     assert takes_data_dir(Forwarding) and takes_data_dir(MNISTDataModule) and not takes_data_dir(DSpritesDataModule)
 
 

@@ -610,6 +610,42 @@ def test_choices_and_bounds_a_trial_would_refuse_are_named_before_the_study_is_s
     assert not (tmp_path / "study.db").exists()  # the corrected space starts the study afresh
 
 
+MOMENTUM, OPTIMIZER = "model.init_args.optimizer.init_args.momentum", "model.init_args.optimizer"
+
+
+def test_an_argument_of_a_drawn_class_is_checked_with_each_choice_before_the_study_is_stored(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    # momentum checked with the config's optimizer alone (SGD) passed; the first trial to draw Adam stopped the search
+    # with "Option 'momentum' is not accepted", the study kept its completed trials, locked to this space
+    sgd = tmp_path / "sgd.yaml"
+    sgd.write_text("model:\n  init_args:\n    optimizer: {class_path: torch.optim.SGD, init_args: {lr: 0.01}}\n")
+    args = search_args(tmp_path, data_dir, "--n_trials", "3", "--trainer.max_epochs", "1", "--config", str(sgd))
+    space = {MOMENTUM: {"type": "float", "low": 0.0, "high": 0.9}, OPTIMIZER: {"type": "categorical",
+             "choices": ["torch.optim.SGD", "torch.optim.Adam"]}}  # fmt: skip
+    path = write_space(tmp_path, space)
+    message = f"search space {path}: {MOMENTUM}: low 0.0 would be refused by every trial that draws it with {OPTIMIZER}"
+    with pytest.raises(search.ConfigError, match=rf"^{re.escape(message)} torch.optim.Adam: .*'momentum' is not acce"):
+        search.run(args)
+    assert not (tmp_path / "study.db").exists()
+
+
+def test_an_argument_that_every_drawn_class_takes_is_searched_though_the_configs_class_lacks_it(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    # Adam (configs/ae.yaml's) has no momentum: the space was refused ("does not have"), and a trial given momentum
+    # before the class (the space's order) was refused by the parser
+    space = {MOMENTUM: {"type": "float", "low": 0.0, "high": 0.9}, OPTIMIZER: {"type": "categorical",
+             "choices": ["torch.optim.SGD", "torch.optim.RMSprop"]}}  # fmt: skip
+    args = search_args(tmp_path, data_dir, "--n_trials", "2", "--trainer.max_epochs", "1")
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump({"parameters": space}, sort_keys=False))  # momentum first
+    study = search.run(args)
+    for trial in study.trials:
+        saved = yaml.safe_load(Path(trial.user_attrs["config_file"]).read_text())["model"]["init_args"]["optimizer"]
+        assert trial.state == optuna.trial.TrialState.COMPLETE and saved["class_path"] == trial.params[OPTIMIZER]
+        assert saved["init_args"]["momentum"] == trial.params[MOMENTUM]
+
+
 def test_a_study_whose_trials_all_failed_before_validating_takes_the_corrected_search(
     tmp_path: Path, data_dir: Path, capsys
 ) -> None:

@@ -631,11 +631,23 @@ def check_data_source(
     )
 
 
+def init_parameters(cls: type) -> dict[str, inspect.Parameter]:
+    """The named arguments ``cls(...)`` takes: its ``__init__``'s and, while an ``__init__`` passes ``**kwargs`` on,
+    those of the next base's (a subclass that forwards ``data_dir`` through ``**kwargs`` takes ``data_dir``)."""
+    found: dict[str, inspect.Parameter] = {}
+    for init in (vars(base)["__init__"] for base in cls.__mro__ if "__init__" in vars(base)):
+        parameters = list(inspect.signature(init).parameters.values())[1:]  # without self
+        for parameter in parameters:
+            if parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+                found.setdefault(parameter.name, parameter)
+        if all(parameter.kind is not parameter.VAR_KEYWORD for parameter in parameters):
+            break
+    return found
+
+
 def _locations(cls: type) -> list[str]:
     """The arguments a datamodule class must be given (where its data are, for the datamodules of files)."""
-    varying = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-    parameters = inspect.signature(cls).parameters.values()
-    return [p.name for p in parameters if p.default is p.empty and p.kind not in varying]
+    return [name for name, parameter in init_parameters(cls).items() if parameter.default is parameter.empty]
 
 
 def _no_data_dir(data_class: type, data_hparams: dict[str, Any], data_dir: str | Path) -> str:
@@ -681,6 +693,7 @@ __all__ = [
     "frechet_distance",
     "gray_loader",
     "images_at_once",
+    "init_parameters",
     "load_checkpoint",
     "metric_applies",
     "negative_log_likelihood",
