@@ -82,7 +82,9 @@ def test_an_existing_prediction_file_is_refused_before_any_batch(data_dir: Path,
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "predictions.pt").write_bytes(b"earlier predictions")
     counter = CountBatches()
-    with pytest.raises(FileExistsError, match="predictions.pt already exists; predictions are never overwritten"):
+    with pytest.raises(
+        FileExistsError, match="predictions.pt already exists; predictions are never overwritten: give another filename"
+    ):
         predict(PredictionWriter(), tmp_path / "run", data_dir, counter)
     assert counter.batches == 0 and (tmp_path / "run" / "predictions.pt").read_bytes() == b"earlier predictions"
 

@@ -784,22 +784,22 @@ def test_the_feature_classifier_script_takes_a_datamodule_that_passes_data_dir_o
 ) -> None:
     # it read only the subclass's own signature: "MyMNIST reads neither a data_dir nor an input_dir", and a subclass of
     # ArrayDataModule (which needs path) was let through to a TypeError
-    (tmp_path / "my_data.py").write_text(
+    (tmp_path / "forwarding_datamodules.py").write_text(
         "from datamodules import ArrayDataModule, MNISTDataModule\n"
         "class MyMNIST(MNISTDataModule):\n    def __init__(self, **kwargs):\n        super().__init__(**kwargs)\n"
         "class MyArrays(ArrayDataModule):\n    def __init__(self, **kwargs):\n        super().__init__(**kwargs)\n"
     )
-    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(tmp_path))  # a name of its own: test_own_data needs my_data absent
     script = load_script("train_feature_classifier")
     common = ["--data_dir", str(data_dir), "--epochs", "1", "--accelerator", "cpu"]
-    record = script.main(["--data", "my_data.MyMNIST", *common, "--output", str(tmp_path / "c.pt")])
+    record = script.main(["--data", "forwarding_datamodules.MyMNIST", *common, "--output", str(tmp_path / "c.pt")])
     assert record.path == tmp_path / "c.pt" and record.network.input_shape == (1, 28, 28)
-    assert refused(script, ["--data", "my_data.MyArrays", *common], capsys).startswith(
-        "--data my_data.MyArrays: MyArrays needs path, "
+    assert refused(script, ["--data", "forwarding_datamodules.MyArrays", *common], capsys).startswith(
+        "--data forwarding_datamodules.MyArrays: MyArrays needs path, "
     )
-    assert refused(script, ["--data", "my_data.MyMNIST", *common, "--image_size", "8"], capsys).startswith(
-        "--image_size 8: MyMNIST takes no image_size"
-    )
+    assert refused(
+        script, ["--data", "forwarding_datamodules.MyMNIST", *common, "--image_size", "8"], capsys
+    ).startswith("--image_size 8: MyMNIST takes no image_size")
 
 
 def write_run_checkpoint(path: Path, datamodule: ImageDataModule) -> Path:

@@ -139,7 +139,10 @@ class PredictionWriter(BasePredictionWriter):
         if self.format == "file" and trainer.world_size > 1:
             path = path.with_name(f"{path.stem}-rank{trainer.global_rank}{path.suffix}")
         if new and path.exists():
-            raise FileExistsError(f"{path} already exists; predictions are never overwritten")
+            raise FileExistsError(
+                f"{path} already exists; predictions are never overwritten: give another filename "
+                "(--predictions.filename) or write into another run's folder"
+            )
         return path
 
     def write_on_epoch_end(
