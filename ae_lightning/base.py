@@ -230,8 +230,8 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         return {name: value.detach() for name, value in terms.items()}
 
     def manual_step(self, optimizer: Optimizer, loss: Tensor, counted: bool = True) -> None:
-        """Under manual optimization, ``loss``'s gradients into ``optimizer``'s zeroed ones, then its step; only a
-        ``counted`` step advances ``global_step`` (a batch's further optimizers step uncounted)."""
+        """Under manual optimization, zero ``optimizer``'s gradients, backpropagate ``loss`` and step; only a
+        ``counted`` step advances ``global_step``."""
         optimizer.zero_grad()
         self.manual_backward(loss)
         if counted:
@@ -252,9 +252,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         self._check_batch(x, "test")
         terms, reconstruction = self.test_terms(x, y, indices)
         self.log_terms(terms, "test", batch_size=len(x))
-        # test/recon_mse, test/recon_bce (per pixel), test/psnr and test/ssim, computed over the whole test set. In
-        # float32 at least: bf16-true casts the module, these sums too, and moving them in a step (Lightning's log)
-        # makes torchmetrics round its inputs to the default dtype, which bf16-true's steps set to bfloat16.
+        # test/recon_mse, recon_bce, psnr and ssim over the whole test set, in float32 at least (docs/internals.md)
         self.test_reconstruction.set_dtype(torch.promote_types(self.dtype, torch.float32))
         self.test_reconstruction.update(reconstruction.float(), x)
         self.log_dict(self.test_reconstruction, batch_size=len(x))
@@ -262,8 +260,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
             self.log(f"test/{name}", value, batch_size=weighted_batch_size(len(x)), sync_dist=True)
 
     def test_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        """A test batch's :meth:`loss_terms` and the reconstructions its metrics score, ``self(x, labels)``; a variant
-        whose loss reconstructs ``x`` as ``forward`` does may return that one and encode once."""
+        """A test batch's :meth:`loss_terms` and the reconstructions its metrics score, ``self(x, labels)``."""
         return self.loss_terms(x, labels, indices), self(x, labels)
 
     def test_metrics(
@@ -287,8 +284,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
 
     def _anomaly_score(self, x: Tensor, labels: Tensor, error: Tensor) -> Tensor:
         """:meth:`anomaly_score` of ``x``: ``error``, the reconstruction's, where a variant keeps the default."""
-        default = type(self).anomaly_score is AutoencoderModule.anomaly_score
-        return error if default else self.anomaly_score(x, labels)
+        return error if type(self).anomaly_score is AutoencoderModule.anomaly_score else self.anomaly_score(x, labels)
 
     @contextlib.contextmanager
     def evaluation_randomness(self, batch_idx: int) -> Iterator[None]:
@@ -320,8 +316,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         self._trained_epoch = self.current_epoch  # which, once training has ended, is the next epoch's number
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # The other terms only where Lightning writes the step's logs (docs/internals.md); this hook runs after the
-        # callbacks' (which may stop the run) and before Lightning writes.
+        # The other terms only where Lightning writes the step's logs, after the callbacks' hooks (docs/internals.md).
         unlogged, self._unlogged_terms = getattr(self, "_unlogged_terms", None), None
         trainer, every = self.trainer, self.trainer.log_every_n_steps
         stepped = batches_that_stepped(trainer) + 1
@@ -387,9 +382,8 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         return f"{type(self).__name__} has {self.dtype} weights, but {where} holds {t.dtype} {kind}: {fix}"
 
     def check_given_networks(self) -> None:
-        """Once, a ValueError unless a given ``encoder``/``decoder`` fits: two zero inputs of the weights' dtype (labels
-        0) must pass :meth:`check_encoder_output`, encode to codes that ``decode`` takes and decode to
-        ``[2, *input_shape]``; the model's state is left as it was."""
+        """Once, a ValueError unless a given ``encoder``/``decoder`` takes two zero inputs (labels 0) through
+        :meth:`check_encoder_output`, ``encode`` and ``decode`` to ``[2, *input_shape]``; the state left as it was."""
         given, self._unchecked_networks = " and ".join(self._unchecked_networks), []
         if not given:
             return
@@ -443,11 +437,9 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         optimizer: OptimizerCallable,
         lr_scheduler: LRSchedulerCallable | None,
     ) -> dict[str, Any]:
-        """One optimizer (and scheduler) configuration; a model with several optimizers returns a list of these.
-        The optimizer is the fused one where it has one and neither ``fused`` nor ``foreach`` was chosen, except under
-        mixed precision (docs/speed.md)."""
-        # Each build gets copies of the groups, which torch fills in, and their parameters as lists (an iterator
-        # would be used up by the first build).
+        """One optimizer (and scheduler) configuration; the optimizer fused where it can be, unless ``fused`` or
+        ``foreach`` was chosen or under mixed precision (docs/speed.md)."""
+        # Each build gets copies of the groups, which torch fills in, and lists, not iterators, of their parameters.
         parameters = [_materialized_group(p) if isinstance(p, dict) else p for p in parameters]
 
         def build(**kwargs: Any) -> torch.optim.Optimizer:
@@ -506,8 +498,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
 
     def step_epoch_schedulers(self) -> None:
         """Under manual optimization, at the end of an epoch's last training batch, step the epoch-interval lr
-        schedulers once, before that batch's checkpoints, as Lightning does; a variant's own ``training_step`` calls
-        it too. Elsewhere, or a second time, it does nothing."""
+        schedulers once, before that batch's checkpoints, as Lightning does; elsewhere, or a second time, nothing."""
         if self.automatic_optimization or self._scheduled_epoch == self.current_epoch:
             return
         if not ends_training_epoch(self.trainer):
@@ -544,9 +535,8 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
             self._validated_epoch = self.current_epoch
 
     def on_train_epoch_end(self) -> None:
-        """At the end of an epoch that ran to its last batch, :meth:`step_epoch_schedulers`, and, if fit validated
-        since, step on its val/loss the ``ReduceLROnPlateau`` that :meth:`build_optimizer` built (under manual
-        optimization every one), before the epoch-end checkpoints."""
+        """At the end of an epoch that ran to its last batch, :meth:`step_epoch_schedulers` and step the plateau
+        schedulers that :meth:`lr_scheduler_step` leaves (under manual optimization all) on fit's latest val/loss."""
         if not ends_training_epoch(self.trainer):  # a run that stopped inside the epoch steps none, as Lightning
             return
         self.step_epoch_schedulers()
@@ -679,7 +669,6 @@ class DeterministicAutoencoder(AutoencoderModule):
     Args:
         reconstruction: ``bce`` (binary cross-entropy with the pixels) or ``mse``, summed per image.
         dropout: dropout after each hidden layer of the built networks, in training; 0 with a given network.
-        **kwargs: the :class:`AutoencoderModule` arguments.
     """
 
     def __init__(self, reconstruction: Reconstruction = "bce", dropout: Fraction = 0.0, **kwargs: Any) -> None:

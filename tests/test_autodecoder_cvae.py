@@ -82,3 +82,22 @@ def test_a_conditional_vae_draws_zero_images_as_the_vae_does(labels) -> None:
     empty = VAE(**TINY).sample(0)
     assert empty.shape == (0, 1, 28, 28)
     assert ConditionalVAE(**TINY).sample(0, labels).shape == empty.shape
+
+
+def test_cvae_encode_and_decode_take_labels_as_sample_does_with_the_same_messages() -> None:
+    model = ConditionalVAE(**TINY).eval()
+    x, z = torch.rand(3, 1, 28, 28), torch.randn(3, 4)
+    for labels in ([1, 2, 1], (1, 2, 1)):
+        torch.testing.assert_close(model.encode(x, labels), model.encode(x, torch.tensor([1, 2, 1])))
+        torch.testing.assert_close(model.decode(z, labels), model.decode(z, torch.tensor([1, 2, 1])))
+    torch.testing.assert_close(model.decode(z, 7), model.decode(z, torch.full((3,), 7)))  # one label for all
+    refused = [
+        ([1, 2], r"one for all or one per image: 3 images \(or codes\), got 2 labels"),
+        (["one", "two", "three"], r"needs labels y: 3 integers or one for all"),
+        ([1.5, 2.0, 3.0], r"one integer class per image, a tensor \[3\]; got a torch.float32 tensor of shape \[3\]"),
+        ([0, 1, 12], r"labels must lie in 0\.\.9 \(num_classes=10\), got labels from 0 to 12"),
+    ]
+    for labels, message in refused:
+        for call, data in ((model.encode, x), (model.decode, z), (model.sample, 3)):
+            with pytest.raises(ValueError, match=message):
+                call(data, labels)

@@ -163,7 +163,7 @@ def test_sample_takes_a_list_of_labels_or_one_label_for_all_and_refuses_others_n
         torch.manual_seed(0)
         torch.testing.assert_close(model.sample(3, labels), expected)
     refused = [
-        ([1, 2], r"sample\(n=3\) needs n labels \(or one for all\), got 2"),
+        ([1, 2], r"sample\(n=3\): the labels y must be one for all or one per image: 3 images \(or codes\), got 2"),
         ([1.0, 2.0, 3.0], r"one integer class per image, a tensor \[3\]; got a torch.float32 tensor of shape \[3\]"),
         (torch.tensor([[1], [2], [3]]), r"a tensor \[3\]; got a torch.int64 tensor of shape \[3, 1\]"),
         (["one", "two", "three"], r"sample\(n=3\) needs labels y: 3 integers or one for all"),

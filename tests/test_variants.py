@@ -734,7 +734,7 @@ def test_cvae_samples_and_decodes_per_label() -> None:
         model.encode(x, y=torch.tensor([0, 1, 2]))
     for bad, found in [(torch.tensor([2.7] * 6), "torch.float32 tensor of shape [6]"),
                        (torch.ones(6, 1, dtype=torch.long), "torch.int64 tensor of shape [6, 1]"),
-                       (torch.ones(6, dtype=torch.bool), "torch.bool"), ([0] * 6, "list")]:  # fmt: skip
+                       (torch.ones(6, dtype=torch.bool), "torch.bool"), ([0.5] * 6, "torch.float32")]:  # fmt: skip
         with pytest.raises(ValueError, match=rf"one integer class per image, a tensor \[6\]; got .*{re.escape(found)}"):
             model.encode(x, y=bad)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 from torch import Tensor, nn
@@ -12,29 +13,20 @@ from datamodules.checks import NonNegativeInt, PositiveInt, check_arguments
 class PatchDiscriminator(nn.Sequential):
     """The PatchGAN of pix2pix (Isola et al. 2017), as VQGAN uses it: stride-2 4x4 convolutions with LeakyReLU(0.2),
     one logit per overlapping patch ``[B, 1, h, w]``; GroupNorm in place of BatchNorm (``docs/quantized.md``).
-
-    Args:
-        in_channels: channels of the images.
-        channels: channels of the first convolution; each further layer doubles them (up to 8 times).
-        num_layers: stride-2 convolutions after the first; images must have at least :func:`min_image_size` pixels.
-    """
+    ``channels`` of the first convolution double in each of the ``num_layers`` further ones (up to 8 times); images
+    need at least :func:`min_image_size` pixels a side."""
 
     def __init__(
         self, in_channels: PositiveInt = 3, channels: PositiveInt = 64, num_layers: NonNegativeInt = 3
     ) -> None:
         check_arguments(locals(), PatchDiscriminator.__init__)
         layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
-        width = channels
-        for layer in range(1, num_layers + 1):
-            wider = channels * min(2**layer, 8)
+        widths = [channels * min(2**layer, 8) for layer in range(num_layers + 1)]
+        for layer, (width, wider) in enumerate(itertools.pairwise(widths), start=1):
             stride = 2 if layer < num_layers else 1
-            layers += [
-                nn.Conv2d(width, wider, 4, stride=stride, padding=1, bias=False),
-                nn.GroupNorm(math.gcd(32, wider), wider),
-                nn.LeakyReLU(0.2),
-            ]
-            width = wider
-        layers.append(nn.Conv2d(width, 1, 4, stride=1, padding=1))
+            conv = nn.Conv2d(width, wider, 4, stride=stride, padding=1, bias=False)
+            layers += [conv, nn.GroupNorm(math.gcd(32, wider), wider), nn.LeakyReLU(0.2)]
+        layers.append(nn.Conv2d(widths[-1], 1, 4, stride=1, padding=1))
         super().__init__(*layers)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -1,7 +1,6 @@
 """Encoder and decoder networks for images ``(C, H, W)`` or feature vectors ``(D,)`` (MLP only). Decoders return
 logits for images (:func:`decoder_mean`) and the vectors' means themselves; ``mlp`` and ``conv`` codes are flat,
-``spatial`` ones (:mod:`ae_lightning.blocks.spatial`) ``[latent_dim, H / f, W / f]`` (:func:`latent_shape`).
-"""
+``spatial`` ones (:mod:`ae_lightning.blocks.spatial`) ``[latent_dim, H / f, W / f]`` (:func:`latent_shape`)."""
 
 from __future__ import annotations
 
@@ -38,48 +37,25 @@ def mlp_layers(
 
 
 class MLPEncoder(nn.Sequential):
-    """Flatten, then fully connected layers ``prod(input_shape) -> *hidden_dims -> out_dim``.
-
-    Args:
-        input_shape: ``(C, H, W)`` of the images or ``(D,)`` of the vectors.
-        hidden_dims: widths of the hidden layers.
-        out_dim: output features (``latent_dim``, or twice that for a Gaussian posterior).
-        dropout: dropout rate after each hidden layer, active in training only.
-    """
+    """Flatten, then fully connected layers ``prod(input_shape) -> *hidden_dims -> out_dim``, dropout after each
+    hidden layer (in training)."""
 
     def __init__(self, input_shape: Sequence[int], hidden_dims: Sequence[int], out_dim: int, dropout: float = 0.0):
         super().__init__(nn.Flatten(), *mlp_layers([math.prod(input_shape), *hidden_dims, out_dim], dropout=dropout))
 
 
 class MLPDecoder(nn.Sequential):
-    """Fully connected layers ``latent_dim -> *reversed(hidden_dims) -> prod(output_shape)``, returning logits.
-
-    Args:
-        latent_dim: size of the code.
-        hidden_dims: widths of the encoder's hidden layers (the decoder mirrors them).
-        output_shape: ``(C, H, W)`` of the images or ``(D,)`` of the vectors.
-        dropout: dropout rate after each hidden layer, active in training only.
-    """
+    """Fully connected layers ``latent_dim -> *reversed(hidden_dims) -> prod(output_shape)``, returning logits,
+    dropout after each hidden layer (in training)."""
 
     def __init__(self, latent_dim: int, hidden_dims: Sequence[int], output_shape: Sequence[int], dropout: float = 0.0):
         sizes = [latent_dim, *reversed(hidden_dims), math.prod(output_shape)]
         super().__init__(*mlp_layers(sizes, dropout=dropout), nn.Unflatten(1, tuple(output_shape)))
 
 
-def _conv_sizes(size: int, depth: int) -> list[int]:
-    """Spatial sizes through ``depth`` stride-2 convolutions with kernel 4 and padding 1: each floors a half."""
-    return [size // 2**i for i in range(depth + 1)]
-
-
 class ConvEncoder(nn.Module):
-    """Stride-2 convolutions (kernel 4) with ``hidden_dims`` channels, then a linear layer to ``out_dim``.
-
-    Args:
-        input_shape: ``(C, H, W)`` of the images.
-        hidden_dims: channels of each convolution; each halves the spatial size.
-        out_dim: output features.
-        dropout: dropout rate after each convolution, active in training only.
-    """
+    """Stride-2 convolutions (kernel 4, padding 1: each floors a half of the size) with ``hidden_dims`` channels and
+    dropout (in training), then a linear layer to ``out_dim``."""
 
     def __init__(self, input_shape: Sequence[int], hidden_dims: Sequence[int], out_dim: int, dropout: float = 0.0):
         super().__init__()
@@ -90,7 +66,7 @@ class ConvEncoder(nn.Module):
             if dropout:
                 layers.append(nn.Dropout(dropout))
         self.features = nn.Sequential(*layers, nn.Flatten())
-        h, w = _conv_sizes(height, len(hidden_dims))[-1], _conv_sizes(width, len(hidden_dims))[-1]
+        h, w = height // 2 ** len(hidden_dims), width // 2 ** len(hidden_dims)
         if h < 1 or w < 1:
             raise ValueError(f"{len(hidden_dims)} stride-2 convolutions shrink a {height}x{width} image to nothing")
         self.head = nn.Linear(hidden_dims[-1] * h * w, out_dim)
@@ -100,27 +76,19 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """Mirror of :class:`ConvEncoder`: a linear layer, then stride-2 transposed convolutions back to the image size.
-
-    Args:
-        latent_dim: size of the code.
-        hidden_dims: channels of the encoder's convolutions (the decoder mirrors them).
-        output_shape: ``(C, H, W)`` of the images.
-        dropout: dropout rate after each hidden layer, active in training only.
-    """
+    """Mirror of :class:`ConvEncoder`: a linear layer, then stride-2 transposed convolutions back to the image size."""
 
     def __init__(self, latent_dim: int, hidden_dims: Sequence[int], output_shape: Sequence[int], dropout: float = 0.0):
         super().__init__()
         channels, height, width = output_shape
-        heights, widths = _conv_sizes(height, len(hidden_dims)), _conv_sizes(width, len(hidden_dims))
-        self.start_shape = (hidden_dims[-1], heights[-1], widths[-1])
+        self.start_shape = (hidden_dims[-1], height // 2 ** len(hidden_dims), width // 2 ** len(hidden_dims))
         self.head = nn.Sequential(nn.Linear(latent_dim, math.prod(self.start_shape)), nn.ReLU())
         layers: list[nn.Module] = []
         out_channels = [*reversed(hidden_dims[:-1]), channels]
         for i, (fan_in, fan_out) in enumerate(zip(reversed(hidden_dims), out_channels)):
             # A transposed convolution maps size s to 2s; output_padding restores odd sizes such as 7 -> 3 -> 7.
-            level = len(hidden_dims) - i
-            padding = (heights[level - 1] - 2 * heights[level], widths[level - 1] - 2 * widths[level])
+            above = 2 ** (len(hidden_dims) - i - 1)  # the downsampling of the size this layer restores
+            padding = (height // above % 2, width // above % 2)
             layers.append(nn.ConvTranspose2d(fan_in, fan_out, 4, stride=2, padding=1, output_padding=padding))
             if i < len(hidden_dims) - 1:
                 layers.append(nn.ReLU())
@@ -197,8 +165,8 @@ def check_network(network: str, input_shape: Sequence[int], hidden_dims: Sequenc
         largest = math.prod(input_shape) * (hidden_dims[0] if hidden_dims else latent_dim)
     elif network == "conv":
         *_, height, width = input_shape
-        h, w = _conv_sizes(height, len(hidden_dims))[-1], _conv_sizes(width, len(hidden_dims))[-1]
-        largest = max(hidden_dims[-1] * max(h, 1) * max(w, 1) * latent_dim, 1)
+        h, w = max(height // 2 ** len(hidden_dims), 1), max(width // 2 ** len(hidden_dims), 1)
+        largest = hidden_dims[-1] * h * w * latent_dim
     else:
         return
     needed = 2 * 4 * largest  # the encoder's layer and the decoder's mirror of it, float32

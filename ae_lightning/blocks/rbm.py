@@ -82,17 +82,9 @@ def contrastive_divergence(
     generator: torch.Generator | None = None,
 ) -> ContrastiveDivergence:
     """CD-k on data ``v`` ``[B, V]`` (binary, or intensities in [0, 1] read as probabilities): the data with their
-    hidden means E[h | v], against ``k`` steps of block Gibbs sampling from the data with the last state's means.
-
-    Args:
-        v: the data.
-        weight: ``[H, V]``.
-        visible_bias: ``[V]``.
-        hidden_bias: ``[H]``.
-        k: Gibbs steps, >= 1.
-        hidden: ``bernoulli`` or ``gaussian`` (linear units with unit-variance noise) hidden units.
-        generator: random generator on ``v``'s device; the global one when None.
-    """
+    hidden means E[h | v], against ``k`` >= 1 steps of block Gibbs sampling from the data with the last state's means.
+    ``gaussian`` hidden units are linear with unit-variance noise; ``generator`` (on ``v``'s device) or the global one
+    draws the samples."""
     check_number("k (Gibbs steps of contrastive divergence)", k, "[1, inf)", integer=True)
     data_hidden = hidden_mean(v, weight, hidden_bias, hidden)
     h = sample_hidden(data_hidden, hidden, generator)

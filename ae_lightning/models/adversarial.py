@@ -1,6 +1,5 @@
 """The adversarial autoencoder (Makhzani et al. 2015, "Adversarial Autoencoders"): a discriminator on the code space
-makes the aggregated posterior of the encoder match a chosen prior.
-"""
+makes the aggregated posterior of the encoder match a chosen prior."""
 
 from __future__ import annotations
 
@@ -22,12 +21,7 @@ Prior = Literal["normal", "mixture"]
 
 
 class Discriminator(nn.Sequential):
-    """An MLP ``latent_dim -> *hidden_dims -> 1`` with LeakyReLU(0.2): the logit that a code is real.
-
-    Args:
-        latent_dim: size of the code.
-        hidden_dims: widths of the hidden layers.
-    """
+    """An MLP ``latent_dim -> *hidden_dims -> 1`` with LeakyReLU(0.2): the logit that a code is real."""
 
     def __init__(self, latent_dim: int, hidden_dims: Sequence[int]) -> None:
         super().__init__(*mlp_layers([latent_dim, *hidden_dims, 1], lambda: nn.LeakyReLU(0.2)))
@@ -49,17 +43,11 @@ class AdversarialAutoencoder(DeterministicAutoencoder):
     Args:
         prior: ``normal``, or ``mixture`` of ``mixture_components`` Gaussians (std ``mixture_std``) with means evenly
             on a circle of radius ``mixture_radius`` in the first two code dimensions.
-        mixture_components: number of mixture components, >= 1.
-        mixture_radius: distance of the means from the origin, >= 0.
-        mixture_std: std of each component, > 0.
-        discriminator_hidden_dims: widths of the discriminator's hidden layers.
-        adversarial_weight: weight of the generator loss, >= 0.
-        discriminator_optimizer: the discriminator's optimizer factory.
-        discriminator_lr_scheduler: optional scheduler factory for it.
+        adversarial_weight: weight of the generator loss.
+        discriminator_optimizer: the optimizer factory (and ``discriminator_lr_scheduler``) of the discriminator.
         generator_optimizer: the encoder's optimizer in the generator phase; None: a separate ``optimizer``.
-        gradient_clip_val: clip every step's gradients to this norm (or value); None or 0 disables clipping.
-        gradient_clip_algorithm: ``norm`` or ``value``.
-        **kwargs: the :class:`~ae_lightning.base.DeterministicAutoencoder` arguments.
+        gradient_clip_val: clip every step's gradients to this norm (``gradient_clip_algorithm``) or value; None or 0:
+            no clipping.
     """
 
     is_generative = True

@@ -1,7 +1,6 @@
 """The auto-decoder: a decoder trained jointly with one free code per training image, without an encoder
 (Bojanowski et al. 2018, "Optimizing the Latent Space of Generative Networks" (GLO); Park et al. 2019, "DeepSDF:
-Learning Continuous Signed Distance Functions for Shape Representation").
-"""
+Learning Continuous Signed Distance Functions for Shape Representation")."""
 
 from __future__ import annotations
 
@@ -63,12 +62,10 @@ class AutoDecoder(DeterministicAutoencoder):
 
     Args:
         num_codes: number of training images, or None to take it from the datamodule.
-        code_prior_weight: weight of the Gaussian prior penalty ``||z||^2``, >= 0.
         code_lr: learning rate of the codes in training (the decoder's is the optimizer's).
         code_init_std: std of the codes' normal initialization.
-        inference_steps: optimization steps that fit the codes of unseen images.
-        inference_lr: Adam learning rate of those steps.
-        **kwargs: the :class:`~ae_lightning.base.DeterministicAutoencoder` arguments (no ``encoder``: it has none).
+        inference_steps: Adam steps (learning rate ``inference_lr``) that fit the codes of unseen images.
+        **kwargs: the :class:`~ae_lightning.base.DeterministicAutoencoder` arguments but ``encoder``.
     """
 
     flat_codes_only = "its per-image codes are rows of an embedding table [num_codes, latent_dim]"

@@ -8,10 +8,7 @@ from ae_lightning.base import DeterministicAutoencoder
 
 
 class Autoencoder(DeterministicAutoencoder):
-    """An encoder to a ``latent_dim`` code and a decoder back, trained to reconstruct its input.
-
-    Args: see :class:`~ae_lightning.base.DeterministicAutoencoder` and :class:`~ae_lightning.base.AutoencoderModule`.
-    """
+    """An encoder to a ``latent_dim`` code and a decoder back, trained to reconstruct its input."""
 
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
         recon = self.mean_reconstruction_loss(self.decoder(self.encode(x)), x)

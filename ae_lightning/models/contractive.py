@@ -1,6 +1,5 @@
 """The contractive autoencoder (Rifai et al. 2011, "Contractive Auto-Encoders: Explicit Invariance During Feature
-Extraction"): the squared Frobenius norm of the encoder's Jacobian with respect to the input as a penalty.
-"""
+Extraction"): the squared Frobenius norm of the encoder's Jacobian with respect to the input as a penalty."""
 
 from __future__ import annotations
 
@@ -98,12 +97,7 @@ def _chain_frobenius_norm(weights: list[Tensor], derivatives: list[Tensor | None
 
 class ContractiveAutoencoder(DeterministicAutoencoder):
     """An autoencoder penalized by the squared Frobenius norm of its encoder's Jacobian, ``||dz/dx||_F^2``: the loss
-    is ``recon + contractive_weight * contraction``, the batch mean of :func:`encode_with_contraction`'s norms.
-
-    Args:
-        contractive_weight: weight of the penalty, >= 0.
-        **kwargs: the :class:`~ae_lightning.base.DeterministicAutoencoder` arguments.
-    """
+    is ``recon + contractive_weight * contraction``, the batch mean of :func:`encode_with_contraction`'s norms."""
 
     flat_codes_only = "the Jacobian of a spatial code (every element by every pixel) is too large to form per image"
 

@@ -1,6 +1,5 @@
 """The conditional variational autoencoder (Sohn et al. 2015, "Learning Structured Output Representation using Deep
-Conditional Generative Models"): the VAE with encoder and decoder conditioned on the image's label.
-"""
+Conditional Generative Models"): the VAE with encoder and decoder conditioned on the image's label."""
 
 from __future__ import annotations
 
@@ -18,13 +17,15 @@ from ae_lightning.blocks import networks
 from ae_lightning.models.vae import VAE
 from datamodules.checks import PositiveInt
 
+Labels = Tensor | Sequence[int] | int | None
+
 
 class ConditionalVAE(VAE):
     """The VAE of :class:`~ae_lightning.models.vae.VAE` with q(z | x, y) and p(x | z, y) for the label y.
 
     The label enters as a one-hot vector joined to the decoder's code and to the encoder's input (to the flattened
     image for the MLP, as constant channels for the convolutional encoder); the prior stays the standard normal.
-    ``encode(x, y)``, ``decode(z, y)`` and ``forward(x, y)`` need the labels.
+    ``encode(x, y)``, ``decode(z, y)`` and ``forward(x, y)`` need the labels (as :meth:`class_labels` takes them).
 
     Args:
         num_classes: number of labels; labels lie in ``0 .. num_classes - 1``.
@@ -52,53 +53,55 @@ class ConditionalVAE(VAE):
         hp = self.hparams
         return networks.build_decoder(hp.network, self.latent_dim + hp.num_classes, hp.hidden_dims, self.input_shape)
 
-    def one_hot(self, y: Tensor | None, rows: int) -> Tensor:
-        """One-hot labels ``[rows, num_classes]`` of the integer labels ``y`` ``[rows]``."""
+    def class_labels(self, y: Labels, rows: int, call: str) -> Tensor:
+        """Integer labels ``[rows]`` on the model's device from ``y``: ``rows`` labels (a tensor or a list), or one
+        for all (an int or a 0-d tensor); a ValueError naming ``call`` and the labels otherwise."""
         if y is None:
             raise ValueError("the conditional VAE needs labels: pass y (the images' classes)")
-        integer = isinstance(y, Tensor) and not (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool)
-        if not integer or y.dim() != 1:
-            found = f"a {y.dtype} tensor of shape {list(y.shape)}" if isinstance(y, Tensor) else type(y).__name__
-            raise ValueError(f"the labels y must be one integer class per image, a tensor [{rows}]; got {found}")
-        if len(y) != rows:
-            raise ValueError(f"the labels y must be one per image: {rows} images (or codes), got {len(y)} labels")
-        if rows and (y.min() < 0 or y.max() >= self.num_classes):
+        try:
+            labels = torch.as_tensor(y, device=self.device)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise ValueError(f"{call} needs labels y: {rows} integers or one for all, got {y!r}") from error
+        if labels.shape == (0,):  # no label to be of a wrong type; torch.as_tensor([]) is float32
+            labels = labels.long()
+        integer = not (labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool)
+        if labels.dim() == 0 and not integer:
+            raise ValueError(f"{call} needs integer class labels y, got {labels.item()!r} ({labels.dtype})")
+        labels = labels.expand(rows) if labels.dim() == 0 else labels
+        if not integer or labels.dim() != 1:
             raise ValueError(
-                f"labels must lie in 0..{self.num_classes - 1} (num_classes={self.num_classes}), got labels from "
-                f"{y.min().item()} to {y.max().item()}"
+                f"{call}: the labels y must be one integer class per image, a tensor [{rows}]; got a {labels.dtype} "
+                f"tensor of shape {list(labels.shape)}"
             )
-        return F.one_hot(y.long(), self.num_classes)
+        if len(labels) != rows:
+            raise ValueError(
+                f"{call}: the labels y must be one for all or one per image: {rows} images (or codes), got "
+                f"{len(labels)} labels"
+            )
+        if rows and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ValueError(
+                f"{call}: labels must lie in 0..{self.num_classes - 1} (num_classes={self.num_classes}), got labels "
+                f"from {labels.min().item()} to {labels.max().item()}"
+            )
+        return labels
 
-    def posterior_parameters(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        condition = self.one_hot(y, len(x)).to(x.dtype)
+    def posterior_parameters(self, x: Tensor, y: Labels = None) -> tuple[Tensor, Tensor]:
+        condition = F.one_hot(self.class_labels(y, len(x), "encode(x, y)"), self.num_classes).to(x.dtype)
         if self.hparams.network == "conv":
             joined = torch.cat([x, condition[:, :, None, None].expand(-1, -1, *x.shape[2:])], 1)
         else:
             joined = torch.cat([x.flatten(1), condition], 1)
         return self.encoder(joined).chunk(2, dim=-1)
 
-    def decoder_logits(self, z: Tensor, y: Tensor | None = None) -> Tensor:
-        return self.decoder(torch.cat([z, self.one_hot(y, len(z)).to(z.dtype)], 1))
+    def decoder_logits(self, z: Tensor, y: Labels = None) -> Tensor:
+        condition = F.one_hot(self.class_labels(y, len(z), "decode(z, y)"), self.num_classes).to(z.dtype)
+        return self.decoder(torch.cat([z, condition], 1))
 
-    def sample(self, n: int, y: Tensor | Sequence[int] | int | None = None) -> Tensor:
-        """``n`` images of the classes ``y``: ``n`` labels (a tensor ``[n]`` or a list), one label for all (an int or a
-        0-d tensor); by default the classes in turn, 0, 1, 2, ..."""
+    def sample(self, n: int, y: Labels = None) -> Tensor:
+        """``n`` images of the classes ``y`` (:meth:`class_labels`); by default the classes in turn, 0, 1, 2, ..."""
         check_sample_count(n)
-        if y is None:
-            y = torch.arange(n) % self.num_classes
-        try:
-            y = torch.as_tensor(y, device=self.device)
-        except (TypeError, ValueError, RuntimeError) as error:
-            raise ValueError(f"sample(n={n}) needs labels y: {n} integers or one for all, got {y!r}") from error
-        if y.dim() == 1 and len(y) == 0:  # no label to be of a wrong type; torch.as_tensor([]) is float32
-            y = y.long()
-        if y.dim() == 0:
-            if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-                raise ValueError(f"sample(n={n}) needs integer class labels y, got {y.item()!r} ({y.dtype})")
-            y = y.expand(n)
-        if y.dim() == 1 and len(y) != n:
-            raise ValueError(f"sample(n={n}) needs n labels (or one for all), got {len(y)}")
-        return self.decode(self.sample_prior(n), y)
+        y = torch.arange(n) % self.num_classes if y is None else y
+        return self.decode(self.sample_prior(n), self.class_labels(y, n, f"sample(n={n})"))
 
     def setup(self, stage: str) -> None:
         super().setup(stage)

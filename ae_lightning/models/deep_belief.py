@@ -1,6 +1,5 @@
 """The deep autoencoder pretrained as a stack of RBMs (Hinton & Salakhutdinov 2006, "Reducing the Dimensionality of
-Data with Neural Networks"): greedy layer-wise contrastive divergence, then the stack unrolled and fine-tuned.
-"""
+Data with Neural Networks"): greedy layer-wise contrastive divergence, then the stack unrolled and fine-tuned."""
 
 from __future__ import annotations
 
@@ -36,15 +35,11 @@ class DeepBeliefAutoencoder(DeterministicAutoencoder):
     ``pretrain: none`` fine-tunes the same network from a random start. One step per batch (``docs/family.md``).
 
     Args:
-        pretrain: ``rbm`` or ``none``.
-        pretrain_epochs: epochs per RBM.
         cd_steps: k of CD-k.
-        pretrain_lr: SGD learning rate of the logistic RBMs.
-        code_pretrain_lr: SGD learning rate of the top RBM, whose hidden units are linear.
-        pretrain_momentum: SGD momentum of the pretraining.
-        pretrain_weight_decay: L2 penalty on the RBMs' weights (not biases).
-        gradient_clip_val: clip the fine-tuning gradients to this norm (or value); None or 0 disables clipping.
-        gradient_clip_algorithm: ``norm`` or ``value``.
+        pretrain_lr: SGD learning rate of the logistic RBMs; ``code_pretrain_lr`` of the top one (linear hidden units).
+        pretrain_momentum: SGD momentum of the pretraining; ``pretrain_weight_decay``: L2 penalty on the RBMs' weights.
+        gradient_clip_val: clip the fine-tuning gradients to this norm (``gradient_clip_algorithm``) or value; None or
+            0: no clipping.
         **kwargs: the :class:`~ae_lightning.base.DeterministicAutoencoder` arguments; ``hidden_dims`` are the widths
             of the RBM stack below the code (``network: mlp`` only).
     """
@@ -182,9 +177,7 @@ class DeepBeliefAutoencoder(DeterministicAutoencoder):
             update = rbm.contrastive_divergence(v, layer.weight, visible_bias, layer.bias, self.cd_steps, hidden)
             gradient = update.gradient()
             if self.trainer.world_size > 1:  # no backward, so no DDP all-reduce: average the estimates here
-                flat = self.trainer.strategy.reduce(torch.cat([g.flatten() for g in gradient]), reduce_op="mean")
-                parts = flat.split([g.numel() for g in gradient])
-                gradient = rbm.Statistics(*(part.view_as(g) for part, g in zip(parts, gradient)))
+                gradient = [self.trainer.strategy.reduce(g, reduce_op="mean") for g in gradient]
             optimizer.zero_grad()
             for parameter, ascent in zip((layer.weight, visible_bias, layer.bias), gradient):
                 parameter.grad = -ascent  # the optimizer descends; CD estimates the log-likelihood's ascent

@@ -1,6 +1,5 @@
 """The denoising autoencoder (Vincent et al. 2008, "Extracting and Composing Robust Features with Denoising
-Autoencoders"): it reconstructs the clean image from a corrupted copy.
-"""
+Autoencoders"): it reconstructs the clean image from a corrupted copy."""
 
 from __future__ import annotations
 
@@ -18,19 +17,11 @@ Corruption = Literal["gaussian", "masking", "salt_and_pepper"]
 def corrupt(
     x: Tensor, corruption: Corruption, level: float, generator: torch.Generator | None = None, clip: bool = True
 ) -> Tensor:
-    """A corrupted copy of images ``x`` in [0, 1] (or of feature vectors, with ``clip=False``).
-
-    Args:
-        x: ``[B, C, H, W]`` images in [0, 1].
-        corruption: ``gaussian`` adds N(0, level^2) noise (clipped) to each value; ``masking`` sets each pixel (all
-            its channels) to 0 with probability ``level``, ``salt_and_pepper`` to 0 or 1 (equally likely).
-        level: the noise std (``gaussian``) or the fraction of pixels hit (``masking``, ``salt_and_pepper``).
-        generator: random generator on ``x``'s device, for a reproducible corruption; the global one when None.
-        clip: clip Gaussian noise to [0, 1] (False for feature vectors).
-
-    The noise is drawn in float32 whatever ``x``'s dtype, so a generator's seed gives the same corruption (to
-    ``x``'s precision) under every ``precision``.
-    """
+    """A corrupted copy of images ``x`` ``[B, C, H, W]`` in [0, 1] (or of feature vectors, with ``clip=False``):
+    ``gaussian`` adds N(0, level^2) noise (clipped to [0, 1] with ``clip``); ``masking`` sets each pixel (all its
+    channels) to 0 with probability ``level``, ``salt_and_pepper`` to 0 or 1 (equally likely). ``generator`` (on
+    ``x``'s device; the global one when None) draws the noise in float32 whatever ``x``'s dtype: a seed gives the same
+    corruption under every ``precision``."""
 
     def uniform() -> Tensor:  # one draw per pixel, shared by its channels
         pixels = (len(x), 1, *x.shape[2:]) if x.dim() == 4 else x.shape
@@ -50,13 +41,8 @@ def corrupt(
 class DenoisingAutoencoder(RestorationAutoencoder):
     """Reconstructs the clean input from a corrupted copy (:class:`RestorationAutoencoder`); ``test`` reports PSNR
     and SSIM of the denoised (``test/psnr_denoised``, ``test/ssim_denoised``) and of the corrupted images
-    (``test/psnr_noisy``, ``test/ssim_noisy``).
-
-    Args:
-        corruption: ``gaussian``, ``masking`` or ``salt_and_pepper`` (see :func:`corrupt`).
-        corruption_level: the Gaussian noise std (>= 0), or the fraction of pixels hit, in [0, 1).
-        **kwargs: the :class:`~ae_lightning.base.DeterministicAutoencoder` arguments.
-    """
+    (``test/psnr_noisy``, ``test/ssim_noisy``). ``corruption_level`` (:func:`corrupt`'s ``level``) is the Gaussian
+    noise std (>= 0), or the fraction of pixels hit, in [0, 1)."""
 
     restored_name = "denoised"
     degraded_name = "noisy"
@@ -82,9 +68,7 @@ class DenoisingAutoencoder(RestorationAutoencoder):
         if indices is None:
             return corrupt(x, kind, level, clip=clip)
         generator = torch.Generator(x.device)
-        seeds = indices.tolist()
-        return torch.cat(
-            [corrupt(x[i : i + 1], kind, level, generator.manual_seed(seed), clip) for i, seed in enumerate(seeds)]
-        )
+        images = zip(x.split(1), indices.tolist())
+        return torch.cat([corrupt(image, kind, level, generator.manual_seed(seed), clip) for image, seed in images])
 
     degrade = corrupt

@@ -1,6 +1,5 @@
 """The dropout autoencoder: the plain autoencoder with dropout (Srivastava et al. 2014, "Dropout: A Simple Way to
-Prevent Neural Networks from Overfitting") on its input and hidden layers at training time.
-"""
+Prevent Neural Networks from Overfitting") on its input and hidden layers at training time."""
 
 from __future__ import annotations
 
@@ -13,15 +12,9 @@ from datamodules.checks import Fraction
 
 
 class DropoutAutoencoder(Autoencoder):
-    """The plain autoencoder with dropout on the input pixels and/or after every hidden layer, in training only
-    (input dropout against the clean target: masking noise, scaled).
-
-    Args:
-        input_dropout: dropout rate on the input pixels, in [0, 1).
-        dropout: dropout rate after each hidden layer of the built networks, in [0, 1); 0 with a given ``encoder``
-            or ``decoder`` (put dropout layers in it).
-        **kwargs: the :class:`~ae_lightning.models.autoencoder.Autoencoder` arguments.
-    """
+    """The plain autoencoder with dropout on the input pixels (``input_dropout``: masking noise, scaled, against the
+    clean target) and after every hidden layer of the built networks (``dropout``; 0 with a given network), in
+    training only."""
 
     # Releases before 0.2 wrapped the encoder as ``Sequential(Dropout, encoder)``.
     renamed_weights: ClassVar[dict[str, str]] = {"encoder.1.": "encoder."}

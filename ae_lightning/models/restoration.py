@@ -18,9 +18,12 @@ from ae_lightning.evaluation.metrics import psnr_per_image, ssim_sigma
 def restoration_metrics(output: Tensor, x: Tensor, name: str) -> dict[str, Tensor]:
     """``psnr_<name>`` (mean per-image PSNR, dB, each at most 100:
     :func:`~ae_lightning.evaluation.metrics.psnr_per_image`) and ``ssim_<name>`` (the window of
-    :func:`~ae_lightning.evaluation.metrics.ssim_sigma`) of ``output`` against ``x``, data range 1, in float32
-    outside autocast (SSIM's convolutions in bf16 lose its variances)."""
-    output, x, sigma = output.float(), x.float(), ssim_sigma(x.shape[-2:])
+    :func:`~ae_lightning.evaluation.metrics.ssim_sigma`) of images ``output`` against ``x``, data range 1, in float32
+    outside autocast (SSIM's convolutions in bf16 lose its variances); ``mse_<name>`` of feature vectors."""
+    output, x = output.float(), x.float()
+    if x.dim() == 2:  # PSNR and SSIM are image measures
+        return {f"mse_{name}": F.mse_loss(output, x)}
+    sigma = ssim_sigma(x.shape[-2:])
     with torch.autocast(x.device.type, enabled=False):
         return {
             f"psnr_{name}": psnr_per_image(output, x).mean(),
@@ -33,8 +36,7 @@ class RestorationAutoencoder(DeterministicAutoencoder):
     ``forward``, ``encode`` and ``predict`` see the images as given. ``test`` also reports PSNR and SSIM of the
     restored (``test/psnr_<restored_name>``, ...) and of the degraded images (``test/psnr_<degraded_name>``, ...), MSE
     for feature vectors. Training degrades afresh each time; validation and test degrade each image as its dataset
-    index decides (:meth:`degrade`), so that epochs are compared on the same degraded images.
-    """
+    index decides (:meth:`degrade`), so that epochs are compared on the same degraded images."""
 
     restored_name: ClassVar[str] = "restored"
     degraded_name: ClassVar[str] = "degraded"
@@ -60,15 +62,8 @@ class RestorationAutoencoder(DeterministicAutoencoder):
     def test_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         """The loss and the restoration metrics of ``degrade(x, indices)``, and the clean images' reconstructions."""
         degraded = self.degrade(x, indices)
-        restored = self(degraded, labels)
-        if len(self.input_shape) == 1:  # feature vectors: PSNR and SSIM are image measures
-            metrics = {
-                f"mse_{self.restored_name}": F.mse_loss(restored.float(), x),
-                f"mse_{self.degraded_name}": F.mse_loss(degraded, x),
-            }
-        else:
-            metrics = {
-                **restoration_metrics(restored, x, self.restored_name),
-                **restoration_metrics(degraded, x, self.degraded_name),
-            }
+        metrics = {
+            **restoration_metrics(self(degraded, labels), x, self.restored_name),
+            **restoration_metrics(degraded, x, self.degraded_name),
+        }
         return {**self.restoration_loss(x, degraded), **metrics}, self(x, labels)

@@ -1,6 +1,5 @@
 """The sparse autoencoder: an activity penalty on the code, either L1 or the KL sparsity penalty of Ng's notes
-(A. Ng, "Sparse autoencoder", CS294A lecture notes, 2011).
-"""
+(A. Ng, "Sparse autoencoder", CS294A lecture notes, 2011)."""
 
 from __future__ import annotations
 
@@ -24,12 +23,6 @@ class SparseAutoencoder(DeterministicAutoencoder):
       ``sparsity_target``, on the encoder's output through a sigmoid.
 
     Units ``j`` are the code's elements (of a spatial code too). Each stage also logs ``mean_activation``, mean ``|z|``.
-
-    Args:
-        sparsity: ``l1`` or ``kl``.
-        sparsity_weight: weight of the penalty, >= 0.
-        sparsity_target: the target mean activation rho of ``kl``, in (0, 1).
-        **kwargs: the :class:`~ae_lightning.base.DeterministicAutoencoder` arguments.
     """
 
     def __init__(

@@ -26,11 +26,7 @@ def bicubic_upsample(x: Tensor, scale: int) -> Tensor:
 class SuperResolutionAutoencoder(RestorationAutoencoder):
     """Restores images from their ``scale``-times downsampled (area averaging), bicubic-upsampled copies; ``test``
     reports PSNR and SSIM of the output (``test/psnr_superres``, ...) and of that input (``test/psnr_bicubic``, ...).
-
-    Args:
-        scale: the downsampling factor, >= 2; it must divide the images' height and width.
-        **kwargs: the :class:`~ae_lightning.base.DeterministicAutoencoder` arguments.
-    """
+    ``scale`` must divide the images' height and width."""
 
     restored_name = "superres"
     degraded_name = "bicubic"
