@@ -260,7 +260,7 @@ def test_the_iaf_encoder_learns_from_its_sample_not_through_the_flows_context() 
     model = IAFVAE(**TINY)
     x = batch(4)[0]
     mu, logvar = model.posterior_parameters(x)
-    _, log_det = model.flow(torch.zeros_like(mu), model._context(mu, logvar))  # the flow's own terms, at z = 0
+    _, log_det = model.posterior_flow(torch.zeros_like(mu), mu, logvar)  # the flow's own terms, at z = 0
     assert torch.autograd.grad(log_det.sum(), [mu, logvar], allow_unused=True) == (None, None)  # none via the context
     recon, kl = model.elbo_terms(x)
     (recon + kl).mean().backward()
@@ -523,3 +523,21 @@ def test_a_gaussian_std_with_another_likelihood_is_refused_naming_both(likelihoo
         ValueError, match=re.escape(f"gaussian_std {std!r} is for likelihood: gaussian, not {likelihood}")
     ):
         VAE(**TINY, likelihood=likelihood, gaussian_std=std)
+
+
+@pytest.mark.parametrize("cls", [BetaTCVAE, DIPVAE, FactorVAE, InfoVAE])
+def test_a_subclass_decoder_logits_is_what_the_regularized_variants_train_on(cls: type[VAE]) -> None:
+    class Shifted(cls):  # a researcher's output layer on top of the decoder, as a conditional model's would be
+        def decoder_logits(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+            return self.decoder(z) + 3.0
+
+    torch.manual_seed(0)
+    extra = {"alpha": 1.0, "deterministic": True} if cls is InfoVAE else {}
+    model = Shifted(**TINY, **extra).eval()
+    x = batch(8)[0]
+    torch.manual_seed(1)
+    mu, logvar = model.posterior_parameters(x)
+    z = mu if cls is InfoVAE else losses.reparameterize(mu, logvar)
+    expected = -model.log_likelihood(model.decoder_logits(z), x).mean()
+    torch.manual_seed(1)
+    torch.testing.assert_close(model.loss_terms(x, batch(8)[1], batch(8)[2])["recon"], expected)

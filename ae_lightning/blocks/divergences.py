@@ -27,14 +27,8 @@ def total_correlation_terms(
     """The decomposition of the ELBO's KL term of Chen et al. 2018 ("Isolating Sources of Disentanglement in VAEs"),
     estimated on a minibatch, each term averaged over the batch: ``mi = E[log q(z | x) - log q(z)]``,
     ``tc = E[log q(z) - sum_d log q(z_d)]`` and ``dwkl = E[sum_d log q(z_d) - log p(z)]``, each ``log q`` by
-    ``estimator`` (``docs/family.md``).
-
-    Args:
-        z: ``[M, D]`` codes, one sample of each posterior.
-        mu: ``[M, D]`` posterior means.
-        logvar: ``[M, D]`` posterior log-variances.
-        dataset_size: ``N``, the number of samples the minibatch is drawn from (>= 1).
-        estimator: ``mws`` (minibatch-weighted) or ``mss`` (minibatch-stratified sampling).
+    ``estimator``, ``mws`` (minibatch-weighted) or ``mss`` (minibatch-stratified sampling; ``docs/family.md``), from
+    ``z`` ``[M, D]``, one sample of each posterior ``N(mu, exp(logvar))``, of a minibatch drawn from ``dataset_size``.
     """
     if dataset_size < 1:
         raise ValueError(f"dataset_size must be >= 1, got {dataset_size}")
@@ -44,15 +38,13 @@ def total_correlation_terms(
     # [M, M, D]: log q(z_i,d | x_j) for every pair of a code i and a posterior j
     pairwise = gaussian_log_density(z[:, None, :], mu[None, :, :], logvar[None, :, :])
     if estimator == "mws":
-        log_norm = math.log(dataset_size * batch)
-        log_q_z = torch.logsumexp(pairwise.sum(-1), dim=1) - log_norm
-        log_prod_marginals = (torch.logsumexp(pairwise, dim=1) - log_norm).sum(-1)
+        log_weights = z.new_full((batch, batch), -math.log(dataset_size * batch))
     else:
         other = (dataset_size - 1) / (dataset_size * max(batch - 1, 1))
         log_weights = z.new_full((batch, batch), math.log(other) if other else -math.inf)
         log_weights.fill_diagonal_(-math.log(dataset_size))
-        log_q_z = torch.logsumexp(pairwise.sum(-1) + log_weights, dim=1)
-        log_prod_marginals = torch.logsumexp(pairwise + log_weights[..., None], dim=1).sum(-1)
+    log_q_z = torch.logsumexp(pairwise.sum(-1) + log_weights, dim=1)
+    log_prod_marginals = torch.logsumexp(pairwise + log_weights[..., None], dim=1).sum(-1)
     log_q_z_given_x = gaussian_log_density(z, mu, logvar).sum(-1)
     log_p_z = standard_normal_log_prob(z)
     return {
@@ -67,14 +59,8 @@ def dip_regularizer(
 ) -> Tensor:
     """The DIP-VAE penalty of Kumar et al. 2018 on one batch: ``lambda_od sum_{i != j} C_ij^2 + lambda_d sum_i
     (C_ii - 1)^2``, ``C`` the covariance (divided by ``M``) of the posterior means (``i``), or of the codes ``z ~
-    q(z)``: that plus the mean posterior variance on the diagonal (``ii``).
-
-    Args:
-        mu: ``[M, D]`` posterior means.
-        logvar: ``[M, D]`` posterior log-variances (used by ``ii``).
-        dip_type: ``i`` or ``ii``.
-        off_diagonal_weight: ``lambda_od``.
-        diagonal_weight: ``lambda_d``.
+    q(z)``: that plus the mean posterior variance ``exp(logvar)`` on the diagonal (``ii``); ``mu`` is ``[M, D]``,
+    ``lambda_od`` the ``off_diagonal_weight``, ``lambda_d`` the ``diagonal_weight``.
     """
     if dip_type not in ("i", "ii"):
         raise ValueError(f"dip_type must be 'i' or 'ii', got {dip_type!r}")
@@ -100,32 +86,22 @@ def kernel_matrix(a: Tensor, b: Tensor, kernel: Kernel, scale: float) -> Tensor:
 
 def maximum_mean_discrepancy(x: Tensor, y: Tensor, kernel: Kernel = "imq", scale: float | None = None) -> Tensor:
     """The unbiased estimate of MMD^2 between the samples ``x`` and ``y`` (Gretton et al. 2012, eq. 3), which can come
-    out slightly negative: ``mean_{i != j} k(x_i, x_j) + mean_{i != j} k(y_i, y_j) - 2 mean_{i, j} k(x_i, y_j)``.
-
-    Args:
-        x: ``[M, D]`` samples (e.g. codes of q(z)), M >= 2.
-        y: ``[N, D]`` samples (e.g. prior draws), N >= 2.
-        kernel: ``rbf`` or ``imq``.
-        scale: the kernel's scale; None: ``2 D`` (``2 D sigma^2`` of Tolstikhin et al. 2018 for a standard normal).
+    out slightly negative: ``mean_{i != j} k(x_i, x_j) + mean_{i != j} k(y_i, y_j) - 2 mean_{i, j} k(x_i, y_j)``, of
+    ``[M, D]`` and ``[N, D]`` samples, M, N >= 2, under :func:`kernel_matrix`; ``scale`` None: ``2 D`` (``2 D sigma^2``
+    of Tolstikhin et al. 2018 for a standard normal).
     """
     if len(x) < 2 or len(y) < 2:
         raise ValueError(f"the MMD estimate needs at least 2 samples on each side, got {len(x)} and {len(y)}")
     scale = 2.0 * x.shape[-1] if scale is None else scale
-    m, n = len(x), len(y)
-    k_xx, k_yy, k_xy = (kernel_matrix(a, b, kernel, scale) for a, b in ((x, x), (y, y), (x, y)))
-    within_x = (k_xx.sum() - k_xx.diagonal().sum()) / (m * (m - 1))
-    within_y = (k_yy.sum() - k_yy.diagonal().sum()) / (n * (n - 1))
-    return within_x + within_y - 2 * k_xy.mean()
+    k_xx, k_yy = (kernel_matrix(a, a, kernel, scale) for a in (x, y))
+    within_x, within_y = ((k.sum() - k.trace()) / (len(k) * (len(k) - 1)) for k in (k_xx, k_yy))
+    return within_x + within_y - 2 * kernel_matrix(x, y, kernel, scale).mean()
 
 
 def gaussian_mixture_log_prob(z: Tensor, means: Tensor, logvars: Tensor) -> Tensor:
     """log of the equally weighted mixture ``1/K sum_k N(z | means_k, diag(exp(logvars_k)))``, summed over ``D``;
-    float32 (float64 for float64 ``z``) whatever the autocast. Memory grows with ``[..., K]``, not ``[..., K, D]``.
-
-    Args:
-        z: ``[..., D]`` points.
-        means: ``[K, D]`` component means.
-        logvars: ``[K, D]`` component log-variances.
+    float32 (float64 for float64 ``z``) whatever the autocast, of ``z`` ``[..., D]`` and components ``[K, D]``.
+    Memory grows with ``[..., K]``, not ``[..., K, D]``.
     """
     # Matrix products in float64: their expanded form cancels catastrophically for sharp components in float32.
     dtype = z.dtype

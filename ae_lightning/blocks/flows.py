@@ -12,11 +12,8 @@ from torch import Tensor, nn
 
 
 class MaskedLinear(nn.Linear):
-    """A linear layer whose weight is multiplied by a fixed 0/1 ``mask`` ``[out, in]``, kept in its state dict.
-
-    Args:
-        mask: the connectivity; entry ``[o, i]`` is 1 where output ``o`` may see input ``i``.
-    """
+    """A linear layer whose weight is multiplied by a fixed 0/1 ``mask`` ``[out, in]`` (1 where output ``o`` may see
+    input ``i``), kept in its state dict."""
 
     def __init__(self, mask: Tensor) -> None:
         super().__init__(mask.shape[1], mask.shape[0])
@@ -27,16 +24,11 @@ class MaskedLinear(nn.Linear):
 
 
 class MADE(nn.Module):
-    """An autoregressive MLP ``D -> *hidden_dims -> 2 D``: outputs ``m_i`` and ``s_i`` depend on ``z_{<i}`` only
-    (and on a context vector, which every hidden unit of the first layer sees).
+    """An autoregressive MLP ``dim -> *hidden_dims -> 2 dim`` (ReLU): outputs ``m_i`` and ``s_i`` depend on
+    ``z_{<i}`` only, and on a context vector of ``context_dim`` (0: none) that the first hidden layer sees.
 
     Hidden unit degrees cycle through ``1 .. D - 1`` (Germain et al. 2015, section 4), or ``0 .. D - 1`` with a
     context (degree 0 sees the context alone); output ``i`` sees the hidden units of degree < ``i``.
-
-    Args:
-        dim: ``D``, the size of the input.
-        hidden_dims: widths of the hidden layers (ReLU), at least one.
-        context_dim: size of the context vector; 0 takes none.
     """
 
     def __init__(self, dim: int, hidden_dims: Sequence[int], context_dim: int = 0) -> None:
@@ -64,13 +56,8 @@ class MADE(nn.Module):
 class IAFStep(nn.Module):
     """One numerically stable IAF step (Kingma et al. 2016, eq. 14): ``sigma = sigmoid(s + forget_bias)``,
     ``z' = sigma * z + (1 - sigma) * m`` with ``[m, s] = MADE(z)``; ``log |det dz'/dz| = sum log sigma``. The MADE's
-    output layer starts at zero: a new step is ``z' = sigmoid(forget_bias) z``.
-
-    Args:
-        dim: the size of the code.
-        hidden_dims: widths of the MADE's hidden layers.
-        forget_bias: added to ``s`` so that the step starts close to the identity (the paper's 1 to 2).
-        context_dim: size of the context vector the MADE also sees; 0 takes none.
+    output layer starts at zero: a new step is ``z' = sigmoid(forget_bias) z``, close to the identity for the paper's
+    ``forget_bias`` of 1 to 2. ``hidden_dims`` and ``context_dim`` are the :class:`MADE`'s.
     """
 
     def __init__(self, dim: int, hidden_dims: Sequence[int], forget_bias: float = 1.5, context_dim: int = 0) -> None:
@@ -89,15 +76,8 @@ class IAFStep(nn.Module):
 
 
 class InverseAutoregressiveFlow(nn.Module):
-    """``num_steps`` IAF steps, the order of the code's dimensions reversed between consecutive steps.
-
-    Args:
-        dim: the size of the code.
-        num_steps: the number of steps (>= 1).
-        hidden_dims: widths of each MADE's hidden layers.
-        forget_bias: each step's gate bias (see :class:`IAFStep`).
-        context_dim: size of the context vector every step sees (the encoder's ``h`` in Kingma et al.); 0: none.
-    """
+    """``num_steps`` :class:`IAFStep` (>= 1) of codes of ``dim``, the order of the code's dimensions reversed between
+    consecutive steps; every step sees the context (the encoder's ``h`` in Kingma et al.)."""
 
     def __init__(
         self, dim: int, num_steps: int, hidden_dims: Sequence[int], forget_bias: float = 1.5, context_dim: int = 0

@@ -27,12 +27,8 @@ def _at_least_float32(*tensors: Tensor) -> tuple[Tensor, ...]:
 
 
 def bernoulli_log_likelihood(logits: Tensor, x: Tensor) -> Tensor:
-    """log p(x | logits) of independent Bernoulli pixels, summed per image.
-
-    Args:
-        logits: ``[..., C, H, W]`` decoder logits.
-        x: ``[..., C, H, W]`` targets in [0, 1] (broadcast against ``logits``).
-    """
+    """log p(x | logits) of independent Bernoulli pixels ``[..., C, H, W]``, summed per image; the targets ``x`` in
+    [0, 1] broadcast against ``logits``."""
     logits, x = _at_least_float32(logits, x)  # with mixed dtypes PyTorch's loss would take x's
     if logits.shape != x.shape:
         # Many decodings per image: log p = x . logits - sum(softplus(logits)) never materializes the broadcast x.
@@ -41,13 +37,8 @@ def bernoulli_log_likelihood(logits: Tensor, x: Tensor) -> Tensor:
 
 
 def gaussian_log_likelihood(mean: Tensor, x: Tensor, std: float | Tensor, event_ndim: int = 3) -> Tensor:
-    """log N(x | mean, diag(std^2)) summed per image (or per sample of ``event_ndim`` dimensions).
-
-    Args:
-        mean: ``[..., C, H, W]`` predicted means.
-        x: ``[..., C, H, W]`` targets (broadcast against ``mean``).
-        std: the standard deviation of every pixel, or a tensor of them (e.g. learned, ``[C, H, W]``).
-        event_ndim: the trailing dimensions of one sample: 3 for images, 1 for vectors ``[..., D]``.
+    """log N(x | mean, diag(std^2)) summed over the last ``event_ndim`` dimensions (3 for images, 1 for vectors);
+    ``x`` broadcasts against ``mean``; ``std`` is one for every pixel or a tensor of them (e.g. learned, ``[C, H, W]``).
     """
     mean, x = _at_least_float32(mean, x)
     log_std = torch.log(std.to(x.dtype)) if isinstance(std, Tensor) else math.log(std)
@@ -57,12 +48,8 @@ def gaussian_log_likelihood(mean: Tensor, x: Tensor, std: float | Tensor, event_
 
 def continuous_bernoulli_log_likelihood(logits: Tensor, x: Tensor, event_ndim: int = 3) -> Tensor:
     """log CB(x | lambda) of independent continuous-Bernoulli pixels (Loaiza-Ganem & Cunningham 2019), summed:
-    ``CB(x | lambda) = C(lambda) lambda^x (1 - lambda)^(1 - x)``, a density on [0, 1].
-
-    Args:
-        logits: ``[..., C, H, W]`` decoder logits, ``lambda = sigmoid(logits)``.
-        x: ``[..., C, H, W]`` targets in [0, 1] (broadcast against ``logits``).
-        event_ndim: the trailing dimensions of one sample.
+    ``CB(x | lambda) = C(lambda) lambda^x (1 - lambda)^(1 - x)``, a density on [0, 1], ``lambda = sigmoid(logits)``;
+    the targets ``x`` broadcast against ``logits``; summed over the last ``event_ndim`` dimensions.
     """
     logits, x = _at_least_float32(logits, x)
     # lambda^x (1 - lambda)^(1 - x) is the Bernoulli likelihood of x, exactly as for binary pixels.
@@ -99,13 +86,8 @@ def bits_per_dim(nll: Tensor, num_dims: int) -> Tensor:
 
 
 def kl_divergence_normal(mu: Tensor, logvar: Tensor, event_ndim: int = 1) -> Tensor:
-    """KL(N(mu, diag(exp(logvar))) || N(0, I)) in closed form, summed over the last ``event_ndim`` dimensions.
-
-    Args:
-        mu: ``[..., D]`` posterior means (``[..., C, h, w]`` for spatial codes, with ``event_ndim=3``).
-        logvar: log-variances of the same shape.
-        event_ndim: the trailing dimensions of one code: 1 for flat codes, 3 for spatial ones.
-    """
+    """KL(N(mu, diag(exp(logvar))) || N(0, I)) in closed form, summed over the last ``event_ndim`` dimensions (1 for
+    flat codes ``[..., D]``, 3 for spatial ones ``[..., C, h, w]``)."""
     mu, logvar = _at_least_float32(mu, logvar)
     return _sum_image_dims(0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar), event_ndim)
 
@@ -153,38 +135,23 @@ def importance_weighted_bound(
     log_likelihood: Tensor, log_prior: Tensor, log_posterior: Tensor, kl_weight: float = 1.0
 ) -> Tensor:
     """The importance-weighted bound of Burda et al. 2016 (eq. 8) per sample, in float32 (float64 for float64 inputs):
-    ``log (1/K) sum_k exp(log p(x | z_k) + w (log p(z_k) - log q(z_k | x)))`` over the leading dimension of K samples.
-
-    Args:
-        log_likelihood: ``[K, ...]`` log p(x | z_k).
-        log_prior: ``[K, ...]`` log p(z_k).
-        log_posterior: ``[K, ...]`` log q(z_k | x).
-        kl_weight: ``w``, the weight of the log-density ratio (the VAE's ``beta`` times its KL warm-up).
-    """
+    ``log (1/K) sum_k exp(log p(x | z_k) + w (log p(z_k) - log q(z_k | x)))`` over the leading dimension of K samples,
+    ``w`` the ``kl_weight`` (the VAE's ``beta`` times its KL warm-up)."""
     log_likelihood, log_prior, log_posterior = _at_least_float32(log_likelihood, log_prior, log_posterior)
     return log_mean_exp(log_likelihood + kl_weight * (log_prior - log_posterior), dim=0)
 
 
 def kl_divergence_bernoulli(rho: float, rho_hat: Tensor, eps: float = 1e-6) -> Tensor:
-    """KL(Bernoulli(rho) || Bernoulli(rho_hat)) summed over the last dimension: the sparsity penalty of Ng's notes.
-
-    Args:
-        rho: the target mean activation, in (0, 1).
-        rho_hat: ``[..., D]`` mean activations of the code units, in [0, 1]; clamped to ``[eps, 1 - eps]`` (finite).
-        eps: the clamp margin.
-    """
+    """KL(Bernoulli(rho) || Bernoulli(rho_hat)) summed over the last dimension: the sparsity penalty of Ng's notes,
+    ``rho`` in (0, 1) the target mean activation, ``rho_hat`` ``[..., D]`` the units', clamped to ``[eps, 1 - eps]``."""
     rho_hat = rho_hat.clamp(eps, 1 - eps)
     return (rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))).sum(-1)
 
 
 def multinomial_log_likelihood(logits: Tensor, counts: Tensor) -> Tensor:
     """log Mult(counts | softmax(logits)) up to the multinomial coefficient, summed per sample: ``sum_i x_i log pi_i``
-    (Liang et al. 2018, eq. 2), the likelihood of the items a user clicked.
-
-    Args:
-        logits: ``[..., I]`` unnormalized scores of the items.
-        counts: ``[..., I]`` click counts (0/1 for implicit feedback), broadcast against ``logits``.
-    """
+    (Liang et al. 2018, eq. 2), the likelihood of the items a user clicked: ``counts`` ``[..., I]`` (0/1 for implicit
+    feedback) broadcast against the items' ``logits``."""
     return (F.log_softmax(logits, dim=-1) * counts).sum(-1)
 
 

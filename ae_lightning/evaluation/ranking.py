@@ -11,8 +11,9 @@ import torch
 from torch import Tensor
 
 
-def _top_k_hits(scores: Tensor, held_out: Tensor, k: int) -> Tensor:
-    """``[B, k]``: whether the item at rank 1..k is held out; a ValueError unless both are ``[B, I]`` and k >= 1."""
+def _top_k_hits(scores: Tensor, held_out: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """``[B, k]``: whether the item at rank 1..k is held out, and ``[B]``: the most hits there can be,
+    ``min(k, n_held_out)``; a ValueError unless both are ``[B, I]`` and k >= 1."""
     if k < 1:
         raise ValueError(f"k={k}: expected at least 1 (the number of top-ranked items scored)")
     if scores.ndim != 2 or scores.shape != held_out.shape:
@@ -21,26 +22,23 @@ def _top_k_hits(scores: Tensor, held_out: Tensor, k: int) -> Tensor:
             "held_out of InteractionsDataModule's (clicks, held_out, user) batches)"
         )
     top = scores.topk(min(k, scores.shape[-1]), dim=-1).indices
-    return (held_out.gather(-1, top) > 0).float()
+    return (held_out.gather(-1, top) > 0).float(), (held_out > 0).sum(-1).clamp(max=k)
 
 
 def recall_at_k(scores: Tensor, held_out: Tensor, k: int) -> Tensor:
     """Recall@k normalized by ``min(k, n_held_out)``: the held-out items among the top k, over the most that
     could be there, so 1 is a perfect ranking however many items were held out."""
-    n_held_out = (held_out > 0).sum(-1).float()
-    hits = _top_k_hits(scores, held_out, k).sum(-1)
-    return hits / n_held_out.clamp(max=k).masked_fill(n_held_out == 0, float("nan"))
+    hits, n_ideal = _top_k_hits(scores, held_out, k)
+    return hits.sum(-1) / n_ideal.float().masked_fill(n_ideal == 0, float("nan"))
 
 
 def ndcg_at_k(scores: Tensor, held_out: Tensor, k: int) -> Tensor:
     """NDCG@k with binary relevance: ``sum_r hit_r / log2(r + 1)`` over ranks r = 1..k, over the same sum for the
     ideal ranking (all ``min(k, n_held_out)`` held-out items first)."""
-    hits = _top_k_hits(scores, held_out, k)
+    hits, n_ideal = _top_k_hits(scores, held_out, k)
     discounts = 1.0 / torch.log2(torch.arange(2, hits.shape[-1] + 2, device=scores.device, dtype=torch.float32))
-    dcg = (hits * discounts).sum(-1)
-    n_ideal = (held_out > 0).sum(-1).clamp(max=hits.shape[-1])
     idcg = discounts.cumsum(0)[(n_ideal - 1).clamp(min=0)]
-    return dcg / idcg.masked_fill(n_ideal == 0, float("nan"))
+    return (hits * discounts).sum(-1) / idcg.masked_fill(n_ideal == 0, float("nan"))
 
 
 def ranking_metrics(scores: Tensor, held_out: Tensor) -> dict[str, Tensor]:

@@ -51,9 +51,6 @@ class IAFVAE(VAE):
         context_dim = 2 * self.latent_dim if flow_context else 0
         self.flow = InverseAutoregressiveFlow(self.latent_dim, flow_steps, flow_hidden_dims, forget_bias, context_dim)
 
-    def _context(self, mu: Tensor, logvar: Tensor) -> Tensor | None:
-        return torch.cat([mu, logvar], dim=-1).detach() if self.hparams.flow_context else None
-
     def posterior(self, x: Tensor, y: Tensor | None = None) -> Normal:
         """Refused: q(z | x) is the flow of a Normal, no Normal (the VAE's ``posterior`` would give ``q_0``)."""
         raise NotImplementedError(
@@ -61,12 +58,6 @@ class IAFVAE(VAE):
             "posterior_parameters(x) gives the Gaussian q_0 the flow starts from, and log_densities(x, mu, logvar, k) "
             "k samples of q(z | x) with their log-densities"
         )
-
-    def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """The flow of the Gaussian's mean."""
-        self.check_tensor(x, "encode(x)")
-        mu, logvar = self.posterior_parameters(x)
-        return self.posterior_flow(mu, mu, logvar)[0]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -94,8 +85,7 @@ class IAFVAE(VAE):
         return -self.log_likelihood(self.decoder_logits(z, y).float(), x), self.kl_divergence(mu, logvar) + log_ratio
 
     def posterior_flow(self, z: Tensor, mu: Tensor, logvar: Tensor) -> tuple[Tensor, Tensor]:
-        """Samples ``z`` ``[..., B, D]`` of ``q_0`` through the flow, and its ``log |det|`` (float32 at least) per
-        sample."""
-        context = self._context(mu, logvar)
-        z, log_det = self.flow(z, None if context is None else context.expand(*z.shape[:-1], -1))
+        """Samples ``z`` ``[..., B, D]`` of ``q_0`` through the flow, and its ``log |det|`` (float32 at least)."""
+        context = torch.cat([mu, logvar], dim=-1).detach().expand(*z.shape[:-1], -1)
+        z, log_det = self.flow(z, context if self.hparams.flow_context else None)
         return z, log_det.to(torch.promote_types(log_det.dtype, torch.float32))

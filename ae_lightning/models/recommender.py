@@ -60,10 +60,9 @@ class MultinomialAutoencoder(AutoencoderModule):
             raise ValueError(f"{type(self).__name__} has an MLP encoder and decoder, got network {kwargs['network']!r}")
         super().__init__(input_shape=input_shape, latent_dim=latent_dim, hidden_dims=hidden_dims, **kwargs)
         self.input_dropout = input_dropout
-        self.num_items = self.input_shape[0]
         # Training users per item, filled from the datamodule (and kept in checkpoints): the popularity baseline.
         # Integers, which a half-precision Trainer leaves exact (bf16 rounds counts above 256 into ties).
-        self.register_buffer("item_popularity", torch.zeros(self.num_items, dtype=torch.long))
+        self.register_buffer("item_popularity", torch.zeros(self.input_shape[0], dtype=torch.long))
         # The datamodule's ``split_record``: the data the weights belong to (from the checkpoint, or the first setup).
         self.trained_on: dict[str, Any] | None = None
 
@@ -215,11 +214,7 @@ class MultVAE(MultinomialAutoencoder):
 
 
 class MultDAE(MultinomialAutoencoder):
-    """Mult-DAE: the same network with a deterministic tanh code and no KL term; the input dropout is its noise.
-
-    Args:
-        **kwargs: the :class:`MultinomialAutoencoder` arguments.
-    """
+    """Mult-DAE: the same network with a deterministic tanh code and no KL term; the input dropout is its noise."""
 
     def build_encoder(self) -> nn.Module:
         return tanh_mlp([self.input_shape[0], *self.hparams.hidden_dims, self.latent_dim], tanh_last=True)

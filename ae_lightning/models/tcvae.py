@@ -15,11 +15,9 @@ from datamodules.checks import NonNegativeFloat, PositiveInt
 
 
 class BetaTCVAE(VAE):
-    """The VAE trained on ``recon + w (mi_weight * mi + tc_weight * tc + dwkl_weight * dwkl)``.
-
-    ``mi``, ``tc`` and ``dwkl`` (logged, with the closed-form ``kl``) are estimated on the minibatch by
-    ``estimator``, with offsets that docs/disentanglement.md measures; ``w`` is the VAE's ``beta`` times its KL
-    warm-up. All weights 1 is (in expectation) the VAE.
+    """The VAE trained on ``recon + w (mi_weight * mi + tc_weight * tc + dwkl_weight * dwkl)``, ``w`` the VAE's ``beta``
+    times its KL warm-up; ``mi``, ``tc`` and ``dwkl`` (logged, with the closed-form ``kl``) are estimated on the
+    minibatch by ``estimator`` (their offsets: docs/disentanglement.md).
 
     Args:
         mi_weight: weight of the index-code mutual information (the paper's alpha), >= 0.

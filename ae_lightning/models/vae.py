@@ -13,7 +13,6 @@ from torch.distributions import Normal
 
 from ae_lightning.base import AutoencoderModule, Stage
 from ae_lightning.blocks import losses, networks
-from ae_lightning.blocks.networks import decoder_mean
 from datamodules.checks import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, check_arguments
 
 Likelihood = Literal["bernoulli", "gaussian", "continuous_bernoulli"]
@@ -27,28 +26,25 @@ class VAE(AutoencoderModule):
     """Diagonal-Gaussian posterior, standard-normal prior, Bernoulli, Gaussian or continuous-Bernoulli likelihood.
 
     The loss is ``recon + beta * w * kl``, ``w`` rising from 0 to 1 over ``kl_warmup_steps``; ``beta > 1`` is the
-    beta-VAE. Validation and test also log ``neg_elbo = recon + kl``, the negative ELBO whatever the loss weighs, to
-    compare runs of different weights by. Continuous likelihoods see dequantized pixels; ``test`` then reports
-    ``test/bpd`` (``docs/own_data.md``).
+    beta-VAE. Validation and test also log ``neg_elbo = recon + kl``. Continuous likelihoods see dequantized pixels;
+    ``test`` then reports ``test/bpd`` (``docs/own_data.md``).
 
     Args:
         likelihood: ``bernoulli``, ``gaussian`` (images or vectors) or ``continuous_bernoulli`` (data in [0, 1]).
-        beta: weight of the KL term, >= 0.
+        beta: weight of the KL term.
         kl_warmup_steps: steps of linear KL warm-up; 0 disables it.
         gaussian_std: for ``likelihood: gaussian``, a fixed std, ``learned`` (one, shared) or ``learned_per_pixel``;
             learned ones start at 0.1 for images and 1 for vectors and stay above 1e-3.
-        iw_samples: importance samples k of training: 1 trains on the ELBO, k > 1 on the IWAE bound (``docs/family.md``;
-            1 only where ``trains_on_the_bound`` is False); ``neg_iwae_<k>`` logs the unweighted bound.
+        iw_samples: importance samples k of training: k > 1 trains on the IWAE bound (``docs/family.md``), logged
+            unweighted as ``neg_iwae_<k>``; 1 only where ``trains_on_the_bound`` is False.
         nll_samples: importance samples K of the test-time bound on -log p(x).
         nll_chunk_size: importance samples decoded at once (trades memory for speed).
         **kwargs: the :class:`~ae_lightning.base.AutoencoderModule` arguments.
     """
 
     is_generative = True
-    # Whether KL(q(z | x) || p(z)) is that of two diagonal normals, in closed form (see :meth:`elbo_terms`).
-    closed_form_kl: ClassVar[bool] = True
-    # False for a variant that trains on an objective of its own, not the ELBO or IWAE bound: iw_samples is then 1.
-    trains_on_the_bound: ClassVar[bool] = True
+    closed_form_kl: ClassVar[bool] = True  # whether KL(q(z | x) || p(z)) has the two diagonal normals' closed form
+    trains_on_the_bound: ClassVar[bool] = True  # False for an objective of its own: iw_samples is then 1
 
     def __init__(
         self,
@@ -108,9 +104,10 @@ class VAE(AutoencoderModule):
         return Normal(mu, torch.exp(0.5 * logvar))
 
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """The posterior mean."""
+        """The posterior mean, through :meth:`posterior_flow`."""
         self.check_tensor(x, "encode(x)")
-        return self.posterior_parameters(x, y)[0]
+        mu, logvar = self.posterior_parameters(x, y)
+        return self.posterior_flow(mu, mu, logvar)[0]
 
     def check_encoder_output(self, x: Tensor, y: Tensor) -> None:
         """Refuse an encoder whose output is not the posterior's mean and log-variance, ``[B, 2 * latent_dim, ...]``."""
@@ -146,7 +143,7 @@ class VAE(AutoencoderModule):
         if self.likelihood == "continuous_bernoulli":
             return losses.continuous_bernoulli_log_likelihood(logits, x, event_ndim)
         std = self.log_std.exp().clamp_min(MIN_STD) if hasattr(self, "log_std") else self.gaussian_std
-        return losses.gaussian_log_likelihood(decoder_mean(logits, self.input_shape), x, std, event_ndim)
+        return losses.gaussian_log_likelihood(networks.decoder_mean(logits, self.input_shape), x, std, event_ndim)
 
     @property
     def dequantizes(self) -> bool:
@@ -174,7 +171,7 @@ class VAE(AutoencoderModule):
             x = losses.uniform_dequantize(x)
         mu, logvar = self.posterior_parameters(x)
         z = mu if deterministic else losses.reparameterize(mu, logvar)
-        recon = -self.log_likelihood(self.decoder(z), x).mean()
+        recon = -self.log_likelihood(self.decoder_logits(z), x).mean()
         return mu, logvar, z, recon, losses.kl_divergence_normal(mu, logvar).mean()
 
     def log_terms(self, terms: dict[str, Tensor], stage: Stage, batch_size: int) -> None:
@@ -199,8 +196,7 @@ class VAE(AutoencoderModule):
     def anomaly_score(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The negative single-sample ELBO per image."""
         self.check_tensor(x, "anomaly_score(x)")
-        recon, kl = self.elbo_terms(x, y)
-        return recon + kl
+        return torch.add(*self.elbo_terms(x, y))
 
     def importance_weighted_terms(self, x: Tensor, num_samples: int, y: Tensor | None = None) -> dict[str, Tensor]:
         """Batch averages over ``num_samples`` samples: ``loss``, the negative IWAE bound with the log density ratio
@@ -220,9 +216,7 @@ class VAE(AutoencoderModule):
         self, x: Tensor, mu: Tensor, logvar: Tensor, num_samples: int, y: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
         """log p(x | z_k), log p(z_k) and log q(z_k | x), each ``[num_samples, B]`` in float32 (float64 for float64
-        weights), for ``num_samples`` reparameterized samples ``z_k ~ q(z | x)`` decoded in one batched pass; the noise
-        is drawn in float32 whatever the weights' dtype, so that a seed gives the same samples under every
-        ``precision``."""
+        weights), of ``num_samples`` samples ``z_k ~ q(z | x)`` decoded in one pass (noise drawn in float32)."""
         eps = torch.randn(num_samples, *mu.shape, device=mu.device, dtype=torch.float32).to(mu.dtype)
         z, log_det = self.posterior_flow(losses.reparameterize(mu, logvar, eps), mu, logvar)  # [k, B, *latent_shape]
         labels = None if y is None else y.repeat(num_samples)  # sample-major, as z is flattened
@@ -242,13 +236,8 @@ class VAE(AutoencoderModule):
     def importance_weighted_nll(
         self, x: Tensor, num_samples: PositiveInt | None = None, y: Tensor | None = None
     ) -> Tensor:
-        """``-log (1/K) sum_k p(x, z_k) / q(z_k | x)``, ``z_k ~ q(z | x)`` per image, in nats (Burda et al. eq. 8).
-
-        Args:
-            x: ``[B, C, H, W]`` images.
-            num_samples: K; ``nll_samples`` when None.
-            y: the labels, for a conditional model.
-        """
+        """``-log (1/K) sum_k p(x, z_k) / q(z_k | x)``, ``z_k ~ q(z | x)`` per image ``x`` (labels ``y``), in nats
+        (Burda et al. eq. 8); K is ``num_samples``, else ``nll_samples``."""
         num_samples = self.nll_samples if num_samples is None else num_samples
         self.check_tensor(x, "importance_weighted_nll(x)")
         check_arguments({"num_samples": num_samples}, VAE.importance_weighted_nll)

@@ -31,7 +31,6 @@ class VampPriorVAE(VAE):
 
     def __init__(self, num_pseudo_inputs: PositiveInt = 500, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.num_pseudo_inputs = num_pseudo_inputs
         images = len(self.input_shape) == 3
         start = torch.randn(num_pseudo_inputs, *self.input_shape) * (0.01 if images else 1.0) + (0.05 if images else 0)
         self.pseudo_inputs = nn.Parameter(start)
