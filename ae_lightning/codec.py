@@ -41,20 +41,14 @@ class CompressedFileError(ValueError):
 
 
 def prior_fingerprint(prior: CodePrior) -> str:
-    """The :func:`~ae_lightning.models.prior.state_fingerprint` of every weight and buffer of ``prior`` (its tokenizer
-    included)."""
+    """The :func:`~ae_lightning.models.prior.state_fingerprint` of all of ``prior``'s state, its tokenizer's too."""
     return state_fingerprint(prior.state_dict())
 
 
 @torch.no_grad()
 def compress(prior: CodePrior, image: Tensor) -> bytes:
-    """The compressed file of ``image`` ``[C, H, W]``, floats in [0, 1] (``C`` the tokenizer's channels); a ValueError
-    naming what differs for any other tensor (a batch, uint8 pixels, values in [0, 255], NaN).
-
-    Args:
-        prior: the prior with its tokenizer (run in eval mode, see the module's docstring).
-        image: the image.
-    """
+    """The compressed file, under ``prior``, of ``image`` ``[C, H, W]``, floats in [0, 1] (``C`` the tokenizer's
+    channels); a ValueError naming what differs for any other tensor (a batch, uint8 pixels, [0, 255] values, NaN)."""
     if image.ndim != 3 or not image.is_floating_point() or not image.shape[1] or not image.shape[2]:
         found = f"a {image.dtype} tensor of shape {tuple(image.shape)}"
         raise ValueError(f"compress takes one image [C, H, W] of floats in [0, 1], got {found}")
@@ -79,14 +73,8 @@ def compress(prior: CodePrior, image: Tensor) -> bytes:
 
 @torch.no_grad()
 def decompress(prior: CodePrior, data: bytes, name: str = "the file") -> Tensor:
-    """The image ``[C, H, W]`` in [0, 1] of compressed ``data``; a :class:`CompressedFileError` naming the problem
-    if ``data`` is not a complete, intact file of this prior.
-
-    Args:
-        prior: the prior the file was written with (run in eval mode, see the module's docstring).
-        data: the file's bytes.
-        name: how errors call the file (its path).
-    """
+    """The image ``[C, H, W]`` in [0, 1] of compressed ``data``, the bytes of a file that ``prior`` wrote; a
+    :class:`CompressedFileError` naming the problem and the file as ``name`` if they are not a complete, intact file."""
     if data[:4] != MAGIC:
         raise CompressedFileError(f"{name} is not an ae-lightning compressed file (no {MAGIC.decode()} header)")
     if len(data) < _HEADER.size:

@@ -18,7 +18,7 @@ import lpips
 import pytest
 import torch
 import torchvision
-from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
+from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, WeightAveraging
 from test_variants import make_trainer, tiny_data
 from tiny_runs import last_checkpoint, run_cli, tiny_args
 from torch import nn
@@ -940,3 +940,19 @@ def test_photo_configs_fit_on_a_tiny_folder_with_random_lpips(config: str, tmp_p
         cli.trainer.global_step == 1 and torch.isfinite(logged["train/g_loss"]) and torch.isfinite(logged["val/loss"])
     )
     assert any(type(callback) is EMAOnTrainingDevice for callback in cli.trainer.callbacks)  # the config's class
+
+
+@pytest.mark.parametrize("quantizer", ["vq", "fsq"])
+def test_weight_averaging_that_cannot_average_the_codebook_flag_is_refused(
+    quantizer: str, data_dir: Path, tmp_path: Path
+) -> None:
+    # Lightning's WeightAveraging (SWA) subtracts every buffer: the EMA codebook's bool initted failed at the second
+    # update with "Subtraction ... with two bool tensors is not supported"; FSQ has no such buffer and trains.
+    model = quantized(quantizer=quantizer)
+    trainer = make_trainer(tmp_path, limit_train_batches=2, limit_val_batches=0, callbacks=[WeightAveraging()])
+    if quantizer == "fsq":
+        trainer.fit(model, datamodule=tiny_data(data_dir))
+        assert trainer.global_step == 2
+        return
+    with pytest.raises(ValueError, match=r"WeightAveraging cannot average quantizer 'vq'.*use EMAWeightAveraging"):
+        trainer.fit(model, datamodule=tiny_data(data_dir))

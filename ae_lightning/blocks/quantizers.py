@@ -126,8 +126,8 @@ class SpatialQuantizer(nn.Module):
         """The quantized codes of ``z [B, C, h, w]`` (straight-through), the indices ``[B, Q, h, w]`` (int64) and the
         commitment loss (0 for FSQ and in evaluation, where no weight or buffer changes)."""
         # The library runs k-means initialization on any forward: evaluation raises ``initted`` for the call.
-        waiting = [] if self.training else [m for m in self.quantizer.modules() if isinstance(m, Codebook)]
-        waiting = [codebook for codebook in waiting if not codebook.initted]
+        codebooks = [] if self.training else [m for m in self.quantizer.modules() if isinstance(m, Codebook)]
+        waiting = [codebook for codebook in codebooks if not codebook.initted]
         for codebook in waiting:
             codebook.initted.fill_(True)
         sequence = z.flatten(2).transpose(1, 2)  # [B, h*w, C]
@@ -176,12 +176,7 @@ class SpatialQuantizer(nn.Module):
 class CodebookUsage(Metric):
     """How the codebooks are used over an epoch, from indices ``[B, Q, h, w]``: ``codes_used`` (share of codes chosen
     at least once), ``perplexity`` (``exp`` of the entropy of the code frequencies) and ``dead_codes`` (codes never
-    chosen); averaged over the codebooks (residual levels) but ``dead_codes``, summed.
-
-    Args:
-        codebook_size: codes per codebook.
-        num_codebooks: codebooks ``Q``.
-    """
+    chosen); averaged over the ``num_codebooks`` codebooks (residual levels) but ``dead_codes``, summed."""
 
     full_state_update = False
 

@@ -13,12 +13,7 @@ from datamodules.checks import NonNegativeInt, PositiveInt, check_arguments
 
 
 class ResidualBlock(nn.Module):
-    """``x + conv1x1(relu(conv3x3(relu(x))))``, as in the VQ-VAE paper.
-
-    Args:
-        channels: channels in and out.
-        hidden_channels: channels of the 3x3 convolution.
-    """
+    """``x + conv1x1(relu(conv3x3(relu(x))))``, as in the VQ-VAE paper; the 3x3 convolution has ``hidden_channels``."""
 
     def __init__(self, channels: int, hidden_channels: int) -> None:
         super().__init__()
@@ -84,14 +79,8 @@ class ResidualConvEncoder(nn.Sequential):
 
 
 class ResidualConvDecoder(nn.Sequential):
-    """The encoder's mirror: a 3x3 convolution, residual blocks, stride-2 transposed convolutions; pixel logits.
-
-    Args:
-        out_channels: channels of the images.
-        code_channels: channels of the code.
-        hidden_dims: the encoder's channels of each stride-2 convolution (the decoder mirrors them).
-        residual_blocks: residual blocks before the transposed convolutions.
-    """
+    """The mirror of :class:`ResidualConvEncoder` of the same arguments, ``out_channels`` the images': a 3x3
+    convolution, residual blocks, stride-2 transposed convolutions; pixel logits."""
 
     def __init__(
         self,

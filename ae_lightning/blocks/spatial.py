@@ -49,13 +49,8 @@ def _norm(channels: int) -> nn.GroupNorm:
 
 
 class ResnetBlock(nn.Module):
-    """``x + conv(act(norm(conv(act(norm(x))))))``, with a 1x1 convolution on the skip path when channels change.
-
-    Args:
-        in_channels: input channels.
-        out_channels: output channels.
-        dropout: dropout rate before the second convolution, in training only.
-    """
+    """``x + conv(dropout(act(norm(conv(act(norm(x)))))))``, with a 1x1 convolution on the skip path when channels
+    change."""
 
     def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0) -> None:
         super().__init__()
@@ -75,11 +70,7 @@ class ResnetBlock(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Single-head self-attention over the positions of a feature map, with a residual connection.
-
-    Args:
-        channels: channels of the feature map.
-    """
+    """Single-head self-attention over the positions of a feature map of ``channels``, with a residual connection."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -150,16 +141,8 @@ class SpatialEncoder(nn.Module):
 
 class SpatialDecoder(nn.Module):
     """Codes ``[B, z_channels, h, w]`` to logits ``[B, out_channels, h * f, w * f]``: the mirror of
-    :class:`SpatialEncoder`, with nearest-neighbour upsampling and a convolution between levels.
-
-    Args:
-        z_channels: channels of the code.
-        channels: the encoder's channels per level, highest resolution first (the decoder runs them backwards).
-        out_channels: channels of the images.
-        num_res_blocks: the encoder's ResNet blocks per level; the decoder has one more per level.
-        attention: self-attention at the lowest resolution.
-        dropout: dropout rate inside the ResNet blocks, in training only.
-    """
+    :class:`SpatialEncoder`, whose ``channels``, ``num_res_blocks`` (one more block per level here), ``attention`` and
+    ``dropout`` it takes, with nearest-neighbour upsampling and a convolution between levels."""
 
     def __init__(
         self,

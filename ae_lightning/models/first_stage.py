@@ -277,10 +277,8 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
     def test_metrics(
         self, x: Tensor, y: Tensor | None = None, reconstruction: Tensor | None = None
     ) -> dict[str, Tensor]:
-        """``ms_ssim`` of the reconstructions (with the scales the image size allows; none under 11 pixels) and,
-        with a perceptual loss, their ``lpips``; ``reconstruction`` is that of ``x`` if already made. Both are computed
-        outside autocast (MS-SSIM in float32, LPIPS in its weights' dtype), so a mixed-precision test measures them as
-        ``32`` would."""
+        """``ms_ssim`` of the reconstructions (the scales the image size allows; none under 11 pixels) and, with a
+        perceptual loss, their ``lpips``, outside autocast; ``reconstruction`` is that of ``x`` if already made."""
         reconstruction = (self(x, y) if reconstruction is None else reconstruction).float()
         metrics = {}
         with torch.autocast(x.device.type, enabled=False):  # bf16 convolutions moved ms_ssim from 0.038 to 0.063

@@ -25,11 +25,7 @@ class KLAutoencoder(FirstStageAutoencoder):
     loss averaged over the image's C * H * W values in [0, 1] (latent diffusion's are in [-1, 1]: docs/family.md).
     ``code_std`` (logged) is the standard deviation of the codes (the decoder's input): of each batch's in training,
     of all the epoch's in validation and test, whatever their batches: latent diffusion's ``scale_factor`` is
-    ``1 / test/code_std``.
-
-    Args:
-        kl_weight: weight of the KL term, >= 0.
-        **kwargs: the :class:`~ae_lightning.models.first_stage.FirstStageAutoencoder` arguments.
+    ``1 / test/code_std``. The other arguments are :class:`~ae_lightning.models.first_stage.FirstStageAutoencoder`'s.
     """
 
     def __init__(self, kl_weight: NonNegativeFloat = 1e-6, **kwargs: Any) -> None:

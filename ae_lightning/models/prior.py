@@ -22,18 +22,10 @@ from ae_lightning.models.quantized import QuantizedAutoencoder
 from datamodules.checks import Fraction, PositiveFloat, PositiveInt, check_arguments
 
 # What a prior's checkpoint keeps of its tokenizer's checkpoint besides the weights (which are the prior's tokenizer.*)
-_TOKENIZER_RECORD = (
-    "ae_lightning_class",
-    "hyper_parameters",
-    "hparams_name",
-    "hparams_type",
-    "pytorch-lightning_version",
-)
+_TOKENIZER_RECORD = "ae_lightning_class hyper_parameters hparams_name hparams_type pytorch-lightning_version".split()
 _TOKENIZER_PARTS = ("encoder", "quantizer", "decoder")  # what maps images to codes and back
 # Set by CodePrior.load_from_checkpoint: the tokenizer rebuilt from the checkpoint, and its record.
-_REBUILT_TOKENIZER: ContextVar[tuple[QuantizedAutoencoder, dict[str, Any]] | None] = ContextVar(
-    "rebuilt_tokenizer", default=None
-)
+_REBUILT_TOKENIZER: ContextVar[tuple[QuantizedAutoencoder, dict] | None] = ContextVar("rebuilt_tokenizer", default=None)
 
 
 def state_fingerprint(state: dict[str, Tensor]) -> str:
@@ -68,9 +60,7 @@ class CodePrior(AutoencoderModule):
 
     Args:
         tokenizer: checkpoint of the trained quantized autoencoder whose codes are modelled (a loaded prior's record).
-        embed_dim: width of the transformer.
-        num_layers: transformer layers.
-        num_heads: attention heads.
+        embed_dim, num_layers, num_heads: the transformer's width, layers and attention heads.
         dropout: dropout in the transformer, in training only.
         **kwargs: the :class:`~ae_lightning.base.AutoencoderModule` arguments; ``input_shape`` must be the
             tokenizer's; ``latent_dim``, ``network``, ``hidden_dims`` ignored; ``encoder``, ``decoder`` refused.
@@ -125,7 +115,7 @@ class CodePrior(AutoencoderModule):
         """Lightning's ``load_from_checkpoint``, the tokenizer rebuilt from the checkpoint; the tokenizer checkpoint
         (recorded, or ``tokenizer=``) is read for an old one without that record (a FileNotFoundError if missing)."""
         data, checkpoint = _read_once(checkpoint_path, kwargs.get("weights_only"))
-        record = checkpoint.get("ae_lightning_tokenizer_record")
+        record, rebuilt = checkpoint.get("ae_lightning_tokenizer_record"), None
         if record is None or "tokenizer" in kwargs:
             path = Path(kwargs.get("tokenizer", checkpoint.get("hyper_parameters", {}).get("tokenizer", "")))
             if record is None and "ae_lightning_tokenizer" in checkpoint and not path.is_file():
@@ -134,13 +124,10 @@ class CodePrior(AutoencoderModule):
                     f"needs the tokenizer checkpoint it was trained on, {path} (relative to the working folder), which "
                     "does not exist: load it from the folder it was trained in, or pass tokenizer=<that checkpoint>"
                 )
-            del checkpoint
-            return super().load_from_checkpoint(data, *args, **kwargs)
-        weights = {
-            k.removeprefix("tokenizer."): v for k, v in checkpoint["state_dict"].items() if k.startswith("tokenizer.")
-        }
-        token = _REBUILT_TOKENIZER.set((_rebuild_tokenizer(record, weights), record))
-        del checkpoint, weights  # Lightning loads its own copy
+        else:
+            rebuilt = _rebuild_tokenizer(record, checkpoint["state_dict"]), record
+        token = _REBUILT_TOKENIZER.set(rebuilt)
+        del checkpoint  # Lightning loads its own copy
         try:
             return super().load_from_checkpoint(data, *args, **kwargs)
         finally:
@@ -152,11 +139,10 @@ class CodePrior(AutoencoderModule):
         return tokenizer_fingerprint(self.tokenizer)
 
     # --- the networks -----------------------------------------------------------------------------------------------
-    def build_encoder(self) -> None:
-        return None  # the tokenizer encodes
+    def build_encoder(self) -> None:  # the tokenizer encodes and decodes
+        return None
 
-    def build_decoder(self) -> None:  # type: ignore[override]
-        return None  # the tokenizer decodes
+    build_decoder = build_encoder  # type: ignore[assignment]
 
     # --- the public API ---------------------------------------------------------------------------------------------
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
@@ -299,8 +285,10 @@ def _read_tokenizer(path: str | Path) -> tuple[QuantizedAutoencoder, dict[str, A
     return _load_tokenizer(data), record
 
 
-def _rebuild_tokenizer(record: dict[str, Any], weights: dict[str, Tensor]) -> QuantizedAutoencoder:
-    """The tokenizer whose checkpoint held ``record`` and ``weights``, loaded as :func:`_read_tokenizer` loads it."""
+def _rebuild_tokenizer(record: dict[str, Any], state: dict[str, Tensor]) -> QuantizedAutoencoder:
+    """The tokenizer whose checkpoint held ``record``, with the ``tokenizer.*`` weights of a prior's ``state``, loaded
+    as :func:`_read_tokenizer` loads it."""
+    weights = {k.removeprefix("tokenizer."): v for k, v in state.items() if k.startswith("tokenizer.")}
     buffer = io.BytesIO()
     torch.save({**record, "state_dict": weights}, buffer)
     buffer.seek(0)

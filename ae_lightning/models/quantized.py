@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from lightning.pytorch.callbacks import WeightAveraging
 from torch import Tensor, distributed
 
 from ae_lightning.base import Batch
@@ -52,17 +53,8 @@ class QuantizedAutoencoder(FirstStageAutoencoder):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.quantizer = SpatialQuantizer(
-            quantizer,
-            self.latent_dim,
-            codebook_size,
-            fsq_levels,
-            num_quantizers,
-            commitment_weight,
-            ema_decay,
-            kmeans_init,
-            dead_code_threshold,
-        )
+        vq = commitment_weight, ema_decay, kmeans_init, dead_code_threshold
+        self.quantizer = SpatialQuantizer(quantizer, self.latent_dim, codebook_size, fsq_levels, num_quantizers, *vq)
         self.code_metric = CodebookUsage(self.quantizer.codebook_size, self.quantizer.num_codebooks)
 
     def configure_model(self) -> None:
@@ -70,6 +62,17 @@ class QuantizedAutoencoder(FirstStageAutoencoder):
         if distributed.is_available() and distributed.is_initialized() and distributed.get_world_size() > 1:
             self.quantizer.synchronize_codebook()
         super().configure_model()
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        # WeightAveraging itself (SWA: a + (b - a) / (n + 1)) subtracts every buffer; the codebook's initted is a bool
+        swa = any(type(callback) is WeightAveraging for callback in self.trainer.callbacks)
+        if swa and self.quantizer.kind != "fsq":
+            raise ValueError(
+                f"the trainer callback WeightAveraging cannot average quantizer {self.quantizer.kind!r}: it averages "
+                "every buffer by subtraction, and the EMA codebook's initted flag is a bool (NotImplementedError at "
+                "its second update); use EMAWeightAveraging, or quantizer: fsq"
+            )
 
     def bottleneck(self, h: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         quantized, indices, commitment = self.quantizer(h)
