@@ -45,7 +45,7 @@ from ae_lightning import _EXPORTS
 from ae_lightning.base import AutoencoderModule, resolve_class_path
 from ae_lightning.blocks.perceptual import weights_from_checkpoint
 from ae_lightning.checks import ConfigError
-from ae_lightning.lightning_internals import restarts_a_finished_epoch, stored_loader_states
+from ae_lightning.lightning_internals import optimizers_and_schedulers, restarts_a_finished_epoch, stored_loader_states
 from ae_lightning.training import fast
 from ae_lightning.training.callbacks import (
     ClosingProgressBar,
@@ -176,6 +176,8 @@ class AutoencoderCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         argv = sys.argv[1:] if args is None else args
         given = _appended_loggers_in_root(argv) if isinstance(argv, (list, tuple)) else argv
+        if isinstance(given, (list, tuple)) and {"-h", "--help"} & set(given):
+            _help_with_classes(parser, list(given))
         try:
             if given is argv:
                 super().parse_arguments(parser, args)
@@ -244,7 +246,7 @@ class AutoencoderCLI(LightningCLI):
         barebones = bool(config.get("barebones"))
         if barebones and config.get("logger") not in (None, False):
             if not _is_default_logger(parsed, getattr(self, "_logger_settings_given", {})):
-                chosen = ", ".join(getattr(logger, "class_path", str(logger)) for logger in _loggers(parsed))
+                chosen = ", ".join(getattr(logger, "class_path", str(logger)) for logger in loggers_of(parsed))
                 raise ConfigError(f"--trainer.logger {chosen}: --trainer.barebones true runs without a logger; drop "
                                   "one of the two")  # fmt: skip
             kwargs["logger"] = False
@@ -442,7 +444,7 @@ class AutoencoderCLI(LightningCLI):
             self.datamodule.check_resume(loader_states[0], world_size=self.trainer.world_size)
         if configured is None:  # checked when training starts
             return
-        optimizers, scheduler_configs = _optimizers_and_schedulers(configured)
+        optimizers, scheduler_configs = optimizers_and_schedulers(configured)
         check_optimizers_resume(checkpoint, optimizers, [config.get("scheduler") for config in scheduler_configs])
 
     def _check_optimizers(self) -> Any:
@@ -455,7 +457,7 @@ class AutoencoderCLI(LightningCLI):
             raise ConfigError(f"the model's optimizer or lr_scheduler settings: {error}") from error
         except (RuntimeError, AttributeError):  # optimizers that need the running Trainer, or what ``setup`` builds
             return None  # (the auto-decoder's codes): checked when it runs them
-        optimizers, scheduler_configs = _optimizers_and_schedulers(configured)
+        optimizers, scheduler_configs = optimizers_and_schedulers(configured)
         # A ReduceLROnPlateau steps on val/loss under manual optimization (``on_train_epoch_end``), on its monitor else.
         manual = not self.model.automatic_optimization
         if any(isinstance(config.get("scheduler"), ReduceLROnPlateau)
@@ -519,6 +521,8 @@ class AutoencoderCLI(LightningCLI):
 
     def _before_evaluation(self) -> None:
         self._check_run(fit=False)
+        if self.subcommand == "predict" and not self.trainer.fast_dev_run:  # before the run's config is written
+            self.config_init.predict.predictions._target(self.trainer, new=True)
         if self.config[self.subcommand].get("ckpt_path") is None:  # Lightning evaluates the model as it was built
             rank_zero_warn(
                 f"{self.subcommand} without --ckpt_path evaluates the weights that the config builds, not a trained "
@@ -529,6 +533,23 @@ class AutoencoderCLI(LightningCLI):
         warnings.filterwarnings("ignore", "The dirpath has changed from", module=r"lightning\.pytorch\.callbacks")
 
     before_validate = before_test = before_predict = _before_evaluation
+
+
+def _help_with_classes(parser: LightningArgumentParser, argv: list[str]) -> None:
+    """``--help``: the command's help, then the arguments of the model and datamodule classes that the other arguments
+    choose (jsonargparse's help lists those of a subclass only for ``--model.help <class>``); exits."""
+    try:
+        config = parser.parse_args([arg for arg in argv if arg not in ("-h", "--help")])
+    except ArgumentError:  # no subcommand, or a bad argument: the help alone
+        return
+    with contextlib.suppress(SystemExit):
+        parser.parse_args(argv)
+    subcommand = [config.subcommand] if config.get("subcommand") else []  # none where the CLI runs no subcommand
+    for section in ("model", "data"):
+        if class_path := _run_config(config).get(f"{section}.class_path"):
+            with contextlib.suppress(SystemExit):
+                parser.parse_args([*subcommand, f"--{section}.help", class_path])
+    sys.exit(0)
 
 
 def _held_in_eval(model: torch.nn.Module) -> int:
@@ -568,25 +589,6 @@ def _setting_named(section: str, settings: dict[str, Any], message: str) -> str 
     return f"--{section}.{min(named)[1]} {settings[min(named)[1]]}" if named else None
 
 
-def _optimizers_and_schedulers(configured: Any) -> tuple[list[torch.optim.Optimizer], list[dict[str, Any]]]:
-    """The optimizers and the lr scheduler configurations (``{"scheduler": ..., "monitor": ...}``) in what
-    ``configure_optimizers`` returned, in Lightning's order."""
-    if isinstance(configured, torch.optim.Optimizer):
-        return [configured], []
-    if isinstance(configured, dict):  # {"optimizer": ..., "lr_scheduler": ...}
-        scheduler = configured.get("lr_scheduler")
-        optimizers, schedulers = configured.get("optimizer"), [] if scheduler is None else [scheduler]
-    elif isinstance(configured, (list, tuple)) and len(configured) == 2 and isinstance(configured[0], (list, tuple)):
-        optimizers, schedulers = configured  # ([optimizers], [schedulers])
-    elif isinstance(configured, (list, tuple)):
-        parts = [_optimizers_and_schedulers(item) for item in configured]
-        return [o for part in parts for o in part[0]], [s for part in parts for s in part[1]]
-    else:
-        return [], []
-    configs = [s if isinstance(s, dict) else {"scheduler": s} for s in schedulers]
-    return _optimizers_and_schedulers(optimizers)[0], configs
-
-
 @contextlib.contextmanager
 def _settings_refused() -> Iterator[None]:
     """The checks' ValueErrors as :class:`ConfigError`: settings that the checkpoint or the networks contradict."""
@@ -600,8 +602,7 @@ def _settings_refused() -> Iterator[None]:
 
 def _appended_loggers_in_root(argv: list[str] | tuple[str, ...]) -> list[str] | tuple[str, ...]:
     """``argv`` with ``--trainer.logger.save_dir`` :data:`ROOT_DIR` after each ``--trainer.logger+=<Logger>`` whose
-    class takes a ``save_dir``, as a logger given in place of the default has (jsonargparse carries the default's
-    settings over to that one, not to one appended); a ``save_dir`` given after it applies. ``argv`` if unchanged."""
+    class takes a ``save_dir`` (one given after it applies); ``argv`` if unchanged."""
     given, args = [], iter(argv)
     for arg in args:
         given.append(arg)
@@ -661,8 +662,7 @@ def _refusal(message: str) -> tuple[list[tuple[str, str]], list[str]]:
 
 def _known_class_like(message: str) -> str | None:
     """jsonargparse's error ``message`` for a class name that resolves to no class, as ``--<option> <name> is not a
-    known class; the known ones are ...; did you mean <closest>?``; None for another error or where no class is known.
-    """
+    known class; the known ones are ...; did you mean <closest>?``; None for another error or no known class."""
     enclosing, cause = _refusal(message)
     found = UNKNOWN_CLASS.search(cause[0]) if cause else None
     keys = [text for kind, text in enclosing if kind == "key"]
@@ -795,9 +795,9 @@ def _furthest_checkpoint(config: Any) -> str | None:
 def _named_run(config: Any) -> tuple[Path, str, str] | None:
     """``(checkpoints folder, name, version)`` of the run folder ``<save_dir>/<name>/<version>`` that the first
     logger's settings name (:func:`_names_a_run`); None where no run is named."""
-    logger = _loggers(config)[0]  # Lightning's ``trainer.logger``, in whose run folder the checkpoints go
-    logger_class = resolve_class_path(logger.class_path) if hasattr(logger, "class_path") else None
-    if not isinstance(logger_class, type) or not issubclass(logger_class, (CSVLogger, TensorBoardLogger, WandbLogger)):
+    logger = loggers_of(config)[0]  # Lightning's ``trainer.logger``, in whose run folder the checkpoints go
+    logger_class = _logger_class(getattr(logger, "class_path", None), CSVLogger, TensorBoardLogger, WandbLogger)
+    if logger_class is None:
         return None
     init_args = logger.get("init_args")
     if init_args is None or not _names_a_run(init_args):
@@ -824,7 +824,7 @@ def _searched(config: Any) -> tuple[list[Path], tuple[Path, str, str] | None, st
     if run is None:  # <root>/checkpoints without a logger, <root>/<name>/<version>/checkpoints with one
         folders = [Path(root, "checkpoints"), *Path(root).glob("*/checkpoints"), *Path(root).glob("*/*/checkpoints")]
         return folders, None, f"under {root}"
-    init_args = _loggers(config)[0].init_args
+    init_args = loggers_of(config)[0].init_args
     key = "version" if init_args.get("version") is not None else "id"
     return [run[0]], run, f"in {run[0]} (the run that --trainer.logger.{key} {init_args[key]} names)"
 
@@ -835,9 +835,9 @@ def _continue_wandb_run(config: Any, checkpoint: dict[str, Any]) -> None:
     recorded = checkpoint.get(LoggerRunInCheckpoint.wandb_key)
     if recorded is None:  # checkpoints written before 2026-12-06 record the first logger's run only
         first = checkpoint.get(LoggerRunInCheckpoint.key) or {}
-        recorded = [first] if first and _is_wandb(first["class_path"]) else []
-    loggers = [logger for logger in _loggers(config) if hasattr(logger, "class_path")]
-    wandb_loggers = [logger for logger in loggers if _is_wandb(logger.class_path)]
+        recorded = [first] if first and _logger_class(first["class_path"], WandbLogger) else []
+    loggers = [logger for logger in loggers_of(config) if hasattr(logger, "class_path")]
+    wandb_loggers = [logger for logger in loggers if _logger_class(logger.class_path, WandbLogger)]
     for logger, run in zip(wandb_loggers, recorded):
         init_args = logger.get("init_args")
         if init_args is None or _names_a_run(init_args):
@@ -853,9 +853,10 @@ def _continue_wandb_run(config: Any, checkpoint: dict[str, Any]) -> None:
                        f"give {other} to log to another run")  # fmt: skip
 
 
-def _is_wandb(class_path: str) -> bool:
-    logger_class = resolve_class_path(class_path)
-    return isinstance(logger_class, type) and issubclass(logger_class, WandbLogger)
+def _logger_class(class_path: str | None, *bases: type) -> type | None:
+    """The class that ``class_path`` names if it subclasses one of ``bases``; else None."""
+    found = resolve_class_path(class_path) if class_path else None
+    return found if isinstance(found, type) and issubclass(found, bases) else None
 
 
 def _fast_path(config: Any, fit: bool) -> None:
@@ -906,7 +907,7 @@ def _logger_defaults(config: Any) -> dict[int, dict[str, Any]]:
     arguments left None. Returns the settings each logger (by position) had before (:func:`_as_given`)."""
     root = config.trainer.get("default_root_dir") or "."
     given: dict[int, dict[str, Any]] = {}
-    for i, logger in enumerate(_loggers(config)):
+    for i, logger in enumerate(loggers_of(config)):
         init_args = logger.get("init_args") if hasattr(logger, "class_path") else None
         if init_args is None:
             continue
@@ -935,26 +936,23 @@ def _logger_defaults(config: Any) -> dict[int, dict[str, Any]]:
 
 
 def _one_version_per_folder(config: Any) -> dict[int, str]:
-    """Give the CSV and TensorBoard loggers of ``config`` that share one folder ``<save_dir>/<name>`` and were given no
-    version one ``version``: the next that folder has free, where each would take its own (the first ``version_0``,
-    the next ``version_1``). Loggers of which any was given a version keep their settings. Returns each given logger's
-    position and its run folder."""
+    """Give the CSV and TensorBoard loggers of ``config`` that share a folder ``<save_dir>/<name>``, none of them given
+    a ``version``, one version: that folder's next free one. Returns each such logger's position and run folder."""
     built = {}  # as Lightning builds them, for their folder and next version (built loggers write nothing yet)
-    for i, logger in enumerate(_loggers(config)):
-        logger_class = resolve_class_path(logger.class_path) if hasattr(logger, "class_path") else None
-        if isinstance(logger_class, type) and issubclass(logger_class, (CSVLogger, TensorBoardLogger)):
+    for i, logger in enumerate(loggers_of(config)):
+        if logger_class := _logger_class(getattr(logger, "class_path", None), CSVLogger, TensorBoardLogger):
             built[i] = logger_class(**(logger.get("init_args") or {}))
     given: dict[int, str] = {}
     for folder in {logger.root_dir for logger in built.values()}:
         shared = [i for i, logger in built.items() if logger.root_dir == folder]
-        if len(shared) > 1 and all(_loggers(config)[i].init_args.get("version") is None for i in shared):
+        if len(shared) > 1 and all(loggers_of(config)[i].init_args.get("version") is None for i in shared):
             for i in shared:
-                _loggers(config)[i].init_args.version = built[shared[0]].version
+                loggers_of(config)[i].init_args.version = built[shared[0]].version
                 given[i] = os.path.join(folder, f"version_{built[shared[0]].version}")
     return given
 
 
-def _loggers(config: Any) -> list[Any]:
+def loggers_of(config: Any) -> list[Any]:
     loggers = config.trainer.get("logger")
     return loggers if isinstance(loggers, list) else [loggers]
 
@@ -963,7 +961,7 @@ def _as_given(config: Any, given: dict[int, dict[str, Any]]) -> Any:
     """A copy of ``config`` whose loggers have the settings they were given before :func:`_logger_defaults`, so that
     the run's ``config.yaml``, given again with another ``--trainer.default_root_dir``, writes there."""
     config = config.clone()
-    for i, logger in enumerate(_loggers(config)):
+    for i, logger in enumerate(loggers_of(config)):
         for key, value in given.get(i, {}).items():
             logger.init_args[key] = value
     return config

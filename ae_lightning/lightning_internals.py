@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import lightning as L
 from lightning.fabric.plugins.environments import ClusterEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.core import optimizer
 from lightning.pytorch.trainer import call
 from torch import nn
 from torch.optim import Optimizer
@@ -56,6 +57,15 @@ def returns_predictions(trainer: L.Trainer) -> bool:
     """Whether the running ``predict`` keeps every prediction in memory (its ``return_predictions``)."""
     changed = "the predict loop no longer has `return_predictions`"
     return _read(lambda: bool(trainer.predict_loop.return_predictions), changed)
+
+
+def optimizers_and_schedulers(configured: Any) -> tuple[list[Optimizer], list[dict[str, Any]]]:
+    """The optimizers and lr scheduler settings (``{"scheduler": ..., "monitor": ...}``) of what
+    ``configure_optimizers`` returned (None: no optimizer), read as Lightning reads it."""
+    changed = "`lightning.pytorch.core.optimizer` has no `_configure_optimizers`"
+    read = _read(lambda: optimizer._configure_optimizers, changed)
+    optimizers, schedulers, monitor = read([] if configured is None else configured)
+    return optimizers, [dict(s) if isinstance(s, dict) else {"scheduler": s, "monitor": monitor} for s in schedulers]
 
 
 def stored_loader_states(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
@@ -175,6 +185,7 @@ __all__ = [
     "ends_training_epoch",
     "every_n_train_steps",
     "has_forward_hooks",
+    "optimizers_and_schedulers",
     "reopen_stopped_epoch",
     "restarts_a_finished_epoch",
     "returns_predictions",

@@ -34,7 +34,7 @@ import torch
 import yaml
 from jsonargparse import get_loader
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from optuna.distributions import (
     BaseDistribution,
@@ -49,8 +49,8 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import ArgumentError, DatabaseError, IntegrityError, OperationalError, ProgrammingError
 
 from ae_lightning.base import resolve_class_path
-from ae_lightning.cli import AutoencoderCLI, ConfigError, one_line, run_command
-from ae_lightning.training.callbacks import SaveConfigToRun
+from ae_lightning.cli import AutoencoderCLI, ConfigError, loggers_of, one_line, run_command
+from ae_lightning.training.callbacks import run_directory
 from ae_lightning.training.fault_tolerance import NonFiniteLossError
 from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
 from datamodules.checks import check_init_arguments, check_number
@@ -88,14 +88,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--metric", default=None, help="metric to optimize (default: the space's, or val/loss)")
     parser.add_argument("--direction", choices=["minimize", "maximize"], default=None, help="(default: the space's)")
     parser.add_argument("--pruner", choices=sorted(PRUNERS), default="median")
-    parser.add_argument(
-        "--sampler_seed",
-        type=int,
-        default=None,
-        help="seed of the TPE sampler: a process that starts a new study alone uses it as is (a fresh search is "
-        "reproducible); any other mixes it with the study's number of trials and $SLURM_ARRAY_TASK_ID, so that "
-        "reruns and array tasks draw other values",
-    )
+    parser.add_argument("--sampler_seed", type=int, default=None, help="seed of the TPE sampler (docs/search.md)")
     parser.add_argument("--heartbeat", type=int, default=60, help="seconds between a running trial's heartbeats")
     parser.add_argument("--max_retry", type=int, default=2, help="retries of a trial whose process died (0: none)")
     parser.add_argument("--lock_timeout", type=float, default=60.0, help="seconds to wait for a locked SQLite file")
@@ -235,7 +228,7 @@ def check_names(space: dict[str, Any], space_path: Path, configs: list[Path], pa
             f"checkpoint.dirpath {parsed['checkpoint.dirpath']} (of {named} or the fit arguments) would be the "
             "checkpoint folder of every trial; leave it unset: each trial keeps its checkpoints in its own folder"
         )
-    for logger in _listed(parsed.get("trainer.logger")):
+    for logger in loggers_of(parsed):
         init_args = getattr(logger, "init_args", None) or {}
         run = next((key for key in ("id", "version") if init_args.get(key) is not None), None)
         if run and str(logger.class_path).endswith("WandbLogger"):
@@ -460,7 +453,7 @@ def _tables(engine: sqlalchemy.Engine) -> dict[str, list[str]]:
 def _rdb_storage(args: argparse.Namespace, engine: dict[str, Any], tries: int = 10) -> RDBStorage:
     """The study storage, with heartbeats and retries of dead trials; a worker that loses the race to create its
     tables tries again."""
-    for attempt in range(tries):
+    for attempt in itertools.count():
         try:
             return RDBStorage(
                 args.storage,
@@ -473,7 +466,6 @@ def _rdb_storage(args: argparse.Namespace, engine: dict[str, Any], tries: int = 
             if attempt == tries - 1 or not (isinstance(error, IntegrityError) or "already exists" in str(error)):
                 raise
             time.sleep(0.2 * (attempt + 1))
-    raise AssertionError("unreachable")
 
 
 def check_distributions(args: argparse.Namespace, space: dict[str, Any], trials: list[FrozenTrial]) -> None:
@@ -527,12 +519,7 @@ def _digest(parameters: dict[str, Any]) -> str:
 class TrialReporter(Callback):
     """A trial's pruning: a ConfigError after any validation that did not log ``metric``; after each validation but
     the sanity check, the value reported at the trial's count of validations (kept in checkpoints), and from the
-    second on :class:`optuna.TrialPruned` if the pruner prunes there. Why this step: ``docs/search.md``.
-
-    Args:
-        trial: the trial.
-        metric: the search metric.
-    """
+    second on :class:`optuna.TrialPruned` if the pruner prunes there (docs/search.md)."""
 
     def __init__(self, trial: optuna.Trial, metric: str) -> None:
         self.trial, self.metric, self.validations = trial, metric, 0
@@ -560,23 +547,17 @@ class TrialReporter(Callback):
 
 
 class TrialCLI(AutoencoderCLI):
-    """The ``fit`` command with ``callback`` first among its trainer's, which must be of one process. A retry keeps the
-    ``metrics.csv`` in a CSVLogger's run folder (of a fixed ``version``), which the logger would delete, as
-    ``metrics-before-trial-<retry>.csv``.
-
-    Args:
-        callback: the callback to add.
-        retry: the trial's number if it is a retry (it resumes the run of a dead trial), else None.
-        **kwargs: the :class:`AutoencoderCLI` arguments.
-    """
+    """The ``fit`` command with ``callback`` first among its trainer's, which must be of one process. A ``retry`` (the
+    number of a dead trial whose run it resumes) keeps the ``metrics.csv`` in a CSVLogger's run folder (of a fixed
+    ``version``), which the logger would delete, as ``metrics-before-trial-<retry>.csv``."""
 
     def __init__(self, callback: Any, retry: int | None = None, **kwargs: Any) -> None:
         self.extra_callback, self.retry = callback, retry
         super().__init__(**kwargs)
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
-        loggers = self.config_init.fit.trainer.get("logger") if self.retry is not None else None
-        for logger in [item for item in _listed(loggers) if isinstance(item, CSVLogger)]:
+        loggers = loggers_of(self.config_init.fit) if self.retry is not None else []
+        for logger in [item for item in loggers if isinstance(item, CSVLogger)]:
             path = Path(logger.log_dir) / ExperimentWriter.NAME_METRICS_FILE
             if path.is_file():  # the dead run's: the resumed fit refuses to start over it
                 path.rename(path.with_name(f"{path.stem}-before-trial-{self.retry}{path.suffix}"))
@@ -626,9 +607,7 @@ def objective(
     finally:  # W&B keeps one run per process, which the next trial's WandbLogger would log into
         if _wandb_run() not in (None, wandb_run):
             sys.modules["wandb"].finish(exit_code=int(sys.exc_info()[0] not in (None, optuna.TrialPruned)))
-    logger = cli.trainer.logger  # where the trial saved its config.yaml (SaveConfigToRun)
-    run_folder = SaveConfigToRun.run_folder(logger, cli.trainer) if isinstance(logger, WandbLogger) else None
-    trial.set_user_attr("config_file", str(Path(run_folder or cli.trainer.log_dir) / "config.yaml"))
+    trial.set_user_attr("config_file", str(run_directory(cli.trainer) / "config.yaml"))  # saved by SaveConfigToRun
     # A retry's checkpoint callback knows only the validations after its resume; it inherits the earlier reports.
     best = getattr(cli.trainer.checkpoint_callback, "best_model_score", None)
     reported = _frozen(trial).intermediate_values
@@ -656,11 +635,6 @@ def _frozen(trial: optuna.Trial) -> FrozenTrial:
 def _retry(args: argparse.Namespace) -> RetryHeartbeatStaleTrialCallback:
     """Optuna's retry of a trial that stopped before its end: the same values, user attributes and reports."""
     return RetryHeartbeatStaleTrialCallback(args.max_retry, inherit_intermediate_values=True)
-
-
-def _listed(loggers: Any) -> list[Any]:
-    """A trainer's ``logger`` setting as a list: one logger, or none, is a list of one."""
-    return loggers if isinstance(loggers, list) else [loggers]
 
 
 def _wandb_run() -> Any:

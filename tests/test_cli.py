@@ -742,3 +742,54 @@ def test_a_stream_missing_a_chunk_of_the_split_a_run_reads_is_refused_before_the
         assert not root.exists(), subcommand
     run_cli("test", *args)  # the test split is whole
     assert root.exists()
+
+
+def test_help_after_a_config_lists_the_arguments_of_its_model_and_datamodule(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exited:
+        run_cli("fit", "--config", str(ROOT / "configs" / "vae.yaml"), "--help")
+    printed = capsys.readouterr().out
+    assert exited.value.code == 0 and "--trainer.max_epochs" in printed  # the command's own help, then the classes'
+    assert "--model.latent_dim" in printed and "--model.beta" in printed and "--data.batch_size" in printed
+
+
+def test_a_predict_into_a_wandb_run_with_predictions_is_refused_before_it_writes_its_config(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wandb = pytest.importorskip("wandb")
+    for name, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}.items():
+        monkeypatch.setenv(name, value)
+    run_cli("fit", *tiny_args("ae", data_dir, tmp_path, "--trainer.max_epochs", "1"))
+    checkpoint = str(next(tmp_path.rglob("last.ckpt")))
+    logger = ["--trainer.logger", "WandbLogger", "--trainer.logger.project", "p", "--trainer.logger.id", "codes"]
+    predict = ["predict", *tiny_args("ae", data_dir, tmp_path, *logger, "--ckpt_path", checkpoint)]
+    run_cli(*predict)
+    wandb.finish()
+    run_folder = tmp_path / "p" / "codes"
+    before = sorted(path.name for path in run_folder.iterdir())
+    with pytest.raises(FileExistsError, match=f"{run_folder / 'predictions.pt'} already exists"):
+        run_cli(*predict)
+    wandb.finish()
+    assert sorted(path.name for path in run_folder.iterdir()) == before  # no config-predict-v1.yaml
+
+
+def test_the_optimizers_and_schedulers_are_read_as_lightning_reads_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning.pytorch.core import optimizer
+
+    from ae_lightning.lightning_internals import optimizers_and_schedulers
+
+    weight = torch.nn.Parameter(torch.zeros(1))
+    first, second = torch.optim.SGD([weight], lr=0.1), torch.optim.Adam([weight])
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(first)
+    step = torch.optim.lr_scheduler.StepLR(second, 1)
+    # a top-level monitor (Lightning's single-dict form) is the scheduler's
+    assert optimizers_and_schedulers({"optimizer": first, "lr_scheduler": plateau, "monitor": "val/loss"}) == (
+        [first],
+        [{"scheduler": plateau, "monitor": "val/loss"}],
+    )
+    both = [{"optimizer": first}, {"optimizer": second, "lr_scheduler": {"scheduler": step, "interval": "step"}}]
+    assert optimizers_and_schedulers(both) == ([first, second], [{"scheduler": step, "interval": "step"}])
+    assert optimizers_and_schedulers(([first, second], [step]))[1] == [{"scheduler": step, "monitor": None}]
+    assert optimizers_and_schedulers(None) == ([], [])  # Lightning runs with no optimizer
+    monkeypatch.delattr(optimizer, "_configure_optimizers")
+    with pytest.raises(RuntimeError, match=r"changed an internal .*_configure_optimizers"):
+        optimizers_and_schedulers(first)
