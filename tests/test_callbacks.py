@@ -404,3 +404,14 @@ def test_the_ema_average_is_kept_on_the_training_gpu(data_dir: Path) -> None:
     callback = EMAWeightAveraging(decay=0.9)
     ema_fit(data_dir, callback, accelerator="gpu")
     assert {p.device.type for p in callback._average_model.parameters()} == {"cuda"}
+
+
+def test_a_hung_run_fails_its_test_with_its_output_and_its_whole_session_is_killed(tmp_path: Path) -> None:
+    # tiny_runs.run_or_fail_if_hung, which the DDP and SIGTERM tests use: a hung run's other ranks must not outlive it.
+    from tiny_runs import run_or_fail_if_hung
+
+    pid_file = tmp_path / "child.pid"
+    with pytest.raises(pytest.fail.Exception, match="did not end in 2 s:\nstarted"):
+        run_or_fail_if_hung(["bash", "-c", f"sleep 60 & echo $! > {pid_file}; echo started; wait"], timeout=2)
+    status = Path(f"/proc/{pid_file.read_text().strip()}/status")
+    assert not status.exists() or "zombie" in status.read_text()

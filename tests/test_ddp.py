@@ -10,9 +10,7 @@ from __future__ import annotations
 import atexit
 import csv
 import json
-import os
 import pickle
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +24,7 @@ from tiny_runs import (
     build_cli,
     last_checkpoint,
     run_cli,
+    run_or_fail_if_hung,
     run_subprocess,
     subprocess_env,
     tiny_args,
@@ -70,22 +69,10 @@ def launch(runs: list[list[str]], runs_file: Path, timeout: float) -> str:
     """Run the ``ae-lightning`` argument lists ``runs`` in one process (the first DDP run starts the other rank, which
     then goes through all of them too: see ``tiny_runs.main``); their output, or fail the test with it if one fails."""
     runs_file.write_text(json.dumps(runs))
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "tiny_runs.py"), str(runs_file)],
-        env=subprocess_env(),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group, so that a hung rank can be killed with it
+    returncode, output = run_or_fail_if_hung(
+        [sys.executable, str(ROOT / "tests" / "tiny_runs.py"), str(runs_file)], timeout=timeout
     )
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        pytest.fail(f"the DDP runs did not finish in time:\n{output[-5000:]}")
-    assert process.returncode == 0, output[-5000:]
+    assert returncode == 0, output[-5000:]
     return output
 
 

@@ -17,7 +17,16 @@ import torch
 from conftest import write_image_folder
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
-from tiny_runs import ROOT, TINY_MODEL, command, last_checkpoint, run_cli, subprocess_env, tiny_args
+from tiny_runs import (
+    ROOT,
+    TINY_MODEL,
+    command,
+    last_checkpoint,
+    run_cli,
+    run_or_fail_if_hung,
+    subprocess_env,
+    tiny_args,
+)
 
 from ae_lightning.training.fault_tolerance import SigtermCheckpoint
 from datamodules.stream_prepare import prepare_stream
@@ -212,20 +221,6 @@ def test_sigterm_without_a_last_checkpoint_says_that_nothing_was_saved(data_dir:
             run_cli("fit", *tiny_args("ae", data_dir, tmp_path, *signalled, "--checkpoint.save_last", "false"))
     assert exited.value.code == 143
     assert not list(tmp_path.rglob("last*.ckpt"))
-
-
-def run_or_fail_if_hung(args: list[str], timeout: float = 240) -> tuple[int, str]:
-    """The exit status and output of the signalled run ``args``; the test fails, with the output, if it hangs."""
-    process = subprocess.Popen(
-        args, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        pytest.fail(f"the signalled run hung:\n{output[-5000:]}")
-    return process.returncode, output
 
 
 def test_sigterm_under_ddp_saves_once_agreed_and_every_rank_exits_143(data_dir: Path, tmp_path: Path) -> None:

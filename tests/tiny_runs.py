@@ -35,23 +35,16 @@ CONFIGS = sorted(
 
 # Small networks, 2 epochs of 14 batches on the tiny data set (220 training images), cheap evaluation.
 TINY_MODEL = ["--model.init_args.hidden_dims", "[32,16]", "--model.init_args.latent_dim", "4"]
+NLL = ["--model.init_args.nll_samples", "4"]
 TINY_EXTRA = {
-    "vae": ["--model.init_args.nll_samples", "4"],
-    "beta_vae": ["--model.init_args.nll_samples", "4"],
-    "cvae": ["--model.init_args.nll_samples", "4"],
-    "cifar10_conv_vae": ["--model.init_args.nll_samples", "4"],
+    **dict.fromkeys(("vae", "beta_vae", "cvae", "cifar10_conv_vae", "iwae", "beta_tcvae", "dip_vae", "info_vae"), NLL),
+    **dict.fromkeys(("photo_vae_f8_64", "photo_vae_f8_256"), NLL),
     "aae": ["--model.init_args.discriminator_hidden_dims", "[16]"],
     "autodecoder": ["--model.init_args.inference_steps", "2"],
     "deep_ae_rbm": ["--model.init_args.pretrain_epochs", "1"],
-    "iwae": ["--model.init_args.nll_samples", "4"],
-    "beta_tcvae": ["--model.init_args.nll_samples", "4"],
-    "dip_vae": ["--model.init_args.nll_samples", "4"],
-    "factor_vae": ["--model.init_args.nll_samples", "4", "--model.init_args.discriminator_hidden_dims", "[16]"],
-    "info_vae": ["--model.init_args.nll_samples", "4"],
-    "vampprior": ["--model.init_args.nll_samples", "4", "--model.init_args.num_pseudo_inputs", "5"],
-    "iaf_vae": ["--model.init_args.nll_samples", "4", "--model.init_args.flow_hidden_dims", "[16]"],
-    "photo_vae_f8_64": ["--model.init_args.nll_samples", "4"],
-    "photo_vae_f8_256": ["--model.init_args.nll_samples", "4"],
+    "factor_vae": [*NLL, "--model.init_args.discriminator_hidden_dims", "[16]"],
+    "vampprior": [*NLL, "--model.init_args.num_pseudo_inputs", "5"],
+    "iaf_vae": [*NLL, "--model.init_args.flow_hidden_dims", "[16]"],
 }
 # Configs on dSprites, which is drawn from its factors: no data_dir, a small subset of the grid.
 DSPRITES_CONFIGS = ("beta_tcvae", "dip_vae", "factor_vae")
@@ -76,44 +69,27 @@ def data_args(config: str, data_dir: Path) -> list[str]:
 
 def tiny_args(config: str, data_dir: Path, root: Path, *extra: str) -> list[str]:
     """``fit``/``test`` arguments of a tiny run of ``configs/<config>.yaml`` writing under ``root``."""
-    return [
-        "--config",
-        str(ROOT / "configs" / f"{config}.yaml"),
-        *TINY_MODEL,
-        *TINY_EXTRA.get(config, []),
-        *data_args(config, data_dir),
-        "--data.batch_size",
-        "16",
-        "--trainer.default_root_dir",
-        str(root),
-        "--trainer.max_epochs",
-        "2",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--trainer.enable_model_summary",
-        "false",
-        *extra,
-    ]
+    trainer = ["--trainer.default_root_dir", str(root), "--trainer.max_epochs", "2"]
+    quiet = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+    own = [*TINY_MODEL, *TINY_EXTRA.get(config, []), *data_args(config, data_dir), "--data.batch_size", "16"]
+    return ["--config", str(ROOT / "configs" / f"{config}.yaml"), *own, *trainer, *quiet, *extra]
 
 
-def run_cli(*args: str) -> AutoencoderCLI:
-    """``ae-lightning <args>`` in this process."""
+def run_cli(*args: str, run: bool = True) -> AutoencoderCLI:
+    """``ae-lightning <args>`` in this process; ``run`` false: its model, datamodule and trainer, not run."""
     with mock.patch("sys.argv", ["ae-lightning"]):  # pytest's own arguments are not the CLI's
-        return AutoencoderCLI(args=list(args))
+        return AutoencoderCLI(args=list(args), run=run)
 
 
 def build_cli(*args: str) -> AutoencoderCLI:
-    """The model, datamodule and trainer of ``ae-lightning fit <args>``, not run: quicker than :func:`run_cli`, which
-    builds a parser for every subcommand."""
-    with mock.patch("sys.argv", ["ae-lightning"]):
-        return AutoencoderCLI(args=list(args), run=False)
+    """``ae-lightning fit <args>`` built, not run: quicker than :func:`run_cli`, which parses every subcommand."""
+    return run_cli(*args, run=False)
 
 
 def subprocess_env() -> dict[str, str]:
     """This environment, with this folder importable (for the callbacks below) and W&B offline. Without
-    ``WANDB_SERVICE``, which a W&B run in this process sets: a subprocess (a SLURM job's start) must start a W&B service
-    of its own, as a user's would, not reach this process's, which refuses a second run of an ID it still holds. Without
-    ``MASTER_PORT``: a DDP run started by it picks a free port of its own, so that two at once do not collide."""
+    ``WANDB_SERVICE`` (a subprocess starts a W&B service of its own, as a user's would) and ``MASTER_PORT`` (a DDP run
+    picks a free port of its own, so that two at once do not collide)."""
     path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
     env = {name: value for name, value in os.environ.items() if name not in ("WANDB_SERVICE", "MASTER_PORT")}
     return {**env, "PYTHONPATH": path, "WANDB_MODE": "offline"}
@@ -131,6 +107,29 @@ def run_subprocess(*args: str, timeout: float = 240) -> subprocess.CompletedProc
     )
 
 
+def run_or_fail_if_hung(args: list[str], timeout: float = 240) -> tuple[int, str]:
+    """The exit status and output (stderr in stdout) of the command line ``args``, run in a session of its own; the
+    test fails with the output if it runs past ``timeout`` seconds, and the session (DDP ranks too) is killed."""
+    process = subprocess.Popen(
+        args,
+        env=subprocess_env(),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        import pytest  # not for the runs that import this module for its callbacks
+
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"{' '.join(args[:4])} ... did not end in {timeout} s:\n{output[-5000:]}")
+    return process.returncode, output
+
+
 def last_checkpoint(root: Path) -> dict:
     """The newest ``last.ckpt`` under ``root``, loaded on the CPU."""
     path = max(root.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
@@ -138,14 +137,7 @@ def last_checkpoint(root: Path) -> dict:
 
 
 class KillAtStep(Callback):
-    """SIGKILLs its own process when training is about to run global step ``step``.
-
-    Every checkpoint due after step ``step - 1`` has been written by then (they are written at the end of a batch or
-    of the epoch), so the run dies right after that checkpoint, with no chance to clean up.
-
-    Args:
-        step: the global step at whose start the process dies.
-    """
+    """SIGKILLs its own process when training is about to run global step ``step``, after the checkpoints due before."""
 
     def __init__(self, step: int) -> None:
         self.step = step
@@ -156,13 +148,7 @@ class KillAtStep(Callback):
 
 
 class KillWhileWriting(Callback):
-    """SIGKILLs its own process halfway through writing ``<name>`` at global step ``step``: half a checkpoint has
-    reached the disk when the process dies.
-
-    Args:
-        step: the global step of the checkpoint whose writing is cut short.
-        name: the file name of that checkpoint.
-    """
+    """SIGKILLs its own process halfway through writing the checkpoint ``<name>`` of global step ``step``."""
 
     def __init__(self, step: int, name: str = "last.ckpt") -> None:
         self.step = step
@@ -186,31 +172,31 @@ def _save_half_and_die(checkpoint: dict, file) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-class RecordRank(Callback):
-    """Writes ``<folder>/rank<R>.pt`` at the end of fit: this rank's initial and final weights, and the sample
-    indices of every training batch it trained on (one per optimizer step).
+class StepsOfBatch(Callback):
+    """Notes the global step at each training batch's start: a batch took ``trainer.global_step - batch_start_step``
+    optimizer steps (a model's ``steps_per_batch``, fewer where ``max_steps`` cut its list short)."""
 
-    Args:
-        folder: where to write.
-    """
+    batch_start_step = 0
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args) -> None:
+        self.batch_start_step = trainer.global_step
+
+
+class RecordRank(StepsOfBatch):
+    """Writes ``<folder>/rank<R>.pt`` at the end of fit: this rank's initial and final weights, and the sample
+    indices of every training batch it trained on (one per optimizer step)."""
 
     def __init__(self, folder: str) -> None:
         self.folder = Path(folder)
         self.indices: list[list[int]] = []
         self.initial: dict[str, torch.Tensor] = {}
-        self._step_at_batch_start = 0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.initial = _cpu_state(pl_module)
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        self._step_at_batch_start = trainer.global_step
-
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
-        # A Lightning batch of a model with steps_per_batch > 1 is a list of (image, label, index) batches, of which
-        # the model trained on as many as global_step advanced (fewer where max_steps cut the list short).
-        step_batches = batch if isinstance(batch, list) else [batch]
-        for step_batch in step_batches[: trainer.global_step - self._step_at_batch_start]:
+        step_batches = batch if isinstance(batch, list) else [batch]  # steps_per_batch > 1: a list of batches
+        for step_batch in step_batches[: trainer.global_step - self.batch_start_step]:
             self.indices.append(step_batch[2].tolist())
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -221,11 +207,7 @@ class RecordRank(Callback):
 
 class RecordCodebooks(Callback):
     """Writes ``<folder>/rank<R>.pt`` at the end of fit: after every training batch (one optimizer step), this rank's
-    ``cluster_size`` and ``embed`` buffers of each library codebook, and the number of code vectors it quantized.
-
-    Args:
-        folder: where to write.
-    """
+    ``cluster_size`` and ``embed`` buffers of each library codebook, and the number of code vectors it quantized."""
 
     def __init__(self, folder: str) -> None:
         self.folder = Path(folder)
@@ -250,32 +232,20 @@ def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: value.detach().cpu().clone() for name, value in module.state_dict().items()}
 
 
-class SlowDown(Callback):
+class SlowDown(StepsOfBatch):
     """Sleeps ``seconds`` per optimizer step after every training batch, so that a test can signal a run while it is
-    still training.
-
-    Args:
-        seconds: pause per optimizer step (a training batch holds the model's ``steps_per_batch`` steps).
-    """
+    still training."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self._step_at_batch_start = 0
-
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        self._step_at_batch_start = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
-        time.sleep(self.seconds * (trainer.global_step - self._step_at_batch_start))
+        time.sleep(self.seconds * (trainer.global_step - self.batch_start_step))
 
 
 class PoisonedAutoencoder(Autoencoder):
-    """The plain autoencoder, with a NaN training loss at the global steps ``poisoned_steps``.
-
-    Args:
-        poisoned_steps: global steps whose ``loss`` is NaN (``recon`` stays finite).
-        **kwargs: the :class:`~ae_lightning.Autoencoder` arguments.
-    """
+    """The plain autoencoder, with a NaN training ``loss`` (``recon`` stays finite) at the global steps
+    ``poisoned_steps``."""
 
     def __init__(self, poisoned_steps: list[int] | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -298,18 +268,11 @@ class TrainLossPlateauAutoencoder(Autoencoder):
 
 
 def main(runs_file: str) -> None:
-    """Run each argument list of the JSON list in ``runs_file`` as one ``ae-lightning`` command, in order.
-
-    Under ``strategy: ddp`` the first run launches the other ranks with this same command line, and every rank then
-    goes through all runs together: several DDP runs pay for one start of the ranks (importing torch and Lightning
-    takes most of a tiny run's time).
-    """
+    """Run each argument list of the JSON list in ``runs_file`` as one ``ae-lightning`` command, in order. Under DDP
+    the first run launches the other ranks with this command line, and each rank goes through all runs: one start of
+    the ranks (most of a tiny run's time) for several runs."""
     for args in json.loads(Path(runs_file).read_text()):
         AutoencoderCLI(args=args)  # with this script's own sys.argv, which DDP's launcher repeats for the ranks
-
-
-if __name__ == "__main__":
-    main(sys.argv[1])
 
 
 class EndsProcessGroup(Callback):
@@ -320,3 +283,7 @@ class EndsProcessGroup(Callback):
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.rank_zero import WarningCache
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar, WeightAveraging
 from lightning.pytorch.callbacks import EMAWeightAveraging as LightningEMA
 from lightning.pytorch.cli import SaveConfigCallback
@@ -79,8 +80,7 @@ class ImageLogger(Callback):
         self._batches: dict[int, tuple[Tensor, Tensor]] = {}
         self._kept = 0
         self._needed = 0  # validation images to keep, set in setup
-        self._announced = False
-        self._map_skipped = False
+        self._told = WarningCache()  # messages given once
         self._validations = 0  # validation epochs of fit so far, sanity checks aside
         self._ended = False  # whether the running validation's last batch has been handled
         self._undrawn: tuple[int, int, int] | None = None  # (step, epoch, logger step) of an undrawn last validation
@@ -168,7 +168,10 @@ class ImageLogger(Callback):
         if not drawing or trainer.fast_dev_run:
             return
         self._undrawn = (trainer.global_step, trainer.current_epoch, batches_that_stepped(trainer))
-        if self._due(trainer):
+        # An every_n_epochs-th validation, or foreseeably the run's last: after it no epoch up to max_epochs validates.
+        epoch, every = trainer.current_epoch + 1, trainer.check_val_every_n_epoch or 1
+        last = trainer.is_last_batch and 0 <= trainer.max_epochs < epoch + every
+        if self._validations % self.every_n_epochs == 0 or last:
             self._log_pictures(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -185,21 +188,16 @@ class ImageLogger(Callback):
                 "(not in sanity checks); draw after one has run"
             )
         ordered = [self._batches[i] for i in sorted(self._batches)]
+        sizes = ("num_images", "num_samples", "num_interpolations", "interpolation_steps", "latent_map_size", "nrow")
         return visualization.draw_views(
             pl_module,
             torch.cat([images for images, _ in ordered]),
             torch.cat([labels for _, labels in ordered]),
             self.active_views,
-            num_images=self.num_images,
-            num_samples=self.num_samples,
-            num_interpolations=self.num_interpolations,
-            interpolation_steps=self.interpolation_steps,
-            latent_map_size=self.latent_map_size,
-            nrow=self.nrow,
-            projection="pca",
             class_names=self.class_names,
             title=f"{type(pl_module).__name__}, epoch {pl_module.current_epoch if epoch is None else epoch}",
             seed=self.seed,
+            **{name: getattr(self, name) for name in sizes},
         )
 
     def log_image(self, trainer: L.Trainer, key: str, image: Tensor, *, step: int, epoch: int, logged_at: int) -> None:
@@ -218,16 +216,7 @@ class ImageLogger(Callback):
             self.image_dir.mkdir(parents=True, exist_ok=True)
             path = self.image_dir / f"{key.rpartition('/')[2]}-epoch={epoch}-step={step}.png"
             visualization.save_png(image, path)
-            if not self._announced:
-                rank_zero_info(f"ImageLogger: no logger takes images, so they are written to {self.image_dir}")
-                self._announced = True
-
-    def _due(self, trainer: L.Trainer) -> bool:
-        """Whether this validation is an ``every_n_epochs``-th one, or foreseeably the run's last: the one at the end of
-        an epoch after which no epoch up to ``max_epochs`` validates."""
-        epoch, every = trainer.current_epoch + 1, trainer.check_val_every_n_epoch or 1
-        last = trainer.is_last_batch and 0 <= trainer.max_epochs < epoch + every
-        return self._validations % self.every_n_epochs == 0 or last
+            self._told.info(f"ImageLogger: no logger takes images, so they are written to {self.image_dir}")
 
     def _log_pictures(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Draw and log the pictures of the latest validation, or, where training went on past it, of the model as it
@@ -237,10 +226,9 @@ class ImageLogger(Callback):
             step, epoch, logged_at = trainer.global_step, trainer.current_epoch - 1, batches_that_stepped(trainer) - 1
         self._undrawn = None
         images = self.draw(pl_module, epoch)
-        if "latent_map" in self.active_views and "latent_map" not in images and not self._map_skipped:
-            rank_zero_info(f"ImageLogger: the latent map needs at least 2 validation images, got {self._kept}; "
-                           "it is not drawn")  # fmt: skip
-            self._map_skipped = True
+        if "latent_map" in self.active_views and "latent_map" not in images:
+            self._told.info(f"ImageLogger: the latent map needs at least 2 validation images, got {self._kept}; it is "
+                            "not drawn")  # fmt: skip
         for view, image in images.items():
             self.log_image(trainer, f"{self.name}/{view}", image, step=step, epoch=epoch, logged_at=logged_at)
 

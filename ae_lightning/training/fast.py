@@ -1,9 +1,5 @@
-"""The opt-in fast path (``--config configs/fast.yaml``): several optimizer steps per Lightning batch.
-
-The datamodule's ``steps_per_batch`` makes each Lightning batch a list of that many batches, and the model's takes one
-optimizer step per batch of the list under manual optimization (``--fast.steps`` sets both). These helpers are what the
-model calls; docs/speed.md says what each Trainer setting means on this path.
-"""
+"""The opt-in fast path (``--config configs/fast.yaml``): with ``--fast.steps N`` each Lightning batch is a list of
+N batches, and the model takes one optimizer step per batch of the list (docs/speed.md)."""
 
 from __future__ import annotations
 

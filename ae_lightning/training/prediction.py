@@ -31,7 +31,6 @@ class PredictionWriter(BasePredictionWriter):
     Args:
         filename: name inside the run directory (``trainer.log_dir``, a W&B run's own folder, else
             ``default_root_dir``); ``predictions.pt`` for a file, ``predictions`` (a folder) for a stream by default.
-        format: ``file`` or ``stream``.
         chunk_bytes: the stream's chunk size limit (litdata's ``chunk_bytes``): a positive integer of bytes or a number
             with a unit, e.g. ``"64MB"``.
     """

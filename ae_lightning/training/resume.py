@@ -65,7 +65,7 @@ class OptimizerSettingsOnResume(Callback):
         built = self._built or [_as_defaults(optimizer_settings(optimizer)) for optimizer in trainer.optimizers]
         for i, (optimizer, before, now) in enumerate(zip(trainer.optimizers, resumed or [], built)):
             schedulers = [c.scheduler for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer]
-            changes = check_optimizer_resume(i, before, now, optimizer, schedulers)
+            changes = check_optimizer_resume(i, before, now, schedulers)
             for j, name, previous, value in changes:
                 if name == "lr":
                     _rescale_lr(optimizer, j, schedulers, value, previous)
@@ -93,23 +93,22 @@ def check_optimizers_resume(checkpoint: dict[str, Any], optimizers: list[Any], s
             )
         if i < len(stored):
             own = [scheduler for scheduler in schedulers if getattr(scheduler, "optimizer", None) is optimizer]
-            check_optimizer_resume(i, stored[i], optimizer_settings(optimizer), optimizer, own)
+            check_optimizer_resume(i, stored[i], optimizer_settings(optimizer), own)
         check_scheduled_groups(i, groups, optimizer)
     for i, (state, scheduler) in enumerate(zip(checkpoint.get("lr_schedulers") or [], schedulers)):
         check_scheduler_settings(i, state, scheduler)
 
 
 def check_optimizer_resume(
-    i: int, before: dict[str, Any], now: dict[str, Any], optimizer: torch.optim.Optimizer, schedulers: list[Any]
+    i: int, before: dict[str, Any], now: dict[str, Any], schedulers: list[Any]
 ) -> list[tuple[int, str, Any, Any]]:
     """Refuse a resume whose optimizer ``i`` changed class or has a new lr that its ``schedulers`` cannot move;
     ``before``, ``now``: :func:`optimizer_settings` of the checkpoint's run and of this one. Returns the changed group
     settings as ``(group, name, the checkpoint's run's value, this run's)``."""
-    stored, current = before["class"], optimizer_settings(optimizer)["class"]
-    if current != stored:
+    if now["class"] != before["class"]:
         raise ConfigError(
-            f"the checkpoint's optimizer {i} is a {stored}, this run's a {current}: its state cannot carry over. "
-            "Resume with the checkpoint's optimizer, or start afresh without --ckpt_path"
+            f"the checkpoint's optimizer {i} is a {before['class']}, this run's a {now['class']}: its state cannot "
+            "carry over. Resume with the checkpoint's optimizer, or start afresh without --ckpt_path"
         )
     check_lr_change(i, before["defaults"].get("lr"), now["defaults"].get("lr"), schedulers)
     previous_groups = before.get("groups") or _groups_before(before["defaults"], now)

@@ -41,18 +41,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def write_atomically(
     path: Path, data: bytes | Callable[[IO[bytes]], object], what: str = "file", advice: str = ""
 ) -> None:
-    """Write ``data`` (bytes, or a function writing them to the open file it is given) to a temporary file next to
-    ``path``, sync it, rename it into place and sync the folder: a reader, or a crash, sees the old file or the new
-    one, never part of one, and the new one once this returns; a failed write leaves the old one and nothing else. A
-    full disk raises an OSError (ENOSPC) naming the ``what`` and its path, the space left and the old file, then
-    ``advice``."""
-    temporary = _temporary(path)
+    """Write ``data`` (bytes, or a function writing them to the open file it is given) to ``path`` atomically: a reader,
+    or a crash, sees the old file or the new one, never part of one, and the new one once this returns; a failed write
+    leaves the old one and nothing else. A full disk raises an OSError (ENOSPC) naming the ``what`` and its path, the
+    space left and the old file, then ``advice``."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}@{socket.gethostname()}.tmp")  # pid, host: whose it is
     try:
         with open(temporary, "wb") as file:
             data(file) if callable(data) else file.write(data)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temporary, path)  # atomic on POSIX: readers see the old file or the new one, never a mix
+        os.replace(temporary, path)  # atomic on POSIX
         _fsync_directory(path.parent)
     except BaseException as error:
         if not _disk_full(error, temporary):
@@ -65,11 +64,6 @@ def write_atomically(
         ) from error
     finally:
         temporary.unlink(missing_ok=True)
-
-
-def _temporary(path: Path) -> Path:
-    """The hidden temporary file of this process for ``path``: its pid and host tell whether its writer is gone."""
-    return path.with_name(f".{path.name}.{os.getpid()}@{socket.gethostname()}.tmp")
 
 
 def _disk_full(error: BaseException, temporary: Path) -> bool:
@@ -117,7 +111,7 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process
-        return True
+        pass
     return True
 
 
@@ -135,8 +129,7 @@ class RunCheckpoint(ModelCheckpoint):
             remove_dead_writers_files(Path(self.dirpath))
 
     def _own_saves(self, hook: Callable[..., None], *args: Any) -> None:
-        """``hook(*args)``, the saves it makes marked as this callback's own."""
-        self._in_own_hook = True
+        self._in_own_hook = True  # the saves that ``hook`` makes are this callback's own
         try:
             hook(*args)
         finally:

@@ -154,7 +154,6 @@ class SkipNonFinite(NonFiniteGuard):
     ) -> None:
         self._epoch_steps += 1
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        # The largest absolute gradient is finite exactly when all gradients are (a sum of squares could overflow).
         if _all_finite([p.grad for p in params]):
             self._buffers = _buffer_copies(pl_module)
             return

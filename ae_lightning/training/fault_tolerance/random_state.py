@@ -23,7 +23,12 @@ class RandomStateCheckpoint(Callback):
         self._to_restore: dict[str, Any] | None = None
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        state = _collect_random_states()
+        # Plain tensors, ints and tuples only, so that checkpoints still load with ``torch.load(weights_only=True)``.
+        kind, keys, *rest = np.random.get_state()
+        numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), *rest)
+        state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state()
         if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             states: list[Any] = [None] * trainer.world_size
             torch.distributed.all_gather_object(states, state)
@@ -44,31 +49,14 @@ class RandomStateCheckpoint(Callback):
         self._to_restore = states[trainer.global_rank if len(states) == trainer.world_size else 0]
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._to_restore is not None:
-            _restore_random_states(self._to_restore)
-            self._to_restore = None
-
-
-def _collect_random_states() -> dict[str, Any]:
-    # Plain tensors, ints and tuples only, so that checkpoints still load with ``torch.load(weights_only=True)``.
-    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian),
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def _restore_random_states(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    kind, keys, position, has_gauss, cached_gaussian = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+        state, self._to_restore = self._to_restore, None
+        if state is not None:
+            torch.set_rng_state(state["torch"])
+            kind, keys, *rest = state["numpy"]
+            np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+            random.setstate(state["python"])
+            if "cuda" in state and torch.cuda.is_available():
+                torch.cuda.set_rng_state(state["cuda"])
 
 
 __all__ = ["RandomStateCheckpoint"]

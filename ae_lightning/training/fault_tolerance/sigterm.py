@@ -20,11 +20,8 @@ class SigtermCheckpoint(AgreedSignal):
     """On SIGTERM during ``fit``, writes ``last.ckpt`` at the end of an optimizer step (after a validation or at an
     epoch's last batch, the next one) on all ranks together and exits with status 143; a signal before training
     exits 143 writing nothing, and one that finds no step left exits 143 once ``fit`` is done, unless the previous
-    handler took it (a function, or ``SIG_IGN``). During ``predict``, exits 143 before any predictions are written:
-    alone at the end of the batch that the signal found, under DDP on all ranks together once their batches are done
-    (the ``PredictionWriter`` puts its files in place only after that). When and why:
-    ``docs/fault_tolerance.md``.
-    """
+    handler took it (a function, or ``SIG_IGN``). During ``predict``, exits 143 before any predictions are written,
+    under DDP on all ranks together once their batches are done. When and why: ``docs/fault_tolerance.md``."""
 
     calls_previous_handler = True
 
