@@ -27,6 +27,7 @@ from torchvision.utils import save_image
 
 from ae_lightning.cli import run_command
 from ae_lightning.evaluation import driver as evaluation
+from ae_lightning.evaluation.driver import AtLeast
 from ae_lightning.evaluation.feature_classifier import (
     ClassifierCNN,
     check_classifier_data,
@@ -43,22 +44,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_dir", required=True, help="root holding FashionMNIST/raw")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--disc_start", type=int, default=500)
+    parser.add_argument("--steps", action=AtLeast, default=1500)
+    parser.add_argument("--disc_start", action=AtLeast, least=0, default=500)
     parser.add_argument("--adversarial_weight", type=float, default=0.8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--rfid_images", type=int, default=None, help="test images of the FID (default: all)")
-    parser.add_argument("--every", type=int, default=0, help="also score the arm without the term every N steps")
+    parser.add_argument("--batch_size", action=AtLeast, default=64)
+    parser.add_argument("--rfid_images", action=AtLeast, least=2, help="test images of the FID (default: all)")
+    parser.add_argument(
+        "--every", action=AtLeast, least=0, default=0, help="also score the arm without the term every N steps"
+    )
     args = parser.parse_args(argv)
-    for name, least in {"steps": 1, "disc_start": 0, "batch_size": 1, "every": 0}.items():
-        if getattr(args, name) < least:
-            parser.error(f"--{name} {getattr(args, name)}: expected at least {least}")
     if args.disc_start >= args.steps:
         parser.error(f"--disc_start {args.disc_start} must be below --steps {args.steps}: the arm with the term would "
                      "never use it")  # fmt: skip
-    if args.rfid_images is not None and args.rfid_images < 2:
-        parser.error(f"--rfid_images {args.rfid_images}: expected at least 2")
     args.out, args.data_dir = args.out.resolve(), str(Path(args.data_dir).resolve())  # the runs start in the repo
     earlier = [args.out / name for name in ("without", "with", "sharpness.png") if (args.out / name).exists()]
     if earlier:

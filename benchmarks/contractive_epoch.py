@@ -16,7 +16,7 @@ import torch
 
 from ae_lightning import Autoencoder, ContractiveAutoencoder
 from ae_lightning.cli import run_command
-from ae_lightning.evaluation.driver import datamodule_class
+from ae_lightning.evaluation.driver import AtLeast, datamodule_class
 
 
 def epoch_seconds(model: L.LightningModule, datamodule: L.LightningDataModule, max_steps: int) -> float:
@@ -39,14 +39,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_dir", default="data")
     parser.add_argument("--dataset", default="MNISTDataModule", help="a datamodules class name")
-    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--batch_size", action=AtLeast, default=128)
     parser.add_argument("--max_steps", type=int, default=-1, help="cut the epoch short (-1: the full epoch)")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", action=AtLeast, default=2)
     parser.add_argument("--contractive_weight", type=float, default=0.1)
     args = parser.parse_args(argv)
-    for name in ("batch_size", "repeats"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} {getattr(args, name)}: expected at least 1")
     if args.max_steps == 0 or args.max_steps < -1:
         parser.error(f"--max_steps {args.max_steps}: expected -1 (the full epoch) or at least 1")
     datamodule = datamodule_class(args.dataset)(data_dir=args.data_dir, batch_size=args.batch_size)

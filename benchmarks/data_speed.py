@@ -2,17 +2,9 @@
 
     python benchmarks/data_speed.py --out /tmp/data_speed --images 2000 --large 20000 --seconds 8
 
-Writes ``--images`` PNG files at 72 and at 288 px (random crops of scikit-learn's two sample photographs, scaled) in
-``<out>/png<side>-<count>/`` and ``--large`` in ``<out>/large72-<count>/``, each with its stream beside it (reused by
-a later run that asks for the same count), and prints, for 64 and 256 px (random crop + horizontal flip, batch 64),
-images per second of:
-``StreamingDataModule`` with 0 and 2 workers (decode, crop, flip), ``ImageFolderDataModule``'s in-memory loader
-(after decoding all files; crops are not its job, it serves the stored size), and torchvision's ``ImageFolder`` +
-``DataLoader`` with the same ``transforms.v2`` crop and flip. Then, on ``--large`` 72 px files: the time to the first
-training batch streaming (after ``ae-lightning-prepare``, timed apart) vs the in-memory folder, and the process's
-resident memory while streaming through the whole set (it should stay flat; measured first, before any other run).
-Last, the training throughput (images/s) of ``configs/photo_ae_f8_64.yaml``'s f8 autoencoder on 64 px batches held in
-memory, with torch's default threads: the loader must deliver at least twice that. Numbers only; no assertions.
+Writes ``--images`` PNG files at 72 and at 288 px in ``<out>/png<side>-<count>/`` and ``--large`` in
+``<out>/large72-<count>/``, each with its stream beside it (reused by a later run that asks for the same count), and
+prints what docs/streaming.md ("Speed and memory") lists. Numbers only; no assertions.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ difference, per seed of ``--nll_seeds``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import shlex
 import statistics
@@ -42,6 +43,7 @@ from ae_lightning.blocks import networks
 from ae_lightning.blocks.flows import InverseAutoregressiveFlow
 from ae_lightning.cli import run_command
 from ae_lightning.evaluation import disentanglement
+from ae_lightning.evaluation.driver import AtLeast
 from ae_lightning.evaluation.visualization import save_png
 from datamodules import DSpritesDataModule, FashionMNISTDataModule
 
@@ -106,25 +108,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--part", choices=["mig", "nll", "gap", "both"], default="both")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the dSprites runs")
-    parser.add_argument("--steps", type=int, default=3000, help="training steps (batch 64) per dSprites run")
-    parser.add_argument("--latent_dim", type=int, default=10, help="code size on dSprites")
-    parser.add_argument("--hidden_dims", type=int, nargs="+", default=[512, 256], help="MLP widths on dSprites")
-    parser.add_argument("--points", type=int, default=10000, help="samples MIG sees")
+    parser.add_argument("--steps", action=AtLeast, default=3000, help="training steps (batch 64) per dSprites run")
+    parser.add_argument("--latent_dim", action=AtLeast, default=10, help="code size on dSprites")
+    parser.add_argument("--hidden_dims", action=AtLeast, nargs="+", default=[512, 256], help="MLP widths on dSprites")
+    parser.add_argument("--points", action=AtLeast, least=10, default=10000, help="samples MIG sees")
     parser.add_argument("--models", nargs="+", default=None, help="models of the nll part (default: all)")
     parser.add_argument("--nll_seeds", type=int, nargs="+", default=[42], help="seeds of the nll part")
-    parser.add_argument("--flow_steps", type=int, default=2, help="IAF steps of the nll part's iaf_vae")
-    parser.add_argument("--flow_hidden_dims", type=int, nargs="+", default=[256, 256], help="its MADEs' widths")
+    parser.add_argument("--flow_steps", action=AtLeast, default=2, help="IAF steps of the nll part's iaf_vae")
+    parser.add_argument("--flow_hidden_dims", action=AtLeast, nargs="+", default=[256, 256], help="its MADEs' widths")
     parser.add_argument("--forget_bias", type=float, default=1.5, help="its IAF steps' gate bias")
-    parser.add_argument("--kl_warmup_steps", type=int, default=0, help="the nll part's KL warm-up, for every model "
-                        "(0: none, the shared protocol)")  # fmt: skip
+    parser.add_argument("--kl_warmup_steps", action=AtLeast, least=0, default=0, help="the nll part's KL warm-up, for "
+                        "every model (0: none, the shared protocol)")  # fmt: skip
     parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data"), help="Fashion-MNIST's root")
     parser.add_argument("--epochs", type=float, default=1.0, help="epochs of the nll part (fractions allowed)")
     parser.add_argument("--gap_epochs", type=float, default=10.0, help="epochs of the gap part's posteriors "
                         "on the frozen decoder")  # fmt: skip
-    parser.add_argument("--optimal_images", type=int, default=0, help="test images of the gap part's best "
-                        "Gaussian per image (0: none)")  # fmt: skip
-    parser.add_argument("--nll_samples", type=int, default=100)
-    parser.add_argument("--test_images", type=int, default=1000, help="test images of the nll and gap parts, "
+    parser.add_argument("--optimal_images", action=AtLeast, least=0, default=0, help="test images of the gap part's "
+                        "best Gaussian per image (0: none)")  # fmt: skip
+    parser.add_argument("--nll_samples", action=AtLeast, default=100)
+    parser.add_argument("--test_images", action=AtLeast, default=1000, help="test images of the nll and gap parts, "
                         "in whole batches of 128 (1000: 896; 10000: 9,984)")  # fmt: skip
     parser.add_argument("--root", type=Path, default=ROOT / "runs" / "disentanglement")
     args = parser.parse_args(argv)
@@ -134,11 +136,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("epochs", "gap_epochs"):
         if not getattr(args, name) > 0:
             parser.error(f"--{name} {getattr(args, name)}: expected a number of epochs above 0")
-    at_least = {"steps": 1, "latent_dim": 1, "points": 10, "nll_samples": 1, "test_images": 1, "flow_steps": 1,
-                "kl_warmup_steps": 0, "optimal_images": 0}  # fmt: skip
-    for name, least in at_least.items():
-        if getattr(args, name) < least:
-            parser.error(f"--{name} {getattr(args, name)}: expected at least {least}")
     return args
 
 
@@ -280,12 +277,8 @@ def split_the_gap(gaussian: VAE, iaf: IAFVAE, images: int, args: argparse.Namesp
     its amortization gap."""
     data = FashionMNISTDataModule(data_dir=args.data_dir, batch_size=128, binarize="dynamic")
     data.setup("test")
-    batches = []
-    for batch in data.test_dataloader():
-        batches.append(batch[0])
-        if sum(map(len, batches)) >= images:
-            break
-    x = torch.cat(batches)[:images]
+    batches = itertools.islice(data.test_dataloader(), math.ceil(images / 128))
+    x = torch.cat([batch[0] for batch in batches])[:images]
     gaussian.eval(), iaf.eval()
     with torch.no_grad():
         mu, logvar = gaussian.posterior_parameters(x)

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from ae_lightning import VAE
+from ae_lightning.evaluation.driver import AtLeast
 from datamodules import ImageFolderDataModule, TensorBatchLoader
 
 
@@ -80,14 +81,11 @@ class StepTimer(L.Callback):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/png10k"))
-    parser.add_argument("--images", type=int, default=10000)
-    parser.add_argument("--steps", type=int, default=30, help="timed training steps (after 5 warm-up steps)")
+    parser.add_argument("--images", action=AtLeast, default=10000)
+    parser.add_argument("--steps", action=AtLeast, default=30, help="timed training steps (after 5 warm-up steps)")
     parser.add_argument("--accelerator", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--threads", action=AtLeast, help="torch threads (default: torch's)")
     args = parser.parse_args(argv)
-    for name in ("images", "steps", *(["threads"] if args.threads is not None else [])):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} {getattr(args, name)}: expected at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     folder = write_pngs(args.out, args.images)

@@ -29,9 +29,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.functional.image import multiscale_structural_similarity_index_measure, peak_signal_noise_ratio
+from torchvision.transforms.functional import pil_to_tensor
 
 from ae_lightning import CodePrior, QuantizedAutoencoder
 from ae_lightning.codec import compress, decompress
+from ae_lightning.evaluation.driver import AtLeast
 from ae_lightning.training.fault_tolerance.checkpoint_io import AtomicCheckpointIO, write_atomically
 
 matplotlib.use("Agg")
@@ -59,9 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--points", nargs="+", type=point, default=[(8, 64), (8, 512), (4, 256)],
                         help="factor:codebook_size pairs (default: 8:64 8:512 4:256)")  # fmt: skip
-    parser.add_argument("--steps", type=int, default=300, help="training steps of each autoencoder")
-    parser.add_argument("--prior_steps", type=int, default=300, help="training steps of each prior")
-    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--steps", action=AtLeast, default=300, help="training steps of each autoencoder")
+    parser.add_argument("--prior_steps", action=AtLeast, default=300, help="training steps of each prior")
+    parser.add_argument("--batch_size", action=AtLeast, default=32)
     parser.add_argument("--photos", type=Path, default=None, help="folder of training photographs (default: "
                         "scikit-learn's two); e.g. /usr/share/backgrounds/mate/nature")  # fmt: skip
     parser.add_argument("--jpeg_qualities", nargs="+", type=int, default=[5, 10, 20, 30, 50, 75, 90])
@@ -71,9 +73,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reuse", action="store_true", help="reuse the autoencoders an earlier run saved under --out")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier run's results and checkpoints")
     args = parser.parse_args(argv)
-    for name in ("steps", "prior_steps", "batch_size"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} {getattr(args, name)}: expected at least 1")
     repeated = next((point for i, point in enumerate(args.points) if point in args.points[:i]), None)
     if repeated is not None:  # it would train twice into one folder and give two rows
         parser.error(f"--points {repeated[0]}:{repeated[1]} is given twice; name each point once")
@@ -101,9 +100,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def load_photo(path: Path) -> torch.Tensor:
-    with Image.open(path) as image:
-        return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255
+def load_photo(file: Path | io.BytesIO) -> torch.Tensor:
+    with Image.open(file) as image:
+        return pil_to_tensor(image.convert("RGB")).float() / 255
 
 
 def random_crops(photos: list[torch.Tensor], count: int, seed: int) -> torch.Tensor:
@@ -155,9 +154,7 @@ def pillow_codec(photo: torch.Tensor, kind: str, quality: int) -> dict[str, floa
     Image.fromarray(pixels).save(buffer, format=kind, quality=quality)
     size = buffer.tell()
     buffer.seek(0)
-    with Image.open(buffer) as image:
-        decoded = torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1).float() / 255
-    return {"codec": kind, "quality": quality, **scores(photo, decoded, size)}
+    return {"codec": kind, "quality": quality, **scores(photo, load_photo(buffer), size)}
 
 
 def learned_codec(args: argparse.Namespace, factor: int, codebook_size: int, crops: torch.Tensor) -> CodePrior:
@@ -200,10 +197,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     results = []
     for photo_path in HELD_OUT:
         photo = load_photo(photo_path)
-        for quality in args.jpeg_qualities:
-            results.append({"photo": photo_path.name, **pillow_codec(photo, "JPEG", quality)})
-        for quality in args.webp_qualities:
-            results.append({"photo": photo_path.name, **pillow_codec(photo, "WEBP", quality)})
+        for kind, qualities in (("JPEG", args.jpeg_qualities), ("WEBP", args.webp_qualities)):
+            results += [{"photo": photo_path.name, **pillow_codec(photo, kind, quality)} for quality in qualities]
     for factor, codebook_size in args.points:
         prior = learned_codec(args, factor, codebook_size, crops)
         for photo_path in HELD_OUT:
@@ -239,15 +234,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 def plot(results: list[dict], path: Path) -> None:
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for codec, marker in (("JPEG", "o-"), ("WEBP", "s-")):
-        rows = sorted((row for row in results if row["codec"] == codec), key=lambda row: row["bpp"])
-        for axis, metric in zip(axes, ("psnr", "ms_ssim")):
-            axis.plot([row["bpp"] for row in rows], [row[metric] for row in rows], marker, label=codec)
-    learned = [row for row in results if row["codec"].startswith("learned")]
     for axis, metric in zip(axes, ("psnr", "ms_ssim")):
-        axis.plot(
-            [row["bpp"] for row in learned], [row[metric] for row in learned], "r*", markersize=12, label="learned"
-        )
+        for codec, marker, size in (("JPEG", "o-", None), ("WEBP", "s-", None), ("learned", "r*", 12)):
+            rows = sorted((row for row in results if row["codec"].startswith(codec)), key=lambda row: row["bpp"])
+            axis.plot([row["bpp"] for row in rows], [row[metric] for row in rows], marker, markersize=size, label=codec)
         axis.set_xlabel("bits per pixel (file bytes)")
         axis.set_ylabel({"psnr": "PSNR (dB)", "ms_ssim": "MS-SSIM"}[metric])
         axis.set_xlim(0, 1.0)

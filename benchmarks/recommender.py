@@ -24,6 +24,7 @@ from typing import Any
 from unittest import mock
 
 from ae_lightning.cli import AutoencoderCLI, run_command
+from ae_lightning.evaluation.driver import AtLeast
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = {"recall_20": "Recall@20", "recall_50": "Recall@50", "ndcg_100": "NDCG@100"}  # metric: column title
@@ -34,11 +35,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--path", required=True, help="interactions file (user, item[, rating])")
     parser.add_argument("--configs", nargs="+", default=["mult_vae", "mult_dae"], help="config names in configs/")
-    parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--epochs", action=AtLeast, default=50)
     parser.add_argument("--seeds", type=int, nargs="+", default=[42])
     parser.add_argument("--val_users", default="100", help="a count, or a fraction if below 1")
     parser.add_argument("--test_users", default="100", help="a count, or a fraction if below 1")
-    parser.add_argument("--batch_size", type=int, default=100)
+    parser.add_argument("--batch_size", action=AtLeast, default=100)
     parser.add_argument("--anneal_steps", type=int, default=2000, help="KL annealing steps of the Mult-VAEs")
     parser.add_argument("--root", type=Path, default=ROOT / "runs" / "recommender")
     args = parser.parse_args(argv)
@@ -47,9 +48,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--configs {' '.join(missing)}: no such config in {ROOT / 'configs'}")
     if len(set(args.seeds)) != len(args.seeds) or len(set(args.configs)) != len(args.configs):
         parser.error(f"--seeds and --configs must be distinct, got {args.seeds} and {args.configs}")
-    for name in ("epochs", "batch_size"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} {getattr(args, name)}: expected at least 1")
     return args
 
 

@@ -22,6 +22,7 @@ import torch
 from ae_lightning.cli import run_command
 from ae_lightning.evaluation import driver as evaluation
 from ae_lightning.evaluation import samplers
+from ae_lightning.evaluation.driver import AtLeast
 from ae_lightning.evaluation.feature_classifier import (
     ClassifierCNN,
     ClassifierRecord,
@@ -39,19 +40,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--variants", nargs="+", required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds of the variants run (default: all)")
     parser.add_argument("--data_dir", default=None, help="where the data are (default: the checkpoint's)")
-    parser.add_argument("--train_codes", type=int, default=10000, help="training images whose codes are fitted")
-    parser.add_argument("--samples", type=int, default=10000, help="samples of each sampler")
-    parser.add_argument("--two_stage_steps", type=int, default=2000)
+    parser.add_argument(
+        "--train_codes",
+        default=10000,
+        action=AtLeast,
+        least=2,
+        what="training images, for a fit",
+        help="training images whose codes are fitted",
+    )
+    parser.add_argument(
+        "--samples",
+        default=10000,
+        action=AtLeast,
+        least=2,
+        what="samples, for a covariance",
+        help="samples of each sampler",
+    )
+    parser.add_argument("--two_stage_steps", action=AtLeast, what="training step of the second VAE", default=2000)
     parser.add_argument(
         "--classifier", type=Path, default=None, help="feature classifier (default: the cached one of each dataset)"
     )
-    args = parser.parse_args(argv)
-    at_least = {"train_codes": (2, "training images, for a fit"), "samples": (2, "samples, for a covariance"),
-                "two_stage_steps": (1, "training step of the second VAE")}  # fmt: skip
-    for name, (least, what) in at_least.items():
-        if getattr(args, name) < least:
-            parser.error(f"--{name} {getattr(args, name)}: expected at least {least} ({what})")
-    return args
+    return parser.parse_args(argv)
 
 
 def checkpoints(root: Path, variant: str, seeds: list[int] | None) -> dict[int | None, Path]:

@@ -3,23 +3,10 @@
     python benchmarks/spatial_quality.py --steps 2000 --device cuda              # the figures
     python benchmarks/spatial_quality.py --steps 60 --train-images 512 --test-images 128   # a quick look on a CPU
 
-Trains the plain autoencoder (squared error) twice per data set, once with spatial codes ``[z, H / f, W / f]`` and
-once with ``network: conv`` and a flat code of as many floats, with the same optimizer (Adam, its rate decayed on a
-cosine unless ``--schedule constant``), steps and batches, and prints the mean per-image PSNR (dB) of held-out images
-(beside it, of as many training images, and of the held-out ones with each reconstruction's channels shifted by
-their mean error: what is left when colour and brightness offsets cost nothing).
-``--conv-lrs`` and ``--conv-schedules`` train the conv network once per rate and schedule (the baseline's best of a
-grid), ``--spatial-lrs`` the spatial one once per rate; ``--downscale N`` cuts photo crops N times larger and resizes
-them down, and ``--photo-side S`` first scales each photo's shorter side to S (``--photo-side 768 --crop-size 64
---downscale 4``: the 256-pixel crops of ``scripts/make_photo_set.py`` resized to 64, the photo configs' data). The
-data: square crops (``--crop-size``, 32 by default) of photographs (``--photos DIR``: the split of a folder
-``scripts/make_photo_set.py`` wrote, or every photo but the last few cut into training crops, the last
-``--held-out-photos`` into held-out crops; by default scikit-learn's two sample photographs, ``china.jpg`` for
-training and ``flower.jpg`` held out) and Fashion-MNIST from ``--data-dir`` (``FashionMNIST/raw``, e.g.
-``../shared/data``; train and test images). ``--picture PATH`` also writes held-out 256x256 crops above their
-reconstructions by the spatial model of the best rate, trained on the crops (it is fully convolutional; the conv
-network's linear layer fixes its input size); an existing picture is replaced only with ``--overwrite``, and never
-left half-written. Numbers only: no assertions.
+Trains the plain autoencoder twice per data set (photo crops, Fashion-MNIST), with spatial codes and with
+``network: conv`` and a flat code of as many floats, at the same optimizer, steps and batches, and prints a table of
+per-image PSNR (dB) of held-out and training images; ``--picture PATH`` also writes held-out 256x256 crops above
+their reconstructions (replaced only with ``--overwrite``). What each option does: docs/spatial.md. Numbers only.
 """
 
 from __future__ import annotations
@@ -40,6 +27,7 @@ from torchvision.utils import save_image
 
 from ae_lightning import Autoencoder
 from ae_lightning.cli import run_command
+from ae_lightning.evaluation.driver import AtLeast
 from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
 
 
@@ -195,15 +183,23 @@ def main(argv: list[str] | None = None) -> None:
         help="a folder of photographs, or one scripts/make_photo_set.py wrote (its split); default: scikit-learn's two "
         "sample photographs",
     )
-    parser.add_argument("--held-out-photos", type=int, default=1, help="photos (last by name) kept for testing")
+    parser.add_argument("--held-out-photos", action=AtLeast, default=1, help="photos (last by name) kept for testing")
     parser.add_argument("--data-dir", default="../shared/data", help="root holding FashionMNIST/raw")
-    parser.add_argument("--crop-size", type=int, default=32, help="side of the photo crops, divisible by 2 ** levels")
-    parser.add_argument("--photo-side", type=int, help="scale each photo's shorter side to this first (default: as is)")
-    parser.add_argument("--downscale", type=int, default=1, help="cut crops this many times larger, resize them down")
-    parser.add_argument("--train-images", type=int, default=20000, help="training crops / Fashion-MNIST images")
-    parser.add_argument("--test-images", type=int, default=1000, help="held-out crops / Fashion-MNIST test images")
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--crop-size", action=AtLeast, default=32, help="side of the photo crops, divisible by 2 ** levels"
+    )
+    parser.add_argument(
+        "--photo-side", action=AtLeast, help="scale each photo's shorter side to this first (default: as is)"
+    )
+    parser.add_argument(
+        "--downscale", action=AtLeast, default=1, help="cut crops this many times larger, resize them down"
+    )
+    parser.add_argument("--train-images", action=AtLeast, default=20000, help="training crops / Fashion-MNIST images")
+    parser.add_argument(
+        "--test-images", action=AtLeast, default=1000, help="held-out crops / Fashion-MNIST test images"
+    )
+    parser.add_argument("--steps", action=AtLeast, least=0, default=2000)
+    parser.add_argument("--batch-size", action=AtLeast, default=64)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument(
         "--schedule",
@@ -211,10 +207,12 @@ def main(argv: list[str] | None = None) -> None:
         default="cosine",
         help="learning rate: decayed to 0 on a cosine over the steps (less end-point noise), or constant",
     )
-    parser.add_argument("--spatial-dims", type=int, nargs="+", default=[64, 128, 256], help="channels per level")
+    parser.add_argument("--spatial-dims", action=AtLeast, nargs="+", default=[64, 128, 256], help="channels per level")
     parser.add_argument("--num-res-blocks", type=int, default=1)
-    parser.add_argument("--z-channels", type=int, default=4, help="channels of the spatial code")
-    parser.add_argument("--conv-dims", type=int, nargs="+", default=[64, 128, 256], help="conv network's channels")
+    parser.add_argument("--z-channels", action=AtLeast, default=4, help="channels of the spatial code")
+    parser.add_argument(
+        "--conv-dims", action=AtLeast, nargs="+", default=[64, 128, 256], help="conv network's channels"
+    )
     parser.add_argument("--networks", nargs="+", choices=["conv", "spatial"], default=["conv", "spatial"])
     parser.add_argument("--conv-lrs", type=float, nargs="+", help="the conv network's learning rates (default: --lr)")
     parser.add_argument("--spatial-lrs", type=float, nargs="+", help="the spatial network's rates (default: --lr)")

@@ -45,6 +45,7 @@ from lightning.pytorch.callbacks import Callback
 from ae_lightning.cli import AutoencoderCLI, run_command
 from ae_lightning.evaluation import driver as evaluation
 from ae_lightning.evaluation import visualization
+from ae_lightning.evaluation.driver import AtLeast
 from ae_lightning.evaluation.feature_classifier import (
     ClassifierRecord,
     default_classifier_path,
@@ -67,11 +68,8 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "knn": ("k-NN ↑", "{:.3f}"),
     "auroc": ("AUROC ↑", "{:.3f}"),
 }
-PICTURE_FILES = {
-    "reconstructions": "reconstructions",
-    "samples": "samples",
-    "interpolations": "interpolations",
-    "latent_map": "latent_tsne",
+PICTURE_FILES = {view: view for view in ("reconstructions", "samples", "interpolations")} | {
+    "latent_map": "latent_tsne"
 }
 
 
@@ -83,7 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config_dir", type=Path, default=ROOT / "configs", help="where config names are looked up")
     parser.add_argument("--data", default="MNISTDataModule", help="datamodule class name or import path")
     parser.add_argument("--data_dir", default="data", help="root holding <ClassName>/raw/")
-    parser.add_argument("--epochs", type=int, default=10, help="training epochs of every variant")
+    parser.add_argument("--epochs", action=AtLeast, default=10, help="training epochs of every variant")
     parser.add_argument("--seed", type=int, default=None, help="seed of every run (weights, data order, split; 42)")
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=None, help="one run per seed, then mean ± std (instead of --seed)"
@@ -92,13 +90,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--anomaly_classes", nargs="*", type=int, default=None, help="held-out classes of auroc (default: all)"
     )
-    parser.add_argument("--anomaly_epochs", type=int, default=None, help="epochs of each auroc run (default: --epochs)")
-    parser.add_argument("--nll_samples", type=int, default=None, help="importance samples of nll (default: config's)")
-    parser.add_argument("--fid_samples", type=int, default=10000, help="prior samples of fid")
-    parser.add_argument("--probe_max_train", type=int, default=None, help="fit probes on at most this many codes")
-    parser.add_argument("--tsne_points", type=int, default=2000, help="test codes in the t-SNE latent map")
+    parser.add_argument("--anomaly_epochs", action=AtLeast, help="epochs of each auroc run (default: --epochs)")
+    parser.add_argument("--nll_samples", action=AtLeast, help="importance samples of nll (default: config's)")
+    parser.add_argument("--fid_samples", action=AtLeast, least=2, default=10000, help="prior samples of fid")
+    parser.add_argument("--probe_max_train", action=AtLeast, least=2, help="fit probes on at most this many codes")
+    parser.add_argument("--tsne_points", action=AtLeast, default=2000, help="test codes in the t-SNE latent map")
     parser.add_argument("--classifier", type=Path, default=None, help="feature classifier (default: the cache path)")
-    parser.add_argument("--classifier_epochs", type=int, default=3, help="epochs if the classifier must be trained")
+    parser.add_argument(
+        "--classifier_epochs", action=AtLeast, default=3, help="epochs if the classifier must be trained"
+    )
     parser.add_argument(
         "--output", type=Path, default=ROOT / "runs" / "benchmark" / "results.md", help="the markdown table"
     )
@@ -107,23 +107,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--root", type=Path, default=ROOT / "runs" / "benchmark", help="training outputs")
     parser.add_argument("--accelerator", default="auto", help="Lightning accelerator of every run")
     parser.add_argument(
-        "--torch_threads", type=int, default=None, help="CPU threads of torch (1 is faster on a busy, shared machine)"
+        "--torch_threads", action=AtLeast, help="CPU threads of torch (1 is faster on a busy, shared machine)"
     )
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    if args.epochs < 1 or (args.anomaly_epochs is not None and args.anomaly_epochs < 1):
-        parser.error("--epochs and --anomaly_epochs must be >= 1")
     args.anomaly_epochs = args.anomaly_epochs or args.epochs
     if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds must be distinct, got {args.seeds}")
     if args.seeds is not None and args.seed is not None:
         parser.error(f"--seed {args.seed} and --seeds {' '.join(map(str, args.seeds))}: give one of the two")
     args.seeds = args.seeds or [42 if args.seed is None else args.seed]
-    at_least = {"nll_samples": 1, "fid_samples": 2, "probe_max_train": 2, "tsne_points": 1, "classifier_epochs": 1,
-                "torch_threads": 1}  # fmt: skip
-    for name, least in at_least.items():
-        if getattr(args, name) is not None and getattr(args, name) < least:
-            parser.error(f"--{name} {getattr(args, name)}: expected at least {least}")
     args.seed = args.seeds[0]  # the split of the reference data, the feature classifier's data and the pictures
     args.plots = args.plots or args.output.with_suffix("")
     if args.output.is_dir():
@@ -416,15 +409,10 @@ def describe_run(
             "split_sizes": {split: datamodule.split_size(split) for split in ("train", "val", "test")},
             "class_names": datamodule.class_names,
         },
-        "epochs": args.epochs,
-        "seed": args.seed,
-        "seeds": args.seeds,
+        **{name: getattr(args, name) for name in ("epochs", "seed", "seeds")},
         "metrics": metrics,
         "anomaly_classes": anomaly_classes if "auroc" in metrics else [],
-        "anomaly_epochs": args.anomaly_epochs,
-        "nll_samples": args.nll_samples,
-        "fid_samples": args.fid_samples,
-        "probe_max_train": args.probe_max_train,
+        **{name: getattr(args, name) for name in ("anomaly_epochs", "nll_samples", "fid_samples", "probe_max_train")},
         "tsne_points": args.tsne_points,
         "classifier": classifier.metadata() if classifier is not None else None,
     }

@@ -30,6 +30,7 @@ import torch
 from ae_lightning.cli import run_command
 from ae_lightning.evaluation import disentanglement, samplers, visualization
 from ae_lightning.evaluation import driver as evaluation
+from ae_lightning.evaluation.driver import AtLeast
 from ae_lightning.evaluation.feature_classifier import (
     check_classifier_data,
     default_classifier_path,
@@ -61,11 +62,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"tokenizer and codec metrics: {', '.join(evaluation.FIRST_STAGE_METRICS)} (default without --metrics: "
         "those that apply but lpips, rfid and rfid_classifier, which need pretrained weights)",
     )
-    parser.add_argument("--rfid_images", type=int, default=None, help="test images of rfid (default: all)")
-    parser.add_argument("--nll_samples", type=int, default=None, help="importance samples (default: the model's)")
-    parser.add_argument("--fid_samples", type=int, default=None, help="samples of fid and --samplers (default 10000)")
+    parser.add_argument(
+        "--rfid_images",
+        action=AtLeast,
+        least=2,
+        what="test images, for a covariance",
+        help="test images of rfid (default: all)",
+    )
+    parser.add_argument(
+        "--nll_samples",
+        action=AtLeast,
+        what="importance samples per image",
+        help="importance samples (default: the model's)",
+    )
+    parser.add_argument(
+        "--fid_samples",
+        action=AtLeast,
+        least=2,
+        what="samples, for a covariance",
+        help="samples of fid and --samplers (default 10000)",
+    )
     parser.add_argument("--classifier", type=Path, default=None, help="feature classifier (default: the cache path)")
-    parser.add_argument("--probe_max_train", type=int, default=None)
+    parser.add_argument("--probe_max_train", action=AtLeast, least=2, what="training images, for a classifier")
     parser.add_argument("--plots", type=Path, default=None, help="folder for PNG pictures of the model")
     parser.add_argument(
         "--views",
@@ -75,7 +93,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="VIEW",
         help=f"pictures in --plots (default: all that apply): {', '.join(visualization.VIEWS)}",
     )
-    parser.add_argument("--tsne_points", type=int, default=None, help="test images of the latent map (default 2000)")
+    parser.add_argument(
+        "--tsne_points",
+        action=AtLeast,
+        least=2,
+        what="test images, for a t-SNE map",
+        help="test images of the latent map (default 2000)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the scores to this JSON file")
     parser.add_argument("--overwrite", action="store_true", help="replace the --json file and --plots pictures")
@@ -88,7 +112,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="disentanglement metrics on data with known factors (default there, or the flag alone: all; none "
         f"elsewhere; 'none': off): {', '.join(disentanglement.DISENTANGLEMENT_METRICS)}",
     )
-    parser.add_argument("--disentanglement_points", type=int, default=10000, help="codes seen by MIG, SAP and DCI")
+    parser.add_argument(
+        "--disentanglement_points",
+        action=AtLeast,
+        least=10,
+        what="codes, for MIG, SAP and DCI",
+        default=10000,
+        help="codes seen by MIG, SAP and DCI",
+    )
     parser.add_argument(
         "--prune_threshold",
         type=float,
@@ -103,18 +134,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "second VAE fitted on the training codes (any autoencoder; --probe_max_train codes)",
     )
     parser.add_argument(
-        "--two_stage_steps", type=int, default=None, help="training steps of the second VAE (default 2000)"
+        "--two_stage_steps",
+        action=AtLeast,
+        what="training step of the second VAE",
+        help="training steps of the second VAE (default 2000)",
     )
     args = parser.parse_args(argv)
-    at_least = {"nll_samples": (1, "importance samples per image"), "fid_samples": (2, "samples, for a covariance"),
-                "probe_max_train": (2, "training images, for a classifier"),
-                "rfid_images": (2, "test images, for a covariance"), "tsne_points": (2, "test images, for a t-SNE map"),
-                "disentanglement_points": (10, "codes, for MIG, SAP and DCI"),
-                "two_stage_steps": (1, "training step of the second VAE")}  # fmt: skip
-    for name, (least, what) in at_least.items():
-        value = getattr(args, name)
-        if value is not None and value < least:
-            parser.error(f"--{name} {value}: expected at least {least} ({what})")
     asked, first_stage = set(args.metrics or evaluation.METRICS), set(args.first_stage_metrics or [])
     users = {  # the options that only another one uses: given without it, they would be ignored
         "tsne_points": (args.plots is not None, "--plots"),
@@ -224,8 +249,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             f"`ae-lightning test --config <its run's config.yaml> --ckpt_path {args.checkpoint}` gives its Recall@k "
             "and NDCG@100"
         )
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
     if args.views is not None:
         visualization.check_views(model, args.views)
     metrics = args.metrics or [
@@ -293,7 +317,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         train = evaluation.split_loader(datamodule, "train", max_images=args.probe_max_train, seed=args.seed)
         train_codes, _ = evaluation.encode_split(model, train, args.seed)
         real = evaluation.gray_loader(datamodule, "test", datamodule.hparams.classes)
-        found = samplers.frechet_distances(
+        scores |= samplers.frechet_distances(
             model,
             train_codes,
             classifier,
@@ -303,7 +327,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             seed=args.seed,
             prior=False,  # the prior's is the fid metric's
         )
-        scores |= found
     if names:
         threshold = disentanglement.PRUNE_THRESHOLD if args.prune_threshold is None else args.prune_threshold
         scores |= disentanglement.disentanglement_metrics(

@@ -24,6 +24,7 @@ import torch
 
 from ae_lightning.cli import AutoencoderCLI, run_command
 from ae_lightning.evaluation import visualization
+from ae_lightning.evaluation.driver import AtLeast
 from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
 from datamodules import FashionMNISTDataModule
 
@@ -36,19 +37,10 @@ def fit_and_test(name: str, config: str, out: Path, *args: str, keep: bool = Fal
     """Fit ``configs/<config>.yaml`` with ``args``, test the final weights; the test metrics and ``fit_seconds``
     (with ``keep``: a dict of those ``metrics``, the ``model`` and the ``datamodule``)."""
     run = [
-        "--config",
-        str(ROOT / "configs" / f"{config}.yaml"),
-        "--trainer.default_root_dir",
-        str(out / name),
-        "--trainer.enable_progress_bar",
-        "false",
-        "--trainer.enable_model_summary",
-        "false",
-        "--images.every_n_epochs",
-        "0",
-        *EXTRA,
-        *args,
-    ]
+        "--config", str(ROOT / "configs" / f"{config}.yaml"), "--trainer.default_root_dir", str(out / name),
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--images.every_n_epochs", "0", *EXTRA, *args,
+    ]  # fmt: skip
     with mock.patch("sys.argv", ["ae-lightning"]):
         cli = AutoencoderCLI(args=run, run=False)
     start = time.perf_counter()
@@ -88,16 +80,8 @@ def outputs(args: argparse.Namespace) -> list[Path]:
 
 def iwae(out: Path, data: list[str], epochs: int, ks: list[int]) -> None:
     for k in ks:
-        result = fit_and_test(
-            f"iwae_k{k}",
-            "iwae",
-            out,
-            *data,
-            "--model.init_args.iw_samples",
-            str(k),
-            "--trainer.max_epochs",
-            str(epochs),
-        )
+        args = [*data, "--model.init_args.iw_samples", str(k), "--trainer.max_epochs", str(epochs)]
+        result = fit_and_test(f"iwae_k{k}", "iwae", out, *args)
         save(out, "iwae", {f"k{k}": result})
 
 
@@ -146,28 +130,14 @@ def deep_ae(
     for dataset, data_args in data.items() if compare else ():
         for pretrain in ("rbm", "none"):
             total = epochs[dataset] + (4 * pretrain_epochs[dataset] if pretrain == "rbm" else 0)
-            args = [
-                *data_args,
-                "--model.init_args.pretrain",
-                pretrain,
-                "--trainer.max_epochs",
-                str(total),
-                "--model.init_args.pretrain_epochs",
-                str(pretrain_epochs[dataset]),
-            ]
+            args = [*data_args, "--model.init_args.pretrain", pretrain, "--trainer.max_epochs", str(total),
+                    "--model.init_args.pretrain_epochs", str(pretrain_epochs[dataset])]  # fmt: skip
             result = fit_and_test(f"deep_ae_{pretrain}_{dataset}", "deep_ae_rbm", out, *args)
             save(out, "deep_ae", {f"{pretrain}_{dataset}": result})
     dataset = "mnist" if "mnist" in data else next(iter(data))
     total = epochs[dataset] + 4 * pretrain_epochs[dataset]
-    args = [
-        *data[dataset],
-        "--model.init_args.latent_dim",
-        "2",
-        "--trainer.max_epochs",
-        str(total),
-        "--model.init_args.pretrain_epochs",
-        str(pretrain_epochs[dataset]),
-    ]
+    args = [*data[dataset], "--model.init_args.latent_dim", "2", "--trainer.max_epochs", str(total),
+            "--model.init_args.pretrain_epochs", str(pretrain_epochs[dataset])]  # fmt: skip
     result = fit_and_test(f"deep_ae_2d_{dataset}", "deep_ae_rbm", out, *args, keep=True)
     save(out, "deep_ae", {f"rbm_2d_{dataset}": result.pop("metrics")})
     model, datamodule = result["model"].eval(), result["datamodule"]
@@ -186,11 +156,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("sections", nargs="+", choices=["iwae", "superres", "deep_ae"])
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "family")
     parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data"))
-    parser.add_argument("--epochs", type=int, default=30, help="IWAE epochs; super-resolution and fine-tuning epochs")
-    parser.add_argument("--iw-samples", type=int, nargs="+", default=[1, 5, 50])
-    parser.add_argument("--pretrain-epochs", type=int, default=10, help="epochs per RBM on Fashion-MNIST")
-    parser.add_argument("--mnist-epochs", type=int, default=None, help="fine-tuning epochs on the MNIST sample")
-    parser.add_argument("--mnist-pretrain-epochs", type=int, default=None, help="epochs per RBM on the MNIST sample")
+    parser.add_argument(
+        "--epochs", action=AtLeast, default=30, help="IWAE epochs; super-resolution and fine-tuning epochs"
+    )
+    parser.add_argument("--iw-samples", action=AtLeast, nargs="+", default=[1, 5, 50])
+    parser.add_argument(
+        "--pretrain-epochs", action=AtLeast, least=0, default=10, help="epochs per RBM on Fashion-MNIST"
+    )
+    parser.add_argument("--mnist-epochs", action=AtLeast, help="fine-tuning epochs on the MNIST sample")
+    parser.add_argument("--mnist-pretrain-epochs", action=AtLeast, least=0, help="epochs per RBM on the MNIST sample")
     parser.add_argument("--only-2d", action="store_true", help="deep_ae: only the 2-D code and its map")
     parser.add_argument("--smoke", action="store_true", help="two batches per split and epoch, to try the script")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier run's weights and pictures")
@@ -202,10 +176,6 @@ def main(argv: list[str] | None = None) -> None:
         help="ae-lightning arguments for every run, e.g. --set model.init_args.code_pretrain_lr=0.01",
     )
     args = parser.parse_args(argv)
-    least = {"epochs": 1, "mnist_epochs": 1, "pretrain_epochs": 0, "mnist_pretrain_epochs": 0}
-    for name, value in ((name, getattr(args, name)) for name in least):
-        if value is not None and value < least[name]:
-            parser.error(f"--{name.replace('_', '-')} {value}: expected at least {least[name]}")
     if (held := [path for path in outputs(args) if path.exists()]) and not args.overwrite:
         parser.error(f"--out {args.out} holds an earlier run's {held[0].relative_to(args.out)}; name another folder, "
                      "or pass --overwrite to replace its results")  # fmt: skip
@@ -226,14 +196,8 @@ def main(argv: list[str] | None = None) -> None:
     if "superres" in args.sections:
         superres(args.out, fashion, args.epochs)
     if "deep_ae" in args.sections:
-        mnist = [
-            "--data",
-            "MNISTDataModule",
-            "--data.data_dir",
-            str(mnist_sample(args.out, args.data_dir)),
-            "--data.offline_fallback",
-            "false",
-        ]
+        mnist = ["--data", "MNISTDataModule", "--data.data_dir", str(mnist_sample(args.out, args.data_dir)),
+                 "--data.offline_fallback", "false"]  # fmt: skip
         epochs = {"fashion": args.epochs, "mnist": _given(args.mnist_epochs, args.epochs)}
         pretrain = {"fashion": args.pretrain_epochs, "mnist": _given(args.mnist_pretrain_epochs, args.pretrain_epochs)}
         deep_ae(args.out, {"mnist": mnist, "fashion": fashion}, epochs, pretrain, compare=not args.only_2d)

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ae_lightning.evaluation.driver import AtLeast
+
 MATE_NATURE = Path("/usr/share/backgrounds/mate/nature")
 # scikit-image's bundled photographs (its other images are drawings, scans, microscopy or synthetic).
 SKIMAGE_PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
@@ -119,19 +121,16 @@ def replace_photo_set(partial: Path, out: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out", help="folder to write")
-    parser.add_argument("--crop", type=int, default=256, help="side of the square crops")
-    parser.add_argument("--crops-per-photo", type=int, default=40)
-    parser.add_argument("--photo-side", type=int, default=768, help="shorter side each photo is scaled to first")
+    parser.add_argument("--crop", action=AtLeast, default=256, help="side of the square crops")
+    parser.add_argument("--crops-per-photo", action=AtLeast, default=40)
+    parser.add_argument("--photo-side", action=AtLeast, default=768, help="shorter side each photo is scaled to first")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--install", action="store_true", help="apt-get/pip install missing photo sources")
     parser.add_argument(
         "--stream", help="also write a stream of the crops here (a folder or s3:// URI); replaces a stream only"
     )
-    parser.add_argument("--stream-size", type=int, help="side of the stream's stored images (default: --crop)")
+    parser.add_argument("--stream-size", action=AtLeast, help="side of the stream's stored images (default: --crop)")
     args = parser.parse_args(argv)
-    for name in ("crop", "crops_per_photo", "photo_side", "stream_size"):
-        if (value := getattr(args, name)) is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} {value}: expected at least 1")
     if args.stream_size is not None and not args.stream:
         parser.error(f"--stream-size {args.stream_size} sizes the stream's images: give --stream too")
 

@@ -23,6 +23,7 @@ from PIL import Image
 
 from ae_lightning.cli import AutoencoderCLI
 from ae_lightning.evaluation import driver as evaluation
+from ae_lightning.evaluation.driver import AtLeast
 from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -95,12 +96,10 @@ def train_and_test(name: str, args: list[str], out: Path, epochs: int) -> dict[s
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/own_data"))
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", action=AtLeast, default=30)
     parser.add_argument("--only", nargs="+", choices=list(runs(Path())), help="run only these (default: all)")
     parser.add_argument("--overwrite", action="store_true", help="replace the scores and pictures of earlier runs")
     args = parser.parse_args(argv)
-    if args.epochs < 1:
-        parser.error(f"--epochs {args.epochs}: expected at least 1")
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     chosen = {name: run for name, run in runs(args.out).items() if name in (args.only or [name])}

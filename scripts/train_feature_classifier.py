@@ -20,7 +20,7 @@ import argparse
 import sys
 
 from ae_lightning.cli import run_command
-from ae_lightning.evaluation.driver import datamodule_class, datamodule_names, init_parameters, load_checkpoint
+from ae_lightning.evaluation.driver import AtLeast, datamodule_class, datamodule_names, init_parameters, load_checkpoint
 from ae_lightning.evaluation.feature_classifier import (
     ClassifierRecord,
     default_classifier_path,
@@ -49,16 +49,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--input_dir", default=None, help="the stream of StreamingDataModule (folder or URI)")
     parser.add_argument("--image_size", type=int, default=None, help="image side, for a datamodule that takes it")
     parser.add_argument("--channels", type=int, choices=(1, 3), default=None, help="for a datamodule that takes it")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", action=AtLeast, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--batch_size", action=AtLeast, default=128)
     parser.add_argument("--output", default=None, help="where to save (default: the cache path above)")
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument("--overwrite", action="store_true", help="replace a classifier already at the output")
     args = parser.parse_args(argv)
-    for name in ("epochs", "batch_size"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} {getattr(args, name)}: expected at least 1")
     if args.checkpoint is not None:
         for name in ("data", "input_dir", "image_size", "channels"):
             if getattr(args, name) is not None:

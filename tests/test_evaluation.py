@@ -1215,3 +1215,21 @@ def test_evaluate_scores_a_model_in_its_own_dtype(data_dir: Path) -> None:
     assert scores == pytest.approx(expected, rel=1e-4)
     scores = evaluation.evaluate(model.to(torch.bfloat16), datamodule, names, classifier=classifier, fid_samples=20)
     assert scores == pytest.approx(expected, rel=0.1)
+
+
+@pytest.mark.parametrize(
+    ("script", "argv", "message"),
+    [("benchmark", ["--epochs", "0"], "--epochs 0: expected at least 1"),
+     ("benchmark", ["--anomaly_epochs", "-3"], "--anomaly_epochs -3: expected at least 1"),
+     ("spatial_quality", ["--skip", "photos", "--skip", "fashion", "--steps", "-1"], "--steps -1: expected at least 0"),
+     ("spatial_quality", ["--skip", "photos", "--skip", "fashion", "--batch-size", "0"],
+      "--batch-size 0: expected at least 1"),
+     ("family_report", ["iwae", "--iw-samples", "5", "0"], "--iw-samples 0: expected at least 1"),
+     ("disentanglement", ["--hidden_dims", "8", "-1"], "--hidden_dims -1: expected at least 1")],
+)  # fmt: skip
+def test_counts_below_their_least_are_refused_naming_the_flag_and_value(
+    script: str, argv: list[str], message: str, capsys: pytest.CaptureFixture
+) -> None:
+    # variants.py said "--epochs and --anomaly_epochs must be >= 1", naming neither value; spatial_quality.py and the
+    # lists of counts (--iw-samples, --hidden_dims) took 0 or less and went on to train
+    assert refused(load_script(script), argv, capsys) == message

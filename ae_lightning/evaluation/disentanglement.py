@@ -97,14 +97,9 @@ def varying(factors: np.ndarray) -> np.ndarray:
 
 # --- scores of codes and factors ------------------------------------------------------------------------------------
 def mutual_information_gap(codes: np.ndarray, factors: np.ndarray, bins: int = 20) -> float:
-    """MIG (Chen et al. 2018): ``mean_k (I(z_a; v_k) - I(z_b; v_k)) / H(v_k)`` with ``z_a``, ``z_b`` the two code
-    dimensions sharing the most information with factor ``v_k``, codes discretized into ``bins`` bins.
-
-    Args:
-        codes: ``[N, D]`` codes, D >= 2.
-        factors: ``[N, K]`` discrete factors.
-        bins: bins per code dimension.
-    """
+    """MIG (Chen et al. 2018) of codes ``[N, D]`` (D >= 2) and discrete factors ``[N, K]``:
+    ``mean_k (I(z_a; v_k) - I(z_b; v_k)) / H(v_k)`` with ``z_a``, ``z_b`` the two code dimensions sharing the most
+    information with factor ``v_k``, each code dimension discretized into ``bins`` bins."""
     from sklearn.metrics import mutual_info_score
 
     _check_gap_codes("mig", finite_codes(codes).shape[1])
@@ -119,13 +114,8 @@ def mutual_information_gap(codes: np.ndarray, factors: np.ndarray, bins: int = 2
 def separated_attribute_predictability(
     train_codes: np.ndarray, train_factors: np.ndarray, test_codes: np.ndarray, test_factors: np.ndarray
 ) -> float:
-    """SAP (Kumar et al. 2018): for each factor, the test accuracy of a linear SVM on each code dimension alone; the
-    gap between the two best, averaged over the factors.
-
-    Args:
-        train_codes, train_factors: ``[N, D]`` codes (D >= 2) and ``[N, K]`` discrete factors to fit on.
-        test_codes, test_factors: the same to score on.
-    """
+    """SAP (Kumar et al. 2018) of codes ``[N, D]`` (D >= 2) and discrete factors ``[N, K]``: for each factor, the test
+    accuracy of a linear SVM on each code dimension alone; the gap between the two best, averaged over the factors."""
     from sklearn.svm import LinearSVC
 
     _check_gap_codes("sap", finite_codes(np.concatenate([train_codes, test_codes])).shape[1])
@@ -155,11 +145,7 @@ def dci(
     its share of the total importance; ``dci_completeness``: the same per factor over the codes (``H_D``), weighted by
     the factor's share; ``dci_informativeness``: the forests' mean test accuracy. Disentanglement and completeness are
     0 if no code has any importance; disentanglement is NaN with one varying factor, completeness with one code.
-
-    Args:
-        train_codes, train_factors: ``[N, D]`` codes and ``[N, K]`` discrete factors to fit on.
-        test_codes, test_factors: the same to score on.
-        seed: the forests' seed.
+    Codes are ``[N, D]``, factors ``[N, K]`` discrete; ``seed`` seeds the forests.
     """
     from scipy.stats import entropy
     from sklearn.ensemble import RandomForestClassifier
@@ -199,15 +185,9 @@ def beta_vae_score(
     num_eval: PositiveInt = 300,
 ) -> float:
     """The BetaVAE score (Higgins et al. 2017): each point is ``mean |z(x1) - z(x2)|`` over ``batch_size`` pairs
-    sharing one factor; the score is a logistic regression's test accuracy at naming that factor. The points' factors
-    cycle through the varying factors; fewer than 2 varying factors are refused.
-
-    Args:
-        encode: images -> codes.
-        batch_size: pairs per point.
-        num_train: points to fit on (>= 2: its classifier must see two factors).
-        num_eval: points to score on.
-    """
+    sharing one factor; the score is a logistic regression's accuracy at naming that factor, fitted on ``num_train``
+    points (>= 2: it must see two factors), scored on ``num_eval``. The points' factors cycle through the varying
+    factors; fewer than 2 varying factors are refused."""
     from sklearn.linear_model import LogisticRegression
 
     check_arguments(locals(), beta_vae_score)
@@ -242,18 +222,9 @@ def factor_vae_score(
     """The FactorVAE score (Kim & Mnih 2018): codes scaled by their std over the data; each vote pairs the code
     dimension of least variance over ``batch_size`` samples sharing one random factor with that factor; each dimension
     predicts its most voted factor, scored on held-out votes. Dimensions collapsed to the prior (std below
-    ``prune_threshold``, or zero) take no part; if none is left, the score is 0. Fewer than 2 varying factors are
-    refused.
-
-    Args:
-        encode: images -> codes.
-        batch_size: samples per vote.
-        num_train: votes to fit the majority classifier on.
-        num_eval: votes to score it on.
-        num_variance_estimate: samples of the codes' std.
-        prune_threshold: the std, in the codes' units, below which a dimension counts as collapsed (0.05: VAE means
-            as disentanglement_lib; 0 keeps every dimension that varies).
-    """
+    ``prune_threshold`` in the codes' units, or zero; 0 keeps every dimension that varies) take no part; if none is
+    left, the score is 0. ``num_train`` votes fit the majority classifier, ``num_eval`` score it, and
+    ``num_variance_estimate`` samples give the std. Fewer than 2 varying factors are refused."""
     check_arguments(locals(), factor_vae_score)
     variable = _factors_to_name("factor_vae", source, generator)
     codes, _ = sample_codes(encode, source, num_variance_estimate, generator)
@@ -345,18 +316,11 @@ def disentanglement_metrics(
     seed: int = 0,
     prune_threshold: NonNegativeFloat = PRUNE_THRESHOLD,
 ) -> dict[str, float]:
-    """The named metrics of the codes of ``source``'s data (``dci`` gives its three numbers).
-
-    Args:
-        encode: images -> codes, e.g. :func:`model_encoder` of a model.
-        source: data with known factors (``sample_factors``, ``images_of``, ``factor_names``).
-        metrics: names from :data:`DISENTANGLEMENT_METRICS`.
-        num_points: samples whose codes MIG, SAP and DCI see (SAP and DCI fit on 80%, score on 20%).
-        num_votes: training points of the BetaVAE and FactorVAE scores (and 60% as many to score them on).
-        seed: seed of every draw; each score draws from its own generator (MIG, SAP and DCI share one), so its value
-            does not depend on which others are asked for.
-        prune_threshold: see :func:`factor_vae_score`.
-    """
+    """The named metrics (of :data:`DISENTANGLEMENT_METRICS`; ``dci`` gives three numbers) of the codes that
+    ``encode`` (e.g. :func:`model_encoder`) gives ``source``'s data. MIG, SAP and DCI see ``num_points`` samples (SAP
+    and DCI fit on 80%, score on 20%); the BetaVAE and FactorVAE scores fit on ``num_votes`` points and score on 60% as
+    many. Each score draws from its own generator seeded by ``seed`` (MIG, SAP and DCI share one), so its value does
+    not depend on which others are asked for."""
     check_arguments(locals(), disentanglement_metrics)
     metrics = check_disentanglement_settings(encode, source, metrics, num_votes)
     results: dict[str, float] = {}
@@ -395,14 +359,7 @@ def has_flat_codes(model: nn.Module) -> bool:
 def latent_traversals(model: nn.Module, images: Tensor, span: float = 2.5, steps: int = 9) -> Tensor:
     """A picture ``[3, H', W']`` in [0, 1]: for each image, one row per code dimension, that dimension of its code
     swept over ``[-span, span]`` in ``steps`` steps (the others kept), decoded. Flat codes ``[latent_dim]`` only
-    (:func:`has_flat_codes`).
-
-    Args:
-        model: a model with ``encode`` and ``decode``.
-        images: ``[N, C, H, W]`` images to start from.
-        span: the sweep's half-width (in prior standard deviations for the VAEs).
-        steps: pictures per row.
-    """
+    (:func:`has_flat_codes`); ``span`` is in prior standard deviations for the VAEs."""
     from torchvision.utils import make_grid
 
     weight = next(model.parameters())

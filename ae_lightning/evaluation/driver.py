@@ -6,6 +6,7 @@ its datamodule; ``benchmarks/variants.py`` and ``scripts/evaluate.py`` are thin 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import inspect
 import json
@@ -152,12 +153,8 @@ def split_loader(
 ) -> TensorBatchLoader:
     """The split's images in stored order, binarized as the datamodule binarizes validation and test images; every
     pass yields the same images (a ``dynamic`` binarization is not redrawn), so separate passes see one test set.
-
-    Args:
-        batch_size: images per batch; the datamodule's when None.
-        max_images: keep a seeded random subset of at most this many images (in stored order); None keeps all.
-        seed: seed of that subset.
-        binarize: False: the gray images of a ``dynamic`` datamodule, never binarized.
+    ``max_images`` keeps a random subset (seeded by ``seed``, in stored order; None: all); ``binarize=False`` gives
+    a ``dynamic`` datamodule's gray images; ``batch_size`` is the datamodule's when None.
     """
     check_arguments(locals(), split_loader)
     own = getattr(datamodule, "evaluation_loader", None)
@@ -313,12 +310,8 @@ def first_stage_scores(
 ) -> dict[str, float]:
     """The :data:`FIRST_STAGE_METRICS` ``names`` of the model on the test split; a ValueError naming one that does not
     apply (``ms_ssim``, ``lpips`` and the ``rfid`` pair need images, the code metrics a quantized model or a prior).
-
-    Args:
-        classifier: the feature classifier of ``rfid_classifier``.
-        pretrained: :func:`pretrained_networks` of ``names``; loaded here, before any score, when None.
-        frechet_images: the ``rfid`` pair on a seeded subset of at most this many test images; None: all.
-        seed: seed of that subset and of a stochastic model's draws.
+    ``pretrained`` (:func:`pretrained_networks` of ``names``) is loaded before any score when None; the ``rfid`` pair
+    sees a subset of at most ``frechet_images`` test images (None: all), seeded by ``seed``.
     """
     check_arguments(locals(), first_stage_scores)
     check_first_stage_metrics(model, datamodule, names)
@@ -374,13 +367,7 @@ def probe_accuracies(
     neighbors: int = 5,
 ) -> dict[str, float]:
     """Test accuracy of a linear probe (``LogisticRegression`` on standardized codes) and of k-NN (Euclidean, raw
-    codes), both fitted on the training codes.
-
-    Args:
-        train_codes, train_labels: ``[N, D]`` codes the classifiers are fitted on and their ``[N]`` labels.
-        test_codes, test_labels: ``[M, D]`` codes they are scored on and their ``[M]`` labels.
-        neighbors: k of k-NN.
-    """
+    codes, k = ``neighbors``), both fitted on the training codes ``[N, D]`` and scored on the test codes ``[M, D]``."""
     from sklearn.linear_model import LogisticRegression  # here: slow to import, and training callbacks import us
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.pipeline import make_pipeline
@@ -406,13 +393,7 @@ def frechet_distance(
 ) -> float:
     """Frechet distance between the real images and ``num_samples`` prior samples, in the classifier's features. A
     conditional model (``num_classes``) samples the real images' labels in turn, so that its samples hold the classes
-    in the real images' proportions.
-
-    Args:
-        model: a generative model (``sample``).
-        classifier: network with ``features`` and ``num_features`` (see :class:`FrechetDistance`).
-        batch_size: samples drawn at once; None: :func:`images_at_once` of the real images' shape.
-    """
+    in the real images' proportions. ``batch_size`` samples are drawn at once (None: :func:`images_at_once`)."""
     require_generative(model, "the Frechet distance of samples (fid)")
     metric, shape, labels = FrechetDistance(classifier).to(model.device), (), []
     with torch.no_grad():
@@ -476,20 +457,14 @@ def evaluate(
 
     A model trained on a subset of the classes (``data.classes``) has its probes and ``fid`` scored on the test images
     of those classes only (the probes never saw the others, the samples never drew them); the reconstruction metrics,
-    ``nll`` and ``auroc`` see every test image.
+    ``nll`` and ``auroc`` see every test image, binarized as the datamodule binarizes them.
 
     Args:
-        model: the trained model, on the device to evaluate on.
-        datamodule: its data; test images are binarized as the datamodule binarizes them.
-        metrics: names from :data:`METRICS` (which says what each needs; :func:`metric_applies`); ``fid`` also needs
-            a ``classifier``.
-        classifier: the feature classifier of ``fid`` (``load_feature_classifier(path).network``).
-        nll_samples: importance samples of ``nll`` (>= 1); the model's ``nll_samples`` when None.
-        fid_samples: prior samples of ``fid`` (>= 2).
-        probe_max_train: fit the probes on the codes of at most this many training images (>= 2), a seeded random
-            subset (None: all; a subset of one class is refused before any score).
-        knn_neighbors: k of the k-NN probe.
-        seed: seed of samples, probes and stochastic scores.
+        metrics: names from :data:`METRICS` (:func:`metric_applies`); ``fid`` also needs a ``classifier``
+            (``load_feature_classifier(path).network``).
+        nll_samples: importance samples of ``nll``; the model's ``nll_samples`` when None.
+        probe_max_train: fit the probes on the codes of at most this many training images, a seeded random subset
+            (None: all; a subset of one class is refused before any score).
     """
     check_arguments(locals(), evaluate)
     metrics = check_metric_names(metrics)
@@ -531,10 +506,8 @@ def gray_loader(datamodule: ImageDataModule, split: Split, classes: Sequence[int
     """The split's gray-level images: the Frechet distance compares samples with the real images, never binarized.
     ``classes``: only the images of these labels (None: all)."""
     if datamodule.hparams.get("binarize") == "static" and not hasattr(datamodule, "evaluation_loader"):
-        # its splits hold the binarized images: the same rows, gray, from every argument it was built with (a subclass
-        # passes the base's, such as seed, on through **kwargs)
-        inits = [base.__init__ for base in type(datamodule).__mro__ if "__init__" in vars(base)]
-        accepted = {name for init in inits for name in inspect.signature(init).parameters}
+        # its splits hold the binarized images: the same rows, gray, from every argument it was built with
+        accepted = init_parameters(type(datamodule))
         settings = {name: value for name, value in datamodule.hparams.items() if name in accepted}
         datamodule = type(datamodule)(**{**settings, "binarize": "none"})
     loader = split_loader(datamodule, split, batch_size=500, binarize=False)
@@ -580,13 +553,9 @@ def load_checkpoint(
     path: str | Path, /, data_dir: str | Path | None = None, **data_overrides: Any
 ) -> tuple[AutoencoderModule, ImageDataModule]:
     """A model and its datamodule, rebuilt from a checkpoint written by ``ae-lightning fit``; a ValueError if the
-    datamodule would read other data than the run recorded (:func:`check_data_source`).
-
-    Args:
-        path: the checkpoint (positional only, so that ``path=`` is the datamodule's).
-        data_dir: where the data are now (the checkpoint's ``data_dir`` when None).
-        **data_overrides: other datamodule arguments to change, e.g. ``batch_size``, or ``path`` where a datamodule
-            reads no ``data_dir``.
+    datamodule would read other data than the run recorded (:func:`check_data_source`). ``data_dir``: where the data
+    are now (the checkpoint's when None); ``data_overrides``: other datamodule arguments, e.g. ``batch_size``, or
+    ``path`` where a datamodule reads no ``data_dir`` (hence ``path`` of the checkpoint is positional only).
     """
     checkpoint = read_checkpoint(path, name="checkpoint")
     class_path = checkpoint.get("ae_lightning_class") or checkpoint.get("hyper_parameters", {}).get("_class_path")
@@ -673,8 +642,24 @@ def strict_json(value: Any) -> str:
     return json.dumps(json.loads(json.dumps(value), parse_constant=lambda _: None), indent=2)
 
 
+class AtLeast(argparse.Action):
+    """The action of an integer option of the scripts, ``add_argument("--steps", action=AtLeast, least=1)``, that
+    refuses a value (each one, with ``nargs``) below ``least`` as ``--steps 0: expected at least 1 (what)``."""
+
+    def __init__(self, *args: Any, least: int = 1, what: str = "", **kwargs: Any) -> None:
+        super().__init__(*args, type=int, **kwargs)
+        self.least, self.what = least, f" ({what})" if what else ""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, *_: Any) -> None:
+        for value in values if isinstance(values, list) else [values]:
+            if value < self.least:
+                parser.error(f"{self.option_strings[0]} {value}: expected at least {self.least}{self.what}")
+        setattr(namespace, self.dest, values)
+
+
 __all__ = [
     "METRICS",
+    "AtLeast",
     "anomaly_auroc",
     "anomaly_scores",
     "check_applicable",

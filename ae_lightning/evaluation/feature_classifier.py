@@ -28,13 +28,8 @@ NETWORK_SHAPE = ("input_shape", "num_classes", "num_features")  # the arguments 
 
 
 class ClassifierCNN(nn.Module):
-    """Two conv-pool blocks (32 and 64 channels) and a ``num_features``-wide hidden layer before the class logits.
-
-    Args:
-        input_shape: ``(C, H, W)`` of the images.
-        num_classes: number of labels.
-        num_features: width of the penultimate layer, the feature space of the Frechet distance.
-    """
+    """Two conv-pool blocks (32 and 64 channels) and a ``num_features``-wide hidden layer (the feature space of the
+    Frechet distance) before the class logits, for images of ``input_shape`` ``(C, H, W)``."""
 
     def __init__(self, input_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10, num_features: int = 128):
         super().__init__()
@@ -65,14 +60,8 @@ class ClassifierCNN(nn.Module):
 
 
 class FeatureClassifier(L.LightningModule):
-    """Trains a :class:`ClassifierCNN` with cross-entropy and reports ``val/accuracy`` and ``test/accuracy``.
-
-    Args:
-        input_shape: ``(C, H, W)`` of the images.
-        num_classes: number of labels.
-        num_features: width of the penultimate layer.
-        lr: Adam learning rate.
-    """
+    """Trains a :class:`ClassifierCNN` with cross-entropy and Adam (``lr``) and reports ``val/accuracy`` and
+    ``test/accuracy``."""
 
     def __init__(
         self,
@@ -97,14 +86,16 @@ class FeatureClassifier(L.LightningModule):
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
-        x, labels, _ = batch
-        self.val_accuracy(self.network(x), labels)
-        self.log("val/accuracy", self.val_accuracy, prog_bar=True, batch_size=len(x))
+        self._log_accuracy(batch, "val")
 
     def test_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+        self._log_accuracy(batch, "test")
+
+    def _log_accuracy(self, batch: tuple[Tensor, Tensor, Tensor], stage: str) -> None:
         x, labels, _ = batch
-        self.test_accuracy(self.network(x), labels)
-        self.log("test/accuracy", self.test_accuracy, batch_size=len(x))
+        accuracy = getattr(self, f"{stage}_accuracy")
+        accuracy(self.network(x), labels)
+        self.log(f"{stage}/accuracy", accuracy, prog_bar=stage == "val", batch_size=len(x))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
@@ -163,15 +154,9 @@ def train_feature_classifier(
     progress_bar: bool = True,
     overwrite: bool = False,
 ) -> ClassifierRecord:
-    """Train a :class:`ClassifierCNN` on the datamodule's training split, test it, and save it to ``path``.
-
-    Args:
-        datamodule: the dataset, gray-level (``binarize: none``: the features must describe real images) and with
-            every label (``classes`` unset).
-        path: where to save; :func:`default_classifier_path` when None.
-        seed: seed of the weights and batch order.
-        overwrite: replace a classifier already at ``path`` (else a FileExistsError, before any training).
-    """
+    """Train a :class:`ClassifierCNN` on the datamodule's training split (gray levels, ``binarize: none``, and every
+    label), test it, and save it to ``path`` (:func:`default_classifier_path` when None; one already there is a
+    FileExistsError before any training, unless ``overwrite``). ``seed`` seeds the weights and batch order."""
     if datamodule.hparams.classes is not None:
         kept = datamodule.hparams.classes
         raise ValueError(f"the feature classifier needs every label, but the datamodule keeps only classes {kept}")
@@ -227,17 +212,9 @@ def save_feature_classifier(record: ClassifierRecord) -> None:
 
 
 def load_feature_classifier(path: str | Path, data_arguments: str = "") -> ClassifierRecord:
-    """Load a classifier saved by :func:`train_feature_classifier`.
-
-    Args:
-        path: the saved classifier.
-        data_arguments: the arguments of ``scripts/train_feature_classifier.py`` that name its data (e.g.
-            ``--checkpoint <ckpt>``), for the message that says how to train it if it is missing.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist; the message says how to create it.
-        ValueError: ``path`` is not such a classifier (e.g. a Lightning checkpoint, or a corrupt file).
-    """
+    """Load a classifier saved by :func:`train_feature_classifier`: a FileNotFoundError saying how to train it (with
+    ``data_arguments``, the arguments of ``scripts/train_feature_classifier.py`` that name its data) if ``path`` does
+    not exist, a ValueError if it holds no such classifier (a Lightning checkpoint, a corrupt file)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(

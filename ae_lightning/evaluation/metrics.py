@@ -69,21 +69,14 @@ class ReconstructionMetrics(MetricCollection):
     or fewer).
 
     Update with ``(reconstructions, images)``, both ``[B, C, H, W]`` in [0, 1]; for feature vectors ``[B, D]``
-    (``images=False``) only ``recon_mse`` (per feature) applies. Updates run in float32 outside autocast.
-
-    Args:
-        prefix: put before every name, e.g. ``test/``.
-        images: whether the data are images; False for feature vectors.
+    (``images=False``) only ``recon_mse`` (per feature) applies. Updates run in float32 outside autocast. ``prefix``
+    goes before every name, e.g. ``test/``.
     """
 
     def __init__(self, prefix: str | None = None, images: bool = True, **kwargs: Any) -> None:
         metrics: dict[str, Any] = {"recon_mse": MeanSquaredError()}
         if images:
-            metrics |= {
-                "recon_bce": PixelBinaryCrossEntropy(),
-                "psnr": ImagePSNR(),
-                "ssim": StructuralSimilarity(),
-            }
+            metrics |= {"recon_bce": PixelBinaryCrossEntropy(), "psnr": ImagePSNR(), "ssim": StructuralSimilarity()}
         super().__init__(metrics, prefix=prefix, compute_groups=False, **kwargs)
 
     def update(self, preds: Tensor, target: Tensor) -> None:  # type: ignore[override]
@@ -128,12 +121,9 @@ def multiscale_ssim(image_size: Sequence[int], kernel_size: int = 11) -> MultiSc
 
 
 class FeatureExtractor(nn.Module):
-    """The penultimate layer of a classifier as the feature space of :class:`FrechetDistance`.
-
-    Args:
-        classifier: a network with ``features(x) -> [B, num_features]`` and a ``num_features`` attribute, such as
-            :class:`~ae_lightning.evaluation.feature_classifier.ClassifierCNN`.
-    """
+    """The penultimate layer of a classifier (``features(x) -> [B, num_features]`` and ``num_features``, as
+    :class:`~ae_lightning.evaluation.feature_classifier.ClassifierCNN`) as the feature space of
+    :class:`FrechetDistance`."""
 
     def __init__(self, classifier: nn.Module) -> None:
         super().__init__()
@@ -161,11 +151,8 @@ def inception_weights_path() -> Path:
 class InceptionFeatures(nn.Module):
     """The 2048 pool features of torchvision's Inception-v3, for :class:`FrechetDistance`: images in [0, 1], gray
     ones repeated to three channels, resized to 299x299 (bilinear) and normalized as ImageNet's (not the TensorFlow
-    graph of published FIDs).
-
-    Args:
-        pretrained: load the ImageNet weights (downloaded by torchvision into :func:`inception_weights_path`); False
-            leaves them random (tests, or only the code path).
+    graph of published FIDs). ``pretrained``: the ImageNet weights (downloaded by torchvision into
+    :func:`inception_weights_path`); False leaves them random (tests, or only the code path).
     """
 
     num_features = 2048
@@ -202,11 +189,8 @@ class InceptionFeatures(nn.Module):
 
 class FrechetDistance(FrechetInceptionDistance):
     """torchmetrics' FID in the features of a given network: a classifier of the dataset or
-    :class:`InceptionFeatures`. Update with float images ``[B, C, H, W]`` in [0, 1] and ``real=True`` or ``False``.
-
-    Args:
-        classifier: see :class:`FeatureExtractor`.
-    """
+    :class:`InceptionFeatures` (see :class:`FeatureExtractor`). Update with float images ``[B, C, H, W]`` in [0, 1]
+    and ``real=True`` or ``False``."""
 
     def __init__(self, classifier: nn.Module, **kwargs: Any) -> None:
         super().__init__(feature=FeatureExtractor(classifier), normalize=True, **kwargs)  # float images, unchanged

@@ -43,13 +43,8 @@ def check_continuous_codes(model: AutoencoderModule) -> None:
 
 
 class GaussianMixtureSampler:
-    """A Gaussian mixture fitted on codes by scikit-learn's EM.
-
-    Args:
-        components: mixture components (at most the number of codes).
-        covariance_type: ``full``, ``tied``, ``diag`` or ``spherical``.
-        seed: seed of the fit and of the samples.
-    """
+    """A Gaussian mixture of ``components`` (at most the number of codes) fitted on codes by scikit-learn's EM;
+    ``seed`` seeds the fit and the samples."""
 
     def __init__(
         self,
@@ -86,16 +81,8 @@ class GaussianMixtureSampler:
 
 class TwoStageSampler(nn.Module):
     """A second VAE on codes: MLP encoder and decoder, standard-normal prior, Gaussian likelihood with a learned
-    scalar std ``gamma`` (Dai & Wipf 2019, section 4); codes are standardized before it sees them.
-
-    Args:
-        latent_dim: the codes' size ``D``.
-        hidden_dims: widths of its MLPs.
-        steps: Adam steps of its fit.
-        batch_size: codes per step.
-        lr: Adam's learning rate.
-        seed: seed of the fit.
-    """
+    scalar std ``gamma`` (Dai & Wipf 2019, section 4), fitted by ``steps`` Adam steps on standardized codes of size
+    ``latent_dim``."""
 
     def __init__(
         self,
@@ -169,12 +156,7 @@ class TwoStageSampler(nn.Module):
 
 class PosthocGenerator(nn.Module):
     """A trained model that generates by decoding a post-hoc sampler's codes: ``sample(n)`` as the driver's
-    :func:`~ae_lightning.evaluation.driver.frechet_distance` draws it.
-
-    Args:
-        model: the trained autoencoder (``decode``).
-        sampler: a fitted :class:`GaussianMixtureSampler` or :class:`TwoStageSampler`.
-    """
+    :func:`~ae_lightning.evaluation.driver.frechet_distance` draws it."""
 
     is_generative = True
 
@@ -217,18 +199,9 @@ def frechet_distances(
 ) -> dict[str, float]:
     """The Frechet distance of samples from the prior (generative models only), from a Gaussian mixture and from a
     two-stage VAE fitted on ``train_codes``, each against the ``real`` images (see the driver's
-    :func:`~ae_lightning.evaluation.driver.frechet_distance`).
-
-    Args:
-        train_codes: ``[N, D]`` codes of its training images (``driver.encode_split``).
-        classifier: the feature classifier.
-        real: loader of the real images (``driver.gray_loader``).
-        num_samples: samples of each sampler.
-        components: components of the mixture.
-        two_stage_steps: steps of the second VAE's fit.
-        seed: seed of the fits and the samples.
-        prior: also score the prior's samples (where the caller has not already).
-    """
+    :func:`~ae_lightning.evaluation.driver.frechet_distance`): ``train_codes`` ``[N, D]`` as ``driver.encode_split``
+    gives them, ``real`` as ``driver.gray_loader``, ``num_samples`` of each sampler. ``prior``: also score the prior's
+    samples (where the caller has not already)."""
     from ae_lightning.evaluation.driver import frechet_distance
 
     check_continuous_codes(model)

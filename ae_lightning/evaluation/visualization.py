@@ -79,14 +79,11 @@ def draw_views(
     without gradients (the model's mode and the global random state restored), ``images_at_once`` at a time.
 
     Args:
-        model: the autoencoder; images: ``[N, C, H, W]`` in [0, 1]; labels: ``[N]``.
         views: names from :data:`VIEWS`; None for :func:`applicable_views`.
         num_images, nrow: images in ``reconstructions`` (each above its reconstruction), images per grid row.
-        num_samples: decoded prior samples in ``samples`` (generative models).
-        num_interpolations, interpolation_steps: image pairs (each with the next) and decoded points per pair.
+        num_interpolations, interpolation_steps: image pairs and decoded points per pair.
         latent_map_size, projection, class_names, title: the codes ``latent_map`` plots and how (:func:`project_2d`);
             with fewer than 2 images there is no map, as there are no interpolations with fewer than 2.
-        seed: seed of the samples and of t-SNE.
     """
     views = check_views(model, views) if views is not None else applicable_views(model)
     images, labels = images.to(model.device, model.dtype), labels.to(model.device)  # float64 under 64-true
@@ -125,13 +122,8 @@ def image_grid(images: Tensor, nrow: int = 8) -> Tensor:
 
 
 def reconstruction_grid(*rows: Tensor, nrow: int = 8) -> Tensor:
-    """Rows of ``nrow`` images: each row of inputs followed by the matching rows of the other tensors (e.g. their
-    reconstructions; for a restoration model the degraded input, the output and the original).
-
-    Args:
-        rows: ``[N, C, H, W]`` tensors of matching images, all shown (the last rows' empty places white).
-        nrow: images per row.
-    """
+    """Rows of ``nrow`` images: each row of inputs followed by the matching rows of the other ``[N, C, H, W]`` tensors
+    (e.g. their reconstructions), all shown, the last rows' empty places white."""
     images = rows[0]
     nrow = min(nrow, len(images))
     blank = images.new_ones(-len(images) % nrow, *images.shape[1:])
@@ -149,14 +141,8 @@ def interpolation_grid(
     start_labels: Tensor | None = None,
     end_labels: Tensor | None = None,
 ) -> Tensor:
-    """One row per pair: the start image, ``steps`` decodings of codes on the line between the pair's codes, the end.
-
-    Args:
-        model: the autoencoder (``encode`` and ``decode``).
-        starts, ends: ``[P, C, H, W]`` first and second images of the pairs.
-        steps: decoded points from the start code to the end code, both included.
-        start_labels, end_labels: their labels, for a conditional model (which decodes a row with the start's).
-    """
+    """One row per pair of images ``[P, C, H, W]``: the start image, ``steps`` decodings of codes on the line from the
+    start's code to the end's (both included), the end. A conditional model decodes a row with ``start_labels``."""
     check_number("interpolation steps", steps, "[2, inf)", integer=True)  # the two ends and what lies between
     z_start, z_end = model.encode(starts, start_labels), model.encode(ends, end_labels)
     weights = torch.linspace(0, 1, steps, device=z_start.device, dtype=z_start.dtype)  # the codes' (float64, 64-true)
@@ -216,15 +202,8 @@ def latent_map(
 
     Each label keeps its colour from map to map (tab10 up to 10 classes, tab20 up to 20, then evenly spaced turbo
     colours); unlabeled points (-1) are gray. Codes of at most 2 dimensions are drawn as they are (axes ``z1``,
-    ``z2``); 1-D codes with one row per label, so that the classes do not hide each other.
-
-    Args:
-        codes: ``[N, D]`` latent codes, or spatial ones ``[N, C, h, w]`` (flattened, see :func:`project_2d`).
-        labels: ``[N]`` integer labels.
-        method: see :func:`project_2d` (ignored for codes of at most 2 dimensions).
-        class_names: legend names of the labels (label ``i`` is ``class_names[i]``).
-        title: figure title.
-        seed: seed of t-SNE.
+    ``z2``); 1-D codes with one row per label, so that the classes do not hide each other. ``codes`` and ``method`` as
+    :func:`project_2d` takes them; label ``i`` is named ``class_names[i]`` in the legend.
     """
     dimensions = codes[0].numel() if len(codes) else 0
     points = project_2d(codes, method, seed).numpy()
