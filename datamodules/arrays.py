@@ -17,17 +17,9 @@ SUFFIXES = (".npy", ".npz", ".pt")
 
 
 def as_samples(array: Any, where: str) -> Tensor:
-    """Images as ``[N, C, H, W]`` uint8 or vectors as ``[N, D]`` float32, from an array of any of the layouts below.
-
-    Args:
-        array: ``[N, D]`` vectors, ``[N, H, W]``, ``[N, H, W, C]`` or ``[N, C, H, W]`` images (C = 1 or 3), as a
-            numpy array or tensor; images uint8 0-255 (or integers of any width in that range) or float in [0, 1].
-        where: the file or dataset it came from, for error messages.
-
-    Raises:
-        ValueError: naming ``where`` and what is wrong: rank, channels, dtype, the first NaN or infinite sample,
-            images outside [0, 1] (float) or 0..255 (integers), or a conversion beyond half of the usable memory.
-    """
+    """Images as ``[N, C, H, W]`` uint8 or vectors as ``[N, D]`` float32 from an array or tensor of ``[N, D]`` vectors
+    or ``[N, H, W]``, ``[N, H, W, C]``, ``[N, C, H, W]`` images (C = 1 or 3; uint8, integers in 0..255 or floats in
+    [0, 1]); a ValueError names ``where`` (its file or dataset) and what is wrong."""
     data = _as_tensor(array, where, "expected a numeric array")
     values, floating = data.numel(), data.is_floating_point()  # the copies made below must fit in memory
     if data.ndim == 2:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -37,14 +37,10 @@ DOWNLOAD_LOCK = ".ae-lightning-download.lock"  # hidden: the image-folder checks
 
 @dataclass
 class Arrays:
-    """What a datamodule loads: a training pool, its test split if it has one, and where each came from.
-
-    Args:
-        train: images ``[N, C, H, W]`` uint8 or vectors ``[N, D]`` float32, and labels ``[N]`` int64.
-        test: the data's own test split, or None (the base holds out ``test_fraction`` of ``train``).
-        class_names: name of each label, or None.
-        sources: the file (or folder) each split came from, for error messages (``<split>_labels``: their labels).
-    """
+    """What a datamodule loads: ``train``, images ``[N, C, H, W]`` uint8 or vectors ``[N, D]`` float32 and labels
+    ``[N]`` int64; the data's own ``test`` split, or None (the base holds out ``test_fraction`` of ``train``); the
+    name of each label, or None; the file (or folder) each split came from, for messages (``<split>_labels``: of
+    its labels)."""
 
     train: tuple[Tensor, Tensor]
     test: tuple[Tensor, Tensor] | None = None
@@ -94,15 +90,13 @@ class ImageDataModule(L.LightningDataModule):
         check_init_arguments(type(self), self.hparams)
         plain_hyperparameters(self.hparams)  # a subclass's paths (``data_dir``, ``labels``) too
         self.save_hyperparameters(self.hparams)  # what loggers write (hparams.yaml) as the checkpoint holds it
-        if classes is not None:
-            if len(classes) == 0:
-                raise ValueError("classes is an empty list: name at least one label to keep, or leave it unset")
-            known = type(self).num_classes
-            unknown = sorted(set(classes) - set(range(known))) if isinstance(known, int) else []
-            if unknown:
-                raise ValueError(
-                    f"classes {unknown} are not labels of {type(self).__name__}, which has labels 0..{known - 1}"
-                )
+        known = type(self).num_classes
+        if classes is not None and len(classes) == 0:
+            raise ValueError("classes is an empty list: name at least one label to keep, or leave it unset")
+        if classes is not None and known is not None and (unknown := sorted(set(classes) - set(range(known)))):
+            raise ValueError(
+                f"classes {unknown} are not labels of {type(self).__name__}, which has labels 0..{known - 1}"
+            )
         self.splits: dict[Split, tuple[Tensor, Tensor]] = {}
 
     # --- what a subclass provides -----------------------------------------------------------------------------------
@@ -121,8 +115,7 @@ class ImageDataModule(L.LightningDataModule):
         return []
 
     def check_sources_exist(self) -> None:
-        """Raise a FileNotFoundError naming the first local file or folder of :meth:`source_paths` that does not exist
-        (called on construction by datamodules of the user's files: docs/own_data.md, "Where checks run")."""
+        """Raise a FileNotFoundError naming the first local file or folder of :meth:`source_paths` that is missing."""
         for source in self.source_paths():
             if "://" not in source and not Path(source).exists():
                 where = "" if Path(source).is_absolute() else f" in the working folder {Path.cwd()}"
@@ -153,8 +146,7 @@ class ImageDataModule(L.LightningDataModule):
 
     @property
     def prepared(self) -> bool:
-        """Whether the data can be read before :meth:`prepare_data` runs: they are loaded, or it fetches nothing (a
-        datamodule whose ``prepare_data`` fetches them overrides this, to say when they are in place)."""
+        """Whether the data can be read before :meth:`prepare_data` runs: they are loaded, or it fetches nothing."""
         return "arrays" in vars(self) or type(self).prepare_data is DataHooks.prepare_data
 
     @property
@@ -286,8 +278,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def check_resume(self, loader_state: dict[str, Any], world_size: int) -> None:
         """Raise a ValueError naming the setting (and both datasets) if the checkpoint's training position
-        ``loader_state`` was reached on other data or with other data settings; called before anything is created
-        (where the data are :attr:`prepared`; else when Lightning restores the position, after ``prepare_data``)."""
+        ``loader_state`` was reached on other data or with other data settings (checked only where :attr:`prepared`)."""
         if not self.prepared:
             return
         self.setup("fit")
@@ -331,14 +322,11 @@ class ImageDataModule(L.LightningDataModule):
 
 
 @contextlib.contextmanager
-def download_lock(data_dir: Path, folder: Path) -> Iterator[None]:
+def download_lock(data_dir: Path, folder: Path, check_given: Callable[[], None] = lambda: None) -> Iterator[None]:
     """Hold the inter-process lock of ``data_dir`` (a hidden file there) around a check-then-download into ``folder``
-    under it: another process, of this node or of another sharing the folder, waits, then finds the files. Folders
-    made on the way and left empty (a failed download) are removed, with the lock, before it is released.
-
-    Raises:
-        OSError: naming ``data_dir``, where no lock can be taken (a read-only folder).
-    """
+    under it; folders made on the way and left empty (a failed download) are removed before it is released. Where no
+    lock can be taken (a read-only folder), ``check_given()`` may raise naming a file there that cannot be used as it
+    is; else an OSError names ``data_dir``."""
     try:
         while True:
             created = [path for path in (folder, *folder.parents) if not path.exists()]  # deepest first
@@ -348,6 +336,7 @@ def download_lock(data_dir: Path, folder: Path) -> Iterator[None]:
                 lock.acquire()
                 break
     except (OSError, NotImplementedError) as error:  # NotImplementedError: no flock (filelock before 3.21)
+        check_given()
         raise OSError(
             f"cannot take the download lock of data_dir {data_dir} ({error}): a download needs a writable folder; "
             "make it writable, or point data_dir at a folder that holds the data"
@@ -362,6 +351,14 @@ def download_lock(data_dir: Path, folder: Path) -> Iterator[None]:
             with contextlib.suppress(OSError):  # not empty: something was written there
                 path.rmdir()
         lock.release()
+
+
+def given_archive(path: Path) -> ValueError:
+    """The error for an archive in a ``data_dir`` where nothing can be extracted (no download lock)."""
+    return ValueError(
+        f"{path} is compressed, and it is extracted only by a download, which needs a writable data_dir: extract it "
+        "where it is, or make the folder writable"
+    )
 
 
 def check_arrays(arrays: Arrays) -> None:
@@ -427,12 +424,10 @@ def draw_split(
 
 def _binarize_once(images: Tensor, generator: torch.Generator) -> Tensor:
     """One Bernoulli draw of every pixel (the values of one ``torch.rand`` over them all), a block of ~1M at a time."""
-    binary = torch.empty_like(images)
-    rows = max(1, 2**20 // max(1, images[0].numel()))
-    for start in range(0, len(images), rows):
-        block = images[start : start + rows]
-        binary[start : start + rows] = (torch.rand(block.shape, generator=generator) * 255 < block) * 255
-    return binary
+    blocks = images.split(max(1, 2**20 // max(1, images[0].numel())))
+    return torch.cat(
+        [(torch.rand(block.shape, generator=generator) * 255 < block).to(torch.uint8) * 255 for block in blocks]
+    )
 
 
-__all__ = ["UNLABELED", "Arrays", "ImageDataModule", "check_arrays", "download_lock", "draw_split"]
+__all__ = ["UNLABELED", "Arrays", "ImageDataModule", "check_arrays", "download_lock", "draw_split", "given_archive"]

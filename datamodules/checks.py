@@ -67,14 +67,8 @@ _TYPE_NAME = re.compile(r"(int|float)_(ge|gt)_(m?inf|m?[\dp]+)_(le|lt)_(m?inf|m?
 
 
 def check_number(name: str, value: object, interval: str, *, integer: bool = False) -> None:
-    """Raise a ValueError unless ``value`` is a number (an ``int`` if ``integer``; never a bool) in ``interval``.
-
-    Args:
-        name: the argument as the user writes it, e.g. ``"beta"``.
-        value: the value given.
-        interval: the allowed range in interval notation, ``inf`` for no bound: ``"[0, 1)"``, ``"(0, inf)"``.
-        integer: whether only integers are allowed.
-    """
+    """Raise a ValueError naming ``name`` (as the user writes it) unless ``value`` is a number (an ``int`` if
+    ``integer``; never a bool) in ``interval``, e.g. ``"[0, 1)"`` or ``"(0, inf)"``."""
     low, high, low_closed, high_closed = _parse(interval)
     ok = _is_number(value, integer) and (low <= value if low_closed else low < value)
     if not (ok and (value <= high if high_closed else value < high)):
@@ -135,9 +129,9 @@ def _annotations(function: Callable) -> dict[str, Any]:
 def _constrains(annotation: Any) -> bool:
     if isinstance(annotation, type) and annotation in INTERVALS or typing.get_origin(annotation) is Literal:
         return True
-    if typing.is_typeddict(annotation):
-        return True
-    return any(_constrains(arg) for arg in typing.get_args(annotation) if not isinstance(arg, list))
+    return typing.is_typeddict(annotation) or any(
+        _constrains(arg) for arg in typing.get_args(annotation) if not isinstance(arg, list)
+    )
 
 
 def _expected(value: Any, annotation: Any) -> str | None:
@@ -202,8 +196,7 @@ def plain_hyperparameters(hparams: MutableMapping[str, Any]) -> None:
     """Replace in ``hparams`` each path by its string, each NumPy scalar or array by Python numbers and each tuple by a
     list (also inside lists and dicts), so that checkpoints load with ``torch.load(weights_only=True)`` and the
     loggers' ``hparams.yaml`` with ``yaml.safe_load``."""
-    for name, value in hparams.items():
-        hparams[name] = _plain(value)
+    hparams.update({name: _plain(value) for name, value in hparams.items()})
 
 
 def _plain(value: Any) -> Any:

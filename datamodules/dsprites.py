@@ -91,19 +91,13 @@ def render(factors: Tensor) -> Tensor:
 
 
 class RenderingBatchLoader(TensorBatchLoader):
-    """:class:`~datamodules.loader.TensorBatchLoader` over a split's grid indices, drawing each batch's images:
-    ``(image [B, 1, 64, 64], shape label [B], index in the split [B])``.
-
-    Args:
-        grid_indices: ``[N]`` positions in the 737,280-image grid of the split's samples.
-        indices: ``[N]`` each sample's index in its split; None: ``0 .. N - 1``.
-        **kwargs: the :class:`~datamodules.loader.TensorBatchLoader` arguments but images, labels and indices.
-    """
+    """:class:`~datamodules.loader.TensorBatchLoader` (``**kwargs``) over the ``[N]`` grid positions of a split's
+    samples, drawing each batch's images: ``(image [B, 1, 64, 64], shape label [B], index in the split [B])``, the
+    index from ``indices`` (None: ``0 .. N - 1``)."""
 
     def __init__(self, grid_indices: Tensor, indices: Tensor | None = None, **kwargs: Any) -> None:
-        labels = index_to_factors(grid_indices)[:, 0]
         indices = torch.arange(len(grid_indices)) if indices is None else indices
-        super().__init__(_as_rows(grid_indices), labels, indices, **kwargs)
+        super().__init__(_as_rows(grid_indices), index_to_factors(grid_indices)[:, 0], indices, **kwargs)
 
     def _make_batch(self, rows: Tensor, batch_index: int) -> Batch:
         factors = index_to_factors(self.images[rows, 0].round().long())
@@ -191,8 +185,9 @@ class DSpritesDataModule(ImageDataModule):
             val, train = (part[torch.isin(index_to_factors(part)[:, 0], kept)] for part in (val, train))
         if not len(val) or not len(train):
             empty = "validation" if not len(val) else "training"
-            cause, fix = ("val_fraction and test_fraction", "smaller fractions") if self.hparams.classes is None else (
-                f"classes {self.hparams.classes}", "more classes")  # fmt: skip
+            cause, fix = ("val_fraction and test_fraction", "smaller fractions")
+            if self.hparams.classes is not None:
+                cause, fix = f"classes {self.hparams.classes}", "more classes"
             raise ValueError(
                 f"{cause} leave the {empty} split empty (num_samples {self.hparams.num_samples}, val_fraction "
                 f"{self.hparams.val_fraction}, test_fraction {self.hparams.test_fraction}): use {fix} or more images"

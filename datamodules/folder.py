@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,22 +47,20 @@ class ImageFolderDataModule(ImageDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        # expanded as torchvision expands its root: a YAML config is no shell
-        self.data_dir = Path(data_dir).expanduser()
+        self.data_dir = Path(data_dir).expanduser()  # as torchvision expands its root: a YAML config is no shell
         self.test_dir = Path(test_dir).expanduser() if test_dir is not None else None
         self.check_sources_exist()
         check_test_dir(self.data_dir, self.test_dir, "test_dir", "test_fraction")
-        self._channels: int | None = channels
 
-    @property
+    @cached_property
     def channels(self) -> int:
-        """``channels``, or the folders' own count where it is None (read once)."""
-        if self._channels is None:
-            files, _, class_names = list_images(self.data_dir)
-            if self.test_dir is not None:
-                files += list_images(self.test_dir, class_names, test=True)[0]
-            self._channels = own_channels(files)
-        return self._channels
+        """``channels``, or the folders' own count where it is None."""
+        if self.hparams.channels is not None:
+            return self.hparams.channels
+        files, _, class_names = list_images(self.data_dir)
+        if self.test_dir is not None:
+            files += list_images(self.test_dir, class_names, test=True)[0]
+        return own_channels(files)
 
     @property
     def dataset_name(self) -> str:
@@ -129,16 +128,9 @@ def list_images(
     folder: Path, class_names: list[str] | None = None, test: bool = False
 ) -> tuple[list[str], list[int], list[str] | None]:
     """Image files of ``folder``, their labels (``ImageFolder``'s for class subfolders, -1 for a flat folder) and
-    its class names; hidden files and folders (names starting with ``.``) are skipped at every depth.
-
-    Args:
-        folder: the folder.
-        class_names: the training folder's classes (None: it is flat), which a ``test`` folder must have.
-        test: whether ``folder`` is the test folder of a training folder with ``class_names``.
-
-    Raises:
-        FileNotFoundError: no such folder. ValueError: no images, both images and folders, or other classes (``test``).
-    """
+    its class names; hidden files and folders (names starting with ``.``) are skipped at every depth. A ``test``
+    folder must have the training folder's ``class_names`` (None: flat). A ValueError names a folder without images,
+    with both images and folders, or with other classes; a FileNotFoundError, a missing one."""
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist (or is not a folder)")
     visible = [p for p in folder.iterdir() if not p.name.startswith(".")]

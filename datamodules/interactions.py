@@ -34,15 +34,10 @@ FiniteFloat = number_type("(-inf, inf)")
 
 @dataclass
 class Interactions:
-    """The split click matrices (users x items, CSR, 1 at a click) and the ids behind their rows and columns.
-
-    Args:
-        items: the item id of each column (the items of the training users, sorted).
-        train: the training users' clicks.
-        fold_in: per evaluated split, the clicks the model sees (80% of each user's by default).
-        held_out: per evaluated split, the clicks it must rank (the rest).
-        users: the user id of each row, per split.
-    """
+    """The split click matrices (users x items, CSR, 1 at a click): ``train``, the training users'; per evaluated
+    split, ``fold_in`` (the clicks the model sees, 80% of each user's by default) and ``held_out`` (the rest, to
+    rank); ``items``, the item id of each column (the training users' items, sorted); ``users``, the user id of each
+    row, per split."""
 
     items: np.ndarray
     train: sparse.csr_matrix
@@ -66,7 +61,6 @@ class InteractionsDataModule(ImageDataModule):
             its users' interactions in ``path`` are folded in and trained on (weak generalization).
         header: whether the first line of ``path`` and ``test_path`` names the columns; None: a first line without
             numbers before one with numbers does (a file whose first two lines hold no number must say).
-        batch_size, num_workers: users per step and process; worker processes building batches.
         seed: seed of the user split, the held-out draw and the epoch orders.
     """
 
@@ -193,14 +187,17 @@ class InteractionsDataModule(ImageDataModule):
                     f"{self.test_path}, but validation users are drawn from the others: give a test_path that holds "
                     "some of the users (MovieLens-100K's u1.test does; its ua.test holds every user)"
                 )
-        n_val = _count(self.hparams.val_users, len(users))
-        n_test = 0 if test is not None else _count(self.hparams.test_users or DEFAULT_TEST_USERS, len(users))
-        drawn = [("val_users", self.hparams.val_users, n_val)]
-        drawn += [("test_users", self.hparams.test_users or DEFAULT_TEST_USERS, n_test)] if test is None else []
-        for name, value, count in drawn:
+        asked = {"val_users": self.hparams.val_users}
+        if test is None:  # else test_path names the test users
+            asked["test_users"] = self.hparams.test_users or DEFAULT_TEST_USERS
+        counts = {
+            name: round(value * len(users)) if isinstance(value, float) else value for name, value in asked.items()
+        }
+        for name, count in counts.items():
             if count == 0:
-                raise ValueError(f"{name}={value} of the {len(users)} users of {self.path} who can be drawn is 0 "
+                raise ValueError(f"{name}={asked[name]} of the {len(users)} users of {self.path} who can be drawn is 0 "
                                  f"users: give a larger fraction, or a count")  # fmt: skip
+        n_val, n_test = counts["val_users"], counts.get("test_users", 0)
         if n_val + n_test >= len(users):
             raise ValueError(
                 f"{self.path}: {len(users)} users with at least min_user_items={self.hparams.min_user_items} "
@@ -292,14 +289,9 @@ class InteractionsDataModule(ImageDataModule):
 
 
 class UserRows(TensorBatchLoader):
-    """:class:`~datamodules.loader.TensorBatchLoader` over the users (rows) of ``clicks``, in batches
-    ``(clicks [B, I], held_out [B, I] or [B, 0], rows [B])`` made dense.
-
-    Args:
-        clicks: the split's clicks (CSR).
-        held_out: its held-out clicks, or None for training users.
-        **kwargs: the :class:`~datamodules.loader.TensorBatchLoader` arguments but images, labels and indices.
-    """
+    """:class:`~datamodules.loader.TensorBatchLoader` (``**kwargs``) over the users (rows) of a split's ``clicks``
+    and ``held_out`` clicks (CSR; None for training users), in dense batches ``(clicks [B, I], held_out [B, I] or
+    [B, 0], rows [B])``."""
 
     def __init__(self, clicks: sparse.csr_matrix, held_out: sparse.csr_matrix | None, **kwargs: Any) -> None:
         users = torch.arange(clicks.shape[0])
@@ -382,11 +374,11 @@ def read_interactions(path: Path, header: bool | None = None, min_rating: float 
     if missing.any():
         line = line_of(path, int(np.flatnonzero(missing)[0]), first_line)
         raise ValueError(f"{path} line {line}: no user or no item; every line must hold user, item[, rating]")
-    rows = np.flatnonzero(frame.duplicated(["user", "item"], keep=False).to_numpy())
-    if len(rows):
-        user, item = frame["user"].iloc[rows[0]], frame["item"].iloc[rows[0]]
-        same = rows[(frame["user"].iloc[rows] == user).to_numpy() & (frame["item"].iloc[rows] == item).to_numpy()]
-        line_a, line_b = (line_of(path, int(r), first_line) for r in same[:2])
+    repeated = frame[frame.duplicated(["user", "item"], keep=False)]  # indexed by data row
+    if len(repeated):
+        user, item = repeated["user"].iloc[0], repeated["item"].iloc[0]
+        same = repeated.index[(repeated["user"] == user) & (repeated["item"] == item)]
+        line_a, line_b = (line_of(path, int(row), first_line) for row in same[:2])
         raise ValueError(
             f"{path} lines {line_a} and {line_b} both hold user {user}, item {item}; each (user, item) pair must "
             "appear once (aggregate repeated interactions first)"
@@ -473,10 +465,6 @@ def line_of(path: Path, row: int, first_line: int) -> int:
             if seen == row:
                 return number
     return first_line + row
-
-
-def _count(value: int | float, total: int) -> int:
-    return round(value * total) if isinstance(value, float) else value
 
 
 def _click_matrix(frame: pd.DataFrame, users: np.ndarray, items: np.ndarray) -> sparse.csr_matrix:

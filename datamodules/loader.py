@@ -201,11 +201,9 @@ class TensorBatchLoader(EpochPosition):
         batch_size, shuffle, seed: samples per rank and step; a new permutation each epoch; its seed.
         binarize: Bernoulli pixels, drawn per batch (from seed, epoch, batch and rank) when ``resumable``, else per
             image from seed and index alone (the same at any batch size, process count, device or pass).
-        rank, world_size: this process's rank and the number of processes sharing the data.
         device: where batches are built (the tensors move there once); num_workers: worker processes (CPU only).
         resumable: keep the position across passes and in ``state_dict`` (the training loader).
-        source: where the data come from (the datamodule's ``data_source``), named when a resume is refused.
-        split: the split's name (``train``, ``val``, ...), named when there are too few samples for the processes.
+        source, split: the data's ``data_source`` and the split's name, for error messages.
     """
 
     def __init__(

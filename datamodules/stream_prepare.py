@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from fnmatch import fnmatch
 from itertools import islice
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -57,22 +57,17 @@ CHUNK_BYTES = 64_000_000  # litdata's default chunk_bytes ("64MB")
 MIN_CHUNKS = 64  # by default, the least chunks of a split of as many samples: DDP ranks x workers read whole chunks
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PUBLISHING = "publishing.json"  # a remote publish's list of the files it may leave (deleted when it is done)
-T, R = TypeVar("T"), TypeVar("R")
 
 
 @dataclass
 class ImageEncoder:
-    """Turns one source record into a stored item ``{"image": ..., "label": int}`` (run in threads).
+    """Turns one ``(record, label)`` into a stored item ``{"image": ..., "label": int}`` (run in threads).
 
     Args:
-        kind: ``folder`` (records are file paths), ``array`` (row numbers of ``payload``, a ``[N, C, H, W]`` uint8
-            tensor) or ``torchvision`` (indices into ``payload``, a torchvision dataset).
-        payload: the array or dataset; None for folders.
-        channels: 1 (gray) or 3 (RGB).
-        size: side of the square images (shorter side resized, then centre-cropped); None keeps the sources' size.
-        encoding, quality: ``png``, ``jpeg`` (of JPEG quality ``quality``) or ``raw`` (uint8 arrays).
-        shape: the ``(H, W)`` every image must have (that of the first); None skips the check.
-        alpha: what an image file or PIL image with transparent pixels becomes (:func:`datamodules.folder.opaque`).
+        kind, payload: ``folder`` (records are file paths; no payload), ``array`` (records are rows of ``payload``, a
+            ``[N, C, H, W]`` uint8 tensor) or ``torchvision`` (indices into ``payload``, a torchvision dataset).
+        channels, size, encoding, quality, alpha: as :func:`prepare_stream` takes them.
+        shape: the ``(H, W)`` every image must have; None skips the check.
     """
 
     kind: str
@@ -117,11 +112,8 @@ class ImageEncoder:
 
 
 def decode(stored: Any, channels: int) -> Tensor:
-    """The ``[C, H, W]`` uint8 pixels of a stored image (PNG or JPEG bytes, or the array itself).
-
-    Raises:
-        ValueError: a PNG whose chunks fail their CRC check. RuntimeError: another image that does not decode.
-    """
+    """The ``[C, H, W]`` uint8 pixels of a stored image (PNG or JPEG bytes, or the array itself); a ValueError for a
+    PNG whose chunks fail their CRC check, a RuntimeError for another image that does not decode."""
     if isinstance(stored, np.ndarray):
         return torch.from_numpy(stored)
     if stored[:8] == PNG_SIGNATURE:
@@ -150,23 +142,22 @@ def source_kind(source: str) -> Literal["torchvision", "array", "folder"]:
 
 
 def _records(
-    source: str, test_dir: str | None, labels: str | None, key: str | None, data_dir: str, dataset_kwargs: dict
-) -> tuple[str, Any, dict[str, list[tuple[Any, int]]], list[str] | None]:
-    """The source's kind, payload, ``(record, label)`` lists of its train (and test) parts, and class names."""
-    kind = source_kind(source)
+    kind: str, source: str, test_dir: str | None, labels: str | None, key: str | None, data_dir: str, kwargs: dict
+) -> tuple[Any, dict[str, list[tuple[Any, int]]], list[str] | None]:
+    """The source's payloads, ``(record, label)`` lists of its train (and test) parts, and class names."""
     if kind == "torchvision":
-        module = TorchvisionDataModule(source.split(":", 1)[1], data_dir=data_dir, dataset_kwargs=dataset_kwargs)
+        module = TorchvisionDataModule(source.split(":", 1)[1], data_dir=data_dir, dataset_kwargs=kwargs)
         module.prepare_data()
         payloads = {part: module._open(part, download=False) for part in ("train", "test")}
         parts = {part: list(enumerate(labels_of(data, f"{source} {part}").tolist())) for part, data in payloads.items()}
-        return "torchvision", payloads, parts, class_names_of(payloads["train"])
+        return payloads, parts, class_names_of(payloads["train"])
     path = Path(source)
     if kind == "array":
         arrays = ArrayDataModule(str(path), labels=labels, key=key).arrays  # checked: one label per image, ...
         images, targets = arrays.train
         if images.ndim != 4:
             raise ValueError(f"{source} holds feature vectors {tuple(images.shape)}; a stream holds images")
-        return "array", {"train": images}, {"train": list(enumerate(targets.tolist()))}, None
+        return {"train": images}, {"train": list(enumerate(targets.tolist()))}, None
     if not path.is_dir():
         raise FileNotFoundError(
             f"source {source} is no folder: expected an image folder, an array file ({'/'.join(SUFFIXES)}) or "
@@ -180,7 +171,7 @@ def _records(
         check_test_dir(path, Path(test_dir), "--test-dir", "--test-fraction")
         test_files, test_targets, _ = list_images(Path(test_dir), names, test=True)
         parts["test"] = list(zip(test_files, test_targets))
-    return "folder", {}, parts, names
+    return {}, parts, names
 
 
 def prepare_stream(
@@ -245,7 +236,7 @@ def prepare_stream(
     sources = [source] if test_dir is None else [source, test_dir]
     _check_free(location, overwrite, sources)
     with _staging_folder(location) as staging:
-        kind, payloads, parts, class_names = _records(source, test_dir, labels, key, data_dir, dataset_kwargs or {})
+        payloads, parts, class_names = _records(kind, source, test_dir, labels, key, data_dir, dataset_kwargs or {})
         labelled = [label for records in parts.values() for _, label in records if label >= 0]
         if class_names is None and labelled:  # labels without names (array files, some torchvision sets): numbered
             class_names = [str(label) for label in range(max(labelled) + 1)]
@@ -317,7 +308,7 @@ def default_chunk_size(samples: int, pixels: int, encoding: Encoding) -> int:
     return max(1, min(samples // MIN_CHUNKS, CHUNK_BYTES // largest))
 
 
-def ordered_map(pool: Executor, fn: Callable[[T], R], items: Iterable[T], ahead: int) -> Iterator[R]:
+def ordered_map(pool: Executor, fn: Callable[[Any], Any], items: Iterable[Any], ahead: int) -> Iterator[Any]:
     """``fn`` over ``items`` in ``pool``, in order, with at most ``ahead`` items submitted and not yet consumed
     (``Executor.map`` submits them all at once); those not consumed are cancelled when the iterator is closed."""
     items = iter(items)
@@ -332,10 +323,10 @@ def ordered_map(pool: Executor, fn: Callable[[T], R], items: Iterable[T], ahead:
 
 
 def _write_split(
-    encoder: Callable[[tuple[Any, int]], dict[str, Any]],
-    records: Iterable[tuple[Any, int]],
+    encoder: Callable[[Any], dict],
+    records: Iterable,
     folder: Path,
-    chunk_bytes: str | int | None,
+    chunk_bytes: int | None,
     chunk_size: int | None,
     num_threads: int,
 ) -> dict[str, dict[str, Any]]:
@@ -344,7 +335,7 @@ def _write_split(
     from litdata.streaming.writer import BinaryWriter
 
     folder.mkdir(parents=True)
-    writer = BinaryWriter(str(folder), chunk_size=chunk_size, chunk_bytes=None if chunk_size else chunk_bytes)
+    writer = BinaryWriter(str(folder), chunk_size=chunk_size, chunk_bytes=chunk_bytes)  # at most one of them set
     with ThreadPoolExecutor(num_threads) as pool:
         for index, item in enumerate(ordered_map(pool, encoder, records, AHEAD_PER_THREAD * num_threads)):
             writer[index] = item
@@ -446,9 +437,10 @@ def _check_free(location: StreamLocation, overwrite: bool, sources: list[str]) -
     if not path.exists() or (path.is_dir() and not any(path.iterdir())):
         return
     if not (path / MANIFEST).is_file():
+        what = "and is not empty" if path.is_dir() else "but a file"
         raise FileExistsError(
-            f"output {location.uri} is not a stream (no {MANIFEST}) and is not empty; refusing to replace it, even "
-            "with --overwrite: give a new or empty folder"
+            f"output {location.uri} is not a stream (no {MANIFEST}) {what}; refusing to replace it, even with "
+            "--overwrite: give a new or empty folder"
         )
     if not overwrite:
         raise FileExistsError(f"{location.uri} holds a stream already; pass --overwrite to replace it")

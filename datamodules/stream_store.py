@@ -23,17 +23,10 @@ FORMAT_VERSION = 1
 
 @dataclass
 class StreamManifest:
-    """What ``ae-lightning-prepare`` wrote: the images' shape and encoding, split sizes, chunks and a fingerprint.
-
-    Args:
-        height, width, channels: the stored images' shape (every sample has it).
-        encoding: ``png``, ``jpeg`` or ``raw`` (uint8 arrays).
-        counts: samples per split.
-        chunks: per split, each chunk file's size in bytes and sha256.
-        class_names: name of each label, or None (labels -1).
-        fingerprint: sha256 over the settings and every chunk's sha256: the stream's content and layout.
-        source: what was prepared (a folder, array file or torchvision dataset), for messages.
-    """
+    """What ``ae-lightning-prepare`` wrote: every stored image's shape and ``encoding`` (``png``, ``jpeg``, ``raw``),
+    the samples (``counts``) and each chunk's size in ``bytes`` and ``sha256`` (``chunks``) per split, each label's
+    name (None: unlabelled, labels -1), the ``source`` prepared, and a sha256 over the settings and the chunks'
+    sha256 (``fingerprint``: the stream's content and layout)."""
 
     height: int
     width: int
@@ -49,16 +42,9 @@ class StreamManifest:
 
 
 class StreamLocation:
-    """A local folder or an ``s3://``/``gs://`` URI prefix, read through litdata's storage providers.
-
-    Args:
-        uri: the stream's folder (``~`` expanded) or URI.
-        storage_options: options of the object store's client (e.g. ``{"endpoint_url": ...}``).
-
-    Raises:
-        ValueError: an unknown scheme. ModuleNotFoundError: a scheme whose client library is not installed (named,
-            with the ``pip install`` that installs it).
-    """
+    """A local folder (``~`` expanded) or an ``s3://``/``gs://`` URI prefix, read through litdata's storage providers
+    with the client's ``storage_options``; a ValueError for an unknown scheme, a ModuleNotFoundError naming the
+    ``pip install`` of a scheme's missing client library."""
 
     def __init__(self, uri: str, storage_options: dict[str, Any] | None = None) -> None:
         self.is_remote = "://" in uri
@@ -140,12 +126,8 @@ def partial_folder(path: Path) -> Path:
 
 
 def read_manifest(location: StreamLocation) -> StreamManifest:
-    """The manifest of the stream at ``location``, or an error naming the stream and what is wrong with it.
-
-    Raises:
-        FileNotFoundError: no stream there, or an interrupted prepare (named). ValueError: an unreadable manifest.
-        ConnectionError: an object store that cannot be reached.
-    """
+    """The manifest of the stream at ``location``; a FileNotFoundError for no stream or an interrupted prepare there,
+    a ValueError for an unreadable manifest, a ConnectionError for an object store that cannot be reached."""
     uri = location.uri
     if not location.is_remote:
         path = Path(uri)

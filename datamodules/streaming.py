@@ -37,8 +37,7 @@ class ImageStream(StreamingDataset):
     """One split of a stream: samples ``{"x": float [C, H, W] in [0, 1], "label": int, "index": int}``.
 
     Args:
-        location, split, manifest: the stream, the split, and the stream's manifest.
-        augment: a ``torchvision.transforms.v2`` transform of uint8 ``[C, H, W]`` pixels, or None.
+        augment: a transform of uint8 ``[C, H, W]`` pixels, or None.
         shuffle, seed: litdata's chunk-and-sample shuffle; the seed of it and of ``augment`` (with epoch and index).
         cache_dir: where litdata caches remote chunks; None: its default.
     """
@@ -88,17 +87,9 @@ class ImageStream(StreamingDataset):
 
 
 class EvaluationShard(Dataset):
-    """This rank's share of a split (or of its ``rows``), read by index in ``batches`` (positions in the shard),
-    each global batch dealt to the ranks as the in-memory loaders deal it (``docs/streaming.md``).
-
-    Args:
-        dataset: the split; rank, world_size: this process and the number of processes.
-        batch_size: samples per rank and batch (the last batch may hold up to ``world_size - 1`` more).
-        rows: the samples to read, in this order; None: all of the split's (as many as its manifest counts).
-
-    Raises:
-        ValueError: fewer samples than processes.
-    """
+    """This rank's share of a split's samples ``rows`` (None: all), as ``batches`` of rows: each global batch dealt
+    to the ranks as the in-memory loaders deal it (``docs/streaming.md``); a ValueError if there are fewer samples
+    than processes. ``batch_size``: per rank (the last batch may hold up to ``world_size - 1`` more)."""
 
     def __init__(
         self, dataset: ImageStream, rank: int, world_size: int, batch_size: int, rows: Sequence[int] | None = None
@@ -106,29 +97,21 @@ class EvaluationShard(Dataset):
         # not len(dataset): under DDP, litdata's length is one rank's share of the chunks
         rows = range(dataset.samples) if rows is None else rows
         check_shared(dataset.split, len(rows), world_size, LARGER_SPLITS, dataset.where)
-        self.dataset, self.rows, self.batches = dataset, [], []
-        for start, end in global_batch_bounds(len(rows), batch_size, world_size):
-            share = [rows[i] for i in range(start + rank, end, world_size)]
-            self.batches.append(list(range(len(self.rows), len(self.rows) + len(share))))
-            self.rows += share
+        bounds = global_batch_bounds(len(rows), batch_size, world_size)
+        self.dataset, self.batches = dataset, [list(rows[start + rank : end : world_size]) for start, end in bounds]
+        self.rows = [row for batch in self.batches for row in batch]
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.dataset[self.rows[i]]
+    def __getitem__(self, row: int) -> dict[str, Any]:
+        return self.dataset[row]
 
 
 class StreamLoader(EpochPosition):
     """Yields ``(image, label, index)`` batches of an :class:`ImageStream`: shuffled and sharded by litdata's loader
-    for training (``resumable``: keeps its position across passes and in ``state_dict``), else an EvaluationShard.
-
-    Args:
-        dataset: the split; batch_size: samples per rank and step; num_workers: worker processes.
-        resumable: the training loader; fingerprint: the stream's, kept with the position.
-        rank, world_size: this process and the number of processes (for evaluation; litdata finds them itself).
-        rows: the samples an evaluation loader reads; None: all of them.
-    """
+    for training (``resumable``: keeps its position across passes and in ``state_dict``, with the stream's
+    ``fingerprint``), else those of an :class:`EvaluationShard` of ``rank``, ``world_size`` and ``rows``."""
 
     def __init__(
         self,
@@ -186,9 +169,8 @@ class StreamLoader(EpochPosition):
 
 def check_position(state: dict[str, Any], mine: dict[str, Any], length: int | None) -> None:
     """Raise a ValueError naming the setting if a :class:`StreamLoader` position ``state`` cannot continue with this
-    run's settings ``mine`` (one it lacks or holds as None is not checked): never on another stream's fingerprint;
-    inside an epoch (of ``epoch_batches``, else ``length``; None: unknown) not with another batch size, seed or
-    shuffle."""
+    run's settings ``mine`` (:func:`check_same_position`): never on another stream; inside an epoch (of
+    ``epoch_batches``, else ``length``; None: unknown) not with another batch size, seed or shuffle."""
     length = state.get("epoch_batches", length)
     mid_epoch = length is not None and 0 < state["batches_done"] < length
     dataset = (state.get("stream") or {}).get("dataset", {})
@@ -220,13 +202,11 @@ class StreamingDataModule(ImageDataModule):
 
     Args:
         input_dir: the stream's folder or URI.
-        image_size: side of the square images the model sees; None: the stored images whole.
-        augment: ``crop`` (random crop for training, centre crop otherwise) or ``resize``.
+        image_size, augment: side of the square images the model sees (None: the stored images whole), by ``crop``
+            (random crop for training, centre crop otherwise) or ``resize``.
         hflip: flip training images horizontally with probability 1/2.
-        resolution: the stored side the stream must have (refused otherwise); None accepts the stream's.
-        channels: the channel count the stream must have (1 or 3); None accepts the stream's.
-        batch_size: samples per step and process.
-        seed: seed of the shuffle and the augmentation.
+        resolution, channels: the stored side and channel count the stream must have; None accepts the stream's.
+        batch_size, seed: samples per step and process; seed of the shuffle and the augmentation.
         num_workers: worker processes reading, decoding and augmenting.
         predict_split: the split that ``predict`` runs on.
         verify_chunks: hash every local chunk against the manifest at setup (reads the whole stream once).
@@ -265,7 +245,7 @@ class StreamingDataModule(ImageDataModule):
                 f"verify_chunks hashes a local stream's chunks; {input_dir} is remote, and litdata checks each chunk's "
                 "size as it downloads it: leave verify_chunks false, or verify a local copy of the stream"
             )
-        self._loaders: dict[Split, StreamLoader] = {}
+        self._train_loader: StreamLoader | None = None
         self._resume_state: dict[str, Any] | None = None
 
     # --- what the data are ------------------------------------------------------------------------------------------
@@ -333,7 +313,6 @@ class StreamingDataModule(ImageDataModule):
         world_size, reads = getattr(trainer, "world_size", 1), self.splits_read(stage, trainer)
         for split in reads:
             check_chunks(self.location, self.manifest, split, content=content)
-        for split in reads:
             check_shared(split, self.manifest.counts[split], world_size, LARGER_SPLITS, self.location.join(split))
         if stage == "fit" and world_size > 1 and "train" in reads:
             self._check_ddp_epoch(world_size)
@@ -377,36 +356,29 @@ class StreamingDataModule(ImageDataModule):
         return v2.Compose(steps) if steps else None
 
     # --- loaders ----------------------------------------------------------------------------------------------------
-    def _stream_loader(self, split: Split, train: bool, batch_size: int | None = None, **shard: Any) -> StreamLoader:
-        """``shard``: :class:`StreamLoader`'s ``rank``, ``world_size`` and ``rows``."""
-        hparams, shuffle = self.hparams, train and not self.overfitting
-        dataset = ImageStream(
-            self.location, split, self.manifest, self._transform(train), shuffle, hparams.seed, hparams.cache_dir
-        )
-        batch_size = batch_size or hparams.batch_size
-        return StreamLoader(dataset, batch_size, hparams.num_workers, train, self.manifest.fingerprint, **shard)
-
-    def _loader(self, split: Split, shuffle: bool) -> StreamLoader:
-        """``shuffle``: the training loader, as the base's ``val/test/predict_dataloader`` call it."""
-        trainer = self.trainer
+    def _loader(
+        self, split: Split, shuffle: bool, batch_size: int | None = None, rows: list[int] | None = None
+    ) -> StreamLoader:
+        """``shuffle``: the training loader; else an evaluation loader of ``rows``, or of this rank's share of all."""
+        hparams, trainer = self.hparams, self.trainer if rows is None else None  # given rows: read on any rank
         shard = {"rank": trainer.global_rank, "world_size": trainer.world_size} if trainer is not None else {}
-        self._loaders[split] = self._stream_loader(split, shuffle, **shard)
-        return self._loaders[split]
+        augment, stream_shuffle = self._transform(shuffle), shuffle and not self.overfitting
+        dataset = ImageStream(
+            self.location, split, self.manifest, augment, stream_shuffle, hparams.seed, hparams.cache_dir
+        )
+        batch_size, fingerprint = batch_size or hparams.batch_size, self.manifest.fingerprint
+        loader = StreamLoader(dataset, batch_size, hparams.num_workers, shuffle, fingerprint, rows=rows, **shard)
+        if shuffle:
+            self._train_loader = loader
+        return loader
 
     def evaluation_loader(
         self, split: Split, batch_size: int | None = None, max_images: int | None = None, seed: int = 0
     ) -> StreamLoader:
-        """The split's images in stored order, as evaluation sees them (centre crop, no flip), read batch by batch.
-
-        Args:
-            split: ``train``, ``val`` or ``test``.
-            batch_size: images per batch; the datamodule's when None.
-            max_images: keep a seeded random subset of at most this many images (in stored order); None keeps all.
-            seed: seed of that subset.
-        """
+        """The split's images in stored order, as evaluation sees them (centre crop, no flip), in batches of
+        ``batch_size`` (None: the datamodule's): all, or a random subset of ``max_images`` drawn with ``seed``."""
         check_chunks(self.location, self.manifest, split, content=self.hparams.verify_chunks)
-        rows = self.evaluation_rows(split, max_images, seed).tolist()
-        return self._stream_loader(split, False, batch_size, rows=rows)
+        return self._loader(split, False, batch_size, self.evaluation_rows(split, max_images, seed).tolist())
 
     def train_dataloader(self) -> StreamLoader:
         loader = self._loader("train", shuffle=True)
@@ -433,16 +405,17 @@ class StreamingDataModule(ImageDataModule):
 
     # The training position is kept here too: Lightning does not always restore a loader's (docs/streaming.md)
     def state_dict(self) -> dict[str, Any]:
-        loader = self._loaders.get("train")
-        return {"fingerprint": self.manifest.fingerprint, "train_loader": loader.state_dict() if loader else None}
+        position = None if self._train_loader is None else self._train_loader.state_dict()
+        return {"fingerprint": self.manifest.fingerprint, "train_loader": position}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.trainer is not None and self.trainer.state.fn != "fit":  # a checkpoint may be evaluated on any data
             return
         self._check_fingerprint(state["fingerprint"])
         self._resume_state = state["train_loader"]
-        if self._resume_state is not None and "train" in self._loaders:  # built already (the loaders were set up
-            self._loaders["train"].load_state_dict(self._resume_state)  # before the checkpoint was restored)
+        # the loader is built already where the loaders were set up before the checkpoint was restored
+        if self._resume_state is not None and self._train_loader is not None:
+            self._train_loader.load_state_dict(self._resume_state)
             self._resume_state = None
 
 

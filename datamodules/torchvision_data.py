@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import itertools
 from pathlib import Path
@@ -11,9 +12,10 @@ from typing import Any
 import torch
 import torchvision.datasets
 from torch import Tensor
+from torchvision.datasets.utils import check_integrity
 
 from datamodules.arrays import as_labels, as_samples
-from datamodules.base import UNLABELED, Arrays, ImageDataModule, download_lock
+from datamodules.base import UNLABELED, Arrays, ImageDataModule, download_lock, given_archive
 from datamodules.idx import IDX_TYPES, check_idx_file
 
 
@@ -45,6 +47,7 @@ class TorchvisionDataModule(ImageDataModule):
         self.dataset_class = found
         self.data_dir = Path(data_dir).expanduser()  # torchvision expands it too: a YAML config is no shell
         self._prepared = False
+        self._opened: dict[str, Any] = {}  # the splits prepare_data opened, for _open to hand out
         self._split_kwargs("train")  # the dataset_kwargs, checked here, before a run starts
 
     @property
@@ -84,6 +87,11 @@ class TorchvisionDataModule(ImageDataModule):
                 f"dataset_kwargs {taken} of {cls.__name__}: the datamodule sets them (root is data_dir, the train and "
                 "test splits are its own, downloads happen in prepare_data); leave them out"
             )
+        if not kwargs.get("compat", True):  # QMNIST's: its items' targets, not the targets array read here
+            raise ValueError(
+                f"dataset_kwargs compat={kwargs['compat']} of {cls.__name__}: the datamodule trains on the class, the "
+                "first of the label columns (as compat=True gives it); leave compat out"
+            )
         if by_train:
             kwargs["train"] = part == "train"
         elif "split" in parameters:
@@ -94,10 +102,10 @@ class TorchvisionDataModule(ImageDataModule):
 
     def prepare_data(self) -> None:
         if not self._prepared and self._missing_parts():
-            with download_lock(self.data_dir, self._files_folder()):
+            with download_lock(self.data_dir, self._files_folder(), self._check_given_files):
                 try:
                     for part in self._missing_parts():  # another process may have fetched them while this one waited
-                        self._open(part, download=True)
+                        self._opened[part] = self._open(part, download=True)
                 except Exception as error:  # RuntimeError, URLError, OSError, depending on where it fails
                     self._check_idx_files()
                     reason = " ".join(str(error).split())
@@ -108,15 +116,12 @@ class TorchvisionDataModule(ImageDataModule):
         self._prepared = True
 
     def _missing_parts(self) -> list[str]:
-        """The splits whose files torchvision does not find (or finds corrupted)."""
+        """The splits torchvision does not find (or finds corrupted); those it finds are kept, to be read once."""
         self._check_idx_files()  # before torchvision reads any, and before a download it would skip is tried
-        missing = []
-        for part in ("train", "test"):
-            try:
-                self._open(part, download=False)
-            except RuntimeError:  # torchvision's "Dataset not found or corrupted"
-                missing.append(part)
-        return missing
+        for part in [part for part in ("train", "test") if part not in self._opened]:
+            with contextlib.suppress(RuntimeError):  # torchvision's "Dataset not found or corrupted"
+                self._opened[part] = self._open(part, download=False)
+        return [part for part in ("train", "test") if part not in self._opened]
 
     def _files_folder(self) -> Path:
         """The folder torchvision reads the class's files from (and downloads them to)."""
@@ -133,34 +138,57 @@ class TorchvisionDataModule(ImageDataModule):
                 for path in sorted(self._files_folder().glob(f"*-idx{ndim}-{kind}")):
                     check_idx_file(path, ndim, kind)
 
-    def _where_to_put_files(self) -> str:
+    def _published_files(self) -> list[tuple[Path, str | None]]:
+        """The files torchvision reads (or extracts) the class's data from, with their published MD5 sums."""
         cls = self.dataset_class
-        names = [entry[0] for entry in getattr(cls, "train_list", []) + getattr(cls, "test_list", [])]
-        names += [entry[1] for key, entry in getattr(cls, "split_list", {}).items() if key in ("train", "test")]
+        entries = getattr(cls, "train_list", []) + getattr(cls, "test_list", [])  # [file, md5]
+        entries += [entry[1:] for key, entry in getattr(cls, "split_list", {}).items() if key in ("train", "test")]
         if "resources" in vars(cls):  # a subclass such as EMNIST inherits MNIST's list but reads other files
             resources = cls.resources  # a list of (file or URL, md5), or QMNIST's dict of such lists by split
-            entries = [e for group in resources.values() for e in group] if isinstance(resources, dict) else resources
-            names += [Path(entry[0]).name for entry in entries]
+            groups = resources.values() if isinstance(resources, dict) else [resources]
+            entries += [(Path(url).name, md5) for url, md5 in itertools.chain(*groups)]
         elif hasattr(cls, "resources") and isinstance(getattr(cls, "url", None), str):  # EMNIST: one archive
-            names.append(Path(cls.url).name)
+            entries.append((Path(cls.url).name, getattr(cls, "md5", None)))
         meta = getattr(cls, "meta", None)
         if isinstance(meta, dict) and "filename" in meta:
-            names.append(meta["filename"])
-        folder = self._files_folder()
-        files = f"its files ({', '.join(names)})" if names else "its files"
+            entries.append((meta["filename"], meta.get("md5")))
+        return [(self._files_folder() / name, md5) for name, md5 in entries]
+
+    def _check_given_files(self) -> None:
+        """Raise a ValueError naming the first file in ``data_dir`` that torchvision would download again (its MD5 sum
+        is not the published one) or extract: called where no download can be made (no lock: a read-only folder)."""
+        cls = self.dataset_class
+        archive = [(self.data_dir / cls.filename, cls.tgz_md5)] if hasattr(cls, "tgz_md5") else []  # CIFAR's
+        for path, md5 in archive + self._published_files():
+            if path.is_file() and md5 is not None and not check_integrity(str(path), md5):
+                raise ValueError(
+                    f"{path} is not the published file (its MD5 sum is not {md5}: damaged, or partly downloaded), so "
+                    f"torchvision would download it again, which needs a writable data_dir: replace it, or make "
+                    f"{self.data_dir} writable"
+                )
+            if path.is_file() and path.suffix in (".gz", ".xz", ".zip"):  # extracting it would repair the rest
+                raise given_archive(path)
+
+    def _where_to_put_files(self) -> str:
+        cls = self.dataset_class
+        names = ", ".join(path.name for path, _ in self._published_files())
+        files = f"its files ({names})" if names else "its files"
         url = getattr(cls, "url", None)
         fetched = f", fetched from {url}" if isinstance(url, str) else ""
         return (
-            f"Put {files} in {folder} as torchvision's {cls.__name__} reads them (with their published MD5 sums"
-            f"{fetched}), or point data_dir at a folder that holds them."
+            f"Put {files} in {self._files_folder()} as torchvision's {cls.__name__} reads them (with their published "
+            f"MD5 sums{fetched}), or point data_dir at a folder that holds them."
         )
 
     def _open(self, part: str, download: bool) -> Any:
+        if part in self._opened:  # opened by prepare_data: handed out once
+            return self._opened.pop(part)
         return self.dataset_class(str(self.data_dir), download=download, **self._split_kwargs(part))
 
     def load_arrays(self) -> Arrays:
         # The command line reads input_shape before Lightning calls prepare_data, so the data are fetched here too.
         self.prepare_data()
+        self._check_idx_files()  # a file damaged since prepare_data read it is named, as a new read would name it
         parts: dict[str, tuple[Tensor, Tensor]] = {}
         name = self.dataset_class.__name__
         sources = {part: f"{name} {part} split in {self.data_dir}" for part in ("train", "test")}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import gzip
 import json
 import shutil
 from collections.abc import Callable
@@ -15,6 +17,7 @@ import yaml
 from conftest import write_image_folder
 from filelock import FileLock
 from lightning.pytorch.core.saving import save_hparams_to_yaml
+from torchvision.datasets import QMNIST
 
 from datamodules import (
     ImageFolderDataModule,
@@ -169,3 +172,67 @@ def test_a_stream_published_while_a_second_prepare_encodes_is_not_replaced_witho
         prepare_stream(str(images), str(tmp_path / "stream"), chunk_size=2)
     assert read_manifest(StreamLocation(str(tmp_path / "stream"))).fingerprint == first.fingerprint
     assert sorted(path.name for path in tmp_path.iterdir()) == ["first", "images", "stream"]
+
+
+def test_a_torchvision_dataset_reads_each_split_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # it read each split twice: once in prepare_data to see whether it was there, again in load_arrays
+    _write_qmnist(tmp_path)
+    opened: list[bool] = []
+    init = QMNIST.__init__
+
+    @functools.wraps(init)  # the datamodule reads its signature
+    def counting_init(self: QMNIST, *args: Any, **kwargs: Any) -> None:
+        opened.append(kwargs.get("train"))
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(QMNIST, "__init__", counting_init)
+    data = TorchvisionDataModule("QMNIST", data_dir=str(tmp_path), val_fraction=0.25)
+    data.prepare_data()
+    data.setup()
+    assert sorted(opened) == [False, True]
+
+
+def _refuse_locks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No lock can be taken, as in a read-only folder (faked: root writes into read-only folders)."""
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(FileLock, "acquire", refuse)
+
+
+def test_a_corrupt_cifar_file_in_a_read_only_data_dir_is_named(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # it was "cannot take the download lock of data_dir": the file torchvision would download again was not named
+    _refuse_locks(monkeypatch)
+    batch = data_dir / "cifar-10-batches-py" / "data_batch_2"
+    batch.write_bytes(batch.read_bytes()[:-1])
+    with pytest.raises(ValueError, match=r"data_batch_2 is not the published file \(its MD5 sum is not \w+"):
+        TorchvisionDataModule("CIFAR10", data_dir=str(data_dir)).prepare_data()
+    shutil.rmtree(data_dir / "cifar-10-batches-py")
+    (data_dir / "cifar-10-python.tar.gz").write_bytes(b"not the archive")
+    with pytest.raises(ValueError, match=r"cifar-10-python.tar.gz is not the published file \(its MD5"):
+        TorchvisionDataModule("CIFAR10", data_dir=str(data_dir)).prepare_data()
+
+
+@pytest.mark.parametrize("build", [MNISTDataModule, lambda root: TorchvisionDataModule("MNIST", data_dir=root)])
+def test_mnist_given_only_as_archives_in_a_read_only_data_dir_is_named(
+    build: Callable[[str], Any], data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # it was "cannot take the download lock of data_dir", naming neither the archives nor what to do with them
+    _refuse_locks(monkeypatch)
+    for path in sorted((data_dir / "MNIST" / "raw").iterdir()):
+        with gzip.open(f"{path}.gz", "wb") as archive:
+            archive.write(path.read_bytes())
+        path.unlink()
+    with pytest.raises(ValueError, match=r"raw/train-images-idx3-ubyte.gz (is compressed|is not the published file)"):
+        data = build(str(data_dir))
+        data.prepare_data()
+        data.setup()
+
+
+def test_qmnist_compat_false_is_refused_naming_the_setting(tmp_path: Path) -> None:
+    # it was accepted, and the model trained on the class column all the same
+    _write_qmnist(tmp_path)
+    with pytest.raises(ValueError, match=r"dataset_kwargs compat=False of QMNIST"):
+        TorchvisionDataModule("QMNIST", data_dir=str(tmp_path), dataset_kwargs={"compat": False})
+    TorchvisionDataModule("QMNIST", data_dir=str(tmp_path), dataset_kwargs={"compat": True}).setup()

@@ -595,7 +595,7 @@ def test_a_uint8_npy_stays_on_disk_until_used_so_a_stream_can_be_prepared_from_o
         "from datamodules.stream_prepare import _records\n"
         "peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
         "before = peak()\n"
-        "kind, payloads, parts, _ = _records(sys.argv[1], None, None, None, 'data', {})\n"
+        "payloads, parts, _ = _records('array', sys.argv[1], None, None, None, 'data', {})\n"
         "print(tuple(payloads['train'].shape), (peak() - before) / 1e6)\n"
     )
     run = subprocess.run(

@@ -893,3 +893,14 @@ def test_a_sigkilled_streaming_run_resumes_to_the_uninterrupted_weights(stream: 
     assert resumed["global_step"] == expected["global_step"] == steps
     for name, value in expected["state_dict"].items():
         assert torch.equal(resumed["state_dict"][name], value), f"{name} differs after the resume"
+
+
+def test_an_output_that_is_a_file_is_refused_as_a_file(tmp_path: Path) -> None:
+    # an empty file was refused as "not empty"
+    images = write_image_folder(tmp_path / "images", per_class=12, size=8)
+    for name, text in (("empty.bin", ""), ("notes.txt", "thesis")):
+        (tmp_path / name).write_text(text)
+        expected = f"output {tmp_path / name} is not a stream (no manifest.json) but a file; refusing to replace it"
+        with pytest.raises(FileExistsError, match=re.escape(expected)):
+            prepare_stream(str(images), str(tmp_path / name), chunk_size=8, overwrite=True)
+        assert (tmp_path / name).read_text() == text
