@@ -280,3 +280,17 @@ def check_fits_memory(needed: int, what: str, fix: str) -> None:
             f"{what} need about {needed / 1e9:.1f} GB of memory, more than half of {whose} {available / 1e9:.0f} GB"
             f"{limit}: {fix}"
         )
+
+
+def init_parameters(cls: type) -> dict[str, inspect.Parameter]:
+    """The named arguments ``cls(...)`` takes: its ``__init__``'s and, while an ``__init__`` passes ``**kwargs`` on,
+    those of the next base's (a subclass that forwards ``data_dir`` through ``**kwargs`` takes ``data_dir``)."""
+    found: dict[str, inspect.Parameter] = {}
+    for init in (vars(base)["__init__"] for base in cls.__mro__ if "__init__" in vars(base)):
+        parameters = list(inspect.signature(init).parameters.values())[1:]  # without self
+        for parameter in parameters:
+            if parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+                found.setdefault(parameter.name, parameter)
+        if all(parameter.kind is not parameter.VAR_KEYWORD for parameter in parameters):
+            break
+    return found

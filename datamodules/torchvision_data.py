@@ -16,6 +16,7 @@ from torchvision.datasets.utils import check_integrity
 
 from datamodules.arrays import as_labels, as_samples
 from datamodules.base import UNLABELED, Arrays, ImageDataModule, download_lock, given_archive
+from datamodules.checks import init_parameters
 from datamodules.idx import IDX_TYPES, check_idx_file
 
 
@@ -70,13 +71,7 @@ class TorchvisionDataModule(ImageDataModule):
         # which part: train= or split=, and QMNIST's what=, which overrides train=
         decides_part = {"train" if by_train else "split"} | ({"what"} & set(parameters))
         taken = sorted(({"root", "download"} | decides_part) & set(kwargs))
-        arguments: set[str] = set()  # those of its __init__ and of the bases its **kwargs go to
-        for base in cls.__mro__:
-            if "__init__" in vars(base):
-                params = inspect.signature(base.__init__).parameters.values()
-                arguments |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
-                if all(p.kind is not p.VAR_KEYWORD for p in params):
-                    break
+        arguments = set(init_parameters(cls))  # those of its __init__ and of the bases its **kwargs go to
         if set(kwargs) - arguments:
             raise ValueError(
                 f"dataset_kwargs {sorted(set(kwargs) - arguments)} are not arguments of {cls.__name__} (it takes "

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import json
 import math
 import sys
@@ -33,7 +32,7 @@ from ae_lightning.evaluation.metrics import (
 )
 from ae_lightning.training.fault_tolerance.checkpoint_io import read_checkpoint
 from datamodules.base import ImageDataModule, Split
-from datamodules.checks import AtLeastTwo, PositiveInt, check_arguments
+from datamodules.checks import AtLeastTwo, PositiveInt, check_arguments, init_parameters
 from datamodules.loader import Batch, TensorBatchLoader
 
 METRICS: dict[str, str] = {
@@ -598,20 +597,6 @@ def check_data_source(
         f"{path} was trained on {name} ({recorded}), but its datamodule now reads {name} ({current})"
         f"{f' from {where}' if where else ''}: the scores would be of other data. {fix}"
     )
-
-
-def init_parameters(cls: type) -> dict[str, inspect.Parameter]:
-    """The named arguments ``cls(...)`` takes: its ``__init__``'s and, while an ``__init__`` passes ``**kwargs`` on,
-    those of the next base's (a subclass that forwards ``data_dir`` through ``**kwargs`` takes ``data_dir``)."""
-    found: dict[str, inspect.Parameter] = {}
-    for init in (vars(base)["__init__"] for base in cls.__mro__ if "__init__" in vars(base)):
-        parameters = list(inspect.signature(init).parameters.values())[1:]  # without self
-        for parameter in parameters:
-            if parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
-                found.setdefault(parameter.name, parameter)
-        if all(parameter.kind is not parameter.VAR_KEYWORD for parameter in parameters):
-            break
-    return found
 
 
 def _locations(cls: type) -> list[str]:
