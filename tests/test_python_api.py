@@ -15,7 +15,9 @@ import pytest
 import torch
 import yaml
 from conftest import write_dataset
+from lightning.pytorch.callbacks import WeightAveraging
 from torch import nn
+from torch.optim.swa_utils import get_ema_avg_fn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ae_lightning import (
@@ -26,6 +28,7 @@ from ae_lightning import (
     Autoencoder,
     AutoencoderModule,
     CodePrior,
+    ConditionalVAE,
     DeepBeliefAutoencoder,
     DropoutAutoencoder,
     KLAutoencoder,
@@ -408,3 +411,57 @@ def test_a_fit_from_python_resumed_on_other_data_is_refused(tmp_path: Path) -> N
     with pytest.raises(ValueError, match=r"reached with the training data's content \(fingerprint\) \d+, this run has"):
         fit("b", 2, tmp_path / "a.ckpt")
     assert fit("a", 2, tmp_path / "a.ckpt").global_step == 4  # its own data resume
+
+
+@pytest.mark.parametrize(
+    "y",
+    [
+        [1, 2, 3],
+        2,
+        np.int64(2),
+        np.array([1, 2, 3], dtype=np.int32),
+        torch.tensor([1, 2, 3], dtype=torch.uint8),
+        np.array([1, 2, 3], dtype=np.uint32),
+    ],
+    ids=["list", "int", "numpy-int", "int32-array", "uint8-tensor", "uint32-array"],
+)
+def test_a_conditional_vaes_labels_in_any_integer_form_reach_every_method(y) -> None:
+    # Before, int32 and uint8 labels failed in one_hot ("only applicable to index tensor of type LongTensor"), uint32
+    # in the range check ("min_all" not implemented for 'UInt32'), and importance_weighted_nll took lists and ints to
+    # y.repeat ("'list' object has no attribute 'repeat'").
+    model, x = ConditionalVAE(**TINY).eval(), IMAGES[:3]
+    labels = torch.as_tensor(y, dtype=torch.long).expand(3)
+    assert torch.equal(model(x, y), model(x, labels))
+    torch.manual_seed(0)
+    nll = model.importance_weighted_nll(x, 4, y)
+    torch.manual_seed(0)
+    assert torch.equal(nll, model.importance_weighted_nll(x, 4, labels))
+
+
+class LateSWA(WeightAveraging):  # Lightning's documented way to start averaging later: SWA from the second step
+    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+        return step_idx is not None and step_idx >= 1
+
+
+@pytest.mark.parametrize(
+    "callback, refused",
+    [
+        (LateSWA(), True),
+        (WeightAveraging(avg_fn=get_ema_avg_fn(0.9)), False),
+        (WeightAveraging(use_buffers=False), False),
+    ],
+    ids=["swa-subclass", "ema-avg-fn", "no-buffers"],
+)
+def test_weight_averaging_of_the_vq_codebooks_bool_flag_is_refused_only_where_it_subtracts(
+    callback: WeightAveraging, refused: bool
+) -> None:
+    # Before, a subclass of WeightAveraging escaped the check (NotImplementedError "Subtraction ... with two bool
+    # tensors" at its second update), and an averaging function or use_buffers=False, which trains, was refused.
+    model = QuantizedAutoencoder(latent_dim=4, hidden_dims=[8, 8], codebook_size=16)
+    trainer = L.Trainer(max_steps=3, limit_val_batches=0, enable_checkpointing=False, callbacks=[callback], **QUIET)
+    if refused:
+        with pytest.raises(ValueError, match=r"LateSWA \(a WeightAveraging\) cannot average quantizer 'vq'.*use EMA"):
+            trainer.fit(model, own_loader(IMAGES))
+        return
+    trainer.fit(model, own_loader(IMAGES))
+    assert trainer.global_step == 3

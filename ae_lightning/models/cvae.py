@@ -73,6 +73,7 @@ class ConditionalVAE(VAE):
                 f"{call}: the labels y must be one integer class per image, a tensor [{rows}]; got a {labels.dtype} "
                 f"tensor of shape {list(labels.shape)}"
             )
+        labels = labels.long()  # one_hot takes int64 only, and torch has no min of uint16 to uint64
         if len(labels) != rows:
             raise ValueError(
                 f"{call}: the labels y must be one for all or one per image: {rows} images (or codes), got "
@@ -92,6 +93,12 @@ class ConditionalVAE(VAE):
         else:
             joined = torch.cat([x.flatten(1), condition], 1)
         return self.encoder(joined).chunk(2, dim=-1)
+
+    def log_densities(
+        self, x: Tensor, mu: Tensor, logvar: Tensor, num_samples: int, y: Labels = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        labels = self.class_labels(y, len(x), "importance_weighted_nll(x, y=y)")  # as a tensor, to repeat per sample
+        return super().log_densities(x, mu, logvar, num_samples, labels)
 
     def decoder_logits(self, z: Tensor, y: Labels = None) -> Tensor:
         condition = F.one_hot(self.class_labels(y, len(z), "decode(z, y)"), self.num_classes).to(z.dtype)

@@ -16,6 +16,7 @@ from torch import Tensor, distributed
 from ae_lightning.base import Batch
 from ae_lightning.blocks import losses
 from ae_lightning.blocks.quantizers import CodebookUsage, FSQLevel, QuantizerKind, SpatialQuantizer
+from ae_lightning.lightning_internals import averages_buffers_by_subtraction
 from ae_lightning.models.first_stage import FirstStageAutoencoder, evaluating
 from datamodules.checks import AtLeastTwo, Fraction, NonNegativeFloat, PositiveInt
 
@@ -65,14 +66,16 @@ class QuantizedAutoencoder(FirstStageAutoencoder):
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        # WeightAveraging itself (SWA: a + (b - a) / (n + 1)) subtracts every buffer; the codebook's initted is a bool
-        swa = any(type(callback) is WeightAveraging for callback in self.trainer.callbacks)
-        if swa and self.quantizer.kind != "fsq":
-            raise ValueError(
-                f"the trainer callback WeightAveraging cannot average quantizer {self.quantizer.kind!r}: it averages "
-                "every buffer by subtraction, and the EMA codebook's initted flag is a bool (NotImplementedError at "
-                "its second update); use EMAWeightAveraging, or quantizer: fsq"
-            )
+        # WeightAveraging's default (SWA), a subclass's too, subtracts every buffer; the codebook's initted is a bool
+        for callback in self.trainer.callbacks if self.quantizer.kind != "fsq" else []:
+            if isinstance(callback, WeightAveraging) and averages_buffers_by_subtraction(callback):
+                name = type(callback).__name__
+                raise ValueError(
+                    f"the trainer callback {name if name == 'WeightAveraging' else f'{name} (a WeightAveraging)'} "
+                    f"cannot average quantizer {self.quantizer.kind!r}: it averages every buffer by subtraction, and "
+                    "the EMA codebook's initted flag is a bool (NotImplementedError at its second update); use "
+                    "EMAWeightAveraging (or an avg_fn), or quantizer: fsq"
+                )
 
     def bottleneck(self, h: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         quantized, indices, commitment = self.quantizer(h)
