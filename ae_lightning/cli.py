@@ -45,7 +45,12 @@ from ae_lightning import _EXPORTS
 from ae_lightning.base import AutoencoderModule, resolve_class_path
 from ae_lightning.blocks.perceptual import weights_from_checkpoint
 from ae_lightning.checks import ConfigError
-from ae_lightning.lightning_internals import optimizers_and_schedulers, restarts_a_finished_epoch, stored_loader_states
+from ae_lightning.lightning_internals import (
+    optimizers_and_schedulers,
+    parse_unvalidated,
+    restarts_a_finished_epoch,
+    stored_loader_states,
+)
 from ae_lightning.training import fast
 from ae_lightning.training.callbacks import (
     ClosingProgressBar,
@@ -366,6 +371,8 @@ class AutoencoderCLI(LightningCLI):
                     "give the trained run's folder as --trainer.default_root_dir")  # fmt: skip
                 raise FileNotFoundError(f"--ckpt_path last: no checkpoint {_searched(config)[2]} to "
                                         f"{subcommand}; {advice} or its checkpoint as --ckpt_path")  # fmt: skip
+            if ckpt_path is None:
+                rank_zero_warn(f"--ckpt_path last: no checkpoint {_searched(config)[2]} yet, starting from scratch")
         elif ckpt_path == "hpc" or (subcommand and ckpt_path is None and SLURMEnvironment.detect()):
             # Lightning's choice (``hpc``, which it also makes for no --ckpt_path under SLURM), made here so that the
             # checkpoint is checked below and by the resume checks like any other.
@@ -538,9 +545,10 @@ class AutoencoderCLI(LightningCLI):
 def _help_with_classes(parser: LightningArgumentParser, argv: list[str]) -> None:
     """``--help``: the command's help, then the arguments of the model and datamodule classes that the other arguments
     choose (jsonargparse's help lists those of a subclass only for ``--model.help <class>``); exits."""
-    try:
-        config = parser.parse_args([arg for arg in argv if arg not in ("-h", "--help")])
-    except ArgumentError:  # no subcommand, or a bad argument: the help alone
+    try:  # unvalidated: ``--model VAE --help`` lacks the required --data
+        others = [arg for arg in argv if arg not in ("-h", "--help") and arg.split("=")[0] != "--print_config"]
+        config = parse_unvalidated(parser, others)
+    except (ArgumentError, ValueError):  # no subcommand, or a bad argument: the help alone
         return
     with contextlib.suppress(SystemExit):
         parser.parse_args(argv)
@@ -763,9 +771,9 @@ def _quiet_known_noise() -> Iterator[None]:
 
 def _furthest_checkpoint(config: Any) -> str | None:
     """``--ckpt_path last``: the furthest trained (global step, then newest) ``last*.ckpt`` of this run's folder, or
-    SLURM ``hpc_ckpt_*.ckpt``; None (with a warning) when there is none yet (docs/fault_tolerance.md)."""
+    SLURM ``hpc_ckpt_*.ckpt``; None when there is none yet (docs/fault_tolerance.md)."""
     root = Path(config.trainer.get("default_root_dir") or ".")
-    folders, run, searched = _searched(config)
+    folders, run, _ = _searched(config)
     for folder in [root, *folders]:  # temporary files of writers killed mid-write, in any earlier version's folder
         if folder.is_dir():
             remove_dead_writers_files(folder)
@@ -785,7 +793,6 @@ def _furthest_checkpoint(config: Any) -> str | None:
     if run is not None:  # the root's HPC checkpoints recorded as another run's are not this run's
         progress = {path: p for path, p in progress.items() if path not in hpc or p[2] in (None, run[1:])}
     if not progress:
-        rank_zero_warn(f"--ckpt_path last: no checkpoint {searched} yet, starting from scratch")
         return None
     chosen = max(progress, key=lambda path: progress[path][:2])
     rank_zero_info(f"--ckpt_path last: resuming from {chosen} (global step {progress[chosen][0]})")

@@ -1,4 +1,4 @@
-"""The few Lightning internals ae-lightning relies on, where Lightning offers no public route (``__all__``).
+"""The few Lightning (and jsonargparse) internals ae-lightning relies on, where no public route exists (``__all__``).
 
 Each use has a test in ``tests/test_lightning_internals.py`` that fails with a clear message when a Lightning release
 changes it; ``pyproject.toml`` bounds Lightning to the releases the suite ran on. Why each is needed:
@@ -8,12 +8,15 @@ changes it; ``pyproject.toml`` bounds Lightning to the releases the suite ran on
 from __future__ import annotations
 
 import contextvars
+import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import jsonargparse
 import lightning as L
+from jsonargparse import ArgumentParser
 from lightning.fabric.plugins.environments import ClusterEnvironment
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 from lightning.pytorch.core import optimizer
 from lightning.pytorch.trainer import call
 from torch import nn
@@ -66,6 +69,25 @@ def optimizers_and_schedulers(configured: Any) -> tuple[list[Optimizer], list[di
     read = _read(lambda: optimizer._configure_optimizers, changed)
     optimizers, schedulers, monitor = read([] if configured is None else configured)
     return optimizers, [dict(s) if isinstance(s, dict) else {"scheduler": s, "monitor": monitor} for s in schedulers]
+
+
+def averages_buffers_by_subtraction(callback: WeightAveraging) -> bool:
+    """Whether a ``WeightAveraging`` averages the model's buffers with its default, SWA's ``a + (b - a) / (n + 1)``:
+    built with ``use_buffers`` and neither ``avg_fn`` nor ``multi_avg_fn`` (Lightning keeps these private)."""
+    changed = "WeightAveraging no longer keeps `_use_buffers` and `_kwargs`"
+    given = _read(lambda: (bool(callback._use_buffers), dict(callback._kwargs)), changed)
+    return given[0] and given[1].get("avg_fn") is None and given[1].get("multi_avg_fn") is None
+
+
+def parse_unvalidated(parser: ArgumentParser, args: list[str]) -> Any:
+    """``parser``'s parse of ``args`` without the check of required arguments and values (jsonargparse's private
+    ``_skip_validation``)."""
+    if "_skip_validation" not in inspect.signature(parser.parse_args).parameters:
+        raise RuntimeError(
+            f"jsonargparse {jsonargparse.__version__} changed an internal that ae-lightning uses: parse_args no longer "
+            "takes `_skip_validation`. Install a jsonargparse release within ae-lightning's pyproject.toml bounds"
+        )
+    return parser.parse_args(args, _skip_validation=True)
 
 
 def stored_loader_states(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
@@ -178,6 +200,7 @@ def _read(read: Callable[[], T], changed: str, *errors: type[Exception]) -> T:
 
 
 __all__ = [
+    "averages_buffers_by_subtraction",
     "batches_that_stepped",
     "callback_dispatcher",
     "cluster_environment",
@@ -186,6 +209,7 @@ __all__ = [
     "every_n_train_steps",
     "has_forward_hooks",
     "optimizers_and_schedulers",
+    "parse_unvalidated",
     "reopen_stopped_epoch",
     "restarts_a_finished_epoch",
     "returns_predictions",

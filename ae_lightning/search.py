@@ -102,6 +102,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
             parser.error(str(error))
     args.study_name = args.study_name or "+".join(config.stem for config in args.config)
     args.root = args.root or Path("runs") / "search" / args.study_name
+    existing = next(path for path in (args.root, *args.root.absolute().parents) if path.exists())
+    if not existing.is_dir():  # found otherwise by a trial, after the study has recorded it
+        parser.error(
+            f"--root {args.root}: {existing} is a file; expected a folder for the trials' runs (made if missing)"
+        )
     return args, fit_args
 
 
@@ -115,8 +120,13 @@ def read_space(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as error:
         raise ValueError(f"search space {path} is not valid YAML: {one_line(str(error))}") from None
     parameters = space.get("parameters") if isinstance(space, dict) else None
-    if not isinstance(parameters, dict) or not parameters or set(space) - {"parameters", "metric", "direction"}:
-        got = f"keys {sorted(map(str, space))}" if isinstance(space, dict) else f"a {type(space).__name__}"
+    if isinstance(space, dict) and "parameters" in space and not parameters:  # all commented out, or {}
+        raise ValueError(f"search space {path}: parameters names no argument to search (name -> {{type, low, high, "
+                         f"...}}), got {parameters!r}")  # fmt: skip
+    if not isinstance(parameters, dict) or set(space) - {"parameters", "metric", "direction"}:
+        got = (
+            f"keys {sorted(map(str, space))}" if isinstance(space, dict) else f"a {type(space).__name__} {space!r:.80}"
+        )
         raise ValueError(
             f"search space {path}: expected a mapping with 'parameters' (name -> {{type, low, high, ...}}) and "
             f"optionally 'metric' and 'direction'; got {got}"

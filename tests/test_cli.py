@@ -18,6 +18,8 @@ from tiny_runs import CONFIGS, ROOT, data_args, run_subprocess, tiny_args
 
 from ae_lightning import VAE, Autoencoder
 from ae_lightning.cli import AutoencoderCLI, ConfigError, one_line, run_command
+from ae_lightning.search import parse_args as search_args
+from ae_lightning.search import read_space
 from ae_lightning.training.prediction import PredictionWriter
 from datamodules import MNISTDataModule
 
@@ -744,12 +746,52 @@ def test_a_stream_missing_a_chunk_of_the_split_a_run_reads_is_refused_before_the
     assert root.exists()
 
 
-def test_help_after_a_config_lists_the_arguments_of_its_model_and_datamodule(capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "text", ["parameters:\n  # model.init_args.beta: {type: float, low: 1, high: 4}\n", "parameters: {}"]
+)
+def test_a_search_space_without_parameters_is_refused_saying_so(tmp_path: Path, text: str) -> None:
+    (tmp_path / "space.yaml").write_text(text)
+    with pytest.raises(ValueError, match="space.yaml: parameters names no argument to search"):
+        read_space(tmp_path / "space.yaml")
+
+
+@pytest.mark.parametrize("root", ["file", "file/studies"])
+def test_a_search_root_that_is_a_file_is_refused_before_the_study_is_opened(
+    tmp_path: Path, capsys: pytest.CaptureFixture, root: str
+) -> None:
+    (tmp_path / "file").write_text("")
+    args = ["--config", "c.yaml", "--space", "s.yaml", "--storage", "sqlite:///s.db", "--n_trials", "1"]
+    with pytest.raises(SystemExit):
+        search_args([*args, "--root", str(tmp_path / root)])
+    assert f"--root {tmp_path / root}: {tmp_path / 'file'} is a file; expected a folder" in capsys.readouterr().err
+
+
+def test_ckpt_path_last_without_a_checkpoint_outside_fit_is_refused_without_saying_it_starts_from_scratch(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(FileNotFoundError, match="no checkpoint"):
+        warnings.simplefilter("always")
+        run_cli("test", *tiny_args("ae", data_dir, tmp_path / "run", "--ckpt_path", "last"))
+    assert not [str(w.message) for w in caught if "starting from scratch" in str(w.message)]
+
+
+@pytest.mark.parametrize(
+    ("chosen", "listed"),
+    [
+        (["--config", str(ROOT / "configs" / "vae.yaml")], ["--model.latent_dim", "--model.beta", "--data.batch_size"]),
+        (["--model", "VAE"], ["--model.latent_dim", "--model.beta"]),  # no datamodule yet: the model's alone
+        (["--data", "MNISTDataModule"], ["--data.batch_size"]),
+        (["--config", str(ROOT / "configs" / "ae.yaml"), "--print_config"], ["--model.latent_dim"]),  # help, no config
+    ],
+)
+def test_help_after_a_config_lists_the_arguments_of_its_model_and_datamodule(
+    capsys: pytest.CaptureFixture, chosen: list[str], listed: list[str]
+) -> None:
     with pytest.raises(SystemExit) as exited:
-        run_cli("fit", "--config", str(ROOT / "configs" / "vae.yaml"), "--help")
+        run_cli("fit", *chosen, "--help")
     printed = capsys.readouterr().out
     assert exited.value.code == 0 and "--trainer.max_epochs" in printed  # the command's own help, then the classes'
-    assert "--model.latent_dim" in printed and "--model.beta" in printed and "--data.batch_size" in printed
+    assert all(name in printed for name in listed), [name for name in listed if name not in printed]
 
 
 def test_a_predict_into_a_wandb_run_with_predictions_is_refused_before_it_writes_its_config(

@@ -680,3 +680,32 @@ def test_lightnings_loops_dispatch_callback_hooks_through_the_dispatcher_that_ca
     monkeypatch.delattr("lightning.pytorch.trainer.call._call_callback_hooks")
     with pytest.raises(RuntimeError, match=rf"Lightning {lightning.__version__} changed .*_call_callback_hooks"):
         callback_dispatcher()
+
+
+def test_weight_averaging_keeps_the_settings_that_averages_buffers_by_subtraction_reads() -> None:
+    from lightning.pytorch.callbacks import EMAWeightAveraging, WeightAveraging
+    from torch.optim.swa_utils import get_ema_avg_fn
+
+    from ae_lightning.lightning_internals import averages_buffers_by_subtraction
+
+    assert averages_buffers_by_subtraction(WeightAveraging())
+    assert not averages_buffers_by_subtraction(WeightAveraging(use_buffers=False))
+    assert not averages_buffers_by_subtraction(WeightAveraging(avg_fn=get_ema_avg_fn()))
+    assert not averages_buffers_by_subtraction(EMAWeightAveraging())
+    changed = WeightAveraging()
+    del changed._kwargs
+    with pytest.raises(RuntimeError, match=r"changed an internal .*WeightAveraging no longer keeps"):
+        averages_buffers_by_subtraction(changed)
+
+
+def test_jsonargparse_parses_without_validation_where_parse_unvalidated_asks_it() -> None:
+    from jsonargparse import ArgumentParser
+
+    from ae_lightning.lightning_internals import parse_unvalidated
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--data", required=True)
+    with pytest.raises(Exception, match="data"):
+        parser.parse_args(["--model", "VAE"])
+    assert parse_unvalidated(parser, ["--model", "VAE"]).model == "VAE"
