@@ -218,8 +218,9 @@ class ImageDataModule(L.LightningDataModule):
             present = set(labels.unique().tolist())
             absent = sorted(set(self.hparams.classes) - present)
             if absent:
+                where = arrays.sources.get("train", source)
                 raise ValueError(
-                    f"classes {absent} do not occur in the {source} training data (labels: {sorted(present)})"
+                    f"classes {absent} do not occur in the training data of {where} (labels: {sorted(present)})"
                 )
             keep = torch.isin(labels, torch.tensor(self.hparams.classes))
             images, labels = images[keep], labels[keep]

@@ -46,7 +46,8 @@ def number_type(interval: str, integer: bool = False) -> type:
         return base(value)
 
     globals()[name] = cls
-    register_type(cls, serializer=base, deserializer=parse, type_check=lambda value, _: False)
+    # dumped (config.yaml) by parse too: int would write 0.2 of a union PositiveInt | OpenUnitInterval as 0
+    register_type(cls, serializer=parse, deserializer=parse, type_check=lambda value, _: False)
     INTERVALS[cls] = (interval, integer)
     return cls
 

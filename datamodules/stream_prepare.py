@@ -217,6 +217,8 @@ def prepare_stream(
         storage_options: the object store client's options.
     """
     check_arguments(locals(), prepare_stream)
+    # pathlib.Paths from Python callers, as the datamodules take them
+    source, output, test_dir, labels = (path and os.fspath(path) for path in (source, output, test_dir, labels))
     if chunk_bytes is not None and chunk_size is not None:
         raise ValueError(f"chunk_bytes {chunk_bytes!r} and chunk_size {chunk_size} exclude each other: set one")
     chunk_bytes = None if chunk_bytes is None else byte_count(chunk_bytes)

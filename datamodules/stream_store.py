@@ -46,7 +46,8 @@ class StreamLocation:
     with the client's ``storage_options``; a ValueError for an unknown scheme, a ModuleNotFoundError naming the
     ``pip install`` of a scheme's missing client library."""
 
-    def __init__(self, uri: str, storage_options: dict[str, Any] | None = None) -> None:
+    def __init__(self, uri: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> None:
+        uri = os.fspath(uri)  # a pathlib.Path from Python callers, as the other datamodules take
         self.is_remote = "://" in uri
         # a local folder's ~ expanded, as torchvision expands its root: a YAML config is no shell
         uri = uri if self.is_remote else os.path.expanduser(uri)

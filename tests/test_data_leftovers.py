@@ -16,10 +16,12 @@ import pytest
 import yaml
 from conftest import write_image_folder
 from filelock import FileLock
+from jsonargparse import ArgumentParser
 from lightning.pytorch.core.saving import save_hparams_to_yaml
 from torchvision.datasets import QMNIST
 
 from datamodules import (
+    ArrayDataModule,
     ImageFolderDataModule,
     InteractionsDataModule,
     MNISTDataModule,
@@ -236,3 +238,34 @@ def test_qmnist_compat_false_is_refused_naming_the_setting(tmp_path: Path) -> No
     with pytest.raises(ValueError, match=r"dataset_kwargs compat=False of QMNIST"):
         TorchvisionDataModule("QMNIST", data_dir=str(tmp_path), dataset_kwargs={"compat": False})
     TorchvisionDataModule("QMNIST", data_dir=str(tmp_path), dataset_kwargs={"compat": True}).setup()
+
+
+def test_a_fraction_of_users_given_to_the_command_is_dumped_as_given_not_as_0() -> None:
+    # the dump (config.yaml, and the command's own reparse) wrote --data.test_users 0.2 as 0, refused as "got 0"
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(InteractionsDataModule, "data")
+    config = parser.parse_args(["--data.path", "r.csv", "--data.val_users", "3", "--data.test_users", "0.2"])
+    dumped = yaml.safe_load(parser.dump(config))["data"]
+    assert (dumped["val_users"], dumped["test_users"]) == (3, 0.2)
+
+
+def test_classes_absent_from_the_data_are_named_with_the_file_not_its_hash(tmp_path: Path) -> None:
+    # it was "classes [2] do not occur in the files-6388642f training data"
+    np.save(tmp_path / "x.npy", np.zeros((12, 4, 4), dtype=np.uint8))
+    np.save(tmp_path / "y.npy", np.arange(12) % 2)
+    data = ArrayDataModule(str(tmp_path / "x.npy"), labels=str(tmp_path / "y.npy"), classes=[2])
+    with pytest.raises(
+        ValueError, match=r"classes \[2\] do not occur in the training data of \S+x.npy \(labels: \[0, 1\]"
+    ):
+        data.setup()
+
+
+def test_a_stream_given_as_a_path_object_is_prepared_and_read(tmp_path: Path) -> None:
+    # they were "AttributeError: 'PosixPath' object has no attribute 'startswith'" and "TypeError: argument of type
+    # 'PosixPath' is not iterable"; the other datamodules take a Path
+    np.save(tmp_path / "x.npy", np.arange(12 * 16, dtype=np.uint8).reshape(12, 4, 4))
+    np.save(tmp_path / "y.npy", np.arange(12) % 2)
+    prepare_stream(tmp_path / "x.npy", tmp_path / "stream", labels=tmp_path / "y.npy")
+    data = StreamingDataModule(tmp_path / "stream", num_workers=0)
+    data.setup("fit")
+    assert data.input_shape == (1, 4, 4) and data.hparams.input_dir == str(tmp_path / "stream")

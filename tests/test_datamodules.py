@@ -161,7 +161,7 @@ def test_bad_classes_are_errors(data_dir: Path) -> None:
     # a valid label that the data lack
     import numpy as np
 
-    from tests.conftest import write_idx
+    from conftest import write_idx
 
     write_idx(data_dir / "MNIST" / "raw" / "train-labels-idx1-ubyte", np.arange(240) % 5)
     with pytest.raises(ValueError, match=r"classes \[8\] do not occur"):
@@ -575,7 +575,7 @@ def test_gzipped_idx_files_the_user_gives_are_read_and_never_downloaded_over(
     then trained on the 5,000-digit fallback and Fashion-MNIST failed)."""
     import gzip
 
-    from tests.conftest import write_dataset
+    from conftest import write_dataset
 
     data = MNISTDataModule if name == "MNIST" else FashionMNISTDataModule
     monkeypatch.setattr(data.dataset_class, "mirrors", ["http://127.0.0.1:9/"])  # a download fails fast
@@ -768,7 +768,7 @@ def _race(data: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first_offl
     import torchvision.datasets.mnist
     from torchvision.datasets.utils import extract_archive
 
-    from tests.conftest import write_dataset
+    from conftest import write_dataset
 
     source = write_dataset(tmp_path / "source", "MNIST") / "MNIST" / "raw"
     mirror, log = tmp_path / "mirror", tmp_path / "downloads.log"
