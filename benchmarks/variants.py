@@ -116,6 +116,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--seeds must be distinct, got {args.seeds}")
     if args.seeds is not None and args.seed is not None:
         parser.error(f"--seed {args.seed} and --seeds {' '.join(map(str, args.seeds))}: give one of the two")
+    for seed in args.seeds or [args.seed or 0]:  # a run's --data.seed; Lightning's seed_everything makes -1 a 0
+        if not 0 <= seed < 2**32:
+            parser.error(f"--seed{'s' if args.seeds else ''} {seed}: expected an integer in [0, {2**32 - 1}]")
     args.seeds = args.seeds or [42 if args.seed is None else args.seed]
     args.seed = args.seeds[0]  # the split of the reference data, the feature classifier's data and the pictures
     args.plots = args.plots or args.output.with_suffix("")
@@ -281,8 +284,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
             raise ValueError(f"--metrics auroc holds out classes, but --data {args.data} has none (unlabelled "
                              "images): leave auroc out of --metrics")  # fmt: skip
         bad = sorted(set(anomaly_classes) - set(range(labels)))
-        if bad or not anomaly_classes:
-            raise ValueError(f"--anomaly_classes must name labels 0..{labels - 1}, got {anomaly_classes}")
+        if bad or not anomaly_classes or len(set(anomaly_classes)) < len(anomaly_classes):
+            raise ValueError(f"--anomaly_classes must name distinct labels 0..{labels - 1}, got {anomaly_classes}")
     left_out = {}  # of the default configs, those this data cannot build (an overlay, the photo configs' sizes)
     for name, config in list(configs.items()):
         try:

@@ -341,6 +341,19 @@ def benchmark_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]
     return folder, rows
 
 
+@pytest.mark.parametrize("classes", [["1", "1"], ["10"]])
+def test_the_benchmark_refuses_held_out_classes_that_are_repeated_or_not_labels(
+    classes: list[str], tmp_path: Path
+) -> None:
+    write_dataset(tmp_path / "data", "MNIST")
+    argv = ["--configs", "ae", "--data", "MNISTDataModule", "--data_dir", str(tmp_path / "data"), "--metrics", "auroc"]
+    with pytest.raises(
+        ValueError, match=rf"--anomaly_classes must name distinct labels 0..9, got \[{', '.join(classes)}\]"
+    ):
+        load_script("benchmark").main([*argv, "--anomaly_classes", *classes, "--root", str(tmp_path / "runs")])
+    assert not (tmp_path / "runs").exists()
+
+
 def test_benchmark_writes_one_row_per_variant_and_the_plots(benchmark_run: tuple[Path, list]) -> None:
     folder, rows = benchmark_run
     report = (folder / "docs" / "results.md").read_text()
@@ -1127,6 +1140,21 @@ def test_a_conditional_models_fid_samples_the_real_images_classes() -> None:
     assert len(drawn) == 30 and torch.equal(drawn, labels.repeat(2)[:30])  # the real labels in turn
 
 
+def test_post_hoc_samplers_fitted_again_sample_again_and_refuse_labels_an_unconditional_model_ignores() -> None:
+    # the Gaussian mixture's samples went on from the last fit's stream (the two-stage VAE's started again), and
+    # PosthocGenerator.sample(n, y) of a plain autoencoder dropped y, which the model's own sample refuses
+    from ae_lightning.evaluation.samplers import GaussianMixtureSampler, PosthocGenerator, TwoStageSampler
+
+    codes = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
+    for sampler in (GaussianMixtureSampler(2, seed=1), TwoStageSampler(3, hidden_dims=[8], steps=3, seed=1)):
+        first = sampler.fit(codes).sample(6)
+        assert torch.equal(sampler.fit(codes).sample(6), first)
+    generator = PosthocGenerator(Autoencoder(latent_dim=3, hidden_dims=[8]), sampler)
+    with pytest.raises(ValueError, match=r"sample\(n=2, y=...\): .*this model is not conditional"):
+        generator.sample(2, torch.tensor([0, 1]))
+    assert generator.sample(2).shape == (2, 1, 28, 28)
+
+
 def test_the_scripts_json_is_strict_with_non_finite_scores_as_null() -> None:
     # a NaN score was written as a bare NaN, which strict JSON readers (jq, JSON.parse) refuse: evaluate.py's scores,
     # and the benchmark's results.json, whose scores are nested in its variants
@@ -1233,3 +1261,30 @@ def test_counts_below_their_least_are_refused_naming_the_flag_and_value(
     # variants.py said "--epochs and --anomaly_epochs must be >= 1", naming neither value; spatial_quality.py and the
     # lists of counts (--iw-samples, --hidden_dims) took 0 or less and went on to train
     assert refused(load_script(script), argv, capsys) == message
+
+
+def test_a_feature_classifier_output_that_is_a_folder_is_refused_before_any_training(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # a folder was "a feature classifier already", and with overwrite it was found out only after the training
+    datamodule = MNISTDataModule(data_dir=str(data_dir))
+    for overwrite in (False, True):
+        with mock.patch("lightning.Trainer.fit") as fit, pytest.raises(IsADirectoryError, match=f"{tmp_path} is a fo"):
+            train_feature_classifier(datamodule, tmp_path, epochs=1, overwrite=overwrite)
+        fit.assert_not_called()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--seeds", "1", "-1"], "--seeds -1: expected an integer in [0, 42"),
+        (["--seed", str(2**32)], f"--seed {2**32}: expected an integer in [0, "),
+    ],
+)
+def test_the_benchmark_refuses_a_seed_its_runs_would_refuse_before_anything_trains(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # --seeds -1 was taken, and each run refused --data.seed -1 only as it started
+    common = ["--root", str(tmp_path / "runs"), "--output", str(tmp_path / "results.md")]
+    assert refused(load_script("benchmark"), [*argv, *common], capsys).startswith(message)
+    assert not (tmp_path / "runs").exists()

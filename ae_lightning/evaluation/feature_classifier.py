@@ -156,7 +156,8 @@ def train_feature_classifier(
 ) -> ClassifierRecord:
     """Train a :class:`ClassifierCNN` on the datamodule's training split (gray levels, ``binarize: none``, and every
     label), test it, and save it to ``path`` (:func:`default_classifier_path` when None; one already there is a
-    FileExistsError before any training, unless ``overwrite``). ``seed`` seeds the weights and batch order."""
+    FileExistsError before any training, unless ``overwrite``, and a folder an IsADirectoryError). ``seed`` seeds the
+    weights and batch order."""
     if datamodule.hparams.classes is not None:
         kept = datamodule.hparams.classes
         raise ValueError(f"the feature classifier needs every label, but the datamodule keeps only classes {kept}")
@@ -167,6 +168,8 @@ def train_feature_classifier(
     check_arguments({"epochs": epochs}, train_feature_classifier)
     check_classifiable(datamodule)
     path = Path(path) if path is not None else default_classifier_path(datamodule)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; expected the name of the feature classifier's file")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} holds a feature classifier already; remove it or pass --overwrite to replace it")
     L.seed_everything(seed, verbose=False)

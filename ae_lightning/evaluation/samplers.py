@@ -55,15 +55,16 @@ class GaussianMixtureSampler:
         check_arguments(locals(), GaussianMixtureSampler.__init__)
         self.components = components
         self.covariance_type = covariance_type
-        self.rng = np.random.default_rng(seed)
         self.seed = seed
         self.mixture = None
 
     def fit(self, codes: Tensor) -> GaussianMixtureSampler:
-        """Fit on ``[N, D]`` codes (detached: no gradient flows back to them); returns itself."""
+        """Fit on ``[N, D]`` codes (detached: no gradient flows back to them), with the sample stream ``seed`` starts:
+        fitting again on the same codes gives the same sampler; returns itself."""
         from sklearn.mixture import GaussianMixture
 
         _check_codes(codes)
+        self.rng = np.random.default_rng(self.seed)
         components = min(self.components, len(codes))
         self.mixture = GaussianMixture(components, covariance_type=self.covariance_type, random_state=self.seed)
         self.mixture.fit(codes.detach().double().cpu().numpy())
@@ -179,6 +180,8 @@ class PosthocGenerator(nn.Module):
     def sample(self, n: int, y: Tensor | None = None) -> Tensor:
         """``n`` images decoded from the sampler's codes (as ``[n, *latent_shape]``); a conditional model decodes them
         with the labels ``y`` ``[n]``, by default the classes in turn, as its own ``sample`` does."""
+        if self.num_classes is None:  # labels would be ignored, as the model's own sample refuses them
+            check_sample_count(n, y=y)
         weight = next(self.model.parameters())  # the decoder takes codes in its dtype: float64 under 64-true
         codes = self.sampler.sample(n).to(weight).reshape(n, *self.model.latent_shape)
         if self.num_classes is not None and y is None:
