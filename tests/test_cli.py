@@ -775,6 +775,14 @@ def test_ckpt_path_last_without_a_checkpoint_outside_fit_is_refused_without_sayi
     assert not [str(w.message) for w in caught if "starting from scratch" in str(w.message)]
 
 
+def test_ckpt_path_last_without_a_checkpoint_starts_a_fit_from_scratch_saying_where_it_searched(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    with pytest.warns(UserWarning, match=rf"--ckpt_path last: no checkpoint under {tmp_path / 'run'} yet, starting"):
+        run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "run", "--ckpt_path", "last"))
+    assert list((tmp_path / "run").rglob("last.ckpt"))
+
+
 @pytest.mark.parametrize(
     ("chosen", "listed"),
     [

@@ -160,7 +160,6 @@ def test_bad_classes_are_errors(data_dir: Path) -> None:
         MNISTDataModule(classes=[3, 12])
     # a valid label that the data lack
     import numpy as np
-
     from conftest import write_idx
 
     write_idx(data_dir / "MNIST" / "raw" / "train-labels-idx1-ubyte", np.arange(240) % 5)
@@ -766,9 +765,8 @@ def _race(data: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first_offl
     import time
 
     import torchvision.datasets.mnist
-    from torchvision.datasets.utils import extract_archive
-
     from conftest import write_dataset
+    from torchvision.datasets.utils import extract_archive
 
     source = write_dataset(tmp_path / "source", "MNIST") / "MNIST" / "raw"
     mirror, log = tmp_path / "mirror", tmp_path / "downloads.log"
