@@ -28,6 +28,7 @@ from tiny_runs import (
     command,
     last_checkpoint,
     run_cli,
+    run_or_fail_if_hung,
     subprocess_env,
     tiny_args,
 )
@@ -46,8 +47,7 @@ STEPS = 28  # 2 epochs of 14 batches
 # Each case: the variant, the fit's extra arguments, the callback that kills the run, the step of the last checkpoint
 # it leaves, and the loader position stored in that. With the default checkpointing, killed at the start of step 15,
 # it leaves the end-of-epoch checkpoint of step 14. Every 4 steps, it leaves the mid-epoch one of step 20, six batches
-# into epoch 1 (none in epoch 0: Lightning defers step checkpoints until val/loss exists, then drops them at the
-# epoch's end).
+# into epoch 1.
 END_OF_EPOCH_0 = {"epoch": 0, "batches_done": 14}
 MID_EPOCH_1 = {"epoch": 1, "batches_done": 6}
 CASES = [
@@ -693,4 +693,43 @@ def test_the_last_checkpoint_of_a_run_whose_last_epoch_was_not_its_best_resumes_
         warnings.simplefilter("always")
         run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "run", *short, "--trainer.max_epochs", "3",
                                   "--ckpt_path", str(last)))  # fmt: skip
+    assert not [w for w in caught if "before that epoch's validation" in str(w.message)]
+
+
+def test_step_checkpoints_before_the_first_validation_keep_a_twice_killed_run_going(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # Lightning defers a step checkpoint while its monitor (val/loss) is not logged yet: in epoch 0, and in a resumed
+    # run until its first validation. The run's ``last`` cannot wait: a run killed there had nothing to resume from.
+    killed, reference = tmp_path / "killed", tmp_path / "reference"
+    for kill_at, saved in ((10, 8), (14, 12)):  # both inside epoch 0 (14 batches), the second in the resumed run
+        resume = ["--ckpt_path", "last"] if kill_at == 14 else []
+        kill = ["--trainer.callbacks+=tiny_runs.KillAtStep", "--trainer.callbacks.step", str(kill_at)]
+        status, output = run_or_fail_if_hung(
+            command("fit", *tiny_args("ae", data_dir, killed, *EVERY_4, *resume, *kill))
+        )
+        assert status == -signal.SIGKILL, output
+        found = list(killed.rglob("last.ckpt"))
+        assert found, f"killed at step {kill_at}: no last.ckpt was written"
+        assert last_checkpoint(killed)["global_step"] == saved
+    for root, resume in ((killed, ["--ckpt_path", "last"]), (reference, [])):
+        run_cli("fit", *tiny_args("ae", data_dir, root, *EVERY_4, *resume))
+    resumed, expected = (last_checkpoint(root)["state_dict"] for root in (killed, reference))
+    assert [name for name, value in expected.items() if not torch.equal(resumed[name], value)] == []
+    assert last_checkpoint(killed)["global_step"] == STEPS
+
+
+def test_a_finished_runs_last_checkpoint_holds_its_last_validation_when_step_checkpoints_divide_the_epoch(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # With every_n_train_steps dividing the epoch, the final last.ckpt was the one of the last batch, before the last
+    # validation: extending the finished run skipped that validation and warned to resume from last.ckpt instead.
+    short = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", *EVERY_4[:1], "2"]
+    run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "run", *short))
+    last = next((tmp_path / "run").rglob("last.ckpt"))
+    assert "ae_lightning_unvalidated_epoch" not in torch.load(last, weights_only=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        extend = ["--trainer.max_epochs", "3", "--ckpt_path", str(last)]
+        run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "run", *short, *extend))
     assert not [w for w in caught if "before that epoch's validation" in str(w.message)]

@@ -19,7 +19,7 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from ae_lightning.lightning_internals import enable_version_counter
+from ae_lightning.lightning_internals import enable_version_counter, every_n_train_steps
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -142,20 +142,26 @@ class RunCheckpoint(ModelCheckpoint):
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         self._own_saves(super().on_train_batch_end, trainer, *args)
-        if 0 <= trainer.max_steps <= trainer.global_step:  # Lightning's own test for the last step
-            self._save_final_step(trainer)
+        # Lightning defers a step's saves while the monitor is not logged (epoch 0, a resumed run before its first
+        # validation) and may drop them at the epoch's end; the ``last`` that a killed run resumes from cannot wait.
+        every = every_n_train_steps(self)
+        step_due = every > 0 and trainer.global_step % every == 0
+        if step_due or 0 <= trainer.max_steps <= trainer.global_step:  # Lightning's own test for the last step
+            self._save_last_step(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._own_saves(super().on_train_epoch_end, trainer, pl_module)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking and self._step_saved == trainer.global_step:
+            self._step_saved = None  # this step's ``last`` precedes the validation: save the final step again
         self._own_saves(super().on_validation_end, trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Instead of Lightning's ``last`` here, written after the epoch is closed: right only when the epoch ended.
-        self._save_final_step(trainer)
+        self._save_last_step(trainer)
 
-    def _save_final_step(self, trainer: L.Trainer) -> None:
+    def _save_last_step(self, trainer: L.Trainer) -> None:
         if trainer.fast_dev_run or not self.save_last or not self.dirpath or self._step_saved == trainer.global_step:
             return
         # A step that also ends the epoch is saved again after its validation: into this file, not a ``last-v1``.
