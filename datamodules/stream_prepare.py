@@ -67,7 +67,7 @@ class ImageEncoder:
         kind, payload: ``folder`` (records are file paths; no payload), ``array`` (records are rows of ``payload``, a
             ``[N, C, H, W]`` uint8 tensor) or ``torchvision`` (indices into ``payload``, a torchvision dataset).
         channels, size, encoding, quality, alpha: as :func:`prepare_stream` takes them.
-        shape: the ``(H, W)`` every image must have; None skips the check.
+        shape, first: the ``(H, W)`` every image must have (None skips the check), and the image that has it.
     """
 
     kind: str
@@ -78,6 +78,7 @@ class ImageEncoder:
     quality: int = 90
     shape: tuple[int, int] | None = None
     alpha: Alpha = "refuse"
+    first: str = "the first image"
 
     def pixels(self, record: Any) -> tuple[Tensor, str]:
         """The record's image as ``[C, H, W]`` uint8, and where it came from."""
@@ -102,7 +103,7 @@ class ImageEncoder:
         image, where = self.pixels(source)
         if self.shape is not None and tuple(image.shape[1:]) != self.shape:
             raise ValueError(
-                f"{where}: an image of {image.shape[2]}x{image.shape[1]}, the first is {self.shape[1]}x"
+                f"{where}: an image of {image.shape[2]}x{image.shape[1]}, but {self.first} is {self.shape[1]}x"
                 f"{self.shape[0]}; set --size to resize every image to one size"
             )
         if self.encoding == "raw":
@@ -268,8 +269,9 @@ def prepare_stream(
             in_flight = AHEAD_PER_THREAD * num_workers + 1
             check_fits_memory(in_flight * 5 * channels * size * size, f"--size {size}: {in_flight} images in flight",
                               "choose a smaller --size or fewer --num-workers")  # fmt: skip
-        first = ImageEncoder(kind, payloads.get("train"), channels, size, "raw", alpha=alpha)(splits["train"][1][0])
-        height, width = first["image"].shape[1:]
+        probe = ImageEncoder(kind, payloads.get("train"), channels, size, "raw", alpha=alpha)
+        image, first = probe.pixels(splits["train"][1][0][0])
+        height, width = shape = tuple(image.shape[1:])
         pixels = int(channels * height * width)
         test_share = None if "test" in parts else test_fraction
         settings = {"size": size, "channels": channels, "encoding": encoding, "quality": quality, "seed": seed,
@@ -281,7 +283,7 @@ def prepare_stream(
         chunks: dict[str, dict[str, dict[str, Any]]] = {}
         for split in SPLITS:
             part, records = splits[split]
-            encoder = ImageEncoder(kind, payloads.get(part), channels, size, encoding, quality, (height, width), alpha)
+            encoder = ImageEncoder(kind, payloads.get(part), channels, size, encoding, quality, shape, alpha, first)
             samples = chunk_size if chunk_size or chunk_bytes else default_chunk_size(len(records), pixels, encoding)
             chunks[split] = _write_split(encoder, records, staging / split, chunk_bytes, samples, num_workers)
         fingerprint = hashlib.sha256(json.dumps([settings, chunks], sort_keys=True).encode()).hexdigest()

@@ -10,6 +10,8 @@ import importlib.util
 import json
 import os
 import tempfile
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,12 +44,20 @@ class StreamManifest:
 
 
 class StreamLocation:
-    """A local folder (``~`` expanded) or an ``s3://``/``gs://`` URI prefix, read through litdata's storage providers
-    with the client's ``storage_options``; a ValueError for an unknown scheme, a ModuleNotFoundError naming the
-    ``pip install`` of a scheme's missing client library."""
+    """A local folder (``~`` expanded; also as a ``file://`` URI) or an ``s3://``/``gs://`` URI prefix, read through
+    litdata's storage providers with the client's ``storage_options``; a ValueError for an unknown scheme, a
+    ModuleNotFoundError naming the ``pip install`` of a scheme's missing client library."""
 
     def __init__(self, uri: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> None:
         uri = os.fspath(uri)  # a pathlib.Path from Python callers, as the other datamodules take
+        if uri.startswith("file://"):  # RFC 8089: file:///path or file://localhost/path, a folder of this machine
+            parsed = urllib.parse.urlsplit(uri)
+            if parsed.netloc not in ("", "localhost"):
+                raise ValueError(
+                    f"stream {uri}: a file:// URI names a folder of this machine (file:///<path>), not of "
+                    f"{parsed.netloc}"
+                )
+            uri = urllib.request.url2pathname(parsed.path)
         self.is_remote = "://" in uri
         # a local folder's ~ expanded, as torchvision expands its root: a YAML config is no shell
         uri = uri if self.is_remote else os.path.expanduser(uri)

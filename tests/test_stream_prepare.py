@@ -295,3 +295,24 @@ def test_an_unreachable_remote_output_is_refused_before_any_work_with_overwrite_
     for overwrite in (False, True):
         with pytest.raises(ConnectionError, match=re.escape(message)):
             prepare_stream(str(images), "s3://b/photos", chunk_size=4, overwrite=overwrite)
+
+
+def test_a_file_uri_names_the_local_folder_for_prepare_and_reading(tmp_path: Path) -> None:
+    # file:///abs/path (as fsspec and litdata's "local:" users write it) was refused as an unknown scheme
+    images = write_image_folder(tmp_path / "images", per_class=6, size=8)
+    manifest = prepare_stream(str(images), (tmp_path / "stream").as_uri(), chunk_size=4)
+    assert (tmp_path / "stream" / "manifest.json").is_file()
+    dm = StreamingDataModule(f"file://localhost{tmp_path / 'stream'}", num_workers=0)
+    assert dm.input_shape == (3, 8, 8) and not dm.location.is_remote
+    dm.setup("fit")
+    assert len(next(iter(dm.val_dataloader()))[0]) == manifest.counts["val"]
+    with pytest.raises(ValueError, match=r"stream file://host/data: a file:// URI names a folder of this machine"):
+        StreamingDataModule("file://host/data")
+
+
+def test_images_of_another_size_name_the_first_image_they_differ_from(tmp_path: Path) -> None:
+    images = write_image_folder(tmp_path / "images", per_class=6, size=8)
+    Image.new("RGB", (9, 7)).save(images / "dog" / "005.png")
+    # the first image of the (shuffled) train split, which the others must match, was not named: "the first is 8x8"
+    with pytest.raises(ValueError, match=r"dog/005.png: an image of 9x7, but .*images/\w+/\d+.png is 8x8; set --size"):
+        prepare_stream(str(images), str(tmp_path / "stream"), chunk_size=4)
