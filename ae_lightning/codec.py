@@ -89,7 +89,8 @@ def decompress(prior: CodePrior, data: bytes, name: str = "the file") -> Tensor:
     this = f"tokenizer {prior.fingerprint} and prior {prior_fingerprint(prior)}"
     if written_by != this:
         raise CompressedFileError(
-            f"{name} was written with {written_by}; this model is {this}: decode it with that one"
+            f"{name} was written with {written_by}; this model is {this}, in {prior.dtype}: decode it with that one, "
+            "in the dtype that wrote it (a copy cast to another dtype, as by .to(torch.bfloat16), holds other weights)"
         )
     expected = _HEADER.size + 4 * words
     if len(data) != expected:

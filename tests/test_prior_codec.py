@@ -5,6 +5,7 @@ Tiny tokenizers trained for two steps on the tiny IDX data of ``conftest.py``, C
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from unittest import mock
@@ -645,3 +646,14 @@ def test_rate_distortion_refuses_qualities_pillow_would_relabel_and_photos_it_ca
         said = refused(load_script("rate_distortion"), [*argv.split(), "--steps", "1", "--out", str(out)], capsys)
         assert said.startswith(message), argv
     assert not out.exists()
+
+
+def test_codec_names_the_dtype_when_a_file_is_decoded_by_the_same_prior_cast_to_another(
+    trained_prior: CodePrior,
+) -> None:
+    # A user who casts the prior that wrote a file to bfloat16 decodes with "another model": the message says why.
+    data = compress(trained_prior, torch.rand(1, 28, 28, generator=torch.Generator().manual_seed(5)))
+    rounded = copy.deepcopy(trained_prior).to(torch.bfloat16)
+    expected = r"this model is tokenizer \w+ and prior \w+, in torch.bfloat16: decode it with that one, in the dtype"
+    with pytest.raises(CompressedFileError, match=expected + r" that wrote it \(a copy cast to another dtype"):
+        decompress(rounded, data)
