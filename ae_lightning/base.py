@@ -608,7 +608,9 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         """Lightning's ``load_from_checkpoint``; a checkpoint of another variant is a ValueError naming both."""
         try:
             return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
-        except TypeError as error:  # ``__init__`` refused the other variant's hyperparameters (or cls is abstract)
+        # ``__init__`` refused the other variant's hyperparameters (or cls is abstract), or Lightning refused the
+        # command's ``_class_path`` of a class that is no subclass of cls
+        except (TypeError, ValueError) as error:
             stored = _stored_class(checkpoint_path)
             if stored is None or resolve_class_path(stored) is cls:
                 raise

@@ -189,7 +189,7 @@ class AutoencoderCLI(LightningCLI):
             else:
                 self.config = parser.parse_args(given)
         except ArgumentError as error:
-            if unknown_class := _known_class_like(str(error)):
+            if unknown_class := _known_class_like(str(error)) or _help_class_like(parser, given, str(error)):
                 raise ArgumentError(None, unknown_class) from error
             hint = _known_key_like(str(error), self._parsers)
             if hint is None:
@@ -529,7 +529,7 @@ class AutoencoderCLI(LightningCLI):
     def _before_evaluation(self) -> None:
         self._check_run(fit=False)
         if self.subcommand == "predict" and not self.trainer.fast_dev_run:  # before the run's config is written
-            self.config_init.predict.predictions._target(self.trainer, new=True)
+            self.config_init.predict.predictions.target(self.trainer, new=True)
         if self.config[self.subcommand].get("ckpt_path") is None:  # Lightning evaluates the model as it was built
             rank_zero_warn(
                 f"{self.subcommand} without --ckpt_path evaluates the weights that the config builds, not a trained "
@@ -637,6 +637,7 @@ UNKNOWN_CLASS = re.compile(
     r"Expected a dot import path string: (?P<name>\S+)|module '[^']+' has no attribute '[^']+'(\. Got value: "
     r"(?P<value>\S+))?|(?P<why>No module named '[^']+')"
 )
+UNKNOWN_HELP_CLASS = re.compile(r"--(?P<key>[\w.]+)\.help: Expected a dot import path string: (?P<name>\S+)")
 _ENCLOSING = re.compile(
     r'Parser key "(?P<key>[^"]+)":|Problem with given class_path \'(?P<path>[^\']+)\':'
     r"|(?:Subtypes: |Type )(?P<types>.*?)(?: expects a function or a callable class: |$)"
@@ -697,6 +698,21 @@ def _known_class_like(message: str) -> str | None:
     return (f"--{'.init_args.'.join(keys)} {name} is not a known class" + (f" ({found['why']})" if found["why"] else "")
             + f"; {listed} (or give an import path such as mypackage.MyClass)"
             + (f"; did you mean {lowered[closest[0]]}?" if closest else ""))  # fmt: skip
+
+
+def _help_class_like(parser: LightningArgumentParser, argv: Any, message: str) -> str | None:
+    """jsonargparse's error ``message`` for ``--<option>.help <name>`` of a name that resolves to no class, worded as
+    :func:`_known_class_like` words ``--<option> <name>``; None for another error."""
+    found = UNKNOWN_HELP_CLASS.match(message)
+    if found is None:
+        return None
+    subcommand = [argv[0]] if isinstance(argv, (list, tuple)) and argv and not argv[0].startswith("-") else []
+    try:
+        parser.parse_args([*subcommand, f"--{found['key']}", found["name"]])
+    except ArgumentError as error:
+        known = _known_class_like(str(error))
+        return known and known.replace(f"--{found['key']} ", f"--{found['key']}.help ", 1)
+    return None
 
 
 def _known_key_like(message: str, parsers: list[LightningArgumentParser]) -> str | None:
@@ -795,7 +811,7 @@ def _furthest_checkpoint(config: Any) -> str | None:
     if not progress:
         return None
     chosen = max(progress, key=lambda path: progress[path][:2])
-    rank_zero_info(f"--ckpt_path last: resuming from {chosen} (global step {progress[chosen][0]})")
+    rank_zero_info(f"--ckpt_path last: {chosen} (global step {progress[chosen][0]})")
     return str(chosen)
 
 

@@ -80,7 +80,7 @@ class ImageDataModule(L.LightningDataModule):
         seed: Seed = 42,
         num_workers: NonNegativeInt = 0,
         binarize: Literal["none", "dynamic", "static"] = "none",
-        classes: list[int] | None = None,
+        classes: list[NonNegativeInt] | None = None,
         data_on_device: bool = True,
         predict_split: Split = "test",
         steps_per_batch: PositiveInt = 1,
@@ -98,6 +98,10 @@ class ImageDataModule(L.LightningDataModule):
                 f"classes {unknown} are not labels of {type(self).__name__}, which has labels 0..{known - 1}"
             )
         self.splits: dict[Split, tuple[Tensor, Tensor]] = {}
+
+    def __str__(self) -> str:
+        # Lightning's builds each loader and describes it as a DataLoader, which these loaders are not
+        return f"{type(self).__name__}({', '.join(f'{name}={value!r}' for name, value in self.hparams.items())})"
 
     # --- what a subclass provides -----------------------------------------------------------------------------------
     def load_arrays(self) -> Arrays:

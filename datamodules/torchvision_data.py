@@ -70,17 +70,20 @@ class TorchvisionDataModule(ImageDataModule):
             raise ValueError(f"{cls.__name__} needs its split in dataset_kwargs: {{split: ...}}, one of {choices}")
         # which part: train= or split=, and QMNIST's what=, which overrides train=
         decides_part = {"train" if by_train else "split"} | ({"what"} & set(parameters))
-        taken = sorted(({"root", "download"} | decides_part) & set(kwargs))
+        own = {"root", "download", "transform", "target_transform", "transforms"} | decides_part
+        taken = sorted(own & set(kwargs))
         arguments = set(init_parameters(cls))  # those of its __init__ and of the bases its **kwargs go to
         if set(kwargs) - arguments:
+            free = ", ".join(sorted(arguments - own)) or "nothing the datamodule does not set itself"
             raise ValueError(
                 f"dataset_kwargs {sorted(set(kwargs) - arguments)} are not arguments of {cls.__name__} (it takes "
-                f"{', '.join(sorted(arguments - {'root', 'download'} - decides_part))})"
+                f"{free})"
             )
         if taken:
             raise ValueError(
                 f"dataset_kwargs {taken} of {cls.__name__}: the datamodule sets them (root is data_dir, the train and "
-                "test splits are its own, downloads happen in prepare_data); leave them out"
+                "test splits are its own, downloads happen in prepare_data, it reads the stored images, not "
+                "transformed items); leave them out"
             )
         if not kwargs.get("compat", True):  # QMNIST's: its items' targets, not the targets array read here
             raise ValueError(

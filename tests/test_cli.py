@@ -242,6 +242,9 @@ def test_checkpoint_of_another_model_is_an_error(trained_vae: Path, data_dir: Pa
     with pytest.raises(ValueError, match="holds a ae_lightning.models.vae.VAE, not a ae_lightning.models.autoencoder"):
         model = Autoencoder()
         model.on_load_checkpoint(torch.load(ckpt, weights_only=False))
+    # the command's checkpoint (it holds the CLI's _class_path) loaded from Python as another variant
+    with pytest.raises(ValueError, match="holds a ae_lightning.models.vae.VAE, not a ae_lightning.models.autoencoder"):
+        Autoencoder.load_from_checkpoint(ckpt)
 
 
 @pytest.mark.parametrize(
@@ -461,9 +464,12 @@ def test_a_misspelled_key_is_refused_with_the_known_one_it_resembles(
         (["--model.init_args.optimizer", "torch.optim.Adamm"], "--model.init_args.optimizer torch.optim.Adamm", "Adam"),
         (["--model.init_args.lr_scheduler", "StepRL"], "--model.init_args.lr_scheduler StepRL", "StepLR"),
         (["--model.init_args.encoder", "torch.nn.Lineer"], "--model.init_args.encoder torch.nn.Lineer", None),
+        (["--model.help", "VAEE"], "--model.help VAEE", "VAE"),
+        (["--data.help=MNISTDataModul"], "--data.help MNISTDataModul", "MNISTDataModule"),
+        (["--trainer.logger.help", "CSVLoger"], "--trainer.logger.help CSVLoger", "CSVLogger"),
     ],
     ids=["model-path", "model-name", "yaml", "data", "logger", "appended-logger", "callback", "optimizer", "scheduler",
-         "encoder"],
+         "encoder", "model-help", "data-help", "logger-help"],
 )  # fmt: skip
 def test_a_misspelled_class_name_is_refused_with_the_known_classes_and_the_closest(
     argv: list[str], refused: str, known: str | None, tmp_path: Path
@@ -843,3 +849,13 @@ def test_the_optimizers_and_schedulers_are_read_as_lightning_reads_them(monkeypa
     monkeypatch.delattr(optimizer, "_configure_optimizers")
     with pytest.raises(RuntimeError, match=r"changed an internal .*_configure_optimizers"):
         optimizers_and_schedulers(first)
+
+
+def test_the_prediction_writer_says_where_its_predictions_go_and_refuses_a_taken_path(tmp_path: Path) -> None:
+    # The command asks the writer, before it writes the run's config, whether the predictions' path is free.
+    trainer = L.Trainer(default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    writer = PredictionWriter(filename="codes.pt")
+    assert writer.target(trainer) == tmp_path / "codes.pt"
+    (tmp_path / "codes.pt").write_bytes(b"")
+    with pytest.raises(FileExistsError, match=f"{tmp_path / 'codes.pt'} already exists"):
+        writer.target(trainer, new=True)

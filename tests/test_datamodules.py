@@ -649,8 +649,11 @@ def test_an_array_datamodule_logs_its_data_source_in_every_run_and_standardizes_
         # QMNIST's what overrides train=: the test split was the training data
         ("QMNIST", {"what": "train"}, r"dataset_kwargs \['what'\] of QMNIST: the datamodule sets them"),
         # a misspelt argument: a TypeError naming MNIST.__init__ when the data were first read, after construction
-        ("FashionMNIST", {"tranform": None}, r"dataset_kwargs \['tranform'\] are not arguments of FashionMNIST"),
+        ("FashionMNIST", {"tranform": None}, r"\['tranform'\] are not arguments of FashionMNIST \(it takes nothing"),
         ("EMNIST", {"split": "digits", "foo": 1}, r"\['foo'\] are not arguments of EMNIST \(it takes .*split"),
+        # the datamodule reads the stored images: a transform was ignored (or, not callable, crashed in prepare)
+        ("FashionMNIST", {"transform": 3}, r"\['transform'\] of FashionMNIST: the datamodule sets them .* not transf"),
+        ("CIFAR10", {"target_transform": abs}, r"\['target_transform'\] of CIFAR10: the datamodule sets them"),
     ],
 )
 def test_torchvision_dataset_kwargs_the_datamodule_cannot_honour_are_refused_on_construction(
@@ -855,3 +858,21 @@ def test_a_seed_the_split_draws_cannot_take_is_refused_naming_seed(seed: int, tm
     for build in (lambda: ArrayDataModule(str(tmp_path / "x.pt"), seed=seed), lambda: DSpritesDataModule(seed=seed)):
         with pytest.raises(ValueError, match=rf"^seed must be an integer in \[0, 4294967295\], got {seed}$"):
             build()
+
+
+def test_printing_a_datamodule_names_its_settings_before_and_after_setup(data_dir: Path, tmp_path: Path) -> None:
+    """``print(datamodule)`` raised ``'tuple' object has no attribute 'available'`` (Lightning's ``__str__`` describes
+    DataLoaders) for every datamodule of the project."""
+    from test_recommender import write_interactions
+
+    from datamodules import ArrayDataModule, DSpritesDataModule, InteractionsDataModule
+
+    torch.save(torch.rand(40, 6), tmp_path / "x.pt")
+    interactions = write_interactions(tmp_path / "r.csv")
+    datamodules = [FashionMNISTDataModule(data_dir=str(data_dir)), ArrayDataModule(str(tmp_path / "x.pt")),
+                   DSpritesDataModule(num_samples=64), InteractionsDataModule(str(interactions))]  # fmt: skip
+    for dm in datamodules:
+        before = str(dm)
+        dm.setup("fit")
+        assert before.startswith(f"{type(dm).__name__}(batch_size=") and str(dm).startswith(before[:-1])
+    assert f"data_dir='{data_dir}'" in str(datamodules[0]) and "path=" in str(datamodules[1])

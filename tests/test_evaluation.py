@@ -1274,6 +1274,19 @@ def test_a_feature_classifier_output_that_is_a_folder_is_refused_before_any_trai
         fit.assert_not_called()
 
 
+def test_a_feature_classifier_output_under_a_file_is_refused_before_any_training(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # --output results.txt/clf.pt (results.txt a file) failed only when saving, after the training
+    (tmp_path / "results.txt").write_text("")
+    datamodule = MNISTDataModule(data_dir=str(data_dir))
+    for output in (tmp_path / "results.txt" / "clf.pt", tmp_path / "results.txt" / "more" / "clf.pt"):
+        with mock.patch("lightning.Trainer.fit") as fit, pytest.raises(NotADirectoryError) as refused:
+            train_feature_classifier(datamodule, output, epochs=1)
+        fit.assert_not_called()
+        assert str(refused.value).startswith(f"{output}: {tmp_path / 'results.txt'} is a file"), refused.value
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

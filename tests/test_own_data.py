@@ -843,3 +843,27 @@ def test_big_endian_arrays_are_read_as_their_values(tmp_path: Path) -> None:
     assert dm.arrays.train[1].tolist() == [0, 1, 2] * 4
     vectors = ArrayDataModule(str(tmp_path / "v.npy")).arrays.train[0]
     assert torch.allclose(vectors, torch.from_numpy(images.reshape(12, 16) / 7).float())
+
+
+def test_numpy_values_of_the_python_api_are_taken_or_refused_naming_the_argument(tmp_path: Path) -> None:
+    # Labels picked with NumPy (np.unique(y)) and sizes computed with it reach the datamodule as NumPy values.
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((60, 4)).astype(np.float32))
+    np.save(tmp_path / "y.npy", np.arange(60) % 3)
+    files = {"path": str(tmp_path / "x.npy"), "labels": str(tmp_path / "y.npy")}
+    given = ArrayDataModule(
+        **files, classes=list(np.array([0, 1])), batch_size=np.int64(8), val_fraction=np.float32(0.25)
+    )
+    plain = ArrayDataModule(**files, classes=[0, 1], batch_size=8, val_fraction=0.25)
+    given.setup("fit")
+    plain.setup("fit")
+    assert given.hparams.classes == [0, 1] and type(given.hparams.batch_size) is int
+    assert set(given.splits["train"][1].tolist()) == {0, 1}
+    assert given.split_size("train") == plain.split_size("train")
+    refused = [
+        (np.array([0, 1]), r"classes must be a sequence \(list or tuple\), got array\(\[0, 1\]\)"),
+        (1, "classes must be a sequence"),
+        ([0.0, 1.0], r"each of classes must be an integer >= 0, got \[0.0, 1.0\]"),
+    ]
+    for classes, expected in refused:
+        with pytest.raises(ValueError, match=expected):
+            ArrayDataModule(**files, classes=classes)

@@ -156,8 +156,8 @@ def train_feature_classifier(
 ) -> ClassifierRecord:
     """Train a :class:`ClassifierCNN` on the datamodule's training split (gray levels, ``binarize: none``, and every
     label), test it, and save it to ``path`` (:func:`default_classifier_path` when None; one already there is a
-    FileExistsError before any training, unless ``overwrite``, and a folder an IsADirectoryError). ``seed`` seeds the
-    weights and batch order."""
+    FileExistsError before any training, unless ``overwrite``; a folder, or a path under a file or in a folder this
+    process cannot write, an OSError). ``seed`` seeds the weights and batch order."""
     if datamodule.hparams.classes is not None:
         kept = datamodule.hparams.classes
         raise ValueError(f"the feature classifier needs every label, but the datamodule keeps only classes {kept}")
@@ -172,6 +172,11 @@ def train_feature_classifier(
         raise IsADirectoryError(f"{path} is a folder; expected the name of the feature classifier's file")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} holds a feature classifier already; remove it or pass --overwrite to replace it")
+    folder = next(folder for folder in path.absolute().parents if folder.exists())  # where the folders are made
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{path}: {folder} is a file; expected a folder (or none yet) for the classifier")
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"{path}: this process cannot write in {folder}; expected a writable folder")
     L.seed_everything(seed, verbose=False)
     num_classes = len(datamodule.class_names or []) or int(datamodule.splits["train"][1].max()) + 1
     system = FeatureClassifier(datamodule.input_shape, num_classes)

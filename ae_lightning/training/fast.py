@@ -65,7 +65,8 @@ def check_fit(trainer: L.Trainer, steps: int, datamodule: L.LightningDataModule 
     for callback in trainer.callbacks:
         if isinstance(callback, WeightAveraging):  # it updates at a Lightning batch's end: once per group of steps
             raise ConfigError(f"{type(callback).__name__} averages the weights once per Lightning batch, which "
-                             f"holds {steps} optimizer steps on the fast path: it would skip steps; {FIX}")  # fmt: skip
+                             f"holds {steps} optimizer steps on the fast path: it would skip steps; remove it, "
+                             f"{FIX}")  # fmt: skip
     for callback in trainer.checkpoint_callbacks:
         every = every_n_train_steps(callback)
         if every % steps:

@@ -67,7 +67,7 @@ class PredictionWriter(BasePredictionWriter):
         if trainer.fast_dev_run:
             rank_zero_info("PredictionWriter: fast_dev_run writes no predictions")
             return
-        path = self._target(trainer, new=True)  # before any prediction is made
+        path = self.target(trainer, new=True)  # before any prediction is made
         if self.format != "stream":
             return
         from litdata.streaming.writer import BinaryWriter
@@ -112,13 +112,13 @@ class PredictionWriter(BasePredictionWriter):
         # After the epoch-end hooks of every callback, whatever their order: a SigtermCheckpoint that stops the run
         # there (under DDP, once every rank is done) leaves no rank's predictions.
         if self._merged is not None:
-            path = self._target(trainer, new=True)
+            path = self.target(trainer, new=True)
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomically(path, lambda file: torch.save(self._merged, file))
             print(f"Predictions for {len(self._merged['index'])} {self._rows} written to {path}")  # by each process
             self.path, self._merged = path, None
         elif self._staging is not None:
-            path = self._target(trainer)
+            path = self.target(trainer)
             if trainer.is_global_zero:
                 os.replace(self._staging, path)
                 count = sum(chunk["chunk_size"] for chunk in json.loads((path / "index.json").read_text())["chunks"])
@@ -132,8 +132,8 @@ class PredictionWriter(BasePredictionWriter):
             shutil.rmtree(self._staging, ignore_errors=True)
             self._writer = self._staging = None
 
-    def _target(self, trainer: L.Trainer, new: bool = False) -> Path:
-        """Where this process's predictions go; ``new``: a FileExistsError if something is there already."""
+    def target(self, trainer: L.Trainer, new: bool = False) -> Path:
+        """Where this process's predictions go; ``new``: refuse (FileExistsError) a path that holds something."""
         path = run_directory(trainer) / self.filename
         if self.format == "file" and trainer.world_size > 1:
             path = path.with_name(f"{path.stem}-rank{trainer.global_rank}{path.suffix}")
