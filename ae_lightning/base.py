@@ -561,8 +561,9 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         datamodule = getattr(self.trainer, "datamodule", None)
         data_shape = getattr(datamodule, "input_shape", None)
         if data_shape is not None and tuple(data_shape) != self.input_shape:
+            kind = "images" if len(self.input_shape) == 3 else "feature vectors"
             raise ValueError(
-                f"{type(self).__name__} was built for images of shape {self.input_shape}, but "
+                f"{type(self).__name__} was built for {kind} of shape {self.input_shape}, but "
                 f"{type(datamodule).__name__} yields {tuple(data_shape)}"
             )
 

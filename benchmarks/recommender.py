@@ -5,7 +5,8 @@
 Each config (``configs/mult_vae.yaml``, ``configs/mult_dae.yaml``) is trained exactly as ``ae-lightning fit --config
 <config> --data.path <path> ...`` would, with the split sizes and epochs given here, then tested from its best
 checkpoint (validation NDCG@100); the popularity ranking is scored on the same test users. Prints a markdown table of
-Recall@20, Recall@50 and NDCG@100 (mean and standard deviation over the seeds).
+Recall@20, Recall@50 and NDCG@100 (mean and standard deviation over the seeds). Other arguments go to the command
+after these, e.g. ``--data.min_rating null`` for a file of clicks without ratings.
 
 No ratings data can be downloaded on the development machine; MovieLens-100K ships inside the ``recbole`` wheel:
 
@@ -42,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch_size", action=AtLeast, default=100)
     parser.add_argument("--anneal_steps", type=int, default=2000, help="KL annealing steps of the Mult-VAEs")
     parser.add_argument("--root", type=Path, default=ROOT / "runs" / "recommender")
-    args = parser.parse_args(argv)
+    args, args.command_args = parser.parse_known_args(argv)  # the rest: ``ae-lightning fit`` arguments
     missing = [name for name in args.configs if not (ROOT / "configs" / f"{name}.yaml").is_file()]
     if missing:
         parser.error(f"--configs {' '.join(missing)}: no such config in {ROOT / 'configs'}")
@@ -71,7 +72,7 @@ def run(config: str, args: argparse.Namespace, seed: int) -> dict[str, float]:
         "--data.path", args.path, "--data.val_users", args.val_users, "--data.test_users", args.test_users,
         "--data.batch_size", str(args.batch_size), "--data.seed", str(seed), "--seed_everything", str(seed),
         "--trainer.max_epochs", str(args.epochs), "--trainer.default_root_dir", str(args.root / f"{config}-{seed}"),
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *args.command_args,
     ]  # fmt: skip
     with mock.patch("sys.argv", ["ae-lightning"]):  # the CLI must read only these arguments
         cli = AnnealingCLI(args.anneal_steps, args=cli_args, run=False)

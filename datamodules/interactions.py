@@ -314,10 +314,16 @@ def click_fingerprint(clicks: sparse.csr_matrix) -> int:
 def read_interactions(path: Path, header: bool | None = None, min_rating: float | None = None) -> pd.DataFrame:
     """The ``user``, ``item`` (and ``rating``) columns of an interactions file, with ratings below ``min_rating``
     dropped; blank lines, a UTF-8 BOM and CRLF line ends are read past, and the index is each line's data row
-    (:func:`line_of`). Raises a ValueError naming the file and line of a missing field, a non-numeric rating or a
+    (:func:`line_of`). Raises a ValueError naming the file and line of a missing field, a rating not finite or a
     repeated (user, item) pair, or a ``min_rating`` without ratings."""
     if not path.is_file():
-        raise FileNotFoundError(f"interactions file {path} " + ("is a folder" if path.is_dir() else "does not exist"))
+        if path.is_dir():
+            names = sorted(entry.name for entry in path.iterdir() if entry.is_file())
+            inside = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "") or "no files"
+            raise FileNotFoundError(
+                f"interactions file {path} is a folder; give the file of interactions in it ({inside})"
+            )
+        raise FileNotFoundError(f"interactions file {path} does not exist")
     try:
         with path.open(encoding="utf-8-sig") as file:  # blank lines skipped, as pandas skips them
             lines = ((number, text.strip()) for number, text in enumerate(file, 1) if text.strip())
@@ -385,11 +391,14 @@ def read_interactions(path: Path, header: bool | None = None, min_rating: float 
         )
     if "rating" in frame:
         ratings = pd.to_numeric(frame["rating"], errors="coerce")
-        bad = ratings.isna().to_numpy()
+        bad = ~np.isfinite(ratings.to_numpy(dtype=float))  # NaN where not a number; inf would pass any min_rating
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
             given = frame["rating"].iloc[row]
-            what = "has no rating" if pd.isna(given) or not str(given).strip() else f"rating {given!r} is not a number"
+            kind = "finite" if np.isinf(ratings.iloc[row]) else "a number"
+            what = (
+                "has no rating" if pd.isna(given) or not str(given).strip() else f"rating {str(given)!r} is not {kind}"
+            )
             raise ValueError(f"{path} line {line_of(path, row, first_line)}: {what}")
         frame["rating"] = ratings
         if min_rating is not None:

@@ -640,6 +640,12 @@ def test_model_whose_input_shape_disagrees_with_the_data_is_an_error(tmp_path: P
         ValueError, match=r"built for images of shape \(1, 28, 28\), but ImageFolderDataModule yields \(3, 8, 8\)"
     ):
         trainer.fit(Autoencoder(latent_dim=2, hidden_dims=[4]), datamodule=ImageFolderDataModule(str(root)))
+    torch.save(torch.rand(40, 6), tmp_path / "x.pt")  # click or feature vectors are no images
+    with pytest.raises(
+        ValueError, match=r"built for feature vectors of shape \(5,\), but ArrayDataModule yields \(6,\)"
+    ):
+        model = Autoencoder(input_shape=(5,), latent_dim=2, reconstruction="mse")
+        trainer.fit(model, datamodule=ArrayDataModule(str(tmp_path / "x.pt")))
 
 
 # --- the command line -----------------------------------------------------------------------------------------------

@@ -122,6 +122,7 @@ def test_movielens_u_data_layout_reads_the_same(tmp_path: Path) -> None:
         (["1,10,4", "2,10,5", "3,998"], {}, r"line 3: has no rating"),
         (["1,10,4", "2,10,", "3,11,NA"], {}, r"line 2: has no rating"),
         (["1,10,4", "3,11,NA"], {}, r"line 2: rating 'NA' is not a number"),
+        (["1,10,4", "3,11,-inf", "3,12,inf"], {}, r"line 2: rating '-inf' is not finite"),
         (["1,10", "2,10"], {"min_rating": 3.5}, r"min_rating=3.5, but .* no rating column \(.*\): set min_rating null"),
         (
             ["1,10,4", "2,11,5"],
@@ -148,6 +149,7 @@ def test_movielens_u_data_layout_reads_the_same(tmp_path: Path) -> None:
         "missing-rating",
         "empty-rating",
         "NA-rating",
+        "infinite-rating",
         "no-ratings",
         "too-few-users",
         "blank-id",
@@ -228,6 +230,20 @@ def test_recommend_leaves_out_clicked_items() -> None:
     assert sorted(model.recommend(crowded, k=5)[0].tolist()) == [-1, -1, -1, 10, 11]
     with pytest.raises(ValueError, match=r"k=13: expected 1 to 12 \(the number of items\)"):
         model.recommend(clicks, k=13)
+
+
+def test_a_mult_vae_samples_users_from_its_standard_normal_prior() -> None:
+    # MultVAE.sample(n) said "MultVAE is not a generative model: it has no prior to sample from"
+    torch.manual_seed(0)
+    model = MultVAE(input_shape=(12,), latent_dim=3, hidden_dims=[5]).eval()
+    assert model.is_generative
+    torch.manual_seed(1)
+    probabilities = model.sample(4)
+    assert probabilities.shape == (4, 12) and torch.allclose(probabilities.sum(-1), torch.ones(4))
+    torch.manual_seed(1)
+    assert torch.equal(probabilities, model.decode(torch.randn(4, 3)))
+    with pytest.raises(NotImplementedError, match="MultDAE is not a generative model"):
+        MultDAE(input_shape=(12,), latent_dim=3, hidden_dims=[5]).sample(4)
 
 
 @pytest.mark.parametrize(
@@ -400,6 +416,11 @@ def test_test_users_without_a_known_item_are_named_by_the_test_file(
 def test_a_folder_a_compressed_file_and_a_quoted_csv(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=f"interactions file {tmp_path} is a folder"):
         _ = data(tmp_path).interactions
+    (tmp_path / "ml-20m").mkdir()  # MovieLens unzipped: the folder named instead of its ratings.csv
+    for name in ("movies.csv", "ratings.csv", "README.txt"):
+        (tmp_path / "ml-20m" / name).write_text("1,10,4\n")
+    with pytest.raises(FileNotFoundError, match=r"is a folder; give the file of interactions in it \(README.txt, movi"):
+        _ = data(tmp_path / "ml-20m").interactions
     packed = tmp_path / "ratings.csv.gz"
     packed.write_bytes(gzip.compress(b"1,10,4\n"))
     with pytest.raises(ValueError, match=r"ratings.csv.gz is not a text file .*decompress a .gz"):
@@ -678,3 +699,20 @@ def test_the_benchmark_anneals_a_mult_vae_of_any_config_name(tmp_path: Path, mon
                     "20", "--batch_size", "32", "--anneal_steps", "7", "--root", str(tmp_path / "runs")])  # fmt: skip
     config = (tmp_path / "runs" / "my_vae-42" / "lightning_logs" / "version_0" / "config.yaml").read_text()
     assert "anneal_steps: 7\n" in config
+
+
+def test_the_benchmark_passes_other_arguments_to_the_command(tmp_path: Path) -> None:
+    # A file of clicks without ratings: the configs' min_rating 4 refuses it, naming --data.min_rating null, which the
+    # benchmark refused as an unrecognized argument
+    spec = importlib.util.spec_from_file_location("recommender_benchmark", ROOT / "benchmarks" / "recommender.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    text = write_interactions(tmp_path / "ratings.csv").read_text()
+    path = tmp_path / "clicks.csv"
+    path.write_text("".join(line.rsplit(",", 1)[0] + "\n" for line in text.splitlines()))
+    table = benchmark.main(["--path", str(path), "--configs", "mult_dae", "--epochs", "1", "--val_users", "20",
+                            "--test_users", "20", "--batch_size", "32", "--root", str(tmp_path / "runs"),
+                            "--data.min_rating", "null", "--model.init_args.latent_dim", "8"])  # fmt: skip
+    assert set(table) == {"mult_dae", "popularity"}
+    config = (tmp_path / "runs" / "mult_dae-42" / "lightning_logs" / "version_0" / "config.yaml").read_text()
+    assert "min_rating: null\n" in config and "latent_dim: 8\n" in config

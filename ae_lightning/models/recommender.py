@@ -171,12 +171,15 @@ class MultinomialAutoencoder(AutoencoderModule):
 class MultVAE(MultinomialAutoencoder):
     """Mult-VAE: a Gaussian posterior over the user's code, a standard-normal prior, and the KL term weighted by
     ``beta = min(anneal_cap, step / anneal_steps)`` (the paper's partially regularized objective, eq. 6-7).
+    ``sample(n)`` gives the item probabilities ``[n, I]`` of users drawn from the prior.
 
     Args:
         anneal_cap: the largest KL weight (the paper's best: 0.2 on MovieLens-20M).
         anneal_steps: steps over which the KL weight rises linearly from 0 to 1, capped; 0: ``anneal_cap`` at once.
         **kwargs: the :class:`MultinomialAutoencoder` arguments.
     """
+
+    is_generative = True
 
     def __init__(
         self, anneal_cap: NonNegativeFloat = 0.2, anneal_steps: NonNegativeInt = 200_000, **kwargs: Any
@@ -196,6 +199,10 @@ class MultVAE(MultinomialAutoencoder):
         """The posterior mean."""
         self.check_tensor(x, "encode(x)")
         return self.posterior_parameters(x)[0]
+
+    def sample_prior(self, n: int) -> Tensor:
+        """``n`` codes ``[n, latent_dim]`` of the standard normal prior, in the weights' dtype."""
+        return torch.randn(n, self.latent_dim, device=self.device, dtype=torch.float32).to(self.dtype)
 
     def kl_weight(self) -> float:
         """Annealed to ``anneal_cap`` in training; ``anneal_cap`` in evaluation (as the VAE's warm-up)."""
