@@ -34,7 +34,7 @@ import torch
 import yaml
 from jsonargparse import get_loader
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from optuna.distributions import (
     BaseDistribution,
@@ -103,10 +103,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     args.study_name = args.study_name or "+".join(config.stem for config in args.config)
     args.root = args.root or Path("runs") / "search" / args.study_name
     existing = next(path for path in (args.root, *args.root.absolute().parents) if path.exists())
-    if not existing.is_dir():  # found otherwise by a trial, after the study has recorded it
-        parser.error(
-            f"--root {args.root}: {existing} is a file; expected a folder for the trials' runs (made if missing)"
-        )
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):  # else found by a trial, recorded FAIL
+        what = "is a file" if not existing.is_dir() else "is a folder this process cannot write in"
+        parser.error(f"--root {args.root}: {existing} {what}; expected a folder for the trials' runs (made if missing)")
     return args, fit_args
 
 
@@ -238,6 +237,7 @@ def check_names(space: dict[str, Any], space_path: Path, configs: list[Path], pa
             f"checkpoint.dirpath {parsed['checkpoint.dirpath']} (of {named} or the fit arguments) would be the "
             "checkpoint folder of every trial; leave it unset: each trial keeps its checkpoints in its own folder"
         )
+    root = os.path.normpath(parsed.trainer.get("default_root_dir") or ".")  # where the command puts logs by default
     for logger in loggers_of(parsed):
         init_args = getattr(logger, "init_args", None) or {}
         run = next((key for key in ("id", "version") if init_args.get(key) is not None), None)
@@ -246,6 +246,20 @@ def check_names(space: dict[str, Any], space_path: Path, configs: list[Path], pa
                 f"trainer.logger {logger.class_path} {run} {init_args[run]!r} (of {named} or the fit arguments) would "
                 "be the W&B run of every trial; leave it unset: each trial logs a run of its own"
             )
+        save_dir = init_args.get("save_dir")
+        if _logs_in_root(logger) and save_dir is not None and os.path.normpath(str(save_dir)) != root:
+            raise ConfigError(
+                f"trainer.logger {logger.class_path} save_dir {save_dir!r} (of {named} or the fit arguments; a "
+                "WandbLogger's dir too) would hold the runs of every trial, checkpoints included, outside the trial's "
+                "folder <root>/trial-<n>, where a retry looks for them to resume; leave it unset: each trial logs "
+                "into its own folder under --root"
+            )
+
+
+def _logs_in_root(logger: Any) -> bool:
+    """Whether ``logger`` (a config's) is one that the command puts in ``--trainer.default_root_dir`` by default."""
+    cls = resolve_class_path(logger.class_path) if isinstance(getattr(logger, "class_path", None), str) else None
+    return isinstance(cls, type) and issubclass(cls, (CSVLogger, TensorBoardLogger, WandbLogger))
 
 
 def drawn_owners(space: dict[str, Any], name: str) -> list[str]:
@@ -350,7 +364,14 @@ def open_study(
     every trial failed before validating (then it takes this run's). The sampler's seed: ``docs/search.md``."""
     engine = {"connect_args": {"timeout": args.lock_timeout}} if args.storage.startswith("sqlite") else {}
     if args.storage.startswith("sqlite:///"):
-        Path(args.storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(args.storage.removeprefix("sqlite:///")).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:  # a file where a folder of the path should be
+            raise StorageError(
+                f"study storage {args.storage} cannot be opened: its folder {folder} cannot be made ({error.strerror}:"
+                f" {error.filename}); expected sqlite:///path.db in a folder that exists or can be made"
+            ) from None
     configs = [str(config.resolve()) for config in args.config]
     # one config is stored as its path alone, as studies were before configs could be stacked
     identity = {"config": configs[0] if len(configs) == 1 else configs, "space": _digest(space["parameters"]),
@@ -503,18 +524,24 @@ class StorageError(ValueError):
 
 @contextlib.contextmanager
 def storage_errors(args: argparse.Namespace) -> Iterator[None]:
-    """Turn an error caused by a locked study storage (anywhere in the error's chain) into a :class:`StorageError`
-    naming the storage and ``--lock_timeout``."""
+    """Turn an error caused by the study storage's database (a SQLAlchemy ``OperationalError`` anywhere in the error's
+    chain: a locked, read-only or broken file) into a :class:`StorageError` naming the storage; when it is locked, with
+    ``--lock_timeout``."""
     try:
         yield
     except StorageError:
         raise
     except Exception as error:
         cause: BaseException | None = error
-        while cause is not None and not (isinstance(cause, OperationalError) and "locked" in str(cause)):
+        while cause is not None and not isinstance(cause, OperationalError):
             cause = cause.__cause__ or cause.__context__
         if cause is None:
             raise
+        if "locked" not in str(cause):  # e.g. Optuna's StorageInternalError for a read-only file
+            raise StorageError(
+                f"study storage {args.storage} cannot be used: {cause.orig} (the search records every trial in it: "
+                "it must be a database this process can read and write, a SQLite file in a writable folder)"
+            ) from error
         raise StorageError(
             f"study storage {args.storage} is locked: another process has held its write lock for more than "
             f"--lock_timeout {args.lock_timeout} s. Wait for it, raise --lock_timeout, or use a server database "

@@ -267,8 +267,21 @@ def test_a_new_trial_refuses_a_folder_that_holds_an_earlier_run(tmp_path: Path, 
         ["--model.init_args.latent_dim", "3"],
         ["config"],
         ["--trainer.logger", '{{"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {{"id": "r"}}}}'],
+        # before: every trial's run and checkpoints in one folder; a retry found no checkpoint and started afresh
+        ["--trainer.logger", "TensorBoardLogger", "--trainer.logger.save_dir", "{tmp}/logs"],
+        ["--trainer.logger", "WandbLogger", "--trainer.logger.dir", "{tmp}/logs", "--trainer.logger.offline", "true"],
     ],
-    ids=["dirpath", "root-dir", "monitor", "mode", "searched", "dirpath-in-config", "wandb-run-id"],
+    ids=[
+        "dirpath",
+        "root-dir",
+        "monitor",
+        "mode",
+        "searched",
+        "dirpath-in-config",
+        "wandb-run-id",
+        "logger-save-dir",
+        "wandb-dir",
+    ],
 )
 def test_settings_the_search_sets_itself_are_refused_by_name(tmp_path: Path, data_dir: Path, extra: list) -> None:
     config = AE
@@ -282,7 +295,7 @@ def test_settings_the_search_sets_itself_are_refused_by_name(tmp_path: Path, dat
         search.run(
             search_args(tmp_path, data_dir, "--n_trials", "1", "--trainer.max_epochs", "1", *extra, config=config)
         )
-    assert not any((tmp_path / name).exists() for name in ("trials", "ckpts", "mine"))
+    assert not any((tmp_path / name).exists() for name in ("trials", "ckpts", "mine", "logs"))
 
 
 def test_a_retry_killed_before_its_first_checkpoint_runs_in_its_own_folder(tmp_path: Path, data_dir: Path) -> None:
@@ -373,6 +386,52 @@ def test_a_storage_that_is_not_a_usable_url_is_named(tmp_path: Path, data_dir: P
                        r".*postgresql://user@host/db|cannot be opened)"):  # fmt: skip
         search.run(args)
     assert not (tmp_path / "study.db").exists() and not (tmp_path / "trials").exists()  # nothing written
+
+
+def test_a_storage_under_a_file_is_named(tmp_path: Path, data_dir: Path) -> None:
+    # before: `[Errno 17] File exists: '.../space.yaml'`, naming neither --storage nor what was expected
+    args = search_args(tmp_path, data_dir, "--n_trials", "1")
+    args[args.index("--storage") + 1] = storage = f"sqlite:///{tmp_path / 'space.yaml' / 'study.db'}"
+    with pytest.raises(ValueError, match=rf"study storage {re.escape(storage)} cannot be opened: its folder "
+                       rf"{re.escape(str(tmp_path / 'space.yaml'))} cannot be made"):  # fmt: skip
+        search.run(args)
+
+
+def test_a_read_only_storage_is_named(tmp_path: Path, data_dir: Path) -> None:
+    # before: Optuna's StorageInternalError traceback, "invalid data in the commit, e.g. exceeding max length"
+    path = tmp_path / "study.db"
+    optuna.create_study(storage=f"sqlite:///{path}", study_name="other")
+    path.chmod(0o444)
+    if os.geteuid() == 0:  # root writes a file of any mode, but not an immutable one
+        if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+            pytest.skip("root writes any file here, and chattr +i is not available")
+    try:
+        with pytest.raises(ValueError, match=r"study storage sqlite:///.*study.db cannot be used: attempt to write a "
+                           r"readonly database \(the search records every trial in it"):  # fmt: skip
+            open_study(tmp_path, data_dir)
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_a_root_this_process_cannot_write_in_is_refused_before_the_study_is_stored(
+    tmp_path: Path, data_dir: Path, capsys
+) -> None:
+    # before: the study recorded a failed trial 0, then stopped with `[Errno 13] Permission denied: '.../locked/trials'`
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.geteuid() == 0 and subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode != 0:
+        pytest.skip("root writes in any folder here, and chattr +i is not available")
+    try:
+        with pytest.raises(SystemExit):
+            search.run([*search_args(tmp_path, data_dir, "--n_trials", "1"), "--root", str(locked / "trials")])
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(locked)], check=True)
+        locked.chmod(0o755)
+    assert f"--root {locked / 'trials'}: {locked} is a folder this process cannot write in" in capsys.readouterr().err
+    assert not (tmp_path / "study.db").exists()
 
 
 FOREIGN_TABLES = {
