@@ -19,6 +19,7 @@ from lightning.pytorch.utilities.types import LRSchedulerTypeUnion
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
+from torchmetrics import Metric
 
 from ae_lightning.blocks import losses, networks
 from ae_lightning.blocks.networks import Network, check_network
@@ -555,6 +556,11 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
 
     def setup(self, stage: str) -> None:
         self._checked_stages = set()
+        # Each stage's metrics start empty, in states of this process's own: ddp_spawn's processes on the CPU get the
+        # model's tensors in shared memory, and Lightning unshares its parameters and buffers, not metric states.
+        for metric in self.modules():
+            if isinstance(metric, Metric):
+                metric.reset()
         if stage == "fit":  # a fit starts at epoch 0, unless it restores a checkpoint (after this hook)
             self._scheduled_epoch, self._plateau_val_loss, self._built_plateaus = -1, None, []
         self.check_given_networks()

@@ -283,17 +283,14 @@ class ImageDataModule(L.LightningDataModule):
 
     def check_resume(self, loader_state: dict[str, Any], world_size: int) -> None:
         """Raise a ValueError naming the setting (and both datasets) if the checkpoint's training position
-        ``loader_state`` was reached on other data or with other data settings (checked only where :attr:`prepared`)."""
-        if not self.prepared:
-            return
-        self.setup("fit")
-        samples, content = self.training_content()
-        mine = {
-            "seed": self.hparams.seed, "batch_size": self.hparams.batch_size, "world_size": world_size,
-            "samples": samples, "fingerprint": content, "source": self.data_description,
-        }  # fmt: skip
-        if "train" in self.splits:
-            mine["signed_fingerprint"] = fingerprint(self.splits["train"][0], signed=True)
+        ``loader_state`` was reached on other data or with other data settings (the data: where :attr:`prepared`)."""
+        mine = {"seed": self.hparams.seed, "batch_size": self.hparams.batch_size, "world_size": world_size}
+        if self.prepared:
+            self.setup("fit")
+            samples, content = self.training_content()
+            mine |= {"samples": samples, "fingerprint": content, "source": self.data_description}
+            if "train" in self.splits:
+                mine["signed_fingerprint"] = fingerprint(self.splits["train"][0], signed=True)
         check_resume_state(loader_state, mine)
 
     def training_content(self) -> tuple[int, int]:

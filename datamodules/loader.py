@@ -92,7 +92,7 @@ def check_resume_state(stored: dict, mine: dict) -> None:
     if "fingerprint" in stored and stored["fingerprint"] == mine.get("signed_fingerprint"):
         mine = {**mine, "fingerprint": stored["fingerprint"]}  # the same data, before the sum took absolute values
     data = ""
-    if stored.get("source", mine.get("source")) != mine.get("source"):
+    if "source" in mine and stored.get("source", mine["source"]) != mine["source"]:
         data = f" (the checkpoint's data: {stored.get('source', 'unknown')}; this run's: {mine['source']})"
     # at an epoch's end the next epoch starts afresh: only the data and their seed must be the same
     settings = {key: name for key, name in _RESUME_SETTINGS.items() if not (at_epoch_end and key in _EPOCH_SETTINGS)}

@@ -156,6 +156,20 @@ def test_a_resumed_fit_refuses_what_the_checkpoints_state_cannot_honour(
     assert not (tmp_path / "resumed").exists(), "a refused resume left files that look like a run"
 
 
+def test_a_resume_with_other_data_settings_is_refused_before_anything_is_written_where_the_data_are_not_fetched(
+    vae_run: Path, tmp_path: Path
+) -> None:
+    # Data not fetched yet (the README's MNIST run offline, a torchvision set to download): the settings were checked
+    # only as the checkpoint loaded, after the logger had written a run folder with its config.
+    not_fetched = tmp_path / "not_fetched"
+    not_fetched.mkdir()
+    with pytest.raises(ConfigError, match=r"reached with --data.seed 42, this run has 7"):
+        run_cli("fit", *tiny_args("vae", not_fetched, tmp_path / "resumed", "--ckpt_path", str(vae_run),
+                                  "--data.seed", "7"))  # fmt: skip
+    assert not (tmp_path / "resumed").exists(), "a refused resume left files that look like a run"
+    assert not any(not_fetched.iterdir()), "a refused resume fetched data"
+
+
 def test_a_fine_tuned_deep_ae_refuses_a_pretraining_schedule_that_would_pretrain_it_again(
     data_dir: Path, tmp_path: Path
 ) -> None:

@@ -315,3 +315,22 @@ def test_the_split_check_reads_only_data_that_need_no_prepare_data_and_skips_spl
     not_fetched = MNISTDataModule(data_dir=str(tmp_path / "empty"))
     not_fetched.check_splits("fit", trainer())
     assert not not_fetched.prepared and not not_fetched.splits
+
+
+def test_test_metrics_under_ddp_spawn_equal_one_process(tmp_path: Path) -> None:
+    # The processes that ddp_spawn starts on the CPU got the model's tensors in memory shared between them: both ranks
+    # added into the same metric states, and test/recon_mse came out twice the one-process value.
+    from conftest import write_dataset
+
+    data_dir = write_dataset(tmp_path / "data", "MNIST")
+    csv_logger = ["--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", str(tmp_path / "spawn")]
+    result = run_subprocess("test", *tiny_args("ae", data_dir, tmp_path / "spawn", *SPAWN, *csv_logger))
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(tmp_path / "spawn" / "lightning_logs" / "version_0" / "metrics.csv") as file:
+        under_spawn = {name: float(value) for row in csv.DictReader(file) for name, value in row.items()
+                       if name.startswith("test/") and value}  # fmt: skip
+    single = run_cli("test", *tiny_args("ae", data_dir, tmp_path / "single"))
+    one_process = {name: value.item() for name, value in single.trainer.callback_metrics.items()}
+    assert {"test/loss", "test/recon_mse", "test/psnr"} <= set(under_spawn)
+    for name, value in under_spawn.items():
+        assert value == pytest.approx(one_process[name], rel=1e-5), name
