@@ -117,8 +117,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action=AtLeast,
         least=10,
         what="codes, for MIG, SAP and DCI",
-        default=10000,
-        help="codes seen by MIG, SAP and DCI",
+        help="codes seen by MIG, SAP and DCI (default 10000)",
     )
     parser.add_argument(
         "--prune_threshold",
@@ -165,10 +164,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             check_number("--prune_threshold", args.prune_threshold, "[0, inf)")  # as the callback's prune_threshold
         except ValueError as error:
             parser.error(f"{error} (the std below which a code dimension counts as collapsed; 0 keeps all)")
-        if args.disentanglement and "factor_vae" not in args.disentanglement:
+    # an option of some disentanglement metrics, given where --disentanglement leaves them all out, would be ignored
+    uses = {
+        "prune_threshold": ("the FactorVAE score", ["factor_vae"], "factor_vae"),
+        "disentanglement_points": ("MIG, SAP and DCI", ["mig", "sap", "dci"], "one of mig, sap, dci"),
+    }
+    for name, (what, metrics, fix) in uses.items():
+        if getattr(args, name) is not None and args.disentanglement and not set(metrics) & set(args.disentanglement):
             parser.error(
-                f"--prune_threshold applies to the FactorVAE score, which --disentanglement "
-                f"{' '.join(args.disentanglement)} leaves out; add factor_vae or drop --prune_threshold"
+                f"--{name} applies to {what}, which --disentanglement {' '.join(args.disentanglement)} leaves out; "
+                f"add {fix} or drop --{name}"
             )
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
         parser.error(f"--data_dir {args.data_dir}: no such folder; expected the folder the checkpoint's data are in")
@@ -274,7 +279,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if args.plots is not None:  # the pictures of this model and data, refused before any score
         views = args.views or visualization.applicable_views(model)
         check_pictures(args.plots, [*views, *(["traversals"] if traversals else [])], args.overwrite)
-    options = {"--disentanglement": args.disentanglement, "--prune_threshold": args.prune_threshold}
+    options = {
+        f"--{name}": getattr(args, name) for name in ("disentanglement", "prune_threshold", "disentanglement_points")
+    }
     given = [option for option, value in options.items() if value not in (None, ["none"])]
     if given and not has_factors:
         raise ValueError(f"{given[0]} needs data with known factors (dSprites), not {type(datamodule).__name__}")
@@ -330,7 +337,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if names:
         threshold = disentanglement.PRUNE_THRESHOLD if args.prune_threshold is None else args.prune_threshold
         scores |= disentanglement.disentanglement_metrics(
-            encode, datamodule, names, num_points=args.disentanglement_points, seed=args.seed, prune_threshold=threshold
+            encode,
+            datamodule,
+            names,
+            num_points=args.disentanglement_points or 10000,
+            seed=args.seed,
+            prune_threshold=threshold,
         )
     if first_stage:
         scores |= evaluation.first_stage_scores(

@@ -180,7 +180,7 @@ def test_evaluate_script_reports_disentanglement_and_draws_traversals(tmp_path: 
     assert (tmp_path / "pictures" / "traversals.png").is_file()
     common = [str(checkpoint), "--metrics", "mse", "--disentanglement_points", "300"]
     assert {"mig", "sap", "dci_disentanglement"} <= set(script.main([*common, "--disentanglement"]))  # the flag alone
-    assert set(script.main([*common, "--disentanglement", "none"])) == {"mse"}
+    assert set(script.main([*common[:-2], "--disentanglement", "none"])) == {"mse"}  # no points: no metric uses them
     # fid needs a feature classifier of these data: the error's command trains it where the script looks for it.
     monkeypatch.setenv("AE_LIGHTNING_CACHE", str(tmp_path / "cache"))
     fid = [str(checkpoint), "--metrics", "fid", "--fid_samples", "40", "--disentanglement", "none"]
@@ -285,3 +285,30 @@ def test_fixed_factors_refused_for_what_is_wrong_with_them(
     drawn as "val_fraction and test_fraction leave the training split empty: use smaller fractions"."""
     with pytest.raises(ValueError, match=message):
         DSpritesDataModule(fixed_factors=fixed_factors, num_samples=num_samples).setup("fit")
+
+
+def test_evaluate_script_refuses_disentanglement_points_that_no_metric_would_use(tmp_path: Path, capsys) -> None:
+    from unittest import mock
+
+    from test_evaluation import load_script, refused
+
+    from ae_lightning import VAE
+    from ae_lightning.evaluation import driver as evaluation
+    from datamodules import MNISTDataModule
+
+    script, checkpoint = load_script("evaluate"), str(tmp_path / "run.ckpt")
+    with mock.patch.object(evaluation, "load_checkpoint", side_effect=AssertionError("loaded the checkpoint")):
+        for chosen in ("beta_vae factor_vae", "none"):
+            message = refused(script, [checkpoint, "--disentanglement_points", "300", "--disentanglement",
+                                       *chosen.split()], capsys)  # fmt: skip
+            assert message == (
+                f"--disentanglement_points applies to MIG, SAP and DCI, which --disentanglement "
+                f"{chosen} leaves out; add one of mig, sap, dci or drop --disentanglement_points"
+            )
+    mnist = MNISTDataModule(data_dir=str(tmp_path))
+    with (
+        mock.patch.object(evaluation, "load_checkpoint", return_value=(VAE(latent_dim=2, hidden_dims=[4]), mnist)),
+        mock.patch.object(evaluation, "evaluate", side_effect=AssertionError("scored")),
+        pytest.raises(ValueError, match=re.escape("--disentanglement_points needs data with known factors (dSprites)")),
+    ):
+        script.main([checkpoint, "--metrics", "mse", "--disentanglement_points", "300"])

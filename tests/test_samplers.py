@@ -117,6 +117,15 @@ def test_a_plain_autoencoder_generates_through_a_sampler_and_gets_frechet_distan
     assert math.isfinite(driver.frechet_distance(generator, classifier, real, 64))
 
 
+@pytest.mark.parametrize("make", [lambda: GaussianMixtureSampler(2), lambda: TwoStageSampler(5, steps=2)])
+def test_a_sampler_fitted_on_codes_of_another_size_is_refused_naming_both_sizes(make) -> None:
+    # another model's codes (5 numbers) went to this model's decoder (2): torch's "shape '[3, 2]' is invalid"
+    model = Autoencoder(input_shape=(1, 8, 8), latent_dim=2, hidden_dims=[8]).eval()
+    generator = PosthocGenerator(model, make().fit(torch.randn(20, 5)))
+    with pytest.raises(ValueError, match=re.escape("draws codes of 5 numbers, but Autoencoder's codes [2] hold 2")):
+        generator.sample(3)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=["64-true", "bf16-true"])
 def test_a_sampler_generates_through_a_model_in_float64_or_bfloat16(dtype: torch.dtype) -> None:
     # the sampler's float32 codes went to the decoder of a 64-true or bf16-true model, which refused them

@@ -484,6 +484,18 @@ def test_a_warmed_up_vae_is_evaluated_on_its_full_objective(data_dir: Path, tmp_
     assert test["test/loss"] == pytest.approx(test["test/recon"] + 4.0 * test["test/kl"], rel=1e-5)
 
 
+def test_a_fit_that_ends_before_the_kl_warm_up_does_is_warned_with_the_weight_it_reaches() -> None:
+    # max_steps 4 < kl_warmup_steps 10: the beta-VAE trained at most at 0.3 x beta, silently (a "beta-VAE" whose KL
+    # came out above the VAE's)
+    data = DataLoader(TensorDataset(torch.rand(8, 1, 8, 8), torch.arange(8) % 3, torch.arange(8)), batch_size=2)
+    model = VAE(**TINY, beta=4.0, kl_warmup_steps=10)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=4,
+                        enable_model_summary=False)  # fmt: skip
+    message = "ends (max_steps 4) before the KL warm-up does (kl_warmup_steps 10): the KL weight reaches only 1.2 (0.3"
+    with pytest.warns(UserWarning, match=re.escape(message)):
+        trainer.fit(model, data)
+
+
 # The VAE and the variants whose loss weighs the KL (and regularizers) otherwise than the ELBO.
 ELBO_VARIANTS = [(VAE, {}), (ConditionalVAE, {}), (BetaTCVAE, {}), (DIPVAE, {}), (InfoVAE, {}),
                  (FactorVAE, {"discriminator_hidden_dims": [8]}), (VampPriorVAE, {"num_pseudo_inputs": 3}),

@@ -183,7 +183,13 @@ class PosthocGenerator(nn.Module):
         if self.num_classes is None:  # labels would be ignored, as the model's own sample refuses them
             check_sample_count(n, y=y)
         weight = next(self.model.parameters())  # the decoder takes codes in its dtype: float64 under 64-true
-        codes = self.sampler.sample(n).to(weight).reshape(n, *self.model.latent_shape)
+        codes, shape = self.sampler.sample(n).to(weight), self.model.latent_shape
+        if codes.shape[1] != math.prod(shape):
+            raise ValueError(
+                f"the sampler draws codes of {codes.shape[1]} numbers, but {type(self.model).__name__}'s codes "
+                f"{list(shape)} hold {math.prod(shape)}: fit the sampler on this model's codes (driver.encode_split)"
+            )
+        codes = codes.reshape(n, *shape)
         if self.num_classes is not None and y is None:
             y = torch.arange(n, device=weight.device) % self.num_classes
         return self.model.decode(codes, y)

@@ -156,6 +156,17 @@ class VAE(AutoencoderModule):
             return self.beta
         return self.beta * min(1.0, self.global_step / self.kl_warmup_steps)
 
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        max_steps = self.trainer.max_steps  # -1: no limit; the last step trained is max_steps - 1
+        if 0 < max_steps <= self.kl_warmup_steps:
+            share = (max_steps - 1) / self.kl_warmup_steps
+            rank_zero_warn(
+                f"the fit ends (max_steps {max_steps}) before the KL warm-up does (kl_warmup_steps "
+                f"{self.kl_warmup_steps}): the KL weight reaches only {self.beta * share:.3g} ({share:.3g} x "
+                f"beta={self.beta}); lower kl_warmup_steps or raise max_steps to train on the objective asked for"
+            )
+
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
         if self.dequantizes:
             x = losses.uniform_dequantize(x)
