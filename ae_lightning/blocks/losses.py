@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -90,6 +91,12 @@ def kl_divergence_normal(mu: Tensor, logvar: Tensor, event_ndim: int = 1) -> Ten
     flat codes ``[..., D]``, 3 for spatial ones ``[..., C, h, w]``)."""
     mu, logvar = _at_least_float32(mu, logvar)
     return _sum_image_dims(0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar), event_ndim)
+
+
+def standard_normal(shape: Sequence[int], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Standard normal noise of ``shape`` in ``dtype``, drawn in float32 (for a seed, the same numbers to that
+    dtype's precision under every ``precision``)."""
+    return torch.randn(*shape, device=device, dtype=torch.float32).to(dtype)
 
 
 def reparameterize(mu: Tensor, logvar: Tensor, noise: Tensor | None = None) -> Tensor:

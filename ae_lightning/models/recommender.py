@@ -202,7 +202,7 @@ class MultVAE(MultinomialAutoencoder):
 
     def sample_prior(self, n: int) -> Tensor:
         """``n`` codes ``[n, latent_dim]`` of the standard normal prior, in the weights' dtype."""
-        return torch.randn(n, self.latent_dim, device=self.device, dtype=torch.float32).to(self.dtype)
+        return losses.standard_normal((n, self.latent_dim), self.device, self.dtype)
 
     def kl_weight(self) -> float:
         """Annealed to ``anneal_cap`` in training; ``anneal_cap`` in evaluation (as the VAE's warm-up)."""

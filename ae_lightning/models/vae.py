@@ -129,7 +129,7 @@ class VAE(AutoencoderModule):
 
     def sample_prior(self, n: int) -> Tensor:
         """Codes of the standard normal, drawn in float32 as the noise of :meth:`log_densities`."""
-        return torch.randn(n, *self.latent_shape, device=self.device, dtype=torch.float32).to(self.dtype)
+        return losses.standard_normal((n, *self.latent_shape), self.device, self.dtype)
 
     def prior_log_prob(self, z: Tensor) -> Tensor:
         """log p(z) of codes ``[..., *latent_shape]``, here the standard normal's (summed over every element)."""
