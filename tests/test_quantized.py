@@ -189,6 +189,17 @@ def test_the_first_training_batch_not_the_sanity_check_initializes_the_codebook(
     assert seen == {"after the sanity check": False, "after the first training batch": True}
 
 
+def test_dead_code_threshold_is_compared_with_ema_cluster_sizes_that_count_vectors() -> None:
+    # dead_code_threshold is a count of vectors: k-means initialization gives each code the vectors of its cluster, and
+    # the EMA keeps the sizes summing to a step's vectors. vector-quantize-pytorch 1.34 started the sizes at 0 and made
+    # the threshold a fraction of the mean size (pyproject.toml keeps it below 1.34).
+    model = quantized(dead_code_threshold=0.0)
+    model.train().loss_terms(images(), None, None)
+    sizes = model.quantizer.quantizer._codebook.cluster_size
+    vectors = 6 * 14 * 14  # the codes of six 28x28 images at f=2
+    assert sizes.sum().item() == pytest.approx(vectors, rel=1e-4), "the EMA cluster sizes do not count the vectors"
+
+
 @pytest.mark.parametrize("kwargs", [{"kmeans_init": False}, {"quantizer": "residual_vq", "num_quantizers": 2}])
 def test_synchronizing_the_codebook_keeps_its_state_and_draws_no_random_numbers(kwargs: dict) -> None:
     # Under DDP configure_model rebuilds the library's quantizer with sync_codebook (tests/test_ddp.py runs it).
