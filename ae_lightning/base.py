@@ -145,22 +145,20 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         # ``nn.Module.bfloat16`` bypasses Lightning's ``to``, which records the dtype that ``self.dtype`` reports.
         return self.to(torch.bfloat16)
 
-    # --- the networks -----------------------------------------------------------------------------------------------
     def build_encoder(self) -> nn.Module | None:
         """The encoder when none is given: inputs ``[B, *input_shape]`` to codes ``[B, *latent_shape]``."""
-        hp, dropout = self.hparams, self.hparams.get("dropout", 0.0)
+        hp = self.hparams
         return networks.build_encoder(
-            hp.network, self.input_shape, hp.hidden_dims, self.latent_dim, dropout, hp.get("spatial")
+            hp.network, self.input_shape, hp.hidden_dims, self.latent_dim, hp.get("dropout", 0.0), hp.get("spatial")
         )
 
     def build_decoder(self) -> nn.Module:
         """The decoder when none is given: codes ``[B, *latent_shape]`` to logits ``[B, *input_shape]``."""
-        hp, dropout = self.hparams, self.hparams.get("dropout", 0.0)
+        hp = self.hparams
         return networks.build_decoder(
-            hp.network, self.latent_dim, hp.hidden_dims, self.input_shape, dropout, hp.get("spatial")
+            hp.network, self.latent_dim, hp.hidden_dims, self.input_shape, hp.get("dropout", 0.0), hp.get("spatial")
         )
 
-    # --- the public API ---------------------------------------------------------------------------------------------
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Codes ``[B, *latent_shape]`` of images ``x`` (with labels ``y``, which a conditional model needs)."""
         self.check_tensor(x, "encode(x)")
@@ -206,7 +204,6 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         """Per-sample anomaly score (higher = more anomalous): the reconstruction's mean squared error."""
         return losses.mean_squared_error(self(x, y), x)
 
-    # --- steps ------------------------------------------------------------------------------------------------------
     def training_step(self, batch: Batch | list[Batch], batch_idx: int) -> dict[str, Tensor]:
         # All named terms, not only ``loss``: callbacks (the non-finite guard) see them as ``outputs``.
         if self.automatic_optimization:
@@ -231,8 +228,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         return {name: value.detach() for name, value in terms.items()}
 
     def manual_step(self, optimizer: Optimizer, loss: Tensor, counted: bool = True) -> None:
-        """Under manual optimization, zero ``optimizer``'s gradients, backpropagate ``loss`` and step; only a
-        ``counted`` step advances ``global_step``."""
+        """Zero ``optimizer``'s gradients, backpropagate ``loss`` and step; only a ``counted`` step counts."""
         optimizer.zero_grad()
         self.manual_backward(loss)
         if counted:
@@ -284,7 +280,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         return {"z": z, "label": labels, "index": indices, "recon_error": error, "anomaly_score": score}
 
     def _anomaly_score(self, x: Tensor, labels: Tensor, error: Tensor) -> Tensor:
-        """:meth:`anomaly_score` of ``x``: ``error``, the reconstruction's, where a variant keeps the default."""
+        # ``error``, the reconstruction's, is the score where a variant keeps the default.
         return error if type(self).anomaly_score is AutoencoderModule.anomaly_score else self.anomaly_score(x, labels)
 
     @contextlib.contextmanager
@@ -303,8 +299,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         return terms
 
     def log_terms(self, terms: dict[str, Tensor], stage: Stage, batch_size: int) -> None:
-        """Log each term as ``<stage>/<name>`` (``loss`` also in the progress bar): evaluation terms as epoch means
-        across ranks; training ``loss`` every step, the others where Lightning writes logs (``on_train_batch_end``)."""
+        """Log each term as ``<stage>/<name>``: evaluation's as epoch means, training's per step (docs/internals.md)."""
         if stage == "train":
             self.log("train/loss", terms["loss"], prog_bar=True, on_step=True, on_epoch=False, batch_size=batch_size)
             self._unlogged_terms = terms, batch_size
@@ -331,8 +326,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
                 self.log(f"train/{name}", value, on_step=True, on_epoch=False, batch_size=batch_size)
 
     def _check_batch(self, x: Tensor, stage: str) -> None:
-        """At each stage's first batch, a ValueError naming what differs unless ``x`` passes :meth:`check_input`, has
-        the weights' dtype and holds pixels in [0, 1] (images) or finite values (vectors)."""
+        """At each stage's first batch, :meth:`check_input`, the dtype and the values (pixels in [0, 1], finite)."""
         if stage in self._checked_stages:
             return
         self.check_input(x)
@@ -356,9 +350,8 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
             )
 
     def check_tensor(self, t: Any, call: str, codes: bool = False) -> None:
-        """Raise a ValueError naming what differs unless ``t``, the argument of ``call`` (``"encode(x)"``), is a batch
-        ``[B, *input_shape]`` (``codes``: ``[B, *latent_shape]``) of the weights' dtype (of any float under autocast);
-        a fully convolutional model (spatial codes) takes any height and width. Reads no values."""
+        """A ValueError unless ``t``, the argument of ``call`` (``"encode(x)"``), is a batch ``[B, *input_shape]``
+        (``codes``: ``[B, *latent_shape]``, any height and width for spatial codes) of the weights' dtype."""
         shape = self.latent_shape if codes else self.input_shape
         if isinstance(t, Tensor) and t.dtype == self.dtype and t.shape[1:] == shape:
             return
@@ -376,15 +369,13 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
             raise ValueError(self._dtype_mismatch(t, call, kind))
 
     def _dtype_mismatch(self, t: Tensor, where: str, kind: str) -> str:
-        """The error of ``t`` (``where``: ``"encode(x)"``, ``"the train batch"``) not of the weights' dtype."""
         name = "z" if kind == "codes" else "x"
         fix = f"pass {name}.float() / 255" if t.dtype == torch.uint8 and kind == "images" else ""
         fix = fix or f"convert them with {name}.to({self.dtype})"
         return f"{type(self).__name__} has {self.dtype} weights, but {where} holds {t.dtype} {kind}: {fix}"
 
     def check_given_networks(self) -> None:
-        """Once, a ValueError unless a given ``encoder``/``decoder`` takes two zero inputs (labels 0) through
-        :meth:`check_encoder_output`, ``encode`` and ``decode`` to ``[2, *input_shape]``; the state left as it was."""
+        """Once, a ValueError unless a given network takes two zero inputs through ``encode`` and ``decode``."""
         given, self._unchecked_networks = " and ".join(self._unchecked_networks), []
         if not given:
             return
@@ -416,13 +407,10 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
             self.train(training)
 
     def check_encoder_output(self, x: Tensor, y: Tensor) -> None:
-        """Raise a ValueError naming the shapes if the encoder's output for ``x`` (labels ``y``) lacks what the model
-        reads beyond ``encode``'s codes (e.g. the VAE's log-variances); nothing here."""
+        """Raise a ValueError if the encoder's output lacks what the model reads beyond ``encode``'s codes."""
 
-    # --- optimizers and hooks ---------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        """One optimizer over the weights that require gradients, but a ``discriminator``'s, which has its own second
-        (``discriminator_optimizer_factory`` and ``discriminator_lr_scheduler_factory``)."""
+        """One optimizer over the trainable weights, and a second over a ``discriminator``'s, if there is one."""
         discriminator = getattr(self, "discriminator", None)
         theirs = {id(p) for p in discriminator.parameters()} if discriminator is not None else set()
         trainable = [p for p in self.parameters() if p.requires_grad and id(p) not in theirs]
@@ -438,8 +426,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         optimizer: OptimizerCallable,
         lr_scheduler: LRSchedulerCallable | None,
     ) -> dict[str, Any]:
-        """One optimizer (and scheduler) configuration; the optimizer fused where it can be, unless ``fused`` or
-        ``foreach`` was chosen or under mixed precision (docs/speed.md)."""
+        """One optimizer (and scheduler) configuration; the optimizer fused where it can be (docs/speed.md)."""
         # Each build gets copies of the groups, which torch fills in, and lists, not iterators, of their parameters.
         parameters = [_materialized_group(p) if isinstance(p, dict) else p for p in parameters]
 
@@ -463,9 +450,8 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         return {"optimizer": built, "lr_scheduler": scheduler}
 
     def plateau_validation_epochs(self, trainer: L.Trainer | None = None, val_data: bool | None = None) -> int:
-        """Every how many epochs ``trainer`` (by default the model's; 1 without one) validates, for a
-        ``ReduceLROnPlateau`` on ``val/loss``; a ValueError naming the setting where none runs, or (automatic
-        optimization) where it runs by steps. ``val_data``: whether there is a val_dataloader (default: ask it)."""
+        """Every how many epochs ``trainer`` (default: the model's; 1 without one) validates, for a ReduceLROnPlateau;
+        a ValueError where none runs, or runs by steps. ``val_data``: whether there is a val_dataloader."""
         trainer = self._attached_trainer() if trainer is None else trainer
         if trainer is None:
             return 1
@@ -484,7 +470,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         return trainer.check_val_every_n_epoch or 1
 
     def _attached_trainer(self) -> L.Trainer | None:
-        """The model's trainer; None when it is not attached to one (``load_from_checkpoint``, a checkpoint by hand)."""
+        """The model's trainer, or None when it is not attached to one."""
         try:
             return self.trainer
         except RuntimeError:
@@ -498,8 +484,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
             fast.check_epoch(self.trainer, self.steps_per_batch)
 
     def step_epoch_schedulers(self) -> None:
-        """Under manual optimization, at the end of an epoch's last training batch, step the epoch-interval lr
-        schedulers once, before that batch's checkpoints, as Lightning does; elsewhere, or a second time, nothing."""
+        """Under manual optimization, step the epoch-interval schedulers once at the epoch's last batch."""
         if self.automatic_optimization or self._scheduled_epoch == self.current_epoch:
             return
         if not ends_training_epoch(self.trainer):
@@ -508,8 +493,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         self.step_schedulers("epoch", self.current_epoch + 1)
 
     def step_schedulers(self, interval: Literal["step", "epoch"], count: int) -> None:
-        """Under manual optimization, step the non-plateau lr schedulers of ``interval`` whose ``frequency`` divides
-        ``count`` (the epoch's optimizer steps, or the epochs, so far), as Lightning does."""
+        """Under manual optimization, step the non-plateau schedulers of ``interval`` due at ``count``."""
         for config in self.trainer.lr_scheduler_configs if not self.automatic_optimization else []:
             plateau = isinstance(config.scheduler, ReduceLROnPlateau)  # stepped by ``on_train_epoch_end``
             if config.interval == interval and count % config.frequency == 0 and not plateau:
@@ -524,8 +508,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         return None if loss is None else float(loss)
 
     def lr_scheduler_step(self, scheduler: LRSchedulerTypeUnion, metric: Any | None) -> None:
-        """Lightning's step of a scheduler under automatic optimization; :meth:`on_train_epoch_end` steps those
-        ``ReduceLROnPlateau`` that :meth:`build_optimizer` built (docs/fault_tolerance.md)."""
+        # The ReduceLROnPlateau that ``build_optimizer`` built step in on_train_epoch_end (docs/fault_tolerance.md).
         if scheduler not in self._built_plateaus:
             super().lr_scheduler_step(scheduler, metric)
 
@@ -536,9 +519,9 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
             self._validated_epoch = self.current_epoch
 
     def on_train_epoch_end(self) -> None:
-        """At the end of an epoch that ran to its last batch, :meth:`step_epoch_schedulers` and step the plateau
-        schedulers that :meth:`lr_scheduler_step` leaves (under manual optimization all) on fit's latest val/loss."""
-        if not ends_training_epoch(self.trainer):  # a run that stopped inside the epoch steps none, as Lightning
+        # At the end of an epoch that ran to its last batch: the epoch's schedulers and the plateau ones that Lightning
+        # leaves (under manual optimization all), on fit's latest val/loss.
+        if not ends_training_epoch(self.trainer):
             return
         self.step_epoch_schedulers()
         # A checkpoint written between the validation and this step keeps the val/loss for the resumed run's step.
@@ -580,7 +563,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
             self.clip_gradients(optimizer, clip, self.gradient_clip_algorithm)
 
     def clips(self, optimizer: Optimizer) -> bool:
-        """Whether the manual gradient clipping applies to ``optimizer``'s steps (to every optimizer's by default)."""
+        """Whether the manual gradient clipping applies to ``optimizer``'s steps."""
         return True
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -603,12 +586,11 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
             checkpoint[_UNVALIDATED_KEY] = epoch
 
     def check_resume(self, checkpoint: dict[str, Any]) -> None:
-        """Raise a ValueError naming both values if this model's settings cannot continue the checkpoint's training."""
+        """Raise a ValueError if this model's settings cannot continue the checkpoint's training."""
         fast.check_resume(checkpoint, self.steps_per_batch)
 
     def check_data(self, datamodule: L.LightningDataModule, stage: str, checkpoint: dict[str, Any] | None) -> None:
-        """Raise a ValueError naming what differs if the model cannot take ``datamodule``'s data in ``stage``, or
-        (``checkpoint`` given) its weights were trained on other data. Every datamodule fits here."""
+        """Raise a ValueError if the model cannot take ``datamodule``'s data in ``stage`` (or the checkpoint's)."""
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> AutoencoderModule:
@@ -713,8 +695,7 @@ class DeterministicAutoencoder(AutoencoderModule):
 
 
 def check_sample_count(n: object, method: str = "sample", y: object = None) -> None:
-    """Raise a ValueError naming ``n`` unless it is a count of samples to draw, an integer >= 0 (NumPy's too), or
-    naming labels ``y``, which only a conditional model's ``sample`` takes."""
+    """Raise a ValueError unless ``n`` is an integer >= 0 and ``y`` None (labels are a conditional model's)."""
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
         raise ValueError(f"{method}(n={n!r}): n, the number of images, must be an integer >= 0")
     if y is not None:

@@ -35,6 +35,7 @@ from lightning.pytorch.core.hooks import DataHooks
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.strategies import StrategyRegistry
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from torch.multiprocessing import ProcessRaisedException
@@ -42,15 +43,10 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 import datamodules
 from ae_lightning import _EXPORTS
+from ae_lightning import lightning_internals as internals
 from ae_lightning.base import AutoencoderModule, resolve_class_path
 from ae_lightning.blocks.perceptual import weights_from_checkpoint
 from ae_lightning.checks import ConfigError
-from ae_lightning.lightning_internals import (
-    optimizers_and_schedulers,
-    parse_unvalidated,
-    restarts_a_finished_epoch,
-    stored_loader_states,
-)
 from ae_lightning.training import fast
 from ae_lightning.training.callbacks import (
     ClosingProgressBar,
@@ -80,12 +76,8 @@ for _module in sorted({*_EXPORTS.values(), *datamodules._EXPORTS.values()}):
     importlib.import_module(_module)
 # Lightning's older spellings of a precision and the setting each stands for.
 _PRECISION_ALIASES = {"16": "16-mixed", "bf16": "bf16-mixed", "32": "32-true", "64": "64-true"}
-# ``--ckpt_path`` values that Lightning resolves itself rather than reading a file (``last`` and ``hpc`` are read here).
-_SPECIAL_CKPT_PATHS = {"last", "best", "registry"}
-PROGRESS_BAR_REFRESH_STEPS = 25  # the command's default bar redraws every 25 steps, Lightning's every step
-# Lightning's DDP strategies by name, each of which has a ``<name>_find_unused_parameters_true``.
-DDP_STRATEGIES = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
 DEVICE_SETTINGS = ("accelerator", "devices", "strategy")  # named when Lightning finds no such devices here
+PROGRESS_BAR_REFRESH_STEPS = 25  # the command's default bar redraws every 25 steps, Lightning's every step
 # The ``checkpoint`` section's settings that differ from ModelCheckpoint's: the best by val/loss, and last.ckpt.
 CHECKPOINT_DEFAULTS = {"monitor": "val/loss", "mode": "min", "save_last": True, "filename": "best-{epoch}-{step}"}
 # A logger's ``save_dir`` that stands for the run's ``default_root_dir``.
@@ -131,10 +123,8 @@ class EndsSpawnedProcessGroup(Callback):
 
 
 class AutoencoderCLI(LightningCLI):
-    """LightningCLI for the autoencoder family: ``data.input_shape`` linked into the model; sections ``checkpoint``,
-    ``predictions``, ``images``, ``nonfinite`` and ``--fast.steps``; the fault-tolerance callbacks and atomic
-    checkpoints on every trainer; ``--ckpt_path last`` and ``hpc`` resolved; settings that the checkpoint, the
-    networks or the data contradict refused before the run writes any file (docs/internals.md)."""
+    """LightningCLI for the autoencoder family: sections ``checkpoint``, ``predictions``, ``images``, ``nonfinite`` and
+    ``--fast.steps``, fault tolerance, ``--ckpt_path last``/``hpc``, early refusals (docs/internals.md)."""
 
     _start_again = False  # whether ``fit --ckpt_path last`` found no checkpoint of the run its logger names
     _checkpoint: dict[str, Any] | None = None  # what --ckpt_path holds
@@ -167,8 +157,7 @@ class AutoencoderCLI(LightningCLI):
         parser.add_class_arguments(RunCheckpoint, "checkpoint", fail_untyped=False, sub_configs=True)
         parser.set_defaults({f"checkpoint.{key}": value for key, value in CHECKPOINT_DEFAULTS.items()})
         # Lightning's default logger, made explicit so that ``--trainer.logger TensorBoardLogger`` needs no save_dir.
-        default_logger = lazy_instance(TensorBoardLogger, save_dir=ROOT_DIR, name=OWN_DEFAULT)
-        parser.set_defaults({"trainer.logger": default_logger})
+        parser.set_defaults({"trainer.logger": lazy_instance(TensorBoardLogger, save_dir=ROOT_DIR, name=OWN_DEFAULT)})
         parser.add_class_arguments(PredictionWriter, "predictions", fail_untyped=False, sub_configs=True)
         parser.add_class_arguments(ImageLogger, "images", fail_untyped=False, sub_configs=True)
         parser.add_lightning_class_args(NonFiniteGuardSettings, "nonfinite")
@@ -191,8 +180,7 @@ class AutoencoderCLI(LightningCLI):
         except ArgumentError as error:
             if unknown_class := _known_class_like(str(error)) or _help_class_like(parser, given, str(error)):
                 raise ArgumentError(None, unknown_class) from error
-            hint = _known_key_like(str(error), self._parsers)
-            if hint is None:
+            if (hint := _known_key_like(str(error), self._parsers)) is None:
                 raise
             raise ArgumentError(None, f"{one_line(str(error))}; did you mean {hint}?") from error
         seed = _run_config(self.config).get("seed_everything")
@@ -241,11 +229,10 @@ class AutoencoderCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         section, parsed = _run_config(self.config_init), _run_config(self.config)
         config = section["trainer"]
-        plugins = _as_list(config.get("plugins"))
+        kwargs["plugins"] = plugins = _as_list(config.get("plugins"))
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):  # unless they name a checkpoint writer
             plugins.append(AtomicCheckpointIO())
-        kwargs["plugins"] = plugins
-        callbacks = _as_list(config.get("callbacks"))
+        kwargs["callbacks"] = callbacks = _as_list(config.get("callbacks"))
         # Lightning's barebones mode runs without checkpoints, logger and progress bar: the command adds none of its
         # own (its default logger, checkpoint section, bar and pictures); one the user chose is refused.
         barebones = bool(config.get("barebones"))
@@ -274,12 +261,10 @@ class AutoencoderCLI(LightningCLI):
         if self.subcommand in (None, "fit"):  # refused here, before the Trainer and its logger write any file
             with _settings_refused():
                 check_image_loggers(callbacks)
-        kwargs["callbacks"] = callbacks
-        strategy = config.get("strategy")
-        if strategy in DDP_STRATEGIES and getattr(self.model, "partial_backward", False):
-            # A backward that reaches only part of the weights (the adversarial AE's discriminator phase only the
-            # discriminator's) is one DDP accepts only when it looks for unused parameters.
-            kwargs["strategy"] = f"{strategy}_find_unused_parameters_true"
+        unused = f"{config.get('strategy')}_find_unused_parameters_true"  # of each of Lightning's DDP strategies
+        if getattr(self.model, "partial_backward", False) and unused in StrategyRegistry:
+            # DDP takes a backward that reaches only part of the weights (an adversarial phase) only then.
+            kwargs["strategy"] = unused
         try:
             trainer = super().instantiate_trainer(**kwargs)
         except ConfigError:
@@ -311,9 +296,8 @@ class AutoencoderCLI(LightningCLI):
         return trainer
 
     def _refuse_an_earlier_runs_folder(self, trainer: Trainer) -> None:
-        """Refuse a new run in the folder of an earlier one (a logger's ``version``, or a W&B ``id`` to ``fit``, given
-        anew). A resumed ``fit`` may write there, and a ``fit --ckpt_path last`` that found no checkpoint of the named
-        run starts it again there (said in one line); neither into a CSVLogger's ``metrics.csv``."""
+        """Refuse a new run in an earlier run's folder, but for a resumed ``fit`` or one that ``--ckpt_path last``
+        starts again; neither over a CSVLogger's ``metrics.csv``."""
         resumed = self.subcommand == "fit" and self.config.fit.get("ckpt_path")
         if resumed or self._start_again:
             for csv_logger in [logger for logger in trainer.loggers if isinstance(logger, CSVLogger)]:
@@ -351,8 +335,7 @@ class AutoencoderCLI(LightningCLI):
                 )
 
     def _parse_ckpt_path(self) -> None:
-        # LightningCLI's own version overwrites the config's model settings with the checkpoint's hyperparameters;
-        # here the user's settings stand, and what the weights cannot take is refused once the model is built.
+        # Unlike LightningCLI's, keeps the user's model settings (docs/internals.md); the weights are checked later.
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else None
         ckpt_path = config.get("ckpt_path") if config else None
@@ -388,7 +371,7 @@ class AutoencoderCLI(LightningCLI):
                 )
         if subcommand == "fit" and ckpt_path:  # a resumed run may write its config where it wrote it before
             self.save_config_kwargs = {**self.save_config_kwargs, "overwrite": True}
-        if ckpt_path and ckpt_path not in _SPECIAL_CKPT_PATHS:
+        if ckpt_path and ckpt_path not in ("last", "best", "registry"):  # else Lightning resolves it
             self._checkpoint = read_checkpoint(ckpt_path)
             # The command's config names the class as it was given; the model writes its class into any checkpoint.
             hyperparameters = self._checkpoint.get("hyper_parameters", {})
@@ -405,8 +388,7 @@ class AutoencoderCLI(LightningCLI):
     def _check_checkpoint_fits(self) -> None:
         """Refuse model settings that the checkpoint's weights contradict, naming both values; name those that differ
         from the checkpoint's run and that this run's model takes (they apply from here on)."""
-        checkpoint = self._checkpoint
-        if checkpoint is None:
+        if (checkpoint := self._checkpoint) is None:
             return
         weights, built = self.model.upgrade_weights(checkpoint.get("state_dict", {})), self.model.state_dict()
         # Weights only in the checkpoint may belong to a module the model builds later (the auto-decoder's codes).
@@ -430,13 +412,11 @@ class AutoencoderCLI(LightningCLI):
         )
 
     def _check_resume(self, configured: Any) -> None:
-        """Refuse, before the run creates any file, a resume that the checkpoint's progress cannot honour, optimizers
-        and schedulers (``configured``, what ``configure_optimizers`` returned) included unless None."""
-        checkpoint = self._checkpoint
-        if checkpoint is None:
+        """Refuse a resume that the checkpoint's progress, optimizers or schedulers (``configured``) cannot honour."""
+        if (checkpoint := self._checkpoint) is None:
             return
         max_steps, max_epochs = self.trainer.max_steps, self.trainer.max_epochs
-        if max_steps != -1 and max_epochs not in (None, -1) and restarts_a_finished_epoch(checkpoint):
+        if max_steps != -1 and max_epochs not in (None, -1) and internals.restarts_a_finished_epoch(checkpoint):
             raise ConfigError(
                 f"--ckpt_path {self.config.fit.ckpt_path} was written at the end of an epoch without the command's "
                 "UnfinishedEpochInCheckpoint, and this run sets both "
@@ -446,25 +426,22 @@ class AutoencoderCLI(LightningCLI):
                 "max_steps, or --trainer.max_steps -1 to stop at max_epochs"
             )
         self.model.check_resume(checkpoint)
-        loader_states = stored_loader_states(checkpoint)
-        if loader_states and hasattr(self.datamodule, "check_resume"):
+        if (loader_states := internals.stored_loader_states(checkpoint)) and hasattr(self.datamodule, "check_resume"):
             self.datamodule.check_resume(loader_states[0], world_size=self.trainer.world_size)
-        if configured is None:  # checked when training starts
-            return
-        optimizers, scheduler_configs = optimizers_and_schedulers(configured)
-        check_optimizers_resume(checkpoint, optimizers, [config.get("scheduler") for config in scheduler_configs])
+        if configured is not None:  # else checked when training starts
+            optimizers, scheduler_configs = internals.optimizers_and_schedulers(configured)
+            check_optimizers_resume(checkpoint, optimizers, [config.get("scheduler") for config in scheduler_configs])
 
     def _check_optimizers(self) -> Any:
-        """Refuse, before the run creates any file, optimizer or scheduler settings that torch refuses, and a
-        ``ReduceLROnPlateau`` that no validation would step; warn of an optimizer whose lr is 0 everywhere. Returns
-        what ``configure_optimizers`` returned, or None where it needs the running Trainer."""
+        """Refuse optimizer settings that torch refuses and a ``ReduceLROnPlateau`` that no validation steps; warn of an
+        lr of 0. Returns what ``configure_optimizers`` returned, or None where it needs the running Trainer."""
         try:
             configured = self.model.configure_optimizers()
         except ValueError as error:  # e.g. torch's "Invalid learning rate: -0.001"
             raise ConfigError(f"the model's optimizer or lr_scheduler settings: {error}") from error
         except (RuntimeError, AttributeError):  # optimizers that need the running Trainer, or what ``setup`` builds
             return None  # (the auto-decoder's codes): checked when it runs them
-        optimizers, scheduler_configs = optimizers_and_schedulers(configured)
+        optimizers, scheduler_configs = internals.optimizers_and_schedulers(configured)
         # A ReduceLROnPlateau steps on val/loss under manual optimization (``on_train_epoch_end``), on its monitor else.
         manual = not self.model.automatic_optimization
         if any(isinstance(config.get("scheduler"), ReduceLROnPlateau)
@@ -499,7 +476,7 @@ class AutoencoderCLI(LightningCLI):
 
     def _check_trainer_settings(self) -> None:
         """Refuse a negative ``log_every_n_steps``, and the Trainer's gradient clipping or accumulation for a model that
-        optimizes manually (Lightning refuses them with a traceback), naming the model's own clipping if it has one."""
+        optimizes manually, naming the model's own clipping if it has one."""
         name, trainer = type(self.model).__name__, self.trainer
         if trainer.log_every_n_steps < 0:
             raise ConfigError(f"--trainer.log_every_n_steps {trainer.log_every_n_steps}: expected 0 (no step logs) "
@@ -547,7 +524,7 @@ def _help_with_classes(parser: LightningArgumentParser, argv: list[str]) -> None
     choose (jsonargparse's help lists those of a subclass only for ``--model.help <class>``); exits."""
     try:  # unvalidated: ``--model VAE --help`` lacks the required --data
         others = [arg for arg in argv if arg not in ("-h", "--help") and arg.split("=")[0] != "--print_config"]
-        config = parse_unvalidated(parser, others)
+        config = internals.parse_unvalidated(parser, others)
     except (ArgumentError, ValueError):  # no subcommand, or a bad argument: the help alone
         return
     with contextlib.suppress(SystemExit):
@@ -577,17 +554,15 @@ def _run_config(config: Any) -> Any:
 
 
 def _refused_section_setting(config: Any, error: Exception) -> str | None:
-    """``--<section>.<key> <value>`` of the ``checkpoint``, ``predictions``, ``images`` or ``nonfinite`` setting whose
-    class refused it with ``error`` (found by the class in the traceback, the key by its name in the message), or
-    ``--<section>`` where the message names no key; None for an error of no section."""
+    """``--<section>.<key> <value>`` (or ``--<section>``) of the section whose class refused it with ``error``, found
+    in the traceback, the key by its name in the message; None for an error of no section."""
     classes = {"checkpoint": RunCheckpoint, "predictions": PredictionWriter, "images": ImageLogger}
     for frame, _ in traceback.walk_tb(error.__traceback__):
         own = frame.f_locals.get("self")
         section = "nonfinite" if frame.f_code is non_finite_guard.__code__ else next(
             (name for name, cls in classes.items() if isinstance(own, cls)), None)  # fmt: skip
-        if section is None:
-            continue
-        return _setting_named(section, dict(config[section].items()), str(error)) or f"--{section}"
+        if section is not None:
+            return _setting_named(section, dict(config[section].items()), str(error)) or f"--{section}"
     return None
 
 
@@ -770,8 +745,7 @@ _NOISE = [
 
 @contextlib.contextmanager
 def _quiet_known_noise() -> Iterator[None]:
-    """Ignore the known noise (inside ``warnings.catch_warnings``, which restores the filters) and drop Lightning's
-    tips from its loggers until the context ends."""
+    """Ignore the known noise (inside ``warnings.catch_warnings``) and Lightning's logged tips in the context."""
     for message, module in _NOISE:
         warnings.filterwarnings("ignore", message=message, module=module)
 
@@ -820,12 +794,9 @@ def _named_run(config: Any) -> tuple[Path, str, str] | None:
     logger's settings name (:func:`_names_a_run`); None where no run is named."""
     logger = loggers_of(config)[0]  # Lightning's ``trainer.logger``, in whose run folder the checkpoints go
     logger_class = _logger_class(getattr(logger, "class_path", None), CSVLogger, TensorBoardLogger, WandbLogger)
-    if logger_class is None:
+    if logger_class is None or not _names_a_run(logger.get("init_args") or {}):
         return None
-    init_args = logger.get("init_args")
-    if init_args is None or not _names_a_run(init_args):
-        return None
-    built = logger_class(**init_args.as_dict())  # for its name, save_dir and version as the run will have them
+    built = logger_class(**logger.init_args.as_dict())  # for its name, save_dir and version as the run will have them
     version = built.version if isinstance(built.version, str) else f"version_{built.version}"
     root = config.trainer.get("default_root_dir") or "."
     return Path(str(built.save_dir or root)) / str(built.name) / version / "checkpoints", str(built.name), version
@@ -837,8 +808,7 @@ def _names_a_run(init_args: Any) -> bool:
 
 
 def _searched(config: Any) -> tuple[list[Path], tuple[Path, str, str] | None, str]:
-    """Where :func:`_furthest_checkpoint` looks: the folders, the run that the logger names (:func:`_named_run`) and,
-    for messages, the place in words."""
+    """Where :func:`_furthest_checkpoint` looks: the folders, the run the logger names, and the place in words."""
     root = config.trainer.get("default_root_dir") or "."
     dirpath = config.checkpoint.get("dirpath") if config.get("checkpoint") else None
     if dirpath:
@@ -912,8 +882,7 @@ def _fast_path(config: Any, fit: bool) -> None:
 
 
 def _streamed_predictions(config: Any) -> None:
-    """``--predictions.format stream`` writes each batch as it comes: Lightning must not also keep every prediction
-    in memory, so ``return_predictions`` defaults to false there, and an explicit true is refused."""
+    """Under ``--predictions.format stream``, ``return_predictions`` defaults to false; an explicit true is refused."""
     if config.get("predictions.format") != "stream":
         return
     if config.get("return_predictions") is True:
@@ -981,8 +950,7 @@ def loggers_of(config: Any) -> list[Any]:
 
 
 def _as_given(config: Any, given: dict[int, dict[str, Any]]) -> Any:
-    """A copy of ``config`` whose loggers have the settings they were given before :func:`_logger_defaults`, so that
-    the run's ``config.yaml``, given again with another ``--trainer.default_root_dir``, writes there."""
+    """A copy of ``config`` whose loggers have the settings they were given before :func:`_logger_defaults`."""
     config = config.clone()
     for i, logger in enumerate(loggers_of(config)):
         for key, value in given.get(i, {}).items():
@@ -1026,10 +994,9 @@ TRACEBACK_FLAG = "--print_traceback"
 
 
 def run_command(prog: str, command: Callable[[], object]) -> None:
-    """Run ``command``: a refused setting or bad data, also in a process that ``ddp_spawn`` started, prints
-    ``<prog>: error: <message>`` alone (exit status 2 for settings, 1 for data and files; 143 for a SIGTERM that
-    Lightning's loops stopped at); ``--print_traceback`` (or ``AE_LIGHTNING_TRACEBACK=1``) shows the traceback
-    instead."""
+    """Run ``command``: a refused setting or bad data (also in a ``ddp_spawn`` process) prints ``<prog>: error:
+    <message>`` alone, exit status 2 for settings, 1 for data and files, 143 for a SIGTERM that Lightning's loops
+    stopped at; ``--print_traceback`` (or ``AE_LIGHTNING_TRACEBACK=1``) shows the traceback instead."""
     if TRACEBACK_FLAG in sys.argv:
         sys.argv.remove(TRACEBACK_FLAG)
         os.environ["AE_LIGHTNING_TRACEBACK"] = "1"  # DDP's processes run this command again: they inherit it

@@ -1,4 +1,4 @@
-"""The few Lightning (and jsonargparse) internals ae-lightning relies on, where no public route exists (``__all__``).
+"""The few Lightning (and jsonargparse) internals ae-lightning relies on where no public route exists, one per function.
 
 Each use has a test in ``tests/test_lightning_internals.py`` that fails with a clear message when a Lightning release
 changes it; ``pyproject.toml`` bounds Lightning to the releases the suite ran on. Why each is needed:
@@ -36,9 +36,8 @@ def enable_version_counter(checkpoint: ModelCheckpoint) -> bool:
 
 
 def uncounted_optimizer_step(trainer: L.Trainer, optimizer: Optimizer) -> None:
-    """``optimizer.step()`` through the strategy and precision plugin (gradient scaling, the
-    ``on_before_optimizer_step`` hooks), without counting a ``global_step``: under manual optimization Lightning counts
-    every ``LightningOptimizer.step()``."""
+    """``optimizer.step()`` through the strategy and precision plugin (gradient scaling, ``on_before_optimizer_step``)
+    without the ``global_step`` that manual optimization counts for every ``LightningOptimizer.step()``."""
     raw = getattr(optimizer, "optimizer", optimizer)  # the optimizer inside Lightning's wrapper
     trainer.strategy.optimizer_step(raw, closure=lambda: None)
 
@@ -92,8 +91,7 @@ def parse_unvalidated(parser: ArgumentParser, args: list[str]) -> Any:
 
 def stored_loader_states(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
     """The training loaders' ``state_dict``s in a checkpoint of ``fit`` (empty if it holds none)."""
-    loops = checkpoint.get("loops")
-    if loops is None:
+    if (loops := checkpoint.get("loops")) is None:
         return []
     changed = "checkpoints no longer keep loops/fit_loop/state_dict"
     states = _read(lambda: loops["fit_loop"]["state_dict"].get("combined_loader", []), changed, KeyError, TypeError)
@@ -109,8 +107,7 @@ def restarts_a_finished_epoch(checkpoint: dict[str, Any]) -> bool:
 def reopen_stopped_epoch(trainer: L.Trainer, checkpoint: dict[str, Any]) -> bool:
     """Mark the epoch of ``checkpoint`` (a checkpoint of ``trainer``'s fit) unfinished where fit stopped inside it
     (``max_steps``, ``should_stop``), as in a checkpoint at its last step. Returns whether it did."""
-    progress = None if ends_training_epoch(trainer) else _finished_epoch(checkpoint)
-    if progress is None:
+    if ends_training_epoch(trainer) or (progress := _finished_epoch(checkpoint)) is None:
         return False
     for counts in progress[:2]:
         counts["processed"] -= 1
@@ -120,11 +117,9 @@ def reopen_stopped_epoch(trainer: L.Trainer, checkpoint: dict[str, Any]) -> bool
 
 
 def start_next_epoch(trainer: L.Trainer, checkpoint: dict[str, Any]) -> bool:
-    """Mark ``checkpoint`` (a checkpoint of ``trainer``'s fit written after its epoch's training ran to its last batch)
-    as at the start of the next epoch: that epoch completed, none of the next one's batches counted. Returns whether
-    it did."""
-    progress = _finished_epoch(checkpoint) if ends_training_epoch(trainer) else None
-    if progress is None:
+    """Mark ``checkpoint`` (of ``trainer``'s fit, written after its epoch's training ran to its last batch) as at the
+    start of the next epoch: that epoch completed, none of the next one's batches counted. Returns whether it did."""
+    if not ends_training_epoch(trainer) or (progress := _finished_epoch(checkpoint)) is None:
         return False
     current, total, batches = progress
     for counts in (current, total):
@@ -137,8 +132,7 @@ def start_next_epoch(trainer: L.Trainer, checkpoint: dict[str, Any]) -> bool:
 def _finished_epoch(checkpoint: dict[str, Any]) -> tuple[dict[str, int], dict[str, int], dict[str, Any]] | None:
     """Where the epoch of ``checkpoint`` (of ``fit``) ran to its end and counted its batches: its fit-loop
     ``epoch_progress`` counts (``current``, ``total``) and its epoch loop's ``batch_progress``, the dicts themselves."""
-    loops = checkpoint.get("loops")
-    if loops is None:
+    if (loops := checkpoint.get("loops")) is None:
         return None
 
     def read() -> tuple[dict[str, int], dict[str, int], dict[str, Any]] | None:
@@ -197,25 +191,3 @@ def _read(read: Callable[[], T], changed: str, *errors: type[Exception]) -> T:
             f"Lightning {L.__version__} changed an internal that ae-lightning uses: {changed}. Install a Lightning "
             "release within the bounds of ae-lightning's pyproject.toml, or report this with the Lightning version"
         ) from None
-
-
-__all__ = [
-    "averages_buffers_by_subtraction",
-    "batches_that_stepped",
-    "callback_dispatcher",
-    "cluster_environment",
-    "enable_version_counter",
-    "ends_training_epoch",
-    "every_n_train_steps",
-    "has_forward_hooks",
-    "optimizers_and_schedulers",
-    "parse_unvalidated",
-    "reopen_stopped_epoch",
-    "restarts_a_finished_epoch",
-    "returns_predictions",
-    "start_next_epoch",
-    "stored_loader_states",
-    "uncounted_optimizer_step",
-    "weighted_batch_size",
-    "without_cli_hyperparameters",
-]

@@ -49,7 +49,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import ArgumentError, DatabaseError, IntegrityError, OperationalError, ProgrammingError
 
 from ae_lightning.base import resolve_class_path
-from ae_lightning.cli import AutoencoderCLI, ConfigError, loggers_of, one_line, run_command
+from ae_lightning.cli import AutoencoderCLI, ConfigError, _logger_class, loggers_of, one_line, run_command
 from ae_lightning.training.callbacks import run_directory
 from ae_lightning.training.fault_tolerance import NonFiniteLossError
 from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
@@ -247,19 +247,14 @@ def check_names(space: dict[str, Any], space_path: Path, configs: list[Path], pa
                 "be the W&B run of every trial; leave it unset: each trial logs a run of its own"
             )
         save_dir = init_args.get("save_dir")
-        if _logs_in_root(logger) and save_dir is not None and os.path.normpath(str(save_dir)) != root:
+        in_root = _logger_class(getattr(logger, "class_path", None), CSVLogger, TensorBoardLogger, WandbLogger)
+        if in_root and save_dir is not None and os.path.normpath(str(save_dir)) != root:
             raise ConfigError(
                 f"trainer.logger {logger.class_path} save_dir {save_dir!r} (of {named} or the fit arguments; a "
                 "WandbLogger's dir too) would hold the runs of every trial, checkpoints included, outside the trial's "
                 "folder <root>/trial-<n>, where a retry looks for them to resume; leave it unset: each trial logs "
                 "into its own folder under --root"
             )
-
-
-def _logs_in_root(logger: Any) -> bool:
-    """Whether ``logger`` (a config's) is one that the command puts in ``--trainer.default_root_dir`` by default."""
-    cls = resolve_class_path(logger.class_path) if isinstance(getattr(logger, "class_path", None), str) else None
-    return isinstance(cls, type) and issubclass(cls, (CSVLogger, TensorBoardLogger, WandbLogger))
 
 
 def drawn_owners(space: dict[str, Any], name: str) -> list[str]:
@@ -294,9 +289,8 @@ def check_values(space: dict[str, Any], space_path: Path, configs: list[Path], f
 
 
 def check_argument(parsed: Any, name: str) -> None:
-    """Raise the ValueError of the model's or datamodule's signature for an argument ``name`` of theirs
-    (``model.init_args.beta``) whose value in ``parsed`` it refuses, or torch's for an optimizer's
-    (``model.init_args.optimizer.init_args.lr``), by building the optimizer on one parameter."""
+    """Raise the ValueError of the model's or datamodule's signature for its argument ``name`` whose value in
+    ``parsed`` it refuses, or torch's for an optimizer's, by building the optimizer on one parameter."""
     owner, _, argument = name.rpartition(".init_args.")
     class_path = parsed.get(f"{owner}.class_path") if owner and "." not in argument else None
     cls = resolve_class_path(class_path) if isinstance(class_path, str) else None
@@ -445,9 +439,7 @@ def open_study(
 
 def check_optuna_tables(args: argparse.Namespace, engine: dict[str, Any]) -> None:
     """Raise a StorageError naming a ``sqlite:///`` file of ``--storage`` that holds tables other than Optuna's (another
-    program's database), before Optuna adds its own. A file with Optuna's ``version_info`` table is a storage of some
-    Optuna version (Optuna checks which); one with some of this version's tables alone, a new storage that another
-    worker is making."""
+    program's database), before Optuna adds its own (docs/search.md)."""
     if not args.storage.startswith("sqlite:///"):
         return
     found, optuna_tables = _tables(sqlalchemy.create_engine(args.storage, **engine)), _optuna_tables()
@@ -524,9 +516,8 @@ class StorageError(ValueError):
 
 @contextlib.contextmanager
 def storage_errors(args: argparse.Namespace) -> Iterator[None]:
-    """Turn an error caused by the study storage's database (a SQLAlchemy ``OperationalError`` anywhere in the error's
-    chain: a locked, read-only or broken file) into a :class:`StorageError` naming the storage; when it is locked, with
-    ``--lock_timeout``."""
+    """Turn an error caused by the storage's database (an ``OperationalError`` in its chain: a locked, read-only or
+    broken file) into a :class:`StorageError` naming the storage, and ``--lock_timeout`` where it is locked."""
     try:
         yield
     except StorageError:
@@ -554,9 +545,8 @@ def _digest(parameters: dict[str, Any]) -> str:
 
 
 class TrialReporter(Callback):
-    """A trial's pruning: a ConfigError after any validation that did not log ``metric``; after each validation but
-    the sanity check, the value reported at the trial's count of validations (kept in checkpoints), and from the
-    second on :class:`optuna.TrialPruned` if the pruner prunes there (docs/search.md)."""
+    """A trial's pruning (docs/search.md): a ConfigError after a validation that did not log ``metric``; else the value
+    reported at the trial's count of validations (kept in checkpoints), from the second on pruned if the pruner says."""
 
     def __init__(self, trial: optuna.Trial, metric: str) -> None:
         self.trial, self.metric, self.validations = trial, metric, 0
@@ -584,9 +574,8 @@ class TrialReporter(Callback):
 
 
 class TrialCLI(AutoencoderCLI):
-    """The ``fit`` command with ``callback`` first among its trainer's, which must be of one process. A ``retry`` (the
-    number of a dead trial whose run it resumes) keeps the ``metrics.csv`` in a CSVLogger's run folder (of a fixed
-    ``version``), which the logger would delete, as ``metrics-before-trial-<retry>.csv``."""
+    """The ``fit`` command with ``callback`` first among its one-process trainer's; a ``retry`` (a dead trial's number)
+    keeps a CSVLogger's ``metrics.csv``, which the logger would delete, as ``metrics-before-trial-<retry>.csv``."""
 
     def __init__(self, callback: Any, retry: int | None = None, **kwargs: Any) -> None:
         self.extra_callback, self.retry = callback, retry

@@ -44,11 +44,9 @@ def as_samples(array: Any, where: str) -> Tensor:
     if data.is_floating_point():
         finite = torch.isfinite(data.flatten(1)).all(1)
         if not finite.all():
-            first = int((~finite).nonzero()[0])
+            row = int((~finite).nonzero()[0])
             beyond = " (or values beyond float32's range, |x| > 3.4e38)" if data.ndim == 2 else ""
-            raise ValueError(
-                f"{where}: sample {first} holds NaN or infinite values{beyond}; every value must be finite"
-            )
+            raise ValueError(f"{where}: sample {row} holds NaN or infinite values{beyond}; every value must be finite")
     if data.ndim == 2:
         return data.contiguous()
     if data.ndim == 3:
@@ -72,16 +70,14 @@ def as_samples(array: Any, where: str) -> Tensor:
             )
         return data.mul(255).round_().to(torch.uint8).contiguous()
     if data.dtype != torch.uint8:
-        values = data.cpu().numpy()  # torch has no min or max of uint16/32/64 tensors
-        low, high = int(values.min()), int(values.max())
+        ints = data.cpu().numpy()  # torch has no min or max of uint16/32/64 tensors
+        low, high = int(ints.min()), int(ints.max())
         if low < 0 or high > 255:
             hint = ""
-            if values.dtype.kind == "u":  # more than 8 bits per value (16-bit PNG, microscopy): the scale is the user's
-                full = np.iinfo(values.dtype).max
-                hint = f"; store them as floats in [0, 1], e.g. x / {full} (the whole {values.dtype} range)"
-            raise ValueError(
-                f"{where}: integer images must lie in 0..255, got {values.dtype} values {low}..{high}{hint}"
-            )
+            if ints.dtype.kind == "u":  # more than 8 bits per value (16-bit PNG, microscopy): the scale is the user's
+                full = np.iinfo(ints.dtype).max
+                hint = f"; store them as floats in [0, 1], e.g. x / {full} (the whole {ints.dtype} range)"
+            raise ValueError(f"{where}: integer images must lie in 0..255, got {ints.dtype} values {low}..{high}{hint}")
     return data.to(torch.uint8).contiguous()
 
 
@@ -164,10 +160,11 @@ class ArrayDataModule(ImageDataModule):
         elif self.hparams.key is not None:
             raise ValueError(f"key={self.hparams.key!r} names an array of a dict, but {self.path} holds one array")
         samples = as_samples(data, str(self.path))
+        labels_where = f"{self.path} [{label_key}]" if in_file else label_key
         if label_key is None:
             labels = torch.full((len(samples),), UNLABELED)
         elif in_file:
-            labels = as_labels(contents[label_key], f"{self.path} [{label_key}]")
+            labels = as_labels(contents[label_key], labels_where)
         else:
             stored = _read(self.labels_file)
             if isinstance(stored, dict):  # an .npz (or a .pt dict) of labels alone
@@ -177,9 +174,7 @@ class ArrayDataModule(ImageDataModule):
             labels = as_labels(stored, label_key)
         if label_key is not None and len(labels) and labels.min() < 0:
             raise ValueError(f"labels {label_key}: label {labels.min().item()} is negative; labels must be 0, 1, ...")
-        sources = {"train": str(self.path)}
-        if label_key is not None:
-            sources["train_labels"] = f"{self.path} [{label_key}]" if in_file else label_key
+        sources = {"train": str(self.path)} | ({"train_labels": labels_where} if label_key is not None else {})
         return Arrays((samples, labels), sources=sources)
 
     def setup(self, stage: str | None = None) -> None:

@@ -49,10 +49,9 @@ class Arrays:
 
 
 class ImageDataModule(L.LightningDataModule):
-    """Base of every datamodule, owning the checks, splits and loaders; a subclass implements :meth:`load_arrays`.
-
-    A batch is ``(image, label, index)``: float images ``[B, C, H, W]`` in [0, 1] (or vectors ``[B, D]``), int64 labels
-    (-1 without labels) and each sample's index in its split, cut by :class:`~datamodules.loader.TensorBatchLoader`.
+    """Base of every datamodule, owning the checks, splits and loaders; a subclass implements :meth:`load_arrays`. A
+    batch is ``(image, label, index)``: float images ``[B, C, H, W]`` in [0, 1] (or vectors ``[B, D]``), int64 labels
+    (-1 without labels) and each sample's index in its split.
 
     Args:
         batch_size: samples per step and process.
@@ -60,16 +59,15 @@ class ImageDataModule(L.LightningDataModule):
         test_fraction: share held out as test split for data without one (default 0.1); an error for data with one.
         seed: seed of the splits, the epoch orders and binarization.
         num_workers: worker processes building batches; 0 (fastest for in-memory data) builds them in-process.
-        binarize: images only: ``none``, ``dynamic`` (Bernoulli pixels drawn anew for every training batch; each
-            validation or test image's drawn once, from ``seed`` and its index) or ``static`` (one fixed draw).
+        binarize: images only: ``none``, ``dynamic`` (Bernoulli pixels drawn anew for every training batch, once per
+            evaluation image) or ``static`` (one fixed draw).
         classes: keep only these labels in train/val (test keeps all), e.g. for one-class anomaly detection.
         data_on_device: keep the tensors on the training device, so no batch crosses the bus (with num_workers 0).
         predict_split: the split that ``predict`` runs on.
-        steps_per_batch: training batches per Lightning batch: more than 1 yields lists of that many consecutive
-            batches, for a model with the same ``steps_per_batch`` (the fast path, docs/speed.md).
+        steps_per_batch: more than 1 yields lists of that many training batches, for the fast path (docs/speed.md).
     """
 
-    # Set by subclasses whose data have a fixed number of labels, so that ``classes`` is checked at construction.
+    # the number of labels, where fixed: ``classes`` is then checked at construction
     num_classes: ClassVar[int | None] = None
 
     def __init__(
@@ -220,8 +218,7 @@ class ImageDataModule(L.LightningDataModule):
             test = _binarize_once(test[0], generator), test[1]
         if self.hparams.classes is not None:
             present = set(labels.unique().tolist())
-            absent = sorted(set(self.hparams.classes) - present)
-            if absent:
+            if absent := sorted(set(self.hparams.classes) - present):
                 where = arrays.sources.get("train", source)
                 raise ValueError(
                     f"classes {absent} do not occur in the training data of {where} (labels: {sorted(present)})"
@@ -325,10 +322,9 @@ class ImageDataModule(L.LightningDataModule):
 
 @contextlib.contextmanager
 def download_lock(data_dir: Path, folder: Path, check_given: Callable[[], None] = lambda: None) -> Iterator[None]:
-    """Hold the inter-process lock of ``data_dir`` (a hidden file there) around a check-then-download into ``folder``
-    under it; folders made on the way and left empty (a failed download) are removed before it is released. Where no
-    lock can be taken (a read-only folder), ``check_given()`` may raise naming a file there that cannot be used as it
-    is; else an OSError names ``data_dir``."""
+    """Hold the inter-process lock of ``data_dir`` around a check-then-download into ``folder`` under it, removing the
+    folders made on the way and left empty. Where no lock can be taken (a read-only folder), ``check_given()`` may
+    raise naming a file there that cannot be used as it is; else an OSError names ``data_dir``."""
     try:
         while True:
             created = [path for path in (folder, *folder.parents) if not path.exists()]  # deepest first
@@ -404,8 +400,8 @@ def check_arrays(arrays: Arrays) -> None:
 def draw_split(
     labels: Tensor, fraction: float, seed: int, split: str, setting: str, sources: dict[str, str]
 ) -> tuple[Tensor, Tensor]:
-    """Rows kept and rows drawn (``fraction`` of them): a seeded draw, stratified by label where every class can
-    give one. The kept rows are sorted; the drawn ones stay in drawn order, so their first batch mixes classes."""
+    """Rows kept (sorted) and rows drawn (``fraction`` of them, in drawn order, so their first batch mixes classes): a
+    seeded draw, stratified by label where every class can give one."""
     n = len(labels)
     n_drawn = round(n * fraction)
     if n_drawn == 0 or n_drawn == n:

@@ -1,8 +1,7 @@
 """Argument constraints, declared once in the signatures (a number type of :func:`number_type` or a ``Literal``,
 alone or in a ``Sequence``, ``Optional`` or ``TypedDict``) and enforced by :func:`check_arguments` for the command
 and Python callers alike, naming the argument, the value and what was expected. Imports neither ``datamodules`` nor
-``ae_lightning``.
-"""
+``ae_lightning``."""
 
 from __future__ import annotations
 
@@ -139,11 +138,10 @@ def _expected(value: Any, annotation: Any) -> str | None:
     """None if ``value`` fits ``annotation``'s constraints, else what was expected, e.g. ``"be >= 0"``."""
     if isinstance(annotation, type) and annotation in INTERVALS:
         interval, integer = INTERVALS[annotation]
-        try:
+        with contextlib.suppress(ValueError):
             check_number("", value, interval, integer=integer)
-        except ValueError:
-            return _describe(interval, integer, value)
-        return None
+            return None
+        return _describe(interval, integer, value)
     if typing.is_typeddict(annotation):
         return _expected_entries(value, annotation)
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)

@@ -20,13 +20,8 @@ SHAPES = ("square", "ellipse", "heart")
 SIZE = 64
 NUM_IMAGES = math.prod(GRID)  # 737,280
 # Factor values: scale in [0.5, 1], orientation in [0, 2 pi], positions in [0, 1] (as in the published file).
-VALUES = (
-    torch.arange(3.0),
-    torch.linspace(0.5, 1.0, 6),
-    torch.linspace(0.0, 2 * math.pi, 40),
-    torch.linspace(0.0, 1.0, 32),
-    torch.linspace(0.0, 1.0, 32),
-)
+POSITIONS = torch.linspace(0.0, 1.0, 32)
+VALUES = (torch.arange(3.0), torch.linspace(0.5, 1.0, 6), torch.linspace(0.0, 2 * math.pi, 40), POSITIONS, POSITIONS)
 _STRIDES = torch.tensor([math.prod(GRID[i + 1 :]) for i in range(len(GRID))])
 
 
@@ -34,9 +29,7 @@ def check_factors(factors: Tensor) -> None:
     """Raise a ValueError naming the factor, its value and the grid unless ``factors`` are ``[N, 5]`` integer grid
     indices (``FACTORS`` order) inside the grid."""
     if factors.ndim != 2 or factors.shape[1] != len(FACTORS):
-        raise ValueError(
-            f"dSprites factors must be [N, {len(FACTORS)}] ({', '.join(FACTORS)}), got {tuple(factors.shape)}"
-        )
+        raise ValueError(f"dSprites factors must be [N, 5] ({', '.join(FACTORS)}), got {tuple(factors.shape)}")
     if factors.dtype.is_floating_point or factors.dtype.is_complex or factors.dtype == torch.bool:
         raise ValueError(f"dSprites factors are integer grid indices, got {factors.dtype}")
     for column, (name, size) in enumerate(zip(FACTORS, GRID)):
@@ -147,13 +140,10 @@ class DSpritesDataModule(ImageDataModule):
         for name, value in (fixed_factors or {}).items():
             if name not in FACTORS:
                 raise ValueError(f"fixed_factors names {name!r}, which is not a dSprites factor ({', '.join(FACTORS)})")
-            size = GRID[FACTORS.index(name)]
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(
-                    f"dSprites factor {name}={value!r} is not an integer grid index: {name} takes 0..{size - 1}"
-                )
-            if not 0 <= value < size:
-                raise ValueError(f"dSprites factor {name}={value!r} is outside the grid: {name} takes 0..{size - 1}")
+            size, integer = GRID[FACTORS.index(name)], isinstance(value, int) and not isinstance(value, bool)
+            if not integer or not 0 <= value < size:
+                what = "outside the grid" if integer else "not an integer grid index"
+                raise ValueError(f"dSprites factor {name}={value!r} is {what}: {name} takes 0..{size - 1}")
         shape, classes = (fixed_factors or {}).get("shape"), self.hparams.classes
         if classes is not None and shape is not None and shape not in classes:
             raise ValueError(
@@ -228,15 +218,9 @@ class DSpritesDataModule(ImageDataModule):
         """The split's images in split order (all, or a seeded subset of ``max_images``), in batches of ``batch_size``
         (None: the datamodule's), as the evaluation driver reads them."""
         self.setup()
-        rows = self.evaluation_rows(split, max_images, seed)
-        return RenderingBatchLoader(
-            self.grid_indices[split][rows],
-            rows,
-            batch_size=batch_size or self.hparams.batch_size,
-            shuffle=False,
-            seed=self.hparams.seed,
-            resumable=False,
-        )
+        rows, batch_size = self.evaluation_rows(split, max_images, seed), batch_size or self.hparams.batch_size
+        settings = {"batch_size": batch_size, "shuffle": False, "seed": self.hparams.seed, "resumable": False}
+        return RenderingBatchLoader(self.grid_indices[split][rows], rows, **settings)
 
 
 __all__ = [

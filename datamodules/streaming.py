@@ -362,10 +362,8 @@ class StreamingDataModule(ImageDataModule):
         """``shuffle``: the training loader; else an evaluation loader of ``rows``, or of this rank's share of all."""
         hparams, trainer = self.hparams, self.trainer if rows is None else None  # given rows: read on any rank
         shard = {"rank": trainer.global_rank, "world_size": trainer.world_size} if trainer is not None else {}
-        augment, stream_shuffle = self._transform(shuffle), shuffle and not self.overfitting
-        dataset = ImageStream(
-            self.location, split, self.manifest, augment, stream_shuffle, hparams.seed, hparams.cache_dir
-        )
+        augment, shuffled = self._transform(shuffle), shuffle and not self.overfitting
+        dataset = ImageStream(self.location, split, self.manifest, augment, shuffled, hparams.seed, hparams.cache_dir)
         batch_size, fingerprint = batch_size or hparams.batch_size, self.manifest.fingerprint
         loader = StreamLoader(dataset, batch_size, hparams.num_workers, shuffle, fingerprint, rows=rows, **shard)
         if shuffle:

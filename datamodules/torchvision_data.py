@@ -73,12 +73,9 @@ class TorchvisionDataModule(ImageDataModule):
         own = {"root", "download", "transform", "target_transform", "transforms"} | decides_part
         taken = sorted(own & set(kwargs))
         arguments = set(init_parameters(cls))  # those of its __init__ and of the bases its **kwargs go to
-        if set(kwargs) - arguments:
+        if unknown := sorted(set(kwargs) - arguments):
             free = ", ".join(sorted(arguments - own)) or "nothing the datamodule does not set itself"
-            raise ValueError(
-                f"dataset_kwargs {sorted(set(kwargs) - arguments)} are not arguments of {cls.__name__} (it takes "
-                f"{free})"
-            )
+            raise ValueError(f"dataset_kwargs {unknown} are not arguments of {cls.__name__} (it takes {free})")
         if taken:
             raise ValueError(
                 f"dataset_kwargs {taken} of {cls.__name__}: the datamodule sets them (root is data_dir, the train and "
@@ -193,8 +190,7 @@ class TorchvisionDataModule(ImageDataModule):
         for part, where in sources.items():
             try:
                 dataset = self._open(part, download=False)
-            except RuntimeError as error:
-                self._check_idx_files()
+            except RuntimeError as error:  # the IDX files were checked above
                 raise FileNotFoundError(f"{name}: {error}. {self._where_to_put_files()}") from error
             if not hasattr(dataset, "data"):
                 raise ValueError(

@@ -11,10 +11,8 @@ from datamodules.checks import NonNegativeInt, PositiveInt, check_arguments
 
 
 class PatchDiscriminator(nn.Sequential):
-    """The PatchGAN of pix2pix (Isola et al. 2017), as VQGAN uses it: stride-2 4x4 convolutions with LeakyReLU(0.2),
-    one logit per overlapping patch ``[B, 1, h, w]``; GroupNorm in place of BatchNorm (``docs/quantized.md``).
-    ``channels`` of the first convolution double in each of the ``num_layers`` further ones (up to 8 times); images
-    need at least :func:`min_image_size` pixels a side."""
+    """The PatchGAN of pix2pix (Isola et al. 2017) as VQGAN uses it, with GroupNorm (``docs/quantized.md``): stride-2
+    4x4 convolutions, ``channels`` doubling in each of ``num_layers`` more (up to 8 times), a logit per patch."""
 
     def __init__(
         self, in_channels: PositiveInt = 3, channels: PositiveInt = 64, num_layers: NonNegativeInt = 3
@@ -35,8 +33,7 @@ class PatchDiscriminator(nn.Sequential):
 
 
 def min_image_size(num_layers: int) -> int:
-    """The smallest height and width a :class:`PatchDiscriminator` of ``num_layers`` takes: its stride-2
-    convolutions divide the size by ``2 ** num_layers``, and its two stride-1 4x4 convolutions need 3 pixels."""
+    """The smallest side a :class:`PatchDiscriminator` of ``num_layers`` takes (``3 * 2 ** num_layers``, at least 4)."""
     return 3 * 2**num_layers if num_layers else 4
 
 

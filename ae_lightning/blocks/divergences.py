@@ -1,6 +1,4 @@
-"""The regularizers of the VAEs beyond the closed-form KL, as pure functions with explicit reductions: each returns one
-value (a batch estimate) or one per sample, as its docstring says; codes are ``[B, D]``, densities in nats.
-"""
+"""The VAEs' regularizers beyond the closed-form KL: pure functions with explicit reductions, codes ``[B, D]``, nats."""
 
 from __future__ import annotations
 
@@ -24,12 +22,9 @@ def gaussian_log_density(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
 def total_correlation_terms(
     z: Tensor, mu: Tensor, logvar: Tensor, dataset_size: int, estimator: Literal["mws", "mss"] = "mws"
 ) -> dict[str, Tensor]:
-    """The decomposition of the ELBO's KL term of Chen et al. 2018 ("Isolating Sources of Disentanglement in VAEs"),
-    estimated on a minibatch, each term averaged over the batch: ``mi = E[log q(z | x) - log q(z)]``,
-    ``tc = E[log q(z) - sum_d log q(z_d)]`` and ``dwkl = E[sum_d log q(z_d) - log p(z)]``, each ``log q`` by
-    ``estimator``, ``mws`` (minibatch-weighted) or ``mss`` (minibatch-stratified sampling; ``docs/family.md``), from
-    ``z`` ``[M, D]``, one sample of each posterior ``N(mu, exp(logvar))``, of a minibatch drawn from ``dataset_size``.
-    """
+    """The ELBO's KL term split as Chen et al. 2018, means over ``z [M, D]`` from ``N(mu, exp(logvar))``, a minibatch
+    of a dataset of ``dataset_size``: ``mi = E[log q(z | x) - log q(z)]``, ``tc = E[log q(z) - sum_d log q(z_d)]``,
+    ``dwkl = E[sum_d log q(z_d) - log p(z)]``, ``log q`` by ``estimator`` ``mws`` or ``mss`` (``docs/family.md``)."""
     if dataset_size < 1:
         raise ValueError(f"dataset_size must be >= 1, got {dataset_size}")
     if estimator not in ("mws", "mss"):
@@ -57,11 +52,9 @@ def total_correlation_terms(
 def dip_regularizer(
     mu: Tensor, logvar: Tensor, dip_type: DipType, off_diagonal_weight: float, diagonal_weight: float
 ) -> Tensor:
-    """The DIP-VAE penalty of Kumar et al. 2018 on one batch: ``lambda_od sum_{i != j} C_ij^2 + lambda_d sum_i
-    (C_ii - 1)^2``, ``C`` the covariance (divided by ``M``) of the posterior means (``i``), or of the codes ``z ~
-    q(z)``: that plus the mean posterior variance ``exp(logvar)`` on the diagonal (``ii``); ``mu`` is ``[M, D]``,
-    ``lambda_od`` the ``off_diagonal_weight``, ``lambda_d`` the ``diagonal_weight``.
-    """
+    """The DIP-VAE penalty (Kumar et al. 2018) of a batch: ``off_diagonal_weight sum_{i != j} C_ij^2 +
+    diagonal_weight sum_i (C_ii - 1)^2``, ``C`` the covariance of the means ``mu [M, D]`` (``i``), plus the mean
+    variance ``exp(logvar)`` on the diagonal (``ii``)."""
     if dip_type not in ("i", "ii"):
         raise ValueError(f"dip_type must be 'i' or 'ii', got {dip_type!r}")
     centered = mu - mu.mean(0, keepdim=True)
@@ -85,11 +78,9 @@ def kernel_matrix(a: Tensor, b: Tensor, kernel: Kernel, scale: float) -> Tensor:
 
 
 def maximum_mean_discrepancy(x: Tensor, y: Tensor, kernel: Kernel = "imq", scale: float | None = None) -> Tensor:
-    """The unbiased estimate of MMD^2 between the samples ``x`` and ``y`` (Gretton et al. 2012, eq. 3), which can come
-    out slightly negative: ``mean_{i != j} k(x_i, x_j) + mean_{i != j} k(y_i, y_j) - 2 mean_{i, j} k(x_i, y_j)``, of
-    ``[M, D]`` and ``[N, D]`` samples, M, N >= 2, under :func:`kernel_matrix`; ``scale`` None: ``2 D`` (``2 D sigma^2``
-    of Tolstikhin et al. 2018 for a standard normal).
-    """
+    """The unbiased MMD^2 estimate (Gretton et al. 2012, eq. 3; can be slightly negative) of samples ``x [M, D]`` and
+    ``y [N, D]``, M, N >= 2: ``mean_{i != j} k(x_i, x_j) + mean_{i != j} k(y_i, y_j) - 2 mean_{i, j} k(x_i, y_j)``
+    under :func:`kernel_matrix`; ``scale`` None: ``2 D`` (Tolstikhin et al. 2018's for a standard normal)."""
     if len(x) < 2 or len(y) < 2:
         raise ValueError(f"the MMD estimate needs at least 2 samples on each side, got {len(x)} and {len(y)}")
     scale = 2.0 * x.shape[-1] if scale is None else scale
@@ -99,10 +90,8 @@ def maximum_mean_discrepancy(x: Tensor, y: Tensor, kernel: Kernel = "imq", scale
 
 
 def gaussian_mixture_log_prob(z: Tensor, means: Tensor, logvars: Tensor) -> Tensor:
-    """log of the equally weighted mixture ``1/K sum_k N(z | means_k, diag(exp(logvars_k)))``, summed over ``D``;
-    float32 (float64 for float64 ``z``) whatever the autocast, of ``z`` ``[..., D]`` and components ``[K, D]``.
-    Memory grows with ``[..., K]``, not ``[..., K, D]``.
-    """
+    """log of the mixture ``1/K sum_k N(z | means_k, diag(exp(logvars_k)))`` of ``z [..., D]`` and components
+    ``[K, D]``, at least float32 whatever the autocast; memory grows with ``[..., K]``, not ``[..., K, D]``."""
     # Matrix products in float64: their expanded form cancels catastrophically for sharp components in float32.
     dtype = z.dtype
     with torch.autocast(z.device.type, enabled=False):
@@ -115,8 +104,7 @@ def gaussian_mixture_log_prob(z: Tensor, means: Tensor, logvars: Tensor) -> Tens
 
 
 def permute_dims(z: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Codes with each dimension shuffled independently across the batch (Kim & Mnih 2018, Algorithm 1): samples of
-    the product of the marginals ``prod_d q(z_d)`` when ``z`` are samples of q(z)."""
+    """Codes with each dimension shuffled across the batch, samples of ``prod_d q(z_d)`` (Kim & Mnih 2018, Alg. 1)."""
     columns = [z[torch.randperm(len(z), generator=generator, device=z.device), d] for d in range(z.shape[1])]
     return torch.stack(columns, dim=1)
 

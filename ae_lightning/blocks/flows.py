@@ -1,6 +1,4 @@
-"""Inverse autoregressive flow (Kingma et al. 2016, "Improved Variational Inference with Inverse Autoregressive
-Flow") built from MADE networks (Germain et al. 2015, "MADE: Masked Autoencoder for Distribution Estimation").
-"""
+"""Inverse autoregressive flow (Kingma et al. 2016) built from MADE networks (Germain et al. 2015)."""
 
 from __future__ import annotations
 
@@ -12,8 +10,7 @@ from torch import Tensor, nn
 
 
 class MaskedLinear(nn.Linear):
-    """A linear layer whose weight is multiplied by a fixed 0/1 ``mask`` ``[out, in]`` (1 where output ``o`` may see
-    input ``i``), kept in its state dict."""
+    """A linear layer whose weight is multiplied by a fixed 0/1 ``mask`` ``[out, in]``, kept in its state dict."""
 
     def __init__(self, mask: Tensor) -> None:
         super().__init__(mask.shape[1], mask.shape[0])
@@ -25,11 +22,8 @@ class MaskedLinear(nn.Linear):
 
 class MADE(nn.Module):
     """An autoregressive MLP ``dim -> *hidden_dims -> 2 dim`` (ReLU): outputs ``m_i`` and ``s_i`` depend on
-    ``z_{<i}`` only, and on a context vector of ``context_dim`` (0: none) that the first hidden layer sees.
-
-    Hidden unit degrees cycle through ``1 .. D - 1`` (Germain et al. 2015, section 4), or ``0 .. D - 1`` with a
-    context (degree 0 sees the context alone); output ``i`` sees the hidden units of degree < ``i``.
-    """
+    ``z_{<i}`` only, and on a context vector of ``context_dim`` (0: none) that the first hidden layer sees. Hidden
+    degrees cycle through ``1 .. D - 1`` (Germain et al. 2015, section 4), or ``0 .. D - 1`` with a context."""
 
     def __init__(self, dim: int, hidden_dims: Sequence[int], context_dim: int = 0) -> None:
         super().__init__()
@@ -55,10 +49,8 @@ class MADE(nn.Module):
 
 class IAFStep(nn.Module):
     """One numerically stable IAF step (Kingma et al. 2016, eq. 14): ``sigma = sigmoid(s + forget_bias)``,
-    ``z' = sigma * z + (1 - sigma) * m`` with ``[m, s] = MADE(z)``; ``log |det dz'/dz| = sum log sigma``. The MADE's
-    output layer starts at zero: a new step is ``z' = sigmoid(forget_bias) z``, close to the identity for the paper's
-    ``forget_bias`` of 1 to 2. ``hidden_dims`` and ``context_dim`` are the :class:`MADE`'s.
-    """
+    ``z' = sigma * z + (1 - sigma) * m`` with ``[m, s] = MADE(z)``; ``log |det dz'/dz| = sum log sigma``. A new step
+    is ``z' = sigmoid(forget_bias) z`` (the MADE's output layer starts at zero)."""
 
     def __init__(self, dim: int, hidden_dims: Sequence[int], forget_bias: float = 1.5, context_dim: int = 0) -> None:
         super().__init__()
@@ -76,8 +68,7 @@ class IAFStep(nn.Module):
 
 
 class InverseAutoregressiveFlow(nn.Module):
-    """``num_steps`` :class:`IAFStep` (>= 1) of codes of ``dim``, the order of the code's dimensions reversed between
-    consecutive steps; every step sees the context (the encoder's ``h`` in Kingma et al.)."""
+    """``num_steps`` :class:`IAFStep` of codes of ``dim``, each seeing the context, dimensions reversed in between."""
 
     def __init__(
         self, dim: int, num_steps: int, hidden_dims: Sequence[int], forget_bias: float = 1.5, context_dim: int = 0
@@ -86,8 +77,7 @@ class InverseAutoregressiveFlow(nn.Module):
         self.steps = nn.ModuleList(IAFStep(dim, hidden_dims, forget_bias, context_dim) for _ in range(num_steps))
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """The flowed codes ``[..., D]`` and the summed ``log |det|`` of all steps ``[...]``, given ``context``
-        ``[..., context_dim]`` if the flow takes one."""
+        """The flowed codes ``[..., D]`` and the summed ``log |det|`` of all steps ``[...]``."""
         log_det = torch.zeros(z.shape[:-1], device=z.device, dtype=z.dtype)
         for i, step in enumerate(self.steps):
             z, step_log_det = step(z.flip(-1) if i else z, context)

@@ -1,6 +1,5 @@
 """Loss terms as pure functions with explicit reductions: per-sample functions sum over every dimension but the batch
-dimensions. Log-likelihoods are in nats; they and the Gaussian KL are float32 for bfloat16 or float16 inputs.
-"""
+dimensions. Log-likelihoods are in nats; they and the Gaussian KL are float32 for bfloat16 or float16 inputs."""
 
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ LOG_2PI = math.log(2 * math.pi)
 
 
 def _sum_image_dims(values: Tensor, event_ndim: int = 3) -> Tensor:
-    """Sum over the trailing ``(C, H, W)`` (or ``event_ndim``) dimensions, keeping leading batch/sample dimensions."""
+    """Sum over the trailing ``event_ndim`` dimensions (``(C, H, W)``)."""
     return values.flatten(-event_ndim).sum(-1)
 
 
@@ -28,8 +27,7 @@ def _at_least_float32(*tensors: Tensor) -> tuple[Tensor, ...]:
 
 
 def bernoulli_log_likelihood(logits: Tensor, x: Tensor) -> Tensor:
-    """log p(x | logits) of independent Bernoulli pixels ``[..., C, H, W]``, summed per image; the targets ``x`` in
-    [0, 1] broadcast against ``logits``."""
+    """log p(x | logits) of Bernoulli pixels ``[..., C, H, W]`` per image; ``x`` in [0, 1] broadcasts to ``logits``."""
     logits, x = _at_least_float32(logits, x)  # with mixed dtypes PyTorch's loss would take x's
     if logits.shape != x.shape:
         # Many decodings per image: log p = x . logits - sum(softplus(logits)) never materializes the broadcast x.
@@ -39,8 +37,7 @@ def bernoulli_log_likelihood(logits: Tensor, x: Tensor) -> Tensor:
 
 def gaussian_log_likelihood(mean: Tensor, x: Tensor, std: float | Tensor, event_ndim: int = 3) -> Tensor:
     """log N(x | mean, diag(std^2)) summed over the last ``event_ndim`` dimensions (3 for images, 1 for vectors);
-    ``x`` broadcasts against ``mean``; ``std`` is one for every pixel or a tensor of them (e.g. learned, ``[C, H, W]``).
-    """
+    ``x`` broadcasts against ``mean``; ``std`` is a number or a tensor (e.g. learned, ``[C, H, W]``)."""
     mean, x = _at_least_float32(mean, x)
     log_std = torch.log(std.to(x.dtype)) if isinstance(std, Tensor) else math.log(std)
     per_pixel = -0.5 * ((x - mean) / std) ** 2 - log_std - 0.5 * LOG_2PI
@@ -48,10 +45,8 @@ def gaussian_log_likelihood(mean: Tensor, x: Tensor, std: float | Tensor, event_
 
 
 def continuous_bernoulli_log_likelihood(logits: Tensor, x: Tensor, event_ndim: int = 3) -> Tensor:
-    """log CB(x | lambda) of independent continuous-Bernoulli pixels (Loaiza-Ganem & Cunningham 2019), summed:
-    ``CB(x | lambda) = C(lambda) lambda^x (1 - lambda)^(1 - x)``, a density on [0, 1], ``lambda = sigmoid(logits)``;
-    the targets ``x`` broadcast against ``logits``; summed over the last ``event_ndim`` dimensions.
-    """
+    """log ``C(lambda) lambda^x (1 - lambda)^(1 - x)`` (``lambda = sigmoid(logits)``) of continuous-Bernoulli pixels
+    (Loaiza-Ganem & Cunningham 2019) summed over the last ``event_ndim`` dimensions; ``x`` broadcasts to ``logits``."""
     logits, x = _at_least_float32(logits, x)
     # lambda^x (1 - lambda)^(1 - x) is the Bernoulli likelihood of x, exactly as for binary pixels.
     log_kernel = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none")
@@ -59,9 +54,8 @@ def continuous_bernoulli_log_likelihood(logits: Tensor, x: Tensor, event_ndim: i
 
 
 def continuous_bernoulli_log_normalizer(logits: Tensor, eps: float = 1e-3) -> Tensor:
-    """log C(lambda) per pixel of the continuous Bernoulli with ``lambda = sigmoid(logits)``: ``log(l / tanh(l / 2))``
-    in the logit ``l``, its Taylor expansion ``log 2 + l^2 / 12`` for ``|l| < eps`` (derivation: ``docs/own_data.md``).
-    """
+    """log C(lambda) per pixel of the continuous Bernoulli, ``log(l / tanh(l / 2))`` in the logit ``l``, its Taylor
+    expansion ``log 2 + l^2 / 12`` for ``|l| < eps`` (derivation: ``docs/own_data.md``)."""
     small = logits.abs() < eps
     safe = torch.where(small, torch.ones_like(logits), logits)
     exact = torch.log(safe.abs()) - torch.log(torch.tanh(safe.abs() / 2))
@@ -69,8 +63,7 @@ def continuous_bernoulli_log_normalizer(logits: Tensor, eps: float = 1e-3) -> Te
 
 
 def continuous_bernoulli_mean(logits: Tensor) -> Tensor:
-    """E[x] of the continuous Bernoulli, ``lambda / (2 lambda - 1) + 1 / (2 artanh(1 - 2 lambda))``: its
-    reconstruction, which differs from ``lambda`` (Loaiza-Ganem & Cunningham 2019, section 3)."""
+    """E[x] of the continuous Bernoulli, its reconstruction, not ``lambda`` (Loaiza-Ganem & Cunningham 2019, sec. 3)."""
     return ContinuousBernoulli(logits=logits, validate_args=False).mean
 
 
@@ -87,21 +80,18 @@ def bits_per_dim(nll: Tensor, num_dims: int) -> Tensor:
 
 
 def kl_divergence_normal(mu: Tensor, logvar: Tensor, event_ndim: int = 1) -> Tensor:
-    """KL(N(mu, diag(exp(logvar))) || N(0, I)) in closed form, summed over the last ``event_ndim`` dimensions (1 for
-    flat codes ``[..., D]``, 3 for spatial ones ``[..., C, h, w]``)."""
+    """KL(N(mu, diag(exp(logvar))) || N(0, I)) in closed form, summed over the last ``event_ndim`` dimensions."""
     mu, logvar = _at_least_float32(mu, logvar)
     return _sum_image_dims(0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar), event_ndim)
 
 
 def standard_normal(shape: Sequence[int], device: torch.device, dtype: torch.dtype) -> Tensor:
-    """Standard normal noise of ``shape`` in ``dtype``, drawn in float32 (for a seed, the same numbers to that
-    dtype's precision under every ``precision``)."""
+    """Standard normal noise of ``shape`` in ``dtype``, drawn in float32 (the same numbers under every precision)."""
     return torch.randn(*shape, device=device, dtype=torch.float32).to(dtype)
 
 
 def reparameterize(mu: Tensor, logvar: Tensor, noise: Tensor | None = None) -> Tensor:
-    """The sample ``mu + noise * exp(logvar / 2)`` of N(mu, diag(exp(logvar))), differentiable in both; ``noise``
-    is standard normal (broadcast against ``mu``), drawn in float32 when None."""
+    """The sample ``mu + noise * exp(logvar / 2)``; ``noise`` standard normal, drawn in float32 when None."""
     noise = torch.randn_like(mu, dtype=torch.float32).to(mu.dtype) if noise is None else noise
     return mu + noise * torch.exp(0.5 * logvar)
 
@@ -141,24 +131,21 @@ def log_mean_exp(values: Tensor, dim: int) -> Tensor:
 def importance_weighted_bound(
     log_likelihood: Tensor, log_prior: Tensor, log_posterior: Tensor, kl_weight: float = 1.0
 ) -> Tensor:
-    """The importance-weighted bound of Burda et al. 2016 (eq. 8) per sample, in float32 (float64 for float64 inputs):
-    ``log (1/K) sum_k exp(log p(x | z_k) + w (log p(z_k) - log q(z_k | x)))`` over the leading dimension of K samples,
-    ``w`` the ``kl_weight`` (the VAE's ``beta`` times its KL warm-up)."""
+    """The importance-weighted bound of Burda et al. 2016 (eq. 8) per sample, at least float32: ``log (1/K) sum_k
+    exp(log p(x | z_k) + w (log p(z_k) - log q(z_k | x)))`` over the leading K samples, ``w`` the ``kl_weight``."""
     log_likelihood, log_prior, log_posterior = _at_least_float32(log_likelihood, log_prior, log_posterior)
     return log_mean_exp(log_likelihood + kl_weight * (log_prior - log_posterior), dim=0)
 
 
 def kl_divergence_bernoulli(rho: float, rho_hat: Tensor, eps: float = 1e-6) -> Tensor:
-    """KL(Bernoulli(rho) || Bernoulli(rho_hat)) summed over the last dimension: the sparsity penalty of Ng's notes,
-    ``rho`` in (0, 1) the target mean activation, ``rho_hat`` ``[..., D]`` the units', clamped to ``[eps, 1 - eps]``."""
+    """KL(Bernoulli(rho) || Bernoulli(rho_hat)) over the last dimension (Ng's sparsity penalty), ``rho_hat`` clamped."""
     rho_hat = rho_hat.clamp(eps, 1 - eps)
     return (rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))).sum(-1)
 
 
 def multinomial_log_likelihood(logits: Tensor, counts: Tensor) -> Tensor:
-    """log Mult(counts | softmax(logits)) up to the multinomial coefficient, summed per sample: ``sum_i x_i log pi_i``
-    (Liang et al. 2018, eq. 2), the likelihood of the items a user clicked: ``counts`` ``[..., I]`` (0/1 for implicit
-    feedback) broadcast against the items' ``logits``."""
+    """log Mult(counts | softmax(logits)) up to the multinomial coefficient, ``sum_i x_i log pi_i`` per sample (Liang
+    et al. 2018, eq. 2); ``counts`` ``[..., I]`` broadcast against the items' ``logits``."""
     return (F.log_softmax(logits, dim=-1) * counts).sum(-1)
 
 
@@ -190,8 +177,8 @@ def adaptive_adversarial_weight(
     loss_scale: Tensor | None = None,
 ) -> Tensor:
     """``||grad_w L_rec|| / (||grad_w L_G|| + 1e-4)`` at the decoder's last weight ``w``, clamped to ``[0, max_weight]``
-    and detached (Esser et al. 2021, eq. 7); both losses keep their graphs. With ``loss_scale`` (fp16's gradient
-    scale) the gradients are of the scaled losses, and a weight that overflows is 0 (``docs/quantized.md``)."""
+    and detached (Esser et al. 2021, eq. 7), the losses' graphs kept; with ``loss_scale`` (fp16's), of the scaled
+    losses, an overflow 0 (``docs/quantized.md``)."""
     scale = 1.0 if loss_scale is None else loss_scale
     reconstruction_grad = torch.autograd.grad(reconstruction_loss * scale, last_layer_weight, retain_graph=True)[0]
     generator_grad = torch.autograd.grad(generator_loss * scale, last_layer_weight, retain_graph=True)[0]

@@ -37,16 +37,14 @@ def mlp_layers(
 
 
 class MLPEncoder(nn.Sequential):
-    """Flatten, then fully connected layers ``prod(input_shape) -> *hidden_dims -> out_dim``, dropout after each
-    hidden layer (in training)."""
+    """Flatten, then fully connected layers ``prod(input_shape) -> *hidden_dims -> out_dim`` (:func:`mlp_layers`)."""
 
     def __init__(self, input_shape: Sequence[int], hidden_dims: Sequence[int], out_dim: int, dropout: float = 0.0):
         super().__init__(nn.Flatten(), *mlp_layers([math.prod(input_shape), *hidden_dims, out_dim], dropout=dropout))
 
 
 class MLPDecoder(nn.Sequential):
-    """Fully connected layers ``latent_dim -> *reversed(hidden_dims) -> prod(output_shape)``, returning logits,
-    dropout after each hidden layer (in training)."""
+    """Fully connected layers ``latent_dim -> *reversed(hidden_dims) -> prod(output_shape)``, returning logits."""
 
     def __init__(self, latent_dim: int, hidden_dims: Sequence[int], output_shape: Sequence[int], dropout: float = 0.0):
         sizes = [latent_dim, *reversed(hidden_dims), math.prod(output_shape)]
@@ -54,8 +52,7 @@ class MLPDecoder(nn.Sequential):
 
 
 class ConvEncoder(nn.Module):
-    """Stride-2 convolutions (kernel 4, padding 1: each floors a half of the size) with ``hidden_dims`` channels and
-    dropout (in training), then a linear layer to ``out_dim``."""
+    """Stride-2 convolutions (kernel 4, each flooring half the size) of ``hidden_dims`` channels, a linear layer."""
 
     def __init__(self, input_shape: Sequence[int], hidden_dims: Sequence[int], out_dim: int, dropout: float = 0.0):
         super().__init__()
@@ -131,8 +128,7 @@ def build_decoder(
 def latent_shape(
     network: Network, input_shape: Sequence[int], latent_dim: int, hidden_dims: Sequence[int]
 ) -> tuple[int, ...]:
-    """The shape of one code: ``(latent_dim,)``, or ``(latent_dim, H / f, W / f)`` for a ``spatial`` network with
-    ``f = 2^(len(hidden_dims) - 1)`` (a ValueError naming the size and f unless f divides H and W)."""
+    """One code's shape: ``(latent_dim,)``, or ``(latent_dim, H / f, W / f)`` for ``spatial`` (f must divide H, W)."""
     if network != "spatial":
         return (latent_dim,)
     factor = downsampling_factor(hidden_dims)
@@ -145,10 +141,9 @@ MAX_WEIGHT_BYTES = 8 * 2**30  # a network this large on one input is a missing r
 
 
 def check_network(network: str, input_shape: Sequence[int], hidden_dims: Sequence[int], latent_dim: int) -> None:
-    """Raise a ValueError naming the problem if a convolutional network has no convolution, ``input_shape`` is not
-    ``(C, H, W)`` images or, for an MLP, ``(D,)`` vectors, or the encoder and decoder's largest layers alone would take
-    more than :data:`MAX_WEIGHT_BYTES` of float32 weights (e.g. an MLP on 4000x4000 photographs), before any
-    allocation. The ranges are the signatures' types."""
+    """A ValueError, before any allocation, if a convolutional network has no convolution, ``input_shape`` is not
+    ``(C, H, W)`` (or, for an MLP, ``(D,)``), or the largest layers alone would take more than
+    :data:`MAX_WEIGHT_BYTES` of float32 weights (e.g. an MLP on 4000x4000 photographs)."""
     if len(hidden_dims) == 0 and network != "mlp":
         raise ValueError(f"a {network} network needs at least one entry in hidden_dims (channels per convolution)")
     if len(input_shape) == 1 and network != "mlp":

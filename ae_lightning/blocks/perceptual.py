@@ -1,9 +1,6 @@
-"""The LPIPS perceptual distance (Zhang et al. 2018, "The Unreasonable Effectiveness of Deep Features as a Perceptual
-Metric") from the ``lpips`` package, as a frozen loss network and a test metric.
-
-Its ImageNet trunk's weights are torchvision's download (offline: put the file at :func:`trunk_weights_path`); a
-model loaded from a checkpoint takes them all from it (:func:`weights_from_checkpoint`).
-"""
+"""The LPIPS perceptual distance (Zhang et al. 2018) of the ``lpips`` package, a frozen loss network and a metric;
+its trunk's ImageNet weights are torchvision's download (offline: the file at :func:`trunk_weights_path`), or a
+checkpoint's (:func:`weights_from_checkpoint`)."""
 
 from __future__ import annotations
 
@@ -38,14 +35,9 @@ def trunk_weights_path(network: PerceptualNetwork) -> Path:
 
 
 class LPIPSDistance(nn.Module):
-    """Frozen LPIPS distance per image between images in [0, 1]; gray images are repeated to three channels and
-    images smaller than 64 pixels upsampled (bilinear) to 64.
-
-    Args:
-        network: the trunk, ``alex`` (as VQGAN's evaluation), ``vgg`` (as its loss) or ``squeeze``.
-        pretrained: load the trunk's ImageNet weights; False keeps a random trunk (a distance >= 0, zero for equal
-            images, but a weak prior).
-    """
+    """Frozen LPIPS distance per image between images in [0, 1], gray ones repeated to three channels, smaller ones
+    upsampled to 64 pixels. ``network``: the trunk, ``alex`` (VQGAN's evaluation), ``vgg`` (its loss) or ``squeeze``;
+    ``pretrained``: its ImageNet weights (False: a random trunk, a distance >= 0, zero for equal images)."""
 
     def __init__(self, network: PerceptualNetwork = "alex", pretrained: bool = True) -> None:
         super().__init__()
@@ -60,8 +52,7 @@ class LPIPSDistance(nn.Module):
         self.lpips.eval().requires_grad_(False)
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        """LPIPS distances ``[B]`` between images ``x`` and ``y`` ``[B, C, H, W]`` in [0, 1] (gray or RGB), in the
-        dtype of LPIPS's weights (bfloat16 under ``bf16-true``); differentiable."""
+        """LPIPS distances ``[B]`` of images ``x`` and ``y`` ``[B, C, H, W]`` in [0, 1], in its weights' dtype."""
         dtype = next(self.lpips.parameters()).dtype
         x, y = x.to(dtype), y.to(dtype)
         if x.shape[1] == 1:

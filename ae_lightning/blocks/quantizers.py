@@ -1,7 +1,6 @@
 """Quantizers of spatial codes from ``vector-quantize-pytorch`` behind one interface: ``VectorQuantize`` (van den
 Oord et al. 2017), ``FSQ`` (Mentzer et al. 2023, "Finite Scalar Quantization") and ``ResidualVQ`` (Zeghidour et al.
-2021); and codebook-usage statistics.
-"""
+2021); and codebook-usage statistics."""
 
 from __future__ import annotations
 
@@ -35,8 +34,7 @@ _SETTINGS = {
 
 
 def check_quantizer(kind: QuantizerKind, settings: dict[str, Any]) -> None:
-    """Raise a ValueError naming the setting if one of ``settings`` (:class:`SpatialQuantizer`'s arguments) differs
-    from its default but ``kind`` does not read it, or if FSQ's levels cannot work together."""
+    """A ValueError naming a setting changed from its default that ``kind`` ignores, or FSQ levels that cannot work."""
     defaults = inspect.signature(SpatialQuantizer.__init__).parameters
     for name in sorted(set().union(*_SETTINGS.values()) - set(_SETTINGS[kind])):
         value, default = settings[name], defaults[name].default
@@ -47,11 +45,9 @@ def check_quantizer(kind: QuantizerKind, settings: dict[str, Any]) -> None:
                 f"its default {default!r}, or set quantizer to {readers}"
             )
     fsq_levels = settings["fsq_levels"]
-    if kind != "fsq":
-        return
-    if not fsq_levels:
+    if kind == "fsq" and not fsq_levels:
         raise ValueError("fsq_levels must name at least one level, got []")
-    if math.prod(fsq_levels) > MAX_FSQ_CODEBOOK:
+    if kind == "fsq" and math.prod(fsq_levels) > MAX_FSQ_CODEBOOK:
         raise ValueError(
             f"fsq_levels {list(fsq_levels)} make a codebook of {math.prod(fsq_levels)} codes, more than "
             f"{MAX_FSQ_CODEBOOK}; use fewer or smaller levels"
@@ -59,14 +55,8 @@ def check_quantizer(kind: QuantizerKind, settings: dict[str, Any]) -> None:
 
 
 class SpatialQuantizer(nn.Module):
-    """One of the library's quantizers applied at every position of a code map ``[B, C, h, w]``.
-
-    Args:
-        kind: ``vq``, ``fsq`` or ``residual_vq``.
-        channels: channels ``C`` of the codes.
-        codebook_size, fsq_levels, num_quantizers, commitment_weight, ema_decay, kmeans_init, dead_code_threshold:
-            as :class:`~ae_lightning.models.quantized.QuantizedAutoencoder`'s arguments of those names.
-    """
+    """One of the library's quantizers (``kind``) applied at every position of a code map ``[B, channels, h, w]``; the
+    other arguments as :class:`~ae_lightning.models.quantized.QuantizedAutoencoder`'s of those names."""
 
     def __init__(
         self,
@@ -111,8 +101,8 @@ class SpatialQuantizer(nn.Module):
 
     def synchronize_codebook(self) -> None:
         """From now on, learn the codebooks (``vq``, ``residual_vq``) from the codes of every process of the default
-        ``torch.distributed`` group, which must then run each training forward together: the quantizer is rebuilt
-        with the library's ``sync_codebook``, its state carried over, no random numbers drawn. Idempotent."""
+        ``torch.distributed`` group (which must run each training forward together): the quantizer is rebuilt with
+        ``sync_codebook``, its state kept, no random numbers drawn. Idempotent."""
         if self.kind == "fsq" or self.sync_codebook:
             return
         self.sync_codebook = True
@@ -148,8 +138,7 @@ class SpatialQuantizer(nn.Module):
 
     def decode_indices(self, indices: Tensor) -> Tensor:
         """Quantized codes ``[B, C, h, w]``, in the quantizer's dtype, of integer indices ``[B, Q, h, w]`` in
-        ``[0, codebook_size)``; others are refused with a ValueError naming them (the libraries would wrap -1 around or
-        decode a code past the last)."""
+        ``[0, codebook_size)``; others are a ValueError naming them."""
         integer = not (indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool)
         if not integer or indices.ndim != 4 or indices.shape[1] != self.num_codebooks:
             raise ValueError(
@@ -174,9 +163,8 @@ class SpatialQuantizer(nn.Module):
 
 
 class CodebookUsage(Metric):
-    """How the codebooks are used over an epoch, from indices ``[B, Q, h, w]``: ``codes_used`` (share of codes chosen
-    at least once), ``perplexity`` (``exp`` of the entropy of the code frequencies) and ``dead_codes`` (codes never
-    chosen); averaged over the ``num_codebooks`` codebooks (residual levels) but ``dead_codes``, summed."""
+    """Codebook use over an epoch, of indices ``[B, Q, h, w]``: ``codes_used`` (share chosen) and ``perplexity``
+    (``exp`` of the frequencies' entropy), averaged over codebooks; ``dead_codes`` (never chosen), summed."""
 
     full_state_update = False
 

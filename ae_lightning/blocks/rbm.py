@@ -1,10 +1,7 @@
-"""Restricted Boltzmann machines with binary visible units and contrastive divergence, as pure functions (Hinton
-2002, "Training Products of Experts by Minimizing Contrastive Divergence"; Gaussian hidden units as in the code layer
-of Hinton & Salakhutdinov 2006).
-
-An RBM is ``weight`` ``[H, V]`` (the layout of ``nn.Linear(V, H)``), ``visible_bias`` ``[V]`` and ``hidden_bias``
-``[H]``, with energy ``E(v, h) = -v . b_v - h . b_h - h W v`` (plus ``|h|^2 / 2`` for Gaussian hidden units).
-"""
+"""Restricted Boltzmann machines with binary visible units and contrastive divergence (Hinton 2002), as pure
+functions: ``weight`` ``[H, V]`` (``nn.Linear(V, H)``'s layout), ``visible_bias`` ``[V]``, ``hidden_bias`` ``[H]``,
+energy ``E(v, h) = -v . b_v - h . b_h - h W v`` (plus ``|h|^2 / 2`` for Gaussian hidden units, as in the code layer
+of Hinton & Salakhutdinov 2006)."""
 
 from __future__ import annotations
 
@@ -81,10 +78,9 @@ def contrastive_divergence(
     hidden: Hidden = "bernoulli",
     generator: torch.Generator | None = None,
 ) -> ContrastiveDivergence:
-    """CD-k on data ``v`` ``[B, V]`` (binary, or intensities in [0, 1] read as probabilities): the data with their
-    hidden means E[h | v], against ``k`` >= 1 steps of block Gibbs sampling from the data with the last state's means.
-    ``gaussian`` hidden units are linear with unit-variance noise; ``generator`` (on ``v``'s device) or the global one
-    draws the samples."""
+    """CD-k on data ``v`` ``[B, V]`` (binary, or probabilities in [0, 1]): the data with their hidden means E[h | v],
+    against ``k`` >= 1 steps of block Gibbs sampling from the data with the last state's means; ``generator`` (on
+    ``v``'s device) or the global one draws the samples."""
     check_number("k (Gibbs steps of contrastive divergence)", k, "[1, inf)", integer=True)
     data_hidden = hidden_mean(v, weight, hidden_bias, hidden)
     h = sample_hidden(data_hidden, hidden, generator)

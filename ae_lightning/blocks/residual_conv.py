@@ -1,7 +1,5 @@
 """A small convolutional encoder and decoder with spatial codes ``[B, code_channels, H / f, W / f]``,
-``f = 2 ** len(hidden_dims)``, after the VQ-VAE paper (van den Oord et al. 2017, "Neural Discrete Representation
-Learning", section 4.1): stride-2 convolutions and residual blocks.
-"""
+``f = 2 ** len(hidden_dims)``: stride-2 convolutions and residual blocks, after van den Oord et al. 2017 (sec. 4.1)."""
 
 from __future__ import annotations
 
@@ -79,8 +77,7 @@ class ResidualConvEncoder(nn.Sequential):
 
 
 class ResidualConvDecoder(nn.Sequential):
-    """The mirror of :class:`ResidualConvEncoder` of the same arguments, ``out_channels`` the images': a 3x3
-    convolution, residual blocks, stride-2 transposed convolutions; pixel logits."""
+    """The mirror of :class:`ResidualConvEncoder` (``out_channels`` the images'), returning pixel logits."""
 
     def __init__(
         self,

@@ -1,7 +1,6 @@
 """A fully convolutional encoder and decoder with spatial codes ``[z_channels, H / f, W / f]``, ``f = 2^(L - 1)``
 for ``L`` levels: the design of latent diffusion's first stage (Rombach et al. 2022, "High-Resolution Image Synthesis
-with Latent Diffusion Models"; Esser et al. 2021 before them). Settings and sizes: ``docs/spatial.md``.
-"""
+with Latent Diffusion Models"; Esser et al. 2021 before them). Settings and sizes: ``docs/spatial.md``."""
 
 from __future__ import annotations
 
@@ -16,8 +15,7 @@ from datamodules.checks import Fraction, PositiveInt, check_arguments
 
 
 class SpatialOptions(TypedDict, total=False):
-    """``network: spatial``'s ``num_res_blocks`` per level (default 2) and ``attention`` at the lowest resolution
-    (default true), beside ``hidden_dims`` (channels per level) and ``latent_dim`` (channels of the code)."""
+    """``network: spatial``'s ``num_res_blocks`` per level (default 2) and ``attention`` (default true)."""
 
     num_res_blocks: PositiveInt
     attention: bool
@@ -49,8 +47,7 @@ def _norm(channels: int) -> nn.GroupNorm:
 
 
 class ResnetBlock(nn.Module):
-    """``x + conv(dropout(act(norm(conv(act(norm(x)))))))``, with a 1x1 convolution on the skip path when channels
-    change."""
+    """``x + conv(dropout(act(norm(conv(act(norm(x)))))))``, a 1x1 convolution on the skip path if channels change."""
 
     def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0) -> None:
         super().__init__()
@@ -141,8 +138,7 @@ class SpatialEncoder(nn.Module):
 
 class SpatialDecoder(nn.Module):
     """Codes ``[B, z_channels, h, w]`` to logits ``[B, out_channels, h * f, w * f]``: the mirror of
-    :class:`SpatialEncoder`, whose ``channels``, ``num_res_blocks`` (one more block per level here), ``attention`` and
-    ``dropout`` it takes, with nearest-neighbour upsampling and a convolution between levels."""
+    :class:`SpatialEncoder` (one more ResNet block per level), nearest-neighbour upsampling between levels."""
 
     def __init__(
         self,

@@ -1,12 +1,9 @@
-"""Disentanglement metrics on data with known factors of variation (dSprites), with scikit-learn, and latent
-traversal pictures.
+"""Disentanglement metrics on data with known factors (dSprites), with scikit-learn, and latent traversal pictures.
 
-The BetaVAE score (Higgins et al. 2017), the FactorVAE score (Kim & Mnih 2018), the mutual information gap MIG
-(Chen et al. 2018), the separated attribute predictability SAP (Kumar et al. 2018) and DCI (Eastwood & Williams
-2018), as in disentanglement_lib (Locatello et al. 2019) with smaller default sample sizes and random forests for DCI
-(docs/disentanglement.md). Every factor is treated as discrete (its grid index); factors that do not vary are left
-out. Non-finite codes, and settings a metric cannot work with, are refused (:func:`check_disentanglement_settings`).
-"""
+The BetaVAE score (Higgins et al. 2017), the FactorVAE score (Kim & Mnih 2018), MIG (Chen et al. 2018), SAP (Kumar et
+al. 2018) and DCI (Eastwood & Williams 2018), as in disentanglement_lib (Locatello et al. 2019) with smaller sample
+sizes and random forests for DCI (docs/disentanglement.md). Factors are discrete (grid indices); those that do not vary
+are left out; non-finite codes and unworkable settings are refused (:func:`check_disentanglement_settings`)."""
 
 from __future__ import annotations
 
@@ -45,10 +42,8 @@ class FactorSource(Protocol):
 
 
 def model_encoder(model: nn.Module, batch_size: int = 512) -> Encoder:
-    """A function from images to the model's codes ``[N, D]`` (numpy, float64; spatial codes flattened):
-    ``model.encode`` in eval mode without gradients, in batches, on the model's device. A ValueError names a model
-    whose codes the metrics cannot score: token indices (``discrete_codes``), or codes of a conditional model
-    (``num_classes``), whose encode needs labels."""
+    """A function from images to the model's codes ``[N, D]`` (float64 numpy, flattened), encoded in eval mode in
+    batches; a ValueError for token indices (``discrete_codes``) or a conditional model (``num_classes``)."""
     name = type(model).__name__
     if getattr(model, "discrete_codes", False):
         raise ValueError(
@@ -97,9 +92,8 @@ def varying(factors: np.ndarray) -> np.ndarray:
 
 # --- scores of codes and factors ------------------------------------------------------------------------------------
 def mutual_information_gap(codes: np.ndarray, factors: np.ndarray, bins: int = 20) -> float:
-    """MIG (Chen et al. 2018) of codes ``[N, D]`` (D >= 2) and discrete factors ``[N, K]``:
-    ``mean_k (I(z_a; v_k) - I(z_b; v_k)) / H(v_k)`` with ``z_a``, ``z_b`` the two code dimensions sharing the most
-    information with factor ``v_k``, each code dimension discretized into ``bins`` bins."""
+    """MIG of codes ``[N, D]`` (D >= 2) and discrete factors ``[N, K]``: ``mean_k (I(z_a; v_k) - I(z_b; v_k)) /
+    H(v_k)``, ``z_a``, ``z_b`` the two code dimensions (in ``bins`` bins) most informative of factor ``v_k``."""
     from sklearn.metrics import mutual_info_score
 
     _check_gap_codes("mig", finite_codes(codes).shape[1])
@@ -114,8 +108,8 @@ def mutual_information_gap(codes: np.ndarray, factors: np.ndarray, bins: int = 2
 def separated_attribute_predictability(
     train_codes: np.ndarray, train_factors: np.ndarray, test_codes: np.ndarray, test_factors: np.ndarray
 ) -> float:
-    """SAP (Kumar et al. 2018) of codes ``[N, D]`` (D >= 2) and discrete factors ``[N, K]``: for each factor, the test
-    accuracy of a linear SVM on each code dimension alone; the gap between the two best, averaged over the factors."""
+    """SAP of codes ``[N, D]`` (D >= 2) and discrete factors ``[N, K]``: the gap between the two best test accuracies
+    of a linear SVM on one code dimension alone, averaged over the factors."""
     from sklearn.svm import LinearSVC
 
     _check_gap_codes("sap", finite_codes(np.concatenate([train_codes, test_codes])).shape[1])
@@ -138,15 +132,11 @@ def dci(
     test_factors: np.ndarray,
     seed: int = 0,
 ) -> dict[str, float]:
-    """DCI (Eastwood & Williams 2018) from the feature importances ``R [D, K]`` of one random forest per factor, each
-    split weighing every code (``max_features=None``).
-
-    ``dci_disentanglement``: ``sum_i rho_i (1 - H_K(P_i))``, ``P_i`` code ``i``'s row of ``R`` normalized and ``rho_i``
-    its share of the total importance; ``dci_completeness``: the same per factor over the codes (``H_D``), weighted by
-    the factor's share; ``dci_informativeness``: the forests' mean test accuracy. Disentanglement and completeness are
-    0 if no code has any importance; disentanglement is NaN with one varying factor, completeness with one code.
-    Codes are ``[N, D]``, factors ``[N, K]`` discrete; ``seed`` seeds the forests.
-    """
+    """DCI of codes ``[N, D]`` and discrete factors ``[N, K]`` from the importances ``R [D, K]`` of one random forest
+    per factor (``max_features=None``, seeded by ``seed``). ``dci_disentanglement``: ``sum_i rho_i (1 - H_K(P_i))``,
+    ``P_i`` code ``i``'s row of ``R`` normalized, ``rho_i`` its share of the total; ``dci_completeness``: the same per
+    factor over the codes (``H_D``); ``dci_informativeness``: the forests' mean test accuracy. D and C are 0 if no code
+    has any importance; D is NaN with one varying factor, C with one code."""
     from scipy.stats import entropy
     from sklearn.ensemble import RandomForestClassifier
 
@@ -184,10 +174,8 @@ def beta_vae_score(
     num_train: AtLeastTwo = 500,
     num_eval: PositiveInt = 300,
 ) -> float:
-    """The BetaVAE score (Higgins et al. 2017): each point is ``mean |z(x1) - z(x2)|`` over ``batch_size`` pairs
-    sharing one factor; the score is a logistic regression's accuracy at naming that factor, fitted on ``num_train``
-    points (>= 2: it must see two factors), scored on ``num_eval``. The points' factors cycle through the varying
-    factors; fewer than 2 varying factors are refused."""
+    """The BetaVAE score: a logistic regression's accuracy at naming the factor ``batch_size`` pairs share from
+    their ``mean |z(x1) - z(x2)|``; ``num_train`` points fit it, ``num_eval`` score it, cycling the varying factors."""
     from sklearn.linear_model import LogisticRegression
 
     check_arguments(locals(), beta_vae_score)
@@ -219,12 +207,10 @@ def factor_vae_score(
     num_variance_estimate: AtLeastTwo = 5000,
     prune_threshold: NonNegativeFloat = PRUNE_THRESHOLD,
 ) -> float:
-    """The FactorVAE score (Kim & Mnih 2018): codes scaled by their std over the data; each vote pairs the code
-    dimension of least variance over ``batch_size`` samples sharing one random factor with that factor; each dimension
-    predicts its most voted factor, scored on held-out votes. Dimensions collapsed to the prior (std below
-    ``prune_threshold`` in the codes' units, or zero; 0 keeps every dimension that varies) take no part; if none is
-    left, the score is 0. ``num_train`` votes fit the majority classifier, ``num_eval`` score it, and
-    ``num_variance_estimate`` samples give the std. Fewer than 2 varying factors are refused."""
+    """The FactorVAE score: each vote pairs the code dimension (scaled by its std over ``num_variance_estimate``
+    samples) of least variance over ``batch_size`` samples sharing a random factor with that factor; each dimension
+    predicts its most voted factor, fitted on ``num_train`` votes, scored on ``num_eval``. Dimensions of std below
+    ``prune_threshold`` or zero take no part (none left: 0). Fewer than 2 varying factors are refused."""
     check_arguments(locals(), factor_vae_score)
     variable = _factors_to_name("factor_vae", source, generator)
     codes, _ = sample_codes(encode, source, num_variance_estimate, generator)
@@ -250,8 +236,7 @@ def factor_vae_score(
 
 
 def _factors_to_name(metric: str, source: FactorSource, generator: torch.Generator) -> Tensor:
-    """The indices of the factors that vary in ``source``, or a ValueError unless ``metric`` (``beta_vae`` or
-    ``factor_vae``), which names the factor its batches share, has >= 2 of them to name."""
+    """The indices of the factors that vary in ``source``; a ValueError unless there are >= 2 for ``metric`` to name."""
     variable = torch.from_numpy(np.flatnonzero(varying(source.sample_factors(512, generator).numpy())))
     varying_factors = [source.factor_names[k] for k in variable]
     if len(varying_factors) < 2:
@@ -265,7 +250,7 @@ def _factors_to_name(metric: str, source: FactorSource, generator: torch.Generat
 
 
 def _check_gap_codes(metric: str, num_codes: int) -> None:
-    """A ValueError unless ``metric`` (``mig`` or ``sap``, a gap between the two best code dimensions) has two."""
+    """A ValueError unless ``metric`` (``mig`` or ``sap``) has two code dimensions."""
     if num_codes < 2:
         best = "most informative" if metric == "mig" else "most predictive"
         raise ValueError(f"{metric.upper()} compares the two {best} code dimensions: it needs >= 2, got {num_codes}")
@@ -273,8 +258,7 @@ def _check_gap_codes(metric: str, num_codes: int) -> None:
 
 # --- all of them ----------------------------------------------------------------------------------------------------
 def check_disentanglement_metrics(names: Sequence[str]) -> list[str]:
-    """``names`` as a list, or a ValueError naming each unknown one and listing the known ones (or a string given for
-    the list)."""
+    """``names`` as a list, or a ValueError for a string or naming each unknown one and listing the known ones."""
     if isinstance(names, str):
         raise ValueError(
             f"metrics must be a list of disentanglement metric names, e.g. [{names!r}], got the string {names!r}"
@@ -285,9 +269,8 @@ def check_disentanglement_metrics(names: Sequence[str]) -> list[str]:
 def check_disentanglement_settings(
     encode: Encoder, source: FactorSource, metrics: Sequence[str], num_votes: int = 500
 ) -> list[str]:
-    """``metrics`` as a list, or a ValueError naming the setting that one of them cannot work with, before any runs:
-    unknown names, no varying factor, ``beta_vae`` or ``factor_vae`` with < 2 varying factors, ``beta_vae`` with
-    ``num_votes`` < 2, ``mig`` or ``sap`` of codes with < 2 dimensions, non-finite codes (of one image)."""
+    """``metrics`` as a list, or a ValueError before any runs: unknown names, no varying factor, < 2 varying factors or
+    ``num_votes`` (``beta_vae``), < 2 code dimensions (``mig``, ``sap``), non-finite codes."""
     metrics = check_disentanglement_metrics(metrics)
     if not metrics:
         return metrics
@@ -316,11 +299,10 @@ def disentanglement_metrics(
     seed: int = 0,
     prune_threshold: NonNegativeFloat = PRUNE_THRESHOLD,
 ) -> dict[str, float]:
-    """The named metrics (of :data:`DISENTANGLEMENT_METRICS`; ``dci`` gives three numbers) of the codes that
-    ``encode`` (e.g. :func:`model_encoder`) gives ``source``'s data. MIG, SAP and DCI see ``num_points`` samples (SAP
-    and DCI fit on 80%, score on 20%); the BetaVAE and FactorVAE scores fit on ``num_votes`` points and score on 60% as
-    many. Each score draws from its own generator seeded by ``seed`` (MIG, SAP and DCI share one), so its value does
-    not depend on which others are asked for."""
+    """The named :data:`DISENTANGLEMENT_METRICS` (``dci`` gives three) of the codes ``encode`` (:func:`model_encoder`)
+    gives ``source``'s data: MIG, SAP and DCI of ``num_points`` samples (SAP and DCI fit on 80%, score on 20%), the
+    BetaVAE and FactorVAE scores fit on ``num_votes`` points, scored on 60% as many. Each score has its own generator
+    seeded by ``seed`` (MIG, SAP and DCI share one): its value does not depend on the others asked for."""
     check_arguments(locals(), disentanglement_metrics)
     metrics = check_disentanglement_settings(encode, source, metrics, num_votes)
     results: dict[str, float] = {}
@@ -351,15 +333,13 @@ def _metric_generator(seed: int, name: str) -> torch.Generator:
 
 # --- pictures -------------------------------------------------------------------------------------------------------
 def has_flat_codes(model: nn.Module) -> bool:
-    """Whether ``model``'s codes are continuous vectors ``[latent_dim]``, whose dimensions :func:`latent_traversals`
-    sweeps (not token indices, a ``discrete_codes`` model's)."""
+    """Whether ``model``'s codes are continuous vectors ``[latent_dim]`` (:func:`latent_traversals` sweeps those)."""
     return len(getattr(model, "latent_shape", (0,))) == 1 and not getattr(model, "discrete_codes", False)
 
 
 def latent_traversals(model: nn.Module, images: Tensor, span: float = 2.5, steps: int = 9) -> Tensor:
-    """A picture ``[3, H', W']`` in [0, 1]: for each image, one row per code dimension, that dimension of its code
-    swept over ``[-span, span]`` in ``steps`` steps (the others kept), decoded. Flat codes ``[latent_dim]`` only
-    (:func:`has_flat_codes`); ``span`` is in prior standard deviations for the VAEs."""
+    """A picture ``[3, H', W']`` in [0, 1]: a row per dimension of each image's flat code (:func:`has_flat_codes`)
+    swept over ``[-span, span]`` (prior standard deviations for the VAEs) in ``steps`` steps, decoded."""
     from torchvision.utils import make_grid
 
     weight = next(model.parameters())

@@ -1,8 +1,5 @@
-"""Evaluation of trained autoencoders: reconstruction, likelihood, sample quality, representation, anomaly detection.
-
-Metrics come from torchmetrics and scikit-learn. :func:`evaluate` computes any of :data:`METRICS` for a model and
-its datamodule; ``benchmarks/variants.py`` and ``scripts/evaluate.py`` are thin commands around it.
-"""
+"""Evaluation of trained autoencoders: reconstruction, likelihood, sample quality, representation, anomaly detection,
+from torchmetrics and scikit-learn; :func:`evaluate` computes any of :data:`METRICS` for a model and its data."""
 
 from __future__ import annotations
 
@@ -90,8 +87,7 @@ def metric_applies(model: AutoencoderModule, datamodule: ImageDataModule, name: 
 
 
 def not_applicable(model: AutoencoderModule, datamodule: ImageDataModule, name: str) -> str | None:
-    """Why metric ``name`` (of :data:`METRICS` or :data:`FIRST_STAGE_METRICS`) cannot be computed for this model and
-    data: the data where it needs images (of some size) or labels, else the model; None where it can."""
+    """Why metric ``name`` cannot be computed for this model and data (the data's reason first); None where it can."""
     description, shape = {**METRICS, **FIRST_STAGE_METRICS}[name], tuple(datamodule.input_shape)
     if name in IMAGE_METRICS and len(shape) != 3:
         if name == "fid":
@@ -137,8 +133,7 @@ def require_generative(model: nn.Module, purpose: str) -> None:
 
 
 def images_at_once(image_shape: Sequence[int]) -> int:
-    """How many images of ``image_shape`` evaluation passes through a model at once where it chooses: 500 up to 4,194
-    values an image (64x64 gray), fewer above, down to 10 of 3x256x256."""
+    """Images of ``image_shape`` evaluated at once: 500 up to 64x64 gray, fewer above, down to 10 of 3x256x256."""
     return max(1, min(500, 2**21 // math.prod(image_shape)))
 
 
@@ -150,11 +145,9 @@ def split_loader(
     seed: int = 0,
     binarize: bool = True,
 ) -> TensorBatchLoader:
-    """The split's images in stored order, binarized as the datamodule binarizes validation and test images; every
-    pass yields the same images (a ``dynamic`` binarization is not redrawn), so separate passes see one test set.
-    ``max_images`` keeps a random subset (seeded by ``seed``, in stored order; None: all); ``binarize=False`` gives
-    a ``dynamic`` datamodule's gray images; ``batch_size`` is the datamodule's when None.
-    """
+    """The split's images in stored order, binarized as the datamodule's test images, the same on every pass (a
+    ``dynamic`` binarization is not redrawn). ``max_images``: a random subset seeded by ``seed`` (None: all);
+    ``binarize=False``: a ``dynamic`` datamodule's gray images; ``batch_size`` None: the datamodule's."""
     check_arguments(locals(), split_loader)
     own = getattr(datamodule, "evaluation_loader", None)
     if own is not None:  # images drawn when their batch is built (dSprites)
@@ -197,16 +190,14 @@ def evaluating(model: nn.Module, seed: int | None = 0) -> Iterator[None]:
 
 
 def _batches(loader: TensorBatchLoader, to: nn.Module | torch.device) -> Iterator[tuple[Tensor, Tensor]]:
-    """The loader's images and labels on device ``to``, or on the device of model ``to``'s weights and in their dtype
-    (float64 under 64-true, bfloat16 under bf16-true)."""
+    """The loader's images and labels on device ``to``, or on model ``to``'s device in its weights' dtype."""
     weight = next(to.parameters()) if isinstance(to, nn.Module) else torch.empty(0, device=to)
     for x, labels, _ in tqdm(loader, desc="evaluating", unit="batch", leave=False, file=sys.stderr):
         yield x.to(weight), labels.to(weight.device)
 
 
 def reconstruction_scores(model: AutoencoderModule, loader: TensorBatchLoader, seed: int = 0) -> dict[str, float]:
-    """``mse``, ``bce``, ``psnr`` and ``ssim`` of the model's reconstructions of the loader's images (``mse`` only
-    for feature vectors); ``seed`` seeds a stochastic model's draws."""
+    """:data:`RECONSTRUCTION_METRICS` of the model's reconstructions of the loader's images (vectors: ``mse``)."""
     metrics = ReconstructionMetrics(images=len(model.input_shape) == 3).to(model.device)
     with evaluating(model, seed):
         for x, labels in _batches(loader, model):
@@ -222,8 +213,7 @@ def perceptual_scores(
     seed: int = 0,
     distance: nn.Module | None = None,
 ) -> dict[str, float]:
-    """``ms_ssim`` and ``lpips`` (those in ``names``) of the model's reconstructions of the loader's images; ``seed``
-    seeds a stochastic model's draws, ``distance`` is the LPIPS network (:func:`pretrained_networks`'s when None)."""
+    """``ms_ssim`` and ``lpips`` (of ``names``) of the reconstructions; ``distance``: LPIPS (None: pretrained)."""
     metrics: dict[str, Any] = {}
     if "ms_ssim" in names:
         metrics["ms_ssim"] = multiscale_ssim(model.input_shape[1:]).to(model.device)
@@ -247,9 +237,8 @@ def quantizer_of(model: nn.Module) -> nn.Module | None:
 
 
 def code_scores(model: AutoencoderModule, loader: TensorBatchLoader, seed: int = 0) -> dict[str, float]:
-    """Codebook usage of the test images' codes (``codes_used``, ``perplexity``, ``dead_codes``) and their ``bpp``:
-    under the prior for a :class:`~ae_lightning.models.prior.CodePrior`, else the fixed-length rate. ``seed`` seeds a
-    stochastic model's draws."""
+    """Codebook usage of the loader's codes (``codes_used``, ``perplexity``, ``dead_codes``) and their ``bpp``: under
+    the prior for a :class:`~ae_lightning.models.prior.CodePrior`, else the fixed-length rate."""
     from ae_lightning.blocks.quantizers import CodebookUsage
 
     tokenizer = quantizer_of(model)
@@ -270,9 +259,7 @@ def code_scores(model: AutoencoderModule, loader: TensorBatchLoader, seed: int =
 def reconstruction_frechet_distance(
     model: AutoencoderModule, network: nn.Module, loader: TensorBatchLoader, seed: int = 0
 ) -> float:
-    """Frechet distance between the loader's images and their reconstructions in ``network``'s features (a classifier
-    or :class:`~ae_lightning.evaluation.metrics.InceptionFeatures`; see :class:`FrechetDistance`); ``seed`` seeds a
-    stochastic model's draws."""
+    """Frechet distance between the loader's images and their reconstructions in ``network``'s features."""
     metric = FrechetDistance(network).to(model.device)
     with evaluating(model, seed):
         for x, labels in _batches(loader, model):
@@ -282,15 +269,13 @@ def reconstruction_frechet_distance(
 
 
 def check_first_stage_metrics(model: AutoencoderModule, datamodule: ImageDataModule, names: Sequence[str]) -> None:
-    """Raise a ValueError naming a name of ``names`` that is not one of :data:`FIRST_STAGE_METRICS` or does not apply
-    to the model and data."""
+    """A ValueError naming a name of ``names`` not in :data:`FIRST_STAGE_METRICS` or not applying to model and data."""
     check_applicable(model, datamodule, check_known(names, FIRST_STAGE_METRICS, "metric", "these are"))
 
 
 def pretrained_networks(names: Sequence[str]) -> dict[str, nn.Module]:
     """The pretrained networks of the metrics ``names`` that need one: ``rfid``'s Inception features and ``lpips``'s
-    LPIPS (AlexNet). Loading them first makes missing weights (offline) an error, naming the file and where it goes,
-    before any score is computed."""
+    LPIPS (AlexNet); loaded first, missing weights (offline) are an error before any score is computed."""
     from ae_lightning.blocks.perceptual import LPIPSDistance
 
     factories = {"rfid": InceptionFeatures, "lpips": lambda: LPIPSDistance("alex")}
@@ -308,10 +293,8 @@ def first_stage_scores(
     seed: int = 0,
 ) -> dict[str, float]:
     """The :data:`FIRST_STAGE_METRICS` ``names`` of the model on the test split; a ValueError naming one that does not
-    apply (``ms_ssim``, ``lpips`` and the ``rfid`` pair need images, the code metrics a quantized model or a prior).
-    ``pretrained`` (:func:`pretrained_networks` of ``names``) is loaded before any score when None; the ``rfid`` pair
-    sees a subset of at most ``frechet_images`` test images (None: all), seeded by ``seed``.
-    """
+    apply. ``pretrained``: :func:`pretrained_networks` of ``names`` when None; the ``rfid`` pair sees at most
+    ``frechet_images`` test images (None: all), a subset seeded by ``seed``."""
     check_arguments(locals(), first_stage_scores)
     check_first_stage_metrics(model, datamodule, names)
     if "rfid_classifier" in names and classifier is None:
@@ -334,16 +317,13 @@ def first_stage_scores(
 def negative_log_likelihood(
     model: AutoencoderModule, loader: TensorBatchLoader, num_samples: int | None, seed: int = 0
 ) -> float:
-    """Mean importance-weighted bound on -log p(x) in nats per image of a VAE-family model's
-    ``importance_weighted_nll`` (:func:`metric_applies`), ``num_samples`` importance samples per image (>= 1; the
-    model's ``nll_samples`` when None) seeded by ``seed``."""
+    """Mean importance-weighted bound on -log p(x), nats per image, of ``num_samples`` samples (None: the model's)."""
     nll, _ = _per_image(lambda x, y: model.importance_weighted_nll(x, num_samples, y), model, loader, seed)
     return float(nll.double().mean())
 
 
 def encode_split(model: AutoencoderModule, loader: TensorBatchLoader, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """Codes ``[N, latent_dim]`` (spatial codes flattened) and labels ``[N]`` of the loader's images, on the CPU;
-    ``seed`` seeds a stochastic encoder's draws."""
+    """Codes ``[N, latent_dim]`` (spatial codes flattened) and labels ``[N]`` of the loader's images, on the CPU."""
     codes, labels = _per_image(model.encode, model, loader, seed)
     return codes.flatten(1), labels
 
@@ -365,8 +345,8 @@ def probe_accuracies(
     test_labels: Tensor,
     neighbors: int = 5,
 ) -> dict[str, float]:
-    """Test accuracy of a linear probe (``LogisticRegression`` on standardized codes) and of k-NN (Euclidean, raw
-    codes, k = ``neighbors``), both fitted on the training codes ``[N, D]`` and scored on the test codes ``[M, D]``."""
+    """Test accuracy of a linear probe (``LogisticRegression``, standardized codes) and of k-NN (Euclidean, raw codes,
+    k = ``neighbors``), fitted on the training codes ``[N, D]``, scored on the test codes ``[M, D]``."""
     from sklearn.linear_model import LogisticRegression  # here: slow to import, and training callbacks import us
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.pipeline import make_pipeline
@@ -390,9 +370,8 @@ def frechet_distance(
     batch_size: int | None = None,
     seed: int = 0,
 ) -> float:
-    """Frechet distance between the real images and ``num_samples`` prior samples, in the classifier's features. A
-    conditional model (``num_classes``) samples the real images' labels in turn, so that its samples hold the classes
-    in the real images' proportions. ``batch_size`` samples are drawn at once (None: :func:`images_at_once`)."""
+    """Frechet distance between the real images and ``num_samples`` prior samples, ``batch_size`` at once (None:
+    :func:`images_at_once`), in the classifier's features; a conditional model samples the real labels in turn."""
     require_generative(model, "the Frechet distance of samples (fid)")
     metric, shape, labels = FrechetDistance(classifier).to(model.device), (), []
     with torch.no_grad():
@@ -426,9 +405,8 @@ def anomaly_scores(model: AutoencoderModule, loader: TensorBatchLoader, seed: in
 
 
 def anomaly_auroc(scores: Tensor, labels: Tensor, normal_classes: Sequence[int]) -> float:
-    """AUROC of ``scores`` for telling images of classes outside ``normal_classes`` (the anomalies, the positive class)
-    from the rest: the chance that an anomaly scores higher than a normal image, ties counting half. Infinite scores
-    rank first or last; a NaN score is a ValueError."""
+    """AUROC of ``scores`` telling images of classes outside ``normal_classes`` (the anomalies) from the rest: the
+    chance that an anomaly scores higher than a normal image, ties counting half; a NaN score is a ValueError."""
     is_anomaly = ~torch.isin(labels, torch.as_tensor(list(normal_classes), dtype=labels.dtype))
     if is_anomaly.all() or not is_anomaly.any():
         raise ValueError("AUROC needs both normal and anomalous images among the labels")
@@ -452,19 +430,11 @@ def evaluate(
     knn_neighbors: PositiveInt = 5,
     seed: int = 0,
 ) -> dict[str, float]:
-    """The named metrics of a trained model on its datamodule's test split (probes fit on the training split).
-
-    A model trained on a subset of the classes (``data.classes``) has its probes and ``fid`` scored on the test images
-    of those classes only (the probes never saw the others, the samples never drew them); the reconstruction metrics,
-    ``nll`` and ``auroc`` see every test image, binarized as the datamodule binarizes them.
-
-    Args:
-        metrics: names from :data:`METRICS` (:func:`metric_applies`); ``fid`` also needs a ``classifier``
-            (``load_feature_classifier(path).network``).
-        nll_samples: importance samples of ``nll``; the model's ``nll_samples`` when None.
-        probe_max_train: fit the probes on the codes of at most this many training images, a seeded random subset
-            (None: all; a subset of one class is refused before any score).
-    """
+    """The named :data:`METRICS` of a trained model on its datamodule's test split, probes fit on the training split. A
+    model trained on some classes (``data.classes``) has its probes and ``fid`` scored on their test images only, the
+    other metrics on every test image. ``fid`` needs a ``classifier`` (``load_feature_classifier(path).network``);
+    ``nll_samples`` None: the model's; ``probe_max_train``: fit the probes on a seeded subset of at most this many
+    training images (None: all; a subset of one class is refused before any score)."""
     check_arguments(locals(), evaluate)
     metrics = check_metric_names(metrics)
     if "fid" in metrics:  # the model before the data
@@ -502,8 +472,7 @@ def evaluate(
 
 
 def gray_loader(datamodule: ImageDataModule, split: Split, classes: Sequence[int] | None = None) -> Iterable[Batch]:
-    """The split's gray-level images: the Frechet distance compares samples with the real images, never binarized.
-    ``classes``: only the images of these labels (None: all)."""
+    """The split's gray-level images (never binarized), only those of ``classes`` where given."""
     if datamodule.hparams.get("binarize") == "static" and not hasattr(datamodule, "evaluation_loader"):
         # its splits hold the binarized images: the same rows, gray, from every argument it was built with
         accepted = init_parameters(type(datamodule))
@@ -551,11 +520,10 @@ def datamodule_class(name: str) -> type[ImageDataModule]:
 def load_checkpoint(
     path: str | Path, /, data_dir: str | Path | None = None, **data_overrides: Any
 ) -> tuple[AutoencoderModule, ImageDataModule]:
-    """A model and its datamodule, rebuilt from a checkpoint written by ``ae-lightning fit``; a ValueError if the
-    datamodule would read other data than the run recorded (:func:`check_data_source`). ``data_dir``: where the data
-    are now (the checkpoint's when None); ``data_overrides``: other datamodule arguments, e.g. ``batch_size``, or
-    ``path`` where a datamodule reads no ``data_dir`` (hence ``path`` of the checkpoint is positional only).
-    """
+    """A model and its datamodule, rebuilt from a checkpoint of ``ae-lightning fit``; a ValueError if the datamodule
+    would read other data than the run recorded (:func:`check_data_source`). ``data_dir``: where the data are now
+    (None: the checkpoint's); ``data_overrides``: other datamodule arguments (``batch_size``, or a datamodule's
+    ``path``: hence the checkpoint's ``path`` is positional only)."""
     checkpoint = read_checkpoint(path, name="checkpoint")
     class_path = checkpoint.get("ae_lightning_class") or checkpoint.get("hyper_parameters", {}).get("_class_path")
     if class_path is None:
@@ -580,9 +548,8 @@ def load_checkpoint(
 def check_data_source(
     path: str | Path, recorded: str | None, datamodule: ImageDataModule, run_data_dir: str | None = None
 ) -> None:
-    """Raise a ValueError if ``datamodule.data_source`` (of the datamodule rebuilt for checkpoint ``path``) differs from
-    ``recorded``, the checkpoint's, naming both and the run's ``run_data_dir`` (no check where it recorded none). A
-    ``files-`` source names where files are, not what they hold: moved files pass."""
+    """A ValueError naming both if ``datamodule.data_source`` differs from ``recorded``, checkpoint ``path``'s (None:
+    no check); a ``files-`` source names where files are, not what they hold: moved files pass."""
     current = datamodule.data_source
     if recorded is None or current == recorded or (current.startswith("files-") and recorded.startswith("files-")):
         return
@@ -622,14 +589,13 @@ def _no_data_dir(data_class: type, data_hparams: dict[str, Any], data_dir: str |
 
 
 def strict_json(value: Any) -> str:
-    """``value`` (dicts, lists and numbers, nested) as strict JSON, which has no NaN or infinity: a non-finite float
-    is ``null``."""
+    """``value`` (nested dicts, lists and numbers) as strict JSON: a non-finite float is ``null``."""
     return json.dumps(json.loads(json.dumps(value), parse_constant=lambda _: None), indent=2)
 
 
 class AtLeast(argparse.Action):
-    """The action of an integer option of the scripts, ``add_argument("--steps", action=AtLeast, least=1)``, that
-    refuses a value (each one, with ``nargs``) below ``least`` as ``--steps 0: expected at least 1 (what)``."""
+    """An integer option's action, ``add_argument("--steps", action=AtLeast, least=1)``, refusing each value below
+    ``least`` as ``--steps 0: expected at least 1 (what)``."""
 
     def __init__(self, *args: Any, least: int = 1, what: str = "", **kwargs: Any) -> None:
         super().__init__(*args, type=int, **kwargs)

@@ -1,9 +1,7 @@
 """A small CNN classifier of the dataset, whose features define the Frechet distance of generated samples.
 
-Trained once per dataset by ``scripts/train_feature_classifier.py`` (or on first use by ``benchmarks/variants.py``) and
-cached as one file holding the weights and how they were obtained, test accuracy included, so that every score
-computed with it can name the classifier and its accuracy.
-"""
+Trained once per dataset by ``scripts/train_feature_classifier.py`` (or ``benchmarks/variants.py``) and cached as one
+file of the weights and how they were obtained, test accuracy included, for every score to name."""
 
 from __future__ import annotations
 
@@ -28,15 +26,12 @@ NETWORK_SHAPE = ("input_shape", "num_classes", "num_features")  # the arguments 
 
 
 class ClassifierCNN(nn.Module):
-    """Two conv-pool blocks (32 and 64 channels) and a ``num_features``-wide hidden layer (the feature space of the
-    Frechet distance) before the class logits, for images of ``input_shape`` ``(C, H, W)``."""
+    """Two conv-pool blocks (32, 64 channels), a ``num_features``-wide hidden layer (the features), class logits."""
 
     def __init__(self, input_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10, num_features: int = 128):
         super().__init__()
         channels, height, width = input_shape
-        self.input_shape = tuple(input_shape)
-        self.num_classes = num_classes
-        self.num_features = num_features
+        self.input_shape, self.num_classes, self.num_features = tuple(input_shape), num_classes, num_features
         self.body = nn.Sequential(
             nn.Conv2d(channels, 32, 3, padding=1),
             nn.ReLU(),
@@ -60,8 +55,7 @@ class ClassifierCNN(nn.Module):
 
 
 class FeatureClassifier(L.LightningModule):
-    """Trains a :class:`ClassifierCNN` with cross-entropy and Adam (``lr``) and reports ``val/accuracy`` and
-    ``test/accuracy``."""
+    """Trains a :class:`ClassifierCNN` (cross-entropy, Adam) and reports ``val/accuracy`` and ``test/accuracy``."""
 
     def __init__(
         self,
@@ -121,7 +115,7 @@ class ClassifierRecord:
 
 
 def check_classifiable(datamodule: ImageDataModule) -> None:
-    """Raise a ValueError saying why unless the data are labelled images, which a feature classifier can learn."""
+    """A ValueError saying why unless the data are labelled images, which a feature classifier can learn."""
     if len(datamodule.input_shape) != 3:
         raise ValueError(
             f"the Frechet distance compares images, but {type(datamodule).__name__} holds feature vectors of shape "
@@ -138,8 +132,8 @@ def check_classifiable(datamodule: ImageDataModule) -> None:
 
 
 def default_classifier_path(datamodule: ImageDataModule) -> Path:
-    """``$AE_LIGHTNING_CACHE`` (default ``~/.cache/ae-lightning``) ``/feature-classifier-<Dataset>-<source>.pt``,
-    each character of the names but letters, digits and ``._=-`` written ``_`` (the file records the full name)."""
+    """``$AE_LIGHTNING_CACHE`` (default ``~/.cache/ae-lightning``) ``/feature-classifier-<Dataset>-<source>.pt``, other
+    characters than letters, digits and ``._=-`` written ``_``."""
     cache = Path(os.environ.get("AE_LIGHTNING_CACHE", Path.home() / ".cache" / "ae-lightning"))
     name = re.sub(r"[^\w.=-]", "_", f"{datamodule.dataset_name}-{datamodule.data_source}", flags=re.ASCII)
     return cache / f"feature-classifier-{name}.pt"
@@ -154,10 +148,9 @@ def train_feature_classifier(
     progress_bar: bool = True,
     overwrite: bool = False,
 ) -> ClassifierRecord:
-    """Train a :class:`ClassifierCNN` on the datamodule's training split (gray levels, ``binarize: none``, and every
-    label), test it, and save it to ``path`` (:func:`default_classifier_path` when None; one already there is a
-    FileExistsError before any training, unless ``overwrite``; a folder, or a path under a file or in a folder this
-    process cannot write, an OSError). ``seed`` seeds the weights and batch order."""
+    """Train a :class:`ClassifierCNN` on the training split (``binarize: none``, every label), test it, save it to
+    ``path`` (None: :func:`default_classifier_path`); before any training, a FileExistsError for a file there (unless
+    ``overwrite``), an OSError for a place this process cannot write. ``seed`` seeds the weights and batch order."""
     if datamodule.hparams.classes is not None:
         kept = datamodule.hparams.classes
         raise ValueError(f"the feature classifier needs every label, but the datamodule keeps only classes {kept}")
@@ -221,8 +214,7 @@ def save_feature_classifier(record: ClassifierRecord) -> None:
 
 def load_feature_classifier(path: str | Path, data_arguments: str = "") -> ClassifierRecord:
     """Load a classifier saved by :func:`train_feature_classifier`: a FileNotFoundError saying how to train it (with
-    ``data_arguments``, the arguments of ``scripts/train_feature_classifier.py`` that name its data) if ``path`` does
-    not exist, a ValueError if it holds no such classifier (a Lightning checkpoint, a corrupt file)."""
+    ``data_arguments``, the script's data arguments) if ``path`` does not exist, a ValueError if it holds none."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
@@ -247,8 +239,7 @@ def load_feature_classifier(path: str | Path, data_arguments: str = "") -> Class
 
 
 def check_classifier_data(record: ClassifierRecord, datamodule: ImageDataModule) -> None:
-    """Raise a ValueError unless ``record`` was trained on the datamodule's dataset (its ``dataset_name``) at its image
-    shape (one folder read at 64 and at 256 pixels has one default cache file)."""
+    """A ValueError unless ``record`` was trained on the datamodule's ``dataset_name`` at its image shape."""
     if record.dataset != datamodule.dataset_name:
         raise ValueError(
             f"the feature classifier {record.path} was trained on {record.dataset}, but the data are "

@@ -18,8 +18,7 @@ PSNR_CAP_DB = 100.0  # the PSNR of an exact image: its MSE floored at 1e-10, so 
 
 
 def psnr_per_image(preds: Tensor, target: Tensor) -> Tensor:
-    """The PSNR in dB ``[B]`` of each of ``preds`` ``[B, ...]`` against ``target``, data range 1, computed in float32:
-    ``10 log10(1 / MSE)``, at most :data:`PSNR_CAP_DB` (100 dB, an MSE of 1e-10 or less, an exact image)."""
+    """The PSNR ``10 log10(1 / MSE)``, dB ``[B]``, of ``preds`` ``[B, ...]`` against ``target``, at most 100 dB."""
     mse = (preds.float() - target.float()).pow(2).flatten(1).mean(1)
     return -10 * torch.log10(mse.clamp_min(10 ** (-PSNR_CAP_DB / 10)))
 
@@ -35,17 +34,15 @@ class ImagePSNR(MeanMetric):
 
 
 class PixelBinaryCrossEntropy(MeanMetric):
-    """Binary cross-entropy of reconstructed pixel intensities against the targets, averaged over pixels, in nats
-    (``binary_cross_entropy`` per pixel, which clamps the logarithms at -100)."""
+    """Binary cross-entropy (nats, logarithms clamped at -100) of reconstructed pixels, averaged over pixels."""
 
     def update(self, preds: Tensor, target: Tensor) -> None:  # type: ignore[override]
         super().update(F.binary_cross_entropy(preds, target, reduction="none"))
 
 
 def ssim_sigma(image_size: Sequence[int]) -> float:
-    """The std of SSIM's Gaussian window on images of ``image_size`` ``(H, W)``: 1.5, torchmetrics' 11-pixel window
-    (Wang et al. 2004), on images of 6 pixels a side or more, whose border it can mirror; on smaller ones, that of the
-    largest odd window that fits in the image."""
+    """The std of SSIM's Gaussian window on images of ``image_size`` ``(H, W)``: 1.5 (11 pixels, Wang et al. 2004) on
+    images of 6 pixels a side or more, else that of the largest odd window that fits."""
     side = min(image_size)
     radius = 5 if side > 5 else (side - 1) // 2
     # torchmetrics' window has the radius int(3.5 * sigma + 0.5); this sigma gives ``radius``, and 1.5 for 5
@@ -64,14 +61,8 @@ class StructuralSimilarity(StructuralSimilarityIndexMeasure):
 
 
 class ReconstructionMetrics(MetricCollection):
-    """``recon_mse`` and ``recon_bce`` (per pixel), ``psnr`` (in dB, averaged over images, each at most
-    :data:`PSNR_CAP_DB`) and ``ssim`` (the window of :func:`ssim_sigma`: 11 pixels, less on images of 5 pixels a side
-    or fewer).
-
-    Update with ``(reconstructions, images)``, both ``[B, C, H, W]`` in [0, 1]; for feature vectors ``[B, D]``
-    (``images=False``) only ``recon_mse`` (per feature) applies. Updates run in float32 outside autocast. ``prefix``
-    goes before every name, e.g. ``test/``.
-    """
+    """``recon_mse`` and ``recon_bce`` (per pixel), ``psnr`` and ``ssim`` of ``(reconstructions, images)``
+    ``[B, C, H, W]`` in [0, 1], updated in float32 outside autocast; of vectors (``images=False``), ``recon_mse``."""
 
     def __init__(self, prefix: str | None = None, images: bool = True, **kwargs: Any) -> None:
         metrics: dict[str, Any] = {"recon_mse": MeanSquaredError()}
@@ -94,9 +85,8 @@ def ms_ssim_applies(image_size: Sequence[int], kernel_size: int = 11) -> bool:
 
 
 def ms_ssim_betas(image_size: Sequence[int], kernel_size: int = 11) -> tuple[float, ...]:
-    """The weights of as many of MS-SSIM's five scales as images of ``image_size`` ``(H, W)`` allow by torchmetrics'
-    rule (all five from 176 pixels a side; two at 28x28), renormalized to sum to 1, and whose coarsest scale is wider
-    than the window's padding (one scale at 11x11)."""
+    """The weights, summing to 1, of as many of MS-SSIM's five scales as images of ``image_size`` ``(H, W)`` allow
+    (five from 176 pixels a side, two at 28x28, one at 11x11)."""
     side = min(image_size)
     # torchmetrics' size rule for s scales: side // max(1, s - 1) ** 2 > kernel_size - 1 and side >= 2 ** s; its
     # reflection padding of kernel_size // 2 pixels also needs the s-th scale, side // 2 ** (s - 1), to be wider
@@ -114,16 +104,13 @@ def ms_ssim_betas(image_size: Sequence[int], kernel_size: int = 11) -> tuple[flo
 
 
 def multiscale_ssim(image_size: Sequence[int], kernel_size: int = 11) -> MultiScaleStructuralSimilarityIndexMeasure:
-    """torchmetrics' MS-SSIM of images in [0, 1] of ``image_size`` ``(H, W)``: ``kernel_size``-pixel Gaussian windows,
-    the scales of :func:`ms_ssim_betas`."""
+    """torchmetrics' MS-SSIM of images in [0, 1] of ``image_size`` ``(H, W)``, the scales of :func:`ms_ssim_betas`."""
     betas = ms_ssim_betas(image_size, kernel_size)
     return MultiScaleStructuralSimilarityIndexMeasure(data_range=1.0, kernel_size=kernel_size, betas=betas)
 
 
 class FeatureExtractor(nn.Module):
-    """The penultimate layer of a classifier (``features(x) -> [B, num_features]`` and ``num_features``, as
-    :class:`~ae_lightning.evaluation.feature_classifier.ClassifierCNN`) as the feature space of
-    :class:`FrechetDistance`."""
+    """A classifier's ``features(x) -> [B, num_features]``, the feature space of :class:`FrechetDistance`."""
 
     def __init__(self, classifier: nn.Module) -> None:
         super().__init__()
@@ -149,11 +136,9 @@ def inception_weights_path() -> Path:
 
 
 class InceptionFeatures(nn.Module):
-    """The 2048 pool features of torchvision's Inception-v3, for :class:`FrechetDistance`: images in [0, 1], gray
-    ones repeated to three channels, resized to 299x299 (bilinear) and normalized as ImageNet's (not the TensorFlow
-    graph of published FIDs). ``pretrained``: the ImageNet weights (downloaded by torchvision into
-    :func:`inception_weights_path`); False leaves them random (tests, or only the code path).
-    """
+    """The 2048 pool features of torchvision's Inception-v3 (not the TensorFlow graph of published FIDs) of images in
+    [0, 1], gray ones repeated to three channels, resized to 299x299 and normalized as ImageNet's. ``pretrained``: the
+    ImageNet weights (at :func:`inception_weights_path`); False leaves them random."""
 
     num_features = 2048
 
@@ -188,9 +173,7 @@ class InceptionFeatures(nn.Module):
 
 
 class FrechetDistance(FrechetInceptionDistance):
-    """torchmetrics' FID in the features of a given network: a classifier of the dataset or
-    :class:`InceptionFeatures` (see :class:`FeatureExtractor`). Update with float images ``[B, C, H, W]`` in [0, 1]
-    and ``real=True`` or ``False``."""
+    """torchmetrics' FID in a classifier's or :class:`InceptionFeatures`' features, of float images in [0, 1]."""
 
     def __init__(self, classifier: nn.Module, **kwargs: Any) -> None:
         super().__init__(feature=FeatureExtractor(classifier), normalize=True, **kwargs)  # float images, unchanged

@@ -1,9 +1,6 @@
-"""Top-k ranking metrics of recommenders, per user, as defined by Liang et al. (2018, section 4.2).
-
-Each function takes ``scores [B, I]`` of every item (items to leave out of the ranking, such as those a user's
-profile already holds, set to ``-inf``) and ``held_out [B, I]``, nonzero at the user's held-out items, and returns one
-value per user; users without held-out items get NaN.
-"""
+"""Top-k ranking metrics of recommenders per user (Liang et al. 2018, section 4.2), of ``scores [B, I]`` (items left
+out of the ranking, such as a user's profile, at ``-inf``) and ``held_out [B, I]``, nonzero at the user's held-out
+items; users without held-out items get NaN."""
 
 from __future__ import annotations
 
@@ -26,8 +23,7 @@ def _top_k_hits(scores: Tensor, held_out: Tensor, k: int) -> tuple[Tensor, Tenso
 
 
 def recall_at_k(scores: Tensor, held_out: Tensor, k: int) -> Tensor:
-    """Recall@k normalized by ``min(k, n_held_out)``: the held-out items among the top k, over the most that
-    could be there, so 1 is a perfect ranking however many items were held out."""
+    """Recall@k over ``min(k, n_held_out)``, the most hits there can be: 1 is a perfect ranking."""
     hits, n_ideal = _top_k_hits(scores, held_out, k)
     return hits.sum(-1) / n_ideal.float().masked_fill(n_ideal == 0, float("nan"))
 

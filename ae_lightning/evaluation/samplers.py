@@ -1,10 +1,6 @@
-"""Post-hoc samplers: a density fitted on a trained model's codes, so that any autoencoder (deterministic ones too)
-can generate by decoding its samples; compared with the prior by the Frechet distance of the evaluation driver.
-
-:class:`GaussianMixtureSampler` is scikit-learn's Gaussian mixture on the codes (as in Ghosh et al. 2020, "From
-Variational to Deterministic Autoencoders"); :class:`TwoStageSampler` is a second, small VAE on the codes (Dai & Wipf
-2019, "Diagnosing and Enhancing VAE Models").
-"""
+"""Post-hoc samplers: a density fitted on a trained model's codes, so that any autoencoder can generate by decoding
+its samples: :class:`GaussianMixtureSampler` (Ghosh et al. 2020) and :class:`TwoStageSampler`, a second small VAE
+(Dai & Wipf 2019)."""
 
 from __future__ import annotations
 
@@ -43,8 +39,7 @@ def check_continuous_codes(model: AutoencoderModule) -> None:
 
 
 class GaussianMixtureSampler:
-    """A Gaussian mixture of ``components`` (at most the number of codes) fitted on codes by scikit-learn's EM;
-    ``seed`` seeds the fit and the samples."""
+    """A Gaussian mixture of ``components`` (at most the codes) by scikit-learn's EM; ``seed`` seeds fit and samples."""
 
     def __init__(
         self,
@@ -53,14 +48,11 @@ class GaussianMixtureSampler:
         seed: Seed = 0,
     ) -> None:
         check_arguments(locals(), GaussianMixtureSampler.__init__)
-        self.components = components
-        self.covariance_type = covariance_type
-        self.seed = seed
+        self.components, self.covariance_type, self.seed = components, covariance_type, seed
         self.mixture = None
 
     def fit(self, codes: Tensor) -> GaussianMixtureSampler:
-        """Fit on ``[N, D]`` codes (detached: no gradient flows back to them), with the sample stream ``seed`` starts:
-        fitting again on the same codes gives the same sampler; returns itself."""
+        """Fit on ``[N, D]`` codes (detached), restarting the sample stream at ``seed``; returns itself."""
         from sklearn.mixture import GaussianMixture
 
         _check_codes(codes)
@@ -81,9 +73,8 @@ class GaussianMixtureSampler:
 
 
 class TwoStageSampler(nn.Module):
-    """A second VAE on codes: MLP encoder and decoder, standard-normal prior, Gaussian likelihood with a learned
-    scalar std ``gamma`` (Dai & Wipf 2019, section 4), fitted by ``steps`` Adam steps on standardized codes of size
-    ``latent_dim``."""
+    """A second VAE on codes of ``latent_dim``: MLPs, standard-normal prior, Gaussian likelihood with a learned scalar
+    std ``gamma`` (Dai & Wipf 2019, section 4), fitted by ``steps`` Adam steps on the standardized codes."""
 
     def __init__(
         self,
@@ -120,8 +111,7 @@ class TwoStageSampler(nn.Module):
         return recon + losses.kl_divergence_normal(mu, logvar)
 
     def fit(self, codes: Tensor) -> TwoStageSampler:
-        """Fit on ``[N, D]`` codes (detached: no gradient flows back to them), from the weights and sample stream
-        ``seed`` starts: fitting again on the same codes gives the same sampler; returns itself."""
+        """Fit on ``[N, D]`` codes (detached), restarting the weights and sample stream at ``seed``; returns itself."""
         _check_codes(codes, self.latent_dim)
         for network, start in zip((self.encoder, self.decoder), self._networks(self.latent_dim, self.seed)):
             network.load_state_dict(start.state_dict())
@@ -156,16 +146,14 @@ class TwoStageSampler(nn.Module):
 
 
 class PosthocGenerator(nn.Module):
-    """A trained model that generates by decoding a post-hoc sampler's codes: ``sample(n)`` as the driver's
-    :func:`~ae_lightning.evaluation.driver.frechet_distance` draws it."""
+    """A trained model that generates (``sample(n)``) by decoding a post-hoc sampler's codes."""
 
     is_generative = True
 
     def __init__(self, model: AutoencoderModule, sampler: GaussianMixtureSampler | TwoStageSampler) -> None:
         super().__init__()
         check_continuous_codes(model)
-        self.model = model
-        self.sampler = sampler
+        self.model, self.sampler = model, sampler
         self.training = model.training  # the mode that evaluation restores, the model's own
 
     @property
@@ -174,12 +162,10 @@ class PosthocGenerator(nn.Module):
 
     @property
     def num_classes(self) -> int | None:
-        """The conditional model's classes; None for the others."""
         return getattr(self.model, "num_classes", None)
 
     def sample(self, n: int, y: Tensor | None = None) -> Tensor:
-        """``n`` images decoded from the sampler's codes (as ``[n, *latent_shape]``); a conditional model decodes them
-        with the labels ``y`` ``[n]``, by default the classes in turn, as its own ``sample`` does."""
+        """``n`` images decoded from the sampler's codes (with labels ``y`` if conditional; None: classes in turn)."""
         if self.num_classes is None:  # labels would be ignored, as the model's own sample refuses them
             check_sample_count(n, y=y)
         weight = next(self.model.parameters())  # the decoder takes codes in its dtype: float64 under 64-true
@@ -206,11 +192,9 @@ def frechet_distances(
     seed: int = 0,
     prior: bool = True,
 ) -> dict[str, float]:
-    """The Frechet distance of samples from the prior (generative models only), from a Gaussian mixture and from a
-    two-stage VAE fitted on ``train_codes``, each against the ``real`` images (see the driver's
-    :func:`~ae_lightning.evaluation.driver.frechet_distance`): ``train_codes`` ``[N, D]`` as ``driver.encode_split``
-    gives them, ``real`` as ``driver.gray_loader``, ``num_samples`` of each sampler. ``prior``: also score the prior's
-    samples (where the caller has not already)."""
+    """The Frechet distance (``driver.frechet_distance``) to the ``real`` images (``driver.gray_loader``) of
+    ``num_samples`` samples of the prior (if ``prior`` and the model is generative), a Gaussian mixture and a two-stage
+    VAE fitted on ``train_codes`` ``[N, D]`` (``driver.encode_split``)."""
     from ae_lightning.evaluation.driver import frechet_distance
 
     check_continuous_codes(model)

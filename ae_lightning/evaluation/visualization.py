@@ -1,8 +1,5 @@
-"""Pictures of what an autoencoder learned: reconstruction grids, prior samples, latent interpolations, latent maps.
-
-Every function returns an image tensor ``[3, H, W]`` in [0, 1], for W&B, TensorBoard or a PNG file; importing this
-module leaves the caller's pyplot backend as it was.
-"""
+"""Pictures of what an autoencoder learned: reconstruction grids, prior samples, latent interpolations, latent maps,
+each ``[3, H, W]`` in [0, 1]; importing this module leaves the caller's pyplot backend as it was."""
 
 from __future__ import annotations
 
@@ -75,16 +72,9 @@ def draw_views(
     title: str | None = None,
     seed: int = 0,
 ) -> dict[str, Tensor]:
-    """The named pictures of a model, each ``[3, H, W]`` in [0, 1], drawn from the given images in eval mode, seeded,
-    without gradients (the model's mode and the global random state restored), ``images_at_once`` at a time.
-
-    Args:
-        views: names from :data:`VIEWS`; None for :func:`applicable_views`.
-        num_images, nrow: images in ``reconstructions`` (each above its reconstruction), images per grid row.
-        num_interpolations, interpolation_steps: image pairs and decoded points per pair.
-        latent_map_size, projection, class_names, title: the codes ``latent_map`` plots and how (:func:`project_2d`);
-            with fewer than 2 images there is no map, as there are no interpolations with fewer than 2.
-    """
+    """The named pictures (:data:`VIEWS`; None: :func:`applicable_views`), each ``[3, H, W]`` in [0, 1], drawn from
+    ``images`` in ``driver.evaluating``: ``num_images`` above their reconstructions, ``nrow`` per row;
+    ``num_interpolations`` pairs, ``interpolation_steps`` each; a ``latent_map`` of ``latent_map_size`` codes (>= 2)."""
     views = check_views(model, views) if views is not None else applicable_views(model)
     images, labels = images.to(model.device, model.dtype), labels.to(model.device)  # float64 under 64-true
     at_once = images_at_once(images.shape[1:])
@@ -122,8 +112,8 @@ def image_grid(images: Tensor, nrow: int = 8) -> Tensor:
 
 
 def reconstruction_grid(*rows: Tensor, nrow: int = 8) -> Tensor:
-    """Rows of ``nrow`` images: each row of inputs followed by the matching rows of the other ``[N, C, H, W]`` tensors
-    (e.g. their reconstructions), all shown, the last rows' empty places white."""
+    """Rows of ``nrow`` images, each row of inputs followed by the matching rows of the other ``[N, C, H, W]`` tensors
+    (e.g. reconstructions), the last rows' empty places white."""
     images = rows[0]
     nrow = min(nrow, len(images))
     blank = images.new_ones(-len(images) % nrow, *images.shape[1:])
@@ -141,8 +131,8 @@ def interpolation_grid(
     start_labels: Tensor | None = None,
     end_labels: Tensor | None = None,
 ) -> Tensor:
-    """One row per pair of images ``[P, C, H, W]``: the start image, ``steps`` decodings of codes on the line from the
-    start's code to the end's (both included), the end. A conditional model decodes a row with ``start_labels``."""
+    """A row per pair of images ``[P, C, H, W]``: the start, ``steps`` decodings of codes on the line between their
+    codes (ends included), the end; a conditional model decodes a row with ``start_labels``."""
     check_number("interpolation steps", steps, "[2, inf)", integer=True)  # the two ends and what lies between
     z_start, z_end = model.encode(starts, start_labels), model.encode(ends, end_labels)
     weights = torch.linspace(0, 1, steps, device=z_start.device, dtype=z_start.dtype)  # the codes' (float64, 64-true)
@@ -159,11 +149,8 @@ def interpolation_grid(
 
 
 def project_2d(codes: Tensor, method: Projection = "pca", seed: int = 0) -> Tensor:
-    """Codes ``[N, D]`` mapped to 2-D: PCA (``torch.pca_lowrank``), t-SNE (scikit-learn), or ``none`` for D <= 2.
-
-    Spatial codes ``[N, C, h, w]`` are flattened to ``[N, C * h * w]`` vectors first. Codes that are all equal (a
-    collapsed encoder) map to one point; NaN or infinite codes are a ValueError.
-    """
+    """Codes ``[N, D]`` (spatial ones flattened) mapped to 2-D: PCA (``torch.pca_lowrank``), t-SNE (scikit-learn), or
+    ``none`` for D <= 2; equal codes map to one point, non-finite ones are a ValueError."""
     codes = codes.detach().float().cpu().flatten(1)
     if not (finite := torch.isfinite(codes).all(1)).all():
         raise ValueError(f"{int((~finite).sum())} of {len(codes)} codes hold NaN or infinite values: no map of them")
@@ -198,13 +185,9 @@ def latent_map(
     title: str | None = None,
     seed: int = 0,
 ) -> Tensor:
-    """A scatter plot ``[3, H, W]`` of the codes projected to 2-D, coloured by label.
-
-    Each label keeps its colour from map to map (tab10 up to 10 classes, tab20 up to 20, then evenly spaced turbo
-    colours); unlabeled points (-1) are gray. Codes of at most 2 dimensions are drawn as they are (axes ``z1``,
-    ``z2``); 1-D codes with one row per label, so that the classes do not hide each other. ``codes`` and ``method`` as
-    :func:`project_2d` takes them; label ``i`` is named ``class_names[i]`` in the legend.
-    """
+    """A scatter plot ``[3, H, W]`` of the codes projected to 2-D (:func:`project_2d`), coloured by label (each keeps
+    its colour from map to map; unlabeled points, -1, gray), label ``i`` named ``class_names[i]`` in the legend.
+    Codes of at most 2 dimensions are drawn as they are; 1-D codes with one row per label."""
     dimensions = codes[0].numel() if len(codes) else 0
     points = project_2d(codes, method, seed).numpy()
     labels = labels.detach().cpu().numpy()
@@ -250,14 +233,14 @@ def _colours(count: int) -> list[tuple[float, float, float]]:
 
 
 def png_bytes(image: Tensor) -> bytes:
-    """``image`` (``[3, H, W]`` in [0, 1], as torchvision's ``save_image`` takes it) as a PNG file's bytes."""
+    """``image`` (``[3, H, W]`` in [0, 1]) as a PNG file's bytes."""
     buffer = io.BytesIO()
     save_image(image, buffer, format="png")
     return buffer.getvalue()
 
 
 def save_png(image: Tensor, path: Path) -> None:
-    """Write ``image`` to the PNG file ``path`` atomically: a crash or a failed write leaves the old file or none."""
+    """Write ``image`` to the PNG file ``path`` atomically."""
     write_atomically(Path(path), png_bytes(image))
 
 

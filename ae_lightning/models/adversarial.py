@@ -84,8 +84,7 @@ class AdversarialAutoencoder(DeterministicAutoencoder):
         self.register_buffer("mixture_means", means, persistent=False)
 
     def sample_prior(self, n: int) -> Tensor:
-        """``n`` codes ``[n, latent_dim]`` drawn from the prior, in the weights' dtype: for a seed, the same codes (to
-        that dtype's precision) under every ``precision``."""
+        """``n`` codes ``[n, latent_dim]`` drawn from the prior in the weights' dtype, alike under every precision."""
         means = self.mixture_means
         # Drawn in float32: randn draws other numbers in float64 (and at some sizes in bfloat16) from the same seed.
         z = torch.randn(n, self.latent_dim, device=means.device, dtype=torch.float32).to(means.dtype)
@@ -94,7 +93,6 @@ class AdversarialAutoencoder(DeterministicAutoencoder):
         components = torch.randint(len(means), (n,), device=z.device)
         return means[components] + self.mixture_std * z
 
-    # --- training: three phases per batch ---------------------------------------------------------------------------
     def optimization_step(self, batch: Batch) -> dict[str, Tensor]:
         """The three phases on one batch."""
         x = batch[0]
@@ -105,7 +103,7 @@ class AdversarialAutoencoder(DeterministicAutoencoder):
         return {"loss": recon, "recon": recon, "d_loss": d_loss, "g_loss": g_loss, "d_accuracy": d_accuracy}
 
     def reconstruction_phase(self, x: Tensor, optimizer: Optimizer) -> Tensor:
-        """One step of encoder and decoder on the reconstruction loss (the step ``global_step`` counts)."""
+        """One step of encoder and decoder on the reconstruction loss (the counted step)."""
         recon = self.mean_reconstruction_loss(self.decoder(self.encoder(x)), x)
         self.manual_step(optimizer, recon)
         return recon.detach()
@@ -125,7 +123,6 @@ class AdversarialAutoencoder(DeterministicAutoencoder):
             self.manual_step(optimizer, self.adversarial_weight * g_loss, counted=False)
         return g_loss.detach()
 
-    # --- losses -----------------------------------------------------------------------------------------------------
     def discriminator_terms(self, codes: Tensor) -> tuple[Tensor, Tensor]:
         """The discriminator's binary cross-entropy on prior samples (1) and ``codes`` (0), and its accuracy."""
         return discriminator_terms(self.discriminator, self.sample_prior(len(codes)).to(codes.dtype), codes)
@@ -142,7 +139,6 @@ class AdversarialAutoencoder(DeterministicAutoencoder):
         g_loss = self.generator_loss(codes)
         return {"loss": recon, "recon": recon, "d_loss": d_loss, "g_loss": g_loss, "d_accuracy": d_accuracy}
 
-    # --- optimizers -------------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> list[dict[str, Any]]:
         """The autoencoder's and the discriminator's optimizers (the base's), then the generator's (encoder)."""
         generator = self.generator_optimizer_factory, self.lr_scheduler_factory

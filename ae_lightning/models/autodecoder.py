@@ -26,8 +26,7 @@ _SPLIT_KEY = "ae_lightning_codes_split"
 
 
 def training_split(datamodule: Any) -> dict[str, Any] | None:
-    """The data, seed, size and content fingerprint of ``datamodule``'s in-memory training split (after its
-    ``setup``), or None where it holds none (a stream, data given as loaders)."""
+    """The data, seed, size and fingerprint of ``datamodule``'s in-memory training split, or None without one."""
     if "train" not in getattr(datamodule, "splits", {}):
         return None
     samples, content = datamodule.training_content()
@@ -36,8 +35,7 @@ def training_split(datamodule: Any) -> dict[str, Any] | None:
 
 
 def check_same_split(trained: dict[str, Any] | None, mine: dict[str, Any] | None) -> None:
-    """Raise a ValueError naming the data settings if codes trained on split ``trained`` would now train on the
-    other images of split ``mine`` (both as :func:`training_split` gives them; None: not known)."""
+    """Raise a ValueError if codes trained on split ``trained`` would train on another, ``mine`` (None: unknown)."""
     if None in (trained, mine) or all(trained[key] == mine[key] for key in ("samples", "fingerprint")):
         return
 
@@ -103,7 +101,7 @@ class AutoDecoder(DeterministicAutoencoder):
         return None if self.codes is None else self.codes.num_embeddings
 
     def build_codes(self, num_codes: int) -> None:
-        """Create the table of ``num_codes`` training codes (and record its size in the hyperparameters)."""
+        """Create the table of ``num_codes`` training codes and record its size in the hyperparameters."""
         check_arguments({"num_codes": num_codes}, AutoDecoder.__init__)
         num_codes = int(num_codes)  # a NumPy integer too, which a checkpoint's hyperparameters cannot hold
         self.codes = nn.Embedding(num_codes, self.latent_dim)
@@ -111,10 +109,8 @@ class AutoDecoder(DeterministicAutoencoder):
         # Also into hparams_initial, which loggers write (hparams.yaml) once ``setup`` has built the codes.
         self.save_hyperparameters({"num_codes": num_codes})
 
-    # --- the public API ---------------------------------------------------------------------------------------------
     def encode(self, x: Tensor, y: Tensor | None = None, steps: int | None = None) -> Tensor:
-        """Codes of images ``x`` fitted anew (but within a test or predict batch) with the decoder frozen for ``steps``
-        (default ``inference_steps``); images of another shape or dtype, or a negative ``steps``, are a ValueError."""
+        """Codes of images ``x`` fitted with the decoder frozen for ``steps`` (default ``inference_steps``)."""
         steps = self.inference_steps if steps is None else steps
         check_number("steps", steps, "[0, inf)", integer=True)
         if not isinstance(x, Tensor) or not x.is_floating_point():
@@ -146,7 +142,6 @@ class AutoDecoder(DeterministicAutoencoder):
         """Per image, the reconstruction loss of code ``z`` plus the prior penalty."""
         return self.reconstruction_loss(self.decoder(z), x) + self.code_prior_weight * z.float().pow(2).sum(-1)
 
-    # --- steps ------------------------------------------------------------------------------------------------------
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
         if self.training:
             if self.codes is None:
@@ -182,7 +177,6 @@ class AutoDecoder(DeterministicAutoencoder):
         finally:
             self._kept_codes = None
 
-    # --- optimizers and hooks ---------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         groups = [
             {"params": list(self.decoder.parameters())},

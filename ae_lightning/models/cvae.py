@@ -21,11 +21,10 @@ Labels = Tensor | Sequence[int] | int | None
 
 
 class ConditionalVAE(VAE):
-    """The VAE of :class:`~ae_lightning.models.vae.VAE` with q(z | x, y) and p(x | z, y) for the label y.
+    """The VAE with q(z | x, y) and p(x | z, y) for the label y, which ``encode``, ``decode`` and ``forward`` need.
 
     The label enters as a one-hot vector joined to the decoder's code and to the encoder's input (to the flattened
     image for the MLP, as constant channels for the convolutional encoder); the prior stays the standard normal.
-    ``encode(x, y)``, ``decode(z, y)`` and ``forward(x, y)`` need the labels (as :meth:`class_labels` takes them).
 
     Args:
         num_classes: number of labels; labels lie in ``0 .. num_classes - 1``.

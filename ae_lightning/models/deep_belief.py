@@ -83,7 +83,6 @@ class DeepBeliefAutoencoder(DeterministicAutoencoder):
                 self.visible_biases.append(nn.Parameter(torch.zeros(layer.in_features)))
         self.register_buffer("unrolled", torch.tensor(pretrain == "none"))
 
-    # --- the network ------------------------------------------------------------------------------------------------
     def layer_sizes(self) -> list[int]:
         """The widths from the pixels up to the code."""
         return [math.prod(self.input_shape), *self.hparams.hidden_dims, self.latent_dim]
@@ -112,7 +111,7 @@ class DeepBeliefAutoencoder(DeterministicAutoencoder):
 
     @torch.no_grad()
     def unroll(self) -> None:
-        """Give each decoder layer the transposed weights and the visible biases of its RBM; fine-tuning unties them."""
+        """Give each decoder layer the transposed weights and the visible biases of its RBM."""
         decoder_layers = [layer for layer in self.decoder if isinstance(layer, nn.Linear)]
         for encoder_layer, decoder_layer, visible_bias in zip(
             reversed(self.rbm_layers()), decoder_layers, reversed(self.visible_biases)
@@ -126,8 +125,7 @@ class DeepBeliefAutoencoder(DeterministicAutoencoder):
         return rbm_phase(epoch, self.pretrain_epochs, len(self.rbm_layers()))
 
     def check_resume(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a ``pretrain``/``pretrain_epochs`` that would give the checkpoint's epochs other phases (e.g. pretrain
-        a fine-tuned encoder again), naming both values; a change that only moves phases still to come is taken."""
+        """Refuse a ``pretrain``/``pretrain_epochs`` that would give the checkpoint's epochs other phases."""
         stored = checkpoint.get("hyper_parameters", {})
         mode, per_rbm = stored.get("pretrain", self.pretrain), stored.get("pretrain_epochs", self.pretrain_epochs)
         epoch, rbms = int(checkpoint.get("epoch", 0)), len(self.rbm_layers())
@@ -144,7 +142,6 @@ class DeepBeliefAutoencoder(DeterministicAutoencoder):
                 f"{', '.join(fix)}, or start afresh without --ckpt_path"
             )
 
-    # --- steps ------------------------------------------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         x, labels, indices = unpack_batch(batch)
         self._check_batch(x, "train")
@@ -197,7 +194,6 @@ class DeepBeliefAutoencoder(DeterministicAutoencoder):
         reconstruction = self(x) if reconstruction is None else reconstruction
         return {"squared_error": losses.squared_error(reconstruction.float(), x).mean()}
 
-    # --- optimizers and hooks ---------------------------------------------------------------------------------------
     def configure_optimizers(self) -> list[dict[str, Any]]:
         """The fine-tuning optimizer over encoder and decoder, then (with ``pretrain: rbm``) the RBMs' SGD."""
         fine_tuning = [*self.encoder.parameters(), *self.decoder.parameters()]
@@ -260,7 +256,7 @@ class DeepBeliefAutoencoder(DeterministicAutoencoder):
             self._plateau_val_loss = None
 
     def step_schedulers(self, interval: Literal["step", "epoch"], count: int) -> None:
-        """The base's steps, with epoch-interval ``frequency`` counted in fine-tuning epochs, the schedulers' own."""
+        """The base's steps, epoch-interval ``frequency`` counted in fine-tuning epochs."""
         pretraining = self.pretrain_epochs * len(self.rbm_layers()) if interval == "epoch" else 0
         super().step_schedulers(interval, count - pretraining)
 

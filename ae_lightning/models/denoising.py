@@ -19,9 +19,8 @@ def corrupt(
 ) -> Tensor:
     """A corrupted copy of images ``x`` ``[B, C, H, W]`` in [0, 1] (or of feature vectors, with ``clip=False``):
     ``gaussian`` adds N(0, level^2) noise (clipped to [0, 1] with ``clip``); ``masking`` sets each pixel (all its
-    channels) to 0 with probability ``level``, ``salt_and_pepper`` to 0 or 1 (equally likely). ``generator`` (on
-    ``x``'s device; the global one when None) draws the noise in float32 whatever ``x``'s dtype: a seed gives the same
-    corruption under every ``precision``."""
+    channels) to 0 with probability ``level``, ``salt_and_pepper`` to 0 or 1. ``generator`` (None: the global one)
+    draws the noise in float32, the same under every ``precision``."""
 
     def uniform() -> Tensor:  # one draw per pixel, shared by its channels
         pixels = (len(x), 1, *x.shape[2:]) if x.dim() == 4 else x.shape
@@ -62,8 +61,7 @@ class DenoisingAutoencoder(RestorationAutoencoder):
         self.corruption_level = corruption_level
 
     def corrupt(self, x: Tensor, indices: Tensor | None = None) -> Tensor:
-        """``x`` corrupted with this model's corruption, from the global generator or (``indices``) each image from a
-        generator seeded by its dataset index."""
+        """``x`` corrupted, from the global generator or (``indices``) each image's seeded by its dataset index."""
         kind, level, clip = self.corruption, self.corruption_level, len(self.input_shape) == 3
         if indices is None:
             return corrupt(x, kind, level, clip=clip)

@@ -1,6 +1,5 @@
 """DIP-VAE I and II (Kumar et al. 2018, "Variational Inference of Disentangled Latent Concepts from Unlabeled
-Observations"): the VAE with a penalty moving the covariance of the aggregated posterior towards the identity.
-"""
+Observations"): the VAE with a penalty moving the covariance of the aggregated posterior towards the identity."""
 
 from __future__ import annotations
 
@@ -14,8 +13,7 @@ from datamodules.checks import NonNegativeFloat
 
 
 class DIPVAE(VAE):
-    """The VAE trained on ``recon + w * kl + dip``, logged with ``dip`` (see
-    :func:`~ae_lightning.blocks.divergences.dip_regularizer`); ``w`` is ``beta`` times the KL warm-up.
+    """The VAE trained on ``recon + w * kl + dip`` (:func:`~ae_lightning.blocks.divergences.dip_regularizer`).
 
     Args:
         dip_type: ``i`` (covariance of the posterior means) or ``ii`` (covariance of the codes).

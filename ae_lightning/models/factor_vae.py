@@ -1,6 +1,5 @@
 """FactorVAE (Kim & Mnih 2018, "Disentangling by Factorising"): the VAE with a total-correlation penalty estimated by
-a discriminator that tells codes of q(z) from codes whose dimensions were shuffled across the batch.
-"""
+a discriminator that tells codes of q(z) from codes whose dimensions were shuffled across the batch."""
 
 from __future__ import annotations
 
@@ -19,12 +18,11 @@ from datamodules.checks import NonNegativeFloat, PositiveInt
 
 
 class FactorVAE(VAE):
-    """The VAE trained on ``recon + w * kl + tc_weight * tc`` with ``tc``, the batch mean of the discriminator's
-    logit ``log D(z) / (1 - D(z))``, a density-ratio estimate of the total correlation of q(z).
+    """The VAE trained on ``recon + w * kl + tc_weight * tc``, ``tc`` the batch mean of the discriminator's logit
+    ``log D(z) / (1 - D(z))``, a density-ratio estimate of the total correlation of q(z).
 
     Each batch takes a step of encoder and decoder (the discriminator frozen), then one of the discriminator on the
-    batch's codes (1) against them with every dimension permuted across the batch (0); ``global_step`` counts
-    batches. Logged: ``recon``, ``kl``, ``tc``, ``d_loss`` and ``d_accuracy``.
+    batch's codes (1) against them with every dimension permuted across the batch (0); ``global_step`` counts batches.
 
     Args:
         tc_weight: weight of the total correlation (the paper's gamma; 35 on dSprites), >= 0.

@@ -1,7 +1,6 @@
 """Autoencoders with spatial codes and the perceptual-adversarial training recipe of VQGAN (Esser et al. 2021,
 "Taming Transformers for High-Resolution Image Synthesis") and of latent diffusion's first stage (Rombach et al. 2022,
-"High-Resolution Image Synthesis with Latent Diffusion Models"); the recipe: ``docs/quantized.md``.
-"""
+"High-Resolution Image Synthesis with Latent Diffusion Models"); the recipe: ``docs/quantized.md``."""
 
 from __future__ import annotations
 
@@ -51,8 +50,6 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
         network, hidden_dims: ``conv`` only; channels of each stride-2 convolution of the default networks.
         **kwargs: the :class:`~ae_lightning.base.AutoencoderModule` arguments; ``latent_dim`` is the code's channels.
     """
-
-    is_generative = False
 
     def __init__(
         self,
@@ -113,12 +110,10 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> FirstStageAutoencoder:
-        """Lightning's ``load_from_checkpoint``, with LPIPS's weights from the checkpoint alone (nothing downloaded);
-        the strict load (the default) refuses a checkpoint that lacks them."""
+        """Lightning's ``load_from_checkpoint``, with LPIPS's weights from the checkpoint alone (nothing downloaded)."""
         with weights_from_checkpoint():
             return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
-    # --- the networks -----------------------------------------------------------------------------------------------
     def build_encoder(self) -> nn.Module:
         """The residual convolutional encoder: images to ``[B, encoder_channels, H / f, W / f]``."""
         channels, height, width = self.input_shape
@@ -135,7 +130,6 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
         # A given encoder sets the codes' size, which hidden_dims (the default networks') need not: test/bits_per_pixel
         self.latent_shape = (self.latent_dim, *self.encoder(x).shape[2:])
 
-    # --- what a variant supplies ------------------------------------------------------------------------------------
     @property
     def encoder_channels(self) -> int:
         """Channels of the encoder's output (``latent_dim``; twice that for a Gaussian posterior)."""
@@ -143,8 +137,8 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
 
     @abc.abstractmethod
     def bottleneck(self, h: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """The decoder's input from the encoder's output ``h``, the term added to the loss, and terms to log; while
-        :attr:`counting_codes`, it updates :attr:`code_metric` with the codes."""
+        """The decoder's input from encoder output ``h``, the loss term, terms to log; updates :attr:`code_metric`
+        while :attr:`counting_codes`."""
 
     @contextlib.contextmanager
     def _codes_counted(self, counted: bool = True) -> Iterator[None]:
@@ -169,27 +163,20 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
     on_test_epoch_start = on_validation_epoch_start
 
     def on_validation_epoch_end(self) -> None:
-        self._log_code_metric("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_code_metric("test")
-
-    def _log_code_metric(self, stage: str) -> None:
         if self.code_metric is not None and self.code_metric.update_count:
             for name, value in self.code_metric.compute().items():
-                self.log(f"{stage}/{name}", value)
+                self.log(f"{'test' if self.trainer.testing else 'val'}/{name}", value)
             self.code_metric.reset()
 
-    # --- the public API ---------------------------------------------------------------------------------------------
+    on_test_epoch_end = on_validation_epoch_end
+
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """Codes ``[B, latent_dim, H / f, W / f]`` of images ``x`` whose sides f divides (labels ``y`` unused), with
-        the bottleneck in evaluation mode whatever the model's (no codebook update): the same images, the same codes."""
+        """Codes ``[B, latent_dim, H / f, W / f]`` of images ``x``, the bottleneck in evaluation mode (no update)."""
         self.check_tensor(x, "encode(x)")
         h = self.encoder(x)
         with evaluating(self):
             return self.bottleneck(h)[0]
 
-    # --- losses -----------------------------------------------------------------------------------------------------
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
         return self.test_terms(x, labels, indices)[0]
 
@@ -227,13 +214,12 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
         return loss(self.discriminator(x), self.discriminator(reconstruction.detach()))
 
     def last_layer_weight(self) -> Tensor:
-        """Where the adaptive weight compares gradients: the decoder's ``last_layer``'s weight, else its last kernel."""
+        """Where the adaptive weight compares gradients: the decoder's ``last_layer``'s weight or last kernel."""
         last = getattr(self.decoder, "last_layer", None)
         if isinstance(last, nn.Module) and isinstance(getattr(last, "weight", None), Tensor):
             return last.weight
         return [p for p in self.decoder.parameters() if p.ndim >= 2][-1]
 
-    # --- training with a discriminator: two steps per batch ---------------------------------------------------------
     def optimization_step(self, batch: Batch) -> dict[str, Tensor]:
         """A step of the autoencoder (counted in ``global_step``), then one of the discriminator from ``disc_start``."""
         if not self.adversarial_weight:
@@ -273,12 +259,10 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
                 "trains and no adversarial term applies; lower disc_start"
             )
 
-    # --- evaluation -------------------------------------------------------------------------------------------------
     def test_metrics(
         self, x: Tensor, y: Tensor | None = None, reconstruction: Tensor | None = None
     ) -> dict[str, Tensor]:
-        """``ms_ssim`` of the reconstructions (the scales the image size allows; none under 11 pixels) and, with a
-        perceptual loss, their ``lpips``, outside autocast; ``reconstruction`` is that of ``x`` if already made."""
+        """``ms_ssim`` of the reconstructions (where the image size allows) and, with LPIPS, ``lpips``."""
         reconstruction = (self(x, y) if reconstruction is None else reconstruction).float()
         metrics = {}
         with torch.autocast(x.device.type, enabled=False):  # bf16 convolutions moved ms_ssim from 0.038 to 0.063
@@ -301,8 +285,7 @@ _READ_WITH = {
 
 
 def check_unread_settings(settings: dict[str, Any]) -> None:
-    """Raise a ValueError naming the setting if one of ``settings`` (:class:`FirstStageAutoencoder`'s arguments)
-    differs from its default while the weight that makes it read is 0."""
+    """Raise a ValueError if one of ``settings`` differs from its default while the weight that makes it read is 0."""
     defaults = inspect.signature(FirstStageAutoencoder.__init__).parameters
     for weight, names in _READ_WITH.items():
         for name in names if not settings[weight] else ():
@@ -328,14 +311,13 @@ def evaluating(module: nn.Module) -> Iterator[None]:
 
 def check_discriminator_depth(layers: int, size: Sequence[int]) -> None:
     """Raise a ValueError naming the deepest PatchGAN that fits if one of ``layers`` cannot take images of ``size``."""
-    height, width = size
     if min(size) >= min_image_size(layers):
         return
     fitting = [depth for depth in range(layers) if min_image_size(depth) <= min(size)]
     remedy = f"set discriminator_layers to {fitting[-1]} or less" if fitting else "set adversarial_weight: 0"
     raise ValueError(
         f"discriminator_layers={layers} needs images of at least {min_image_size(layers)}x{min_image_size(layers)} "
-        f"pixels, but the image size is {height}x{width}; {remedy}, or use larger images"
+        f"pixels, but the image size is {size[0]}x{size[1]}; {remedy}, or use larger images"
     )
 
 

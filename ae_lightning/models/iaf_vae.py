@@ -1,6 +1,5 @@
 """The VAE with an inverse-autoregressive-flow posterior (Kingma et al. 2016, "Improved Variational Inference with
-Inverse Autoregressive Flow"): the diagonal Gaussian's sample passes through MADE-based IAF steps.
-"""
+Inverse Autoregressive Flow"): the diagonal Gaussian's sample passes through MADE-based IAF steps."""
 
 from __future__ import annotations
 
@@ -18,10 +17,9 @@ from datamodules.checks import PositiveInt
 
 
 class IAFVAE(VAE):
-    """The VAE with ``z = f_T(... f_1(mu + sigma * eps))``, each ``f_t`` an IAF step, and
-    ``log q(z | x) = log N(eps) - sum log sigma - sum_t log |det df_t|``; trained on ``recon + w * kl`` with ``kl``
-    the single-sample estimate of :meth:`elbo_terms` (``iw_samples: k``: the IWAE bound). ``encode`` gives the flow
-    of the Gaussian's mean. Each step also sees the context ``h = [mu, log sigma^2]``, detached from the encoder.
+    """The VAE with ``z = f_T(... f_1(mu + sigma * eps))``, each ``f_t`` an IAF step that also sees the context
+    ``h = [mu, log sigma^2]`` (detached), trained on ``recon + w * kl`` with the single-sample ``kl`` of
+    :meth:`elbo_terms` (or the IWAE bound). ``encode`` gives the flow of the Gaussian's mean.
 
     Args:
         flow_steps: the number of IAF steps T, >= 1.

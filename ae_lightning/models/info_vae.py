@@ -1,6 +1,5 @@
 """InfoVAE (Zhao et al. 2017, "InfoVAE: Balancing Learning and Inference in Variational Autoencoders") with the MMD,
-and WAE-MMD (Tolstikhin et al. 2018, "Wasserstein Auto-Encoders"), its case without noise or KL term.
-"""
+and WAE-MMD (Tolstikhin et al. 2018, "Wasserstein Auto-Encoders"), its case without noise or KL term."""
 
 from __future__ import annotations
 

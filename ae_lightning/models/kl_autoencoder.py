@@ -1,6 +1,5 @@
 """The KL-regularized autoencoder of latent diffusion's first stage (Rombach et al. 2022, "High-Resolution Image
-Synthesis with Latent Diffusion Models", section 3), trained with the perceptual-adversarial recipe.
-"""
+Synthesis with Latent Diffusion Models", section 3), trained with the perceptual-adversarial recipe."""
 
 from __future__ import annotations
 
@@ -18,14 +17,12 @@ from datamodules.checks import NonNegativeFloat
 
 
 class KLAutoencoder(FirstStageAutoencoder):
-    """The encoder outputs the mean and log-variance of a Gaussian code ``[B, latent_dim, h, w]``; training decodes
-    a sample, :meth:`encode` returns the mean.
+    """A Gaussian code ``[B, latent_dim, h, w]``: training decodes a sample, :meth:`encode` returns the mean.
 
-    The logged ``kl`` is per image (summed over the code); the loss adds ``kl_weight * kl / (C * H * W)`` to a pixel
-    loss averaged over the image's C * H * W values in [0, 1] (latent diffusion's are in [-1, 1]: docs/family.md).
-    ``code_std`` (logged) is the standard deviation of the codes (the decoder's input): of each batch's in training,
-    of all the epoch's in validation and test, whatever their batches: latent diffusion's ``scale_factor`` is
-    ``1 / test/code_std``. The other arguments are :class:`~ae_lightning.models.first_stage.FirstStageAutoencoder`'s.
+    The logged ``kl`` is per image; the loss adds ``kl_weight * kl / (C * H * W)`` to the pixel loss (docs/family.md).
+    ``code_std`` (logged) is the codes' standard deviation, per batch in training, over the epoch in validation and
+    test: latent diffusion's ``scale_factor`` is ``1 / test/code_std``. The other arguments are
+    :class:`~ae_lightning.models.first_stage.FirstStageAutoencoder`'s.
     """
 
     def __init__(self, kl_weight: NonNegativeFloat = 1e-6, **kwargs: Any) -> None:
@@ -65,8 +62,7 @@ class KLAutoencoder(FirstStageAutoencoder):
 
 
 class CodeStd(Metric):
-    """``code_std``: the standard deviation of all the elements of the codes given to :meth:`update` (over batches
-    and processes), from their count, sum and sum of squares in float64."""
+    """``code_std``: the standard deviation of all the code elements given to :meth:`update`, in float64."""
 
     full_state_update = False
 

@@ -1,6 +1,5 @@
 """A prior over the codes of a frozen quantized autoencoder: the second stage of VQ-VAE (van den Oord et al. 2017,
-section 3.2) and VQGAN (Esser et al. 2021), here a small causal transformer over the code indices in raster order.
-"""
+section 3.2) and VQGAN (Esser et al. 2021), here a small causal transformer over the code indices in raster order."""
 
 from __future__ import annotations
 
@@ -29,8 +28,7 @@ _REBUILT_TOKENIZER: ContextVar[tuple[QuantizedAutoencoder, dict] | None] = Conte
 
 
 def state_fingerprint(state: dict[str, Tensor]) -> str:
-    """A hash of the names and values of the tensors of ``state`` (a ``state_dict()``), whatever floating dtype holds
-    them: values that float32 holds exactly (all of bfloat16's and float16's) are hashed as float32."""
+    """A hash of the names and values of ``state``'s tensors, those that float32 holds exactly hashed as float32."""
     digest = hashlib.sha256()
     for name, value in sorted(state.items()):
         value = value.detach().cpu()
@@ -42,9 +40,7 @@ def state_fingerprint(state: dict[str, Tensor]) -> str:
 
 
 def tokenizer_fingerprint(autoencoder: QuantizedAutoencoder | dict[str, Tensor]) -> str:
-    """The :func:`state_fingerprint` of the weights and buffers that map images to codes and codes to images (encoder,
-    quantizer, decoder) of ``autoencoder`` or its ``state_dict()``: two tokenizers with the same fingerprint hold the
-    same values."""
+    """The :func:`state_fingerprint` of the encoder, quantizer and decoder of ``autoencoder`` (or its state_dict)."""
     state = autoencoder if isinstance(autoencoder, dict) else autoencoder.state_dict()
     return state_fingerprint({name: value for name, value in state.items() if name.split(".")[0] in _TOKENIZER_PARTS})
 
@@ -112,8 +108,7 @@ class CodePrior(AutoencoderModule):
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> CodePrior:
-        """Lightning's ``load_from_checkpoint``, the tokenizer rebuilt from the checkpoint; the tokenizer checkpoint
-        (recorded, or ``tokenizer=``) is read for an old one without that record (a FileNotFoundError if missing)."""
+        """Lightning's ``load_from_checkpoint``, the tokenizer rebuilt from the checkpoint (or read from its file)."""
         data, checkpoint = _read_once(checkpoint_path, kwargs.get("weights_only"))
         record, rebuilt = checkpoint.get("ae_lightning_tokenizer_record"), None
         if record is None or "tokenizer" in kwargs:
@@ -138,18 +133,15 @@ class CodePrior(AutoencoderModule):
         """The :func:`tokenizer_fingerprint` of the tokenizer's current weights."""
         return tokenizer_fingerprint(self.tokenizer)
 
-    # --- the networks -----------------------------------------------------------------------------------------------
     def build_encoder(self) -> None:  # the tokenizer encodes and decodes
         return None
 
     build_decoder = build_encoder  # type: ignore[assignment]
 
-    # --- the public API ---------------------------------------------------------------------------------------------
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The tokenizer's code indices of images ``x`` as tokens ``[B, L]`` (int64); labels ``y`` unused."""
         self.check_tensor(x, "encode(x)")
-        indices = self.tokenizer.encode_indices(x)  # [B, Q, h, w]
-        return indices.permute(0, 2, 3, 1).flatten(1).long()
+        return self.tokenizer.encode_indices(x).permute(0, 2, 3, 1).flatten(1).long()  # from [B, Q, h, w]
 
     def decode(self, tokens: Tensor, y: Tensor | None = None) -> Tensor:
         """Images in [0, 1] of tokens ``[B, L]``; labels ``y`` unused."""
@@ -158,19 +150,16 @@ class CodePrior(AutoencoderModule):
         return self.tokenizer.decode_indices(indices)
 
     def logits(self, tokens: Tensor) -> Tensor:
-        """Logits ``[B, L, K]`` of each token given the tokens before it (the future is masked); the tokens' dtype and
-        shape are checked, not their values (:meth:`token_nll` checks those)."""
+        """Logits ``[B, L, K]`` of each token given the tokens before it; the tokens' values are not checked."""
         self.check_tokens(tokens, "logits(tokens)", values=False)  # no device sync: the training step calls it
-        start = torch.full_like(tokens[:, :1], self.vocabulary)
-        inputs = torch.cat([start, tokens[:, :-1]], 1)
+        inputs = torch.cat([torch.full_like(tokens[:, :1], self.vocabulary), tokens[:, :-1]], 1)
         h = self.token_embedding(inputs) + self.position_embedding
         h = self.transformer(h, mask=self.causal_mask, is_causal=True)
         return self.head(h)
 
     @torch.no_grad()
     def next_token_probabilities(self, tokens: Tensor, position: int) -> Tensor:
-        """``p(c_position | c_<position)`` ``[B, K]`` in float64, whatever ``tokens [B, L]`` hold from ``position`` on
-        (both sides of an entropy coder get identical numbers)."""
+        """``p(c_position | c_<position)`` ``[B, K]`` in float64, whatever ``tokens`` hold from ``position`` on."""
         known = tokens.clone()
         known[:, position:] = 0
         return F.softmax(self.logits(known)[:, position].double(), dim=-1)
@@ -210,8 +199,7 @@ class CodePrior(AutoencoderModule):
         return self.bits_per_image(x)
 
     def check_tokens(self, tokens: Any, call: str, values: bool = True) -> None:
-        """Raise a ValueError naming what differs unless ``tokens``, the argument of ``call``, are int64 tokens
-        ``[B, L]`` in ``[0, K)`` (the values read only if ``values``), as :meth:`encode` gives them."""
+        """Raise a ValueError unless ``tokens`` (of ``call``) are int64 ``[B, L]`` in ``[0, K)`` (if ``values``)."""
         range_ = f"[0, {self.vocabulary - 1}]"
         expected = f"{type(self).__name__}.{call} takes int64 tokens [B, {self.num_tokens}] in {range_}"
         if not isinstance(tokens, Tensor):
@@ -230,14 +218,13 @@ class CodePrior(AutoencoderModule):
                 f"is tokenizer {other}: its codes mean something else. Train a prior on {name}'s codes"
             )
 
-    # --- training ---------------------------------------------------------------------------------------------------
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
         with torch.no_grad():
             tokens = self.encode(x)
-        nll = self._nll(tokens)
-        bits = nll.mean() / math.log(2)
+        nll = self._nll(tokens).mean()
+        bits = nll / math.log(2)
         pixels = self.input_shape[1] * self.input_shape[2]
-        return {"loss": nll.mean() / self.num_tokens, "bits_per_image": bits.detach(), "bits_per_pixel": bits / pixels}
+        return {"loss": nll / self.num_tokens, "bits_per_image": bits.detach(), "bits_per_pixel": bits / pixels}
 
     def train(self, mode: bool = True) -> CodePrior:
         super().train(mode)
@@ -268,8 +255,7 @@ class CodePrior(AutoencoderModule):
 
 
 def _read_tokenizer(path: str | Path) -> tuple[QuantizedAutoencoder, dict[str, Any]]:
-    """The quantized autoencoder of checkpoint ``path``, on the CPU, frozen, and the record of its checkpoint that
-    :func:`_rebuild_tokenizer` takes; a FileNotFoundError or ValueError naming the file otherwise."""
+    """The quantized autoencoder of checkpoint ``path`` (CPU, frozen) and its record for :func:`_rebuild_tokenizer`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer checkpoint {path} does not exist; train one with configs/vqvae.yaml")
@@ -286,8 +272,7 @@ def _read_tokenizer(path: str | Path) -> tuple[QuantizedAutoencoder, dict[str, A
 
 
 def _rebuild_tokenizer(record: dict[str, Any], state: dict[str, Tensor]) -> QuantizedAutoencoder:
-    """The tokenizer whose checkpoint held ``record``, with the ``tokenizer.*`` weights of a prior's ``state``, loaded
-    as :func:`_read_tokenizer` loads it."""
+    """The tokenizer whose checkpoint held ``record``, with the ``tokenizer.*`` weights of a prior's ``state``."""
     weights = {k.removeprefix("tokenizer."): v for k, v in state.items() if k.startswith("tokenizer.")}
     buffer = io.BytesIO()
     torch.save({**record, "state_dict": weights}, buffer)
@@ -303,8 +288,7 @@ def _load_tokenizer(data: io.BytesIO) -> QuantizedAutoencoder:
 
 
 def _read_once(checkpoint: Any, weights_only: bool | None) -> tuple[io.BytesIO, dict[str, Any]]:
-    """The bytes of checkpoint file or file object ``checkpoint`` (from its position on), read once, and the
-    checkpoint they hold, loaded on the CPU."""
+    """The bytes of checkpoint file or file object ``checkpoint``, read once, and the checkpoint they hold."""
     if isinstance(checkpoint, (str, Path)):  # a local file or a URL (``s3://...``), as Lightning reads it
         with get_filesystem(checkpoint).open(str(checkpoint), "rb") as file:
             data = io.BytesIO(file.read())

@@ -1,7 +1,6 @@
 """The vector-quantized autoencoder (van den Oord et al. 2017, "Neural Discrete Representation Learning"), with
 finite scalar quantization (Mentzer et al. 2023, "Finite Scalar Quantization: VQ-VAE Made Simple") and residual VQ
-(Zeghidour et al. 2021, "SoundStream") as alternatives; the quantizers are ``vector-quantize-pytorch``'s.
-"""
+(Zeghidour et al. 2021, "SoundStream") as alternatives; the quantizers are ``vector-quantize-pytorch``'s."""
 
 from __future__ import annotations
 
@@ -86,9 +85,8 @@ class QuantizedAutoencoder(FirstStageAutoencoder):
             logged["commitment"] = commitment.detach()
         return quantized, commitment, logged
 
-    # --- codes as indices -------------------------------------------------------------------------------------------
     def encode_indices(self, x: Tensor) -> Tensor:
-        """Code indices ``[B, Q, h, w]`` (int64) of images ``x``; as :meth:`encode`, the codebook never updates."""
+        """Code indices ``[B, Q, h, w]`` (int64) of images ``x``; the codebook does not update."""
         self.check_tensor(x, "encode_indices(x)")
         h = self.encoder(x)
         with evaluating(self):

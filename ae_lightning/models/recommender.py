@@ -1,6 +1,5 @@
 """Autoencoders for collaborative filtering: Mult-VAE and Mult-DAE (Liang, Krishnan, Hoffman & Jebara 2018,
-"Variational Autoencoders for Collaborative Filtering").
-"""
+"Variational Autoencoders for Collaborative Filtering")."""
 
 from __future__ import annotations
 
@@ -27,13 +26,12 @@ def tanh_mlp(sizes: Sequence[int], tanh_last: bool = False) -> nn.Sequential:
 
 
 class MultinomialAutoencoder(AutoencoderModule):
-    """Base of Mult-VAE and Mult-DAE: the click vector, L2-normalized and dropped out at the input, is encoded and
-    decoded to logits over every item, scored by the multinomial log-likelihood of the clicks.
+    """Base of Mult-VAE and Mult-DAE: the click vector, L2-normalized and dropped out, is encoded and decoded to logits
+    over every item, scored by the multinomial log-likelihood of the clicks.
 
-    Batches are ``(clicks [B, I], held_out [B, I], user [B])`` from :class:`~datamodules.InteractionsDataModule`.
-    Validation and test log ``recall_20``, ``recall_50`` and ``ndcg_100`` of the held-out items among the unclicked
-    ones; ``test`` also those of the popularity ranking, ``test/popularity_<metric>``. Data whose item columns (or,
-    but in ``predict``, training users) differ from the checkpoint's are refused.
+    Batches are ``(clicks [B, I], held_out [B, I], user [B])`` of an :class:`~datamodules.InteractionsDataModule`.
+    Validation and test log ``recall_20``, ``recall_50`` and ``ndcg_100`` of the held-out items, ``test`` also the
+    popularity ranking's (``test/popularity_<metric>``). Data of other items (or training users) are refused.
 
     Args:
         input_shape: ``(num_items,)``; the CLI links it from the datamodule.
@@ -79,12 +77,11 @@ class MultinomialAutoencoder(AutoencoderModule):
         return self.decoder(z).softmax(-1)
 
     def item_scores(self, clicks: Tensor) -> Tensor:
-        """Logits ``[B, I]`` of every item for the users with ``clicks``, from their mean code."""
+        """Logits ``[B, I]`` of every item for the users with ``clicks``."""
         return self.decoder(self.encode(clicks))
 
     def recommend(self, clicks: Tensor, k: int) -> Tensor:
-        """The ``k`` items ``[B, k]`` most likely under the model that each user has not clicked, best first; -1 past
-        a user's last unclicked item. Raises a ValueError for ``k`` outside 1 .. the number of items."""
+        """The ``k`` likeliest unclicked items ``[B, k]`` per user, best first (-1 past the last); 1 <= ``k`` <= I."""
         if not 1 <= k <= clicks.shape[-1]:
             raise ValueError(f"k={k}: expected 1 to {clicks.shape[-1]} (the number of items)")
         scores = self.item_scores(clicks).masked_fill(clicks > 0, float("-inf"))
@@ -95,10 +92,8 @@ class MultinomialAutoencoder(AutoencoderModule):
         """The negative multinomial log-likelihood of each user's clicks (higher: a less typical user)."""
         return -losses.multinomial_log_likelihood(self.item_scores(x), x)
 
-    # --- steps ------------------------------------------------------------------------------------------------------
     def _predict_step(self, batch: Batch) -> dict[str, Tensor]:
-        """Each user's code ``z``, row ``index`` and ``top_items`` ``[B, 100]``, the columns of the unclicked items it
-        ranks first (ids: the datamodule's ``interactions.items``), -1 past the last unclicked one."""
+        """Each user's code ``z``, row ``index`` and ``top_items`` ``[B, 100]`` (:meth:`recommend`'s item columns)."""
         clicks, _, rows = batch
         items = self.recommend(clicks, min(100, clicks.shape[1]))
         return {"z": self.encode(clicks), "index": rows, "top_items": F.pad(items, (0, 100 - items.shape[1]), value=-1)}
@@ -114,7 +109,7 @@ class MultinomialAutoencoder(AutoencoderModule):
         self.log_ranking_metrics(batch, "test")
 
     def log_ranking_metrics(self, batch: Batch, stage: Stage) -> None:
-        """Log the ranking metrics of ``batch``'s held-out items (the class docstring's) as ``<stage>/<metric>``."""
+        """Log the ranking metrics of ``batch``'s held-out items as ``<stage>/<metric>``."""
         clicks, held_out, _ = unpack_batch(batch)
         rankings = {"": self.item_scores(clicks)}
         if stage == "test" and self.item_popularity.any():
@@ -126,8 +121,7 @@ class MultinomialAutoencoder(AutoencoderModule):
                 self.log(f"{stage}/{prefix}{name}", values.mean(), batch_size=batch_size, sync_dist=True)
 
     def check_data(self, datamodule: Any, stage: str, checkpoint: dict[str, Any] | None = None) -> None:
-        """Raise a ValueError naming what differs if ``datamodule`` is no InteractionsDataModule, or has other item
-        columns (or, but in ``predict``, training users) than the weights (``checkpoint``'s, else this model's)."""
+        """Raise a ValueError unless ``datamodule`` is an InteractionsDataModule of the weights' items and users."""
         if not isinstance(datamodule, InteractionsDataModule):
             raise ValueError(
                 f"{type(self).__name__} ranks each user's held-out clicks and needs the (clicks, held_out, user) "
@@ -169,9 +163,8 @@ class MultinomialAutoencoder(AutoencoderModule):
 
 
 class MultVAE(MultinomialAutoencoder):
-    """Mult-VAE: a Gaussian posterior over the user's code, a standard-normal prior, and the KL term weighted by
-    ``beta = min(anneal_cap, step / anneal_steps)`` (the paper's partially regularized objective, eq. 6-7).
-    ``sample(n)`` gives the item probabilities ``[n, I]`` of users drawn from the prior.
+    """Mult-VAE: a Gaussian posterior, a standard-normal prior, the KL weighted by ``min(anneal_cap, step /
+    anneal_steps)`` (eq. 6-7); ``sample(n)`` gives the item probabilities ``[n, I]`` of users from the prior.
 
     Args:
         anneal_cap: the largest KL weight (the paper's best: 0.2 on MovieLens-20M).
@@ -205,7 +198,7 @@ class MultVAE(MultinomialAutoencoder):
         return losses.standard_normal((n, self.latent_dim), self.device, self.dtype)
 
     def kl_weight(self) -> float:
-        """Annealed to ``anneal_cap`` in training; ``anneal_cap`` in evaluation (as the VAE's warm-up)."""
+        """Annealed to ``anneal_cap`` in training."""
         if self.anneal_steps == 0 or not self.training:
             return self.anneal_cap
         return min(self.anneal_cap, self.global_step / self.anneal_steps)

@@ -16,9 +16,7 @@ from ae_lightning.evaluation.metrics import psnr_per_image, ssim_sigma
 
 
 def restoration_metrics(output: Tensor, x: Tensor, name: str) -> dict[str, Tensor]:
-    """``psnr_<name>`` (mean per-image PSNR, dB, each at most 100:
-    :func:`~ae_lightning.evaluation.metrics.psnr_per_image`) and ``ssim_<name>`` (the window of
-    :func:`~ae_lightning.evaluation.metrics.ssim_sigma`) of images ``output`` against ``x``, data range 1, in float32
+    """``psnr_<name>`` (mean per-image PSNR, dB) and ``ssim_<name>`` of images ``output`` against ``x``, in float32
     outside autocast (SSIM's convolutions in bf16 lose its variances); ``mse_<name>`` of feature vectors."""
     output, x = output.float(), x.float()
     if x.dim() == 2:  # PSNR and SSIM are image measures
@@ -32,20 +30,18 @@ def restoration_metrics(output: Tensor, x: Tensor, name: str) -> dict[str, Tenso
 
 
 class RestorationAutoencoder(DeterministicAutoencoder):
-    """Reconstructs the image from ``degrade(x)`` (subclasses implement it) in training, validation and test;
-    ``forward``, ``encode`` and ``predict`` see the images as given. ``test`` also reports PSNR and SSIM of the
-    restored (``test/psnr_<restored_name>``, ...) and of the degraded images (``test/psnr_<degraded_name>``, ...), MSE
-    for feature vectors. Training degrades afresh each time; validation and test degrade each image as its dataset
-    index decides (:meth:`degrade`), so that epochs are compared on the same degraded images."""
+    """Reconstructs the image from ``degrade(x)`` in training, validation and test (``forward``, ``encode`` and
+    ``predict`` see the images as given); ``test`` also reports PSNR and SSIM (MSE for vectors) of the restored
+    (``test/psnr_<restored_name>``, ...) and degraded images (``test/psnr_<degraded_name>``, ...). Validation and test
+    degrade each image as its dataset index decides, so that epochs compare the same degraded images."""
 
     restored_name: ClassVar[str] = "restored"
     degraded_name: ClassVar[str] = "degraded"
 
     @abc.abstractmethod
     def degrade(self, x: Tensor, indices: Tensor | None = None) -> Tensor:
-        """The degraded copy of images ``x`` that the model learns to restore, of the same shape; a random degradation
-        draws from the global generator, or (``indices`` given, as in validation and test) each image's from its dataset
-        index alone: the same image, the same degraded copy, whatever the epoch, batch size, rank, seed or model."""
+        """The degraded copy of images ``x``, of the same shape; a random one draws from the global generator, or
+        (``indices`` given) each image's from its dataset index alone: the same image, the same copy."""
 
     def reconstruction_rows(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, ...]:
         """The degraded images, their restorations and the originals."""

@@ -49,9 +49,5 @@ class SparseAutoencoder(DeterministicAutoencoder):
             penalty = losses.kl_divergence_bernoulli(self.sparsity_target, z.float().flatten(1).mean(0))
         else:
             penalty = z.abs().flatten(1).sum(-1).mean()
-        return {
-            "loss": recon + self.sparsity_weight * penalty,
-            "recon": recon,
-            "sparsity": penalty,
-            "mean_activation": z.detach().abs().mean(),
-        }
+        terms = {"recon": recon, "sparsity": penalty, "mean_activation": z.detach().abs().mean()}
+        return {"loss": recon + self.sparsity_weight * penalty, **terms}

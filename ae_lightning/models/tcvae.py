@@ -1,6 +1,5 @@
 """beta-TCVAE (Chen et al. 2018, "Isolating Sources of Disentanglement in Variational Autoencoders"): the VAE whose
-KL term is split into index-code mutual information, total correlation and dimension-wise KL, weighted apart.
-"""
+KL term is split into index-code mutual information, total correlation and dimension-wise KL, weighted apart."""
 
 from __future__ import annotations
 

@@ -110,7 +110,6 @@ class VAE(AutoencoderModule):
         return self.posterior_flow(mu, mu, logvar)[0]
 
     def check_encoder_output(self, x: Tensor, y: Tensor) -> None:
-        """Refuse an encoder whose output is not the posterior's mean and log-variance, ``[B, 2 * latent_dim, ...]``."""
         mu, logvar = self.posterior_parameters(x, y)
         if tuple(mu.shape[1:]) != self.latent_shape or logvar.shape != mu.shape:
             found = [len(mu), mu.shape[1] + logvar.shape[1], *mu.shape[2:]]
@@ -151,7 +150,7 @@ class VAE(AutoencoderModule):
         return self.likelihood != "bernoulli" and len(self.input_shape) == 3
 
     def kl_weight(self) -> float:
-        """``beta``, warmed up over ``kl_warmup_steps`` in training; ``beta`` itself in evaluation."""
+        """``beta``, warmed up over ``kl_warmup_steps`` in training."""
         if self.kl_warmup_steps == 0 or not self.training:
             return self.beta
         return self.beta * min(1.0, self.global_step / self.kl_warmup_steps)
@@ -176,8 +175,7 @@ class VAE(AutoencoderModule):
         return {"loss": recon + self.kl_weight() * kl, "recon": recon, "kl": kl}
 
     def posterior_terms(self, x: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """``mu``, ``logvar`` of q(z | x) (``x`` dequantized as :meth:`loss_terms` does), a sample ``z`` (``mu`` if
-        ``deterministic``) and the batch means of ``recon`` = -log p(x | z) and of the closed-form ``kl``."""
+        """``mu``, ``logvar``, a sample ``z`` (``mu`` if ``deterministic``), the batch means of ``recon`` and ``kl``."""
         if self.dequantizes:
             x = losses.uniform_dequantize(x)
         mu, logvar = self.posterior_parameters(x)
@@ -191,8 +189,7 @@ class VAE(AutoencoderModule):
         super().log_terms(terms, stage, batch_size)
 
     def elbo_terms(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """The negative log-likelihood of one posterior sample and the KL, per image: in closed form, or else
-        (``closed_form_kl`` False) ``log q(z | x) - log p(z)`` of the same sample."""
+        """Per image, -log p(x | z) of one posterior sample and the KL (closed form, or ``log q(z | x) - log p(z)``)."""
         mu, logvar = self.posterior_parameters(x, y)
         if not self.closed_form_kl:
             log_likelihood, log_prior, log_posterior = (t[0] for t in self.log_densities(x, mu, logvar, 1, y))
@@ -210,9 +207,8 @@ class VAE(AutoencoderModule):
         return torch.add(*self.elbo_terms(x, y))
 
     def importance_weighted_terms(self, x: Tensor, num_samples: int, y: Tensor | None = None) -> dict[str, Tensor]:
-        """Batch averages over ``num_samples`` samples: ``loss``, the negative IWAE bound with the log density ratio
-        weighted by :meth:`kl_weight`; ``neg_iwae_<k>``, the unweighted bound; ``recon`` and ``kl`` (closed form,
-        or the samples' mean of ``log q - log p``) for comparison with the ELBO."""
+        """Batch means over ``num_samples`` samples: ``loss`` (the negative IWAE bound, its log density ratio weighted
+        by :meth:`kl_weight`), ``neg_iwae_<k>`` (unweighted), ``recon`` and ``kl``."""
         mu, logvar = self.posterior_parameters(x, y)
         densities = self.log_densities(x, mu, logvar, num_samples, y)
         weight = self.kl_weight()
@@ -226,8 +222,7 @@ class VAE(AutoencoderModule):
     def log_densities(
         self, x: Tensor, mu: Tensor, logvar: Tensor, num_samples: int, y: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """log p(x | z_k), log p(z_k) and log q(z_k | x), each ``[num_samples, B]`` in float32 (float64 for float64
-        weights), of ``num_samples`` samples ``z_k ~ q(z | x)`` decoded in one pass (noise drawn in float32)."""
+        """log p(x | z_k), log p(z_k) and log q(z_k | x), each ``[num_samples, B]`` (float32 at least), ``z_k ~ q``."""
         eps = torch.randn(num_samples, *mu.shape, device=mu.device, dtype=torch.float32).to(mu.dtype)
         z, log_det = self.posterior_flow(losses.reparameterize(mu, logvar, eps), mu, logvar)  # [k, B, *latent_shape]
         labels = None if y is None else y.repeat(num_samples)  # sample-major, as z is flattened
@@ -239,16 +234,14 @@ class VAE(AutoencoderModule):
         return self.log_likelihood(logits.to(dtype), x), self.prior_log_prob(z.to(dtype)), log_q
 
     def posterior_flow(self, z: Tensor, mu: Tensor, logvar: Tensor) -> tuple[Tensor, Tensor | float]:
-        """Samples ``z`` of the Gaussian ``q_0(z | x)`` mapped to samples of q(z | x), and the map's ``log |det|``
-        (float32) per sample: here ``z`` itself and 0."""
+        """Samples ``z`` of the Gaussian ``q_0`` mapped to samples of q(z | x), and ``log |det|``: here ``z`` and 0."""
         return z, 0.0
 
     @torch.no_grad()
     def importance_weighted_nll(
         self, x: Tensor, num_samples: PositiveInt | None = None, y: Tensor | None = None
     ) -> Tensor:
-        """``-log (1/K) sum_k p(x, z_k) / q(z_k | x)``, ``z_k ~ q(z | x)`` per image ``x`` (labels ``y``), in nats
-        (Burda et al. eq. 8); K is ``num_samples``, else ``nll_samples``."""
+        """``-log (1/K) sum_k p(x, z_k) / q(z_k | x)`` per image in nats (Burda et al. eq. 8); K: ``nll_samples``."""
         num_samples = self.nll_samples if num_samples is None else num_samples
         self.check_tensor(x, "importance_weighted_nll(x)")
         check_arguments({"num_samples": num_samples}, VAE.importance_weighted_nll)

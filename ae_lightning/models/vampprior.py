@@ -1,6 +1,5 @@
 """The VAE with a VampPrior (Tomczak & Welling 2018, "VAE with a VampPrior"): the prior is the mixture of the
-posteriors of K learned pseudo-inputs, ``p(z) = 1/K sum_k q(z | u_k)``.
-"""
+posteriors of K learned pseudo-inputs, ``p(z) = 1/K sum_k q(z | u_k)``."""
 
 from __future__ import annotations
 
@@ -17,9 +16,8 @@ from datamodules.checks import PositiveInt
 
 
 class VampPriorVAE(VAE):
-    """The VAE with the VampPrior, trained on ``recon + w * kl`` with a single-sample estimate
-    ``kl = log q(z | x) - log p(z)`` (or the IWAE bound); ``sample`` draws a pseudo-input's posterior. Pseudo-inputs
-    start at N(0.05, 0.01), through ``hardtanh`` to [0, 1], for images, and at N(0, 1) for feature vectors.
+    """The VAE with the VampPrior, trained on ``recon + w * kl`` with ``kl = log q(z | x) - log p(z)`` of one sample
+    (or the IWAE bound). Pseudo-inputs start at N(0.05, 0.01) through ``hardtanh`` for images, N(0, 1) for vectors.
 
     Args:
         num_pseudo_inputs: K, >= 1 (the paper: 500 on MNIST).

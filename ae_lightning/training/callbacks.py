@@ -1,6 +1,5 @@
-"""Callbacks of the ``ae-lightning`` command: pictures of the model for any logger (its ``images`` section; more
-from YAML, each with a name: README), the config saved into W&B runs, the logger's run recorded in checkpoints, and a
-progress bar that ends its line when a run fails."""
+"""Callbacks of the ``ae-lightning`` command: pictures of the model, the config saved into W&B runs, the logger's run
+recorded in checkpoints, and a progress bar that ends its line when a run fails."""
 
 from __future__ import annotations
 
@@ -31,19 +30,16 @@ from datamodules.checks import AtLeastTwo, NonNegativeInt, PositiveInt, check_ar
 
 
 class ImageLogger(Callback):
-    """Logs pictures of the model after every ``every_n_epochs``-th validation of ``fit`` (counted in checkpoints) and
-    after the run's last one, as ``<name>/<view>`` or to ``<log_dir>/<name>/<view>-epoch=E-step=S.png``. Nothing is
-    drawn in sanity checks or ``fast_dev_run``; under DDP only rank 0 draws, from its share of the validation images.
-    Beside a ``WeightAveraging`` callback (EMA) it draws the average that validation runs on, and must come after it.
+    """Logs pictures of the model after every ``every_n_epochs``-th validation of ``fit`` and after the run's last, as
+    ``<name>/<view>`` or to ``<log_dir>/<name>/<view>-epoch=E-step=S.png``; not in sanity checks or ``fast_dev_run``,
+    under DDP on rank 0 only. Beside a ``WeightAveraging`` callback it draws the average, and must come after it.
 
     Args:
         every_n_epochs: draw after every n-th validation epoch (not training epoch); 0 disables the callback.
-        views: the pictures to draw; None: every view that applies (``samples`` of a non-generative model: an error).
-        num_images: validation images in the reconstruction grid.
-        num_samples: prior samples in the sample grid.
-        num_interpolations: pairs of validation images interpolated (one row each).
-        interpolation_steps: decoded points per interpolation, both ends included.
-        latent_map_size: validation images whose codes are plotted, kept in CPU memory (2,000 RGB 256 px: 1.6 GB).
+        views: the pictures to draw; None: every view that applies.
+        num_images, num_samples: validation images in the reconstruction grid; prior samples in the sample grid.
+        num_interpolations, interpolation_steps: pairs of validation images interpolated; points decoded per pair.
+        latent_map_size: validation images whose codes are plotted, kept in CPU memory.
         nrow, seed: images per row of the reconstruction and sample grids; seed of the prior samples.
         name: the pictures' tag prefix and PNG folder; each enabled ImageLogger of a trainer needs its own.
     """
@@ -78,8 +74,7 @@ class ImageLogger(Callback):
         self.image_dir: Path | None = None
         self.class_names: list[str] | None = None
         self._batches: dict[int, tuple[Tensor, Tensor]] = {}
-        self._kept = 0
-        self._needed = 0  # validation images to keep, set in setup
+        self._kept = self._needed = 0  # validation images kept, and to keep (set in setup)
         self._told = WarningCache()  # messages given once
         self._validations = 0  # validation epochs of fit so far, sanity checks aside
         self._ended = False  # whether the running validation's last batch has been handled
@@ -255,13 +250,10 @@ def check_image_loggers(callbacks: Sequence[Callback]) -> None:
 
 
 def _image_sink(logger: Logger) -> Literal["wandb", "tensorboard"] | None:
-    """How ``logger`` takes images: W&B's ``log_image``, a TensorBoard-style ``add_image``, or not at all."""
+    """How ``logger`` takes images: W&B's ``log_image``, a TensorBoard-style ``add_image`` (tensorboardX's), or not."""
     if isinstance(logger, WandbLogger):
         return "wandb"
-    # add_image also covers tensorboardX and the like without importing TensorBoard, which is optional here
-    if hasattr(getattr(logger, "experiment", None), "add_image"):
-        return "tensorboard"
-    return None
+    return "tensorboard" if hasattr(getattr(logger, "experiment", None), "add_image") else None
 
 
 class SaveConfigToRun(SaveConfigCallback):

@@ -1,9 +1,6 @@
 """The disentanglement metrics of :mod:`ae_lightning.evaluation.disentanglement` reported by ``ae-lightning test``,
-and latent traversal pictures written beside them, when the datamodule knows its factors (dSprites).
-
-The dSprites configs carry the callback; on another config add it with
-``--trainer.callbacks+=ae_lightning.training.disentanglement.DisentanglementMetrics``.
-"""
+and latent traversal pictures, when the datamodule knows its factors (dSprites, whose configs carry the callback;
+elsewhere add ``--trainer.callbacks+=ae_lightning.training.disentanglement.DisentanglementMetrics``)."""
 
 from __future__ import annotations
 
@@ -22,11 +19,9 @@ from datamodules.checks import AtLeastTwo, NonNegativeFloat, NonNegativeInt, che
 
 
 class DisentanglementMetrics(Callback):
-    """At the end of ``test``, logs ``test/<metric>`` for each disentanglement metric (``dci`` as
-    ``test/dci_disentanglement``, ``test/dci_completeness``, ``test/dci_informativeness``) and writes
-    ``<log_dir>/traversals.png``; does nothing if the datamodule has no ``sample_factors`` (no known factors). Settings
-    the metrics cannot work with are refused when testing starts, before the test loop
-    (:func:`~ae_lightning.evaluation.disentanglement.check_disentanglement_settings`).
+    """At the end of ``test``, logs ``test/<metric>`` for each metric (``dci`` as ``test/dci_disentanglement``,
+    ``test/dci_completeness``, ``test/dci_informativeness``) and writes ``<log_dir>/traversals.png``; nothing if the
+    datamodule has no ``sample_factors``. Settings the metrics cannot work with are refused when testing starts.
 
     Args:
         metrics: names from ``beta_vae``, ``factor_vae``, ``mig``, ``sap``, ``dci``.
@@ -83,8 +78,7 @@ class DisentanglementMetrics(Callback):
             rank_zero_info(f"latent traversals: not drawn, {type(pl_module).__name__}'s codes are not flat")
         elif self.traversal_images and trainer.is_global_zero:
             factors = source.sample_factors(self.traversal_images, torch.Generator().manual_seed(self.seed))
-            picture = disentanglement.latent_traversals(pl_module, source.images_of(factors))
             path = log_dir / "traversals.png"
             log_dir.mkdir(parents=True, exist_ok=True)
-            save_png(picture, path)
+            save_png(disentanglement.latent_traversals(pl_module, source.images_of(factors)), path)
             rank_zero_info(f"latent traversals: {path}")

@@ -20,19 +20,16 @@ from datamodules.checks import byte_count, check_arguments
 
 
 class PredictionWriter(BasePredictionWriter):
-    """Saves the predictions (per image ``z``, ``label``, ``index``, ``recon_error``, ``anomaly_score``; README).
-
-    ``format: file`` writes one ``torch.load``-able dict of stacked tensors, one ``<name>-rank<R>.pt`` per process
-    under DDP; ``format: stream`` writes each batch into one litdata stream of per-image dicts and needs
-    ``return_predictions`` false. Either is put in place once every callback's ``on_predict_epoch_end`` has run (a
-    failed or stopped predict leaves nothing) and never overwrites an existing one (refused before the first batch);
-    ``fast_dev_run`` writes nothing. Floats are written as float32 (bfloat16's exactly), or float64 under ``64-true``.
+    """Saves the predictions (per image ``z``, ``label``, ``index``, ``recon_error``, ``anomaly_score``; README):
+    ``format: file`` as one ``torch.load``-able dict of stacked tensors (``<name>-rank<R>.pt`` per process under DDP),
+    ``format: stream`` as one litdata stream of per-image dicts (needs ``return_predictions`` false). Either is put in
+    place once every callback's ``on_predict_epoch_end`` has run (a failed or stopped predict leaves nothing), never
+    over an existing one; ``fast_dev_run`` writes nothing. Floats are written as float32, or float64 under ``64-true``.
 
     Args:
-        filename: name inside the run directory (``trainer.log_dir``, a W&B run's own folder, else
-            ``default_root_dir``); ``predictions.pt`` for a file, ``predictions`` (a folder) for a stream by default.
-        chunk_bytes: the stream's chunk size limit (litdata's ``chunk_bytes``): a positive integer of bytes or a number
-            with a unit, e.g. ``"64MB"``.
+        filename: name inside the run directory (:func:`~ae_lightning.training.callbacks.run_directory`);
+            ``predictions.pt`` for a file, ``predictions`` (a folder) for a stream by default.
+        chunk_bytes: the stream's chunk size limit (litdata's): bytes, or a number with a unit, e.g. ``"64MB"``.
     """
 
     def __init__(
@@ -51,11 +48,9 @@ class PredictionWriter(BasePredictionWriter):
         self.chunk_bytes = chunk_bytes
         self.path: Path | None = None
         self._writer: Any = None
-        # A stream's folder, or a file's predictions: what on_predict_end puts in place.
-        self._staging: Path | None = None
+        self._staging: Path | None = None  # a stream's folder; with _merged, what on_predict_end puts in place
         self._merged: dict[str, torch.Tensor] | None = None
-        self._written = 0
-        self._rows = "images"
+        self._written, self._rows = 0, "images"
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.format == "stream" and returns_predictions(trainer):

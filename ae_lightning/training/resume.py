@@ -27,11 +27,9 @@ class UnfinishedEpochInCheckpoint(Callback):
 
 
 class OptimizerSettingsOnResume(Callback):
-    """Records each optimizer's class and param group settings in checkpoints; on resume, after Lightning restored the
-    optimizers' state, applies this run's settings where they differ (a new ``lr`` as a new base that a schedule goes
-    on from), and refuses a resume that the optimizers cannot take (:func:`check_optimizers_resume`, but for the
-    schedulers' own settings; ``docs/fault_tolerance.md``). The command installs it; without it a resumed run keeps
-    the checkpoint's settings."""
+    """Records each optimizer's class and param group settings in checkpoints; on resume applies this run's settings
+    where they differ (a new ``lr`` as a new base that a schedule goes on from) and refuses a resume the optimizers
+    cannot take (:func:`check_optimizers_resume`; ``docs/fault_tolerance.md``). The command installs it."""
 
     key = "ae_lightning_optimizers"
 
@@ -51,7 +49,7 @@ class OptimizerSettingsOnResume(Callback):
         self._check_groups(trainer)  # strategies that restore after setup load it after ``on_fit_start``
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # The optimizers are built by now, and Lightning restores the checkpoint's state into them only afterwards.
+        # The optimizers are built by now; Lightning restores the checkpoint's state into them afterwards.
         self._built = [optimizer_settings(optimizer) for optimizer in trainer.optimizers]
         self._check_groups(trainer)
 
@@ -62,7 +60,10 @@ class OptimizerSettingsOnResume(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         resumed, self._resumed = self._resumed, None
         # Called without ``on_fit_start`` (outside a Trainer), this run's defaults stand for its groups' settings.
-        built = self._built or [_as_defaults(optimizer_settings(optimizer)) for optimizer in trainer.optimizers]
+        built = self._built or [
+            {**settings, "groups": [settings["defaults"] for _ in settings["groups"]]}
+            for settings in map(optimizer_settings, trainer.optimizers)
+        ]
         for i, (optimizer, before, now) in enumerate(zip(trainer.optimizers, resumed or [], built)):
             schedulers = [c.scheduler for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer]
             changes = check_optimizer_resume(i, before, now, schedulers)
@@ -111,7 +112,11 @@ def check_optimizer_resume(
             "carry over. Resume with the checkpoint's optimizer, or start afresh without --ckpt_path"
         )
     check_lr_change(i, before["defaults"].get("lr"), now["defaults"].get("lr"), schedulers)
-    previous_groups = before.get("groups") or _groups_before(before["defaults"], now)
+    # Older checkpoints record only the defaults: a changed default applies to the groups that follow the defaults.
+    own = now["defaults"]
+    previous_groups = before.get("groups") or [
+        {k: v if v != own.get(k) else before["defaults"].get(k, v) for k, v in group.items()} for group in now["groups"]
+    ]
     changes = [
         (j, name, old.get(name, value), value)
         for j, (old, new) in enumerate(zip(previous_groups, now["groups"]))
@@ -122,17 +127,6 @@ def check_optimizer_resume(
         if name == "lr":
             check_lr_change(i, previous, value, schedulers)
     return changes
-
-
-def _as_defaults(settings: dict[str, Any]) -> dict[str, Any]:
-    return {**settings, "groups": [settings["defaults"] for _ in settings["groups"]]}
-
-
-def _groups_before(defaults: dict[str, Any], now: dict[str, Any]) -> list[dict[str, Any]]:
-    """The checkpoint's run's group settings where it recorded only ``defaults`` (older checkpoints): a changed default
-    applies to the groups that follow the defaults."""
-    own = now["defaults"]
-    return [{k: v if v != own.get(k) else defaults.get(k, v) for k, v in group.items()} for group in now["groups"]]
 
 
 def _rescale_lr(optimizer: torch.optim.Optimizer, j: int, schedulers: list[Any], lr: float, previous: float) -> None:

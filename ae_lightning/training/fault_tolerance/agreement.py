@@ -16,14 +16,10 @@ from datamodules.checks import PositiveInt, check_arguments
 
 
 class AgreedSignal(Callback):
-    """Base of the callbacks that act on a signal at the end of a training batch that ended an optimizer step, on every
-    rank at once: during ``fit`` (from :meth:`own_signal`) its handler only notes the signal, and the ranks agree every
-    ``check_every_n_steps`` optimizer steps (a single process every step) to :meth:`act`, which subclasses implement;
-    agreed at an epoch's last batch, at the next step. Why: ``docs/fault_tolerance.md``.
-
-    Args:
-        check_every_n_steps: how often, in optimizer steps, the ranks agree on whether the signal came (DDP only).
-    """
+    """Base of the callbacks that act on a signal on every rank at once: its handler (:meth:`own_signal`) only notes
+    the signal, and the ranks agree every ``check_every_n_steps`` optimizer steps (DDP; a single process every step)
+    to :meth:`act`, which subclasses implement, at the end of a batch that stepped (agreed at an epoch's last batch:
+    at the next step). Why: ``docs/fault_tolerance.md``."""
 
     calls_previous_handler = False  # whether the handler also calls the one it replaced, if that is a function
 

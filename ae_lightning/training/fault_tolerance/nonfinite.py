@@ -54,13 +54,9 @@ class NonFiniteGuard(Callback):
 
 
 class StopOnNonFinite(NonFiniteGuard):
-    """``action: error``: checks the kept loss terms every ``check_every_n_steps`` training batches, before validation,
-    at each epoch's and training's end and before every checkpoint, on all ranks together; the
-    :class:`NonFiniteLossError` names the first bad step, its epoch and batch and the bad terms.
-
-    Args:
-        check_every_n_steps: how often, in training batches, it checks; ``None``: ``log_every_n_steps``.
-    """
+    """``action: error``: checks the kept loss terms every ``check_every_n_steps`` training batches (None:
+    ``log_every_n_steps``), before validation, at each epoch's and training's end and before every checkpoint, on all
+    ranks together; the :class:`NonFiniteLossError` names the first bad step, its epoch and batch and the bad terms."""
 
     def __init__(self, check_every_n_steps: PositiveInt | None = None) -> None:
         check_arguments(locals(), StopOnNonFinite.__init__)
@@ -78,8 +74,7 @@ class StopOnNonFinite(NonFiniteGuard):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        terms = _loss_terms(outputs)
-        if not terms:
+        if not (terms := _loss_terms(outputs)):
             return
         self._kept.append(((self._step_at_batch_start, trainer.current_epoch, batch_idx), terms))
         if len(self._kept) >= (self.check_every_n_steps or trainer.log_every_n_steps):
@@ -121,21 +116,14 @@ class StopOnNonFinite(NonFiniteGuard):
 
 class SkipNonFinite(NonFiniteGuard):
     """``action: skip``: drops non-finite gradients before the optimizer step (which then changes nothing), puts back
-    the model's buffers as the last step taken left them (a VQ codebook's EMA, which the forward pass updates) and
-    counts such steps as ``train/skipped_steps``, from zero in each ``fit`` (a resumed one goes on from its checkpoint).
-
-    Args:
-        max_skipped: fail (a :class:`NonFiniteLossError`) when an epoch skips more than this share of its optimizer
-            steps.
-    """
+    the model's buffers as the last step taken left them (a VQ codebook's EMA) and counts such steps as
+    ``train/skipped_steps`` (from zero in each ``fit``, or from a resumed checkpoint's count); raises a
+    :class:`NonFiniteLossError` when an epoch skips more than ``max_skipped`` of its optimizer steps."""
 
     def __init__(self, max_skipped: Fraction = 0.5) -> None:
         check_arguments(locals(), SkipNonFinite.__init__)
         self.max_skipped = max_skipped
-        self.skipped_steps = 0
-        # The optimizer steps skipped and taken in epoch ``_epoch`` so far (kept in checkpoints for a mid-epoch resume).
-        self._epoch: int | None = None
-        self._epoch_skipped = self._epoch_steps = 0
+        self.load_state_dict({})  # skipped_steps, and the optimizer steps skipped and taken in epoch ``_epoch`` so far
         self._buffers: dict[str, Tensor] = {}  # the model's buffers after the last optimizer step taken
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -213,9 +201,8 @@ def _buffer_copies(module: torch.nn.Module) -> dict[str, Tensor]:
 def _loss_terms(outputs: Any) -> dict[str, Tensor]:
     """The scalar tensors of a training step's output (the loss terms dict, or a bare loss), detached."""
     outputs = {"loss": outputs} if isinstance(outputs, Tensor) else outputs
-    if not isinstance(outputs, dict):
-        return {}
-    return {k: v.detach() for k, v in outputs.items() if isinstance(v, Tensor) and v.numel() == 1}
+    items = outputs.items() if isinstance(outputs, dict) else ()
+    return {k: v.detach() for k, v in items if isinstance(v, Tensor) and v.numel() == 1}
 
 
 __all__ = ["NonFiniteGuard", "NonFiniteLossError", "SkipNonFinite", "StopOnNonFinite", "non_finite_guard"]
