@@ -189,6 +189,17 @@ def test_a_callback_seed_no_torch_generator_takes_is_refused_when_built(seed: in
     DisentanglementMetrics(seed=2**64 - 1)
 
 
+@pytest.mark.parametrize("seed", [1.5, "0", 2**64])
+@pytest.mark.parametrize("metric", ["mig", "beta_vae"])
+def test_a_seed_no_torch_generator_takes_is_refused_by_the_metrics_naming_it(metric: str, seed: object) -> None:
+    # the Python API gave torch's "manual_seed expected a long" or NumPy's SeedSequence error, or none at all
+    def identity(images: torch.Tensor) -> np.ndarray:
+        return images.flatten(1)[:, :4].numpy()
+
+    with pytest.raises(ValueError, match=rf"seed must be an integer in \[-2\*\*63, 2\*\*64 - 1\] .*got {seed!r}"):
+        metrics.disentanglement_metrics(identity, DSpritesGrid(), [metric], num_points=20, num_votes=10, seed=seed)
+
+
 def test_settings_the_beta_vae_score_and_mig_cannot_work_with_are_refused_before_any_metric() -> None:
     calls = []
 

@@ -8,7 +8,7 @@ are left out; non-finite codes and unworkable settings are refused (:func:`check
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -304,6 +304,7 @@ def disentanglement_metrics(
     BetaVAE and FactorVAE scores fit on ``num_votes`` points, scored on 60% as many. Each score has its own generator
     seeded by ``seed`` (MIG, SAP and DCI share one): its value does not depend on the others asked for."""
     check_arguments(locals(), disentanglement_metrics)
+    check_seed(seed)
     metrics = check_disentanglement_settings(encode, source, metrics, num_votes)
     results: dict[str, float] = {}
     if {"mig", "sap", "dci"} & set(metrics):
@@ -323,6 +324,14 @@ def disentanglement_metrics(
         generator = _metric_generator(seed, "factor_vae")
         results["factor_vae"] = factor_vae_score(encode, source, generator, **votes, prune_threshold=prune_threshold)
     return results
+
+
+def check_seed(seed: Any) -> None:
+    """A ValueError unless ``seed`` is an integer that a torch generator takes, in ``[-2**63, 2**64 - 1]``."""
+    try:
+        torch.Generator().manual_seed(seed)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"seed must be an integer in [-2**63, 2**64 - 1] (torch's), got {seed!r}") from None
 
 
 def _metric_generator(seed: int, name: str) -> torch.Generator:

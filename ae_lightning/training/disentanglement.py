@@ -43,10 +43,7 @@ class DisentanglementMetrics(Callback):
         prune_threshold: NonNegativeFloat = disentanglement.PRUNE_THRESHOLD,
     ) -> None:
         check_arguments(locals(), DisentanglementMetrics.__init__)
-        try:  # here, not after the test loop, where the metrics seed their generators
-            torch.Generator().manual_seed(seed)
-        except (TypeError, ValueError, RuntimeError):
-            raise ValueError(f"seed must be an integer in [-2**63, 2**64 - 1] (torch's), got {seed!r}") from None
+        disentanglement.check_seed(seed)  # here, not after the test loop, where the metrics seed their generators
         self.metrics = disentanglement.check_disentanglement_metrics(metrics)
         self.num_points = num_points
         self.num_votes = num_votes
