@@ -594,16 +594,26 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> AutoencoderModule:
-        """Lightning's ``load_from_checkpoint``; a checkpoint of another variant is a ValueError naming both."""
+        """Lightning's ``load_from_checkpoint``; a checkpoint of another variant, or settings (``kwargs``) its weights
+        cannot take, are a ValueError naming them."""
         try:
             return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
         # ``__init__`` refused the other variant's hyperparameters (or cls is abstract), or Lightning refused the
         # command's ``_class_path`` of a class that is no subclass of cls
         except (TypeError, ValueError) as error:
-            stored = _stored_class(checkpoint_path)
+            stored = _stored(checkpoint_path).get("ae_lightning_class")
             if stored is None or resolve_class_path(stored) is cls:
                 raise
             raise ValueError(_other_variant(stored, cls)) from error
+        except RuntimeError as error:  # torch's size mismatches name tensors, not the settings that made them
+            trained = _stored(checkpoint_path).get("hyper_parameters", {})
+            changed = [f"{name}={value!r} (the checkpoint's: {trained[name]!r})" for name, value in kwargs.items()
+                       if name in trained and _as_list(value) != _as_list(trained[name])]  # fmt: skip
+            if "size mismatch" not in str(error) or not changed:
+                raise
+            raise ValueError(
+                f"the checkpoint's weights do not fit {', '.join(changed)}: load it without them"
+            ) from None
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         stored = checkpoint.get("ae_lightning_class")
@@ -729,13 +739,17 @@ def _factory_arguments(cls: type) -> list[str]:
     return sorted(name for name in names if name.endswith(("optimizer", "lr_scheduler")))
 
 
-def _stored_class(checkpoint: Any) -> str | None:
-    """The class path that a checkpoint (a path or a seekable file) records, or None where none can be read."""
+def _stored(checkpoint: Any) -> dict[str, Any]:
+    """The contents of a checkpoint (a path or a seekable file), or {} where they cannot be read safely."""
     with contextlib.suppress(Exception):
         if hasattr(checkpoint, "seek"):
             checkpoint.seek(0)
-        return torch.load(checkpoint, map_location="cpu", weights_only=True).get("ae_lightning_class")
-    return None
+        return torch.load(checkpoint, map_location="cpu", weights_only=True)
+    return {}
+
+
+def _as_list(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _other_variant(stored: str, cls: type) -> str:

@@ -247,6 +247,15 @@ def test_checkpoint_of_another_model_is_an_error(trained_vae: Path, data_dir: Pa
         Autoencoder.load_from_checkpoint(ckpt)
 
 
+def test_settings_a_checkpoints_weights_cannot_take_are_named_when_loading_it(trained_vae: Path) -> None:
+    # torch's list of size mismatches named tensors, not the setting that made them differ
+    ckpt = trained_vae / "checkpoints" / "last.ckpt"
+    match = r"do not fit latent_dim=8 \(the checkpoint's: 20\), hidden_dims=\(64,\) \(the checkpoint's: \[400\]\)"
+    with pytest.raises(ValueError, match=match):
+        VAE.load_from_checkpoint(ckpt, latent_dim=8, hidden_dims=(64,), beta=2.0)
+    assert VAE.load_from_checkpoint(ckpt, hidden_dims=(400,), beta=2.0).beta == 2.0  # settings the weights take
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
