@@ -207,8 +207,9 @@ def test_sigusr1_checkpoints_requeues_and_the_job_resumes_to_the_uninterrupted_w
     assert signalled.returncode == 0, signalled.stderr
     requeued = lambda: job(slurm, job_id).get("Restarts") == "1" and job(slurm, job_id)["JobState"] == "PENDING"  # noqa: E731
     wait_until(requeued, 120, "the requeue", log)
-    # SLURM holds a requeued job back for two minutes (its BeginTime); a test need not wait for that.
-    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=slurm, capture_output=True)
+    # SLURM holds a requeued job back for two minutes (its BeginTime); a test need not wait for that. But slurmd refuses
+    # a credential made in the second it revoked the first start's ("Job credential revoked", the job FAILED): now+2.
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now+2"], env=slurm, capture_output=True)
     wait_until(lambda: finished(slurm, job_id), 300, f"job {job_id} after its requeue", log)
 
     output = log.read_text()  # both starts: the template appends
