@@ -608,7 +608,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         except RuntimeError as error:  # torch's size mismatches name tensors, not the settings that made them
             trained = _stored(checkpoint_path).get("hyper_parameters", {})
             changed = [f"{name}={value!r} (the checkpoint's: {trained[name]!r})" for name, value in kwargs.items()
-                       if name in trained and _as_list(value) != _as_list(trained[name])]  # fmt: skip
+                       if name in trained and not same_setting(value, trained[name])]  # fmt: skip
             if "size mismatch" not in str(error) or not changed:
                 raise
             raise ValueError(
@@ -748,8 +748,9 @@ def _stored(checkpoint: Any) -> dict[str, Any]:
     return {}
 
 
-def _as_list(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
+def same_setting(a: Any, b: Any) -> bool:
+    """Whether two hyperparameters are equal, a tuple and a list of the same items alike (YAML has no tuples)."""
+    return (list(a) if isinstance(a, tuple) else a) == (list(b) if isinstance(b, tuple) else b)
 
 
 def _other_variant(stored: str, cls: type) -> str:
@@ -779,5 +780,6 @@ __all__ = [
     "DeterministicAutoencoder",
     "check_sample_count",
     "resolve_class_path",
+    "same_setting",
     "unpack_batch",
 ]

@@ -44,7 +44,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 import datamodules
 from ae_lightning import _EXPORTS
 from ae_lightning import lightning_internals as internals
-from ae_lightning.base import AutoencoderModule, resolve_class_path
+from ae_lightning.base import AutoencoderModule, resolve_class_path, same_setting
 from ae_lightning.blocks.perceptual import weights_from_checkpoint
 from ae_lightning.checks import ConfigError
 from ae_lightning.training import fast
@@ -398,7 +398,7 @@ class AutoencoderCLI(LightningCLI):
         stored = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
         mine = dict(self.model.hparams)
         differing = [f"{name}={stored[name]!r} (this run: {mine.get(name)!r})" for name in stored
-                     if name in mine and _plain(stored[name]) != _plain(mine[name])]  # fmt: skip
+                     if name in mine and not same_setting(stored[name], mine[name])]  # fmt: skip
         path = self.config[self.subcommand].ckpt_path
         if not mismatched:
             if differing:
@@ -726,10 +726,6 @@ def _concrete_subclasses(base: type) -> Iterator[type]:
             yield cls
 
 
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, (tuple, list)) else value
-
-
 # Messages that say nothing about the user's run, each filtered by its text and the module that issues it.
 _NOISE = [
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", r"lightning\.pytorch\.utilities\._pytree"),
@@ -793,7 +789,7 @@ def _named_run(config: Any) -> tuple[Path, str, str] | None:
     """``(checkpoints folder, name, version)`` of the run folder ``<save_dir>/<name>/<version>`` that the first
     logger's settings name (:func:`_names_a_run`); None where no run is named."""
     logger = loggers_of(config)[0]  # Lightning's ``trainer.logger``, in whose run folder the checkpoints go
-    logger_class = _logger_class(getattr(logger, "class_path", None), CSVLogger, TensorBoardLogger, WandbLogger)
+    logger_class = logger_class_of(getattr(logger, "class_path", None), CSVLogger, TensorBoardLogger, WandbLogger)
     if logger_class is None or not _names_a_run(logger.get("init_args") or {}):
         return None
     built = logger_class(**logger.init_args.as_dict())  # for its name, save_dir and version as the run will have them
@@ -828,9 +824,9 @@ def _continue_wandb_run(config: Any, checkpoint: dict[str, Any]) -> None:
     recorded = checkpoint.get(LoggerRunInCheckpoint.wandb_key)
     if recorded is None:  # checkpoints written before 2026-12-06 record the first logger's run only
         first = checkpoint.get(LoggerRunInCheckpoint.key) or {}
-        recorded = [first] if first and _logger_class(first["class_path"], WandbLogger) else []
+        recorded = [first] if first and logger_class_of(first["class_path"], WandbLogger) else []
     loggers = [logger for logger in loggers_of(config) if hasattr(logger, "class_path")]
-    wandb_loggers = [logger for logger in loggers if _logger_class(logger.class_path, WandbLogger)]
+    wandb_loggers = [logger for logger in loggers if logger_class_of(logger.class_path, WandbLogger)]
     for logger, run in zip(wandb_loggers, recorded):
         init_args = logger.get("init_args")
         if init_args is None or _names_a_run(init_args):
@@ -846,7 +842,7 @@ def _continue_wandb_run(config: Any, checkpoint: dict[str, Any]) -> None:
                        f"give {other} to log to another run")  # fmt: skip
 
 
-def _logger_class(class_path: str | None, *bases: type) -> type | None:
+def logger_class_of(class_path: str | None, *bases: type) -> type | None:
     """The class that ``class_path`` names if it subclasses one of ``bases``; else None."""
     found = resolve_class_path(class_path) if class_path else None
     return found if isinstance(found, type) and issubclass(found, bases) else None
@@ -932,7 +928,7 @@ def _one_version_per_folder(config: Any) -> dict[int, str]:
     a ``version``, one version: that folder's next free one. Returns each such logger's position and run folder."""
     built = {}  # as Lightning builds them, for their folder and next version (built loggers write nothing yet)
     for i, logger in enumerate(loggers_of(config)):
-        if logger_class := _logger_class(getattr(logger, "class_path", None), CSVLogger, TensorBoardLogger):
+        if logger_class := logger_class_of(getattr(logger, "class_path", None), CSVLogger, TensorBoardLogger):
             built[i] = logger_class(**(logger.get("init_args") or {}))
     given: dict[int, str] = {}
     for folder in {logger.root_dir for logger in built.values()}:

@@ -49,7 +49,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import ArgumentError, DatabaseError, IntegrityError, OperationalError, ProgrammingError
 
 from ae_lightning.base import resolve_class_path
-from ae_lightning.cli import AutoencoderCLI, ConfigError, _logger_class, loggers_of, one_line, run_command
+from ae_lightning.cli import AutoencoderCLI, ConfigError, logger_class_of, loggers_of, one_line, run_command
 from ae_lightning.training.callbacks import run_directory
 from ae_lightning.training.fault_tolerance import NonFiniteLossError
 from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
@@ -247,7 +247,7 @@ def check_names(space: dict[str, Any], space_path: Path, configs: list[Path], pa
                 "be the W&B run of every trial; leave it unset: each trial logs a run of its own"
             )
         save_dir = init_args.get("save_dir")
-        in_root = _logger_class(getattr(logger, "class_path", None), CSVLogger, TensorBoardLogger, WandbLogger)
+        in_root = logger_class_of(getattr(logger, "class_path", None), CSVLogger, TensorBoardLogger, WandbLogger)
         if in_root and save_dir is not None and os.path.normpath(str(save_dir)) != root:
             raise ConfigError(
                 f"trainer.logger {logger.class_path} save_dir {save_dir!r} (of {named} or the fit arguments; a "
