@@ -463,11 +463,11 @@ class AutoencoderCLI(LightningCLI):
         path contradict, and a stream whose splits this run cannot read."""
         with _settings_refused():
             self.model.check_given_networks()
+            if self.datamodule is not None:  # first: data the weights were not trained on name what differs
+                self.model.check_data(self.datamodule, self.subcommand, self._checkpoint)
             self._check_checkpoint_fits()
             if fit:
                 self._check_resume(self._check_optimizers())
-            if self.datamodule is not None:
-                self.model.check_data(self.datamodule, self.subcommand, self._checkpoint)
             if fit:
                 self._check_trainer_settings()
                 fast.check_fit(self.trainer, self.model.steps_per_batch, self.datamodule)

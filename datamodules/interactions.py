@@ -135,7 +135,9 @@ class InteractionsDataModule(ImageDataModule):
             if sorted(theirs) == sorted(ours):
                 detail = "the same item ids in another column order (ids read as numbers in one, as text in the other)"
             elif len(theirs) != len(ours):
-                detail = f"{len(theirs)} items in the checkpoint, {len(ours)} here"
+                new, gone = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
+                which = f"item {new[0]} is not in the checkpoint" if new else f"item {gone[0]} is not here"
+                detail = f"{len(theirs)} items in the checkpoint, {len(ours)} here ({which})"
             else:
                 differ = [i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b]
                 detail = (f"{len(differ)} of its {len(ours)} columns are other items here (column {differ[0]}: item "

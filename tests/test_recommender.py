@@ -217,6 +217,25 @@ def test_the_popularity_ranking_keeps_exact_counts_under_bf16_true(tmp_path: Pat
     assert popularity == {name: results["bf16-true"][name] for name in popularity}
 
 
+def test_the_popularity_figures_are_those_of_one_ranking_with_ties_by_item_column(tmp_path: Path) -> None:
+    # 160 items clicked by about 11 training users each: most counts are tied, also across the top 20, 50 and 100
+    module = data(write_interactions(tmp_path / "r.csv", n_users=160, n_items=160), min_rating=None)
+    model = MultDAE(input_shape=module.input_shape, latent_dim=2, hidden_dims=[4])
+    (results,) = make_trainer(tmp_path).test(model, module, verbose=False)
+    split = module.interactions
+    counts = np.asarray(split.train.sum(0)).ravel()
+    ranking = np.argsort(-counts, kind="stable")  # the most training users first, ties by the lower column
+    expected = {"recall_20": [], "recall_50": [], "ndcg_100": []}
+    for clicked, held in zip(split.fold_in["test"].toarray() > 0, split.held_out["test"].toarray() > 0):
+        hits = held[ranking[~clicked[ranking]]]  # the user's unclicked items in that order
+        for k in (20, 50):
+            expected[f"recall_{k}"].append(hits[:k].sum() / min(k, held.sum()))
+        dcg = (hits[:100] / np.log2(np.arange(2, len(hits[:100]) + 2))).sum()
+        expected["ndcg_100"].append(dcg / (1 / np.log2(np.arange(2, min(100, held.sum()) + 2))).sum())
+    for name, values in expected.items():
+        assert results[f"test/popularity_{name}"] == pytest.approx(np.mean(values), abs=1e-6), name
+
+
 def test_recommend_leaves_out_clicked_items() -> None:
     torch.manual_seed(0)
     model = MultDAE(input_shape=(12,), latent_dim=3, hidden_dims=[5]).eval()
@@ -349,7 +368,7 @@ def test_a_mult_vae_resumed_mid_epoch_or_at_an_epoch_end_ends_with_the_uninterru
         assert resumed["global_step"] == expected["global_step"] == 12
         for name, value in expected["state_dict"].items():
             assert torch.equal(resumed["state_dict"][name], value), f"stopped at {stop}: {name} differs"
-    with pytest.raises(ValueError, match=r"reached with --data.seed 42, this run has 7"):
+    with pytest.raises(ValueError, match=r"other users than this split's .*seed=42 in the checkpoint, 7 here"):
         run_cli("fit", *settings, "--trainer.default_root_dir", root, "--ckpt_path", "last", "--data.seed", "7")
 
 
@@ -589,6 +608,11 @@ def test_a_checkpoint_refuses_data_with_other_item_ids_or_training_users(tmp_pat
             with pytest.raises(ValueError, match=users):
                 run(fn, data(path, seed=7), loaded)
     run("predict", data(path, seed=7))  # recommendations for other users: columns are all that matter
+    newer = tmp_path / "newer.csv"  # a later export: one more item, which a training user clicked
+    newer.write_text(path.read_text() + f"{module.interactions.users['train'][0]},1000,5\n")
+    with pytest.raises(ValueError, match=r"other item columns than .*newer.csv gives: 60 items in the checkpoint, 61 "
+                                         r"here \(item 1000 is not in the checkpoint\)"):  # fmt: skip
+        run("test", data(newer), loaded=True)
     run("test", data(path, batch_size=8), loaded=True)  # the same split, other loader settings
     with pytest.raises(ValueError, match=users):  # a resume
         make_trainer(tmp_path, max_epochs=2).fit(fresh(), datamodule=data(path, seed=7), ckpt_path=checkpoint)
@@ -656,9 +680,10 @@ def mult_vae_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], P
     [("fit-renamed-users", r"MultVAE was trained on other users than this split's .*renamed.csv' here\)"),
      ("test-other-seed", r"MultVAE was trained on other users than this split's .*seed=42 in the checkpoint, 7 here\)"),
      ("predict-other-items", r"MultVAE was trained on other item columns than .*renumbered.csv gives: 60 of its 60"),
+     ("test-new-item", r"item columns than .*new_item.csv gives: 60 items in the checkpoint, 61 here \(item 1000"),
      ("fit-other-datamodule", r"MultDAE ranks .* needs the \(clicks, held_out, user\) batches of an Interactions"
                               r"DataModule, got ArrayDataModule")],
-    ids=["fit-renamed-users", "test-other-seed", "predict-other-items", "fit-other-datamodule"],
+    ids=["fit-renamed-users", "test-other-seed", "predict-other-items", "test-new-item", "fit-other-datamodule"],
 )  # fmt: skip
 def test_the_command_refuses_data_a_mult_model_cannot_take_before_it_writes_any_file(
     case: str, message: str, mult_vae_run: tuple[list[str], Path, Path], tmp_path: Path
@@ -676,6 +701,10 @@ def test_the_command_refuses_data_a_mult_model_cannot_take_before_it_writes_any_
         renumbered = tmp_path / "renumbered.csv"
         renumbered.write_text("".join(f"{u},{int(i) + 100},{r}\n" for u, i, r in lines))
         args = ["predict", *settings, "--data.path", str(renumbered)]
+    elif case == "test-new-item":  # a later export: a training user clicked an item the checkpoint has no column for
+        new_item = tmp_path / "new_item.csv"
+        new_item.write_text(path.read_text() + "".join(f"u{user},1000,5\n" for user in range(120)))
+        args = ["test", *settings, "--data.path", str(new_item)]
     else:
         np.save(tmp_path / "clicks.npy", (np.random.default_rng(0).random((60, 12)) < 0.3).astype(np.float32))
         args = ["fit", "--model", "MultDAE", "--model.init_args.latent_dim", "3", "--model.init_args.hidden_dims",
@@ -716,3 +745,17 @@ def test_the_benchmark_passes_other_arguments_to_the_command(tmp_path: Path) -> 
     assert set(table) == {"mult_dae", "popularity"}
     config = (tmp_path / "runs" / "mult_dae-42" / "lightning_logs" / "version_0" / "config.yaml").read_text()
     assert "min_rating: null\n" in config and "latent_dim: 8\n" in config
+
+
+def test_rankings_under_bf16_autocast_are_scored_in_float32_so_a_users_top_items_do_not_tie() -> None:
+    # bf16 keeps 8 bits of mantissa: among thousands of items most of a user's top 100 logits would be equal, and the
+    # ranking metrics (and the best checkpoint by val/ndcg_100) would depend on how topk orders ties
+    torch.manual_seed(0)
+    model = MultVAE(input_shape=(4000,), latent_dim=4, hidden_dims=(8,)).eval()
+    clicks = (torch.rand(8, 4000) < 0.02).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scores = model.item_scores(clicks)
+    assert scores.dtype == torch.float32
+    top = scores.topk(100, dim=-1).values
+    assert all(len(row.unique()) == 100 for row in top)
+    torch.testing.assert_close(scores, model.item_scores(clicks))  # as without autocast

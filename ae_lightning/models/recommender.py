@@ -77,8 +77,10 @@ class MultinomialAutoencoder(AutoencoderModule):
         return self.decoder(z).softmax(-1)
 
     def item_scores(self, clicks: Tensor) -> Tensor:
-        """Logits ``[B, I]`` of every item for the users with ``clicks``."""
-        return self.decoder(self.encode(clicks))
+        """Logits ``[B, I]`` of every item for the users with ``clicks``, outside autocast (in bf16, most of a user's
+        top 100 would tie)."""
+        with torch.autocast(clicks.device.type, enabled=False):
+            return self.decoder(self.encode(clicks))
 
     def recommend(self, clicks: Tensor, k: int) -> Tensor:
         """The ``k`` likeliest unclicked items ``[B, k]`` per user, best first (-1 past the last); 1 <= ``k`` <= I."""
@@ -113,12 +115,20 @@ class MultinomialAutoencoder(AutoencoderModule):
         clicks, held_out, _ = unpack_batch(batch)
         rankings = {"": self.item_scores(clicks)}
         if stage == "test" and self.item_popularity.any():
-            rankings["popularity_"] = self.item_popularity.expand_as(clicks)
+            rankings["popularity_"] = self.popularity_scores().expand_as(clicks)
         batch_size = weighted_batch_size(len(clicks))
         for prefix, scores in rankings.items():
             scores = scores.float().masked_fill(clicks > 0, float("-inf"))  # recommend only unclicked items
             for name, values in ranking_metrics(scores, held_out).items():
                 self.log(f"{stage}/{prefix}{name}", values.mean(), batch_size=batch_size, sync_dist=True)
+
+    def popularity_scores(self) -> Tensor:
+        """Scores ``[I]`` of the popularity ranking: the most training users first, ties by the lower item column (all
+        distinct, so that every top k of it is a prefix of this one ranking)."""
+        order = self.item_popularity.argsort(descending=True, stable=True)
+        scores = torch.empty(len(order), device=order.device)
+        scores[order] = torch.arange(len(order), 0, -1, dtype=scores.dtype, device=order.device)
+        return scores
 
     def check_data(self, datamodule: Any, stage: str, checkpoint: dict[str, Any] | None = None) -> None:
         """Raise a ValueError unless ``datamodule`` is an InteractionsDataModule of the weights' items and users."""
@@ -132,11 +142,12 @@ class MultinomialAutoencoder(AutoencoderModule):
             datamodule.check_split_record(record, type(self).__name__, users=stage != "predict")
 
     def setup(self, stage: str) -> None:
-        super().setup(stage)
         datamodule = self.trainer.datamodule
-        if datamodule is None:  # loaders given to the Trainer directly: nothing to check them against
+        if datamodule is not None:  # before the base's check of the input shape, which names no item
+            self.check_data(datamodule, stage)
+        super().setup(stage)
+        if datamodule is None:  # loaders given to the Trainer directly: no items or counts to record
             return
-        self.check_data(datamodule, stage)
         if self.trained_on is None:
             self.trained_on = datamodule.split_record()
         self.item_popularity.copy_(datamodule.item_counts)
