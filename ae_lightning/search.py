@@ -208,14 +208,17 @@ def config_args(configs: list[Path]) -> list[str]:
 
 
 def check_fit_args(space: dict[str, Any], fit_args: list[str]) -> None:
-    """Raise a ConfigError naming a fit argument that the search sets itself (``OWN_ARGS``) or searches."""
-    for name in [arg.removeprefix("--").split("=", 1)[0] for arg in fit_args if arg.startswith("--")]:
+    """Raise a ConfigError naming a fit argument or a parameter of ``space`` that the search sets itself
+    (``OWN_ARGS``), or a fit argument that it searches."""
+    given = [arg.removeprefix("--").split("=", 1)[0] for arg in fit_args if arg.startswith("--")]
+    for name in [*given, *space["parameters"]]:
         if name in OWN_ARGS:
             raise ConfigError(
-                f"--{name} is set by the search for each trial (its own folder <root>/trial-<n>, the search metric "
-                "and direction, and a resume only for a retry); leave it out of the search's fit arguments"
+                f"{name} is set by the search for each trial (its own folder <root>/trial-<n>, the search metric "
+                "and direction, and a resume only for a retry); leave it out of the search's fit arguments and its "
+                "search space"
             )
-        if name in space["parameters"]:
+        if name in given and name in space["parameters"]:
             raise ConfigError(f"--{name} is a parameter of the search space: each trial sets it; leave it out")
 
 
@@ -264,15 +267,16 @@ def drawn_owners(space: dict[str, Any], name: str) -> list[str]:
 
 
 def check_values(space: dict[str, Any], space_path: Path, configs: list[Path], fit_args: list[str]) -> None:
-    """Raise a ConfigError naming the first choice, ``low`` or ``high`` of the space that a trial drawing it would
-    refuse: by the command's parser, the model's or datamodule's signature, or the optimizer; an argument of a drawn
-    class (:func:`drawn_owners`) with each choice of that class."""
+    """Raise a ConfigError naming the first choice, ``low`` or ``high`` (a float range's as a float) of the space that
+    a trial drawing it would refuse: by the command's parser, the model's or datamodule's signature, or the optimizer;
+    an argument of a drawn class (:func:`drawn_owners`) with each choice of that class."""
     parameters = space["parameters"]
     for name, spec in parameters.items():
         if spec["type"] == "categorical":
             values = [(f"choice {value!r}", value) for value in spec["choices"]]
-        else:
-            values = [(f"low {spec['low']!r}", spec["low"]), (f"high {spec['high']!r}", spec["high"])]
+        else:  # as a trial draws them: a float range draws 2.0 for low 2
+            kind = float if spec["type"] == "float" else int
+            values = [(f"{bound} {kind(spec[bound])!r}", kind(spec[bound])) for bound in ("low", "high")]
         owners = [[(owner, choice) for choice in parameters[owner]["choices"]] for owner in drawn_owners(space, name)]
         for drawn, (which, value) in itertools.product(itertools.product(*owners), values):
             trials = "".join(f" with {key} {choice}" for key, choice in drawn)
@@ -357,8 +361,8 @@ def open_study(
     differs if it is locked or holds this study for another config path, space, metric or fit ``settings``, unless
     every trial failed before validating (then it takes this run's). The sampler's seed: ``docs/search.md``."""
     engine = {"connect_args": {"timeout": args.lock_timeout}} if args.storage.startswith("sqlite") else {}
-    if args.storage.startswith("sqlite:///"):
-        folder = Path(args.storage.removeprefix("sqlite:///")).parent
+    if (path := sqlite_file(args.storage)) is not None:
+        folder = path.parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:  # a file where a folder of the path should be
@@ -408,16 +412,25 @@ def open_study(
         if changed:
             more = f" and {len(changed) - 8} more" if changed[8:] else ""
             differs["settings"] = f"fit settings {'; '.join(changed[:8])}{more}"
+        fail_stale_trials(study)  # a dead process's trials become FAIL, their retries WAITING
         trials = study.get_trials(deepcopy=False)
-        # A study whose every trial failed before validating (none diverged) takes the corrected search.
-        unmeasured = all(t.state == TrialState.FAIL and not t.intermediate_values and "diverged" not in t.user_attrs
-                         for t in trials)  # fmt: skip
+        # A study whose every trial failed before validating (none diverged) takes the corrected search; the retries
+        # queued for them (a first trial stopped by Ctrl-C or scancel) are dropped, not resumed with other settings.
+        retries = [t for t in trials if t.state == TrialState.WAITING and "folder" in t.user_attrs]
+        unmeasured = all(t.state == TrialState.FAIL or t in retries for t in trials) and not any(
+            t.intermediate_values or "diverged" in t.user_attrs for t in trials
+        )
         if differs and "config" not in differs and trials and unmeasured:
             check_distributions(args, space, trials)
-            print(f"study {args.study_name!r}: none of its {len(trials)} trials validated its metric (all failed), so "
-                  f"it takes this run's search: {'; '.join(differs.values())}", flush=True)  # fmt: skip
+            failed = len(trials) - len(retries)
+            print(f"study {args.study_name!r}: none of its {failed} trials validated its metric (all failed), so it "
+                  f"takes this run's search: {'; '.join(differs.values())}", flush=True)  # fmt: skip
             for key, value in {**identity, "settings": settings}.items():
                 study.set_user_attr(key, value)
+            with warnings.catch_warnings():  # that a trial asked for outside optimize() has no heartbeat
+                warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+                for _ in retries:
+                    study.tell(study.ask(), state=TrialState.FAIL)  # ask takes a waiting trial first
             differs = {}
         if differs:
             raise ValueError(
@@ -438,9 +451,9 @@ def open_study(
 
 
 def check_optuna_tables(args: argparse.Namespace, engine: dict[str, Any]) -> None:
-    """Raise a StorageError naming a ``sqlite:///`` file of ``--storage`` that holds tables other than Optuna's (another
+    """Raise a StorageError naming a SQLite file of ``--storage`` that holds tables other than Optuna's (another
     program's database), before Optuna adds its own (docs/search.md)."""
-    if not args.storage.startswith("sqlite:///"):
+    if (path := sqlite_file(args.storage)) is None:
         return
     found, optuna_tables = _tables(sqlalchemy.create_engine(args.storage, **engine)), _optuna_tables()
     if found.get("version_info") == optuna_tables["version_info"]:
@@ -450,10 +463,20 @@ def check_optuna_tables(args: argparse.Namespace, engine: dict[str, Any]) -> Non
     ]
     if foreign:
         raise StorageError(
-            f"study storage {args.storage} is not an Optuna study storage: {args.storage.removeprefix('sqlite:///')} "
+            f"study storage {args.storage} is not an Optuna study storage: {path} "
             f"holds tables that are not Optuna's: {'; '.join(foreign)}. It was left unchanged; give --storage a new "
             "file or one that a search made (sqlite:///path.db)"
         )
+
+
+def sqlite_file(storage: str) -> Path | None:
+    """The file of a SQLite ``storage`` URL (``sqlite:///path.db``, also with its driver: ``sqlite+pysqlite:///``);
+    None for another database, an in-memory one, or no URL (refused when the storage is opened)."""
+    try:
+        url = sqlalchemy.make_url(storage)
+    except (ArgumentError, ValueError):
+        return None
+    return Path(url.database) if url.get_backend_name() == "sqlite" and url.database else None
 
 
 @functools.cache

@@ -298,6 +298,19 @@ def test_settings_the_search_sets_itself_are_refused_by_name(tmp_path: Path, dat
     assert not any((tmp_path / name).exists() for name in ("trials", "ckpts", "mine", "logs"))
 
 
+@pytest.mark.parametrize("name, choice", [("checkpoint.mode", "max"), ("trainer.default_root_dir", "/tmp/mine")])
+def test_a_setting_the_search_sets_itself_is_refused_as_a_parameter_of_the_space(
+    tmp_path: Path, data_dir: Path, name: str, choice: str
+) -> None:
+    # before: the search's own --checkpoint.mode min came after the drawn max; the trial recorded max and ran min
+    args = search_args(tmp_path, data_dir, "--n_trials", "1", "--trainer.max_epochs", "1")
+    write_space(tmp_path, {DROPOUT: {"type": "float", "low": 0.0, "high": 0.3}, name: {"type": "categorical",
+                "choices": [choice]}})  # fmt: skip
+    with pytest.raises(search.ConfigError, match=rf"^{re.escape(name)} is set by the search .* its search space"):
+        search.run(args)
+    assert not (tmp_path / "study.db").exists()
+
+
 def test_a_retry_killed_before_its_first_checkpoint_runs_in_its_own_folder(tmp_path: Path, data_dir: Path) -> None:
     extra = ("--trainer.max_epochs", "1", "--trainer.logger", "false")  # the run's config.yaml right in its folder
     args, fit_args = search.parse_args(search_args(tmp_path, data_dir, "--n_trials", "1", *extra))
@@ -397,6 +410,15 @@ def test_a_storage_under_a_file_is_named(tmp_path: Path, data_dir: Path) -> None
         search.run(args)
 
 
+def test_a_sqlite_url_that_names_its_driver_is_made_in_its_folder(tmp_path: Path, data_dir: Path) -> None:
+    # before: sqlite+pysqlite:/// was not taken for a SQLite file, whose folder the search makes: "unable to open"
+    args, fit_args = search.parse_args(search_args(tmp_path, data_dir, "--n_trials", "1"))
+    args.storage = f"sqlite+pysqlite:///{tmp_path / 'new' / 'study.db'}"
+    settings = search.fit_settings(search.resolve_config(args.config, fit_args), search.read_space(args.space))
+    search.open_study(args, search.read_space(args.space), "minimize", "val/loss", settings)
+    assert (tmp_path / "new" / "study.db").is_file()
+
+
 def test_a_read_only_storage_is_named(tmp_path: Path, data_dir: Path) -> None:
     # before: Optuna's StorageInternalError traceback, "invalid data in the commit, e.g. exceeding max length"
     path = tmp_path / "study.db"
@@ -440,9 +462,10 @@ FOREIGN_TABLES = {
 }
 
 
+@pytest.mark.parametrize("scheme", ["sqlite", "sqlite+pysqlite"])  # the second: checked since stop 63
 @pytest.mark.parametrize("schema", FOREIGN_TABLES.values(), ids=FOREIGN_TABLES)
 def test_another_programs_sqlite_database_is_refused_and_left_unchanged(
-    tmp_path: Path, data_dir: Path, schema: str
+    tmp_path: Path, data_dir: Path, schema: str, scheme: str
 ) -> None:
     # Optuna added its tables to the file, then failed with a raw StorageInternalError on a `studies` of other columns
     path = tmp_path / "theirs.db"
@@ -452,10 +475,11 @@ def test_another_programs_sqlite_database_is_refused_and_left_unchanged(
     db.close()
     before = path.read_bytes()
     args = search_args(tmp_path, data_dir, "--n_trials", "1")
-    args[args.index("--storage") + 1] = f"sqlite:///{path}"
+    args[args.index("--storage") + 1] = f"{scheme}:///{path}"
     table = schema.split()[2]
-    with pytest.raises(ValueError, match=rf"study storage sqlite:///{re.escape(str(path))} is not an Optuna study "
-                       rf"storage: .*holds tables that are not Optuna.s: {table} \("):  # fmt: skip
+    storage = re.escape(f"{scheme}:///{path}")
+    with pytest.raises(ValueError, match=rf"study storage {storage} is not an Optuna study storage: .*holds tables "
+                       rf"that are not Optuna.s: {table} \("):  # fmt: skip
         search.run(args)
     assert path.read_bytes() == before and not (tmp_path / "trials").exists()
 
@@ -654,9 +678,11 @@ def test_bad_search_options_are_refused_by_name_before_anything_runs(
         ({LATENT: {"type": "categorical", "choices": [4, "four"]}}, r"choice 'four' would .*latent_dim: .*'four'"),
         ({"model.init_args.optimizer.init_args.lr": {"type": "float", "low": -1.0, "high": 0.01}},
          r"low -1.0 would be refused .*Invalid learning rate: -1.0"),
+        # a float range draws floats, 2.0 for low 2: every trial failed on "latent_dim: Not of type int"
+        ({LATENT: {"type": "float", "low": 2, "high": 6}}, r"low 2.0 would be refused .*latent_dim: Not of type int"),
     ],
     ids=["choice-not-in-literal", "low-below-range", "high-above-range", "datamodule-choice", "unparsable-choice",
-         "optimizer-lr"],
+         "optimizer-lr", "float-range-of-an-int"],
 )  # fmt: skip
 def test_choices_and_bounds_a_trial_would_refuse_are_named_before_the_study_is_stored(
     tmp_path: Path, data_dir: Path, parameters: dict, message: str
@@ -920,3 +946,20 @@ def test_a_trial_stopped_by_sigterm_is_retried_at_once_by_the_next_run(tmp_path:
     runs = sorted((Path(retry.user_attrs["folder"]) / "lightning_logs").iterdir())
     assert [torch.load(run / "checkpoints" / "last.ckpt")["global_step"] for run in runs] == [1, 4]  # resumed
     assert list(retry.intermediate_values) == [1, 2]
+
+
+def test_a_study_whose_first_trial_was_stopped_before_validating_takes_the_corrected_search(
+    tmp_path: Path, data_dir: Path, capsys
+) -> None:
+    # The usual way to correct a search is to stop its first trial (Ctrl-C, scancel). The retry queued at once locked
+    # the study to the stopped run's settings: "belongs to another search: fit settings trainer.callbacks ..."
+    signalled = ["--trainer.callbacks+=test_fault_tolerance_sigterm.SigtermAtBatch", "--trainer.callbacks.batch", "0"]
+    args = search_args(tmp_path, data_dir, "--n_trials", "1", "--trainer.max_epochs", "1",
+                       "--trainer.num_sanity_val_steps", "0", "--trainer.limit_train_batches", "2")  # fmt: skip
+    with pytest.raises(SystemExit):
+        search.run([*args, *signalled])
+    study = search.run(args)
+    assert "none of its 1 trials validated its metric (all failed), so it takes" in capsys.readouterr().out
+    stopped, retry, new = study.trials  # the retry of the stopped run dropped, not resumed with other settings
+    assert [t.state.name for t in study.trials] == ["FAIL", "FAIL", "COMPLETE"]
+    assert retry.user_attrs["folder"] == stopped.user_attrs["folder"] != new.user_attrs["folder"]
