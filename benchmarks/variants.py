@@ -54,6 +54,7 @@ from ae_lightning.evaluation.feature_classifier import (
 )
 from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
 from datamodules.base import ImageDataModule
+from datamodules.loader import usable_cpus
 
 ROOT = Path(__file__).resolve().parents[1]
 # How each metric is shown: column title (arrow: which direction is better) and number format.
@@ -399,7 +400,7 @@ def describe_run(
             "platform": platform.platform(),
             "python": platform.python_version(),
             "cpu": _cpu_name(),
-            "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "cpu_cores_usable": usable_cpus(),
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "lightning": L.__version__,

@@ -276,6 +276,7 @@ class ImageDataModule(L.LightningDataModule):
             "resumable": split == "train" and shuffle,
             "source": self.data_description,
             "split": split,
+            "trainer": trainer if split == "train" and shuffle else None,
         }
 
     def check_resume(self, loader_state: dict[str, Any], world_size: int) -> None:

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from datamodules.base import UNLABELED, Arrays, ImageDataModule
 from datamodules.checks import PositiveInt, check_arguments, check_fits_memory
+from datamodules.loader import usable_cpus
 
 Alpha = Literal["refuse", "white", "black"]  # what an image with transparent pixels becomes (:func:`opaque`)
 
@@ -101,7 +102,7 @@ class ImageFolderDataModule(ImageDataModule):
             "holds a batch at a time",
         )
         n = len(files)
-        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # PIL releases the GIL while decoding
+        with ThreadPoolExecutor(min(8, usable_cpus())) as pool:  # PIL releases the GIL while decoding
             images = pool.map(lambda f: decode_image(f, mode, size, alpha), files)
             decoded = list(tqdm(images, total=n, desc=f"Decoding {folder}", unit="img", disable=n < 1000))
         sizes = {image.shape[1:]: file for image, file in zip(decoded, files)}
@@ -190,7 +191,7 @@ def own_channels(files: list[str]) -> int:
         except (OSError, ValueError, Image.DecompressionBombError):
             return "L"  # decides nothing: decoding refuses the file, naming it
 
-    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(min(8, usable_cpus())) as pool:
         for start in range(0, len(files), 256):
             if any(found not in GRAY_MODES for found in pool.map(mode, files[start : start + 256])):
                 return 3

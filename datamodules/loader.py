@@ -10,6 +10,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from itertools import islice
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -82,12 +83,18 @@ def global_batch_bounds(n: int, batch_size: int, world_size: int) -> list[tuple[
     return bounds
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may use (a SLURM job's share of a node), not the machine's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def check_resume_state(stored: dict, mine: dict) -> None:
     """Raise a ValueError naming the setting if a loader position ``stored`` was reached with other data settings than
     ``mine`` (both as :meth:`TensorBatchLoader.state_dict` gives them; a setting ``mine`` lacks is not checked). At
     an epoch's end only the data and the seed must match."""
     sizes = [stored.get(key) for key in ("samples", "batch_size", "world_size")]
-    at_epoch_end = None not in sizes and stored.get("batches_done", 0) >= len(global_batch_bounds(*sizes))
+    length = stored.get("epoch_batches") or (None not in sizes and len(global_batch_bounds(*sizes)))
+    at_epoch_end = bool(length) and stored.get("batches_done", 0) >= length
     stored = {"order": "shuffled", **stored}  # positions saved before the order was recorded: always shuffled
     if "fingerprint" in stored and stored["fingerprint"] == mine.get("signed_fingerprint"):
         mine = {**mine, "fingerprint": stored["fingerprint"]}  # the same data, before the sum took absolute values
@@ -171,12 +178,22 @@ def worker_batches(loader: DataLoader) -> Iterator:
 
 class EpochPosition:
     """The epoch and the batches done of a loader that Lightning drives as a DataLoader's sampler (it calls
-    ``sampler.set_epoch(epoch)`` at each epoch's start); a ``resumable`` loader keeps them across passes."""
+    ``sampler.set_epoch(epoch)`` at each epoch's start); a ``resumable`` loader keeps them across passes, and
+    ``trainer``'s epochs are the loader's batches or those its ``limit_train_batches`` takes."""
 
-    def __init__(self, resumable: bool) -> None:
-        self.resumable, self.epoch, self.batches_done = resumable, 0, 0
+    def __init__(self, resumable: bool, trainer: Any = None) -> None:
+        self.resumable, self.epoch, self.batches_done, self.trainer = resumable, 0, 0, trainer
         self._positioned = False  # a position loaded or reached by iterating
         self.sampler, self.batch_sampler = self, None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "trainer": None}  # worker processes make batches, not epochs
+
+    def epoch_batches(self, steps: int = 1) -> int:
+        """The batches of an epoch: all, or those of the Lightning batches (of ``steps`` batches each) that the trainer
+        takes (its ``limit_train_batches``) where fewer."""
+        taken = getattr(self.trainer, "num_training_batches", math.inf)
+        return len(self) if math.isinf(taken) else min(len(self), int(taken) * steps)
 
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch``; a loader with a position (loaded or iterated) moves on by one epoch at most, from one
@@ -204,6 +221,7 @@ class TensorBatchLoader(EpochPosition):
         device: where batches are built (the tensors move there once); num_workers: worker processes (CPU only).
         resumable: keep the position across passes and in ``state_dict`` (the training loader).
         source, split: the data's ``data_source`` and the split's name, for error messages.
+        trainer: the Trainer whose epochs the position counts (:class:`EpochPosition`).
     """
 
     def __init__(
@@ -222,8 +240,9 @@ class TensorBatchLoader(EpochPosition):
         resumable: bool = True,
         source: str = "",
         split: str = "",
+        trainer: Any = None,
     ) -> None:
-        super().__init__(resumable)
+        super().__init__(resumable, trainer)
         check_shared(split, len(images), world_size)
         self.device, self.fingerprint, self.source = torch.device(device), fingerprint(images), source
         # pixels are scaled to float once, here, so that a batch is a single gather
@@ -247,6 +266,7 @@ class TensorBatchLoader(EpochPosition):
             "epoch": self.epoch, "batches_done": self.batches_done, "seed": self.seed, "batch_size": self.batch_size,
             "world_size": self.world_size, "samples": len(self.images), "fingerprint": self.fingerprint,
             "source": self.source, "order": "shuffled" if self.shuffle else "sequential",
+            "epoch_batches": self.epoch_batches(),
         }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, int]) -> None:
@@ -311,7 +331,7 @@ class GroupedBatches:
             yield group
 
     def state_dict(self) -> dict[str, int]:
-        return self.loader.state_dict()
+        return {**self.loader.state_dict(), "epoch_batches": self.loader.epoch_batches(self.steps)}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.loader.load_state_dict(state)

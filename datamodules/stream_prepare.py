@@ -46,6 +46,7 @@ from datamodules.checks import (
     number_type,
 )
 from datamodules.folder import GRAY_MODES, Alpha, check_test_dir, decode_image, list_images, opaque, own_channels
+from datamodules.loader import usable_cpus
 from datamodules.stream_store import MANIFEST, SPLITS, StreamLocation, StreamManifest, file_sha256, partial_folder
 from datamodules.torchvision_data import TorchvisionDataModule, class_names_of, labels_of, stored_transposed
 
@@ -135,6 +136,30 @@ def check_png_crcs(data: bytes) -> None:
         position = end + 4
 
 
+def check_applicable(source: str, encoding: str, options: dict[str, Any]) -> None:
+    """Raise a ValueError naming the first given option of ``options`` (command-line name: value, None where not
+    given) that does not apply to ``source`` or ``encoding``, and would be ignored."""
+    kind = source_kind(source)
+
+    def only(applies: str) -> str | bool:
+        return kind != applies and f"applies to {KINDS[applies]} only; the source {source} is {KINDS[kind]}"
+
+    reasons = {
+        "--test-dir": only("folder"),
+        "--labels": only("array"),
+        "--key": only("array"),
+        "--dataset-kwargs": only("torchvision"),
+        "--quality": encoding != "jpeg" and f"applies to --encoding jpeg, not {encoding}",
+        "--data-dir": kind != "torchvision" and f"applies to a torchvision source, not {KINDS[kind]}",
+        "--alpha": kind == "array" and f"applies to image files and torchvision datasets, not {KINDS[kind]}",
+        "--test-fraction": (kind == "torchvision" or options.get("--test-dir") is not None)
+        and "holds out a test split from a source without one; this source has its test split",
+    }
+    for option, reason in reasons.items():
+        if options.get(option) is not None and reason:
+            raise ValueError(f"{option} {options[option]} {reason}")
+
+
 def source_kind(source: str) -> Literal["torchvision", "array", "folder"]:
     """What ``source`` is: ``torchvision:<Class>``, a ``.npy``/``.npz``/``.pt`` array file, or else an image folder."""
     if source.startswith("torchvision:"):
@@ -180,15 +205,15 @@ def prepare_stream(
     output: str,
     size: PositiveInt | None = None,
     channels: Literal[1, 3] | None = None,
-    alpha: Alpha = "refuse",
+    alpha: Alpha | None = None,
     encoding: Encoding = "png",
-    quality: JpegQuality = 90,
+    quality: JpegQuality | None = None,
     val_fraction: OpenUnitInterval = 1 / 12,
-    test_fraction: OpenUnitInterval = 0.1,
+    test_fraction: OpenUnitInterval | None = None,
     test_dir: str | None = None,
     labels: str | None = None,
     key: str | None = None,
-    data_dir: str = "data",
+    data_dir: str | None = None,
     dataset_kwargs: dict[str, Any] | None = None,
     seed: Seed = 42,
     chunk_bytes: str | int | None = None,
@@ -205,12 +230,12 @@ def prepare_stream(
         output: the stream's folder, or an ``s3://``/``gs://`` URI.
         size: side of the square stored images; None keeps the sources' (common) size.
         channels: 1 (gray) or 3 (RGB); None: 1 when every source image is gray (its PIL mode, or its array), else 3.
-        alpha: an image with transparent pixels is refused (``refuse``) or composited over ``white`` or ``black``.
-        encoding, quality: ``png``, ``jpeg`` (of JPEG quality ``quality``) or ``raw``.
+        alpha: an image with transparent pixels is refused (``refuse``, None) or composited over ``white`` or ``black``.
+        encoding, quality: ``png``, ``jpeg`` (of JPEG quality ``quality``, None: 90) or ``raw``.
         val_fraction: share of the training pool held out as validation split (seeded, stratified).
-        test_fraction, test_dir: share held out as test split when the source has none; a folder's test folder.
+        test_fraction, test_dir: share held out as test split (None: 0.1) if the source has none; a folder's test set.
         labels, key: an array source's labels (a key or a file) and data key, as ``ArrayDataModule`` takes them.
-        data_dir, dataset_kwargs: a torchvision source's root and extra arguments.
+        data_dir, dataset_kwargs: a torchvision source's root (None: ``data``) and extra arguments.
         seed: seed of the split draws and of the train split's stored (shuffled) order.
         chunk_bytes, chunk_size: litdata's chunk limit in bytes (``16MB``) or samples; neither: default_chunk_size.
         num_workers: threads decoding and encoding the images.
@@ -224,11 +249,12 @@ def prepare_stream(
         raise ValueError(f"chunk_bytes {chunk_bytes!r} and chunk_size {chunk_size} exclude each other: set one")
     chunk_bytes = None if chunk_bytes is None else byte_count(chunk_bytes)
     kind = source_kind(source)
-    options = {"--test-dir": (test_dir, "folder"), "--labels": (labels, "array"), "--key": (key, "array"),
-               "--dataset-kwargs": (dataset_kwargs, "torchvision")}  # fmt: skip
-    for option, (value, applies) in options.items():
-        if value is not None and kind != applies:
-            raise ValueError(f"{option} {value} applies to {KINDS[applies]} only; the source {source} is {KINDS[kind]}")
+    given = {"--test-dir": test_dir, "--labels": labels, "--key": key, "--dataset-kwargs": dataset_kwargs,
+             "--quality": quality, "--data-dir": data_dir, "--alpha": alpha,
+             "--test-fraction": test_fraction}  # fmt: skip
+    check_applicable(source, encoding, given)
+    alpha, quality, test_fraction = alpha or "refuse", quality or 90, test_fraction or 0.1
+    data_dir = data_dir or "data"
     location = StreamLocation(output, storage_options)
     data = Path(data_dir).expanduser().resolve()
     if kind == "torchvision" and not location.is_remote and Path(location.uri).resolve() in (data, *data.parents):
@@ -564,24 +590,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunk-bytes", type=_option("chunk_bytes", byte_count), help="bytes per chunk, e.g. 16MB "
                         "(default: a split in at least 64 chunks, of at most 64MB)")  # fmt: skip
     parser.add_argument("--chunk-size", type=_option("chunk_size"), help="samples per chunk (instead of --chunk-bytes)")
-    parser.add_argument("--num-workers", type=_option("num_workers"), default=os.cpu_count() or 1)
+    parser.add_argument("--num-workers", type=_option("num_workers"), default=usable_cpus(), help="threads "
+                        "decoding and encoding the images (default: the CPUs this process may use)")  # fmt: skip
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--print_traceback", action="store_true", help="show where a refusal came from")
     args = parser.parse_args(argv)
-    kind = source_kind(args.source)
-    # options whose defaults the signature holds: given where they do not apply, they would be ignored
-    unused = {
-        "--quality": args.encoding != "jpeg" and f"applies to --encoding jpeg, not {args.encoding}",
-        "--data-dir": kind != "torchvision" and f"applies to a torchvision source, not {KINDS[kind]}",
-        "--alpha": kind == "array" and f"applies to image files and torchvision datasets, not {KINDS[kind]}",
-        "--test-fraction": (kind == "torchvision" or args.test_dir is not None)
-        and "holds out a test split from a source without one; this source has its test split",
-        "--chunk-bytes": args.chunk_size is not None and "and --chunk-size exclude each other: set one",
-    }
-    for option, reason in unused.items():
-        value = getattr(args, option[2:].replace("-", "_"))
-        if value is not None and reason:
-            parser.error(f"{option} {value} {reason}")
+    if args.chunk_bytes is not None and args.chunk_size is not None:
+        parser.error(f"--chunk-bytes {args.chunk_bytes} and --chunk-size exclude each other: set one")
+    try:
+        check_applicable(args.source, args.encoding, {f"--{k.replace('_', '-')}": v for k, v in vars(args).items()})
+    except ValueError as error:
+        parser.error(str(error))
     try:
         manifest = prepare_stream(**{k: v for k, v in vars(args).items() if v is not None and k != "print_traceback"})
     except (ValueError, OSError, ImportError) as error:  # a refusal or bad input: its message alone, as ae-lightning

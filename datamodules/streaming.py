@@ -111,7 +111,8 @@ class EvaluationShard(Dataset):
 class StreamLoader(EpochPosition):
     """Yields ``(image, label, index)`` batches of an :class:`ImageStream`: shuffled and sharded by litdata's loader
     for training (``resumable``: keeps its position across passes and in ``state_dict``, with the stream's
-    ``fingerprint``), else those of an :class:`EvaluationShard` of ``rank``, ``world_size`` and ``rows``."""
+    ``fingerprint`` and the batches of ``trainer``'s epochs), else those of an :class:`EvaluationShard` of ``rank``,
+    ``world_size`` and ``rows``."""
 
     def __init__(
         self,
@@ -123,8 +124,9 @@ class StreamLoader(EpochPosition):
         rank: int = 0,
         world_size: int = 1,
         rows: Sequence[int] | None = None,
+        trainer: Any = None,
     ) -> None:
-        super().__init__(resumable)
+        super().__init__(resumable, trainer)
         workers = {"num_workers": num_workers, "worker_init_fn": WorkerSignals(), "generator": torch.Generator()}
         if resumable:
             self.loader = StreamingDataLoader(dataset, batch_size=batch_size, **workers)
@@ -139,7 +141,7 @@ class StreamLoader(EpochPosition):
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "batches_done": self.batches_done, "batch_size": self.batch_size,
-                "seed": self.seed, "epoch_batches": len(self), "fingerprint": self.fingerprint,
+                "seed": self.seed, "epoch_batches": self.epoch_batches(), "fingerprint": self.fingerprint,
                 "stream": self.loader.state_dict() if self.resumable else None}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -365,6 +367,7 @@ class StreamingDataModule(ImageDataModule):
         augment, shuffled = self._transform(shuffle), shuffle and not self.overfitting
         dataset = ImageStream(self.location, split, self.manifest, augment, shuffled, hparams.seed, hparams.cache_dir)
         batch_size, fingerprint = batch_size or hparams.batch_size, self.manifest.fingerprint
+        shard["trainer"] = trainer if shuffle else None  # whose epochs the training position counts
         loader = StreamLoader(dataset, batch_size, hparams.num_workers, shuffle, fingerprint, rows=rows, **shard)
         if shuffle:
             self._train_loader = loader

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from ae_lightning.evaluation.driver import AtLeast
+from datamodules.loader import usable_cpus
 
 MATE_NATURE = Path("/usr/share/backgrounds/mate/nature")
 # scikit-image's bundled photographs (its other images are drawings, scans, microscopy or synthetic).
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
 
         manifest = prepare_stream(
             str(out / "train"), args.stream, size=args.stream_size or args.crop, test_dir=str(out / "heldout"),
-            overwrite=True, num_workers=os.cpu_count() or 1,  # replaces a stream only (see prepare_stream)
+            overwrite=True, num_workers=usable_cpus(),  # replaces a stream only (see prepare_stream)
         )  # fmt: skip
         print(f"stream {args.stream}: {manifest.counts}, fingerprint {manifest.fingerprint[:16]}")
 

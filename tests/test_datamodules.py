@@ -8,6 +8,7 @@ import torch
 from torchvision.datasets import MNIST
 
 from ae_lightning import Autoencoder
+from ae_lightning.lightning_internals import stored_loader_states
 from datamodules import FashionMNISTDataModule, MNISTDataModule, TensorBatchLoader
 from datamodules.idx import check_idx_file
 
@@ -489,6 +490,27 @@ def test_overfit_batches_resumes_exactly_and_a_shuffled_resume_of_its_position_i
     with pytest.raises(ValueError, match=r"training order \(sequential under --trainer.overfit_batches\) "
                                          r"sequential, this run has shuffled"):  # fmt: skip
         _overfit_trainer(tmp_path, overfit_batches=0.0).fit(_Constant(), datamodule=data(), ckpt_path=mid_epoch)
+
+
+def test_an_epoch_ended_by_limit_train_batches_resumes_afresh_with_another_batch_size(data_dir, tmp_path) -> None:
+    # limit_train_batches ends each epoch after 3 of the loader's batches: a checkpoint then is at an epoch's end,
+    # where the next epoch starts afresh with any batch size (it was refused as a position inside the epoch)
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def fit(batch_size: int, epochs: int, root: Path, ckpt: Path | None = None) -> list:
+        record, last = _SampleIndices(), ModelCheckpoint(dirpath=root, save_last=True, save_top_k=0)
+        trainer = _overfit_trainer(root, record, last, overfit_batches=0.0, limit_train_batches=3,
+                                   limit_val_batches=0, max_epochs=epochs, enable_checkpointing=True)  # fmt: skip
+        trainer.fit(
+            _Constant(), datamodule=MNISTDataModule(data_dir=str(data_dir), batch_size=batch_size), ckpt_path=ckpt
+        )
+        return record.train
+
+    fit(16, 1, tmp_path / "first")
+    state = stored_loader_states(torch.load(tmp_path / "first" / "last.ckpt", weights_only=False))[0]
+    MNISTDataModule(data_dir=str(data_dir), batch_size=8).check_resume(state, world_size=1)  # the command's
+    resumed = fit(8, 2, tmp_path / "resumed", ckpt=tmp_path / "first" / "last.ckpt")
+    assert resumed == fit(8, 2, tmp_path / "fresh")[3:]
 
 
 def test_a_shuffled_position_resumed_under_overfit_batches_is_refused_but_a_finished_epoch_is_not() -> None:

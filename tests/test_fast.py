@@ -296,3 +296,24 @@ def test_a_datamodule_with_a_training_loader_of_its_own_is_refused_by_the_comman
     config = Namespace(fast=Namespace(steps=4), data=data, model=Namespace(class_path="ae_lightning.VAE", init_args={}))
     with pytest.raises(ConfigError, match=r"--fast.steps 4: StreamingDataModule takes no steps_per_batch"):
         _fast_path(config, fit=True)
+
+
+def test_a_grouped_position_is_at_an_epochs_end_after_the_lightning_batches_the_trainer_takes_not_before() -> None:
+    # limit_train_batches counts Lightning batches (lists of 3 here): 2 of them end the epoch after 6 of the 10 batches,
+    # where another batch size may resume; after 3 batches the position is inside the epoch and must not be taken
+    images = torch.zeros(40, 1, 2, 2, dtype=torch.uint8)
+
+    def loader(batch_size: int) -> TensorBatchLoader:
+        trainer = type("LimitedTrainer", (), {"num_training_batches": 2})()
+        return TensorBatchLoader(images, torch.zeros(40), torch.arange(40), batch_size, True, 0, trainer=trainer)
+
+    grouped, batches = GroupedBatches(loader(4), 3), []
+    for group in grouped:
+        batches += group
+        if len(batches) == 3:
+            with pytest.raises(ValueError, match=r"--data.batch_size 4, this run has 5"):
+                loader(5).load_state_dict(grouped.state_dict())
+        if len(batches) == 6:
+            break
+    assert grouped.state_dict()["epoch_batches"] == 6
+    loader(5).load_state_dict(grouped.state_dict())  # the next epoch starts afresh

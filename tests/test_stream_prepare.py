@@ -316,3 +316,41 @@ def test_images_of_another_size_name_the_first_image_they_differ_from(tmp_path: 
     # the first image of the (shuffled) train split, which the others must match, was not named: "the first is 8x8"
     with pytest.raises(ValueError, match=r"dog/005.png: an image of 9x7, but .*images/\w+/\d+.png is 8x8; set --size"):
         prepare_stream(str(images), str(tmp_path / "stream"), chunk_size=4)
+
+
+IGNORED_BY_PYTHON_CALLERS = [  # the command refused them; prepare_stream recorded or dropped them without effect
+    ("images", {"quality": 50}, "--quality 50 applies to --encoding jpeg, not png"),
+    ("x.npy", {"alpha": "white"}, "--alpha white applies to image files and torchvision datasets, not a .npy"),
+    ("images", {"data_dir": "data"}, "--data-dir data applies to a torchvision source, not an image folder"),
+    ("images/cat", {"test_dir": "images/dog", "test_fraction": 0.3}, "--test-fraction 0.3 holds out a test split from"),
+]
+
+
+@pytest.mark.parametrize("source, options, message", IGNORED_BY_PYTHON_CALLERS, ids=lambda x: str(x)[:20])
+def test_an_option_that_does_not_apply_to_the_source_is_refused_for_python_callers_too(
+    tmp_path: Path, source: str, options: dict, message: str
+) -> None:
+    write_image_folder(tmp_path / "images", per_class=12, size=4)
+    np.save(tmp_path / "x.npy", np.zeros((24, 4, 4, 3), np.uint8))
+    options = {key: str(tmp_path / value) if key == "test_dir" else value for key, value in options.items()}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        prepare_stream(tmp_path / source, tmp_path / "stream", **options)
+    assert not (tmp_path / "stream").exists()
+
+
+def test_the_default_num_workers_are_the_cpus_this_process_may_use_not_the_machines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a SLURM job given 2 of a node's 64 CPUs ran 64 threads, each with 4 images decoded at full size in flight
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    used = {}
+
+    def capture(**arguments):
+        used.update(arguments)
+        raise ValueError("captured")
+
+    monkeypatch.setattr(stream_prepare, "prepare_stream", capture)
+    with pytest.raises(SystemExit):
+        stream_prepare.main([str(write_image_folder(tmp_path / "images")), str(tmp_path / "stream")])
+    assert used["num_workers"] == 2

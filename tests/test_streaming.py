@@ -38,6 +38,7 @@ from tiny_runs import (
 )
 
 from ae_lightning.evaluation import driver as evaluation
+from ae_lightning.lightning_internals import stored_loader_states
 from datamodules import StreamingDataModule, stream_prepare
 from datamodules.stream_prepare import _write_split, decode, prepare_stream
 from datamodules.stream_store import StreamLocation, read_manifest
@@ -826,6 +827,27 @@ def test_a_resumed_datamodule_continues_at_the_next_sample(stream: Path, tmp_pat
         stopped = tmp_path / "plain-stopped" / "last.ckpt"
         plain_resumed = _fit(PlainLitdata(stream), tmp_path / "plain-resumed", one_cycle, ckpt=stopped)
         assert plain_resumed != plain[stop:], "the trap is gone upstream: the datamodule's own restore may go"
+
+
+def test_an_epoch_ended_by_limit_train_batches_resumes_afresh_with_another_batch_size(
+    stream: Path, tmp_path: Path
+) -> None:
+    # limit_train_batches ends Lightning's epoch after 3 of the loader's 7 batches: the checkpoint is at an epoch's end
+    def fit(batch_size: int, epochs: int, root: Path, ckpt: Path | None = None) -> list:
+        model = IndexRecorder()
+        trainer = L.Trainer(
+            max_epochs=epochs, limit_train_batches=3, limit_val_batches=0, logger=False, enable_progress_bar=False,
+            enable_model_summary=False, callbacks=[ModelCheckpoint(root, save_last=True, save_top_k=0)],
+        )  # fmt: skip
+        datamodule = StreamingDataModule(str(stream), image_size=12, batch_size=batch_size, num_workers=0)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt)
+        return model.seen
+
+    fit(16, 1, tmp_path / "first")
+    state = stored_loader_states(torch.load(tmp_path / "first" / "last.ckpt", weights_only=False))[0]
+    StreamingDataModule(str(stream), batch_size=8, seed=7).check_resume(state, world_size=1)  # the command's check
+    resumed = fit(8, 2, tmp_path / "resumed", ckpt=tmp_path / "first" / "last.ckpt")
+    assert resumed == fit(8, 2, tmp_path / "fresh")[3:]
 
 
 # --- resuming after kill -9, with workers and with DDP ranks ----------------------------------------------------------
