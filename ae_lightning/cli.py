@@ -25,6 +25,7 @@ from typing import Any
 
 import lightning
 import torch
+import yaml
 from jsonargparse import ArgumentError, ArgumentParser, lazy_instance
 from jsonargparse.typing import class_from_function
 from lightning.fabric.plugins.environments import SLURMEnvironment
@@ -189,6 +190,7 @@ class AutoencoderCLI(LightningCLI):
                               "false (no seeding)")  # fmt: skip
         # Resolved before --ckpt_path is, which looks in the run folder that the logger's settings name.
         self._logger_settings_given = _logger_defaults(_run_config(self.config))
+        _warn_left_out_settings(_run_config(self.config))
 
     def instantiate_classes(self) -> None:
         # A model resumed or evaluated from --ckpt_path takes every weight from it, LPIPS's too: build it without
@@ -551,6 +553,24 @@ def _run_config(config: Any) -> Any:
     """The section of ``config`` (parsed or instantiated) for the command's subcommand; ``config`` without one."""
     subcommand = config.get("subcommand")
     return config[subcommand] if subcommand else config
+
+
+def _warn_left_out_settings(config: Any) -> None:
+    """Warn of a config file's ``model`` or ``data`` settings that the section's class, given elsewhere (``--data
+    StreamingDataModule``), does not take: jsonargparse leaves them out without a word."""
+    for path in filter(None, config.get("config") or []):  # None: a config given as a string
+        sections = yaml.safe_load(path.read_text()) or {}
+        for section in ("model", "data"):
+            given, final = sections.get(section), config.get(section)
+            if not isinstance(given, dict) or "class_path" not in given or final is None:
+                continue
+            if resolve_class_path(str(given["class_path"])) is resolve_class_path(final.class_path):
+                continue
+            left_out = [f"{key}={value!r}" for key, value in (given.get("init_args") or {}).items()
+                        if key not in (final.get("init_args") or {})]  # fmt: skip
+            if left_out:
+                rank_zero_warn(f"--{section} {final.class_path} takes no {', '.join(left_out)} of {path.relative}'s "
+                               f"{section} section ({given['class_path']}): left out")  # fmt: skip
 
 
 def _refused_section_setting(config: Any, error: Exception) -> str | None:

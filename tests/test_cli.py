@@ -14,7 +14,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from tiny_runs import CONFIGS, ROOT, data_args, run_subprocess, tiny_args
+from tiny_runs import CONFIGS, ROOT, build_cli, data_args, run_subprocess, tiny_args
 
 from ae_lightning import VAE, Autoencoder
 from ae_lightning.cli import AutoencoderCLI, ConfigError, one_line, run_command
@@ -868,3 +868,17 @@ def test_the_prediction_writer_says_where_its_predictions_go_and_refuses_a_taken
     (tmp_path / "codes.pt").write_bytes(b"")
     with pytest.raises(FileExistsError, match=f"{tmp_path / 'codes.pt'} already exists"):
         writer.target(trainer, new=True)
+
+
+def test_config_settings_that_a_class_given_on_the_command_line_does_not_take_are_named(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # jsonargparse leaves them out without a word: configs/cvae.yaml's binarize: dynamic under --data
+    # StreamingDataModule trained the Bernoulli VAE on gray pixels
+    message = r"--model ae_lightning.Autoencoder takes no likelihood='bernoulli', beta=1.0, .*vae.yaml's model section"
+    with pytest.warns(UserWarning, match=message + r" \(ae_lightning.VAE\): left out"):
+        build_cli(*tiny_args("vae", data_dir, tmp_path), "--model", "Autoencoder")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build_cli(*tiny_args("vae", data_dir, tmp_path))
+    assert not [warning for warning in caught if "left out" in str(warning.message)]
