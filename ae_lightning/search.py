@@ -701,11 +701,19 @@ def write_best_config(study: optuna.Study, root: Path) -> Path | None:
         best = study.best_trial
     except ValueError:  # no trial completed yet
         return None
-    config = yaml.safe_load(Path(best.user_attrs["config_file"]).read_text())
+    values = ", ".join(f"{name}={value}" for name, value in best.params.items())
+    try:
+        config = yaml.safe_load(Path(best.user_attrs["config_file"]).read_text())
+    except FileNotFoundError as error:  # its run folder was removed (a node-local --root, a clean-up)
+        arguments = " ".join(f"--{name}={value}" for name, value in best.params.items())
+        raise FileNotFoundError(
+            f"the best trial of study {study.study_name!r} (trial {best.number}, value {best.value:.6g}) saved its "
+            f"config in {best.user_attrs['config_file']}, which is gone: best.yaml is not written; its values: "
+            f"{arguments}"
+        ) from error
     config["ckpt_path"] = None
     # The trial's folder, wherever it appears (root dir, logger, checkpoint folder), becomes the new run's.
     config = _replace_prefix(config, best.user_attrs["folder"], str(root / "best"))
-    values = ", ".join(f"{name}={value}" for name, value in best.params.items())
     path = root / "best.yaml"
     header = (
         f"# The best trial of study {study.study_name!r}: trial {best.number}, value {best.value:.6g}\n"

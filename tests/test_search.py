@@ -7,6 +7,7 @@ import csv
 import math
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -963,3 +964,14 @@ def test_a_study_whose_first_trial_was_stopped_before_validating_takes_the_corre
     stopped, retry, new = study.trials  # the retry of the stopped run dropped, not resumed with other settings
     assert [t.state.name for t in study.trials] == ["FAIL", "FAIL", "COMPLETE"]
     assert retry.user_attrs["folder"] == stopped.user_attrs["folder"] != new.user_attrs["folder"]
+
+
+def test_a_best_trial_whose_run_folder_is_gone_is_named_with_its_values(tmp_path: Path, data_dir: Path) -> None:
+    # a node-local --root or a clean-up: the search ended with a bare "No such file or directory: .../config.yaml"
+    study = search.run(search_args(tmp_path, data_dir, "--n_trials", "1", "--trainer.max_epochs", "1"))
+    shutil.rmtree(tmp_path / "trials" / "trial-0")
+    latent_dim = study.best_trial.params[LATENT]
+    message = (rf"the best trial of study 'ae' \(trial 0, value .*\) saved its config in .*trial-0.*config.yaml, which "
+               rf"is gone: best.yaml is not written; its values: .*--{LATENT}={latent_dim}")  # fmt: skip
+    with pytest.raises(FileNotFoundError, match=message):
+        search.write_best_config(study, tmp_path / "trials")
