@@ -764,6 +764,9 @@ def run(argv: list[str] | None = None) -> optuna.Study:
     args.root = args.root.absolute()
     space = read_space(args.space)
     metric = args.metric or space.get("metric", "val/loss")
+    if metric.startswith(("train/", "test/")):  # a fit's training metrics stand at their last step at a validation
+        raise ConfigError(f"--metric {metric} is not a validation metric: trials are compared by what their validation "
+                          "logs (--metric or the search space's metric:), e.g. val/loss")  # fmt: skip
     direction = args.direction or space.get("direction", "minimize")
     check_fit_args(space, fit_args)
     parsed = resolve_config(args.config, fit_args)

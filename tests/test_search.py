@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from ae_lightning import Autoencoder, search
-from ae_lightning.cli import AutoencoderCLI
+from ae_lightning.cli import AutoencoderCLI, ConfigError
 
 ROOT = Path(__file__).parents[1]
 LATENT, DROPOUT = "model.init_args.latent_dim", "model.init_args.dropout"
@@ -116,6 +116,18 @@ def test_a_metric_in_the_space_that_is_not_a_name_is_refused(tmp_path: Path, met
         ValueError, match=rf"search space {path}: metric must be a metric.s name .*got {re.escape(repr(metric))}"
     ):
         search.read_space(path)
+
+
+@pytest.mark.parametrize("metric", ["train/loss", "test/recon"])
+def test_a_metric_no_validation_logs_is_refused_before_the_study_is_stored(
+    tmp_path: Path, data_dir: Path, metric: str
+) -> None:
+    # with --trainer.num_sanity_val_steps 0, train/loss passed as the search metric: trials were valued and pruned by
+    # the training loss as it stood at each validation
+    args = search_args(tmp_path, data_dir, "--n_trials", "1", "--metric", metric, "--trainer.num_sanity_val_steps", "0")
+    with pytest.raises(ConfigError, match=rf"--metric {metric} is not a validation metric: .*e.g. val/loss"):
+        search.run(args)
+    assert not (tmp_path / "study.db").exists()
 
 
 @pytest.mark.parametrize(
