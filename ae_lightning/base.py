@@ -556,6 +556,18 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
                 f"{type(datamodule).__name__} yields {tuple(data_shape)}"
             )
 
+    def set_gradient_clipping(self, value: float | None, algorithm: str) -> None:
+        """Keep a variant's own clipping, applied under manual optimization; a ValueError for an ``algorithm`` other
+        than ``"norm"`` that no ``value`` reads."""
+        if algorithm != "norm" and not value:
+            trainer = "--trainer.gradient_clip_val and --trainer.gradient_clip_algorithm (the Trainer clips)"
+            raise ValueError(
+                f"gradient_clip_algorithm={algorithm!r} has no effect without gradient_clip_val (nothing reads it): "
+                f"set {trainer if self.automatic_optimization else 'gradient_clip_val'}, or leave "
+                "gradient_clip_algorithm at its default 'norm'"
+            )
+        self.gradient_clip_val, self.gradient_clip_algorithm = value, algorithm
+
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
         # The Trainer does not clip under manual optimization: a variant's own ``gradient_clip_val`` is applied here.
         clip = getattr(self, "gradient_clip_val", None)

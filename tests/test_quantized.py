@@ -158,6 +158,20 @@ def test_indices_outside_the_codebook_or_of_another_shape_are_refused(kwargs: di
     assert model.decode_indices(torch.full((1, levels, 7, 7), size - 1, dtype=torch.int32)).shape == (1, 1, 14, 14)
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"quantizer": "fsq", "fsq_levels": [5, 3]}, {"quantizer": "residual_vq", "num_quantizers": 2}],
+    ids=["vq", "fsq", "residual_vq"],
+)
+def test_indices_stored_in_a_smaller_integer_type_decode_as_int64_ones(kwargs: dict, dtype: torch.dtype) -> None:
+    # Tokens kept as uint8 (a book of 256 codes or fewer) or int16 were an IndexError of torch's indexing: uint8 reads
+    # as a boolean mask, int8 and int16 cannot index at all.
+    model = quantized(**kwargs).eval()
+    indices = model.encode_indices(images())
+    torch.testing.assert_close(model.decode_indices(indices.to(dtype)), model.decode_indices(indices))
+
+
 @pytest.mark.parametrize("kwargs", [{}, {"quantizer": "residual_vq", "num_quantizers": 2}], ids=["vq", "residual_vq"])
 def test_evaluation_never_initializes_or_changes_the_codebook(kwargs: dict) -> None:
     # The library's k-means initialization ran on any forward: an eval-mode encode rewrote a fresh model's codebook.
@@ -543,6 +557,34 @@ def test_disc_start_is_compared_with_the_optimizer_steps_of_the_fast_path(
                          "and no adversarial term applies; lower disc_start"] if warned else [])  # fmt: skip
 
 
+class PixelShuffleDecoder(nn.Module):
+    """Codes to pixel logits with no weight of two or more dimensions: one learned scale."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return nn.functional.pixel_shuffle(z, 2) * self.scale
+
+
+@pytest.mark.parametrize("decoder", ["frozen", "no_kernel"])
+def test_an_adaptive_weight_without_a_trainable_last_layer_is_refused_when_training_starts(
+    decoder: str, data_dir: Path, tmp_path: Path
+) -> None:
+    # It failed at the first step from disc_start (5000 in configs/photos/vqgan_f8.yaml), with an IndexError or
+    # autograd's RuntimeError on a weight that does not require grad.
+    given = {"decoder": PixelShuffleDecoder()} if decoder == "no_kernel" else {}
+    model = quantized(**ADVERSARIAL, **given, disc_start=1)
+    if decoder == "frozen":
+        model.decoder.requires_grad_(False)
+    found = "no weight of two or more dimensions" if decoder == "no_kernel" else "frozen"
+    with pytest.raises(ValueError, match=rf"adaptive_weight compares .* decoder's last layer, but .*{found}.*"
+                                         r"set adaptive_weight: false"):  # fmt: skip
+        make_trainer(tmp_path, limit_val_batches=0).fit(model, datamodule=tiny_data(data_dir))
+    assert model.global_step == 0
+
+
 def test_the_recipe_with_a_discriminator_clips_both_networks_gradients(data_dir: Path, tmp_path: Path) -> None:
     def sgd(parameters):
         return torch.optim.SGD(parameters, lr=1.0)
@@ -557,6 +599,21 @@ def test_the_recipe_with_a_discriminator_clips_both_networks_gradients(data_dir:
         assert 0 < moved.max() <= 1.1e-6, name  # one SGD step of lr 1 on gradients clipped to 1e-6 (float32 rounding)
     with pytest.raises(ValueError, match=r"gradient_clip_val=1e-06 clips .* set --trainer.gradient_clip_val"):
         quantized(**clipped)  # no discriminator: the Trainer steps the optimizer and clips
+
+
+@pytest.mark.parametrize(
+    "kwargs, remedy",
+    [
+        ({}, "set --trainer.gradient_clip_val and --trainer.gradient_clip_algorithm"),
+        (ADVERSARIAL, "set gradient_clip_val"),
+    ],
+    ids=["trainer_steps", "discriminator"],
+)
+def test_a_gradient_clip_algorithm_without_a_clip_value_is_refused_not_ignored(kwargs: dict, remedy: str) -> None:
+    # Nothing read it: without a discriminator the Trainer clips (by its own algorithm), with one nothing is clipped.
+    message = rf"gradient_clip_algorithm='value' has no effect without gradient_clip_val .*{remedy}.*, or leave"
+    with pytest.raises(ValueError, match=rf"{message} gradient_clip_algorithm at its default 'norm'"):
+        quantized(**kwargs, gradient_clip_algorithm="value")
 
 
 @pytest.mark.parametrize("adversarial, option", [(True, "--model.init_args"), (False, "--trainer")])

@@ -784,3 +784,17 @@ def test_cvae_importance_weighted_bound_is_conditioned() -> None:
 def test_bad_arguments_are_errors_naming_the_value(cls: type, kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         cls(**{**TINY, **kwargs})
+
+
+@pytest.mark.parametrize("name", ["AdversarialAutoencoder", "DeepBeliefAutoencoder"])
+def test_a_gradient_clip_algorithm_that_no_clip_value_reads_is_refused(name: str) -> None:
+    # accepted, and no step clipped: the variants optimize manually and clip only by their own gradient_clip_val
+    import ae_lightning
+
+    cls = getattr(ae_lightning, name)
+    with pytest.raises(ValueError, match=r"gradient_clip_algorithm='value' has no effect without gradient_clip_val"):
+        cls(input_shape=(1, 28, 28), hidden_dims=(8,), latent_dim=2, gradient_clip_algorithm="value")
+    model = cls(
+        input_shape=(1, 28, 28), hidden_dims=(8,), latent_dim=2, gradient_clip_val=1.0, gradient_clip_algorithm="value"
+    )
+    assert (model.gradient_clip_val, model.gradient_clip_algorithm) == (1.0, "value")

@@ -137,8 +137,8 @@ class SpatialQuantizer(nn.Module):
         return quantized.transpose(1, 2).reshape_as(z).contiguous(), indices, aux
 
     def decode_indices(self, indices: Tensor) -> Tensor:
-        """Quantized codes ``[B, C, h, w]``, in the quantizer's dtype, of integer indices ``[B, Q, h, w]`` in
-        ``[0, codebook_size)``; others are a ValueError naming them."""
+        """Quantized codes ``[B, C, h, w]``, in the quantizer's dtype, of integer indices ``[B, Q, h, w]`` (of any
+        integer type) in ``[0, codebook_size)``; others are a ValueError naming them."""
         integer = not (indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool)
         if not integer or indices.ndim != 4 or indices.shape[1] != self.num_codebooks:
             raise ValueError(
@@ -153,7 +153,8 @@ class SpatialQuantizer(nn.Module):
         if not len(indices):  # the quantizer libraries cannot reshape an empty batch
             return self.decode_indices(indices.new_zeros((1, *indices.shape[1:])))[:0]
         batch, _, height, width = indices.shape
-        sequence = indices.permute(0, 2, 3, 1).reshape(batch, height * width, self.num_codebooks)
+        # int64: torch indexes with uint8 as a boolean mask and not at all with int8 or int16
+        sequence = indices.long().permute(0, 2, 3, 1).reshape(batch, height * width, self.num_codebooks)
         if self.kind == "fsq":
             # The library's indices_to_codes computes in float32; its table of every code has the weights' dtype.
             codes = self.quantizer.project_out(self.quantizer.implicit_codebook[sequence[..., 0]])

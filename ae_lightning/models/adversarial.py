@@ -77,8 +77,7 @@ class AdversarialAutoencoder(DeterministicAutoencoder):
         self.discriminator_optimizer_factory = discriminator_optimizer
         self.discriminator_lr_scheduler_factory = discriminator_lr_scheduler
         self.generator_optimizer_factory = generator_optimizer or self.optimizer_factory
-        self.gradient_clip_val = gradient_clip_val
-        self.gradient_clip_algorithm = gradient_clip_algorithm
+        self.set_gradient_clipping(gradient_clip_val, gradient_clip_algorithm)
         self.discriminator = Discriminator(self.latent_dim, discriminator_hidden_dims)
         means = _mixture_means(mixture_components, self.latent_dim, mixture_radius)
         self.register_buffer("mixture_means", means, persistent=False)

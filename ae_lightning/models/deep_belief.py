@@ -74,7 +74,7 @@ class DeepBeliefAutoencoder(DeterministicAutoencoder):
         self.cd_steps = cd_steps
         self.pretrain_lr, self.code_pretrain_lr = pretrain_lr, code_pretrain_lr
         self.pretrain_momentum, self.pretrain_weight_decay = pretrain_momentum, pretrain_weight_decay
-        self.gradient_clip_val, self.gradient_clip_algorithm = gradient_clip_val, gradient_clip_algorithm
+        self.set_gradient_clipping(gradient_clip_val, gradient_clip_algorithm)
         self.visible_biases = nn.ParameterList()
         if pretrain == "rbm":
             for layer in self.rbm_layers():

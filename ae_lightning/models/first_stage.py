@@ -101,8 +101,7 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
                 f"gradient_clip_val={gradient_clip_val} clips the steps of a model with a discriminator "
                 "(adversarial_weight > 0); without one the Trainer steps the optimizer: set --trainer.gradient_clip_val"
             )
-        self.gradient_clip_val = gradient_clip_val  # applied by AutoencoderModule.on_before_optimizer_step
-        self.gradient_clip_algorithm = gradient_clip_algorithm
+        self.set_gradient_clipping(gradient_clip_val, gradient_clip_algorithm)
         # A variant's metric of the codes of validation's and test's losses (not of pictures' or predict's), over the
         # epoch: its ``compute`` returns ``{name: value}``, logged as ``val/<name>`` and ``test/<name>``.
         self.code_metric: Metric | None = None
@@ -214,11 +213,20 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
         return loss(self.discriminator(x), self.discriminator(reconstruction.detach()))
 
     def last_layer_weight(self) -> Tensor:
-        """Where the adaptive weight compares gradients: the decoder's ``last_layer``'s weight or last kernel."""
+        """Where the adaptive weight compares gradients: the decoder's ``last_layer``'s weight or last kernel; a
+        ValueError if there is none or it is frozen."""
         last = getattr(self.decoder, "last_layer", None)
         if isinstance(last, nn.Module) and isinstance(getattr(last, "weight", None), Tensor):
-            return last.weight
-        return [p for p in self.decoder.parameters() if p.ndim >= 2][-1]
+            weight = last.weight
+        else:
+            weight = next((p for p in reversed(list(self.decoder.parameters())) if p.ndim >= 2), None)
+        if weight is None or not weight.requires_grad:
+            found = "no weight of two or more dimensions" if weight is None else "a frozen last weight"
+            raise ValueError(
+                f"adaptive_weight compares gradients at the decoder's last layer, but {type(self.decoder).__name__} "
+                f"has {found}: give the decoder a trainable `last_layer`, or set adaptive_weight: false"
+            )
+        return weight
 
     def optimization_step(self, batch: Batch) -> dict[str, Tensor]:
         """A step of the autoencoder (counted in ``global_step``), then one of the discriminator from ``disc_start``."""
@@ -253,6 +261,8 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
         steps = self.trainer.estimated_stepping_batches * self.steps_per_batch
         if self.trainer.max_steps > 0:
             steps = min(steps, self.trainer.max_steps)
+        if self.adversarial_weight and self.adaptive_weight:
+            self.last_layer_weight()  # refused now, not at the first step from disc_start
         if self.adversarial_weight and self.disc_start >= steps:
             rank_zero_warn(
                 f"disc_start={self.disc_start} is at or beyond the run's {steps} steps: the discriminator never "

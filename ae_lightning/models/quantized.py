@@ -93,7 +93,7 @@ class QuantizedAutoencoder(FirstStageAutoencoder):
             return self.quantizer(h)[1]
 
     def decode_indices(self, indices: Tensor) -> Tensor:
-        """Images in [0, 1] decoded from code indices ``[B, Q, h, w]``."""
+        """Images in [0, 1] decoded from integer code indices ``[B, Q, h, w]`` (int64 or any smaller integer type)."""
         return self.decode(self.quantizer.decode_indices(indices))
 
     @property
