@@ -183,6 +183,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--json {args.json} is a folder; expected the name of a file")
     if args.json is not None and not args.json.parent.is_dir():
         parser.error(f"--json {args.json}: its folder {args.json.parent} does not exist; create it or name another")
+    read = {"checkpoint": args.checkpoint, "classifier": args.classifier}  # --overwrite would destroy them
+    for role, path in read.items() if args.json is not None and args.json.exists() else ():
+        if path is not None and path.exists() and args.json.samefile(path):
+            parser.error(f"--json {args.json} is the {role} {path}, which it would replace; name another file")
     if args.json is not None and args.json.exists() and not args.overwrite:
         parser.error(f"--json {args.json} exists; name another file, or pass --overwrite to replace it")
     if args.plots is not None:

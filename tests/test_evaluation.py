@@ -619,6 +619,28 @@ def test_the_evaluate_script_checks_every_option_before_it_loads_anything(
             assert not json_file.exists(), options
 
 
+def test_the_evaluate_scripts_json_never_replaces_the_checkpoint_or_classifier_it_reads(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # `--json <the checkpoint> --overwrite` scored the model, then wrote 30 bytes of JSON over its only checkpoint
+    script = load_script("evaluate")
+    checkpoint, classifier = tmp_path / "run.ckpt", tmp_path / "classifier.pt"
+    checkpoint.write_bytes(b"the weights")
+    classifier.write_bytes(b"the classifier")
+    (tmp_path / "link.ckpt").symlink_to(checkpoint)
+    cases = {
+        (str(checkpoint), "--json", str(checkpoint)): f"--json {checkpoint} is the checkpoint {checkpoint}",
+        (str(checkpoint), "--json", str(tmp_path / "link.ckpt")): f"--json {tmp_path / 'link.ckpt'} is the checkpoint",
+        (str(checkpoint), "--json", str(classifier), "--classifier", str(classifier)): f"--json {classifier} is the "
+        f"classifier {classifier}",
+    }
+    with mock.patch.object(evaluation, "load_checkpoint", side_effect=AssertionError("loaded the checkpoint")):
+        for argv, message in cases.items():
+            for overwrite in ([], ["--overwrite"]):
+                assert refused(script, [*argv, *overwrite], capsys).startswith(message), argv
+    assert checkpoint.read_bytes() == b"the weights" and classifier.read_bytes() == b"the classifier"
+
+
 def test_the_evaluate_script_refuses_what_the_model_rules_out_before_any_score(
     benchmark_run: tuple[Path, list], tmp_path: Path
 ) -> None:
@@ -874,6 +896,49 @@ def test_a_data_dir_given_for_a_datamodule_without_one_is_refused_saying_what_to
     moved = table.rename(tmp_path / "moved.npy")  # the advice holds: from Python, path= finds the moved file
     _, datamodule = evaluation.load_checkpoint(checkpoint, path=str(moved))
     assert datamodule.path == moved
+
+
+def test_a_checkpoint_whose_classes_cannot_be_imported_here_names_them_and_the_fix(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # a run of one's own datamodule (--data mydata.MyData), evaluated where mydata is not importable: a raw traceback
+    checkpoint = write_run_checkpoint(tmp_path / "own.ckpt", MNISTDataModule(data_dir=str(data_dir)))
+    saved = torch.load(checkpoint, weights_only=False)
+    saved["datamodule_hyper_parameters"]["_class_path"] = "mydata_not_on_the_path.MyData"
+    torch.save(saved, checkpoint)
+    message = (
+        f"{checkpoint} was trained with the datamodule mydata_not_on_the_path.MyData, which cannot be imported here "
+        "(ModuleNotFoundError: No module named 'mydata_not_on_the_path'): run from the folder that holds its module, "
+        "or add that folder to PYTHONPATH"
+    )
+    with pytest.raises(ValueError) as error:
+        evaluation.load_checkpoint(checkpoint)
+    assert str(error.value) == message
+    saved["datamodule_hyper_parameters"]["_class_path"] = "datamodules.MNISTDataModule"
+    saved["ae_lightning_class"] = "ae_lightning.models.autoencoder.NoSuchModel"
+    torch.save(saved, checkpoint)
+    with pytest.raises(ValueError, match=re.escape(f"{checkpoint} was trained with the model ae_lightning.models.")):
+        evaluation.load_checkpoint(checkpoint)
+
+
+def test_metrics_of_labels_need_two_classes_in_the_data_not_only_in_classes(tmp_path: Path) -> None:
+    # a folder of one class (one subfolder) was probed, and refused with "raise probe_max_train or change the seed"
+    from datamodules import ImageFolderDataModule
+
+    folder = write_image_folder(tmp_path / "photos", classes=("cat",), per_class=10, size=8)
+    datamodule = ImageFolderDataModule(data_dir=str(folder), channels=1)
+    model = Autoencoder(input_shape=datamodule.input_shape, latent_dim=2, hidden_dims=[4])
+    assert not evaluation.metric_applies(model, datamodule, "knn")
+    for name in ("linear_probe", "knn"):
+        with pytest.raises(ValueError, match=rf"^metric '{name}' needs labelled data of at least two classes, but "
+                           r"ImageFolderDataModule holds one \(cat\)"):  # fmt: skip
+            evaluation.evaluate(model, datamodule, [name])
+    table = tmp_path / "table.npz"
+    np.savez(table, x=np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32), y=np.zeros(40, np.int64))
+    vectors = Autoencoder(input_shape=[6], latent_dim=2, hidden_dims=[4], reconstruction="mse")
+    with pytest.raises(ValueError, match=r"^metric 'knn' needs labelled data of at least two classes, but "
+                       r"ArrayDataModule holds one \(0\)"):  # fmt: skip
+        evaluation.evaluate(vectors, ArrayDataModule(path=str(table), key="x", labels="y"), ["knn"])
 
 
 class KilledWhileWriting:

@@ -97,9 +97,10 @@ def not_applicable(model: AutoencoderModule, datamodule: ImageDataModule, name: 
         size = "x".join(map(str, shape[1:]))
         return f"metric 'ms_ssim' needs images of at least 11 pixels a side, these are {size}: {description}"
     classes = datamodule.hparams.classes if name in ("linear_probe", "knn", "auroc") else None
-    if name in ("linear_probe", "knn") and not (datamodule.has_labels and (classes is None or len(classes) > 1)):
+    if name in ("linear_probe", "knn") and not (datamodule.has_labels and len(labels := _labels(datamodule)) > 1):
         data = type(datamodule).__name__
-        why = f"keeps one (classes={classes})" if datamodule.has_labels else "has no labels"
+        why = "has no labels" if not datamodule.has_labels else f"keeps one (classes={classes})" if classes else ""
+        why = why or f"holds one ({labels[0]})"
         return f"metric {name!r} needs labelled data of at least two classes, but {data} {why}: {description}"
     if name == "auroc" and classes is None:
         return (
@@ -114,6 +115,15 @@ def not_applicable(model: AutoencoderModule, datamodule: ImageDataModule, name: 
     if not model_has.get(name, True):
         return f"metric {name!r} does not apply to {type(model).__name__}: {description}"
     return None
+
+
+def _labels(datamodule: ImageDataModule) -> list:
+    """The classes a model of ``datamodule`` learns: those it keeps, its class names, or its distinct labels."""
+    if datamodule.hparams.classes is not None:
+        return list(datamodule.hparams.classes)
+    if datamodule.class_names is not None:
+        return list(datamodule.class_names)
+    return datamodule.arrays.train[1].unique().tolist()
 
 
 def check_applicable(model: AutoencoderModule, datamodule: ImageDataModule, names: Sequence[str]) -> None:
@@ -534,7 +544,7 @@ def load_checkpoint(
         raise ValueError(f"{path} does not record its datamodule (trained without LightningCLI?)")
     data_hparams.pop("_instantiator", None)
     recorded_source = data_hparams.pop("data_source", None)
-    data_class, run_data_dir = resolve_name(data_class_path), data_hparams.get("data_dir")
+    data_class, run_data_dir = _run_class(path, data_class_path, "datamodule"), data_hparams.get("data_dir")
     if data_dir is not None:
         if "data_dir" not in data_hparams:
             raise ValueError(_no_data_dir(data_class, data_hparams, data_dir))
@@ -542,7 +552,19 @@ def load_checkpoint(
     data_hparams |= data_overrides
     datamodule = data_class(**data_hparams)  # first: it checks the data before the model loads
     check_data_source(path, recorded_source, datamodule, run_data_dir)
-    return resolve_name(class_path).load_from_checkpoint(path, map_location="cpu"), datamodule
+    return _run_class(path, class_path, "model").load_from_checkpoint(path, map_location="cpu"), datamodule
+
+
+def _run_class(path: str | Path, class_path: str, role: str) -> type:
+    """The class ``class_path`` that checkpoint ``path`` records for its ``role``; a ValueError naming both and the fix
+    if it cannot be imported here (a module of one's own, outside the Python path)."""
+    try:
+        return resolve_name(class_path)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ValueError(
+            f"{path} was trained with the {role} {class_path}, which cannot be imported here ({type(error).__name__}: "
+            f"{error}): run from the folder that holds its module, or add that folder to PYTHONPATH"
+        ) from error
 
 
 def check_data_source(
