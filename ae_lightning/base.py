@@ -178,8 +178,10 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         self.check_tensor(x, "forward(x)")
         return self.decode(self.encode(x, y), y)
 
+    @torch.no_grad()
     def sample(self, n: int, y: Tensor | None = None) -> Tensor:
-        """``n`` images decoded from :meth:`sample_prior` codes; a conditional variant's of the classes ``y``."""
+        """``n`` images decoded from :meth:`sample_prior` codes; a conditional variant's of the classes ``y``. Without
+        an autograd graph, as torch's ``Distribution.sample``: ``decode(sample_prior(n))`` keeps one."""
         check_sample_count(n, y=y)
         return self.decode(self.sample_prior(n))
 
@@ -475,6 +477,13 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
             return self.trainer
         except RuntimeError:
             return None
+
+    def fit_steps(self) -> float:
+        """The optimizer steps (``global_step``) the attached trainer's fit takes: its estimate in batches times
+        ``steps_per_batch``, at most ``max_steps``; ``inf`` for a fit without end. Known from ``on_train_start``."""
+        trainer = self.trainer
+        steps = trainer.estimated_stepping_batches * self.steps_per_batch
+        return min(steps, trainer.max_steps) if trainer.max_steps > 0 else steps
 
     def on_fit_start(self) -> None:
         fast.check_fit(self.trainer, self.steps_per_batch)

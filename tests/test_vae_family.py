@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -496,6 +497,24 @@ def test_a_fit_that_ends_before_the_kl_warm_up_does_is_warned_with_the_weight_it
         trainer.fit(model, data)
 
 
+@pytest.mark.parametrize("cls", [VAE, BetaTCVAE])  # BetaTCVAE's on_train_start skipped the VAE's
+def test_a_fit_whose_epochs_end_before_the_kl_warm_up_does_is_warned_too(cls: type[VAE]) -> None:
+    # 2 epochs of 4 batches, 8 steps < kl_warmup_steps 10: only a max_steps was checked, and every shipped config
+    # sets max_epochs (configs/beta_vae.yaml for 1 epoch trained a "beta-VAE" at a tenth of beta, silently).
+    data = DataLoader(TensorDataset(torch.rand(8, 1, 8, 8), torch.arange(8) % 3, torch.arange(8)), batch_size=2)
+    model = cls(**TINY, beta=4.0, kl_warmup_steps=10)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_epochs=2,
+                        enable_model_summary=False)  # fmt: skip
+    message = "ends (after 8 steps, max_epochs 2) before the KL warm-up does (kl_warmup_steps 10): the KL weight "
+    with pytest.warns(UserWarning, match=re.escape(message + "reaches only 2.8 (0.7")):
+        trainer.fit(model, data)
+    longer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_epochs=3,
+                       enable_model_summary=False)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*KL warm-up.*")
+        longer.fit(cls(**TINY, beta=4.0, kl_warmup_steps=10), data)  # 12 steps: warmed up
+
+
 # The VAE and the variants whose loss weighs the KL (and regularizers) otherwise than the ELBO.
 ELBO_VARIANTS = [(VAE, {}), (ConditionalVAE, {}), (BetaTCVAE, {}), (DIPVAE, {}), (InfoVAE, {}),
                  (FactorVAE, {"discriminator_hidden_dims": [8]}), (VampPriorVAE, {"num_pseudo_inputs": 3}),
@@ -553,3 +572,16 @@ def test_a_subclass_decoder_logits_is_what_the_regularized_variants_train_on(cls
     expected = -model.log_likelihood(model.decoder_logits(z), x).mean()
     torch.manual_seed(1)
     torch.testing.assert_close(model.loss_terms(x, batch(8)[1], batch(8)[2])["recon"], expected)
+
+
+@pytest.mark.parametrize("cls, kwargs", ELBO_VARIANTS, ids=[cls.__name__ for cls, _ in ELBO_VARIANTS])
+def test_samples_of_the_prior_carry_no_autograd_graph_in_either_mode(cls, kwargs: dict) -> None:
+    # sample(n) kept the decoder's (and VampPrior's encoder's) activations for a backward pass nobody runs: memory
+    # grew with n, and samples.numpy() was refused ("Can't call numpy() on Tensor that requires grad").
+    model = cls(**TINY, **kwargs)
+    for mode in (True, False):
+        samples = model.train(mode).sample(5)
+        assert samples.shape == (5, 1, 8, 8) and not samples.requires_grad and samples.grad_fn is None
+        samples.numpy()
+    if cls is ConditionalVAE:
+        assert not model.sample(5, [1, 2, 3, 4, 5]).requires_grad

@@ -195,6 +195,7 @@ def test_public_api_shapes(cls: type[AutoencoderModule], kwargs: dict, shape: tu
     if model.is_generative:
         samples = model.sample(3)
         assert samples.shape == (3, *shape) and (not bounded or (0 <= samples.min() and samples.max() <= 1))
+        assert not samples.requires_grad  # as torch's Distribution.sample
     else:
         with pytest.raises(NotImplementedError):
             model.sample(3)

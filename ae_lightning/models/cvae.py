@@ -103,8 +103,10 @@ class ConditionalVAE(VAE):
         condition = F.one_hot(self.class_labels(y, len(z), "decode(z, y)"), self.num_classes).to(z.dtype)
         return self.decoder(torch.cat([z, condition], 1))
 
+    @torch.no_grad()
     def sample(self, n: int, y: Labels = None) -> Tensor:
-        """``n`` images of the classes ``y`` (:meth:`class_labels`); by default the classes in turn, 0, 1, 2, ..."""
+        """``n`` images of the classes ``y`` (:meth:`class_labels`), by default the classes in turn, 0, 1, 2, ...;
+        without an autograd graph (:meth:`AutoencoderModule.sample`)."""
         check_sample_count(n)
         y = torch.arange(n) % self.num_classes if y is None else y
         return self.decode(self.sample_prior(n), self.class_labels(y, n, f"sample(n={n})"))

@@ -257,10 +257,7 @@ class FirstStageAutoencoder(AutoencoderModule, abc.ABC):
 
     def on_train_start(self) -> None:
         super().on_train_start()
-        # disc_start counts optimizer steps (global_step); the fast path takes steps_per_batch of them per batch
-        steps = self.trainer.estimated_stepping_batches * self.steps_per_batch
-        if self.trainer.max_steps > 0:
-            steps = min(steps, self.trainer.max_steps)
+        steps = self.fit_steps()  # disc_start counts optimizer steps
         if self.adversarial_weight and self.adaptive_weight:
             self.last_layer_weight()  # refused now, not at the first step from disc_start
         if self.adversarial_weight and self.disc_start >= steps:

@@ -176,6 +176,7 @@ class CodePrior(AutoencoderModule):
             tokens[:, position] = torch.multinomial(tempered.float(), 1).squeeze(1)
         return tokens
 
+    @torch.no_grad()
     def sample(self, n: int, y: Tensor | None = None, temperature: PositiveFloat = 1.0) -> Tensor:
         """``n`` images of token sequences drawn from the prior at ``temperature`` (no labels ``y``: unconditional)."""
         check_sample_count(n, y=y)

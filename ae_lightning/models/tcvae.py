@@ -55,6 +55,7 @@ class BetaTCVAE(VAE):
             self.dataset_size = datamodule.split_size("train")
 
     def on_train_start(self) -> None:
+        super().on_train_start()
         # Training data given as loaders rather than a datamodule with ``split_size``.
         if self.dataset_size is None:
             dataset = getattr(self.trainer.train_dataloader, "dataset", None)

@@ -155,15 +155,20 @@ class VAE(AutoencoderModule):
             return self.beta
         return self.beta * min(1.0, self.global_step / self.kl_warmup_steps)
 
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        max_steps = self.trainer.max_steps  # -1: no limit; the last step trained is max_steps - 1
-        if 0 < max_steps <= self.kl_warmup_steps:
-            share = (max_steps - 1) / self.kl_warmup_steps
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        steps, max_steps = self.fit_steps(), self.trainer.max_steps  # the last step trained is steps - 1
+        ends = (
+            f"max_steps {max_steps}"
+            if steps == max_steps
+            else f"after {steps} steps, max_epochs {self.trainer.max_epochs}"
+        )
+        if 0 < steps <= self.kl_warmup_steps:
+            share = (steps - 1) / self.kl_warmup_steps
             rank_zero_warn(
-                f"the fit ends (max_steps {max_steps}) before the KL warm-up does (kl_warmup_steps "
-                f"{self.kl_warmup_steps}): the KL weight reaches only {self.beta * share:.3g} ({share:.3g} x "
-                f"beta={self.beta}); lower kl_warmup_steps or raise max_steps to train on the objective asked for"
+                f"the fit ends ({ends}) before the KL warm-up does (kl_warmup_steps {self.kl_warmup_steps}): the KL "
+                f"weight reaches only {self.beta * share:.3g} ({share:.3g} x beta={self.beta}); lower kl_warmup_steps "
+                "or raise max_steps or max_epochs to train on the objective asked for"
             )
 
     def loss_terms(self, x: Tensor, labels: Tensor, indices: Tensor) -> dict[str, Tensor]:
