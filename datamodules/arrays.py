@@ -90,11 +90,12 @@ def as_labels(array: Any, where: str) -> Tensor:
 
 
 def _as_tensor(array: Any, where: str, expected: str) -> Tensor:
-    """``array`` as a tensor, or a ValueError naming ``where``, ``expected`` and a dtype torch cannot hold."""
+    """``array`` as a tensor outside autograd (a tensor saved with ``requires_grad`` shares its values, without it),
+    or a ValueError naming ``where``, ``expected`` and a dtype torch cannot hold."""
     if isinstance(array, Tensor) and array.layout != torch.strided:  # torch.sparse_coo, ...: no min, max, isfinite
         raise ValueError(f"{where}: a {array.layout} tensor; {expected} of dense values, e.g. saved as x.to_dense()")
     if isinstance(array, Tensor):
-        return array
+        return array.detach()
     array = np.asarray(array)
     if array.dtype.kind not in "biufc":
         raise ValueError(f"{where}: {expected}, got dtype {array.dtype} {array.shape}")

@@ -8,6 +8,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch import Tensor
@@ -182,20 +183,31 @@ GRAY_MODES = ("1", "L", "LA", *_DEEP_MODES)  # PIL modes of gray images
 
 
 def own_channels(files: list[str]) -> int:
-    """1 when every image file is gray, else 3: their PIL modes, read from their headers until one is in colour."""
+    """1 when every image file is gray, else 3: their PIL modes (and a palette image's colours), read from their
+    headers until one is in colour."""
 
-    def mode(path: str) -> str:
+    def gray(path: str) -> bool:
         try:
             with Image.open(path) as image:
-                return image.mode
+                return image.mode in GRAY_MODES or is_gray_palette(image)
         except (OSError, ValueError, Image.DecompressionBombError):
-            return "L"  # decides nothing: decoding refuses the file, naming it
+            return True  # decides nothing: decoding refuses the file, naming it
 
     with ThreadPoolExecutor(min(8, usable_cpus())) as pool:
         for start in range(0, len(files), 256):
-            if any(found not in GRAY_MODES for found in pool.map(mode, files[start : start + 256])):
+            if not all(pool.map(gray, files[start : start + 256])):
                 return 3
     return 1
+
+
+def is_gray_palette(image: Image.Image) -> bool:
+    """Whether ``image`` is a palette image (PIL mode ``P``) whose palette, read with its header, holds grays alone."""
+    palette = image.palette if image.mode == "P" else None
+    layout = palette and (palette.rawmode or palette.mode)  # the bytes of an entry, e.g. BGRX in a BMP
+    if layout not in ("RGB", "RGBA", "BGR", "BGRX") or len(palette.palette) % len(layout):
+        return False
+    colours = np.frombuffer(palette.palette, np.uint8).reshape(-1, len(layout))[:, :3]
+    return bool((colours == colours[:, :1]).all())
 
 
 def decode_image(path: str, mode: str, size: int | None, alpha: Alpha = "refuse") -> Tensor:

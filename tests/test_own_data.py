@@ -129,6 +129,24 @@ def test_a_gray_folder_is_gray_in_memory_and_in_its_stream_unless_channels_says_
     assert ImageFolderDataModule(str(gray), image_size=8).input_shape == (3, 8, 8)
 
 
+def test_gray_palette_images_are_gray_in_memory_and_in_the_stream(tmp_path: Path) -> None:
+    # PNGs of a palette of grays (mode P, as quantizers and some editors save gray images) were read as RGB
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (6, 8, 8), dtype=np.uint8)
+    for i, image in enumerate(pixels):
+        (tmp_path / "gray").mkdir(exist_ok=True)
+        Image.fromarray(image).convert("P").save(tmp_path / "gray" / f"{i}.png")
+    assert Image.open(tmp_path / "gray" / "0.png").mode == "P"
+    memory = ImageFolderDataModule(str(tmp_path / "gray"), val_fraction=0.2, test_fraction=0.2)
+    prepare_stream(str(tmp_path / "gray"), str(tmp_path / "stream"), num_workers=1, val_fraction=0.2)
+    assert memory.input_shape == StreamingDataModule(str(tmp_path / "stream")).input_shape == (1, 8, 8)
+    memory.setup()
+    decoded = torch.cat([images for images, _ in memory.splits.values()])
+    assert sorted(map(bytes, decoded.flatten(1).numpy())) == sorted(map(bytes, pixels.reshape(6, -1)))
+    Image.new("RGB", (8, 8), (200, 10, 10)).convert("P").save(tmp_path / "gray" / "red.png")  # a palette in colour
+    assert ImageFolderDataModule(str(tmp_path / "gray")).input_shape[0] == 3
+
+
 def test_phone_photos_are_read_upright_as_their_exif_orientation_says(tmp_path: Path) -> None:
     # stored 16 wide and 8 high, dark left half; EXIF orientation 6: viewers turn it 90 degrees clockwise, so that it
     # shows 8 wide and 16 high with the dark half on top
@@ -286,6 +304,20 @@ def test_vectors_standardized_with_training_statistics_only(tmp_path: Path) -> N
     torch.testing.assert_close(train[:, [0, 1, 3, 4, 5]].std(0), torch.ones(5), atol=1e-5, rtol=0)
     assert (val.mean(0).abs() > 1e-3).any()  # val's own statistics were not used
     assert torch.isfinite(train).all()
+
+
+@pytest.mark.parametrize("standardize", [True, False])
+def test_tensors_saved_with_requires_grad_are_read_as_plain_data(standardize: bool, tmp_path: Path) -> None:
+    # embeddings saved from a model's output without no_grad: standardized, the second training step raised "Trying to
+    # backward through the graph a second time"; else every step computed and kept a gradient of the whole data
+    torch.save({"x": torch.randn(40, 6, requires_grad=True), "y": torch.arange(40) % 2}, tmp_path / "e.pt")
+    dm = ArrayDataModule(str(tmp_path / "e.pt"), labels="y", standardize=standardize, batch_size=8)
+    dm.setup("fit")
+    weight = torch.nn.Parameter(torch.ones(6))
+    for x, _, _ in dm.train_dataloader():
+        assert not x.requires_grad
+        (x * weight).pow(2).sum().backward()
+    assert not any(images.requires_grad for images, _ in dm.splits.values())
 
 
 def test_binarize_and_standardize_are_refused_where_they_mean_nothing(tmp_path: Path) -> None:
@@ -544,6 +576,11 @@ BAD_INPUTS = [
         "IDX count 0",
         lambda tmp: _idx_pair(tmp, 0, 0),
         r"train-images-idx3-ubyte holds no samples: the count in its header is 0",
+    ),
+    (
+        "data_dir the dataset's own folder",
+        lambda tmp: MNISTDataModule(data_dir=str(_idx_pair(tmp, 40, 40).raw_folder)),
+        r"data_dir .*data/MNIST/raw is a folder of MNIST's own, .* set data_dir to .*data$",
     ),
     ("16-bit PNG", _folder_16_bit, r"deep.png is a 16-bit image \(PIL mode I;16\).*convert it to 8 bits"),
     ("empty array file", lambda tmp: _array(tmp, np.zeros((0, 4), np.float32)), r"x.npy holds no samples"),

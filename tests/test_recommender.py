@@ -137,6 +137,11 @@ def test_movielens_u_data_layout_reads_the_same(tmp_path: Path) -> None:
             {},
             r"line 1 \('book_id,user_id,rating'\) names the users' column second",
         ),
+        (  # u.data under a config written for ratings.csv: its first interaction was dropped as the columns' names
+            ["1\t10\t4", "2\t10\t5"],
+            {"header": True},
+            r"line 1 \('1\\t10\\t4'\) holds numbers only, an interaction, but header: true reads it as the columns'",
+        ),
         (
             [f"u{u},{i},5" for u in range(30) for i in range(8)],
             {"held_out_fraction": 0.1, "val_users": 5, "test_users": 5},
@@ -156,6 +161,7 @@ def test_movielens_u_data_layout_reads_the_same(tmp_path: Path) -> None:
         "blank-tabbed",
         "header-only",
         "users-second",
+        "numbers-as-header",
         "nothing-held-out",
     ],  # fmt: skip
 )
@@ -385,6 +391,20 @@ def test_a_test_file_holds_out_its_interactions_of_training_users(tmp_path: Path
     assert {"u1", "u2"} <= set(split.users["train"]) and not {"u1", "u2"} & set(split.users["val"])
     assert split.held_out["test"].sum(1).ravel().tolist() == [[2, 2]]  # the test file's lines
     assert split.fold_in["test"].sum(1).ravel().tolist() == [[len(of["u1"]) - 2, len(of["u2"]) - 2]]  # u1.base's
+
+
+@pytest.mark.parametrize("header", [True, False])
+def test_a_test_file_with_or_without_a_header_loses_no_line(tmp_path: Path, header: bool) -> None:
+    # Text ids make header: true or false necessary; it named path's first line and test_path's, so a u1.test without
+    # the header of a clicks.csv with one lost its first interaction, and one with it read "user,item" as a click.
+    lines = [f"user{u},book{(u + i) % 12}" for u in range(12) for i in range(8)]
+    base, test = tmp_path / "clicks.csv", tmp_path / "test.csv"
+    base.write_text("user,item\n" * header + "\n".join(lines) + "\n")
+    held = ["user0,book8", "user0,book9", "user1,book10", "user1,book11"]
+    for test_header in ("", "user,item\n"):
+        test.write_text(test_header + "\n".join(held) + "\n")
+        split = data(base, test_path=str(test), min_rating=None, header=header, val_users=2).interactions
+        assert split.held_out["test"].sum(1).ravel().tolist() == [[2, 2]], f"test file header: {test_header!r}"
 
 
 def test_interactions_files_under_home_as_a_yaml_config_writes_them(tmp_path: Path, monkeypatch) -> None:
