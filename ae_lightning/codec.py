@@ -33,6 +33,7 @@ _MISMATCH = (
 )
 # Tiles coded (and tokenized) at once; both sides group alike, so each probability is computed on identical inputs.
 TILES_PER_GROUP = 64
+_HEX_DIGITS = b"0123456789abcdef"  # of the fingerprints
 _CODE_MODEL = constriction.stream.model.Categorical(perfect=False)  # both sides': each call gives the probabilities
 
 
@@ -85,7 +86,10 @@ def decompress(prior: CodePrior, data: bytes, name: str = "the file") -> Tensor:
     if version != VERSION:
         changed = " (the format changed: compress the image again with this code)" if version < VERSION else ""
         raise CompressedFileError(f"{name} has format version {version}; this code reads version {VERSION}{changed}")
-    written_by = f"tokenizer {tokenizer.decode(errors='replace')} and prior {prior_id.decode(errors='replace')}"
+    if not all(digit in _HEX_DIGITS for digit in tokenizer + prior_id):  # else read as a file of another model
+        found = f"{tokenizer.decode(errors='replace')!r} and {prior_id.decode(errors='replace')!r}"
+        raise CompressedFileError(f"{name} has a corrupted header: its model fingerprints {found} are not hex digits")
+    written_by = f"tokenizer {tokenizer.decode()} and prior {prior_id.decode()}"
     this = f"tokenizer {prior.fingerprint} and prior {prior_fingerprint(prior)}"
     if written_by != this:
         raise CompressedFileError(

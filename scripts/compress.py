@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ae_lightning.codec import CompressedFileError, compress, decompress
+from ae_lightning.codec import MAGIC, CompressedFileError, compress, decompress
 from ae_lightning.models.prior import CodePrior
 from ae_lightning.training.fault_tolerance.checkpoint_io import read_checkpoint, write_atomically
 from datamodules.folder import Alpha, decode_image
@@ -140,12 +140,19 @@ def main(argv: list[str] | None = None) -> None:
         data = compress(prior, image)
         write_atomically(args.target, data)
     else:
-        data = args.source.read_bytes()
+        with args.source.open("rb") as file:  # a file of another kind (a video given by mistake) is not read whole
+            data = file.read(len(MAGIC))
+            data += file.read() if data == MAGIC else b""
         try:
             image = decompress(prior, data, name=str(args.source))
         except CompressedFileError as error:
             parser.error(str(error))
-        write_atomically(args.target, image_bytes(image, args.target.suffix))
+        try:  # a size the format cannot hold (WebP: 16383 pixels a side, JPEG: 65500, GIF: 65535), known only now
+            encoded = image_bytes(image, args.target.suffix)
+        except (OSError, ValueError, OverflowError) as error:
+            size = f"{image.shape[2]}x{image.shape[1]}"
+            parser.error(f"target {args.target}: {error}; the decoded image is {size}; name a .png or .tiff target")
+        write_atomically(args.target, encoded)
     pixels = image.shape[1] * image.shape[2]
     seconds = time.perf_counter() - start
     print(

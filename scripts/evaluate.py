@@ -10,11 +10,12 @@ Without ``--metrics`` every metric that applies to the model is computed; naming
 On data with known factors (dSprites) the disentanglement metrics are printed too (``--disentanglement``, and
 ``--prune_threshold`` as the test callback's), and ``--plots`` also writes the latent traversals. ``--samplers`` fits
 post-hoc samplers on the training codes, so that deterministic autoencoders get a Frechet distance too. An existing
-``--json`` file or picture is replaced only with ``--overwrite``; the ``--json`` file (strict JSON: a NaN or infinite
-score is ``null``) and the pictures are written once everything is computed, all or none, none half-written. Every
-option is checked before the model is loaded (names, counts, paths, the ``--classifier`` file), and what depends on
-the model (views, the pictures it would replace, metrics that apply, a classifier of the checkpoint's dataset, the
-disentanglement settings) before any score is computed.
+``--json`` file or picture is replaced only with ``--overwrite`` (an earlier run's pictures of views not drawn now
+stay, and are named); the ``--json`` file (strict JSON: a NaN or infinite score is ``null``) and the pictures are
+written once everything is computed, all or none, none half-written. Every option is checked before the model is
+loaded (names, counts, paths, the ``--classifier`` file), and what depends on the model (views, the pictures it would
+replace, metrics that apply, a classifier of the checkpoint's dataset, the disentanglement settings) before any score
+is computed.
 """
 
 from __future__ import annotations
@@ -392,8 +393,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         for folder in created:
             folder.rmdir()
         raise
-    if args.plots is not None:
-        print(f"Pictures ({', '.join(pictures)}) written to {args.plots}")
+    if args.plots is not None:  # an earlier run's pictures stay, named so that none reads as this model's
+        names = [f"{view}.png" for view in (*visualization.VIEWS, "traversals") if view not in pictures]
+        earlier = [name for name in names if (args.plots / name).is_file()]
+        verb = "is" if len(earlier) == 1 else "are"
+        note = f"; {', '.join(earlier)} there {verb} of an earlier run (not drawn now)" if earlier else ""
+        print(f"Pictures ({', '.join(pictures)}) written to {args.plots}{note}")
     return scores
 
 

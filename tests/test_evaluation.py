@@ -693,6 +693,27 @@ def test_the_evaluate_script_refuses_only_the_pictures_this_model_and_data_would
     )
 
 
+def test_the_evaluate_script_names_the_earlier_pictures_it_leaves_beside_its_own(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # --plots DIR --overwrite replaced this run's pictures and said nothing of a VAE's samples.png left beside them,
+    # which read as this autoencoder's samples
+    script, plots = load_script("evaluate"), tmp_path / "plots"
+    plots.mkdir()
+    (plots / "samples.png").write_bytes(b"VAE run")
+    (plots / "reconstructions.png").write_bytes(b"VAE run")
+    torch.manual_seed(0)
+    model, mnist = Autoencoder(latent_dim=2, hidden_dims=[8]), MNISTDataModule(data_dir=str(data_dir))
+    argv = [str(tmp_path / "run.ckpt"), "--metrics", "mse", "--plots", str(plots), "--tsne_points", "8"]
+    with mock.patch.object(evaluation, "load_checkpoint", return_value=(model, mnist)):
+        script.main([*argv, "--overwrite"])
+    assert (plots / "samples.png").read_bytes() == b"VAE run"  # kept: nothing of an earlier run is lost
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"Pictures (reconstructions, interpolations, latent_map) written to {plots}; samples.png there is of an "
+        "earlier run (not drawn now)"
+    )
+
+
 def test_the_evaluate_script_writes_its_json_and_pictures_all_or_none(data_dir: Path, tmp_path: Path) -> None:
     # the --json file was written before the pictures: a failed picture write left this run's scores behind
     script, plots, json_file = load_script("evaluate"), tmp_path / "plots", tmp_path / "scores.json"
