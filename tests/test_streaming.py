@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -926,3 +927,36 @@ def test_an_output_that_is_a_file_is_refused_as_a_file(tmp_path: Path) -> None:
         with pytest.raises(FileExistsError, match=re.escape(expected)):
             prepare_stream(str(images), str(tmp_path / name), chunk_size=8, overwrite=True)
         assert (tmp_path / name).read_text() == text
+
+
+KILLED_WITH_WORKERS = """
+import multiprocessing, os, signal, sys
+from datamodules.streaming import StreamingDataModule
+if __name__ == "__main__":
+    dm = StreamingDataModule(sys.argv[1], image_size=12, batch_size=16, num_workers=2)
+    dm.setup("fit")
+    batches = [iter(dm.train_dataloader()), iter(dm.val_dataloader())]  # both loaders' workers running
+    for loader in batches:
+        next(loader)
+    print(*(process.pid for process in multiprocessing.active_children()), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="looks the workers up in /proc")
+def test_the_stream_workers_of_a_process_killed_by_sigkill_end_with_it(stream: Path, tmp_path: Path) -> None:
+    # Workers started from a fork server (tried against a rare fork hang, docs/internals.md) outlived a SIGKILLed run
+    # for good: torch's watchdog watches the worker's parent, the fork server, which lives while its workers do.
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_WITH_WORKERS)
+    with (tmp_path / "out").open("w") as out:  # a file, not a pipe: the workers hold their copy open
+        run = subprocess.run([sys.executable, str(script), str(stream)], stdout=out, stderr=subprocess.STDOUT,
+                             cwd=ROOT, env=subprocess_env(), timeout=300, stdin=subprocess.DEVNULL)  # fmt: skip
+    output = (tmp_path / "out").read_text()
+    assert run.returncode == -signal.SIGKILL, output[-2000:]
+    workers = [int(pid) for pid in output.split()]
+    assert len(workers) >= 2
+    deadline = time.monotonic() + 60  # torch's watchdog looks every 5 s
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], "workers outlived the killed process"
