@@ -156,6 +156,7 @@ class Row:
     auroc_per_class: dict[int, float] = field(default_factory=dict)  # mean over the seeds
     auroc_per_seed: dict[int, dict[int, float]] = field(default_factory=dict)
     pictures: dict[str, str] = field(default_factory=dict)  # of the first seed's model
+    kl_weight_reached: float | None = None  # the share of beta a KL warm-up that outlasted the budget reached
 
     def summarize(self) -> None:
         """Means and standard deviations over the seeds of every score and of the AUROC per held-out class."""
@@ -322,6 +323,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
             model, datamodule = cli.model.to(cli.trainer.strategy.root_device), cli.datamodule
             row.model = type(model).__name__
             row.test_images = "binarized" if datamodule.hparams.binarize != "none" else "gray"
+            if model.global_step < getattr(model, "kl_warmup_steps", 0):  # the last step trained is global_step - 1
+                row.kl_weight_reached = (model.global_step - 1) / model.kl_warmup_steps
             wanted = [m for m in metrics if m != "auroc" and evaluation.metric_applies(model, datamodule, m)]
             progress(f"{label} evaluating {', '.join(wanted)}")
             scores = evaluation.evaluate(
@@ -458,6 +461,7 @@ def _row_json(row: Row, folder: Path) -> dict[str, Any]:
         "auroc_per_seed": row.auroc_per_seed,
         "auroc_per_held_out_class": row.auroc_per_class,
         "pictures": {view: _relative(Path(path), folder) for view, path in row.pictures.items()},
+        "kl_weight_reached": row.kl_weight_reached,
     }
 
 
@@ -486,6 +490,12 @@ def render_markdown(
         f"- **Budget**: {context['epochs']} epoch(s) per variant, {_seeds(context['seeds'])}, each config's own model, "
         "optimizer and batch size",
     ]
+    unfinished = [f"`{row.name}` ({row.kl_weight_reached:.2f} x beta)" for row in rows if row.kl_weight_reached]
+    if unfinished:
+        lines.append(
+            f"- **KL warm-up unfinished** in this budget (the config's `kl_warmup_steps`): {', '.join(unfinished)}"
+            " at the last step: these rows score models trained toward a weaker KL term than asked for"
+        )
     if context["left_out"]:
         reasons = "; ".join(f"`{name}`: {reason}" for name, reason in context["left_out"].items())
         lines.append(f"- **Left out** (they do not build with this data): {reasons}")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import write_dataset, write_image_folder
 from test_evaluation import load_script
 from tiny_runs import ROOT
@@ -253,3 +254,21 @@ def test_vqvae_seeds_refuses_an_earlier_runs_folder_and_names_a_failed_fit(tmp_p
     done = subprocess.run(["bash", str(script), str(tmp_path / "none"), str(tmp_path / "new"), "3", "0"],
                           capture_output=True, text=True, cwd=tmp_path, env=env)  # fmt: skip
     assert done.returncode == 1 and "vqvae seed 0: fit failed: ae-lightning: error: FashionMNIST" in done.stderr
+
+
+def test_a_kl_warm_up_that_outlasts_the_budget_is_named_in_the_report(tmp_path: Path) -> None:
+    # configs/vampprior.yaml warms the KL up over 5,000 steps: the 3-epoch table scored it at 0.26 x beta, unsaid
+    write_dataset(tmp_path / "data", "MNIST")
+    (row,) = load_script("benchmark").main(
+        [
+            "--configs", "beta_vae", "--epochs", "1", "--metrics", "mse", "--data", "MNISTDataModule",
+            "--data_dir", str(tmp_path / "data"), "--tsne_points", "40", "--output", str(tmp_path / "results.md"),
+            "--root", str(tmp_path / "runs"),
+        ]
+    )  # fmt: skip
+    steps = torch.load(next((tmp_path / "runs").rglob("last.ckpt")), weights_only=False)["global_step"]
+    assert row.kl_weight_reached == (steps - 1) / 1000  # configs/beta_vae.yaml's kl_warmup_steps
+    unfinished = f"`beta_vae` ({(steps - 1) / 1000:.2f} x beta) at the last step"
+    assert f"**KL warm-up unfinished** in this budget (the config's `kl_warmup_steps`): {unfinished}" in (
+        (tmp_path / "results.md").read_text()
+    )
