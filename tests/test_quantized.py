@@ -927,6 +927,14 @@ def test_the_rate_is_reported_exactly_under_bf16_true() -> None:
     assert rate.item() == pytest.approx(14 * 14 * math.log2(135) / (28 * 28), rel=1e-6)
 
 
+def test_the_rate_is_logged_exactly_by_a_bf16_true_test(tmp_path: Path) -> None:
+    # bf16-true runs test_step with bfloat16 as torch's default dtype, which rounded the logged rate (1.7656 for 1.7692)
+    model, x, labels = quantized(quantizer="fsq", fsq_levels=[5, 3, 3, 3]), images(4), torch.zeros(4, dtype=torch.long)
+    loader = TensorBatchLoader(x, labels, torch.arange(4), batch_size=2, shuffle=False, seed=0)
+    (results,) = make_trainer(tmp_path, precision="bf16-true").test(model, loader, verbose=False)
+    assert results["test/bits_per_pixel"] == pytest.approx(14 * 14 * math.log2(135) / (28 * 28), rel=1e-6)
+
+
 def test_reconstruction_fid_grows_with_the_reconstruction_error_and_names_missing_inception_weights(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

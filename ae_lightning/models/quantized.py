@@ -109,8 +109,9 @@ class QuantizedAutoencoder(FirstStageAutoencoder):
         self, x: Tensor, y: Tensor | None = None, reconstruction: Tensor | None = None
     ) -> dict[str, Tensor]:
         rate = self.bits_per_pixel((self.quantizer.num_codebooks, *self.latent_shape[1:]))  # the indices' shape
-        # float32 whatever the images' dtype: exact arithmetic, which bfloat16 would round (1.7656 for 1.7692)
-        return {**super().test_metrics(x, y, reconstruction), "bits_per_pixel": torch.tensor(rate, device=x.device)}
+        # float32 whatever the images' or the default dtype (bf16-true's test step): bfloat16 rounds 1.7692 to 1.7656
+        rate = torch.tensor(rate, dtype=torch.float32, device=x.device)
+        return {**super().test_metrics(x, y, reconstruction), "bits_per_pixel": rate}
 
     def _predict_step(self, batch: Batch) -> dict[str, Tensor]:
         x, labels, index = batch  # the base's outputs and the indices, of one encode and one decode
