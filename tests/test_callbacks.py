@@ -415,3 +415,22 @@ def test_a_hung_run_fails_its_test_with_its_output_and_its_whole_session_is_kill
         run_or_fail_if_hung(["bash", "-c", f"sleep 60 & echo $! > {pid_file}; echo started; wait"], timeout=2)
     status = Path(f"/proc/{pid_file.read_text().strip()}/status")
     assert not status.exists() or "zombie" in status.read_text()
+
+
+@pytest.mark.parametrize("channels", [2, 4, 5])
+def test_images_of_other_than_1_or_3_channels_are_drawn_as_their_channels_side_by_side_in_gray(
+    channels: int, tmp_path: Path
+) -> None:
+    # 2 channels became a gray PNG with transparency, 4 an RGBA one, 5 a TypeError from PIL
+    images = torch.arange(channels).div(channels - 1).view(1, channels, 1, 1).expand(4, channels, 6, 6)
+    model = Autoencoder(input_shape=(channels, 6, 6), latent_dim=2, hidden_dims=[8])
+    pictures = visualization.draw_views(model, images, torch.zeros(4, dtype=torch.long), num_images=1)
+    for view, picture in pictures.items():
+        gray = view == "latent_map" or ((picture[0] == picture[1]).all() and (picture[0] == picture[2]).all())
+        assert picture.shape[0] == 3 and gray, view
+        visualization.save_png(picture, tmp_path / f"{view}.png")
+        assert read_image(str(tmp_path / f"{view}.png")).shape == picture.shape, view
+    grid = pictures["reconstructions"]
+    assert grid.shape[2] == 2 + channels * 6 + 2  # one image: its channels side by side
+    for channel in range(channels):
+        assert (grid[:, 2:8, 2 + 6 * channel : 8 + 6 * channel] == channel / (channels - 1)).all()

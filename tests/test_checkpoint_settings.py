@@ -239,7 +239,7 @@ def test_a_resume_that_turns_fused_on_places_the_step_counts_where_the_fused_opt
         torch.set_default_dtype(torch.float32)
     checkpoint: dict = {}
     callback = OptimizerSettingsOnResume()
-    callback.on_save_checkpoint(SimpleNamespace(optimizers=[unfused]), None, checkpoint)
+    callback.on_save_checkpoint(SimpleNamespace(optimizers=[unfused], lr_scheduler_configs=[]), None, checkpoint)
     fused = torch.optim.Adam([weight], fused=True)
     fused.load_state_dict(unfused.state_dict())  # as Lightning restores it
     assert fused.state[weight]["step"].dtype == torch.float64

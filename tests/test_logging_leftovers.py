@@ -5,15 +5,22 @@ from __future__ import annotations
 
 import inspect
 import re
+import socket
 import warnings
 from pathlib import Path
+from typing import Any
 
+import lightning as L
 import pytest
+import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
+from litdata import StreamingDataset
 from tiny_runs import build_cli, run_cli, tiny_args
+from torch.utils.data import DataLoader, TensorDataset
 
+from ae_lightning import Autoencoder
 from ae_lightning.cli import ConfigError
 from ae_lightning.training.prediction import PredictionWriter
 
@@ -209,3 +216,47 @@ def test_a_recommenders_predict_counts_users_not_images(tmp_path: Path, capsys: 
     (checkpoint,) = tmp_path.rglob("last.ckpt")
     cli = run_cli("predict", *args, "--ckpt_path", str(checkpoint))
     assert f"Predictions for 20 users written to {cli.trainer.log_dir}" in capsys.readouterr().out
+
+
+class PredictIntoTheSameFolder(Callback):
+    """After the first predict batch, runs a whole second predict into the same folder (two runs of one filename)."""
+
+    def __init__(self, predict: Any) -> None:
+        self.predict, self.done = predict, False
+
+    def on_predict_batch_end(self, *args: Any) -> None:
+        if not self.done:
+            self.done = True
+            self.predict()
+
+
+@pytest.mark.parametrize("format", ["file", "stream"])
+def test_two_predicts_of_one_filename_at_once_keep_the_first_written_and_refuse_the_other(
+    format: str, tmp_path: Path
+) -> None:
+    # the second deleted the first's stream staging folder: FileNotFoundError '.predictions.partial/chunk-0-0.bin'
+    data = TensorDataset(torch.rand(32, 1, 8, 8), torch.zeros(32, dtype=torch.long), torch.arange(32))
+    model = Autoencoder(input_shape=(1, 8, 8), latent_dim=2, hidden_dims=[8])
+
+    def predict(batch_size: int, *callbacks: Callback) -> None:
+        trainer = L.Trainer(default_root_dir=tmp_path, logger=False, callbacks=[PredictionWriter(format=format),
+                            *callbacks], enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+        trainer.predict(model, DataLoader(data, batch_size=batch_size), return_predictions=False)
+
+    host = socket.gethostname()
+    dead, running = (
+        tmp_path / f".predictions.{2**22 + 1}@{host}.0.partial",
+        tmp_path / f".predictions.1@{host}.0.partial",
+    )
+    for folder in (dead, running) if format == "stream" else ():  # a killed predict's, one still writing (pid 1)
+        folder.mkdir()
+    with pytest.raises(FileExistsError, match="already exists; predictions are never overwritten"):
+        predict(8, PredictIntoTheSameFolder(lambda: predict(4)))
+    written = tmp_path / ("predictions" if format == "stream" else "predictions.pt")
+    if format == "stream":
+        assert not dead.exists() and running.is_dir()
+        running.rmdir()
+        assert len(StreamingDataset(str(written))) == 32
+    else:
+        assert len(torch.load(written)["index"]) == 32
+    assert [path.name for path in tmp_path.iterdir()] == [written.name]  # no staging folder or temporary file left

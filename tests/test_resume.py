@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from unittest import mock
 
 import lightning as L
 import pytest
@@ -733,3 +734,28 @@ def test_a_finished_runs_last_checkpoint_holds_its_last_validation_when_step_che
         extend = ["--trainer.max_epochs", "3", "--ckpt_path", str(last)]
         run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "run", *short, *extend))
     assert not [w for w in caught if "before that epoch's validation" in str(w.message)]
+
+
+def test_a_run_resumed_without_the_checkpoints_lr_scheduler_trains_at_its_own_lr(data_dir: Path, tmp_path: Path):
+    # it trained on at the lr the checkpoint's schedule had decayed to (1e-5), its config saying lr 0.001, no scheduler
+    run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "run", *_step_lr(0.1)))  # 2 epochs: lr 1e-3 -> 1e-5
+    last = next((tmp_path / "run").rglob("last.ckpt"))
+    assert torch.load(last, weights_only=False)["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1e-5)
+    with mock.patch("ae_lightning.training.resume.rank_zero_info") as info:
+        cli = run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "resumed", "--trainer.max_epochs", "3",
+                                        "--ckpt_path", str(last)))  # fmt: skip
+    assert [group["lr"] for group in cli.trainer.optimizers[0].param_groups] == [0.001]
+    info.assert_any_call("optimizer 0: lr is 0.001 from here on: this run has no lr scheduler (the checkpoint's run's "
+                         "had brought it to 1e-05)")  # fmt: skip
+
+
+def test_a_resume_with_another_lr_scheduler_class_is_refused_naming_both(data_dir: Path, tmp_path: Path) -> None:
+    # CosineAnnealingLR took StepLR's state (step_size, gamma and all) and went on from its decayed lr, silently
+    run_cli("fit", *tiny_args("ae", data_dir, tmp_path / "run", "--trainer.max_epochs", "1", *_step_lr(0.1)))
+    last = next((tmp_path / "run").rglob("last.ckpt"))
+    cosine = {"class_path": "torch.optim.lr_scheduler.CosineAnnealingLR", "init_args": {"T_max": 10}}
+    resumed = tiny_args("ae", data_dir, tmp_path / "resumed", "--model.init_args.lr_scheduler", json.dumps(cosine))
+    expected = "lr scheduler 0 is a torch.optim.lr_scheduler.StepLR, this run's a torch.optim.lr_scheduler.CosineAnneal"
+    with pytest.raises(ConfigError, match=expected):
+        run_cli("fit", *resumed, "--ckpt_path", str(last))
+    assert not (tmp_path / "resumed").exists()

@@ -107,8 +107,12 @@ def draw_views(
 
 
 def image_grid(images: Tensor, nrow: int = 8) -> Tensor:
-    """A grid ``[3, H, W]`` of images ``[N, C, H, W]`` in [0, 1], ``nrow`` per row, with white gaps."""
-    return make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=2, pad_value=1.0)
+    """A grid ``[3, H, W]`` of images ``[N, C, H, W]`` in [0, 1], ``nrow`` per row, with white gaps; an image of other
+    than 1 (gray) or 3 (RGB) channels is drawn as its channels side by side, in gray."""
+    images = images.detach().float().clamp(0, 1).cpu()
+    if images.shape[1] not in (1, 3):
+        images = images.transpose(1, 2).flatten(2).unsqueeze(1)  # [N, C, H, W] -> [N, 1, H, C * W]
+    return make_grid(images, nrow=nrow, padding=2, pad_value=1.0)
 
 
 def reconstruction_grid(*rows: Tensor, nrow: int = 8) -> Tensor:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
+import socket
+import uuid
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from ae_lightning.lightning_internals import returns_predictions
 from ae_lightning.training.callbacks import run_directory
-from ae_lightning.training.fault_tolerance.checkpoint_io import write_atomically
+from ae_lightning.training.fault_tolerance.checkpoint_io import alive, write_atomically
 from datamodules.checks import byte_count, check_arguments
 
 
@@ -67,9 +70,11 @@ class PredictionWriter(BasePredictionWriter):
             return
         from litdata.streaming.writer import BinaryWriter
 
-        staging = path.with_name(f".{path.name}.partial")
-        if trainer.is_global_zero and staging.exists():  # left by an interrupted run
-            shutil.rmtree(staging)
+        # Rank 0's, named by its pid and host: every predict into this folder has one of its own.
+        own = _staging_folder(path, os.getpid(), socket.gethostname(), uuid.uuid4().hex[:8])
+        staging = Path(trainer.strategy.broadcast(str(own)))
+        if trainer.is_global_zero:
+            _remove_dead_writers_staging(path)
         trainer.strategy.barrier()
         staging.mkdir(parents=True, exist_ok=True)
         self._writer = BinaryWriter(str(staging), chunk_bytes=byte_count(self.chunk_bytes))
@@ -113,7 +118,8 @@ class PredictionWriter(BasePredictionWriter):
             print(f"Predictions for {len(self._merged['index'])} {self._rows} written to {path}")  # by each process
             self.path, self._merged = path, None
         elif self._staging is not None:
-            path = self.target(trainer)
+            path = self.target(trainer, new=True)  # another predict may have put its own there since this one began
+            trainer.strategy.barrier()
             if trainer.is_global_zero:
                 os.replace(self._staging, path)
                 count = sum(chunk["chunk_size"] for chunk in json.loads((path / "index.json").read_text())["chunks"])
@@ -148,6 +154,20 @@ class PredictionWriter(BasePredictionWriter):
             predictions = predictions[0]
         self._merged = {key: _readable(torch.cat([p[key] for p in predictions])) for key in predictions[0]}
         self._rows = _rows(self._merged, pl_module)
+
+
+def _staging_folder(path: Path, pid: int | str, host: str, run: str) -> Path:
+    """The folder in which the predict ``run`` of process ``pid`` on ``host`` writes the stream ``path`` before putting
+    it in place."""
+    return path.with_name(f".{path.name}.{pid}@{host}.{run}.partial")
+
+
+def _remove_dead_writers_staging(path: Path) -> None:
+    """Remove the staging folders of the stream ``path`` whose writer on this host is gone (a killed predict's)."""
+    for folder in path.parent.glob(f".{glob.escape(path.name)}.*@{glob.escape(socket.gethostname())}.*.partial"):
+        pid = folder.name[len(path.name) + 2 :].partition("@")[0]
+        if pid.isdigit() and not alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _rows(predictions: dict[str, torch.Tensor], pl_module: L.LightningModule) -> str:

@@ -27,11 +27,13 @@ class UnfinishedEpochInCheckpoint(Callback):
 
 
 class OptimizerSettingsOnResume(Callback):
-    """Records each optimizer's class and param group settings in checkpoints; on resume applies this run's settings
-    where they differ (a new ``lr`` as a new base that a schedule goes on from) and refuses a resume the optimizers
-    cannot take (:func:`check_optimizers_resume`; ``docs/fault_tolerance.md``). The command installs it."""
+    """Records each optimizer's class and param group settings, and each lr scheduler's class, in checkpoints; on resume
+    applies this run's settings where they differ (a new ``lr`` as a new base that a schedule goes on from; an optimizer
+    that no scheduler of this run drives trains at this run's lr) and refuses a resume the optimizers cannot take
+    (:func:`check_optimizers_resume`; ``docs/fault_tolerance.md``). The command installs it."""
 
     key = "ae_lightning_optimizers"
+    schedulers_key = "ae_lightning_lr_schedulers"
 
     def __init__(self) -> None:
         self._resumed: list[dict[str, Any]] | None = None
@@ -41,6 +43,7 @@ class OptimizerSettingsOnResume(Callback):
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         built = self._built if len(self._built) == len(trainer.optimizers) else []
         checkpoint[self.key] = built or [optimizer_settings(optimizer) for optimizer in trainer.optimizers]
+        checkpoint[self.schedulers_key] = [_class_path(config.scheduler) for config in trainer.lr_scheduler_configs]
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         self._resumed = checkpoint.get(self.key)
@@ -76,12 +79,26 @@ class OptimizerSettingsOnResume(Callback):
                 rank_zero_info(f"{where}: {name} is {value} from here on (the checkpoint's run had {previous})")
             if changes:  # torch places each ``step`` by its group's ``fused`` and ``capturable``: place it anew
                 optimizer.load_state_dict(optimizer.state_dict())
+            if not schedulers:  # nothing moves the lr from this run's: not the checkpoint's run's schedule
+                _restore_base_lrs(i, optimizer, now["groups"])
+
+
+def _restore_base_lrs(i: int, optimizer: torch.optim.Optimizer, groups: list[dict[str, Any]]) -> None:
+    """Give each param group of optimizer ``i``, which no scheduler drives, its base lr of ``groups`` (this run's)."""
+    for j, (group, settings) in enumerate(zip(optimizer.param_groups, groups)):
+        if "lr" in settings and group["lr"] != settings["lr"]:
+            where = f"optimizer {i}" + (f" group {j}" if len(groups) > 1 else "")
+            rank_zero_info(f"{where}: lr is {settings['lr']} from here on: this run has no lr scheduler (the "
+                           f"checkpoint's run's had brought it to {group['lr']:g})")  # fmt: skip
+            group["lr"] = settings["lr"]
+            group.pop("initial_lr", None)
 
 
 def check_optimizers_resume(checkpoint: dict[str, Any], optimizers: list[Any], schedulers: list[Any]) -> None:
     """Refuse a resume from ``checkpoint`` that this run's ``optimizers``, as built (before Lightning restores the
     checkpoint's state into them), and lr ``schedulers`` cannot take: another number of param groups, and what
-    :func:`check_optimizer_resume`, :func:`check_scheduled_groups` and :func:`check_scheduler_settings` refuse."""
+    :func:`check_optimizer_resume`, :func:`check_scheduled_groups` and :func:`check_scheduler_settings` refuse, and
+    another scheduler class."""
     stored = checkpoint.get(OptimizerSettingsOnResume.key) or []
     states = checkpoint.get("optimizer_states") or []
     for i, optimizer in enumerate(optimizers):
@@ -96,7 +113,13 @@ def check_optimizers_resume(checkpoint: dict[str, Any], optimizers: list[Any], s
             own = [scheduler for scheduler in schedulers if getattr(scheduler, "optimizer", None) is optimizer]
             check_optimizer_resume(i, stored[i], optimizer_settings(optimizer), own)
         check_scheduled_groups(i, groups, optimizer)
+    classes = checkpoint.get(OptimizerSettingsOnResume.schedulers_key) or []  # not in checkpoints before 2026-12-07
     for i, (state, scheduler) in enumerate(zip(checkpoint.get("lr_schedulers") or [], schedulers)):
+        if i < len(classes) and classes[i] != _class_path(scheduler):
+            raise ConfigError(
+                f"the checkpoint's lr scheduler {i} is a {classes[i]}, this run's a {_class_path(scheduler)}: its "
+                "state cannot carry over. Resume with the checkpoint's scheduler, or start a new run from the weights"
+            )
         check_scheduler_settings(i, state, scheduler)
 
 
@@ -218,8 +241,11 @@ def optimizer_settings(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         }
         for group in optimizer.param_groups
     ]
-    cls = type(optimizer)
-    return {"class": f"{cls.__module__}.{cls.__qualname__}", "defaults": defaults, "groups": groups}
+    return {"class": _class_path(optimizer), "defaults": defaults, "groups": groups}
+
+
+def _class_path(instance: Any) -> str:
+    return f"{type(instance).__module__}.{type(instance).__qualname__}"
 
 
 __all__ = [

@@ -99,13 +99,14 @@ def remove_dead_writers_files(folder: Path) -> list[Path]:
     removed, host = [], socket.gethostname()
     for path in folder.glob(".*.tmp"):
         match = _TEMPORARY.match(path.name)
-        if match and match["host"] in (None, host) and not _alive(int(match["pid"])):
+        if match and match["host"] in (None, host) and not alive(int(match["pid"])):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host is running (another user's too)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -220,4 +221,4 @@ def read_checkpoint(path: str | Path, name: str = "--ckpt_path") -> dict[str, An
     return checkpoint
 
 
-__all__ = ["AtomicCheckpointIO", "RunCheckpoint", "last_path", "read_checkpoint", "write_atomically"]
+__all__ = ["AtomicCheckpointIO", "RunCheckpoint", "alive", "last_path", "read_checkpoint", "write_atomically"]
