@@ -119,7 +119,7 @@ def test_another_nodes_cleanup_leaves_the_file_being_written(tmp_path: Path, mon
     def cleaned_then_replaced(source: Path, target: Path) -> None:  # meanwhile, another node of the shared
         with monkeypatch.context() as other_node:  # filesystem, where this pid is not running, cleans the folder
             other_node.setattr(socket, "gethostname", lambda: "another-node")
-            other_node.setattr(checkpoint_io, "_alive", lambda pid: False)
+            other_node.setattr(checkpoint_io, "alive", lambda pid: False)
             checkpoint_io.remove_dead_writers_files(tmp_path)
         replace(source, target)
 
