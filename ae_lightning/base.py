@@ -588,7 +588,7 @@ class AutoencoderModule(L.LightningModule, abc.ABC):
         return True
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["ae_lightning_class"] = _class_path(type(self))
+        checkpoint["ae_lightning_class"] = class_path(type(self))
         checkpoint[_GIVEN_KEY] = [name for name in self._given_networks if name not in self.hparams]
         checkpoint[fast.UNSTEPPED_KEY] = self._unstepped_batches
         # Written in a validation's end hooks before this model's, the checkpoint keeps that val/loss for the step.
@@ -776,12 +776,13 @@ def same_setting(a: Any, b: Any) -> bool:
 
 def _other_variant(stored: str, cls: type) -> str:
     return (
-        f"the checkpoint holds a {stored}, not a {_class_path(cls)}: load it with "
+        f"the checkpoint holds a {stored}, not a {class_path(cls)}: load it with "
         f"{stored.rpartition('.')[2]}.load_from_checkpoint"
     )
 
 
-def _class_path(cls: type) -> str:
+def class_path(cls: type) -> str:
+    """``cls``'s import path, ``module.QualifiedName``, as configs and checkpoints name classes."""
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
@@ -800,6 +801,7 @@ __all__ = [
     "AutoencoderModule",
     "DeterministicAutoencoder",
     "check_sample_count",
+    "class_path",
     "resolve_class_path",
     "same_setting",
     "unpack_batch",

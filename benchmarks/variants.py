@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
             row.model = type(model).__name__
             row.test_images = "binarized" if datamodule.hparams.binarize != "none" else "gray"
             if model.global_step < getattr(model, "kl_warmup_steps", 0):  # the last step trained is global_step - 1
-                row.kl_weight_reached = (model.global_step - 1) / model.kl_warmup_steps
+                row.kl_weight_reached = max(0, model.global_step - 1) / model.kl_warmup_steps
             wanted = [m for m in metrics if m != "auroc" and evaluation.metric_applies(model, datamodule, m)]
             progress(f"{label} evaluating {', '.join(wanted)}")
             scores = evaluation.evaluate(
@@ -490,7 +490,9 @@ def render_markdown(
         f"- **Budget**: {context['epochs']} epoch(s) per variant, {_seeds(context['seeds'])}, each config's own model, "
         "optimizer and batch size",
     ]
-    unfinished = [f"`{row.name}` ({row.kl_weight_reached:.2f} x beta)" for row in rows if row.kl_weight_reached]
+    unfinished = [
+        f"`{row.name}` ({row.kl_weight_reached:.2f} x beta)" for row in rows if row.kl_weight_reached is not None
+    ]
     if unfinished:
         lines.append(
             f"- **KL warm-up unfinished** in this budget (the config's `kl_warmup_steps`): {', '.join(unfinished)}"

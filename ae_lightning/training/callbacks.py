@@ -21,7 +21,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from ae_lightning.base import AutoencoderModule
+from ae_lightning.base import AutoencoderModule, class_path
 from ae_lightning.checks import ConfigError
 from ae_lightning.evaluation import visualization
 from ae_lightning.evaluation.visualization import View
@@ -314,7 +314,7 @@ class LoggerRunInCheckpoint(Callback):
         if logger is not None:
             version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
             kind = type(logger)
-            checkpoint[self.key] = {"class_path": f"{kind.__module__}.{kind.__qualname__}", "name": str(logger.name),
+            checkpoint[self.key] = {"class_path": class_path(kind), "name": str(logger.name),
                                     "version": version}  # fmt: skip
         runs = [{"name": str(w.name), "version": str(w.version)} for w in trainer.loggers if isinstance(w, WandbLogger)]
         if runs:

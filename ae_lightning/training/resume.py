@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torch.optim.lr_scheduler import ChainedScheduler, CyclicLR, OneCycleLR, SequentialLR
 
+from ae_lightning.base import class_path
 from ae_lightning.checks import ConfigError
 from ae_lightning.lightning_internals import reopen_stopped_epoch, start_next_epoch
 
@@ -43,7 +44,9 @@ class OptimizerSettingsOnResume(Callback):
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         built = self._built if len(self._built) == len(trainer.optimizers) else []
         checkpoint[self.key] = built or [optimizer_settings(optimizer) for optimizer in trainer.optimizers]
-        checkpoint[self.schedulers_key] = [_class_path(config.scheduler) for config in trainer.lr_scheduler_configs]
+        checkpoint[self.schedulers_key] = [
+            class_path(type(config.scheduler)) for config in trainer.lr_scheduler_configs
+        ]
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         self._resumed = checkpoint.get(self.key)
@@ -115,9 +118,9 @@ def check_optimizers_resume(checkpoint: dict[str, Any], optimizers: list[Any], s
         check_scheduled_groups(i, groups, optimizer)
     classes = checkpoint.get(OptimizerSettingsOnResume.schedulers_key) or []  # not in checkpoints before 2026-12-07
     for i, (state, scheduler) in enumerate(zip(checkpoint.get("lr_schedulers") or [], schedulers)):
-        if i < len(classes) and classes[i] != _class_path(scheduler):
+        if i < len(classes) and classes[i] != class_path(type(scheduler)):
             raise ConfigError(
-                f"the checkpoint's lr scheduler {i} is a {classes[i]}, this run's a {_class_path(scheduler)}: its "
+                f"the checkpoint's lr scheduler {i} is a {classes[i]}, this run's a {class_path(type(scheduler))}: its "
                 "state cannot carry over. Resume with the checkpoint's scheduler, or start a new run from the weights"
             )
         check_scheduler_settings(i, state, scheduler)
@@ -241,11 +244,7 @@ def optimizer_settings(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         }
         for group in optimizer.param_groups
     ]
-    return {"class": _class_path(optimizer), "defaults": defaults, "groups": groups}
-
-
-def _class_path(instance: Any) -> str:
-    return f"{type(instance).__module__}.{type(instance).__qualname__}"
+    return {"class": class_path(type(optimizer)), "defaults": defaults, "groups": groups}
 
 
 __all__ = [
